@@ -1,0 +1,166 @@
+"""Loss modules that inject a chosen logit gradient: DM, the paper's baselines and their -DN forms.
+
+Each module's forward returns a *display* loss (a number to print and log) and, on
+``.backward()``, puts the scheme's logit gradient into the logits' ``.grad``. The gradient is
+computed once, eagerly, in the forward pass from the same probabilities (so weights are
+constants), and cast to the logits' dtype on the way back (AMP-safe). ``last_shares`` keeps
+each example's share of the batch's gradient mass for the weight metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dm_tune import _weighting as W
+
+
+class _InjectGrad(torch.autograd.Function):
+    """value = ``display``; d value / d logits = ``grad`` (a constant computed in forward)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, grad: torch.Tensor, display: torch.Tensor):  # type: ignore[override]
+        ctx.save_for_backward(grad)
+        ctx.logits_dtype = logits.dtype
+        return display.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_output).to(ctx.logits_dtype), None, None
+
+
+def _weighted_cce(logits: torch.Tensor, targets: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """The released code's display loss: sum_i share_i * (-log p_i)."""
+    logp = F.log_softmax(logits.to(share.dtype), dim=1).gather(1, targets.long().view(-1, 1))
+    return (share * -logp.squeeze(1)).sum()
+
+
+class _GradLoss(nn.Module):
+    """Shared plumbing; subclasses implement ``_grad_share_display``."""
+
+    last_shares: torch.Tensor | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_shares = None
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.dim() != 2 or logits.shape[1] < 2:
+            raise ValueError(f"logits must have shape [batch, classes>=2], got {tuple(logits.shape)}")
+        with torch.no_grad():
+            grad, share, display = self._grad_share_display(logits.detach(), targets)
+        self.last_shares = share
+        if not logits.requires_grad:
+            return display
+        return _InjectGrad.apply(logits, grad, display)
+
+    def _grad_share_display(
+        self, logits: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class DMLoss(_GradLoss):
+    """Derivative Manipulation with w(p) = exp(beta p^lam (1-p)) (DM_METHOD.md section 3)."""
+
+    def __init__(self, lam: float = 1.0, beta: float = 8.0) -> None:
+        super().__init__()
+        if not (math.isfinite(lam) and lam >= 0):
+            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+        if not math.isfinite(beta):
+            raise ValueError(f"beta must be a finite number, got {beta!r}")
+        self.lam, self.beta = float(lam), float(beta)
+
+    def _grad_share_display(self, logits, targets):
+        share = W.dm_shares(logits, targets, self.lam, self.beta)
+        probs, p = W._labelled(logits, targets)
+        grad = W._share_times_direction(share, probs, p, targets)
+        return grad, share, _weighted_cce(logits, targets, share)
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}, beta={self.beta}"
+
+
+class WeightFnLoss(_GradLoss):
+    """DM's mechanism with any user-supplied weight function of p (tensor in, tensor >= 0 out)."""
+
+    def __init__(self, weight_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.weight_fn = weight_fn
+
+    def _grad_share_display(self, logits, targets):
+        probs, p = W._labelled(logits, targets)
+        w = self.weight_fn(p).to(p.dtype)
+        if w.shape != p.shape or not torch.isfinite(w).all() or (w < 0).any():
+            raise ValueError("the weight function must return finite weights >= 0, one per example")
+        share = w / w.sum().clamp_min(torch.finfo(p.dtype).tiny)
+        grad = W._share_times_direction(share, probs, p, targets)
+        return grad, share, _weighted_cce(logits, targets, share)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A loss whose logit gradient is m(p) (probs - onehot): its multiplier and its value."""
+
+    multiplier: Callable[[torch.Tensor], torch.Tensor]
+    # Per-example loss value from log p (log-space keeps -log p finite for extreme logits).
+    value: Callable[[torch.Tensor], torch.Tensor]
+
+
+class SchemeLoss(_GradLoss):
+    """A classical loss (CCE, MAE, MSE, GCE, SL) through the shared mechanism.
+
+    ``normalised=False`` reproduces autograd's gradient of the batch-mean loss exactly;
+    ``normalised=True`` is the paper's "-DN" form: the same per-example gradients rescaled so
+    their L1 norms sum to 1 over the mini-batch (DM's mechanism with the loss's own weights).
+    """
+
+    def __init__(self, scheme: Scheme, normalised: bool = False) -> None:
+        super().__init__()
+        self.scheme, self.normalised = scheme, normalised
+
+    def _grad_share_display(self, logits, targets):
+        probs, p = W._labelled(logits, targets)
+        m = self.scheme.multiplier(p)
+        weight = 2.0 * (1.0 - p) * m
+        share = weight / weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
+        if self.normalised:
+            grad = W._share_times_direction(share, probs, p, targets)
+            return grad, share, _weighted_cce(logits, targets, share)
+        grad = (m / p.shape[0]).unsqueeze(1) * W._direction(probs, targets)
+        logp = F.log_softmax(logits.to(p.dtype), dim=1).gather(1, targets.long().view(-1, 1))
+        return grad, share, self.scheme.value(logp.squeeze(1)).mean()
+
+
+def cce_scheme() -> Scheme:
+    return Scheme(W.cce_multiplier, lambda logp: -logp)
+
+
+def mae_scheme() -> Scheme:
+    return Scheme(W.mae_multiplier, lambda logp: 1.0 - logp.exp())
+
+
+def mse_scheme() -> Scheme:
+    return Scheme(W.mse_multiplier, lambda logp: (1.0 - logp.exp()) ** 2)
+
+
+def gce_scheme(q: float) -> Scheme:
+    if not (0.0 < q <= 1.0):
+        raise ValueError(f"GCE's q must be in (0, 1], got {q!r}")
+    return Scheme(W.gce_multiplier(q), lambda logp: (1.0 - torch.exp(q * logp)) / q)
+
+
+def sl_scheme(mu: float, nu: float, log_clip: float) -> Scheme:
+    """Symmetric loss mu CCE + nu RCE; RCE = -log_clip (1 - p) with log(0) clipped to log_clip."""
+    if log_clip >= 0:
+        raise ValueError(f"SL's log_clip (A) must be negative, got {log_clip!r}")
+    return Scheme(
+        W.sl_multiplier(mu, nu, log_clip),
+        lambda logp: -mu * logp - nu * log_clip * (1.0 - logp.exp()),
+    )

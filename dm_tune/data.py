@@ -1,0 +1,135 @@
+"""From a config to the data a run trains on: load, add label noise, carve validation, imbalance.
+
+Order (every step seeded from ``data_seed``):
+1. load the dataset's full training set, labels as given;
+2. apply the noise model to the whole training set (so file-based noise such as CIFAR-N lines
+   up with the dataset's original order);
+3. carve the validation split with a fixed, seeded, stratified draw; its labels are the clean
+   ones unless ``val_noisy``;
+4. subsample the remaining training data to the requested class imbalance (by clean labels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dm_tune._validate import ConfigError
+from dm_tune.config import TrainConfig
+from dm_tune.datasets import DATASETS, Source, Split
+from dm_tune.noise import NoiseContext, apply_noise, imbalance_index
+
+
+@dataclass(frozen=True)
+class Data:
+    train: Split                 # inputs with the (noisy) labels trained on
+    clean_train_labels: torch.Tensor
+    is_noisy: torch.Tensor       # bool per training example
+    noise_known: torch.Tensor    # bool: whether is_noisy is known (False for unverified real noise)
+    val: Split
+    test: Split
+    num_classes: int
+    input_kind: str
+    input_shape: tuple[int, ...]
+    default_model: str
+    defaults: dict[str, Any]
+    normalise: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    vocab_size: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def noise_rate(self) -> float:
+        known = self.noise_known
+        return float(self.is_noisy[known].float().mean()) if known.any() else float("nan")
+
+
+def load_source(config: TrainConfig) -> Source:
+    loader, on_disk = DATASETS[config.dataset]
+    root = None
+    if on_disk:
+        if not config.data_root:
+            raise ConfigError("data_root", config.data_root,
+                              f"dataset {config.dataset!r} is read from disk; give --data-root")
+        root = Path(config.data_root).expanduser().resolve()
+        if not root.exists() and not config.download:
+            raise ConfigError("data_root", config.data_root, "the directory does not exist")
+    return loader(root, config.dataset_options, config.download)
+
+
+def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, held_out) index arrays; held_out holds ``fraction`` of every class."""
+    held = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        held.append(rng.choice(idx, size=int(round(fraction * len(idx))), replace=False))
+    held_out = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    keep = np.setdiff1d(np.arange(len(labels)), held_out)
+    return keep, held_out
+
+
+def prepare(config: TrainConfig, source: Source | None = None) -> Data:
+    source = source if source is not None else load_source(config)
+    seed = config.data_seed if config.data_seed is not None else config.seed
+    # Separate streams, so that e.g. changing the noise rate does not move the validation split.
+    noise_rng, val_rng, imb_rng = (np.random.default_rng([seed, k]) for k in (1, 2, 3))
+
+    clean = source.train.labels.numpy().astype(np.int64)
+    ctx = NoiseContext(
+        num_classes=source.num_classes, rate=config.noise_rate, rng=noise_rng,
+        class_groups=source.class_groups,
+        file=Path(config.noise_file).expanduser().resolve() if config.noise_file else None,
+        key=config.noise_key,
+    )
+    try:
+        noisy = apply_noise(config.noise, clean, ctx)
+    except ValueError as e:
+        if type(e) is ValueError:  # a config mismatch, e.g. superclass noise without groups
+            raise ConfigError("noise", config.noise, str(e)) from None
+        raise
+    is_noisy = noisy.is_noisy
+    known = np.ones(len(clean), bool)
+    if source.given_noisy is not None:  # real noise: the labels as given are already noisy
+        is_noisy = is_noisy | source.given_noisy.numpy()
+        if source.noise_known is not None:
+            known = source.noise_known.numpy().copy()
+
+    if source.val is not None:
+        keep, val = np.arange(len(clean)), None
+        val_split = source.val
+    else:
+        keep, val = _stratified_split(clean, config.val_fraction, val_rng)
+        val_idx = torch.from_numpy(val)
+        val_labels = noisy.labels[val] if config.val_noisy else clean[val]
+        val_split = source.train.subset(val_idx, torch.from_numpy(val_labels))
+
+    if config.imbalance != "none":
+        sub = imbalance_index(clean[keep], source.num_classes, config.imbalance,
+                              config.imbalance_ratio, imb_rng)
+        keep = keep[sub]
+    keep_t = torch.from_numpy(keep)
+    train = source.train.subset(keep_t, torch.from_numpy(noisy.labels[keep]))
+
+    sample = train.inputs[0]
+    if not isinstance(sample, torch.Tensor):
+        sample = sample[0] if isinstance(sample, tuple) else sample
+    return Data(
+        train=train,
+        clean_train_labels=torch.from_numpy(clean[keep]),
+        is_noisy=torch.from_numpy(is_noisy[keep]),
+        noise_known=torch.from_numpy(known[keep]),
+        val=val_split,
+        test=source.test,
+        num_classes=source.num_classes,
+        input_kind=source.input_kind,
+        input_shape=tuple(torch.as_tensor(sample).shape),
+        default_model=source.default_model,
+        defaults=dict(source.defaults),
+        normalise=source.normalise,
+        vocab_size=int(source.info.get("vocab_size", 0)),
+        info={**source.info, "dataset": source.name, "num_train": len(train), "num_val": len(val_split),
+              "num_test": len(source.test)},
+    )

@@ -1,0 +1,22 @@
+"""Datasets by name: each a small module with ``load(root, options, download) -> Source``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dm_tune.datasets import digits, mnist1d
+from dm_tune.datasets._base import DataError, Source, Split
+
+Loader = Callable[[Path | None, Mapping[str, Any], bool], Source]
+
+# name -> (loader, needs a data root on disk)
+DATASETS: dict[str, tuple[Loader, bool]] = {
+    "digits": (digits.load, False),
+    "mnist1d": (mnist1d.load, False),
+}
+
+EMBEDDED = tuple(name for name, (_, on_disk) in DATASETS.items() if not on_disk)
+
+__all__ = ["DATASETS", "EMBEDDED", "DataError", "Source", "Split"]

@@ -1,0 +1,86 @@
+"""The data contract shared by every dataset module.
+
+A dataset module exposes ``load(root, options) -> Source``: the full training set with its
+labels as given (clean for most datasets, the released noisy labels for Clothing1M), the test
+set, an optional official validation set, and a few defaults. ``dm_tune.data.prepare`` then
+applies the label-noise model, carves the validation split and applies class imbalance, so that
+no dataset module repeats that logic.
+
+Inputs come in two forms: a tensor (in memory; batches are sliced on the device, the fast
+path) or a ``torch.utils.data.Dataset`` of inputs only (read from disk through a DataLoader).
+Labels are always a separate int64 tensor, so noise only ever replaces a label tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+
+class DataError(ValueError):
+    """Missing or malformed data on disk: names the path and the expected layout."""
+
+    def __init__(self, path: str | Path, problem: str, layout: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {problem}. Expected layout: {layout}")
+
+
+Inputs = torch.Tensor | Dataset
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs and their (possibly noisy) labels. ``inputs[i]`` belongs to ``labels[i]``."""
+
+    inputs: Inputs
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) != len(self.labels):  # type: ignore[arg-type]
+            raise ValueError(f"{len(self.inputs)} inputs but {len(self.labels)} labels")  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.inputs, torch.Tensor)
+
+    def subset(self, index: torch.Tensor, labels: torch.Tensor | None = None) -> "Split":
+        """The examples at ``index`` (optionally with replacement labels)."""
+        lab = self.labels[index] if labels is None else labels
+        if isinstance(self.inputs, torch.Tensor):
+            return Split(self.inputs[index], lab)
+        return Split(torch.utils.data.Subset(self.inputs, index.tolist()), lab)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a dataset module loads, before noise, validation carving and imbalance."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    # "vector" (flat features), "signal" (1-D sequence), "image" (C,H,W uint8 or float), "tokens".
+    input_kind: str
+    default_model: str
+    # An official clean validation set (Clothing1M); otherwise carved from the training data.
+    val: Split | None = None
+    # Per training example: True where the label as given is known to be wrong (real noise),
+    # with ``noise_known`` saying for which examples that is known at all (None: all known).
+    given_noisy: torch.Tensor | None = None
+    noise_known: torch.Tensor | None = None
+    # Groups of fine classes (CIFAR-100's 20 superclasses), for the superclass noise model.
+    class_groups: tuple[tuple[int, ...], ...] | None = None
+    class_names: tuple[str, ...] | None = None
+    # Per-channel mean/std for image inputs stored as uint8 (applied on the device).
+    normalise: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # Training defaults that suit this dataset (epochs, lr, optimizer, batch_size, ...).
+    defaults: dict[str, Any] = field(default_factory=dict)
+    # Extra facts for provenance (file paths, feature settings, ...).
+    info: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,34 @@
+"""The training methods by name: DM and the paper's baselines, each one line in ``METHODS``.
+
+A builder takes the method's hyper-parameters (any object with the config's attribute names)
+and returns the loss module. "-dn" is the paper's mini-batch-normalised form of a loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from dm_tune._losses import (DMLoss, SchemeLoss, cce_scheme, gce_scheme, mae_scheme,
+                             mse_scheme, sl_scheme)
+
+MethodBuilder = Callable[[Any], nn.Module]
+
+METHODS: dict[str, MethodBuilder] = {
+    "dm": lambda c: DMLoss(lam=c.lam, beta=c.beta),
+    "cce": lambda c: SchemeLoss(cce_scheme()),
+    "cce-dn": lambda c: SchemeLoss(cce_scheme(), normalised=True),
+    "gce": lambda c: SchemeLoss(gce_scheme(c.gce_q)),
+    "gce-dn": lambda c: SchemeLoss(gce_scheme(c.gce_q), normalised=True),
+    "mae": lambda c: SchemeLoss(mae_scheme()),
+    "mae-dn": lambda c: SchemeLoss(mae_scheme(), normalised=True),
+    "mse": lambda c: SchemeLoss(mse_scheme()),
+    "mse-dn": lambda c: SchemeLoss(mse_scheme(), normalised=True),
+    "sl": lambda c: SchemeLoss(sl_scheme(c.sl_mu, c.sl_nu, c.sl_log_clip)),
+}
+
+
+def build_loss(config: Any) -> nn.Module:
+    return METHODS[config.method](config)

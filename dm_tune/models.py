@@ -1,0 +1,175 @@
+"""Models by name, each one line in ``MODELS``; every builder takes a ``ModelSpec``.
+
+No device placement or global state here: the training driver moves the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    input_shape: tuple[int, ...]  # one example's shape: (D,), (L,), (C, H, W) or (T,) token ids
+    input_kind: str               # "vector", "signal", "image", "tokens"
+    num_classes: int
+    hidden_dim: int = 256
+    pretrained: str | None = None  # a local state-dict file (resnet18/resnet50)
+    vocab_size: int = 0            # for "tokens"
+
+
+def mlp(spec: ModelSpec, depth: int = 2) -> nn.Module:
+    dim = int(torch.tensor(spec.input_shape).prod())
+    layers: list[nn.Module] = [nn.Flatten()]
+    for _ in range(depth):
+        layers += [nn.Linear(dim, spec.hidden_dim), nn.ReLU()]
+        dim = spec.hidden_dim
+    layers.append(nn.Linear(dim, spec.num_classes))
+    return nn.Sequential(*layers)
+
+
+def imdb_mlp(spec: ModelSpec) -> nn.Module:
+    """The paper's IMDB model: one hidden layer of 8 units on document vectors."""
+    return mlp(ModelSpec(spec.input_shape, spec.input_kind, spec.num_classes, hidden_dim=8), depth=1)
+
+
+def cnn(spec: ModelSpec) -> nn.Module:
+    """A small 3-block CNN: 2-D convolutions for images, 1-D for signals."""
+    if spec.input_kind == "signal":
+        conv, pool, bn, in_ch = nn.Conv1d, nn.MaxPool1d, nn.BatchNorm1d, 1
+        head_pool: nn.Module = nn.AdaptiveAvgPool1d(1)
+    elif spec.input_kind == "image":
+        conv, pool, bn, in_ch = nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, spec.input_shape[0]
+        head_pool = nn.AdaptiveAvgPool2d(1)
+    else:
+        raise ValueError(f"model 'cnn' needs image or signal inputs, not {spec.input_kind}")
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, spec.input_shape[-1]))] if spec.input_kind == "signal" else []
+    for out_ch in (32, 64, 128):
+        layers += [conv(in_ch, out_ch, 3, padding=1), bn(out_ch), nn.ReLU(), pool(2)]
+        in_ch = out_ch
+    layers += [head_pool, nn.Flatten(), nn.Linear(in_ch, spec.num_classes)]
+    return nn.Sequential(*layers)
+
+
+class _BasicBlock(nn.Module):
+    """CIFAR ResNet block with the parameter-free "option A" shortcut (He et al., 2016)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.pad = out_ch - in_ch
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        short = x
+        if self.stride != 1 or self.pad:
+            short = x[:, :, :: self.stride, :: self.stride]
+            short = F.pad(short, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + short)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, in_ch: int, num_classes: int) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        blocks: list[nn.Module] = []
+        ch = 16
+        for stage, width in enumerate((16, 32, 64)):
+            for i in range(n):
+                blocks.append(_BasicBlock(ch, width, 2 if stage > 0 and i == 0 else 1))
+                ch = width
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def cifar_resnet(depth: int) -> Callable[[ModelSpec], nn.Module]:
+    def builder(spec: ModelSpec) -> nn.Module:
+        if spec.input_kind != "image":
+            raise ValueError(f"model 'resnet{depth}' needs image inputs, not {spec.input_kind}")
+        return CifarResNet(depth, spec.input_shape[0], spec.num_classes)
+
+    return builder
+
+
+def torchvision_resnet(name: str) -> Callable[[ModelSpec], nn.Module]:
+    def builder(spec: ModelSpec) -> nn.Module:
+        import torchvision
+
+        if spec.input_kind != "image":
+            raise ValueError(f"model '{name}' needs image inputs, not {spec.input_kind}")
+        model = getattr(torchvision.models, name)(weights=None)
+        if spec.pretrained:
+            load_pretrained(model, Path(spec.pretrained))
+        model.fc = nn.Linear(model.fc.in_features, spec.num_classes)
+        return model
+
+    return builder
+
+
+def load_pretrained(model: nn.Module, path: Path) -> None:
+    """Load a local state dict (e.g. torchvision's ImageNet weights file); the classifier is replaced after."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pretrained weights file not found (a torch state dict, e.g. resnet50-*.pth)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if [k for k in missing if not k.startswith("fc.")] or unexpected:
+        raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+class TextClassifier(nn.Module):
+    """Mean of token embeddings (token 0 is padding) followed by an MLP."""
+
+    def __init__(self, vocab_size: int, num_classes: int, dim: int = 64, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.EmbeddingBag(vocab_size, dim, mode="mean", padding_idx=0)
+        self.head = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(tokens.long()))
+
+
+def text(spec: ModelSpec) -> nn.Module:
+    if spec.input_kind != "tokens" or spec.vocab_size < 2:
+        raise ValueError("model 'text' needs token-id inputs (e.g. imdb with dataset_options.representation: tokens)")
+    return TextClassifier(spec.vocab_size, spec.num_classes, hidden=min(spec.hidden_dim, 256))
+
+
+MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
+    "mlp": mlp,
+    "imdb-mlp": imdb_mlp,
+    "cnn": cnn,
+    "resnet20": cifar_resnet(20),
+    "resnet32": cifar_resnet(32),
+    "resnet44": cifar_resnet(44),
+    "resnet56": cifar_resnet(56),
+    "resnet18": torchvision_resnet("resnet18"),
+    "resnet50": torchvision_resnet("resnet50"),
+    "text": text,
+}
+
+
+def build_model(name: str, spec: ModelSpec) -> nn.Module:
+    return MODELS[name](spec)

@@ -1,0 +1,198 @@
+"""Label-noise models and class imbalance, reproducible by seed.
+
+A noise model is a function ``(clean_labels, ctx) -> noisy_labels`` (numpy int64 arrays of the
+same length); ``apply_noise`` wraps it to return the noisy labels, the is-noisy mask and the
+realised noise rate. The known models sit in ``NOISE_MODELS``. Synthetic models corrupt an
+exact number of examples (round(rate * n), per class where the protocol is per class), so the
+realised rate is the requested one up to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dm_tune.datasets._base import DataError
+
+
+@dataclass(frozen=True)
+class NoiseContext:
+    num_classes: int
+    rate: float
+    rng: np.random.Generator
+    class_groups: tuple[tuple[int, ...], ...] | None = None
+    file: Path | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class NoisyLabels:
+    labels: np.ndarray
+    is_noisy: np.ndarray
+    realised_rate: float
+
+
+NoiseModel = Callable[[np.ndarray, NoiseContext], np.ndarray]
+
+
+def none(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
+    """Labels as given (clean data, or a dataset whose own labels are noisy such as Clothing1M)."""
+    return labels.copy()
+
+
+def symmetric(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
+    """A fraction ``rate`` of labels replaced by one of the *other* classes, uniformly."""
+    out = labels.copy()
+    n = len(labels)
+    flip = ctx.rng.choice(n, size=int(round(ctx.rate * n)), replace=False)
+    shift = ctx.rng.integers(1, ctx.num_classes, size=len(flip))  # never 0: always another class
+    out[flip] = (labels[flip] + shift) % ctx.num_classes
+    return out
+
+
+def pair(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
+    """In every class c, a fraction ``rate`` relabelled as class (c + 1) mod C."""
+    out = labels.copy()
+    for c in range(ctx.num_classes):
+        idx = np.flatnonzero(labels == c)
+        flip = ctx.rng.choice(idx, size=int(round(ctx.rate * len(idx))), replace=False)
+        out[flip] = (c + 1) % ctx.num_classes
+    return out
+
+
+def cifar100_superclass(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
+    """The paper's asymmetric CIFAR-100 protocol: in each superclass two of its subclasses
+    (chosen by the seed) are paired and a fraction ``rate`` of each is relabelled as the other."""
+    if not ctx.class_groups:
+        raise ValueError("noise 'cifar100-superclass' needs a dataset with class groups (cifar100)")
+    out = labels.copy()
+    for group in ctx.class_groups:
+        a, b = ctx.rng.choice(np.asarray(group), size=2, replace=False)
+        for src, dst in ((a, b), (b, a)):
+            idx = np.flatnonzero(labels == src)
+            flip = ctx.rng.choice(idx, size=int(round(ctx.rate * len(idx))), replace=False)
+            out[flip] = dst
+    return out
+
+
+def from_file(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
+    """Noisy labels read from a file, one per training example in the dataset's original order."""
+    if ctx.file is None:
+        raise ValueError("noise 'file' needs noise_file (a .npy/.csv/.txt label list or a CIFAR-N .pt file)")
+    out = read_label_file(ctx.file, ctx.key)
+    if len(out) != len(labels):
+        raise DataError(ctx.file, f"has {len(out)} labels but the training set has {len(labels)}",
+                        "one label per training example, in the dataset's original order")
+    if out.min() < 0 or out.max() >= ctx.num_classes:
+        raise DataError(ctx.file, f"has labels outside [0, {ctx.num_classes - 1}]",
+                        f"integer class ids 0..{ctx.num_classes - 1}")
+    return out
+
+
+# The label arrays of the CIFAR-10N / CIFAR-100N releases (torch-saved dicts of numpy arrays).
+CIFAR_N_KEYS = ("aggre_label", "worse_label", "random_label1", "random_label2", "random_label3",
+                "noisy_label", "clean_label")
+
+
+def read_label_file(path: Path, key: str | None = None) -> np.ndarray:
+    """Integer labels from .npy, .csv/.txt (one per line, or a last column), or a CIFAR-N .pt dict."""
+    layout = (".npy array of ints; .csv/.txt with one integer per line (or per row, last column); "
+              "or a CIFAR-10N/100N .pt dict with keys such as " + ", ".join(CIFAR_N_KEYS))
+    if not path.is_file():
+        raise DataError(path, "label file not found", layout)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif suffix in (".csv", ".txt"):
+            rows = [ln.replace(",", " ").split() for ln in path.read_text().splitlines() if ln.strip()]
+            if rows and not _is_int(rows[0][-1]):
+                rows = rows[1:]  # a header line
+            arr = np.asarray([int(r[-1]) for r in rows])
+        elif suffix in (".pt", ".pth"):
+            import torch
+
+            blob = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(blob, dict):
+                raise DataError(path, "is not a dict of label arrays", layout)
+            if key is None:
+                raise DataError(path, "holds several label sets; choose one with noise_key "
+                                f"(present: {', '.join(sorted(map(str, blob)))})", layout)
+            if key not in blob:
+                raise DataError(path, f"has no key {key!r} (present: {', '.join(sorted(map(str, blob)))})", layout)
+            arr = np.asarray(blob[key])
+        else:
+            raise DataError(path, f"unsupported label file type {suffix!r}", layout)
+    except (ValueError, OSError, IndexError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(path, f"could not be read as labels ({e})", layout) from None
+    arr = np.asarray(arr).reshape(-1)
+    if arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        if arr.size and np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise DataError(path, "holds no integer labels", layout)
+    return arr.astype(np.int64)
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+        return True
+    except ValueError:
+        return False
+
+
+NOISE_MODELS: dict[str, NoiseModel] = {
+    "none": none,
+    "symmetric": symmetric,
+    "pair": pair,
+    "cifar100-superclass": cifar100_superclass,
+    "file": from_file,
+}
+
+
+def apply_noise(name: str, clean: np.ndarray, ctx: NoiseContext) -> NoisyLabels:
+    noisy = NOISE_MODELS[name](np.asarray(clean, dtype=np.int64), ctx)
+    mask = noisy != clean
+    return NoisyLabels(noisy, mask, float(mask.mean()) if len(mask) else 0.0)
+
+
+# --- class imbalance ------------------------------------------------------------------------
+
+
+def class_counts(available: np.ndarray, kind: str, ratio: float) -> np.ndarray:
+    """How many examples to keep per class for an imbalance profile with max/min ``ratio``.
+
+    ``longtail``: counts decay geometrically from class 0 to class C-1.
+    ``step``: the last floor(C/2) classes (class 1 of 2) are the minority, 1/ratio of the rest.
+    """
+    num_classes = len(available)
+    n_max = int(available.max())
+    if kind == "none" or ratio == 1.0:
+        return available.copy()
+    if kind == "longtail":
+        target = n_max * ratio ** (-np.arange(num_classes) / max(num_classes - 1, 1))
+    elif kind == "step":
+        minority = np.arange(num_classes) >= num_classes - num_classes // 2
+        target = np.where(minority, n_max / ratio, n_max)
+    else:
+        raise ValueError(f"unknown imbalance {kind!r}")
+    return np.minimum(available, np.maximum(1, np.floor(target))).astype(np.int64)
+
+
+def imbalance_index(labels: np.ndarray, num_classes: int, kind: str, ratio: float,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Indices (sorted) of a class-imbalanced subset of ``labels`` (by the clean labels)."""
+    available = np.bincount(labels, minlength=num_classes)
+    keep = class_counts(available, kind, ratio)
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=int(keep[c]), replace=False)
+              for c in range(num_classes)]
+    return np.sort(np.concatenate(chosen))
+
+
+IMBALANCE_KINDS = ("none", "longtail", "step")

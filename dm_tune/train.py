@@ -1,0 +1,316 @@
+"""One training run: ``train(config, data, report) -> TrainResult``. No Ray, Optuna or MLflow.
+
+``report(metrics, snapshot)`` is called after every epoch with that epoch's metrics (a flat
+dict of floats) and a zero-argument function returning the full training state, so a caller
+can checkpoint without this module knowing how; ``train(..., resume=state)`` continues from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dm_tune._weighting import relative_weights
+from dm_tune.config import TrainConfig
+from dm_tune.data import Data
+from dm_tune.methods import build_loss
+from dm_tune.models import ModelSpec, build_model
+from dm_tune.provenance import provenance
+
+Report = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
+
+EVAL_BATCH = 1024
+
+
+@dataclass
+class TrainResult:
+    status: str                     # "finished" or "diverged"
+    test_accuracy: float            # final epoch (what the reports use by default)
+    val_accuracy: float             # final epoch
+    best_test_accuracy: float       # best over training (optimistic; labelled as such)
+    best_epoch: int                 # epoch of best_test_accuracy (1-based)
+    best_val_accuracy: float
+    val_selected_test_accuracy: float  # test accuracy at the epoch of best validation accuracy
+    epochs_completed: int
+    train_time_s: float
+    noise_rate_realised: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("device 'mps' requested but MPS is not available on this machine")
+    return device
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or config.amp == "off":
+        return None
+    if config.amp == "fp16":
+        return torch.float16
+    if config.amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+class _Inputs:
+    """Turns stored inputs into model inputs on the device (uint8 images -> normalised floats, augmentation)."""
+
+    def __init__(self, data: Data, device: torch.device, augment: bool, gen: torch.Generator) -> None:
+        self.device, self.augment, self.gen = device, augment and data.input_kind == "image", gen
+        self.is_tokens = data.input_kind == "tokens"
+        self.mean = self.std = None
+        if data.normalise is not None:
+            shape = (1, -1, 1, 1)
+            self.mean = torch.tensor(data.normalise[0], device=device).view(shape)
+            self.std = torch.tensor(data.normalise[1], device=device).view(shape)
+
+    def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.is_tokens:
+            return x.long()
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        if train and self.augment:
+            x = _crop_flip(x, self.gen)
+        return x
+
+
+def _crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding ``pad`` and random horizontal flip, batched on the device."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=gen, device=gen.device).to(x.device) < 0.5
+    return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
+
+
+class _IndexedInputs(torch.utils.data.Dataset):
+    def __init__(self, inputs: torch.utils.data.Dataset) -> None:
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return len(self.inputs)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        return self.inputs[i], i
+
+
+def _batches(split_inputs, n: int, batch_size: int, order: torch.Tensor | None, num_workers: int,
+             device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, index) batches in ``order`` (None: sequential). Tensors slice directly; Datasets
+    go through a DataLoader in worker processes."""
+    order = torch.arange(n) if order is None else order
+    if isinstance(split_inputs, torch.Tensor):
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            yield split_inputs[idx], idx
+        return
+    sampler = torch.utils.data.BatchSampler(order.tolist(), batch_size, drop_last=False)
+    loader = torch.utils.data.DataLoader(
+        _IndexedInputs(split_inputs), batch_sampler=sampler, num_workers=num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=False)
+    yield from ((x, idx) for x, idx in loader)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split, prep: _Inputs, amp: torch.dtype | None, num_workers: int) -> float:
+    if len(split) == 0:
+        return float("nan")
+    model.eval()
+    correct = 0
+    labels = split.labels.to(prep.device)
+    with _autocast(prep.device, amp):
+        for x, idx in _batches(split.inputs, len(split), EVAL_BATCH, None, num_workers, prep.device):
+            pred = model(prep(x, train=False)).argmax(1)
+            correct += int((pred == labels[idx.to(prep.device)]).sum())
+    return correct / len(split)
+
+
+def _autocast(device: torch.device, amp: torch.dtype | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp)
+
+
+def _lr_factor(config: TrainConfig, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` (fraction of the budget done)."""
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if config.schedule == "step":
+        return config.lr_gamma ** sum(progress >= m for m in config.lr_milestones)
+    return 1.0
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=False)
+
+
+def _finite_params(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def train(config: TrainConfig, data: Data, report: Report | None = None,
+          resume: dict[str, Any] | None = None) -> TrainResult:
+    """Train ``config`` on ``data``; call ``report`` after every epoch; return the result."""
+    config = config.resolve(data.defaults, data.default_model, data.input_kind)
+    device = select_device(config.device)
+    amp = _amp_dtype(config, device)
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+
+    spec = ModelSpec(data.input_shape, data.input_kind, data.num_classes, config.hidden_dim,
+                     config.pretrained, data.vocab_size)
+    model = build_model(config.model, spec).to(device)
+    loss_fn = build_loss(config)
+    opt = _make_optimizer(config, model)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    prep = _Inputs(data, device, bool(config.augment), gen)
+
+    n = len(data.train)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    labels = data.train.labels.to(device)
+    is_noisy = data.is_noisy.to(device)
+    known = data.noise_known.to(device)
+    clean_labels = data.clean_train_labels.to(device)
+
+    history: list[dict[str, float]] = []
+    start_epoch, status = 0, "finished"
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        gen.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        history = list(resume["history"])
+        start_epoch = int(resume["epoch"])
+
+    def snapshot() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": history, "epoch": len(history), "config": config.to_dict()}
+
+    t_train = sum(h["epoch_time_s"] for h in history)
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        acc = torch.zeros(10, device=device, dtype=torch.float64)
+        # acc: loss_sum, n, correct_noisy_label, correct_clean_label, w_clean_sum, n_clean,
+        #      w_noisy_sum, n_noisy, noisy_fitted, weight_var_sum
+        order = torch.randperm(n, generator=gen)
+        for step, (x, idx) in enumerate(_batches(data.train.inputs, n, config.batch_size, order,
+                                                 config.num_workers, device)):
+            progress = (epoch * steps_per_epoch + step) / total_steps
+            for group in opt.param_groups:
+                group["lr"] = config.lr * _lr_factor(config, progress)
+            idx = idx.to(device)
+            y = labels[idx]
+            with _autocast(device, amp):
+                logits = model(prep(x, train=True))
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            with torch.no_grad():
+                pred = logits.argmax(1)
+                noisy, kn = is_noisy[idx], known[idx]
+                rel = relative_weights(loss_fn.last_shares.to(torch.float64))
+                clean_k, noisy_k = kn & ~noisy, kn & noisy
+                acc += torch.stack([
+                    loss.detach().double() * len(idx), torch.tensor(len(idx), device=device, dtype=torch.float64),
+                    (pred == y).sum().double(), (pred == clean_labels[idx]).sum().double(),
+                    rel[clean_k].sum(), clean_k.sum().double(), rel[noisy_k].sum(), noisy_k.sum().double(),
+                    ((pred == y) & noisy_k).sum().double(),
+                    rel.var(unbiased=False) * len(idx) if len(idx) > 1 else torch.zeros((), device=device, dtype=torch.float64),
+                ])
+            if step % 20 == 0 and not math.isfinite(float(loss.detach())):
+                break
+        a = acc.tolist()
+        diverged = not math.isfinite(a[0]) or not _finite_params(model)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": a[0] / a[1],
+            "train_acc": a[2] / a[1],                  # against the (noisy) labels trained on
+            "train_clean_acc": a[3] / a[1],            # against the clean labels
+            "val_acc": evaluate(model, data.val, prep, amp, config.num_workers),
+            "test_acc": evaluate(model, data.test, prep, amp, config.num_workers),
+            "weight_clean": a[4] / a[5] if a[5] else float("nan"),  # mean relative weight, 1 = batch mean
+            "weight_noisy": a[6] / a[7] if a[7] else float("nan"),
+            "noisy_fit": a[8] / a[7] if a[7] else float("nan"),     # noisy examples fitted to their wrong label
+            "weight_var": a[9] / a[1],                # the paper's emphasis variance (of relative weights)
+            "lr": opt.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - t0,
+        }
+        t_train += metrics["epoch_time_s"]
+        if diverged:
+            status = "diverged"
+            metrics["diverged"] = 1.0
+        history.append(metrics)
+        if report is not None:
+            report(dict(metrics), snapshot)
+        if diverged:
+            break
+
+    return _result(config, data, history, status, t_train)
+
+
+def _result(config: TrainConfig, data: Data, history: list[dict[str, float]], status: str,
+            t_train: float) -> TrainResult:
+    nan = float("nan")
+    last = history[-1] if history else {}
+    finite = [h for h in history if math.isfinite(h["test_acc"])]
+    best = max(finite, key=lambda h: h["test_acc"], default=None)
+    best_val = max(finite, key=lambda h: h["val_acc"], default=None)
+    return TrainResult(
+        status=status,
+        test_accuracy=last.get("test_acc", nan),
+        val_accuracy=last.get("val_acc", nan),
+        best_test_accuracy=best["test_acc"] if best else nan,
+        best_epoch=int(best["epoch"]) if best else 0,
+        best_val_accuracy=best_val["val_acc"] if best_val else nan,
+        val_selected_test_accuracy=best_val["test_acc"] if best_val else nan,
+        epochs_completed=len(history),
+        train_time_s=t_train,
+        noise_rate_realised=data.noise_rate,
+        history=history,
+        config=config.to_dict(),
+        data=dict(data.info),
+        provenance=provenance(),
+    )
