@@ -9,6 +9,7 @@ realised rate is the requested one up to rounding.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,7 @@ def read_label_file(path: Path, key: str | None = None) -> np.ndarray:
             arr = np.asarray(blob[key])
         else:
             raise DataError(path, f"unsupported label file type {suffix!r}", layout)
-    except (ValueError, OSError, IndexError) as e:
+    except (ValueError, OSError, IndexError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(path, f"could not be read as labels ({e})", layout) from None

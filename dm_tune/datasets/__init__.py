@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dm_tune.datasets import digits, mnist1d
+from dm_tune.datasets import cifar, clothing1m, digits, features, imagefolder, imdb, mnist1d
 from dm_tune.datasets._base import DataError, Source, Split
 
 Loader = Callable[[Path | None, Mapping[str, Any], bool], Source]
@@ -15,6 +15,12 @@ Loader = Callable[[Path | None, Mapping[str, Any], bool], Source]
 DATASETS: dict[str, tuple[Loader, bool]] = {
     "digits": (digits.load, False),
     "mnist1d": (mnist1d.load, False),
+    "cifar10": (cifar.load_cifar10, True),
+    "cifar100": (cifar.load_cifar100, True),
+    "clothing1m": (clothing1m.load, True),
+    "imagefolder": (imagefolder.load, True),
+    "imdb": (imdb.load, True),
+    "features": (features.load, True),
 }
 
 EMBEDDED = tuple(name for name, (_, on_disk) in DATASETS.items() if not on_disk)

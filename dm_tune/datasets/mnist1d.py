@@ -33,9 +33,9 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
         test=Split(torch.from_numpy(np.asarray(d["x_test"], np.float32)), torch.from_numpy(np.asarray(d["y_test"])).long()),
         num_classes=10,
         input_kind="signal",
-        default_model="mlp",
+        default_model="cnn",
         class_names=tuple(str(i) for i in range(10)),
-        defaults={"epochs": 60, "optimizer": "adam", "lr": 2e-3, "batch_size": 128,
+        defaults={"epochs": 30, "optimizer": "adam", "lr": 2e-3, "batch_size": 128,
                   "weight_decay": 0.0, "schedule": "none"},
         info={"num_samples": args.num_samples, "generator_seed": args.seed},
     )

@@ -1,0 +1,101 @@
+"""Pre-computed feature vectors from one .npz file (e.g. embeddings exported by another model).
+
+``data_root`` is the .npz file itself or a directory holding ``features.npz``, with arrays
+``x_train`` (N, D), ``y_train`` (N,), ``x_test``, ``y_test`` and optionally ``x_val``, ``y_val``
+(then the validation set; otherwise one is carved from train) and ``class_names`` (strings).
+Labels are integer class ids 0..C-1; C is len(class_names) if given, else the largest label + 1.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dm_tune._validate import ConfigError
+from dm_tune.datasets._base import DataError, Source, Split
+
+FILE_NAME = "features.npz"
+LAYOUT = (f"<data_root> = a .npz file (or a directory holding {FILE_NAME}) with float arrays "
+          "x_train (N, D), x_test (M, D), integer arrays y_train (N,), y_test (M,), optionally "
+          "x_val/y_val together and class_names (strings), saved with numpy.savez")
+
+DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "none",
+            "batch_size": 128, "epochs": 60}
+
+
+def _split(path: Path, arrays: Mapping[str, np.ndarray], name: str, dim: int | None) -> Split:
+    x, y = np.asarray(arrays[f"x_{name}"]), np.asarray(arrays[f"y_{name}"])
+    if x.ndim != 2 or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise DataError(path, f"x_{name} is {x.dtype} {x.shape}, not a 2-D numeric array", LAYOUT)
+    if dim is not None and x.shape[1] != dim:
+        raise DataError(path, f"x_{name} has {x.shape[1]} features but x_train has {dim}", LAYOUT)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(path, f"y_{name} is {y.dtype} {y.shape}, not a 1-D array of integer labels", LAYOUT)
+    if len(x) != len(y):
+        raise DataError(path, f"x_{name} has {len(x)} rows but y_{name} has {len(y)} labels", LAYOUT)
+    if len(y) == 0:
+        raise DataError(path, f"x_{name} is empty", LAYOUT)
+    if y.min() < 0:
+        raise DataError(path, f"y_{name} has negative labels", LAYOUT)
+    if not np.isfinite(x).all():
+        raise DataError(path, f"x_{name} holds NaN or infinite values", LAYOUT)
+    return Split(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)))
+
+
+def load(root: Path | None, options: Mapping[str, Any], download: bool = False) -> Source:
+    if options:
+        key = sorted(options)[0]
+        raise ConfigError(f"dataset_options.{key}", options[key], "features takes no options")
+    if root is None:
+        raise ConfigError("data_root", None, "features is read from disk; give --data-root")
+    if download:
+        raise ConfigError("download", download, "features cannot be downloaded")
+    path = root / FILE_NAME if root.is_dir() else root
+    if not path.is_file():
+        raise DataError(path, "file not found", LAYOUT)
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise DataError(path, "is a single array, not a .npz archive of named arrays", LAYOUT)
+        with npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(path, f"could not be read as a .npz file ({e})", LAYOUT) from None
+    required = ["x_train", "y_train", "x_test", "y_test"]
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        required += ["x_val", "y_val"]
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise DataError(path, f"lacks the arrays {', '.join(missing)} (present: {', '.join(sorted(arrays))})", LAYOUT)
+    train = _split(path, arrays, "train", None)
+    dim = int(train.inputs.shape[1])  # type: ignore[union-attr]
+    test = _split(path, arrays, "test", dim)
+    val = _split(path, arrays, "val", dim) if "x_val" in arrays else None
+    top = max(int(s.labels.max()) for s in (train, test, val) if s is not None)
+    names = None
+    if "class_names" in arrays:
+        names = tuple(str(n) for n in np.asarray(arrays["class_names"]).reshape(-1))
+        if len(names) <= top:
+            raise DataError(path, f"class_names has {len(names)} names but labels go up to {top}", LAYOUT)
+    num_classes = len(names) if names is not None else top + 1
+    if num_classes < 2:
+        raise DataError(path, "has a single class", LAYOUT)
+    return Source(
+        name="features",
+        train=train,
+        test=test,
+        val=val,
+        num_classes=num_classes,
+        input_kind="vector",
+        default_model="mlp",
+        class_names=names,
+        defaults=dict(DEFAULTS),
+        info={"data_file": str(path), "feature_dim": dim},
+    )

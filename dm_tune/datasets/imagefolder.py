@@ -1,0 +1,144 @@
+"""Any torchvision ImageFolder tree, read lazily from disk (also the image reader Clothing1M uses).
+
+Layout: ``root/train/<class>/*.jpg`` and ``root/test/<class>/*.jpg``, optionally
+``root/val/<class>/*.jpg`` (then it is the validation set; otherwise one is carved from train).
+Classes are the sorted folder names of ``train/``. Each image is resized (shorter side to
+image_size * 256/224) and centre-cropped to ``image_size`` (dataset_options, default 224), and
+returned as a float tensor normalised with the ImageNet statistics, so ``Source.normalise`` is
+None. Random crop/flip is applied on the device by the training loop, as for every image input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dm_tune._validate import ConfigError
+from dm_tune.datasets._base import DataError, Source, Split
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+OPTIONS = ("image_size",)
+
+LAYOUT = ("<data_root>/train/<class>/<image> and <data_root>/test/<class>/<image> with the same "
+          "class folders (optionally <data_root>/val/<class>/<image>); images "
+          + ", ".join(IMAGE_EXTENSIONS))
+
+# A generic from-scratch protocol for a ResNet-18 on a small image set.
+DEFAULTS = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4,
+            "schedule": "cosine", "batch_size": 64, "epochs": 60}
+
+
+def image_size_option(name: str, options: Mapping[str, Any]) -> int:
+    """The validated ``image_size`` option (the only option image datasets take)."""
+    for key, value in options.items():
+        if key not in OPTIONS:
+            raise ConfigError(f"dataset_options.{key}", value, f"{name} takes: " + ", ".join(OPTIONS))
+        if not isinstance(value, int) or isinstance(value, bool) or not 8 <= value <= 2048:
+            raise ConfigError(f"dataset_options.{key}", value, "expected an integer in [8, 2048] (pixels)")
+    return int(options.get("image_size", 224))
+
+
+class ImageFiles(Dataset):
+    """Images at ``root/<key>``, each read, resized, centre-cropped and normalised on access.
+
+    Keys are kept as one fixed-width bytes array rather than a list of strings, so that a
+    million of them cost tens of MB and DataLoader workers do not copy them through refcounts.
+    """
+
+    def __init__(self, root: Path, keys: list[str], image_size: int) -> None:
+        self.root = root
+        self.keys = np.array([k.encode() for k in keys], dtype=np.bytes_)
+        self.image_size = image_size
+        self.resize = round(image_size * 256 / 224)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def path(self, i: int) -> Path:
+        return self.root / self.keys[i].decode()
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        path, size = self.path(i), self.image_size
+        try:
+            with Image.open(path) as img:
+                img.draft("RGB", (self.resize, self.resize))  # JPEG: decode at reduced scale, much faster
+                img = img.convert("RGB")
+        except OSError as e:
+            raise DataError(path, f"could not be read as an image ({e})",
+                            "an image file at <data_root>/<key>") from None
+        w, h = img.size
+        scale = self.resize / min(w, h)
+        w, h = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((w, h), Image.BILINEAR)
+        left, top = (w - size) // 2, (h - size) // 2
+        arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _scan(root: Path, split: str, classes: list[str] | None) -> tuple[list[str], list[str], list[int]]:
+    """(classes, keys relative to root, labels) of ``root/split``; checks its class folders."""
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(folder, "directory not found", LAYOUT)
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not found:
+        raise DataError(folder, "has no class folders", LAYOUT)
+    if classes is not None and found != classes:
+        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+        raise DataError(folder, f"class folders differ from train/ (missing: {missing}, extra: {extra})", LAYOUT)
+    keys, labels = [], []
+    for label, name in enumerate(found):
+        files = _images_in(folder / name)
+        if not files and split == "train":
+            raise DataError(folder / name, "has no image files", LAYOUT)
+        keys += [p.relative_to(root).as_posix() for p in files]
+        labels += [label] * len(files)
+    if not keys:
+        raise DataError(folder, "has no image files", LAYOUT)
+    return found, keys, labels
+
+
+def _split(root: Path, keys: list[str], labels: list[int], image_size: int) -> Split:
+    return Split(ImageFiles(root, keys, image_size), torch.tensor(labels, dtype=torch.int64))
+
+
+def load(root: Path | None, options: Mapping[str, Any], download: bool = False) -> Source:
+    image_size = image_size_option("imagefolder", options)
+    if root is None:
+        raise ConfigError("data_root", None, "imagefolder is read from disk; give --data-root")
+    if download:
+        raise ConfigError("download", download, "imagefolder cannot be downloaded; put the tree under data_root")
+    classes, tr_keys, tr_labels = _scan(root, "train", None)
+    _, te_keys, te_labels = _scan(root, "test", classes)
+    val = None
+    if (root / "val").is_dir():
+        _, va_keys, va_labels = _scan(root, "val", classes)
+        val = _split(root, va_keys, va_labels, image_size)
+    return Source(
+        name="imagefolder",
+        train=_split(root, tr_keys, tr_labels, image_size),
+        test=_split(root, te_keys, te_labels, image_size),
+        val=val,
+        num_classes=len(classes),
+        input_kind="image",
+        default_model="resnet18",
+        class_names=tuple(classes),
+        defaults=dict(DEFAULTS),
+        info={"data_dir": str(root), "image_size": image_size, "official_val": val is not None},
+    )

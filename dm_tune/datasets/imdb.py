@@ -1,0 +1,164 @@
+"""IMDB movie-review sentiment (Maas et al., 2011): 25k training and 25k test reviews, 2 classes.
+
+Layout (the aclImdb release): ``root/train/pos/*.txt``, ``root/train/neg/*.txt``,
+``root/test/pos/*.txt``, ``root/test/neg/*.txt``; ``root`` may also be the parent of aclImdb/.
+The unlabelled ``train/unsup`` reviews are not used.
+
+**Class 0 is "pos", class 1 is "neg"**, so that ``imbalance: step`` (whose minority is the last
+half of the classes) with ``imbalance_ratio: 10`` gives the paper's positive:negative 10:1.
+
+``dataset_options.representation``:
+
+- ``features`` (default): TF-IDF of the words (fitted on the training texts only), reduced by
+  TruncatedSVD to ``dims`` (default 300) dense features and standardised with training
+  statistics; input_kind "vector", model "imdb-mlp" (the paper's one hidden layer of 8 units;
+  the paper used PV-DBOW document vectors, TF-IDF + SVD is the dependency-free stand-in).
+- ``tokens``: token ids over the ``vocab_size`` (default 20000, counting the two reserved ids:
+  0 = padding, 1 = unknown) most frequent training tokens, the first ``max_len`` (default 400)
+  tokens of each review, padded with 0; input_kind "tokens", model "text".
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dm_tune._validate import ConfigError
+from dm_tune.datasets._base import DataError, Source, Split
+
+CLASSES = ("pos", "neg")
+LAYOUT = ("<data_root>/train/{pos,neg}/*.txt and <data_root>/test/{pos,neg}/*.txt (the aclImdb "
+          "release; <data_root> may also be the folder that contains aclImdb/)")
+
+# option -> (default, smallest allowed, representation it belongs to)
+OPTIONS: dict[str, tuple[int, int, str]] = {
+    "dims": (300, 2, "features"),
+    "vocab_size": (20_000, 3, "tokens"),
+    "max_len": (400, 1, "tokens"),
+}
+REPRESENTATIONS = ("features", "tokens")
+TFIDF_MAX_WORDS = 50_000  # the most frequent words TF-IDF keeps (drops the long tail of typos)
+SVD_SEED = 0
+
+DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "none",
+            "batch_size": 128, "epochs": 30}
+
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words; the reviews' HTML line breaks are dropped."""
+    return _TOKEN.findall(text.lower().replace("<br />", " "))
+
+
+def _options(options: Mapping[str, Any]) -> tuple[str, dict[str, int]]:
+    rep = options.get("representation", "features")
+    if rep not in REPRESENTATIONS:
+        raise ConfigError("dataset_options.representation", rep, "expected one of: " + ", ".join(REPRESENTATIONS))
+    values = {}
+    for key, value in options.items():
+        if key == "representation":
+            continue
+        if key not in OPTIONS:
+            raise ConfigError(f"dataset_options.{key}", value,
+                              "imdb takes: representation, " + ", ".join(OPTIONS))
+        _, lo, used_by = OPTIONS[key]
+        if used_by != rep:
+            raise ConfigError(f"dataset_options.{key}", value, f"only used with representation {used_by!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise ConfigError(f"dataset_options.{key}", value, f"expected an integer >= {lo}")
+        values[key] = value
+    return rep, {k: values.get(k, d) for k, (d, _, used_by) in OPTIONS.items() if used_by == rep}
+
+
+def _find_root(root: Path) -> Path:
+    if not (root / "train").is_dir() and (root / "aclImdb" / "train").is_dir():
+        return root / "aclImdb"
+    return root
+
+
+def _read_split(root: Path, split: str) -> tuple[list[str], np.ndarray]:
+    texts: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(CLASSES):
+        folder = root / split / name
+        if not folder.is_dir():
+            raise DataError(folder, "directory not found", LAYOUT)
+        files = sorted(folder.glob("*.txt"))
+        if not files:
+            raise DataError(folder, "has no .txt reviews", LAYOUT)
+        texts += [f.read_text(encoding="utf-8", errors="replace") for f in files]
+        labels += [label] * len(files)
+    return texts, np.asarray(labels, dtype=np.int64)
+
+
+def tfidf_svd(train: list[str], test: list[str], dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense, standardised document features, every statistic fitted on ``train`` only."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None,
+                          sublinear_tf=True, max_features=TFIDF_MAX_WORDS)
+    a_tr = vec.fit_transform(train)
+    limit = min(a_tr.shape) - 1
+    if dims > limit:
+        raise ConfigError("dataset_options.dims", dims,
+                          f"expected at most {limit} for this data ({a_tr.shape[0]} texts, {a_tr.shape[1]} words)")
+    svd = TruncatedSVD(dims, random_state=SVD_SEED)
+    f_tr = svd.fit_transform(a_tr)
+    f_te = svd.transform(vec.transform(test))
+    mean, std = f_tr.mean(0), f_tr.std(0) + 1e-8
+    return ((f_tr - mean) / std).astype(np.float32), ((f_te - mean) / std).astype(np.float32)
+
+
+def token_ids(train: list[str], test: list[str], vocab_size: int, max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(train ids, test ids, ids in use): padded (N, max_len) int64 over the training vocabulary."""
+    tokens_tr = [tokenize(t) for t in train]
+    counts = Counter(tok for doc in tokens_tr for tok in doc)
+    vocab = {tok: i + 2 for i, (tok, _) in enumerate(counts.most_common(vocab_size - 2))}
+
+    def encode(docs: list[list[str]]) -> np.ndarray:
+        out = np.zeros((len(docs), max_len), dtype=np.int64)  # 0 = padding
+        for row, doc in zip(out, docs):
+            ids = [vocab.get(tok, 1) for tok in doc[:max_len]]  # 1 = unknown
+            row[:len(ids)] = ids
+        return out
+
+    return encode(tokens_tr), encode([tokenize(t) for t in test]), len(vocab) + 2
+
+
+def load(root: Path | None, options: Mapping[str, Any], download: bool = False) -> Source:
+    rep, opts = _options(options)
+    if root is None:
+        raise ConfigError("data_root", None, "imdb is read from disk; give --data-root")
+    if download:
+        raise ConfigError("download", download, "imdb cannot be downloaded; unpack aclImdb under data_root")
+    root = _find_root(root)
+    texts_tr, y_tr = _read_split(root, "train")
+    texts_te, y_te = _read_split(root, "test")
+    info: dict[str, Any] = {"data_dir": str(root), "representation": rep, **opts}
+    if rep == "features":
+        x_tr, x_te = tfidf_svd(texts_tr, texts_te, opts["dims"])
+        kind, model = "vector", "imdb-mlp"
+    else:
+        x_tr, x_te, used = token_ids(texts_tr, texts_te, opts["vocab_size"], opts["max_len"])
+        kind, model = "tokens", "text"
+        info["vocab_size_requested"] = opts["vocab_size"]
+        info["vocab_size"] = used  # embedding rows the model needs (read by dm_tune.data)
+    return Source(
+        name="imdb",
+        train=Split(torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
+        test=Split(torch.from_numpy(x_te), torch.from_numpy(y_te)),
+        num_classes=2,
+        input_kind=kind,
+        default_model=model,
+        class_names=CLASSES,
+        defaults=dict(DEFAULTS),
+        info=info,
+    )

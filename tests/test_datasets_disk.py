@@ -1,0 +1,415 @@
+"""The on-disk datasets on tiny fake trees: loading through prepare(), errors, file noise, 1-epoch runs."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dm_tune._validate import ConfigError
+from dm_tune.config import TrainConfig
+from dm_tune.data import prepare
+from dm_tune.datasets import DataError
+from dm_tune.datasets.cifar import FINE_TO_COARSE
+from dm_tune.noise import read_label_file
+from dm_tune.train import train
+
+
+def config(dataset: str, root: Path, **kw) -> TrainConfig:
+    return TrainConfig.from_dict({"dataset": dataset, "data_root": str(root), "device": "cpu",
+                                  "num_workers": 0, **kw})
+
+
+def run_one_epoch(dataset: str, root: Path, **kw) -> None:
+    cfg = config(dataset, root, epochs=1, batch_size=4, **kw)
+    result = train(cfg, prepare(cfg))
+    assert result.status == "finished" and result.epochs_completed == 1
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert 0.0 <= result.test_accuracy <= 1.0
+
+
+def expect_data_error(cfg: TrainConfig, path: Path) -> DataError:
+    with pytest.raises(DataError) as info:
+        prepare(cfg)
+    msg = str(info.value)
+    assert str(path.resolve()) in msg and "Expected layout" in msg
+    return info.value
+
+
+# --- fake trees ------------------------------------------------------------------------------
+
+
+def _dump(path: Path, obj: dict) -> None:
+    path.write_bytes(pickle.dumps(obj))
+
+
+def _images(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
+
+
+def make_cifar10(root: Path) -> Path:
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):  # 10 images per batch, one per class: 50 training images
+        _dump(base / f"data_batch_{i}", {"data": _images(10, rng), "labels": list(range(10))})
+    _dump(base / "test_batch", {"data": _images(20, rng), "labels": [i % 10 for i in range(20)]})
+    _dump(base / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+    return root
+
+
+def make_cifar100(root: Path, coarse: bool = True) -> Path:
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    fine = [i % 100 for i in range(200)]  # two images per fine class
+    train = {"data": _images(200, rng), "fine_labels": fine}
+    if coarse:  # a deliberately non-standard grouping, to see it is read from the pickle
+        train["coarse_labels"] = [f // 5 for f in fine]
+    _dump(base / "train", train)
+    _dump(base / "test", {"data": _images(100, rng), "fine_labels": list(range(100))})
+    _dump(base / "meta", {"fine_label_names": [f"f{i}" for i in range(100)],
+                          "coarse_label_names": [f"g{i}" for i in range(20)]})
+    return root
+
+
+def _write_image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (40, 30)) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+CLOTHING_TRAIN = 28  # two per class
+CLOTHING_CLEAN_KNOWN = 10  # of the training images, the first 10 have a clean label
+
+
+def make_clothing1m(root: Path) -> Path:
+    rng = np.random.default_rng(2)
+    def key(split: str, i: int) -> str:
+        return f"images/{i % 3}/{i:02d}/{split}{i}.{'jpg' if i % 2 else 'png'}"
+
+    train = [key("tr", i) for i in range(CLOTHING_TRAIN)]
+    val = [key("va", i) for i in range(14)]
+    test = [key("te", i) for i in range(14)]
+    for k in train + val + test:
+        _write_image(root / k, rng)
+    noisy = [f"{k} {i % 14}" for i, k in enumerate(train)]
+    # Clean labels for the first 10 training images: the even ones agree with the noisy label.
+    clean = [f"{k} {i % 14 if i % 2 == 0 else (i + 1) % 14}" for i, k in enumerate(train[:CLOTHING_CLEAN_KNOWN])]
+    clean += [f"{k} {i}" for i, k in enumerate(val)] + [f"{k} {13 - i}" for i, k in enumerate(test)]
+    (root / "noisy_label_kv.txt").write_text("\n".join(noisy) + "\n")
+    (root / "clean_label_kv.txt").write_text("\n".join(clean) + "\n")
+    (root / "noisy_train_key_list.txt").write_text("\n".join(train) + "\n")
+    (root / "clean_train_key_list.txt").write_text("\n".join(train[:CLOTHING_CLEAN_KNOWN]) + "\n")
+    (root / "clean_val_key_list.txt").write_text("\n".join(val) + "\n")
+    (root / "clean_test_key_list.txt").write_text("\n".join(test) + "\n")
+    return root
+
+
+def make_imagefolder(root: Path, with_val: bool = False) -> Path:
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 3), ("test", 2)) + ((("val", 1),) if with_val else ()):
+        for cls in ("ant", "bee", "cat"):
+            for i in range(n):
+                _write_image(root / split / cls / f"{i}.{'jpg' if i % 2 else 'png'}", rng, (24, 20))
+    return root
+
+
+POSITIVE = ("a great film, wonderful acting", "loved it, brilliant and moving", "superb, great fun")
+NEGATIVE = ("a terrible film, awful acting", "hated it, boring and dull", "awful, waste of time<br />bad")
+
+
+def make_imdb(parent: Path) -> Path:
+    root = parent / "aclImdb"
+    for split, n in (("train", 10), ("test", 5)):
+        for name, texts in (("pos", POSITIVE), ("neg", NEGATIVE)):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                (folder / f"{i}_{7 if name == 'pos' else 2}.txt").write_text(f"{texts[i % 3]} review {i}")
+    (root / "train" / "unsup").mkdir()  # present in the release, ignored
+    return parent
+
+
+def make_features(root: Path, with_val: bool = False) -> Path:
+    rng = np.random.default_rng(4)
+    arrays = {"x_train": rng.normal(size=(30, 5)), "y_train": np.arange(30) % 3,
+              "x_test": rng.normal(size=(9, 5)).astype(np.float32), "y_test": np.arange(9) % 3,
+              "class_names": np.array(["r", "g", "b"])}
+    if with_val:
+        arrays |= {"x_val": rng.normal(size=(6, 5)), "y_val": np.arange(6) % 3}
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / "features.npz", **arrays)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cifar10_root(tmp_path_factory) -> Path:
+    return make_cifar10(tmp_path_factory.mktemp("cifar10"))
+
+
+@pytest.fixture(scope="module")
+def clothing_root(tmp_path_factory) -> Path:
+    return make_clothing1m(tmp_path_factory.mktemp("clothing1m"))
+
+
+@pytest.fixture(scope="module")
+def imdb_root(tmp_path_factory) -> Path:
+    return make_imdb(tmp_path_factory.mktemp("imdb"))
+
+
+# --- CIFAR ------------------------------------------------------------------------------------
+
+
+def test_cifar10_loads_as_uint8_images(cifar10_root):
+    data = prepare(config("cifar10", cifar10_root))
+    assert data.num_classes == 10 and data.input_kind == "image" and data.default_model == "resnet20"
+    assert data.train.inputs.dtype == torch.uint8 and data.input_shape == (3, 32, 32)
+    assert len(data.train) == 40 and len(data.val) == 10 and len(data.test) == 20
+    assert data.normalise is not None and len(data.normalise[0]) == 3
+    assert data.defaults["optimizer"] == "sgd" and data.defaults["schedule"] == "step"
+    labels = torch.cat([data.train.labels, data.val.labels])
+    assert sorted(labels.tolist()) == sorted(list(range(10)) * 5)
+
+
+def test_cifar10_missing_or_damaged_batch(tmp_path):
+    root = make_cifar10(tmp_path)
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(b"not a pickle")
+    expect_data_error(config("cifar10", root), batch)
+    batch.unlink()
+    expect_data_error(config("cifar10", root), batch)
+    with pytest.raises(ConfigError, match="dataset_options.size"):
+        prepare(config("cifar10", root, dataset_options={"size": 1}))
+
+
+def test_cifar100_groups_from_coarse_labels_and_superclass_noise(tmp_path):
+    root = make_cifar100(tmp_path)
+    data = prepare(config("cifar100", root, val_fraction=0.0))
+    assert data.num_classes == 100 and data.default_model == "resnet44"
+    assert len(data.train) == 200 and len(data.test) == 100 and len(data.val) == 0
+
+    noisy = prepare(config("cifar100", root, val_fraction=0.0, noise="cifar100-superclass", noise_rate=0.5))
+    clean, labels = noisy.clean_train_labels, noisy.train.labels
+    flipped = labels != clean
+    assert int(flipped.sum()) == 40  # 20 superclasses x 2 paired classes x round(0.5 * 2)
+    assert torch.equal(labels[flipped] // 5, clean[flipped] // 5)  # only within the pickle's groups
+    assert torch.equal(noisy.is_noisy, flipped)
+
+
+def test_cifar100_superclass_table_fallback(tmp_path):
+    from dm_tune.data import load_source
+
+    source = load_source(config("cifar100", make_cifar100(tmp_path, coarse=False)))
+    assert source.class_groups is not None and len(source.class_groups) == 20
+    assert all(len(g) == 5 for g in source.class_groups)
+    assert all(FINE_TO_COARSE[f] == g for g, group in enumerate(source.class_groups) for f in group)
+
+
+def test_cifar100_missing_meta(tmp_path):
+    root = make_cifar100(tmp_path)
+    (root / "cifar-100-python" / "meta").unlink()
+    expect_data_error(config("cifar100", root), root / "cifar-100-python" / "meta")
+
+
+# --- label files (CIFAR-N and plain lists) ---------------------------------------------------
+
+
+def test_file_noise_from_cifar_n_dict_npy_and_csv(cifar10_root, tmp_path):
+    clean = prepare(config("cifar10", cifar10_root, val_fraction=0.0)).train.labels.numpy()
+    rng = np.random.default_rng(5)
+    worse = np.where(rng.random(50) < 0.4, (clean + 1) % 10, clean)
+    pt = tmp_path / "CIFAR-10_human.pt"
+    torch.save({"worse_label": worse, "aggre_label": clean.copy(), "clean_label": clean.copy()}, pt)
+    np.save(tmp_path / "worse.npy", worse)
+    (tmp_path / "worse.csv").write_text("index,label\n" + "".join(f"{i},{y}\n" for i, y in enumerate(worse)))
+    (tmp_path / "worse.txt").write_text("".join(f"{y}\n" for y in worse))
+
+    for path, key in ((pt, "worse_label"), (tmp_path / "worse.npy", None), (tmp_path / "worse.csv", None),
+                      (tmp_path / "worse.txt", None)):
+        assert np.array_equal(read_label_file(path, key), worse)
+        data = prepare(config("cifar10", cifar10_root, val_fraction=0.0, noise="file",
+                              noise_file=str(path), noise_key=key))
+        assert np.array_equal(data.train.labels.numpy(), worse)
+        assert np.array_equal(data.is_noisy.numpy(), worse != clean)
+    assert np.array_equal(read_label_file(pt, "clean_label"), clean)
+
+
+def test_label_file_errors(tmp_path):
+    pt = tmp_path / "labels.pt"
+    torch.save({"worse_label": np.zeros(3, np.int64)}, pt)
+    with pytest.raises(DataError, match="noise_key"):
+        read_label_file(pt, None)
+    with pytest.raises(DataError, match="no key 'aggre_label'"):
+        read_label_file(pt, "aggre_label")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(DataError, match="Expected layout"):
+        read_label_file(bad, "worse_label")
+    with pytest.raises(DataError, match="not found"):
+        read_label_file(tmp_path / "absent.npy")
+    np.save(tmp_path / "real.npy", np.array([0.5, 1.0]))
+    with pytest.raises(DataError, match="no integer labels"):
+        read_label_file(tmp_path / "real.npy")
+
+
+def test_file_noise_length_mismatch(cifar10_root, tmp_path):
+    np.save(tmp_path / "short.npy", np.zeros(7, np.int64))
+    cfg = config("cifar10", cifar10_root, noise="file", noise_file=str(tmp_path / "short.npy"))
+    expect_data_error(cfg, tmp_path / "short.npy")
+
+
+# --- Clothing1M -------------------------------------------------------------------------------
+
+
+def test_clothing1m_loads_noisy_train_clean_val_test(clothing_root):
+    data = prepare(config("clothing1m", clothing_root, dataset_options={"image_size": 32}))
+    assert data.num_classes == 14 and data.default_model == "resnet50" and data.normalise is None
+    assert len(data.train) == CLOTHING_TRAIN and len(data.val) == 14 and len(data.test) == 14
+    assert data.input_shape == (3, 32, 32)
+    x = data.train.inputs[0]
+    assert x.dtype == torch.float32 and -3.0 < float(x.min()) and float(x.max()) < 3.0
+    assert data.train.labels.tolist() == [i % 14 for i in range(CLOTHING_TRAIN)]
+    assert data.val.labels.tolist() == list(range(14)) and data.test.labels.tolist() == list(range(13, -1, -1))
+    known = np.arange(CLOTHING_TRAIN) < CLOTHING_CLEAN_KNOWN
+    assert np.array_equal(data.noise_known.numpy(), known)
+    assert np.array_equal(data.is_noisy.numpy(), known & (np.arange(CLOTHING_TRAIN) % 2 == 1))
+    assert data.noise_rate == pytest.approx(0.5)
+    assert data.defaults["lr"] == 0.01 and data.defaults["weight_decay"] == 2e-5
+
+
+def test_clothing1m_missing_and_malformed(tmp_path):
+    root = make_clothing1m(tmp_path)
+    kv = root / "clean_label_kv.txt"
+    good = kv.read_text()
+    kv.write_text("images/0/00/va0.png fourteen\n")
+    expect_data_error(config("clothing1m", root), kv)
+    kv.write_text(good)
+    (root / "images/0/00/te0.png").unlink()
+    expect_data_error(config("clothing1m", root), root / "images/0/00/te0.png")
+    (root / "clean_val_key_list.txt").unlink()
+    expect_data_error(config("clothing1m", root), root / "clean_val_key_list.txt")
+    with pytest.raises(ConfigError, match="dataset_options.image_size"):
+        prepare(config("clothing1m", root, dataset_options={"image_size": 3}))
+
+
+# --- ImageFolder ------------------------------------------------------------------------------
+
+
+def test_imagefolder_carved_and_official_val(tmp_path):
+    data = prepare(config("imagefolder", make_imagefolder(tmp_path / "a"), dataset_options={"image_size": 16}))
+    assert data.num_classes == 3 and data.default_model == "resnet18" and data.input_shape == (3, 16, 16)
+    assert len(data.train) == 6 and len(data.val) == 3 and len(data.test) == 6
+    assert sorted(data.test.labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert data.train.inputs[0].dtype == torch.float32
+
+    data = prepare(config("imagefolder", make_imagefolder(tmp_path / "b", with_val=True)))
+    assert len(data.train) == 9 and len(data.val) == 3 and data.input_shape == (3, 224, 224)
+
+
+def test_imagefolder_errors(tmp_path):
+    root = make_imagefolder(tmp_path)
+    (root / "test" / "cat" / "0.png").rename(root / "test" / "cat" / "0.other")
+    (root / "test" / "cat").rename(root / "test" / "cow")
+    err = expect_data_error(config("imagefolder", root), root / "test")
+    assert "differ" in str(err) and "cow" in str(err)
+    for f in (root / "test" / "cow").iterdir():
+        f.unlink()
+    (root / "test" / "cow").rmdir()
+    for d in (root / "test").iterdir():
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+    err = expect_data_error(config("imagefolder", root), root / "test")
+    assert "no class folders" in str(err)
+    (root / "test").rmdir()
+    expect_data_error(config("imagefolder", root), root / "test")
+
+
+# --- IMDB -------------------------------------------------------------------------------------
+
+
+def test_imdb_features_and_step_imbalance(imdb_root):
+    data = prepare(config("imdb", imdb_root, dataset_options={"dims": 4}))
+    assert data.input_kind == "vector" and data.default_model == "imdb-mlp" and data.input_shape == (4,)
+    assert data.train.inputs.dtype == torch.float32 and len(data.test) == 10
+    assert len(data.train) == 16 and len(data.val) == 4
+    assert data.test.labels.tolist() == [0] * 5 + [1] * 5  # pos first: class 0 = pos
+
+    # positive:negative 4:1 by imbalance 'step' (the minority is the last class, "neg").
+    data = prepare(config("imdb", imdb_root, dataset_options={"dims": 4}, imbalance="step", imbalance_ratio=4))
+    assert torch.bincount(data.train.labels, minlength=2).tolist() == [8, 2]
+
+
+def test_imdb_tokens(imdb_root):
+    data = prepare(config("imdb", imdb_root / "aclImdb",
+                          dataset_options={"representation": "tokens", "vocab_size": 10, "max_len": 6}))
+    assert data.input_kind == "tokens" and data.default_model == "text" and data.input_shape == (6,)
+    assert data.train.inputs.dtype == torch.int64 and data.vocab_size == 10
+    assert int(data.train.inputs.max()) < 10 and int(data.train.inputs.min()) >= 0
+    assert (data.test.inputs == 1).any()  # words outside the 8-word vocabulary are "unknown"
+    short = prepare(config("imdb", imdb_root, dataset_options={"representation": "tokens", "max_len": 40}))
+    assert (short.train.inputs[:, -1] == 0).all()  # short reviews are padded with 0
+
+
+def test_imdb_errors(imdb_root, tmp_path):
+    for bad in ({"representation": "bag"}, {"max_len": 10}, {"representation": "tokens", "dims": 4},
+                {"dims": 0}, {"dims": 500}):
+        with pytest.raises(ConfigError, match="dataset_options"):
+            prepare(config("imdb", imdb_root, dataset_options=bad))
+    root = make_imdb(tmp_path) / "aclImdb"
+    for f in (root / "test" / "neg").iterdir():
+        f.unlink()
+    (root / "test" / "neg").rmdir()
+    expect_data_error(config("imdb", root), root / "test" / "neg")
+
+
+# --- features (.npz) --------------------------------------------------------------------------
+
+
+def test_features_npz(tmp_path):
+    data = prepare(config("features", make_features(tmp_path / "a")))
+    assert data.num_classes == 3 and data.input_kind == "vector" and data.default_model == "mlp"
+    assert data.train.inputs.dtype == torch.float32 and data.input_shape == (5,)
+    assert len(data.train) == 24 and len(data.val) == 6 and len(data.test) == 9
+    root = make_features(tmp_path / "b", with_val=True)
+    data = prepare(config("features", root / "features.npz"))
+    assert len(data.train) == 30 and len(data.val) == 6 and data.val.labels.max() == 2
+
+
+def test_features_errors(tmp_path):
+    path = tmp_path / "f.npz"
+    good = {"x_train": np.zeros((4, 2)), "y_train": np.array([0, 1, 0, 1]),
+            "x_test": np.zeros((2, 2)), "y_test": np.array([0, 1])}
+    for change, words in (({"y_test": None}, "y_test"), ({"y_train": np.array([0, 1, 0])}, "3 labels"),
+                          ({"y_train": np.array([0.0, 1.0, 0.5, 1.0])}, "integer"),
+                          ({"x_val": np.zeros((2, 2))}, "y_val"), ({"x_test": np.zeros((2, 3))}, "features")):
+        arrays = {k: v for k, v in {**good, **change}.items() if v is not None}
+        np.savez(path, **arrays)
+        err = expect_data_error(config("features", path), path)
+        assert words in str(err)
+    expect_data_error(config("features", tmp_path), tmp_path / "features.npz")
+
+
+# --- the whole pipeline, one epoch each -------------------------------------------------------
+
+
+def test_train_one_epoch_cifar10(cifar10_root):
+    run_one_epoch("cifar10", cifar10_root, model="cnn", noise_rate=0.2)
+
+
+def test_train_one_epoch_clothing1m(clothing_root):
+    run_one_epoch("clothing1m", clothing_root, model="cnn", dataset_options={"image_size": 32})
+
+
+def test_train_one_epoch_imdb_features(imdb_root):
+    run_one_epoch("imdb", imdb_root, dataset_options={"dims": 4})
+
+
+def test_train_one_epoch_imdb_tokens(imdb_root):
+    run_one_epoch("imdb", imdb_root, dataset_options={"representation": "tokens", "max_len": 16})
