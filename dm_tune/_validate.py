@@ -80,6 +80,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
             raise ConfigError(name, value, "expected a list")
         return tuple(_coerce(f"{name}[{i}]", v, item_tp) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return build(tp, value, where=name)
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(name, value, "expected a mapping")

@@ -49,7 +49,11 @@ class TrainResult:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready; ``config`` also names the git commit and package versions that ran it."""
+        d = asdict(self)
+        d["config"] = {**d["config"], "git_commit": self.provenance.get("git_commit"),
+                       "package_versions": self.provenance.get("versions")}
+        return d
 
 
 def select_device(name: str) -> torch.device:

@@ -1,0 +1,196 @@
+"""The ``dm-tune`` command line: train, search, report, recommend.
+
+User mistakes (bad flags, bad config values, missing data) end with exit code 2 and one line
+on stderr, never a traceback. Heavy imports (torch, ray, mlflow) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from dm_tune._validate import ConfigError
+from dm_tune.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _load_yaml(path: str, what: str) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} {path}: file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"{what} {path}: not valid YAML{where}") from None
+    if data is None:
+        raise UserError(f"{what} {path}: the file is empty")
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path}: expected a mapping of field: value at the top level")
+    return data
+
+
+# --- train -----------------------------------------------------------------------------------
+
+# flag -> TrainConfig field, for the flags that map one to one.
+_TRAIN_FLAGS = {
+    "dataset": "dataset", "data_root": "data_root", "noise": "noise", "noise_rate": "noise_rate",
+    "noise_file": "noise_file", "noise_key": "noise_key", "imbalance": "imbalance",
+    "imbalance_ratio": "imbalance_ratio", "model": "model", "method": "method", "lam": "lam",
+    "beta": "beta", "gce_q": "gce_q", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+    "optimizer": "optimizer", "weight_decay": "weight_decay", "seed": "seed", "device": "device",
+    "amp": "amp", "pretrained": "pretrained", "num_workers": "num_workers",
+}
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one model with DM or a baseline and report its accuracy",
+                       description="Train one model. Flags override values from --config.")
+    p.add_argument("--config", help="YAML file of TrainConfig fields")
+    p.add_argument("--dataset", help="digits (default), mnist1d, cifar10, cifar100, clothing1m, imagefolder, imdb, features")
+    p.add_argument("--data-root", help="directory of an on-disk dataset")
+    p.add_argument("--noise", help="none, symmetric (default), pair, cifar100-superclass, file")
+    p.add_argument("--noise-rate", type=float, help="fraction of training labels corrupted, in [0, 1)")
+    p.add_argument("--noise-file", help="label file for --noise file (.npy/.csv/.txt or CIFAR-N .pt)")
+    p.add_argument("--noise-key", help="key inside a CIFAR-N .pt file, e.g. worse_label")
+    p.add_argument("--imbalance", help="none, longtail or step")
+    p.add_argument("--imbalance-ratio", type=float, help="largest / smallest class size")
+    p.add_argument("--model", help="mlp, imdb-mlp, cnn, resnet20/32/44/56, resnet18/50, text")
+    p.add_argument("--method", help="dm (default), cce, cce-dn, gce, gce-dn, mae, mae-dn, mse, mse-dn, sl")
+    p.add_argument("--lam", type=float, help="DM lambda (emphasis mode psi = lam/(1+lam))")
+    p.add_argument("--beta", type=float, help="DM beta (emphasis variance)")
+    p.add_argument("--mode", type=float, help="DM emphasis mode psi in [0, 1) (instead of --lam)")
+    p.add_argument("--spread", type=float, help="DM log-spread rho (instead of --beta)")
+    p.add_argument("--gce-q", type=float, help="GCE's q (default 0.7)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", help="sgd or adam")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--amp", help="auto (default), off, bf16, fp16: mixed precision on CUDA")
+    p.add_argument("--pretrained", help="local weights file for resnet18/resnet50")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers for on-disk images")
+    p.add_argument("--out", help="write the result as JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    p.set_defaults(func=_train_cmd)
+
+
+def _train_values(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = _load_yaml(args.config, "--config") if args.config else {}
+    for flag, field in _TRAIN_FLAGS.items():
+        v = getattr(args, flag)
+        if v is not None:
+            values[field] = v
+    method = values.get("method", "dm")
+    dm_flags = [f for f in ("lam", "beta", "mode", "spread") if getattr(args, f) is not None]
+    if method != "dm" and dm_flags:
+        raise UserError(f"--{dm_flags[0]}: only applies to --method dm, not {method!r}")
+    if args.mode is not None and args.lam is not None:
+        raise UserError("--mode and --lam both set the emphasis mode; give one of them")
+    if args.spread is not None and args.beta is not None:
+        raise UserError("--spread and --beta both set the emphasis variance; give one of them")
+    from dm_tune._param import beta_from_rho, lambda_from_mode
+
+    if args.mode is not None:
+        if not (math.isfinite(args.mode) and 0.0 <= args.mode < 1.0):
+            raise ConfigError("--mode", args.mode, "the emphasis mode psi must be in [0, 1)")
+        values["lam"] = lambda_from_mode(args.mode)
+    if args.spread is not None:
+        lam = float(values.get("lam", 1.0))
+        if not (math.isfinite(lam) and lam >= 0):
+            raise ConfigError("lam", lam, "expected a number >= 0")
+        values["beta"] = beta_from_rho(args.spread, lam)
+    return values
+
+
+def _progress(quiet: bool, epochs_hint: list[int]):
+    def report(m: dict[str, float], _snapshot: Any) -> None:
+        if quiet:
+            return
+        w = (f"  w clean/noisy {m['weight_clean']:.2f}/{m['weight_noisy']:.2f}"
+             if math.isfinite(m["weight_noisy"]) else "")
+        print(f"epoch {int(m['epoch']):>3}/{epochs_hint[0]}  loss {m['train_loss']:.4f}  "
+              f"train {100 * m['train_acc']:5.1f}%  val {100 * m['val_acc']:5.1f}%  "
+              f"test {100 * m['test_acc']:5.1f}%{w}  {m['epoch_time_s']:.2f}s", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _train_cmd(args: argparse.Namespace) -> int:
+    from dm_tune.config import TrainConfig
+
+    config = TrainConfig.from_dict(_train_values(args))
+    from dm_tune.data import prepare
+    from dm_tune.train import select_device, train
+
+    try:
+        select_device(config.device)
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
+    out = Path(args.out).resolve() if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise UserError(f"--out {args.out}: directory {out.parent} does not exist")
+    data = prepare(config)
+    resolved = config.resolve(data.defaults, data.default_model, data.input_kind)
+    if not args.quiet:
+        dm = f" lam={resolved.lam:g} beta={resolved.beta:g}" if resolved.method == "dm" else ""
+        print(f"dm-tune train: {resolved.dataset} ({len(data.train)} train / {len(data.val)} val / "
+              f"{len(data.test)} test), {resolved.noise} noise {resolved.noise_rate:g} "
+              f"(realised {data.noise_rate:.3f}), model {resolved.model}, {resolved.method}{dm}, "
+              f"seed {resolved.seed}", file=sys.stderr)
+    result = train(config, data, _progress(args.quiet, [resolved.epochs]))
+    print(f"{result.status}: final test accuracy {100 * result.test_accuracy:.2f}% "
+          f"(val {100 * result.val_accuracy:.2f}%); best over training {100 * result.best_test_accuracy:.2f}% "
+          f"at epoch {result.best_epoch}; {result.train_time_s:.1f}s")
+    if out is not None:
+        out.write_text(json.dumps(result.to_dict(), indent=1, allow_nan=True) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dm-tune", description="Tune and understand Derivative Manipulation (DM).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train_parser(sub)
+    from dm_tune.search.cli import add_search_parser
+    from reports._cli import add_recommend_parser, add_report_parser
+
+    add_search_parser(sub)
+    add_report_parser(sub)
+    add_recommend_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from dm_tune.datasets import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError, UserError) as e:
+        print(f"dm-tune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dm-tune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""Running a study: pre-flight checks, then per setting a search stage and a confirm stage.
+
+Stages read top to bottom:
+1. ``preflight``: the tracking server answers, Ray is reachable, GPUs exist if asked for;
+   nothing is written before these pass.
+2. per setting, **search**: Ray Tune + OptunaSearch over DM's knobs on the first seed,
+   objective = final clean-validation accuracy; the Optuna study lives in WORKSPACE/optuna.db.
+3. per setting, **confirm**: the best ``top_k`` DM arms and every baseline on every seed.
+4. a summary per setting: the best DM arm against each baseline, final test accuracy over seeds.
+
+Each stage is one Tune experiment under STORAGE/<study>/<setting>-<stage>; a re-run or
+``--resume`` restores unfinished experiments and skips finished ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from dm_tune.errors import UserError
+from dm_tune.search._study import Setting, Study
+
+OBJECTIVE = "val_acc"  # final clean-validation accuracy, as the paper selects hyper-parameters
+
+
+class Interrupted(Exception):
+    """The search stopped before all its trials finished (Ctrl-C, a killed trial runner)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    workspace: Path
+    address: str | None = None
+    storage_path: str | None = None
+    tracking_uri: str | None = None
+    echo: bool = True
+
+    @property
+    def tracking(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.workspace / 'mlflow.db'}"
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{self.workspace / 'optuna.db'}"
+
+    @property
+    def storage(self) -> str:
+        return self.storage_path or str(self.workspace / "ray")
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    baseline: str
+    params: dict[str, Any]
+    test_acc: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+
+    def mean(self, values: list[float]) -> float:
+        ok = [v for v in values if math.isfinite(v)]
+        return sum(ok) / len(ok) if ok else float("nan")
+
+    def std(self, values: list[float]) -> float:
+        ok = [v for v in values if math.isfinite(v)]
+        if len(ok) < 2:
+            return 0.0
+        m = sum(ok) / len(ok)
+        return math.sqrt(sum((v - m) ** 2 for v in ok) / (len(ok) - 1))
+
+
+@dataclass
+class SettingSummary:
+    setting: str
+    arms: list[ArmResult]
+    search_trials: int
+    search_statuses: dict[str, int]
+    train_time_s: float
+
+    def best_dm(self) -> ArmResult | None:
+        dm = [a for a in self.arms if not a.baseline and a.val_acc]
+        return max(dm, key=lambda a: a.mean(a.val_acc), default=None)
+
+
+# --- pre-flight ------------------------------------------------------------------------------
+
+
+def _check_tcp(host: str, port: int, what: str) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return
+    except OSError as e:
+        raise UserError(f"{what}: cannot reach {host}:{port} ({e.strerror or e})") from None
+
+
+def check_tracking(uri: str) -> None:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        import urllib.request
+
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        _check_tcp(parsed.hostname or "localhost", port, f"--tracking-uri {uri}")
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                if r.status != 200:
+                    raise UserError(f"--tracking-uri {uri}: /health answered {r.status}, not an MLflow server")
+        except OSError as e:
+            raise UserError(f"--tracking-uri {uri}: not an MLflow server ({e})") from None
+    elif parsed.scheme != "sqlite":
+        raise UserError(f"--tracking-uri {uri}: expected an http(s):// MLflow server or sqlite:////abs/path.db")
+
+
+def connect_ray(address: str | None, cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        host, _, port = address.rpartition(":")
+        if address.startswith("ray://"):
+            raise UserError(f"--address {address}: Ray Client addresses are not supported; use HOST:PORT")
+        if not host or not port.isdigit():
+            raise UserError(f"--address {address}: expected 'auto' or HOST:PORT (e.g. 10.0.0.5:6379)")
+        _check_tcp(host, int(port), f"--address {address}")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        else:
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"--address {address}: could not connect to a Ray cluster ({str(e).splitlines()[0]})") from None
+
+
+def check_resources(study: Study) -> None:
+    import ray
+
+    res = ray.cluster_resources()
+    need_gpu = study.resources.gpus_per_trial
+    if need_gpu > 0 and res.get("GPU", 0) < need_gpu:
+        raise UserError(f"resources.gpus_per_trial: {need_gpu:g} GPUs per trial requested but the Ray "
+                        f"cluster has {res.get('GPU', 0):g}; use 0 on a CPU-only machine")
+    if res.get("CPU", 0) < study.resources.cpus_per_trial:
+        raise UserError(f"resources.cpus_per_trial: {study.resources.cpus_per_trial:g} CPUs per trial "
+                        f"requested but the Ray cluster has {res.get('CPU', 0):g}")
+
+
+# --- one stage ---------------------------------------------------------------------------------
+
+
+def _fit(trainable, path: Path, make_tuner, callbacks: list) -> Any:
+    """Restore the experiment at ``path`` if there is one, else start it; run it to the end."""
+    from ray import tune
+
+    if tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        # Tune pickles callbacks with the experiment; use this run's (fresh tracking config).
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+    else:
+        tuner = make_tuner()
+    return tuner.fit()
+
+
+def _run_config(name: str, storage: str, study: Study, callbacks: list):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name, storage_path=storage, callbacks=callbacks, verbose=0,
+        failure_config=tune.FailureConfig(max_failures=study.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+    )
+
+
+def _scheduler(study: Study, budget: int):
+    if study.scheduler.kind != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="epoch", metric=OBJECTIVE, mode="max", max_t=budget,
+                         grace_period=min(study.scheduler.grace_period, budget),
+                         reduction_factor=study.scheduler.reduction_factor)
+
+
+def _require_complete(results, expected: int, stage: str) -> None:
+    done = results.num_terminated + results.num_errors
+    if done < expected:
+        raise Interrupted(f"{stage}: {done} of {expected} trials finished")
+
+
+def _warm_points(space: dict[str, Any]) -> list[dict[str, float]]:
+    """The paper's suggested DM settings in this space's coordinates, clipped to its bounds."""
+    from search_spaces import to_lam_beta
+
+    points = []
+    for lam, beta in ((0.5, 8.0), (1.0, 16.0), (2.0, 24.0)):
+        p = to_lam_beta({"lam": lam, "beta": beta})
+        point = {}
+        for name, spec in space.items():
+            if spec["type"] != "float" or name not in p:
+                return []
+            point[name] = min(max(p[name], spec["low"]), spec["high"])
+        points.append(point)
+    return points
+
+
+def _optuna_study_name(study: Study, setting: Setting) -> str:
+    """One Optuna study per setting and objective: shared by later studies on the same setting
+    with the same training budget and space, so they warm-start from it."""
+    fingerprint = json.dumps({"training": study.training, "seed": study.seeds[0],
+                              "space": study.search.space, "extra": list(study.search.extra_knobs)},
+                             sort_keys=True)
+    return f"{setting.key}/{study.search.space}/{hashlib.sha1(fingerprint.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class _Context:
+    """What every stage of one setting needs."""
+
+    study: Study
+    setting: Setting
+    opts: RunOptions
+    exp_id: str
+    parent_id: str
+    base: dict[str, Any]
+    source: Any
+    budget: int
+    num_classes: int
+    resolved: dict[str, Any]
+
+    def trainable(self):
+        from ray import tune
+
+        from trainables import dm_trainable
+
+        res = {"cpu": self.study.resources.cpus_per_trial, "gpu": self.study.resources.gpus_per_trial}
+        return tune.with_resources(tune.with_parameters(dm_trainable, base=self.base, source=self.source), res)
+
+    def describe(self, config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """MLflow params and baseline name of a trial config."""
+        from search_spaces import to_lam_beta
+        from trainables import trial_values
+
+        arm = config.get("arm") or {}
+        values = trial_values(config, self.base)
+        method = values.get("method", "dm")
+        params: dict[str, Any] = {
+            "method": method, "seed": values.get("seed"), "epochs": self.budget,
+            "num_classes": self.num_classes, "pretrained": str(bool(values.get("pretrained"))).lower(),
+            **{k: self.resolved.get(k) for k in ("dataset", "noise", "noise_rate", "imbalance",
+                                                  "imbalance_ratio", "model", "batch_size")},
+            "lr": values.get("lr", self.resolved.get("lr")),
+            "weight_decay": values.get("weight_decay", self.resolved.get("weight_decay")),
+        }
+        if method == "dm":
+            params.update(to_lam_beta({"lam": values.get("lam", 1.0), "beta": values.get("beta", 8.0)}))
+        elif method in ("gce", "gce-dn"):
+            params["gce_q"] = values.get("gce_q", 0.7)
+        return params, arm.get("baseline", "")
+
+
+def _tracker(ctx: _Context, stage: str):
+    from dm_tune.search._tracking import MLflowTracker
+
+    return MLflowTracker(ctx.opts.tracking, ctx.exp_id, ctx.parent_id, ctx.setting.key, stage,
+                         ctx.budget, ctx.describe, echo=ctx.opts.echo)
+
+
+def run_search_stage(ctx: _Context):
+    import optuna
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search_spaces import define_by_run, get_space, make_sampler
+
+    study = ctx.study
+    space = get_space(study.search.space, study.search.extra_knobs)
+    name = _optuna_study_name(study, ctx.setting)
+    storage = optuna.storages.RDBStorage(ctx.opts.optuna_url)
+    fresh = name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    callbacks = [_tracker(ctx, "search")]
+    path = Path(ctx.opts.storage) / study.name / f"{ctx.setting.key}-search"
+
+    def make_tuner():
+        from dm_tune.search._searcher import DMOptunaSearch
+
+        searcher = DMOptunaSearch(
+            space=define_by_run(space), metric=OBJECTIVE, mode="max", study_name=name, storage=storage,
+            sampler=make_sampler(study.search.sampler, space, study.search.sampler_seed, study.search.num_samples),
+            points_to_evaluate=_warm_points(space) if (fresh and study.search.warm_start) else None)
+        return tune.Tuner(
+            ctx.trainable(),
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=study.resources.max_concurrent),
+                scheduler=_scheduler(study, ctx.budget), num_samples=study.search.num_samples,
+                trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True),
+            run_config=_run_config(path.name, str(path.parent), study, callbacks))
+
+    results = _fit(ctx.trainable(), path, make_tuner, callbacks)
+    _require_complete(results, study.search.num_samples, "search")
+    return results
+
+
+def _top_dm_arms(results, k: int) -> list[dict[str, Any]]:
+    from search_spaces import to_lam_beta
+
+    done = [r for r in results if r.error is None and r.metrics and r.metrics.get("final")
+            and r.metrics.get("status") == "finished"]
+    done.sort(key=lambda r: -r.metrics["final_val_acc"])
+    arms, seen = [], set()
+    for r in done:
+        knobs = to_lam_beta(r.config)
+        overrides = {"method": "dm", "lam": knobs["lam"], "beta": knobs["beta"],
+                     **{x: r.config[x] for x in ("lr", "weight_decay") if x in r.config}}
+        key = tuple(round(v, 6) for v in overrides.values() if isinstance(v, float))
+        if key in seen:
+            continue
+        seen.add(key)
+        arms.append({"name": f"dm-{len(arms) + 1}", "baseline": "", "overrides": overrides})
+        if len(arms) == k:
+            break
+    return arms
+
+
+def run_confirm_stage(ctx: _Context, search_results):
+    from ray import tune
+    from search_spaces import BASELINES
+
+    study = ctx.study
+    arms = _top_dm_arms(search_results, study.search.top_k)
+    arms += [{"name": b, "baseline": b, "overrides": dict(BASELINES[b])} for b in study.baselines]
+    if not arms:
+        return []
+    callbacks = [_tracker(ctx, "confirm")]
+    path = Path(ctx.opts.storage) / study.name / f"{ctx.setting.key}-confirm"
+
+    def make_tuner():
+        return tune.Tuner(
+            ctx.trainable(),
+            param_space={"arm": tune.grid_search(arms), "seed": tune.grid_search(list(study.seeds))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=study.resources.max_concurrent,
+                                        trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True),
+            run_config=_run_config(path.name, str(path.parent), study, callbacks))
+
+    results = _fit(ctx.trainable(), path, make_tuner, callbacks)
+    _require_complete(results, len(arms) * len(study.seeds), "confirm")
+    return results
+
+
+def _summarise(ctx: _Context, search_results, confirm_results) -> SettingSummary:
+    arms: dict[str, ArmResult] = {}
+    train_time = 0.0
+    for r in confirm_results:
+        arm = r.config["arm"]
+        params, baseline = ctx.describe(r.config)
+        a = arms.setdefault(arm["name"], ArmResult(arm["name"], baseline, params))
+        m = r.metrics or {}
+        a.test_acc.append(float(m.get("final_test_acc", m.get("test_acc", float("nan")))))
+        a.val_acc.append(float(m.get("final_val_acc", m.get("val_acc", float("nan")))))
+        a.statuses.append("errored" if r.error else str(m.get("status", "stopped")))
+        train_time += float(m.get("train_time_s", 0.0))
+    statuses: dict[str, int] = {}
+    for r in search_results:
+        m = r.metrics or {}
+        st = "errored" if r.error else str(m.get("status", "early-stopped"))
+        statuses[st] = statuses.get(st, 0) + 1
+        train_time += float(m.get("train_time_s", 0.0))
+    return SettingSummary(ctx.setting.key, list(arms.values()), len(search_results), statuses, train_time)
+
+
+def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str) -> _Context:
+    from dm_tune.data import load_source
+    from dm_tune.datasets import DATASETS
+    from dm_tune.search._tracking import setting_run
+
+    cfg = study.train_config(setting)
+    source = load_source(cfg)
+    resolved = cfg.resolve(source.defaults, source.default_model, source.input_kind)
+    base = {**study.training, **setting.train_fields(), "seed": study.seeds[0]}
+    if base.get("data_root"):
+        base["data_root"] = str(Path(base["data_root"]).expanduser().resolve())  # trials chdir
+    if base.get("noise_file"):
+        base["noise_file"] = str(Path(base["noise_file"]).expanduser().resolve())
+    every = study.checkpoint_every or max(1, resolved.epochs // 4)
+    base.update(checkpoint_every=every, cpus_per_trial=max(1, int(study.resources.cpus_per_trial)))
+    in_memory = not DATASETS[setting.dataset][1]
+    setting_params = {**setting.train_fields(), "model": resolved.model, "num_classes": source.num_classes,
+                      "epochs": resolved.epochs, "pretrained": str(bool(resolved.pretrained)).lower()}
+    parent = setting_run(opts.tracking, exp_id, setting.key, setting_params)
+    return _Context(study, setting, opts, exp_id, parent, base, source if in_memory else None,
+                    resolved.epochs, source.num_classes, resolved.to_dict())
+
+
+def run_study(study: Study, opts: RunOptions) -> list[SettingSummary]:
+    """Run (or resume) every setting of ``study``; returns one summary per setting."""
+    from dm_tune.search._tracking import experiment_id
+
+    exp_id = experiment_id(opts.tracking, study.name)
+    summaries = []
+    for setting in study.expand():
+        t0 = time.perf_counter()
+        if opts.echo:
+            print(f"setting {setting.key}: searching {study.search.num_samples} DM trials "
+                  f"({study.search.space} space, {study.search.sampler})", file=sys.stderr, flush=True)
+        ctx = _context(study, setting, opts, exp_id)
+        search_results = run_search_stage(ctx)
+        if opts.echo:
+            print(f"setting {setting.key}: confirming the top {study.search.top_k} DM arms and "
+                  f"{len(study.baselines)} baselines on seeds {list(study.seeds)}", file=sys.stderr, flush=True)
+        confirm_results = run_confirm_stage(ctx, search_results)
+        summary = _summarise(ctx, search_results, confirm_results)
+        summary.wall_time_s = time.perf_counter() - t0  # type: ignore[attr-defined]
+        summaries.append(summary)
+    return summaries

@@ -1,0 +1,174 @@
+"""The study: which settings to search, how, and with what resources. Validated once.
+
+A setting is one dataset x noise type x noise rate x imbalance x model; the study's matrix is
+expanded into settings, each searched by its own Optuna study (DM knobs, first seed, clean
+validation accuracy as the objective) and then confirmed: the best ``top_k`` DM arms and every
+baseline re-run on every seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dm_tune._validate import ConfigError, build, check, in_range, one_of
+from dm_tune.config import TrainConfig
+from dm_tune.datasets import DATASETS
+from dm_tune.models import MODELS
+from dm_tune.noise import NOISE_MODELS
+from search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES
+
+SCHEDULERS = ("none", "asha")
+_IMBALANCE = re.compile(r"^(none|(longtail|step):([0-9]+(\.[0-9]+)?))$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _all(check_one):
+    def check_all(values: tuple[Any, ...]) -> str | None:
+        if not values:
+            return "expected a non-empty list"
+        for v in values:
+            problem = check_one(v)
+            if problem:
+                return f"{v!r}: {problem}"
+        return None
+
+    return check_all
+
+
+def _imbalance_ok(v: str) -> str | None:
+    m = _IMBALANCE.match(v)
+    if m and (m.group(1) == "none" or float(m.group(3)) >= 1.0):
+        return None
+    return "expected 'none', 'longtail:RATIO' or 'step:RATIO' with RATIO >= 1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The matrix of settings: every combination is searched."""
+
+    dataset: tuple[str, ...] = check(_all(one_of(DATASETS)), ("digits",))
+    noise: tuple[str, ...] = check(_all(one_of(NOISE_MODELS)), ("symmetric",))
+    noise_rate: tuple[float, ...] = check(_all(in_range(0.0, 1.0, hi_open=True)), (0.4,))
+    imbalance: tuple[str, ...] = check(_all(_imbalance_ok), ("none",))
+    model: tuple[str, ...] = check(_all(one_of(("default", *MODELS))), ("default",))
+
+
+@dataclass(frozen=True)
+class Search:
+    space: str = check(one_of(SPACES), "decoupled")
+    sampler: str = check(one_of(SAMPLERS), "tpe")
+    num_samples: int = check(in_range(1, 100_000), 30)   # DM trials per setting
+    extra_knobs: tuple[str, ...] = check(lambda v: None if set(v) <= set(EXTRA_KNOBS) else
+                                         "expected knobs among: " + ", ".join(EXTRA_KNOBS), ())
+    top_k: int = check(in_range(0, 100), 3)              # DM arms confirmed over all seeds
+    sampler_seed: int = 0
+    warm_start: bool = True                              # enqueue the paper's suggestions first
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus_per_trial: float = check(in_range(0.0, 1024, lo_open=True), 1.0)
+    gpus_per_trial: float = check(in_range(0.0, 64), 0.0)  # fractions share a GPU
+    max_concurrent: int = check(in_range(1, 10_000), 2)
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    kind: str = check(one_of(SCHEDULERS), "none")
+    grace_period: int = check(in_range(1, 100_000), 10)   # epochs before ASHA may stop a trial
+    reduction_factor: float = check(in_range(1.0, 100, lo_open=True), 3.0)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str = check(lambda v: None if _NAME.match(v) else
+                      "expected letters, digits, '.', '_' or '-' (at most 64)", "default")
+    settings: Settings = field(default_factory=Settings)
+    seeds: tuple[int, ...] = check(lambda v: None if v and len(set(v)) == len(v) else
+                                   "expected a non-empty list of distinct integers", (0, 1, 2))
+    search: Search = field(default_factory=Search)
+    baselines: tuple[str, ...] = check(lambda v: None if set(v) <= set(BASELINES) else
+                                       "expected names among: " + ", ".join(BASELINES), DEFAULT_BASELINES)
+    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every trial
+    resources: Resources = field(default_factory=Resources)
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    max_failures: int = check(in_range(0, 100), 2)       # retries of a crashed trial
+    checkpoint_every: int = check(in_range(0, 100_000), 0)  # epochs between checkpoints (0: budget/4)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Study":
+        study = build(cls, values)
+        study.validate_settings()
+        return study
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        return plain(dataclasses.asdict(self))
+
+    def expand(self) -> list["Setting"]:
+        s = self.settings
+        out = []
+        for ds, noise, rate, imb, model in itertools.product(s.dataset, s.noise, s.noise_rate,
+                                                            s.imbalance, s.model):
+            if noise == "none" and rate != 0.0:
+                continue  # 'none' only pairs with rate 0
+            kind, _, ratio = imb.partition(":")
+            out.append(Setting(ds, noise, rate, kind, float(ratio or 1.0), None if model == "default" else model))
+        if not out:
+            raise ConfigError("settings", s.noise_rate, "the matrix has no valid combination "
+                              "(noise 'none' pairs only with noise_rate 0)")
+        return out
+
+    def validate_settings(self) -> None:
+        """Every setting must make a valid TrainConfig (caught here, before anything runs)."""
+        for setting in self.expand():
+            try:
+                self.train_config(setting)
+            except ConfigError as e:
+                field_name = e.field if e.field.split(".")[0] in Settings.__dataclass_fields__ else f"training.{e.field}"
+                raise ConfigError(field_name, e.value, e.allowed) from None
+        if self.search.sampler == "grid":
+            from search_spaces import is_grid
+
+            if not is_grid(SPACES[self.search.space]):
+                raise ConfigError("search.sampler", "grid", "needs an all-categorical space (paper-grid)")
+            if self.search.extra_knobs:
+                raise ConfigError("search.extra_knobs", list(self.search.extra_knobs),
+                                  "the grid sampler takes no continuous extra knobs")
+
+    def train_config(self, setting: "Setting", **overrides: Any) -> TrainConfig:
+        values = {**self.training, **setting.train_fields(), "seed": self.seeds[0], **overrides}
+        return TrainConfig.from_dict(values)
+
+
+@dataclass(frozen=True)
+class Setting:
+    dataset: str
+    noise: str
+    noise_rate: float
+    imbalance: str
+    imbalance_ratio: float
+    model: str | None
+
+    @property
+    def key(self) -> str:
+        imb = "" if self.imbalance == "none" else f"-{self.imbalance}{self.imbalance_ratio:g}"
+        return f"{self.dataset}-{self.noise}{self.noise_rate:g}{imb}-{self.model or 'default'}"
+
+    def train_fields(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"dataset": self.dataset, "noise": self.noise, "noise_rate": self.noise_rate,
+                             "imbalance": self.imbalance, "imbalance_ratio": self.imbalance_ratio}
+        if self.model:
+            d["model"] = self.model
+        return d

@@ -1,0 +1,75 @@
+"""The end-of-search summary: per setting, the best DM arm against every baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dm_tune.search._run import ArmResult, SettingSummary
+from dm_tune.search._study import Study
+
+
+def _pct(a: ArmResult, values: list[float]) -> str:
+    return f"{100 * a.mean(values):5.1f} ± {100 * a.std(values):3.1f}"
+
+
+def _arm_label(a: ArmResult) -> str:
+    if a.baseline:
+        return a.baseline
+    p = a.params
+    return f"DM psi={p['psi']:.2f} rho={p['rho']:.2f} (lam={p['lam']:.2f}, beta={p['beta']:.1f})"
+
+
+def rows(summary: SettingSummary) -> list[dict[str, Any]]:
+    """One row per confirmed arm, the best DM arm first, then the baselines by accuracy."""
+    best = summary.best_dm()
+    ordered = ([best] if best else []) + sorted(
+        (a for a in summary.arms if a.baseline), key=lambda a: -a.mean(a.test_acc))
+    out = []
+    for a in ordered:
+        out.append({
+            "arm": _arm_label(a), "baseline": a.baseline,
+            "test_acc_mean": a.mean(a.test_acc), "test_acc_std": a.std(a.test_acc),
+            "val_acc_mean": a.mean(a.val_acc), "n_seeds": len(a.test_acc),
+            "statuses": sorted(set(a.statuses)),
+            "dm_minus_arm": (best.mean(best.test_acc) - a.mean(a.test_acc)) if best and a is not best else None,
+            **({k: a.params.get(k) for k in ("lam", "beta", "psi", "rho")} if not a.baseline else {}),
+        })
+    return out
+
+
+def markdown(summaries: list[SettingSummary], study: Study, wall_s: float) -> str:
+    lines = [f"# dm-tune search: {study.name}", "",
+             f"Final test accuracy (%, mean ± std over seeds {list(study.seeds)}); the DM arm is the "
+             f"best of the top {study.search.top_k} searched arms by mean final clean-validation accuracy. "
+             f"Wall time {wall_s:.0f} s.", ""]
+    for s in summaries:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(s.search_statuses.items()))
+        lines += [f"## {s.setting}", "", f"Search: {s.search_trials} DM trials ({counts}).", "",
+                  "| arm | test acc | DM − arm (points) | seeds |", "|---|---|---|---|"]
+        for r in rows(s):
+            diff = "" if r["dm_minus_arm"] is None else f"{100 * r['dm_minus_arm']:+.1f}"
+            lines.append(f"| {r['arm']} | {100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f} "
+                         f"| {diff} | {r['n_seeds']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def print_summary(summaries: list[SettingSummary], study: Study, wall_s: float) -> None:
+    print()
+    print(markdown(summaries, study, wall_s))
+
+
+def write_summary(summaries: list[SettingSummary], study: Study, workspace: Path, wall_s: float) -> dict[str, Path]:
+    out = workspace / "summaries"
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = out / f"{study.name}.md", out / f"{study.name}.json"
+    md.write_text(markdown(summaries, study, wall_s) + "\n")
+    js.write_text(json.dumps({
+        "study": study.to_dict(), "wall_time_s": wall_s,
+        "train_time_s": sum(s.train_time_s for s in summaries),
+        "settings": [{"setting": s.setting, "search_trials": s.search_trials,
+                      "search_statuses": s.search_statuses, "rows": rows(s)} for s in summaries],
+    }, indent=1, allow_nan=True) + "\n")
+    return {"md": md, "json": js}

@@ -1,0 +1,199 @@
+"""MLflow tracking from the Tune driver: one experiment per study, a parent run per setting,
+a child run per trial.
+
+All MLflow writes happen in the driver process (a Tune ``Callback``), so the embedded sqlite
+store has a single writer. Runs are found by tag before they are created, so a resumed search
+continues the runs it started instead of duplicating them.
+
+Schema (what ``reports`` reads):
+  parent: tags dmtune.role=setting, dmtune.setting; params = the setting.
+  child:  tags mlflow.parentRunId, dmtune.role=trial, dmtune.setting, dmtune.stage
+          (search|confirm), dmtune.baseline ("" for DM arms), dmtune.status
+          (running|finished|diverged|early-stopped|errored), dmtune.trial_key, dmtune.git_commit,
+          dmtune.versions; params: method, lam, beta, psi, rho, setting fields, seed, epochs;
+          metrics per epoch (step = epoch) and final_* metrics; artifacts result.json, weights.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from dm_tune.provenance import git_commit, package_versions
+
+EPOCH_METRICS = ("train_loss", "train_acc", "train_clean_acc", "val_acc", "test_acc", "weight_clean",
+                 "weight_noisy", "noisy_fit", "weight_var", "lr", "epoch_time_s")
+FINAL_METRICS = ("final_test_acc", "final_val_acc", "best_test_acc", "best_val_acc",
+                 "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
+                 "noise_rate_realised")
+TERMINAL = ("finished", "diverged", "early-stopped", "errored")
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return client.create_experiment(name, tags={"dmtune.study": name})
+
+
+def find_run(uri: str, exp_id: str, tags: dict[str, str]):
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = _client(uri).search_runs([exp_id], filter_string=query, max_results=1)
+    return runs[0] if runs else None
+
+
+def setting_run(uri: str, exp_id: str, key: str, params: dict[str, Any]) -> str:
+    """The parent run of a setting, created on first use."""
+    run = find_run(uri, exp_id, {"dmtune.role": "setting", "dmtune.setting": key})
+    if run is not None:
+        return run.info.run_id
+    client = _client(uri)
+    run = client.create_run(exp_id, run_name=key, tags={
+        "dmtune.role": "setting", "dmtune.setting": key, "dmtune.git_commit": git_commit()})
+    from mlflow.entities import Param
+
+    client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def _param(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+def _finite(metrics: dict[str, Any], names: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for name in names:
+        v = metrics.get(name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[name] = float(v)
+    return out
+
+
+class MLflowTracker(tune.Callback):
+    """Logs every trial of one Tune experiment (one setting, one stage) as a child run."""
+
+    def __init__(self, uri: str, exp_id: str, parent_id: str, setting: str, stage: str,
+                 budget: int, describe, echo: bool = True) -> None:
+        self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
+        self.setting, self.stage, self.budget = setting, stage, budget
+        self.describe = describe  # trial config -> (params dict, baseline name)
+        self.echo = echo
+        self._runs: dict[str, str] = {}
+        self._done: set[str] = set()
+        self.completed = 0
+
+    # Tune pickles callbacks with the experiment; the client is re-created lazily.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_runs": {}, "_done": set()}
+
+    def _key(self, trial) -> str:
+        return f"{self.setting}/{self.stage}/{trial.trial_id}"
+
+    def _run_id(self, trial) -> str | None:
+        key = self._key(trial)
+        if key in self._runs:
+            return self._runs[key]
+        run = find_run(self.uri, self.exp_id, {"dmtune.trial_key": key})
+        if run is not None:
+            if run.data.tags.get("dmtune.status") in TERMINAL:
+                self._done.add(key)
+            self._runs[key] = run.info.run_id
+            return run.info.run_id
+        params, baseline = self.describe(trial.config)
+        client = _client(self.uri)
+        run = client.create_run(self.exp_id, run_name=f"{self.setting}-{trial.trial_id}", tags={
+            "mlflow.parentRunId": self.parent_id, "dmtune.role": "trial",
+            "dmtune.setting": self.setting, "dmtune.stage": self.stage,
+            "dmtune.baseline": baseline, "dmtune.status": "running", "dmtune.trial_key": key,
+            "dmtune.git_commit": git_commit(), "dmtune.versions": json.dumps(package_versions())})
+        from mlflow.entities import Param
+
+        client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+        self._runs[key] = run.info.run_id
+        return run.info.run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self._run_id(trial)
+        if run_id is None or self._key(trial) in self._done or result.get("final"):
+            return
+        from mlflow.entities import Metric
+
+        step, now = int(result.get("epoch", 0)), int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in _finite(result, EPOCH_METRICS).items()]
+        _client(self.uri).log_batch(run_id, metrics=metrics)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial, errored=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._finish(trial, errored=True)
+
+    def _finish(self, trial, errored: bool) -> None:
+        key = self._key(trial)
+        run_id = self._run_id(trial)
+        if run_id is None or key in self._done:
+            return
+        result = trial.last_result or {}
+        epochs = int(result.get("epochs_reached", result.get("epoch", 0)) or 0)
+        if errored:
+            status = "errored"
+        elif result.get("status") == "diverged":
+            status = "diverged"
+        elif epochs < self.budget:
+            status = "early-stopped"  # stopped by the scheduler: a truncated result
+        else:
+            status = "finished"
+        final = _finite(result, FINAL_METRICS)
+        if "final" not in result:  # no final report (early-stopped or errored): from the last epoch
+            final.update(_finite({"final_test_acc": result.get("test_acc"),
+                                  "final_val_acc": result.get("val_acc"), "epochs_reached": epochs},
+                                 FINAL_METRICS))
+        client = _client(self.uri)
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()],
+                         tags=[RunTag("dmtune.status", status)])
+        if result.get("result_json"):
+            self._log_artifacts(client, run_id, result["result_json"])
+        client.set_terminated(run_id, "FAILED" if errored else "FINISHED")
+        self._done.add(key)
+        self.completed += 1
+        if self.echo:
+            params, baseline = self.describe(trial.config)
+            arm = baseline or "dm " + " ".join(f"{k}={params[k]:.3g}" for k in ("psi", "rho", "lam", "beta")
+                                               if isinstance(params.get(k), float))
+            acc = result.get("test_acc")
+            acc_s = f"val {100 * result.get('val_acc', float('nan')):.1f}% test {100 * acc:.1f}%" if acc is not None else "no result"
+            print(f"  [{self.setting} {self.stage}] {arm} seed {params.get('seed')}: {acc_s} ({status}, "
+                  f"{epochs} epochs)", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _log_artifacts(client, run_id: str, result_json: str) -> None:
+        result = json.loads(result_json)
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "result.json").write_text(json.dumps(result, indent=1) + "\n")
+            rows = ["epoch,weight_clean,weight_noisy,noisy_fit,weight_var"]
+            rows += [",".join(str(h.get(k, "")) for k in ("epoch", "weight_clean", "weight_noisy", "noisy_fit", "weight_var"))
+                     for h in result.get("history", [])]
+            Path(tmp, "weights.csv").write_text("\n".join(rows) + "\n")
+            client.log_artifacts(run_id, tmp)

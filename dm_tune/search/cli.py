@@ -1,0 +1,177 @@
+"""``dm-tune search``: flags and study files -> a validated Study -> run_study -> summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from dm_tune._validate import ConfigError
+from dm_tune.errors import UserError
+
+DEFAULT_WORKSPACE = "./dmtune-runs"
+
+
+def add_search_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search", help="search DM's emphasis mode x variance and measure the baselines (Ray Tune + Optuna + MLflow)",
+        description="With no arguments: the embedded default study (digits, 40%% symmetric noise). "
+                    "List flags take comma-separated values (e.g. --noise-rate 0.2,0.4).")
+    p.add_argument("--config", help="study YAML file (see studies/)")
+    p.add_argument("--name", help="study name (default: the config's, else 'default')")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="where everything is written (default ./dmtune-runs)")
+    p.add_argument("--resume", metavar="NAME", help="resume the interrupted study NAME in the workspace")
+    p.add_argument("--dataset", help="datasets, e.g. digits,mnist1d")
+    p.add_argument("--data-root", help="root of an on-disk dataset")
+    p.add_argument("--noise", help="noise types, e.g. symmetric,pair")
+    p.add_argument("--noise-rate", help="noise rates, e.g. 0,0.2,0.4")
+    p.add_argument("--imbalance", help="imbalance profiles, e.g. none,step:10")
+    p.add_argument("--model", help="models (default: each dataset's)")
+    p.add_argument("--num-samples", type=int, help="DM trials per setting")
+    p.add_argument("--epochs", type=int, help="training budget per trial")
+    p.add_argument("--space", help="decoupled (default), paper, paper-grid")
+    p.add_argument("--sampler", help="tpe (default), gp, cmaes, random, grid")
+    p.add_argument("--seeds", help="seeds for the confirm stage, e.g. 0,1,2")
+    p.add_argument("--top-k", type=int, help="DM arms confirmed over all seeds")
+    p.add_argument("--baselines", help="baselines, e.g. cce,gce,imae ('none' for no baselines)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")
+    p.add_argument("--scheduler", help="none (default) or asha")
+    p.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT")
+    p.add_argument("--storage-path", help="Ray results dir (shared storage on a multi-node cluster)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in the workspace)")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    p.set_defaults(func=search_cmd)
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# flag -> (path in the study dict, is a list)
+_STUDY_FLAGS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "dataset": (("settings", "dataset"), True),
+    "noise": (("settings", "noise"), True),
+    "noise_rate": (("settings", "noise_rate"), True),
+    "imbalance": (("settings", "imbalance"), True),
+    "model": (("settings", "model"), True),
+    "num_samples": (("search", "num_samples"), False),
+    "space": (("search", "space"), False),
+    "sampler": (("search", "sampler"), False),
+    "top_k": (("search", "top_k"), False),
+    "seeds": (("seeds",), True),
+    "baselines": (("baselines",), True),
+    "max_concurrent": (("resources", "max_concurrent"), False),
+    "cpus_per_trial": (("resources", "cpus_per_trial"), False),
+    "gpus_per_trial": (("resources", "gpus_per_trial"), False),
+    "scheduler": (("scheduler", "kind"), False),
+    "epochs": (("training", "epochs"), False),
+    "data_root": (("training", "data_root"), False),
+}
+
+
+def study_values(args: argparse.Namespace) -> dict[str, Any]:
+    from dm_tune.cli import _load_yaml
+
+    values: dict[str, Any] = _load_yaml(args.config, "--config") if args.config else {}
+    for flag, (path, is_list) in _STUDY_FLAGS.items():
+        v = getattr(args, flag)
+        if v is None:
+            continue
+        if is_list:
+            v = [] if flag == "baselines" and v == "none" else _split(str(v))
+            if flag in ("noise_rate",):
+                v = [_number(flag, x) for x in v]
+            if flag == "seeds":
+                v = [_number(flag, x, int) for x in v]
+        node = values
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(".".join(path[:-1]), node, "expected a mapping")
+        node[path[-1]] = v
+    if args.name:
+        values["name"] = args.name
+    return values
+
+
+def _number(flag: str, text: str, kind=float):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--{flag.replace('_', '-')}", text, f"expected {'integers' if kind is int else 'numbers'}") from None
+
+
+def _load_study(args: argparse.Namespace, workspace: Path):
+    from dm_tune.search._study import Study
+
+    stored_dir = workspace / "studies"
+    if args.resume:
+        shaping = [f for f in (*_STUDY_FLAGS, "config", "name") if getattr(args, f) is not None]
+        if shaping:
+            raise UserError(f"--resume {args.resume}: cannot be combined with --{shaping[0].replace('_', '-')} "
+                            "(a resumed study keeps its configuration)")
+        path = stored_dir / f"{args.resume}.json"
+        if not path.is_file():
+            known = sorted(p.stem for p in stored_dir.glob("*.json")) if stored_dir.is_dir() else []
+            raise UserError(f"--resume {args.resume}: no such study in {workspace} "
+                            f"(studies there: {', '.join(known) or 'none'})")
+        return Study.from_dict(json.loads(path.read_text())), True
+    study = Study.from_dict(study_values(args))
+    path = stored_dir / f"{study.name}.json"
+    if path.is_file():
+        if json.loads(path.read_text()) != study.to_dict():
+            raise UserError(f"study {study.name!r} already exists in {workspace} with a different "
+                            f"configuration; continue it with --resume {study.name} or pick another --name")
+        return study, True
+    return study, False
+
+
+def search_cmd(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    from dm_tune.search._run import (Interrupted, RunOptions, check_resources, check_tracking,
+                                     connect_ray, run_study)
+    from dm_tune.search._summary import print_summary, write_summary
+
+    workspace = Path(args.workspace).expanduser().resolve()
+    if workspace.exists() and not workspace.is_dir():
+        raise UserError(f"--workspace {args.workspace}: exists and is not a directory")
+    study, resuming = _load_study(args, workspace)
+    opts = RunOptions(workspace=workspace, address=args.address,
+                      storage_path=str(Path(args.storage_path).expanduser().resolve())
+                      if args.storage_path and "://" not in args.storage_path else args.storage_path,
+                      tracking_uri=args.tracking_uri, echo=not args.quiet)
+    # Pre-flight: nothing is written before these pass.
+    check_tracking(opts.tracking)
+    connect_ray(args.address)
+    check_resources(study)
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "studies").mkdir(exist_ok=True)
+    (workspace / "studies" / f"{study.name}.json").write_text(json.dumps(study.to_dict(), indent=1) + "\n")
+    if resuming:
+        print(f"resuming study {study.name!r} in {workspace}", file=sys.stderr)
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        summaries = run_study(study, opts)
+    except Interrupted as e:
+        print(f"dm-tune: interrupted ({e}); finished trials are kept. Resume with:\n"
+              f"  dm-tune search --resume {study.name} --workspace {args.workspace}", file=sys.stderr)
+        return 130
+    wall = time.perf_counter() - t0
+    print_summary(summaries, study, wall)
+    paths = write_summary(summaries, study, workspace, wall)
+    print(f"\nMLflow runs:   {opts.tracking}  (experiment {study.name!r}; mlflow ui --backend-store-uri {opts.tracking})")
+    print(f"Optuna studies: {opts.optuna_url}  (optuna-dashboard {opts.optuna_url})")
+    print(f"Ray results:   {opts.storage}/{study.name}")
+    print(f"Summary:       {paths['md']}")
+    print(f"Next:          dm-tune report --workspace {args.workspace}"
+          + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "") + f" --experiment {study.name}")
+    return 0

@@ -1,0 +1,55 @@
+"""Optuna samplers by name, always seeded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from search_spaces._spaces import grid_values, is_grid
+
+
+def _tpe(space: Mapping[str, Any], seed: int, num_samples: int):
+    import optuna
+
+    # Few random start-up trials on short studies, so that TPE gets to model the space.
+    startup = max(4, min(10, num_samples // 3))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+
+
+def _gp(space: Mapping[str, Any], seed: int, num_samples: int):
+    import optuna
+
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(4, min(10, num_samples // 3)))
+
+
+def _cmaes(space: Mapping[str, Any], seed: int, num_samples: int):
+    import optuna
+
+    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=max(2, min(5, num_samples // 4)))
+
+
+def _random(space: Mapping[str, Any], seed: int, num_samples: int):
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _grid(space: Mapping[str, Any], seed: int, num_samples: int):
+    import optuna
+
+    if not is_grid(space):
+        raise ValueError("sampler 'grid' needs an all-categorical space such as 'paper-grid'")
+    return optuna.samplers.GridSampler(grid_values(space), seed=seed)
+
+
+SAMPLERS: dict[str, Callable[[Mapping[str, Any], int, int], Any]] = {
+    "tpe": _tpe,
+    "gp": _gp,
+    "cmaes": _cmaes,
+    "random": _random,
+    "grid": _grid,
+}
+
+
+def make_sampler(name: str, space: Mapping[str, Any], seed: int, num_samples: int):
+    return SAMPLERS[name](space, seed, num_samples)
