@@ -35,7 +35,7 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
         input_kind="signal",
         default_model="cnn",
         class_names=tuple(str(i) for i in range(10)),
-        defaults={"epochs": 30, "optimizer": "adam", "lr": 2e-3, "batch_size": 128,
+        defaults={"epochs": 30, "optimizer": "adam", "lr": 2e-3, "batch_size": 256,
                   "weight_decay": 0.0, "schedule": "none"},
         info={"num_samples": args.num_samples, "generator_seed": args.seed},
     )

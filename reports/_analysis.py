@@ -1,0 +1,232 @@
+"""Per-setting analysis: pure functions of the tidy runs DataFrame (see ``load_runs``).
+
+Every accuracy these functions return is in percentage points (the DataFrame holds fractions).
+A *setting* is one (dataset, noise type, noise rate, imbalance, model) combination; an *arm* is
+one configuration (a baseline, or one DM (lam, beta)) across seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports._paper import compare_with_paper, paper_guidance
+
+SETTING_KEYS = ("dataset", "noise", "noise_rate", "imbalance", "imbalance_ratio", "model", "num_classes",
+                "pretrained")
+POINTS = 100.0               # fractions -> percentage points
+REGION_POINTS = 1.0          # configurations this close to the best (validation, points) form its region
+MIN_IMPORTANCE_TRIALS = 8    # fANOVA on fewer search trials is noise
+NEAR_PAPER_PSI = 0.05        # a trial "tested the paper's mode" when its psi is this close
+STATUS_KEYS = {"finished": "finished", "": "finished", "diverged": "diverged",
+               "early-stopped": "early_stopped", "errored": "errored"}
+
+
+def usable(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs with both final accuracies (early-stopped, diverged, errored are kept apart)."""
+    ok = df["status"].isin(["finished", ""]) & df["final_val_acc"].notna() & df["final_test_acc"].notna()
+    return df[ok]
+
+
+def dm_configs(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs of searched/confirmed DM configurations (not the DM-family baselines dm-beta0, imae)."""
+    return df[(df["method"] == "dm") & (df["baseline"] == "")]
+
+
+def status_counts(df: pd.DataFrame) -> dict[str, int]:
+    counts = {"finished": 0, "diverged": 0, "early_stopped": 0, "errored": 0}
+    for status, n in df["status"].value_counts().items():
+        key = STATUS_KEYS.get(str(status), "errored")
+        counts[key] += int(n)
+    return counts
+
+
+def summarize_arms(df: pd.DataFrame) -> pd.DataFrame:
+    """Usable runs grouped by (setting, stage, arm): means and sample stds over seeds, in points."""
+    runs = usable(df)
+    cols = ["setting", "stage", "arm", "baseline", "method", "lam", "beta", "psi", "rho", "n", "val_mean",
+            "val_std", "test_mean", "test_std", "best_test_mean"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    grouped = runs.groupby(["setting", "stage", "arm"], sort=True, dropna=False)
+    out = grouped.agg(baseline=("baseline", "first"), method=("method", "first"), lam=("lam", "first"),
+                      beta=("beta", "first"), psi=("psi", "first"), rho=("rho", "first"),
+                      n=("run_id", "size"), val_mean=("final_val_acc", "mean"),
+                      val_std=("final_val_acc", "std"), test_mean=("final_test_acc", "mean"),
+                      test_std=("final_test_acc", "std"), best_test_mean=("best_test_acc", "mean"))
+    for col in ("val_mean", "val_std", "test_mean", "test_std", "best_test_mean"):
+        out[col] = out[col] * POINTS
+    return out.reset_index()[cols]
+
+
+def best_dm_arm(arms: pd.DataFrame) -> tuple[pd.Series | None, str]:
+    """The DM arm with the highest mean final validation accuracy: confirm stage, else search stage."""
+    dm = arms[(arms["method"] == "dm") & (arms["baseline"] == "")]
+    for stage, note in (("confirm", ""), ("search", "no confirm-stage runs: chosen from single-seed search "
+                                                     "trials (less reliable)")):
+        candidates = dm[dm["stage"] == stage]
+        if not candidates.empty:
+            best = candidates.sort_values(["val_mean", "n"], ascending=False, kind="stable").iloc[0]
+            return best, note
+    return None, "no finished DM runs"
+
+
+def region(arms: pd.DataFrame, best_val: float, within: float = REGION_POINTS) -> dict[str, Any]:
+    """Ranges of psi and rho over DM arms (either stage) within ``within`` points of the best's validation mean."""
+    dm = arms[(arms["method"] == "dm") & (arms["baseline"] == "") & arms["psi"].notna() & arms["rho"].notna()]
+    near = dm[dm["val_mean"] >= best_val - within - 1e-9]
+    return {"psi_range": [float(near["psi"].min()), float(near["psi"].max())],
+            "rho_range": [float(near["rho"].min()), float(near["rho"].max())], "n_configs": int(len(near))}
+
+
+def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """DM's final test accuracy against each baseline's, in points.
+
+    With >= 2 seeds in common the difference is paired by seed (std of per-seed differences);
+    otherwise unpaired (std = sqrt(s_dm^2 + s_base^2), the spread of one draw's difference).
+    """
+    dm = dm_runs.groupby("seed")["final_test_acc"].mean() * POINTS
+    out: dict[str, dict[str, Any]] = {}
+    for name, runs in baseline_runs.groupby("baseline", sort=True):
+        base = runs.groupby("seed")["final_test_acc"].mean() * POINTS
+        common = dm.index.intersection(base.index)
+        paired = len(common) >= 2
+        if paired:
+            diff = dm[common] - base[common]
+            mean_diff, std, n = float(diff.mean()), float(diff.std(ddof=1)), len(common)
+        else:
+            mean_diff = float(dm.mean() - base.mean())
+            std = math.sqrt(_var(dm) + _var(base)) if len(dm) > 1 and len(base) > 1 else math.nan
+            n = min(len(dm), len(base))
+        out[str(name)] = {"baseline_mean": float(base.mean()), "baseline_std": _std(base), "baseline_n": len(base),
+                          "mean_diff": mean_diff, "std": std, "n": int(n), "paired": paired}
+    return out
+
+
+def param_importance(trials: pd.DataFrame) -> dict[str, Any]:
+    """fANOVA importance of psi vs rho for final validation accuracy over search-stage DM trials."""
+    trials = trials[trials["psi"].notna() & trials["rho"].notna()]
+    n = int(len(trials))
+    if n < MIN_IMPORTANCE_TRIALS:
+        return {"status": "insufficient", "n": n,
+                "reason": f"{n} search trials < {MIN_IMPORTANCE_TRIALS} needed"}
+    for col, what in (("psi", "psi"), ("rho", "rho"), ("final_val_acc", "validation accuracy")):
+        if trials[col].nunique() < 2:
+            return {"status": "insufficient", "n": n, "reason": f"{what} did not vary"}
+    import optuna  # heavy import, only where it is used
+    from optuna.distributions import FloatDistribution
+    from optuna.importance import FanovaImportanceEvaluator
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = {k: FloatDistribution(float(trials[k].min()), float(trials[k].max())) for k in ("psi", "rho")}
+    study = optuna.create_study(direction="maximize")
+    for psi, rho, val in zip(trials["psi"], trials["rho"], trials["final_val_acc"]):
+        study.add_trial(optuna.trial.create_trial(params={"psi": float(psi), "rho": float(rho)},
+                                                  distributions=dists, value=float(val)))
+    scores = optuna.importance.get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0),
+                                                     params=["psi", "rho"])
+    return {"status": "ok", "n": n, "psi": float(scores.get("psi", 0.0)), "rho": float(scores.get("rho", 0.0))}
+
+
+def sensitivity(trials: pd.DataFrame, max_bins: int = 4) -> dict[str, Any]:
+    """Per knob, the range (max - min) of mean final validation accuracy over quantile bins, in points."""
+    trials = trials[trials["psi"].notna() & trials["rho"].notna()]
+    n = int(len(trials))
+    out: dict[str, Any] = {"n": n, "metric": "final validation accuracy", "psi": None, "rho": None}
+    if n < 4:
+        return out
+    for knob in ("psi", "rho"):
+        bins = pd.qcut(trials[knob], q=min(max_bins, n // 2), duplicates="drop")
+        means = trials.groupby(bins, observed=True)["final_val_acc"].mean() * POINTS
+        out[knob] = float(means.max() - means.min()) if len(means) > 1 else 0.0
+    return out
+
+
+def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
+    """Everything the report says about one setting (``df``: that setting's runs, all stages/statuses)."""
+    first = df.iloc[0]
+    out: dict[str, Any] = {"setting": str(first["setting"])}
+    out.update({k: _plain(first[k]) for k in SETTING_KEYS})
+    out["num_classes"] = None if out["num_classes"] is None else int(out["num_classes"])
+    out["counts"] = status_counts(df)
+    out["counts_by_stage"] = {str(s): status_counts(g) for s, g in df.groupby("stage", sort=True)}
+    arms = summarize_arms(df)
+    best, note = best_dm_arm(arms)
+    if best is None:
+        out.update(status="no-dm-results", note=note)
+        return out
+    chosen = usable(dm_configs(df))
+    best_runs = chosen[(chosen["stage"] == best["stage"]) & (chosen["arm"] == best["arm"])]
+    baselines = usable(df[df["baseline"] != ""])
+    if (baselines["stage"] == "confirm").any():
+        baselines = baselines[baselines["stage"] == "confirm"]
+    search = chosen[chosen["stage"] == "search"]
+    out.update(status="ok", stage=str(best["stage"]), stage_note=note, arm=str(best["arm"]),
+               lam=float(best["lam"]), beta=float(best["beta"]), psi=float(best["psi"]), rho=float(best["rho"]),
+               val_acc_mean=float(best["val_mean"]), test_acc_mean=float(best["test_mean"]),
+               test_acc_std=_nan_to_none(best["test_std"]), n_seeds=int(best["n"]),
+               best_test_acc_mean=_nan_to_none(best["best_test_mean"]),
+               run_ids=[str(r) for r in best_runs["run_id"]])
+    out.update(region(arms, float(best["val_mean"])))
+    out["vs_baselines"] = compare_baselines(best_runs, baselines)
+    out["importance"] = param_importance(search)
+    out["sensitivity"] = sensitivity(search)
+    out["paper_comparison"] = compare_with_paper(out, _paper_psi_gap(out, chosen))
+    return out
+
+
+def analyse_settings(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """``analyse_setting`` for every setting, ordered by dataset, noise, noise rate, imbalance, model."""
+    results = [analyse_setting(g) for _, g in df.groupby("setting", sort=True)]
+    return sorted(results, key=lambda r: (str(r["dataset"]), str(r["noise"]), r["noise_rate"] or 0.0,
+                                          str(r["imbalance"]), r["imbalance_ratio"] or 1.0, str(r["model"])))
+
+
+def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame) -> float | None:
+    """How many validation points the best arm beats the best trial near the paper's mode by (None: none tried)."""
+    guide = paper_guidance(setting["noise"], setting["noise_rate"], setting["num_classes"], setting["pretrained"])
+    if guide["psi"] is None:
+        return None
+    near = chosen[(chosen["psi"] - guide["psi"]).abs() <= NEAR_PAPER_PSI]
+    if near.empty:
+        return None
+    return float(setting["val_acc_mean"] - near.groupby(["stage", "arm"])["final_val_acc"].mean().max() * POINTS)
+
+
+def _var(s: pd.Series) -> float:
+    return float(s.var(ddof=1))
+
+
+def _std(s: pd.Series) -> float | None:
+    return float(s.std(ddof=1)) if len(s) > 1 else None
+
+
+def _nan_to_none(x: Any) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _plain(x: Any) -> Any:
+    """numpy scalars -> Python scalars (numbers as float, NaN as None), for JSON."""
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer, np.floating, float, int)):
+        x = float(x)
+        return None if math.isnan(x) else x
+    return x
+
+
+def recommended_run_ids(df: pd.DataFrame) -> list[str]:
+    """Run ids of each setting's recommended DM arm (cheap: no importance fit), e.g. to fetch their histories."""
+    arms = summarize_arms(df)
+    chosen = usable(dm_configs(df))
+    ids: list[str] = []
+    for setting, setting_arms in arms.groupby("setting", sort=True):
+        best, _ = best_dm_arm(setting_arms)
+        if best is not None:
+            runs = chosen[(chosen["setting"] == setting) & (chosen["stage"] == best["stage"])
+                          & (chosen["arm"] == best["arm"])]
+            ids.extend(str(r) for r in runs["run_id"])
+    return ids

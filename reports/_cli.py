@@ -1,0 +1,108 @@
+"""``dm-tune report`` and ``dm-tune recommend``: parsers and handlers for dm_tune/cli.py.
+
+Handlers return an exit code and raise UserError for user mistakes (the caller prints it as one
+line and exits 2). Heavy imports (pandas, matplotlib, mlflow) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dm_tune.errors import UserError
+
+DEFAULT_WORKSPACE = "./dmtune-runs"
+
+
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``report``: MLflow outcomes of ``dm-tune search`` -> HTML report + guidelines."""
+    p = subparsers.add_parser(
+        "report", help="turn search outcomes (MLflow) into an HTML report and guidelines",
+        description="Read the runs of 'dm-tune search' from MLflow and write index.html, guidelines.md, "
+                    "guidelines.json and figures/ (final test accuracies, chosen on validation accuracy).")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE,
+                   help=f"search workspace (default {DEFAULT_WORKSPACE}); its MLflow store is WORKSPACE/mlflow.db")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --workspace's store), e.g. http://host:5000")
+    p.add_argument("--experiment", action="append", metavar="NAME",
+                   help="study (MLflow experiment) to include; repeatable (default: every one with dm-tune runs)")
+    p.add_argument("--out", help="output directory (default WORKSPACE/report)")
+    p.set_defaults(func=report_command)
+    return p
+
+
+def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``recommend``: DM (lambda, beta) for a new dataset from measured guidelines."""
+    p = subparsers.add_parser(
+        "recommend", help="recommend DM's lambda and beta for a dataset from measured guidelines",
+        description="Interpolate DM's mode and spread between measured settings of a guidelines file.")
+    p.add_argument("--num-classes", type=int, required=True, help="number of classes (>= 2)")
+    p.add_argument("--noise-type", default="symmetric",
+                   help="none, symmetric (default), pair, cifar100-superclass, file (real noise)")
+    p.add_argument("--noise-rate", type=float, required=True, help="estimated fraction of wrong labels, in [0, 1)")
+    p.add_argument("--imbalance", default="none", help="none (default), longtail or step")
+    p.add_argument("--imbalance-ratio", type=float, default=1.0, help="largest / smallest class size (default 1)")
+    p.add_argument("--guidelines", metavar="FILE",
+                   help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
+    p.add_argument("--json", action="store_true", help="print the recommendation as JSON")
+    p.set_defaults(func=recommend_command)
+    return p
+
+
+def tracking_uri_for(args: argparse.Namespace) -> str:
+    if args.tracking_uri:
+        return str(args.tracking_uri)
+    return f"sqlite:///{(Path(args.workspace).expanduser().resolve() / 'mlflow.db').as_posix()}"
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from reports._analysis import recommended_run_ids
+    from reports._html import write_report
+    from reports._load import load_histories, load_runs
+
+    uri = tracking_uri_for(args)
+    df = load_runs(uri, args.experiment)
+    histories = None
+    try:
+        histories = load_histories(uri, recommended_run_ids(df))
+    except (MlflowException, OSError) as exc:  # the weight curves are optional: report without them
+        print(f"dm-tune: warning: no metric histories ({exc}); skipping the weight-over-training figures",
+              file=sys.stderr)
+    out = Path(args.out) if args.out else Path(args.workspace).expanduser().resolve() / "report"
+    paths = write_report(df, out, histories)
+    doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))
+    print(f"{len(df)} runs from {', '.join(doc['provenance']['experiments'])} "
+          f"({doc['provenance']['n_skipped_runs']} incomplete runs skipped)")
+    for s in doc["settings"]:
+        print(f"- {s['guideline']}")
+    for name in ("index.html", "guidelines.md", "guidelines.json"):
+        print(f"{name}: {paths[name]}")
+    return 0
+
+
+def recommend_command(args: argparse.Namespace) -> int:
+    from reports._recommend import recommend
+    from reports._schema import default_guidelines_path, load_guidelines
+
+    path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
+    if not args.guidelines and not path.is_file():
+        raise UserError(f"no guidelines are shipped yet ({path}); pass --guidelines FILE, e.g. the "
+                        "guidelines.json that 'dm-tune report' writes into WORKSPACE/report")
+    rec = recommend(load_guidelines(path), num_classes=args.num_classes, noise_type=args.noise_type,
+                    noise_rate=args.noise_rate, imbalance=args.imbalance, imbalance_ratio=args.imbalance_ratio)
+    if args.json:
+        print(json.dumps({**rec.to_dict(), "guidelines": str(path)}, indent=2))
+        return 0
+    print(f"DM for {args.num_classes} classes, {args.noise_rate * 100:g}% {args.noise_type} noise"
+          + ("" if args.imbalance == "none" else f", {args.imbalance} imbalance {args.imbalance_ratio:g}:1") + ":")
+    print(f"  lambda {rec.lam:.3g}, beta {rec.beta:.3g}   (mode psi {rec.psi:.3f}, log-spread rho {rec.rho:.3f})")
+    print(f"  evidence: {rec.evidence}")
+    for w in rec.warnings:
+        print(f"  warning: {w}")
+    print(f"  try: dm-tune train --method dm --lam {rec.lam:.4g} --beta {rec.beta:.4g}")
+    print(f"  (guidelines: {path})")
+    return 0

@@ -1,0 +1,137 @@
+"""The guidelines document (schema version 1): built from the runs, rendered as JSON and Markdown."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from reports._analysis import analyse_settings
+from reports._rules import factor_trends, lambda_beta_rule, noise_rate_rules
+
+SCHEMA_VERSION = 1
+ACCURACY_UNIT = "percentage points"
+REFERENCE_BASELINE = "cce"   # the headline comparison in each sentence
+
+
+def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str, Any]:
+    """Analyse every setting and the trends across them into one JSON-ready document."""
+    import dm_tune
+
+    analysed = analyse_settings(df)
+    ok = json_safe([s for s in analysed if s.get("status") == "ok"])
+    for s in ok:
+        s["guideline"] = setting_sentence(s)
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "generated": generated or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "accuracy_unit": ACCURACY_UNIT,
+        "accuracy_note": ("test_acc_* are final test accuracies of the configuration chosen by mean final "
+                          "validation accuracy; best_test_acc_mean is the best test accuracy over training "
+                          "(optimistic, shown only where labelled)"),
+        "provenance": {
+            "experiments": sorted(df["experiment"].unique().tolist()),
+            "n_runs": int(len(df)),
+            "n_skipped_runs": int(df.attrs.get("skipped", 0)),
+            "git_commits": sorted(c for c in df["git_commit"].unique().tolist() if c),
+            "dm_tune_versions_of_runs": sorted(v for v in df["dmtune_version"].unique().tolist() if v),
+            "dm_tune_version": dm_tune.__version__,
+            "tracking_uri": str(df.attrs.get("tracking_uri", "")),
+        },
+        "settings": ok,
+        "unresolved": [{"setting": s["setting"], "reason": s.get("note", ""), "counts": s["counts"]}
+                       for s in analysed if s.get("status") != "ok"],
+        "rules": noise_rate_rules(ok) + ([lambda_beta_rule(ok)] if ok else []),
+        "trends": factor_trends(ok),
+    }
+    return json_safe(doc)
+
+
+def setting_sentence(s: dict[str, Any]) -> str:
+    """One plain-language guideline with its numbers."""
+    lo, hi = s["rho_range"]
+    text = (f"{setting_label(s)}: mode psi about {s['psi']:.2f} (lambda about {s['lam']:.2g}, beta about "
+            f"{s['beta']:.3g}), log-spread rho {s['rho']:.2f} (within 1 point: rho in [{lo:.2f}, {hi:.2f}], "
+            f"psi in [{s['psi_range'][0]:.2f}, {s['psi_range'][1]:.2f}])")
+    base = s["vs_baselines"].get(REFERENCE_BASELINE)
+    name = REFERENCE_BASELINE.upper()
+    if base is None and s["vs_baselines"]:
+        name, base = next(iter(s["vs_baselines"].items()))
+    if base is not None:
+        text += f"; {fmt_diff(base['mean_diff'], base['std'])} points over {name} over {base['n']} seeds"
+    text += f" (final test accuracy {fmt_acc(s['test_acc_mean'], s['test_acc_std'])}%, n={s['n_seeds']})"
+    if s.get("stage") != "confirm":
+        text += " [from single-seed search trials]"
+    return text + "."
+
+
+def setting_label(s: dict[str, Any]) -> str:
+    rate = s.get("noise_rate") or 0.0
+    noise = "clean labels" if s.get("noise") == "none" or rate == 0 else f"{rate * 100:.0f}% {s['noise']} noise"
+    parts = [f"{s['num_classes']}-class data ({s.get('dataset', '?')}, {s.get('model', '?')})", noise]
+    if s.get("imbalance", "none") != "none":
+        parts.append(f"{s['imbalance']} imbalance {s.get('imbalance_ratio') or 1:g}:1")
+    if s.get("pretrained"):
+        parts.append("pre-trained")
+    return ", ".join(parts)
+
+
+def fmt_acc(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.1f}" + ("" if std is None else f" +/- {std:.1f}")
+
+
+def fmt_diff(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:+.1f}" + ("" if std is None else f" +/- {std:.1f}")
+
+
+def guidelines_markdown(doc: dict[str, Any]) -> str:
+    """The guidelines as Markdown: sentences, paper comparison, rules, trends, provenance."""
+    prov = doc["provenance"]
+    lines = ["# DM hyper-parameter guidelines", "",
+             f"Generated {doc['generated']} from {prov['n_runs']} runs of {', '.join(prov['experiments'])} "
+             f"({prov['n_skipped_runs']} incomplete runs skipped). Accuracies in {doc['accuracy_unit']}; "
+             f"{doc['accuracy_note']}.", "", "## Guidelines", ""]
+    lines += [f"- {s['guideline']}" for s in doc["settings"]] or ["- (no setting has finished DM runs)"]
+    lines += ["", "## Comparison with the paper's guidance", "",
+              "| setting | measured psi | paper psi | verdict | reason |", "|---|---|---|---|---|"]
+    for s in doc["settings"]:
+        pc = s["paper_comparison"]
+        paper = "-" if pc["paper_psi"] is None else f"{pc['paper_psi']:.2f}"
+        lines.append(f"| {setting_label(s)} | {s['psi']:.2f} | {paper} | {pc['verdict']} | {pc['reason']} |")
+    lines += ["", "## Rules across settings", ""]
+    lines += [f"- {r['text']}" + (f" [paper: {r['paper_comparison']}]" if r.get("paper_comparison") else "")
+              for r in doc["rules"]]
+    lines += ["", "## Trends across settings (descriptive)", ""] + [f"- {t['text']}" for t in doc["trends"]]
+    lines += ["", "## Counts per setting", "", "| setting | finished | diverged | early-stopped | errored |",
+              "|---|---|---|---|---|"]
+    for s in doc["settings"] + doc["unresolved"]:
+        c = s["counts"]
+        lines.append(f"| {s['setting']} | {c['finished']} | {c['diverged']} | {c['early_stopped']} | {c['errored']} |")
+    lines += ["", "## Provenance", "", f"- git commits: {', '.join(prov['git_commits']) or 'unknown'}",
+              f"- dm-tune versions of the runs: {', '.join(prov['dm_tune_versions_of_runs']) or 'unknown'}; "
+              f"report by dm-tune {prov['dm_tune_version']}", ""]
+    return "\n".join(lines)
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(json_safe(doc), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+def json_safe(x: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python, tuples -> lists (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

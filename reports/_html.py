@@ -1,0 +1,154 @@
+"""write_report(): index.html (self-contained), guidelines.md, guidelines.json and figures/*.png."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from reports import _figures as figs
+from reports._guidelines import build_guidelines, dumps, fmt_acc, fmt_diff, guidelines_markdown, setting_label
+
+SECTIONS = ("Guidelines", "Comparison with the paper", "Across settings", "Per-setting results", "Provenance")
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;
+line-height:1.45;padding:0 1em}
+h1{border-bottom:2px solid #e69500}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:left;vertical-align:top}th{background:#f3f3f3}
+.figs{display:flex;flex-wrap:wrap;gap:1em}.figs img{max-width:100%;border:1px solid #ddd}
+.note{color:#555;font-size:.9em}.agree{color:#17803d}.refine{color:#b36b00}.refute{color:#b00020}
+"""
+
+
+def write_report(df: pd.DataFrame, out_dir: str | Path,
+                 histories: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Analyse ``df`` (from ``load_runs``) and write the report; returns {relative name: path}."""
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    doc = build_guidelines(df)
+    paths: dict[str, Path] = {}
+    images: dict[str, str] = {}
+
+    def add_figure(name: str, fig: Any) -> None:
+        if fig is None:
+            return
+        data = figs.png_bytes(fig)
+        rel = f"figures/{name}.png"
+        (out / rel).write_bytes(data)
+        paths[rel] = out / rel
+        images[name] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+    settings = doc["settings"]
+    if settings:
+        add_figure("best_mode_vs_noise", figs.best_mode_figure(settings, doc["rules"]))
+        add_figure("weight_curves", figs.weight_curves_figure(settings))
+    for i, s in enumerate(settings):
+        add_figure(f"plane_{i:02d}", figs.plane_figure(s, df[df["setting"] == s["setting"]]))
+        if s["vs_baselines"]:
+            add_figure(f"baselines_{i:02d}", figs.baselines_figure(s))
+        add_figure(f"weights_{i:02d}", figs.weight_history_figure(s, histories))
+    for name, text in (("guidelines.json", dumps(doc)), ("guidelines.md", guidelines_markdown(doc)),
+                       ("index.html", render_html(doc, images))):
+        (out / name).write_text(text, encoding="utf-8")
+        paths[name] = out / name
+    return paths
+
+
+def render_html(doc: dict[str, Any], images: dict[str, str]) -> str:
+    """The report page; ``images`` maps figure names to data URIs (nothing is linked from outside)."""
+    e = html.escape
+    prov = doc["provenance"]
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             "<title>DM tuning report</title>", f"<style>{_CSS}</style></head><body>",
+             "<h1>DM tuning report</h1>",
+             f"<p class='note'>Generated {e(doc['generated'])} from {prov['n_runs']} runs "
+             f"({prov['n_skipped_runs']} incomplete runs skipped). Accuracies in {e(doc['accuracy_unit'])}: "
+             f"{e(doc['accuracy_note'])}.</p>", "<h2>Guidelines</h2><ul>"]
+    parts += [f"<li>{e(s['guideline'])}</li>" for s in doc["settings"]] or ["<li>No setting has finished DM runs.</li>"]
+    parts.append("</ul>")
+    parts += ["<h2>Comparison with the paper</h2>",
+              _table(["setting", "measured psi", "paper psi", "verdict", "reason"],
+                     [[e(setting_label(s)), f"{s['psi']:.2f}", _num(s["paper_comparison"]["paper_psi"]),
+                       _verdict(s["paper_comparison"]["verdict"]), e(s["paper_comparison"]["reason"])]
+                      for s in doc["settings"]], escape=False)]
+    parts += ["<h2>Across settings</h2>", "<h3>Rules</h3><ul>"] + [f"<li>{e(_rule_text(r))}</li>" for r in doc["rules"]]
+    parts += ["</ul><h3>Trends (descriptive)</h3><ul>"] + [f"<li>{e(t['text'])}</li>" for t in doc["trends"]]
+    parts += ["</ul><div class='figs'>", _img(images, "best_mode_vs_noise", "best mode against noise rate"),
+              _img(images, "weight_curves", "weight curves"), "</div>", "<h2>Per-setting results</h2>"]
+    for i, s in enumerate(doc["settings"]):
+        parts.append(_setting_section(i, s, images))
+    if doc["unresolved"]:
+        parts.append("<h3>Settings without a recommendation</h3>")
+        parts.append(_table(["setting", "reason"], [[u["setting"], u["reason"]] for u in doc["unresolved"]]))
+    parts += ["<h2>Provenance</h2>",
+              _table(["item", "value"], [["experiments", ", ".join(prov["experiments"])],
+                                         ["git commits of the runs", ", ".join(prov["git_commits"]) or "unknown"],
+                                         ["dm-tune versions of the runs",
+                                          ", ".join(prov["dm_tune_versions_of_runs"]) or "unknown"],
+                                         ["report written by dm-tune", prov["dm_tune_version"]],
+                                         ["tracking URI", prov["tracking_uri"]]]),
+              "</body></html>"]
+    return "\n".join(parts)
+
+
+def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
+    e = html.escape
+    imp = s["importance"]
+    importance = (f"psi {imp['psi']:.2f}, rho {imp['rho']:.2f} (fANOVA, n={imp['n']})" if imp["status"] == "ok"
+                  else f"insufficient: {imp.get('reason', '')}")
+    sens = s["sensitivity"]
+    sensitivity = (f"psi {_num(sens['psi'], 1)}, rho {_num(sens['rho'], 1)} points "
+                   f"(range of binned mean {sens['metric']}, n={sens['n']})")
+    c = s["counts"]
+    rows = [["recommended", f"lambda {s['lam']:.3g}, beta {s['beta']:.3g} (psi {s['psi']:.3f}, rho {s['rho']:.3f}); "
+                            f"arm {s['arm']}"],
+            ["chosen from", f"{s['stage']} stage by mean final validation accuracy ({s['val_acc_mean']:.1f}%)"
+                            + (f"; {s['stage_note']}" if s["stage_note"] else "")],
+            ["final test accuracy", f"{fmt_acc(s['test_acc_mean'], s['test_acc_std'])}% (n={s['n_seeds']} seeds)"],
+            ["best test accuracy over training (optimistic)", f"{_num(s['best_test_acc_mean'], 1)}%"],
+            ["within 1 point of the best", f"psi {s['psi_range'][0]:.2f}-{s['psi_range'][1]:.2f}, rho "
+                                           f"{s['rho_range'][0]:.2f}-{s['rho_range'][1]:.2f} "
+                                           f"({s['n_configs']} configurations)"],
+            ["importance (mode vs spread)", importance], ["sensitivity", sensitivity],
+            ["trials", f"{c['finished']} finished, {c['diverged']} diverged, {c['early_stopped']} early-stopped, "
+                       f"{c['errored']} errored (only finished ones are compared)"]]
+    base_rows = [[name, f"{fmt_acc(b['baseline_mean'], b['baseline_std'])} (n={b['baseline_n']})",
+                  f"{fmt_diff(b['mean_diff'], b['std'])} (n={b['n']}, "
+                  f"{'paired by seed' if b['paired'] else 'unpaired'})"]
+                 for name, b in s["vs_baselines"].items()]
+    return "\n".join([f"<h3 id='setting-{i}'>{e(setting_label(s))}</h3>",
+                      f"<p class='note'>setting key {e(s['setting'])}</p>",
+                      _table(["", ""], rows),
+                      _table(["baseline", "final test accuracy (%)", "DM minus baseline (points)"], base_rows)
+                      if base_rows else "<p>No baseline runs.</p>",
+                      "<div class='figs'>", _img(images, f"plane_{i:02d}", "accuracy over the psi x rho plane"),
+                      _img(images, f"baselines_{i:02d}", "DM vs baselines"),
+                      _img(images, f"weights_{i:02d}", "clean vs noisy weights over training"), "</div>"])
+
+
+def _table(header: list[str], rows: list[list[str]], escape: bool = True) -> str:
+    cell = html.escape if escape else (lambda x: x)
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" if any(header) else ""
+    body = "".join("<tr>" + "".join(f"<td>{cell(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _img(images: dict[str, str], name: str, alt: str) -> str:
+    return f"<img src='{images[name]}' alt='{html.escape(alt)}'>" if name in images else ""
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    paper = rule.get("paper_comparison")
+    return rule["text"] + (f" [paper: {paper}]" if paper else "")
+
+
+def _verdict(v: str) -> str:
+    return f"<span class='{html.escape(v)}'>{html.escape(v)}</span>"
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"

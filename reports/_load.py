@@ -1,0 +1,208 @@
+"""Loading: MLflow runs written by ``dm-tune search`` -> one tidy DataFrame (the only I/O here).
+
+The MLflow schema (tags ``dmtune.*``, params as strings, final metrics) is the contract with the
+search; everything after this module is a pure DataFrame -> DataFrame / figure function.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dm_tune import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
+from dm_tune.errors import UserError
+
+PARAM_COLUMNS = ("method", "lam", "beta", "psi", "rho", "dataset", "noise", "noise_rate", "imbalance",
+                 "imbalance_ratio", "model", "num_classes", "pretrained", "seed", "epochs")
+METRIC_COLUMNS = ("epochs_reached", "final_test_acc", "final_val_acc", "best_test_acc",
+                  "val_selected_test_acc", "train_time_s")
+NUMERIC_COLUMNS = ("lam", "beta", "psi", "rho", "noise_rate", "imbalance_ratio", "num_classes", "seed",
+                   "epochs") + METRIC_COLUMNS
+# A run without these is unusable (still running, or killed before it logged its result)...
+REQUIRED_METRICS = ("final_test_acc", "final_val_acc")
+# ...unless its status explains why: such runs are kept (with NaN accuracies) so that they are counted.
+FAILED_STATUSES = ("diverged", "errored")
+HISTORY_METRICS = ("weight_clean", "weight_noisy", "test_acc")
+COLUMNS = ("run_id", "experiment", "setting", "stage", "baseline", "status") + PARAM_COLUMNS + METRIC_COLUMNS + (
+    "arm", "git_commit", "dmtune_version")
+_HTTP_TIMEOUT_S = 3.0
+
+
+def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """All dm-tune trial runs of ``experiments`` (None: every experiment that has some), one row each.
+
+    Runs that lack the final metrics (and are not marked diverged/errored) are skipped; their
+    number is in ``df.attrs["skipped"]``. Raises UserError when the store is unreachable or holds
+    no matching runs (naming the experiments that do exist).
+    """
+    from mlflow import MlflowClient  # heavy import, only where it is used
+
+    _check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    known = {e.name: e.experiment_id for e in _all_experiments(client)}
+    if experiments:
+        missing = [name for name in experiments if name not in known]
+        if missing:
+            raise UserError(f"no MLflow experiment named {', '.join(map(repr, missing))} at {tracking_uri}; "
+                            f"existing experiments: {_names(known)}")
+        chosen = {name: known[name] for name in experiments}
+    else:
+        chosen = known
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    for name, exp_id in chosen.items():
+        for run in _search_trial_runs(client, exp_id):
+            row = run_to_row(name, run.info.run_id, run.data.params, run.data.metrics, run.data.tags)
+            if row is None:
+                skipped += 1
+            else:
+                rows.append(row)
+    if not rows:
+        where = ", ".join(map(repr, chosen)) if experiments else "any experiment"
+        raise UserError(f"no dm-tune trial runs with final metrics in {where} at {tracking_uri} "
+                        f"({skipped} incomplete runs skipped); existing experiments: {_names(known)}")
+    df = tidy(rows)
+    df.attrs["skipped"] = skipped
+    df.attrs["tracking_uri"] = tracking_uri
+    return df
+
+
+def load_histories(tracking_uri: str, run_ids: Iterable[str],
+                   metrics: Sequence[str] = HISTORY_METRICS) -> pd.DataFrame:
+    """Per-epoch metric histories, long format: columns run_id, metric, step, value."""
+    from mlflow import MlflowClient
+
+    _check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    records = [(run_id, m.key, int(m.step), float(m.value))
+               for run_id in dict.fromkeys(run_ids) for key in metrics
+               for m in client.get_metric_history(run_id, key)]
+    return pd.DataFrame(records, columns=["run_id", "metric", "step", "value"])
+
+
+def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: dict[str, float],
+               tags: dict[str, str]) -> dict[str, Any] | None:
+    """One trial run as a flat dict, or None when it lacks its final metrics without a reason."""
+    status = tags.get("dmtune.status", "")
+    if status not in FAILED_STATUSES and any(_missing(metrics.get(k)) for k in REQUIRED_METRICS):
+        return None
+    row: dict[str, Any] = {"run_id": run_id, "experiment": experiment,
+                           "setting": tags.get("dmtune.setting", ""), "stage": tags.get("dmtune.stage", ""),
+                           "baseline": tags.get("dmtune.baseline", ""), "status": status}
+    row.update({k: params.get(k, "") for k in PARAM_COLUMNS})
+    row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS})
+    row["git_commit"] = tags.get("dmtune.git_commit", "")
+    row["dmtune_version"] = _dm_tune_version(tags.get("dmtune.versions", ""))
+    return row
+
+
+def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows -> typed DataFrame: numbers numeric, pretrained bool, DM's (lam, beta) <-> (psi, rho) filled in, arm."""
+    df = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in df:
+            df[col] = ""
+    for col in NUMERIC_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)  # "" (not logged) -> NaN
+    df["pretrained"] = df["pretrained"].astype(str).str.lower().isin(["true", "1", "yes"])
+    for col in ("experiment", "setting", "stage", "baseline", "status", "method", "dataset", "noise",
+                "imbalance", "model"):
+        df[col] = df[col].fillna("").astype(str)
+    df["imbalance"] = df["imbalance"].replace("", "none")
+    df["imbalance_ratio"] = df["imbalance_ratio"].fillna(1.0)
+    _fill_dm_coordinates(df)
+    df["arm"] = [arm_label(b, m, lam, beta) for b, m, lam, beta in
+                 zip(df["baseline"], df["method"], df["lam"], df["beta"])]
+    return df[list(COLUMNS)].reset_index(drop=True)
+
+
+def arm_label(baseline: str, method: str, lam: float, beta: float) -> str:
+    """The name of a configuration across seeds: the baseline's name or ``dm(lam=..,beta=..)``."""
+    if baseline:
+        return baseline
+    if method == "dm":
+        return f"dm(lam={_round(lam)},beta={_round(beta)})"
+    return method
+
+
+def _fill_dm_coordinates(df: pd.DataFrame) -> None:
+    """Fill whichever of (lam, beta) / (psi, rho) the search did not log, for DM runs."""
+    for i in df.index[df["method"] == "dm"]:
+        lam, beta, psi, rho = (df.at[i, c] for c in ("lam", "beta", "psi", "rho"))
+        if math.isnan(lam) and not math.isnan(psi) and 0 <= psi < 1:
+            lam = df.at[i, "lam"] = lambda_from_mode(psi)
+        if math.isnan(psi) and not math.isnan(lam) and lam >= 0:
+            df.at[i, "psi"] = mode_from_lambda(lam)
+        if math.isnan(beta) and not math.isnan(rho) and not math.isnan(lam) and lam >= 0:
+            df.at[i, "beta"] = beta_from_rho(rho, lam)
+        if math.isnan(rho) and not math.isnan(beta) and not math.isnan(lam) and lam >= 0:
+            df.at[i, "rho"] = rho_from_beta(beta, lam)
+
+
+def _round(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.3g}"
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
+def _dm_tune_version(versions_json: str) -> str:
+    try:
+        versions = json.loads(versions_json) if versions_json else {}
+    except json.JSONDecodeError:
+        return ""
+    return str(versions.get("dm-tune", "")) if isinstance(versions, dict) else ""
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail fast: MLflow's own client retries an unreachable server for minutes."""
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=_HTTP_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            return  # something answered: the server is there
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+    elif scheme == "sqlite":
+        path = uri[len("sqlite:///"):]
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise UserError(f"no MLflow store at {path} (tracking URI {uri}); run 'dm-tune search' first "
+                            "or pass --workspace/--tracking-uri")
+
+
+def _all_experiments(client: Any) -> list[Any]:
+    found: list[Any] = []
+    token = None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _search_trial_runs(client: Any, experiment_id: str) -> list[Any]:
+    found: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string="tags.`dmtune.role` = 'trial'",
+                                  max_results=1000, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _names(known: dict[str, str]) -> str:
+    return ", ".join(sorted(known)) or "(none)"

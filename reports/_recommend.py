@@ -1,0 +1,138 @@
+"""recommend(): DM hyper-parameters for a new setting, from a guidelines document.
+
+Narrow the measured settings step by step (noise type, then the nearest class count, then the
+imbalance), then interpolate psi and rho linearly in noise rate between the two nearest measured
+rates; outside the measured range use the nearest one and warn. Clean settings (rate 0) count
+as the rate-0 end of every noise type.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dm_tune import beta_from_rho, lambda_from_mode
+from dm_tune.errors import UserError
+from reports._guidelines import fmt_diff, setting_label
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """DM hyper-parameters in both parametrisations, the settings they rest on and any warnings."""
+
+    lam: float
+    beta: float
+    psi: float
+    rho: float
+    evidence: str
+    settings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float,
+              imbalance: str = "none", imbalance_ratio: float = 1.0) -> Recommendation:
+    """DM (lam, beta) and (psi, rho) for the given data, interpolated from measured settings."""
+    _check_inputs(num_classes, noise_type, noise_rate, imbalance_ratio)
+    settings = guidelines.get("settings") or []
+    if not settings:
+        raise UserError("the guidelines contain no measured settings to recommend from")
+    warnings: list[str] = []
+    pool = _by_noise_type(settings, noise_type, noise_rate, warnings)
+    pool = _nearest(pool, "num_classes", num_classes, "number of classes", warnings)
+    same = [s for s in pool if s["imbalance"] == imbalance]
+    if not same:
+        measured = sorted({s["imbalance"] for s in pool})
+        warnings.append(f"imbalance {imbalance!r} was not measured here (measured: {', '.join(measured)}); "
+                        "ignoring imbalance")
+    pool = same or pool
+    if same:
+        pool = _nearest(pool, "imbalance_ratio", imbalance_ratio, "imbalance ratio", warnings)
+    psi, rho, used, how = _interpolate(pool, noise_rate, warnings)
+    lam = lambda_from_mode(min(max(psi, 0.0), 0.999))
+    beta = beta_from_rho(rho, lam)
+    evidence = how + "; " + "; ".join(_evidence_line(s) for s in used)
+    return Recommendation(lam=lam, beta=beta, psi=psi, rho=rho, evidence=evidence,
+                          settings=[str(s.get("setting", setting_label(s))) for s in used], warnings=warnings)
+
+
+def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalance_ratio: float) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise UserError(f"number of classes must be an integer >= 2, got {num_classes!r}")
+    if not (isinstance(noise_rate, (int, float)) and 0.0 <= noise_rate < 1.0):
+        raise UserError(f"noise rate must be in [0, 1), got {noise_rate!r}")
+    if noise_type == "none" and noise_rate != 0.0:
+        raise UserError(f"noise type 'none' needs noise rate 0, got {noise_rate!r}")
+    if not (isinstance(imbalance_ratio, (int, float)) and imbalance_ratio >= 1.0):
+        raise UserError(f"imbalance ratio must be >= 1 (largest / smallest class), got {imbalance_ratio!r}")
+
+
+def _is_clean(s: dict[str, Any]) -> bool:
+    return s["noise"] == "none" or s["noise_rate"] == 0
+
+
+def _by_noise_type(settings: list[dict[str, Any]], noise_type: str, noise_rate: float,
+                   warnings: list[str]) -> list[dict[str, Any]]:
+    clean = [s for s in settings if _is_clean(s)]
+    if noise_type == "none" or noise_rate == 0:
+        if clean:
+            return clean
+        warnings.append("no clean setting was measured: extrapolating from noisy settings")
+        return settings
+    same = [s for s in settings if s["noise"] == noise_type]
+    if same:
+        return same + clean
+    measured = sorted({s["noise"] for s in settings if not _is_clean(s)})
+    warnings.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: "
+                    f"{', '.join(measured) or 'none'}); using all noise types")
+    return settings
+
+
+def _nearest(pool: list[dict[str, Any]], key: str, target: float, what: str,
+             warnings: list[str]) -> list[dict[str, Any]]:
+    """Keep the settings whose ``key`` is nearest ``target`` on a log scale (class counts and ratios)."""
+    best = min({float(s[key]) for s in pool}, key=lambda v: abs(math.log(v) - math.log(target)))
+    if best != float(target):
+        warnings.append(f"extrapolation: {what} {target:g} was not measured; using the nearest measured, {best:g}")
+    return [s for s in pool if float(s[key]) == best]
+
+
+def _interpolate(pool: list[dict[str, Any]], rate: float,
+                 warnings: list[str]) -> tuple[float, float, list[dict[str, Any]], str]:
+    by_rate: dict[float, list[dict[str, Any]]] = defaultdict(list)
+    for s in pool:
+        by_rate[float(s["noise_rate"])].append(s)
+    rates = sorted(by_rate)
+
+    def knobs(r: float) -> tuple[float, float]:
+        group = by_rate[r]  # several settings at one rate (e.g. two models): average them
+        return (sum(s["psi"] for s in group) / len(group), sum(s["rho"] for s in group) / len(group))
+
+    if rate in by_rate:
+        psi, rho = knobs(rate)
+        return psi, rho, by_rate[rate], f"measured at noise rate {rate:g}"
+    lower = [r for r in rates if r < rate]
+    upper = [r for r in rates if r > rate]
+    if lower and upper:
+        lo, hi = lower[-1], upper[0]
+        t = (rate - lo) / (hi - lo)
+        (p0, r0), (p1, r1) = knobs(lo), knobs(hi)
+        return (p0 + t * (p1 - p0), r0 + t * (r1 - r0), by_rate[lo] + by_rate[hi],
+                f"interpolated linearly in noise rate between {lo:g} and {hi:g}")
+    nearest = lower[-1] if lower else upper[0]
+    warnings.append(f"extrapolation: noise rate {rate:g} is outside the measured range "
+                    f"[{rates[0]:g}, {rates[-1]:g}]; using the nearest measured rate, {nearest:g}")
+    psi, rho = knobs(nearest)
+    return psi, rho, by_rate[nearest], f"nearest measured noise rate {nearest:g}"
+
+
+def _evidence_line(s: dict[str, Any]) -> str:
+    line = f"{setting_label(s)}: psi {s['psi']:.2f}, rho {s['rho']:.2f}"
+    base = s["vs_baselines"].get("cce")
+    if isinstance(base, dict) and base.get("mean_diff") is not None:
+        line += f", {fmt_diff(base['mean_diff'], base.get('std'))} points over CCE over {base.get('n', '?')} seeds"
+    return line + f" (n={s['n_seeds']} seeds)"

@@ -1,0 +1,159 @@
+"""Across settings: how the best mode (psi) and spread (rho) move, and rules where evidence supports one.
+
+Inputs are the per-setting results of ``analyse_settings`` (status "ok"); outputs are JSON-ready
+dicts. A rule is claimed ("supported": True) only with at least ``MIN_RULE_N`` distinct x values
+and R^2 >= ``MIN_RULE_R2``; otherwise the dict says why the evidence does not support one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+MIN_RULE_N = 3
+MIN_RULE_R2 = 0.5
+# What a noise-rate rule holds fixed (besides the noise rate it fits against).
+RULE_GROUP = ("noise", "num_classes", "imbalance", "pretrained")
+FACTORS = ("noise", "num_classes", "imbalance", "pretrained")
+MATCH_KEYS = ("noise", "noise_rate", "num_classes", "imbalance", "pretrained")
+FLAT_SLOPE = 0.1             # |d psi* / d noise_rate| below this: the mode does not move with noise
+
+
+def fit_line(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """Least-squares y = a + b x: a, b, R^2 (1 when y is constant and fitted exactly), n points, distinct x."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n, distinct = int(len(xs)), int(len(np.unique(xs)))
+    if distinct < 2:
+        return {"a": float(ys.mean()) if n else math.nan, "b": math.nan, "r2": math.nan, "n": n,
+                "distinct_x": distinct}
+    b, a = np.polyfit(xs, ys, 1)
+    resid = ys - (a + b * xs)
+    ss_tot = float(((ys - ys.mean()) ** 2).sum())
+    r2 = 1.0 if ss_tot <= 1e-12 else 1.0 - float((resid ** 2).sum()) / ss_tot
+    return {"a": float(a), "b": float(b), "r2": r2, "n": n, "distinct_x": distinct}
+
+
+def rate_groups(settings: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Settings grouped by (noise type, classes, imbalance, pre-training), sorted by noise rate.
+
+    Clean settings (noise rate 0) join every noise type's group with the same other keys; a clean
+    setting that joins none forms a group of its own.
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    clean = [s for s in settings if _is_clean(s)]
+    for s in settings:
+        if not _is_clean(s):
+            groups[tuple(s[k] for k in RULE_GROUP)].append(s)
+    out = []
+    joined: set[int] = set()
+    for key, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        group = dict(zip(RULE_GROUP, key))
+        matches = [c for c in clean if all(c[k] == group[k] for k in RULE_GROUP if k != "noise")]
+        joined.update(id(c) for c in matches)
+        out.append((group, sorted(members + matches, key=lambda m: m["noise_rate"])))
+    out += [({k: c[k] for k in RULE_GROUP}, [c]) for c in clean if id(c) not in joined]
+    return out
+
+
+def noise_rate_rules(settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """psi* ~ a + b * noise_rate and rho* ~ a + b * noise_rate per ``rate_groups`` group (noisy ones)."""
+    rules = []
+    for group, members in rate_groups(settings):
+        if group["noise"] == "none":
+            continue
+        for knob in ("psi", "rho"):
+            fit = fit_line([m["noise_rate"] for m in members], [m[knob] for m in members])
+            rule = _rule("noise_rate", knob, group, fit, [m["setting"] for m in members])
+            if knob == "psi":
+                rule["paper_comparison"] = _mode_rule_vs_paper(rule)
+            rules.append(rule)
+    return rules
+
+
+def _mode_rule_vs_paper(rule: dict[str, Any]) -> str:
+    """The paper: rising noise -> raise the mode (much less so with 100 classes)."""
+    if not rule["supported"]:
+        return "not tested: " + rule["reason"]
+    b = rule["b"]
+    if b >= FLAT_SLOPE:
+        return f"agree: the best mode rises with the noise rate (slope {b:.2f} psi per unit noise rate)"
+    if b > -FLAT_SLOPE:
+        return (f"refine: the best mode hardly moves with the noise rate (slope {b:.2f}); the paper expects "
+                "this only with many (100) classes")
+    return f"refute: the best mode falls as the noise rate rises (slope {b:.2f})"
+
+
+def lambda_beta_rule(settings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across all settings: does the best beta rise with the best lambda (the paper: it must)?"""
+    fit = fit_line([s["lam"] for s in settings], [s["beta"] for s in settings])
+    rule = _rule("lambda_beta", "beta", {}, fit, [s["setting"] for s in settings], x_name="lambda")
+    if rule["supported"]:
+        agrees = fit["b"] > 0
+        rule["paper_comparison"] = ("agree: larger lambda goes with larger beta" if agrees else
+                                    "refute: the best beta does not rise with lambda")
+    else:
+        rule["paper_comparison"] = "not tested: " + rule["reason"]
+    return rule
+
+
+def factor_trends(settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Descriptive: mean best psi/rho per level of each factor, over groups of settings matched on the rest."""
+    trends = []
+    for factor in FACTORS:
+        others = [k for k in MATCH_KEYS if k != factor]
+        matched: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+        for s in settings:
+            matched[tuple(s[k] for k in others)].append(s)
+        usable = [g for g in matched.values() if len({s[factor] for s in g}) >= 2]
+        levels: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for g in usable:
+            for s in g:
+                levels[str(s[factor])].append(s)
+        summary = {lvl: {"psi": float(np.mean([s["psi"] for s in ss])), "rho": float(np.mean([s["rho"] for s in ss])),
+                         "n": len(ss)} for lvl, ss in sorted(levels.items())}
+        if usable:
+            parts = ", ".join(f"{lvl}: psi {v['psi']:.2f}, rho {v['rho']:.2f} (n={v['n']})"
+                              for lvl, v in summary.items())
+            text = f"by {factor} ({len(usable)} matched group(s), descriptive): {parts}"
+        else:
+            text = f"by {factor}: no settings differ only in {factor}; no evidence"
+        trends.append({"kind": "factor", "factor": factor, "levels": summary, "n_groups": len(usable), "text": text})
+    return trends
+
+
+def _rule(kind: str, knob: str, group: dict[str, Any], fit: dict[str, Any], settings: list[str],
+          x_name: str = "noise_rate") -> dict[str, Any]:
+    label = _group_label(group)
+    if fit["distinct_x"] < MIN_RULE_N:
+        supported, why = False, f"only {fit['distinct_x']} distinct {x_name} value(s) < {MIN_RULE_N}"
+    elif not fit["r2"] >= MIN_RULE_R2:
+        supported, why = False, f"R^2 {fit['r2']:.2f} < {MIN_RULE_R2}"
+    else:
+        supported, why = True, ""
+    if supported:
+        sign = "-" if fit["b"] < -1e-9 else "+"
+        text = (f"{label}: {knob}* = {fit['a']:.3f} {sign} {abs(fit['b']):.3f} x {x_name} "
+                f"(R^2 {fit['r2']:.2f}, n={fit['n']})")
+    else:
+        text = f"{label}: the evidence does not support a rule for {knob}* against {x_name}: {why}"
+    return {"kind": kind, "knob": knob, "x": x_name, "group": group, "a": fit["a"], "b": fit["b"], "r2": fit["r2"],
+            "n": fit["n"], "supported": supported, "reason": why, "settings": settings, "text": text}
+
+
+def _group_label(group: dict[str, Any]) -> str:
+    if not group:
+        return "all settings"
+    parts = [f"{group['noise']} noise", f"{group['num_classes']} classes"]
+    if group.get("imbalance", "none") != "none":
+        parts.append(f"{group['imbalance']} imbalance")
+    if group.get("pretrained"):
+        parts.append("pre-trained")
+    return ", ".join(parts)
+
+
+def _is_clean(s: dict[str, Any]) -> bool:
+    return s["noise"] == "none" or not s["noise_rate"]

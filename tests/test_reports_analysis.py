@@ -1,0 +1,244 @@
+"""reports: the pure analysis, rules, guidelines, schema and recommend functions on hand-built data."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dm_tune import mode_from_lambda, rho_from_beta
+from dm_tune.errors import UserError
+from reports import (analyse_setting, build_guidelines, compare_with_paper, default_guidelines_path, fit_line,
+                     lambda_beta_rule, load_guidelines, noise_rate_rules, recommend, status_counts)
+from reports._guidelines import dumps
+from reports._load import tidy
+
+SETTING = dict(dataset="digits", noise="symmetric", noise_rate="0.4", imbalance="none", imbalance_ratio="1.0",
+               model="mlp", num_classes="10", pretrained="false", epochs="10")
+
+
+def row(stage: str = "confirm", seed: int = 0, val: float | None = 0.8, test: float | None = 0.7,
+        lam: float | None = 1.0, beta: float | None = 8.0, baseline: str = "", method: str = "dm",
+        status: str = "finished", setting: str = "digits/symmetric/0.4", **params: str) -> dict[str, Any]:
+    """One trial run as ``load_runs`` sees it: params are strings, as MLflow stores them."""
+    dm = method == "dm"
+    out: dict[str, Any] = {"run_id": f"r{next(_IDS)}", "experiment": "study", "setting": setting, "stage": stage,
+                           "baseline": baseline, "status": status, "method": method, "seed": str(seed),
+                           "lam": str(lam) if dm else "", "beta": str(beta) if dm else "",
+                           "final_val_acc": math.nan if val is None else val,
+                           "final_test_acc": math.nan if test is None else test,
+                           "best_test_acc": math.nan if test is None else test + 0.05, "git_commit": "abc123"}
+    out.update(SETTING)
+    out.update(params)
+    return out
+
+
+_IDS = itertools.count()
+
+
+def known_runs() -> list[dict[str, Any]]:
+    """Confirm arms A (best), B (within 1 point), C (worse); baselines; failed runs; 3 search trials."""
+    rows = [row(seed=s, val=v, test=t) for s, v, t in zip(range(3), (0.80, 0.81, 0.82), (0.70, 0.72, 0.74))]
+    rows += [row(seed=s, val=v, test=0.71, lam=0.5, beta=6.0) for s, v in zip(range(3), (0.79, 0.80, 0.81))]
+    rows += [row(seed=s, val=0.70, test=0.65, lam=2.0, beta=12.0) for s in range(3)]
+    rows.append(row(seed=3, val=0.99, test=0.99, lam=2.0, beta=12.0, status="early-stopped"))
+    rows.append(row(seed=4, val=None, test=None, lam=2.0, beta=12.0, status="diverged"))
+    rows.append(row(seed=5, val=None, test=None, lam=3.0, beta=1.0, status="errored"))
+    rows += [row(seed=s, test=t, baseline="cce", method="cce") for s, t in zip(range(3), (0.60, 0.62, 0.64))]
+    rows += [row(seed=s, test=t, baseline="gce", method="gce") for s, t in zip((5, 6), (0.66, 0.70))]
+    rows += [row(stage="search", val=0.805, lam=0.25, beta=4.0), row(stage="search", val=0.75, lam=3.0, beta=30.0),
+             row(stage="search", val=0.995, lam=3.0, beta=30.0, status="early-stopped")]
+    return rows
+
+
+def test_best_config_region_baselines_and_counts() -> None:
+    res = analyse_setting(tidy(known_runs()))
+    assert res["status"] == "ok" and res["stage"] == "confirm" and res["stage_note"] == ""
+    assert (res["lam"], res["beta"]) == (1.0, 8.0)
+    assert res["psi"] == pytest.approx(0.5) and res["rho"] == pytest.approx(2.0)
+    assert res["val_acc_mean"] == pytest.approx(81.0)
+    assert res["test_acc_mean"] == pytest.approx(72.0) and res["test_acc_std"] == pytest.approx(2.0)
+    assert res["n_seeds"] == 3 and res["best_test_acc_mean"] == pytest.approx(77.0)
+    # Region: A, B (80.0) and the search trial at psi 0.2 (80.5) are within 1 point of 81.0; C and psi .75 are not.
+    assert res["psi_range"] == pytest.approx([mode_from_lambda(0.25), 0.5])
+    assert res["rho_range"] == pytest.approx([2.0, rho_from_beta(6.0, 0.5)])
+    assert res["n_configs"] == 3
+    cce, gce = res["vs_baselines"]["cce"], res["vs_baselines"]["gce"]
+    assert cce["paired"] and cce["mean_diff"] == pytest.approx(10.0) and cce["std"] == pytest.approx(0.0, abs=1e-9)
+    assert cce["n"] == 3 and cce["baseline_mean"] == pytest.approx(62.0) and cce["baseline_std"] == pytest.approx(2.0)
+    assert not gce["paired"] and gce["mean_diff"] == pytest.approx(4.0)
+    assert gce["std"] == pytest.approx(math.sqrt(2.0 ** 2 + 8.0)) and gce["n"] == 2
+    # Early-stopped (val 99%) and diverged runs are counted but never chosen.
+    assert res["counts"] == {"finished": 16, "diverged": 1, "early_stopped": 2, "errored": 1}
+    assert res["counts_by_stage"]["search"]["early_stopped"] == 1
+    assert res["paper_comparison"]["verdict"] == "agree"  # CIFAR-10 schedule at r = 0.4: psi 1/2
+
+
+def test_search_stage_fallback_is_said() -> None:
+    rows = [row(stage="search", val=v, lam=lam, beta=4.0) for v, lam in ((0.7, 0.5), (0.9, 2.0), (0.6, 0.0))]
+    res = analyse_setting(tidy(rows))
+    assert res["stage"] == "search" and "no confirm-stage" in res["stage_note"] and res["lam"] == 2.0
+    assert res["test_acc_std"] is None and res["n_seeds"] == 1
+
+
+def test_no_dm_runs_is_unresolved() -> None:
+    res = analyse_setting(tidy([row(baseline="cce", method="cce"), row(status="diverged", val=None, test=None)]))
+    assert res["status"] == "no-dm-results" and res["counts"]["diverged"] == 1
+
+
+def grid_search_rows(n_psi: int = 4, n_rho: int = 3) -> list[dict[str, Any]]:
+    """Search trials on a psi x rho grid whose validation accuracy depends on psi only."""
+    rows = []
+    for psi in np.linspace(0.1, 0.7, n_psi):
+        lam = psi / (1 - psi)
+        for rho in np.linspace(1.0, 5.0, n_rho):
+            rows.append(row(stage="search", val=0.5 + 0.4 * psi, lam=lam, beta=rho / rho_from_beta(1.0, lam)))
+    return rows
+
+
+def test_importance_and_sensitivity_single_out_the_mode() -> None:
+    res = analyse_setting(tidy(grid_search_rows()))
+    imp, sens = res["importance"], res["sensitivity"]
+    assert imp["status"] == "ok" and imp["n"] == 12 and imp["psi"] > 0.9 > imp["rho"]
+    assert sens["psi"] == pytest.approx(0.4 * 0.6 * 100) and sens["rho"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_importance_needs_enough_trials() -> None:
+    res = analyse_setting(tidy(grid_search_rows(n_psi=2, n_rho=3)))
+    assert res["importance"]["status"] == "insufficient" and res["importance"]["n"] == 6
+
+
+def test_status_counts_maps_statuses() -> None:
+    df = tidy([row(status=s) for s in ("finished", "diverged", "early-stopped", "errored", "errored")])
+    assert status_counts(df) == {"finished": 1, "diverged": 1, "early_stopped": 1, "errored": 2}
+
+
+def setting(rate: float, psi: float, rho: float = 2.0, noise: str = "symmetric", classes: int = 10,
+            **extra: Any) -> dict[str, Any]:
+    """An analysed setting as it appears in guidelines.json."""
+    lam = psi / (1 - psi)
+    s = {"setting": f"{noise}-{classes}-{rate}", "dataset": "d", "model": "m", "noise": noise, "noise_rate": rate,
+         "num_classes": classes, "imbalance": "none", "imbalance_ratio": 1.0, "pretrained": False, "psi": psi,
+         "rho": rho, "lam": lam, "beta": rho / rho_from_beta(1.0, lam), "psi_range": [psi, psi],
+         "rho_range": [rho, rho], "n_seeds": 3, "test_acc_mean": 70.0, "test_acc_std": 1.0,
+         "vs_baselines": {"cce": {"mean_diff": 5.0, "std": 1.0, "n": 3}}}
+    s.update(extra)
+    return s
+
+
+def test_fit_line_known_answer() -> None:
+    fit = fit_line([0.0, 0.2, 0.4, 0.6], [0.1, 0.26, 0.42, 0.58])
+    assert fit["a"] == pytest.approx(0.1) and fit["b"] == pytest.approx(0.8) and fit["r2"] == pytest.approx(1.0)
+
+
+def test_noise_rate_rule_supported_and_not() -> None:
+    good = [setting(r, 0.1 + 0.8 * r) for r in (0.2, 0.4, 0.6)] + [setting(0.0, 0.1, noise="none")]
+    poor = [setting(r, p, noise="pair") for r, p in ((0.2, 0.5), (0.3, 0.05), (0.4, 0.6), (0.5, 0.1))]
+    few = [setting(r, 0.3, classes=100) for r in (0.2, 0.4)]
+    rules = {(r["group"]["noise"], r["group"]["num_classes"], r["knob"]): r
+             for r in noise_rate_rules(good + poor + few)}
+    sym = rules[("symmetric", 10, "psi")]
+    assert sym["supported"] and sym["n"] == 4 and sym["b"] == pytest.approx(0.8) and "R^2 1.00" in sym["text"]
+    assert sym["paper_comparison"].startswith("agree: the best mode rises")
+    pair = rules[("pair", 10, "psi")]
+    assert not pair["supported"] and "R^2" in pair["text"] and "does not support" in pair["text"]
+    assert pair["paper_comparison"].startswith("not tested")
+    hundred = rules[("symmetric", 100, "psi")]
+    assert not hundred["supported"] and "only 2 distinct" in hundred["text"]
+    assert rules[("symmetric", 10, "rho")]["supported"]  # constant rho: fitted exactly
+
+
+def test_lambda_beta_rule() -> None:
+    rising = [setting(0.2, psi, rho=2.0) for psi in (0.2, 0.4, 0.6)]  # same rho: beta grows with lambda
+    rule = lambda_beta_rule(rising)
+    assert rule["supported"] and rule["b"] > 0 and rule["paper_comparison"].startswith("agree")
+    assert not lambda_beta_rule(rising[:2])["supported"]
+
+
+def test_paper_comparison_refutes_when_the_papers_mode_was_worse() -> None:
+    s = setting(0.4, 0.1, psi_range=[0.05, 0.15])
+    assert compare_with_paper(s, paper_psi_gap=3.0)["verdict"] == "refute"
+    assert compare_with_paper(s, paper_psi_gap=None)["verdict"] == "refine"
+    assert compare_with_paper(setting(0.4, 0.45), paper_psi_gap=0.0)["verdict"] == "agree"
+    clean = compare_with_paper(setting(0.0, 0.0, noise="none"), paper_psi_gap=None)
+    assert clean["paper_psi"] == 0.0 and clean["verdict"] == "agree"
+
+
+def guidelines(settings: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"schema_version": 1, "generated": "now", "provenance": {}, "settings": settings, "rules": []}
+
+
+def test_recommend_interpolates_in_noise_rate() -> None:
+    g = guidelines([setting(0.2, 0.3, rho=2.0), setting(0.6, 0.7, rho=4.0), setting(0.4, 0.6, classes=100)])
+    rec = recommend(g, num_classes=10, noise_type="symmetric", noise_rate=0.4)
+    assert rec.psi == pytest.approx(0.5) and rec.rho == pytest.approx(3.0) and rec.warnings == []
+    assert rec.lam == pytest.approx(1.0) and rec.beta == pytest.approx(12.0)
+    assert rec.settings == ["symmetric-10-0.2", "symmetric-10-0.6"] and "interpolated" in rec.evidence
+    assert set(rec.to_dict()) >= {"lam", "beta", "psi", "rho", "evidence", "warnings"}
+
+
+def test_recommend_warns_when_extrapolating() -> None:
+    g = guidelines([setting(0.2, 0.3), setting(0.6, 0.7), setting(0.0, 0.0, noise="none")])
+    beyond = recommend(g, num_classes=10, noise_type="symmetric", noise_rate=0.8)
+    assert beyond.psi == pytest.approx(0.7) and any("outside the measured range" in w for w in beyond.warnings)
+    low = recommend(g, num_classes=10, noise_type="symmetric", noise_rate=0.1)  # clean joins the series
+    assert low.psi == pytest.approx(0.15) and low.warnings == []
+    other = recommend(g, num_classes=100, noise_type="pair", noise_rate=0.4)
+    assert any("noise type 'pair'" in w for w in other.warnings)
+    assert any("number of classes 100" in w for w in other.warnings)
+
+
+@pytest.mark.parametrize("kwargs", [dict(noise_rate=1.0), dict(noise_rate=-0.1), dict(num_classes=1),
+                                    dict(noise_type="none", noise_rate=0.2)])
+def test_recommend_rejects_bad_input(kwargs: dict[str, Any]) -> None:
+    args = dict(num_classes=10, noise_type="symmetric", noise_rate=0.2) | kwargs
+    with pytest.raises(UserError):
+        recommend(guidelines([setting(0.2, 0.3)]), **args)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "not valid JSON"),
+    ('{"schema_version": 2, "settings": [], "rules": [], "provenance": {}}', "schema_version must be 1"),
+    ('{"schema_version": 1, "settings": {}, "rules": [], "provenance": {}}', "'settings' must be a JSON array"),
+    ("SETTING_WITHOUT_PSI", "settings[0] is missing 'psi'"),
+    ("SETTING_WITH_BAD_RATE", "settings[0].noise_rate must be a number in [0, 1)"),
+])
+def test_malformed_guidelines_give_one_clear_line(tmp_path: Path, content: str, problem: str) -> None:
+    if content.startswith("SETTING"):
+        s = setting(0.2, 0.3)
+        if content == "SETTING_WITHOUT_PSI":
+            del s["psi"]
+        else:
+            s["noise_rate"] = 1.5
+        content = json.dumps(guidelines([s]))
+    path = tmp_path / "g.json"
+    path.write_text(content)
+    with pytest.raises(UserError) as err:
+        load_guidelines(path)
+    assert problem in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="does not exist"):
+        load_guidelines(tmp_path / "missing.json")
+
+
+def test_built_guidelines_round_trip_through_the_schema(tmp_path: Path) -> None:
+    doc = build_guidelines(tidy(known_runs() + grid_search_rows()), generated="2026-01-01T00:00:00+00:00")
+    path = tmp_path / "guidelines.json"
+    path.write_text(dumps(doc))
+    loaded = load_guidelines(path)
+    assert loaded["schema_version"] == 1 and loaded["provenance"]["git_commits"] == ["abc123"]
+    (s,) = loaded["settings"]
+    assert {"rho_range", "psi_range", "test_acc_mean", "vs_baselines", "importance", "paper_comparison",
+            "counts", "pretrained", "imbalance_ratio"} <= set(s)
+    assert "+10.0 +/- 0.0 points over CCE over 3 seeds" in s["guideline"]
+    rec = recommend(loaded, num_classes=10, noise_type="symmetric", noise_rate=0.4)
+    assert rec.lam == pytest.approx(1.0) and rec.beta == pytest.approx(8.0)
+
+
+def test_no_default_guidelines_are_shipped_by_hand() -> None:
+    assert default_guidelines_path().name == "default_guidelines.json"
+    assert default_guidelines_path().parent.name == "reports"

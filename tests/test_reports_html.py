@@ -1,0 +1,123 @@
+"""reports: write_report's files, and index.html rendered in a real headless browser (chromium + selenium)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dm_tune import beta_from_rho
+from reports import load_guidelines, write_report
+from reports._html import SECTIONS
+from reports._load import tidy
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+_IDS = itertools.count()
+
+
+def trial(rate: float, stage: str, seed: int, val: float | None, test: float | None, psi: float = 0.0,
+          rho: float = 0.0, baseline: str = "", method: str = "dm", status: str = "finished") -> dict[str, Any]:
+    lam = psi / (1 - psi)
+    dm = method == "dm"
+    return {"run_id": f"r{next(_IDS)}", "experiment": "study", "setting": f"digits/symmetric/{rate}",
+            "stage": stage, "baseline": baseline, "status": status, "method": method,
+            "lam": str(lam) if dm else "", "beta": str(beta_from_rho(rho, lam)) if dm else "",
+            "dataset": "digits", "noise": "none" if rate == 0 else "symmetric", "noise_rate": str(rate),
+            "imbalance": "none", "imbalance_ratio": "1", "model": "mlp", "num_classes": "10", "pretrained": "false",
+            "seed": str(seed), "epochs": "10", "final_val_acc": np.nan if val is None else val,
+            "final_test_acc": np.nan if test is None else test,
+            "best_test_acc": np.nan if test is None else test + 0.03,
+            "git_commit": "abc123"}
+
+
+def campaign() -> pd.DataFrame:
+    """Three noise rates: 10 search trials each (one diverged, one early-stopped), a confirmed best, baselines."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for rate, best in ((0.0, 0.1), (0.2, 0.3), (0.4, 0.5)):
+        top = 0.9 - 0.3 * rate
+        for i in range(10):
+            psi, rho = float(rng.uniform(0, 0.8)), float(rng.uniform(0.5, 6))
+            val = top - 0.3 * (psi - best) ** 2 - 0.002 * (rho - 3) ** 2
+            status = {8: "diverged", 9: "early-stopped"}.get(i, "finished")
+            ok = status != "diverged"
+            rows.append(trial(rate, "search", 0, val if ok else None, val - 0.05 if ok else None, psi, rho,
+                              status=status))
+        for seed in range(3):
+            rows.append(trial(rate, "confirm", seed, top + 0.01 * seed, top - 0.04 + 0.01 * seed, best, 3.0))
+            for name, drop in (("cce", 0.15), ("gce", 0.08), ("dm-beta0", 0.1)):
+                rows.append(trial(rate, "confirm", seed, top - drop, top - 0.04 - drop * rate + 0.01 * seed,
+                                  baseline=name, method="dm" if name == "dm-beta0" else name))
+    return tidy(rows)
+
+
+def histories(df: pd.DataFrame) -> pd.DataFrame:
+    ids = df.loc[(df["stage"] == "confirm") & (df["baseline"] == ""), "run_id"]
+    return pd.DataFrame([(r, m, e, 1 + (0.04 if m == "weight_clean" else -0.04) * e) for r in ids
+                         for m in ("weight_clean", "weight_noisy") for e in range(1, 6)],
+                        columns=["run_id", "metric", "step", "value"])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    df = campaign()
+    return write_report(df, tmp_path_factory.mktemp("report"), histories(df))
+
+
+def test_report_files(report: dict[str, Path]) -> None:
+    for name in ("index.html", "guidelines.md", "guidelines.json", "figures/best_mode_vs_noise.png",
+                 "figures/weight_curves.png", "figures/plane_00.png", "figures/baselines_02.png",
+                 "figures/weights_01.png"):
+        assert report[name].is_file() and report[name].stat().st_size > 0, name
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for k, p in report.items() if k.endswith(".png"))
+    doc = load_guidelines(report["guidelines.json"])
+    assert [s["noise_rate"] for s in doc["settings"]] == [0.0, 0.2, 0.4]
+    expected = {"finished": 20, "diverged": 1, "early_stopped": 1, "errored": 0}
+    assert all(s["counts"] == expected for s in doc["settings"])
+    assert {r["knob"] for r in doc["rules"] if r["kind"] == "noise_rate"} == {"psi", "rho"}
+    assert json.loads(report["guidelines.json"].read_text())["schema_version"] == 1
+    md = report["guidelines.md"].read_text()
+    assert "40% symmetric noise: mode psi about 0.50" in md and "points over CCE over 3 seeds" in md
+
+
+def test_html_is_self_contained(report: dict[str, Path]) -> None:
+    page = report["index.html"].read_text()
+    srcs = re.findall(r"<img src='([^']*)'", page)
+    assert len(srcs) == 11 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<script" not in page and "http://" not in page and "https://" not in page and "<link" not in page
+    assert "best test accuracy over training (optimistic)" in page
+
+
+def test_html_renders_in_headless_chromium(report: dict[str, Path], tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (CI installs Debian's chromium and chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
+    try:
+        driver.get(report["index.html"].resolve().as_uri())
+        headings = [h.text for h in driver.find_elements("tag name", "h2")]
+        assert headings == list(SECTIONS)
+        assert driver.find_element("tag name", "h1").text == "DM tuning report"
+        assert len(driver.find_elements("tag name", "h3")) >= 3 + 2  # settings + rules/trends
+        images = driver.find_elements("tag name", "img")
+        assert len(images) == 11
+        widths = [driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+                  for img in images]
+        assert all(w and w > 0 for w in widths), widths
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert severe == []
+    finally:
+        driver.quit()

@@ -1,0 +1,168 @@
+"""reports: loading runs from a real MLflow sqlite store written in the search's schema, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from dm_tune.errors import UserError
+from reports import add_recommend_parser, add_report_parser, load_histories, load_runs
+
+SETTING_PARAMS = {"dataset": "digits", "noise": "symmetric", "noise_rate": "0.4", "imbalance": "none",
+                  "imbalance_ratio": "1.0", "model": "mlp", "num_classes": "10", "pretrained": "false",
+                  "epochs": "3"}
+
+
+def log_trial(client: Any, exp_id: str, parent: str, setting: str, stage: str, seed: int, status: str,
+              method: str = "dm", baseline: str = "", lam: str = "", beta: str = "",
+              final: dict[str, float] | None = None) -> str:
+    """One child trial run as the search writes it: tags, string params, per-epoch and final metrics."""
+    from mlflow.entities import Metric, Param
+
+    run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, "dmtune.role": "trial",
+                                          "dmtune.setting": setting, "dmtune.stage": stage,
+                                          "dmtune.baseline": baseline, "dmtune.status": status,
+                                          "dmtune.git_commit": "deadbeef",
+                                          "dmtune.versions": json.dumps({"dm-tune": "0.1.0"})})
+    rid = run.info.run_id
+    params = {**SETTING_PARAMS, "method": method, "seed": str(seed), "lam": lam, "beta": beta}
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, step) for step in (1, 2, 3)
+               for k, v in (("weight_clean", 1.0 + 0.1 * step), ("weight_noisy", 1.0 - 0.1 * step),
+                            ("test_acc", 0.5 + 0.05 * step))]
+    metrics += [Metric(k, v, now, 0) for k, v in (final or {}).items()]
+    client.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+    client.set_terminated(rid)
+    return rid
+
+
+def final(val: float, test: float) -> dict[str, float]:
+    return {"final_val_acc": val, "final_test_acc": test, "best_test_acc": test + 0.02,
+            "val_selected_test_acc": test, "epochs_reached": 3, "train_time_s": 1.5, "best_epoch": 3}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    workspace = tmp_path_factory.mktemp("ws")
+    uri = f"sqlite:///{(workspace / 'mlflow.db').as_posix()}"
+    client = MlflowClient(tracking_uri=uri)
+    ids: dict[str, Any] = {"workspace": workspace, "uri": uri}
+    key = "digits/symmetric/0.4/none/mlp"
+    exp_a = client.create_experiment("study-a")
+    parent = client.create_run(exp_a, tags={"dmtune.role": "setting", "dmtune.setting": key}).info.run_id
+    ids["dm"] = [log_trial(client, exp_a, parent, key, "confirm", s, "finished", lam="1.0", beta="8.0",
+                           final=final(0.80 + 0.01 * s, 0.70 + 0.01 * s)) for s in range(3)]
+    for s in range(3):
+        log_trial(client, exp_a, parent, key, "confirm", s, "finished", method="cce", baseline="cce",
+                  final=final(0.7, 0.6))
+    log_trial(client, exp_a, parent, key, "search", 0, "finished", lam="0.5", beta="4", final=final(0.75, 0.65))
+    log_trial(client, exp_a, parent, key, "search", 0, "diverged", lam="3", beta="40")       # no finals: kept
+    log_trial(client, exp_a, parent, key, "search", 0, "finished", lam="2", beta="9")        # no finals: skipped
+    exp_b = client.create_experiment("study-b")
+    parent_b = client.create_run(exp_b, tags={"dmtune.role": "setting", "dmtune.setting": key}).info.run_id
+    log_trial(client, exp_b, parent_b, key, "search", 1, "finished", lam="0", beta="2", final=final(0.6, 0.5))
+    client.create_experiment("empty-study")
+    return ids
+
+
+def test_load_runs_builds_the_tidy_frame(store: dict[str, Any]) -> None:
+    df = load_runs(store["uri"], None)
+    assert df.attrs["skipped"] == 1 and len(df) == 9
+    assert set(df["experiment"]) == {"study-a", "study-b"}
+    for col in ("run_id", "experiment", "setting", "stage", "baseline", "status", "method", "lam", "beta", "psi",
+                "rho", "dataset", "noise", "noise_rate", "imbalance", "imbalance_ratio", "model", "num_classes",
+                "pretrained", "seed", "epochs", "epochs_reached", "final_test_acc", "final_val_acc",
+                "best_test_acc", "val_selected_test_acc", "train_time_s", "arm"):
+        assert col in df
+    for col in ("lam", "noise_rate", "num_classes", "seed", "final_test_acc", "epochs_reached", "train_time_s"):
+        assert pd.api.types.is_float_dtype(df[col]), col
+    dm = df[df["run_id"].isin(store["dm"])]
+    assert set(dm["arm"]) == {"dm(lam=1,beta=8)"} and (dm["psi"] == 0.5).all() and (dm["rho"] == 2.0).all()
+    cce = df[df["baseline"] == "cce"]
+    assert set(cce["arm"]) == {"cce"} and cce["lam"].isna().all()
+    assert df["pretrained"].dtype == bool and not df["pretrained"].any()
+    diverged = df[df["status"] == "diverged"]
+    assert len(diverged) == 1 and diverged["final_test_acc"].isna().all()
+    assert sorted(df.loc[df["run_id"].isin(store["dm"]), "final_test_acc"]) == pytest.approx([0.70, 0.71, 0.72])
+    assert (df["git_commit"] == "deadbeef").all() and (df["dmtune_version"] == "0.1.0").all()
+
+
+def test_load_runs_selects_experiments(store: dict[str, Any]) -> None:
+    df = load_runs(store["uri"], ["study-b"])
+    assert list(df["experiment"]) == ["study-b"] and df.attrs["skipped"] == 0
+
+
+@pytest.mark.parametrize("names", [["empty-study"], ["no-such-study"]])
+def test_no_runs_lists_the_existing_experiments(store: dict[str, Any], names: list[str]) -> None:
+    with pytest.raises(UserError, match="existing experiments: .*study-a.*study-b"):
+        load_runs(store["uri"], names)
+
+
+def test_missing_store_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no MLflow store"):
+        load_runs(f"sqlite:///{tmp_path.as_posix()}/nothing/mlflow.db", None)
+
+
+def test_unreachable_server_fails_fast() -> None:
+    with socket.socket() as sock:  # a free port with nothing listening on it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(UserError, match="unreachable"):
+        load_runs(f"http://127.0.0.1:{port}", None)
+    assert time.monotonic() - start < 5
+
+
+def test_load_histories(store: dict[str, Any]) -> None:
+    h = load_histories(store["uri"], store["dm"][:2])
+    assert set(h.columns) == {"run_id", "metric", "step", "value"} and len(h) == 2 * 3 * 3
+    clean = h[(h["metric"] == "weight_clean") & (h["run_id"] == store["dm"][0])].sort_values("step")
+    assert list(clean["step"]) == [1, 2, 3] and list(clean["value"]) == pytest.approx([1.1, 1.2, 1.3])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dm-tune")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_report_parser(sub)
+    add_recommend_parser(sub)
+    return p
+
+
+def test_report_then_recommend_on_the_command_line(store: dict[str, Any], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    args = parser().parse_args(["report", "--workspace", str(store["workspace"]), "--experiment", "study-a",
+                                "--out", str(tmp_path / "rep")])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "8 runs from study-a (1 incomplete runs skipped)" in out
+    assert "+11.0 +/- 1.0 points over CCE over 3 seeds" in out
+    for name in ("index.html", "guidelines.md", "guidelines.json", "figures/weights_00.png"):
+        assert (tmp_path / "rep" / name).is_file(), name
+    args = parser().parse_args(["recommend", "--num-classes", "10", "--noise-type", "symmetric", "--noise-rate",
+                                "0.5", "--guidelines", str(tmp_path / "rep" / "guidelines.json"), "--json"])
+    assert args.func(args) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["lam"] == pytest.approx(1.0) and rec["beta"] == pytest.approx(8.0)
+    assert {"psi", "rho", "evidence", "warnings"} <= set(rec) and "outside the measured range" in rec["warnings"][0]
+    args = parser().parse_args(["recommend", "--num-classes", "10", "--noise-rate", "0.4", "--guidelines",
+                                str(tmp_path / "rep" / "guidelines.json")])
+    assert args.func(args) == 0 and "lambda 1, beta 8" in capsys.readouterr().out
+    bad = parser().parse_args(["recommend", "--num-classes", "1", "--noise-rate", "0.4", "--guidelines",
+                               str(tmp_path / "rep" / "guidelines.json")])
+    with pytest.raises(UserError, match="number of classes"):
+        bad.func(bad)
+
+
+def test_report_default_tracking_uri_is_the_workspace_store(tmp_path: Path) -> None:
+    args = parser().parse_args(["report", "--workspace", str(tmp_path / "ws")])
+    with pytest.raises(UserError, match=f"no MLflow store at {(tmp_path / 'ws' / 'mlflow.db').as_posix()}"):
+        args.func(args)
