@@ -375,13 +375,22 @@ def _summarise(ctx: _Context, search_results, confirm_results) -> SettingSummary
     return SettingSummary(ctx.setting.key, list(arms.values()), len(search_results), statuses, train_time)
 
 
-def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str) -> _Context:
+def load_sources(study: Study) -> dict[str, Any]:
+    """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here)."""
     from dm_tune.data import load_source
+
+    sources: dict[str, Any] = {}
+    for setting in study.expand():
+        if setting.dataset not in sources:
+            sources[setting.dataset] = load_source(study.train_config(setting))
+    return sources
+
+
+def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str, source: Any) -> _Context:
     from dm_tune.datasets import DATASETS
     from dm_tune.search._tracking import setting_run
 
     cfg = study.train_config(setting)
-    source = load_source(cfg)
     resolved = cfg.resolve(source.defaults, source.default_model, source.input_kind)
     base = {**study.training, **setting.train_fields(), "seed": study.seeds[0]}
     if base.get("data_root"):
@@ -398,10 +407,11 @@ def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str) -> _
                     resolved.epochs, source.num_classes, resolved.to_dict())
 
 
-def run_study(study: Study, opts: RunOptions) -> list[SettingSummary]:
+def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = None) -> list[SettingSummary]:
     """Run (or resume) every setting of ``study``; returns one summary per setting."""
     from dm_tune.search._tracking import experiment_id
 
+    sources = sources if sources is not None else load_sources(study)
     exp_id = experiment_id(opts.tracking, study.name)
     summaries = []
     for setting in study.expand():
@@ -409,7 +419,7 @@ def run_study(study: Study, opts: RunOptions) -> list[SettingSummary]:
         if opts.echo:
             print(f"setting {setting.key}: searching {study.search.num_samples} DM trials "
                   f"({study.search.space} space, {study.search.sampler})", file=sys.stderr, flush=True)
-        ctx = _context(study, setting, opts, exp_id)
+        ctx = _context(study, setting, opts, exp_id, sources[setting.dataset])
         search_results = run_search_stage(ctx)
         if opts.echo:
             print(f"setting {setting.key}: confirming the top {study.search.top_k} DM arms and "

@@ -33,6 +33,7 @@ EPOCH_METRICS = ("train_loss", "train_acc", "train_clean_acc", "val_acc", "test_
 FINAL_METRICS = ("final_test_acc", "final_val_acc", "best_test_acc", "best_val_acc",
                  "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
                  "noise_rate_realised")
+FLUSH_S = 10.0
 TERMINAL = ("finished", "diverged", "early-stopped", "errored")
 
 
@@ -96,11 +97,13 @@ class MLflowTracker(tune.Callback):
         self.echo = echo
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()
+        self._pending: dict[str, list] = {}  # run id -> epoch metrics not yet written
+        self._last_flush = time.monotonic()
         self.completed = 0
 
     # Tune pickles callbacks with the experiment; the client is re-created lazily.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_done": set()}
+        return {**self.__dict__, "_runs": {}, "_done": set(), "_pending": {}}
 
     def _key(self, trial) -> str:
         return f"{self.setting}/{self.stage}/{trial.trial_id}"
@@ -138,8 +141,24 @@ class MLflowTracker(tune.Callback):
         from mlflow.entities import Metric
 
         step, now = int(result.get("epoch", 0)), int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in _finite(result, EPOCH_METRICS).items()]
-        _client(self.uri).log_batch(run_id, metrics=metrics)
+        self._pending.setdefault(run_id, []).extend(
+            Metric(k, v, now, step) for k, v in _finite(result, EPOCH_METRICS).items())
+        # Epoch metrics are written in batches (every FLUSH_S and at the end of each trial):
+        # one sqlite transaction per epoch per trial would make the driver the bottleneck.
+        if time.monotonic() - self._last_flush > FLUSH_S:
+            self._flush()
+
+    def _flush(self, only: str | None = None) -> None:
+        client = _client(self.uri)
+        for run_id in [only] if only else list(self._pending):
+            metrics = self._pending.pop(run_id, [])
+            for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+                client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        if only is None:
+            self._last_flush = time.monotonic()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, errored=False)
@@ -162,6 +181,7 @@ class MLflowTracker(tune.Callback):
             status = "early-stopped"  # stopped by the scheduler: a truncated result
         else:
             status = "finished"
+        self._flush(only=run_id)
         final = _finite(result, FINAL_METRICS)
         if "final" not in result:  # no final report (early-stopped or errored): from the last epoch
             final.update(_finite({"final_test_acc": result.get("test_acc"),

@@ -135,8 +135,12 @@ def search_cmd(args: argparse.Namespace) -> int:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from dm_tune.search._run import (Interrupted, RunOptions, check_resources, check_tracking,
-                                     connect_ray, run_study)
+                                     connect_ray, load_sources, run_study)
     from dm_tune.search._summary import print_summary, write_summary
 
     workspace = Path(args.workspace).expanduser().resolve()
@@ -149,6 +153,7 @@ def search_cmd(args: argparse.Namespace) -> int:
                       tracking_uri=args.tracking_uri, echo=not args.quiet)
     # Pre-flight: nothing is written before these pass.
     check_tracking(opts.tracking)
+    sources = load_sources(study)
     connect_ray(args.address)
     check_resources(study)
     workspace.mkdir(parents=True, exist_ok=True)
@@ -160,7 +165,7 @@ def search_cmd(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
-        summaries = run_study(study, opts)
+        summaries = run_study(study, opts, sources)
     except Interrupted as e:
         print(f"dm-tune: interrupted ({e}); finished trials are kept. Resume with:\n"
               f"  dm-tune search --resume {study.name} --workspace {args.workspace}", file=sys.stderr)

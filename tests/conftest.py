@@ -1,0 +1,54 @@
+"""Shared fixtures: a real local Ray instance, tiny studies, and the dm-tune console script."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+
+DM_TUNE = str(Path(sys.executable).parent / "dm-tune")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_study(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
+    """A study small enough for a test: digits, 3 epochs, 3 DM trials, 2 seeds, 2 baselines."""
+    study: dict[str, Any] = {
+        "name": name,
+        "settings": {"dataset": ["digits"], "noise": ["symmetric"], "noise_rate": [0.4]},
+        "seeds": [0, 1],
+        "search": {"num_samples": 3, "top_k": 1},
+        "baselines": ["cce", "imae"],
+        "training": {"epochs": 3},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
+        "max_failures": 1,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(study.get(key), dict):
+            study[key] = {**study[key], **value}
+        else:
+            study[key] = value
+    return study
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray instance for the module (started once: about 5 s)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=200 * 1024 * 1024, logging_level="ERROR")
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,160 @@
+"""`dm-tune search` as a user runs it: bad input, an interrupted search resumed, a crashing trial
+retried from its checkpoint. Each search here starts its own Ray instance (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import DM_TUNE, free_port, tiny_study
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([DM_TUNE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def _study_file(tmp_path: Path, study: dict) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def _trials(ws: Path, name: str):
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if r.data.tags.get("dmtune.role") == "trial"]
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--space", "spherical"], ["search.space", "spherical", "decoupled"]),
+    (["--sampler", "annealing"], ["search.sampler", "annealing", "tpe"]),
+    (["--dataset", "imagenet"], ["settings.dataset", "imagenet", "digits"]),
+    (["--baselines", "cce,focal"], ["baselines", "focal"]),
+    (["--noise-rate", "1.2"], ["settings.noise_rate", "1.2"]),
+    (["--noise-rate", "abc"], ["--noise-rate", "abc"]),
+    (["--sampler", "grid"], ["search.sampler", "paper-grid"]),
+    (["--epochs", "0"], ["training.epochs", "0"]),
+    (["--dataset", "cifar10"], ["data_root", "--data-root"]),
+    (["--resume", "nothing"], ["--resume nothing", "no such study"]),
+    (["--resume", "x", "--epochs", "3"], ["--resume", "--epochs"]),
+    (["--address", "127.0.0.1:{port}"], ["--address", "cannot reach"]),
+    (["--address", "no-port"], ["--address", "HOST:PORT"]),
+    (["--tracking-uri", "http://127.0.0.1:{port}"], ["--tracking-uri", "cannot reach"]),
+    (["--tracking-uri", "ftp://x"], ["--tracking-uri", "sqlite"]),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
+    port = str(free_port())
+    args = [a.replace("{port}", port) for a in args]
+    proc = _cli("search", "--workspace", str(tmp_path / "ws"), *args, cwd=tmp_path, timeout=60)
+    _one_line_error(proc, *needles)
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("", "empty"),
+    ("settings: [unclosed\n", "not valid YAML"),
+    ("- a\n- b\n", "mapping"),
+    ("name: x\nsearch: {num_trials: 3}\n", "search.num_trials"),
+    ("name: x\ntraining: {lam: -1}\n", "training.lam"),
+    ("name: x\nsettings: {noise: [none], noise_rate: [0.4]}\n", "settings"),
+])
+def test_malformed_study_files(tmp_path, content, needle):
+    path = tmp_path / "study.yaml"
+    path.write_text(content)
+    proc = _cli("search", "--config", str(path), "--workspace", str(tmp_path / "ws"), cwd=tmp_path, timeout=60)
+    _one_line_error(proc, needle)
+    assert not (tmp_path / "ws").exists()
+
+
+def test_gpu_request_on_a_cpu_machine_fails_fast(tmp_path):
+    t0 = time.monotonic()
+    proc = _cli("search", "--workspace", str(tmp_path / "ws"), "--gpus-per-trial", "0.5", cwd=tmp_path, timeout=120)
+    _one_line_error(proc, "gpus_per_trial", "0.5")
+    assert time.monotonic() - t0 < 90  # no trial left pending forever
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path):
+    ws = tmp_path / "ws"
+    study = _study_file(tmp_path, tiny_study("resumable", search={"num_samples": 6, "top_k": 1},
+                                             training={"epochs": 15}, baselines=["cce"]))
+    proc = subprocess.Popen([DM_TUNE, "search", "--config", str(study), "--workspace", str(ws)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finished = 0
+    deadline = time.monotonic() + 240
+    for line in proc.stderr:  # per-trial lines go to stderr
+        finished += "(finished," in line
+        if finished >= 2 or time.monotonic() > deadline:
+            break
+    assert finished >= 2
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume resumable" in err
+
+    _, before = _trials(ws, "resumable")
+    done_before = {r.data.tags["dmtune.trial_key"] for r in before if r.data.tags["dmtune.status"] == "finished"}
+    assert len(done_before) >= 2
+
+    resumed = _cli("search", "--resume", "resumable", "--workspace", str(ws), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    client, after = _trials(ws, "resumable")
+    keys = Counter(r.data.tags["dmtune.trial_key"] for r in after)
+    assert max(keys.values()) == 1  # no duplicated MLflow runs
+    assert Counter(r.data.tags["dmtune.stage"] for r in after) == {"search": 6, "confirm": (1 + 1) * 2}
+    assert {r.data.tags["dmtune.status"] for r in after} == {"finished"}
+    assert done_before <= set(keys)  # finished trials kept, not re-run
+    for r in after:
+        if r.data.tags["dmtune.trial_key"] in done_before:
+            steps = [h.step for h in client.get_metric_history(r.info.run_id, "val_acc")]
+            assert sorted(steps) == list(range(1, 16))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 6
+
+
+@pytest.mark.slow
+def test_crashed_trials_are_retried_from_their_checkpoint(tmp_path):
+    ws, markers = tmp_path / "ws", tmp_path / "faults"
+    markers.mkdir()
+    study = _study_file(tmp_path, tiny_study("retry", search={"num_samples": 2, "top_k": 1},
+                                             training={"epochs": 3}, baselines=["cce"], seeds=[0],
+                                             checkpoint_every=1, max_failures=2))
+    proc = _cli("search", "--config", str(study), "--workspace", str(ws), cwd=tmp_path,
+                env={"DMTUNE_FAULT": f"2:{markers}"})
+    assert proc.returncode == 0, proc.stderr
+    client, trials = _trials(ws, "retry")
+    assert len(trials) == 2 + 2
+    assert {r.data.tags["dmtune.status"] for r in trials} == {"finished"}
+    assert len(list(markers.glob("*.failed"))) == len(trials)  # every trial crashed once
+    for r in trials:
+        steps = sorted(h.step for h in client.get_metric_history(r.info.run_id, "val_acc"))
+        assert steps == [1, 2, 3]  # continued from the epoch-1 checkpoint, not restarted
+        assert r.data.metrics["epochs_reached"] == 3
+    summary = json.loads((ws / "summaries" / "retry.json").read_text())
+    assert summary["settings"][0]["rows"][0]["n_seeds"] == 1

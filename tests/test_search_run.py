@@ -1,0 +1,111 @@
+"""The search pipeline in-process on a real local Ray, real Optuna storage and real MLflow (sqlite)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dm_tune.search import Study
+from dm_tune.search._run import RunOptions, run_study
+from tests.conftest import tiny_study
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _run(ws: Path, study_dict: dict):
+    study = Study.from_dict(study_dict)
+    return study, run_study(study, RunOptions(workspace=ws, echo=False))
+
+
+def _trial_runs(ws: Path, experiment: str):
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if r.data.tags.get("dmtune.role") == "trial"], runs
+
+
+def test_search_then_confirm_tracks_every_trial_once(tmp_path, ray_local):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    study, summaries = _run(ws, tiny_study())
+    client, trials, runs = _trial_runs(ws, "tiny")
+
+    parents = [r for r in runs if r.data.tags.get("dmtune.role") == "setting"]
+    assert len(parents) == 1
+    stages = Counter(r.data.tags["dmtune.stage"] for r in trials)
+    assert stages == {"search": 3, "confirm": (1 + 2) * 2}  # top-1 DM arm + 2 baselines, 2 seeds
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
+    assert {r.data.tags["dmtune.status"] for r in trials} == {"finished"}
+    assert len({r.data.tags["dmtune.trial_key"] for r in trials}) == len(trials)
+
+    baselines = Counter(r.data.tags["dmtune.baseline"] for r in trials if r.data.tags["dmtune.stage"] == "confirm")
+    assert baselines == {"": 2, "cce": 2, "imae": 2}
+    for r in trials:
+        p, m = r.data.params, r.data.metrics
+        assert p["dataset"] == "digits" and p["noise"] == "symmetric" and float(p["noise_rate"]) == 0.4
+        assert p["epochs"] == "3" and p["num_classes"] == "10" and p["model"] == "mlp"
+        assert m["epochs_reached"] == 3 and 0.0 <= m["final_test_acc"] <= 1.0
+        if p["method"] == "dm":
+            lam, beta, psi = float(p["lam"]), float(p["beta"]), float(p["psi"])
+            assert psi == pytest.approx(lam / (1 + lam))
+            if r.data.tags["dmtune.baseline"] == "imae":
+                assert (lam, beta) == (1.0, 8.0)
+        history = sorted(client.get_metric_history(r.info.run_id, "val_acc"), key=lambda h: h.step)
+        assert [h.step for h in history] == [1, 2, 3]
+        assert history[-1].value == pytest.approx(m["final_val_acc"])
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"result.json", "weights.csv"} <= artifacts
+
+    # The Optuna study lives in the workspace and knows how far each trial got.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")
+    (summary,) = optuna.get_all_study_summaries(storage)
+    ot = optuna.load_study(study_name=summary.study_name, storage=storage)
+    complete = [t for t in ot.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3 and all(t.user_attrs["epochs_reached"] == 3 for t in complete)
+    assert {round(t.params["psi"], 3) for t in complete} >= {0.333, 0.5}  # the paper's warm start
+
+    (s,) = summaries
+    best = s.best_dm()
+    assert best is not None and len(best.test_acc) == 2
+    assert {a.baseline for a in s.arms} == {"", "cce", "imae"}
+
+    # The same study again: finished experiments are restored, nothing is re-run or re-logged.
+    _, again = _run(ws, tiny_study())
+    _, trials2, _ = _trial_runs(ws, "tiny")
+    assert len(trials2) == len(trials)
+    assert again[0].best_dm().test_acc == best.test_acc
+
+
+def test_asha_stopped_trials_are_marked_truncated(tmp_path, ray_local):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _run(ws, tiny_study("asha", search={"num_samples": 6, "top_k": 1, "warm_start": False},
+                       training={"epochs": 6}, baselines=[], seeds=[0],
+                       scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 3}))
+    _, trials, _ = _trial_runs(ws, "asha")
+    search = [r for r in trials if r.data.tags["dmtune.stage"] == "search"]
+    statuses = Counter(r.data.tags["dmtune.status"] for r in search)
+    assert statuses["early-stopped"] >= 1, statuses
+    for r in search:
+        reached = r.data.metrics["epochs_reached"]
+        assert (reached < 6) == (r.data.tags["dmtune.status"] == "early-stopped")
+
+
+def test_diverged_trials_are_recorded_and_the_search_goes_on(tmp_path, ray_local):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    # lr 10 with weight decay 1 multiplies the weights by -9 every step: a real divergence.
+    _, summaries = _run(ws, tiny_study("diverge", search={"num_samples": 2, "top_k": 1},
+                                       training={"epochs": 3, "optimizer": "sgd", "lr": 10.0,
+                                                 "weight_decay": 1.0, "momentum": 0.0},
+                                       baselines=["cce"], seeds=[0]))
+    _, trials, _ = _trial_runs(ws, "diverge")
+    assert Counter(r.data.tags["dmtune.status"] for r in trials) == {"diverged": 3}
+    assert all(r.data.metrics["epochs_reached"] < 3 for r in trials)
+    assert summaries[0].search_statuses == {"diverged": 2}
+    assert summaries[0].best_dm() is None  # no finished DM arm to confirm
