@@ -48,6 +48,7 @@ def _fault_hook(epoch: int) -> None:
 
 
 def dm_trainable(config: dict[str, Any], base: dict[str, Any], source: Any = None) -> None:
+    import ray
     import torch
     from ray import tune
 
@@ -83,5 +84,6 @@ def dm_trainable(config: dict[str, Any], base: dict[str, Any], source: Any = Non
         "val_selected_test_acc": result.val_selected_test_accuracy, "best_epoch": result.best_epoch,
         "epochs_reached": result.epochs_completed, "train_time_s": result.train_time_s,
         "noise_rate_realised": result.noise_rate_realised,
+        "node_id": ray.get_runtime_context().get_node_id(),
         "result_json": json.dumps(result.to_dict(), allow_nan=True),
     })

@@ -191,8 +191,10 @@ class MLflowTracker(tune.Callback):
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()],
-                         tags=[RunTag("dmtune.status", status)])
+        tags = [RunTag("dmtune.status", status)]
+        if result.get("node_id"):
+            tags.append(RunTag("dmtune.node_id", str(result["node_id"])))
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()], tags=tags)
         if result.get("result_json"):
             self._log_artifacts(client, run_id, result["result_json"])
         client.set_terminated(run_id, "FAILED" if errored else "FINISHED")

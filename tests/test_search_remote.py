@@ -1,0 +1,98 @@
+"""Searches against remote services started by the test: an `mlflow server` on 127.0.0.1 and a
+real two-node Ray cluster on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import DM_TUNE, free_port, tiny_study
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def _search(tmp_path: Path, study: dict, *extra: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return subprocess.run([DM_TUNE, "search", "--config", str(path), "--workspace", str(tmp_path / "ws"), *extra],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=480)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    proc = subprocess.Popen(
+        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", (tmp_path / "artifacts").as_uri()],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail("mlflow server did not start")
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_search_logs_to_an_mlflow_server(tmp_path, mlflow_server):
+    proc = _search(tmp_path, tiny_study("served", search={"num_samples": 2, "top_k": 1}, seeds=[0]),
+                   "--tracking-uri", mlflow_server)
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("served")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    roles = Counter(r.data.tags.get("dmtune.role") for r in runs)
+    assert roles == {"setting": 1, "trial": 2 + 3}
+    trial = next(r for r in runs if r.data.tags.get("dmtune.role") == "trial")
+    assert {a.path for a in client.list_artifacts(trial.info.run_id)} >= {"result.json", "weights.csv"}
+    assert not (tmp_path / "ws" / "mlflow.db").exists()  # nothing went to the embedded store
+    assert mlflow_server in proc.stdout
+
+
+def test_search_across_a_two_node_ray_cluster(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    import ray
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        proc = _search(tmp_path, tiny_study("cluster", search={"num_samples": 3, "top_k": 1}, seeds=[0, 1]),
+                       "--address", cluster.address, "--storage-path", str(tmp_path / "shared"))
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "shared" / "cluster").is_dir()  # results on the shared storage path
+
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cluster")
+    trials = [r for r in client.search_runs([exp.experiment_id], max_results=100)
+              if r.data.tags.get("dmtune.role") == "trial"]
+    assert len(trials) == 3 + (1 + 2) * 2
+    assert {r.data.tags["dmtune.status"] for r in trials} == {"finished"}
+    nodes = {r.data.tags["dmtune.node_id"] for r in trials}
+    assert len(nodes) == 2, nodes  # trials ran on both nodes
