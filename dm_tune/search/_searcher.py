@@ -10,7 +10,14 @@ class DMOptunaSearch(OptunaSearch):
     """Marks crashed trials FAIL (OptunaSearch tells Optuna COMPLETE with the last partial value
     when a crashed trial had reported), and stores on every Optuna trial how many epochs it
     reached and how it ended, so that truncated (early-stopped) trials can be told apart in
-    optuna-dashboard and in the reports."""
+    optuna-dashboard and in the reports.
+
+    Per-epoch values are not sent to Optuna: they only feed Optuna's pruners, which are never
+    used under Tune (early stopping is the Tune scheduler's), and each one is an sqlite write
+    in the driver, the main orchestration cost of a search with short trials."""
+
+    def on_trial_result(self, trial_id, result):
+        return None
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         ot_trial = self._ot_trials.get(trial_id)
