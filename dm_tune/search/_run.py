@@ -412,7 +412,8 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
     from dm_tune.search._tracking import experiment_id
 
     sources = sources if sources is not None else load_sources(study)
-    exp_id = experiment_id(opts.tracking, study.name)
+    local_store = opts.tracking.startswith("sqlite:")
+    exp_id = experiment_id(opts.tracking, study.name, opts.workspace / "artifacts" if local_store else None)
     summaries = []
     for setting in study.expand():
         t0 = time.perf_counter()

@@ -43,14 +43,17 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def experiment_id(uri: str, name: str) -> str:
+def experiment_id(uri: str, name: str, artifact_root: Path | None = None) -> str:
+    """The study's experiment, created on first use. With a local store its artifacts go under
+    ``artifact_root`` (MLflow's default is ./mlruns in whatever directory the search ran from)."""
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    return client.create_experiment(name, tags={"dmtune.study": name})
+    location = (artifact_root / name).as_uri() if artifact_root is not None else None
+    return client.create_experiment(name, artifact_location=location, tags={"dmtune.study": name})
 
 
 def find_run(uri: str, exp_id: str, tags: dict[str, str]):
