@@ -379,6 +379,11 @@ def load_sources(study: Study) -> dict[str, Any]:
     """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here)."""
     from dm_tune.data import load_source
 
+    pretrained = study.training.get("pretrained")
+    if pretrained and not Path(str(pretrained)).expanduser().is_file():
+        from dm_tune._validate import ConfigError
+
+        raise ConfigError("training.pretrained", pretrained, "expected an existing local weights file")
     sources: dict[str, Any] = {}
     for setting in study.expand():
         if setting.dataset not in sources:
@@ -393,10 +398,9 @@ def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str, sour
     cfg = study.train_config(setting)
     resolved = cfg.resolve(source.defaults, source.default_model, source.input_kind)
     base = {**study.training, **setting.train_fields(), "seed": study.seeds[0]}
-    if base.get("data_root"):
-        base["data_root"] = str(Path(base["data_root"]).expanduser().resolve())  # trials chdir
-    if base.get("noise_file"):
-        base["noise_file"] = str(Path(base["noise_file"]).expanduser().resolve())
+    for key in ("data_root", "noise_file", "pretrained"):  # trials chdir: paths must be absolute
+        if base.get(key):
+            base[key] = str(Path(base[key]).expanduser().resolve())
     every = study.checkpoint_every or max(1, resolved.epochs // 4)
     base.update(checkpoint_every=every, cpus_per_trial=max(1, int(study.resources.cpus_per_trial)))
     in_memory = not DATASETS[setting.dataset][1]

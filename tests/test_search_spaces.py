@@ -1,0 +1,99 @@
+"""Contract tests every search space and sampler must pass."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+
+from dm_tune import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
+from search_spaces import (BASELINES, SAMPLERS, SPACES, define_by_run, get_space, grid_size,
+                           is_grid, make_sampler, suggest, to_lam_beta)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_space_is_plain_data_and_samples_within_bounds(name):
+    space = get_space(name)
+    assert json.loads(json.dumps(space)) == space  # JSON-serialisable data
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        suggest(space, trial)
+        for param, spec in space.items():
+            v = trial.params[param]
+            if spec["type"] == "float":
+                assert spec["low"] <= v <= spec["high"]
+            else:
+                assert v in spec["choices"]
+        knobs = to_lam_beta(trial.params)
+        assert knobs["lam"] >= 0 and math.isfinite(knobs["beta"])
+        assert knobs["psi"] == pytest.approx(mode_from_lambda(knobs["lam"]))
+        assert knobs["rho"] == pytest.approx(rho_from_beta(knobs["beta"], knobs["lam"]))
+        study.tell(trial, 0.0)
+
+
+def test_decoupled_knobs_map_to_the_paper_parametrisation():
+    knobs = to_lam_beta({"psi": 0.5, "rho": 4.0})
+    assert knobs["lam"] == pytest.approx(1.0) and knobs["beta"] == pytest.approx(16.0)
+    knobs = to_lam_beta({"lam": 2.0, "beta": 24.0})
+    assert knobs["psi"] == pytest.approx(2 / 3) and knobs["rho"] == pytest.approx(24 * 4 / 27)
+    assert lambda_from_mode(knobs["psi"]) == pytest.approx(2.0)
+    assert beta_from_rho(knobs["rho"], 2.0) == pytest.approx(24.0)
+
+
+def test_paper_space_allows_negative_beta_and_grid_is_a_grid():
+    assert SPACES["paper"]["beta"]["low"] < 0
+    assert is_grid(SPACES["paper-grid"]) and not is_grid(SPACES["decoupled"])
+    assert grid_size(SPACES["paper-grid"]) == 4 * 8
+
+
+def test_extra_knobs_are_off_by_default():
+    assert set(get_space("decoupled")) == {"psi", "rho"}
+    assert set(get_space("decoupled", ("lr", "weight_decay"))) == {"psi", "rho", "lr", "weight_decay"}
+
+
+@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - {"grid"}))
+def test_samplers_are_seeded(sampler):
+    space = get_space("decoupled")
+
+    def first_points(seed):
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler, space, seed, 12))
+        points = []
+        for i in range(6):
+            trial = study.ask()
+            suggest(space, trial)
+            points.append(tuple(trial.params.values()))
+            study.tell(trial, float(i % 3))
+        return points
+
+    assert first_points(0) == first_points(0)
+    assert first_points(0) != first_points(1)
+
+
+def test_grid_sampler_covers_the_grid_and_needs_a_grid_space():
+    space = get_space("paper-grid")
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("grid", space, 0, 32))
+    study.optimize(lambda t: (suggest(space, t), 0.0)[1], n_trials=grid_size(space))
+    assert len({(t.params["lam"], t.params["beta"]) for t in study.trials}) == grid_size(space)
+    with pytest.raises(ValueError, match="paper-grid"):
+        make_sampler("grid", get_space("decoupled"), 0, 10)
+
+
+def test_define_by_run_pickles():
+    import pickle
+
+    fn = pickle.loads(pickle.dumps(define_by_run(get_space("decoupled"))))
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    fn(trial)
+    assert set(trial.params) == {"psi", "rho"}
+
+
+def test_baselines_are_the_papers():
+    assert set(BASELINES) == {"cce", "cce-dn", "gce", "mae", "mse", "sl", "dm-beta0", "imae"}
+    assert BASELINES["imae"] == {"method": "dm", "lam": 1.0, "beta": 8.0}
+    assert BASELINES["gce"]["gce_q"] == 0.7

@@ -1,0 +1,72 @@
+"""Study files: validation at the edge, matrix expansion, and the shipped examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dm_tune import ConfigError
+from dm_tune.search import Study
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
+
+
+def test_the_default_study_is_the_embedded_default():
+    default = Study.from_dict({})
+    shipped = Study.from_dict(yaml.safe_load((STUDIES[0].parent / "default.yaml").read_text()))
+    assert shipped == default
+    (setting,) = default.expand()
+    assert setting.key == "digits-symmetric0.4-default"
+    assert default.search.space == "decoupled" and default.search.sampler == "tpe"
+    assert default.search.num_samples >= 24 and len(default.baselines) == 8
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_shipped_studies_are_valid(path):
+    study = Study.from_dict(yaml.safe_load(path.read_text()))
+    assert study.expand()
+
+
+def test_matrix_expansion_and_keys():
+    study = Study.from_dict({"settings": {"dataset": ["digits", "mnist1d"], "noise": ["none", "pair"],
+                                          "noise_rate": [0.0, 0.3], "imbalance": ["none", "step:10"]}})
+    keys = [s.key for s in study.expand()]
+    # noise 'none' pairs only with rate 0: 2 datasets x (1 + 2) noise/rate x 2 imbalance
+    assert len(keys) == 12 and len(set(keys)) == 12
+    assert "mnist1d-pair0.3-step10-default" in keys
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"nmae": "x"}, "nmae"),
+    ({"name": "has space"}, "name"),
+    ({"settings": {"dataset": ["imagenet"]}}, "settings.dataset"),
+    ({"settings": {"noise_rate": [0.2, 1.0]}}, "settings.noise_rate"),
+    ({"settings": {"imbalance": ["longtail"]}}, "settings.imbalance"),
+    ({"settings": {"noise_rate": []}}, "settings.noise_rate"),
+    ({"search": {"space": "x"}}, "search.space"),
+    ({"search": {"sampler": "x"}}, "search.sampler"),
+    ({"search": {"num_samples": 0}}, "search.num_samples"),
+    ({"search": {"extra_knobs": ["momentum"]}}, "search.extra_knobs"),
+    ({"search": {"sampler": "grid"}}, "search.sampler"),
+    ({"baselines": ["focal"]}, "baselines"),
+    ({"seeds": []}, "seeds"),
+    ({"seeds": [1, 1]}, "seeds"),
+    ({"training": {"lr": -1}}, "training.lr"),
+    ({"training": {"no_such": 1}}, "training.no_such"),
+    ({"resources": {"gpus_per_trial": -1}}, "resources.gpus_per_trial"),
+    ({"scheduler": {"kind": "pbt"}}, "scheduler.kind"),
+])
+def test_bad_studies_name_the_field(values, field):
+    with pytest.raises(ConfigError) as e:
+        Study.from_dict(values)
+    assert e.value.field == field
+    assert str(e.value).startswith(field)
+
+
+def test_study_round_trips_through_json():
+    import json
+
+    study = Study.from_dict({"settings": {"noise_rate": [0.2, 0.4]}, "seeds": [3, 4]})
+    assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study
