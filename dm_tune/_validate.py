@@ -128,7 +128,7 @@ def build(cls: type[T], values: Mapping[str, Any], where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     prefix = f"{where}." if where else ""
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - set(fields), key=str)  # YAML keys need not be strings
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}", values[unknown[0]],
                           "unknown field; known fields: " + ", ".join(sorted(fields)))

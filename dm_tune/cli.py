@@ -83,6 +83,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", help="auto (default), off, bf16, fp16: mixed precision on CUDA")
     p.add_argument("--pretrained", help="local weights file for resnet18/resnet50")
     p.add_argument("--num-workers", type=int, help="DataLoader workers for on-disk images")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for in-memory vector "
+                   "and signal data, whose small models run fastest on one thread; else torch's default)")
     p.add_argument("--out", help="write the result as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     p.set_defaults(func=_train_cmd)
@@ -109,9 +111,12 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError("--mode", args.mode, "the emphasis mode psi must be in [0, 1)")
         values["lam"] = lambda_from_mode(args.mode)
     if args.spread is not None:
-        lam = float(values.get("lam", 1.0))
+        try:
+            lam = float(values.get("lam", 1.0))
+        except (TypeError, ValueError):  # e.g. `lam: abc` in the --config file
+            lam = math.nan
         if not (math.isfinite(lam) and lam >= 0):
-            raise ConfigError("lam", lam, "expected a number >= 0")
+            raise ConfigError("lam", values.get("lam"), "expected a number >= 0")
         values["beta"] = beta_from_rho(args.spread, lam)
     return values
 
@@ -133,7 +138,10 @@ def _train_cmd(args: argparse.Namespace) -> int:
     from dm_tune.config import TrainConfig
 
     config = TrainConfig.from_dict(_train_values(args))
+    import torch
+
     from dm_tune.data import prepare
+    from dm_tune.models import ModelSpec, build_model
     from dm_tune.train import select_device, train
 
     try:
@@ -145,6 +153,15 @@ def _train_cmd(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: directory {out.parent} does not exist")
     data = prepare(config)
     resolved = config.resolve(data.defaults, data.default_model, data.input_kind)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads", args.threads, "expected an integer >= 1")
+        torch.set_num_threads(args.threads)
+    elif data.input_kind in ("vector", "signal") and data.train.in_memory:
+        torch.set_num_threads(1)
+    # Build the model once before training so a model that does not fit the data fails here.
+    build_model(resolved.model, ModelSpec(data.input_shape, data.input_kind, data.num_classes,
+                                          resolved.hidden_dim, resolved.pretrained, data.vocab_size))
     if not args.quiet:
         dm = f" lam={resolved.lam:g} beta={resolved.beta:g}" if resolved.method == "dm" else ""
         print(f"dm-tune train: {resolved.dataset} ({len(data.train)} train / {len(data.val)} val / "

@@ -96,6 +96,9 @@ class TrainConfig:
         if self.imbalance == "none" and self.imbalance_ratio != 1.0:
             raise ConfigError(f"{prefix}imbalance_ratio", self.imbalance_ratio,
                               "must be 1 with imbalance 'none' (choose longtail or step)")
+        if self.imbalance != "none" and self.imbalance_ratio == 1.0:
+            raise ConfigError(f"{prefix}imbalance_ratio", self.imbalance_ratio,
+                              f"imbalance {self.imbalance!r} needs a ratio > 1 (largest / smallest class)")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})

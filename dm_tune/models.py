@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dm_tune._validate import ConfigError
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -172,4 +174,11 @@ MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
 
 
 def build_model(name: str, spec: ModelSpec) -> nn.Module:
-    return MODELS[name](spec)
+    try:
+        return MODELS[name](spec)
+    except ValueError as e:  # the model does not fit the data (e.g. resnet20 on vectors): user input
+        if type(e) is ValueError:
+            raise ConfigError("model", name, str(e)) from None
+        raise
+    except FileNotFoundError as e:  # --pretrained names a missing file
+        raise ConfigError("pretrained", spec.pretrained, str(e)) from None

@@ -1,0 +1,182 @@
+"""The ``dm-tune train`` command line: results on disk, the (mode, spread) flags, --config with
+flag overrides, and bad input (exit 2, one line on stderr, no traceback).
+
+The real console script runs as a subprocess for the runs that work and for two bad inputs
+(one rejected by argparse, one raised below ``main``). Each such process imports torch (~3 s
+of CPU), so the full table of bad inputs goes through ``dm_tune.cli.main(argv)`` -
+what the script calls - in this process; the subprocess cases show the script adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+
+def _script() -> str:
+    here = Path(sys.executable).parent / "dm-tune"
+    found = str(here) if here.exists() else shutil.which("dm-tune")
+    assert found, "the dm-tune console script is not installed (pip install -e .)"
+    return found
+
+
+# --- the invocations -------------------------------------------------------------------------
+
+FILES = {
+    "run.yaml": "dataset: digits\nmethod: dm\nlam: 5\nnoise_rate: 0.2\nepochs: 3\nseed: 7\nlr: 0.002\n",
+    "bad.yaml": "dataset: digits\nepochs: [3\n",
+    "unknown.yaml": "dataset: digits\nlearning_rate: 0.1\n",
+    "lam_abc.yaml": "lam: abc\n",
+}
+
+RUNS = {
+    "main": ["--dataset", "digits", "--noise", "symmetric", "--noise-rate", "0.4", "--method", "dm",
+             "--lam", "2", "--beta", "24", "--seed", "0", "--out", "result.json", "--epochs", "5"],
+    # the file says method dm, lam 5, epochs 3, seed 7; the flags override lam (through --mode),
+    # epochs and seed
+    "yaml": ["--config", "run.yaml", "--mode", "0.5", "--spread", "4", "--epochs", "1", "--seed", "2",
+             "--out", "yaml.json"],
+}
+# bad input through the real script: one argparse error, one error raised below main()
+SCRIPT_ERRORS = ("bad integer flag", "unknown dataset")
+
+# case -> (arguments after `train`, words the one error line must contain)
+ERRORS = {
+    "unknown dataset": (["--dataset", "imagenet"], ["dataset", "'imagenet'", "digits"]),
+    "unknown method": (["--method", "focal"], ["method", "'focal'", "cce"]),
+    "noise rate 1.5": (["--noise-rate", "1.5"], ["noise_rate", "1.5", "[0.0, 1.0)"]),
+    "negative lam": (["--lam", "-1"], ["lam", "-1", "[0.0"]),
+    "lam with cce": (["--method", "cce", "--lam", "2"], ["--lam", "only applies to --method dm", "'cce'"]),
+    "mode with lam": (["--mode", "0.5", "--lam", "1"], ["--mode", "--lam"]),
+    "on-disk dataset without root": (["--dataset", "cifar10"], ["data_root", "cifar10", "--data-root"]),
+    "missing data root": (["--dataset", "cifar10", "--data-root", "no/such/dir"], ["data_root", "no/such/dir", "does not exist"]),
+    "malformed yaml": (["--config", "bad.yaml"], ["bad.yaml", "not valid YAML"]),
+    "unknown key in config": (["--config", "unknown.yaml"], ["learning_rate", "unknown field"]),
+    "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
+    "out into a missing directory": (["--epochs", "1", "--out", "missing/result.json"], ["--out", "missing", "does not exist"]),
+    "bad integer flag": (["--epochs", "ten"], ["--epochs", "'ten'"]),
+    "non-numeric lam in config with --spread": (["--config", "lam_abc.yaml", "--spread", "4"], ["lam", "'abc'"]),
+    "model that does not fit the data": (["--model", "resnet20", "--epochs", "1", "--quiet"], ["model", "resnet20", "image"]),
+}
+
+
+def _write_files(where: Path) -> Path:
+    for name, text in FILES.items():
+        (where / name).write_text(text)
+    return where
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
+    cwd = _write_files(tmp_path_factory.mktemp("cli"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # tiny models; a shared CPU
+    script = _script()
+    jobs = {**{k: ["train", *v] for k, v in RUNS.items()}, **{k: ["train", *ERRORS[k][0]] for k in SCRIPT_ERRORS}}
+
+    def call(args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([script, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(jobs, pool.map(call, jobs.values())))
+    return cwd, done
+
+
+def _ok(outcomes, name: str) -> dict:
+    cwd, done = outcomes
+    proc = done[name]
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return json.loads((cwd / RUNS[name][RUNS[name].index("--out") + 1]).read_text())
+
+
+# --- runs that work --------------------------------------------------------------------------
+
+
+def test_train_writes_the_result_json(outcomes):
+    result = _ok(outcomes, "main")
+    assert {"test_accuracy", "best_test_accuracy", "best_epoch", "val_accuracy", "history", "config"} <= set(result)
+    history = result["history"]
+    assert len(history) == 5 and [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    assert result["test_accuracy"] == history[-1]["test_acc"]
+    assert result["best_test_accuracy"] == max(h["test_acc"] for h in history) >= result["test_accuracy"]
+    assert history[result["best_epoch"] - 1]["test_acc"] == result["best_test_accuracy"]
+    assert result["val_accuracy"] == history[-1]["val_acc"]
+    assert 0.3 < result["test_accuracy"] <= 1.0 and result["status"] == "finished"  # DM is slow to start
+    config = result["config"]
+    assert config["seed"] == 0 and config["git_commit"] and config["package_versions"]["torch"]
+    assert (config["dataset"], config["noise"], config["noise_rate"], config["method"]) == ("digits", "symmetric", 0.4, "dm")
+    assert (config["lam"], config["beta"], config["epochs"]) == (2.0, 24.0, 5)
+    assert result["noise_rate_realised"] == pytest.approx(0.4, abs=0.03)
+
+
+def test_train_prints_progress_and_a_summary(outcomes):
+    proc = outcomes[1]["main"]
+    assert proc.stdout.startswith("finished: final test accuracy") and "wrote " in proc.stdout
+    epochs = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 5 and epochs[-1].startswith("epoch   5/5")
+
+
+def test_config_file_with_flags_overriding_it(outcomes):
+    result = _ok(outcomes, "yaml")
+    config = result["config"]
+    assert (config["dataset"], config["method"], config["noise_rate"], config["lr"]) == ("digits", "dm", 0.2, 0.002)
+    assert (config["epochs"], config["seed"], config["data_seed"]) == (1, 2, 2)  # flags beat the file
+    assert len(result["history"]) == 1
+
+
+def test_mode_and_spread_convert_to_lambda_and_beta(outcomes):
+    config = _ok(outcomes, "yaml")["config"]
+    # psi = 0.5 -> lam = psi / (1 - psi) = 1 (not the file's 5); beta = rho (1+lam)^(1+lam) / lam^lam = 4 * 4 / 1
+    assert config["lam"] == pytest.approx(1.0, rel=1e-12)
+    assert config["beta"] == pytest.approx(16.0, rel=1e-12)
+
+
+# --- bad input: exit code 2, one line on stderr, no traceback ---------------------------------
+
+
+def _check_error_line(case: str, rc, out: str, err: str) -> None:
+    assert "Traceback" not in err, err
+    assert rc == 2, (rc, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(("dm-tune: error: ", "dm-tune train: error: ")), lines[0]
+    for word in ERRORS[case][1]:
+        assert word in lines[0], (word, lines[0])
+    assert out == ""
+
+
+def _skip_cuda_case_on_cuda(case: str) -> None:
+    if case == "cuda on a CPU-only machine":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+
+
+@pytest.mark.parametrize("case", SCRIPT_ERRORS)
+def test_bad_input_through_the_script(outcomes, case):
+    _skip_cuda_case_on_cuda(case)
+    proc = outcomes[1][case]
+    _check_error_line(case, proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, monkeypatch, capsys):
+    from dm_tune.cli import main
+
+    _skip_cuda_case_on_cuda(case)
+    monkeypatch.chdir(_write_files(tmp_path))
+    try:
+        rc = main(["train", *ERRORS[case][0]])
+    except SystemExit as e:  # argparse errors exit from inside the parser
+        rc = e.code
+    out, err = capsys.readouterr()
+    _check_error_line(case, rc, out, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)  # nothing written

@@ -1,0 +1,190 @@
+"""TrainConfig: the one validated constructor (unknown keys, types, ranges, contradictions),
+coercion of CLI/YAML strings, dataset defaults, and the to_dict/from_dict round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from dm_tune._validate import ConfigError
+from dm_tune.config import TrainConfig
+from dm_tune.datasets import DATASETS
+
+
+def rejects(values: dict, field: str, *allowed_words: str, where: str = "") -> ConfigError:
+    """``from_dict(values)`` raises a ConfigError naming ``field``, the bad value and what is allowed."""
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict(values, where)
+    e = info.value
+    msg = str(e)
+    assert e.field == field and msg.startswith(f"{field}: ")
+    assert repr(e.value) in msg
+    for word in allowed_words:
+        assert word in msg, msg
+    assert "\n" not in msg  # one line, as the CLI prints it
+    return e
+
+
+def test_defaults_are_valid():
+    cfg = TrainConfig.from_dict({})
+    assert cfg == TrainConfig()
+    assert cfg.dataset == "digits" and cfg.method == "dm" and cfg.noise_rate == 0.0
+
+
+def test_unknown_key_is_rejected_and_known_fields_listed():
+    e = rejects({"learning_rate": 0.1}, "learning_rate", "unknown field", "lr", "noise_rate")
+    assert e.value == 0.1
+
+
+def test_unknown_key_with_prefix():
+    rejects({"epochz": 3}, "trial.epochz", "unknown field", where="trial")
+
+
+def test_unknown_keys_of_mixed_types():  # YAML `1: 2` gives an int key
+    with pytest.raises(ConfigError, match="unknown field"):
+        TrainConfig.from_dict({1: 2, "foo": 3})
+
+
+def test_not_a_mapping():
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        TrainConfig.from_dict(["dataset", "digits"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("values, field, allowed", [
+    ({"epochs": "ten"}, "epochs", "expected an integer"),
+    ({"epochs": 2.5}, "epochs", "expected an integer"),
+    ({"epochs": True}, "epochs", "expected an integer"),
+    ({"noise_rate": "lots"}, "noise_rate", "expected a number"),
+    ({"noise_rate": True}, "noise_rate", "expected a number"),
+    ({"val_noisy": "maybe"}, "val_noisy", "expected true or false"),
+    ({"dataset": 3}, "dataset", "expected a string"),
+    ({"lr_milestones": "0.5"}, "lr_milestones", "expected a list"),
+    ({"lr_milestones": [0.5, "x"]}, "lr_milestones[1]", "expected a number"),
+    ({"dataset_options": [1, 2]}, "dataset_options", "expected a mapping"),
+    ({"data_root": 5}, "data_root", "expected a string"),
+])
+def test_wrong_types(values, field, allowed):
+    rejects(values, field, allowed)
+
+
+@pytest.mark.parametrize("values, field, allowed", [
+    ({"noise_rate": 1.0}, "noise_rate", "[0.0, 1.0)"),
+    ({"noise_rate": -0.1}, "noise_rate", "[0.0, 1.0)"),
+    ({"noise_rate": float("nan")}, "noise_rate", "[0.0, 1.0)"),
+    ({"lam": -1}, "lam", "[0.0, 1000.0]"),
+    ({"beta": float("inf")}, "beta", "[-1000.0, 1000.0]"),
+    ({"lr": 0.0}, "lr", "(0.0, 10.0]"),
+    ({"gce_q": 0}, "gce_q", "(0.0, 1.0]"),
+    ({"epochs": 0}, "epochs", "[1, 100000]"),
+    ({"val_fraction": 0.95}, "val_fraction", "[0.0, 0.9]"),
+    ({"imbalance_ratio": 0.5}, "imbalance_ratio", "[1.0, 10000.0]"),
+    ({"device": "gpu"}, "device", "auto, cpu, cuda, cuda:N or mps"),
+    ({"device": "cuda:x"}, "device", "cuda:N"),
+    ({"lr_milestones": [0.75, 0.5]}, "lr_milestones", "increasing"),
+    ({"lr_milestones": [0.5, 1.0]}, "lr_milestones", "(0, 1)"),
+    ({"dataset": "imagenet"}, "dataset", "expected one of: digits, mnist1d, cifar10"),
+    ({"method": "focal"}, "method", "expected one of: dm, cce"),
+    ({"noise": "gaussian"}, "noise", "expected one of: none, symmetric, pair"),
+    ({"model": "vgg"}, "model", "expected one of: mlp"),
+    ({"optimizer": "lbfgs"}, "optimizer", "expected one of: sgd, adam"),
+    ({"schedule": "linear"}, "schedule", "expected one of: none, step, cosine"),
+])
+def test_out_of_range_values(values, field, allowed):
+    rejects(values, field, allowed)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_valid_devices(device):
+    assert TrainConfig.from_dict({"device": device}).device == device
+
+
+@pytest.mark.parametrize("values, field, allowed", [
+    ({"noise": "none", "noise_rate": 0.3}, "noise_rate", "must be 0 with noise 'none'"),
+    ({"noise": "file"}, "noise_file", "a label file is required"),
+    ({"noise": "symmetric", "noise_file": "labels.npy"}, "noise", "must be 'file'"),
+    ({"imbalance": "none", "imbalance_ratio": 10}, "imbalance_ratio", "must be 1 with imbalance 'none'"),
+])
+def test_contradictions(values, field, allowed):
+    rejects(values, field, allowed)
+
+
+def test_contradiction_named_with_prefix():
+    rejects({"noise": "none", "noise_rate": 0.3}, "trial.noise_rate", where="trial")
+
+
+def test_consistent_combinations_are_accepted():
+    TrainConfig.from_dict({"noise": "none", "noise_rate": 0.0})
+    TrainConfig.from_dict({"noise": "file", "noise_file": "labels.npy"})
+    TrainConfig.from_dict({"imbalance": "step", "imbalance_ratio": 10})
+
+
+def test_strings_from_the_command_line_are_coerced():
+    cfg = TrainConfig.from_dict({"noise_rate": "0.4", "val_noisy": "true", "download": "no",
+                                 "epochs": "5", "lam": "2", "lr_milestones": ["0.3", "0.6"],
+                                 "augment": "False", "data_seed": "7", "lr": "1e-3"})
+    assert cfg.noise_rate == 0.4 and isinstance(cfg.noise_rate, float)
+    assert cfg.val_noisy is True and cfg.download is False and cfg.augment is False
+    assert cfg.epochs == 5 and isinstance(cfg.epochs, int)
+    assert cfg.lam == 2.0 and isinstance(cfg.lam, float)
+    assert cfg.lr_milestones == (0.3, 0.6)
+    assert cfg.data_seed == 7 and cfg.lr == 1e-3
+
+
+def test_integral_floats_become_ints():
+    assert TrainConfig.from_dict({"epochs": 5.0}).epochs == 5  # YAML may write 5.0
+
+
+def test_optional_fields_accept_none():
+    cfg = TrainConfig.from_dict({"model": None, "lr": None, "epochs": None, "data_seed": None})
+    assert cfg.model is None and cfg.lr is None and cfg.epochs is None
+
+
+def test_config_is_immutable_and_replace_validates():
+    cfg = TrainConfig.from_dict({"noise_rate": 0.2})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.noise_rate = 0.5  # type: ignore[misc]
+    assert cfg.replace(noise_rate=0.4).noise_rate == 0.4 and cfg.noise_rate == 0.2
+    with pytest.raises(ConfigError, match="noise_rate"):
+        cfg.replace(noise_rate=1.5)
+
+
+def _digits_defaults():
+    source = DATASETS["digits"][0](None, {}, False)
+    return source.defaults, source.default_model, source.input_kind
+
+
+def test_resolve_fills_dataset_defaults():
+    defaults, model, kind = _digits_defaults()
+    cfg = TrainConfig.from_dict({"seed": 3}).resolve(defaults, model, kind)
+    for key in ("epochs", "optimizer", "lr", "batch_size", "weight_decay", "schedule"):
+        assert getattr(cfg, key) == defaults[key], key
+    assert cfg.model == "mlp" and cfg.augment is False and cfg.data_seed == 3
+
+
+def test_resolve_keeps_explicit_values():
+    defaults, model, kind = _digits_defaults()
+    cfg = TrainConfig.from_dict({"epochs": 7, "lr": 0.05, "optimizer": "sgd", "model": "cnn",
+                                 "augment": True, "seed": 3, "data_seed": 9}).resolve(defaults, model, kind)
+    assert (cfg.epochs, cfg.lr, cfg.optimizer, cfg.model, cfg.augment, cfg.data_seed) == (7, 0.05, "sgd", "cnn", True, 9)
+    assert cfg.batch_size == defaults["batch_size"]
+
+
+def test_resolve_without_dataset_defaults_uses_the_generic_ones():
+    cfg = TrainConfig().resolve({}, "resnet20", "image")
+    assert (cfg.optimizer, cfg.lr, cfg.epochs, cfg.schedule, cfg.batch_size) == ("sgd", 0.1, 100, "cosine", 128)
+    assert cfg.augment is True and cfg.model == "resnet20"
+
+
+def test_round_trip_through_dict_and_json():
+    cfg = TrainConfig.from_dict({"dataset": "mnist1d", "noise": "pair", "noise_rate": 0.3,
+                                 "imbalance": "longtail", "imbalance_ratio": 10,
+                                 "dataset_options": {"num_samples": 500}, "lr_milestones": [0.4, 0.8],
+                                 "method": "gce", "gce_q": 0.5, "seed": 4, "device": "cpu"})
+    d = cfg.to_dict()
+    assert d["lr_milestones"] == [0.4, 0.8]
+    assert TrainConfig.from_dict(d) == cfg
+    assert TrainConfig.from_dict(json.loads(json.dumps(d))) == cfg
+    resolved = cfg.resolve({"epochs": 3}, "cnn", "signal")
+    assert TrainConfig.from_dict(resolved.to_dict()) == resolved

@@ -1,0 +1,228 @@
+"""Label-noise models and class imbalance: one contract every synthetic noise model must pass,
+plus each model's own protocol, and the imbalance profiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dm_tune.datasets.cifar import FINE_TO_COARSE
+from dm_tune.noise import (IMBALANCE_KINDS, NOISE_MODELS, NoiseContext, apply_noise, class_counts,
+                           imbalance_index)
+
+# Models that do not draw noise themselves: "none" keeps the labels, "file" reads them (tested
+# with the on-disk datasets). Every other model in NOISE_MODELS must appear in WORLDS below.
+NOT_SYNTHETIC = {"none", "file"}
+
+CIFAR100_GROUPS = tuple(tuple(c for c in range(100) if FINE_TO_COARSE[c] == g) for g in range(20))
+
+
+def _labels(num_classes: int, base: int) -> np.ndarray:
+    """Unequal class sizes (base + c % 7), shuffled, so per-class rounding matters."""
+    sizes = [base + c % 7 for c in range(num_classes)]
+    labels = np.repeat(np.arange(num_classes), sizes)
+    return np.random.default_rng(123).permutation(labels).astype(np.int64)
+
+
+# name -> (labels, num_classes, class groups)
+WORLDS = {
+    "symmetric": (_labels(10, 53), 10, None),
+    "pair": (_labels(10, 53), 10, None),
+    "cifar100-superclass": (_labels(100, 21), 100, CIFAR100_GROUPS),
+}
+SYNTHETIC = [name for name in NOISE_MODELS if name not in NOT_SYNTHETIC]
+RATES = [0.2, 0.45]
+
+
+def run(name: str, rate: float, seed: int = 0):
+    labels, num_classes, groups = WORLDS[name]
+    ctx = NoiseContext(num_classes=num_classes, rate=rate, rng=np.random.default_rng(seed),
+                       class_groups=groups)
+    return labels, num_classes, apply_noise(name, labels, ctx)
+
+
+def test_every_synthetic_model_is_covered_by_the_contract():
+    assert sorted(SYNTHETIC) == sorted(WORLDS)
+
+
+# --- the shared contract ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_labels_keep_length_and_range(name, rate):
+    labels, num_classes, out = run(name, rate)
+    assert out.labels.shape == labels.shape == out.is_noisy.shape
+    assert out.labels.dtype == np.int64
+    assert out.labels.min() >= 0 and out.labels.max() < num_classes
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_inputs_are_not_modified(name):
+    labels, _, _ = run(name, 0.45)
+    before = labels.copy()
+    run(name, 0.45)
+    np.testing.assert_array_equal(labels, before)
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_reproducible_by_seed(name):
+    _, _, a = run(name, 0.45, seed=7)
+    _, _, b = run(name, 0.45, seed=7)
+    _, _, c = run(name, 0.45, seed=8)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.labels, c.labels)
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_noisy_labels_differ_exactly_where_marked(name):
+    labels, _, out = run(name, 0.45)
+    assert out.is_noisy.any()
+    assert np.all(out.labels[out.is_noisy] != labels[out.is_noisy])
+    np.testing.assert_array_equal(out.labels[~out.is_noisy], labels[~out.is_noisy])
+    assert out.realised_rate == out.is_noisy.mean()
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_rate_zero_gives_no_noise(name):
+    labels, _, out = run(name, 0.0)
+    np.testing.assert_array_equal(out.labels, labels)
+    assert not out.is_noisy.any() and out.realised_rate == 0.0
+
+
+def _expected_noisy_per_class(name: str, labels: np.ndarray, num_classes: int, rate: float,
+                              out) -> np.ndarray:
+    sizes = np.bincount(labels, minlength=num_classes)
+    per_class = np.round(rate * sizes).astype(int)  # numpy and Python both round half to even
+    if name == "symmetric":
+        return None  # counted over the whole set, not per class
+    if name == "cifar100-superclass":  # only the two paired classes of each group are corrupted
+        touched = np.zeros(num_classes, bool)
+        touched[np.unique(labels[out.is_noisy])] = True
+        return np.where(touched, per_class, 0)
+    return per_class
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_realised_rate_is_requested_rate_up_to_rounding(name, rate):
+    labels, num_classes, out = run(name, rate)
+    expected = _expected_noisy_per_class(name, labels, num_classes, rate, out)
+    if expected is None:
+        assert out.is_noisy.sum() == round(rate * len(labels))
+    else:
+        got = np.bincount(labels[out.is_noisy], minlength=num_classes)
+        np.testing.assert_array_equal(got, expected)
+    assert out.realised_rate == pytest.approx(out.is_noisy.sum() / len(labels), abs=0)
+
+
+# --- each model's protocol -------------------------------------------------------------------
+
+
+def test_symmetric_uses_every_other_class_about_uniformly():
+    labels, num_classes, out = run("symmetric", 0.45)
+    shift = (out.labels[out.is_noisy] - labels[out.is_noisy]) % num_classes
+    counts = np.bincount(shift, minlength=num_classes)
+    assert counts[0] == 0  # never the same class
+    expected = out.is_noisy.sum() / (num_classes - 1)
+    assert np.all(np.abs(counts[1:] - expected) < 0.5 * expected), counts
+
+
+def test_pair_maps_each_class_to_the_next_only():
+    labels, num_classes, out = run("pair", 0.45)
+    noisy = out.is_noisy
+    np.testing.assert_array_equal(out.labels[noisy], (labels[noisy] + 1) % num_classes)
+    assert set(labels[noisy]) == set(range(num_classes))  # every class, including C-1 -> 0
+
+
+def test_superclass_swaps_one_pair_inside_every_group():
+    labels, _, out = run("cifar100-superclass", 0.45)
+    group_of = np.asarray(FINE_TO_COARSE)
+    src, dst = labels[out.is_noisy], out.labels[out.is_noisy]
+    np.testing.assert_array_equal(group_of[src], group_of[dst])
+    pairs = {(int(a), int(b)) for a, b in zip(src, dst)}
+    assert all((b, a) in pairs for a, b in pairs)  # a -> b and b -> a
+    touched = np.unique(src)
+    assert len(touched) == 2 * len(CIFAR100_GROUPS)
+    assert np.all(np.bincount(group_of[touched], minlength=20) == 2)
+    for a in touched:  # each corrupted class goes to exactly one partner
+        assert len(set(dst[src == a])) == 1
+
+
+def test_superclass_needs_class_groups():
+    labels, num_classes, _ = WORLDS["cifar100-superclass"]
+    ctx = NoiseContext(num_classes=num_classes, rate=0.3, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="class groups"):
+        apply_noise("cifar100-superclass", labels, ctx)
+
+
+def test_none_leaves_labels_unchanged_whatever_the_rate():
+    labels, num_classes, _ = WORLDS["symmetric"]
+    ctx = NoiseContext(num_classes=num_classes, rate=0.4, rng=np.random.default_rng(0))
+    out = apply_noise("none", labels, ctx)
+    np.testing.assert_array_equal(out.labels, labels)
+    assert out.labels is not labels
+    assert not out.is_noisy.any() and out.realised_rate == 0.0
+
+
+# --- class imbalance -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ratio", [2.0, 10.0, 50.0, 100.0])
+@pytest.mark.parametrize("num_classes", [2, 7, 10])
+@pytest.mark.parametrize("kind", ["longtail", "step"])
+def test_class_counts_respect_the_ratio(kind, num_classes, ratio):
+    available = np.full(num_classes, 500)
+    counts = class_counts(available, kind, ratio)
+    assert counts.dtype == np.int64 and len(counts) == num_classes
+    assert counts.max() == 500 and np.all(counts <= available) and np.all(counts >= 1)
+    assert counts.min() == int(500 / ratio)  # max / min is the ratio up to flooring the smallest
+    if kind == "longtail":
+        assert np.all(np.diff(counts) <= 0) and counts[0] == 500
+        if num_classes > 2:  # geometric in between, not a step
+            assert len(np.unique(counts)) == num_classes
+    else:
+        minority = np.arange(num_classes) >= num_classes - num_classes // 2
+        assert np.all(counts[~minority] == 500)
+        assert np.all(counts[minority] == counts.min()) and counts.min() < 500
+
+
+def test_step_minority_is_the_last_half_rounded_down():
+    counts = class_counts(np.full(7, 100), "step", 10.0)
+    np.testing.assert_array_equal(counts, [100, 100, 100, 100, 10, 10, 10])
+
+
+def test_binary_ten_to_one():
+    for kind in ("longtail", "step"):
+        np.testing.assert_array_equal(class_counts(np.array([1000, 1000]), kind, 10.0), [1000, 100])
+
+
+def test_no_imbalance_keeps_everything():
+    available = np.array([30, 50, 40])
+    np.testing.assert_array_equal(class_counts(available, "none", 1.0), available)
+    np.testing.assert_array_equal(class_counts(available, "longtail", 1.0), available)
+
+
+def test_counts_never_exceed_what_is_available():
+    counts = class_counts(np.array([100, 5, 100, 100]), "longtail", 4.0)
+    assert counts[1] == 5 and counts[0] == 100
+
+
+def test_unknown_imbalance_is_rejected():
+    assert "zipf" not in IMBALANCE_KINDS
+    with pytest.raises(ValueError, match="zipf"):
+        class_counts(np.full(3, 10), "zipf", 2.0)
+
+
+@pytest.mark.parametrize("kind", ["longtail", "step"])
+def test_imbalance_index_draws_the_counts(kind):
+    labels = _labels(10, 200)
+    idx = imbalance_index(labels, 10, kind, 10.0, np.random.default_rng(0))
+    assert np.all(np.diff(idx) > 0)  # sorted, no repeats
+    assert idx.min() >= 0 and idx.max() < len(labels)
+    expected = class_counts(np.bincount(labels, minlength=10), kind, 10.0)
+    np.testing.assert_array_equal(np.bincount(labels[idx], minlength=10), expected)
+    again = imbalance_index(labels, 10, kind, 10.0, np.random.default_rng(0))
+    other = imbalance_index(labels, 10, kind, 10.0, np.random.default_rng(1))
+    np.testing.assert_array_equal(idx, again)
+    assert not np.array_equal(idx, other)
