@@ -44,7 +44,8 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     from dm_tune.search import Study
-    from dm_tune.search._run import RunOptions, connect_ray, load_sources, run_study
+    from dm_tune.search._preflight import connect_ray, load_sources
+    from dm_tune.search._run import RunOptions, run_study
 
     study = Study.from_dict(yaml.safe_load(Path(args.config).read_text()))
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,8 @@
 """Running a study: pre-flight checks, then per setting a search stage and a confirm stage.
 
 Stages read top to bottom:
-1. ``preflight``: the tracking server answers, Ray is reachable, GPUs exist if asked for;
-   nothing is written before these pass.
+1. pre-flight (``_preflight``): the tracking server answers, the data loads, Ray is reachable,
+   GPUs exist if asked for; nothing is written before these pass.
 2. per setting, **search**: Ray Tune + OptunaSearch over DM's knobs on the first seed,
    objective = final clean-validation accuracy; the Optuna study lives in WORKSPACE/optuna.db.
 3. per setting, **confirm**: the best ``top_k`` DM arms and every baseline on every seed.
@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
-import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from dm_tune.errors import UserError
+from dm_tune.search._preflight import load_sources
+from dm_tune.search._summary import ArmResult, SettingSummary
 from dm_tune.search._study import Setting, Study
 
 OBJECTIVE = "val_acc"  # final clean-validation accuracy, as the paper selects hyper-parameters
@@ -55,102 +52,6 @@ class RunOptions:
     @property
     def storage(self) -> str:
         return self.storage_path or str(self.workspace / "ray")
-
-
-@dataclass
-class ArmResult:
-    arm: str
-    baseline: str
-    params: dict[str, Any]
-    test_acc: list[float] = field(default_factory=list)
-    val_acc: list[float] = field(default_factory=list)
-    statuses: list[str] = field(default_factory=list)
-
-    def mean(self, values: list[float]) -> float:
-        ok = [v for v in values if math.isfinite(v)]
-        return sum(ok) / len(ok) if ok else float("nan")
-
-    def std(self, values: list[float]) -> float:
-        ok = [v for v in values if math.isfinite(v)]
-        if len(ok) < 2:
-            return 0.0
-        m = sum(ok) / len(ok)
-        return math.sqrt(sum((v - m) ** 2 for v in ok) / (len(ok) - 1))
-
-
-@dataclass
-class SettingSummary:
-    setting: str
-    arms: list[ArmResult]
-    search_trials: int
-    search_statuses: dict[str, int]
-    train_time_s: float
-
-    def best_dm(self) -> ArmResult | None:
-        dm = [a for a in self.arms if not a.baseline and a.val_acc]
-        return max(dm, key=lambda a: a.mean(a.val_acc), default=None)
-
-
-# --- pre-flight ------------------------------------------------------------------------------
-
-
-def _check_tcp(host: str, port: int, what: str) -> None:
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            return
-    except OSError as e:
-        raise UserError(f"{what}: cannot reach {host}:{port} ({e.strerror or e})") from None
-
-
-def check_tracking(uri: str) -> None:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        import urllib.request
-
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        _check_tcp(parsed.hostname or "localhost", port, f"--tracking-uri {uri}")
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
-                if r.status != 200:
-                    raise UserError(f"--tracking-uri {uri}: /health answered {r.status}, not an MLflow server")
-        except OSError as e:
-            raise UserError(f"--tracking-uri {uri}: not an MLflow server ({e})") from None
-    elif parsed.scheme != "sqlite":
-        raise UserError(f"--tracking-uri {uri}: expected an http(s):// MLflow server or sqlite:////abs/path.db")
-
-
-def connect_ray(address: str | None, cpus: int | None = None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address and address != "auto":
-        host, _, port = address.rpartition(":")
-        if address.startswith("ray://"):
-            raise UserError(f"--address {address}: Ray Client addresses are not supported; use HOST:PORT")
-        if not host or not port.isdigit():
-            raise UserError(f"--address {address}: expected 'auto' or HOST:PORT (e.g. 10.0.0.5:6379)")
-        _check_tcp(host, int(port), f"--address {address}")
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        else:
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UserError(f"--address {address}: could not connect to a Ray cluster ({str(e).splitlines()[0]})") from None
-
-
-def check_resources(study: Study) -> None:
-    import ray
-
-    res = ray.cluster_resources()
-    need_gpu = study.resources.gpus_per_trial
-    if need_gpu > 0 and res.get("GPU", 0) < need_gpu:
-        raise UserError(f"resources.gpus_per_trial: {need_gpu:g} GPUs per trial requested but the Ray "
-                        f"cluster has {res.get('GPU', 0):g}; use 0 on a CPU-only machine")
-    if res.get("CPU", 0) < study.resources.cpus_per_trial:
-        raise UserError(f"resources.cpus_per_trial: {study.resources.cpus_per_trial:g} CPUs per trial "
-                        f"requested but the Ray cluster has {res.get('CPU', 0):g}")
 
 
 # --- one stage ---------------------------------------------------------------------------------
@@ -373,22 +274,6 @@ def _summarise(ctx: _Context, search_results, confirm_results) -> SettingSummary
         statuses[st] = statuses.get(st, 0) + 1
         train_time += float(m.get("train_time_s", 0.0))
     return SettingSummary(ctx.setting.key, list(arms.values()), len(search_results), statuses, train_time)
-
-
-def load_sources(study: Study) -> dict[str, Any]:
-    """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here)."""
-    from dm_tune.data import load_source
-
-    pretrained = study.training.get("pretrained")
-    if pretrained and not Path(str(pretrained)).expanduser().is_file():
-        from dm_tune._validate import ConfigError
-
-        raise ConfigError("training.pretrained", pretrained, "expected an existing local weights file")
-    sources: dict[str, Any] = {}
-    for setting in study.expand():
-        if setting.dataset not in sources:
-            sources[setting.dataset] = load_source(study.train_config(setting))
-    return sources
 
 
 def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str, source: Any) -> _Context:

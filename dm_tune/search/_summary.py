@@ -3,11 +3,46 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dm_tune.search._run import ArmResult, SettingSummary
 from dm_tune.search._study import Study
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    baseline: str
+    params: dict[str, Any]
+    test_acc: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+
+    def mean(self, values: list[float]) -> float:
+        ok = [v for v in values if math.isfinite(v)]
+        return sum(ok) / len(ok) if ok else float("nan")
+
+    def std(self, values: list[float]) -> float:
+        ok = [v for v in values if math.isfinite(v)]
+        if len(ok) < 2:
+            return 0.0
+        m = sum(ok) / len(ok)
+        return math.sqrt(sum((v - m) ** 2 for v in ok) / (len(ok) - 1))
+
+
+@dataclass
+class SettingSummary:
+    setting: str
+    arms: list[ArmResult]
+    search_trials: int
+    search_statuses: dict[str, int]
+    train_time_s: float
+
+    def best_dm(self) -> ArmResult | None:
+        dm = [a for a in self.arms if not a.baseline and a.val_acc]
+        return max(dm, key=lambda a: a.mean(a.val_acc), default=None)
 
 
 def _pct(a: ArmResult, values: list[float]) -> str:

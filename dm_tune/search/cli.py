@@ -139,8 +139,8 @@ def search_cmd(args: argparse.Namespace) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from dm_tune.search._run import (Interrupted, RunOptions, check_resources, check_tracking,
-                                     connect_ray, load_sources, run_study)
+    from dm_tune.search._preflight import check_resources, check_tracking, connect_ray, load_sources
+    from dm_tune.search._run import Interrupted, RunOptions, run_study
     from dm_tune.search._summary import print_summary, write_summary
 
     workspace = Path(args.workspace).expanduser().resolve()

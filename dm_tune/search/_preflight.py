@@ -1,0 +1,88 @@
+"""Pre-flight checks of a search: everything that can fail on user input fails here, before
+anything is written (the tracking server answers, the data loads, Ray is reachable, the GPUs
+asked for exist)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from dm_tune.errors import UserError
+from dm_tune.search._study import Study
+
+
+def _check_tcp(host: str, port: int, what: str) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return
+    except OSError as e:
+        raise UserError(f"{what}: cannot reach {host}:{port} ({e.strerror or e})") from None
+
+
+def check_tracking(uri: str) -> None:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        import urllib.request
+
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        _check_tcp(parsed.hostname or "localhost", port, f"--tracking-uri {uri}")
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                if r.status != 200:
+                    raise UserError(f"--tracking-uri {uri}: /health answered {r.status}, not an MLflow server")
+        except OSError as e:
+            raise UserError(f"--tracking-uri {uri}: not an MLflow server ({e})") from None
+    elif parsed.scheme != "sqlite":
+        raise UserError(f"--tracking-uri {uri}: expected an http(s):// MLflow server or sqlite:////abs/path.db")
+
+
+def connect_ray(address: str | None, cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        host, _, port = address.rpartition(":")
+        if address.startswith("ray://"):
+            raise UserError(f"--address {address}: Ray Client addresses are not supported; use HOST:PORT")
+        if not host or not port.isdigit():
+            raise UserError(f"--address {address}: expected 'auto' or HOST:PORT (e.g. 10.0.0.5:6379)")
+        _check_tcp(host, int(port), f"--address {address}")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        else:
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"--address {address}: could not connect to a Ray cluster ({str(e).splitlines()[0]})") from None
+
+
+def check_resources(study: Study) -> None:
+    import ray
+
+    res = ray.cluster_resources()
+    need_gpu = study.resources.gpus_per_trial
+    if need_gpu > 0 and res.get("GPU", 0) < need_gpu:
+        raise UserError(f"resources.gpus_per_trial: {need_gpu:g} GPUs per trial requested but the Ray "
+                        f"cluster has {res.get('GPU', 0):g}; use 0 on a CPU-only machine")
+    if res.get("CPU", 0) < study.resources.cpus_per_trial:
+        raise UserError(f"resources.cpus_per_trial: {study.resources.cpus_per_trial:g} CPUs per trial "
+                        f"requested but the Ray cluster has {res.get('CPU', 0):g}")
+
+
+def load_sources(study: Study) -> dict[str, Any]:
+    """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here)."""
+    from dm_tune.data import load_source
+
+    pretrained = study.training.get("pretrained")
+    if pretrained and not Path(str(pretrained)).expanduser().is_file():
+        from dm_tune._validate import ConfigError
+
+        raise ConfigError("training.pretrained", pretrained, "expected an existing local weights file")
+    sources: dict[str, Any] = {}
+    for setting in study.expand():
+        if setting.dataset not in sources:
+            sources[setting.dataset] = load_source(study.train_config(setting))
+    return sources
