@@ -1,0 +1,56 @@
+"""End to end: a small real search (Ray, Optuna, MLflow) -> `dm-tune report` -> `dm-tune recommend`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dm_tune.cli import main
+from dm_tune.search import Study
+from dm_tune.search._run import RunOptions, run_study
+from tests.conftest import tiny_study
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_report_and_recommend_from_a_real_search(tmp_path, ray_local, capsys):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for rate in (0.2, 0.4):
+        study = Study.from_dict(tiny_study(f"e2e{int(rate * 10)}", settings={"noise_rate": [rate]},
+                                           search={"num_samples": 4, "top_k": 1}, training={"epochs": 4}))
+        run_study(study, RunOptions(workspace=ws, echo=False))
+
+    out = tmp_path / "report"
+    assert main(["report", "--workspace", str(ws), "--out", str(out)]) == 0
+    for name in ("index.html", "guidelines.md", "guidelines.json"):
+        assert (out / name).is_file()
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures, "no figures written"
+
+    doc = json.loads((out / "guidelines.json").read_text())
+    assert doc["schema_version"] == 1
+    settings = {(s["dataset"], s["noise"], s["noise_rate"]) for s in doc["settings"]}
+    assert settings == {("digits", "symmetric", 0.2), ("digits", "symmetric", 0.4)}
+    for s in doc["settings"]:
+        assert s["n_seeds"] == 2 and s["lam"] >= 0 and "cce" in s["vs_baselines"]
+        assert s["psi"] == pytest.approx(s["lam"] / (1 + s["lam"]))
+
+    html = (out / "index.html").read_text()
+    assert "<img" in html and "data:image/png;base64," in html and "http://" not in html.split("<body", 1)[1]
+
+    capsys.readouterr()
+    assert main(["recommend", "--num-classes", "10", "--noise-type", "symmetric", "--noise-rate", "0.3",
+                 "--guidelines", str(out / "guidelines.json"), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    lo, hi = sorted(s["psi"] for s in doc["settings"])
+    assert lo - 1e-9 <= rec["psi"] <= hi + 1e-9  # interpolated between the two measured rates
+    assert {"lam", "beta", "psi", "rho"} <= set(rec)
+
+    # Beyond the measured noise rates: still an answer, with a warning.
+    assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.7",
+                 "--guidelines", str(out / "guidelines.json"), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert any("extrapolat" in w for w in rec["warnings"])
