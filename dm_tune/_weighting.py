@@ -53,8 +53,17 @@ def dm_weight(p: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
 
 def _dm_log_weight(p: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
     p = p.to(_compute_dtype(p)).clamp(0.0, 1.0)
-    # torch.pow(0, 0) == 1, which is the right limit for lam == 0 (the weight becomes exp(beta(1-p))).
-    return beta * torch.pow(p, lam) * (1.0 - p)
+    return _dm_log_weight_of(p, p - 1.0, lam, beta)
+
+
+def _dm_log_weight_of(p: torch.Tensor, p_minus_1: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
+    """The exponent beta p^lam (1-p), for p in [0, 1] and p_minus_1 = p - 1 computed by the caller.
+
+    Written as (-beta p^lam)(p - 1): the same products (negation is exact), reusing p - 1.
+    """
+    if lam == 0.0:  # p^0 == 1, also at p == 0: the weight becomes exp(beta (1-p))
+        return p_minus_1 * -beta
+    return (p * -beta if lam == 1.0 else torch.pow(p, lam) * -beta).mul_(p_minus_1)
 
 
 def manipulated_logit_grad(
@@ -76,27 +85,64 @@ def manipulated_logit_grad(
 def _share_times_direction(
     share: torch.Tensor, probs: torch.Tensor, p: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
-    scale = share / (2.0 * (1.0 - p) + CCE_WEIGHT_EPS)
-    return scale.unsqueeze(1) * _direction(probs, targets)
+    """``share / (2(1-p) + eps) * (probs - onehot(y))``: Eq. 7 given each example's share."""
+    q = 1.0 - p
+    scale = share / (2.0 * q + CCE_WEIGHT_EPS)
+    return _scaled_direction(scale.unsqueeze(1), probs, q.unsqueeze(1), targets.long().view(-1, 1))
+
+
+def _scaled_direction(
+    scale: torch.Tensor, probs: torch.Tensor, q: torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
+    """``scale * (probs - onehot)`` for column vectors ``scale`` and ``q = 1 - p`` ([N, 1]).
+
+    Written as ``scale * probs`` with the labelled entry overwritten by ``-(q * scale)``, which
+    is bitwise ``scale * (p - 1)``: no one-hot matrix, and no cancellation in ``p * scale - scale``
+    when p is close to 1.
+    """
+    return (probs * scale).scatter_(1, index, (q * scale).neg_())
+
+
+def _dm_parts(
+    logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DM in one pass (the single implementation behind dm_logit_grad, dm_shares and DMLoss).
+
+    Returns the logit gradient of Eq. 7 with w = exp(beta p^lam (1-p)) ([N, C], computed in at
+    least float32), each example's share w_i / sum_j w_j ([N]) and log p ([N], for the display
+    loss). The probabilities come from one log-softmax; the batch normalisation is a softmax
+    over the log-weights, so it cannot overflow for any beta. This runs every training step,
+    so it is written in few tensor ops (each costs microseconds on small batches).
+    """
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.to(_compute_dtype(logits))
+    logprobs = torch.log_softmax(logits, dim=1)
+    index = (targets if targets.dtype == torch.long else targets.long()).view(-1, 1)
+    logp = logprobs.gather(1, index)  # [N, 1]
+    probs = logprobs.exp_()  # in place: the log-probabilities are not needed any more
+    p = probs.gather(1, index)  # exp(log_softmax) is in [0, 1], so no clamp is needed
+    p_minus_1 = torch.expm1(logp)  # p - 1, the labelled entry of probs - onehot (no cancellation)
+    share = torch.softmax(_dm_log_weight_of(p, p_minus_1, lam, beta), dim=0)  # [N, 1]
+    scale = share / torch.rsub(p_minus_1, CCE_WEIGHT_EPS, alpha=2.0)  # share / (2 (1-p) + eps)
+    # probs - onehot is probs with the labelled entry replaced by p - 1; then times scale.
+    grad = probs.scatter_(1, index, p_minus_1).mul_(scale)
+    return grad, share.view(-1), logp.view(-1)
 
 
 def dm_logit_grad(
     logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float
 ) -> torch.Tensor:
-    """The DM derivative wrt the logits (float32, shape of ``logits``).
+    """The DM derivative wrt the logits (at least float32, shape of ``logits``).
 
     Equal to ``manipulated_logit_grad(logits, targets, dm_weight(p, lam, beta))``, but the
     batch normalisation is a softmax over the log-weights, so it cannot overflow for any beta.
     """
-    probs, p = _labelled(logits.detach(), targets)
-    share = torch.softmax(_dm_log_weight(p, lam, beta), dim=0)
-    return _share_times_direction(share, probs, p, targets)
+    return _dm_parts(logits.detach(), targets, lam, beta)[0]
 
 
 def dm_shares(logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
     """Each example's share of the batch's gradient mass under DM (sums to 1)."""
-    _, p = _labelled(logits.detach(), targets)
-    return torch.softmax(_dm_log_weight(p, lam, beta), dim=0)
+    return _dm_parts(logits.detach(), targets, lam, beta)[1]
 
 
 # --- The paper's other schemes, as multipliers of the shared direction (DM_METHOD.md s. 2) ---
