@@ -23,7 +23,7 @@ STATE_FILE = "state.pt"
 
 def trial_values(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig values for one trial: base, then fixed overrides, then searched knobs."""
-    values = {k: v for k, v in base.items() if k not in ("checkpoint_every", "cpus_per_trial")}
+    values = {k: v for k, v in base.items() if k not in ("checkpoint_every", "report_every", "cpus_per_trial")}
     values.update((config.get("arm") or {}).get("overrides", {}))
     if any(k in config for k in SEARCHED):
         values.update(method="dm", **{k: v for k, v in to_lam_beta(config).items() if k in ("lam", "beta")})
@@ -58,6 +58,9 @@ def dm_trainable(config: dict[str, Any], base: dict[str, Any], source: Any = Non
     cfg = TrainConfig.from_dict(trial_values(config, base))
     data = prepare(cfg, source)
     every = int(base.get("checkpoint_every", 1))
+    # Each tune.report is a round trip to the driver; without a scheduler that needs every epoch,
+    # trials report at their checkpoints only and the final result carries the full history.
+    report_every = int(base.get("report_every", 1))
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -72,7 +75,7 @@ def dm_trainable(config: dict[str, Any], base: dict[str, Any], source: Any = Non
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(snapshot(), Path(tmp) / STATE_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        else:
+        elif epoch % report_every == 0:
             tune.report(metrics)
 
     result = train(cfg, data, report, resume=resume)

@@ -287,7 +287,9 @@ def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str, sour
         if base.get(key):
             base[key] = str(Path(base[key]).expanduser().resolve())
     every = study.checkpoint_every or max(1, resolved.epochs // 4)
-    base.update(checkpoint_every=every, cpus_per_trial=max(1, int(study.resources.cpus_per_trial)))
+    report_every = 1 if study.scheduler.kind != "none" else every  # ASHA decides on every epoch
+    base.update(checkpoint_every=every, report_every=report_every,
+                cpus_per_trial=max(1, int(study.resources.cpus_per_trial)))
     in_memory = not DATASETS[setting.dataset][1]
     setting_params = {**setting.train_fields(), "model": resolved.model, "num_classes": source.num_classes,
                       "epochs": resolved.epochs, "pretrained": str(bool(resolved.pretrained)).lower()}

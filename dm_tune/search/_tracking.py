@@ -101,12 +101,13 @@ class MLflowTracker(tune.Callback):
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()
         self._pending: dict[str, list] = {}  # run id -> epoch metrics not yet written
+        self._written: dict[str, int] = {}   # run id -> last epoch whose metrics are written
         self._last_flush = time.monotonic()
         self.completed = 0
 
     # Tune pickles callbacks with the experiment; the client is re-created lazily.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_done": set(), "_pending": {}}
+        return {**self.__dict__, "_runs": {}, "_done": set(), "_pending": {}, "_written": {}}
 
     def _key(self, trial) -> str:
         return f"{self.setting}/{self.stage}/{trial.trial_id}"
@@ -120,6 +121,9 @@ class MLflowTracker(tune.Callback):
             if run.data.tags.get("dmtune.status") in TERMINAL:
                 self._done.add(key)
             self._runs[key] = run.info.run_id
+            # A resumed trial: its epochs up to here are already in MLflow.
+            history = _client(self.uri).get_metric_history(run.info.run_id, "epoch_time_s")
+            self._written[run.info.run_id] = max((h.step for h in history), default=0)
             return run.info.run_id
         params, baseline = self.describe(trial.config)
         client = _client(self.uri)
@@ -144,6 +148,8 @@ class MLflowTracker(tune.Callback):
         from mlflow.entities import Metric
 
         step, now = int(result.get("epoch", 0)), int(time.time() * 1000)
+        if step <= self._written.get(run_id, 0):
+            return
         self._pending.setdefault(run_id, []).extend(
             Metric(k, v, now, step) for k, v in _finite(result, EPOCH_METRICS).items())
         # Epoch metrics are written in batches (every FLUSH_S and at the end of each trial):
@@ -157,6 +163,8 @@ class MLflowTracker(tune.Callback):
             metrics = self._pending.pop(run_id, [])
             for i in range(0, len(metrics), 1000):  # MLflow's batch limit
                 client.log_batch(run_id, metrics=metrics[i:i + 1000])
+            if metrics:
+                self._written[run_id] = max(self._written.get(run_id, 0), max(m.step for m in metrics))
         if only is None:
             self._last_flush = time.monotonic()
 
@@ -184,6 +192,17 @@ class MLflowTracker(tune.Callback):
             status = "early-stopped"  # stopped by the scheduler: a truncated result
         else:
             status = "finished"
+        if result.get("result_json"):
+            # The full per-epoch history (trials report to Tune only every few epochs when no
+            # scheduler needs every epoch): write the epochs not written yet.
+            self._pending.pop(run_id, None)
+            now = int(time.time() * 1000)
+            written = self._written.get(run_id, 0)
+            from mlflow.entities import Metric as _Metric
+
+            self._pending[run_id] = [
+                _Metric(k, v, now, int(h["epoch"])) for h in json.loads(result["result_json"]).get("history", [])
+                if int(h["epoch"]) > written for k, v in _finite(h, EPOCH_METRICS).items()]
         self._flush(only=run_id)
         final = _finite(result, FINAL_METRICS)
         if "final" not in result:  # no final report (early-stopped or errored): from the last epoch
