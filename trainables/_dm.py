@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ from search_spaces import to_lam_beta
 SEARCHED = ("psi", "rho", "lam", "beta")
 EXTRA = ("lr", "weight_decay")
 STATE_FILE = "state.pt"
+# Keys of ``base`` that steer the trial rather than the training run.
+TRIAL_KEYS = ("checkpoint_every", "checkpoint_min_s", "report_every", "cpus_per_trial")
 
 
 def trial_values(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig values for one trial: base, then fixed overrides, then searched knobs."""
-    values = {k: v for k, v in base.items() if k not in ("checkpoint_every", "report_every", "cpus_per_trial")}
+    values = {k: v for k, v in base.items() if k not in TRIAL_KEYS}
     values.update((config.get("arm") or {}).get("overrides", {}))
     if any(k in config for k in SEARCHED):
         values.update(method="dm", **{k: v for k, v in to_lam_beta(config).items() if k in ("lam", "beta")})
@@ -58,9 +61,13 @@ def dm_trainable(config: dict[str, Any], base: dict[str, Any], source: Any = Non
     cfg = TrainConfig.from_dict(trial_values(config, base))
     data = prepare(cfg, source)
     every = int(base.get("checkpoint_every", 1))
+    # A checkpoint is skipped if the last one is more recent than this (short trials simply
+    # restart after a crash; long ones lose at most this much work).
+    min_s = float(base.get("checkpoint_min_s", 0.0))
     # Each tune.report is a round trip to the driver; without a scheduler that needs every epoch,
     # trials report at their checkpoints only and the final result carries the full history.
     report_every = int(base.get("report_every", 1))
+    last_checkpoint = [time.monotonic()]
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -71,7 +78,9 @@ def dm_trainable(config: dict[str, Any], base: dict[str, Any], source: Any = Non
     def report(metrics: dict[str, float], snapshot) -> None:
         epoch = int(metrics["epoch"])
         _fault_hook(epoch)
-        if epoch % every == 0 and not metrics.get("diverged"):
+        due = epoch % every == 0 and time.monotonic() - last_checkpoint[0] >= min_s
+        if due and not metrics.get("diverged"):
+            last_checkpoint[0] = time.monotonic()
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(snapshot(), Path(tmp) / STATE_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

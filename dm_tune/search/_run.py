@@ -3,13 +3,14 @@
 Stages read top to bottom:
 1. pre-flight (``_preflight``): the tracking server answers, the data loads, Ray is reachable,
    GPUs exist if asked for; nothing is written before these pass.
-2. per setting, **search**: Ray Tune + OptunaSearch over DM's knobs on the first seed,
-   objective = final clean-validation accuracy; the Optuna study lives in WORKSPACE/optuna.db.
-3. per setting, **confirm**: the best ``top_k`` DM arms and every baseline on every seed.
-4. a summary per setting: the best DM arm against each baseline, final test accuracy over seeds.
+2. per setting, one Tune experiment (``_staged``): **search**, Optuna over DM's knobs on the
+   first seed, objective = final clean-validation accuracy, the Optuna study in
+   WORKSPACE/optuna.db; the baselines on every seed; then **confirm**, the best ``top_k`` DM
+   arms on every seed.
+3. a summary per setting: the best DM arm against each baseline, final test accuracy over seeds.
 
-Each stage is one Tune experiment under STORAGE/<study>/<setting>-<stage>; a re-run or
-``--resume`` restores unfinished experiments and skips finished ones.
+Each setting's experiment lives under STORAGE/<study>/<setting>; a re-run or ``--resume``
+restores unfinished experiments and skips finished ones.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from dm_tune.search._preflight import load_sources
 from dm_tune.search._summary import ArmResult, SettingSummary
 from dm_tune.search._study import Setting, Study
 
-OBJECTIVE = "val_acc"  # final clean-validation accuracy, as the paper selects hyper-parameters
+OBJECTIVE = "val_acc"
+# With automatic checkpointing (checkpoint_every: 0), at most one checkpoint per this many seconds.
+AUTO_CHECKPOINT_MIN_S = 30.0  # final clean-validation accuracy, as the paper selects hyper-parameters
 
 
 class Interrupted(Exception):
@@ -48,6 +51,11 @@ class RunOptions:
     @property
     def optuna_url(self) -> str:
         return f"sqlite:///{self.workspace / 'optuna.db'}"
+
+    @property
+    def artifact_root(self) -> Path | None:
+        """Where a local (sqlite) store keeps artifacts; a server decides for itself."""
+        return self.workspace / "artifacts" if self.tracking.startswith("sqlite:") else None
 
     @property
     def storage(self) -> str:
@@ -83,17 +91,27 @@ def _run_config(name: str, storage: str, study: Study, callbacks: list):
 def _scheduler(study: Study, budget: int):
     if study.scheduler.kind != "asha":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from dm_tune.search._staged import SearchOnlyASHA
 
-    return ASHAScheduler(time_attr="epoch", metric=OBJECTIVE, mode="max", max_t=budget,
+    return SearchOnlyASHA(time_attr="epoch", metric=OBJECTIVE, mode="max", max_t=budget,
                          grace_period=min(study.scheduler.grace_period, budget),
                          reduction_factor=study.scheduler.reduction_factor)
 
 
-def _require_complete(results, expected: int, stage: str) -> None:
+def _require_complete(results, study: Study) -> tuple[list, list]:
+    """(search results, confirm results), or Interrupted if the experiment stopped early."""
+    from dm_tune.search._staged import is_confirm, top_dm_arms
+
+    search = [r for r in results if not is_confirm(r.config)]
+    confirm = [r for r in results if is_confirm(r.config)]
+    ended = [(r.config, {**(r.metrics or {}), **({"status": "errored"} if r.error else {})})
+             for r in search if r.error is not None or (r.metrics or {}).get("final")]
+    arms = top_dm_arms(ended, study.search.top_k)
+    expected = study.search.num_samples + (len(arms) + len(study.baselines)) * len(study.seeds)
     done = results.num_terminated + results.num_errors
-    if done < expected:
-        raise Interrupted(f"{stage}: {done} of {expected} trials finished")
+    if len(search) < study.search.num_samples or done < expected:
+        raise Interrupted(f"{done} of {expected} trials finished")
+    return search, confirm
 
 
 def _warm_points(space: dict[str, Any]) -> list[dict[str, float]]:
@@ -167,92 +185,54 @@ class _Context:
         return params, arm.get("baseline", "")
 
 
-def _tracker(ctx: _Context, stage: str):
+def _tracker(ctx: _Context):
     from dm_tune.search._tracking import MLflowTracker
 
-    return MLflowTracker(ctx.opts.tracking, ctx.exp_id, ctx.parent_id, ctx.setting.key, stage,
+    return MLflowTracker(ctx.opts.tracking, ctx.exp_id, ctx.parent_id, ctx.setting.key,
                          ctx.budget, ctx.describe, echo=ctx.opts.echo)
 
 
-def run_search_stage(ctx: _Context):
+def run_setting(ctx: _Context) -> tuple[list, list]:
+    """Search and confirm one setting in one Tune experiment (see _staged); resumes if it can."""
     import optuna
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search_spaces import define_by_run, get_space, make_sampler
+    from dm_tune.search._searcher import DMOptunaSearch
+    from dm_tune.search._staged import StagedSearcher
+    from search_spaces import BASELINES, define_by_run, get_space, make_sampler
 
     study = ctx.study
-    space = get_space(study.search.space, study.search.extra_knobs)
-    name = _optuna_study_name(study, ctx.setting)
-    storage = optuna.storages.RDBStorage(ctx.opts.optuna_url)
-    fresh = name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    callbacks = [_tracker(ctx, "search")]
-    path = Path(ctx.opts.storage) / study.name / f"{ctx.setting.key}-search"
+    path = Path(ctx.opts.storage) / study.name / ctx.setting.key
+    callbacks = [_tracker(ctx)]
 
     def make_tuner():
-        from dm_tune.search._searcher import DMOptunaSearch
-
-        searcher = DMOptunaSearch(
+        space = get_space(study.search.space, study.search.extra_knobs)
+        name = _optuna_study_name(study, ctx.setting)
+        storage = optuna.storages.RDBStorage(ctx.opts.optuna_url)
+        fresh = name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+        optuna_search = DMOptunaSearch(
             space=define_by_run(space), metric=OBJECTIVE, mode="max", study_name=name, storage=storage,
             sampler=make_sampler(study.search.sampler, space, study.search.sampler_seed, study.search.num_samples),
             points_to_evaluate=_warm_points(space) if (fresh and study.search.warm_start) else None)
+        baselines = [{"name": b, "baseline": b, "overrides": dict(BASELINES[b])} for b in study.baselines]
+        staged = StagedSearcher(optuna_search, study.search.num_samples, baselines, list(study.seeds),
+                                study.search.top_k, metric=OBJECTIVE, mode="max")
         return tune.Tuner(
             ctx.trainable(),
             tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=study.resources.max_concurrent),
-                scheduler=_scheduler(study, ctx.budget), num_samples=study.search.num_samples,
+                search_alg=ConcurrencyLimiter(staged, max_concurrent=study.resources.max_concurrent),
+                scheduler=_scheduler(study, ctx.budget), num_samples=-1,  # until the searcher is done
                 trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True),
             run_config=_run_config(path.name, str(path.parent), study, callbacks))
 
-    results = _fit(ctx.trainable(), path, make_tuner, callbacks)
-    _require_complete(results, study.search.num_samples, "search")
-    return results
-
-
-def _top_dm_arms(results, k: int) -> list[dict[str, Any]]:
-    from search_spaces import to_lam_beta
-
-    done = [r for r in results if r.error is None and r.metrics and r.metrics.get("final")
-            and r.metrics.get("status") == "finished"]
-    done.sort(key=lambda r: -r.metrics["final_val_acc"])
-    arms, seen = [], set()
-    for r in done:
-        knobs = to_lam_beta(r.config)
-        overrides = {"method": "dm", "lam": knobs["lam"], "beta": knobs["beta"],
-                     **{x: r.config[x] for x in ("lr", "weight_decay") if x in r.config}}
-        key = tuple(round(v, 6) for v in overrides.values() if isinstance(v, float))
-        if key in seen:
-            continue
-        seen.add(key)
-        arms.append({"name": f"dm-{len(arms) + 1}", "baseline": "", "overrides": overrides})
-        if len(arms) == k:
-            break
-    return arms
-
-
-def run_confirm_stage(ctx: _Context, search_results):
-    from ray import tune
-    from search_spaces import BASELINES
-
-    study = ctx.study
-    arms = _top_dm_arms(search_results, study.search.top_k)
-    arms += [{"name": b, "baseline": b, "overrides": dict(BASELINES[b])} for b in study.baselines]
-    if not arms:
-        return []
-    callbacks = [_tracker(ctx, "confirm")]
-    path = Path(ctx.opts.storage) / study.name / f"{ctx.setting.key}-confirm"
-
-    def make_tuner():
-        return tune.Tuner(
-            ctx.trainable(),
-            param_space={"arm": tune.grid_search(arms), "seed": tune.grid_search(list(study.seeds))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=study.resources.max_concurrent,
-                                        trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True),
-            run_config=_run_config(path.name, str(path.parent), study, callbacks))
-
-    results = _fit(ctx.trainable(), path, make_tuner, callbacks)
-    _require_complete(results, len(arms) * len(study.seeds), "confirm")
-    return results
+    try:
+        results = _fit(ctx.trainable(), path, make_tuner, callbacks)
+    finally:
+        callbacks[0].drain()
+    search, confirm = _require_complete(results, study)
+    callbacks[0].reconcile(results)
+    return search, confirm
 
 
 def _summarise(ctx: _Context, search_results, confirm_results) -> SettingSummary:
@@ -289,6 +269,7 @@ def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str, sour
     every = study.checkpoint_every or max(1, resolved.epochs // 4)
     report_every = 1 if study.scheduler.kind != "none" else every  # ASHA decides on every epoch
     base.update(checkpoint_every=every, report_every=report_every,
+                checkpoint_min_s=0.0 if study.checkpoint_every else AUTO_CHECKPOINT_MIN_S,
                 cpus_per_trial=max(1, int(study.resources.cpus_per_trial)))
     in_memory = not DATASETS[setting.dataset][1]
     setting_params = {**setting.train_fields(), "model": resolved.model, "num_classes": source.num_classes,
@@ -303,20 +284,16 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
     from dm_tune.search._tracking import experiment_id
 
     sources = sources if sources is not None else load_sources(study)
-    local_store = opts.tracking.startswith("sqlite:")
-    exp_id = experiment_id(opts.tracking, study.name, opts.workspace / "artifacts" if local_store else None)
+    exp_id = experiment_id(opts.tracking, study.name, opts.artifact_root)
     summaries = []
     for setting in study.expand():
         t0 = time.perf_counter()
         if opts.echo:
-            print(f"setting {setting.key}: searching {study.search.num_samples} DM trials "
-                  f"({study.search.space} space, {study.search.sampler})", file=sys.stderr, flush=True)
-        ctx = _context(study, setting, opts, exp_id, sources[setting.dataset])
-        search_results = run_search_stage(ctx)
-        if opts.echo:
-            print(f"setting {setting.key}: confirming the top {study.search.top_k} DM arms and "
+            print(f"setting {setting.key}: {study.search.num_samples} DM trials ({study.search.space} space, "
+                  f"{study.search.sampler}), then the top {study.search.top_k} DM arms and "
                   f"{len(study.baselines)} baselines on seeds {list(study.seeds)}", file=sys.stderr, flush=True)
-        confirm_results = run_confirm_stage(ctx, search_results)
+        ctx = _context(study, setting, opts, exp_id, sources[setting.dataset])
+        search_results, confirm_results = run_setting(ctx)
         summary = _summarise(ctx, search_results, confirm_results)
         summary.wall_time_s = time.perf_counter() - t0  # type: ignore[attr-defined]
         summaries.append(summary)

@@ -98,7 +98,8 @@ class Study:
     resources: Resources = field(default_factory=Resources)
     scheduler: Scheduler = field(default_factory=Scheduler)
     max_failures: int = check(in_range(0, 100), 2)       # retries of a crashed trial
-    checkpoint_every: int = check(in_range(0, 100_000), 0)  # epochs between checkpoints (0: budget/4)
+    # Epochs between checkpoints; 0: every quarter of the budget, at most one per 30 s.
+    checkpoint_every: int = check(in_range(0, 100_000), 0)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Study":

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +92,31 @@ def _finite(metrics: dict[str, Any], names: tuple[str, ...]) -> dict[str, float]
     return out
 
 
-class MLflowTracker(tune.Callback):
-    """Logs every trial of one Tune experiment (one setting, one stage) as a child run."""
+@dataclass(frozen=True)
+class _Trial:
+    """What the writer needs of a Tune trial, copied when the event happens."""
 
-    def __init__(self, uri: str, exp_id: str, parent_id: str, setting: str, stage: str,
+    trial_id: str
+    config: dict[str, Any]
+
+
+def _view(trial) -> _Trial:
+    return _Trial(trial.trial_id, dict(trial.config))
+
+
+class MLflowTracker(tune.Callback):
+    """Logs every trial of one setting's Tune experiment as a child run of the setting's run.
+
+    The Tune callbacks only queue the events; one writer thread does the MLflow calls in order,
+    so that the Tune driver loop never waits on the tracking store (with short trials that wait
+    left trial slots idle). ``drain`` waits for the queue; ``reconcile`` makes MLflow agree with
+    Tune's final results (after a resume, or if the driver stopped with events still queued).
+    """
+
+    def __init__(self, uri: str, exp_id: str, parent_id: str, setting: str,
                  budget: int, describe, echo: bool = True) -> None:
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
-        self.setting, self.stage, self.budget = setting, stage, budget
+        self.setting, self.budget = setting, budget
         self.describe = describe  # trial config -> (params dict, baseline name)
         self.echo = echo
         self._runs: dict[str, str] = {}
@@ -104,13 +125,75 @@ class MLflowTracker(tune.Callback):
         self._written: dict[str, int] = {}   # run id -> last epoch whose metrics are written
         self._last_flush = time.monotonic()
         self.completed = 0
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
 
     # Tune pickles callbacks with the experiment; the client is re-created lazily.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_done": set(), "_pending": {}, "_written": {}}
+        return {**self.__dict__, "_runs": {}, "_done": set(), "_pending": {}, "_written": {},
+                "_queue": None, "_thread": None}
+
+    # --- the writer thread ------------------------------------------------------------------
+
+    def _submit(self, fn, *args) -> None:
+        if self._thread is None:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._work, name="dm-tune-mlflow", daemon=True)
+            self._thread.start()
+        self._queue.put((fn, args))
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            fn, args = self._queue.get()
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - the search goes on; reconcile() retries
+                print(f"dm-tune: MLflow write failed ({type(e).__name__}: {e}); will retry at the end",
+                      file=sys.stderr, flush=True)
+            finally:
+                self._queue.task_done()
+
+    def drain(self) -> None:
+        """Wait until every queued MLflow write is done."""
+        if self._queue is not None:
+            self._queue.join()
+
+    def reconcile(self, results) -> None:
+        """Record every ended trial of a finished experiment that MLflow does not show as ended."""
+        for r in results:
+            m = r.metrics or {}
+            if m.get("trial_id"):
+                self._submit(self._finish, _Trial(m["trial_id"], dict(r.config)), dict(m), r.error is not None)
+        self._submit(self._flush)
+        self.drain()
+
+    # --- Tune events (queued) -----------------------------------------------------------------
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._submit(self._run_id, _view(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._submit(self._result, _view(trial), dict(result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._submit(self._finish, _view(trial), dict(trial.last_result or {}), False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._submit(self._finish, _view(trial), dict(trial.last_result or {}), True)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._submit(self._flush)
+        self.drain()
+
+    # --- the MLflow writes (writer thread) -------------------------------------------------------
 
     def _key(self, trial) -> str:
-        return f"{self.setting}/{self.stage}/{trial.trial_id}"
+        return f"{self.setting}/{trial.trial_id}"
+
+    @staticmethod
+    def _stage(trial) -> str:
+        return "confirm" if "arm" in trial.config else "search"
 
     def _run_id(self, trial) -> str | None:
         key = self._key(trial)
@@ -129,7 +212,7 @@ class MLflowTracker(tune.Callback):
         client = _client(self.uri)
         run = client.create_run(self.exp_id, run_name=f"{self.setting}-{trial.trial_id}", tags={
             "mlflow.parentRunId": self.parent_id, "dmtune.role": "trial",
-            "dmtune.setting": self.setting, "dmtune.stage": self.stage,
+            "dmtune.setting": self.setting, "dmtune.stage": self._stage(trial),
             "dmtune.baseline": baseline, "dmtune.status": "running", "dmtune.trial_key": key,
             "dmtune.git_commit": git_commit(), "dmtune.versions": json.dumps(package_versions())})
         from mlflow.entities import Param
@@ -138,10 +221,7 @@ class MLflowTracker(tune.Callback):
         self._runs[key] = run.info.run_id
         return run.info.run_id
 
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._run_id(trial)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+    def _result(self, trial: _Trial, result: dict[str, Any]) -> None:
         run_id = self._run_id(trial)
         if run_id is None or self._key(trial) in self._done or result.get("final"):
             return
@@ -168,21 +248,11 @@ class MLflowTracker(tune.Callback):
         if only is None:
             self._last_flush = time.monotonic()
 
-    def on_experiment_end(self, trials, **info) -> None:
-        self._flush()
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial, errored=False)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial, errored=True)
-
-    def _finish(self, trial, errored: bool) -> None:
+    def _finish(self, trial: _Trial, result: dict[str, Any], errored: bool) -> None:
         key = self._key(trial)
         run_id = self._run_id(trial)
         if run_id is None or key in self._done:
             return
-        result = trial.last_result or {}
         epochs = int(result.get("epochs_reached", result.get("epoch", 0)) or 0)
         if errored:
             status = "errored"
@@ -228,7 +298,7 @@ class MLflowTracker(tune.Callback):
                                                if isinstance(params.get(k), float))
             acc = result.get("test_acc")
             acc_s = f"val {100 * result.get('val_acc', float('nan')):.1f}% test {100 * acc:.1f}%" if acc is not None else "no result"
-            print(f"  [{self.setting} {self.stage}] {arm} seed {params.get('seed')}: {acc_s} ({status}, "
+            print(f"  [{self.setting} {self._stage(trial)}] {arm} seed {params.get('seed')}: {acc_s} ({status}, "
                   f"{epochs} epochs)", file=sys.stderr, flush=True)
 
     @staticmethod

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from dm_tune.search._preflight import check_resources, check_tracking, connect_ray, load_sources
     from dm_tune.search._run import Interrupted, RunOptions, run_study
+    from dm_tune.search._tracking import experiment_id
     from dm_tune.search._summary import print_summary, write_summary
 
     workspace = Path(args.workspace).expanduser().resolve()
@@ -154,9 +157,23 @@ def search_cmd(args: argparse.Namespace) -> int:
     # Pre-flight: nothing is written before these pass.
     check_tracking(opts.tracking)
     sources = load_sources(study)
-    connect_ray(args.address)
-    check_resources(study)
+    # A new sqlite tracking store takes seconds to create (schema migrations): it is created
+    # while Ray starts, and removed again if Ray or the resources turn out to be unusable.
+    created = not workspace.exists()
     workspace.mkdir(parents=True, exist_ok=True)
+    local = opts.artifact_root is not None  # a server's experiments are created after pre-flight
+    store = threading.Thread(target=experiment_id if local else lambda *a: None,
+                             args=(opts.tracking, study.name, opts.artifact_root), daemon=True)
+    store.start()
+    try:
+        connect_ray(args.address)
+        check_resources(study)
+    except BaseException:
+        store.join()
+        if created:
+            shutil.rmtree(workspace, ignore_errors=True)
+        raise
+    store.join()
     (workspace / "studies").mkdir(exist_ok=True)
     (workspace / "studies" / f"{study.name}.json").write_text(json.dumps(study.to_dict(), indent=1) + "\n")
     if resuming:
