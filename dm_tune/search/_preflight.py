@@ -38,11 +38,8 @@ def check_tracking(uri: str) -> None:
         raise UserError(f"--tracking-uri {uri}: expected an http(s):// MLflow server or sqlite:////abs/path.db")
 
 
-def connect_ray(address: str | None, cpus: int | None = None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
+def check_address(address: str | None) -> None:
+    """A HOST:PORT address must answer on TCP (Ray itself would retry for a minute)."""
     if address and address != "auto":
         host, _, port = address.rpartition(":")
         if address.startswith("ray://"):
@@ -50,6 +47,14 @@ def connect_ray(address: str | None, cpus: int | None = None) -> None:
         if not host or not port.isdigit():
             raise UserError(f"--address {address}: expected 'auto' or HOST:PORT (e.g. 10.0.0.5:6379)")
         _check_tcp(host, int(port), f"--address {address}")
+
+
+def connect_ray(address: str | None, cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    check_address(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")

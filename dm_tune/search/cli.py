@@ -139,9 +139,12 @@ def search_cmd(args: argparse.Namespace) -> int:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import logging
 
+    import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from dm_tune.search._preflight import check_resources, check_tracking, connect_ray, load_sources
+    from dm_tune.search._preflight import (check_address, check_resources, check_tracking,
+                                           connect_ray, load_sources)
     from dm_tune.search._run import Interrupted, RunOptions, run_study
     from dm_tune.search._tracking import experiment_id
     from dm_tune.search._summary import print_summary, write_summary
@@ -156,6 +159,7 @@ def search_cmd(args: argparse.Namespace) -> int:
                       tracking_uri=args.tracking_uri, echo=not args.quiet)
     # Pre-flight: nothing is written before these pass.
     check_tracking(opts.tracking)
+    check_address(args.address)
     sources = load_sources(study)
     # A new sqlite tracking store takes seconds to create (schema migrations): it is created
     # while Ray starts, and removed again if Ray or the resources turn out to be unusable.
