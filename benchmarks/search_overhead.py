@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,17 +35,32 @@ DM_TUNE = str(Path(sys.executable).parent / "dm-tune")
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "studies" / "default.yaml"))
+    p.add_argument("--repeats", type=int, default=3, help="runs of the whole search; medians reported")
     p.add_argument("--json", help="write the figures as JSON here")
     args = p.parse_args()
 
     import yaml
-    from mlflow.tracking import MlflowClient
 
     study = yaml.safe_load(Path(args.config).read_text())
+    runs = [measure(args.config, study) for _ in range(args.repeats)]
+    figures = {k: (statistics.median(r[k] for r in runs) if isinstance(runs[0][k], float) else runs[0][k])
+               for k in runs[0]}
+    figures["repeats"] = args.repeats
+    figures["overhead_search_all"] = [r["overhead_search"] for r in runs]
+    figures["overhead_command_all"] = [r["overhead_command"] for r in runs]
+    figures["machine"] = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+
+
+def measure(config: str, study: dict) -> dict:
+    from mlflow.tracking import MlflowClient
+
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "ws"
         t0 = time.perf_counter()
-        proc = subprocess.run([DM_TUNE, "search", "--config", args.config, "--workspace", str(ws), "--quiet"],
+        proc = subprocess.run([DM_TUNE, "search", "--config", config, "--workspace", str(ws), "--quiet"],
                               capture_output=True, text=True, cwd=tmp)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -58,16 +74,12 @@ def main() -> None:
     train = sum(r.data.metrics.get("train_time_s", 0.0) for r in runs)
     c = int(study.get("resources", {}).get("max_concurrent", 2))
     ideal = train / c
-    figures = {
+    return {
         "study": study.get("name", "default"), "trials": len(runs), "max_concurrent": c,
         "sum_train_s": round(train, 1), "ideal_wall_s": round(ideal, 1),
-        "command_wall_s": round(wall, 1), "search_wall_s": search_wall,
+        "command_wall_s": round(wall, 1), "search_wall_s": float(search_wall),
         "overhead_command": round(wall / ideal - 1, 3), "overhead_search": round(search_wall / ideal - 1, 3),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
     }
-    print(json.dumps(figures, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":
