@@ -45,11 +45,6 @@ def paper_guidance(noise: str, noise_rate: float, num_classes: int | None, pretr
                                               f"r = 0, 0.2, 0.4, 0.6, 0.8, interpolated at r = {rate:g}{note}")
 
 
-def beta_grid_for(lam: float) -> tuple[float, float]:
-    """The paper's beta search range for the grid lambda nearest ``lam``."""
-    return BETA_GRIDS[min(BETA_GRIDS, key=lambda g: abs(g - lam))]
-
-
 def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None) -> dict[str, Any]:
     """Verdict on the paper's guidance for one analysed setting.
 

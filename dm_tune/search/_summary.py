@@ -45,10 +45,6 @@ class SettingSummary:
         return max(dm, key=lambda a: a.mean(a.val_acc), default=None)
 
 
-def _pct(a: ArmResult, values: list[float]) -> str:
-    return f"{100 * a.mean(values):5.1f} ± {100 * a.std(values):3.1f}"
-
-
 def _arm_label(a: ArmResult) -> str:
     if a.baseline:
         return a.baseline
