@@ -27,7 +27,7 @@ from dm_tune.noise import NoiseContext, apply_noise, imbalance_index
 @dataclass(frozen=True)
 class Data:
     train: Split                 # inputs with the (noisy) labels trained on
-    clean_train_labels: torch.Tensor
+    clean_train_labels: torch.Tensor  # the true labels (the given ones where not known, see noise_known)
     is_noisy: torch.Tensor       # bool per training example
     noise_known: torch.Tensor    # bool: whether is_noisy is known (False for unverified real noise)
     val: Split
@@ -92,10 +92,13 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
         raise
     is_noisy = noisy.is_noisy
     known = np.ones(len(clean), bool)
+    true_clean = clean
     if source.given_noisy is not None:  # real noise: the labels as given are already noisy
         is_noisy = is_noisy | source.given_noisy.numpy()
         if source.noise_known is not None:
             known = source.noise_known.numpy().copy()
+        if source.clean_labels is not None:
+            true_clean = source.clean_labels.numpy().astype(np.int64)
 
     if source.val is not None:
         keep, val = np.arange(len(clean)), None
@@ -118,7 +121,7 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
         sample = sample[0] if isinstance(sample, tuple) else sample
     return Data(
         train=train,
-        clean_train_labels=torch.from_numpy(clean[keep]),
+        clean_train_labels=torch.from_numpy(true_clean[keep]),
         is_noisy=torch.from_numpy(is_noisy[keep]),
         noise_known=torch.from_numpy(known[keep]),
         val=val_split,

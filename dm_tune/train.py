@@ -234,9 +234,9 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         model.train()
-        acc = torch.zeros(10, device=device, dtype=torch.float64)
-        # acc: loss_sum, n, correct_noisy_label, correct_clean_label, w_clean_sum, n_clean,
-        #      w_noisy_sum, n_noisy, noisy_fitted, weight_var_sum
+        acc = torch.zeros(11, device=device, dtype=torch.float64)
+        # acc: loss_sum, n, correct_noisy_label, correct_clean_label (where known), w_clean_sum,
+        #      n_clean, w_noisy_sum, n_noisy, noisy_fitted, weight_var_sum, n_known
         order = torch.randperm(n, generator=gen)
         for step, (x, idx) in enumerate(_batches(data.train.inputs, n, config.batch_size, order,
                                                  config.num_workers, device)):
@@ -259,10 +259,11 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
                 clean_k, noisy_k = kn & ~noisy, kn & noisy
                 acc += torch.stack([
                     loss.detach().double() * len(idx), torch.tensor(len(idx), device=device, dtype=torch.float64),
-                    (pred == y).sum().double(), (pred == clean_labels[idx]).sum().double(),
+                    (pred == y).sum().double(), ((pred == clean_labels[idx]) & kn).sum().double(),
                     rel[clean_k].sum(), clean_k.sum().double(), rel[noisy_k].sum(), noisy_k.sum().double(),
                     ((pred == y) & noisy_k).sum().double(),
                     rel.var(unbiased=False) * len(idx) if len(idx) > 1 else torch.zeros((), device=device, dtype=torch.float64),
+                    kn.sum().double(),
                 ])
             if step % 20 == 0 and not math.isfinite(float(loss.detach())):
                 break
@@ -272,7 +273,7 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
             "epoch": epoch + 1,
             "train_loss": a[0] / a[1],
             "train_acc": a[2] / a[1],                  # against the (noisy) labels trained on
-            "train_clean_acc": a[3] / a[1],            # against the clean labels
+            "train_clean_acc": a[3] / a[10] if a[10] else float("nan"),  # against the clean labels, where known
             "val_acc": evaluate(model, data.val, prep, amp, config.num_workers),
             "test_acc": evaluate(model, data.test, prep, amp, config.num_workers),
             "weight_clean": a[4] / a[5] if a[5] else float("nan"),  # mean relative weight, 1 = batch mean

@@ -280,6 +280,10 @@ def test_clothing1m_loads_noisy_train_clean_val_test(clothing_root):
     assert np.array_equal(data.noise_known.numpy(), known)
     assert np.array_equal(data.is_noisy.numpy(), known & (np.arange(CLOTHING_TRAIN) % 2 == 1))
     assert data.noise_rate == pytest.approx(0.5)
+    # The verified clean labels where known (odd images: the clean label is the next class).
+    i = np.arange(CLOTHING_TRAIN)
+    want = np.where(known & (i % 2 == 1), (i + 1) % 14, i % 14)
+    assert np.array_equal(data.clean_train_labels.numpy(), want)
     assert data.defaults["lr"] == 0.01 and data.defaults["weight_decay"] == 2e-5
 
 

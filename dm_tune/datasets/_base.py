@@ -75,6 +75,9 @@ class Source:
     # with ``noise_known`` saying for which examples that is known at all (None: all known).
     given_noisy: torch.Tensor | None = None
     noise_known: torch.Tensor | None = None
+    # The verified clean label of each training example where ``noise_known`` (elsewhere: the
+    # label as given); None when the labels as given are the clean ones.
+    clean_labels: torch.Tensor | None = None
     # Groups of fine classes (CIFAR-100's 20 superclasses), for the superclass noise model.
     class_groups: tuple[tuple[int, ...], ...] | None = None
     class_names: tuple[str, ...] | None = None

@@ -104,6 +104,7 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
         default_model="resnet50",
         given_noisy=torch.from_numpy(given_noisy),
         noise_known=torch.from_numpy(known),
+        clean_labels=torch.from_numpy(np.where(known, clean, tr_y.numpy())),
         class_names=CLASS_NAMES,
         defaults=dict(DEFAULTS),
         info={"data_dir": str(root), "image_size": image_size,
