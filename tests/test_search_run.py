@@ -96,6 +96,11 @@ def test_asha_stopped_trials_are_marked_truncated(tmp_path, ray_local):
     for r in search:
         reached = r.data.metrics["epochs_reached"]
         assert (reached < 6) == (r.data.tags["dmtune.status"] == "early-stopped")
+    # Trials that ASHA let run to the end are full results: the best of them is confirmed, and
+    # confirm trials are never stopped early.
+    confirm = [r for r in trials if r.data.tags["dmtune.stage"] == "confirm"]
+    assert len(confirm) == 1 and confirm[0].data.tags["dmtune.status"] == "finished"
+    assert confirm[0].data.metrics["epochs_reached"] == 6
 
 
 def test_diverged_trials_are_recorded_and_the_search_goes_on(tmp_path, ray_local):

@@ -68,6 +68,9 @@ def dm_trainable(config: dict[str, Any], base: dict[str, Any], source: Any = Non
     # trials report at their checkpoints only and the final result carries the full history.
     report_every = int(base.get("report_every", 1))
     last_checkpoint = [time.monotonic()]
+    # The last epoch goes to Tune only in the final report, with the result: a scheduler that
+    # stops trials at the end of the budget (ASHA does) must not cut the trial off before it.
+    budget = cfg.resolve(data.defaults, data.default_model, data.input_kind).epochs
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -78,6 +81,8 @@ def dm_trainable(config: dict[str, Any], base: dict[str, Any], source: Any = Non
     def report(metrics: dict[str, float], snapshot) -> None:
         epoch = int(metrics["epoch"])
         _fault_hook(epoch)
+        if epoch == budget:
+            return
         due = epoch % every == 0 and time.monotonic() - last_checkpoint[0] >= min_s
         if due and not metrics.get("diverged"):
             last_checkpoint[0] = time.monotonic()
