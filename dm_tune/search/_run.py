@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune.search._preflight import load_sources
-from dm_tune.search._summary import ArmResult, SettingSummary
+from dm_tune.search._summary import ArmResult, SettingSummary, trial_status
 from dm_tune.search._study import Setting, Study
 
 OBJECTIVE = "val_acc"
@@ -104,7 +104,7 @@ def _require_complete(results, study: Study) -> tuple[list, list]:
 
     search = [r for r in results if not is_confirm(r.config)]
     confirm = [r for r in results if is_confirm(r.config)]
-    ended = [(r.config, {**(r.metrics or {}), **({"status": "errored"} if r.error else {})})
+    ended = [(r.config, {**(r.metrics or {}), "status": trial_status(r.metrics or {}, r.error is not None)})
              for r in search if r.error is not None or (r.metrics or {}).get("final")]
     arms = top_dm_arms(ended, study.search.top_k)
     expected = study.search.num_samples + (len(arms) + len(study.baselines)) * len(study.seeds)
@@ -189,7 +189,7 @@ def _tracker(ctx: _Context):
     from dm_tune.search._tracking import MLflowTracker
 
     return MLflowTracker(ctx.opts.tracking, ctx.exp_id, ctx.parent_id, ctx.setting.key,
-                         ctx.budget, ctx.describe, echo=ctx.opts.echo)
+                         ctx.describe, echo=ctx.opts.echo)
 
 
 def run_setting(ctx: _Context) -> tuple[list, list]:
@@ -245,12 +245,12 @@ def _summarise(ctx: _Context, search_results, confirm_results) -> SettingSummary
         m = r.metrics or {}
         a.test_acc.append(float(m.get("final_test_acc", m.get("test_acc", float("nan")))))
         a.val_acc.append(float(m.get("final_val_acc", m.get("val_acc", float("nan")))))
-        a.statuses.append("errored" if r.error else str(m.get("status", "stopped")))
+        a.statuses.append(trial_status(m, r.error is not None))
         train_time += float(m.get("train_time_s", 0.0))
     statuses: dict[str, int] = {}
     for r in search_results:
         m = r.metrics or {}
-        st = "errored" if r.error else str(m.get("status", "early-stopped"))
+        st = trial_status(m, r.error is not None)
         statuses[st] = statuses.get(st, 0) + 1
         train_time += float(m.get("train_time_s", 0.0))
     return SettingSummary(ctx.setting.key, list(arms.values()), len(search_results), statuses, train_time)

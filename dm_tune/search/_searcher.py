@@ -5,6 +5,8 @@ from __future__ import annotations
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from dm_tune.search._summary import trial_status
+
 
 class DMOptunaSearch(OptunaSearch):
     """Marks crashed trials FAIL (OptunaSearch tells Optuna COMPLETE with the last partial value
@@ -24,7 +26,7 @@ class DMOptunaSearch(OptunaSearch):
         if ot_trial is not None and result and trial_id not in self._completed_trials:
             epochs = result.get("epochs_reached", result.get("epoch", 0))
             ot_trial.set_user_attr("epochs_reached", int(epochs or 0))
-            ot_trial.set_user_attr("status", "errored" if error else str(result.get("status", "stopped")))
+            ot_trial.set_user_attr("status", trial_status(result, error))
         if error and ot_trial is not None and trial_id not in self._completed_trials:
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             self._completed_trials.add(trial_id)

@@ -19,6 +19,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from dm_tune.search._summary import trial_status
 from search_spaces import to_lam_beta
 
 
@@ -89,11 +90,7 @@ class StagedSearcher(Searcher):
         if trial_id not in self._search_ids or trial_id in self._search_ended:
             return
         self.inner.on_trial_complete(trial_id, result=result, error=error)
-        final = dict(result or {})
-        if error:
-            final["status"] = "errored"
-        elif not final.get("final"):
-            final["status"] = "early-stopped"
+        final = {**(result or {}), "status": trial_status(result or {}, error)}
         self._search_ended[trial_id] = (self._configs[trial_id], final)
 
     def save(self, checkpoint_path: str) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 from ray import tune
 
 from dm_tune.provenance import git_commit, package_versions
+from dm_tune.search._summary import trial_status
 
 EPOCH_METRICS = ("train_loss", "train_acc", "train_clean_acc", "val_acc", "test_acc", "weight_clean",
                  "weight_noisy", "noisy_fit", "weight_var", "lr", "epoch_time_s")
@@ -113,10 +114,10 @@ class MLflowTracker(tune.Callback):
     Tune's final results (after a resume, or if the driver stopped with events still queued).
     """
 
-    def __init__(self, uri: str, exp_id: str, parent_id: str, setting: str,
-                 budget: int, describe, echo: bool = True) -> None:
+    def __init__(self, uri: str, exp_id: str, parent_id: str, setting: str, describe,
+                 echo: bool = True) -> None:
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
-        self.setting, self.budget = setting, budget
+        self.setting = setting
         self.describe = describe  # trial config -> (params dict, baseline name)
         self.echo = echo
         self._runs: dict[str, str] = {}
@@ -254,14 +255,7 @@ class MLflowTracker(tune.Callback):
         if run_id is None or key in self._done:
             return
         epochs = int(result.get("epochs_reached", result.get("epoch", 0)) or 0)
-        if errored:
-            status = "errored"
-        elif result.get("status") == "diverged":
-            status = "diverged"
-        elif epochs < self.budget:
-            status = "early-stopped"  # stopped by the scheduler: a truncated result
-        else:
-            status = "finished"
+        status = trial_status(result, errored)
         if result.get("result_json"):
             # The full per-epoch history (trials report to Tune only every few epochs when no
             # scheduler needs every epoch): write the epochs not written yet.
