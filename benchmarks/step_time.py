@@ -2,16 +2,20 @@
 
     python benchmarks/step_time.py [--device cpu|cuda] [--repeats N] [--threads T] [--json out.json]
 
-For each case the SAME model, optimiser and batch are used for both arms; the arms alternate
-in blocks (DM, CE, CE, DM, DM, CE, ... so neither always goes first), each block runs enough
-steps to last about ``--block-ms`` milliseconds, and the reported time per step is the median
-over the blocks. The ratio DM / CE is therefore measured under the same machine conditions.
+Three arms: DM as training uses it (``DMLoss``: on a CPU the fused C kernel of
+dm_tune/_dmfused.c), DM computed with torch tensor operations (``DMLoss(kernel="torch")``, the
+reference implementation and the GPU path) and plain ``F.cross_entropy``. For each case the SAME
+model, optimiser and batch are used for every arm; the arms alternate in blocks (DM, DM-torch,
+CE, CE, DM-torch, DM, ... so none always goes first), each block runs enough steps to last about
+``--block-ms`` milliseconds, and the reported time per step is the median over the blocks. The
+ratios to CE are therefore measured under the same machine conditions.
 
 Cases:
   mlp       the embedded default: digits MLP (64 -> 256 -> 256 -> 10), batch 64
   resnet20  CIFAR-shaped ResNet-20, batch 128 of 3x32x32 random images, 10 classes
   loss      the loss alone (forward + backward on fixed [64, 10] logits)
   loss-cifar the loss alone on fixed [128, 10] logits
+  loss-c100 the loss alone on fixed [128, 100] logits (CIFAR-100's shape)
 
 A "step" is zero_grad, forward, loss, backward and an SGD step (momentum 0.9, weight decay 5e-4,
 as the training default; learning rate 0 so that the model does not drift, see bench_model).
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dm_tune import DMLoss
+from dm_tune import DMLoss, _native
 from dm_tune.models import ModelSpec, cifar_resnet, mlp
 
 LAM, BETA = 1.0, 8.0  # DM arm: IMAE's mode (psi = 1/2) with a typical spread
@@ -53,6 +57,10 @@ class Result:
     dm_min_ms: float     # fastest block: the least disturbed by other processes
     ce_min_ms: float
     ratio_min: float     # dm_min_ms / ce_min_ms
+    dm_torch_ms: float   # the same for DM in torch operations (DMLoss(kernel="torch"))
+    ratio_torch: float   # dm_torch_ms / ce_ms
+    ratio_torch_iqr: tuple[float, float]
+    dm_kernel: str       # what the DM arm ran: "native" or "torch"
 
 
 def _sync(device: torch.device) -> None:
@@ -89,53 +97,77 @@ def _time_block(fn: Callable[[], None], n: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def _interleave(dm: Callable[[], None], ce: Callable[[], None], repeats: int, block_ms: float,
-                device: torch.device) -> tuple[list[float], list[float], int]:
-    """Alternate DM and CE blocks (ABBA order); returns per-block seconds per step and block size."""
-    for fn in (dm, ce, dm, ce):  # warm-up: allocator, kernels, optimiser state
-        _time_block(fn, 2, device)
+Arm = Callable[[], None]
+
+
+def _interleave(arms: dict[str, Arm], repeats: int, block_ms: float,
+                device: torch.device) -> tuple[dict[str, list[float]], int]:
+    """Alternate the arms' blocks, reversing the order every round (A B C, C B A, ...).
+
+    Returns each arm's per-block seconds per step, and the block size in steps.
+    """
+    for _ in range(2):  # warm-up: allocator, kernels, optimiser state
+        for fn in arms.values():
+            _time_block(fn, 2, device)
     # Block size from the fastest of several short calibration runs (robust to a stray spike).
-    per_step = min(_time_block(fn, 2, device) for fn in (dm, ce) * 3)
+    per_step = min(_time_block(fn, 2, device) for fn in list(arms.values()) * 3)
     n = max(1, round(block_ms / 1e3 / max(per_step, 1e-7)))
-    dm_t: list[float] = []
-    ce_t: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    names = list(arms)
     for r in range(repeats):
-        order = ((dm, dm_t), (ce, ce_t)) if r % 2 == 0 else ((ce, ce_t), (dm, dm_t))
-        for fn, out in order:
-            out.append(_time_block(fn, n, device))
-    return dm_t, ce_t, n
+        for name in names if r % 2 == 0 else reversed(names):
+            times[name].append(_time_block(arms[name], n, device))
+    return times, n
 
 
-def _summarise(case: str, what: str, batch: int, dm_t: list[float], ce_t: list[float], n: int) -> Result:
-    dm_ms, ce_ms = statistics.median(dm_t) * 1e3, statistics.median(ce_t) * 1e3
-    ratios = sorted(a / b for a, b in zip(dm_t, ce_t))
+def _ratio_stats(num: list[float], den: list[float]) -> tuple[float, tuple[float, float]]:
+    """Ratio of the medians, and the quartiles of the per-round ratios."""
+    ratios = sorted(a / b for a, b in zip(num, den))
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return statistics.median(num) / statistics.median(den), (q[0], q[2])
+
+
+def _summarise(case: str, what: str, batch: int, times: dict[str, list[float]], n: int,
+               dm_kernel: str) -> Result:
+    dm_t, ce_t, torch_t = times["dm"], times["ce"], times["dm-torch"]
+    ratio, iqr = _ratio_stats(dm_t, ce_t)
+    ratio_torch, iqr_torch = _ratio_stats(torch_t, ce_t)
     dm_min, ce_min = min(dm_t) * 1e3, min(ce_t) * 1e3
-    return Result(case, what, batch, len(dm_t), n, dm_ms, ce_ms, dm_ms / ce_ms, (q[0], q[2]),
-                  dm_min, ce_min, dm_min / ce_min)
+    return Result(case, what, batch, len(dm_t), n, statistics.median(dm_t) * 1e3,
+                  statistics.median(ce_t) * 1e3, ratio, iqr, dm_min, ce_min, dm_min / ce_min,
+                  statistics.median(torch_t) * 1e3, ratio_torch, iqr_torch, dm_kernel)
+
+
+def _losses() -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    return {"dm": DMLoss(LAM, BETA), "dm-torch": DMLoss(LAM, BETA, kernel="torch"),
+            "ce": F.cross_entropy}
+
+
+def _dm_kernel(logits: torch.Tensor, y: torch.Tensor) -> str:
+    return "native" if _native.eligible(logits, y) else "torch"
 
 
 def bench_model(case: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int,
                 block_ms: float, device: torch.device) -> Result:
     model = model.to(device)
     x, y = x.to(device), y.to(device)
-    # lr = 0 keeps the model, and so the logits both arms see, fixed across thousands of steps on
+    # lr = 0 keeps the model, and so the logits all arms see, fixed across thousands of steps on
     # one batch (a trained-on batch would drift towards p = 1); SGD still does all its arithmetic.
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
-    dm = _step_fn(model, opt, x, y, DMLoss(LAM, BETA))
-    ce = _step_fn(model, opt, x, y, F.cross_entropy)
-    dm_t, ce_t, n = _interleave(dm, ce, repeats, block_ms, device)
-    return _summarise(case, "step", len(x), dm_t, ce_t, n)
+    arms = {name: _step_fn(model, opt, x, y, fn) for name, fn in _losses().items()}
+    times, n = _interleave(arms, repeats, block_ms, device)
+    with torch.no_grad():
+        kernel = _dm_kernel(model(x), y)
+    return _summarise(case, "step", len(x), times, n, kernel)
 
 
 def bench_loss(case: str, batch: int, classes: int, repeats: int, block_ms: float,
                device: torch.device, gen: torch.Generator) -> Result:
     logits = (3 * torch.randn(batch, classes, generator=gen)).to(device).requires_grad_(True)
     y = torch.randint(0, classes, (batch,), generator=gen).to(device)
-    dm = _loss_fn_only(logits, y, DMLoss(LAM, BETA))
-    ce = _loss_fn_only(logits, y, F.cross_entropy)
-    dm_t, ce_t, n = _interleave(dm, ce, repeats, block_ms, device)
-    return _summarise(case, "loss", batch, dm_t, ce_t, n)
+    arms = {name: _loss_fn_only(logits, y, fn) for name, fn in _losses().items()}
+    times, n = _interleave(arms, repeats, block_ms, device)
+    return _summarise(case, "loss", batch, times, n, _dm_kernel(logits, y))
 
 
 def _cpu_model() -> str:
@@ -167,8 +199,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="blocks per arm for resnet20 (each step is ~1000x an MLP step on a CPU)")
     ap.add_argument("--block-ms", type=float, default=100.0, help="target duration of one block")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads")
-    ap.add_argument("--cases", default="mlp,loss,loss-cifar,resnet20",
-                    help="comma-separated subset of mlp, loss, loss-cifar, resnet20")
+    ap.add_argument("--cases", default="mlp,loss,loss-cifar,loss-c100,resnet20",
+                    help="comma-separated subset of mlp, loss, loss-cifar, loss-c100, resnet20")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
@@ -191,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
             results.append(bench_loss(case, 64, 10, args.repeats, args.block_ms, device, gen))
         elif case == "loss-cifar":
             results.append(bench_loss(case, 128, 10, args.repeats, args.block_ms, device, gen))
+        elif case == "loss-c100":
+            results.append(bench_loss(case, 128, 100, args.repeats, args.block_ms, device, gen))
         else:
             raise SystemExit(f"unknown case {case!r}")
         r = results[-1]
@@ -199,15 +233,16 @@ def main(argv: list[str] | None = None) -> None:
     info = machine(device)
     info["loadavg_start"], info["loadavg_end"] = load_start, os.getloadavg()
     print(f"\n{info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['threads']} threads,"
-          f" device {device}; DM = DMLoss(lam={LAM}, beta={BETA}); CE = F.cross_entropy")
-    print("medians over blocks (IQR: quartiles of the per-block-pair ratios); min: fastest block")
-    print(f"{'case':<11}{'what':<6}{'batch':>6}{'DM ms':>10}{'CE ms':>10}{'DM/CE':>8}  {'ratio IQR':<13}"
-          f"{'DM min':>10}{'CE min':>10}{'min ratio':>10}")
+          f" device {device}; DM = DMLoss(lam={LAM}, beta={BETA}) (kernel: native or torch);"
+          f" DM-torch = DMLoss(..., kernel='torch'); CE = F.cross_entropy")
+    print("medians over blocks (IQR: quartiles of the per-round ratios); min: fastest block")
+    print(f"{'case':<11}{'what':<6}{'batch':>6}{'kernel':>8}{'DM ms':>10}{'CE ms':>10}{'DM/CE':>8}"
+          f"  {'ratio IQR':<13}{'min ratio':>10}{'DM-torch ms':>13}{'DM-torch/CE':>13}")
     for r in results:
         flag = "" if r.what == "loss" or r.ratio <= TARGET_RATIO else "  > target"
-        print(f"{r.case:<11}{r.what:<6}{r.batch:>6}{r.dm_ms:>10.4f}{r.ce_ms:>10.4f}{r.ratio:>8.3f}"
-              f"  {r.ratio_iqr[0]:.3f}-{r.ratio_iqr[1]:.3f}{r.dm_min_ms:>10.4f}{r.ce_min_ms:>10.4f}"
-              f"{r.ratio_min:>10.3f}{flag}")
+        print(f"{r.case:<11}{r.what:<6}{r.batch:>6}{r.dm_kernel:>8}{r.dm_ms:>10.4f}{r.ce_ms:>10.4f}"
+              f"{r.ratio:>8.3f}  {r.ratio_iqr[0]:.3f}-{r.ratio_iqr[1]:.3f}{r.ratio_min:>10.3f}"
+              f"{r.dm_torch_ms:>13.4f}{r.ratio_torch:>13.3f}{flag}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "dm": {"lam": LAM, "beta": BETA}, "target_ratio": TARGET_RATIO,

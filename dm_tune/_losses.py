@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dm_tune import _native
 from dm_tune import _weighting as W
 
 
@@ -74,23 +75,31 @@ class _GradLoss(nn.Module):
 
 
 class DMLoss(_GradLoss):
-    """Derivative Manipulation with w(p) = exp(beta p^lam (1-p)) (DM_METHOD.md section 3)."""
+    """Derivative Manipulation with w(p) = exp(beta p^lam (1-p)) (DM_METHOD.md section 3).
 
-    def __init__(self, lam: float = 1.0, beta: float = 8.0) -> None:
+    ``kernel``: "auto" (the fused C kernel for small CPU batches where it was built, torch
+    operations otherwise), "native" or "torch" to force one; they agree to rounding.
+    """
+
+    def __init__(self, lam: float = 1.0, beta: float = 8.0, kernel: str = "auto") -> None:
         super().__init__()
         if not (math.isfinite(lam) and lam >= 0):
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
         if not math.isfinite(beta):
             raise ValueError(f"beta must be a finite number, got {beta!r}")
-        self.lam, self.beta = float(lam), float(beta)
+        if kernel not in W.KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(W.KERNELS)}, got {kernel!r}")
+        if kernel == "native" and not _native.available():
+            raise ValueError("kernel='native': the fused DM kernel was not built (no C compiler)")
+        self.lam, self.beta, self.kernel = float(lam), float(beta), kernel
 
     def _grad_share_display(self, logits, targets):
-        # One softmax pass gives the gradient, the shares and log p for the display loss.
-        grad, share, logp = W._dm_parts(logits, targets, self.lam, self.beta)
-        return grad, share, torch.dot(share, logp).neg()
+        # One pass gives the gradient, the shares and the display loss.
+        return W._dm_parts(logits, targets, self.lam, self.beta, self.kernel)
 
     def extra_repr(self) -> str:
-        return f"lam={self.lam}, beta={self.beta}"
+        kernel = "" if self.kernel == "auto" else f", kernel={self.kernel!r}"
+        return f"lam={self.lam}, beta={self.beta}{kernel}"
 
 
 class WeightFnLoss(_GradLoss):

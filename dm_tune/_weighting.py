@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from dm_tune import _native
+
 # The released DM code adds this to CCE's weight 2(1-p) before dividing it out (Eq. 7), so that
 # examples with p == 1 get a zero (not NaN) gradient.
 CCE_WEIGHT_EPS = 1e-6
@@ -103,16 +105,40 @@ def _scaled_direction(
     return (probs * scale).scatter_(1, index, (q * scale).neg_())
 
 
+KERNELS = ("auto", "native", "torch")
+
+
 def _dm_parts(
-    logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float
+    logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float, kernel: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DM in one pass (the single implementation behind dm_logit_grad, dm_shares and DMLoss).
+    """DM in one pass (the single entry point behind dm_logit_grad, dm_shares and DMLoss).
 
     Returns the logit gradient of Eq. 7 with w = exp(beta p^lam (1-p)) ([N, C], computed in at
-    least float32), each example's share w_i / sum_j w_j ([N]) and log p ([N], for the display
-    loss). The probabilities come from one log-softmax; the batch normalisation is a softmax
-    over the log-weights, so it cannot overflow for any beta. This runs every training step,
-    so it is written in few tensor ops (each costs microseconds on small batches).
+    least float32), each example's share w_i / sum_j w_j ([N]) and the display loss
+    -sum_i share_i log p_i (0-d). ``kernel``: "torch" (the reference implementation below, any
+    device), "native" (the fused CPU kernel of _native.py, the same function in one C call) or
+    "auto" (native for CPU batches it is faster on, when it was built; torch otherwise).
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must have shape [batch, classes>=2], got {tuple(logits.shape)}")
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"targets must have shape [{logits.shape[0]}], got {tuple(targets.shape)}")
+    if kernel == "torch" or (kernel == "auto" and not _native.eligible(logits, targets)):
+        return _dm_parts_torch(logits, targets, lam, beta)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    if logits.device.type != "cpu" or targets.device.type != "cpu":
+        raise ValueError(f"the native DM kernel runs on CPU tensors only, got {logits.device}")
+    return _native.dm_parts(logits, targets, lam, beta)
+
+
+def _dm_parts_torch(
+    logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reference implementation of _dm_parts in tensor operations (any device and dtype).
+
+    The probabilities come from one log-softmax; the batch normalisation is a softmax over the
+    log-weights, so it cannot overflow for any beta.
     """
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.to(_compute_dtype(logits))
@@ -126,23 +152,27 @@ def _dm_parts(
     scale = share / torch.rsub(p_minus_1, CCE_WEIGHT_EPS, alpha=2.0)  # share / (2 (1-p) + eps)
     # probs - onehot is probs with the labelled entry replaced by p - 1; then times scale.
     grad = probs.scatter_(1, index, p_minus_1).mul_(scale)
-    return grad, share.view(-1), logp.view(-1)
+    share = share.view(-1)
+    return grad, share, torch.dot(share, logp.view(-1)).neg()
 
 
 def dm_logit_grad(
-    logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float
+    logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float, kernel: str = "auto"
 ) -> torch.Tensor:
     """The DM derivative wrt the logits (at least float32, shape of ``logits``).
 
     Equal to ``manipulated_logit_grad(logits, targets, dm_weight(p, lam, beta))``, but the
     batch normalisation is a softmax over the log-weights, so it cannot overflow for any beta.
+    ``kernel`` picks the implementation (see _dm_parts); all give the same values to rounding.
     """
-    return _dm_parts(logits.detach(), targets, lam, beta)[0]
+    return _dm_parts(logits.detach(), targets, lam, beta, kernel)[0]
 
 
-def dm_shares(logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
+def dm_shares(
+    logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float, kernel: str = "auto"
+) -> torch.Tensor:
     """Each example's share of the batch's gradient mass under DM (sums to 1)."""
-    return _dm_parts(logits.detach(), targets, lam, beta)[1]
+    return _dm_parts(logits.detach(), targets, lam, beta, kernel)[1]
 
 
 # --- The paper's other schemes, as multipliers of the shared direction (DM_METHOD.md s. 2) ---

@@ -8,6 +8,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from dm_tune import _native
+
 PACKAGES = ("dm-tune", "torch", "torchvision", "numpy", "scikit-learn", "ray", "optuna", "mlflow", "pandas")
 
 
@@ -37,4 +39,6 @@ def package_versions() -> dict[str, str]:
 
 
 def provenance() -> dict[str, object]:
-    return {"git_commit": git_commit(), "versions": package_versions(), "platform": platform.platform()}
+    # dm_native: whether the fused CPU kernel for DM was built (it changes rounding, not maths).
+    return {"git_commit": git_commit(), "versions": package_versions(), "platform": platform.platform(),
+            "dm_native": _native.available()}

@@ -86,19 +86,21 @@ def test_dm_weight_peaks_at_mode(lam, beta):
 # --- dm_logit_grad --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kernel", ["native", "torch"])
 @pytest.mark.parametrize("lam,beta", [(0.0, 2.0), (0.5, 6.0), (1.0, 8.0), (2.0, 12.0), (1.0, -3.0)])
-def test_dm_logit_grad_matches_reference(lam, beta):
+def test_dm_logit_grad_matches_reference(lam, beta, kernel):
     logits, targets = _batch(n=32, c=7, seed=1)
     want, _, _ = _ref_dm_grad(logits, targets, lam, beta)
-    got = dm_logit_grad(logits, targets, lam, beta)
+    got = dm_logit_grad(logits, targets, lam, beta, kernel=kernel)
     assert got.dtype == torch.float64 and got.shape == logits.shape
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
 
 
-def test_dm_logit_grad_float32_matches_reference():
+@pytest.mark.parametrize("kernel", ["native", "torch"])
+def test_dm_logit_grad_float32_matches_reference(kernel):
     logits, targets = _batch(n=64, c=10, seed=2, dtype=torch.float32)
     want, _, _ = _ref_dm_grad(logits, targets, 1.0, 8.0)
-    got = dm_logit_grad(logits, targets, 1.0, 8.0)
+    got = dm_logit_grad(logits, targets, 1.0, 8.0, kernel=kernel)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-7)
 

@@ -1,0 +1,41 @@
+"""The benchmark scripts run and write what BENCHMARKS.md reads (no timing assertions here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_step_time_writes_all_three_arms(tmp_path):
+    out = tmp_path / "step.json"
+    _run("step_time.py", "--cases", "mlp,loss,loss-c100", "--repeats", "2", "--block-ms", "5",
+         "--threads", "1", "--json", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["target_ratio"] == 1.05
+    rows = {r["case"]: r for r in doc["results"]}
+    assert set(rows) == {"mlp", "loss", "loss-c100"}
+    for r in rows.values():
+        assert r["blocks"] == 2 and r["dm_ms"] > 0 and r["ce_ms"] > 0 and r["dm_torch_ms"] > 0
+        assert abs(r["ratio"] - r["dm_ms"] / r["ce_ms"]) < 1e-9
+    # The DM arm runs the fused kernel on the small CPU batches, torch above the size limit.
+    assert rows["mlp"]["dm_kernel"] == "native" and rows["loss"]["dm_kernel"] == "native"
+    assert rows["loss-c100"]["dm_kernel"] == "torch"
+
+
+def test_gpu_throughput_smoke_runs_on_cpu(tmp_path):
+    out = tmp_path / "tp.json"
+    _run("gpu_throughput.py", "--device", "cpu", "--batch", "8", "--steps", "1", "--blocks", "1",
+         "--json", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["device"] == "cpu" and doc["amp"] == "off" and doc["batch"] == 8
+    assert doc["images_per_s"]["dm"] > 0 and doc["images_per_s"]["cce"] > 0

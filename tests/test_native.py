@@ -1,0 +1,193 @@
+"""The fused CPU kernel (dm_tune/_dmfused.c) against the torch implementation and a float64
+reference: the same gradient, shares and display loss on every shape, dtype and extreme."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dm_tune import DMLoss, dm_logit_grad
+from dm_tune import _native
+from dm_tune import _weighting as W
+from dm_tune.models import ModelSpec, mlp
+
+EPS = 1e-6
+
+
+def _batch(n: int, c: int, scale: float = 3.0, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, c, generator=g, dtype=torch.float64) * scale).to(dtype)
+    return logits, torch.randint(0, c, (n,), generator=g)
+
+
+def _reference(logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float):
+    """DM_METHOD.md section 3 term by term in float64: gradient, shares, display loss."""
+    z = logits.double()
+    logprobs = z - torch.logsumexp(z, dim=1, keepdim=True)
+    probs = logprobs.exp()
+    rows = torch.arange(len(targets))
+    p, logp = probs[rows, targets], logprobs[rows, targets]
+    q = -torch.expm1(logp)  # 1 - p without cancellation (p is within 1e-9 of 1 at scale 20)
+    logw = beta * p**lam * q
+    share = torch.softmax(logw, dim=0)
+    direction = probs.clone()
+    direction[rows, targets] = -q  # probs - onehot
+    grad = (share / (2 * q + EPS)).unsqueeze(1) * direction
+    return grad, share, -(share * logp).sum()
+
+
+def test_native_kernel_is_built():
+    # setup.py builds it with the package; without a C compiler dm-tune still works (torch path),
+    # but the supported install (scripts/setup.sh) has one, so a missing kernel is a build bug.
+    assert _native.available(), "dm_tune._dmfused was not built: reinstall with `pip install -e .`"
+
+
+CASES = [  # n, c, lam, beta, scale
+    (64, 10, 1.0, 8.0, 3.0),
+    (1, 2, 2.0, 24.0, 3.0),
+    (7, 3, 0.0, 2.0, 3.0),
+    (128, 100, 0.5, 6.0, 5.0),
+    (33, 10, 2.5, -4.0, 3.0),
+    (16, 10, 3.7, 60.0, 20.0),
+    (600, 3, 1.0, 8.0, 3.0),     # more rows than the kernel's stack buffer (heap path)
+    (64, 10, 1.0, 500.0, 3.0),   # shares concentrated on one example
+    (64, 10, 0.0, -500.0, 3.0),
+]
+
+
+@pytest.mark.parametrize("n,c,lam,beta,scale", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_equals_torch_and_reference(n, c, lam, beta, scale, dtype):
+    logits, targets = _batch(n, c, scale, seed=n + c, dtype=dtype)
+    want = _reference(logits, targets, lam, beta)
+    # float64: rounding, except that at scale 20 some p are within 1e-9 of 1, where the
+    # reference's z - logsumexp(z) loses digits to cancellation (the kernels subtract the max
+    # first, as log_softmax does); the two kernels are compared with each other tightly below.
+    f64 = (1e-10, 1e-15) if scale <= 5 else (1e-5, 1e-12)
+    tolerances = {  # kernel -> rtol, atol
+        # The native kernel computes in double whatever the input dtype.
+        "native": f64 if dtype == torch.float64 else (2e-6, 1e-9),
+        # torch computes float32 logits in float32: where 1 - p < ~1e-7 (scale-20 logits) its
+        # log-softmax rounds p to 1, and 1 - p enters the gradient divided by 2 (1 - p) + 1e-6,
+        # so such an example's row is off by up to ~6 % of its (tiny) share; elsewhere the
+        # float32 log p (error ~6e-8) gives 1 - p a relative error of ~6e-8 / (1 - p).
+        "torch": f64 if dtype == torch.float64 else (2e-5, 1e-3 if scale > 5 else 1e-6),
+    }
+    outputs = {}
+    for kernel, (rtol, atol) in tolerances.items():
+        outputs[kernel] = got = W._dm_parts(logits, targets, lam, beta, kernel=kernel)
+        for name, g, w in zip(("grad", "share", "display"), got, want):
+            assert g.dtype == dtype, (kernel, name)
+            assert g.shape == w.shape, (kernel, name)
+            torch.testing.assert_close(g.double(), w, rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{kernel} {name}: {m}")
+    if dtype == torch.float64:
+        for a, b in zip(outputs["native"], outputs["torch"]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-16)
+
+
+def test_native_extreme_logits_match_torch():
+    # |z| up to 1e4: p == 1 exactly (zero gradient, not NaN), p == 0, ties.
+    z = torch.zeros(6, 5)
+    z[0, 0] = 1e4
+    z[1, 1] = 1e4
+    z[2] = -1e4
+    z[3, 0], z[3, 1] = -1e4, 1e4
+    z[4, :], z[4, 0] = 1e4, -1e4
+    z[5, 0] = 5.0
+    targets = torch.zeros(6, dtype=torch.long)
+    for lam, beta in [(1.0, 8.0), (0.0, -500.0), (2.0, 500.0)]:
+        native = W._dm_parts(z, targets, lam, beta, kernel="native")
+        torch_ = W._dm_parts(z, targets, lam, beta, kernel="torch")
+        for a, b in zip(native, torch_):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+        assert native[0][0].abs().max() == 0
+
+
+def test_native_half_precision_is_computed_in_float32():
+    logits, targets = _batch(32, 10, seed=3, dtype=torch.bfloat16)
+    got = W._dm_parts(logits, targets, 1.0, 8.0, kernel="native")
+    want = W._dm_parts(logits.float(), targets, 1.0, 8.0, kernel="native")
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_native_accepts_non_contiguous_logits_and_int32_targets():
+    logits, targets = _batch(10, 64, seed=4)
+    logits_t = logits.t().contiguous().t()  # same values, column-major
+    assert not logits_t.is_contiguous()
+    got = W._dm_parts(logits_t, targets.int(), 0.5, 6.0, kernel="native")
+    want = W._dm_parts(logits, targets, 0.5, 6.0, kernel="native")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_native_nan_logits_give_nan_loss_like_torch():
+    logits, targets = _batch(8, 4, seed=5)
+    logits[3, 1] = float("nan")
+    for kernel in ("native", "torch"):
+        assert torch.isnan(W._dm_parts(logits, targets, 1.0, 8.0, kernel=kernel)[2])
+
+
+@pytest.mark.parametrize("bad", [4, -1])
+def test_native_rejects_out_of_range_targets(bad):
+    logits, targets = _batch(8, 4, seed=6)
+    targets[5] = bad
+    with pytest.raises(IndexError, match=f"target {bad} of example 5 is out of range for 4 classes"):
+        W._dm_parts(logits, targets, 1.0, 8.0, kernel="native")
+
+
+def test_shapes_are_checked_before_either_kernel():
+    logits, targets = _batch(8, 4, seed=7)
+    for kernel in ("native", "torch"):
+        with pytest.raises(ValueError, match=r"targets must have shape \[8\], got \(7,\)"):
+            W._dm_parts(logits, targets[:7], 1.0, 8.0, kernel=kernel)
+        with pytest.raises(ValueError, match="logits must have shape"):
+            W._dm_parts(logits[:, :1], targets, 1.0, 8.0, kernel=kernel)
+
+
+def test_auto_uses_native_for_small_cpu_batches_and_torch_above_the_limit():
+    for n, c, expect in [(64, 10, "native"), (_native.MAX_ELEMENTS // 100 + 1, 100, "torch")]:
+        logits, targets = _batch(n, c, seed=8)
+        native, torch_ = (dm_logit_grad(logits, targets, 1.0, 8.0, kernel=k) for k in ("native", "torch"))
+        assert not torch.equal(native, torch_)  # the two kernels round differently: tellable apart
+        auto = dm_logit_grad(logits, targets, 1.0, 8.0)
+        assert torch.equal(auto, native if expect == "native" else torch_), (n, c)
+
+
+def test_kernel_argument_is_validated():
+    logits, targets = _batch(4, 3)
+    with pytest.raises(ValueError, match="kernel must be one of auto, native, torch, got 'cuda'"):
+        DMLoss(1.0, 8.0, kernel="cuda")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        dm_logit_grad(logits, targets, 1.0, 8.0, kernel="fast")
+    # The meta device stands in for a GPU: auto falls back to torch, native refuses.
+    meta = logits.to("meta")
+    assert dm_logit_grad(meta, targets.to("meta"), 1.0, 8.0).device.type == "meta"
+    with pytest.raises(ValueError, match="runs on CPU tensors only"):
+        dm_logit_grad(meta, targets.to("meta"), 1.0, 8.0, kernel="native")
+
+
+def test_training_with_either_kernel_follows_the_same_trajectory():
+    """Ten SGD steps of a digits-sized MLP: the kernels' rounding differences stay small."""
+    x, y = _batch(64, 64, 1.0, seed=9)
+    y = y % 10
+    finals = {}
+    for kernel in ("native", "torch"):
+        torch.manual_seed(0)
+        model = mlp(ModelSpec((64,), "vector", 10, 64))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loss_fn = DMLoss(1.0, 8.0, kernel=kernel)
+        losses = []
+        for _ in range(10):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0]  # it learns
+        finals[kernel] = (losses, torch.nn.utils.parameters_to_vector(model.parameters()))
+    torch.testing.assert_close(finals["native"][0], finals["torch"][0], rtol=1e-5, atol=0)
+    torch.testing.assert_close(finals["native"][1], finals["torch"][1], rtol=1e-4, atol=1e-6)
