@@ -43,6 +43,22 @@ class _InjectGrad(torch.autograd.Function):
         return (grad * grad_output).to(ctx.logits_dtype), None, None
 
 
+class _FusedDM(torch.autograd.Function):
+    """_InjectGrad specialised to DM's fused CPU kernel (float32/float64 logits, no cast back)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, loss: "DMLoss"):  # type: ignore[override]
+        grad, share, display = _native.dm_parts(logits, targets, loss.lam, loss.beta)
+        object.__setattr__(loss, "last_shares", share)  # a plain attribute: skip Module's checks
+        ctx.save_for_backward(grad)
+        return display
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None
+
+
 def _weighted_cce(logits: torch.Tensor, targets: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
     """The released code's display loss: sum_i share_i * (-log p_i)."""
     logp = F.log_softmax(logits.to(share.dtype), dim=1).gather(1, targets.long().view(-1, 1))
@@ -92,6 +108,17 @@ class DMLoss(_GradLoss):
         if kernel == "native" and not _native.available():
             raise ValueError("kernel='native': the fused DM kernel was not built (no C compiler)")
         self.lam, self.beta, self.kernel = float(lam), float(beta), kernel
+        self._fused = kernel != "torch" and _native.available()
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # A CPU training batch goes straight to the fused kernel: in a step of a small model each
+        # Python call on the way costs microseconds (BENCHMARKS.md). Everything else (half
+        # precision, GPUs, large batches, no grad, bad shapes) takes the general path.
+        if (self._fused and logits.requires_grad and logits.dtype in _native.FLOATS
+                and logits.dim() == 2 and logits.shape[1] > 1 and targets.shape == logits.shape[:1]
+                and _native.eligible(logits, targets) and torch.is_grad_enabled()):
+            return _FusedDM.apply(logits, targets, self)
+        return super().forward(logits, targets)
 
     def _grad_share_display(self, logits, targets):
         # One pass gives the gradient, the shares and the display loss.

@@ -23,7 +23,7 @@ except ImportError:  # built without a C compiler: the torch implementation is u
 # kernel runs up to 8192 logits (10 classes up to batch 819), torch above.
 MAX_ELEMENTS = 1 << 13
 
-_FLOATS = (torch.float32, torch.float64)
+FLOATS = (torch.float32, torch.float64)  # computed as is; other dtypes are promoted to float32
 
 
 def available() -> bool:
@@ -51,7 +51,7 @@ def dm_parts(
     """
     if _dmfused is None:
         raise RuntimeError("the fused DM kernel was not built (no C compiler at install time)")
-    if logits.dtype not in _FLOATS:
+    if logits.dtype not in FLOATS:
         logits = logits.float()
     if not logits.is_contiguous():
         logits = logits.contiguous()

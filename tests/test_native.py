@@ -191,3 +191,34 @@ def test_training_with_either_kernel_follows_the_same_trajectory():
         finals[kernel] = (losses, torch.nn.utils.parameters_to_vector(model.parameters()))
     torch.testing.assert_close(finals["native"][0], finals["torch"][0], rtol=1e-5, atol=0)
     torch.testing.assert_close(finals["native"][1], finals["torch"][1], rtol=1e-4, atol=1e-6)
+
+
+def test_dm_loss_dispatch():
+    """DMLoss sends float CPU training batches to the fused kernel, everything else to torch."""
+    def backward_node(loss_fn, logits):
+        leaf = logits.detach().clone().requires_grad_(True)
+        return type(loss_fn(leaf, torch.zeros(len(leaf), dtype=torch.long)).grad_fn).__name__
+
+    z32, z64 = torch.randn(8, 4), torch.randn(8, 4, dtype=torch.float64)
+    assert backward_node(DMLoss(1.0, 8.0), z32) == "_FusedDMBackward"
+    assert backward_node(DMLoss(1.0, 8.0), z64) == "_FusedDMBackward"
+    assert backward_node(DMLoss(1.0, 8.0, kernel="native"), z32) == "_FusedDMBackward"
+    # Half precision (cast back in backward), the torch kernel and large batches: general path.
+    assert backward_node(DMLoss(1.0, 8.0), torch.randn(8, 4).bfloat16()) == "_InjectGradBackward"
+    assert backward_node(DMLoss(1.0, 8.0, kernel="torch"), z32) == "_InjectGradBackward"
+    big = torch.randn(_native.MAX_ELEMENTS // 4 + 1, 4)
+    assert backward_node(DMLoss(1.0, 8.0), big) == "_InjectGradBackward"
+    # Bad shapes are never handed to the kernel: they get the general path's clear error.
+    with pytest.raises(ValueError, match=r"targets must have shape \[8\]"):
+        DMLoss(1.0, 8.0)(z32.detach().requires_grad_(True), torch.zeros(9, dtype=torch.long))
+    # Both paths inject the same gradient and keep the shares for the weight metrics.
+    grads, shares = [], []
+    for kernel in ("auto", "torch"):
+        loss_fn, logits = DMLoss(2.0, 12.0, kernel=kernel), z64.detach().clone().requires_grad_(True)
+        y = torch.arange(8) % 4
+        loss_fn(logits, y).backward()
+        assert logits.grad is not None and logits.grad.abs().sum() > 0
+        grads.append(logits.grad)
+        shares.append(loss_fn.last_shares)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-16)
+    torch.testing.assert_close(shares[0], shares[1], rtol=1e-12, atol=1e-16)
