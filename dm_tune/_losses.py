@@ -103,8 +103,7 @@ class DMLoss(_GradLoss):
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
         if not math.isfinite(beta):
             raise ValueError(f"beta must be a finite number, got {beta!r}")
-        if kernel not in W.KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(W.KERNELS)}, got {kernel!r}")
+        W.check_kernel(kernel)
         if kernel == "native" and not _native.available():
             raise ValueError("kernel='native': the fused DM kernel was not built (no C compiler)")
         self.lam, self.beta, self.kernel = float(lam), float(beta), kernel

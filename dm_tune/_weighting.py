@@ -108,6 +108,13 @@ def _scaled_direction(
 KERNELS = ("auto", "native", "torch")
 
 
+def check_kernel(kernel: str) -> str:
+    """``kernel`` if it names an implementation of _dm_parts, else a ValueError saying which do."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    return kernel
+
+
 def _dm_parts(
     logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float, kernel: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,8 +132,7 @@ def _dm_parts(
         raise ValueError(f"targets must have shape [{logits.shape[0]}], got {tuple(targets.shape)}")
     if kernel == "torch" or (kernel == "auto" and not _native.eligible(logits, targets)):
         return _dm_parts_torch(logits, targets, lam, beta)
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    check_kernel(kernel)
     if logits.device.type != "cpu" or targets.device.type != "cpu":
         raise ValueError(f"the native DM kernel runs on CPU tensors only, got {logits.device}")
     return _native.dm_parts(logits, targets, lam, beta)
