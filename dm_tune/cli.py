@@ -14,31 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import UserError
+from dm_tune.errors import DataError, UserError, load_yaml
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _load_yaml(path: str, what: str) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{what} {path}: file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserError(f"{what} {path}: not valid YAML{where}") from None
-    if data is None:
-        raise UserError(f"{what} {path}: the file is empty")
-    if not isinstance(data, dict):
-        raise UserError(f"{what} {path}: expected a mapping of field: value at the top level")
-    return data
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -91,7 +72,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_values(args: argparse.Namespace) -> dict[str, Any]:
-    values: dict[str, Any] = _load_yaml(args.config, "--config") if args.config else {}
+    values: dict[str, Any] = load_yaml(args.config, "--config") if args.config else {}
     for flag, field in _TRAIN_FLAGS.items():
         v = getattr(args, flag)
         if v is not None:
@@ -186,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_parser(sub)
     from dm_tune.search.cli import add_search_parser
-    from reports._cli import add_recommend_parser, add_report_parser
+    from dm_tune.reports._cli import add_recommend_parser, add_report_parser
 
     add_search_parser(sub)
     add_report_parser(sub)
@@ -197,8 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from dm_tune.datasets import DataError
-
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError, UserError) as e:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports._paper import compare_with_paper, paper_guidance
+from dm_tune.reports._paper import compare_with_paper, paper_guidance
 
 SETTING_KEYS = ("dataset", "noise", "noise_rate", "imbalance", "imbalance_ratio", "model", "num_classes",
                 "pretrained")

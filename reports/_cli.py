@@ -60,9 +60,9 @@ def tracking_uri_for(args: argparse.Namespace) -> str:
 def report_command(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from reports._analysis import recommended_run_ids
-    from reports._html import write_report
-    from reports._load import load_histories, load_runs
+    from dm_tune.reports._analysis import recommended_run_ids
+    from dm_tune.reports._html import write_report
+    from dm_tune.reports._load import load_histories, load_runs
 
     uri = tracking_uri_for(args)
     df = load_runs(uri, args.experiment)
@@ -85,8 +85,8 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def recommend_command(args: argparse.Namespace) -> int:
-    from reports._recommend import recommend
-    from reports._schema import default_guidelines_path, load_guidelines
+    from dm_tune.reports._recommend import recommend
+    from dm_tune.reports._schema import default_guidelines_path, load_guidelines
 
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     if not args.guidelines and not path.is_file():

@@ -14,9 +14,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reports._analysis import POINTS, dm_configs, usable
-from reports._paper import CIFAR10_SCHEDULE
-from reports._rules import RULE_GROUP, rate_groups
+from dm_tune.reports._analysis import POINTS, dm_configs, usable
+from dm_tune.reports._paper import CIFAR10_SCHEDULE
+from dm_tune.reports._rules import RULE_GROUP, rate_groups
 
 DPI = 90
 MAX_CURVES = 12

@@ -9,12 +9,11 @@ from typing import Any
 
 import pandas as pd
 
-from reports._analysis import analyse_settings
-from reports._rules import factor_trends, lambda_beta_rule, noise_rate_rules
+from dm_tune.reports._analysis import analyse_settings
+from dm_tune.reports._text import (ACCURACY_UNIT, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc, fmt_diff,
+                                    json_safe, setting_label)
+from dm_tune.reports._rules import factor_trends, lambda_beta_rule, noise_rate_rules
 
-SCHEMA_VERSION = 1
-ACCURACY_UNIT = "percentage points"
-REFERENCE_BASELINE = "cce"   # the headline comparison in each sentence
 
 
 def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str, Any]:
@@ -68,29 +67,6 @@ def setting_sentence(s: dict[str, Any]) -> str:
     return text + "."
 
 
-def setting_label(s: dict[str, Any]) -> str:
-    rate = s.get("noise_rate") or 0.0
-    noise = "clean labels" if s.get("noise") == "none" or rate == 0 else f"{rate * 100:.0f}% {s['noise']} noise"
-    parts = [f"{s['num_classes']}-class data ({s.get('dataset', '?')}, {s.get('model', '?')})", noise]
-    if s.get("imbalance", "none") != "none":
-        parts.append(f"{s['imbalance']} imbalance {s.get('imbalance_ratio') or 1:g}:1")
-    if s.get("pretrained"):
-        parts.append("pre-trained")
-    return ", ".join(parts)
-
-
-def fmt_acc(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.1f}" + ("" if std is None else f" +/- {std:.1f}")
-
-
-def fmt_diff(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:+.1f}" + ("" if std is None else f" +/- {std:.1f}")
-
-
 def guidelines_markdown(doc: dict[str, Any]) -> str:
     """The guidelines as Markdown: sentences, paper comparison, rules, trends, provenance."""
     prov = doc["provenance"]
@@ -124,14 +100,3 @@ def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(json_safe(doc), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
-def json_safe(x: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python, tuples -> lists (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x

@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from reports import _figures as figs
-from reports._guidelines import build_guidelines, dumps, fmt_acc, fmt_diff, guidelines_markdown, setting_label
+from dm_tune.reports import _figures as figs
+from dm_tune.reports._guidelines import build_guidelines, dumps, fmt_acc, fmt_diff, guidelines_markdown, setting_label
 
 SECTIONS = ("Guidelines", "Comparison with the paper", "Across settings", "Per-setting results", "Provenance")
 _CSS = """

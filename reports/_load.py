@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from dm_tune import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
+from dm_tune._param import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
 from dm_tune.errors import UserError
 
 PARAM_COLUMNS = ("method", "lam", "beta", "psi", "rho", "dataset", "noise", "noise_rate", "imbalance",

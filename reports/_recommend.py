@@ -13,9 +13,9 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dm_tune import beta_from_rho, lambda_from_mode
+from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
-from reports._guidelines import fmt_diff, setting_label
+from dm_tune.reports._text import fmt_diff, setting_label
 
 
 @dataclass(frozen=True)

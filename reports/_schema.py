@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune.errors import UserError
-from reports._guidelines import SCHEMA_VERSION
+from dm_tune.reports._text import SCHEMA_VERSION
 
 _NUMBER = (int, float)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from search_spaces._spaces import grid_values, is_grid
+from dm_tune.search_spaces._spaces import grid_values, is_grid
 
 
 def _tpe(space: Mapping[str, Any], seed: int, num_samples: int):

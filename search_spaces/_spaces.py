@@ -12,7 +12,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from dm_tune import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
+from dm_tune._param import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
 
 Space = dict[str, dict[str, Any]]
 

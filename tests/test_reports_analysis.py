@@ -13,10 +13,10 @@ import pytest
 
 from dm_tune import mode_from_lambda, rho_from_beta
 from dm_tune.errors import UserError
-from reports import (analyse_setting, build_guidelines, compare_with_paper, default_guidelines_path, fit_line,
+from dm_tune.reports import (analyse_setting, build_guidelines, compare_with_paper, default_guidelines_path, fit_line,
                      lambda_beta_rule, load_guidelines, noise_rate_rules, recommend, status_counts)
-from reports._guidelines import dumps
-from reports._load import tidy
+from dm_tune.reports._guidelines import dumps
+from dm_tune.reports._load import tidy
 
 SETTING = dict(dataset="digits", noise="symmetric", noise_rate="0.4", imbalance="none", imbalance_ratio="1.0",
                model="mlp", num_classes="10", pretrained="false", epochs="10")

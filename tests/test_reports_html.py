@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from dm_tune import beta_from_rho
-from reports import load_guidelines, write_report
-from reports._html import SECTIONS
-from reports._load import tidy
+from dm_tune.reports import load_guidelines, write_report
+from dm_tune.reports._html import SECTIONS
+from dm_tune.reports._load import tidy
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

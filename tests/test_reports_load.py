@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from dm_tune.errors import UserError
-from reports import add_recommend_parser, add_report_parser, load_histories, load_runs
+from dm_tune.reports import add_recommend_parser, add_report_parser, load_histories, load_runs
 
 SETTING_PARAMS = {"dataset": "digits", "noise": "symmetric", "noise_rate": "0.4", "imbalance": "none",
                   "imbalance_ratio": "1.0", "model": "mlp", "num_classes": "10", "pretrained": "false",

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from dm_tune import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
-from search_spaces import (BASELINES, SAMPLERS, SPACES, define_by_run, get_space, grid_size,
+from dm_tune.search_spaces import (BASELINES, SAMPLERS, SPACES, define_by_run, get_space, grid_size,
                            is_grid, make_sampler, suggest, to_lam_beta)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

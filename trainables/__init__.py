@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
-from trainables._dm import dm_trainable, trial_values
+from typing import TYPE_CHECKING
 
-__all__ = ["dm_trainable", "trial_values"]
+from dm_tune._lazy import lazy_exports
+
+_EXPORTS = {
+    "dm_trainable": "dm_tune.trainables._dm",
+    "trial_values": "dm_tune.trainables._dm",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+
+if TYPE_CHECKING:
+    from dm_tune.trainables._dm import (dm_trainable, trial_values)

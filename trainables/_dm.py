@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search_spaces import to_lam_beta
+from dm_tune.search_spaces import to_lam_beta
 
 SEARCHED = ("psi", "rho", "lam", "beta")
 EXTRA = ("lr", "weight_decay")

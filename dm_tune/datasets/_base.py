@@ -20,13 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-
-class DataError(ValueError):
-    """Missing or malformed data on disk: names the path and the expected layout."""
-
-    def __init__(self, path: str | Path, problem: str, layout: str) -> None:
-        self.path = str(path)
-        super().__init__(f"{path}: {problem}. Expected layout: {layout}")
+from dm_tune.errors import DataError  # defined with the other user errors; datasets raise it
 
 
 Inputs = torch.Tensor | Dataset

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
-from dm_tune.search._study import Setting, Study
+from typing import TYPE_CHECKING
 
-__all__ = ["Setting", "Study"]
+from dm_tune._lazy import lazy_exports
+
+_EXPORTS = {
+    "Setting": "dm_tune.search._study",
+    "Study": "dm_tune.search._study",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+
+if TYPE_CHECKING:
+    from dm_tune.search._study import (Setting, Study)

@@ -116,7 +116,7 @@ def _require_complete(results, study: Study) -> tuple[list, list]:
 
 def _warm_points(space: dict[str, Any]) -> list[dict[str, float]]:
     """The paper's suggested DM settings in this space's coordinates, clipped to its bounds."""
-    from search_spaces import to_lam_beta
+    from dm_tune.search_spaces import to_lam_beta
 
     points = []
     for lam, beta in ((0.5, 8.0), (1.0, 16.0), (2.0, 24.0)):
@@ -157,15 +157,15 @@ class _Context:
     def trainable(self):
         from ray import tune
 
-        from trainables import dm_trainable
+        from dm_tune.trainables import dm_trainable
 
         res = {"cpu": self.study.resources.cpus_per_trial, "gpu": self.study.resources.gpus_per_trial}
         return tune.with_resources(tune.with_parameters(dm_trainable, base=self.base, source=self.source), res)
 
     def describe(self, config: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """MLflow params and baseline name of a trial config."""
-        from search_spaces import to_lam_beta
-        from trainables import trial_values
+        from dm_tune.search_spaces import to_lam_beta
+        from dm_tune.trainables import trial_values
 
         arm = config.get("arm") or {}
         values = trial_values(config, self.base)
@@ -200,7 +200,7 @@ def run_setting(ctx: _Context) -> tuple[list, list]:
 
     from dm_tune.search._searcher import DMOptunaSearch
     from dm_tune.search._staged import StagedSearcher
-    from search_spaces import BASELINES, define_by_run, get_space, make_sampler
+    from dm_tune.search_spaces import BASELINES, define_by_run, get_space, make_sampler
 
     study = ctx.study
     path = Path(ctx.opts.storage) / study.name / ctx.setting.key

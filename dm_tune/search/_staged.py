@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from dm_tune.search._summary import trial_status
-from search_spaces import to_lam_beta
+from dm_tune.search_spaces import to_lam_beta
 
 
 def is_confirm(config: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS
 from dm_tune.models import MODELS
 from dm_tune.noise import NOISE_MODELS
-from search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES
+from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES
 
 SCHEDULERS = ("none", "asha")
 _IMBALANCE = re.compile(r"^(none|(longtail|step):([0-9]+(\.[0-9]+)?))$")
@@ -140,7 +140,7 @@ class Study:
                 field_name = e.field if e.field.split(".")[0] in Settings.__dataclass_fields__ else f"training.{e.field}"
                 raise ConfigError(field_name, e.value, e.allowed) from None
         if self.search.sampler == "grid":
-            from search_spaces import is_grid
+            from dm_tune.search_spaces import is_grid
 
             if not is_grid(SPACES[self.search.space]):
                 raise ConfigError("search.sampler", "grid", "needs an all-categorical space (paper-grid)")

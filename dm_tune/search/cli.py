@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import UserError
+from dm_tune.errors import UserError, load_yaml
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -77,9 +77,7 @@ _STUDY_FLAGS: dict[str, tuple[tuple[str, ...], bool]] = {
 
 
 def study_values(args: argparse.Namespace) -> dict[str, Any]:
-    from dm_tune.cli import _load_yaml
-
-    values: dict[str, Any] = _load_yaml(args.config, "--config") if args.config else {}
+    values: dict[str, Any] = load_yaml(args.config, "--config") if args.config else {}
     for flag, (path, is_list) in _STUDY_FLAGS.items():
         v = getattr(args, flag)
         if v is None:

@@ -1,0 +1,47 @@
+"""Light text helpers shared by the guidelines, the schema and ``recommend`` (no pandas, no numpy):
+the schema constants and how settings, accuracies and differences are written."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SCHEMA_VERSION = 1
+ACCURACY_UNIT = "percentage points"
+REFERENCE_BASELINE = "cce"   # the headline comparison in each sentence
+
+
+def setting_label(s: dict[str, Any]) -> str:
+    rate = s.get("noise_rate") or 0.0
+    noise = "clean labels" if s.get("noise") == "none" or rate == 0 else f"{rate * 100:.0f}% {s['noise']} noise"
+    parts = [f"{s['num_classes']}-class data ({s.get('dataset', '?')}, {s.get('model', '?')})", noise]
+    if s.get("imbalance", "none") != "none":
+        parts.append(f"{s['imbalance']} imbalance {s.get('imbalance_ratio') or 1:g}:1")
+    if s.get("pretrained"):
+        parts.append("pre-trained")
+    return ", ".join(parts)
+
+
+def fmt_acc(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.1f}" + ("" if std is None else f" +/- {std:.1f}")
+
+
+def fmt_diff(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:+.1f}" + ("" if std is None else f" +/- {std:.1f}")
+
+
+def json_safe(x: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python, tuples -> lists (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
