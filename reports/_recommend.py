@@ -17,6 +17,9 @@ from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
 from dm_tune.reports._text import fmt_diff, setting_label
 
+# dm_tune.noise.NOISE_MODELS by name (that module imports numpy; recommend stays light).
+NOISE_TYPES = ("none", "symmetric", "pair", "cifar100-superclass", "file")
+
 
 @dataclass(frozen=True)
 class Recommendation:
@@ -65,6 +68,8 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
         raise UserError(f"number of classes must be an integer >= 2, got {num_classes!r}")
     if not (isinstance(noise_rate, (int, float)) and 0.0 <= noise_rate < 1.0):
         raise UserError(f"noise rate must be in [0, 1), got {noise_rate!r}")
+    if noise_type not in NOISE_TYPES:
+        raise UserError(f"noise type {noise_type!r} is not known; expected one of {', '.join(NOISE_TYPES)}")
     if noise_type == "none" and noise_rate != 0.0:
         raise UserError(f"noise type 'none' needs noise rate 0, got {noise_rate!r}")
     if not (isinstance(imbalance_ratio, (int, float)) and imbalance_ratio >= 1.0):

@@ -201,6 +201,22 @@ def test_recommend_rejects_bad_input(kwargs: dict[str, Any]) -> None:
         recommend(guidelines([setting(0.2, 0.3)]), **args)
 
 
+def test_recommend_rejects_an_unknown_noise_type_on_the_command_line() -> None:
+    import subprocess
+
+    from dm_tune.noise import NOISE_MODELS
+    from dm_tune.reports._recommend import NOISE_TYPES
+    from tests.conftest import DM_TUNE
+
+    assert NOISE_TYPES == tuple(NOISE_MODELS)  # the light copy follows the table
+    proc = subprocess.run([DM_TUNE, "recommend", "--num-classes", "10", "--noise-type", "foo", "--noise-rate", "0.3"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("dm-tune: error: ") and "'foo'" in line
+    assert all(name in line for name in NOISE_TYPES)
+
+
 @pytest.mark.parametrize("content, problem", [
     ("{not json", "not valid JSON"),
     ('{"schema_version": 2, "settings": [], "rules": [], "provenance": {}}', "schema_version must be 1"),
