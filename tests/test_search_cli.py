@@ -64,6 +64,9 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--address", "no-port"], ["--address", "HOST:PORT"]),
     (["--tracking-uri", "http://127.0.0.1:{port}"], ["--tracking-uri", "cannot reach"]),
     (["--tracking-uri", "ftp://x"], ["--tracking-uri", "sqlite"]),
+    (["--name", ""], ["name: ''", "letters, digits"]),
+    (["--name", "a/b"], ["name: 'a/b'", "letters, digits"]),
+    (["--resume", ""], ["--resume", "no such study"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     port = str(free_port())

@@ -94,7 +94,7 @@ def study_values(args: argparse.Namespace) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(".".join(path[:-1]), node, "expected a mapping")
         node[path[-1]] = v
-    if args.name:
+    if args.name is not None:
         values["name"] = args.name
     return values
 
@@ -110,7 +110,7 @@ def _load_study(args: argparse.Namespace, workspace: Path):
     from dm_tune.search._study import Study
 
     stored_dir = workspace / "studies"
-    if args.resume:
+    if args.resume is not None:
         shaping = [f for f in (*_STUDY_FLAGS, "config", "name") if getattr(args, f) is not None]
         if shaping:
             raise UserError(f"--resume {args.resume}: cannot be combined with --{shaping[0].replace('_', '-')} "
