@@ -114,9 +114,7 @@ def read_label_file(path: Path, key: str | None = None) -> np.ndarray:
                 rows = rows[1:]  # a header line
             arr = np.asarray([int(r[-1]) for r in rows])
         elif suffix in (".pt", ".pth"):
-            import torch
-
-            blob = torch.load(path, map_location="cpu", weights_only=False)
+            blob = _load_cifar_n(path, layout)
             if not isinstance(blob, dict):
                 raise DataError(path, "is not a dict of label arrays", layout)
             if key is None:
@@ -138,6 +136,31 @@ def read_label_file(path: Path, key: str | None = None) -> np.ndarray:
         else:
             raise DataError(path, "holds no integer labels", layout)
     return arr.astype(np.int64)
+
+
+def _load_cifar_n(path: Path, layout: str) -> object:
+    """A CIFAR-N .pt file, unpickled with torch's weights-only loader: tensors, containers and the
+    numpy arrays those files hold, nothing that could run code while loading."""
+    import torch
+
+    rebuild = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's array-unpickling function
+    allowed = [np.ndarray, np.dtype, rebuild, (rebuild, "numpy.core.multiarray._reconstruct"),  # numpy 1 name
+               *(type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                                            "uint32", "uint64", "float16", "float32", "float64"))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - only used to name the culprit
+            found = []
+        names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in allowed}
+        extra = sorted(g for g in found if g not in names)
+        if not extra:
+            raise DataError(path, "could not be read as a torch-saved file of label arrays", layout) from None
+        raise DataError(path, f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "
+                        "loading it could run code", layout) from None
 
 
 def _is_int(s: str) -> bool:

@@ -258,6 +258,44 @@ def test_label_file_errors(tmp_path):
         read_label_file(tmp_path / "real.npy")
 
 
+class _Planted:
+    """Unpickling this runs code (here: creates a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_cifar_n_file_with_a_planted_object_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    pt = tmp_path / "CIFAR-10_human.pt"
+    torch.save({"worse_label": np.zeros(3, np.int64), "payload": _Planted(marker)}, pt)
+    with pytest.raises(DataError) as info:
+        read_label_file(pt, "worse_label")
+    assert not marker.exists()
+    message = str(info.value)
+    assert "\n" not in message and str(pt) in message and "refused" in message and "pathlib.Path" in message
+
+
+def test_cifar_n_file_written_with_numpy_1_loads(tmp_path):
+    """The released CIFAR-N files were pickled under numpy 1 (numpy.core.multiarray._reconstruct)."""
+    import zipfile
+
+    labels = np.array([3, 1, 4, 1, 5], np.int64)
+    torch.save({"worse_label": labels, "clean_label": labels.astype(np.int32)}, tmp_path / "now.pt")
+    old = tmp_path / "CIFAR-10_human.pt"
+    with zipfile.ZipFile(tmp_path / "now.pt") as zin, zipfile.ZipFile(old, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            zout.writestr(info, data)
+    assert np.array_equal(read_label_file(old, "worse_label"), labels)
+    assert np.array_equal(read_label_file(old, "clean_label"), labels)
+
+
 def test_file_noise_length_mismatch(cifar10_root, tmp_path):
     np.save(tmp_path / "short.npy", np.zeros(7, np.int64))
     cfg = config("cifar10", cifar10_root, noise="file", noise_file=str(tmp_path / "short.npy"))
