@@ -143,6 +143,22 @@ def test_a_diverging_run_stops_and_says_so():
     assert not math.isfinite(result.history[-1]["train_loss"])
 
 
+@pytest.mark.parametrize("method, noise_rate", [("cce", 0.0), ("dm", 0.4), ("cce", 0.4)])
+def test_a_loss_that_explodes_but_stays_finite_is_diverged(method, noise_rate):
+    """SGD at lr 10: the loss reaches 70 to 1e20 in the first epoch (finite), then sits at chance."""
+    result = run(epochs=5, optimizer="sgd", lr=10.0, method=method, noise_rate=noise_rate)
+    first = result.history[0]
+    assert math.isfinite(first["train_loss"]) and first["train_loss"] > 60
+    assert result.status == "diverged" and result.epochs_completed == 1
+    assert first.get("diverged") == 1.0
+
+
+def test_a_noisy_run_that_learns_is_not_diverged():
+    """The explosion threshold is far above any loss of a model that learns (CCE at 60% noise)."""
+    result = run(epochs=30, noise_rate=0.6, method="cce")
+    assert result.status == "finished" and result.epochs_completed == 30
+
+
 # --- DM against CCE under 40% symmetric noise, 3 seeds, digits' default schedule ------------
 # Measured (final test accuracy, digits defaults: 60 epochs adam 1e-3): DM lam=2 beta=24
 # 94.8 / 94.3 / 93.3 %, CCE 74.6 / 79.3 / 78.7 % (seeds 0-2): a gap of ~16.6 points.
