@@ -29,6 +29,14 @@ METHODS: dict[str, MethodBuilder] = {
     "sl": lambda c: SchemeLoss(sl_scheme(c.sl_mu, c.sl_nu, c.sl_log_clip)),
 }
 
+# Each method's own hyper-parameters (TrainConfig fields); every other method ignores them.
+METHOD_KNOBS: dict[str, tuple[str, ...]] = {
+    "dm": ("lam", "beta"),
+    "gce": ("gce_q",), "gce-dn": ("gce_q",),
+    "sl": ("sl_mu", "sl_nu", "sl_log_clip"),
+}
+ALL_KNOBS: tuple[str, ...] = tuple(dict.fromkeys(k for knobs in METHOD_KNOBS.values() for k in knobs))
+
 
 def build_loss(config: Any) -> nn.Module:
     return METHODS[config.method](config)

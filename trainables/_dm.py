@@ -1,39 +1,39 @@
-"""The Ray Tune function trainable: a thin adapter from a trial config to ``dm_tune.train``.
+"""The Ray Tune function trainable: a thin adapter from a ``TrialSpec`` to ``dm_tune.train``.
 
-Trial config = the arm being tried: DM knobs from a searcher (``psi``/``rho`` or
-``lam``/``beta``, optionally ``lr``/``weight_decay``) or a fixed arm (``overrides``, e.g. a
-baseline), (``arm``: {name, baseline, overrides}) plus an optional ``seed``. Everything else (the setting, the budget) is ``base``,
-bound once with ``tune.with_parameters`` together with the in-memory dataset, if any.
+The trial config is ``{"spec": TrialSpec.to_dict(), "resume_from": path or None}``; everything
+shared by the setting's trials (the training fields, the in-memory dataset) is bound once with
+``tune.with_parameters``. The trial ends with one final ``tune.report`` of its ``TrialOutcome``.
+
+Checkpoints hold the training state only (tensors and plain values, ``torch.save``; loaded with
+``weights_only=True``). A retried trial continues from Tune's newest checkpoint of it; a trial
+handed out again after an interrupted search continues from ``resume_from``, the newest
+checkpoint the ledger recorded for it. A trial shorter than the checkpoint interval has none and
+starts again from scratch.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dm_tune.search_spaces import to_lam_beta
+from dm_tune.search._trial import TrialOutcome, TrialSpec
 
-SEARCHED = ("psi", "rho", "lam", "beta")
-EXTRA = ("lr", "weight_decay")
 STATE_FILE = "state.pt"
-# Keys of ``base`` that steer the trial rather than the training run.
-TRIAL_KEYS = ("checkpoint_every", "checkpoint_min_s", "report_every", "cpus_per_trial")
 
 
-def trial_values(config: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """TrainConfig values for one trial: base, then fixed overrides, then searched knobs."""
-    values = {k: v for k, v in base.items() if k not in TRIAL_KEYS}
-    values.update((config.get("arm") or {}).get("overrides", {}))
-    if any(k in config for k in SEARCHED):
-        values.update(method="dm", **{k: v for k, v in to_lam_beta(config).items() if k in ("lam", "beta")})
-    values.update({k: config[k] for k in EXTRA if k in config})
-    if "seed" in config:
-        values["seed"] = config["seed"]
-    return values
+@dataclass(frozen=True)
+class TrialRuntime:
+    """How trials of a setting report and checkpoint (not part of what they train)."""
+
+    checkpoint_every: int = 1        # epochs between checkpoints...
+    checkpoint_min_s: float = 0.0    # ...but at most one per this many seconds
+    report_every: int = 1            # epochs between reports to Tune (1 when a scheduler decides)
+    cpus: int = 1                    # torch threads
 
 
 def _fault_hook(epoch: int) -> None:
@@ -50,57 +50,73 @@ def _fault_hook(epoch: int) -> None:
         raise RuntimeError(f"injected failure at epoch {epoch} (DMTUNE_FAULT)")
 
 
-def dm_trainable(config: dict[str, Any], base: dict[str, Any], source: Any = None) -> None:
-    import ray
+def _load_state(directory: str | Path) -> dict[str, Any] | None:
     import torch
+
+    path = Path(directory) / STATE_FILE
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def _resume_state(resume_from: str | None) -> dict[str, Any] | None:
     from ray import tune
 
-    from dm_tune import TrainConfig, prepare, train
-
-    torch.set_num_threads(int(base.get("cpus_per_trial", 1)))
-    cfg = TrainConfig.from_dict(trial_values(config, base))
-    data = prepare(cfg, source)
-    every = int(base.get("checkpoint_every", 1))
-    # A checkpoint is skipped if the last one is more recent than this (short trials simply
-    # restart after a crash; long ones lose at most this much work).
-    min_s = float(base.get("checkpoint_min_s", 0.0))
-    # Each tune.report is a round trip to the driver; without a scheduler that needs every epoch,
-    # trials report at their checkpoints only and the final result carries the full history.
-    report_every = int(base.get("report_every", 1))
-    last_checkpoint = [time.monotonic()]
-    # The last epoch goes to Tune only in the final report, with the result: a scheduler that
-    # stops trials at the end of the budget (ASHA does) must not cut the trial off before it.
-    budget = cfg.resolve(data.defaults, data.default_model, data.input_kind).epochs
-
-    resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+            return _load_state(d)
+    if resume_from and Path(resume_from).is_dir():
+        return _load_state(resume_from)
+    return None
+
+
+def _reporter(runtime: TrialRuntime, budget: int) -> Callable[[dict[str, float], Any], None]:
+    import torch
+    from ray import tune
+
+    last_checkpoint = [time.monotonic()]
 
     def report(metrics: dict[str, float], snapshot) -> None:
         epoch = int(metrics["epoch"])
         _fault_hook(epoch)
+        # The last epoch reaches Tune only in the final report: a scheduler that stops trials at
+        # the end of the budget (ASHA does) must not cut the trial off before it.
         if epoch == budget:
             return
-        due = epoch % every == 0 and time.monotonic() - last_checkpoint[0] >= min_s
+        due = (epoch % runtime.checkpoint_every == 0
+               and time.monotonic() - last_checkpoint[0] >= runtime.checkpoint_min_s)
         if due and not metrics.get("diverged"):
             last_checkpoint[0] = time.monotonic()
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(snapshot(), Path(tmp) / STATE_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        elif epoch % report_every == 0:
+        elif epoch % runtime.report_every == 0:
             tune.report(metrics)
 
-    result = train(cfg, data, report, resume=resume)
-    last = result.history[-1] if result.history else {"epoch": 0}
-    tune.report({
-        **last, "final": 1.0, "status": result.status,
-        "final_test_acc": result.test_accuracy, "final_val_acc": result.val_accuracy,
-        "best_test_acc": result.best_test_accuracy, "best_val_acc": result.best_val_accuracy,
-        "val_selected_test_acc": result.val_selected_test_accuracy, "best_epoch": result.best_epoch,
-        "epochs_reached": result.epochs_completed, "train_time_s": result.train_time_s,
-        "noise_rate_realised": result.noise_rate_realised,
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "result_json": json.dumps(result.to_dict(), allow_nan=True),
-    })
+    return report
+
+
+def dm_trainable(config: Mapping[str, Any], base: Mapping[str, Any], runtime: TrialRuntime,
+                 source: Any = None) -> None:
+    import ray
+    import torch
+    from ray import tune
+
+    from dm_tune.config import TrainConfig
+    from dm_tune.data import prepare
+    from dm_tune.train import train
+
+    torch.set_num_threads(runtime.cpus)
+    spec = TrialSpec.from_dict(config["spec"])
+    cfg = TrainConfig.from_dict(spec.train_values(base))
+    data = prepare(cfg, source)
+    budget = cfg.resolve(data.defaults, data.default_model, data.input_kind).epochs
+    resume = _resume_state(config.get("resume_from"))
+    result = train(cfg, data, _reporter(runtime, budget), resume=resume)
+    outcome = TrialOutcome(
+        status=result.status, epochs_reached=result.epochs_completed,
+        final_val_acc=result.val_accuracy, final_test_acc=result.test_accuracy,
+        best_val_acc=result.best_val_accuracy, best_test_acc=result.best_test_accuracy,
+        val_selected_test_acc=result.val_selected_test_accuracy, best_epoch=result.best_epoch,
+        train_time_s=result.train_time_s, noise_rate_realised=result.noise_rate_realised,
+        node_id=ray.get_runtime_context().get_node_id(), history=tuple(result.history))
+    tune.report(outcome.to_report())

@@ -1,34 +1,184 @@
-"""Ray Tune's OptunaSearch, with two corrections for honest search histories."""
+"""What to try next in one setting: a Ray Tune ``Searcher`` that drives Optuna's ask/tell itself.
+
+It hands out, in order:
+1. **search** trials: DM arms asked from the setting's Optuna study (``study.ask()``), trained on
+   the first seed, until ``num_samples`` have started;
+2. the **baselines** on every seed (fixed arms that depend on nothing, so they fill the slots
+   that the last search trials leave idle);
+3. once every search trial has ended, the **confirm** trials: the best ``top_k`` DM arms (by
+   final clean-validation accuracy, finished trials only) on every seed.
+
+Everything it knows is in the ledger (``_ledger``), so a searcher built over the ledger of an
+interrupted search continues it: trials that never ended are handed out again with the same
+spec and their newest checkpoint, ended ones never are. Optuna is told each search trial's
+outcome once (``skip_if_finished``): COMPLETE with its final validation accuracy, PRUNED when a
+scheduler stopped it early (with the accuracy it reached as an intermediate value), FAIL when
+it crashed or diverged without a usable accuracy. Only public Optuna and Ray APIs are used.
+"""
 
 from __future__ import annotations
 
-import optuna
-from ray.tune.search.optuna import OptunaSearch
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from dm_tune.search._summary import trial_status
+from ray.tune.search import Searcher
+
+from dm_tune.search._ledger import Ledger
+from dm_tune.search._trial import TrialOutcome, TrialSpec
+from dm_tune.search_spaces import suggest, to_lam_beta
+
+if TYPE_CHECKING:
+    import optuna
+
+OBJECTIVE = "final_val_acc"  # final clean-validation accuracy, as the paper selects hyper-parameters
 
 
-class DMOptunaSearch(OptunaSearch):
-    """Marks crashed trials FAIL (OptunaSearch tells Optuna COMPLETE with the last partial value
-    when a crashed trial had reported), and stores on every Optuna trial how many epochs it
-    reached and how it ended, so that truncated (early-stopped) trials can be told apart in
-    optuna-dashboard and in the reports.
+def dm_overrides(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields of a DM arm from a sampled point (any space, plus extra knobs)."""
+    lam_beta = to_lam_beta(knobs)
+    extra = {k: float(v) for k, v in knobs.items() if k not in ("psi", "rho", "lam", "beta")}
+    return {"method": "dm", "lam": lam_beta["lam"], "beta": lam_beta["beta"], **extra}
 
-    Per-epoch values are not sent to Optuna: they only feed Optuna's pruners, which are never
-    used under Tune (early stopping is the Tune scheduler's), and each one is an sqlite write
-    in the driver, the main orchestration cost of a search with short trials."""
 
-    def on_trial_result(self, trial_id, result):
+def top_arms(ended: Sequence[tuple[TrialSpec, TrialOutcome]], k: int) -> list[tuple[str, dict[str, Any]]]:
+    """The ``k`` distinct DM arms with the best final validation accuracy among finished search
+    trials, as (name, overrides); ties keep the earlier trial."""
+    ranked = sorted((p for p in ended if p[1].usable), key=lambda p: (-p[1].final_val_acc, p[0].number or 0))
+    arms: list[tuple[str, dict[str, Any]]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for spec, _ in ranked:
+        overrides = dict(spec.overrides)
+        ident = tuple(sorted((k_, round(v, 9) if isinstance(v, float) else v) for k_, v in overrides.items()))
+        if ident in seen:
+            continue
+        seen.add(ident)
+        arms.append((f"dm-{len(arms) + 1}", overrides))
+        if len(arms) == k:
+            break
+    return arms
+
+
+class StagedSearcher(Searcher):
+    def __init__(self, *, setting: str, ledger: Ledger, optuna_storage: "optuna.storages.BaseStorage",
+                 optuna_study: str,
+                 space: Mapping[str, Any], sampler: Any, num_samples: int,
+                 baselines: Mapping[str, Mapping[str, Any]], seeds: Sequence[int], top_k: int,
+                 warm_points: Sequence[Mapping[str, float]] = (), study_name: str = "") -> None:
+        super().__init__(metric=OBJECTIVE, mode="max")
+        self.setting, self.ledger = setting, ledger
+        self.space, self.num_samples, self.top_k = dict(space), num_samples, top_k
+        self.seeds = list(seeds)
+        self.study_name = study_name
+        self.baselines = {name: dict(o) for name, o in baselines.items()}
+        self._storage, self._study_name, self._sampler = optuna_storage, optuna_study, sampler
+        self._warm_points = [dict(p) for p in warm_points]
+        self._study: Any = None
+        self._live: dict[str, TrialSpec] = {}      # Ray trial id -> spec, this process only
+        self._again = ledger.unfinished()          # started before an interruption, never ended
+
+    # --- Optuna ---------------------------------------------------------------------------
+
+    def optuna_study(self):
+        if self._study is None:
+            import optuna
+
+            self._study = optuna.create_study(study_name=self._study_name, storage=self._storage,
+                                              sampler=self._sampler, direction="maximize",
+                                              load_if_exists=True)
+            if not self._study.trials:  # a new study starts at the paper's suggested settings
+                for point in self._warm_points:
+                    self._study.enqueue_trial(point)
+        return self._study
+
+    def _ask(self) -> TrialSpec:
+        trial = self.optuna_study().ask()
+        suggest(self.space, trial)
+        trial.set_user_attr("dmtune.study", self.study_name)
+        trial.set_user_attr("dmtune.setting", self.setting)
+        knobs = dict(trial.params)
+        return TrialSpec(self.setting, "search", self.seeds[0], dm_overrides(knobs),
+                         number=trial.number, knobs=knobs)
+
+    def tell(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
+        """Tell Optuna how a search trial ended (once: a second tell is skipped)."""
+        import optuna
+
+        study, storage = self.optuna_study(), self._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(self._study_name), spec.number)
+        if storage.get_trial(trial_id).state.is_finished():
+            return
+        storage.set_trial_user_attr(trial_id, "status", outcome.status)
+        storage.set_trial_user_attr(trial_id, "epochs_reached", int(outcome.epochs_reached))
+        value = outcome.final_val_acc
+        state = optuna.trial.TrialState
+        if outcome.status == "early-stopped" and math.isfinite(value):
+            storage.set_trial_intermediate_value(trial_id, int(outcome.epochs_reached), float(value))
+            study.tell(spec.number, state=state.PRUNED, skip_if_finished=True)
+        elif outcome.status in ("finished", "diverged") and math.isfinite(value):
+            study.tell(spec.number, float(value), skip_if_finished=True)
+        else:
+            study.tell(spec.number, state=state.FAIL, skip_if_finished=True)
+
+    # --- the stages -----------------------------------------------------------------------
+
+    def _fixed(self, stage: str, arms: Sequence[tuple[str, Mapping[str, Any], str]]) -> TrialSpec | None:
+        """The first (arm, seed) of ``arms`` that has not started yet."""
+        for name, overrides, baseline in arms:
+            for seed in self.seeds:
+                spec = TrialSpec(self.setting, stage, seed, dict(overrides), arm=name, baseline=baseline)  # type: ignore[arg-type]
+                if spec.key not in self.ledger.started:
+                    return spec
         return None
 
-    def on_trial_complete(self, trial_id, result=None, error=False):
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and result and trial_id not in self._completed_trials:
-            epochs = result.get("epochs_reached", result.get("epoch", 0))
-            ot_trial.set_user_attr("epochs_reached", int(epochs or 0))
-            ot_trial.set_user_attr("status", trial_status(result, error))
-        if error and ot_trial is not None and trial_id not in self._completed_trials:
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-            self._completed_trials.add(trial_id)
+    def _next(self) -> TrialSpec | str | None:
+        if self._again:
+            return self._again.pop(0)
+        searched = [s for s in self.ledger.started.values() if s.stage == "search"]
+        if len(searched) < self.num_samples:
+            return self._ask()
+        spec = self._fixed("confirm", [(b, o, b) for b, o in self.baselines.items()])
+        if spec is not None:
+            return spec
+        if any(s.key not in self.ledger.ended for s in searched):
+            return None  # the confirmed arms depend on the search trials still running
+        arms = top_arms(self.ledger.ended_specs("search"), self.top_k)
+        spec = self._fixed("confirm", [(name, o, "") for name, o in arms])
+        return spec if spec is not None else Searcher.FINISHED
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        spec = self._next()
+        if not isinstance(spec, TrialSpec):
+            return spec
+        self.ledger.start(spec)
+        self._live[trial_id] = spec
+        return {"spec": spec.to_dict(), "resume_from": self.ledger.checkpoints.get(spec.key)}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        spec = self._live.pop(trial_id, None)
+        if spec is None:
             return
-        super().on_trial_complete(trial_id, result=result, error=error)
+        outcome = TrialOutcome.from_report(result, error)
+        if self.ledger.end(spec, outcome) and spec.stage == "search":
+            self.tell(spec, outcome)
+
+    def done(self) -> bool:
+        """Every trial of the setting has ended."""
+        searched = [s for s in self.ledger.started.values() if s.stage == "search"]
+        if len(searched) < self.num_samples or self.ledger.unfinished():
+            return False
+        arms = top_arms(self.ledger.ended_specs("search"), self.top_k)
+        fixed = [(b, o, b) for b, o in self.baselines.items()] + [(n, o, "") for n, o in arms]
+        return self._fixed("confirm", fixed) is None
+
+    # The ledger is the searcher's state: Tune's periodic searcher checkpoint holds nothing else.
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w", encoding="utf-8") as f:
+            f.write(f'{{"ledger": "{self.ledger.path}"}}\n')
+
+    def restore(self, checkpoint_path: str) -> None:
+        return None
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its search algorithm into tuner.pkl
+        return {**self.__dict__, "_study": None, "_live": {}}

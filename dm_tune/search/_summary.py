@@ -12,16 +12,6 @@ from typing import Any
 from dm_tune.search._study import Study
 
 
-def trial_status(result: Mapping[str, Any], errored: bool) -> str:
-    """How a trial ended: "errored", "diverged", "finished" (its final report arrived: trials
-    send it after their last epoch) or "early-stopped" (a scheduler cut it short: truncated)."""
-    if errored:
-        return "errored"
-    if result.get("final"):
-        return str(result.get("status", "finished"))  # "finished" or "diverged"
-    return "early-stopped"
-
-
 @dataclass
 class ArmResult:
     arm: str

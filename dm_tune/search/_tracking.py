@@ -1,17 +1,25 @@
 """MLflow tracking from the Tune driver: one experiment per study, a parent run per setting,
 a child run per trial.
 
-All MLflow writes happen in the driver process (a Tune ``Callback``), so the embedded sqlite
-store has a single writer. Runs are found by tag before they are created, so a resumed search
-continues the runs it started instead of duplicating them.
+All MLflow writes happen in the driver process, so the embedded sqlite store has a single
+writer; they run on one writer thread so that the Tune driver loop never waits on the store.
+A trial's run is found by its trial key (``TrialSpec.key``) before one is created, so a trial
+handed out again after an interruption continues its run instead of duplicating it, and the
+epochs already logged are not logged twice.
+
+Run states: a trial run is RUNNING while its trial trains and ends FINISHED (finished,
+diverged or early-stopped) or FAILED (errored); the setting's parent run ends FINISHED when the
+setting is done. An interrupted search marks its open runs KILLED (tag dmtune.status
+``interrupted``); resuming reopens them and closes them for good.
 
 Schema (what ``reports`` reads):
   parent: tags dmtune.role=setting, dmtune.setting; params = the setting.
   child:  tags mlflow.parentRunId, dmtune.role=trial, dmtune.setting, dmtune.stage
-          (search|confirm), dmtune.baseline ("" for DM arms), dmtune.status
-          (running|finished|diverged|early-stopped|errored), dmtune.trial_key, dmtune.git_commit,
-          dmtune.versions; params: method, lam, beta, psi, rho, setting fields, seed, epochs;
-          metrics per epoch (step = epoch) and final_* metrics; artifacts result.json, weights.csv.
+          (search|confirm), dmtune.baseline ("" for DM arms), dmtune.arm, dmtune.status
+          (running|finished|diverged|early-stopped|errored|interrupted), dmtune.trial_key,
+          dmtune.git_commit, dmtune.versions, dmtune.node_id; params: the resolved training
+          config (the method's own knobs only), psi/rho for DM, num_classes; metrics per epoch
+          (step = epoch) and final_* metrics; artifacts result.json, weights.csv.
 """
 
 from __future__ import annotations
@@ -23,22 +31,18 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 from dm_tune.provenance import git_commit, package_versions
-from dm_tune.search._summary import trial_status
+from dm_tune.search._ledger import Ledger
+from dm_tune.search._trial import TrialOutcome, TrialSpec
 
-EPOCH_METRICS = ("train_loss", "train_acc", "train_clean_acc", "val_acc", "test_acc", "weight_clean",
-                 "weight_noisy", "noisy_fit", "weight_var", "lr", "epoch_time_s")
-FINAL_METRICS = ("final_test_acc", "final_val_acc", "best_test_acc", "best_val_acc",
-                 "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
-                 "noise_rate_realised")
-FLUSH_S = 10.0
-TERMINAL = ("finished", "diverged", "early-stopped", "errored")
+NOT_EPOCH_METRICS = ("epoch", "diverged")
+RUN_STATE = {"finished": "FINISHED", "diverged": "FINISHED", "early-stopped": "FINISHED", "errored": "FAILED"}
 
 
 def _client(uri: str):
@@ -60,79 +64,63 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None = None) -> str
     return client.create_experiment(name, artifact_location=location, tags={"dmtune.study": name})
 
 
-def find_run(uri: str, exp_id: str, tags: dict[str, str]):
+def find_runs(uri: str, exp_id: str, tags: Mapping[str, str], max_results: int = 1000):
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = _client(uri).search_runs([exp_id], filter_string=query, max_results=1)
-    return runs[0] if runs else None
-
-
-def setting_run(uri: str, exp_id: str, key: str, params: dict[str, Any]) -> str:
-    """The parent run of a setting, created on first use."""
-    run = find_run(uri, exp_id, {"dmtune.role": "setting", "dmtune.setting": key})
-    if run is not None:
-        return run.info.run_id
-    client = _client(uri)
-    run = client.create_run(exp_id, run_name=key, tags={
-        "dmtune.role": "setting", "dmtune.setting": key, "dmtune.git_commit": git_commit()})
-    from mlflow.entities import Param
-
-    client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
-    return run.info.run_id
+    return _client(uri).search_runs([exp_id], filter_string=query, max_results=max_results)
 
 
 def _param(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _finite(metrics: dict[str, Any], names: tuple[str, ...]) -> dict[str, float]:
-    out = {}
-    for name in names:
-        v = metrics.get(name)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[name] = float(v)
-    return out
+def _log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, _param(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow's batch limit
+        client.log_batch(run_id, params=items[i:i + 100])
 
 
-@dataclass(frozen=True)
-class _Trial:
-    """What the writer needs of a Tune trial, copied when the event happens."""
+def setting_run(uri: str, exp_id: str, key: str, params: Mapping[str, Any]) -> str:
+    """The parent run of a setting, created on first use (and reopened by a resume)."""
+    runs = find_runs(uri, exp_id, {"dmtune.role": "setting", "dmtune.setting": key}, 1)
+    client = _client(uri)
+    if runs:
+        if runs[0].info.status != "RUNNING":
+            client.update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0].info.run_id
+    run = client.create_run(exp_id, run_name=key, tags={
+        "dmtune.role": "setting", "dmtune.setting": key, "dmtune.git_commit": git_commit()})
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id
 
-    trial_id: str
-    config: dict[str, Any]
+
+def _finite(values: Mapping[str, Any], skip: tuple[str, ...] = ()) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()
+            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
-def _view(trial) -> _Trial:
-    return _Trial(trial.trial_id, dict(trial.config))
+def spec_of(trial) -> TrialSpec:
+    return TrialSpec.from_dict(trial.config["spec"])
 
 
 class MLflowTracker(tune.Callback):
-    """Logs every trial of one setting's Tune experiment as a child run of the setting's run.
+    """Logs every trial of one setting as a child run of the setting's run; records each trial's
+    newest checkpoint in the ledger (for resuming after an interruption)."""
 
-    The Tune callbacks only queue the events; one writer thread does the MLflow calls in order,
-    so that the Tune driver loop never waits on the tracking store (with short trials that wait
-    left trial slots idle). ``drain`` waits for the queue; ``reconcile`` makes MLflow agree with
-    Tune's final results (after a resume, or if the driver stopped with events still queued).
-    """
-
-    def __init__(self, uri: str, exp_id: str, parent_id: str, setting: str, describe,
-                 echo: bool = True) -> None:
-        self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
-        self.setting = setting
-        self.describe = describe  # trial config -> (params dict, baseline name)
-        self.echo = echo
-        self._runs: dict[str, str] = {}
-        self._done: set[str] = set()
-        self._pending: dict[str, list] = {}  # run id -> epoch metrics not yet written
-        self._written: dict[str, int] = {}   # run id -> last epoch whose metrics are written
-        self._last_flush = time.monotonic()
-        self.completed = 0
+    def __init__(self, uri: str, exp_id: str, parent_id: str, setting: str, ledger: Ledger,
+                 describe: Callable[[TrialSpec], dict[str, Any]], echo: bool = True) -> None:
+        self.uri, self.exp_id, self.parent_id, self.setting = uri, exp_id, parent_id, setting
+        self.ledger, self.describe, self.echo = ledger, describe, echo
+        self._runs: dict[str, str] = {}            # trial key -> run id
+        self._steps: dict[str, set[int]] = {}      # run id -> epochs logged
+        self._closed: set[str] = set()             # trial keys whose run was closed here
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
+        self.failures = 0
 
-    # Tune pickles callbacks with the experiment; the client is re-created lazily.
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_done": set(), "_pending": {}, "_written": {},
-                "_queue": None, "_thread": None}
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
+        return {**self.__dict__, "_runs": {}, "_steps": {}, "_closed": set(), "_queue": None, "_thread": None}
 
     # --- the writer thread ------------------------------------------------------------------
 
@@ -149,9 +137,10 @@ class MLflowTracker(tune.Callback):
             fn, args = self._queue.get()
             try:
                 fn(*args)
-            except Exception as e:  # noqa: BLE001 - the search goes on; reconcile() retries
-                print(f"dm-tune: MLflow write failed ({type(e).__name__}: {e}); will retry at the end",
-                      file=sys.stderr, flush=True)
+            except Exception as e:  # noqa: BLE001 - the search goes on; reconcile() redoes it
+                self.failures += 1
+                print(f"dm-tune: MLflow write failed ({type(e).__name__}: {e}); it is redone at the end "
+                      "of the setting", file=sys.stderr, flush=True)
             finally:
                 self._queue.task_done()
 
@@ -160,148 +149,142 @@ class MLflowTracker(tune.Callback):
         if self._queue is not None:
             self._queue.join()
 
-    def reconcile(self, results) -> None:
-        """Record every ended trial of a finished experiment that MLflow does not show as ended."""
-        for r in results:
-            m = r.metrics or {}
-            if m.get("trial_id"):
-                self._submit(self._finish, _Trial(m["trial_id"], dict(r.config)), dict(m), r.error is not None)
-        self._submit(self._flush)
-        self.drain()
-
-    # --- Tune events (queued) -----------------------------------------------------------------
+    # --- Tune events (the driver loop: queue and return) ------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._run_id, _view(trial))
+        self._submit(self._open, spec_of(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self._submit(self._result, _view(trial), dict(result))
+        if not result.get("final"):
+            self._submit(self._log_epochs, spec_of(trial), [dict(result)])
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        self.ledger.checkpoint(spec_of(trial).key, checkpoint.path)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        if self.echo:
+            print(f"  [{self.setting}] trial {spec_of(trial).key} failed ({_error_line(trial)}); "
+                  "retrying from its newest checkpoint", file=sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._finish, _view(trial), dict(trial.last_result or {}), False)
+        self._submit(self._finish, spec_of(trial), TrialOutcome.from_report(trial.last_result, False))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._finish, _view(trial), dict(trial.last_result or {}), True)
-
-    def on_experiment_end(self, trials, **info) -> None:
-        self._submit(self._flush)
-        self.drain()
+        if self.echo:
+            print(f"  [{self.setting}] trial {spec_of(trial).key} failed for good ({_error_line(trial)})",
+                  file=sys.stderr, flush=True)
+        self._submit(self._finish, spec_of(trial), TrialOutcome.from_report(trial.last_result, True))
 
     # --- the MLflow writes (writer thread) -------------------------------------------------------
 
-    def _key(self, trial) -> str:
-        return f"{self.setting}/{trial.trial_id}"
-
-    @staticmethod
-    def _stage(trial) -> str:
-        return "confirm" if "arm" in trial.config else "search"
-
-    def _run_id(self, trial) -> str | None:
-        key = self._key(trial)
-        if key in self._runs:
-            return self._runs[key]
-        run = find_run(self.uri, self.exp_id, {"dmtune.trial_key": key})
-        if run is not None:
-            if run.data.tags.get("dmtune.status") in TERMINAL:
-                self._done.add(key)
-            self._runs[key] = run.info.run_id
-            # A resumed trial: its epochs up to here are already in MLflow.
-            history = _client(self.uri).get_metric_history(run.info.run_id, "epoch_time_s")
-            self._written[run.info.run_id] = max((h.step for h in history), default=0)
-            return run.info.run_id
-        params, baseline = self.describe(trial.config)
+    def _open(self, spec: TrialSpec) -> str:
+        if spec.key in self._runs:
+            return self._runs[spec.key]
         client = _client(self.uri)
-        run = client.create_run(self.exp_id, run_name=f"{self.setting}-{trial.trial_id}", tags={
-            "mlflow.parentRunId": self.parent_id, "dmtune.role": "trial",
-            "dmtune.setting": self.setting, "dmtune.stage": self._stage(trial),
-            "dmtune.baseline": baseline, "dmtune.status": "running", "dmtune.trial_key": key,
-            "dmtune.git_commit": git_commit(), "dmtune.versions": json.dumps(package_versions())})
-        from mlflow.entities import Param
+        found = find_runs(self.uri, self.exp_id, {"dmtune.trial_key": spec.key}, 1)
+        if found:  # a trial handed out again after an interruption: continue its run
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING" and spec.key not in self.ledger.ended:
+                client.update_run(run_id, status="RUNNING")
+                client.set_tag(run_id, "dmtune.status", "running")
+            self._steps[run_id] = {int(m.step) for m in client.get_metric_history(run_id, "val_acc")}
+        else:
+            run = client.create_run(self.exp_id, run_name=spec.key.replace("/", "-"), tags={
+                "mlflow.parentRunId": self.parent_id, "dmtune.role": "trial",
+                "dmtune.setting": self.setting, "dmtune.stage": spec.stage, "dmtune.arm": spec.arm,
+                "dmtune.baseline": spec.baseline, "dmtune.status": "running", "dmtune.trial_key": spec.key,
+                "dmtune.git_commit": git_commit(), "dmtune.versions": json.dumps(package_versions())})
+            run_id = run.info.run_id
+            _log_params(client, run_id, self.describe(spec))
+            self._steps[run_id] = set()
+        self._runs[spec.key] = run_id
+        return run_id
 
-        client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
-        self._runs[key] = run.info.run_id
-        return run.info.run_id
-
-    def _result(self, trial: _Trial, result: dict[str, Any]) -> None:
-        run_id = self._run_id(trial)
-        if run_id is None or self._key(trial) in self._done or result.get("final"):
-            return
+    def _log_epochs(self, spec: TrialSpec, epochs: list[Mapping[str, Any]]) -> None:
+        """Log the epochs not logged yet (step = epoch)."""
         from mlflow.entities import Metric
 
-        step, now = int(result.get("epoch", 0)), int(time.time() * 1000)
-        if step <= self._written.get(run_id, 0):
-            return
-        self._pending.setdefault(run_id, []).extend(
-            Metric(k, v, now, step) for k, v in _finite(result, EPOCH_METRICS).items())
-        # Epoch metrics are written in batches (every FLUSH_S and at the end of each trial):
-        # one sqlite transaction per epoch per trial would make the driver the bottleneck.
-        if time.monotonic() - self._last_flush > FLUSH_S:
-            self._flush()
-
-    def _flush(self, only: str | None = None) -> None:
+        run_id = self._open(spec)
+        done = self._steps[run_id]
+        now = int(time.time() * 1000)
+        new = [e for e in epochs if int(e.get("epoch", 0)) > 0 and int(e["epoch"]) not in done]
+        metrics = [Metric(k, v, now, int(e["epoch"])) for e in new for k, v in _finite(e, NOT_EPOCH_METRICS).items()]
         client = _client(self.uri)
-        for run_id in [only] if only else list(self._pending):
-            metrics = self._pending.pop(run_id, [])
-            for i in range(0, len(metrics), 1000):  # MLflow's batch limit
-                client.log_batch(run_id, metrics=metrics[i:i + 1000])
-            if metrics:
-                self._written[run_id] = max(self._written.get(run_id, 0), max(m.step for m in metrics))
-        if only is None:
-            self._last_flush = time.monotonic()
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        done.update(int(e["epoch"]) for e in new)
 
-    def _finish(self, trial: _Trial, result: dict[str, Any], errored: bool) -> None:
-        key = self._key(trial)
-        run_id = self._run_id(trial)
-        if run_id is None or key in self._done:
-            return
-        epochs = int(result.get("epochs_reached", result.get("epoch", 0)) or 0)
-        status = trial_status(result, errored)
-        if result.get("result_json"):
-            # The full per-epoch history (trials report to Tune only every few epochs when no
-            # scheduler needs every epoch): write the epochs not written yet.
-            self._pending.pop(run_id, None)
-            now = int(time.time() * 1000)
-            written = self._written.get(run_id, 0)
-            from mlflow.entities import Metric as _Metric
-
-            self._pending[run_id] = [
-                _Metric(k, v, now, int(h["epoch"])) for h in json.loads(result["result_json"]).get("history", [])
-                if int(h["epoch"]) > written for k, v in _finite(h, EPOCH_METRICS).items()]
-        self._flush(only=run_id)
-        final = _finite(result, FINAL_METRICS)
-        if "final" not in result:  # no final report (early-stopped or errored): from the last epoch
-            final.update(_finite({"final_test_acc": result.get("test_acc"),
-                                  "final_val_acc": result.get("val_acc"), "epochs_reached": epochs},
-                                 FINAL_METRICS))
-        client = _client(self.uri)
+    def _finish(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
         from mlflow.entities import Metric, RunTag
 
+        if spec.key in self._closed:
+            return
+        run_id = self._open(spec)
+        self._log_epochs(spec, list(outcome.history))
+        client = _client(self.uri)
         now = int(time.time() * 1000)
-        tags = [RunTag("dmtune.status", status)]
-        if result.get("node_id"):
-            tags.append(RunTag("dmtune.node_id", str(result["node_id"])))
+        final = _finite({k: getattr(outcome, k) for k in TrialOutcome.SCALARS})
+        tags = [RunTag("dmtune.status", outcome.status)]
+        if outcome.node_id:
+            tags.append(RunTag("dmtune.node_id", outcome.node_id))
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()], tags=tags)
-        if result.get("result_json"):
-            self._log_artifacts(client, run_id, result["result_json"])
-        client.set_terminated(run_id, "FAILED" if errored else "FINISHED")
-        self._done.add(key)
-        self.completed += 1
+        if outcome.history:
+            self._log_artifacts(client, run_id, spec, outcome)
+        client.set_terminated(run_id, RUN_STATE.get(outcome.status, "FAILED"))
+        self._closed.add(spec.key)
         if self.echo:
-            params, baseline = self.describe(trial.config)
-            arm = baseline or "dm " + " ".join(f"{k}={params[k]:.3g}" for k in ("psi", "rho", "lam", "beta")
-                                               if isinstance(params.get(k), float))
-            acc = result.get("test_acc")
-            acc_s = f"val {100 * result.get('val_acc', float('nan')):.1f}% test {100 * acc:.1f}%" if acc is not None else "no result"
-            print(f"  [{self.setting} {self._stage(trial)}] {arm} seed {params.get('seed')}: {acc_s} ({status}, "
-                  f"{epochs} epochs)", file=sys.stderr, flush=True)
+            self._echo(spec, outcome)
 
-    @staticmethod
-    def _log_artifacts(client, run_id: str, result_json: str) -> None:
-        result = json.loads(result_json)
+    def _log_artifacts(self, client, run_id: str, spec: TrialSpec, outcome: TrialOutcome) -> None:
+        keys = ("epoch", "weight_clean", "weight_noisy", "noisy_fit", "weight_var")
         with tempfile.TemporaryDirectory() as tmp:
-            Path(tmp, "result.json").write_text(json.dumps(result, indent=1) + "\n")
-            rows = ["epoch,weight_clean,weight_noisy,noisy_fit,weight_var"]
-            rows += [",".join(str(h.get(k, "")) for k in ("epoch", "weight_clean", "weight_noisy", "noisy_fit", "weight_var"))
-                     for h in result.get("history", [])]
+            doc = {"spec": spec.to_dict(), "outcome": outcome.to_dict(), "params": self.describe(spec),
+                   "git_commit": git_commit(), "package_versions": package_versions()}
+            Path(tmp, "result.json").write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
+            rows = [",".join(keys)] + [",".join(str(h.get(k, "")) for k in keys) for h in outcome.history]
             Path(tmp, "weights.csv").write_text("\n".join(rows) + "\n")
             client.log_artifacts(run_id, tmp)
+
+    def _echo(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
+        if spec.baseline:
+            arm = spec.baseline
+        else:
+            knobs = self.describe(spec)
+            arm = "dm " + " ".join(f"{k}={float(knobs[k]):.3g}" for k in ("psi", "rho", "lam", "beta") if k in knobs)
+        acc = (f"val {100 * outcome.final_val_acc:.1f}% test {100 * outcome.final_test_acc:.1f}%"
+               if math.isfinite(outcome.final_test_acc) else "no result")
+        print(f"  [{self.setting} {spec.stage}] {arm} seed {spec.seed}: {acc} ({outcome.status}, "
+              f"{outcome.epochs_reached} epochs)", file=sys.stderr, flush=True)
+
+    # --- the end of a setting (driver thread, after Tune returned) ----------------------------
+
+    def reconcile(self) -> None:
+        """Make MLflow agree with the ledger: every ended trial has a closed run with its results
+        (after a resume, or after a write that failed)."""
+        self.drain()
+        for spec, outcome in self.ledger.ended_specs():
+            if spec.key in self._closed:
+                continue
+            runs = find_runs(self.uri, self.exp_id, {"dmtune.trial_key": spec.key}, 1)
+            if runs and runs[0].info.status != "RUNNING" and runs[0].data.tags.get("dmtune.status") == outcome.status:
+                self._closed.add(spec.key)
+                continue
+            self._finish(spec, outcome)
+
+    def close_open(self, finished: bool) -> None:
+        """End the setting: its parent run FINISHED if ``finished``; trial runs left open (their
+        trials were interrupted) and, if interrupted, the parent run KILLED."""
+        self.drain()
+        client = _client(self.uri)
+        for run in find_runs(self.uri, self.exp_id, {"dmtune.role": "trial", "dmtune.setting": self.setting}):
+            if run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "dmtune.status", "interrupted")
+                client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(self.parent_id, "FINISHED" if finished else "KILLED")
+
+
+def _error_line(trial) -> str:
+    """The last line of a trial's error (Tune keeps the traceback in the trial folder)."""
+    text = str(trial.get_error() or "")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "worker died"

@@ -1,0 +1,98 @@
+"""The ledger of a setting: the durable record of which trials started, checkpointed and ended.
+
+One append-only JSON-lines file per setting in the workspace, written by the driver alone, one
+flushed line per event:
+
+    {"event": "start", "key": ..., "spec": {...}}            a trial was handed to Ray
+    {"event": "checkpoint", "key": ..., "path": "..."}       its newest checkpoint
+    {"event": "end", "key": ..., "outcome": {...}}           how it ended (the outcome is final)
+    {"event": "experiment", "key": "run-N"}                  a Tune experiment ran (or resumed) it
+
+It is the source of truth for resuming: a search that was interrupted, even by ``kill -9``,
+continues from what the ledger holds (ended trials are never re-run, started ones are re-run
+with the same spec from their newest checkpoint), and MLflow and Optuna are reconciled with it.
+The end event is written before anything is told to MLflow or Optuna. A torn last line (the
+process died while writing it) is ignored. Plain JSON, so resuming never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from dm_tune.search._trial import TrialOutcome, TrialSpec
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.started: dict[str, TrialSpec] = {}       # key -> spec, in start order
+        self.ended: dict[str, TrialOutcome] = {}
+        self.checkpoints: dict[str, str] = {}
+        self.experiments: list[str] = []              # Tune experiment names, in order
+        if path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line: the event never happened
+                self._apply(event)
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        key = event["key"]
+        if event["event"] == "start":
+            self.started[key] = TrialSpec.from_dict(event["spec"])
+        elif event["event"] == "checkpoint":
+            self.checkpoints[key] = event["path"]
+        elif event["event"] == "end":
+            self.ended[key] = TrialOutcome.from_dict(event["outcome"])
+        elif event["event"] == "experiment":
+            self.experiments.append(key)
+
+    def _append(self, event: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(event, allow_nan=True, separators=(",", ":")) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self._apply(event)
+
+    # --- events -------------------------------------------------------------------------
+
+    def start(self, spec: TrialSpec) -> None:
+        if spec.key not in self.started:
+            self._append({"event": "start", "key": spec.key, "spec": spec.to_dict()})
+
+    def checkpoint(self, key: str, path: str) -> None:
+        if key not in self.ended:
+            self._append({"event": "checkpoint", "key": key, "path": path})
+
+    def end(self, spec: TrialSpec, outcome: TrialOutcome) -> bool:
+        """Record how a trial ended; False if it had already ended (a re-run after a resume)."""
+        if spec.key in self.ended:
+            return False
+        self._append({"event": "end", "key": spec.key, "outcome": outcome.to_dict()})
+        return True
+
+    def new_experiment(self) -> str:
+        """The name of the next Tune experiment of this setting: run-1, run-2 (after a resume), ..."""
+        name = f"run-{len(self.experiments) + 1}"
+        self._append({"event": "experiment", "key": name})
+        return name
+
+    # --- views --------------------------------------------------------------------------
+
+    def unfinished(self) -> list[TrialSpec]:
+        """Trials that started but never ended (running when the search was interrupted)."""
+        return [spec for key, spec in self.started.items() if key not in self.ended]
+
+    def ended_specs(self, stage: str | None = None) -> list[tuple[TrialSpec, TrialOutcome]]:
+        return [(self.started[k], o) for k, o in self.ended.items()
+                if k in self.started and (stage is None or self.started[k].stage == stage)]

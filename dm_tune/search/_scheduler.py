@@ -1,0 +1,60 @@
+"""When to stop a trial early: a scheduler for the search stage only.
+
+``SearchOnly`` wraps a Tune scheduler (ASHA) and forwards it the events of search trials only,
+through the public ``TrialScheduler`` hooks: a baseline or a confirmed arm always trains for its
+full budget, so the comparisons never mix truncated and full results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+
+def _is_search(trial: Any) -> bool:
+    return trial.config.get("spec", {}).get("stage") == "search"
+
+
+class SearchOnly(FIFOScheduler):
+    def __init__(self, inner: TrialScheduler) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def metric(self):
+        return self.inner.metric
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return self.inner.set_search_properties(metric, mode, **spec)
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if _is_search(trial):
+            self.inner.on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        if _is_search(trial):
+            self.inner.on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if _is_search(trial):
+            return self.inner.on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if _is_search(trial):
+            self.inner.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        if _is_search(trial):
+            self.inner.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "search trials: " + self.inner.debug_string()
+
+
+def asha(metric: str, max_t: int, grace_period: int, reduction_factor: float) -> SearchOnly:
+    """ASHA over the search trials, on the per-epoch ``metric`` with the epoch as time."""
+    return SearchOnly(ASHAScheduler(time_attr="epoch", metric=metric, mode="max", max_t=max_t,
+                                    grace_period=min(grace_period, max_t),
+                                    reduction_factor=reduction_factor))

@@ -1,0 +1,115 @@
+"""The trial contract: what a trial is (``TrialSpec``) and what it returns (``TrialOutcome``).
+
+These two frozen dataclasses are the only things that cross between the searcher, the Ray
+trainable, the tracking and the summary. A spec travels in a Tune trial config as
+``{"spec": spec.to_dict()}``; an outcome travels back as the trial's final ``tune.report``
+(``outcome.to_report()``: flat scalars, which Ray's own loggers and ``ExperimentAnalysis`` show,
+plus the per-epoch ``history`` as a list).
+
+A trial's ``key`` names it across restarts: ``<setting>/search/<optuna trial number>`` for a
+search trial, ``<setting>/<arm>/seed<seed>`` for a confirmed arm or a baseline. The ledger, the
+MLflow run and the Optuna trial of one trial are found by this key, never by Ray's trial id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+Stage = Literal["search", "confirm"]
+STATUSES = ("finished", "diverged", "early-stopped", "errored")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One training run of a setting: which arm, on which seed, at which stage."""
+
+    setting: str
+    stage: Stage
+    seed: int
+    overrides: Mapping[str, Any]         # TrainConfig fields of this arm (method and its knobs)
+    arm: str = ""                        # "" for a search trial; "dm-1", "dm-2", ... or a baseline
+    baseline: str = ""                   # the baseline's name, "" for DM arms
+    number: int | None = None            # the Optuna trial number of a search trial
+    knobs: Mapping[str, float] = field(default_factory=dict)  # sampled point (psi/rho or lam/beta, ...)
+
+    @property
+    def key(self) -> str:
+        if self.stage == "search":
+            return f"{self.setting}/search/{self.number}"
+        return f"{self.setting}/{self.arm}/seed{self.seed}"
+
+    def train_values(self, base: Mapping[str, Any]) -> dict[str, Any]:
+        """TrainConfig values of this trial: the setting's base, then the arm, then the seed."""
+        return {**base, **self.overrides, "seed": self.seed}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["overrides"], d["knobs"] = dict(self.overrides), dict(self.knobs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrialSpec":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial ended and what it measured (accuracies are fractions in [0, 1])."""
+
+    status: str                          # one of STATUSES
+    epochs_reached: int
+    final_val_acc: float = math.nan      # the objective: final clean-validation accuracy
+    final_test_acc: float = math.nan
+    best_val_acc: float = math.nan
+    best_test_acc: float = math.nan      # best over training: optimistic, labelled as such
+    val_selected_test_acc: float = math.nan
+    best_epoch: int = 0
+    train_time_s: float = 0.0
+    noise_rate_realised: float = math.nan
+    node_id: str = ""
+    history: tuple[Mapping[str, float], ...] = ()   # one dict of metrics per epoch
+
+    SCALARS = ("final_val_acc", "final_test_acc", "best_val_acc", "best_test_acc",
+               "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
+               "noise_rate_realised")
+
+    @property
+    def usable(self) -> bool:
+        """A full-budget result that may enter comparisons."""
+        return self.status == "finished" and math.isfinite(self.final_val_acc)
+
+    def to_report(self) -> dict[str, Any]:
+        """The trial's final ``tune.report``: ``final`` marks it, the history rides along."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in self.SCALARS}
+        out.update(final=1.0, status=self.status, node_id=self.node_id,
+                   history=[dict(h) for h in self.history])
+        return out
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, Any] | None, errored: bool) -> "TrialOutcome":
+        """The outcome of a trial from its last Tune result. Without the final report the trial
+        was cut short: by an error, or by a scheduler (early-stopped, from its last epoch)."""
+        report = report or {}
+        if report.get("final"):
+            status = "errored" if errored else str(report.get("status", "finished"))
+            kwargs = {k: report[k] for k in cls.SCALARS if k in report}
+            return cls(status=status, node_id=str(report.get("node_id", "")),
+                       history=tuple(report.get("history", ())), **kwargs)
+        epoch = int(report.get("epoch", 0) or 0)
+        return cls(status="errored" if errored else "early-stopped", epochs_reached=epoch,
+                   final_val_acc=float(report.get("val_acc", math.nan)),
+                   final_test_acc=float(report.get("test_acc", math.nan)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["history"] = [dict(h) for h in self.history]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrialOutcome":
+        kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        kwargs["history"] = tuple(kwargs.get("history", ()))
+        return cls(**kwargs)
