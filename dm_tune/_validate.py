@@ -1,148 +1,181 @@
-"""Building frozen config dataclasses from untrusted mappings (YAML, CLI, Ray trial configs).
+"""Config objects built from untrusted mappings (YAML, CLI, Ray trial configs), parsed by pydantic.
 
-One constructor, ``build``, rejects unknown keys, coerces and type-checks every value from the
-field's annotation and runs the field's own check (``field(metadata={"check": fn})``). Every
-failure is a ``ConfigError`` whose message names the field, the bad value and what is allowed.
+A config class is a frozen ``pydantic.dataclasses.dataclass`` with ``config=CONFIG``; each field's
+domain rule sits in its annotation (``Annotated[float, in_range(0.0, 1.0)]``) and rules between
+fields in a ``model_validator`` raising ``violation``. ``parse`` is the one constructor from a
+mapping, and ``config_error`` the one place where pydantic's ``ValidationError`` becomes a
+``ConfigError``: one line naming the field (a dotted path for nested fields), the bad value and
+what is allowed, e.g. ``noise_rate: 1.5 is not allowed; expected a number in [0.0, 1.0)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError, PydanticKnownError
 
 T = TypeVar("T")
 
+# Unknown keys are mistakes. Values are coerced as the command line and YAML need ("0.4" -> 0.4,
+# "yes" -> True, 5.0 -> 5), never lossily (2.5 is not an integer).
+CONFIG = ConfigDict(extra="forbid")
+
 
 class ConfigError(ValueError):
-    """A user-facing configuration error: one line naming the field, the value and what is allowed."""
+    """A user-facing configuration error: one line naming the field, the value and what is allowed.
+
+    ``value`` is ``dataclasses.MISSING`` for a required field that was not given.
+    """
 
     def __init__(self, field: str, value: Any, allowed: str) -> None:
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"{field}: {value!r} is not allowed; {allowed}")
+        given = "missing" if value is dataclasses.MISSING else f"{_short_repr(value)} is not allowed"
+        super().__init__(f"{field}: {given}; {allowed}")
 
 
-# --- small reusable checks: each returns None when fine, else the "allowed" text --------------
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def one_of(choices: Iterable[str]) -> Callable[[Any], str | None]:
+# --- field rules: Annotated metadata --------------------------------------------------------
+
+
+def violation(allowed: str, field: str | None = None, value: Any = None) -> PydanticCustomError:
+    """The error a rule raises; a model validator names the offending ``field`` and its ``value``."""
+    ctx: dict[str, Any] = {"allowed": allowed}
+    if field is not None:
+        ctx.update(field=field, value=value)
+    return PydanticCustomError("config", "{allowed}", ctx)
+
+
+def rule(ok: Callable[[Any], bool], allowed: str) -> AfterValidator:
+    """A field's domain rule, checked after the type: values where ``ok`` is false are rejected."""
+
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise violation(allowed)
+        return value
+
+    return AfterValidator(check)
+
+
+def one_of(choices: Iterable[str]) -> AfterValidator:
     options = tuple(choices)
-
-    def check(v: Any) -> str | None:
-        return None if v in options else "expected one of: " + ", ".join(options)
-
-    return check
+    return rule(lambda v: v in options, "expected one of: " + ", ".join(options))
 
 
 def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-             hi_open: bool = False) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        bad = (not math.isfinite(v)
-               or (lo is not None and (v <= lo if lo_open else v < lo))
-               or (hi is not None and (v >= hi if hi_open else v > hi)))
-        if not bad:
-            return None
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        return f"expected a number in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+             hi_open: bool = False) -> AfterValidator:
+    """Finite numbers between ``lo`` and ``hi`` (closed unless ``lo_open``/``hi_open``)."""
+    if hi is None:
+        bounds = f"{'>' if lo_open else '>='} {lo}"
+    elif lo is None:
+        bounds = f"{'<' if hi_open else '<='} {hi}"
+    else:
+        bounds = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
-    return check
-
-
-def check(fn: Callable[[Any], str | None], default: Any = dataclasses.MISSING, **kw: Any) -> Any:
-    """``dataclasses.field`` with a value check in its metadata."""
-    return dataclasses.field(default=default, metadata={"check": fn}, **kw)
-
-
-# --- coercion ------------------------------------------------------------------------------
-
-
-def _coerce(name: str, value: Any, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(name, value, arg)
-            except ConfigError as e:
-                errors.append(e.allowed)
-        raise ConfigError(name, value, " or ".join(errors))
-    if origin is tuple:
-        (item_tp, *_rest) = typing.get_args(tp)
-        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-            raise ConfigError(name, value, "expected a list")
-        return tuple(_coerce(f"{name}[{i}]", v, item_tp) for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return build(tp, value, where=name)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(name, value, "expected a mapping")
-        return {str(k): v for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(name, value, "expected true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(name, value, "expected an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(name, value, "expected an integer")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(name, value, "expected a number")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(name, value, "expected a number") from None
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(name, value, "expected a string")
-    if tp is Any:
+    def check(value: Any) -> Any:
+        if not (math.isfinite(value) and (lo is None or (value > lo if lo_open else value >= lo))
+                and (hi is None or (value < hi if hi_open else value <= hi))):
+            raise violation(f"expected {'an integer' if isinstance(value, int) else 'a number'} {bounds}")
         return value
-    raise TypeError(f"unsupported config annotation {tp!r} for {name}")  # a bug, not user input
+
+    return AfterValidator(check)
 
 
-def build(cls: type[T], values: Mapping[str, Any], where: str = "") -> T:
-    """Construct the frozen dataclass ``cls`` from ``values``, validating every field."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(where or cls.__name__, values, "expected a mapping of field: value")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
-    prefix = f"{where}." if where else ""
-    unknown = sorted(set(values) - set(fields), key=str)  # YAML keys need not be strings
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}", values[unknown[0]],
-                          "unknown field; known fields: " + ", ".join(sorted(fields)))
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in values:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{prefix}{name}", None, "this field is required")
-            continue
-        value = _coerce(f"{prefix}{name}", values[name], hints[name])
-        fn = f.metadata.get("check")
-        if fn is not None and value is not None:
-            problem = fn(value)
-            if problem:
-                raise ConfigError(f"{prefix}{name}", value, problem)
-        kwargs[name] = value
-    return cls(**kwargs)
+def _not_bool(error_type: str) -> BeforeValidator:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticKnownError(error_type)  # type: ignore[arg-type]
+        return value
+
+    return BeforeValidator(check)
+
+
+# To pydantic, as to Python, True is 1: a YAML `epochs: yes` must be an error, not one epoch.
+Int = Annotated[int, _not_bool("int_type")]
+Float = Annotated[float, _not_bool("float_type")]
+
+
+# --- parsing and the one conversion of pydantic's errors --------------------------------------
+
+
+def parse(cls: type[T], values: Any, where: str = "") -> T:
+    """Build the config dataclass ``cls`` from a mapping; ``where`` prefixes field names in errors."""
+    try:
+        return _adapter(cls).validate_python(values)
+    except ValidationError as exc:
+        raise config_error(exc, cls, values, where) from None
+
+
+@functools.cache
+def _adapter(cls: type[T]) -> TypeAdapter[T]:
+    return TypeAdapter(cls)
+
+
+# What is allowed, by pydantic error type (https://docs.pydantic.dev/latest/errors/validation_errors/).
+_ALLOWED = {
+    "int_type": "expected an integer", "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number", "float_parsing": "expected a number",
+    "finite_number": "expected a finite number",
+    "bool_type": "expected true or false", "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list", "tuple_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "dataclass_type": "expected a mapping of field: value", "model_type": "expected a mapping of field: value",
+    "missing": "this field is required", "missing_argument": "this field is required",
+}
+_UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden", "invalid_key")
+
+
+def config_error(exc: ValidationError, cls: type, values: Any, where: str = "", root: str = "") -> ConfigError:
+    """The first problem pydantic found validating ``values`` as ``cls``, as one ConfigError.
+
+    ``where`` prefixes every field path; ``root`` names the whole input when it is the problem.
+    """
+    err = exc.errors()[0]
+    kind, loc, value, ctx = err["type"], list(err["loc"]), err["input"], err.get("ctx", {})
+    if kind == "config":
+        allowed = ctx["allowed"]
+        if "field" in ctx:  # a rule between fields names the one to change
+            loc, value = [*loc, ctx["field"]], ctx["value"]
+    elif loc and loc[-1] == "[key]":  # a non-string key in a plain mapping field
+        loc, allowed = loc[:-1], "expected a string as key"
+    elif kind in _UNKNOWN_KEY:
+        allowed = "unknown field; known fields: " + ", ".join(_field_names(cls, loc[:-1]))
+        if kind == "invalid_key":  # a non-string key (YAML `1: 2`): pydantic gives the key, not its value
+            value = _lookup(values, loc)
+        loc[-1] = str(loc[-1])
+    elif kind in ("missing", "missing_argument"):
+        allowed, value = _ALLOWED[kind], dataclasses.MISSING
+    else:
+        allowed = _ALLOWED.get(kind, err["msg"])
+    return ConfigError(_dotted(where, loc) or root or cls.__name__, value, allowed)
+
+
+def _dotted(where: str, loc: list[int | str]) -> str:
+    path = where
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else part
+    return path
+
+
+def _field_names(cls: Any, loc: list[int | str]) -> list[str]:
+    """The fields of the (nested) config dataclass at ``loc``."""
+    for part in loc:
+        cls = typing.get_type_hints(cls)[part]
+    return sorted(f.name for f in dataclasses.fields(cls))
+
+
+def _lookup(values: Any, loc: list[int | str]) -> Any:
+    for part in loc:
+        values = values[part]
+    return values

@@ -1,5 +1,5 @@
-"""TrainConfig: the one validated constructor (unknown keys, types, ranges, contradictions),
-coercion of CLI/YAML strings, dataset defaults, and the to_dict/from_dict round trip."""
+"""TrainConfig: the one validated constructor (unknown keys, types, ranges, contradictions) and its
+one-line messages, coercion of CLI/YAML strings, dataset defaults, and the to_dict/from_dict round trip."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS
+from dm_tune.methods import METHODS
 
 
 def rejects(values: dict, field: str, *allowed_words: str, where: str = "") -> ConfigError:
@@ -43,13 +44,48 @@ def test_unknown_key_with_prefix():
 
 
 def test_unknown_keys_of_mixed_types():  # YAML `1: 2` gives an int key
-    with pytest.raises(ConfigError, match="unknown field"):
-        TrainConfig.from_dict({1: 2, "foo": 3})
+    rejects({1: 2, "foo": 3}, "1", "unknown field", "noise_rate")
 
 
 def test_not_a_mapping():
-    with pytest.raises(ConfigError, match="expected a mapping"):
-        TrainConfig.from_dict(["dataset", "digits"])  # type: ignore[arg-type]
+    rejects(["dataset", "digits"], "TrainConfig", "expected a mapping of field: value")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"noise_rate": 1.5}, "noise_rate: 1.5 is not allowed; expected a number in [0.0, 1.0)"),
+    ({"noise_rate": "lots"}, "noise_rate: 'lots' is not allowed; expected a number"),
+    ({"epochs": True}, "epochs: True is not allowed; expected an integer"),
+    ({"epochs": 2.5}, "epochs: 2.5 is not allowed; expected an integer"),
+    ({"epochs": 0}, "epochs: 0 is not allowed; expected an integer in [1, 100000]"),
+    ({"gce_q": 0}, "gce_q: 0 is not allowed; expected a number in (0.0, 1.0]"),
+    ({"val_noisy": "maybe"}, "val_noisy: 'maybe' is not allowed; expected true or false"),
+    ({"method": "focal"}, "method: 'focal' is not allowed; expected one of: " + ", ".join(METHODS)),
+    ({"lr_milestones": [0.5, "x"]}, "lr_milestones[1]: 'x' is not allowed; expected a number"),
+    ({"lr_milestones": [0.75, 0.5]}, "lr_milestones: [0.75, 0.5] is not allowed; "
+                                     "expected increasing fractions of the training budget in (0, 1)"),
+    ({"dataset_options": {1: 2}}, "dataset_options[1]: 1 is not allowed; expected a string as key"),
+    ({"noise": "none", "noise_rate": 0.3}, "noise_rate: 0.3 is not allowed; must be 0 with noise 'none'"),
+    ({"imbalance": "step"}, "imbalance_ratio: 1.0 is not allowed; "
+                            "imbalance 'step' needs a ratio > 1 (largest / smallest class)"),
+    ({"lerning_rate": 0.1}, "lerning_rate: 0.1 is not allowed; unknown field; known fields: amp, augment, "
+                            "batch_size, beta, data_root, data_seed, dataset, dataset_options, device, download, "
+                            "epochs, gce_q, hidden_dim, imbalance, imbalance_ratio, lam, lr, lr_gamma, lr_milestones, "
+                            "method, model, momentum, noise, noise_file, noise_key, noise_rate, num_workers, "
+                            "optimizer, pretrained, schedule, seed, sl_log_clip, sl_mu, sl_nu, val_fraction, "
+                            "val_noisy, weight_decay"),
+])
+def test_exact_messages(values, message):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict(values)
+    assert str(info.value) == message
+
+
+def test_a_long_bad_value_is_shortened_to_keep_one_readable_line():
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"dataset_options": list(range(1000))})
+    assert str(info.value) == ("dataset_options: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, "
+                               "19, 20, 21... is not allowed; expected a mapping")
+    assert info.value.value == list(range(1000))
 
 
 @pytest.mark.parametrize("values, field, allowed", [
@@ -77,7 +113,8 @@ def test_wrong_types(values, field, allowed):
     ({"beta": float("inf")}, "beta", "[-1000.0, 1000.0]"),
     ({"lr": 0.0}, "lr", "(0.0, 10.0]"),
     ({"gce_q": 0}, "gce_q", "(0.0, 1.0]"),
-    ({"epochs": 0}, "epochs", "[1, 100000]"),
+    ({"epochs": 0}, "epochs", "an integer in [1, 100000]"),
+    ({"num_workers": -1}, "num_workers", "an integer in [0, 256]"),
     ({"val_fraction": 0.95}, "val_fraction", "[0.0, 0.9]"),
     ({"imbalance_ratio": 0.5}, "imbalance_ratio", "[1.0, 10000.0]"),
     ({"device": "gpu"}, "device", "auto, cpu, cuda, cuda:N or mps"),

@@ -41,20 +41,25 @@ def test_matrix_expansion_and_keys():
 @pytest.mark.parametrize("values, field", [
     ({"nmae": "x"}, "nmae"),
     ({"name": "has space"}, "name"),
-    ({"settings": {"dataset": ["imagenet"]}}, "settings.dataset"),
-    ({"settings": {"noise_rate": [0.2, 1.0]}}, "settings.noise_rate"),
-    ({"settings": {"imbalance": ["longtail"]}}, "settings.imbalance"),
+    ({"settings": {"dataset": ["imagenet"]}}, "settings.dataset[0]"),
+    ({"settings": {"noise_rate": [0.2, 1.0]}}, "settings.noise_rate[1]"),
+    ({"settings": {"imbalance": ["longtail"]}}, "settings.imbalance[0]"),
+    ({"settings": {"imbalance": ["none", "step:1"]}}, "settings.imbalance[1]"),
     ({"settings": {"noise_rate": []}}, "settings.noise_rate"),
+    ({"settings": {"nosie": ["pair"]}}, "settings.nosie"),
+    ({"settings": "digits"}, "settings"),
     ({"search": {"space": "x"}}, "search.space"),
     ({"search": {"sampler": "x"}}, "search.sampler"),
     ({"search": {"num_samples": 0}}, "search.num_samples"),
-    ({"search": {"extra_knobs": ["momentum"]}}, "search.extra_knobs"),
+    ({"search": {"extra_knobs": ["momentum"]}}, "search.extra_knobs[0]"),
     ({"search": {"sampler": "grid"}}, "search.sampler"),
-    ({"baselines": ["focal"]}, "baselines"),
+    ({"baselines": ["focal"]}, "baselines[0]"),
     ({"seeds": []}, "seeds"),
     ({"seeds": [1, 1]}, "seeds"),
+    ({"seeds": [0, True]}, "seeds[1]"),
     ({"training": {"lr": -1}}, "training.lr"),
     ({"training": {"no_such": 1}}, "training.no_such"),
+    ({"training": {"noise_file": "labels.npy"}}, "settings.noise"),
     ({"resources": {"gpus_per_trial": -1}}, "resources.gpus_per_trial"),
     ({"scheduler": {"kind": "pbt"}}, "scheduler.kind"),
 ])
@@ -62,7 +67,38 @@ def test_bad_studies_name_the_field(values, field):
     with pytest.raises(ConfigError) as e:
         Study.from_dict(values)
     assert e.value.field == field
-    assert str(e.value).startswith(field)
+    assert str(e.value).startswith(f"{field}: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"settings": {"noise_rate": [0.2, 1.0]}},
+     "settings.noise_rate[1]: 1.0 is not allowed; expected a number in [0.0, 1.0)"),
+    ({"settings": {"noise_rate": "0.4"}}, "settings.noise_rate: '0.4' is not allowed; expected a list"),
+    ({"settings": {"imbalance": ["step:1"]}}, "settings.imbalance[0]: 'step:1' is not allowed; "
+                                              "expected 'none', 'longtail:RATIO' or 'step:RATIO' with RATIO > 1"),
+    ({"settings": {"nosie": ["pair"]}}, "settings.nosie: ['pair'] is not allowed; "
+                                        "unknown field; known fields: dataset, imbalance, model, noise, noise_rate"),
+    ({"search": {"num_samples": "many"}}, "search.num_samples: 'many' is not allowed; expected an integer"),
+    ({"search": {"extra_knobs": ["momentum"]}},
+     "search.extra_knobs[0]: 'momentum' is not allowed; expected one of: lr, weight_decay"),
+    ({"scheduler": {"kind": "pbt"}}, "scheduler.kind: 'pbt' is not allowed; expected one of: none, asha"),
+    ({"seeds": [1, 1]}, "seeds: [1, 1] is not allowed; expected a non-empty list of distinct integers"),
+    ({"training": {"lr": -1}}, "training.lr: -1 is not allowed; expected a number in (0.0, 10.0]"),
+    ({"resources": {"max_concurrent": 0}}, "resources.max_concurrent: 0 is not allowed; "
+                                           "expected an integer in [1, 10000]"),
+])
+def test_bad_studies_exact_messages(values, message):
+    with pytest.raises(ConfigError) as e:
+        Study.from_dict(values)
+    assert str(e.value) == message
+
+
+def test_study_is_immutable():
+    import dataclasses
+
+    study = Study.from_dict({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        study.settings.noise_rate = (0.2,)  # type: ignore[misc]
 
 
 def test_study_round_trips_through_json():

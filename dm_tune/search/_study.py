@@ -12,10 +12,12 @@ import dataclasses
 import itertools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any
 
-from dm_tune._validate import ConfigError, build, check, in_range, one_of
+from pydantic.dataclasses import dataclass
+
+from dm_tune._validate import CONFIG, ConfigError, Float, Int, in_range, one_of, parse, rule
 from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS
 from dm_tune.models import MODELS
@@ -27,83 +29,75 @@ _IMBALANCE = re.compile(r"^(none|(longtail|step):([0-9]+(\.[0-9]+)?))$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _all(check_one):
-    def check_all(values: tuple[Any, ...]) -> str | None:
-        if not values:
-            return "expected a non-empty list"
-        for v in values:
-            problem = check_one(v)
-            if problem:
-                return f"{v!r}: {problem}"
-        return None
-
-    return check_all
-
-
-def _imbalance_ok(v: str) -> str | None:
+def _imbalance_ok(v: str) -> bool:
     m = _IMBALANCE.match(v)
-    if m and (m.group(1) == "none" or float(m.group(3)) >= 1.0):
-        return None
-    return "expected 'none', 'longtail:RATIO' or 'step:RATIO' with RATIO >= 1"
+    return bool(m) and (m.group(1) == "none" or float(m.group(3)) > 1.0)
 
 
-@dataclass(frozen=True)
+# Each is one entry of a matrix axis; an axis is a non-empty list of them.
+DatasetName = Annotated[str, one_of(DATASETS)]
+NoiseName = Annotated[str, one_of(NOISE_MODELS)]
+NoiseRate = Annotated[Float, in_range(0.0, 1.0, hi_open=True)]
+Imbalance = Annotated[str, rule(_imbalance_ok, "expected 'none', 'longtail:RATIO' or 'step:RATIO' with RATIO > 1")]
+ModelName = Annotated[str, one_of(("default", *MODELS))]
+NonEmpty = rule(bool, "expected a non-empty list")
+
+
+@dataclass(frozen=True, config=CONFIG)
 class Settings:
     """The matrix of settings: every combination is searched."""
 
-    dataset: tuple[str, ...] = check(_all(one_of(DATASETS)), ("digits",))
-    noise: tuple[str, ...] = check(_all(one_of(NOISE_MODELS)), ("symmetric",))
-    noise_rate: tuple[float, ...] = check(_all(in_range(0.0, 1.0, hi_open=True)), (0.4,))
-    imbalance: tuple[str, ...] = check(_all(_imbalance_ok), ("none",))
-    model: tuple[str, ...] = check(_all(one_of(("default", *MODELS))), ("default",))
+    dataset: Annotated[tuple[DatasetName, ...], NonEmpty] = ("digits",)
+    noise: Annotated[tuple[NoiseName, ...], NonEmpty] = ("symmetric",)
+    noise_rate: Annotated[tuple[NoiseRate, ...], NonEmpty] = (0.4,)
+    imbalance: Annotated[tuple[Imbalance, ...], NonEmpty] = ("none",)
+    model: Annotated[tuple[ModelName, ...], NonEmpty] = ("default",)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class Search:
-    space: str = check(one_of(SPACES), "decoupled")
-    sampler: str = check(one_of(SAMPLERS), "tpe")
-    num_samples: int = check(in_range(1, 100_000), 30)   # DM trials per setting
-    extra_knobs: tuple[str, ...] = check(lambda v: None if set(v) <= set(EXTRA_KNOBS) else
-                                         "expected knobs among: " + ", ".join(EXTRA_KNOBS), ())
-    top_k: int = check(in_range(0, 100), 3)              # DM arms confirmed over all seeds
-    sampler_seed: int = 0
-    warm_start: bool = True                              # enqueue the paper's suggestions first
+    space: Annotated[str, one_of(SPACES)] = "decoupled"
+    sampler: Annotated[str, one_of(SAMPLERS)] = "tpe"
+    num_samples: Annotated[Int, in_range(1, 100_000)] = 30   # DM trials per setting
+    extra_knobs: tuple[Annotated[str, one_of(EXTRA_KNOBS)], ...] = ()
+    top_k: Annotated[Int, in_range(0, 100)] = 3              # DM arms confirmed over all seeds
+    sampler_seed: Int = 0
+    warm_start: bool = True                                  # enqueue the paper's suggestions first
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class Resources:
-    cpus_per_trial: float = check(in_range(0.0, 1024, lo_open=True), 1.0)
-    gpus_per_trial: float = check(in_range(0.0, 64), 0.0)  # fractions share a GPU
-    max_concurrent: int = check(in_range(1, 10_000), 2)
+    cpus_per_trial: Annotated[Float, in_range(0.0, 1024, lo_open=True)] = 1.0
+    gpus_per_trial: Annotated[Float, in_range(0.0, 64)] = 0.0  # fractions share a GPU
+    max_concurrent: Annotated[Int, in_range(1, 10_000)] = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class Scheduler:
-    kind: str = check(one_of(SCHEDULERS), "none")
-    grace_period: int = check(in_range(1, 100_000), 10)   # epochs before ASHA may stop a trial
-    reduction_factor: float = check(in_range(1.0, 100, lo_open=True), 3.0)
+    kind: Annotated[str, one_of(SCHEDULERS)] = "none"
+    grace_period: Annotated[Int, in_range(1, 100_000)] = 10   # epochs before ASHA may stop a trial
+    reduction_factor: Annotated[Float, in_range(1.0, 100, lo_open=True)] = 3.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class Study:
-    name: str = check(lambda v: None if _NAME.match(v) else
-                      "expected letters, digits, '.', '_' or '-' (at most 64)", "default")
+    name: Annotated[str, rule(lambda v: bool(_NAME.match(v)),
+                              "expected letters, digits, '.', '_' or '-' (at most 64)")] = "default"
     settings: Settings = field(default_factory=Settings)
-    seeds: tuple[int, ...] = check(lambda v: None if v and len(set(v)) == len(v) else
-                                   "expected a non-empty list of distinct integers", (0, 1, 2))
+    seeds: Annotated[tuple[Int, ...], rule(lambda v: bool(v) and len(set(v)) == len(v),
+                                           "expected a non-empty list of distinct integers")] = (0, 1, 2)
     search: Search = field(default_factory=Search)
-    baselines: tuple[str, ...] = check(lambda v: None if set(v) <= set(BASELINES) else
-                                       "expected names among: " + ", ".join(BASELINES), DEFAULT_BASELINES)
+    baselines: tuple[Annotated[str, one_of(BASELINES)], ...] = DEFAULT_BASELINES
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every trial
     resources: Resources = field(default_factory=Resources)
     scheduler: Scheduler = field(default_factory=Scheduler)
-    max_failures: int = check(in_range(0, 100), 2)       # retries of a crashed trial
+    max_failures: Annotated[Int, in_range(0, 100)] = 2       # retries of a crashed trial
     # Epochs between checkpoints; 0: every quarter of the budget, at most one per 30 s.
-    checkpoint_every: int = check(in_range(0, 100_000), 0)
+    checkpoint_every: Annotated[Int, in_range(0, 100_000)] = 0
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "Study":
-        study = build(cls, values)
+    def from_dict(cls, values: Mapping[str, Any]) -> Study:
+        study = parse(cls, values)
         study.validate_settings()
         return study
 
@@ -117,7 +111,7 @@ class Study:
 
         return plain(dataclasses.asdict(self))
 
-    def expand(self) -> list["Setting"]:
+    def expand(self) -> list[Setting]:
         s = self.settings
         out = []
         for ds, noise, rate, imb, model in itertools.product(s.dataset, s.noise, s.noise_rate,
@@ -137,8 +131,9 @@ class Study:
             try:
                 self.train_config(setting)
             except ConfigError as e:
-                field_name = e.field if e.field.split(".")[0] in Settings.__dataclass_fields__ else f"training.{e.field}"
-                raise ConfigError(field_name, e.value, e.allowed) from None
+                axes = {f.name for f in dataclasses.fields(Settings)}
+                part = "settings" if e.field.split(".")[0] in axes else "training"
+                raise ConfigError(f"{part}.{e.field}", e.value, e.allowed) from None
         if self.search.sampler == "grid":
             from dm_tune.search_spaces import is_grid
 
@@ -148,13 +143,15 @@ class Study:
                 raise ConfigError("search.extra_knobs", list(self.search.extra_knobs),
                                   "the grid sampler takes no continuous extra knobs")
 
-    def train_config(self, setting: "Setting", **overrides: Any) -> TrainConfig:
+    def train_config(self, setting: Setting, **overrides: Any) -> TrainConfig:
         values = {**self.training, **setting.train_fields(), "seed": self.seeds[0], **overrides}
         return TrainConfig.from_dict(values)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Setting:
+    """One cell of the matrix (derived from a validated Study, so not validated again)."""
+
     dataset: str
     noise: str
     noise_rate: float
