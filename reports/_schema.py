@@ -3,15 +3,49 @@
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dm_tune._validate import config_error, in_range, rule
 from dm_tune.errors import UserError
 from dm_tune.reports._text import SCHEMA_VERSION
 
-_NUMBER = (int, float)
+# The file is JSON that recommend() computes with as it is: no coercion ("0.3" is not a number),
+# no NaN; keys beyond these are the report's and pass through.
+_JSON = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+
+Label = Annotated[str, rule(bool, "expected a non-empty string")]
+Range = Annotated[list[float], rule(lambda v: len(v) == 2 and v[0] <= v[1],
+                                    "expected a [low, high] pair of numbers")]
+
+
+class _Setting(BaseModel):
+    """What recommend() relies on in each setting."""
+
+    model_config = _JSON
+    noise: Label
+    imbalance: Label
+    num_classes: Annotated[int, in_range(2)]
+    noise_rate: Annotated[float, in_range(0, 1, hi_open=True)]
+    imbalance_ratio: Annotated[float, in_range(1)]
+    psi: Annotated[float, in_range(0, 1, hi_open=True)]
+    lam: Annotated[float, in_range(0)]
+    rho: float
+    beta: float
+    psi_range: Range
+    rho_range: Range
+    n_seeds: Annotated[int, in_range(1)]
+    vs_baselines: dict[str, Any]
+
+
+class _Guidelines(BaseModel):
+    model_config = _JSON
+    schema_version: Annotated[int, rule(lambda v: v == SCHEMA_VERSION, f"expected {SCHEMA_VERSION}")]
+    settings: list[_Setting]
+    rules: list[Any]
+    provenance: dict[str, Any]
 
 
 def default_guidelines_path() -> Path:
@@ -39,54 +73,9 @@ def load_guidelines(path: str | Path) -> dict[str, Any]:
 
 
 def validate_guidelines(doc: Any) -> str | None:
-    """The first schema problem in ``doc`` as a short phrase, or None when it is valid."""
-    if not isinstance(doc, dict):
-        return f"expected a JSON object at the top level, got {type(doc).__name__}"
-    version = doc.get("schema_version")
-    if version != SCHEMA_VERSION:
-        return f"schema_version must be {SCHEMA_VERSION}, got {version!r}"
-    for key, kind in (("settings", list), ("rules", list), ("provenance", dict)):
-        if not isinstance(doc.get(key), kind):
-            return f"'{key}' must be a JSON {'array' if kind is list else 'object'}"
-    for i, s in enumerate(doc["settings"]):
-        problem = _setting_problem(s)
-        if problem:
-            return f"settings[{i}]{problem}"
+    """The first schema problem in ``doc`` as one line naming the field, or None when it is valid."""
+    try:
+        _Guidelines.model_validate(doc)
+    except ValidationError as exc:
+        return str(config_error(exc, _Guidelines, doc, root="the top level"))
     return None
-
-
-def _setting_problem(s: Any) -> str | None:
-    if not isinstance(s, dict):
-        return " must be a JSON object"
-    for key, ok, expected in _SETTING_FIELDS:
-        if key not in s:
-            return f" is missing '{key}'"
-        if not ok(s[key]):
-            return f".{key} must be {expected}, got {s[key]!r}"
-    return None
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_range(v: Any) -> bool:
-    return isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v) and v[0] <= v[1]
-
-
-# What recommend() relies on in each setting: (key, check, what it must be).
-_SETTING_FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("noise", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    ("imbalance", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    ("num_classes", lambda v: _is_number(v) and v >= 2 and float(v).is_integer(), "an integer >= 2"),
-    ("noise_rate", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("imbalance_ratio", lambda v: _is_number(v) and v >= 1, "a number >= 1"),
-    ("psi", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("lam", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    ("rho", _is_number, "a number"),
-    ("beta", _is_number, "a number"),
-    ("psi_range", _is_range, "a [low, high] pair of numbers"),
-    ("rho_range", _is_range, "a [low, high] pair of numbers"),
-    ("n_seeds", lambda v: _is_number(v) and v >= 1, "a number >= 1"),
-    ("vs_baselines", lambda v: isinstance(v, dict), "an object"),
-)

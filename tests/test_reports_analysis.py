@@ -14,7 +14,8 @@ import pytest
 from dm_tune import mode_from_lambda, rho_from_beta
 from dm_tune.errors import UserError
 from dm_tune.reports import (analyse_setting, build_guidelines, compare_with_paper, default_guidelines_path, fit_line,
-                     lambda_beta_rule, load_guidelines, noise_rate_rules, recommend, status_counts)
+                     lambda_beta_rule, load_guidelines, noise_rate_rules, recommend, status_counts,
+                     validate_guidelines)
 from dm_tune.reports._guidelines import dumps
 from dm_tune.reports._load import tidy
 
@@ -218,27 +219,43 @@ def test_recommend_rejects_an_unknown_noise_type_on_the_command_line() -> None:
 
 
 @pytest.mark.parametrize("content, problem", [
-    ("{not json", "not valid JSON"),
-    ('{"schema_version": 2, "settings": [], "rules": [], "provenance": {}}', "schema_version must be 1"),
-    ('{"schema_version": 1, "settings": {}, "rules": [], "provenance": {}}', "'settings' must be a JSON array"),
-    ("SETTING_WITHOUT_PSI", "settings[0] is missing 'psi'"),
-    ("SETTING_WITH_BAD_RATE", "settings[0].noise_rate must be a number in [0, 1)"),
+    ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes at line 1"),
+    ("[1, 2]", ": the top level: [1, 2] is not allowed; expected a mapping of field: value"),
+    ('{"schema_version": 2, "settings": [], "rules": [], "provenance": {}}',
+     ": schema_version: 2 is not allowed; expected 1"),
+    ('{"schema_version": 1, "settings": {}, "rules": [], "provenance": {}}',
+     ": settings: {} is not allowed; expected a list"),
+    ('{"schema_version": 1, "settings": [], "rules": []}', ": provenance: missing; this field is required"),
 ])
 def test_malformed_guidelines_give_one_clear_line(tmp_path: Path, content: str, problem: str) -> None:
-    if content.startswith("SETTING"):
-        s = setting(0.2, 0.3)
-        if content == "SETTING_WITHOUT_PSI":
-            del s["psi"]
-        else:
-            s["noise_rate"] = 1.5
-        content = json.dumps(guidelines([s]))
     path = tmp_path / "g.json"
     path.write_text(content)
     with pytest.raises(UserError) as err:
         load_guidelines(path)
-    assert problem in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"guidelines file {path}") and str(err.value).endswith(problem)
+    assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="does not exist"):
         load_guidelines(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("change, problem", [
+    (dict(psi=None), "settings[0].psi: missing; this field is required"),
+    (dict(noise_rate=1.5), "settings[0].noise_rate: 1.5 is not allowed; expected a number in [0, 1)"),
+    (dict(noise_rate="0.2"), "settings[0].noise_rate: '0.2' is not allowed; expected a number"),  # no coercion
+    (dict(rho=math.nan), "settings[0].rho: nan is not allowed; expected a finite number"),
+    (dict(lam=True), "settings[0].lam: True is not allowed; expected a number"),
+    (dict(num_classes=1), "settings[0].num_classes: 1 is not allowed; expected an integer >= 2"),
+    (dict(num_classes=10.5), "settings[0].num_classes: 10.5 is not allowed; expected an integer"),
+    (dict(noise=""), "settings[0].noise: '' is not allowed; expected a non-empty string"),
+    (dict(psi_range=[0.5, 0.1]), "settings[0].psi_range: [0.5, 0.1] is not allowed; "
+                                 "expected a [low, high] pair of numbers"),
+    (dict(rho_range=[0.5, "x"]), "settings[0].rho_range[1]: 'x' is not allowed; expected a number"),
+    (dict(vs_baselines=[]), "settings[0].vs_baselines: [] is not allowed; expected a mapping"),
+])
+def test_bad_setting_fields_are_named_with_value_and_what_is_allowed(change: dict[str, Any], problem: str) -> None:
+    s = {k: v for k, v in (setting(0.2, 0.3) | change).items() if v is not None}  # None: the key left out
+    assert validate_guidelines(guidelines([s])) == problem
+    assert validate_guidelines(guidelines([setting(0.2, 0.3)])) is None
 
 
 def test_built_guidelines_round_trip_through_the_schema(tmp_path: Path) -> None:
