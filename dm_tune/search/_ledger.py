@@ -32,17 +32,19 @@ class Ledger:
         self.ended: dict[str, TrialOutcome] = {}
         self.checkpoints: dict[str, str] = {}
         self.experiments: list[str] = []              # Tune experiment names, in order
+        self._torn = False                            # the file ends in a torn line
         if path.exists():
             self._load()
 
     def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line: the event never happened
-                self._apply(event)
+        text = self.path.read_text(encoding="utf-8")
+        self._torn = bool(text) and not text.endswith("\n")
+        for line in text.splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line: the event never happened
+            self._apply(event)
 
     def _apply(self, event: dict[str, Any]) -> None:
         key = event["key"]
@@ -57,7 +59,8 @@ class Ledger:
 
     def _append(self, event: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(event, allow_nan=True, separators=(",", ":")) + "\n"
+        line = ("\n" if self._torn else "") + json.dumps(event, allow_nan=True, separators=(",", ":")) + "\n"
+        self._torn = False
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()

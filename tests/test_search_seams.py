@@ -1,0 +1,170 @@
+"""The search's seams: the trial contract, the ledger, the searcher over real Optuna storage, and
+what Ray's, MLflow's and Optuna's own tools read after the default study."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from collections import Counter
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dm_tune.search._ledger import Ledger
+from dm_tune.search._searcher import StagedSearcher, top_arms
+from dm_tune.search._trial import TrialOutcome, TrialSpec
+from dm_tune.search_spaces import BASELINES, get_space
+from tests.conftest import DM_TUNE
+
+SETTING = "digits-symmetric0.4-default"
+
+
+def _search_spec(number: int, psi: float = 0.5) -> TrialSpec:
+    return TrialSpec(SETTING, "search", 0, {"method": "dm", "lam": psi / (1 - psi), "beta": 8.0},
+                     number=number, knobs={"psi": psi, "rho": 2.0})
+
+
+def _outcome(val: float, status: str = "finished") -> TrialOutcome:
+    return TrialOutcome(status=status, epochs_reached=3, final_val_acc=val, final_test_acc=val - 0.01,
+                        history=({"epoch": 1, "val_acc": val},))
+
+
+def test_spec_and_outcome_round_trip_and_keys():
+    spec = _search_spec(4)
+    assert spec.key == f"{SETTING}/search/4"
+    assert TrialSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    fixed = TrialSpec(SETTING, "confirm", 2, {"method": "cce"}, arm="cce", baseline="cce")
+    assert fixed.key == f"{SETTING}/cce/seed2"
+    assert fixed.train_values({"dataset": "digits", "seed": 0}) == {"dataset": "digits", "method": "cce", "seed": 2}
+    out = _outcome(0.9)
+
+    def same(a: TrialOutcome, b: TrialOutcome) -> bool:  # NaN fields compare equal here
+        return json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+
+    assert same(TrialOutcome.from_dict(json.loads(json.dumps(out.to_dict()))), out)
+    assert same(TrialOutcome.from_report(out.to_report(), errored=False), out)
+    assert not same(TrialOutcome.from_report(out.to_report(), errored=True), out)
+
+
+def test_outcome_without_a_final_report_is_early_stopped_or_errored():
+    cut = TrialOutcome.from_report({"epoch": 2, "val_acc": 0.7, "test_acc": 0.6}, errored=False)
+    assert (cut.status, cut.epochs_reached, cut.final_val_acc) == ("early-stopped", 2, 0.7) and not cut.usable
+    assert TrialOutcome.from_report(None, errored=True).status == "errored"
+    crashed_after_final = TrialOutcome.from_report(_outcome(0.9).to_report(), errored=True)
+    assert crashed_after_final.status == "errored" and not crashed_after_final.usable
+
+
+def test_ledger_survives_a_torn_last_line_and_knows_what_is_unfinished(tmp_path):
+    path = tmp_path / "l.jsonl"
+    ledger = Ledger(path)
+    a, b = _search_spec(0), _search_spec(1)
+    ledger.start(a)
+    ledger.start(b)
+    ledger.checkpoint(b.key, "/ckpt/b")
+    assert ledger.end(a, _outcome(0.8)) and not ledger.end(a, _outcome(0.1))  # ended once
+    with open(path, "a") as f:
+        f.write('{"event": "end", "key": "' + b.key + '", "outc')  # the driver died mid-write
+    again = Ledger(path)
+    assert [s.key for s in again.unfinished()] == [b.key]
+    assert again.checkpoints[b.key] == "/ckpt/b"
+    assert again.ended[a.key].final_val_acc == 0.8
+    assert again.new_experiment() == "run-1" and Ledger(path).new_experiment() == "run-2"
+
+
+def test_top_arms_rank_finished_search_trials_only():
+    ended = [(_search_spec(0, 0.5), _outcome(0.90)), (_search_spec(1, 0.6), _outcome(0.95, "diverged")),
+             (_search_spec(2, 0.5), _outcome(0.93)), (_search_spec(3, 0.25), _outcome(0.91)),
+             (_search_spec(4, 0.7), _outcome(0.99, "early-stopped"))]
+    arms = top_arms(ended, 3)
+    assert [name for name, _ in arms] == ["dm-1", "dm-2"]  # psi 0.5 twice is one arm
+    assert arms[0][1]["lam"] == pytest.approx(1.0) and arms[1][1]["lam"] == pytest.approx(1 / 3)
+
+
+def _searcher(tmp_path, ledger: Ledger) -> StagedSearcher:
+    return StagedSearcher(
+        setting=SETTING, ledger=ledger, study_name="t",
+        optuna_storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"),
+        optuna_study="s", space=get_space("decoupled"), sampler=optuna.samplers.RandomSampler(seed=0),
+        num_samples=3, baselines={"cce": BASELINES["cce"]}, seeds=[0, 1], top_k=1,
+        warm_points=[{"psi": 0.5, "rho": 4.0}])
+
+
+def test_searcher_stages_and_resume_from_the_ledger(tmp_path):
+    ledger = Ledger(tmp_path / "l.jsonl")
+    searcher = _searcher(tmp_path, ledger)
+    configs = [searcher.suggest(f"t{i}") for i in range(5)]  # 3 search, then the baseline on 2 seeds
+    specs = [TrialSpec.from_dict(c["spec"]) for c in configs]
+    assert [s.stage for s in specs] == ["search"] * 3 + ["confirm"] * 2
+    assert specs[0].knobs == {"psi": 0.5, "rho": 4.0}  # the warm start comes first
+    assert searcher.suggest("t5") is None  # the confirmed arm waits for the search
+    searcher.on_trial_complete("t0", _outcome(0.9).to_report())
+    searcher.on_trial_complete("t3", _outcome(0.8).to_report())
+
+    # The driver dies here. A new searcher over the same ledger and Optuna study:
+    resumed = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"))
+    again = [TrialSpec.from_dict(resumed.suggest(f"r{i}")["spec"]) for i in range(3)]
+    assert [s.key for s in again] == [specs[1].key, specs[2].key, specs[4].key]  # unfinished ones
+    assert resumed.suggest("r3") is None
+    resumed.on_trial_complete("r0", _outcome(0.95).to_report())
+    resumed.on_trial_complete("r1", None, error=True)
+    resumed.on_trial_complete("r2", _outcome(0.85).to_report())
+    confirm = [TrialSpec.from_dict(resumed.suggest(f"c{i}")["spec"]) for i in range(2)]
+    assert [(s.arm, s.seed) for s in confirm] == [("dm-1", 0), ("dm-1", 1)]
+    assert confirm[0].overrides == specs[1].overrides  # the best finished search trial (0.95)
+    assert resumed.suggest("c2") == resumed.FINISHED and not resumed.done()
+    resumed.on_trial_complete("c0", _outcome(0.9).to_report())
+    resumed.on_trial_complete("c1", _outcome(0.9).to_report())
+    assert resumed.done()
+
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    states = Counter(t.state for t in trials)
+    assert states == {optuna.trial.TrialState.COMPLETE: 2, optuna.trial.TrialState.FAIL: 1}
+    assert trials[0].user_attrs["status"] == "finished" and trials[1].value == pytest.approx(0.95)
+    resumed.tell(specs[1], _outcome(0.1))  # a second tell (a reconcile) changes nothing
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[1].value == 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_default_study_is_readable_by_ray_mlflow_and_optuna_tools(tmp_path):
+    """`dm-tune search` with no arguments, then each store read by its own library's tools."""
+    import ray
+    from ray import tune
+
+    from dm_tune.trainables import dm_trainable
+
+    ws = tmp_path / "ws"
+    proc = subprocess.run([DM_TUNE, "search", "--workspace", str(ws), "--quiet"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stderr
+    n_trials = 30 + (3 + 8) * 3
+
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("default").experiment_id], max_results=1000)
+    assert Counter(r.info.status for r in runs) == {"FINISHED": n_trials + 1}  # no run left RUNNING
+    assert Counter(r.data.tags["dmtune.role"] for r in runs) == {"trial": n_trials, "setting": 1}
+    gce = next(r for r in runs if r.data.tags.get("dmtune.baseline") == "gce")
+    sl = next(r for r in runs if r.data.tags.get("dmtune.baseline") == "sl")
+    assert float(gce.data.params["gce_q"]) == 0.7 and "lam" not in gce.data.params
+    assert {"sl_mu", "sl_nu"} <= set(sl.data.params) and "gce_q" not in sl.data.params
+
+    (experiment,) = (ws / "ray" / "default").glob("*/run-*")
+    df = tune.ExperimentAnalysis(str(experiment)).dataframe()
+    assert len(df) == n_trials
+    assert df["final_val_acc"].notna().all() and df["final_test_acc"].notna().all()
+    assert set(df["status"]) == {"finished"}
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        results = tune.Tuner.restore(str(experiment), trainable=dm_trainable).get_results()
+    finally:
+        ray.shutdown()
+    assert len(results) == n_trials and results.num_errors == 0
+    assert all(math.isfinite(r.metrics["final_test_acc"]) for r in results)
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert Counter(t.state for t in trials) == {optuna.trial.TrialState.COMPLETE: 30}
