@@ -38,6 +38,14 @@ class ConfigError(ValueError):
         given = "missing" if value is dataclasses.MISSING else f"{_short_repr(value)} is not allowed"
         super().__init__(f"{field}: {given}; {allowed}")
 
+    def __reduce__(self):  # picklable, so that Ray can carry one out of a trial
+        missing = self.value is dataclasses.MISSING
+        return (_config_error, (self.field, None if missing else self.value, self.allowed, missing))
+
+
+def _config_error(field: str, value: Any, allowed: str, missing: bool) -> ConfigError:
+    return ConfigError(field, dataclasses.MISSING if missing else value, allowed)
+
 
 def _short_repr(value: Any, limit: int = 80) -> str:
     text = repr(value)

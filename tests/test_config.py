@@ -225,3 +225,15 @@ def test_round_trip_through_dict_and_json():
     assert TrainConfig.from_dict(json.loads(json.dumps(d))) == cfg
     resolved = cfg.resolve({"epochs": 3}, "cnn", "signal")
     assert TrainConfig.from_dict(resolved.to_dict()) == resolved
+
+
+def test_config_errors_pickle_with_their_message():
+    import dataclasses
+    import pickle
+
+    from dm_tune._validate import ConfigError
+
+    for value in (1.5, dataclasses.MISSING):
+        e = ConfigError("noise_rate", value, "expected a number in [0.0, 1.0)")
+        again = pickle.loads(pickle.dumps(e))
+        assert str(again) == str(e) and (again.field, again.allowed) == (e.field, e.allowed)

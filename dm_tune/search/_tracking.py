@@ -115,6 +115,8 @@ class MLflowTracker(tune.Callback):
         self._runs: dict[str, str] = {}            # trial key -> run id
         self._steps: dict[str, set[int]] = {}      # run id -> epochs logged
         self._closed: set[str] = set()             # trial keys whose run was closed here
+        # Only trials that started before this process can have a run already.
+        self._earlier = set(ledger.started)
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self.failures = 0
@@ -181,7 +183,7 @@ class MLflowTracker(tune.Callback):
         if spec.key in self._runs:
             return self._runs[spec.key]
         client = _client(self.uri)
-        found = find_runs(self.uri, self.exp_id, {"dmtune.trial_key": spec.key}, 1)
+        found = find_runs(self.uri, self.exp_id, {"dmtune.trial_key": spec.key}, 1) if spec.key in self._earlier else []
         if found:  # a trial handed out again after an interruption: continue its run
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING" and spec.key not in self.ledger.ended:
