@@ -1,0 +1,155 @@
+"""Every training method of ``METHODS`` on a population's logits ``[K, B, C]`` in one call.
+
+Member k's gradient is what its own loss module (dm_tune.methods) would inject for logits[k]:
+all methods push the logits along ``probs - onehot(y)`` and differ only in the per-example
+scalar in front of it (DM_METHOD.md section 2), so one set of tensor operations with per-member
+knobs ([K, 1] tensors) covers them all:
+
+- ``dm``: share = softmax over the batch of beta p^lam (1-p); scale = share / (2(1-p) + eps);
+- ``-dn`` forms: share = w / sum(w) with the loss's own weight w = 2(1-p) m(p); same scale;
+- plain losses: scale = m(p) / B (autograd's gradient of the batch-mean loss);
+
+with every multiplier written as m(p) = a + b p^q (1-p)^r and every loss value as
+alpha (-log p) + gamma (1 - p^q) / q + delta (1-p)^2. The single-run modules stay the
+reference; tests/test_population_losses.py checks every method against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dm_tune._weighting import CCE_WEIGHT_EPS, _compute_dtype
+
+DM, PLAIN, NORMALISED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class MemberLoss:
+    """One member's method as numbers: its kind and the coefficients described above."""
+
+    kind: int                 # DM, PLAIN or NORMALISED
+    lam: float = 0.0          # DM
+    beta: float = 0.0
+    a: float = 0.0            # multiplier m(p) = a + b p^q (1-p)^r
+    b: float = 0.0
+    q: float = 1.0
+    r: float = 0.0
+    alpha: float = 0.0        # value alpha (-log p) + gamma (1 - p^q) / q + delta (1-p)^2
+    gamma: float = 0.0
+    delta: float = 0.0
+
+
+def _scheme(kind: int, **coefficients: float) -> MemberLoss:
+    return MemberLoss(kind, **coefficients)
+
+
+def _pair(name: str, coefficients: Any) -> dict[str, Any]:
+    """A loss and its "-dn" form (same coefficients, normalised)."""
+    return {name: lambda c: _scheme(PLAIN, **coefficients(c)),
+            f"{name}-dn": lambda c: _scheme(NORMALISED, **coefficients(c))}
+
+
+# method name -> member loss, one line per method of dm_tune.methods.METHODS (a test checks that
+# the two tables name the same methods). The coefficients mirror _weighting's multipliers.
+MEMBER_LOSSES: dict[str, Any] = {
+    "dm": lambda c: MemberLoss(DM, lam=float(c.lam), beta=float(c.beta)),
+    **_pair("cce", coefficients=lambda c: {"a": 1.0, "alpha": 1.0}),
+    **_pair("gce", coefficients=lambda c: {"b": 1.0, "q": float(c.gce_q), "gamma": 1.0}),
+    **_pair("mae", coefficients=lambda c: {"b": 1.0, "gamma": 1.0}),
+    **_pair("mse", coefficients=lambda c: {"b": 2.0, "r": 1.0, "delta": 1.0}),
+    "sl": lambda c: _scheme(PLAIN, a=float(c.sl_mu), b=-float(c.sl_nu) * float(c.sl_log_clip),
+                            alpha=float(c.sl_mu), gamma=-float(c.sl_nu) * float(c.sl_log_clip)),
+}
+
+
+def member_loss(config: Any) -> MemberLoss:
+    """The member loss of ``config.method`` (KeyError for a method without a population form)."""
+    return MEMBER_LOSSES[config.method](config)
+
+
+def population_loss_parts(
+    logits: torch.Tensor, targets: torch.Tensor, knobs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logit gradient [K, B, C], shares [K, B], display losses [K]) for every member at once.
+
+    ``knobs`` holds one [K, 1] tensor per MemberLoss field, in the dtype the logits are computed
+    in: at least float32, like the single-run losses (see PopulationLoss.knobs).
+    """
+    logits = logits.to(_compute_dtype(logits))
+    batch = logits.shape[1]
+    logprobs = torch.log_softmax(logits, dim=2)
+    index = targets.long().unsqueeze(2)
+    logp = logprobs.gather(2, index).squeeze(2)       # [K, B]
+    probs = logprobs.exp_()
+    p = probs.gather(2, index).squeeze(2)
+    p_minus_1 = torch.expm1(logp)                     # exact near p = 1
+    one_minus_p = -p_minus_1
+    # DM members: a softmax over the batch of the log-weights (cannot overflow for any beta).
+    share_dm = torch.softmax(torch.pow(p, knobs["lam"]).mul_(-knobs["beta"]).mul_(p_minus_1), dim=1)
+    # The other members: their multiplier m(p) and weight 2 (1-p) m(p).
+    m = (knobs["b"] * torch.pow(p, knobs["q"])).mul_(torch.pow(one_minus_p, knobs["r"])).add_(knobs["a"])
+    weight = 2.0 * one_minus_p * m
+    share_s = weight / weight.sum(1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    is_dm, plain = knobs["kind"] == DM, knobs["kind"] == PLAIN
+    share = torch.where(is_dm, share_dm, share_s)
+    scale = torch.where(plain, m / batch, share / torch.rsub(p_minus_1, CCE_WEIGHT_EPS, alpha=2.0))
+    grad = probs.scatter_(2, index, p_minus_1.unsqueeze(2)).mul_(scale.unsqueeze(2))
+    value = (knobs["alpha"] * -logp
+             + knobs["gamma"] * -torch.expm1(knobs["q"] * logp) / knobs["q"]
+             + knobs["delta"] * one_minus_p.square())
+    display = torch.where(plain.squeeze(1), value.mean(1), -(share * logp).sum(1))
+    return grad, share, display
+
+
+class _InjectPopulationGrad(torch.autograd.Function):
+    """value = the members' display losses [K]; d value_k / d logits[k] = member k's gradient."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, loss: "PopulationLoss"):  # type: ignore[override]
+        grad, share, display = population_loss_parts(logits, targets, loss.knobs(_compute_dtype(logits)))
+        loss.last_shares = share
+        ctx.save_for_backward(grad)
+        ctx.logits_dtype = logits.dtype
+        return display
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_output.view(-1, 1, 1)).to(ctx.logits_dtype), None, None
+
+
+class PopulationLoss(nn.Module):
+    """The members' losses: forward returns the display losses [K]; ``.sum().backward()`` puts
+    each member's own logit gradient into its slice of the logits' gradient."""
+
+    last_shares: torch.Tensor | None
+
+    def __init__(self, members: list[MemberLoss]) -> None:
+        super().__init__()
+        for name in MemberLoss.__dataclass_fields__:
+            values = [float(getattr(m, name)) for m in members]
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float64).view(-1, 1), persistent=False)
+        self.last_shares = None
+        self._cast: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
+
+    def knobs(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The knobs in the dtype the logits are computed in (kept in float64, cast once)."""
+        key = (dtype, self.kind.device)
+        if key not in self._cast:
+            self._cast[key] = {name: getattr(self, name).to(dtype) for name in MemberLoss.__dataclass_fields__}
+        return self._cast[key]
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.dim() != 3 or logits.shape[0] != self.kind.shape[0] or logits.shape[2] < 2:
+            raise ValueError(f"logits must have shape [{self.kind.shape[0]}, batch, classes>=2], "
+                             f"got {tuple(logits.shape)}")
+        if logits.requires_grad and torch.is_grad_enabled():
+            return _InjectPopulationGrad.apply(logits, targets, self)
+        with torch.no_grad():
+            _, share, display = population_loss_parts(logits, targets, self.knobs(_compute_dtype(logits)))
+        self.last_shares = share
+        return display

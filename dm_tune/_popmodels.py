@@ -1,0 +1,246 @@
+"""Population models: K members of one architecture, parameters stacked, one forward for all.
+
+``PopulationModel(members)`` takes K models built by ``dm_tune.models.build_model`` (so each
+member starts from exactly the initialisation its own run would have) and keeps every entry of
+their state dicts stacked along a new leading dimension of size K, under the single model's
+key. Inputs are ``[K, B, ...]`` (member k's batch in row k), logits ``[K, B, classes]``.
+BatchNorm statistics, running and per batch, are per member.
+
+How each layer runs for all members at once (measured against the alternatives on the 2-core
+CPU: BENCHMARKS.md, "Population trials"):
+
+- Linear: one ``baddbmm`` ([K, B, in] x [K, in, out]);
+- Conv1d (the MNIST-1D CNN): im2col + ``baddbmm`` in a [K, C, L, B] layout, so BatchNorm is one
+  call over K*C channels and max-pooling a reduction over a view;
+- Conv2d (the CIFAR ResNets): a grouped convolution (groups = K) in a [B, K*C, H, W] layout.
+
+A model is supported when its class is in ``SEQUENTIAL_LAYERS`` (``nn.Sequential`` models made of
+the listed layers: ``mlp``, ``imdb-mlp``, the 1-D ``cnn``) or is ``CifarResNet``;
+``unsupported_reason`` says why another is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dm_tune.models import CifarResNet, _BasicBlock
+
+# nn.Sequential layers the population forward knows, each with the layout it takes.
+SEQUENTIAL_LAYERS = (nn.Flatten, nn.Unflatten, nn.Linear, nn.ReLU, nn.Conv1d, nn.BatchNorm1d,
+                     nn.MaxPool1d, nn.AdaptiveAvgPool1d)
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """None if a population of this model can be trained at once, else why not."""
+    if isinstance(model, CifarResNet):
+        return None
+    if not isinstance(model, nn.Sequential):
+        return f"{type(model).__name__} has no population form (supported: mlp, imdb-mlp, 1-D cnn, resnet20/32/44/56)"
+    for layer in model:
+        if not isinstance(layer, SEQUENTIAL_LAYERS):
+            return f"layer {type(layer).__name__} has no population form"
+        if isinstance(layer, nn.Conv1d) and (layer.stride != (1,) or layer.dilation != (1,) or layer.groups != 1
+                                             or not isinstance(layer.padding, tuple)):
+            return "only stride-1, undilated, ungrouped Conv1d layers have a population form"
+        if isinstance(layer, nn.MaxPool1d) and (layer.kernel_size not in (2, (2,)) or layer.stride not in (2, (2,))
+                                                or layer.padding not in (0, (0,))):
+            return "only MaxPool1d(2) has a population form"
+        if isinstance(layer, nn.AdaptiveAvgPool1d) and layer.output_size not in (1, (1,)):
+            return "only AdaptiveAvgPool1d(1) has a population form"
+        if isinstance(layer, nn.BatchNorm1d) and (not layer.track_running_stats or layer.momentum is None):
+            return "BatchNorm1d needs running statistics with a momentum"
+    return None
+
+
+class PopulationModel(nn.Module):
+    """K members' parameters and buffers, stacked; ``forward([K, B, ...]) -> [K, B, classes]``."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        reason = unsupported_reason(members[0])
+        if reason is not None:
+            raise ValueError(reason)
+        self.size = len(members)
+        self._names: dict[str, str] = {}  # the single model's state-dict key -> attribute name
+        states = [m.state_dict() for m in members]
+        trainable = dict(members[0].named_parameters())
+        for key in states[0]:
+            name = "m_" + key.replace(".", "_")
+            stacked = torch.stack([s[key].detach() for s in states]).clone()
+            if key in trainable:
+                self.register_parameter(name, nn.Parameter(stacked))
+            else:
+                self.register_buffer(name, stacked)
+            self._names[key] = name
+        template = members[0]
+        self._forward = _resnet_forward(template) if isinstance(template, CifarResNet) else _sequential_forward(template)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def named_member_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(single model's key, stacked parameter) pairs."""
+        return [(key, p) for key in self._names if isinstance(p := self.get(key), nn.Parameter)]
+
+    def get(self, key: str) -> torch.Tensor:
+        """The stacked tensor [K, ...] of the single model's entry ``key``."""
+        return getattr(self, self._names[key])
+
+    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's state in the single model's format (``build_model(...).load_state_dict`` takes it)."""
+        return {key: self.get(key)[k].detach().clone() for key in self._names}
+
+    @torch.no_grad()
+    def load_member_state_dict(self, k: int, state: dict[str, torch.Tensor]) -> None:
+        for key in self._names:
+            self.get(key)[k].copy_(state[key])
+
+    @torch.no_grad()
+    def finite_members(self) -> torch.Tensor:
+        """bool [K]: whether every parameter of member k is finite."""
+        ok = torch.ones(self.size, dtype=torch.bool, device=self.get(self.keys()[0]).device)
+        for p in self.parameters():
+            ok &= torch.isfinite(p).flatten(1).all(1)
+        return ok
+
+    @torch.no_grad()
+    def zero_member(self, k: int) -> None:
+        """Member k's parameters and statistics set to 0 (a frozen member then computes finite values)."""
+        for key in self._names:
+            self.get(key)[k].zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(self, x)
+
+
+# --- nn.Sequential models (mlp, imdb-mlp, the 1-D cnn) -----------------------------------------
+# Activations are [K, B, D] ("flat") until an Unflatten turns them into [K, C, L, B] ("signal":
+# batch innermost, so a channel's values over the batch are one contiguous row).
+
+Step = Callable[[PopulationModel, torch.Tensor], torch.Tensor]
+
+
+def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, torch.Tensor], torch.Tensor]:
+    steps = [_step(f"{i}.", layer) for i, layer in enumerate(template)]
+
+    def forward(model: PopulationModel, x: torch.Tensor) -> torch.Tensor:
+        for step in steps:
+            x = step(model, x)
+        return x
+
+    return forward
+
+
+def _step(prefix: str, layer: nn.Module) -> Step:
+    if isinstance(layer, nn.Flatten):
+        return lambda m, x: x if x.dim() == 3 else x.reshape(x.shape[0], x.shape[1], -1)
+    if isinstance(layer, nn.Unflatten):  # [K, B, L] -> [K, 1, L, B]
+        return lambda m, x: x.transpose(1, 2).unsqueeze(1)
+    if isinstance(layer, nn.ReLU):
+        return lambda m, x: F.relu(x)
+    if isinstance(layer, nn.Linear):
+        has_bias = layer.bias is not None
+
+        def linear(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
+            w = m.get(prefix + "weight").transpose(1, 2)
+            if has_bias:
+                return torch.baddbmm(m.get(prefix + "bias").unsqueeze(1), x, w)
+            return torch.bmm(x, w)
+
+        return linear
+    if isinstance(layer, nn.Conv1d):
+        return _conv1d(prefix, layer.kernel_size[0], layer.padding[0], layer.bias is not None)  # type: ignore[index]
+    if isinstance(layer, nn.BatchNorm1d):
+        return _batch_norm(prefix, layer.momentum, layer.eps, layer.affine)  # type: ignore[arg-type]
+    if isinstance(layer, nn.MaxPool1d):
+        return _max_pool_2
+    if isinstance(layer, nn.AdaptiveAvgPool1d):  # [K, C, L, B] -> [K, B, C]
+        return lambda m, x: x.mean(2).transpose(1, 2)
+    raise ValueError(f"layer {type(layer).__name__} has no population form")
+
+
+def _conv1d(prefix: str, kernel: int, padding: int, has_bias: bool) -> Step:
+    """Conv1d on [K, C, L, B] as im2col + one batched matrix product per member."""
+
+    def conv(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
+        k, cin, length, batch = x.shape
+        padded = F.pad(x, (0, 0, padding, padding))
+        out_len = length + 2 * padding - kernel + 1
+        # cols[k, c * kernel + t, l * B + b] = padded[k, c, l + t, b]: the weight's own layout.
+        cols = torch.stack([padded[:, :, t:t + out_len] for t in range(kernel)], 2)
+        cols = cols.view(k, cin * kernel, out_len * batch)
+        w = m.get(prefix + "weight")
+        w = w.reshape(k, w.shape[1], cin * kernel)
+        if has_bias:
+            out = torch.baddbmm(m.get(prefix + "bias").unsqueeze(2), w, cols)
+        else:
+            out = torch.bmm(w, cols)
+        return out.view(k, w.shape[1], out_len, batch)
+
+    return conv
+
+
+def _batch_norm(prefix: str, momentum: float, eps: float, affine: bool) -> Step:
+    """BatchNorm over [K, C, ...] (channels in dim 1, per member): one call over K*C channels."""
+
+    def bn(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
+        k, c = x.shape[:2]
+        if m.training:
+            m.get(prefix + "num_batches_tracked").add_(1)
+        w = m.get(prefix + "weight").view(-1) if affine else None
+        b = m.get(prefix + "bias").view(-1) if affine else None
+        out = F.batch_norm(x.reshape(1, k * c, -1), m.get(prefix + "running_mean").view(-1),
+                           m.get(prefix + "running_var").view(-1), w, b, m.training, momentum, eps)
+        return out.view(x.shape)
+
+    return bn
+
+
+def _max_pool_2(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
+    """MaxPool1d(2) along L of [K, C, L, B]: the max of each pair, gradient to the first maximum."""
+    k, c, length, batch = x.shape
+    half = length // 2
+    return x[:, :, :2 * half].reshape(k, c, half, 2, batch).max(3)[0]
+
+
+# --- CIFAR ResNets: grouped convolutions in a [B, K*C, H, W] layout ----------------------------
+
+
+def _resnet_forward(template: CifarResNet) -> Callable[[PopulationModel, torch.Tensor], torch.Tensor]:
+    blocks = [(f"blocks.{i}.", block.stride, block.pad) for i, block in enumerate(template.blocks)
+              if isinstance(block, _BasicBlock)]
+    stem_bn = template.stem[1]
+
+    def conv(m: PopulationModel, key: str, x: torch.Tensor, stride: int) -> torch.Tensor:
+        w = m.get(key)  # [K, out, in, 3, 3]
+        return F.conv2d(x, w.reshape(-1, *w.shape[2:]), None, stride, 1, groups=m.size)
+
+    def bn(m: PopulationModel, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        if m.training:
+            m.get(prefix + "num_batches_tracked").add_(1)
+        return F.batch_norm(x, m.get(prefix + "running_mean").view(-1), m.get(prefix + "running_var").view(-1),
+                            m.get(prefix + "weight").view(-1), m.get(prefix + "bias").view(-1),
+                            m.training, stem_bn.momentum, stem_bn.eps)
+
+    def forward(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
+        k, batch = x.shape[:2]
+        x = x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])  # [B, K*C, H, W]
+        x = F.relu(bn(m, "stem.1.", conv(m, "stem.0.weight", x, 1)))
+        for prefix, stride, pad in blocks:
+            out = F.relu(bn(m, prefix + "bn1.", conv(m, prefix + "conv1.weight", x, stride)))
+            out = bn(m, prefix + "bn2.", conv(m, prefix + "conv2.weight", out, 1))
+            short = x
+            if stride != 1 or pad:
+                short = x[:, :, ::stride, ::stride]
+                b, _, h, w = short.shape
+                short = F.pad(short.reshape(b, k, -1, h, w), (0, 0, 0, 0, pad // 2, pad - pad // 2))
+                short = short.reshape(b, -1, h, w)
+            x = F.relu(out + short)
+        pooled = x.mean((2, 3)).view(batch, k, -1).transpose(0, 1)  # [K, B, 64]
+        return torch.baddbmm(m.get("fc.bias").unsqueeze(1), pooled, m.get("fc.weight").transpose(1, 2))
+
+    return forward

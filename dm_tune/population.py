@@ -1,0 +1,407 @@
+"""Population trials: K training configurations of one dataset and architecture in one loop.
+
+``train_population(configs, datas, report, resume) -> list[TrainResult]`` trains member k on
+``datas[k]`` exactly as ``train(configs[k], datas[k])`` would (same initialisation, batch order,
+augmentation, method, optimiser and schedule), but all members step together: their parameters
+are stacked (dm_tune._popmodels), their losses computed in one call (dm_tune._poplosses) and
+their updates applied in one pass (dm_tune._popoptim). ``train()`` stays the reference; the
+tests check a member's trajectory against it.
+
+Shared by the members of one population: the dataset and its test split, the model
+architecture, batch size, epochs, optimiser kind, device and precision (``SHARED_FIELDS``).
+Per member: everything else (method and its knobs, seed and data seed, so the noise draw,
+validation split, initialisation and batch order; learning rate, weight decay, momentum and
+schedule). ``plan_populations`` splits any list of configurations into populations.
+
+Members fail alone: a member whose loss or weights become NaN/inf is recorded as
+``diverged`` and frozen (its parameters zeroed, its learning rate 0); the others go on.
+
+``report(metrics, snapshot)`` is called after every epoch with ``{member index: that epoch's
+metrics}`` for the members that trained in it, and a zero-argument function returning the
+population's state (see ``snapshot`` in train_population: one entry per member, in the single
+model's state-dict format); ``train_population(..., resume=state)`` continues every unfinished
+member from it. A member's ``epoch_time_s`` is its share of the population's epoch (wall time /
+members trained), so summing over members gives the wall time; ``population_epoch_time_s`` and
+``population_size`` are in its history too.
+
+Models without a population form (``dm_tune._popmodels.unsupported_reason``), on-disk data and
+fp16 mixed precision (which needs a loss scaler per member) run one member at a time through
+``train()``; a population of one member always does.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dm_tune._poplosses import MEMBER_LOSSES, PopulationLoss, member_loss
+from dm_tune._popmodels import PopulationModel, unsupported_reason
+from dm_tune._popoptim import PopulationOptimizer
+from dm_tune.config import TrainConfig
+from dm_tune.data import Data
+from dm_tune.models import ModelSpec, build_model
+from dm_tune.train import (EVAL_BATCH, TrainResult, _amp_dtype, _autocast, _crop_flip, _lr_factor, _result,
+                           select_device, train)
+
+PopulationReport = Callable[[dict[int, dict[str, float]], Callable[[], dict[str, Any]]], None]
+
+# Fields every member of one population shares (the resolved config's); all others may differ.
+SHARED_FIELDS = ("dataset", "data_root", "dataset_options", "model", "hidden_dim", "pretrained", "optimizer",
+                 "epochs", "batch_size", "augment", "device", "amp")
+
+SNAPSHOT_FORMAT = "dm-tune-population/1"
+
+
+def _resolved(config: TrainConfig, data: Data) -> TrainConfig:
+    return config.resolve(data.defaults, data.default_model, data.input_kind)
+
+
+def population_key(config: TrainConfig, data: Data) -> tuple[Any, ...]:
+    """Members with equal keys can share a population."""
+    c = _resolved(config, data)
+    return tuple(repr(getattr(c, f)) for f in SHARED_FIELDS) + (
+        data.input_shape, data.num_classes, len(data.train), len(data.val), len(data.test))
+
+
+def solo_reason(config: TrainConfig, data: Data) -> str | None:
+    """Why this configuration must train alone (through train()), or None if it can join a population."""
+    c = _resolved(config, data)
+    if not (data.train.in_memory and data.val.in_memory and data.test.in_memory):
+        return f"dataset {c.dataset!r} is read from disk (populations need in-memory data)"
+    if c.method not in MEMBER_LOSSES:
+        return f"method {c.method!r} has no population form"
+    device = select_device(c.device)
+    if _amp_dtype(c, device) == torch.float16:
+        return "fp16 mixed precision needs a loss scaler per member (use --amp bf16 or off)"
+    spec = _spec(c, data)
+    with torch.random.fork_rng(devices=[]):
+        return unsupported_reason(build_model(c.model, spec))
+
+
+def plan_populations(configs: Sequence[TrainConfig], datas: Sequence[Data], size: int) -> list[list[int]]:
+    """Member indices grouped into populations of at most ``size`` compatible members, in order;
+    members that must train alone (``solo_reason``) get populations of their own."""
+    if size < 1:
+        raise ValueError(f"population size must be >= 1, got {size}")
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    plan: list[list[int]] = []
+    for i, (config, data) in enumerate(zip(configs, datas)):
+        if size == 1 or solo_reason(config, data) is not None:
+            plan.append([i])
+            continue
+        group = groups.setdefault(population_key(config, data), [])
+        if not group:
+            plan.append(group)
+        group.append(i)
+        if len(group) == size:
+            del groups[population_key(config, data)]
+    return plan
+
+
+def train_population(configs: Sequence[TrainConfig], datas: Sequence[Data],
+                     report: PopulationReport | None = None,
+                     resume: dict[str, Any] | None = None) -> list[TrainResult]:
+    """Train every member ``configs[k]`` on ``datas[k]``; one TrainResult per member, in order."""
+    if len(configs) != len(datas) or not configs:
+        raise ValueError(f"need one data per config and at least one member, got {len(configs)} and {len(datas)}")
+    reasons = [solo_reason(c, d) for c, d in zip(configs, datas)]
+    if len(configs) == 1 or any(reasons):
+        reason = next((r for r in reasons if r), None)
+        if reason and len(configs) > 1:
+            print(f"dm-tune: population of {len(configs)} runs one member at a time (K = 1): {reason}",
+                  file=sys.stderr)
+        return _train_one_by_one(configs, datas, report, resume)
+    keys = [population_key(c, d) for c, d in zip(configs, datas)]
+    if len(set(keys)) > 1:
+        field = _first_difference(configs, datas)
+        raise ValueError(f"members of one population must share {field!r} (see plan_populations)")
+    return _train_together([_resolved(c, d) for c, d in zip(configs, datas)], list(datas), report, resume)
+
+
+def _first_difference(configs: Sequence[TrainConfig], datas: Sequence[Data]) -> str:
+    resolved = [_resolved(c, d) for c, d in zip(configs, datas)]
+    for f in SHARED_FIELDS:
+        if len({repr(getattr(c, f)) for c in resolved}) > 1:
+            return f
+    return "data shapes and split sizes"
+
+
+def _spec(config: TrainConfig, data: Data) -> ModelSpec:
+    return ModelSpec(data.input_shape, data.input_kind, data.num_classes, config.hidden_dim,
+                     config.pretrained, data.vocab_size)
+
+
+# --- one member at a time: train() itself ------------------------------------------------------
+
+
+def _train_one_by_one(configs: Sequence[TrainConfig], datas: Sequence[Data], report: PopulationReport | None,
+                      resume: dict[str, Any] | None) -> list[TrainResult]:
+    """Each member through train(); the snapshot holds the finished results and the current run."""
+    done: list[dict[str, Any]] = list(resume["done"]) if resume else []
+    results = [TrainResult(**d) for d in done]
+    for k in range(len(results), len(configs)):
+        current = resume["current"] if resume and k == len(done) else None
+
+        def member_report(metrics: dict[str, float], snap: Callable[[], dict[str, Any]], k: int = k) -> None:
+            if report is not None:
+                report({k: metrics}, lambda: {"format": SNAPSHOT_FORMAT, "kind": "one-by-one",
+                                              "done": list(done), "current": snap()})
+
+        result = train(configs[k], datas[k], member_report, current)
+        results.append(result)
+        done.append(_result_fields(result))
+    return results
+
+
+def _result_fields(result: TrainResult) -> dict[str, Any]:
+    return {name: getattr(result, name) for name in TrainResult.__dataclass_fields__}
+
+
+# --- all members at once -----------------------------------------------------------------------
+
+
+class _PopulationInputs:
+    """Stored inputs -> model inputs for [K, B, ...] batches (uint8 -> floats, normalisation,
+    each member's augmentation from its own generator, as train()'s _Inputs does per run)."""
+
+    def __init__(self, data: Data, device: torch.device, augment: bool, gens: list[torch.Generator]) -> None:
+        self.device, self.gens = device, gens
+        self.augment = augment and data.input_kind == "image"
+        self.mean = self.std = None
+        if data.normalise is not None:
+            shape = (1, 1, -1, 1, 1)
+            self.mean = torch.tensor(data.normalise[0], device=device).view(shape)
+            self.std = torch.tensor(data.normalise[1], device=device).view(shape)
+
+    def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        if train and self.augment:
+            x = torch.stack([_crop_flip(x[k], gen) for k, gen in enumerate(self.gens)])
+        return x
+
+
+@torch.no_grad()
+def _evaluate(model: PopulationModel, inputs: torch.Tensor, labels: torch.Tensor, prep: _PopulationInputs,
+              amp: torch.dtype | None, chunk: int) -> list[float]:
+    """Accuracy of every member; ``inputs`` [K, n, ...] per member, or [n, ...] shared by all."""
+    shared = labels.dim() == 1
+    n = labels.shape[-1]
+    if n == 0:
+        return [math.nan] * model.size
+    model.eval()
+    correct = torch.zeros(model.size, dtype=torch.long, device=prep.device)
+    labels = labels.to(prep.device)
+    with _autocast(prep.device, amp):
+        for start in range(0, n, chunk):
+            if shared:
+                x = inputs[start:start + chunk]
+                x = x.unsqueeze(0).expand(model.size, *x.shape)
+                y = labels[start:start + chunk].unsqueeze(0)
+            else:
+                x, y = inputs[:, start:start + chunk], labels[:, start:start + chunk]
+            correct += (model(prep(x, train=False)).argmax(2) == y).sum(1)
+    return (correct.double() / n).tolist()
+
+
+def _stack(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Stacked [K, ...] on the device; members sharing a Data share nothing more than a copy."""
+    return torch.stack(tensors).to(device)
+
+
+def _train_together(configs: list[TrainConfig], datas: list[Data], report: PopulationReport | None,
+                    resume: dict[str, Any] | None) -> list[TrainResult]:
+    first, data0 = configs[0], datas[0]
+    size = len(configs)
+    device = select_device(first.device)
+    amp = _amp_dtype(first, device)
+
+    # Each member is built exactly as its own train() run builds it: seeded, then the model.
+    members = []
+    for c, d in zip(configs, datas):
+        torch.manual_seed(c.seed)
+        random.seed(c.seed)
+        np.random.seed(c.seed % 2**32)
+        members.append(build_model(c.model, _spec(c, d)))
+    gens = [torch.Generator(device="cpu").manual_seed(c.seed) for c in configs]
+    model = PopulationModel(members).to(device)
+    del members
+    loss_fn = PopulationLoss([member_loss(c) for c in configs]).to(device)
+    opt = PopulationOptimizer(model.named_member_parameters(), str(first.optimizer),
+                              [float(c.weight_decay) for c in configs], [c.momentum for c in configs])
+    prep = _PopulationInputs(data0, device, bool(first.augment), gens)
+
+    # The members' data, stacked: member k's training set, labels and validation split in row k.
+    train_x = _stack([d.train.inputs for d in datas], device)  # type: ignore[misc]
+    train_y = _stack([d.train.labels for d in datas], device)
+    is_noisy = _stack([d.is_noisy for d in datas], device)
+    known = _stack([d.noise_known for d in datas], device)
+    clean_labels = _stack([d.clean_train_labels for d in datas], device)
+    val_x = _stack([d.val.inputs for d in datas], device)  # type: ignore[misc]
+    val_y = _stack([d.val.labels for d in datas], device)
+    test_x, test_y = data0.test.inputs.to(device), data0.test.labels.to(device)  # type: ignore[union-attr]
+    chunk = max(64, EVAL_BATCH // size) if data0.input_kind == "image" else EVAL_BATCH
+
+    n = len(data0.train)
+    batch_size, epochs = int(first.batch_size), int(first.epochs)  # type: ignore[arg-type]
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = steps_per_epoch * epochs
+    rows = torch.arange(size, device=device).unsqueeze(1)
+
+    histories: list[list[dict[str, float]]] = [[] for _ in configs]
+    status = ["running"] * size
+    start_epoch = 0
+    if resume is not None:
+        start_epoch = _load(resume, configs, model, opt, gens, histories, status)
+
+    def snapshot() -> dict[str, Any]:
+        return {"format": SNAPSHOT_FORMAT, "kind": "population", "epoch": max(len(h) for h in histories),
+                "members": [{"config": c.to_dict(), "status": status[k], "history": list(histories[k]),
+                             "epoch": len(histories[k]), "model": model.member_state_dict(k),
+                             "optimizer": opt.member_state(k), "generator": gens[k].get_state()}
+                            for k, c in enumerate(configs)],
+                "torch_rng": torch.get_rng_state()}
+
+    for epoch in range(start_epoch, epochs):
+        live = [k for k in range(size) if status[k] == "running"]
+        if not live:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        stepping = [status[k] == "running" for k in range(size)]  # False once a member stops
+        running = torch.tensor(stepping, device=device).unsqueeze(1)
+        acc = torch.zeros(size, 11, device=device, dtype=torch.float64)
+        # acc columns as in train(): loss_sum, n, correct_noisy_label, correct_clean_label (where
+        # known), w_clean_sum, n_clean, w_noisy_sum, n_noisy, noisy_fitted, weight_var_sum, n_known
+        orders = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+        lrs = [0.0] * size
+        for step in range(steps_per_epoch):
+            progress = (epoch * steps_per_epoch + step) / total_steps
+            lrs = [c.lr * _lr_factor(c, progress) if stepping[k] else lrs[k] for k, c in enumerate(configs)]
+            opt.set_lr([lr if stepping[k] else 0.0 for k, lr in enumerate(lrs)])
+            idx = orders[:, step * batch_size:(step + 1) * batch_size]
+            y = train_y[rows, idx]
+            with _autocast(device, amp):
+                logits = model(prep(train_x[rows, idx], train=True))
+            losses = loss_fn(logits, y)
+            opt.zero_grad()
+            losses.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                shares = loss_fn.last_shares
+                acc += torch.where(running, _step_metrics(logits, y, losses, shares, idx, rows,
+                                                          is_noisy, known, clean_labels), 0.0)
+            if step % 20 == 0:
+                bad = ~torch.isfinite(losses.detach()) & running.squeeze(1)
+                if bool(bad.any()):  # as train() does: the member stops after this step
+                    for k in bad.nonzero().flatten().tolist():
+                        stepping[k] = False
+                    running = torch.tensor(stepping, device=device).unsqueeze(1)
+        a = acc.tolist()
+        finite = model.finite_members().tolist()
+        val_acc = _evaluate(model, val_x, val_y, prep, amp, chunk)
+        test_acc = _evaluate(model, test_x, test_y, prep, amp, chunk)
+        wall = time.perf_counter() - t0
+        epoch_metrics: dict[int, dict[str, float]] = {}
+        for k in live:
+            metrics = _epoch_metrics(epoch, a[k], val_acc[k], test_acc[k], lrs[k], wall, len(live))
+            if not math.isfinite(a[k][0]) or not finite[k]:
+                status[k] = "diverged"
+                metrics["diverged"] = 1.0
+                model.zero_member(k)  # frozen: it computes finite values and never moves again
+                opt.zero_member(k)
+            elif epoch + 1 == epochs:
+                status[k] = "finished"
+            histories[k].append(metrics)
+            epoch_metrics[k] = dict(metrics)
+        if report is not None:
+            report(epoch_metrics, snapshot)
+
+    return [_result(c, d, histories[k], "diverged" if status[k] == "diverged" else "finished",
+                    sum(h["epoch_time_s"] for h in histories[k]))
+            for k, (c, d) in enumerate(zip(configs, datas))]
+
+
+def _step_metrics(logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor, shares: torch.Tensor,
+                  idx: torch.Tensor, rows: torch.Tensor, is_noisy: torch.Tensor, known: torch.Tensor,
+                  clean_labels: torch.Tensor) -> torch.Tensor:
+    """One step's contribution to each member's epoch sums [K, 11] (train()'s, per member)."""
+    b = idx.shape[1]
+    pred = logits.argmax(2)
+    noisy, kn = is_noisy[rows, idx], known[rows, idx]
+    rel = _relative_weights_rows(shares.to(torch.float64))
+    clean_k, noisy_k = kn & ~noisy, kn & noisy
+    hit = pred == y
+    count = torch.full_like(losses, b, dtype=torch.float64)
+    var = rel.var(1, unbiased=False) * b if b > 1 else torch.zeros_like(count)
+    return torch.stack([
+        losses.detach().double() * b, count, hit.sum(1).double(),
+        ((pred == clean_labels[rows, idx]) & kn).sum(1).double(),
+        (rel * clean_k).sum(1), clean_k.sum(1).double(), (rel * noisy_k).sum(1), noisy_k.sum(1).double(),
+        (hit & noisy_k).sum(1).double(), var, kn.sum(1).double(),
+    ], 1)
+
+
+def _relative_weights_rows(share: torch.Tensor) -> torch.Tensor:
+    """_weighting.relative_weights for each row of [K, B] shares (batch mean 1 per member)."""
+    total = share.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return share * (share.shape[1] / total)
+
+
+def _epoch_metrics(epoch: int, a: list[float], val_acc: float, test_acc: float, lr: float, wall: float,
+                   members: int) -> dict[str, float]:
+    """train()'s per-epoch metrics from one member's sums; the time is its share of the epoch."""
+    nan = float("nan")
+    return {
+        "epoch": epoch + 1,
+        "train_loss": a[0] / a[1],
+        "train_acc": a[2] / a[1],
+        "train_clean_acc": a[3] / a[10] if a[10] else nan,
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "weight_clean": a[4] / a[5] if a[5] else nan,
+        "weight_noisy": a[6] / a[7] if a[7] else nan,
+        "noisy_fit": a[8] / a[7] if a[7] else nan,
+        "weight_var": a[9] / a[1],
+        "lr": lr,
+        "epoch_time_s": wall / members,
+        "population_epoch_time_s": wall,
+        "population_size": float(members),
+    }
+
+
+def _load(state: dict[str, Any], configs: list[TrainConfig], model: PopulationModel, opt: PopulationOptimizer,
+          gens: list[torch.Generator], histories: list[list[dict[str, float]]], status: list[str]) -> int:
+    """Restore a population snapshot; returns the epoch to continue from."""
+    if state.get("format") != SNAPSHOT_FORMAT or state.get("kind") != "population":
+        raise ValueError("resume: not a population snapshot of this version")
+    members = state["members"]
+    if len(members) != len(configs):
+        raise ValueError(f"resume: the snapshot has {len(members)} members, the population {len(configs)}")
+    for k, (member, config) in enumerate(zip(members, configs)):
+        if member["config"] != config.to_dict():
+            raise ValueError(f"resume: member {k}'s config differs from the snapshot's")
+        model.load_member_state_dict(k, member["model"])
+        opt.load_member_state(k, member["optimizer"])
+        gens[k].set_state(member["generator"])
+        histories[k].extend(member["history"])
+        status[k] = member["status"]
+        if status[k] == "diverged":
+            model.zero_member(k)
+            opt.zero_member(k)
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"])
+
+
+__all__ = ["PopulationReport", "SHARED_FIELDS", "plan_populations", "population_key", "solo_reason",
+           "train_population"]

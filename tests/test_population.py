@@ -1,0 +1,360 @@
+"""Population trials against the single-run reference: the losses of every method, the stacked
+models, a member's 10-step trajectory against train(), members failing alone, checkpoint and
+resume, planning, accuracy over seeds, and the CUDA path where a GPU exists."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dm_tune._poplosses import MEMBER_LOSSES, PopulationLoss, member_loss
+from dm_tune._popmodels import PopulationModel, unsupported_reason
+from dm_tune.config import TrainConfig
+from dm_tune.data import prepare
+from dm_tune.datasets import DATASETS, Source, Split
+from dm_tune.methods import METHODS, build_loss
+from dm_tune.models import ModelSpec, build_model
+from dm_tune.population import plan_populations, solo_reason, train_population
+from dm_tune.train import TrainResult, train
+
+_DIGITS: list[Source] = []
+
+
+def digits() -> Source:
+    if not _DIGITS:
+        _DIGITS.append(DATASETS["digits"][0](None, {}, False))
+    return _DIGITS[0]
+
+
+BASE = {"dataset": "digits", "device": "cpu", "noise": "symmetric", "noise_rate": 0.4}
+
+
+def configs(*members: dict, **shared) -> list[TrainConfig]:
+    return [TrainConfig.from_dict({**BASE, **shared, **m}) for m in members]
+
+
+def datas(cfgs: list[TrainConfig], source: Source | None = None):
+    return [prepare(c, source or digits()) for c in cfgs]
+
+
+def without_times(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    drop = {"epoch_time_s", "population_epoch_time_s", "population_size"}
+    return [{k: v for k, v in h.items() if k not in drop} for h in history]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- the losses --------------------------------------------------------------------------------
+
+
+def test_every_method_has_a_population_form():
+    assert set(MEMBER_LOSSES) == set(METHODS)
+
+
+KNOBS = [{"method": m} for m in METHODS] + [
+    {"method": "dm", "lam": lam, "beta": beta}
+    for lam, beta in ((0.0, 0.0), (0.5, 6.0), (2.0, 24.0), (1.7, -3.0), (0.0, 4.0), (3.5, 400.0))
+] + [{"method": "gce", "gce_q": 0.3}, {"method": "sl", "sl_mu": 0.5, "sl_nu": 2.0}]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_population_loss_matches_every_single_loss(dtype):
+    cfgs = [TrainConfig.from_dict(k) for k in KNOBS]
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(len(cfgs), 37, 10, generator=gen, dtype=torch.float64) * 4).to(dtype)
+    logits[0, 0, 3] = 60.0  # an example fitted to p == 1 in float32
+    targets = torch.randint(0, 10, (len(cfgs), 37), generator=gen)
+    targets[0, 0] = 3
+    logits.requires_grad_()
+    pop = PopulationLoss([member_loss(c) for c in cfgs])
+    display = pop(logits, targets)
+    display.sum().backward()
+    tol = {"rtol": 1e-12, "atol": 1e-15} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-7}
+    for k, c in enumerate(cfgs):
+        single = logits[k].detach().clone().requires_grad_()
+        fn = build_loss(c)
+        if c.method == "dm":
+            fn.kernel = "torch"  # the reference implementation (same dtype as the population's)
+            fn._fused = False
+        value = fn(single, targets[k])
+        value.backward()
+        torch.testing.assert_close(logits.grad[k], single.grad, **tol, msg=f"{KNOBS[k]}: gradient")
+        torch.testing.assert_close(display[k].detach(), value.detach(), **tol, msg=f"{KNOBS[k]}: display loss")
+        torch.testing.assert_close(pop.last_shares[k], fn.last_shares.to(pop.last_shares.dtype), **tol,
+                                   msg=f"{KNOBS[k]}: shares")
+
+
+def test_population_loss_rejects_wrong_shapes():
+    pop = PopulationLoss([member_loss(TrainConfig())] * 2)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        pop(torch.zeros(3, 4, 10), torch.zeros(3, 4, dtype=torch.long))
+
+
+# --- the models --------------------------------------------------------------------------------
+
+MODEL_CASES = {
+    "mlp": (ModelSpec((64,), "vector", 10, 32), (64,)),
+    "imdb-mlp": (ModelSpec((20,), "vector", 2), (20,)),
+    "cnn": (ModelSpec((40,), "signal", 10), (40,)),
+    "resnet20": (ModelSpec((3, 16, 16), "image", 10), (3, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_CASES))
+def test_population_model_is_its_members_side_by_side(name):
+    spec, shape = MODEL_CASES[name]
+    torch.manual_seed(0)
+    members = [build_model(name, spec).double() for _ in range(3)]
+    pop = PopulationModel(members)
+    x = torch.randn(3, 6, *shape, dtype=torch.float64)
+    for training in (True, False):
+        pop.train(training)
+        for m in members:
+            m.train(training)
+        out = pop(x)
+        ref = torch.stack([m(x[k]) for k, m in enumerate(members)])
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+        if training:
+            out.square().sum().backward()
+            ref.square().sum().backward()
+            for key, p in members[0].named_parameters():
+                for k, m in enumerate(members):
+                    torch.testing.assert_close(pop.get(key).grad[k], dict(m.named_parameters())[key].grad,
+                                               rtol=1e-9, atol=1e-12)
+    for k, m in enumerate(members):  # running statistics included
+        state = pop.member_state_dict(k)
+        for key, value in m.state_dict().items():
+            torch.testing.assert_close(state[key], value, rtol=1e-12, atol=1e-12)
+        fresh = build_model(name, spec).double()
+        fresh.load_state_dict(state)
+
+
+def test_models_without_a_population_form_say_why():
+    assert "Conv2d" in unsupported_reason(build_model("cnn", ModelSpec((3, 8, 8), "image", 10)))
+    assert "TextClassifier" in unsupported_reason(build_model("text", ModelSpec((5,), "tokens", 2, vocab_size=9)))
+    assert unsupported_reason(build_model("resnet32", ModelSpec((3, 8, 8), "image", 10))) is None
+
+
+# --- a member's trajectory against train() -----------------------------------------------------
+
+# 1007 training examples in batches of 101: one epoch is 10 steps.
+TRAJECTORY = {"epochs": 1, "batch_size": 101}
+
+
+def _snapshots_of_population(cfgs, ds):
+    snaps = []
+    results = train_population(cfgs, ds, lambda metrics, snap: snaps.append(snap()))
+    return results, snaps
+
+
+@pytest.mark.parametrize("shared", [
+    {"optimizer": "adam"},
+    {"optimizer": "sgd", "lr": 0.05, "schedule": "cosine", "momentum": 0.9},
+])
+def test_a_members_ten_steps_match_its_own_run(shared):
+    cfgs = configs({"method": "dm", "lam": 1.0, "beta": 8.0, "seed": 0},
+                   {"method": "cce", "seed": 1, "lr": 0.003},
+                   {"method": "gce-dn", "seed": 2, "weight_decay": 1e-3},
+                   {"method": "dm", "lam": 2.0, "beta": 24.0, "seed": 0},
+                   {"method": "sl", "seed": 3, "momentum": 0.5},
+                   **TRAJECTORY, **shared)
+    ds = datas(cfgs)
+    results, snaps = _snapshots_of_population(cfgs, ds)
+    assert [r.status for r in results] == ["finished"] * len(cfgs)
+    for k, (c, d) in enumerate(zip(cfgs, ds)):
+        single_snaps: list = []
+        single = train(c, d, lambda metrics, snap: single_snaps.append(snap()))
+        ours, ref = snaps[-1]["members"][k]["model"], single_snaps[-1]["model"]
+        assert set(ours) == set(ref)
+        for key in ref:
+            torch.testing.assert_close(ours[key], ref[key], rtol=1e-4, atol=2e-5, msg=f"member {k} {key}")
+        (h,), (h_ref,) = without_times(results[k].history), without_times(single.history)
+        assert set(h) == set(h_ref)
+        for key in h_ref:
+            assert h[key] == pytest.approx(h_ref[key], rel=1e-4, abs=1e-5), (k, key)
+        assert results[k].config == single.config
+
+
+def test_a_cnn_member_with_batch_norm_matches_its_own_run():
+    """SGD here: with Adam, a convolution's bias right before BatchNorm (whose true gradient is 0)
+    follows the rounding noise of its gradient at full step size, in the single run too."""
+    src = DATASETS["mnist1d"][0](None, {"num_samples": 600}, False)
+    cfgs = configs({"method": "dm", "seed": 0}, {"method": "mae-dn", "seed": 1, "lr": 0.1},
+                   dataset="mnist1d", dataset_options={"num_samples": 600}, epochs=1, batch_size=64,
+                   optimizer="sgd", lr=0.05)
+    ds = datas(cfgs, src)
+    results, snaps = _snapshots_of_population(cfgs, ds)
+    for k, (c, d) in enumerate(zip(cfgs, ds)):
+        single_snaps: list = []
+        single = train(c, d, lambda metrics, snap: single_snaps.append(snap()))
+        ours, ref = snaps[-1]["members"][k]["model"], single_snaps[-1]["model"]
+        assert set(ours) == set(ref)
+        for key in ref:  # the running statistics and num_batches_tracked included
+            torch.testing.assert_close(ours[key], ref[key], rtol=1e-4, atol=1e-5, msg=f"member {k} {key}")
+        for key in ("train_loss", "val_acc", "test_acc", "weight_var"):
+            assert results[k].history[0][key] == pytest.approx(single.history[0][key], rel=1e-4, abs=1e-6), key
+
+
+# --- members fail alone ------------------------------------------------------------------------
+
+
+def test_a_diverging_member_is_frozen_and_the_others_go_on():
+    healthy = [{"method": "dm", "lam": 1.0, "beta": 8.0, "seed": 0}, {"method": "cce", "seed": 1}]
+    bad = {"method": "cce", "seed": 2, "lr": 10.0, "weight_decay": 1.0}  # SGD: |w| x ~9 a step, inf in epoch 1-2
+    shared = {"optimizer": "sgd", "lr": 0.05, "epochs": 3}
+    cfgs = configs(healthy[0], bad, healthy[1], **shared)
+    reports: list[dict] = []
+    results = train_population(cfgs, datas(cfgs), lambda metrics, snap: reports.append(metrics))
+    assert [r.status for r in results] == ["finished", "diverged", "finished"]
+    assert results[1].epochs_completed == 1 and results[1].history[-1]["diverged"] == 1.0
+    assert [sorted(r) for r in reports] == [[0, 1, 2], [0, 2], [0, 2]]
+    alone = train_population(configs(*healthy, **shared), datas(configs(*healthy, **shared)))
+    for ours, ref in zip((results[0], results[2]), alone):
+        assert ours.epochs_completed == 3
+        for h, h_ref in zip(without_times(ours.history), without_times(ref.history)):
+            for key in h_ref:
+                assert h[key] == pytest.approx(h_ref[key], rel=1e-4, abs=1e-5), key
+
+
+# --- checkpoint and resume ---------------------------------------------------------------------
+
+
+def _round_trip(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def test_a_resumed_population_continues_every_unfinished_member():
+    cfgs = configs({"method": "dm", "seed": 0}, {"method": "gce", "seed": 1, "lr": 2e-3},
+                   {"method": "mse-dn", "seed": 2}, epochs=3)
+    ds = datas(cfgs)
+    whole = train_population(cfgs, ds)
+    saved: list = []
+    train_population(cfgs, ds, lambda metrics, snap: saved.append(_round_trip(snap())))
+    state = saved[0]
+    assert state["epoch"] == 1 and len(state["members"]) == 3
+    member = state["members"][1]
+    assert {"config", "status", "history", "epoch", "model", "optimizer", "generator"} <= set(member)
+    assert member["status"] == "running" and member["epoch"] == 1
+    build_model("mlp", ModelSpec((64,), "vector", 10)).load_state_dict(member["model"])  # the single format
+    resumed = train_population(cfgs, ds, resume=state)
+    for ours, ref in zip(resumed, whole):
+        assert ours.status == "finished" and ours.epochs_completed == 3
+        assert without_times(ours.history) == without_times(ref.history)
+    with pytest.raises(ValueError, match="member 0's config differs"):
+        train_population(configs({"method": "cce", "seed": 0}, {"method": "gce", "seed": 1, "lr": 2e-3},
+                                 {"method": "mse-dn", "seed": 2}, epochs=3), ds, resume=state)
+
+
+def test_a_one_member_population_is_train_itself_and_resumes():
+    cfgs = configs({"method": "dm", "seed": 4}, epochs=2)
+    ds = datas(cfgs)
+    saved: list = []
+    (result,) = train_population(cfgs, ds, lambda metrics, snap: saved.append(_round_trip(snap())))
+    ref = train(cfgs[0], ds[0])
+    assert without_times(result.history) == without_times(ref.history)
+    (resumed,) = train_population(cfgs, ds, resume=saved[0])
+    assert without_times(resumed.history) == without_times(ref.history)
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def _images() -> Source:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (60, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    y = torch.arange(60) % 4
+    return Source(name="digits", train=Split(x[:40], y[:40]), test=Split(x[40:], y[40:]), num_classes=4,
+                  input_kind="image", default_model="resnet20", defaults={"epochs": 1, "batch_size": 8},
+                  normalise=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+
+
+def test_plan_groups_compatible_members_and_keeps_the_rest_alone():
+    cfgs = configs({"seed": 0}, {"seed": 1, "batch_size": 32}, {"seed": 2}, {"seed": 3, "method": "cce"},
+                   {"seed": 4})
+    ds = datas(cfgs)
+    assert plan_populations(cfgs, ds, 2) == [[0, 2], [1], [3, 4]]
+    assert plan_populations(cfgs, ds, 16) == [[0, 2, 3, 4], [1]]
+    assert plan_populations(cfgs, ds, 1) == [[0], [1], [2], [3], [4]]
+    images = _images()
+    image_cfgs = configs({"seed": 0, "model": "cnn"}, {"seed": 1, "model": "cnn"}, {"seed": 0, "model": "resnet20"},
+                         {"seed": 1, "model": "resnet20"}, noise_rate=0.0, noise="none")
+    image_ds = datas(image_cfgs, images)
+    assert "Conv2d" in solo_reason(image_cfgs[0], image_ds[0])
+    assert plan_populations(image_cfgs, image_ds, 4) == [[0], [1], [2, 3]]
+
+
+def test_unsupported_models_fall_back_to_one_member_at_a_time(capsys):
+    images = _images()
+    cfgs = configs({"seed": 0}, {"seed": 1}, model="cnn", noise="none", noise_rate=0.0)
+    results = train_population(cfgs, datas(cfgs, images))
+    assert "one member at a time" in capsys.readouterr().err
+    assert [r.epochs_completed for r in results] == [1, 1]
+
+
+def test_a_resnet_population_with_augmentation_matches_its_members():
+    images = _images()
+    cfgs = configs({"seed": 0, "method": "dm"}, {"seed": 1, "method": "cce", "lr": 0.05},
+                   model="resnet20", noise="none", noise_rate=0.0, optimizer="sgd", lr=0.1, epochs=1)
+    ds = datas(cfgs, images)
+    results, snaps = _snapshots_of_population(cfgs, ds)
+    for k, (c, d) in enumerate(zip(cfgs, ds)):
+        single_snaps: list = []
+        single = train(c, d, lambda metrics, snap: single_snaps.append(snap()))
+        for key, value in single_snaps[-1]["model"].items():
+            torch.testing.assert_close(snaps[-1]["members"][k]["model"][key], value, rtol=1e-4, atol=1e-4,
+                                       msg=f"member {k} {key}")
+        assert results[k].history[0]["train_loss"] == pytest.approx(single.history[0]["train_loss"], rel=1e-4)
+
+
+def test_members_of_one_population_must_share_the_architecture():
+    cfgs = configs({"seed": 0}, {"seed": 1, "hidden_dim": 32})
+    with pytest.raises(ValueError, match="hidden_dim"):
+        train_population(cfgs, datas(cfgs))
+
+
+# --- accuracy over seeds -----------------------------------------------------------------------
+
+
+def test_population_and_separate_runs_agree_over_seeds():
+    """Digits, 40% noise, DM lam 2 / beta 24 (the README's best arm), 60 epochs, 3 seeds: the
+    mean final test accuracy of the population and of separate runs within 1 point."""
+    cfgs = configs(*({"method": "dm", "lam": 2.0, "beta": 24.0, "seed": s} for s in range(3)))
+    ds = datas(cfgs)
+    together = [r.test_accuracy for r in train_population(cfgs, ds)]
+    separate = [train(c, d).test_accuracy for c, d in zip(cfgs, ds)]
+    assert all(r > 0.85 for r in together), together
+    assert abs(np.mean(together) - np.mean(separate)) < 0.01, (together, separate)
+
+
+# --- CUDA --------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_resnet_population_trains_on_cuda_like_its_members():
+    images = _images()
+    cfgs = configs({"seed": 0, "method": "dm"}, {"seed": 1, "method": "gce"}, {"seed": 2, "method": "cce"},
+                   model="resnet20", noise="none", noise_rate=0.0, optimizer="sgd", lr=0.1, epochs=2,
+                   device="cuda", amp="off")
+    ds = datas(cfgs, images)
+    results, snaps = _snapshots_of_population(cfgs, ds)
+    assert [r.status for r in results] == ["finished"] * 3
+    member = snaps[-1]["members"][0]["model"]
+    assert all(v.device.type == "cuda" for v in member.values())
+    for k, (c, d) in enumerate(zip(cfgs, ds)):
+        single = train(c, d)
+        assert results[k].history[0]["train_loss"] == pytest.approx(single.history[0]["train_loss"], rel=1e-3)
+    bf16 = train_population([c.replace(amp="bf16") for c in cfgs], ds)
+    assert all(math.isfinite(r.history[-1]["train_loss"]) for r in bf16)
