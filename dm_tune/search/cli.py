@@ -144,6 +144,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     from dm_tune.search._preflight import (check_address, check_resources, check_tracking,
                                            connect_ray, load_sources)
     from dm_tune.search._run import Interrupted, RunOptions, run_study
+    from dm_tune.search._stores import check_workspace
     from dm_tune.search._tracking import experiment_id
     from dm_tune.search._summary import print_summary, write_summary
 
@@ -158,6 +159,8 @@ def search_cmd(args: argparse.Namespace) -> int:
     # Pre-flight: nothing is written before these pass.
     check_tracking(opts.tracking)
     check_address(args.address)
+    for warning in check_workspace(workspace, opts.tracking):  # damaged stores, read-only workspace
+        print(f"dm-tune: warning: {warning}", file=sys.stderr)
     sources = load_sources(study)
     # A new sqlite tracking store takes seconds to create (schema migrations): it is created
     # while Ray starts, and removed again if Ray or the resources turn out to be unusable.

@@ -1,0 +1,110 @@
+"""The workspace's stores, checked before a search writes anything.
+
+A workspace holds two SQLite stores, ``mlflow.db`` (unless ``--tracking-uri`` names a server or
+another file) and ``optuna.db``, shared by every study in it. A store that is damaged, truncated
+or not a store at all, or a workspace that cannot be written, would otherwise surface as a long
+MLflow, Optuna or SQLAlchemy traceback once the search has started: ``check_workspace`` names the
+file and the problem in one line, before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from urllib.parse import urlparse
+
+from dm_tune.errors import UserError
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# A table each kind of store has, to tell a store from some other SQLite file.
+_STORE_TABLES = {"MLflow": "experiments", "Optuna": "studies"}
+_MOVE_AWAY = "move it away or use another --workspace"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI (MLflow's and SQLAlchemy's spelling); None for a server."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    return Path(uri[len("sqlite:///"):]).expanduser()
+
+
+def check_workspace(workspace: Path, tracking_uri: str) -> list[str]:
+    """Fail with one line if the workspace or one of its stores cannot be used; write nothing.
+
+    Returns warnings to show (an empty store in a workspace that has a history: it is recreated,
+    so what it held is gone)."""
+    _check_writable_dir(workspace, f"--workspace {workspace}")
+    stores = {"Optuna": workspace / "optuna.db"}
+    tracking = sqlite_path(tracking_uri)
+    if tracking is not None:
+        stores["MLflow"] = tracking
+        if tracking.parent != workspace:
+            _check_writable_dir(tracking.parent, f"--tracking-uri {tracking_uri}")
+    warnings: list[str] = []
+    for kind, path in stores.items():
+        warning = check_store(path, kind, workspace)
+        if warning:
+            warnings.append(warning)
+    return warnings
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    """``path`` is, or can be created as, a directory this process can write in."""
+    existing = path
+    while not existing.exists() and not existing.is_symlink():
+        existing = existing.parent
+    if not existing.is_dir():
+        detail = "exists and is not a directory" if existing == path else f"{existing} is a file, not a directory"
+        raise UserError(f"{what}: {detail}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: {existing} is read-only for this user; use another --workspace")
+
+
+def check_store(path: Path, kind: str, workspace: Path) -> str | None:
+    """One SQLite store: absent (created later) or a sound store of ``kind`` (MLflow, Optuna).
+
+    Raises UserError naming the file and the problem; returns a warning for an empty file."""
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise UserError(f"{path}: is not a file; {_MOVE_AWAY}")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise UserError(f"{path}: cannot be read and written by this user (permissions); {_MOVE_AWAY}")
+    size = path.stat().st_size
+    if size == 0:
+        history = workspace_history(workspace)
+        if not history:
+            return None
+        return (f"{path} is empty (0 bytes) although this workspace has earlier searches ({', '.join(history)}); "
+                f"a new {kind} store is created there and whatever it held before is lost")
+    with path.open("rb") as f:
+        header = f.read(len(_SQLITE_HEADER))
+    if header != _SQLITE_HEADER:
+        raise UserError(f"{path}: not an SQLite database (file is damaged or not a dm-tune store); {_MOVE_AWAY}")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            check = [row[0] for row in con.execute("PRAGMA quick_check").fetchall()]
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{path}: damaged SQLite database ({e}); {_MOVE_AWAY}") from None
+    if check != ["ok"]:
+        raise UserError(f"{path}: damaged SQLite database (integrity check: {check[0]}); {_MOVE_AWAY}")
+    if tables and _STORE_TABLES[kind] not in tables:
+        raise UserError(f"{path}: an SQLite database but not an {kind} store (no {_STORE_TABLES[kind]!r} "
+                        f"table); {_MOVE_AWAY}")
+    return None
+
+
+def workspace_history(workspace: Path) -> list[str]:
+    """What in the workspace shows earlier searches (stored studies, summaries, Ray experiments)."""
+    found = []
+    for sub in ("studies", "summaries", "ray"):
+        d = workspace / sub
+        if d.is_dir() and any(d.iterdir()):
+            found.append(f"{sub}/")
+    return found

@@ -1,0 +1,164 @@
+"""The workspace's stores: damaged or unusable stores fail in one line before anything is written.
+Real sqlite files, real MLflow and Optuna stores, real processes; no Ray is started here."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dm_tune.errors import UserError
+from dm_tune.search._stores import check_workspace
+from tests.conftest import DM_TUNE
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _cli(*args: str, cwd: Path, preexec_fn=None) -> subprocess.CompletedProcess:
+    return subprocess.run([DM_TUNE, "search", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          preexec_fn=preexec_fn)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("dm-tune: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>") for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def real_stores(tmp_path_factory) -> Path:
+    """A workspace with real MLflow and Optuna stores, created once (a few seconds)."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    ws = tmp_path_factory.mktemp("stores")
+    MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").search_experiments()
+    optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")
+    return ws
+
+
+def _damage(real: Path, ws: Path, how: str) -> Path:
+    if how == "garbage optuna.db":
+        (ws / "optuna.db").write_bytes(b"this is not a database\n" * 50)
+        return ws / "optuna.db"
+    if how == "truncated mlflow.db":
+        data = (real / "mlflow.db").read_bytes()
+        (ws / "mlflow.db").write_bytes(data[: len(data) // 2])
+        return ws / "mlflow.db"
+    if how == "header-only optuna.db":
+        (ws / "optuna.db").write_bytes((real / "optuna.db").read_bytes()[:100])
+        return ws / "optuna.db"
+    if how == "foreign sqlite as mlflow.db":
+        con = sqlite3.connect(ws / "mlflow.db")
+        con.execute("CREATE TABLE notes (text TEXT)")
+        con.commit()
+        con.close()
+        return ws / "mlflow.db"
+    if how == "directory as optuna.db":
+        (ws / "optuna.db").mkdir()
+        return ws / "optuna.db"
+    raise AssertionError(how)
+
+
+DAMAGE = [
+    ("garbage optuna.db", "not an SQLite database (file is damaged or not a dm-tune store)"),
+    ("truncated mlflow.db", "damaged SQLite database"),
+    ("header-only optuna.db", "damaged SQLite database"),
+    ("foreign sqlite as mlflow.db", "an SQLite database but not an MLflow store"),
+    ("directory as optuna.db", "is not a file"),
+]
+
+
+def _damaged_workspace(real: Path, tmp_path: Path, how: str) -> tuple[Path, Path]:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    if "optuna.db" in how:  # the other store is sound
+        shutil.copy(real / "mlflow.db", ws / "mlflow.db")
+    return ws, _damage(real, ws, how)
+
+
+@pytest.mark.parametrize("how, problem", DAMAGE[:2])
+def test_a_damaged_store_is_one_line_and_left_as_it_was(real_stores, tmp_path, how, problem):
+    ws, path = _damaged_workspace(real_stores, tmp_path, how)
+    before = _snapshot(ws)
+    proc = _cli("--workspace", str(ws), cwd=tmp_path)
+    line = _one_line_error(proc, f"{path}: {problem}", "move it away or use another --workspace")
+    assert len(line) < 300
+    assert _snapshot(ws) == before  # nothing written, nothing repaired behind the user's back
+
+
+@pytest.mark.parametrize("how, problem", DAMAGE)
+def test_check_workspace_names_the_damaged_store(real_stores, tmp_path, how, problem):
+    ws, path = _damaged_workspace(real_stores, tmp_path, how)
+    before = _snapshot(ws)
+    with pytest.raises(UserError) as info:
+        check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}")
+    assert str(info.value).startswith(f"{path}: {problem}") and "\n" not in str(info.value)
+    assert _snapshot(ws) == before
+    shutil.rmtree(ws) if path.is_dir() else path.unlink()
+    assert check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}") == []  # absent: created later
+
+
+def test_a_workspace_under_a_regular_file_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    proc = _cli("--workspace", str(tmp_path / "notes.txt" / "ws"), cwd=tmp_path)
+    _one_line_error(proc, "--workspace", f"{tmp_path / 'notes.txt'} is a file, not a directory")
+
+
+def _without_dac_override():
+    """preexec_fn: as root, give up the capability to ignore file permissions (so that a
+    read-only directory is read-only for the child, as for any other user)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.mark.parametrize("where", ["workspace", "parent"])
+def test_a_read_only_workspace_is_one_line(real_stores, tmp_path, where):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ws = ro if where == "workspace" else ro / "new-ws"
+    if where == "workspace":
+        shutil.copy(real_stores / "mlflow.db", ro / "mlflow.db")
+    ro.chmod(0o555)
+    preexec = None
+    if os.geteuid() == 0:
+        try:
+            subprocess.run(["true"], preexec_fn=_without_dac_override, check=True)
+        except (OSError, subprocess.SubprocessError) as e:
+            pytest.skip(f"running as root and cannot drop CAP_DAC_OVERRIDE here ({e}): a read-only "
+                        "directory would be writable, so this test cannot run")
+        preexec = _without_dac_override
+    try:
+        proc = _cli("--workspace", str(ws), cwd=tmp_path, preexec_fn=preexec)
+    finally:
+        ro.chmod(0o755)
+    _one_line_error(proc, "--workspace", f"{ro} is read-only")
+    assert not (ro / "new-ws").exists()
+
+
+def test_an_empty_store_warns_only_when_the_workspace_has_a_history(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "optuna.db").write_bytes(b"")
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    assert check_workspace(ws, uri) == []  # a fresh workspace: an empty file is just a new store
+    (ws / "studies").mkdir()
+    (ws / "studies" / "earlier.json").write_text("{}")
+    (warning,) = check_workspace(ws, uri)
+    assert f"{ws / 'optuna.db'} is empty (0 bytes)" in warning and "studies/" in warning
+    assert "lost" in warning and "\n" not in warning
