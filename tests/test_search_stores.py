@@ -1,4 +1,5 @@
-"""The workspace's stores: damaged or unusable stores fail in one line before anything is written.
+"""The workspace's stores: damaged or unusable stores fail in one line before anything is written,
+one search per study at a time, and new stores created safely by processes running at once.
 Real sqlite files, real MLflow and Optuna stores, real processes; no Ray is started here."""
 
 from __future__ import annotations
@@ -6,14 +7,17 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from dm_tune.errors import UserError
-from dm_tune.search._stores import check_workspace
+from dm_tune.search._stores import check_workspace, prepare_stores, study_lock
 from tests.conftest import DM_TUNE
 
 pytestmark = pytest.mark.timeout(300)
@@ -41,12 +45,8 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def real_stores(tmp_path_factory) -> Path:
     """A workspace with real MLflow and Optuna stores, created once (a few seconds)."""
-    import optuna
-    from mlflow.tracking import MlflowClient
-
     ws = tmp_path_factory.mktemp("stores")
-    MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").search_experiments()
-    optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")
+    prepare_stores(ws, f"sqlite:///{ws / 'mlflow.db'}", f"sqlite:///{ws / 'optuna.db'}")
     return ws
 
 
@@ -148,7 +148,7 @@ def test_a_read_only_workspace_is_one_line(real_stores, tmp_path, where):
     finally:
         ro.chmod(0o755)
     _one_line_error(proc, "--workspace", f"{ro} is read-only")
-    assert not (ro / "new-ws").exists()
+    assert not (ro / "new-ws").exists() and not (ro / "locks").exists()
 
 
 def test_an_empty_store_warns_only_when_the_workspace_has_a_history(tmp_path):
@@ -162,3 +162,84 @@ def test_an_empty_store_warns_only_when_the_workspace_has_a_history(tmp_path):
     (warning,) = check_workspace(ws, uri)
     assert f"{ws / 'optuna.db'} is empty (0 bytes)" in warning and "studies/" in warning
     assert "lost" in warning and "\n" not in warning
+
+
+# --- one search per study ----------------------------------------------------------------------
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from dm_tune.search._stores import study_lock
+with study_lock(Path(sys.argv[1]), sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+def _hold(ws: Path, name: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(ws), name], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_search_of_the_same_study_is_refused_until_the_first_dies(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "optuna.db").write_bytes(b"")
+    (ws / "studies").mkdir()
+    (ws / "studies" / "other.json").write_text("{}")
+    holder = _hold(ws, "mine")
+    try:
+        t0 = time.monotonic()
+        proc = _cli("--workspace", str(ws), "--name", "mine", "--quiet", cwd=tmp_path)
+        assert time.monotonic() - t0 < 60
+        assert proc.returncode == 2, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        # the empty store's warning, then the refusal: no traceback
+        assert len(lines) == 2 and lines[0].startswith("dm-tune: warning: ") and "Traceback" not in proc.stderr
+        assert lines[1].startswith("dm-tune: error: study 'mine' is already being searched in")
+        assert f"pid {holder.pid} on " in lines[1] and "--name" in lines[1]
+        with study_lock(ws, "other"):  # another study of the same workspace is not blocked
+            pass
+        with pytest.raises(UserError, match=f"pid {holder.pid}"):
+            with study_lock(ws, "mine"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)  # kill -9: no clean-up runs in the holder
+        holder.wait()
+    with study_lock(ws, "mine"):  # the OS released the dead holder's lock
+        assert f"pid {os.getpid()} on " in (ws / "locks" / "mine.lock").read_text()
+
+
+# --- new stores created by several processes at once ---------------------------------------------
+
+_PREPARE = """
+import sys, time
+from pathlib import Path
+from dm_tune.search._stores import prepare_stores
+ws, go = Path(sys.argv[1]), Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.01)
+prepare_stores(ws, f"sqlite:///{ws / 'mlflow.db'}", f"sqlite:///{ws / 'optuna.db'}")
+print("ready")
+"""
+
+
+def test_two_processes_create_new_stores_at_once(tmp_path):
+    """Without the workspace lock, two processes creating a new MLflow store race its schema
+    migrations (duplicate column name / alembic_version errors), nearly every time."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    ws, go = tmp_path / "ws", tmp_path / "go"
+    ws.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _PREPARE, str(ws), str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(3)  # both imported and waiting
+    go.touch()
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0 and out.strip() == "ready", err[-2000:]
+    assert check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}") == []
+    assert [e.name for e in MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").search_experiments()] == ["Default"]
+    assert optuna.get_all_study_summaries(optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")) == []

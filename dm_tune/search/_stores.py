@@ -1,21 +1,39 @@
-"""The workspace's stores, checked before a search writes anything.
+"""The workspace's stores, checked before a search writes anything and created one process at a time.
 
 A workspace holds two SQLite stores, ``mlflow.db`` (unless ``--tracking-uri`` names a server or
-another file) and ``optuna.db``, shared by every study in it. A store that is damaged, truncated
-or not a store at all, or a workspace that cannot be written, would otherwise surface as a long
-MLflow, Optuna or SQLAlchemy traceback once the search has started: ``check_workspace`` names the
-file and the problem in one line, before anything is written.
+another file) and ``optuna.db``, shared by every study in it. Three things can go wrong there
+that MLflow and Optuna only report as long tracebacks, or not at all:
+
+- a store that is damaged, truncated or not a store at all, or a workspace that cannot be
+  written: ``check_workspace`` names the file and the problem in one line, before anything is
+  written;
+- two searches of the same study at once, which would overwrite each other: ``study_lock`` holds
+  an exclusive lock on ``WORKSPACE/locks/NAME.lock`` for the whole search;
+- two searches (of different studies) creating the same new store at once, which races MLflow's
+  schema migrations (``duplicate column name``): ``prepare_stores`` creates or upgrades the
+  stores under a workspace-wide lock.
+
+The locks are ``flock`` locks: the OS releases them when the process ends, however it ends
+(even ``kill -9``), so a stale lock file never blocks a later search.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import os
+import socket
 import sqlite3
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 from dm_tune.errors import UserError
 
+LOCKS_DIR = "locks"
+_STORES_LOCK = ".stores.lock"   # study names start with a letter or digit: no clash with NAME.lock
 _SQLITE_HEADER = b"SQLite format 3\x00"
 # A table each kind of store has, to tell a store from some other SQLite file.
 _STORE_TABLES = {"MLflow": "experiments", "Optuna": "studies"}
@@ -108,3 +126,65 @@ def workspace_history(workspace: Path) -> list[str]:
         if d.is_dir() and any(d.iterdir()):
             found.append(f"{sub}/")
     return found
+
+
+def _lock_file(workspace: Path, name: str):
+    (workspace / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
+    return open(workspace / LOCKS_DIR / name, "a+")  # noqa: SIM115 - closed by the caller
+
+
+@contextlib.contextmanager
+def study_lock(workspace: Path, name: str) -> Iterator[None]:
+    """Hold the study ``name`` of ``workspace`` for this process, or fail with one line if
+    another process (a search of the same study) holds it."""
+    f = _lock_file(workspace, f"{name}.lock")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"study {name!r} is already being searched in {workspace} ({holder}); "
+                            f"wait for it to end or use another --name") from None
+        f.seek(0)
+        f.truncate()
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
+@contextlib.contextmanager
+def stores_lock(workspace: Path, timeout_s: float = 300.0) -> Iterator[None]:
+    """The workspace-wide lock under which stores are created or upgraded (a few seconds)."""
+    f = _lock_file(workspace, _STORES_LOCK)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"{workspace / LOCKS_DIR / _STORES_LOCK}: held by another process for "
+                                    f"more than {timeout_s:g} s while creating the stores") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        f.close()
+
+
+def prepare_stores(workspace: Path, tracking_uri: str, optuna_url: str) -> None:
+    """Create or upgrade the MLflow (when local) and Optuna stores, one process at a time.
+
+    Both libraries create their schema when first opened; two processes doing that at once on
+    a new file race (MLflow's migrations fail with 'duplicate column name')."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    with stores_lock(workspace):
+        if sqlite_path(tracking_uri) is not None:
+            MlflowClient(tracking_uri).search_experiments(max_results=1)
+        optuna.storages.RDBStorage(optuna_url)

@@ -141,12 +141,9 @@ def search_cmd(args: argparse.Namespace) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from dm_tune.search._preflight import (check_address, check_resources, check_tracking,
-                                           connect_ray, load_sources)
-    from dm_tune.search._run import Interrupted, RunOptions, run_study
-    from dm_tune.search._stores import check_workspace
-    from dm_tune.search._tracking import experiment_id
-    from dm_tune.search._summary import print_summary, write_summary
+    from dm_tune.search._preflight import check_address, check_tracking, load_sources
+    from dm_tune.search._run import RunOptions
+    from dm_tune.search._stores import check_workspace, study_lock
 
     workspace = Path(args.workspace).expanduser().resolve()
     if workspace.exists() and not workspace.is_dir():
@@ -162,13 +159,35 @@ def search_cmd(args: argparse.Namespace) -> int:
     for warning in check_workspace(workspace, opts.tracking):  # damaged stores, read-only workspace
         print(f"dm-tune: warning: {warning}", file=sys.stderr)
     sources = load_sources(study)
-    # A new sqlite tracking store takes seconds to create (schema migrations): it is created
-    # while Ray starts, and removed again if Ray or the resources turn out to be unusable.
     created = not workspace.exists()
     workspace.mkdir(parents=True, exist_ok=True)
+    with study_lock(workspace, study.name):  # a second search of the same study is refused here
+        return _search(args, study, resuming, opts, sources, workspace, created)
+
+
+def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict[str, Any],
+            workspace: Path, created: bool) -> int:
+    """The search proper, run while this process holds the study's lock."""
+    from dm_tune.search._preflight import check_resources, connect_ray
+    from dm_tune.search._run import Interrupted, run_study
+    from dm_tune.search._stores import prepare_stores
+    from dm_tune.search._summary import print_summary, write_summary
+    from dm_tune.search._tracking import experiment_id
+
+    # New sqlite stores take seconds to create (schema migrations): they are created while Ray
+    # starts, one process at a time, and removed again if Ray or the resources are unusable.
     local = opts.artifact_root is not None  # a server's experiments are created after pre-flight
-    store = threading.Thread(target=experiment_id if local else lambda *a: None,
-                             args=(opts.tracking, study.name, opts.artifact_root), daemon=True)
+    failed: list[BaseException] = []
+
+    def stores() -> None:
+        try:
+            prepare_stores(workspace, opts.tracking, opts.optuna_url)
+            if local:
+                experiment_id(opts.tracking, study.name, opts.artifact_root)
+        except BaseException as e:  # noqa: BLE001 - raised again in the main thread
+            failed.append(e)
+
+    store = threading.Thread(target=stores, daemon=True)
     store.start()
     try:
         connect_ray(args.address)
@@ -179,6 +198,8 @@ def search_cmd(args: argparse.Namespace) -> int:
             shutil.rmtree(workspace, ignore_errors=True)
         raise
     store.join()
+    if failed:
+        raise failed[0]
     (workspace / "studies").mkdir(exist_ok=True)
     (workspace / "studies" / f"{study.name}.json").write_text(json.dumps(study.to_dict(), indent=1) + "\n")
     if resuming:
