@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Build .venv-oldest: the oldest supported Ray, Optuna and MLflow (the lower bounds in
+# pyproject.toml) layered over .venv, so that torch and everything else already there is reused
+# rather than downloaded again. Skipped when .venv-oldest exists and was built from the same pins.
+#
+# How the layering works: .venv-oldest is a plain venv of the same interpreter whose
+# site-packages holds one .pth file that calls site.addsitedir() on .venv's site-packages. Its own
+# site-packages comes first on sys.path, so what pip installs there shadows .venv's copies;
+# .venv's .pth files (the editable dm_tune install) still run. pip sees .venv's packages as
+# installed, keeps those that satisfy the pins, and installs only what the old versions need.
+#
+# Usage: bash scripts/oldest.sh            (then: .venv-oldest/bin/python -m pytest ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The lower bounds of pyproject.toml; keep them in step.
+PINS=("ray[tune]==2.50.0" "optuna==4.0.0" "mlflow==3.9.0")
+
+ENV=.venv-oldest
+MAIN_SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+STAMP="${PINS[*]} over $MAIN_SITE"
+if [ -f "$ENV/.pins" ] && [ "$(cat "$ENV/.pins")" = "$STAMP" ]; then
+    exit 0
+fi
+
+rm -rf "$ENV"
+# Built from .venv's interpreter, so that .venv's compiled packages fit it.
+.venv/bin/python -m venv --without-pip "$ENV"
+SITE=$("$ENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+echo "import site; site.addsitedir('$MAIN_SITE')" > "$SITE/zz-dmtune-main-venv.pth"
+# .venv's pip installs into .venv-oldest (--python); old packages that .venv also has stay in
+# .venv untouched ("outside environment") and are shadowed.
+.venv/bin/python -m pip --python "$ENV/bin/python" install --quiet --disable-pip-version-check \
+    "${PINS[@]}"
+# The dm-tune console script, for the tests that run it.
+cat > "$ENV/bin/dm-tune" <<EOF
+#!$PWD/$ENV/bin/python
+import sys
+from dm_tune.cli import main
+sys.exit(main())
+EOF
+chmod +x "$ENV/bin/dm-tune"
+"$ENV/bin/python" -c "import ray, optuna, mlflow
+print('oldest env: ray', ray.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__)"
+echo "$STAMP" > "$ENV/.pins"
