@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,8 @@ from dm_tune.reports import load_guidelines, write_report
 from dm_tune.reports._html import SECTIONS
 from dm_tune.reports._load import tidy
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
+CHROMEDRIVER = Path(shutil.which("chromedriver") or "/usr/bin/chromedriver")
 _IDS = itertools.count()
 
 
@@ -96,8 +99,10 @@ def test_html_is_self_contained(report: dict[str, Path]) -> None:
 
 
 def test_html_renders_in_headless_chromium(report: dict[str, Path], tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (CI installs Debian's chromium and chromium-driver)")
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.skip(f"cannot run: {' and '.join(missing)} not installed (both are needed; "
+                    "bash scripts/setup.sh as root installs Debian's chromium and chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -121,3 +126,25 @@ def test_html_renders_in_headless_chromium(report: dict[str, Path], tmp_path: Pa
         assert severe == []
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize("present", [("chromium",), ("chromium", "chromedriver")])
+def test_setup_installs_the_browser_unless_both_binaries_are_there(tmp_path: Path, present: tuple[str, ...]) -> None:
+    """scripts/browser.sh (run by setup.sh) with chromium but no chromedriver on PATH must still
+    install (as root) or name what is missing. apt-get is a stub that records its arguments."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for name in (*present, "apt-get"):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n')
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "id").symlink_to(shutil.which("id"))
+    proc = subprocess.run(["/bin/bash", "scripts/browser.sh"], cwd=Path(__file__).parents[1],
+                          env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text() if log.exists() else ""
+    if "chromedriver" in present:
+        assert calls == "" and proc.stderr == ""
+    elif os.geteuid() == 0:
+        assert "apt-get install -y -qq chromium chromium-driver" in calls
+    else:
+        assert calls == "" and "chromedriver not found" in proc.stderr
