@@ -9,6 +9,7 @@ from dm_tune._lazy import lazy_exports
 _EXPORTS = {
     "BASELINES": "dm_tune.search_spaces._baselines",
     "DEFAULT_BASELINES": "dm_tune.search_spaces._baselines",
+    "SL_OFFICIAL": "dm_tune.search_spaces._baselines",
     "SAMPLERS": "dm_tune.search_spaces._samplers",
     "make_sampler": "dm_tune.search_spaces._samplers",
     "EXTRA_KNOBS": "dm_tune.search_spaces._spaces",
@@ -26,6 +27,6 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 if TYPE_CHECKING:
-    from dm_tune.search_spaces._baselines import (BASELINES, DEFAULT_BASELINES)
+    from dm_tune.search_spaces._baselines import (BASELINES, DEFAULT_BASELINES, SL_OFFICIAL)
     from dm_tune.search_spaces._samplers import (SAMPLERS, make_sampler)
     from dm_tune.search_spaces._spaces import (EXTRA_KNOBS, SPACES, define_by_run, get_space, grid_size, grid_values, is_grid, suggest, to_lam_beta)

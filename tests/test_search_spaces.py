@@ -97,3 +97,31 @@ def test_baselines_are_the_papers():
     assert set(BASELINES) == {"cce", "cce-dn", "gce", "mae", "mse", "sl", "dm-beta0", "imae"}
     assert BASELINES["imae"] == {"method": "dm", "lam": 1.0, "beta": 8.0}
     assert BASELINES["gce"]["gce_q"] == 0.7
+
+
+def test_shipped_studies_run_sl_with_the_authors_values_for_their_dataset():
+    """A trial's values are the setting's base (study training + setting), then the baseline's."""
+    from pathlib import Path
+
+    import yaml
+
+    from dm_tune.config import TrainConfig
+    from dm_tune.search._study import Study
+    from dm_tune.search._trial import TrialSpec
+    from dm_tune.search_spaces import SL_OFFICIAL
+
+    checked = []
+    for path in sorted((Path(__file__).parents[1] / "studies").glob("*.yaml")):
+        study = Study.from_dict(yaml.safe_load(path.read_text()))
+        if "sl" not in study.baselines:
+            continue
+        for setting in study.expand():
+            if setting.dataset not in SL_OFFICIAL:
+                continue
+            spec = TrialSpec(setting.key, "confirm", study.seeds[0], BASELINES["sl"], arm="sl", baseline="sl")
+            cfg = TrainConfig.from_dict(spec.train_values({**study.training, **setting.train_fields()}))
+            used = {k: getattr(cfg, k) for k in SL_OFFICIAL[setting.dataset]}
+            assert used == SL_OFFICIAL[setting.dataset], (path.name, setting.key, used)
+            checked.append(setting.dataset)
+    assert {"cifar10", "cifar100"} <= set(checked)
+    assert SL_OFFICIAL["cifar10"] == {"sl_mu": TrainConfig().sl_mu, "sl_nu": TrainConfig().sl_nu}
