@@ -101,26 +101,31 @@ def test_gpu_request_on_a_cpu_machine_fails_fast(tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path, sig):
     ws = tmp_path / "ws"
     study = _study_file(tmp_path, tiny_study("resumable", search={"num_samples": 6, "top_k": 1},
-                                             training={"epochs": 15}, baselines=["cce"]))
+                                             training={"epochs": 15}, baselines=["cce"], checkpoint_every=3))
     proc = subprocess.Popen([DM_TUNE, "search", "--config", str(study), "--workspace", str(ws)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finished = 0
     deadline = time.monotonic() + 240
     for line in proc.stderr:  # per-trial lines go to stderr
         finished += "(finished," in line
-        if finished >= 2 or time.monotonic() > deadline:
+        if finished >= 3 or time.monotonic() > deadline:
             break
-    assert finished >= 2
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    assert finished >= 3
+    proc.send_signal(sig)  # Ctrl-C, or the driver killed outright
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "--resume resumable" in err
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert "--resume resumable" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
 
     _, before = _trials(ws, "resumable")
-    done_before = {r.data.tags["dmtune.trial_key"] for r in before if r.data.tags["dmtune.status"] == "finished"}
+    done_before = {r.data.tags["dmtune.trial_key"]: r.info.run_id for r in before
+                   if r.data.tags["dmtune.status"] == "finished"}
     assert len(done_before) >= 2
 
     resumed = _cli("search", "--resume", "resumable", "--workspace", str(ws), cwd=tmp_path)
@@ -130,15 +135,16 @@ def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path):
     assert max(keys.values()) == 1  # no duplicated MLflow runs
     assert Counter(r.data.tags["dmtune.stage"] for r in after) == {"search": 6, "confirm": (1 + 1) * 2}
     assert {r.data.tags["dmtune.status"] for r in after} == {"finished"}
-    assert done_before <= set(keys)  # finished trials kept, not re-run
-    for r in after:
-        if r.data.tags["dmtune.trial_key"] in done_before:
-            steps = [h.step for h in client.get_metric_history(r.info.run_id, "val_acc")]
-            assert sorted(steps) == list(range(1, 16))
+    assert {r.info.run_id for r in after if r.data.tags["dmtune.trial_key"] in done_before} == set(done_before.values())
+    exp = client.get_experiment_by_name("resumable")
+    assert {r.info.status for r in client.search_runs([exp.experiment_id])} == {"FINISHED"}  # parent too
+    for r in after:  # every epoch of every run, each once (a finished trial is never re-run)
+        steps = [h.step for h in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, 16)), r.data.tags["dmtune.trial_key"]
     storage = optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")
     (summary,) = optuna.get_all_study_summaries(storage)
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 6
+    assert Counter(t.state for t in trials) == {optuna.trial.TrialState.COMPLETE: 6}
 
 
 @pytest.mark.slow

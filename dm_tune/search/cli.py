@@ -132,7 +132,6 @@ def _load_study(args: argparse.Namespace, workspace: Path):
 
 
 def search_cmd(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import logging
@@ -140,7 +139,13 @@ def search_cmd(args: argparse.Namespace) -> int:
     import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # A failed trial is reported in one line by the tracker (its traceback stays in the trial
+    # folder); Tune would print the whole traceback to the terminal.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per study load or trial
     from dm_tune.search._preflight import check_address, check_tracking, load_sources
     from dm_tune.search._run import RunOptions
     from dm_tune.search._stores import check_workspace, study_lock
