@@ -35,11 +35,26 @@ _TRAIN_FLAGS = {
 }
 
 
+# Members trained at once by default when the list flags give several.
+_POPULATION_SIZE = 16
+
+# list flag -> (parser of one item, what is allowed)
+_LIST_FLAGS: dict[str, tuple[Any, str]] = {
+    "method": (str, "expected a comma-separated list of method names, e.g. dm,cce"),
+    "lam": (float, "expected a comma-separated list of numbers, e.g. 0.5,1,2"),
+    "beta": (float, "expected a comma-separated list of numbers, e.g. 8,16"),
+    "seed": (int, "expected a comma-separated list of integers, e.g. 0,1,2"),
+}
+
+
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one model with DM or a baseline and report its accuracy",
-                       description="Train one model. Flags override values from --config.")
+                       description="Train one model. Flags override values from --config. Comma-separated "
+                       "--method, --lam, --beta and --seed train one member per combination, K at a time "
+                       "in one loop (--population-size).")
     p.add_argument("--config", help="YAML file of TrainConfig fields")
-    p.add_argument("--dataset", help="digits (default), mnist1d, cifar10, cifar100, clothing1m, imagefolder, imdb, features")
+    p.add_argument("--dataset", help="digits (default), mnist1d, cifar10, cifar100, clothing1m, imagefolder, imdb, "
+                   "features; retrieval (re-ID): reid-synth, mars, mars-features")
     p.add_argument("--data-root", help="directory of an on-disk dataset")
     p.add_argument("--noise", help="none, symmetric (default), pair, cifar100-superclass, file")
     p.add_argument("--noise-rate", type=float, help="fraction of training labels corrupted, in [0, 1)")
@@ -48,9 +63,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imbalance", help="none, longtail or step")
     p.add_argument("--imbalance-ratio", type=float, help="largest / smallest class size")
     p.add_argument("--model", help="mlp, imdb-mlp, cnn, resnet20/32/44/56, resnet18/50, text")
-    p.add_argument("--method", help="dm (default), cce, cce-dn, gce, gce-dn, mae, mae-dn, mse, mse-dn, sl")
-    p.add_argument("--lam", type=float, help="DM lambda (emphasis mode psi = lam/(1+lam))")
-    p.add_argument("--beta", type=float, help="DM beta (emphasis variance)")
+    p.add_argument("--method", help="dm (default), cce, cce-dn, gce, gce-dn, mae, mae-dn, mse, mse-dn, sl "
+                   "(a comma-separated list: one member each)")
+    p.add_argument("--lam", help="DM lambda (emphasis mode psi = lam/(1+lam)); a comma-separated list: one member each")
+    p.add_argument("--beta", help="DM beta (emphasis variance); a comma-separated list: one member each")
     p.add_argument("--mode", type=float, help="DM emphasis mode psi in [0, 1) (instead of --lam)")
     p.add_argument("--spread", type=float, help="DM log-spread rho (instead of --beta)")
     p.add_argument("--gce-q", type=float, help="GCE's q (default 0.7)")
@@ -59,14 +75,17 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", help="sgd or adam")
     p.add_argument("--weight-decay", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", help="seed of the noise draw, validation split, initialisation and batch order "
+                   "(integer; a comma-separated list: one member each)")
+    p.add_argument("--population-size", type=int, help="with several members: how many train at once in one "
+                   f"loop (default {_POPULATION_SIZE}); the rest run in later populations")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--amp", help="auto (default), off, bf16, fp16: mixed precision on CUDA")
     p.add_argument("--pretrained", help="local weights file for resnet18/resnet50")
     p.add_argument("--num-workers", type=int, help="DataLoader workers for on-disk images")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for in-memory vector "
                    "and signal data, whose small models run fastest on one thread; else torch's default)")
-    p.add_argument("--out", help="write the result as JSON to this file")
+    p.add_argument("--out", help="write the result as JSON to this file (several members: a list, one result each)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     p.set_defaults(func=_train_cmd)
 
@@ -102,15 +121,56 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _split_list(flag: str, text: str) -> list[Any]:
+    parse, allowed = _LIST_FLAGS[flag]
+    values = []
+    for item in text.split(","):
+        try:
+            if not item.strip():
+                raise ValueError(item)
+            values.append(parse(item.strip()))
+        except ValueError:
+            raise ConfigError(f"--{flag.replace('_', '-')}", item, allowed) from None
+    return list(dict.fromkeys(values))  # a value given twice is one member
+
+
+def _members(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """One namespace per member: the Cartesian product of the list flags (method x lam x beta x
+    seed; the DM flags only multiply DM members). One member: ``args`` with scalar values."""
+    lists = {f: _split_list(f, getattr(args, f)) if getattr(args, f) is not None else [None] for f in _LIST_FLAGS}
+    file_method = None
+    if args.config and lists["method"] == [None]:
+        file_method = load_yaml(args.config, "--config").get("method")
+    dm_flags = ("lam", "beta", "mode", "spread")
+    members = []
+    for method in lists["method"]:
+        is_dm = (method or file_method or "dm") == "dm"
+        for lam in lists["lam"] if is_dm else [None]:
+            for beta in lists["beta"] if is_dm else [None]:
+                for seed in lists["seed"]:
+                    values = {**vars(args), "method": method, "lam": lam, "beta": beta, "seed": seed}
+                    if not is_dm and len(lists["method"]) > 1:  # DM knobs do not apply to this member
+                        values.update(mode=None, spread=None)
+                    members.append(argparse.Namespace(**values))
+    no_dm = not any((m.method or file_method or "dm") == "dm" for m in members)
+    if no_dm and any(getattr(args, f) is not None for f in dm_flags):
+        # DM knobs but no DM member: give them back, so that _train_values says it is a mistake.
+        members[0] = argparse.Namespace(**{**vars(members[0]), "lam": lists["lam"][0], "beta": lists["beta"][0],
+                                           "mode": args.mode, "spread": args.spread})
+    return members
+
+
 def _progress(quiet: bool, epochs_hint: list[int]):
     def report(m: dict[str, float], _snapshot: Any) -> None:
         if quiet:
             return
         w = (f"  w clean/noisy {m['weight_clean']:.2f}/{m['weight_noisy']:.2f}"
              if math.isfinite(m["weight_noisy"]) else "")
+        evals = (f"val mAP {100 * m['val_map']:5.1f}  test mAP {100 * m['test_map']:5.1f} "
+                 f"rank-1 {100 * m['test_rank1']:5.1f}" if "val_map" in m else
+                 f"val {100 * m['val_acc']:5.1f}%  test {100 * m['test_acc']:5.1f}%")
         print(f"epoch {int(m['epoch']):>3}/{epochs_hint[0]}  loss {m['train_loss']:.4f}  "
-              f"train {100 * m['train_acc']:5.1f}%  val {100 * m['val_acc']:5.1f}%  "
-              f"test {100 * m['test_acc']:5.1f}%{w}  {m['epoch_time_s']:.2f}s", file=sys.stderr, flush=True)
+              f"train {100 * m['train_acc']:5.1f}%  {evals}{w}  {m['epoch_time_s']:.2f}s", file=sys.stderr, flush=True)
 
     return report
 
@@ -118,6 +178,12 @@ def _progress(quiet: bool, epochs_hint: list[int]):
 def _train_cmd(args: argparse.Namespace) -> int:
     from dm_tune.config import TrainConfig
 
+    members = _members(args)
+    if args.population_size is not None and args.population_size < 1:
+        raise ConfigError("--population-size", args.population_size, "expected an integer >= 1")
+    if len(members) > 1:
+        return _train_population_cmd(args, [TrainConfig.from_dict(_train_values(m)) for m in members])
+    args = members[0]
     config = TrainConfig.from_dict(_train_values(args))
     import torch
 
@@ -150,11 +216,98 @@ def _train_cmd(args: argparse.Namespace) -> int:
               f"(realised {data.noise_rate:.3f}), model {resolved.model}, {resolved.method}{dm}, "
               f"seed {resolved.seed}", file=sys.stderr)
     result = train(config, data, _progress(args.quiet, [resolved.epochs]))
-    print(f"{result.status}: final test accuracy {100 * result.test_accuracy:.2f}% "
-          f"(val {100 * result.val_accuracy:.2f}%); best over training {100 * result.best_test_accuracy:.2f}% "
-          f"at epoch {result.best_epoch}; {result.train_time_s:.1f}s")
+    r = result.retrieval
+    if r:
+        print(f"{result.status}: final test mAP {100 * r['test_map']:.2f}, rank-1/5/10 {100 * r['test_rank1']:.2f}/"
+              f"{100 * r['test_rank5']:.2f}/{100 * r['test_rank10']:.2f}% (val mAP {100 * r['val_map']:.2f}); "
+              f"best test mAP over training {100 * r['best_test_map']:.2f}; {result.train_time_s:.1f}s")
+    else:
+        print(f"{result.status}: final test accuracy {100 * result.test_accuracy:.2f}% "
+              f"(val {100 * result.val_accuracy:.2f}%); best over training {100 * result.best_test_accuracy:.2f}% "
+              f"at epoch {result.best_epoch}; {result.train_time_s:.1f}s")
     if out is not None:
         out.write_text(json.dumps(result.to_dict(), indent=1, allow_nan=True) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def _member_label(config: Any) -> str:
+    knobs = f" lam={config.lam:g} beta={config.beta:g}" if config.method == "dm" else ""
+    return f"{config.method}{knobs} seed={config.seed}"
+
+
+def _population_progress(quiet: bool, epochs: int, size: int):
+    def report(metrics: dict[int, dict[str, float]], _snapshot: Any) -> None:
+        if quiet or not metrics:
+            return
+        rows = list(metrics.values())
+        test = sorted(100 * m["test_acc"] for m in rows)
+        diverged = sum(1 for m in rows if m.get("diverged"))
+        print(f"epoch {int(rows[0]['epoch']):>3}/{epochs}  {len(rows)}/{size} members  test "
+              f"{test[0]:5.1f}-{test[-1]:5.1f}% (median {test[len(test) // 2]:5.1f}%)"
+              f"{f'  {diverged} diverged' if diverged else ''}  {rows[0]['population_epoch_time_s']:.2f}s",
+              file=sys.stderr, flush=True)
+
+    return report
+
+
+def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
+    """Several members: populations of --population-size, one result per member."""
+    import torch
+
+    from dm_tune.data import load_source, prepare
+    from dm_tune.models import ModelSpec, build_model
+    from dm_tune.population import train_population
+    from dm_tune.train import select_device
+
+    try:
+        select_device(configs[0].device)
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
+    out = Path(args.out).resolve() if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise UserError(f"--out {args.out}: directory {out.parent} does not exist")
+    size = args.population_size or _POPULATION_SIZE
+    source = load_source(configs[0])  # every member reads the same dataset; prepare() per seed
+    cache: dict[Any, Any] = {}
+
+    def data_of(config: Any) -> Any:
+        key = config.data_seed if config.data_seed is not None else config.seed
+        if key not in cache:
+            cache[key] = prepare(config, source)
+        return cache[key]
+
+    first = data_of(configs[0])
+    resolved = configs[0].resolve(first.defaults, first.default_model, first.input_kind)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads", args.threads, "expected an integer >= 1")
+        torch.set_num_threads(args.threads)
+    elif first.input_kind in ("vector", "signal") and first.train.in_memory:
+        torch.set_num_threads(1)
+    build_model(resolved.model, ModelSpec(first.input_shape, first.input_kind, first.num_classes,
+                                          resolved.hidden_dim, resolved.pretrained, first.vocab_size))
+    groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]
+    if not args.quiet:
+        print(f"dm-tune train: {resolved.dataset} ({len(first.train)} train / {len(first.val)} val / "
+              f"{len(first.test)} test), {resolved.noise} noise {resolved.noise_rate:g}, model {resolved.model}; "
+              f"{len(configs)} members in {len(groups)} population(s) of up to {size}", file=sys.stderr)
+    results = []
+    for group in groups:
+        cache.clear()
+        members = [configs[i] for i in group]
+        if not args.quiet:
+            print(f"population {len(results) // size + 1}/{len(groups)}: "
+                  + ", ".join(_member_label(c) for c in members), file=sys.stderr)
+        datas = [data_of(c) for c in members]
+        results += train_population(members, datas, _population_progress(args.quiet, int(resolved.epochs or 0),
+                                                                          len(members)))
+    for config, result in zip(configs, results):
+        print(f"[{_member_label(config)}] {result.status}: final test accuracy {100 * result.test_accuracy:.2f}% "
+              f"(val {100 * result.val_accuracy:.2f}%); best over training {100 * result.best_test_accuracy:.2f}% "
+              f"at epoch {result.best_epoch}; {result.train_time_s:.1f}s")
+    if out is not None:
+        out.write_text(json.dumps([r.to_dict() for r in results], indent=1, allow_nan=True) + "\n")
         print(f"wrote {out}")
     return 0
 

@@ -1,0 +1,68 @@
+"""``dm-tune train`` with comma-separated --method/--lam/--beta/--seed: one member per
+combination, trained in populations of --population-size; bad lists exit 2 with one line.
+Through ``dm_tune.cli.main`` (what the console script calls), in this process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dm_tune.cli import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--lam", "1,x"], ["--lam", "'x'", "comma-separated list of numbers"]),
+    (["--beta", "8,,16"], ["--beta", "''", "comma-separated list of numbers"]),
+    (["--seed", "0,1.5"], ["--seed", "'1.5'", "integers"]),
+    (["--method", "dm,"], ["--method", "''", "method names"]),
+    (["--method", "dm,focal"], ["method", "'focal'", "cce"]),
+    (["--lam", "1,-2"], ["lam", "-2", "[0.0"]),
+    (["--seed", "0,1", "--population-size", "0"], ["--population-size", "0", ">= 1"]),
+    (["--method", "cce,gce", "--lam", "1,2"], ["--lam", "only applies to --method dm"]),
+])
+def test_bad_lists_exit_2_naming_the_flag_and_value(capsys, argv, words):
+    err = _error(capsys, argv)
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_lists_train_one_member_per_combination(tmp_path, capsys):
+    out = tmp_path / "members.json"
+    argv = ["train", "--method", "dm,cce", "--lam", "1,2", "--beta", "8", "--seed", "0,1", "--epochs", "2",
+            "--population-size", "3", "--out", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    results = json.loads(out.read_text())
+    assert isinstance(results, list) and len(results) == 6  # dm x {1, 2} x {0, 1} + cce x {0, 1}
+    members = [(r["config"]["method"], r["config"]["lam"], r["config"]["beta"], r["config"]["seed"]) for r in results]
+    assert members[:4] == [("dm", 1.0, 8.0, 0), ("dm", 1.0, 8.0, 1), ("dm", 2.0, 8.0, 0), ("dm", 2.0, 8.0, 1)]
+    assert [(m[0], m[3]) for m in members[4:]] == [("cce", 0), ("cce", 1)]
+    for r in results:  # today's result object, one per member
+        assert r["status"] == "finished" and len(r["history"]) == 2 and r["config"]["epochs"] == 2
+        assert r["test_accuracy"] == r["history"][-1]["test_acc"] and r["config"]["git_commit"]
+    assert "population 2/2" in captured.err and "population 3/2" not in captured.err
+    assert captured.out.count("finished: final test accuracy") == 6
+
+
+def test_a_single_member_keeps_the_single_result(tmp_path, capsys):
+    out = tmp_path / "one.json"
+    assert main(["train", "--seed", "3", "--lam", "2", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert isinstance(result, dict) and result["config"]["seed"] == 3 and result["config"]["lam"] == 2.0
+    assert capsys.readouterr().out.startswith("finished: final test accuracy")
