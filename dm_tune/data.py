@@ -20,7 +20,7 @@ import torch
 
 from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
-from dm_tune.datasets import DATASETS, Source, Split
+from dm_tune.datasets import DATASETS, Gallery, Source, Split
 from dm_tune.noise import NoiseContext, apply_noise, imbalance_index
 
 
@@ -40,6 +40,13 @@ class Data:
     normalise: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     vocab_size: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    # Retrieval (re-identification, see dm_tune.data_reid): validation and test galleries.
+    val_gallery: Gallery | None = None
+    test_gallery: Gallery | None = None
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.test_gallery is None else "retrieval"
 
     @property
     def noise_rate(self) -> float:
@@ -73,6 +80,10 @@ def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Genera
 
 def prepare(config: TrainConfig, source: Source | None = None) -> Data:
     source = source if source is not None else load_source(config)
+    if source.task == "retrieval":
+        from dm_tune.data_reid import prepare_retrieval
+
+        return prepare_retrieval(config, source)
     seed = config.data_seed if config.data_seed is not None else config.seed
     # Separate streams, so that e.g. changing the noise rate does not move the validation split.
     noise_rng, val_rng, imb_rng = (np.random.default_rng([seed, k]) for k in (1, 2, 3))

@@ -47,10 +47,15 @@ class TrainResult:
     config: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Retrieval runs (accuracies above are NaN): final-epoch test_map, test_rank1/5/10, val_map,
+    # val_rank1; best_test_map (best over training, optimistic) and val_selected_test_map.
+    retrieval: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; ``config`` also names the git commit and package versions that ran it."""
+        """JSON-ready; ``config`` also names the git commit and package versions that ran it.
+        A retrieval run's metrics sit at the top level beside the accuracies."""
         d = asdict(self)
+        d.update(d.pop("retrieval"))
         d["config"] = {**d["config"], "git_commit": self.provenance.get("git_commit"),
                        "package_versions": self.provenance.get("versions")}
         return d
@@ -158,6 +163,22 @@ def evaluate(model: nn.Module, split, prep: _Inputs, amp: torch.dtype | None, nu
             pred = model(prep(x, train=False)).argmax(1)
             correct += int((pred == labels[idx.to(prep.device)]).sum())
     return correct / len(split)
+
+
+def _evaluate(model: nn.Module, data: Data, prep: _Inputs, amp: torch.dtype | None,
+              num_workers: int) -> dict[str, float]:
+    """One epoch's validation and test metrics: accuracies, or mAP and CMC for retrieval data."""
+    if data.val_gallery is None or data.test_gallery is None:
+        return {"val_acc": evaluate(model, data.val, prep, amp, num_workers),
+                "test_acc": evaluate(model, data.test, prep, amp, num_workers)}
+    from dm_tune._reid_eval import epoch_metrics
+
+    def batches(g) -> Iterator[torch.Tensor]:
+        for x, _ in _batches(g.inputs, len(g), EVAL_BATCH, None, num_workers, prep.device):
+            yield prep(x, train=False)
+
+    with torch.no_grad(), _autocast(prep.device, amp):
+        return epoch_metrics(model, data.val_gallery, data.test_gallery, batches)
 
 
 def _autocast(device: torch.device, amp: torch.dtype | None):
@@ -290,8 +311,7 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
             "train_loss": a[0] / a[1],
             "train_acc": a[2] / a[1],                  # against the (noisy) labels trained on
             "train_clean_acc": a[3] / a[10] if a[10] else float("nan"),  # against the clean labels, where known
-            "val_acc": evaluate(model, data.val, prep, amp, config.num_workers),
-            "test_acc": evaluate(model, data.test, prep, amp, config.num_workers),
+            **_evaluate(model, data, prep, amp, config.num_workers),
             "weight_clean": a[4] / a[5] if a[5] else float("nan"),  # mean relative weight, 1 = batch mean
             "weight_noisy": a[6] / a[7] if a[7] else float("nan"),
             "noisy_fit": a[8] / a[7] if a[7] else float("nan"),     # noisy examples fitted to their wrong label
@@ -316,7 +336,7 @@ def _result(config: TrainConfig, data: Data, history: list[dict[str, float]], st
             t_train: float) -> TrainResult:
     nan = float("nan")
     last = history[-1] if history else {}
-    finite = [h for h in history if math.isfinite(h["test_acc"])]
+    finite = [h for h in history if math.isfinite(h.get("test_acc", nan))]
     best = max(finite, key=lambda h: h["test_acc"], default=None)
     best_val = max(finite, key=lambda h: h["val_acc"], default=None)
     return TrainResult(
@@ -334,4 +354,17 @@ def _result(config: TrainConfig, data: Data, history: list[dict[str, float]], st
         config=config.to_dict(),
         data=dict(data.info),
         provenance=provenance(),
+        retrieval=_retrieval_finals(history) if data.test_gallery is not None else {},
     )
+
+
+def _retrieval_finals(history: list[dict[str, float]]) -> dict[str, float]:
+    nan = float("nan")
+    last = history[-1] if history else {}
+    out = {k: last.get(k, nan) for k in ("test_map", "test_rank1", "test_rank5", "test_rank10",
+                                         "val_map", "val_rank1")}
+    finite = [h for h in history if math.isfinite(h.get("val_map", nan))]
+    best_val = max(finite, key=lambda h: h["val_map"], default=None)
+    out["best_test_map"] = max((h["test_map"] for h in finite), default=nan)
+    out["val_selected_test_map"] = best_val["test_map"] if best_val else nan
+    return out

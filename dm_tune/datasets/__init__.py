@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dm_tune.datasets import cifar, clothing1m, digits, features, imagefolder, imdb, mnist1d
-from dm_tune.datasets._base import DataError, Source, Split
+from dm_tune.datasets import cifar, clothing1m, digits, features, imagefolder, imdb, mnist1d, reid_synth
+from dm_tune.datasets._base import DataError, Gallery, Source, Split
 
 Loader = Callable[[Path | None, Mapping[str, Any], bool], Source]
 
@@ -21,8 +21,9 @@ DATASETS: dict[str, tuple[Loader, bool]] = {
     "imagefolder": (imagefolder.load, True),
     "imdb": (imdb.load, True),
     "features": (features.load, True),
+    "reid-synth": (reid_synth.load, False),
 }
 
 EMBEDDED = tuple(name for name, (_, on_disk) in DATASETS.items() if not on_disk)
 
-__all__ = ["DATASETS", "EMBEDDED", "DataError", "Source", "Split"]
+__all__ = ["DATASETS", "EMBEDDED", "DataError", "Gallery", "Source", "Split"]

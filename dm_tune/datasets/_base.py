@@ -53,6 +53,22 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Gallery:
+    """A retrieval evaluation set (re-identification): every entry is in the gallery and
+    ``query`` indexes the entries that are also queries. Identities are the dataset's own ids
+    (any integers); ``junk`` marks entries the dataset excludes from every ranking (MARS: -1)."""
+
+    inputs: Inputs
+    ids: torch.Tensor      # int64 identity per entry
+    cams: torch.Tensor     # int64 camera per entry
+    query: torch.Tensor    # int64 indices of the query entries
+    junk: torch.Tensor     # bool per entry
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
 class Source:
     """What a dataset module loads, before noise, validation carving and imbalance."""
 
@@ -81,3 +97,12 @@ class Source:
     defaults: dict[str, Any] = field(default_factory=dict)
     # Extra facts for provenance (file paths, feature settings, ...).
     info: dict[str, Any] = field(default_factory=dict)
+    # Retrieval datasets (re-identification): training labels are identities 0..C-1, each
+    # training example one track; ``gallery`` is the test set (identities disjoint from
+    # training) and ``train_cams`` the camera of each training track.
+    gallery: Gallery | None = None
+    train_cams: torch.Tensor | None = None
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.gallery is None else "retrieval"
