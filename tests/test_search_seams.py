@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._searcher import StagedSearcher, top_arms
-from dm_tune.search._trial import TrialOutcome, TrialSpec
+from dm_tune.search._trial import TrialOutcome, TrialSpec, population_report
 from dm_tune.search_spaces import BASELINES, get_space
 from tests.conftest import DM_TUNE
 
@@ -52,23 +52,25 @@ def test_outcome_without_a_final_report_is_early_stopped_or_errored():
     cut = TrialOutcome.from_report({"epoch": 2, "val_acc": 0.7, "test_acc": 0.6}, errored=False)
     assert (cut.status, cut.epochs_reached, cut.final_val_acc) == ("early-stopped", 2, 0.7) and not cut.usable
     assert TrialOutcome.from_report(None, errored=True).status == "errored"
-    crashed_after_final = TrialOutcome.from_report(_outcome(0.9).to_report(), errored=True)
+    crashed_after_final = TrialOutcome.from_report(population_report([_outcome(0.9)]), errored=True)
     assert crashed_after_final.status == "errored" and not crashed_after_final.usable
 
 
 def test_ledger_survives_a_torn_last_line_and_knows_what_is_unfinished(tmp_path):
     path = tmp_path / "l.jsonl"
     ledger = Ledger(path)
-    a, b = _search_spec(0), _search_spec(1)
-    ledger.start(a)
-    ledger.start(b)
-    ledger.checkpoint(b.key, "/ckpt/b")
+    a, b, c = _search_spec(0), _search_spec(1), _search_spec(2)
+    assert ledger.start([a]) == a.key
+    assert ledger.start([b, c]) == b.key  # a population is named by its first member
+    ledger.checkpoint(b.key, "/ckpt/bc")
     assert ledger.end(a, _outcome(0.8)) and not ledger.end(a, _outcome(0.1))  # ended once
+    assert ledger.end(c, _outcome(0.7))
     with open(path, "a") as f:
         f.write('{"event": "end", "key": "' + b.key + '", "outc')  # the driver died mid-write
     again = Ledger(path)
     assert [s.key for s in again.unfinished()] == [b.key]
-    assert again.checkpoints[b.key] == "/ckpt/b"
+    assert [[s.key for s in p] for p in again.unfinished_populations()] == [[b.key, c.key]]
+    assert again.checkpoints[b.key] == "/ckpt/bc"
     assert again.ended[a.key].final_val_acc == 0.8
     assert again.new_experiment() == "run-1" and Ledger(path).new_experiment() == "run-2"
 
@@ -82,40 +84,45 @@ def test_top_arms_rank_finished_search_trials_only():
     assert arms[0][1]["lam"] == pytest.approx(1.0) and arms[1][1]["lam"] == pytest.approx(1 / 3)
 
 
-def _searcher(tmp_path, ledger: Ledger) -> StagedSearcher:
+def _searcher(tmp_path, ledger: Ledger, population_size: int = 1) -> StagedSearcher:
     return StagedSearcher(
         setting=SETTING, ledger=ledger, study_name="t",
         optuna_storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"),
         optuna_study="s", space=get_space("decoupled"), sampler=optuna.samplers.RandomSampler(seed=0),
         num_samples=3, baselines={"cce": BASELINES["cce"]}, seeds=[0, 1], top_k=1,
-        warm_points=[{"psi": 0.5, "rho": 4.0}])
+        warm_points=[{"psi": 0.5, "rho": 4.0}], population_size=population_size)
+
+
+def _members(config) -> list[TrialSpec]:
+    return [TrialSpec.from_dict(d) for d in config["specs"]]
 
 
 def test_searcher_stages_and_resume_from_the_ledger(tmp_path):
     ledger = Ledger(tmp_path / "l.jsonl")
     searcher = _searcher(tmp_path, ledger)
     configs = [searcher.suggest(f"t{i}") for i in range(5)]  # 3 search, then the baseline on 2 seeds
-    specs = [TrialSpec.from_dict(c["spec"]) for c in configs]
+    assert all(len(c["specs"]) == 1 for c in configs)
+    specs = [_members(c)[0] for c in configs]
     assert [s.stage for s in specs] == ["search"] * 3 + ["confirm"] * 2
     assert specs[0].knobs == {"psi": 0.5, "rho": 4.0}  # the warm start comes first
     assert searcher.suggest("t5") is None  # the confirmed arm waits for the search
-    searcher.on_trial_complete("t0", _outcome(0.9).to_report())
-    searcher.on_trial_complete("t3", _outcome(0.8).to_report())
+    searcher.on_trial_complete("t0", population_report([_outcome(0.9)]))
+    searcher.on_trial_complete("t3", population_report([_outcome(0.8)]))
 
     # The driver dies here. A new searcher over the same ledger and Optuna study:
     resumed = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"))
-    again = [TrialSpec.from_dict(resumed.suggest(f"r{i}")["spec"]) for i in range(3)]
+    again = [_members(resumed.suggest(f"r{i}"))[0] for i in range(3)]
     assert [s.key for s in again] == [specs[1].key, specs[2].key, specs[4].key]  # unfinished ones
     assert resumed.suggest("r3") is None
-    resumed.on_trial_complete("r0", _outcome(0.95).to_report())
+    resumed.on_trial_complete("r0", population_report([_outcome(0.95)]))
     resumed.on_trial_complete("r1", None, error=True)
-    resumed.on_trial_complete("r2", _outcome(0.85).to_report())
-    confirm = [TrialSpec.from_dict(resumed.suggest(f"c{i}")["spec"]) for i in range(2)]
+    resumed.on_trial_complete("r2", population_report([_outcome(0.85)]))
+    confirm = [_members(resumed.suggest(f"c{i}"))[0] for i in range(2)]
     assert [(s.arm, s.seed) for s in confirm] == [("dm-1", 0), ("dm-1", 1)]
     assert confirm[0].overrides == specs[1].overrides  # the best finished search trial (0.95)
     assert resumed.suggest("c2") == resumed.FINISHED and not resumed.done()
-    resumed.on_trial_complete("c0", _outcome(0.9).to_report())
-    resumed.on_trial_complete("c1", _outcome(0.9).to_report())
+    resumed.on_trial_complete("c0", population_report([_outcome(0.9)]))
+    resumed.on_trial_complete("c1", population_report([_outcome(0.9)]))
     assert resumed.done()
 
     trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
@@ -124,6 +131,23 @@ def test_searcher_stages_and_resume_from_the_ledger(tmp_path):
     assert trials[0].user_attrs["status"] == "finished" and trials[1].value == pytest.approx(0.95)
     resumed.tell(specs[1], _outcome(0.1))  # a second tell (a reconcile) changes nothing
     assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[1].value == 0.95
+
+
+def test_searcher_hands_out_populations_and_tells_each_member(tmp_path):
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=2)
+    first, second = searcher.suggest("p0"), searcher.suggest("p1")
+    assert [s.number for s in _members(first)] == [0, 1] and [s.number for s in _members(second)] == [2]
+    baseline = _members(searcher.suggest("p2"))
+    assert [(s.arm, s.seed) for s in baseline] == [("cce", 0), ("cce", 1)] and first["group"] == _members(first)[0].key
+    searcher.on_trial_complete("p0", population_report([_outcome(0.9), _outcome(0.7, "diverged")]))
+    searcher.on_trial_complete("p1", {"epoch": 2, "members": [{"epoch": 2, "val_acc": 0.5}]}, error=True)
+    assert len(searcher.ledger.ended) == 3
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert [t.user_attrs["status"] for t in trials] == ["finished", "diverged", "errored"]
+    (confirm,) = [_members(searcher.suggest("p3"))]
+    assert [(s.arm, s.seed, s.overrides) for s in confirm] == [("dm-1", 0, _members(first)[0].overrides),
+                                                              ("dm-1", 1, _members(first)[0].overrides)]
 
 
 @pytest.mark.slow
@@ -150,21 +174,37 @@ def test_default_study_is_readable_by_ray_mlflow_and_optuna_tools(tmp_path):
     assert float(gce.data.params["gce_q"]) == 0.7 and "lam" not in gce.data.params
     assert {"sl_mu", "sl_nu"} <= set(sl.data.params) and "gce_q" not in sl.data.params
 
+    # Ray's view: one row per Ray trial (a population), each member's final metrics in it.
     (experiment,) = (ws / "ray" / "default").glob("*/run-*")
     df = tune.ExperimentAnalysis(str(experiment)).dataframe()
-    assert len(df) == n_trials
-    assert df["final_val_acc"].notna().all() and df["final_test_acc"].notna().all()
-    assert set(df["status"]) == {"finished"}
+    members = [m for population in df["members"] for m in population]
+    assert len(members) == n_trials and df["population_size"].sum() == n_trials
+    assert all(math.isfinite(m["final_val_acc"]) and math.isfinite(m["final_test_acc"]) for m in members)
+    assert {m["status"] for m in members} == {"finished"}
 
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         results = tune.Tuner.restore(str(experiment), trainable=dm_trainable).get_results()
     finally:
         ray.shutdown()
-    assert len(results) == n_trials and results.num_errors == 0
-    assert all(math.isfinite(r.metrics["final_test_acc"]) for r in results)
+    assert len(results) == len(df) and results.num_errors == 0
+    assert sum(len(r.metrics["members"]) for r in results) == n_trials
+    assert all(math.isfinite(m["final_test_acc"]) for r in results for m in r.metrics["members"])
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")
     (summary,) = optuna.get_all_study_summaries(storage)
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
     assert Counter(t.state for t in trials) == {optuna.trial.TrialState.COMPLETE: 30}
+
+
+def test_sl_baseline_takes_the_authors_pair_for_the_dataset_unless_the_study_sets_it():
+    from dm_tune.search import Study
+    from dm_tune.search._run import _baselines
+    from dm_tune.search._study import Setting
+
+    cifar100 = Setting("cifar100", "symmetric", 0.4, "none", 1.0, None)
+    study = Study.from_dict({"baselines": ["cce", "sl"], "training": {"data_root": "/x"}})
+    assert _baselines(study, cifar100)["sl"] == {"method": "sl", "sl_mu": 6.0, "sl_nu": 0.1}
+    assert _baselines(study, cifar100)["cce"] == {"method": "cce"}
+    own = Study.from_dict({"baselines": ["sl"], "training": {"data_root": "/x", "sl_mu": 1.0, "sl_nu": 1.0}})
+    assert _baselines(own, cifar100)["sl"] == {"method": "sl"}  # the study's own pair applies

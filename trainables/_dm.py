@@ -1,11 +1,14 @@
-"""The Ray Tune function trainable: a thin adapter from a ``TrialSpec`` to ``dm_tune.train``.
+"""The Ray Tune function trainable: a thin adapter from a population of ``TrialSpec`` to
+``dm_tune.population.train_population`` (a population of one trains through ``dm_tune.train``).
 
-The trial config is ``{"spec": TrialSpec.to_dict(), "resume_from": path or None}``; everything
-shared by the setting's trials (the training fields, the in-memory dataset) is bound once with
-``tune.with_parameters``. The trial ends with one final ``tune.report`` of its ``TrialOutcome``.
+The trial config is ``{"specs": [TrialSpec.to_dict(), ...], "group": name, "resume_from": path
+or None}``; everything shared by the setting's trials (the training fields, the in-memory
+dataset) is bound once with ``tune.with_parameters``. Every report carries each member's
+metrics in ``members`` (a population of one also at the top level, where a scheduler reads
+them); the trial ends with one final report of every member's ``TrialOutcome``.
 
 Checkpoints hold the training state only (tensors and plain values, ``torch.save``; loaded with
-``weights_only=True``). A retried trial continues from Tune's newest checkpoint of it; a trial
+``weights_only=True``). A retried trial continues from Tune's newest checkpoint of it; a population
 handed out again after an interrupted search continues from ``resume_from``, the newest
 checkpoint the ledger recorded for it. A trial shorter than the checkpoint interval has none and
 starts again from scratch.
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dm_tune.search._trial import TrialOutcome, TrialSpec
+from dm_tune.search._trial import TrialOutcome, TrialSpec, population_report
 
 STATE_FILE = "state.pt"
 
@@ -69,30 +72,46 @@ def _resume_state(resume_from: str | None) -> dict[str, Any] | None:
     return None
 
 
-def _reporter(runtime: TrialRuntime, budget: int) -> Callable[[dict[str, float], Any], None]:
+def _reporter(runtime: TrialRuntime, budget: int, size: int) -> Callable[[dict[int, dict[str, float]], Any], None]:
     import torch
     from ray import tune
 
     last_checkpoint = [time.monotonic()]
+    calls = [0]
 
-    def report(metrics: dict[str, float], snapshot) -> None:
-        epoch = int(metrics["epoch"])
+    def report(epoch_metrics: dict[int, dict[str, float]], snapshot) -> None:
+        calls[0] += 1
+        epoch = max(int(m["epoch"]) for m in epoch_metrics.values())
         _fault_hook(epoch)
-        # The last epoch reaches Tune only in the final report: a scheduler that stops trials at
-        # the end of the budget (ASHA does) must not cut the trial off before it.
-        if epoch == budget:
-            return
-        due = (epoch % runtime.checkpoint_every == 0
+        members: list[dict[str, float] | None] = [epoch_metrics.get(k) for k in range(size)]
+        metrics: dict[str, Any] = {"epoch": epoch, "members": members}
+        if size == 1:
+            # The last epoch reaches Tune only in the final report: a scheduler that stops trials
+            # at the end of the budget (ASHA does) must not cut the trial off before it.
+            if epoch == budget:
+                return
+            metrics.update(members[0] or {})
+        due = (calls[0] % runtime.checkpoint_every == 0
                and time.monotonic() - last_checkpoint[0] >= runtime.checkpoint_min_s)
-        if due and not metrics.get("diverged"):
+        if due and not all(m.get("diverged") for m in epoch_metrics.values()):
             last_checkpoint[0] = time.monotonic()
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(snapshot(), Path(tmp) / STATE_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        elif epoch % runtime.report_every == 0:
+        elif calls[0] % runtime.report_every == 0:
             tune.report(metrics)
 
     return report
+
+
+def _outcome(result: Any, node_id: str) -> TrialOutcome:
+    return TrialOutcome(
+        status=result.status, epochs_reached=result.epochs_completed,
+        final_val_acc=result.val_accuracy, final_test_acc=result.test_accuracy,
+        best_val_acc=result.best_val_accuracy, best_test_acc=result.best_test_accuracy,
+        val_selected_test_acc=result.val_selected_test_accuracy, best_epoch=result.best_epoch,
+        train_time_s=result.train_time_s, noise_rate_realised=result.noise_rate_realised,
+        node_id=node_id, history=tuple(result.history))
 
 
 def dm_trainable(config: Mapping[str, Any], base: Mapping[str, Any], runtime: TrialRuntime,
@@ -103,20 +122,15 @@ def dm_trainable(config: Mapping[str, Any], base: Mapping[str, Any], runtime: Tr
 
     from dm_tune.config import TrainConfig
     from dm_tune.data import prepare
-    from dm_tune.train import train
+    from dm_tune.population import train_population
 
     torch.set_num_threads(runtime.cpus)
-    spec = TrialSpec.from_dict(config["spec"])
-    cfg = TrainConfig.from_dict(spec.train_values(base))
-    data = prepare(cfg, source)
-    budget = cfg.resolve(data.defaults, data.default_model, data.input_kind).epochs
+    specs = [TrialSpec.from_dict(d) for d in config["specs"]]
+    configs = [TrainConfig.from_dict(spec.train_values(base)) for spec in specs]
+    datas = [prepare(c, source) for c in configs]  # each seed its own noise draw and validation split
+    d0 = datas[0]
+    budget = configs[0].resolve(d0.defaults, d0.default_model, d0.input_kind).epochs
     resume = _resume_state(config.get("resume_from"))
-    result = train(cfg, data, _reporter(runtime, budget), resume=resume)
-    outcome = TrialOutcome(
-        status=result.status, epochs_reached=result.epochs_completed,
-        final_val_acc=result.val_accuracy, final_test_acc=result.test_accuracy,
-        best_val_acc=result.best_val_accuracy, best_test_acc=result.best_test_accuracy,
-        val_selected_test_acc=result.val_selected_test_accuracy, best_epoch=result.best_epoch,
-        train_time_s=result.train_time_s, noise_rate_realised=result.noise_rate_realised,
-        node_id=ray.get_runtime_context().get_node_id(), history=tuple(result.history))
-    tune.report(outcome.to_report())
+    results = train_population(configs, datas, _reporter(runtime, budget, len(specs)), resume=resume)
+    node = ray.get_runtime_context().get_node_id()
+    tune.report(population_report([_outcome(r, node) for r in results]))

@@ -3,14 +3,15 @@
 One append-only JSON-lines file per setting in the workspace, written by the driver alone, one
 flushed line per event:
 
-    {"event": "start", "key": ..., "spec": {...}}            a trial was handed to Ray
-    {"event": "checkpoint", "key": ..., "path": "..."}       its newest checkpoint
+    {"event": "start", "key": ..., "spec": {...}, "group": G} a trial was handed to Ray, to train in
+                                                             population G (its first member's key)
+    {"event": "checkpoint", "key": G, "path": "..."}         the population's newest checkpoint
     {"event": "end", "key": ..., "outcome": {...}}           how it ended (the outcome is final)
     {"event": "experiment", "key": "run-N"}                  a Tune experiment ran (or resumed) it
 
 It is the source of truth for resuming: a search that was interrupted, even by ``kill -9``,
-continues from what the ledger holds (ended trials are never re-run, started ones are re-run
-with the same spec from their newest checkpoint), and MLflow and Optuna are reconciled with it.
+continues from what the ledger holds (ended trials are never re-run; a population with trials
+that never ended is re-run with the same members from its newest checkpoint), and MLflow and Optuna are reconciled with it.
 The end event is written before anything is told to MLflow or Optuna. A torn last line (the
 process died while writing it) is ignored. Plain JSON, so resuming never unpickles anything.
 """
@@ -29,6 +30,7 @@ class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.started: dict[str, TrialSpec] = {}       # key -> spec, in start order
+        self.group: dict[str, str] = {}               # key -> the population it trains in
         self.ended: dict[str, TrialOutcome] = {}
         self.checkpoints: dict[str, str] = {}
         self.experiments: list[str] = []              # Tune experiment names, in order
@@ -50,6 +52,7 @@ class Ledger:
         key = event["key"]
         if event["event"] == "start":
             self.started[key] = TrialSpec.from_dict(event["spec"])
+            self.group[key] = event.get("group", key)
         elif event["event"] == "checkpoint":
             self.checkpoints[key] = event["path"]
         elif event["event"] == "end":
@@ -69,13 +72,16 @@ class Ledger:
 
     # --- events -------------------------------------------------------------------------
 
-    def start(self, spec: TrialSpec) -> None:
-        if spec.key not in self.started:
-            self._append({"event": "start", "key": spec.key, "spec": spec.to_dict()})
+    def start(self, population: list[TrialSpec]) -> str:
+        """Record a population's members as started; returns its group name."""
+        group = self.group.get(population[0].key, population[0].key)
+        for spec in population:
+            if spec.key not in self.started:
+                self._append({"event": "start", "key": spec.key, "spec": spec.to_dict(), "group": group})
+        return group
 
-    def checkpoint(self, key: str, path: str) -> None:
-        if key not in self.ended:
-            self._append({"event": "checkpoint", "key": key, "path": path})
+    def checkpoint(self, group: str, path: str) -> None:
+        self._append({"event": "checkpoint", "key": group, "path": path})
 
     def end(self, spec: TrialSpec, outcome: TrialOutcome) -> bool:
         """Record how a trial ended; False if it had already ended (a re-run after a resume)."""
@@ -95,6 +101,13 @@ class Ledger:
     def unfinished(self) -> list[TrialSpec]:
         """Trials that started but never ended (running when the search was interrupted)."""
         return [spec for key, spec in self.started.items() if key not in self.ended]
+
+    def unfinished_populations(self) -> list[list[TrialSpec]]:
+        """The populations with trials that never ended, each with all its members in order."""
+        groups: dict[str, list[TrialSpec]] = {}
+        for key, spec in self.started.items():
+            groups.setdefault(self.group[key], []).append(spec)
+        return [members for members in groups.values() if any(s.key not in self.ended for s in members)]
 
     def ended_specs(self, stage: str | None = None) -> list[tuple[TrialSpec, TrialOutcome]]:
         return [(self.started[k], o) for k, o in self.ended.items()

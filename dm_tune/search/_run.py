@@ -31,6 +31,12 @@ from dm_tune.search._summary import ArmResult, SettingSummary
 from dm_tune.search._trial import TrialSpec
 
 EPOCH_METRIC = "val_acc"  # what ASHA compares at each rung (clean-validation accuracy)
+# population_size "auto": DM configurations per Ray trial for a model on a CPU / a GPU, the best
+# K of benchmarks/population.py (BENCHMARKS.md, "Population trials"); other models train alone.
+AUTO_POPULATION: dict[str, tuple[int, int]] = {
+    "mlp": (16, 64), "imdb-mlp": (16, 64), "cnn": (16, 64),
+    "resnet20": (4, 16), "resnet32": (4, 16), "resnet44": (4, 16), "resnet56": (4, 16),
+}
 # With automatic checkpointing (checkpoint_every: 0), at most one checkpoint per this many seconds.
 AUTO_CHECKPOINT_MIN_S = 30.0
 
@@ -103,6 +109,13 @@ class SettingContext:
         params["num_classes"] = self.source.num_classes
         return params
 
+    def population_size(self) -> int:
+        size = self.study.population_size
+        if size == "auto":
+            model = self.resolved(TrialSpec(self.setting.key, "confirm", self.study.seeds[0], {})).model
+            size = AUTO_POPULATION.get(str(model), (1, 1))[self.study.resources.gpus_per_trial > 0]
+        return int(size)
+
     def runtime(self):
         from dm_tune.trainables import TrialRuntime
 
@@ -150,11 +163,22 @@ def _optuna_study_name(study: Study, setting: Setting) -> str:
     return f"{setting.key}/{study.search.space}/{hashlib.sha1(fingerprint.encode()).hexdigest()[:8]}"
 
 
+def _baselines(study: Study, setting: Setting) -> dict[str, dict[str, Any]]:
+    """The study's baselines as TrainConfig overrides; SL takes the authors' pair for the dataset
+    (``SL_OFFICIAL``) unless the study's training fields set its knobs."""
+    from dm_tune.search_spaces import BASELINES, SL_OFFICIAL
+
+    out = {b: dict(BASELINES[b]) for b in study.baselines}
+    if "sl" in out and not {"sl_mu", "sl_nu"} & set(study.training):
+        out["sl"].update(SL_OFFICIAL.get(setting.dataset, {}))
+    return out
+
+
 def _searcher(ctx: SettingContext, ledger: Ledger):
     import optuna
 
     from dm_tune.search._searcher import StagedSearcher
-    from dm_tune.search_spaces import BASELINES, get_space, make_sampler
+    from dm_tune.search_spaces import get_space, make_sampler
 
     study = ctx.study
     space = get_space(study.search.space, study.search.extra_knobs)
@@ -164,8 +188,10 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
         optuna_study=_optuna_study_name(study, ctx.setting), space=space,
         sampler=make_sampler(study.search.sampler, space, study.search.sampler_seed, study.search.num_samples),
         num_samples=study.search.num_samples, top_k=study.search.top_k, seeds=study.seeds,
-        baselines={b: BASELINES[b] for b in study.baselines},
-        warm_points=_warm_points(space) if study.search.warm_start else ())
+        baselines=_baselines(study, ctx.setting),
+        warm_points=_warm_points(space) if study.search.warm_start else (),
+        population_size=ctx.population_size(),
+        search_population_size=1 if study.scheduler.kind != "none" else None)
 
 
 def _scheduler(study: Study, budget: int):

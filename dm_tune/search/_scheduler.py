@@ -1,5 +1,8 @@
 """When to stop a trial early: a scheduler for the search stage only.
 
+A scheduler acts on whole Ray trials, so with one the search trials train one per Ray trial
+(a population of one): ASHA then acts per DM configuration, as without populations.
+
 ``SearchOnly`` wraps a Tune scheduler (ASHA) and forwards it the events of search trials only,
 through the public ``TrialScheduler`` hooks: a baseline or a confirmed arm always trains for its
 full budget, so the comparisons never mix truncated and full results.
@@ -13,7 +16,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 
 def _is_search(trial: Any) -> bool:
-    return trial.config.get("spec", {}).get("stage") == "search"
+    return trial.config["specs"][0]["stage"] == "search"
 
 
 class SearchOnly(FIFOScheduler):

@@ -1,16 +1,17 @@
 """What to try next in one setting: a Ray Tune ``Searcher`` that drives Optuna's ask/tell itself.
 
-It hands out, in order:
-1. **search** trials: DM arms asked from the setting's Optuna study (``study.ask()``), trained on
-   the first seed, until ``num_samples`` have started;
+Each Ray trial it hands out is a *population*: up to ``population_size`` trials (each its own
+``TrialSpec``) that one trainable trains together (``dm_tune.population``). It hands out, in order:
+1. **search** trials: DM arms asked from the setting's Optuna study (``study.ask()``, a batch
+   per population), trained on the first seed, until ``num_samples`` have started;
 2. the **baselines** on every seed (fixed arms that depend on nothing, so they fill the slots
    that the last search trials leave idle);
 3. once every search trial has ended, the **confirm** trials: the best ``top_k`` DM arms (by
    final clean-validation accuracy, finished trials only) on every seed.
 
 Everything it knows is in the ledger (``_ledger``), so a searcher built over the ledger of an
-interrupted search continues it: trials that never ended are handed out again with the same
-spec and their newest checkpoint, ended ones never are. Optuna is told each search trial's
+interrupted search continues it: populations with trials that never ended are handed out again
+with the same members and their newest checkpoint; ended trials never are. Optuna is told each search trial's
 outcome once (``skip_if_finished``): COMPLETE with its final validation accuracy, PRUNED when a
 scheduler stopped it early (with the accuracy it reached as an intermediate value), FAIL when
 it crashed or diverged without a usable accuracy. Only public Optuna and Ray APIs are used.
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.search import Searcher
 
 from dm_tune.search._ledger import Ledger
-from dm_tune.search._trial import TrialOutcome, TrialSpec
+from dm_tune.search._trial import TrialOutcome, TrialSpec, member_outcomes
 from dm_tune.search_spaces import suggest, to_lam_beta
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ class StagedSearcher(Searcher):
                  optuna_study: str,
                  space: Mapping[str, Any], sampler: Any, num_samples: int,
                  baselines: Mapping[str, Mapping[str, Any]], seeds: Sequence[int], top_k: int,
-                 warm_points: Sequence[Mapping[str, float]] = (), study_name: str = "") -> None:
+                 warm_points: Sequence[Mapping[str, float]] = (), study_name: str = "",
+                 population_size: int = 1, search_population_size: int | None = None) -> None:
         super().__init__(metric=OBJECTIVE, mode="max")
         self.setting, self.ledger = setting, ledger
         self.space, self.num_samples, self.top_k = dict(space), num_samples, top_k
@@ -74,8 +76,11 @@ class StagedSearcher(Searcher):
         self._storage, self._study_name, self._sampler = optuna_storage, optuna_study, sampler
         self._warm_points = [dict(p) for p in warm_points]
         self._study: Any = None
-        self._live: dict[str, TrialSpec] = {}      # Ray trial id -> spec, this process only
-        self._again = ledger.unfinished()          # started before an interruption, never ended
+        self.population_size = population_size
+        # A scheduler that stops trials early acts on whole Ray trials: search trials then train alone.
+        self.search_population_size = search_population_size or population_size
+        self._live: dict[str, list[TrialSpec]] = {}  # Ray trial id -> its members, this process only
+        self._again = ledger.unfinished_populations()  # started before an interruption, never ended
 
     # --- Optuna ---------------------------------------------------------------------------
 
@@ -123,54 +128,52 @@ class StagedSearcher(Searcher):
 
     # --- the stages -----------------------------------------------------------------------
 
-    def _fixed(self, stage: str, arms: Sequence[tuple[str, Mapping[str, Any], str]]) -> TrialSpec | None:
-        """The first (arm, seed) of ``arms`` that has not started yet."""
-        for name, overrides, baseline in arms:
-            for seed in self.seeds:
-                spec = TrialSpec(self.setting, stage, seed, dict(overrides), arm=name, baseline=baseline)  # type: ignore[arg-type]
-                if spec.key not in self.ledger.started:
-                    return spec
-        return None
+    def _fixed(self, arms: Sequence[tuple[str, Mapping[str, Any], str]]) -> list[TrialSpec]:
+        """Up to a population of the (arm, seed) pairs of ``arms`` that have not started yet."""
+        todo = [TrialSpec(self.setting, "confirm", seed, dict(overrides), arm=name, baseline=baseline)
+                for name, overrides, baseline in arms for seed in self.seeds]
+        return [s for s in todo if s.key not in self.ledger.started][:self.population_size]
 
-    def _next(self) -> TrialSpec | str | None:
+    def _confirmed(self) -> list[tuple[str, Mapping[str, Any], str]]:
+        return [(name, o, "") for name, o in top_arms(self.ledger.ended_specs("search"), self.top_k)]
+
+    def _next(self) -> list[TrialSpec] | str | None:
         if self._again:
             return self._again.pop(0)
         searched = [s for s in self.ledger.started.values() if s.stage == "search"]
         if len(searched) < self.num_samples:
-            return self._ask()
-        spec = self._fixed("confirm", [(b, o, b) for b, o in self.baselines.items()])
-        if spec is not None:
-            return spec
+            return [self._ask() for _ in range(min(self.search_population_size, self.num_samples - len(searched)))]
+        population = self._fixed([(b, o, b) for b, o in self.baselines.items()])
+        if population:
+            return population
         if any(s.key not in self.ledger.ended for s in searched):
             return None  # the confirmed arms depend on the search trials still running
-        arms = top_arms(self.ledger.ended_specs("search"), self.top_k)
-        spec = self._fixed("confirm", [(name, o, "") for name, o in arms])
-        return spec if spec is not None else Searcher.FINISHED
+        return self._fixed(self._confirmed()) or Searcher.FINISHED
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        spec = self._next()
-        if not isinstance(spec, TrialSpec):
-            return spec
-        self.ledger.start(spec)
-        self._live[trial_id] = spec
-        return {"spec": spec.to_dict(), "resume_from": self.ledger.checkpoints.get(spec.key)}
+        population = self._next()
+        if not isinstance(population, list):
+            return population
+        group = self.ledger.start(population)
+        self._live[trial_id] = population
+        return {"specs": [spec.to_dict() for spec in population], "group": group,
+                "resume_from": self.ledger.checkpoints.get(group)}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        spec = self._live.pop(trial_id, None)
-        if spec is None:
+        population = self._live.pop(trial_id, None)
+        if population is None:
             return
-        outcome = TrialOutcome.from_report(result, error)
-        if self.ledger.end(spec, outcome) and spec.stage == "search":
-            self.tell(spec, outcome)
+        for spec, outcome in zip(population, member_outcomes(result, len(population), error)):
+            if self.ledger.end(spec, outcome) and spec.stage == "search":
+                self.tell(spec, outcome)
 
     def done(self) -> bool:
         """Every trial of the setting has ended."""
         searched = [s for s in self.ledger.started.values() if s.stage == "search"]
         if len(searched) < self.num_samples or self.ledger.unfinished():
             return False
-        arms = top_arms(self.ledger.ended_specs("search"), self.top_k)
-        fixed = [(b, o, b) for b, o in self.baselines.items()] + [(n, o, "") for n, o in arms]
-        return self._fixed("confirm", fixed) is None
+        fixed = [(b, o, b) for b, o in self.baselines.items()] + self._confirmed()
+        return not self._fixed(fixed)
 
     # The ledger is the searcher's state: Tune's periodic searcher checkpoint holds nothing else.
     def save(self, checkpoint_path: str) -> None:

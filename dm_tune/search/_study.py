@@ -34,6 +34,10 @@ def _imbalance_ok(v: str) -> bool:
     return bool(m) and (m.group(1) == "none" or float(m.group(3)) > 1.0)
 
 
+def _population_size_ok(v: Any) -> bool:
+    return v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024)
+
+
 # Each is one entry of a matrix axis; an axis is a non-empty list of them.
 DatasetName = Annotated[str, one_of(DATASETS)]
 NoiseName = Annotated[str, one_of(NOISE_MODELS)]
@@ -94,6 +98,9 @@ class Study:
     max_failures: Annotated[Int, in_range(0, 100)] = 2       # retries of a crashed trial
     # Epochs between checkpoints; 0: every quarter of the budget, at most one per 30 s.
     checkpoint_every: Annotated[Int, in_range(0, 100_000)] = 0
+    # DM configurations trained together in one trial (a population; 1: one per trial);
+    # "auto": the size the population benchmark chose for the model and device (BENCHMARKS.md).
+    population_size: Annotated[Any, rule(_population_size_ok, "expected 'auto' or an integer in [1, 1024]")] = "auto"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Study:

@@ -17,8 +17,10 @@ Schema (what ``reports`` reads):
   child:  tags mlflow.parentRunId, dmtune.role=trial, dmtune.setting, dmtune.stage
           (search|confirm), dmtune.baseline ("" for DM arms), dmtune.arm, dmtune.status
           (running|finished|diverged|early-stopped|errored|interrupted), dmtune.trial_key,
+          dmtune.population (the population it trained in: its first member's trial key),
           dmtune.git_commit, dmtune.versions, dmtune.node_id; params: the resolved training
-          config (the method's own knobs only), psi/rho for DM, num_classes; metrics per epoch
+          config (the method's own knobs only), psi/rho for DM, num_classes, population_size;
+          metrics per epoch
           (step = epoch) and final_* metrics; artifacts result.json, weights.csv.
 """
 
@@ -39,7 +41,7 @@ from ray import tune
 
 from dm_tune.provenance import git_commit, package_versions
 from dm_tune.search._ledger import Ledger
-from dm_tune.search._trial import TrialOutcome, TrialSpec
+from dm_tune.search._trial import TrialOutcome, TrialSpec, member_outcomes
 
 NOT_EPOCH_METRICS = ("epoch", "diverged")
 RUN_STATE = {"finished": "FINISHED", "diverged": "FINISHED", "early-stopped": "FINISHED", "errored": "FAILED"}
@@ -100,13 +102,14 @@ def _finite(values: Mapping[str, Any], skip: tuple[str, ...] = ()) -> dict[str, 
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
-def spec_of(trial) -> TrialSpec:
-    return TrialSpec.from_dict(trial.config["spec"])
+def members_of(trial) -> list[TrialSpec]:
+    return [TrialSpec.from_dict(d) for d in trial.config["specs"]]
 
 
 class MLflowTracker(tune.Callback):
-    """Logs every trial of one setting as a child run of the setting's run; records each trial's
-    newest checkpoint in the ledger (for resuming after an interruption)."""
+    """Logs every trial of one setting as a child run of the setting's run (a Ray trial trains a
+    population of them: one run per member, tagged with the population); records each
+    population's newest checkpoint in the ledger (for resuming after an interruption)."""
 
     def __init__(self, uri: str, exp_id: str, parent_id: str, setting: str, ledger: Ledger,
                  describe: Callable[[TrialSpec], dict[str, Any]], echo: bool = True) -> None:
@@ -154,32 +157,41 @@ class MLflowTracker(tune.Callback):
     # --- Tune events (the driver loop: queue and return) ------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._open, spec_of(trial))
+        members = members_of(trial)
+        for spec in members:
+            self._submit(self._open, spec, trial.config["group"], len(members))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if not result.get("final"):
-            self._submit(self._log_epochs, spec_of(trial), [dict(result)])
+            for spec, metrics in zip(members_of(trial), result.get("members") or []):
+                if metrics:
+                    self._submit(self._log_epochs, spec, [dict(metrics)])
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-        self.ledger.checkpoint(spec_of(trial).key, checkpoint.path)
+        self.ledger.checkpoint(trial.config["group"], checkpoint.path)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         if self.echo:
-            print(f"  [{self.setting}] trial {spec_of(trial).key} failed ({_error_line(trial)}); "
+            print(f"  [{self.setting}] trial {trial.config['group']} failed ({_error_line(trial)}); "
                   "retrying from its newest checkpoint", file=sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._submit(self._finish, spec_of(trial), TrialOutcome.from_report(trial.last_result, False))
+        self._end(trial, errored=False)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         if self.echo:
-            print(f"  [{self.setting}] trial {spec_of(trial).key} failed for good ({_error_line(trial)})",
+            print(f"  [{self.setting}] trial {trial.config['group']} failed for good ({_error_line(trial)})",
                   file=sys.stderr, flush=True)
-        self._submit(self._finish, spec_of(trial), TrialOutcome.from_report(trial.last_result, True))
+        self._end(trial, errored=True)
+
+    def _end(self, trial, errored: bool) -> None:
+        members = members_of(trial)
+        for spec, outcome in zip(members, member_outcomes(trial.last_result, len(members), errored)):
+            self._submit(self._finish, spec, outcome)
 
     # --- the MLflow writes (writer thread) -------------------------------------------------------
 
-    def _open(self, spec: TrialSpec) -> str:
+    def _open(self, spec: TrialSpec, group: str = "", size: int = 1) -> str:
         if spec.key in self._runs:
             return self._runs[spec.key]
         client = _client(self.uri)
@@ -195,9 +207,10 @@ class MLflowTracker(tune.Callback):
                 "mlflow.parentRunId": self.parent_id, "dmtune.role": "trial",
                 "dmtune.setting": self.setting, "dmtune.stage": spec.stage, "dmtune.arm": spec.arm,
                 "dmtune.baseline": spec.baseline, "dmtune.status": "running", "dmtune.trial_key": spec.key,
+                "dmtune.population": group or spec.key,
                 "dmtune.git_commit": git_commit(), "dmtune.versions": json.dumps(package_versions())})
             run_id = run.info.run_id
-            _log_params(client, run_id, self.describe(spec))
+            _log_params(client, run_id, {**self.describe(spec), "population_size": size})
             self._steps[run_id] = set()
         self._runs[spec.key] = run_id
         return run_id

@@ -113,3 +113,24 @@ class TrialOutcome:
         kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d}
         kwargs["history"] = tuple(kwargs.get("history", ()))
         return cls(**kwargs)
+
+
+# --- a population: one Ray trial that trains several trials together ------------------------------
+
+
+def population_report(outcomes: list[TrialOutcome]) -> dict[str, Any]:
+    """The final ``tune.report`` of a population: each member's outcome in ``members``; a
+    population of one also reports its outcome's scalars at the top level."""
+    report: dict[str, Any] = {"final": 1.0, "population_size": len(outcomes),
+                              "members": [o.to_report() for o in outcomes]}
+    if len(outcomes) == 1:
+        report.update(outcomes[0].to_report())
+    return report
+
+
+def member_outcomes(report: Mapping[str, Any] | None, size: int, errored: bool) -> list[TrialOutcome]:
+    """Each member's outcome from a population's last Tune result (its final report, or the
+    last per-epoch report of a population that was cut short)."""
+    members = list((report or {}).get("members") or [])
+    members += [None] * (size - len(members))
+    return [TrialOutcome.from_report(m, errored) for m in members[:size]]
