@@ -57,6 +57,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--noise-rate", "abc"], ["--noise-rate", "abc"]),
     (["--sampler", "grid"], ["search.sampler", "paper-grid"]),
     (["--epochs", "0"], ["training.epochs", "0"]),
+    (["--population-size", "0"], ["population_size", "0", "auto"]),
+    (["--population-size", "lots"], ["population_size", "lots", "auto"]),
     (["--dataset", "cifar10"], ["data_root", "--data-root"]),
     (["--resume", "nothing"], ["--resume nothing", "no such study"]),
     (["--resume", "x", "--epochs", "3"], ["--resume", "--epochs"]),

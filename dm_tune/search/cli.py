@@ -42,6 +42,8 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent", type=int, help="trials at once")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")
+    p.add_argument("--population-size", help="DM configurations trained together in one trial: an integer "
+                   ">= 1 (1: one per trial) or auto (default: chosen per model and device)")
     p.add_argument("--scheduler", help="none (default) or asha")
     p.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT")
     p.add_argument("--storage-path", help="Ray results dir (shared storage on a multi-node cluster)")
@@ -72,6 +74,7 @@ _STUDY_FLAGS: dict[str, tuple[tuple[str, ...], bool]] = {
     "gpus_per_trial": (("resources", "gpus_per_trial"), False),
     "scheduler": (("scheduler", "kind"), False),
     "epochs": (("training", "epochs"), False),
+    "population_size": (("population_size",), False),
     "data_root": (("training", "data_root"), False),
 }
 
@@ -93,6 +96,8 @@ def study_values(args: argparse.Namespace) -> dict[str, Any]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(".".join(path[:-1]), node, "expected a mapping")
+        if flag == "population_size" and str(v).strip().isdigit():
+            v = int(v)
         node[path[-1]] = v
     if args.name is not None:
         values["name"] = args.name
