@@ -18,11 +18,11 @@ from dm_tune._validate import ConfigError
 
 @dataclass(frozen=True)
 class ModelSpec:
-    input_shape: tuple[int, ...]  # one example's shape: (D,), (L,), (C, H, W) or (T,) token ids
-    input_kind: str               # "vector", "signal", "image", "tokens"
+    input_shape: tuple[int, ...]  # one example's shape: (D,), (L,), (C, H, W), (T,) token ids or (T, C, H, W) frames
+    input_kind: str               # "vector", "signal", "image", "tokens", "video"
     num_classes: int
     hidden_dim: int = 256
-    pretrained: str | None = None  # a local state-dict file (resnet18/resnet50)
+    pretrained: str | None = None  # a local state-dict file (resnet18/resnet50, reid-resnet18/50)
     vocab_size: int = 0            # for "tokens"
 
 
@@ -129,6 +129,38 @@ def torchvision_resnet(name: str) -> Callable[[ModelSpec], nn.Module]:
     return builder
 
 
+class TrackEmbedder(nn.Module):
+    """Video re-ID: an image network embeds each frame of a track, the frame embeddings are
+    averaged into one track embedding, and ``fc`` classifies it (identity classification)."""
+
+    def __init__(self, trunk: nn.Module, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C, H, W) tracks or (B, C, H, W) images
+        if x.dim() == 4:
+            x = x.unsqueeze(1)
+        b, t = x.shape[:2]
+        return self.fc(self.trunk(x.flatten(0, 1)).view(b, t, -1).mean(1))
+
+
+def reid_resnet(name: str) -> Callable[[ModelSpec], nn.Module]:
+    def builder(spec: ModelSpec) -> nn.Module:
+        import torchvision
+
+        if spec.input_kind not in ("video", "image"):
+            raise ValueError(f"model 'reid-{name}' needs image tracks (e.g. mars), not {spec.input_kind}")
+        trunk = getattr(torchvision.models, name)(weights=None)
+        if spec.pretrained:
+            load_pretrained(trunk, Path(spec.pretrained))
+        dim = trunk.fc.in_features
+        trunk.fc = nn.Identity()
+        return TrackEmbedder(trunk, dim, spec.num_classes)
+
+    return builder
+
+
 def load_pretrained(model: nn.Module, path: Path) -> None:
     """Load a local state dict (e.g. torchvision's ImageNet weights file); the classifier is replaced after."""
     if not path.is_file():
@@ -169,6 +201,8 @@ MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "resnet56": cifar_resnet(56),
     "resnet18": torchvision_resnet("resnet18"),
     "resnet50": torchvision_resnet("resnet50"),
+    "reid-resnet18": reid_resnet("resnet18"),
+    "reid-resnet50": reid_resnet("resnet50"),
     "text": text,
 }
 

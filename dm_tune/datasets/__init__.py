@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dm_tune.datasets import cifar, clothing1m, digits, features, imagefolder, imdb, mnist1d, reid_synth
+from dm_tune.datasets import cifar, clothing1m, digits, features, imagefolder, imdb, mars, mnist1d, reid_synth
 from dm_tune.datasets._base import DataError, Gallery, Source, Split
 
 Loader = Callable[[Path | None, Mapping[str, Any], bool], Source]
@@ -22,6 +22,8 @@ DATASETS: dict[str, tuple[Loader, bool]] = {
     "imdb": (imdb.load, True),
     "features": (features.load, True),
     "reid-synth": (reid_synth.load, False),
+    "mars": (mars.load_images, True),
+    "mars-features": (mars.load_features, True),
 }
 
 EMBEDDED = tuple(name for name, (_, on_disk) in DATASETS.items() if not on_disk)

@@ -1,0 +1,191 @@
+"""MARS in both formats on tiny fake trees generated here: the official image layout (``mars``)
+and per-frame features (``mars-features``); one-epoch runs; bad input ends in one line, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import savemat
+
+from dm_tune.cli import main
+from dm_tune.config import TrainConfig
+from dm_tune.data import prepare
+from dm_tune.datasets import DataError
+from dm_tune.train import train
+
+# (pid, camera) of each track; 3 frames per track
+TRAIN_TRACKS = [(1, 1), (1, 2), (2, 1), (2, 3), (3, 2), (3, 4), (7, 1), (7, 2)]
+TEST_TRACKS = [(4, 1), (4, 2), (4, 2), (5, 3), (5, 1), (0, 1), (-1, 2)]
+QUERY = [1, 4, 5]  # 1-based, as in query_IDX.mat: tracks (4, 1), (5, 3)... see below
+FRAMES = 3
+
+
+def _pid(pid: int) -> str:
+    return "00-1" if pid == -1 else f"{pid:04d}"
+
+
+def _write_split(root: Path, folder: str, tracks: list[tuple[int, int]], rng) -> tuple[list[str], np.ndarray]:
+    from PIL import Image
+
+    names, info = [], []
+    for t, (pid, cam) in enumerate(tracks, 1):
+        first = len(names) + 1
+        for f in range(1, FRAMES + 1):
+            name = f"{_pid(pid)}C{cam}T{t:04d}F{f:03d}.jpg"
+            path = root / folder / _pid(pid) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (20, 10, 3), dtype=np.uint8)).save(path)
+            names.append(name)
+        info.append([first, len(names), pid, cam])
+    return names, np.asarray(info, dtype=np.float64)  # MATLAB stores doubles
+
+
+def make_mars(root: Path, train_tracks=TRAIN_TRACKS) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "info").mkdir(parents=True)
+    tr_names, tr_info = _write_split(root, "bbox_train", train_tracks, rng)
+    te_names, te_info = _write_split(root, "bbox_test", TEST_TRACKS, rng)
+    (root / "info" / "train_name.txt").write_text("\n".join(tr_names) + "\n")
+    (root / "info" / "test_name.txt").write_text("\n".join(te_names) + "\n")
+    savemat(root / "info" / "tracks_train_info.mat", {"track_train_info": tr_info})
+    savemat(root / "info" / "tracks_test_info.mat", {"track_test_info": te_info})
+    savemat(root / "info" / "query_IDX.mat", {"query_IDX": np.asarray([QUERY], dtype=np.float64)})
+    return root
+
+
+def _frames(tracks: list[tuple[int, int]], rng, dim: int = 6) -> dict[str, np.ndarray]:
+    rows = [(pid, cam, t) for t, (pid, cam) in enumerate(tracks) for _ in range(FRAMES)]
+    pid, cam, track = (np.asarray(c, np.int64) for c in zip(*rows))
+    return {"features": rng.normal(size=(len(rows), dim)).astype(np.float32),
+            "identity": pid, "camera": cam, "track": track + 100}
+
+
+def make_features(root: Path, train_tracks=TRAIN_TRACKS, with_query: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / "train.npz", **_frames(train_tracks, rng))
+    test = _frames(TEST_TRACKS, rng)
+    if with_query:
+        test["query"] = np.asarray([100, 103])
+    np.savez(root / "test.npz", **test)
+    return root
+
+
+def cfg(dataset: str, root: Path, **kw) -> TrainConfig:
+    return TrainConfig.from_dict({"dataset": dataset, "data_root": str(root), "device": "cpu",
+                                  "num_workers": 0, "val_fraction": 0.25, **kw})
+
+
+# --- mars ------------------------------------------------------------------------------------
+
+
+def test_mars_tracks_gallery_and_protocol(tmp_path):
+    root = make_mars(tmp_path / "MARS")
+    data = prepare(cfg("mars", root, noise="symmetric", noise_rate=0.5, dataset_options={"seq_len": 2, "image_size": 32}))
+    assert data.task == "retrieval" and data.input_kind == "video"
+    assert data.input_shape == (2, 3, 32, 16)  # seq_len frames of image_size x image_size/2
+    # 4 training identities, one held out for validation (a gallery of its 2 tracks)
+    assert data.num_classes == 3 and len(data.train) == 6 and len(data.val_gallery) == 2
+    assert len(data.val_gallery.query) == 2  # one per camera
+    g = data.test_gallery
+    assert g.ids.tolist() == [p for p, _ in TEST_TRACKS] and g.cams.tolist() == [c for _, c in TEST_TRACKS]
+    assert g.query.tolist() == [q - 1 for q in QUERY]
+    assert g.junk.tolist() == [p == -1 for p, _ in TEST_TRACKS]
+    # noise per track: 3 of the 6 training tracks carry another identity
+    assert int(data.is_noisy.sum()) == 3
+    # frames are spread over the track
+    assert data.test_gallery.inputs.frames(0).tolist() == [0, 2]
+
+
+def test_mars_one_epoch_with_the_reid_backbone(tmp_path):
+    root = make_mars(tmp_path / "MARS")
+    c = cfg("mars", root, model="reid-resnet18", epochs=1, batch_size=4,
+            dataset_options={"seq_len": 2, "image_size": 32})
+    result = train(c, prepare(c))
+    assert result.status == "finished"
+    for key in ("test_map", "test_rank1", "test_rank5", "test_rank10", "val_map"):
+        assert 0.0 <= result.retrieval[key] <= 1.0
+
+
+def _one_line_exit_2(capsys, argv: list[str], *fragments: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("dm-tune: error:") and "Traceback" not in err
+    for f in fragments:
+        assert f in err
+    return err
+
+
+def test_mars_missing_mat_file(tmp_path, capsys):
+    root = make_mars(tmp_path / "MARS")
+    (root / "info" / "tracks_test_info.mat").unlink()
+    _one_line_exit_2(capsys, ["train", "--dataset", "mars", "--data-root", str(root), "--quiet"],
+                     "tracks_test_info.mat: file not found", "Expected layout")
+
+
+def test_mars_overlapping_identities(tmp_path, capsys):
+    root = make_mars(tmp_path / "MARS", TRAIN_TRACKS + [(5, 2)])
+    _one_line_exit_2(capsys, ["train", "--dataset", "mars", "--data-root", str(root), "--quiet"],
+                     "1 identities are in both the training and the test set (first: 5)")
+
+
+def test_mars_malformed_info(tmp_path):
+    root = make_mars(tmp_path / "MARS")
+    savemat(root / "info" / "query_IDX.mat", {"query_IDX": np.asarray([[99]], dtype=np.float64)})
+    with pytest.raises(DataError, match="query_IDX must index the 7 test tracks"):
+        prepare(cfg("mars", root))
+    savemat(root / "info" / "tracks_train_info.mat", {"something": np.zeros((2, 4))})
+    with pytest.raises(DataError, match="no variable 'track_train_info'"):
+        prepare(cfg("mars", root))
+    savemat(root / "info" / "tracks_train_info.mat", {"track_train_info": np.asarray([[1, 999, 1, 1]], float)})
+    with pytest.raises(DataError, match="outside 1..24"):
+        prepare(cfg("mars", root))
+
+
+# --- mars-features -------------------------------------------------------------------------------
+
+
+def test_mars_features_pools_frames_per_track(tmp_path):
+    root = make_features(tmp_path / "feat")
+    data = prepare(cfg("mars-features", root, noise="pair", noise_rate=0.5))
+    assert data.input_kind == "vector" and data.input_shape == (6,)
+    assert data.num_classes == 3 and len(data.train) == 6 and len(data.val_gallery) == 2
+    frames = np.load(root / "train.npz")
+    pids = sorted({p for p, _ in TRAIN_TRACKS})  # the loader numbers identities in sorted order
+    held = {pids[i] for i in data.val_gallery.ids.tolist()}
+    keep = [t for t, (p, _) in enumerate(TRAIN_TRACKS) if p not in held]
+    expected = np.stack([frames["features"][frames["track"] == 100 + t].mean(0) for t in keep])
+    assert torch.allclose(data.train.inputs, torch.from_numpy(expected), atol=1e-6)
+    g = data.test_gallery
+    assert g.query.tolist() == [0, 3] and g.junk.tolist() == [p == -1 for p, _ in TEST_TRACKS]
+    # pair noise per track: identity k -> k+1 for one of each identity's two tracks
+    flipped = data.is_noisy
+    assert int(flipped.sum()) == 3
+    assert torch.equal(data.train.labels[flipped], (data.clean_train_labels[flipped] + 1) % 3)
+
+
+def test_mars_features_default_queries_and_one_epoch(tmp_path):
+    root = make_features(tmp_path / "feat", with_query=False)
+    c = cfg("mars-features", root, epochs=1, batch_size=4)
+    data = prepare(c)
+    # one per identity and camera, for identities seen by two cameras; never junk or distractors
+    assert sorted(data.test_gallery.ids[data.test_gallery.query].tolist()) == [4, 4, 5, 5]
+    assert train(c, data).status == "finished"
+
+
+def test_mars_features_bad_input(tmp_path, capsys):
+    root = make_features(tmp_path / "feat")
+    (root / "test.npz").unlink()
+    _one_line_exit_2(capsys, ["train", "--dataset", "mars-features", "--data-root", str(root), "--quiet"],
+                     "test.npz: file not found")
+    root = make_features(tmp_path / "overlap", TRAIN_TRACKS + [(4, 3)])
+    _one_line_exit_2(capsys, ["train", "--dataset", "mars-features", "--data-root", str(root), "--quiet"],
+                     "identities are in both the training and the test set (first: 4)")
+    bad = _frames(TRAIN_TRACKS, np.random.default_rng(0))
+    bad["camera"][1] = 9  # a track seen by two cameras
+    np.savez(root / "train.npz", **bad)
+    with pytest.raises(DataError, match="track 100 has frames with different camera values"):
+        prepare(cfg("mars-features", root))
