@@ -116,3 +116,33 @@ def test_diverged_trials_are_recorded_and_the_search_goes_on(tmp_path, ray_local
     assert all(r.data.metrics["epochs_reached"] < 3 for r in trials)
     assert summaries[0].search_statuses == {"diverged": 2}
     assert summaries[0].best_dm() is None  # no finished DM arm to confirm
+
+
+def test_population_trials_leave_the_same_records_as_single_trials(tmp_path, ray_local):
+    """One MLflow child run and one Optuna trial per DM configuration, whatever the population size."""
+    records = {}
+    for size in (1, 4):
+        ws = tmp_path / f"ws{size}"
+        ws.mkdir()
+        _run(ws, tiny_study(f"pop{size}", population_size=size, search={"num_samples": 5, "top_k": 1}))
+        client, trials, runs = _trial_runs(ws, f"pop{size}")
+        assert {r.info.status for r in runs} == {"FINISHED"}
+        keys = Counter(r.data.tags["dmtune.trial_key"] for r in trials)
+        assert max(keys.values()) == 1
+        populations = Counter(r.data.tags["dmtune.population"] for r in trials)
+        sizes = Counter(int(r.data.params["population_size"]) for r in trials)
+        if size == 1:
+            assert set(populations.values()) == {1} and set(sizes) == {1}
+        else:  # 5 search trials as 4 + 1; 2 baselines x 2 seeds as 4; the confirmed arm's 2 seeds together
+            assert sorted(populations.values()) == [1, 2, 4, 4] and sizes == {4: 8, 1: 1, 2: 2}
+        for r in trials:
+            steps = sorted(h.step for h in client.get_metric_history(r.info.run_id, "val_acc"))
+            assert steps == [1, 2, 3] and r.data.tags["dmtune.status"] == "finished"
+        storage = optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")
+        (summary,) = optuna.get_all_study_summaries(storage)
+        ot = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+        assert Counter(t.state for t in ot) == {optuna.trial.TrialState.COMPLETE: 5}
+        params = {k for r in trials for k in r.data.params}
+        records[size] = (Counter(r.data.tags["dmtune.stage"] for r in trials),
+                         Counter(r.data.tags["dmtune.baseline"] for r in trials), params)
+    assert records[1] == records[4]
