@@ -9,7 +9,7 @@ BatchNorm statistics, running and per batch, are per member.
 How each layer runs for all members at once (measured against the alternatives on the 2-core
 CPU: BENCHMARKS.md, "Population trials"):
 
-- Linear: one ``baddbmm`` ([K, B, in] x [K, in, out]);
+- Linear: one ``baddbmm`` ([K, out, in] x [K, in, B]);
 - Conv1d (the MNIST-1D CNN): im2col + ``baddbmm`` in a [K, C, L, B] layout, so BatchNorm is one
   call over K*C channels and max-pooling a reduction over a view;
 - Conv2d (the CIFAR ResNets): a grouped convolution (groups = K) in a [B, K*C, H, W] layout.
@@ -118,8 +118,9 @@ class PopulationModel(nn.Module):
 
 
 # --- nn.Sequential models (mlp, imdb-mlp, the 1-D cnn) -----------------------------------------
-# Activations are [K, B, D] ("flat") until an Unflatten turns them into [K, C, L, B] ("signal":
-# batch innermost, so a channel's values over the batch are one contiguous row).
+# Activations keep the batch innermost: [K, D, B] for features, [K, C, L, B] for signals, so a
+# Linear is W x + b ([K, out, in] x [K, in, B]) and its weight gradient comes out in the weight's
+# own layout (no copy when it is accumulated), and a channel's values over the batch are one row.
 
 Step = Callable[[PopulationModel, torch.Tensor], torch.Tensor]
 
@@ -128,28 +129,28 @@ def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, t
     steps = [_step(f"{i}.", layer) for i, layer in enumerate(template)]
 
     def forward(model: PopulationModel, x: torch.Tensor) -> torch.Tensor:
+        x = x.movedim(1, -1)  # [K, B, ...] -> [K, ..., B]
         for step in steps:
             x = step(model, x)
-        return x
+        return x.transpose(1, 2).contiguous()  # [K, classes, B] -> [K, B, classes]
 
     return forward
 
 
 def _step(prefix: str, layer: nn.Module) -> Step:
     if isinstance(layer, nn.Flatten):
-        return lambda m, x: x if x.dim() == 3 else x.reshape(x.shape[0], x.shape[1], -1)
-    if isinstance(layer, nn.Unflatten):  # [K, B, L] -> [K, 1, L, B]
-        return lambda m, x: x.transpose(1, 2).unsqueeze(1)
+        return lambda m, x: x if x.dim() == 3 else x.reshape(x.shape[0], -1, x.shape[-1])
+    if isinstance(layer, nn.Unflatten):  # [K, L, B] -> [K, 1, L, B]
+        return lambda m, x: x.unsqueeze(1)
     if isinstance(layer, nn.ReLU):
         return lambda m, x: F.relu(x)
     if isinstance(layer, nn.Linear):
         has_bias = layer.bias is not None
 
-        def linear(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
-            w = m.get(prefix + "weight").transpose(1, 2)
+        def linear(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:  # [K, in, B] -> [K, out, B]
             if has_bias:
-                return torch.baddbmm(m.get(prefix + "bias").unsqueeze(1), x, w)
-            return torch.bmm(x, w)
+                return torch.baddbmm(m.get(prefix + "bias").unsqueeze(2), m.get(prefix + "weight"), x)
+            return torch.bmm(m.get(prefix + "weight"), x)
 
         return linear
     if isinstance(layer, nn.Conv1d):
@@ -158,8 +159,8 @@ def _step(prefix: str, layer: nn.Module) -> Step:
         return _batch_norm(prefix, layer.momentum, layer.eps, layer.affine)  # type: ignore[arg-type]
     if isinstance(layer, nn.MaxPool1d):
         return _max_pool_2
-    if isinstance(layer, nn.AdaptiveAvgPool1d):  # [K, C, L, B] -> [K, B, C]
-        return lambda m, x: x.mean(2).transpose(1, 2)
+    if isinstance(layer, nn.AdaptiveAvgPool1d):  # [K, C, L, B] -> [K, C, B]
+        return lambda m, x: x.mean(2)
     raise ValueError(f"layer {type(layer).__name__} has no population form")
 
 
@@ -201,10 +202,12 @@ def _batch_norm(prefix: str, momentum: float, eps: float, affine: bool) -> Step:
 
 
 def _max_pool_2(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
-    """MaxPool1d(2) along L of [K, C, L, B]: the max of each pair, gradient to the first maximum."""
+    """MaxPool1d(2) along L of [K, C, L, B]: the max of each pair (``amax``: faster here than
+    ``max`` with indices or max_pool2d). A tie splits the gradient where MaxPool1d gives it to the
+    first element; after a ReLU ties are zeros, whose gradient the ReLU stops either way."""
     k, c, length, batch = x.shape
     half = length // 2
-    return x[:, :, :2 * half].reshape(k, c, half, 2, batch).max(3)[0]
+    return x[:, :, :2 * half].reshape(k, c, half, 2, batch).amax(3)
 
 
 # --- CIFAR ResNets: grouped convolutions in a [B, K*C, H, W] layout ----------------------------
@@ -240,7 +243,8 @@ def _resnet_forward(template: CifarResNet) -> Callable[[PopulationModel, torch.T
                 short = F.pad(short.reshape(b, k, -1, h, w), (0, 0, 0, 0, pad // 2, pad - pad // 2))
                 short = short.reshape(b, -1, h, w)
             x = F.relu(out + short)
-        pooled = x.mean((2, 3)).view(batch, k, -1).transpose(0, 1)  # [K, B, 64]
-        return torch.baddbmm(m.get("fc.bias").unsqueeze(1), pooled, m.get("fc.weight").transpose(1, 2))
+        pooled = x.mean((2, 3)).view(batch, k, -1).permute(1, 2, 0)  # [K, 64, B]
+        logits = torch.baddbmm(m.get("fc.bias").unsqueeze(2), m.get("fc.weight"), pooled)
+        return logits.transpose(1, 2).contiguous()
 
     return forward
