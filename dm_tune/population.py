@@ -73,6 +73,8 @@ def population_key(config: TrainConfig, data: Data) -> tuple[Any, ...]:
 def solo_reason(config: TrainConfig, data: Data) -> str | None:
     """Why this configuration must train alone (through train()), or None if it can join a population."""
     c = _resolved(config, data)
+    if data.task != "classification":
+        return f"dataset {c.dataset!r} is a {data.task} task (populations evaluate classification accuracy)"
     if not (data.train.in_memory and data.val.in_memory and data.test.in_memory):
         return f"dataset {c.dataset!r} is read from disk (populations need in-memory data)"
     if c.method not in MEMBER_LOSSES:

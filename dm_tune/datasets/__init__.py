@@ -28,4 +28,13 @@ DATASETS: dict[str, tuple[Loader, bool]] = {
 
 EMBEDDED = tuple(name for name, (_, on_disk) in DATASETS.items() if not on_disk)
 
-__all__ = ["DATASETS", "EMBEDDED", "DataError", "Gallery", "Source", "Split"]
+# Datasets whose task is not classification: retrieval trains an identity classifier and ranks
+# a gallery by its embeddings (dm_tune.data_reid, dm_tune.retrieval).
+TASKS: dict[str, str] = {"reid-synth": "retrieval", "mars": "retrieval", "mars-features": "retrieval"}
+
+
+def task_of(dataset: str) -> str:
+    return TASKS.get(dataset, "classification")
+
+
+__all__ = ["DATASETS", "EMBEDDED", "TASKS", "DataError", "Gallery", "Source", "Split", "task_of"]

@@ -28,9 +28,10 @@ from dm_tune.config import TrainConfig
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._study import Setting, Study
 from dm_tune.search._summary import ArmResult, SettingSummary
-from dm_tune.search._trial import TrialSpec
+from dm_tune.search._trial import OBJECTIVES, TrialSpec
 
-EPOCH_METRIC = "val_acc"  # what ASHA compares at each rung (clean-validation accuracy)
+# What ASHA compares at each rung is the study's task's per-epoch validation metric
+# (OBJECTIVES[task].epoch: clean-validation accuracy, or validation mAP for retrieval).
 # population_size "auto": DM configurations per Ray trial for a model on a CPU / a GPU, the best
 # K of benchmarks/population.py (BENCHMARKS.md, "Population trials"); other models train alone.
 AUTO_POPULATION: dict[str, tuple[int, int]] = {
@@ -191,7 +192,8 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
         baselines=_baselines(study, ctx.setting),
         warm_points=_warm_points(space) if study.search.warm_start else (),
         population_size=ctx.population_size(),
-        search_population_size=1 if study.scheduler.kind != "none" else None)
+        search_population_size=1 if study.scheduler.kind != "none" else None,
+        objective=OBJECTIVES[study.task].final)
 
 
 def _scheduler(study: Study, budget: int):
@@ -199,7 +201,7 @@ def _scheduler(study: Study, budget: int):
         return None
     from dm_tune.search._scheduler import asha
 
-    return asha(EPOCH_METRIC, budget, study.scheduler.grace_period, study.scheduler.reduction_factor)
+    return asha(OBJECTIVES[study.task].epoch, budget, study.scheduler.grace_period, study.scheduler.reduction_factor)
 
 
 # --- one setting ---------------------------------------------------------------------------------
@@ -262,8 +264,9 @@ def summarise(ctx: SettingContext, ledger: Ledger) -> SettingSummary:
             statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
             continue
         a = arms.setdefault(spec.arm, ArmResult(spec.arm, spec.baseline, ctx.params(spec)))
-        a.test_acc.append(outcome.final_test_acc)
-        a.val_acc.append(outcome.final_val_acc)
+        objective = OBJECTIVES[ctx.study.task]  # test_acc/val_acc hold mAP for retrieval
+        a.test_acc.append(outcome.value(objective.test))
+        a.val_acc.append(outcome.value(objective.final))
         a.statuses.append(outcome.status)
     return SettingSummary(ctx.setting.key, list(arms.values()), sum(statuses.values()), statuses, train_time)
 

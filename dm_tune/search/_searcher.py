@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.search import Searcher
 
 from dm_tune.search._ledger import Ledger
-from dm_tune.search._trial import TrialOutcome, TrialSpec, member_outcomes
+from dm_tune.search._trial import OBJECTIVES, TrialOutcome, TrialSpec, member_outcomes
 from dm_tune.search_spaces import suggest, to_lam_beta
 
 if TYPE_CHECKING:
     import optuna
 
-OBJECTIVE = "final_val_acc"  # final clean-validation accuracy, as the paper selects hyper-parameters
+OBJECTIVE = OBJECTIVES["classification"].final  # final clean-validation accuracy, as the paper selects hyper-parameters
 
 
 def dm_overrides(knobs: Mapping[str, Any]) -> dict[str, Any]:
@@ -42,10 +42,12 @@ def dm_overrides(knobs: Mapping[str, Any]) -> dict[str, Any]:
     return {"method": "dm", "lam": lam_beta["lam"], "beta": lam_beta["beta"], **extra}
 
 
-def top_arms(ended: Sequence[tuple[TrialSpec, TrialOutcome]], k: int) -> list[tuple[str, dict[str, Any]]]:
-    """The ``k`` distinct DM arms with the best final validation accuracy among finished search
-    trials, as (name, overrides); ties keep the earlier trial."""
-    ranked = sorted((p for p in ended if p[1].usable), key=lambda p: (-p[1].final_val_acc, p[0].number or 0))
+def top_arms(ended: Sequence[tuple[TrialSpec, TrialOutcome]], k: int,
+             objective: str = OBJECTIVE) -> list[tuple[str, dict[str, Any]]]:
+    """The ``k`` distinct DM arms with the best ``objective`` (final validation accuracy, or
+    mAP for retrieval) among finished search trials, as (name, overrides); ties keep the earlier trial."""
+    ranked = sorted((p for p in ended if p[1].usable_for(objective)),
+                    key=lambda p: (-p[1].value(objective), p[0].number or 0))
     arms: list[tuple[str, dict[str, Any]]] = []
     seen: set[tuple[Any, ...]] = set()
     for spec, _ in ranked:
@@ -66,8 +68,10 @@ class StagedSearcher(Searcher):
                  space: Mapping[str, Any], sampler: Any, num_samples: int,
                  baselines: Mapping[str, Mapping[str, Any]], seeds: Sequence[int], top_k: int,
                  warm_points: Sequence[Mapping[str, float]] = (), study_name: str = "",
-                 population_size: int = 1, search_population_size: int | None = None) -> None:
-        super().__init__(metric=OBJECTIVE, mode="max")
+                 population_size: int = 1, search_population_size: int | None = None,
+                 objective: str = OBJECTIVE) -> None:
+        super().__init__(metric=objective, mode="max")
+        self.objective = objective
         self.setting, self.ledger = setting, ledger
         self.space, self.num_samples, self.top_k = dict(space), num_samples, top_k
         self.seeds = list(seeds)
@@ -116,7 +120,7 @@ class StagedSearcher(Searcher):
             return
         storage.set_trial_user_attr(trial_id, "status", outcome.status)
         storage.set_trial_user_attr(trial_id, "epochs_reached", int(outcome.epochs_reached))
-        value = outcome.final_val_acc
+        value = outcome.value(self.objective)
         state = optuna.trial.TrialState
         if outcome.status == "early-stopped" and math.isfinite(value):
             storage.set_trial_intermediate_value(trial_id, int(outcome.epochs_reached), float(value))
@@ -135,7 +139,7 @@ class StagedSearcher(Searcher):
         return [s for s in todo if s.key not in self.ledger.started][:self.population_size]
 
     def _confirmed(self) -> list[tuple[str, Mapping[str, Any], str]]:
-        return [(name, o, "") for name, o in top_arms(self.ledger.ended_specs("search"), self.top_k)]
+        return [(name, o, "") for name, o in top_arms(self.ledger.ended_specs("search"), self.top_k, self.objective)]
 
     def _next(self) -> list[TrialSpec] | str | None:
         if self._again:

@@ -19,7 +19,7 @@ from pydantic.dataclasses import dataclass
 
 from dm_tune._validate import CONFIG, ConfigError, Float, Int, in_range, one_of, parse, rule
 from dm_tune.config import TrainConfig
-from dm_tune.datasets import DATASETS
+from dm_tune.datasets import DATASETS, task_of
 from dm_tune.models import MODELS
 from dm_tune.noise import NOISE_MODELS
 from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES
@@ -101,9 +101,15 @@ class Study:
     # DM configurations trained together in one trial (a population; 1: one per trial);
     # "auto": the size the population benchmark chose for the model and device (BENCHMARKS.md).
     population_size: Annotated[Any, rule(_population_size_ok, "expected 'auto' or an integer in [1, 1024]")] = "auto"
+    # classification: the objective is final clean-validation accuracy; retrieval (re-ID
+    # datasets): final validation mAP. Every dataset of the study must be of this task.
+    task: Annotated[str, one_of(("classification", "retrieval"))] = "classification"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Study:
+        datasets = (values.get("settings") or {}).get("dataset") if isinstance(values.get("settings"), Mapping) else None
+        if "task" not in values and isinstance(datasets, (list, tuple)) and datasets and isinstance(datasets[0], str):
+            values = {**values, "task": task_of(datasets[0])}  # unless given: the first dataset's task
         study = parse(cls, values)
         study.validate_settings()
         return study
@@ -134,6 +140,10 @@ class Study:
 
     def validate_settings(self) -> None:
         """Every setting must make a valid TrainConfig (caught here, before anything runs)."""
+        for ds in self.settings.dataset:
+            if task_of(ds) != self.task:
+                raise ConfigError("settings.dataset", ds, f"a {task_of(ds)} dataset; this study's task is "
+                                  f"{self.task!r} (set task: {task_of(ds)} and keep datasets of one task)")
         for setting in self.expand():
             try:
                 self.train_config(setting)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune.search._study import Study
+from dm_tune.search._trial import OBJECTIVES
 
 
 @dataclass
@@ -72,14 +73,17 @@ def rows(summary: SettingSummary) -> list[dict[str, Any]]:
 
 
 def markdown(summaries: list[SettingSummary], study: Study, wall_s: float) -> str:
+    metric = OBJECTIVES[study.task].label
     lines = [f"# dm-tune search: {study.name}", "",
-             f"Final test accuracy (%, mean ± std over seeds {list(study.seeds)}); the DM arm is the "
-             f"best of the top {study.search.top_k} searched arms by mean final clean-validation accuracy. "
+             f"Final test {metric} (%, mean ± std over seeds {list(study.seeds)}); the DM arm is the "
+             f"best of the top {study.search.top_k} searched arms by mean final "
+             f"{'clean-validation accuracy' if study.task == 'classification' else 'validation ' + metric}. "
              f"Wall time {wall_s:.0f} s.", ""]
     for s in summaries:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(s.search_statuses.items()))
         lines += [f"## {s.setting}", "", f"Search: {s.search_trials} DM trials ({counts}).", "",
-                  "| arm | test acc | DM − arm (points) | seeds |", "|---|---|---|---|"]
+                  f"| arm | test {'acc' if study.task == 'classification' else metric} | DM − arm (points) | seeds |",
+                  "|---|---|---|---|"]
         for r in rows(s):
             diff = "" if r["dm_minus_arm"] is None else f"{100 * r['dm_minus_arm']:+.1f}"
             lines.append(f"| {r['arm']} | {100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f} "

@@ -238,7 +238,7 @@ class MLflowTracker(tune.Callback):
         self._log_epochs(spec, list(outcome.history))
         client = _client(self.uri)
         now = int(time.time() * 1000)
-        final = _finite({k: getattr(outcome, k) for k in TrialOutcome.SCALARS})
+        final = _finite({**{k: getattr(outcome, k) for k in TrialOutcome.SCALARS}, **outcome.task_metrics})
         tags = [RunTag("dmtune.status", outcome.status)]
         if outcome.node_id:
             tags.append(RunTag("dmtune.node_id", outcome.node_id))
@@ -268,6 +268,9 @@ class MLflowTracker(tune.Callback):
             arm = "dm " + " ".join(f"{k}={float(knobs[k]):.3g}" for k in ("psi", "rho", "lam", "beta") if k in knobs)
         acc = (f"val {100 * outcome.final_val_acc:.1f}% test {100 * outcome.final_test_acc:.1f}%"
                if math.isfinite(outcome.final_test_acc) else "no result")
+        if math.isfinite(outcome.value("final_test_map")):  # retrieval
+            acc = (f"val mAP {100 * outcome.value('final_val_map'):.1f} test mAP "
+                   f"{100 * outcome.value('final_test_map'):.1f} rank-1 {100 * outcome.value('final_test_rank1'):.1f}")
         print(f"  [{self.setting} {spec.stage}] {arm} seed {spec.seed}: {acc} ({outcome.status}, "
               f"{outcome.epochs_reached} epochs)", file=sys.stderr, flush=True)
 

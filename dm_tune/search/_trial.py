@@ -71,6 +71,9 @@ class TrialOutcome:
     noise_rate_realised: float = math.nan
     node_id: str = ""
     history: tuple[Mapping[str, float], ...] = ()   # one dict of metrics per epoch
+    # Final metrics of tasks other than classification (retrieval: final_val_map, final_test_map,
+    # final_test_rank1/5/10, final_val_rank1, best_test_map, val_selected_test_map).
+    task_metrics: Mapping[str, float] = field(default_factory=dict)
 
     SCALARS = ("final_val_acc", "final_test_acc", "best_val_acc", "best_test_acc",
                "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
@@ -79,13 +82,21 @@ class TrialOutcome:
     @property
     def usable(self) -> bool:
         """A full-budget result that may enter comparisons."""
-        return self.status == "finished" and math.isfinite(self.final_val_acc)
+        return self.usable_for(OBJECTIVES["classification"].final)
+
+    def usable_for(self, objective: str) -> bool:
+        return self.status == "finished" and math.isfinite(self.value(objective))
+
+    def value(self, name: str) -> float:
+        """A final metric by name: a field (``final_val_acc``) or a task metric (``final_val_map``)."""
+        return float(getattr(self, name)) if name in self.SCALARS else float(self.task_metrics.get(name, math.nan))
 
     def to_report(self) -> dict[str, Any]:
         """The trial's final ``tune.report``: ``final`` marks it, the history rides along."""
         out: dict[str, Any] = {k: getattr(self, k) for k in self.SCALARS}
+        out.update(self.task_metrics)
         out.update(final=1.0, status=self.status, node_id=self.node_id,
-                   history=[dict(h) for h in self.history])
+                   history=[dict(h) for h in self.history], task_metrics=dict(self.task_metrics))
         return out
 
     @classmethod
@@ -97,22 +108,46 @@ class TrialOutcome:
             status = "errored" if errored else str(report.get("status", "finished"))
             kwargs = {k: report[k] for k in cls.SCALARS if k in report}
             return cls(status=status, node_id=str(report.get("node_id", "")),
-                       history=tuple(report.get("history", ())), **kwargs)
+                       history=tuple(report.get("history", ())),
+                       task_metrics=dict(report.get("task_metrics") or {}), **kwargs)
         epoch = int(report.get("epoch", 0) or 0)
         return cls(status="errored" if errored else "early-stopped", epochs_reached=epoch,
                    final_val_acc=float(report.get("val_acc", math.nan)),
-                   final_test_acc=float(report.get("test_acc", math.nan)))
+                   final_test_acc=float(report.get("test_acc", math.nan)),
+                   task_metrics={f"final_{k}": float(report[k]) for k in TASK_EPOCH_METRICS if k in report})
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["history"] = [dict(h) for h in self.history]
+        d["task_metrics"] = dict(self.task_metrics)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialOutcome":
         kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d}
         kwargs["history"] = tuple(kwargs.get("history", ()))
+        kwargs["task_metrics"] = dict(kwargs.get("task_metrics", {}))
         return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a study of one task optimises and reports."""
+
+    final: str   # the TrialOutcome value the searcher maximises and ranks DM arms by (validation)
+    epoch: str   # the per-epoch metric a scheduler (ASHA) compares
+    test: str    # the final test value the summary reports
+    label: str   # its name in summaries
+
+
+OBJECTIVES = {
+    # final clean-validation accuracy, as the paper selects hyper-parameters
+    "classification": Objective("final_val_acc", "val_acc", "final_test_acc", "accuracy"),
+    # final mAP on the validation gallery (held-out training identities)
+    "retrieval": Objective("final_val_map", "val_map", "final_test_map", "mAP"),
+}
+# Per-epoch task metrics that a trial cut short by a scheduler reports as its final_* values.
+TASK_EPOCH_METRICS = ("val_map", "test_map")
 
 
 # --- a population: one Ray trial that trains several trials together ------------------------------
