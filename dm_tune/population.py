@@ -146,6 +146,8 @@ def _spec(config: TrainConfig, data: Data) -> ModelSpec:
 def _train_one_by_one(configs: Sequence[TrainConfig], datas: Sequence[Data], report: PopulationReport | None,
                       resume: dict[str, Any] | None) -> list[TrainResult]:
     """Each member through train(); the snapshot holds the finished results and the current run."""
+    if resume is not None and (resume.get("format") != SNAPSHOT_FORMAT or resume.get("kind") != "one-by-one"):
+        raise ValueError("resume: not a snapshot of a population trained one member at a time")
     done: list[dict[str, Any]] = list(resume["done"]) if resume else []
     results = [TrainResult(**d) for d in done]
     for k in range(len(results), len(configs)):

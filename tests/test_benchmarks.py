@@ -39,3 +39,18 @@ def test_gpu_throughput_smoke_runs_on_cpu(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["device"] == "cpu" and doc["amp"] == "off" and doc["batch"] == 8
     assert doc["images_per_s"]["dm"] > 0 and doc["images_per_s"]["cce"] > 0
+
+
+def test_population_benchmark_smoke(tmp_path):
+    out = tmp_path / "pop.json"
+    _run("population.py", "--quick", "--cases", "digits-mlp,resnet20", "--threads", "1", "--sizes", "1,2",
+         "--json", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["device"] == "cpu" and doc["quick"] is True
+    rows = {(r["case"], r["k"]): r for r in doc["results"]}
+    assert set(rows) == {("digits-mlp", 1), ("digits-mlp", 2), ("resnet20", 1), ("resnet20", 2)}
+    for r in rows.values():
+        assert r["population_configs_per_s"] > 0 and r["separate_configs_per_s"] > 0
+        assert abs(r["ratio"] - r["population_configs_per_s"] / r["separate_configs_per_s"]) < 1e-9
+        assert r["separate_runs"] == r["k"]
+    assert rows[("resnet20", 2)]["population_images_per_s"] > 0

@@ -1,0 +1,276 @@
+"""Population trials against separate runs: configurations trained per second, side by side.
+
+For each case and population size K, the same K configurations (different DM knobs, baselines
+and seeds) are trained twice in one run: as one population (``train_population``) and as K
+separate runs of today's ``train()``, one after the other. Reported: configurations per second
+of each and their ratio (population / separate). The order of the two arms alternates between
+repeats, and the table shows medians over repeats.
+
+Cases: ``digits-mlp`` (the embedded default, 40% symmetric noise), ``mnist1d-cnn`` (the 1-D CNN,
+its default batch 256), ``resnet20`` (CIFAR-shaped random uint8 images, augmentation on, a few
+steps). On ``--device cuda`` the ResNet-20 case runs at batch 128 under the default mixed
+precision and reports aggregate training images/s of the population against one model's
+(``train()``), each after a warm-up epoch; the separate arm is then 2 runs, not K (one model's
+speed does not depend on K).
+
+``--layouts`` also times one forward+backward of K stacked members in the candidate layouts
+(``torch.func.vmap`` over ``functional_call``, batched matrix products, grouped convolutions)
+against K single-model steps: how dm_tune._popmodels chose its layouts.
+
+    python benchmarks/population.py --threads 1,2 --json benchmarks/results/population_cpu.json
+    python benchmarks/population.py --device cuda --json benchmarks/results/population_cuda.json
+    python benchmarks/population.py --quick     # smoke test (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dm_tune.config import TrainConfig  # noqa: E402
+from dm_tune.data import prepare  # noqa: E402
+from dm_tune.datasets import DATASETS, Source, Split  # noqa: E402
+from dm_tune.population import train_population  # noqa: E402
+from dm_tune.train import train  # noqa: E402
+
+# The members' knobs, cycled (K > 8 repeats them with the next seed).
+ARMS = [{"method": "dm", "lam": 1.0, "beta": 8.0}, {"method": "dm", "lam": 2.0, "beta": 24.0},
+        {"method": "dm", "lam": 0.5, "beta": 6.0}, {"method": "dm", "lam": 0.0, "beta": 0.0},
+        {"method": "cce"}, {"method": "gce"}, {"method": "mae-dn"}, {"method": "sl"}]
+
+
+def _cifar_like(n_train: int, n_test: int) -> Source:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n_train + n_test, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n_train + n_test,), generator=gen)
+    return Source(name="cifar10", train=Split(x[:n_train], y[:n_train]), test=Split(x[n_train:], y[n_train:]),
+                  num_classes=10, input_kind="image", default_model="resnet20",
+                  defaults={"epochs": 1, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4,
+                            "schedule": "cosine"},
+                  normalise=((0.49, 0.48, 0.45), (0.25, 0.24, 0.26)))
+
+
+def _case(name: str, quick: bool, device: str) -> tuple[Source, dict[str, Any]]:
+    """(source, shared config fields) of a case."""
+    if name == "digits-mlp":
+        return DATASETS["digits"][0](None, {}, False), {"dataset": "digits", "epochs": 2 if quick else 10}
+    if name == "mnist1d-cnn":
+        opts = {"num_samples": 1000} if quick else {}
+        return (DATASETS["mnist1d"][0](None, opts, False),
+                {"dataset": "mnist1d", "dataset_options": opts, "epochs": 1})
+    if name == "resnet20":
+        batch = 8 if quick else (128 if device == "cuda" else 32)
+        steps = 2 if quick else (40 if device == "cuda" else 4)
+        n_train = int(batch * steps / 0.8)  # 20% is carved off as validation
+        return _cifar_like(n_train, batch), {"dataset": "cifar10", "model": "resnet20", "batch_size": batch,
+                                             "epochs": 1}
+    raise SystemExit(f"unknown case {name!r}: digits-mlp, mnist1d-cnn, resnet20")
+
+
+def _configs(shared: dict[str, Any], k: int, device: str) -> list[TrainConfig]:
+    out = []
+    for i in range(k):
+        arm = ARMS[i % len(ARMS)]
+        out.append(TrainConfig.from_dict({"noise": "symmetric", "noise_rate": 0.4, "device": device,
+                                          **shared, **arm, "seed": i // len(ARMS) + 100 * (i % len(ARMS))}))
+    return out
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: str) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device: str) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    source, shared = _case(name, quick, device)
+    cfgs = _configs(shared, k, device)
+    datas = [prepare(c, source) for c in cfgs]
+    separate_runs = k if device != "cuda" else min(k, 2)
+    # Warm-up, untimed: first calls of every kernel; on CUDA also the context, cuDNN, the allocator.
+    train(cfgs[0], datas[0])
+    if k > 1:
+        train_population(cfgs if device == "cuda" else cfgs[:2], datas if device == "cuda" else datas[:2])
+    pop_s, sep_s = [], []
+    for r in range(repeats):
+        arms = [("pop", lambda: train_population(cfgs, datas)),
+                ("sep", lambda: [train(c, d) for c, d in zip(cfgs[:separate_runs], datas[:separate_runs])])]
+        for arm, fn in (arms if r % 2 == 0 else arms[::-1]):
+            (pop_s if arm == "pop" else sep_s).append(_time(fn, device))
+    pop, sep = statistics.median(pop_s), statistics.median(sep_s)
+    row: dict[str, Any] = {
+        "case": name, "device": device, "threads": threads, "k": k, "repeats": repeats,
+        "population_s": pop, "separate_s": sep, "separate_runs": separate_runs,
+        "population_configs_per_s": k / pop, "separate_configs_per_s": separate_runs / sep,
+        "population_s_all": pop_s, "separate_s_all": sep_s,
+    }
+    row["ratio"] = row["population_configs_per_s"] / row["separate_configs_per_s"]
+    if name == "resnet20":
+        n, batch = len(datas[0].train), cfgs[0].batch_size or 128
+        images = n * int(cfgs[0].epochs or 1)
+        row.update(batch=batch, train_images_per_config=images,
+                   population_images_per_s=k * images / pop, one_model_images_per_s=separate_runs * images / sep)
+    return row
+
+
+# --- layouts: one forward+backward of K members ------------------------------------------------
+
+
+def _bench(fn, n: int) -> float:
+    for _ in range(2):
+        fn()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n * 1e3
+
+
+def layouts(k: int, threads: int, quick: bool) -> list[dict[str, Any]]:
+    """ms per forward+backward of K members: single models one after the other, vmap over
+    functional_call, dm_tune's population layout and (CNN) grouped convolutions."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from dm_tune._popmodels import PopulationModel
+    from dm_tune.models import ModelSpec, build_model
+
+    torch.set_num_threads(threads)
+    rows = []
+    n = 2 if quick else 3
+    for name, spec, batch in (("mlp", ModelSpec((64,), "vector", 10), 64), ("cnn", ModelSpec((40,), "signal", 10), 256)):
+        members = [build_model(name, spec) for _ in range(k)]
+        x = torch.randn(k, batch, *spec.input_shape)
+        params, buffers = stack_module_state(members)
+        base = copy.deepcopy(members[0]).to("meta")
+        vf = vmap(lambda p, b, xi: functional_call(base, (p, b), (xi,)), randomness="different")
+        pop = PopulationModel(members)
+        times = {
+            "single_x_k": _bench(lambda: [m(x[i]).sum().backward() for i, m in enumerate(members)], n),
+            "vmap": _bench(lambda: vf(params, buffers, x).sum().backward(), n),
+            "population": _bench(lambda: pop(x).sum().backward(), n),
+        }
+        if name == "cnn":
+            grouped = _grouped_cnn(pop, k)
+            times["grouped_conv"] = _bench(lambda: grouped(x).sum().backward(), n)
+        rows.append({"model": name, "k": k, "threads": threads, "batch": batch, "ms": times})
+    return rows
+
+
+def _grouped_cnn(pop, k: int):
+    """The 1-D CNN as grouped convolutions in a [B, K*C, L] layout (the alternative not taken)."""
+    import torch.nn.functional as F
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[1]
+        h = x.transpose(0, 1).reshape(b, k, -1)
+        for conv, bn in (("1", "2"), ("5", "6"), ("9", "10")):
+            w = pop.get(conv + ".weight")
+            h = F.conv1d(h, w.reshape(-1, *w.shape[2:]), pop.get(conv + ".bias").reshape(-1), padding=1, groups=k)
+            h = F.batch_norm(h, pop.get(bn + ".running_mean").view(-1), pop.get(bn + ".running_var").view(-1),
+                             pop.get(bn + ".weight").view(-1), pop.get(bn + ".bias").view(-1), True, 0.1, 1e-5)
+            h = F.max_pool1d(F.relu(h), 2)
+        h = h.mean(2).view(b, k, -1).transpose(0, 1)
+        return torch.baddbmm(pop.get("15.bias").unsqueeze(1), h, pop.get("15.weight").transpose(1, 2))
+
+    return forward
+
+
+# --- driver ------------------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--cases", help="comma-separated: digits-mlp, mnist1d-cnn, resnet20 "
+                   "(default: all three on cpu, resnet20 on cuda)")
+    p.add_argument("--sizes", help="population sizes K (default 1,4,16,64; resnet20 on cpu 1,4)")
+    p.add_argument("--threads", default="1,2", help="CPU thread counts (default 1,2; cuda: 1 value used)")
+    p.add_argument("--repeats", type=int, default=1, help="repeats per arm, order alternating (median shown)")
+    p.add_argument("--layouts", action="store_true", help="also time the candidate stacked layouts")
+    p.add_argument("--quick", action="store_true", help="a smoke test: tiny sizes and budgets")
+    p.add_argument("--json", help="write the results here (default benchmarks/results/population_<device>.json)")
+    args = p.parse_args(argv)
+
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available on this machine")
+    cases = args.cases.split(",") if args.cases else (["resnet20"] if device == "cuda" else
+                                                       ["digits-mlp", "mnist1d-cnn", "resnet20"])
+    threads = [int(t) for t in args.threads.split(",")]
+    if device == "cuda":
+        threads = threads[:1]
+    out = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"population_{device}.json"
+
+    doc: dict[str, Any] = {"machine": _machine(), "device": device, "quick": args.quick,
+                           "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+                           "load_average_start": _load(), "results": [], "layouts": []}
+    t_start = time.perf_counter()
+    for case in cases:
+        default_sizes = "1,2" if args.quick else ("1,4" if case == "resnet20" and device == "cpu" else "1,4,16,64")
+        sizes = [int(s) for s in (args.sizes or default_sizes).split(",")]
+        for t in threads:
+            for k in sizes:
+                row = run_case(case, k, t, args.repeats, args.quick, device)
+                doc["results"].append(row)
+                extra = (f"  images/s pop {row['population_images_per_s']:.0f} vs one model "
+                         f"{row['one_model_images_per_s']:.0f}" if "population_images_per_s" in row else "")
+                print(f"{case:12s} {device} threads {t} K {k:3d}: population {row['population_configs_per_s']:8.3f} "
+                      f"configs/s, separate {row['separate_configs_per_s']:8.3f} configs/s, "
+                      f"ratio {row['ratio']:5.2f}{extra}", flush=True)
+    if args.layouts and device == "cpu":
+        for t in threads:
+            for k in ([2] if args.quick else [4, 16, 64]):
+                for row in layouts(k, t, args.quick):
+                    doc["layouts"].append(row)
+                    ms = "  ".join(f"{name} {v:.2f}" for name, v in row["ms"].items())
+                    print(f"layout {row['model']} threads {t} K {k:3d} (ms per fwd+bwd of K): {ms}", flush=True)
+    doc["load_average_end"] = _load()
+    doc["wall_s"] = time.perf_counter() - t_start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out} ({doc['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
