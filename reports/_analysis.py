@@ -16,7 +16,7 @@ import pandas as pd
 from dm_tune.reports._paper import compare_with_paper, paper_guidance
 
 SETTING_KEYS = ("dataset", "noise", "noise_rate", "imbalance", "imbalance_ratio", "model", "num_classes",
-                "pretrained")
+                "pretrained", "task")  # task: classification, or retrieval (scores are then mAP, see _load)
 POINTS = 100.0               # fractions -> percentage points
 REGION_POINTS = 1.0          # configurations this close to the best (validation, points) form its region
 MIN_IMPORTANCE_TRIALS = 8    # fANOVA on fewer search trials is noise
@@ -170,6 +170,9 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
                test_acc_std=_nan_to_none(best["test_std"]), n_seeds=int(best["n"]),
                best_test_acc_mean=_nan_to_none(best["best_test_mean"]),
                run_ids=[str(r) for r in best_runs["run_id"]])
+    if out["task"] == "retrieval":  # CMC of the recommended arm, beside its mAP
+        out.update({f"test_{k}_mean": _nan_to_none(best_runs[f"final_test_{k}"].mean() * POINTS)
+                    for k in ("rank1", "rank5", "rank10")})
     out.update(region(arms, float(best["val_mean"])))
     out["vs_baselines"] = compare_baselines(best_runs, baselines)
     out["importance"] = param_importance(search)

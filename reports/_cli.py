@@ -44,6 +44,9 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--noise-rate", type=float, required=True, help="estimated fraction of wrong labels, in [0, 1)")
     p.add_argument("--imbalance", default="none", help="none (default), longtail or step")
     p.add_argument("--imbalance-ratio", type=float, default=1.0, help="largest / smallest class size (default 1)")
+    p.add_argument("--task", default="classification",
+                   help="classification (default) or retrieval (re-ID; --num-classes is then the number of "
+                        "training identities): only settings of this task are used")
     p.add_argument("--guidelines", metavar="FILE",
                    help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON")
@@ -93,11 +96,13 @@ def recommend_command(args: argparse.Namespace) -> int:
         raise UserError(f"no guidelines are shipped yet ({path}); pass --guidelines FILE, e.g. the "
                         "guidelines.json that 'dm-tune report' writes into WORKSPACE/report")
     rec = recommend(load_guidelines(path), num_classes=args.num_classes, noise_type=args.noise_type,
-                    noise_rate=args.noise_rate, imbalance=args.imbalance, imbalance_ratio=args.imbalance_ratio)
+                    noise_rate=args.noise_rate, imbalance=args.imbalance, imbalance_ratio=args.imbalance_ratio,
+                    task=args.task)
     if args.json:
         print(json.dumps({**rec.to_dict(), "guidelines": str(path)}, indent=2))
         return 0
-    print(f"DM for {args.num_classes} classes, {args.noise_rate * 100:g}% {args.noise_type} noise"
+    what = "training identities (retrieval)" if args.task == "retrieval" else "classes"
+    print(f"DM for {args.num_classes} {what}, {args.noise_rate * 100:g}% {args.noise_type} noise"
           + ("" if args.imbalance == "none" else f", {args.imbalance} imbalance {args.imbalance_ratio:g}:1") + ":")
     print(f"  lambda {rec.lam:.3g}, beta {rec.beta:.3g}   (mode psi {rec.psi:.3f}, log-spread rho {rec.rho:.3f})")
     print(f"  evidence: {rec.evidence}")

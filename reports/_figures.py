@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from dm_tune.reports._analysis import POINTS, dm_configs, usable
 from dm_tune.reports._paper import CIFAR10_SCHEDULE
 from dm_tune.reports._rules import RULE_GROUP, rate_groups
+from dm_tune.reports._text import metric_name
 
 DPI = 90
 MAX_CURVES = 12
@@ -45,7 +46,7 @@ def plane_figure(setting: dict[str, Any], runs: pd.DataFrame) -> Figure:
     sc = ax.scatter(x, y, c=acc, cmap="viridis", edgecolors="black", linewidths=0.5, s=28, zorder=3,
                     label=f"finished trials ({len(ok)})")
     if len(ok):
-        fig.colorbar(mappable if mappable is not None else sc, ax=ax, label="final val. accuracy (%)")
+        fig.colorbar(mappable if mappable is not None else sc, ax=ax, label=f"final val. {metric_name(setting)} (%)")
     if len(failed):
         ax.scatter(failed["psi"], failed["rho"], marker="x", color="red", s=30, zorder=3,
                    label=f"diverged / early-stopped / errored ({len(failed)})")
@@ -121,7 +122,7 @@ def baselines_figure(setting: dict[str, Any]) -> Figure:
         ax.annotate(f"n={n}", (x, m), ha="center", va="bottom", fontsize=7, xytext=(0, 8), textcoords="offset points")
     ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=8)
     lo = min(means) - 10
-    ax.set(ylabel="final test accuracy (%)", ylim=(max(0.0, lo), min(100.0, max(means) + 8)),
+    ax.set(ylabel=f"final test {metric_name(setting)} (%)", ylim=(max(0.0, lo), min(100.0, max(means) + 8)),
            title=f"DM vs baselines: {_short(setting)}")
     fig.tight_layout()
     return fig

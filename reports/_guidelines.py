@@ -11,7 +11,7 @@ import pandas as pd
 
 from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._text import (ACCURACY_UNIT, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc, fmt_diff,
-                                    json_safe, setting_label)
+                                    json_safe, metric_name, setting_label)
 from dm_tune.reports._rules import factor_trends, lambda_beta_rule, noise_rate_rules
 
 
@@ -30,7 +30,8 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str
         "accuracy_unit": ACCURACY_UNIT,
         "accuracy_note": ("test_acc_* are final test accuracies of the configuration chosen by mean final "
                           "validation accuracy; best_test_acc_mean is the best test accuracy over training "
-                          "(optimistic, shown only where labelled)"),
+                          "(optimistic, shown only where labelled); in retrieval settings (task: retrieval) "
+                          "the same fields hold mAP (validation mAP chooses) and test_rank1/5/10_mean give CMC"),
         "provenance": {
             "experiments": sorted(df["experiment"].unique().tolist()),
             "n_runs": int(len(df)),
@@ -61,7 +62,10 @@ def setting_sentence(s: dict[str, Any]) -> str:
         name, base = next(iter(s["vs_baselines"].items()))
     if base is not None:
         text += f"; {fmt_diff(base['mean_diff'], base['std'])} points over {name} over {base['n']} seeds"
-    text += f" (final test accuracy {fmt_acc(s['test_acc_mean'], s['test_acc_std'])}%, n={s['n_seeds']})"
+    text += f" (final test {metric_name(s)} {fmt_acc(s['test_acc_mean'], s['test_acc_std'])}%"
+    if s.get("task") == "retrieval":
+        text += f", rank-1 {fmt_acc(s.get('test_rank1_mean'), None)}%"
+    text += f", n={s['n_seeds']})"
     if s.get("stage") != "confirm":
         text += " [from single-seed search trials]"
     return text + "."

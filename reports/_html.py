@@ -11,6 +11,7 @@ import pandas as pd
 
 from dm_tune.reports import _figures as figs
 from dm_tune.reports._guidelines import build_guidelines, dumps, fmt_acc, fmt_diff, guidelines_markdown, setting_label
+from dm_tune.reports._text import metric_name
 
 SECTIONS = ("Guidelines", "Comparison with the paper", "Across settings", "Per-setting results", "Provenance")
 _CSS = """
@@ -104,12 +105,15 @@ def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
     sensitivity = (f"psi {_num(sens['psi'], 1)}, rho {_num(sens['rho'], 1)} points "
                    f"(range of binned mean {sens['metric']}, n={sens['n']})")
     c = s["counts"]
+    m = metric_name(s)
     rows = [["recommended", f"lambda {s['lam']:.3g}, beta {s['beta']:.3g} (psi {s['psi']:.3f}, rho {s['rho']:.3f}); "
                             f"arm {s['arm']}"],
-            ["chosen from", f"{s['stage']} stage by mean final validation accuracy ({s['val_acc_mean']:.1f}%)"
+            ["chosen from", f"{s['stage']} stage by mean final validation {m} ({s['val_acc_mean']:.1f}%)"
                             + (f"; {s['stage_note']}" if s["stage_note"] else "")],
-            ["final test accuracy", f"{fmt_acc(s['test_acc_mean'], s['test_acc_std'])}% (n={s['n_seeds']} seeds)"],
-            ["best test accuracy over training (optimistic)", f"{_num(s['best_test_acc_mean'], 1)}%"],
+            [f"final test {m}", f"{fmt_acc(s['test_acc_mean'], s['test_acc_std'])}% (n={s['n_seeds']} seeds)"],
+            *([["final test CMC rank-1 / 5 / 10", " / ".join(f"{_num(s.get(f'test_rank{k}_mean'), 1)}%"
+                                                           for k in (1, 5, 10))]] if m == "mAP" else []),
+            [f"best test {m} over training (optimistic)", f"{_num(s['best_test_acc_mean'], 1)}%"],
             ["within 1 point of the best", f"psi {s['psi_range'][0]:.2f}-{s['psi_range'][1]:.2f}, rho "
                                            f"{s['rho_range'][0]:.2f}-{s['rho_range'][1]:.2f} "
                                            f"({s['n_configs']} configurations)"],
@@ -123,9 +127,9 @@ def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
     return "\n".join([f"<h3 id='setting-{i}'>{e(setting_label(s))}</h3>",
                       f"<p class='note'>setting key {e(s['setting'])}</p>",
                       _table(["", ""], rows),
-                      _table(["baseline", "final test accuracy (%)", "DM minus baseline (points)"], base_rows)
+                      _table(["baseline", f"final test {m} (%)", "DM minus baseline (points)"], base_rows)
                       if base_rows else "<p>No baseline runs.</p>",
-                      "<div class='figs'>", _img(images, f"plane_{i:02d}", "accuracy over the psi x rho plane"),
+                      "<div class='figs'>", _img(images, f"plane_{i:02d}", f"{m} over the psi x rho plane"),
                       _img(images, f"baselines_{i:02d}", "DM vs baselines"),
                       _img(images, f"weights_{i:02d}", "clean vs noisy weights over training"), "</div>"])
 

@@ -24,15 +24,22 @@ PARAM_COLUMNS = ("method", "lam", "beta", "psi", "rho", "dataset", "noise", "noi
                  "imbalance_ratio", "model", "num_classes", "pretrained", "seed", "epochs")
 METRIC_COLUMNS = ("epochs_reached", "final_test_acc", "final_val_acc", "best_test_acc",
                   "val_selected_test_acc", "train_time_s")
+# Retrieval runs (re-ID; they log final_val_map): their mAPs fill the score columns above in place
+# of accuracy (final_test_acc holds final test mAP, final_val_acc final validation mAP,
+# best_test_acc the best test mAP over training, ...), with task = "retrieval" so that every
+# label says mAP; their CMC ranks have columns of their own.
+RETRIEVAL_SCORES = {"final_test_acc": "final_test_map", "final_val_acc": "final_val_map",
+                    "best_test_acc": "best_test_map", "val_selected_test_acc": "val_selected_test_map"}
+RETRIEVAL_COLUMNS = ("final_test_rank1", "final_test_rank5", "final_test_rank10")
 NUMERIC_COLUMNS = ("lam", "beta", "psi", "rho", "noise_rate", "imbalance_ratio", "num_classes", "seed",
-                   "epochs") + METRIC_COLUMNS
+                   "epochs") + METRIC_COLUMNS + RETRIEVAL_COLUMNS
 # A run without these is unusable (still running, or killed before it logged its result)...
 REQUIRED_METRICS = ("final_test_acc", "final_val_acc")
 # ...unless its status explains why: such runs are kept (with NaN accuracies) so that they are counted.
 FAILED_STATUSES = ("diverged", "errored")
 HISTORY_METRICS = ("weight_clean", "weight_noisy", "test_acc")
-COLUMNS = ("run_id", "experiment", "setting", "stage", "baseline", "status") + PARAM_COLUMNS + METRIC_COLUMNS + (
-    "arm", "git_commit", "dmtune_version")
+COLUMNS = ("run_id", "experiment", "setting", "stage", "baseline", "status", "task") + PARAM_COLUMNS + METRIC_COLUMNS + (
+    RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version"))
 _HTTP_TIMEOUT_S = 3.0
 
 
@@ -92,13 +99,16 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
                tags: dict[str, str]) -> dict[str, Any] | None:
     """One trial run as a flat dict, or None when it lacks its final metrics without a reason."""
     status = tags.get("dmtune.status", "")
+    task = "retrieval" if "final_val_map" in metrics else "classification"
+    if task == "retrieval":
+        metrics = {**metrics, **{acc: metrics.get(m, math.nan) for acc, m in RETRIEVAL_SCORES.items()}}
     if status not in FAILED_STATUSES and any(_missing(metrics.get(k)) for k in REQUIRED_METRICS):
         return None
     row: dict[str, Any] = {"run_id": run_id, "experiment": experiment,
                            "setting": tags.get("dmtune.setting", ""), "stage": tags.get("dmtune.stage", ""),
-                           "baseline": tags.get("dmtune.baseline", ""), "status": status}
+                           "baseline": tags.get("dmtune.baseline", ""), "status": status, "task": task}
     row.update({k: params.get(k, "") for k in PARAM_COLUMNS})
-    row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS})
+    row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS + RETRIEVAL_COLUMNS})
     row["git_commit"] = tags.get("dmtune.git_commit", "")
     row["dmtune_version"] = _dm_tune_version(tags.get("dmtune.versions", ""))
     return row
@@ -114,8 +124,9 @@ def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)  # "" (not logged) -> NaN
     df["pretrained"] = df["pretrained"].astype(str).str.lower().isin(["true", "1", "yes"])
     for col in ("experiment", "setting", "stage", "baseline", "status", "method", "dataset", "noise",
-                "imbalance", "model"):
+                "imbalance", "model", "task"):
         df[col] = df[col].fillna("").astype(str)
+    df["task"] = df["task"].replace("", "classification")
     df["imbalance"] = df["imbalance"].replace("", "none")
     df["imbalance_ratio"] = df["imbalance_ratio"].fillna(1.0)
     _fill_dm_coordinates(df)

@@ -19,6 +19,9 @@ from dm_tune.reports._text import fmt_diff, setting_label
 
 # dm_tune.noise.NOISE_MODELS by name (that module imports numpy; recommend stays light).
 NOISE_TYPES = ("none", "symmetric", "pair", "cifar100-superclass", "file")
+# A setting's task (settings written before retrieval existed have none: classification).
+# Retrieval settings are never mixed with classification ones.
+TASKS = ("classification", "retrieval")
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,20 @@ class Recommendation:
 
 
 def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float,
-              imbalance: str = "none", imbalance_ratio: float = 1.0) -> Recommendation:
-    """DM (lam, beta) and (psi, rho) for the given data, interpolated from measured settings."""
+              imbalance: str = "none", imbalance_ratio: float = 1.0,
+              task: str = "classification") -> Recommendation:
+    """DM (lam, beta) and (psi, rho) for the given data, interpolated from measured settings of
+    the same task (for retrieval, ``num_classes`` is the number of training identities)."""
     _check_inputs(num_classes, noise_type, noise_rate, imbalance_ratio)
+    if task not in TASKS:
+        raise UserError(f"task {task!r} is not known; expected one of {', '.join(TASKS)}")
     settings = guidelines.get("settings") or []
     if not settings:
         raise UserError("the guidelines contain no measured settings to recommend from")
+    settings = [s for s in settings if s.get("task", "classification") == task]
+    if not settings:
+        raise UserError(f"the guidelines contain no {task} settings; run a {task} study, then "
+                        "'dm-tune report', and pass its guidelines.json with --guidelines")
     warnings: list[str] = []
     pool = _by_noise_type(settings, noise_type, noise_rate, warnings)
     pool = _nearest(pool, "num_classes", num_classes, "number of classes", warnings)

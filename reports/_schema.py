@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -38,6 +38,7 @@ class _Setting(BaseModel):
     rho_range: Range
     n_seeds: Annotated[int, in_range(1)]
     vs_baselines: dict[str, Any]
+    task: Literal["classification", "retrieval"] = "classification"
 
 
 class _Guidelines(BaseModel):

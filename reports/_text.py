@@ -11,10 +11,17 @@ ACCURACY_UNIT = "percentage points"
 REFERENCE_BASELINE = "cce"   # the headline comparison in each sentence
 
 
+def metric_name(s: dict[str, Any]) -> str:
+    """What a setting's scores are: accuracy, or mAP for a retrieval setting."""
+    return "mAP" if s.get("task") == "retrieval" else "accuracy"
+
+
 def setting_label(s: dict[str, Any]) -> str:
     rate = s.get("noise_rate") or 0.0
     noise = "clean labels" if s.get("noise") == "none" or rate == 0 else f"{rate * 100:.0f}% {s['noise']} noise"
-    parts = [f"{s['num_classes']}-class data ({s.get('dataset', '?')}, {s.get('model', '?')})", noise]
+    data = (f"re-ID retrieval with {s['num_classes']} training identities" if s.get("task") == "retrieval"
+            else f"{s['num_classes']}-class data")
+    parts = [f"{data} ({s.get('dataset', '?')}, {s.get('model', '?')})", noise]
     if s.get("imbalance", "none") != "none":
         parts.append(f"{s['imbalance']} imbalance {s.get('imbalance_ratio') or 1:g}:1")
     if s.get("pretrained"):
