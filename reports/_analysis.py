@@ -177,6 +177,8 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     out["vs_baselines"] = compare_baselines(best_runs, baselines)
     out["importance"] = param_importance(search)
     out["sensitivity"] = sensitivity(search)
+    if out["task"] == "retrieval":
+        out["sensitivity"]["metric"] = "final validation mAP"
     out["paper_comparison"] = compare_with_paper(out, _paper_psi_gap(out, chosen))
     return out
 

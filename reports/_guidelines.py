@@ -44,10 +44,27 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str
         "settings": ok,
         "unresolved": [{"setting": s["setting"], "reason": s.get("note", ""), "counts": s["counts"]}
                        for s in analysed if s.get("status") != "ok"],
-        "rules": noise_rate_rules(ok) + ([lambda_beta_rule(ok)] if ok else []),
-        "trends": factor_trends(ok),
+        **_rules_by_task(ok),
     }
     return json_safe(doc)
+
+
+def _rules_by_task(ok: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rules and trends within each task: retrieval settings never enter classification rules."""
+    if not ok:
+        return {"rules": [], "trends": factor_trends(ok)}
+    rules: list[dict[str, Any]] = []
+    trends: list[dict[str, Any]] = []
+    tasks = sorted({s.get("task", "classification") for s in ok}, key=lambda t: t != "classification")
+    for task in tasks:
+        group = [s for s in ok if s.get("task", "classification") == task]
+        found = noise_rate_rules(group) + [lambda_beta_rule(group)], factor_trends(group)
+        for item in found[0] + found[1]:
+            if task != "classification":
+                item.update(task=task, text=f"[{task}] {item['text']}")
+        rules += found[0]
+        trends += found[1]
+    return {"rules": rules, "trends": trends}
 
 
 def setting_sentence(s: dict[str, Any]) -> str:
