@@ -203,6 +203,8 @@ SPECS = {
     "resnet18": ModelSpec((3, 32, 32), "image", 14),
     "resnet50": ModelSpec((3, 32, 32), "image", 14),
     "text": ModelSpec((20,), "tokens", 2, vocab_size=50),
+    "reid-resnet18": ModelSpec((2, 3, 32, 16), "video", 5),   # tracks of 2 frames
+    "reid-resnet50": ModelSpec((2, 3, 32, 16), "video", 5),
 }
 
 
@@ -243,6 +245,7 @@ def test_imdb_mlp_has_eight_hidden_units():
     ("resnet20", ModelSpec((64,), "vector", 10)),
     ("resnet18", ModelSpec((64,), "vector", 10)),
     ("text", ModelSpec((3, 32, 32), "image", 10)),
+    ("reid-resnet50", ModelSpec((64,), "vector", 10)),
 ])
 def test_models_reject_the_wrong_input_kind(name, spec):
     with pytest.raises(ConfigError, match="needs") as info:  # user input: exit 2 in the CLI
