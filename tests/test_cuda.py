@@ -1,0 +1,74 @@
+"""The CUDA path: DM's gradient and whole training runs on a GPU, mixed precision included.
+
+Skipped where CUDA does not exist; run on a GPU machine with
+``python -m pytest -q tests/test_cuda.py tests/test_population.py -k cuda``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dm_tune import DMLoss, TrainConfig, dm_logit_grad, prepare, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _reference(logits: torch.Tensor, y: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
+    """DM's derivative written out in float64 on the CPU (DM_METHOD.md, Eq. 7, Caffe form)."""
+    z = logits.double().cpu()
+    p_vec = torch.softmax(z, 1)
+    p = p_vec.gather(1, y.cpu().view(-1, 1)).squeeze(1)
+    w = torch.exp(beta * p.pow(lam) * (1 - p))
+    onehot = torch.nn.functional.one_hot(y.cpu(), z.shape[1]).double()
+    return (w / w.sum()).unsqueeze(1) * (p_vec - onehot) / (2 * (1 - p) + 1e-6).unsqueeze(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dm_gradient_on_cuda_matches_the_float64_reference(dtype):
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(512, 100, generator=gen) * 4).to("cuda", dtype)
+    y = torch.randint(0, 100, (512,), generator=gen).to("cuda")
+    for lam, beta in ((0.0, 2.0), (0.5, 8.0), (1.0, 16.0), (2.0, 24.0), (1.0, -4.0)):
+        got = dm_logit_grad(logits, y, lam, beta)
+        assert got.device.type == "cuda" and torch.isfinite(got).all()
+        ref = _reference(logits.float(), y, lam, beta)
+        torch.testing.assert_close(got.double().cpu(), ref, rtol=2e-3, atol=1e-6)
+        z = logits.float().clone().requires_grad_(True)
+        DMLoss(lam=lam, beta=beta)(z, y).backward()
+        torch.testing.assert_close(z.grad.double().cpu(), ref, rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+def test_training_on_cuda_learns_and_matches_the_cpu_run(amp):
+    base = {"dataset": "digits", "noise_rate": 0.2, "epochs": 3, "seed": 0}
+    gpu = train(TrainConfig.from_dict({**base, "device": "cuda", "amp": amp}),
+                prepare(TrainConfig.from_dict(base)))
+    cpu = train(TrainConfig.from_dict({**base, "device": "cpu"}), prepare(TrainConfig.from_dict(base)))
+    assert gpu.status == "finished" and math.isfinite(gpu.history[-1]["train_loss"])
+    assert gpu.test_accuracy > 0.6
+    # Same initialisation, batch order and method: the two runs learn alike (not bit for bit).
+    assert abs(gpu.test_accuracy - cpu.test_accuracy) < 0.05
+    assert gpu.config["amp"] == amp
+
+
+def test_a_cifar_resnet_step_on_cuda_with_dm():
+    from dm_tune.models import ModelSpec, build_model
+
+    model = build_model("resnet20", ModelSpec((3, 32, 32), "image", 10, 256, None, None)).cuda()
+    x = torch.randn(128, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (128,), device="cuda")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = DMLoss(lam=1.0, beta=16.0)
+    first = None
+    for _ in range(20):  # fits a fixed batch: the loss must fall
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = float(loss) if first is None else first
+    assert float(loss) < first
