@@ -18,7 +18,9 @@ PINS=("ray[tune]==2.50.0" "optuna==4.0.0" "mlflow==3.9.0")
 
 ENV=.venv-oldest
 MAIN_SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")
-STAMP="${PINS[*]} over $MAIN_SITE"
+# Rebuilt when the pins, .venv's interpreter or the set of packages in .venv change.
+STAMP="${PINS[*]} over $MAIN_SITE $(.venv/bin/python -c 'import sys; print(sys.version.split()[0])') \
+$(ls "$MAIN_SITE" | grep -i 'dist-info$' | md5sum | cut -c1-12)"
 if [ -f "$ENV/.pins" ] && [ "$(cat "$ENV/.pins")" = "$STAMP" ]; then
     exit 0
 fi
