@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build .venv-oldest: the oldest supported Ray, Optuna and MLflow (the lower bounds in
 # pyproject.toml) layered over .venv, so that torch and everything else already there is reused
-# rather than downloaded again. Skipped when .venv-oldest exists and was built from the same pins.
+# rather than downloaded again. Skipped when .venv-oldest exists and was built from the same pins
+# over the same .venv.
 #
 # How the layering works: .venv-oldest is a plain venv of the same interpreter whose
 # site-packages holds one .pth file that calls site.addsitedir() on .venv's site-packages. Its own
