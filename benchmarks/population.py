@@ -3,8 +3,9 @@
 For each case and population size K, the same K configurations (different DM knobs, baselines
 and seeds) are trained twice in one run: as one population (``train_population``) and as K
 separate runs of today's ``train()``, one after the other. Reported: configurations per second
-of each and their ratio (population / separate). The order of the two arms alternates between
-repeats, and the table shows medians over repeats.
+of each and their ratio (population / separate), from wall time and from this process's CPU
+time (``cpu_ratio``: on a CPU shared with other work, wall time also measures the others). The
+order of the two arms alternates between repeats; medians over repeats.
 
 Cases: ``digits-mlp`` (the embedded default, 40% symmetric noise), ``mnist1d-cnn`` (the 1-D CNN,
 its default batch 256), ``resnet20`` (CIFAR-shaped random uint8 images, augmentation on, a few
@@ -93,12 +94,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, device: str) -> float:
+def _time(fn, device: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``fn()``."""
     _sync(device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     fn()
     _sync(device)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device: str) -> dict[str, Any]:
@@ -111,20 +113,25 @@ def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device:
     train(cfgs[0], datas[0])
     if k > 1:
         train_population(cfgs if device == "cuda" else cfgs[:2], datas if device == "cuda" else datas[:2])
-    pop_s, sep_s = [], []
+    times: dict[str, list[tuple[float, float]]] = {"pop": [], "sep": []}
     for r in range(repeats):
         arms = [("pop", lambda: train_population(cfgs, datas)),
                 ("sep", lambda: [train(c, d) for c, d in zip(cfgs[:separate_runs], datas[:separate_runs])])]
         for arm, fn in (arms if r % 2 == 0 else arms[::-1]):
-            (pop_s if arm == "pop" else sep_s).append(_time(fn, device))
+            times[arm].append(_time(fn, device))
+    pop_s, sep_s = [w for w, _ in times["pop"]], [w for w, _ in times["sep"]]
+    pop_cpu, sep_cpu = [c for _, c in times["pop"]], [c for _, c in times["sep"]]
     pop, sep = statistics.median(pop_s), statistics.median(sep_s)
     row: dict[str, Any] = {
         "case": name, "device": device, "threads": threads, "k": k, "repeats": repeats,
         "population_s": pop, "separate_s": sep, "separate_runs": separate_runs,
         "population_configs_per_s": k / pop, "separate_configs_per_s": separate_runs / sep,
         "population_s_all": pop_s, "separate_s_all": sep_s,
+        # CPU time of this process: on a shared CPU, less sensitive than wall time to what else runs.
+        "population_cpu_s_all": pop_cpu, "separate_cpu_s_all": sep_cpu,
     }
     row["ratio"] = row["population_configs_per_s"] / row["separate_configs_per_s"]
+    row["cpu_ratio"] = (statistics.median(sep_cpu) / separate_runs) / (statistics.median(pop_cpu) / k)
     if name == "resnet20":
         n, batch = len(datas[0].train), cfgs[0].batch_size or 128
         images = n * int(cfgs[0].epochs or 1)
@@ -256,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{row['one_model_images_per_s']:.0f}" if "population_images_per_s" in row else "")
                 print(f"{case:12s} {device} threads {t} K {k:3d}: population {row['population_configs_per_s']:8.3f} "
                       f"configs/s, separate {row['separate_configs_per_s']:8.3f} configs/s, "
-                      f"ratio {row['ratio']:5.2f}{extra}", flush=True)
+                      f"ratio {row['ratio']:5.2f} (CPU time: {row['cpu_ratio']:5.2f}){extra}", flush=True)
     if args.layouts and device == "cpu":
         for t in threads:
             for k in ([2] if args.quick else [4, 16, 64]):

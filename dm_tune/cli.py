@@ -35,9 +35,6 @@ _TRAIN_FLAGS = {
 }
 
 
-# Members trained at once by default when the list flags give several.
-_POPULATION_SIZE = 16
-
 # list flag -> (parser of one item, what is allowed)
 _LIST_FLAGS: dict[str, tuple[Any, str]] = {
     "method": (str, "expected a comma-separated list of method names, e.g. dm,cce"),
@@ -78,7 +75,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", help="seed of the noise draw, validation split, initialisation and batch order "
                    "(integer; a comma-separated list: one member each)")
     p.add_argument("--population-size", type=int, help="with several members: how many train at once in one "
-                   f"loop (default {_POPULATION_SIZE}); the rest run in later populations")
+                   "loop (default: the fastest size measured for the model and device, BENCHMARKS.md; 16 where "
+                   "none was); the rest run in later populations")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--amp", help="auto (default), off, bf16, fp16: mixed precision on CUDA")
     p.add_argument("--pretrained", help="local weights file for resnet18/resnet50")
@@ -257,17 +255,16 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
 
     from dm_tune.data import load_source, prepare
     from dm_tune.models import ModelSpec, build_model
-    from dm_tune.population import train_population
+    from dm_tune.population import suggested_population_size, train_population
     from dm_tune.train import select_device
 
     try:
-        select_device(configs[0].device)
+        device = select_device(configs[0].device)
     except RuntimeError as e:
         raise UserError(str(e)) from None
     out = Path(args.out).resolve() if args.out else None
     if out is not None and not out.parent.is_dir():
         raise UserError(f"--out {args.out}: directory {out.parent} does not exist")
-    size = args.population_size or _POPULATION_SIZE
     source = load_source(configs[0])  # every member reads the same dataset; prepare() per seed
     cache: dict[Any, Any] = {}
 
@@ -287,6 +284,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
         torch.set_num_threads(1)
     build_model(resolved.model, ModelSpec(first.input_shape, first.input_kind, first.num_classes,
                                           resolved.hidden_dim, resolved.pretrained, first.vocab_size))
+    size = args.population_size or suggested_population_size(str(resolved.model), device.type)
     groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]
     if not args.quiet:
         print(f"dm-tune train: {resolved.dataset} ({len(first.train)} train / {len(first.val)} val / "

@@ -58,6 +58,21 @@ SHARED_FIELDS = ("dataset", "data_root", "dataset_options", "model", "hidden_dim
 
 SNAPSHOT_FORMAT = "dm-tune-population/1"
 
+# The population size that trained the most configurations per second in benchmarks/population.py
+# (BENCHMARKS.md, "Population trials"), by device type and model. 1: populations were no faster
+# than separate runs there (the 1-D CNN and the ResNets on the 2-core CPU, where their
+# arithmetic and memory traffic, not per-step overhead, bound a step). Models not listed: 16.
+SUGGESTED_SIZES: dict[tuple[str, str], int] = {
+    ("cpu", "mlp"): 64, ("cpu", "imdb-mlp"): 64, ("cpu", "cnn"): 1,
+    ("cpu", "resnet20"): 1, ("cpu", "resnet32"): 1, ("cpu", "resnet44"): 1, ("cpu", "resnet56"): 1,
+    ("cuda", "resnet20"): 64,
+}
+
+
+def suggested_population_size(model: str, device_type: str) -> int:
+    """How many members to train at once for ``model`` on a ``device_type`` ("cpu", "cuda") device."""
+    return SUGGESTED_SIZES.get((device_type, model), 16)
+
 
 def _resolved(config: TrainConfig, data: Data) -> TrainConfig:
     return config.resolve(data.defaults, data.default_model, data.input_kind)
@@ -219,7 +234,7 @@ def _evaluate(model: PopulationModel, inputs: torch.Tensor, labels: torch.Tensor
 
 
 def _stack(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Stacked [K, ...] on the device; members sharing a Data share nothing more than a copy."""
+    """Stacked [K, ...] on the device (one copy per member, also where members share a Data)."""
     return torch.stack(tensors).to(device)
 
 
@@ -407,5 +422,5 @@ def _load(state: dict[str, Any], configs: list[TrainConfig], model: PopulationMo
     return int(state["epoch"])
 
 
-__all__ = ["PopulationReport", "SHARED_FIELDS", "plan_populations", "population_key", "solo_reason",
-           "train_population"]
+__all__ = ["PopulationReport", "SHARED_FIELDS", "SUGGESTED_SIZES", "plan_populations", "population_key",
+           "solo_reason", "suggested_population_size", "train_population"]

@@ -66,3 +66,13 @@ def test_a_single_member_keeps_the_single_result(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert isinstance(result, dict) and result["config"]["seed"] == 3 and result["config"]["lam"] == 2.0
     assert capsys.readouterr().out.startswith("finished: final test accuracy")
+
+
+def test_the_default_population_size_is_the_measured_one(capsys):
+    from dm_tune.population import suggested_population_size
+
+    assert suggested_population_size("mlp", "cpu") == 64 and suggested_population_size("cnn", "cpu") == 1
+    assert suggested_population_size("text", "cuda") == 16  # not measured
+    assert main(["train", "--seed", "0,1,2", "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "3 members in 1 population(s) of up to 64" in err and "population 1/1" in err
