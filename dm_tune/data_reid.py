@@ -37,7 +37,8 @@ def _check(config: TrainConfig) -> None:
 
 def prepare_retrieval(config: TrainConfig, source: Source) -> Data:
     _check(config)
-    assert source.gallery is not None and source.train_cams is not None
+    if source.gallery is None or source.train_cams is None:
+        raise ValueError(f"dataset {source.name!r}: a retrieval source needs a gallery and train_cams")
     seed = config.data_seed if config.data_seed is not None else config.seed
     noise_rng, val_rng = (np.random.default_rng([seed, k]) for k in (1, 2))
 
