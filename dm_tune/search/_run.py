@@ -30,14 +30,6 @@ from dm_tune.search._study import Setting, Study
 from dm_tune.search._summary import ArmResult, SettingSummary
 from dm_tune.search._trial import OBJECTIVES, TrialSpec
 
-# What ASHA compares at each rung is the study's task's per-epoch validation metric
-# (OBJECTIVES[task].epoch: clean-validation accuracy, or validation mAP for retrieval).
-# population_size "auto": DM configurations per Ray trial for a model on a CPU / a GPU, the best
-# K of benchmarks/population.py (BENCHMARKS.md, "Population trials"); other models train alone.
-AUTO_POPULATION: dict[str, tuple[int, int]] = {
-    "mlp": (16, 64), "imdb-mlp": (16, 64), "cnn": (16, 64),
-    "resnet20": (4, 16), "resnet32": (4, 16), "resnet44": (4, 16), "resnet56": (4, 16),
-}
 # With automatic checkpointing (checkpoint_every: 0), at most one checkpoint per this many seconds.
 AUTO_CHECKPOINT_MIN_S = 30.0
 
@@ -111,10 +103,13 @@ class SettingContext:
         return params
 
     def population_size(self) -> int:
+        """DM configurations per Ray trial; "auto": the fastest measured for the model and device."""
+        from dm_tune.population import suggested_population_size
+
         size = self.study.population_size
         if size == "auto":
             model = self.resolved(TrialSpec(self.setting.key, "confirm", self.study.seeds[0], {})).model
-            size = AUTO_POPULATION.get(str(model), (1, 1))[self.study.resources.gpus_per_trial > 0]
+            size = suggested_population_size(str(model), "cuda" if self.study.resources.gpus_per_trial > 0 else "cpu")
         return int(size)
 
     def runtime(self):
@@ -197,6 +192,8 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
 
 
 def _scheduler(study: Study, budget: int):
+    """ASHA over the search trials, on the task's per-epoch validation metric (OBJECTIVES[task].epoch:
+    clean-validation accuracy, or validation mAP for retrieval)."""
     if study.scheduler.kind != "asha":
         return None
     from dm_tune.search._scheduler import asha
