@@ -201,7 +201,8 @@ class MLflowTracker(tune.Callback):
             if found[0].info.status != "RUNNING" and spec.key not in self.ledger.ended:
                 client.update_run(run_id, status="RUNNING")
                 client.set_tag(run_id, "dmtune.status", "running")
-            self._steps[run_id] = {int(m.step) for m in client.get_metric_history(run_id, "val_acc")}
+            # epoch_time_s: logged every epoch by every task (a retrieval run has no val_acc)
+            self._steps[run_id] = {int(m.step) for m in client.get_metric_history(run_id, "epoch_time_s")}
         else:
             run = client.create_run(self.exp_id, run_name=spec.key.replace("/", "-"), tags={
                 "mlflow.parentRunId": self.parent_id, "dmtune.role": "trial",
