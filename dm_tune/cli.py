@@ -59,7 +59,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-key", help="key inside a CIFAR-N .pt file, e.g. worse_label")
     p.add_argument("--imbalance", help="none, longtail or step")
     p.add_argument("--imbalance-ratio", type=float, help="largest / smallest class size")
-    p.add_argument("--model", help="mlp, imdb-mlp, cnn, resnet20/32/44/56, resnet18/50, text")
+    p.add_argument("--model", help="mlp, imdb-mlp, cnn, resnet20/32/44/56, resnet18/50, text; "
+                   "reid-resnet18/50 (tracks of frames, mars)")
     p.add_argument("--method", help="dm (default), cce, cce-dn, gce, gce-dn, mae, mae-dn, mse, mse-dn, sl "
                    "(a comma-separated list: one member each)")
     p.add_argument("--lam", help="DM lambda (emphasis mode psi = lam/(1+lam)); a comma-separated list: one member each")
@@ -79,7 +80,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "none was); the rest run in later populations")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--amp", help="auto (default), off, bf16, fp16: mixed precision on CUDA")
-    p.add_argument("--pretrained", help="local weights file for resnet18/resnet50")
+    p.add_argument("--pretrained", help="local weights file for resnet18/resnet50 (and reid-resnet18/50)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers for on-disk images")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for in-memory vector "
                    "and signal data, whose small models run fastest on one thread; else torch's default)")
