@@ -165,7 +165,8 @@ def layouts(k: int, threads: int, quick: bool) -> list[dict[str, Any]]:
     torch.set_num_threads(threads)
     rows = []
     n = 2 if quick else 3
-    for name, spec, batch in (("mlp", ModelSpec((64,), "vector", 10), 64), ("cnn", ModelSpec((40,), "signal", 10), 256)):
+    cases = (("mlp", ModelSpec((64,), "vector", 10), 64), ("cnn", ModelSpec((40,), "signal", 10), 256))
+    for name, spec, batch in cases:
         members = [build_model(name, spec) for _ in range(k)]
         x = torch.randn(k, batch, *spec.input_shape)
         params, buffers = stack_module_state(members)

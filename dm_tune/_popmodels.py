@@ -77,7 +77,8 @@ class PopulationModel(nn.Module):
                 self.register_buffer(name, stacked)
             self._names[key] = name
         template = members[0]
-        self._forward = _resnet_forward(template) if isinstance(template, CifarResNet) else _sequential_forward(template)
+        self._forward = (_resnet_forward(template) if isinstance(template, CifarResNet)
+                         else _sequential_forward(template))
 
     def keys(self) -> list[str]:
         return list(self._names)

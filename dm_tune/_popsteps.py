@@ -1,0 +1,106 @@
+"""What one step and one epoch of a population compute for each member: its inputs, its share of
+the step's metrics, its epoch metrics (train()'s, per member) and its accuracy on a split."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dm_tune.data import Data
+from dm_tune.train import _autocast, _crop_flip
+
+
+class PopulationInputs:
+    """Stored inputs -> model inputs for [K, B, ...] batches (uint8 -> floats, normalisation,
+    each member's augmentation from its own generator, as train()'s _Inputs does per run)."""
+
+    def __init__(self, data: Data, device: torch.device, augment: bool, gens: list[torch.Generator]) -> None:
+        self.device, self.gens = device, gens
+        self.augment = augment and data.input_kind == "image"
+        self.mean = self.std = None
+        if data.normalise is not None:
+            shape = (1, 1, -1, 1, 1)
+            self.mean = torch.tensor(data.normalise[0], device=device).view(shape)
+            self.std = torch.tensor(data.normalise[1], device=device).view(shape)
+
+    def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        if train and self.augment:
+            x = torch.stack([_crop_flip(x[k], gen) for k, gen in enumerate(self.gens)])
+        return x
+
+
+@torch.no_grad()
+def evaluate(model: PopulationModel, inputs: torch.Tensor, labels: torch.Tensor, prep: PopulationInputs,
+              amp: torch.dtype | None, chunk: int) -> list[float]:
+    """Accuracy of every member; ``inputs`` [K, n, ...] per member, or [n, ...] shared by all."""
+    shared = labels.dim() == 1
+    n = labels.shape[-1]
+    if n == 0:
+        return [math.nan] * model.size
+    model.eval()
+    correct = torch.zeros(model.size, dtype=torch.long, device=prep.device)
+    labels = labels.to(prep.device)
+    with _autocast(prep.device, amp):
+        for start in range(0, n, chunk):
+            if shared:
+                x = inputs[start:start + chunk]
+                x = x.unsqueeze(0).expand(model.size, *x.shape)
+                y = labels[start:start + chunk].unsqueeze(0)
+            else:
+                x, y = inputs[:, start:start + chunk], labels[:, start:start + chunk]
+            correct += (model(prep(x, train=False)).argmax(2) == y).sum(1)
+    return (correct.double() / n).tolist()
+
+
+def step_metrics(logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor, shares: torch.Tensor,
+                  idx: torch.Tensor, rows: torch.Tensor, is_noisy: torch.Tensor, known: torch.Tensor,
+                  clean_labels: torch.Tensor) -> torch.Tensor:
+    """One step's contribution to each member's epoch sums [K, 11] (train()'s, per member)."""
+    b = idx.shape[1]
+    pred = logits.argmax(2)
+    noisy, kn = is_noisy[rows, idx], known[rows, idx]
+    rel = _relative_weights_rows(shares.to(torch.float64))
+    clean_k, noisy_k = kn & ~noisy, kn & noisy
+    hit = pred == y
+    count = torch.full_like(losses, b, dtype=torch.float64)
+    var = rel.var(1, unbiased=False) * b if b > 1 else torch.zeros_like(count)
+    return torch.stack([
+        losses.detach().double() * b, count, hit.sum(1).double(),
+        ((pred == clean_labels[rows, idx]) & kn).sum(1).double(),
+        (rel * clean_k).sum(1), clean_k.sum(1).double(), (rel * noisy_k).sum(1), noisy_k.sum(1).double(),
+        (hit & noisy_k).sum(1).double(), var, kn.sum(1).double(),
+    ], 1)
+
+
+def _relative_weights_rows(share: torch.Tensor) -> torch.Tensor:
+    """_weighting.relative_weights for each row of [K, B] shares (batch mean 1 per member)."""
+    total = share.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return share * (share.shape[1] / total)
+
+
+def epoch_metrics(epoch: int, a: list[float], val_acc: float, test_acc: float, lr: float, wall: float,
+                   members: int) -> dict[str, float]:
+    """train()'s per-epoch metrics from one member's sums; the time is its share of the epoch."""
+    nan = float("nan")
+    return {
+        "epoch": epoch + 1,
+        "train_loss": a[0] / a[1],
+        "train_acc": a[2] / a[1],
+        "train_clean_acc": a[3] / a[10] if a[10] else nan,
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "weight_clean": a[4] / a[5] if a[5] else nan,
+        "weight_noisy": a[6] / a[7] if a[7] else nan,
+        "noisy_fit": a[8] / a[7] if a[7] else nan,
+        "weight_var": a[9] / a[1],
+        "lr": lr,
+        "epoch_time_s": wall / members,
+        "population_epoch_time_s": wall,
+        "population_size": float(members),
+    }
