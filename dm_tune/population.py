@@ -44,7 +44,7 @@ import torch
 from dm_tune._poplosses import MEMBER_LOSSES, PopulationLoss, member_loss
 from dm_tune._popmodels import PopulationModel, unsupported_reason
 from dm_tune._popoptim import PopulationOptimizer
-from dm_tune._popsteps import PopulationInputs, epoch_metrics, evaluate, step_metrics
+from dm_tune._popsteps import MemberRows, PopulationInputs, epoch_metrics, evaluate, step_metrics
 from dm_tune.config import TrainConfig
 from dm_tune.data import Data
 from dm_tune.models import ModelSpec, build_model
@@ -187,7 +187,7 @@ def _result_fields(result: TrainResult) -> dict[str, Any]:
 
 
 def _stack(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Stacked [K, ...] on the device (one copy per member, also where members share a Data)."""
+    """Stacked [K, ...] on the device (labels and flags: small next to the inputs, see MemberRows)."""
     return torch.stack(tensors).to(device)
 
 
@@ -214,12 +214,12 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
     prep = PopulationInputs(data0, device, bool(first.augment), gens)
 
     # The members' data, stacked: member k's training set, labels and validation split in row k.
-    train_x = _stack([d.train.inputs for d in datas], device)  # type: ignore[misc]
+    train_x = MemberRows([d.train.inputs for d in datas], device)  # type: ignore[misc]
     train_y = _stack([d.train.labels for d in datas], device)
     is_noisy = _stack([d.is_noisy for d in datas], device)
     known = _stack([d.noise_known for d in datas], device)
     clean_labels = _stack([d.clean_train_labels for d in datas], device)
-    val_x = _stack([d.val.inputs for d in datas], device)  # type: ignore[misc]
+    val_x = MemberRows([d.val.inputs for d in datas], device)  # type: ignore[misc]
     val_y = _stack([d.val.labels for d in datas], device)
     test_x, test_y = data0.test.inputs.to(device), data0.test.labels.to(device)  # type: ignore[union-attr]
     chunk = max(64, EVAL_BATCH // size) if data0.input_kind == "image" else EVAL_BATCH
@@ -264,7 +264,7 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
             idx = orders[:, step * batch_size:(step + 1) * batch_size]
             y = train_y[rows, idx]
             with _autocast(device, amp):
-                logits = model(prep(train_x[rows, idx], train=True))
+                logits = model(prep(train_x.take(idx), train=True))
             losses = loss_fn(logits, y)
             opt.zero_grad()
             losses.sum().backward()

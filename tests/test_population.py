@@ -269,6 +269,18 @@ def test_a_one_member_population_is_train_itself_and_resumes():
     assert without_times(resumed.history) == without_times(ref.history)
 
 
+def test_inputs_too_large_to_stack_are_gathered_per_member_with_the_same_result(monkeypatch):
+    from dm_tune import _popsteps
+
+    cfgs = configs({"method": "dm", "seed": 0}, {"method": "cce", "seed": 1}, epochs=2)
+    ds = datas(cfgs)
+    stacked = train_population(cfgs, ds)
+    monkeypatch.setattr(_popsteps, "STACK_LIMIT_BYTES", 0)
+    gathered = train_population(cfgs, ds)
+    for a, b in zip(stacked, gathered):
+        assert without_times(a.history) == without_times(b.history)
+
+
 # --- planning ----------------------------------------------------------------------------------
 
 
@@ -352,7 +364,12 @@ def no_tf32():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_resnet_population_trains_on_cuda_like_its_members(no_tf32):
+@pytest.mark.parametrize("stacked", [True, False])
+def test_a_resnet_population_trains_on_cuda_like_its_members(no_tf32, monkeypatch, stacked):
+    from dm_tune import _popsteps
+
+    if not stacked:  # the inputs stay on the CPU; each batch is gathered per member and moved
+        monkeypatch.setattr(_popsteps, "STACK_LIMIT_BYTES", 0)
     images = _images()
     cfgs = configs({"seed": 0, "method": "dm"}, {"seed": 1, "method": "gce"}, {"seed": 2, "method": "cce"},
                    model="resnet20", noise="none", noise_rate=0.0, optimizer="sgd", lr=0.01, epochs=2,
