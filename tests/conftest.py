@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Local Ray instances of the tests listen on 127.0.0.1 only (read by Ray when first imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 DM_TUNE = str(Path(sys.executable).parent / "dm-tune")
@@ -44,10 +46,11 @@ def tiny_study(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A real local Ray instance for the module (started once: about 5 s)."""
+    """A real local Ray instance for the module (started once: about 5 s), on 127.0.0.1 only."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 * 1024 * 1024, logging_level="ERROR")
+    from dm_tune.search._local_ray import init_local_ray
+
+    init_local_ray(num_cpus=2, object_store_memory=200 * 1024 * 1024)
     yield ray
     ray.shutdown()

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests._sockets import descendants, is_loopback, listeners
 from tests.conftest import DM_TUNE, free_port, tiny_study
 
 pytestmark = pytest.mark.timeout(600)
@@ -117,6 +118,9 @@ def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path, sig)
         if finished >= 3 or time.monotonic() > deadline:
             break
     assert finished >= 3
+    ray_listeners = listeners(descendants(proc.pid))  # a local search is reachable from here only
+    assert {"gcs_server", "raylet"} <= {name for *_, name in ray_listeners}
+    assert [entry for entry in ray_listeners if not is_loopback(entry[1])] == []
     proc.send_signal(sig)  # Ctrl-C, or the driver killed outright
     _, err = proc.communicate(timeout=120)
     if sig == signal.SIGINT:

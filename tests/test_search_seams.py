@@ -208,3 +208,16 @@ def test_sl_baseline_takes_the_authors_pair_for_the_dataset_unless_the_study_set
     assert _baselines(study, cifar100)["cce"] == {"method": "cce"}
     own = Study.from_dict({"baselines": ["sl"], "training": {"data_root": "/x", "sl_mu": 1.0, "sl_nu": 1.0}})
     assert _baselines(own, cifar100)["sl"] == {"method": "sl"}  # the study's own pair applies
+
+
+def test_a_trial_asked_but_never_handed_out_is_failed_on_resume(tmp_path):
+    ledger = Ledger(tmp_path / "l.jsonl")
+    searcher = _searcher(tmp_path, ledger)
+    searcher.suggest("t0")
+    searcher._ask()  # the driver dies after asking Optuna, before the ledger records the trial
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == ["RUNNING"] * 2
+    resumed = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"))
+    assert _members(resumed.suggest("r0"))[0].number == 0  # the handed-out trial runs again
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert states[:2] == ["RUNNING", "FAIL"]

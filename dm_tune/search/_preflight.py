@@ -50,16 +50,19 @@ def check_address(address: str | None) -> None:
 
 
 def connect_ray(address: str | None, cpus: int | None = None) -> None:
+    """Connect to the cluster at ``address``, or start a local Ray that listens on 127.0.0.1 only."""
     import ray
+
+    from dm_tune.search._local_ray import init_local_ray
 
     if ray.is_initialized():
         return
+    if address is None:
+        init_local_ray(num_cpus=cpus)
+        return
     check_address(address)
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        else:
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"--address {address}: could not connect to a Ray cluster ({str(e).splitlines()[0]})") from None
 

@@ -98,7 +98,19 @@ class StagedSearcher(Searcher):
             if not self._study.trials:  # a new study starts at the paper's suggested settings
                 for point in self._warm_points:
                     self._study.enqueue_trial(point)
+            self._fail_orphans()
         return self._study
+
+    def _fail_orphans(self) -> None:
+        """Trials this study asked Optuna for but never handed out (the driver died in between)
+        would stay RUNNING for ever: mark them FAIL. A trial with no study tag yet died before it
+        was tagged, a moment after it was asked."""
+        import optuna
+
+        handed_out = {s.number for s in self.ledger.started.values() if s.stage == "search"}
+        for t in self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.number not in handed_out and t.user_attrs.get("dmtune.study", self.study_name) == self.study_name:
+                self._study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
     def _ask(self) -> TrialSpec:
         trial = self.optuna_study().ask()
@@ -142,6 +154,7 @@ class StagedSearcher(Searcher):
         return [(name, o, "") for name, o in top_arms(self.ledger.ended_specs("search"), self.top_k, self.objective)]
 
     def _next(self) -> list[TrialSpec] | str | None:
+        self.optuna_study()  # loaded (and orphans failed) before anything is handed out
         if self._again:
             return self._again.pop(0)
         searched = [s for s in self.ledger.started.values() if s.stage == "search"]

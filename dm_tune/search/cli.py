@@ -137,6 +137,10 @@ def _load_study(args: argparse.Namespace, workspace: Path):
 
 
 def search_cmd(args: argparse.Namespace) -> int:
+    if not args.address:  # before anything imports ray: a local Ray listens on 127.0.0.1 only
+        from dm_tune.search._local_ray import LOCAL_ONLY_ENV
+
+        os.environ[LOCAL_ONLY_ENV] = "0"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import logging

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The GPU checks, in one run on a CUDA machine (from the repository root):
+#   bash benchmarks/gpu_checks.sh OUTDIR
+# 1. the CUDA tests (DM's gradient, training with mixed precision, populations on CUDA);
+# 2. benchmarks/gpu_throughput.py: ResNet-20 images/s with DM against cross-entropy (bf16).
+# The machine needs torch, numpy, scikit-learn, pyyaml and pydantic; dm_tune runs from the checkout.
+set -uo pipefail
+out=${1:-gpu-results}
+mkdir -p "$out"
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+nvidia-smi -L | tee "$out/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
+$PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py tests/test_population.py -k "cuda" -rs 2>&1 \
+    | tee "$out/cuda_tests.log"
+tests=${PIPESTATUS[0]}
+$PY benchmarks/gpu_throughput.py --device cuda --json "$out/gpu_throughput.json" 2>&1 | tee "$out/gpu_throughput.log"
+exit "$tests"
