@@ -36,13 +36,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "studies" / "default.yaml"))
     p.add_argument("--repeats", type=int, default=3, help="runs of the whole search; medians reported")
+    p.add_argument("--population-size", default="1",
+                   help="DM configurations per Ray trial (default 1: the orchestration of one trial each)")
     p.add_argument("--json", help="write the figures as JSON here")
     args = p.parse_args()
 
     import yaml
 
     study = yaml.safe_load(Path(args.config).read_text())
-    runs = [measure(args.config, study) for _ in range(args.repeats)]
+    runs = [measure(args.config, study, args.population_size) for _ in range(args.repeats)]
     figures = {k: (statistics.median(r[k] for r in runs) if isinstance(runs[0][k], float) else runs[0][k])
                for k in runs[0]}
     figures["repeats"] = args.repeats
@@ -54,13 +56,14 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
-def measure(config: str, study: dict) -> dict:
+def measure(config: str, study: dict, population_size: str) -> dict:
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "ws"
         t0 = time.perf_counter()
-        proc = subprocess.run([DM_TUNE, "search", "--config", config, "--workspace", str(ws), "--quiet"],
+        proc = subprocess.run([DM_TUNE, "search", "--config", config, "--workspace", str(ws), "--quiet",
+                               "--population-size", population_size],
                               capture_output=True, text=True, cwd=tmp)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -76,6 +79,7 @@ def measure(config: str, study: dict) -> dict:
     ideal = train / c
     return {
         "study": study.get("name", "default"), "trials": len(runs), "max_concurrent": c,
+        "population_size": population_size,
         "sum_train_s": round(train, 1), "ideal_wall_s": round(ideal, 1),
         "command_wall_s": round(wall, 1), "search_wall_s": float(search_wall),
         "overhead_command": round(wall / ideal - 1, 3), "overhead_search": round(search_wall / ideal - 1, 3),

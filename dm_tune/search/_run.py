@@ -170,6 +170,15 @@ def _baselines(study: Study, setting: Setting) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _search_population_size(study: Study, size: int) -> int:
+    """Search trials per population: at most a quarter of the search per round of concurrent
+    populations, so that the sampler learns from at least four rounds of results; one with a
+    scheduler, which stops whole Ray trials (ASHA then acts per DM configuration)."""
+    if study.scheduler.kind != "none":
+        return 1
+    return max(1, min(size, study.search.num_samples // (4 * study.resources.max_concurrent)))
+
+
 def _searcher(ctx: SettingContext, ledger: Ledger):
     import optuna
 
@@ -187,7 +196,7 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
         baselines=_baselines(study, ctx.setting),
         warm_points=_warm_points(space) if study.search.warm_start else (),
         population_size=ctx.population_size(),
-        search_population_size=1 if study.scheduler.kind != "none" else None,
+        search_population_size=_search_population_size(study, ctx.population_size()),
         objective=OBJECTIVES[study.task].final)
 
 
