@@ -63,7 +63,7 @@ SNAPSHOT_FORMAT = "dm-tune-population/1"
 # than separate runs there (the 1-D CNN and the ResNets on the 2-core CPU, where their
 # arithmetic and memory traffic, not per-step overhead, bound a step). Models not listed: 16.
 SUGGESTED_SIZES: dict[tuple[str, str], int] = {
-    ("cpu", "mlp"): 64, ("cpu", "imdb-mlp"): 64, ("cpu", "cnn"): 1,
+    ("cpu", "mlp"): 16, ("cpu", "imdb-mlp"): 16, ("cpu", "cnn"): 1,
     ("cpu", "resnet20"): 1, ("cpu", "resnet32"): 1, ("cpu", "resnet44"): 1, ("cpu", "resnet56"): 1,
     ("cuda", "resnet20"): 64,
 }

@@ -66,8 +66,9 @@ class Ledger:
         self._torn = False
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+            f.flush()  # in the OS once written: a killed process loses nothing
+            if event["event"] == "end":
+                os.fsync(f.fileno())  # an outcome survives the machine going down too
         self._apply(event)
 
     # --- events -------------------------------------------------------------------------

@@ -216,6 +216,7 @@ def _scheduler(study: Study, budget: int):
 def run_setting(ctx: SettingContext) -> Ledger:
     """Run what is left of one setting (all of it, the first time); returns its ledger."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
 
     from dm_tune.search._tracking import MLflowTracker, setting_run
@@ -240,7 +241,9 @@ def run_setting(ctx: SettingContext) -> Ledger:
                     trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=name, storage_path=f"{ctx.opts.storage}/{study.name}/{key}",
-                    callbacks=[tracker], verbose=0,
+                    # Ray's result files (ExperimentAnalysis reads them); the CLI leaves out
+                    # TensorBoard event files (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), a cost per report.
+                    callbacks=[tracker, JsonLoggerCallback(), CSVLoggerCallback()], verbose=0,
                     failure_config=tune.FailureConfig(max_failures=study.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
             tuner.fit()

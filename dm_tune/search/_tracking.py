@@ -43,7 +43,8 @@ from dm_tune.provenance import git_commit, package_versions
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._trial import TrialOutcome, TrialSpec, member_outcomes
 
-NOT_EPOCH_METRICS = ("epoch", "diverged")
+# Per-epoch keys that are not metrics of the run (population bookkeeping stays in result.json).
+NOT_EPOCH_METRICS = ("epoch", "diverged", "population_size", "population_epoch_time_s")
 RUN_STATE = {"finished": "FINISHED", "diverged": "FINISHED", "early-stopped": "FINISHED", "errored": "FAILED"}
 
 

@@ -142,6 +142,7 @@ def search_cmd(args: argparse.Namespace) -> int:
 
         os.environ[LOCAL_ONLY_ENV] = "0"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the search passes JSON + CSV itself
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import logging
 
