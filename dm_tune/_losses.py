@@ -22,7 +22,8 @@ from dm_tune import _weighting as W
 
 
 class _InjectGrad(torch.autograd.Function):
-    """value = ``loss``'s display value; d value / d logits = its gradient.
+    """value = ``loss``'s display value (one per member for a PopulationLoss); d value / d logits =
+    its gradient.
 
     The gradient is a constant computed here, in forward, where autograd records nothing (so
     the weights are constants), and saved for backward. Doing the work inside forward (rather
@@ -30,7 +31,7 @@ class _InjectGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, loss: "_GradLoss"):  # type: ignore[override]
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, loss: nn.Module):  # type: ignore[override]
         grad, share, display = loss._grad_share_display(logits, targets)
         loss.last_shares = share
         ctx.save_for_backward(grad)
@@ -40,7 +41,9 @@ class _InjectGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return (grad * grad_output).to(ctx.logits_dtype), None, None
+        # One display loss (a scalar), or one per population member ([K] for [K, B, C] logits).
+        scale = grad_output.reshape(grad_output.shape + (1,) * (grad.dim() - grad_output.dim()))
+        return (grad * scale).to(ctx.logits_dtype), None, None
 
 
 class _FusedDM(torch.autograd.Function):

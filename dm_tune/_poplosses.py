@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dm_tune._losses import _InjectGrad
 from dm_tune._weighting import CCE_WEIGHT_EPS, _compute_dtype
 
 DM, PLAIN, NORMALISED = 0, 1, 2
@@ -105,23 +106,6 @@ def population_loss_parts(
     return grad, share, display
 
 
-class _InjectPopulationGrad(torch.autograd.Function):
-    """value = the members' display losses [K]; d value_k / d logits[k] = member k's gradient."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, loss: "PopulationLoss"):  # type: ignore[override]
-        grad, share, display = population_loss_parts(logits, targets, loss.knobs(_compute_dtype(logits)))
-        loss.last_shares = share
-        ctx.save_for_backward(grad)
-        ctx.logits_dtype = logits.dtype
-        return display
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_output.view(-1, 1, 1)).to(ctx.logits_dtype), None, None
-
-
 class PopulationLoss(nn.Module):
     """The members' losses: forward returns the display losses [K]; ``.sum().backward()`` puts
     each member's own logit gradient into its slice of the logits' gradient."""
@@ -143,12 +127,16 @@ class PopulationLoss(nn.Module):
             self._cast[key] = {name: getattr(self, name).to(dtype) for name in MemberLoss.__dataclass_fields__}
         return self._cast[key]
 
+    def _grad_share_display(self, logits: torch.Tensor, targets: torch.Tensor):
+        """For _InjectGrad: each member's logit gradient, example shares and display loss [K]."""
+        return population_loss_parts(logits, targets, self.knobs(_compute_dtype(logits)))
+
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 3 or logits.shape[0] != self.kind.shape[0] or logits.shape[2] < 2:
             raise ValueError(f"logits must have shape [{self.kind.shape[0]}, batch, classes>=2], "
                              f"got {tuple(logits.shape)}")
         if logits.requires_grad and torch.is_grad_enabled():
-            return _InjectPopulationGrad.apply(logits, targets, self)
+            return _InjectGrad.apply(logits, targets, self)
         with torch.no_grad():
             _, share, display = population_loss_parts(logits, targets, self.knobs(_compute_dtype(logits)))
         self.last_shares = share

@@ -174,6 +174,23 @@ def _progress(quiet: bool, epochs_hint: list[int]):
     return report
 
 
+def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> None:
+    """Torch's threads (--threads, else 1 for small in-memory models, which run fastest on one),
+    and the model built once, so that a model that does not fit the data fails before training."""
+    import torch
+
+    from dm_tune.models import ModelSpec, build_model
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads", args.threads, "expected an integer >= 1")
+        torch.set_num_threads(args.threads)
+    elif data.input_kind in ("vector", "signal") and data.train.in_memory:
+        torch.set_num_threads(1)
+    build_model(resolved.model, ModelSpec(data.input_shape, data.input_kind, data.num_classes,
+                                          resolved.hidden_dim, resolved.pretrained, data.vocab_size))
+
+
 def _train_cmd(args: argparse.Namespace) -> int:
     from dm_tune.config import TrainConfig
 
@@ -184,10 +201,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         return _train_population_cmd(args, [TrainConfig.from_dict(_train_values(m)) for m in members])
     args = members[0]
     config = TrainConfig.from_dict(_train_values(args))
-    import torch
-
     from dm_tune.data import prepare
-    from dm_tune.models import ModelSpec, build_model
     from dm_tune.train import select_device, train
 
     try:
@@ -199,15 +213,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: directory {out.parent} does not exist")
     data = prepare(config)
     resolved = config.resolve(data.defaults, data.default_model, data.input_kind)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError("--threads", args.threads, "expected an integer >= 1")
-        torch.set_num_threads(args.threads)
-    elif data.input_kind in ("vector", "signal") and data.train.in_memory:
-        torch.set_num_threads(1)
-    # Build the model once before training so a model that does not fit the data fails here.
-    build_model(resolved.model, ModelSpec(data.input_shape, data.input_kind, data.num_classes,
-                                          resolved.hidden_dim, resolved.pretrained, data.vocab_size))
+    _threads_and_model(args, data, resolved)
     if not args.quiet:
         dm = f" lam={resolved.lam:g} beta={resolved.beta:g}" if resolved.method == "dm" else ""
         print(f"dm-tune train: {resolved.dataset} ({len(data.train)} train / {len(data.val)} val / "
@@ -252,10 +258,7 @@ def _population_progress(quiet: bool, epochs: int, size: int):
 
 def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
     """Several members: populations of --population-size, one result per member."""
-    import torch
-
     from dm_tune.data import load_source, prepare
-    from dm_tune.models import ModelSpec, build_model
     from dm_tune.population import suggested_population_size, train_population
     from dm_tune.train import select_device
 
@@ -277,14 +280,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
 
     first = data_of(configs[0])
     resolved = configs[0].resolve(first.defaults, first.default_model, first.input_kind)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError("--threads", args.threads, "expected an integer >= 1")
-        torch.set_num_threads(args.threads)
-    elif first.input_kind in ("vector", "signal") and first.train.in_memory:
-        torch.set_num_threads(1)
-    build_model(resolved.model, ModelSpec(first.input_shape, first.input_kind, first.num_classes,
-                                          resolved.hidden_dim, resolved.pretrained, first.vocab_size))
+    _threads_and_model(args, first, resolved)
     size = args.population_size or suggested_population_size(str(resolved.model), device.type)
     groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]
     if not args.quiet:

@@ -75,4 +75,4 @@ def test_the_default_population_size_is_the_measured_one(capsys):
     assert suggested_population_size("text", "cuda") == 16  # not measured
     assert main(["train", "--seed", "0,1,2", "--epochs", "1"]) == 0
     err = capsys.readouterr().err
-    assert "3 members in 1 population(s) of up to 64" in err and "population 1/1" in err
+    assert "3 members in 1 population(s) of up to 16" in err and "population 1/1" in err
