@@ -47,8 +47,10 @@ from dm_tune._popoptim import PopulationOptimizer
 from dm_tune._popsteps import MemberRows, PopulationInputs, epoch_metrics, evaluate, step_metrics
 from dm_tune.config import TrainConfig
 from dm_tune.data import Data
+from dm_tune.methods import build_loss
 from dm_tune.models import ModelSpec, build_model
-from dm_tune.train import EVAL_BATCH, TrainResult, _amp_dtype, _autocast, _lr_factor, _result, select_device, train
+from dm_tune.train import (EVAL_BATCH, TrainResult, _amp_dtype, _autocast, _lr_factor, _result, loss_ceiling,
+                           select_device, train)
 
 PopulationReport = Callable[[dict[int, dict[str, float]], Callable[[], dict[str, Any]]], None]
 
@@ -209,6 +211,8 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
     model = PopulationModel(members).to(device)
     del members
     loss_fn = PopulationLoss([member_loss(c) for c in configs]).to(device)
+    # As train(): a member whose epoch loss explodes (even finitely) has diverged.
+    ceilings = [loss_ceiling(build_loss(c), data0.num_classes) for c in configs]
     opt = PopulationOptimizer(model.named_member_parameters(), str(first.optimizer),
                               [float(c.weight_decay) for c in configs], [c.momentum for c in configs])
     prep = PopulationInputs(data0, device, bool(first.augment), gens)
@@ -287,7 +291,7 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
         reported: dict[int, dict[str, float]] = {}
         for k in live:
             metrics = epoch_metrics(epoch, a[k], val_acc[k], test_acc[k], lrs[k], wall, len(live))
-            if not math.isfinite(a[k][0]) or not finite[k]:
+            if not math.isfinite(a[k][0]) or not finite[k] or a[k][0] / a[k][1] > ceilings[k]:
                 status[k] = "diverged"
                 metrics["diverged"] = 1.0
                 model.zero_member(k)  # frozen: it computes finite values and never moves again

@@ -215,7 +215,8 @@ def _finite_params(model: nn.Module) -> bool:
 EXPLODED_LOSS_FACTOR = 20.0
 
 
-def _loss_ceiling(loss_fn: nn.Module, num_classes: int) -> float:
+def loss_ceiling(loss_fn: nn.Module, num_classes: int) -> float:
+    """The mean training loss above which a run has diverged (see EXPLODED_LOSS_FACTOR)."""
     with torch.no_grad():
         uniform = float(loss_fn(torch.zeros(1, num_classes), torch.zeros(1, dtype=torch.long)))
     return EXPLODED_LOSS_FACTOR * max(uniform, math.log(max(num_classes, 2)))
@@ -237,7 +238,7 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
                      config.pretrained, data.vocab_size)
     model = build_model(config.model, spec).to(device)
     loss_fn = build_loss(config)
-    loss_ceiling = _loss_ceiling(loss_fn, data.num_classes)
+    ceiling = loss_ceiling(loss_fn, data.num_classes)
     opt = _make_optimizer(config, model)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     prep = _Inputs(data, device, bool(config.augment), gen)
@@ -305,7 +306,7 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
                 break
         a = acc.tolist()
         diverged = (not math.isfinite(a[0]) or not _finite_params(model)
-                    or a[0] / a[1] > loss_ceiling)
+                    or a[0] / a[1] > ceiling)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": a[0] / a[1],

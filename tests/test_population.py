@@ -229,6 +229,19 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on():
 # --- checkpoint and resume ---------------------------------------------------------------------
 
 
+def test_a_member_whose_loss_explodes_finitely_is_diverged_as_in_train():
+    """SGD at lr 10 without weight decay: the loss reaches 70 to 1e20 but stays finite (train()
+    calls that diverged too); the member stops, the others go on."""
+    shared = {"optimizer": "sgd", "lr": 0.05, "epochs": 3}
+    cfgs = configs({"method": "cce", "seed": 0}, {"method": "dm", "seed": 1, "lr": 10.0}, **shared)
+    ds = datas(cfgs)
+    results = train_population(cfgs, ds)
+    assert [r.status for r in results] == ["finished", "diverged"]
+    exploded = results[1].history[0]
+    assert math.isfinite(exploded["train_loss"]) and exploded["diverged"] == 1.0
+    assert results[1].epochs_completed == train(cfgs[1], ds[1]).epochs_completed == 1
+
+
 def _round_trip(state):
     buf = io.BytesIO()
     torch.save(state, buf)

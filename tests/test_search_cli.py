@@ -154,15 +154,19 @@ def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path, sig)
 
 
 @pytest.mark.slow
-def test_crashed_trials_are_retried_from_their_checkpoint(tmp_path):
+@pytest.mark.parametrize("how", ["raise", "kill-9"])
+def test_crashed_trials_are_retried_from_their_checkpoint(tmp_path, how):
     ws, markers = tmp_path / "ws", tmp_path / "faults"
     markers.mkdir()
     study = _study_file(tmp_path, tiny_study("retry", search={"num_samples": 2, "top_k": 1},
                                              training={"epochs": 3}, baselines=["cce"], seeds=[0],
                                              checkpoint_every=1, max_failures=2))
     proc = _cli("search", "--config", str(study), "--workspace", str(ws), cwd=tmp_path,
-                env={"DMTUNE_FAULT": f"2:{markers}"})
+                env={"DMTUNE_FAULT": f"2:{markers}", "DMTUNE_FAULT_KILL": "1" if how == "kill-9" else "0"})
     assert proc.returncode == 0, proc.stderr
+    # Each failure is one line on the terminal (its traceback stays in the trial's folder).
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("retrying from its newest checkpoint") == len(list(markers.glob("*.failed")))
     client, trials = _trials(ws, "retry")
     assert len(trials) == 2 + 2
     assert {r.data.tags["dmtune.status"] for r in trials} == {"finished"}

@@ -17,6 +17,7 @@ starts again from scratch.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -40,7 +41,8 @@ class TrialRuntime:
 
 
 def _fault_hook(epoch: int) -> None:
-    """Test hook: DMTUNE_FAULT="EPOCH:DIR" makes each trial fail once when it reaches EPOCH."""
+    """Test hook: DMTUNE_FAULT="EPOCH:DIR" makes each trial fail once when it reaches EPOCH (with
+    DMTUNE_FAULT_KILL=1 its worker process is killed instead, as by the OOM killer or kill -9)."""
     spec = os.environ.get("DMTUNE_FAULT")
     if not spec:
         return
@@ -50,6 +52,8 @@ def _fault_hook(epoch: int) -> None:
     marker = Path(marker_dir) / f"{tune.get_context().get_trial_id()}.failed"
     if epoch == int(at) and not marker.exists():
         marker.touch()
+        if os.environ.get("DMTUNE_FAULT_KILL") == "1":
+            os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected failure at epoch {epoch} (DMTUNE_FAULT)")
 
 
