@@ -46,7 +46,7 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--imbalance-ratio", type=float, default=1.0, help="largest / smallest class size (default 1)")
     p.add_argument("--task", default="classification",
                    help="classification (default) or retrieval (re-ID; --num-classes is then the number of "
-                        "training identities): only settings of this task are used")
+                        "identities in the training split): only settings of this task are used")
     p.add_argument("--guidelines", metavar="FILE",
                    help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON")
@@ -101,7 +101,7 @@ def recommend_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**rec.to_dict(), "guidelines": str(path)}, indent=2))
         return 0
-    what = "training identities (retrieval)" if args.task == "retrieval" else "classes"
+    what = "identities in the training split (retrieval)" if args.task == "retrieval" else "classes"
     print(f"DM for {args.num_classes} {what}, {args.noise_rate * 100:g}% {args.noise_type} noise"
           + ("" if args.imbalance == "none" else f", {args.imbalance} imbalance {args.imbalance_ratio:g}:1") + ":")
     print(f"  lambda {rec.lam:.3g}, beta {rec.beta:.3g}   (mode psi {rec.psi:.3f}, log-spread rho {rec.rho:.3f})")

@@ -19,7 +19,9 @@ def metric_name(s: dict[str, Any]) -> str:
 def setting_label(s: dict[str, Any]) -> str:
     rate = s.get("noise_rate") or 0.0
     noise = "clean labels" if s.get("noise") == "none" or rate == 0 else f"{rate * 100:.0f}% {s['noise']} noise"
-    data = (f"re-ID retrieval with {s['num_classes']} training identities" if s.get("task") == "retrieval"
+    # For retrieval, num_classes counts the identities of the training split, the ones held out
+    # for validation (by identity) included.
+    data = (f"re-ID retrieval with {s['num_classes']} identities in the training split" if s.get("task") == "retrieval"
             else f"{s['num_classes']}-class data")
     parts = [f"{data} ({s.get('dataset', '?')}, {s.get('model', '?')})", noise]
     if s.get("imbalance", "none") != "none":

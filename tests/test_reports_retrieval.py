@@ -59,7 +59,7 @@ def test_retrieval_guidelines_say_map_and_recommend_keeps_tasks_apart():
     assert s["test_acc_mean"] == pytest.approx(34.0)  # DM's mean final test mAP, points
     assert s["test_rank1_mean"] == pytest.approx(36.0)
     assert s["vs_baselines"]["cce"]["mean_diff"] == pytest.approx(8.0)
-    assert "final test mAP 34.0" in s["guideline"] and "re-ID retrieval with 120 training identities" in s["guideline"]
+    assert "final test mAP 34.0" in s["guideline"] and "re-ID retrieval with 120 identities in the training split" in s["guideline"]
     assert "accuracy 34.0" not in guidelines_markdown(doc)
     rec = recommend(doc, num_classes=120, noise_type="symmetric", noise_rate=0.3, task="retrieval")
     assert rec.lam == pytest.approx(s["lam"]) and rec.beta == pytest.approx(s["beta"])
@@ -76,7 +76,7 @@ def test_recommend_task_flag(tmp_path, capsys):
     path.write_text(dumps(build_guidelines(tidy(_runs()))))
     assert main(["recommend", "--task", "retrieval", "--num-classes", "120", "--noise-rate", "0.3",
                  "--guidelines", str(path)]) == 0
-    assert "120 training identities (retrieval)" in capsys.readouterr().out
+    assert "120 identities in the training split (retrieval)" in capsys.readouterr().out
     assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--task", "retrieval"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no retrieval settings" in err
