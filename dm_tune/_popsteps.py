@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from dm_tune.data import Data
 from dm_tune.train import _autocast, _crop_flip
+
+if TYPE_CHECKING:
+    from dm_tune._popmodels import PopulationModel
 
 
 class PopulationInputs:

@@ -19,7 +19,7 @@ from dm_tune.datasets import DATASETS, Source, Split
 from dm_tune.methods import METHODS, build_loss
 from dm_tune.models import ModelSpec, build_model
 from dm_tune.population import plan_populations, solo_reason, train_population
-from dm_tune.train import TrainResult, train
+from dm_tune.train import train
 
 _DIGITS: list[Source] = []
 

@@ -18,7 +18,6 @@ from dm_tune.data import prepare
 from dm_tune.datasets import reid_synth
 from dm_tune.models import ModelSpec, build_model
 from dm_tune.retrieval import cosine_scores, retrieval_metrics
-from dm_tune.train import train
 
 # --- the metrics ---------------------------------------------------------------------------------
 

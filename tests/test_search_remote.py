@@ -3,7 +3,6 @@ real two-node Ray cluster on loopback."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

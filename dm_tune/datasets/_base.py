@@ -14,13 +14,12 @@ Labels are always a separate int64 tensor, so noise only ever replaces a label t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from dm_tune.errors import DataError  # defined with the other user errors; datasets raise it
+from dm_tune.errors import DataError  # noqa: F401 - defined with the other user errors; datasets raise it
 
 
 Inputs = torch.Tensor | Dataset

@@ -61,7 +61,6 @@ IMAGE_OPTIONS = {"seq_len": (1, 64, 4), "image_size": (16, 1024, 256)}  # name: 
 
 
 def _options(name: str, options: Mapping[str, Any], allowed: Mapping[str, tuple[int, int, int]]) -> dict[str, int]:
-    out = {}
     for key, value in options.items():
         if key not in allowed:
             raise ConfigError(f"dataset_options.{key}", value,
