@@ -5,7 +5,8 @@ Reads top to bottom:
 2. ``run_setting``: the setting's ledger (what has started and ended, ``_ledger``), its searcher
    (Optuna ask/tell over DM's knobs on the first seed, then the baselines and the best
    ``top_k`` DM arms on every seed, ``_searcher``), its MLflow tracker (``_tracking``) and,
-   unless the ledger says the setting is done, one Tune experiment that runs what is left.
+   unless the ledger says the setting is done, one Tune experiment that runs what is left. Each
+   Ray trial trains a population of trials together (``population_size``; ``dm_tune.population``).
    An interrupted search resumes by running this again: a new experiment continues from the
    ledger (trials that never ended are re-run from their newest checkpoint; ended ones never).
 3. ``summarise``: per setting, the confirmed DM arms and the baselines over seeds.
