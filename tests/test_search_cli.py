@@ -70,6 +70,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--name", ""], ["name: ''", "letters, digits"]),
     (["--name", "a/b"], ["name: 'a/b'", "letters, digits"]),
     (["--resume", ""], ["--resume", "no such study"]),
+    (["--resume", "../../etc/passwd"], ["--resume", "no such study"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     port = str(free_port())

@@ -26,7 +26,7 @@ from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAM
 
 SCHEDULERS = ("none", "asha")
 _IMBALANCE = re.compile(r"^(none|(longtail|step):([0-9]+(\.[0-9]+)?))$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _imbalance_ok(v: str) -> bool:
@@ -85,7 +85,7 @@ class Scheduler:
 
 @dataclass(frozen=True, config=CONFIG)
 class Study:
-    name: Annotated[str, rule(lambda v: bool(_NAME.match(v)),
+    name: Annotated[str, rule(lambda v: bool(STUDY_NAME.match(v)),
                               "expected letters, digits, '.', '_' or '-' (at most 64)")] = "default"
     settings: Settings = field(default_factory=Settings)
     seeds: Annotated[tuple[Int, ...], rule(lambda v: bool(v) and len(set(v)) == len(v),

@@ -120,8 +120,10 @@ def _load_study(args: argparse.Namespace, workspace: Path):
         if shaping:
             raise UserError(f"--resume {args.resume}: cannot be combined with --{shaping[0].replace('_', '-')} "
                             "(a resumed study keeps its configuration)")
-        path = stored_dir / f"{args.resume}.json"
-        if not path.is_file():
+        from dm_tune.search._study import STUDY_NAME
+
+        path = stored_dir / f"{args.resume}.json"  # a study name: never a path out of the workspace
+        if not STUDY_NAME.match(args.resume) or not path.is_file():
             known = sorted(p.stem for p in stored_dir.glob("*.json")) if stored_dir.is_dir() else []
             raise UserError(f"--resume {args.resume}: no such study in {workspace} "
                             f"(studies there: {', '.join(known) or 'none'})")
