@@ -18,6 +18,7 @@ public APIs only; Ray's own tools read each experiment (``tune.ExperimentAnalysi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -81,6 +82,11 @@ class SettingContext:
     source: Any                   # the loaded dataset (defaults, classes); shipped to in-memory trials
     in_memory: bool
 
+    @functools.cached_property
+    def setting_config(self) -> TrainConfig:
+        """The setting's resolved training config (first seed, no arm): its model and budget."""
+        return self.resolved(TrialSpec(self.setting.key, "confirm", self.study.seeds[0], {}))
+
     def resolved(self, spec: TrialSpec) -> TrainConfig:
         s = self.source
         return TrainConfig.from_dict(spec.train_values(self.base)).resolve(s.defaults, s.default_model, s.input_kind)
@@ -109,14 +115,14 @@ class SettingContext:
 
         size = self.study.population_size
         if size == "auto":
-            model = self.resolved(TrialSpec(self.setting.key, "confirm", self.study.seeds[0], {})).model
+            model = self.setting_config.model
             size = suggested_population_size(str(model), "cuda" if self.study.resources.gpus_per_trial > 0 else "cpu")
         return int(size)
 
     def runtime(self):
         from dm_tune.trainables import TrialRuntime
 
-        budget = self.resolved(TrialSpec(self.setting.key, "confirm", self.study.seeds[0], {})).epochs
+        budget = self.setting_config.epochs
         every = self.study.checkpoint_every or max(1, budget // 4)
         return TrialRuntime(
             checkpoint_every=every,
@@ -227,13 +233,13 @@ def run_setting(ctx: SettingContext) -> Ledger:
     searcher = _searcher(ctx, ledger)
     parent = setting_run(ctx.opts.tracking, ctx.exp_id, key, {
         **ctx.setting.train_fields(), "num_classes": ctx.source.num_classes,
-        **{k: v for k, v in ctx.resolved(TrialSpec(key, "confirm", study.seeds[0], {})).to_dict().items()
+        **{k: v for k, v in ctx.setting_config.to_dict().items()
            if k in ("model", "epochs", "batch_size", "optimizer", "lr")}})
     tracker = MLflowTracker(ctx.opts.tracking, ctx.exp_id, parent, key, ledger, ctx.params, echo=ctx.opts.echo)
     try:
         if not searcher.done():
             name = ledger.new_experiment()
-            budget = ctx.resolved(TrialSpec(key, "confirm", study.seeds[0], {})).epochs
+            budget = ctx.setting_config.epochs
             tuner = tune.Tuner(
                 ctx.trainable(),
                 tune_config=tune.TuneConfig(
