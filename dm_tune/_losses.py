@@ -208,3 +208,30 @@ def sl_scheme(mu: float, nu: float, log_clip: float) -> Scheme:
         W.sl_multiplier(mu, nu, log_clip),
         lambda logp: -mu * logp - nu * log_clip * (1.0 - logp.exp()),
     )
+
+
+class ClassWeighted(_GradLoss):
+    """``inner``'s logit gradient with example i's row multiplied by ``weights[y_i]``
+    (dm_tune.class_weighting). Shares are the weighted shares renormalised over the batch;
+    the display loss is ``inner``'s, unweighted (it is what divergence checks compare)."""
+
+    def __init__(self, inner: _GradLoss, weights: torch.Tensor) -> None:
+        super().__init__()
+        if weights.dim() != 1 or not torch.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError("class weights must be a 1-D tensor of finite numbers >= 0")
+        self.inner = inner
+        self.register_buffer("weights", weights.to(torch.float64), persistent=False)
+        self._cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def _grad_share_display(self, logits, targets):
+        grad, share, display = self.inner._grad_share_display(logits, targets)
+        key = (grad.dtype, grad.device)
+        if key not in self._cast:
+            self._cast[key] = self.weights.to(device=grad.device, dtype=grad.dtype)
+        w = self._cast[key][targets.long()]
+        weighted = share * w.to(share.dtype)
+        share = weighted / weighted.sum().clamp_min(torch.finfo(weighted.dtype).tiny)
+        return grad * w.unsqueeze(1), share, display
+
+    def extra_repr(self) -> str:
+        return f"classes={self.weights.numel()}"

@@ -112,11 +112,16 @@ class PopulationLoss(nn.Module):
 
     last_shares: torch.Tensor | None
 
-    def __init__(self, members: list[MemberLoss]) -> None:
+    def __init__(self, members: list[MemberLoss], class_weights: torch.Tensor | None = None) -> None:
         super().__init__()
         for name in MemberLoss.__dataclass_fields__:
             values = [float(getattr(m, name)) for m in members]
             self.register_buffer(name, torch.tensor(values, dtype=torch.float64).view(-1, 1), persistent=False)
+        # Member k's class weights in row k ([K, C], dm_tune.class_weighting), or None for none.
+        if class_weights is not None and (class_weights.dim() != 2 or class_weights.shape[0] != len(members)):
+            raise ValueError(f"class weights must have shape [{len(members)}, classes]")
+        self.register_buffer("class_weights", None if class_weights is None else class_weights.to(torch.float64),
+                             persistent=False)
         self.last_shares = None
         self._cast: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
 
@@ -125,11 +130,21 @@ class PopulationLoss(nn.Module):
         key = (dtype, self.kind.device)
         if key not in self._cast:
             self._cast[key] = {name: getattr(self, name).to(dtype) for name in MemberLoss.__dataclass_fields__}
+            if self.class_weights is not None:
+                self._cast[key]["class_weights"] = self.class_weights.to(dtype)
         return self._cast[key]
 
     def _grad_share_display(self, logits: torch.Tensor, targets: torch.Tensor):
         """For _InjectGrad: each member's logit gradient, example shares and display loss [K]."""
-        return population_loss_parts(logits, targets, self.knobs(_compute_dtype(logits)))
+        knobs = self.knobs(_compute_dtype(logits))
+        grad, share, display = population_loss_parts(logits, targets, knobs)
+        if "class_weights" not in knobs:
+            return grad, share, display
+        # As ClassWeighted: row i of member k times w_k[y_ki]; shares reweighted, display unweighted.
+        w = knobs["class_weights"].gather(1, targets.long())
+        weighted = share * w
+        share = weighted / weighted.sum(1, keepdim=True).clamp_min(torch.finfo(weighted.dtype).tiny)
+        return grad.mul_(w.unsqueeze(2)), share, display
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 3 or logits.shape[0] != self.kind.shape[0] or logits.shape[2] < 2:
@@ -138,6 +153,6 @@ class PopulationLoss(nn.Module):
         if logits.requires_grad and torch.is_grad_enabled():
             return _InjectGrad.apply(logits, targets, self)
         with torch.no_grad():
-            _, share, display = population_loss_parts(logits, targets, self.knobs(_compute_dtype(logits)))
+            _, share, display = self._grad_share_display(logits, targets)
         self.last_shares = share
         return display

@@ -17,6 +17,8 @@ from pydantic import model_validator
 from pydantic.dataclasses import dataclass
 
 from dm_tune._validate import CONFIG, Float, Int, in_range, one_of, parse, rule, violation
+from dm_tune.class_weighting import DEFAULT_EFFECTIVE_BETA
+from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 from dm_tune.datasets import DATASETS
 from dm_tune.methods import METHODS
 from dm_tune.models import MODELS
@@ -67,6 +69,10 @@ class TrainConfig:
     sl_mu: Annotated[Float, in_range(0.0, 1e3)] = 0.1     # SL = mu * CCE + nu * RCE
     sl_nu: Annotated[Float, in_range(0.0, 1e3)] = 1.0
     sl_log_clip: Annotated[Float, in_range(-100.0, 0.0, hi_open=True)] = math.log(1e-4)
+    # Class weighting, for every method: multiplies example i's gradient by its label's class
+    # weight (dm_tune.class_weighting); effective-number uses Cui et al.'s beta.
+    class_weighting: Annotated[str, one_of(CLASS_WEIGHTINGS)] = "none"
+    class_weighting_beta: Annotated[Float, in_range(0.0, 1.0, hi_open=True)] = DEFAULT_EFFECTIVE_BETA
     # --- optimisation (None: the dataset's default) ---------------------------------------
     optimizer: Annotated[str, one_of(OPTIMIZERS)] | None = None
     lr: Annotated[Float, in_range(0.0, 10.0, lo_open=True)] | None = None

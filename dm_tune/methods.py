@@ -11,8 +11,9 @@ from typing import Any
 
 from torch import nn
 
-from dm_tune._losses import (DMLoss, SchemeLoss, cce_scheme, gce_scheme, mae_scheme,
+from dm_tune._losses import (ClassWeighted, DMLoss, SchemeLoss, cce_scheme, gce_scheme, mae_scheme,
                              mse_scheme, sl_scheme)
+from dm_tune.class_weighting import member_class_weights
 
 MethodBuilder = Callable[[Any], nn.Module]
 
@@ -38,5 +39,11 @@ METHOD_KNOBS: dict[str, tuple[str, ...]] = {
 ALL_KNOBS: tuple[str, ...] = tuple(dict.fromkeys(k for knobs in METHOD_KNOBS.values() for k in knobs))
 
 
-def build_loss(config: Any) -> nn.Module:
-    return METHODS[config.method](config)
+def build_loss(config: Any, train_labels: Any = None, num_classes: int | None = None) -> nn.Module:
+    """``config.method``'s loss; with ``config.class_weighting`` (not "none") and the training
+    labels, wrapped to weight each class (dm_tune.class_weighting)."""
+    loss = METHODS[config.method](config)
+    if train_labels is None:
+        return loss
+    weights = member_class_weights(config, train_labels, int(num_classes or int(train_labels.max()) + 1))
+    return loss if weights is None else ClassWeighted(loss, weights)

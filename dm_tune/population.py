@@ -45,6 +45,7 @@ from dm_tune._poplosses import MEMBER_LOSSES, PopulationLoss, member_loss
 from dm_tune._popmodels import PopulationModel, unsupported_reason
 from dm_tune._popoptim import PopulationOptimizer
 from dm_tune._popsteps import MemberRows, PopulationInputs, epoch_metrics, evaluate, step_metrics
+from dm_tune.class_weighting import member_class_weights
 from dm_tune.config import TrainConfig
 from dm_tune.data import Data
 from dm_tune.methods import build_loss
@@ -188,6 +189,15 @@ def _result_fields(result: TrainResult) -> dict[str, Any]:
 # --- all members at once -----------------------------------------------------------------------
 
 
+def _class_weights(configs: Sequence[TrainConfig], datas: Sequence[Data]) -> torch.Tensor | None:
+    """Each member's class weights for its own (noisy) training labels, [K, C]; None if no member weights."""
+    weights = [member_class_weights(c, d.train.labels, d.num_classes) for c, d in zip(configs, datas)]
+    if all(w is None for w in weights):
+        return None
+    ones = torch.ones(datas[0].num_classes, dtype=torch.float64)
+    return torch.stack([ones if w is None else w for w in weights])
+
+
 def _stack(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """Stacked [K, ...] on the device (labels and flags: small next to the inputs, see MemberRows)."""
     return torch.stack(tensors).to(device)
@@ -210,9 +220,10 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
     gens = [torch.Generator(device="cpu").manual_seed(c.seed) for c in configs]
     model = PopulationModel(members).to(device)
     del members
-    loss_fn = PopulationLoss([member_loss(c) for c in configs]).to(device)
+    loss_fn = PopulationLoss([member_loss(c) for c in configs], _class_weights(configs, datas)).to(device)
     # As train(): a member whose epoch loss explodes (even finitely) has diverged.
-    ceilings = [loss_ceiling(build_loss(c), data0.num_classes) for c in configs]
+    ceilings = [loss_ceiling(build_loss(c, d.train.labels, d.num_classes), d.num_classes)
+                for c, d in zip(configs, datas)]
     opt = PopulationOptimizer(model.named_member_parameters(), str(first.optimizer),
                               [float(c.weight_decay) for c in configs], [c.momentum for c in configs])
     prep = PopulationInputs(data0, device, bool(first.augment), gens)

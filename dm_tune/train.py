@@ -237,7 +237,7 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
     spec = ModelSpec(data.input_shape, data.input_kind, data.num_classes, config.hidden_dim,
                      config.pretrained, data.vocab_size)
     model = build_model(config.model, spec).to(device)
-    loss_fn = build_loss(config)
+    loss_fn = build_loss(config, data.train.labels, data.num_classes)
     ceiling = loss_ceiling(loss_fn, data.num_classes)
     opt = _make_optimizer(config, model)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
