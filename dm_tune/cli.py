@@ -316,10 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     from dm_tune.search.cli import add_search_parser
     from dm_tune.reports._cli import add_recommend_parser, add_report_parser
+    from dm_tune.reports._stability import add_stability_parser
+    from dm_tune.validate import add_validate_parser
 
     add_search_parser(sub)
     add_report_parser(sub)
     add_recommend_parser(sub)
+    add_validate_parser(sub)
+    add_stability_parser(sub)
     return parser
 
 

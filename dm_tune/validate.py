@@ -1,0 +1,263 @@
+"""``dm-tune validate``: train the guidelines' recommendation on settings it was not fitted on.
+
+For every setting of a study-style YAML (its ``settings:`` matrix, ``training:`` block and
+``seeds:``), ask ``recommend()`` for DM's knobs and train three arms on every seed:
+
+* ``dm-recommended``: DM with the recommended (lambda, beta) and class weighting;
+* ``cce``: plain cross-entropy;
+* ``imae``: DM with lambda 1, beta 8 (the paper's IMAE-like default).
+
+The arms of one setting train together as populations (dm_tune.population), each on the same
+per-seed data (noise draw, validation split, imbalance), so differences are paired by seed.
+
+Verdict rule (``verdict``): with d_i = recommended - baseline final test accuracy on seed i
+(percentage points), n seeds, mean d and sample std s, the standard error is s / sqrt(n).
+"wins" when mean d > 2 * s / sqrt(n), "loses" when mean d < -2 * s / sqrt(n), otherwise
+"within noise"; with fewer than two paired seeds there is no spread to judge by: "undetermined".
+(Two standard errors: roughly a two-sided 95% interval for large n; with 3-5 seeds a t
+interval would be wider, so "wins" here is a screen, not a test.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dm_tune.errors import UserError, load_yaml
+
+ARMS = ("dm-recommended", "cce", "imae")
+BASELINE_ARMS = ("cce", "imae")
+IMAE_KNOBS = {"method": "dm", "lam": 1.0, "beta": 8.0}
+NOISE_SE = 2.0  # |mean paired difference| within this many standard errors: "within noise"
+
+
+# --- the statistics (pure) ---------------------------------------------------------------------
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; NaN with fewer than two values)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def verdict(mean_diff: float, std: float, n: int) -> str:
+    """"wins" / "loses" / "within noise" / "undetermined" by the module docstring's rule."""
+    if n < 2 or not (math.isfinite(mean_diff) and math.isfinite(std)):
+        return "undetermined"
+    bound = NOISE_SE * std / math.sqrt(n)
+    if mean_diff > bound:
+        return "wins"
+    if mean_diff < -bound:
+        return "loses"
+    return "within noise"
+
+
+def summarise(accuracies: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
+    """Per arm: mean +- sample std of final test accuracy (points) over its finite seeds; per
+    baseline: the paired difference dm-recommended - baseline over the seeds both have."""
+    arms = {}
+    for arm, by_seed in accuracies.items():
+        finite = [v for v in by_seed.values() if math.isfinite(v)]
+        mean, std = mean_std(finite)
+        arms[arm] = {"mean": mean, "std": std, "n": len(finite)}
+    rec = accuracies.get("dm-recommended", {})
+    comparisons = {}
+    for base in BASELINE_ARMS:
+        other = accuracies.get(base, {})
+        seeds = sorted(s for s in rec if s in other and math.isfinite(rec[s]) and math.isfinite(other[s]))
+        diffs = [rec[s] - other[s] for s in seeds]
+        mean, std = mean_std(diffs)
+        comparisons[base] = {"mean_diff": mean, "std": std, "n": len(diffs), "seeds": seeds,
+                             "verdict": verdict(mean, std, len(diffs))}
+    return {"arms": arms, "vs": comparisons}
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def arm_overrides(rec: Any) -> dict[str, dict[str, Any]]:
+    """TrainConfig fields of each arm for one recommendation."""
+    recommended: dict[str, Any] = {"method": "dm", "lam": float(rec.lam), "beta": float(rec.beta)}
+    weighting = getattr(rec, "class_weighting", "none")
+    if weighting != "none":  # only then: TrainConfig may not know the field yet
+        recommended["class_weighting"] = weighting
+    return {"dm-recommended": recommended, "cce": {"method": "cce"}, "imae": dict(IMAE_KNOBS)}
+
+
+def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],
+                   guidelines: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """Recommend, then train every arm on every seed of one setting; the setting's JSON entry."""
+    from dm_tune.data import load_source, prepare
+    from dm_tune.population import plan_populations, suggested_population_size, train_population
+    from dm_tune.reports._recommend import recommend
+    from dm_tune.train import select_device
+
+    base = study.train_config(setting, **overrides)
+    try:
+        device = select_device(base.device)
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
+    source = load_source(base)
+    datas = {s: prepare(base.replace(seed=s), source) for s in seeds}  # shared by the arms: paired
+    first = datas[seeds[0]]
+    rec = recommend(guidelines, num_classes=int(first.num_classes), noise_type=setting.noise,
+                    noise_rate=float(setting.noise_rate), imbalance=setting.imbalance,
+                    imbalance_ratio=float(setting.imbalance_ratio))
+    arms = arm_overrides(rec)
+    members = [(arm, s, study.train_config(setting, **{**overrides, **knobs, "seed": s}))
+               for arm, knobs in arms.items() for s in seeds]
+    configs = [c for _, _, c in members]
+    member_datas = [datas[s] for _, s, _ in members]
+    resolved = base.resolve(first.defaults, first.default_model, first.input_kind)
+    size = suggested_population_size(str(resolved.model), device.type)
+    results: list[Any] = [None] * len(members)
+    for group in plan_populations(configs, member_datas, size):
+        if not quiet:
+            print(f"  training {len(group)} member(s): "
+                  + ", ".join(f"{members[i][0]} seed {members[i][1]}" for i in group), file=sys.stderr, flush=True)
+        for i, r in zip(group, train_population([configs[i] for i in group], [member_datas[i] for i in group])):
+            results[i] = r
+    runs: dict[str, dict[str, Any]] = {arm: {"config": knobs, "runs": []} for arm, knobs in arms.items()}
+    for (arm, s, _), r in zip(members, results):
+        runs[arm]["runs"].append({"seed": s, "test_acc": 100.0 * r.test_accuracy, "status": r.status,
+                                  "val_acc": 100.0 * r.val_accuracy})
+    accuracies = {arm: {run["seed"]: run["test_acc"] for run in a["runs"]} for arm, a in runs.items()}
+    return {"setting": setting.key, "fields": setting.train_fields(), "num_classes": int(first.num_classes),
+            "model": str(resolved.model), "recommendation": rec.to_dict(), "arms": runs,
+            "summary": summarise(accuracies)}
+
+
+def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int], epochs: int | None = None,
+             quiet: bool = False) -> dict[str, Any]:
+    """Every setting of ``study``: recommendation, per-seed accuracies of each arm, summary."""
+    overrides = {"epochs": epochs} if epochs is not None else {}
+    settings = []
+    for setting in study.expand():
+        if not quiet:
+            print(f"{setting.key}:", file=sys.stderr, flush=True)
+        settings.append(_train_setting(study, setting, seeds, overrides, guidelines, quiet))
+    tally = {base: {v: sum(1 for s in settings if s["summary"]["vs"][base]["verdict"] == v)
+                    for v in ("wins", "within noise", "loses", "undetermined")} for base in BASELINE_ARMS}
+    return {"accuracy_unit": "percentage points (final-epoch test accuracy)",
+            "verdict_rule": f"wins/loses when |mean paired difference| > {NOISE_SE:g} * std / sqrt(n), "
+                            "else within noise; undetermined with fewer than 2 paired seeds",
+            "arms": list(ARMS), "seeds": list(seeds), "settings": settings, "summary": tally}
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _acc(a: Mapping[str, Any]) -> str:
+    if not math.isfinite(a["mean"]):
+        return "n/a"
+    return f"{a['mean']:.2f} ± {a['std']:.2f}" if math.isfinite(a["std"]) else f"{a['mean']:.2f}"
+
+
+def _diff(c: Mapping[str, Any]) -> str:
+    if not math.isfinite(c["mean_diff"]):
+        return "n/a"
+    std = f" ± {c['std']:.2f}" if math.isfinite(c["std"]) else ""
+    return f"{c['mean_diff']:+.2f}{std} ({c['verdict']})"
+
+
+def _knobs(s: Mapping[str, Any]) -> str:
+    rec = s["recommendation"]
+    weighting = rec.get("class_weighting", "none")
+    return f"λ {rec['lam']:.3g}, β {rec['beta']:.3g}" + ("" if weighting in (None, "none") else f", {weighting}")
+
+
+def table_rows(doc: Mapping[str, Any]) -> list[list[str]]:
+    rows = [["setting", "recommended", *ARMS, "rec − cce", "rec − imae"]]
+    for s in doc["settings"]:
+        summ = s["summary"]
+        rows.append([s["setting"], _knobs(s), *(_acc(summ["arms"][a]) for a in ARMS),
+                     _diff(summ["vs"]["cce"]), _diff(summ["vs"]["imae"])])
+    return rows
+
+
+def to_markdown(doc: Mapping[str, Any]) -> str:
+    rows = table_rows(doc)
+    lines = ["## Validation of the recommendations", "",
+             f"Final-epoch test accuracy in percentage points, mean ± sample std over seeds "
+             f"{', '.join(map(str, doc['seeds']))}; differences paired by seed. Verdict: {doc['verdict_rule']}.", "",
+             "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    warnings = [f"- {s['setting']}: {w}" for s in doc["settings"] for w in s["recommendation"].get("warnings", [])]
+    if warnings:
+        lines += ["", "Warnings of the recommendations:", "", *warnings]
+    return "\n".join(lines) + "\n"
+
+
+def _plain_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def add_validate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``validate``: train the recommendation against CCE and IMAE on new settings."""
+    p = subparsers.add_parser(
+        "validate", help="train the guidelines' recommendations against CCE and IMAE on a study's settings",
+        description="For each setting of a study YAML, recommend DM's knobs from a guidelines file, train "
+                    "dm-recommended, cce and imae on every seed and compare final test accuracies paired by seed.")
+    p.add_argument("--config", required=True, help="study YAML: settings:, training: and seeds: are used")
+    p.add_argument("--guidelines", metavar="FILE",
+                   help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the config's seeds)")
+    p.add_argument("--epochs", type=int, help="training epochs (overrides training.epochs)")
+    p.add_argument("--out", default="validation", help="output directory (default ./validation)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=validate_command)
+    return p
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: expected a comma-separated list of integers, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: a seed is given twice")
+    return seeds
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    from dm_tune.reports._schema import default_guidelines_path, load_guidelines
+    from dm_tune.search._study import Study
+
+    study = Study.from_dict(load_yaml(args.config, "--config"))
+    if study.task != "classification":
+        raise UserError(f"--config {args.config}: validate compares classification accuracy; "
+                        f"this study's task is {study.task!r}")
+    seeds = _seeds(args.seeds) if args.seeds else list(study.seeds)
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs}: expected an integer >= 1")
+    path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
+    guidelines = load_guidelines(path)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a directory")
+    doc = validate(study, guidelines, seeds, args.epochs, args.quiet)
+    doc = {**doc, "config": str(Path(args.config).resolve()), "guidelines": str(path.resolve()),
+           "study": study.to_dict(), "provenance": _provenance()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.json").write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    (out / "validation.md").write_text(to_markdown(doc), encoding="utf-8")
+    print(_plain_table(table_rows(doc)))
+    print(f"validation.json: {out / 'validation.json'}\nvalidation.md: {out / 'validation.md'}")
+    return 0
+
+
+def _provenance() -> dict[str, Any]:
+    from dm_tune.provenance import provenance
+
+    return provenance()

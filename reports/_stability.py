@@ -1,0 +1,266 @@
+"""Stability of the guidelines between two runs of one campaign (e.g. two search orders).
+
+``compare(a, b)`` takes two guidelines documents (the JSON that ``dm-tune report`` writes) and
+returns a JSON-safe dict: per setting present in both, how far apart the two best points are
+(|d psi|, |d rho|, |d log rho| where both rho > 0) and whether their near-best regions overlap
+(``psi_range`` and ``rho_range`` intervals); the settings found in one run only; and each
+cross-setting rule's status in both runs. A rule is claimed only when it is supported in both
+runs with the same sign of slope. ``dm-tune stability A.json B.json`` writes stability.json and
+stability.md.
+
+Only the keys used here are checked (not the schema version, which may move): a missing one is
+a UserError naming the file, the entry and the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dm_tune.errors import UserError
+
+SETTING_KEYS = ("setting", "psi", "rho", "psi_range", "rho_range", "vs_baselines")
+RULE_KEYS = ("kind", "knob", "supported")
+FLAT = 1e-9  # |slope| below this: sign 0
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def check_doc(doc: Any, name: str) -> None:
+    """Raise UserError naming ``name``, the entry and the first missing or malformed key."""
+    if not isinstance(doc, Mapping):
+        raise UserError(f"{name}: expected a guidelines document (a JSON object)")
+    for key in ("settings", "rules"):
+        if not isinstance(doc.get(key), list):
+            raise UserError(f"{name}: missing key {key!r} (a list)")
+    for i, s in enumerate(doc["settings"]):
+        where = f"{name}: settings[{i}]"
+        if not isinstance(s, Mapping):
+            raise UserError(f"{where}: expected an object")
+        for key in SETTING_KEYS:
+            if key not in s:
+                raise UserError(f"{where}: missing key {key!r}")
+        for key in ("psi_range", "rho_range"):
+            r = s[key]
+            if not (isinstance(r, list) and len(r) == 2 and all(_is_number(v) for v in r)):
+                raise UserError(f"{where} ({s['setting']}): {key} must be a [low, high] pair of numbers")
+        for key in ("psi", "rho"):
+            if not _is_number(s[key]):
+                raise UserError(f"{where} ({s['setting']}): {key} must be a number")
+        cce = s["vs_baselines"].get("cce") if isinstance(s["vs_baselines"], Mapping) else None
+        if isinstance(cce, Mapping):
+            for key in ("mean_diff", "std"):
+                if key not in cce:
+                    raise UserError(f"{where} ({s['setting']}): missing key vs_baselines.cce.{key!r}")
+    for i, r in enumerate(doc["rules"]):
+        if not isinstance(r, Mapping):
+            raise UserError(f"{name}: rules[{i}]: expected an object")
+        for key in RULE_KEYS:
+            if key not in r:
+                raise UserError(f"{name}: rules[{i}]: missing key {key!r}")
+        if r["supported"] and not _is_number(r.get("b")):
+            raise UserError(f"{name}: rules[{i}]: missing key 'b' (the slope of a supported rule)")
+
+
+def load_doc(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"guidelines file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read guidelines file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"guidelines file {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    check_doc(doc, str(path))
+    return doc
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# --- comparing (pure) --------------------------------------------------------------------------
+
+
+def overlaps(a: list[float], b: list[float]) -> bool:
+    """Whether closed intervals [a0, a1] and [b0, b1] share a point."""
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _gain(s: Mapping[str, Any]) -> dict[str, Any] | None:
+    cce = s["vs_baselines"].get("cce") if isinstance(s["vs_baselines"], Mapping) else None
+    return {"mean_diff": cce["mean_diff"], "std": cce["std"]} if isinstance(cce, Mapping) else None
+
+
+def compare_setting(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """One setting measured in both runs: distances between the points, region overlap, gains."""
+    log_rho = (abs(math.log(a["rho"]) - math.log(b["rho"])) if a["rho"] > 0 and b["rho"] > 0 else None)
+    psi_ov, rho_ov = overlaps(a["psi_range"], b["psi_range"]), overlaps(a["rho_range"], b["rho_range"])
+    return {"setting": a["setting"],
+            "a": {k: a[k] for k in ("psi", "rho", "psi_range", "rho_range")} | {"gain_vs_cce": _gain(a)},
+            "b": {k: b[k] for k in ("psi", "rho", "psi_range", "rho_range")} | {"gain_vs_cce": _gain(b)},
+            "d_psi": abs(a["psi"] - b["psi"]), "d_rho": abs(a["rho"] - b["rho"]), "d_log_rho": log_rho,
+            "psi_overlap": psi_ov, "rho_overlap": rho_ov, "region_overlap": psi_ov and rho_ov}
+
+
+def rule_id(rule: Mapping[str, Any]) -> str:
+    """What identifies a rule across runs: its kind, knob, x and group (not its fitted values)."""
+    group = rule.get("group") or {}
+    where = ", ".join(f"{k}={group[k]}" for k in sorted(group)) or "all settings"
+    return f"{rule['kind']}: {rule['knob']} vs {rule.get('x', '?')} ({where})"
+
+
+def _sign(b: float) -> int:
+    return 0 if abs(b) <= FLAT else (1 if b > 0 else -1)
+
+
+def rule_status(rule: Mapping[str, Any] | None) -> str:
+    if rule is None:
+        return "absent"
+    if not rule["supported"]:
+        return "not supported"
+    return "supported (" + {1: "+", -1: "-", 0: "flat"}[_sign(rule["b"])] + ")"
+
+
+def rule_verdict(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> str:
+    """"holds in both" (supported in both, same sign of slope), "opposite signs", "only in A",
+    "only in B" or "in neither"."""
+    sa, sb = bool(a and a["supported"]), bool(b and b["supported"])
+    if sa and sb:
+        return "holds in both" if _sign(a["b"]) == _sign(b["b"]) else "opposite signs"
+    return "only in A" if sa else "only in B" if sb else "in neither"
+
+
+def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Two checked guidelines documents (``check_doc``) -> the stability summary (JSON-safe)."""
+    sa = {s["setting"]: s for s in a["settings"]}
+    sb = {s["setting"]: s for s in b["settings"]}
+    common = [compare_setting(sa[k], sb[k]) for k in sorted(sa.keys() & sb.keys())]
+    ra = {rule_id(r): r for r in a["rules"]}
+    rb = {rule_id(r): r for r in b["rules"]}
+    rules = []
+    for rid in sorted(ra.keys() | rb.keys()):
+        r = ra.get(rid) or rb[rid]
+        rules.append({"rule": rid, "kind": r["kind"], "knob": r["knob"], "group": r.get("group") or {},
+                      "a": rule_status(ra.get(rid)), "b": rule_status(rb.get(rid)),
+                      "verdict": rule_verdict(ra.get(rid), rb.get(rid)),
+                      "text_a": ra[rid].get("text") if rid in ra else None,
+                      "text_b": rb[rid].get("text") if rid in rb else None})
+    return {"settings": common, "only_in_a": sorted(sa.keys() - sb.keys()),
+            "only_in_b": sorted(sb.keys() - sa.keys()), "rules": rules, "summary": _summary(common, rules)}
+
+
+def _summary(common: list[dict[str, Any]], rules: list[dict[str, Any]]) -> dict[str, Any]:
+    def frac(key: str) -> float | None:
+        return sum(c[key] for c in common) / len(common) if common else None
+
+    def median(key: str) -> float | None:
+        values = [c[key] for c in common if c[key] is not None]
+        return statistics.median(values) if values else None
+
+    return {"n_common": len(common), "region_overlap_fraction": frac("region_overlap"),
+            "psi_overlap_fraction": frac("psi_overlap"), "rho_overlap_fraction": frac("rho_overlap"),
+            "median_d_psi": median("d_psi"), "median_d_rho": median("d_rho"),
+            "median_d_log_rho": median("d_log_rho"),
+            "rules_claimed": sum(r["verdict"] == "holds in both" for r in rules), "rules_total": len(rules)}
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def _range(r: list[float]) -> str:
+    return f"[{r[0]:.2f}, {r[1]:.2f}]"
+
+
+def _gain_text(g: Mapping[str, Any] | None) -> str:
+    if g is None or g["mean_diff"] is None:
+        return "n/a"
+    return f"{g['mean_diff']:+.2f}" + (f" ± {g['std']:.2f}" if _is_number(g["std"]) else "")
+
+
+def _yes(v: bool) -> str:
+    return "yes" if v else "no"
+
+
+def brief(result: Mapping[str, Any]) -> str:
+    """A few lines for the terminal."""
+    s = result["summary"]
+    lines = [f"{s['n_common']} setting(s) in both runs; near-best regions overlap in "
+             f"{_num(s['region_overlap_fraction'], '.0%')} (psi {_num(s['psi_overlap_fraction'], '.0%')}, "
+             f"rho {_num(s['rho_overlap_fraction'], '.0%')}); median |d psi| {_num(s['median_d_psi'])}, "
+             f"|d rho| {_num(s['median_d_rho'])}, |d log rho| {_num(s['median_d_log_rho'])}"]
+    for key, run in (("only_in_a", "A"), ("only_in_b", "B")):
+        if result[key]:
+            lines.append(f"only in {run}: {', '.join(result[key])}")
+    lines.append(f"rules claimed (supported in both, same sign): {s['rules_claimed']} of {s['rules_total']}")
+    lines += [f"- {r['rule']}: {r['verdict']}" for r in result["rules"] if r["verdict"] != "in neither"]
+    return "\n".join(lines)
+
+
+def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B") -> str:
+    s = result["summary"]
+    head = ["setting", "psi A", "psi B", "|d psi|", "rho A", "rho B", "|d rho|", "|d log rho|",
+            "psi ranges overlap", "rho ranges overlap", "gain vs CCE A", "gain vs CCE B"]
+    lines = ["## Stability between two runs", "", f"A: {name_a}  ", f"B: {name_b}", "",
+             f"{s['n_common']} setting(s) measured in both; near-best regions (psi and rho ranges) overlap in "
+             f"{_num(s['region_overlap_fraction'], '.0%')}; median |d psi| {_num(s['median_d_psi'])}, median "
+             f"|d rho| {_num(s['median_d_rho'])}, median |d log rho| {_num(s['median_d_log_rho'])}. "
+             "Gains are final test accuracy points over CCE, mean ± std of paired differences.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in result["settings"]:
+        a, b = c["a"], c["b"]
+        lines.append("| " + " | ".join([
+            c["setting"], f"{a['psi']:.3f} {_range(a['psi_range'])}", f"{b['psi']:.3f} {_range(b['psi_range'])}",
+            f"{c['d_psi']:.3f}", f"{a['rho']:.2f} {_range(a['rho_range'])}", f"{b['rho']:.2f} {_range(b['rho_range'])}",
+            f"{c['d_rho']:.2f}", _num(c["d_log_rho"], ".2f"), _yes(c["psi_overlap"]), _yes(c["rho_overlap"]),
+            _gain_text(a["gain_vs_cce"]), _gain_text(b["gain_vs_cce"])]) + " |")
+    for key, run in (("only_in_a", "A"), ("only_in_b", "B")):
+        if result[key]:
+            lines += ["", f"Only in {run}: {', '.join(result[key])}."]
+    lines += ["", "### Rules", "", "A rule is claimed only when it is supported in both runs with the same sign "
+              f"of slope: {s['rules_claimed']} of {s['rules_total']}.", "",
+              "| rule | A | B | verdict |", "|---|---|---|---|"]
+    lines += [f"| {r['rule']} | {r['a']} | {r['b']} | {r['verdict']} |" for r in result["rules"]]
+    return "\n".join(lines) + "\n"
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def add_stability_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``stability``: compare the guidelines of two runs of one campaign."""
+    p = subparsers.add_parser(
+        "stability", help="compare the guidelines.json of two runs of one campaign",
+        description="Per setting: distance between the two best (psi, rho) points and whether the near-best "
+                    "regions overlap; per rule: whether it holds in both runs with the same sign of slope.")
+    p.add_argument("a", metavar="A.json", help="guidelines.json of the first run")
+    p.add_argument("b", metavar="B.json", help="guidelines.json of the second run")
+    p.add_argument("--out", help="write stability.json and stability.md into this directory")
+    p.set_defaults(func=stability_command)
+    return p
+
+
+def stability_command(args: argparse.Namespace) -> int:
+    result = compare(load_doc(args.a), load_doc(args.b))
+    print(brief(result))
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {args.out}: exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        doc = {"a": str(Path(args.a).resolve()), "b": str(Path(args.b).resolve()), **result}
+        (out / "stability.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        (out / "stability.md").write_text(to_markdown(result, args.a, args.b), encoding="utf-8")
+        print(f"stability.json: {out / 'stability.json'}\nstability.md: {out / 'stability.md'}")
+    return 0
