@@ -47,14 +47,15 @@ def status_counts(df: pd.DataFrame) -> dict[str, int]:
 def summarize_arms(df: pd.DataFrame) -> pd.DataFrame:
     """Usable runs grouped by (setting, stage, arm): means and sample stds over seeds, in points."""
     runs = usable(df)
-    cols = ["setting", "stage", "arm", "baseline", "method", "lam", "beta", "psi", "rho", "n", "val_mean",
+    cols = ["setting", "stage", "arm", "baseline", "method", "lam", "beta", "psi", "rho", "class_weighting", "n",
+            "val_mean",
             "val_std", "test_mean", "test_std", "best_test_mean"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     grouped = runs.groupby(["setting", "stage", "arm"], sort=True, dropna=False)
     out = grouped.agg(baseline=("baseline", "first"), method=("method", "first"), lam=("lam", "first"),
                       beta=("beta", "first"), psi=("psi", "first"), rho=("rho", "first"),
-                      n=("run_id", "size"), val_mean=("final_val_acc", "mean"),
+                      class_weighting=("class_weighting", "first"), n=("run_id", "size"), val_mean=("final_val_acc", "mean"),
                       val_std=("final_val_acc", "std"), test_mean=("final_test_acc", "mean"),
                       test_std=("final_test_acc", "std"), best_test_mean=("best_test_acc", "mean"))
     for col in ("val_mean", "val_std", "test_mean", "test_std", "best_test_mean"):
@@ -166,6 +167,7 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     search = chosen[chosen["stage"] == "search"]
     out.update(status="ok", stage=str(best["stage"]), stage_note=note, arm=str(best["arm"]),
                lam=float(best["lam"]), beta=float(best["beta"]), psi=float(best["psi"]), rho=float(best["rho"]),
+               class_weighting=str(best["class_weighting"]),
                val_acc_mean=float(best["val_mean"]), test_acc_mean=float(best["test_mean"]),
                test_acc_std=_nan_to_none(best["test_std"]), n_seeds=int(best["n"]),
                best_test_acc_mean=_nan_to_none(best["best_test_mean"]),

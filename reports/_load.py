@@ -21,7 +21,7 @@ from dm_tune._param import beta_from_rho, lambda_from_mode, mode_from_lambda, rh
 from dm_tune.errors import UserError
 
 PARAM_COLUMNS = ("method", "lam", "beta", "psi", "rho", "dataset", "noise", "noise_rate", "imbalance",
-                 "imbalance_ratio", "model", "num_classes", "pretrained", "seed", "epochs")
+                 "imbalance_ratio", "model", "num_classes", "pretrained", "seed", "epochs", "class_weighting")
 METRIC_COLUMNS = ("epochs_reached", "final_test_acc", "final_val_acc", "best_test_acc",
                   "val_selected_test_acc", "train_time_s")
 # Retrieval runs (re-ID; they log final_val_map): their mAPs fill the score columns above in place
@@ -124,23 +124,26 @@ def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)  # "" (not logged) -> NaN
     df["pretrained"] = df["pretrained"].astype(str).str.lower().isin(["true", "1", "yes"])
     for col in ("experiment", "setting", "stage", "baseline", "status", "method", "dataset", "noise",
-                "imbalance", "model", "task"):
+                "imbalance", "model", "task", "class_weighting"):
         df[col] = df[col].fillna("").astype(str)
     df["task"] = df["task"].replace("", "classification")
+    df["class_weighting"] = df["class_weighting"].replace("", "none")  # runs from before class weighting
     df["imbalance"] = df["imbalance"].replace("", "none")
     df["imbalance_ratio"] = df["imbalance_ratio"].fillna(1.0)
     _fill_dm_coordinates(df)
-    df["arm"] = [arm_label(b, m, lam, beta) for b, m, lam, beta in
-                 zip(df["baseline"], df["method"], df["lam"], df["beta"])]
+    df["arm"] = [arm_label(b, m, lam, beta, cw) for b, m, lam, beta, cw in
+                 zip(df["baseline"], df["method"], df["lam"], df["beta"], df["class_weighting"])]
     return df[list(COLUMNS)].reset_index(drop=True)
 
 
-def arm_label(baseline: str, method: str, lam: float, beta: float) -> str:
-    """The name of a configuration across seeds: the baseline's name or ``dm(lam=..,beta=..)``."""
+def arm_label(baseline: str, method: str, lam: float, beta: float, class_weighting: str = "none") -> str:
+    """The name of a configuration across seeds: the baseline's name or ``dm(lam=..,beta=..)``, with
+    ``,cw=SCHEME`` when the DM arm weights classes (arms differing only in class weighting stay apart)."""
     if baseline:
         return baseline
     if method == "dm":
-        return f"dm(lam={_round(lam)},beta={_round(beta)})"
+        cw = "" if class_weighting in ("", "none") else f",cw={class_weighting}"
+        return f"dm(lam={_round(lam)},beta={_round(beta)}{cw})"
     return method
 
 

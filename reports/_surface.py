@@ -1,0 +1,465 @@
+"""One response surface across settings: DM's gain over CCE as a Gaussian process of (psi, rho,
+class weighting) and of the setting, recommendations from it, and leave-one-setting-out checks.
+
+Training rows are the usable runs (finished, finite final validation accuracy) of the
+*classification* task with method "dm" and finite psi, rho > 0: searched and confirmed DM arms
+and the DM-family baselines with a spread (imae; dm-beta0 has rho 0 and is left out). Target: the
+run's final validation accuracy minus the mean final validation accuracy of its setting's CCE
+baseline (usable runs, confirm stage preferred), in percentage points. Settings without CCE runs
+have no target and are left out.
+
+Features (names in ``FEATURES`` order, stored with the model):
+
+* ``psi``, ``log_rho``: DM's mode and log-spread;
+* ``cw=SCHEME``: one indicator per class-weighting scheme seen other than "none" (none: all zero);
+* ``noise_rate`` (noise "none" counts as symmetric at rate 0) and ``noise=TYPE``: one indicator
+  per non-symmetric noise type seen;
+* ``log_num_classes``, ``log_imbalance_ratio`` and ``imbalance=TYPE`` (longtail, step) indicators;
+* ``dataset=NAME``: one-hot over the datasets seen (an unknown dataset: all zeros, with a warning).
+
+A setting feature that does not vary over the training rows says nothing and is left out (a
+request that differs from its one measured value gets a warning instead). Model:
+GaussianProcessRegressor(ConstantKernel * RBF (one length scale per feature) + WhiteKernel,
+normalize_y=True). ``gp_to_dict`` / ``gp_from_dict`` serialise it; ``gp_predict`` predicts
+from the serialised form with numpy alone, so that ``dm-tune recommend`` needs neither
+scikit-learn nor pandas (scikit-learn imports pandas). Heavy imports happen inside functions.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings as _warnings
+from typing import TYPE_CHECKING, Any
+
+from dm_tune._param import beta_from_rho, lambda_from_mode, rho_from_beta
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+POINTS = 100.0                      # fractions -> percentage points
+PSI_GRID = (0.0, 0.75, 31)          # recommend's grid: psi from, to, cells
+RHO_GRID = (0.25, 12.0, 25)         # rho from, to, cells (log-spaced)
+WITHIN_POINTS = 1.0                 # the region: cells within this many points of the best
+CW_MIN_GAIN = 1.0                   # a class weighting must beat "none" by this much to be chosen
+Z95 = 1.96
+MAX_STD = 2.0                       # predictive std (points) above which the answer is flagged
+N_LEANS_ON = 3
+# Kernel hyper-parameter bounds. Targets are normalised (normalize_y), so the signal variance and
+# noise level are relative to the spread of the gains; features are O(1) (psi, log rho, rates,
+# 0/1 indicators, log counts), so length scales from 0.05 to 1000 cover "matters a lot" to "not at all".
+CONSTANT_BOUNDS = (1e-3, 1e3)
+LENGTH_SCALE_BOUNDS = (5e-2, 1e3)
+NOISE_BOUNDS = (1e-5, 1e1)
+N_RESTARTS = 2
+GP_ALPHA = 1e-10                    # scikit-learn's default jitter on the kernel diagonal
+KERNEL_FORM = "ConstantKernel * RBF(anisotropic) + WhiteKernel"
+CLASS_WEIGHTINGS = ("none", "inverse", "sqrt-inverse", "effective-number")
+SETTING_KEYS = ("dataset", "noise", "noise_rate", "num_classes", "imbalance", "imbalance_ratio")
+
+
+# --- features -------------------------------------------------------------------------------
+
+def _noise(noise: str, rate: float) -> tuple[str, float]:
+    """Clean data is symmetric noise at rate 0."""
+    return ("symmetric", 0.0) if noise == "none" or not rate else (noise, float(rate))
+
+
+def encoding_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The vocabularies and kept features for training rows (dicts with the setting keys, psi, rho, cw)."""
+    noise = sorted({_noise(r["noise"], r["noise_rate"])[0] for r in rows} - {"symmetric"})
+    imbalance = sorted({r["imbalance"] for r in rows} - {"none"})
+    cw = sorted({r["class_weighting"] for r in rows} - {"none"})
+    datasets = sorted({r["dataset"] for r in rows})
+    candidate = (["psi", "log_rho"] + [f"cw={c}" for c in cw] + ["noise_rate"] + [f"noise={n}" for n in noise]
+                 + ["log_num_classes", "log_imbalance_ratio"] + [f"imbalance={i}" for i in imbalance]
+                 + [f"dataset={d}" for d in datasets])
+    full = {"features": candidate}
+    values = [_raw_features(r, full) for r in rows]
+    keep = [name for j, name in enumerate(candidate)
+            if name in ("psi", "log_rho") or len({v[j] for v in values}) > 1]
+    return {"features": keep, "class_weightings": ["none"] + cw, "noise_types": ["symmetric"] + noise,
+            "imbalances": ["none"] + imbalance, "datasets": datasets}
+
+
+def _raw_features(r: dict[str, Any], enc: dict[str, Any]) -> list[float]:
+    noise, rate = _noise(r["noise"], r["noise_rate"])
+    values = {"psi": float(r["psi"]), "log_rho": math.log(float(r["rho"])), "noise_rate": rate,
+              "log_num_classes": math.log(float(r["num_classes"])),
+              "log_imbalance_ratio": math.log(float(r.get("imbalance_ratio") or 1.0)),
+              f"cw={r.get('class_weighting', 'none')}": 1.0, f"noise={noise}": 1.0,
+              f"imbalance={r.get('imbalance', 'none')}": 1.0}
+    if r.get("dataset"):
+        values[f"dataset={r['dataset']}"] = 1.0
+    return [values.get(name, 0.0) for name in enc["features"]]
+
+
+def features(rows: list[dict[str, Any]], enc: dict[str, Any]) -> list[list[float]]:
+    """Feature rows (``enc["features"]`` order) for dicts with the setting keys, psi, rho, class_weighting."""
+    return [_raw_features(r, enc) for r in rows]
+
+
+# --- training rows --------------------------------------------------------------------------
+
+def _finished(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].isin(["finished", ""]) & df["final_val_acc"].notna()]
+
+
+def cce_means(df: pd.DataFrame, metric: str = "final_val_acc") -> dict[str, float]:
+    """Per setting, CCE's mean ``metric`` in points (usable runs, confirm stage when there is one)."""
+    cce = _finished(df[df["baseline"] == "cce"]).dropna(subset=[metric])
+    out: dict[str, float] = {}
+    for setting, runs in cce.groupby("setting", sort=True):
+        if (runs["stage"] == "confirm").any():
+            runs = runs[runs["stage"] == "confirm"]
+        out[str(setting)] = float(runs[metric].mean() * POINTS)
+    return out
+
+
+def dm_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Usable classification runs of method dm with finite psi and rho > 0."""
+    runs = _finished(df[(df["task"] == "classification") & (df["method"] == "dm")])
+    return runs[runs["psi"].notna() & runs["rho"].notna() & (runs["rho"] > 0)]
+
+
+def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
+    """(row dicts, targets in points) of the settings that have CCE runs."""
+    cce = cce_means(df)
+    runs = dm_rows(df)
+    runs = runs[runs["setting"].isin(list(cce))]
+    rows = runs[["setting", "stage", "arm", *SETTING_KEYS, "pretrained", "psi", "rho",
+                 "class_weighting"]].to_dict("records")
+    y = [float(v) * POINTS - cce[s] for v, s in zip(runs["final_val_acc"], runs["setting"])]
+    return rows, y
+
+
+def measured_settings(rows: list[dict[str, Any]], y: list[float]) -> list[dict[str, Any]]:
+    """Each training setting's description and its best measured arm (mean validation gain over CCE,
+    confirm stage preferred, as in the per-setting analysis)."""
+    from collections import defaultdict
+
+    arms: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+    first: dict[str, dict[str, Any]] = {}
+    for r, gain in zip(rows, y):
+        arms[r["setting"]][(r["stage"], r["arm"])].append(gain)
+        first.setdefault(r["setting"], r)
+    out = []
+    for setting in sorted(arms):
+        stage = "confirm" if any(s == "confirm" for s, _ in arms[setting]) else "search"
+        (_, arm), gains = max(((k, v) for k, v in arms[setting].items() if k[0] == stage),
+                              key=lambda kv: sum(kv[1]) / len(kv[1]))
+        best = next(r for r in rows if r["setting"] == setting and r["stage"] == stage and r["arm"] == arm)
+        s = first[setting]
+        desc = {k: s[k].item() if hasattr(s[k], "item") else s[k] for k in SETTING_KEYS}
+        desc["num_classes"] = int(desc["num_classes"])
+        out.append({"setting": setting, **desc,
+                    "n_rows": sum(len(v) for v in arms[setting].values()),
+                    "best_arm": arm, "best_stage": stage, "best_psi": float(best["psi"]),
+                    "best_rho": float(best["rho"]), "best_class_weighting": str(best["class_weighting"]),
+                    "best_gain": sum(gains) / len(gains)})
+    return out
+
+
+# --- the Gaussian process -------------------------------------------------------------------
+
+def _kernel(n_features: int, bounds: dict[str, Any] | None = None) -> Any:
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+    b = bounds or kernel_spec(n_features)
+    return (ConstantKernel(1.0, tuple(b["constant_value_bounds"]))
+            * RBF([1.0] * n_features, tuple(b["length_scale_bounds"]))
+            + WhiteKernel(0.1, tuple(b["noise_level_bounds"])))
+
+
+def kernel_spec(n_features: int) -> dict[str, Any]:
+    """How to rebuild the kernel: its form, size and hyper-parameter bounds."""
+    return {"form": KERNEL_FORM, "n_features": n_features, "constant_value_bounds": list(CONSTANT_BOUNDS),
+            "length_scale_bounds": list(LENGTH_SCALE_BOUNDS), "noise_level_bounds": list(NOISE_BOUNDS),
+            "theta_order": "log constant, log length scales (feature order), log noise level"}
+
+
+def fit_gp(X: Any, y: Any, n_restarts_optimizer: int = N_RESTARTS) -> GaussianProcessRegressor:
+    """Fit ConstantKernel * RBF(ARD) + WhiteKernel with normalised targets (seeded: random_state=0)."""
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+    X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    gp = GaussianProcessRegressor(_kernel(X.shape[1]), alpha=GP_ALPHA, normalize_y=True,
+                                  n_restarts_optimizer=n_restarts_optimizer, random_state=0)
+    with _warnings.catch_warnings():  # a length scale at its upper bound means "irrelevant": expected
+        _warnings.simplefilter("ignore", ConvergenceWarning)
+        return gp.fit(X, y)
+
+
+def gp_to_dict(gp: GaussianProcessRegressor, feature_names: list[str], y: Any) -> dict[str, Any]:
+    """Everything needed to rebuild the fitted posterior, JSON-safe (``y``: the targets ``gp`` was
+    fitted on, as given; scikit-learn keeps only their normalised form)."""
+    import sklearn
+
+    return {"feature_names": list(feature_names), "X": gp.X_train_.tolist(), "y": [float(v) for v in y],
+            "theta": [float(t) for t in gp.kernel_.theta], "kernel": kernel_spec(len(feature_names)),
+            "normalize_y": True, "alpha": GP_ALPHA, "sklearn_version": sklearn.__version__}
+
+
+def gp_from_dict(d: dict[str, Any]) -> GaussianProcessRegressor:
+    """The fitted GP again: the stored kernel with the stored theta, no optimisation, fitted on X, y."""
+    import numpy as np
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+    kernel = _kernel(len(d["feature_names"]), d["kernel"]).clone_with_theta(np.asarray(d["theta"], dtype=float))
+    gp = GaussianProcessRegressor(kernel, alpha=d["alpha"], normalize_y=d["normalize_y"], optimizer=None)
+    return gp.fit(np.asarray(d["X"], dtype=float), np.asarray(d["y"], dtype=float))
+
+
+def gp_predict(d: dict[str, Any], X: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and std (points; the std includes the fitted noise, as scikit-learn's does)
+    at feature rows ``X``, from the serialised GP with numpy alone."""
+    import numpy as np
+
+    Xt, y = np.asarray(d["X"], dtype=float), np.asarray(d["y"], dtype=float)
+    Xq = np.atleast_2d(np.asarray(X, dtype=float))
+    theta = np.exp(np.asarray(d["theta"], dtype=float))
+    c, ls, noise = theta[0], theta[1:-1], theta[-1]
+    y_mean, y_std = (float(y.mean()), float(y.std())) if d["normalize_y"] else (0.0, 1.0)
+    y_std = y_std or 1.0
+    K = c * _rbf(Xt, Xt, ls) + (noise + d["alpha"]) * np.eye(len(Xt))
+    L = np.linalg.cholesky(K)
+    alpha = np.linalg.solve(L.T, np.linalg.solve(L, (y - y_mean) / y_std))
+    Ks = c * _rbf(Xq, Xt, ls)
+    V = np.linalg.solve(L, Ks.T)
+    var = np.clip(c + noise - np.einsum("ij,ij->j", V, V), 0.0, None)
+    return Ks @ alpha * y_std + y_mean, np.sqrt(var) * y_std
+
+
+def _rbf(A: Any, B: Any, ls: Any) -> Any:
+    import numpy as np
+
+    diff = (A[:, None, :] - B[None, :, :]) / ls
+    return np.exp(-0.5 * np.sum(diff * diff, axis=-1))
+
+
+def correlation(d: dict[str, Any], a: list[float], b: list[float]) -> float:
+    """The RBF kernel's correlation between two feature rows (1: the surface treats them as one point)."""
+    ls = [math.exp(t) for t in d["theta"][1:-1]]
+    return math.exp(-0.5 * sum(((x - z) / s) ** 2 for x, z, s in zip(a, b, ls)))
+
+
+def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dict[str, Any] | None:
+    """The fitted surface over every classification setting with CCE runs, serialised (None: no rows)."""
+    rows, y = training_rows(df)
+    if not rows:
+        return None
+    enc = encoding_of(rows)
+    X = features(rows, enc)
+    model = gp_to_dict(fit_gp(X, y, n_restarts_optimizer), enc["features"], y)
+    theta = model["theta"]
+    return {"task": "classification", "target": "final validation accuracy minus the setting's CCE mean (points)",
+            "n_rows": len(rows), "encoding": enc, "model": model,
+            "fitted": {"signal_std": math.sqrt(math.exp(theta[0])) * _std(y),
+                       "noise_std": math.sqrt(math.exp(theta[-1])) * _std(y),
+                       "length_scales": dict(zip(enc["features"], (math.exp(t) for t in theta[1:-1])))},
+            "grid": {"psi": list(PSI_GRID), "rho": list(RHO_GRID), "rho_spacing": "log"},
+            "settings": measured_settings(rows, y)}
+
+
+def _std(y: list[float]) -> float:
+    m = sum(y) / len(y)
+    return math.sqrt(sum((v - m) ** 2 for v in y) / len(y)) or 1.0
+
+
+# --- recommending from the surface ----------------------------------------------------------
+
+def grid() -> tuple[list[float], list[float]]:
+    """recommend's psi and rho grid values (rho log-spaced)."""
+    (p0, p1, n_psi), (r0, r1, n_rho) = PSI_GRID, RHO_GRID
+    psis = [p0 + (p1 - p0) * i / (n_psi - 1) for i in range(n_psi)]
+    rhos = [math.exp(math.log(r0) + (math.log(r1) - math.log(r0)) * i / (n_rho - 1)) for i in range(n_rho)]
+    return psis, rhos
+
+
+def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float,
+                           imbalance: str = "none", imbalance_ratio: float = 1.0,
+                           dataset: str | None = None) -> dict[str, Any]:
+    """The surface's best (psi, rho, class weighting) for a setting, its near-best and plausible
+    regions, the predicted gain over CCE with a 95% interval, the settings it leans on, warnings."""
+    import numpy as np
+
+    enc, model = surface["encoding"], surface["model"]
+    warnings = _extrapolation_warnings(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio,
+                                       dataset)
+    base = {"dataset": dataset if dataset in enc["datasets"] else "", "noise": noise_type, "noise_rate": noise_rate,
+            "num_classes": num_classes, "imbalance": imbalance, "imbalance_ratio": imbalance_ratio}
+    psis, rhos = grid()
+    cells = [(cw, p, r) for cw in enc["class_weightings"] for p in psis for r in rhos]
+    X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in cells], enc)
+    mean, std = gp_predict(model, X)
+    best_of = {cw: max(float(m) for (c, _, _), m in zip(cells, mean) if c == cw) for cw in enc["class_weightings"]}
+    top = max(best_of, key=lambda cw: best_of[cw])
+    chosen = top if top == "none" or "none" not in best_of or best_of[top] - best_of["none"] >= CW_MIN_GAIN else "none"
+    mine = np.array([c == chosen for c, _, _ in cells])
+    i = int(np.argmax(np.where(mine, mean, -np.inf)))
+    best, sd = float(mean[i]), float(std[i])
+    near = mine & (mean >= best - WITHIN_POINTS - 1e-9)
+    plausible = mine & (mean + Z95 * std >= best - WITHIN_POINTS - 1e-9)
+    _, psi, rho = cells[i]
+    if sd > MAX_STD:
+        warnings.append(f"the surface is unsure here: predictive std {sd:.1f} points at the recommended point "
+                        f"(> {MAX_STD:g}); treat it as a starting point for a search")
+    lam = lambda_from_mode(psi)
+    return {"psi": psi, "rho": rho, "lam": lam, "beta": beta_from_rho(rho, lam), "class_weighting": chosen,
+            "class_weighting_gain": {cw: best_of[cw] - best_of.get("none", best_of[cw]) for cw in best_of},
+            "region": {"psi": _span(cells, near, 1), "rho": _span(cells, near, 2),
+                       "plausible": {"psi": _span(cells, plausible, 1), "rho": _span(cells, plausible, 2)},
+                       "within_points": WITHIN_POINTS},
+            "predicted_gain": {"mean": best, "low": best - Z95 * sd, "high": best + Z95 * sd, "level": 0.95},
+            "predicted_std": sd, "leans_on": leans_on(surface, X[i]), "warnings": warnings}
+
+
+def _span(cells: list[tuple[str, float, float]], mask: Any, k: int) -> list[float]:
+    values = [c[k] for c, m in zip(cells, mask) if m]
+    return [min(values), max(values)]
+
+
+def leans_on(surface: dict[str, Any], x: list[float], n: int = N_LEANS_ON) -> list[dict[str, Any]]:
+    """The ``n`` measured settings most correlated (kernel) with feature row ``x``, at x's (psi, rho, cw)."""
+    enc = surface["encoding"]
+    scored = []
+    for s in surface["settings"]:
+        row = features([{**s, "psi": 0.5, "rho": 1.0, "class_weighting": "none"}], enc)[0]
+        # keep x's DM knobs: only the setting features differ
+        row = [xv if name in ("psi", "log_rho") or name.startswith("cw=") else rv
+               for name, xv, rv in zip(enc["features"], x, row)]
+        scored.append({"setting": s["setting"], "correlation": correlation(surface["model"], list(x), row),
+                       "best_gain": s["best_gain"], "best_psi": s["best_psi"], "best_rho": s["best_rho"],
+                       "best_class_weighting": s["best_class_weighting"],
+                       **{k: s[k] for k in SETTING_KEYS}})
+    return sorted(scored, key=lambda d: -d["correlation"])[:n]
+
+
+def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float,
+                            imbalance: str, imbalance_ratio: float, dataset: str | None) -> list[str]:
+    settings = surface["settings"]
+    out: list[str] = []
+    noise, rate = _noise(noise_type, noise_rate)
+    rates = [_noise(s["noise"], s["noise_rate"])[1] for s in settings if _noise(s["noise"], s["noise_rate"])[0] == noise]
+    if not rates:
+        measured = sorted({_noise(s["noise"], s["noise_rate"])[0] for s in settings})
+        out.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: {', '.join(measured)})")
+    elif not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
+        out.append(f"extrapolation: noise rate {noise_rate:g} is outside the measured range "
+                   f"[{min(rates):g}, {max(rates):g}] for {noise} noise")
+    classes = [s["num_classes"] for s in settings]
+    if not min(classes) <= num_classes <= max(classes):
+        out.append(f"extrapolation: number of classes {num_classes} is outside the measured range "
+                   f"[{min(classes)}, {max(classes)}]")
+    same = [s for s in settings if s["imbalance"] == imbalance]
+    if not same:
+        out.append(f"extrapolation: imbalance {imbalance!r} was not measured "
+                   f"(measured: {', '.join(sorted({s['imbalance'] for s in settings}))})")
+    elif imbalance != "none" and not any(abs(s["imbalance_ratio"] - imbalance_ratio) < 1e-9 for s in same):
+        ratios = sorted({s["imbalance_ratio"] for s in same})
+        out.append(f"extrapolation: imbalance ratio {imbalance_ratio:g} was not measured for {imbalance} imbalance "
+                   f"(measured: {', '.join(f'{r:g}' for r in ratios)})")
+    if dataset is not None and dataset not in surface["encoding"]["datasets"]:
+        out.append(f"dataset {dataset!r} was not measured (measured: {', '.join(surface['encoding']['datasets'])}); "
+                   "no dataset-specific adjustment")
+    return out
+
+
+# --- leave-one-setting-out validation -------------------------------------------------------
+
+LOCAL_NOTE = ("estimated from the setting's own trials: a GP of final test accuracy over (psi, log rho, class "
+              "weighting) fitted on the held-out setting's DM runs only")
+
+
+def leave_one_setting_out(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dict[str, Any] | None:
+    """For each classification setting with CCE runs and confirm-stage DM arms: refit the surface
+    without it, recommend for it, and score that recommendation, and the paper's guidance, on a
+    local GP of the setting's own trials (final test accuracy). None when no setting qualifies."""
+    from dm_tune.reports._analysis import best_dm_arm, summarize_arms
+
+    rows, y = training_rows(df)
+    cce_test = cce_means(df, "final_test_acc")
+    out = []
+    for setting in sorted({r["setting"] for r in rows}):
+        runs = df[df["setting"] == setting]
+        best, _ = best_dm_arm(summarize_arms(runs))
+        others = [(r, v) for r, v in zip(rows, y) if r["setting"] != setting]
+        if best is None or best["stage"] != "confirm" or not others or setting not in cce_test:
+            continue
+        rest_rows, rest_y = [r for r, _ in others], [v for _, v in others]
+        enc = encoding_of(rest_rows)
+        surface = {"encoding": enc, "settings": measured_settings(rest_rows, rest_y),
+                   "model": gp_to_dict(fit_gp(features(rest_rows, enc), rest_y, n_restarts_optimizer),
+                                       enc["features"], rest_y)}
+        s = next(r for r in rows if r["setting"] == setting)
+        rec = recommend_from_surface(surface, int(s["num_classes"]), s["noise"], float(s["noise_rate"]),
+                                     s["imbalance"], float(s["imbalance_ratio"]), s["dataset"])
+        local = _local_gp(dm_rows(runs), n_restarts_optimizer)
+        if local is None:
+            continue
+        best_test, cce = float(best["test_mean"]), cce_test[setting]
+        row = {"setting": setting, **{k: s[k].item() if hasattr(s[k], "item") else s[k] for k in SETTING_KEYS},
+               "best_arm": {"arm": str(best["arm"]), "psi": float(best["psi"]), "rho": float(best["rho"]),
+                            "class_weighting": str(best["class_weighting"]), "test_acc": best_test},
+               "cce_test_acc": cce,
+               "surface": _scored(local, rec["psi"], rec["rho"], rec["class_weighting"], best_test, cce),
+               "paper": None}
+        row["num_classes"] = int(row["num_classes"])
+        row["surface"]["warnings"] = rec["warnings"]
+        paper = _paper_point(s)
+        if paper is not None:
+            row["paper"] = _scored(local, paper[0], paper[1], "none", best_test, cce)
+        out.append(row)
+    if not out:
+        return None
+    return {"note": LOCAL_NOTE, "metric": "final test accuracy (points)", "rows": out, "summary": _summary(out)}
+
+
+def _paper_point(s: dict[str, Any]) -> tuple[float, float] | None:
+    """The paper's (psi, rho) for a setting: its psi, and the midpoint of its beta range as rho."""
+    from dm_tune.reports._paper import paper_guidance
+
+    guide = paper_guidance(s["noise"], float(s["noise_rate"]), int(s["num_classes"]), bool(s.get("pretrained", False)))
+    if guide["psi"] is None:
+        return None
+    lo, hi = guide["beta_range"]
+    return float(guide["psi"]), rho_from_beta((lo + hi) / 2, float(guide["lam"]))
+
+
+def _local_gp(runs: pd.DataFrame, n_restarts_optimizer: int) -> dict[str, Any] | None:
+    runs = runs[runs["final_test_acc"].notna()]
+    if len(runs) < 2:
+        return None
+    rows = runs[["psi", "rho", "class_weighting"]].to_dict("records")
+    cws = sorted({r["class_weighting"] for r in rows} - {"none"})
+    enc = {"features": ["psi", "log_rho"] + [f"cw={c}" for c in cws]}
+    y = [float(v) * POINTS for v in runs["final_test_acc"]]
+    return {"encoding": enc, "model": gp_to_dict(fit_gp(_local_features(rows, enc), y, n_restarts_optimizer),
+                                                  enc["features"], y)}
+
+
+def _local_features(rows: list[dict[str, Any]], enc: dict[str, Any]) -> list[list[float]]:
+    return [[float(r["psi"]), math.log(float(r["rho"]))] + [float(f"cw={r['class_weighting']}" == name)
+                                                             for name in enc["features"][2:]] for r in rows]
+
+
+def _scored(local: dict[str, Any], psi: float, rho: float, cw: str, best_test: float, cce: float) -> dict[str, Any]:
+    mean, std = gp_predict(local["model"], _local_features([{"psi": psi, "rho": rho, "class_weighting": cw}],
+                                                           local["encoding"]))
+    est = float(mean[0])
+    return {"psi": psi, "rho": rho, "class_weighting": cw, "test_acc": est, "test_acc_std": float(std[0]),
+            "regret": best_test - est, "gain_over_cce": est - cce}
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_settings": len(rows)}
+    for who in ("surface", "paper"):
+        scored = [r[who] for r in rows if r[who] is not None]
+        out[who] = ({"n": len(scored), "mean_regret": sum(s["regret"] for s in scored) / len(scored),
+                     "mean_gain_over_cce": sum(s["gain_over_cce"] for s in scored) / len(scored),
+                     "beats_cce": sum(s["gain_over_cce"] > 0 for s in scored)} if scored
+                    else {"n": 0, "mean_regret": None, "mean_gain_over_cce": None, "beats_cce": 0})
+    return out
