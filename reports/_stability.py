@@ -57,7 +57,7 @@ def check_doc(doc: Any, name: str) -> None:
         if isinstance(cce, Mapping):
             for key in ("mean_diff", "std"):
                 if key not in cce:
-                    raise UserError(f"{where} ({s['setting']}): missing key vs_baselines.cce.{key!r}")
+                    raise UserError(f"{where} ({s['setting']}): missing key 'vs_baselines.cce.{key}'")
     for i, r in enumerate(doc["rules"]):
         if not isinstance(r, Mapping):
             raise UserError(f"{name}: rules[{i}]: expected an object")

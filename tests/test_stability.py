@@ -1,0 +1,144 @@
+"""dm-tune stability: two hand-made guidelines documents compared (regions overlapping or not,
+rules holding in one run only), missing keys named, and one call of the command."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dm_tune.cli import main
+from dm_tune.errors import UserError
+from dm_tune.reports._stability import check_doc, compare, overlaps, to_markdown
+
+GROUP = {"noise": "symmetric", "num_classes": 10, "imbalance": "none", "pretrained": False}
+
+
+def setting(name: str, psi: float, rho: float, psi_range: list[float], rho_range: list[float],
+            gain: float = 5.0) -> dict[str, Any]:
+    return {"setting": name, "psi": psi, "rho": rho, "lam": psi / (1 - psi), "beta": 8.0,
+            "psi_range": psi_range, "rho_range": rho_range,
+            "vs_baselines": {"cce": {"mean_diff": gain, "std": 1.0, "n": 3}}}
+
+
+def rule(knob: str, supported: bool, b: float, kind: str = "noise_rate", group: dict | None = None) -> dict[str, Any]:
+    return {"kind": kind, "knob": knob, "x": "noise_rate", "group": GROUP if group is None else group,
+            "a": 0.5, "b": b, "r2": 0.9 if supported else 0.1, "n": 4, "supported": supported,
+            "reason": "" if supported else "R^2 0.10 < 0.5", "text": f"{knob} rule"}
+
+
+def docs() -> tuple[dict[str, Any], dict[str, Any]]:
+    a = {"schema_version": 99, "settings": [
+        setting("s-overlap", 0.50, 4.0, [0.40, 0.60], [2.0, 6.0], gain=10.0),
+        setting("s-apart", 0.20, 1.0, [0.10, 0.30], [0.5, 1.5]),
+        setting("s-only-a", 0.5, 2.0, [0.4, 0.6], [1.0, 3.0]),
+    ], "rules": [rule("psi", True, 0.4), rule("rho", True, -2.0),
+                 rule("psi", True, 0.3, kind="lambda_beta", group={}),
+                 rule("rho", False, 1.0, group={**GROUP, "noise": "pair"})]}
+    b = {"schema_version": 1, "settings": [
+        setting("s-overlap", 0.55, 2.0, [0.58, 0.70], [1.0, 2.5], gain=8.0),  # ranges touch: [0.4,0.6] & [0.58,0.7]
+        setting("s-apart", 0.70, -1.0, [0.65, 0.75], [-2.0, 0.0]),
+        setting("s-only-b", 0.5, 2.0, [0.4, 0.6], [1.0, 3.0]),
+    ], "rules": [rule("psi", True, 0.2), rule("rho", False, -1.0),
+                 rule("psi", True, -0.3, kind="lambda_beta", group={}),
+                 rule("rho", False, 2.0, group={**GROUP, "noise": "pair"})]}
+    return a, b
+
+
+def test_settings_in_both_are_compared():
+    result = compare(*docs())
+    by_name = {c["setting"]: c for c in result["settings"]}
+    assert set(by_name) == {"s-apart", "s-overlap"}
+    near = by_name["s-overlap"]
+    assert near["d_psi"] == pytest.approx(0.05) and near["d_rho"] == pytest.approx(2.0)
+    assert near["d_log_rho"] == pytest.approx(math.log(2.0))
+    assert near["psi_overlap"] and near["rho_overlap"] and near["region_overlap"]
+    assert near["a"]["gain_vs_cce"] == {"mean_diff": 10.0, "std": 1.0}
+    assert near["b"]["gain_vs_cce"]["mean_diff"] == 8.0
+    apart = by_name["s-apart"]
+    assert not apart["psi_overlap"] and not apart["rho_overlap"] and not apart["region_overlap"]
+    assert apart["d_rho"] == pytest.approx(2.0) and apart["d_log_rho"] is None  # rho <= 0: no log
+    assert result["only_in_a"] == ["s-only-a"] and result["only_in_b"] == ["s-only-b"]
+    summary = result["summary"]
+    assert summary["n_common"] == 2 and summary["region_overlap_fraction"] == 0.5
+    assert summary["median_d_psi"] == pytest.approx((0.05 + 0.5) / 2)
+    assert summary["median_d_log_rho"] == pytest.approx(math.log(2.0))
+
+
+def test_a_region_overlaps_only_when_both_ranges_do():
+    a, b = docs()
+    b["settings"][0]["rho_range"] = [6.5, 9.0]  # psi ranges still overlap
+    near = {c["setting"]: c for c in compare(a, b)["settings"]}["s-overlap"]
+    assert near["psi_overlap"] and not near["rho_overlap"] and not near["region_overlap"]
+    assert overlaps([0.0, 1.0], [1.0, 2.0]) and not overlaps([0.0, 1.0], [1.01, 2.0])
+
+
+def test_a_rule_is_claimed_only_when_supported_in_both_with_one_sign():
+    result = compare(*docs())
+    by_kind = {(r["kind"], r["knob"], r["group"].get("noise")): r for r in result["rules"]}
+    held = by_kind[("noise_rate", "psi", "symmetric")]
+    assert (held["a"], held["b"], held["verdict"]) == ("supported (+)", "supported (+)", "holds in both")
+    one = by_kind[("noise_rate", "rho", "symmetric")]
+    assert (one["a"], one["b"], one["verdict"]) == ("supported (-)", "not supported", "only in A")
+    flipped = by_kind[("lambda_beta", "psi", None)]
+    assert flipped["verdict"] == "opposite signs"
+    assert by_kind[("noise_rate", "rho", "pair")]["verdict"] == "in neither"
+    assert result["summary"]["rules_claimed"] == 1 and result["summary"]["rules_total"] == 4
+
+
+def test_a_rule_missing_from_one_run_is_absent_there():
+    a, b = docs()
+    b["rules"] = b["rules"][1:]
+    rows = {r["rule"]: r for r in compare(a, b)["rules"]}
+    (row,) = [r for r in rows.values() if r["kind"] == "noise_rate" and r["knob"] == "psi"]
+    assert (row["a"], row["b"], row["verdict"]) == ("supported (+)", "absent", "only in A")
+
+
+def test_markdown_has_the_table_and_the_rule_verdicts():
+    md = to_markdown(compare(*docs()), "run1.json", "run2.json")
+    assert md.startswith("## Stability between two runs")
+    assert "| s-overlap | 0.500 [0.40, 0.60] | 0.550 [0.58, 0.70] |" in md
+    assert "| s-apart |" in md and "| no | no |" in md
+    assert "Only in A: s-only-a." in md
+    assert "holds in both" in md and "only in A" in md and "opposite signs" in md
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d.pop("rules"), "missing key 'rules'"),
+    (lambda d: d["settings"][1].pop("psi_range"), "settings[1]: missing key 'psi_range'"),
+    (lambda d: d["settings"][0]["vs_baselines"]["cce"].pop("std"), "missing key 'vs_baselines.cce.std'"),
+    (lambda d: d["settings"][0].update(rho_range=[1.0]), "rho_range must be a [low, high] pair"),
+    (lambda d: d["rules"][2].pop("supported"), "rules[2]: missing key 'supported'"),
+])
+def test_a_missing_key_is_named(edit, message):
+    doc = copy.deepcopy(docs()[0])
+    edit(doc)
+    with pytest.raises(UserError, match="A.json") as info:
+        check_doc(doc, "A.json")
+    assert message in str(info.value)
+
+
+def test_the_command_writes_json_and_markdown(tmp_path: Path, capsys):
+    a, b = docs()
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    out = tmp_path / "out"
+    assert main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 setting(s) in both runs" in printed and "rules claimed" in printed
+    doc = json.loads((out / "stability.json").read_text())
+    assert doc["summary"]["region_overlap_fraction"] == 0.5 and doc["a"].endswith("a.json")
+    assert (out / "stability.md").read_text().startswith("## Stability between two runs")
+
+
+def test_the_command_names_a_broken_file(tmp_path: Path, capsys):
+    a, _ = docs()
+    del a["settings"][0]["rho"]
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    assert main(["stability", str(tmp_path / "a.json"), str(tmp_path / "a.json")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "settings[0]: missing key 'rho'" in err

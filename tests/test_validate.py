@@ -1,0 +1,162 @@
+"""dm-tune validate: the paired summary on hand-made numbers, the arms, a real run on digits
+with a tiny budget, and user mistakes as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from dm_tune.cli import main
+from dm_tune.reports._schema import default_guidelines_path
+from dm_tune.reports._text import SCHEMA_VERSION
+from dm_tune.validate import arm_overrides, summarise, verdict
+
+
+# --- the statistics ----------------------------------------------------------------------------
+
+
+def test_summarise_pairs_the_differences_by_seed():
+    rec = {0: 80.0, 1: 82.0, 2: 84.0}
+    cce = {0: 70.0, 1: 75.0, 2: 74.0}   # diffs 10, 7, 10: mean 9, std sqrt(3)
+    imae = {0: 81.0, 1: 80.0, 2: 85.0}  # diffs -1, 2, -1: mean 0
+    out = summarise({"dm-recommended": rec, "cce": cce, "imae": imae})
+    assert out["arms"]["dm-recommended"] == {"mean": 82.0, "std": 2.0, "n": 3}
+    assert out["arms"]["cce"]["mean"] == pytest.approx(73.0)
+    assert out["arms"]["cce"]["std"] == pytest.approx(math.sqrt(7.0))
+    vs_cce = out["vs"]["cce"]
+    assert vs_cce["mean_diff"] == pytest.approx(9.0)
+    assert vs_cce["std"] == pytest.approx(math.sqrt(3.0))  # of the paired differences, not of the arms
+    assert vs_cce["n"] == 3 and vs_cce["seeds"] == [0, 1, 2]
+    assert vs_cce["verdict"] == "wins"  # 9 > 2 * sqrt(3) / sqrt(3) = 2
+    assert out["vs"]["imae"]["mean_diff"] == pytest.approx(0.0)
+    assert out["vs"]["imae"]["verdict"] == "within noise"
+
+
+def test_pairing_removes_the_seed_to_seed_spread():
+    # Seeds differ by 20 points, but the recommendation is 1 point better on every one of them.
+    rec = {0: 61.0, 1: 81.0, 2: 71.0}
+    cce = {0: 60.0, 1: 80.0, 2: 70.0}
+    out = summarise({"dm-recommended": rec, "cce": cce, "imae": rec})
+    assert out["vs"]["cce"] == {"mean_diff": 1.0, "std": 0.0, "n": 3, "seeds": [0, 1, 2], "verdict": "wins"}
+    assert out["vs"]["imae"]["verdict"] == "within noise"  # identical: 0 is never outside the noise
+
+
+def test_summarise_pairs_only_seeds_both_arms_have():
+    rec = {0: 50.0, 1: 60.0, 2: float("nan")}  # seed 2 diverged
+    cce = {0: 55.0, 1: 64.0, 3: 70.0}
+    out = summarise({"dm-recommended": rec, "cce": cce, "imae": {}})
+    assert out["arms"]["dm-recommended"]["n"] == 2
+    assert out["vs"]["cce"]["seeds"] == [0, 1]
+    assert out["vs"]["cce"]["mean_diff"] == pytest.approx(-4.5)
+    assert out["vs"]["cce"]["std"] == pytest.approx(math.sqrt(0.5))
+    assert out["vs"]["cce"]["verdict"] == "loses"  # -4.5 < -2 * 0.707 / sqrt(2) = -1
+    assert out["vs"]["imae"]["n"] == 0 and out["vs"]["imae"]["verdict"] == "undetermined"
+
+
+@pytest.mark.parametrize(("mean", "std", "n", "expected"), [
+    (1.0, 1.0, 4, "within noise"),   # bound 2 * 1 / 2 = 1: not beyond it
+    (1.01, 1.0, 4, "wins"),
+    (-1.01, 1.0, 4, "loses"),
+    (5.0, math.nan, 1, "undetermined"),
+    (0.0, 0.0, 3, "within noise"),
+])
+def test_verdict_rule(mean, std, n, expected):
+    assert verdict(mean, std, n) == expected
+
+
+def test_class_weighting_is_passed_only_when_recommended():
+    plain = arm_overrides(SimpleNamespace(lam=1.5, beta=12.0))
+    assert plain == {"dm-recommended": {"method": "dm", "lam": 1.5, "beta": 12.0}, "cce": {"method": "cce"},
+                     "imae": {"method": "dm", "lam": 1.0, "beta": 8.0}}
+    unweighted = arm_overrides(SimpleNamespace(lam=1, beta=2, class_weighting="none"))
+    assert "class_weighting" not in unweighted["dm-recommended"]
+    weighted = arm_overrides(SimpleNamespace(lam=1, beta=2, class_weighting="sqrt-inverse"))
+    assert weighted["dm-recommended"]["class_weighting"] == "sqrt-inverse"
+    assert "class_weighting" not in weighted["cce"]
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def guidelines(tmp_path: Path) -> str:
+    """The shipped guidelines' settings under the schema version of this checkout (the test does
+    not depend on whether the shipped file has been regenerated yet)."""
+    doc = json.loads(default_guidelines_path().read_text())
+    path = tmp_path / "guidelines.json"
+    path.write_text(json.dumps({**doc, "schema_version": SCHEMA_VERSION}))
+    return str(path)
+
+
+def write_config(tmp_path: Path, **overrides) -> Path:
+    config = {"settings": {"dataset": ["digits"], "noise": ["symmetric"], "noise_rate": [0.3]},
+              "seeds": [0, 1], "training": {"epochs": 2, "device": "cpu"}, **overrides}
+    path = tmp_path / "validate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_validate_trains_every_arm_on_every_seed(tmp_path, capsys, guidelines):
+    out = tmp_path / "out"
+    assert main(["validate", "--config", str(write_config(tmp_path)), "--guidelines", guidelines,
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "digits-symmetric0.3-default" in printed and "rec − cce" in printed
+    doc = json.loads((out / "validation.json").read_text())
+    assert doc["arms"] == ["dm-recommended", "cce", "imae"] and doc["seeds"] == [0, 1]
+    (setting,) = doc["settings"]
+    assert setting["setting"] == "digits-symmetric0.3-default" and setting["num_classes"] == 10
+    rec = setting["recommendation"]
+    assert {"lam", "beta", "psi", "rho", "evidence"} <= rec.keys()
+    assert setting["arms"]["dm-recommended"]["config"]["lam"] == pytest.approx(rec["lam"])
+    assert setting["arms"]["cce"]["config"] == {"method": "cce"}
+    for arm in doc["arms"]:
+        runs = setting["arms"][arm]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert all(0.0 <= r["test_acc"] <= 100.0 for r in runs)  # percentage points
+    acc = {arm: {r["seed"]: r["test_acc"] for r in setting["arms"][arm]["runs"]} for arm in doc["arms"]}
+    diffs = [acc["dm-recommended"][s] - acc["cce"][s] for s in (0, 1)]
+    assert setting["summary"]["vs"]["cce"]["mean_diff"] == pytest.approx(sum(diffs) / 2)
+    assert setting["summary"]["vs"]["cce"]["std"] == pytest.approx(abs(diffs[0] - diffs[1]) / math.sqrt(2))
+    assert doc["provenance"]["git_commit"]
+    md = (out / "validation.md").read_text()
+    assert md.startswith("## Validation of the recommendations")
+    assert "| setting | recommended | dm-recommended | cce | imae |" in md
+    assert "| digits-symmetric0.3-default |" in md
+
+
+def test_seeds_and_epochs_flags_override_the_config(tmp_path, guidelines):
+    out = tmp_path / "out"
+    assert main(["validate", "--config", str(write_config(tmp_path)), "--guidelines", guidelines,
+                 "--out", str(out), "--quiet", "--seeds", "3", "--epochs", "1"]) == 0
+    doc = json.loads((out / "validation.json").read_text())
+    (setting,) = doc["settings"]
+    assert doc["seeds"] == [3]
+    assert [r["seed"] for r in setting["arms"]["imae"]["runs"]] == [3]
+    assert setting["summary"]["vs"]["cce"]["verdict"] == "undetermined"  # one seed: no spread
+
+
+@pytest.mark.parametrize(("overrides", "args", "field"), [
+    ({"settings": {"dataset": ["digits"], "noise_rate": [1.5]}}, [], "settings.noise_rate"),
+    ({"training": {"epochs": 0}}, [], "training.epochs"),
+    ({"seedz": [0]}, [], "seedz"),
+    ({}, ["--seeds", "0,x"], "--seeds"),
+    ({}, ["--guidelines", "nowhere.json"], "nowhere.json"),
+])
+def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, guidelines, overrides, args, field):
+    code = main(["validate", "--config", str(write_config(tmp_path, **overrides)), "--guidelines", guidelines,
+                 "--out", str(tmp_path / "o"), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and field in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_config_file_is_named(tmp_path, capsys):
+    assert main(["validate", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml: file not found" in capsys.readouterr().err
