@@ -126,6 +126,8 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
             results[i] = r
     runs: dict[str, dict[str, Any]] = {arm: {"config": knobs, "runs": []} for arm, knobs in arms.items()}
     for (arm, s, _), r in zip(members, results):
+        if not runs[arm]["runs"]:  # what the arm trained with (its first seed's resolved config)
+            runs[arm]["train_config"] = {k: v for k, v in r.config.items() if k not in ("seed", "data_seed")}
         runs[arm]["runs"].append({"seed": s, "test_acc": 100.0 * r.test_accuracy, "status": r.status,
                                   "val_acc": 100.0 * r.val_accuracy})
     accuracies = {arm: {run["seed"]: run["test_acc"] for run in a["runs"]} for arm, a in runs.items()}
@@ -250,11 +252,19 @@ def validate_command(args: argparse.Namespace) -> int:
     doc = {**doc, "config": str(Path(args.config).resolve()), "guidelines": str(path.resolve()),
            "study": study.to_dict(), "provenance": _provenance()}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "validation.json").write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    (out / "validation.json").write_text(json.dumps(doc, indent=1, allow_nan=True, default=_plain) + "\n",
+                                         encoding="utf-8")
     (out / "validation.md").write_text(to_markdown(doc), encoding="utf-8")
     print(_plain_table(table_rows(doc)))
     print(f"validation.json: {out / 'validation.json'}\nvalidation.md: {out / 'validation.md'}")
     return 0
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what json does not know (numpy scalars and arrays in a recommendation's fields)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _provenance() -> dict[str, Any]:

@@ -141,6 +141,27 @@ def test_seeds_and_epochs_flags_override_the_config(tmp_path, guidelines):
     assert setting["summary"]["vs"]["cce"]["verdict"] == "undetermined"  # one seed: no spread
 
 
+def test_the_recommended_class_weighting_is_trained(tmp_path, guidelines, monkeypatch):
+    import dm_tune.reports._recommend as recommend_module
+
+    real = recommend_module.recommend
+
+    def weighted(*args, **kwargs):
+        rec = real(*args, **kwargs)
+        fields = {**rec.to_dict(), "class_weighting": "sqrt-inverse"}
+        return SimpleNamespace(**fields, to_dict=lambda: fields)
+
+    monkeypatch.setattr(recommend_module, "recommend", weighted)
+    out = tmp_path / "out"
+    assert main(["validate", "--config", str(write_config(tmp_path)), "--guidelines", guidelines,
+                 "--out", str(out), "--quiet", "--seeds", "0", "--epochs", "1"]) == 0
+    arms = json.loads((out / "validation.json").read_text())["settings"][0]["arms"]
+    assert arms["dm-recommended"]["train_config"]["class_weighting"] == "sqrt-inverse"
+    assert arms["cce"]["train_config"]["class_weighting"] == "none"
+    assert arms["imae"]["train_config"]["class_weighting"] == "none"
+    assert "sqrt-inverse" in (out / "validation.md").read_text()
+
+
 @pytest.mark.parametrize(("overrides", "args", "field"), [
     ({"settings": {"dataset": ["digits"], "noise_rate": [1.5]}}, [], "settings.noise_rate"),
     ({"training": {"epochs": 0}}, [], "training.epochs"),
