@@ -37,7 +37,9 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``recommend``: DM (lambda, beta) for a new dataset from measured guidelines."""
     p = subparsers.add_parser(
         "recommend", help="recommend DM's lambda and beta for a dataset from measured guidelines",
-        description="Interpolate DM's mode and spread between measured settings of a guidelines file.")
+        description="Predict DM's best mode, spread and class weighting for your data from the response surface "
+                    "a guidelines file holds (fitted across its measured settings), with the region within 1 point "
+                    "and the predicted gain over CCE; retrieval interpolates between measured settings.")
     p.add_argument("--num-classes", type=int, required=True, help="number of classes (>= 2)")
     p.add_argument("--noise-type", default="symmetric",
                    help="none, symmetric (default), pair, cifar100-superclass, file (real noise)")
@@ -47,6 +49,8 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--task", default="classification",
                    help="classification (default) or retrieval (re-ID; --num-classes is then the number of "
                         "identities in the training split): only settings of this task are used")
+    p.add_argument("--dataset", help="the dataset, when it is one the guidelines measured (e.g. digits); "
+                                     "otherwise leave it out")
     p.add_argument("--guidelines", metavar="FILE",
                    help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON")
@@ -97,7 +101,7 @@ def recommend_command(args: argparse.Namespace) -> int:
                         "guidelines.json that 'dm-tune report' writes into WORKSPACE/report")
     rec = recommend(load_guidelines(path), num_classes=args.num_classes, noise_type=args.noise_type,
                     noise_rate=args.noise_rate, imbalance=args.imbalance, imbalance_ratio=args.imbalance_ratio,
-                    task=args.task)
+                    task=args.task, dataset=args.dataset)
     if args.json:
         print(json.dumps({**rec.to_dict(), "guidelines": str(path)}, indent=2))
         return 0
@@ -105,9 +109,22 @@ def recommend_command(args: argparse.Namespace) -> int:
     print(f"DM for {args.num_classes} {what}, {args.noise_rate * 100:g}% {args.noise_type} noise"
           + ("" if args.imbalance == "none" else f", {args.imbalance} imbalance {args.imbalance_ratio:g}:1") + ":")
     print(f"  lambda {rec.lam:.3g}, beta {rec.beta:.3g}   (mode psi {rec.psi:.3f}, log-spread rho {rec.rho:.3f})")
-    print(f"  evidence: {rec.evidence}")
+    print(f"  class weighting: {rec.class_weighting}")
+    if rec.region is not None and rec.predicted_gain is not None:
+        g, reg, wide = rec.predicted_gain, rec.region, rec.region["plausible"]
+        print(f"  predicted gain over CCE: {g['mean']:+.1f} points (95% interval {g['low']:+.1f} to {g['high']:+.1f})")
+        print(f"  within {reg['within_points']:g} point of the best: psi {reg['psi'][0]:.2f}-{reg['psi'][1]:.2f}, "
+              f"rho {reg['rho'][0]:.2f}-{reg['rho'][1]:.2f}; plausible: psi {wide['psi'][0]:.2f}-{wide['psi'][1]:.2f}, "
+              f"rho {wide['rho'][0]:.2f}-{wide['rho'][1]:.2f}")
+        print("  leans on:")
+        for s in rec.leans_on:
+            print(f"    {s['setting']} (correlation {s['correlation']:.2f}): measured best {s['best_gain']:+.1f} "
+                  f"points over CCE at psi {s['best_psi']:.2f}, rho {s['best_rho']:.2f}")
+    else:
+        print(f"  evidence: {rec.evidence}")
     for w in rec.warnings:
         print(f"  warning: {w}")
-    print(f"  try: dm-tune train --method dm --lam {rec.lam:.4g} --beta {rec.beta:.4g}")
+    cw = "" if rec.class_weighting == "none" else f" --class-weighting {rec.class_weighting}"
+    print(f"  try: dm-tune train --method dm --lam {rec.lam:.4g} --beta {rec.beta:.4g}{cw}")
     print(f"  (guidelines: {path})")
     return 0

@@ -150,6 +150,29 @@ def weight_history_figure(setting: dict[str, Any], histories: pd.DataFrame | Non
     return fig
 
 
+def loso_figure(loso: dict[str, Any]) -> Figure:
+    """Leave-one-setting-out, per held-out setting: regret of the surface's recommendation and of the
+    paper's guidance (left), and their gains over CCE (right), on the setting's own local GP."""
+    rows = loso["rows"]
+    labels = [_short(r) for r in rows]
+    xs = np.arange(len(rows))
+    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 3.0), 3.8), dpi=DPI)
+    axes = fig.subplots(1, 2)
+    for ax, key, title in ((axes[0], "regret", "regret vs the best confirmed arm (lower is better)"),
+                           (axes[1], "gain_over_cce", "gain over CCE (higher is better)")):
+        for offset, who, color in ((-0.2, "surface", "tab:orange"), (0.2, "paper", "tab:gray")):
+            values = [np.nan if r[who] is None else r[who][key] for r in rows]
+            ax.bar(xs + offset, values, width=0.4, color=color, label=who)
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize=7)
+        ax.set(ylabel="points of final test accuracy (estimated)", title=title)
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    fig.suptitle("Leave-one-setting-out: surface vs paper", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def _rect(x0: float, y0: float, x1: float, y1: float) -> Any:
     from matplotlib.patches import Rectangle
 

@@ -1,4 +1,8 @@
-"""The guidelines document (schema version 1): built from the runs, rendered as JSON and Markdown."""
+"""The guidelines document (schema version 2): built from the runs, rendered as JSON and Markdown.
+
+Beside each setting's measured best arm, the document holds one response surface fitted across
+the classification settings (``surface``, see _surface.py; ``recommend`` reads it) and its
+leave-one-setting-out validation (``loso``)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from dm_tune.reports._analysis import analyse_settings
+from dm_tune.reports._surface import fit_surface, leave_one_setting_out
 from dm_tune.reports._text import (ACCURACY_UNIT, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc, fmt_diff,
                                     json_safe, metric_name, setting_label)
 from dm_tune.reports._rules import factor_trends, lambda_beta_rule, noise_rate_rules
@@ -44,6 +49,8 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str
         "unresolved": [{"setting": s["setting"], "reason": s.get("note", ""), "counts": s["counts"]}
                        for s in analysed if s.get("status") != "ok"],
         **_rules_by_task(ok),
+        "surface": fit_surface(df),
+        "loso": leave_one_setting_out(df),
     }
     return json_safe(doc)
 
@@ -105,6 +112,7 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
     lines += [f"- {r['text']}" + (f" [paper: {r['paper_comparison']}]" if r.get("paper_comparison") else "")
               for r in doc["rules"]]
     lines += ["", "## Trends across settings (descriptive)", ""] + [f"- {t['text']}" for t in doc["trends"]]
+    lines += surface_markdown(doc.get("surface")) + loso_markdown(doc.get("loso"))
     lines += ["", "## Counts per setting", "", "| setting | finished | diverged | early-stopped | errored |",
               "|---|---|---|---|---|"]
     for s in doc["settings"] + doc["unresolved"]:
@@ -114,6 +122,58 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
               f"- dm-tune versions of the runs: {', '.join(prov['dm_tune_versions_of_runs']) or 'unknown'}; "
               f"report by dm-tune {prov['dm_tune_version']}", ""]
     return "\n".join(lines)
+
+
+def surface_markdown(surface: dict[str, Any] | None) -> list[str]:
+    """The 'Response surface' section: what was fitted, on how much, and what it learned."""
+    lines = ["", "## Response surface", ""]
+    if not surface:
+        return lines + ["No classification setting has both DM and CCE runs: no surface was fitted.", ""]
+    fitted = surface["fitted"]
+    scales = ", ".join(f"{name} {ls:.3g}" for name, ls in fitted["length_scales"].items())
+    lines += [f"A Gaussian process ({surface['model']['kernel']['form']}, normalised targets) of "
+              f"{surface['target']}, fitted on {surface['n_rows']} runs of {len(surface['settings'])} settings.",
+              "", f"- features: {', '.join(surface['encoding']['features'])}",
+              f"- fitted length scales (short: the gain changes fast along that feature): {scales}",
+              f"- signal std {fitted['signal_std']:.2f} points, noise std {fitted['noise_std']:.2f} points "
+              "(seed-to-seed and trial-to-trial scatter the surface does not explain)",
+              "- `dm-tune recommend` reads it: the best predicted (psi, rho, class weighting), the region within "
+              "1 point and the predicted gain over CCE with its 95% interval", ""]
+    return lines
+
+
+def loso_markdown(loso: dict[str, Any] | None) -> list[str]:
+    """The 'Leave-one-setting-out validation' table and its summary."""
+    lines = ["## Leave-one-setting-out validation", ""]
+    if not loso:
+        return lines + ["No setting could be held out (each needs CCE runs, confirm-stage DM arms and another "
+                        "setting to fit on).", ""]
+    lines += [f"Each setting is held out, the surface refitted on the others and asked for it; the answer and "
+              f"the paper's guidance are scored on the held-out setting's {loso['metric']}, {loso['note']}. "
+              "Regret: the setting's best confirmed arm minus the estimate.", "",
+              "| setting | surface (psi, rho, cw) | est. test | regret | gain over CCE | paper (psi, rho) | "
+              "est. test | regret | gain over CCE | best arm (test) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in loso["rows"]:
+        sf, pp = r["surface"], r["paper"]
+        paper = (["-"] * 4 if pp is None else
+                 [f"{pp['psi']:.2f}, {pp['rho']:.2f}", f"{pp['test_acc']:.1f}", f"{pp['regret']:+.1f}",
+                  f"{pp['gain_over_cce']:+.1f}"])
+        lines.append("| " + " | ".join([setting_label(r), f"{sf['psi']:.2f}, {sf['rho']:.2f}, {sf['class_weighting']}",
+                                        f"{sf['test_acc']:.1f}", f"{sf['regret']:+.1f}", f"{sf['gain_over_cce']:+.1f}",
+                                        *paper, f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})"]) + " |")
+    lines += ["", loso_summary_text(loso["summary"]), ""]
+    return lines
+
+
+def loso_summary_text(summary: dict[str, Any]) -> str:
+    """One sentence: mean regret and gain of the surface and of the paper, and how often each beats CCE."""
+    def part(who: str, name: str) -> str:
+        s = summary[who]
+        if not s["n"]:
+            return f"{name}: no setting scored"
+        return (f"{name}: mean regret {s['mean_regret']:.2f} points, mean gain over CCE {s['mean_gain_over_cce']:+.2f}, "
+                f"beats CCE in {s['beats_cce']} of {s['n']} settings")
+    return f"Over {summary['n_settings']} held-out settings, {part('surface', 'surface')}; {part('paper', 'paper')}."
 
 
 def dumps(doc: dict[str, Any]) -> str:

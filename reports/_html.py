@@ -10,10 +10,12 @@ from typing import Any
 import pandas as pd
 
 from dm_tune.reports import _figures as figs
-from dm_tune.reports._guidelines import build_guidelines, dumps, fmt_acc, fmt_diff, guidelines_markdown, setting_label
+from dm_tune.reports._guidelines import (build_guidelines, dumps, fmt_acc, fmt_diff, guidelines_markdown,
+                                         loso_summary_text, setting_label)
 from dm_tune.reports._text import metric_name
 
-SECTIONS = ("Guidelines", "Comparison with the paper", "Across settings", "Per-setting results", "Provenance")
+SECTIONS = ("Guidelines", "Comparison with the paper", "Across settings", "Response surface",
+            "Leave-one-setting-out validation", "Per-setting results", "Provenance")
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;
 line-height:1.45;padding:0 1em}
@@ -47,6 +49,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path,
     if settings:
         add_figure("best_mode_vs_noise", figs.best_mode_figure(settings, doc["rules"]))
         add_figure("weight_curves", figs.weight_curves_figure(settings))
+    if doc.get("loso"):
+        add_figure("loso", figs.loso_figure(doc["loso"]))
     for i, s in enumerate(settings):
         add_figure(f"plane_{i:02d}", figs.plane_figure(s, df[df["setting"] == s["setting"]]))
         if s["vs_baselines"]:
@@ -79,7 +83,9 @@ def render_html(doc: dict[str, Any], images: dict[str, str]) -> str:
     parts += ["<h2>Across settings</h2>", "<h3>Rules</h3><ul>"] + [f"<li>{e(_rule_text(r))}</li>" for r in doc["rules"]]
     parts += ["</ul><h3>Trends (descriptive)</h3><ul>"] + [f"<li>{e(t['text'])}</li>" for t in doc["trends"]]
     parts += ["</ul><div class='figs'>", _img(images, "best_mode_vs_noise", "best mode against noise rate"),
-              _img(images, "weight_curves", "weight curves"), "</div>", "<h2>Per-setting results</h2>"]
+              _img(images, "weight_curves", "weight curves"), "</div>"]
+    parts += _surface_section(doc.get("surface")) + _loso_section(doc.get("loso"), images)
+    parts.append("<h2>Per-setting results</h2>")
     for i, s in enumerate(doc["settings"]):
         parts.append(_setting_section(i, s, images))
     if doc["unresolved"]:
@@ -94,6 +100,45 @@ def render_html(doc: dict[str, Any], images: dict[str, str]) -> str:
                                          ["tracking URI", prov["tracking_uri"]]]),
               "</body></html>"]
     return "\n".join(parts)
+
+
+def _surface_section(surface: dict[str, Any] | None) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Response surface</h2>"]
+    if not surface:
+        return parts + ["<p>No classification setting has both DM and CCE runs: no surface was fitted.</p>"]
+    fitted = surface["fitted"]
+    parts.append(f"<p>A Gaussian process ({e(surface['model']['kernel']['form'])}) of {e(surface['target'])}, "
+                 f"fitted on {surface['n_rows']} runs of {len(surface['settings'])} settings; "
+                 "<code>dm-tune recommend</code> reads it.</p>")
+    rows = [[name, f"{ls:.3g}"] for name, ls in fitted["length_scales"].items()]
+    rows += [["signal std (points)", f"{fitted['signal_std']:.2f}"], ["noise std (points)", f"{fitted['noise_std']:.2f}"]]
+    return parts + [_table(["feature / hyper-parameter", "fitted length scale / value"], rows)]
+
+
+def _loso_section(loso: dict[str, Any] | None, images: dict[str, str]) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Leave-one-setting-out validation</h2>"]
+    if not loso:
+        return parts + ["<p>No setting could be held out (each needs CCE runs, confirm-stage DM arms and another "
+                        "setting to fit on).</p>"]
+    rows = []
+    for r in loso["rows"]:
+        sf, pp = r["surface"], r["paper"]
+        paper = (["-"] * 4 if pp is None else [f"psi {pp['psi']:.2f}, rho {pp['rho']:.2f}", f"{pp['test_acc']:.1f}",
+                                               f"{pp['regret']:+.1f}", f"{pp['gain_over_cce']:+.1f}"])
+        rows.append([setting_label(r), f"psi {sf['psi']:.2f}, rho {sf['rho']:.2f}, cw {sf['class_weighting']}",
+                     f"{sf['test_acc']:.1f} +/- {sf['test_acc_std']:.1f}", f"{sf['regret']:+.1f}",
+                     f"{sf['gain_over_cce']:+.1f}", *paper, f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})",
+                     f"{r['cce_test_acc']:.1f}"])
+    return parts + [f"<p class='note'>Each setting held out in turn: the surface refitted on the others recommends for "
+                    f"it, and the recommendation and the paper's guidance are scored on its {e(loso['metric'])}, "
+                    f"{e(loso['note'])}. Regret: the best confirmed arm's mean final test accuracy minus the "
+                    "estimate.</p>",
+                    _table(["setting", "surface recommends", "est. test", "regret", "gain over CCE", "paper",
+                            "est. test", "regret", "gain over CCE", "best confirmed arm (test)", "CCE test"], rows),
+                    f"<p>{e(loso_summary_text(loso['summary']))}</p>",
+                    "<div class='figs'>", _img(images, "loso", "leave-one-setting-out regret and gain"), "</div>"]
 
 
 def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:

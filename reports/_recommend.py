@@ -1,6 +1,10 @@
 """recommend(): DM hyper-parameters for a new setting, from a guidelines document.
 
-Narrow the measured settings step by step (noise type, then the nearest class count, then the
+Classification: the response surface fitted across the measured settings (``surface``, see
+_surface.py) gives the best predicted (psi, rho, class weighting), the region within 1 point, the
+predicted gain over CCE with a 95% interval and the settings it leans on.
+
+Retrieval, or a document without a surface: narrow the measured settings step by step (noise type, then the nearest class count, then the
 imbalance), then interpolate psi and rho linearly in noise rate between the two nearest measured
 rates; outside the measured range use the nearest one and warn. Clean settings (rate 0) count
 as the rate-0 end of every noise type.
@@ -16,6 +20,9 @@ from typing import Any
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
 from dm_tune.reports._text import fmt_diff, setting_label
+
+NO_SURFACE = ("no response surface for this task in the guidelines: (psi, rho) interpolated between the measured "
+              "settings' best arms, without a predicted gain or region")
 
 # dm_tune.noise.NOISE_MODELS by name (that module imports numpy; recommend stays light).
 NOISE_TYPES = ("none", "symmetric", "pair", "cifar100-superclass", "file")
@@ -35,6 +42,13 @@ class Recommendation:
     evidence: str
     settings: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    class_weighting: str = "none"
+    # From the surface (None when interpolated): {"psi": [lo, hi], "rho": [lo, hi], "plausible":
+    # {"psi": .., "rho": ..}, "within_points": 1.0}; {"mean", "low", "high", "level"} in points over CCE.
+    region: dict[str, Any] | None = None
+    predicted_gain: dict[str, float] | None = None
+    predicted_std: float | None = None
+    leans_on: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,12 +56,17 @@ class Recommendation:
 
 def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float,
               imbalance: str = "none", imbalance_ratio: float = 1.0,
-              task: str = "classification") -> Recommendation:
-    """DM (lam, beta) and (psi, rho) for the given data, interpolated from measured settings of
-    the same task (for retrieval, ``num_classes`` is the number of training identities)."""
+              task: str = "classification", dataset: str | None = None) -> Recommendation:
+    """DM (lam, beta), (psi, rho) and class weighting for the given data: from the response surface
+    for classification, else interpolated from measured settings of the same task (for retrieval,
+    ``num_classes`` counts the identities of the training split). ``dataset``: the name of a
+    measured dataset, when the data is one (surface only)."""
     _check_inputs(num_classes, noise_type, noise_rate, imbalance_ratio)
     if task not in TASKS:
         raise UserError(f"task {task!r} is not known; expected one of {', '.join(TASKS)}")
+    surface = guidelines.get("surface")
+    if surface and surface.get("task") == task:
+        return _from_surface(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, dataset)
     settings = guidelines.get("settings") or []
     if not settings:
         raise UserError("the guidelines contain no measured settings to recommend from")
@@ -55,7 +74,7 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
     if not settings:
         raise UserError(f"the guidelines contain no {task} settings; run a {task} study, then "
                         "'dm-tune report', and pass its guidelines.json with --guidelines")
-    warnings: list[str] = []
+    warnings: list[str] = [NO_SURFACE]
     pool = _by_noise_type(settings, noise_type, noise_rate, warnings)
     pool = _nearest(pool, "num_classes", num_classes, "number of classes", warnings)
     same = [s for s in pool if s["imbalance"] == imbalance]
@@ -72,6 +91,23 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
     evidence = how + "; " + "; ".join(_evidence_line(s) for s in used)
     return Recommendation(lam=lam, beta=beta, psi=psi, rho=rho, evidence=evidence,
                           settings=[str(s.get("setting", setting_label(s))) for s in used], warnings=warnings)
+
+
+def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float, imbalance: str,
+                  imbalance_ratio: float, dataset: str | None) -> Recommendation:
+    from dm_tune.reports._surface import recommend_from_surface  # numpy inside: recommend stays light
+
+    r = recommend_from_surface(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, dataset)
+    gain = r["predicted_gain"]
+    lines = [f"{setting_label(s)}: correlation {s['correlation']:.2f}, measured best "
+             f"{s['best_gain']:+.1f} points over CCE (validation)" for s in r["leans_on"]]
+    evidence = (f"response surface over {len(surface['settings'])} measured settings, {len(surface['model']['y'])} "
+                f"runs: predicted {gain['mean']:+.1f} points over CCE (95%: {gain['low']:+.1f} to {gain['high']:+.1f}); "
+                "leans on " + "; ".join(lines))
+    return Recommendation(lam=r["lam"], beta=r["beta"], psi=r["psi"], rho=r["rho"], evidence=evidence,
+                          settings=[s["setting"] for s in r["leans_on"]], warnings=r["warnings"],
+                          class_weighting=r["class_weighting"], region=r["region"], predicted_gain=gain,
+                          predicted_std=r["predicted_std"], leans_on=r["leans_on"])
 
 
 def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalance_ratio: float) -> None:

@@ -41,12 +41,63 @@ class _Setting(BaseModel):
     task: Literal["classification", "retrieval"] = "classification"
 
 
+class _Model(BaseModel):
+    """What gp_predict() relies on: the serialised Gaussian process."""
+
+    model_config = _JSON
+    feature_names: list[str]
+    X: list[list[float]]
+    y: list[float]
+    theta: list[float]
+    kernel: dict[str, Any]
+    normalize_y: bool
+    alpha: float
+
+
+class _Encoding(BaseModel):
+    model_config = _JSON
+    features: list[str]
+    class_weightings: list[str]
+    noise_types: list[str]
+    imbalances: list[str]
+    datasets: list[str]
+
+
+class _SurfaceSetting(BaseModel):
+    model_config = _JSON
+    setting: str
+    dataset: str
+    noise: Label
+    noise_rate: Annotated[float, in_range(0, 1, hi_open=True)]
+    num_classes: Annotated[int, in_range(2)]
+    imbalance: Label
+    imbalance_ratio: Annotated[float, in_range(1)]
+    best_gain: float
+    best_psi: float
+    best_rho: float
+    best_class_weighting: str
+
+
+class _Surface(BaseModel):
+    """What recommend() relies on in the response surface (written by ``fit_surface``)."""
+
+    model_config = _JSON
+    task: Literal["classification"]
+    encoding: _Encoding
+    model: _Model
+    settings: Annotated[list[_SurfaceSetting], rule(bool, "expected at least one measured setting")]
+
+
 class _Guidelines(BaseModel):
     model_config = _JSON
-    schema_version: Annotated[int, rule(lambda v: v == SCHEMA_VERSION, f"expected {SCHEMA_VERSION}")]
+    schema_version: Annotated[int, rule(lambda v: v == SCHEMA_VERSION,
+                                        f"expected {SCHEMA_VERSION} (files of schema version 1 must be "
+                                        "regenerated with 'dm-tune report')")]
     settings: list[_Setting]
     rules: list[Any]
     provenance: dict[str, Any]
+    surface: _Surface | None = None      # absent: no classification setting with CCE runs
+    loso: dict[str, Any] | None = None   # absent: no setting could be held out
 
 
 def default_guidelines_path() -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-setting-out check (``loso``)
 ACCURACY_UNIT = "percentage points"
 REFERENCE_BASELINE = "cce"   # the headline comparison in each sentence
 

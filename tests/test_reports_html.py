@@ -77,7 +77,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_report_files(report: dict[str, Path]) -> None:
     for name in ("index.html", "guidelines.md", "guidelines.json", "figures/best_mode_vs_noise.png",
                  "figures/weight_curves.png", "figures/plane_00.png", "figures/baselines_02.png",
-                 "figures/weights_01.png"):
+                 "figures/weights_01.png", "figures/loso.png"):
         assert report[name].is_file() and report[name].stat().st_size > 0, name
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for k, p in report.items() if k.endswith(".png"))
     doc = load_guidelines(report["guidelines.json"])
@@ -85,15 +85,20 @@ def test_report_files(report: dict[str, Path]) -> None:
     expected = {"finished": 20, "diverged": 1, "early_stopped": 1, "errored": 0}
     assert all(s["counts"] == expected for s in doc["settings"])
     assert {r["knob"] for r in doc["rules"] if r["kind"] == "noise_rate"} == {"psi", "rho"}
-    assert json.loads(report["guidelines.json"].read_text())["schema_version"] == 1
+    assert json.loads(report["guidelines.json"].read_text())["schema_version"] == 2
     md = report["guidelines.md"].read_text()
     assert "40% symmetric noise: mode psi about 0.50" in md and "points over CCE over 3 seeds" in md
+    # one surface over the three settings; each of them held out in turn
+    assert len(doc["surface"]["settings"]) == 3 and doc["surface"]["n_rows"] == 3 * (8 + 3)  # finished search trials + confirmed arm; dm-beta0 has rho 0
+    assert [r["noise_rate"] for r in doc["loso"]["rows"]] == [0.0, 0.2, 0.4]
+    assert "## Response surface" in md and "## Leave-one-setting-out validation" in md
+    assert "estimated from the setting's own trials" in md
 
 
 def test_html_is_self_contained(report: dict[str, Path]) -> None:
     page = report["index.html"].read_text()
     srcs = re.findall(r"<img src='([^']*)'", page)
-    assert len(srcs) == 11 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 12 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in page and "http://" not in page and "https://" not in page and "<link" not in page
     assert "best test accuracy over training (optimistic)" in page
 
@@ -118,7 +123,7 @@ def test_html_renders_in_headless_chromium(report: dict[str, Path], tmp_path: Pa
         assert driver.find_element("tag name", "h1").text == "DM tuning report"
         assert len(driver.find_elements("tag name", "h3")) >= 3 + 2  # settings + rules/trends
         images = driver.find_elements("tag name", "img")
-        assert len(images) == 11
+        assert len(images) == 12
         widths = [driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
                   for img in images]
         assert all(w and w > 0 for w in widths), widths
