@@ -32,6 +32,7 @@ _TRAIN_FLAGS = {
     "beta": "beta", "gce_q": "gce_q", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
     "optimizer": "optimizer", "weight_decay": "weight_decay", "seed": "seed", "device": "device",
     "amp": "amp", "pretrained": "pretrained", "num_workers": "num_workers",
+    "class_weighting": "class_weighting", "class_weighting_beta": "class_weighting_beta",
 }
 
 
@@ -68,6 +69,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", type=float, help="DM emphasis mode psi in [0, 1) (instead of --lam)")
     p.add_argument("--spread", type=float, help="DM log-spread rho (instead of --beta)")
     p.add_argument("--gce-q", type=float, help="GCE's q (default 0.7)")
+    p.add_argument("--class-weighting", help="none (default), inverse, sqrt-inverse, effective-number: weight "
+                                             "each class's examples (any method; multiplies DM's weights)")
+    p.add_argument("--class-weighting-beta", type=float,
+                   help="effective-number's beta in [0, 1) (Cui et al. 2019; default 0.999)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

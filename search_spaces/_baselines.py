@@ -13,9 +13,12 @@ BASELINES: dict[str, dict[str, Any]] = {
     "sl": {"method": "sl"},                       # sl_mu, sl_nu from the study: see SL_OFFICIAL
     "dm-beta0": {"method": "dm", "lam": 0.0, "beta": 0.0},  # equal weights (not CCE)
     "imae": {"method": "dm", "lam": 1.0, "beta": 8.0},      # IMAE = DM with lambda 1
+    # Class-balanced CCE (Cui et al. 2019: effective-number weights), for imbalanced settings.
+    "cce-cb": {"method": "cce", "class_weighting": "effective-number"},
 }
 
-DEFAULT_BASELINES: tuple[str, ...] = tuple(BASELINES)
+# The paper's baselines: measured on every setting unless a study lists its own.
+DEFAULT_BASELINES: tuple[str, ...] = ("cce", "cce-dn", "gce", "mae", "mse", "sl", "dm-beta0", "imae")
 
 # SL (mu * CCE + nu * RCE, A = log 1e-4) with the authors' (alpha, beta) per dataset, as
 # TrainConfig's (sl_mu, sl_nu) (Wang et al. 2019, their train_models.py; MNIST: 0.01, 1.0).

@@ -25,12 +25,13 @@ def free_port() -> int:
 
 
 def tiny_study(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
-    """A study small enough for a test: digits, 3 epochs, 3 DM trials, 2 seeds, 2 baselines."""
+    """A study small enough for a test: digits, 3 epochs, 3 DM trials (on one seed), 2 seeds, 2 baselines."""
     study: dict[str, Any] = {
         "name": name,
         "settings": {"dataset": ["digits"], "noise": ["symmetric"], "noise_rate": [0.4]},
         "seeds": [0, 1],
         "search": {"num_samples": 3, "top_k": 1},
+        "search_seeds": 1,  # one seed per search arm unless a test asks for more
         "baselines": ["cce", "imae"],
         "training": {"epochs": 3},
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2},

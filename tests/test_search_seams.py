@@ -12,6 +12,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from dm_tune.config import TrainConfig
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._searcher import StagedSearcher, top_arms
 from dm_tune.search._trial import TrialOutcome, TrialSpec, population_report
@@ -84,13 +85,14 @@ def test_top_arms_rank_finished_search_trials_only():
     assert arms[0][1]["lam"] == pytest.approx(1.0) and arms[1][1]["lam"] == pytest.approx(1 / 3)
 
 
-def _searcher(tmp_path, ledger: Ledger, population_size: int = 1) -> StagedSearcher:
+def _searcher(tmp_path, ledger: Ledger, population_size: int = 1, **kwargs) -> StagedSearcher:
+    options = {"num_samples": 3, "seeds": [0, 1], "space": get_space("decoupled"),
+               "warm_points": [{"psi": 0.5, "rho": 4.0}], **kwargs}
     return StagedSearcher(
         setting=SETTING, ledger=ledger, study_name="t",
         optuna_storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"),
-        optuna_study="s", space=get_space("decoupled"), sampler=optuna.samplers.RandomSampler(seed=0),
-        num_samples=3, baselines={"cce": BASELINES["cce"]}, seeds=[0, 1], top_k=1,
-        warm_points=[{"psi": 0.5, "rho": 4.0}], population_size=population_size)
+        optuna_study="s", sampler=optuna.samplers.RandomSampler(seed=0),
+        baselines={"cce": BASELINES["cce"]}, top_k=1, population_size=population_size, **options)
 
 
 def _members(config) -> list[TrialSpec]:
@@ -163,7 +165,7 @@ def test_default_study_is_readable_by_ray_mlflow_and_optuna_tools(tmp_path):
     proc = subprocess.run([DM_TUNE, "search", "--workspace", str(ws), "--quiet"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stderr
-    n_trials = 30 + (3 + 8) * 3
+    n_trials = 30 * 2 + (3 + 8) * 3  # 30 DM arms on 2 search seeds, then 3 arms and 8 baselines on 3 seeds
 
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("default").experiment_id], max_results=1000)
@@ -221,3 +223,56 @@ def test_a_trial_asked_but_never_handed_out_is_failed_on_resume(tmp_path):
     assert _members(resumed.suggest("r0"))[0].number == 0  # the handed-out trial runs again
     states = [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials]
     assert states[:2] == ["RUNNING", "FAIL"]
+
+
+def test_search_arms_train_on_every_search_seed_and_score_their_mean(tmp_path):
+    """search_seeds 2: each arm is two trials (seeds 0 and 1); Optuna hears the mean once both end;
+    an interruption between the two seeds hands the missing one out again, never a new arm."""
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), num_samples=2, seeds=[0, 1, 2], search_seeds=2)
+    a0, a1 = _members(searcher.suggest("t0")), _members(searcher.suggest("t1"))
+    assert [(s.number, s.seed, s.replica) for s in a0 + a1] == [(0, 0, 0), (0, 1, 1)]
+    assert a0[0].key == f"{SETTING}/search/0" and a1[0].key == f"{SETTING}/search/0/seed1"
+    assert a0[0].overrides == a1[0].overrides and a0[0].knobs == {"psi": 0.5, "rho": 4.0}
+    b0 = _members(searcher.suggest("t2"))  # the second arm's first seed
+    assert [(s.number, s.seed) for s in b0] == [(1, 0)]
+    study = lambda: optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")  # noqa: E731
+    searcher.on_trial_complete("t0", population_report([_outcome(0.9)]))
+    assert study().trials[0].state.name == "RUNNING"  # one seed of two: Optuna waits
+    searcher.on_trial_complete("t1", population_report([_outcome(0.7)]))
+    assert study().trials[0].value == pytest.approx(0.8)
+    assert study().trials[0].user_attrs["seed_values"] == pytest.approx([0.9, 0.7])
+
+    # The driver dies with arm 1's second seed never handed out: a resume hands out both the
+    # unfinished first seed and the missing second one, and asks Optuna for nothing new.
+    resumed = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), num_samples=2, seeds=[0, 1, 2], search_seeds=2)
+    again = [_members(resumed.suggest(f"r{i}"))[0] for i in range(2)]
+    assert [(s.number, s.seed) for s in again] == [(1, 0), (1, 1)]
+    assert len(study().trials) == 2
+    resumed.on_trial_complete("r0", population_report([_outcome(0.95)]))
+    resumed.on_trial_complete("r1", population_report([_outcome(0.55, "diverged")]))
+    assert study().trials[1].user_attrs["status"] == "diverged"
+    baselines = [_members(resumed.suggest(f"b{i}"))[0] for i in range(3)]
+    assert [(s.arm, s.seed) for s in baselines] == [("cce", 0), ("cce", 1), ("cce", 2)]
+    for i in range(3):
+        resumed.on_trial_complete(f"b{i}", population_report([_outcome(0.5)]))
+    # Arm 0 (mean 0.8) is confirmed, not arm 1 (a diverged seed), though its first seed scored 0.95.
+    confirm = [_members(resumed.suggest(f"c{i}"))[0] for i in range(3)]
+    assert {s.arm for s in confirm} == {"dm-1"} and confirm[0].overrides == a0[0].overrides
+
+
+def test_search_seed_replicas_fill_populations(tmp_path):
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=4, num_samples=3,
+                         seeds=[0, 1], search_seeds=2)
+    first, second = _members(searcher.suggest("p0")), _members(searcher.suggest("p1"))
+    assert [(s.number, s.seed) for s in first] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [(s.number, s.seed) for s in second] == [(2, 0), (2, 1)]
+
+
+def test_class_weighting_is_a_search_dimension_of_dm_arms(tmp_path):
+    space = {**get_space("decoupled"), "class_weighting": {"type": "categorical", "choices": ["none", "inverse"]}}
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), space=space, num_samples=6,
+                         warm_points=[{"psi": 0.5, "rho": 4.0, "class_weighting": "none"}])
+    specs = [_members(searcher.suggest(f"t{i}"))[0] for i in range(6)]
+    assert {s.overrides["class_weighting"] for s in specs} == {"none", "inverse"}
+    assert all(s.overrides["method"] == "dm" and isinstance(s.overrides["lam"], float) for s in specs)
+    assert TrainConfig.from_dict({**specs[0].overrides}).class_weighting == specs[0].overrides["class_weighting"]

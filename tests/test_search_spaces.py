@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from dm_tune import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
-from dm_tune.search_spaces import (BASELINES, SAMPLERS, SPACES, define_by_run, get_space, grid_size,
+from dm_tune.search_spaces import (BASELINES, DEFAULT_BASELINES, SAMPLERS, SPACES, define_by_run, get_space, grid_size,
                            is_grid, make_sampler, suggest, to_lam_beta)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -94,7 +94,8 @@ def test_define_by_run_pickles():
 
 
 def test_baselines_are_the_papers():
-    assert set(BASELINES) == {"cce", "cce-dn", "gce", "mae", "mse", "sl", "dm-beta0", "imae"}
+    assert set(BASELINES) == {"cce", "cce-dn", "gce", "mae", "mse", "sl", "dm-beta0", "imae", "cce-cb"}
+    assert set(DEFAULT_BASELINES) == set(BASELINES) - {"cce-cb"}  # the paper's
     assert BASELINES["imae"] == {"method": "dm", "lam": 1.0, "beta": 8.0}
     assert BASELINES["gce"]["gce_q"] == 0.7
 

@@ -142,7 +142,8 @@ class SettingContext:
 
 
 def _warm_points(space: dict[str, Any]) -> list[dict[str, float]]:
-    """The paper's suggested DM settings in this space's coordinates, clipped to its bounds."""
+    """The paper's suggested DM settings in this space's coordinates, clipped to its bounds
+    (without class weighting where that is searched)."""
     from dm_tune.search_spaces import to_lam_beta
 
     points = []
@@ -150,6 +151,9 @@ def _warm_points(space: dict[str, Any]) -> list[dict[str, float]]:
         p = to_lam_beta({"lam": lam, "beta": beta})
         point = {}
         for name, spec in space.items():
+            if name == "class_weighting":  # the paper weights no classes
+                point[name] = "none" if "none" in spec["choices"] else spec["choices"][0]
+                continue
             if spec["type"] != "float" or name not in p:
                 return []
             point[name] = min(max(p[name], spec["low"]), spec["high"])
@@ -157,12 +161,26 @@ def _warm_points(space: dict[str, Any]) -> list[dict[str, float]]:
     return points
 
 
+def search_space(study: Study) -> dict[str, Any]:
+    """The study's DM space: its named space, extra knobs and the class weighting dimension."""
+    from dm_tune.search_spaces import get_space
+
+    space = get_space(study.search.space, study.search.extra_knobs)
+    if study.search.class_weighting != ("none",):
+        space["class_weighting"] = {"type": "categorical", "choices": list(study.search.class_weighting)}
+    return space
+
+
 def _optuna_study_name(study: Study, setting: Setting) -> str:
     """One Optuna study per setting and objective: shared by later studies on the same setting
     with the same training budget and space, so they warm-start from it."""
-    fingerprint = json.dumps({"training": study.training, "seed": study.seeds[0],
-                              "space": study.search.space, "extra": list(study.search.extra_knobs)},
-                             sort_keys=True)
+    parts: dict[str, Any] = {"training": study.training, "seed": study.seeds[0],
+                             "space": study.search.space, "extra": list(study.search.extra_knobs)}
+    if study.search_seed_count > 1:  # the objective is a mean over these seeds
+        parts["search_seeds"] = list(study.seeds[:study.search_seed_count])
+    if study.search.class_weighting != ("none",):
+        parts["class_weighting"] = list(study.search.class_weighting)
+    fingerprint = json.dumps(parts, sort_keys=True)
     return f"{setting.key}/{study.search.space}/{hashlib.sha1(fingerprint.encode()).hexdigest()[:8]}"
 
 
@@ -190,10 +208,10 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
     import optuna
 
     from dm_tune.search._searcher import StagedSearcher
-    from dm_tune.search_spaces import get_space, make_sampler
+    from dm_tune.search_spaces import make_sampler
 
     study = ctx.study
-    space = get_space(study.search.space, study.search.extra_knobs)
+    space = search_space(study)
     return StagedSearcher(
         setting=ctx.setting.key, ledger=ledger, study_name=study.name,
         optuna_storage=optuna.storages.RDBStorage(ctx.opts.optuna_url),
@@ -204,7 +222,7 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
         warm_points=_warm_points(space) if study.search.warm_start else (),
         population_size=ctx.population_size(),
         search_population_size=_search_population_size(study, ctx.population_size()),
-        objective=OBJECTIVES[study.task].final)
+        objective=OBJECTIVES[study.task].final, search_seeds=study.search_seed_count)
 
 
 def _scheduler(study: Study, budget: int):
@@ -310,8 +328,9 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
     for setting in study.expand():
         t0 = time.perf_counter()
         if opts.echo:
-            print(f"setting {setting.key}: {study.search.num_samples} DM trials ({study.search.space} space, "
-                  f"{study.search.sampler}), then the top {study.search.top_k} DM arms and "
+            seeds = list(study.seeds[:study.search_seed_count])
+            print(f"setting {setting.key}: {study.search.num_samples} DM arms on seeds {seeds} "
+                  f"({study.search.space} space, {study.search.sampler}), then the top {study.search.top_k} DM arms and "
                   f"{len(study.baselines)} baselines on seeds {list(study.seeds)}", file=sys.stderr, flush=True)
         ctx = _context(study, setting, opts, exp_id, sources[setting.dataset])
         summary = summarise(ctx, run_setting(ctx))

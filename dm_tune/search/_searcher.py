@@ -3,7 +3,8 @@
 Each Ray trial it hands out is a *population*: up to ``population_size`` trials (each its own
 ``TrialSpec``) that one trainable trains together (``dm_tune.population``). It hands out, in order:
 1. **search** trials: DM arms asked from the setting's Optuna study (``study.ask()``, a batch
-   per population), trained on the first seed, until ``num_samples`` have started;
+   per population), each trained on the first ``search_seeds`` seeds (one trial per seed),
+   until ``num_samples`` arms have started; an arm's score is its mean over those seeds;
 2. the **baselines** on every seed (fixed arms that depend on nothing, so they fill the slots
    that the last search trials leave idle);
 3. once every search trial has ended, the **confirm** trials: the best ``top_k`` DM arms (by
@@ -12,13 +13,15 @@ Each Ray trial it hands out is a *population*: up to ``population_size`` trials 
 Everything it knows is in the ledger (``_ledger``), so a searcher built over the ledger of an
 interrupted search continues it: populations with trials that never ended are handed out again
 with the same members and their newest checkpoint; ended trials never are. Optuna is told each search trial's
-outcome once (``skip_if_finished``): COMPLETE with its final validation accuracy, PRUNED when a
+outcome once, when all its seeds have ended (``skip_if_finished``): COMPLETE with the mean final
+validation accuracy over its seeds, PRUNED when a
 scheduler stopped it early (with the accuracy it reached as an intermediate value), FAIL when
 it crashed or diverged without a usable accuracy. Only public Optuna and Ray APIs are used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -36,18 +39,35 @@ OBJECTIVE = OBJECTIVES["classification"].final  # final clean-validation accurac
 
 
 def dm_overrides(knobs: Mapping[str, Any]) -> dict[str, Any]:
-    """TrainConfig fields of a DM arm from a sampled point (any space, plus extra knobs)."""
+    """TrainConfig fields of a DM arm from a sampled point (any space, plus extra knobs; a
+    categorical knob such as class_weighting keeps its value)."""
     lam_beta = to_lam_beta(knobs)
-    extra = {k: float(v) for k, v in knobs.items() if k not in ("psi", "rho", "lam", "beta")}
+    extra = {k: v if isinstance(v, str) else float(v) for k, v in knobs.items()
+             if k not in ("psi", "rho", "lam", "beta")}
     return {"method": "dm", "lam": lam_beta["lam"], "beta": lam_beta["beta"], **extra}
+
+
+def arm_scores(ended: Sequence[tuple[TrialSpec, TrialOutcome]],
+               objective: str = OBJECTIVE) -> list[tuple[TrialSpec, float]]:
+    """Each search arm (Optuna trial number) with the mean ``objective`` over its search seeds,
+    for arms whose every ended seed finished with a finite value; as (first seed's spec, mean)."""
+    by_number: dict[int, list[tuple[TrialSpec, TrialOutcome]]] = {}
+    for spec, outcome in ended:
+        by_number.setdefault(spec.number or 0, []).append((spec, outcome))
+    scores = []
+    for pairs in by_number.values():
+        if all(o.usable_for(objective) for _, o in pairs):
+            first = min(pairs, key=lambda p: p[0].replica)[0]
+            scores.append((first, sum(o.value(objective) for _, o in pairs) / len(pairs)))
+    return scores
 
 
 def top_arms(ended: Sequence[tuple[TrialSpec, TrialOutcome]], k: int,
              objective: str = OBJECTIVE) -> list[tuple[str, dict[str, Any]]]:
-    """The ``k`` distinct DM arms with the best ``objective`` (final validation accuracy, or
-    mAP for retrieval) among finished search trials, as (name, overrides); ties keep the earlier trial."""
-    ranked = sorted((p for p in ended if p[1].usable_for(objective)),
-                    key=lambda p: (-p[1].value(objective), p[0].number or 0))
+    """The ``k`` distinct DM arms with the best mean ``objective`` over their search seeds (final
+    validation accuracy, or mAP for retrieval) among finished search trials, as (name, overrides);
+    ties keep the earlier trial."""
+    ranked = sorted(arm_scores(ended, objective), key=lambda p: (-p[1], p[0].number or 0))
     arms: list[tuple[str, dict[str, Any]]] = []
     seen: set[tuple[Any, ...]] = set()
     for spec, _ in ranked:
@@ -69,7 +89,7 @@ class StagedSearcher(Searcher):
                  baselines: Mapping[str, Mapping[str, Any]], seeds: Sequence[int], top_k: int,
                  warm_points: Sequence[Mapping[str, float]] = (), study_name: str = "",
                  population_size: int = 1, search_population_size: int | None = None,
-                 objective: str = OBJECTIVE) -> None:
+                 objective: str = OBJECTIVE, search_seeds: int = 1) -> None:
         super().__init__(metric=objective, mode="max")
         self.objective = objective
         self.setting, self.ledger = setting, ledger
@@ -85,6 +105,10 @@ class StagedSearcher(Searcher):
         self.search_population_size = search_population_size or population_size
         self._live: dict[str, list[TrialSpec]] = {}  # Ray trial id -> its members, this process only
         self._again = ledger.unfinished_populations()  # started before an interruption, never ended
+        # Each search arm trains on the first ``search_seeds`` seeds; replicas of an arm that were
+        # asked but not handed out yet wait here (rebuilt from the ledger after an interruption).
+        self.search_seeds = self.seeds[:max(1, search_seeds)]
+        self._pending: list[TrialSpec] = self._unstarted_replicas()
 
     # --- Optuna ---------------------------------------------------------------------------
 
@@ -112,32 +136,51 @@ class StagedSearcher(Searcher):
             if t.number not in handed_out and t.user_attrs.get("dmtune.study", self.study_name) == self.study_name:
                 self._study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
-    def _ask(self) -> TrialSpec:
+    def _replicas(self, first: TrialSpec) -> list[TrialSpec]:
+        """The trials of ``first``'s arm: one per search seed."""
+        return [dataclasses.replace(first, seed=seed, replica=i) for i, seed in enumerate(self.search_seeds)]
+
+    def _unstarted_replicas(self) -> list[TrialSpec]:
+        firsts = {s.number: s for s in self.ledger.started.values() if s.stage == "search" and s.replica == 0}
+        return [r for first in firsts.values() for r in self._replicas(first) if r.key not in self.ledger.started]
+
+    def _ask(self) -> list[TrialSpec]:
         trial = self.optuna_study().ask()
         suggest(self.space, trial)
         trial.set_user_attr("dmtune.study", self.study_name)
         trial.set_user_attr("dmtune.setting", self.setting)
+        trial.set_user_attr("dmtune.search_seeds", list(self.search_seeds))
         knobs = dict(trial.params)
-        return TrialSpec(self.setting, "search", self.seeds[0], dm_overrides(knobs),
-                         number=trial.number, knobs=knobs)
+        return self._replicas(TrialSpec(self.setting, "search", self.search_seeds[0], dm_overrides(knobs),
+                                        number=trial.number, knobs=knobs))
 
     def tell(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
-        """Tell Optuna how a search trial ended (once: a second tell is skipped)."""
+        """Tell Optuna how a search arm ended, once all its seeds have (``outcome`` is ``spec``'s;
+        the other seeds' come from the ledger). A second tell is skipped."""
         import optuna
 
+        outcomes = [outcome if r.key == spec.key else self.ledger.ended.get(r.key) for r in self._replicas(spec)]
+        if any(o is None for o in outcomes):
+            return  # other seeds of this arm are still to come
         study, storage = self.optuna_study(), self._storage
         trial_id = storage.get_trial_id_from_study_id_trial_number(
             storage.get_study_id_from_name(self._study_name), spec.number)
         if storage.get_trial(trial_id).state.is_finished():
             return
-        storage.set_trial_user_attr(trial_id, "status", outcome.status)
-        storage.set_trial_user_attr(trial_id, "epochs_reached", int(outcome.epochs_reached))
-        value = outcome.value(self.objective)
+        statuses = [o.status for o in outcomes]
+        status = next((s for s in ("errored", "early-stopped", "diverged") if s in statuses), "finished")
+        storage.set_trial_user_attr(trial_id, "status", status)
+        storage.set_trial_user_attr(trial_id, "epochs_reached", min(int(o.epochs_reached) for o in outcomes))
+        if len(outcomes) > 1:
+            storage.set_trial_user_attr(trial_id, "seed_values", [o.value(self.objective) for o in outcomes])
+        values = [o.value(self.objective) for o in outcomes]
+        value = sum(values) / len(values)
         state = optuna.trial.TrialState
-        if outcome.status == "early-stopped" and math.isfinite(value):
-            storage.set_trial_intermediate_value(trial_id, int(outcome.epochs_reached), float(value))
+        if status == "early-stopped" and math.isfinite(value):
+            step = min(int(o.epochs_reached) for o in outcomes)
+            storage.set_trial_intermediate_value(trial_id, step, float(value))
             study.tell(spec.number, state=state.PRUNED, skip_if_finished=True)
-        elif outcome.status in ("finished", "diverged") and math.isfinite(value):
+        elif status in ("finished", "diverged") and math.isfinite(value):
             study.tell(spec.number, float(value), skip_if_finished=True)
         else:
             study.tell(spec.number, state=state.FAIL, skip_if_finished=True)
@@ -158,8 +201,15 @@ class StagedSearcher(Searcher):
         if self._again:
             return self._again.pop(0)
         searched = [s for s in self.ledger.started.values() if s.stage == "search"]
-        if len(searched) < self.num_samples:
-            return [self._ask() for _ in range(min(self.search_population_size, self.num_samples - len(searched)))]
+        arms = {s.number for s in searched} | {s.number for s in self._pending}
+        if len(arms) < self.num_samples and len(self._pending) < self.search_population_size:
+            wanted = -(-(self.search_population_size - len(self._pending)) // len(self.search_seeds))
+            for _ in range(min(wanted, self.num_samples - len(arms))):
+                self._pending += self._ask()
+        if self._pending:
+            population = self._pending[:self.search_population_size]
+            del self._pending[:self.search_population_size]
+            return population
         population = self._fixed([(b, o, b) for b, o in self.baselines.items()])
         if population:
             return population
@@ -186,8 +236,8 @@ class StagedSearcher(Searcher):
 
     def done(self) -> bool:
         """Every trial of the setting has ended."""
-        searched = [s for s in self.ledger.started.values() if s.stage == "search"]
-        if len(searched) < self.num_samples or self.ledger.unfinished():
+        arms = {s.number for s in self.ledger.started.values() if s.stage == "search"}
+        if len(arms) < self.num_samples or self._pending or self.ledger.unfinished():
             return False
         fixed = [(b, o, b) for b, o in self.baselines.items()] + self._confirmed()
         return not self._fixed(fixed)

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from pydantic.dataclasses import dataclass
 
 from dm_tune._validate import CONFIG, ConfigError, Float, Int, in_range, one_of, parse, rule
+from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS, task_of
 from dm_tune.models import MODELS
@@ -67,6 +68,9 @@ class Search:
     top_k: Annotated[Int, in_range(0, 100)] = 3              # DM arms confirmed over all seeds
     sampler_seed: Int = 0
     warm_start: bool = True                                  # enqueue the paper's suggestions first
+    # Class weighting schemes searched beside psi and rho (a categorical dimension of DM arms);
+    # ("none",): no class weighting, the dimension is left out.
+    class_weighting: Annotated[tuple[Annotated[str, one_of(CLASS_WEIGHTINGS)], ...], NonEmpty] = ("none",)
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -101,9 +105,18 @@ class Study:
     # DM configurations trained together in one trial (a population; 1: one per trial);
     # "auto": the size the population benchmark chose for the model and device (BENCHMARKS.md).
     population_size: Annotated[Any, rule(_population_size_ok, "expected 'auto' or an integer in [1, 1024]")] = "auto"
+    # Seeds each search arm trains on (the first ``search_seeds`` of ``seeds``): the searcher
+    # maximises the arm's mean final validation score over them, not one noise draw's luck.
+    # None: two (one where the study has one seed).
+    search_seeds: Annotated[Int, in_range(1, 64)] | None = None
     # classification: the objective is final clean-validation accuracy; retrieval (re-ID
     # datasets): final validation mAP. Every dataset of the study must be of this task.
     task: Annotated[str, one_of(("classification", "retrieval"))] = "classification"
+
+    @property
+    def search_seed_count(self) -> int:
+        """How many seeds each search arm trains on (the first ones of ``seeds``)."""
+        return self.search_seeds if self.search_seeds is not None else min(2, len(self.seeds))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Study:
@@ -140,6 +153,10 @@ class Study:
 
     def validate_settings(self) -> None:
         """Every setting must make a valid TrainConfig (caught here, before anything runs)."""
+        if self.search_seeds is not None and self.search_seeds > len(self.seeds):
+            raise ConfigError("search_seeds", self.search_seeds,
+                              f"expected at most the number of seeds ({len(self.seeds)}): the search trains "
+                              "each arm on the first search_seeds of seeds")
         for ds in self.settings.dataset:
             if task_of(ds) != self.task:
                 raise ConfigError("settings.dataset", ds, f"a {task_of(ds)} dataset; this study's task is "
@@ -159,6 +176,9 @@ class Study:
             if self.search.extra_knobs:
                 raise ConfigError("search.extra_knobs", list(self.search.extra_knobs),
                                   "the grid sampler takes no continuous extra knobs")
+        if len(set(self.search.class_weighting)) != len(self.search.class_weighting):
+            raise ConfigError("search.class_weighting", list(self.search.class_weighting),
+                              "expected distinct schemes")
 
     def train_config(self, setting: Setting, **overrides: Any) -> TrainConfig:
         values = {**self.training, **setting.train_fields(), "seed": self.seeds[0], **overrides}

@@ -7,7 +7,8 @@ trainable, the tracking and the summary. A spec travels in a Tune trial config a
 plus the per-epoch ``history`` as a list).
 
 A trial's ``key`` names it across restarts: ``<setting>/search/<optuna trial number>`` for a
-search trial, ``<setting>/<arm>/seed<seed>`` for a confirmed arm or a baseline. The ledger, the
+search trial (on the first search seed; ``.../<number>/seed<seed>`` on each further one, see
+``replica``), ``<setting>/<arm>/seed<seed>`` for a confirmed arm or a baseline. The ledger, the
 MLflow run and the Optuna trial of one trial are found by this key, never by Ray's trial id.
 """
 
@@ -33,12 +34,13 @@ class TrialSpec:
     arm: str = ""                        # "" for a search trial; "dm-1", "dm-2", ... or a baseline
     baseline: str = ""                   # the baseline's name, "" for DM arms
     number: int | None = None            # the Optuna trial number of a search trial
-    knobs: Mapping[str, float] = field(default_factory=dict)  # sampled point (psi/rho or lam/beta, ...)
+    knobs: Mapping[str, Any] = field(default_factory=dict)  # sampled point (psi/rho or lam/beta, ...)
+    replica: int = 0                     # a search trial's index among its configuration's search seeds
 
     @property
     def key(self) -> str:
         if self.stage == "search":
-            return f"{self.setting}/search/{self.number}"
+            return f"{self.setting}/search/{self.number}" + (f"/seed{self.seed}" if self.replica else "")
         return f"{self.setting}/{self.arm}/seed{self.seed}"
 
     def train_values(self, base: Mapping[str, Any]) -> dict[str, Any]:

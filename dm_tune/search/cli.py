@@ -38,6 +38,10 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", help="tpe (default), gp, cmaes, random, grid")
     p.add_argument("--seeds", help="seeds for the confirm stage, e.g. 0,1,2")
     p.add_argument("--top-k", type=int, help="DM arms confirmed over all seeds")
+    p.add_argument("--search-seeds", type=int, help="seeds each search arm trains on (the first of --seeds; "
+                   "default 2): the search maximises the arm's mean final validation accuracy over them")
+    p.add_argument("--class-weighting", help="class weighting schemes searched with DM's knobs, e.g. "
+                   "none,inverse,sqrt-inverse,effective-number (default none: not searched)")
     p.add_argument("--baselines", help="baselines, e.g. cce,gce,imae ('none' for no baselines)")
     p.add_argument("--max-concurrent", type=int, help="trials at once")
     p.add_argument("--cpus-per-trial", type=float)
@@ -67,6 +71,8 @@ _STUDY_FLAGS: dict[str, tuple[tuple[str, ...], bool]] = {
     "space": (("search", "space"), False),
     "sampler": (("search", "sampler"), False),
     "top_k": (("search", "top_k"), False),
+    "search_seeds": (("search_seeds",), False),
+    "class_weighting": (("search", "class_weighting"), True),
     "seeds": (("seeds",), True),
     "baselines": (("baselines",), True),
     "max_concurrent": (("resources", "max_concurrent"), False),
