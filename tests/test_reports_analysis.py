@@ -16,6 +16,8 @@ from dm_tune.reports import (analyse_setting, build_guidelines, compare_with_pap
                      lambda_beta_rule, load_guidelines, noise_rate_rules, recommend, status_counts,
                      validate_guidelines)
 from dm_tune.reports._guidelines import dumps
+from dm_tune.reports._recommend import NO_SURFACE
+from dm_tune.reports._text import SCHEMA_VERSION
 from dm_tune.reports._load import tidy
 
 SETTING = dict(dataset="digits", noise="symmetric", noise_rate="0.4", imbalance="none", imbalance_ratio="1.0",
@@ -170,13 +172,13 @@ def test_paper_comparison_refutes_when_the_papers_mode_was_worse() -> None:
 
 
 def guidelines(settings: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"schema_version": 1, "generated": "now", "provenance": {}, "settings": settings, "rules": []}
+    return {"schema_version": SCHEMA_VERSION, "generated": "now", "provenance": {}, "settings": settings, "rules": []}
 
 
 def test_recommend_interpolates_in_noise_rate() -> None:
     g = guidelines([setting(0.2, 0.3, rho=2.0), setting(0.6, 0.7, rho=4.0), setting(0.4, 0.6, classes=100)])
     rec = recommend(g, num_classes=10, noise_type="symmetric", noise_rate=0.4)
-    assert rec.psi == pytest.approx(0.5) and rec.rho == pytest.approx(3.0) and rec.warnings == []
+    assert rec.psi == pytest.approx(0.5) and rec.rho == pytest.approx(3.0) and rec.warnings == [NO_SURFACE]
     assert rec.lam == pytest.approx(1.0) and rec.beta == pytest.approx(12.0)
     assert rec.settings == ["symmetric-10-0.2", "symmetric-10-0.6"] and "interpolated" in rec.evidence
     assert set(rec.to_dict()) >= {"lam", "beta", "psi", "rho", "evidence", "warnings"}
@@ -187,7 +189,7 @@ def test_recommend_warns_when_extrapolating() -> None:
     beyond = recommend(g, num_classes=10, noise_type="symmetric", noise_rate=0.8)
     assert beyond.psi == pytest.approx(0.7) and any("outside the measured range" in w for w in beyond.warnings)
     low = recommend(g, num_classes=10, noise_type="symmetric", noise_rate=0.1)  # clean joins the series
-    assert low.psi == pytest.approx(0.15) and low.warnings == []
+    assert low.psi == pytest.approx(0.15) and low.warnings == [NO_SURFACE]
     other = recommend(g, num_classes=100, noise_type="pair", noise_rate=0.4)
     assert any("noise type 'pair'" in w for w in other.warnings)
     assert any("number of classes 100" in w for w in other.warnings)
@@ -201,7 +203,7 @@ def test_recommend_rejects_bad_input(kwargs: dict[str, Any]) -> None:
         recommend(guidelines([setting(0.2, 0.3)]), **args)
 
 
-def test_recommend_rejects_an_unknown_noise_type_on_the_command_line() -> None:
+def test_recommend_rejects_an_unknown_noise_type_on_the_command_line(tmp_path: Path) -> None:
     import subprocess
 
     from dm_tune.noise import NOISE_MODELS
@@ -209,8 +211,10 @@ def test_recommend_rejects_an_unknown_noise_type_on_the_command_line() -> None:
     from tests.conftest import DM_TUNE
 
     assert NOISE_TYPES == tuple(NOISE_MODELS)  # the light copy follows the table
-    proc = subprocess.run([DM_TUNE, "recommend", "--num-classes", "10", "--noise-type", "foo", "--noise-rate", "0.3"],
-                          capture_output=True, text=True, timeout=60)
+    path = tmp_path / "guidelines.json"  # not the shipped file: this test must not depend on its version
+    path.write_text(dumps(guidelines([setting(0.2, 0.3)])))
+    proc = subprocess.run([DM_TUNE, "recommend", "--num-classes", "10", "--noise-type", "foo", "--noise-rate", "0.3",
+                           "--guidelines", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stdout == "", proc
     (line,) = proc.stderr.splitlines()
     assert line.startswith("dm-tune: error: ") and "'foo'" in line
@@ -220,11 +224,14 @@ def test_recommend_rejects_an_unknown_noise_type_on_the_command_line() -> None:
 @pytest.mark.parametrize("content, problem", [
     ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes at line 1"),
     ("[1, 2]", ": the top level: [1, 2] is not allowed; expected a mapping of field: value"),
-    ('{"schema_version": 2, "settings": [], "rules": [], "provenance": {}}',
-     ": schema_version: 2 is not allowed; expected 1"),
-    ('{"schema_version": 1, "settings": {}, "rules": [], "provenance": {}}',
+    ('{"schema_version": 1, "settings": [], "rules": [], "provenance": {}}',
+     ": schema_version: 1 is not allowed; expected 2 (files of schema version 1 must be regenerated with "
+     "'dm-tune report')"),
+    ('{"schema_version": 2, "settings": {}, "rules": [], "provenance": {}}',
      ": settings: {} is not allowed; expected a list"),
-    ('{"schema_version": 1, "settings": [], "rules": []}', ": provenance: missing; this field is required"),
+    ('{"schema_version": 2, "settings": [], "rules": []}', ": provenance: missing; this field is required"),
+    ('{"schema_version": 2, "settings": [], "rules": [], "provenance": {}, "surface": {"task": "classification"}}',
+     ": surface.encoding: missing; this field is required"),
 ])
 def test_malformed_guidelines_give_one_clear_line(tmp_path: Path, content: str, problem: str) -> None:
     path = tmp_path / "g.json"
@@ -262,13 +269,21 @@ def test_built_guidelines_round_trip_through_the_schema(tmp_path: Path) -> None:
     path = tmp_path / "guidelines.json"
     path.write_text(dumps(doc))
     loaded = load_guidelines(path)
-    assert loaded["schema_version"] == 1 and loaded["provenance"]["git_commits"] == ["abc123"]
+    assert loaded["schema_version"] == 2 and loaded["provenance"]["git_commits"] == ["abc123"]
     (s,) = loaded["settings"]
     assert {"rho_range", "psi_range", "test_acc_mean", "vs_baselines", "importance", "paper_comparison",
             "counts", "pretrained", "imbalance_ratio"} <= set(s)
     assert "+10.0 +/- 0.0 points over CCE over 3 seeds" in s["guideline"]
+    # One setting: a surface (finished DM runs with rho > 0: 9 confirmed, 2 search, 12 grid), nothing to hold out.
+    assert loaded["surface"]["n_rows"] == 9 + 2 + 12 and [m["setting"] for m in loaded["surface"]["settings"]] == [s["setting"]]
+    assert loaded["loso"] is None
     rec = recommend(loaded, num_classes=10, noise_type="symmetric", noise_rate=0.4)
-    assert rec.lam == pytest.approx(1.0) and rec.beta == pytest.approx(8.0)
+    # measured setting: no extrapolation (the grid trials disagree with the confirmed arms by 10 points: unsure)
+    assert not any("extrapolation" in w for w in rec.warnings)
+    assert rec.settings == [s["setting"]] and rec.class_weighting == "none"
+    assert rec.lam == pytest.approx(rec.psi / (1 - rec.psi)) and rec.rho == pytest.approx(rho_from_beta(rec.beta, rec.lam))
+    gain = rec.predicted_gain
+    assert gain is not None and gain["low"] < gain["mean"] < gain["high"] and gain["level"] == 0.95
 
 
 def test_no_default_guidelines_are_shipped_by_hand() -> None:

@@ -151,11 +151,18 @@ def test_report_then_recommend_on_the_command_line(store: dict[str, Any], tmp_pa
                                 "0.5", "--guidelines", str(tmp_path / "rep" / "guidelines.json"), "--json"])
     assert args.func(args) == 0
     rec = json.loads(capsys.readouterr().out)
-    assert rec["lam"] == pytest.approx(1.0) and rec["beta"] == pytest.approx(8.0)
-    assert {"psi", "rho", "evidence", "warnings"} <= set(rec) and "outside the measured range" in rec["warnings"][0]
+    # from the response surface fitted on the one measured setting (rate 0.4): 0.5 lies beyond it
+    assert {"psi", "rho", "lam", "beta", "evidence", "warnings", "class_weighting", "region", "predicted_gain",
+            "predicted_std", "leans_on"} <= set(rec)
+    assert rec["lam"] == pytest.approx(rec["psi"] / (1 - rec["psi"])) and rec["class_weighting"] == "none"
+    assert "noise rate 0.5 is outside the measured range [0.4, 0.4]" in rec["warnings"][0]
+    assert rec["settings"] == ["digits/symmetric/0.4/none/mlp"]
     args = parser().parse_args(["recommend", "--num-classes", "10", "--noise-rate", "0.4", "--guidelines",
                                 str(tmp_path / "rep" / "guidelines.json")])
-    assert args.func(args) == 0 and "lambda 1, beta 8" in capsys.readouterr().out
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "predicted gain over CCE:" in out and "within 1 point of the best: psi" in out
+    assert "leans on:\n    digits/symmetric/0.4/none/mlp (correlation 1.00)" in out
     bad = parser().parse_args(["recommend", "--num-classes", "1", "--noise-rate", "0.4", "--guidelines",
                                str(tmp_path / "rep" / "guidelines.json")])
     with pytest.raises(UserError, match="number of classes"):

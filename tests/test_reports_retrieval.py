@@ -77,6 +77,10 @@ def test_recommend_task_flag(tmp_path, capsys):
     assert main(["recommend", "--task", "retrieval", "--num-classes", "120", "--noise-rate", "0.3",
                  "--guidelines", str(path)]) == 0
     assert "120 identities in the training split (retrieval)" in capsys.readouterr().out
-    assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--task", "retrieval"]) == 2
+    classification = tmp_path / "classification.json"  # not the shipped file: independent of its version
+    doc = build_guidelines(tidy(_runs()))
+    classification.write_text(dumps({**doc, "settings": [{**s, "task": "classification"} for s in doc["settings"]]}))
+    assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--task", "retrieval",
+                 "--guidelines", str(classification)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no retrieval settings" in err
