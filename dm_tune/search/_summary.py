@@ -50,7 +50,9 @@ def _arm_label(a: ArmResult) -> str:
     if a.baseline:
         return a.baseline
     p = a.params
-    return f"DM psi={p['psi']:.2f} rho={p['rho']:.2f} (lam={p['lam']:.2f}, beta={p['beta']:.1f})"
+    cw = p.get("class_weighting", "none")
+    weighting = "" if cw == "none" else f", {cw} class weights"
+    return f"DM psi={p['psi']:.2f} rho={p['rho']:.2f} (lam={p['lam']:.2f}, beta={p['beta']:.1f}{weighting})"
 
 
 def rows(summary: SettingSummary) -> list[dict[str, Any]]:

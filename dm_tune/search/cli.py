@@ -38,6 +38,7 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", help="tpe (default), gp, cmaes, random, grid")
     p.add_argument("--seeds", help="seeds for the confirm stage, e.g. 0,1,2")
     p.add_argument("--top-k", type=int, help="DM arms confirmed over all seeds")
+    p.add_argument("--sampler-seed", type=int, help="seed of the sampler (the search order; default 0)")
     p.add_argument("--search-seeds", type=int, help="seeds each search arm trains on (the first of --seeds; "
                    "default 2): the search maximises the arm's mean final validation accuracy over them")
     p.add_argument("--class-weighting", help="class weighting schemes searched with DM's knobs, e.g. "
@@ -72,6 +73,7 @@ _STUDY_FLAGS: dict[str, tuple[tuple[str, ...], bool]] = {
     "sampler": (("search", "sampler"), False),
     "top_k": (("search", "top_k"), False),
     "search_seeds": (("search_seeds",), False),
+    "sampler_seed": (("search", "sampler_seed"), False),
     "class_weighting": (("search", "class_weighting"), True),
     "seeds": (("seeds",), True),
     "baselines": (("baselines",), True),
