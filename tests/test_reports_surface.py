@@ -1,0 +1,213 @@
+"""reports: the response surface across settings (fit, serialise, recommend, leave-one-setting-out)
+on synthetic campaigns whose best (psi, rho) and gains over CCE are known."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dm_tune.reports import build_guidelines, load_guidelines, recommend
+from dm_tune.reports._guidelines import dumps, guidelines_markdown
+from dm_tune.reports._load import tidy
+from dm_tune.reports._surface import (fit_gp, fit_surface, gp_from_dict, gp_predict, gp_to_dict, grid,
+                                      leave_one_setting_out, recommend_from_surface)
+
+_IDS = itertools.count()
+BEST_PSI, BEST_LOG_RHO = 0.5, 1.5
+RATES = (0.0, 0.2, 0.4, 0.6)
+
+
+def run(setting: str, stage: str, seed: int, val: float, test: float, psi: float | None = None,
+        rho: float | None = None, baseline: str = "", method: str = "dm", cw: str = "none",
+        **desc: Any) -> dict[str, Any]:
+    """One trial run as load_runs sees it (params are strings; DM logged as psi, rho)."""
+    params = dict(dataset="digits", noise="symmetric", noise_rate="0.4", imbalance="none", imbalance_ratio="1",
+                  model="mlp", num_classes="10", pretrained="false", epochs="10")
+    params.update({k: str(v) for k, v in desc.items()})
+    return {"run_id": f"r{next(_IDS)}", "experiment": "study", "setting": setting, "stage": stage,
+            "baseline": baseline, "status": "finished", "method": method, "seed": str(seed),
+            "psi": "" if psi is None else str(psi), "rho": "" if rho is None else str(rho), "class_weighting": cw,
+            "final_val_acc": val, "final_test_acc": test, "best_test_acc": test, "git_commit": "abc", **params}
+
+
+def gain(psi: float, rho: float, offset: float) -> float:
+    """Points over CCE: peaked at (psi 0.5, rho e^1.5), shifted by a setting-dependent offset."""
+    return offset - 40 * (psi - BEST_PSI) ** 2 - 1.5 * (math.log(rho) - BEST_LOG_RHO) ** 2
+
+
+def campaign(noise_sd: float = 0.3, cw_gain: dict[str, float] | None = None, n_search: int = 15,
+             datasets: tuple[str, ...] = ("digits",)) -> pd.DataFrame:
+    """Per (dataset, rate): random search trials, a confirmed arm at the optimum (3 seeds) and CCE
+    (3 seeds). CCE's validation accuracy is 90 - 40 x rate points; DM's gain peaks at 20 x rate.
+    Test accuracy = validation accuracy - 1 point. ``cw_gain``: extra trials with that class
+    weighting, whose gain is higher by the given points."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for dataset, rate in itertools.product(datasets, RATES):
+        key, cce, offset = f"{dataset}/{rate}", 0.9 - 0.4 * rate, 20 * rate
+        desc = dict(dataset=dataset, noise="none" if rate == 0 else "symmetric", noise_rate=rate)
+        for cw, extra in [("none", 0.0), *(cw_gain or {}).items()]:
+            for _ in range(n_search):
+                psi, rho = float(rng.uniform(0, 0.75)), float(math.exp(rng.uniform(math.log(0.25), math.log(12))))
+                g = gain(psi, rho, offset) + extra + float(rng.normal(0, noise_sd))
+                rows.append(run(key, "search", 0, cce + g / 100, cce + (g - 1) / 100, psi, rho, cw=cw, **desc))
+        for seed in range(3):
+            rows.append(run(key, "confirm", seed, cce + offset / 100, cce + (offset - 1) / 100, BEST_PSI,
+                            math.exp(BEST_LOG_RHO), **desc))
+            rows.append(run(key, "confirm", seed, cce, cce - 0.01, baseline="cce", method="cce", **desc))
+    return tidy(rows)
+
+
+@pytest.fixture(scope="module")
+def surface() -> dict[str, Any]:
+    return fit_surface(campaign())
+
+
+def test_the_surface_recovers_the_optimum_across_settings(surface: dict[str, Any]) -> None:
+    assert surface["n_rows"] == len(RATES) * (15 + 3)
+    assert surface["encoding"]["features"] == ["psi", "log_rho", "noise_rate"]  # the rest never varies
+    assert [s["best_gain"] for s in surface["settings"]] == pytest.approx([20 * r for r in RATES])
+    for rate in (0.3, 0.4):  # between measured rates, and at one
+        rec = recommend_from_surface(surface, 10, "symmetric", rate)
+        assert rec["psi"] == pytest.approx(BEST_PSI, abs=0.05)
+        assert math.log(rec["rho"]) == pytest.approx(BEST_LOG_RHO, abs=0.35)
+        assert rec["predicted_gain"]["mean"] == pytest.approx(20 * rate, abs=1.0)
+        assert rec["warnings"] == [] and rec["class_weighting"] == "none"
+        g = rec["predicted_gain"]
+        assert g["low"] == pytest.approx(g["mean"] - 1.96 * rec["predicted_std"]) and g["level"] == 0.95
+    rec = recommend_from_surface(surface, 10, "symmetric", 0.3)
+    assert {s["noise_rate"] for s in rec["leans_on"][:2]} == {0.2, 0.4}  # the two neighbouring rates
+    assert all(1 >= s["correlation"] > 0 for s in rec["leans_on"]) and len(rec["leans_on"]) == 3
+
+
+def test_the_region_holds_the_optimum_and_only_cells_within_one_point(surface: dict[str, Any]) -> None:
+    rec = recommend_from_surface(surface, 10, "symmetric", 0.4)
+    region, best = rec["region"], rec["predicted_gain"]["mean"]
+    assert region["within_points"] == 1.0
+    assert region["psi"][0] <= BEST_PSI <= region["psi"][1]
+    assert region["rho"][0] <= math.exp(BEST_LOG_RHO) <= region["rho"][1]
+    psis, rhos = grid()
+    cells = [(p, r) for p in psis for r in rhos]
+    X = [[p, math.log(r), 0.4] for p, r in cells]
+    mean, std = gp_predict(surface["model"], X)
+    near = [c for c, m in zip(cells, mean) if m >= best - 1.0]
+    assert region["psi"] == [min(p for p, _ in near), max(p for p, _ in near)]
+    assert region["rho"] == pytest.approx([min(r for _, r in near), max(r for _, r in near)])
+    assert max(mean) == pytest.approx(best) and all(best - m <= 1.0 for c, m in zip(cells, mean) if c in near)
+    wide = region["plausible"]
+    assert wide["psi"][0] <= region["psi"][0] <= region["psi"][1] <= wide["psi"][1]
+    assert wide["rho"][0] <= region["rho"][0] <= region["rho"][1] <= wide["rho"][1]
+
+
+def test_the_fitted_gp_round_trips_through_json() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.uniform(0, 1, size=(40, 3))
+    y = 10 * np.sin(3 * X[:, 0]) + X[:, 1] + rng.normal(0, 0.1, 40)
+    gp = fit_gp(X, y)
+    d = json.loads(json.dumps(gp_to_dict(gp, ["a", "b", "c"], y)))
+    assert set(d) >= {"feature_names", "X", "y", "theta", "kernel", "sklearn_version"} and len(d["theta"]) == 5
+    rebuilt = gp_from_dict(d)
+    Xq = rng.uniform(-0.2, 1.2, size=(25, 3))
+    mean, std = gp.predict(Xq, return_std=True)
+    mean2, std2 = rebuilt.predict(Xq, return_std=True)
+    mean3, std3 = gp_predict(d, Xq)  # numpy alone, as recommend does
+    assert np.allclose(mean, mean2, atol=1e-6, rtol=0) and np.allclose(std, std2, atol=1e-6, rtol=0)
+    assert np.allclose(mean, mean3, atol=1e-6, rtol=0) and np.allclose(std, std3, atol=1e-6, rtol=0)
+
+
+def test_leave_one_setting_out_scores_against_the_best_confirmed_arm() -> None:
+    df = campaign()
+    loso = leave_one_setting_out(df)
+    assert loso is not None and "estimated from the setting's own trials" in loso["note"]
+    rows = loso["rows"]
+    assert [r["noise_rate"] for r in rows] == list(RATES)
+    for r, rate in zip(rows, RATES):
+        best_test = 100 * (0.9 - 0.4 * rate) + 20 * rate - 1  # the confirmed arm at the optimum
+        assert r["best_arm"]["test_acc"] == pytest.approx(best_test)
+        assert r["best_arm"]["psi"] == pytest.approx(BEST_PSI) and r["cce_test_acc"] == pytest.approx(
+            100 * (0.9 - 0.4 * rate) - 1)
+        for who in ("surface", "paper"):
+            s = r[who]
+            assert s["regret"] == pytest.approx(best_test - s["test_acc"])
+            assert s["gain_over_cce"] == pytest.approx(s["test_acc"] - r["cce_test_acc"])
+        # the surface's answer for a held-out setting is near the optimum: regret within a point
+        assert r["surface"]["regret"] < 1.0
+    summary = loso["summary"]
+    assert summary["n_settings"] == 4
+    assert summary["surface"]["mean_regret"] == pytest.approx(np.mean([r["surface"]["regret"] for r in rows]))
+    assert summary["surface"]["beats_cce"] == sum(r["surface"]["gain_over_cce"] > 0 for r in rows) >= 3
+    assert summary["paper"]["mean_regret"] > summary["surface"]["mean_regret"]  # paper's psi 1/3 at rate 0.2...
+
+
+@pytest.mark.parametrize("extra, chosen", [(3.0, "inverse"), (0.4, "none")])
+def test_class_weighting_is_chosen_only_when_it_helps_by_a_point(extra: float, chosen: str) -> None:
+    surf = fit_surface(campaign(cw_gain={"inverse": extra}, n_search=12))
+    assert surf["encoding"]["class_weightings"] == ["none", "inverse"] and "cw=inverse" in surf["encoding"]["features"]
+    rec = recommend_from_surface(surf, 10, "symmetric", 0.4)
+    assert rec["class_weighting"] == chosen
+    assert rec["class_weighting_gain"]["inverse"] == pytest.approx(extra, abs=0.8)
+
+
+def test_extrapolation_is_warned_about(surface: dict[str, Any]) -> None:
+    def warned(**kwargs: Any) -> list[str]:
+        args = dict(num_classes=10, noise_type="symmetric", noise_rate=0.4) | kwargs
+        return recommend_from_surface(surface, **args)["warnings"]
+
+    assert warned() == []
+    assert any("noise rate 0.8 is outside the measured range [0, 0.6]" in w for w in warned(noise_rate=0.8))
+    assert any("noise type 'pair' was not measured" in w for w in warned(noise_type="pair"))
+    assert any("number of classes 100 is outside the measured range [10, 10]" in w for w in warned(num_classes=100))
+    assert any("imbalance 'longtail' was not measured" in w for w in warned(imbalance="longtail", imbalance_ratio=10))
+    assert any("dataset 'cifar10' was not measured" in w for w in warned(dataset="cifar10"))
+    assert warned(dataset="digits") == [] and warned(noise_type="none", noise_rate=0.0) == []
+    noisy = fit_surface(campaign(noise_sd=4.0))
+    rec = recommend_from_surface(noisy, 10, "symmetric", 0.4)
+    assert rec["predicted_std"] > 2 and any("predictive std" in w for w in rec["warnings"])
+
+
+def test_an_unknown_dataset_gets_no_dataset_feature() -> None:
+    surf = fit_surface(campaign(n_search=8, datasets=("digits", "mnist1d")))
+    assert {"dataset=digits", "dataset=mnist1d"} <= set(surf["encoding"]["features"])
+    rec = recommend_from_surface(surf, 10, "symmetric", 0.4, dataset="svhn")
+    assert any("dataset 'svhn' was not measured" in w for w in rec["warnings"])
+    assert recommend_from_surface(surf, 10, "symmetric", 0.4, dataset="mnist1d")["warnings"] == []
+
+
+def test_guidelines_carry_the_surface_and_recommend_json_on_the_command_line(tmp_path: Path) -> None:
+    doc = build_guidelines(campaign(n_search=10), generated="2026-01-01T00:00:00+00:00")
+    path = tmp_path / "guidelines.json"
+    path.write_text(dumps(doc))
+    loaded = load_guidelines(path)
+    assert loaded["schema_version"] == 2 and loaded["surface"]["task"] == "classification"
+    assert len(loaded["loso"]["rows"]) == 4
+    md = guidelines_markdown(loaded)
+    assert "## Response surface" in md and "log_rho" in md and "Over 4 held-out settings" in md
+    rec = recommend(loaded, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits")
+    assert rec.region is not None and rec.psi == pytest.approx(BEST_PSI, abs=0.05)
+    code = ("import json, sys, contextlib, io\n"
+            "from dm_tune.cli import main\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n"
+            f"    rc = main(['recommend', '--num-classes', '10', '--noise-rate', '0.4', '--dataset', 'digits',\n"
+            f"               '--guidelines', {str(path)!r}, '--json'])\n"
+            "print(json.dumps({'rc': rc, 'rec': json.loads(buf.getvalue()),\n"
+            "                  'heavy': [m for m in ('torch', 'ray', 'mlflow', 'pandas', 'optuna', 'sklearn')\n"
+            "                            if m in sys.modules]}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = json.loads(proc.stdout)
+    assert out["rc"] == 0 and out["heavy"] == []  # recommend stays light: numpy only
+    rec_json = out["rec"]
+    assert set(rec_json) == {"lam", "beta", "psi", "rho", "evidence", "settings", "warnings", "class_weighting",
+                             "region", "predicted_gain", "predicted_std", "leans_on", "guidelines"}
+    assert set(rec_json["region"]) == {"psi", "rho", "plausible", "within_points"}
+    assert set(rec_json["predicted_gain"]) == {"mean", "low", "high", "level"}
+    assert rec_json["psi"] == pytest.approx(rec.psi) and rec_json["class_weighting"] == "none"
