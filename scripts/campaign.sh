@@ -7,7 +7,7 @@ set -euo pipefail
 ws=${1:?usage: campaign.sh WORKSPACE [SAMPLER_SEED]}
 seed=${2:-0}
 for study in guidelines-embedded guidelines-embedded-pair guidelines-embedded-imbalance; do
-  dm-tune search --config "studies/$study.yaml" --workspace "$ws" --sampler-seed "$seed" --quiet
+  dm-tune search --config "$(dirname "$0")/../studies/$study.yaml" --workspace "$ws" --sampler-seed "$seed" --quiet
 done
 dm-tune report --workspace "$ws" --experiment guidelines-embedded --experiment guidelines-embedded-pair \
   --experiment guidelines-embedded-imbalance --out "$ws/report"
