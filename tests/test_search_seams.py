@@ -276,3 +276,25 @@ def test_class_weighting_is_a_search_dimension_of_dm_arms(tmp_path):
     assert {s.overrides["class_weighting"] for s in specs} == {"none", "inverse"}
     assert all(s.overrides["method"] == "dm" and isinstance(s.overrides["lam"], float) for s in specs)
     assert TrainConfig.from_dict({**specs[0].overrides}).class_weighting == specs[0].overrides["class_weighting"]
+
+
+def test_a_guidelines_warm_start_searches_inside_the_recommended_region():
+    from types import SimpleNamespace
+
+    from dm_tune.search._run import guided_space
+
+    space = get_space("decoupled")
+    rec = SimpleNamespace(psi=0.5, rho=3.0, class_weighting="none",
+                          region={"psi": [0.4, 0.6], "rho": [2.0, 4.5], "plausible": {"psi": [0.3, 0.7], "rho": [1.5, 6.0]}})
+    narrowed, warm = guided_space(space, rec)
+    assert (narrowed["psi"]["low"], narrowed["psi"]["high"]) == (0.3, 0.7)
+    assert (narrowed["rho"]["low"], narrowed["rho"]["high"], narrowed["rho"]["log"]) == (1.5, 6.0, True)
+    assert warm == [{"psi": 0.5, "rho": 3.0}] and space["psi"]["low"] == 0.0  # the named space is untouched
+    # A degenerate region widens to a tenth of the space around the point; bounds stay inside the space.
+    rec = SimpleNamespace(psi=0.75, rho=12.0, class_weighting="inverse",
+                          region={"psi": [0.75, 0.75], "rho": [12.0, 12.0]})
+    wide = {**space, "class_weighting": {"type": "categorical", "choices": ["none", "inverse"]}}
+    narrowed, warm = guided_space(wide, rec)
+    assert narrowed["psi"]["high"] == 0.75 and narrowed["psi"]["low"] == pytest.approx(0.75 - 0.0375)
+    assert narrowed["rho"]["high"] == 12.0 and narrowed["rho"]["low"] < 12.0
+    assert warm == [{"psi": 0.75, "rho": 12.0, "class_weighting": "inverse"}]

@@ -86,6 +86,19 @@ def test_bad_studies_name_the_field(values, field):
     ({"training": {"lr": -1}}, "training.lr: -1 is not allowed; expected a number in (0.0, 10.0]"),
     ({"resources": {"max_concurrent": 0}}, "resources.max_concurrent: 0 is not allowed; "
                                            "expected an integer in [1, 10000]"),
+    ({"seeds": [0, 1], "search_seeds": 3}, "search_seeds: 3 is not allowed; expected at most the number of seeds "
+                                           "(2): the search trains each arm on the first search_seeds of seeds"),
+    ({"search": {"class_weighting": ["inverse", "balanced"]}},
+     "search.class_weighting[1]: 'balanced' is not allowed; expected one of: none, inverse, sqrt-inverse, "
+     "effective-number"),
+    ({"search": {"class_weighting": ["none", "none"]}},
+     "search.class_weighting: ['none', 'none'] is not allowed; expected distinct schemes"),
+    ({"search": {"space": "paper", "warm_start": "g.json"}},
+     "search.space: 'paper' is not allowed; warm-starting from guidelines searches their (psi, rho) region: "
+     "expected space decoupled"),
+    ({"training": {"class_weighting": "balanced"}},
+     "training.class_weighting: 'balanced' is not allowed; expected one of: none, inverse, sqrt-inverse, "
+     "effective-number"),
 ])
 def test_bad_studies_exact_messages(values, message):
     with pytest.raises(ConfigError) as e:
@@ -106,3 +119,9 @@ def test_study_round_trips_through_json():
 
     study = Study.from_dict({"settings": {"noise_rate": [0.2, 0.4]}, "seeds": [3, 4]})
     assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study
+
+
+def test_search_seeds_default_to_two_or_the_only_seed():
+    assert Study.from_dict({}).search_seed_count == 2
+    assert Study.from_dict({"seeds": [5]}).search_seed_count == 1
+    assert Study.from_dict({"search_seeds": 3}).search_seed_count == 3

@@ -109,6 +109,22 @@ class SettingContext:
         params["num_classes"] = self.source.num_classes
         return params
 
+    def space_and_warm_points(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The setting's DM space and the points its search starts from: the paper's suggestions,
+        none, or, warm-starting from a guidelines file, its recommended region and point."""
+        study = self.study
+        space = search_space(study)
+        if not isinstance(study.search.warm_start, str):
+            return space, _warm_points(space) if study.search.warm_start else []
+        from dm_tune.reports._recommend import recommend
+        from dm_tune.reports._schema import load_guidelines
+
+        s = self.setting
+        rec = recommend(load_guidelines(Path(study.search.warm_start).expanduser()),
+                        num_classes=int(self.source.num_classes), noise_type=s.noise, noise_rate=s.noise_rate,
+                        imbalance=s.imbalance, imbalance_ratio=s.imbalance_ratio, task=study.task, dataset=s.dataset)
+        return guided_space(space, rec)
+
     def population_size(self) -> int:
         """DM configurations per Ray trial; "auto": the fastest measured for the model and device."""
         from dm_tune.population import suggested_population_size
@@ -171,7 +187,31 @@ def search_space(study: Study) -> dict[str, Any]:
     return space
 
 
-def _optuna_study_name(study: Study, setting: Setting) -> str:
+def guided_space(space: dict[str, Any], rec: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``space`` narrowed to a recommendation's plausible (psi, rho) region (within the space's
+    bounds, never narrower than a tenth of them), and its point as the first trial."""
+    region = (rec.region or {}).get("plausible") or rec.region or {}
+    out = {k: dict(v) for k, v in space.items()}
+    point: dict[str, Any] = {}
+    for knob in ("psi", "rho"):
+        spec = out[knob]
+        lo, hi = region.get(knob, (spec["low"], spec["high"]))
+        lo, hi = max(float(lo), spec["low"]), min(float(hi), spec["high"])
+        value = min(max(float(getattr(rec, knob)), spec["low"]), spec["high"])
+        width = (spec["high"] / spec["low"]) ** 0.1 if spec.get("log") else (spec["high"] - spec["low"]) * 0.1
+        if (hi / lo if spec.get("log") and lo > 0 else hi - lo) < width or lo > value or hi < value:
+            lo, hi = min(lo, value), max(hi, value)
+            lo, hi = ((max(spec["low"], lo / width ** 0.5), min(spec["high"], hi * width ** 0.5)) if spec.get("log")
+                      else (max(spec["low"], lo - width / 2), min(spec["high"], hi + width / 2)))
+        spec.update(low=lo, high=hi)
+        point[knob] = value
+    if "class_weighting" in out:
+        choices = out["class_weighting"]["choices"]
+        point["class_weighting"] = rec.class_weighting if rec.class_weighting in choices else choices[0]
+    return out, [point]
+
+
+def _optuna_study_name(study: Study, setting: Setting, space: dict[str, Any] | None = None) -> str:
     """One Optuna study per setting and objective: shared by later studies on the same setting
     with the same training budget and space, so they warm-start from it."""
     parts: dict[str, Any] = {"training": study.training, "seed": study.seeds[0],
@@ -180,6 +220,8 @@ def _optuna_study_name(study: Study, setting: Setting) -> str:
         parts["search_seeds"] = list(study.seeds[:study.search_seed_count])
     if study.search.class_weighting != ("none",):
         parts["class_weighting"] = list(study.search.class_weighting)
+    if space is not None and space != search_space(study):  # narrowed by guidelines
+        parts["bounds"] = space
     fingerprint = json.dumps(parts, sort_keys=True)
     return f"{setting.key}/{study.search.space}/{hashlib.sha1(fingerprint.encode()).hexdigest()[:8]}"
 
@@ -211,15 +253,15 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
     from dm_tune.search_spaces import make_sampler
 
     study = ctx.study
-    space = search_space(study)
+    space, warm = ctx.space_and_warm_points()
     return StagedSearcher(
         setting=ctx.setting.key, ledger=ledger, study_name=study.name,
         optuna_storage=optuna.storages.RDBStorage(ctx.opts.optuna_url),
-        optuna_study=_optuna_study_name(study, ctx.setting), space=space,
+        optuna_study=_optuna_study_name(study, ctx.setting, space), space=space,
         sampler=make_sampler(study.search.sampler, space, study.search.sampler_seed, study.search.num_samples),
         num_samples=study.search.num_samples, top_k=study.search.top_k, seeds=study.seeds,
         baselines=_baselines(study, ctx.setting),
-        warm_points=_warm_points(space) if study.search.warm_start else (),
+        warm_points=warm,
         population_size=ctx.population_size(),
         search_population_size=_search_population_size(study, ctx.population_size()),
         objective=OBJECTIVES[study.task].final, search_seeds=study.search_seed_count)
@@ -322,6 +364,10 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
     from dm_tune.search._preflight import load_sources
     from dm_tune.search._tracking import experiment_id
 
+    if isinstance(study.search.warm_start, str):  # a bad guidelines file stops the study before it starts
+        from dm_tune.reports._schema import load_guidelines
+
+        load_guidelines(Path(study.search.warm_start).expanduser())
     sources = sources if sources is not None else load_sources(study)
     exp_id = experiment_id(opts.tracking, study.name, opts.artifact_root)
     summaries = []

@@ -67,7 +67,9 @@ class Search:
     extra_knobs: tuple[Annotated[str, one_of(EXTRA_KNOBS)], ...] = ()
     top_k: Annotated[Int, in_range(0, 100)] = 3              # DM arms confirmed over all seeds
     sampler_seed: Int = 0
-    warm_start: bool = True                                  # enqueue the paper's suggestions first
+    # true: enqueue the paper's suggestions first; a guidelines.json path ('dm-tune report'):
+    # search inside the region it recommends for each setting, starting at its point.
+    warm_start: bool | Annotated[str, rule(bool, "expected true, false or a guidelines.json path")] = True
     # Class weighting schemes searched beside psi and rho (a categorical dimension of DM arms);
     # ("none",): no class weighting, the dimension is left out.
     class_weighting: Annotated[tuple[Annotated[str, one_of(CLASS_WEIGHTINGS)], ...], NonEmpty] = ("none",)
@@ -176,6 +178,9 @@ class Study:
             if self.search.extra_knobs:
                 raise ConfigError("search.extra_knobs", list(self.search.extra_knobs),
                                   "the grid sampler takes no continuous extra knobs")
+        if isinstance(self.search.warm_start, str) and self.search.space != "decoupled":
+            raise ConfigError("search.space", self.search.space, "warm-starting from guidelines searches their "
+                              "(psi, rho) region: expected space decoupled")
         if len(set(self.search.class_weighting)) != len(self.search.class_weighting):
             raise ConfigError("search.class_weighting", list(self.search.class_weighting),
                               "expected distinct schemes")

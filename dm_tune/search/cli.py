@@ -38,6 +38,9 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", help="tpe (default), gp, cmaes, random, grid")
     p.add_argument("--seeds", help="seeds for the confirm stage, e.g. 0,1,2")
     p.add_argument("--top-k", type=int, help="DM arms confirmed over all seeds")
+    p.add_argument("--warm-start", metavar="GUIDELINES",
+                   help="a guidelines.json ('dm-tune report'): search each setting inside the region it "
+                        "recommends, starting at its point (default: start at the paper's suggestions)")
     p.add_argument("--sampler-seed", type=int, help="seed of the sampler (the search order; default 0)")
     p.add_argument("--search-seeds", type=int, help="seeds each search arm trains on (the first of --seeds; "
                    "default 2): the search maximises the arm's mean final validation accuracy over them")
@@ -74,6 +77,7 @@ _STUDY_FLAGS: dict[str, tuple[tuple[str, ...], bool]] = {
     "top_k": (("search", "top_k"), False),
     "search_seeds": (("search_seeds",), False),
     "sampler_seed": (("search", "sampler_seed"), False),
+    "warm_start": (("search", "warm_start"), False),
     "class_weighting": (("search", "class_weighting"), True),
     "seeds": (("seeds",), True),
     "baselines": (("baselines",), True),
@@ -104,6 +108,8 @@ def study_values(args: argparse.Namespace) -> dict[str, Any]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(".".join(path[:-1]), node, "expected a mapping")
+        if flag == "warm_start":  # a file read again on --resume, from wherever that runs
+            v = str(Path(v).expanduser().resolve())
         if flag == "population_size" and str(v).strip().isdigit():
             v = int(v)
         node[path[-1]] = v
