@@ -86,6 +86,12 @@ def report_command(args: argparse.Namespace) -> int:
           f"({doc['provenance']['n_skipped_runs']} incomplete runs skipped)")
     for s in doc["settings"]:
         print(f"- {s['guideline']}")
+    if doc.get("surface"):
+        print(f"response surface: {doc['surface']['n_rows']} runs of {len(doc['surface']['settings'])} settings")
+    if doc.get("loso"):
+        from dm_tune.reports._guidelines import loso_summary_text
+
+        print(f"leave-one-setting-out: {loso_summary_text(doc['loso']['summary'])}")
     for name in ("index.html", "guidelines.md", "guidelines.json"):
         print(f"{name}: {paths[name]}")
     return 0

@@ -49,9 +49,9 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str
         "unresolved": [{"setting": s["setting"], "reason": s.get("note", ""), "counts": s["counts"]}
                        for s in analysed if s.get("status") != "ok"],
         **_rules_by_task(ok),
-        "surface": fit_surface(df),
-        "loso": leave_one_setting_out(df),
     }
+    doc["surface"] = fit_surface(df)
+    doc["loso"] = leave_one_setting_out(df, start=doc["surface"])
     return json_safe(doc)
 
 
