@@ -11,11 +11,10 @@ The arms of one setting train together as populations (dm_tune.population), each
 per-seed data (noise draw, validation split, imbalance), so differences are paired by seed.
 
 Verdict rule (``verdict``): with d_i = recommended - baseline final test accuracy on seed i
-(percentage points), n seeds, mean d and sample std s, the standard error is s / sqrt(n).
-"wins" when mean d > 2 * s / sqrt(n), "loses" when mean d < -2 * s / sqrt(n), otherwise
-"within noise"; with fewer than two paired seeds there is no spread to judge by: "undetermined".
-(Two standard errors: roughly a two-sided 95% interval for large n; with 3-5 seeds a t
-interval would be wider, so "wins" here is a screen, not a test.)
+(percentage points), n seeds, mean d and sample std s: the paired two-sided 95% t interval
+mean d +- t(0.975, n - 1) * s / sqrt(n) (scipy). "wins" when it lies above 0, "loses" when it
+lies below 0, otherwise "within noise"; with fewer than two paired seeds there is no spread to
+judge by: "undetermined". (With 3 seeds t is 4.3: only clear differences count.)
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from dm_tune.errors import UserError, load_yaml
 ARMS = ("dm-recommended", "cce", "imae")
 BASELINE_ARMS = ("cce", "imae")
 IMAE_KNOBS = {"method": "dm", "lam": 1.0, "beta": 8.0}
-NOISE_SE = 2.0  # |mean paired difference| within this many standard errors: "within noise"
+CONFIDENCE = 0.95  # of the paired t interval that decides "wins" / "loses" / "within noise"
 
 
 # --- the statistics (pure) ---------------------------------------------------------------------
@@ -51,7 +50,9 @@ def verdict(mean_diff: float, std: float, n: int) -> str:
     """"wins" / "loses" / "within noise" / "undetermined" by the module docstring's rule."""
     if n < 2 or not (math.isfinite(mean_diff) and math.isfinite(std)):
         return "undetermined"
-    bound = NOISE_SE * std / math.sqrt(n)
+    from scipy.stats import t
+
+    bound = float(t.ppf(1 - (1 - CONFIDENCE) / 2, n - 1)) * std / math.sqrt(n)
     if mean_diff > bound:
         return "wins"
     if mean_diff < -bound:
@@ -148,8 +149,8 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int], epoch
     tally = {base: {v: sum(1 for s in settings if s["summary"]["vs"][base]["verdict"] == v)
                     for v in ("wins", "within noise", "loses", "undetermined")} for base in BASELINE_ARMS}
     return {"accuracy_unit": "percentage points (final-epoch test accuracy)",
-            "verdict_rule": f"wins/loses when |mean paired difference| > {NOISE_SE:g} * std / sqrt(n), "
-                            "else within noise; undetermined with fewer than 2 paired seeds",
+            "verdict_rule": f"wins/loses when the paired {CONFIDENCE:.0%} t interval of the mean difference "
+                            "excludes 0, else within noise; undetermined with fewer than 2 paired seeds",
             "arms": list(ARMS), "seeds": list(seeds), "settings": settings, "summary": tally}
 
 

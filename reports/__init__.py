@@ -45,6 +45,9 @@ _EXPORTS = {
     "default_guidelines_path": "dm_tune.reports._schema",
     "load_guidelines": "dm_tune.reports._schema",
     "validate_guidelines": "dm_tune.reports._schema",
+    "fit_surface": "dm_tune.reports._surface",
+    "leave_one_setting_out": "dm_tune.reports._surface",
+    "recommend_from_surface": "dm_tune.reports._surface",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -60,3 +63,4 @@ if TYPE_CHECKING:
     from dm_tune.reports._recommend import (Recommendation, recommend)
     from dm_tune.reports._rules import (factor_trends, fit_line, lambda_beta_rule, noise_rate_rules)
     from dm_tune.reports._schema import (default_guidelines_path, load_guidelines, validate_guidelines)
+    from dm_tune.reports._surface import fit_surface, leave_one_setting_out, recommend_from_surface

@@ -89,7 +89,7 @@ def test_report_files(report: dict[str, Path]) -> None:
     md = report["guidelines.md"].read_text()
     assert "40% symmetric noise: mode psi about 0.50" in md and "points over CCE over 3 seeds" in md
     # one surface over the three settings; each of them held out in turn
-    assert len(doc["surface"]["settings"]) == 3 and doc["surface"]["n_rows"] == 3 * (8 + 3)  # finished search trials + confirmed arm; dm-beta0 has rho 0
+    assert len(doc["surface"]["settings"]) == 3 and doc["surface"]["n_rows"] == 3 * (8 + 1)  # one row per arm: 8 finished search trials + the confirmed arm; dm-beta0 has rho 0
     assert [r["noise_rate"] for r in doc["loso"]["rows"]] == [0.0, 0.2, 0.4]
     assert "## Response surface" in md and "## Leave-one-setting-out validation" in md
     assert "estimated from the setting's own trials" in md

@@ -30,7 +30,9 @@ def test_report_and_recommend_from_a_real_search(tmp_path, ray_local, capsys):
     assert figures, "no figures written"
 
     doc = json.loads((out / "guidelines.json").read_text())
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
+    assert {m["setting"] for m in doc["surface"]["settings"]} == {s["setting"] for s in doc["settings"]}
+    assert len(doc["loso"]["rows"]) == 2  # each setting predicted from the other one
     settings = {(s["dataset"], s["noise"], s["noise_rate"]) for s in doc["settings"]}
     assert settings == {("digits", "symmetric", 0.2), ("digits", "symmetric", 0.4)}
     for s in doc["settings"]:
@@ -44,9 +46,10 @@ def test_report_and_recommend_from_a_real_search(tmp_path, ray_local, capsys):
     assert main(["recommend", "--num-classes", "10", "--noise-type", "symmetric", "--noise-rate", "0.3",
                  "--guidelines", str(out / "guidelines.json"), "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
-    lo, hi = sorted(s["psi"] for s in doc["settings"])
-    assert lo - 1e-9 <= rec["psi"] <= hi + 1e-9  # interpolated between the two measured rates
-    assert {"lam", "beta", "psi", "rho"} <= set(rec)
+    assert {"lam", "beta", "psi", "rho", "class_weighting", "region", "predicted_gain"} <= set(rec)
+    assert rec["region"]["psi"][0] <= rec["psi"] <= rec["region"]["psi"][1]  # the point lies in its region
+    assert rec["predicted_gain"]["low"] <= rec["predicted_gain"]["mean"] <= rec["predicted_gain"]["high"]
+    assert rec["class_weighting"] == "none"  # nothing else was measured
 
     # Beyond the measured noise rates: still an answer, with a warning.
     assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.7",

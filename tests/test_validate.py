@@ -54,14 +54,16 @@ def test_summarise_pairs_only_seeds_both_arms_have():
     assert out["vs"]["cce"]["seeds"] == [0, 1]
     assert out["vs"]["cce"]["mean_diff"] == pytest.approx(-4.5)
     assert out["vs"]["cce"]["std"] == pytest.approx(math.sqrt(0.5))
-    assert out["vs"]["cce"]["verdict"] == "loses"  # -4.5 < -2 * 0.707 / sqrt(2) = -1
+    assert out["vs"]["cce"]["verdict"] == "within noise"  # -4.5 > -t(0.975, 1) 0.707 / sqrt(2) = -6.35
     assert out["vs"]["imae"]["n"] == 0 and out["vs"]["imae"]["verdict"] == "undetermined"
 
 
 @pytest.mark.parametrize(("mean", "std", "n", "expected"), [
-    (1.0, 1.0, 4, "within noise"),   # bound 2 * 1 / 2 = 1: not beyond it
-    (1.01, 1.0, 4, "wins"),
-    (-1.01, 1.0, 4, "loses"),
+    (1.59, 1.0, 4, "within noise"),   # bound t(0.975, 3) * 1 / 2 = 1.591: not beyond it
+    (1.60, 1.0, 4, "wins"),
+    (-1.60, 1.0, 4, "loses"),
+    (6.0, 0.707, 2, "within noise"),  # 2 seeds: t(0.975, 1) = 12.7, bound 6.35
+    (6.5, 0.707, 2, "wins"),
     (5.0, math.nan, 1, "undetermined"),
     (0.0, 0.0, 3, "within noise"),
 ])
