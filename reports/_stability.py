@@ -154,7 +154,44 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
                       "text_a": ra[rid].get("text") if rid in ra else None,
                       "text_b": rb[rid].get("text") if rid in rb else None})
     return {"settings": common, "only_in_a": sorted(sa.keys() - sb.keys()),
-            "only_in_b": sorted(sb.keys() - sa.keys()), "rules": rules, "summary": _summary(common, rules)}
+            "only_in_b": sorted(sb.keys() - sa.keys()), "rules": rules, "summary": _summary(common, rules),
+            "surfaces": compare_surfaces(a, b)}
+
+
+def compare_surfaces(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What each run's response surface recommends for every setting both measured: distance
+    between the points, whether the regions within 1 point (and the plausible ones) overlap,
+    whether the class weighting agrees, and both predicted gains. None without two surfaces."""
+    sa, sb = a.get("surface"), b.get("surface")
+    if not (isinstance(sa, Mapping) and isinstance(sb, Mapping)) or sa.get("task") != sb.get("task"):
+        return None
+    from dm_tune.reports._surface import recommend_from_surface
+
+    def rec(surface: Mapping[str, Any], m: Mapping[str, Any]) -> dict[str, Any]:
+        return recommend_from_surface(dict(surface), int(m["num_classes"]), str(m["noise"]), float(m["noise_rate"]),
+                                      str(m["imbalance"]), float(m["imbalance_ratio"]), str(m["dataset"]))
+
+    ma = {m["setting"]: m for m in sa.get("settings", [])}
+    mb = {m["setting"]: m for m in sb.get("settings", [])}
+    rows = []
+    for key in sorted(ma.keys() & mb.keys()):
+        ra, rb = rec(sa, ma[key]), rec(sb, mb[key])
+        near = overlaps(ra["region"]["psi"], rb["region"]["psi"]) and overlaps(ra["region"]["rho"], rb["region"]["rho"])
+        pa, pb = ra["region"]["plausible"], rb["region"]["plausible"]
+        rows.append({"setting": key,
+                     "a": {k: ra[k] for k in ("psi", "rho", "class_weighting", "region", "predicted_gain")},
+                     "b": {k: rb[k] for k in ("psi", "rho", "class_weighting", "region", "predicted_gain")},
+                     "d_psi": abs(ra["psi"] - rb["psi"]), "d_log_rho": abs(math.log(ra["rho"]) - math.log(rb["rho"])),
+                     "region_overlap": near,
+                     "plausible_overlap": overlaps(pa["psi"], pb["psi"]) and overlaps(pa["rho"], pb["rho"]),
+                     "same_class_weighting": ra["class_weighting"] == rb["class_weighting"]})
+    n = len(rows)
+    summary = {"n_common": n,
+               **{f"{k}_fraction": (sum(r[k] for r in rows) / n if n else None)
+                  for k in ("region_overlap", "plausible_overlap", "same_class_weighting")},
+               "median_d_psi": statistics.median(r["d_psi"] for r in rows) if rows else None,
+               "median_d_log_rho": statistics.median(r["d_log_rho"] for r in rows) if rows else None}
+    return {"settings": rows, "summary": summary}
 
 
 def _summary(common: list[dict[str, Any]], rules: list[dict[str, Any]]) -> dict[str, Any]:
@@ -203,6 +240,12 @@ def brief(result: Mapping[str, Any]) -> str:
     for key, run in (("only_in_a", "A"), ("only_in_b", "B")):
         if result[key]:
             lines.append(f"only in {run}: {', '.join(result[key])}")
+    surfaces = result.get("surfaces")
+    if surfaces:
+        t = surfaces["summary"]
+        lines.append(f"response surfaces: regions within 1 point overlap in {_num(t['region_overlap_fraction'], '.0%')} "
+                     f"of {t['n_common']} settings (plausible regions {_num(t['plausible_overlap_fraction'], '.0%')}); "
+                     f"median |d psi| {_num(t['median_d_psi'])}, |d log rho| {_num(t['median_d_log_rho'], '.2f')}")
     lines.append(f"rules claimed (supported in both, same sign): {s['rules_claimed']} of {s['rules_total']}")
     lines += [f"- {r['rule']}: {r['verdict']}" for r in result["rules"] if r["verdict"] != "in neither"]
     return "\n".join(lines)
@@ -228,11 +271,40 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
     for key, run in (("only_in_a", "A"), ("only_in_b", "B")):
         if result[key]:
             lines += ["", f"Only in {run}: {', '.join(result[key])}."]
+    lines += _surfaces_markdown(result.get("surfaces"))
     lines += ["", "### Rules", "", "A rule is claimed only when it is supported in both runs with the same sign "
               f"of slope: {s['rules_claimed']} of {s['rules_total']}.", "",
               "| rule | A | B | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['rule']} | {r['a']} | {r['b']} | {r['verdict']} |" for r in result["rules"]]
     return "\n".join(lines) + "\n"
+
+
+def _surfaces_markdown(surfaces: Mapping[str, Any] | None) -> list[str]:
+    if not surfaces:
+        return []
+    s = surfaces["summary"]
+    lines = ["", "### The response surfaces' recommendations", "",
+             f"Each run's surface asked for each of the {s['n_common']} settings both measured: the regions within "
+             f"1 point overlap in {_num(s['region_overlap_fraction'], '.0%')}, the plausible regions in "
+             f"{_num(s['plausible_overlap_fraction'], '.0%')}, the class weighting agrees in "
+             f"{_num(s['same_class_weighting_fraction'], '.0%')}; median |d psi| {_num(s['median_d_psi'])}, median "
+             f"|d log rho| {_num(s['median_d_log_rho'], '.2f')}. Predicted gains are validation points over CCE.", "",
+             "| setting | psi, rho A | psi, rho B | region A | region B | overlap | class weighting A / B "
+             "| predicted gain A | predicted gain B |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in surfaces["settings"]:
+        a, b = r["a"], r["b"]
+
+        def region(x: Mapping[str, Any]) -> str:
+            return f"psi {_range(x['region']['psi'])}, rho {_range(x['region']['rho'])}"
+
+        def gain(x: Mapping[str, Any]) -> str:
+            g = x["predicted_gain"]
+            return f"{g['mean']:+.1f} [{g['low']:+.1f}, {g['high']:+.1f}]"
+
+        lines.append(f"| {r['setting']} | {a['psi']:.2f}, {a['rho']:.2f} | {b['psi']:.2f}, {b['rho']:.2f} | "
+                     f"{region(a)} | {region(b)} | {_yes(r['region_overlap'])} | {a['class_weighting']} / "
+                     f"{b['class_weighting']} | {gain(a)} | {gain(b)} |")
+    return lines
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -142,3 +142,22 @@ def test_the_command_names_a_broken_file(tmp_path: Path, capsys):
     assert main(["stability", str(tmp_path / "a.json"), str(tmp_path / "a.json")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "settings[0]: missing key 'rho'" in err
+
+
+def test_two_surfaces_are_compared_setting_by_setting():
+    """Two runs of a synthetic campaign (same optimum, different noise): their surfaces'
+    recommendations agree on every setting; a run whose optimum moved does not overlap."""
+    from tests.test_reports_surface import campaign
+
+    from dm_tune.reports._surface import fit_surface
+
+    a = {"settings": [], "rules": [], "surface": fit_surface(campaign(noise_sd=0.3))}
+    b = {"settings": [], "rules": [], "surface": fit_surface(campaign(noise_sd=0.6))}
+    result = compare(a, b)["surfaces"]
+    assert result["summary"]["n_common"] == 4
+    assert result["summary"]["region_overlap_fraction"] == 1.0 and result["summary"]["median_d_psi"] < 0.1
+    moved = copy.deepcopy(b)
+    moved["surface"]["model"]["X"] = [[x[0] - 0.4, *x[1:]] for x in moved["surface"]["model"]["X"]]
+    far = compare(a, moved)["surfaces"]
+    assert far["summary"]["median_d_psi"] > 0.3 and far["summary"]["region_overlap_fraction"] == 0.0
+    assert "### The response surfaces' recommendations" in to_markdown(compare(a, b))
