@@ -139,13 +139,15 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
 
 def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int], epochs: int | None = None,
              quiet: bool = False) -> dict[str, Any]:
-    """Every setting of ``study``: recommendation, per-seed accuracies of each arm, summary."""
+    """Every setting of ``study`` (a Study, or a list of them): recommendation, per-seed accuracies
+    of each arm, summary."""
     overrides = {"epochs": epochs} if epochs is not None else {}
     settings = []
-    for setting in study.expand():
-        if not quiet:
-            print(f"{setting.key}:", file=sys.stderr, flush=True)
-        settings.append(_train_setting(study, setting, seeds, overrides, guidelines, quiet))
+    for one in (study if isinstance(study, (list, tuple)) else [study]):
+        for setting in one.expand():
+            if not quiet:
+                print(f"{setting.key}:", file=sys.stderr, flush=True)
+            settings.append(_train_setting(one, setting, seeds, overrides, guidelines, quiet))
     tally = {base: {v: sum(1 for s in settings if s["summary"]["vs"][base]["verdict"] == v)
                     for v in ("wins", "within noise", "loses", "undetermined")} for base in BASELINE_ARMS}
     return {"accuracy_unit": "percentage points (final-epoch test accuracy)",
@@ -212,7 +214,8 @@ def add_validate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "validate", help="train the guidelines' recommendations against CCE and IMAE on a study's settings",
         description="For each setting of a study YAML, recommend DM's knobs from a guidelines file, train "
                     "dm-recommended, cce and imae on every seed and compare final test accuracies paired by seed.")
-    p.add_argument("--config", required=True, help="study YAML: settings:, training: and seeds: are used")
+    p.add_argument("--config", required=True, action="append",
+                   help="study YAML: settings:, training: and seeds: are used; repeatable (settings of each file)")
     p.add_argument("--guidelines", metavar="FILE",
                    help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the config's seeds)")
@@ -237,11 +240,14 @@ def validate_command(args: argparse.Namespace) -> int:
     from dm_tune.reports._schema import default_guidelines_path, load_guidelines
     from dm_tune.search._study import Study
 
-    study = Study.from_dict(load_yaml(args.config, "--config"))
-    if study.task != "classification":
-        raise UserError(f"--config {args.config}: validate compares classification accuracy; "
-                        f"this study's task is {study.task!r}")
-    seeds = _seeds(args.seeds) if args.seeds else list(study.seeds)
+    studies = []
+    for config in args.config:
+        study = Study.from_dict(load_yaml(config, "--config"))
+        if study.task != "classification":
+            raise UserError(f"--config {config}: validate compares classification accuracy; "
+                            f"this study's task is {study.task!r}")
+        studies.append(study)
+    seeds = _seeds(args.seeds) if args.seeds else list(studies[0].seeds)
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs {args.epochs}: expected an integer >= 1")
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
@@ -249,9 +255,9 @@ def validate_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory")
-    doc = validate(study, guidelines, seeds, args.epochs, args.quiet)
-    doc = {**doc, "config": str(Path(args.config).resolve()), "guidelines": str(path.resolve()),
-           "study": study.to_dict(), "provenance": _provenance()}
+    doc = validate(studies, guidelines, seeds, args.epochs, args.quiet)
+    doc = {**doc, "config": [str(Path(c).resolve()) for c in args.config], "guidelines": str(path.resolve()),
+           "study": [s.to_dict() for s in studies], "provenance": _provenance()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "validation.json").write_text(json.dumps(doc, indent=1, allow_nan=True, default=_plain) + "\n",
                                          encoding="utf-8")
