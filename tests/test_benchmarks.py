@@ -54,3 +54,16 @@ def test_population_benchmark_smoke(tmp_path):
         assert abs(r["ratio"] - r["population_configs_per_s"] / r["separate_configs_per_s"]) < 1e-9
         assert r["separate_runs"] == r["k"]
     assert rows[("resnet20", 2)]["population_images_per_s"] > 0
+
+
+def test_roofline_counts_the_mlps_work_and_bounds_the_ratio(tmp_path):
+    out = tmp_path / "roofline.json"
+    _run("roofline.py", "--k", "2", "--epochs", "1", "--json", str(out))
+    doc = json.loads(out.read_text())
+    # digits MLP 64 -> 256 -> 256 -> 10: 84,480 multiply-adds per example.
+    macs = 64 * 256 + 256 * 256 + 256 * 10
+    assert doc["model"] == "mlp" and doc["gflop_per_config"] > 0
+    assert abs(doc["ceiling_ratio"] - doc["single_s_per_config"] / doc["compute_bound_s_per_config"]) < 1e-9
+    assert abs(doc["compute_bound_s_per_config"] * doc["peak_gflops"] - doc["gflop_per_config"]) < 1e-6
+    passes = doc["gflop_per_config"] * 1e9 / (2 * macs)  # example-forward passes: a whole number
+    assert abs(passes - round(passes)) < 1e-6
