@@ -68,7 +68,8 @@ def test_not_a_mapping():
     ({"imbalance": "step"}, "imbalance_ratio: 1.0 is not allowed; "
                             "imbalance 'step' needs a ratio > 1 (largest / smallest class)"),
     ({"lerning_rate": 0.1}, "lerning_rate: 0.1 is not allowed; unknown field; known fields: amp, augment, "
-                            "batch_size, beta, data_root, data_seed, dataset, dataset_options, device, download, "
+                            "batch_size, beta, class_weighting, class_weighting_beta, data_root, data_seed, dataset, "
+                            "dataset_options, device, download, "
                             "epochs, gce_q, hidden_dim, imbalance, imbalance_ratio, lam, lr, lr_gamma, lr_milestones, "
                             "method, model, momentum, noise, noise_file, noise_key, noise_rate, num_workers, "
                             "optimizer, pretrained, schedule, seed, sl_log_clip, sl_mu, sl_nu, val_fraction, "
