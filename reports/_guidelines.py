@@ -150,16 +150,18 @@ def loso_markdown(loso: dict[str, Any] | None) -> list[str]:
                         "setting to fit on).", ""]
     lines += [f"Each setting is held out, the surface refitted on the others and asked for it; the answer and "
               f"the paper's guidance are scored on the held-out setting's {loso['metric']}, {loso['note']}. "
-              "Regret: the setting's best confirmed arm minus the estimate.", "",
+              "Regret: the setting's best confirmed arm minus the estimate; ± the local GP's predictive std.", "",
               "| setting | surface (psi, rho, cw) | est. test | regret | gain over CCE | paper (psi, rho) | "
               "est. test | regret | gain over CCE | best arm (test) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in loso["rows"]:
         sf, pp = r["surface"], r["paper"]
         paper = (["-"] * 4 if pp is None else
-                 [f"{pp['psi']:.2f}, {pp['rho']:.2f}", f"{pp['test_acc']:.1f}", f"{pp['regret']:+.1f}",
+                 [f"{pp['psi']:.2f}, {pp['rho']:.2f}", f"{pp['test_acc']:.1f} ± {pp['test_acc_std']:.1f}",
+                  f"{pp['regret']:+.1f}",
                   f"{pp['gain_over_cce']:+.1f}"])
         lines.append("| " + " | ".join([setting_label(r), f"{sf['psi']:.2f}, {sf['rho']:.2f}, {sf['class_weighting']}",
-                                        f"{sf['test_acc']:.1f}", f"{sf['regret']:+.1f}", f"{sf['gain_over_cce']:+.1f}",
+                                        f"{sf['test_acc']:.1f} ± {sf['test_acc_std']:.1f}", f"{sf['regret']:+.1f}",
+                                        f"{sf['gain_over_cce']:+.1f}",
                                         *paper, f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})"]) + " |")
     lines += ["", loso_summary_text(loso["summary"]), ""]
     return lines

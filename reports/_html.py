@@ -125,7 +125,8 @@ def _loso_section(loso: dict[str, Any] | None, images: dict[str, str]) -> list[s
     rows = []
     for r in loso["rows"]:
         sf, pp = r["surface"], r["paper"]
-        paper = (["-"] * 4 if pp is None else [f"psi {pp['psi']:.2f}, rho {pp['rho']:.2f}", f"{pp['test_acc']:.1f}",
+        paper = (["-"] * 4 if pp is None else [f"psi {pp['psi']:.2f}, rho {pp['rho']:.2f}",
+                                               f"{pp['test_acc']:.1f} +/- {pp['test_acc_std']:.1f}",
                                                f"{pp['regret']:+.1f}", f"{pp['gain_over_cce']:+.1f}"])
         rows.append([setting_label(r), f"psi {sf['psi']:.2f}, rho {sf['rho']:.2f}, cw {sf['class_weighting']}",
                      f"{sf['test_acc']:.1f} +/- {sf['test_acc_std']:.1f}", f"{sf['regret']:+.1f}",

@@ -44,6 +44,9 @@ RHO_GRID = (0.25, 12.0, 25)         # rho from, to, cells (log-spaced)
 WITHIN_POINTS = 1.0                 # the region: cells within this many points of the best
 CW_MIN_GAIN = 1.0                   # a class weighting must beat "none" by this much to be chosen
 Z95 = 1.96
+# The point maximises the predicted gain minus this many predictive standard deviations: an edge
+# of the measured space where the surface is unsure does not beat a well-measured point nearly as good.
+CAUTION = 1.0
 MAX_STD = 2.0                       # predictive std (points) above which the answer is flagged
 N_LEANS_ON = 3
 # Kernel hyper-parameter bounds. Targets are normalised (normalize_y), so the signal variance and
@@ -143,7 +146,7 @@ def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
     for (setting, arm), stats in per_arm.iterrows():
         d = described.loc[(setting, arm)]
         row = {"setting": setting, "arm": arm, "stage": "confirm" if (setting, arm) in confirmed else "search",
-               "n_seeds": int(stats["size"]), **{k: d[k] for k in (*SETTING_KEYS, "pretrained", "psi", "rho",
+               "n_seeds": int(stats["size"]), **{k: d[k] for k in (*SETTING_KEYS, "model", "pretrained", "psi", "rho",
                                                                    "class_weighting")}}
         rows.append(row)
         y.append(float(stats["mean"]) * POINTS - cce[str(setting)])
@@ -168,6 +171,7 @@ def measured_settings(rows: list[dict[str, Any]], y: list[float]) -> list[dict[s
         best = next(r for r in rows if r["setting"] == setting and r["stage"] == stage and r["arm"] == arm)
         s = first[setting]
         desc = {k: s[k].item() if hasattr(s[k], "item") else s[k] for k in SETTING_KEYS}
+        desc["model"] = str(s.get("model", ""))
         desc["num_classes"] = int(desc["num_classes"])
         out.append({"setting": setting, **desc,
                     "n_rows": sum(len(v) for v in arms[setting].values()),
@@ -305,7 +309,11 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
                            imbalance: str = "none", imbalance_ratio: float = 1.0,
                            dataset: str | None = None) -> dict[str, Any]:
     """The surface's best (psi, rho, class weighting) for a setting, its near-best and plausible
-    regions, the predicted gain over CCE with a 95% interval, the settings it leans on, warnings."""
+    regions, the predicted gain over CCE with a 95% interval, the settings it leans on, warnings.
+
+    The point maximises mean - CAUTION x std over the grid (a cautious optimum); the region holds
+    the cells whose predicted mean is within WITHIN_POINTS of the point's, the plausible region
+    those whose 95% upper bound reaches that."""
     import numpy as np
 
     enc, model = surface["encoding"], surface["model"]
@@ -317,11 +325,12 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
     cells = [(cw, p, r) for cw in enc["class_weightings"] for p in psis for r in rhos]
     X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in cells], enc)
     mean, std = gp_predict(model, X)
-    best_of = {cw: max(float(m) for (c, _, _), m in zip(cells, mean) if c == cw) for cw in enc["class_weightings"]}
+    score = mean - CAUTION * std
+    best_of = {cw: max(float(v) for (c, _, _), v in zip(cells, score) if c == cw) for cw in enc["class_weightings"]}
     top = max(best_of, key=lambda cw: best_of[cw])
     chosen = top if top == "none" or "none" not in best_of or best_of[top] - best_of["none"] >= CW_MIN_GAIN else "none"
     mine = np.array([c == chosen for c, _, _ in cells])
-    i = int(np.argmax(np.where(mine, mean, -np.inf)))
+    i = int(np.argmax(np.where(mine, score, -np.inf)))
     best, sd = float(mean[i]), float(std[i])
     near = mine & (mean >= best - WITHIN_POINTS - 1e-9)
     plausible = mine & (mean + Z95 * std >= best - WITHIN_POINTS - 1e-9)
@@ -392,8 +401,9 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
 
 # --- leave-one-setting-out validation -------------------------------------------------------
 
-LOCAL_NOTE = ("estimated from the setting's own trials: a GP of final test accuracy over (psi, log rho, class "
-              "weighting) fitted on the held-out setting's DM runs only")
+LOCAL_NOTE = ("estimated from the setting's own trials: a GP of final test accuracy (each DM arm's mean over its "
+              "seeds) over (psi, log rho, class weighting) fitted on the held-out setting's DM arms only, its "
+              "estimates kept within the range those arms measured")
 
 
 def leave_one_setting_out(df: pd.DataFrame, start: dict[str, Any] | None = None,
@@ -429,7 +439,8 @@ def leave_one_setting_out(df: pd.DataFrame, start: dict[str, Any] | None = None,
         if local is None:
             continue
         best_test, cce = float(best["test_mean"]), cce_test[setting]
-        row = {"setting": setting, **{k: s[k].item() if hasattr(s[k], "item") else s[k] for k in SETTING_KEYS},
+        row = {"setting": setting, "model": str(s.get("model", "")),
+               **{k: s[k].item() if hasattr(s[k], "item") else s[k] for k in SETTING_KEYS},
                "best_arm": {"arm": str(best["arm"]), "psi": float(best["psi"]), "rho": float(best["rho"]),
                             "class_weighting": str(best["class_weighting"]), "test_acc": best_test},
                "cce_test_acc": cce,
@@ -467,15 +478,24 @@ def _paper_point(s: dict[str, Any]) -> tuple[float, float] | None:
 
 
 def _local_gp(runs: pd.DataFrame, n_restarts_optimizer: int) -> dict[str, Any] | None:
+    """A GP of the setting's own DM arms: mean final test accuracy over each arm's distinct seeds
+    against (psi, log rho, class weighting); its estimates are kept within the range the arms
+    measured (a GP may run past it at an edge of the space)."""
     runs = runs[runs["final_test_acc"].notna()]
-    if len(runs) < 2:
+    per_seed = runs.groupby(["arm", "seed"], sort=True).agg(psi=("psi", "first"), rho=("rho", "first"),
+                                                            class_weighting=("class_weighting", "first"),
+                                                            test=("final_test_acc", "mean"))
+    arms = per_seed.groupby(level="arm", sort=True).agg(psi=("psi", "first"), rho=("rho", "first"),
+                                                        class_weighting=("class_weighting", "first"),
+                                                        test=("test", "mean"))
+    if len(arms) < 2:
         return None
-    rows = runs[["psi", "rho", "class_weighting"]].to_dict("records")
+    rows = arms[["psi", "rho", "class_weighting"]].to_dict("records")
     cws = sorted({r["class_weighting"] for r in rows} - {"none"})
     enc = {"features": ["psi", "log_rho"] + [f"cw={c}" for c in cws]}
-    y = [float(v) * POINTS for v in runs["final_test_acc"]]
-    return {"encoding": enc, "model": gp_to_dict(fit_gp(_local_features(rows, enc), y, n_restarts_optimizer),
-                                                  enc["features"], y)}
+    y = [float(v) * POINTS for v in arms["test"]]
+    return {"encoding": enc, "range": [min(y), max(y)], "n_arms": len(y),
+            "model": gp_to_dict(fit_gp(_local_features(rows, enc), y, n_restarts_optimizer), enc["features"], y)}
 
 
 def _local_features(rows: list[dict[str, Any]], enc: dict[str, Any]) -> list[list[float]]:
@@ -486,7 +506,8 @@ def _local_features(rows: list[dict[str, Any]], enc: dict[str, Any]) -> list[lis
 def _scored(local: dict[str, Any], psi: float, rho: float, cw: str, best_test: float, cce: float) -> dict[str, Any]:
     mean, std = gp_predict(local["model"], _local_features([{"psi": psi, "rho": rho, "class_weighting": cw}],
                                                            local["encoding"]))
-    est = float(mean[0])
+    lo, hi = local["range"]
+    est = min(max(float(mean[0]), lo), hi)
     return {"psi": psi, "rho": rho, "class_weighting": cw, "test_acc": est, "test_acc_std": float(std[0]),
             "regret": best_test - est, "gain_over_cce": est - cce}
 
