@@ -73,7 +73,7 @@ def encoding_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The vocabularies and kept features for training rows (dicts with the setting keys, psi, rho, cw)."""
     noise = sorted({_noise(r["noise"], r["noise_rate"])[0] for r in rows} - {"symmetric"})
     imbalance = sorted({r["imbalance"] for r in rows} - {"none"})
-    cw = sorted({r["class_weighting"] for r in rows} - {"none"})
+    cw = sorted({effective_weighting(r) for r in rows} - {"none"})
     datasets = sorted({r["dataset"] for r in rows})
     candidate = (["psi", "log_rho"] + [f"cw={c}" for c in cw] + ["noise_rate"] + [f"noise={n}" for n in noise]
                  + ["log_num_classes", "log_imbalance_ratio"] + [f"imbalance={i}" for i in imbalance]
@@ -86,12 +86,18 @@ def encoding_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "imbalances": ["none"] + imbalance, "datasets": datasets}
 
 
+def effective_weighting(r: dict[str, Any]) -> str:
+    """The class weighting a run really trained with: on balanced data every scheme is "none"
+    (each class has weight 1; dm_tune.class_weighting)."""
+    return "none" if r.get("imbalance", "none") == "none" else str(r.get("class_weighting") or "none")
+
+
 def _raw_features(r: dict[str, Any], enc: dict[str, Any]) -> list[float]:
     noise, rate = _noise(r["noise"], r["noise_rate"])
     values = {"psi": float(r["psi"]), "log_rho": math.log(float(r["rho"])), "noise_rate": rate,
               "log_num_classes": math.log(float(r["num_classes"])),
               "log_imbalance_ratio": math.log(float(r.get("imbalance_ratio") or 1.0)),
-              f"cw={r.get('class_weighting', 'none')}": 1.0, f"noise={noise}": 1.0,
+              f"cw={effective_weighting(r)}": 1.0, f"noise={noise}": 1.0,
               f"imbalance={r.get('imbalance', 'none')}": 1.0}
     if r.get("dataset"):
         values[f"dataset={r['dataset']}"] = 1.0
@@ -322,11 +328,12 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
     base = {"dataset": dataset if dataset in enc["datasets"] else "", "noise": noise_type, "noise_rate": noise_rate,
             "num_classes": num_classes, "imbalance": imbalance, "imbalance_ratio": imbalance_ratio}
     psis, rhos = grid()
-    cells = [(cw, p, r) for cw in enc["class_weightings"] for p in psis for r in rhos]
+    schemes = enc["class_weightings"] if imbalance != "none" else ["none"]  # balanced: every scheme is none
+    cells = [(cw, p, r) for cw in schemes for p in psis for r in rhos]
     X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in cells], enc)
     mean, std = gp_predict(model, X)
     score = mean - CAUTION * std
-    best_of = {cw: max(float(v) for (c, _, _), v in zip(cells, score) if c == cw) for cw in enc["class_weightings"]}
+    best_of = {cw: max(float(v) for (c, _, _), v in zip(cells, score) if c == cw) for cw in schemes}
     top = max(best_of, key=lambda cw: best_of[cw])
     chosen = top if top == "none" or "none" not in best_of or best_of[top] - best_of["none"] >= CW_MIN_GAIN else "none"
     mine = np.array([c == chosen for c, _, _ in cells])

@@ -45,7 +45,7 @@ def gain(psi: float, rho: float, offset: float) -> float:
 
 
 def campaign(noise_sd: float = 0.3, cw_gain: dict[str, float] | None = None, n_search: int = 15,
-             datasets: tuple[str, ...] = ("digits",)) -> pd.DataFrame:
+             datasets: tuple[str, ...] = ("digits",), imbalance: str = "none", ratio: float = 1.0) -> pd.DataFrame:
     """Per (dataset, rate): random search trials, a confirmed arm at the optimum (3 seeds) and CCE
     (3 seeds). CCE's validation accuracy is 90 - 40 x rate points; DM's gain peaks at 20 x rate.
     Test accuracy = validation accuracy - 1 point. ``cw_gain``: extra trials with that class
@@ -54,7 +54,8 @@ def campaign(noise_sd: float = 0.3, cw_gain: dict[str, float] | None = None, n_s
     rows = []
     for dataset, rate in itertools.product(datasets, RATES):
         key, cce, offset = f"{dataset}/{rate}", 0.9 - 0.4 * rate, 20 * rate
-        desc = dict(dataset=dataset, noise="none" if rate == 0 else "symmetric", noise_rate=rate)
+        desc = dict(dataset=dataset, noise="none" if rate == 0 else "symmetric", noise_rate=rate,
+                    imbalance=imbalance, imbalance_ratio=ratio)
         for cw, extra in [("none", 0.0), *(cw_gain or {}).items()]:
             for _ in range(n_search):
                 psi, rho = float(rng.uniform(0, 0.75)), float(math.exp(rng.uniform(math.log(0.25), math.log(12))))
@@ -150,11 +151,22 @@ def test_leave_one_setting_out_scores_against_the_best_confirmed_arm() -> None:
 
 @pytest.mark.parametrize("extra, chosen", [(3.0, "inverse"), (0.4, "none")])
 def test_class_weighting_is_chosen_only_when_it_helps_by_a_point(extra: float, chosen: str) -> None:
-    surf = fit_surface(campaign(cw_gain={"inverse": extra}, n_search=12))
+    surf = fit_surface(campaign(cw_gain={"inverse": extra}, n_search=12, imbalance="longtail", ratio=10.0))
     assert surf["encoding"]["class_weightings"] == ["none", "inverse"] and "cw=inverse" in surf["encoding"]["features"]
-    rec = recommend_from_surface(surf, 10, "symmetric", 0.4)
+    rec = recommend_from_surface(surf, 10, "symmetric", 0.4, "longtail", 10.0)
     assert rec["class_weighting"] == chosen
     assert rec["class_weighting_gain"]["inverse"] == pytest.approx(extra, abs=0.8)
+
+
+def test_balanced_data_gets_no_class_weighting():
+    """On balanced data every scheme weighs each class 1: runs that asked for one count as none,
+    and a recommendation for balanced data never names one."""
+    imbalanced = campaign(cw_gain={"inverse": 3.0}, n_search=12, imbalance="longtail", ratio=10.0)
+    balanced = campaign(cw_gain={"inverse": 3.0}, n_search=12)
+    assert fit_surface(balanced)["encoding"]["class_weightings"] == ["none"]
+    surf = fit_surface(imbalanced)
+    rec = recommend_from_surface(surf, 10, "symmetric", 0.4)  # balanced request, imbalance not measured
+    assert rec["class_weighting"] == "none" and set(rec["class_weighting_gain"]) == {"none"}
 
 
 def test_extrapolation_is_warned_about(surface: dict[str, Any]) -> None:
