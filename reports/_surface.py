@@ -319,7 +319,9 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
 
     The point maximises mean - CAUTION x std over the grid (a cautious optimum); the region holds
     the cells whose predicted mean is within WITHIN_POINTS of the point's, the plausible region
-    those whose 95% upper bound reaches that."""
+    those whose 95% upper bound reaches that. For a dataset that was not measured (or none named)
+    the prediction is the average over the measured datasets, and their disagreement adds to the
+    variance (a new dataset is like one of them, which one unknown)."""
     import numpy as np
 
     enc, model = surface["encoding"], surface["model"]
@@ -331,7 +333,15 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
     schemes = enc["class_weightings"] if imbalance != "none" else ["none"]  # balanced: every scheme is none
     cells = [(cw, p, r) for cw in schemes for p in psis for r in rhos]
     X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in cells], enc)
-    mean, std = gp_predict(model, X)
+    mixture = not base["dataset"] and any(f.startswith("dataset=") for f in enc["features"])
+    if mixture:
+        parts = [gp_predict(model, features([{**base, "dataset": name, "psi": p, "rho": r, "class_weighting": cw}
+                                              for cw, p, r in cells], enc)) for name in enc["datasets"]]
+        means = np.array([m for m, _ in parts])
+        mean = means.mean(axis=0)
+        std = np.sqrt(np.mean([sd**2 for _, sd in parts], axis=0) + means.var(axis=0))
+    else:
+        mean, std = gp_predict(model, X)
     score = mean - CAUTION * std
     best_of = {cw: max(float(v) for (c, _, _), v in zip(cells, score) if c == cw) for cw in schemes}
     top = max(best_of, key=lambda cw: best_of[cw])
@@ -402,7 +412,7 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
                    f"(measured: {', '.join(f'{r:g}' for r in ratios)})")
     if dataset is not None and dataset not in surface["encoding"]["datasets"]:
         out.append(f"dataset {dataset!r} was not measured (measured: {', '.join(surface['encoding']['datasets'])}); "
-                   "no dataset-specific adjustment")
+                   "predicted as the average over the measured datasets, their spread in the interval")
     return out
 
 
