@@ -110,7 +110,7 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     first = datas[seeds[0]]
     rec = recommend(guidelines, num_classes=int(first.num_classes), noise_type=setting.noise,
                     noise_rate=float(setting.noise_rate), imbalance=setting.imbalance,
-                    imbalance_ratio=float(setting.imbalance_ratio))
+                    imbalance_ratio=float(setting.imbalance_ratio), dataset=setting.dataset)
     arms = arm_overrides(rec)
     members = [(arm, s, study.train_config(setting, **{**overrides, **knobs, "seed": s}))
                for arm, knobs in arms.items() for s in seeds]
