@@ -46,7 +46,7 @@ _EXPORTS = {
     "load_guidelines": "dm_tune.reports._schema",
     "validate_guidelines": "dm_tune.reports._schema",
     "fit_surface": "dm_tune.reports._surface",
-    "leave_one_setting_out": "dm_tune.reports._surface",
+    "leave_one_setting_out": "dm_tune.reports._loso",
     "recommend_from_surface": "dm_tune.reports._surface",
 }
 
@@ -63,4 +63,5 @@ if TYPE_CHECKING:
     from dm_tune.reports._recommend import (Recommendation, recommend)
     from dm_tune.reports._rules import (factor_trends, fit_line, lambda_beta_rule, noise_rate_rules)
     from dm_tune.reports._schema import (default_guidelines_path, load_guidelines, validate_guidelines)
-    from dm_tune.reports._surface import fit_surface, leave_one_setting_out, recommend_from_surface
+    from dm_tune.reports._loso import leave_one_setting_out
+    from dm_tune.reports._surface import fit_surface, recommend_from_surface

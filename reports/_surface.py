@@ -1,5 +1,5 @@
 """One response surface across settings: DM's gain over CCE as a Gaussian process of (psi, rho,
-class weighting) and of the setting, recommendations from it, and leave-one-setting-out checks.
+class weighting) and of the setting, and recommendations from it (its leave-one-setting-out check: _loso.py).
 
 Training rows are the usable runs (finished, finite final validation accuracy) of the
 *classification* task with method "dm" and finite psi, rho > 0: searched and confirmed DM arms
@@ -31,7 +31,7 @@ import math
 import warnings as _warnings
 from typing import TYPE_CHECKING, Any
 
-from dm_tune._param import beta_from_rho, lambda_from_mode, rho_from_beta
+from dm_tune._param import beta_from_rho, lambda_from_mode
 
 if TYPE_CHECKING:
     import numpy as np
@@ -413,128 +413,4 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
     if dataset is not None and dataset not in surface["encoding"]["datasets"]:
         out.append(f"dataset {dataset!r} was not measured (measured: {', '.join(surface['encoding']['datasets'])}); "
                    "predicted as the average over the measured datasets, their spread in the interval")
-    return out
-
-
-# --- leave-one-setting-out validation -------------------------------------------------------
-
-LOCAL_NOTE = ("estimated from the setting's own trials: a GP of final test accuracy (each DM arm's mean over its "
-              "seeds) over (psi, log rho, class weighting) fitted on the held-out setting's DM arms only, its "
-              "estimates kept within the range those arms measured")
-
-
-def leave_one_setting_out(df: pd.DataFrame, start: dict[str, Any] | None = None,
-                          n_restarts_optimizer: int = 0) -> dict[str, Any] | None:
-    """For each classification setting with CCE runs and confirm-stage DM arms: refit the surface
-    without it, recommend for it, and score that recommendation, and the paper's guidance, on a
-    local GP of the setting's own trials (final test accuracy). None when no setting qualifies.
-
-    ``start``: the surface fitted on every setting; each refit starts its optimiser from those
-    hyper-parameters (a starting point only: the refit sees none of the held-out runs), which
-    makes one optimiser run enough (``n_restarts_optimizer`` 0) where a fresh fit needs restarts.
-    A GP fit costs O(rows^3): on 2 cores about 8 s for 600 runs, minutes for 1700."""
-    from dm_tune.reports._analysis import best_dm_arm, summarize_arms
-
-    rows, y = training_rows(df)
-    cce_test = cce_means(df, "final_test_acc")
-    out = []
-    for setting in sorted({r["setting"] for r in rows}):
-        runs = df[df["setting"] == setting]
-        best, _ = best_dm_arm(summarize_arms(runs))
-        others = [(r, v) for r, v in zip(rows, y) if r["setting"] != setting]
-        if best is None or best["stage"] != "confirm" or not others or setting not in cce_test:
-            continue
-        rest_rows, rest_y = [r for r, _ in others], [v for _, v in others]
-        enc = encoding_of(rest_rows)
-        surface = {"encoding": enc, "settings": measured_settings(rest_rows, rest_y),
-                   "model": gp_to_dict(fit_gp(features(rest_rows, enc), rest_y, n_restarts_optimizer,
-                                              _theta_for(start, enc["features"])), enc["features"], rest_y)}
-        s = next(r for r in rows if r["setting"] == setting)
-        rec = recommend_from_surface(surface, int(s["num_classes"]), s["noise"], float(s["noise_rate"]),
-                                     s["imbalance"], float(s["imbalance_ratio"]), s["dataset"])
-        local = _local_gp(dm_rows(runs), N_RESTARTS)  # small: restarts are cheap
-        if local is None:
-            continue
-        best_test, cce = float(best["test_mean"]), cce_test[setting]
-        row = {"setting": setting, "model": str(s.get("model", "")),
-               **{k: s[k].item() if hasattr(s[k], "item") else s[k] for k in SETTING_KEYS},
-               "best_arm": {"arm": str(best["arm"]), "psi": float(best["psi"]), "rho": float(best["rho"]),
-                            "class_weighting": str(best["class_weighting"]), "test_acc": best_test},
-               "cce_test_acc": cce,
-               "surface": _scored(local, rec["psi"], rec["rho"], rec["class_weighting"], best_test, cce),
-               "paper": None}
-        row["num_classes"] = int(row["num_classes"])
-        row["surface"]["warnings"] = rec["warnings"]
-        paper = _paper_point(s)
-        if paper is not None:
-            row["paper"] = _scored(local, paper[0], paper[1], "none", best_test, cce)
-        out.append(row)
-    if not out:
-        return None
-    return {"note": LOCAL_NOTE, "metric": "final test accuracy (points)", "rows": out, "summary": _summary(out)}
-
-
-def _theta_for(start: dict[str, Any] | None, names: list[str]) -> list[float] | None:
-    """``start``'s log hyper-parameters for the features ``names`` (log 1 for a feature it lacks)."""
-    if not start:
-        return None
-    theta = start["model"]["theta"]
-    scales = dict(zip(start["model"]["feature_names"], theta[1:-1]))
-    return [theta[0], *(scales.get(n, 0.0) for n in names), theta[-1]]
-
-
-def _paper_point(s: dict[str, Any]) -> tuple[float, float] | None:
-    """The paper's (psi, rho) for a setting: its psi, and the midpoint of its beta range as rho."""
-    from dm_tune.reports._paper import paper_guidance
-
-    guide = paper_guidance(s["noise"], float(s["noise_rate"]), int(s["num_classes"]), bool(s.get("pretrained", False)))
-    if guide["psi"] is None:
-        return None
-    lo, hi = guide["beta_range"]
-    return float(guide["psi"]), rho_from_beta((lo + hi) / 2, float(guide["lam"]))
-
-
-def _local_gp(runs: pd.DataFrame, n_restarts_optimizer: int) -> dict[str, Any] | None:
-    """A GP of the setting's own DM arms: mean final test accuracy over each arm's distinct seeds
-    against (psi, log rho, class weighting); its estimates are kept within the range the arms
-    measured (a GP may run past it at an edge of the space)."""
-    runs = runs[runs["final_test_acc"].notna()]
-    per_seed = runs.groupby(["arm", "seed"], sort=True).agg(psi=("psi", "first"), rho=("rho", "first"),
-                                                            class_weighting=("class_weighting", "first"),
-                                                            test=("final_test_acc", "mean"))
-    arms = per_seed.groupby(level="arm", sort=True).agg(psi=("psi", "first"), rho=("rho", "first"),
-                                                        class_weighting=("class_weighting", "first"),
-                                                        test=("test", "mean"))
-    if len(arms) < 2:
-        return None
-    rows = arms[["psi", "rho", "class_weighting"]].to_dict("records")
-    cws = sorted({r["class_weighting"] for r in rows} - {"none"})
-    enc = {"features": ["psi", "log_rho"] + [f"cw={c}" for c in cws]}
-    y = [float(v) * POINTS for v in arms["test"]]
-    return {"encoding": enc, "range": [min(y), max(y)], "n_arms": len(y),
-            "model": gp_to_dict(fit_gp(_local_features(rows, enc), y, n_restarts_optimizer), enc["features"], y)}
-
-
-def _local_features(rows: list[dict[str, Any]], enc: dict[str, Any]) -> list[list[float]]:
-    return [[float(r["psi"]), math.log(float(r["rho"]))] + [float(f"cw={r['class_weighting']}" == name)
-                                                             for name in enc["features"][2:]] for r in rows]
-
-
-def _scored(local: dict[str, Any], psi: float, rho: float, cw: str, best_test: float, cce: float) -> dict[str, Any]:
-    mean, std = gp_predict(local["model"], _local_features([{"psi": psi, "rho": rho, "class_weighting": cw}],
-                                                           local["encoding"]))
-    lo, hi = local["range"]
-    est = min(max(float(mean[0]), lo), hi)
-    return {"psi": psi, "rho": rho, "class_weighting": cw, "test_acc": est, "test_acc_std": float(std[0]),
-            "regret": best_test - est, "gain_over_cce": est - cce}
-
-
-def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"n_settings": len(rows)}
-    for who in ("surface", "paper"):
-        scored = [r[who] for r in rows if r[who] is not None]
-        out[who] = ({"n": len(scored), "mean_regret": sum(s["regret"] for s in scored) / len(scored),
-                     "mean_gain_over_cce": sum(s["gain_over_cce"] for s in scored) / len(scored),
-                     "beats_cce": sum(s["gain_over_cce"] > 0 for s in scored)} if scored
-                    else {"n": 0, "mean_regret": None, "mean_gain_over_cce": None, "beats_cce": 0})
     return out

@@ -18,8 +18,9 @@ import pytest
 from dm_tune.reports import build_guidelines, load_guidelines, recommend
 from dm_tune.reports._guidelines import dumps, guidelines_markdown
 from dm_tune.reports._load import tidy
+from dm_tune.reports._loso import leave_one_setting_out
 from dm_tune.reports._surface import (fit_gp, fit_surface, gp_from_dict, gp_predict, gp_to_dict, grid,
-                                      leave_one_setting_out, recommend_from_surface)
+                                      recommend_from_surface)
 
 _IDS = itertools.count()
 BEST_PSI, BEST_LOG_RHO = 0.5, 1.5
