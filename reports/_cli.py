@@ -87,7 +87,7 @@ def report_command(args: argparse.Namespace) -> int:
     for s in doc["settings"]:
         print(f"- {s['guideline']}")
     if doc.get("surface"):
-        print(f"response surface: {doc['surface']['n_rows']} runs of {len(doc['surface']['settings'])} settings")
+        print(f"response surface: {doc['surface']['n_rows']} DM arms (each its mean over seeds) of {len(doc['surface']['settings'])} settings")
     if doc.get("loso"):
         from dm_tune.reports._guidelines import loso_summary_text
 

@@ -133,7 +133,7 @@ def surface_markdown(surface: dict[str, Any] | None) -> list[str]:
     fitted = surface["fitted"]
     scales = ", ".join(f"{name} {ls:.3g}" for name, ls in fitted["length_scales"].items())
     lines += [f"A Gaussian process ({surface['model']['kernel']['form']}, normalised targets) of "
-              f"{surface['target']}, fitted on {surface['n_rows']} runs of {len(surface['settings'])} settings.",
+              f"{surface['target']}, fitted on {surface['n_rows']} DM arms (each its mean over its seeds) of {len(surface['settings'])} settings.",
               "", f"- features: {', '.join(surface['encoding']['features'])}",
               f"- fitted length scales (short: the gain changes fast along that feature): {scales}",
               f"- signal std {fitted['signal_std']:.2f} points, noise std {fitted['noise_std']:.2f} points "

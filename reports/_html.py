@@ -109,7 +109,7 @@ def _surface_section(surface: dict[str, Any] | None) -> list[str]:
         return parts + ["<p>No classification setting has both DM and CCE runs: no surface was fitted.</p>"]
     fitted = surface["fitted"]
     parts.append(f"<p>A Gaussian process ({e(surface['model']['kernel']['form'])}) of {e(surface['target'])}, "
-                 f"fitted on {surface['n_rows']} runs of {len(surface['settings'])} settings; "
+                 f"fitted on {surface['n_rows']} DM arms (each its mean over its seeds) of {len(surface['settings'])} settings; "
                  "<code>dm-tune recommend</code> reads it.</p>")
     rows = [[name, f"{ls:.3g}"] for name, ls in fitted["length_scales"].items()]
     rows += [["signal std (points)", f"{fitted['signal_std']:.2f}"], ["noise std (points)", f"{fitted['noise_std']:.2f}"]]

@@ -102,7 +102,7 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
     lines = [f"{setting_label(s)}: correlation {s['correlation']:.2f}, measured best "
              f"{s['best_gain']:+.1f} points over CCE (validation)" for s in r["leans_on"]]
     evidence = (f"response surface over {len(surface['settings'])} measured settings, {len(surface['model']['y'])} "
-                f"runs: predicted {gain['mean']:+.1f} points over CCE (95%: {gain['low']:+.1f} to {gain['high']:+.1f}); "
+                f"DM arms: predicted {gain['mean']:+.1f} points over CCE (95%: {gain['low']:+.1f} to {gain['high']:+.1f}); "
                 "leans on " + "; ".join(lines))
     return Recommendation(lam=r["lam"], beta=r["beta"], psi=r["psi"], rho=r["rho"], evidence=evidence,
                           settings=[s["setting"] for s in r["leans_on"]], warnings=r["warnings"],

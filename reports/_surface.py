@@ -287,7 +287,8 @@ def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dic
     X = features(rows, enc)
     model = gp_to_dict(fit_gp(X, y, n_restarts_optimizer), enc["features"], y)
     theta = model["theta"]
-    return {"task": "classification", "target": "final validation accuracy minus the setting's CCE mean (points)",
+    return {"task": "classification",
+            "target": "a DM arm's final validation accuracy (mean over its seeds) minus the setting's CCE mean (points)",
             "n_rows": len(rows), "encoding": enc, "model": model,
             "fitted": {"signal_std": math.sqrt(math.exp(theta[0])) * _std(y),
                        "noise_std": math.sqrt(math.exp(theta[-1])) * _std(y),
