@@ -147,3 +147,43 @@ def test_population_trials_leave_the_same_records_as_single_trials(tmp_path, ray
         records[size] = (Counter(r.data.tags["dmtune.stage"] for r in trials),
                          Counter(r.data.tags["dmtune.baseline"] for r in trials), params)
     assert records[1] == records[4]
+
+
+def test_two_search_seeds_and_a_guidelines_warm_start(tmp_path, ray_local, monkeypatch):
+    """search_seeds 2: every search arm is two MLflow runs (seeds 0 and 1) and one Optuna trial
+    told their mean; warm_start from a guidelines file: the search starts at its point and
+    samples only inside its plausible region."""
+    import json
+
+    from dm_tune.reports import build_guidelines, recommend
+    from dm_tune.search._run import guided_space, search_space
+    from tests.test_reports_surface import campaign
+
+    monkeypatch.chdir(tmp_path)
+    guidelines = tmp_path / "guidelines.json"
+    guidelines.write_text(json.dumps(build_guidelines(campaign())), encoding="utf-8")
+    rec = recommend(json.loads(guidelines.read_text()), 10, "symmetric", 0.4, dataset="digits")
+    ws = tmp_path / "ws"
+    study, _ = _run(ws, tiny_study("warm", search_seeds=2,
+                                   search={"num_samples": 3, "top_k": 1, "warm_start": str(guidelines)}))
+    _, trials, _ = _trial_runs(ws, "warm")
+    search = [r for r in trials if r.data.tags["dmtune.stage"] == "search"]
+    assert Counter(r.data.params["seed"] for r in search) == {"0": 3, "1": 3}
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")
+    (summary,) = optuna.get_all_study_summaries(storage)
+    ot = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert [t.state.name for t in ot] == ["COMPLETE"] * 3
+    assert ot[0].params == pytest.approx({"psi": rec.psi, "rho": rec.rho})  # starts at the recommended point
+    space, _ = guided_space(search_space(study), rec)
+    assert (space["psi"]["low"], space["psi"]["high"]) != (0.0, 0.75)  # narrowed to the region
+    for t in ot:
+        for knob in ("psi", "rho"):
+            dist = t.distributions[knob]
+            assert (dist.low, dist.high) == pytest.approx((space[knob]["low"], space[knob]["high"]))
+            assert dist.low - 1e-9 <= t.params[knob] <= dist.high + 1e-9
+        runs = sorted((r for r in search if float(r.data.params["psi"]) == pytest.approx(t.params["psi"])),
+                      key=lambda r: int(r.data.params["seed"]))
+        values = [r.data.metrics["final_val_acc"] for r in runs]
+        assert len(values) == 2 and t.user_attrs["seed_values"] == pytest.approx(values)
+        assert t.value == pytest.approx(sum(values) / 2)
