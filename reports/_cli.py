@@ -29,6 +29,8 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--experiment", action="append", metavar="NAME",
                    help="study (MLflow experiment) to include; repeatable (default: every one with dm-tune runs)")
     p.add_argument("--out", help="output directory (default WORKSPACE/report)")
+    p.add_argument("--stability", metavar="JSON", help="stability.json of 'dm-tune stability': add its section")
+    p.add_argument("--validation", metavar="JSON", help="validation.json of 'dm-tune validate': add its section")
     p.set_defaults(func=report_command)
     return p
 
@@ -71,6 +73,7 @@ def report_command(args: argparse.Namespace) -> int:
     from dm_tune.reports._html import write_report
     from dm_tune.reports._load import load_histories, load_runs
 
+    sections = _sections(args)  # bad --stability/--validation files stop the report before it reads anything
     uri = tracking_uri_for(args)
     df = load_runs(uri, args.experiment)
     histories = None
@@ -80,7 +83,7 @@ def report_command(args: argparse.Namespace) -> int:
         print(f"dm-tune: warning: no metric histories ({exc}); skipping the weight-over-training figures",
               file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.workspace).expanduser().resolve() / "report"
-    paths = write_report(df, out, histories)
+    paths = write_report(df, out, histories, sections)
     doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))
     print(f"{len(df)} runs from {', '.join(doc['provenance']['experiments'])} "
           f"({doc['provenance']['n_skipped_runs']} incomplete runs skipped)")
@@ -95,6 +98,33 @@ def report_command(args: argparse.Namespace) -> int:
     for name in ("index.html", "guidelines.md", "guidelines.json"):
         print(f"{name}: {paths[name]}")
     return 0
+
+
+def _sections(args: argparse.Namespace) -> list[str]:
+    """The Markdown sections of --stability and --validation (their commands' JSON outputs)."""
+    sections = []
+    for flag, path in (("--stability", args.stability), ("--validation", args.validation)):
+        if not path:
+            continue
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{flag} {path}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{flag} {path}: cannot read it as JSON ({exc})") from None
+        if flag == "--stability":
+            from dm_tune.reports._stability import to_markdown
+
+            if not (isinstance(doc, dict) and {"settings", "rules", "summary"} <= set(doc)):
+                raise UserError(f"{flag} {path}: not a stability.json written by 'dm-tune stability'")
+            sections.append(to_markdown(doc, str(doc.get("a", "A")), str(doc.get("b", "B"))))
+        else:
+            from dm_tune.validate import to_markdown as validation_markdown
+
+            if not (isinstance(doc, dict) and {"settings", "seeds", "verdict_rule"} <= set(doc)):
+                raise UserError(f"{flag} {path}: not a validation.json written by 'dm-tune validate'")
+            sections.append(validation_markdown(doc))
+    return sections
 
 
 def recommend_command(args: argparse.Namespace) -> int:

@@ -28,8 +28,11 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}
 
 
 def write_report(df: pd.DataFrame, out_dir: str | Path,
-                 histories: pd.DataFrame | None = None) -> dict[str, Path]:
-    """Analyse ``df`` (from ``load_runs``) and write the report; returns {relative name: path}."""
+                 histories: pd.DataFrame | None = None, sections: list[str] | None = None) -> dict[str, Path]:
+    """Analyse ``df`` (from ``load_runs``) and write the report; returns {relative name: path}.
+
+    ``sections``: further Markdown sections (``dm-tune stability``'s and ``dm-tune validate``'s)
+    appended to guidelines.md and, as HTML, to index.html."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     doc = build_guidelines(df)
@@ -56,15 +59,18 @@ def write_report(df: pd.DataFrame, out_dir: str | Path,
         if s["vs_baselines"]:
             add_figure(f"baselines_{i:02d}", figs.baselines_figure(s))
         add_figure(f"weights_{i:02d}", figs.weight_history_figure(s, histories))
-    for name, text in (("guidelines.json", dumps(doc)), ("guidelines.md", guidelines_markdown(doc)),
-                       ("index.html", render_html(doc, images))):
+    extra = [section.rstrip() + "\n" for section in sections or []]
+    page = render_html(doc, images, [markdown_html(section) for section in extra])
+    for name, text in (("guidelines.json", dumps(doc)), ("guidelines.md", "\n".join([guidelines_markdown(doc), *extra])),
+                       ("index.html", page)):
         (out / name).write_text(text, encoding="utf-8")
         paths[name] = out / name
     return paths
 
 
-def render_html(doc: dict[str, Any], images: dict[str, str]) -> str:
-    """The report page; ``images`` maps figure names to data URIs (nothing is linked from outside)."""
+def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | None = None) -> str:
+    """The report page; ``images`` maps figure names to data URIs (nothing is linked from outside);
+    ``extra``: HTML sections placed before the per-setting results."""
     e = html.escape
     prov = doc["provenance"]
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -85,6 +91,7 @@ def render_html(doc: dict[str, Any], images: dict[str, str]) -> str:
     parts += ["</ul><div class='figs'>", _img(images, "best_mode_vs_noise", "best mode against noise rate"),
               _img(images, "weight_curves", "weight curves"), "</div>"]
     parts += _surface_section(doc.get("surface")) + _loso_section(doc.get("loso"), images)
+    parts += extra or []
     parts.append("<h2>Per-setting results</h2>")
     for i, s in enumerate(doc["settings"]):
         parts.append(_setting_section(i, s, images))
@@ -185,6 +192,48 @@ def _table(header: list[str], rows: list[list[str]], escape: bool = True) -> str
     head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" if any(header) else ""
     body = "".join("<tr>" + "".join(f"<td>{cell(str(v))}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table>{head}{body}</table>"
+
+
+def markdown_html(text: str) -> str:
+    """HTML for the Markdown that dm-tune's own commands write (headings, paragraphs, bullet lists,
+    pipe tables); every text is escaped."""
+    e = html.escape
+    out: list[str] = []
+    table: list[list[str]] = []
+    items: list[str] = []
+    para: list[str] = []
+
+    def flush() -> None:
+        if table:
+            out.append(_table(table[0], table[1:]))
+            table.clear()
+        if items:
+            out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+        if para:
+            out.append(f"<p>{e(' '.join(para))}</p>")
+            para.clear()
+
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("|"):
+            cells = [c.strip() for c in stripped.strip("|").split("|")]
+            if not all(set(c) <= {"-", ":"} for c in cells):  # not the |---| rule
+                table.append(cells)
+            continue
+        if table or (items and not stripped.startswith("- ")) or not stripped:
+            flush()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            level = len(stripped) - len(stripped.lstrip("#"))
+            out.append(f"<h{level}>{e(stripped[level:].strip())}</h{level}>")
+        elif stripped.startswith("- "):
+            items.append(stripped[2:])
+        else:
+            para.append(stripped)
+    flush()
+    return "".join(out)
 
 
 def _img(images: dict[str, str], name: str, alt: str) -> str:

@@ -253,9 +253,10 @@ def brief(result: Mapping[str, Any]) -> str:
 
 def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B") -> str:
     s = result["summary"]
-    head = ["setting", "psi A", "psi B", "|d psi|", "rho A", "rho B", "|d rho|", "|d log rho|",
+    head = ["setting", "psi A", "psi B", "Δ psi", "rho A", "rho B", "Δ rho", "Δ log rho",
             "psi ranges overlap", "rho ranges overlap", "gain vs CCE A", "gain vs CCE B"]
     lines = ["## Stability between two runs", "", f"A: {name_a}  ", f"B: {name_b}", "",
+             "Δ: absolute differences between the two runs.", "",
              f"{s['n_common']} setting(s) measured in both; near-best regions (psi and rho ranges) overlap in "
              f"{_num(s['region_overlap_fraction'], '.0%')}; median |d psi| {_num(s['median_d_psi'])}, median "
              f"|d rho| {_num(s['median_d_rho'])}, median |d log rho| {_num(s['median_d_log_rho'])}. "
@@ -331,7 +332,7 @@ def stability_command(args: argparse.Namespace) -> int:
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {args.out}: exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
-        doc = {"a": str(Path(args.a).resolve()), "b": str(Path(args.b).resolve()), **result}
+        doc = {"a": str(args.a), "b": str(args.b), **result}  # as given: the names the Markdown shows
         (out / "stability.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         (out / "stability.md").write_text(to_markdown(result, args.a, args.b), encoding="utf-8")
         print(f"stability.json: {out / 'stability.json'}\nstability.md: {out / 'stability.md'}")

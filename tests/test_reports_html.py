@@ -19,6 +19,7 @@ from dm_tune import beta_from_rho
 from dm_tune.reports import load_guidelines, write_report
 from dm_tune.reports._html import SECTIONS
 from dm_tune.reports._load import tidy
+from tests.conftest import DM_TUNE
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 CHROMEDRIVER = Path(shutil.which("chromedriver") or "/usr/bin/chromedriver")
@@ -153,3 +154,43 @@ def test_setup_installs_the_browser_unless_both_binaries_are_there(tmp_path: Pat
         assert "apt-get install -y -qq chromium chromium-driver" in calls
     else:
         assert calls == "" and "chromedriver not found" in proc.stderr
+
+
+def test_markdown_sections_become_escaped_html() -> None:
+    from dm_tune.reports._html import markdown_html
+
+    md = ("## Stability between two runs\n\nA: <a.json>  \nB: b.json\n\n| setting | Δ psi |\n|---|---|\n"
+          "| digits & co | 0.1 |\n\n### Rules\n\n- one <rule>\n- two\n")
+    page = markdown_html(md)
+    assert page == ("<h2>Stability between two runs</h2><p>A: &lt;a.json&gt; B: b.json</p>"
+                    "<table><tr><th>setting</th><th>Δ psi</th></tr><tr><td>digits &amp; co</td><td>0.1</td></tr>"
+                    "</table><h3>Rules</h3><ul><li>one &lt;rule&gt;</li><li>two</li></ul>")
+
+
+def test_report_takes_the_stability_and_validation_sections(report: dict[str, Path], tmp_path: Path) -> None:
+    """`dm-tune report --stability --validation`: both sections appended to guidelines.md and
+    index.html; a file of the wrong kind is one line naming the flag (exit 2)."""
+    import argparse
+
+    from dm_tune.reports._cli import _sections
+    from dm_tune.reports._stability import compare
+
+    doc = json.loads(report["guidelines.json"].read_text())
+    stability = tmp_path / "stability.json"
+    stability.write_text(json.dumps({"a": "runA.json", "b": "runB.json", **compare(doc, doc)}))
+    validation = tmp_path / "validation.json"
+    validation.write_text(json.dumps({"seeds": [0, 1], "verdict_rule": "paired t", "settings": []}))
+    sections = _sections(argparse.Namespace(stability=str(stability), validation=str(validation)))
+    assert [s.splitlines()[0] for s in sections] == ["## Stability between two runs", "## Validation of the recommendations"]
+    out = write_report(campaign(), tmp_path / "r", None, sections)
+    md, page = out["guidelines.md"].read_text(), out["index.html"].read_text()
+    for text in (md, page):
+        assert "Stability between two runs" in text and "Validation of the recommendations" in text
+    assert "A: runA.json" in md and "<h2>Stability between two runs</h2>" in page
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"settings": []}))
+    proc = subprocess.run([DM_TUNE, "report", "--workspace", str(tmp_path), "--stability", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--stability {bad}: not a stability.json written by 'dm-tune stability'" in proc.stderr
