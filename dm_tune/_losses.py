@@ -221,17 +221,12 @@ class ClassWeighted(_GradLoss):
             raise ValueError("class weights must be a 1-D tensor of finite numbers >= 0")
         self.inner = inner
         self.register_buffer("weights", weights.to(torch.float64), persistent=False)
-        self._cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     def _grad_share_display(self, logits, targets):
         grad, share, display = self.inner._grad_share_display(logits, targets)
-        key = (grad.dtype, grad.device)
-        if key not in self._cast:
-            self._cast[key] = self.weights.to(device=grad.device, dtype=grad.dtype)
-        w = self._cast[key][targets.long()]
-        weighted = share * w.to(share.dtype)
-        share = weighted / weighted.sum().clamp_min(torch.finfo(weighted.dtype).tiny)
-        return grad * w.unsqueeze(1), share, display
+        w = self.weights.to(device=grad.device, dtype=grad.dtype)[targets.long()]
+        grad, share = W.class_weighted(grad, share, w)
+        return grad, share, display
 
     def extra_repr(self) -> str:
         return f"classes={self.weights.numel()}"

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dm_tune._losses import _InjectGrad
-from dm_tune._weighting import CCE_WEIGHT_EPS, _compute_dtype
+from dm_tune._weighting import CCE_WEIGHT_EPS, _compute_dtype, class_weighted
 
 DM, PLAIN, NORMALISED = 0, 1, 2
 
@@ -141,10 +141,8 @@ class PopulationLoss(nn.Module):
         if "class_weights" not in knobs:
             return grad, share, display
         # As ClassWeighted: row i of member k times w_k[y_ki]; shares reweighted, display unweighted.
-        w = knobs["class_weights"].gather(1, targets.long())
-        weighted = share * w
-        share = weighted / weighted.sum(1, keepdim=True).clamp_min(torch.finfo(weighted.dtype).tiny)
-        return grad.mul_(w.unsqueeze(2)), share, display
+        grad, share = class_weighted(grad, share, knobs["class_weights"].gather(1, targets.long()))
+        return grad, share, display
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 3 or logits.shape[0] != self.kind.shape[0] or logits.shape[2] < 2:

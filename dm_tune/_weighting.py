@@ -38,6 +38,16 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
+def class_weighted(grad: torch.Tensor, share: torch.Tensor,
+                   weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A scheme's logit gradient and example shares with each example's class weight ``weights``
+    (one per example, shaped like ``share``: [B], or [K, B] for a population) multiplied in: the
+    gradient rows scaled, the shares reweighted and renormalised over the batch."""
+    weighted = share * weights
+    share = weighted / weighted.sum(-1, keepdim=True).clamp_min(torch.finfo(weighted.dtype).tiny)
+    return grad * weights.unsqueeze(-1), share
+
+
 def _direction(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """CCE's logit gradient ``probs - onehot(y)``, the direction every scheme shares."""
     return probs - F.one_hot(targets.long(), probs.shape[1]).to(probs.dtype)

@@ -39,11 +39,11 @@ METHOD_KNOBS: dict[str, tuple[str, ...]] = {
 ALL_KNOBS: tuple[str, ...] = tuple(dict.fromkeys(k for knobs in METHOD_KNOBS.values() for k in knobs))
 
 
-def build_loss(config: Any, train_labels: Any = None, num_classes: int | None = None) -> nn.Module:
+def build_loss(config: Any, train_labels: Any = None, num_classes: int = 0) -> nn.Module:
     """``config.method``'s loss; with ``config.class_weighting`` (not "none") and the training
-    labels, wrapped to weight each class (dm_tune.class_weighting)."""
+    labels (of ``num_classes`` classes), wrapped to weight each class (dm_tune.class_weighting)."""
     loss = METHODS[config.method](config)
     if train_labels is None:
         return loss
-    weights = member_class_weights(config, train_labels, int(num_classes or int(train_labels.max()) + 1))
+    weights = member_class_weights(config, train_labels, num_classes)
     return loss if weights is None else ClassWeighted(loss, weights)

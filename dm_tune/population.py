@@ -221,9 +221,9 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
     model = PopulationModel(members).to(device)
     del members
     loss_fn = PopulationLoss([member_loss(c) for c in configs], _class_weights(configs, datas)).to(device)
-    # As train(): a member whose epoch loss explodes (even finitely) has diverged.
-    ceilings = [loss_ceiling(build_loss(c, d.train.labels, d.num_classes), d.num_classes)
-                for c, d in zip(configs, datas)]
+    # As train(): a member whose epoch loss explodes (even finitely) has diverged (the display
+    # loss is unweighted, so the ceiling needs no class weights).
+    ceilings = [loss_ceiling(build_loss(c), data0.num_classes) for c in configs]
     opt = PopulationOptimizer(model.named_member_parameters(), str(first.optimizer),
                               [float(c.weight_decay) for c in configs], [c.momentum for c in configs])
     prep = PopulationInputs(data0, device, bool(first.augment), gens)
