@@ -170,15 +170,15 @@ class StagedSearcher(Searcher):
         statuses = [o.status for o in outcomes]
         status = next((s for s in ("errored", "early-stopped", "diverged") if s in statuses), "finished")
         storage.set_trial_user_attr(trial_id, "status", status)
-        storage.set_trial_user_attr(trial_id, "epochs_reached", min(int(o.epochs_reached) for o in outcomes))
-        if len(outcomes) > 1:
-            storage.set_trial_user_attr(trial_id, "seed_values", [o.value(self.objective) for o in outcomes])
+        epochs = min(int(o.epochs_reached) for o in outcomes)
+        storage.set_trial_user_attr(trial_id, "epochs_reached", epochs)
         values = [o.value(self.objective) for o in outcomes]
+        if len(outcomes) > 1:
+            storage.set_trial_user_attr(trial_id, "seed_values", values)
         value = sum(values) / len(values)
         state = optuna.trial.TrialState
         if status == "early-stopped" and math.isfinite(value):
-            step = min(int(o.epochs_reached) for o in outcomes)
-            storage.set_trial_intermediate_value(trial_id, step, float(value))
+            storage.set_trial_intermediate_value(trial_id, epochs, float(value))
             study.tell(spec.number, state=state.PRUNED, skip_if_finished=True)
         elif status in ("finished", "diverged") and math.isfinite(value):
             study.tell(spec.number, float(value), skip_if_finished=True)
