@@ -12,9 +12,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from dm_tune._param import rho_from_beta
-from dm_tune.reports._surface import (N_RESTARTS, POINTS, SETTING_KEYS, cce_means, dm_rows, encoding_of, features,
-                                      fit_gp, gp_predict, gp_to_dict, measured_settings, recommend_from_surface,
-                                      training_rows)
+from dm_tune.reports._surface import (N_RESTARTS, POINTS, SETTING_KEYS, arm_means, cce_means, dm_rows, encoding_of,
+                                      features, fit_gp, gp_predict, gp_to_dict, measured_settings,
+                                      recommend_from_surface, training_rows)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -102,18 +102,14 @@ def _local_gp(runs: pd.DataFrame, n_restarts_optimizer: int) -> dict[str, Any] |
     against (psi, log rho, class weighting); its estimates are kept within the range the arms
     measured (a GP may run past it at an edge of the space)."""
     runs = runs[runs["final_test_acc"].notna()]
-    per_seed = runs.groupby(["arm", "seed"], sort=True).agg(psi=("psi", "first"), rho=("rho", "first"),
-                                                            class_weighting=("class_weighting", "first"),
-                                                            test=("final_test_acc", "mean"))
-    arms = per_seed.groupby(level="arm", sort=True).agg(psi=("psi", "first"), rho=("rho", "first"),
-                                                        class_weighting=("class_weighting", "first"),
-                                                        test=("test", "mean"))
-    if len(arms) < 2:
+    means = arm_means(runs, "final_test_acc")
+    if len(means) < 2:
         return None
-    rows = arms[["psi", "rho", "class_weighting"]].to_dict("records")
+    described = runs.drop_duplicates(["setting", "arm"]).set_index(["setting", "arm"]).loc[means.index]
+    rows = described[["psi", "rho", "class_weighting"]].to_dict("records")
     cws = sorted({r["class_weighting"] for r in rows} - {"none"})
     enc = {"features": ["psi", "log_rho"] + [f"cw={c}" for c in cws]}
-    y = [float(v) * POINTS for v in arms["test"]]
+    y = [float(v) * POINTS for v in means["mean"]]
     return {"encoding": enc, "range": [min(y), max(y)], "n_arms": len(y),
             "model": gp_to_dict(fit_gp(_local_features(rows, enc), y, n_restarts_optimizer), enc["features"], y)}
 

@@ -132,6 +132,13 @@ def dm_rows(df: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["psi"].notna() & runs["rho"].notna() & (runs["rho"] > 0)]
 
 
+def arm_means(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Each (setting, arm)'s mean ``metric`` over its distinct seeds (a seed trained in both the
+    search and the confirm stage counts once): columns ``mean`` and ``size`` (seeds), sorted."""
+    per_seed = runs.groupby(["setting", "arm", "seed"], sort=True)[metric].mean()
+    return per_seed.groupby(level=["setting", "arm"], sort=True).agg(["mean", "size"])
+
+
 def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
     """(row dicts, targets in points) of the settings that have CCE runs: one row per DM arm
     (configuration) of a setting, its validation gain over CCE averaged over its distinct seeds.
@@ -145,8 +152,7 @@ def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
     runs = runs[runs["setting"].isin(list(cce))]
     keys = ["setting", "arm"]
     described = runs.drop_duplicates(keys).set_index(keys)
-    per_seed = runs.groupby([*keys, "seed"], sort=True)["final_val_acc"].mean()
-    per_arm = per_seed.groupby(level=keys, sort=True).agg(["mean", "size"])
+    per_arm = arm_means(runs, "final_val_acc")
     confirmed = set(runs.loc[runs["stage"] == "confirm", keys].itertuples(index=False, name=None))
     rows, y = [], []
     for (setting, arm), stats in per_arm.iterrows():
