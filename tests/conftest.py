@@ -18,6 +18,18 @@ os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 DM_TUNE = str(Path(sys.executable).parent / "dm-tune")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train faster on one intra-op thread (much faster on a busy machine), and a
+    population is compared with its members' own runs on the same thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

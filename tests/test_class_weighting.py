@@ -88,7 +88,7 @@ def test_class_weighted_cce_is_autograds_weighted_mean():
     torch.testing.assert_close(x.grad, logits.grad)
 
 
-def test_a_class_weighted_member_matches_its_own_run():
+def test_a_class_weighted_member_matches_its_own_run(one_thread):
     source = DATASETS["digits"][0](None, {}, False)
     base = {"dataset": "digits", "device": "cpu", "noise": "symmetric", "noise_rate": 0.3, "imbalance": "longtail",
             "imbalance_ratio": 10.0, "epochs": 1, "batch_size": 64, "optimizer": "adam"}
@@ -97,20 +97,15 @@ def test_a_class_weighted_member_matches_its_own_run():
                {"method": "dm", "lam": 2.0, "beta": 16.0, "seed": 2}]
     cfgs = [TrainConfig.from_dict({**base, **m}) for m in members]
     ds = [prepare(c, source) for c in cfgs]
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        snaps: list = []
-        results = train_population(cfgs, ds, lambda metrics, snap: snaps.append(snap()))
-        for k, (c, d) in enumerate(zip(cfgs, ds)):
-            single_snaps: list = []
-            train(c, d, lambda metrics, snap: single_snaps.append(snap()))
-            ours, ref = snaps[-1]["members"][k]["model"], single_snaps[-1]["model"]
-            for key in ref:
-                torch.testing.assert_close(ours[key], ref[key], rtol=1e-4, atol=2e-5, msg=f"member {k} {key}")
-            assert results[k].config["class_weighting"] == members[k].get("class_weighting", "none")
-    finally:
-        torch.set_num_threads(before)
+    snaps: list = []
+    results = train_population(cfgs, ds, lambda metrics, snap: snaps.append(snap()))
+    for k, (c, d) in enumerate(zip(cfgs, ds)):
+        single_snaps: list = []
+        train(c, d, lambda metrics, snap: single_snaps.append(snap()))
+        ours, ref = snaps[-1]["members"][k]["model"], single_snaps[-1]["model"]
+        for key in ref:
+            torch.testing.assert_close(ours[key], ref[key], rtol=1e-4, atol=2e-5, msg=f"member {k} {key}")
+        assert results[k].config["class_weighting"] == members[k].get("class_weighting", "none")
 
 
 def test_the_train_command_takes_class_weighting(tmp_path):
