@@ -298,3 +298,15 @@ def test_a_guidelines_warm_start_searches_inside_the_recommended_region():
     assert narrowed["psi"]["high"] == 0.75 and narrowed["psi"]["low"] == pytest.approx(0.75 - 0.0375)
     assert narrowed["rho"]["high"] == 12.0 and narrowed["rho"]["low"] < 12.0
     assert warm == [{"psi": 0.75, "rho": 12.0, "class_weighting": "inverse"}]
+
+
+def test_search_populations_hold_whole_arms_on_their_search_seeds():
+    from dm_tune.search._run import _search_population_size
+    from dm_tune.search._study import Study
+
+    default = Study.from_dict({})  # 30 arms, 2 at a time, 2 search seeds: 3 arms a population, 5 rounds
+    assert _search_population_size(default, 16) == 6
+    assert _search_population_size(Study.from_dict({"seeds": [0]}), 16) == 3
+    assert _search_population_size(default, 4) == 4  # never above the population size
+    assert _search_population_size(Study.from_dict({"search": {"num_samples": 4}}), 16) == 2  # one arm
+    assert _search_population_size(Study.from_dict({"scheduler": {"kind": "asha"}}), 16) == 1

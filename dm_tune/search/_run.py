@@ -238,12 +238,15 @@ def _baselines(study: Study, setting: Setting) -> dict[str, dict[str, Any]]:
 
 
 def _search_population_size(study: Study, size: int) -> int:
-    """Search trials per population: at most a quarter of the search per round of concurrent
-    populations, so that the sampler learns from at least four rounds of results; one with a
-    scheduler, which stops whole Ray trials (ASHA then acts per DM configuration)."""
+    """Search trials per population: whole arms (each on the study's search seeds), at most a
+    quarter of the arms per round of concurrent populations, so that the sampler learns from at
+    least four rounds of results; one with a scheduler, which stops whole Ray trials (ASHA then
+    acts per DM configuration)."""
     if study.scheduler.kind != "none":
         return 1
-    return max(1, min(size, study.search.num_samples // (4 * study.resources.max_concurrent)))
+    seeds = study.search_seed_count
+    arms = max(1, study.search.num_samples // (4 * study.resources.max_concurrent))
+    return max(1, min(size, arms * seeds))
 
 
 def _searcher(ctx: SettingContext, ledger: Ledger):
