@@ -41,10 +41,50 @@ def imdb_mlp(spec: ModelSpec) -> nn.Module:
     return mlp(ModelSpec(spec.input_shape, spec.input_kind, spec.num_classes, hidden_dim=8), depth=1)
 
 
+class _PairMax(torch.autograd.Function):
+    """The max of each pair of positions along the last dimension (odd tail dropped), with
+    MaxPool1d's gradient: to the first element of a pair unless the second is larger."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        half = x.shape[-1] // 2
+        pairs = x[..., :2 * half].unflatten(-1, (half, 2))
+        first = pairs[..., 0] >= pairs[..., 1]
+        ctx.save_for_backward(first)
+        ctx.length = x.shape[-1]
+        return torch.where(first, pairs[..., 0], pairs[..., 1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (first,) = ctx.saved_tensors
+        mask = first.unsqueeze(-1)
+        out = (grad.unsqueeze(-1) * torch.cat([mask, ~mask], -1)).flatten(-2)
+        if out.shape[-1] < ctx.length:
+            out = F.pad(out, (0, ctx.length - out.shape[-1]))
+        return out
+
+
+class PairMaxPool1d(nn.MaxPool1d):
+    """``nn.MaxPool1d(2)`` with a faster training path on the CPU: the same outputs and the same
+    gradients (``_PairMax``), where ``max_pool1d``'s training path computes indices through the
+    2-D kernel (BENCHMARKS.md: a 1-D CNN run on MNIST-1D). Inference (no grad) is
+    ``max_pool1d`` itself. Same state dict as ``nn.MaxPool1d(2)``."""
+
+    def __init__(self, kernel_size: int = 2) -> None:
+        if kernel_size != 2:
+            raise ValueError(f"PairMaxPool1d pools pairs (kernel_size 2), got {kernel_size}")
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        return _PairMax.apply(x)
+
+
 def cnn(spec: ModelSpec) -> nn.Module:
     """A small 3-block CNN: 2-D convolutions for images, 1-D for signals."""
     if spec.input_kind == "signal":
-        conv, pool, bn, in_ch = nn.Conv1d, nn.MaxPool1d, nn.BatchNorm1d, 1
+        conv, pool, bn, in_ch = nn.Conv1d, PairMaxPool1d, nn.BatchNorm1d, 1
         head_pool: nn.Module = nn.AdaptiveAvgPool1d(1)
     elif spec.input_kind == "image":
         conv, pool, bn, in_ch = nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, spec.input_shape[0]

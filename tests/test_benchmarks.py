@@ -67,3 +67,13 @@ def test_roofline_counts_the_mlps_work_and_bounds_the_ratio(tmp_path):
     assert abs(doc["compute_bound_s_per_config"] * doc["peak_gflops"] - doc["gflop_per_config"]) < 1e-6
     passes = doc["gflop_per_config"] * 1e9 / (2 * macs)  # example-forward passes: a whole number
     assert abs(passes - round(passes)) < 1e-6
+
+
+def test_pooling_benchmark_times_both_layers(tmp_path):
+    out = tmp_path / "pooling.json"
+    _run("pooling.py", "--blocks", "2", "--block-ms", "5", "--json", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["threads"] == 1 and len(doc["rows"]) == 4 and doc["rows"][0]["what"].startswith("training step")
+    for r in doc["rows"]:
+        assert r["pair_ms"] > 0 and r["maxpool1d_ms"] > 0
+        assert abs(r["speedup"] - r["maxpool1d_ms"] / r["pair_ms"]) < 1e-9

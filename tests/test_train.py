@@ -229,6 +229,32 @@ def test_cnn_on_signals():
     assert build_model("cnn", spec)(_inputs(spec)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("length", [40, 7])
+def test_pair_max_pool_is_max_pool_1d_with_its_gradients(length):
+    # Integer values make ties common (ties at zero after a ReLU, and between equal positives):
+    # the gradient goes to the first element of a tied pair, as MaxPool1d gives it.
+    from dm_tune.models import PairMaxPool1d
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (8, 5, length), generator=gen).double().relu().requires_grad_()
+    grad = torch.randn(8, 5, length // 2, generator=gen, dtype=torch.float64)
+    ref = torch.nn.MaxPool1d(2)(x)
+    ours = PairMaxPool1d()(x)
+    assert torch.equal(ours, ref)
+    assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
+    with torch.no_grad():
+        assert torch.equal(PairMaxPool1d()(x), ref)
+    with pytest.raises(ValueError, match="kernel_size 2"):
+        PairMaxPool1d(3)
+
+
+def test_the_signal_cnn_pools_pairs_with_the_fast_path():
+    from dm_tune.models import PairMaxPool1d
+
+    model = build_model("cnn", ModelSpec((40,), "signal", 10))
+    assert sum(isinstance(m, PairMaxPool1d) for m in model.modules()) == 3
+
+
 def test_imdb_mlp_has_eight_hidden_units():
     model = build_model("imdb-mlp", SPECS["imdb-mlp"])
     assert [m.out_features for m in model if isinstance(m, torch.nn.Linear)] == [8, 2]
