@@ -8,7 +8,8 @@ configuration: the run's floating-point operations at this core's peak matrix-mu
 Measured here, side by side, on one thread:
 - ``peak``: GFLOP/s of a 1024 x 1024 float32 matrix product (the best case for the core);
 - the MLP's training FLOPs per step (forward 2 x in x out per example per Linear layer, backward
-  twice that) and per evaluation pass (forward only), counted from the model;
+  twice that, less the first layer's input gradient) and per evaluation pass (forward only),
+  counted from the model;
 - one ``train()`` run and one population of K (``train_population``), 10 epochs: wall time, and
   the achieved GFLOP/s of each;
 - ``ceiling``: separate seconds per configuration / (FLOPs per configuration / peak).
@@ -48,9 +49,12 @@ def peak_gflops(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
 
 
-def linear_macs(model: torch.nn.Module) -> int:
-    """Multiply-adds of one example's forward pass through the model's Linear layers."""
-    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+def linear_macs(model: torch.nn.Module) -> tuple[int, int]:
+    """Multiply-adds of one example through the model's Linear layers: (forward pass, training
+    step). Training computes the forward, every layer's weight gradient and the gradient of every
+    layer's input except the first's (the data needs none): 3 passes less the first layer's one."""
+    sizes = [m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return sum(sizes), 3 * sum(sizes) - sizes[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     resolved = configs[0].resolve(datas[0].defaults, datas[0].default_model, datas[0].input_kind)
     d = datas[0]
     model = build_model(resolved.model, ModelSpec(d.input_shape, d.input_kind, d.num_classes, resolved.hidden_dim))
-    macs = linear_macs(model)
+    forward_macs, train_macs = linear_macs(model)
     n_train, n_eval = len(d.train), len(d.val) + len(d.test)
-    flops = args.epochs * (3 * 2 * macs * n_train + 2 * macs * n_eval)  # train fwd+bwd, eval fwd, per config
+    flops = args.epochs * 2 * (train_macs * n_train + forward_macs * n_eval)  # per config
 
     peak = peak_gflops()
     train(configs[0], datas[0])  # warm-up
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     train_population(configs, datas)
     population = (time.perf_counter() - t) / args.k
     bound = flops / (peak * 1e9)
-    out = {"model": str(resolved.model), "k": args.k, "epochs": args.epochs, "threads": 1,
+    out = {"model": str(resolved.model), "k": args.k, "epochs": args.epochs, "threads": 1, "n_train": n_train, "n_eval": n_eval,
            "peak_gflops": peak, "gflop_per_config": flops / 1e9,
            "single_s_per_config": single, "population_s_per_config": population,
            "single_gflops": flops / single / 1e9, "population_gflops": flops / population / 1e9,
