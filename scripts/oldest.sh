@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build .venv-oldest: the oldest supported Ray, Optuna and MLflow (the lower bounds in
-# pyproject.toml) layered over .venv, so that torch and everything else already there is reused
-# rather than downloaded again. Skipped when .venv-oldest exists and was built from the same pins
-# over the same .venv.
+# Build .venv-oldest: the oldest supported torch, torchvision, Ray, Optuna and MLflow (the lower
+# bounds in pyproject.toml) layered over .venv, so that everything else already there is reused
+# rather than downloaded again (torch 2.6 is PyPI's CUDA build: with its NVIDIA libraries about
+# 5 GB, under a minute from the package index here). Skipped when .venv-oldest exists and was
+# built from the same pins over the same .venv.
 #
 # How the layering works: .venv-oldest is a plain venv of the same interpreter whose
 # site-packages holds one .pth file that calls site.addsitedir() on .venv's site-packages. Its own
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The lower bounds of pyproject.toml; keep them in step.
-PINS=("ray[tune]==2.50.0" "optuna==4.0.0" "mlflow==3.9.0")
+PINS=("torch==2.6.0" "torchvision==0.21.0" "ray[tune]==2.50.0" "optuna==4.0.0" "mlflow==3.9.0")
 
 ENV=.venv-oldest
 MAIN_SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")
@@ -43,6 +44,7 @@ from dm_tune.cli import main
 sys.exit(main())
 EOF
 chmod +x "$ENV/bin/dm-tune"
-"$ENV/bin/python" -c "import ray, optuna, mlflow
-print('oldest env: ray', ray.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__)"
+"$ENV/bin/python" -c "import torch, torchvision, ray, optuna, mlflow
+print('oldest env: torch', torch.__version__, 'torchvision', torchvision.__version__, 'ray', ray.__version__,
+      'optuna', optuna.__version__, 'mlflow', mlflow.__version__)"
 echo "$STAMP" > "$ENV/.pins"

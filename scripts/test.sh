@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set everything up and run the whole test suite (slow end-to-end tests included) on the newest
-# dependencies (.venv), then the tests that depend on Ray, Optuna and MLflow versions again on the
+# dependencies (.venv), then the tests that depend on torch, Ray, Optuna and MLflow versions again on the
 # oldest supported ones (.venv-oldest, built once by scripts/oldest.sh and then reused).
 # With arguments, only the first run, with those arguments (e.g. -m "not slow", a file).
 set -euo pipefail
@@ -13,12 +13,17 @@ fi
 status=0
 .venv/bin/python -m pytest -q || status=$?
 
-# The lower ends of pyproject's ranges: the Ray API checks and the quick search and report-loading
-# tests (about 5-7 minutes on 2 busy cores, plus about 1.5 to build .venv-oldest the first time;
-# the slow end-to-end searches would add about 7 more, so they run on the newest versions only).
+# The lower ends of pyproject's ranges: the Ray API checks, the quick search and report-loading
+# tests, and the tests of what torch and torchvision compute (losses, training, populations, the
+# fused kernel, models, data) (about 3 minutes on 2 cores, plus about 1 to build .venv-oldest the
+# first time; the slow end-to-end searches would add about 7 more, so they run on the newest
+# versions only).
 OLDEST_TESTS=(tests/test_ray_api.py tests/test_local_ray.py tests/test_search_*.py
-              tests/test_reports_load.py tests/test_reports_analysis.py)
-echo "== again on the oldest supported Ray, Optuna and MLflow (.venv-oldest)"
+              tests/test_reports_load.py tests/test_reports_analysis.py
+              tests/test_losses.py tests/test_weighting.py tests/test_class_weighting.py tests/test_native.py
+              tests/test_train.py tests/test_population.py tests/test_cuda.py tests/test_retrieval.py
+              tests/test_datasets_disk.py)
+echo "== again on the oldest supported torch, torchvision, Ray, Optuna and MLflow (.venv-oldest)"
 bash scripts/oldest.sh
 .venv-oldest/bin/python -m pytest -q -p no:cacheprovider -m "not slow" "${OLDEST_TESTS[@]}" || status=$?
 exit $status
