@@ -81,6 +81,7 @@ class SettingContext:
     base: dict[str, Any]          # TrainConfig values shared by the setting's trials
     source: Any                   # the loaded dataset (defaults, classes); shipped to in-memory trials
     in_memory: bool
+    guidelines: dict[str, Any] | None = None  # search.warm_start's file, read once for the whole study
 
     @functools.cached_property
     def setting_config(self) -> TrainConfig:
@@ -117,10 +118,11 @@ class SettingContext:
         if not isinstance(study.search.warm_start, str):
             return space, _warm_points(space) if study.search.warm_start else []
         from dm_tune.reports._recommend import recommend
-        from dm_tune.reports._schema import load_guidelines
 
+        if self.guidelines is None:
+            raise ValueError("a study warm-started from a guidelines file needs the file loaded (run_study does)")
         s = self.setting
-        rec = recommend(load_guidelines(Path(study.search.warm_start).expanduser()),
+        rec = recommend(self.guidelines,
                         num_classes=int(self.source.num_classes), noise_type=s.noise, noise_rate=s.noise_rate,
                         imbalance=s.imbalance, imbalance_ratio=s.imbalance_ratio, task=study.task, dataset=s.dataset)
         return guided_space(space, rec)
@@ -350,14 +352,16 @@ def summarise(ctx: SettingContext, ledger: Ledger) -> SettingSummary:
     return SettingSummary(ctx.setting.key, list(arms.values()), sum(statuses.values()), statuses, train_time)
 
 
-def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str, source: Any) -> SettingContext:
+def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str, source: Any,
+             guidelines: dict[str, Any] | None) -> SettingContext:
     from dm_tune.datasets import DATASETS
 
     base = {**study.training, **setting.train_fields()}
     for key in ("data_root", "noise_file", "pretrained"):  # trials chdir: paths must be absolute
         if base.get(key):
             base[key] = str(Path(base[key]).expanduser().resolve())
-    return SettingContext(study, setting, opts, exp_id, base, source, in_memory=not DATASETS[setting.dataset][1])
+    return SettingContext(study, setting, opts, exp_id, base, source, in_memory=not DATASETS[setting.dataset][1],
+                          guidelines=guidelines)
 
 
 def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = None) -> list[SettingSummary]:
@@ -367,10 +371,11 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
     from dm_tune.search._preflight import load_sources
     from dm_tune.search._tracking import experiment_id
 
+    guidelines = None
     if isinstance(study.search.warm_start, str):  # a bad guidelines file stops the study before it starts
         from dm_tune.reports._schema import load_guidelines
 
-        load_guidelines(Path(study.search.warm_start).expanduser())
+        guidelines = load_guidelines(Path(study.search.warm_start).expanduser())
     sources = sources if sources is not None else load_sources(study)
     exp_id = experiment_id(opts.tracking, study.name, opts.artifact_root)
     summaries = []
@@ -381,7 +386,7 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
             print(f"setting {setting.key}: {study.search.num_samples} DM arms on seeds {seeds} "
                   f"({study.search.space} space, {study.search.sampler}), then the top {study.search.top_k} DM arms and "
                   f"{len(study.baselines)} baselines on seeds {list(study.seeds)}", file=sys.stderr, flush=True)
-        ctx = _context(study, setting, opts, exp_id, sources[setting.dataset])
+        ctx = _context(study, setting, opts, exp_id, sources[setting.dataset], guidelines)
         summary = summarise(ctx, run_setting(ctx))
         summary.wall_time_s = time.perf_counter() - t0  # type: ignore[attr-defined]
         summaries.append(summary)
