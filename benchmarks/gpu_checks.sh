@@ -2,7 +2,8 @@
 # The GPU checks, in one run on a CUDA machine (from the repository root):
 #   bash benchmarks/gpu_checks.sh OUTDIR
 # 1. the CUDA tests (DM's gradient, training with mixed precision, populations on CUDA);
-# 2. benchmarks/gpu_throughput.py: ResNet-20 images/s with DM against cross-entropy (bf16).
+# 2. benchmarks/gpu_throughput.py: ResNet-20 images/s with DM against cross-entropy (bf16);
+# 3. benchmarks/layout.py: channels-last against contiguous image models (bf16).
 # The machine needs torch, numpy, scikit-learn, pyyaml and pydantic; dm_tune runs from the checkout.
 set -uo pipefail
 out=${1:-gpu-results}
@@ -15,4 +16,5 @@ $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py tests/test
     | tee "$out/cuda_tests.log"
 tests=${PIPESTATUS[0]}
 $PY benchmarks/gpu_throughput.py --device cuda --json "$out/gpu_throughput.json" 2>&1 | tee "$out/gpu_throughput.log"
+$PY benchmarks/layout.py --device cuda --json "$out/layout_cuda.json" 2>&1 | tee "$out/layout_cuda.log"
 exit "$tests"

@@ -87,8 +87,10 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
 class _Inputs:
     """Turns stored inputs into model inputs on the device (uint8 images -> normalised floats, augmentation)."""
 
-    def __init__(self, data: Data, device: torch.device, augment: bool, gen: torch.Generator) -> None:
+    def __init__(self, data: Data, device: torch.device, augment: bool, gen: torch.Generator,
+                 channels_last: bool = False) -> None:
         self.device, self.augment, self.gen = device, augment and data.input_kind == "image", gen
+        self.channels_last = channels_last
         self.is_tokens = data.input_kind == "tokens"
         self.mean = self.std = None
         if data.normalise is not None:
@@ -106,7 +108,16 @@ class _Inputs:
             x = (x - self.mean) / self.std
         if train and self.augment:
             x = _crop_flip(x, self.gen)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def channels_last(model: nn.Module, data: Data) -> bool:
+    """Whether a run keeps its images and its model's weights channels-last (NHWC): for image
+    batches into models with 2-D convolutions, where oneDNN's and cuDNN's NHWC kernels are the fast
+    ones (benchmarks/layout.py: a CIFAR ResNet-20 step on the CPU)."""
+    return data.input_kind == "image" and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def _crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -237,11 +248,14 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
     spec = ModelSpec(data.input_shape, data.input_kind, data.num_classes, config.hidden_dim,
                      config.pretrained, data.vocab_size)
     model = build_model(config.model, spec).to(device)
+    nhwc = channels_last(model, data)
+    if nhwc:
+        model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(config, data.train.labels, data.num_classes)
     ceiling = loss_ceiling(loss_fn, data.num_classes)
     opt = _make_optimizer(config, model)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    prep = _Inputs(data, device, bool(config.augment), gen)
+    prep = _Inputs(data, device, bool(config.augment), gen, nhwc)
 
     n = len(data.train)
     steps_per_epoch = math.ceil(n / config.batch_size)

@@ -78,3 +78,13 @@ def test_pooling_benchmark_times_both_layers(tmp_path):
     for r in doc["rows"]:
         assert r["pair_ms"] > 0 and r["maxpool1d_ms"] > 0
         assert abs(r["speedup"] - r["maxpool1d_ms"] / r["pair_ms"]) < 1e-9
+
+
+def test_layout_benchmark_times_both_layouts(tmp_path):
+    out = tmp_path / "layout.json"
+    _run("layout.py", "--models", "cnn", "--batch", "4", "--blocks", "2", "--block-ms", "5", "--json", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["device"] == "cpu" and [r["what"] for r in doc["rows"]] == ["training step", "evaluation forward"]
+    for r in doc["rows"]:
+        assert r["model"] == "cnn" and r["batch"] == 4 and r["nhwc_ms"] > 0 and r["nchw_ms"] > 0
+        assert abs(r["speedup"] - r["nchw_ms"] / r["nhwc_ms"]) < 1e-9

@@ -224,6 +224,20 @@ def test_model_builds_and_forwards(name):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+def test_image_runs_keep_images_and_convolutions_channels_last():
+    # (a run's numbers against the contiguous layout: test_population compares a ResNet-20 member,
+    # whose grouped convolutions are contiguous, with its own channels-last train() run)
+    from types import SimpleNamespace
+
+    from dm_tune.train import channels_last
+
+    image, vector, signal = (SimpleNamespace(input_kind=k) for k in ("image", "vector", "signal"))
+    for name in ("resnet20", "cnn"):
+        assert channels_last(build_model(name, ModelSpec((3, 32, 32), "image", 10)), image)
+    assert not channels_last(build_model("mlp", ModelSpec((64,), "vector", 10)), vector)
+    assert not channels_last(build_model("cnn", ModelSpec((40,), "signal", 10)), signal)
+
+
 def test_cnn_on_signals():
     spec = ModelSpec((40,), "signal", 10)
     assert build_model("cnn", spec)(_inputs(spec)).shape == (2, 10)
