@@ -40,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dm_tune import _popmodels  # noqa: E402
 from dm_tune.config import TrainConfig  # noqa: E402
 from dm_tune.data import prepare  # noqa: E402
 from dm_tune.datasets import DATASETS, Source, Split  # noqa: E402
@@ -236,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="repeats per arm, order alternating (median shown)")
     p.add_argument("--layouts", action="store_true", help="also time the candidate stacked layouts")
     p.add_argument("--quick", action="store_true", help="a smoke test: tiny sizes and budgets")
+    p.add_argument("--resnet-layout", choices=["auto", "nchw", "nhwc"], default="auto",
+                   help="a ResNet population's grouped convolutions: contiguous (nchw), channels-last "
+                        "(nhwc) or what dm_tune._popmodels.CHANNELS_LAST says for the device (auto)")
     p.add_argument("--json", help="write the results here (default benchmarks/results/population_<device>.json)")
     args = p.parse_args(argv)
 
@@ -248,9 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda":
         threads = threads[:1]
     out = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"population_{device}.json"
+    if args.resnet_layout != "auto":
+        _popmodels.CHANNELS_LAST[device] = args.resnet_layout == "nhwc"
 
     doc: dict[str, Any] = {"machine": _machine(), "device": device, "quick": args.quick,
                            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+                           "resnet_layout": "nhwc" if _popmodels.CHANNELS_LAST.get(device) else "nchw",
                            "load_average_start": _load(), "results": [], "layouts": []}
     t_start = time.perf_counter()
     for case in cases:

@@ -214,6 +214,12 @@ def _max_pool_2(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
 # --- CIFAR ResNets: grouped convolutions in a [B, K*C, H, W] layout ----------------------------
 
 
+# Whether a ResNet population's grouped convolutions run channels-last (NHWC), by device type:
+# on only where benchmarks/population.py --resnet-layout measured it faster (BENCHMARKS.md, "The
+# stacked layouts": 1.1-1.2x on the CPU; CUDA not measured yet, so contiguous as on the H200 runs).
+CHANNELS_LAST: dict[str, bool] = {"cpu": True, "cuda": False}
+
+
 def _resnet_forward(template: CifarResNet) -> Callable[[PopulationModel, torch.Tensor], torch.Tensor]:
     blocks = [(f"blocks.{i}.", block.stride, block.pad) for i, block in enumerate(template.blocks)
               if isinstance(block, _BasicBlock)]
@@ -221,7 +227,11 @@ def _resnet_forward(template: CifarResNet) -> Callable[[PopulationModel, torch.T
 
     def conv(m: PopulationModel, key: str, x: torch.Tensor, stride: int) -> torch.Tensor:
         w = m.get(key)  # [K, out, in, 3, 3]
-        return F.conv2d(x, w.reshape(-1, *w.shape[2:]), None, stride, 1, groups=m.size)
+        w = w.reshape(-1, *w.shape[2:])
+        if CHANNELS_LAST.get(x.device.type, False):
+            x = x.contiguous(memory_format=torch.channels_last)
+            w = w.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, w, None, stride, 1, groups=m.size)
 
     def bn(m: PopulationModel, prefix: str, x: torch.Tensor) -> torch.Tensor:
         if m.training:

@@ -105,8 +105,11 @@ MODEL_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_CASES))
-def test_population_model_is_its_members_side_by_side(name):
+@pytest.mark.parametrize("name,channels_last", [(name, False) for name in sorted(MODEL_CASES)] + [("resnet20", True)])
+def test_population_model_is_its_members_side_by_side(name, channels_last, monkeypatch):
+    from dm_tune import _popmodels
+
+    monkeypatch.setitem(_popmodels.CHANNELS_LAST, "cpu", channels_last)  # both ResNet layouts
     spec, shape = MODEL_CASES[name]
     torch.manual_seed(0)
     members = [build_model(name, spec).double() for _ in range(3)]
@@ -372,10 +375,11 @@ def no_tf32():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("stacked", [True, False])
-def test_a_resnet_population_trains_on_cuda_like_its_members(no_tf32, monkeypatch, stacked):
-    from dm_tune import _popsteps
+@pytest.mark.parametrize("stacked,channels_last", [(True, False), (False, False), (True, True)])
+def test_a_resnet_population_trains_on_cuda_like_its_members(no_tf32, monkeypatch, stacked, channels_last):
+    from dm_tune import _popmodels, _popsteps
 
+    monkeypatch.setitem(_popmodels.CHANNELS_LAST, "cuda", channels_last)  # both layouts of the grouped convolutions
     if not stacked:  # the inputs stay on the CPU; each batch is gathered per member and moved
         monkeypatch.setattr(_popsteps, "STACK_LIMIT_BYTES", 0)
     images = _images()
