@@ -7,6 +7,9 @@ computed by torch's own fused implementation (``torch.optim.sgd.sgd`` / ``torch.
 with ``fused=True``) on member k's slices of the stacked tensors. One fused pass matters here:
 the stacked tensors outgrow the CPU caches, and the unfused update (about eight elementwise
 passes per parameter) cost more than the model's forward and backward on the digits MLP.
+When every member has the same knobs (and, for Adam, the same step count), the update is one
+fused call on the stacked tensors themselves (the same elementwise update with K times fewer
+tensors to dispatch: 10% of a digits-MLP population's time at 2 threads, BENCHMARKS.md).
 The learning rate is set every step (``set_lr``), so each member follows its own schedule; a
 member whose learning rate is 0 does not move. State is per member: ``member_state(k)``.
 """
@@ -58,6 +61,10 @@ class PopulationOptimizer:
             if self.lr[k] != 0.0:
                 groups.setdefault((self.lr[k], self.weight_decay[k], self.momentum[k]), []).append(k)
         used = [j for j, p in enumerate(self.params) if p.grad is not None]
+        if len(groups) == 1 and len(next(iter(groups.values()))) == self.size and len(used) == len(self.params):
+            (lr, wd, momentum), = groups
+            if self._step_stacked(lr, wd, momentum):
+                return
         grads = {j: self.params[j].grad.unbind(0) for j in used}  # type: ignore[union-attr]
         v = self._views
         for (lr, wd, momentum), members in groups.items():
@@ -73,6 +80,25 @@ class PopulationOptimizer:
                 fused_adam(params, grad_list, pick("exp_avg"), pick("exp_avg_sq"), [], steps, fused=True,
                                       amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=lr,
                                       weight_decay=wd, eps=ADAM_EPS, maximize=False)
+
+    def _step_stacked(self, lr: float, wd: float, momentum: float) -> bool:
+        """Every member with the same knobs and (Adam) the same step count: one fused call on the
+        stacked tensors instead of K slices each (the same elementwise update, fewer dispatches:
+        BENCHMARKS.md). False (nothing done) when the members' step counts differ."""
+        params = [p.detach() for p in self.params]
+        grads = [p.grad for p in self.params]
+        if self.kind == "sgd":
+            fused_sgd(params, grads, self.state["momentum_buffer"], fused=True, weight_decay=wd,
+                      momentum=momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False)
+            return True
+        if not bool((self.steps == self.steps[0]).all()):
+            return False
+        shared = list(self.steps[0].unbind(0))  # member 0's counters stand for all; copied back below
+        fused_adam(params, grads, self.state["exp_avg"], self.state["exp_avg_sq"], [], shared, fused=True,
+                   amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=lr, weight_decay=wd, eps=ADAM_EPS,
+                   maximize=False)
+        self.steps.copy_(self.steps[0].expand_as(self.steps))
+        return True
 
     def member_state(self, k: int) -> dict[str, Any]:
         """Member k's optimiser state: Adam's step counts and, per parameter key, its buffers."""

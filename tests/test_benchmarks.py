@@ -88,3 +88,13 @@ def test_layout_benchmark_times_both_layouts(tmp_path):
     for r in doc["rows"]:
         assert r["model"] == "cnn" and r["batch"] == 4 and r["nhwc_ms"] > 0 and r["nchw_ms"] > 0
         assert abs(r["speedup"] - r["nchw_ms"] / r["nhwc_ms"]) < 1e-9
+
+
+def test_population_optimizer_benchmark_times_both_paths(tmp_path):
+    out = tmp_path / "popopt.json"
+    _run("population_optimizer.py", "--k", "2", "--epochs", "1", "--repeats", "2", "--threads", "1",
+         "--json", str(out))
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["threads"] == 1 and row["k"] == 2
+    assert row["stacked_s_per_config"] > 0 and row["slices_s_per_config"] > 0
+    assert abs(row["speedup"] - row["slices_s_per_config"] / row["stacked_s_per_config"]) < 1e-9

@@ -1,0 +1,75 @@
+"""A population's optimiser step: one fused call on the stacked tensors against one per member's
+slices, side by side in one run.
+
+    python benchmarks/population_optimizer.py [--k 16] [--threads 1,2] [--repeats 6] [--json out.json]
+
+``PopulationOptimizer`` updates members that share their knobs (and Adam step count) with one
+fused call on the stacked tensors; the per-member slices are the reference path (tested equal,
+tests/test_population.py). Timed: a whole digits-MLP population of K members (10 epochs, Adam,
+DM lam 1 / beta 8, 40% symmetric noise, seeds 0..K-1), the two arms alternating order between
+repeats, seconds per configuration, median over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dm_tune import _popoptim  # noqa: E402
+from dm_tune.config import TrainConfig  # noqa: E402
+from dm_tune.data import prepare  # noqa: E402
+from dm_tune.datasets import DATASETS  # noqa: E402
+from dm_tune.population import train_population  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--json")
+    args = p.parse_args()
+    source = DATASETS["digits"][0](None, {}, False)
+    configs = [TrainConfig.from_dict({"dataset": "digits", "noise": "symmetric", "noise_rate": 0.4, "device": "cpu",
+                                      "epochs": args.epochs, "method": "dm", "lam": 1.0, "beta": 8.0, "seed": s})
+               for s in range(args.k)]
+    datas = [prepare(c, source) for c in configs]
+    stacked = _popoptim.PopulationOptimizer._step_stacked
+    arms = {"stacked": stacked, "slices": lambda self, *a: False}
+    rows = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        train_population(configs[:2], datas[:2])  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in arms}
+        for rep in range(args.repeats):
+            for name in (list(arms) if rep % 2 == 0 else list(arms)[::-1]):
+                _popoptim.PopulationOptimizer._step_stacked = arms[name]  # type: ignore[method-assign]
+                t = time.perf_counter()
+                train_population(configs, datas)
+                times[name].append((time.perf_counter() - t) / args.k)
+        _popoptim.PopulationOptimizer._step_stacked = stacked  # type: ignore[method-assign]
+        row = {"threads": threads, "k": args.k, **{f"{n}_s_per_config": statistics.median(v) for n, v in times.items()}}
+        row["speedup"] = row["slices_s_per_config"] / row["stacked_s_per_config"]
+        rows.append(row)
+        print(f"K {args.k} threads {threads}: stacked {row['stacked_s_per_config']:.4f} s/config, "
+              f"slices {row['slices_s_per_config']:.4f} s/config, {row['speedup']:.2f}x", flush=True)
+    if args.json:
+        out = {"machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+               "torch": torch.__version__, "repeats": args.repeats, "epochs": args.epochs, "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
