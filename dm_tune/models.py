@@ -42,14 +42,16 @@ def imdb_mlp(spec: ModelSpec) -> nn.Module:
 
 
 class _PairMax(torch.autograd.Function):
-    """The max of each pair of positions along the last dimension (odd tail dropped), with
-    MaxPool1d's gradient: to the first element of a pair unless the second is larger."""
+    """The max of each pair of positions along the last dimension (odd tail dropped), as
+    MaxPool1d picks it: the second element if it is larger or NaN, else the first (so a NaN
+    propagates and a tie's gradient goes to the first element)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         half = x.shape[-1] // 2
         pairs = x[..., :2 * half].unflatten(-1, (half, 2))
-        first = pairs[..., 0] >= pairs[..., 1]
+        second = pairs[..., 1]
+        first = ~((second > pairs[..., 0]) | second.isnan())
         ctx.save_for_backward(first)
         ctx.length = x.shape[-1]
         return torch.where(first, pairs[..., 0], pairs[..., 1])

@@ -250,14 +250,17 @@ def test_pair_max_pool_is_max_pool_1d_with_its_gradients(length):
     from dm_tune.models import PairMaxPool1d
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(-2, 3, (8, 5, length), generator=gen).double().relu().requires_grad_()
+    x = torch.randint(-2, 3, (8, 5, length), generator=gen).double().relu()
+    x[0, 0, :4] = torch.tensor([math.nan, 1.0, 1.0, math.nan])  # a NaN propagates from either side
+    x.requires_grad_()
     grad = torch.randn(8, 5, length // 2, generator=gen, dtype=torch.float64)
     ref = torch.nn.MaxPool1d(2)(x)
     ours = PairMaxPool1d()(x)
-    assert torch.equal(ours, ref)
+    assert ours[0, 0, :2].isnan().all()
+    assert torch.allclose(ours, ref, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
     with torch.no_grad():
-        assert torch.equal(PairMaxPool1d()(x), ref)
+        assert torch.allclose(PairMaxPool1d()(x), ref, rtol=0, atol=0, equal_nan=True)
     with pytest.raises(ValueError, match="kernel_size 2"):
         PairMaxPool1d(3)
 
