@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,35 +29,9 @@ from torch import nn
 from dm_tune import DMLoss
 from dm_tune.models import ModelSpec, build_model
 
+from _timing import interleave
+
 CLASSES = 10
-
-
-def timed(fn: Callable[[], object], block_ms: float, sync: Callable[[], None]) -> Callable[[], float]:
-    """A block timer: runs ``fn`` enough times to last about ``block_ms``; returns ms per call."""
-    fn()
-    sync()
-    t = time.perf_counter()
-    fn()
-    sync()
-    reps = max(3, int(block_ms / max((time.perf_counter() - t) * 1e3, 1e-3)))
-
-    def block() -> float:
-        sync()
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync()
-        return (time.perf_counter() - t) * 1e3 / reps
-
-    return block
-
-
-def side_by_side(a: Callable[[], float], b: Callable[[], float], blocks: int) -> tuple[float, float]:
-    times: tuple[list[float], list[float]] = ([], [])
-    for i in range(blocks):
-        for arm, block in ((0, a), (1, b)) if i % 2 == 0 else ((1, b), (0, a)):
-            times[arm].append(block())
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -74,7 +47,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batch = args.batch or (128 if device.type == "cuda" else 32)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if device.type == "cuda" else nullcontext
     rows = []
     for name in args.models.split(","):
@@ -111,8 +83,9 @@ def main() -> None:
             return run
 
         for what, make in (("training step", step), ("evaluation forward", evaluate)):
-            fast, ref = side_by_side(timed(make(*arms["nhwc"]), args.block_ms, sync),
-                                     timed(make(*arms["nchw"]), args.block_ms, sync), args.blocks)
+            times, _ = interleave({"nhwc": make(*arms["nhwc"]), "nchw": make(*arms["nchw"])}, args.blocks,
+                                  args.block_ms, device)
+            fast, ref = (statistics.median(times[layout]) * 1e3 for layout in ("nhwc", "nchw"))
             rows.append({"model": name, "what": what, "batch": batch, "nhwc_ms": fast, "nchw_ms": ref,
                          "speedup": ref / fast})
             print(f"{name:<9} {what:<19} batch {batch}: channels-last {fast:8.2f} ms   contiguous {ref:8.2f} ms"

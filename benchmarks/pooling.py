@@ -5,7 +5,7 @@
 Two arms, the same MNIST-1D CNN (``dm_tune.models.cnn`` on signals of length 40, 10 classes,
 batch 256, as MNIST-1D trains) except for its three pooling layers: ``PairMaxPool1d`` (what the
 model uses) and ``nn.MaxPool1d(2)`` (torch's own, the reference). Both start from the same
-weights. Timed, alternating arms in blocks (A B B A ...; the median block): one training step
+weights. Timed, alternating arms in blocks (A B, B A, ...; the median block): one training step
 (zero_grad, forward, DM loss, backward, Adam step), and each pooling layer's forward + backward
 alone on its own input shape. Outputs and gradients of the two are checked equal first.
 """
@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,32 +27,15 @@ from torch import nn
 from dm_tune import DMLoss
 from dm_tune.models import ModelSpec, PairMaxPool1d, cnn
 
+from _timing import interleave
+
 BATCH, LENGTH, CLASSES = 256, 40, 10
 
 
-def timed(fn: Callable[[], object], block_ms: float) -> Callable[[], float]:
-    """A block timer: runs ``fn`` enough times to last about ``block_ms``; returns ms per call."""
-    fn()
-    t = time.perf_counter()
-    fn()
-    reps = max(3, int(block_ms / max((time.perf_counter() - t) * 1e3, 1e-3)))
-
-    def block() -> float:
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - t) * 1e3 / reps
-
-    return block
-
-
-def side_by_side(a: Callable[[], float], b: Callable[[], float], blocks: int) -> tuple[float, float]:
-    times: tuple[list[float], list[float]] = ([], [])
-    for i in range(blocks):
-        order = ((0, a), (1, b)) if i % 2 == 0 else ((1, b), (0, a))
-        for arm, block in order:
-            times[arm].append(block())
-    return statistics.median(times[0]), statistics.median(times[1])
+def side_by_side(ours: Callable[[], None], ref: Callable[[], None], blocks: int, block_ms: float) -> tuple[float, float]:
+    """Median ms per call of each arm, the arms alternating in blocks (benchmarks/_timing.py)."""
+    times, _ = interleave({"ours": ours, "ref": ref}, blocks, block_ms, torch.device("cpu"))
+    return statistics.median(times["ours"]) * 1e3, statistics.median(times["ref"]) * 1e3
 
 
 def with_torch_pooling(model: nn.Module) -> nn.Module:
@@ -106,13 +88,12 @@ def main() -> None:
         assert torch.equal(a.grad, b.grad), f"{name}: gradients differ"  # type: ignore[arg-type]
 
     rows = []
-    ours, ref = side_by_side(timed(step(model, x, y), args.block_ms), timed(step(plain, x, y), args.block_ms),
-                             args.blocks)
+    ours, ref = side_by_side(step(model, x, y), step(plain, x, y), args.blocks, args.block_ms)
     rows.append({"what": "training step (batch 256)", "pair_ms": ours, "maxpool1d_ms": ref})
     for channels, length in ((32, 40), (64, 20), (128, 10)):
         shape = (BATCH, channels, length)
-        ours, ref = side_by_side(timed(pool(PairMaxPool1d(), shape), args.block_ms),
-                                 timed(pool(nn.MaxPool1d(2), shape), args.block_ms), args.blocks)
+        ours, ref = side_by_side(pool(PairMaxPool1d(), shape), pool(nn.MaxPool1d(2), shape), args.blocks,
+                                 args.block_ms)
         rows.append({"what": f"pooling fwd+bwd {list(shape)}", "pair_ms": ours, "maxpool1d_ms": ref})
     for r in rows:
         r["speedup"] = r["maxpool1d_ms"] / r["pair_ms"]

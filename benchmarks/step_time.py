@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -38,6 +37,8 @@ from torch import nn
 
 from dm_tune import DMLoss, _native
 from dm_tune.models import ModelSpec, cifar_resnet, mlp
+
+from _timing import interleave
 
 LAM, BETA = 1.0, 8.0  # DM arm: IMAE's mode (psi = 1/2) with a typical spread
 TARGET_RATIO = 1.05
@@ -63,11 +64,6 @@ class Result:
     dm_kernel: str       # what the DM arm ran: "native" or "torch"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _step_fn(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[], None]:
     def step() -> None:
@@ -86,38 +82,6 @@ def _loss_fn_only(logits: torch.Tensor, y: torch.Tensor,
         loss_fn(logits, y).backward()
 
     return step
-
-
-def _time_block(fn: Callable[[], None], n: int, device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / n
-
-
-Arm = Callable[[], None]
-
-
-def _interleave(arms: dict[str, Arm], repeats: int, block_ms: float,
-                device: torch.device) -> tuple[dict[str, list[float]], int]:
-    """Alternate the arms' blocks, reversing the order every round (A B C, C B A, ...).
-
-    Returns each arm's per-block seconds per step, and the block size in steps.
-    """
-    for _ in range(2):  # warm-up: allocator, kernels, optimiser state
-        for fn in arms.values():
-            _time_block(fn, 2, device)
-    # Block size from the fastest of several short calibration runs (robust to a stray spike).
-    per_step = min(_time_block(fn, 2, device) for fn in list(arms.values()) * 3)
-    n = max(1, round(block_ms / 1e3 / max(per_step, 1e-7)))
-    times: dict[str, list[float]] = {name: [] for name in arms}
-    names = list(arms)
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else reversed(names):
-            times[name].append(_time_block(arms[name], n, device))
-    return times, n
 
 
 def _ratio_stats(num: list[float], den: list[float]) -> tuple[float, tuple[float, float]]:
@@ -155,7 +119,7 @@ def bench_model(case: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, r
     # one batch (a trained-on batch would drift towards p = 1); SGD still does all its arithmetic.
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
     arms = {name: _step_fn(model, opt, x, y, fn) for name, fn in _losses().items()}
-    times, n = _interleave(arms, repeats, block_ms, device)
+    times, n = interleave(arms, repeats, block_ms, device)
     with torch.no_grad():
         kernel = _dm_kernel(model(x), y)
     return _summarise(case, "step", len(x), times, n, kernel)
@@ -166,7 +130,7 @@ def bench_loss(case: str, batch: int, classes: int, repeats: int, block_ms: floa
     logits = (3 * torch.randn(batch, classes, generator=gen)).to(device).requires_grad_(True)
     y = torch.randint(0, classes, (batch,), generator=gen).to(device)
     arms = {name: _loss_fn_only(logits, y, fn) for name, fn in _losses().items()}
-    times, n = _interleave(arms, repeats, block_ms, device)
+    times, n = interleave(arms, repeats, block_ms, device)
     return _summarise(case, "loss", batch, times, n, _dm_kernel(logits, y))
 
 
