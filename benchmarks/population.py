@@ -41,53 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dm_tune import _popmodels  # noqa: E402
-from dm_tune.config import TrainConfig  # noqa: E402
 from dm_tune.data import prepare  # noqa: E402
-from dm_tune.datasets import DATASETS, Source, Split  # noqa: E402
 from dm_tune.population import train_population  # noqa: E402
 from dm_tune.train import train  # noqa: E402
 
-# The members' knobs, cycled (K > 8 repeats them with the next seed).
-ARMS = [{"method": "dm", "lam": 1.0, "beta": 8.0}, {"method": "dm", "lam": 2.0, "beta": 24.0},
-        {"method": "dm", "lam": 0.5, "beta": 6.0}, {"method": "dm", "lam": 0.0, "beta": 0.0},
-        {"method": "cce"}, {"method": "gce"}, {"method": "mae-dn"}, {"method": "sl"}]
-
-
-def _cifar_like(n_train: int, n_test: int) -> Source:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n_train + n_test, 3, 32, 32), generator=gen, dtype=torch.uint8)
-    y = torch.randint(0, 10, (n_train + n_test,), generator=gen)
-    return Source(name="cifar10", train=Split(x[:n_train], y[:n_train]), test=Split(x[n_train:], y[n_train:]),
-                  num_classes=10, input_kind="image", default_model="resnet20",
-                  defaults={"epochs": 1, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4,
-                            "schedule": "cosine"},
-                  normalise=((0.49, 0.48, 0.45), (0.25, 0.24, 0.26)))
-
-
-def _case(name: str, quick: bool, device: str) -> tuple[Source, dict[str, Any]]:
-    """(source, shared config fields) of a case."""
-    if name == "digits-mlp":
-        return DATASETS["digits"][0](None, {}, False), {"dataset": "digits", "epochs": 2 if quick else 10}
-    if name == "mnist1d-cnn":
-        opts = {"num_samples": 1000} if quick else {}
-        return (DATASETS["mnist1d"][0](None, opts, False),
-                {"dataset": "mnist1d", "dataset_options": opts, "epochs": 1})
-    if name == "resnet20":
-        batch = 8 if quick else (128 if device == "cuda" else 32)
-        steps = 2 if quick else (40 if device == "cuda" else 4)
-        n_train = int(batch * steps / 0.8)  # 20% is carved off as validation
-        return _cifar_like(n_train, batch), {"dataset": "cifar10", "model": "resnet20", "batch_size": batch,
-                                             "epochs": 1}
-    raise SystemExit(f"unknown case {name!r}: digits-mlp, mnist1d-cnn, resnet20")
-
-
-def _configs(shared: dict[str, Any], k: int, device: str) -> list[TrainConfig]:
-    out = []
-    for i in range(k):
-        arm = ARMS[i % len(ARMS)]
-        out.append(TrainConfig.from_dict({"noise": "symmetric", "noise_rate": 0.4, "device": device,
-                                          **shared, **arm, "seed": i // len(ARMS) + 100 * (i % len(ARMS))}))
-    return out
+import _cases  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -106,8 +64,8 @@ def _time(fn, device: str) -> tuple[float, float]:
 
 def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device: str) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    source, shared = _case(name, quick, device)
-    cfgs = _configs(shared, k, device)
+    source, shared = _cases.case(name, quick, device)
+    cfgs = _cases.configs(shared, k, device)
     datas = [prepare(c, source) for c in cfgs]
     separate_runs = k if device != "cuda" else min(k, 2)
     # Warm-up, untimed: first calls of every kernel; on CUDA also the context, cuDNN, the allocator.

@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dm_tune import _popoptim  # noqa: E402
-from dm_tune.config import TrainConfig  # noqa: E402
 from dm_tune.data import prepare  # noqa: E402
-from dm_tune.datasets import DATASETS  # noqa: E402
 from dm_tune.population import train_population  # noqa: E402
+
+import _cases  # noqa: E402
 
 
 def main() -> None:
@@ -41,10 +41,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--json")
     args = p.parse_args()
-    source = DATASETS["digits"][0](None, {}, False)
-    configs = [TrainConfig.from_dict({"dataset": "digits", "noise": "symmetric", "noise_rate": 0.4, "device": "cpu",
-                                      "epochs": args.epochs, "method": "dm", "lam": 1.0, "beta": 8.0, "seed": s})
-               for s in range(args.k)]
+    source, shared = _cases.case("digits-mlp")
+    configs = _cases.configs({**shared, "epochs": args.epochs}, args.k, arms=[_cases.ARMS[0]])
     datas = [prepare(c, source) for c in configs]
     stacked = _popoptim.PopulationOptimizer._step_stacked
     arms = {"stacked": stacked, "slices": lambda self, *a: False}

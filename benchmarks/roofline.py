@@ -1,20 +1,23 @@
-"""How much a population *could* gain on this CPU: the arithmetic ceiling of the digits MLP.
+"""How much a population *could* gain on this CPU: the arithmetic ceiling of a case.
 
 A population trains K models with the same floating-point work as K separate runs; it can only
-save the per-step overheads (Python, small kernels, launches). So the best possible ratio is the
-separate run's time per configuration over the population's *compute-bound* time per
-configuration: the run's floating-point operations at this core's peak matrix-multiply rate.
+save the per-step overheads (Python, small kernels, launches, memory traffic). So the best
+possible ratio is the separate run's time per configuration over its *compute-bound* time: the
+run's floating-point operations at this CPU's peak matrix-multiply rate.
 
-Measured here, side by side, on one thread:
-- ``peak``: GFLOP/s of a 1024 x 1024 float32 matrix product (the best case for the core);
-- the MLP's training FLOPs per step (forward 2 x in x out per example per Linear layer, backward
-  twice that, less the first layer's input gradient) and per evaluation pass (forward only),
-  counted from the model;
-- one ``train()`` run and one population of K (``train_population``), 10 epochs: wall time, and
+Measured here, side by side, at the given thread count:
+- ``peak``: GFLOP/s of a 1024 x 1024 float32 matrix product (the best case for the cores);
+- the model's multiply-adds per example, counted from its Linear and convolution layers (the
+  shapes seen by forward hooks): a training step computes the forward, every layer's weight
+  gradient and the input gradient of every layer but the first (the data needs none); an
+  evaluation pass (validation and test, after every epoch) the forward only. BatchNorm, ReLU,
+  pooling, the loss and the optimiser are not counted, so the ceiling is an upper bound;
+- the case's K configurations (those of ``population.py``) as separate ``train()`` runs and as
+  one population (``train_population``), alternating: median wall time per configuration, and
   the achieved GFLOP/s of each;
 - ``ceiling``: separate seconds per configuration / (FLOPs per configuration / peak).
 
-    python benchmarks/roofline.py --json benchmarks/results/roofline_cpu.json
+    python benchmarks/roofline.py [--case digits-mlp|mnist1d-cnn] [--k 16] [--threads 1] --json out.json
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,12 +35,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dm_tune.config import TrainConfig  # noqa: E402
 from dm_tune.data import prepare  # noqa: E402
-from dm_tune.datasets import DATASETS  # noqa: E402
 from dm_tune.models import ModelSpec, build_model  # noqa: E402
 from dm_tune.population import train_population  # noqa: E402
 from dm_tune.train import train  # noqa: E402
+
+import _cases  # noqa: E402
+
+COMPUTE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
 
 
 def peak_gflops(n: int = 1024, repeats: int = 20) -> float:
@@ -49,46 +55,67 @@ def peak_gflops(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
 
 
-def linear_macs(model: torch.nn.Module) -> tuple[int, int]:
-    """Multiply-adds of one example through the model's Linear layers: (forward pass, training
-    step). Training computes the forward, every layer's weight gradient and the gradient of every
-    layer's input except the first's (the data needs none): 3 passes less the first layer's one."""
-    sizes = [m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return sum(sizes), 3 * sum(sizes) - sizes[0]
+def layer_macs(model: torch.nn.Module, example: torch.Tensor) -> list[int]:
+    """Multiply-adds of one example through each Linear and convolution layer, in call order:
+    every output element costs (input features or channels per group x kernel size) of them."""
+    macs: list[int] = []
+
+    def hook(module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        per_output = (module.in_features if isinstance(module, torch.nn.Linear)
+                      else module.in_channels // module.groups * math.prod(module.kernel_size))
+        macs.append(output[0].numel() * per_output)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, COMPUTE)]
+    model.eval()
+    with torch.no_grad():
+        model(example.unsqueeze(0))
+    for h in handles:
+        h.remove()
+    return macs
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--k", type=int, default=16, help="population size (default 16, what auto picks)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--case", default="digits-mlp", choices=["digits-mlp", "mnist1d-cnn"])
+    p.add_argument("--k", type=int, default=16, help="population size (default 16, what auto picks for the MLP)")
+    p.add_argument("--epochs", type=int, help="default: the case's (MLP 10, CNN 1, as population.py)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each arm, alternating (median used)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    source = DATASETS["digits"][0](None, {}, False)
-    configs = [TrainConfig.from_dict({"dataset": "digits", "noise": "symmetric", "noise_rate": 0.4, "device": "cpu",
-                                      "epochs": args.epochs, "method": "dm", "lam": 1.0, "beta": 8.0, "seed": s})
-               for s in range(args.k)]
+    torch.set_num_threads(args.threads)
+    source, shared = _cases.case(args.case)
+    if args.epochs:
+        shared["epochs"] = args.epochs
+    configs = _cases.configs(shared, args.k)
     datas = [prepare(c, source) for c in configs]
-    resolved = configs[0].resolve(datas[0].defaults, datas[0].default_model, datas[0].input_kind)
     d = datas[0]
+    resolved = configs[0].resolve(d.defaults, d.default_model, d.input_kind)
     model = build_model(resolved.model, ModelSpec(d.input_shape, d.input_kind, d.num_classes, resolved.hidden_dim))
-    forward_macs, train_macs = linear_macs(model)
-    n_train, n_eval = len(d.train), len(d.val) + len(d.test)
-    flops = args.epochs * 2 * (train_macs * n_train + forward_macs * n_eval)  # per config
+    macs = layer_macs(model, torch.zeros(d.input_shape))
+    forward_macs, train_macs = sum(macs), 3 * sum(macs) - macs[0]
+    n_train, n_eval, epochs = len(d.train), len(d.val) + len(d.test), int(shared["epochs"])
+    flops = epochs * 2 * (train_macs * n_train + forward_macs * n_eval)  # per config
 
     peak = peak_gflops()
     train(configs[0], datas[0])  # warm-up
-    t = time.perf_counter()
-    train(configs[0], datas[0])
-    single = time.perf_counter() - t
-    train_population(configs[:2], datas[:2])  # warm-up
-    t = time.perf_counter()
-    train_population(configs, datas)
-    population = (time.perf_counter() - t) / args.k
+    train_population(configs[:2], datas[:2])
+    singles, populations = [], []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        for c, d in zip(configs, datas):
+            train(c, d)
+        singles.append((time.perf_counter() - t) / args.k)
+        t = time.perf_counter()
+        train_population(configs, datas)
+        populations.append((time.perf_counter() - t) / args.k)
+    single, population = statistics.median(singles), statistics.median(populations)
     bound = flops / (peak * 1e9)
-    out = {"model": str(resolved.model), "k": args.k, "epochs": args.epochs, "threads": 1, "n_train": n_train, "n_eval": n_eval,
+    out = {"case": args.case, "model": str(resolved.model), "k": args.k, "epochs": epochs, "threads": args.threads, "repeats": args.repeats,
+           "n_train": n_train, "n_eval": n_eval, "layer_macs": macs,
            "peak_gflops": peak, "gflop_per_config": flops / 1e9,
            "single_s_per_config": single, "population_s_per_config": population,
+           "single_s_all": singles, "population_s_per_config_all": populations,
            "single_gflops": flops / single / 1e9, "population_gflops": flops / population / 1e9,
            "compute_bound_s_per_config": bound, "measured_ratio": single / population,
            "ceiling_ratio": single / bound}

@@ -58,16 +58,26 @@ def test_population_benchmark_smoke(tmp_path):
 
 def test_roofline_counts_the_mlps_work_and_bounds_the_ratio(tmp_path):
     out = tmp_path / "roofline.json"
-    _run("roofline.py", "--k", "2", "--epochs", "1", "--json", str(out))
+    _run("roofline.py", "--k", "2", "--epochs", "1", "--repeats", "1", "--json", str(out))
     doc = json.loads(out.read_text())
     # digits MLP 64 -> 256 -> 256 -> 10: 84,480 multiply-adds per example.
+    assert doc["model"] == "mlp" and doc["layer_macs"] == [64 * 256, 256 * 256, 256 * 10]
     macs = 64 * 256 + 256 * 256 + 256 * 10
-    assert doc["model"] == "mlp" and doc["gflop_per_config"] > 0
     assert abs(doc["ceiling_ratio"] - doc["single_s_per_config"] / doc["compute_bound_s_per_config"]) < 1e-9
     assert abs(doc["compute_bound_s_per_config"] * doc["peak_gflops"] - doc["gflop_per_config"]) < 1e-6
     # Training: forward, weight gradients, input gradients but the first layer's; evaluation: forward.
     per_epoch = 2 * ((3 * macs - 64 * 256) * doc["n_train"] + macs * doc["n_eval"])
     assert abs(doc["gflop_per_config"] * 1e9 - per_epoch) < 1e-3
+
+
+def test_roofline_counts_the_cnns_convolutions(tmp_path):
+    out = tmp_path / "roofline.json"
+    _run("roofline.py", "--case", "mnist1d-cnn", "--k", "2", "--repeats", "1", "--json", str(out))
+    doc = json.loads(out.read_text())
+    # Length 40, kernel 3, padding 1, pooled by 2 after each block: 1 -> 32 -> 64 -> 128 channels.
+    assert doc["model"] == "cnn" and doc["epochs"] == 1
+    assert doc["layer_macs"] == [32 * 1 * 3 * 40, 64 * 32 * 3 * 20, 128 * 64 * 3 * 10, 128 * 10]
+    assert doc["single_s_per_config"] > 0 and doc["population_s_per_config"] > 0
 
 
 def test_pooling_benchmark_times_both_layers(tmp_path):
