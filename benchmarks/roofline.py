@@ -15,7 +15,10 @@ Measured here, side by side, at the given thread count:
 - the case's K configurations (those of ``population.py``) as separate ``train()`` runs and as
   one population (``train_population``), alternating: median wall time per configuration, and
   the achieved GFLOP/s of each;
-- ``ceiling``: separate seconds per configuration / (FLOPs per configuration / peak).
+- ``ceiling``: separate seconds per configuration / (FLOPs per configuration / peak);
+- ``products_bound``: the same over the time the population spends in its matrix products alone
+  (``bmm``, ``baddbmm``, ``mm``, ``addmm``, convolutions: their self time in one profiled run), the
+  ratio it would reach if everything else it does took no time.
 
     python benchmarks/roofline.py [--case digits-mlp|mnist1d-cnn] [--k 16] [--threads 1] --json out.json
 """
@@ -43,6 +46,8 @@ from dm_tune.train import train  # noqa: E402
 import _cases  # noqa: E402
 
 COMPUTE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+PRODUCTS = {"aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm", "aten::mkldnn_convolution",
+            "aten::convolution_backward", "aten::_convolution"}
 
 
 def peak_gflops(n: int = 1024, repeats: int = 20) -> float:
@@ -111,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         populations.append((time.perf_counter() - t) / args.k)
     single, population = statistics.median(singles), statistics.median(populations)
     bound = flops / (peak * 1e9)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        train_population(configs, datas)
+    products = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in PRODUCTS) / 1e6 / args.k
     out = {"case": args.case, "model": str(resolved.model), "k": args.k, "epochs": epochs, "threads": args.threads, "repeats": args.repeats,
            "n_train": n_train, "n_eval": n_eval, "layer_macs": macs,
            "peak_gflops": peak, "gflop_per_config": flops / 1e9,
@@ -118,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
            "single_s_all": singles, "population_s_per_config_all": populations,
            "single_gflops": flops / single / 1e9, "population_gflops": flops / population / 1e9,
            "compute_bound_s_per_config": bound, "measured_ratio": single / population,
-           "ceiling_ratio": single / bound}
+           "ceiling_ratio": single / bound,
+           "products_s_per_config": products, "products_bound_ratio": single / products}
     for key, value in out.items():
         print(f"{key:>28}: {value:.4g}" if isinstance(value, float) and math.isfinite(value) else f"{key:>28}: {value}")
     if args.json:
