@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dm_tune.models import CifarResNet, _BasicBlock
+from dm_tune.models import CifarResNet, _BasicBlock, pair_max
 
 # nn.Sequential layers the population forward knows, each with the layout it takes.
 SEQUENTIAL_LAYERS = (nn.Flatten, nn.Unflatten, nn.Linear, nn.ReLU, nn.Conv1d, nn.BatchNorm1d,
@@ -203,12 +203,9 @@ def _batch_norm(prefix: str, momentum: float, eps: float, affine: bool) -> Step:
 
 
 def _max_pool_2(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
-    """MaxPool1d(2) along L of [K, C, L, B]: the max of each pair (``amax``: faster here than
-    ``max`` with indices or max_pool2d). A tie splits the gradient where MaxPool1d gives it to the
-    first element; after a ReLU ties are zeros, whose gradient the ReLU stops either way."""
-    k, c, length, batch = x.shape
-    half = length // 2
-    return x[:, :, :2 * half].reshape(k, c, half, 2, batch).amax(3)
+    """MaxPool1d(2) along L of [K, C, L, B]: ``pair_max``, as a single run's ``PairMaxPool1d``
+    (the same outputs and gradients, ties and NaNs included)."""
+    return pair_max(x, 2)
 
 
 # --- CIFAR ResNets: grouped convolutions in a [B, K*C, H, W] layout ----------------------------

@@ -42,33 +42,58 @@ def imdb_mlp(spec: ModelSpec) -> nn.Module:
 
 
 class _PairMax(torch.autograd.Function):
-    """The max of each pair of positions along the last dimension (odd tail dropped), as
-    MaxPool1d picks it: the second element if it is larger or NaN, else the first (so a NaN
-    propagates and a tie's gradient goes to the first element)."""
+    """The max of each pair of positions along ``dim`` (odd tail dropped), as MaxPool1d picks it:
+    the second element if it is larger or NaN, else the first (so a NaN propagates and a tie's
+    gradient goes to the first element).
+
+    Written for the CPU's vectorised kernels: ``maximum`` gives the values, a 0/1 mask of the
+    second element's wins (in the input's dtype, computed by a comparison straight into it) is
+    kept, and the gradient is routed by a product and a difference with it. Boolean masks and
+    ``where`` on these strided views are several times slower. A non-finite sum (a NaN or an
+    inf in the values or the gradient, where a product with 0 would make a NaN) takes the exact
+    boolean path instead."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        half = x.shape[-1] // 2
-        pairs = x[..., :2 * half].unflatten(-1, (half, 2))
-        second = pairs[..., 1]
-        first = ~((second > pairs[..., 0]) | second.isnan())
-        ctx.save_for_backward(first)
-        ctx.length = x.shape[-1]
-        return torch.where(first, pairs[..., 0], pairs[..., 1])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (first,) = ctx.saved_tensors
-        mask = first.unsqueeze(-1)
-        out = (grad.unsqueeze(-1) * torch.cat([mask, ~mask], -1)).flatten(-2)
-        if out.shape[-1] < ctx.length:
-            out = F.pad(out, (0, ctx.length - out.shape[-1]))
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:  # type: ignore[override]
+        dim %= x.dim()
+        half = x.shape[dim] // 2
+        pairs = x.narrow(dim, 0, 2 * half).unflatten(dim, (half, 2))
+        a, b = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
+        out = torch.maximum(a, b)  # the picked value; NaN if either is, as MaxPool1d
+        if bool(out.sum().isfinite()):
+            second = torch.gt(b, a, out=torch.empty_like(out))
+        else:
+            second = ((b > a) | (b != b)).to(out.dtype)
+        ctx.save_for_backward(second)
+        ctx.dim, ctx.shape = dim, x.shape
         return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (second,) = ctx.saved_tensors
+        dim, half = ctx.dim, second.shape[ctx.dim]
+        odd = ctx.shape[dim] > 2 * half
+        out = grad.new_zeros(ctx.shape) if odd else grad.new_empty(ctx.shape)
+        pairs = out.narrow(dim, 0, 2 * half).unflatten(dim, (half, 2))
+        to_a, to_b = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
+        if bool(grad.sum().isfinite()):
+            torch.mul(grad, second, out=to_b)
+            torch.sub(grad, to_b, out=to_a)
+        else:
+            wins = second.bool()
+            to_a.copy_(torch.where(wins, 0.0, grad))
+            to_b.copy_(torch.where(wins, grad, 0.0))
+        return out, None
+
+
+def pair_max(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """MaxPool1d(2) along ``dim``: its outputs and gradients, ties and NaNs included."""
+    return _PairMax.apply(x, dim)
 
 
 class PairMaxPool1d(nn.MaxPool1d):
     """``nn.MaxPool1d(2)`` with a faster training path on the CPU: the same outputs and the same
-    gradients (``_PairMax``), where ``max_pool1d``'s training path computes indices through the
+    gradients (``pair_max``), where ``max_pool1d``'s training path computes indices through the
     2-D kernel (BENCHMARKS.md: a 1-D CNN run on MNIST-1D). Inference (no grad) is
     ``max_pool1d`` itself. Same state dict as ``nn.MaxPool1d(2)``."""
 
@@ -80,7 +105,7 @@ class PairMaxPool1d(nn.MaxPool1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and x.requires_grad):
             return super().forward(x)
-        return _PairMax.apply(x)
+        return pair_max(x)
 
 
 def cnn(spec: ModelSpec) -> nn.Module:

@@ -243,26 +243,55 @@ def test_cnn_on_signals():
     assert build_model("cnn", spec)(_inputs(spec)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
 @pytest.mark.parametrize("length", [40, 7])
-def test_pair_max_pool_is_max_pool_1d_with_its_gradients(length):
+def test_pair_max_pool_is_max_pool_1d_with_its_gradients(length, nan):
     # Integer values make ties common (ties at zero after a ReLU, and between equal positives):
-    # the gradient goes to the first element of a tied pair, as MaxPool1d gives it.
+    # the gradient goes to the first element of a tied pair, as MaxPool1d gives it. Finite
+    # values take the fast path; a NaN anywhere the exact one.
     from dm_tune.models import PairMaxPool1d
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(-2, 3, (8, 5, length), generator=gen).double().relu()
-    x[0, 0, :4] = torch.tensor([math.nan, 1.0, 1.0, math.nan])  # a NaN propagates from either side
+    if nan:
+        x[0, 0, :4] = torch.tensor([math.nan, 1.0, 1.0, math.nan])  # a NaN propagates from either side
     x.requires_grad_()
     grad = torch.randn(8, 5, length // 2, generator=gen, dtype=torch.float64)
     ref = torch.nn.MaxPool1d(2)(x)
     ours = PairMaxPool1d()(x)
-    assert ours[0, 0, :2].isnan().all()
+    assert ours[0, 0, :2].isnan().all() == nan
     assert torch.allclose(ours, ref, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
+    # An infinite or NaN gradient goes to the picked element only, as MaxPool1d routes it.
+    grad[1, 1, 0], grad[2, 3, 1] = math.inf, math.nan
+    ours, ref = PairMaxPool1d()(x), torch.nn.MaxPool1d(2)(x)
+    ours_grad, ref_grad = torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(ref, x, grad)[0]
+    assert torch.equal(ours_grad.isnan(), ref_grad.isnan()) and ours_grad.isinf().sum() == 1
+    assert torch.allclose(ours_grad, ref_grad, rtol=0, atol=0, equal_nan=True)
     with torch.no_grad():
         assert torch.allclose(PairMaxPool1d()(x), ref, rtol=0, atol=0, equal_nan=True)
     with pytest.raises(ValueError, match="kernel_size 2"):
         PairMaxPool1d(3)
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
+@pytest.mark.parametrize("length", [10, 7])
+def test_pair_max_along_a_middle_dimension_is_max_pool_1d(length, nan):
+    # A population's layout [K, C, L, B] pools along L: the same values and gradients as
+    # MaxPool1d(2) on each member's [B, C, L], ties and NaNs included.
+    from dm_tune.models import pair_max
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(-2, 3, (3, 4, length, 6), generator=gen).double().relu()
+    if nan:
+        x[1, 2, :2, 0] = torch.tensor([1.0, math.nan])
+    x.requires_grad_()
+    grad = torch.randn(3, 4, length // 2, 6, generator=gen, dtype=torch.float64)
+    ours = pair_max(x, 2)
+    ref = torch.nn.MaxPool1d(2)(x.permute(0, 3, 1, 2).reshape(18, 4, length)).reshape(3, 6, 4, -1).permute(0, 2, 3, 1)
+    assert ours[1, 2, 0, 0].isnan() == nan
+    assert torch.allclose(ours, ref, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
 
 
 def test_the_signal_cnn_pools_pairs_with_the_fast_path():
