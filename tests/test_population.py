@@ -129,6 +129,11 @@ def test_population_model_is_its_members_side_by_side(name, channels_last, monke
                 for k, m in enumerate(members):
                     torch.testing.assert_close(pop.get(key).grad[k], dict(m.named_parameters())[key].grad,
                                                rtol=1e-9, atol=1e-12)
+    before = x.clone()
+    with torch.no_grad():  # evaluation: ReLUs run in place on fresh activations, never on the input
+        torch.testing.assert_close(pop(x), torch.stack([m(x[k]) for k, m in enumerate(members)]),
+                                   rtol=1e-10, atol=1e-12)
+    assert torch.equal(x, before)
     for k, m in enumerate(members):  # running statistics included
         state = pop.member_state_dict(k)
         for key, value in m.state_dict().items():
