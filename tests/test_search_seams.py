@@ -268,6 +268,21 @@ def test_search_seed_replicas_fill_populations(tmp_path):
     assert [(s.number, s.seed) for s in second] == [(2, 0), (2, 1)]
 
 
+@pytest.mark.parametrize("slots, sizes", [(1, [9]), (2, [5, 4]), (4, [3, 3, 3]), (16, [1] * 9)])
+def test_a_fixed_stage_is_split_over_the_slots_that_run_at_once(tmp_path, slots, sizes):
+    # 3 baselines on 3 seeds: at least one population per slot, of equal sizes, at most 16 each.
+    baselines = {b: BASELINES[b] for b in ("cce", "gce", "mae")}
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=16, num_samples=1,
+                         seeds=[0, 1, 2], slots=slots)
+    searcher.baselines = {name: dict(o) for name, o in baselines.items()}
+    assert [s.stage for s in _members(searcher.suggest("search"))] == ["search"]
+    populations = [_members(searcher.suggest(f"b{i}")) for i in range(len(sizes))]
+    assert [len(p) for p in populations] == sizes
+    assert sorted((s.arm, s.seed) for p in populations for s in p) == sorted(
+        (b, seed) for b in baselines for seed in (0, 1, 2))
+    assert searcher.suggest("next") is None  # the confirmed arm waits for the search
+
+
 def test_class_weighting_is_a_search_dimension_of_dm_arms(tmp_path):
     space = {**get_space("decoupled"), "class_weighting": {"type": "categorical", "choices": ["none", "inverse"]}}
     searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), space=space, num_samples=6,

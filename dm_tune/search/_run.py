@@ -269,7 +269,8 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
         warm_points=warm,
         population_size=ctx.population_size(),
         search_population_size=_search_population_size(study, ctx.population_size()),
-        objective=OBJECTIVES[study.task].final, search_seeds=study.search_seed_count)
+        objective=OBJECTIVES[study.task].final, search_seeds=study.search_seed_count,
+        slots=study.resources.max_concurrent)
 
 
 def _scheduler(study: Study, budget: int):

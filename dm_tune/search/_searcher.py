@@ -89,7 +89,7 @@ class StagedSearcher(Searcher):
                  baselines: Mapping[str, Mapping[str, Any]], seeds: Sequence[int], top_k: int,
                  warm_points: Sequence[Mapping[str, float]] = (), study_name: str = "",
                  population_size: int = 1, search_population_size: int | None = None,
-                 objective: str = OBJECTIVE, search_seeds: int = 1) -> None:
+                 objective: str = OBJECTIVE, search_seeds: int = 1, slots: int = 1) -> None:
         super().__init__(metric=objective, mode="max")
         self.objective = objective
         self.setting, self.ledger = setting, ledger
@@ -101,6 +101,7 @@ class StagedSearcher(Searcher):
         self._warm_points = [dict(p) for p in warm_points]
         self._study: Any = None
         self.population_size = population_size
+        self.slots = max(1, slots)  # Ray trials that run at once
         # A scheduler that stops trials early acts on whole Ray trials: search trials then train alone.
         self.search_population_size = search_population_size or population_size
         self._live: dict[str, list[TrialSpec]] = {}  # Ray trial id -> its members, this process only
@@ -188,10 +189,15 @@ class StagedSearcher(Searcher):
     # --- the stages -----------------------------------------------------------------------
 
     def _fixed(self, arms: Sequence[tuple[str, Mapping[str, Any], str]]) -> list[TrialSpec]:
-        """Up to a population of the (arm, seed) pairs of ``arms`` that have not started yet."""
+        """The next population of the (arm, seed) pairs of ``arms`` that have not started yet.
+        A stage is split into at least as many populations as Ray trials run at once (and
+        populations of at most ``population_size``), of equal sizes, so that one large last
+        population does not train alone while the other slots idle."""
         todo = [TrialSpec(self.setting, "confirm", seed, dict(overrides), arm=name, baseline=baseline)
                 for name, overrides, baseline in arms for seed in self.seeds]
-        return [s for s in todo if s.key not in self.ledger.started][:self.population_size]
+        count = max(-(-len(todo) // self.population_size), min(self.slots, len(todo)))
+        size = -(-len(todo) // count) if todo else 1
+        return [s for s in todo if s.key not in self.ledger.started][:size]
 
     def _confirmed(self) -> list[tuple[str, Mapping[str, Any], str]]:
         return [(name, o, "") for name, o in top_arms(self.ledger.ended_specs("search"), self.top_k, self.objective)]
