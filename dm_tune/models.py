@@ -59,6 +59,8 @@ class _PairMax(torch.autograd.Function):
         half = x.shape[dim] // 2
         pairs = x.narrow(dim, 0, 2 * half).unflatten(dim, (half, 2))
         a, b = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
+        if dim == x.dim() - 1:  # pairs side by side: comparing every other element is not
+            a, b = a.contiguous(), b.contiguous()  # vectorised; two copies and dense ops are 4x faster
         out = torch.maximum(a, b)  # the picked value; NaN if either is, as MaxPool1d
         if bool(out.sum().isfinite()):
             second = torch.gt(b, a, out=torch.empty_like(out))
