@@ -51,7 +51,7 @@ class _PairMax(torch.autograd.Function):
     kept, and the gradient is routed by a product and a difference with it. Boolean masks and
     ``where`` on these strided views are several times slower. A non-finite sum (a NaN or an
     inf in the values or the gradient, where a product with 0 would make a NaN) takes the exact
-    boolean path instead."""
+    boolean path instead, and so does any other device (no check that waits for it)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:  # type: ignore[override]
@@ -62,7 +62,7 @@ class _PairMax(torch.autograd.Function):
         if dim == x.dim() - 1:  # pairs side by side: comparing every other element is not
             a, b = a.contiguous(), b.contiguous()  # vectorised; two copies and dense ops are 4x faster
         out = torch.maximum(a, b)  # the picked value; NaN if either is, as MaxPool1d
-        if bool(out.sum().isfinite()):
+        if x.is_cpu and bool(out.sum().isfinite()):  # (a check that would make a GPU wait)
             second = torch.gt(b, a, out=torch.empty_like(out))
         else:
             second = ((b > a) | (b != b)).to(out.dtype)
@@ -78,7 +78,7 @@ class _PairMax(torch.autograd.Function):
         out = grad.new_zeros(ctx.shape) if odd else grad.new_empty(ctx.shape)
         pairs = out.narrow(dim, 0, 2 * half).unflatten(dim, (half, 2))
         to_a, to_b = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
-        if bool(grad.sum().isfinite()):
+        if grad.is_cpu and bool(grad.sum().isfinite()):
             torch.mul(grad, second, out=to_b)
             torch.sub(grad, to_b, out=to_a)
         else:
@@ -96,8 +96,9 @@ def pair_max(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 class PairMaxPool1d(nn.MaxPool1d):
     """``nn.MaxPool1d(2)`` with a faster training path on the CPU: the same outputs and the same
     gradients (``pair_max``), where ``max_pool1d``'s training path computes indices through the
-    2-D kernel (BENCHMARKS.md: a 1-D CNN run on MNIST-1D). Inference (no grad) is
-    ``max_pool1d`` itself. Same state dict as ``nn.MaxPool1d(2)``."""
+    2-D kernel (BENCHMARKS.md: a 1-D CNN run on MNIST-1D). Inference (no grad) and other
+    devices than the CPU (not measured there) use ``max_pool1d`` itself. Same state dict as
+    ``nn.MaxPool1d(2)``."""
 
     def __init__(self, kernel_size: int = 2) -> None:
         if kernel_size != 2:
@@ -105,7 +106,7 @@ class PairMaxPool1d(nn.MaxPool1d):
         super().__init__(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
+        if not (torch.is_grad_enabled() and x.requires_grad and x.is_cpu):
             return super().forward(x)
         return pair_max(x)
 

@@ -88,3 +88,18 @@ def test_a_cifar_resnet_step_with_dm_on_cuda_matches_the_cpu_step():
         loss.backward()
         opt.step()
     assert all(torch.isfinite(p).all() for p in gpu.parameters())
+
+
+def test_pair_max_on_cuda_is_max_pool_1d_without_waiting_for_the_gpu():
+    # On CUDA the exact path runs (no finiteness check, which would synchronise every layer).
+    from dm_tune.models import PairMaxPool1d, pair_max
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (3, 4, 10, 6), generator=gen).double().relu().cuda().requires_grad_()
+    grad = torch.randn(3, 4, 5, 6, generator=gen, dtype=torch.float64).cuda()
+    ref = torch.nn.MaxPool1d(2)(x.permute(0, 3, 1, 2).reshape(18, 4, 10)).reshape(3, 6, 4, -1).permute(0, 2, 3, 1)
+    ours = pair_max(x, 2)
+    assert torch.equal(ours, ref)
+    assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(ref, x, grad)[0])
+    flat = x.detach().reshape(12, 10, 6).transpose(1, 2).contiguous().requires_grad_()
+    torch.testing.assert_close(PairMaxPool1d()(flat), torch.nn.MaxPool1d(2)(flat), rtol=0, atol=0)
