@@ -1,7 +1,7 @@
 """Side-by-side timing shared by the benchmark scripts (run as ``python benchmarks/NAME.py``, so
 this folder is on ``sys.path``): the arms alternate in blocks of equal size, the order reversed
 every round (A B C, C B A, ...), so that none always runs first or last under the same machine
-conditions."""
+conditions. ``population_and_separate`` does the same for whole training runs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,38 @@ Arm = Callable[[], object]
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(fn: Arm, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call of ``fn`` (the device synchronised)."""
+    sync(device)
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def population_and_separate(cfgs: list, datas: list, repeats: int, device: torch.device,
+                            separate_runs: int | None = None) -> dict[str, list[tuple[float, float]]]:
+    """The same configurations trained as one population (``"pop"``) and as separate ``train()``
+    runs, the first ``separate_runs`` of them (``"sep"``), after an untimed warm-up; the two arms
+    alternate their order between repeats. Each arm's (wall, CPU) seconds per repeat."""
+    from dm_tune.population import train_population
+    from dm_tune.train import train
+
+    separate_runs = len(cfgs) if separate_runs is None else separate_runs
+    # Warm-up: first calls of every kernel; on CUDA also the context, cuDNN, the allocator.
+    train(cfgs[0], datas[0])
+    if len(cfgs) > 1:
+        warm = len(cfgs) if device.type == "cuda" else 2
+        train_population(cfgs[:warm], datas[:warm])
+    arms = [("pop", lambda: train_population(cfgs, datas)),
+            ("sep", lambda: [train(c, d) for c, d in zip(cfgs[:separate_runs], datas[:separate_runs])])]
+    times: dict[str, list[tuple[float, float]]] = {"pop": [], "sep": []}
+    for r in range(repeats):
+        for arm, fn in (arms if r % 2 == 0 else arms[::-1]):
+            times[arm].append(timed(fn, device))
+    return times
 
 
 def time_block(fn: Arm, n: int, device: torch.device) -> float:

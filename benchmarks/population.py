@@ -42,24 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from dm_tune import _popmodels  # noqa: E402
 from dm_tune.data import prepare  # noqa: E402
-from dm_tune.population import train_population  # noqa: E402
-from dm_tune.train import train  # noqa: E402
 
 import _cases  # noqa: E402
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device: str) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of ``fn()``."""
-    _sync(device)
-    t, c = time.perf_counter(), time.process_time()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t, time.process_time() - c
+import _timing  # noqa: E402
 
 
 def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device: str) -> dict[str, Any]:
@@ -68,16 +53,7 @@ def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device:
     cfgs = _cases.configs(shared, k, device)
     datas = [prepare(c, source) for c in cfgs]
     separate_runs = k if device != "cuda" else min(k, 2)
-    # Warm-up, untimed: first calls of every kernel; on CUDA also the context, cuDNN, the allocator.
-    train(cfgs[0], datas[0])
-    if k > 1:
-        train_population(cfgs if device == "cuda" else cfgs[:2], datas if device == "cuda" else datas[:2])
-    times: dict[str, list[tuple[float, float]]] = {"pop": [], "sep": []}
-    for r in range(repeats):
-        arms = [("pop", lambda: train_population(cfgs, datas)),
-                ("sep", lambda: [train(c, d) for c, d in zip(cfgs[:separate_runs], datas[:separate_runs])])]
-        for arm, fn in (arms if r % 2 == 0 else arms[::-1]):
-            times[arm].append(_time(fn, device))
+    times = _timing.population_and_separate(cfgs, datas, repeats, torch.device(device), separate_runs)
     pop_s, sep_s = [w for w, _ in times["pop"]], [w for w, _ in times["sep"]]
     pop_cpu, sep_cpu = [c for _, c in times["pop"]], [c for _, c in times["sep"]]
     pop, sep = statistics.median(pop_s), statistics.median(sep_s)

@@ -13,8 +13,8 @@ Measured here, side by side, at the given thread count:
   evaluation pass (validation and test, after every epoch) the forward only. BatchNorm, ReLU,
   pooling, the loss and the optimiser are not counted, so the ceiling is an upper bound;
 - the case's K configurations (those of ``population.py``) as separate ``train()`` runs and as
-  one population (``train_population``), alternating: median wall time per configuration, and
-  the achieved GFLOP/s of each;
+  one population (``train_population``), timed as ``population.py`` times them (``_timing``):
+  median wall time per configuration, and the achieved GFLOP/s of each;
 - ``ceiling``: separate seconds per configuration / (FLOPs per configuration / peak);
 - ``products_bound``: the same over the time the population spends in its matrix products alone
   (``bmm``, ``baddbmm``, ``mm``, ``addmm``, convolutions: their self time in one profiled run), the
@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 from dm_tune.data import prepare  # noqa: E402
 from dm_tune.models import ModelSpec, build_model  # noqa: E402
 from dm_tune.population import train_population  # noqa: E402
-from dm_tune.train import train  # noqa: E402
 
 import _cases  # noqa: E402
+import _timing  # noqa: E402
 
 COMPUTE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
 PRODUCTS = {"aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm", "aten::mkldnn_convolution",
@@ -103,17 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     flops = epochs * 2 * (train_macs * n_train + forward_macs * n_eval)  # per config
 
     peak = peak_gflops()
-    train(configs[0], datas[0])  # warm-up
-    train_population(configs[:2], datas[:2])
-    singles, populations = [], []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        for c, d in zip(configs, datas):
-            train(c, d)
-        singles.append((time.perf_counter() - t) / args.k)
-        t = time.perf_counter()
-        train_population(configs, datas)
-        populations.append((time.perf_counter() - t) / args.k)
+    times = _timing.population_and_separate(configs, datas, args.repeats, torch.device("cpu"))
+    singles = [wall / args.k for wall, _ in times["sep"]]
+    populations = [wall / args.k for wall, _ in times["pop"]]
     single, population = statistics.median(singles), statistics.median(populations)
     bound = flops / (peak * 1e9)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
