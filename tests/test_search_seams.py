@@ -212,17 +212,29 @@ def test_sl_baseline_takes_the_authors_pair_for_the_dataset_unless_the_study_set
     assert _baselines(own, cifar100)["sl"] == {"method": "sl"}  # the study's own pair applies
 
 
-def test_a_trial_asked_but_never_handed_out_is_failed_on_resume(tmp_path):
+def test_a_trial_asked_but_never_handed_out_is_handed_out_on_resume(tmp_path):
     ledger = Ledger(tmp_path / "l.jsonl")
-    searcher = _searcher(tmp_path, ledger)
+    searcher = _searcher(tmp_path, ledger, num_samples=4, search_seeds=2)
     searcher.suggest("t0")
-    searcher._ask()  # the driver dies after asking Optuna, before the ledger records the trial
+    orphan = searcher._ask()  # the driver dies after asking Optuna, before the ledger records the trial
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == ["RUNNING"] * 2
-    resumed = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"))
-    assert _members(resumed.suggest("r0"))[0].number == 0  # the handed-out trial runs again
-    states = [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials]
-    assert states[:2] == ["RUNNING", "FAIL"]
+    study = lambda: optuna.load_study(study_name="s", storage=url)  # noqa: E731
+    study().ask()  # ... or a moment after asking, before the trial was tagged
+    half = study().ask({"psi": optuna.distributions.FloatDistribution(0.01, 0.99)})  # ... or halfway through its point
+    half.set_user_attr("dmtune.study", "t")
+    assert [t.state.name for t in study().trials] == ["RUNNING"] * 4
+    resumed = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), num_samples=4, search_seeds=2)
+    again = [_members(resumed.suggest(f"r{i}"))[0] for i in range(5)]
+    # The unfinished trial and its missing seed, then the orphan as asked (both seeds), then a new arm.
+    assert [(s.number, s.seed) for s in again] == [(0, 0), (0, 1), (1, 0), (1, 1), (4, 0)]
+    assert again[2:4] == orphan
+    assert [t.state.name for t in study().trials] == ["RUNNING", "RUNNING", "FAIL", "FAIL", "RUNNING"]
+    assert [t.user_attrs["status"] for t in study().trials[2:4]] == ["interrupted"] * 2
+    # A trial of another dm-tune study sharing the Optuna study is left alone.
+    other = study().ask()
+    other.set_user_attr("dmtune.study", "someone-else")
+    _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), num_samples=4, search_seeds=2).suggest("x")
+    assert study().trials[other.number].state.name == "RUNNING"
 
 
 def test_search_arms_train_on_every_search_seed_and_score_their_mean(tmp_path):

@@ -123,19 +123,34 @@ class StagedSearcher(Searcher):
             if not self._study.trials:  # a new study starts at the paper's suggested settings
                 for point in self._warm_points:
                     self._study.enqueue_trial(point)
-            self._fail_orphans()
+            self._adopt_orphans()
         return self._study
 
-    def _fail_orphans(self) -> None:
+    def _adopt_orphans(self) -> None:
         """Trials this study asked Optuna for but never handed out (the driver died in between)
-        would stay RUNNING for ever: mark them FAIL. A trial with no study tag yet died before it
-        was tagged, a moment after it was asked."""
+        would stay RUNNING for ever. One whose whole point was drawn is handed out now, as it was
+        asked, so the interruption costs the sampler nothing. One that died before that (untagged:
+        a moment after it was asked; or tagged with its point half drawn) never ran: it is marked
+        FAIL, with the status "interrupted"."""
         import optuna
 
         handed_out = {s.number for s in self.ledger.started.values() if s.stage == "search"}
+        handed_out |= {s.number for s in self._pending}
+        adopted = []
         for t in self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if t.number not in handed_out and t.user_attrs.get("dmtune.study", self.study_name) == self.study_name:
-                self._study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            owner = t.user_attrs.get("dmtune.study")
+            if t.number in handed_out or owner not in (None, self.study_name):
+                continue
+            if owner is not None and set(self.space) <= set(t.params):
+                adopted += self._replicas(self._spec(t.number, dict(t.params)))
+                continue
+            self._storage.set_trial_user_attr(self._trial_id(t.number), "status", "interrupted")
+            self._study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        self._pending += adopted
+
+    def _trial_id(self, number: int) -> int:
+        storage = self._storage
+        return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self._study_name), number)
 
     def _replicas(self, first: TrialSpec) -> list[TrialSpec]:
         """The trials of ``first``'s arm: one per search seed."""
@@ -145,15 +160,16 @@ class StagedSearcher(Searcher):
         firsts = {s.number: s for s in self.ledger.started.values() if s.stage == "search" and s.replica == 0}
         return [r for first in firsts.values() for r in self._replicas(first) if r.key not in self.ledger.started]
 
+    def _spec(self, number: int, knobs: dict[str, Any]) -> TrialSpec:
+        return TrialSpec(self.setting, "search", self.search_seeds[0], dm_overrides(knobs), number=number, knobs=knobs)
+
     def _ask(self) -> list[TrialSpec]:
         trial = self.optuna_study().ask()
+        trial.set_user_attr("dmtune.study", self.study_name)  # first: whose trial it is, if the driver dies now
         suggest(self.space, trial)
-        trial.set_user_attr("dmtune.study", self.study_name)
         trial.set_user_attr("dmtune.setting", self.setting)
         trial.set_user_attr("dmtune.search_seeds", list(self.search_seeds))
-        knobs = dict(trial.params)
-        return self._replicas(TrialSpec(self.setting, "search", self.search_seeds[0], dm_overrides(knobs),
-                                        number=trial.number, knobs=knobs))
+        return self._replicas(self._spec(trial.number, dict(trial.params)))
 
     def tell(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
         """Tell Optuna how a search arm ended, once all its seeds have (``outcome`` is ``spec``'s;
@@ -164,8 +180,7 @@ class StagedSearcher(Searcher):
         if any(o is None for o in outcomes):
             return  # other seeds of this arm are still to come
         study, storage = self.optuna_study(), self._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(
-            storage.get_study_id_from_name(self._study_name), spec.number)
+        trial_id = self._trial_id(spec.number)
         if storage.get_trial(trial_id).state.is_finished():
             return
         statuses = [o.status for o in outcomes]
@@ -203,7 +218,7 @@ class StagedSearcher(Searcher):
         return [(name, o, "") for name, o in top_arms(self.ledger.ended_specs("search"), self.top_k, self.objective)]
 
     def _next(self) -> list[TrialSpec] | str | None:
-        self.optuna_study()  # loaded (and orphans failed) before anything is handed out
+        self.optuna_study()  # loaded (and orphans adopted) before anything is handed out
         if self._again:
             return self._again.pop(0)
         searched = [s for s in self.ledger.started.values() if s.stage == "search"]
