@@ -16,13 +16,10 @@ from typing import Annotated, Any
 from pydantic import model_validator
 from pydantic.dataclasses import dataclass
 
+from dm_tune._names import DATASET_NAMES, IMBALANCE_KINDS, METHOD_NAMES, MODEL_NAMES, NOISE_NAMES
 from dm_tune._validate import CONFIG, Float, Int, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import DEFAULT_EFFECTIVE_BETA
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
-from dm_tune.datasets import DATASETS
-from dm_tune.methods import METHODS
-from dm_tune.models import MODELS
-from dm_tune.noise import IMBALANCE_KINDS, NOISE_MODELS
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "step", "cosine")
@@ -45,11 +42,11 @@ Milestones = Annotated[tuple[Float, ...],
 @dataclass(frozen=True, config=CONFIG)
 class TrainConfig:
     # --- data ---------------------------------------------------------------------------
-    dataset: Annotated[str, one_of(DATASETS)] = "digits"
+    dataset: Annotated[str, one_of(DATASET_NAMES)] = "digits"
     data_root: str | None = None           # absolute or relative path; required by on-disk datasets
     download: bool = False                 # CIFAR only: fetch into data_root (needs the internet)
     dataset_options: dict[str, Any] = field(default_factory=dict)  # checked by the dataset module
-    noise: Annotated[str, one_of(NOISE_MODELS)] = "symmetric"
+    noise: Annotated[str, one_of(NOISE_NAMES)] = "symmetric"
     noise_rate: Annotated[Float, in_range(0.0, 1.0, hi_open=True)] = 0.0  # fraction of training labels corrupted
     noise_file: str | None = None          # for noise "file"
     noise_key: str | None = None           # key inside a CIFAR-N .pt file, e.g. "worse_label"
@@ -58,11 +55,11 @@ class TrainConfig:
     val_fraction: Annotated[Float, in_range(0.0, 0.9)] = 0.2    # carved from training data (fixed seed)
     val_noisy: bool = False                # validation labels noisy too (the paper keeps them clean)
     # --- model ----------------------------------------------------------------------------
-    model: Annotated[str, one_of(MODELS)] | None = None  # None: the dataset's default
+    model: Annotated[str, one_of(MODEL_NAMES)] | None = None  # None: the dataset's default
     hidden_dim: Annotated[Int, in_range(1, 1_000_000)] = 256  # MLP width
     pretrained: str | None = None          # local weights file for resnet18/resnet50
     # --- method ---------------------------------------------------------------------------
-    method: Annotated[str, one_of(METHODS)] = "dm"
+    method: Annotated[str, one_of(METHOD_NAMES)] = "dm"
     lam: Annotated[Float, in_range(0.0, 1e3)] = 1.0       # DM: emphasis mode psi = lam / (1 + lam)
     beta: Annotated[Float, in_range(-1e3, 1e3)] = 8.0     # DM: emphasis variance (spread)
     gce_q: Annotated[Float, in_range(0.0, 1.0, lo_open=True)] = 0.7

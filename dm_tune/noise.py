@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dm_tune._names import IMBALANCE_KINDS as IMBALANCE_KINDS  # re-exported: the imbalance profiles below
 from dm_tune.datasets._base import DataError
 
 
@@ -218,5 +219,3 @@ def imbalance_index(labels: np.ndarray, num_classes: int, kind: str, ratio: floa
               for c in range(num_classes)]
     return np.sort(np.concatenate(chosen))
 
-
-IMBALANCE_KINDS = ("none", "longtail", "step")

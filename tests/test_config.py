@@ -238,3 +238,35 @@ def test_config_errors_pickle_with_their_message():
         e = ConfigError("noise_rate", value, "expected a number in [0.0, 1.0)")
         again = pickle.loads(pickle.dumps(e))
         assert str(again) == str(e) and (again.field, again.allowed) == (e.field, e.allowed)
+
+
+def test_the_names_validation_reads_are_the_registries_keys():
+    """Configs are validated against dm_tune._names (no torch); the registries that hold the code
+    have exactly those names, in that order, and the same on-disk flags and tasks."""
+    from dm_tune import _names
+    from dm_tune.datasets import TASKS
+    from dm_tune.models import MODELS
+    from dm_tune.noise import NOISE_MODELS
+
+    assert {name: on_disk for name, (_, on_disk) in DATASETS.items()} == _names.DATASET_ROOTS
+    assert list(DATASETS) == list(_names.DATASET_NAMES)
+    assert tuple(METHODS) == _names.METHOD_NAMES
+    assert tuple(MODELS) == _names.MODEL_NAMES
+    assert tuple(NOISE_MODELS) == _names.NOISE_NAMES
+    assert TASKS is _names.TASKS
+
+
+def test_validating_a_config_or_a_study_imports_no_heavy_library():
+    """A mistyped flag is answered before torch, Ray, MLflow or Optuna is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from dm_tune.config import TrainConfig\n"
+            "from dm_tune.search._study import Study\n"
+            "import dm_tune.search._preflight, dm_tune.search._run, dm_tune.search._stores\n"
+            "TrainConfig.from_dict({'lam': 2.0})\n"
+            "Study.from_dict({'name': 'x'})\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'ray', 'mlflow', 'optuna', 'pandas') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

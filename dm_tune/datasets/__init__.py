@@ -6,12 +6,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from dm_tune._names import TASKS, task_of
 from dm_tune.datasets import cifar, clothing1m, digits, features, imagefolder, imdb, mars, mnist1d, reid_synth
 from dm_tune.datasets._base import DataError, Gallery, Source, Split
 
 Loader = Callable[[Path | None, Mapping[str, Any], bool], Source]
 
-# name -> (loader, needs a data root on disk)
+# name -> (loader, needs a data root on disk); the names and flags are dm_tune._names.DATASET_ROOTS
 DATASETS: dict[str, tuple[Loader, bool]] = {
     "digits": (digits.load, False),
     "mnist1d": (mnist1d.load, False),
@@ -27,14 +28,6 @@ DATASETS: dict[str, tuple[Loader, bool]] = {
 }
 
 EMBEDDED = tuple(name for name, (_, on_disk) in DATASETS.items() if not on_disk)
-
-# Datasets whose task is not classification: retrieval trains an identity classifier and ranks
-# a gallery by its embeddings (dm_tune.data_reid, dm_tune.retrieval).
-TASKS: dict[str, str] = {"reid-synth": "retrieval", "mars": "retrieval", "mars-features": "retrieval"}
-
-
-def task_of(dataset: str) -> str:
-    return TASKS.get(dataset, "classification")
 
 
 __all__ = ["DATASETS", "EMBEDDED", "TASKS", "DataError", "Gallery", "Source", "Split", "task_of"]

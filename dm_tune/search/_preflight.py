@@ -82,13 +82,17 @@ def check_resources(study: Study) -> None:
 
 def load_sources(study: Study) -> dict[str, Any]:
     """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here)."""
-    from dm_tune.data import load_source
+    from dm_tune._names import DATASET_ROOTS
+    from dm_tune._validate import ConfigError
 
     pretrained = study.training.get("pretrained")
     if pretrained and not Path(str(pretrained)).expanduser().is_file():
-        from dm_tune._validate import ConfigError
-
         raise ConfigError("training.pretrained", pretrained, "expected an existing local weights file")
+    on_disk = [ds for ds in study.settings.dataset if DATASET_ROOTS[ds]]
+    if on_disk and not study.training.get("data_root"):  # answered before torch is imported
+        raise ConfigError("data_root", None, f"dataset {on_disk[0]!r} is read from disk; give --data-root")
+    from dm_tune.data import load_source
+
     sources: dict[str, Any] = {}
     for setting in study.expand():
         if setting.dataset not in sources:

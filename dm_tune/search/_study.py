@@ -17,12 +17,10 @@ from typing import Annotated, Any
 
 from pydantic.dataclasses import dataclass
 
+from dm_tune._names import DATASET_NAMES, MODEL_NAMES, NOISE_NAMES, task_of
 from dm_tune._validate import CONFIG, ConfigError, Float, Int, in_range, one_of, parse, rule
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 from dm_tune.config import TrainConfig
-from dm_tune.datasets import DATASETS, task_of
-from dm_tune.models import MODELS
-from dm_tune.noise import NOISE_MODELS
 from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES
 
 SCHEDULERS = ("none", "asha")
@@ -40,11 +38,11 @@ def _population_size_ok(v: Any) -> bool:
 
 
 # Each is one entry of a matrix axis; an axis is a non-empty list of them.
-DatasetName = Annotated[str, one_of(DATASETS)]
-NoiseName = Annotated[str, one_of(NOISE_MODELS)]
+DatasetName = Annotated[str, one_of(DATASET_NAMES)]
+NoiseName = Annotated[str, one_of(NOISE_NAMES)]
 NoiseRate = Annotated[Float, in_range(0.0, 1.0, hi_open=True)]
 Imbalance = Annotated[str, rule(_imbalance_ok, "expected 'none', 'longtail:RATIO' or 'step:RATIO' with RATIO > 1")]
-ModelName = Annotated[str, one_of(("default", *MODELS))]
+ModelName = Annotated[str, one_of(("default", *MODEL_NAMES))]
 NonEmpty = rule(bool, "expected a non-empty list")
 
 

@@ -160,18 +160,8 @@ def search_cmd(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the search passes JSON + CSV itself
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    import logging
-
-    import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    # A failed trial is reported in one line by the tracker (its traceback stays in the trial
-    # folder); Tune would print the whole traceback to the terminal.
-    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per study load or trial
+    # The study, the flags and the stores are checked before torch, Ray, MLflow or Optuna is
+    # imported: a mistyped flag is answered in a fraction of a second.
     from dm_tune.search._preflight import check_address, check_tracking, load_sources
     from dm_tune.search._run import RunOptions
     from dm_tune.search._stores import check_workspace, study_lock
@@ -190,10 +180,26 @@ def search_cmd(args: argparse.Namespace) -> int:
     for warning in check_workspace(workspace, opts.tracking):  # damaged stores, read-only workspace
         print(f"dm-tune: warning: {warning}", file=sys.stderr)
     sources = load_sources(study)
+    _quieten_libraries()
     created = not workspace.exists()
     workspace.mkdir(parents=True, exist_ok=True)
     with study_lock(workspace, study.name):  # a second search of the same study is refused here
         return _search(args, study, resuming, opts, sources, workspace, created)
+
+
+def _quieten_libraries() -> None:
+    import logging
+
+    import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # A failed trial is reported in one line by the tracker (its traceback stays in the trial
+    # folder); Tune would print the whole traceback to the terminal.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per study load or trial
 
 
 def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict[str, Any],

@@ -1,0 +1,42 @@
+"""The names a configuration may use, without the code behind them.
+
+Validating a config or a study needs only these names, so a mistyped flag fails before torch,
+Ray or MLflow is imported (a fraction of a second, not several). The registries that hold the
+code (``dm_tune.datasets.DATASETS``, ``methods.METHODS``, ``models.MODELS``, ``noise.NOISE_MODELS``)
+have exactly these keys, in this order; a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+# name -> needs a data root on disk
+DATASET_ROOTS: dict[str, bool] = {
+    "digits": False,
+    "mnist1d": False,
+    "cifar10": True,
+    "cifar100": True,
+    "clothing1m": True,
+    "imagefolder": True,
+    "imdb": True,
+    "features": True,
+    "reid-synth": False,
+    "mars": True,
+    "mars-features": True,
+}
+DATASET_NAMES = tuple(DATASET_ROOTS)
+
+# Datasets whose task is not classification: retrieval trains an identity classifier and ranks
+# a gallery by its embeddings (dm_tune.data_reid, dm_tune.retrieval).
+TASKS: dict[str, str] = {"reid-synth": "retrieval", "mars": "retrieval", "mars-features": "retrieval"}
+
+METHOD_NAMES = ("dm", "cce", "cce-dn", "gce", "gce-dn", "mae", "mae-dn", "mse", "mse-dn", "sl")
+
+MODEL_NAMES = ("mlp", "imdb-mlp", "cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet50",
+               "reid-resnet18", "reid-resnet50", "text")
+
+NOISE_NAMES = ("none", "symmetric", "pair", "cifar100-superclass", "file")
+
+IMBALANCE_KINDS = ("none", "longtail", "step")
+
+
+def task_of(dataset: str) -> str:
+    return TASKS.get(dataset, "classification")
