@@ -155,14 +155,15 @@ def test_searcher_hands_out_populations_and_tells_each_member(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_default_study_is_readable_by_ray_mlflow_and_optuna_tools(tmp_path):
-    """`dm-tune search` with no arguments, then each store read by its own library's tools."""
+    """`dm-tune search`'s default study (at 3 epochs: the same trials, a fraction of the training),
+    then each store read by its own library's tools."""
     import ray
     from ray import tune
 
     from dm_tune.trainables import dm_trainable
 
     ws = tmp_path / "ws"
-    proc = subprocess.run([DM_TUNE, "search", "--workspace", str(ws), "--quiet"], cwd=tmp_path,
+    proc = subprocess.run([DM_TUNE, "search", "--workspace", str(ws), "--epochs", "3", "--quiet"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stderr
     n_trials = 30 * 2 + (3 + 8) * 3  # 30 DM arms on 2 search seeds, then 3 arms and 8 baselines on 3 seeds
