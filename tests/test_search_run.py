@@ -188,3 +188,16 @@ def test_two_search_seeds_and_a_guidelines_warm_start(tmp_path, ray_local, monke
         values = [r.data.metrics["final_val_acc"] for r in runs]
         assert len(values) == 2 and t.user_attrs["seed_values"] == pytest.approx(values)
         assert t.value == pytest.approx(sum(values) / 2)
+
+
+def test_resources_the_cluster_lacks_are_refused_before_any_trial(ray_local):
+    """On a cluster (here the local one, 2 CPUs), what a trial asks for must exist: one line, not a
+    trial left pending for ever. (A local search checks its GPUs even before Ray starts.)"""
+    from dm_tune.errors import UserError
+    from dm_tune.search._preflight import check_resources
+
+    with pytest.raises(UserError, match=r"resources.gpus_per_trial: 64 GPUs per trial requested but the Ray cluster has"):
+        check_resources(Study.from_dict({"resources": {"gpus_per_trial": 64}}))
+    with pytest.raises(UserError, match=r"resources.cpus_per_trial: 3 CPUs per trial requested but the Ray cluster has 2"):
+        check_resources(Study.from_dict({"resources": {"cpus_per_trial": 3}}))
+    check_resources(Study.from_dict({"resources": {"cpus_per_trial": 2}}))

@@ -80,6 +80,20 @@ def check_resources(study: Study) -> None:
                         f"requested but the Ray cluster has {res.get('CPU', 0):g}")
 
 
+def check_local_gpus(study: Study) -> None:
+    """A search on a local Ray: the GPUs asked for exist on this machine (answered before Ray
+    starts; a cluster's GPUs are checked by ``check_resources`` once connected)."""
+    need = study.resources.gpus_per_trial
+    if need <= 0:
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    if have < need:
+        raise UserError(f"resources.gpus_per_trial: {need:g} GPUs per trial requested but torch sees {have} CUDA "
+                        "GPUs on this machine; use 0 on a CPU-only machine")
+
+
 def load_sources(study: Study) -> dict[str, Any]:
     """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here)."""
     from dm_tune._names import DATASET_ROOTS

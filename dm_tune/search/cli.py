@@ -162,7 +162,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # The study, the flags and the stores are checked before torch, Ray, MLflow or Optuna is
     # imported: a mistyped flag is answered in a fraction of a second.
-    from dm_tune.search._preflight import check_address, check_tracking, load_sources
+    from dm_tune.search._preflight import check_address, check_local_gpus, check_tracking, load_sources
     from dm_tune.search._run import RunOptions
     from dm_tune.search._stores import check_workspace, study_lock
 
@@ -179,6 +179,8 @@ def search_cmd(args: argparse.Namespace) -> int:
     check_address(args.address)
     for warning in check_workspace(workspace, opts.tracking):  # damaged stores, read-only workspace
         print(f"dm-tune: warning: {warning}", file=sys.stderr)
+    if not args.address:
+        check_local_gpus(study)
     sources = load_sources(study)
     _quieten_libraries()
     created = not workspace.exists()
