@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -11,9 +11,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *args: str) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    """The script as ``python benchmarks/SCRIPT ARGS`` runs it, in this process (torch is imported
+    once for all of them); torch's thread count is put back afterwards."""
+    import torch
+
+    threads, argv, path = torch.get_num_threads(), sys.argv, list(sys.path)
+    sys.argv, sys.path[:0] = [str(ROOT / "benchmarks" / script), *args], [str(ROOT / "benchmarks")]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as e:
+        assert e.code in (None, 0), e.code
+    finally:
+        sys.argv, sys.path[:] = argv, path
+        torch.set_num_threads(threads)
 
 
 def test_step_time_writes_all_three_arms(tmp_path):
