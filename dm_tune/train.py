@@ -207,9 +207,15 @@ def _lr_factor(config: TrainConfig, progress: float) -> float:
     return 1.0
 
 
-def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # On the CPU, torch's fused Adam: one pass over each tensor instead of about eight
+        # elementwise ones (1.24-1.31x per digits-MLP run, 1.03-1.17x per MNIST-1D CNN run), and no
+        # square root of exact zeros (the second moment of a weight that never gets a gradient),
+        # which some CPUs compute 15-25x slower than of other numbers (benchmarks/optimizer.py).
+        # SGD stays torch's default there: fused, it was no faster on the ResNets (0.97x).
+        fused = {"fused": True} if device.type == "cpu" else {}
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay, nesterov=False)
 
@@ -253,7 +259,7 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(config, data.train.labels, data.num_classes)
     ceiling = loss_ceiling(loss_fn, data.num_classes)
-    opt = _make_optimizer(config, model)
+    opt = _make_optimizer(config, model, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     prep = _Inputs(data, device, bool(config.augment), gen, nhwc)
 

@@ -118,3 +118,13 @@ def test_population_optimizer_benchmark_times_both_paths(tmp_path):
     assert row["threads"] == 1 and row["k"] == 2
     assert row["stacked_s_per_config"] > 0 and row["slices_s_per_config"] > 0
     assert abs(row["speedup"] - row["slices_s_per_config"] / row["stacked_s_per_config"]) < 1e-9
+
+
+def test_optimizer_benchmark_times_both_updates(tmp_path):
+    out = tmp_path / "optimizer.json"
+    _run("optimizer.py", "--quick", "--cases", "digits-mlp", "--k", "2", "--repeats", "2", "--threads", "1",
+         "--json", str(out))
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["case"] == "digits-mlp" and row["threads"] == 1
+    assert row["fused_s_per_config"] > 0 and row["default_s_per_config"] > 0
+    assert row["sqrt_zeros_us"] > 0 and row["sqrt_ordinary_us"] > 0

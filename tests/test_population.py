@@ -358,8 +358,16 @@ def test_members_of_one_population_must_share_the_architecture():
 
 def test_population_and_separate_runs_agree_over_seeds():
     """Digits, 40% noise, DM lam 2 / beta 24 (the README's best arm), 60 epochs, 3 seeds: the
-    mean final test accuracy of the population and of separate runs within 1 point."""
-    cfgs = configs(*({"method": "dm", "lam": 2.0, "beta": 24.0, "seed": s} for s in range(3)))
+    mean final test accuracy of the population and of separate runs within 1 point.
+
+    With a cosine schedule: at digits' default constant learning rate the last epoch's test
+    accuracy still swings by several points from epoch to epoch, so two runs whose trajectories
+    part after 20 epochs (float rounding, not a bug: the first steps are tested equal above) can
+    end 3.5 points apart on one seed (90.6 against 94.1) and their 3-seed means 1.2 apart, while
+    other seeds' means agree within 0.4. Decayed to zero, the final accuracy is the trained
+    model's (measured: within 0.2 points on seeds 0-2, 3-5 and 6-8)."""
+    cfgs = configs(*({"method": "dm", "lam": 2.0, "beta": 24.0, "seed": s, "schedule": "cosine"}
+                     for s in range(3)))
     ds = datas(cfgs)
     together = [r.test_accuracy for r in train_population(cfgs, ds)]
     separate = [train(c, d).test_accuracy for c, d in zip(cfgs, ds)]

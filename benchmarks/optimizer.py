@@ -1,0 +1,108 @@
+"""A single run's Adam on the CPU: torch's fused update (what ``train()`` uses there) against its
+default one (a loop of elementwise operations per tensor), side by side in one run.
+
+    python benchmarks/optimizer.py [--cases digits-mlp,mnist1d-cnn] [--threads 1,2]
+                                   [--repeats 5] [--json out.json]
+
+Timed: whole ``train()`` runs of a case's first configurations (``_cases.configs``: DM, CCE, GCE,
+... at 40% symmetric noise), the two arms alternating order between repeats, seconds per
+configuration, median over repeats; the arm is switched by replacing
+``dm_tune.train._make_optimizer``. Also timed, because it is why the default update can be much
+slower on some CPUs: ``torch.sqrt`` of a 256 x 256 tensor of zeros against one of ordinary
+numbers (Adam takes the square root of its second moment, which is exactly zero for a weight that
+never gets a gradient, e.g. the digits pixels that are blank in every image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dm_tune.data import prepare  # noqa: E402
+
+import _cases  # noqa: E402
+import _timing  # noqa: E402
+from population import _load, _machine  # noqa: E402
+
+train_mod = importlib.import_module("dm_tune.train")  # the module (``dm_tune.train`` is also the function)
+
+
+def _default(config, model, device):
+    """The optimiser as torch builds it by default (``train()``'s Adam before it used the fused
+    update; its SGD still is this one)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=False)
+
+
+def runs(case: str, k: int, repeats: int, quick: bool) -> dict[str, float]:
+    source, shared = _cases.case(case, quick)
+    configs = _cases.configs(shared, k)
+    datas = [prepare(c, source) for c in configs]
+    arms = {"fused": train_mod._make_optimizer, "default": _default}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    try:
+        for name in arms:  # warm-up
+            train_mod._make_optimizer = arms[name]
+            train_mod.train(configs[0], datas[0])
+        for rep in range(repeats):
+            for name in (list(arms) if rep % 2 == 0 else list(arms)[::-1]):
+                train_mod._make_optimizer = arms[name]
+                t = time.perf_counter()
+                for c, d in zip(configs, datas):
+                    train_mod.train(c, d)
+                times[name].append((time.perf_counter() - t) / k)
+    finally:
+        train_mod._make_optimizer = arms["fused"]
+    row = {f"{n}_s_per_config": statistics.median(v) for n, v in times.items()}
+    row["speedup"] = row["default_s_per_config"] / row["fused_s_per_config"]
+    return row
+
+
+def sqrt_of_zeros() -> dict[str, float]:
+    zeros, ordinary = torch.zeros(256, 256), torch.rand(256, 256) + 0.5
+    t, n = _timing.interleave({"zeros": lambda: torch.sqrt(zeros), "ordinary": lambda: torch.sqrt(ordinary)},
+                              repeats=6, block_ms=50, device=torch.device("cpu"))
+    row = {f"sqrt_{k}_us": statistics.median(v) * 1e6 for k, v in t.items()}
+    row["sqrt_zeros_slowdown"] = row["sqrt_zeros_us"] / row["sqrt_ordinary_us"]
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="digits-mlp,mnist1d-cnn")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--k", type=int, default=4, help="configurations per arm and repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="short runs (a smoke test of the script)")
+    p.add_argument("--json")
+    args = p.parse_args()
+    rows = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        sq = sqrt_of_zeros()
+        print(f"threads {threads}: sqrt of 256x256 zeros {sq['sqrt_zeros_us']:.1f} us, of ordinary numbers "
+              f"{sq['sqrt_ordinary_us']:.1f} us ({sq['sqrt_zeros_slowdown']:.1f}x)", flush=True)
+        for case in args.cases.split(","):
+            row = {"case": case, "threads": threads, "k": args.k, **runs(case, args.k, args.repeats, args.quick), **sq}
+            rows.append(row)
+            print(f"{case:12s} threads {threads}: fused {row['fused_s_per_config']:.4f} s/config, default "
+                  f"{row['default_s_per_config']:.4f} s/config, {row['speedup']:.2f}x", flush=True)
+    if args.json:
+        out = {"machine": _machine(), "load_average": _load(), "repeats": args.repeats, "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
