@@ -20,7 +20,7 @@ DEFAULT_WORKSPACE = "./dmtune-runs"
 def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search", help="search DM's emphasis mode x variance and measure the baselines (Ray Tune + Optuna + MLflow)",
-        description="With no arguments: the embedded default study (digits, 40%% symmetric noise). "
+        description="With no arguments: the embedded default study (digits, 40% symmetric noise). "
                     "List flags take comma-separated values (e.g. --noise-rate 0.2,0.4).")
     p.add_argument("--config", help="study YAML file (see studies/)")
     p.add_argument("--name", help="study name (default: the config's, else 'default')")
