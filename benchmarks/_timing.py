@@ -41,12 +41,19 @@ def population_and_separate(cfgs: list, datas: list, repeats: int, device: torch
     if len(cfgs) > 1:
         warm = len(cfgs) if device.type == "cuda" else 2
         train_population(cfgs[:warm], datas[:warm])
-    arms = [("pop", lambda: train_population(cfgs, datas)),
-            ("sep", lambda: [train(c, d) for c, d in zip(cfgs[:separate_runs], datas[:separate_runs])])]
-    times: dict[str, list[tuple[float, float]]] = {"pop": [], "sep": []}
+    return alternating({"pop": lambda: train_population(cfgs, datas),
+                        "sep": lambda: [train(c, d) for c, d in zip(cfgs[:separate_runs], datas[:separate_runs])]},
+                       repeats, device)
+
+
+def alternating(arms: dict[str, Arm], repeats: int, device: torch.device) -> dict[str, list[tuple[float, float]]]:
+    """Each arm called once per repeat, the order reversed every repeat (A B, B A, ...): each
+    arm's (wall, CPU) seconds per call."""
+    names = list(arms)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for r in range(repeats):
-        for arm, fn in (arms if r % 2 == 0 else arms[::-1]):
-            times[arm].append(timed(fn, device))
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(timed(arms[name], device))
     return times
 
 

@@ -20,7 +20,6 @@ import importlib
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -37,35 +36,38 @@ from population import _load, _machine  # noqa: E402
 train_mod = importlib.import_module("dm_tune.train")  # the module (``dm_tune.train`` is also the function)
 
 
+_fused = train_mod._make_optimizer
+
+
 def _default(config, model, device):
-    """The optimiser as torch builds it by default (``train()``'s Adam before it used the fused
-    update; its SGD still is this one)."""
-    if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=False)
+    """Adam as torch builds it by default (``train()``'s before it used the fused update); other
+    optimisers as ``train()`` builds them."""
+    if config.optimizer != "adam":
+        return _fused(config, model, device)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def runs(case: str, k: int, repeats: int, quick: bool) -> dict[str, float]:
     source, shared = _cases.case(case, quick)
     configs = _cases.configs(shared, k)
     datas = [prepare(c, source) for c in configs]
-    arms = {"fused": train_mod._make_optimizer, "default": _default}
-    times: dict[str, list[float]] = {name: [] for name in arms}
+
+    def with_optimizer(make):
+        def arm() -> None:
+            train_mod._make_optimizer = make
+            for c, d in zip(configs, datas):
+                train_mod.train(c, d)
+        return arm
+
+    arms = {"fused": with_optimizer(_fused), "default": with_optimizer(_default)}
     try:
-        for name in arms:  # warm-up
-            train_mod._make_optimizer = arms[name]
+        for make in (_fused, _default):  # warm-up
+            train_mod._make_optimizer = make
             train_mod.train(configs[0], datas[0])
-        for rep in range(repeats):
-            for name in (list(arms) if rep % 2 == 0 else list(arms)[::-1]):
-                train_mod._make_optimizer = arms[name]
-                t = time.perf_counter()
-                for c, d in zip(configs, datas):
-                    train_mod.train(c, d)
-                times[name].append((time.perf_counter() - t) / k)
+        times = _timing.alternating(arms, repeats, torch.device("cpu"))
     finally:
-        train_mod._make_optimizer = arms["fused"]
-    row = {f"{n}_s_per_config": statistics.median(v) for n, v in times.items()}
+        train_mod._make_optimizer = _fused
+    row = {f"{n}_s_per_config": statistics.median(w for w, _ in v) / k for n, v in times.items()}
     row["speedup"] = row["default_s_per_config"] / row["fused_s_per_config"]
     return row
 

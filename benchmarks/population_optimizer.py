@@ -18,7 +18,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from dm_tune.data import prepare  # noqa: E402
 from dm_tune.population import train_population  # noqa: E402
 
 import _cases  # noqa: E402
+import _timing  # noqa: E402
 
 
 def main() -> None:
@@ -45,20 +45,24 @@ def main() -> None:
     configs = _cases.configs({**shared, "epochs": args.epochs}, args.k, arms=[_cases.ARMS[0]])
     datas = [prepare(c, source) for c in configs]
     stacked = _popoptim.PopulationOptimizer._step_stacked
-    arms = {"stacked": stacked, "slices": lambda self, *a: False}
+
+    def with_step(step):
+        def arm() -> None:
+            _popoptim.PopulationOptimizer._step_stacked = step  # type: ignore[method-assign]
+            train_population(configs, datas)
+        return arm
+
+    arms = {"stacked": with_step(stacked), "slices": with_step(lambda self, *a: False)}
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         train_population(configs[:2], datas[:2])  # warm-up
-        times: dict[str, list[float]] = {name: [] for name in arms}
-        for rep in range(args.repeats):
-            for name in (list(arms) if rep % 2 == 0 else list(arms)[::-1]):
-                _popoptim.PopulationOptimizer._step_stacked = arms[name]  # type: ignore[method-assign]
-                t = time.perf_counter()
-                train_population(configs, datas)
-                times[name].append((time.perf_counter() - t) / args.k)
-        _popoptim.PopulationOptimizer._step_stacked = stacked  # type: ignore[method-assign]
-        row = {"threads": threads, "k": args.k, **{f"{n}_s_per_config": statistics.median(v) for n, v in times.items()}}
+        try:
+            times = _timing.alternating(arms, args.repeats, torch.device("cpu"))
+        finally:
+            _popoptim.PopulationOptimizer._step_stacked = stacked  # type: ignore[method-assign]
+        row = {"threads": threads, "k": args.k,
+               **{f"{n}_s_per_config": statistics.median(w for w, _ in v) / args.k for n, v in times.items()}}
         row["speedup"] = row["slices_s_per_config"] / row["stacked_s_per_config"]
         rows.append(row)
         print(f"K {args.k} threads {threads}: stacked {row['stacked_s_per_config']:.4f} s/config, "
