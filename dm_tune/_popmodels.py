@@ -126,8 +126,15 @@ class PopulationModel(nn.Module):
 Step = Callable[[PopulationModel, torch.Tensor], torch.Tensor]
 
 
+# Layers whose output is a new tensor their backward does not read: a ReLU after one of them
+# runs in place (one [K, D, B] tensor fewer to allocate and write each layer).
+_FRESH_OUTPUT = (nn.Linear, nn.Conv1d, nn.BatchNorm1d)
+
+
 def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, torch.Tensor], torch.Tensor]:
-    steps = [_step(f"{i}.", layer) for i, layer in enumerate(template)]
+    layers = list(template)
+    steps = [_relu_(layer) if isinstance(layer, nn.ReLU) and i and isinstance(layers[i - 1], _FRESH_OUTPUT)
+             else _step(f"{i}.", layer) for i, layer in enumerate(layers)]
 
     def forward(model: PopulationModel, x: torch.Tensor) -> torch.Tensor:
         x = x.movedim(1, -1)  # [K, B, ...] -> [K, ..., B]
@@ -136,6 +143,10 @@ def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, t
         return x.transpose(1, 2).contiguous()  # [K, classes, B] -> [K, B, classes]
 
     return forward
+
+
+def _relu_(layer: nn.ReLU) -> Step:
+    return lambda m, x: F.relu(x, inplace=True)
 
 
 def _step(prefix: str, layer: nn.Module) -> Step:
@@ -240,9 +251,9 @@ def _resnet_forward(template: CifarResNet) -> Callable[[PopulationModel, torch.T
     def forward(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
         k, batch = x.shape[:2]
         x = x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])  # [B, K*C, H, W]
-        x = F.relu(bn(m, "stem.1.", conv(m, "stem.0.weight", x, 1)))
+        x = F.relu(bn(m, "stem.1.", conv(m, "stem.0.weight", x, 1)), inplace=True)
         for prefix, stride, pad in blocks:
-            out = F.relu(bn(m, prefix + "bn1.", conv(m, prefix + "conv1.weight", x, stride)))
+            out = F.relu(bn(m, prefix + "bn1.", conv(m, prefix + "conv1.weight", x, stride)), inplace=True)
             out = bn(m, prefix + "bn2.", conv(m, prefix + "conv2.weight", out, 1))
             short = x
             if stride != 1 or pad:
@@ -250,7 +261,7 @@ def _resnet_forward(template: CifarResNet) -> Callable[[PopulationModel, torch.T
                 b, _, h, w = short.shape
                 short = F.pad(short.reshape(b, k, -1, h, w), (0, 0, 0, 0, pad // 2, pad - pad // 2))
                 short = short.reshape(b, -1, h, w)
-            x = F.relu(out + short)
+            x = F.relu(out + short, inplace=True)
         pooled = x.mean((2, 3)).view(batch, k, -1).permute(1, 2, 0)  # [K, 64, B]
         logits = torch.baddbmm(m.get("fc.bias").unsqueeze(2), m.get("fc.weight"), pooled)
         return logits.transpose(1, 2).contiguous()
