@@ -30,7 +30,7 @@ def mlp(spec: ModelSpec, depth: int = 2) -> nn.Module:
     dim = int(torch.tensor(spec.input_shape).prod())
     layers: list[nn.Module] = [nn.Flatten()]
     for _ in range(depth):
-        layers += [nn.Linear(dim, spec.hidden_dim), nn.ReLU()]
+        layers += [nn.Linear(dim, spec.hidden_dim), nn.ReLU(inplace=True)]
         dim = spec.hidden_dim
     layers.append(nn.Linear(dim, spec.num_classes))
     return nn.Sequential(*layers)
@@ -123,7 +123,7 @@ def cnn(spec: ModelSpec) -> nn.Module:
         raise ValueError(f"model 'cnn' needs image or signal inputs, not {spec.input_kind}")
     layers: list[nn.Module] = [nn.Unflatten(1, (1, spec.input_shape[-1]))] if spec.input_kind == "signal" else []
     for out_ch in (32, 64, 128):
-        layers += [conv(in_ch, out_ch, 3, padding=1), bn(out_ch), nn.ReLU(), pool(2)]
+        layers += [conv(in_ch, out_ch, 3, padding=1), bn(out_ch), nn.ReLU(inplace=True), pool(2)]
         in_ch = out_ch
     layers += [head_pool, nn.Flatten(), nn.Linear(in_ch, spec.num_classes)]
     return nn.Sequential(*layers)
