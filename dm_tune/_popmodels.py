@@ -133,7 +133,7 @@ _FRESH_OUTPUT = (nn.Linear, nn.Conv1d, nn.BatchNorm1d)
 
 def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, torch.Tensor], torch.Tensor]:
     layers = list(template)
-    steps = [_relu_(layer) if isinstance(layer, nn.ReLU) and i and isinstance(layers[i - 1], _FRESH_OUTPUT)
+    steps = [_relu_in_place if isinstance(layer, nn.ReLU) and i and isinstance(layers[i - 1], _FRESH_OUTPUT)
              else _step(f"{i}.", layer) for i, layer in enumerate(layers)]
 
     def forward(model: PopulationModel, x: torch.Tensor) -> torch.Tensor:
@@ -145,8 +145,8 @@ def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, t
     return forward
 
 
-def _relu_(layer: nn.ReLU) -> Step:
-    return lambda m, x: F.relu(x, inplace=True)
+def _relu_in_place(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x, inplace=True)
 
 
 def _step(prefix: str, layer: nn.Module) -> Step:
