@@ -126,15 +126,8 @@ class PopulationModel(nn.Module):
 Step = Callable[[PopulationModel, torch.Tensor], torch.Tensor]
 
 
-# Layers whose output is a new tensor their backward does not read: a ReLU after one of them
-# runs in place (one [K, D, B] tensor fewer to allocate and write each layer).
-_FRESH_OUTPUT = (nn.Linear, nn.Conv1d, nn.BatchNorm1d)
-
-
 def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, torch.Tensor], torch.Tensor]:
-    layers = list(template)
-    steps = [_relu_in_place if isinstance(layer, nn.ReLU) and i and isinstance(layers[i - 1], _FRESH_OUTPUT)
-             else _step(f"{i}.", layer) for i, layer in enumerate(layers)]
+    steps = [_step(f"{i}.", layer) for i, layer in enumerate(template)]
 
     def forward(model: PopulationModel, x: torch.Tensor) -> torch.Tensor:
         x = x.movedim(1, -1)  # [K, B, ...] -> [K, ..., B]
@@ -145,17 +138,14 @@ def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, t
     return forward
 
 
-def _relu_in_place(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
-    return F.relu(x, inplace=True)
-
-
 def _step(prefix: str, layer: nn.Module) -> Step:
     if isinstance(layer, nn.Flatten):
         return lambda m, x: x if x.dim() == 3 else x.reshape(x.shape[0], -1, x.shape[-1])
     if isinstance(layer, nn.Unflatten):  # [K, L, B] -> [K, 1, L, B]
         return lambda m, x: x.unsqueeze(1)
-    if isinstance(layer, nn.ReLU):
-        return lambda m, x: F.relu(x)
+    if isinstance(layer, nn.ReLU):  # in place where the single model's is (one [K, D, B] tensor fewer)
+        inplace = layer.inplace
+        return lambda m, x: F.relu(x, inplace=inplace)
     if isinstance(layer, nn.Linear):
         has_bias = layer.bias is not None
 
