@@ -10,8 +10,9 @@ How each layer runs for all members at once (measured against the alternatives o
 CPU: BENCHMARKS.md, "Population trials"):
 
 - Linear: one ``baddbmm`` ([K, out, in] x [K, in, B]);
-- Conv1d (the MNIST-1D CNN): im2col + ``baddbmm`` in a [K, C, L, B] layout, so BatchNorm is one
-  call over K*C channels and max-pooling a reduction over a view;
+- Conv1d (the MNIST-1D CNN): in a [K, C, L, B] layout, one ``baddbmm`` per kernel tap on shifted
+  views of the input (im2col + one ``baddbmm`` below 16 input channels, and the reference), so
+  BatchNorm is one call over K*C channels and max-pooling a reduction over a view;
 - Conv2d (the CIFAR ResNets): a grouped convolution (groups = K) in a [B, K*C, H, W] layout.
 
 A model is supported when its class is in ``SEQUENTIAL_LAYERS`` (``nn.Sequential`` models made of
@@ -127,7 +128,16 @@ Step = Callable[[PopulationModel, torch.Tensor], torch.Tensor]
 
 
 def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, torch.Tensor], torch.Tensor]:
-    steps = [_step(f"{i}.", layer) for i, layer in enumerate(template)]
+    layers = list(template)
+    steps = []
+    for i, layer in enumerate(layers):
+        if _relu_in_batch_norm(layers, i):
+            continue  # the BatchNorm step before it applies it
+        if isinstance(layer, nn.BatchNorm1d):
+            relu = i + 1 < len(layers) and _relu_in_batch_norm(layers, i + 1)
+            steps.append(_batch_norm(f"{i}.", layer.momentum, layer.eps, layer.affine, relu))  # type: ignore[arg-type]
+        else:
+            steps.append(_step(f"{i}.", layer))
 
     def forward(model: PopulationModel, x: torch.Tensor) -> torch.Tensor:
         x = x.movedim(1, -1)  # [K, B, ...] -> [K, ..., B]
@@ -136,6 +146,14 @@ def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, t
         return x.transpose(1, 2).contiguous()  # [K, classes, B] -> [K, B, classes]
 
     return forward
+
+
+def _relu_in_batch_norm(layers: list[nn.Module], i: int) -> bool:
+    """Whether layer i is an in-place ReLU right after a BatchNorm1d. The BatchNorm step applies it
+    to its own output before reshaping that to [K, C, ...]: in place on the reshaped view, autograd
+    would copy the whole gradient through views in the backward (CopySlices, AsStrided)."""
+    return (i > 0 and isinstance(layers[i], nn.ReLU) and layers[i].inplace
+            and isinstance(layers[i - 1], nn.BatchNorm1d))
 
 
 def _step(prefix: str, layer: nn.Module) -> Step:
@@ -158,7 +176,7 @@ def _step(prefix: str, layer: nn.Module) -> Step:
     if isinstance(layer, nn.Conv1d):
         return _conv1d(prefix, layer.kernel_size[0], layer.padding[0], layer.bias is not None)  # type: ignore[index]
     if isinstance(layer, nn.BatchNorm1d):
-        return _batch_norm(prefix, layer.momentum, layer.eps, layer.affine)  # type: ignore[arg-type]
+        return _batch_norm(prefix, layer.momentum, layer.eps, layer.affine, False)  # type: ignore[arg-type]
     if isinstance(layer, nn.MaxPool1d):
         return _max_pool_2
     if isinstance(layer, nn.AdaptiveAvgPool1d):  # [K, C, L, B] -> [K, C, B]
@@ -167,28 +185,136 @@ def _step(prefix: str, layer: nn.Module) -> Step:
 
 
 def _conv1d(prefix: str, kernel: int, padding: int, has_bias: bool) -> Step:
-    """Conv1d on [K, C, L, B] as im2col + one batched matrix product per member."""
+    """Conv1d on [K, C, L, B]: ``shifted_conv1d`` on the CPU from ``SHIFTED_MIN_CHANNELS`` input
+    channels, else ``im2col_conv1d`` (the reference; also under autocast)."""
 
     def conv(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
-        k, cin, length, batch = x.shape
-        padded = F.pad(x, (0, 0, padding, padding))
-        out_len = length + 2 * padding - kernel + 1
-        # cols[k, c * kernel + t, l * B + b] = padded[k, c, l + t, b]: the weight's own layout.
-        cols = torch.stack([padded[:, :, t:t + out_len] for t in range(kernel)], 2)
-        cols = cols.view(k, cin * kernel, out_len * batch)
         w = m.get(prefix + "weight")
-        w = w.reshape(k, w.shape[1], cin * kernel)
-        if has_bias:
-            out = torch.baddbmm(m.get(prefix + "bias").unsqueeze(2), w, cols)
-        else:
-            out = torch.bmm(w, cols)
-        return out.view(k, w.shape[1], out_len, batch)
+        bias = m.get(prefix + "bias") if has_bias else None
+        if (x.is_cpu and x.shape[1] >= SHIFTED_MIN_CHANNELS and not torch.is_autocast_enabled("cpu")
+                and x.dtype == w.dtype):
+            return shifted_conv1d(x, w, bias, padding)
+        return im2col_conv1d(x, w, bias, padding)
 
     return conv
 
 
-def _batch_norm(prefix: str, momentum: float, eps: float, affine: bool) -> Step:
-    """BatchNorm over [K, C, ...] (channels in dim 1, per member): one call over K*C channels."""
+def im2col_conv1d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """Stride-1 Conv1d of each member on [K, C, L, B] (weights [K, O, C, T], bias [K, O]) as
+    im2col + one batched matrix product."""
+    k, cin, length, batch = x.shape
+    kernel = w.shape[3]
+    padded = F.pad(x, (0, 0, padding, padding))
+    out_len = length + 2 * padding - kernel + 1
+    # cols[k, c * kernel + t, l * B + b] = padded[k, c, l + t, b]: the weight's own layout.
+    cols = torch.stack([padded[:, :, t:t + out_len] for t in range(kernel)], 2)
+    cols = cols.view(k, cin * kernel, out_len * batch)
+    w = w.reshape(k, w.shape[1], cin * kernel)
+    out = torch.bmm(w, cols) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, cols)
+    return out.view(k, w.shape[1], out_len, batch)
+
+
+# From this many input channels a population's Conv1d on the CPU is one product per tap on
+# shifted views (shifted_conv1d); below it a tap's product is too thin and im2col's single one
+# is faster (measured with 1 input channel: BENCHMARKS.md, "The 1-D CNN's convolutions").
+SHIFTED_MIN_CHANNELS = 16
+
+
+def shifted_conv1d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """``im2col_conv1d``'s result without the im2col: one batched product per kernel tap t, on
+    views of the input shifted by t - padding positions (with the batch innermost, a shift along
+    L is an offset of B elements in a row), accumulated into the output; the backward the same
+    way. No padded copy, no [K, C * T, L * B] columns, no zero-filled gradients of them."""
+    return _ShiftedConv1d.apply(x, w, bias, padding)
+
+
+def _tap_ranges(length: int, out_len: int, kernel: int, padding: int) -> list[tuple[int, int, int]]:
+    """Per tap t: the output positions [lo, hi) it reaches and its shift (input = output + shift)."""
+    ranges = []
+    for t in range(kernel):
+        shift = t - padding
+        ranges.append((max(0, -shift), min(out_len, length - shift), shift))
+    return ranges
+
+
+def _first_then_rest(first: int | None, n: int) -> list[int]:
+    return ([first] if first is not None else []) + [t for t in range(n) if t != first]
+
+
+class _ShiftedConv1d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
+                padding: int) -> torch.Tensor:
+        k, cin, length, batch = x.shape
+        cout, kernel = w.shape[1], w.shape[3]
+        out_len = length + 2 * padding - kernel + 1
+        ranges = _tap_ranges(length, out_len, kernel, padding)
+        flat = x.reshape(k, cin, length * batch)
+        taps = w.permute(3, 0, 1, 2).contiguous()  # [T, K, O, C]: each tap's weights a dense [K, O, C]
+        out = x.new_empty(k, cout, out_len * batch)
+        # A tap that reaches every output position writes the output (with the bias) first.
+        first = next((t for t, (lo, hi, _) in enumerate(ranges) if lo == 0 and hi == out_len), None)
+        if first is None and bias is None:
+            out.zero_()
+        elif first is None:
+            out.copy_(bias.unsqueeze(2).expand_as(out))
+        for t in _first_then_rest(first, kernel):
+            lo, hi, shift = ranges[t]
+            if hi <= lo:
+                continue
+            src = flat[:, :, (lo + shift) * batch:(hi + shift) * batch]
+            if t == first:
+                if bias is None:
+                    torch.bmm(taps[t], src, out=out)
+                else:
+                    torch.baddbmm(bias.unsqueeze(2), taps[t], src, out=out)
+            else:
+                out[:, :, lo * batch:hi * batch].baddbmm_(taps[t], src)
+        ctx.save_for_backward(flat, taps)
+        ctx.ranges, ctx.has_bias, ctx.x_shape = ranges, bias is not None, x.shape
+        return out.view(k, cout, out_len, batch)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        flat, taps = ctx.saved_tensors
+        k, cout, out_len, batch = grad.shape
+        length = ctx.x_shape[2]
+        grad = grad.reshape(k, cout, out_len * batch)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            grad_taps = torch.empty_like(taps)
+            for t, (lo, hi, shift) in enumerate(ctx.ranges):
+                if hi <= lo:
+                    grad_taps[t].zero_()
+                    continue
+                torch.bmm(grad[:, :, lo * batch:hi * batch],
+                          flat[:, :, (lo + shift) * batch:(hi + shift) * batch].transpose(1, 2), out=grad_taps[t])
+            grad_w = grad_taps.permute(1, 2, 3, 0)
+        if ctx.needs_input_grad[0]:
+            grad_flat = torch.empty_like(flat)
+            # A tap that reads every input position writes the input's gradient first.
+            first = next((t for t, (lo, hi, shift) in enumerate(ctx.ranges)
+                          if lo + shift == 0 and hi + shift == length), None)
+            if first is None:
+                grad_flat.zero_()
+            for t in _first_then_rest(first, len(ctx.ranges)):
+                lo, hi, shift = ctx.ranges[t]
+                if hi <= lo:
+                    continue
+                src = grad[:, :, lo * batch:hi * batch]
+                if t == first:
+                    torch.bmm(taps[t].transpose(1, 2), src, out=grad_flat)
+                else:
+                    grad_flat[:, :, (lo + shift) * batch:(hi + shift) * batch].baddbmm_(taps[t].transpose(1, 2), src)
+            grad_x = grad_flat.view(ctx.x_shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(2)
+        return grad_x, grad_w, grad_b, None
+
+
+def _batch_norm(prefix: str, momentum: float, eps: float, affine: bool, relu: bool) -> Step:
+    """BatchNorm over [K, C, ...] (channels in dim 1, per member): one call over K*C channels;
+    then, if ``relu``, a ReLU in place on its output."""
 
     def bn(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
         k, c = x.shape[:2]
@@ -198,6 +324,8 @@ def _batch_norm(prefix: str, momentum: float, eps: float, affine: bool) -> Step:
         b = m.get(prefix + "bias").view(-1) if affine else None
         out = F.batch_norm(x.reshape(1, k * c, -1), m.get(prefix + "running_mean").view(-1),
                            m.get(prefix + "running_var").view(-1), w, b, m.training, momentum, eps)
+        if relu:
+            out = F.relu(out, inplace=True)
         return out.view(x.shape)
 
     return bn

@@ -142,6 +142,27 @@ def test_population_model_is_its_members_side_by_side(name, channels_last, monke
         fresh.load_state_dict(state)
 
 
+@pytest.mark.parametrize("cin,length,kernel,padding,bias", [
+    (3, 9, 3, 1, True), (3, 9, 3, 1, False), (2, 8, 5, 2, True), (2, 7, 3, 0, True), (4, 6, 1, 0, True),
+    (2, 5, 3, 3, True),  # more padding than the kernel: no tap reaches every position
+    (2, 1, 3, 2, False),  # a tap that reaches no output position
+])
+def test_the_shifted_convolution_is_the_im2col_one(cin, length, kernel, padding, bias):
+    from dm_tune._popmodels import im2col_conv1d, shifted_conv1d
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, cin, length, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, cin, kernel, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 5, generator=gen, dtype=torch.float64, requires_grad=True) if bias else None
+    inputs = [t for t in (x, w, b) if t is not None]
+    ref = im2col_conv1d(x, w, b, padding)
+    out = shifted_conv1d(x, w, b, padding)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_models_without_a_population_form_say_why():
     assert "Conv2d" in unsupported_reason(build_model("cnn", ModelSpec((3, 8, 8), "image", 10)))
     assert "TextClassifier" in unsupported_reason(build_model("text", ModelSpec((5,), "tokens", 2, vocab_size=9)))
