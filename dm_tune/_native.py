@@ -1,4 +1,5 @@
-"""The fused CPU kernel for DM's gradient (``_dmfused.c``), and when to use it.
+"""The fused CPU kernels for DM's gradient and a population's losses (``_dmfused.c``), and when
+to use them.
 
 The torch implementation (``_weighting._dm_parts_torch``) is the reference: it runs on every
 device and dtype. On a CPU, for the small batches of small models, its ~15 tensor operations cost
@@ -65,4 +66,54 @@ def dm_parts(
     display = torch.empty((), dtype=logits.dtype)
     _dmfused.dm_grad(logits.data_ptr(), targets.data_ptr(), n, c, lam, beta, grad.data_ptr(),
                      share.data_ptr(), display.data_ptr(), logits.dtype == torch.float64)
+    return grad, share, display
+
+
+# A population's losses (dm_tune._poplosses) in torch are ~30 operations on [K, B, C] and [K, B]
+# tensors: at the populations of small models (the digits MLP: K = 6 to 64 members of batch 64),
+# dispatch-bound, 0.4-1.6 ms a step, 6-12% of the population's time. The fused loop costs 20-30
+# ns per logit on the 2-core VM (its libm exp), torch ~0.3 ms a call plus a cost per row that is
+# small when the classes fill whole vectors (multiples of 16). Measured (1 thread, forward,
+# BENCHMARKS.md "A population's losses"): the C kernel 2.1-3.6x faster up to 16384 logits but for
+# 2 or 16 classes (1.0-1.1x), and 1.4-1.7x faster at 40960-163840 logits with 10 or 14 classes,
+# where torch was 2-3x faster with 16 or 100. Hence two limits:
+POPULATION_MAX_ELEMENTS = 1 << 14          # logits (K * B * C), any number of classes
+POPULATION_MAX_ELEMENTS_FEW = 1 << 18      # with 3 to 15 classes
+
+
+def population_eligible(logits: torch.Tensor, targets: torch.Tensor) -> bool:
+    """The fused population kernel runs on CPU tensors up to the limits above."""
+    classes = logits.shape[-1]
+    limit = POPULATION_MAX_ELEMENTS_FEW if 3 <= classes < 16 else POPULATION_MAX_ELEMENTS
+    return (
+        _dmfused is not None
+        and logits.device.type == "cpu"
+        and targets.device.type == "cpu"
+        and logits.numel() <= limit
+    )
+
+
+def population_parts(
+    logits: torch.Tensor, targets: torch.Tensor, knobs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient [K, B, C], shares [K, B] and display losses [K] of a population's CPU batch in one
+    C call (dm_tune._poplosses.population_loss_parts, the reference). ``knobs``: float64 [K, 10],
+    member k's MemberLoss fields in row k, in their declaration order (kind first)."""
+    if _dmfused is None:
+        raise RuntimeError("the fused DM kernel was not built (no C compiler at install time)")
+    if logits.dtype not in FLOATS:
+        logits = logits.float()
+    logits = logits.contiguous()
+    targets = targets.long().contiguous()
+    knobs = knobs.to(torch.float64).contiguous()
+    k, n, c = logits.shape
+    if knobs.shape != (k, 10) or targets.shape != (k, n):
+        raise ValueError(f"knobs must be [{k}, 10] and targets [{k}, {n}], got {tuple(knobs.shape)} and "
+                         f"{tuple(targets.shape)}")
+    grad = torch.empty_like(logits)
+    share = torch.empty(k, n, dtype=logits.dtype)
+    display = torch.empty(k, dtype=logits.dtype)
+    _dmfused.pop_grad(logits.data_ptr(), targets.data_ptr(), k, n, c, knobs.data_ptr(), grad.data_ptr(),
+                      share.data_ptr(), display.data_ptr(), torch.finfo(logits.dtype).tiny,
+                      logits.dtype == torch.float64)
     return grad, share, display

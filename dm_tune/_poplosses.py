@@ -11,7 +11,9 @@ knobs ([K, 1] tensors) covers them all:
 
 with every multiplier written as m(p) = a + b p^q (1-p)^r and every loss value as
 alpha (-log p) + gamma (1 - p^q) / q + delta (1-p)^2. The single-run modules stay the
-reference; tests/test_population_losses.py checks every method against them.
+reference; tests/test_population.py checks every method against them. On a CPU the same function
+runs as one C call (dm_tune._native.population_parts) where it was built and the batch is small
+enough; ``population_loss_parts`` is its reference.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from dm_tune import _native
 from dm_tune._losses import _InjectGrad
-from dm_tune._weighting import CCE_WEIGHT_EPS, _compute_dtype, class_weighted
+from dm_tune._weighting import CCE_WEIGHT_EPS, _compute_dtype, check_kernel, class_weighted
 
 DM, PLAIN, NORMALISED = 0, 1, 2
 
@@ -112,11 +115,21 @@ class PopulationLoss(nn.Module):
 
     last_shares: torch.Tensor | None
 
-    def __init__(self, members: list[MemberLoss], class_weights: torch.Tensor | None = None) -> None:
+    def __init__(self, members: list[MemberLoss], class_weights: torch.Tensor | None = None,
+                 kernel: str = "auto") -> None:
+        """``kernel``: "auto" (the fused C kernel for the CPU batches where it was measured faster,
+        ``_native.population_eligible``, if it was built; torch otherwise), "torch" or "native"
+        (the C kernel for any CPU batch)."""
         super().__init__()
+        check_kernel(kernel)
+        if kernel == "native" and not _native.available():
+            raise ValueError("kernel='native': the fused DM kernel was not built (no C compiler)")
+        self.kernel = kernel
         for name in MemberLoss.__dataclass_fields__:
             values = [float(getattr(m, name)) for m in members]
             self.register_buffer(name, torch.tensor(values, dtype=torch.float64).view(-1, 1), persistent=False)
+        # The same knobs as one float64 [K, fields] table, for the C kernel.
+        self._packed = torch.cat([getattr(self, name) for name in MemberLoss.__dataclass_fields__], 1)
         # Member k's class weights in row k ([K, C], dm_tune.class_weighting), or None for none.
         if class_weights is not None and (class_weights.dim() != 2 or class_weights.shape[0] != len(members)):
             raise ValueError(f"class weights must have shape [{len(members)}, classes]")
@@ -137,7 +150,12 @@ class PopulationLoss(nn.Module):
     def _grad_share_display(self, logits: torch.Tensor, targets: torch.Tensor):
         """For _InjectGrad: each member's logit gradient, example shares and display loss [K]."""
         knobs = self.knobs(_compute_dtype(logits))
-        grad, share, display = population_loss_parts(logits, targets, knobs)
+        if self.kernel == "native" and not (logits.is_cpu and targets.is_cpu):
+            raise ValueError("kernel='native' computes CPU tensors only")
+        if self.kernel == "native" or (self.kernel == "auto" and _native.population_eligible(logits, targets)):
+            grad, share, display = _native.population_parts(logits, targets, self._packed)
+        else:
+            grad, share, display = population_loss_parts(logits, targets, knobs)
         if "class_weights" not in knobs:
             return grad, share, display
         # As ClassWeighted: row i of member k times w_k[y_ki]; shares reweighted, display unweighted.

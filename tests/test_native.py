@@ -222,3 +222,72 @@ def test_dm_loss_dispatch():
         shares.append(loss_fn.last_shares)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-16)
     torch.testing.assert_close(shares[0], shares[1], rtol=1e-12, atol=1e-16)
+
+
+# --- a population's losses (_native.population_parts against _poplosses.population_loss_parts) --
+
+
+def _population(kernel: str, class_weights: torch.Tensor | None = None):
+    from dm_tune._poplosses import PopulationLoss, member_loss
+    from dm_tune.config import TrainConfig
+
+    knobs = [{"method": "dm", "lam": 1.0, "beta": 8.0}, {"method": "dm", "lam": 0.0, "beta": 0.0},
+             {"method": "dm", "lam": 2.5, "beta": -40.0}, {"method": "cce"}, {"method": "cce-dn"},
+             {"method": "gce", "gce_q": 0.3}, {"method": "mae"}, {"method": "mae-dn"}, {"method": "mse"},
+             {"method": "sl", "sl_mu": 0.5, "sl_nu": 2.0}]
+    members = [member_loss(TrainConfig.from_dict(k)) for k in knobs]
+    return PopulationLoss(members, class_weights, kernel=kernel)
+
+
+@pytest.mark.parametrize("n,c,scale", [(37, 10, 4.0), (600, 3, 2.0), (5, 100, 20.0)])  # 600: rows off the stack
+def test_native_population_losses_are_the_float64_reference(n, c, scale):
+    g = torch.Generator().manual_seed(n)
+    logits = torch.randn(10, n, c, generator=g, dtype=torch.float64) * scale
+    targets = torch.randint(0, c, (10, n), generator=g)
+    want = _population("torch")._grad_share_display(logits, targets)
+    got64 = _population("native")._grad_share_display(logits, targets)
+    for a, b in zip(got64, want):  # (at p within 1e-11 of 1, both sums of exponentials round
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-11)  # 1 - p differently: ~1e-4 relative)
+    got32 = _population("native")._grad_share_display(logits.float(), targets)
+    for a, b in zip(got32, want):  # computed in double, rounded once
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-9)
+
+
+def test_native_population_extremes_class_weights_and_half_precision():
+    z = torch.zeros(10, 6, 5)
+    z[:, 0, 0] = 1e4   # p == 1 exactly
+    z[:, 1] = -1e4     # a tie
+    z[:, 2, 0], z[:, 2, 1] = -1e4, 1e4  # p == 0
+    z[:, 3, 0] = 5.0
+    targets = torch.zeros(10, 6, dtype=torch.long)
+    weights = torch.rand(10, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    for cw in (None, weights):
+        got = _population("native", cw)._grad_share_display(z, targets)
+        want = _population("torch", cw)._grad_share_display(z, targets)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+    half = _population("native")._grad_share_display(z.bfloat16(), targets)
+    for a, b in zip(half, _population("native")._grad_share_display(z.bfloat16().float(), targets)):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_native_population_nan_member_is_nan_alone_and_bad_targets_are_named():
+    g = torch.Generator().manual_seed(2)
+    logits, targets = torch.randn(10, 8, 4, generator=g), torch.randint(0, 4, (10, 8), generator=g)
+    logits[3, 5, 1] = float("nan")
+    display = _population("native")._grad_share_display(logits, targets)[2]
+    assert torch.isnan(display[3]) and torch.isfinite(display[torch.arange(10) != 3]).all()
+    targets[7, 2] = 4
+    with pytest.raises(IndexError, match="target 4 of member 7, example 2 is out of range for 4 classes"):
+        _population("native")._grad_share_display(logits, targets)
+
+
+@pytest.mark.parametrize("shape,eligible", [
+    ((2, 4, 10), True), ((64, 64, 10), True), ((64, 4096, 10), False),
+    ((16, 64, 16), True), ((64, 64, 16), False), ((16, 64, 100), False), ((64, 128, 2), True), ((64, 129, 2), False),
+])
+def test_the_population_kernel_is_chosen_by_size_and_classes(shape, eligible):
+    targets = torch.zeros(shape[:2], dtype=torch.long)
+    assert _native.population_eligible(torch.zeros(shape), targets) is eligible

@@ -62,8 +62,9 @@ KNOBS = [{"method": m} for m in METHODS] + [
 ] + [{"method": "gce", "gce_q": 0.3}, {"method": "sl", "sl_mu": 0.5, "sl_nu": 2.0}]
 
 
+@pytest.mark.parametrize("kernel", ["torch", "native"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_population_loss_matches_every_single_loss(dtype):
+def test_population_loss_matches_every_single_loss(dtype, kernel):
     cfgs = [TrainConfig.from_dict(k) for k in KNOBS]
     gen = torch.Generator().manual_seed(0)
     logits = (torch.randn(len(cfgs), 37, 10, generator=gen, dtype=torch.float64) * 4).to(dtype)
@@ -71,20 +72,26 @@ def test_population_loss_matches_every_single_loss(dtype):
     targets = torch.randint(0, 10, (len(cfgs), 37), generator=gen)
     targets[0, 0] = 3
     logits.requires_grad_()
-    pop = PopulationLoss([member_loss(c) for c in cfgs])
+    pop = PopulationLoss([member_loss(c) for c in cfgs], kernel=kernel)
     display = pop(logits, targets)
     display.sum().backward()
     tol = {"rtol": 1e-12, "atol": 1e-15} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-7}
+    # The C kernel computes in double whatever the input dtype: its float32 results are those of
+    # the float64 reference, rounded once.
+    ref_dtype = torch.float64 if kernel == "native" else dtype
+    if kernel == "native" and dtype == torch.float32:
+        tol = {"rtol": 2e-6, "atol": 1e-9}
     for k, c in enumerate(cfgs):
-        single = logits[k].detach().clone().requires_grad_()
+        single = logits[k].detach().to(ref_dtype).requires_grad_()
         fn = build_loss(c)
         if c.method == "dm":
             fn.kernel = "torch"  # the reference implementation (same dtype as the population's)
             fn._fused = False
         value = fn(single, targets[k])
         value.backward()
-        torch.testing.assert_close(logits.grad[k], single.grad, **tol, msg=f"{KNOBS[k]}: gradient")
-        torch.testing.assert_close(display[k].detach(), value.detach(), **tol, msg=f"{KNOBS[k]}: display loss")
+        torch.testing.assert_close(logits.grad[k], single.grad.to(dtype), **tol, msg=f"{KNOBS[k]}: gradient")
+        torch.testing.assert_close(display[k].detach(), value.detach().to(dtype), **tol,
+                                   msg=f"{KNOBS[k]}: display loss")
         torch.testing.assert_close(pop.last_shares[k], fn.last_shares.to(pop.last_shares.dtype), **tol,
                                    msg=f"{KNOBS[k]}: shares")
 
@@ -181,11 +188,23 @@ def _snapshots_of_population(cfgs, ds):
     return results, snaps
 
 
-@pytest.mark.parametrize("shared", [
-    {"optimizer": "adam"},
-    {"optimizer": "sgd", "lr": 0.05, "schedule": "cosine", "momentum": 0.9},
-])
-def test_a_members_ten_steps_match_its_own_run(shared):
+ADAM = {"optimizer": "adam"}
+SGD = {"optimizer": "sgd", "lr": 0.05, "schedule": "cosine", "momentum": 0.9}
+
+
+# The members' losses in the population's C kernel (computed in double) or in the same float32
+# torch operations as the single-run modules ("torch"). Not compared at this tolerance: Adam with
+# the C kernel. Adam divides by sqrt(v) + 1e-8, so near-zero gradients (~1e-9, where the two
+# roundings differ) move a weight by up to a tenth of the learning rate per step either way
+# (one SL member drifted 8e-5 in 10 steps); the kernel itself is compared with the torch one per
+# loss (tests/test_native.py), and accuracy over seeds below runs it.
+@pytest.mark.parametrize("shared,kernel", [(ADAM, "torch"), (SGD, "torch"), (SGD, "auto")])
+def test_a_members_ten_steps_match_its_own_run(shared, kernel, monkeypatch):
+    from dm_tune import _native
+
+    if kernel == "torch":
+        monkeypatch.setattr(_native, "POPULATION_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(_native, "POPULATION_MAX_ELEMENTS_FEW", 0)
     cfgs = configs({"method": "dm", "lam": 1.0, "beta": 8.0, "seed": 0},
                    {"method": "cce", "seed": 1, "lr": 0.003},
                    {"method": "gce-dn", "seed": 2, "weight_decay": 1e-3},
