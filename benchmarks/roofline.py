@@ -17,8 +17,8 @@ Measured here, side by side, at the given thread count:
   median wall time per configuration, and the achieved GFLOP/s of each;
 - ``ceiling``: separate seconds per configuration / (FLOPs per configuration / peak);
 - ``products_bound``: the same over the time the population spends in its matrix products alone
-  (``bmm``, ``baddbmm``, ``mm``, ``addmm``, convolutions: their self time in one profiled run), the
-  ratio it would reach if everything else it does took no time.
+  (``bmm``, ``baddbmm``, ``mm``, ``addmm`` and their in-place forms, convolutions: their self time
+  in one profiled run), the ratio it would reach if everything else it does took no time.
 
     python benchmarks/roofline.py [--case digits-mlp|mnist1d-cnn] [--k 16] [--threads 1] --json out.json
 """
@@ -46,7 +46,8 @@ import _cases  # noqa: E402
 import _timing  # noqa: E402
 
 COMPUTE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
-PRODUCTS = {"aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm", "aten::mkldnn_convolution",
+PRODUCTS = {"aten::bmm", "aten::baddbmm", "aten::baddbmm_", "aten::mm", "aten::addmm", "aten::addmm_",
+            "aten::mkldnn_convolution",
             "aten::convolution_backward", "aten::_convolution"}
 
 

@@ -128,3 +128,13 @@ def test_optimizer_benchmark_times_both_updates(tmp_path):
     assert row["case"] == "digits-mlp" and row["threads"] == 1
     assert row["fused_s_per_config"] > 0 and row["default_s_per_config"] > 0
     assert row["sqrt_zeros_us"] > 0 and row["sqrt_ordinary_us"] > 0
+
+
+def test_population_kernels_benchmark_checks_and_times_both_arms(tmp_path):
+    out = tmp_path / "kernels.json"
+    _run("population_kernels.py", "--blocks", "1", "--block-ms", "1", "--sizes", "2", "--json", str(out))
+    doc = json.loads(out.read_text())
+    assert [r["layer"] for r in doc["conv"]] == [[32, 64, 20], [64, 128, 10], [1, 32, 40]]
+    assert len(doc["loss"]) >= 10
+    for r in doc["conv"] + doc["loss"]:
+        assert r["speedup"] > 0

@@ -1,0 +1,111 @@
+"""Two of a population's CPU fast paths against their references, side by side in one run.
+
+    python benchmarks/population_kernels.py [--threads 1] [--blocks 9] [--json out.json]
+
+- **convolutions**: one Conv1d layer of the MNIST-1D CNN for K members in the population's
+  [K, C, L, B] layout (batch 256), forward + backward: ``shifted_conv1d`` (one batched product per
+  kernel tap on shifted views, what a population uses from 16 input channels) against
+  ``im2col_conv1d`` under autograd (the reference), for the CNN's three layer shapes.
+- **losses**: every member's loss of ``PopulationLoss`` (forward: gradient, shares, display
+  losses) on [K, B, C] logits, members cycling through DM (1, 8), DM (2, 24), CCE and GCE: the C
+  kernel (``kernel="native"``) against the torch operations (``kernel="torch"``, the reference),
+  at the shapes that decide ``dm_tune._native.population_eligible``.
+
+Arms alternate in blocks (A B, B A, ...; benchmarks/_timing.py); the table shows medians. Each
+pair is checked equal before it is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from dm_tune._poplosses import PopulationLoss, member_loss
+from dm_tune._popmodels import im2col_conv1d, shifted_conv1d
+from dm_tune.config import TrainConfig
+
+from _timing import interleave
+
+CONV_LAYERS = ((32, 64, 20), (64, 128, 10), (1, 32, 40))  # (in channels, out channels, length)
+LOSS_SHAPES = ((6, 64, 10), (16, 64, 10), (64, 64, 10), (128, 128, 10), (16, 64, 14), (64, 64, 14),
+               (16, 64, 16), (64, 64, 16), (16, 64, 100), (16, 64, 2), (64, 128, 2))
+ARMS = ({"method": "dm", "lam": 1.0, "beta": 8.0}, {"method": "dm", "lam": 2.0, "beta": 24.0},
+        {"method": "cce"}, {"method": "gce"})
+
+
+def median_ms(arms: dict[str, Callable[[], object]], blocks: int, block_ms: float) -> dict[str, float]:
+    times, _ = interleave(arms, blocks, block_ms, torch.device("cpu"))
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def conv_rows(k: int, blocks: int, block_ms: float) -> list[dict]:
+    rows = []
+    for cin, cout, length in CONV_LAYERS:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(k, cin, length, 256, generator=gen, requires_grad=True)
+        w = torch.randn(k, cout, cin, 3, generator=gen, requires_grad=True)
+        b = torch.randn(k, cout, generator=gen, requires_grad=True)
+        grad = torch.randn(k, cout, length, 256, generator=gen)
+
+        def arm(conv: Callable) -> Callable[[], None]:
+            def run() -> None:
+                x.grad = w.grad = b.grad = None
+                conv(x, w, b, 1).backward(grad)
+            return run
+
+        ref = im2col_conv1d(x, w, b, 1)
+        torch.testing.assert_close(shifted_conv1d(x, w, b, 1), ref, rtol=1e-4, atol=1e-3)
+        ms = median_ms({"shifted": arm(shifted_conv1d), "im2col": arm(im2col_conv1d)}, blocks, block_ms)
+        rows.append({"k": k, "layer": [cin, cout, length], "shifted_ms": ms["shifted"], "im2col_ms": ms["im2col"],
+                     "speedup": ms["im2col"] / ms["shifted"]})
+        print(f"conv K={k:<3} {cin:>3}->{cout:<3} L={length:<3} shifted {ms['shifted']:8.2f} ms   "
+              f"im2col {ms['im2col']:8.2f} ms   {rows[-1]['speedup']:.2f}x")
+    return rows
+
+
+def loss_rows(blocks: int, block_ms: float) -> list[dict]:
+    rows = []
+    for k, batch, classes in LOSS_SHAPES:
+        members = [member_loss(TrainConfig.from_dict(ARMS[i % len(ARMS)])) for i in range(k)]
+        losses = {kernel: PopulationLoss(members, kernel=kernel) for kernel in ("native", "torch")}
+        gen = torch.Generator().manual_seed(k)
+        z = torch.randn(k, batch, classes, generator=gen)
+        y = torch.randint(0, classes, (k, batch), generator=gen)
+        for a, r in zip(losses["native"]._grad_share_display(z, y), losses["torch"]._grad_share_display(z, y)):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6)
+        ms = median_ms({kernel: (lambda f=loss._grad_share_display: f(z, y)) for kernel, loss in losses.items()},
+                       blocks, block_ms)
+        rows.append({"shape": [k, batch, classes], "logits": k * batch * classes, "native_ms": ms["native"],
+                     "torch_ms": ms["torch"], "speedup": ms["torch"] / ms["native"]})
+        print(f"loss [{k}, {batch}, {classes}] ({k * batch * classes} logits) native {ms['native'] * 1e3:8.1f} us   "
+              f"torch {ms['torch'] * 1e3:8.1f} us   {rows[-1]['speedup']:.2f}x")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--blocks", type=int, default=9, help="timed blocks per arm (median reported)")
+    p.add_argument("--block-ms", type=float, default=200.0)
+    p.add_argument("--sizes", default="4,16", help="population sizes K of the convolution rows")
+    p.add_argument("--json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    conv = [row for k in args.sizes.split(",") for row in conv_rows(int(k), args.blocks, args.block_ms)]
+    loss = loss_rows(args.blocks, args.block_ms)
+    if args.json:
+        out = {"threads": args.threads, "blocks": args.blocks, "torch": torch.__version__,
+               "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+               "conv": conv, "loss": loss}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
