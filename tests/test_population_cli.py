@@ -71,7 +71,7 @@ def test_a_single_member_keeps_the_single_result(tmp_path, capsys):
 def test_the_default_population_size_is_the_measured_one(capsys):
     from dm_tune.population import suggested_population_size
 
-    assert suggested_population_size("mlp", "cpu") == 16 and suggested_population_size("cnn", "cpu") == 1
+    assert suggested_population_size("mlp", "cpu") == 16 and suggested_population_size("cnn", "cpu") == 4
     assert suggested_population_size("text", "cuda") == 16  # not measured
     assert main(["train", "--seed", "0,1,2", "--epochs", "1"]) == 0
     err = capsys.readouterr().err
