@@ -1,4 +1,4 @@
-"""Two of a population's CPU fast paths against their references, side by side in one run.
+"""A population's CPU fast paths against their references, side by side in one run.
 
     python benchmarks/population_kernels.py [--threads 1] [--blocks 9] [--json out.json]
 
@@ -6,6 +6,9 @@
   [K, C, L, B] layout (batch 256), forward + backward: ``shifted_conv1d`` (one batched product per
   kernel tap on shifted views, what a population uses from 16 input channels) against
   ``im2col_conv1d`` under autograd (the reference), for the CNN's three layer shapes.
+- **ReLU and pooling**: the CNN's ReLU then MaxPool1d(2) against MaxPool1d(2) then ReLU (what a
+  population runs: max and ReLU commute, values and gradients), forward + backward on a fresh
+  [K, C, L, 256] activation (a product with 1, standing for the BatchNorm's output, in both arms).
 - **losses**: every member's loss of ``PopulationLoss`` (forward: gradient, shares, display
   losses) on [K, B, C] logits, members cycling through DM (1, 8), DM (2, 24), CCE and GCE: the C
   kernel (``kernel="native"``) against the torch operations (``kernel="torch"``, the reference),
@@ -30,10 +33,12 @@ import torch
 from dm_tune._poplosses import PopulationLoss, member_loss
 from dm_tune._popmodels import im2col_conv1d, shifted_conv1d
 from dm_tune.config import TrainConfig
+from dm_tune.models import pair_max
 
 from _timing import interleave
 
 CONV_LAYERS = ((32, 64, 20), (64, 128, 10), (1, 32, 40))  # (in channels, out channels, length)
+POOLED = ((32, 40), (64, 20), (128, 10))  # the CNN's activations before each pooling (channels, length)
 LOSS_SHAPES = ((6, 64, 10), (16, 64, 10), (64, 64, 10), (128, 128, 10), (16, 64, 14), (64, 64, 14),
                (16, 64, 16), (64, 64, 16), (16, 64, 100), (16, 64, 2), (64, 128, 2))
 ARMS = ({"method": "dm", "lam": 1.0, "beta": 8.0}, {"method": "dm", "lam": 2.0, "beta": 24.0},
@@ -70,6 +75,26 @@ def conv_rows(k: int, blocks: int, block_ms: float) -> list[dict]:
     return rows
 
 
+def pool_rows(k: int, blocks: int, block_ms: float) -> list[dict]:
+    rows = []
+    for channels, length in POOLED:
+        x = torch.randn(k, channels, length, 256, requires_grad=True)
+        grad = torch.randn(k, channels, length // 2, 256)
+
+        def relu_pool() -> None:
+            pair_max(torch.relu_(x * 1.0), 2).backward(grad)
+
+        def pool_relu() -> None:
+            torch.relu_(pair_max(x * 1.0, 2)).backward(grad)
+
+        ms = median_ms({"pool_relu": pool_relu, "relu_pool": relu_pool}, blocks, block_ms)
+        rows.append({"k": k, "shape": [k, channels, length, 256], "pool_relu_ms": ms["pool_relu"],
+                     "relu_pool_ms": ms["relu_pool"], "speedup": ms["relu_pool"] / ms["pool_relu"]})
+        print(f"relu/pool K={k:<3} [{channels}, {length}] pool then ReLU {ms['pool_relu']:7.2f} ms   "
+              f"ReLU then pool {ms['relu_pool']:7.2f} ms   {rows[-1]['speedup']:.2f}x")
+    return rows
+
+
 def loss_rows(blocks: int, block_ms: float) -> list[dict]:
     rows = []
     for k, batch, classes in LOSS_SHAPES:
@@ -99,11 +124,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     conv = [row for k in args.sizes.split(",") for row in conv_rows(int(k), args.blocks, args.block_ms)]
+    pool = [row for k in args.sizes.split(",") for row in pool_rows(int(k), args.blocks, args.block_ms)]
     loss = loss_rows(args.blocks, args.block_ms)
     if args.json:
         out = {"threads": args.threads, "blocks": args.blocks, "torch": torch.__version__,
                "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-               "conv": conv, "loss": loss}
+               "conv": conv, "relu_pool": pool, "loss": loss}
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 
 

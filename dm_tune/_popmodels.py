@@ -131,10 +131,14 @@ def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, t
     layers = list(template)
     steps = []
     for i, layer in enumerate(layers):
-        if _relu_in_batch_norm(layers, i):
+        if _relu_then_pool(layers, i):  # pool first, then the ReLU on half the elements: max
+            steps += [_max_pool_2, _step(f"{i}.", layer)]  # and ReLU commute (values and gradients)
+        elif _relu_then_pool(layers, i - 1):
+            continue  # pooled above
+        elif _relu_in_batch_norm(layers, i):
             continue  # the BatchNorm step before it applies it
-        if isinstance(layer, nn.BatchNorm1d):
-            relu = i + 1 < len(layers) and _relu_in_batch_norm(layers, i + 1)
+        elif isinstance(layer, nn.BatchNorm1d):
+            relu = i + 1 < len(layers) and _relu_in_batch_norm(layers, i + 1) and not _relu_then_pool(layers, i + 1)
             steps.append(_batch_norm(f"{i}.", layer.momentum, layer.eps, layer.affine, relu))  # type: ignore[arg-type]
         else:
             steps.append(_step(f"{i}.", layer))
@@ -154,6 +158,12 @@ def _relu_in_batch_norm(layers: list[nn.Module], i: int) -> bool:
     would copy the whole gradient through views in the backward (CopySlices, AsStrided)."""
     return (i > 0 and isinstance(layers[i], nn.ReLU) and layers[i].inplace
             and isinstance(layers[i - 1], nn.BatchNorm1d))
+
+
+def _relu_then_pool(layers: list[nn.Module], i: int) -> bool:
+    """Whether layer i is a ReLU followed by MaxPool1d(2)."""
+    return (0 <= i < len(layers) - 1 and isinstance(layers[i], nn.ReLU)
+            and isinstance(layers[i + 1], nn.MaxPool1d))
 
 
 def _step(prefix: str, layer: nn.Module) -> Step:

@@ -135,6 +135,6 @@ def test_population_kernels_benchmark_checks_and_times_both_arms(tmp_path):
     _run("population_kernels.py", "--blocks", "1", "--block-ms", "1", "--sizes", "2", "--json", str(out))
     doc = json.loads(out.read_text())
     assert [r["layer"] for r in doc["conv"]] == [[32, 64, 20], [64, 128, 10], [1, 32, 40]]
-    assert len(doc["loss"]) >= 10
-    for r in doc["conv"] + doc["loss"]:
+    assert len(doc["loss"]) >= 10 and len(doc["relu_pool"]) == 3
+    for r in doc["conv"] + doc["relu_pool"] + doc["loss"]:
         assert r["speedup"] > 0

@@ -149,6 +149,30 @@ def test_population_model_is_its_members_side_by_side(name, channels_last, monke
         fresh.load_state_dict(state)
 
 
+def test_a_sequential_with_batch_norm_then_relu_unpooled_is_its_members_side_by_side():
+    # BatchNorm -> in-place ReLU without a pooling after it (the ReLU runs inside the BatchNorm
+    # step), a 16-channel shifted convolution, and an out-of-place ReLU before a pooling.
+    from torch import nn
+
+    def member() -> nn.Sequential:
+        return nn.Sequential(nn.Unflatten(1, (1, 12)), nn.Conv1d(1, 16, 3, padding=1), nn.BatchNorm1d(16),
+                             nn.ReLU(inplace=True), nn.Conv1d(16, 16, 3, padding=1), nn.BatchNorm1d(16),
+                             nn.ReLU(), nn.MaxPool1d(2), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 5))
+
+    torch.manual_seed(0)
+    members = [member().double() for _ in range(3)]
+    pop = PopulationModel(members)
+    x = torch.randn(3, 7, 12, dtype=torch.float64)
+    out, ref = pop(x), torch.stack([m(x[k]) for k, m in enumerate(members)])
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for key, p in members[0].named_parameters():
+        for k, m in enumerate(members):
+            torch.testing.assert_close(pop.get(key).grad[k], dict(m.named_parameters())[key].grad,
+                                       rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("cin,length,kernel,padding,bias", [
     (3, 9, 3, 1, True), (3, 9, 3, 1, False), (2, 8, 5, 2, True), (2, 7, 3, 0, True), (4, 6, 1, 0, True),
     (2, 5, 3, 3, True),  # more padding than the kernel: no tap reaches every position
