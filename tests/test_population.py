@@ -112,6 +112,22 @@ MODEL_CASES = {
 }
 
 
+def _same_outputs_and_gradients(pop: PopulationModel, members: list, x: torch.Tensor, backward: bool = True) -> None:
+    """The population's logits for inputs [K, B, ...] are its members' (and, with ``backward``,
+    every stacked parameter's gradient too), to float64 tolerance."""
+    out = pop(x)
+    ref = torch.stack([m(x[k]) for k, m in enumerate(members)])
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    if not backward:
+        return
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for key, _ in members[0].named_parameters():
+        for k, m in enumerate(members):
+            torch.testing.assert_close(pop.get(key).grad[k], dict(m.named_parameters())[key].grad,
+                                       rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("name,channels_last", [(name, False) for name in sorted(MODEL_CASES)] + [("resnet20", True)])
 def test_population_model_is_its_members_side_by_side(name, channels_last, monkeypatch):
     from dm_tune import _popmodels
@@ -126,16 +142,7 @@ def test_population_model_is_its_members_side_by_side(name, channels_last, monke
         pop.train(training)
         for m in members:
             m.train(training)
-        out = pop(x)
-        ref = torch.stack([m(x[k]) for k, m in enumerate(members)])
-        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-        if training:
-            out.square().sum().backward()
-            ref.square().sum().backward()
-            for key, p in members[0].named_parameters():
-                for k, m in enumerate(members):
-                    torch.testing.assert_close(pop.get(key).grad[k], dict(m.named_parameters())[key].grad,
-                                               rtol=1e-9, atol=1e-12)
+        _same_outputs_and_gradients(pop, members, x, backward=training)
     before = x.clone()
     with torch.no_grad():  # evaluation: ReLUs run in place on fresh activations, never on the input
         torch.testing.assert_close(pop(x), torch.stack([m(x[k]) for k, m in enumerate(members)]),
@@ -161,16 +168,7 @@ def test_a_sequential_with_batch_norm_then_relu_unpooled_is_its_members_side_by_
 
     torch.manual_seed(0)
     members = [member().double() for _ in range(3)]
-    pop = PopulationModel(members)
-    x = torch.randn(3, 7, 12, dtype=torch.float64)
-    out, ref = pop(x), torch.stack([m(x[k]) for k, m in enumerate(members)])
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    out.square().sum().backward()
-    ref.square().sum().backward()
-    for key, p in members[0].named_parameters():
-        for k, m in enumerate(members):
-            torch.testing.assert_close(pop.get(key).grad[k], dict(m.named_parameters())[key].grad,
-                                       rtol=1e-9, atol=1e-12)
+    _same_outputs_and_gradients(PopulationModel(members), members, torch.randn(3, 7, 12, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("cin,length,kernel,padding,bias", [
