@@ -12,7 +12,9 @@
 - **losses**: every member's loss of ``PopulationLoss`` (forward: gradient, shares, display
   losses) on [K, B, C] logits, members cycling through DM (1, 8), DM (2, 24), CCE and GCE: the C
   kernel (``kernel="native"``) against the torch operations (``kernel="torch"``, the reference),
-  at the shapes that decide ``dm_tune._native.population_eligible``.
+  at the shapes that decide ``dm_tune._native.population_eligible``; and whole digits-MLP
+  populations (``--population-k`` members, the configurations of population.py) with either
+  kernel (the torch arm sets the C kernel's size limits to 0, as the tests do).
 
 Arms alternate in blocks (A B, B A, ...; benchmarks/_timing.py); the table shows medians. Each
 pair is checked equal before it is timed.
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from dm_tune import _native
 from dm_tune._poplosses import PopulationLoss, member_loss
 from dm_tune._popmodels import im2col_conv1d, shifted_conv1d
 from dm_tune.config import TrainConfig
@@ -114,22 +117,52 @@ def loss_rows(blocks: int, block_ms: float) -> list[dict]:
     return rows
 
 
+def population_rows(k: int, blocks: int, quick: bool) -> list[dict]:
+    import _cases
+    from dm_tune.data import prepare
+    from dm_tune.population import train_population
+
+    source, shared = _cases.case("digits-mlp", quick)
+    cfgs = _cases.configs(shared, k)
+    datas = [prepare(c, source) for c in cfgs]
+    limits = (_native.POPULATION_MAX_ELEMENTS, _native.POPULATION_MAX_ELEMENTS_FEW)
+
+    def arm(native: bool) -> Callable[[], None]:
+        def run() -> None:
+            _native.POPULATION_MAX_ELEMENTS, _native.POPULATION_MAX_ELEMENTS_FEW = limits if native else (0, 0)
+            try:
+                train_population(cfgs, datas)
+            finally:
+                _native.POPULATION_MAX_ELEMENTS, _native.POPULATION_MAX_ELEMENTS_FEW = limits
+        return run
+
+    ms = median_ms({"native": arm(True), "torch": arm(False)}, blocks, 1.0)  # one whole run per block
+    row = {"k": k, "case": "digits-mlp", "native_s": ms["native"] / 1e3, "torch_s": ms["torch"] / 1e3,
+           "speedup": ms["torch"] / ms["native"]}
+    print(f"population digits-mlp K={k}: losses in C {row['native_s']:.3f} s   in torch {row['torch_s']:.3f} s   "
+          f"{row['speedup']:.2f}x")
+    return [row]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--blocks", type=int, default=9, help="timed blocks per arm (median reported)")
     p.add_argument("--block-ms", type=float, default=200.0)
     p.add_argument("--sizes", default="4,16", help="population sizes K of the convolution rows")
+    p.add_argument("--population-k", type=int, default=6, help="members of the whole-population rows (0: none)")
+    p.add_argument("--quick", action="store_true", help="a smoke test: 2-epoch populations")
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     conv = [row for k in args.sizes.split(",") for row in conv_rows(int(k), args.blocks, args.block_ms)]
     pool = [row for k in args.sizes.split(",") for row in pool_rows(int(k), args.blocks, args.block_ms)]
     loss = loss_rows(args.blocks, args.block_ms)
+    population = population_rows(args.population_k, args.blocks, args.quick) if args.population_k else []
     if args.json:
         out = {"threads": args.threads, "blocks": args.blocks, "torch": torch.__version__,
                "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-               "conv": conv, "relu_pool": pool, "loss": loss}
+               "conv": conv, "relu_pool": pool, "loss": loss, "population": population}
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 
 

@@ -74,8 +74,8 @@ def dm_parts(
 # dispatch-bound, 0.4-1.6 ms a step, 6-12% of the population's time. The fused loop costs 20-30
 # ns per logit on the 2-core VM (its libm exp), torch ~0.3 ms a call plus a cost per row that is
 # small when the classes fill whole vectors (multiples of 16). Measured (1 thread, forward,
-# BENCHMARKS.md "A population's losses"): the C kernel 2.1-3.6x faster up to 16384 logits but for
-# 2 or 16 classes (1.0-1.1x), and 1.4-1.7x faster at 40960-163840 logits with 10 or 14 classes,
+# BENCHMARKS.md "A population's losses"): the C kernel 2.1-3.7x faster up to 16384 logits but for
+# 2 or 16 classes (0.9-1.1x), and 1.4-2.0x faster at 40960-163840 logits with 10 or 14 classes,
 # where torch was 2-3x faster with 16 or 100. Hence two limits:
 POPULATION_MAX_ELEMENTS = 1 << 14          # logits (K * B * C), any number of classes
 POPULATION_MAX_ELEMENTS_FEW = 1 << 18      # with 3 to 15 classes
