@@ -34,22 +34,22 @@ def available() -> bool:
 
 def eligible(logits: torch.Tensor, targets: torch.Tensor) -> bool:
     """The fused kernel runs on CPU tensors of any float dtype, for batches up to MAX_ELEMENTS."""
+    return _fits(logits, targets, MAX_ELEMENTS)
+
+
+def _fits(logits: torch.Tensor, targets: torch.Tensor, limit: int) -> bool:
+    """Built, both tensors on the CPU, and at most ``limit`` logits."""
     return (
         _dmfused is not None
         and logits.device.type == "cpu"
         and targets.device.type == "cpu"
-        and logits.numel() <= MAX_ELEMENTS
+        and logits.numel() <= limit
     )
 
 
-def dm_parts(
-    logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradient [N, C], shares [N] and display loss (0-d) of a CPU batch, in one C call.
-
-    The caller has checked shapes (logits [N, C>=2], targets [N]) and devices (CPU). Half
-    precision logits are promoted to float32, as in the torch version.
-    """
+def _kernel_inputs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits as float32 or float64 and the targets as int64, both contiguous, as the C loop
+    reads them (half precision is promoted to float32, as in the torch versions)."""
     if _dmfused is None:
         raise RuntimeError("the fused DM kernel was not built (no C compiler at install time)")
     if logits.dtype not in FLOATS:
@@ -60,6 +60,18 @@ def dm_parts(
         targets = targets.long()
     if not targets.is_contiguous():
         targets = targets.contiguous()
+    return logits, targets
+
+
+def dm_parts(
+    logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient [N, C], shares [N] and display loss (0-d) of a CPU batch, in one C call.
+
+    The caller has checked shapes (logits [N, C>=2], targets [N]) and devices (CPU). Half
+    precision logits are promoted to float32, as in the torch version.
+    """
+    logits, targets = _kernel_inputs(logits, targets)
     n, c = logits.shape
     grad = torch.empty_like(logits)
     share = torch.empty(n, dtype=logits.dtype)
@@ -84,13 +96,7 @@ POPULATION_MAX_ELEMENTS_FEW = 1 << 18      # with 3 to 15 classes
 def population_eligible(logits: torch.Tensor, targets: torch.Tensor) -> bool:
     """The fused population kernel runs on CPU tensors up to the limits above."""
     classes = logits.shape[-1]
-    limit = POPULATION_MAX_ELEMENTS_FEW if 3 <= classes < 16 else POPULATION_MAX_ELEMENTS
-    return (
-        _dmfused is not None
-        and logits.device.type == "cpu"
-        and targets.device.type == "cpu"
-        and logits.numel() <= limit
-    )
+    return _fits(logits, targets, POPULATION_MAX_ELEMENTS_FEW if 3 <= classes < 16 else POPULATION_MAX_ELEMENTS)
 
 
 def population_parts(
@@ -99,12 +105,7 @@ def population_parts(
     """Gradient [K, B, C], shares [K, B] and display losses [K] of a population's CPU batch in one
     C call (dm_tune._poplosses.population_loss_parts, the reference). ``knobs``: float64 [K, 10],
     member k's MemberLoss fields in row k, in their declaration order (kind first)."""
-    if _dmfused is None:
-        raise RuntimeError("the fused DM kernel was not built (no C compiler at install time)")
-    if logits.dtype not in FLOATS:
-        logits = logits.float()
-    logits = logits.contiguous()
-    targets = targets.long().contiguous()
+    logits, targets = _kernel_inputs(logits, targets)
     knobs = knobs.to(torch.float64).contiguous()
     k, n, c = logits.shape
     if knobs.shape != (k, 10) or targets.shape != (k, n):
