@@ -128,18 +128,15 @@ Step = Callable[[PopulationModel, torch.Tensor], torch.Tensor]
 
 
 def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, torch.Tensor], torch.Tensor]:
-    layers = list(template)
+    order = _pool_before_relu(list(enumerate(template)))  # (the single model's index, layer)
+    layers = [layer for _, layer in order]
     steps = []
-    for i, layer in enumerate(layers):
-        if _relu_then_pool(layers, i):  # pool first, then the ReLU on half the elements: max
-            steps += [_max_pool_2, _step(f"{i}.", layer)]  # and ReLU commute (values and gradients)
-        elif _relu_then_pool(layers, i - 1):
-            continue  # pooled above
-        elif _relu_in_batch_norm(layers, i):
+    for j, (i, layer) in enumerate(order):
+        if _relu_in_batch_norm(layers, j):
             continue  # the BatchNorm step before it applies it
-        elif isinstance(layer, nn.BatchNorm1d):
-            relu = i + 1 < len(layers) and _relu_in_batch_norm(layers, i + 1) and not _relu_then_pool(layers, i + 1)
-            steps.append(_batch_norm(f"{i}.", layer.momentum, layer.eps, layer.affine, relu))  # type: ignore[arg-type]
+        if isinstance(layer, nn.BatchNorm1d):
+            steps.append(_batch_norm(f"{i}.", layer.momentum, layer.eps, layer.affine,  # type: ignore[arg-type]
+                                     _relu_in_batch_norm(layers, j + 1)))
         else:
             steps.append(_step(f"{i}.", layer))
 
@@ -152,18 +149,22 @@ def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, t
     return forward
 
 
+def _pool_before_relu(order: list[tuple[int, nn.Module]]) -> list[tuple[int, nn.Module]]:
+    """Each ReLU right before a MaxPool1d(2) moved after it: max and ReLU commute (the same values
+    and gradients), so the ReLU runs on half the elements."""
+    order = list(order)
+    for j in range(len(order) - 1):
+        if isinstance(order[j][1], nn.ReLU) and isinstance(order[j + 1][1], nn.MaxPool1d):
+            order[j], order[j + 1] = order[j + 1], order[j]
+    return order
+
+
 def _relu_in_batch_norm(layers: list[nn.Module], i: int) -> bool:
     """Whether layer i is an in-place ReLU right after a BatchNorm1d. The BatchNorm step applies it
     to its own output before reshaping that to [K, C, ...]: in place on the reshaped view, autograd
     would copy the whole gradient through views in the backward (CopySlices, AsStrided)."""
-    return (i > 0 and isinstance(layers[i], nn.ReLU) and layers[i].inplace
+    return (0 < i < len(layers) and isinstance(layers[i], nn.ReLU) and layers[i].inplace
             and isinstance(layers[i - 1], nn.BatchNorm1d))
-
-
-def _relu_then_pool(layers: list[nn.Module], i: int) -> bool:
-    """Whether layer i is a ReLU followed by MaxPool1d(2)."""
-    return (0 <= i < len(layers) - 1 and isinstance(layers[i], nn.ReLU)
-            and isinstance(layers[i + 1], nn.MaxPool1d))
 
 
 def _step(prefix: str, layer: nn.Module) -> Step:
@@ -185,8 +186,6 @@ def _step(prefix: str, layer: nn.Module) -> Step:
         return linear
     if isinstance(layer, nn.Conv1d):
         return _conv1d(prefix, layer.kernel_size[0], layer.padding[0], layer.bias is not None)  # type: ignore[index]
-    if isinstance(layer, nn.BatchNorm1d):
-        return _batch_norm(prefix, layer.momentum, layer.eps, layer.affine, False)  # type: ignore[arg-type]
     if isinstance(layer, nn.MaxPool1d):
         return _max_pool_2
     if isinstance(layer, nn.AdaptiveAvgPool1d):  # [K, C, L, B] -> [K, C, B]
@@ -238,17 +237,31 @@ def shifted_conv1d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, 
     return _ShiftedConv1d.apply(x, w, bias, padding)
 
 
-def _tap_ranges(length: int, out_len: int, kernel: int, padding: int) -> list[tuple[int, int, int]]:
-    """Per tap t: the output positions [lo, hi) it reaches and its shift (input = output + shift)."""
-    ranges = []
-    for t in range(kernel):
-        shift = t - padding
-        ranges.append((max(0, -shift), min(out_len, length - shift), shift))
-    return ranges
+def _tap_ranges(length: int, out_len: int, kernel: int, padding: int) -> list[tuple[int, int, int, int]]:
+    """Per tap t: (t, the output positions [lo, hi) it reaches, its shift: input = output + shift)."""
+    return [(t, max(0, padding - t), min(out_len, length + padding - t), t - padding) for t in range(kernel)]
 
 
-def _first_then_rest(first: int | None, n: int) -> list[int]:
-    return ([first] if first is not None else []) + [t for t in range(n) if t != first]
+def _products_into(out: torch.Tensor, terms: list[tuple[int, int, torch.Tensor, torch.Tensor]],
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``out`` [K, O, N] = bias + the sum over ``terms`` (lo, hi, a, b) of ``a @ b``, each written
+    into ``out[:, :, lo:hi]``. A term that spans all of ``out`` writes it first (with the bias);
+    if none does, ``out`` starts from the bias, or 0."""
+    full = next((j for j, (lo, hi, _, _) in enumerate(terms) if lo == 0 and hi == out.shape[2]), None)
+    if full is not None:
+        _, _, a, b = terms[full]
+        if bias is None:
+            torch.bmm(a, b, out=out)
+        else:
+            torch.baddbmm(bias.unsqueeze(2), a, b, out=out)
+    elif bias is None:
+        out.zero_()
+    else:
+        out.copy_(bias.unsqueeze(2).expand_as(out))
+    for j, (lo, hi, a, b) in enumerate(terms):
+        if j != full:
+            out[:, :, lo:hi].baddbmm_(a, b)
+    return out
 
 
 class _ShiftedConv1d(torch.autograd.Function):
@@ -258,28 +271,13 @@ class _ShiftedConv1d(torch.autograd.Function):
         k, cin, length, batch = x.shape
         cout, kernel = w.shape[1], w.shape[3]
         out_len = length + 2 * padding - kernel + 1
-        ranges = _tap_ranges(length, out_len, kernel, padding)
+        ranges = [(t, lo, hi, shift) for t, lo, hi, shift in _tap_ranges(length, out_len, kernel, padding) if hi > lo]
         flat = x.reshape(k, cin, length * batch)
         taps = w.permute(3, 0, 1, 2).contiguous()  # [T, K, O, C]: each tap's weights a dense [K, O, C]
-        out = x.new_empty(k, cout, out_len * batch)
-        # A tap that reaches every output position writes the output (with the bias) first.
-        first = next((t for t, (lo, hi, _) in enumerate(ranges) if lo == 0 and hi == out_len), None)
-        if first is None and bias is None:
-            out.zero_()
-        elif first is None:
-            out.copy_(bias.unsqueeze(2).expand_as(out))
-        for t in _first_then_rest(first, kernel):
-            lo, hi, shift = ranges[t]
-            if hi <= lo:
-                continue
-            src = flat[:, :, (lo + shift) * batch:(hi + shift) * batch]
-            if t == first:
-                if bias is None:
-                    torch.bmm(taps[t], src, out=out)
-                else:
-                    torch.baddbmm(bias.unsqueeze(2), taps[t], src, out=out)
-            else:
-                out[:, :, lo * batch:hi * batch].baddbmm_(taps[t], src)
+        # Output positions [lo, hi) of tap t read input positions [lo + shift, hi + shift).
+        out = _products_into(x.new_empty(k, cout, out_len * batch),
+                             [(lo * batch, hi * batch, taps[t], flat[:, :, (lo + shift) * batch:(hi + shift) * batch])
+                              for t, lo, hi, shift in ranges], bias)
         ctx.save_for_backward(flat, taps)
         ctx.ranges, ctx.has_bias, ctx.x_shape = ranges, bias is not None, x.shape
         return out.view(k, cout, out_len, batch)
@@ -288,35 +286,19 @@ class _ShiftedConv1d(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         flat, taps = ctx.saved_tensors
         k, cout, out_len, batch = grad.shape
-        length = ctx.x_shape[2]
         grad = grad.reshape(k, cout, out_len * batch)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
-            grad_taps = torch.empty_like(taps)
-            for t, (lo, hi, shift) in enumerate(ctx.ranges):
-                if hi <= lo:
-                    grad_taps[t].zero_()
-                    continue
+            grad_taps = torch.zeros_like(taps) if len(ctx.ranges) < len(taps) else torch.empty_like(taps)
+            for t, lo, hi, shift in ctx.ranges:
                 torch.bmm(grad[:, :, lo * batch:hi * batch],
                           flat[:, :, (lo + shift) * batch:(hi + shift) * batch].transpose(1, 2), out=grad_taps[t])
             grad_w = grad_taps.permute(1, 2, 3, 0)
         if ctx.needs_input_grad[0]:
-            grad_flat = torch.empty_like(flat)
-            # A tap that reads every input position writes the input's gradient first.
-            first = next((t for t, (lo, hi, shift) in enumerate(ctx.ranges)
-                          if lo + shift == 0 and hi + shift == length), None)
-            if first is None:
-                grad_flat.zero_()
-            for t in _first_then_rest(first, len(ctx.ranges)):
-                lo, hi, shift = ctx.ranges[t]
-                if hi <= lo:
-                    continue
-                src = grad[:, :, lo * batch:hi * batch]
-                if t == first:
-                    torch.bmm(taps[t].transpose(1, 2), src, out=grad_flat)
-                else:
-                    grad_flat[:, :, (lo + shift) * batch:(hi + shift) * batch].baddbmm_(taps[t].transpose(1, 2), src)
-            grad_x = grad_flat.view(ctx.x_shape)
+            grad_x = _products_into(torch.empty_like(flat),
+                                    [((lo + shift) * batch, (hi + shift) * batch, taps[t].transpose(1, 2),
+                                      grad[:, :, lo * batch:hi * batch]) for t, lo, hi, shift in ctx.ranges])
+            grad_x = grad_x.view(ctx.x_shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(2)
         return grad_x, grad_w, grad_b, None
