@@ -1,6 +1,7 @@
 /* Fused CPU kernels for small batches: DM's logit gradient of a mini-batch (dm_grad), and every
  * member's loss of a population (pop_grad). One loop computes both: a single run's DM is a
- * population of one DM member.
+ * population of one DM member. At the end of the file: a population CNN block's BatchNorm,
+ * max-pooling and ReLU (bn_row_stats, bn_pool_relu, bn_pool_relu_backward).
  *
  * DM, exactly what dm_tune._weighting._dm_parts_torch computes (DM_METHOD.md section 3):
  *   p_i       = softmax(z_i)[y_i]                      (via log-sum-exp, in double)
@@ -31,6 +32,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* CCE's weight 2(1-p) gets this added before it is divided out, as in the released DM code. */
 #define CCE_WEIGHT_EPS 1e-6
@@ -221,7 +223,248 @@ static PyObject *pop_grad(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
+/* --- BatchNorm, MaxPool1d(2) and ReLU of a population's 1-D CNN, fused ------------------------
+ *
+ * In a population's [K, C, L, B] layout (dm_tune._popmodels) every (member, channel) is one row
+ * of L * B contiguous floats, and a convolution block's BatchNorm (batch statistics), max-pooling
+ * of pairs along L and ReLU act on it alone. torch runs them as ~10 passes over the activations,
+ * each a few megabytes that leave the L2; here they are three passes forward and two backward,
+ * over one row at a time (tens of kilobytes, cached between the passes). Float32 only; the caller
+ * (dm_tune._popmodels) keeps torch's operators as the reference and for everything else.
+ *
+ *   bn_row_stats(x_ptr, rows, n, mean_ptr, var_ptr)
+ *     mean and biased variance (float64 [rows]) of each row of n floats, two passes;
+ *   bn_pool_relu(x_ptr, rows, L, B, alpha_ptr, beta_ptr, out_ptr)
+ *     out[r, l, b] = relu(max(y[r, 2l, b], y[r, 2l+1, b])), y = x * alpha[r] + beta[r]
+ *     (out [rows, L/2, B]; an odd last position is dropped, as MaxPool1d(2) does; the second of a
+ *     pair wins only if it is larger, as in dm_tune.models.pair_max);
+ *   bn_pool_relu_backward(x_ptr, dy_ptr, rows, L, B, alpha_ptr, beta_ptr, mean_ptr, invstd_ptr,
+ *                         weight_ptr, dx_ptr, sum_ptr, dot_ptr)
+ *     the gradient of the input of the above with y the training-mode BatchNorm (batch
+ *     statistics: alpha = weight * invstd, beta = bias - mean * alpha); also per row the sum of
+ *     the gradient reaching y (float64: the bias's gradient) and its dot product with x - mean
+ *     (times invstd: the weight's gradient). As torch's batch_norm_backward:
+ *       dx = (g - mean(g) - (x - mean) invstd^2 mean((x - mean) g)) invstd weight.
+ * They run on the calling thread, the GIL released. */
+
+struct bn_ctx {
+    const float *x, *dy, *alpha, *beta, *mean, *invstd, *weight;
+    float *out, *dx;
+    double *dmean, *dvar, *sum, *dot;
+    Py_ssize_t n, length, batch;
+};
+
+/* The row reductions: float sums, vectorised (`omp simd reduction`, compiled with
+ * -fopenmp-simd: no OpenMP runtime, only leave to reorder these additions), folded into a double
+ * every BLOCK elements. */
+#define BLOCK 1024
+
+static double sum_of(const float *x, Py_ssize_t n) {
+    double s = 0.0;
+    for (Py_ssize_t lo = 0; lo < n; lo += BLOCK) {
+        const Py_ssize_t hi = lo + BLOCK < n ? lo + BLOCK : n;
+        float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+        for (Py_ssize_t i = lo; i < hi; ++i) part += x[i];
+        s += part;
+    }
+    return s;
+}
+
+/* sum((x - mean)^2) */
+static double squares_about(const float *x, Py_ssize_t n, float mean) {
+    double s = 0.0;
+    for (Py_ssize_t lo = 0; lo < n; lo += BLOCK) {
+        const Py_ssize_t hi = lo + BLOCK < n ? lo + BLOCK : n;
+        float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+        for (Py_ssize_t i = lo; i < hi; ++i) part += (x[i] - mean) * (x[i] - mean);
+        s += part;
+    }
+    return s;
+}
+
+/* sum(g) and sum((x - mean) g) */
+static void moments_of(const float *g, const float *x, Py_ssize_t n, float mean, double *sum, double *dot) {
+    double s = 0.0, d = 0.0;
+    for (Py_ssize_t lo = 0; lo < n; lo += BLOCK) {
+        const Py_ssize_t hi = lo + BLOCK < n ? lo + BLOCK : n;
+        float part = 0.0f, partd = 0.0f;
+#pragma omp simd reduction(+ : part, partd)
+        for (Py_ssize_t i = lo; i < hi; ++i) {
+            part += g[i];
+            partd += (x[i] - mean) * g[i];
+        }
+        s += part;
+        d += partd;
+    }
+    *sum += s;
+    *dot += d;
+}
+
+static void stats_rows(const struct bn_ctx *c, Py_ssize_t rows) {
+    for (Py_ssize_t r = 0; r < rows; ++r) {
+        const float *x = c->x + r * c->n;
+        const double mean = sum_of(x, c->n) / (double)c->n;
+        /* about the float mean: its rounding error adds its square, ~1e-14 of the mean's, to the
+         * variance */
+        c->dmean[r] = mean;
+        c->dvar[r] = squares_about(x, c->n, (float)mean) / (double)c->n;
+    }
+}
+
+static void forward_rows(const struct bn_ctx *c, Py_ssize_t rows) {
+    const Py_ssize_t half = c->length / 2, batch = c->batch;
+    for (Py_ssize_t r = 0; r < rows; ++r) {
+        const float a = c->alpha[r], b = c->beta[r];
+        const float *x = c->x + r * c->length * batch;
+        float *out = c->out + r * half * batch;
+        for (Py_ssize_t l = 0; l < half; ++l) {
+            const float *first = x + 2 * l * batch, *second = first + batch;
+            float *o = out + l * batch;
+            for (Py_ssize_t i = 0; i < batch; ++i) {
+                const float u = first[i] * a + b, v = second[i] * a + b;
+                const float m = v > u ? v : u;
+                o[i] = m > 0.0f ? m : 0.0f;
+            }
+        }
+    }
+}
+
+static inline uint32_t bits_of(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static inline float float_of(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static void backward_rows(const struct bn_ctx *c, Py_ssize_t rows) {
+    const Py_ssize_t half = c->length / 2, batch = c->batch, n = c->length * batch;
+    for (Py_ssize_t r = 0; r < rows; ++r) {
+        const float a = c->alpha[r], b = c->beta[r], mean = c->mean[r], invstd = c->invstd[r];
+        const float *x = c->x + r * n, *dy = c->dy + r * half * batch;
+        float *dx = c->dx + r * n;
+        double s = 0.0, dot = 0.0;
+        /* pass 1: the gradient reaching y (at each pair's winner, where the ReLU passed it) */
+        for (Py_ssize_t l = 0; l < half; ++l) {
+            const float *first = x + 2 * l * batch, *second = first + batch;
+            const float *g = dy + l * batch;
+            float *to_first = dx + 2 * l * batch, *to_second = to_first + batch;
+            for (Py_ssize_t i = 0; i < batch; ++i) {
+                const float u = first[i] * a + b, v = second[i] * a + b;
+                const float m = v > u ? v : u;
+                /* bit masks, not selects: GCC vectorises these (g passes where m > 0, to the winner) */
+                const uint32_t pass = -(uint32_t)(m > 0.0f), wins = -(uint32_t)(v > u);
+                const uint32_t gi = bits_of(g[i]) & pass;
+                to_first[i] = float_of(gi & ~wins);
+                to_second[i] = float_of(gi & wins);
+            }
+        }
+        moments_of(dx, x, 2 * half * batch, mean, &s, &dot);
+        for (Py_ssize_t i = 2 * half * batch; i < n; ++i) dx[i] = 0.0f;
+        /* pass 2: through the batch statistics */
+        const float k = (float)(dot * (double)invstd * (double)invstd / (double)n), gmean = (float)(s / (double)n);
+        const float scale = invstd * c->weight[r];
+        for (Py_ssize_t i = 0; i < n; ++i) dx[i] = (dx[i] - (x[i] - mean) * k - gmean) * scale;
+        c->sum[r] = s;
+        c->dot[r] = dot;
+    }
+}
+
+static PyObject *bn_row_stats(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "bn_row_stats takes 5 arguments");
+        return NULL;
+    }
+    struct bn_ctx c = {0};
+    c.x = PyLong_AsVoidPtr(args[0]);
+    const Py_ssize_t rows = PyLong_AsSsize_t(args[1]);
+    c.n = PyLong_AsSsize_t(args[2]);
+    c.dmean = PyLong_AsVoidPtr(args[3]);
+    c.dvar = PyLong_AsVoidPtr(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    if (rows < 1 || c.n < 1) {
+        PyErr_SetString(PyExc_ValueError, "bn_row_stats needs rows >= 1 and n >= 1");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    stats_rows(&c, rows);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *bn_pool_relu(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "bn_pool_relu takes 7 arguments");
+        return NULL;
+    }
+    struct bn_ctx c = {0};
+    c.x = PyLong_AsVoidPtr(args[0]);
+    const Py_ssize_t rows = PyLong_AsSsize_t(args[1]);
+    c.length = PyLong_AsSsize_t(args[2]);
+    c.batch = PyLong_AsSsize_t(args[3]);
+    c.alpha = PyLong_AsVoidPtr(args[4]);
+    c.beta = PyLong_AsVoidPtr(args[5]);
+    c.out = PyLong_AsVoidPtr(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    if (rows < 1 || c.length < 2 || c.batch < 1) {
+        PyErr_SetString(PyExc_ValueError, "bn_pool_relu needs rows >= 1, L >= 2 and B >= 1");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    forward_rows(&c, rows);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *bn_pool_relu_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "bn_pool_relu_backward takes 13 arguments");
+        return NULL;
+    }
+    struct bn_ctx c = {0};
+    c.x = PyLong_AsVoidPtr(args[0]);
+    c.dy = PyLong_AsVoidPtr(args[1]);
+    const Py_ssize_t rows = PyLong_AsSsize_t(args[2]);
+    c.length = PyLong_AsSsize_t(args[3]);
+    c.batch = PyLong_AsSsize_t(args[4]);
+    c.alpha = PyLong_AsVoidPtr(args[5]);
+    c.beta = PyLong_AsVoidPtr(args[6]);
+    c.mean = PyLong_AsVoidPtr(args[7]);
+    c.invstd = PyLong_AsVoidPtr(args[8]);
+    c.weight = PyLong_AsVoidPtr(args[9]);
+    c.dx = PyLong_AsVoidPtr(args[10]);
+    c.sum = PyLong_AsVoidPtr(args[11]);
+    c.dot = PyLong_AsVoidPtr(args[12]);
+    if (PyErr_Occurred()) return NULL;
+    if (rows < 1 || c.length < 2 || c.batch < 1) {
+        PyErr_SetString(PyExc_ValueError, "bn_pool_relu_backward needs rows >= 1, L >= 2 and B >= 1");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    backward_rows(&c, rows);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"bn_row_stats", (PyCFunction)(void (*)(void))bn_row_stats, METH_FASTCALL,
+     "bn_row_stats(x_ptr, rows, n, mean_ptr, var_ptr): each row's mean and biased "
+     "variance, in double (see _dmfused.c)."},
+    {"bn_pool_relu", (PyCFunction)(void (*)(void))bn_pool_relu, METH_FASTCALL,
+     "bn_pool_relu(x_ptr, rows, L, B, alpha_ptr, beta_ptr, out_ptr): a population CNN "
+     "block's BatchNorm, MaxPool1d(2) and ReLU in one pass (see _dmfused.c)."},
+    {"bn_pool_relu_backward", (PyCFunction)(void (*)(void))bn_pool_relu_backward, METH_FASTCALL,
+     "bn_pool_relu_backward(x_ptr, dy_ptr, rows, L, B, alpha_ptr, beta_ptr, mean_ptr, invstd_ptr, "
+     "weight_ptr, dx_ptr, sum_ptr, dot_ptr): its gradient (see _dmfused.c)."},
     {"dm_grad", (PyCFunction)(void (*)(void))dm_grad, METH_FASTCALL,
      "dm_grad(z_ptr, y_ptr, n, c, lam, beta, grad_ptr, share_ptr, display_ptr, is_double): DM's "
      "logit gradient, shares and display loss of a CPU mini-batch (see _dmfused.c)."},
@@ -232,6 +475,6 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_dmfused",
-                                    "Fused CPU kernels for DM's and a population's logit gradients.", -1, methods};
+                                    "Fused CPU kernels: DM's and a population's logit gradients, a population CNN block.", -1, methods};
 
 PyMODINIT_FUNC PyInit__dmfused(void) { return PyModule_Create(&module); }

@@ -118,3 +118,51 @@ def population_parts(
                       share.data_ptr(), display.data_ptr(), torch.finfo(logits.dtype).tiny,
                       logits.dtype == torch.float64)
     return grad, share, display
+
+
+# A population CNN block's BatchNorm, MaxPool1d(2) and ReLU (dm_tune._popmodels): the torch
+# operators make ~10 passes over activations of several megabytes; the C loops make three forward
+# and two backward, a (member, channel) row at a time. They run on the calling thread: with 2
+# threads, a second POSIX thread of its own ran 2x slower (torch's OpenMP threads spin between
+# their parallel regions, on the same cores). Float32 CPU tensors only; everything else takes the
+# torch operators (the reference).
+
+
+def block_eligible(x: torch.Tensor) -> bool:
+    """Whether ``bn_pool_relu`` runs for activations ``x`` [K, C, L, B]."""
+    return (_dmfused is not None and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and x.shape[2] >= 2 and not torch.is_autocast_enabled("cpu"))
+
+
+def row_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance (float64) of each row of a contiguous float32 [rows, n]."""
+    rows, n = x.shape
+    mean = torch.empty(rows, dtype=torch.float64)
+    var = torch.empty(rows, dtype=torch.float64)
+    _dmfused.bn_row_stats(x.data_ptr(), rows, n, mean.data_ptr(), var.data_ptr())
+    return mean, var
+
+
+def bn_pool_relu(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """relu(MaxPool1d(2)(x * alpha + beta)) along L of a contiguous float32 [K, C, L, B], with
+    alpha and beta float32 [K * C] (one per row)."""
+    k, c, length, batch = x.shape
+    out = torch.empty(k, c, length // 2, batch, dtype=x.dtype)
+    _dmfused.bn_pool_relu(x.data_ptr(), k * c, length, batch, alpha.data_ptr(), beta.data_ptr(), out.data_ptr())
+    return out
+
+
+def bn_pool_relu_backward(x: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                          mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The input's gradient of ``bn_pool_relu`` with training-mode BatchNorm (alpha = weight *
+    invstd, beta = bias - mean * alpha; all float32 [rows]), and per row the sum of the gradient
+    reaching the BatchNorm's output and its dot product with x - mean (float64)."""
+    k, c, length, batch = x.shape
+    dx = torch.empty_like(x)
+    total = torch.empty(k * c, dtype=torch.float64)
+    dot = torch.empty(k * c, dtype=torch.float64)
+    _dmfused.bn_pool_relu_backward(x.data_ptr(), grad.data_ptr(), k * c, length, batch, alpha.data_ptr(),
+                                   beta.data_ptr(), mean.data_ptr(), invstd.data_ptr(), weight.data_ptr(),
+                                   dx.data_ptr(), total.data_ptr(), dot.data_ptr())
+    return dx, total, dot

@@ -12,7 +12,9 @@ CPU: BENCHMARKS.md, "Population trials"):
 - Linear: one ``baddbmm`` ([K, out, in] x [K, in, B]);
 - Conv1d (the MNIST-1D CNN): in a [K, C, L, B] layout, one ``baddbmm`` per kernel tap on shifted
   views of the input (im2col + one ``baddbmm`` below 16 input channels, and the reference), so
-  BatchNorm is one call over K*C channels and max-pooling a reduction over a view;
+  BatchNorm is one call over K*C channels and max-pooling a reduction over a view; on the CPU a
+  block's BatchNorm, MaxPool1d(2) and ReLU run as one fused C loop per (member, channel) row
+  (``_native.bn_pool_relu``; the torch operators stay the reference and the path elsewhere);
 - Conv2d (the CIFAR ResNets): a grouped convolution (groups = K) in a [B, K*C, H, W] layout.
 
 A model is supported when its class is in ``SEQUENTIAL_LAYERS`` (``nn.Sequential`` models made of
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dm_tune import _native
 from dm_tune.models import CifarResNet, _BasicBlock, pair_max
 
 # nn.Sequential layers the population forward knows, each with the layout it takes.
@@ -131,10 +134,18 @@ def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, t
     order = _pool_before_relu(list(enumerate(template)))  # (the single model's index, layer)
     layers = [layer for _, layer in order]
     steps = []
+    fused = 0  # layers still to skip: taken by a fused block step
     for j, (i, layer) in enumerate(order):
+        if fused:
+            fused -= 1
+            continue
         if _relu_in_batch_norm(layers, j):
             continue  # the BatchNorm step before it applies it
-        if isinstance(layer, nn.BatchNorm1d):
+        if _pooled_block(layers, j):
+            relu = layers[j + 2]
+            steps.append(_block(f"{i}.", layer.momentum, layer.eps, layer.affine, relu.inplace))  # type: ignore[arg-type]
+            fused = 2
+        elif isinstance(layer, nn.BatchNorm1d):
             steps.append(_batch_norm(f"{i}.", layer.momentum, layer.eps, layer.affine,  # type: ignore[arg-type]
                                      _relu_in_batch_norm(layers, j + 1)))
         else:
@@ -157,6 +168,13 @@ def _pool_before_relu(order: list[tuple[int, nn.Module]]) -> list[tuple[int, nn.
         if isinstance(order[j][1], nn.ReLU) and isinstance(order[j + 1][1], nn.MaxPool1d):
             order[j], order[j + 1] = order[j + 1], order[j]
     return order
+
+
+def _pooled_block(layers: list[nn.Module], i: int) -> bool:
+    """Whether layers i, i+1, i+2 are BatchNorm1d, MaxPool1d(2) and ReLU (a CNN block's, after
+    ``_pool_before_relu``): one ``_block`` step."""
+    return (i + 2 < len(layers) and isinstance(layers[i], nn.BatchNorm1d)
+            and isinstance(layers[i + 1], nn.MaxPool1d) and isinstance(layers[i + 2], nn.ReLU))
 
 
 def _relu_in_batch_norm(layers: list[nn.Module], i: int) -> bool:
@@ -321,6 +339,71 @@ def _batch_norm(prefix: str, momentum: float, eps: float, affine: bool, relu: bo
         return out.view(x.shape)
 
     return bn
+
+
+# Whether a CNN block's BatchNorm, pooling and ReLU run as the fused C loops where they can
+# (``_native.block_eligible``); off, they run as the three torch steps (the reference).
+FUSED_BLOCKS = True
+
+
+def _block(prefix: str, momentum: float, eps: float, affine: bool, relu_inplace: bool) -> Step:
+    """BatchNorm1d, MaxPool1d(2) and ReLU over [K, C, L, B]: on float32 CPU activations, in
+    training or without autograd, the fused C loops (``_native.bn_pool_relu``: the batch's
+    statistics in double, then one pass); else, and whenever a statistic or a BatchNorm
+    coefficient is not finite (so NaNs and infs propagate exactly as they do there), the three
+    reference steps."""
+    bn = _batch_norm(prefix, momentum, eps, affine, False)
+
+    def reference(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(_max_pool_2(m, bn(m, x)), inplace=relu_inplace)
+
+    def block(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
+        if not (FUSED_BLOCKS and _native.block_eligible(x) and (m.training or not torch.is_grad_enabled())):
+            return reference(m, x)
+        x = x.contiguous()
+        k, c, length, batch = x.shape
+        w = m.get(prefix + "weight").view(-1) if affine else x.new_ones(k * c)
+        b = m.get(prefix + "bias").view(-1) if affine else x.new_zeros(k * c)
+        running_mean, running_var = m.get(prefix + "running_mean").view(-1), m.get(prefix + "running_var").view(-1)
+        with torch.no_grad():
+            if m.training:
+                mean, var = _native.row_stats(x.view(k * c, -1))
+            else:
+                mean, var = running_mean.double(), running_var.double()
+            invstd = (var + eps).rsqrt().float()
+            alpha = invstd * w
+            beta = b - mean.float() * alpha
+            finite = bool(torch.isfinite(torch.cat([mean.float(), invstd, alpha, beta])).all())
+            if finite and m.training:
+                m.get(prefix + "num_batches_tracked").add_(1)
+                n = length * batch
+                running_mean.copy_(running_mean * (1 - momentum) + mean * momentum)
+                running_var.copy_(running_var * (1 - momentum) + var * (n / (n - 1)) * momentum)
+        if not finite:
+            return reference(m, x)
+        return _BatchNormPoolReLU.apply(x, w, b, mean.float(), invstd, alpha, beta)
+
+    return block
+
+
+class _BatchNormPoolReLU(torch.autograd.Function):
+    """relu(MaxPool1d(2)(BatchNorm(x))) with the batch's statistics ``mean`` and ``invstd`` (and
+    alpha = invstd * weight, beta = bias - mean * alpha, computed by the caller): the C loops of
+    ``_native``, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, invstd, alpha, beta):  # type: ignore[override]
+        ctx.save_for_backward(x, weight, mean, invstd, alpha, beta)
+        return _native.bn_pool_relu(x, alpha, beta)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight, mean, invstd, alpha, beta = ctx.saved_tensors
+        grad_x, total, dot = _native.bn_pool_relu_backward(x, grad.contiguous(), alpha, beta, mean, invstd,
+                                                           weight.detach().contiguous())
+        grad_w = (dot * invstd).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_b = total.to(weight.dtype) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def _max_pool_2(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
