@@ -1,6 +1,6 @@
 """A population's CPU fast paths against their references, side by side in one run.
 
-    python benchmarks/population_kernels.py [--threads 1] [--blocks 9] [--json out.json]
+    python benchmarks/population_kernels.py [--threads 1] [--blocks 9] [--sections ...] [--json out.json]
 
 - **convolutions**: one Conv1d layer of the MNIST-1D CNN for K members in the population's
   [K, C, L, B] layout (batch 256), forward + backward: ``shifted_conv1d`` (one batched product per
@@ -9,6 +9,10 @@
 - **ReLU and pooling**: the CNN's ReLU then MaxPool1d(2) against MaxPool1d(2) then ReLU (what a
   population runs: max and ReLU commute, values and gradients), forward + backward on a fresh
   [K, C, L, 256] activation (a product with 1, standing for the BatchNorm's output, in both arms).
+- **BatchNorm, pooling and ReLU**: a CNN block's BatchNorm1d (training mode), MaxPool1d(2) and
+  ReLU on [K, C, L, 256], forward + backward: the fused C loops (``_popmodels._block`` with
+  ``FUSED_BLOCKS`` on, what a population runs on a CPU) against the three torch steps (off: the
+  reference); and whole MNIST-1D CNN populations (``--cnn-k`` members, one epoch) either way.
 - **losses**: every member's loss of ``PopulationLoss`` (forward: gradient, shares, display
   losses) on [K, B, C] logits, members cycling through DM (1, 8), DM (2, 24), CCE and GCE: the C
   kernel (``kernel="native"``) against the torch operations (``kernel="torch"``, the reference),
@@ -32,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from dm_tune import _native
+from dm_tune import _native, _popmodels
 from dm_tune._poplosses import PopulationLoss, member_loss
-from dm_tune._popmodels import im2col_conv1d, shifted_conv1d
+from dm_tune._popmodels import PopulationModel, im2col_conv1d, shifted_conv1d
 from dm_tune.config import TrainConfig
 from dm_tune.models import pair_max
 
@@ -98,6 +102,45 @@ def pool_rows(k: int, blocks: int, block_ms: float) -> list[dict]:
     return rows
 
 
+def fused(on: bool, run: Callable[[], object]) -> Callable[[], None]:
+    """``run`` with the population's fused CNN blocks on or off."""
+    def arm() -> None:
+        before = _popmodels.FUSED_BLOCKS
+        _popmodels.FUSED_BLOCKS = on
+        try:
+            run()
+        finally:
+            _popmodels.FUSED_BLOCKS = before
+    return arm
+
+
+def block_rows(k: int, blocks: int, block_ms: float) -> list[dict]:
+    rows = []
+    for channels, length in POOLED:
+        pop = PopulationModel([torch.nn.Sequential(torch.nn.BatchNorm1d(channels)) for _ in range(k)])
+        step = _popmodels._block("0.", 0.1, 1e-5, True, True)
+        gen = torch.Generator().manual_seed(channels)
+        x = torch.randn(k, channels, length, 256, generator=gen, requires_grad=True)
+        grad = torch.randn(k, channels, length // 2, 256, generator=gen)
+
+        def run() -> None:
+            x.grad = None
+            pop.zero_grad(set_to_none=True)
+            step(pop, x).backward(grad)
+
+        outs = []
+        for on in (True, False):
+            fused(on, run)()
+            outs.append(x.grad.clone())
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-3, atol=1e-4)
+        ms = median_ms({"fused": fused(True, run), "torch": fused(False, run)}, blocks, block_ms)
+        rows.append({"k": k, "shape": [k, channels, length, 256], "fused_ms": ms["fused"], "torch_ms": ms["torch"],
+                     "speedup": ms["torch"] / ms["fused"]})
+        print(f"block K={k:<3} [{channels}, {length}] fused {ms['fused']:7.2f} ms   torch {ms['torch']:7.2f} ms   "
+              f"{rows[-1]['speedup']:.2f}x")
+    return rows
+
+
 def loss_rows(blocks: int, block_ms: float) -> list[dict]:
     rows = []
     for k, batch, classes in LOSS_SHAPES:
@@ -144,6 +187,26 @@ def population_rows(k: int, blocks: int, quick: bool) -> list[dict]:
     return [row]
 
 
+def cnn_population_rows(k: int, blocks: int, quick: bool) -> list[dict]:
+    import _cases
+    from dm_tune.data import prepare
+    from dm_tune.population import train_population
+
+    source, shared = _cases.case("mnist1d-cnn", quick)
+    cfgs = _cases.configs(shared, k)
+    datas = [prepare(c, source) for c in cfgs]
+    run = lambda: train_population(cfgs, datas)  # noqa: E731
+    ms = median_ms({"fused": fused(True, run), "torch": fused(False, run)}, blocks, 1.0)  # one run per block
+    row = {"k": k, "case": "mnist1d-cnn", "fused_s": ms["fused"] / 1e3, "torch_s": ms["torch"] / 1e3,
+           "speedup": ms["torch"] / ms["fused"]}
+    print(f"population mnist1d-cnn K={k}: fused blocks {row['fused_s']:.3f} s   torch blocks {row['torch_s']:.3f} s   "
+          f"{row['speedup']:.2f}x")
+    return [row]
+
+
+SECTIONS = ("conv", "relu_pool", "block", "loss", "population")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -151,18 +214,30 @@ def main() -> None:
     p.add_argument("--block-ms", type=float, default=200.0)
     p.add_argument("--sizes", default="4,16", help="population sizes K of the convolution rows")
     p.add_argument("--population-k", type=int, default=6, help="members of the whole-population rows (0: none)")
+    p.add_argument("--cnn-k", type=int, default=4, help="members of the whole CNN population rows (0: none)")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     p.add_argument("--quick", action="store_true", help="a smoke test: 2-epoch populations")
     p.add_argument("--json")
     args = p.parse_args()
+    sections = args.sections.split(",")
+    if unknown := set(sections) - set(SECTIONS):
+        p.error(f"--sections: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     torch.set_num_threads(args.threads)
-    conv = [row for k in args.sizes.split(",") for row in conv_rows(int(k), args.blocks, args.block_ms)]
-    pool = [row for k in args.sizes.split(",") for row in pool_rows(int(k), args.blocks, args.block_ms)]
-    loss = loss_rows(args.blocks, args.block_ms)
-    population = population_rows(args.population_k, args.blocks, args.quick) if args.population_k else []
+    sizes = [int(k) for k in args.sizes.split(",")]
+    out: dict = {"threads": args.threads, "blocks": args.blocks, "torch": torch.__version__,
+                 "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"}
+    if "conv" in sections:
+        out["conv"] = [row for k in sizes for row in conv_rows(k, args.blocks, args.block_ms)]
+    if "relu_pool" in sections:
+        out["relu_pool"] = [row for k in sizes for row in pool_rows(k, args.blocks, args.block_ms)]
+    if "block" in sections:
+        out["block"] = [row for k in sizes for row in block_rows(k, args.blocks, args.block_ms)]
+    if "loss" in sections:
+        out["loss"] = loss_rows(args.blocks, args.block_ms)
+    if "population" in sections:
+        out["population"] = ((population_rows(args.population_k, args.blocks, args.quick) if args.population_k else [])
+                             + (cnn_population_rows(args.cnn_k, args.blocks, args.quick) if args.cnn_k else []))
     if args.json:
-        out = {"threads": args.threads, "blocks": args.blocks, "torch": torch.__version__,
-               "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-               "conv": conv, "relu_pool": pool, "loss": loss, "population": population}
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 
 

@@ -284,24 +284,6 @@ static double squares_about(const float *x, Py_ssize_t n, float mean) {
     return s;
 }
 
-/* sum(g) and sum((x - mean) g) */
-static void moments_of(const float *g, const float *x, Py_ssize_t n, float mean, double *sum, double *dot) {
-    double s = 0.0, d = 0.0;
-    for (Py_ssize_t lo = 0; lo < n; lo += BLOCK) {
-        const Py_ssize_t hi = lo + BLOCK < n ? lo + BLOCK : n;
-        float part = 0.0f, partd = 0.0f;
-#pragma omp simd reduction(+ : part, partd)
-        for (Py_ssize_t i = lo; i < hi; ++i) {
-            part += g[i];
-            partd += (x[i] - mean) * g[i];
-        }
-        s += part;
-        d += partd;
-    }
-    *sum += s;
-    *dot += d;
-}
-
 static void stats_rows(const struct bn_ctx *c, Py_ssize_t rows) {
     for (Py_ssize_t r = 0; r < rows; ++r) {
         const float *x = c->x + r * c->n;
@@ -350,11 +332,14 @@ static void backward_rows(const struct bn_ctx *c, Py_ssize_t rows) {
         const float *x = c->x + r * n, *dy = c->dy + r * half * batch;
         float *dx = c->dx + r * n;
         double s = 0.0, dot = 0.0;
-        /* pass 1: the gradient reaching y (at each pair's winner, where the ReLU passed it) */
+        /* pass 1: the gradient reaching y (at each pair's winner, where the ReLU passed it), its
+         * sum and its dot product with x - mean */
         for (Py_ssize_t l = 0; l < half; ++l) {
             const float *first = x + 2 * l * batch, *second = first + batch;
             const float *g = dy + l * batch;
             float *to_first = dx + 2 * l * batch, *to_second = to_first + batch;
+            float part = 0.0f, partd = 0.0f;
+#pragma omp simd reduction(+ : part, partd)
             for (Py_ssize_t i = 0; i < batch; ++i) {
                 const float u = first[i] * a + b, v = second[i] * a + b;
                 const float m = v > u ? v : u;
@@ -363,9 +348,13 @@ static void backward_rows(const struct bn_ctx *c, Py_ssize_t rows) {
                 const uint32_t gi = bits_of(g[i]) & pass;
                 to_first[i] = float_of(gi & ~wins);
                 to_second[i] = float_of(gi & wins);
+                const float xw = float_of((bits_of(second[i]) & wins) | (bits_of(first[i]) & ~wins));
+                part += float_of(gi);
+                partd += (xw - mean) * float_of(gi);
             }
+            s += part;
+            dot += partd;
         }
-        moments_of(dx, x, 2 * half * batch, mean, &s, &dot);
         for (Py_ssize_t i = 2 * half * batch; i < n; ++i) dx[i] = 0.0f;
         /* pass 2: through the batch statistics */
         const float k = (float)(dot * (double)invstd * (double)invstd / (double)n), gmean = (float)(s / (double)n);

@@ -133,10 +133,13 @@ def test_optimizer_benchmark_times_both_updates(tmp_path):
 def test_population_kernels_benchmark_checks_and_times_both_arms(tmp_path):
     out = tmp_path / "kernels.json"
     _run("population_kernels.py", "--blocks", "1", "--block-ms", "1", "--sizes", "2", "--population-k", "2",
-         "--quick", "--json", str(out))
+         "--cnn-k", "2", "--quick", "--json", str(out))
     doc = json.loads(out.read_text())
     assert [r["layer"] for r in doc["conv"]] == [[32, 64, 20], [64, 128, 10], [1, 32, 40]]
-    assert len(doc["loss"]) >= 10 and len(doc["relu_pool"]) == 3
-    assert [r["k"] for r in doc["population"]] == [2]
-    for r in doc["conv"] + doc["relu_pool"] + doc["loss"] + doc["population"]:
+    assert len(doc["loss"]) >= 10 and len(doc["relu_pool"]) == 3 and len(doc["block"]) == 3
+    assert [(r["case"], r["k"]) for r in doc["population"]] == [("digits-mlp", 2), ("mnist1d-cnn", 2)]
+    for r in doc["conv"] + doc["relu_pool"] + doc["block"] + doc["loss"] + doc["population"]:
         assert r["speedup"] > 0
+    _run("population_kernels.py", "--sections", "block", "--blocks", "1", "--block-ms", "1", "--sizes", "2",
+         "--json", str(out))
+    assert set(json.loads(out.read_text())) == {"threads", "blocks", "torch", "machine", "block"}
