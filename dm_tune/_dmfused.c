@@ -239,18 +239,19 @@ static PyObject *pop_grad(PyObject *self, PyObject *const *args, Py_ssize_t narg
  *     (out [rows, L/2, B]; an odd last position is dropped, as MaxPool1d(2) does; the second of a
  *     pair wins only if it is larger, as in dm_tune.models.pair_max);
  *   bn_pool_relu_backward(x_ptr, dy_ptr, rows, L, B, alpha_ptr, beta_ptr, mean_ptr, invstd_ptr,
- *                         weight_ptr, dx_ptr, sum_ptr, dot_ptr)
+ *                         weight_ptr, dx_ptr, sum_ptr, dot_ptr, dxsum_ptr)
  *     the gradient of the input of the above with y the training-mode BatchNorm (batch
- *     statistics: alpha = weight * invstd, beta = bias - mean * alpha); also per row the sum of
- *     the gradient reaching y (float64: the bias's gradient) and its dot product with x - mean
- *     (times invstd: the weight's gradient). As torch's batch_norm_backward:
+ *     statistics: alpha = weight * invstd, beta = bias - mean * alpha); also per row (float64)
+ *     the sum of the gradient reaching y (the BatchNorm bias's gradient), its dot product with
+ *     x - mean (times invstd: the BatchNorm weight's gradient) and the sum of the input's
+ *     gradient (that of a convolution's bias added to x). As torch's batch_norm_backward:
  *       dx = (g - mean(g) - (x - mean) invstd^2 mean((x - mean) g)) invstd weight.
  * They run on the calling thread, the GIL released. */
 
 struct bn_ctx {
     const float *x, *dy, *alpha, *beta, *mean, *invstd, *weight;
     float *out, *dx;
-    double *dmean, *dvar, *sum, *dot;
+    double *dmean, *dvar, *sum, *dot, *dxsum;
     Py_ssize_t n, length, batch;
 };
 
@@ -356,12 +357,24 @@ static void backward_rows(const struct bn_ctx *c, Py_ssize_t rows) {
             dot += partd;
         }
         for (Py_ssize_t i = 2 * half * batch; i < n; ++i) dx[i] = 0.0f;
-        /* pass 2: through the batch statistics */
+        /* pass 2: through the batch statistics; and the sum of the input's gradient (a bias
+         * added to x before the BatchNorm has that gradient) */
         const float k = (float)(dot * (double)invstd * (double)invstd / (double)n), gmean = (float)(s / (double)n);
         const float scale = invstd * c->weight[r];
-        for (Py_ssize_t i = 0; i < n; ++i) dx[i] = (dx[i] - (x[i] - mean) * k - gmean) * scale;
+        double total = 0.0;
+        for (Py_ssize_t lo = 0; lo < n; lo += BLOCK) {
+            const Py_ssize_t hi = lo + BLOCK < n ? lo + BLOCK : n;
+            float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+            for (Py_ssize_t i = lo; i < hi; ++i) {
+                dx[i] = (dx[i] - (x[i] - mean) * k - gmean) * scale;
+                part += dx[i];
+            }
+            total += part;
+        }
         c->sum[r] = s;
         c->dot[r] = dot;
+        c->dxsum[r] = total;
     }
 }
 
@@ -415,8 +428,8 @@ static PyObject *bn_pool_relu(PyObject *self, PyObject *const *args, Py_ssize_t 
 
 static PyObject *bn_pool_relu_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 13) {
-        PyErr_SetString(PyExc_TypeError, "bn_pool_relu_backward takes 13 arguments");
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "bn_pool_relu_backward takes 14 arguments");
         return NULL;
     }
     struct bn_ctx c = {0};
@@ -433,6 +446,7 @@ static PyObject *bn_pool_relu_backward(PyObject *self, PyObject *const *args, Py
     c.dx = PyLong_AsVoidPtr(args[10]);
     c.sum = PyLong_AsVoidPtr(args[11]);
     c.dot = PyLong_AsVoidPtr(args[12]);
+    c.dxsum = PyLong_AsVoidPtr(args[13]);
     if (PyErr_Occurred()) return NULL;
     if (rows < 1 || c.length < 2 || c.batch < 1) {
         PyErr_SetString(PyExc_ValueError, "bn_pool_relu_backward needs rows >= 1, L >= 2 and B >= 1");
@@ -453,7 +467,7 @@ static PyMethodDef methods[] = {
      "block's BatchNorm, MaxPool1d(2) and ReLU in one pass (see _dmfused.c)."},
     {"bn_pool_relu_backward", (PyCFunction)(void (*)(void))bn_pool_relu_backward, METH_FASTCALL,
      "bn_pool_relu_backward(x_ptr, dy_ptr, rows, L, B, alpha_ptr, beta_ptr, mean_ptr, invstd_ptr, "
-     "weight_ptr, dx_ptr, sum_ptr, dot_ptr): its gradient (see _dmfused.c)."},
+     "weight_ptr, dx_ptr, sum_ptr, dot_ptr, dxsum_ptr): its gradient (see _dmfused.c)."},
     {"dm_grad", (PyCFunction)(void (*)(void))dm_grad, METH_FASTCALL,
      "dm_grad(z_ptr, y_ptr, n, c, lam, beta, grad_ptr, share_ptr, display_ptr, is_double): DM's "
      "logit gradient, shares and display loss of a CPU mini-batch (see _dmfused.c)."},

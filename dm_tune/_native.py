@@ -1,5 +1,5 @@
-"""The fused CPU kernels for DM's gradient and a population's losses (``_dmfused.c``), and when
-to use them.
+"""The fused CPU kernels for DM's gradient, a population's losses and a population CNN block's
+BatchNorm + pooling + ReLU (``_dmfused.c``), and when to use them.
 
 The torch implementation (``_weighting._dm_parts_torch``) is the reference: it runs on every
 device and dtype. On a CPU, for the small batches of small models, its ~15 tensor operations cost
@@ -154,15 +154,15 @@ def bn_pool_relu(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> to
 
 def bn_pool_relu_backward(x: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
                           mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The input's gradient of ``bn_pool_relu`` with training-mode BatchNorm (alpha = weight *
-    invstd, beta = bias - mean * alpha; all float32 [rows]), and per row the sum of the gradient
-    reaching the BatchNorm's output and its dot product with x - mean (float64)."""
+    invstd, beta = bias - mean * alpha; all float32 [rows]), and per row (float64) the sum of the
+    gradient reaching the BatchNorm's output, its dot product with x - mean, and the sum of the
+    input's gradient."""
     k, c, length, batch = x.shape
     dx = torch.empty_like(x)
-    total = torch.empty(k * c, dtype=torch.float64)
-    dot = torch.empty(k * c, dtype=torch.float64)
+    total, dot, dx_total = torch.empty(3, k * c, dtype=torch.float64)
     _dmfused.bn_pool_relu_backward(x.data_ptr(), grad.data_ptr(), k * c, length, batch, alpha.data_ptr(),
                                    beta.data_ptr(), mean.data_ptr(), invstd.data_ptr(), weight.data_ptr(),
-                                   dx.data_ptr(), total.data_ptr(), dot.data_ptr())
-    return dx, total, dot
+                                   dx.data_ptr(), total.data_ptr(), dot.data_ptr(), dx_total.data_ptr())
+    return dx, total, dot, dx_total

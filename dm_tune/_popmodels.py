@@ -141,7 +141,12 @@ def _sequential_forward(template: nn.Sequential) -> Callable[[PopulationModel, t
             continue
         if _relu_in_batch_norm(layers, j):
             continue  # the BatchNorm step before it applies it
-        if _pooled_block(layers, j):
+        if isinstance(layer, nn.Conv1d) and _pooled_block(layers, j + 1):  # the convolution goes with it
+            bn, relu = layers[j + 1], layers[j + 3]
+            conv = (f"{i}.", layer.kernel_size[0], layer.padding[0], layer.bias is not None)  # type: ignore[index]
+            steps.append(_block(f"{order[j + 1][0]}.", bn.momentum, bn.eps, bn.affine, relu.inplace, conv))  # type: ignore[arg-type]
+            fused = 3
+        elif _pooled_block(layers, j):
             relu = layers[j + 2]
             steps.append(_block(f"{i}.", layer.momentum, layer.eps, layer.affine, relu.inplace))  # type: ignore[arg-type]
             fused = 2
@@ -346,30 +351,43 @@ def _batch_norm(prefix: str, momentum: float, eps: float, affine: bool, relu: bo
 FUSED_BLOCKS = True
 
 
-def _block(prefix: str, momentum: float, eps: float, affine: bool, relu_inplace: bool) -> Step:
-    """BatchNorm1d, MaxPool1d(2) and ReLU over [K, C, L, B]: on float32 CPU activations, in
-    training or without autograd, the fused C loops (``_native.bn_pool_relu``: the batch's
-    statistics in double, then one pass); else, and whenever a statistic or a BatchNorm
-    coefficient is not finite (so NaNs and infs propagate exactly as they do there), the three
-    reference steps."""
+def _block(prefix: str, momentum: float, eps: float, affine: bool, relu_inplace: bool,
+           conv: tuple[str, int, int, bool] | None = None) -> Step:
+    """BatchNorm1d, MaxPool1d(2) and ReLU over [K, C, L, B] (after ``conv``, a Conv1d's (prefix,
+    kernel, padding, has_bias), if given): on float32 CPU activations, in training or without
+    autograd, the fused C loops (``_native.bn_pool_relu``: the batch's statistics, then one pass;
+    the convolution's bias is added there, not by the convolution: it shifts the statistics by
+    itself, so it only enters the running mean and, in evaluation, the shift); else, and whenever
+    a statistic or a BatchNorm coefficient is not finite (so NaNs and infs propagate exactly as
+    they do there), the reference steps."""
     bn = _batch_norm(prefix, momentum, eps, affine, False)
+    conv_step = _conv1d(*conv) if conv is not None else None
+    bias_key = conv[0] + "bias" if conv is not None and conv[3] else None
+    bare_conv = _conv1d(conv[0], conv[1], conv[2], False) if bias_key is not None else None  # type: ignore[index]
 
     def reference(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
         return F.relu(_max_pool_2(m, bn(m, x)), inplace=relu_inplace)
 
     def block(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
-        if not (FUSED_BLOCKS and _native.block_eligible(x) and (m.training or not torch.is_grad_enabled())):
-            return reference(m, x)
+        fusable = FUSED_BLOCKS and (m.training or not torch.is_grad_enabled())
+        shift = None  # the convolution's bias [K, C], when left to the fused loops
+        if bare_conv is not None and fusable:
+            x, shift = bare_conv(m, x), m.get(bias_key)  # type: ignore[arg-type]
+        elif conv_step is not None:
+            x = conv_step(m, x)
+        if not (fusable and _native.block_eligible(x)):
+            return reference(m, x if shift is None else x + shift[:, :, None, None])
         x = x.contiguous()
         k, c, length, batch = x.shape
         w = m.get(prefix + "weight").view(-1) if affine else x.new_ones(k * c)
         b = m.get(prefix + "bias").view(-1) if affine else x.new_zeros(k * c)
         running_mean, running_var = m.get(prefix + "running_mean").view(-1), m.get(prefix + "running_var").view(-1)
         with torch.no_grad():
-            if m.training:
+            offset = shift.view(-1).double() if shift is not None else 0.0
+            if m.training:  # the statistics of x + shift are x's, the mean shifted
                 mean, var = _native.row_stats(x.view(k * c, -1))
-            else:
-                mean, var = running_mean.double(), running_var.double()
+            else:  # (x + shift - running_mean) alpha + b
+                mean, var = running_mean.double() - offset, running_var.double()
             invstd = (var + eps).rsqrt().float()
             alpha = invstd * w
             beta = b - mean.float() * alpha
@@ -377,33 +395,36 @@ def _block(prefix: str, momentum: float, eps: float, affine: bool, relu_inplace:
             if finite and m.training:
                 m.get(prefix + "num_batches_tracked").add_(1)
                 n = length * batch
-                running_mean.copy_(running_mean * (1 - momentum) + mean * momentum)
+                running_mean.copy_(running_mean * (1 - momentum) + (mean + offset) * momentum)
                 running_var.copy_(running_var * (1 - momentum) + var * (n / (n - 1)) * momentum)
         if not finite:
-            return reference(m, x)
-        return _BatchNormPoolReLU.apply(x, w, b, mean.float(), invstd, alpha, beta)
+            return reference(m, x if shift is None else x + shift[:, :, None, None])
+        return _BatchNormPoolReLU.apply(x, w, b, shift, mean.float(), invstd, alpha, beta)
 
     return block
 
 
 class _BatchNormPoolReLU(torch.autograd.Function):
-    """relu(MaxPool1d(2)(BatchNorm(x))) with the batch's statistics ``mean`` and ``invstd`` (and
-    alpha = invstd * weight, beta = bias - mean * alpha, computed by the caller): the C loops of
-    ``_native``, forward and backward."""
+    """relu(MaxPool1d(2)(BatchNorm(x + shift))) with the batch's statistics of x, ``mean`` and
+    ``invstd`` (and alpha = invstd * weight, beta = bias - mean * alpha, computed by the caller):
+    the C loops of ``_native``, forward and backward. ``shift`` (a convolution's bias [K, C], or
+    None) changes no output; its gradient is the sum of x's over each row."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, alpha, beta):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, shift, mean, invstd, alpha, beta):  # type: ignore[override]
         ctx.save_for_backward(x, weight, mean, invstd, alpha, beta)
+        ctx.shift_shape = None if shift is None else shift.shape
         return _native.bn_pool_relu(x, alpha, beta)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, weight, mean, invstd, alpha, beta = ctx.saved_tensors
-        grad_x, total, dot = _native.bn_pool_relu_backward(x, grad.contiguous(), alpha, beta, mean, invstd,
-                                                           weight.detach().contiguous())
+        grad_x, total, dot, x_total = _native.bn_pool_relu_backward(x, grad.contiguous(), alpha, beta, mean, invstd,
+                                                                    weight.detach().contiguous())
         grad_w = (dot * invstd).to(weight.dtype) if ctx.needs_input_grad[1] else None
         grad_b = total.to(weight.dtype) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None, None, None, None
+        grad_shift = x_total.to(x.dtype).view(ctx.shift_shape) if ctx.needs_input_grad[3] else None
+        return grad_x, grad_w, grad_b, grad_shift, None, None, None, None
 
 
 def _max_pool_2(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:

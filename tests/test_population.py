@@ -275,6 +275,58 @@ def test_a_fused_block_meeting_a_nan_or_an_inf_takes_the_reference_steps(monkeyp
     assert calls == [] and bool(results[0][0].isnan().any())
 
 
+def test_a_float32_cnn_population_with_fused_blocks_is_its_float64_members(monkeypatch):
+    # The whole 1-D CNN: each Conv1d's bias left to the fused block after it (it enters only the
+    # running mean and, in evaluation, the shift), in training (outputs, every gradient, running
+    # statistics) and in evaluation; and a NaN input taking the reference steps for the batch.
+    import copy
+
+    from dm_tune import _native, _popmodels
+
+    calls = []
+    kernel = _native.bn_pool_relu
+    monkeypatch.setattr(_native, "bn_pool_relu", lambda *a: calls.append(1) or kernel(*a))
+    spec, shape = MODEL_CASES["cnn"]
+    torch.manual_seed(0)
+    members = [build_model("cnn", spec).double() for _ in range(3)]
+    with torch.no_grad():  # BatchNorm coefficients other than 1 and 0 (negative ones included)
+        for m in members:
+            for layer in m:
+                if isinstance(layer, torch.nn.BatchNorm1d):
+                    layer.weight.normal_()
+                    layer.bias.normal_()
+    pop = PopulationModel([copy.deepcopy(m).float() for m in members])
+    x = torch.randn(3, 6, *shape, dtype=torch.float64)
+    out = pop(x.float())
+    ref = torch.stack([m(x[k]) for k, m in enumerate(members)])
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+    grad = torch.randn(ref.shape, dtype=torch.float64)
+    out.backward(grad.float())
+    ref.backward(grad)
+    for key, _ in members[0].named_parameters():  # (a convolution's bias: rounding noise about 0, both)
+        for k, m in enumerate(members):
+            torch.testing.assert_close(pop.get(key).grad[k].double(), dict(m.named_parameters())[key].grad,
+                                       rtol=1e-4, atol=1e-5, msg=f"{key} of member {k}")
+    for k, m in enumerate(members):
+        for key, value in m.state_dict().items():
+            torch.testing.assert_close(pop.get(key)[k].double(), value.double(), rtol=1e-5, atol=1e-6)
+    assert len(calls) == 3
+    pop.eval()
+    for m in members:
+        m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pop(x.float()).double(), torch.stack([m(x[k]) for k, m in enumerate(members)]),
+                                   rtol=1e-4, atol=1e-5)
+        assert len(calls) == 6
+        pop.train()
+        bad = x.float()
+        bad[1, 0, 0] = float("nan")
+        fused = pop(bad)
+        monkeypatch.setattr(_popmodels, "FUSED_BLOCKS", False)
+        torch.testing.assert_close(fused, pop(bad), rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert len(calls) == 6 and bool(fused[1].isnan().all()) and bool(fused[[0, 2]].isfinite().all())
+
+
 def test_models_without_a_population_form_say_why():
     assert "Conv2d" in unsupported_reason(build_model("cnn", ModelSpec((3, 8, 8), "image", 10)))
     assert "TextClassifier" in unsupported_reason(build_model("text", ModelSpec((5,), "tokens", 2, vocab_size=9)))
