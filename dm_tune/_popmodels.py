@@ -369,7 +369,8 @@ def _block(prefix: str, momentum: float, eps: float, affine: bool, relu_inplace:
         return F.relu(_max_pool_2(m, bn(m, x)), inplace=relu_inplace)
 
     def block(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
-        fusable = FUSED_BLOCKS and (m.training or not torch.is_grad_enabled())
+        # (checked on the convolution's input first: elsewhere it keeps its bias, as before)
+        fusable = FUSED_BLOCKS and (m.training or not torch.is_grad_enabled()) and _native.block_eligible(x)
         shift = None  # the convolution's bias [K, C], when left to the fused loops
         if bare_conv is not None and fusable:
             x, shift = bare_conv(m, x), m.get(bias_key)  # type: ignore[arg-type]
