@@ -193,6 +193,17 @@ def test_the_shifted_convolution_is_the_im2col_one(cin, length, kernel, padding,
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.fixture
+def fused_calls(monkeypatch) -> list:
+    """One entry per call of the fused CNN block's forward loop (which still runs)."""
+    from dm_tune import _native
+
+    calls: list = []
+    kernel = _native.bn_pool_relu
+    monkeypatch.setattr(_native, "bn_pool_relu", lambda *a: calls.append(1) or kernel(*a))
+    return calls
+
+
 def _block_case(length: int, batch: int, affine: bool, k: int = 3, c: int = 5):
     """A float32 population of K single-BatchNorm1d members (random affine coefficients, negative
     ones included), their float64 copies, the fused block step, and float64 activations
@@ -224,12 +235,7 @@ def _members_block(members, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("length,batch,affine", [(40, 33, True), (7, 5, True), (10, 16, False), (3, 2, True)])
-def test_the_fused_cnn_block_is_its_members_batch_norm_relu_and_pooling(length, batch, affine, monkeypatch):
-    from dm_tune import _native
-
-    calls = []
-    kernel = _native.bn_pool_relu
-    monkeypatch.setattr(_native, "bn_pool_relu", lambda *a: calls.append(1) or kernel(*a))
+def test_the_fused_cnn_block_is_its_members_batch_norm_relu_and_pooling(length, batch, affine, fused_calls):
     members, pop, step, x, gen = _block_case(length, batch, affine)
     xs = x.float().requires_grad_()
     xd = x.clone().requires_grad_()
@@ -250,15 +256,12 @@ def test_the_fused_cnn_block_is_its_members_batch_norm_relu_and_pooling(length, 
         m.eval()
     with torch.no_grad():  # evaluation: the running statistics
         torch.testing.assert_close(step(pop, x.float()).double(), _members_block(members, x), rtol=1e-5, atol=1e-5)
-    assert len(calls) == 2
+    assert len(fused_calls) == 2
 
 
-def test_a_fused_block_meeting_a_nan_or_an_inf_takes_the_reference_steps(monkeypatch):
-    from dm_tune import _native, _popmodels
+def test_a_fused_block_meeting_a_nan_or_an_inf_takes_the_reference_steps(monkeypatch, fused_calls):
+    from dm_tune import _popmodels
 
-    calls = []
-    kernel = _native.bn_pool_relu
-    monkeypatch.setattr(_native, "bn_pool_relu", lambda *a: calls.append(1) or kernel(*a))
     x = _block_case(8, 6, True)[3].float()
     x[1, 2, 3, 0] = float("nan")
     x[2, 0, 0, 4] = float("inf")
@@ -272,20 +275,17 @@ def test_a_fused_block_meeting_a_nan_or_an_inf_takes_the_reference_steps(monkeyp
         results.append([out, xs.grad, pop.get("0.weight").grad, *(pop.get(k) for k in pop.keys())])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
-    assert calls == [] and bool(results[0][0].isnan().any())
+    assert fused_calls == [] and bool(results[0][0].isnan().any())
 
 
-def test_a_float32_cnn_population_with_fused_blocks_is_its_float64_members(monkeypatch):
+def test_a_float32_cnn_population_with_fused_blocks_is_its_float64_members(monkeypatch, fused_calls):
     # The whole 1-D CNN: each Conv1d's bias left to the fused block after it (it enters only the
     # running mean and, in evaluation, the shift), in training (outputs, every gradient, running
     # statistics) and in evaluation; and a NaN input taking the reference steps for the batch.
     import copy
 
-    from dm_tune import _native, _popmodels
+    from dm_tune import _popmodels
 
-    calls = []
-    kernel = _native.bn_pool_relu
-    monkeypatch.setattr(_native, "bn_pool_relu", lambda *a: calls.append(1) or kernel(*a))
     spec, shape = MODEL_CASES["cnn"]
     torch.manual_seed(0)
     members = [build_model("cnn", spec).double() for _ in range(3)]
@@ -310,21 +310,21 @@ def test_a_float32_cnn_population_with_fused_blocks_is_its_float64_members(monke
     for k, m in enumerate(members):
         for key, value in m.state_dict().items():
             torch.testing.assert_close(pop.get(key)[k].double(), value.double(), rtol=1e-5, atol=1e-6)
-    assert len(calls) == 3
+    assert len(fused_calls) == 3
     pop.eval()
     for m in members:
         m.eval()
     with torch.no_grad():
         torch.testing.assert_close(pop(x.float()).double(), torch.stack([m(x[k]) for k, m in enumerate(members)]),
                                    rtol=1e-4, atol=1e-5)
-        assert len(calls) == 6
+        assert len(fused_calls) == 6
         pop.train()
         bad = x.float()
         bad[1, 0, 0] = float("nan")
         fused = pop(bad)
         monkeypatch.setattr(_popmodels, "FUSED_BLOCKS", False)
         torch.testing.assert_close(fused, pop(bad), rtol=1e-5, atol=1e-6, equal_nan=True)
-    assert len(calls) == 6 and bool(fused[1].isnan().all()) and bool(fused[[0, 2]].isfinite().all())
+    assert len(fused_calls) == 6 and bool(fused[1].isnan().all()) and bool(fused[[0, 2]].isfinite().all())
 
 
 def test_models_without_a_population_form_say_why():
@@ -392,14 +392,11 @@ def test_a_members_ten_steps_match_its_own_run(shared, kernel, monkeypatch):
 # epoch (8 steps) a weight differs by up to 4e-4. So the fused run is compared at 3e-3, the
 # population's torch blocks (the reference) at 1e-4.
 @pytest.mark.parametrize("fused,tol", [(False, 1e-4), (True, 3e-3)])
-def test_a_cnn_member_with_batch_norm_matches_its_own_run(fused, tol, monkeypatch):
+def test_a_cnn_member_with_batch_norm_matches_its_own_run(fused, tol, monkeypatch, fused_calls):
     """SGD here: with Adam, a convolution's bias right before BatchNorm (whose true gradient is 0)
     follows the rounding noise of its gradient at full step size, in the single run too."""
-    from dm_tune import _native, _popmodels
+    from dm_tune import _popmodels
 
-    calls = []
-    kernel = _native.bn_pool_relu
-    monkeypatch.setattr(_native, "bn_pool_relu", lambda *a: calls.append(1) or kernel(*a))
     monkeypatch.setattr(_popmodels, "FUSED_BLOCKS", fused)
     src = DATASETS["mnist1d"][0](None, {"num_samples": 600}, False)
     cfgs = configs({"method": "dm", "seed": 0}, {"method": "mae-dn", "seed": 1, "lr": 0.1},
@@ -416,7 +413,7 @@ def test_a_cnn_member_with_batch_norm_matches_its_own_run(fused, tol, monkeypatc
             torch.testing.assert_close(ours[key], ref[key], rtol=tol, atol=tol / 10, msg=f"member {k} {key}")
         for key in ("train_loss", "val_acc", "test_acc", "weight_var"):
             assert results[k].history[0][key] == pytest.approx(single.history[0][key], rel=tol, abs=1e-6), key
-    assert bool(calls) == fused
+    assert bool(fused_calls) == fused
 
 
 # --- members fail alone ------------------------------------------------------------------------
