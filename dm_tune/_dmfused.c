@@ -334,7 +334,8 @@ static void backward_rows(const struct bn_ctx *c, Py_ssize_t rows) {
         float *dx = c->dx + r * n;
         double s = 0.0, dot = 0.0;
         /* pass 1: the gradient reaching y (at each pair's winner, where the ReLU passed it), its
-         * sum and its dot product with x - mean */
+         * sum and its dot product with x - mean (float sums over one pair of positions, B
+         * elements, folded into the doubles) */
         for (Py_ssize_t l = 0; l < half; ++l) {
             const float *first = x + 2 * l * batch, *second = first + batch;
             const float *g = dy + l * batch;
