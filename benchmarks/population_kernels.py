@@ -160,21 +160,27 @@ def loss_rows(blocks: int, block_ms: float) -> list[dict]:
     return rows
 
 
-def population_rows(k: int, blocks: int, quick: bool) -> list[dict]:
+def population_run(case: str, k: int, quick: bool) -> Callable[[], object]:
+    """Training one population of ``case``: the K configurations of population.py."""
     import _cases
     from dm_tune.data import prepare
     from dm_tune.population import train_population
 
-    source, shared = _cases.case("digits-mlp", quick)
+    source, shared = _cases.case(case, quick)
     cfgs = _cases.configs(shared, k)
     datas = [prepare(c, source) for c in cfgs]
+    return lambda: train_population(cfgs, datas)
+
+
+def population_rows(k: int, blocks: int, quick: bool) -> list[dict]:
+    train = population_run("digits-mlp", k, quick)
     limits = (_native.POPULATION_MAX_ELEMENTS, _native.POPULATION_MAX_ELEMENTS_FEW)
 
     def arm(native: bool) -> Callable[[], None]:
         def run() -> None:
             _native.POPULATION_MAX_ELEMENTS, _native.POPULATION_MAX_ELEMENTS_FEW = limits if native else (0, 0)
             try:
-                train_population(cfgs, datas)
+                train()
             finally:
                 _native.POPULATION_MAX_ELEMENTS, _native.POPULATION_MAX_ELEMENTS_FEW = limits
         return run
@@ -188,14 +194,7 @@ def population_rows(k: int, blocks: int, quick: bool) -> list[dict]:
 
 
 def cnn_population_rows(k: int, blocks: int, quick: bool) -> list[dict]:
-    import _cases
-    from dm_tune.data import prepare
-    from dm_tune.population import train_population
-
-    source, shared = _cases.case("mnist1d-cnn", quick)
-    cfgs = _cases.configs(shared, k)
-    datas = [prepare(c, source) for c in cfgs]
-    run = lambda: train_population(cfgs, datas)  # noqa: E731
+    run = population_run("mnist1d-cnn", k, quick)
     ms = median_ms({"fused": fused(True, run), "torch": fused(False, run)}, blocks, 1.0)  # one run per block
     row = {"k": k, "case": "mnist1d-cnn", "fused_s": ms["fused"] / 1e3, "torch_s": ms["torch"] / 1e3,
            "speedup": ms["torch"] / ms["fused"]}

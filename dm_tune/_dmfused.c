@@ -462,7 +462,7 @@ static PyObject *bn_pool_relu_backward(PyObject *self, PyObject *const *args, Py
 static PyMethodDef methods[] = {
     {"bn_row_stats", (PyCFunction)(void (*)(void))bn_row_stats, METH_FASTCALL,
      "bn_row_stats(x_ptr, rows, n, mean_ptr, var_ptr): each row's mean and biased "
-     "variance, in double (see _dmfused.c)."},
+     "variance, as float64 (see _dmfused.c)."},
     {"bn_pool_relu", (PyCFunction)(void (*)(void))bn_pool_relu, METH_FASTCALL,
      "bn_pool_relu(x_ptr, rows, L, B, alpha_ptr, beta_ptr, out_ptr): a population CNN "
      "block's BatchNorm, MaxPool1d(2) and ReLU in one pass (see _dmfused.c)."},

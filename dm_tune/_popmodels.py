@@ -365,8 +365,31 @@ def _block(prefix: str, momentum: float, eps: float, affine: bool, relu_inplace:
     bias_key = conv[0] + "bias" if conv is not None and conv[3] else None
     bare_conv = _conv1d(conv[0], conv[1], conv[2], False) if bias_key is not None else None  # type: ignore[index]
 
-    def reference(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(_max_pool_2(m, bn(m, x)), inplace=relu_inplace)
+    def fused(m: PopulationModel, x: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor | None:
+        """The C loops' output, or None where a statistic or coefficient is not finite."""
+        x = x.contiguous()
+        k, c, length, batch = x.shape
+        w = m.get(prefix + "weight").view(-1) if affine else x.new_ones(k * c)
+        b = m.get(prefix + "bias").view(-1) if affine else x.new_zeros(k * c)
+        running_mean, running_var = m.get(prefix + "running_mean").view(-1), m.get(prefix + "running_var").view(-1)
+        with torch.no_grad():
+            offset = shift.view(-1).double() if shift is not None else 0.0
+            if m.training:  # the statistics of x + shift are x's, the mean shifted
+                mean64, var = _native.row_stats(x.view(k * c, -1))
+            else:  # (x + shift - running_mean) alpha + b
+                mean64, var = running_mean.double() - offset, running_var.double()
+            mean = mean64.float()
+            invstd = (var + eps).rsqrt().float()
+            alpha = invstd * w
+            beta = b - mean * alpha
+            if not bool(torch.isfinite(torch.cat([mean, invstd, alpha, beta])).all()):
+                return None
+            if m.training:
+                m.get(prefix + "num_batches_tracked").add_(1)
+                n = length * batch
+                running_mean.copy_(running_mean * (1 - momentum) + (mean64 + offset) * momentum)
+                running_var.copy_(running_var * (1 - momentum) + var * (n / (n - 1)) * momentum)
+        return _BatchNormPoolReLU.apply(x, w, b, shift, mean, invstd, alpha, beta)
 
     def block(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
         # (checked on the convolution's input first: elsewhere it keeps its bias, as before)
@@ -376,31 +399,10 @@ def _block(prefix: str, momentum: float, eps: float, affine: bool, relu_inplace:
             x, shift = bare_conv(m, x), m.get(bias_key)  # type: ignore[arg-type]
         elif conv_step is not None:
             x = conv_step(m, x)
-        if not (fusable and _native.block_eligible(x)):
-            return reference(m, x if shift is None else x + shift[:, :, None, None])
-        x = x.contiguous()
-        k, c, length, batch = x.shape
-        w = m.get(prefix + "weight").view(-1) if affine else x.new_ones(k * c)
-        b = m.get(prefix + "bias").view(-1) if affine else x.new_zeros(k * c)
-        running_mean, running_var = m.get(prefix + "running_mean").view(-1), m.get(prefix + "running_var").view(-1)
-        with torch.no_grad():
-            offset = shift.view(-1).double() if shift is not None else 0.0
-            if m.training:  # the statistics of x + shift are x's, the mean shifted
-                mean, var = _native.row_stats(x.view(k * c, -1))
-            else:  # (x + shift - running_mean) alpha + b
-                mean, var = running_mean.double() - offset, running_var.double()
-            invstd = (var + eps).rsqrt().float()
-            alpha = invstd * w
-            beta = b - mean.float() * alpha
-            finite = bool(torch.isfinite(torch.cat([mean.float(), invstd, alpha, beta])).all())
-            if finite and m.training:
-                m.get(prefix + "num_batches_tracked").add_(1)
-                n = length * batch
-                running_mean.copy_(running_mean * (1 - momentum) + (mean + offset) * momentum)
-                running_var.copy_(running_var * (1 - momentum) + var * (n / (n - 1)) * momentum)
-        if not finite:
-            return reference(m, x if shift is None else x + shift[:, :, None, None])
-        return _BatchNormPoolReLU.apply(x, w, b, shift, mean.float(), invstd, alpha, beta)
+        if fusable and _native.block_eligible(x) and (out := fused(m, x, shift)) is not None:
+            return out
+        return F.relu(_max_pool_2(m, bn(m, x if shift is None else x + shift[:, :, None, None])),
+                      inplace=relu_inplace)
 
     return block
 
