@@ -6,6 +6,15 @@
   [K, C, L, B] layout (batch 256), forward + backward: ``shifted_conv1d`` (one batched product per
   kernel tap on shifted views, what a population uses from 16 input channels) against
   ``im2col_conv1d`` under autograd (the reference), for the CNN's three layer shapes.
+- **per-position products** (a candidate layout, not what a population runs): the same Conv1d
+  layers (those with 16 or more input channels) if the activations lived as [K, L, C, B], each
+  position a plane of C x B, padded with P zero planes at both ends. A window of T positions is
+  then one [T * C, B] matrix (rows B elements apart), so each output position is one product
+  with a contraction of T * C (shifted_conv1d's are C long): forward, weight gradient (a product
+  per position, summed) and input gradient (the same products on the padded gradient, the taps
+  flipped), against ``shifted_conv1d`` forward + backward. Both arms start from their own
+  layout: the cost of moving the rest of the CNN (the fused blocks) to the candidate layout is
+  not in it.
 - **ReLU and pooling**: the CNN's ReLU then MaxPool1d(2) against MaxPool1d(2) then ReLU (what a
   population runs: max and ReLU commute, values and gradients), forward + backward on a fresh
   [K, C, L, 256] activation (a product with 1, standing for the BatchNorm's output, in both arms).
@@ -79,6 +88,75 @@ def conv_rows(k: int, blocks: int, block_ms: float) -> list[dict]:
                      "speedup": ms["im2col"] / ms["shifted"]})
         print(f"conv K={k:<3} {cin:>3}->{cout:<3} L={length:<3} shifted {ms['shifted']:8.2f} ms   "
               f"im2col {ms['im2col']:8.2f} ms   {rows[-1]['speedup']:.2f}x")
+    return rows
+
+
+def positions_forward(xp: torch.Tensor, w: torch.Tensor, out_len: int) -> torch.Tensor:
+    """Conv1d in the per-position layout: ``xp`` [K, L + 2P, C, B] (padded), ``w`` [K, O, C, T]
+    -> [K, out_len, O, B]; output position l is w_k (as [O, T * C]) @ the window xp[k, l:l + T]."""
+    k, _, cin, batch = xp.shape
+    cout, kernel = w.shape[1], w.shape[3]
+    taps = w.permute(0, 1, 3, 2).reshape(k, cout, kernel * cin)
+    out = xp.new_empty(k, out_len, cout, batch)
+    for m in range(k):
+        windows = xp[m].as_strided((out_len, kernel * cin, batch), (cin * batch, batch, 1))
+        torch.bmm(taps[m].expand(out_len, cout, kernel * cin), windows, out=out[m])
+    return out
+
+
+def positions_backward(grad_pad: torch.Tensor, xp: torch.Tensor, w: torch.Tensor, padding: int,
+                       length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of ``positions_forward`` from ``grad_pad`` [K, out_len + 2(T - 1), O, B] (the
+    output's gradient with T - 1 zero planes at both ends): (input [K, L, C, B], weight [K, O, C, T])."""
+    k, _, cin, batch = xp.shape
+    cout, kernel = w.shape[1], w.shape[3]
+    out_len = grad_pad.shape[1] - 2 * (kernel - 1)
+    grad = grad_pad[:, kernel - 1:kernel - 1 + out_len]
+    grad_taps = xp.new_empty(k, cout, kernel * cin)
+    flipped = w.flip(3).permute(0, 2, 3, 1).reshape(k, cin, kernel * cout)
+    grad_x = xp.new_empty(k, length, cin, batch)
+    for m in range(k):
+        windows = xp[m].as_strided((out_len, kernel * cin, batch), (cin * batch, batch, 1))
+        torch.sum(torch.bmm(grad[m], windows.transpose(1, 2)), 0, out=grad_taps[m])
+        # input position j (padded j + P) takes output positions j + P - t, t = 0..T-1
+        rows = grad_pad[m, padding:].as_strided((length, kernel * cout, batch), (cout * batch, batch, 1))
+        torch.bmm(flipped[m].expand(length, cin, kernel * cout), rows, out=grad_x[m])
+    return grad_x, grad_taps.view(k, cout, kernel, cin).permute(0, 1, 3, 2)
+
+
+def positions_rows(k: int, blocks: int, block_ms: float) -> list[dict]:
+    rows = []
+    for cin, cout, length in CONV_LAYERS:
+        if cin < _popmodels.SHIFTED_MIN_CHANNELS:
+            continue
+        gen = torch.Generator().manual_seed(cin)
+        x = torch.randn(k, cin, length, 256, generator=gen, requires_grad=True)
+        w = torch.randn(k, cout, cin, 3, generator=gen, requires_grad=True)
+        grad = torch.randn(k, cout, length, 256, generator=gen)
+        # the candidate's own layout: the input padded by one plane, the gradient by two
+        xp = torch.nn.functional.pad(x.detach().permute(0, 2, 1, 3), (0, 0, 0, 0, 1, 1)).contiguous()
+        grad_pad = torch.nn.functional.pad(grad.permute(0, 2, 1, 3), (0, 0, 0, 0, 2, 2)).contiguous()
+        wd = w.detach()
+
+        def shifted() -> None:
+            x.grad = w.grad = None
+            shifted_conv1d(x, w, None, 1).backward(grad)
+
+        def positions() -> None:
+            positions_forward(xp, wd, length)
+            positions_backward(grad_pad, xp, wd, 1, length)
+
+        ref = im2col_conv1d(x, w, None, 1)
+        ref.backward(grad)
+        torch.testing.assert_close(positions_forward(xp, wd, length).permute(0, 2, 1, 3), ref, rtol=1e-4, atol=1e-3)
+        grad_x, grad_w = positions_backward(grad_pad, xp, wd, 1, length)
+        torch.testing.assert_close(grad_x.permute(0, 2, 1, 3), x.grad, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(grad_w, w.grad, rtol=1e-4, atol=1e-2)
+        ms = median_ms({"positions": positions, "shifted": shifted}, blocks, block_ms)
+        rows.append({"k": k, "layer": [cin, cout, length], "positions_ms": ms["positions"],
+                     "shifted_ms": ms["shifted"], "speedup": ms["shifted"] / ms["positions"]})
+        print(f"per-position K={k:<3} {cin:>3}->{cout:<3} L={length:<3} positions {ms['positions']:8.2f} ms   "
+              f"shifted {ms['shifted']:8.2f} ms   {rows[-1]['speedup']:.2f}x")
     return rows
 
 
@@ -203,7 +281,7 @@ def cnn_population_rows(k: int, blocks: int, quick: bool) -> list[dict]:
     return [row]
 
 
-SECTIONS = ("conv", "relu_pool", "block", "loss", "population")
+SECTIONS = ("conv", "positions", "relu_pool", "block", "loss", "population")
 
 
 def main() -> None:
@@ -227,6 +305,8 @@ def main() -> None:
                  "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"}
     if "conv" in sections:
         out["conv"] = [row for k in sizes for row in conv_rows(k, args.blocks, args.block_ms)]
+    if "positions" in sections:
+        out["positions"] = [row for k in sizes for row in positions_rows(k, args.blocks, args.block_ms)]
     if "relu_pool" in sections:
         out["relu_pool"] = [row for k in sizes for row in pool_rows(k, args.blocks, args.block_ms)]
     if "block" in sections:

@@ -136,9 +136,10 @@ def test_population_kernels_benchmark_checks_and_times_both_arms(tmp_path):
          "--cnn-k", "2", "--quick", "--json", str(out))
     doc = json.loads(out.read_text())
     assert [r["layer"] for r in doc["conv"]] == [[32, 64, 20], [64, 128, 10], [1, 32, 40]]
+    assert [r["layer"] for r in doc["positions"]] == [[32, 64, 20], [64, 128, 10]]
     assert len(doc["loss"]) >= 10 and len(doc["relu_pool"]) == 3 and len(doc["block"]) == 3
     assert [(r["case"], r["k"]) for r in doc["population"]] == [("digits-mlp", 2), ("mnist1d-cnn", 2)]
-    for r in doc["conv"] + doc["relu_pool"] + doc["block"] + doc["loss"] + doc["population"]:
+    for r in doc["conv"] + doc["positions"] + doc["relu_pool"] + doc["block"] + doc["loss"] + doc["population"]:
         assert r["speedup"] > 0
     _run("population_kernels.py", "--sections", "block", "--blocks", "1", "--block-ms", "1", "--sizes", "2",
          "--json", str(out))
