@@ -74,6 +74,29 @@ def test_samplers_are_seeded(sampler):
     assert first_points(0) != first_points(1)
 
 
+def test_tpe_spreads_the_arms_of_one_batch():
+    """A population's arms are asked together: TPE counts the ones asked and not yet told as poor
+    results (the constant liar), whichever Optuna version's default."""
+    space = get_space("decoupled")
+
+    def batch(sampler):
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        for i in range(8):  # past the 4 start-up trials of a 12-trial study
+            trial = study.ask()
+            suggest(space, trial)
+            study.tell(trial, float(i % 3))
+        trials = [study.ask() for _ in range(3)]
+        for trial in trials:
+            suggest(space, trial)
+        return [tuple(t.params.values()) for t in trials]
+
+    def tpe(liar):
+        return optuna.samplers.TPESampler(seed=0, n_startup_trials=4, multivariate=True, constant_liar=liar)
+
+    assert batch(make_sampler("tpe", space, 0, 12)) == batch(tpe(True))
+    assert batch(tpe(True)) != batch(tpe(False))
+
+
 def test_grid_sampler_covers_the_grid_and_needs_a_grid_space():
     space = get_space("paper-grid")
     study = optuna.create_study(direction="maximize", sampler=make_sampler("grid", space, 0, 32))
