@@ -56,8 +56,10 @@ class MemberRows:
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """Member k's rows ``index[k]`` ([K, b] on the device)."""
-        if self.stacked is not None:
-            return self.stacked[torch.arange(self.size, device=index.device).unsqueeze(1), index]
+        if self.stacked is not None:  # whole rows, as one index_select on [K * n, ...]
+            n, rest = self.stacked.shape[1], self.stacked.shape[2:]
+            flat = index + torch.arange(0, self.size * n, n, device=index.device).unsqueeze(1)
+            return self.stacked.view(-1, *rest).index_select(0, flat.flatten()).view(*index.shape, *rest)
         rows = index.cpu()
         return torch.stack([t[i] for t, i in zip(self.tensors, rows)]).to(self.device, non_blocking=True)
 
@@ -92,12 +94,12 @@ def evaluate(model: PopulationModel, inputs: MemberRows | torch.Tensor, labels: 
 
 
 def step_metrics(logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor, shares: torch.Tensor,
-                  idx: torch.Tensor, rows: torch.Tensor, is_noisy: torch.Tensor, known: torch.Tensor,
-                  clean_labels: torch.Tensor) -> torch.Tensor:
-    """One step's contribution to each member's epoch sums [K, 11] (train()'s, per member)."""
-    b = idx.shape[1]
+                  noisy: torch.Tensor, kn: torch.Tensor, clean_labels: torch.Tensor) -> torch.Tensor:
+    """One step's contribution to each member's epoch sums [K, 11] (train()'s, per member), from
+    the batch's labels ``y``, noise flags ``noisy``, whether its noise is known (``kn``) and clean
+    labels, each [K, B]."""
+    b = y.shape[1]
     pred = logits.argmax(2)
-    noisy, kn = is_noisy[rows, idx], known[rows, idx]
     rel = _relative_weights_rows(shares.to(torch.float64))
     clean_k, noisy_k = kn & ~noisy, kn & noisy
     hit = pred == y
@@ -105,7 +107,7 @@ def step_metrics(logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor, sh
     var = rel.var(1, unbiased=False) * b if b > 1 else torch.zeros_like(count)
     return torch.stack([
         losses.detach().double() * b, count, hit.sum(1).double(),
-        ((pred == clean_labels[rows, idx]) & kn).sum(1).double(),
+        ((pred == clean_labels) & kn).sum(1).double(),
         (rel * clean_k).sum(1), clean_k.sum(1).double(), (rel * noisy_k).sum(1), noisy_k.sum(1).double(),
         (hit & noisy_k).sum(1).double(), var, kn.sum(1).double(),
     ], 1)

@@ -244,7 +244,6 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
     batch_size, epochs = int(first.batch_size), int(first.epochs)  # type: ignore[arg-type]
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = steps_per_epoch * epochs
-    rows = torch.arange(size, device=device).unsqueeze(1)
 
     histories: list[list[dict[str, float]]] = [[] for _ in configs]
     status = ["running"] * size
@@ -272,13 +271,16 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
         # acc columns as in train(): loss_sum, n, correct_noisy_label, correct_clean_label (where
         # known), w_clean_sum, n_clean, w_noisy_sum, n_noisy, noisy_fitted, weight_var_sum, n_known
         orders = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+        # Each member's labels and noise flags in its epoch's order, once: a step takes a slice.
+        epoch_y, epoch_noisy, epoch_known, epoch_clean = (
+            t.gather(1, orders) for t in (train_y, is_noisy, known, clean_labels))
         lrs = [0.0] * size
         for step in range(steps_per_epoch):
             progress = (epoch * steps_per_epoch + step) / total_steps
             lrs = [c.lr * _lr_factor(c, progress) if stepping[k] else lrs[k] for k, c in enumerate(configs)]
             opt.set_lr([lr if stepping[k] else 0.0 for k, lr in enumerate(lrs)])
-            idx = orders[:, step * batch_size:(step + 1) * batch_size]
-            y = train_y[rows, idx]
+            part = slice(step * batch_size, (step + 1) * batch_size)
+            idx, y = orders[:, part], epoch_y[:, part]
             with _autocast(device, amp):
                 logits = model(prep(train_x.take(idx), train=True))
             losses = loss_fn(logits, y)
@@ -287,8 +289,8 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
             opt.step()
             with torch.no_grad():
                 shares = loss_fn.last_shares
-                acc += torch.where(running, step_metrics(logits, y, losses, shares, idx, rows,
-                                                          is_noisy, known, clean_labels), 0.0)
+                acc += torch.where(running, step_metrics(logits, y, losses, shares, epoch_noisy[:, part],
+                                                          epoch_known[:, part], epoch_clean[:, part]), 0.0)
             if step % 20 == 0:
                 bad = ~torch.isfinite(losses.detach()) & running.squeeze(1)
                 if bool(bad.any()):  # as train() does: the member stops after this step
