@@ -8,27 +8,39 @@ from typing import Any
 from dm_tune.search_spaces._spaces import grid_values, is_grid
 
 
+def startup_trials(name: str, num_samples: int) -> int:
+    """How many trials sampler ``name`` draws independently of any result before it models the
+    space (Optuna counts finished trials: the searcher asks no more arms until this many have
+    finished, so a population's batch does not stretch the start-up; 0: the sampler has none)."""
+    if name in ("tpe", "gp"):
+        # Few random start-up trials on short studies, so that the model gets to see the space.
+        return max(4, min(10, num_samples // 3))
+    if name == "cmaes":
+        return max(2, min(5, num_samples // 4))
+    return 0
+
+
 def _tpe(space: Mapping[str, Any], seed: int, num_samples: int):
     import optuna
 
-    # Few random start-up trials on short studies, so that TPE gets to model the space. A
+    # A
     # population's arms are asked together, before any of them is told: with the constant liar
     # each arm asked and not yet told counts as a poor result, so the arms of one batch spread
     # out instead of crowding the same optimum (the default from Optuna 5; off before).
-    startup = max(4, min(10, num_samples // 3))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials("tpe", num_samples),
+                                      multivariate=True, constant_liar=True)
 
 
 def _gp(space: Mapping[str, Any], seed: int, num_samples: int):
     import optuna
 
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(4, min(10, num_samples // 3)))
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials("gp", num_samples))
 
 
 def _cmaes(space: Mapping[str, Any], seed: int, num_samples: int):
     import optuna
 
-    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=max(2, min(5, num_samples // 4)))
+    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup_trials("cmaes", num_samples))
 
 
 def _random(space: Mapping[str, Any], seed: int, num_samples: int):

@@ -338,3 +338,47 @@ def test_search_populations_hold_whole_arms_on_their_search_seeds():
     assert _search_population_size(default, 4) == 4  # never above the population size
     assert _search_population_size(Study.from_dict({"search": {"num_samples": 4}}), 16) == 2  # one arm
     assert _search_population_size(Study.from_dict({"scheduler": {"kind": "asha"}}), 16) == 1
+
+
+def test_start_up_arms_are_asked_together_and_the_sampler_waits_for_them(tmp_path):
+    """The sampler's start-up arms (drawn whatever the results) fill populations of their own size;
+    no arm after them is asked until every start-up arm has finished (the sampler counts finished
+    trials: asked earlier, it would draw at random too). Meanwhile the baselines take the slots; an
+    interruption during the wait resumes the same way."""
+    options = {"population_size": 16, "num_samples": 6, "seeds": [0, 1, 2], "search_seeds": 2, "slots": 2,
+               "startup_arms": 4, "startup_population_size": 4, "search_population_size": 2}
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), **options)
+    study = lambda: optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")  # noqa: E731
+    first, second = _members(searcher.suggest("p0")), _members(searcher.suggest("p1"))
+    assert [(s.number, s.seed) for s in first] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [(s.number, s.seed) for s in second] == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    baselines = [_members(searcher.suggest(f"b{i}")) for i in range(2)]
+    assert sorted((s.arm, s.seed) for b in baselines for s in b) == [("cce", 0), ("cce", 1), ("cce", 2)]
+    assert searcher.suggest("w0") is None and len(study().trials) == 4  # waiting, nothing asked
+    searcher.on_trial_complete("p0", population_report([_outcome(0.9)] * 4))
+    for i, b in enumerate(baselines):
+        searcher.on_trial_complete(f"b{i}", population_report([_outcome(0.5)] * len(b)))
+    assert searcher.suggest("w1") is None and len(study().trials) == 4  # two of four finished
+
+    # The driver dies while it waits: the resumed searcher trains the unfinished start-up
+    # population again, then waits for it as well.
+    resumed = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), **options)
+    assert [s.key for s in _members(resumed.suggest("r0"))] == [s.key for s in second]
+    assert resumed.suggest("r1") is None and len(study().trials) == 4
+    resumed.on_trial_complete("r0", population_report([_outcome(0.8)] * 4))
+    after = _members(resumed.suggest("r2"))  # every start-up arm finished: populations of the search's size
+    assert [(s.number, s.seed) for s in after] == [(4, 0), (4, 1)]
+    assert [t.state.name for t in study().trials] == ["COMPLETE"] * 4 + ["RUNNING"]
+
+
+def test_start_up_populations_split_the_samplers_start_up_over_the_slots():
+    from dm_tune.search._run import _startup_population_size
+    from dm_tune.search._study import Study
+    from dm_tune.search_spaces import startup_trials
+
+    assert startup_trials("tpe", 30) == 10 and startup_trials("gp", 12) == 4 and startup_trials("cmaes", 30) == 5
+    assert startup_trials("random", 30) == 0 and startup_trials("grid", 32) == 0
+    default = Study.from_dict({})  # TPE's 10 start-up arms, 2 at a time, 2 search seeds: 5 arms a population
+    assert _startup_population_size(default, 16) == 10
+    assert _startup_population_size(default, 4) == 4  # never above the population size
+    assert _startup_population_size(Study.from_dict({"scheduler": {"kind": "asha"}}), 16) == 1

@@ -251,11 +251,22 @@ def _search_population_size(study: Study, size: int) -> int:
     return max(1, min(size, arms * seeds))
 
 
+def _startup_population_size(study: Study, size: int) -> int:
+    """Start-up trials per population: the sampler's start-up arms (``startup_trials``) split over
+    the Ray trials that run at once, each arm on every search seed; one with a scheduler."""
+    from dm_tune.search_spaces import startup_trials
+
+    if study.scheduler.kind != "none":
+        return 1
+    arms = -(-startup_trials(study.search.sampler, study.search.num_samples) // study.resources.max_concurrent)
+    return max(1, min(size, arms * study.search_seed_count))
+
+
 def _searcher(ctx: SettingContext, ledger: Ledger):
     import optuna
 
     from dm_tune.search._searcher import StagedSearcher
-    from dm_tune.search_spaces import make_sampler
+    from dm_tune.search_spaces import make_sampler, startup_trials
 
     study = ctx.study
     space, warm = ctx.space_and_warm_points()
@@ -269,6 +280,8 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
         warm_points=warm,
         population_size=ctx.population_size(),
         search_population_size=_search_population_size(study, ctx.population_size()),
+        startup_arms=startup_trials(study.search.sampler, study.search.num_samples),
+        startup_population_size=_startup_population_size(study, ctx.population_size()),
         objective=OBJECTIVES[study.task].final, search_seeds=study.search_seed_count,
         slots=study.resources.max_concurrent)
 

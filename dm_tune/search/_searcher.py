@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,8 @@ class StagedSearcher(Searcher):
                  baselines: Mapping[str, Mapping[str, Any]], seeds: Sequence[int], top_k: int,
                  warm_points: Sequence[Mapping[str, float]] = (), study_name: str = "",
                  population_size: int = 1, search_population_size: int | None = None,
-                 objective: str = OBJECTIVE, search_seeds: int = 1, slots: int = 1) -> None:
+                 objective: str = OBJECTIVE, search_seeds: int = 1, slots: int = 1,
+                 startup_arms: int = 0, startup_population_size: int | None = None) -> None:
         super().__init__(metric=objective, mode="max")
         self.objective = objective
         self.setting, self.ledger = setting, ledger
@@ -104,6 +106,12 @@ class StagedSearcher(Searcher):
         self.slots = max(1, slots)  # Ray trials that run at once
         # A scheduler that stops trials early acts on whole Ray trials: search trials then train alone.
         self.search_population_size = search_population_size or population_size
+        # The sampler's start-up arms (drawn independently of any result) are asked together and
+        # trained in populations of their own size; the arms after them are asked only once all of
+        # them have finished (the sampler counts finished trials: asked earlier, they would be
+        # drawn at random as well, and a batched search would stretch the start-up).
+        self.startup_arms = min(startup_arms, num_samples)
+        self.startup_population_size = startup_population_size or self.search_population_size
         self._live: dict[str, list[TrialSpec]] = {}  # Ray trial id -> its members, this process only
         self._again = ledger.unfinished_populations()  # started before an interruption, never ended
         # Each search arm trains on the first ``search_seeds`` seeds; replicas of an arm that were
@@ -203,6 +211,11 @@ class StagedSearcher(Searcher):
 
     # --- the stages -----------------------------------------------------------------------
 
+    def _finished_arms(self) -> int:
+        """Search arms whose every seed has ended."""
+        ended = Counter(spec.number for spec, _ in self.ledger.ended_specs("search"))
+        return sum(count == len(self.search_seeds) for count in ended.values())
+
     def _fixed(self, arms: Sequence[tuple[str, Mapping[str, Any], str]]) -> list[TrialSpec]:
         """The next population of the (arm, seed) pairs of ``arms`` that have not started yet.
         A stage is split into at least as many populations as Ray trials run at once (and
@@ -223,13 +236,18 @@ class StagedSearcher(Searcher):
             return self._again.pop(0)
         searched = [s for s in self.ledger.started.values() if s.stage == "search"]
         arms = {s.number for s in searched} | {s.number for s in self._pending}
-        if len(arms) < self.num_samples and len(self._pending) < self.search_population_size:
-            wanted = -(-(self.search_population_size - len(self._pending)) // len(self.search_seeds))
-            for _ in range(min(wanted, self.num_samples - len(arms))):
+        startup = len(arms) < self.startup_arms or (self._pending and len(arms) <= self.startup_arms)
+        size = self.startup_population_size if startup else self.search_population_size
+        limit = self.startup_arms if len(arms) < self.startup_arms else self.num_samples
+        if len(arms) == self.startup_arms and self._finished_arms() < self.startup_arms:
+            limit = len(arms)  # the sampler would still draw at random: wait for the start-up arms
+        if len(arms) < limit and len(self._pending) < size:
+            wanted = -(-(size - len(self._pending)) // len(self.search_seeds))
+            for _ in range(min(wanted, limit - len(arms))):
                 self._pending += self._ask()
         if self._pending:
-            population = self._pending[:self.search_population_size]
-            del self._pending[:self.search_population_size]
+            population = self._pending[:size]
+            del self._pending[:size]
             return population
         population = self._fixed([(b, o, b) for b, o in self.baselines.items()])
         if population:
