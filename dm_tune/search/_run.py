@@ -240,10 +240,11 @@ def _baselines(study: Study, setting: Setting) -> dict[str, dict[str, Any]]:
 
 
 def _search_population_size(study: Study, size: int) -> int:
-    """Search trials per population: whole arms (each on the study's search seeds), at most a
-    quarter of the arms per round of concurrent populations, so that the sampler learns from at
-    least four rounds of results; one with a scheduler, which stops whole Ray trials (ASHA then
-    acts per DM configuration)."""
+    """Search trials per population after the sampler's start-up arms: whole arms (each on the
+    study's search seeds), at most a quarter of the study's arms per round of concurrent
+    populations, so that the sampler learns from several rounds of results (the default study:
+    three rounds and a bit after its start-up round); one with a scheduler, which stops whole Ray
+    trials (ASHA then acts per DM configuration)."""
     if study.scheduler.kind != "none":
         return 1
     seeds = study.search_seed_count
