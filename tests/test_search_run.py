@@ -132,11 +132,11 @@ def test_population_trials_leave_the_same_records_as_single_trials(tmp_path, ray
         sizes = Counter(int(r.data.params["population_size"]) for r in trials)
         if size == 1:
             assert set(populations.values()) == {1} and set(sizes) == {1}
-        else:  # 5 search trials one at a time (so that TPE learns between them: at most a quarter
-            # of the search per round of 2 concurrent populations); 2 baselines x 2 seeds as two
-            # populations of 2 and the confirmed arm's 2 seeds as two of 1 (each fixed stage split
-            # over the 2 Ray trials that run at once)
-            assert sorted(populations.values()) == [1] * 7 + [2, 2] and sizes == {1: 7, 2: 4}
+        else:  # TPE's 4 start-up arms as two populations of 2 (split over the 2 Ray trials that
+            # run at once), then the fifth arm alone (at most a quarter of the search per round, so
+            # that TPE learns between rounds); 2 baselines x 2 seeds as two populations of 2 and the
+            # confirmed arm's 2 seeds as two of 1 (each fixed stage split over the 2 Ray trials)
+            assert sorted(populations.values()) == [1] * 3 + [2] * 4 and sizes == {1: 3, 2: 8}
         for r in trials:
             steps = sorted(h.step for h in client.get_metric_history(r.info.run_id, "val_acc"))
             assert steps == [1, 2, 3] and r.data.tags["dmtune.status"] == "finished"
