@@ -236,7 +236,7 @@ class StagedSearcher(Searcher):
             return self._again.pop(0)
         searched = [s for s in self.ledger.started.values() if s.stage == "search"]
         arms = {s.number for s in searched} | {s.number for s in self._pending}
-        startup = len(arms) < self.startup_arms or (self._pending and len(arms) <= self.startup_arms)
+        startup = len(arms) < self.startup_arms or (bool(self._pending) and len(arms) <= self.startup_arms)
         size = self.startup_population_size if startup else self.search_population_size
         limit = self.startup_arms if len(arms) < self.startup_arms else self.num_samples
         if len(arms) == self.startup_arms and self._finished_arms() < self.startup_arms:
