@@ -23,8 +23,7 @@ def startup_trials(name: str, num_samples: int) -> int:
 def _tpe(space: Mapping[str, Any], seed: int, num_samples: int):
     import optuna
 
-    # A
-    # population's arms are asked together, before any of them is told: with the constant liar
+    # A population's arms are asked together, before any of them is told: with the constant liar
     # each arm asked and not yet told counts as a poor result, so the arms of one batch spread
     # out instead of crowding the same optimum (the default from Optuna 5; off before).
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials("tpe", num_samples),

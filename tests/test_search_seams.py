@@ -379,6 +379,6 @@ def test_start_up_populations_split_the_samplers_start_up_over_the_slots():
     assert startup_trials("tpe", 30) == 10 and startup_trials("gp", 12) == 4 and startup_trials("cmaes", 30) == 5
     assert startup_trials("random", 30) == 0 and startup_trials("grid", 32) == 0
     default = Study.from_dict({})  # TPE's 10 start-up arms, 2 at a time, 2 search seeds: 5 arms a population
-    assert _startup_population_size(default, 16) == 10
-    assert _startup_population_size(default, 4) == 4  # never above the population size
-    assert _startup_population_size(Study.from_dict({"scheduler": {"kind": "asha"}}), 16) == 1
+    assert _startup_population_size(default, 16, 10) == 10
+    assert _startup_population_size(default, 4, 10) == 4  # never above the population size
+    assert _startup_population_size(Study.from_dict({"scheduler": {"kind": "asha"}}), 16, 10) == 1

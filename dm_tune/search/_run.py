@@ -243,23 +243,21 @@ def _search_population_size(study: Study, size: int) -> int:
     """Search trials per population after the sampler's start-up arms: whole arms (each on the
     study's search seeds), at most a quarter of the study's arms per round of concurrent
     populations, so that the sampler learns from several rounds of results (the default study:
-    three rounds and a bit after its start-up round); one with a scheduler, which stops whole Ray
-    trials (ASHA then acts per DM configuration)."""
+    three rounds and a bit after its start-up round)."""
+    return _arms_per_population(study, size, max(1, study.search.num_samples // (4 * study.resources.max_concurrent)))
+
+
+def _startup_population_size(study: Study, size: int, startup: int) -> int:
+    """Start-up trials per population: the sampler's ``startup`` arms split over the Ray trials
+    that run at once."""
+    return _arms_per_population(study, size, -(-startup // study.resources.max_concurrent))
+
+
+def _arms_per_population(study: Study, size: int, arms: int) -> int:
+    """Trials in a population of ``arms`` search arms, each on every search seed, at most ``size``;
+    one with a scheduler, which stops whole Ray trials (ASHA then acts per DM configuration)."""
     if study.scheduler.kind != "none":
         return 1
-    seeds = study.search_seed_count
-    arms = max(1, study.search.num_samples // (4 * study.resources.max_concurrent))
-    return max(1, min(size, arms * seeds))
-
-
-def _startup_population_size(study: Study, size: int) -> int:
-    """Start-up trials per population: the sampler's start-up arms (``startup_trials``) split over
-    the Ray trials that run at once, each arm on every search seed; one with a scheduler."""
-    from dm_tune.search_spaces import startup_trials
-
-    if study.scheduler.kind != "none":
-        return 1
-    arms = -(-startup_trials(study.search.sampler, study.search.num_samples) // study.resources.max_concurrent)
     return max(1, min(size, arms * study.search_seed_count))
 
 
@@ -271,6 +269,7 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
 
     study = ctx.study
     space, warm = ctx.space_and_warm_points()
+    startup = startup_trials(study.search.sampler, study.search.num_samples)
     return StagedSearcher(
         setting=ctx.setting.key, ledger=ledger, study_name=study.name,
         optuna_storage=optuna.storages.RDBStorage(ctx.opts.optuna_url),
@@ -281,8 +280,7 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
         warm_points=warm,
         population_size=ctx.population_size(),
         search_population_size=_search_population_size(study, ctx.population_size()),
-        startup_arms=startup_trials(study.search.sampler, study.search.num_samples),
-        startup_population_size=_startup_population_size(study, ctx.population_size()),
+        startup_arms=startup, startup_population_size=_startup_population_size(study, ctx.population_size(), startup),
         objective=OBJECTIVES[study.task].final, search_seeds=study.search_seed_count,
         slots=study.resources.max_concurrent)
 
