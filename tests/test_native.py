@@ -82,8 +82,18 @@ def test_native_equals_torch_and_reference(n, c, lam, beta, scale, dtype):
             torch.testing.assert_close(g.double(), w, rtol=rtol, atol=atol,
                                        msg=lambda m: f"{kernel} {name}: {m}")
     if dtype == torch.float64:
-        for a, b in zip(outputs["native"], outputs["torch"]):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-16)
+        (grad_n, share_n, display_n), (grad_t, share_t, display_t) = outputs["native"], outputs["torch"]
+        torch.testing.assert_close(share_n, share_t, rtol=1e-12, atol=1e-16)
+        torch.testing.assert_close(display_n, display_t, rtol=1e-12, atol=1e-16)
+        # A row's gradient depends on its 1 - p: where p is within 1e-9 of 1, the two kernels' p
+        # (each correct to an ulp or two: libm's exp against torch's vectorised one, whose code
+        # path depends on the CPU) give 1 - p a relative error of up to a few eps / (1 - p), and
+        # the row that much error. Elsewhere the two agree to rounding.
+        eps = torch.finfo(torch.float64).eps
+        one_minus_p = 1 - logits.softmax(1).gather(1, targets.unsqueeze(1))
+        slack = (1e-12 + 4 * eps / one_minus_p) * grad_t.abs() + 1e-16
+        worst = ((grad_n - grad_t).abs() / slack).max().item()
+        assert worst <= 1.0, f"native grad differs from torch's by {worst:.3g}x the allowed rounding"
 
 
 def test_native_extreme_logits_match_torch():
