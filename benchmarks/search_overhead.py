@@ -74,11 +74,13 @@ def measure(config: str, study: dict, population_size: str) -> dict:
         runs = [r for r in client.search_runs([exp.experiment_id], max_results=10000)
                 if r.data.tags.get("dmtune.role") == "trial"]
 
-    train = sum(r.data.metrics.get("train_time_s", 0.0) for r in runs)
+    # A confirm run tagged dmtune.reused_from repeats a search run (trained once): counted once.
+    trained = [r for r in runs if not r.data.tags.get("dmtune.reused_from")]
+    train = sum(r.data.metrics.get("train_time_s", 0.0) for r in trained)
     c = int(study.get("resources", {}).get("max_concurrent", 2))
     ideal = train / c
     return {
-        "study": study.get("name", "default"), "trials": len(runs), "max_concurrent": c,
+        "study": study.get("name", "default"), "trials": len(runs), "trained": len(trained), "max_concurrent": c,
         "population_size": population_size,
         "sum_train_s": round(train, 1), "ideal_wall_s": round(ideal, 1),
         "command_wall_s": round(wall, 1), "search_wall_s": float(search_wall),

@@ -128,15 +128,26 @@ def test_population_trials_leave_the_same_records_as_single_trials(tmp_path, ray
         assert {r.info.status for r in runs} == {"FINISHED"}
         keys = Counter(r.data.tags["dmtune.trial_key"] for r in trials)
         assert max(keys.values()) == 1
-        populations = Counter(r.data.tags["dmtune.population"] for r in trials)
-        sizes = Counter(int(r.data.params["population_size"]) for r in trials)
+        # The confirmed arm on its search seed (0) is its search trial's run, not trained again:
+        # the same results, tagged with the population that trained it.
+        by_key = {r.data.tags["dmtune.trial_key"]: r for r in trials}
+        reused = [r for r in trials if r.data.tags.get("dmtune.reused_from")]
+        assert [(r.data.tags["dmtune.stage"], r.data.params["seed"]) for r in reused] == [("confirm", "0")]
+        source = by_key[reused[0].data.tags["dmtune.reused_from"]]
+        assert source.data.tags["dmtune.stage"] == "search" and source.data.params["seed"] == "0"
+        assert reused[0].data.tags["dmtune.population"] == source.data.tags["dmtune.population"]
+        assert reused[0].data.metrics == source.data.metrics
+        assert reused[0].data.params["population_size"] == source.data.params["population_size"]
+        trained = [r for r in trials if not r.data.tags.get("dmtune.reused_from")]
+        populations = Counter(r.data.tags["dmtune.population"] for r in trained)
+        sizes = Counter(int(r.data.params["population_size"]) for r in trained)
         if size == 1:
             assert set(populations.values()) == {1} and set(sizes) == {1}
         else:  # TPE's 4 start-up arms as two populations of 2 (split over the 2 Ray trials that
             # run at once), then the fifth arm alone (at most a quarter of the search per round, so
             # that TPE learns between rounds); 2 baselines x 2 seeds as two populations of 2 and the
-            # confirmed arm's 2 seeds as two of 1 (each fixed stage split over the 2 Ray trials)
-            assert sorted(populations.values()) == [1] * 3 + [2] * 4 and sizes == {1: 3, 2: 8}
+            # confirmed arm's other seed alone
+            assert sorted(populations.values()) == [1] * 2 + [2] * 4 and sizes == {1: 2, 2: 8}
         for r in trials:
             steps = sorted(h.step for h in client.get_metric_history(r.info.run_id, "val_acc"))
             assert steps == [1, 2, 3] and r.data.tags["dmtune.status"] == "finished"

@@ -3,6 +3,7 @@ what Ray's, MLflow's and Optuna's own tools read after the default study."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -32,6 +33,10 @@ def _outcome(val: float, status: str = "finished") -> TrialOutcome:
                         history=({"epoch": 1, "val_acc": val},))
 
 
+def _same(a: TrialOutcome, b: TrialOutcome) -> bool:  # NaN fields compare equal here
+    return json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+
+
 def test_spec_and_outcome_round_trip_and_keys():
     spec = _search_spec(4)
     assert spec.key == f"{SETTING}/search/4"
@@ -40,13 +45,9 @@ def test_spec_and_outcome_round_trip_and_keys():
     assert fixed.key == f"{SETTING}/cce/seed2"
     assert fixed.train_values({"dataset": "digits", "seed": 0}) == {"dataset": "digits", "method": "cce", "seed": 2}
     out = _outcome(0.9)
-
-    def same(a: TrialOutcome, b: TrialOutcome) -> bool:  # NaN fields compare equal here
-        return json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
-
-    assert same(TrialOutcome.from_dict(json.loads(json.dumps(out.to_dict()))), out)
-    assert same(TrialOutcome.from_report(out.to_report(), errored=False), out)
-    assert not same(TrialOutcome.from_report(out.to_report(), errored=True), out)
+    assert _same(TrialOutcome.from_dict(json.loads(json.dumps(out.to_dict()))), out)
+    assert _same(TrialOutcome.from_report(out.to_report(), errored=False), out)
+    assert not _same(TrialOutcome.from_report(out.to_report(), errored=True), out)
 
 
 def test_outcome_without_a_final_report_is_early_stopped_or_errored():
@@ -74,6 +75,25 @@ def test_ledger_survives_a_torn_last_line_and_knows_what_is_unfinished(tmp_path)
     assert again.checkpoints[b.key] == "/ckpt/bc"
     assert again.ended[a.key].final_val_acc == 0.8
     assert again.new_experiment() == "run-1" and Ledger(path).new_experiment() == "run-2"
+
+
+def test_ledger_records_a_reused_trial_in_one_line(tmp_path):
+    path = tmp_path / "l.jsonl"
+    ledger = Ledger(path)
+    search = _search_spec(0)
+    ledger.start([search])
+    ledger.end(search, _outcome(0.9))
+    confirm = TrialSpec(SETTING, "confirm", 0, dict(search.overrides), arm="dm-1")
+    ledger.reuse(confirm, search)
+    assert len(path.read_text().splitlines()) == 3
+    for view in (ledger, Ledger(path)):
+        assert view.started[confirm.key] == confirm and not view.unfinished()
+        assert _same(view.ended[confirm.key], dataclasses.replace(view.ended[search.key], reused_from=search.key))
+        assert view.unfinished_populations() == []
+    text = path.read_text()
+    path.write_text(text[:-20])  # killed while writing it: neither started nor ended
+    torn = Ledger(path)
+    assert confirm.key not in torn.started and confirm.key not in torn.ended
 
 
 def test_top_arms_rank_finished_search_trials_only():
@@ -119,13 +139,17 @@ def test_searcher_stages_and_resume_from_the_ledger(tmp_path):
     resumed.on_trial_complete("r0", population_report([_outcome(0.95)]))
     resumed.on_trial_complete("r1", None, error=True)
     resumed.on_trial_complete("r2", population_report([_outcome(0.85)]))
-    confirm = [_members(resumed.suggest(f"c{i}"))[0] for i in range(2)]
-    assert [(s.arm, s.seed) for s in confirm] == [("dm-1", 0), ("dm-1", 1)]
-    assert confirm[0].overrides == specs[1].overrides  # the best finished search trial (0.95)
-    assert resumed.suggest("c2") == resumed.FINISHED and not resumed.done()
+    # The best finished search trial (0.95) is confirmed: on its search seed (0) its own run is
+    # the confirm trial's (recorded, not trained again), the other seed trains.
+    confirm = [_members(resumed.suggest(f"c{i}"))[0] for i in range(1)]
+    assert [(s.arm, s.seed) for s in confirm] == [("dm-1", 1)] and confirm[0].overrides == specs[1].overrides
+    reused = resumed.ledger.ended[f"{SETTING}/dm-1/seed0"]
+    assert reused.reused_from == specs[1].key and reused.final_val_acc == 0.95
+    assert resumed.ledger.started[f"{SETTING}/dm-1/seed0"].overrides == specs[1].overrides
+    assert resumed.suggest("c1") == resumed.FINISHED and not resumed.done()
     resumed.on_trial_complete("c0", population_report([_outcome(0.9)]))
-    resumed.on_trial_complete("c1", population_report([_outcome(0.9)]))
     assert resumed.done()
+    assert _same(Ledger(tmp_path / "l.jsonl").ended[f"{SETTING}/dm-1/seed0"], reused)  # durable
 
     trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     states = Counter(t.state for t in trials)
@@ -147,9 +171,9 @@ def test_searcher_hands_out_populations_and_tells_each_member(tmp_path):
     trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL"]
     assert [t.user_attrs["status"] for t in trials] == ["finished", "diverged", "errored"]
-    (confirm,) = [_members(searcher.suggest("p3"))]
-    assert [(s.arm, s.seed, s.overrides) for s in confirm] == [("dm-1", 0, _members(first)[0].overrides),
-                                                              ("dm-1", 1, _members(first)[0].overrides)]
+    (confirm,) = [_members(searcher.suggest("p3"))]  # seed 0: the search trial's run (reused)
+    assert [(s.arm, s.seed, s.overrides) for s in confirm] == [("dm-1", 1, _members(first)[0].overrides)]
+    assert searcher.ledger.ended[f"{SETTING}/dm-1/seed0"].reused_from == _members(first)[0].key
 
 
 @pytest.mark.slow
@@ -167,6 +191,7 @@ def test_default_study_is_readable_by_ray_mlflow_and_optuna_tools(tmp_path):
                           capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stderr
     n_trials = 30 * 2 + (3 + 8) * 3  # 30 DM arms on 2 search seeds, then 3 arms and 8 baselines on 3 seeds
+    n_trained = n_trials - 3 * 2  # a confirmed arm's trials on the search seeds are its search trials
 
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("default").experiment_id], max_results=1000)
@@ -181,7 +206,10 @@ def test_default_study_is_readable_by_ray_mlflow_and_optuna_tools(tmp_path):
     (experiment,) = (ws / "ray" / "default").glob("*/run-*")
     df = tune.ExperimentAnalysis(str(experiment)).dataframe()
     members = [m for population in df["members"] for m in population]
-    assert len(members) == n_trials and df["population_size"].sum() == n_trials
+    assert len(members) == n_trained and df["population_size"].sum() == n_trained
+    reused = [r for r in runs if r.data.tags.get("dmtune.reused_from")]
+    assert Counter((r.data.tags["dmtune.stage"], r.data.params["seed"]) for r in reused) == {("confirm", "0"): 3,
+                                                                                         ("confirm", "1"): 3}
     assert all(math.isfinite(m["final_val_acc"]) and math.isfinite(m["final_test_acc"]) for m in members)
     assert {m["status"] for m in members} == {"finished"}
 
@@ -191,7 +219,7 @@ def test_default_study_is_readable_by_ray_mlflow_and_optuna_tools(tmp_path):
     finally:
         ray.shutdown()
     assert len(results) == len(df) and results.num_errors == 0
-    assert sum(len(r.metrics["members"]) for r in results) == n_trials
+    assert sum(len(r.metrics["members"]) for r in results) == n_trained
     assert all(math.isfinite(m["final_test_acc"]) for r in results for m in r.metrics["members"])
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")
@@ -268,9 +296,14 @@ def test_search_arms_train_on_every_search_seed_and_score_their_mean(tmp_path):
     assert [(s.arm, s.seed) for s in baselines] == [("cce", 0), ("cce", 1), ("cce", 2)]
     for i in range(3):
         resumed.on_trial_complete(f"b{i}", population_report([_outcome(0.5)]))
-    # Arm 0 (mean 0.8) is confirmed, not arm 1 (a diverged seed), though its first seed scored 0.95.
-    confirm = [_members(resumed.suggest(f"c{i}"))[0] for i in range(3)]
-    assert {s.arm for s in confirm} == {"dm-1"} and confirm[0].overrides == a0[0].overrides
+    # Arm 0 (mean 0.8) is confirmed, not arm 1 (a diverged seed), though its first seed scored 0.95:
+    # on seeds 0 and 1 its confirm trials are its search trials there, seed 2 trains.
+    confirm = [_members(resumed.suggest(f"c{i}"))[0] for i in range(1)]
+    assert [(s.arm, s.seed) for s in confirm] == [("dm-1", 2)] and confirm[0].overrides == a0[0].overrides
+    assert resumed.suggest("c1") == resumed.FINISHED
+    ended = resumed.ledger.ended
+    assert [ended[f"{SETTING}/dm-1/seed{seed}"].reused_from for seed in (0, 1)] == [a0[0].key, a1[0].key]
+    assert [ended[f"{SETTING}/dm-1/seed{seed}"].final_val_acc for seed in (0, 1)] == [0.9, 0.7]
 
 
 def test_search_seed_replicas_fill_populations(tmp_path):
@@ -294,6 +327,32 @@ def test_a_fixed_stage_is_split_over_the_slots_that_run_at_once(tmp_path, slots,
     assert sorted((s.arm, s.seed) for p in populations for s in p) == sorted(
         (b, seed) for b in baselines for seed in (0, 1, 2))
     assert searcher.suggest("next") is None  # the confirmed arm waits for the search
+
+
+def test_the_confirm_stage_trains_only_the_seeds_the_search_did_not(tmp_path):
+    """2 arms confirmed on 3 seeds, 2 of them search seeds: 4 confirm trials are the arms' finished
+    search trials; the other 2 train, split over the 2 slots. A resume re-records nothing."""
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=16, num_samples=2,
+                         seeds=[0, 1, 2], search_seeds=2, slots=2)
+    searcher.baselines, searcher.top_k = {}, 2
+    search = _members(searcher.suggest("s"))
+    assert [(s.number, s.seed) for s in search] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    searcher.on_trial_complete("s", population_report([_outcome(v) for v in (0.9, 0.8, 0.7, 0.75)]))
+    confirm = [_members(searcher.suggest(f"c{i}")) for i in range(2)]
+    assert [[(s.arm, s.seed) for s in p] for p in confirm] == [[("dm-1", 2)], [("dm-2", 2)]]
+    assert confirm[0][0].overrides == search[0].overrides and confirm[1][0].overrides == search[2].overrides
+    assert searcher.suggest("c2") == searcher.FINISHED
+    reused = {k: o for k, o in searcher.ledger.ended.items() if o.reused_from}
+    assert {k: (o.reused_from, o.final_val_acc) for k, o in reused.items()} == {
+        f"{SETTING}/dm-1/seed0": (search[0].key, 0.9), f"{SETTING}/dm-1/seed1": (search[1].key, 0.8),
+        f"{SETTING}/dm-2/seed0": (search[2].key, 0.7), f"{SETTING}/dm-2/seed1": (search[3].key, 0.75)}
+    lines = len((tmp_path / "l.jsonl").read_text().splitlines())
+    resumed = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=16, num_samples=2,
+                        seeds=[0, 1, 2], search_seeds=2, slots=2)
+    resumed.baselines, resumed.top_k = {}, 2
+    again = [_members(resumed.suggest(f"r{i}")) for i in range(2)]  # the two unfinished, as they were
+    assert [[s.key for s in p] for p in again] == [[s.key for s in p] for p in confirm]
+    assert len((tmp_path / "l.jsonl").read_text().splitlines()) == lines
 
 
 def test_class_weighting_is_a_search_dimension_of_dm_arms(tmp_path):

@@ -7,6 +7,10 @@ flushed line per event:
                                                              population G (its first member's key)
     {"event": "checkpoint", "key": G, "path": "..."}         the population's newest checkpoint
     {"event": "end", "key": ..., "outcome": {...}}           how it ended (the outcome is final)
+    {"event": "reuse", "key": ..., "spec": {...},            a confirm trial whose configuration a
+     "outcome": {...}}                                       finished search trial trained already:
+                                                             started and ended at once, with that
+                                                             trial's outcome (``reused_from``)
     {"event": "experiment", "key": "run-N"}                  a Tune experiment ran (or resumed) it
 
 It is the source of truth for resuming: a search that was interrupted, even by ``kill -9``,
@@ -18,6 +22,7 @@ process died while writing it) is ignored. Plain JSON, so resuming never unpickl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -57,6 +62,10 @@ class Ledger:
             self.checkpoints[key] = event["path"]
         elif event["event"] == "end":
             self.ended[key] = TrialOutcome.from_dict(event["outcome"])
+        elif event["event"] == "reuse":
+            self.started[key] = TrialSpec.from_dict(event["spec"])
+            self.group[key] = key
+            self.ended[key] = TrialOutcome.from_dict(event["outcome"])
         elif event["event"] == "experiment":
             self.experiments.append(key)
 
@@ -67,7 +76,7 @@ class Ledger:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()  # in the OS once written: a killed process loses nothing
-            if event["event"] == "end":
+            if event["event"] in ("end", "reuse"):
                 os.fsync(f.fileno())  # an outcome survives the machine going down too
         self._apply(event)
 
@@ -90,6 +99,12 @@ class Ledger:
             return False
         self._append({"event": "end", "key": spec.key, "outcome": outcome.to_dict()})
         return True
+
+    def reuse(self, spec: TrialSpec, source: TrialSpec) -> None:
+        """Record ``spec`` as started and ended with the outcome of the ended trial ``source``,
+        which trained the same configuration (one line: an interruption leaves neither or both)."""
+        outcome = dataclasses.replace(self.ended[source.key], reused_from=source.key)
+        self._append({"event": "reuse", "key": spec.key, "spec": spec.to_dict(), "outcome": outcome.to_dict()})
 
     def new_experiment(self) -> str:
         """The name of the next Tune experiment of this setting: run-1, run-2 (after a resume), ..."""

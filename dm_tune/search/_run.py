@@ -353,7 +353,7 @@ def summarise(ctx: SettingContext, ledger: Ledger) -> SettingSummary:
     statuses: dict[str, int] = {}
     train_time = 0.0
     for spec, outcome in ledger.ended_specs():
-        train_time += outcome.train_time_s
+        train_time += 0.0 if outcome.reused_from else outcome.train_time_s  # trained once, counted once
         if spec.stage == "search":
             statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
             continue

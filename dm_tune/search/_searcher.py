@@ -8,7 +8,9 @@ Each Ray trial it hands out is a *population*: up to ``population_size`` trials 
 2. the **baselines** on every seed (fixed arms that depend on nothing, so they fill the slots
    that the last search trials leave idle);
 3. once every search trial has ended, the **confirm** trials: the best ``top_k`` DM arms (by
-   final clean-validation accuracy, finished trials only) on every seed.
+   final clean-validation accuracy, finished trials only) on every seed. On its search seeds an
+   arm's confirm trial is its finished search trial there (the same configuration): recorded with
+   that trial's outcome (``reused_from``), not trained again.
 
 Everything it knows is in the ledger (``_ledger``), so a searcher built over the ledger of an
 interrupted search continues it: populations with trials that never ended are handed out again
@@ -22,6 +24,7 @@ it crashed or diverged without a usable accuracy. Only public Optuna and Ray API
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -218,17 +221,34 @@ class StagedSearcher(Searcher):
 
     def _fixed(self, arms: Sequence[tuple[str, Mapping[str, Any], str]]) -> list[TrialSpec]:
         """The next population of the (arm, seed) pairs of ``arms`` that have not started yet.
-        A stage is split into at least as many populations as Ray trials run at once (and
-        populations of at most ``population_size``), of equal sizes, so that one large last
-        population does not train alone while the other slots idle."""
+        A stage (less its reused trials) is split into at least as many populations as Ray trials
+        run at once (and populations of at most ``population_size``), of equal sizes, so that one
+        large last population does not train alone while the other slots idle."""
         todo = [TrialSpec(self.setting, "confirm", seed, dict(overrides), arm=name, baseline=baseline)
                 for name, overrides, baseline in arms for seed in self.seeds]
+        todo = [s for s in todo if s.key not in self.ledger.ended or not self.ledger.ended[s.key].reused_from]
         count = max(-(-len(todo) // self.population_size), min(self.slots, len(todo)))
         size = -(-len(todo) // count) if todo else 1
         return [s for s in todo if s.key not in self.ledger.started][:size]
 
     def _confirmed(self) -> list[tuple[str, Mapping[str, Any], str]]:
         return [(name, o, "") for name, o in top_arms(self.ledger.ended_specs("search"), self.top_k, self.objective)]
+
+    def _reuse_search_trials(self, arms: Sequence[tuple[str, Mapping[str, Any], str]]) -> None:
+        """A confirmed arm on one of its search seeds is the configuration its search trial on
+        that seed trained (same knobs, same seed, same budget): that trial's outcome is recorded
+        as the confirm trial's instead of training it again, when it finished."""
+        def ident(overrides: Mapping[str, Any], seed: int) -> str:
+            return json.dumps([sorted(overrides.items()), seed], default=str)
+
+        finished = {ident(spec.overrides, spec.seed): spec for spec, outcome in self.ledger.ended_specs("search")
+                    if outcome.usable_for(self.objective)}
+        for name, overrides, baseline in arms:
+            for seed in self.search_seeds:
+                spec = TrialSpec(self.setting, "confirm", seed, dict(overrides), arm=name, baseline=baseline)
+                source = finished.get(ident(spec.overrides, seed))
+                if source is not None and spec.key not in self.ledger.started:
+                    self.ledger.reuse(spec, source)
 
     def _next(self) -> list[TrialSpec] | str | None:
         self.optuna_study()  # loaded (and orphans adopted) before anything is handed out
@@ -254,7 +274,9 @@ class StagedSearcher(Searcher):
             return population
         if any(s.key not in self.ledger.ended for s in searched):
             return None  # the confirmed arms depend on the search trials still running
-        return self._fixed(self._confirmed()) or Searcher.FINISHED
+        confirmed = self._confirmed()
+        self._reuse_search_trials(confirmed)
+        return self._fixed(confirmed) or Searcher.FINISHED
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         population = self._next()

@@ -18,6 +18,8 @@ Schema (what ``reports`` reads):
           (search|confirm), dmtune.baseline ("" for DM arms), dmtune.arm, dmtune.status
           (running|finished|diverged|early-stopped|errored|interrupted), dmtune.trial_key,
           dmtune.population (the population it trained in: its first member's trial key),
+          dmtune.reused_from (a confirm trial on a search seed: the search trial whose run it
+          repeats, trained once, under that trial's population),
           dmtune.git_commit, dmtune.versions, dmtune.node_id; params: the resolved training
           config (the method's own knobs only), psi/rho for DM, num_classes, population_size;
           metrics per epoch
@@ -245,12 +247,18 @@ class MLflowTracker(tune.Callback):
 
         if spec.key in self._closed:
             return
-        run_id = self._open(spec)
+        if outcome.reused_from:  # a confirm trial that is a search trial's run: tagged with its population
+            group = self.ledger.group.get(outcome.reused_from, outcome.reused_from)
+            run_id = self._open(spec, group, sum(g == group for g in self.ledger.group.values()))
+        else:
+            run_id = self._open(spec)
         self._log_epochs(spec, list(outcome.history))
         client = _client(self.uri)
         now = int(time.time() * 1000)
         final = _finite({**{k: getattr(outcome, k) for k in TrialOutcome.SCALARS}, **outcome.task_metrics})
         tags = [RunTag("dmtune.status", outcome.status)]
+        if outcome.reused_from:
+            tags.append(RunTag("dmtune.reused_from", outcome.reused_from))
         if outcome.node_id:
             tags.append(RunTag("dmtune.node_id", outcome.node_id))
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()], tags=tags)
@@ -282,8 +290,9 @@ class MLflowTracker(tune.Callback):
         if math.isfinite(outcome.value("final_test_map")):  # retrieval
             acc = (f"val mAP {100 * outcome.value('final_val_map'):.1f} test mAP "
                    f"{100 * outcome.value('final_test_map'):.1f} rank-1 {100 * outcome.value('final_test_rank1'):.1f}")
+        reused = f"; the run of {outcome.reused_from}" if outcome.reused_from else ""
         print(f"  [{self.setting} {spec.stage}] {arm} seed {spec.seed}: {acc} ({outcome.status}, "
-              f"{outcome.epochs_reached} epochs)", file=sys.stderr, flush=True)
+              f"{outcome.epochs_reached} epochs{reused})", file=sys.stderr, flush=True)
 
     # --- the end of a setting (driver thread, after Tune returned) ----------------------------
 

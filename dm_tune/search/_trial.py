@@ -76,6 +76,9 @@ class TrialOutcome:
     # Final metrics of tasks other than classification (retrieval: final_val_map, final_test_map,
     # final_test_rank1/5/10, final_val_rank1, best_test_map, val_selected_test_map).
     task_metrics: Mapping[str, float] = field(default_factory=dict)
+    # A confirm trial on a search seed is the search trial of the same configuration: its key
+    # here, and that trial's outcome (nothing was trained again; see Ledger.reuse).
+    reused_from: str = ""
 
     SCALARS = ("final_val_acc", "final_test_acc", "best_val_acc", "best_test_acc",
                "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
