@@ -3,8 +3,9 @@
     python benchmarks/search_overhead.py [--config studies/default.yaml] [--json out.json]
 
 Runs `dm-tune search` as a user does (a subprocess, fresh temporary workspace, its own local Ray
-instance), then reads every trial's training time (the sum of its epoch times, evaluation
-included) from MLflow. With C trials at once, a perfect orchestrator would finish in
+instance), then reads every trained trial's training time (the sum of its epoch times, evaluation
+included) from MLflow; a confirm trial recorded with its search trial's run (tag
+``dmtune.reused_from``) was trained once and is counted once. With C trials at once, a perfect orchestrator would finish in
 sum(train) / C; the overhead is how much longer the search took than that:
 
     overhead = wall / (sum(train) / C) - 1
