@@ -21,6 +21,11 @@ against K single-model steps: how dm_tune._popmodels chose its layouts.
     python benchmarks/population.py --threads 1,2 --json benchmarks/results/population_cpu.json
     python benchmarks/population.py --device cuda --json benchmarks/results/population_cuda.json
     python benchmarks/population.py --quick     # smoke test (seconds)
+
+``--profile`` then profiles one more population run of each case at its largest K (torch's
+profiler, after the timed runs) and lists its operators by self time (on CUDA, the device's: the
+kernels behind each operator), the top 25 with their share of the profiled total: where the
+population's time goes, next to the ratio it reached.
 """
 
 from __future__ import annotations
@@ -73,6 +78,40 @@ def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device:
         row.update(batch=batch, train_images_per_config=images,
                    population_images_per_s=k * images / pop, one_model_images_per_s=separate_runs * images / sep)
     return row
+
+
+def profile_case(name: str, k: int, threads: int, quick: bool, device: str, top: int = 25) -> dict[str, Any]:
+    """One population run of ``name`` at K = ``k`` under torch's profiler (after a warm-up run):
+    its operators by self time, on the device for CUDA, on the CPU otherwise."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dm_tune.population import train_population
+
+    torch.set_num_threads(threads)
+    source, shared = _cases.case(name, quick, device)
+    cfgs = _cases.configs(shared, k, device)
+    datas = [prepare(c, source) for c in cfgs]
+    cuda = device == "cuda"
+    train_population(cfgs, datas)  # warm-up: allocator, kernels, lazy imports
+    _timing.sync(torch.device(device))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        train_population(cfgs, datas)
+        _timing.sync(torch.device(device))
+    wall = time.perf_counter() - t0
+
+    def self_us(event: Any) -> float:
+        if not cuda:
+            return float(event.self_cpu_time_total)
+        return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
+
+    events = [e for e in prof.key_averages() if self_us(e) > 0]
+    total = sum(self_us(e) for e in events)
+    rows = [{"name": e.key, "calls": e.count, "self_ms": round(self_us(e) / 1e3, 3),
+             "share": round(self_us(e) / total, 4)} for e in sorted(events, key=self_us, reverse=True)[:top]]
+    return {"case": name, "device": device, "threads": threads, "k": k, "wall_s": round(wall, 3),
+            "clock": "device" if cuda else "cpu", "total_self_ms": round(total / 1e3, 3), "top": rows}
 
 
 # --- layouts: one forward+backward of K members ------------------------------------------------
@@ -171,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="repeats per arm, order alternating (median shown)")
     p.add_argument("--layouts", action="store_true", help="also time the candidate stacked layouts")
     p.add_argument("--quick", action="store_true", help="a smoke test: tiny sizes and budgets")
+    p.add_argument("--profile", action="store_true",
+                   help="then profile one population run of each case at its largest K: operators by self time")
     p.add_argument("--resnet-layout", choices=["auto", "nchw", "nhwc"], default="auto",
                    help="a ResNet population's grouped convolutions: contiguous (nchw), channels-last "
                         "(nhwc) or what dm_tune._popmodels.CHANNELS_LAST says for the device (auto)")
@@ -192,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {"machine": _machine(), "device": device, "quick": args.quick,
                            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                            "resnet_layout": "nhwc" if _popmodels.CHANNELS_LAST.get(device) else "nchw",
-                           "load_average_start": _load(), "results": [], "layouts": []}
+                           "load_average_start": _load(), "results": [], "layouts": [], "profiles": []}
     t_start = time.perf_counter()
     for case in cases:
         default_sizes = "1,2" if args.quick else ("1,4" if case == "resnet20" and device == "cpu" else "1,4,16,64")
@@ -206,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{case:12s} {device} threads {t} K {k:3d}: population {row['population_configs_per_s']:8.3f} "
                       f"configs/s, separate {row['separate_configs_per_s']:8.3f} configs/s, "
                       f"ratio {row['ratio']:5.2f} (CPU time: {row['cpu_ratio']:5.2f}){extra}", flush=True)
+        if args.profile:
+            prof = profile_case(case, max(sizes), threads[0], args.quick, device)
+            doc["profiles"].append(prof)
+            print(f"profile {case} {device} threads {prof['threads']} K {prof['k']}: {prof['wall_s']:.2f} s, "
+                  f"{prof['total_self_ms']:.0f} ms of {prof['clock']} self time", flush=True)
+            for r in prof["top"]:
+                print(f"  {100 * r['share']:5.1f}%  {r['self_ms']:10.2f} ms  {r['calls']:7d}  {r['name'][:90]}", flush=True)
     if args.layouts and device == "cpu":
         for t in threads:
             for k in ([2] if args.quick else [4, 16, 64]):

@@ -54,7 +54,7 @@ def test_gpu_throughput_smoke_runs_on_cpu(tmp_path):
 def test_population_benchmark_smoke(tmp_path):
     out = tmp_path / "pop.json"
     _run("population.py", "--quick", "--cases", "digits-mlp,resnet20", "--threads", "1", "--sizes", "1,2",
-         "--json", str(out))
+         "--profile", "--json", str(out))
     doc = json.loads(out.read_text())
     assert doc["device"] == "cpu" and doc["quick"] is True
     rows = {(r["case"], r["k"]): r for r in doc["results"]}
@@ -64,6 +64,13 @@ def test_population_benchmark_smoke(tmp_path):
         assert abs(r["ratio"] - r["population_configs_per_s"] / r["separate_configs_per_s"]) < 1e-9
         assert r["separate_runs"] == r["k"]
     assert rows[("resnet20", 2)]["population_images_per_s"] > 0
+    profiles = {p["case"]: p for p in doc["profiles"]}  # one per case, at its largest K, on the CPU's clock
+    assert set(profiles) == {"digits-mlp", "resnet20"} and {p["k"] for p in profiles.values()} == {2}
+    for p in profiles.values():
+        shares = [r["share"] for r in p["top"]]
+        assert p["clock"] == "cpu" and 0 < sum(shares) <= 1.0001 and shares == sorted(shares, reverse=True)
+    mlp = [r["name"] for r in profiles["digits-mlp"]["top"][:3]]
+    assert {"aten::bmm", "aten::baddbmm"} & set(mlp)  # the MLP population's time is in its products
 
 
 def test_roofline_counts_the_mlps_work_and_bounds_the_ratio(tmp_path):
