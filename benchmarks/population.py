@@ -23,8 +23,8 @@ against K single-model steps: how dm_tune._popmodels chose its layouts.
     python benchmarks/population.py --quick     # smoke test (seconds)
 
 ``--profile`` then profiles one more population run of each case at its largest K (torch's
-profiler, after the timed runs) and lists its operators by self time (on CUDA, the device's: the
-kernels behind each operator), the top 25 with their share of the profiled total: where the
+profiler, after the timed runs) and lists its operators by self CPU time (on CUDA, its kernels
+by device time), the top 25 with their share of the profiled total: where the
 population's time goes, next to the ratio it reached.
 """
 
@@ -82,7 +82,7 @@ def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device:
 
 def profile_case(name: str, k: int, threads: int, quick: bool, device: str, top: int = 25) -> dict[str, Any]:
     """One population run of ``name`` at K = ``k`` under torch's profiler (after a warm-up run):
-    its operators by self time, on the device for CUDA, on the CPU otherwise."""
+    on the CPU its operators by self CPU time; on CUDA its kernels by device time."""
     from torch.profiler import ProfilerActivity, profile
 
     from dm_tune.population import train_population
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layouts", action="store_true", help="also time the candidate stacked layouts")
     p.add_argument("--quick", action="store_true", help="a smoke test: tiny sizes and budgets")
     p.add_argument("--profile", action="store_true",
-                   help="then profile one population run of each case at its largest K: operators by self time")
+                   help="then profile one population run of each case at its largest K: operators by self CPU time, on CUDA kernels by device time")
     p.add_argument("--resnet-layout", choices=["auto", "nchw", "nhwc"], default="auto",
                    help="a ResNet population's grouped convolutions: contiguous (nchw), channels-last "
                         "(nhwc) or what dm_tune._popmodels.CHANNELS_LAST says for the device (auto)")
