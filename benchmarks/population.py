@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layouts", action="store_true", help="also time the candidate stacked layouts")
     p.add_argument("--quick", action="store_true", help="a smoke test: tiny sizes and budgets")
     p.add_argument("--profile", action="store_true",
-                   help="then profile one population run of each case at its largest K: operators by self CPU time, on CUDA kernels by device time")
+                   help="then profile one population run of each case at its largest K: operators by self "
+                        "CPU time, on CUDA kernels by device time")
     p.add_argument("--resnet-layout", choices=["auto", "nchw", "nhwc"], default="auto",
                    help="a ResNet population's grouped convolutions: contiguous (nchw), channels-last "
                         "(nhwc) or what dm_tune._popmodels.CHANNELS_LAST says for the device (auto)")
@@ -253,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"profile {case} {device} threads {prof['threads']} K {prof['k']}: {prof['wall_s']:.2f} s, "
                   f"{prof['total_self_ms']:.0f} ms of {prof['clock']} self time", flush=True)
             for r in prof["top"]:
-                print(f"  {100 * r['share']:5.1f}%  {r['self_ms']:10.2f} ms  {r['calls']:7d}  {r['name'][:90]}", flush=True)
+                print(f"  {100 * r['share']:5.1f}%  {r['self_ms']:10.2f} ms  {r['calls']:7d}  {r['name'][:90]}",
+                      flush=True)
     if args.layouts and device == "cpu":
         for t in threads:
             for k in ([2] if args.quick else [4, 16, 64]):
