@@ -110,6 +110,9 @@ def _not_bool(error_type: str) -> BeforeValidator:
 # To pydantic, as to Python, True is 1: a YAML `epochs: yes` must be an error, not one epoch.
 Int = Annotated[int, _not_bool("int_type")]
 Float = Annotated[float, _not_bool("float_type")]
+# A random seed: what numpy's legacy seeding and Optuna's samplers accept (torch's take more).
+SEED_MAX = 2**32 - 1
+Seed = Annotated[Int, in_range(0, SEED_MAX)]
 
 
 # --- parsing and the one conversion of pydantic's errors --------------------------------------

@@ -17,7 +17,7 @@ from pydantic import model_validator
 from pydantic.dataclasses import dataclass
 
 from dm_tune._names import DATASET_NAMES, IMBALANCE_KINDS, METHOD_NAMES, MODEL_NAMES, NOISE_NAMES
-from dm_tune._validate import CONFIG, Float, Int, in_range, one_of, parse, rule, violation
+from dm_tune._validate import CONFIG, Float, Int, Seed, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import DEFAULT_EFFECTIVE_BETA
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 
@@ -82,8 +82,8 @@ class TrainConfig:
     batch_size: Annotated[Int, in_range(1, 1_000_000)] | None = None
     augment: bool | None = None            # random crop + flip for images (None: on for images)
     # --- run ------------------------------------------------------------------------------
-    seed: Int = 0                          # model init, batch order, augmentation
-    data_seed: Int | None = None           # noise draw, validation carve, imbalance (None: seed)
+    seed: Seed = 0                         # model init, batch order, augmentation
+    data_seed: Seed | None = None          # noise draw, validation carve, imbalance (None: seed)
     device: Device = "auto"
     amp: Annotated[str, one_of(AMP_MODES)] = "auto"  # mixed precision on CUDA
     num_workers: Annotated[Int, in_range(0, 256)] = 2  # DataLoader workers for on-disk images

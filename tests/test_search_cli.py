@@ -58,6 +58,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--noise-rate", "abc"], ["--noise-rate", "abc"]),
     (["--sampler", "grid"], ["search.sampler", "paper-grid"]),
     (["--epochs", "0"], ["training.epochs", "0"]),
+    (["--seeds=-1,0"], ["seeds[0]", "-1", "[0, 4294967295]"]),  # was: every trial errored
+    (["--sampler-seed=-1"], ["search.sampler_seed", "-1", "[0, 4294967295]"]),
     (["--population-size", "0"], ["population_size", "0", "auto"]),
     (["--population-size", "lots"], ["population_size", "lots", "auto"]),
     (["--dataset", "cifar10"], ["data_root", "--data-root"]),

@@ -57,6 +57,9 @@ def test_matrix_expansion_and_keys():
     ({"seeds": []}, "seeds"),
     ({"seeds": [1, 1]}, "seeds"),
     ({"seeds": [0, True]}, "seeds[1]"),
+    ({"seeds": [0, -1]}, "seeds[1]"),          # numpy's and Optuna's seeding take [0, 2**32 - 1]
+    ({"seeds": [2**32]}, "seeds[0]"),
+    ({"search": {"sampler_seed": -1}}, "search.sampler_seed"),
     ({"training": {"lr": -1}}, "training.lr"),
     ({"training": {"no_such": 1}}, "training.no_such"),
     ({"training": {"noise_file": "labels.npy"}}, "settings.noise"),

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from pydantic.dataclasses import dataclass
 
 from dm_tune._names import DATASET_NAMES, MODEL_NAMES, NOISE_NAMES, task_of
-from dm_tune._validate import CONFIG, ConfigError, Float, Int, in_range, one_of, parse, rule
+from dm_tune._validate import CONFIG, ConfigError, Float, Int, Seed, in_range, one_of, parse, rule
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 from dm_tune.config import TrainConfig
 from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES
@@ -64,7 +64,7 @@ class Search:
     num_samples: Annotated[Int, in_range(1, 100_000)] = 30   # DM trials per setting
     extra_knobs: tuple[Annotated[str, one_of(EXTRA_KNOBS)], ...] = ()
     top_k: Annotated[Int, in_range(0, 100)] = 3              # DM arms confirmed over all seeds
-    sampler_seed: Int = 0
+    sampler_seed: Seed = 0
     # true: enqueue the paper's suggestions first; a guidelines.json path ('dm-tune report'):
     # search inside the region it recommends for each setting, starting at its point.
     warm_start: bool | Annotated[str, rule(bool, "expected true, false or a guidelines.json path")] = True
@@ -92,7 +92,7 @@ class Study:
     name: Annotated[str, rule(lambda v: bool(STUDY_NAME.match(v)),
                               "expected letters, digits, '.', '_' or '-' (at most 64)")] = "default"
     settings: Settings = field(default_factory=Settings)
-    seeds: Annotated[tuple[Int, ...], rule(lambda v: bool(v) and len(set(v)) == len(v),
+    seeds: Annotated[tuple[Seed, ...], rule(lambda v: bool(v) and len(set(v)) == len(v),
                                            "expected a non-empty list of distinct integers")] = (0, 1, 2)
     search: Search = field(default_factory=Search)
     baselines: tuple[Annotated[str, one_of(BASELINES)], ...] = DEFAULT_BASELINES
