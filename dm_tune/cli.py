@@ -11,11 +11,10 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import DataError, UserError, load_yaml
+from dm_tune.errors import DataError, UserError, load_yaml, output_path, write_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -165,17 +164,33 @@ def _members(args: argparse.Namespace) -> list[argparse.Namespace]:
     return members
 
 
+def _epoch_line(m: dict[str, float], epochs: int) -> str:
+    """One run's epoch, as train() reports it (classification or retrieval)."""
+    w = (f"  w clean/noisy {m['weight_clean']:.2f}/{m['weight_noisy']:.2f}"
+         if math.isfinite(m["weight_noisy"]) else "")
+    evals = (f"val mAP {100 * m['val_map']:5.1f}  test mAP {100 * m['test_map']:5.1f} "
+             f"rank-1 {100 * m['test_rank1']:5.1f}" if "val_map" in m else
+             f"val {100 * m['val_acc']:5.1f}%  test {100 * m['test_acc']:5.1f}%")
+    return (f"epoch {int(m['epoch']):>3}/{epochs}  loss {m['train_loss']:.4f}  "
+            f"train {100 * m['train_acc']:5.1f}%  {evals}{w}  {m['epoch_time_s']:.2f}s")
+
+
+def _result_line(result: Any) -> str:
+    """A finished run's outcome: final accuracy (or mAP and CMC), best over training, time."""
+    r = result.retrieval
+    if r:
+        return (f"{result.status}: final test mAP {100 * r['test_map']:.2f}, rank-1/5/10 {100 * r['test_rank1']:.2f}/"
+                f"{100 * r['test_rank5']:.2f}/{100 * r['test_rank10']:.2f}% (val mAP {100 * r['val_map']:.2f}); "
+                f"best test mAP over training {100 * r['best_test_map']:.2f}; {result.train_time_s:.1f}s")
+    return (f"{result.status}: final test accuracy {100 * result.test_accuracy:.2f}% "
+            f"(val {100 * result.val_accuracy:.2f}%); best over training {100 * result.best_test_accuracy:.2f}% "
+            f"at epoch {result.best_epoch}; {result.train_time_s:.1f}s")
+
+
 def _progress(quiet: bool, epochs_hint: list[int]):
     def report(m: dict[str, float], _snapshot: Any) -> None:
-        if quiet:
-            return
-        w = (f"  w clean/noisy {m['weight_clean']:.2f}/{m['weight_noisy']:.2f}"
-             if math.isfinite(m["weight_noisy"]) else "")
-        evals = (f"val mAP {100 * m['val_map']:5.1f}  test mAP {100 * m['test_map']:5.1f} "
-                 f"rank-1 {100 * m['test_rank1']:5.1f}" if "val_map" in m else
-                 f"val {100 * m['val_acc']:5.1f}%  test {100 * m['test_acc']:5.1f}%")
-        print(f"epoch {int(m['epoch']):>3}/{epochs_hint[0]}  loss {m['train_loss']:.4f}  "
-              f"train {100 * m['train_acc']:5.1f}%  {evals}{w}  {m['epoch_time_s']:.2f}s", file=sys.stderr, flush=True)
+        if not quiet:
+            print(_epoch_line(m, epochs_hint[0]), file=sys.stderr, flush=True)
 
     return report
 
@@ -214,9 +229,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         select_device(config.device)
     except RuntimeError as e:
         raise UserError(str(e)) from None
-    out = Path(args.out).resolve() if args.out else None
-    if out is not None and not out.parent.is_dir():
-        raise UserError(f"--out {args.out}: directory {out.parent} does not exist")
+    out = output_path("--out", args.out) if args.out else None
     data = prepare(config)
     resolved = config.resolve(data.defaults, data.default_model, data.input_kind)
     _threads_and_model(args, data, resolved)
@@ -227,17 +240,9 @@ def _train_cmd(args: argparse.Namespace) -> int:
               f"(realised {data.noise_rate:.3f}), model {resolved.model}, {resolved.method}{dm}, "
               f"seed {resolved.seed}", file=sys.stderr)
     result = train(config, data, _progress(args.quiet, [resolved.epochs]))
-    r = result.retrieval
-    if r:
-        print(f"{result.status}: final test mAP {100 * r['test_map']:.2f}, rank-1/5/10 {100 * r['test_rank1']:.2f}/"
-              f"{100 * r['test_rank5']:.2f}/{100 * r['test_rank10']:.2f}% (val mAP {100 * r['val_map']:.2f}); "
-              f"best test mAP over training {100 * r['best_test_map']:.2f}; {result.train_time_s:.1f}s")
-    else:
-        print(f"{result.status}: final test accuracy {100 * result.test_accuracy:.2f}% "
-              f"(val {100 * result.val_accuracy:.2f}%); best over training {100 * result.best_test_accuracy:.2f}% "
-              f"at epoch {result.best_epoch}; {result.train_time_s:.1f}s")
+    print(_result_line(result))
     if out is not None:
-        out.write_text(json.dumps(result.to_dict(), indent=1, allow_nan=True) + "\n")
+        write_output(out, json.dumps(result.to_dict(), indent=1, allow_nan=True) + "\n")
         print(f"wrote {out}")
     return 0
 
@@ -247,11 +252,16 @@ def _member_label(config: Any) -> str:
     return f"{config.method}{knobs} seed={config.seed}"
 
 
-def _population_progress(quiet: bool, epochs: int, size: int):
+def _population_progress(quiet: bool, epochs: int, labels: list[str]):
     def report(metrics: dict[int, dict[str, float]], _snapshot: Any) -> None:
         if quiet or not metrics:
             return
         rows = list(metrics.values())
+        if "population_epoch_time_s" not in rows[0]:  # trained one member at a time: its own epoch
+            for k, m in metrics.items():
+                print(f"[{labels[k]}] {_epoch_line(m, epochs)}", file=sys.stderr, flush=True)
+            return
+        size = len(labels)
         test = sorted(100 * m["test_acc"] for m in rows)
         diverged = sum(1 for m in rows if m.get("diverged"))
         print(f"epoch {int(rows[0]['epoch']):>3}/{epochs}  {len(rows)}/{size} members  test "
@@ -272,9 +282,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
         device = select_device(configs[0].device)
     except RuntimeError as e:
         raise UserError(str(e)) from None
-    out = Path(args.out).resolve() if args.out else None
-    if out is not None and not out.parent.is_dir():
-        raise UserError(f"--out {args.out}: directory {out.parent} does not exist")
+    out = output_path("--out", args.out) if args.out else None
     source = load_source(configs[0])  # every member reads the same dataset; prepare() per seed
     cache: dict[Any, Any] = {}
 
@@ -301,14 +309,12 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
             print(f"population {len(results) // size + 1}/{len(groups)}: "
                   + ", ".join(_member_label(c) for c in members), file=sys.stderr)
         datas = [data_of(c) for c in members]
-        results += train_population(members, datas, _population_progress(args.quiet, int(resolved.epochs or 0),
-                                                                          len(members)))
+        results += train_population(members, datas, _population_progress(
+            args.quiet, int(resolved.epochs or 0), [_member_label(c) for c in members]))
     for config, result in zip(configs, results):
-        print(f"[{_member_label(config)}] {result.status}: final test accuracy {100 * result.test_accuracy:.2f}% "
-              f"(val {100 * result.val_accuracy:.2f}%); best over training {100 * result.best_test_accuracy:.2f}% "
-              f"at epoch {result.best_epoch}; {result.train_time_s:.1f}s")
+        print(f"[{_member_label(config)}] {_result_line(result)}")
     if out is not None:
-        out.write_text(json.dumps([r.to_dict() for r in results], indent=1, allow_nan=True) + "\n")
+        write_output(out, json.dumps([r.to_dict() for r in results], indent=1, allow_nan=True) + "\n")
         print(f"wrote {out}")
     return 0
 

@@ -3,6 +3,8 @@ YAML reader shared by the commands, whose mistakes are such errors."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,53 @@ class DataError(ValueError):
     def __init__(self, path: str | Path, problem: str, layout: str) -> None:
         self.path = str(path)
         super().__init__(f"{path}: {problem}. Expected layout: {layout}")
+
+
+def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
+    """The output ``flag value`` (a file, or a ``directory`` made later if missing), resolved and
+    checked before any work is done: a file's directory must exist, a directory's nearest existing
+    ancestor must be a directory, and that directory must take a new file (tried: a temporary file
+    created and removed at once). A read-only, missing or odd place is reported now, not after the
+    work whose results were to be written there."""
+    path = Path(value).expanduser().resolve()
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{flag} {value}: exists and is not a directory")
+        where = path
+        while not where.exists():
+            where = where.parent
+        if not where.is_dir():
+            raise UserError(f"{flag} {value}: {where} is not a directory")
+    else:
+        if path.is_dir():
+            raise UserError(f"{flag} {value}: is a directory; expected a file name")
+        where = path.parent
+        if not where.is_dir():
+            raise UserError(f"{flag} {value}: directory {where} does not exist")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UserError(f"{flag} {value}: the file exists and is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".dmtune-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {value}: cannot write in {where} ({e.strerror or e})") from None
+    return path
+
+
+def write_output(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all (a temporary file beside it, then renamed over it);
+    a failure (disk full, the place gone read-only since the check) is a UserError naming it."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UserError(f"could not write {path} ({e.strerror or e})") from None
 
 
 def load_yaml(path: str, what: str) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, load_yaml
+from dm_tune._validate import SEED_MAX
+from dm_tune.errors import UserError, load_yaml, output_path, write_output
 
 ARMS = ("dm-recommended", "cce", "imae")
 BASELINE_ARMS = ("cce", "imae")
@@ -233,6 +234,9 @@ def _seeds(text: str) -> list[int]:
         raise UserError(f"--seeds {text!r}: expected a comma-separated list of integers, e.g. 0,1,2") from None
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {text!r}: a seed is given twice")
+    bad = next((s for s in seeds if not 0 <= s <= SEED_MAX), None)
+    if bad is not None:
+        raise UserError(f"--seeds {text!r}: seed {bad} is not allowed; expected integers in [0, {SEED_MAX}]")
     return seeds
 
 
@@ -252,16 +256,16 @@ def validate_command(args: argparse.Namespace) -> int:
         raise UserError(f"--epochs {args.epochs}: expected an integer >= 1")
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {args.out}: exists and is not a directory")
+    out = output_path("--out", args.out, directory=True)  # checked before hours of training, not after
     doc = validate(studies, guidelines, seeds, args.epochs, args.quiet)
     doc = {**doc, "config": [str(Path(c).resolve()) for c in args.config], "guidelines": str(path.resolve()),
            "study": [s.to_dict() for s in studies], "provenance": _provenance()}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "validation.json").write_text(json.dumps(doc, indent=1, allow_nan=True, default=_plain) + "\n",
-                                         encoding="utf-8")
-    (out / "validation.md").write_text(to_markdown(doc), encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {args.out}: could not create it ({e.strerror or e})") from None
+    write_output(out / "validation.json", json.dumps(doc, indent=1, allow_nan=True, default=_plain) + "\n")
+    write_output(out / "validation.md", to_markdown(doc))
     print(_plain_table(table_rows(doc)))
     print(f"validation.json: {out / 'validation.json'}\nvalidation.md: {out / 'validation.md'}")
     return 0

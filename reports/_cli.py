@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError
+from dm_tune.errors import UserError, output_path
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -74,6 +74,9 @@ def report_command(args: argparse.Namespace) -> int:
     from dm_tune.reports._load import load_histories, load_runs
 
     sections = _sections(args)  # bad --stability/--validation files stop the report before it reads anything
+    out = Path(args.workspace).expanduser().resolve() / "report"
+    if args.out or out.parent.is_dir():  # (a missing workspace is load_runs' error: no store there)
+        out = output_path("--out" if args.out else "--workspace", args.out or str(out), directory=True)
     uri = tracking_uri_for(args)
     df = load_runs(uri, args.experiment)
     histories = None
@@ -82,8 +85,10 @@ def report_command(args: argparse.Namespace) -> int:
     except (MlflowException, OSError) as exc:  # the weight curves are optional: report without them
         print(f"dm-tune: warning: no metric histories ({exc}); skipping the weight-over-training figures",
               file=sys.stderr)
-    out = Path(args.out) if args.out else Path(args.workspace).expanduser().resolve() / "report"
-    paths = write_report(df, out, histories, sections)
+    try:
+        paths = write_report(df, out, histories, sections)
+    except OSError as e:
+        raise UserError(f"could not write the report into {out} ({e.strerror or e})") from None
     doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))
     print(f"{len(df)} runs from {', '.join(doc['provenance']['experiments'])} "
           f"({doc['provenance']['n_skipped_runs']} incomplete runs skipped)")

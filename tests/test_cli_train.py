@@ -61,6 +61,11 @@ ERRORS = {
     "unknown key in config": (["--config", "unknown.yaml"], ["learning_rate", "unknown field"]),
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
     "out into a missing directory": (["--epochs", "1", "--out", "missing/result.json"], ["--out", "missing", "does not exist"]),
+    "out is a directory": (["--epochs", "1", "--out", "."], ["--out", "is a directory"]),
+    # checked before training (was: a traceback after it, the result lost)
+    "out where no file can be made": (["--epochs", "1", "--out", "/proc/result.json"], ["--out", "cannot write in /proc"]),
+    "negative seed": (["--seed", "-1", "--epochs", "1"], ["seed", "-1", "[0, 4294967295]"]),
+    "seed beyond numpy's": (["--seed", "4294967296", "--epochs", "1"], ["seed", "4294967296", "[0, 4294967295]"]),
     "bad integer flag": (["--epochs", "ten"], ["--epochs", "'ten'"]),
     "non-numeric lam in config with --spread": (["--config", "lam_abc.yaml", "--spread", "4"], ["lam", "'abc'"]),
     "model that does not fit the data": (["--model", "resnet20", "--epochs", "1", "--quiet"], ["model", "resnet20", "image"]),
@@ -180,3 +185,24 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     _check_error_line(case, rc, out, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)  # nothing written
+
+
+# --- where outputs go: checked before the work, written whole -----------------------------------
+
+
+def test_output_places_are_checked_without_leaving_anything(tmp_path):
+    from dm_tune.errors import UserError, output_path, write_output
+
+    assert output_path("--out", str(tmp_path / "a" / "b"), directory=True) == tmp_path / "a" / "b"
+    assert output_path("--out", str(tmp_path / "r.json")) == tmp_path / "r.json"
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone, no directory made yet
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match=r"--out .*notes.txt/sub: .*notes.txt is not a directory"):
+        output_path("--out", str(tmp_path / "notes.txt" / "sub"), directory=True)
+    with pytest.raises(UserError, match="exists and is not a directory"):
+        output_path("--out", str(tmp_path / "notes.txt"), directory=True)
+    write_output(tmp_path / "notes.txt", "new\n")  # replaced whole
+    assert (tmp_path / "notes.txt").read_text() == "new\n"
+    with pytest.raises(UserError, match=r"could not write .*gone/r.json \(No such file or directory\)"):
+        write_output(tmp_path / "gone" / "r.json", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no temporary file left behind

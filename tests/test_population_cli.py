@@ -34,6 +34,8 @@ def _error(capsys, argv: list[str]) -> str:
     (["--method", "dm,focal"], ["method", "'focal'", "cce"]),
     (["--lam", "1,-2"], ["lam", "-2", "[0.0"]),
     (["--seed", "0,1", "--population-size", "0"], ["--population-size", "0", ">= 1"]),
+    (["--seed", "0,-1"], ["seed", "-1", "[0, 4294967295]"]),
+    (["--lam", "1,2", "--epochs", "40", "--out", "/proc/result.json"], ["--out", "cannot write in /proc"]),
     (["--method", "cce,gce", "--lam", "1,2"], ["--lam", "only applies to --method dm"]),
 ])
 def test_bad_lists_exit_2_naming_the_flag_and_value(capsys, argv, words):
@@ -76,3 +78,24 @@ def test_the_default_population_size_is_the_measured_one(capsys):
     assert main(["train", "--seed", "0,1,2", "--epochs", "1"]) == 0
     err = capsys.readouterr().err
     assert "3 members in 1 population(s) of up to 16" in err and "population 1/1" in err
+
+
+def test_members_trained_one_at_a_time_print_their_own_epochs(capsys):
+    """--population-size 1 (and any member that cannot join a population) trains each member
+    through train(): its epochs are shown as a single run's, under the member's name."""
+    assert main(["train", "--lam", "1,2", "--population-size", "1", "--epochs", "2"]) == 0
+    captured = capsys.readouterr()
+    for lam in (1, 2):
+        for epoch in (1, 2):
+            assert f"[dm lam={lam} beta=8 seed=0] epoch   {epoch}/2  loss " in captured.err, captured.err
+    assert captured.out.count("finished: final test accuracy") == 2
+
+
+def test_a_retrieval_dataset_trains_its_members_one_at_a_time(tmp_path, capsys):
+    out = tmp_path / "members.json"
+    assert main(["train", "--dataset", "reid-synth", "--lam", "1,2", "--epochs", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "population of 2 runs one member at a time (K = 1): dataset 'reid-synth' is a retrieval task" in captured.err
+    assert captured.err.count("test mAP") == 2 and captured.out.count("finished: final test mAP") == 2
+    results = json.loads(out.read_text())
+    assert [r["config"]["lam"] for r in results] == [1.0, 2.0] and all(r["test_map"] > 0 for r in results)

@@ -173,3 +173,10 @@ def test_report_default_tracking_uri_is_the_workspace_store(tmp_path: Path) -> N
     args = parser().parse_args(["report", "--workspace", str(tmp_path / "ws")])
     with pytest.raises(UserError, match=f"no MLflow store at {(tmp_path / 'ws' / 'mlflow.db').as_posix()}"):
         args.func(args)
+
+
+def test_an_unwritable_report_directory_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    args = parser().parse_args(["report", "--workspace", str(tmp_path / "no-store"), "--out", "/proc/report"])
+    with pytest.raises(UserError) as info:  # not "no MLflow store": --out is checked first
+        args.func(args)
+    assert str(info.value) == "--out /proc/report: cannot write in /proc (No such file or directory)"

@@ -135,6 +135,15 @@ def test_the_command_writes_json_and_markdown(tmp_path: Path, capsys):
     assert (out / "stability.md").read_text().startswith("## Stability between two runs")
 
 
+def test_an_unwritable_out_is_one_line(tmp_path: Path, capsys):
+    a, b = docs()
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", "/proc/stability"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "dm-tune: error: --out /proc/stability: cannot write in /proc (No such file or directory)"
+
+
 def test_the_command_names_a_broken_file(tmp_path: Path, capsys):
     a, _ = docs()
     del a["settings"][0]["rho"]
