@@ -176,6 +176,9 @@ def test_crashed_trials_are_retried_from_their_checkpoint(tmp_path, how):
     # Each failure is one line on the terminal (its traceback stays in the trial's folder).
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("retrying from its newest checkpoint") == len(list(markers.glob("*.failed")))
+    if how == "raise":
+        assert proc.stderr.count("failed (RuntimeError: injected failure at epoch 2 (DMTUNE_FAULT)); retrying") \
+            == len(list(markers.glob("*.failed")))
     client, trials = _trials(ws, "retry")
     assert len(trials) == 2 + 2
     assert {r.data.tags["dmtune.status"] for r in trials} == {"finished"}
@@ -187,3 +190,30 @@ def test_crashed_trials_are_retried_from_their_checkpoint(tmp_path, how):
         assert r.data.metrics["epochs_reached"] == 3
     summary = json.loads((ws / "summaries" / "retry.json").read_text())
     assert summary["settings"][0]["rows"][0]["n_seeds"] == 1
+
+
+@pytest.mark.slow
+def test_a_search_where_no_trial_finished_exits_1_and_says_so(tmp_path):
+    """Every trial crashes and is not retried (max_failures 0): the summary shows no accuracy
+    where there is none ('—', not 'nan ± 0.0'), counts how the seeds ended, and the command
+    exits 1 with one line naming where the errors are."""
+    ws, markers = tmp_path / "ws", tmp_path / "faults"
+    markers.mkdir()
+    study = _study_file(tmp_path, tiny_study("allfail", search={"num_samples": 2, "top_k": 1},
+                                             training={"epochs": 2}, baselines=["cce"], seeds=[0, 1],
+                                             max_failures=0))
+    proc = _cli("search", "--config", str(study), "--workspace", str(ws), cwd=tmp_path,
+                env={"DMTUNE_FAULT": f"1:{markers}"})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    # the trial's own error, read from its folder before Tune copies it to the storage path
+    assert proc.stderr.count("failed for good (RuntimeError: injected failure at epoch 1 (DMTUNE_FAULT))") == 3
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("dm-tune: error: no trial of study 'allfail' finished (4 errored); each trial's "
+                           f"error is in its folder under {ws / 'ray'}/allfail"), last
+    assert "| cce | — |  | 0 of 2 (2 errored) |" in proc.stdout, proc.stdout
+    assert "nan" not in (ws / "summaries" / "allfail.md").read_text()
+    row = json.loads((ws / "summaries" / "allfail.json").read_text())["settings"][0]["rows"][0]
+    assert (row["baseline"], row["n_seeds"], row["n_results"], row["statuses"]) == ("cce", 2, 0, ["errored"])
+    _, trials = _trials(ws, "allfail")
+    assert sorted(r.info.status for r in trials) == ["FAILED"] * 4  # every run ended, none left RUNNING

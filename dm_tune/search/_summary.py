@@ -55,17 +55,34 @@ def _arm_label(a: ArmResult) -> str:
     return f"DM psi={p['psi']:.2f} rho={p['rho']:.2f} (lam={p['lam']:.2f}, beta={p['beta']:.1f}{weighting})"
 
 
+def _ordered(summary: SettingSummary) -> list[ArmResult]:
+    """The best DM arm first, then the baselines by accuracy (those without any after them)."""
+    best = summary.best_dm()
+    def key(a: ArmResult) -> float:
+        m = a.mean(a.test_acc)
+        return -m if math.isfinite(m) else math.inf
+    return ([best] if best else []) + sorted((a for a in summary.arms if a.baseline), key=key)
+
+
+def _seeds_cell(row: dict[str, Any], arm: ArmResult) -> str:
+    """How many seeds gave the row its accuracy; the others' endings when some gave none."""
+    if row["n_results"] == row["n_seeds"]:
+        return str(row["n_seeds"])
+    missing = [s for s, v in zip(arm.statuses, arm.test_acc) if not math.isfinite(v)]
+    counts = ", ".join(f"{missing.count(s)} {s}" for s in sorted(set(missing)))
+    return f"{row['n_results']} of {row['n_seeds']} ({counts})"
+
+
 def rows(summary: SettingSummary) -> list[dict[str, Any]]:
     """One row per confirmed arm, the best DM arm first, then the baselines by accuracy."""
     best = summary.best_dm()
-    ordered = ([best] if best else []) + sorted(
-        (a for a in summary.arms if a.baseline), key=lambda a: -a.mean(a.test_acc))
     out = []
-    for a in ordered:
+    for a in _ordered(summary):
         out.append({
             "arm": _arm_label(a), "baseline": a.baseline,
             "test_acc_mean": a.mean(a.test_acc), "test_acc_std": a.std(a.test_acc),
             "val_acc_mean": a.mean(a.val_acc), "n_seeds": len(a.test_acc),
+            "n_results": sum(math.isfinite(v) for v in a.test_acc),  # seeds with a final accuracy
             "statuses": sorted(set(a.statuses)),
             "dm_minus_arm": (best.mean(best.test_acc) - a.mean(a.test_acc)) if best and a is not best else None,
             **({k: a.params.get(k) for k in ("lam", "beta", "psi", "rho")} if not a.baseline else {}),
@@ -85,10 +102,11 @@ def markdown(summaries: list[SettingSummary], study: Study, wall_s: float) -> st
         lines += [f"## {s.setting}", "", f"Search: {s.search_trials} DM trials ({counts}).", "",
                   f"| arm | test {'acc' if study.task == 'classification' else metric} | DM − arm (points) | seeds |",
                   "|---|---|---|---|"]
-        for r in rows(s):
-            diff = "" if r["dm_minus_arm"] is None else f"{100 * r['dm_minus_arm']:+.1f}"
-            lines.append(f"| {r['arm']} | {100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f} "
-                         f"| {diff} | {r['n_seeds']} |")
+        for r, arm in zip(rows(s), _ordered(s)):
+            diff = "" if r["dm_minus_arm"] is None or not math.isfinite(r["dm_minus_arm"]) else \
+                f"{100 * r['dm_minus_arm']:+.1f}"
+            acc = f"{100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f}" if r["n_results"] else "—"
+            lines.append(f"| {r['arm']} | {acc} | {diff} | {_seeds_cell(r, arm)} |")
         lines.append("")
     return "\n".join(lines)
 

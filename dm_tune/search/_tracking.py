@@ -322,7 +322,15 @@ class MLflowTracker(tune.Callback):
 
 
 def _error_line(trial) -> str:
-    """The last line of a trial's error (Tune keeps the traceback in the trial folder)."""
+    """The last line of a trial's error (Tune keeps the traceback in the trial folder). Tune
+    writes it in the trial's local folder first and copies it to the storage path (where
+    ``get_error`` reads) later, so when a callback runs the local file may be the only copy."""
     text = str(trial.get_error() or "")
+    local = getattr(trial, "error_file", None)
+    if not text.strip() and local:
+        try:
+            text = Path(local).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else "worker died"
+    return lines[-1][:200] if lines else "no error text; see error.txt in the trial's folder"

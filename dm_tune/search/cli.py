@@ -211,6 +211,7 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     from dm_tune.search._run import Interrupted, run_study
     from dm_tune.search._stores import prepare_stores
     from dm_tune.search._summary import print_summary, write_summary
+    from dm_tune.search._summary import rows as summary_rows
     from dm_tune.search._tracking import experiment_id
 
     # New sqlite stores take seconds to create (schema migrations): they are created while Ray
@@ -261,4 +262,16 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     print(f"Summary:       {paths['md']}")
     print(f"Next:          dm-tune report --workspace {args.workspace}"
           + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "") + f" --experiment {study.name}")
+    ended: dict[str, int] = {}
+    for s in summaries:
+        for status, n in s.search_statuses.items():
+            ended[status] = ended.get(status, 0) + n
+        for arm in s.arms:
+            for status in arm.statuses:
+                ended[status] = ended.get(status, 0) + 1
+    if not any(r["n_results"] for s in summaries for r in summary_rows(s)) and not ended.get("finished"):
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(ended.items()))
+        print(f"dm-tune: error: no trial of study {study.name!r} finished ({counts}); each trial's error is in "
+              f"its folder under {opts.storage}/{study.name}", file=sys.stderr)
+        return 1
     return 0
