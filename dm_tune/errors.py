@@ -76,7 +76,9 @@ def load_yaml(path: str, what: str) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"{what} {path}: file not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path}: not a YAML file (not UTF-8 text)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

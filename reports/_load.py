@@ -193,6 +193,10 @@ def _check_reachable(uri: str) -> None:
         if path and path != ":memory:" and not Path(path).is_file():
             raise UserError(f"no MLflow store at {path} (tracking URI {uri}); run 'dm-tune search' first "
                             "or pass --workspace/--tracking-uri")
+        if path and path != ":memory:":  # a damaged or foreign file: one line, not SQLAlchemy's traceback
+            from dm_tune.search._stores import check_store
+
+            check_store(Path(path), "MLflow", Path(path).parent, read_only=True)
 
 
 def _all_experiments(client: Any) -> list[Any]:

@@ -30,6 +30,33 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def _without_dac_override():
+    """preexec_fn: as root, give up the capability to ignore file permissions (so that a
+    read-only file or directory is read-only for the child, as for any other user)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def permissions_preexec():
+    """A subprocess preexec_fn under which file permissions hold: None for a user other than
+    root; as root, one that drops the capability to override them. Skips the calling test when
+    root cannot drop it here (permissions would not hold, so the test could not fail)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        subprocess.run(["true"], preexec_fn=_without_dac_override, check=True)
+    except (OSError, subprocess.SubprocessError) as e:
+        pytest.skip(f"running as root and cannot drop CAP_DAC_OVERRIDE here ({e}): a read-only "
+                    "file would be writable, so this test cannot run")
+    return _without_dac_override
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

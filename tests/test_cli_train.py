@@ -206,3 +206,13 @@ def test_output_places_are_checked_without_leaving_anything(tmp_path):
     with pytest.raises(UserError, match=r"could not write .*gone/r.json \(No such file or directory\)"):
         write_output(tmp_path / "gone" / "r.json", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no temporary file left behind
+
+
+def test_a_binary_config_file_is_one_line(tmp_path, capsys):
+    from dm_tune.cli import main
+
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"PK\x03\x04\x9c\xff\x00binary")  # e.g. a checkpoint passed by mistake
+    assert main(["train", "--config", str(weights)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"dm-tune: error: --config {weights}: not a YAML file (not UTF-8 text)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from dm_tune.errors import UserError
 from dm_tune.reports import add_recommend_parser, add_report_parser, load_histories, load_runs
+from tests.conftest import DM_TUNE, permissions_preexec
 
 SETTING_PARAMS = {"dataset": "digits", "noise": "symmetric", "noise_rate": "0.4", "imbalance": "none",
                   "imbalance_ratio": "1.0", "model": "mlp", "num_classes": "10", "pretrained": "false",
@@ -110,6 +112,57 @@ def test_no_runs_lists_the_existing_experiments(store: dict[str, Any], names: li
 def test_missing_store_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no MLflow store"):
         load_runs(f"sqlite:///{tmp_path.as_posix()}/nothing/mlflow.db", None)
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("truncated", "damaged SQLite database"),
+    ("garbage", "not an SQLite database"),
+    ("empty", "is empty (0 bytes)"),
+    ("optuna", "not an MLflow store (no 'experiments' table)"),
+])
+def test_a_damaged_store_is_one_line_not_a_traceback(store: dict[str, Any], tmp_path: Path,
+                                                     damage: str, problem: str) -> None:
+    import optuna
+
+    path = tmp_path / "mlflow.db"
+    real = (store["workspace"] / "mlflow.db").read_bytes()
+    if damage == "truncated":
+        path.write_bytes(real[:len(real) // 3])
+    elif damage == "garbage":
+        path.write_bytes(b"not a database at all")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        optuna.create_study(storage=f"sqlite:///{path.as_posix()}")
+    before = path.read_bytes()
+    with pytest.raises(UserError) as info:
+        load_runs(f"sqlite:///{path.as_posix()}", None)
+    assert str(info.value).startswith(f"{path}: ") and problem in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == before  # read, never repaired or written
+
+
+def test_a_read_only_workspace_is_reported_elsewhere(store: dict[str, Any], tmp_path: Path) -> None:
+    """An archived search (store and workspace read-only): reading is all a report does, so it
+    reports into --out; into the workspace itself it refuses in one line, before reading."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "mlflow.db").write_bytes((store["workspace"] / "mlflow.db").read_bytes())
+    preexec = permissions_preexec()
+    (archive / "mlflow.db").chmod(0o444)
+    archive.chmod(0o555)
+    try:
+        run = [DM_TUNE, "report", "--workspace", str(archive), "--experiment", "study-a"]
+        ok = subprocess.run([*run, "--out", str(tmp_path / "rep")], capture_output=True, text=True,
+                            timeout=300, preexec_fn=preexec)
+        refused = subprocess.run(run, capture_output=True, text=True, timeout=300, preexec_fn=preexec)
+    finally:
+        archive.chmod(0o755)
+        (archive / "mlflow.db").chmod(0o644)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "rep" / "guidelines.json").is_file()
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"dm-tune: error: --workspace {archive / 'report'}: cannot write in {archive} (Permission denied)"]
+    assert sorted(p.name for p in archive.iterdir()) == ["mlflow.db"]
 
 
 def test_unreachable_server_fails_fast() -> None:

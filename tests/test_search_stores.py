@@ -4,7 +4,6 @@ Real sqlite files, real MLflow and Optuna stores, real processes; no Ray is star
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -18,7 +17,7 @@ import pytest
 
 from dm_tune.errors import UserError
 from dm_tune.search._stores import check_workspace, prepare_stores, study_lock
-from tests.conftest import DM_TUNE
+from tests.conftest import DM_TUNE, permissions_preexec
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -118,15 +117,6 @@ def test_a_workspace_under_a_regular_file_is_one_line(tmp_path):
     _one_line_error(proc, "--workspace", f"{tmp_path / 'notes.txt'} is a file, not a directory")
 
 
-def _without_dac_override():
-    """preexec_fn: as root, give up the capability to ignore file permissions (so that a
-    read-only directory is read-only for the child, as for any other user)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 @pytest.mark.parametrize("where", ["workspace", "parent"])
 def test_a_read_only_workspace_is_one_line(real_stores, tmp_path, where):
     ro = tmp_path / "ro"
@@ -134,15 +124,8 @@ def test_a_read_only_workspace_is_one_line(real_stores, tmp_path, where):
     ws = ro if where == "workspace" else ro / "new-ws"
     if where == "workspace":
         shutil.copy(real_stores / "mlflow.db", ro / "mlflow.db")
+    preexec = permissions_preexec()
     ro.chmod(0o555)
-    preexec = None
-    if os.geteuid() == 0:
-        try:
-            subprocess.run(["true"], preexec_fn=_without_dac_override, check=True)
-        except (OSError, subprocess.SubprocessError) as e:
-            pytest.skip(f"running as root and cannot drop CAP_DAC_OVERRIDE here ({e}): a read-only "
-                        "directory would be writable, so this test cannot run")
-        preexec = _without_dac_override
     try:
         proc = _cli("--workspace", str(ws), cwd=tmp_path, preexec_fn=preexec)
     finally:

@@ -80,17 +80,22 @@ def _check_writable_dir(path: Path, what: str) -> None:
         raise UserError(f"{what}: {existing} is read-only for this user; use another --workspace")
 
 
-def check_store(path: Path, kind: str, workspace: Path) -> str | None:
-    """One SQLite store: absent (created later) or a sound store of ``kind`` (MLflow, Optuna).
+def check_store(path: Path, kind: str, workspace: Path, *, read_only: bool = False) -> str | None:
+    """One SQLite store: absent (created later) or a sound store of ``kind`` (MLflow, Optuna);
+    ``read_only``: one that is only to be read (a report), so it need not be writable.
 
     Raises UserError naming the file and the problem; returns a warning for an empty file."""
+    move_away = "pass the store of a finished search" if read_only else _MOVE_AWAY
     if not path.exists():
         return None
     if not path.is_file():
-        raise UserError(f"{path}: is not a file; {_MOVE_AWAY}")
-    if not os.access(path, os.R_OK | os.W_OK):
-        raise UserError(f"{path}: cannot be read and written by this user (permissions); {_MOVE_AWAY}")
+        raise UserError(f"{path}: is not a file; {move_away}")
+    if not os.access(path, os.R_OK if read_only else os.R_OK | os.W_OK):
+        access = "read" if read_only else "read and written"
+        raise UserError(f"{path}: cannot be {access} by this user (permissions); {move_away}")
     size = path.stat().st_size
+    if size == 0 and read_only:
+        raise UserError(f"{path}: is empty (0 bytes), not a store with runs; {move_away}")
     if size == 0:
         history = workspace_history(workspace)
         if not history:
@@ -100,7 +105,7 @@ def check_store(path: Path, kind: str, workspace: Path) -> str | None:
     with path.open("rb") as f:
         header = f.read(len(_SQLITE_HEADER))
     if header != _SQLITE_HEADER:
-        raise UserError(f"{path}: not an SQLite database (file is damaged or not a dm-tune store); {_MOVE_AWAY}")
+        raise UserError(f"{path}: not an SQLite database (file is damaged or not a dm-tune store); {move_away}")
     try:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
@@ -109,12 +114,12 @@ def check_store(path: Path, kind: str, workspace: Path) -> str | None:
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
-        raise UserError(f"{path}: damaged SQLite database ({e}); {_MOVE_AWAY}") from None
+        raise UserError(f"{path}: damaged SQLite database ({e}); {move_away}") from None
     if check != ["ok"]:
-        raise UserError(f"{path}: damaged SQLite database (integrity check: {check[0]}); {_MOVE_AWAY}")
+        raise UserError(f"{path}: damaged SQLite database (integrity check: {check[0]}); {move_away}")
     if tables and _STORE_TABLES[kind] not in tables:
         raise UserError(f"{path}: an SQLite database but not an {kind} store (no {_STORE_TABLES[kind]!r} "
-                        f"table); {_MOVE_AWAY}")
+                        f"table); {move_away}")
     return None
 
 
