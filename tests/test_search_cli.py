@@ -217,3 +217,15 @@ def test_a_search_where_no_trial_finished_exits_1_and_says_so(tmp_path):
     assert (row["baseline"], row["n_seeds"], row["n_results"], row["statuses"]) == ("cce", 2, 0, ["errored"])
     _, trials = _trials(ws, "allfail")
     assert sorted(r.info.status for r in trials) == ["FAILED"] * 4  # every run ended, none left RUNNING
+
+
+@pytest.mark.parametrize("content", [b'{"name": "x", "seeds": [', b"\x9c\xff binary"], ids=["torn", "binary"])
+def test_a_damaged_stored_study_is_one_line_and_left_as_it_was(tmp_path, content):
+    ws = tmp_path / "ws"
+    (ws / "studies").mkdir(parents=True)
+    (ws / "studies" / "x.json").write_bytes(content)
+    for args in (["--resume", "x"], ["--name", "x"]):
+        proc = _cli("search", "--workspace", str(ws), *args, cwd=tmp_path, timeout=60)
+        _one_line_error(proc, f"{ws / 'studies' / 'x.json'}: damaged stored study", "another --name")
+    assert sorted(str(p.relative_to(ws)) for p in ws.rglob("*")) == ["studies", "studies/x.json"]
+    assert (ws / "studies" / "x.json").read_bytes() == content

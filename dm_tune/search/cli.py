@@ -125,6 +125,15 @@ def _number(flag: str, text: str, kind=float):
         raise ConfigError(f"--{flag.replace('_', '-')}", text, f"expected {'integers' if kind is int else 'numbers'}") from None
 
 
+def _stored_study(path: Path) -> Any:
+    """The study a workspace stored when its search began (``studies/NAME.json``)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: damaged stored study ({e}); restore it (the study as its search began) "
+                        "or start a new search under another --name") from None
+
+
 def _load_study(args: argparse.Namespace, workspace: Path):
     from dm_tune.search._study import Study
 
@@ -141,11 +150,11 @@ def _load_study(args: argparse.Namespace, workspace: Path):
             known = sorted(p.stem for p in stored_dir.glob("*.json")) if stored_dir.is_dir() else []
             raise UserError(f"--resume {args.resume}: no such study in {workspace} "
                             f"(studies there: {', '.join(known) or 'none'})")
-        return Study.from_dict(json.loads(path.read_text())), True
+        return Study.from_dict(_stored_study(path)), True
     study = Study.from_dict(study_values(args))
     path = stored_dir / f"{study.name}.json"
     if path.is_file():
-        if json.loads(path.read_text()) != study.to_dict():
+        if _stored_study(path) != study.to_dict():
             raise UserError(f"study {study.name!r} already exists in {workspace} with a different "
                             f"configuration; continue it with --resume {study.name} or pick another --name")
         return study, True
