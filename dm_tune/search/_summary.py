@@ -58,9 +58,11 @@ def _arm_label(a: ArmResult) -> str:
 def _ordered(summary: SettingSummary) -> list[ArmResult]:
     """The best DM arm first, then the baselines by accuracy (those without any after them)."""
     best = summary.best_dm()
+
     def key(a: ArmResult) -> float:
         m = a.mean(a.test_acc)
         return -m if math.isfinite(m) else math.inf
+
     return ([best] if best else []) + sorted((a for a in summary.arms if a.baseline), key=key)
 
 
