@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dm_tune._names import IMBALANCE_KINDS
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
 from dm_tune.reports._text import fmt_diff, setting_label
@@ -61,7 +62,7 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
     for classification, else interpolated from measured settings of the same task (for retrieval,
     ``num_classes`` counts the identities of the training split). ``dataset``: the name of a
     measured dataset, when the data is one (surface only)."""
-    _check_inputs(num_classes, noise_type, noise_rate, imbalance_ratio)
+    _check_inputs(num_classes, noise_type, noise_rate, imbalance, imbalance_ratio)
     if task not in TASKS:
         raise UserError(f"task {task!r} is not known; expected one of {', '.join(TASKS)}")
     surface = guidelines.get("surface")
@@ -110,7 +111,8 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
                           predicted_std=r["predicted_std"], leans_on=r["leans_on"])
 
 
-def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalance_ratio: float) -> None:
+def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalance: str,
+                  imbalance_ratio: float) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise UserError(f"number of classes must be an integer >= 2, got {num_classes!r}")
     if not (isinstance(noise_rate, (int, float)) and 0.0 <= noise_rate < 1.0):
@@ -121,6 +123,14 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
         raise UserError(f"noise type 'none' needs noise rate 0, got {noise_rate!r}")
     if not (isinstance(imbalance_ratio, (int, float)) and imbalance_ratio >= 1.0):
         raise UserError(f"imbalance ratio must be >= 1 (largest / smallest class), got {imbalance_ratio!r}")
+    if imbalance not in IMBALANCE_KINDS:  # as dm-tune train checks them
+        raise UserError(f"imbalance {imbalance!r} is not known; expected one of {', '.join(IMBALANCE_KINDS)}")
+    if imbalance == "none" and imbalance_ratio != 1.0:
+        raise UserError(f"imbalance ratio must be 1 with imbalance 'none', got {imbalance_ratio!r} "
+                        "(choose longtail or step)")
+    if imbalance != "none" and imbalance_ratio == 1.0:
+        raise UserError(f"imbalance {imbalance!r} needs an imbalance ratio > 1 (largest / smallest class), "
+                        f"got {imbalance_ratio!r}")
 
 
 def _is_clean(s: dict[str, Any]) -> bool:

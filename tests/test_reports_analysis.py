@@ -195,12 +195,21 @@ def test_recommend_warns_when_extrapolating() -> None:
     assert any("number of classes 100" in w for w in other.warnings)
 
 
-@pytest.mark.parametrize("kwargs", [dict(noise_rate=1.0), dict(noise_rate=-0.1), dict(num_classes=1),
-                                    dict(noise_type="none", noise_rate=0.2)])
-def test_recommend_rejects_bad_input(kwargs: dict[str, Any]) -> None:
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(noise_rate=1.0), "noise rate must be in [0, 1), got 1.0"),
+    (dict(noise_rate=-0.1), "noise rate must be in [0, 1), got -0.1"),
+    (dict(num_classes=1), "number of classes must be an integer >= 2, got 1"),
+    (dict(noise_type="none", noise_rate=0.2), "noise type 'none' needs noise rate 0, got 0.2"),
+    # the imbalance as dm-tune train checks it (these gave a recommendation for data that cannot be)
+    (dict(imbalance="zipf", imbalance_ratio=10.0), "imbalance 'zipf' is not known; expected one of none, longtail, step"),
+    (dict(imbalance_ratio=50.0), "imbalance ratio must be 1 with imbalance 'none', got 50.0"),
+    (dict(imbalance="longtail"), "imbalance 'longtail' needs an imbalance ratio > 1"),
+])
+def test_recommend_rejects_bad_input(kwargs: dict[str, Any], message: str) -> None:
     args = dict(num_classes=10, noise_type="symmetric", noise_rate=0.2) | kwargs
-    with pytest.raises(UserError):
+    with pytest.raises(UserError) as info:
         recommend(guidelines([setting(0.2, 0.3)]), **args)
+    assert str(info.value).startswith(message)
 
 
 def test_recommend_rejects_an_unknown_noise_type_on_the_command_line(tmp_path: Path) -> None:
