@@ -201,7 +201,8 @@ def test_recommend_warns_when_extrapolating() -> None:
     (dict(num_classes=1), "number of classes must be an integer >= 2, got 1"),
     (dict(noise_type="none", noise_rate=0.2), "noise type 'none' needs noise rate 0, got 0.2"),
     # the imbalance as dm-tune train checks it (these gave a recommendation for data that cannot be)
-    (dict(imbalance="zipf", imbalance_ratio=10.0), "imbalance 'zipf' is not known; expected one of none, longtail, step"),
+    (dict(imbalance="zipf", imbalance_ratio=10.0),
+     "imbalance 'zipf' is not known; expected one of none, longtail, step"),
     (dict(imbalance_ratio=50.0), "imbalance ratio must be 1 with imbalance 'none', got 50.0"),
     (dict(imbalance="longtail"), "imbalance 'longtail' needs an imbalance ratio > 1"),
 ])
