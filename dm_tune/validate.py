@@ -9,6 +9,8 @@ For every setting of a study-style YAML (its ``settings:`` matrix, ``training:``
 
 The arms of one setting train together as populations (dm_tune.population), each on the same
 per-seed data (noise draw, validation split, imbalance), so differences are paired by seed.
+Each finished setting is kept in ``--out``/validation.progress.jsonl as it ends (``Progress``):
+started again with the same inputs, a stopped validation trains only what it had not finished.
 
 Verdict rule (``verdict``): with d_i = recommended - baseline final test accuracy on seed i
 (percentage points), n seeds, mean d and sample std s: the paired two-sided 95% t interval
@@ -20,8 +22,10 @@ judge by: "undetermined". (With 3 seeds t is 4.3: only clear differences count.)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -32,6 +36,7 @@ from dm_tune._validate import SEED_MAX
 from dm_tune.errors import UserError, load_yaml, output_path, write_output
 
 ARMS = ("dm-recommended", "cce", "imae")
+PROGRESS_FILE = "validation.progress.jsonl"  # in --out while a validation runs
 BASELINE_ARMS = ("cce", "imae")
 IMAE_KNOBS = {"method": "dm", "lam": 1.0, "beta": 8.0}
 CONFIDENCE = 0.95  # of the paired t interval that decides "wins" / "loses" / "within noise"
@@ -138,17 +143,66 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
             "summary": summarise(accuracies)}
 
 
+class Progress:
+    """The settings a validation has finished, one JSON line each in ``path`` (flushed and
+    fsync'd as each setting ends), so that a run stopped in any way, ``kill -9`` included, goes on
+    from the next setting when it is started again with the same inputs. A line is used again only
+    for the same setting, study, seeds, epochs and guidelines (its ``identity``); a torn last line
+    (the process died while writing it) is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: dict[str, dict[str, Any]] = {}
+        self._torn = False
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            self._torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.done[entry["identity"]] = entry["setting"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    @staticmethod
+    def identity(study: Any, setting: Any, seeds: Sequence[int], overrides: Mapping[str, Any],
+                 guidelines: Mapping[str, Any]) -> str:
+        what = {"setting": setting.key, "fields": setting.train_fields(), "training": study.training,
+                "seeds": list(seeds), "overrides": dict(overrides), "guidelines": guidelines}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+    def add(self, identity: str, entry: Mapping[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"identity": identity, "setting": entry}, allow_nan=True, default=_plain)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(("\n" if self._torn else "") + line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._torn = False
+        self.done[identity] = json.loads(line)["setting"]
+
+
 def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int], epochs: int | None = None,
-             quiet: bool = False) -> dict[str, Any]:
+             quiet: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Every setting of ``study`` (a Study, or a list of them): recommendation, per-seed accuracies
-    of each arm, summary."""
+    of each arm, summary. With ``progress``, settings it holds are not trained again and each
+    newly finished one is added to it."""
     overrides = {"epochs": epochs} if epochs is not None else {}
     settings = []
     for one in (study if isinstance(study, (list, tuple)) else [study]):
         for setting in one.expand():
+            identity = Progress.identity(one, setting, seeds, overrides, guidelines) if progress else ""
+            if progress is not None and identity in progress.done:
+                if not quiet:
+                    print(f"{setting.key}: finished earlier ({progress.path.name})", file=sys.stderr, flush=True)
+                settings.append(progress.done[identity])
+                continue
             if not quiet:
                 print(f"{setting.key}:", file=sys.stderr, flush=True)
-            settings.append(_train_setting(one, setting, seeds, overrides, guidelines, quiet))
+            entry = _train_setting(one, setting, seeds, overrides, guidelines, quiet)
+            if progress is not None:
+                progress.add(identity, entry)
+            settings.append(entry)
     tally = {base: {v: sum(1 for s in settings if s["summary"]["vs"][base]["verdict"] == v)
                     for v in ("wins", "within noise", "loses", "undetermined")} for base in BASELINE_ARMS}
     return {"accuracy_unit": "percentage points (final-epoch test accuracy)",
@@ -257,7 +311,11 @@ def validate_command(args: argparse.Namespace) -> int:
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
     out = output_path("--out", args.out, directory=True)  # checked before hours of training, not after
-    doc = validate(studies, guidelines, seeds, args.epochs, args.quiet)
+    progress = Progress(out / PROGRESS_FILE)
+    if progress.done and not args.quiet:
+        print(f"{out / PROGRESS_FILE}: {len(progress.done)} finished setting(s) of an earlier run; "
+              "those of this run are not trained again", file=sys.stderr)
+    doc = validate(studies, guidelines, seeds, args.epochs, args.quiet, progress)
     doc = {**doc, "config": [str(Path(c).resolve()) for c in args.config], "guidelines": str(path.resolve()),
            "study": [s.to_dict() for s in studies], "provenance": _provenance()}
     try:
@@ -266,6 +324,7 @@ def validate_command(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: could not create it ({e.strerror or e})") from None
     write_output(out / "validation.json", json.dumps(doc, indent=1, allow_nan=True, default=_plain) + "\n")
     write_output(out / "validation.md", to_markdown(doc))
+    progress.path.unlink(missing_ok=True)  # all of it is in validation.json now
     print(_plain_table(table_rows(doc)))
     print(f"validation.json: {out / 'validation.json'}\nvalidation.md: {out / 'validation.md'}")
     return 0

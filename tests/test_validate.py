@@ -185,3 +185,54 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, guidelines, ove
 def test_a_missing_config_file_is_named(tmp_path, capsys):
     assert main(["validate", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml: file not found" in capsys.readouterr().err
+
+
+# --- a validation stopped hard goes on from where it was ---------------------------------------
+
+
+@pytest.mark.slow
+def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys, guidelines):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from dm_tune.validate import PROGRESS_FILE
+    from tests.conftest import DM_TUNE
+
+    config = write_config(tmp_path, settings={"dataset": ["digits"], "noise": ["symmetric"],
+                                              "noise_rate": [0.2, 0.4]},
+                          training={"epochs": 40, "device": "cpu"})
+    out = tmp_path / "out"
+    progress = out / PROGRESS_FILE
+    argv = ["validate", "--config", str(config), "--guidelines", guidelines, "--out", str(out), "--quiet"]
+    proc = subprocess.Popen([DM_TUNE, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (progress.is_file() and progress.read_text().endswith("\n")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the first setting never finished"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # while the second setting trains
+    proc.wait()
+    lines = progress.read_text().splitlines()
+    assert len(lines) == 1 and not (out / "validation.json").exists(), proc.stderr.read()
+    first = json.loads(lines[0])["setting"]
+    assert first["setting"] == "digits-symmetric0.2-default"
+    with progress.open("a") as f:
+        f.write('{"identity": "torn')  # and the process died while writing one more line
+
+    assert main(argv[:-1]) == 0  # again, with progress shown
+    err = capsys.readouterr().err
+    assert "1 finished setting(s) of an earlier run" in err
+    assert "digits-symmetric0.2-default: finished earlier" in err and "digits-symmetric0.4-default:\n" in err
+    doc = json.loads((out / "validation.json").read_text())
+    assert [s["setting"] for s in doc["settings"]] == ["digits-symmetric0.2-default", "digits-symmetric0.4-default"]
+    assert doc["settings"][0] == first  # taken as it was, not trained again
+    assert not progress.exists()  # all of it is in validation.json
+
+    # other inputs (here the epochs) are another validation: nothing is taken from a progress file
+    (out / PROGRESS_FILE).write_text(json.dumps({"identity": "x", "setting": first}) + "\n")
+    assert main([*argv[:-1], "--epochs", "1", "--seeds", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "1 finished setting(s) of an earlier run" in err and "finished earlier" not in err
+    runs = json.loads((out / "validation.json").read_text())["settings"][0]["arms"]["cce"]["runs"]
+    assert [r["seed"] for r in runs] == [0]
