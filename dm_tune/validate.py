@@ -37,6 +37,7 @@ from dm_tune.errors import UserError, load_yaml, output_path, write_output
 
 ARMS = ("dm-recommended", "cce", "imae")
 PROGRESS_FILE = "validation.progress.jsonl"  # in --out while a validation runs
+LOCK_FILE = ".validate.lock"  # in --out: one validation writes there at a time
 BASELINE_ARMS = ("cce", "imae")
 IMAE_KNOBS = {"method": "dm", "lam": 1.0, "beta": 8.0}
 CONFIDENCE = 0.95  # of the paired t interval that decides "wins" / "loses" / "within noise"
@@ -311,6 +312,20 @@ def validate_command(args: argparse.Namespace) -> int:
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
     out = output_path("--out", args.out, directory=True)  # checked before hours of training, not after
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {args.out}: could not create it ({e.strerror or e})") from None
+    from dm_tune.search._stores import held
+
+    with held(out / LOCK_FILE, f"--out {args.out}: another dm-tune validate is writing there ({{holder}}); "
+                               "wait for it to end or use another --out"):
+        return _validate_into(args, studies, seeds, path, guidelines, out)
+
+
+def _validate_into(args: argparse.Namespace, studies: list[Any], seeds: list[int], path: Path,
+                   guidelines: dict[str, Any], out: Path) -> int:
+    """The validation proper, run while this process holds ``out``."""
     progress = Progress(out / PROGRESS_FILE)
     if progress.done and not args.quiet:
         print(f"{out / PROGRESS_FILE}: {len(progress.done)} finished setting(s) of an earlier run; "
@@ -318,10 +333,6 @@ def validate_command(args: argparse.Namespace) -> int:
     doc = validate(studies, guidelines, seeds, args.epochs, args.quiet, progress)
     doc = {**doc, "config": [str(Path(c).resolve()) for c in args.config], "guidelines": str(path.resolve()),
            "study": [s.to_dict() for s in studies], "provenance": _provenance()}
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {args.out}: could not create it ({e.strerror or e})") from None
     write_output(out / "validation.json", json.dumps(doc, indent=1, allow_nan=True, default=_plain) + "\n")
     write_output(out / "validation.md", to_markdown(doc))
     progress.path.unlink(missing_ok=True)  # all of it is in validation.json now

@@ -236,3 +236,31 @@ def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys
     assert "1 finished setting(s) of an earlier run" in err and "finished earlier" not in err
     runs = json.loads((out / "validation.json").read_text())["settings"][0]["arms"]["cce"]["runs"]
     assert [r["seed"] for r in runs] == [0]
+
+
+@pytest.mark.slow
+def test_a_second_validation_into_the_same_out_is_refused_while_the_first_runs(tmp_path, guidelines):
+    import subprocess
+    import time
+
+    from dm_tune.validate import PROGRESS_FILE
+    from tests.conftest import DM_TUNE
+
+    config = write_config(tmp_path, training={"epochs": 60, "device": "cpu"},
+                          settings={"dataset": ["digits"], "noise": ["symmetric"], "noise_rate": [0.2, 0.4]})
+    out = tmp_path / "out"
+    argv = [DM_TUNE, "validate", "--config", str(config), "--guidelines", guidelines, "--out", str(out), "--quiet"]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / ".validate.lock").is_file() or not (out / ".validate.lock").read_text():
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    (line,) = second.stderr.strip().splitlines()
+    assert line.startswith(f"dm-tune: error: --out {out}: another dm-tune validate is writing there "
+                           f"(pid {first.pid} on ")
+    out_first, err_first = first.communicate(timeout=300)
+    assert first.returncode == 0, err_first
+    doc = json.loads((out / "validation.json").read_text())
+    assert len(doc["settings"]) == 2 and not (out / PROGRESS_FILE).exists()  # the first one's, whole

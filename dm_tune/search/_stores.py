@@ -142,15 +142,25 @@ def _lock_file(workspace: Path, name: str):
 def study_lock(workspace: Path, name: str) -> Iterator[None]:
     """Hold the study ``name`` of ``workspace`` for this process, or fail with one line if
     another process (a search of the same study) holds it."""
-    f = _lock_file(workspace, f"{name}.lock")
+    (workspace / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
+    with held(workspace / LOCKS_DIR / f"{name}.lock",
+              f"study {name!r} is already being searched in {workspace} ({{holder}}); "
+              "wait for it to end or use another --name"):
+        yield
+
+
+@contextlib.contextmanager
+def held(path: Path, busy: str) -> Iterator[None]:
+    """Hold the lock file ``path`` for this process (it names the holder: pid, host, since when),
+    or fail with one line: ``busy`` with ``{holder}`` filled in. The lock goes with the process,
+    however it ends (``kill -9`` included): the kernel releases it."""
+    f = open(path, "a+")  # noqa: SIM115 - closed below, which releases the lock
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise UserError(f"study {name!r} is already being searched in {workspace} ({holder}); "
-                            f"wait for it to end or use another --name") from None
+            raise UserError(busy.format(holder=f.read().strip() or "another process")) from None
         f.seek(0)
         f.truncate()
         started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -158,7 +168,7 @@ def study_lock(workspace: Path, name: str) -> Iterator[None]:
         f.flush()
         yield
     finally:
-        f.close()  # releases the lock
+        f.close()
 
 
 @contextlib.contextmanager
