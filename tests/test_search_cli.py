@@ -196,8 +196,9 @@ def test_crashed_trials_are_retried_from_their_checkpoint(tmp_path, how):
 def test_a_search_where_no_trial_finished_exits_1_and_says_so(tmp_path):
     """Every trial crashes and is not retried (max_failures 0): the summary shows no accuracy
     where there is none ('—', not 'nan ± 0.0'), counts how the seeds ended, and the command
-    exits 1 with one line naming where the errors are."""
-    ws, markers = tmp_path / "ws", tmp_path / "faults"
+    exits 1 with one line naming where the errors are. (The workspace's name has a space: the
+    commands it prints quote it.)"""
+    ws, markers = tmp_path / "my ws", tmp_path / "faults"
     markers.mkdir()
     study = _study_file(tmp_path, tiny_study("allfail", search={"num_samples": 2, "top_k": 1},
                                              training={"epochs": 2}, baselines=["cce"], seeds=[0, 1],
@@ -212,6 +213,8 @@ def test_a_search_where_no_trial_finished_exits_1_and_says_so(tmp_path):
     assert last.startswith("dm-tune: error: no trial of study 'allfail' finished (4 errored); each trial's "
                            f"error is in its folder under {ws / 'ray'}/allfail"), last
     assert "| cce | — |  | 0 of 2 (2 errored) |" in proc.stdout, proc.stdout
+    assert f"Next:          dm-tune report --workspace '{ws}' --experiment allfail\n" in proc.stdout
+    assert f"mlflow ui --backend-store-uri 'sqlite:///{ws}/mlflow.db')" in proc.stdout
     assert "nan" not in (ws / "summaries" / "allfail.md").read_text()
     row = json.loads((ws / "summaries" / "allfail.json").read_text())["settings"][0]["rows"][0]
     assert (row["baseline"], row["n_seeds"], row["n_results"], row["statuses"]) == ("cce", 2, 0, ["errored"])

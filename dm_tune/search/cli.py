@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import threading
@@ -260,17 +261,20 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
         summaries = run_study(study, opts, sources)
     except Interrupted as e:
         print(f"dm-tune: interrupted ({e}); finished trials are kept. Resume with:\n"
-              f"  dm-tune search --resume {study.name} --workspace {args.workspace}", file=sys.stderr)
+              f"  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}",
+              file=sys.stderr)
         return 130
     wall = time.perf_counter() - t0
     print_summary(summaries, study, wall)
     paths = write_summary(summaries, study, workspace, wall)
-    print(f"\nMLflow runs:   {opts.tracking}  (experiment {study.name!r}; mlflow ui --backend-store-uri {opts.tracking})")
-    print(f"Optuna studies: {opts.optuna_url}  (optuna-dashboard {opts.optuna_url})")
+    print(f"\nMLflow runs:   {opts.tracking}  (experiment {study.name!r}; "
+          f"mlflow ui --backend-store-uri {shlex.quote(opts.tracking)})")
+    print(f"Optuna studies: {opts.optuna_url}  (optuna-dashboard {shlex.quote(opts.optuna_url)})")
     print(f"Ray results:   {opts.storage}/{study.name}")
     print(f"Summary:       {paths['md']}")
-    print(f"Next:          dm-tune report --workspace {args.workspace}"
-          + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else "") + f" --experiment {study.name}")
+    print(f"Next:          dm-tune report --workspace {shlex.quote(args.workspace)}"  # a command to paste
+          + (f" --tracking-uri {shlex.quote(args.tracking_uri)}" if args.tracking_uri else "")
+          + f" --experiment {study.name}")
     ended: dict[str, int] = {}
     for s in summaries:
         for status, n in s.search_statuses.items():
