@@ -85,8 +85,13 @@ def report_command(args: argparse.Namespace) -> int:
     except (MlflowException, OSError) as exc:  # the weight curves are optional: report without them
         print(f"dm-tune: warning: no metric histories ({exc}); skipping the weight-over-training figures",
               file=sys.stderr)
+    from dm_tune.search._stores import held
+
     try:
-        paths = write_report(df, out, histories, sections)
+        out.mkdir(parents=True, exist_ok=True)
+        with held(out / ".report.lock", f"{out}: another dm-tune report is writing there ({{holder}}); "
+                                        "wait for it to end or use another --out"):
+            paths = write_report(df, out, histories, sections)  # one report's files, not a mix of two
     except OSError as e:
         raise UserError(f"could not write the report into {out} ({e.strerror or e})") from None
     doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))

@@ -233,3 +233,18 @@ def test_an_unwritable_report_directory_is_refused_before_anything_is_read(tmp_p
     with pytest.raises(UserError) as info:  # not "no MLflow store": --out is checked first
         args.func(args)
     assert str(info.value) == "--out /proc/report: cannot write in /proc (No such file or directory)"
+
+
+def test_a_report_into_a_folder_another_report_is_writing_is_refused(store: dict[str, Any], tmp_path: Path) -> None:
+    from dm_tune.search._stores import held
+
+    out = tmp_path / "rep"
+    out.mkdir()
+    args = parser().parse_args(["report", "--workspace", str(store["workspace"]), "--experiment", "study-a",
+                                "--out", str(out)])
+    with held(out / ".report.lock", "{holder}"):  # as another dm-tune report holds it while it writes
+        with pytest.raises(UserError) as info:
+            args.func(args)
+    assert str(info.value).startswith(f"{out}: another dm-tune report is writing there (pid ")
+    assert sorted(p.name for p in out.iterdir()) == [".report.lock"]  # nothing of this one written
+    assert args.func(args) == 0 and (out / "guidelines.json").is_file()  # once the other is done
