@@ -55,9 +55,8 @@ def _arm_label(a: ArmResult) -> str:
     return f"DM psi={p['psi']:.2f} rho={p['rho']:.2f} (lam={p['lam']:.2f}, beta={p['beta']:.1f}{weighting})"
 
 
-def _ordered(summary: SettingSummary) -> list[ArmResult]:
-    """The best DM arm first, then the baselines by accuracy (those without any after them)."""
-    best = summary.best_dm()
+def _ordered(summary: SettingSummary, best: ArmResult | None) -> list[ArmResult]:
+    """``best`` (the best DM arm) first, then the baselines by accuracy (those without any after them)."""
 
     def key(a: ArmResult) -> float:
         m = a.mean(a.test_acc)
@@ -75,21 +74,22 @@ def _seeds_cell(row: dict[str, Any], arm: ArmResult) -> str:
     return f"{row['n_results']} of {row['n_seeds']} ({counts})"
 
 
+def _row(a: ArmResult, best: ArmResult | None) -> dict[str, Any]:
+    return {
+        "arm": _arm_label(a), "baseline": a.baseline,
+        "test_acc_mean": a.mean(a.test_acc), "test_acc_std": a.std(a.test_acc),
+        "val_acc_mean": a.mean(a.val_acc), "n_seeds": len(a.test_acc),
+        "n_results": sum(math.isfinite(v) for v in a.test_acc),  # seeds with a final accuracy
+        "statuses": sorted(set(a.statuses)),
+        "dm_minus_arm": (best.mean(best.test_acc) - a.mean(a.test_acc)) if best and a is not best else None,
+        **({k: a.params.get(k) for k in ("lam", "beta", "psi", "rho")} if not a.baseline else {}),
+    }
+
+
 def rows(summary: SettingSummary) -> list[dict[str, Any]]:
     """One row per confirmed arm, the best DM arm first, then the baselines by accuracy."""
     best = summary.best_dm()
-    out = []
-    for a in _ordered(summary):
-        out.append({
-            "arm": _arm_label(a), "baseline": a.baseline,
-            "test_acc_mean": a.mean(a.test_acc), "test_acc_std": a.std(a.test_acc),
-            "val_acc_mean": a.mean(a.val_acc), "n_seeds": len(a.test_acc),
-            "n_results": sum(math.isfinite(v) for v in a.test_acc),  # seeds with a final accuracy
-            "statuses": sorted(set(a.statuses)),
-            "dm_minus_arm": (best.mean(best.test_acc) - a.mean(a.test_acc)) if best and a is not best else None,
-            **({k: a.params.get(k) for k in ("lam", "beta", "psi", "rho")} if not a.baseline else {}),
-        })
-    return out
+    return [_row(a, best) for a in _ordered(summary, best)]
 
 
 def markdown(summaries: list[SettingSummary], study: Study, wall_s: float) -> str:
@@ -104,7 +104,9 @@ def markdown(summaries: list[SettingSummary], study: Study, wall_s: float) -> st
         lines += [f"## {s.setting}", "", f"Search: {s.search_trials} DM trials ({counts}).", "",
                   f"| arm | test {'acc' if study.task == 'classification' else metric} | DM − arm (points) | seeds |",
                   "|---|---|---|---|"]
-        for r, arm in zip(rows(s), _ordered(s)):
+        best = s.best_dm()
+        for arm in _ordered(s, best):
+            r = _row(arm, best)
             diff = "" if r["dm_minus_arm"] is None or not math.isfinite(r["dm_minus_arm"]) else \
                 f"{100 * r['dm_minus_arm']:+.1f}"
             acc = f"{100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f}" if r["n_results"] else "—"

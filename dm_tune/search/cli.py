@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +223,6 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     from dm_tune.search._run import Interrupted, run_study
     from dm_tune.search._stores import prepare_stores
     from dm_tune.search._summary import print_summary, write_summary
-    from dm_tune.search._summary import rows as summary_rows
     from dm_tune.search._tracking import experiment_id
 
     # New sqlite stores take seconds to create (schema migrations): they are created while Ray
@@ -275,14 +276,12 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     print(f"Next:          dm-tune report --workspace {shlex.quote(args.workspace)}"  # a command to paste
           + (f" --tracking-uri {shlex.quote(args.tracking_uri)}" if args.tracking_uri else "")
           + f" --experiment {study.name}")
-    ended: dict[str, int] = {}
+    ended: Counter[str] = Counter()
     for s in summaries:
-        for status, n in s.search_statuses.items():
-            ended[status] = ended.get(status, 0) + n
-        for arm in s.arms:
-            for status in arm.statuses:
-                ended[status] = ended.get(status, 0) + 1
-    if not any(r["n_results"] for s in summaries for r in summary_rows(s)) and not ended.get("finished"):
+        ended.update(s.search_statuses)
+        ended.update(status for arm in s.arms for status in arm.statuses)
+    results = any(math.isfinite(v) for s in summaries for arm in s.arms for v in arm.test_acc)
+    if not results and not ended["finished"]:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(ended.items()))
         print(f"dm-tune: error: no trial of study {study.name!r} finished ({counts}); each trial's error is in "
               f"its folder under {opts.storage}/{study.name}", file=sys.stderr)
