@@ -54,6 +54,16 @@ def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
     return path
 
 
+def output_dir(flag: str, value: str) -> Path:
+    """The output directory ``flag value``, checked as ``output_path`` checks it, then made."""
+    path = output_path(flag, value, directory=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {value}: could not create it ({e.strerror or e})") from None
+    return path
+
+
 def write_output(path: Path, text: str) -> None:
     """``text`` into ``path`` whole or not at all (a temporary file beside it, then renamed over it);
     a failure (disk full, the place gone read-only since the check) is a UserError naming it."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import SEED_MAX
-from dm_tune.errors import UserError, load_yaml, output_path, write_output
+from dm_tune.errors import UserError, load_yaml, output_dir, write_output
 
 ARMS = ("dm-recommended", "cce", "imae")
 PROGRESS_FILE = "validation.progress.jsonl"  # in --out while a validation runs
@@ -311,11 +311,7 @@ def validate_command(args: argparse.Namespace) -> int:
         raise UserError(f"--epochs {args.epochs}: expected an integer >= 1")
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
-    out = output_path("--out", args.out, directory=True)  # checked before hours of training, not after
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {args.out}: could not create it ({e.strerror or e})") from None
+    out = output_dir("--out", args.out)  # checked before hours of training, not after
     from dm_tune.search._stores import held
 
     with held(out / LOCK_FILE, f"--out {args.out}: another dm-tune validate is writing there ({{holder}}); "

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, output_path, write_output
+from dm_tune.errors import UserError, output_dir, write_output
 
 SETTING_KEYS = ("setting", "psi", "rho", "psi_range", "rho_range", "vs_baselines")
 RULE_KEYS = ("kind", "knob", "supported")
@@ -328,11 +328,7 @@ def stability_command(args: argparse.Namespace) -> int:
     result = compare(load_doc(args.a), load_doc(args.b))
     print(brief(result))
     if args.out:
-        out = output_path("--out", args.out, directory=True)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out {args.out}: could not create it ({e.strerror or e})") from None
+        out = output_dir("--out", args.out)
         doc = {"a": str(args.a), "b": str(args.b), **result}  # as given: the names the Markdown shows
         write_output(out / "stability.json", json.dumps(doc, indent=1) + "\n")
         write_output(out / "stability.md", to_markdown(result, args.a, args.b))
