@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from dm_tune.data import Data
-from dm_tune.train import _autocast, _crop_flip
+from dm_tune.train import _autocast, _crop_flip_draws, _crop_flip_with
 
 if TYPE_CHECKING:
     from dm_tune._popmodels import PopulationModel
@@ -35,8 +35,9 @@ class PopulationInputs:
             x = x.float().div_(255.0)
         if self.mean is not None:
             x = (x - self.mean) / self.std
-        if train and self.augment:
-            x = torch.stack([_crop_flip(x[k], gen) for k, gen in enumerate(self.gens)])
+        if train and self.augment:  # every member's draws from its own generator, one crop and flip for all
+            draws = torch.cat([_crop_flip_draws(x.shape[1], gen) for gen in self.gens], 1)
+            x = _crop_flip_with(x.flatten(0, 1), draws).view(x.shape)
         return x
 
 
@@ -55,13 +56,14 @@ class MemberRows:
         self.stacked = torch.stack(tensors).to(device) if total <= STACK_LIMIT_BYTES else None
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
-        """Member k's rows ``index[k]`` ([K, b] on the device)."""
+        """Member k's rows ``index[k]`` (``index`` [K, b] on the host, so reading it never waits
+        for the device)."""
         if self.stacked is not None:  # whole rows, as one index_select on [K * n, ...]
             n, rest = self.stacked.shape[1], self.stacked.shape[2:]
-            flat = index + torch.arange(0, self.size * n, n, device=index.device).unsqueeze(1)
-            return self.stacked.view(-1, *rest).index_select(0, flat.flatten()).view(*index.shape, *rest)
-        rows = index.cpu()
-        return torch.stack([t[i] for t, i in zip(self.tensors, rows)]).to(self.device, non_blocking=True)
+            flat = (index + torch.arange(0, self.size * n, n).unsqueeze(1)).flatten()
+            flat = flat.to(self.stacked.device, non_blocking=True)
+            return self.stacked.view(-1, *rest).index_select(0, flat).view(*index.shape, *rest)
+        return torch.stack([t[i] for t, i in zip(self.tensors, index)]).to(self.device, non_blocking=True)
 
     def slice(self, start: int, end: int) -> torch.Tensor:
         if self.stacked is not None:

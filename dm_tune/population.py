@@ -270,7 +270,8 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
         acc = torch.zeros(size, 11, device=device, dtype=torch.float64)
         # acc columns as in train(): loss_sum, n, correct_noisy_label, correct_clean_label (where
         # known), w_clean_sum, n_clean, w_noisy_sum, n_noisy, noisy_fitted, weight_var_sum, n_known
-        orders = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+        host_orders = torch.stack([torch.randperm(n, generator=g) for g in gens])
+        orders = host_orders.to(device)
         # Each member's labels and noise flags in its epoch's order, once: a step takes a slice.
         epoch_y, epoch_noisy, epoch_known, epoch_clean = (
             t.gather(1, orders) for t in (train_y, is_noisy, known, clean_labels))
@@ -280,7 +281,7 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
             lrs = [c.lr * _lr_factor(c, progress) if stepping[k] else lrs[k] for k, c in enumerate(configs)]
             opt.set_lr([lr if stepping[k] else 0.0 for k, lr in enumerate(lrs)])
             part = slice(step * batch_size, (step + 1) * batch_size)
-            idx, y = orders[:, part], epoch_y[:, part]
+            idx, y = host_orders[:, part], epoch_y[:, part]
             with _autocast(device, amp):
                 logits = model(prep(train_x.take(idx), train=True))
             losses = loss_fn(logits, y)

@@ -122,16 +122,29 @@ def channels_last(model: nn.Module, data: Data) -> bool:
 
 def _crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop with zero padding ``pad`` and random horizontal flip, batched on the device."""
+    return _crop_flip_with(x, _crop_flip_draws(x.shape[0], gen, pad), pad)
+
+
+def _crop_flip_draws(n: int, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """A batch's crop and flip draws from ``gen``, [3, n] on its device: row offsets, column
+    offsets, flips (1) in the order _crop_flip has always drawn them."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device)
+    flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
+    return torch.stack([dy, dx, flip.long()])
+
+
+def _crop_flip_with(x: torch.Tensor, draws: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """_crop_flip with given draws. They reach the device in one copy that does not wait for it
+    (a blocking copy would stall the host until the device finished all earlier work)."""
     n, _, h, w = x.shape
+    dy, dx, flip = draws.to(x.device, non_blocking=True)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
     rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
     out = padded.gather(2, rows)
     cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
     out = out.gather(3, cols)
-    flip = torch.rand(n, generator=gen, device=gen.device).to(x.device) < 0.5
-    return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
+    return torch.where(flip.bool().view(n, 1, 1, 1), out.flip(3), out)
 
 
 class _IndexedInputs(torch.utils.data.Dataset):
@@ -300,7 +313,7 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
             progress = (epoch * steps_per_epoch + step) / total_steps
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(config, progress)
-            idx = idx.to(device)
+            idx = idx.to(device, non_blocking=True)  # nothing in a step waits for the device
             y = labels[idx]
             with _autocast(device, amp):
                 logits = model(prep(x, train=True))
@@ -315,9 +328,9 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
                 rel = relative_weights(loss_fn.last_shares.to(torch.float64))
                 clean_k, noisy_k = kn & ~noisy, kn & noisy
                 acc += torch.stack([
-                    loss.detach().double() * len(idx), torch.tensor(len(idx), device=device, dtype=torch.float64),
+                    loss.detach().double() * len(idx), torch.full((), len(idx), device=device, dtype=torch.float64),
                     (pred == y).sum().double(), ((pred == clean_labels[idx]) & kn).sum().double(),
-                    rel[clean_k].sum(), clean_k.sum().double(), rel[noisy_k].sum(), noisy_k.sum().double(),
+                    (rel * clean_k).sum(), clean_k.sum().double(), (rel * noisy_k).sum(), noisy_k.sum().double(),
                     ((pred == y) & noisy_k).sum().double(),
                     rel.var(unbiased=False) * len(idx) if len(idx) > 1 else torch.zeros((), device=device, dtype=torch.float64),
                     kn.sum().double(),

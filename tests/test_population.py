@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -622,6 +623,43 @@ def test_a_resnet_population_trains_on_cuda_like_its_members(no_tf32, monkeypatc
     bf16 = train_population([c.replace(amp="bf16") for c in cfgs], ds)  # mixed precision (no loss scaler needed)
     assert all(r.status == "finished" and math.isfinite(r.history[-1]["train_loss"]) for r in bf16)
     assert "fp16" in solo_reason(cfgs[0].replace(amp="fp16"), ds[0])
+
+
+def _device_waits(fn) -> int:
+    """How many times ``fn`` made the host wait for the GPU (torch's sync debug mode)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("members", [1, 3])
+def test_a_cuda_training_step_does_not_wait_for_the_device(members):
+    # A step that waits for the GPU (a blocking copy, a boolean mask, .item()) leaves it idle while
+    # the host prepares the next one. The same epoch in 4 steps and in 16 (batch 8 and 2) must
+    # wait equally often: only at the epoch's ends (metrics, evaluation) and every 20th step.
+    images = _images()
+    cfgs = configs(*({"seed": s, "method": m} for s, m in zip(range(members), ("dm", "gce", "cce"))),
+                   model="resnet20", noise="none", noise_rate=0.0, optimizer="sgd", lr=0.01, epochs=1,
+                   device="cuda")
+    ds = datas(cfgs, images)
+
+    def run(batch: int) -> int:
+        batched = [c.replace(batch_size=batch) for c in cfgs]
+        if members == 1:
+            return _device_waits(lambda: train(batched[0], ds[0]))
+        return _device_waits(lambda: train_population(batched, ds))
+
+    run(8)  # warm-up: first calls, the allocator
+    steps = math.ceil(len(ds[0].train) / 8), math.ceil(len(ds[0].train) / 2)
+    assert steps[1] >= 4 * steps[0] >= 16
+    waits = run(8), run(2)
+    assert waits[0] == waits[1], f"{waits} waits for {steps} steps"
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
