@@ -58,7 +58,8 @@ def main() -> None:
         arms = {"nhwc": (nhwc, x.contiguous(memory_format=torch.channels_last)), "nchw": (nchw, x)}
         with torch.no_grad(), autocast():
             a, b = (m.eval()(inp).float() for m, inp in arms.values())
-        assert torch.allclose(a, b, rtol=2e-2, atol=2e-2), f"{name}: the layouts disagree"
+        error = float((a - b).norm() / b.norm())  # relative: bf16 outputs differ by ~1e-3 to 1e-2 of their norm
+        assert error < 2e-2, f"{name}: the layouts disagree (relative error {error:.2e})"
 
         def step(model: nn.Module, inp: torch.Tensor) -> Callable[[], None]:
             opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)

@@ -11,16 +11,22 @@ Cases: ``digits-mlp`` (the embedded default, 40% symmetric noise), ``mnist1d-cnn
 its default batch 256), ``resnet20`` (CIFAR-shaped random uint8 images, augmentation on, a few
 steps). On ``--device cuda`` the ResNet-20 case runs at batch 128 under the default mixed
 precision and reports aggregate training images/s of the population against one model's
-(``train()``), each after a warm-up epoch; the separate arm is then 2 runs, not K (one model's
-speed does not depend on K).
+(``train()``), each after a warm-up epoch; the separate arm is then 4 runs, not K (one model's
+speed does not depend on K), and the row also gives the device memory the population peaked at.
 
 ``--layouts`` also times one forward+backward of K stacked members in the candidate layouts
 (``torch.func.vmap`` over ``functional_call``, batched matrix products, grouped convolutions)
 against K single-model steps: how dm_tune._popmodels chose its layouts.
 
     python benchmarks/population.py --threads 1,2 --json benchmarks/results/population_cpu.json
-    python benchmarks/population.py --device cuda --json benchmarks/results/population_cuda.json
+    python benchmarks/population.py --device cuda --repeats 3 --sizes 1,4,16,64,128 --dense-reference \
+        --json benchmarks/results/population_cuda.json
     python benchmarks/population.py --quick     # smoke test (seconds)
+
+``--dense-reference`` (CUDA) also times one ResNet-20's bare training step (random batch on the
+device, no data pipeline or evaluation) at batch 128 and at K x 128 for the largest K: what one
+model does with a population's images per step. ``--cudnn-benchmark`` turns on cuDNN's
+autotuning (``torch.backends.cudnn.benchmark``) for both arms.
 
 ``--profile`` then profiles one more population run of each case at its largest K (torch's
 profiler, after the timed runs) and lists its operators by self CPU time (on CUDA, its kernels
@@ -57,7 +63,9 @@ def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device:
     source, shared = _cases.case(name, quick, device)
     cfgs = _cases.configs(shared, k, device)
     datas = [prepare(c, source) for c in cfgs]
-    separate_runs = k if device != "cuda" else min(k, 2)
+    separate_runs = k if device != "cuda" else min(k, 4)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = _timing.population_and_separate(cfgs, datas, repeats, torch.device(device), separate_runs)
     pop_s, sep_s = [w for w, _ in times["pop"]], [w for w, _ in times["sep"]]
     pop_cpu, sep_cpu = [c for _, c in times["pop"]], [c for _, c in times["sep"]]
@@ -77,6 +85,8 @@ def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device:
         images = n * int(cfgs[0].epochs or 1)
         row.update(batch=batch, train_images_per_config=images,
                    population_images_per_s=k * images / pop, one_model_images_per_s=separate_runs * images / sep)
+    if device == "cuda":  # the population's, the larger of the two arms
+        row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return row
 
 
@@ -107,11 +117,41 @@ def profile_case(name: str, k: int, threads: int, quick: bool, device: str, top:
         return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
 
     events = [e for e in prof.key_averages() if self_us(e) > 0]
+    if cuda:  # the kernels and copies alone: an operator's device time is its kernels', counted twice otherwise
+        kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+        events = kernels or events
     total = sum(self_us(e) for e in events)
     rows = [{"name": e.key, "calls": e.count, "self_ms": round(self_us(e) / 1e3, 3),
              "share": round(self_us(e) / total, 4)} for e in sorted(events, key=self_us, reverse=True)[:top]]
     return {"case": name, "device": device, "threads": threads, "k": k, "wall_s": round(wall, 3),
             "clock": "device" if cuda else "cpu", "total_self_ms": round(total / 1e3, 3), "top": rows}
+
+
+def dense_reference(batch: int, steps: int = 20) -> dict[str, Any]:
+    """One ResNet-20 training step (bf16 autocast, channels-last, SGD) on a random CUDA batch,
+    nothing else: images/s over ``steps`` steps after a warm-up."""
+    import torch.nn.functional as F
+
+    from dm_tune.models import ModelSpec, build_model
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model("resnet20", ModelSpec((3, 32, 32), "image", 10)).to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=dev)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    s = _timing.time_block(step, steps, dev)
+    return {"model": "resnet20", "batch": batch, "steps": steps, "ms_per_step": s * 1e3, "images_per_s": batch / s}
 
 
 # --- layouts: one forward+backward of K members ------------------------------------------------
@@ -216,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resnet-layout", choices=["auto", "nchw", "nhwc"], default="auto",
                    help="a ResNet population's grouped convolutions: contiguous (nchw), channels-last "
                         "(nhwc) or what dm_tune._popmodels.CHANNELS_LAST says for the device (auto)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN time its algorithms for each convolution shape (torch.backends.cudnn.benchmark)")
+    p.add_argument("--dense-reference", action="store_true",
+                   help="on cuda, also time one ResNet-20's training step at batch 128 and at K x 128 (no data "
+                        "pipeline, no evaluation): what one model of the same work per step reaches")
     p.add_argument("--json", help="write the results here (default benchmarks/results/population_<device>.json)")
     args = p.parse_args(argv)
 
@@ -230,11 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"population_{device}.json"
     if args.resnet_layout != "auto":
         _popmodels.CHANNELS_LAST[device] = args.resnet_layout == "nhwc"
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
     doc: dict[str, Any] = {"machine": _machine(), "device": device, "quick": args.quick,
                            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                            "resnet_layout": "nhwc" if _popmodels.CHANNELS_LAST.get(device) else "nchw",
-                           "load_average_start": _load(), "results": [], "layouts": [], "profiles": []}
+                           "cudnn_benchmark": args.cudnn_benchmark,
+                           "load_average_start": _load(), "results": [], "layouts": [], "profiles": [],
+                           "dense_reference": []}
     t_start = time.perf_counter()
     for case in cases:
         default_sizes = "1,2" if args.quick else ("1,4" if case == "resnet20" and device == "cpu" else "1,4,16,64")
@@ -256,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
             for r in prof["top"]:
                 print(f"  {100 * r['share']:5.1f}%  {r['self_ms']:10.2f} ms  {r['calls']:7d}  {r['name'][:90]}",
                       flush=True)
+    if args.dense_reference and device == "cuda":
+        for batch in sorted({128, 128 * max(sizes)}):
+            row = dense_reference(batch)
+            doc["dense_reference"].append(row)
+            print(f"dense reference: one resnet20, batch {batch:5d}: {row['images_per_s']:8.0f} images/s "
+                  f"({row['ms_per_step']:.2f} ms per step)", flush=True)
     if args.layouts and device == "cpu":
         for t in threads:
             for k in ([2] if args.quick else [4, 16, 64]):
