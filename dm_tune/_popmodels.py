@@ -440,9 +440,10 @@ def _max_pool_2(m: PopulationModel, x: torch.Tensor) -> torch.Tensor:
 
 
 # Whether a ResNet population's grouped convolutions run channels-last (NHWC), by device type:
-# on only where benchmarks/population.py --resnet-layout measured it faster (BENCHMARKS.md, "The
-# stacked layouts": 1.1-1.2x on the CPU; CUDA not measured yet, so contiguous as on the H200 runs).
-CHANNELS_LAST: dict[str, bool] = {"cpu": True, "cuda": False}
+# on where benchmarks/population.py --resnet-layout measured it faster (BENCHMARKS.md, "The
+# stacked layouts": 1.1-1.2x on the CPU, 1.07-1.29x for K = 4-64 on an H200, where cuDNN's
+# contiguous grouped kernels transpose to NHWC and back).
+CHANNELS_LAST: dict[str, bool] = {"cpu": True, "cuda": True}
 
 
 def _resnet_forward(template: CifarResNet) -> Callable[[PopulationModel, torch.Tensor], torch.Tensor]:
