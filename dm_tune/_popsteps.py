@@ -52,8 +52,20 @@ class MemberRows:
 
     def __init__(self, tensors: list[torch.Tensor], device: torch.device) -> None:
         self.device, self.tensors, self.size = device, tensors, len(tensors)
+        if any(t.shape != tensors[0].shape or t.dtype != tensors[0].dtype for t in tensors):
+            raise ValueError("the members' rows must have one shape and dtype")
         total = sum(t.numel() * t.element_size() for t in tensors)
-        self.stacked = torch.stack(tensors).to(device) if total <= STACK_LIMIT_BYTES else None
+        self.stacked: torch.Tensor | None = None
+        if total > STACK_LIMIT_BYTES:
+            return
+        if device.type == "cpu":
+            self.stacked = torch.stack(tensors)
+            return
+        # Each member's rows straight into its slot on the device: no stacked copy on the host
+        # (K times the data, allocated and written before a byte moves).
+        self.stacked = torch.empty((self.size, *tensors[0].shape), dtype=tensors[0].dtype, device=device)
+        for slot, t in zip(self.stacked, tensors):
+            slot.copy_(t, non_blocking=True)
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """Member k's rows ``index[k]`` (``index`` [K, b] on the host, so reading it never waits

@@ -506,6 +506,15 @@ def test_inputs_too_large_to_stack_are_gathered_per_member_with_the_same_result(
         assert without_times(a.history) == without_times(b.history)
 
 
+def test_members_rows_of_different_shapes_are_refused():
+    from dm_tune._popsteps import MemberRows
+
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        MemberRows([torch.zeros(3, 2), torch.zeros(1, 2)], torch.device("cpu"))  # (copy_ would broadcast 1 row)
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        MemberRows([torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.uint8)], torch.device("cpu"))
+
+
 # --- planning ----------------------------------------------------------------------------------
 
 
