@@ -44,43 +44,77 @@ class PopulationInputs:
 # Above this many bytes, the members' inputs are not stacked into one more tensor: each batch
 # gathers its rows from each member's own tensor (K small indexing operations a step, which
 # cost little next to a step of a model that needs such data, e.g. CIFAR at K = 64: 7.9 GB).
+# Members whose rows all come from one dataset tensor of at most this size share one copy of it.
 STACK_LIMIT_BYTES = 1 << 30
+
+Origin = tuple[torch.Tensor, torch.Tensor]  # Split.origin: (dataset tensor, the rows taken)
 
 
 class MemberRows:
-    """Per-member tensors [n, ...] (member k's in entry k) read as one [K, b, ...] batch on the device."""
+    """Per-member tensors [n, ...] (member k's in entry k) read as one [K, b, ...] batch on the device.
 
-    def __init__(self, tensors: list[torch.Tensor], device: torch.device) -> None:
+    By what fits: when every member's rows were taken from one dataset tensor (``origins``, as
+    ``Split.subset`` records them), one copy of that tensor on the device and each member's row
+    numbers (``shared`` lets the training and validation rows of a population share the copy);
+    else, up to STACK_LIMIT_BYTES, the members' tensors stacked on the device; else each batch
+    gathered on the host from each member's own tensor."""
+
+    def __init__(self, tensors: list[torch.Tensor], device: torch.device,
+                 origins: list[Origin | None] | None = None, shared: dict[int, Origin] | None = None) -> None:
         self.device, self.tensors, self.size = device, tensors, len(tensors)
-        if any(t.shape != tensors[0].shape or t.dtype != tensors[0].dtype for t in tensors):
+        first = tensors[0]
+        if any(t.shape != first.shape or t.dtype != first.dtype for t in tensors):
             raise ValueError("the members' rows must have one shape and dtype")
-        total = sum(t.numel() * t.element_size() for t in tensors)
-        self.stacked: torch.Tensor | None = None
-        if total > STACK_LIMIT_BYTES:
+        self.base: torch.Tensor | None = None  # [N, ...] on the device: member k's row i is base[rows[k, i]]
+        self.rows = torch.empty(0, dtype=torch.long)  # [K, n] on the host
+        self.stacked = False  # base is the members' tensors one after the other
+        base = _common_base(origins, first)
+        if base is not None and base.numel() * base.element_size() <= STACK_LIMIT_BYTES:
+            shared = {} if shared is None else shared
+            if id(base) not in shared or shared[id(base)][0] is not base:
+                shared[id(base)] = (base, base.to(device))
+            self.base = shared[id(base)][1]
+            self.rows = torch.stack([rows for _, rows in origins])  # type: ignore[union-attr,misc]
+            return
+        if sum(t.numel() * t.element_size() for t in tensors) > STACK_LIMIT_BYTES:
             return
         if device.type == "cpu":
-            self.stacked = torch.stack(tensors)
-            return
-        # Each member's rows straight into its slot on the device: no stacked copy on the host
-        # (K times the data, allocated and written before a byte moves).
-        self.stacked = torch.empty((self.size, *tensors[0].shape), dtype=tensors[0].dtype, device=device)
-        for slot, t in zip(self.stacked, tensors):
-            slot.copy_(t, non_blocking=True)
+            stacked = torch.stack(tensors)
+        else:  # each member's rows straight into its slot on the device: no K-fold copy on the host first
+            stacked = torch.empty((self.size, *first.shape), dtype=first.dtype, device=device)
+            for slot, t in zip(stacked, tensors):
+                slot.copy_(t, non_blocking=True)
+        self.base, self.stacked = stacked.flatten(0, 1), True
+        self.rows = torch.arange(stacked.shape[0] * stacked.shape[1]).view(stacked.shape[:2])
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """Member k's rows ``index[k]`` (``index`` [K, b] on the host, so reading it never waits
         for the device)."""
-        if self.stacked is not None:  # whole rows, as one index_select on [K * n, ...]
-            n, rest = self.stacked.shape[1], self.stacked.shape[2:]
-            flat = (index + torch.arange(0, self.size * n, n).unsqueeze(1)).flatten()
-            flat = flat.to(self.stacked.device, non_blocking=True)
-            return self.stacked.view(-1, *rest).index_select(0, flat).view(*index.shape, *rest)
+        if self.base is not None:  # one index_select from the device copy
+            return self._select(self.rows.gather(1, index))
         return torch.stack([t[i] for t, i in zip(self.tensors, index)]).to(self.device, non_blocking=True)
 
     def slice(self, start: int, end: int) -> torch.Tensor:
-        if self.stacked is not None:
-            return self.stacked[:, start:end]
+        if self.base is not None:
+            if self.stacked:
+                return self.base.view(self.size, -1, *self.base.shape[1:])[:, start:end]
+            return self._select(self.rows[:, start:end])
         return torch.stack([t[start:end] for t in self.tensors]).to(self.device, non_blocking=True)
+
+    def _select(self, rows: torch.Tensor) -> torch.Tensor:
+        assert self.base is not None
+        flat = rows.flatten().to(self.base.device, non_blocking=True)
+        return self.base.index_select(0, flat).view(*rows.shape, *self.base.shape[1:])
+
+
+def _common_base(origins: list[Origin | None] | None, like: torch.Tensor) -> torch.Tensor | None:
+    """The one dataset tensor every member's rows come from, if there is one."""
+    if not origins or any(o is None for o in origins):
+        return None
+    base = origins[0][0]  # type: ignore[index]
+    if any(o[0] is not base for o in origins):  # type: ignore[index]
+        return None
+    return base if base.dtype == like.dtype and base.shape[1:] == like.shape[1:] else None
 
 
 @torch.no_grad()

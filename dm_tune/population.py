@@ -230,12 +230,15 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
     prep = PopulationInputs(data0, device, bool(first.augment), gens)
 
     # The members' data, stacked: member k's training set, labels and validation split in row k.
-    train_x = MemberRows([d.train.inputs for d in datas], device)  # type: ignore[misc]
+    shared: dict = {}  # one device copy of the dataset the members' training and validation rows come from
+    train_x = MemberRows([d.train.inputs for d in datas], device,  # type: ignore[misc]
+                         [d.train.origin for d in datas], shared)
     train_y = _stack([d.train.labels for d in datas], device)
     is_noisy = _stack([d.is_noisy for d in datas], device)
     known = _stack([d.noise_known for d in datas], device)
     clean_labels = _stack([d.clean_train_labels for d in datas], device)
-    val_x = MemberRows([d.val.inputs for d in datas], device)  # type: ignore[misc]
+    val_x = MemberRows([d.val.inputs for d in datas], device,  # type: ignore[misc]
+                       [d.val.origin for d in datas], shared)
     val_y = _stack([d.val.labels for d in datas], device)
     test_x, test_y = data0.test.inputs.to(device), data0.test.labels.to(device)  # type: ignore[union-attr]
     chunk = max(64, EVAL_BATCH // size) if data0.input_kind == "image" else EVAL_BATCH

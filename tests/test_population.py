@@ -4,6 +4,7 @@ resume, planning, accuracy over seeds, and the CUDA path where a GPU exists."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import warnings
@@ -506,6 +507,59 @@ def test_inputs_too_large_to_stack_are_gathered_per_member_with_the_same_result(
         assert without_times(a.history) == without_times(b.history)
 
 
+def _without_origins(ds):
+    """The same data with no record of the dataset tensor its rows came from (so not shared)."""
+    return [dataclasses.replace(d, train=dataclasses.replace(d.train, origin=None),
+                                val=dataclasses.replace(d.val, origin=None)) for d in ds]
+
+
+def test_members_rows_from_one_dataset_share_one_copy_and_read_as_their_own():
+    from dm_tune import _popsteps
+    from dm_tune._popsteps import MemberRows
+
+    gen = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(50, 3, generator=gen), torch.arange(50))
+    subsets = [split.subset(torch.randperm(50, generator=gen)[:20]) for _ in range(3)]
+    tensors, origins = [s.inputs for s in subsets], [s.origin for s in subsets]
+    shared: dict = {}
+    one = MemberRows(tensors, torch.device("cpu"), origins, shared)
+    assert one.base is split.inputs and not one.stacked  # no copy of the dataset on the CPU
+    again = MemberRows(tensors, torch.device("cpu"), origins, shared)
+    assert again.base is one.base
+    stacked = MemberRows(tensors, torch.device("cpu"))
+    assert stacked.stacked
+    index = torch.stack([torch.randperm(20, generator=gen)[:8] for _ in range(3)])
+    expected = torch.stack([t[i] for t, i in zip(tensors, index)])
+    for rows in (one, stacked):
+        assert torch.equal(rows.take(index), expected)
+        assert torch.equal(rows.slice(5, 12), torch.stack([t[5:12] for t in tensors]))
+    other = Split(split.inputs.clone(), split.labels).subset(torch.arange(20))  # equal values, another tensor
+    mixed = MemberRows([*tensors[:2], other.inputs], torch.device("cpu"), [*origins[:2], other.origin])
+    assert mixed.stacked and mixed.base is not split.inputs
+    _popsteps.STACK_LIMIT_BYTES, limit = 0, _popsteps.STACK_LIMIT_BYTES
+    try:  # too large for either copy: gathered from the members' own tensors
+        gathered = MemberRows(tensors, torch.device("cpu"), origins)
+    finally:
+        _popsteps.STACK_LIMIT_BYTES = limit
+    assert gathered.base is None and torch.equal(gathered.take(index), expected)
+
+
+def test_a_split_of_a_split_remembers_the_rows_of_the_first_tensor():
+    base = torch.arange(40.0).view(20, 2)
+    split = Split(base, torch.arange(20))
+    twice = split.subset(torch.tensor([3, 5, 7, 9, 11])).subset(torch.tensor([True, False, True, False, True]))
+    assert twice.origin[0] is base and twice.origin[1].tolist() == [3, 7, 11]
+    assert torch.equal(base[twice.origin[1]], twice.inputs)
+
+
+def test_shared_and_stacked_member_rows_train_the_same_population():
+    cfgs = configs({"method": "dm", "seed": 0}, {"method": "cce", "seed": 1}, epochs=2)
+    ds = datas(cfgs)
+    assert ds[0].train.origin[0] is ds[1].train.origin[0]  # both members' rows come from digits' tensor
+    for a, b in zip(train_population(cfgs, ds), train_population(cfgs, _without_origins(ds))):
+        assert without_times(a.history) == without_times(b.history)
+
+
 def test_members_rows_of_different_shapes_are_refused():
     from dm_tune._popsteps import MemberRows
 
@@ -606,18 +660,21 @@ def no_tf32():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("stacked,channels_last", [(True, False), (False, False), (True, True)])
-def test_a_resnet_population_trains_on_cuda_like_its_members(no_tf32, monkeypatch, stacked, channels_last):
+@pytest.mark.parametrize("rows,channels_last", [("shared", False), ("stacked", False), ("gathered", False),
+                                                ("shared", True)])
+def test_a_resnet_population_trains_on_cuda_like_its_members(no_tf32, monkeypatch, rows, channels_last):
     from dm_tune import _popmodels, _popsteps
 
     monkeypatch.setitem(_popmodels.CHANNELS_LAST, "cuda", channels_last)  # both layouts of the grouped convolutions
-    if not stacked:  # the inputs stay on the CPU; each batch is gathered per member and moved
+    if rows == "gathered":  # the inputs stay on the CPU; each batch is gathered per member and moved
         monkeypatch.setattr(_popsteps, "STACK_LIMIT_BYTES", 0)
     images = _images()
     cfgs = configs({"seed": 0, "method": "dm"}, {"seed": 1, "method": "gce"}, {"seed": 2, "method": "cce"},
                    model="resnet20", noise="none", noise_rate=0.0, optimizer="sgd", lr=0.01, epochs=2,
                    device="cuda", amp="off")
     ds = datas(cfgs, images)
+    if rows == "stacked":  # each member's own rows stacked on the device, not one shared copy of the images
+        ds = _without_origins(ds)
     results, snaps = _snapshots_of_population(cfgs, ds)
     assert [r.status for r in results] == ["finished"] * 3
     members = snaps[-1]["members"]

@@ -31,6 +31,9 @@ class Split:
 
     inputs: Inputs
     labels: torch.Tensor
+    # In-memory inputs taken from a larger tensor by ``subset``: (that tensor, the rows taken), so
+    # that the K splits of one dataset in a population can share one copy of it on the device.
+    origin: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.inputs) != len(self.labels):  # type: ignore[arg-type]
@@ -47,7 +50,9 @@ class Split:
         """The examples at ``index`` (optionally with replacement labels)."""
         lab = self.labels[index] if labels is None else labels
         if isinstance(self.inputs, torch.Tensor):
-            return Split(self.inputs[index], lab)
+            rows = index.nonzero().flatten() if index.dtype == torch.bool else index.long()
+            origin = (self.inputs, rows) if self.origin is None else (self.origin[0], self.origin[1][rows])
+            return Split(self.inputs[index], lab, origin)
         return Split(torch.utils.data.Subset(self.inputs, index.tolist()), lab)
 
 
