@@ -60,7 +60,9 @@ class MemberRows:
     gathered on the host from each member's own tensor."""
 
     def __init__(self, tensors: list[torch.Tensor], device: torch.device,
-                 origins: list[Origin | None] | None = None, shared: dict[int, Origin] | None = None) -> None:
+                 origins: list[Origin | None] | None = None,
+                 shared: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """``shared``: id(dataset tensor) -> (that tensor, its copy on the device), filled as needed."""
         self.device, self.tensors, self.size = device, tensors, len(tensors)
         first = tensors[0]
         if any(t.shape != first.shape or t.dtype != first.dtype for t in tensors):

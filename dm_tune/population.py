@@ -229,8 +229,9 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
                               [float(c.weight_decay) for c in configs], [c.momentum for c in configs])
     prep = PopulationInputs(data0, device, bool(first.augment), gens)
 
-    # The members' data, stacked: member k's training set, labels and validation split in row k.
-    shared: dict = {}  # one device copy of the dataset the members' training and validation rows come from
+    # The members' data: member k's training set, labels and validation split in row k (the
+    # inputs read through one device copy of the dataset they were taken from, where they share one).
+    shared: dict = {}
     train_x = MemberRows([d.train.inputs for d in datas], device,  # type: ignore[misc]
                          [d.train.origin for d in datas], shared)
     train_y = _stack([d.train.labels for d in datas], device)
