@@ -11,7 +11,7 @@ Order (every step seeded from ``data_seed``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,10 @@ def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Genera
 
 
 def prepare(config: TrainConfig, source: Source | None = None) -> Data:
+    # A source given by the caller may serve several configurations (a population's members share
+    # one device copy of it through their splits' origins); one loaded here serves this one alone,
+    # and a record of it would keep the whole dataset in memory next to the splits taken from it.
+    shared_source = source is not None
     source = source if source is not None else load_source(config)
     if source.task == "retrieval":
         from dm_tune.data_reid import prepare_retrieval
@@ -126,6 +130,8 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
         keep = keep[sub]
     keep_t = torch.from_numpy(keep)
     train = source.train.subset(keep_t, torch.from_numpy(noisy.labels[keep]))
+    if not shared_source:
+        train, val_split = (replace(s, origin=None) for s in (train, val_split))
 
     sample = train.inputs[0]
     if not isinstance(sample, torch.Tensor):

@@ -552,6 +552,17 @@ def test_a_split_of_a_split_remembers_the_rows_of_the_first_tensor():
     assert torch.equal(base[twice.origin[1]], twice.inputs)
 
 
+def test_only_a_split_of_a_callers_source_records_its_origin():
+    # prepare() without a source loads one for this configuration alone: its splits must not keep
+    # the whole dataset alive (a feature file's tensor, say) for a sharing that cannot happen.
+    cfg = configs({"seed": 0})[0]
+    alone = prepare(cfg)
+    assert alone.train.origin is None and alone.val.origin is None
+    shared = prepare(cfg, digits())
+    assert shared.train.origin[0] is digits().train.inputs and shared.val.origin[0] is digits().train.inputs
+    assert torch.equal(alone.train.inputs, shared.train.inputs)
+
+
 def test_shared_and_stacked_member_rows_train_the_same_population():
     cfgs = configs({"method": "dm", "seed": 0}, {"method": "cce", "seed": 1}, epochs=2)
     ds = datas(cfgs)
