@@ -312,7 +312,7 @@ def validate_command(args: argparse.Namespace) -> int:
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
     out = output_dir("--out", args.out)  # checked before hours of training, not after
-    from dm_tune.search._stores import held
+    from dm_tune._locks import held
 
     with held(out / LOCK_FILE, f"--out {args.out}: another dm-tune validate is writing there ({{holder}}); "
                                "wait for it to end or use another --out"):

@@ -85,7 +85,7 @@ def report_command(args: argparse.Namespace) -> int:
     except (MlflowException, OSError) as exc:  # the weight curves are optional: report without them
         print(f"dm-tune: warning: no metric histories ({exc}); skipping the weight-over-training figures",
               file=sys.stderr)
-    from dm_tune.search._stores import held
+    from dm_tune._locks import held
 
     try:
         out.mkdir(parents=True, exist_ok=True)

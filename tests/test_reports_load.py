@@ -236,7 +236,7 @@ def test_an_unwritable_report_directory_is_refused_before_anything_is_read(tmp_p
 
 
 def test_a_report_into_a_folder_another_report_is_writing_is_refused(store: dict[str, Any], tmp_path: Path) -> None:
-    from dm_tune.search._stores import held
+    from dm_tune._locks import held
 
     out = tmp_path / "rep"
     out.mkdir()

@@ -13,23 +13,22 @@ that MLflow and Optuna only report as long tracebacks, or not at all:
   schema migrations (``duplicate column name``): ``prepare_stores`` creates or upgrades the
   stores under a workspace-wide lock.
 
-The locks are ``flock`` locks: the OS releases them when the process ends, however it ends
+The locks are ``flock`` locks (``dm_tune._locks``): the OS releases them when the process ends, however it ends
 (even ``kill -9``), so a stale lock file never blocks a later search.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+from dm_tune._locks import held
 from dm_tune.errors import UserError
 
 LOCKS_DIR = "locks"
@@ -147,28 +146,6 @@ def study_lock(workspace: Path, name: str) -> Iterator[None]:
               f"study {name!r} is already being searched in {workspace} ({{holder}}); "
               "wait for it to end or use another --name"):
         yield
-
-
-@contextlib.contextmanager
-def held(path: Path, busy: str) -> Iterator[None]:
-    """Hold the lock file ``path`` for this process (it names the holder: pid, host, since when),
-    or fail with one line: ``busy`` with ``{holder}`` filled in. The lock goes with the process,
-    however it ends (``kill -9`` included): the kernel releases it."""
-    f = open(path, "a+")  # noqa: SIM115 - closed below, which releases the lock
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise UserError(busy.format(holder=f.read().strip() or "another process")) from None
-        f.seek(0)
-        f.truncate()
-        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
-        f.flush()
-        yield
-    finally:
-        f.close()
 
 
 @contextlib.contextmanager
