@@ -151,3 +151,19 @@ def test_population_kernels_benchmark_checks_and_times_both_arms(tmp_path):
     _run("population_kernels.py", "--sections", "block", "--blocks", "1", "--block-ms", "1", "--sizes", "2",
          "--json", str(out))
     assert set(json.loads(out.read_text())) == {"threads", "blocks", "torch", "machine", "block"}
+
+
+def test_the_gpu_checks_script_parses_and_passes_known_flags():
+    # The script runs only on a lent GPU machine, once a session: a typo there costs the run.
+    import re
+    import subprocess
+
+    script = ROOT / "benchmarks" / "gpu_checks.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    lines = script.read_text().splitlines()
+    runs = [line.split()[2:] for line in lines if re.match(r"population \w+ --", line)]
+    assert len(runs) >= 4
+    known = set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "benchmarks" / "population.py").read_text()))
+    for flags in runs:
+        unknown = [f for f in flags if f.startswith("--") and f not in known]
+        assert not unknown, (flags, unknown)
