@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from dm_tune._popsteps import MemberRows, PopulationInputs, epoch_metrics, evalu
 from dm_tune.class_weighting import member_class_weights
 from dm_tune.config import TrainConfig
 from dm_tune.data import Data
+from dm_tune.errors import UserError
 from dm_tune.methods import build_loss
 from dm_tune.models import ModelSpec, build_model
 from dm_tune.train import (EVAL_BATCH, TrainResult, _amp_dtype, _autocast, _lr_factor, _result, loss_ceiling,
@@ -143,7 +145,19 @@ def train_population(configs: Sequence[TrainConfig], datas: Sequence[Data],
     if len(set(keys)) > 1:
         field = _first_difference(configs, datas)
         raise ValueError(f"members of one population must share {field!r} (see plan_populations)")
-    return _train_together([_resolved(c, d) for c, d in zip(configs, datas)], list(datas), report, resume)
+    try:
+        return _train_together([_resolved(c, d) for c, d in zip(configs, datas)], list(datas), report, resume)
+    except torch.cuda.OutOfMemoryError as e:  # the population's size is the user's knob: say which
+        raise UserError(f"a population of {len(configs)} members ran out of GPU memory ({_oom_summary(e)}); "
+                        f"train fewer at once: --population-size {len(configs) // 2} (dm-tune train, "
+                        "dm-tune search) or population_size in the study") from None
+
+
+def _oom_summary(error: BaseException) -> str:
+    """torch's out-of-memory message up to what it says is free (its advice on the allocator left out)."""
+    text = " ".join(str(error).split())
+    found = re.match(r"(.*?is free)\.", text)
+    return found.group(1) if found else text[:160]
 
 
 def _first_difference(configs: Sequence[TrainConfig], datas: Sequence[Data]) -> str:

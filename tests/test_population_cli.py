@@ -99,3 +99,19 @@ def test_a_retrieval_dataset_trains_its_members_one_at_a_time(tmp_path, capsys):
     assert captured.err.count("test mAP") == 2 and captured.out.count("finished: final test mAP") == 2
     results = json.loads(out.read_text())
     assert [r["config"]["lam"] for r in results] == [1.0, 2.0] and all(r["test_map"] > 0 for r in results)
+
+
+def test_a_population_out_of_gpu_memory_is_one_line_naming_a_size_that_halves_it(capsys, monkeypatch):
+    from dm_tune import population
+
+    def out_of_memory(*args, **kwargs):  # a GPU that runs out cannot exist here: its error can
+        raise torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 23.65 GiB of which "
+            "1.20 GiB is free. Including non-PyTorch memory, this process has 22.40 GiB memory in use. If reserved "
+            "but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+
+    monkeypatch.setattr(population, "_train_together", out_of_memory)
+    err = _error(capsys, ["--lam", "1,2,4", "--seed", "0,1", "--epochs", "1", "--population-size", "6", "--quiet"])
+    assert "population of 6 members ran out of GPU memory" in err
+    assert "Tried to allocate 2.00 GiB" in err and "1.20 GiB is free" in err and "Including" not in err
+    assert "--population-size 3" in err and "population_size in the study" in err
