@@ -21,6 +21,11 @@ class ArmResult:
     val_acc: list[float] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
 
+    @property
+    def n_results(self) -> int:
+        """Seeds with a final accuracy."""
+        return sum(math.isfinite(v) for v in self.test_acc)
+
     def mean(self, values: list[float]) -> float:
         ok = [v for v in values if math.isfinite(v)]
         return sum(ok) / len(ok) if ok else float("nan")
@@ -79,7 +84,7 @@ def _row(a: ArmResult, best: ArmResult | None) -> dict[str, Any]:
         "arm": _arm_label(a), "baseline": a.baseline,
         "test_acc_mean": a.mean(a.test_acc), "test_acc_std": a.std(a.test_acc),
         "val_acc_mean": a.mean(a.val_acc), "n_seeds": len(a.test_acc),
-        "n_results": sum(math.isfinite(v) for v in a.test_acc),  # seeds with a final accuracy
+        "n_results": a.n_results,
         "statuses": sorted(set(a.statuses)),
         "dm_minus_arm": (best.mean(best.test_acc) - a.mean(a.test_acc)) if best and a is not best else None,
         **({k: a.params.get(k) for k in ("lam", "beta", "psi", "rho")} if not a.baseline else {}),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import shutil
@@ -280,8 +279,7 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     for s in summaries:
         ended.update(s.search_statuses)
         ended.update(status for arm in s.arms for status in arm.statuses)
-    results = any(math.isfinite(v) for s in summaries for arm in s.arms for v in arm.test_acc)
-    if not results and not ended["finished"]:
+    if not any(arm.n_results for s in summaries for arm in s.arms) and not ended["finished"]:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(ended.items()))
         print(f"dm-tune: error: no trial of study {study.name!r} finished ({counts}); each trial's error is in "
               f"its folder under {opts.storage}/{study.name}", file=sys.stderr)
