@@ -31,10 +31,13 @@ def cifar_like(n_train: int, n_test: int) -> Source:
                   normalise=((0.49, 0.48, 0.45), (0.25, 0.24, 0.26)))
 
 
-def case(name: str, quick: bool = False, device: str = "cpu") -> tuple[Source, dict[str, Any]]:
+def case(name: str, quick: bool = False, device: str = "cpu",
+         images: int | None = None) -> tuple[Source, dict[str, Any]]:
     """(source, shared config fields) of a case: ``digits-mlp`` (the embedded default, 10 epochs),
     ``mnist1d-cnn`` (the 1-D CNN, 1 epoch at its default batch 256), ``resnet20`` (random
-    CIFAR-shaped images, augmentation on: 4 steps at batch 32 on the CPU, 40 at 128 on CUDA)."""
+    CIFAR-shaped images, augmentation on: 4 steps at batch 32 on the CPU, 40 at 128 on CUDA; or,
+    with ``images``, one epoch of that many training images before the 20% validation carve, e.g.
+    CIFAR-10's 50 000)."""
     if name == "digits-mlp":
         return DATASETS["digits"][0](None, {}, False), {"dataset": "digits", "epochs": 2 if quick else 10}
     if name == "mnist1d-cnn":
@@ -44,7 +47,7 @@ def case(name: str, quick: bool = False, device: str = "cpu") -> tuple[Source, d
     if name == "resnet20":
         batch = 8 if quick else (128 if device == "cuda" else 32)
         steps = 2 if quick else (40 if device == "cuda" else 4)
-        n_train = int(batch * steps / 0.8)  # 20% is carved off as validation
+        n_train = images or int(batch * steps / 0.8)  # 20% is carved off as validation
         return cifar_like(n_train, batch), {"dataset": "cifar10", "model": "resnet20", "batch_size": batch,
                                             "epochs": 1}
     raise SystemExit(f"unknown case {name!r}: {', '.join(CASES)}")

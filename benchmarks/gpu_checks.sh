@@ -7,7 +7,8 @@
 #    population's grouped convolutions contiguous (nchw) and channels-last (nhwc), each with and
 #    without cuDNN's autotuning (--cudnn-benchmark); the first and the last also profiled at K = 64
 #    (kernels by device time), the first also with one model's bare training step (--dense-reference);
-#    then K = 128 channels-last with autotuning;
+#    then K = 128 channels-last with autotuning, and K = 64 over one CIFAR-10-sized epoch
+#    (--resnet-images 50000, the default layout);
 # 3. while less than SECONDS (default 600) have passed: benchmarks/gpu_throughput.py (ResNet-20
 #    images/s with DM against cross-entropy, bf16) and benchmarks/layout.py (channels-last against
 #    contiguous image models, bf16).
@@ -36,6 +37,7 @@ population nhwc_tuned --resnet-layout nhwc --cudnn-benchmark --profile
 population nhwc --resnet-layout nhwc
 population nchw_tuned --resnet-layout nchw --cudnn-benchmark
 population nhwc_tuned_k128 --resnet-layout nhwc --cudnn-benchmark --sizes 128
+population cifar50k_k64 --sizes 64 --resnet-images 50000
 
 if (( SECONDS < budget - 120 )); then
     $PY benchmarks/gpu_throughput.py --device cuda --json "$out/gpu_throughput.json" 2>&1 | tee "$out/gpu_throughput.log"

@@ -26,7 +26,9 @@ against K single-model steps: how dm_tune._popmodels chose its layouts.
 ``--dense-reference`` (CUDA) also times one ResNet-20's bare training step (random batch on the
 device, no data pipeline or evaluation) at batch 128 and at K x 128 for the largest K: what one
 model does with a population's images per step. ``--cudnn-benchmark`` turns on cuDNN's
-autotuning (``torch.backends.cudnn.benchmark``) for both arms.
+autotuning (``torch.backends.cudnn.benchmark``) for both arms. ``--resnet-images 50000`` trains
+the ResNet-20 case over one epoch of a CIFAR-10-sized set instead of its few steps (on CUDA at
+K = 64, its members' copies are over the stacking limit: what a real CIFAR-10 population reads).
 
 ``--profile`` then profiles one more population run of each case at its largest K (torch's
 profiler, after the timed runs) and lists its operators by self CPU time (on CUDA, its kernels
@@ -58,9 +60,10 @@ import _cases  # noqa: E402
 import _timing  # noqa: E402
 
 
-def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device: str) -> dict[str, Any]:
+def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device: str,
+             images: int | None = None) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    source, shared = _cases.case(name, quick, device)
+    source, shared = _cases.case(name, quick, device, images)
     cfgs = _cases.configs(shared, k, device)
     datas = [prepare(c, source) for c in cfgs]
     separate_runs = k if device != "cuda" else min(k, 4)
@@ -90,7 +93,8 @@ def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device:
     return row
 
 
-def profile_case(name: str, k: int, threads: int, quick: bool, device: str, top: int = 25) -> dict[str, Any]:
+def profile_case(name: str, k: int, threads: int, quick: bool, device: str, top: int = 25,
+                 images: int | None = None) -> dict[str, Any]:
     """One population run of ``name`` at K = ``k`` under torch's profiler (after a warm-up run):
     on the CPU its operators by self CPU time; on CUDA its kernels by device time."""
     from torch.profiler import ProfilerActivity, profile
@@ -98,7 +102,7 @@ def profile_case(name: str, k: int, threads: int, quick: bool, device: str, top:
     from dm_tune.population import train_population
 
     torch.set_num_threads(threads)
-    source, shared = _cases.case(name, quick, device)
+    source, shared = _cases.case(name, quick, device, images)
     cfgs = _cases.configs(shared, k, device)
     datas = [prepare(c, source) for c in cfgs]
     cuda = device == "cuda"
@@ -261,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense-reference", action="store_true",
                    help="on cuda, also time one ResNet-20's training step at batch 128 and at K x 128 (no data "
                         "pipeline, no evaluation): what one model of the same work per step reaches")
+    p.add_argument("--resnet-images", type=int, metavar="N",
+                   help="the ResNet-20 case trains one epoch of N random images (before its 20%% validation "
+                        "carve; CIFAR-10 has 50000) instead of its few steps")
     p.add_argument("--json", help="write the results here (default benchmarks/results/population_<device>.json)")
     args = p.parse_args(argv)
 
@@ -280,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {"machine": _machine(), "device": device, "quick": args.quick,
                            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                            "resnet_layout": "nhwc" if _popmodels.CHANNELS_LAST.get(device) else "nchw",
-                           "cudnn_benchmark": args.cudnn_benchmark,
+                           "cudnn_benchmark": args.cudnn_benchmark, "resnet_images": args.resnet_images,
                            "load_average_start": _load(), "results": [], "layouts": [], "profiles": [],
                            "dense_reference": []}
     t_start = time.perf_counter()
@@ -289,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in (args.sizes or default_sizes).split(",")]
         for t in threads:
             for k in sizes:
-                row = run_case(case, k, t, args.repeats, args.quick, device)
+                row = run_case(case, k, t, args.repeats, args.quick, device, args.resnet_images)
                 doc["results"].append(row)
                 extra = (f"  images/s pop {row['population_images_per_s']:.0f} vs one model "
                          f"{row['one_model_images_per_s']:.0f}" if "population_images_per_s" in row else "")
@@ -297,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"configs/s, separate {row['separate_configs_per_s']:8.3f} configs/s, "
                       f"ratio {row['ratio']:5.2f} (CPU time: {row['cpu_ratio']:5.2f}){extra}", flush=True)
         if args.profile:
-            prof = profile_case(case, max(sizes), threads[0], args.quick, device)
+            prof = profile_case(case, max(sizes), threads[0], args.quick, device, images=args.resnet_images)
             doc["profiles"].append(prof)
             print(f"profile {case} {device} threads {prof['threads']} K {prof['k']}: {prof['wall_s']:.2f} s, "
                   f"{prof['total_self_ms']:.0f} ms of {prof['clock']} self time", flush=True)
