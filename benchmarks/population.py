@@ -29,6 +29,8 @@ model does with a population's images per step. ``--cudnn-benchmark`` turns on c
 autotuning (``torch.backends.cudnn.benchmark``) for both arms. ``--resnet-images 50000`` trains
 the ResNet-20 case over one epoch of a CIFAR-10-sized set instead of its few steps (on CUDA at
 K = 64, its members' copies are over the stacking limit: what a real CIFAR-10 population reads).
+With ``--profile`` it profiles that whole epoch too, which on an H200 at K = 64 did not finish in
+200 s (the profiler records every kernel of 312 steps): profile the default few steps instead.
 
 ``--profile`` then profiles one more population run of each case at its largest K (torch's
 profiler, after the timed runs) and lists its operators by self CPU time (on CUDA, its kernels
