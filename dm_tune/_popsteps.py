@@ -80,12 +80,10 @@ class MemberRows:
             return
         if sum(t.numel() * t.element_size() for t in tensors) > STACK_LIMIT_BYTES:
             return
-        if device.type == "cpu":
-            stacked = torch.stack(tensors)
-        else:  # each member's rows straight into its slot on the device: no K-fold copy on the host first
-            stacked = torch.empty((self.size, *first.shape), dtype=first.dtype, device=device)
-            for slot, t in zip(stacked, tensors):
-                slot.copy_(t, non_blocking=True)
+        # Each member's rows straight into its slot on the device: no K-fold copy on the host first.
+        stacked = torch.empty((self.size, *first.shape), dtype=first.dtype, device=device)
+        for slot, t in zip(stacked, tensors):
+            slot.copy_(t, non_blocking=True)
         self.base, self.stacked = stacked.flatten(0, 1), True
         self.rows = torch.arange(stacked.shape[0] * stacked.shape[1]).view(stacked.shape[:2])
 
