@@ -26,16 +26,18 @@ against K single-model steps: how dm_tune._popmodels chose its layouts.
 ``--dense-reference`` (CUDA) also times one ResNet-20's bare training step (random batch on the
 device, no data pipeline or evaluation) at batch 128 and at K x 128 for the largest K: what one
 model does with a population's images per step. ``--cudnn-benchmark`` turns on cuDNN's
-autotuning (``torch.backends.cudnn.benchmark``) for both arms. ``--resnet-images 50000`` trains
-the ResNet-20 case over one epoch of a CIFAR-10-sized set instead of its few steps (on CUDA at
-K = 64, its members' copies are over the stacking limit: what a real CIFAR-10 population reads).
-With ``--profile`` it profiles that whole epoch too, which on an H200 at K = 64 did not finish in
-200 s (the profiler records every kernel of 312 steps): profile the default few steps instead.
+autotuning (``torch.backends.cudnn.benchmark``) for both arms.
 
 ``--profile`` then profiles one more population run of each case at its largest K (torch's
 profiler, after the timed runs) and lists its operators by self CPU time (on CUDA, its kernels
 by device time), the top 25 with their share of the profiled total: where the
 population's time goes, next to the ratio it reached.
+
+``--resnet-images 50000`` trains the ResNet-20 case over one epoch of a CIFAR-10-sized set
+instead of its few steps (on CUDA at K = 64, its members' copies are over the stacking limit:
+what a real CIFAR-10 population reads). With ``--profile`` it profiles that whole epoch too,
+which on an H200 at K = 64 did not finish in 200 s (the profiler records every kernel of 312
+steps): profile the default few steps instead.
 """
 
 from __future__ import annotations
