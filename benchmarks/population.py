@@ -276,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     device = args.device
+    if args.resnet_images is not None and args.resnet_images < 2:
+        p.error(f"--resnet-images {args.resnet_images}: need at least 2 images (one for validation)")
     if device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available on this machine")
     cases = args.cases.split(",") if args.cases else (["resnet20"] if device == "cuda" else
