@@ -28,13 +28,16 @@ if [ -f "$ENV/.pins" ] && [ "$(cat "$ENV/.pins")" = "$STAMP" ]; then
 fi
 
 rm -rf "$ENV"
+# A half-built environment is removed rather than left to hold gigabytes of disk.
+trap 'rm -rf "$ENV"' ERR
 # Built from .venv's interpreter, so that .venv's compiled packages fit it.
 .venv/bin/python -m venv --without-pip "$ENV"
 SITE=$("$ENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
 echo "import site; site.addsitedir('$MAIN_SITE')" > "$SITE/zz-dmtune-main-venv.pth"
 # .venv's pip installs into .venv-oldest (--python); old packages that .venv also has stay in
-# .venv untouched ("outside environment") and are shadowed.
-.venv/bin/python -m pip --python "$ENV/bin/python" install --quiet --disable-pip-version-check \
+# .venv untouched ("outside environment") and are shadowed. No cache: the old CUDA wheels are used
+# once, and a cached copy would double their few GB on disk.
+.venv/bin/python -m pip --python "$ENV/bin/python" install --quiet --disable-pip-version-check --no-cache-dir \
     "${PINS[@]}"
 # The dm-tune console script, for the tests that run it.
 cat > "$ENV/bin/dm-tune" <<EOF
@@ -48,3 +51,4 @@ chmod +x "$ENV/bin/dm-tune"
 print('oldest env: torch', torch.__version__, 'torchvision', torchvision.__version__, 'ray', ray.__version__,
       'optuna', optuna.__version__, 'mlflow', mlflow.__version__)"
 echo "$STAMP" > "$ENV/.pins"
+trap - ERR
