@@ -28,6 +28,16 @@ if [ -f "$ENV/.pins" ] && [ "$(cat "$ENV/.pins")" = "$STAMP" ]; then
 fi
 
 rm -rf "$ENV"
+# The old CUDA wheels (about 3 GB, downloaded to the temporary folder) and what they unpack to
+# (about 5.7 GB) are on disk at once: say so up front rather than fail half-way through pip.
+.venv/bin/python - 9 <<'EOF'
+import shutil, sys, tempfile
+need, tmp = float(sys.argv[1]), tempfile.gettempdir()
+free = min(shutil.disk_usage(".").free, shutil.disk_usage(tmp).free) / 2**30
+if free < need:
+    sys.exit(f"oldest.sh: building .venv-oldest needs about {need:.0f} GB of free disk, here and in {tmp}; "
+             f"{free:.1f} GB is free")
+EOF
 # A half-built environment is removed rather than left to hold gigabytes of disk.
 trap 'rm -rf "$ENV"' ERR
 # Built from .venv's interpreter, so that .venv's compiled packages fit it.
