@@ -18,6 +18,13 @@ os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 DM_TUNE = str(Path(sys.executable).parent / "dm-tune")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``-n``), the slow end-to-end tests are handed out first: the workers
+    then end on short tests together, not one of them alone on a minute-long search."""
+    if getattr(config.option, "numprocesses", None):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models train faster on one intra-op thread (much faster on a busy machine), and a
