@@ -167,3 +167,13 @@ def test_the_gpu_checks_script_parses_and_passes_known_flags():
     for flags in runs:
         unknown = [f for f in flags if f.startswith("--") and f not in known]
         assert not unknown, (flags, unknown)
+
+
+def test_exit_time_runs_both_entry_points(tmp_path):
+    out = tmp_path / "exit.json"
+    _run("exit_time.py", "--command", "train", "--repeats", "1", "--json", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["command"] == "train" and doc["repeats"] == 1
+    assert set(doc["arms"]) == {"main", "console_main"}
+    for arm in doc["arms"].values():  # the work's end was recorded, inside the command's wall time
+        assert 0 < arm["exit_s"] < arm["command_s"] and arm["exit_s_all"] == [arm["exit_s"]]
