@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--device cuda: CUDA is not available on this machine")
     cases = args.cases.split(",") if args.cases else (["resnet20"] if device == "cuda" else
                                                        ["digits-mlp", "mnist1d-cnn", "resnet20"])
+    if args.resnet_images is not None and "resnet20" not in cases:
+        p.error(f"--resnet-images {args.resnet_images}: sizes the resnet20 case, which --cases {args.cases} "
+                "leaves out")
     threads = [int(t) for t in args.threads.split(",")]
     if device == "cuda":
         threads = threads[:1]

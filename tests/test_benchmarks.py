@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,3 +180,15 @@ def test_exit_time_runs_both_entry_points(tmp_path):
     assert set(doc["arms"]) == {"main", "console_main"}
     for arm in doc["arms"].values():  # the work's end was recorded, inside the command's wall time
         assert 0 < arm["exit_s"] < arm["command_s"] and arm["exit_s_all"] == [arm["exit_s"]]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--resnet-images", "1"], "--resnet-images 1: need at least 2 images (one for validation)"),
+    (["--cases", "digits-mlp", "--resnet-images", "64"],
+     "--resnet-images 64: sizes the resnet20 case, which --cases digits-mlp leaves out"),
+])
+def test_population_benchmark_refuses_a_resnet_size_it_would_not_use(tmp_path, args, needle):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "population.py"), *args,
+                           "--json", str(tmp_path / "pop.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "pop.json").exists()
