@@ -183,8 +183,9 @@ def _train_one_by_one(configs: Sequence[TrainConfig], datas: Sequence[Data], rep
         raise ValueError("resume: not a snapshot of a population trained one member at a time")
     done: list[dict[str, Any]] = list(resume["done"]) if resume else []
     results = [TrainResult(**d) for d in done]
+    interrupted = len(done)  # the member the snapshot's current run belongs to; those after it start afresh
     for k in range(len(results), len(configs)):
-        current = resume["current"] if resume and k == len(done) else None
+        current = resume["current"] if resume and k == interrupted else None
 
         def member_report(metrics: dict[str, float], snap: Callable[[], dict[str, Any]], k: int = k) -> None:
             if report is not None:

@@ -615,6 +615,22 @@ def test_unsupported_models_fall_back_to_one_member_at_a_time(capsys):
     assert [r.epochs_completed for r in results] == [1, 1]
 
 
+def test_a_one_at_a_time_population_resumes_each_member_from_its_own_state():
+    """A snapshot taken while member 0 trains: member 0 continues from it, members 1 and 2 start
+    afresh (not from member 0's weights and history) and end as an uninterrupted run would."""
+    images = _images()
+    cfgs = configs({"seed": 0, "method": "dm", "lr": 0.1}, {"seed": 1, "method": "cce", "lr": 0.01},
+                   {"seed": 2, "method": "gce", "lr": 0.05}, model="cnn", epochs=2)
+    ds = datas(cfgs, images)
+    saved: list = []
+    whole = train_population(cfgs, ds, lambda metrics, snap: saved.append(_round_trip(snap())))
+    assert saved[0]["kind"] == "one-by-one" and saved[0]["done"] == []  # member 0, after its first epoch
+    resumed = train_population(cfgs, ds, resume=saved[0])
+    for ours, ref in zip(resumed, whole):
+        assert ours.epochs_completed == 2
+        assert without_times(ours.history) == without_times(ref.history)
+
+
 def test_a_resnet_population_with_augmentation_matches_its_members():
     images = _images()
     cfgs = configs({"seed": 0, "method": "dm"}, {"seed": 1, "method": "cce", "lr": 0.05},
