@@ -45,33 +45,55 @@ def status_counts(df: pd.DataFrame) -> dict[str, int]:
 
 
 def summarize_arms(df: pd.DataFrame) -> pd.DataFrame:
-    """Usable runs grouped by (setting, stage, arm): means and sample stds over seeds, in points."""
+    """Usable runs grouped by (setting, stage, arm): means and sample stds over seeds, in points.
+
+    ``n`` counts the distinct seeds that finished, ``n_attempted`` those the arm was run on (any
+    status): an arm with ``n < n_attempted`` diverged, errored or was stopped on some seed.
+    """
     runs = usable(df)
     cols = ["setting", "stage", "arm", "baseline", "method", "lam", "beta", "psi", "rho", "class_weighting", "n",
-            "val_mean",
-            "val_std", "test_mean", "test_std", "best_test_mean"]
+            "n_attempted", "val_mean", "val_std", "test_mean", "test_std", "best_test_mean"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
-    grouped = runs.groupby(["setting", "stage", "arm"], sort=True, dropna=False)
+    keys = ["setting", "stage", "arm"]
+    grouped = runs.groupby(keys, sort=True, dropna=False)
     out = grouped.agg(baseline=("baseline", "first"), method=("method", "first"), lam=("lam", "first"),
                       beta=("beta", "first"), psi=("psi", "first"), rho=("rho", "first"),
-                      class_weighting=("class_weighting", "first"), n=("run_id", "size"), val_mean=("final_val_acc", "mean"),
+                      class_weighting=("class_weighting", "first"), n=("seed", _seeds),
+                      val_mean=("final_val_acc", "mean"),
                       val_std=("final_val_acc", "std"), test_mean=("final_test_acc", "mean"),
                       test_std=("final_test_acc", "std"), best_test_mean=("best_test_acc", "mean"))
+    out["n_attempted"] = df.groupby(keys, sort=True, dropna=False)["seed"].agg(_seeds).reindex(out.index)
     for col in ("val_mean", "val_std", "test_mean", "test_std", "best_test_mean"):
         out[col] = out[col] * POINTS
     return out.reset_index()[cols]
 
 
+def _seeds(seeds: pd.Series) -> int:
+    """Distinct seeds (a run without a logged seed counts as one of its own)."""
+    return int(seeds.nunique() + seeds.isna().sum())
+
+
 def best_dm_arm(arms: pd.DataFrame) -> tuple[pd.Series | None, str]:
-    """The DM arm with the highest mean final validation accuracy: confirm stage, else search stage."""
+    """The DM arm with the highest mean final validation accuracy among those that finished on every
+    seed they were run on: confirm stage, else search stage. Arms that diverged, errored or were
+    stopped on some seed are chosen from only when no arm of the stage finished everywhere (said in
+    the note): one lucky seed of an unstable configuration is not a recommendation."""
     dm = arms[(arms["method"] == "dm") & (arms["baseline"] == "")]
-    for stage, note in (("confirm", ""), ("search", "no confirm-stage runs: chosen from single-seed search "
-                                                     "trials (less reliable)")):
+    for stage, note in (("confirm", ""), ("search", "no confirm-stage runs: chosen from search trials "
+                                                     "(fewer seeds, less reliable)")):
         candidates = dm[dm["stage"] == stage]
-        if not candidates.empty:
-            best = candidates.sort_values(["val_mean", "n"], ascending=False, kind="stable").iloc[0]
-            return best, note
+        if candidates.empty:
+            continue
+        complete = candidates[candidates["n"] >= candidates["n_attempted"]]
+        if complete.empty:
+            incomplete = (f"no {stage}-stage DM arm finished on every seed: chosen among arms that "
+                          "diverged, errored or were stopped on some")
+            note = f"{note}; {incomplete}" if note else incomplete
+        else:
+            candidates = complete
+        best = candidates.sort_values(["val_mean", "n"], ascending=False, kind="stable").iloc[0]
+        return best, note
     return None, "no finished DM runs"
 
 

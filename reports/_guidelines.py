@@ -91,7 +91,7 @@ def setting_sentence(s: dict[str, Any]) -> str:
         text += f", rank-1 {fmt_acc(s.get('test_rank1_mean'), None)}%"
     text += f", n={s['n_seeds']})"
     if s.get("stage") != "confirm":
-        text += " [from single-seed search trials]"
+        text += " [from search trials, not confirmed]"
     return text + "."
 
 

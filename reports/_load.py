@@ -130,6 +130,10 @@ def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df["class_weighting"] = df["class_weighting"].replace("", "none")  # runs from before class weighting
     df["imbalance"] = df["imbalance"].replace("", "none")
     df["imbalance_ratio"] = df["imbalance_ratio"].fillna(1.0)
+    # One setting measured by two studies (experiments) is two settings: their arms, epochs and
+    # seeds are their own, and pooling them would count one seed twice.
+    shared = df.groupby("setting")["experiment"].transform("nunique") > 1
+    df.loc[shared, "setting"] = df.loc[shared, "setting"] + "@" + df.loc[shared, "experiment"]
     _fill_dm_coordinates(df)
     df["arm"] = [arm_label(b, m, lam, beta, cw) for b, m, lam, beta, cw in
                  zip(df["baseline"], df["method"], df["lam"], df["beta"], df["class_weighting"])]

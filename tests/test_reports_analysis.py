@@ -12,7 +12,8 @@ import pytest
 
 from dm_tune import mode_from_lambda, rho_from_beta
 from dm_tune.errors import UserError
-from dm_tune.reports import (analyse_setting, build_guidelines, compare_with_paper, default_guidelines_path, fit_line,
+from dm_tune.reports import (analyse_setting, analyse_settings, build_guidelines, compare_with_paper,
+                     default_guidelines_path, fit_line,
                      lambda_beta_rule, load_guidelines, noise_rate_rules, recommend, status_counts,
                      validate_guidelines)
 from dm_tune.reports._guidelines import dumps
@@ -86,6 +87,35 @@ def test_search_stage_fallback_is_said() -> None:
     res = analyse_setting(tidy(rows))
     assert res["stage"] == "search" and "no confirm-stage" in res["stage_note"] and res["lam"] == 2.0
     assert res["test_acc_std"] is None and res["n_seeds"] == 1
+
+
+def test_an_arm_that_diverged_on_some_seeds_is_not_chosen_over_one_that_finished_on_all() -> None:
+    """B's one surviving seed validates best, but B diverged on two of its three seeds: A, finished on
+    all three, is the recommendation. With no complete arm the choice falls back, and says so."""
+    rows = [row(seed=s, val=0.90, test=0.80) for s in range(3)]
+    rows += [row(seed=0, val=0.95, test=0.90, lam=2.0, beta=24.0)]
+    rows += [row(seed=s, val=None, test=None, lam=2.0, beta=24.0, status="diverged") for s in (1, 2)]
+    res = analyse_setting(tidy(rows))
+    assert (res["lam"], res["beta"], res["n_seeds"]) == (1.0, 8.0, 3) and res["stage_note"] == ""
+    partial = analyse_setting(tidy(rows[3:] + [row(seed=0, val=0.90, test=0.80),
+                                               row(seed=1, val=None, test=None, status="errored")]))
+    assert (partial["lam"], partial["n_seeds"]) == (2.0, 1)
+    assert "no confirm-stage DM arm finished on every seed" in partial["stage_note"]
+
+
+def test_one_setting_from_two_experiments_is_two_settings_counted_by_seed() -> None:
+    """Two studies of one setting are not pooled (that counted each seed twice: n 6 from 3 seeds)."""
+    rows = [row(seed=s, val=0.8, test=t) | {"experiment": exp} for exp, t in (("a", 0.70), ("b", 0.90))
+            for s in range(3)]
+    rows += [row(seed=s, val=0.6, test=0.6, baseline="cce", method="cce") | {"experiment": "a"} for s in range(3)]
+    results = {r["setting"]: r for r in analyse_settings(tidy(rows))}
+    assert set(results) == {"digits/symmetric/0.4@a", "digits/symmetric/0.4@b"}
+    a, b = results["digits/symmetric/0.4@a"], results["digits/symmetric/0.4@b"]
+    assert (a["n_seeds"], a["test_acc_mean"], b["n_seeds"], b["test_acc_mean"]) == (3, pytest.approx(70.0), 3,
+                                                                                     pytest.approx(90.0))
+    assert a["vs_baselines"]["cce"]["n"] == 3 and b["vs_baselines"] == {}
+    one = analyse_setting(tidy([row(seed=0, val=0.8, test=0.7), row(seed=0, val=0.8, test=0.7)]))
+    assert one["n_seeds"] == 1  # a seed recorded twice is one seed
 
 
 def test_no_dm_runs_is_unresolved() -> None:
@@ -205,6 +235,8 @@ def test_recommend_warns_when_extrapolating() -> None:
      "imbalance 'zipf' is not known; expected one of none, longtail, step"),
     (dict(imbalance_ratio=50.0), "imbalance ratio must be 1 with imbalance 'none', got 50.0"),
     (dict(imbalance="longtail"), "imbalance 'longtail' needs an imbalance ratio > 1"),
+    (dict(imbalance="longtail", imbalance_ratio=math.inf),  # was a traceback from the surface's log(ratio)
+     "imbalance ratio must be a finite number >= 1 (largest / smallest class), got inf"),
 ])
 def test_recommend_rejects_bad_input(kwargs: dict[str, Any], message: str) -> None:
     args = dict(num_classes=10, noise_type="symmetric", noise_rate=0.2) | kwargs
