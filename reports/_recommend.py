@@ -121,8 +121,9 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
         raise UserError(f"noise type {noise_type!r} is not known; expected one of {', '.join(NOISE_TYPES)}")
     if noise_type == "none" and noise_rate != 0.0:
         raise UserError(f"noise type 'none' needs noise rate 0, got {noise_rate!r}")
-    if not (isinstance(imbalance_ratio, (int, float)) and imbalance_ratio >= 1.0):
-        raise UserError(f"imbalance ratio must be >= 1 (largest / smallest class), got {imbalance_ratio!r}")
+    if not (isinstance(imbalance_ratio, (int, float)) and 1.0 <= imbalance_ratio < math.inf):
+        raise UserError(f"imbalance ratio must be a finite number >= 1 (largest / smallest class), "
+                        f"got {imbalance_ratio!r}")
     if imbalance not in IMBALANCE_KINDS:  # as dm-tune train checks them
         raise UserError(f"imbalance {imbalance!r} is not known; expected one of {', '.join(IMBALANCE_KINDS)}")
     if imbalance == "none" and imbalance_ratio != 1.0:
