@@ -111,10 +111,12 @@ def compare_setting(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any
 
 
 def rule_id(rule: Mapping[str, Any]) -> str:
-    """What identifies a rule across runs: its kind, knob, x and group (not its fitted values)."""
+    """What identifies a rule across runs: its task, kind, knob, x and group (not its fitted values)."""
     group = rule.get("group") or {}
     where = ", ".join(f"{k}={group[k]}" for k in sorted(group)) or "all settings"
-    return f"{rule['kind']}: {rule['knob']} vs {rule.get('x', '?')} ({where})"
+    task = rule.get("task", "classification")
+    return (f"[{task}] " if task != "classification" else "") + f"{rule['kind']}: {rule['knob']} vs " \
+        f"{rule.get('x', '?')} ({where})"
 
 
 def _sign(b: float) -> int:

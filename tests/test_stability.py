@@ -90,6 +90,20 @@ def test_a_rule_is_claimed_only_when_supported_in_both_with_one_sign():
     assert result["summary"]["rules_claimed"] == 1 and result["summary"]["rules_total"] == 4
 
 
+def test_a_retrieval_rule_is_not_taken_for_the_classification_rule_of_the_same_kind():
+    """Both tasks have a lambda-beta rule over all settings: two rules, each compared with its own."""
+    a, b = docs()
+    for doc, slope in ((a, 0.5), (b, 0.6)):
+        doc["rules"].append(rule("psi", True, slope, kind="lambda_beta", group={}) | {"task": "retrieval"})
+    result = compare(a, b)
+    rows = {r["rule"]: r for r in result["rules"] if r["kind"] == "lambda_beta"}
+    assert len(rows) == 2 and result["summary"]["rules_total"] == 5
+    retrieval = next(r for rid, r in rows.items() if rid.startswith("[retrieval] "))
+    assert retrieval["verdict"] == "holds in both"
+    classification = next(r for rid, r in rows.items() if not rid.startswith("["))
+    assert classification["verdict"] == "opposite signs"
+
+
 def test_a_rule_missing_from_one_run_is_absent_there():
     a, b = docs()
     b["rules"] = b["rules"][1:]
