@@ -158,8 +158,8 @@ def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
     for (setting, arm), stats in per_arm.iterrows():
         d = described.loc[(setting, arm)]
         row = {"setting": setting, "arm": arm, "stage": "confirm" if (setting, arm) in confirmed else "search",
-               "n_seeds": int(stats["size"]), **{k: d[k] for k in (*SETTING_KEYS, "model", "pretrained", "psi", "rho",
-                                                                   "class_weighting")}}
+               "baseline": str(d["baseline"]), "n_seeds": int(stats["size"]),
+               **{k: d[k] for k in (*SETTING_KEYS, "model", "pretrained", "psi", "rho", "class_weighting")}}
         rows.append(row)
         y.append(float(stats["mean"]) * POINTS - cce[str(setting)])
     return rows, y
@@ -167,14 +167,17 @@ def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
 
 def measured_settings(rows: list[dict[str, Any]], y: list[float]) -> list[dict[str, Any]]:
     """Each training setting's description and its best measured arm (mean validation gain over CCE,
-    confirm stage preferred, as in the per-setting analysis)."""
+    confirm stage preferred, as in the per-setting analysis). The DM-family baselines (IMAE) are
+    points of the surface but not candidates, as in that analysis, unless a setting has nothing else."""
     from collections import defaultdict
 
     arms: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
     first: dict[str, dict[str, Any]] = {}
+    searched = {r["setting"] for r in rows if not r.get("baseline")}
     for r, gain in zip(rows, y):
-        arms[r["setting"]][(r["stage"], r["arm"])].append(gain)
         first.setdefault(r["setting"], r)
+        if not r.get("baseline") or r["setting"] not in searched:
+            arms[r["setting"]][(r["stage"], r["arm"])].append(gain)
     out = []
     for setting in sorted(arms):
         stage = "confirm" if any(s == "confirm" for s, _ in arms[setting]) else "search"
@@ -186,7 +189,7 @@ def measured_settings(rows: list[dict[str, Any]], y: list[float]) -> list[dict[s
         desc["model"] = str(s.get("model", ""))
         desc["num_classes"] = int(desc["num_classes"])
         out.append({"setting": setting, **desc,
-                    "n_rows": sum(len(v) for v in arms[setting].values()),
+                    "n_rows": sum(r["setting"] == setting for r in rows),
                     "best_arm": arm, "best_stage": stage, "best_psi": float(best["psi"]),
                     "best_rho": float(best["rho"]), "best_class_weighting": str(best["class_weighting"]),
                     "best_gain": sum(gains) / len(gains)})

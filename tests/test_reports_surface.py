@@ -150,6 +150,19 @@ def test_leave_one_setting_out_scores_against_the_best_confirmed_arm() -> None:
     assert summary["paper"]["mean_regret"] > summary["surface"]["mean_regret"]  # paper's psi 1/3 at rate 0.2...
 
 
+def test_a_dm_family_baseline_is_a_point_of_the_surface_but_never_a_settings_measured_best() -> None:
+    """IMAE (DM at lambda 0) validating above every searched arm: the per-setting analysis ignores
+    it, so the surface's measured best must too (it contradicted the guideline)."""
+    rows = [run("s", "confirm", seed, 0.8, 0.79, 0.5, 2.0) for seed in range(3)]
+    rows += [run("s", "confirm", seed, 0.9, 0.89, 0.0, 2.0, baseline="imae") for seed in range(3)]
+    rows += [run("s", "confirm", seed, 0.6, 0.59, baseline="cce", method="cce") for seed in range(3)]
+    rows += [run("s", "search", 0, 0.7 + 0.01 * i, 0.7, 0.1 * i, 1.0 + i) for i in range(6)]
+    surf = fit_surface(tidy(rows))
+    (measured,) = surf["settings"]
+    assert measured["best_arm"].startswith("dm(") and measured["best_psi"] == pytest.approx(0.5)
+    assert measured["best_gain"] == pytest.approx(20.0) and measured["n_rows"] == 8  # 6 search + confirmed + imae
+
+
 @pytest.mark.parametrize("extra, chosen", [(3.0, "inverse"), (0.4, "none")])
 def test_class_weighting_is_chosen_only_when_it_helps_by_a_point(extra: float, chosen: str) -> None:
     surf = fit_surface(campaign(cw_gain={"inverse": extra}, n_search=12, imbalance="longtail", ratio=10.0))
