@@ -21,13 +21,8 @@ def held(path: Path, busy: str) -> Iterator[None]:
     """Hold the lock file ``path`` for this process (it names the holder: pid, host, since when),
     or fail with one line: ``busy`` with ``{holder}`` filled in. The lock goes with the process,
     however it ends (``kill -9`` included): the kernel releases it."""
-    f = open(path, "a+")  # noqa: SIM115 - closed below, which releases the lock
+    f = _locked(path, busy)
     try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise UserError(busy.format(holder=f.read().strip() or "another process")) from None
         f.seek(0)
         f.truncate()
         started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -36,3 +31,30 @@ def held(path: Path, busy: str) -> Iterator[None]:
         yield
     finally:
         f.close()
+
+
+def _locked(path: Path, busy: str, attempts: int = 5):
+    """The lock file ``path``, open and locked. A lock taken on a file that was removed meanwhile
+    (its folder cleaned up by the process that created it) locks nothing: it is taken again on
+    the file now at ``path``."""
+    for _ in range(attempts):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            f = open(path, "a+")  # noqa: SIM115 - closed by the caller, which releases the lock
+        except FileNotFoundError:  # the folder went between the mkdir and the open
+            continue
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise UserError(busy.format(holder=holder)) from None
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return f
+        f.close()
+    raise UserError(f"{path}: removed again each time it was locked; is another process cleaning up its folder?")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dm_tune.errors import UserError
-from dm_tune.search._stores import check_workspace, prepare_stores, study_lock
+from dm_tune.search._stores import check_workspace, prepare_stores, remove_if_only_ours, study_lock
 from tests.conftest import DM_TUNE, permissions_preexec
 
 pytestmark = pytest.mark.timeout(300)
@@ -192,6 +192,47 @@ def test_a_second_search_of_the_same_study_is_refused_until_the_first_dies(tmp_p
         holder.wait()
     with study_lock(ws, "mine"):  # the OS released the dead holder's lock
         assert f"pid {os.getpid()} on " in (ws / "locks" / "mine.lock").read_text()
+
+
+def test_a_failed_start_removes_its_new_workspace_only_if_no_other_study_came_into_it(tmp_path):
+    """A search that created a workspace and then failed (Ray, resources) removes it; but a second
+    study that started there meanwhile (kill -9'd here, so only its lock file is left), or a study
+    stored there, keeps it: another search's data is never removed."""
+    ws = tmp_path / "ws"
+    with study_lock(ws, "a"):
+        (ws / "optuna.db").write_bytes(b"x")
+        assert remove_if_only_ours(ws, "a") and not ws.exists()
+    with study_lock(ws, "a"):
+        other = _hold(ws, "b")
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+        assert not remove_if_only_ours(ws, "a") and (ws / "locks" / "b.lock").is_file()
+    (ws / "locks" / "b.lock").unlink()
+    (ws / "studies").mkdir()
+    (ws / "studies" / "b.json").write_text("{}")
+    with study_lock(ws, "a"):
+        assert not remove_if_only_ours(ws, "a") and (ws / "studies" / "b.json").is_file()
+
+
+def test_a_lock_taken_on_a_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):
+    """Opened, then its folder removed by the search that created it, then locked: that lock would
+    be on a file no one else can see; the study lock is taken on the file at the path instead."""
+    from dm_tune import _locks
+
+    ws, real_flock, removed = tmp_path / "ws", _locks.fcntl.flock, []
+
+    def flock_after_a_clean_up(f, op):
+        if not removed:
+            removed.append(True)
+            shutil.rmtree(ws)
+        return real_flock(f, op)
+
+    monkeypatch.setattr(_locks.fcntl, "flock", flock_after_a_clean_up)
+    with study_lock(ws, "b"):
+        assert removed and f"pid {os.getpid()} on " in (ws / "locks" / "b.lock").read_text()
+        with pytest.raises(UserError, match="already being searched"):
+            with study_lock(ws, "b"):
+                pass
 
 
 # --- new stores created by several processes at once ---------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -166,6 +167,19 @@ def stores_lock(workspace: Path, timeout_s: float = 300.0) -> Iterator[None]:
         yield
     finally:
         f.close()
+
+
+def remove_if_only_ours(workspace: Path, study: str) -> bool:
+    """Remove a workspace this process created for ``study`` and could not use, unless another
+    study has come into it meanwhile (a lock file or a stored study of its own): what another
+    search keeps there is never removed. True when it was removed."""
+    with stores_lock(workspace, timeout_s=30.0):
+        locks = {p.name for p in (workspace / LOCKS_DIR).iterdir()} - {_STORES_LOCK, f"{study}.lock"}
+        studies = workspace / "studies"
+        if locks or (studies.is_dir() and any(studies.iterdir())):
+            return False
+        shutil.rmtree(workspace, ignore_errors=True)
+        return True
 
 
 def prepare_stores(workspace: Path, tracking_uri: str, optuna_url: str) -> None:

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import sys
 import threading
 from collections import Counter
@@ -220,7 +219,7 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     """The search proper, run while this process holds the study's lock."""
     from dm_tune.search._preflight import check_resources, connect_ray
     from dm_tune.search._run import Interrupted, run_study
-    from dm_tune.search._stores import prepare_stores
+    from dm_tune.search._stores import prepare_stores, remove_if_only_ours
     from dm_tune.search._summary import print_summary, write_summary
     from dm_tune.search._tracking import experiment_id
 
@@ -245,7 +244,7 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     except BaseException:
         store.join()
         if created:
-            shutil.rmtree(workspace, ignore_errors=True)
+            remove_if_only_ours(workspace, study.name)
         raise
     store.join()
     if failed:
