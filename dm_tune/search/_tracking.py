@@ -71,8 +71,9 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None = None) -> str
     return client.create_experiment(name, artifact_location=location, tags={"dmtune.study": name})
 
 
-def find_runs(uri: str, exp_id: str, tags: Mapping[str, str], max_results: int = 1000):
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+def find_runs(uri: str, exp_id: str, tags: Mapping[str, str], max_results: int = 1000, status: str | None = None):
+    query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+                         + ([f"attributes.status = '{status}'"] if status else []))
     return _client(uri).search_runs([exp_id], filter_string=query, max_results=max_results)
 
 
@@ -121,6 +122,7 @@ class MLflowTracker(tune.Callback):
         self.uri, self.exp_id, self.parent_id, self.setting = uri, exp_id, parent_id, setting
         self.ledger, self.describe, self.echo = ledger, describe, echo
         self._runs: dict[str, str] = {}            # trial key -> run id
+        self._unlogged: dict[str, dict[str, Any]] = {}  # run id -> params not logged yet
         self._steps: dict[str, set[int]] = {}      # run id -> epochs logged
         self._closed: set[str] = set()             # trial keys whose run was closed here
         # Only trials that started before this process can have a run already.
@@ -130,7 +132,8 @@ class MLflowTracker(tune.Callback):
         self.failures = 0
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
-        return {**self.__dict__, "_runs": {}, "_steps": {}, "_closed": set(), "_queue": None, "_thread": None}
+        return {**self.__dict__, "_runs": {}, "_unlogged": {}, "_steps": {}, "_closed": set(), "_queue": None,
+                "_thread": None}
 
     # --- the writer thread ------------------------------------------------------------------
 
@@ -204,28 +207,37 @@ class MLflowTracker(tune.Callback):
     # --- the MLflow writes (writer thread) -------------------------------------------------------
 
     def _open(self, spec: TrialSpec, group: str = "", size: int = 1) -> str:
-        if spec.key in self._runs:
-            return self._runs[spec.key]
+        """The trial's run: found (a trial started before this process), else created. Its id is
+        kept the moment it exists, so a write that fails after (its params: the store busy) is
+        redone on this run by the next call, never by a second run."""
         client = _client(self.uri)
-        found = find_runs(self.uri, self.exp_id, {"dmtune.trial_key": spec.key}, 1) if spec.key in self._earlier else []
-        if found:  # a trial handed out again after an interruption: continue its run
-            run_id = found[0].info.run_id
-            if found[0].info.status != "RUNNING" and spec.key not in self.ledger.ended:
-                client.update_run(run_id, status="RUNNING")
-                client.set_tag(run_id, "dmtune.status", "running")
-            # epoch_time_s: logged every epoch by every task (a retrieval run has no val_acc)
-            self._steps[run_id] = {int(m.step) for m in client.get_metric_history(run_id, "epoch_time_s")}
-        else:
-            run = client.create_run(self.exp_id, run_name=spec.key.replace("/", "-"), tags={
-                "mlflow.parentRunId": self.parent_id, "dmtune.role": "trial",
-                "dmtune.setting": self.setting, "dmtune.stage": spec.stage, "dmtune.arm": spec.arm,
-                "dmtune.baseline": spec.baseline, "dmtune.status": "running", "dmtune.trial_key": spec.key,
-                "dmtune.population": group or spec.key,
-                "dmtune.git_commit": git_commit(), "dmtune.versions": json.dumps(package_versions())})
-            run_id = run.info.run_id
-            _log_params(client, run_id, {**self.describe(spec), "population_size": size})
-            self._steps[run_id] = set()
-        self._runs[spec.key] = run_id
+        if spec.key not in self._runs:
+            params = {**self.describe(spec), "population_size": size}
+            found = (find_runs(self.uri, self.exp_id, {"dmtune.trial_key": spec.key}, 1)
+                     if spec.key in self._earlier else [])
+            if found:  # a trial handed out again after an interruption: continue its run
+                run_id = found[0].info.run_id
+                if found[0].info.status != "RUNNING" and spec.key not in self.ledger.ended:
+                    client.update_run(run_id, status="RUNNING")
+                    client.set_tag(run_id, "dmtune.status", "running")
+                # epoch_time_s: logged every epoch by every task (a retrieval run has no val_acc)
+                self._steps[run_id] = {int(m.step) for m in client.get_metric_history(run_id, "epoch_time_s")}
+                params = {k: v for k, v in params.items() if k not in found[0].data.params}  # killed before them
+            else:
+                run_id = client.create_run(self.exp_id, run_name=spec.key.replace("/", "-"), tags={
+                    "mlflow.parentRunId": self.parent_id, "dmtune.role": "trial",
+                    "dmtune.setting": self.setting, "dmtune.stage": spec.stage, "dmtune.arm": spec.arm,
+                    "dmtune.baseline": spec.baseline, "dmtune.status": "running", "dmtune.trial_key": spec.key,
+                    "dmtune.population": group or spec.key,
+                    "dmtune.git_commit": git_commit(), "dmtune.versions": json.dumps(package_versions())}).info.run_id
+                self._steps[run_id] = set()
+            self._runs[spec.key] = run_id
+            if params:
+                self._unlogged[run_id] = params
+        run_id = self._runs[spec.key]
+        if run_id in self._unlogged:
+            _log_params(client, run_id, self._unlogged[run_id])
+            del self._unlogged[run_id]
         return run_id
 
     def _log_epochs(self, spec: TrialSpec, epochs: list[Mapping[str, Any]]) -> None:
@@ -314,8 +326,9 @@ class MLflowTracker(tune.Callback):
         trials were interrupted) and, if interrupted, the parent run KILLED."""
         self.drain()
         client = _client(self.uri)
-        for run in find_runs(self.uri, self.exp_id, {"dmtune.role": "trial", "dmtune.setting": self.setting}):
-            if run.info.status == "RUNNING":
+        trials = {"dmtune.role": "trial", "dmtune.setting": self.setting}
+        while runs := find_runs(self.uri, self.exp_id, trials, status="RUNNING"):  # 1000 at a time
+            for run in runs:
                 client.set_tag(run.info.run_id, "dmtune.status", "interrupted")
                 client.set_terminated(run.info.run_id, "KILLED")
         client.set_terminated(self.parent_id, "FINISHED" if finished else "KILLED")

@@ -1,0 +1,82 @@
+"""The search's MLflow tracker on a real sqlite store, without Ray: a trial's run is created once,
+whatever write fails after it, and a run a killed driver left without its params gets them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dm_tune.search import _tracking
+from dm_tune.search._ledger import Ledger
+from dm_tune.search._trial import TrialOutcome, TrialSpec
+
+PARAMS = {"method": "dm", "lam": 1.0, "beta": 8.0}
+
+
+def _tracker(ws: Path) -> tuple[_tracking.MLflowTracker, Ledger, str, str]:
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    exp = _tracking.experiment_id(uri, "study", ws / "artifacts")
+    parent = _tracking.setting_run(uri, exp, "set", {"dataset": "digits"})
+    ledger = Ledger(ws / "ledger.jsonl")
+    return _tracking.MLflowTracker(uri, exp, parent, "set", ledger, lambda spec: PARAMS, echo=False), ledger, uri, exp
+
+
+def _outcome() -> TrialOutcome:
+    return TrialOutcome("finished", 1, final_val_acc=0.5, final_test_acc=0.4,
+                        history=({"epoch": 1, "val_acc": 0.5, "epoch_time_s": 0.1},))
+
+
+def test_a_failed_params_write_is_redone_on_the_same_run(tmp_path, monkeypatch):
+    """The store busy (another process writing it) right after the run was created: the next write
+    of the trial logs the params on that run (it used to create a second run, left KILLED)."""
+    tracker, ledger, uri, exp = _tracker(tmp_path)
+    spec = TrialSpec("set", "search", 0, {"method": "dm"}, number=0)
+    ledger.start([spec])
+    real, calls = _tracking._log_params, []
+
+    def busy_once(client, run_id, params):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+        return real(client, run_id, params)
+
+    monkeypatch.setattr(_tracking, "_log_params", busy_once)
+    with pytest.raises(RuntimeError, match="locked"):
+        tracker._open(spec, spec.key, 1)
+    ledger.end(spec, _outcome())
+    tracker._finish(spec, _outcome())
+    tracker.close_open(True)
+    (run,) = _tracking.find_runs(uri, exp, {"dmtune.trial_key": spec.key})
+    assert calls == [run.info.run_id] * 2
+    assert run.info.status == "FINISHED" and run.data.tags["dmtune.status"] == "finished"
+    assert run.data.params == {"method": "dm", "lam": "1.0", "beta": "8.0", "population_size": "1"}
+
+
+def test_a_run_left_without_params_by_a_killed_driver_gets_them_on_resume(tmp_path):
+    tracker, ledger, uri, exp = _tracker(tmp_path)
+    spec = TrialSpec("set", "search", 0, {"method": "dm"}, number=0)
+    ledger.start([spec])
+    client = _tracking._client(uri)
+    orphan = client.create_run(exp, tags={"mlflow.parentRunId": tracker.parent_id, "dmtune.role": "trial",
+                                          "dmtune.setting": "set", "dmtune.trial_key": spec.key,
+                                          "dmtune.status": "running"}).info.run_id  # killed here
+    resumed, *_ = _tracker(tmp_path)  # a new driver: the trial started before it
+    assert resumed._open(spec, spec.key, 2) == orphan
+    resumed._open(spec)  # nothing left to log
+    (run,) = _tracking.find_runs(uri, exp, {"dmtune.trial_key": spec.key})
+    assert run.data.params == {"method": "dm", "lam": "1.0", "beta": "8.0", "population_size": "2"}
+
+
+def test_every_open_run_of_an_interrupted_setting_is_closed_past_a_page_of_results(tmp_path, monkeypatch):
+    tracker, ledger, uri, exp = _tracker(tmp_path)
+    specs = [TrialSpec("set", "search", 0, {"method": "dm"}, number=i) for i in range(5)]
+    ledger.start(specs)
+    for spec in specs:
+        tracker._open(spec, spec.key, 1)
+    real = _tracking.find_runs
+    monkeypatch.setattr(_tracking, "find_runs", lambda *a, **k: real(*a, **{**k, "max_results": 2}))
+    tracker.close_open(False)
+    runs = real(uri, exp, {"dmtune.role": "trial"})
+    assert len(runs) == 5 and {(r.info.status, r.data.tags["dmtune.status"]) for r in runs} == {("KILLED",
+                                                                                                "interrupted")}
