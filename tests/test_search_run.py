@@ -200,6 +200,16 @@ def test_two_search_seeds_and_a_guidelines_warm_start(tmp_path, ray_local, monke
         assert len(values) == 2 and t.user_attrs["seed_values"] == pytest.approx(values)
         assert t.value == pytest.approx(sum(values) / 2)
 
+    # `dm-tune report` rewrites the file (another region): the study resumes in the region it
+    # began with, from the copy it kept; a new region was a new, empty Optuna study whose trial
+    # numbers clashed with the ended ones.
+    guidelines.write_text(json.dumps(build_guidelines(campaign(noise_sd=3.0))), encoding="utf-8")
+    assert (ws / "warm_starts" / "warm.json").is_file()
+    _run(ws, study.to_dict())
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == [summary.study_name]
+    assert len(optuna.load_study(study_name=summary.study_name, storage=storage).trials) == 3
+    assert len(_trial_runs(ws, "warm")[1]) == len(trials)
+
 
 def test_resources_the_cluster_lacks_are_refused_before_any_trial(ray_local):
     """On a cluster (here the local one, 2 CPUs), what a trial asks for must exist: one line, not a

@@ -377,6 +377,35 @@ def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str, sour
                           guidelines=guidelines)
 
 
+def _warm_start_guidelines(study: Study, opts: RunOptions) -> dict[str, Any]:
+    """The guidelines file a study warm-starts from, as it was when the study began: a copy is kept
+    in the workspace (``warm_starts/NAME.json``), so that a resume searches the same region (and the
+    same Optuna study) even after ``dm-tune report`` has rewritten the file. A bad file stops the
+    study before it starts."""
+    import os
+    import sys
+
+    from dm_tune.reports._schema import load_guidelines
+
+    path, kept = Path(str(study.search.warm_start)).expanduser(), opts.workspace / "warm_starts" / f"{study.name}.json"
+    if kept.is_file():
+        doc = load_guidelines(kept)
+        try:
+            changed = json.loads(path.read_text(encoding="utf-8")) != doc
+        except (OSError, ValueError):
+            changed = True
+        if changed and opts.echo:
+            print(f"dm-tune: note: {path} has changed or gone since study {study.name!r} began; it goes on "
+                  f"searching the region of the copy taken then ({kept})", file=sys.stderr, flush=True)
+        return doc
+    doc = load_guidelines(path)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    tmp = kept.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, kept)
+    return doc
+
+
 def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = None) -> list[SettingSummary]:
     """Run (or resume) every setting of ``study``; returns one summary per setting."""
     import sys
@@ -384,11 +413,7 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
     from dm_tune.search._preflight import load_sources
     from dm_tune.search._tracking import experiment_id
 
-    guidelines = None
-    if isinstance(study.search.warm_start, str):  # a bad guidelines file stops the study before it starts
-        from dm_tune.reports._schema import load_guidelines
-
-        guidelines = load_guidelines(Path(study.search.warm_start).expanduser())
+    guidelines = _warm_start_guidelines(study, opts) if isinstance(study.search.warm_start, str) else None
     sources = sources if sources is not None else load_sources(study)
     exp_id = experiment_id(opts.tracking, study.name, opts.artifact_root)
     summaries = []
