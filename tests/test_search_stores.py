@@ -111,6 +111,26 @@ def test_check_workspace_names_the_damaged_store(real_stores, tmp_path, how, pro
     assert check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}") == []  # absent: created later
 
 
+def test_an_optuna_store_of_another_optuna_version_is_one_line_and_left_as_it_was(real_stores, tmp_path):
+    """It has the tables (so the checks pass) but a schema version this Optuna does not know, as a
+    newer Optuna leaves it: Optuna's own refusal, with its advice, in one line, not a traceback."""
+    ws = tmp_path / "ws"
+    shutil.copytree(real_stores, ws)
+    con = sqlite3.connect(ws / "optuna.db")
+    con.execute("UPDATE alembic_version SET version_num = 'v99.0.0.a'")
+    con.commit()
+    con.close()
+    assert check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}") == []
+    before = _snapshot(ws)
+    with pytest.raises(UserError) as info:
+        prepare_stores(ws, f"sqlite:///{ws / 'mlflow.db'}", f"sqlite:///{ws / 'optuna.db'}")
+    line = str(info.value)
+    assert line.startswith(f"{ws / 'optuna.db'}: Optuna cannot open this store (") and "\n" not in line
+    assert "move it away or use another --workspace" in line
+    assert {k: v for k, v in _snapshot(ws).items() if not k.startswith("locks")} == {
+        k: v for k, v in before.items() if not k.startswith("locks")}
+
+
 def test_a_workspace_under_a_regular_file_is_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     proc = _cli("--workspace", str(tmp_path / "notes.txt" / "ws"), cwd=tmp_path)

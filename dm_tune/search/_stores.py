@@ -191,6 +191,22 @@ def prepare_stores(workspace: Path, tracking_uri: str, optuna_url: str) -> None:
     from mlflow.tracking import MlflowClient
 
     with stores_lock(workspace):
-        if sqlite_path(tracking_uri) is not None:
-            MlflowClient(tracking_uri).search_experiments(max_results=1)
-        optuna.storages.RDBStorage(optuna_url)
+        tracking = sqlite_path(tracking_uri)
+        if tracking is not None:
+            with _refused("MLflow", tracking):
+                MlflowClient(tracking_uri).search_experiments(max_results=1)
+        with _refused("Optuna", sqlite_path(optuna_url) or Path(optuna_url)):
+            optuna.storages.RDBStorage(optuna_url)
+
+
+@contextlib.contextmanager
+def _refused(kind: str, path: Path) -> Iterator[None]:
+    """A store the library will not open (a schema from another version of it, say): one line
+    naming the file, the library's own first line, and what to do; not a traceback."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the library raises, the user sees one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: {kind} cannot open this store ({first}); {_MOVE_AWAY}") from None
