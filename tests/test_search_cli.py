@@ -222,7 +222,8 @@ def test_a_search_where_no_trial_finished_exits_1_and_says_so(tmp_path):
     assert sorted(r.info.status for r in trials) == ["FAILED"] * 4  # every run ended, none left RUNNING
 
 
-@pytest.mark.parametrize("content", [b'{"name": "x", "seeds": [', b"\x9c\xff binary"], ids=["torn", "binary"])
+@pytest.mark.parametrize("content", [b'{"name": "x", "seeds": [', b"\x9c\xff binary", b"[1, 2]\n"],
+                         ids=["torn", "binary", "not-a-mapping"])
 def test_a_damaged_stored_study_is_one_line_and_left_as_it_was(tmp_path, content):
     ws = tmp_path / "ws"
     (ws / "studies").mkdir(parents=True)

@@ -13,6 +13,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from dm_tune.errors import UserError
 from dm_tune.config import TrainConfig
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._searcher import StagedSearcher, top_arms
@@ -75,6 +76,28 @@ def test_ledger_survives_a_torn_last_line_and_knows_what_is_unfinished(tmp_path)
     assert again.checkpoints[b.key] == "/ckpt/bc"
     assert again.ended[a.key].final_val_acc == 0.8
     assert again.new_experiment() == "run-1" and Ledger(path).new_experiment() == "run-2"
+
+
+@pytest.mark.parametrize("line, what", [
+    (b'{"event": "end", "key": "k"}\n', "not an event this dm-tune writes (KeyError: 'outcome')"),
+    (b'{"event": "start", "key": "k", "spec": {"stage": "search"}}\n', "not an event this dm-tune writes (TypeError"),
+    (b'[1, 2]\n', "not an event this dm-tune writes"),
+    (b'{"event": "end", "key": "k", "outcome": "\xff\xfe"}\n', "bytes that are not text"),
+], ids=["missing-field", "bad-spec", "not-an-object", "not-text"])
+def test_a_damaged_ledger_line_is_one_line_naming_it(tmp_path, line, what):
+    """A torn line (the driver killed mid-write) is skipped, even mid-file once a later write began
+    a new line; a line no dm-tune wrote is damage: named with its number, not a traceback."""
+    path = tmp_path / "l.jsonl"
+    Ledger(path).start([_search_spec(0)])
+    with open(path, "ab") as f:
+        f.write(b'{"event": "end", "key": "x", "outc')  # torn by a killed driver...
+    Ledger(path).start([_search_spec(1)])  # ...then the next driver's line after it
+    assert len(Ledger(path).started) == 2
+    with open(path, "ab") as f:
+        f.write(line)
+    with pytest.raises(UserError) as info:
+        Ledger(path)
+    assert str(info.value).startswith(f"{path}: line 4 holds {what}") and "\n" not in str(info.value)
 
 
 def test_ledger_records_a_reused_trial_in_one_line(tmp_path):

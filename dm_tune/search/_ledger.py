@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dm_tune.errors import UserError
 from dm_tune.search._trial import TrialOutcome, TrialSpec
 
 
@@ -44,14 +45,23 @@ class Ledger:
             self._load()
 
     def _load(self) -> None:
-        text = self.path.read_text(encoding="utf-8")
-        self._torn = bool(text) and not text.endswith("\n")
-        for line in text.splitlines():
+        data = self.path.read_bytes()
+        self._torn = bool(data) and not data.endswith(b"\n")
+        for number, raw in enumerate(data.splitlines(), 1):
             try:
-                event = json.loads(line)
+                event = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:  # the ledger writes ASCII alone: not a line it wrote
+                raise self._damaged(number, "bytes that are not text") from None
             except json.JSONDecodeError:
-                continue  # a torn last line: the event never happened
-            self._apply(event)
+                continue  # a torn line (the process died writing it; the next write starts a new line): never happened
+            try:
+                self._apply(event)
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise self._damaged(number, f"not an event this dm-tune writes ({type(e).__name__}: {e})") from None
+
+    def _damaged(self, number: int, what: str) -> UserError:
+        return UserError(f"{self.path}: line {number} holds {what}; the ledger is damaged: restore it, or move "
+                         "it away to run this setting again from the start")
 
     def _apply(self, event: dict[str, Any]) -> None:
         key = event["key"]

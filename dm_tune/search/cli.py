@@ -129,8 +129,11 @@ def _number(flag: str, text: str, kind=float):
 def _stored_study(path: Path) -> Any:
     """The study a workspace stored when its search began (``studies/NAME.json``)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(stored, dict):
+            raise ValueError(f"a JSON {type(stored).__name__}, not an object")
+        return stored
+    except (UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         raise UserError(f"{path}: damaged stored study ({e}); restore it (the study as its search began) "
                         "or start a new search under another --name") from None
 
