@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -32,7 +33,9 @@ def test_search_then_confirm_tracks_every_trial_once(tmp_path, ray_local, monkey
     monkeypatch.chdir(tmp_path)
     ws = tmp_path / "ws"
     ws.mkdir()
+    sigint = signal.getsignal(signal.SIGINT)
     study, summaries = _run(ws, tiny_study())
+    assert signal.getsignal(signal.SIGINT) is sigint  # Tune's handler gone: a later Ctrl-C is not ignored
     assert (ws / "artifacts" / "tiny").is_dir() and not (tmp_path / "mlruns").exists()
     client, trials, runs = _trial_runs(ws, "tiny")
 

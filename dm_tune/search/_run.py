@@ -331,7 +331,7 @@ def run_setting(ctx: SettingContext) -> Ledger:
                     callbacks=[tracker, JsonLoggerCallback(), CSVLoggerCallback()], verbose=0,
                     failure_config=tune.FailureConfig(max_failures=study.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-            tuner.fit()
+            _fit(tuner)
         # MLflow and Optuna agree with the ledger (they lag it when the driver was killed).
         tracker.reconcile()
         for spec, outcome in ledger.ended_specs("search"):
@@ -345,6 +345,22 @@ def run_setting(ctx: SettingContext) -> Ledger:
         raise Interrupted(f"{len(ledger.ended)} of the setting's trials ended, "
                           f"{len(ledger.unfinished())} were still running")
     return ledger
+
+
+def _fit(tuner) -> None:
+    """``tuner.fit()``, then the SIGINT handler as it was: Tune installs its own (a first Ctrl-C
+    stops its run gracefully) and leaves it behind, so that a Ctrl-C between two settings only set
+    a flag of a run already over, and the search went on."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        tuner.fit()
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
 
 
 def summarise(ctx: SettingContext, ledger: Ledger) -> SettingSummary:
