@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from dm_tune.search._ledger import Ledger
 from tests._sockets import descendants, is_loopback, listeners
 from tests.conftest import DM_TUNE, free_port, tiny_study
 
@@ -202,13 +203,13 @@ def test_a_search_where_no_trial_finished_exits_1_and_says_so(tmp_path):
     markers.mkdir()
     study = _study_file(tmp_path, tiny_study("allfail", search={"num_samples": 2, "top_k": 1},
                                              training={"epochs": 2}, baselines=["cce"], seeds=[0, 1],
-                                             max_failures=0))
+                                             checkpoint_every=1, max_failures=0))
     proc = _cli("search", "--config", str(study), "--workspace", str(ws), cwd=tmp_path,
-                env={"DMTUNE_FAULT": f"1:{markers}"})
+                env={"DMTUNE_FAULT": f"2:{markers}"})
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     # the trial's own error, read from its folder before Tune copies it to the storage path
-    assert proc.stderr.count("failed for good (RuntimeError: injected failure at epoch 1 (DMTUNE_FAULT))") == 3
+    assert proc.stderr.count("failed for good (RuntimeError: injected failure at epoch 2 (DMTUNE_FAULT))") == 3
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("dm-tune: error: no trial of study 'allfail' finished (4 errored); each trial's "
                            f"error is in its folder under {ws / 'ray'}/allfail"), last
@@ -220,6 +221,12 @@ def test_a_search_where_no_trial_finished_exits_1_and_says_so(tmp_path):
     assert (row["baseline"], row["n_seeds"], row["n_results"], row["statuses"]) == ("cce", 2, 0, ["errored"])
     _, trials = _trials(ws, "allfail")
     assert sorted(r.info.status for r in trials) == ["FAILED"] * 4  # every run ended, none left RUNNING
+    # The ledger (and so Optuna) and MLflow agree on how far each crashed trial got: epoch 1 of 2.
+    (path,) = (ws / "ledger" / "allfail").glob("*.jsonl")
+    ended = Ledger(path).ended
+    assert {r.data.tags["dmtune.trial_key"]: r.data.metrics["epochs_reached"] for r in trials} == {
+        key: outcome.epochs_reached for key, outcome in ended.items()} and {
+        o.epochs_reached for o in ended.values()} == {1}
 
 
 @pytest.mark.parametrize("content", [b'{"name": "x", "seeds": [', b"\x9c\xff binary", b"[1, 2]\n"],

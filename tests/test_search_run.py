@@ -118,6 +118,8 @@ def test_diverged_trials_are_recorded_and_the_search_goes_on(tmp_path, ray_local
     assert all(r.data.metrics["epochs_reached"] < 3 for r in trials)
     assert summaries[0].search_statuses == {"diverged": 2}
     assert summaries[0].best_dm() is None  # no finished DM arm to confirm
+    (cce,) = summaries[0].arms  # diverged: counted, but its last epoch's accuracy is not a result
+    assert cce.statuses == ["diverged"] and cce.n_results == 0
 
 
 def test_population_trials_leave_the_same_records_as_single_trials(tmp_path, ray_local):

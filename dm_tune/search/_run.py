@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,8 +376,10 @@ def summarise(ctx: SettingContext, ledger: Ledger) -> SettingSummary:
             continue
         a = arms.setdefault(spec.arm, ArmResult(spec.arm, spec.baseline, ctx.params(spec)))
         objective = OBJECTIVES[ctx.study.task]  # test_acc/val_acc hold mAP for retrieval
-        a.test_acc.append(outcome.value(objective.test))
-        a.val_acc.append(outcome.value(objective.final))
+        # Only a finished seed has a result: a diverged, stopped or crashed one is counted, not averaged.
+        done = outcome.status == "finished"
+        a.test_acc.append(outcome.value(objective.test) if done else math.nan)
+        a.val_acc.append(outcome.value(objective.final) if done else math.nan)
         a.statuses.append(outcome.status)
     return SettingSummary(ctx.setting.key, list(arms.values()), sum(statuses.values()), statuses, train_time)
 
