@@ -49,6 +49,7 @@ class Recommendation:
     region: dict[str, Any] | None = None
     predicted_gain: dict[str, float] | None = None
     predicted_std: float | None = None
+    surface_std: float | None = None     # the surface's own std at the point (run-to-run noise left out)
     leans_on: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
     return Recommendation(lam=r["lam"], beta=r["beta"], psi=r["psi"], rho=r["rho"], evidence=evidence,
                           settings=[s["setting"] for s in r["leans_on"]], warnings=r["warnings"],
                           class_weighting=r["class_weighting"], region=r["region"], predicted_gain=gain,
-                          predicted_std=r["predicted_std"], leans_on=r["leans_on"])
+                          predicted_std=r["predicted_std"], surface_std=r["surface_std"], leans_on=r["leans_on"])
 
 
 def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalance: str,

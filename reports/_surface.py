@@ -47,7 +47,9 @@ Z95 = 1.96
 # The point maximises the predicted gain minus this many predictive standard deviations: an edge
 # of the measured space where the surface is unsure does not beat a well-measured point nearly as good.
 CAUTION = 1.0
-MAX_STD = 2.0                       # predictive std (points) above which the answer is flagged
+# The surface's own std (its uncertainty about the mean gain, the fitted run-to-run noise left
+# out: that is in the interval, but more runs would not remove it) above which the answer is flagged.
+MAX_STD = 3.0
 N_LEANS_ON = 3
 # Kernel hyper-parameter bounds. Targets are normalised (normalize_y), so the signal variance and
 # noise level are relative to the spread of the gains; features are O(1) (psi, log rho, rates,
@@ -253,23 +255,24 @@ def gp_from_dict(d: dict[str, Any]) -> GaussianProcessRegressor:
     return gp.fit(np.asarray(d["X"], dtype=float), np.asarray(d["y"], dtype=float))
 
 
-def gp_predict(d: dict[str, Any], X: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and std (points; the std includes the fitted noise, as scikit-learn's does)
-    at feature rows ``X``, from the serialised GP with numpy alone."""
+def gp_predict(d: dict[str, Any], X: Any, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and std (points) at feature rows ``X``, from the serialised GP with numpy
+    alone. The std includes the fitted noise (what one more arm measured there would scatter by),
+    as scikit-learn's does; with ``noise=False`` it is the surface's own uncertainty about the mean."""
     import numpy as np
 
     Xt, y = np.asarray(d["X"], dtype=float), np.asarray(d["y"], dtype=float)
     Xq = np.atleast_2d(np.asarray(X, dtype=float))
     theta = np.exp(np.asarray(d["theta"], dtype=float))
-    c, ls, noise = theta[0], theta[1:-1], theta[-1]
+    c, ls, white = theta[0], theta[1:-1], theta[-1]
     y_mean, y_std = (float(y.mean()), float(y.std())) if d["normalize_y"] else (0.0, 1.0)
     y_std = y_std or 1.0
-    K = c * _rbf(Xt, Xt, ls) + (noise + d["alpha"]) * np.eye(len(Xt))
+    K = c * _rbf(Xt, Xt, ls) + (white + d["alpha"]) * np.eye(len(Xt))
     L = np.linalg.cholesky(K)
     alpha = np.linalg.solve(L.T, np.linalg.solve(L, (y - y_mean) / y_std))
     Ks = c * _rbf(Xq, Xt, ls)
     V = np.linalg.solve(L, Ks.T)
-    var = np.clip(c + noise - np.einsum("ij,ij->j", V, V), 0.0, None)
+    var = np.clip(c + (white if noise else 0.0) - np.einsum("ij,ij->j", V, V), 0.0, None)
     return Ks @ alpha * y_std + y_mean, np.sqrt(var) * y_std
 
 
@@ -344,27 +347,28 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
     cells = [(cw, p, r) for cw in schemes for p in psis for r in rhos]
     X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in cells], enc)
     mixture = not base["dataset"] and any(f.startswith("dataset=") for f in enc["features"])
-    if mixture:
-        parts = [gp_predict(model, features([{**base, "dataset": name, "psi": p, "rho": r, "class_weighting": cw}
-                                              for cw, p, r in cells], enc)) for name in enc["datasets"]]
-        means = np.array([m for m, _ in parts])
-        mean = means.mean(axis=0)
-        std = np.sqrt(np.mean([sd**2 for _, sd in parts], axis=0) + means.var(axis=0))
-    else:
-        mean, std = gp_predict(model, X)
+    rows = ([features([{**base, "dataset": name, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in cells],
+                      enc) for name in enc["datasets"]] if mixture else [X])
+    means = np.array([gp_predict(model, x)[0] for x in rows])
+    mean = means.mean(axis=0)  # a dataset not measured: like one of them, which one unknown
+
+    def spread(noise: bool) -> Any:
+        return np.sqrt(np.mean([gp_predict(model, x, noise)[1] ** 2 for x in rows], axis=0) + means.var(axis=0))
+
+    std, own = spread(True), spread(False)
     score = mean - CAUTION * std
     best_of = {cw: max(float(v) for (c, _, _), v in zip(cells, score) if c == cw) for cw in schemes}
     top = max(best_of, key=lambda cw: best_of[cw])
     chosen = top if top == "none" or "none" not in best_of or best_of[top] - best_of["none"] >= CW_MIN_GAIN else "none"
     mine = np.array([c == chosen for c, _, _ in cells])
     i = int(np.argmax(np.where(mine, score, -np.inf)))
-    best, sd = float(mean[i]), float(std[i])
+    best, sd, unsure = float(mean[i]), float(std[i]), float(own[i])
     near = mine & (mean >= best - WITHIN_POINTS - 1e-9)
     plausible = mine & (mean + Z95 * std >= best - WITHIN_POINTS - 1e-9)
     _, psi, rho = cells[i]
-    if sd > MAX_STD:
-        warnings.append(f"the surface is unsure here: predictive std {sd:.1f} points at the recommended point "
-                        f"(> {MAX_STD:g}); treat it as a starting point for a search")
+    if unsure > MAX_STD:
+        warnings.append(f"the surface is unsure here: its own std {unsure:.2f} points at the recommended point "
+                        f"(> {MAX_STD:g}; run-to-run noise aside); treat it as a starting point for a search")
     lam = lambda_from_mode(psi)
     return {"psi": psi, "rho": rho, "lam": lam, "beta": beta_from_rho(rho, lam), "class_weighting": chosen,
             "class_weighting_gain": {cw: best_of[cw] - best_of.get("none", best_of[cw]) for cw in best_of},
@@ -372,7 +376,7 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
                        "plausible": {"psi": _span(cells, plausible, 1), "rho": _span(cells, plausible, 2)},
                        "within_points": WITHIN_POINTS},
             "predicted_gain": {"mean": best, "low": best - Z95 * sd, "high": best + Z95 * sd, "level": 0.95},
-            "predicted_std": sd, "leans_on": leans_on(surface, X[i]), "warnings": warnings}
+            "predicted_std": sd, "surface_std": unsure, "leans_on": leans_on(surface, X[i]), "warnings": warnings}
 
 
 def _span(cells: list[tuple[str, float, float]], mask: Any, k: int) -> list[float]:
@@ -420,7 +424,29 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
         ratios = sorted({s["imbalance_ratio"] for s in same})
         out.append(f"extrapolation: imbalance ratio {imbalance_ratio:g} was not measured for {imbalance} imbalance "
                    f"(measured: {', '.join(f'{r:g}' for r in ratios)})")
-    if dataset is not None and dataset not in surface["encoding"]["datasets"]:
+    known = dataset is not None and dataset in surface["encoding"]["datasets"]
+    if dataset is not None and not known:
         out.append(f"dataset {dataset!r} was not measured (measured: {', '.join(surface['encoding']['datasets'])}); "
                    "predicted as the average over the measured datasets, their spread in the interval")
+    if not out:  # every factor was measured somewhere: were they measured together?
+        out += _combination_warnings(settings, noise, rate, imbalance, dataset if known else None)
     return out
+
+
+def _combination_warnings(settings: list[dict[str, Any]], noise: str, rate: float, imbalance: str,
+                          dataset: str | None) -> list[str]:
+    """The query's noise type, imbalance and dataset measured together, and its noise rate within
+    the rates measured with them; else one line saying what the surface combines."""
+    what = (f"{noise} noise" if rate else "clean labels") + (f" with {imbalance} imbalance" if imbalance != "none"
+                                                            else " on balanced data")
+    what += f" on {dataset}" if dataset else ""
+    together = [s for s in settings if s["imbalance"] == imbalance and (dataset is None or s["dataset"] == dataset)
+                and _noise(s["noise"], s["noise_rate"])[0] == noise]
+    if not together:
+        return [f"extrapolation: {what} was not measured together (each part was, in other settings); "
+                "the surface combines their separate effects"]
+    rates = [_noise(s["noise"], s["noise_rate"])[1] for s in together]
+    if not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
+        return [f"extrapolation: noise rate {rate:g} is outside [{min(rates):g}, {max(rates):g}], the rates "
+                f"measured for {what}"]
+    return []

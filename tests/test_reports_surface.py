@@ -195,9 +195,39 @@ def test_extrapolation_is_warned_about(surface: dict[str, Any]) -> None:
     assert any("imbalance 'longtail' was not measured" in w for w in warned(imbalance="longtail", imbalance_ratio=10))
     assert any("dataset 'cifar10' was not measured" in w for w in warned(dataset="cifar10"))
     assert warned(dataset="digits") == [] and warned(noise_type="none", noise_rate=0.0) == []
+    # Noisy runs widen the interval, but a well-measured setting is not one the surface is unsure of;
+    # a setting far from every measured one is.
     noisy = fit_surface(campaign(noise_sd=4.0))
     rec = recommend_from_surface(noisy, 10, "symmetric", 0.4)
-    assert rec["predicted_std"] > 2 and any("predictive std" in w for w in rec["warnings"])
+    assert rec["predicted_std"] > 3 > rec["surface_std"] and not any("unsure" in w for w in rec["warnings"])
+    sparse = fit_surface(campaign(noise_sd=4.0, n_search=6))
+    far = recommend_from_surface(sparse, 10, "symmetric", 0.99)  # measured up to 0.6
+    assert far["surface_std"] > 3 and any("the surface is unsure here: its own std" in w for w in far["warnings"])
+
+
+def test_factors_measured_apart_but_never_together_are_warned_about() -> None:
+    """Symmetric noise on balanced digits at rates 0-0.6, pair noise on balanced MNIST-1D, longtail
+    imbalance at rates 0 and 0.2 only: pair noise with longtail imbalance, pair noise on digits or
+    longtail at rate 0.6 are combinations the surface only infers."""
+    pair = campaign(n_search=6, datasets=("mnist1d",))
+    pair["noise"] = pair["noise"].replace("symmetric", "pair")
+    longtail = campaign(n_search=6, imbalance="longtail", ratio=10.0)
+    longtail = longtail[longtail["noise_rate"] <= 0.2].assign(setting=lambda d: d["setting"] + "-lt")
+    surf = fit_surface(pd.concat([campaign(n_search=6), pair, longtail], ignore_index=True))
+
+    def warned(**kwargs: Any) -> list[str]:
+        args = dict(num_classes=10, noise_type="pair", noise_rate=0.4) | kwargs
+        return [w for w in recommend_from_surface(surf, **args)["warnings"] if w.startswith("extrapolation")]
+
+    assert warned() == [] == warned(dataset="mnist1d") == warned(noise_type="symmetric", noise_rate=0.2,
+                                                                  imbalance="longtail", imbalance_ratio=10.0)
+    (together,) = warned(imbalance="longtail", imbalance_ratio=10.0)
+    assert together.startswith("extrapolation: pair noise with longtail imbalance was not measured together")
+    (on_digits,) = warned(dataset="digits")
+    assert on_digits.startswith("extrapolation: pair noise on balanced data on digits was not measured together")
+    (rate,) = warned(noise_type="symmetric", noise_rate=0.6, imbalance="longtail", imbalance_ratio=10.0)
+    assert rate == ("extrapolation: noise rate 0.6 is outside [0, 0.2], the rates measured for symmetric noise "
+                    "with longtail imbalance")
 
 
 def test_an_unknown_dataset_gets_no_dataset_feature() -> None:
@@ -233,7 +263,7 @@ def test_guidelines_carry_the_surface_and_recommend_json_on_the_command_line(tmp
     assert out["rc"] == 0 and out["heavy"] == []  # recommend stays light: numpy only
     rec_json = out["rec"]
     assert set(rec_json) == {"lam", "beta", "psi", "rho", "evidence", "settings", "warnings", "class_weighting",
-                             "region", "predicted_gain", "predicted_std", "leans_on", "guidelines"}
+                             "region", "predicted_gain", "predicted_std", "surface_std", "leans_on", "guidelines"}
     assert set(rec_json["region"]) == {"psi", "rho", "plausible", "within_points"}
     assert set(rec_json["predicted_gain"]) == {"mean", "low", "high", "level"}
     assert rec_json["psi"] == pytest.approx(rec.psi) and rec_json["class_weighting"] == "none"
