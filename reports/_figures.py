@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from dm_tune.reports._analysis import POINTS, dm_configs, usable
 from dm_tune.reports._paper import CIFAR10_SCHEDULE
-from dm_tune.reports._rules import RULE_GROUP, rate_groups
+from dm_tune.reports._rules import RULE_GROUP, group_label, rate_groups
 from dm_tune.reports._text import metric_name
 
 DPI = 90
@@ -67,16 +67,14 @@ def best_mode_figure(settings: list[dict[str, Any]], rules: list[dict[str, Any]]
     rates, psis = zip(*CIFAR10_SCHEDULE)
     ax.plot(rates, psis, "k--", marker="s", ms=4, label="paper, CIFAR-10 (symmetric)")
     for group, members in rate_groups(settings):
-        key = tuple(group[k] for k in RULE_GROUP)
+        key = tuple(group.get(k) for k in RULE_GROUP)
         r = np.array([s["noise_rate"] for s in members])
         p = np.array([s["psi"] for s in members])
         err = np.array([[s["psi"] - s["psi_range"][0] for s in members],
                         [s["psi_range"][1] - s["psi"] for s in members]])
-        line = ax.errorbar(r, p, yerr=np.clip(err, 0, None), marker="o", capsize=3,
-                           label=f"{key[0]}, {key[1]} classes" + ("" if key[2] == "none" else f", {key[2]}")
-                           + (", pre-trained" if key[3] else ""))
+        line = ax.errorbar(r, p, yerr=np.clip(err, 0, None), marker="o", capsize=3, label=group_label(group))
         rule = next((q for q in rules if q["kind"] == "noise_rate" and q["knob"] == "psi" and q["supported"]
-                     and tuple(q["group"][k] for k in RULE_GROUP) == key), None)
+                     and tuple(q["group"].get(k) for k in RULE_GROUP) == key), None)
         if rule is not None:
             xs = np.linspace(0, max(r.max(), 0.1), 20)
             ax.plot(xs, rule["a"] + rule["b"] * xs, ":", color=line[0].get_color())

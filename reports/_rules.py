@@ -16,10 +16,12 @@ import numpy as np
 
 MIN_RULE_N = 3
 MIN_RULE_R2 = 0.5
-# What a noise-rate rule holds fixed (besides the noise rate it fits against).
-RULE_GROUP = ("noise", "num_classes", "imbalance", "pretrained")
+# What a noise-rate rule holds fixed (besides the noise rate it fits against): a line through
+# settings that differ in anything else (the dataset, the model, the imbalance ratio) would
+# fit that difference as an effect of the noise rate.
+RULE_GROUP = ("dataset", "model", "noise", "num_classes", "imbalance", "imbalance_ratio", "pretrained")
 FACTORS = ("noise", "num_classes", "imbalance", "pretrained")
-MATCH_KEYS = ("noise", "noise_rate", "num_classes", "imbalance", "pretrained")
+MATCH_KEYS = ("dataset", "model", "noise", "noise_rate", "num_classes", "imbalance", "imbalance_ratio", "pretrained")
 FLAT_SLOPE = 0.1             # |d psi* / d noise_rate| below this: the mode does not move with noise
 
 
@@ -38,7 +40,7 @@ def fit_line(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
 
 
 def rate_groups(settings: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Settings grouped by (noise type, classes, imbalance, pre-training), sorted by noise rate.
+    """Settings grouped by ``RULE_GROUP`` (all but the noise rate), sorted by noise rate.
 
     Clean settings (noise rate 0) join every noise type's group with the same other keys; a clean
     setting that joins none forms a group of its own.
@@ -127,7 +129,7 @@ def factor_trends(settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _rule(kind: str, knob: str, group: dict[str, Any], fit: dict[str, Any], settings: list[str],
           x_name: str = "noise_rate") -> dict[str, Any]:
-    label = _group_label(group)
+    label = group_label(group)
     if fit["distinct_x"] < MIN_RULE_N:
         supported, why = False, f"only {fit['distinct_x']} distinct {x_name} value(s) < {MIN_RULE_N}"
     elif not fit["r2"] >= MIN_RULE_R2:
@@ -144,12 +146,13 @@ def _rule(kind: str, knob: str, group: dict[str, Any], fit: dict[str, Any], sett
             "n": fit["n"], "supported": supported, "reason": why, "settings": settings, "text": text}
 
 
-def _group_label(group: dict[str, Any]) -> str:
+def group_label(group: dict[str, Any]) -> str:
     if not group:
         return "all settings"
-    parts = [f"{group['noise']} noise", f"{group['num_classes']} classes"]
+    parts = [str(group[k]) for k in ("dataset", "model") if group.get(k)]
+    parts += [f"{group['noise']} noise", f"{group['num_classes']} classes"]
     if group.get("imbalance", "none") != "none":
-        parts.append(f"{group['imbalance']} imbalance")
+        parts.append(f"{group['imbalance']} imbalance {group.get('imbalance_ratio', 1.0):g}:1")
     if group.get("pretrained"):
         parts.append("pre-trained")
     return ", ".join(parts)

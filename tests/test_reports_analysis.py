@@ -183,6 +183,21 @@ def test_noise_rate_rule_supported_and_not() -> None:
     hundred = rules[("symmetric", 100, "psi")]
     assert not hundred["supported"] and "only 2 distinct" in hundred["text"]
     assert rules[("symmetric", 10, "rho")]["supported"]  # constant rho: fitted exactly
+    assert sym["text"].startswith("d, m, symmetric noise, 10 classes: psi* = 0.100 + 0.800 x noise_rate")
+
+
+def test_a_noise_rate_rule_never_spans_datasets_models_or_imbalance_ratios() -> None:
+    """Three rates, but on two datasets (and their psi differs by dataset), or at two imbalance
+    ratios: no line; the clean setting joins only its own dataset's group."""
+    mixed = [setting(0.2, 0.2), setting(0.4, 0.7, dataset="e"), setting(0.6, 0.3), setting(0.0, 0.1, noise="none",
+                                                                                             dataset="e")]
+    rules = noise_rate_rules(mixed)
+    assert {(r["group"]["dataset"], r["n"]) for r in rules} == {("d", 2), ("e", 2)}
+    assert not any(r["supported"] for r in rules)
+    ratios = [setting(r, 0.1 + r, imbalance="longtail", imbalance_ratio=q) for r, q in ((0.0, 10.0), (0.2, 10.0),
+                                                                                       (0.4, 100.0))]
+    assert not any(r["supported"] for r in noise_rate_rules(ratios))
+    assert "longtail imbalance 10:1" in noise_rate_rules(ratios)[0]["text"]
 
 
 def test_lambda_beta_rule() -> None:
