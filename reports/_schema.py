@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from dm_tune._validate import config_error, in_range, rule
+from dm_tune._validate import config_error, in_range, rule, violation
 from dm_tune.errors import UserError
 from dm_tune.reports._text import SCHEMA_VERSION
 
@@ -53,6 +53,21 @@ class _Model(BaseModel):
     normalize_y: bool
     alpha: float
 
+    @model_validator(mode="after")
+    def _shapes(self) -> "_Model":
+        """One row of features per target, one length scale per feature (a theta one short would be
+        broadcast over every feature: a different surface, silently)."""
+        n = len(self.feature_names)
+        if not self.X or len(self.y) != len(self.X):
+            raise violation(f"expected one target per row of X ({len(self.X)} rows)", "y", f"{len(self.y)} targets")
+        width = next((len(row) for row in self.X if len(row) != n), None)
+        if width is not None:
+            raise violation(f"expected rows of {n} values, one per feature name", "X", f"a row of {width}")
+        if len(self.theta) != n + 2:
+            raise violation(f"expected {n + 2} values: log signal variance, {n} log length scales, log noise",
+                            "theta", f"{len(self.theta)} values")
+        return self
+
 
 class _Encoding(BaseModel):
     model_config = _JSON
@@ -86,6 +101,12 @@ class _Surface(BaseModel):
     encoding: _Encoding
     model: _Model
     settings: Annotated[list[_SurfaceSetting], rule(bool, "expected at least one measured setting")]
+
+    @model_validator(mode="after")
+    def _same_features(self) -> "_Surface":
+        if self.encoding.features != self.model.feature_names:
+            raise violation("expected the model's feature_names", "encoding.features", self.encoding.features)
+        return self
 
 
 class _Guidelines(BaseModel):

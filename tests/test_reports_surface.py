@@ -110,6 +110,28 @@ def test_the_region_holds_the_optimum_and_only_cells_within_one_point(surface: d
     assert wide["rho"][0] <= region["rho"][0] <= region["rho"][1] <= wide["rho"][1]
 
 
+@pytest.fixture(scope="module")
+def guidelines_text() -> str:
+    return dumps(build_guidelines(campaign()))
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda m: m.update(theta=m["theta"][:3]), "surface.model.theta: '3 values' is not allowed; expected 5 values"),
+    (lambda m: m["X"][1].pop(), "surface.model.X: 'a row of 2' is not allowed; expected rows of 3 values"),
+    (lambda m: m["y"].pop(), "surface.model.y: "),
+    (lambda m: m.update(feature_names=["psi", "log_rho", "rate"]), "surface.encoding.features: "),
+])
+def test_a_surface_whose_shapes_disagree_is_named(guidelines_text: str, edit: Any, problem: str) -> None:
+    """A truncated theta was broadcast over every feature (another surface, silently), a short row
+    of X was a numpy traceback: both are one line naming the field."""
+    from dm_tune.reports._schema import validate_guidelines
+
+    doc = json.loads(guidelines_text)
+    assert validate_guidelines(doc) is None and len(doc["surface"]["model"]["feature_names"]) == 3
+    edit(doc["surface"]["model"])
+    assert (validate_guidelines(doc) or "").startswith(problem)
+
+
 def test_the_fitted_gp_round_trips_through_json() -> None:
     rng = np.random.default_rng(1)
     X = rng.uniform(0, 1, size=(40, 3))
