@@ -125,15 +125,18 @@ def _sections(args: argparse.Namespace) -> list[str]:
         if flag == "--stability":
             from dm_tune.reports._stability import to_markdown
 
-            if not (isinstance(doc, dict) and {"settings", "rules", "summary"} <= set(doc)):
-                raise UserError(f"{flag} {path}: not a stability.json written by 'dm-tune stability'")
-            sections.append(to_markdown(doc, str(doc.get("a", "A")), str(doc.get("b", "B"))))
+            what, keys = "a stability.json written by 'dm-tune stability'", {"settings", "rules", "summary"}
+            render = lambda d: to_markdown(d, str(d.get("a", "A")), str(d.get("b", "B")))  # noqa: E731
         else:
-            from dm_tune.validate import to_markdown as validation_markdown
+            from dm_tune.validate import to_markdown as render
 
-            if not (isinstance(doc, dict) and {"settings", "seeds", "verdict_rule"} <= set(doc)):
-                raise UserError(f"{flag} {path}: not a validation.json written by 'dm-tune validate'")
-            sections.append(validation_markdown(doc))
+            what, keys = "a validation.json written by 'dm-tune validate'", {"settings", "seeds", "verdict_rule"}
+        if not (isinstance(doc, dict) and keys <= set(doc)):
+            raise UserError(f"{flag} {path}: not {what}")
+        try:
+            sections.append(render(doc))
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{flag} {path}: not {what} (at {type(exc).__name__}: {exc})") from None
     return sections
 
 

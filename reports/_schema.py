@@ -145,6 +145,15 @@ def load_guidelines(path: str | Path) -> dict[str, Any]:
     return doc
 
 
+def surface_problem(surface: Any) -> str | None:
+    """The first schema problem of a guidelines document's ``surface`` block, or None."""
+    try:
+        _Surface.model_validate(surface)
+    except ValidationError as exc:
+        return str(config_error(exc, _Surface, surface, where="surface"))
+    return None
+
+
 def validate_guidelines(doc: Any) -> str | None:
     """The first schema problem in ``doc`` as one line naming the field, or None when it is valid."""
     try:

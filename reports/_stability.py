@@ -66,6 +66,12 @@ def check_doc(doc: Any, name: str) -> None:
                 raise UserError(f"{name}: rules[{i}]: missing key {key!r}")
         if r["supported"] and not _is_number(r.get("b")):
             raise UserError(f"{name}: rules[{i}]: missing key 'b' (the slope of a supported rule)")
+    if doc.get("surface") is not None:
+        from dm_tune.reports._schema import surface_problem
+
+        problem = surface_problem(doc["surface"])
+        if problem:
+            raise UserError(f"{name}: {problem}")
 
 
 def load_doc(path: str | Path) -> dict[str, Any]:

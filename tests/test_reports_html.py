@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dm_tune.errors import UserError
 from dm_tune import beta_from_rho
 from dm_tune.reports import load_guidelines, write_report
 from dm_tune.reports._html import SECTIONS
@@ -194,3 +195,8 @@ def test_report_takes_the_stability_and_validation_sections(report: dict[str, Pa
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"--stability {bad}: not a stability.json written by 'dm-tune stability'" in proc.stderr
+    # the keys it looks for, but not what the command writes: one line too (it was a KeyError)
+    bad.write_text(json.dumps({"settings": [], "rules": [], "summary": {}}))
+    with pytest.raises(UserError, match=f"--stability {bad}: not a stability.json written by 'dm-tune stability' "
+                                        r"\(at KeyError"):
+        _sections(argparse.Namespace(stability=str(bad), validation=None))

@@ -127,6 +127,8 @@ def test_markdown_has_the_table_and_the_rule_verdicts():
     (lambda d: d["settings"][0]["vs_baselines"]["cce"].pop("std"), "missing key 'vs_baselines.cce.std'"),
     (lambda d: d["settings"][0].update(rho_range=[1.0]), "rho_range must be a [low, high] pair"),
     (lambda d: d["rules"][2].pop("supported"), "rules[2]: missing key 'supported'"),
+    # a surface block is checked as the guidelines schema checks it (it was a KeyError: 'encoding')
+    (lambda d: d.update(surface={"task": "classification"}), "surface.encoding: "),
 ])
 def test_a_missing_key_is_named(edit, message):
     doc = copy.deepcopy(docs()[0])
