@@ -295,6 +295,8 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
         torch.set_rng_state(resume["torch_rng"])
         history = list(resume["history"])
         start_epoch = int(resume["epoch"])
+        if history and history[-1].get("diverged"):  # the run had ended there: it stays ended
+            status, start_epoch = "diverged", config.epochs
 
     def snapshot() -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),

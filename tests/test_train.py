@@ -158,6 +158,18 @@ def test_a_diverging_run_stops_and_says_so():
     assert not math.isfinite(result.history[-1]["train_loss"])
 
 
+def test_a_run_resumed_from_the_epoch_it_diverged_in_stays_diverged():
+    """The snapshot of the diverged epoch (a trial killed after reporting it): resuming it trained
+    on from the diverged weights; it is the same ended run."""
+    kw = dict(epochs=5, optimizer="sgd", lr=10.0)
+    snaps = []
+    result = run(report=lambda m, snap: snaps.append(snap()), **kw)
+    assert result.status == "diverged" and result.epochs_completed == 1 == len(snaps)
+    resumed = run(resume=snaps[-1], **kw)
+    assert (resumed.status, resumed.epochs_completed) == ("diverged", 1)
+    assert without_times(resumed.history) == without_times(result.history)
+
+
 @pytest.mark.parametrize("method, noise_rate", [("cce", 0.0), ("dm", 0.4), ("cce", 0.4)])
 def test_a_loss_that_explodes_but_stays_finite_is_diverged(method, noise_rate):
     """SGD at lr 10: the loss reaches 70 to 1e20 in the first epoch (finite), then sits at chance."""
