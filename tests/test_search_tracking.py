@@ -80,3 +80,24 @@ def test_every_open_run_of_an_interrupted_setting_is_closed_past_a_page_of_resul
     runs = real(uri, exp, {"dmtune.role": "trial"})
     assert len(runs) == 5 and {(r.info.status, r.data.tags["dmtune.status"]) for r in runs} == {("KILLED",
                                                                                                 "interrupted")}
+
+
+def test_a_member_ended_before_its_population_trained_again_keeps_the_ledgers_result(tmp_path):
+    """The driver killed while a population's end events were written: member 0's end is in the
+    ledger, member 1's is not; on resume the population trains again and its new result for
+    member 0 must not overwrite what the ledger (and Optuna) hold."""
+    from dm_tune.search._trial import population_report
+
+    tracker, ledger, uri, exp = _tracker(tmp_path)
+    first, second = (TrialSpec("set", "search", 0, {"method": "dm"}, number=i) for i in range(2))
+    ledger.start([first, second])
+    recorded = _outcome()
+    ledger.end(first, recorded)
+    again = TrialOutcome("finished", 1, final_val_acc=0.9, final_test_acc=0.8,
+                         history=({"epoch": 1, "val_acc": 0.9, "epoch_time_s": 0.1},))
+    ledger.end(second, again)
+    tracker._end_members([first, second], population_report([again, again]), errored=False)
+    tracker.drain()
+    finals = {r.data.tags["dmtune.trial_key"]: r.data.metrics["final_test_acc"]
+              for r in _tracking.find_runs(uri, exp, {"dmtune.role": "trial"})}
+    assert finals == {first.key: 0.4, second.key: 0.8}

@@ -200,9 +200,15 @@ class MLflowTracker(tune.Callback):
         self._end(trial, errored=True)
 
     def _end(self, trial, errored: bool) -> None:
-        members = members_of(trial)
-        for spec, outcome in zip(members, member_outcomes(trial.last_result, len(members), errored)):
-            self._submit(self._finish, spec, outcome)
+        self._end_members(members_of(trial), trial.last_result, errored)
+
+    def _end_members(self, members: list[TrialSpec], last_result: Mapping[str, Any] | None, errored: bool) -> None:
+        """Close the members' runs with the ledger's outcome where it has one (Tune tells the searcher,
+        which writes the ledger, before the callbacks): a member that had ended before its population
+        was trained again (the driver killed while the population's end was being written) keeps the
+        result the ledger and Optuna have, not the new run's."""
+        for spec, outcome in zip(members, member_outcomes(last_result, len(members), errored)):
+            self._submit(self._finish, spec, self.ledger.ended.get(spec.key, outcome))
 
     # --- the MLflow writes (writer thread) -------------------------------------------------------
 
