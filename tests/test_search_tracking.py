@@ -101,3 +101,24 @@ def test_a_member_ended_before_its_population_trained_again_keeps_the_ledgers_re
     finals = {r.data.tags["dmtune.trial_key"]: r.data.metrics["final_test_acc"]
               for r in _tracking.find_runs(uri, exp, {"dmtune.role": "trial"})}
     assert finals == {first.key: 0.4, second.key: 0.8}
+
+
+def test_a_checkpoint_on_remote_storage_is_recorded_as_a_uri_that_a_resumed_trial_reads(tmp_path, monkeypatch):
+    """Remote checkpoint paths carry no scheme (``bucket/prefix/...``): recorded bare, a resumed
+    trial found no such folder and trained from scratch. A URI is read through Tune's Checkpoint
+    (here a local file:// one, which resolves as S3's would, without a network)."""
+    import pyarrow.fs
+    import torch
+    from ray import tune
+
+    from trainables import _dm
+
+    remote = tune.Checkpoint("bucket/prefix/checkpoint_000001",
+                             filesystem=pyarrow.fs.S3FileSystem(anonymous=True, region="us-east-1"))
+    assert _tracking.checkpoint_location(remote) == "s3://bucket/prefix/checkpoint_000001"
+    local = tune.Checkpoint.from_directory(str(tmp_path))
+    assert _tracking.checkpoint_location(local) == str(tmp_path)
+    torch.save({"epoch": 3}, tmp_path / _dm.STATE_FILE)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)  # not inside a Tune trial here
+    assert _dm._resume_state(tmp_path.as_uri()) == {"epoch": 3} == _dm._resume_state(str(tmp_path))
+    assert _dm._resume_state(str(tmp_path / "gone")) is None

@@ -71,6 +71,9 @@ def _resume_state(resume_from: str | None) -> dict[str, Any] | None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             return _load_state(d)
+    if resume_from and "://" in resume_from:  # a checkpoint on remote storage (--storage-path s3://...)
+        with tune.Checkpoint(resume_from).as_directory() as d:
+            return _load_state(d)
     if resume_from and Path(resume_from).is_dir():
         return _load_state(resume_from)
     return None

@@ -183,7 +183,7 @@ class MLflowTracker(tune.Callback):
                     self._submit(self._log_epochs, spec, [dict(metrics)])
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-        self.ledger.checkpoint(trial.config["group"], checkpoint.path)
+        self.ledger.checkpoint(trial.config["group"], checkpoint_location(checkpoint))
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         if self.echo:
@@ -338,6 +338,13 @@ class MLflowTracker(tune.Callback):
                 client.set_tag(run.info.run_id, "dmtune.status", "interrupted")
                 client.set_terminated(run.info.run_id, "KILLED")
         client.set_terminated(self.parent_id, "FINISHED" if finished else "KILLED")
+
+
+def checkpoint_location(checkpoint) -> str:
+    """Where a resumed trial finds a checkpoint: its path on local (or shared) storage, a URI
+    (``s3://bucket/...``) on remote storage, whose checkpoint paths carry no scheme."""
+    kind = getattr(checkpoint.filesystem, "type_name", "local")
+    return checkpoint.path if kind == "local" or "::" in kind else f"{kind}://{checkpoint.path}"
 
 
 def _error_line(trial) -> str:
