@@ -137,17 +137,25 @@ def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
     _fill_dm_coordinates(df)
     df["arm"] = [arm_label(b, m, lam, beta, cw) for b, m, lam, beta, cw in
                  zip(df["baseline"], df["method"], df["lam"], df["beta"], df["class_weighting"])]
+    # Two configurations whose knobs round to one label (3 significant figures) are two arms.
+    exact = [(f"{lam:.12g}", f"{beta:.12g}") for lam, beta in zip(df["lam"], df["beta"])]
+    clash = pd.Series(exact, index=df.index).groupby([df["setting"], df["arm"]]).transform("nunique") > 1
+    for i in df.index[clash & (df["baseline"] == "")]:
+        df.at[i, "arm"] = arm_label("", df.at[i, "method"], df.at[i, "lam"], df.at[i, "beta"],
+                                    df.at[i, "class_weighting"], digits=9)
     return df[list(COLUMNS)].reset_index(drop=True)
 
 
-def arm_label(baseline: str, method: str, lam: float, beta: float, class_weighting: str = "none") -> str:
-    """The name of a configuration across seeds: the baseline's name or ``dm(lam=..,beta=..)``, with
-    ``,cw=SCHEME`` when the DM arm weights classes (arms differing only in class weighting stay apart)."""
+def arm_label(baseline: str, method: str, lam: float, beta: float, class_weighting: str = "none",
+              digits: int = 3) -> str:
+    """The name of a configuration across seeds: the baseline's name or ``dm(lam=..,beta=..)`` (to
+    ``digits`` significant figures), with ``,cw=SCHEME`` when the DM arm weights classes (arms
+    differing only in class weighting stay apart)."""
     if baseline:
         return baseline
     if method == "dm":
         cw = "" if class_weighting in ("", "none") else f",cw={class_weighting}"
-        return f"dm(lam={_round(lam)},beta={_round(beta)}{cw})"
+        return f"dm(lam={_round(lam, digits)},beta={_round(beta, digits)}{cw})"
     return method
 
 
@@ -165,8 +173,8 @@ def _fill_dm_coordinates(df: pd.DataFrame) -> None:
             df.at[i, "rho"] = rho_from_beta(beta, lam)
 
 
-def _round(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:.3g}"
+def _round(x: float, digits: int = 3) -> str:
+    return "nan" if math.isnan(x) else f"{x:.{digits}g}"
 
 
 def _missing(value: float | None) -> bool:

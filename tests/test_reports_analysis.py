@@ -118,6 +118,19 @@ def test_one_setting_from_two_experiments_is_two_settings_counted_by_seed() -> N
     assert one["n_seeds"] == 1  # a seed recorded twice is one seed
 
 
+def test_configurations_that_round_to_one_label_stay_two_arms() -> None:
+    """lam 0.7001 / beta 12.61 and lam 0.7004 / beta 12.64 both read dm(lam=0.7,beta=12.6): they
+    were one arm of four seeds mixing two configurations."""
+    rows = [row(seed=s, val=0.9, test=0.9, lam=0.7001, beta=12.61) for s in range(2)]
+    rows += [row(seed=s, val=0.5, test=0.5, lam=0.7004, beta=12.64) for s in range(2)]
+    df = tidy(rows)
+    assert sorted(set(df["arm"])) == ["dm(lam=0.7001,beta=12.61)", "dm(lam=0.7004,beta=12.64)"]
+    res = analyse_setting(df)
+    assert (res["arm"], res["n_seeds"], res["test_acc_std"]) == ("dm(lam=0.7001,beta=12.61)", 2, 0.0)
+    assert set(tidy([row(lam=0.7001, beta=12.61), row(seed=1, lam=0.7001, beta=12.61)])["arm"]) == {
+        "dm(lam=0.7,beta=12.6)"}  # one configuration keeps its short name
+
+
 def test_no_dm_runs_is_unresolved() -> None:
     res = analyse_setting(tidy([row(baseline="cce", method="cce"), row(status="diverged", val=None, test=None)]))
     assert res["status"] == "no-dm-results" and res["counts"]["diverged"] == 1
