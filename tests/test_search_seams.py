@@ -182,6 +182,28 @@ def test_searcher_stages_and_resume_from_the_ledger(tmp_path):
     assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[1].value == 0.95
 
 
+def test_a_trial_another_driver_ends_before_it_is_tagged_is_asked_again(tmp_path, monkeypatch):
+    """Two studies share one Optuna study: the other's driver, starting, ends an untagged RUNNING
+    trial as its own dead driver's, in the instant between this one's ask and its tag. The
+    searcher asks again instead of failing on the ended trial."""
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), warm_points=[])
+    study = searcher.optuna_study()
+    real_ask, asked = type(study).ask, []
+
+    def ask_then_lose_it(self, *args, **kwargs):
+        trial = real_ask(self, *args, **kwargs)
+        asked.append(trial.number)
+        if len(asked) == 1:
+            self.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # the other driver
+        return trial
+
+    monkeypatch.setattr(type(study), "ask", ask_then_lose_it)
+    (spec,) = _members(searcher.suggest("t0"))
+    assert asked == [0, 1] and spec.number == 1
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "RUNNING"] and trials[1].user_attrs["dmtune.study"] == "t"
+
+
 def test_searcher_hands_out_populations_and_tells_each_member(tmp_path):
     searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=2)
     first, second = searcher.suggest("p0"), searcher.suggest("p1")

@@ -175,13 +175,23 @@ class StagedSearcher(Searcher):
     def _spec(self, number: int, knobs: dict[str, Any]) -> TrialSpec:
         return TrialSpec(self.setting, "search", self.search_seeds[0], dm_overrides(knobs), number=number, knobs=knobs)
 
-    def _ask(self) -> list[TrialSpec]:
-        trial = self.optuna_study().ask()
-        trial.set_user_attr("dmtune.study", self.study_name)  # first: whose trial it is, if the driver dies now
-        suggest(self.space, trial)
-        trial.set_user_attr("dmtune.setting", self.setting)
-        trial.set_user_attr("dmtune.search_seeds", list(self.search_seeds))
-        return self._replicas(self._spec(trial.number, dict(trial.params)))
+    def _ask(self, attempts: int = 5) -> list[TrialSpec]:
+        for _ in range(attempts):
+            trial = self.optuna_study().ask()
+            try:
+                trial.set_user_attr("dmtune.study", self.study_name)  # first: whose trial it is, if the driver dies now
+                suggest(self.space, trial)
+                trial.set_user_attr("dmtune.setting", self.setting)
+                trial.set_user_attr("dmtune.search_seeds", list(self.search_seeds))
+            except RuntimeError:  # Optuna's "already finished" (UpdateFinishedTrialError in newer versions)
+                if not self._storage.get_trial(self._trial_id(trial.number)).state.is_finished():
+                    raise
+                # Another study's driver, starting on this shared Optuna study in the instant before
+                # the tag, took the untagged trial for its own dead driver's and ended it: ask again.
+                continue
+            return self._replicas(self._spec(trial.number, dict(trial.params)))
+        raise RuntimeError(f"Optuna study {self._study_name!r}: {attempts} trials in a row were ended by "
+                           "another process as soon as they were asked")
 
     def tell(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
         """Tell Optuna how a search arm ended, once all its seeds have (``outcome`` is ``spec``'s;
