@@ -45,6 +45,9 @@ def embed(model: nn.Module, batches: Iterable[torch.Tensor]) -> np.ndarray:
 def gallery_metrics(model: nn.Module, g: Gallery, batches: Iterable[torch.Tensor]) -> dict[str, float]:
     """mAP and CMC of ``g``'s queries against all of ``g``."""
     emb = embed(model, batches)
+    if not np.isfinite(emb).all():  # a diverged model: no ranking to score (train() records it diverged)
+        return {"map": float("nan"), "rank1": float("nan"), "rank5": float("nan"), "rank10": float("nan"),
+                "queries": float("nan")}
     q = g.query.numpy()
     scores = cosine_scores(emb[q], emb)
     ids, cams = g.ids.numpy(), g.cams.numpy()

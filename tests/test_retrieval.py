@@ -4,6 +4,7 @@ stand-in (reid-synth), identity noise per track, and a retrieval training run's 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -150,3 +151,26 @@ def test_retrieval_run_result_json(tmp_path, capsys):
     assert d["test_map"] == last["test_map"] and d["val_map"] == last["val_map"]  # final epoch
     assert d["test_rank1"] <= d["test_rank5"] <= d["test_rank10"]
     assert "final test mAP" in capsys.readouterr().out
+
+
+def test_a_retrieval_run_that_diverges_ends_as_diverged():
+    """NaN embeddings have no ranking: the epoch's mAP is NaN and the run is diverged (it was a
+    ValueError traceback from the metric)."""
+    from dm_tune.train import train
+
+    cfg = _cfg(epochs=3, optimizer="sgd", lr=9.9, method="cce", noise="symmetric", noise_rate=0.2)
+    result = train(cfg, prepare(cfg))
+    assert result.status == "diverged" and result.epochs_completed < 3
+    assert math.isnan(result.history[-1]["test_map"]) and result.history[-1]["diverged"] == 1.0
+
+
+def test_best_test_map_does_not_need_a_validation_split():
+    """Without validation identities (val_fraction 0) val mAP is NaN every epoch; the best test mAP
+    over training is still the best test mAP (as best_test_accuracy is)."""
+    from dm_tune.train import train
+
+    cfg = _cfg(epochs=2, val_fraction=0.0)
+    result = train(cfg, prepare(cfg))
+    maps = [h["test_map"] for h in result.history]
+    assert all(math.isnan(h["val_map"]) for h in result.history)
+    assert result.retrieval["best_test_map"] == max(maps) and math.isnan(result.retrieval["val_selected_test_map"])
