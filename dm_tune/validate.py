@@ -139,7 +139,8 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
         runs[arm]["runs"].append({"seed": s, "test_acc": 100.0 * r.test_accuracy, "status": r.status,
                                   "val_acc": 100.0 * r.val_accuracy})
     accuracies = {arm: {run["seed"]: run["test_acc"] for run in a["runs"]} for arm, a in runs.items()}
-    return {"setting": setting.key, "fields": setting.train_fields(), "num_classes": int(first.num_classes),
+    return {"setting": setting.key, "seeds": list(seeds), "fields": setting.train_fields(),
+            "num_classes": int(first.num_classes),
             "model": str(resolved.model), "recommendation": rec.to_dict(), "arms": runs,
             "summary": summarise(accuracies)}
 
@@ -183,16 +184,21 @@ class Progress:
         self.done[identity] = json.loads(line)["setting"]
 
 
-def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int], epochs: int | None = None,
+def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None, epochs: int | None = None,
              quiet: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Every setting of ``study`` (a Study, or a list of them): recommendation, per-seed accuracies
-    of each arm, summary. With ``progress``, settings it holds are not trained again and each
-    newly finished one is added to it."""
+    of each arm, summary; on ``seeds``, or (None) each study's own. With ``progress``, settings it
+    holds are not trained again and each newly finished one is added to it."""
     overrides = {"epochs": epochs} if epochs is not None else {}
     settings = []
-    for one in (study if isinstance(study, (list, tuple)) else [study]):
+    studies = list(study) if isinstance(study, (list, tuple)) else [study]
+    used: list[int] = []
+    for one in studies:
+        own = list(seeds) if seeds is not None else list(one.seeds)
+        used += [s for s in own if s not in used]
         for setting in one.expand():
-            identity = Progress.identity(one, setting, seeds, overrides, guidelines) if progress else ""
+            seeds_here = own
+            identity = Progress.identity(one, setting, seeds_here, overrides, guidelines) if progress else ""
             if progress is not None and identity in progress.done:
                 if not quiet:
                     print(f"{setting.key}: finished earlier ({progress.path.name})", file=sys.stderr, flush=True)
@@ -200,7 +206,7 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int], epoch
                 continue
             if not quiet:
                 print(f"{setting.key}:", file=sys.stderr, flush=True)
-            entry = _train_setting(one, setting, seeds, overrides, guidelines, quiet)
+            entry = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet)
             if progress is not None:
                 progress.add(identity, entry)
             settings.append(entry)
@@ -209,7 +215,7 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int], epoch
     return {"accuracy_unit": "percentage points (final-epoch test accuracy)",
             "verdict_rule": f"wins/loses when the paired {CONFIDENCE:.0%} t interval of the mean difference "
                             "excludes 0, else within noise; undetermined with fewer than 2 paired seeds",
-            "arms": list(ARMS), "seeds": list(seeds), "settings": settings, "summary": tally}
+            "arms": list(ARMS), "seeds": used, "settings": settings, "summary": tally}
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -246,14 +252,22 @@ def table_rows(doc: Mapping[str, Any]) -> list[list[str]]:
 def to_markdown(doc: Mapping[str, Any]) -> str:
     rows = table_rows(doc)
     lines = ["## Validation of the recommendations", "",
-             f"Final-epoch test accuracy in percentage points, mean ± sample std over seeds "
-             f"{', '.join(map(str, doc['seeds']))}; differences paired by seed. Verdict: {doc['verdict_rule']}.", "",
+             f"Final-epoch test accuracy in percentage points, mean ± sample std over {_seeds_text(doc)}; "
+             f"differences paired by seed. Verdict: {doc['verdict_rule']}.", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     warnings = [f"- {s['setting']}: {w}" for s in doc["settings"] for w in s["recommendation"].get("warnings", [])]
     if warnings:
         lines += ["", "Warnings of the recommendations:", "", *warnings]
     return "\n".join(lines) + "\n"
+
+
+def _seeds_text(doc: Mapping[str, Any]) -> str:
+    per = {tuple(s.get("seeds", doc["seeds"])) for s in doc["settings"]}
+    if len(per) > 1:
+        return "each setting's seeds (" + "; ".join(f"{s['setting']}: {', '.join(map(str, s['seeds']))}"
+                                                    for s in doc["settings"]) + ")"
+    return "seeds " + ", ".join(map(str, next(iter(per), doc["seeds"])))
 
 
 def _plain_table(rows: list[list[str]]) -> str:
@@ -306,7 +320,7 @@ def validate_command(args: argparse.Namespace) -> int:
             raise UserError(f"--config {config}: validate compares classification accuracy; "
                             f"this study's task is {study.task!r}")
         studies.append(study)
-    seeds = _seeds(args.seeds) if args.seeds else list(studies[0].seeds)
+    seeds = _seeds(args.seeds) if args.seeds else None  # None: each --config file's own seeds
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs {args.epochs}: expected an integer >= 1")
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
@@ -319,7 +333,7 @@ def validate_command(args: argparse.Namespace) -> int:
         return _validate_into(args, studies, seeds, path, guidelines, out)
 
 
-def _validate_into(args: argparse.Namespace, studies: list[Any], seeds: list[int], path: Path,
+def _validate_into(args: argparse.Namespace, studies: list[Any], seeds: list[int] | None, path: Path,
                    guidelines: dict[str, Any], out: Path) -> int:
     """The validation proper, run while this process holds ``out``."""
     progress = Progress(out / PROGRESS_FILE)

@@ -143,6 +143,24 @@ def test_seeds_and_epochs_flags_override_the_config(tmp_path, guidelines):
     assert setting["summary"]["vs"]["cce"]["verdict"] == "undetermined"  # one seed: no spread
 
 
+def test_each_config_file_trains_on_its_own_seeds(tmp_path, guidelines):
+    """Two --config files, seeds [0] and [5]: each setting on its file's seeds (the first file's
+    were used for all); --seeds still overrides both."""
+    first = write_config(tmp_path, seeds=[0], training={"epochs": 1, "device": "cpu"})
+    second = first.with_name("second.yaml")
+    second.write_text(yaml.safe_dump({"settings": {"dataset": ["digits"], "noise": ["pair"], "noise_rate": [0.2]},
+                                      "seeds": [5], "training": {"epochs": 1, "device": "cpu"}}))
+    out = tmp_path / "out"
+    assert main(["validate", "--config", str(first), "--config", str(second), "--guidelines", guidelines,
+                 "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "validation.json").read_text())
+    assert {s["setting"]: s["seeds"] for s in doc["settings"]} == {"digits-symmetric0.3-default": [0],
+                                                                  "digits-pair0.2-default": [5]}
+    assert [r["seed"] for r in doc["settings"][1]["arms"]["cce"]["runs"]] == [5] and doc["seeds"] == [0, 5]
+    assert "each setting's seeds (digits-symmetric0.3-default: 0; digits-pair0.2-default: 5)" in (
+        out / "validation.md").read_text()
+
+
 def test_the_recommended_class_weighting_is_trained(tmp_path, guidelines, monkeypatch):
     import dm_tune.reports._recommend as recommend_module
 
