@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 from typing import Any
 
@@ -265,7 +266,7 @@ def _population_progress(quiet: bool, epochs: int, labels: list[str]):
         test = sorted(100 * m["test_acc"] for m in rows)
         diverged = sum(1 for m in rows if m.get("diverged"))
         print(f"epoch {int(rows[0]['epoch']):>3}/{epochs}  {len(rows)}/{size} members  test "
-              f"{test[0]:5.1f}-{test[-1]:5.1f}% (median {test[len(test) // 2]:5.1f}%)"
+              f"{test[0]:5.1f}-{test[-1]:5.1f}% (median {statistics.median(test):5.1f}%)"
               f"{f'  {diverged} diverged' if diverged else ''}  {rows[0]['population_epoch_time_s']:.2f}s",
               file=sys.stderr, flush=True)
 

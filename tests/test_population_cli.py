@@ -5,6 +5,7 @@ Through ``dm_tune.cli.main`` (what the console script calls), in this process.""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -60,6 +61,20 @@ def test_lists_train_one_member_per_combination(tmp_path, capsys):
         assert r["test_accuracy"] == r["history"][-1]["test_acc"] and r["config"]["git_commit"]
     assert "population 2/2" in captured.err and "population 3/2" not in captured.err
     assert captured.out.count("finished: final test accuracy") == 6
+
+
+def test_a_population_of_two_prints_the_median_of_two(tmp_path, capsys):
+    """The epoch line's median of an even number of members is the mean of the middle two (it
+    printed the upper one)."""
+    out = tmp_path / "members.json"
+    assert main(["train", "--lam", "1,2", "--beta", "8", "--epochs", "1", "--population-size", "2",
+                 "--out", str(out)]) == 0
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch   1/1  2/2 members")]
+    low, high, median = (float(v) for v in re.search(r"test\s*([\d.]+)-\s*([\d.]+)% \(median\s*([\d.]+)%",
+                                                     line).groups())
+    pair = sorted(100 * r["test_accuracy"] for r in json.loads(out.read_text()))
+    assert pair[0] < pair[1] and (low, high) == pytest.approx(pair, abs=0.06)
+    assert median == pytest.approx(sum(pair) / 2, abs=0.06)
 
 
 def test_a_single_member_keeps_the_single_result(tmp_path, capsys):
