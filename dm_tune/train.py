@@ -22,6 +22,7 @@ from torch import nn
 from dm_tune._weighting import relative_weights
 from dm_tune.config import TrainConfig
 from dm_tune.data import Data
+from dm_tune.errors import DataError, UserError
 from dm_tune.methods import build_loss
 from dm_tune.models import ModelSpec, build_model
 from dm_tune.provenance import provenance
@@ -156,7 +157,24 @@ class _IndexedInputs(torch.utils.data.Dataset):
         return len(self.inputs)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int):
-        return self.inputs[i], i
+        try:
+            return self.inputs[i], i
+        except DataError as e:  # in a worker process: carried to the main one as data (below)
+            return _Unreadable(str(e)), i
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A file a DataLoader worker could not read. Raised in a worker, a DataError reached the main
+    process as torch's RuntimeError holding the worker's traceback; as data it is raised there as
+    the one-line error it is."""
+
+    message: str
+
+
+def _collate(items: list[tuple[Any, int]]) -> Any:
+    bad = next((x for x, _ in items if isinstance(x, _Unreadable)), None)
+    return (bad, None) if bad is not None else torch.utils.data.default_collate(items)
 
 
 def _batches(split_inputs, n: int, batch_size: int, order: torch.Tensor | None, num_workers: int,
@@ -171,9 +189,12 @@ def _batches(split_inputs, n: int, batch_size: int, order: torch.Tensor | None, 
         return
     sampler = torch.utils.data.BatchSampler(order.tolist(), batch_size, drop_last=False)
     loader = torch.utils.data.DataLoader(
-        _IndexedInputs(split_inputs), batch_sampler=sampler, num_workers=num_workers,
+        _IndexedInputs(split_inputs), batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False)
-    yield from ((x, idx) for x, idx in loader)
+    for x, idx in loader:
+        if isinstance(x, _Unreadable):
+            raise UserError(x.message)
+        yield x, idx
 
 
 @torch.no_grad()

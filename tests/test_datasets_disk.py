@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 
 from dm_tune._validate import ConfigError
@@ -331,6 +332,8 @@ def test_clothing1m_missing_and_malformed(tmp_path):
     good = kv.read_text()
     kv.write_text("images/0/00/va0.png fourteen\n")
     expect_data_error(config("clothing1m", root), kv)
+    kv.write_bytes(b"\xff\xfe" + good.encode())  # not text: it was a UnicodeDecodeError traceback
+    assert "is not UTF-8 text" in str(expect_data_error(config("clothing1m", root), kv))
     kv.write_text(good)
     (root / "images/0/00/te0.png").unlink()
     expect_data_error(config("clothing1m", root), root / "images/0/00/te0.png")
@@ -352,6 +355,25 @@ def test_imagefolder_carved_and_official_val(tmp_path):
 
     data = prepare(config("imagefolder", make_imagefolder(tmp_path / "b", with_val=True)))
     assert len(data.train) == 9 and len(data.val) == 3 and data.input_shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_cannot_be_read_mid_training_is_one_line(tmp_path, capsys, workers):
+    """Only found when a batch reads it: in a DataLoader worker (num_workers > 0) the error came
+    back as torch's RuntimeError with the worker's traceback, exit 1."""
+    from dm_tune.cli import main
+
+    root = make_imagefolder(tmp_path)
+    bad = sorted((root / "train" / "cat").iterdir())[0]
+    bad.write_bytes(b"not an image at all")
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({"dataset": "imagefolder", "data_root": str(root), "epochs": 1,
+                                           "noise": "none", "model": "cnn", "dataset_options": {"image_size": 16},
+                                           "num_workers": workers, "device": "cpu"}))
+    assert main(["train", "--config", str(config_file), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"dm-tune: error: {bad}: could not be read as an image")
+    assert not any("Traceback" in line or "DataLoader worker" in line for line in err)
 
 
 def test_imagefolder_errors(tmp_path):

@@ -49,7 +49,11 @@ DEFAULTS = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 2e-5,
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(path, "file not found", LAYOUT)
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"is not UTF-8 text (byte {e.start}: {e.reason})", LAYOUT) from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
 def read_label_kv(path: Path) -> dict[str, int]:
