@@ -116,6 +116,9 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
             true_clean = source.clean_labels.numpy().astype(np.int64)
 
     if source.val is not None:
+        if config.val_noisy:  # it was silently ignored: the validation set is the dataset's own
+            raise ConfigError("val_noisy", True, f"{source.name} has its own validation set, with its own labels; "
+                                                 "val_noisy applies to a validation split carved from training data")
         keep, val = np.arange(len(clean)), None
         val_split = source.val
     else:
@@ -124,10 +127,14 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
         val_labels = noisy.labels[val] if config.val_noisy else clean[val]
         val_split = source.train.subset(val_idx, torch.from_numpy(val_labels))
 
+    imbalance: dict[str, float] = {}
     if config.imbalance != "none":
         sub = imbalance_index(clean[keep], source.num_classes, config.imbalance,
                               config.imbalance_ratio, imb_rng)
         keep = keep[sub]
+        kept = np.bincount(clean[keep], minlength=source.num_classes)
+        present = kept[kept > 0]
+        imbalance = {"imbalance_ratio_realised": float(present.max() / present.min())}
     keep_t = torch.from_numpy(keep)
     train = source.train.subset(keep_t, torch.from_numpy(noisy.labels[keep]))
     if not shared_source:
@@ -151,5 +158,5 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
         normalise=source.normalise,
         vocab_size=int(source.info.get("vocab_size", 0)),
         info={**source.info, "dataset": source.name, "num_train": len(train), "num_val": len(val_split),
-              "num_test": len(source.test)},
+              "num_test": len(source.test), **imbalance},
     )

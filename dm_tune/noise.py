@@ -195,19 +195,26 @@ def class_counts(available: np.ndarray, kind: str, ratio: float) -> np.ndarray:
 
     ``longtail``: counts decay geometrically from class 0 to class C-1.
     ``step``: the last floor(C/2) classes (class 1 of 2) are the minority, 1/ratio of the rest.
+    The profile is scaled to the largest size every class can fill, so the kept counts have the
+    profile's shape and ratio whatever the classes held (a class that holds fewer than its share
+    lowers them all, rather than flattening the profile). A class with no examples stays empty.
     """
     num_classes = len(available)
-    n_max = int(available.max())
     if kind == "none" or ratio == 1.0:
         return available.copy()
     if kind == "longtail":
-        target = n_max * ratio ** (-np.arange(num_classes) / max(num_classes - 1, 1))
+        profile = ratio ** (-np.arange(num_classes) / max(num_classes - 1, 1))
     elif kind == "step":
         minority = np.arange(num_classes) >= num_classes - num_classes // 2
-        target = np.where(minority, n_max / ratio, n_max)
+        profile = np.where(minority, 1.0 / ratio, 1.0)
     else:
         raise ValueError(f"unknown imbalance {kind!r}")
-    return np.minimum(available, np.maximum(1, np.floor(target))).astype(np.int64)
+    present = available > 0
+    if not present.any():
+        return available.copy()
+    scale = float(np.min(available[present] / profile[present]))
+    counts = np.maximum(1, np.round(scale * profile)).astype(np.int64)
+    return np.where(present, np.minimum(available, counts), 0).astype(np.int64)
 
 
 def imbalance_index(labels: np.ndarray, num_classes: int, kind: str, ratio: float,

@@ -162,6 +162,8 @@ def test_imbalance_applies_to_train_only(name, kind):
     assert set(ids(data.train)) < set(ids(balanced.train))
     counts = np.bincount(data.clean_train_labels.numpy(), minlength=data.num_classes)
     assert counts.max() / counts.min() == pytest.approx(10, rel=0.1)
+    assert data.info["imbalance_ratio_realised"] == counts.max() / counts.min()  # recorded with the result
+    assert "imbalance_ratio_realised" not in balanced.info
     if kind == "step":
         assert np.all(counts[5:] == counts.min()) and np.all(counts[:5] > counts.min())
     # noisy labels stay attached to their examples through the subsampling

@@ -355,6 +355,9 @@ def test_imagefolder_carved_and_official_val(tmp_path):
 
     data = prepare(config("imagefolder", make_imagefolder(tmp_path / "b", with_val=True)))
     assert len(data.train) == 9 and len(data.val) == 3 and data.input_shape == (3, 224, 224)
+    # its own validation set keeps its own labels: val_noisy is refused, not silently ignored
+    with pytest.raises(ConfigError, match="val_noisy: True is not allowed; imagefolder has its own validation"):
+        prepare(config("imagefolder", tmp_path / "b", val_noisy=True))
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -203,9 +203,14 @@ def test_no_imbalance_keeps_everything():
     np.testing.assert_array_equal(class_counts(available, "longtail", 1.0), available)
 
 
-def test_counts_never_exceed_what_is_available():
+def test_counts_never_exceed_what_is_available_and_keep_the_ratio():
+    """The profile is scaled to what every class can fill: a class short of its share lowers them
+    all (capping that class alone, [100, 5, 100, 100] gave a ratio of 20, not 4)."""
     counts = class_counts(np.array([100, 5, 100, 100]), "longtail", 4.0)
-    assert counts[1] == 5 and counts[0] == 100
+    assert counts.tolist() == [8, 5, 3, 2] and counts[0] / counts[-1] == 4.0
+    # a majority class smaller than a minority one: step 10 on [50, 200] kept [50, 20] (ratio 2.5)
+    assert class_counts(np.array([50, 200]), "step", 10.0).tolist() == [50, 5]
+    assert class_counts(np.array([30, 0, 300]), "step", 3.0).tolist() == [30, 0, 10]  # an empty class stays so
 
 
 def test_unknown_imbalance_is_rejected():
