@@ -98,6 +98,9 @@ class TrainConfig:
             raise violation("must be 0 with noise 'none'", "noise_rate", self.noise_rate)
         if self.noise == "file" and not self.noise_file:
             raise violation("a label file is required with noise 'file'", "noise_file", self.noise_file)
+        if self.noise == "file" and self.noise_rate != 0.0:  # it was kept, and reported as the rate
+            raise violation("must be 0 with noise 'file': the file's labels set the rate (each result records "
+                            "it as noise_rate_realised)", "noise_rate", self.noise_rate)
         if self.noise_file and self.noise != "file":
             raise violation("must be 'file' when noise_file is given", "noise", self.noise)
         if self.imbalance == "none" and self.imbalance_ratio != 1.0:

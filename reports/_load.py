@@ -23,7 +23,7 @@ from dm_tune.errors import UserError
 PARAM_COLUMNS = ("method", "lam", "beta", "psi", "rho", "dataset", "noise", "noise_rate", "imbalance",
                  "imbalance_ratio", "model", "num_classes", "pretrained", "seed", "epochs", "class_weighting")
 METRIC_COLUMNS = ("epochs_reached", "final_test_acc", "final_val_acc", "best_test_acc",
-                  "val_selected_test_acc", "train_time_s")
+                  "val_selected_test_acc", "train_time_s", "noise_rate_realised")
 # Retrieval runs (re-ID; they log final_val_map): their mAPs fill the score columns above in place
 # of accuracy (final_test_acc holds final test mAP, final_val_acc final validation mAP,
 # best_test_acc the best test mAP over training, ...), with task = "retrieval" so that every
@@ -130,6 +130,9 @@ def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df["class_weighting"] = df["class_weighting"].replace("", "none")  # runs from before class weighting
     df["imbalance"] = df["imbalance"].replace("", "none")
     df["imbalance_ratio"] = df["imbalance_ratio"].fillna(1.0)
+    # Noise from a label file has the rate its labels have: the one each run measured.
+    from_file = (df["noise"] == "file") & df["noise_rate_realised"].notna()
+    df.loc[from_file, "noise_rate"] = df.loc[from_file, "noise_rate_realised"]
     # One setting measured by two studies (experiments) is two settings: their arms, epochs and
     # seeds are their own, and pooling them would count one seed twice.
     shared = df.groupby("setting")["experiment"].transform("nunique") > 1

@@ -142,6 +142,8 @@ def test_valid_devices(device):
     ({"noise": "none", "noise_rate": 0.3}, "noise_rate", "must be 0 with noise 'none'"),
     ({"noise": "file"}, "noise_file", "a label file is required"),
     ({"noise": "symmetric", "noise_file": "labels.npy"}, "noise", "must be 'file'"),
+    ({"noise": "file", "noise_file": "labels.npy", "noise_rate": 0.4}, "noise_rate",
+     "must be 0 with noise 'file': the file's labels set the rate"),
     ({"imbalance": "none", "imbalance_ratio": 10}, "imbalance_ratio", "must be 1 with imbalance 'none'"),
 ])
 def test_contradictions(values, field, allowed):

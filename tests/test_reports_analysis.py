@@ -131,6 +131,13 @@ def test_configurations_that_round_to_one_label_stay_two_arms() -> None:
         "dm(lam=0.7,beta=12.6)"}  # one configuration keeps its short name
 
 
+def test_noise_from_a_file_is_reported_at_the_rate_its_labels_have() -> None:
+    """A label file's rate is what each run measured (noise_rate_realised), not a nominal rate."""
+    rows = [row(seed=s, noise="file", noise_rate="0", noise_rate_realised=0.38) for s in range(3)]
+    res = analyse_setting(tidy(rows))
+    assert res["noise"] == "file" and res["noise_rate"] == pytest.approx(0.38)
+
+
 def test_no_dm_runs_is_unresolved() -> None:
     res = analyse_setting(tidy([row(baseline="cce", method="cce"), row(status="diverged", val=None, test=None)]))
     assert res["status"] == "no-dm-results" and res["counts"]["diverged"] == 1

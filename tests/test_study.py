@@ -36,6 +36,10 @@ def test_matrix_expansion_and_keys():
     # noise 'none' pairs only with rate 0: 2 datasets x (1 + 2) noise/rate x 2 imbalance
     assert len(keys) == 12 and len(set(keys)) == 12
     assert "mnist1d-pair0.3-step10-default" in keys
+    # noise from a file: its labels set the rate, so the rates of the matrix make one setting of it
+    study = Study.from_dict({"settings": {"dataset": ["digits", "mnist1d"], "noise": ["file"],
+                                          "noise_rate": [0.2, 0.4]}, "training": {"noise_file": "labels.npy"}})
+    assert [s.key for s in study.expand()] == ["digits-file0-default", "mnist1d-file0-default"]
 
 
 @pytest.mark.parametrize("values, field", [

@@ -144,8 +144,12 @@ class Study:
                                                             s.imbalance, s.model):
             if noise == "none" and rate != 0.0:
                 continue  # 'none' only pairs with rate 0
+            if noise == "file":
+                rate = 0.0  # the file's labels set the rate (each result records it as noise_rate_realised)
             kind, _, ratio = imb.partition(":")
-            out.append(Setting(ds, noise, rate, kind, float(ratio or 1.0), None if model == "default" else model))
+            setting = Setting(ds, noise, rate, kind, float(ratio or 1.0), None if model == "default" else model)
+            if setting not in out:
+                out.append(setting)
         if not out:
             raise ConfigError("settings", s.noise_rate, "the matrix has no valid combination "
                               "(noise 'none' pairs only with noise_rate 0)")
