@@ -103,18 +103,25 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
             values[field] = v
     method = values.get("method", "dm")
     dm_flags = [f for f in ("lam", "beta", "mode", "spread") if getattr(args, f) is not None]
+    from dm_tune._names import METHOD_NAMES
+
+    if method not in METHOD_NAMES:  # named first: "--lam only applies to dm, not 'DM'" hid the typo
+        raise ConfigError("method", method, "expected one of: " + ", ".join(METHOD_NAMES))
     if method != "dm" and dm_flags:
         raise UserError(f"--{dm_flags[0]}: only applies to --method dm, not {method!r}")
     if args.mode is not None and args.lam is not None:
         raise UserError("--mode and --lam both set the emphasis mode; give one of them")
     if args.spread is not None and args.beta is not None:
         raise UserError("--spread and --beta both set the emphasis variance; give one of them")
-    from dm_tune._param import beta_from_rho, lambda_from_mode
+    from dm_tune._param import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
+    from dm_tune.config import BETA_MAX, LAM_MAX
 
     if args.mode is not None:
-        if not (math.isfinite(args.mode) and 0.0 <= args.mode < 1.0):
-            raise ConfigError("--mode", args.mode, "the emphasis mode psi must be in [0, 1)")
-        values["lam"] = lambda_from_mode(args.mode)
+        top = mode_from_lambda(LAM_MAX)  # the mode of the largest lambda a run takes
+        if not (math.isfinite(args.mode) and 0.0 <= args.mode <= top):
+            raise ConfigError("--mode", args.mode, f"the emphasis mode psi must be in [0, {top:.6g}] "
+                                                   f"(lambda up to {LAM_MAX:g})")
+        values["lam"] = min(lambda_from_mode(args.mode), LAM_MAX)  # psi at the top: LAM_MAX, not a rounding above
     if args.spread is not None:
         try:
             lam = float(values.get("lam", 1.0))
@@ -122,6 +129,10 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
             lam = math.nan
         if not (math.isfinite(lam) and lam >= 0):
             raise ConfigError("lam", values.get("lam"), "expected a number >= 0")
+        limit = rho_from_beta(BETA_MAX, lam)  # the spread of the largest beta a run takes, at this lambda
+        if not (math.isfinite(args.spread) and abs(args.spread) <= limit):
+            raise ConfigError("--spread", args.spread, f"the log-spread rho must be in [-{limit:.6g}, {limit:.6g}] "
+                                                       f"at this mode (beta up to {BETA_MAX:g})")
         values["beta"] = beta_from_rho(args.spread, lam)
     return values
 

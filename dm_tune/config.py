@@ -24,6 +24,8 @@ from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "step", "cosine")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+LAM_MAX = 1e3                           # DM knobs a run takes: lambda in [0, LAM_MAX], |beta| <= BETA_MAX
+BETA_MAX = 1e3
 
 
 def _device_ok(v: str) -> bool:
@@ -60,8 +62,8 @@ class TrainConfig:
     pretrained: str | None = None          # local weights file for resnet18/resnet50
     # --- method ---------------------------------------------------------------------------
     method: Annotated[str, one_of(METHOD_NAMES)] = "dm"
-    lam: Annotated[Float, in_range(0.0, 1e3)] = 1.0       # DM: emphasis mode psi = lam / (1 + lam)
-    beta: Annotated[Float, in_range(-1e3, 1e3)] = 8.0     # DM: emphasis variance (spread)
+    lam: Annotated[Float, in_range(0.0, LAM_MAX)] = 1.0   # DM: emphasis mode psi = lam / (1 + lam)
+    beta: Annotated[Float, in_range(-BETA_MAX, BETA_MAX)] = 8.0  # DM: emphasis variance (spread)
     gce_q: Annotated[Float, in_range(0.0, 1.0, lo_open=True)] = 0.7
     sl_mu: Annotated[Float, in_range(0.0, 1e3)] = 0.1     # SL = mu * CCE + nu * RCE
     sl_nu: Annotated[Float, in_range(0.0, 1e3)] = 1.0
