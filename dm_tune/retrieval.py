@@ -57,7 +57,7 @@ def retrieval_metrics(scores: np.ndarray, query_ids: np.ndarray, query_cams: np.
     if not has_match.any():
         return out
     # Ignored entries sink below every score (scikit-learn takes finite scores only).
-    floor = scores.min() - 1.0
+    floor = np.nextafter(scores.min(), -np.inf)  # below every score at any magnitude (min - 1 tied at 1e17)
     relevant, masked = relevant[has_match], np.where(ignored, floor, scores)[has_match]
     out["map"] = float(label_ranking_average_precision_score(relevant, masked))
     order = np.argsort(-masked, axis=1, kind="stable")

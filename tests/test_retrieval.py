@@ -45,6 +45,13 @@ def test_hand_checked_case():
     m = retrieval_metrics(scores, np.array([1, 3]), np.array([0, 0]), g_ids, g_cams)
     assert m["map"] == pytest.approx(((1 / 3 + 2 / 5) / 2 + 1 / 2) / 2)
     assert m["rank1"] == 0.0
+    # The ranking, not the scale: an ignored entry (same identity, same camera) sinks below the
+    # lowest score at any magnitude; at 1e17 the floor min - 1 tied with it, a match, whose
+    # precision ties then halved.
+    for scale in (1.0, 1e17):
+        m = retrieval_metrics(np.array([[3.0, 1.0, 2.0]]) * scale, np.array([1]), np.array([0]),
+                              np.array([2, 1, 1]), np.array([1, 1, 0]))
+        assert m["map"] == pytest.approx(0.5) and m["rank1"] == 0.0
 
 
 def test_queries_without_a_match_are_skipped():
