@@ -30,6 +30,15 @@ from dm_tune.provenance import provenance
 Report = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
 
 EVAL_BATCH = 1024
+# Input elements per evaluation batch: 64 ImageNet-sized images (3 x 224 x 224). Small inputs
+# take EVAL_BATCH examples; a MARS batch of 4-frame 256 x 128 tracks takes 24 (1024 tracks, 4096
+# frames through ResNet-50 at once, needed tens of GiB of activations).
+EVAL_ELEMENTS = 64 * 3 * 224 * 224
+
+
+def eval_batch(input_shape: tuple[int, ...]) -> int:
+    """Examples per evaluation batch for inputs of ``input_shape``."""
+    return max(1, min(EVAL_BATCH, EVAL_ELEMENTS // max(1, math.prod(input_shape))))
 
 
 @dataclass
@@ -198,14 +207,15 @@ def _batches(split_inputs, n: int, batch_size: int, order: torch.Tensor | None, 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split, prep: _Inputs, amp: torch.dtype | None, num_workers: int) -> float:
+def evaluate(model: nn.Module, split, prep: _Inputs, amp: torch.dtype | None, num_workers: int,
+             batch: int = EVAL_BATCH) -> float:
     if len(split) == 0:
         return float("nan")
     model.eval()
     correct = 0
     labels = split.labels.to(prep.device)
     with _autocast(prep.device, amp):
-        for x, idx in _batches(split.inputs, len(split), EVAL_BATCH, None, num_workers, prep.device):
+        for x, idx in _batches(split.inputs, len(split), batch, None, num_workers, prep.device):
             pred = model(prep(x, train=False)).argmax(1)
             correct += int((pred == labels[idx.to(prep.device)]).sum())
     return correct / len(split)
@@ -214,13 +224,14 @@ def evaluate(model: nn.Module, split, prep: _Inputs, amp: torch.dtype | None, nu
 def _evaluate(model: nn.Module, data: Data, prep: _Inputs, amp: torch.dtype | None,
               num_workers: int) -> dict[str, float]:
     """One epoch's validation and test metrics: accuracies, or mAP and CMC for retrieval data."""
+    batch = eval_batch(data.input_shape)
     if data.val_gallery is None or data.test_gallery is None:
-        return {"val_acc": evaluate(model, data.val, prep, amp, num_workers),
-                "test_acc": evaluate(model, data.test, prep, amp, num_workers)}
+        return {"val_acc": evaluate(model, data.val, prep, amp, num_workers, batch),
+                "test_acc": evaluate(model, data.test, prep, amp, num_workers, batch)}
     from dm_tune._reid_eval import epoch_metrics
 
     def batches(g) -> Iterator[torch.Tensor]:
-        for x, _ in _batches(g.inputs, len(g), EVAL_BATCH, None, num_workers, prep.device):
+        for x, _ in _batches(g.inputs, len(g), batch, None, num_workers, prep.device):
             yield prep(x, train=False)
 
     with torch.no_grad(), _autocast(prep.device, amp):

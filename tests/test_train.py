@@ -150,6 +150,23 @@ def test_the_fused_adam_follows_torchs_default_adam(monkeypatch):
         torch.testing.assert_close(snaps["fused"]["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_evaluation_batches_shrink_with_the_input_and_change_nothing(monkeypatch):
+    """A 4-frame 256 x 128 MARS track batch of 1024 needed tens of GiB; the batch is sized by the
+    input now. Smaller batches give the same accuracies."""
+    import importlib
+
+    from dm_tune.train import EVAL_BATCH, eval_batch
+
+    assert eval_batch((64,)) == eval_batch((3, 32, 32)) == EVAL_BATCH
+    assert eval_batch((3, 224, 224)) == 64 and eval_batch((4, 3, 256, 128)) == 24
+    whole = run(epochs=1)
+    monkeypatch.setattr(importlib.import_module("dm_tune.train"), "EVAL_ELEMENTS", 64 * 7)  # 7 digits at a time
+    assert eval_batch((64,)) == 7
+    small = run(epochs=1)
+    assert [(h["val_acc"], h["test_acc"]) for h in small.history] == [(h["val_acc"], h["test_acc"])
+                                                                      for h in whole.history]
+
+
 def test_a_diverging_run_stops_and_says_so():
     result = run(epochs=10, optimizer="sgd", lr=10.0, weight_decay=1.0, momentum=0.0)
     assert result.status == "diverged"
