@@ -54,6 +54,9 @@ def test_spec_and_outcome_round_trip_and_keys():
 def test_outcome_without_a_final_report_is_early_stopped_or_errored():
     cut = TrialOutcome.from_report({"epoch": 2, "val_acc": 0.7, "test_acc": 0.6}, errored=False)
     assert (cut.status, cut.epochs_reached, cut.final_val_acc) == ("early-stopped", 2, 0.7) and not cut.usable
+    # the epoch it diverged in reached a scheduler's rung, which stopped it: diverged, not early-stopped
+    diverged = TrialOutcome.from_report({"epoch": 2, "val_acc": 0.1, "diverged": 1.0}, errored=False)
+    assert (diverged.status, diverged.epochs_reached) == ("diverged", 2) and not diverged.usable
     assert TrialOutcome.from_report(None, errored=True).status == "errored"
     crashed_after_final = TrialOutcome.from_report(population_report([_outcome(0.9)]), errored=True)
     assert crashed_after_final.status == "errored" and not crashed_after_final.usable

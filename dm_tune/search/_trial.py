@@ -116,7 +116,10 @@ class TrialOutcome:
                        history=tuple(report.get("history", ())),
                        task_metrics=dict(report.get("task_metrics") or {}), **kwargs)
         epoch = int(report.get("epoch", 0) or 0)
-        return cls(status="errored" if errored else "early-stopped", epochs_reached=epoch,
+        # An epoch reported with its divergence, then cut off (a scheduler's rung stopped the poor
+        # run before its final report): diverged, not early-stopped.
+        cut = "diverged" if report.get("diverged") else "early-stopped"
+        return cls(status="errored" if errored else cut, epochs_reached=epoch,
                    final_val_acc=float(report.get("val_acc", math.nan)),
                    final_test_acc=float(report.get("test_acc", math.nan)),
                    task_metrics={f"final_{k}": float(report[k]) for k in TASK_EPOCH_METRICS if k in report})
