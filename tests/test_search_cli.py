@@ -74,6 +74,10 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--name", "a/b"], ["name: 'a/b'", "letters, digits"]),
     (["--resume", ""], ["--resume", "no such study"]),
     (["--resume", "../../etc/passwd"], ["--resume", "no such study"]),
+    # answered before Ray starts and the study is stored (a stored study then refused the fixed command)
+    (["--warm-start", "no/such/guidelines.json"], ["guidelines file", "no/such/guidelines.json", "does not exist"]),
+    # ASHA stops trials only at rungs before the budget: this one would stop none
+    (["--scheduler", "asha", "--epochs", "3"], ["scheduler.grace_period", "10", "fewer than the 3 epochs"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     port = str(free_port())
@@ -81,6 +85,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     proc = _cli("search", "--workspace", str(tmp_path / "ws"), *args, cwd=tmp_path, timeout=60)
     _one_line_error(proc, *needles)
     assert not (tmp_path / "ws").exists()
+
+
+def test_paths_are_stored_absolute_and_warm_start_switches_stay_switches(tmp_path, monkeypatch):
+    """A relative --data-root (or training.noise_file) was stored as given, so --resume from another
+    directory read another place; --warm-start false was a file named 'false'."""
+    from dm_tune.cli import build_parser
+    from dm_tune.search.cli import study_values
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({"training": {"noise_file": "labels.npy"}}))
+    args = build_parser().parse_args(["search", "--config", "study.yaml", "--data-root", "data",
+                                      "--warm-start", "false"])
+    values = study_values(args)
+    assert values["training"] == {"noise_file": str(tmp_path / "labels.npy"), "data_root": str(tmp_path / "data")}
+    assert values["search"]["warm_start"] is False
+    args = build_parser().parse_args(["search", "--warm-start", "g.json"])
+    assert study_values(args)["search"]["warm_start"] == str(tmp_path / "g.json")
 
 
 @pytest.mark.parametrize("content, needle", [

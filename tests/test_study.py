@@ -106,6 +106,14 @@ def test_bad_studies_name_the_field(values, field):
     ({"training": {"class_weighting": "balanced"}},
      "training.class_weighting: 'balanced' is not allowed; expected one of: none, inverse, sqrt-inverse, "
      "effective-number"),
+    # accepted before: 2 arms could not give a top 5; a baseline twice ran once; no trial got a GPU
+    ({"search": {"num_samples": 2, "top_k": 5}},
+     "search.top_k: 5 is not allowed; expected at most search.num_samples (2): the confirm stage takes the best "
+     "searched arms"),
+    ({"baselines": ["cce", "gce", "cce"]},
+     "baselines: ['cce', 'gce', 'cce'] is not allowed; expected distinct baselines"),
+    ({"training": {"device": "cuda"}}, "resources.gpus_per_trial: 0.0 is not allowed; expected > 0 with "
+                                       "training.device cuda: a trial that asks Ray for no GPU gets none"),
 ])
 def test_bad_studies_exact_messages(values, message):
     with pytest.raises(ConfigError) as e:

@@ -111,4 +111,12 @@ def load_sources(study: Study) -> dict[str, Any]:
     for setting in study.expand():
         if setting.dataset not in sources:
             sources[setting.dataset] = load_source(study.train_config(setting))
+    if study.scheduler.kind == "asha":  # the budget is known once the datasets' defaults are
+        for setting in study.expand():
+            src = sources[setting.dataset]
+            epochs = int(study.train_config(setting).resolve(src.defaults, src.default_model, src.input_kind).epochs)
+            if study.scheduler.grace_period >= epochs:
+                raise ConfigError("scheduler.grace_period", study.scheduler.grace_period,
+                                  f"expected fewer than the {epochs} epochs of setting {setting.key}: ASHA stops "
+                                  "a trial only at a rung before the budget, so it would stop none")
     return sources

@@ -186,6 +186,14 @@ class Study:
         if len(set(self.search.class_weighting)) != len(self.search.class_weighting):
             raise ConfigError("search.class_weighting", list(self.search.class_weighting),
                               "expected distinct schemes")
+        if self.search.top_k > self.search.num_samples:
+            raise ConfigError("search.top_k", self.search.top_k, f"expected at most search.num_samples "
+                              f"({self.search.num_samples}): the confirm stage takes the best searched arms")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ConfigError("baselines", list(self.baselines), "expected distinct baselines")
+        if str(self.training.get("device", "")) == "cuda" and self.resources.gpus_per_trial == 0:
+            raise ConfigError("resources.gpus_per_trial", 0.0, "expected > 0 with training.device cuda: "
+                              "a trial that asks Ray for no GPU gets none")
 
     def train_config(self, setting: Setting, **overrides: Any) -> TrainConfig:
         values = {**self.training, **setting.train_fields(), "seed": self.seeds[0], **overrides}

@@ -109,13 +109,21 @@ def study_values(args: argparse.Namespace) -> dict[str, Any]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(".".join(path[:-1]), node, "expected a mapping")
-        if flag == "warm_start":  # a file read again on --resume, from wherever that runs
-            v = str(Path(v).expanduser().resolve())
         if flag == "population_size" and str(v).strip().isdigit():
             v = int(v)
         node[path[-1]] = v
     if args.name is not None:
         values["name"] = args.name
+    # Paths are stored absolute (the study is stored, and read again by --resume from wherever that
+    # runs); warm_start's true/false stay switches, not files named "true" or "false".
+    training, search = values.get("training"), values.get("search")
+    if isinstance(training, dict):
+        for key in ("data_root", "noise_file", "pretrained"):
+            if isinstance(training.get(key), str) and training[key] and "://" not in training[key]:
+                training[key] = str(Path(training[key]).expanduser().resolve())
+    if isinstance(search, dict) and isinstance(search.get("warm_start"), str) and search["warm_start"].strip():
+        text = search["warm_start"].strip()
+        search["warm_start"] = {"true": True, "false": False}.get(text.lower(), str(Path(text).expanduser().resolve()))
     return values
 
 
@@ -183,6 +191,10 @@ def search_cmd(args: argparse.Namespace) -> int:
     if workspace.exists() and not workspace.is_dir():
         raise UserError(f"--workspace {args.workspace}: exists and is not a directory")
     study, resuming = _load_study(args, workspace)
+    if isinstance(study.search.warm_start, str) and not (workspace / "warm_starts" / f"{study.name}.json").is_file():
+        from dm_tune.reports._schema import load_guidelines
+
+        load_guidelines(Path(study.search.warm_start))  # a bad file is answered before anything is written
     opts = RunOptions(workspace=workspace, address=args.address,
                       storage_path=str(Path(args.storage_path).expanduser().resolve())
                       if args.storage_path and "://" not in args.storage_path else args.storage_path,
