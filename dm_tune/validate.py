@@ -263,11 +263,13 @@ def to_markdown(doc: Mapping[str, Any]) -> str:
 
 
 def _seeds_text(doc: Mapping[str, Any]) -> str:
-    per = {tuple(s.get("seeds", doc["seeds"])) for s in doc["settings"]}
-    if len(per) > 1:
-        return "each setting's seeds (" + "; ".join(f"{s['setting']}: {', '.join(map(str, s['seeds']))}"
-                                                    for s in doc["settings"]) + ")"
-    return "seeds " + ", ".join(map(str, next(iter(per), doc["seeds"])))
+    def seeds_of(s: Mapping[str, Any]) -> list[int]:  # an entry of an older progress file: its runs' seeds
+        return list(s.get("seeds") or sorted({r["seed"] for a in s["arms"].values() for r in a["runs"]}))
+
+    per = {s["setting"]: seeds_of(s) for s in doc["settings"]}
+    if len({tuple(v) for v in per.values()}) > 1:
+        return "each setting's seeds (" + "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in per.items()) + ")"
+    return "seeds " + ", ".join(map(str, next(iter(per.values()), doc["seeds"])))
 
 
 def _plain_table(rows: list[list[str]]) -> str:

@@ -22,6 +22,9 @@ MIN_RULE_R2 = 0.5
 RULE_GROUP = ("dataset", "model", "noise", "num_classes", "imbalance", "imbalance_ratio", "pretrained")
 FACTORS = ("noise", "num_classes", "imbalance", "pretrained")
 MATCH_KEYS = ("dataset", "model", "noise", "noise_rate", "num_classes", "imbalance", "imbalance_ratio", "pretrained")
+# Keys that change with a factor, so that a trend by the factor does not hold them fixed: balanced
+# data has ratio 1 (imbalanced data never does); a class count comes with its dataset and model.
+FACTOR_TIED = {"imbalance": ("imbalance_ratio",), "num_classes": ("dataset", "model")}
 FLAT_SLOPE = 0.1             # |d psi* / d noise_rate| below this: the mode does not move with noise
 
 
@@ -106,7 +109,7 @@ def factor_trends(settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Descriptive: mean best psi/rho per level of each factor, over groups of settings matched on the rest."""
     trends = []
     for factor in FACTORS:
-        others = [k for k in MATCH_KEYS if k != factor]
+        others = [k for k in MATCH_KEYS if k != factor and k not in FACTOR_TIED.get(factor, ())]
         matched: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
         for s in settings:
             matched[tuple(s[k] for k in others)].append(s)

@@ -220,6 +220,21 @@ def test_a_noise_rate_rule_never_spans_datasets_models_or_imbalance_ratios() -> 
     assert "longtail imbalance 10:1" in noise_rate_rules(ratios)[0]["text"]
 
 
+def test_factor_trends_match_settings_that_differ_only_in_the_factor() -> None:
+    """By imbalance: balanced data (ratio 1) against step 10:1, one dataset; settings of two
+    datasets are not matched by noise type; class counts are compared across datasets."""
+    from dm_tune.reports._rules import factor_trends
+
+    base = setting(0.2, 0.3)
+    step = setting(0.2, 0.5, imbalance="step", imbalance_ratio=10.0, setting="step")
+    other_data = setting(0.2, 0.7, noise="pair", dataset="e")
+    hundred = setting(0.2, 0.1, classes=100, dataset="c100", model="r")
+    trends = {t["factor"]: t for t in factor_trends([base, step, other_data, hundred])}
+    assert trends["imbalance"]["n_groups"] == 1 and set(trends["imbalance"]["levels"]) == {"none", "step"}
+    assert trends["noise"]["n_groups"] == 0  # pair noise was measured on another dataset only
+    assert trends["num_classes"]["n_groups"] == 1 and set(trends["num_classes"]["levels"]) == {"10", "100"}
+
+
 def test_lambda_beta_rule() -> None:
     rising = [setting(0.2, psi, rho=2.0) for psi in (0.2, 0.4, 0.6)]  # same rho: beta grows with lambda
     rule = lambda_beta_rule(rising)

@@ -14,7 +14,7 @@ import yaml
 from dm_tune.cli import main
 from dm_tune.reports._schema import default_guidelines_path
 from dm_tune.reports._text import SCHEMA_VERSION
-from dm_tune.validate import arm_overrides, summarise, verdict
+from dm_tune.validate import arm_overrides, summarise, to_markdown, verdict
 
 
 # --- the statistics ----------------------------------------------------------------------------
@@ -159,6 +159,9 @@ def test_each_config_file_trains_on_its_own_seeds(tmp_path, guidelines):
     assert [r["seed"] for r in doc["settings"][1]["arms"]["cce"]["runs"]] == [5] and doc["seeds"] == [0, 5]
     assert "each setting's seeds (digits-symmetric0.3-default: 0; digits-pair0.2-default: 5)" in (
         out / "validation.md").read_text()
+    # an entry from an older progress file has no "seeds": its runs say which
+    old = {**doc, "settings": [{k: v for k, v in doc["settings"][0].items() if k != "seeds"}, doc["settings"][1]]}
+    assert "each setting's seeds (digits-symmetric0.3-default: 0; digits-pair0.2-default: 5)" in to_markdown(old)
 
 
 def test_the_recommended_class_weighting_is_trained(tmp_path, guidelines, monkeypatch):
