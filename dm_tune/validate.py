@@ -115,8 +115,9 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     source = load_source(base)
     datas = {s: prepare(base.replace(seed=s), source) for s in seeds}  # shared by the arms: paired
     first = datas[seeds[0]]
-    rec = recommend(guidelines, num_classes=int(first.num_classes), noise_type=setting.noise,
-                    noise_rate=float(setting.noise_rate), imbalance=setting.imbalance,
+    rec = recommend(guidelines, num_classes=int(first.num_classes), noise_type=setting.noise,  # a file: its rate
+                    noise_rate=float(first.noise_rate if setting.noise == "file" else setting.noise_rate),
+                    imbalance=setting.imbalance,
                     imbalance_ratio=float(setting.imbalance_ratio), dataset=setting.dataset)
     arms = arm_overrides(rec)
     members = [(arm, s, study.train_config(setting, **{**overrides, **knobs, "seed": s}))

@@ -164,6 +164,28 @@ def test_each_config_file_trains_on_its_own_seeds(tmp_path, guidelines):
     assert "each setting's seeds (digits-symmetric0.3-default: 0; digits-pair0.2-default: 5)" in to_markdown(old)
 
 
+def test_noise_from_a_file_is_recommended_for_at_the_rate_its_labels_have(tmp_path, guidelines, monkeypatch):
+    """A label-file setting has rate 0 in its config (the file sets it): the recommendation is asked
+    for the rate the labels have, not for clean data."""
+    import numpy as np
+
+    import dm_tune.reports._recommend as recommend_module
+    from dm_tune.datasets import DATASETS
+
+    labels = DATASETS["digits"][0](None, {}, False).train.labels.numpy().copy()
+    flip = np.random.default_rng(0).random(len(labels)) < 0.3
+    labels[flip] = (labels[flip] + 1) % 10
+    np.save(tmp_path / "labels.npy", labels)
+    asked, real = [], recommend_module.recommend
+    monkeypatch.setattr(recommend_module, "recommend", lambda *a, **k: asked.append(k) or real(*a, **k))
+    config = write_config(tmp_path, settings={"dataset": ["digits"], "noise": ["file"]},
+                          training={"epochs": 1, "device": "cpu", "noise_file": str(tmp_path / "labels.npy")})
+    assert main(["validate", "--config", str(config), "--guidelines", guidelines, "--out", str(tmp_path / "out"),
+                 "--quiet", "--seeds", "0"]) == 0
+    (k,) = asked
+    assert k["noise_type"] == "file" and k["noise_rate"] == pytest.approx(0.3, abs=0.05)
+
+
 def test_the_recommended_class_weighting_is_trained(tmp_path, guidelines, monkeypatch):
     import dm_tune.reports._recommend as recommend_module
 

@@ -123,8 +123,13 @@ class SettingContext:
         if self.guidelines is None:
             raise ValueError("a study warm-started from a guidelines file needs the file loaded (run_study does)")
         s = self.setting
+        rate = s.noise_rate
+        if s.noise == "file":  # its labels set the rate: the one the first seed's data has
+            from dm_tune.data import prepare
+
+            rate = float(prepare(self.setting_config, self.source).noise_rate)
         rec = recommend(self.guidelines,
-                        num_classes=int(self.source.num_classes), noise_type=s.noise, noise_rate=s.noise_rate,
+                        num_classes=int(self.source.num_classes), noise_type=s.noise, noise_rate=rate,
                         imbalance=s.imbalance, imbalance_ratio=s.imbalance_ratio, task=study.task, dataset=s.dataset)
         return guided_space(space, rec)
 
@@ -406,7 +411,8 @@ def _warm_start_guidelines(study: Study, opts: RunOptions) -> dict[str, Any]:
 
     from dm_tune.reports._schema import load_guidelines
 
-    path, kept = Path(str(study.search.warm_start)).expanduser(), opts.workspace / "warm_starts" / f"{study.name}.json"
+    path = Path(str(study.search.warm_start)).expanduser()
+    kept = opts.workspace / "warm_starts" / f"{study.name}.json"
     if kept.is_file():
         doc = load_guidelines(kept)
         try:
