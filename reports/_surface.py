@@ -156,11 +156,15 @@ def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
     described = runs.drop_duplicates(keys).set_index(keys)
     per_arm = arm_means(runs, "final_val_acc")
     confirmed = set(runs.loc[runs["stage"] == "confirm", keys].itertuples(index=False, name=None))
+    # Seeds each arm was run on, whatever became of them: an arm that diverged on some is a point
+    # of the surface (its finished seeds) but, as in the per-setting analysis, no setting's best.
+    tried = df[(df["task"] == "classification") & (df["method"] == "dm")].groupby(keys)["seed"].nunique()
     rows, y = [], []
     for (setting, arm), stats in per_arm.iterrows():
         d = described.loc[(setting, arm)]
         row = {"setting": setting, "arm": arm, "stage": "confirm" if (setting, arm) in confirmed else "search",
                "baseline": str(d["baseline"]), "n_seeds": int(stats["size"]),
+               "complete": int(stats["size"]) >= int(tried.get((setting, arm), 0)),
                **{k: d[k] for k in (*SETTING_KEYS, "model", "pretrained", "psi", "rho", "class_weighting")}}
         rows.append(row)
         y.append(float(stats["mean"]) * POINTS - cce[str(setting)])
@@ -169,16 +173,20 @@ def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
 
 def measured_settings(rows: list[dict[str, Any]], y: list[float]) -> list[dict[str, Any]]:
     """Each training setting's description and its best measured arm (mean validation gain over CCE,
-    confirm stage preferred, as in the per-setting analysis). The DM-family baselines (IMAE) are
-    points of the surface but not candidates, as in that analysis, unless a setting has nothing else."""
+    confirm stage preferred, as in the per-setting analysis). The DM-family baselines (IMAE) and
+    arms that did not finish on every seed they were run on are points of the surface but not
+    candidates, as in that analysis, unless a setting has nothing else."""
     from collections import defaultdict
 
     arms: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
     first: dict[str, dict[str, Any]] = {}
-    searched = {r["setting"] for r in rows if not r.get("baseline")}
+    def candidate(r: dict[str, Any]) -> bool:
+        return not r.get("baseline") and r.get("complete", True)
+
+    searched = {r["setting"] for r in rows if candidate(r)}
     for r, gain in zip(rows, y):
         first.setdefault(r["setting"], r)
-        if not r.get("baseline") or r["setting"] not in searched:
+        if candidate(r) or r["setting"] not in searched:
             arms[r["setting"]][(r["stage"], r["arm"])].append(gain)
     out = []
     for setting in sorted(arms):

@@ -185,6 +185,21 @@ def test_a_dm_family_baseline_is_a_point_of_the_surface_but_never_a_settings_mea
     assert measured["best_gain"] == pytest.approx(20.0) and measured["n_rows"] == 8  # 6 search + confirmed + imae
 
 
+def test_an_arm_that_diverged_on_some_seeds_is_never_a_settings_measured_best() -> None:
+    """B validates best on its one finished seed and diverged on two: the per-setting analysis
+    rejects it, so the surface's measured best must too."""
+    rows = [run("s", "confirm", seed, 0.80, 0.79, 0.5, 2.0) for seed in range(3)]
+    rows += [run("s", "confirm", 0, 0.95, 0.94, 0.7, 4.0)]
+    rows += [run("s", "confirm", seed, math.nan, math.nan, 0.7, 4.0) | {"status": "diverged"} for seed in (1, 2)]
+    rows += [run("s", "confirm", seed, 0.6, 0.59, baseline="cce", method="cce") for seed in range(3)]
+    rows += [run("s", "search", 0, 0.7 + 0.01 * i, 0.7, 0.1 * i, 1.0 + i) for i in range(6)]
+    df = tidy(rows)
+    from dm_tune.reports._analysis import analyse_setting
+
+    (measured,) = fit_surface(df)["settings"]
+    assert measured["best_arm"] == analyse_setting(df)["arm"] and measured["best_psi"] == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("extra, chosen", [(3.0, "inverse"), (0.4, "none")])
 def test_class_weighting_is_chosen_only_when_it_helps_by_a_point(extra: float, chosen: str) -> None:
     surf = fit_surface(campaign(cw_gain={"inverse": extra}, n_search=12, imbalance="longtail", ratio=10.0))
