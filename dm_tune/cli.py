@@ -119,7 +119,7 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     if args.mode is not None:
         top = mode_from_lambda(LAM_MAX)  # the mode of the largest lambda a run takes
         if not (math.isfinite(args.mode) and 0.0 <= args.mode <= top):
-            raise ConfigError("--mode", args.mode, f"the emphasis mode psi must be in [0, {top:.6g}] "
+            raise ConfigError("--mode", args.mode, f"the emphasis mode psi must be in [0, {top:.9g}] "
                                                    f"(lambda up to {LAM_MAX:g})")
         values["lam"] = min(lambda_from_mode(args.mode), LAM_MAX)  # psi at the top: LAM_MAX, not a rounding above
     if args.spread is not None:
@@ -133,7 +133,8 @@ def _train_values(args: argparse.Namespace) -> dict[str, Any]:
         if not (math.isfinite(args.spread) and abs(args.spread) <= limit):
             raise ConfigError("--spread", args.spread, f"the log-spread rho must be in [-{limit:.6g}, {limit:.6g}] "
                                                        f"at this mode (beta up to {BETA_MAX:g})")
-        values["beta"] = beta_from_rho(args.spread, lam)
+        beta = beta_from_rho(args.spread, lam)  # at the limit: BETA_MAX, not a rounding beyond
+        values["beta"] = max(-BETA_MAX, min(beta, BETA_MAX))
     return values
 
 

@@ -56,7 +56,7 @@ ERRORS = {
     "lam with cce": (["--method", "cce", "--lam", "2"], ["--lam", "only applies to --method dm", "'cce'"]),
     "mode with lam": (["--mode", "0.5", "--lam", "1"], ["--mode", "--lam"]),
     # named in the flag given, not as the lam or beta it becomes
-    "mode beyond lambda's range": (["--mode", "0.9995"], ["--mode", "0.9995", "[0, 0.999001]"]),
+    "mode beyond lambda's range": (["--mode", "0.9995"], ["--mode", "0.9995", "[0, 0.999000999]"]),
     "spread beyond beta's range": (["--mode", "0.5", "--spread", "5000"], ["--spread", "5000", "[-250, 250]"]),
     # the unknown method first: "--lam only applies to --method dm, not 'DM'" hid the typo
     "mis-cased method with lam": (["--method", "DM", "--lam", "2"], ["method", "'DM'", "expected one of: dm"]),

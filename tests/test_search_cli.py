@@ -104,6 +104,19 @@ def test_paths_are_stored_absolute_and_warm_start_switches_stay_switches(tmp_pat
     assert study_values(args)["search"]["warm_start"] == str(tmp_path / "g.json")
 
 
+def test_val_noisy_on_a_dataset_with_its_own_validation_set_is_refused_before_the_search(tmp_path):
+    """Every trial refused it (prepare()); the search had started, made its stores and failed all."""
+    from tests.test_datasets_disk import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "images", with_val=True)
+    study = _study_file(tmp_path, tiny_study("vn", settings={"dataset": ["imagefolder"], "noise": ["none"],
+                                                              "noise_rate": [0.0]},
+                                             training={"epochs": 1, "val_noisy": True, "data_root": str(root)}))
+    proc = _cli("search", "--config", str(study), "--workspace", str(tmp_path / "ws"), cwd=tmp_path, timeout=60)
+    _one_line_error(proc, "training.val_noisy", "imagefolder has its own validation set")
+    assert not (tmp_path / "ws").exists()
+
+
 @pytest.mark.parametrize("content, needle", [
     ("", "empty"),
     ("settings: [unclosed\n", "not valid YAML"),

@@ -131,6 +131,21 @@ def test_an_optuna_store_of_another_optuna_version_is_one_line_and_left_as_it_wa
         k: v for k, v in before.items() if not k.startswith("locks")}
 
 
+def test_a_store_another_process_holds_is_busy_not_damaged(real_stores, tmp_path):
+    """An exclusive transaction held past the library's wait: 'try again', not 'move it away'."""
+    ws = tmp_path / "ws"
+    shutil.copytree(real_stores, ws)
+    holder = sqlite3.connect(ws / "optuna.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(UserError) as info:
+            prepare_stores(ws, f"sqlite:///{ws / 'mlflow.db'}", f"sqlite:///{ws / 'optuna.db'}")
+    finally:
+        holder.close()
+    assert str(info.value).startswith(f"{ws / 'optuna.db'}: Optuna found the store busy")
+    assert "try again" in str(info.value) and "move it away" not in str(info.value)
+
+
 def test_a_workspace_under_a_regular_file_is_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     proc = _cli("--workspace", str(tmp_path / "notes.txt" / "ws"), cwd=tmp_path)

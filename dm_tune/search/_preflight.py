@@ -111,6 +111,11 @@ def load_sources(study: Study) -> dict[str, Any]:
     for setting in study.expand():
         if setting.dataset not in sources:
             sources[setting.dataset] = load_source(study.train_config(setting))
+    if study.training.get("val_noisy"):  # prepare() refuses it in every trial; say it once, now
+        own = next((ds for ds, src in sources.items() if src.val is not None), None)
+        if own is not None:
+            raise ConfigError("training.val_noisy", True, f"{own} has its own validation set, with its own labels; "
+                              "val_noisy applies to a validation split carved from training data")
     if study.scheduler.kind == "asha":  # the budget is known once the datasets' defaults are
         for setting in study.expand():
             src = sources[setting.dataset]

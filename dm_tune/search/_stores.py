@@ -209,4 +209,7 @@ def _refused(kind: str, path: Path) -> Iterator[None]:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the library raises, the user sees one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "database is locked" in first:  # busy, not damaged: another process is writing it
+            raise UserError(f"{path}: {kind} found the store busy ({first}) for longer than it waits; "
+                            "another process is writing it: try again") from None
         raise UserError(f"{path}: {kind} cannot open this store ({first}); {_MOVE_AWAY}") from None
