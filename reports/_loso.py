@@ -44,7 +44,8 @@ def leave_one_setting_out(df: pd.DataFrame, start: dict[str, Any] | None = None,
     for setting in sorted({r["setting"] for r in rows}):
         runs = df[df["setting"] == setting]
         best, _ = best_dm_arm(summarize_arms(runs))
-        others = [(r, v) for r, v in zip(rows, y) if r["setting"] != setting]
+        # Held out with any twin measured by another study (KEY@STUDY): its runs are of the same setting.
+        others = [(r, v) for r, v in zip(rows, y) if str(r["setting"]).split("@")[0] != setting.split("@")[0]]
         if best is None or best["stage"] != "confirm" or not others or setting not in cce_test:
             continue
         rest_rows, rest_y = [r for r, _ in others], [v for _, v in others]

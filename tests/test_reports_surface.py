@@ -200,6 +200,25 @@ def test_an_arm_that_diverged_on_some_seeds_is_never_a_settings_measured_best() 
     assert measured["best_arm"] == analyse_setting(df)["arm"] and measured["best_psi"] == pytest.approx(0.5)
 
 
+def test_a_setting_measured_by_two_studies_is_held_out_whole(monkeypatch) -> None:
+    """KEY@A and KEY@B are one setting measured twice: holding out one while the other trains the
+    surface would score the surface on a setting it has seen."""
+    from dm_tune.reports import _loso
+
+    df = campaign(n_search=6)
+    twin = df[df["setting"] == "digits/0.4"].assign(experiment="b")
+    both = tidy(pd.concat([df.assign(experiment="a"), twin]).to_dict("records"))
+    assert {"digits/0.4@a", "digits/0.4@b"} <= set(both["setting"])
+    seen: dict[int, set[str]] = {}
+    real = _loso.measured_settings
+    monkeypatch.setattr(_loso, "measured_settings", lambda r, y: seen.setdefault(len(seen), {x["setting"] for x in r})
+                        and real(r, y))
+    loso = leave_one_setting_out(both, start=fit_surface(both))
+    held = [r["setting"] for r in loso["rows"]]
+    for setting, trained_on in zip(held, seen.values()):
+        assert setting not in trained_on and setting.split("@")[0] not in {k.split("@")[0] for k in trained_on}
+
+
 @pytest.mark.parametrize("extra, chosen", [(3.0, "inverse"), (0.4, "none")])
 def test_class_weighting_is_chosen_only_when_it_helps_by_a_point(extra: float, chosen: str) -> None:
     surf = fit_surface(campaign(cw_gain={"inverse": extra}, n_search=12, imbalance="longtail", ratio=10.0))
