@@ -259,7 +259,10 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     except BaseException:
         store.join()
         if created:
-            remove_if_only_ours(workspace, study.name)
+            try:
+                remove_if_only_ours(workspace, study.name)
+            except UserError:  # the stores lock held past its wait: the workspace stays, the first error is told
+                pass
         raise
     store.join()
     if failed:
