@@ -207,6 +207,21 @@ def test_a_trial_another_driver_ends_before_it_is_tagged_is_asked_again(tmp_path
     assert [t.state.name for t in trials] == ["FAIL", "RUNNING"] and trials[1].user_attrs["dmtune.study"] == "t"
 
 
+def test_a_pruned_arm_is_told_its_seeds_values_at_the_epoch_it_was_pruned(tmp_path):
+    """Seed 1 stopped by ASHA at epoch 2 (val 0.4); seed 0 finished 3 epochs (0.5, 0.6, 0.9):
+    Optuna hears 0.5 at step 2, the two seeds at epoch 2, not (0.9 + 0.4) / 2 across epochs."""
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), search_seeds=2, warm_points=[])
+    first, second = _members(searcher.suggest("t0")), _members(searcher.suggest("t1"))
+    assert [s.seed for s in first + second] == [0, 1] and first[0].number == second[0].number == 0
+    finished = TrialOutcome(status="finished", epochs_reached=3, final_val_acc=0.9, final_test_acc=0.9,
+                            history=tuple({"epoch": e, "val_acc": v} for e, v in ((1, 0.5), (2, 0.6), (3, 0.9))))
+    searcher.on_trial_complete("t0", population_report([finished]))
+    searcher.on_trial_complete("t1", {"epoch": 2, "members": [{"epoch": 2, "val_acc": 0.4}]})
+    (trial,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert trial.state.name == "PRUNED" and trial.intermediate_values == {2: pytest.approx(0.5)}
+    assert trial.user_attrs["seed_values"] == pytest.approx([0.9, 0.4])  # the seeds' own last values
+
+
 def test_searcher_hands_out_populations_and_tells_each_member(tmp_path):
     searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=2)
     first, second = searcher.suggest("p0"), searcher.suggest("p1")

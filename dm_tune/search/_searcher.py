@@ -216,12 +216,25 @@ class StagedSearcher(Searcher):
         value = sum(values) / len(values)
         state = optuna.trial.TrialState
         if status == "early-stopped" and math.isfinite(value):
+            # Pruned at ``epochs``: every seed's value at that epoch (a seed that went further has it
+            # in its history), not the mean of values from different epochs.
+            at = [self._value_at(o, epochs) for o in outcomes]
+            if all(math.isfinite(v) for v in at):
+                value = sum(at) / len(at)
             storage.set_trial_intermediate_value(trial_id, epochs, float(value))
             study.tell(spec.number, state=state.PRUNED, skip_if_finished=True)
         elif status in ("finished", "diverged") and math.isfinite(value):
             study.tell(spec.number, float(value), skip_if_finished=True)
         else:
             study.tell(spec.number, state=state.FAIL, skip_if_finished=True)
+
+    def _value_at(self, outcome: TrialOutcome, epoch: int) -> float:
+        """The objective of ``outcome`` at ``epoch``: its final value there, else its history's."""
+        if int(outcome.epochs_reached) == epoch:
+            return outcome.value(self.objective)
+        key = next(o.epoch for o in OBJECTIVES.values() if o.final == self.objective)
+        row = next((h for h in outcome.history if int(h.get("epoch", 0)) == epoch), None)
+        return float(row.get(key, math.nan)) if row is not None else math.nan
 
     # --- the stages -----------------------------------------------------------------------
 
