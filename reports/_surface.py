@@ -263,10 +263,17 @@ def gp_from_dict(d: dict[str, Any]) -> GaussianProcessRegressor:
     return gp.fit(np.asarray(d["X"], dtype=float), np.asarray(d["y"], dtype=float))
 
 
-def gp_predict(d: dict[str, Any], X: Any, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and std (points) at feature rows ``X``, from the serialised GP with numpy
-    alone. The std includes the fitted noise (what one more arm measured there would scatter by),
-    as scikit-learn's does; with ``noise=False`` it is the surface's own uncertainty about the mean."""
+def gp_predict(d: dict[str, Any], X: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and std (points; the std includes the fitted noise, as scikit-learn's does)
+    at feature rows ``X``, from the serialised GP with numpy alone."""
+    mean, std, _ = gp_posterior(d, X)
+    return mean, std
+
+
+def gp_posterior(d: dict[str, Any], X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior mean and two stds (points) at feature rows ``X``, from one solve: with the fitted
+    noise (what one more arm measured there would scatter by), and without it (the surface's own
+    uncertainty about the mean)."""
     import numpy as np
 
     Xt, y = np.asarray(d["X"], dtype=float), np.asarray(d["y"], dtype=float)
@@ -280,8 +287,9 @@ def gp_predict(d: dict[str, Any], X: Any, noise: bool = True) -> tuple[np.ndarra
     alpha = np.linalg.solve(L.T, np.linalg.solve(L, (y - y_mean) / y_std))
     Ks = c * _rbf(Xq, Xt, ls)
     V = np.linalg.solve(L, Ks.T)
-    var = np.clip(c + (white if noise else 0.0) - np.einsum("ij,ij->j", V, V), 0.0, None)
-    return Ks @ alpha * y_std + y_mean, np.sqrt(var) * y_std
+    explained = np.einsum("ij,ij->j", V, V)
+    noisy, own = (np.sqrt(np.clip(c + w - explained, 0.0, None)) * y_std for w in (white, 0.0))
+    return Ks @ alpha * y_std + y_mean, noisy, own
 
 
 def _rbf(A: Any, B: Any, ls: Any) -> Any:
@@ -357,13 +365,10 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
     mixture = not base["dataset"] and any(f.startswith("dataset=") for f in enc["features"])
     rows = ([features([{**base, "dataset": name, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in cells],
                       enc) for name in enc["datasets"]] if mixture else [X])
-    means = np.array([gp_predict(model, x)[0] for x in rows])
+    parts = [gp_posterior(model, x) for x in rows]
+    means = np.array([m for m, _, _ in parts])
     mean = means.mean(axis=0)  # a dataset not measured: like one of them, which one unknown
-
-    def spread(noise: bool) -> Any:
-        return np.sqrt(np.mean([gp_predict(model, x, noise)[1] ** 2 for x in rows], axis=0) + means.var(axis=0))
-
-    std, own = spread(True), spread(False)
+    std, own = (np.sqrt(np.mean([p[k] ** 2 for p in parts], axis=0) + means.var(axis=0)) for k in (1, 2))
     score = mean - CAUTION * std
     best_of = {cw: max(float(v) for (c, _, _), v in zip(cells, score) if c == cw) for cw in schemes}
     top = max(best_of, key=lambda cw: best_of[cw])
