@@ -78,6 +78,14 @@ def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Genera
     return keep, held_out
 
 
+def check_val_noisy(val_noisy: bool, source: Source, field: str = "val_noisy") -> None:
+    """``val_noisy`` corrupts a validation split carved from the training data; a dataset with a
+    validation set of its own refuses it (it was silently ignored)."""
+    if val_noisy and source.val is not None:
+        raise ConfigError(field, True, f"{source.name} has its own validation set, with its own labels; "
+                                       "val_noisy applies to a validation split carved from training data")
+
+
 def prepare(config: TrainConfig, source: Source | None = None) -> Data:
     # A source given by the caller may serve several configurations (a population's members share
     # one device copy of it through their splits' origins); one loaded here serves this one alone,
@@ -116,9 +124,7 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
             true_clean = source.clean_labels.numpy().astype(np.int64)
 
     if source.val is not None:
-        if config.val_noisy:  # it was silently ignored: the validation set is the dataset's own
-            raise ConfigError("val_noisy", True, f"{source.name} has its own validation set, with its own labels; "
-                                                 "val_noisy applies to a validation split carved from training data")
+        check_val_noisy(config.val_noisy, source)
         keep, val = np.arange(len(clean)), None
         val_split = source.val
     else:

@@ -105,17 +105,14 @@ def load_sources(study: Study) -> dict[str, Any]:
     on_disk = [ds for ds in study.settings.dataset if DATASET_ROOTS[ds]]
     if on_disk and not study.training.get("data_root"):  # answered before torch is imported
         raise ConfigError("data_root", None, f"dataset {on_disk[0]!r} is read from disk; give --data-root")
-    from dm_tune.data import load_source
+    from dm_tune.data import check_val_noisy, load_source
 
     sources: dict[str, Any] = {}
     for setting in study.expand():
         if setting.dataset not in sources:
             sources[setting.dataset] = load_source(study.train_config(setting))
-    if study.training.get("val_noisy"):  # prepare() refuses it in every trial; say it once, now
-        own = next((ds for ds, src in sources.items() if src.val is not None), None)
-        if own is not None:
-            raise ConfigError("training.val_noisy", True, f"{own} has its own validation set, with its own labels; "
-                              "val_noisy applies to a validation split carved from training data")
+    for src in sources.values():  # prepare() refuses it in every trial; say it once, now
+        check_val_noisy(bool(study.training.get("val_noisy")), src, "training.val_noisy")
     if study.scheduler.kind == "asha":  # the budget is known once the datasets' defaults are
         for setting in study.expand():
             src = sources[setting.dataset]
