@@ -69,6 +69,10 @@ class RunOptions:
     def ledger(self, study: str, setting: str) -> Path:
         return self.workspace / "ledger" / study / f"{setting}.jsonl"
 
+    def warm_start_copy(self, study: str) -> Path:
+        """The guidelines file a study warm-starts from, as it was when the study began."""
+        return self.workspace / "warm_starts" / f"{study}.json"
+
 
 # --- what every trial of a setting shares ------------------------------------------------------
 
@@ -412,7 +416,7 @@ def _warm_start_guidelines(study: Study, opts: RunOptions) -> dict[str, Any]:
     from dm_tune.reports._schema import load_guidelines
 
     path = Path(str(study.search.warm_start)).expanduser()
-    kept = opts.workspace / "warm_starts" / f"{study.name}.json"
+    kept = opts.warm_start_copy(study.name)
     if kept.is_file():
         doc = load_guidelines(kept)
         try:

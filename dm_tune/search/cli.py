@@ -191,14 +191,14 @@ def search_cmd(args: argparse.Namespace) -> int:
     if workspace.exists() and not workspace.is_dir():
         raise UserError(f"--workspace {args.workspace}: exists and is not a directory")
     study, resuming = _load_study(args, workspace)
-    if isinstance(study.search.warm_start, str) and not (workspace / "warm_starts" / f"{study.name}.json").is_file():
-        from dm_tune.reports._schema import load_guidelines
-
-        load_guidelines(Path(study.search.warm_start))  # a bad file is answered before anything is written
     opts = RunOptions(workspace=workspace, address=args.address,
                       storage_path=str(Path(args.storage_path).expanduser().resolve())
                       if args.storage_path and "://" not in args.storage_path else args.storage_path,
                       tracking_uri=args.tracking_uri, echo=not args.quiet)
+    if isinstance(study.search.warm_start, str) and not opts.warm_start_copy(study.name).is_file():
+        from dm_tune.reports._schema import load_guidelines
+
+        load_guidelines(Path(study.search.warm_start))  # a bad file is answered before anything is written
     # Pre-flight: nothing is written before these pass.
     check_tracking(opts.tracking)
     check_address(args.address)
