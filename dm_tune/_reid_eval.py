@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dm_tune.datasets import Gallery
-from dm_tune.retrieval import cosine_scores, retrieval_metrics
+from dm_tune.retrieval import cosine_scores, retrieval_metrics, unscored
 
 Batches = Callable[[Gallery], Iterable[torch.Tensor]]
 
@@ -46,8 +46,7 @@ def gallery_metrics(model: nn.Module, g: Gallery, batches: Iterable[torch.Tensor
     """mAP and CMC of ``g``'s queries against all of ``g``."""
     emb = embed(model, batches)
     if not np.isfinite(emb).all():  # a diverged model: no ranking to score (train() records it diverged)
-        return {"map": float("nan"), "rank1": float("nan"), "rank5": float("nan"), "rank10": float("nan"),
-                "queries": float("nan")}
+        return unscored()
     q = g.query.numpy()
     scores = cosine_scores(emb[q], emb)
     ids, cams = g.ids.numpy(), g.cams.numpy()

@@ -28,6 +28,11 @@ import numpy as np
 RANKS = (1, 5, 10)
 
 
+def unscored(queries: float = float("nan"), ranks: Sequence[int] = RANKS) -> dict[str, float]:
+    """The metrics with no ranking to score: mAP and CMC NaN."""
+    return {"map": float("nan"), **{f"rank{k}": float("nan") for k in ranks}, "queries": queries}
+
+
 def retrieval_metrics(scores: np.ndarray, query_ids: np.ndarray, query_cams: np.ndarray,
                       gallery_ids: np.ndarray, gallery_cams: np.ndarray,
                       gallery_junk: np.ndarray | None = None,
@@ -52,8 +57,7 @@ def retrieval_metrics(scores: np.ndarray, query_ids: np.ndarray, query_cams: np.
         ignored |= np.asarray(gallery_junk, dtype=bool)[None, :]
     relevant = same_id & ~ignored
     has_match = relevant.any(axis=1)
-    out: dict[str, float] = {"map": float("nan"), **{f"rank{k}": float("nan") for k in ranks},
-                             "queries": float(has_match.sum())}
+    out = unscored(float(has_match.sum()), ranks)
     if not has_match.any():
         return out
     # Ignored entries sink below every score (scikit-learn takes finite scores only).
