@@ -147,17 +147,17 @@ def load_guidelines(path: str | Path) -> dict[str, Any]:
 
 def surface_problem(surface: Any) -> str | None:
     """The first schema problem of a guidelines document's ``surface`` block, or None."""
-    try:
-        _Surface.model_validate(surface)
-    except ValidationError as exc:
-        return str(config_error(exc, _Surface, surface, where="surface"))
-    return None
+    return _first_problem(_Surface, surface, where="surface")
 
 
 def validate_guidelines(doc: Any) -> str | None:
     """The first schema problem in ``doc`` as one line naming the field, or None when it is valid."""
+    return _first_problem(_Guidelines, doc, root="the top level")
+
+
+def _first_problem(model: type[BaseModel], value: Any, where: str = "", root: str = "") -> str | None:
     try:
-        _Guidelines.model_validate(doc)
+        model.model_validate(value)
     except ValidationError as exc:
-        return str(config_error(exc, _Guidelines, doc, root="the top level"))
+        return str(config_error(exc, model, value, where=where, root=root))
     return None
