@@ -138,12 +138,93 @@ def test_a_store_another_process_holds_is_busy_not_damaged(real_stores, tmp_path
     holder = sqlite3.connect(ws / "optuna.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
+        with pytest.raises(UserError) as checked:  # the pre-flight check, then the library itself
+            check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}")
         with pytest.raises(UserError) as info:
             prepare_stores(ws, f"sqlite:///{ws / 'mlflow.db'}", f"sqlite:///{ws / 'optuna.db'}")
     finally:
         holder.close()
+    assert str(checked.value).startswith(f"{ws / 'optuna.db'}: Optuna store busy")
     assert str(info.value).startswith(f"{ws / 'optuna.db'}: Optuna found the store busy")
-    assert "try again" in str(info.value) and "move it away" not in str(info.value)
+    for line in (str(checked.value), str(info.value)):
+        assert "try again" in line and "move it away" not in line and "damaged" not in line
+
+
+_WRITER = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("PRAGMA cache_size = 10")  # spill to the file mid-transaction, as a long write does
+con.execute("BEGIN")
+con.execute("CREATE TABLE half_written (n INTEGER, text TEXT)")
+con.executemany("INSERT INTO half_written VALUES (?, ?)", ((i, "x" * 200) for i in range(20000)))
+print("writing", flush=True)
+time.sleep(300)
+"""
+
+
+def _killed_mid_write(db: Path) -> None:
+    """A process killed (-9) inside a write transaction on ``db``: it leaves a hot journal."""
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert Path(f"{db}-journal").stat().st_size > 0
+
+
+@pytest.mark.parametrize("store", ["optuna.db", "mlflow.db"])
+def test_a_store_left_mid_write_by_kill_9_is_recovered_not_refused(real_stores, tmp_path, store):
+    """A search killed (-9) while writing a store leaves a hot journal; the resumed search's check
+    lets SQLite roll that write back, as any writer would, instead of calling the store damaged."""
+    import optuna
+
+    ws = tmp_path / "ws"
+    shutil.copytree(real_stores, ws)
+    before = (ws / store).read_bytes()
+    _killed_mid_write(ws / store)
+    assert (ws / store).read_bytes() != before  # the unfinished write reached the file itself
+    assert check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}") == []
+    assert not Path(f"{ws / store}-journal").exists() and (ws / store).read_bytes()[:100] == before[:100]
+    tables = {row[0] for row in sqlite3.connect(ws / store).execute("SELECT name FROM sqlite_master")}
+    assert "half_written" not in tables
+    prepare_stores(ws, f"sqlite:///{ws / 'mlflow.db'}", f"sqlite:///{ws / 'optuna.db'}")
+    optuna.get_all_study_summaries(f"sqlite:///{ws / 'optuna.db'}")
+
+
+_CHECK_READ_ONLY = """
+import sys
+from pathlib import Path
+from dm_tune.errors import UserError
+from dm_tune.search._stores import check_store
+try:
+    check_store(Path(sys.argv[1]), "MLflow", Path(sys.argv[1]).parent, read_only=True)
+except UserError as e:
+    print(e)
+"""
+
+
+def test_a_store_left_mid_write_that_cannot_be_written_says_so(real_stores, tmp_path):
+    """A report on a store, killed mid-write, that this user may only read: SQLite cannot roll the
+    write back, and the line says that, not 'damaged'; nothing is changed."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    shutil.copy(real_stores / "mlflow.db", ro / "mlflow.db")
+    _killed_mid_write(ro / "mlflow.db")
+    before = _snapshot(ro)
+    preexec = permissions_preexec()
+    ro.chmod(0o555)
+    (ro / "mlflow.db").chmod(0o444)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CHECK_READ_ONLY, str(ro / "mlflow.db")], capture_output=True,
+                              text=True, timeout=120, preexec_fn=preexec)
+    finally:
+        ro.chmod(0o755)
+        (ro / "mlflow.db").chmod(0o644)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{ro / 'mlflow.db'}: a process was killed while writing it"), proc.stdout
+    assert "write access" in proc.stdout and "damaged" not in proc.stdout
+    assert _snapshot(ro) == before
 
 
 def test_a_workspace_under_a_regular_file_is_one_line(tmp_path):

@@ -6,7 +6,7 @@ that MLflow and Optuna only report as long tracebacks, or not at all:
 
 - a store that is damaged, truncated or not a store at all, or a workspace that cannot be
   written: ``check_workspace`` names the file and the problem in one line, before anything is
-  written;
+  written (a store left mid-write by a killed search is not damaged: SQLite rolls that write back);
 - two searches of the same study at once, which would overwrite each other: ``study_lock`` holds
   an exclusive lock on ``WORKSPACE/locks/NAME.lock`` for the whole search;
 - two searches (of different studies) creating the same new store at once, which races MLflow's
@@ -106,14 +106,23 @@ def check_store(path: Path, kind: str, workspace: Path, *, read_only: bool = Fal
         header = f.read(len(_SQLITE_HEADER))
     if header != _SQLITE_HEADER:
         raise UserError(f"{path}: not an SQLite database (file is damaged or not a dm-tune store); {move_away}")
+    # Opened for writing where it may be written: a process killed mid-write (kill -9) leaves a hot
+    # journal, which SQLite rolls back (its crash recovery) on the first open that may write, and
+    # which a read-only open refuses ('attempt to write a readonly database'). The checks only read.
+    writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode={'rw' if writable else 'ro'}", uri=True)
         try:
             check = [row[0] for row in con.execute("PRAGMA quick_check").fetchall()]
             tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
+        if getattr(e, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK":
+            raise UserError(f"{path}: a process was killed while writing it, and rolling that write back "
+                            f"needs write access to the file and its folder; {move_away}") from None
+        if getattr(e, "sqlite_errorname", "") == "SQLITE_BUSY":
+            raise UserError(f"{path}: {kind} store busy ({e}); another process is writing it: try again") from None
         raise UserError(f"{path}: damaged SQLite database ({e}); {move_away}") from None
     if check != ["ok"]:
         raise UserError(f"{path}: damaged SQLite database (integrity check: {check[0]}); {move_away}")
