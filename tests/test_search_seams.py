@@ -504,3 +504,35 @@ def test_start_up_populations_split_the_samplers_start_up_over_the_slots():
     assert _startup_population_size(default, 16, 10) == 10
     assert _startup_population_size(default, 4, 10) == 4  # never above the population size
     assert _startup_population_size(Study.from_dict({"scheduler": {"kind": "asha"}}), 16, 10) == 1
+
+
+def test_a_rung_that_prunes_an_arm_on_one_seed_stops_its_other_seeds_there():
+    """An arm searched on two seeds is two Ray trials; once ASHA prunes it on one, it is PRUNED in
+    Optuna whatever the other does, so the other is stopped at the same epoch, not trained on. An
+    arm that ran its full budget on one seed prunes nothing; baselines are never stopped."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from dm_tune.search._scheduler import asha
+
+    def trial(name: str, arm: int, stage: str = "search"):
+        return SimpleNamespace(trial_id=name, config={"specs": [{"stage": stage, "number": arm}]})
+
+    scheduler = asha("val_acc", max_t=8, grace_period=1, reduction_factor=2)
+    good, good2, poor, poor2, cce = (trial("good", 0), trial("good2", 0), trial("poor", 1), trial("poor2", 1),
+                                     trial("cce", -1, stage="baseline"))
+    for t in (good, good2, poor, poor2, cce):
+        scheduler.on_trial_add(None, t)
+
+    def result(t, epoch: int, acc: float) -> str:
+        return scheduler.on_trial_result(None, t, {"epoch": epoch, "val_acc": acc})
+
+    assert result(good, 1, 0.9) == TrialScheduler.CONTINUE
+    assert result(poor, 1, 0.1) == TrialScheduler.STOP  # the rung prunes arm 1 at epoch 1 on this seed
+    assert result(poor2, 1, 0.95) == TrialScheduler.STOP  # its other seed stops there, however well it does
+    assert result(cce, 1, 0.0) == TrialScheduler.CONTINUE
+    for epoch in range(1, 9):
+        decision = result(good, epoch, 0.9 + epoch / 100)
+    assert decision == TrialScheduler.STOP  # the end of the budget, not a prune
+    assert result(good2, 1, 0.95) == TrialScheduler.CONTINUE  # so its other seed trains on

@@ -6,6 +6,10 @@ A scheduler acts on whole Ray trials, so with one the search trials train one pe
 ``SearchOnly`` wraps a Tune scheduler (ASHA) and forwards it the events of search trials only,
 through the public ``TrialScheduler`` hooks: a baseline or a confirmed arm always trains for its
 full budget, so the comparisons never mix truncated and full results.
+
+An arm searched on several seeds trains as one Ray trial per seed; once a rung stops it on one
+seed the arm is pruned (its Optuna trial ends PRUNED, so it is never confirmed), and its other
+seeds are stopped too when they reach that epoch, rather than trained for nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +23,17 @@ def _is_search(trial: Any) -> bool:
     return trial.config["specs"][0]["stage"] == "search"
 
 
+def _arm(trial: Any) -> int:
+    """The search arm (Optuna trial number) a search trial trains, on one of its seeds."""
+    return int(trial.config["specs"][0]["number"])
+
+
 class SearchOnly(FIFOScheduler):
-    def __init__(self, inner: TrialScheduler) -> None:
+    def __init__(self, inner: TrialScheduler, max_t: int | None = None) -> None:
         super().__init__()
         self.inner = inner
+        self.max_t = max_t                  # the full budget: a STOP there is the end, not a prune
+        self._pruned: dict[int, int] = {}   # arm -> the epoch a rung stopped it at, on one seed
 
     @property
     def metric(self):
@@ -40,9 +51,15 @@ class SearchOnly(FIFOScheduler):
             self.inner.on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if _is_search(trial):
-            return self.inner.on_trial_result(tune_controller, trial, result)
-        return TrialScheduler.CONTINUE
+        if not _is_search(trial):
+            return TrialScheduler.CONTINUE
+        arm, epoch = _arm(trial), int(result.get("epoch", 0) or 0)
+        if arm in self._pruned and epoch >= self._pruned[arm]:
+            return TrialScheduler.STOP  # another seed of this arm was pruned at this epoch
+        decision = self.inner.on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and (self.max_t is None or epoch < self.max_t):
+            self._pruned.setdefault(arm, epoch)
+        return decision
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         if _is_search(trial):
@@ -60,4 +77,4 @@ def asha(metric: str, max_t: int, grace_period: int, reduction_factor: float) ->
     """ASHA over the search trials, on the per-epoch ``metric`` with the epoch as time."""
     return SearchOnly(ASHAScheduler(time_attr="epoch", metric=metric, mode="max", max_t=max_t,
                                     grace_period=min(grace_period, max_t),
-                                    reduction_factor=reduction_factor))
+                                    reduction_factor=reduction_factor), max_t=max_t)
