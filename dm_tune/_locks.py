@@ -10,6 +10,7 @@ import datetime
 import fcntl
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def held(path: Path, busy: str) -> Iterator[None]:
     """Hold the lock file ``path`` for this process (it names the holder: pid, host, since when),
     or fail with one line: ``busy`` with ``{holder}`` filled in. The lock goes with the process,
     however it ends (``kill -9`` included): the kernel releases it."""
-    f = _locked(path, busy)
+    f = acquire(path, busy)
     try:
         f.seek(0)
         f.truncate()
@@ -33,23 +34,30 @@ def held(path: Path, busy: str) -> Iterator[None]:
         f.close()
 
 
-def _locked(path: Path, busy: str, attempts: int = 5):
-    """The lock file ``path``, open and locked. A lock taken on a file that was removed meanwhile
+def acquire(path: Path, busy: str, attempts: int = 5, wait_s: float = 0.0):
+    """The lock file ``path``, open and locked, waiting up to ``wait_s`` for its holder to let go
+    (then ``busy``, with ``{holder}`` filled in). A lock taken on a file that was removed meanwhile
     (its folder cleaned up by the process that created it) locks nothing: it is taken again on
     the file now at ``path``."""
+    deadline = time.monotonic() + wait_s
     for _ in range(attempts):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             f = open(path, "a+")  # noqa: SIM115 - closed by the caller, which releases the lock
         except FileNotFoundError:  # the folder went between the mkdir and the open
             continue
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise UserError(busy.format(holder=holder)) from None
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise UserError(busy.format(holder=holder)) from None
         try:
             same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
         except FileNotFoundError:

@@ -330,6 +330,33 @@ def test_a_failed_start_removes_its_new_workspace_only_if_no_other_study_came_in
         assert not remove_if_only_ours(ws, "a") and (ws / "studies" / "b.json").is_file()
 
 
+_REMOVER = """
+import shutil, sys, time
+from pathlib import Path
+from dm_tune.search._stores import stores_lock
+ws = Path(sys.argv[1])
+with stores_lock(ws):  # as remove_if_only_ours, slowed down: it saw no other study, then removes
+    print("removing", flush=True)
+    time.sleep(2)
+    shutil.rmtree(ws)
+"""
+
+
+def test_a_study_lock_is_not_taken_in_a_workspace_being_removed(tmp_path):
+    """A failed start removes the workspace it created under the workspace lock; a study lock
+    taken meanwhile waits for that, so it is never on a file that is then removed (a second
+    search of the same study would take it again and both would run)."""
+    ws = tmp_path / "ws"
+    remover = subprocess.Popen([sys.executable, "-c", _REMOVER, str(ws)], stdout=subprocess.PIPE, text=True)
+    assert remover.stdout.readline().strip() == "removing"
+    with study_lock(ws, "b"):
+        remover.wait(timeout=60)
+        assert f"pid {os.getpid()} on " in (ws / "locks" / "b.lock").read_text()
+        with pytest.raises(UserError, match="already being searched"):
+            with study_lock(ws, "b"):
+                pass
+
+
 def test_a_lock_taken_on_a_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):
     """Opened, then its folder removed by the search that created it, then locked: that lock would
     be on a file no one else can see; the study lock is taken on the file at the path instead."""

@@ -20,16 +20,14 @@ The locks are ``flock`` locks (``dm_tune._locks``): the OS releases them when th
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from dm_tune._locks import held
+from dm_tune._locks import acquire, held
 from dm_tune.errors import UserError
 
 LOCKS_DIR = "locks"
@@ -142,37 +140,28 @@ def workspace_history(workspace: Path) -> list[str]:
     return found
 
 
-def _lock_file(workspace: Path, name: str):
-    (workspace / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
-    return open(workspace / LOCKS_DIR / name, "a+")  # noqa: SIM115 - closed by the caller
-
-
 @contextlib.contextmanager
 def study_lock(workspace: Path, name: str) -> Iterator[None]:
     """Hold the study ``name`` of ``workspace`` for this process, or fail with one line if
-    another process (a search of the same study) holds it."""
-    (workspace / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
-    with held(workspace / LOCKS_DIR / f"{name}.lock",
-              f"study {name!r} is already being searched in {workspace} ({{holder}}); "
-              "wait for it to end or use another --name"):
+    another process (a search of the same study) holds it. It is taken under the workspace-wide
+    lock, so a failed start removing its new workspace (``remove_if_only_ours``) either sees this
+    lock file or is done before it is created."""
+    with contextlib.ExitStack() as stack:
+        with stores_lock(workspace):
+            stack.enter_context(held(workspace / LOCKS_DIR / f"{name}.lock",
+                                     f"study {name!r} is already being searched in {workspace} ({{holder}}); "
+                                     "wait for it to end or use another --name"))
         yield
 
 
 @contextlib.contextmanager
 def stores_lock(workspace: Path, timeout_s: float = 300.0) -> Iterator[None]:
-    """The workspace-wide lock under which stores are created or upgraded (a few seconds)."""
-    f = _lock_file(workspace, _STORES_LOCK)
+    """The workspace-wide lock under which stores are created or upgraded, study locks taken and a
+    new workspace removed (a few seconds at most)."""
+    path = workspace / LOCKS_DIR / _STORES_LOCK
+    f = acquire(path, f"{path}: held by another process for more than {timeout_s:g} s ({{holder}})",
+                wait_s=timeout_s)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise UserError(f"{workspace / LOCKS_DIR / _STORES_LOCK}: held by another process for "
-                                    f"more than {timeout_s:g} s while creating the stores") from None
-                time.sleep(0.1)
         yield
     finally:
         f.close()
