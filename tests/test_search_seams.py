@@ -222,6 +222,23 @@ def test_a_pruned_arm_is_told_its_seeds_values_at_the_epoch_it_was_pruned(tmp_pa
     assert trial.user_attrs["seed_values"] == pytest.approx([0.9, 0.4])  # the seeds' own last values
 
 
+def test_a_seed_stopped_past_the_epoch_its_arm_was_pruned_at_is_told_its_value_there(tmp_path):
+    """Seed 0 pruned at epoch 1 (val 0.3); seed 1 was ahead and is stopped at epoch 2: its epochs
+    reported on the way are its history, so Optuna hears both seeds at epoch 1, (0.3 + 0.7) / 2."""
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), search_seeds=2, warm_points=[])
+    first, second = _members(searcher.suggest("t0")), _members(searcher.suggest("t1"))
+    assert first[0].number == second[0].number == 0
+    for epoch, val in ((1, 0.7), (2, 0.8)):
+        searcher.on_trial_result("t1", {"epoch": epoch, "members": [{"epoch": epoch, "val_acc": val}]})
+    searcher.on_trial_result("t0", {"epoch": 1, "members": [{"epoch": 1, "val_acc": 0.3}]})
+    searcher.on_trial_complete("t0", {"epoch": 1, "members": [{"epoch": 1, "val_acc": 0.3}]})
+    searcher.on_trial_complete("t1", {"epoch": 2, "members": [{"epoch": 2, "val_acc": 0.8}]})
+    stopped = searcher.ledger.ended[second[0].key]
+    assert stopped.status == "early-stopped" and [h["val_acc"] for h in stopped.history] == [0.7, 0.8]
+    (trial,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert trial.state.name == "PRUNED" and trial.intermediate_values == {1: pytest.approx(0.5)}
+
+
 def test_searcher_hands_out_populations_and_tells_each_member(tmp_path):
     searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=2)
     first, second = searcher.suggest("p0"), searcher.suggest("p1")

@@ -117,6 +117,7 @@ class StagedSearcher(Searcher):
         self.startup_population_size = startup_population_size or self.search_population_size
         self._live: dict[str, list[TrialSpec]] = {}  # Ray trial id -> its members, this process only
         self._last: dict[str, dict] = {}  # Ray trial id -> its latest result
+        self._reported: dict[str, list[list[dict]]] = {}  # Ray trial id -> each member's per-epoch reports
         self._again = ledger.unfinished_populations()  # started before an interruption, never ended
         # Each search arm trains on the first ``search_seeds`` seeds; replicas of an arm that were
         # asked but not handed out yet wait here (rebuilt from the ledger after an interruption).
@@ -314,14 +315,20 @@ class StagedSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._live:  # what a trial that then crashes had reached (Tune passes no result)
             self._last[trial_id] = result
+            reported = self._reported.setdefault(trial_id, [[] for _ in self._live[trial_id]])
+            for rows, member in zip(reported, [] if result.get("final") else result.get("members") or []):
+                if member:
+                    rows.append(dict(member))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         population = self._live.pop(trial_id, None)
         last = self._last.pop(trial_id, None)
+        reported = self._reported.pop(trial_id, [])
         if population is None:
             return
-        # A crashed trial's members are recorded with the epochs they had reached, as MLflow has them.
-        for spec, outcome in zip(population, member_outcomes(result or last, len(population), error)):
+        # A crashed or stopped trial's members are recorded with the epochs they had reached and
+        # reported, as MLflow has them.
+        for spec, outcome in zip(population, member_outcomes(result or last, len(population), error, reported)):
             if self.ledger.end(spec, outcome) and spec.stage == "search":
                 self.tell(spec, outcome)
 
@@ -342,4 +349,4 @@ class StagedSearcher(Searcher):
         return None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its search algorithm into tuner.pkl
-        return {**self.__dict__, "_study": None, "_live": {}, "_last": {}}
+        return {**self.__dict__, "_study": None, "_live": {}, "_last": {}, "_reported": {}}

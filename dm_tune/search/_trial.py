@@ -15,7 +15,7 @@ MLflow run and the Optuna trial of one trial are found by this key, never by Ray
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -105,9 +105,11 @@ class TrialOutcome:
         return out
 
     @classmethod
-    def from_report(cls, report: Mapping[str, Any] | None, errored: bool) -> "TrialOutcome":
+    def from_report(cls, report: Mapping[str, Any] | None, errored: bool,
+                    history: Sequence[Mapping[str, Any]] = ()) -> "TrialOutcome":
         """The outcome of a trial from its last Tune result. Without the final report the trial
-        was cut short: by an error, or by a scheduler (early-stopped, from its last epoch)."""
+        was cut short: by an error, or by a scheduler (early-stopped, from its last epoch), and
+        ``history`` holds the epochs it reported."""
         report = report or {}
         if report.get("final"):
             status = "errored" if errored else str(report.get("status", "finished"))
@@ -120,6 +122,7 @@ class TrialOutcome:
         # run before its final report): diverged, not early-stopped.
         cut = "diverged" if report.get("diverged") else "early-stopped"
         return cls(status="errored" if errored else cut, epochs_reached=epoch,
+                   history=tuple(dict(h) for h in history if int(h.get("epoch", 0) or 0) <= epoch),
                    final_val_acc=float(report.get("val_acc", math.nan)),
                    final_test_acc=float(report.get("test_acc", math.nan)),
                    task_metrics={f"final_{k}": float(report[k]) for k in TASK_EPOCH_METRICS if k in report})
@@ -171,9 +174,12 @@ def population_report(outcomes: list[TrialOutcome]) -> dict[str, Any]:
     return report
 
 
-def member_outcomes(report: Mapping[str, Any] | None, size: int, errored: bool) -> list[TrialOutcome]:
+def member_outcomes(report: Mapping[str, Any] | None, size: int, errored: bool,
+                    histories: Sequence[Sequence[Mapping[str, Any]]] = ()) -> list[TrialOutcome]:
     """Each member's outcome from a population's last Tune result (its final report, or the
-    last per-epoch report of a population that was cut short)."""
+    last per-epoch report of a population that was cut short, with ``histories``: each member's
+    per-epoch reports)."""
     members = list((report or {}).get("members") or [])
     members += [None] * (size - len(members))
-    return [TrialOutcome.from_report(m, errored) for m in members[:size]]
+    histories = list(histories) + [()] * (size - len(histories))
+    return [TrialOutcome.from_report(m, errored, h) for m, h in zip(members[:size], histories)]
