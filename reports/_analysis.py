@@ -217,7 +217,7 @@ def analyse_settings(df: pd.DataFrame) -> list[dict[str, Any]]:
 def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame) -> float | None:
     """How many validation points the best arm beats the best trial near the paper's mode by (None: none tried)."""
     guide = paper_guidance(setting["noise"], setting["noise_rate"], setting["num_classes"], setting["pretrained"])
-    if guide["psi"] is None:
+    if guide["psi"] is None or setting.get("task") == "retrieval":
         return None
     near = chosen[(chosen["psi"] - guide["psi"]).abs() <= NEAR_PAPER_PSI]
     if near.empty:

@@ -23,7 +23,7 @@ h1{border-bottom:2px solid #e69500}h2{margin-top:2em;border-bottom:1px solid #cc
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:left;vertical-align:top}th{background:#f3f3f3}
 .figs{display:flex;flex-wrap:wrap;gap:1em}.figs img{max-width:100%;border:1px solid #ddd}
-.note{color:#555;font-size:.9em}.agree{color:#17803d}.refine{color:#b36b00}.refute{color:#b00020}
+.note{color:#555;font-size:.9em}.agree{color:#17803d}.refine{color:#b36b00}.refute{color:#b00020}.none{color:#555}
 """
 
 

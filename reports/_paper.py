@@ -3,7 +3,7 @@
 The guidance is encoded once here as data; ``compare_with_paper`` turns one setting's measured
 optimum into a verdict: "agree", "refine" (same direction, the optimum sits elsewhere or the
 paper's mode was not tested) or "refute" (the paper's mode was tested and clearly worse), with
-the reason in words.
+the reason in words; "none" for a retrieval setting, which the paper's guidance does not cover.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ MANY_CLASSES = 50            # "with 100 classes the best values move much less 
 AGREE_PSI = 0.10             # |measured - paper| within this (or the paper's psi inside the 1-point region)
 REFUTE_PSI = 0.20            # farther than this, and the paper's mode measured > 1 point worse: refute
 REFUTE_POINTS = 1.0
+NO_RETRIEVAL_GUIDANCE = "the paper gives no lambda or beta for video retrieval (its MARS row)"
 
 
 def paper_guidance(noise: str, noise_rate: float, num_classes: int | None, pretrained: bool) -> dict[str, Any]:
@@ -51,6 +52,10 @@ def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None) -> 
     ``paper_psi_gap``: validation points by which the best arm beat the best trial near the
     paper's mode (None when no trial came near it).
     """
+    if setting.get("task") == "retrieval":  # its classification guidance does not carry over
+        return {"paper_psi": None, "paper_lam": None, "paper_beta_range": None, "source": NO_RETRIEVAL_GUIDANCE,
+                "beta_in_paper_range": None, "paper_psi_gap_points": None, "verdict": "none",
+                "reason": f"{NO_RETRIEVAL_GUIDANCE} (measured psi {setting['psi']:.2f}, beta {setting['beta']:.3g})"}
     guide = paper_guidance(setting["noise"], setting["noise_rate"], setting["num_classes"], setting["pretrained"])
     psi, beta, lam = setting["psi"], setting["beta"], setting["lam"]
     lo_b, hi_b = guide["beta_range"]

@@ -249,6 +249,9 @@ def test_paper_comparison_refutes_when_the_papers_mode_was_worse() -> None:
     assert compare_with_paper(setting(0.4, 0.45), paper_psi_gap=0.0)["verdict"] == "agree"
     clean = compare_with_paper(setting(0.0, 0.0, noise="none"), paper_psi_gap=None)
     assert clean["paper_psi"] == 0.0 and clean["verdict"] == "agree"
+    # Retrieval: the paper's classification schedule (here the 100-class rule) is no yardstick.
+    reid = compare_with_paper({**setting(0.3, 0.4, classes=150), "task": "retrieval"}, paper_psi_gap=None)
+    assert reid["verdict"] == "none" and reid["paper_psi"] is None and "video retrieval" in reid["reason"]
 
 
 def guidelines(settings: list[dict[str, Any]]) -> dict[str, Any]:
