@@ -15,8 +15,9 @@ skipped (they have no defined AP), as in the MARS and Market-1501 evaluation cod
   the mean, over the matches, of the precision at each match's rank (ties count pessimistically).
   Ignored entries get a score below every other and no relevance, so they rank after every match and
   cannot change its precision. **mAP** is the mean AP over queries.
-- **CMC rank-k** is the fraction of queries whose first match is among the top k ignored
-  entries excluded (a stable sort, so ties keep the gallery order).
+- **CMC rank-k** is the fraction of queries whose first match is among the top k, ignored
+  entries excluded; ties count pessimistically, as for AP (a non-match scored the same as the
+  best match ranks before it), so a collapsed model's CMC does not depend on the gallery order.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def retrieval_metrics(scores: np.ndarray, query_ids: np.ndarray, query_cams: np.
     floor = np.nextafter(scores.min(), -np.inf)  # below every score at any magnitude (min - 1 tied at 1e17)
     relevant, masked = relevant[has_match], np.where(ignored, floor, scores)[has_match]
     out["map"] = float(label_ranking_average_precision_score(relevant, masked))
-    order = np.argsort(-masked, axis=1, kind="stable")
-    first = np.argmax(np.take_along_axis(relevant, order, axis=1), axis=1)  # 0-based rank of the first match
+    best = np.where(relevant, masked, -np.inf).max(axis=1, keepdims=True)
+    first = ((masked >= best) & ~relevant & ~ignored[has_match]).sum(axis=1)  # 0-based rank of the first match
     for k in ranks:
         out[f"rank{k}"] = float((first < k).mean())
     return out

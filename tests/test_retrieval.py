@@ -83,6 +83,20 @@ def test_map_equals_sklearn_average_precision_per_query():
         assert m[f"rank{k}"] == pytest.approx(np.mean(np.array(first) < k))
 
 
+def test_ties_count_pessimistically_in_cmc_as_in_ap():
+    """A collapsed model scores everything alike: its first match ranks after every tied non-match,
+    whatever the gallery order (a match listed first must not make rank-1 1)."""
+    g_ids, g_cams = np.array([1, 2, 3, 1]), np.array([1, 1, 1, 2])
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0]):
+        m = retrieval_metrics(np.zeros((1, 4)), np.array([1]), np.array([0]), g_ids[order], g_cams[order])
+        assert m["rank1"] == 0.0 and m["rank5"] == 1.0  # the first match after the 2 tied non-matches
+        assert m["map"] == pytest.approx(2 / 4)  # each match at rank 4 with 2 matches up to there
+    # A tie with an ignored entry (same identity and camera) is no tie: it sinks below.
+    m = retrieval_metrics(np.array([[0.5, 0.5, 0.1]]), np.array([1]), np.array([0]), np.array([1, 1, 2]),
+                          np.array([0, 1, 1]))
+    assert m["rank1"] == 1.0 and m["map"] == 1.0
+
+
 def test_bad_scores_are_refused():
     with pytest.raises(ValueError, match="do not match"):
         retrieval_metrics(np.zeros((2, 3)), np.array([1]), np.array([0]), np.zeros(3), np.zeros(3))
