@@ -239,6 +239,35 @@ def test_a_seed_stopped_past_the_epoch_its_arm_was_pruned_at_is_told_its_value_t
     assert trial.state.name == "PRUNED" and trial.intermediate_values == {1: pytest.approx(0.5)}
 
 
+def test_optuna_busy_at_a_tell_loses_no_end_and_is_told_later(tmp_path, capsys):
+    """Another process holds the shared optuna.db past the wait as a population ends: every member's
+    end is still in the ledger (so the search can finish), and Optuna hears of each at the next
+    completion, instead of the search waiting for ever on ends that were never written."""
+    import sqlite3
+
+    searcher = StagedSearcher(
+        setting=SETTING, ledger=Ledger(tmp_path / "l.jsonl"), study_name="t", optuna_study="s",
+        optuna_storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}",
+                                                  engine_kwargs={"connect_args": {"timeout": 0.2}}),
+        sampler=optuna.samplers.RandomSampler(seed=0), baselines={"cce": BASELINES["cce"]}, top_k=1,
+        population_size=2, num_samples=3, seeds=[0, 1], space=get_space("decoupled"), warm_points=[])
+    first, second = _members(searcher.suggest("p0")), _members(searcher.suggest("p1"))
+    assert [s.number for s in first + second] == [0, 1, 2]
+    holder = sqlite3.connect(tmp_path / "optuna.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        searcher.on_trial_complete("p0", population_report([_outcome(0.9), _outcome(0.8)]))
+    finally:
+        holder.close()
+    assert {s.key for s in first} <= set(searcher.ledger.ended)
+    assert "Optuna could not be told how" in capsys.readouterr().err
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["RUNNING"] * 3
+    searcher.on_trial_complete("p1", population_report([_outcome(0.7)]))
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.9), ("COMPLETE", 0.8), ("COMPLETE", 0.7)]
+
+
 def test_searcher_hands_out_populations_and_tells_each_member(tmp_path):
     searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=2)
     first, second = searcher.suggest("p0"), searcher.suggest("p1")

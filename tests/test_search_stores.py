@@ -131,8 +131,11 @@ def test_an_optuna_store_of_another_optuna_version_is_one_line_and_left_as_it_wa
         k: v for k, v in before.items() if not k.startswith("locks")}
 
 
-def test_a_store_another_process_holds_is_busy_not_damaged(real_stores, tmp_path):
+def test_a_store_another_process_holds_is_busy_not_damaged(real_stores, tmp_path, monkeypatch):
     """An exclusive transaction held past the library's wait: 'try again', not 'move it away'."""
+    from dm_tune.search import _stores
+
+    monkeypatch.setattr(_stores, "SQLITE_BUSY_WAIT_S", 1.0)  # a second, not a minute, before it gives up
     ws = tmp_path / "ws"
     shutil.copytree(real_stores, ws)
     holder = sqlite3.connect(ws / "optuna.db", isolation_level=None)

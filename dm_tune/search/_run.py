@@ -272,9 +272,8 @@ def _arms_per_population(study: Study, size: int, arms: int) -> int:
 
 
 def _searcher(ctx: SettingContext, ledger: Ledger):
-    import optuna
-
     from dm_tune.search._searcher import StagedSearcher
+    from dm_tune.search._stores import optuna_storage
     from dm_tune.search_spaces import make_sampler, startup_trials
 
     study = ctx.study
@@ -282,7 +281,7 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
     startup = startup_trials(study.search.sampler, study.search.num_samples)
     return StagedSearcher(
         setting=ctx.setting.key, ledger=ledger, study_name=study.name,
-        optuna_storage=optuna.storages.RDBStorage(ctx.opts.optuna_url),
+        optuna_storage=optuna_storage(ctx.opts.optuna_url),
         optuna_study=_optuna_study_name(study, ctx.setting, space), space=space,
         sampler=make_sampler(study.search.sampler, space, study.search.sampler_seed, study.search.num_samples),
         num_samples=study.search.num_samples, top_k=study.search.top_k, seeds=study.seeds,

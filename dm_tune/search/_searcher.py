@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,7 @@ class StagedSearcher(Searcher):
         self._live: dict[str, list[TrialSpec]] = {}  # Ray trial id -> its members, this process only
         self._last: dict[str, dict] = {}  # Ray trial id -> its latest result
         self._reported: dict[str, list[list[dict]]] = {}  # Ray trial id -> each member's per-epoch reports
+        self._untold: list[TrialSpec] = []  # ended search trials Optuna could not be told of yet
         self._again = ledger.unfinished_populations()  # started before an interruption, never ended
         # Each search arm trains on the first ``search_seeds`` seeds; replicas of an arm that were
         # asked but not handed out yet wait here (rebuilt from the ledger after an interruption).
@@ -327,10 +329,26 @@ class StagedSearcher(Searcher):
         if population is None:
             return
         # A crashed or stopped trial's members are recorded with the epochs they had reached and
-        # reported, as MLflow has them.
-        for spec, outcome in zip(population, member_outcomes(result or last, len(population), error, reported)):
-            if self.ledger.end(spec, outcome) and spec.stage == "search":
-                self.tell(spec, outcome)
+        # reported, as MLflow has them. Every member's end first: Optuna is told after, and a tell
+        # that fails (its store busy past the wait) is retried at the next completion and at the
+        # end of the setting, never losing an end or stopping the search.
+        outcomes = member_outcomes(result or last, len(population), error, reported)
+        self._untold += [spec for spec, outcome in zip(population, outcomes)
+                         if self.ledger.end(spec, outcome) and spec.stage == "search"]
+        self.tell_ended()
+
+    def tell_ended(self) -> None:
+        """Tell Optuna the ended search trials it has not heard of yet (``tell`` skips the rest)."""
+        untold, self._untold = self._untold, []
+        for i, spec in enumerate(untold):
+            try:
+                self.tell(spec, self.ledger.ended[spec.key])
+            except Exception as e:  # noqa: BLE001 - Optuna's storage errors: kept, told again later
+                self._untold += untold[i:]
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                print(f"dm-tune: Optuna could not be told how {spec.key} ended ({type(e).__name__}: {first}); "
+                      "it is told again later", file=sys.stderr, flush=True)
+                return
 
     def done(self) -> bool:
         """Every trial of the setting has ended."""
@@ -349,4 +367,4 @@ class StagedSearcher(Searcher):
         return None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its search algorithm into tuner.pkl
-        return {**self.__dict__, "_study": None, "_live": {}, "_last": {}, "_reported": {}}
+        return {**self.__dict__, "_study": None, "_live": {}, "_last": {}, "_reported": {}, "_untold": []}

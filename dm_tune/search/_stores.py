@@ -185,7 +185,6 @@ def prepare_stores(workspace: Path, tracking_uri: str, optuna_url: str) -> None:
 
     Both libraries create their schema when first opened; two processes doing that at once on
     a new file race (MLflow's migrations fail with 'duplicate column name')."""
-    import optuna
     from mlflow.tracking import MlflowClient
 
     with stores_lock(workspace):
@@ -194,7 +193,20 @@ def prepare_stores(workspace: Path, tracking_uri: str, optuna_url: str) -> None:
             with _refused("MLflow", tracking):
                 MlflowClient(tracking_uri).search_experiments(max_results=1)
         with _refused("Optuna", sqlite_path(optuna_url) or Path(optuna_url)):
-            optuna.storages.RDBStorage(optuna_url)
+            optuna_storage(optuna_url)
+
+
+# SQLite's wait for a store another process is writing: Python's default of 5 s is shorter than a
+# busy shared workspace can keep a writer waiting (MLflow waits 20 s on its own).
+SQLITE_BUSY_WAIT_S = 60.0
+
+
+def optuna_storage(url: str):
+    """The Optuna storage at ``url``; on SQLite, waiting up to SQLITE_BUSY_WAIT_S for other writers."""
+    import optuna
+
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_WAIT_S}} if sqlite_path(url) is not None else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 @contextlib.contextmanager
