@@ -64,19 +64,32 @@ def output_dir(flag: str, value: str) -> Path:
     return path
 
 
-def write_output(path: Path, text: str) -> None:
-    """``text`` into ``path`` whole or not at all (a temporary file beside it, then renamed over it);
+def write_output(path: Path, data: str | bytes) -> None:
+    """``data`` (text, or bytes) into ``path`` whole or not at all (a temporary file beside it, then
+    renamed over it), readable as any new file of this user (the umask), or as the file it replaces;
     a failure (disk full, the place gone read-only since the check) is a UserError naming it."""
     tmp = None
     try:
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        os.fchmod(fd, mode)  # mkstemp's file is private (0600)
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w", **({} if isinstance(data, bytes)
+                                                                        else {"encoding": "utf-8"})) as f:
+            f.write(data)
         os.replace(tmp, path)
     except OSError as e:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise UserError(f"could not write {path} ({e.strerror or e})") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_yaml(path: str, what: str) -> dict[str, Any]:

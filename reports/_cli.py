@@ -92,9 +92,9 @@ def report_command(args: argparse.Namespace) -> int:
         with held(out / ".report.lock", f"{out}: another dm-tune report is writing there ({{holder}}); "
                                         "wait for it to end or use another --out"):
             paths = write_report(df, out, histories, sections)  # one report's files, not a mix of two
+            doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))  # before another report's
     except OSError as e:
         raise UserError(f"could not write the report into {out} ({e.strerror or e})") from None
-    doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))
     print(f"{len(df)} runs from {', '.join(doc['provenance']['experiments'])} "
           f"({doc['provenance']['n_skipped_runs']} incomplete runs skipped)")
     for s in doc["settings"]:

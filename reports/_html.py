@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from dm_tune.errors import write_output
 from dm_tune.reports import _figures as figs
 from dm_tune.reports._guidelines import (build_guidelines, dumps, fmt_acc, fmt_diff, guidelines_markdown,
                                          loso_summary_text, setting_label)
@@ -44,7 +45,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path,
             return
         data = figs.png_bytes(fig)
         rel = f"figures/{name}.png"
-        (out / rel).write_bytes(data)
+        write_output(out / rel, data)
         paths[rel] = out / rel
         images[name] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
@@ -61,9 +62,11 @@ def write_report(df: pd.DataFrame, out_dir: str | Path,
         add_figure(f"weights_{i:02d}", figs.weight_history_figure(s, histories))
     extra = [section.rstrip() + "\n" for section in sections or []]
     page = render_html(doc, images, [markdown_html(section) for section in extra])
-    for name, text in (("guidelines.json", dumps(doc)), ("guidelines.md", "\n".join([guidelines_markdown(doc), *extra])),
-                       ("index.html", page)):
-        (out / name).write_text(text, encoding="utf-8")
+    # Each file whole or not at all; guidelines.json (what recommend, validate and a warm start
+    # read) last, so a report cut short leaves the previous guidelines, not a mix.
+    for name, text in (("guidelines.md", "\n".join([guidelines_markdown(doc), *extra])), ("index.html", page),
+                       ("guidelines.json", dumps(doc))):
+        write_output(out / name, text)
         paths[name] = out / name
     return paths
 

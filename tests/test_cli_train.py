@@ -213,6 +213,22 @@ def test_output_places_are_checked_without_leaving_anything(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no temporary file left behind
 
 
+def test_outputs_are_readable_as_the_umask_says_and_keep_a_replaced_files_mode(tmp_path):
+    """Written through a private temporary file, an output still gets a new file's mode (not 0600)."""
+    from dm_tune.errors import write_output
+
+    old = os.umask(0o022)
+    try:
+        write_output(tmp_path / "r.json", "{}\n")
+        write_output(tmp_path / "f.png", b"\x89PNG")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644 and (tmp_path / "f.png").read_bytes() == b"\x89PNG"
+    (tmp_path / "r.json").chmod(0o640)
+    write_output(tmp_path / "r.json", "[]\n")
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o640 and (tmp_path / "r.json").read_text() == "[]\n"
+
+
 def test_a_binary_config_file_is_one_line(tmp_path, capsys):
     from dm_tune.cli import main
 

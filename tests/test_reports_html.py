@@ -82,6 +82,9 @@ def test_report_files(report: dict[str, Path]) -> None:
                  "figures/weights_01.png", "figures/loso.png"):
         assert report[name].is_file() and report[name].stat().st_size > 0, name
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for k, p in report.items() if k.endswith(".png"))
+    assert all(p.stat().st_mode & 0o044 for p in report.values())  # readable by others, as the umask says
+    out = report["guidelines.json"].parent
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # written through temporary files, none left
     doc = load_guidelines(report["guidelines.json"])
     assert [s["noise_rate"] for s in doc["settings"]] == [0.0, 0.2, 0.4]
     expected = {"finished": 20, "diverged": 1, "early_stopped": 1, "errored": 0}
