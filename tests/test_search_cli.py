@@ -274,3 +274,35 @@ def test_a_damaged_stored_study_is_one_line_and_left_as_it_was(tmp_path, content
         _one_line_error(proc, f"{ws / 'studies' / 'x.json'}: damaged stored study", "another --name")
     assert sorted(str(p.relative_to(ws)) for p in ws.rglob("*")) == ["studies", "studies/x.json"]
     assert (ws / "studies" / "x.json").read_bytes() == content
+
+
+def test_a_study_stored_under_the_same_name_with_another_configuration_is_refused(tmp_path, monkeypatch, capsys):
+    """Refused before anything runs, and again under the study lock: a search of the same name that
+    stored its study while this one was in its pre-flight (and then ended) is not overwritten, nor
+    are its results counted as this configuration's."""
+    from dm_tune.cli import main
+    from dm_tune.search import _preflight
+    from dm_tune.search._study import Study
+
+    ws = tmp_path / "ws"
+    other = Study.from_dict(tiny_study("x", training={"epochs": 3})).to_dict()
+    (ws / "studies").mkdir(parents=True)
+    (ws / "studies" / "x.json").write_text(json.dumps(other))
+    args = ["search", "--config", str(_study_file(tmp_path, tiny_study("x"))), "--epochs", "4", "--workspace", str(ws)]
+    proc = _cli(*args, cwd=tmp_path)
+    _one_line_error(proc, "study 'x' already exists", "different configuration", "--resume x")
+
+    (ws / "studies" / "x.json").unlink()
+    real = _preflight.load_sources
+
+    def stored_meanwhile(study):  # the other search stores its study during this one's pre-flight
+        (ws / "studies" / "x.json").write_text(json.dumps(other))
+        return real(study)
+
+    monkeypatch.setattr(_preflight, "load_sources", stored_meanwhile)
+    for name in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AIR_NEW_OUTPUT", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",
+                 "TUNE_DISABLE_STRICT_METRIC_CHECKING"):  # what the search sets: as they were, after the test
+        monkeypatch.setenv(name, os.environ.get(name, "0"))
+    assert main(args) == 2
+    assert "different configuration" in capsys.readouterr().err
+    assert json.loads((ws / "studies" / "x.json").read_text()) == other

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import UserError, load_yaml
+from dm_tune.errors import UserError, load_yaml, write_output
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -211,6 +211,8 @@ def search_cmd(args: argparse.Namespace) -> int:
     created = not workspace.exists()
     workspace.mkdir(parents=True, exist_ok=True)
     with study_lock(workspace, study.name):  # a second search of the same study is refused here
+        # Again under the lock: a search of this name that ended meanwhile may have stored it.
+        study, resuming = _load_study(args, workspace)
         return _search(args, study, resuming, opts, sources, workspace, created)
 
 
@@ -267,8 +269,9 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     store.join()
     if failed:
         raise failed[0]
-    (workspace / "studies").mkdir(exist_ok=True)
-    (workspace / "studies" / f"{study.name}.json").write_text(json.dumps(study.to_dict(), indent=1) + "\n")
+    if not resuming:  # stored once, whole: a resume reads it, and a kill never leaves it torn
+        (workspace / "studies").mkdir(exist_ok=True)
+        write_output(workspace / "studies" / f"{study.name}.json", json.dumps(study.to_dict(), indent=1) + "\n")
     if resuming:
         print(f"resuming study {study.name!r} in {workspace}", file=sys.stderr)
     import time
