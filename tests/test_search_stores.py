@@ -395,6 +395,45 @@ print("ready")
 """
 
 
+def _tables(db: Path) -> set[str]:
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=0.1)
+        try:
+            return {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return set()
+
+
+def test_a_search_killed_while_creating_its_stores_leaves_none_half_built(tmp_path):
+    """MLflow builds a new store in many migrations; killed (-9) half-way, the first search of a
+    workspace left a schema every later open refused ('table ... already exists'), for good. Built
+    aside and put in place whole, it leaves no store, and the next search creates one."""
+    ws, go = tmp_path / "ws", tmp_path / "go"
+    ws.mkdir()
+    go.touch()
+    proc = subprocess.Popen([sys.executable, "-c", _PREPARE, str(ws), str(go)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any("experiments" in _tables(db) for db in ws.glob("*mlflow.db*") if not db.name.endswith("-journal")):
+                break  # the first migrations are in, the later ones not yet
+            time.sleep(0.02)
+        assert proc.poll() is None, "the stores were created before the test could kill the process"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (ws / "mlflow.db").exists() or _tables(ws / "mlflow.db") >= {"experiments", "runs", "logged_models"}
+    assert check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}") == []
+    prepare_stores(ws, f"sqlite:///{ws / 'mlflow.db'}", f"sqlite:///{ws / 'optuna.db'}")
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").search_experiments()[0].name == "Default"
+    assert sorted(p.name for p in ws.iterdir() if p.name.endswith("db")) == ["mlflow.db", "optuna.db"]
+
+
 def test_two_processes_create_new_stores_at_once(tmp_path):
     """Without the workspace lock, two processes creating a new MLflow store race its schema
     migrations (duplicate column name / alembic_version errors), nearly every time."""

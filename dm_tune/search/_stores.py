@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -187,13 +189,50 @@ def prepare_stores(workspace: Path, tracking_uri: str, optuna_url: str) -> None:
     a new file race (MLflow's migrations fail with 'duplicate column name')."""
     from mlflow.tracking import MlflowClient
 
+    def mlflow_store(path: Path) -> None:
+        MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+
     with stores_lock(workspace):
         tracking = sqlite_path(tracking_uri)
         if tracking is not None:
             with _refused("MLflow", tracking):
-                MlflowClient(tracking_uri).search_experiments(max_results=1)
-        with _refused("Optuna", sqlite_path(optuna_url) or Path(optuna_url)):
-            optuna_storage(optuna_url)
+                _whole(tracking, mlflow_store)
+        optuna_file = sqlite_path(optuna_url)
+        with _refused("Optuna", optuna_file or Path(optuna_url)):
+            if optuna_file is None:
+                optuna_storage(optuna_url)
+            else:
+                _whole(optuna_file, lambda path: optuna_storage(f"sqlite:///{path}"))
+
+
+_CREATING = ".creating"
+_LEFTOVER_AGE_S = 3600.0   # a half-built store of a process killed this long ago is removed
+
+
+def _whole(path: Path, open_store) -> None:
+    """Open the SQLite store at ``path`` with ``open_store(path)``, which creates or upgrades its
+    schema. A new store is built under a temporary name beside it and then put in place in one
+    step, so a process killed while building it (MLflow's migrations are many transactions, and
+    a half-built schema is refused by every later open) leaves no store rather than a broken one."""
+    if path.is_file() and path.stat().st_size > 0:
+        open_store(path)
+        return
+    for leftover in path.parent.glob(f".{path.name}.*{_CREATING}*"):
+        with contextlib.suppress(OSError):
+            if time.time() - leftover.stat().st_mtime > _LEFTOVER_AGE_S:
+                leftover.unlink()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_CREATING}")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # a new file's mode (the umask)
+    try:
+        open_store(tmp)
+        if path.exists():  # an empty file (the pre-flight check warned): replaced
+            os.replace(tmp, path)
+        else:
+            with contextlib.suppress(FileExistsError):  # created meanwhile by another workspace's search: kept
+                os.link(tmp, path)
+    finally:
+        for name in (tmp, Path(f"{tmp}-journal")):
+            name.unlink(missing_ok=True)
 
 
 # SQLite's wait for a store another process is writing: Python's default of 5 s is shorter than a
