@@ -122,3 +122,56 @@ def test_a_checkpoint_on_remote_storage_is_recorded_as_a_uri_that_a_resumed_tria
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)  # not inside a Tune trial here
     assert _dm._resume_state(tmp_path.as_uri()) == {"epoch": 3} == _dm._resume_state(str(tmp_path))
     assert _dm._resume_state(str(tmp_path / "gone")) is None
+
+
+_CLAIM = """
+import sys, time
+from pathlib import Path
+from dm_tune.errors import UserError
+from dm_tune.search._tracking import experiment_id
+uri, ws, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.01)
+try:
+    print("id", experiment_id(uri, "default", None, ws))
+except UserError as e:
+    print("refused", e)
+"""
+
+
+def test_a_study_name_in_a_shared_tracking_store_belongs_to_one_workspace(tmp_path):
+    """Two workspaces tracking into one store (a team's MLflow server) with the same study name: the
+    experiment is the first workspace's; the other's search is refused in one line, not mixed in
+    (its runs would be reused, closed as interrupted and reported as the first's), even when both
+    create it at the same moment."""
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from dm_tune.errors import UserError
+
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    exp = _tracking.experiment_id(uri, "study", None, a)
+    assert _tracking.experiment_id(uri, "study", None, a) == exp
+    with pytest.raises(UserError, match=rf"experiment 'study' at .* of another workspace \({a}\)"):
+        _tracking.experiment_id(uri, "study", None, b)
+    client = MlflowClient(uri)
+    older = client.create_experiment("older")  # an older dm-tune's: untagged, the next workspace's
+    assert _tracking.experiment_id(uri, "older", None, b) == older
+    with pytest.raises(UserError, match=str(b)):
+        _tracking.experiment_id(uri, "older", None, a)
+
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _CLAIM, uri, str(ws), str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for ws in (a, b)]
+    time.sleep(3)  # both imported and waiting
+    go.touch()
+    outs = [proc.communicate(timeout=120) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outs
+    assert sorted(out.split()[0] for out, _ in outs) == ["id", "refused"], outs
+    assert "another workspace" in next(out for out, _ in outs if out.startswith("refused"))

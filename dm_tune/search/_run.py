@@ -443,7 +443,7 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
 
     guidelines = _warm_start_guidelines(study, opts) if isinstance(study.search.warm_start, str) else None
     sources = sources if sources is not None else load_sources(study)
-    exp_id = experiment_id(opts.tracking, study.name, opts.artifact_root)
+    exp_id = experiment_id(opts.tracking, study.name, opts.artifact_root, opts.workspace)
     summaries = []
     for setting in study.expand():
         t0 = time.perf_counter()

@@ -169,6 +169,27 @@ def stores_lock(workspace: Path, timeout_s: float = 300.0) -> Iterator[None]:
         f.close()
 
 
+WORKSPACE_ID = "workspace.id"
+
+
+def workspace_id(workspace: Path) -> str:
+    """The workspace's own random id (``WORKSPACE/workspace.id``, made on first use): what names it
+    to a tracking store that several workspaces share, wherever it is mounted."""
+    path = workspace / WORKSPACE_ID
+    if not path.is_file():  # written aside, then linked into place: never seen half-written, never replaced
+        tmp = path.with_name(f".{WORKSPACE_ID}.{os.getpid()}.{secrets.token_hex(4)}")
+        tmp.write_text(secrets.token_hex(16) + "\n", encoding="ascii")
+        try:
+            with contextlib.suppress(FileExistsError):  # made meanwhile by another process: theirs
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
+    text = path.read_text(encoding="ascii", errors="replace").strip()
+    if not text:
+        raise UserError(f"{path}: empty; remove it (a search writes it again)")
+    return text
+
+
 def remove_if_only_ours(workspace: Path, study: str) -> bool:
     """Remove a workspace this process created for ``study`` and could not use, unless another
     study has come into it meanwhile (a lock file or a stored study of its own): what another

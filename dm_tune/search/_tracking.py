@@ -42,6 +42,7 @@ from typing import Any
 
 from ray import tune
 
+from dm_tune.errors import UserError
 from dm_tune.provenance import git_commit, package_versions
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._trial import TrialOutcome, TrialSpec, member_outcomes
@@ -58,17 +59,41 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def experiment_id(uri: str, name: str, artifact_root: Path | None = None) -> str:
+def experiment_id(uri: str, name: str, artifact_root: Path | None = None, workspace: Path | None = None) -> str:
     """The study's experiment, created on first use. With a local store its artifacts go under
-    ``artifact_root`` (MLflow's default is ./mlruns in whatever directory the search ran from)."""
+    ``artifact_root`` (MLflow's default is ./mlruns in whatever directory the search ran from).
+
+    A tracking store (a server) may be shared by several workspaces, whose studies would then
+    meet under one name: the experiment belongs to the workspace that created it (tag
+    ``dmtune.workspace_id``), and another workspace's search of that name is refused, not mixed
+    in (its runs would be reused, closed and reported as this one's)."""
+    from mlflow.exceptions import MlflowException
+
+    from dm_tune.search._stores import workspace_id
+
     client = _client(uri)
+    owner = {"dmtune.workspace_id": workspace_id(workspace), "dmtune.workspace": str(workspace)} if workspace else {}
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    location = (artifact_root / name).as_uri() if artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=location, tags={"dmtune.study": name})
+    if exp is None:
+        location = (artifact_root / name).as_uri() if artifact_root is not None else None
+        try:
+            return client.create_experiment(name, artifact_location=location, tags={"dmtune.study": name, **owner})
+        except MlflowException:  # created in the meantime by another process: whose is it?
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if owner:
+        theirs = exp.tags.get("dmtune.workspace_id")
+        if theirs is None:  # an older dm-tune's experiment: this workspace's from now on
+            for key, value in owner.items():
+                client.set_experiment_tag(exp.experiment_id, key, value)
+        elif theirs != owner["dmtune.workspace_id"]:
+            raise UserError(f"MLflow experiment {name!r} at {uri} holds study {name!r} of another workspace "
+                            f"({exp.tags.get('dmtune.workspace', theirs)}); search under another --name, "
+                            "or in that workspace")
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
 
 
 def find_runs(uri: str, exp_id: str, tags: Mapping[str, str], max_results: int = 1000, status: str | None = None):

@@ -249,7 +249,7 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
         try:
             prepare_stores(workspace, opts.tracking, opts.optuna_url)
             if local:
-                experiment_id(opts.tracking, study.name, opts.artifact_root)
+                experiment_id(opts.tracking, study.name, opts.artifact_root, workspace)
         except BaseException as e:  # noqa: BLE001 - raised again in the main thread
             failed.append(e)
 
