@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dm_tune.errors import write_output
 from dm_tune.search._study import Study
 from dm_tune.search._trial import OBJECTIVES
 
@@ -129,8 +130,8 @@ def write_summary(summaries: list[SettingSummary], study: Study, workspace: Path
     out = workspace / "summaries"
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / f"{study.name}.md", out / f"{study.name}.json"
-    md.write_text(markdown(summaries, study, wall_s) + "\n")
-    js.write_text(json.dumps({
+    write_output(md, markdown(summaries, study, wall_s) + "\n")
+    write_output(js, json.dumps({
         "study": study.to_dict(), "wall_time_s": wall_s,
         "train_time_s": sum(s.train_time_s for s in summaries),
         "settings": [{"setting": s.setting, "search_trials": s.search_trials,
