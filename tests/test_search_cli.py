@@ -117,6 +117,24 @@ def test_val_noisy_on_a_dataset_with_its_own_validation_set_is_refused_before_th
     assert not (tmp_path / "ws").exists()
 
 
+@pytest.mark.parametrize("dataset, metric", [("digits", "accuracy"), ("reid-synth", "mAP")])
+def test_a_search_without_a_validation_split_is_refused_before_it_starts(tmp_path, dataset, metric):
+    """val_fraction 0 leaves the objective (final validation accuracy or mAP) NaN in every trial: the
+    search could rank nothing. A dataset with a validation set of its own needs no carved one."""
+    from dm_tune.search._preflight import load_sources
+    from dm_tune.search._study import Study
+    from tests.test_datasets_disk import make_imagefolder
+
+    study = _study_file(tmp_path, tiny_study("nv", settings={"dataset": [dataset]}, training={"val_fraction": 0.0}))
+    proc = _cli("search", "--config", str(study), "--workspace", str(tmp_path / "ws"), cwd=tmp_path, timeout=60)
+    _one_line_error(proc, "training.val_fraction: 0.0", f"validation {metric}", repr(dataset))
+    assert not (tmp_path / "ws").exists()
+    root = make_imagefolder(tmp_path / "images", with_val=True)
+    own = tiny_study("own", settings={"dataset": ["imagefolder"], "noise": ["none"], "noise_rate": [0.0]},
+                     training={"val_fraction": 0.0, "data_root": str(root)})
+    assert set(load_sources(Study.from_dict(own))) == {"imagefolder"}
+
+
 @pytest.mark.parametrize("content, needle", [
     ("", "empty"),
     ("settings: [unclosed\n", "not valid YAML"),

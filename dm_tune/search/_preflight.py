@@ -113,6 +113,11 @@ def load_sources(study: Study) -> dict[str, Any]:
             sources[setting.dataset] = load_source(study.train_config(setting))
     for src in sources.values():  # prepare() refuses it in every trial; say it once, now
         check_val_noisy(bool(study.training.get("val_noisy")), src, "training.val_noisy")
+    for setting in study.expand():  # the search selects by final validation accuracy (mAP): it needs one
+        if sources[setting.dataset].val is None and study.train_config(setting).val_fraction == 0.0:
+            raise ConfigError("training.val_fraction", 0.0, f"expected > 0: dataset {setting.dataset!r} has no "
+                              "validation split of its own, and the search selects arms by final validation "
+                              f"{'mAP' if study.task == 'retrieval' else 'accuracy'}")
     if study.scheduler.kind == "asha":  # the budget is known once the datasets' defaults are
         for setting in study.expand():
             src = sources[setting.dataset]
