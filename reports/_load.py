@@ -37,6 +37,9 @@ NUMERIC_COLUMNS = ("lam", "beta", "psi", "rho", "noise_rate", "imbalance_ratio",
 REQUIRED_METRICS = ("final_test_acc", "final_val_acc")
 # ...unless its status explains why: such runs are kept (with NaN accuracies) so that they are counted.
 FAILED_STATUSES = ("diverged", "errored")
+# A search still running (or interrupted, until it is resumed) has runs with these: skipped, not
+# counted as errored.
+IN_PROGRESS = ("running", "interrupted")
 HISTORY_METRICS = ("weight_clean", "weight_noisy", "test_acc")
 COLUMNS = ("run_id", "experiment", "setting", "stage", "baseline", "status", "task") + PARAM_COLUMNS + METRIC_COLUMNS + (
     RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version"))
@@ -99,6 +102,8 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
                tags: dict[str, str]) -> dict[str, Any] | None:
     """One trial run as a flat dict, or None when it lacks its final metrics without a reason."""
     status = tags.get("dmtune.status", "")
+    if status in IN_PROGRESS:  # its final metrics, if any, may be there before its status: not a result yet
+        return None
     task = "retrieval" if "final_val_map" in metrics else "classification"
     if task == "retrieval":
         metrics = {**metrics, **{acc: metrics.get(m, math.nan) for acc, m in RETRIEVAL_SCORES.items()}}

@@ -248,3 +248,14 @@ def test_a_report_into_a_folder_another_report_is_writing_is_refused(store: dict
     assert str(info.value).startswith(f"{out}: another dm-tune report is writing there (pid ")
     assert sorted(p.name for p in out.iterdir()) == [".report.lock"]  # nothing of this one written
     assert args.func(args) == 0 and (out / "guidelines.json").is_file()  # once the other is done
+
+
+def test_a_run_still_running_is_skipped_even_with_its_final_metrics() -> None:
+    """A report taken while a search runs: a trial's final metrics can be in the store a moment
+    before its status (or until the search's reconcile); it was counted as errored."""
+    from dm_tune.reports._load import run_to_row
+
+    params = {"method": "dm", "lam": "1", "beta": "8", "seed": "0"}
+    for status in ("running", "interrupted"):
+        assert run_to_row("s", "r", params, final(0.8, 0.7), {"dmtune.status": status}) is None
+    assert run_to_row("s", "r", params, final(0.8, 0.7), {"dmtune.status": "finished"})["status"] == "finished"
