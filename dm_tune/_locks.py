@@ -18,11 +18,12 @@ from dm_tune.errors import UserError
 
 
 @contextlib.contextmanager
-def held(path: Path, busy: str) -> Iterator[None]:
+def held(path: Path, busy: str, wait_s: float = 0.0) -> Iterator[None]:
     """Hold the lock file ``path`` for this process (it names the holder: pid, host, since when),
-    or fail with one line: ``busy`` with ``{holder}`` filled in. The lock goes with the process,
-    however it ends (``kill -9`` included): the kernel releases it."""
-    f = acquire(path, busy)
+    waiting up to ``wait_s`` for another holder, or fail with one line: ``busy`` with ``{holder}``
+    filled in. The lock goes with the process, however it ends (``kill -9`` included): the kernel
+    releases it."""
+    f = acquire(path, busy, wait_s=wait_s)
     try:
         f.seek(0)
         f.truncate()

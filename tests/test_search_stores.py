@@ -360,6 +360,24 @@ def test_a_study_lock_is_not_taken_in_a_workspace_being_removed(tmp_path):
                 pass
 
 
+def test_the_workspace_lock_waits_then_names_its_holder(tmp_path):
+    from dm_tune.search._stores import stores_lock
+
+    ws = tmp_path / "ws"
+    holder = subprocess.Popen([sys.executable, "-c", _REMOVER, str(ws)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "removing"
+        t0 = time.monotonic()
+        with pytest.raises(UserError, match=rf"held by another process for more than 0.5 s \(pid {holder.pid} on "):
+            with stores_lock(ws, timeout_s=0.5):
+                pass
+        assert time.monotonic() - t0 >= 0.5
+    finally:
+        holder.wait(timeout=60)
+    with stores_lock(ws, timeout_s=0.5):  # its holder gone (and the workspace with it): taken at once
+        pass
+
+
 def test_a_lock_taken_on_a_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):
     """Opened, then its folder removed by the search that created it, then locked: that lock would
     be on a file no one else can see; the study lock is taken on the file at the path instead."""

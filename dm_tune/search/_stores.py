@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from dm_tune._locks import acquire, held
+from dm_tune._locks import held
 from dm_tune.errors import UserError
 
 LOCKS_DIR = "locks"
@@ -161,12 +161,8 @@ def stores_lock(workspace: Path, timeout_s: float = 300.0) -> Iterator[None]:
     """The workspace-wide lock under which stores are created or upgraded, study locks taken and a
     new workspace removed (a few seconds at most)."""
     path = workspace / LOCKS_DIR / _STORES_LOCK
-    f = acquire(path, f"{path}: held by another process for more than {timeout_s:g} s ({{holder}})",
-                wait_s=timeout_s)
-    try:
+    with held(path, f"{path}: held by another process for more than {timeout_s:g} s ({{holder}})", wait_s=timeout_s):
         yield
-    finally:
-        f.close()
 
 
 WORKSPACE_ID = "workspace.id"
