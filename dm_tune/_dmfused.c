@@ -121,7 +121,8 @@
                 T *gi = gk + i * c;                                                            \
                 const double sh = w[i] / total;                                                \
                 const double scale = kind == 1 ? mult[i] / (double)n                           \
-                                               : sh / (-2.0 * pm1[i] + CCE_WEIGHT_EPS);        \
+                                   : kind == 0 ? sh / (-2.0 * pm1[i] + CCE_WEIGHT_EPS)         \
+                                               : mult[i] / total; /* -DN: m over the mass */   \
                 const double row_scale = scale / rowsum[i];                                    \
                 for (Py_ssize_t j = 0; j < c; ++j) gi[j] = (T)((double)gi[j] * row_scale);     \
                 gi[yk[i]] = (T)(pm1[i] * scale);                                               \

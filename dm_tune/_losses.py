@@ -161,8 +161,10 @@ class SchemeLoss(_GradLoss):
     """A classical loss (CCE, MAE, MSE, GCE, SL) through the shared mechanism.
 
     ``normalised=False`` reproduces autograd's gradient of the batch-mean loss exactly;
-    ``normalised=True`` is the paper's "-DN" form: the same per-example gradients rescaled so
-    their L1 norms sum to 1 over the mini-batch (DM's mechanism with the loss's own weights).
+    ``normalised=True`` is the paper's "-DN" form: the same per-example gradients divided by the
+    sum of their L1 norms over the mini-batch, m(p_i) (probs - onehot) / sum_j 2 (1 - p_j) m(p_j),
+    as the authors' -DN layers compute it. (Not DM's divide-out of CCE's weight, whose 1e-6 would
+    shrink the gradients of fitted examples: the batch's gradient mass stays 1.)
     """
 
     def __init__(self, scheme: Scheme, normalised: bool = False) -> None:
@@ -173,9 +175,10 @@ class SchemeLoss(_GradLoss):
         probs, p = W._labelled(logits, targets)
         m = self.scheme.multiplier(p)
         weight = 2.0 * (1.0 - p) * m
-        share = weight / weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
+        total = weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
+        share = weight / total
         if self.normalised:
-            grad = W._share_times_direction(share, probs, p, targets)
+            grad = (m / total).unsqueeze(1) * W._direction(probs, targets)
             return grad, share, _weighted_cce(logits, targets, share)
         grad = (m / p.shape[0]).unsqueeze(1) * W._direction(probs, targets)
         logp = F.log_softmax(logits.to(p.dtype), dim=1).gather(1, targets.long().view(-1, 1))

@@ -97,10 +97,13 @@ def population_loss_parts(
     # The other members: their multiplier m(p) and weight 2 (1-p) m(p).
     m = (knobs["b"] * torch.pow(p, knobs["q"])).mul_(torch.pow(one_minus_p, knobs["r"])).add_(knobs["a"])
     weight = 2.0 * one_minus_p * m
-    share_s = weight / weight.sum(1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    total = weight.sum(1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    share_s = weight / total
     is_dm, plain = knobs["kind"] == DM, knobs["kind"] == PLAIN
     share = torch.where(is_dm, share_dm, share_s)
-    scale = torch.where(plain, m / batch, share / torch.rsub(p_minus_1, CCE_WEIGHT_EPS, alpha=2.0))
+    # DM: its share over CCE's divided-out weight; "-DN": m over the batch's gradient mass; plain: m / B.
+    scale = torch.where(plain, m / batch, torch.where(is_dm, share / torch.rsub(p_minus_1, CCE_WEIGHT_EPS, alpha=2.0),
+                                                      m / total))
     grad = probs.scatter_(2, index, p_minus_1.unsqueeze(2)).mul_(scale.unsqueeze(2))
     value = (knobs["alpha"] * -logp
              + knobs["gamma"] * -torch.expm1(knobs["q"] * logp) / knobs["q"]

@@ -74,6 +74,12 @@ def test_population_loss_matches_every_single_loss(dtype, kernel):
     logits[0, 0, 3] = 60.0  # an example fitted to p == 1 in float32
     targets = torch.randint(0, 10, (len(cfgs), 37), generator=gen)
     targets[0, 0] = 3
+    # Fitted examples (1 - p from 1e-4 down to 1e-9) for the classical members, whose -DN forms
+    # divide by the batch's gradient mass, not by CCE's weight plus DM's 1e-6.
+    margin = torch.linspace(10.0, 22.0, 10, dtype=logits.dtype).expand(len(cfgs), 10).unsqueeze(2)
+    fitted = logits[:, -10:].scatter_add(2, targets[:, -10:].unsqueeze(2), margin)
+    classical = torch.tensor([c.method != "dm" for c in cfgs])
+    logits[classical, -10:] = fitted[classical]
     logits.requires_grad_()
     pop = PopulationLoss([member_loss(c) for c in cfgs], kernel=kernel)
     display = pop(logits, targets)
