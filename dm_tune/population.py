@@ -130,8 +130,12 @@ def plan_populations(configs: Sequence[TrainConfig], datas: Sequence[Data], size
 
 def train_population(configs: Sequence[TrainConfig], datas: Sequence[Data],
                      report: PopulationReport | None = None,
-                     resume: dict[str, Any] | None = None) -> list[TrainResult]:
-    """Train every member ``configs[k]`` on ``datas[k]``; one TrainResult per member, in order."""
+                     resume: dict[str, Any] | None = None,
+                     member_done: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
+    """Train every member ``configs[k]`` on ``datas[k]``; one TrainResult per member, in order.
+
+    ``member_done(k, result)``: called as soon as member ``k`` has its result, before the others
+    have theirs (members trained one at a time finish one by one; together, all at the end)."""
     if len(configs) != len(datas) or not configs:
         raise ValueError(f"need one data per config and at least one member, got {len(configs)} and {len(datas)}")
     reasons = [solo_reason(c, d) for c, d in zip(configs, datas)]
@@ -140,7 +144,17 @@ def train_population(configs: Sequence[TrainConfig], datas: Sequence[Data],
         if reason and len(configs) > 1:
             print(f"dm-tune: population of {len(configs)} runs one member at a time (K = 1): {reason}",
                   file=sys.stderr)
-        return _train_one_by_one(configs, datas, report, resume)
+        results = _train_one_by_one(configs, datas, report, resume, member_done)
+    else:
+        results = _train_all(configs, datas, report, resume)
+        for k, result in enumerate(results):
+            if member_done is not None:
+                member_done(k, result)
+    return results
+
+
+def _train_all(configs: Sequence[TrainConfig], datas: Sequence[Data], report: PopulationReport | None,
+               resume: dict[str, Any] | None) -> list[TrainResult]:
     keys = [population_key(c, d) for c, d in zip(configs, datas)]
     if len(set(keys)) > 1:
         field = _first_difference(configs, datas)
@@ -177,12 +191,16 @@ def _spec(config: TrainConfig, data: Data) -> ModelSpec:
 
 
 def _train_one_by_one(configs: Sequence[TrainConfig], datas: Sequence[Data], report: PopulationReport | None,
-                      resume: dict[str, Any] | None) -> list[TrainResult]:
+                      resume: dict[str, Any] | None,
+                      member_done: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
     """Each member through train(); the snapshot holds the finished results and the current run."""
     if resume is not None and (resume.get("format") != SNAPSHOT_FORMAT or resume.get("kind") != "one-by-one"):
         raise ValueError("resume: not a snapshot of a population trained one member at a time")
     done: list[dict[str, Any]] = list(resume["done"]) if resume else []
     results = [TrainResult(**d) for d in done]
+    for k, result in enumerate(results):  # finished before the snapshot
+        if member_done is not None:
+            member_done(k, result)
     interrupted = len(done)  # the member the snapshot's current run belongs to; those after it start afresh
     for k in range(len(results), len(configs)):
         current = resume["current"] if resume and k == interrupted else None
@@ -195,6 +213,8 @@ def _train_one_by_one(configs: Sequence[TrainConfig], datas: Sequence[Data], rep
         result = train(configs[k], datas[k], member_report, current)
         results.append(result)
         done.append(_result_fields(result))
+        if member_done is not None:
+            member_done(k, result)
     return results
 
 

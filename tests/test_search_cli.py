@@ -324,3 +324,34 @@ def test_a_study_stored_under_the_same_name_with_another_configuration_is_refuse
     assert main(args) == 2
     assert "different configuration" in capsys.readouterr().err
     assert json.loads((ws / "studies" / "x.json").read_text()) == other
+
+
+@pytest.mark.slow
+def test_members_that_ended_before_their_population_failed_for_good_keep_their_results(tmp_path):
+    """Retrieval members train one at a time: in each population the first member finishes, then
+    the second fails for good (max_failures 0). The first keeps its result (it was recorded as
+    errored, the population's fate), in the ledger, MLflow and the summary alike."""
+    ws, markers = tmp_path / "ws", tmp_path / "faults"
+    markers.mkdir()
+    study = _study_file(tmp_path, tiny_study("oneby", settings={"dataset": ["reid-synth"], "noise_rate": [0.3]},
+                                             search={"num_samples": 2, "top_k": 1}, baselines=["cce"],
+                                             seeds=[0, 1], training={"epochs": 2}, population_size=2,
+                                             checkpoint_every=1, max_failures=0))
+    proc = _cli("search", "--config", str(study), "--workspace", str(ws), cwd=tmp_path,
+                env={"DMTUNE_FAULT": f"2:{markers}", "DMTUNE_FAULT_MEMBER": "1"})
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "failed for good (RuntimeError: injected failure at epoch 2 (DMTUNE_FAULT))" in proc.stderr
+    (path,) = (ws / "ledger" / "oneby").glob("*.jsonl")
+    ledger = Ledger(path)
+    groups: dict[str, list[str]] = {}
+    for key in ledger.started:
+        groups.setdefault(ledger.group[key], []).append(key)
+    pairs = [keys for keys in groups.values() if len(keys) == 2]
+    assert pairs, groups
+    _, trials = _trials(ws, "oneby")
+    runs = {r.data.tags["dmtune.trial_key"]: r for r in trials}
+    for first, second in pairs:
+        assert ledger.ended[first].status == "finished" and ledger.ended[first].epochs_reached == 2
+        assert ledger.ended[second].status == "errored"
+        assert runs[first].info.status == "FINISHED" and 0.0 < runs[first].data.metrics["final_val_map"] < 1.0
+        assert runs[second].info.status == "FAILED"

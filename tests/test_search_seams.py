@@ -48,7 +48,9 @@ def test_spec_and_outcome_round_trip_and_keys():
     out = _outcome(0.9)
     assert _same(TrialOutcome.from_dict(json.loads(json.dumps(out.to_dict()))), out)
     assert _same(TrialOutcome.from_report(out.to_report(), errored=False), out)
-    assert not _same(TrialOutcome.from_report(out.to_report(), errored=True), out)
+    # A final report is a result however the trial ended after it (a member trained before its
+    # population failed for good keeps it)
+    assert _same(TrialOutcome.from_report(out.to_report(), errored=True), out)
 
 
 def test_outcome_without_a_final_report_is_early_stopped_or_errored():
@@ -58,8 +60,10 @@ def test_outcome_without_a_final_report_is_early_stopped_or_errored():
     diverged = TrialOutcome.from_report({"epoch": 2, "val_acc": 0.1, "diverged": 1.0}, errored=False)
     assert (diverged.status, diverged.epochs_reached) == ("diverged", 2) and not diverged.usable
     assert TrialOutcome.from_report(None, errored=True).status == "errored"
+    # Failed after its final report (a population trained one member at a time, whose later member
+    # failed for good): the ended members' results stand
     crashed_after_final = TrialOutcome.from_report(population_report([_outcome(0.9)]), errored=True)
-    assert crashed_after_final.status == "errored" and not crashed_after_final.usable
+    assert crashed_after_final.status == "finished" and crashed_after_final.usable
 
 
 def test_ledger_survives_a_torn_last_line_and_knows_what_is_unfinished(tmp_path):

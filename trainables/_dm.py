@@ -40,13 +40,17 @@ class TrialRuntime:
     cpus: int = 1                    # torch threads
 
 
-def _fault_hook(epoch: int) -> None:
+def _fault_hook(epoch: int, members: set[int]) -> None:
     """Test hook: DMTUNE_FAULT="EPOCH:DIR" makes each trial fail once when it reaches EPOCH (with
-    DMTUNE_FAULT_KILL=1 its worker process is killed instead, as by the OOM killer or kill -9)."""
+    DMTUNE_FAULT_KILL=1 its worker process is killed instead, as by the OOM killer or kill -9);
+    DMTUNE_FAULT_MEMBER=K: only when member K (of a population trained one at a time) reaches it."""
     spec = os.environ.get("DMTUNE_FAULT")
     if not spec:
         return
     at, marker_dir = spec.split(":", 1)
+    member = os.environ.get("DMTUNE_FAULT_MEMBER")
+    if member is not None and int(member) not in members:
+        return
     from ray import tune
 
     marker = Path(marker_dir) / f"{tune.get_context().get_trial_id()}.failed"
@@ -79,7 +83,11 @@ def _resume_state(resume_from: str | None) -> dict[str, Any] | None:
     return None
 
 
-def _reporter(runtime: TrialRuntime, budget: int, size: int) -> Callable[[dict[int, dict[str, float]], Any], None]:
+def _reporter(runtime: TrialRuntime, budget: int, size: int,
+              finished: Mapping[int, dict[str, Any]]) -> Callable[[dict[int, dict[str, float]], Any], None]:
+    """Tune's per-epoch reports; ``finished``: the final reports of the members that already ended
+    (trained one at a time), carried in every report so that a trial that then fails for good
+    loses none of them."""
     import torch
     from ray import tune
 
@@ -89,8 +97,8 @@ def _reporter(runtime: TrialRuntime, budget: int, size: int) -> Callable[[dict[i
     def report(epoch_metrics: dict[int, dict[str, float]], snapshot) -> None:
         calls[0] += 1
         epoch = max(int(m["epoch"]) for m in epoch_metrics.values())
-        _fault_hook(epoch)
-        members: list[dict[str, float] | None] = [epoch_metrics.get(k) for k in range(size)]
+        _fault_hook(epoch, set(epoch_metrics))
+        members: list[dict[str, Any] | None] = [epoch_metrics.get(k, finished.get(k)) for k in range(size)]
         metrics: dict[str, Any] = {"epoch": epoch, "members": members}
         if size == 1:
             # The last epoch reaches Tune only in the final report: a scheduler that stops trials
@@ -141,6 +149,12 @@ def dm_trainable(config: Mapping[str, Any], base: Mapping[str, Any], runtime: Tr
     d0 = datas[0]
     budget = configs[0].resolve(d0.defaults, d0.default_model, d0.input_kind).epochs
     resume = _resume_state(config.get("resume_from"))
-    results = train_population(configs, datas, _reporter(runtime, budget, len(specs)), resume=resume)
     node = ray.get_runtime_context().get_node_id()
+    finished: dict[int, dict[str, Any]] = {}
+
+    def member_done(k: int, result: Any) -> None:
+        finished[k] = _outcome(result, node).to_report()
+
+    results = train_population(configs, datas, _reporter(runtime, budget, len(specs), finished), resume=resume,
+                               member_done=member_done)
     tune.report(population_report([_outcome(r, node) for r in results]))

@@ -319,7 +319,7 @@ class StagedSearcher(Searcher):
             self._last[trial_id] = result
             reported = self._reported.setdefault(trial_id, [[] for _ in self._live[trial_id]])
             for rows, member in zip(reported, [] if result.get("final") else result.get("members") or []):
-                if member:
+                if member and not member.get("final"):  # an epoch, not a member that has ended
                     rows.append(dict(member))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

@@ -111,8 +111,8 @@ class TrialOutcome:
         was cut short: by an error, or by a scheduler (early-stopped, from its last epoch), and
         ``history`` holds the epochs it reported."""
         report = report or {}
-        if report.get("final"):
-            status = "errored" if errored else str(report.get("status", "finished"))
+        if report.get("final"):  # it ended with its result (a member trained before its population failed)
+            status = str(report.get("status", "finished"))
             kwargs = {k: report[k] for k in cls.SCALARS if k in report}
             return cls(status=status, node_id=str(report.get("node_id", "")),
                        history=tuple(report.get("history", ())),
