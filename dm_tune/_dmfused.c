@@ -77,11 +77,12 @@
                 double m = zi[0];                                                              \
                 for (Py_ssize_t j = 1; j < c; ++j)                                             \
                     if (zi[j] > m) m = zi[j];                                                  \
-                double s = 0.0;                                                                \
+                double s = 0.0, others = 0.0;                                                  \
                 for (Py_ssize_t j = 0; j < c; ++j) {                                           \
                     const double e = exp((double)zi[j] - m);                                   \
                     gi[j] = (T)e;                                                              \
                     s += e;                                                                    \
+                    if (j != t) others += e;                                                   \
                 }                                                                              \
                 rowsum[i] = s;                                                                 \
                 double lp = (double)zi[t] - m - log(s);                                        \
@@ -101,7 +102,10 @@
                         mp += b * pq * (r == 0.0 ? 1.0 : (r == 1.0 ? omp : pow(omp, r)));      \
                     }                                                                          \
                     mult[i] = mp;                                                              \
-                    w[i] = 2.0 * omp * mp;                                                     \
+                    /* -DN: 1 - p as the other classes sum to (exact where p rounds to 1), also  \
+                     * the labelled entry, so the rows' L1 norms are 2 q exactly */               \
+                    if (kind == 2) pm1[i] = -(others / s);                                     \
+                    w[i] = -2.0 * pm1[i] * mp;                                                 \
                     wsum += w[i];                                                              \
                     value += alpha * -lp + delta * omp * omp;                                  \
                     if (gamma != 0.0) value += gamma * -expm1(q * lp) / q;                     \

@@ -174,12 +174,19 @@ class SchemeLoss(_GradLoss):
     def _grad_share_display(self, logits, targets):
         probs, p = W._labelled(logits, targets)
         m = self.scheme.multiplier(p)
-        weight = 2.0 * (1.0 - p) * m
-        total = weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
-        share = weight / total
         if self.normalised:
-            grad = (m / total).unsqueeze(1) * W._direction(probs, targets)
+            # 1 - p as the other classes' probabilities sum to: exact where p rounds to 1 (their
+            # probabilities do not vanish with it), so each row's L1 norm is 2 q exactly, the batch's
+            # mass is 1, and a batch fitted past the working precision gets no gradient, not m / tiny.
+            index = targets.long().view(-1, 1)
+            q = probs.scatter(1, index, 0.0).sum(1)
+            weight = 2.0 * q * m
+            total = weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
+            share = weight / total
+            grad = W._scaled_direction((m / total).unsqueeze(1), probs, q.unsqueeze(1), index)
             return grad, share, _weighted_cce(logits, targets, share)
+        weight = 2.0 * (1.0 - p) * m
+        share = weight / weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
         grad = (m / p.shape[0]).unsqueeze(1) * W._direction(probs, targets)
         logp = F.log_softmax(logits.to(p.dtype), dim=1).gather(1, targets.long().view(-1, 1))
         return grad, share, self.scheme.value(logp.squeeze(1)).mean()

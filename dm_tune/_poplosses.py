@@ -76,12 +76,13 @@ def member_loss(config: Any) -> MemberLoss:
 
 
 def population_loss_parts(
-    logits: torch.Tensor, targets: torch.Tensor, knobs: dict[str, torch.Tensor]
+    logits: torch.Tensor, targets: torch.Tensor, knobs: dict[str, torch.Tensor], normalised: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logit gradient [K, B, C], shares [K, B], display losses [K]) for every member at once.
 
     ``knobs`` holds one [K, 1] tensor per MemberLoss field, in the dtype the logits are computed
-    in: at least float32, like the single-run losses (see PopulationLoss.knobs).
+    in: at least float32, like the single-run losses (see PopulationLoss.knobs). ``normalised``:
+    whether any member is a "-DN" form (False spares computing what only they use).
     """
     logits = logits.to(_compute_dtype(logits))
     batch = logits.shape[1]
@@ -96,15 +97,21 @@ def population_loss_parts(
     share_dm = torch.softmax(torch.pow(p, knobs["lam"]).mul_(-knobs["beta"]).mul_(p_minus_1), dim=1)
     # The other members: their multiplier m(p) and weight 2 (1-p) m(p).
     m = (knobs["b"] * torch.pow(p, knobs["q"])).mul_(torch.pow(one_minus_p, knobs["r"])).add_(knobs["a"])
-    weight = 2.0 * one_minus_p * m
-    total = weight.sum(1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
-    share_s = weight / total
     is_dm, plain = knobs["kind"] == DM, knobs["kind"] == PLAIN
-    share = torch.where(is_dm, share_dm, share_s)
+    # The labelled entry of the direction, p - 1; for "-DN" members minus the other classes'
+    # probabilities (1 - p exact where p rounds to 1: see SchemeLoss), so their rows' L1 norms are
+    # 2 q exactly and a batch fitted past the working precision gets no gradient.
+    target_entry = p_minus_1
+    if normalised:
+        others = probs.scatter(2, index, 0.0).sum(2)
+        target_entry = torch.where(is_dm | plain, p_minus_1, -others)
+    weight = -2.0 * target_entry * m
+    total = weight.sum(1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    share = torch.where(is_dm, share_dm, weight / total)
     # DM: its share over CCE's divided-out weight; "-DN": m over the batch's gradient mass; plain: m / B.
     scale = torch.where(plain, m / batch, torch.where(is_dm, share / torch.rsub(p_minus_1, CCE_WEIGHT_EPS, alpha=2.0),
                                                       m / total))
-    grad = probs.scatter_(2, index, p_minus_1.unsqueeze(2)).mul_(scale.unsqueeze(2))
+    grad = probs.scatter_(2, index, target_entry.unsqueeze(2)).mul_(scale.unsqueeze(2))
     value = (knobs["alpha"] * -logp
              + knobs["gamma"] * -torch.expm1(knobs["q"] * logp) / knobs["q"]
              + knobs["delta"] * one_minus_p.square())
@@ -128,6 +135,7 @@ class PopulationLoss(nn.Module):
         if kernel == "native" and not _native.available():
             raise ValueError("kernel='native': the fused DM kernel was not built (no C compiler)")
         self.kernel = kernel
+        self.normalised = any(int(m.kind) == NORMALISED for m in members)
         for name in MemberLoss.__dataclass_fields__:
             values = [float(getattr(m, name)) for m in members]
             self.register_buffer(name, torch.tensor(values, dtype=torch.float64).view(-1, 1), persistent=False)
@@ -158,7 +166,7 @@ class PopulationLoss(nn.Module):
         if self.kernel == "native" or (self.kernel == "auto" and _native.population_eligible(logits, targets)):
             grad, share, display = _native.population_parts(logits, targets, self._packed)
         else:
-            grad, share, display = population_loss_parts(logits, targets, knobs)
+            grad, share, display = population_loss_parts(logits, targets, knobs, self.normalised)
         if "class_weights" not in knobs:
             return grad, share, display
         # As ClassWeighted: row i of member k times w_k[y_ki]; shares reweighted, display unweighted.

@@ -372,3 +372,19 @@ def test_dm_loss_under_no_grad_with_grad_requiring_logits():
         value = DMLoss(1.0, 8.0)(logits, targets)
     assert not value.requires_grad
     torch.testing.assert_close(value, DMLoss(1.0, 8.0)(logits, targets).detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["cce", "gce0.7", "mae"])
+def test_dn_on_a_batch_fitted_past_the_working_precision_keeps_its_mass(name, dtype):
+    """Every example fitted so far that 1 - p rounds to 0 while the other classes' probabilities do
+    not: the -DN gradient is still the loss's own direction with a total L1 norm of 1 (it was
+    m / tiny times those probabilities, 1e32), and 0 once those underflow too."""
+    scheme, _ = SCHEMES[name]
+    targets = torch.arange(64) % 10
+    for margin, mass in ((20.0, 1.0), (40.0, 1.0), (800.0, 0.0)):
+        logits = torch.zeros(64, 10, dtype=dtype).scatter_(1, targets.view(-1, 1), margin)
+        _, grad = _grad_of(SchemeLoss(scheme, normalised=True), logits, targets)
+        assert torch.isfinite(grad).all()
+        assert grad.abs().sum().item() == pytest.approx(mass, abs=1e-5), (margin, grad.abs().sum().item())
+        assert torch.allclose(grad.sum(1), torch.zeros(64, dtype=dtype), atol=1e-6)  # a direction: rows sum to 0

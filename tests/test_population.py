@@ -105,6 +105,22 @@ def test_population_loss_matches_every_single_loss(dtype, kernel):
                                    msg=f"{KNOBS[k]}: shares")
 
 
+@pytest.mark.parametrize("kernel", ["torch", "native"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dn_members_on_a_batch_fitted_past_the_working_precision_keep_their_mass(dtype, kernel):
+    """As the single-run -DN losses: a batch whose 1 - p rounds to 0 (the other classes' probabilities
+    not) keeps a gradient mass of at most 1 and finite, next to DM and plain members."""
+    cfgs = [TrainConfig.from_dict({"method": m}) for m in ("cce-dn", "gce-dn", "mae-dn", "dm", "cce")]
+    targets = (torch.arange(64) % 10).expand(len(cfgs), 64).clone()
+    for margin in (20.0, 40.0):
+        logits = torch.zeros(len(cfgs), 64, 10, dtype=dtype).scatter_(2, targets.unsqueeze(2), margin)
+        logits.requires_grad_()
+        PopulationLoss([member_loss(c) for c in cfgs], kernel=kernel)(logits, targets).sum().backward()
+        assert torch.isfinite(logits.grad).all()
+        for k in range(3):
+            assert logits.grad[k].abs().sum().item() == pytest.approx(1.0, abs=1e-5), (margin, k)
+
+
 def test_population_loss_rejects_wrong_shapes():
     pop = PopulationLoss([member_loss(TrainConfig())] * 2)
     with pytest.raises(ValueError, match="logits must have shape"):
