@@ -452,6 +452,30 @@ def test_a_search_killed_while_creating_its_stores_leaves_none_half_built(tmp_pa
     assert sorted(p.name for p in ws.iterdir() if p.name.endswith("db")) == ["mlflow.db", "optuna.db"]
 
 
+@pytest.mark.parametrize("start", ["absent", "empty"])
+def test_a_store_built_aside_never_replaces_one_another_process_put_there_meanwhile(real_stores, tmp_path, start):
+    """A tracking file shared by two workspaces (the stores lock is per workspace): while this
+    process builds its new store aside (seconds of migrations), the other puts one in place. Theirs
+    is kept, not replaced by an empty one; a tracking file's new folder is made as MLflow made it."""
+    from dm_tune.search import _stores
+
+    path = tmp_path / "new" / "shared.db"
+    if start == "empty":
+        path.parent.mkdir()
+        path.write_bytes(b"")
+    theirs = (real_stores / "mlflow.db").read_bytes()
+
+    def built_while_theirs_arrives(tmp: Path) -> None:
+        sqlite3.connect(tmp).execute("CREATE TABLE ours (x)").connection.close()
+        arriving = path.with_name("theirs.db")
+        arriving.write_bytes(theirs)
+        os.replace(arriving, path)
+
+    _stores._whole(path, built_while_theirs_arrives)
+    assert path.read_bytes() == theirs
+    assert sorted(p.name for p in path.parent.iterdir()) == ["shared.db"]  # nothing of ours left beside it
+
+
 def test_two_processes_create_new_stores_at_once(tmp_path):
     """Without the workspace lock, two processes creating a new MLflow store race its schema
     migrations (duplicate column name / alembic_version errors), nearly every time."""

@@ -234,22 +234,39 @@ def _whole(path: Path, open_store) -> None:
     if path.is_file() and path.stat().st_size > 0:
         open_store(path)
         return
+    path.parent.mkdir(parents=True, exist_ok=True)  # as the libraries would (a new --tracking-uri folder)
     for leftover in path.parent.glob(f".{path.name}.*{_CREATING}*"):
         with contextlib.suppress(OSError):
             if time.time() - leftover.stat().st_mtime > _LEFTOVER_AGE_S:
                 leftover.unlink()
+    was_empty = path.is_file()  # a 0-byte file (the pre-flight check warned): replaced if still empty
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_CREATING}")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # a new file's mode (the umask)
     try:
         open_store(tmp)
-        if path.exists():  # an empty file (the pre-flight check warned): replaced
-            os.replace(tmp, path)
-        else:
-            with contextlib.suppress(FileExistsError):  # created meanwhile by another workspace's search: kept
-                os.link(tmp, path)
+        _put_in_place(tmp, path, was_empty)
     finally:
         for name in (tmp, Path(f"{tmp}-journal")):
             name.unlink(missing_ok=True)
+    if path.stat().st_size == 0:  # another process's empty file took the place meanwhile: open it in place
+        open_store(path)
+
+
+def _put_in_place(tmp: Path, path: Path, was_empty: bool) -> None:
+    """``tmp`` at ``path`` unless a store is there by now (another workspace's search, sharing this
+    tracking file, built one meanwhile: theirs is kept and used)."""
+    if was_empty:
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size == 0:
+                os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if the path exists: never replaces another's store
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links: the (narrow) check-then-rename instead
+        if not path.exists():
+            os.replace(tmp, path)
 
 
 # SQLite's wait for a store another process is writing: Python's default of 5 s is shorter than a
