@@ -92,11 +92,12 @@ def summarise(accuracies: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
 
 def arm_overrides(rec: Any) -> dict[str, dict[str, Any]]:
     """TrainConfig fields of each arm for one recommendation."""
-    recommended: dict[str, Any] = {"method": "dm", "lam": float(rec.lam), "beta": float(rec.beta)}
-    weighting = getattr(rec, "class_weighting", "none")
-    if weighting != "none":  # only then: TrainConfig may not know the field yet
-        recommended["class_weighting"] = weighting
-    return {"dm-recommended": recommended, "cce": {"method": "cce"}, "imae": dict(IMAE_KNOBS)}
+    # The recommended class weighting, "none" included, over whatever the config's training holds;
+    # the baselines unweighted, as the guidelines measured them.
+    recommended: dict[str, Any] = {"method": "dm", "lam": float(rec.lam), "beta": float(rec.beta),
+                                   "class_weighting": str(getattr(rec, "class_weighting", "none"))}
+    return {"dm-recommended": recommended, "cce": {"method": "cce", "class_weighting": "none"},
+            "imae": {**IMAE_KNOBS, "class_weighting": "none"}}
 
 
 def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],

@@ -92,7 +92,21 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
     beta = beta_from_rho(rho, lam)
     evidence = how + "; " + "; ".join(_evidence_line(s) for s in used)
     return Recommendation(lam=lam, beta=beta, psi=psi, rho=rho, evidence=evidence,
-                          settings=[str(s.get("setting", setting_label(s))) for s in used], warnings=warnings)
+                          settings=[str(s.get("setting", setting_label(s))) for s in used], warnings=warnings,
+                          class_weighting=_measured_weighting(used, noise_rate, warnings))
+
+
+def _measured_weighting(used: list[dict[str, Any]], rate: float, warnings: list[str]) -> str:
+    """The class weighting of the measured best arms the recommendation rests on; where they differ,
+    that of the setting nearest in noise rate (said in a warning)."""
+    weightings = [str(s.get("class_weighting", "none")) for s in used]
+    if len(set(weightings)) <= 1:
+        return weightings[0] if weightings else "none"
+    nearest = min(used, key=lambda s: abs(float(s["noise_rate"]) - rate))
+    chosen = str(nearest.get("class_weighting", "none"))
+    warnings.append(f"the settings this rests on chose different class weightings ({', '.join(sorted(set(weightings)))}); "
+                    f"using {chosen!r}, that of the nearest in noise rate")
+    return chosen
 
 
 def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float, imbalance: str,

@@ -385,3 +385,15 @@ def test_built_guidelines_round_trip_through_the_schema(tmp_path: Path) -> None:
 def test_no_default_guidelines_are_shipped_by_hand() -> None:
     assert default_guidelines_path().name == "default_guidelines.json"
     assert default_guidelines_path().parent.name == "reports"
+
+
+def test_recommend_without_a_surface_keeps_the_measured_class_weighting() -> None:
+    """Guidelines without a surface block (the schema allows it): the recommendation had always
+    said class weighting "none", whatever the measured best arms used."""
+    same = guidelines([setting(0.2, 0.3, class_weighting="effective-number"),
+                       setting(0.6, 0.7, class_weighting="effective-number")])
+    rec = recommend(same, num_classes=10, noise_type="symmetric", noise_rate=0.4)
+    assert rec.class_weighting == "effective-number"
+    mixed = guidelines([setting(0.2, 0.3, class_weighting="inverse"), setting(0.6, 0.7)])
+    rec = recommend(mixed, num_classes=10, noise_type="symmetric", noise_rate=0.5)
+    assert rec.class_weighting == "none" and any("different class weightings" in w for w in rec.warnings)

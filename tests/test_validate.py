@@ -71,15 +71,21 @@ def test_verdict_rule(mean, std, n, expected):
     assert verdict(mean, std, n) == expected
 
 
-def test_class_weighting_is_passed_only_when_recommended():
+def test_each_arm_trains_with_its_own_class_weighting_whatever_the_config_says():
+    """The recommendation's class weighting, "none" included, and unweighted baselines: a
+    `class_weighting` in the config's training no longer leaks into every arm (a recommended
+    "none" was trained with the config's inverse weighting, and CCE and IMAE with it)."""
+    from dm_tune.config import TrainConfig
+
     plain = arm_overrides(SimpleNamespace(lam=1.5, beta=12.0))
-    assert plain == {"dm-recommended": {"method": "dm", "lam": 1.5, "beta": 12.0}, "cce": {"method": "cce"},
-                     "imae": {"method": "dm", "lam": 1.0, "beta": 8.0}}
-    unweighted = arm_overrides(SimpleNamespace(lam=1, beta=2, class_weighting="none"))
-    assert "class_weighting" not in unweighted["dm-recommended"]
+    assert plain == {"dm-recommended": {"method": "dm", "lam": 1.5, "beta": 12.0, "class_weighting": "none"},
+                     "cce": {"method": "cce", "class_weighting": "none"},
+                     "imae": {"method": "dm", "lam": 1.0, "beta": 8.0, "class_weighting": "none"}}
     weighted = arm_overrides(SimpleNamespace(lam=1, beta=2, class_weighting="sqrt-inverse"))
     assert weighted["dm-recommended"]["class_weighting"] == "sqrt-inverse"
-    assert "class_weighting" not in weighted["cce"]
+    training = {"dataset": "digits", "class_weighting": "inverse"}  # the config's
+    trained = {arm: TrainConfig.from_dict({**training, **o}).class_weighting for arm, o in plain.items()}
+    assert trained == {"dm-recommended": "none", "cce": "none", "imae": "none"}
 
 
 # --- the command -------------------------------------------------------------------------------
