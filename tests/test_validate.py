@@ -122,7 +122,7 @@ def test_validate_trains_every_arm_on_every_seed(tmp_path, capsys, guidelines):
     rec = setting["recommendation"]
     assert {"lam", "beta", "psi", "rho", "evidence"} <= rec.keys()
     assert setting["arms"]["dm-recommended"]["config"]["lam"] == pytest.approx(rec["lam"])
-    assert setting["arms"]["cce"]["config"] == {"method": "cce"}
+    assert setting["arms"]["cce"]["config"] == {"method": "cce", "class_weighting": "none"}
     for arm in doc["arms"]:
         runs = setting["arms"][arm]["runs"]
         assert [r["seed"] for r in runs] == [0, 1]
