@@ -67,9 +67,17 @@ def verdict(mean_diff: float, std: float, n: int) -> str:
     return "within noise"
 
 
+def final_accuracies(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[int, float]]:
+    """Each arm's final test accuracy per seed. A run that did not finish (diverged: its accuracy
+    is that of the epoch it diverged in) has none: NaN, left out of the means and the pairs."""
+    return {arm: {run["seed"]: run["test_acc"] if run["status"] == "finished" else math.nan for run in a["runs"]}
+            for arm, a in runs.items()}
+
+
 def summarise(accuracies: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
-    """Per arm: mean +- sample std of final test accuracy (points) over its finite seeds; per
-    baseline: the paired difference dm-recommended - baseline over the seeds both have."""
+    """Per arm: mean +- sample std of final test accuracy (points) over its finite seeds (NaN: a
+    run that did not finish); per baseline: the paired difference dm-recommended - baseline over
+    the seeds both have."""
     arms = {}
     for arm, by_seed in accuracies.items():
         finite = [v for v in by_seed.values() if math.isfinite(v)]
@@ -140,11 +148,10 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
             runs[arm]["train_config"] = {k: v for k, v in r.config.items() if k not in ("seed", "data_seed")}
         runs[arm]["runs"].append({"seed": s, "test_acc": 100.0 * r.test_accuracy, "status": r.status,
                                   "val_acc": 100.0 * r.val_accuracy})
-    accuracies = {arm: {run["seed"]: run["test_acc"] for run in a["runs"]} for arm, a in runs.items()}
     return {"setting": setting.key, "seeds": list(seeds), "fields": setting.train_fields(),
             "num_classes": int(first.num_classes),
             "model": str(resolved.model), "recommendation": rec.to_dict(), "arms": runs,
-            "summary": summarise(accuracies)}
+            "summary": summarise(final_accuracies(runs))}
 
 
 class Progress:
@@ -223,10 +230,12 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
 # --- output ------------------------------------------------------------------------------------
 
 
-def _acc(a: Mapping[str, Any]) -> str:
+def _acc(a: Mapping[str, Any], runs: int) -> str:
+    """mean ± std of the finished seeds; "(n of N finished)" when some did not finish."""
+    short = f" ({a['n']} of {runs} finished)" if a["n"] < runs else ""
     if not math.isfinite(a["mean"]):
-        return "n/a"
-    return f"{a['mean']:.2f} ± {a['std']:.2f}" if math.isfinite(a["std"]) else f"{a['mean']:.2f}"
+        return "n/a" + short
+    return (f"{a['mean']:.2f} ± {a['std']:.2f}" if math.isfinite(a["std"]) else f"{a['mean']:.2f}") + short
 
 
 def _diff(c: Mapping[str, Any]) -> str:
@@ -246,7 +255,7 @@ def table_rows(doc: Mapping[str, Any]) -> list[list[str]]:
     rows = [["setting", "recommended", *ARMS, "rec − cce", "rec − imae"]]
     for s in doc["settings"]:
         summ = s["summary"]
-        rows.append([s["setting"], _knobs(s), *(_acc(summ["arms"][a]) for a in ARMS),
+        rows.append([s["setting"], _knobs(s), *(_acc(summ["arms"][a], len(s["arms"][a]["runs"])) for a in ARMS),
                      _diff(summ["vs"]["cce"]), _diff(summ["vs"]["imae"])])
     return rows
 

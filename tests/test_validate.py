@@ -313,3 +313,24 @@ def test_a_second_validation_into_the_same_out_is_refused_while_the_first_runs(t
     assert first.returncode == 0, err_first
     doc = json.loads((out / "validation.json").read_text())
     assert len(doc["settings"]) == 2 and not (out / PROGRESS_FILE).exists()  # the first one's, whole
+
+
+def test_a_run_that_did_not_finish_is_no_final_accuracy():
+    """A diverged run's accuracy is that of the epoch it diverged in: it was averaged in and paired
+    as a final accuracy; now the arm's cell says how many of its seeds finished."""
+    from dm_tune.validate import final_accuracies, table_rows
+
+    def run(seed, acc, status="finished"):
+        return {"seed": seed, "test_acc": acc, "status": status, "val_acc": acc}
+
+    runs = {"dm-recommended": {"runs": [run(0, 80.0), run(1, 9.0, "diverged"), run(2, 82.0)]},
+            "cce": {"runs": [run(0, 70.0), run(1, 71.0), run(2, 72.0)]},
+            "imae": {"runs": [run(0, 10.0, "diverged"), run(1, 11.0, "diverged"), run(2, 12.0, "diverged")]}}
+    summary = summarise(final_accuracies(runs))
+    assert summary["arms"]["dm-recommended"] == {"mean": 81.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
+    assert summary["vs"]["cce"]["seeds"] == [0, 2] and summary["vs"]["cce"]["mean_diff"] == 10.0
+    assert summary["vs"]["imae"]["n"] == 0 and summary["vs"]["imae"]["verdict"] == "undetermined"
+    doc = {"settings": [{"setting": "s", "recommendation": {"lam": 1.0, "beta": 8.0, "psi": 0.5, "rho": 2.0},
+                         "arms": runs, "summary": summary}]}
+    row = table_rows(doc)[1]
+    assert row[2] == "81.00 ± 1.41 (2 of 3 finished)" and row[3] == "71.00 ± 1.00" and row[4] == "n/a (0 of 3 finished)"
