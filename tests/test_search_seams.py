@@ -241,6 +241,12 @@ def test_a_seed_stopped_past_the_epoch_its_arm_was_pruned_at_is_told_its_value_t
     assert stopped.status == "early-stopped" and [h["val_acc"] for h in stopped.history] == [0.7, 0.8]
     (trial,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert trial.state.name == "PRUNED" and trial.intermediate_values == {1: pytest.approx(0.5)}
+    # A trial Tune retried from an earlier checkpoint reports epochs again: the latest report of each
+    third = _members(searcher.suggest("t2"))
+    for epoch, val in ((1, 0.1), (2, 0.2), (1, 0.15), (2, 0.25), (3, 0.35)):
+        searcher.on_trial_result("t2", {"epoch": epoch, "members": [{"epoch": epoch, "val_acc": val}]})
+    searcher.on_trial_complete("t2", None, error=True)
+    assert [h["val_acc"] for h in searcher.ledger.ended[third[0].key].history] == [0.15, 0.25, 0.35]
 
 
 def test_optuna_busy_at_a_tell_loses_no_end_and_is_told_later(tmp_path, capsys):

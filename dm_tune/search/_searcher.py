@@ -118,7 +118,8 @@ class StagedSearcher(Searcher):
         self.startup_population_size = startup_population_size or self.search_population_size
         self._live: dict[str, list[TrialSpec]] = {}  # Ray trial id -> its members, this process only
         self._last: dict[str, dict] = {}  # Ray trial id -> its latest result
-        self._reported: dict[str, list[list[dict]]] = {}  # Ray trial id -> each member's per-epoch reports
+        # Ray trial id -> each member's per-epoch reports by epoch (a retried trial reports an epoch again)
+        self._reported: dict[str, list[dict[int, dict]]] = {}
         self._untold: list[TrialSpec] = []  # ended search trials Optuna could not be told of yet
         self._again = ledger.unfinished_populations()  # started before an interruption, never ended
         # Each search arm trains on the first ``search_seeds`` seeds; replicas of an arm that were
@@ -317,15 +318,15 @@ class StagedSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._live:  # what a trial that then crashes had reached (Tune passes no result)
             self._last[trial_id] = result
-            reported = self._reported.setdefault(trial_id, [[] for _ in self._live[trial_id]])
+            reported = self._reported.setdefault(trial_id, [{} for _ in self._live[trial_id]])
             for rows, member in zip(reported, [] if result.get("final") else result.get("members") or []):
                 if member and not member.get("final"):  # an epoch, not a member that has ended
-                    rows.append(dict(member))
+                    rows[int(member.get("epoch", 0) or 0)] = dict(member)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         population = self._live.pop(trial_id, None)
         last = self._last.pop(trial_id, None)
-        reported = self._reported.pop(trial_id, [])
+        reported = [[rows[e] for e in sorted(rows)] for rows in self._reported.pop(trial_id, [])]
         if population is None:
             return
         # A crashed or stopped trial's members are recorded with the epochs they had reached and
