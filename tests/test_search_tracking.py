@@ -158,9 +158,15 @@ def test_a_study_name_in_a_shared_tracking_store_belongs_to_one_workspace(tmp_pa
     b.mkdir()
     exp = _tracking.experiment_id(uri, "study", None, a)
     assert _tracking.experiment_id(uri, "study", None, a) == exp
-    with pytest.raises(UserError, match=rf"experiment 'study' at .* of another workspace \({a}\)"):
+    with pytest.raises(UserError, match=rf"experiment 'study' at .* of another workspace \({a}, id "):
         _tracking.experiment_id(uri, "study", None, b)
     client = MlflowClient(uri)
+    client.delete_experiment(exp)  # the first workspace removed, its experiment deleted (not purged)
+    with pytest.raises(UserError, match=rf"'study' at .* was deleted but is still in the store, with the runs of "
+                                        rf"workspace {a} .*purge it \(mlflow gc\)"):
+        _tracking.experiment_id(uri, "study", None, b)
+    assert _tracking.experiment_id(uri, "study", None, a) == exp  # its own workspace restores it
+    assert client.get_experiment(exp).lifecycle_stage == "active"
     older = client.create_experiment("older")  # an older dm-tune's: untagged, the next workspace's
     assert _tracking.experiment_id(uri, "older", None, b) == older
     with pytest.raises(UserError, match=str(b)):

@@ -88,9 +88,13 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None = None, worksp
             for key, value in owner.items():
                 client.set_experiment_tag(exp.experiment_id, key, value)
         elif theirs != owner["dmtune.workspace_id"]:
+            where = exp.tags.get("dmtune.workspace", theirs)
+            if exp.lifecycle_stage == "deleted":  # e.g. a workspace removed, its experiment deleted in MLflow
+                raise UserError(f"MLflow experiment {name!r} at {uri} was deleted but is still in the store, with "
+                                f"the runs of workspace {where} (id {theirs}); purge it (mlflow gc) or search "
+                                "under another --name")
             raise UserError(f"MLflow experiment {name!r} at {uri} holds study {name!r} of another workspace "
-                            f"({exp.tags.get('dmtune.workspace', theirs)}); search under another --name, "
-                            "or in that workspace")
+                            f"({where}, id {theirs}); search under another --name, or in that workspace")
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     return exp.experiment_id
