@@ -87,6 +87,15 @@ def write_output(path: Path, data: str | bytes) -> None:
 
 
 def _umask() -> int:
+    """The process's umask: read where the kernel says it (no moment with another one set, which
+    another thread's new file would get), else set and put back."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -41,11 +41,12 @@ _MOVE_AWAY = "move it away or use another --workspace"
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The file of a ``sqlite:///`` URI (MLflow's and SQLAlchemy's spelling); None for a server."""
+    """The file of a ``sqlite:///`` URI (MLflow's and SQLAlchemy's spelling); None for a server.
+    As SQLAlchemy reads it: a ``~`` is a folder of that name, not the home directory."""
     parsed = urlparse(uri)
     if parsed.scheme != "sqlite":
         return None
-    return Path(uri[len("sqlite:///"):]).expanduser()
+    return Path(uri[len("sqlite:///"):])
 
 
 def check_workspace(workspace: Path, tracking_uri: str) -> list[str]:
@@ -172,14 +173,15 @@ def workspace_id(workspace: Path) -> str:
     """The workspace's own random id (``WORKSPACE/workspace.id``, made on first use): what names it
     to a tracking store that several workspaces share, wherever it is mounted."""
     path = workspace / WORKSPACE_ID
-    if not path.is_file():  # written aside, then linked into place: never seen half-written, never replaced
+    if not path.is_file():  # written aside, then put in place: never seen half-written, never replaced
         tmp = path.with_name(f".{WORKSPACE_ID}.{os.getpid()}.{secrets.token_hex(4)}")
-        tmp.write_text(secrets.token_hex(16) + "\n", encoding="ascii")
         try:
-            with contextlib.suppress(FileExistsError):  # made meanwhile by another process: theirs
-                os.link(tmp, path)
+            tmp.write_text(secrets.token_hex(16) + "\n", encoding="ascii")
+            _put_in_place(tmp, path, was_empty=False)
+        except OSError as e:
+            raise UserError(f"{path}: cannot be written ({e.strerror or e})") from None
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
     text = path.read_text(encoding="ascii", errors="replace").strip()
     if not text:
         raise UserError(f"{path}: empty; remove it (a search writes it again)")
