@@ -278,6 +278,21 @@ def test_optuna_busy_at_a_tell_loses_no_end_and_is_told_later(tmp_path, capsys):
     assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.9), ("COMPLETE", 0.8), ("COMPLETE", 0.7)]
 
 
+def test_a_member_that_ended_keeps_its_result_when_its_population_then_fails(tmp_path):
+    """Members trained one at a time: the first's final report comes once, in the report after it
+    ended; the population then fails for good. The first is finished, the second errored."""
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=2, num_samples=2, warm_points=[])
+    first, second = _members(searcher.suggest("p0"))
+    done = _outcome(0.9)
+    searcher.on_trial_result("p0", {"epoch": 1, "members": [{"epoch": 1, "val_acc": 0.5}, None]})
+    searcher.on_trial_result("p0", {"epoch": 1, "members": [done.to_report(), {"epoch": 1, "val_acc": 0.3}]})
+    searcher.on_trial_result("p0", {"epoch": 2, "members": [None, {"epoch": 2, "val_acc": 0.4}]})
+    searcher.on_trial_complete("p0", None, error=True)
+    assert _same(searcher.ledger.ended[first.key], done)
+    assert searcher.ledger.ended[second.key].status == "errored"
+    assert searcher.ledger.ended[second.key].epochs_reached == 2
+
+
 def test_searcher_hands_out_populations_and_tells_each_member(tmp_path):
     searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), population_size=2)
     first, second = searcher.suggest("p0"), searcher.suggest("p1")

@@ -84,10 +84,10 @@ def _resume_state(resume_from: str | None) -> dict[str, Any] | None:
 
 
 def _reporter(runtime: TrialRuntime, budget: int, size: int,
-              finished: Mapping[int, dict[str, Any]]) -> Callable[[dict[int, dict[str, float]], Any], None]:
-    """Tune's per-epoch reports; ``finished``: the final reports of the members that already ended
-    (trained one at a time), carried in every report so that a trial that then fails for good
-    loses none of them."""
+              ended: dict[int, dict[str, Any]]) -> Callable[[dict[int, dict[str, float]], Any], None]:
+    """Tune's per-epoch reports; ``ended``: the final reports of members that ended since the last
+    report (trained one at a time), carried in the next one (the searcher keeps them), so that a
+    trial that then fails for good loses none of them."""
     import torch
     from ray import tune
 
@@ -98,7 +98,7 @@ def _reporter(runtime: TrialRuntime, budget: int, size: int,
         calls[0] += 1
         epoch = max(int(m["epoch"]) for m in epoch_metrics.values())
         _fault_hook(epoch, set(epoch_metrics))
-        members: list[dict[str, Any] | None] = [epoch_metrics.get(k, finished.get(k)) for k in range(size)]
+        members: list[dict[str, Any] | None] = [epoch_metrics.get(k, ended.get(k)) for k in range(size)]
         metrics: dict[str, Any] = {"epoch": epoch, "members": members}
         if size == 1:
             # The last epoch reaches Tune only in the final report: a scheduler that stops trials
@@ -113,8 +113,10 @@ def _reporter(runtime: TrialRuntime, budget: int, size: int,
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(snapshot(), Path(tmp) / STATE_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            ended.clear()
         elif calls[0] % runtime.report_every == 0:
             tune.report(metrics)
+            ended.clear()
 
     return report
 
@@ -150,11 +152,11 @@ def dm_trainable(config: Mapping[str, Any], base: Mapping[str, Any], runtime: Tr
     budget = configs[0].resolve(d0.defaults, d0.default_model, d0.input_kind).epochs
     resume = _resume_state(config.get("resume_from"))
     node = ray.get_runtime_context().get_node_id()
-    finished: dict[int, dict[str, Any]] = {}
+    ended: dict[int, dict[str, Any]] = {}
 
     def member_done(k: int, result: Any) -> None:
-        finished[k] = _outcome(result, node).to_report()
+        ended[k] = _outcome(result, node).to_report()
 
-    results = train_population(configs, datas, _reporter(runtime, budget, len(specs), finished), resume=resume,
+    results = train_population(configs, datas, _reporter(runtime, budget, len(specs), ended), resume=resume,
                                member_done=member_done)
     tune.report(population_report([_outcome(r, node) for r in results]))

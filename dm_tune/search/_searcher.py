@@ -120,6 +120,8 @@ class StagedSearcher(Searcher):
         self._last: dict[str, dict] = {}  # Ray trial id -> its latest result
         # Ray trial id -> each member's per-epoch reports by epoch (a retried trial reports an epoch again)
         self._reported: dict[str, list[dict[int, dict]]] = {}
+        # Ray trial id -> the final reports of its members that ended (trained one at a time), each sent once
+        self._ended_members: dict[str, dict[int, dict]] = {}
         self._untold: list[TrialSpec] = []  # ended search trials Optuna could not be told of yet
         self._again = ledger.unfinished_populations()  # started before an interruption, never ended
         # Each search arm trains on the first ``search_seeds`` seeds; replicas of an arm that were
@@ -319,16 +321,24 @@ class StagedSearcher(Searcher):
         if trial_id in self._live:  # what a trial that then crashes had reached (Tune passes no result)
             self._last[trial_id] = result
             reported = self._reported.setdefault(trial_id, [{} for _ in self._live[trial_id]])
-            for rows, member in zip(reported, [] if result.get("final") else result.get("members") or []):
-                if member and not member.get("final"):  # an epoch, not a member that has ended
+            members = [] if result.get("final") else result.get("members") or []
+            for k, (rows, member) in enumerate(zip(reported, members)):
+                if member and member.get("final"):  # a member that has ended: its result
+                    self._ended_members.setdefault(trial_id, {})[k] = dict(member)
+                elif member:
                     rows[int(member.get("epoch", 0) or 0)] = dict(member)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         population = self._live.pop(trial_id, None)
         last = self._last.pop(trial_id, None)
         reported = [[rows[e] for e in sorted(rows)] for rows in self._reported.pop(trial_id, [])]
+        ended = self._ended_members.pop(trial_id, {})
         if population is None:
             return
+        if not (result or {}).get("final") and ended:  # cut short: members that had ended keep their results
+            members = list((result or last or {}).get("members") or []) + [None] * len(population)
+            last = {**(result or last or {}), "members": [ended.get(k, members[k]) for k in range(len(population))]}
+            result = None
         # A crashed or stopped trial's members are recorded with the epochs they had reached and
         # reported, as MLflow has them. Every member's end first: Optuna is told after, and a tell
         # that fails (its store busy past the wait) is retried at the next completion and at the
@@ -368,4 +378,5 @@ class StagedSearcher(Searcher):
         return None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its search algorithm into tuner.pkl
-        return {**self.__dict__, "_study": None, "_live": {}, "_last": {}, "_reported": {}, "_untold": []}
+        return {**self.__dict__, "_study": None, "_live": {}, "_last": {}, "_reported": {}, "_untold": [],
+                "_ended_members": {}}
