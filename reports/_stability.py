@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune.errors import UserError, output_dir, write_output
+from dm_tune.reports._text import json_safe
 
 SETTING_KEYS = ("setting", "psi", "rho", "psi_range", "rho_range", "vs_baselines")
 RULE_KEYS = ("kind", "knob", "supported")
@@ -39,6 +40,7 @@ def check_doc(doc: Any, name: str) -> None:
     for key in ("settings", "rules"):
         if not isinstance(doc.get(key), list):
             raise UserError(f"{name}: missing key {key!r} (a list)")
+    seen: set[str] = set()
     for i, s in enumerate(doc["settings"]):
         where = f"{name}: settings[{i}]"
         if not isinstance(s, Mapping):
@@ -46,24 +48,40 @@ def check_doc(doc: Any, name: str) -> None:
         for key in SETTING_KEYS:
             if key not in s:
                 raise UserError(f"{where}: missing key {key!r}")
+        if not isinstance(s["setting"], str) or not s["setting"]:
+            raise UserError(f"{where}: setting must be a non-empty string, got {s['setting']!r}")
+        if s["setting"] in seen:
+            raise UserError(f"{where}: setting {s['setting']!r} appears twice")
+        seen.add(s["setting"])
         for key in ("psi_range", "rho_range"):
             r = s[key]
-            if not (isinstance(r, list) and len(r) == 2 and all(_is_number(v) for v in r)):
-                raise UserError(f"{where} ({s['setting']}): {key} must be a [low, high] pair of numbers")
+            if not (isinstance(r, list) and len(r) == 2 and all(_is_number(v) for v in r) and r[0] <= r[1]):
+                raise UserError(f"{where} ({s['setting']}): {key} must be a [low, high] pair of numbers, low <= high")
         for key in ("psi", "rho"):
             if not _is_number(s[key]):
                 raise UserError(f"{where} ({s['setting']}): {key} must be a number")
-        cce = s["vs_baselines"].get("cce") if isinstance(s["vs_baselines"], Mapping) else None
+        if not isinstance(s["vs_baselines"], Mapping):
+            raise UserError(f"{where} ({s['setting']}): vs_baselines must be an object")
+        cce = s["vs_baselines"].get("cce")
         if isinstance(cce, Mapping):
             for key in ("mean_diff", "std"):
                 if key not in cce:
                     raise UserError(f"{where} ({s['setting']}): missing key 'vs_baselines.cce.{key}'")
+                if cce[key] is not None and not (isinstance(cce[key], (int, float)) and not isinstance(cce[key], bool)):
+                    raise UserError(f"{where} ({s['setting']}): vs_baselines.cce.{key} must be a number or null, "
+                                    f"got {cce[key]!r}")
     for i, r in enumerate(doc["rules"]):
         if not isinstance(r, Mapping):
             raise UserError(f"{name}: rules[{i}]: expected an object")
         for key in RULE_KEYS:
             if key not in r:
                 raise UserError(f"{name}: rules[{i}]: missing key {key!r}")
+        for key in ("kind", "knob", "x", "task"):
+            if key in r and not isinstance(r[key], str):
+                raise UserError(f"{name}: rules[{i}]: {key} must be a string, got {r[key]!r}")
+        if r.get("group") is not None and not (isinstance(r["group"], Mapping)
+                                               and all(isinstance(k, str) for k in r["group"])):
+            raise UserError(f"{name}: rules[{i}]: group must be an object of field: value, got {r['group']!r}")
         if r["supported"] and not _is_number(r.get("b")):
             raise UserError(f"{name}: rules[{i}]: missing key 'b' (the slope of a supported rule)")
     if doc.get("surface") is not None:
@@ -338,7 +356,7 @@ def stability_command(args: argparse.Namespace) -> int:
     if args.out:
         out = output_dir("--out", args.out)
         doc = {"a": str(args.a), "b": str(args.b), **result}  # as given: the names the Markdown shows
-        write_output(out / "stability.json", json.dumps(doc, indent=1) + "\n")
+        write_output(out / "stability.json", json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n")
         write_output(out / "stability.md", to_markdown(result, args.a, args.b))
         print(f"stability.json: {out / 'stability.json'}\nstability.md: {out / 'stability.md'}")
     return 0

@@ -129,6 +129,13 @@ def test_markdown_has_the_table_and_the_rule_verdicts():
     (lambda d: d["rules"][2].pop("supported"), "rules[2]: missing key 'supported'"),
     # a surface block is checked as the guidelines schema checks it (it was a KeyError: 'encoding')
     (lambda d: d.update(surface={"task": "classification"}), "surface.encoding: "),
+    # wrong types: each was a traceback further on (unhashable, format code, join)
+    (lambda d: d["settings"][0].update(setting=["a"]), "settings[0]: setting must be a non-empty string, got ['a']"),
+    (lambda d: d["settings"][0]["vs_baselines"]["cce"].update(mean_diff="x"),
+     "vs_baselines.cce.mean_diff must be a number or null, got 'x'"),
+    (lambda d: d["rules"][0].update(group=["noise"]), "rules[0]: group must be an object of field: value"),
+    (lambda d: d["settings"].append(copy.deepcopy(d["settings"][0])), "appears twice"),
+    (lambda d: d["settings"][0].update(psi_range=[0.6, 0.2]), "low <= high"),
 ])
 def test_a_missing_key_is_named(edit, message):
     doc = copy.deepcopy(docs()[0])
@@ -140,13 +147,15 @@ def test_a_missing_key_is_named(edit, message):
 
 def test_the_command_writes_json_and_markdown(tmp_path: Path, capsys):
     a, b = docs()
+    a["settings"][0]["vs_baselines"]["cce"]["std"] = float("nan")  # one seed: no spread; written as null
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     out = tmp_path / "out"
     assert main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "2 setting(s) in both runs" in printed and "rules claimed" in printed
-    doc = json.loads((out / "stability.json").read_text())
+    text = (out / "stability.json").read_text()
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert doc["summary"]["region_overlap_fraction"] == 0.5 and doc["a"].endswith("a.json")
     assert (out / "stability.md").read_text().startswith("## Stability between two runs")
 
