@@ -113,7 +113,11 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
                   imbalance_ratio: float, dataset: str | None) -> Recommendation:
     from dm_tune.reports._surface import recommend_from_surface  # numpy inside: recommend stays light
 
-    r = recommend_from_surface(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, dataset)
+    try:
+        r = recommend_from_surface(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, dataset)
+    except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as e:  # numpy's LinAlgError is a ValueError
+        raise UserError(f"the guidelines' surface block cannot be used ({type(e).__name__}: {e}); write it again "
+                        "with 'dm-tune report'") from None
     gain = r["predicted_gain"]
     lines = [f"{setting_label(s)}: correlation {s['correlation']:.2f}, measured best "
              f"{s['best_gain']:+.1f} points over CCE (validation)" for s in r["leans_on"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,12 @@ class _Setting(BaseModel):
     task: Literal["classification", "retrieval"] = "classification"
 
 
+# The features fit_surface writes (reports/_surface.py): these names, and indicators by prefix.
+PLAIN_FEATURES = ("psi", "log_rho", "noise_rate", "log_num_classes", "log_imbalance_ratio")
+FEATURE_PREFIXES = ("cw=", "noise=", "imbalance=", "dataset=")
+MAX_LOG_HYPER = 700.0  # exp(710) overflows a double
+
+
 class _Model(BaseModel):
     """What gp_predict() relies on: the serialised Gaussian process."""
 
@@ -66,6 +73,17 @@ class _Model(BaseModel):
         if len(self.theta) != n + 2:
             raise violation(f"expected {n + 2} values: log signal variance, {n} log length scales, log noise",
                             "theta", f"{len(self.theta)} values")
+        bad = next((t for t in self.theta if not (math.isfinite(t) and abs(t) <= MAX_LOG_HYPER)), None)
+        if bad is not None:  # exp() of it overflows: no kernel
+            raise violation(f"expected finite log hyper-parameters within ±{MAX_LOG_HYPER:g}", "theta", bad)
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise violation("expected a finite jitter >= 0", "alpha", self.alpha)
+        unknown = next((f for f in self.feature_names if not (f in PLAIN_FEATURES or f.startswith(FEATURE_PREFIXES))),
+                       None)
+        if unknown is not None or not {"psi", "log_rho"} <= set(self.feature_names):
+            raise violation(f"expected psi, log_rho and features among {', '.join(PLAIN_FEATURES)} or "
+                            f"{', '.join(p + '...' for p in FEATURE_PREFIXES)}", "feature_names",
+                            unknown or self.feature_names)
         return self
 
 

@@ -119,7 +119,11 @@ def guidelines_text() -> str:
     (lambda m: m.update(theta=m["theta"][:3]), "surface.model.theta: '3 values' is not allowed; expected 5 values"),
     (lambda m: m["X"][1].pop(), "surface.model.X: 'a row of 2' is not allowed; expected rows of 3 values"),
     (lambda m: m["y"].pop(), "surface.model.y: "),
-    (lambda m: m.update(feature_names=["psi", "log_rho", "rate"]), "surface.encoding.features: "),
+    (lambda m: m.update(feature_names=["psi", "log_rho", "log_num_classes"]), "surface.encoding.features: "),
+    # numbers that pass as floats but break the kernel: exp() overflow, a negative jitter, an unknown feature
+    (lambda m: m["theta"].__setitem__(0, 1e308), "surface.model.theta: 1e+308 is not allowed; expected finite log"),
+    (lambda m: m.update(alpha=-1.0), "surface.model.alpha: -1.0 is not allowed; expected a finite jitter >= 0"),
+    (lambda m: m.update(feature_names=["zzz", "log_rho", "noise_rate"]), "surface.model.feature_names: 'zzz'"),
 ])
 def test_a_surface_whose_shapes_disagree_is_named(guidelines_text: str, edit: Any, problem: str) -> None:
     """A truncated theta was broadcast over every feature (another surface, silently), a short row
@@ -323,3 +327,21 @@ def test_guidelines_carry_the_surface_and_recommend_json_on_the_command_line(tmp
     assert set(rec_json["region"]) == {"psi", "rho", "plausible", "within_points"}
     assert set(rec_json["predicted_gain"]) == {"mean", "low", "high", "level"}
     assert rec_json["psi"] == pytest.approx(rec.psi) and rec_json["class_weighting"] == "none"
+
+
+def test_a_surface_that_passes_the_schema_but_cannot_be_used_is_one_line() -> None:
+    """Lists the schema cannot relate (a dataset feature with no dataset in the encoding) made numpy
+    tracebacks deep in the prediction: one line naming the surface block, and what to do."""
+    import copy
+
+    from dm_tune.errors import UserError
+    from dm_tune.reports._recommend import recommend
+    from dm_tune.reports._schema import default_guidelines_path, load_guidelines, validate_guidelines
+
+    shipped = load_guidelines(default_guidelines_path())
+    doc = copy.deepcopy(shipped)
+    doc["surface"]["encoding"]["datasets"] = []
+    assert validate_guidelines(doc) is None
+    with pytest.raises(UserError, match=r"the guidelines' surface block cannot be used \(.*\); write it again"):
+        recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits")
+    assert recommend(shipped, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits").lam > 0
