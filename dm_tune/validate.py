@@ -339,6 +339,10 @@ def validate_command(args: argparse.Namespace) -> int:
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
     out = output_dir("--out", args.out)  # checked before hours of training, not after
+    taken = next((n for n in (LOCK_FILE, PROGRESS_FILE, "validation.json", "validation.md")
+                  if (out / n).exists() and not (out / n).is_file()), None)
+    if taken is not None:
+        raise UserError(f"--out {args.out}: {out / taken} is not a file (validate writes it); use another --out")
     from dm_tune._locks import held
 
     with held(out / LOCK_FILE, f"--out {args.out}: another dm-tune validate is writing there ({{holder}}); "

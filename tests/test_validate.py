@@ -231,6 +231,17 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, guidelines, ove
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("name", ["validation.progress.jsonl", ".validate.lock"])
+def test_an_out_whose_file_names_are_folders_is_one_line_before_training(tmp_path, capsys, guidelines, name):
+    """It was an IsADirectoryError traceback, after the first setting had trained."""
+    (tmp_path / "o" / name).mkdir(parents=True)
+    code = main(["validate", "--config", str(write_config(tmp_path)), "--guidelines", guidelines,
+                 "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{tmp_path / 'o' / name} is not a file" in err
+
+
 def test_a_missing_config_file_is_named(tmp_path, capsys):
     assert main(["validate", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml: file not found" in capsys.readouterr().err
