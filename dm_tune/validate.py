@@ -16,7 +16,10 @@ Verdict rule (``verdict``): with d_i = recommended - baseline final test accurac
 (percentage points), n seeds, mean d and sample std s: the paired two-sided 95% t interval
 mean d +- t(0.975, n - 1) * s / sqrt(n) (scipy). "wins" when it lies above 0, "loses" when it
 lies below 0, otherwise "within noise"; with fewer than two paired seeds there is no spread to
-judge by: "undetermined". (With 3 seeds t is 4.3: only clear differences count.)
+judge by: "undetermined". (With 3 seeds t is 4.3: only clear differences count.) A run that
+did not finish (diverged) has no final accuracy, and its failure decides: an arm that did not
+finish on a seed where the other did loses the comparison ("undetermined" if each failed where
+the other finished).
 """
 
 from __future__ import annotations
@@ -87,11 +90,20 @@ def summarise(accuracies: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
     comparisons = {}
     for base in BASELINE_ARMS:
         other = accuracies.get(base, {})
-        seeds = sorted(s for s in rec if s in other and math.isfinite(rec[s]) and math.isfinite(other[s]))
+        shared = [s for s in rec if s in other]
+        seeds = sorted(s for s in shared if math.isfinite(rec[s]) and math.isfinite(other[s]))
         diffs = [rec[s] - other[s] for s in seeds]
         mean, std = mean_std(diffs)
+        # Seeds where only one of the two finished: the one that did not (diverged) loses.
+        rec_failed = sorted(s for s in shared if not math.isfinite(rec[s]) and math.isfinite(other[s]))
+        base_failed = sorted(s for s in shared if math.isfinite(rec[s]) and not math.isfinite(other[s]))
+        if rec_failed or base_failed:
+            decided = "undetermined" if rec_failed and base_failed else "loses" if rec_failed else "wins"
+        else:
+            decided = verdict(mean, std, len(diffs))
         comparisons[base] = {"mean_diff": mean, "std": std, "n": len(diffs), "seeds": seeds,
-                             "verdict": verdict(mean, std, len(diffs))}
+                             "did_not_finish": {"dm-recommended": rec_failed, base: base_failed},
+                             "verdict": decided}
     return {"arms": arms, "vs": comparisons}
 
 
@@ -223,7 +235,8 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
                     for v in ("wins", "within noise", "loses", "undetermined")} for base in BASELINE_ARMS}
     return {"accuracy_unit": "percentage points (final-epoch test accuracy)",
             "verdict_rule": f"wins/loses when the paired {CONFIDENCE:.0%} t interval of the mean difference "
-                            "excludes 0, else within noise; undetermined with fewer than 2 paired seeds",
+                            "excludes 0, else within noise; undetermined with fewer than 2 paired seeds; an arm "
+                            "that did not finish (diverged) on a seed where the other did loses",
             "arms": list(ARMS), "seeds": used, "settings": settings, "summary": tally}
 
 
@@ -239,8 +252,8 @@ def _acc(a: Mapping[str, Any], runs: int) -> str:
 
 
 def _diff(c: Mapping[str, Any]) -> str:
-    if not math.isfinite(c["mean_diff"]):
-        return "n/a"
+    if not math.isfinite(c["mean_diff"]):  # no seed both finished: decided by which one did not, if so
+        return f"n/a ({c['verdict']})" if c.get("verdict") in ("wins", "loses") else "n/a"
     std = f" ± {c['std']:.2f}" if math.isfinite(c["std"]) else ""
     return f"{c['mean_diff']:+.2f}{std} ({c['verdict']})"
 

@@ -339,9 +339,17 @@ def test_a_run_that_did_not_finish_is_no_final_accuracy():
             "imae": {"runs": [run(0, 10.0, "diverged"), run(1, 11.0, "diverged"), run(2, 12.0, "diverged")]}}
     summary = summarise(final_accuracies(runs))
     assert summary["arms"]["dm-recommended"] == {"mean": 81.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
+    # Its finished seeds beat CCE by 10 points, but it diverged on seed 1, where CCE finished: it loses
     assert summary["vs"]["cce"]["seeds"] == [0, 2] and summary["vs"]["cce"]["mean_diff"] == 10.0
-    assert summary["vs"]["imae"]["n"] == 0 and summary["vs"]["imae"]["verdict"] == "undetermined"
+    assert summary["vs"]["cce"]["verdict"] == "loses"
+    assert summary["vs"]["cce"]["did_not_finish"] == {"dm-recommended": [1], "cce": []}
+    # IMAE diverged on every seed, two of them seeds the recommendation finished: it wins
+    assert summary["vs"]["imae"]["n"] == 0 and summary["vs"]["imae"]["verdict"] == "wins"
+    assert summary["vs"]["imae"]["did_not_finish"] == {"dm-recommended": [], "imae": [0, 2]}
+    both = summarise(final_accuracies({**runs, "cce": {"runs": [run(0, 70.0, "diverged"), run(1, 71.0), run(2, 72.0)]}}))
+    assert both["vs"]["cce"]["verdict"] == "undetermined"  # each failed on a seed the other finished
     doc = {"settings": [{"setting": "s", "recommendation": {"lam": 1.0, "beta": 8.0, "psi": 0.5, "rho": 2.0},
                          "arms": runs, "summary": summary}]}
     row = table_rows(doc)[1]
     assert row[2] == "81.00 ± 1.41 (2 of 3 finished)" and row[3] == "71.00 ± 1.00" and row[4] == "n/a (0 of 3 finished)"
+    assert row[5] == "+10.00 ± 0.00 (loses)" and row[6] == "n/a (wins)"
