@@ -336,7 +336,7 @@ def test_members_that_ended_before_their_population_failed_for_good_keep_their_r
     study = _study_file(tmp_path, tiny_study("oneby", settings={"dataset": ["reid-synth"], "noise_rate": [0.3]},
                                              search={"num_samples": 2, "top_k": 1}, baselines=["cce"],
                                              seeds=[0, 1], training={"epochs": 2}, population_size=2,
-                                             checkpoint_every=1, max_failures=0))
+                                             checkpoint_every=2, max_failures=0))  # Tune hears every 2nd epoch
     proc = _cli("search", "--config", str(study), "--workspace", str(ws), cwd=tmp_path,
                 env={"DMTUNE_FAULT": f"2:{markers}", "DMTUNE_FAULT_MEMBER": "1"})
     assert "Traceback" not in proc.stderr, proc.stderr

@@ -114,8 +114,8 @@ def _reporter(runtime: TrialRuntime, budget: int, size: int,
                 torch.save(snapshot(), Path(tmp) / STATE_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             ended.clear()
-        elif calls[0] % runtime.report_every == 0:
-            tune.report(metrics)
+        elif calls[0] % runtime.report_every == 0 or ended:
+            tune.report(metrics)  # a member that ended rides in the first report after: it is sent now
             ended.clear()
 
     return report
