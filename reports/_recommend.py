@@ -99,11 +99,13 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
 def _measured_weighting(used: list[dict[str, Any]], rate: float, warnings: list[str]) -> str:
     """The class weighting of the measured best arms the recommendation rests on; where they differ,
     that of the setting nearest in noise rate (said in a warning)."""
-    weightings = [str(s.get("class_weighting", "none")) for s in used]
+    # On balanced data every scheme weights every class alike: "none", whatever the arm was labelled.
+    weightings = [str(s.get("class_weighting", "none")) if s.get("imbalance", "none") != "none" else "none"
+                  for s in used]
     if len(set(weightings)) <= 1:
         return weightings[0] if weightings else "none"
-    nearest = min(used, key=lambda s: abs(float(s["noise_rate"]) - rate))
-    chosen = str(nearest.get("class_weighting", "none"))
+    nearest = min(range(len(used)), key=lambda i: abs(float(used[i]["noise_rate"]) - rate))
+    chosen = weightings[nearest]
     warnings.append(f"the settings this rests on chose different class weightings ({', '.join(sorted(set(weightings)))}); "
                     f"using {chosen!r}, that of the nearest in noise rate")
     return chosen

@@ -390,10 +390,18 @@ def test_no_default_guidelines_are_shipped_by_hand() -> None:
 def test_recommend_without_a_surface_keeps_the_measured_class_weighting() -> None:
     """Guidelines without a surface block (the schema allows it): the recommendation had always
     said class weighting "none", whatever the measured best arms used."""
-    same = guidelines([setting(0.2, 0.3, class_weighting="effective-number"),
-                       setting(0.6, 0.7, class_weighting="effective-number")])
-    rec = recommend(same, num_classes=10, noise_type="symmetric", noise_rate=0.4)
-    assert rec.class_weighting == "effective-number"
-    mixed = guidelines([setting(0.2, 0.3, class_weighting="inverse"), setting(0.6, 0.7)])
-    rec = recommend(mixed, num_classes=10, noise_type="symmetric", noise_rate=0.5)
+    def imbalanced(rate: float, psi: float, **extra: Any) -> dict[str, Any]:
+        return setting(rate, psi, imbalance="longtail", imbalance_ratio=10.0, **extra)
+
+    query = {"num_classes": 10, "noise_type": "symmetric", "noise_rate": 0.5, "imbalance": "longtail",
+             "imbalance_ratio": 10.0}
+    same = guidelines([imbalanced(0.2, 0.3, class_weighting="effective-number"),
+                       imbalanced(0.6, 0.7, class_weighting="effective-number")])
+    assert recommend(same, **query).class_weighting == "effective-number"
+    mixed = guidelines([imbalanced(0.2, 0.3, class_weighting="inverse"), imbalanced(0.6, 0.7)])
+    rec = recommend(mixed, **query)
     assert rec.class_weighting == "none" and any("different class weightings" in w for w in rec.warnings)
+    # On balanced settings every scheme weights every class alike: "none", no warning
+    balanced = guidelines([setting(0.2, 0.3, class_weighting="inverse"), setting(0.6, 0.7, class_weighting="sqrt-inverse")])
+    rec = recommend(balanced, num_classes=10, noise_type="symmetric", noise_rate=0.5)
+    assert rec.class_weighting == "none" and not any("class weightings" in w for w in rec.warnings)

@@ -163,7 +163,7 @@ def test_a_study_name_in_a_shared_tracking_store_belongs_to_one_workspace(tmp_pa
     client = MlflowClient(uri)
     client.delete_experiment(exp)  # the first workspace removed, its experiment deleted (not purged)
     with pytest.raises(UserError, match=rf"'study' at .* was deleted but is still in the store, with the runs of "
-                                        rf"workspace {a} .*purge it \(mlflow gc\)"):
+                                        rf"workspace {a} .*purge it \(mlflow gc --backend-store-uri {uri} --experiment-ids {exp}\)"):
         _tracking.experiment_id(uri, "study", None, b)
     assert _tracking.experiment_id(uri, "study", None, a) == exp  # its own workspace restores it
     assert client.get_experiment(exp).lifecycle_stage == "active"

@@ -250,7 +250,9 @@ def _whole(path: Path, open_store) -> None:
     finally:
         for name in (tmp, Path(f"{tmp}-journal")):
             name.unlink(missing_ok=True)
-    if path.stat().st_size == 0:  # another process's empty file took the place meanwhile: open it in place
+    if not path.exists():  # the empty file it was to replace was removed meanwhile: start again
+        _whole(path, open_store)
+    elif path.stat().st_size == 0:  # another process's empty file took the place meanwhile: open it in place
         open_store(path)
 
 

@@ -91,8 +91,8 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None = None, worksp
             where = exp.tags.get("dmtune.workspace", theirs)
             if exp.lifecycle_stage == "deleted":  # e.g. a workspace removed, its experiment deleted in MLflow
                 raise UserError(f"MLflow experiment {name!r} at {uri} was deleted but is still in the store, with "
-                                f"the runs of workspace {where} (id {theirs}); purge it (mlflow gc) or search "
-                                "under another --name")
+                                f"the runs of workspace {where} (id {theirs}); purge it (mlflow gc --backend-store-uri "
+                                f"{uri} --experiment-ids {exp.experiment_id}) or search under another --name")
             raise UserError(f"MLflow experiment {name!r} at {uri} holds study {name!r} of another workspace "
                             f"({where}, id {theirs}); search under another --name, or in that workspace")
     if exp.lifecycle_stage == "deleted":
