@@ -42,7 +42,8 @@ def test_pairing_removes_the_seed_to_seed_spread():
     rec = {0: 61.0, 1: 81.0, 2: 71.0}
     cce = {0: 60.0, 1: 80.0, 2: 70.0}
     out = summarise({"dm-recommended": rec, "cce": cce, "imae": rec})
-    assert out["vs"]["cce"] == {"mean_diff": 1.0, "std": 0.0, "n": 3, "seeds": [0, 1, 2], "verdict": "wins"}
+    assert out["vs"]["cce"] == {"mean_diff": 1.0, "std": 0.0, "n": 3, "seeds": [0, 1, 2], "verdict": "wins",
+                                "did_not_finish": {"dm-recommended": [], "cce": []}}
     assert out["vs"]["imae"]["verdict"] == "within noise"  # identical: 0 is never outside the noise
 
 
