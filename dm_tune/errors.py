@@ -86,6 +86,11 @@ def write_output(path: Path, data: str | bytes) -> None:
         raise UserError(f"could not write {path} ({e.strerror or e})") from None
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def _umask() -> int:
     """The process's umask: read where the kernel says it (no moment with another one set, which
     another thread's new file would get), else set and put back."""

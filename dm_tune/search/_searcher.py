@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.search import Searcher
 
+from dm_tune.errors import first_line
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._trial import OBJECTIVES, TrialOutcome, TrialSpec, member_outcomes
 from dm_tune.search_spaces import suggest, to_lam_beta
@@ -356,8 +357,8 @@ class StagedSearcher(Searcher):
                 self.tell(spec, self.ledger.ended[spec.key])
             except Exception as e:  # noqa: BLE001 - Optuna's storage errors: kept, told again later
                 self._untold += untold[i:]
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                print(f"dm-tune: Optuna could not be told how {spec.key} ended ({type(e).__name__}: {first}); "
+                print(f"dm-tune: Optuna could not be told how {spec.key} ended ({type(e).__name__}: "
+                      f"{first_line(e)[:200]}); "
                       "it is told again later", file=sys.stderr, flush=True)
                 return
 

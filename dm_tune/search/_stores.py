@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from dm_tune._locks import held
-from dm_tune.errors import UserError
+from dm_tune.errors import UserError, first_line
 
 LOCKS_DIR = "locks"
 _STORES_LOCK = ".stores.lock"   # study names start with a letter or digit: no clash with NAME.lock
@@ -119,10 +119,11 @@ def check_store(path: Path, kind: str, workspace: Path, *, read_only: bool = Fal
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
-        if getattr(e, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK":
+        code = getattr(e, "sqlite_errorname", "")
+        if code == "SQLITE_READONLY_ROLLBACK":
             raise UserError(f"{path}: a process was killed while writing it, and rolling that write back "
                             f"needs write access to the file and its folder; {move_away}") from None
-        if getattr(e, "sqlite_errorname", "") == "SQLITE_BUSY":
+        if code == "SQLITE_BUSY":
             raise UserError(f"{path}: {kind} store busy ({e}); another process is writing it: try again") from None
         raise UserError(f"{path}: damaged SQLite database ({e}); {move_away}") from None
     if check != ["ok"]:
@@ -295,7 +296,7 @@ def _refused(kind: str, path: Path) -> Iterator[None]:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the library raises, the user sees one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         if "database is locked" in first:  # busy, not damaged: another process is writing it
             raise UserError(f"{path}: {kind} found the store busy ({first}) for longer than it waits; "
                             "another process is writing it: try again") from None
