@@ -134,8 +134,9 @@ def train_population(configs: Sequence[TrainConfig], datas: Sequence[Data],
                      member_done: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
     """Train every member ``configs[k]`` on ``datas[k]``; one TrainResult per member, in order.
 
-    ``member_done(k, result)``: called as soon as member ``k`` has its result, before the others
-    have theirs (members trained one at a time finish one by one; together, all at the end)."""
+    ``member_done(k, result)``: called as soon as member ``k`` of a population trained one member
+    at a time has its result, before the next starts (members trained together all end at once,
+    in the returned list)."""
     if len(configs) != len(datas) or not configs:
         raise ValueError(f"need one data per config and at least one member, got {len(configs)} and {len(datas)}")
     reasons = [solo_reason(c, d) for c, d in zip(configs, datas)]
@@ -144,13 +145,8 @@ def train_population(configs: Sequence[TrainConfig], datas: Sequence[Data],
         if reason and len(configs) > 1:
             print(f"dm-tune: population of {len(configs)} runs one member at a time (K = 1): {reason}",
                   file=sys.stderr)
-        results = _train_one_by_one(configs, datas, report, resume, member_done)
-    else:
-        results = _train_all(configs, datas, report, resume)
-        for k, result in enumerate(results):
-            if member_done is not None:
-                member_done(k, result)
-    return results
+        return _train_one_by_one(configs, datas, report, resume, member_done)
+    return _train_all(configs, datas, report, resume)
 
 
 def _train_all(configs: Sequence[TrainConfig], datas: Sequence[Data], report: PopulationReport | None,
