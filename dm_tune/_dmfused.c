@@ -48,7 +48,8 @@
  * member k with knobs row k = (kind, lam, beta, a, b, q, r, alpha, gamma, delta):
  *   kind DM (0):         share = softmax over the batch of beta p^lam (1-p); scale = share / (2(1-p) + eps)
  *   kind PLAIN (1):      share = w / sum(w), w = 2 (1-p) m(p); scale = m(p) / n
- *   kind NORMALISED (2): share = w / sum(w); scale = share / (2(1-p) + eps)
+ *   kind NORMALISED (2): share = w / sum(w), w = 2 q m(p) with q = 1 - p as the other classes'
+ *                        probabilities sum to (also in m); scale = m(p) / sum(w)
  * with m(p) = a + b p^q (1-p)^r, grad = scale (softmax - onehot), and the display loss
  * mean(alpha (-log p) + gamma (1 - p^q) / q + delta (1-p)^2) for PLAIN members, -sum(share log p)
  * for the others. `tiny` is the smallest normal number of the logits' dtype (the sum of the
@@ -96,15 +97,17 @@
                     if (w[i] > wmax) wmax = w[i];                                              \
                 } else {                                                                       \
                     /* (the powers and the GCE term only where they count: libm calls per row) */ \
+                    /* -DN: 1 - p as the other classes sum to (exact where p rounds to 1), in  \
+                     * the multiplier and as the labelled entry, so the rows' L1 norms are 2 q   \
+                     * exactly */                                                              \
+                    if (kind == 2) pm1[i] = -(others / s);                                     \
+                    const double om = -pm1[i];                                                 \
                     double mp = a;                                                             \
                     if (b != 0.0) {                                                            \
                         const double pq = q == 1.0 ? p : pow(p, q);                            \
-                        mp += b * pq * (r == 0.0 ? 1.0 : (r == 1.0 ? omp : pow(omp, r)));      \
+                        mp += b * pq * (r == 0.0 ? 1.0 : (r == 1.0 ? om : pow(om, r)));        \
                     }                                                                          \
                     mult[i] = mp;                                                              \
-                    /* -DN: 1 - p as the other classes sum to (exact where p rounds to 1), also  \
-                     * the labelled entry, so the rows' L1 norms are 2 q exactly */               \
-                    if (kind == 2) pm1[i] = -(others / s);                                     \
                     w[i] = -2.0 * pm1[i] * mp;                                                 \
                     wsum += w[i];                                                              \
                     value += alpha * -lp + delta * omp * omp;                                  \

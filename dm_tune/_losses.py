@@ -155,6 +155,9 @@ class Scheme:
     multiplier: Callable[[torch.Tensor], torch.Tensor]
     # Per-example loss value from log p (log-space keeps -log p finite for extreme logits).
     value: Callable[[torch.Tensor], torch.Tensor]
+    # The multiplier from p and 1 - p given apart, for a multiplier that uses 1 - p: the -DN form
+    # passes the other classes' probabilities' sum, exact where 1 - p rounds to 0.
+    multiplier_pq: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 class SchemeLoss(_GradLoss):
@@ -173,18 +176,20 @@ class SchemeLoss(_GradLoss):
 
     def _grad_share_display(self, logits, targets):
         probs, p = W._labelled(logits, targets)
-        m = self.scheme.multiplier(p)
         if self.normalised:
             # 1 - p as the other classes' probabilities sum to: exact where p rounds to 1 (their
             # probabilities do not vanish with it), so each row's L1 norm is 2 q exactly, the batch's
             # mass is 1, and a batch fitted past the working precision gets no gradient, not m / tiny.
             index = targets.long().view(-1, 1)
             q = probs.scatter(1, index, 0.0).sum(1)
+            pq = self.scheme.multiplier_pq
+            m = self.scheme.multiplier(p) if pq is None else pq(p, q)
             weight = 2.0 * q * m
             total = weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
             share = weight / total
             grad = W._scaled_direction((m / total).unsqueeze(1), probs, q.unsqueeze(1), index)
             return grad, share, _weighted_cce(logits, targets, share)
+        m = self.scheme.multiplier(p)
         weight = 2.0 * (1.0 - p) * m
         share = weight / weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
         grad = (m / p.shape[0]).unsqueeze(1) * W._direction(probs, targets)
@@ -201,7 +206,7 @@ def mae_scheme() -> Scheme:
 
 
 def mse_scheme() -> Scheme:
-    return Scheme(W.mse_multiplier, lambda logp: (1.0 - logp.exp()) ** 2)
+    return Scheme(W.mse_multiplier, lambda logp: (1.0 - logp.exp()) ** 2, lambda p, q: 2.0 * p * q)
 
 
 def gce_scheme(q: float) -> Scheme:

@@ -6,7 +6,7 @@ scalar in front of it (DM_METHOD.md section 2), so one set of tensor operations 
 knobs ([K, 1] tensors) covers them all:
 
 - ``dm``: share = softmax over the batch of beta p^lam (1-p); scale = share / (2(1-p) + eps);
-- ``-dn`` forms: share = w / sum(w) with the loss's own weight w = 2(1-p) m(p); same scale;
+- ``-dn`` forms: share = w / sum(w) with the loss's own weight w = 2(1-p) m(p); scale = m / sum(w);
 - plain losses: scale = m(p) / B (autograd's gradient of the batch-mean loss);
 
 with every multiplier written as m(p) = a + b p^q (1-p)^r and every loss value as
@@ -95,16 +95,18 @@ def population_loss_parts(
     one_minus_p = -p_minus_1
     # DM members: a softmax over the batch of the log-weights (cannot overflow for any beta).
     share_dm = torch.softmax(torch.pow(p, knobs["lam"]).mul_(-knobs["beta"]).mul_(p_minus_1), dim=1)
-    # The other members: their multiplier m(p) and weight 2 (1-p) m(p).
-    m = (knobs["b"] * torch.pow(p, knobs["q"])).mul_(torch.pow(one_minus_p, knobs["r"])).add_(knobs["a"])
     is_dm, plain = knobs["kind"] == DM, knobs["kind"] == PLAIN
     # The labelled entry of the direction, p - 1; for "-DN" members minus the other classes'
     # probabilities (1 - p exact where p rounds to 1: see SchemeLoss), so their rows' L1 norms are
-    # 2 q exactly and a batch fitted past the working precision gets no gradient.
-    target_entry = p_minus_1
+    # 2 q exactly and a batch fitted past the working precision gets no gradient. Their
+    # multipliers' 1 - p is that sum too.
+    target_entry, multiplier_1mp = p_minus_1, one_minus_p
     if normalised:
         others = probs.scatter(2, index, 0.0).sum(2)
         target_entry = torch.where(is_dm | plain, p_minus_1, -others)
+        multiplier_1mp = -target_entry
+    # The other members: their multiplier m(p) and weight 2 (1-p) m(p).
+    m = (knobs["b"] * torch.pow(p, knobs["q"])).mul_(torch.pow(multiplier_1mp, knobs["r"])).add_(knobs["a"])
     weight = -2.0 * target_entry * m
     total = weight.sum(1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
     share = torch.where(is_dm, share_dm, weight / total)

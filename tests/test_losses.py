@@ -375,7 +375,7 @@ def test_dm_loss_under_no_grad_with_grad_requiring_logits():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", ["cce", "gce0.7", "mae"])
+@pytest.mark.parametrize("name", ["cce", "gce0.7", "mae", "mse"])
 def test_dn_on_a_batch_fitted_past_the_working_precision_keeps_its_mass(name, dtype):
     """Every example fitted so far that 1 - p rounds to 0 while the other classes' probabilities do
     not: the -DN gradient is still the loss's own direction with a total L1 norm of 1 (it was

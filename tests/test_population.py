@@ -110,14 +110,14 @@ def test_population_loss_matches_every_single_loss(dtype, kernel):
 def test_dn_members_on_a_batch_fitted_past_the_working_precision_keep_their_mass(dtype, kernel):
     """As the single-run -DN losses: a batch whose 1 - p rounds to 0 (the other classes' probabilities
     not) keeps a gradient mass of at most 1 and finite, next to DM and plain members."""
-    cfgs = [TrainConfig.from_dict({"method": m}) for m in ("cce-dn", "gce-dn", "mae-dn", "dm", "cce")]
+    cfgs = [TrainConfig.from_dict({"method": m}) for m in ("cce-dn", "gce-dn", "mae-dn", "mse-dn", "dm", "cce")]
     targets = (torch.arange(64) % 10).expand(len(cfgs), 64).clone()
     for margin in (20.0, 40.0):
         logits = torch.zeros(len(cfgs), 64, 10, dtype=dtype).scatter_(2, targets.unsqueeze(2), margin)
         logits.requires_grad_()
         PopulationLoss([member_loss(c) for c in cfgs], kernel=kernel)(logits, targets).sum().backward()
         assert torch.isfinite(logits.grad).all()
-        for k in range(3):
+        for k in range(4):
             assert logits.grad[k].abs().sum().item() == pytest.approx(1.0, abs=1e-5), (margin, k)
 
 
