@@ -11,6 +11,8 @@ The arms of one setting train together as populations (dm_tune.population), each
 per-seed data (noise draw, validation split, imbalance), so differences are paired by seed.
 Each finished setting is kept in ``--out``/validation.progress.jsonl as it ends (``Progress``):
 started again with the same inputs, a stopped validation trains only what it had not finished.
+Each setting names the dm-tune that trained it (``trained_by``); validation.md lists the settings
+an earlier dm-tune trained (a progress file resumed after an upgrade).
 
 Verdict rule (``verdict``): with d_i = recommended - baseline final test accuracy on seed i
 (percentage points), n seeds, mean d and sample std s: the paired two-sided 95% t interval
@@ -161,7 +163,7 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
         runs[arm]["runs"].append({"seed": s, "test_acc": 100.0 * r.test_accuracy, "status": r.status,
                                   "val_acc": 100.0 * r.val_accuracy})
     return {"setting": setting.key, "seeds": list(seeds), "fields": setting.train_fields(),
-            "num_classes": int(first.num_classes),
+            "trained_by": _code(), "num_classes": int(first.num_classes),
             "model": str(resolved.model), "recommendation": rec.to_dict(), "arms": runs,
             "summary": summarise(final_accuracies(runs))}
 
@@ -222,7 +224,10 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
             identity = Progress.identity(one, setting, seeds_here, overrides, guidelines) if progress else ""
             if progress is not None and identity in progress.done:
                 if not quiet:
-                    print(f"{setting.key}: finished earlier ({progress.path.name})", file=sys.stderr, flush=True)
+                    other = _other_code(progress.done[identity])
+                    print(f"{setting.key}: finished earlier ({progress.path.name}"
+                          + (f"; trained by {other}, not by this dm-tune" if other else "") + ")",
+                          file=sys.stderr, flush=True)
                 settings.append(progress.done[identity])
                 continue
             if not quiet:
@@ -283,7 +288,29 @@ def to_markdown(doc: Mapping[str, Any]) -> str:
     warnings = [f"- {s['setting']}: {w}" for s in doc["settings"] for w in s["recommendation"].get("warnings", [])]
     if warnings:
         lines += ["", "Warnings of the recommendations:", "", *warnings]
+    older = [f"- {s['setting']}: {other}" for s in doc["settings"] if (other := _other_code(s))]
+    if older:
+        lines += ["", "Settings trained by another dm-tune than the rest (an earlier run's progress, "
+                      "resumed after dm-tune changed):", "", *older]
     return "\n".join(lines) + "\n"
+
+
+def _code() -> dict[str, str]:
+    """Which dm-tune trained a setting: its version and git commit."""
+    from dm_tune.provenance import git_commit, package_versions
+
+    return {"dm_tune": package_versions().get("dm-tune", "unknown"), "git_commit": git_commit()}
+
+
+def _other_code(entry: Mapping[str, Any]) -> str:
+    """"" when ``entry`` was trained by this dm-tune; else which one trained it ("an unrecorded
+    version" for an entry written before settings recorded it)."""
+    was = entry.get("trained_by")
+    if was == _code():
+        return ""
+    if not isinstance(was, Mapping):
+        return "an unrecorded version"
+    return f"dm-tune {was.get('dm_tune')} at commit {was.get('git_commit')}"
 
 
 def _seeds_text(doc: Mapping[str, Any]) -> str:

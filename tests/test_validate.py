@@ -276,15 +276,21 @@ def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys
     proc.wait()
     lines = progress.read_text().splitlines()
     assert len(lines) == 1 and not (out / "validation.json").exists(), proc.stderr.read()
-    first = json.loads(lines[0])["setting"]
-    assert first["setting"] == "digits-symmetric0.2-default"
+    line = json.loads(lines[0])
+    first = line["setting"]
+    assert first["setting"] == "digits-symmetric0.2-default" and first["trained_by"]["git_commit"]
+    # as if dm-tune had been upgraded since: the setting is kept, and said to be another version's
+    first["trained_by"] = {"dm_tune": "0.0.9", "git_commit": "abc123"}
+    progress.write_text(json.dumps({**line, "setting": first}) + "\n")
     with progress.open("a") as f:
         f.write('{"identity": "torn')  # and the process died while writing one more line
 
     assert main(argv[:-1]) == 0  # again, with progress shown
     err = capsys.readouterr().err
     assert "1 finished setting(s) of an earlier run" in err
-    assert "digits-symmetric0.2-default: finished earlier" in err and "digits-symmetric0.4-default:\n" in err
+    assert ("digits-symmetric0.2-default: finished earlier (validation.progress.jsonl; trained by dm-tune 0.0.9 at "
+            "commit abc123, not by this dm-tune)") in err and "digits-symmetric0.4-default:\n" in err
+    assert "- digits-symmetric0.2-default: dm-tune 0.0.9 at commit abc123" in (out / "validation.md").read_text()
     doc = json.loads((out / "validation.json").read_text())
     assert [s["setting"] for s in doc["settings"]] == ["digits-symmetric0.2-default", "digits-symmetric0.4-default"]
     assert doc["settings"][0] == first  # taken as it was, not trained again
@@ -347,7 +353,8 @@ def test_a_run_that_did_not_finish_is_no_final_accuracy():
     # IMAE diverged on every seed, two of them seeds the recommendation finished: it wins
     assert summary["vs"]["imae"]["n"] == 0 and summary["vs"]["imae"]["verdict"] == "wins"
     assert summary["vs"]["imae"]["did_not_finish"] == {"dm-recommended": [], "imae": [0, 2]}
-    both = summarise(final_accuracies({**runs, "cce": {"runs": [run(0, 70.0, "diverged"), run(1, 71.0), run(2, 72.0)]}}))
+    cce = {"runs": [run(0, 70.0, "diverged"), run(1, 71.0), run(2, 72.0)]}
+    both = summarise(final_accuracies({**runs, "cce": cce}))
     assert both["vs"]["cce"]["verdict"] == "undetermined"  # each failed on a seed the other finished
     doc = {"settings": [{"setting": "s", "recommendation": {"lam": 1.0, "beta": 8.0, "psi": 0.5, "rho": 2.0},
                          "arms": runs, "summary": summary}]}
