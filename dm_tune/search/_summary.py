@@ -31,10 +31,16 @@ class ArmResult:
         ok = [v for v in values if math.isfinite(v)]
         return sum(ok) / len(ok) if ok else float("nan")
 
+    @property
+    def complete(self) -> bool:
+        """Whether every seed the arm ran on gave a final accuracy."""
+        return self.n_results == len(self.test_acc)
+
     def std(self, values: list[float]) -> float:
+        """Sample std of the finite values; NaN (no spread to tell) with fewer than two."""
         ok = [v for v in values if math.isfinite(v)]
         if len(ok) < 2:
-            return 0.0
+            return float("nan")
         m = sum(ok) / len(ok)
         return math.sqrt(sum((v - m) ** 2 for v in ok) / (len(ok) - 1))
 
@@ -48,8 +54,10 @@ class SettingSummary:
     train_time_s: float
 
     def best_dm(self) -> ArmResult | None:
+        """The DM arm with the best mean validation accuracy among those that finished on every seed
+        (as the report chooses): among all only when none did."""
         dm = [a for a in self.arms if not a.baseline and a.val_acc]
-        return max(dm, key=lambda a: a.mean(a.val_acc), default=None)
+        return max([a for a in dm if a.complete] or dm, key=lambda a: a.mean(a.val_acc), default=None)
 
 
 def _arm_label(a: ArmResult) -> str:
@@ -115,7 +123,8 @@ def markdown(summaries: list[SettingSummary], study: Study, wall_s: float) -> st
             r = _row(arm, best)
             diff = "" if r["dm_minus_arm"] is None or not math.isfinite(r["dm_minus_arm"]) else \
                 f"{100 * r['dm_minus_arm']:+.1f}"
-            acc = f"{100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f}" if r["n_results"] else "—"
+            spread = "" if not math.isfinite(r["test_acc_std"]) else f" ± {100 * r['test_acc_std']:.1f}"
+            acc = f"{100 * r['test_acc_mean']:.1f}{spread}" if r["n_results"] else "—"
             lines.append(f"| {r['arm']} | {acc} | {diff} | {_seeds_cell(r, arm)} |")
         lines.append("")
     return "\n".join(lines)

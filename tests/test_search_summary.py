@@ -1,0 +1,34 @@
+"""The end-of-search summary's arithmetic, on hand-made arm results (no training)."""
+
+from __future__ import annotations
+
+import math
+
+from dm_tune.search import Study
+from dm_tune.search._summary import ArmResult, SettingSummary, markdown, rows
+from tests.conftest import tiny_study
+
+NAN = float("nan")
+
+
+def _dm(arm: str, val: list[float], test: list[float], statuses: list[str]) -> ArmResult:
+    return ArmResult(arm, "", {"psi": 0.5, "rho": 2.0, "lam": 1.0, "beta": 8.0}, test, val, statuses)
+
+
+def test_the_best_dm_arm_finished_on_every_seed_as_the_report_chooses():
+    """An arm that diverged on one seed is not the best on its other two, however good they were:
+    the report would recommend the arm that finished everywhere, and the summary heads with it."""
+    lucky = _dm("lucky", [0.95, NAN, 0.95], [0.90, NAN, 0.90], ["finished", "diverged", "finished"])
+    steady = _dm("steady", [0.93] * 3, [0.92] * 3, ["finished"] * 3)
+    cce = ArmResult("cce", "cce", {}, [0.80, NAN, NAN], [0.81, NAN, NAN], ["finished", "diverged", "errored"])
+    summary = SettingSummary("s", [lucky, steady, cce], 2, {"finished": 2}, 1.0)
+    assert summary.best_dm() is steady
+    first, baseline = rows(summary)
+    assert first["val_acc_mean"] == 0.93 and first["test_acc_std"] == 0.0  # three equal seeds: no spread
+    assert math.isnan(baseline["test_acc_std"])  # one finished seed: no spread to tell, not 0
+    text = markdown([summary], Study.from_dict(tiny_study()), 1.0)
+    assert "| cce | 80.0 | +12.0 | 1 of 3 (1 diverged, 1 errored) |" in text
+    assert "92.0 ± 0.0" in text
+    # with no arm finished everywhere, the best of those that finished somewhere
+    alone = SettingSummary("s", [lucky, cce], 2, {}, 1.0)
+    assert alone.best_dm() is lucky
