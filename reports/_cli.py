@@ -161,14 +161,15 @@ def recommend_command(args: argparse.Namespace) -> int:
     print(f"  class weighting: {rec.class_weighting}")
     if rec.region is not None and rec.predicted_gain is not None:
         g, reg, wide = rec.predicted_gain, rec.region, rec.region["plausible"]
-        print(f"  predicted gain over CCE: {g['mean']:+.1f} points (95% interval {g['low']:+.1f} to {g['high']:+.1f})")
+        print(f"  predicted gain over CCE: {g['mean']:+.1f} points of final validation accuracy "
+              f"(95% interval {g['low']:+.1f} to {g['high']:+.1f})")
         print(f"  within {reg['within_points']:g} point of the best: psi {reg['psi'][0]:.2f}-{reg['psi'][1]:.2f}, "
               f"rho {reg['rho'][0]:.2f}-{reg['rho'][1]:.2f}; plausible: psi {wide['psi'][0]:.2f}-{wide['psi'][1]:.2f}, "
               f"rho {wide['rho'][0]:.2f}-{wide['rho'][1]:.2f}")
         print("  leans on:")
         for s in rec.leans_on:
             print(f"    {s['setting']} (correlation {s['correlation']:.2f}): measured best {s['best_gain']:+.1f} "
-                  f"points over CCE at psi {s['best_psi']:.2f}, rho {s['best_rho']:.2f}")
+                  f"validation points over CCE at psi {s['best_psi']:.2f}, rho {s['best_rho']:.2f}")
     else:
         print(f"  evidence: {rec.evidence}")
     for w in rec.warnings:

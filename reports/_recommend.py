@@ -45,9 +45,10 @@ class Recommendation:
     warnings: list[str] = field(default_factory=list)
     class_weighting: str = "none"
     # From the surface (None when interpolated): {"psi": [lo, hi], "rho": [lo, hi], "plausible":
-    # {"psi": .., "rho": ..}, "within_points": 1.0}; {"mean", "low", "high", "level"} in points over CCE.
+    # {"psi": .., "rho": ..}, "within_points": 1.0}; {"mean", "low", "high", "level", "metric"} in points
+    # of final validation accuracy over CCE (as leans_on's best_gain: the surface is fitted on validation).
     region: dict[str, Any] | None = None
-    predicted_gain: dict[str, float] | None = None
+    predicted_gain: dict[str, Any] | None = None
     predicted_std: float | None = None
     surface_std: float | None = None     # the surface's own std at the point (run-to-run noise left out)
     leans_on: list[dict[str, Any]] = field(default_factory=list)
@@ -124,7 +125,8 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
     lines = [f"{setting_label(s)}: correlation {s['correlation']:.2f}, measured best "
              f"{s['best_gain']:+.1f} points over CCE (validation)" for s in r["leans_on"]]
     evidence = (f"response surface over {len(surface['settings'])} measured settings, {len(surface['model']['y'])} "
-                f"DM arms: predicted {gain['mean']:+.1f} points over CCE (95%: {gain['low']:+.1f} to {gain['high']:+.1f}); "
+                f"DM arms: predicted {gain['mean']:+.1f} validation points over CCE (95%: {gain['low']:+.1f} to "
+                f"{gain['high']:+.1f}); "
                 "leans on " + "; ".join(lines))
     return Recommendation(lam=r["lam"], beta=r["beta"], psi=r["psi"], rho=r["rho"], evidence=evidence,
                           settings=[s["setting"] for s in r["leans_on"]], warnings=r["warnings"],

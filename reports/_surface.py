@@ -388,7 +388,8 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
             "region": {"psi": _span(cells, near, 1), "rho": _span(cells, near, 2),
                        "plausible": {"psi": _span(cells, plausible, 1), "rho": _span(cells, plausible, 2)},
                        "within_points": WITHIN_POINTS},
-            "predicted_gain": {"mean": best, "low": best - Z95 * sd, "high": best + Z95 * sd, "level": 0.95},
+            "predicted_gain": {"mean": best, "low": best - Z95 * sd, "high": best + Z95 * sd, "level": 0.95,
+                               "metric": "final validation accuracy, points over CCE"},
             "predicted_std": sd, "surface_std": unsure, "leans_on": leans_on(surface, X[i]), "warnings": warnings}
 
 

@@ -214,7 +214,8 @@ def test_report_then_recommend_on_the_command_line(store: dict[str, Any], tmp_pa
                                 str(tmp_path / "rep" / "guidelines.json")])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "predicted gain over CCE:" in out and "within 1 point of the best: psi" in out
+    assert "predicted gain over CCE: " in out and " points of final validation accuracy (95% interval " in out
+    assert " validation points over CCE at psi " in out and "within 1 point of the best: psi" in out
     assert "leans on:\n    digits/symmetric/0.4/none/mlp (correlation 1.00)" in out
     bad = parser().parse_args(["recommend", "--num-classes", "1", "--noise-rate", "0.4", "--guidelines",
                                str(tmp_path / "rep" / "guidelines.json")])

@@ -325,7 +325,8 @@ def test_guidelines_carry_the_surface_and_recommend_json_on_the_command_line(tmp
     assert set(rec_json) == {"lam", "beta", "psi", "rho", "evidence", "settings", "warnings", "class_weighting",
                              "region", "predicted_gain", "predicted_std", "surface_std", "leans_on", "guidelines"}
     assert set(rec_json["region"]) == {"psi", "rho", "plausible", "within_points"}
-    assert set(rec_json["predicted_gain"]) == {"mean", "low", "high", "level"}
+    assert set(rec_json["predicted_gain"]) == {"mean", "low", "high", "level", "metric"}
+    assert rec_json["predicted_gain"]["metric"] == "final validation accuracy, points over CCE"
     assert rec_json["psi"] == pytest.approx(rec.psi) and rec_json["class_weighting"] == "none"
 
 
