@@ -37,8 +37,11 @@ def dm_configs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def status_counts(df: pd.DataFrame) -> dict[str, int]:
-    counts = {"finished": 0, "diverged": 0, "early_stopped": 0, "errored": 0}
-    for status, n in df["status"].value_counts().items():
+    """How the trainings of ``df`` ended; ``reused``: confirm-stage records of a search trial's run
+    (same configuration and seed, not trained again), counted apart from them."""
+    reused = df["reused_from"] != "" if "reused_from" in df else pd.Series(False, index=df.index)
+    counts = {"finished": 0, "diverged": 0, "early_stopped": 0, "errored": 0, "reused": int(reused.sum())}
+    for status, n in df.loc[~reused, "status"].value_counts().items():
         key = STATUS_KEYS.get(str(status), "errored")
         counts[key] += int(n)
     return counts
@@ -97,12 +100,39 @@ def best_dm_arm(arms: pd.DataFrame) -> tuple[pd.Series | None, str]:
     return None, "no finished DM runs"
 
 
-def region(arms: pd.DataFrame, best_val: float, within: float = REGION_POINTS) -> dict[str, Any]:
-    """Ranges of psi and rho over DM arms (either stage) within ``within`` points of the best's validation mean."""
+def region(arms: pd.DataFrame, runs: pd.DataFrame, best: pd.Series, within: float = REGION_POINTS) -> dict[str, Any]:
+    """Ranges of psi and rho over the DM configurations within ``within`` points of the best arm's
+    validation accuracy, each compared with the best on the same seeds (a configuration searched on
+    seeds 0 and 1 against the best's mean over 0 and 1, not over all its confirm seeds).
+
+    ``runs``: the usable runs of DM configurations. A configuration measured in both stages counts
+    once (its confirm-stage arm); one that did not finish on every seed it was run on is left out,
+    as it is from the choice of the best (``best_dm_arm``)."""
     dm = arms[(arms["method"] == "dm") & (arms["baseline"] == "") & arms["psi"].notna() & arms["rho"].notna()]
-    near = dm[dm["val_mean"] >= best_val - within - 1e-9]
-    return {"psi_range": [float(near["psi"].min()), float(near["psi"].max())],
-            "rho_range": [float(near["rho"].min()), float(near["rho"].max())], "n_configs": int(len(near))}
+    is_best = (dm["stage"] == best["stage"]) & (dm["arm"] == best["arm"])
+    dm = dm[(dm["n"] >= dm["n_attempted"]) | is_best]
+    dm = dm.sort_values("stage", kind="stable").drop_duplicates("arm")  # "confirm" sorts before "search"
+    best_by_seed = _val_by_seed(runs, best)
+    near = [i for i, a in dm.iterrows()
+            if a["val_mean"] >= _on_seeds(best_by_seed, _val_by_seed(runs, a).index, best["val_mean"]) - within - 1e-9]
+    near_arms = dm.loc[near]
+    return {"psi_range": [float(near_arms["psi"].min()), float(near_arms["psi"].max())],
+            "rho_range": [float(near_arms["rho"].min()), float(near_arms["rho"].max())],
+            "n_configs": int(len(near_arms))}
+
+
+def _val_by_seed(runs: pd.DataFrame, arm: pd.Series) -> pd.Series:
+    """An arm's final validation accuracy per seed, in points (usable runs of its stage)."""
+    own = runs[(runs["stage"] == arm["stage"]) & (runs["arm"] == arm["arm"])]
+    return own.groupby("seed")["final_val_acc"].mean() * POINTS
+
+
+def _on_seeds(by_seed: pd.Series, seeds: pd.Index, otherwise: float) -> float:
+    """The mean of ``by_seed`` over ``seeds`` (paired with an arm run on them), or ``otherwise``
+    when it lacks one of them."""
+    if len(seeds) and seeds.isin(by_seed.index).all():
+        return float(by_seed[seeds].mean())
+    return otherwise
 
 
 def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -197,13 +227,13 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     if out["task"] == "retrieval":  # CMC of the recommended arm, beside its mAP
         out.update({f"test_{k}_mean": _nan_to_none(best_runs[f"final_test_{k}"].mean() * POINTS)
                     for k in ("rank1", "rank5", "rank10")})
-    out.update(region(arms, float(best["val_mean"])))
+    out.update(region(arms, chosen, best))
     out["vs_baselines"] = compare_baselines(best_runs, baselines)
     out["importance"] = param_importance(search)
     out["sensitivity"] = sensitivity(search)
     if out["task"] == "retrieval":
         out["sensitivity"]["metric"] = "final validation mAP"
-    out["paper_comparison"] = compare_with_paper(out, _paper_psi_gap(out, chosen))
+    out["paper_comparison"] = compare_with_paper(out, _paper_psi_gap(out, chosen, best))
     return out
 
 
@@ -214,15 +244,21 @@ def analyse_settings(df: pd.DataFrame) -> list[dict[str, Any]]:
                                           str(r["imbalance"]), r["imbalance_ratio"] or 1.0, str(r["model"])))
 
 
-def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame) -> float | None:
-    """How many validation points the best arm beats the best trial near the paper's mode by (None: none tried)."""
+def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame, best: pd.Series) -> float | None:
+    """How many validation points the best arm beats the best trial near the paper's mode by (None:
+    none tried), each near arm against the best on the seeds that arm ran on (paired, as in ``region``)."""
     guide = paper_guidance(setting["noise"], setting["noise_rate"], setting["num_classes"], setting["pretrained"])
     if guide["psi"] is None or setting.get("task") == "retrieval":
         return None
     near = chosen[(chosen["psi"] - guide["psi"]).abs() <= NEAR_PAPER_PSI]
     if near.empty:
         return None
-    return float(setting["val_acc_mean"] - near.groupby(["stage", "arm"])["final_val_acc"].mean().max() * POINTS)
+    best_by_seed = _val_by_seed(chosen, best)
+    gaps = []
+    for _, arm in near.groupby(["stage", "arm"]):
+        by_seed = arm.groupby("seed")["final_val_acc"].mean() * POINTS
+        gaps.append(_on_seeds(best_by_seed, by_seed.index, float(setting["val_acc_mean"])) - float(by_seed.mean()))
+    return float(min(gaps))
 
 
 def _var(s: pd.Series) -> float:

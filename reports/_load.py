@@ -42,7 +42,7 @@ FAILED_STATUSES = ("diverged", "errored")
 IN_PROGRESS = ("running", "interrupted")
 HISTORY_METRICS = ("weight_clean", "weight_noisy", "test_acc")
 COLUMNS = ("run_id", "experiment", "setting", "stage", "baseline", "status", "task") + PARAM_COLUMNS + METRIC_COLUMNS + (
-    RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version"))
+    RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version", "reused_from"))
 _HTTP_TIMEOUT_S = 3.0
 
 
@@ -114,6 +114,8 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
                            "baseline": tags.get("dmtune.baseline", ""), "status": status, "task": task}
     row.update({k: params.get(k, "") for k in PARAM_COLUMNS})
     row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS + RETRIEVAL_COLUMNS})
+    # A confirm-stage record of a search trial's run (same seed and configuration): not a training of its own.
+    row["reused_from"] = tags.get("dmtune.reused_from", "")
     row["git_commit"] = tags.get("dmtune.git_commit", "")
     row["dmtune_version"] = _dm_tune_version(tags.get("dmtune.versions", ""))
     return row
@@ -129,7 +131,7 @@ def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)  # "" (not logged) -> NaN
     df["pretrained"] = df["pretrained"].astype(str).str.lower().isin(["true", "1", "yes"])
     for col in ("experiment", "setting", "stage", "baseline", "status", "method", "dataset", "noise",
-                "imbalance", "model", "task", "class_weighting"):
+                "imbalance", "model", "task", "class_weighting", "reused_from"):
         df[col] = df[col].fillna("").astype(str)
     df["task"] = df["task"].replace("", "classification")
     df["class_weighting"] = df["class_weighting"].replace("", "none")  # runs from before class weighting

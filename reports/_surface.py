@@ -117,15 +117,23 @@ def _finished(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].isin(["finished", ""]) & df["final_val_acc"].notna()]
 
 
+def _cce_runs(df: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
+    """Per setting, CCE's usable runs with ``metric`` (confirm stage when there is one)."""
+    cce = _finished(df[df["baseline"] == "cce"]).dropna(subset=[metric])
+    out: dict[str, pd.DataFrame] = {}
+    for setting, runs in cce.groupby("setting", sort=True):
+        out[str(setting)] = runs[runs["stage"] == "confirm"] if (runs["stage"] == "confirm").any() else runs
+    return out
+
+
 def cce_means(df: pd.DataFrame, metric: str = "final_val_acc") -> dict[str, float]:
     """Per setting, CCE's mean ``metric`` in points (usable runs, confirm stage when there is one)."""
-    cce = _finished(df[df["baseline"] == "cce"]).dropna(subset=[metric])
-    out: dict[str, float] = {}
-    for setting, runs in cce.groupby("setting", sort=True):
-        if (runs["stage"] == "confirm").any():
-            runs = runs[runs["stage"] == "confirm"]
-        out[str(setting)] = float(runs[metric].mean() * POINTS)
-    return out
+    return {setting: float(runs[metric].mean() * POINTS) for setting, runs in _cce_runs(df, metric).items()}
+
+
+def cce_by_seed(df: pd.DataFrame, metric: str = "final_val_acc") -> dict[str, pd.Series]:
+    """Per setting, CCE's ``metric`` per seed in points (the runs of ``cce_means``)."""
+    return {setting: runs.groupby("seed")[metric].mean() * POINTS for setting, runs in _cce_runs(df, metric).items()}
 
 
 def dm_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -143,18 +151,20 @@ def arm_means(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
     """(row dicts, targets in points) of the settings that have CCE runs: one row per DM arm
-    (configuration) of a setting, its validation gain over CCE averaged over its distinct seeds.
+    (configuration) of a setting, its validation gain over CCE averaged over its distinct seeds,
+    paired: against CCE's mean on those seeds (on all of CCE's when it lacks one of them).
 
     An arm searched on seeds 0 and 1 and confirmed on 0, 1, 2 is one row over 3 seeds (a seed
     trained twice counts once). One row per arm rather than per run keeps the Gaussian process
     (cubic in its rows) fast on whole campaigns, and its noise term then measures the spread of
     arm means, not of single runs."""
-    cce = cce_means(df)
+    cce, cce_seeds = cce_means(df), cce_by_seed(df)
     runs = dm_rows(df)
     runs = runs[runs["setting"].isin(list(cce))]
     keys = ["setting", "arm"]
     described = runs.drop_duplicates(keys).set_index(keys)
     per_arm = arm_means(runs, "final_val_acc")
+    seeds_of = runs.groupby(keys, sort=True)["seed"].unique()
     confirmed = set(runs.loc[runs["stage"] == "confirm", keys].itertuples(index=False, name=None))
     # Seeds each arm was run on, whatever became of them: an arm that diverged on some is a point
     # of the surface (its finished seeds) but, as in the per-setting analysis, no setting's best.
@@ -167,7 +177,9 @@ def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
                "complete": int(stats["size"]) >= int(tried.get((setting, arm), 0)),
                **{k: d[k] for k in (*SETTING_KEYS, "model", "pretrained", "psi", "rho", "class_weighting")}}
         rows.append(row)
-        y.append(float(stats["mean"]) * POINTS - cce[str(setting)])
+        seeds, base = [x for x in seeds_of[(setting, arm)] if x == x], cce_seeds[str(setting)]  # x == x: not NaN
+        paired = bool(seeds) and all(x in base.index for x in seeds)
+        y.append(float(stats["mean"]) * POINTS - (float(base[seeds].mean()) if paired else cce[str(setting)]))
     return rows, y
 
 
@@ -316,7 +328,8 @@ def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dic
     model = gp_to_dict(fit_gp(X, y, n_restarts_optimizer), enc["features"], y)
     theta = model["theta"]
     return {"task": "classification",
-            "target": "a DM arm's final validation accuracy (mean over its seeds) minus the setting's CCE mean (points)",
+            "target": "a DM arm's final validation accuracy (mean over its seeds) minus CCE's mean on the same "
+                      "seeds (points)",
             "n_rows": len(rows), "encoding": enc, "model": model,
             "fitted": {"signal_std": math.sqrt(math.exp(theta[0])) * _std(y),
                        "noise_std": math.sqrt(math.exp(theta[-1])) * _std(y),

@@ -77,7 +77,7 @@ def test_best_config_region_baselines_and_counts() -> None:
     assert not gce["paired"] and gce["mean_diff"] == pytest.approx(4.0)
     assert gce["std"] == pytest.approx(math.sqrt(2.0 ** 2 + 8.0)) and gce["n"] == 2
     # Early-stopped (val 99%) and diverged runs are counted but never chosen.
-    assert res["counts"] == {"finished": 16, "diverged": 1, "early_stopped": 2, "errored": 1}
+    assert res["counts"] == {"finished": 16, "diverged": 1, "early_stopped": 2, "errored": 1, "reused": 0}
     assert res["counts_by_stage"]["search"]["early_stopped"] == 1
     assert res["paper_comparison"]["verdict"] == "agree"  # CIFAR-10 schedule at r = 0.4: psi 1/2
 
@@ -167,7 +167,10 @@ def test_importance_needs_enough_trials() -> None:
 
 def test_status_counts_maps_statuses() -> None:
     df = tidy([row(status=s) for s in ("finished", "diverged", "early-stopped", "errored", "errored")])
-    assert status_counts(df) == {"finished": 1, "diverged": 1, "early_stopped": 1, "errored": 2}
+    assert status_counts(df) == {"finished": 1, "diverged": 1, "early_stopped": 1, "errored": 2, "reused": 0}
+    # a confirm-stage record of a search trial's run is no training of its own: counted apart
+    reused = tidy([row(stage="search"), row(reused_from="study/s/search/0"), row(seed=2)])
+    assert status_counts(reused) == {"finished": 2, "diverged": 0, "early_stopped": 0, "errored": 0, "reused": 1}
 
 
 def setting(rate: float, psi: float, rho: float = 2.0, noise: str = "symmetric", classes: int = 10,
@@ -405,3 +408,30 @@ def test_recommend_without_a_surface_keeps_the_measured_class_weighting() -> Non
     balanced = guidelines([setting(0.2, 0.3, class_weighting="inverse"), setting(0.6, 0.7, class_weighting="sqrt-inverse")])
     rec = recommend(balanced, num_classes=10, noise_type="symmetric", noise_rate=0.5)
     assert rec.class_weighting == "none" and not any("class weightings" in w for w in rec.warnings)
+
+
+def test_the_region_compares_each_configuration_with_the_best_on_its_own_seeds() -> None:
+    """The best arm (confirmed on seeds 0-2, mean 82 with a strong seed 2) against a configuration
+    searched on seeds 0 and 1 only: on those seeds the best had 80, so 79.5 is within 1 point (its
+    unpaired 82 would leave it out). A configuration that diverged on one seed is no part of the
+    region, however good its other seeds; one measured in both stages counts once."""
+    rows = [row(seed=s, val=v) for s, v in zip(range(3), (0.80, 0.80, 0.86))]
+    rows += [row(stage="search", seed=s, val=0.80) for s in (0, 1)]  # the best's own search trials
+    rows += [row(stage="search", seed=s, val=0.795, lam=0.25, beta=4.0) for s in (0, 1)]
+    rows += [row(seed=s, val=0.90, lam=3.0, beta=2.0) for s in (0, 2)]
+    rows.append(row(seed=1, val=None, test=None, lam=3.0, beta=2.0, status="diverged"))
+    res = analyse_setting(tidy(rows))
+    assert (res["lam"], res["beta"], res["val_acc_mean"]) == (1.0, 8.0, pytest.approx(82.0))
+    assert res["psi_range"] == pytest.approx([mode_from_lambda(0.25), 0.5])  # not up to psi 0.75 (lam 3)
+    assert res["n_configs"] == 2
+
+
+def test_the_paper_mode_gap_pairs_seeds() -> None:
+    """The best arm is at the paper's mode (psi 0.5 for 40% symmetric noise on 10 classes): its search
+    trials on seeds 0 and 1 are the same runs' seeds, so the gap is 0, not the difference between
+    its 3-seed and 2-seed means (-1 point)."""
+    rows = [row(seed=s, val=v) for s, v in zip(range(3), (0.81, 0.81, 0.78))]
+    rows += [row(stage="search", seed=s, val=0.81) for s in (0, 1)]
+    rows += [row(stage="search", seed=s, val=0.79, lam=1.0, beta=4.0) for s in (0, 1)]
+    res = analyse_setting(tidy(rows))
+    assert res["paper_comparison"]["paper_psi_gap_points"] == pytest.approx(0.0, abs=1e-9)

@@ -346,3 +346,18 @@ def test_a_surface_that_passes_the_schema_but_cannot_be_used_is_one_line() -> No
     with pytest.raises(UserError, match=r"the guidelines' surface block cannot be used \(.*\); write it again"):
         recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits")
     assert recommend(shipped, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits").lam > 0
+
+
+def test_a_surface_target_is_paired_with_cce_on_the_arms_own_seeds() -> None:
+    """An arm searched on seeds 0 and 1 is compared with CCE on seeds 0 and 1 (93.2 and 91.2), not with
+    CCE's mean over its three confirm seeds: its gain is -0.2 points, not +0.27."""
+    from dm_tune.reports._surface import training_rows
+
+    rows = [run("s", "search", s, v, v - 0.01, 0.3, 2.0) for s, v in ((0, 0.920), (1, 0.920))]
+    rows += [run("s", "confirm", s, v, v - 0.01, baseline="cce", method="cce")
+             for s, v in ((0, 0.932), (1, 0.912), (2, 0.875))]
+    rows += [run("s", "search", 3, 0.90, 0.89, 0.6, 4.0)]  # a seed CCE never ran: against CCE's mean
+    described, y = training_rows(tidy(rows))
+    by_psi = {round(float(r["psi"]), 2): v for r, v in zip(described, y)}
+    assert by_psi[0.3] == pytest.approx(92.0 - 92.2)
+    assert by_psi[0.6] == pytest.approx(90.0 - (93.2 + 91.2 + 87.5) / 3)

@@ -38,6 +38,8 @@ def test_report_and_recommend_from_a_real_search(tmp_path, ray_local, capsys):
     for s in doc["settings"]:
         assert s["n_seeds"] == 2 and s["lam"] >= 0 and "cce" in s["vs_baselines"]
         assert s["psi"] == pytest.approx(s["lam"] / (1 + s["lam"]))
+        # the confirmed arm's seed 0 is its search trial's run, recorded again, not trained again
+        assert s["counts"]["reused"] == 1 and s["counts_by_stage"]["confirm"]["reused"] == 1
 
     html = (out / "index.html").read_text()
     assert "<img" in html and "data:image/png;base64," in html and "http://" not in html.split("<body", 1)[1]
