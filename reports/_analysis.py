@@ -138,9 +138,13 @@ def _on_seeds(by_seed: pd.Series, seeds: pd.Index, otherwise: float) -> float:
 def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """DM's final test accuracy against each baseline's, in points.
 
-    With >= 2 seeds in common the difference is paired by seed (std of per-seed differences);
-    otherwise unpaired (std = sqrt(s_dm^2 + s_base^2), the spread of one draw's difference).
+    With >= 2 seeds in common the difference is paired by seed (std: the sample std of the per-seed
+    differences) and judged as ``dm-tune validate`` judges it (``verdict``: wins / loses when the
+    paired 95% t interval of the mean difference excludes 0, else within noise); otherwise unpaired
+    (std = sqrt(s_dm^2 + s_base^2), the spread of one draw's difference; verdict "unpaired").
     """
+    from dm_tune.validate import verdict
+
     dm = dm_runs.groupby("seed")["final_test_acc"].mean() * POINTS
     out: dict[str, dict[str, Any]] = {}
     for name, runs in baseline_runs.groupby("baseline", sort=True):
@@ -155,7 +159,8 @@ def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dic
             std = math.sqrt(_var(dm) + _var(base)) if len(dm) > 1 and len(base) > 1 else math.nan
             n = min(len(dm), len(base))
         out[str(name)] = {"baseline_mean": float(base.mean()), "baseline_std": _std(base), "baseline_n": len(base),
-                          "mean_diff": mean_diff, "std": std, "n": int(n), "paired": paired}
+                          "mean_diff": mean_diff, "std": std, "n": int(n), "paired": paired,
+                          "verdict": verdict(mean_diff, std, int(n)) if paired else "unpaired"}
     return out
 
 

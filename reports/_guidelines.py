@@ -36,7 +36,9 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str
         "accuracy_note": ("test_acc_* are final test accuracies of the configuration chosen by mean final "
                           "validation accuracy; best_test_acc_mean is the best test accuracy over training "
                           "(optimistic, shown only where labelled); in retrieval settings (task: retrieval) "
-                          "the same fields hold mAP (validation mAP chooses) and test_rank1/5/10_mean give CMC"),
+                          "the same fields hold mAP (validation mAP chooses) and test_rank1/5/10_mean give CMC; "
+                          "a difference from a baseline is the mean +/- the sample std of the per-seed "
+                          "differences, its verdict by the paired 95% t interval"),
         "provenance": {
             "experiments": sorted(df["experiment"].unique().tolist()),
             "n_runs": int(len(df)),
@@ -86,6 +88,8 @@ def setting_sentence(s: dict[str, Any]) -> str:
         name, base = next(iter(s["vs_baselines"].items()))
     if base is not None:
         text += f"; {fmt_diff(base['mean_diff'], base['std'])} points over {name} over {base['n']} seeds"
+        if base.get("verdict") in ("wins", "loses", "within noise"):
+            text += f" ({_VERDICT_WORDS[base['verdict']]} by the paired 95% t interval)"
     text += f" (final test {metric_name(s)} {fmt_acc(s['test_acc_mean'], s['test_acc_std'])}%"
     if s.get("task") == "retrieval":
         text += f", rank-1 {fmt_acc(s.get('test_rank1_mean'), None)}%"
@@ -93,6 +97,9 @@ def setting_sentence(s: dict[str, Any]) -> str:
     if s.get("stage") != "confirm":
         text += " [from search trials, not confirmed]"
     return text + "."
+
+
+_VERDICT_WORDS = {"wins": "better", "loses": "worse", "within noise": "within noise"}
 
 
 def guidelines_markdown(doc: dict[str, Any]) -> str:

@@ -180,12 +180,14 @@ def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
                           if c.get("reused") else "")]]
     base_rows = [[name, f"{fmt_acc(b['baseline_mean'], b['baseline_std'])} (n={b['baseline_n']})",
                   f"{fmt_diff(b['mean_diff'], b['std'])} (n={b['n']}, "
-                  f"{'paired by seed' if b['paired'] else 'unpaired'})"]
+                  f"{'paired by seed' if b['paired'] else 'unpaired'})", b.get("verdict", "")]
                  for name, b in s["vs_baselines"].items()]
     return "\n".join([f"<h3 id='setting-{i}'>{e(setting_label(s))}</h3>",
                       f"<p class='note'>setting key {e(s['setting'])}</p>",
                       _table(["", ""], rows),
-                      _table(["baseline", f"final test {m} (%)", "DM minus baseline (points)"], base_rows)
+                      _table(["baseline", f"final test {m} (%)",
+                              "DM minus baseline (points: mean +/- sample std of the per-seed differences)",
+                              "verdict (paired 95% t interval)"], base_rows)
                       if base_rows else "<p>No baseline runs.</p>",
                       "<div class='figs'>", _img(images, f"plane_{i:02d}", f"{m} over the psi x rho plane"),
                       _img(images, f"baselines_{i:02d}", "DM vs baselines"),

@@ -75,6 +75,7 @@ def test_best_config_region_baselines_and_counts() -> None:
     assert cce["paired"] and cce["mean_diff"] == pytest.approx(10.0) and cce["std"] == pytest.approx(0.0, abs=1e-9)
     assert cce["n"] == 3 and cce["baseline_mean"] == pytest.approx(62.0) and cce["baseline_std"] == pytest.approx(2.0)
     assert not gce["paired"] and gce["mean_diff"] == pytest.approx(4.0)
+    assert (cce["verdict"], gce["verdict"]) == ("wins", "unpaired")
     assert gce["std"] == pytest.approx(math.sqrt(2.0 ** 2 + 8.0)) and gce["n"] == 2
     # Early-stopped (val 99%) and diverged runs are counted but never chosen.
     assert res["counts"] == {"finished": 16, "diverged": 1, "early_stopped": 2, "errored": 1, "reused": 0}
@@ -435,3 +436,17 @@ def test_the_paper_mode_gap_pairs_seeds() -> None:
     rows += [row(stage="search", seed=s, val=0.79, lam=1.0, beta=4.0) for s in (0, 1)]
     res = analyse_setting(tidy(rows))
     assert res["paper_comparison"]["paper_psi_gap_points"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_difference_of_about_one_std_over_three_seeds_is_within_noise() -> None:
+    """DM - GCE of +1.1 ± 0.8 points over 3 seeds: its paired 95% t interval (±2.0) holds 0, so the
+    verdict is "within noise", as validate would say; +4.0 ± 0.8 wins and -4.0 ± 0.8 loses."""
+    from dm_tune.reports._analysis import compare_baselines
+
+    dm = tidy([row(seed=s, test=t) for s, t in zip(range(3), (0.71, 0.72, 0.73))])
+    for shift, expected in ((0.011, "within noise"), (0.04, "wins"), (-0.04, "loses")):
+        diffs = (shift - 0.008, shift, shift + 0.008)  # per-seed differences: std 0.8 points
+        gce = tidy([row(seed=s, test=t - d, baseline="gce", method="gce")
+                    for s, t, d in zip(range(3), (0.71, 0.72, 0.73), diffs)])
+        got = compare_baselines(dm, gce)["gce"]
+        assert got["paired"] and got["verdict"] == expected, (shift, got)
