@@ -455,7 +455,13 @@ def test_features_errors(tmp_path):
             "x_test": np.zeros((2, 2)), "y_test": np.array([0, 1])}
     for change, words in (({"y_test": None}, "y_test"), ({"y_train": np.array([0, 1, 0])}, "3 labels"),
                           ({"y_train": np.array([0.0, 1.0, 0.5, 1.0])}, "integer"),
-                          ({"x_val": np.zeros((2, 2))}, "y_val"), ({"x_test": np.zeros((2, 3))}, "features")):
+                          ({"x_val": np.zeros((2, 2))}, "y_val"), ({"x_test": np.zeros((2, 3))}, "features"),
+                          # labels 1..2 (1-based): class 0 has no training example, it would be a dead
+                          # class that noise moves labels into
+                          ({"y_train": np.array([1, 2, 1, 2]), "y_test": np.array([1, 2])}, "no examples of class 0"),
+                          ({"y_train": np.array([0, 10**15, 0, 1])}, "class 2, 3, 4, 5, 6 and 999999999999993 more"),
+                          ({"y_test": np.array([0, 7])}, "y_test has label 7, a class y_train never has"),
+                          ({"x_train": np.full((4, 2), 1e39)}, "beyond float32's range")):
         arrays = {k: v for k, v in {**good, **change}.items() if v is not None}
         np.savez(path, **arrays)
         err = expect_data_error(config("features", path), path)

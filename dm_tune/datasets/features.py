@@ -3,7 +3,9 @@
 ``data_root`` is the .npz file itself or a directory holding ``features.npz``, with arrays
 ``x_train`` (N, D), ``y_train`` (N,), ``x_test``, ``y_test`` and optionally ``x_val``, ``y_val``
 (then the validation set; otherwise one is carved from train) and ``class_names`` (strings).
-Labels are integer class ids 0..C-1; C is len(class_names) if given, else the largest label + 1.
+Labels are integer class ids 0..C-1; C is len(class_names) if given, else the largest training
+label + 1. Every class has training examples, and test and validation labels are training classes
+(a 1-based file, or a test label the training set never has, is refused, not trained on).
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ def _split(path: Path, arrays: Mapping[str, np.ndarray], name: str, dim: int | N
         raise DataError(path, f"x_{name} is empty", LAYOUT)
     if y.min() < 0:
         raise DataError(path, f"y_{name} has negative labels", LAYOUT)
-    if not np.isfinite(x).all():
-        raise DataError(path, f"x_{name} holds NaN or infinite values", LAYOUT)
-    return Split(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)))
+    x32 = x.astype(np.float32)
+    if not np.isfinite(x32).all():  # after the cast: float64 values beyond float32's range become inf
+        raise DataError(path, f"x_{name} holds NaN or infinite values (or values beyond float32's range, "
+                              f"{np.finfo(np.float32).max:.3g})", LAYOUT)
+    return Split(torch.from_numpy(x32), torch.from_numpy(y.astype(np.int64)))
 
 
 def load(root: Path | None, options: Mapping[str, Any], download: bool = False) -> Source:
@@ -84,9 +88,28 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
         names = tuple(str(n) for n in np.asarray(arrays["class_names"]).reshape(-1))
         if len(names) <= top:
             raise DataError(path, f"class_names has {len(names)} names but labels go up to {top}", LAYOUT)
-    num_classes = len(names) if names is not None else top + 1
+    num_classes = len(names) if names is not None else int(train.labels.max()) + 1
     if num_classes < 2:
         raise DataError(path, "has a single class", LAYOUT)
+    for split, name in ((test, "test"), (val, "val")):
+        if split is not None and int(split.labels.max()) >= num_classes:
+            raise DataError(path, f"y_{name} has label {int(split.labels.max())}, a class y_train never has "
+                                  f"(its labels go up to {num_classes - 1})", LAYOUT)
+    present = np.unique(train.labels.numpy())  # sorted (not a bincount: a label may be huge)
+    if len(present) < num_classes:
+        absent, seen = [], iter(present.tolist())
+        nxt = next(seen, None)
+        for c in range(num_classes):
+            if c == nxt:
+                nxt = next(seen, None)
+            elif len(absent) < 5:
+                absent.append(c)
+            else:
+                break
+        more = num_classes - len(present) - len(absent)
+        shown = ", ".join(map(str, absent)) + (f" and {more} more" if more else "")
+        raise DataError(path, f"y_train has no examples of class {shown} of 0..{num_classes - 1} (labels are "
+                              "class ids 0..C-1, every class in the training set: 1-based labels?)", LAYOUT)
     return Source(
         name="features",
         train=train,
