@@ -21,6 +21,7 @@ import torch
 from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS, Gallery, Source, Split
+from dm_tune.errors import DataError
 from dm_tune.noise import NoiseContext, apply_noise, imbalance_index
 
 
@@ -64,7 +65,11 @@ def load_source(config: TrainConfig) -> Source:
         root = Path(config.data_root).expanduser().resolve()
         if not root.exists() and not config.download:
             raise ConfigError("data_root", config.data_root, "the directory does not exist")
-    return loader(root, config.dataset_options, config.download)
+    source = loader(root, config.dataset_options, config.download)
+    if source.task == "classification" and source.num_classes < 2:
+        raise DataError(root or config.dataset, f"holds a single class ({source.num_classes})",
+                        "training data of at least two classes")
+    return source
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

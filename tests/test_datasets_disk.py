@@ -360,15 +360,30 @@ def test_imagefolder_carved_and_official_val(tmp_path):
         prepare(config("imagefolder", tmp_path / "b", val_noisy=True))
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_an_image_that_cannot_be_read_mid_training_is_one_line(tmp_path, capsys, workers):
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels (PIL refuses past ~179 megapixels on opening)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(("workers", "content"), [(0, b"not an image at all"), (1, b"not an image at all"),
+                                                  (0, _png_header_only(20000, 20000))],
+                         ids=["garbage", "garbage-in-a-worker", "decompression-bomb"])
+def test_an_image_that_cannot_be_read_mid_training_is_one_line(tmp_path, capsys, workers, content):
     """Only found when a batch reads it: in a DataLoader worker (num_workers > 0) the error came
-    back as torch's RuntimeError with the worker's traceback, exit 1."""
+    back as torch's RuntimeError with the worker's traceback, exit 1. PIL's refusal of a huge
+    image is no OSError: it came back as a traceback."""
     from dm_tune.cli import main
 
     root = make_imagefolder(tmp_path)
     bad = sorted((root / "train" / "cat").iterdir())[0]
-    bad.write_bytes(b"not an image at all")
+    bad.write_bytes(content)
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump({"dataset": "imagefolder", "data_root": str(root), "epochs": 1,
                                            "noise": "none", "model": "cnn", "dataset_options": {"image_size": 16},
@@ -396,6 +411,24 @@ def test_imagefolder_errors(tmp_path):
     assert "no class folders" in str(err)
     (root / "test").rmdir()
     expect_data_error(config("imagefolder", root), root / "test")
+
+
+def test_imagefolder_refuses_an_empty_test_class_and_a_single_class(tmp_path):
+    """An empty test/<class>/ (a copy that failed) left that class out of every evaluation; a tree of
+    one class trained until the loss refused its logits, with a traceback."""
+    root = make_imagefolder(tmp_path / "a")
+    for f in (root / "test" / "cat").iterdir():
+        f.unlink()
+    err = expect_data_error(config("imagefolder", root), root / "test" / "cat")
+    assert "has no image files" in str(err)
+    one = make_imagefolder(tmp_path / "b")
+    for split in ("train", "test"):
+        for cls in ("bee", "cat"):
+            for f in (one / split / cls).iterdir():
+                f.unlink()
+            (one / split / cls).rmdir()
+    err = expect_data_error(config("imagefolder", one), one)
+    assert "holds a single class (1)" in str(err)
 
 
 # --- IMDB -------------------------------------------------------------------------------------

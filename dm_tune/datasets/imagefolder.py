@@ -74,7 +74,7 @@ class ImageFiles(Dataset):
             with Image.open(path) as img:
                 img.draft("RGB", (self.resize, self.resize))  # JPEG: decode at reduced scale, much faster
                 img = img.convert("RGB")
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:  # the bomb error is not an OSError
             raise DataError(path, f"could not be read as an image ({e})",
                             "an image file at <data_root>/<key>") from None
         w, h = img.size
@@ -105,7 +105,7 @@ def _scan(root: Path, split: str, classes: list[str] | None) -> tuple[list[str],
     keys, labels = [], []
     for label, name in enumerate(found):
         files = _images_in(folder / name)
-        if not files and split == "train":
+        if not files:  # in test/ or val/ too: a class its evaluation would silently lack
             raise DataError(folder / name, "has no image files", LAYOUT)
         keys += [p.relative_to(root).as_posix() for p in files]
         labels += [label] * len(files)
