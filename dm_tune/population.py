@@ -52,8 +52,8 @@ from dm_tune.data import Data
 from dm_tune.errors import UserError
 from dm_tune.methods import build_loss
 from dm_tune.models import ModelSpec, build_model
-from dm_tune.train import (EVAL_BATCH, TrainResult, _amp_dtype, _autocast, _lr_factor, _result, loss_ceiling,
-                           select_device, train)
+from dm_tune.train import (EVAL_BATCH, TrainResult, _amp_dtype, _autocast, _lr_factor, _result, batch_bounds,
+                           loss_ceiling, select_device, train)
 
 PopulationReport = Callable[[dict[int, dict[str, float]], Callable[[], dict[str, Any]]], None]
 
@@ -277,7 +277,8 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
 
     n = len(data0.train)
     batch_size, epochs = int(first.batch_size), int(first.epochs)  # type: ignore[arg-type]
-    steps_per_epoch = math.ceil(n / batch_size)
+    bounds = batch_bounds(n, batch_size)  # as train()'s: a last batch of one joins the one before
+    steps_per_epoch = len(bounds)
     total_steps = steps_per_epoch * epochs
 
     histories: list[list[dict[str, float]]] = [[] for _ in configs]
@@ -315,7 +316,7 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
             progress = (epoch * steps_per_epoch + step) / total_steps
             lrs = [c.lr * _lr_factor(c, progress) if stepping[k] else lrs[k] for k, c in enumerate(configs)]
             opt.set_lr([lr if stepping[k] else 0.0 for k, lr in enumerate(lrs)])
-            part = slice(step * batch_size, (step + 1) * batch_size)
+            part = slice(*bounds[step])
             idx, y = host_orders[:, part], epoch_y[:, part]
             with _autocast(device, amp):
                 logits = model(prep(train_x.take(idx), train=True))

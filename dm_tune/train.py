@@ -186,17 +186,31 @@ def _collate(items: list[tuple[Any, int]]) -> Any:
     return (bad, None) if bad is not None else torch.utils.data.default_collate(items)
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """A training epoch's batches as (start, end) positions in its order: ``batch_size`` examples
+    each, the last one fewer; a last batch of one example joins the batch before it (BatchNorm
+    cannot train on a single example, and one example would make a whole step)."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def _batches(split_inputs, n: int, batch_size: int, order: torch.Tensor | None, num_workers: int,
              device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(inputs, index) batches in ``order`` (None: sequential). Tensors slice directly; Datasets
-    go through a DataLoader in worker processes."""
+    """(inputs, index) batches in ``order`` (None: sequential, for evaluation; else an epoch's
+    training order, batched by ``batch_bounds``). Tensors slice directly; Datasets go through a
+    DataLoader in worker processes."""
+    bounds = ([(start, min(start + batch_size, n)) for start in range(0, n, batch_size)] if order is None
+              else batch_bounds(n, batch_size))
     order = torch.arange(n) if order is None else order
     if isinstance(split_inputs, torch.Tensor):
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+        for start, end in bounds:
+            idx = order[start:end]
             yield split_inputs[idx], idx
         return
-    sampler = torch.utils.data.BatchSampler(order.tolist(), batch_size, drop_last=False)
+    positions = order.tolist()
+    sampler = [positions[start:end] for start, end in bounds]
     loader = torch.utils.data.DataLoader(
         _IndexedInputs(split_inputs), batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False)
@@ -310,7 +324,7 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
     prep = _Inputs(data, device, bool(config.augment), gen, nhwc)
 
     n = len(data.train)
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    steps_per_epoch = len(batch_bounds(n, config.batch_size))
     total_steps = steps_per_epoch * config.epochs
     labels = data.train.labels.to(device)
     is_noisy = data.is_noisy.to(device)

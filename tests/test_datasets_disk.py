@@ -413,6 +413,18 @@ def test_imagefolder_errors(tmp_path):
     expect_data_error(config("imagefolder", root), root / "test")
 
 
+def test_a_last_batch_of_one_image_trains(tmp_path):
+    """ResNet-18 on 32-pixel images ends in 1 x 1 feature maps: a last batch of one image (n = k x
+    batch + 1) made its BatchNorm raise "Expected more than 1 value per channel", a traceback. The
+    image joins the batch before it."""
+    root = make_imagefolder(tmp_path)
+    cfg = config("imagefolder", root, dataset_options={"image_size": 32}, model="resnet18", epochs=1)
+    data = prepare(cfg)
+    n = len(data.train)
+    result = train(cfg.replace(batch_size=n - 1), data)
+    assert result.status == "finished" and np.isfinite(result.history[0]["train_loss"])
+
+
 def test_imagefolder_refuses_an_empty_test_class_and_a_single_class(tmp_path):
     """An empty test/<class>/ (a copy that failed) left that class out of every evaluation; a tree of
     one class trained until the loss refused its logits, with a traceback."""

@@ -440,6 +440,29 @@ def test_a_cnn_member_with_batch_norm_matches_its_own_run(fused, tol, monkeypatc
     assert bool(fused_calls) == fused
 
 
+def test_a_last_batch_of_one_example_joins_the_batch_before_it():
+    """A training set of n = k x batch + 1 examples: its last example joins the batch before (see
+    tests/test_datasets_disk.py for the model that could not train on it alone); the population and
+    the single run batch alike."""
+    from dm_tune.train import batch_bounds
+
+    assert batch_bounds(129, 64) == [(0, 64), (64, 129)] and batch_bounds(130, 64)[-1] == (128, 130)
+    assert batch_bounds(1, 64) == [(0, 1)] and batch_bounds(64, 64) == [(0, 64)]
+    src = DATASETS["mnist1d"][0](None, {"num_samples": 600}, False)
+    cfgs = configs({"method": "dm", "seed": 0}, {"method": "cce", "seed": 0}, dataset="mnist1d",
+                   dataset_options={"num_samples": 600}, epochs=1, optimizer="sgd", lr=0.05)
+    n = len(prepare(cfgs[0], src).train)
+    batch = next(b for b in range(40, n) if n % b == 1)
+    cfgs = [c.replace(batch_size=batch) for c in cfgs]
+    ds = datas(cfgs, src)
+    results = train_population(cfgs, ds)
+    for k, (c, d) in enumerate(zip(cfgs, ds)):
+        single = train(c, d)
+        assert results[k].status == single.status == "finished"
+        for key in ("train_loss", "val_acc", "test_acc"):
+            assert results[k].history[0][key] == pytest.approx(single.history[0][key], rel=1e-4, abs=1e-6), key
+
+
 # --- members fail alone ------------------------------------------------------------------------
 
 
