@@ -3,6 +3,7 @@ YAML reader shared by the commands, whose mistakes are such errors."""
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -107,15 +108,26 @@ def _umask() -> int:
 
 
 def load_yaml(path: str, what: str) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (``what``: the flag that named it, for messages). A key
+    given twice in one mapping is refused (YAML keeps the last silently: a setting given twice
+    would be half ignored)."""
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {path}: is a directory; expected a YAML file")
     if not p.is_file():
         raise UserError(f"{what} {path}: file not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{what} {path}: not a YAML file (not UTF-8 text)") from None
+    except OSError as e:
+        raise UserError(f"{what} {path}: cannot be read ({e.strerror or e})") from None
+    try:
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise UserError(f"{what} {path}: key {e.key!r} is given twice (line {e.line}); give each key once") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -125,3 +137,30 @@ def load_yaml(path: str, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{what} {path}: expected a mapping of field: value at the top level")
     return data
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    """yaml.SafeLoader refusing a key written twice in one mapping (``_DuplicateKey``); a key that
+    overrides one merged in with ``<<`` is YAML's own override, not a repeat."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader

@@ -34,6 +34,7 @@ FILES = {
     "bad.yaml": "dataset: digits\nepochs: [3\n",
     "unknown.yaml": "dataset: digits\nlearning_rate: 0.1\n",
     "lam_abc.yaml": "lam: abc\n",
+    "dup.yaml": "dataset: digits\nepochs: 1\nepochs: 2\n",
 }
 
 RUNS = {
@@ -63,6 +64,11 @@ ERRORS = {
     "on-disk dataset without root": (["--dataset", "cifar10"], ["data_root", "cifar10", "--data-root"]),
     "missing data root": (["--dataset", "cifar10", "--data-root", "no/such/dir"], ["data_root", "no/such/dir", "does not exist"]),
     "malformed yaml": (["--config", "bad.yaml"], ["bad.yaml", "not valid YAML"]),
+    # YAML keeps the last of a repeated key: one of the two settings was silently ignored
+    "a key given twice in a config": (["--config", "dup.yaml"], ["dup.yaml", "'epochs' is given twice (line 3)"]),
+    "config is a directory": (["--config", "."], ["--config .", "is a directory"]),
+    # a file that cannot be read (root reads a chmod 000 file; this one fails for everyone): was a traceback
+    "config that cannot be read": (["--config", "/proc/self/mem"], ["--config /proc/self/mem", "cannot be read"]),
     "unknown key in config": (["--config", "unknown.yaml"], ["learning_rate", "unknown field"]),
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
     "out into a missing directory": (["--epochs", "1", "--out", "missing/result.json"], ["--out", "missing", "does not exist"]),
