@@ -179,9 +179,15 @@ class Progress:
         self.path = path
         self.done: dict[str, dict[str, Any]] = {}
         self._torn = False
-        if path.is_file():
+        try:  # readable and writable now: a setting trained for hours must not be lost at its end
+            with open(path, "a", encoding="utf-8"):
+                pass
             text = path.read_text(encoding="utf-8", errors="replace")
-            self._torn = bool(text) and not text.endswith("\n")
+        except OSError as e:
+            raise UserError(f"{path}: cannot be read and written ({e.strerror or e}); validate keeps each "
+                            "finished setting there, so that a stopped validation goes on") from None
+        if text:
+            self._torn = not text.endswith("\n")
             for line in text.splitlines():
                 try:
                     entry = json.loads(line)
@@ -197,13 +203,19 @@ class Progress:
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
     def add(self, identity: str, entry: Mapping[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Keep ``entry``; if the file cannot take it (a disk full since the start), say so and keep
+        it in memory: validation.json still gets it, a stop before that trains it again."""
         line = json.dumps({"identity": identity, "setting": entry}, allow_nan=True, default=_plain)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(("\n" if self._torn else "") + line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self._torn = False
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(("\n" if self._torn else "") + line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self._torn = False
+        except OSError as e:
+            print(f"dm-tune: warning: {self.path}: this setting could not be kept there ({e.strerror or e}); "
+                  "it is kept in memory for validation.json, but a stop before the end trains it again",
+                  file=sys.stderr, flush=True)
         self.done[identity] = json.loads(line)["setting"]
 
 

@@ -294,6 +294,15 @@ def test_a_damaged_stored_study_is_one_line_and_left_as_it_was(tmp_path, content
     assert (ws / "studies" / "x.json").read_bytes() == content
 
 
+def test_a_stored_study_that_cannot_be_read_is_one_line(tmp_path):
+    """A read error (here one that root gets too: /proc/self/mem reads fail) was a traceback."""
+    ws = tmp_path / "ws"
+    (ws / "studies").mkdir(parents=True)
+    (ws / "studies" / "x.json").symlink_to("/proc/self/mem")
+    proc = _cli("search", "--workspace", str(ws), "--resume", "x", cwd=tmp_path, timeout=60)
+    _one_line_error(proc, f"{ws / 'studies' / 'x.json'}: the stored study cannot be read", "readable")
+
+
 def test_a_study_stored_under_the_same_name_with_another_configuration_is_refused(tmp_path, monkeypatch, capsys):
     """Refused before anything runs, and again under the study lock: a search of the same name that
     stored its study while this one was in its pre-flight (and then ended) is not overwritten, nor

@@ -361,3 +361,24 @@ def test_a_run_that_did_not_finish_is_no_final_accuracy():
     row = table_rows(doc)[1]
     assert row[2] == "81.00 ± 1.41 (2 of 3 finished)" and row[3] == "71.00 ± 1.00" and row[4] == "n/a (0 of 3 finished)"
     assert row[5] == "+10.00 ± 0.00 (loses)" and row[6] == "n/a (wins)"
+
+
+def test_a_progress_file_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
+    """It had been opened only when the first setting ended: hours of training, then a traceback and
+    the setting lost. Now refused at the start; one that fails later (a disk full since) warns and
+    keeps the setting for validation.json."""
+    from dm_tune.errors import UserError
+    from dm_tune.validate import Progress
+
+    path = tmp_path / "validation.progress.jsonl"
+    path.symlink_to(tmp_path / "gone" / "progress.jsonl")  # no such folder: opening it fails for anyone
+    with pytest.raises(UserError, match=r"validation.progress.jsonl: cannot be read and written \(No such file"):
+        Progress(path)
+    path.unlink()
+    progress = Progress(path)
+    assert path.is_file() and not progress.done
+    path.unlink()
+    path.symlink_to(tmp_path / "gone" / "progress.jsonl")
+    progress.add("x", {"setting": "s"})
+    assert progress.done == {"x": {"setting": "s"}}
+    assert "this setting could not be kept there" in capsys.readouterr().err

@@ -144,6 +144,9 @@ def _stored_study(path: Path) -> Any:
     except (UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         raise UserError(f"{path}: damaged stored study ({e}); restore it (the study as its search began) "
                         "or start a new search under another --name") from None
+    except OSError as e:
+        raise UserError(f"{path}: the stored study cannot be read ({e.strerror or e}); make it readable "
+                        "for this user") from None
 
 
 def _load_study(args: argparse.Namespace, workspace: Path):
