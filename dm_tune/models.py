@@ -5,6 +5,7 @@ No device placement or global state here: the training driver moves the model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ class ModelSpec:
 
 
 def mlp(spec: ModelSpec, depth: int = 2) -> nn.Module:
-    dim = int(torch.tensor(spec.input_shape).prod())
+    dim = math.prod(spec.input_shape)
     layers: list[nn.Module] = [nn.Flatten()]
     for _ in range(depth):
         layers += [nn.Linear(dim, spec.hidden_dim), nn.ReLU(inplace=True)]

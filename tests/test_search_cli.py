@@ -117,6 +117,21 @@ def test_val_noisy_on_a_dataset_with_its_own_validation_set_is_refused_before_th
     assert not (tmp_path / "ws").exists()
 
 
+def test_a_model_that_does_not_fit_a_settings_data_is_refused_before_the_search_starts(tmp_path):
+    """resnet20 on digits' vectors: every trial had errored with the same message, after the search
+    had written its workspace (train refuses it in one line). A model that fits is checked without
+    memory or weights: on the meta device."""
+    from dm_tune.search._preflight import load_sources
+    from dm_tune.search._study import Study
+
+    proc = _cli("search", "--workspace", str(tmp_path / "ws"), "--model", "resnet20", cwd=tmp_path, timeout=60)
+    _one_line_error(proc, "model: 'resnet20' is not allowed", "needs image inputs, not vector",
+                    "setting digits-symmetric0.4-resnet20")
+    assert not (tmp_path / "ws").exists()
+    fits = tiny_study("fits", settings={"dataset": ["digits", "mnist1d"], "model": ["mlp"]})
+    assert set(load_sources(Study.from_dict(fits))) == {"digits", "mnist1d"}
+
+
 @pytest.mark.parametrize("dataset, metric", [("digits", "accuracy"), ("reid-synth", "mAP")])
 def test_a_search_without_a_validation_split_is_refused_before_it_starts(tmp_path, dataset, metric):
     """val_fraction 0 leaves the objective (final validation accuracy or mAP) NaN in every trial: the

@@ -118,6 +118,7 @@ def load_sources(study: Study) -> dict[str, Any]:
             raise ConfigError("training.val_fraction", 0.0, f"expected > 0: dataset {setting.dataset!r} has no "
                               "validation split of its own, and the search selects arms by final validation "
                               f"{'mAP' if study.task == 'retrieval' else 'accuracy'}")
+    check_models(study, sources)
     if study.scheduler.kind == "asha":  # the budget is known once the datasets' defaults are
         for setting in study.expand():
             src = sources[setting.dataset]
@@ -127,3 +128,31 @@ def load_sources(study: Study) -> dict[str, Any]:
                                   f"expected fewer than the {epochs} epochs of setting {setting.key}: ASHA stops "
                                   "a trial only at a rung before the budget, so it would stop none")
     return sources
+
+
+def check_models(study: Study, sources: dict[str, Any]) -> None:
+    """Each setting's model fits its data (resnet20 on digits' vectors would fail in every trial):
+    built once per dataset and model, on the meta device (no memory, no weights loaded)."""
+    import torch
+
+    from dm_tune._validate import ConfigError
+    from dm_tune.models import ModelSpec, build_model
+
+    seen: set[tuple[str, str]] = set()
+    for setting in study.expand():
+        src = sources[setting.dataset]
+        config = study.train_config(setting)
+        model = str(config.model or src.default_model)
+        if (setting.dataset, model) in seen:
+            continue
+        seen.add((setting.dataset, model))
+        sample = src.train.inputs[0]
+        if not isinstance(sample, torch.Tensor):
+            sample = sample[0] if isinstance(sample, tuple) else sample
+        spec = ModelSpec(tuple(torch.as_tensor(sample).shape), src.input_kind, src.num_classes, config.hidden_dim,
+                         None, int(src.info.get("vocab_size", 0)))
+        try:
+            with torch.device("meta"):
+                build_model(model, spec)
+        except ConfigError as e:
+            raise ConfigError("model", model, f"{e.allowed} (setting {setting.key})") from None
