@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import UserError, load_yaml, write_output
+from dm_tune.errors import UserError, load_yaml, output_path, write_output
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -203,6 +203,8 @@ def search_cmd(args: argparse.Namespace) -> int:
 
         load_guidelines(Path(study.search.warm_start))  # a bad file is answered before anything is written
     # Pre-flight: nothing is written before these pass.
+    if args.storage_path and "://" not in args.storage_path:  # Ray writes trial results there
+        output_path("--storage-path", args.storage_path, directory=True)
     check_tracking(opts.tracking)
     check_address(args.address)
     for warning in check_workspace(workspace, opts.tracking):  # damaged stores, read-only workspace
