@@ -219,6 +219,8 @@ def _check_reachable(uri: str) -> None:
             from dm_tune.search._stores import check_store
 
             check_store(Path(path), "MLflow", Path(path).parent, read_only=True)
+    else:  # MLflow's registry refused it with a 40-line traceback
+        raise UserError(f"--tracking-uri {uri}: expected an http(s):// MLflow server or sqlite:////abs/path.db")
 
 
 def _all_experiments(client: Any) -> list[Any]:

@@ -165,6 +165,12 @@ def test_a_read_only_workspace_is_reported_elsewhere(store: dict[str, Any], tmp_
     assert sorted(p.name for p in archive.iterdir()) == ["mlflow.db"]
 
 
+def test_a_tracking_uri_of_another_kind_is_one_line() -> None:
+    """MLflow's model registry refused foo://x with a 40-line traceback."""
+    with pytest.raises(UserError, match=r"--tracking-uri foo://x: expected an http\(s\):// MLflow server or sqlite"):
+        load_runs("foo://x", None)
+
+
 def test_unreachable_server_fails_fast() -> None:
     with socket.socket() as sock:  # a free port with nothing listening on it
         sock.bind(("127.0.0.1", 0))

@@ -70,6 +70,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--address", "no-port"], ["--address", "HOST:PORT"]),
     (["--tracking-uri", "http://127.0.0.1:{port}"], ["--tracking-uri", "cannot reach"]),
     (["--tracking-uri", "ftp://x"], ["--tracking-uri", "sqlite"]),
+    # relative to wherever the search started: no mlflow.db in the workspace, none a report finds
+    (["--tracking-uri", "sqlite:///rel.db"], ["--tracking-uri sqlite:///rel.db", "sqlite:////abs/path.db"]),
     (["--name", ""], ["name: ''", "letters, digits"]),
     (["--name", "a/b"], ["name: 'a/b'", "letters, digits"]),
     (["--resume", ""], ["--resume", "no such study"]),

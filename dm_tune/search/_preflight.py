@@ -34,7 +34,8 @@ def check_tracking(uri: str) -> None:
                     raise UserError(f"--tracking-uri {uri}: /health answered {r.status}, not an MLflow server")
         except OSError as e:
             raise UserError(f"--tracking-uri {uri}: not an MLflow server ({e})") from None
-    elif parsed.scheme != "sqlite":
+    elif parsed.scheme != "sqlite" or not uri.startswith("sqlite:////"):
+        # (sqlite:///rel.db is relative to wherever the search was started: a store no later command finds)
         raise UserError(f"--tracking-uri {uri}: expected an http(s):// MLflow server or sqlite:////abs/path.db")
 
 
