@@ -114,6 +114,18 @@ def test_bad_studies_name_the_field(values, field):
      "baselines: ['cce', 'gce', 'cce'] is not allowed; expected distinct baselines"),
     ({"training": {"device": "cuda"}}, "resources.gpus_per_trial: 0.0 is not allowed; expected > 0 with "
                                        "training.device cuda: a trial that asks Ray for no GPU gets none"),
+    # each of these was silently overridden in every trial (a digits search ran for training.dataset mnist1d)
+    ({"training": {"dataset": "mnist1d"}},
+     "training.dataset: 'mnist1d' is not allowed; set by settings.dataset (under training: it would be ignored)"),
+    ({"training": {"seed": 3}}, "training.seed: 3 is not allowed; set by seeds (under training: it would be ignored)"),
+    ({"training": {"lam": 2.0}}, "training.lam: 2.0 is not allowed; set by the search's arms and baselines "
+                                 "(under training: it would be ignored)"),
+    ({"settings": {"model": ["mlp"]}, "training": {"model": "cnn"}},
+     "training.model: 'cnn' is not allowed; set by settings.model (under training: it applies only where "
+     "settings.model is default)"),
+    ({"search": {"class_weighting": ["none", "inverse"]}, "training": {"class_weighting": "inverse"}},
+     "training.class_weighting: 'inverse' is not allowed; set by search.class_weighting, which is searched "
+     "(under training: it would be ignored)"),
 ])
 def test_bad_studies_exact_messages(values, message):
     with pytest.raises(ConfigError) as e:

@@ -161,6 +161,17 @@ class Study:
             raise ConfigError("search_seeds", self.search_seeds,
                               f"expected at most the number of seeds ({len(self.seeds)}): the search trains "
                               "each arm on the first search_seeds of seeds")
+        for key, where in TRAINING_SET_ELSEWHERE.items():  # the trials' own value would silently win
+            if key in self.training:
+                raise ConfigError(f"training.{key}", self.training[key],
+                                  f"set by {where} (under training: it would be ignored)")
+        if "model" in self.training and any(m != "default" for m in self.settings.model):
+            raise ConfigError("training.model", self.training["model"], "set by settings.model (under training: "
+                              "it applies only where settings.model is default)")
+        if "class_weighting" in self.training and self.search.class_weighting != ("none",):
+            raise ConfigError("training.class_weighting", self.training["class_weighting"],
+                              "set by search.class_weighting, which is searched (under training: it would be "
+                              "ignored)")
         for ds in self.settings.dataset:
             if task_of(ds) != self.task:
                 raise ConfigError("settings.dataset", ds, f"a {task_of(ds)} dataset; this study's task is "
@@ -198,6 +209,15 @@ class Study:
     def train_config(self, setting: Setting, **overrides: Any) -> TrainConfig:
         values = {**self.training, **setting.train_fields(), "seed": self.seeds[0], **overrides}
         return TrainConfig.from_dict(values)
+
+
+# Training fields a study sets elsewhere, for every trial: a value under training: would be ignored.
+TRAINING_SET_ELSEWHERE = {
+    "dataset": "settings.dataset", "noise": "settings.noise", "noise_rate": "settings.noise_rate",
+    "imbalance": "settings.imbalance", "imbalance_ratio": "settings.imbalance_ratio", "seed": "seeds",
+    "method": "the search's arms and baselines", "lam": "the search's arms and baselines",
+    "beta": "the search's arms and baselines",
+}
 
 
 @dataclasses.dataclass(frozen=True)
