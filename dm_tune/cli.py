@@ -148,7 +148,9 @@ def _split_list(flag: str, text: str) -> list[Any]:
             values.append(parse(item.strip()))
         except ValueError:
             raise ConfigError(f"--{flag.replace('_', '-')}", item, allowed) from None
-    return list(dict.fromkeys(values))  # a value given twice is one member
+    if len(set(values)) != len(values):  # as search and validate: one member per value
+        raise ConfigError(f"--{flag.replace('_', '-')}", text, "each value once (one member per value)")
+    return values
 
 
 def _members(args: argparse.Namespace) -> list[argparse.Namespace]:

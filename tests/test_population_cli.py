@@ -38,6 +38,9 @@ def _error(capsys, argv: list[str]) -> str:
     (["--seed", "0,-1"], ["seed", "-1", "[0, 4294967295]"]),
     (["--lam", "1,2", "--epochs", "40", "--out", "/proc/result.json"], ["--out", "cannot write in /proc"]),
     (["--method", "cce,gce", "--lam", "1,2"], ["--lam", "only applies to --method dm"]),
+    # a value given twice was silently one member (search and validate refuse a seed given twice)
+    (["--seed", "0,0"], ["--seed", "'0,0'", "each value once"]),
+    (["--lam", "1,1.0"], ["--lam", "'1,1.0'", "each value once"]),
 ])
 def test_bad_lists_exit_2_naming_the_flag_and_value(capsys, argv, words):
     err = _error(capsys, argv)

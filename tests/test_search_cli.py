@@ -60,6 +60,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--sampler", "grid"], ["search.sampler", "paper-grid"]),
     (["--epochs", "0"], ["training.epochs", "0"]),
     (["--seeds=-1,0"], ["seeds[0]", "-1", "[0, 4294967295]"]),  # was: every trial errored
+    (["--seeds", "0,,1"], ["--seeds", "'0,,1'", "none of them empty"]),  # was: seeds 0 and 1, the blank dropped
+    (["--dataset", "digits,"], ["--dataset", "'digits,'", "none of them empty"]),
     (["--sampler-seed=-1"], ["search.sampler_seed", "-1", "[0, 4294967295]"]),
     (["--population-size", "0"], ["population_size", "0", "auto"]),
     (["--population-size", "lots"], ["population_size", "lots", "auto"]),

@@ -61,8 +61,12 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=search_cmd)
 
 
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def _split(flag: str, text: str) -> list[str]:
+    """A comma-separated flag's items; an empty item (``0,,1``, a trailing comma) is a mistake."""
+    items = [t.strip() for t in text.split(",")]
+    if "" in items:
+        raise ConfigError(f"--{flag.replace('_', '-')}", text, "comma-separated values, none of them empty")
+    return items
 
 
 # flag -> (path in the study dict, is a list)
@@ -99,7 +103,7 @@ def study_values(args: argparse.Namespace) -> dict[str, Any]:
         if v is None:
             continue
         if is_list:
-            v = [] if flag == "baselines" and v == "none" else _split(str(v))
+            v = [] if flag == "baselines" and v == "none" else _split(flag, str(v))
             if flag in ("noise_rate",):
                 v = [_number(flag, x) for x in v]
             if flag == "seeds":
