@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import DataError, UserError, load_yaml, output_path, write_output
+from dm_tune.errors import DataError, UserError, load_yaml, output_path, path_argument, write_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,7 +90,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, help="DataLoader workers for on-disk images")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for in-memory vector "
                    "and signal data, whose small models run fastest on one thread; else torch's default)")
-    p.add_argument("--out", help="write the result as JSON to this file (several members: a list, one result each)")
+    p.add_argument("--out", type=path_argument, help="write the result as JSON to this file (several members: a list, one result each)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     p.set_defaults(func=_train_cmd)
 

@@ -23,6 +23,16 @@ class DataError(ValueError):
         super().__init__(f"{path}: {problem}. Expected layout: {layout}")
 
 
+def path_argument(value: str) -> str:
+    """argparse ``type`` of a path flag: an empty path is a mistake (each command had read it as
+    "not given", or as the current folder)."""
+    if not value.strip():
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected a path, not {value!r}")
+    return value
+
+
 def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
     """The output ``flag value`` (a file, or a ``directory`` made later if missing), resolved and
     checked before any work is done: a file's directory must exist, a directory's nearest existing

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import SEED_MAX
-from dm_tune.errors import UserError, load_yaml, output_dir, write_output
+from dm_tune.errors import UserError, load_yaml, output_dir, path_argument, write_output
 
 ARMS = ("dm-recommended", "cce", "imae")
 PROGRESS_FILE = "validation.progress.jsonl"  # in --out while a validation runs
@@ -355,7 +355,7 @@ def add_validate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the config's seeds)")
     p.add_argument("--epochs", type=int, help="training epochs (overrides training.epochs)")
-    p.add_argument("--out", default="validation", help="output directory (default ./validation)")
+    p.add_argument("--out", type=path_argument, default="validation", help="output directory (default ./validation)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=validate_command)
     return p

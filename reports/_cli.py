@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, output_path
+from dm_tune.errors import UserError, output_path, path_argument
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -28,7 +28,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --workspace's store), e.g. http://host:5000")
     p.add_argument("--experiment", action="append", metavar="NAME",
                    help="study (MLflow experiment) to include; repeatable (default: every one with dm-tune runs)")
-    p.add_argument("--out", help="output directory (default WORKSPACE/report)")
+    p.add_argument("--out", type=path_argument, help="output directory (default WORKSPACE/report)")
     p.add_argument("--stability", metavar="JSON", help="stability.json of 'dm-tune stability': add its section")
     p.add_argument("--validation", metavar="JSON", help="validation.json of 'dm-tune validate': add its section")
     p.set_defaults(func=report_command)

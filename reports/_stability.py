@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, output_dir, write_output
+from dm_tune.errors import UserError, output_dir, path_argument, write_output
 from dm_tune.reports._text import json_safe
 
 SETTING_KEYS = ("setting", "psi", "rho", "psi_range", "rho_range", "vs_baselines")
@@ -345,16 +345,16 @@ def add_stability_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "regions overlap; per rule: whether it holds in both runs with the same sign of slope.")
     p.add_argument("a", metavar="A.json", help="guidelines.json of the first run")
     p.add_argument("b", metavar="B.json", help="guidelines.json of the second run")
-    p.add_argument("--out", help="write stability.json and stability.md into this directory")
+    p.add_argument("--out", type=path_argument, help="write stability.json and stability.md into this directory")
     p.set_defaults(func=stability_command)
     return p
 
 
 def stability_command(args: argparse.Namespace) -> int:
+    out = output_dir("--out", args.out) if args.out else None  # checked before anything is printed
     result = compare(load_doc(args.a), load_doc(args.b))
     print(brief(result))
-    if args.out:
-        out = output_dir("--out", args.out)
+    if out is not None:
         doc = {"a": str(args.a), "b": str(args.b), **result}  # as given: the names the Markdown shows
         write_output(out / "stability.json", json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n")
         write_output(out / "stability.md", to_markdown(result, args.a, args.b))

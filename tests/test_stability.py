@@ -165,8 +165,12 @@ def test_an_unwritable_out_is_one_line(tmp_path: Path, capsys):
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     assert main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", "/proc/stability"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "dm-tune: error: --out /proc/stability: cannot write in /proc (No such file or directory)"
+    out, err = capsys.readouterr()
+    assert err.strip() == "dm-tune: error: --out /proc/stability: cannot write in /proc (No such file or directory)"
+    assert out == ""  # refused before the comparison is printed, not after
+    with pytest.raises(SystemExit) as e:  # an empty --out had written nothing, silently
+        main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", ""])
+    assert e.value.code == 2 and "argument --out: expected a path, not ''" in capsys.readouterr().err
 
 
 def test_the_command_names_a_broken_file(tmp_path: Path, capsys):
