@@ -189,6 +189,37 @@ def test_cifar10_missing_or_damaged_batch(tmp_path):
         prepare(config("cifar10", root, dataset_options={"size": 1}))
 
 
+@pytest.mark.parametrize(("name", "blob", "words"), [
+    # float labels were truncated to classes; string labels a numpy traceback; an empty batch was taken
+    ("data_batch_2", {"data": "images", "labels": [i + 0.5 for i in range(10)]}, "'labels' holds float64 values"),
+    ("data_batch_2", {"data": "images", "labels": [str(i) for i in range(10)]}, "'labels' holds <U1 values"),
+    ("data_batch_2", {"data": np.zeros((0, 3072), np.uint8), "labels": []}, "holds no images"),
+    ("batches.meta", {"label_names": [f"c{i}" for i in range(5)]}, "'label_names' has 5 names, not 10"),
+])
+def test_cifar10_labels_and_names_are_checked(tmp_path, name, blob, words):
+    root = make_cifar10(tmp_path)
+    path = root / "cifar-10-batches-py" / name
+    if isinstance(blob.get("data"), str):
+        blob = {**blob, "data": _images(10, np.random.default_rng(1))}
+    _dump(path, blob)
+    assert words in str(expect_data_error(config("cifar10", root), path))
+
+
+def test_a_cifar_download_without_the_internet_is_one_line(tmp_path, monkeypatch):
+    """torchvision's download raised urllib's URLError through the CLI: a traceback. (The download
+    is mocked to fail as it does offline: this machine has no internet to fail against.)"""
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", offline)
+    err = expect_data_error(config("cifar10", tmp_path / "new", download=True), tmp_path / "new")
+    assert "could not download CIFAR10 there (URLError" in str(err) and "needs the internet" in str(err)
+
+
 def test_cifar100_groups_from_coarse_labels_and_superclass_noise(tmp_path):
     root = make_cifar100(tmp_path)
     data = prepare(config("cifar100", root, val_fraction=0.0))

@@ -81,6 +81,10 @@ def _images(path: Path, blob: dict[str, Any], label_key: str, num_classes: int,
     labels = np.asarray(blob[label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(path, f"'data' is {data.dtype} {data.shape}, not uint8 (N, 3072)", layout)
+    if len(data) == 0:  # (also: an empty label list reads as floats)
+        raise DataError(path, "holds no images", layout)
+    if not np.issubdtype(labels.dtype, np.integer):  # floats were truncated, strings a numpy traceback
+        raise DataError(path, f"{label_key!r} holds {labels.dtype} values, not integer class ids", layout)
     if labels.shape != (len(data),):
         raise DataError(path, f"has {len(data)} images but {labels.size} labels in {label_key!r}", layout)
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
@@ -89,12 +93,24 @@ def _images(path: Path, blob: dict[str, Any], label_key: str, num_classes: int,
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
+def _names(path: Path, meta: dict[str, Any], key: str, num_classes: int, layout: str) -> tuple[str, ...]:
+    names = tuple(str(n) for n in meta[key])
+    if len(names) != num_classes:  # a report would name classes wrongly, or not at all
+        raise DataError(path, f"{key!r} has {len(names)} names, not {num_classes}", layout)
+    return names
+
+
 def _download(root: Path, cifar100: bool) -> None:
     import torchvision
 
     cls = torchvision.datasets.CIFAR100 if cifar100 else torchvision.datasets.CIFAR10
-    for train in (True, False):
-        cls(str(root), train=train, download=True)
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except (OSError, RuntimeError) as e:  # urllib's URLError is an OSError; a bad checksum a RuntimeError
+        raise DataError(root, f"could not download {cls.__name__} there ({type(e).__name__}: {e}); download "
+                              "needs the internet: else put the extracted python version under data_root",
+                        "the python version of the dataset, extracted under <data_root>") from None
 
 
 def load_cifar10(root: Path | None, options: Mapping[str, Any], download: bool = False) -> Source:
@@ -117,7 +133,7 @@ def load_cifar10(root: Path | None, options: Mapping[str, Any], download: bool =
         num_classes=10,
         input_kind="image",
         default_model="resnet20",
-        class_names=tuple(str(n) for n in meta["label_names"]),
+        class_names=_names(base / "batches.meta", meta, "label_names", 10, CIFAR10_LAYOUT),
         normalise=CIFAR10_NORMALISE,
         defaults=dict(DEFAULTS),
         info={"data_dir": str(base)},
@@ -167,7 +183,7 @@ def load_cifar100(root: Path | None, options: Mapping[str, Any], download: bool 
         input_kind="image",
         default_model="resnet44",
         class_groups=groups,
-        class_names=tuple(str(n) for n in meta["fine_label_names"]),
+        class_names=_names(base / "meta", meta, "fine_label_names", 100, CIFAR100_LAYOUT),
         normalise=CIFAR100_NORMALISE,
         defaults=dict(DEFAULTS),
         info={"data_dir": str(base),
