@@ -69,7 +69,22 @@ def load_source(config: TrainConfig) -> Source:
     if source.task == "classification" and source.num_classes < 2:
         raise DataError(root or config.dataset, f"holds a single class ({source.num_classes})",
                         "training data of at least two classes")
+    if source.gallery is not None and matched_queries(source.gallery) == 0:  # every test metric would be NaN
+        raise DataError(root or config.dataset, f"none of the test gallery's {len(source.gallery.query)} queries "
+                        "has a match (an entry of its identity, not junk, seen by another camera)",
+                        "a test gallery where each query's identity is also seen by another camera")
     return source
+
+
+def matched_queries(g: Gallery) -> int:
+    """The queries of ``g`` that retrieval can score: their identity has an entry that is not junk
+    in another camera (as ``dm_tune.retrieval.retrieval_metrics`` counts them)."""
+    ids, cams, junk = g.ids.tolist(), g.cams.tolist(), g.junk.tolist()
+    seen: dict[int, set[int]] = {}
+    for i, c, j in zip(ids, cams, junk):
+        if not j:
+            seen.setdefault(i, set()).add(c)
+    return sum(bool(seen.get(ids[q], set()) - {cams[q]}) for q in g.query.tolist())
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

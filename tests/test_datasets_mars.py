@@ -145,6 +145,22 @@ def test_mars_malformed_info(tmp_path):
         prepare(cfg("mars", root))
 
 
+def test_mars_damaged_files_and_junk_training_tracks(tmp_path):
+    """Each was a traceback, or (junk training tracks) a class made of junk, where mars-features refuses it."""
+    root = make_mars(tmp_path / "MARS")
+    (root / "info" / "query_IDX.mat").write_bytes(b"")  # scipy: MatReadError, no OSError
+    with pytest.raises(DataError, match="query_IDX.mat: could not be read as a MATLAB .mat file"):
+        prepare(cfg("mars", root))
+    root = make_mars(tmp_path / "latin1")
+    names = root / "info" / "test_name.txt"
+    names.write_bytes(names.read_bytes().replace(b"F001", b"F\xe901", 1))
+    with pytest.raises(DataError, match="test_name.txt: is not a list of image names"):
+        prepare(cfg("mars", root))
+    root = make_mars(tmp_path / "junk", TRAIN_TRACKS + [(-1, 3)])
+    with pytest.raises(DataError, match="training tracks include junk"):
+        prepare(cfg("mars", root))
+
+
 # --- mars-features -------------------------------------------------------------------------------
 
 
@@ -184,6 +200,12 @@ def test_mars_features_bad_input(tmp_path, capsys):
     root = make_features(tmp_path / "overlap", TRAIN_TRACKS + [(4, 3)])
     _one_line_exit_2(capsys, ["train", "--dataset", "mars-features", "--data-root", str(root), "--quiet"],
                      "identities are in both the training and the test set (first: 4)")
+    # queries that nothing can match (a distractor, a junk track): every test metric was NaN, exit 0
+    root = make_features(tmp_path / "unmatched")
+    test = dict(np.load(root / "test.npz"))
+    np.savez(root / "test.npz", **{**test, "query": np.asarray([105, 106])})
+    _one_line_exit_2(capsys, ["train", "--dataset", "mars-features", "--data-root", str(root), "--quiet"],
+                     "none of the test gallery's 2 queries has a match")
     bad = _frames(TRAIN_TRACKS, np.random.default_rng(0))
     bad["camera"][1] = 9  # a track seen by two cameras
     np.savez(root / "train.npz", **bad)

@@ -84,12 +84,13 @@ def _on_disk(name: str, root: Path | None, download: bool) -> Path:
 
 def _read_mat(path: Path, var: str) -> np.ndarray:
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     if not path.is_file():
         raise DataError(path, "file not found", LAYOUT)
     try:
         mat = loadmat(str(path))
-    except (ValueError, OSError, TypeError, NotImplementedError) as e:
+    except (ValueError, OSError, TypeError, NotImplementedError, MatReadError) as e:  # (an empty file: MatReadError)
         raise DataError(path, f"could not be read as a MATLAB .mat file ({e})", LAYOUT) from None
     if var not in mat:
         raise DataError(path, f"has no variable {var!r} (present: {', '.join(k for k in mat if not k.startswith('__'))})", LAYOUT)
@@ -102,7 +103,11 @@ def _read_mat(path: Path, var: str) -> np.ndarray:
 def _names(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(path, "file not found", LAYOUT)
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="ascii")  # MARS's image names are ASCII
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"is not a list of image names (byte {e.start} is not ASCII)", LAYOUT) from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
 def _tracks(path: Path, var: str, num_names: int) -> np.ndarray:
@@ -170,6 +175,9 @@ def load_images(root: Path | None, options: Mapping[str, Any], download: bool = 
     for ds in (train_set, test_set):  # a cheap check that data_root holds the images
         if not ds.path(int(ds.spans[0, 0])).is_file():
             raise DataError(ds.path(int(ds.spans[0, 0])), "image file not found", LAYOUT)
+    if (tr[:, 2] < 0).any():  # as mars-features: a junk track (-1) is no training identity
+        raise DataError(info / "tracks_train_info.mat", "training tracks include junk (identity -1); training "
+                        "tracks need identities", LAYOUT)
     labels, classes = renumber(tr[:, 2])
     test = gallery(test_set, te[:, 2], te[:, 3], np.unique(query), te[:, 2] == JUNK_ID)
     return Source(
