@@ -510,6 +510,16 @@ def test_imdb_errors(imdb_root, tmp_path):
         f.unlink()
     (root / "test" / "neg").rmdir()
     expect_data_error(config("imdb", root), root / "test" / "neg")
+    # reviews extracted empty (scikit-learn: "empty vocabulary", a traceback); a folder named x.txt
+    # (IsADirectoryError) is no review
+    root = make_imdb(tmp_path / "empty") / "aclImdb"
+    for f in (root / "train" / "pos").iterdir():
+        f.write_text("")
+    assert "its 10 reviews are all empty" in str(expect_data_error(config("imdb", root), root / "train" / "pos"))
+    root = make_imdb(tmp_path / "dirs") / "aclImdb"
+    (root / "train" / "neg" / "99_1.txt").mkdir()
+    data = prepare(config("imdb", root, dataset_options={"dims": 4}))
+    assert data.info["num_train"] + data.info["num_val"] == 20  # the 20 reviews, not the folder
 
 
 # --- features (.npz) --------------------------------------------------------------------------

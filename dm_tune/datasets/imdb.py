@@ -90,10 +90,16 @@ def _read_split(root: Path, split: str) -> tuple[list[str], np.ndarray]:
         folder = root / split / name
         if not folder.is_dir():
             raise DataError(folder, "directory not found", LAYOUT)
-        files = sorted(folder.glob("*.txt"))
+        files = sorted(f for f in folder.glob("*.txt") if f.is_file())  # (not a folder named x.txt)
         if not files:
             raise DataError(folder, "has no .txt reviews", LAYOUT)
-        texts += [f.read_text(encoding="utf-8", errors="replace") for f in files]
+        try:
+            texts += [f.read_text(encoding="utf-8", errors="replace") for f in files]
+        except OSError as e:
+            raise DataError(Path(e.filename or folder), f"could not be read ({e.strerror or e})", LAYOUT) from None
+        empty = sum(not t.strip() for t in texts[len(labels):])
+        if empty == len(files):  # (as after an extraction that failed)
+            raise DataError(folder, f"its {len(files)} reviews are all empty", LAYOUT)
         labels += [label] * len(files)
     return texts, np.asarray(labels, dtype=np.int64)
 
