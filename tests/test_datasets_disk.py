@@ -365,6 +365,11 @@ def test_clothing1m_missing_and_malformed(tmp_path):
     expect_data_error(config("clothing1m", root), kv)
     kv.write_bytes(b"\xff\xfe" + good.encode())  # not text: it was a UnicodeDecodeError traceback
     assert "is not UTF-8 text" in str(expect_data_error(config("clothing1m", root), kv))
+    first = good.splitlines()[0].split()[0]  # labelled again, differently: the last line had won
+    kv.write_text(good + f"{first} 13\n")
+    assert f"labels '{first}' 13, an earlier line" in str(expect_data_error(config("clothing1m", root), kv))
+    kv.write_text(good + good.splitlines()[0] + "\n")  # the same label twice is the same fact
+    prepare(config("clothing1m", root))
     kv.write_text(good)
     (root / "images/0/00/te0.png").unlink()
     expect_data_error(config("clothing1m", root), root / "images/0/00/te0.png")

@@ -63,7 +63,8 @@ def read_label_kv(path: Path) -> dict[str, int]:
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) >= NUM_CLASSES:
             raise DataError(path, f"line {n} is not 'KEY LABEL' with LABEL in 0..{NUM_CLASSES - 1}: {line!r}", LAYOUT)
-        out[parts[0]] = int(parts[1])
+        if out.setdefault(parts[0], int(parts[1])) != int(parts[1]):  # the last had silently won
+            raise DataError(path, f"line {n} labels {parts[0]!r} {parts[1]}, an earlier line {out[parts[0]]}", LAYOUT)
     return out
 
 
