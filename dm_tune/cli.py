@@ -12,6 +12,7 @@ import math
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from dm_tune._validate import ConfigError
@@ -227,16 +228,48 @@ def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> No
                                           resolved.hidden_dim, resolved.pretrained, data.vocab_size))
 
 
+# Fields a run uses only in some configurations: (does it apply to this config, to what).
+_APPLIES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lam": (lambda c: c.method == "dm", "method dm"),
+    "beta": (lambda c: c.method == "dm", "method dm"),
+    "gce_q": (lambda c: c.method in ("gce", "gce-dn"), "methods gce and gce-dn"),
+    "sl_mu": (lambda c: c.method == "sl", "method sl"),
+    "sl_nu": (lambda c: c.method == "sl", "method sl"),
+    "sl_log_clip": (lambda c: c.method == "sl", "method sl"),
+    "class_weighting_beta": (lambda c: c.class_weighting == "effective-number",
+                             "class_weighting effective-number"),
+    "noise_file": (lambda c: c.noise == "file", "noise file"),
+    "noise_key": (lambda c: c.noise == "file", "noise file"),
+}
+
+
+def _check_applies(given: dict[str, Any], configs: list[Any]) -> None:
+    """A field given (in --config or by a flag) that no member uses is a mistake: it would be
+    silently ignored (``--gce-q`` with DM, ``lam`` in a file that trains CCE)."""
+    from dm_tune._names import DATASET_ROOTS
+
+    for field, (applies, where) in _APPLIES.items():
+        if field in given and not any(applies(c) for c in configs):
+            raise ConfigError(field, given[field], f"only applies to {where}; this run would ignore it")
+    if given.get("data_root") and not any(DATASET_ROOTS[c.dataset] for c in configs):
+        raise ConfigError("data_root", given["data_root"], f"dataset {configs[0].dataset!r} is embedded and "
+                          "reads nothing from disk; drop it")
+
+
 def _train_cmd(args: argparse.Namespace) -> int:
     from dm_tune.config import TrainConfig
 
     members = _members(args)
     if args.population_size is not None and args.population_size < 1:
         raise ConfigError("--population-size", args.population_size, "expected an integer >= 1")
+    member_values = [_train_values(m) for m in members]
+    configs = [TrainConfig.from_dict(v) for v in member_values]
+    given = {k: v for values in member_values for k, v in values.items() if v is not None}
+    _check_applies(given, configs)
     if len(members) > 1:
-        return _train_population_cmd(args, [TrainConfig.from_dict(_train_values(m)) for m in members])
+        return _train_population_cmd(args, configs)
     args = members[0]
-    config = TrainConfig.from_dict(_train_values(args))
+    config = configs[0]
     from dm_tune.data import prepare
     from dm_tune.train import select_device, train
 

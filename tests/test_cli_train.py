@@ -35,6 +35,7 @@ FILES = {
     "unknown.yaml": "dataset: digits\nlearning_rate: 0.1\n",
     "lam_abc.yaml": "lam: abc\n",
     "dup.yaml": "dataset: digits\nepochs: 1\nepochs: 2\n",
+    "cce_lam.yaml": "method: cce\nlam: 3\n",
 }
 
 RUNS = {
@@ -69,6 +70,12 @@ ERRORS = {
     "config is a directory": (["--config", "."], ["--config .", "is a directory"]),
     # a file that cannot be read (root reads a chmod 000 file; this one fails for everyone): was a traceback
     "config that cannot be read": (["--config", "/proc/self/mem"], ["--config /proc/self/mem", "cannot be read"]),
+    # fields no member uses were silently ignored (the flag --lam with cce was refused, lam in a file not)
+    "lam in a file that trains cce": (["--config", "cce_lam.yaml"], ["lam: 3", "only applies to method dm"]),
+    "gce-q with dm": (["--gce-q", "0.5"], ["gce_q: 0.5", "only applies to methods gce and gce-dn"]),
+    "noise key without file noise": (["--noise-key", "worse_label"], ["noise_key", "only applies to noise file"]),
+    "data root of an embedded dataset": (["--data-root", "/nonexistent"],
+                                         ["data_root: '/nonexistent'", "'digits' is embedded"]),
     "unknown key in config": (["--config", "unknown.yaml"], ["learning_rate", "unknown field"]),
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
     "out into a missing directory": (["--epochs", "1", "--out", "missing/result.json"], ["--out", "missing", "does not exist"]),
