@@ -53,7 +53,8 @@ def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
             raise UserError(f"{flag} {value}: is a directory; expected a file name")
         where = path.parent
         if not where.is_dir():
-            raise UserError(f"{flag} {value}: directory {where} does not exist")
+            raise UserError(f"{flag} {value}: {where} " + ("is a file, not a directory" if where.exists()
+                                                          else "does not exist (as a directory)"))
         if path.exists() and not os.access(path, os.W_OK):
             raise UserError(f"{flag} {value}: the file exists and is not writable")
     try:

@@ -80,6 +80,8 @@ ERRORS = {
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
     "out into a missing directory": (["--epochs", "1", "--out", "missing/result.json"], ["--out", "missing", "does not exist"]),
     "out is a directory": (["--epochs", "1", "--out", "."], ["--out", "is a directory"]),
+    # was "directory run.yaml does not exist": it exists, as a file
+    "out inside a file": (["--epochs", "1", "--out", "run.yaml/result.json"], ["--out", "run.yaml is a file, not a"]),
     # checked before training (was: a traceback after it, the result lost)
     "out where no file can be made": (["--epochs", "1", "--out", "/proc/result.json"], ["--out", "cannot write in /proc"]),
     "negative seed": (["--seed", "-1", "--epochs", "1"], ["seed", "-1", "[0, 4294967295]"]),
