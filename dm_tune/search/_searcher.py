@@ -140,8 +140,8 @@ class StagedSearcher(Searcher):
                                               sampler=self._sampler, direction="maximize",
                                               load_if_exists=True)
             if not self._study.trials:  # a new study starts at the paper's suggested settings
-                for point in self._warm_points:
-                    self._study.enqueue_trial(point)
+                for point in self._warm_points:  # (once, should two searches start it at once)
+                    self._study.enqueue_trial(point, skip_if_exists=True)
             self._adopt_orphans()
         return self._study
 
