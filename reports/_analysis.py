@@ -209,6 +209,9 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {"setting": str(first["setting"])}
     out.update({k: _plain(first[k]) for k in SETTING_KEYS})
     out["num_classes"] = None if out["num_classes"] is None else int(out["num_classes"])
+    # The training budget of the setting's runs (what a comparison of two runs of a campaign must share).
+    epochs = sorted({int(e) for e in df["epochs"].dropna()})
+    out["epochs"] = epochs[0] if len(epochs) == 1 else (epochs or None)
     out["counts"] = status_counts(df)
     out["counts_by_stage"] = {str(s): status_counts(g) for s, g in df.groupby("stage", sort=True)}
     arms = summarize_arms(df)

@@ -169,6 +169,12 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     sa = {s["setting"]: s for s in a["settings"]}
     sb = {s["setting"]: s for s in b["settings"]}
     common = [compare_setting(sa[k], sb[k]) for k in sorted(sa.keys() & sb.keys())]
+    # Two runs of one campaign share their training: a setting trained for other epochs is another
+    # experiment, and its differences are not the search's instability (guidelines written before
+    # settings recorded their epochs are taken as they are).
+    budgets = [f"{k}: {sa[k]['epochs']} vs {sb[k]['epochs']} epochs" for k in sorted(sa.keys() & sb.keys())
+               if sa[k].get("epochs") is not None and sb[k].get("epochs") is not None
+               and sa[k]["epochs"] != sb[k]["epochs"]]
     ra = {rule_id(r): r for r in a["rules"]}
     rb = {rule_id(r): r for r in b["rules"]}
     rules = []
@@ -179,7 +185,7 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
                       "verdict": rule_verdict(ra.get(rid), rb.get(rid)),
                       "text_a": ra[rid].get("text") if rid in ra else None,
                       "text_b": rb[rid].get("text") if rid in rb else None})
-    return {"settings": common, "only_in_a": sorted(sa.keys() - sb.keys()),
+    return {"settings": common, "different_training": budgets, "only_in_a": sorted(sa.keys() - sb.keys()),
             "only_in_b": sorted(sb.keys() - sa.keys()), "rules": rules, "summary": _summary(common, rules),
             "surfaces": compare_surfaces(a, b)}
 
@@ -266,6 +272,9 @@ def brief(result: Mapping[str, Any]) -> str:
     for key, run in (("only_in_a", "A"), ("only_in_b", "B")):
         if result[key]:
             lines.append(f"only in {run}: {', '.join(result[key])}")
+    if result.get("different_training"):
+        lines.append("warning: trained differently, so not a test of stability: "
+                     + "; ".join(result["different_training"]))
     surfaces = result.get("surfaces")
     if surfaces:
         t = surfaces["summary"]
@@ -298,6 +307,9 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
     for key, run in (("only_in_a", "A"), ("only_in_b", "B")):
         if result[key]:
             lines += ["", f"Only in {run}: {', '.join(result[key])}."]
+    if result.get("different_training"):
+        lines += ["", "**Trained differently in the two runs** (their differences are not the search's instability): "
+                  + "; ".join(result["different_training"]) + "."]
     lines += _surfaces_markdown(result.get("surfaces"))
     lines += ["", "### Rules", "", "A rule is claimed only when it is supported in both runs with the same sign "
               f"of slope: {s['rules_claimed']} of {s['rules_total']}.", "",

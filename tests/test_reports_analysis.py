@@ -76,6 +76,7 @@ def test_best_config_region_baselines_and_counts() -> None:
     assert cce["n"] == 3 and cce["baseline_mean"] == pytest.approx(62.0) and cce["baseline_std"] == pytest.approx(2.0)
     assert not gce["paired"] and gce["mean_diff"] == pytest.approx(4.0)
     assert (cce["verdict"], gce["verdict"]) == ("wins", "unpaired")
+    assert res["epochs"] == 10  # the training budget of the setting's runs (stability compares it)
     assert gce["std"] == pytest.approx(math.sqrt(2.0 ** 2 + 8.0)) and gce["n"] == 2
     # Early-stopped (val 99%) and diverged runs are counted but never chosen.
     assert res["counts"] == {"finished": 16, "diverged": 1, "early_stopped": 2, "errored": 1, "reused": 0}

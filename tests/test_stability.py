@@ -69,6 +69,19 @@ def test_settings_in_both_are_compared():
     assert summary["median_d_log_rho"] == pytest.approx(math.log(2.0))
 
 
+def test_a_setting_trained_for_other_epochs_in_the_two_runs_is_named():
+    """Two runs of one campaign differ only in their search order: a setting trained for 60 epochs in
+    one and 30 in the other differs for another reason. Settings from before guidelines recorded
+    their epochs (no key) are compared as they are."""
+    a, b = docs()
+    assert compare(a, b)["different_training"] == []
+    a["settings"][0]["epochs"], b["settings"][0]["epochs"] = 60, 30
+    a["settings"][1]["epochs"] = 60  # s-apart: unknown in B
+    result = compare(a, b)
+    assert result["different_training"] == ["s-overlap: 60 vs 30 epochs"]
+    assert "**Trained differently in the two runs**" in to_markdown(result)
+
+
 def test_a_region_overlaps_only_when_both_ranges_do():
     a, b = docs()
     b["settings"][0]["rho_range"] = [6.5, 9.0]  # psi ranges still overlap
