@@ -85,6 +85,28 @@ def test_ledger_survives_a_torn_last_line_and_knows_what_is_unfinished(tmp_path)
     assert again.new_experiment() == "run-1" and Ledger(path).new_experiment() == "run-2"
 
 
+def test_checkpoints_in_the_workspace_are_found_after_it_moved(tmp_path):
+    """They were recorded as absolute paths: a workspace moved (or mounted elsewhere) resumed its
+    unfinished populations from scratch. Paths outside it, and URIs, stay as they were."""
+    ws = tmp_path / "ws"
+    path = ws / "ledger" / "l.jsonl"
+    ledger = Ledger(path, ws)
+    a, b, c = _search_spec(0), _search_spec(1), _search_spec(2)
+    for spec in (a, b, c):
+        ledger.start([spec])
+    ledger.checkpoint(a.key, str(ws / "ray" / "run-1" / "trial" / "checkpoint_000002"))
+    ledger.checkpoint(b.key, "/elsewhere/checkpoint_000001")
+    ledger.checkpoint(c.key, "s3://bucket/ray/checkpoint_000003")
+    assert '"path":"ray/run-1/trial/checkpoint_000002"' in path.read_text()
+    moved = tmp_path / "moved"
+    ws.rename(moved)
+    again = Ledger(moved / "ledger" / "l.jsonl", moved)
+    assert again.checkpoint_path(a.key) == str(moved / "ray" / "run-1" / "trial" / "checkpoint_000002")
+    assert again.checkpoint_path(b.key) == "/elsewhere/checkpoint_000001"
+    assert again.checkpoint_path(c.key) == "s3://bucket/ray/checkpoint_000003"
+    assert again.checkpoint_path("never") is None
+
+
 @pytest.mark.parametrize("line, what", [
     (b'{"event": "end", "key": "k"}\n', "not an event this dm-tune writes (KeyError: 'outcome')"),
     (b'{"event": "start", "key": "k", "spec": {"stage": "search"}}\n', "not an event this dm-tune writes (TypeError"),

@@ -33,8 +33,10 @@ from dm_tune.search._trial import TrialOutcome, TrialSpec
 
 
 class Ledger:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, root: Path | None = None) -> None:
+        """``root``: the workspace; checkpoints inside it are kept relative to it, so that a
+        workspace moved (or mounted elsewhere) resumes from them."""
+        self.path, self.root = path, root
         self.started: dict[str, TrialSpec] = {}       # key -> spec, in start order
         self.group: dict[str, str] = {}               # key -> the population it trains in
         self.ended: dict[str, TrialOutcome] = {}
@@ -101,7 +103,17 @@ class Ledger:
         return group
 
     def checkpoint(self, group: str, path: str) -> None:
+        if self.root is not None and "://" not in path and Path(path).is_relative_to(self.root):
+            path = Path(path).relative_to(self.root).as_posix()
         self._append({"event": "checkpoint", "key": group, "path": path})
+
+    def checkpoint_path(self, group: str) -> str | None:
+        """Where population ``group``'s newest checkpoint is now: a URI, an absolute path, or one
+        in the workspace (recorded relative to it)."""
+        path = self.checkpoints.get(group)
+        if path is None or "://" in path or Path(path).is_absolute() or self.root is None:
+            return path
+        return str(self.root / path)
 
     def end(self, spec: TrialSpec, outcome: TrialOutcome) -> bool:
         """Record how a trial ended; False if it had already ended (a re-run after a resume)."""

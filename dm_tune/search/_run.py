@@ -316,7 +316,7 @@ def run_setting(ctx: SettingContext) -> Ledger:
     from dm_tune.search._tracking import MLflowTracker, setting_run
 
     study, key = ctx.study, ctx.setting.key
-    ledger = Ledger(ctx.opts.ledger(study.name, key))
+    ledger = Ledger(ctx.opts.ledger(study.name, key), ctx.opts.workspace)
     searcher = _searcher(ctx, ledger)
     parent = setting_run(ctx.opts.tracking, ctx.exp_id, key, {
         **ctx.setting.train_fields(), "num_classes": ctx.source.num_classes,

@@ -316,7 +316,7 @@ class StagedSearcher(Searcher):
         group = self.ledger.start(population)
         self._live[trial_id] = population
         return {"specs": [spec.to_dict() for spec in population], "group": group,
-                "resume_from": self.ledger.checkpoints.get(group)}
+                "resume_from": self.ledger.checkpoint_path(group)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._live:  # what a trial that then crashes had reached (Tune passes no result)
