@@ -325,6 +325,24 @@ def test_a_damaged_stored_study_is_one_line_and_left_as_it_was(tmp_path, content
     assert (ws / "studies" / "x.json").read_bytes() == content
 
 
+def test_a_stored_study_with_training_fields_its_trials_ignore_still_resumes(tmp_path):
+    """Stored by an earlier dm-tune, which accepted training.seed (and ignored it in every trial): the
+    resume goes on (here to the unreachable --address, the next check), saying it is ignored."""
+    from dm_tune.search._study import Study
+
+    ws = tmp_path / "ws"
+    (ws / "studies").mkdir(parents=True)
+    stored = Study.from_dict(tiny_study("old")).to_dict()
+    stored["training"] = {**stored["training"], "seed": 7}
+    (ws / "studies" / "old.json").write_text(json.dumps(stored))
+    proc = _cli("search", "--workspace", str(ws), "--resume", "old", "--address", f"127.0.0.1:{free_port()}",
+                cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == f"dm-tune: warning: {ws / 'studies' / 'old.json'}: training.seed is ignored (set by seeds)"
+    assert "--address" in lines[-1] and "cannot reach" in lines[-1]
+
+
 def test_a_stored_study_that_cannot_be_read_is_one_line(tmp_path):
     """A read error (here one that root gets too: /proc/self/mem reads fail) was a traceback."""
     ws = tmp_path / "ws"

@@ -121,16 +121,24 @@ def test_bad_studies_name_the_field(values, field):
     ({"training": {"lam": 2.0}}, "training.lam: 2.0 is not allowed; set by the search's arms and baselines "
                                  "(under training: it would be ignored)"),
     ({"settings": {"model": ["mlp"]}, "training": {"model": "cnn"}},
-     "training.model: 'cnn' is not allowed; set by settings.model (under training: it applies only where "
-     "settings.model is default)"),
-    ({"search": {"class_weighting": ["none", "inverse"]}, "training": {"class_weighting": "inverse"}},
-     "training.class_weighting: 'inverse' is not allowed; set by search.class_weighting, which is searched "
-     "(under training: it would be ignored)"),
+     "training.model: 'cnn' is not allowed; set by settings.model (under training: it would be ignored)"),
 ])
 def test_bad_studies_exact_messages(values, message):
     with pytest.raises(ConfigError) as e:
         Study.from_dict(values)
     assert str(e.value) == message
+
+
+def test_training_fields_the_trials_override_are_kept_in_a_stored_study():
+    """A study an earlier dm-tune stored with training.seed (ignored by its trials then as now) still
+    resumes: refusing it would leave its search with no way to go on. training.model applies where
+    settings.model is default, and training.class_weighting to the baselines: neither is refused."""
+    old = {"name": "old", "training": {"seed": 7, "lam": 2.0}}
+    study = Study.from_dict(old, stored=True)
+    assert study.ignored_training() == [("seed", "seeds"), ("lam", "the search's arms and baselines")]
+    Study.from_dict({"settings": {"model": ["default", "mlp"]}, "training": {"model": "mlp"}})
+    Study.from_dict({"search": {"class_weighting": ["none", "inverse"]},
+                     "training": {"class_weighting": "sqrt-inverse"}})
 
 
 def test_study_is_immutable():

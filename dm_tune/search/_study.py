@@ -119,13 +119,22 @@ class Study:
         return self.search_seeds if self.search_seeds is not None else min(2, len(self.seeds))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Study:
+    def from_dict(cls, values: Mapping[str, Any], stored: bool = False) -> Study:
+        """``stored``: a study a workspace stored when its search began (``--resume``): training
+        fields that its trials ignore (``ignored_training``) are kept, as they were, not refused."""
         datasets = (values.get("settings") or {}).get("dataset") if isinstance(values.get("settings"), Mapping) else None
         if "task" not in values and isinstance(datasets, (list, tuple)) and datasets and isinstance(datasets[0], str):
             values = {**values, "task": task_of(datasets[0])}  # unless given: the first dataset's task
         study = parse(cls, values)
-        study.validate_settings()
+        study.validate_settings(refuse_ignored=not stored)
         return study
+
+    def ignored_training(self) -> list[tuple[str, str]]:
+        """(field, what sets it instead) for each training field that every trial overrides."""
+        out = [(key, where) for key, where in TRAINING_SET_ELSEWHERE.items() if key in self.training]
+        if "model" in self.training and "default" not in self.settings.model:
+            out.append(("model", "settings.model"))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         def plain(v: Any) -> Any:
@@ -155,23 +164,15 @@ class Study:
                               "(noise 'none' pairs only with noise_rate 0)")
         return out
 
-    def validate_settings(self) -> None:
+    def validate_settings(self, refuse_ignored: bool = True) -> None:
         """Every setting must make a valid TrainConfig (caught here, before anything runs)."""
         if self.search_seeds is not None and self.search_seeds > len(self.seeds):
             raise ConfigError("search_seeds", self.search_seeds,
                               f"expected at most the number of seeds ({len(self.seeds)}): the search trains "
                               "each arm on the first search_seeds of seeds")
-        for key, where in TRAINING_SET_ELSEWHERE.items():  # the trials' own value would silently win
-            if key in self.training:
-                raise ConfigError(f"training.{key}", self.training[key],
-                                  f"set by {where} (under training: it would be ignored)")
-        if "model" in self.training and any(m != "default" for m in self.settings.model):
-            raise ConfigError("training.model", self.training["model"], "set by settings.model (under training: "
-                              "it applies only where settings.model is default)")
-        if "class_weighting" in self.training and self.search.class_weighting != ("none",):
-            raise ConfigError("training.class_weighting", self.training["class_weighting"],
-                              "set by search.class_weighting, which is searched (under training: it would be "
-                              "ignored)")
+        for key, where in self.ignored_training() if refuse_ignored else ():  # the trials' own value would win
+            raise ConfigError(f"training.{key}", self.training[key], f"set by {where} (under training: it would "
+                              "be ignored)")
         for ds in self.settings.dataset:
             if task_of(ds) != self.task:
                 raise ConfigError("settings.dataset", ds, f"a {task_of(ds)} dataset; this study's task is "

@@ -169,7 +169,10 @@ def _load_study(args: argparse.Namespace, workspace: Path):
             known = sorted(p.stem for p in stored_dir.glob("*.json")) if stored_dir.is_dir() else []
             raise UserError(f"--resume {args.resume}: no such study in {workspace} "
                             f"(studies there: {', '.join(known) or 'none'})")
-        return Study.from_dict(_stored_study(path)), True
+        study = Study.from_dict(_stored_study(path), stored=True)
+        for key, where in study.ignored_training():  # stored by an earlier dm-tune, which took it too
+            print(f"dm-tune: warning: {path}: training.{key} is ignored (set by {where})", file=sys.stderr)
+        return study, True
     study = Study.from_dict(study_values(args))
     path = stored_dir / f"{study.name}.json"
     if path.is_file():
