@@ -11,8 +11,8 @@ The arms of one setting train together as populations (dm_tune.population), each
 per-seed data (noise draw, validation split, imbalance), so differences are paired by seed.
 Each finished setting is kept in ``--out``/validation.progress.jsonl as it ends (``Progress``):
 started again with the same inputs, a stopped validation trains only what it had not finished.
-Each setting names the dm-tune that trained it (``trained_by``); validation.md lists the settings
-an earlier dm-tune trained (a progress file resumed after an upgrade).
+Each setting names the dm-tune that trained it (``trained_by``); validation.md says which trained
+each setting when they differ (a progress file resumed after an upgrade).
 
 Verdict rule (``verdict``): with d_i = recommended - baseline final test accuracy on seed i
 (percentage points), n seeds, mean d and sample std s: the paired two-sided 95% t interval
@@ -300,11 +300,17 @@ def to_markdown(doc: Mapping[str, Any]) -> str:
     warnings = [f"- {s['setting']}: {w}" for s in doc["settings"] for w in s["recommendation"].get("warnings", [])]
     if warnings:
         lines += ["", "Warnings of the recommendations:", "", *warnings]
-    older = [f"- {s['setting']}: {other}" for s in doc["settings"] if (other := _other_code(s))]
-    if older:
-        lines += ["", "Settings trained by another dm-tune than the rest (an earlier run's progress, "
-                      "resumed after dm-tune changed):", "", *older]
+    if len({json.dumps(s.get("trained_by"), sort_keys=True) for s in doc["settings"]}) > 1:
+        lines += ["", "The settings were trained by more than one dm-tune (an earlier run's progress, resumed "
+                      "after dm-tune changed):", "",
+                  *(f"- {s['setting']}: {_code_text(s.get('trained_by'))}" for s in doc["settings"])]
     return "\n".join(lines) + "\n"
+
+
+def _code_text(was: Any) -> str:
+    if not isinstance(was, Mapping):
+        return "an unrecorded version"
+    return f"dm-tune {was.get('dm_tune')} at commit {was.get('git_commit')}"
 
 
 def _code() -> dict[str, str]:
@@ -318,11 +324,7 @@ def _other_code(entry: Mapping[str, Any]) -> str:
     """"" when ``entry`` was trained by this dm-tune; else which one trained it ("an unrecorded
     version" for an entry written before settings recorded it)."""
     was = entry.get("trained_by")
-    if was == _code():
-        return ""
-    if not isinstance(was, Mapping):
-        return "an unrecorded version"
-    return f"dm-tune {was.get('dm_tune')} at commit {was.get('git_commit')}"
+    return "" if was == _code() else _code_text(was)
 
 
 def _seeds_text(doc: Mapping[str, Any]) -> str:
