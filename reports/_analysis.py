@@ -109,9 +109,9 @@ def region(arms: pd.DataFrame, runs: pd.DataFrame, best: pd.Series, within: floa
     once (its confirm-stage arm); one that did not finish on every seed it was run on is left out,
     as it is from the choice of the best (``best_dm_arm``)."""
     dm = arms[(arms["method"] == "dm") & (arms["baseline"] == "") & arms["psi"].notna() & arms["rho"].notna()]
-    is_best = (dm["stage"] == best["stage"]) & (dm["arm"] == best["arm"])
-    dm = dm[(dm["n"] >= dm["n_attempted"]) | is_best]
     dm = dm.sort_values("stage", kind="stable").drop_duplicates("arm")  # "confirm" sorts before "search"
+    is_best = (dm["stage"] == best["stage"]) & (dm["arm"] == best["arm"])
+    dm = dm[(dm["n"] >= dm["n_attempted"]) | is_best]  # (its confirm arm decides: it had more seeds)
     best_by_seed = _val_by_seed(runs, best)
     near = [i for i, a in dm.iterrows()
             if a["val_mean"] >= _on_seeds(best_by_seed, _val_by_seed(runs, a).index, best["val_mean"]) - within - 1e-9]

@@ -422,6 +422,7 @@ def test_the_region_compares_each_configuration_with_the_best_on_its_own_seeds()
     rows += [row(stage="search", seed=s, val=0.795, lam=0.25, beta=4.0) for s in (0, 1)]
     rows += [row(seed=s, val=0.90, lam=3.0, beta=2.0) for s in (0, 2)]
     rows.append(row(seed=1, val=None, test=None, lam=3.0, beta=2.0, status="diverged"))
+    rows += [row(stage="search", seed=s, val=0.90, lam=3.0, beta=2.0) for s in (0, 1)]  # it finished there
     res = analyse_setting(tidy(rows))
     assert (res["lam"], res["beta"], res["val_acc_mean"]) == (1.0, 8.0, pytest.approx(82.0))
     assert res["psi_range"] == pytest.approx([mode_from_lambda(0.25), 0.5])  # not up to psi 0.75 (lam 3)
