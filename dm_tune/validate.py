@@ -91,22 +91,28 @@ def summarise(accuracies: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
     rec = accuracies.get("dm-recommended", {})
     comparisons = {}
     for base in BASELINE_ARMS:
-        other = accuracies.get(base, {})
-        shared = [s for s in rec if s in other]
-        seeds = sorted(s for s in shared if math.isfinite(rec[s]) and math.isfinite(other[s]))
-        diffs = [rec[s] - other[s] for s in seeds]
-        mean, std = mean_std(diffs)
-        # Seeds where only one of the two finished: the one that did not (diverged) loses.
-        rec_failed = sorted(s for s in shared if not math.isfinite(rec[s]) and math.isfinite(other[s]))
-        base_failed = sorted(s for s in shared if math.isfinite(rec[s]) and not math.isfinite(other[s]))
-        if rec_failed or base_failed:
-            decided = "undetermined" if rec_failed and base_failed else "loses" if rec_failed else "wins"
-        else:
-            decided = verdict(mean, std, len(diffs))
-        comparisons[base] = {"mean_diff": mean, "std": std, "n": len(diffs), "seeds": seeds,
-                             "did_not_finish": {"dm-recommended": rec_failed, base: base_failed},
-                             "verdict": decided}
+        c = paired_comparison(rec, accuracies.get(base, {}))
+        c["did_not_finish"] = {"dm-recommended": c.pop("a_failed"), base: c.pop("b_failed")}
+        comparisons[base] = c
     return {"arms": arms, "vs": comparisons}
+
+
+def paired_comparison(a: Mapping[Any, float], b: Mapping[Any, float]) -> dict[str, Any]:
+    """Arm a against arm b, per seed (NaN: the run did not finish): the mean +- sample std of a - b
+    over the seeds both finished, and the verdict of the module docstring's rule (a seed where one
+    finished and the other did not decides against the one that did not)."""
+    shared = [s for s in a if s in b]
+    seeds = sorted(s for s in shared if math.isfinite(a[s]) and math.isfinite(b[s]))
+    diffs = [a[s] - b[s] for s in seeds]
+    mean, std = mean_std(diffs)
+    a_failed = sorted(s for s in shared if not math.isfinite(a[s]) and math.isfinite(b[s]))
+    b_failed = sorted(s for s in shared if math.isfinite(a[s]) and not math.isfinite(b[s]))
+    if a_failed or b_failed:
+        decided = "undetermined" if a_failed and b_failed else "loses" if a_failed else "wins"
+    else:
+        decided = verdict(mean, std, len(diffs))
+    return {"mean_diff": mean, "std": std, "n": len(diffs), "seeds": seeds, "a_failed": a_failed,
+            "b_failed": b_failed, "verdict": decided}
 
 
 # --- training ----------------------------------------------------------------------------------

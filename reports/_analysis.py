@@ -136,32 +136,44 @@ def _on_seeds(by_seed: pd.Series, seeds: pd.Index, otherwise: float) -> float:
 
 
 def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """DM's final test accuracy against each baseline's, in points.
+    """DM's final test accuracy against each baseline's, in points; runs of any status (a diverged
+    or errored run is a seed that did not finish; early-stopped ones are left out).
 
-    With >= 2 seeds in common the difference is paired by seed (std: the sample std of the per-seed
-    differences) and judged as ``dm-tune validate`` judges it (``verdict``: wins / loses when the
-    paired 95% t interval of the mean difference excludes 0, else within noise); otherwise unpaired
-    (std = sqrt(s_dm^2 + s_base^2), the spread of one draw's difference; verdict "unpaired").
+    With >= 2 seeds both finished the difference is paired by seed (std: the sample std of the
+    per-seed differences) and judged as ``dm-tune validate`` judges it (``verdict``: wins / loses
+    when the paired 95% t interval of the mean difference excludes 0, else within noise; an arm that
+    did not finish on a seed where the other did loses); otherwise unpaired (std = sqrt(s_dm^2 +
+    s_base^2), the spread of one draw's difference; verdict "unpaired" unless a failure decides).
     """
-    from dm_tune.validate import verdict
+    from dm_tune.validate import paired_comparison
 
-    dm = dm_runs.groupby("seed")["final_test_acc"].mean() * POINTS
+    dm = _by_seed(dm_runs)
+    dm_ok = pd.Series({s: v for s, v in dm.items() if math.isfinite(v)}, dtype=float)
     out: dict[str, dict[str, Any]] = {}
     for name, runs in baseline_runs.groupby("baseline", sort=True):
-        base = runs.groupby("seed")["final_test_acc"].mean() * POINTS
-        common = dm.index.intersection(base.index)
-        paired = len(common) >= 2
+        by_seed = _by_seed(runs)
+        base = pd.Series({s: v for s, v in by_seed.items() if math.isfinite(v)}, dtype=float)
+        c = paired_comparison(dm, by_seed)
+        paired = c["n"] >= 2
         if paired:
-            diff = dm[common] - base[common]
-            mean_diff, std, n = float(diff.mean()), float(diff.std(ddof=1)), len(common)
+            mean_diff, std, n = c["mean_diff"], c["std"], c["n"]
         else:
-            mean_diff = float(dm.mean() - base.mean())
-            std = math.sqrt(_var(dm) + _var(base)) if len(dm) > 1 and len(base) > 1 else math.nan
-            n = min(len(dm), len(base))
+            mean_diff = float(dm_ok.mean() - base.mean())
+            std = math.sqrt(_var(dm_ok) + _var(base)) if len(dm_ok) > 1 and len(base) > 1 else math.nan
+            n = min(len(dm_ok), len(base))
+        decided = c["verdict"] if paired or c["a_failed"] or c["b_failed"] else "unpaired"
         out[str(name)] = {"baseline_mean": float(base.mean()), "baseline_std": _std(base), "baseline_n": len(base),
-                          "mean_diff": mean_diff, "std": std, "n": int(n), "paired": paired,
-                          "verdict": verdict(mean_diff, std, int(n)) if paired else "unpaired"}
+                          "mean_diff": mean_diff, "std": std, "n": int(n), "paired": paired, "verdict": decided,
+                          "did_not_finish": {"dm": c["a_failed"], str(name): c["b_failed"]}}
     return out
+
+
+def _by_seed(runs: pd.DataFrame) -> dict[Any, float]:
+    """Final test accuracy per seed in points; NaN for a seed whose run diverged or errored."""
+    ok = runs["status"].isin(["finished", ""]) & runs["final_test_acc"].notna()
+    values = (runs[ok].groupby("seed")["final_test_acc"].mean() * POINTS).to_dict()
+    failed = runs.loc[runs["status"].isin(["diverged", "errored"]), "seed"].dropna()
+    return {**{s: math.nan for s in failed if s not in values}, **values}
 
 
 def param_importance(trials: pd.DataFrame) -> dict[str, Any]:
@@ -221,7 +233,7 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
         return out
     chosen = usable(dm_configs(df))
     best_runs = chosen[(chosen["stage"] == best["stage"]) & (chosen["arm"] == best["arm"])]
-    baselines = usable(df[df["baseline"] != ""])
+    baselines = df[(df["baseline"] != "") & (df["status"] != "early-stopped")]  # failures count (compare_baselines)
     if (baselines["stage"] == "confirm").any():
         baselines = baselines[baselines["stage"] == "confirm"]
     search = chosen[chosen["stage"] == "search"]
@@ -236,7 +248,10 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
         out.update({f"test_{k}_mean": _nan_to_none(best_runs[f"final_test_{k}"].mean() * POINTS)
                     for k in ("rank1", "rank5", "rank10")})
     out.update(region(arms, chosen, best))
-    out["vs_baselines"] = compare_baselines(best_runs, baselines)
+    every = dm_configs(df)
+    best_every = every[(every["stage"] == best["stage"]) & (every["arm"] == best["arm"])
+                       & (every["status"] != "early-stopped")]  # its failures count too
+    out["vs_baselines"] = compare_baselines(best_every, baselines)
     out["importance"] = param_importance(search)
     out["sensitivity"] = sensitivity(search)
     if out["task"] == "retrieval":

@@ -452,3 +452,22 @@ def test_a_difference_of_about_one_std_over_three_seeds_is_within_noise() -> Non
                     for s, t, d in zip(range(3), (0.71, 0.72, 0.73), diffs)])
         got = compare_baselines(dm, gce)["gce"]
         assert got["paired"] and got["verdict"] == expected, (shift, got)
+
+
+def test_a_baseline_that_diverged_where_dm_finished_loses_as_in_validate() -> None:
+    """DM 80/75/78 against CCE 70/74 and diverged on seed 2: the seeds both finished alone said
+    "within noise"; validate's rule (the arm that did not finish where the other did loses) says
+    DM wins. The other way round DM loses; early-stopped runs are no failures."""
+    from dm_tune.reports._analysis import compare_baselines
+
+    dm = tidy([row(seed=s, test=t) for s, t in zip(range(3), (0.80, 0.75, 0.78))])
+    cce = tidy([row(seed=0, test=0.70, baseline="cce", method="cce"),
+                row(seed=1, test=0.74, baseline="cce", method="cce"),
+                row(seed=2, val=None, test=None, baseline="cce", method="cce", status="diverged")])
+    got = compare_baselines(dm, cce)["cce"]
+    assert got["verdict"] == "wins" and got["did_not_finish"] == {"dm": [], "cce": [2.0]}
+    assert (got["n"], got["baseline_n"]) == (2, 2) and got["mean_diff"] == pytest.approx(5.5)
+    diverged = tidy([row(seed=s, test=t) for s, t in zip(range(2), (0.80, 0.75))]
+                    + [row(seed=2, val=None, test=None, status="diverged")])
+    full = tidy([row(seed=s, test=0.70, baseline="cce", method="cce") for s in range(3)])
+    assert compare_baselines(diverged, full)["cce"]["verdict"] == "loses"
