@@ -188,8 +188,9 @@ def _collate(items: list[tuple[Any, int]]) -> Any:
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     """A training epoch's batches as (start, end) positions in its order: ``batch_size`` examples
-    each, the last one fewer; a last batch of one example joins the batch before it (BatchNorm
-    cannot train on a single example, and one example would make a whole step)."""
+    each, the last one possibly fewer; a last batch of one example joins the batch before it
+    (BatchNorm cannot train on a single example, and one example would make a whole step), so with
+    ``batch_size`` 1 the last batch holds 2."""
     bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         bounds[-2:] = [(bounds[-2][0], n)]

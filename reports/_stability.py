@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, output_dir, path_argument, write_output
+from dm_tune.errors import UserError, output_dir, output_path, path_argument, write_output
 from dm_tune.reports._text import json_safe
 
 SETTING_KEYS = ("setting", "psi", "rho", "psi_range", "rho_range", "vs_baselines")
@@ -363,10 +363,12 @@ def add_stability_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def stability_command(args: argparse.Namespace) -> int:
-    out = output_dir("--out", args.out) if args.out else None  # checked before anything is printed
+    if args.out:  # checked before anything is printed; made only when there is something to write
+        output_path("--out", args.out, directory=True)
     result = compare(load_doc(args.a), load_doc(args.b))
     print(brief(result))
-    if out is not None:
+    if args.out:
+        out = output_dir("--out", args.out)
         doc = {"a": str(args.a), "b": str(args.b), **result}  # as given: the names the Markdown shows
         write_output(out / "stability.json", json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n")
         write_output(out / "stability.md", to_markdown(result, args.a, args.b))

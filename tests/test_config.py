@@ -272,3 +272,18 @@ def test_validating_a_config_or_a_study_imports_no_heavy_library():
             "print(sorted(m for m in ('torch', 'numpy', 'ray', 'mlflow', 'optuna', 'pandas') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_yaml_merge_keys_override_and_are_no_repeat(tmp_path):
+    """A key that overrides one merged in with ``<<`` (also through a chain of merges) is YAML's
+    own override; a key written twice in one mapping is refused, at any depth."""
+    from dm_tune.errors import UserError, load_yaml
+
+    chained = tmp_path / "chained.yaml"
+    chained.write_text("defaults: &g {epochs: 5, lr: 0.1}\nprofiles: {fast: &fast {<<: *g, epochs: 2}}\n"
+                       "training: {<<: *fast}\n")
+    assert load_yaml(str(chained), "--config")["training"] == {"epochs": 2, "lr": 0.1}
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("training:\n  epochs: 1\n  lr: 0.1\n  epochs: 2\n")
+    with pytest.raises(UserError, match=r"key 'epochs' is given twice \(line 4\)"):
+        load_yaml(str(nested), "--config")

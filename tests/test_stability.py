@@ -184,6 +184,9 @@ def test_an_unwritable_out_is_one_line(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as e:  # an empty --out had written nothing, silently
         main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", ""])
     assert e.value.code == 2 and "argument --out: expected a path, not ''" in capsys.readouterr().err
+    (tmp_path / "a.json").write_text("{")  # a broken input: refused, and no --out folder made for nothing
+    assert main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 def test_the_command_names_a_broken_file(tmp_path: Path, capsys):
