@@ -343,6 +343,17 @@ def test_a_stored_study_with_training_fields_its_trials_ignore_still_resumes(tmp
     assert "--address" in lines[-1] and "cannot reach" in lines[-1]
 
 
+def test_a_stored_study_this_dm_tune_cannot_take_names_its_file(tmp_path):
+    """An unknown field (a newer dm-tune's, or an edit) was "foo: 1 is not allowed", naming no file."""
+    from dm_tune.search._study import Study
+
+    ws = tmp_path / "ws"
+    (ws / "studies").mkdir(parents=True)
+    (ws / "studies" / "new.json").write_text(json.dumps({**Study.from_dict(tiny_study("new")).to_dict(), "foo": 1}))
+    proc = _cli("search", "--workspace", str(ws), "--resume", "new", cwd=tmp_path, timeout=60)
+    _one_line_error(proc, f"{ws / 'studies' / 'new.json'}: the stored study is not valid here (foo", "another --name")
+
+
 def test_a_stored_study_that_cannot_be_read_is_one_line(tmp_path):
     """A read error (here one that root gets too: /proc/self/mem reads fail) was a traceback."""
     ws = tmp_path / "ws"

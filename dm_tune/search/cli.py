@@ -169,7 +169,11 @@ def _load_study(args: argparse.Namespace, workspace: Path):
             known = sorted(p.stem for p in stored_dir.glob("*.json")) if stored_dir.is_dir() else []
             raise UserError(f"--resume {args.resume}: no such study in {workspace} "
                             f"(studies there: {', '.join(known) or 'none'})")
-        study = Study.from_dict(_stored_study(path), stored=True)
+        try:
+            study = Study.from_dict(_stored_study(path), stored=True)
+        except ConfigError as e:  # edited by hand, or written by a newer dm-tune: say which file
+            raise UserError(f"{path}: the stored study is not valid here ({e}); restore it, or start a new "
+                            "search under another --name") from None
         for key, where in study.ignored_training():  # stored by an earlier dm-tune, which took it too
             print(f"dm-tune: warning: {path}: training.{key} is ignored (set by {where})", file=sys.stderr)
         return study, True
