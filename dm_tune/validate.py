@@ -394,8 +394,14 @@ def validate_command(args: argparse.Namespace) -> int:
                             f"this study's task is {study.task!r}")
         studies.append(study)
     seeds = _seeds(args.seeds) if args.seeds else None  # None: each --config file's own seeds
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs {args.epochs}: expected an integer >= 1")
+    if args.epochs is not None:  # the training budget's own range, checked before anything is made
+        from dm_tune._validate import ConfigError
+        from dm_tune.config import TrainConfig
+
+        try:
+            TrainConfig.from_dict({"epochs": args.epochs})
+        except ConfigError as e:
+            raise UserError(f"--epochs {args.epochs}: {e.allowed}") from None
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
     out = output_dir("--out", args.out)  # checked before hours of training, not after

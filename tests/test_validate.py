@@ -222,6 +222,8 @@ def test_the_recommended_class_weighting_is_trained(tmp_path, guidelines, monkey
     ({}, ["--guidelines", "nowhere.json"], "nowhere.json"),
     ({}, ["--seeds=0,-1"], "seed -1 is not allowed"),
     ({}, ["--out", "/proc/validation"], "--out /proc/validation: cannot write in /proc"),  # before training
+    # beyond the budget's range: refused as "epochs" after --out was made
+    ({}, ["--epochs", "1000000"], "--epochs 1000000: expected an integer in [1, 100000]"),
 ])
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, guidelines, overrides, args, field):
     code = main(["validate", "--config", str(write_config(tmp_path, **overrides)), "--guidelines", guidelines,
