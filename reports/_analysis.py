@@ -100,18 +100,22 @@ def best_dm_arm(arms: pd.DataFrame) -> tuple[pd.Series | None, str]:
     return None, "no finished DM runs"
 
 
-def region(arms: pd.DataFrame, runs: pd.DataFrame, best: pd.Series, within: float = REGION_POINTS) -> dict[str, Any]:
+def region(arms: pd.DataFrame, runs: pd.DataFrame, best: pd.Series, within: float = REGION_POINTS,
+           confirmed: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Ranges of psi and rho over the DM configurations within ``within`` points of the best arm's
     validation accuracy, each compared with the best on the same seeds (a configuration searched on
     seeds 0 and 1 against the best's mean over 0 and 1, not over all its confirm seeds).
 
     ``runs``: the usable runs of DM configurations. A configuration measured in both stages counts
     once (its confirm-stage arm); one that did not finish on every seed it was run on is left out,
-    as it is from the choice of the best (``best_dm_arm``)."""
+    as it is from the choice of the best (``best_dm_arm``); ``confirmed``: the configurations run
+    in the confirm stage whatever became of them (one that diverged on every confirm seed has no
+    confirm arm, and its search arm does not speak for it)."""
     dm = arms[(arms["method"] == "dm") & (arms["baseline"] == "") & arms["psi"].notna() & arms["rho"].notna()]
     dm = dm.sort_values("stage", kind="stable").drop_duplicates("arm")  # "confirm" sorts before "search"
     is_best = (dm["stage"] == best["stage"]) & (dm["arm"] == best["arm"])
-    dm = dm[(dm["n"] >= dm["n_attempted"]) | is_best]  # (its confirm arm decides: it had more seeds)
+    judged_elsewhere = (dm["stage"] == "search") & dm["arm"].isin(list(confirmed))
+    dm = dm[((dm["n"] >= dm["n_attempted"]) & ~judged_elsewhere) | is_best]  # its confirm arm decides
     best_by_seed = _val_by_seed(runs, best)
     near = [i for i, a in dm.iterrows()
             if a["val_mean"] >= _on_seeds(best_by_seed, _val_by_seed(runs, a).index, best["val_mean"]) - within - 1e-9]
@@ -137,7 +141,7 @@ def _on_seeds(by_seed: pd.Series, seeds: pd.Index, otherwise: float) -> float:
 
 def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """DM's final test accuracy against each baseline's, in points; runs of any status (a diverged
-    or errored run is a seed that did not finish; early-stopped ones are left out).
+    run is a seed that did not finish; errored and early-stopped ones are left out).
 
     With >= 2 seeds both finished the difference is paired by seed (std: the sample std of the
     per-seed differences) and judged as ``dm-tune validate`` judges it (``verdict``: wins / loses
@@ -162,18 +166,21 @@ def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dic
             std = math.sqrt(_var(dm_ok) + _var(base)) if len(dm_ok) > 1 and len(base) > 1 else math.nan
             n = min(len(dm_ok), len(base))
         decided = c["verdict"] if paired or c["a_failed"] or c["b_failed"] else "unpaired"
-        out[str(name)] = {"baseline_mean": float(base.mean()), "baseline_std": _std(base), "baseline_n": len(base),
+        out[str(name)] = {"baseline_mean": _nan_to_none(float(base.mean())) if len(base) else None,
+                          "baseline_std": _std(base), "baseline_n": len(base),
                           "mean_diff": mean_diff, "std": std, "n": int(n), "paired": paired, "verdict": decided,
                           "did_not_finish": {"dm": c["a_failed"], str(name): c["b_failed"]}}
     return out
 
 
 def _by_seed(runs: pd.DataFrame) -> dict[Any, float]:
-    """Final test accuracy per seed in points; NaN for a seed whose run diverged or errored."""
+    """Final test accuracy per seed in points; NaN for a seed whose run diverged (the method's
+    failure; an errored run, a crash of the machinery, is a seed with no result)."""
     ok = runs["status"].isin(["finished", ""]) & runs["final_test_acc"].notna()
     values = (runs[ok].groupby("seed")["final_test_acc"].mean() * POINTS).to_dict()
-    failed = runs.loc[runs["status"].isin(["diverged", "errored"]), "seed"].dropna()
-    return {**{s: math.nan for s in failed if s not in values}, **values}
+    failed = runs.loc[runs["status"] == "diverged", "seed"].dropna()
+    out = {**{s: math.nan for s in failed if s not in values}, **values}
+    return {int(s) if float(s).is_integer() else s: v for s, v in out.items()}
 
 
 def param_importance(trials: pd.DataFrame) -> dict[str, Any]:
@@ -247,8 +254,8 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     if out["task"] == "retrieval":  # CMC of the recommended arm, beside its mAP
         out.update({f"test_{k}_mean": _nan_to_none(best_runs[f"final_test_{k}"].mean() * POINTS)
                     for k in ("rank1", "rank5", "rank10")})
-    out.update(region(arms, chosen, best))
     every = dm_configs(df)
+    out.update(region(arms, chosen, best, confirmed=set(every.loc[every["stage"] == "confirm", "arm"])))
     best_every = every[(every["stage"] == best["stage"]) & (every["arm"] == best["arm"])
                        & (every["status"] != "early-stopped")]  # its failures count too
     out["vs_baselines"] = compare_baselines(best_every, baselines)

@@ -107,10 +107,12 @@ def weight_curves_figure(settings: list[dict[str, Any]]) -> Figure:
 
 def baselines_figure(setting: dict[str, Any]) -> Figure:
     """Final test accuracy (mean +/- std over seeds) of the recommended DM arm and every baseline."""
-    names = ["DM (recommended)"] + list(setting["vs_baselines"])
-    means = [setting["test_acc_mean"]] + [b["baseline_mean"] for b in setting["vs_baselines"].values()]
-    stds = [setting["test_acc_std"]] + [b["baseline_std"] for b in setting["vs_baselines"].values()]
-    ns = [setting["n_seeds"]] + [b["baseline_n"] for b in setting["vs_baselines"].values()]
+    # (a baseline with no finished seed has no bar: its row in the report says it diverged)
+    shown = {k: b for k, b in setting["vs_baselines"].items() if b.get("baseline_mean") is not None}
+    names = ["DM (recommended)"] + list(shown)
+    means = [setting["test_acc_mean"]] + [b["baseline_mean"] for b in shown.values()]
+    stds = [setting["test_acc_std"]] + [b["baseline_std"] for b in shown.values()]
+    ns = [setting["n_seeds"]] + [b["baseline_n"] for b in shown.values()]
     fig = Figure(figsize=(max(4.0, 0.7 * len(names) + 1.5), 3.6), dpi=DPI)
     ax = fig.add_subplot()
     xs = np.arange(len(names))

@@ -175,7 +175,8 @@ def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
                                            f"({s['n_configs']} configurations)"],
             ["importance (mode vs spread)", importance], ["sensitivity", sensitivity],
             ["trials", f"{c['finished']} finished, {c['diverged']} diverged, {c['early_stopped']} early-stopped, "
-                       f"{c['errored']} errored (only finished ones are compared)"
+                       f"{c['errored']} errored (means over finished ones; a diverged seed decides a "
+                       "comparison against its arm)"
                        + (f"; and {c['reused']} confirm-stage records of search runs, not trained again"
                           if c.get("reused") else "")]]
     base_rows = [[name, f"{fmt_acc(b['baseline_mean'], b['baseline_std'])} (n={b['baseline_n']})",

@@ -471,3 +471,37 @@ def test_a_baseline_that_diverged_where_dm_finished_loses_as_in_validate() -> No
                     + [row(seed=2, val=None, test=None, status="diverged")])
     full = tidy([row(seed=s, test=0.70, baseline="cce", method="cce") for s in range(3)])
     assert compare_baselines(diverged, full)["cce"]["verdict"] == "loses"
+
+
+def test_a_baseline_that_never_finished_and_an_errored_seed() -> None:
+    """A baseline diverged on every seed: an entry with no mean (DM wins), which the figure and the
+    guideline sentence take (the figure crashed on its missing bar). An errored seed (a crash of the
+    machinery) decides nothing: it is a seed without a result."""
+    from dm_tune.reports._analysis import compare_baselines
+    from dm_tune.reports._figures import baselines_figure
+    from dm_tune.reports._guidelines import setting_sentence
+
+    rows = [row(seed=s, test=t) for s, t in zip(range(3), (0.70, 0.71, 0.72))]
+    rows += [row(seed=s, val=None, test=None, baseline="mae", method="mae", status="diverged") for s in range(3)]
+    rows += [row(seed=s, test=t, baseline="cce", method="cce") for s, t in ((0, 0.75), (1, 0.76))]
+    rows.append(row(seed=2, val=None, test=None, baseline="cce", method="cce", status="errored"))
+    res = analyse_setting(tidy(rows))
+    mae, cce = res["vs_baselines"]["mae"], res["vs_baselines"]["cce"]
+    assert (mae["baseline_mean"], mae["baseline_n"], mae["n"], mae["verdict"]) == (None, 0, 0, "wins")
+    assert mae["did_not_finish"] == {"dm": [], "mae": [0, 1, 2]}
+    assert cce["verdict"] != "wins" and cce["did_not_finish"] == {"dm": [], "cce": []} and cce["n"] == 2
+    baselines_figure(res)  # draws DM and CCE; MAE has no bar
+    only_mae = {**res, "vs_baselines": {"mae": mae}}
+    text = setting_sentence(only_mae)
+    assert "over 0 seeds" not in text and "(better: the other diverged on a seed where it finished)" in text
+    assert compare_baselines(tidy(rows[:3]), tidy(rows[3:6]))["mae"]["verdict"] == "wins"
+
+
+def test_a_configuration_that_diverged_on_every_confirm_seed_is_out_of_the_region() -> None:
+    """It has no confirm arm at all (no finished run): its finished search arm had stood for it."""
+    rows = [row(seed=s, val=0.80) for s in range(3)]
+    rows += [row(stage="search", seed=s, val=0.80) for s in (0, 1)]
+    rows += [row(stage="search", seed=s, val=0.90, lam=3.0, beta=2.0) for s in (0, 1)]
+    rows += [row(seed=s, val=None, test=None, lam=3.0, beta=2.0, status="diverged") for s in range(3)]
+    res = analyse_setting(tidy(rows))
+    assert res["psi_range"] == pytest.approx([0.5, 0.5]) and res["n_configs"] == 1
