@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from dm_tune._names import DATASET_ROOTS
 from dm_tune._validate import ConfigError
 from dm_tune.errors import DataError, UserError, load_yaml, output_path, path_argument, write_output
 
@@ -228,32 +229,37 @@ def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> No
                                           resolved.hidden_dim, resolved.pretrained, data.vocab_size))
 
 
-# Fields a run uses only in some configurations: (does it apply to this config, to what).
-_APPLIES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "lam": (lambda c: c.method == "dm", "method dm"),
-    "beta": (lambda c: c.method == "dm", "method dm"),
-    "gce_q": (lambda c: c.method in ("gce", "gce-dn"), "methods gce and gce-dn"),
-    "sl_mu": (lambda c: c.method == "sl", "method sl"),
-    "sl_nu": (lambda c: c.method == "sl", "method sl"),
-    "sl_log_clip": (lambda c: c.method == "sl", "method sl"),
+# Fields a run uses only in some configurations: (does it apply to this config, to what, the field
+# that decides it).
+_APPLIES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "lam": (lambda c: c.method == "dm", "method dm", "method"),
+    "beta": (lambda c: c.method == "dm", "method dm", "method"),
+    "gce_q": (lambda c: c.method in ("gce", "gce-dn"), "methods gce and gce-dn", "method"),
+    "sl_mu": (lambda c: c.method == "sl", "method sl", "method"),
+    "sl_nu": (lambda c: c.method == "sl", "method sl", "method"),
+    "sl_log_clip": (lambda c: c.method == "sl", "method sl", "method"),
     "class_weighting_beta": (lambda c: c.class_weighting == "effective-number",
-                             "class_weighting effective-number"),
-    "noise_file": (lambda c: c.noise == "file", "noise file"),
-    "noise_key": (lambda c: c.noise == "file", "noise file"),
+                             "class_weighting effective-number", "class_weighting"),
+    "noise_file": (lambda c: c.noise == "file", "noise file", "noise"),
+    "noise_key": (lambda c: c.noise == "file", "noise file", "noise"),
+    "data_root": (lambda c: DATASET_ROOTS[c.dataset], "the datasets read from disk", "dataset"),
 }
 
 
-def _check_applies(given: dict[str, Any], configs: list[Any]) -> None:
+def _check_applies(args: argparse.Namespace, given: dict[str, Any], configs: list[Any]) -> None:
     """A field given (in --config or by a flag) that no member uses is a mistake: it would be
-    silently ignored (``--gce-q`` with DM, ``lam`` in a file that trains CCE)."""
-    from dm_tune._names import DATASET_ROOTS
-
-    for field, (applies, where) in _APPLIES.items():
-        if field in given and not any(applies(c) for c in configs):
-            raise ConfigError(field, given[field], f"only applies to {where}; this run would ignore it")
-    if given.get("data_root") and not any(DATASET_ROOTS[c.dataset] for c in configs):
-        raise ConfigError("data_root", given["data_root"], f"dataset {configs[0].dataset!r} is embedded and "
-                          "reads nothing from disk; drop it")
+    silently ignored (``--gce-q`` with DM, ``lam`` in a file that trains CCE). Only a warning where
+    a flag changed what decides it (``--method cce`` over a --config file of DM knobs: flags
+    override the file)."""
+    file_values = load_yaml(args.config, "--config") if args.config else {}
+    for field, (applies, where, decider) in _APPLIES.items():
+        if field not in given or any(applies(c) for c in configs):
+            continue
+        if field in file_values and getattr(args, field, None) is None and getattr(args, decider, None) is not None:
+            print(f"dm-tune: warning: {field} from --config {args.config} is ignored: it applies to {where}, and "
+                  f"--{decider.replace('_', '-')} {getattr(args, decider)} overrides the file", file=sys.stderr)
+            continue
+        raise ConfigError(field, given[field], f"only applies to {where}; this run would ignore it")
 
 
 def _train_cmd(args: argparse.Namespace) -> int:
@@ -265,7 +271,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     member_values = [_train_values(m) for m in members]
     configs = [TrainConfig.from_dict(v) for v in member_values]
     given = {k: v for values in member_values for k, v in values.items() if v is not None}
-    _check_applies(given, configs)
+    _check_applies(args, given, configs)
     if len(members) > 1:
         return _train_population_cmd(args, configs)
     args = members[0]

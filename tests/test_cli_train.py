@@ -75,7 +75,7 @@ ERRORS = {
     "gce-q with dm": (["--gce-q", "0.5"], ["gce_q: 0.5", "only applies to methods gce and gce-dn"]),
     "noise key without file noise": (["--noise-key", "worse_label"], ["noise_key", "only applies to noise file"]),
     "data root of an embedded dataset": (["--data-root", "/nonexistent"],
-                                         ["data_root: '/nonexistent'", "'digits' is embedded"]),
+                                         ["data_root: '/nonexistent'", "only applies to the datasets read from disk"]),
     "unknown key in config": (["--config", "unknown.yaml"], ["learning_rate", "unknown field"]),
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
     "out into a missing directory": (["--epochs", "1", "--out", "missing/result.json"], ["--out", "missing", "does not exist"]),
@@ -252,3 +252,17 @@ def test_a_binary_config_file_is_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(weights)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"dm-tune: error: --config {weights}: not a YAML file (not UTF-8 text)"
+
+
+def test_a_method_flag_over_a_file_of_dm_knobs_warns_that_they_are_ignored(tmp_path, capsys):
+    """Flags override the file: --method cce over a file that sets DM's lam trains CCE, and says the
+    file's lam is ignored (a file that itself trains CCE with a lam is refused: see ERRORS)."""
+    from dm_tune.cli import main
+
+    (tmp_path / "run.yaml").write_text(FILES["run.yaml"])
+    out = tmp_path / "r.json"
+    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--method", "cce", "--epochs", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["method"] == "cce"
+    err = capsys.readouterr().err
+    assert "warning: lam from --config" in err and "--method cce overrides the file" in err
