@@ -341,6 +341,13 @@ def test_a_stored_study_with_training_fields_its_trials_ignore_still_resumes(tmp
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == f"dm-tune: warning: {ws / 'studies' / 'old.json'}: training.seed is ignored (set by seeds)"
     assert "--address" in lines[-1] and "cannot reach" in lines[-1]
+    # the same command as then goes on too (as the README says); a new study with the field is refused
+    config = _study_file(tmp_path, {k: v for k, v in stored.items()})
+    proc = _cli("search", "--workspace", str(ws), "--config", str(config), "--address", f"127.0.0.1:{free_port()}",
+                cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "training.seed is ignored" in proc.stderr and "cannot reach" in proc.stderr
+    proc = _cli("search", "--workspace", str(tmp_path / "new"), "--config", str(config), cwd=tmp_path, timeout=60)
+    _one_line_error(proc, "training.seed: 7 is not allowed; set by seeds")
 
 
 def test_a_stored_study_this_dm_tune_cannot_take_names_its_file(tmp_path):

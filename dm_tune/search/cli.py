@@ -177,7 +177,23 @@ def _load_study(args: argparse.Namespace, workspace: Path):
         for key, where in study.ignored_training():  # stored by an earlier dm-tune, which took it too
             print(f"dm-tune: warning: {path}: training.{key} is ignored (set by {where})", file=sys.stderr)
         return study, True
-    study = Study.from_dict(study_values(args))
+    values = study_values(args)
+    try:
+        study = Study.from_dict(values)
+    except ConfigError:
+        # The same command as a search an earlier dm-tune stored with a training field its trials
+        # ignore: it goes on, as --resume does, with the warning.
+        try:
+            study = Study.from_dict(values, stored=True)
+        except ConfigError:
+            study = None
+        path = stored_dir / f"{study.name}.json" if study is not None else None
+        if study is None or not study.ignored_training() or path is None or not path.is_file() \
+                or _stored_study(path) != study.to_dict():
+            raise
+        for key, where in study.ignored_training():
+            print(f"dm-tune: warning: {path}: training.{key} is ignored (set by {where})", file=sys.stderr)
+        return study, True
     path = stored_dir / f"{study.name}.json"
     if path.is_file():
         if _stored_study(path) != study.to_dict():
