@@ -77,14 +77,25 @@ def _seeds(seeds: pd.Series) -> int:
     return int(seeds.nunique() + seeds.isna().sum())
 
 
-def best_dm_arm(arms: pd.DataFrame) -> tuple[pd.Series | None, str]:
+def confirmed_arms(df: pd.DataFrame) -> set[str]:
+    """The DM configurations run in the confirm stage, whatever became of them."""
+    dm = dm_configs(df)
+    return set(dm.loc[dm["stage"] == "confirm", "arm"])
+
+
+def best_dm_arm(arms: pd.DataFrame, confirmed: set[str] | frozenset[str] = frozenset()) -> tuple[pd.Series | None, str]:
     """The DM arm with the highest mean final validation accuracy among those that finished on every
     seed they were run on: confirm stage, else search stage. Arms that diverged, errored or were
     stopped on some seed are chosen from only when no arm of the stage finished everywhere (said in
-    the note): one lucky seed of an unstable configuration is not a recommendation."""
+    the note): one lucky seed of an unstable configuration is not a recommendation. ``confirmed``
+    (``confirmed_arms``): configurations confirmed whatever became of them; one that finished no
+    confirm seed has no confirm arm, and its search trials do not speak for it."""
     dm = arms[(arms["method"] == "dm") & (arms["baseline"] == "")]
-    for stage, note in (("confirm", ""), ("search", "no confirm-stage runs: chosen from search trials "
-                                                     "(fewer seeds, less reliable)")):
+    dm = dm[(dm["stage"] == "confirm") | ~dm["arm"].isin(list(confirmed))]
+    fallback = ("the confirmed arms finished no seed: chosen from search trials not confirmed (fewer seeds, less "
+                "reliable)" if confirmed else "no confirm-stage runs: chosen from search trials (fewer seeds, less "
+                "reliable)")
+    for stage, note in (("confirm", ""), ("search", fallback)):
         candidates = dm[dm["stage"] == stage]
         if candidates.empty:
             continue
@@ -234,7 +245,7 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     out["counts"] = status_counts(df)
     out["counts_by_stage"] = {str(s): status_counts(g) for s, g in df.groupby("stage", sort=True)}
     arms = summarize_arms(df)
-    best, note = best_dm_arm(arms)
+    best, note = best_dm_arm(arms, confirmed_arms(df))
     if best is None:
         out.update(status="no-dm-results", note=note)
         return out
@@ -255,7 +266,7 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
         out.update({f"test_{k}_mean": _nan_to_none(best_runs[f"final_test_{k}"].mean() * POINTS)
                     for k in ("rank1", "rank5", "rank10")})
     every = dm_configs(df)
-    out.update(region(arms, chosen, best, confirmed=set(every.loc[every["stage"] == "confirm", "arm"])))
+    out.update(region(arms, chosen, best, confirmed=confirmed_arms(df)))
     best_every = every[(every["stage"] == best["stage"]) & (every["arm"] == best["arm"])
                        & (every["status"] != "early-stopped")]  # its failures count too
     out["vs_baselines"] = compare_baselines(best_every, baselines)
@@ -319,7 +330,7 @@ def recommended_run_ids(df: pd.DataFrame) -> list[str]:
     chosen = usable(dm_configs(df))
     ids: list[str] = []
     for setting, setting_arms in arms.groupby("setting", sort=True):
-        best, _ = best_dm_arm(setting_arms)
+        best, _ = best_dm_arm(setting_arms, confirmed_arms(df[df["setting"] == setting]))
         if best is not None:
             runs = chosen[(chosen["setting"] == setting) & (chosen["stage"] == best["stage"])
                           & (chosen["arm"] == best["arm"])]

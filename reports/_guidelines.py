@@ -88,10 +88,12 @@ def setting_sentence(s: dict[str, Any]) -> str:
         name, base = next(iter(s["vs_baselines"].items()))
     if base is not None:
         failed = base.get("did_not_finish") or {}
-        if base["n"]:
-            text += f"; {fmt_diff(base['mean_diff'], base['std'])} points over {name} over {base['n']} seeds"
-        if any(failed.values()) and base.get("verdict") in ("wins", "loses"):
-            text += f" ({_VERDICT_WORDS[base['verdict']]}: the other diverged on a seed where it finished)"
+        text += (f"; {fmt_diff(base['mean_diff'], base['std'])} points over {name} over {base['n']} seeds"
+                 if base["n"] else f"; against {name}, no seed both finished")
+        if any(failed.values()) and base.get("verdict") == "wins":
+            text += f" (better: {name} diverged on a seed where DM finished)"
+        elif any(failed.values()) and base.get("verdict") == "loses":
+            text += f" (worse: DM diverged on a seed where {name} finished)"
         elif base.get("verdict") in ("wins", "loses", "within noise"):
             text += f" ({_VERDICT_WORDS[base['verdict']]} by the paired 95% t interval)"
     text += f" (final test {metric_name(s)} {fmt_acc(s['test_acc_mean'], s['test_acc_std'])}%"

@@ -36,14 +36,14 @@ def leave_one_setting_out(df: pd.DataFrame, start: dict[str, Any] | None = None,
     makes one optimiser run enough (``n_restarts_optimizer`` 0) where a fresh fit needs restarts.
     A GP fit costs O(rows^3) in its rows (one per DM arm): the 17-setting embedded campaign, 381 arms,
     fits and validates in about 30 s on 2 cores."""
-    from dm_tune.reports._analysis import best_dm_arm, summarize_arms
+    from dm_tune.reports._analysis import best_dm_arm, confirmed_arms, summarize_arms
 
     rows, y = training_rows(df)
     cce_test = cce_means(df, "final_test_acc")
     out = []
     for setting in sorted({r["setting"] for r in rows}):
         runs = df[df["setting"] == setting]
-        best, _ = best_dm_arm(summarize_arms(runs))
+        best, _ = best_dm_arm(summarize_arms(runs), confirmed_arms(runs))
         # Held out with any twin measured by another study (KEY@STUDY): its runs are of the same setting.
         others = [(r, v) for r, v in zip(rows, y) if str(r["setting"]).split("@")[0] != setting.split("@")[0]]
         if best is None or best["stage"] != "confirm" or not others or setting not in cce_test:

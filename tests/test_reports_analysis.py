@@ -493,7 +493,11 @@ def test_a_baseline_that_never_finished_and_an_errored_seed() -> None:
     baselines_figure(res)  # draws DM and CCE; MAE has no bar
     only_mae = {**res, "vs_baselines": {"mae": mae}}
     text = setting_sentence(only_mae)
-    assert "over 0 seeds" not in text and "(better: the other diverged on a seed where it finished)" in text
+    assert "over 0 seeds" not in text and "; against mae, no seed both finished (better: mae diverged on a seed " \
+        "where DM finished)" in text, text
+    dm_failed = {**cce, "verdict": "loses", "did_not_finish": {"dm": [2], "cce": []}}
+    assert "points over CCE over 2 seeds (worse: DM diverged on a seed where CCE finished)" in setting_sentence(
+        {**res, "vs_baselines": {"cce": dm_failed}})
     assert compare_baselines(tidy(rows[:3]), tidy(rows[3:6]))["mae"]["verdict"] == "wins"
 
 
@@ -505,3 +509,14 @@ def test_a_configuration_that_diverged_on_every_confirm_seed_is_out_of_the_regio
     rows += [row(seed=s, val=None, test=None, lam=3.0, beta=2.0, status="diverged") for s in range(3)]
     res = analyse_setting(tidy(rows))
     assert res["psi_range"] == pytest.approx([0.5, 0.5]) and res["n_configs"] == 1
+
+
+def test_a_configuration_that_finished_no_confirm_seed_is_not_recommended_for_its_search_trials() -> None:
+    """Its search trials (the best) had been chosen, with the note that there were no confirm runs."""
+    rows = [row(stage="search", seed=s, val=0.90, lam=3.0, beta=2.0) for s in (0, 1)]
+    rows += [row(stage="search", seed=s, val=0.895) for s in (0, 1)]
+    rows += [row(seed=s, val=None, test=None, lam=3.0, beta=2.0, status="diverged") for s in range(3)]
+    res = analyse_setting(tidy(rows))
+    assert (res["stage"], res["lam"], res["beta"]) == ("search", 1.0, 8.0)
+    assert res["stage_note"].startswith("the confirmed arms finished no seed: chosen from search trials not confirmed")
+    assert res["psi_range"] == pytest.approx([0.5, 0.5])
