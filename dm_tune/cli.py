@@ -99,6 +99,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def _train_values(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = load_yaml(args.config, "--config") if args.config else {}
+    if args.noise is not None and args.noise != "file":  # flags override the file: its label file too
+        for key in ("noise_file", "noise_key"):  # (said once, by _check_applies)
+            if getattr(args, key) is None:
+                values.pop(key, None)
     for flag, field in _TRAIN_FLAGS.items():
         v = getattr(args, flag)
         if v is not None:
@@ -251,15 +255,35 @@ def _check_applies(args: argparse.Namespace, given: dict[str, Any], configs: lis
     silently ignored (``--gce-q`` with DM, ``lam`` in a file that trains CCE). Only a warning where
     a flag changed what decides it (``--method cce`` over a --config file of DM knobs: flags
     override the file)."""
+    import dataclasses
+
+    from dm_tune.config import TrainConfig
+
     file_values = load_yaml(args.config, "--config") if args.config else {}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    as_filed = argparse.Namespace(**{d: file_values.get(d, defaults[d]) for _, _, d in _APPLIES.values()})
+    if args.noise is not None and args.noise != "file":
+        for key in ("noise_file", "noise_key"):
+            if file_values.get(key) and getattr(args, key) is None:  # dropped by _train_values
+                print(f"dm-tune: warning: {key} from --config {args.config} is ignored: --noise {args.noise} "
+                      "overrides the file's noise", file=sys.stderr)
     for field, (applies, where, decider) in _APPLIES.items():
-        if field not in given or any(applies(c) for c in configs):
+        if field not in given or given[field] == "" or any(applies(c) for c in configs):
             continue
-        if field in file_values and getattr(args, field, None) is None and getattr(args, decider, None) is not None:
+        flagged = getattr(args, decider, None)
+        if field in file_values and getattr(args, field, None) is None and flagged is not None \
+                and _applies_safely(applies, as_filed):  # the file was consistent; the flag changed it
             print(f"dm-tune: warning: {field} from --config {args.config} is ignored: it applies to {where}, and "
-                  f"--{decider.replace('_', '-')} {getattr(args, decider)} overrides the file", file=sys.stderr)
+                  f"--{decider.replace('_', '-')} {flagged} overrides the file", file=sys.stderr)
             continue
         raise ConfigError(field, given[field], f"only applies to {where}; this run would ignore it")
+
+
+def _applies_safely(applies: Callable[[Any], bool], config: Any) -> bool:
+    try:
+        return bool(applies(config))
+    except (KeyError, TypeError):  # e.g. a dataset name the file got wrong: TrainConfig says so
+        return False
 
 
 def _train_cmd(args: argparse.Namespace) -> int:

@@ -72,6 +72,9 @@ ERRORS = {
     "config that cannot be read": (["--config", "/proc/self/mem"], ["--config /proc/self/mem", "cannot be read"]),
     # fields no member uses were silently ignored (the flag --lam with cce was refused, lam in a file not)
     "lam in a file that trains cce": (["--config", "cce_lam.yaml"], ["lam: 3", "only applies to method dm"]),
+    # a file wrong in itself stays wrong whatever flag changes the method
+    "lam in a file that trains cce, under --method gce": (["--config", "cce_lam.yaml", "--method", "gce"],
+                                                          ["lam: 3", "only applies to method dm"]),
     "gce-q with dm": (["--gce-q", "0.5"], ["gce_q: 0.5", "only applies to methods gce and gce-dn"]),
     "noise key without file noise": (["--noise-key", "worse_label"], ["noise_key", "only applies to noise file"]),
     "data root of an embedded dataset": (["--data-root", "/nonexistent"],
@@ -266,3 +269,10 @@ def test_a_method_flag_over_a_file_of_dm_knobs_warns_that_they_are_ignored(tmp_p
     assert json.loads(out.read_text())["config"]["method"] == "cce"
     err = capsys.readouterr().err
     assert "warning: lam from --config" in err and "--method cce overrides the file" in err
+    # --noise over a file of file noise: its label file is dropped, with a warning (TrainConfig refused
+    # noise_file beside another noise: the flag could not override the file)
+    (tmp_path / "file_noise.yaml").write_text("noise: file\nnoise_file: labels.npy\n")
+    assert main(["train", "--config", str(tmp_path / "file_noise.yaml"), "--noise", "symmetric", "--epochs", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: noise_file from --config") == 1 and "--noise symmetric overrides" in err
