@@ -64,7 +64,8 @@ def load_source(config: TrainConfig) -> Source:
                               f"dataset {config.dataset!r} is read from disk; give --data-root")
         root = Path(config.data_root).expanduser().resolve()
         if not root.exists() and not config.download:
-            raise ConfigError("data_root", config.data_root, "the directory does not exist")
+            raise ConfigError("data_root", config.data_root, "it does not exist (a folder, or for features a "
+                              ".npz file)" if config.dataset == "features" else "the directory does not exist")
     source = loader(root, config.dataset_options, config.download)
     if source.task == "classification" and source.num_classes < 2:
         raise DataError(root or config.dataset, f"holds a single class ({source.num_classes})",

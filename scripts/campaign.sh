@@ -6,8 +6,11 @@
 set -euo pipefail
 ws=${1:?usage: campaign.sh WORKSPACE [SAMPLER_SEED]}
 seed=${2:-0}
+here="$(cd "$(dirname "$0")/.." && pwd)"
+dmtune="$here/.venv/bin/dm-tune"  # the environment scripts/setup.sh (or scripts/run.sh) made
+[ -x "$dmtune" ] || dmtune=dm-tune
 for study in guidelines-embedded guidelines-embedded-pair guidelines-embedded-imbalance; do
-  dm-tune search --config "$(dirname "$0")/../studies/$study.yaml" --workspace "$ws" --sampler-seed "$seed" --quiet
+  "$dmtune" search --config "$(dirname "$0")/../studies/$study.yaml" --workspace "$ws" --sampler-seed "$seed" --quiet
 done
-dm-tune report --workspace "$ws" --experiment guidelines-embedded --experiment guidelines-embedded-pair \
+"$dmtune" report --workspace "$ws" --experiment guidelines-embedded --experiment guidelines-embedded-pair \
   --experiment guidelines-embedded-imbalance --out "$ws/report"
