@@ -77,6 +77,14 @@ def load_source(config: TrainConfig) -> Source:
     return source
 
 
+def input_shape(inputs: Any) -> tuple[int, ...]:
+    """The shape of one example of ``inputs`` (a tensor, or a Dataset whose items may be tuples)."""
+    sample = inputs[0]
+    if not isinstance(sample, torch.Tensor):
+        sample = sample[0] if isinstance(sample, tuple) else sample
+    return tuple(torch.as_tensor(sample).shape)
+
+
 def matched_queries(g: Gallery) -> int:
     """The queries of ``g`` that retrieval can score: their identity has an entry that is not junk
     in another camera (as ``dm_tune.retrieval.retrieval_metrics`` counts them)."""
@@ -167,9 +175,6 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
     if not shared_source:
         train, val_split = (replace(s, origin=None) for s in (train, val_split))
 
-    sample = train.inputs[0]
-    if not isinstance(sample, torch.Tensor):
-        sample = sample[0] if isinstance(sample, tuple) else sample
     return Data(
         train=train,
         clean_train_labels=torch.from_numpy(true_clean[keep]),
@@ -179,7 +184,7 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
         test=source.test,
         num_classes=source.num_classes,
         input_kind=source.input_kind,
-        input_shape=tuple(torch.as_tensor(sample).shape),
+        input_shape=input_shape(train.inputs),
         default_model=source.default_model,
         defaults=dict(source.defaults),
         normalise=source.normalise,

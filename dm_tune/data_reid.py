@@ -17,7 +17,7 @@ import torch
 
 from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
-from dm_tune.data import Data
+from dm_tune.data import Data, input_shape
 from dm_tune.datasets import Source, Split
 from dm_tune.datasets._reid import gallery, one_query_per_camera, renumber
 from dm_tune.noise import NoiseContext, apply_noise
@@ -64,9 +64,6 @@ def prepare_retrieval(config: TrainConfig, source: Source) -> Data:
     val_query = one_query_per_camera(ids[val_idx], cams[val_idx], val_rng)
     val_gallery = gallery(val_inputs, ids[val_idx], cams[val_idx], val_query)
     test = source.gallery
-    sample = train.inputs[0]
-    if not isinstance(sample, torch.Tensor):
-        sample = sample[0] if isinstance(sample, tuple) else sample
     return Data(
         train=train,
         clean_train_labels=torch.from_numpy(clean),
@@ -76,7 +73,7 @@ def prepare_retrieval(config: TrainConfig, source: Source) -> Data:
         test=Split(test.inputs, test.ids),
         num_classes=num_classes,
         input_kind=source.input_kind,
-        input_shape=tuple(torch.as_tensor(sample).shape),
+        input_shape=input_shape(train.inputs),
         default_model=source.default_model,
         defaults=dict(source.defaults),
         normalise=source.normalise,

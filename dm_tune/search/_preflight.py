@@ -137,6 +137,7 @@ def check_models(study: Study, sources: dict[str, Any]) -> None:
     import torch
 
     from dm_tune._validate import ConfigError
+    from dm_tune.data import input_shape
     from dm_tune.models import ModelSpec, build_model
 
     seen: set[tuple[str, str]] = set()
@@ -147,10 +148,7 @@ def check_models(study: Study, sources: dict[str, Any]) -> None:
         if (setting.dataset, model) in seen:
             continue
         seen.add((setting.dataset, model))
-        sample = src.train.inputs[0]
-        if not isinstance(sample, torch.Tensor):
-            sample = sample[0] if isinstance(sample, tuple) else sample
-        spec = ModelSpec(tuple(torch.as_tensor(sample).shape), src.input_kind, src.num_classes, config.hidden_dim,
+        spec = ModelSpec(input_shape(src.train.inputs), src.input_kind, src.num_classes, config.hidden_dim,
                          None, int(src.info.get("vocab_size", 0)))
         try:
             with torch.device("meta"):
