@@ -186,13 +186,13 @@ def _collate(items: list[tuple[Any, int]]) -> Any:
     return (bad, None) if bad is not None else torch.utils.data.default_collate(items)
 
 
-def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """A training epoch's batches as (start, end) positions in its order: ``batch_size`` examples
-    each, the last one possibly fewer; a last batch of one example joins the batch before it
-    (BatchNorm cannot train on a single example, and one example would make a whole step), so with
-    ``batch_size`` 1 the last batch holds 2."""
+def batch_bounds(n: int, batch_size: int, training: bool = True) -> list[tuple[int, int]]:
+    """Batches as (start, end) positions: ``batch_size`` examples each, the last one possibly fewer;
+    in ``training`` a last batch of one example joins the batch before it (BatchNorm cannot train
+    on a single example, and one example would make a whole step), so with ``batch_size`` 1 the
+    last batch holds 2."""
     bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+    if training and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
 
@@ -202,8 +202,7 @@ def _batches(split_inputs, n: int, batch_size: int, order: torch.Tensor | None, 
     """(inputs, index) batches in ``order`` (None: sequential, for evaluation; else an epoch's
     training order, batched by ``batch_bounds``). Tensors slice directly; Datasets go through a
     DataLoader in worker processes."""
-    bounds = ([(start, min(start + batch_size, n)) for start in range(0, n, batch_size)] if order is None
-              else batch_bounds(n, batch_size))
+    bounds = batch_bounds(n, batch_size, training=order is not None)
     order = torch.arange(n) if order is None else order
     if isinstance(split_inputs, torch.Tensor):
         for start, end in bounds:
