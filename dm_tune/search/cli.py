@@ -153,6 +153,12 @@ def _stored_study(path: Path) -> Any:
                         "for this user") from None
 
 
+def _warn_ignored(study: Any, path: Path) -> None:
+    """A study stored by an earlier dm-tune with training fields its trials ignore: say so."""
+    for key, where in study.ignored_training():
+        print(f"dm-tune: warning: {path}: training.{key} is ignored (set by {where})", file=sys.stderr)
+
+
 def _load_study(args: argparse.Namespace, workspace: Path):
     from dm_tune.search._study import Study
 
@@ -174,8 +180,7 @@ def _load_study(args: argparse.Namespace, workspace: Path):
         except ConfigError as e:  # edited by hand, or written by a newer dm-tune: say which file
             raise UserError(f"{path}: the stored study is not valid here ({e}); restore it, or start a new "
                             "search under another --name") from None
-        for key, where in study.ignored_training():  # stored by an earlier dm-tune, which took it too
-            print(f"dm-tune: warning: {path}: training.{key} is ignored (set by {where})", file=sys.stderr)
+        _warn_ignored(study, path)
         return study, True
     values = study_values(args)
     try:
@@ -191,8 +196,7 @@ def _load_study(args: argparse.Namespace, workspace: Path):
         if study is None or not study.ignored_training() or path is None or not path.is_file() \
                 or _stored_study(path) != study.to_dict():
             raise
-        for key, where in study.ignored_training():
-            print(f"dm-tune: warning: {path}: training.{key} is ignored (set by {where})", file=sys.stderr)
+        _warn_ignored(study, path)
         return study, True
     path = stored_dir / f"{study.name}.json"
     if path.is_file():
