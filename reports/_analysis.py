@@ -245,7 +245,8 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     out["counts"] = status_counts(df)
     out["counts_by_stage"] = {str(s): status_counts(g) for s, g in df.groupby("stage", sort=True)}
     arms = summarize_arms(df)
-    best, note = best_dm_arm(arms, confirmed_arms(df))
+    confirmed = confirmed_arms(df)
+    best, note = best_dm_arm(arms, confirmed)
     if best is None:
         out.update(status="no-dm-results", note=note)
         return out
@@ -266,7 +267,7 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
         out.update({f"test_{k}_mean": _nan_to_none(best_runs[f"final_test_{k}"].mean() * POINTS)
                     for k in ("rank1", "rank5", "rank10")})
     every = dm_configs(df)
-    out.update(region(arms, chosen, best, confirmed=confirmed_arms(df)))
+    out.update(region(arms, chosen, best, confirmed=confirmed))
     best_every = every[(every["stage"] == best["stage"]) & (every["arm"] == best["arm"])
                        & (every["status"] != "early-stopped")]  # its failures count too
     out["vs_baselines"] = compare_baselines(best_every, baselines)
