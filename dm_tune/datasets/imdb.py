@@ -97,8 +97,7 @@ def _read_split(root: Path, split: str) -> tuple[list[str], np.ndarray]:
             texts += [f.read_text(encoding="utf-8", errors="replace") for f in files]
         except OSError as e:
             raise DataError(Path(e.filename or folder), f"could not be read ({e.strerror or e})", LAYOUT) from None
-        empty = sum(not t.strip() for t in texts[len(labels):])
-        if empty == len(files):  # (as after an extraction that failed)
+        if not any(t.strip() for t in texts[len(labels):]):  # (as after an extraction that failed)
             raise DataError(folder, f"its {len(files)} reviews are all empty", LAYOUT)
         labels += [label] * len(files)
     return texts, np.asarray(labels, dtype=np.int64)
