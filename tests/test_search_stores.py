@@ -148,7 +148,7 @@ def test_a_store_another_process_holds_is_busy_not_damaged(real_stores, tmp_path
     finally:
         holder.close()
     assert str(checked.value).startswith(f"{ws / 'optuna.db'}: Optuna store busy")
-    assert str(info.value).startswith(f"{ws / 'optuna.db'}: Optuna found the store busy")
+    assert str(info.value).startswith(f"{ws / 'optuna.db'}: Optuna store busy")
     for line in (str(checked.value), str(info.value)):
         assert "try again" in line and "move it away" not in line and "damaged" not in line
 

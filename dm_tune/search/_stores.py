@@ -40,6 +40,11 @@ _STORE_TABLES = {"MLflow": "experiments", "Optuna": "studies"}
 _MOVE_AWAY = "move it away or use another --workspace"
 
 
+def _busy(path: Path, kind: str, why: str) -> str:
+    """The one line for a store another process holds: busy, not damaged, so try again."""
+    return f"{path}: {kind} store busy ({why}); another process is writing it: try again"
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The file of a ``sqlite:///`` URI (MLflow's and SQLAlchemy's spelling); None for a server.
     As SQLAlchemy reads it: a ``~`` is a folder of that name, not the home directory."""
@@ -124,7 +129,7 @@ def check_store(path: Path, kind: str, workspace: Path, *, read_only: bool = Fal
             raise UserError(f"{path}: a process was killed while writing it, and rolling that write back "
                             f"needs write access to the file and its folder; {move_away}") from None
         if code == "SQLITE_BUSY":
-            raise UserError(f"{path}: {kind} store busy ({e}); another process is writing it: try again") from None
+            raise UserError(_busy(path, kind, str(e))) from None
         raise UserError(f"{path}: damaged SQLite database ({e}); {move_away}") from None
     if check != ["ok"]:
         raise UserError(f"{path}: damaged SQLite database (integrity check: {check[0]}); {move_away}")
@@ -298,6 +303,5 @@ def _refused(kind: str, path: Path) -> Iterator[None]:
     except Exception as e:  # noqa: BLE001 - whatever the library raises, the user sees one line
         first = first_line(e)
         if "database is locked" in first:  # busy, not damaged: another process is writing it
-            raise UserError(f"{path}: {kind} found the store busy ({first}) for longer than it waits; "
-                            "another process is writing it: try again") from None
+            raise UserError(_busy(path, kind, first)) from None
         raise UserError(f"{path}: {kind} cannot open this store ({first}); {_MOVE_AWAY}") from None
