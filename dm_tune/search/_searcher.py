@@ -337,8 +337,9 @@ class StagedSearcher(Searcher):
         if population is None:
             return
         if not (result or {}).get("final") and ended:  # cut short: members that had ended keep their results
-            members = list((result or last or {}).get("members") or []) + [None] * len(population)
-            last = {**(result or last or {}), "members": [ended.get(k, members[k]) for k in range(len(population))]}
+            base = result or last or {}
+            members = list(base.get("members") or []) + [None] * len(population)
+            last = {**base, "members": [ended.get(k, members[k]) for k in range(len(population))]}
             result = None
         # A crashed or stopped trial's members are recorded with the epochs they had reached and
         # reported, as MLflow has them. Every member's end first: Optuna is told after, and a tell
