@@ -97,8 +97,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train_cmd)
 
 
-def _train_values(args: argparse.Namespace) -> dict[str, Any]:
-    values: dict[str, Any] = load_yaml(args.config, "--config") if args.config else {}
+def _train_values(args: argparse.Namespace, file_values: dict[str, Any]) -> dict[str, Any]:
+    """One member's fields: the --config file's (``file_values``), then its flags over them."""
+    values = dict(file_values)
     if args.noise is not None and args.noise != "file":  # flags override the file: its label file too
         for key in ("noise_file", "noise_key"):  # (said once, by _check_applies)
             if getattr(args, key) is None:
@@ -159,13 +160,11 @@ def _split_list(flag: str, text: str) -> list[Any]:
     return values
 
 
-def _members(args: argparse.Namespace) -> list[argparse.Namespace]:
+def _members(args: argparse.Namespace, file_values: dict[str, Any]) -> list[argparse.Namespace]:
     """One namespace per member: the Cartesian product of the list flags (method x lam x beta x
     seed; the DM flags only multiply DM members). One member: ``args`` with scalar values."""
     lists = {f: _split_list(f, getattr(args, f)) if getattr(args, f) is not None else [None] for f in _LIST_FLAGS}
-    file_method = None
-    if args.config and lists["method"] == [None]:
-        file_method = load_yaml(args.config, "--config").get("method")
+    file_method = file_values.get("method") if lists["method"] == [None] else None
     dm_flags = ("lam", "beta", "mode", "spread")
     members = []
     for method in lists["method"]:
@@ -250,7 +249,8 @@ _APPLIES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
 }
 
 
-def _check_applies(args: argparse.Namespace, given: dict[str, Any], configs: list[Any]) -> None:
+def _check_applies(args: argparse.Namespace, given: dict[str, Any], configs: list[Any],
+                   file_values: dict[str, Any]) -> None:
     """A field given (in --config or by a flag) that no member uses is a mistake: it would be
     silently ignored (``--gce-q`` with DM, ``lam`` in a file that trains CCE). Only a warning where
     a flag changed what decides it (``--method cce`` over a --config file of DM knobs: flags
@@ -259,7 +259,6 @@ def _check_applies(args: argparse.Namespace, given: dict[str, Any], configs: lis
 
     from dm_tune.config import TrainConfig
 
-    file_values = load_yaml(args.config, "--config") if args.config else {}
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     as_filed = argparse.Namespace(**{d: file_values.get(d, defaults[d]) for _, _, d in _APPLIES.values()})
     if args.noise is not None and args.noise != "file":
@@ -289,13 +288,14 @@ def _applies_safely(applies: Callable[[Any], bool], config: Any) -> bool:
 def _train_cmd(args: argparse.Namespace) -> int:
     from dm_tune.config import TrainConfig
 
-    members = _members(args)
+    file_values = load_yaml(args.config, "--config") if args.config else {}  # read once, for every member
+    members = _members(args, file_values)
     if args.population_size is not None and args.population_size < 1:
         raise ConfigError("--population-size", args.population_size, "expected an integer >= 1")
-    member_values = [_train_values(m) for m in members]
+    member_values = [_train_values(m, file_values) for m in members]
     configs = [TrainConfig.from_dict(v) for v in member_values]
     given = {k: v for values in member_values for k, v in values.items() if v is not None}
-    _check_applies(args, given, configs)
+    _check_applies(args, given, configs, file_values)
     if len(members) > 1:
         return _train_population_cmd(args, configs)
     args = members[0]
