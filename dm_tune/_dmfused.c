@@ -9,8 +9,8 @@
  *   share_i   = w_i / sum_j w_j                       (a softmax over log w: no overflow)
  *   grad_i    = share_i / (2 (1 - p_i) + 1e-6) * (softmax(z_i) - onehot(y_i))
  *   display   = -sum_i share_i log p_i
- * with the labelled entry of softmax - onehot written as expm1(log p) (no cancellation near
- * p = 1). The other methods of a population: see pop_grad below. Inputs float32 or float64
+ * with 1 - p_i, also the labelled entry of softmax - onehot, taken as the other classes'
+ * probabilities sum to (right to rounding near p = 1, where 1 - p from log p is not). The other methods of a population: see pop_grad below. Inputs float32 or float64
  * (contiguous, row-major), targets int64; outputs in the input's dtype. Every intermediate is a
  * double, except the softmax numerators, which wait between the two passes in the gradient
  * buffer (one more rounding for float32 input).
@@ -91,16 +91,17 @@
                 logp[i] = lp;                                                                  \
                 pm1[i] = expm1(lp);                                                            \
                 const double p = exp(lp), omp = -pm1[i];                                       \
+                /* DM and -DN: 1 - p as the other classes sum to (right to rounding where p is   \
+                 * close to 1, exact where it rounds to 1), as the torch paths take it */      \
+                if (kind != 1) pm1[i] = -(others / s);                                         \
                 if (kind == 0) {                                                               \
                     const double plam = lam == 0.0 ? 1.0 : (lam == 1.0 ? p : pow(p, lam));     \
                     w[i] = plam * -beta * pm1[i];                                              \
                     if (w[i] > wmax) wmax = w[i];                                              \
                 } else {                                                                       \
                     /* (the powers and the GCE term only where they count: libm calls per row) */ \
-                    /* -DN: 1 - p as the other classes sum to (exact where p rounds to 1), in  \
-                     * the multiplier and as the labelled entry, so the rows' L1 norms are 2 q   \
-                     * exactly */                                                              \
-                    if (kind == 2) pm1[i] = -(others / s);                                     \
+                    /* -DN: that 1 - p in the multiplier and as the labelled entry, so the rows' \
+                     * L1 norms are 2 q exactly */                                             \
                     const double om = -pm1[i];                                                 \
                     double mp = a;                                                             \
                     if (b != 0.0) {                                                            \

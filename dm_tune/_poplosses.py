@@ -76,13 +76,13 @@ def member_loss(config: Any) -> MemberLoss:
 
 
 def population_loss_parts(
-    logits: torch.Tensor, targets: torch.Tensor, knobs: dict[str, torch.Tensor], normalised: bool = True
+    logits: torch.Tensor, targets: torch.Tensor, knobs: dict[str, torch.Tensor], exact_q: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logit gradient [K, B, C], shares [K, B], display losses [K]) for every member at once.
 
     ``knobs`` holds one [K, 1] tensor per MemberLoss field, in the dtype the logits are computed
-    in: at least float32, like the single-run losses (see PopulationLoss.knobs). ``normalised``:
-    whether any member is a "-DN" form (False spares computing what only they use).
+    in: at least float32, like the single-run losses (see PopulationLoss.knobs). ``exact_q``:
+    whether any member is DM or a "-DN" form (False spares computing what only they use).
     """
     logits = logits.to(_compute_dtype(logits))
     batch = logits.shape[1]
@@ -91,27 +91,27 @@ def population_loss_parts(
     logp = logprobs.gather(2, index).squeeze(2)       # [K, B]
     probs = logprobs.exp_()
     p = probs.gather(2, index).squeeze(2)
-    p_minus_1 = torch.expm1(logp)                     # exact near p = 1
+    p_minus_1 = torch.expm1(logp)  # plain members: p - 1 as the single run's probs - onehot has it
     one_minus_p = -p_minus_1
-    # DM members: a softmax over the batch of the log-weights (cannot overflow for any beta).
-    share_dm = torch.softmax(torch.pow(p, knobs["lam"]).mul_(-knobs["beta"]).mul_(p_minus_1), dim=1)
     is_dm, plain = knobs["kind"] == DM, knobs["kind"] == PLAIN
-    # The labelled entry of the direction, p - 1; for "-DN" members minus the other classes'
-    # probabilities (1 - p exact where p rounds to 1: see SchemeLoss), so their rows' L1 norms are
-    # 2 q exactly and a batch fitted past the working precision gets no gradient. Their
-    # multipliers' 1 - p is that sum too.
-    target_entry, multiplier_1mp = p_minus_1, one_minus_p
-    if normalised:
-        others = probs.scatter(2, index, 0.0).sum(2)
-        target_entry = torch.where(is_dm | plain, p_minus_1, -others)
-        multiplier_1mp = -target_entry
+    # The labelled entry of the direction, p - 1; for DM and "-DN" members minus the other classes'
+    # probabilities, right to rounding where p is close to 1 (see _weighting._minus_others) and
+    # exact where p rounds to 1 (see SchemeLoss): "-DN" rows' L1 norms are then 2 q exactly and a
+    # batch fitted past the working precision gets no gradient. Their multipliers' 1 - p is that too.
+    target_entry = p_minus_1
+    if exact_q:
+        others = probs.scatter_(2, index, 0.0).sum(2)  # in place: the labelled entry is overwritten below
+        target_entry = torch.where(plain, p_minus_1, -others)
+    multiplier_1mp = -target_entry
+    # DM members: a softmax over the batch of the log-weights (cannot overflow for any beta).
+    share_dm = torch.softmax(torch.pow(p, knobs["lam"]).mul_(-knobs["beta"]).mul_(target_entry), dim=1)
     # The other members: their multiplier m(p) and weight 2 (1-p) m(p).
     m = (knobs["b"] * torch.pow(p, knobs["q"])).mul_(torch.pow(multiplier_1mp, knobs["r"])).add_(knobs["a"])
     weight = -2.0 * target_entry * m
     total = weight.sum(1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
     share = torch.where(is_dm, share_dm, weight / total)
     # DM: its share over CCE's divided-out weight; "-DN": m over the batch's gradient mass; plain: m / B.
-    scale = torch.where(plain, m / batch, torch.where(is_dm, share / torch.rsub(p_minus_1, CCE_WEIGHT_EPS, alpha=2.0),
+    scale = torch.where(plain, m / batch, torch.where(is_dm, share / torch.rsub(target_entry, CCE_WEIGHT_EPS, alpha=2.0),
                                                       m / total))
     grad = probs.scatter_(2, index, target_entry.unsqueeze(2)).mul_(scale.unsqueeze(2))
     value = (knobs["alpha"] * -logp
@@ -137,7 +137,7 @@ class PopulationLoss(nn.Module):
         if kernel == "native" and not _native.available():
             raise ValueError("kernel='native': the fused DM kernel was not built (no C compiler)")
         self.kernel = kernel
-        self.normalised = any(int(m.kind) == NORMALISED for m in members)
+        self.exact_q = any(int(m.kind) in (DM, NORMALISED) for m in members)
         for name in MemberLoss.__dataclass_fields__:
             values = [float(getattr(m, name)) for m in members]
             self.register_buffer(name, torch.tensor(values, dtype=torch.float64).view(-1, 1), persistent=False)
@@ -168,7 +168,7 @@ class PopulationLoss(nn.Module):
         if self.kernel == "native" or (self.kernel == "auto" and _native.population_eligible(logits, targets)):
             grad, share, display = _native.population_parts(logits, targets, self._packed)
         else:
-            grad, share, display = population_loss_parts(logits, targets, knobs, self.normalised)
+            grad, share, display = population_loss_parts(logits, targets, knobs, self.exact_q)
         if "class_weights" not in knobs:
             return grad, share, display
         # As ClassWeighted: row i of member k times w_k[y_ki]; shares reweighted, display unweighted.

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dm_tune import DMLoss
 from dm_tune._poplosses import MEMBER_LOSSES, PopulationLoss, member_loss
 from dm_tune._popmodels import PopulationModel, unsupported_reason
 from dm_tune.config import TrainConfig
@@ -103,6 +104,35 @@ def test_population_loss_matches_every_single_loss(dtype, kernel):
                                    msg=f"{KNOBS[k]}: display loss")
         torch.testing.assert_close(pop.last_shares[k], fn.last_shares.to(pop.last_shares.dtype), **tol,
                                    msg=f"{KNOBS[k]}: shares")
+
+
+@pytest.mark.parametrize("lam,beta", [(0.0, -6.0), (1.0, 8.0), (2.0, 24.0)])
+def test_float32_dm_on_fitted_examples_is_the_float64_gradient_on_every_path(lam, beta):
+    """DM divides a row by 2 (1 - p) + 1e-6: where 1 - p is ~1e-6 (logit margins of 10-16), a
+    float32 1 - p taken from log p was off by up to tens of percent, and so was the row (lam 0 or
+    beta < 0 give such examples much of the batch's share). Single runs and populations, torch
+    and the C kernel: the float64 gradient, rounded."""
+    gen = torch.Generator().manual_seed(3)
+    targets = torch.arange(32) % 5
+    logits = torch.randn(32, 5, generator=gen, dtype=torch.float64)
+    margin = torch.linspace(10.0, 16.0, 16, dtype=torch.float64).unsqueeze(1)
+    logits[:16] = torch.zeros(16, 5, dtype=torch.float64).scatter_(1, targets[:16, None], margin)
+    logits = logits.float()  # the reference below sees exactly the float32 logits
+    z = logits.double()
+    probs = torch.softmax(z, 1)
+    q = probs.scatter(1, targets[:, None], 0.0).sum(1)  # 1 - p (float64: right to ~1e-10 here)
+    share = torch.softmax(beta * probs.gather(1, targets[:, None]).squeeze(1) ** lam * q, 0)
+    want = (share / (2 * q + 1e-6)).unsqueeze(1) * (probs - F.one_hot(targets, 5).double())
+    cfg = TrainConfig.from_dict({"method": "dm", "lam": lam, "beta": beta})
+    for kernel in ("torch", "native"):
+        single = logits.clone().requires_grad_()
+        DMLoss(lam, beta, kernel=kernel)(single, targets).backward()
+        stacked = logits.unsqueeze(0).repeat(2, 1, 1).requires_grad_()
+        PopulationLoss([member_loss(cfg)] * 2, kernel=kernel)(stacked, targets.expand(2, 32)).sum().backward()
+        for name, got in (("single", single.grad), ("population", stacked.grad[1])):
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-9, msg=lambda m: f"{kernel} {name}: {m}")
+            rows = got.double()  # each row sums to 0 (to float32 rounding of its entries)
+            assert (rows.sum(1).abs() <= 1e-6 * rows.abs().sum(1)).all(), (kernel, name)
 
 
 @pytest.mark.parametrize("kernel", ["torch", "native"])
