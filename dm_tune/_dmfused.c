@@ -10,7 +10,8 @@
  *   grad_i    = share_i / (2 (1 - p_i) + 1e-6) * (softmax(z_i) - onehot(y_i))
  *   display   = -sum_i share_i log p_i
  * with 1 - p_i, also the labelled entry of softmax - onehot, taken as the other classes'
- * probabilities sum to (right to rounding near p = 1, where 1 - p from log p is not). The other methods of a population: see pop_grad below. Inputs float32 or float64
+ * probabilities sum to (right to rounding near p = 1, where 1 - p from log p is not). The
+ * other methods of a population: see pop_grad below. Inputs float32 or float64
  * (contiguous, row-major), targets int64; outputs in the input's dtype. Every intermediate is a
  * double, except the softmax numerators, which wait between the two passes in the gradient
  * buffer (one more rounding for float32 input).

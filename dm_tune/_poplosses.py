@@ -111,8 +111,8 @@ def population_loss_parts(
     total = weight.sum(1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
     share = torch.where(is_dm, share_dm, weight / total)
     # DM: its share over CCE's divided-out weight; "-DN": m over the batch's gradient mass; plain: m / B.
-    scale = torch.where(plain, m / batch, torch.where(is_dm, share / torch.rsub(target_entry, CCE_WEIGHT_EPS, alpha=2.0),
-                                                      m / total))
+    dm_scale = share / torch.rsub(target_entry, CCE_WEIGHT_EPS, alpha=2.0)
+    scale = torch.where(plain, m / batch, torch.where(is_dm, dm_scale, m / total))
     grad = probs.scatter_(2, index, target_entry.unsqueeze(2)).mul_(scale.unsqueeze(2))
     value = (knobs["alpha"] * -logp
              + knobs["gamma"] * -torch.expm1(knobs["q"] * logp) / knobs["q"]
