@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from dm_tune._names import task_of
 from dm_tune._param import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
 from dm_tune.errors import UserError
 
@@ -104,7 +105,10 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
     status = tags.get("dmtune.status", "")
     if status in IN_PROGRESS:  # its final metrics, if any, may be there before its status: not a result yet
         return None
-    task = "retrieval" if "final_val_map" in metrics else "classification"
+    # The task its dataset trains (a diverged retrieval run has no final mAPs: MLflow is given no
+    # NaN), else, for a dataset this dm-tune does not know, the metrics it logged.
+    retrieval = task_of(params.get("dataset", "")) == "retrieval" or "final_val_map" in metrics
+    task = "retrieval" if retrieval else "classification"
     if task == "retrieval":
         metrics = {**metrics, **{acc: metrics.get(m, math.nan) for acc, m in RETRIEVAL_SCORES.items()}}
     if status not in FAILED_STATUSES and any(_missing(metrics.get(k)) for k in REQUIRED_METRICS):

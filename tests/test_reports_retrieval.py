@@ -51,6 +51,23 @@ def test_retrieval_runs_load_with_map_in_place_of_accuracy():
     assert run_to_row("x", "r", PARAMS, {"final_val_map": 0.4}, {"dmtune.status": "finished"}) is None
 
 
+def test_a_diverged_retrieval_run_first_keeps_its_setting_retrieval():
+    """A diverged retrieval trial's final mAPs are NaN, which MLflow is not given: the run is still
+    a retrieval run (its dataset's task), and listed first (MLflow lists the newest first) it must
+    not turn its setting into a classification one."""
+    params = {**PARAMS, "method": "dm", "seed": "3", "lam": "2.0", "beta": "40.0"}
+    logged = {"best_epoch": 1.0, "best_test_map": 0.05, "epochs_reached": 2.0, "noise_rate_realised": 0.3,
+              "train_time_s": 1.0, "val_selected_test_map": 0.05}  # what _tracking logs for it
+    diverged = run_to_row("reid-study", "d0", params, logged, {"dmtune.setting": "reid", "dmtune.stage": "search",
+                                                               "dmtune.status": "diverged"})
+    assert diverged is not None and diverged["task"] == "retrieval"
+    doc = build_guidelines(tidy([diverged] + _runs()))
+    (s,) = doc["settings"]
+    assert s["task"] == "retrieval" and "mAP" in s["guideline"]
+    assert recommend(doc, num_classes=120, noise_type="symmetric", noise_rate=0.3, task="retrieval").lam == \
+        pytest.approx(s["lam"])
+
+
 def test_retrieval_guidelines_say_map_and_recommend_keeps_tasks_apart():
     doc = build_guidelines(tidy(_runs()))
     assert validate_guidelines(json.loads(dumps(doc))) is None
