@@ -134,9 +134,10 @@ def train_population(configs: Sequence[TrainConfig], datas: Sequence[Data],
                      member_done: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
     """Train every member ``configs[k]`` on ``datas[k]``; one TrainResult per member, in order.
 
-    ``member_done(k, result)``: called as soon as member ``k`` of a population trained one member
-    at a time has its result, before the next starts (members trained together all end at once,
-    in the returned list)."""
+    ``member_done(k, result)``: called as soon as member ``k`` has its result: in a population
+    trained one member at a time before the next starts, in one trained together when the member
+    diverges (frozen, it never changes again; the others end at once, in the returned list). A
+    caller keeps it, so that a population that then fails for good does not lose how it ended."""
     if len(configs) != len(datas) or not configs:
         raise ValueError(f"need one data per config and at least one member, got {len(configs)} and {len(datas)}")
     reasons = [solo_reason(c, d) for c, d in zip(configs, datas)]
@@ -146,17 +147,19 @@ def train_population(configs: Sequence[TrainConfig], datas: Sequence[Data],
             print(f"dm-tune: population of {len(configs)} runs one member at a time (K = 1): {reason}",
                   file=sys.stderr)
         return _train_one_by_one(configs, datas, report, resume, member_done)
-    return _train_all(configs, datas, report, resume)
+    return _train_all(configs, datas, report, resume, member_done)
 
 
 def _train_all(configs: Sequence[TrainConfig], datas: Sequence[Data], report: PopulationReport | None,
-               resume: dict[str, Any] | None) -> list[TrainResult]:
+               resume: dict[str, Any] | None,
+               member_done: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
     keys = [population_key(c, d) for c, d in zip(configs, datas)]
     if len(set(keys)) > 1:
         field = _first_difference(configs, datas)
         raise ValueError(f"members of one population must share {field!r} (see plan_populations)")
     try:
-        return _train_together([_resolved(c, d) for c, d in zip(configs, datas)], list(datas), report, resume)
+        return _train_together([_resolved(c, d) for c, d in zip(configs, datas)], list(datas), report, resume,
+                               member_done)
     except torch.cuda.OutOfMemoryError as e:  # the population's size is the user's knob: say which
         raise UserError(f"a population of {len(configs)} members ran out of GPU memory ({_oom_summary(e)}); "
                         f"train fewer at once: --population-size {len(configs) // 2} (dm-tune train, "
@@ -236,7 +239,8 @@ def _stack(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
 
 
 def _train_together(configs: list[TrainConfig], datas: list[Data], report: PopulationReport | None,
-                    resume: dict[str, Any] | None) -> list[TrainResult]:
+                    resume: dict[str, Any] | None,
+                    member_done: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
     first, data0 = configs[0], datas[0]
     size = len(configs)
     device = select_device(first.device)
@@ -284,8 +288,16 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
     histories: list[list[dict[str, float]]] = [[] for _ in configs]
     status = ["running"] * size
     start_epoch = 0
+
+    def result(k: int) -> TrainResult:
+        return _result(configs[k], datas[k], histories[k], "diverged" if status[k] == "diverged" else "finished",
+                       sum(h["epoch_time_s"] for h in histories[k]))
+
     if resume is not None:
         start_epoch = _load(resume, configs, model, opt, gens, histories, status)
+        for k in range(size):  # diverged before the snapshot: said again (the caller may be a new process)
+            if status[k] == "diverged" and member_done is not None:
+                member_done(k, result(k))
 
     def snapshot() -> dict[str, Any]:
         return {"format": SNAPSHOT_FORMAT, "kind": "population", "epoch": max(len(h) for h in histories),
@@ -351,12 +363,12 @@ def _train_together(configs: list[TrainConfig], datas: list[Data], report: Popul
                 status[k] = "finished"
             histories[k].append(metrics)
             reported[k] = dict(metrics)
+            if status[k] == "diverged" and member_done is not None:
+                member_done(k, result(k))
         if report is not None:
             report(reported, snapshot)
 
-    return [_result(c, d, histories[k], "diverged" if status[k] == "diverged" else "finished",
-                    sum(h["epoch_time_s"] for h in histories[k]))
-            for k, (c, d) in enumerate(zip(configs, datas))]
+    return [result(k) for k in range(size)]
 
 
 def _load(state: dict[str, Any], configs: list[TrainConfig], model: PopulationModel, opt: PopulationOptimizer,

@@ -502,10 +502,22 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on():
     shared = {"optimizer": "sgd", "lr": 0.05, "epochs": 3}
     cfgs = configs(healthy[0], bad, healthy[1], **shared)
     reports: list[dict] = []
-    results = train_population(cfgs, datas(cfgs), lambda metrics, snap: reports.append(metrics))
+    snapshots: list = []
+    done: list = []  # (reports so far, member, result): a diverged member's result comes when it diverges
+
+    def report(metrics, snap):
+        reports.append(metrics)
+        snapshots.append(_round_trip(snap()))
+
+    results = train_population(cfgs, datas(cfgs), report, member_done=lambda k, r: done.append((len(reports), k, r)))
     assert [r.status for r in results] == ["finished", "diverged", "finished"]
     assert results[1].epochs_completed == 1 and results[1].history[-1]["diverged"] == 1.0
     assert [sorted(r) for r in reports] == [[0, 1, 2], [0, 2], [0, 2]]
+    assert [(n, k) for n, k, _ in done] == [(0, 1)] and done[0][2] == results[1]
+    # Resumed (a new process, say): the member that diverged before the snapshot is said again, at once.
+    again: list = []
+    resumed = train_population(cfgs, datas(cfgs), resume=snapshots[0], member_done=lambda k, r: again.append((k, r)))
+    assert [k for k, _ in again] == [1] and repr(again[0][1]) == repr(results[1]) == repr(resumed[1])  # NaNs
     alone = train_population(configs(*healthy, **shared), datas(configs(*healthy, **shared)))
     for ours, ref in zip((results[0], results[2]), alone):
         assert ours.epochs_completed == 3

@@ -403,6 +403,38 @@ def test_a_study_stored_under_the_same_name_with_another_configuration_is_refuse
 
 
 @pytest.mark.slow
+def test_a_member_that_diverged_before_its_population_failed_for_good_stays_diverged(tmp_path):
+    """CCE and MAE trained together (lr 5): CCE diverges in epoch 1 and is frozen, MAE goes on; the
+    population then fails for good at epoch 2 (max_failures 0). CCE ended as diverged, as it would
+    alone, with its epoch (it had been recorded errored, with no history), in the ledger and MLflow."""
+    ws, markers = tmp_path / "ws", tmp_path / "faults"
+    markers.mkdir()
+    study = _study_file(tmp_path, tiny_study("frozen", settings={"dataset": ["digits"], "noise": ["none"],
+                                                                 "noise_rate": [0.0]},
+                                             search={"num_samples": 1, "top_k": 1}, baselines=["cce", "mae"],
+                                             seeds=[0], population_size=4, max_failures=0,
+                                             resources={"max_concurrent": 1},
+                                             training={"epochs": 3, "optimizer": "sgd", "lr": 5.0, "momentum": 0.0,
+                                                       "weight_decay": 0.0}))
+    proc = _cli("search", "--config", str(study), "--workspace", str(ws), cwd=tmp_path,
+                env={"DMTUNE_FAULT": f"2:{markers}"})
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "failed for good (RuntimeError: injected failure at epoch 2 (DMTUNE_FAULT))" in proc.stderr
+    (path,) = (ws / "ledger" / "frozen").glob("*.jsonl")
+    ledger = Ledger(path)
+    ended = {key.split("/")[-2]: outcome for key, outcome in ledger.ended.items() if "/dm-" not in key}
+    assert ledger.group[next(k for k in ledger.ended if "/cce/" in k)] == ledger.group[
+        next(k for k in ledger.ended if "/mae/" in k)]  # one population
+    assert ended["cce"].status == "diverged" and ended["cce"].epochs_reached == 1
+    assert len(ended["cce"].history) == 1 and ended["cce"].history[0]["diverged"] == 1.0
+    assert ended["mae"].status == "errored"
+    _, trials = _trials(ws, "frozen")
+    runs = {r.data.tags["dmtune.baseline"]: r for r in trials if r.data.tags["dmtune.baseline"]}
+    assert runs["cce"].data.tags["dmtune.status"] == "diverged" and runs["cce"].data.metrics["epochs_reached"] == 1
+    assert runs["mae"].data.tags["dmtune.status"] == "errored"
+
+
+@pytest.mark.slow
 def test_members_that_ended_before_their_population_failed_for_good_keep_their_results(tmp_path):
     """Retrieval members train one at a time: in each population the first member finishes, then
     the second fails for good (max_failures 0). The first keeps its result (it was recorded as

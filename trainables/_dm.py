@@ -86,8 +86,9 @@ def _resume_state(resume_from: str | None) -> dict[str, Any] | None:
 def _reporter(runtime: TrialRuntime, budget: int, size: int,
               ended: dict[int, dict[str, Any]]) -> Callable[[dict[int, dict[str, float]], Any], None]:
     """Tune's per-epoch reports; ``ended``: the final reports of members that ended since the last
-    report (trained one at a time), carried in the next one (the searcher keeps them), so that a
-    trial that then fails for good loses none of them."""
+    report (trained one at a time, or diverged in a population trained together), carried in the
+    next one in place of their epoch (the searcher keeps them), so that a trial that then fails for
+    good loses none of them."""
     import torch
     from ray import tune
 
@@ -98,7 +99,8 @@ def _reporter(runtime: TrialRuntime, budget: int, size: int,
         calls[0] += 1
         epoch = max(int(m["epoch"]) for m in epoch_metrics.values())
         _fault_hook(epoch, set(epoch_metrics))
-        members: list[dict[str, Any] | None] = [epoch_metrics.get(k, ended.get(k)) for k in range(size)]
+        members: list[dict[str, Any] | None] = [ended[k] if k in ended else epoch_metrics.get(k)
+                                                for k in range(size)]
         metrics: dict[str, Any] = {"epoch": epoch, "members": members}
         if size == 1:
             # The last epoch reaches Tune only in the final report: a scheduler that stops trials
