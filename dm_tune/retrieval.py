@@ -12,12 +12,14 @@ skipped (they have no defined AP), as in the MARS and Market-1501 evaluation cod
 
 - **AP** is non-interpolated average precision, computed by scikit-learn's
   ``label_ranking_average_precision_score``: for one query with binary relevance it is exactly
-  the mean, over the matches, of the precision at each match's rank (ties count pessimistically).
+  the mean, over the matches, of the precision at each match's rank. Ties: an entry scored the
+  same as a match ranks at or before it, matches included (scikit-learn's convention; a lone
+  match tied with non-matches ranks after them, two tied matches each count the other).
   Ignored entries get a score below every other and no relevance, so they rank after every match and
   cannot change its precision. **mAP** is the mean AP over queries.
 - **CMC rank-k** is the fraction of queries whose first match is among the top k, ignored
-  entries excluded; ties count pessimistically, as for AP (a non-match scored the same as the
-  best match ranks before it), so a collapsed model's CMC does not depend on the gallery order.
+  entries excluded; ties count against the query (a non-match scored the same as the best match
+  ranks before it), so a collapsed model's CMC does not depend on the gallery order.
 """
 
 from __future__ import annotations
