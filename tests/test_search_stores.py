@@ -5,6 +5,7 @@ Real sqlite files, real MLflow and Optuna stores, real processes; no Ray is star
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dm_tune.errors import UserError
-from dm_tune.search._stores import check_workspace, prepare_stores, remove_if_only_ours, study_lock
+from dm_tune.search._stores import WORKSPACE_DIRS, check_workspace, prepare_stores, remove_if_only_ours, study_lock
 from tests.conftest import DM_TUNE, permissions_preexec
 
 pytestmark = pytest.mark.timeout(300)
@@ -66,6 +67,22 @@ def _damage(real: Path, ws: Path, how: str) -> Path:
         con.commit()
         con.close()
         return ws / "mlflow.db"
+    if how == "scrambled page of mlflow.db":  # a page overwritten: SQLite's report on it spans lines
+        data = (real / "mlflow.db").read_bytes()
+        for page in range(1, len(data) // 4096):
+            scrambled = bytearray(data)
+            scrambled[page * 4096:(page + 1) * 4096] = random.Random(page).randbytes(4096)
+            (ws / "mlflow.db").write_bytes(bytes(scrambled))
+            con = sqlite3.connect(ws / "mlflow.db")
+            try:
+                report = [row[0] for row in con.execute("PRAGMA quick_check")]
+            except sqlite3.DatabaseError:
+                continue
+            finally:
+                con.close()
+            if "\n" in report[0] or len(report) > 1:
+                return ws / "mlflow.db"
+        raise AssertionError("no page of the store gives a report of several lines")
     if how == "directory as optuna.db":
         (ws / "optuna.db").mkdir()
         return ws / "optuna.db"
@@ -78,6 +95,7 @@ DAMAGE = [
     ("header-only optuna.db", "damaged SQLite database"),
     ("foreign sqlite as mlflow.db", "an SQLite database but not an MLflow store"),
     ("directory as optuna.db", "is not a file"),
+    ("scrambled page of mlflow.db", "damaged SQLite database"),
 ]
 
 
@@ -234,6 +252,19 @@ def test_a_workspace_under_a_regular_file_is_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     proc = _cli("--workspace", str(tmp_path / "notes.txt" / "ws"), cwd=tmp_path)
     _one_line_error(proc, "--workspace", f"{tmp_path / 'notes.txt'} is a file, not a directory")
+
+
+@pytest.mark.parametrize("sub", WORKSPACE_DIRS)
+def test_a_file_where_the_workspace_has_a_folder_is_one_line(real_stores, tmp_path, sub):
+    """Each folder the search writes in: a file in its place was a traceback once the search ran."""
+    ws = tmp_path / "ws"
+    shutil.copytree(real_stores, ws)
+    if (ws / sub).is_dir():
+        shutil.rmtree(ws / sub)
+    (ws / sub).write_text("x")
+    with pytest.raises(UserError) as info:
+        check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}")
+    assert str(info.value) == f"--workspace {ws}: {sub}/: exists and is not a directory"
 
 
 @pytest.mark.parametrize("where", ["workspace", "parent"])

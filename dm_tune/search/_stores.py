@@ -33,6 +33,8 @@ from dm_tune._locks import held
 from dm_tune.errors import UserError, first_line
 
 LOCKS_DIR = "locks"
+# The folders a search writes in, each created when first needed.
+WORKSPACE_DIRS = (LOCKS_DIR, "ledger", "studies", "summaries", "ray")
 _STORES_LOCK = ".stores.lock"   # study names start with a letter or digit: no clash with NAME.lock
 _SQLITE_HEADER = b"SQLite format 3\x00"
 # A table each kind of store has, to tell a store from some other SQLite file.
@@ -60,6 +62,14 @@ def check_workspace(workspace: Path, tracking_uri: str) -> list[str]:
     Returns warnings to show (an empty store in a workspace that has a history: it is recreated,
     so what it held is gone)."""
     _check_writable_dir(workspace, f"--workspace {workspace}")
+    for sub in WORKSPACE_DIRS:  # what the search writes in: a file there would be a traceback later
+        _check_writable_dir(workspace / sub, f"--workspace {workspace}: {sub}/")
+    ledgers = workspace / "ledger"
+    if ledgers.is_dir():  # a ledger the resume cannot append to: refused now, not once trials have run
+        for ledger in ledgers.glob("*/*.jsonl"):
+            if not os.access(ledger, os.W_OK):
+                raise UserError(f"{ledger}: cannot be written (the search appends to it); make it writable "
+                                "or use another --workspace")
     stores = {"Optuna": workspace / "optuna.db"}
     tracking = sqlite_path(tracking_uri)
     if tracking is not None:
@@ -132,7 +142,8 @@ def check_store(path: Path, kind: str, workspace: Path, *, read_only: bool = Fal
             raise UserError(_busy(path, kind, str(e))) from None
         raise UserError(f"{path}: damaged SQLite database ({e}); {move_away}") from None
     if check != ["ok"]:
-        raise UserError(f"{path}: damaged SQLite database (integrity check: {check[0]}); {move_away}")
+        first = " ".join(" ".join(check[:2]).split())[:200]  # SQLite's report spans lines: one line of it
+        raise UserError(f"{path}: damaged SQLite database (integrity check: {first}); {move_away}")
     if tables and _STORE_TABLES[kind] not in tables:
         raise UserError(f"{path}: an SQLite database but not an {kind} store (no {_STORE_TABLES[kind]!r} "
                         f"table); {move_away}")
