@@ -181,3 +181,25 @@ def test_a_study_name_in_a_shared_tracking_store_belongs_to_one_workspace(tmp_pa
     assert all(proc.returncode == 0 for proc in procs), outs
     assert sorted(out.split()[0] for out, _ in outs) == ["id", "refused"], outs
     assert "another workspace" in next(out for out, _ in outs if out.startswith("refused"))
+
+
+@pytest.mark.parametrize("where", ["a new driver", "the same driver"])
+def test_final_metrics_logged_before_a_kill_or_a_failed_close_are_not_logged_twice(tmp_path, where):
+    """The driver killed (or the store busy) between a run's final metrics and its close: the
+    reconcile closes it without a second entry of each final metric."""
+    tracker, ledger, uri, exp = _tracker(tmp_path)
+    spec = TrialSpec("set", "search", 0, {"method": "dm"}, number=0)
+    ledger.start([spec])
+    ledger.end(spec, _outcome())
+    tracker._finish(spec, _outcome())
+    client = _tracking._client(uri)
+    run_id = tracker._runs[spec.key]
+    client.update_run(run_id, status="RUNNING")  # what the close had not reached
+    client.set_tag(run_id, "dmtune.status", "running")
+    tracker._closed.clear()
+    again = _tracker(tmp_path)[0] if where == "a new driver" else tracker
+    again.reconcile()
+    (run,) = _tracking.find_runs(uri, exp, {"dmtune.trial_key": spec.key})
+    assert run.info.status == "FINISHED" and run.data.tags["dmtune.status"] == "finished"
+    for key in ("final_val_acc", "final_test_acc", "epochs_reached", "val_acc"):
+        assert len(client.get_metric_history(run_id, key)) == 1, key

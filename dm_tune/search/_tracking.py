@@ -154,6 +154,7 @@ class MLflowTracker(tune.Callback):
         self._unlogged: dict[str, dict[str, Any]] = {}  # run id -> params not logged yet
         self._steps: dict[str, set[int]] = {}      # run id -> epochs logged
         self._closed: set[str] = set()             # trial keys whose run was closed here
+        self._may_have_finals: set[str] = set()    # run ids whose final metrics may be logged already
         # Only trials that started before this process can have a run already.
         self._earlier = set(ledger.started)
         self._queue: queue.Queue | None = None
@@ -161,8 +162,8 @@ class MLflowTracker(tune.Callback):
         self.failures = 0
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
-        return {**self.__dict__, "_runs": {}, "_unlogged": {}, "_steps": {}, "_closed": set(), "_queue": None,
-                "_thread": None}
+        return {**self.__dict__, "_runs": {}, "_unlogged": {}, "_steps": {}, "_closed": set(),
+                "_may_have_finals": set(), "_queue": None, "_thread": None}
 
     # --- the writer thread ------------------------------------------------------------------
 
@@ -252,6 +253,7 @@ class MLflowTracker(tune.Callback):
                      if spec.key in self._earlier else [])
             if found:  # a trial handed out again after an interruption: continue its run
                 run_id = found[0].info.run_id
+                self._may_have_finals.add(run_id)
                 if found[0].info.status != "RUNNING" and spec.key not in self.ledger.ended:
                     client.update_run(run_id, status="RUNNING")
                     client.set_tag(run_id, "dmtune.status", "running")
@@ -303,12 +305,16 @@ class MLflowTracker(tune.Callback):
         client = _client(self.uri)
         now = int(time.time() * 1000)
         final = _finite({**{k: getattr(outcome, k) for k in TrialOutcome.SCALARS}, **outcome.task_metrics})
+        if run_id in self._may_have_finals:  # killed (or a write failed) after they were logged: not twice
+            logged = client.get_run(run_id).data.metrics
+            final = {k: v for k, v in final.items() if logged.get(k) != v}
         tags = [RunTag("dmtune.status", outcome.status)]
         if outcome.reused_from:
             tags.append(RunTag("dmtune.reused_from", outcome.reused_from))
         if outcome.node_id:
             tags.append(RunTag("dmtune.node_id", outcome.node_id))
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()], tags=tags)
+        self._may_have_finals.add(run_id)
         if outcome.history:
             self._log_artifacts(client, run_id, spec, outcome)
         client.set_terminated(run_id, RUN_STATE.get(outcome.status, "FAILED"))
