@@ -184,6 +184,7 @@ class Progress:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.done: dict[str, dict[str, Any]] = {}
+        self.used: set[str] = set()  # the identities of this validation's settings (set by validate())
         self._torn = False
         try:  # readable and writable now: a setting trained for hours must not be lost at its end
             with open(path, "a", encoding="utf-8"):
@@ -224,6 +225,18 @@ class Progress:
                   file=sys.stderr, flush=True)
         self.done[identity] = json.loads(line)["setting"]
 
+    def release(self) -> int:
+        """Forget this validation's settings (they are in validation.json now): the file is removed,
+        or, where another validation into the same --out (other inputs) had finished settings,
+        rewritten with those alone, so that it still goes on from them. Returns how many are kept."""
+        kept = [json.dumps({"identity": k, "setting": v}, allow_nan=True, default=_plain)
+                for k, v in self.done.items() if k not in self.used]
+        if kept:
+            write_output(self.path, "\n".join(kept) + "\n")
+        else:
+            self.path.unlink(missing_ok=True)
+        return len(kept)
+
 
 def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None, epochs: int | None = None,
              quiet: bool = False, progress: Progress | None = None) -> dict[str, Any]:
@@ -234,26 +247,37 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
     settings = []
     studies = list(study) if isinstance(study, (list, tuple)) else [study]
     used: list[int] = []
+    plan = []
     for one in studies:
         own = list(seeds) if seeds is not None else list(one.seeds)
         used += [s for s in own if s not in used]
-        for setting in one.expand():
-            seeds_here = own
-            identity = Progress.identity(one, setting, seeds_here, overrides, guidelines) if progress else ""
-            if progress is not None and identity in progress.done:
-                if not quiet:
-                    other = _other_code(progress.done[identity])
-                    print(f"{setting.key}: finished earlier ({progress.path.name}"
-                          + (f"; trained by {other}, not by this dm-tune" if other else "") + ")",
-                          file=sys.stderr, flush=True)
-                settings.append(progress.done[identity])
-                continue
+        plan += [(one, setting, own, Progress.identity(one, setting, own, overrides, guidelines) if progress else "")
+                 for setting in one.expand()]
+    if progress is not None:
+        progress.used = {identity for *_, identity in plan}
+        ours = len(progress.used & set(progress.done))
+        others = len(progress.done) - ours
+        if progress.done and not quiet:
+            said = [f"{ours} setting(s) of this validation finished in an earlier run (not trained again)"
+                    ] if ours else []
+            said += [f"{others} finished setting(s) of another validation into this --out (other inputs) are kept "
+                     "there"] if others else []
+            print(f"{progress.path}: " + "; ".join(said), file=sys.stderr, flush=True)
+    for one, setting, seeds_here, identity in plan:
+        if progress is not None and identity in progress.done:
             if not quiet:
-                print(f"{setting.key}:", file=sys.stderr, flush=True)
-            entry = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet)
-            if progress is not None:
-                progress.add(identity, entry)
-            settings.append(entry)
+                other = _other_code(progress.done[identity])
+                print(f"{setting.key}: finished earlier ({progress.path.name}"
+                      + (f"; trained by {other}, not by this dm-tune" if other else "") + ")",
+                      file=sys.stderr, flush=True)
+            settings.append(progress.done[identity])
+            continue
+        if not quiet:
+            print(f"{setting.key}:", file=sys.stderr, flush=True)
+        entry = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet)
+        if progress is not None:
+            progress.add(identity, entry)
+        settings.append(entry)
     tally = {base: {v: sum(1 for s in settings if s["summary"]["vs"][base]["verdict"] == v)
                     for v in ("wins", "within noise", "loses", "undetermined")} for base in BASELINE_ARMS}
     return {"accuracy_unit": "percentage points (final-epoch test accuracy)",
@@ -420,15 +444,12 @@ def _validate_into(args: argparse.Namespace, studies: list[Any], seeds: list[int
                    guidelines: dict[str, Any], out: Path) -> int:
     """The validation proper, run while this process holds ``out``."""
     progress = Progress(out / PROGRESS_FILE)
-    if progress.done and not args.quiet:
-        print(f"{out / PROGRESS_FILE}: {len(progress.done)} finished setting(s) of an earlier run; "
-              "those of this run are not trained again", file=sys.stderr)
     doc = validate(studies, guidelines, seeds, args.epochs, args.quiet, progress)
     doc = {**doc, "config": [str(Path(c).resolve()) for c in args.config], "guidelines": str(path.resolve()),
            "study": [s.to_dict() for s in studies], "provenance": _provenance()}
     write_output(out / "validation.json", json.dumps(doc, indent=1, allow_nan=True, default=_plain) + "\n")
     write_output(out / "validation.md", to_markdown(doc))
-    progress.path.unlink(missing_ok=True)  # all of it is in validation.json now
+    progress.release()  # this validation's settings are all in validation.json now
     print(_plain_table(table_rows(doc)))
     print(f"validation.json: {out / 'validation.json'}\nvalidation.md: {out / 'validation.md'}")
     return 0

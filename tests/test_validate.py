@@ -289,7 +289,7 @@ def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys
 
     assert main(argv[:-1]) == 0  # again, with progress shown
     err = capsys.readouterr().err
-    assert "1 finished setting(s) of an earlier run" in err
+    assert f"{progress}: 1 setting(s) of this validation finished in an earlier run (not trained again)\n" in err
     assert ("digits-symmetric0.2-default: finished earlier (validation.progress.jsonl; trained by dm-tune 0.0.9 at "
             "commit abc123, not by this dm-tune)") in err and "digits-symmetric0.4-default:\n" in err
     md = (out / "validation.md").read_text()
@@ -304,13 +304,17 @@ def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys
     assert doc["settings"][0] == first  # taken as it was, not trained again
     assert not progress.exists()  # all of it is in validation.json
 
-    # other inputs (here the epochs) are another validation: nothing is taken from a progress file
-    (out / PROGRESS_FILE).write_text(json.dumps({"identity": "x", "setting": first}) + "\n")
+    # other inputs (here the epochs) are another validation: nothing is taken from its progress, and
+    # its finished settings are kept for it (they had been deleted with this validation's end)
+    other = json.dumps({"identity": "x", "setting": first}) + "\n"
+    (out / PROGRESS_FILE).write_text(other)
     assert main([*argv[:-1], "--epochs", "1", "--seeds", "0"]) == 0
     err = capsys.readouterr().err
-    assert "1 finished setting(s) of an earlier run" in err and "finished earlier" not in err
+    assert (f"{progress}: 1 finished setting(s) of another validation into this --out (other inputs) are kept "
+            "there\n") in err and "finished earlier" not in err
     runs = json.loads((out / "validation.json").read_text())["settings"][0]["arms"]["cce"]["runs"]
     assert [r["seed"] for r in runs] == [0]
+    assert progress.read_text() == other
 
 
 @pytest.mark.slow
