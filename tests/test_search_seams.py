@@ -629,3 +629,22 @@ def test_a_rung_that_prunes_an_arm_on_one_seed_stops_its_other_seeds_there():
         decision = result(good, epoch, 0.9 + epoch / 100)
     assert decision == TrialScheduler.STOP  # the end of the budget, not a prune
     assert result(good2, 1, 0.95) == TrialScheduler.CONTINUE  # so its other seed trains on
+
+
+@pytest.mark.parametrize("space", ["decoupled", "paper"])
+def test_the_papers_points_start_a_search_with_extra_knobs_too(tmp_path, space):
+    """Extra knobs (lr, weight decay) once emptied the warm start: the paper's three points come
+    first whatever the study searches beside them, the extra knobs drawn by the sampler."""
+    from dm_tune.search._run import _warm_points
+
+    plain = _warm_points(get_space(space))
+    searched = get_space(space, ("lr", "weight_decay"))
+    points = _warm_points(searched)
+    assert len(plain) == 3 and points == plain
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), space=searched, warm_points=points, num_samples=4)
+    specs = [_members(searcher.suggest(f"t{i}"))[0] for i in range(4)]
+    for spec, point in zip(specs, points):
+        for name, value in point.items():
+            assert spec.knobs[name] == pytest.approx(value), (name, spec.knobs)
+        low, high = searched["lr"]["low"], searched["lr"]["high"]
+        assert low <= spec.overrides["lr"] <= high and "weight_decay" in spec.overrides

@@ -171,8 +171,9 @@ class SettingContext:
 
 def _warm_points(space: dict[str, Any]) -> list[dict[str, float]]:
     """The paper's suggested DM settings in this space's coordinates, clipped to its bounds
-    (without class weighting where that is searched)."""
-    from dm_tune.search_spaces import to_lam_beta
+    (without class weighting where that is searched; the study's extra knobs, lr say, left to the
+    sampler: the paper's points do not set them)."""
+    from dm_tune.search_spaces import EXTRA_KNOBS, to_lam_beta
 
     points = []
     for lam, beta in ((0.5, 8.0), (1.0, 16.0), (2.0, 24.0)):
@@ -181,6 +182,8 @@ def _warm_points(space: dict[str, Any]) -> list[dict[str, float]]:
         for name, spec in space.items():
             if name == "class_weighting":  # the paper weights no classes
                 point[name] = "none" if "none" in spec["choices"] else spec["choices"][0]
+                continue
+            if name in EXTRA_KNOBS:
                 continue
             if spec["type"] != "float" or name not in p:
                 return []
