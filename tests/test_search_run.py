@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections import Counter
 from pathlib import Path
@@ -10,6 +11,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from dm_tune.errors import UserError
 from dm_tune.search import Study
 from dm_tune.search._run import RunOptions, run_study
 from tests.conftest import tiny_study
@@ -227,3 +229,22 @@ def test_resources_the_cluster_lacks_are_refused_before_any_trial(ray_local):
     with pytest.raises(UserError, match=r"resources.cpus_per_trial: 3 CPUs per trial requested but the Ray cluster has 2"):
         check_resources(Study.from_dict({"resources": {"cpus_per_trial": 3}}))
     check_resources(Study.from_dict({"resources": {"cpus_per_trial": 2}}))
+
+
+@pytest.mark.parametrize("lost", ["ledger", "optuna.db"])
+def test_a_lost_ledger_or_optuna_store_is_refused_not_searched_again(tmp_path, ray_local, lost):
+    """The ledger is what a resume goes on from, the Optuna store what the sampler knows: without
+    the first every trial trained (and was recorded) again; without the second the resume failed
+    with a traceback, or asked trials whose numbers the ledger had given others. One line now,
+    and nothing written."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    study = tiny_study("lost", search={"num_samples": 2, "top_k": 1}, baselines=["cce"], seeds=[0])
+    _run(ws, study)
+    _, _, runs = _trial_runs(ws, "lost")
+    shutil.rmtree(ws / lost) if (ws / lost).is_dir() else (ws / lost).unlink()
+    with pytest.raises(UserError) as info:
+        _run(ws, study)
+    assert ("the ledger was lost since" if lost == "ledger" else "its store was replaced or emptied") in str(info.value)
+    _, _, after = _trial_runs(ws, "lost")
+    assert sorted((r.info.run_id, r.info.status) for r in after) == sorted((r.info.run_id, r.info.status) for r in runs)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune.config import TrainConfig
+from dm_tune.errors import UserError
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._study import Setting, Study
 from dm_tune.search._summary import ArmResult, SettingSummary
@@ -316,11 +317,19 @@ def run_setting(ctx: SettingContext) -> Ledger:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
 
-    from dm_tune.search._tracking import MLflowTracker, setting_run
+    from dm_tune.search._tracking import MLflowTracker, find_runs, setting_run
 
     study, key = ctx.study, ctx.setting.key
     ledger = Ledger(ctx.opts.ledger(study.name, key), ctx.opts.workspace)
+    if not ledger.started and find_runs(ctx.opts.tracking, ctx.exp_id,
+                                        {"dmtune.role": "trial", "dmtune.setting": key}, 1):
+        # The ledger is what a resume goes on from: without it every trial would train (and be
+        # recorded) a second time.
+        raise UserError(f"{ledger.path}: missing or empty, but MLflow has trial runs of setting {key} in "
+                        f"experiment {study.name!r}: the ledger was lost since; restore it, or run the study "
+                        "in another --workspace")
     searcher = _searcher(ctx, ledger)
+    searcher.optuna_study()  # checked against the ledger (one line if its store was lost) before any write
     parent = setting_run(ctx.opts.tracking, ctx.exp_id, key, {
         **ctx.setting.train_fields(), "num_classes": ctx.source.num_classes,
         **{k: v for k, v in ctx.setting_config.to_dict().items()

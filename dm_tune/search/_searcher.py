@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.search import Searcher
 
-from dm_tune.errors import first_line
+from dm_tune.errors import UserError, first_line
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._trial import OBJECTIVES, TrialOutcome, TrialSpec, member_outcomes
 from dm_tune.search_spaces import suggest, to_lam_beta
@@ -136,9 +136,15 @@ class StagedSearcher(Searcher):
         if self._study is None:
             import optuna
 
-            self._study = optuna.create_study(study_name=self._study_name, storage=self._storage,
-                                              sampler=self._sampler, direction="maximize",
-                                              load_if_exists=True)
+            study = optuna.create_study(study_name=self._study_name, storage=self._storage,
+                                        sampler=self._sampler, direction="maximize", load_if_exists=True)
+            asked = {s.number for s in self.ledger.started.values() if s.stage == "search"}
+            missing = sorted(asked - {t.number for t in study.trials})
+            if missing:  # the store was replaced or emptied since: new trials would reuse the ledger's numbers
+                raise UserError(f"Optuna study {self._study_name!r} lacks {len(missing)} search trial(s) that the "
+                                f"ledger {self.ledger.path} started (number {missing[0]} first): its store was "
+                                "replaced or emptied since; restore it, or run the study in another --workspace")
+            self._study = study
             if not self._study.trials:  # a new study starts at the paper's suggested settings
                 for point in self._warm_points:  # (once, should two searches start it at once)
                     self._study.enqueue_trial(point, skip_if_exists=True)
