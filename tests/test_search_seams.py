@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import subprocess
+import sys
 from collections import Counter
 
 import optuna
@@ -83,6 +84,39 @@ def test_ledger_survives_a_torn_last_line_and_knows_what_is_unfinished(tmp_path)
     assert again.checkpoints[b.key] == "/ckpt/bc"
     assert again.ended[a.key].final_val_acc == 0.8
     assert again.new_experiment() == "run-1" and Ledger(path).new_experiment() == "run-2"
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from dm_tune.search._ledger import Ledger
+from dm_tune.search._trial import TrialOutcome, TrialSpec
+
+path = Path(sys.argv[1])
+ledger = Ledger(path)
+a, b = (TrialSpec("s", "search", 0, {"method": "cce"}, number=n) for n in (0, 1))
+ledger.start([a])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 20, resource.RLIM_INFINITY))
+try:
+    ledger.end(a, TrialOutcome("finished", 3, final_val_acc=0.5))
+except OSError as e:
+    print("full:", e.strerror)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space freed
+ledger.start([b])
+"""
+
+
+def test_an_event_after_one_a_full_disk_cut_short_starts_its_own_line(tmp_path):
+    """The write that failed left part of its line in the file: the next event, the process going
+    on, starts a new line (it was glued onto the torn one, and lost with it)."""
+    path = tmp_path / "l.jsonl"
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("full: File too large"), proc.stderr
+    lines = path.read_text().split("\n")
+    assert len(lines) == 4 and lines[1].startswith('{"event":"end"') and not lines[1].endswith("}")  # torn
+    again = Ledger(path)
+    assert sorted(again.started) == ["s/search/0", "s/search/1"] and not again.ended
 
 
 def test_checkpoints_in_the_workspace_are_found_after_it_moved(tmp_path):

@@ -84,12 +84,16 @@ class Ledger:
     def _append(self, event: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = ("\n" if self._torn else "") + json.dumps(event, allow_nan=True, separators=(",", ":")) + "\n"
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()  # in the OS once written: a killed process loses nothing
+                if event["event"] in ("end", "reuse"):
+                    os.fsync(f.fileno())  # an outcome survives the machine going down too
+        except OSError:  # a disk full, say: part of the line may be in the file, so the next starts anew
+            self._torn = True
+            raise
         self._torn = False
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()  # in the OS once written: a killed process loses nothing
-            if event["event"] in ("end", "reuse"):
-                os.fsync(f.fileno())  # an outcome survives the machine going down too
         self._apply(event)
 
     # --- events -------------------------------------------------------------------------
