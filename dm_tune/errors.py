@@ -3,6 +3,7 @@ YAML reader shared by the commands, whose mistakes are such errors."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import tempfile
@@ -96,6 +97,29 @@ def write_output(path: Path, data: str | bytes) -> None:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise UserError(f"could not write {path} ({e.strerror or e})") from None
+
+
+# A disk that cannot take more: full, over quota, read-only, or a file-size limit.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+_NO_ROOM_TEXT = ("No space left on device", "Disk quota exceeded", "Read-only file system", "File too large",
+                 "database or disk is full")
+
+
+def no_room(error: BaseException) -> str | None:
+    """What a full (or read-only) disk said, anywhere in ``error``'s chain (Ray wraps a searcher's
+    or a callback's error, sometimes as text), as one line; None for any other error."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_ROOM:
+            return f"{current.filename}: {current.strerror}" if current.filename else str(current.strerror)
+        text = str(current)
+        said = next((t for t in _NO_ROOM_TEXT if t in text), None)
+        if said is not None:
+            return said
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def first_line(error: BaseException) -> str:

@@ -525,3 +525,33 @@ def test_two_processes_create_new_stores_at_once(tmp_path):
     assert check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}") == []
     assert [e.name for e in MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").search_experiments()] == ["Default"]
     assert optuna.get_all_study_summaries(optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")) == []
+
+
+def test_a_full_disk_is_found_in_whatever_wraps_it(tmp_path):
+    """What the search says in one line (with the resume command) when a store's disk is full: a
+    real ENOSPC (/dev/full), and SQLite's own "full", each wrapped as Ray and MLflow wrap them."""
+    from dm_tune.errors import no_room
+
+    try:
+        with open("/dev/full", "w") as f:
+            f.write("x")
+            f.flush()
+    except OSError as e:
+        full = e
+    try:
+        try:
+            raise full
+        except OSError as e:
+            raise RuntimeError("Searcher.on_trial_complete failed") from e
+    except RuntimeError as e:
+        assert no_room(e) == "No space left on device"
+    con = sqlite3.connect(tmp_path / "small.db")
+    con.execute("CREATE TABLE t (x BLOB)")
+    con.execute("PRAGMA max_page_count = 3")  # a store that cannot grow: SQLITE_FULL
+    with pytest.raises(sqlite3.OperationalError) as info:
+        con.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
+    con.close()
+    wrapped = RuntimeError(f"(sqlite3.OperationalError) {info.value}\n[SQL: INSERT ...]")  # as SQLAlchemy words it
+    assert no_room(info.value) == no_room(wrapped) == "database or disk is full"
+    assert no_room(RuntimeError("injected failure at epoch 2")) is None
+    assert no_room(OSError(2, "No such file or directory", "x")) is None

@@ -22,13 +22,14 @@ import functools
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dm_tune.config import TrainConfig
-from dm_tune.errors import UserError
+from dm_tune.errors import UserError, first_line
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._study import Setting, Study
 from dm_tune.search._summary import ArmResult, SettingSummary
@@ -358,7 +359,11 @@ def run_setting(ctx: SettingContext) -> Ledger:
         for spec, outcome in ledger.ended_specs("search"):
             searcher.tell(spec, outcome)
     except BaseException:
-        tracker.close_open(finished=False)
+        try:
+            tracker.close_open(finished=False)
+        except Exception as e:  # noqa: BLE001 - the store may be what failed (a disk full): the first error is told
+            print(f"dm-tune: warning: the setting's open MLflow runs could not be closed ({first_line(e)}); "
+                  "the resume closes them", file=sys.stderr, flush=True)
         raise
     finished = searcher.done()
     tracker.close_open(finished)
@@ -422,7 +427,6 @@ def _warm_start_guidelines(study: Study, opts: RunOptions) -> dict[str, Any]:
     same Optuna study) even after ``dm-tune report`` has rewritten the file. A bad file stops the
     study before it starts."""
     import os
-    import sys
 
     from dm_tune.reports._schema import load_guidelines
 
@@ -448,8 +452,6 @@ def _warm_start_guidelines(study: Study, opts: RunOptions) -> dict[str, Any]:
 
 def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = None) -> list[SettingSummary]:
     """Run (or resume) every setting of ``study``; returns one summary per setting."""
-    import sys
-
     from dm_tune.search._preflight import load_sources
     from dm_tune.search._tracking import experiment_id
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import UserError, load_yaml, output_path, write_output
+from dm_tune.errors import UserError, load_yaml, no_room, output_path, write_output
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -320,6 +320,14 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
               f"  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}",
               file=sys.stderr)
         return 130
+    except Exception as e:
+        full = no_room(e)
+        if full is None:
+            raise
+        print(f"dm-tune: error: the disk is full or read-only ({full}); finished trials are kept. Make room, "
+              f"then resume with:\n  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}",
+              file=sys.stderr)
+        return 1
     wall = time.perf_counter() - t0
     print_summary(summaries, study, wall)
     paths = write_summary(summaries, study, workspace, wall)
