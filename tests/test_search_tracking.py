@@ -95,12 +95,14 @@ def test_a_member_ended_before_its_population_trained_again_keeps_the_ledgers_re
     ledger.end(first, recorded)
     again = TrialOutcome("finished", 1, final_val_acc=0.9, final_test_acc=0.8,
                          history=({"epoch": 1, "val_acc": 0.9, "epoch_time_s": 0.1},))
+    # its epochs as it trains again: member 0's run keeps those of the result it ended with
+    tracker._member_epochs([first, second], {"epoch": 1, "members": [{"epoch": 1, "val_acc": 0.9}] * 2})
     ledger.end(second, again)
     tracker._end_members([first, second], population_report([again, again]), errored=False)
     tracker.drain()
-    finals = {r.data.tags["dmtune.trial_key"]: r.data.metrics["final_test_acc"]
-              for r in _tracking.find_runs(uri, exp, {"dmtune.role": "trial"})}
-    assert finals == {first.key: 0.4, second.key: 0.8}
+    runs = {r.data.tags["dmtune.trial_key"]: r for r in _tracking.find_runs(uri, exp, {"dmtune.role": "trial"})}
+    assert {k: r.data.metrics["final_test_acc"] for k, r in runs.items()} == {first.key: 0.4, second.key: 0.8}
+    assert {k: r.data.metrics["val_acc"] for k, r in runs.items()} == {first.key: 0.5, second.key: 0.9}
 
 
 def test_a_checkpoint_on_remote_storage_is_recorded_as_a_uri_that_a_resumed_trial_reads(tmp_path, monkeypatch):

@@ -208,9 +208,15 @@ class MLflowTracker(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if not result.get("final"):
-            for spec, metrics in zip(members_of(trial), result.get("members") or []):
-                if metrics:
-                    self._submit(self._log_epochs, spec, [dict(metrics)])
+            self._member_epochs(members_of(trial), result)
+
+    def _member_epochs(self, members: list[TrialSpec], result: Mapping[str, Any]) -> None:
+        """Log each member's epoch; not that of a member whose end the ledger holds already (its
+        population trained again after the driver died while its end events were written: the
+        run keeps the epochs of the result it ended with)."""
+        for spec, metrics in zip(members, result.get("members") or []):
+            if metrics and spec.key not in self.ledger.ended:
+                self._submit(self._log_epochs, spec, [dict(metrics)])
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         self.ledger.checkpoint(trial.config["group"], checkpoint_location(checkpoint))
