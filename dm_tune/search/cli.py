@@ -174,7 +174,8 @@ def _load_study(args: argparse.Namespace, workspace: Path):
         if not STUDY_NAME.match(args.resume) or not path.is_file():
             known = sorted(p.stem for p in stored_dir.glob("*.json")) if stored_dir.is_dir() else []
             raise UserError(f"--resume {args.resume}: no such study in {workspace} "
-                            f"(studies there: {', '.join(known) or 'none'})")
+                            f"(studies there: {', '.join(known) or 'none'}; a search stopped before it stored "
+                            "its study goes on with the command that started it)")
         try:
             study = Study.from_dict(_stored_study(path), stored=True)
         except ConfigError as e:  # edited by hand, or written by a newer dm-tune: say which file
