@@ -4,7 +4,12 @@ A noise model is a function ``(clean_labels, ctx) -> noisy_labels`` (numpy int64
 same length); ``apply_noise`` wraps it to return the noisy labels, the is-noisy mask and the
 realised noise rate. The known models sit in ``NOISE_MODELS``. Synthetic models corrupt an
 exact number of examples (round(rate * n), per class where the protocol is per class), so the
-realised rate is the requested one up to rounding.
+realised rate over the labels they are given is the requested one up to rounding. ``data.prepare``
+gives them the whole training set, before the validation split is carved out and imbalance
+subsamples it (the same draw whatever the imbalance; CIFAR-N files line up with the whole set),
+so the examples a run trains on carry the requested rate only on average: their rate is measured
+and recorded (``noise_rate_realised``; e.g. 0.29-0.31 on digits at 0.3, 0.25-0.34 once longtail
+imbalance 50 keeps 277 of its examples).
 """
 
 from __future__ import annotations
