@@ -270,6 +270,12 @@ def test_file_noise_from_cifar_n_dict_npy_and_csv(cifar10_root, tmp_path):
         assert np.array_equal(data.train.labels.numpy(), worse)
         assert np.array_equal(data.is_noisy.numpy(), worse != clean)
     assert np.array_equal(read_label_file(pt, "clean_label"), clean)
+    # a file whose own clean labels are not the dataset's (another dataset's, or shuffled): refused
+    shuffled = tmp_path / "shuffled.pt"
+    torch.save({"worse_label": worse, "clean_label": np.roll(clean, 1)}, shuffled)
+    with pytest.raises(DataError, match=r"its clean_label disagrees with the dataset's labels at \d+ of 50"):
+        prepare(config("cifar10", cifar10_root, val_fraction=0.0, noise="file", noise_file=str(shuffled),
+                       noise_key="worse_label"))
 
 
 def test_label_file_errors(tmp_path):
