@@ -41,6 +41,24 @@ def test_dm_gradient_on_cuda_matches_the_float64_reference(dtype):
         torch.testing.assert_close(z.grad.double().cpu(), ref, rtol=2e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("lam,beta", [(0.0, -6.0), (1.0, 8.0), (2.0, 24.0)])
+def test_dm_on_fitted_examples_on_cuda_is_the_float64_gradient(lam, beta):
+    """Examples fitted to 1 - p ~ 1e-6 (DM divides by 2 (1 - p) + 1e-6): float32 on the GPU gives
+    the float64 gradient, rounded (1 - p from log p had put such rows off by tens of percent)."""
+    targets = torch.arange(64) % 10
+    logits = torch.randn(64, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    margin = torch.linspace(10.0, 16.0, 32, dtype=torch.float64).unsqueeze(1)
+    logits[:32] = torch.zeros(32, 10, dtype=torch.float64).scatter_(1, targets[:32, None], margin)
+    logits = logits.float()
+    z = logits.double()
+    probs = torch.softmax(z, 1)
+    q = probs.scatter(1, targets[:, None], 0.0).sum(1)  # 1 - p, right to rounding in float64
+    share = torch.softmax(beta * probs.gather(1, targets[:, None]).squeeze(1) ** lam * q, 0)
+    want = (share / (2 * q + 1e-6)).unsqueeze(1) * (probs - torch.nn.functional.one_hot(targets, 10).double())
+    got = dm_logit_grad(logits.cuda(), targets.cuda(), lam, beta)
+    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
 def test_training_on_cuda_learns_and_matches_the_cpu_run(amp):
     base = {"dataset": "digits", "noise_rate": 0.2, "epochs": 3, "seed": 0}
