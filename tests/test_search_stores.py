@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dm_tune.errors import UserError
-from dm_tune.search._stores import WORKSPACE_DIRS, check_workspace, prepare_stores, remove_if_only_ours, study_lock
+from dm_tune.search._stores import check_workspace, prepare_stores, remove_if_only_ours, study_lock
 from tests.conftest import DM_TUNE, permissions_preexec
 
 pytestmark = pytest.mark.timeout(300)
@@ -254,17 +254,25 @@ def test_a_workspace_under_a_regular_file_is_one_line(tmp_path):
     _one_line_error(proc, "--workspace", f"{tmp_path / 'notes.txt'} is a file, not a directory")
 
 
-@pytest.mark.parametrize("sub", WORKSPACE_DIRS)
-def test_a_file_where_the_workspace_has_a_folder_is_one_line(real_stores, tmp_path, sub):
-    """Each folder the search writes in: a file in its place was a traceback once the search ran."""
+@pytest.mark.parametrize("sub", ["locks", "ledger", "ledger/t", "studies", "summaries", "warm_starts", "ray",
+                                 "ray/t", "artifacts", "artifacts/t"])
+def test_a_file_where_the_search_writes_a_folder_is_one_line(real_stores, tmp_path, sub):
+    """Each folder a search of study t writes in: a file in its place was a traceback, some (MLflow's
+    artifacts) only once the whole search had run."""
+    from dm_tune.search._run import RunOptions
+
     ws = tmp_path / "ws"
     shutil.copytree(real_stores, ws)
     if (ws / sub).is_dir():
         shutil.rmtree(ws / sub)
+    (ws / sub).parent.mkdir(parents=True, exist_ok=True)
     (ws / sub).write_text("x")
+    opts = RunOptions(workspace=ws)
     with pytest.raises(UserError) as info:
-        check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}")
+        check_workspace(ws, opts.tracking, opts.written_folders("t"), opts.ledger("t", "x").parent)
     assert str(info.value) == f"--workspace {ws}: {sub}/: exists and is not a directory"
+    if "/" in sub:  # study t's own folder: no business of another study's search
+        assert check_workspace(ws, opts.tracking, opts.written_folders("u"), opts.ledger("u", "x").parent) == []
 
 
 @pytest.mark.parametrize("where", ["workspace", "parent"])

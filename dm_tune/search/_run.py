@@ -75,6 +75,19 @@ class RunOptions:
         """The guidelines file a study warm-starts from, as it was when the study began."""
         return self.workspace / "warm_starts" / f"{study}.json"
 
+    def written_folders(self, study: str) -> list[Path]:
+        """The folders a search of ``study`` writes in (each made when first needed), outer first."""
+        from dm_tune.search._stores import LOCKS_DIR
+
+        ws = self.workspace
+        folders = [ws / LOCKS_DIR, ws / "ledger", self.ledger(study, "x").parent, ws / "studies", ws / "summaries",
+                   self.warm_start_copy(study).parent]
+        if "://" not in self.storage:  # Ray's results, local (remote storage is Ray's to check)
+            folders += [Path(self.storage), Path(self.storage) / study]
+        if self.artifact_root is not None:  # MLflow's artifacts (a server keeps its own)
+            folders += [self.artifact_root, self.artifact_root / study]
+        return folders
+
 
 # --- what every trial of a setting shares ------------------------------------------------------
 

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,8 +33,6 @@ from dm_tune._locks import held
 from dm_tune.errors import UserError, first_line
 
 LOCKS_DIR = "locks"
-# The folders a search writes in, each created when first needed.
-WORKSPACE_DIRS = (LOCKS_DIR, "ledger", "studies", "summaries", "ray")
 _STORES_LOCK = ".stores.lock"   # study names start with a letter or digit: no clash with NAME.lock
 _SQLITE_HEADER = b"SQLite format 3\x00"
 # A table each kind of store has, to tell a store from some other SQLite file.
@@ -56,17 +54,21 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):])
 
 
-def check_workspace(workspace: Path, tracking_uri: str) -> list[str]:
+def check_workspace(workspace: Path, tracking_uri: str, folders: Sequence[Path] = (),
+                    ledgers: Path | None = None) -> list[str]:
     """Fail with one line if the workspace or one of its stores cannot be used; write nothing.
+    ``folders``: those the search will write in (a file in the place of one was a traceback,
+    some once the search had run); ``ledgers``: the study's ledger folder, whose ledgers it appends to.
 
     Returns warnings to show (an empty store in a workspace that has a history: it is recreated,
     so what it held is gone)."""
     _check_writable_dir(workspace, f"--workspace {workspace}")
-    for sub in WORKSPACE_DIRS:  # what the search writes in: a file there would be a traceback later
-        _check_writable_dir(workspace / sub, f"--workspace {workspace}: {sub}/")
-    ledgers = workspace / "ledger"
-    if ledgers.is_dir():  # a ledger the resume cannot append to: refused now, not once trials have run
-        for ledger in ledgers.glob("*/*.jsonl"):
+    for folder in folders:
+        inside = folder.is_relative_to(workspace)
+        _check_writable_dir(folder, f"--workspace {workspace}: {folder.relative_to(workspace)}/" if inside
+                            else str(folder))
+    if ledgers is not None and ledgers.is_dir():  # refused now, not once trials have run
+        for ledger in ledgers.glob("*.jsonl"):
             if not os.access(ledger, os.W_OK):
                 raise UserError(f"{ledger}: cannot be written (the search appends to it); make it writable "
                                 "or use another --workspace")

@@ -239,7 +239,8 @@ def search_cmd(args: argparse.Namespace) -> int:
         output_path("--storage-path", args.storage_path, directory=True)
     check_tracking(opts.tracking)
     check_address(args.address)
-    for warning in check_workspace(workspace, opts.tracking):  # damaged stores, read-only workspace
+    for warning in check_workspace(workspace, opts.tracking, opts.written_folders(study.name),
+                                   opts.ledger(study.name, "x").parent):  # damaged stores, read-only workspace
         print(f"dm-tune: warning: {warning}", file=sys.stderr)
     if not args.address:
         check_local_gpus(study)
