@@ -62,8 +62,8 @@ class Ledger:
                 raise self._damaged(number, f"not an event this dm-tune writes ({type(e).__name__}: {e})") from None
 
     def _damaged(self, number: int, what: str) -> UserError:
-        return UserError(f"{self.path}: line {number} holds {what}; the ledger is damaged: restore it, or move "
-                         "it away to run this setting again from the start")
+        return UserError(f"{self.path}: line {number} holds {what}; the ledger is damaged: restore it, or run "
+                         "the study in another --workspace")
 
     def _apply(self, event: dict[str, Any]) -> None:
         key = event["key"]
