@@ -219,7 +219,8 @@ class Progress:
                 f.flush()
                 os.fsync(f.fileno())
             self._torn = False
-        except OSError as e:
+        except OSError as e:  # part of the line may be in the file: the next one starts anew
+            self._torn = True
             print(f"dm-tune: warning: {self.path}: this setting could not be kept there ({e.strerror or e}); "
                   "it is kept in memory for validation.json, but a stop before the end trains it again",
                   file=sys.stderr, flush=True)

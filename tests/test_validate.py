@@ -394,3 +394,33 @@ def test_a_progress_file_that_cannot_be_written_is_refused_before_training(tmp_p
     progress.add("x", {"setting": "s"})
     assert progress.done == {"x": {"setting": "s"}}
     assert "this setting could not be kept there" in capsys.readouterr().err
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from dm_tune.validate import Progress
+
+path = Path(sys.argv[1])
+progress = Progress(path)
+progress.add("a", {"setting": "a"})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 20, resource.RLIM_INFINITY))
+progress.add("b", {"setting": "b"})  # cut short: warned, kept in memory
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space freed
+progress.add("c", {"setting": "c"})
+"""
+
+
+def test_a_setting_kept_after_one_a_full_disk_cut_short_starts_its_own_line(tmp_path):
+    """The line that failed left part of itself in the file: the next setting's line starts anew
+    (it was glued onto the torn one, lost with it, and that setting trained again by a resume)."""
+    import subprocess
+    import sys
+
+    from dm_tune.validate import Progress
+
+    path = tmp_path / "validation.progress.jsonl"
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "this setting could not be kept there (File too large)" in proc.stderr, proc.stderr
+    assert sorted(Progress(path).done) == ["a", "c"]
