@@ -83,3 +83,4 @@ def interleave(arms: dict[str, Arm], repeats: int, block_ms: float,
         for name in names if r % 2 == 0 else reversed(names):
             times[name].append(time_block(arms[name], n, device))
     return times, n
+

@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from dm_tune import TrainConfig, prepare, train
+from dm_tune import TrainConfig, prepare
+from dm_tune.train import train
 from dm_tune.data import load_source
 
 DEFAULT_ARMS = ["cce", "gce", "mae", "sl", "dm:0:0", "dm:1:8", "dm:2:24"]
@@ -39,12 +40,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS)
     args = p.parse_args()
+    if args.seeds < 2:  # a spread needs two
+        p.error(f"--seeds {args.seeds}: expected at least 2 (the table gives the std over seeds)")
     torch.set_num_threads(args.threads)
 
     base = {"dataset": args.dataset, "noise": args.noise, "noise_rate": args.noise_rate}
     if args.epochs:
         base["epochs"] = args.epochs
     source = load_source(TrainConfig.from_dict(base))
+    warm = TrainConfig.from_dict({**base, "epochs": 1})  # once, untimed: imports and first-call costs
+    train(warm, prepare(warm, source))
     rows = []
     for arm in args.arms:
         finals, bests, secs = [], [], []

@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _machine
 
 ARMS = ("main", "console_main")
 WRAPPER = """
@@ -83,7 +84,7 @@ def main() -> None:
                   f"(command {runs[arm][-1]['command_s']:.1f} s)", file=sys.stderr)
     figures = {
         "command": args.command, "repeats": args.repeats,
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "machine": _machine.machine(),
         "load_average": os.getloadavg()[0],
         "arms": {arm: {"exit_s": statistics.median(x["exit_s"] for x in rs),
                        "command_s": statistics.median(x["command_s"] for x in rs),

@@ -63,8 +63,9 @@ def main() -> None:
     for name in losses:  # warm-up (cuDNN autotuning, allocator)
         block(name, max(5, args.steps // 5))
     rates: dict[str, list[float]] = {name: [] for name in losses}
-    for _ in range(args.blocks):
-        for name in losses:
+    names = list(losses)
+    for r in range(args.blocks):  # the order reversed every round: neither arm always goes first
+        for name in names if r % 2 == 0 else reversed(names):
             rates[name].append(block(name, args.steps))
     med = {name: statistics.median(v) for name, v in rates.items()}
     out = {

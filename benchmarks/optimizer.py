@@ -31,7 +31,7 @@ from dm_tune.data import prepare  # noqa: E402
 
 import _cases  # noqa: E402
 import _timing  # noqa: E402
-from population import _load, _machine  # noqa: E402
+import _machine  # noqa: E402
 
 train_mod = importlib.import_module("dm_tune.train")  # the module (``dm_tune.train`` is also the function)
 
@@ -102,7 +102,7 @@ def main() -> None:
             print(f"{case:12s} threads {threads}: fused {row['fused_s_per_config']:.4f} s/config, default "
                   f"{row['default_s_per_config']:.4f} s/config, {row['speedup']:.2f}x", flush=True)
     if args.json:
-        out = {"machine": _machine(), "load_average": _load(), "repeats": args.repeats, "rows": rows}
+        out = {"machine": _machine.machine(), "load_average": _machine.load_average(), "repeats": args.repeats, "rows": rows}
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 
 

@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -61,6 +59,7 @@ from dm_tune import _popmodels  # noqa: E402
 from dm_tune.data import prepare  # noqa: E402
 
 import _cases  # noqa: E402
+import _machine  # noqa: E402
 import _timing  # noqa: E402
 
 
@@ -229,25 +228,6 @@ def _grouped_cnn(pop, k: int):
 # --- driver ------------------------------------------------------------------------------------
 
 
-def _machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _load() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -272,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resnet-images", type=int, metavar="N",
                    help="the ResNet-20 case trains one epoch of N random images (before its 20%% validation "
                         "carve; CIFAR-10 has 50000) instead of its few steps")
-    p.add_argument("--json", help="write the results here (default benchmarks/results/population_<device>.json)")
+    p.add_argument("--json", help="write the results here (default benchmarks/results/population_<device>.json; "
+                   "with --quick, none)")
     args = p.parse_args(argv)
 
     device = args.device
@@ -288,16 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(t) for t in args.threads.split(",")]
     if device == "cuda":
         threads = threads[:1]
-    out = Path(args.json) if args.json else ROOT / "benchmarks" / "results" / f"population_{device}.json"
+    # A smoke run (--quick) writes only where it is told: its figures are not results.
+    out = Path(args.json) if args.json else (
+        None if args.quick else ROOT / "benchmarks" / "results" / f"population_{device}.json")
     if args.resnet_layout != "auto":
         _popmodels.CHANNELS_LAST[device] = args.resnet_layout == "nhwc"
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
-    doc: dict[str, Any] = {"machine": _machine(), "device": device, "quick": args.quick,
+    doc: dict[str, Any] = {"machine": _machine.machine(), "device": device, "quick": args.quick,
                            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                            "resnet_layout": "nhwc" if _popmodels.CHANNELS_LAST.get(device) else "nchw",
                            "cudnn_benchmark": args.cudnn_benchmark, "resnet_images": args.resnet_images,
-                           "load_average_start": _load(), "results": [], "layouts": [], "profiles": [],
+                           "load_average_start": _machine.load_average(), "results": [], "layouts": [], "profiles": [],
                            "dense_reference": []}
     t_start = time.perf_counter()
     for case in cases:
@@ -333,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
                     doc["layouts"].append(row)
                     ms = "  ".join(f"{name} {v:.2f}" for name, v in row["ms"].items())
                     print(f"layout {row['model']} threads {t} K {k:3d} (ms per fwd+bwd of K): {ms}", flush=True)
-    doc["load_average_end"] = _load()
+    doc["load_average_end"] = _machine.load_average()
     doc["wall_s"] = time.perf_counter() - t_start
+    if out is None:
+        print(f"done ({doc['wall_s']:.0f} s; --quick writes a file only with --json)")
+        return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out} ({doc['wall_s']:.0f} s)")

@@ -43,6 +43,7 @@ from dm_tune.models import ModelSpec, build_model  # noqa: E402
 from dm_tune.population import train_population  # noqa: E402
 
 import _cases  # noqa: E402
+import _machine  # noqa: E402
 import _timing  # noqa: E402
 
 COMPUTE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     n_train, n_eval, epochs = len(d.train), len(d.val) + len(d.test), int(shared["epochs"])
     flops = epochs * 2 * (train_macs * n_train + forward_macs * n_eval)  # per config
 
+    load_start = _machine.load_average()
     peak = peak_gflops()
     times = _timing.population_and_separate(configs, datas, args.repeats, torch.device("cpu"))
     singles = [wall / args.k for wall, _ in times["sep"]]
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
            "single_gflops": flops / single / 1e9, "population_gflops": flops / population / 1e9,
            "compute_bound_s_per_config": bound, "measured_ratio": single / population,
            "ceiling_ratio": single / bound,
-           "products_s_per_config": products, "products_bound_ratio": single / products}
+           "products_s_per_config": products, "products_bound_ratio": single / products,
+           "machine": _machine.machine(), "load_average_start": load_start, "load_average_end": _machine.load_average()}
     for key, value in out.items():
         print(f"{key:>28}: {value:.4g}" if isinstance(value, float) and math.isfinite(value) else f"{key:>28}: {value}")
     if args.json:

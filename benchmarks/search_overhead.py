@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -28,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DM_TUNE = str(Path(sys.executable).parent / "dm-tune")
@@ -45,13 +45,15 @@ def main() -> None:
     import yaml
 
     study = yaml.safe_load(Path(args.config).read_text())
+    load_start = _machine.load_average()
     runs = [measure(args.config, study, args.population_size) for _ in range(args.repeats)]
     figures = {k: (statistics.median(r[k] for r in runs) if isinstance(runs[0][k], float) else runs[0][k])
                for k in runs[0]}
     figures["repeats"] = args.repeats
     figures["overhead_search_all"] = [r["overhead_search"] for r in runs]
     figures["overhead_command_all"] = [r["overhead_command"] for r in runs]
-    figures["machine"] = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+    figures["machine"] = _machine.machine()
+    figures["load_average_start"], figures["load_average_end"] = load_start, _machine.load_average()
     print(json.dumps(figures, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")

@@ -193,3 +193,14 @@ def test_population_benchmark_refuses_a_resnet_size_it_would_not_use(tmp_path, c
     err = capsys.readouterr().err
     assert needle in err, err
     assert not (tmp_path / "pop.json").exists()
+
+
+def test_compare_methods_prints_its_table_and_refuses_one_seed(capsys):
+    """Its smallest run: two seeds, one epoch (one seed has no spread: refused when parsed, not after
+    training every arm)."""
+    _run("compare_methods.py", "--seeds", "1", "--epochs", "1", "--arms", "cce", exit_code=2)
+    assert "--seeds 1: expected at least 2" in capsys.readouterr().err
+    _run("compare_methods.py", "--seeds", "2", "--epochs", "1", "--arms", "cce", "dm:1:8")
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].startswith("| method | final test acc % (mean ± std) |")
+    assert table[4].startswith("| cce | ") and table[5].startswith("| DM (lam=1, beta=8) | ")
