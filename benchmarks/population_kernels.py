@@ -29,8 +29,9 @@
   populations (``--population-k`` members, the configurations of population.py) with either
   kernel (the torch arm sets the C kernel's size limits to 0, as the tests do).
 
-Arms alternate in blocks (A B, B A, ...; benchmarks/_timing.py); the table shows medians. Each
-pair is checked equal before it is timed.
+Arms alternate in blocks (A B, B A, ...; benchmarks/_timing.py); the table shows medians. The
+kernel pairs are checked equal before they are timed, except the pooled-rows pair and the whole
+populations (their equality is the test suite's: tests/test_population.py).
 """
 
 from __future__ import annotations

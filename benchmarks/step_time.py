@@ -12,7 +12,9 @@ ratios to CE are therefore measured under the same machine conditions.
 
 Cases:
   mlp       the embedded default: digits MLP (64 -> 256 -> 256 -> 10), batch 64
-  resnet20  CIFAR-shaped ResNet-20, batch 128 of 3x32x32 random images, 10 classes
+  resnet20  CIFAR-shaped ResNet-20, batch 128 of 3x32x32 random images, 10 classes (contiguous
+            layout; train() runs image models channels-last, a faster step, so DM's share of
+            a training step is somewhat larger there than this ratio shows)
   loss      the loss alone (forward + backward on fixed [64, 10] logits)
   loss-cifar the loss alone on fixed [128, 10] logits
   loss-c100 the loss alone on fixed [128, 100] logits (CIFAR-100's shape)
