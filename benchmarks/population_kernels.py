@@ -30,8 +30,8 @@
   kernel (the torch arm sets the C kernel's size limits to 0, as the tests do).
 
 Arms alternate in blocks (A B, B A, ...; benchmarks/_timing.py); the table shows medians. The
-kernel pairs are checked equal before they are timed, except the pooled-rows pair and the whole
-populations (their equality is the test suite's: tests/test_population.py).
+kernel pairs are checked equal before they are timed, except the ReLU/pooling order pair (ReLU
+and max commute) and the whole populations (tests/test_population.py compares them).
 """
 
 from __future__ import annotations
