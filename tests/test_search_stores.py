@@ -275,6 +275,36 @@ def test_a_file_where_the_search_writes_a_folder_is_one_line(real_stores, tmp_pa
         assert check_workspace(ws, opts.tracking, opts.written_folders("u"), opts.ledger("u", "x").parent) == []
 
 
+def test_the_search_refuses_a_file_where_it_writes_a_folder_before_anything_runs(real_stores, tmp_path):
+    """The command itself (a file at artifacts/ was a traceback once the whole search had run)."""
+    ws = tmp_path / "ws"
+    shutil.copytree(real_stores, ws)
+    (ws / "artifacts").write_text("x")
+    before = _snapshot(ws)
+    proc = _cli("--workspace", str(ws), "--num-samples", "1", "--top-k", "1", cwd=tmp_path)
+    _one_line_error(proc, f"--workspace {ws}: artifacts/: exists and is not a directory")
+    assert _snapshot(ws) == before
+
+
+def test_a_moved_workspace_is_checked_where_mlflow_keeps_its_artifacts(tmp_path):
+    """An experiment keeps the artifact location it was created with (the workspace where it was
+    then): that folder is checked, not the moved workspace's, which MLflow would not use."""
+    from dm_tune.search import _tracking
+    from dm_tune.search._run import RunOptions
+
+    old, ws = tmp_path / "old", tmp_path / "ws"
+    ws.mkdir()
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    _tracking.experiment_id(uri, "t", old / "artifacts", ws)  # created while the workspace was at old/
+    old.write_text("x")  # and in its place now: a file
+    opts = RunOptions(workspace=ws)
+    with pytest.raises(UserError) as info:
+        check_workspace(ws, opts.tracking, opts.written_folders("t"), opts.ledger("t", "x").parent)
+    assert str(info.value) == (f"the artifact location MLflow keeps for the study {old / 'artifacts' / 't'}: "
+                               f"{old} is a file, not a directory")
+    assert check_workspace(ws, opts.tracking, opts.written_folders("u"), opts.ledger("u", "x").parent) == []
+
+
 @pytest.mark.parametrize("where", ["workspace", "parent"])
 def test_a_read_only_workspace_is_one_line(real_stores, tmp_path, where):
     ro = tmp_path / "ro"

@@ -75,17 +75,23 @@ class RunOptions:
         """The guidelines file a study warm-starts from, as it was when the study began."""
         return self.workspace / "warm_starts" / f"{study}.json"
 
-    def written_folders(self, study: str) -> list[Path]:
-        """The folders a search of ``study`` writes in (each made when first needed), outer first."""
-        from dm_tune.search._stores import LOCKS_DIR
+    def written_folders(self, study: str) -> list[tuple[Path, str]]:
+        """The folders a search of ``study`` writes in (each made when first needed), outer first,
+        each with the option that put it there."""
+        from dm_tune.search._stores import LOCKS_DIR, stored_artifact_location
 
         ws = self.workspace
-        folders = [ws / LOCKS_DIR, ws / "ledger", self.ledger(study, "x").parent, ws / "studies", ws / "summaries",
-                   self.warm_start_copy(study).parent]
+        folders = [(f, "--workspace") for f in (ws / LOCKS_DIR, ws / "ledger", self.ledger(study, "x").parent,
+                                                ws / "studies", ws / "summaries", self.warm_start_copy(study).parent)]
         if "://" not in self.storage:  # Ray's results, local (remote storage is Ray's to check)
-            folders += [Path(self.storage), Path(self.storage) / study]
+            flag = "--storage-path" if self.storage_path else "--workspace"
+            folders += [(Path(self.storage), flag), (Path(self.storage) / study, flag)]
         if self.artifact_root is not None:  # MLflow's artifacts (a server keeps its own)
-            folders += [self.artifact_root, self.artifact_root / study]
+            # An experiment keeps the location it was created with (the workspace where it was then)
+            stored = stored_artifact_location(self.tracking, study)
+            folders += [(self.artifact_root, "--workspace"),
+                        (stored, "the artifact location MLflow keeps for the study") if stored is not None
+                        else (self.artifact_root / study, "--workspace")]
         return folders
 
 
@@ -153,7 +159,7 @@ class SettingContext:
         return guided_space(space, rec)
 
     def population_size(self) -> int:
-        """DM configurations per Ray trial; "auto": the fastest measured for the model and device."""
+        """DM configurations per Ray trial; "auto": chosen from the measurements for the model and device."""
         from dm_tune.population import suggested_population_size
 
         size = self.study.population_size

@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from dm_tune._locks import held
 from dm_tune.errors import UserError, first_line
@@ -54,19 +54,21 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):])
 
 
-def check_workspace(workspace: Path, tracking_uri: str, folders: Sequence[Path] = (),
+def check_workspace(workspace: Path, tracking_uri: str, folders: Sequence[tuple[Path, str]] = (),
                     ledgers: Path | None = None) -> list[str]:
     """Fail with one line if the workspace or one of its stores cannot be used; write nothing.
-    ``folders``: those the search will write in (a file in the place of one was a traceback,
-    some once the search had run); ``ledgers``: the study's ledger folder, whose ledgers it appends to.
+    ``folders``: those the search will write in, each with the option that chose it (a file in the
+    place of one was a traceback, some once the search had run); ``ledgers``: the study's ledger
+    folder, whose ledgers it appends to.
 
     Returns warnings to show (an empty store in a workspace that has a history: it is recreated,
     so what it held is gone)."""
     _check_writable_dir(workspace, f"--workspace {workspace}")
-    for folder in folders:
-        inside = folder.is_relative_to(workspace)
-        _check_writable_dir(folder, f"--workspace {workspace}: {folder.relative_to(workspace)}/" if inside
-                            else str(folder))
+    for folder, flag in folders:
+        if flag == "--workspace" and folder.is_relative_to(workspace):
+            _check_writable_dir(folder, f"--workspace {workspace}: {folder.relative_to(workspace)}/")
+        else:
+            _check_writable_dir(folder, f"{flag} {folder}", flag if flag.startswith("--") else "--workspace")
     if ledgers is not None and ledgers.is_dir():  # refused now, not once trials have run
         for ledger in ledgers.glob("*.jsonl"):
             if not os.access(ledger, os.W_OK):
@@ -86,8 +88,29 @@ def check_workspace(workspace: Path, tracking_uri: str, folders: Sequence[Path] 
     return warnings
 
 
-def _check_writable_dir(path: Path, what: str) -> None:
-    """``path`` is, or can be created as, a directory this process can write in."""
+def stored_artifact_location(tracking_uri: str, experiment: str) -> Path | None:
+    """Where a local MLflow store keeps experiment ``experiment``'s artifacts (a ``file:`` location
+    it was created with), read with SQLite alone; None when there is none to read."""
+    path = sqlite_path(tracking_uri)
+    if path is None or not path.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:  # damaged, busy or another store: check_store says so
+        return None
+    location = urlparse(row[0]) if row and isinstance(row[0], str) else None
+    if location is None or location.scheme != "file":
+        return None
+    return Path(unquote(location.path))
+
+
+def _check_writable_dir(path: Path, what: str, other: str = "--workspace") -> None:
+    """``path`` is, or can be created as, a directory this process can write in (``other``: the
+    option whose other value would do)."""
     existing = path
     while not existing.exists() and not existing.is_symlink():
         existing = existing.parent
@@ -95,7 +118,7 @@ def _check_writable_dir(path: Path, what: str) -> None:
         detail = "exists and is not a directory" if existing == path else f"{existing} is a file, not a directory"
         raise UserError(f"{what}: {detail}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{what}: {existing} is read-only for this user; use another --workspace")
+        raise UserError(f"{what}: {existing} is read-only for this user; use another {other}")
 
 
 def check_store(path: Path, kind: str, workspace: Path, *, read_only: bool = False) -> str | None:
