@@ -63,11 +63,12 @@ SHARED_FIELDS = ("dataset", "data_root", "dataset_options", "model", "hidden_dim
 
 SNAPSHOT_FORMAT = "dm-tune-population/1"
 
-# The population size that trained the most configurations per second in benchmarks/population.py
-# (BENCHMARKS.md, "Population trials"), by device type and model. 1: populations were no faster
-# than separate runs there (the ResNets on the 2-core CPU, where their arithmetic and memory
-# traffic, not per-step overhead, bound a step). The 1-D CNN: 4 (1.4-1.7x on the Intel Xeon VM,
-# as fast as 16 and with a quarter of the memory). Models not listed: 16.
+# The population size chosen from benchmarks/population.py (BENCHMARKS.md, "Population trials"),
+# by device type and model: at or near the most configurations per second, for speed and memory.
+# 1: populations were no faster than separate runs there (the ResNets on the 2-core CPU, where
+# their arithmetic and memory traffic, not per-step overhead, bound a step). The 1-D CNN: 4
+# (1.4-1.7x on the Intel Xeon VM, as fast as 16 and with a quarter of the memory). Models not
+# listed: 16.
 SUGGESTED_SIZES: dict[tuple[str, str], int] = {
     ("cpu", "mlp"): 16, ("cpu", "imdb-mlp"): 16, ("cpu", "cnn"): 4,
     ("cpu", "resnet20"): 1, ("cpu", "resnet32"): 1, ("cpu", "resnet44"): 1, ("cpu", "resnet56"): 1,
