@@ -96,14 +96,16 @@ def from_file(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
     if out.min() < 0 or out.max() >= ctx.num_classes:
         raise DataError(ctx.file, f"has labels outside [0, {ctx.num_classes - 1}]",
                         f"integer class ids 0..{ctx.num_classes - 1}")
-    if ctx.file.suffix.lower() in (".pt", ".pth") and ctx.key != "clean_label":
-        # A CIFAR-N file holds the dataset's own labels too: another dataset's file, or one in
-        # another order, would otherwise pass as labels of the right length and range.
+    # A CIFAR-N file holds the clean labels of its label sets too (CIFAR-100N's coarse sets: the
+    # 20 superclasses'): another dataset's file, one in another order, or a coarse set given to
+    # the 100 classes would otherwise pass as labels of the right length and range.
+    clean_key = "clean_coarse_label" if "coarse" in str(ctx.key) else "clean_label"
+    if ctx.file.suffix.lower() in (".pt", ".pth") and ctx.key != clean_key:
         blob = _load_cifar_n(ctx.file, "a CIFAR-10N/100N .pt dict")
-        clean = np.asarray(blob.get("clean_label", labels)).reshape(-1) if isinstance(blob, dict) else labels
+        clean = np.asarray(blob.get(clean_key, labels)).reshape(-1) if isinstance(blob, dict) else labels
         wrong = np.flatnonzero(clean != labels) if clean.shape == labels.shape else np.arange(len(labels))
         if wrong.size:
-            raise DataError(ctx.file, f"its clean_label disagrees with the dataset's labels at {wrong.size} of "
+            raise DataError(ctx.file, f"its {clean_key} disagrees with the dataset's labels at {wrong.size} of "
                             f"{len(labels)} training examples (the first: example {wrong[0]}): it belongs to "
                             "another dataset, or lists its examples in another order",
                             "one label per training example, in the dataset's original order")

@@ -276,6 +276,12 @@ def test_file_noise_from_cifar_n_dict_npy_and_csv(cifar10_root, tmp_path):
     with pytest.raises(DataError, match=r"its clean_label disagrees with the dataset's labels at \d+ of 50"):
         prepare(config("cifar10", cifar10_root, val_fraction=0.0, noise="file", noise_file=str(shuffled),
                        noise_key="worse_label"))
+    # a coarse (superclass) label set given to the fine classes: its clean labels are the superclasses
+    coarse = tmp_path / "CIFAR-100_human.pt"
+    torch.save({"noisy_coarse_label": clean // 2, "clean_coarse_label": clean // 2, "clean_label": clean}, coarse)
+    with pytest.raises(DataError, match=r"its clean_coarse_label disagrees with the dataset's labels"):
+        prepare(config("cifar10", cifar10_root, val_fraction=0.0, noise="file", noise_file=str(coarse),
+                       noise_key="noisy_coarse_label"))
 
 
 def test_label_file_errors(tmp_path):
