@@ -47,9 +47,9 @@ class TrainResult:
     test_accuracy: float            # final epoch (what the reports use by default)
     val_accuracy: float             # final epoch
     best_test_accuracy: float       # best over training (optimistic; labelled as such)
-    best_epoch: int                 # epoch of best_test_accuracy (1-based)
+    best_epoch: int                 # epoch of best_test_accuracy (retrieval: of best test mAP), 1-based, first of ties
     best_val_accuracy: float
-    val_selected_test_accuracy: float  # test accuracy at the epoch of best validation accuracy
+    val_selected_test_accuracy: float  # test accuracy at the epoch of best validation accuracy (NaN: no validation)
     epochs_completed: int
     train_time_s: float
     noise_rate_realised: float
@@ -301,7 +301,11 @@ def loss_ceiling(loss_fn: nn.Module, num_classes: int) -> float:
 
 def train(config: TrainConfig, data: Data, report: Report | None = None,
           resume: dict[str, Any] | None = None) -> TrainResult:
-    """Train ``config`` on ``data``; call ``report`` after every epoch; return the result."""
+    """Train ``config`` on ``data``; call ``report`` after every epoch; return the result.
+
+    ``report(metrics, snapshot)``: ``snapshot()`` is the state to resume from (``resume=``); its
+    tensors are the run's own until ``report`` returns, so serialise it there (``torch.save``, as
+    the search does) or copy them to keep it past that."""
     config = config.resolve(data.defaults, data.default_model, data.input_kind)
     device = select_device(config.device)
     amp = _amp_dtype(config, device)
@@ -339,15 +343,15 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
         scaler.load_state_dict(resume["scaler"])
         gen.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
-        history = list(resume["history"])
         start_epoch = int(resume["epoch"])
+        history = [dict(h) for h in resume["history"]][:start_epoch]
         if history and history[-1].get("diverged"):  # the run had ended there: it stays ended
             status, start_epoch = "diverged", config.epochs
 
     def snapshot() -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": history, "epoch": len(history), "config": config.to_dict()}
+                "history": [dict(h) for h in history], "epoch": len(history), "config": config.to_dict()}
 
     t_train = sum(h["epoch_time_s"] for h in history)
     for epoch in range(start_epoch, config.epochs):
@@ -421,13 +425,19 @@ def _result(config: TrainConfig, data: Data, history: list[dict[str, float]], st
     last = history[-1] if history else {}
     finite = [h for h in history if math.isfinite(h.get("test_acc", nan))]
     best = max(finite, key=lambda h: h["test_acc"], default=None)
-    best_val = max(finite, key=lambda h: h["val_acc"], default=None)
+    # Chosen by validation only where there was one (no validation split: NaN, not epoch 1's).
+    validated = [h for h in finite if math.isfinite(h.get("val_acc", nan))]
+    best_val = max(validated, key=lambda h: h["val_acc"], default=None)
+    # The best epoch by the task's test score (retrieval: mAP; its accuracies are NaN), the first of ties.
+    score = "test_map" if data.test_gallery is not None else "test_acc"
+    scored = [h for h in history if math.isfinite(h.get(score, nan))]
+    best_scored = max(scored, key=lambda h: h[score], default=None)
     return TrainResult(
         status=status,
         test_accuracy=last.get("test_acc", nan),
         val_accuracy=last.get("val_acc", nan),
         best_test_accuracy=best["test_acc"] if best else nan,
-        best_epoch=int(best["epoch"]) if best else 0,
+        best_epoch=int(best_scored["epoch"]) if best_scored else 0,
         best_val_accuracy=best_val["val_acc"] if best_val else nan,
         val_selected_test_accuracy=best_val["test_acc"] if best_val else nan,
         epochs_completed=len(history),

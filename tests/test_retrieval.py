@@ -210,3 +210,13 @@ def test_best_test_map_does_not_need_a_validation_split():
     maps = [h["test_map"] for h in result.history]
     assert all(math.isnan(h["val_map"]) for h in result.history)
     assert result.retrieval["best_test_map"] == max(maps) and math.isnan(result.retrieval["val_selected_test_map"])
+
+
+def test_a_retrieval_runs_best_epoch_is_that_of_its_best_test_map():
+    """Its accuracies are NaN by design: best_epoch was always 0 (not an epoch)."""
+    from dm_tune.train import train
+
+    cfg = _cfg(epochs=3, noise="symmetric", noise_rate=0.3, method="cce")
+    result = train(cfg, prepare(cfg))
+    maps = [h["test_map"] for h in result.history]
+    assert result.best_epoch == 1 + maps.index(max(maps)) and result.retrieval["best_test_map"] == max(maps)

@@ -129,6 +129,31 @@ def test_resume_reproduces_the_uninterrupted_run():
     assert resumed.history[2]["lr"] != resumed.history[1]["lr"]
 
 
+def test_a_snapshot_kept_by_reference_still_resumes_where_it_was_taken():
+    """``snapshot()``'s history was the run's own list: kept past its epoch (the Python API allows
+    it), it grew with the run, and a resume from it repeated the later epochs."""
+    kw = dict(epochs=4, seed=3)
+    taken = {}
+
+    def report(metrics, snapshot):
+        if metrics["epoch"] == 2:
+            taken["state"] = snapshot()  # not serialised: its tensors move on, its history must not
+
+    run(report=report, **kw)
+    state = taken["state"]
+    assert state["epoch"] == 2 and [h["epoch"] for h in state["history"]] == [1, 2]
+    state["history"] = state["history"] + [{"epoch": 3}]  # a history longer than its epoch: cut to it
+    assert [h["epoch"] for h in run(resume=state, **kw).history] == [1, 2, 3, 4]
+
+
+def test_without_a_validation_split_nothing_is_chosen_by_validation():
+    """val_fraction 0: every val_acc is NaN, and the val-selected test accuracy was epoch 1's."""
+    result = run(epochs=3, seed=0, val_fraction=0.0)
+    assert all(math.isnan(h["val_acc"]) for h in result.history)
+    assert math.isnan(result.best_val_accuracy) and math.isnan(result.val_selected_test_accuracy)
+    assert result.best_epoch == max(result.history, key=lambda h: h["test_acc"])["epoch"]
+
+
 def test_the_fused_adam_follows_torchs_default_adam(monkeypatch):
     """On the CPU train() uses torch's fused Adam (faster); torch's default Adam, the loop of
     elementwise operations, is the reference it is checked against: 2 epochs (32 steps), with
