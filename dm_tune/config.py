@@ -78,7 +78,7 @@ class TrainConfig:
     momentum: Annotated[Float, in_range(0.0, 1.0, hi_open=True)] = 0.9
     weight_decay: Annotated[Float, in_range(0.0, 1.0)] | None = None
     schedule: Annotated[str, one_of(SCHEDULES)] | None = None
-    lr_milestones: Milestones = (0.5, 0.75)  # "step": fractions of epochs
+    lr_milestones: Milestones = (0.5, 0.75)  # "step": fractions of the training steps
     lr_gamma: Annotated[Float, in_range(0.0, 1.0, lo_open=True)] = 0.1
     epochs: Annotated[Int, in_range(1, 100_000)] | None = None
     batch_size: Annotated[Int, in_range(1, 1_000_000)] | None = None
