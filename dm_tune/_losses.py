@@ -144,7 +144,7 @@ class WeightFnLoss(_GradLoss):
         if w.shape != p.shape or not torch.isfinite(w).all() or (w < 0).any():
             raise ValueError("the weight function must return finite weights >= 0, one per example")
         share = w / w.sum().clamp_min(torch.finfo(p.dtype).tiny)
-        grad = W._share_times_direction(share, probs, p, targets)
+        grad = W._share_times_direction(share, probs, targets)
         return grad, share, _weighted_cce(logits, targets, share)
 
 

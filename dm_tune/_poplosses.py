@@ -26,7 +26,7 @@ from torch import nn
 
 from dm_tune import _native
 from dm_tune._losses import _InjectGrad
-from dm_tune._weighting import CCE_WEIGHT_EPS, _compute_dtype, check_kernel, class_weighted
+from dm_tune._weighting import CCE_WEIGHT_EPS, _compute_dtype, _minus_others, check_kernel, class_weighted
 
 DM, PLAIN, NORMALISED = 0, 1, 2
 
@@ -95,13 +95,12 @@ def population_loss_parts(
     one_minus_p = -p_minus_1
     is_dm, plain = knobs["kind"] == DM, knobs["kind"] == PLAIN
     # The labelled entry of the direction, p - 1; for DM and "-DN" members minus the other classes'
-    # probabilities, right to rounding where p is close to 1 (see _weighting._minus_others) and
+    # probabilities, right to rounding where p is close to 1 (see _minus_others) and
     # exact where p rounds to 1 (see SchemeLoss): "-DN" rows' L1 norms are then 2 q exactly and a
     # batch fitted past the working precision gets no gradient. Their multipliers' 1 - p is that too.
     target_entry = p_minus_1
     if exact_q:
-        others = probs.scatter_(2, index, 0.0).sum(2)  # in place: the labelled entry is overwritten below
-        target_entry = torch.where(plain, p_minus_1, -others)
+        target_entry = torch.where(plain, p_minus_1, _minus_others(probs, index).squeeze(2))
     multiplier_1mp = -target_entry
     # DM members: a softmax over the batch of the log-weights (cannot overflow for any beta).
     share_dm = torch.softmax(torch.pow(p, knobs["lam"]).mul_(-knobs["beta"]).mul_(target_entry), dim=1)

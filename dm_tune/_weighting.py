@@ -91,12 +91,10 @@ def manipulated_logit_grad(
     probs, p = _labelled(logits, targets)
     w = weight.detach().to(p.dtype)
     share = w / w.sum().clamp_min(torch.finfo(p.dtype).tiny)
-    return _share_times_direction(share, probs, p, targets)
+    return _share_times_direction(share, probs, targets)
 
 
-def _share_times_direction(
-    share: torch.Tensor, probs: torch.Tensor, p: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
+def _share_times_direction(share: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``share / (2(1-p) + eps) * (probs - onehot(y))``: Eq. 7 given each example's share."""
     index = targets.long().view(-1, 1)
     q = _minus_others(probs, index).neg_()
@@ -105,14 +103,16 @@ def _share_times_direction(
 
 
 def _minus_others(probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``p - 1`` as minus the other classes' probabilities ([N, 1]; ``index`` the labels, [N, 1]).
+    """``p - 1`` as minus the other classes' probabilities (``index``: the labels, shaped like
+    ``probs`` with a last dimension of 1; so is the result). The labelled entries of ``probs`` are
+    zeroed in place: every caller overwrites them with p - 1 next.
 
     DM divides by 2 (1 - p) + 1e-6, so a fitted example's 1 - p (1e-6, say) must be right to
     rounding. Taken from p (1 - p, or expm1 of the log-softmax's log p) it is not in float32: log p
     near 0 is off by up to ~6e-8 absolute, tens of percent of that 1 - p, and its row would then no
     longer sum to 0. Each other probability is right to rounding, and so is their sum.
     """
-    return probs.scatter(1, index, 0.0).sum(1, keepdim=True).neg_()
+    return probs.scatter_(-1, index, 0.0).sum(-1, keepdim=True).neg_()
 
 
 def _scaled_direction(
@@ -175,9 +175,7 @@ def _dm_parts_torch(
     logp = logprobs.gather(1, index)  # [N, 1]
     probs = logprobs.exp_()  # in place: the log-probabilities are not needed any more
     p = probs.gather(1, index)  # exp(log_softmax) is in [0, 1], so no clamp is needed
-    # p - 1 as minus the other classes' probabilities (see _minus_others), summed with the labelled
-    # entry zeroed in place: it is overwritten by p - 1 below anyway.
-    p_minus_1 = probs.scatter_(1, index, 0.0).sum(1, keepdim=True).neg_()
+    p_minus_1 = _minus_others(probs, index)  # p - 1, right to rounding near p = 1
     share = torch.softmax(_dm_log_weight_of(p, p_minus_1, lam, beta), dim=0)  # [N, 1]
     scale = share / torch.rsub(p_minus_1, CCE_WEIGHT_EPS, alpha=2.0)  # share / (2 (1-p) + eps)
     # probs - onehot is probs with the labelled entry replaced by p - 1; then times scale.
