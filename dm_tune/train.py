@@ -423,21 +423,18 @@ def _result(config: TrainConfig, data: Data, history: list[dict[str, float]], st
             t_train: float) -> TrainResult:
     nan = float("nan")
     last = history[-1] if history else {}
-    finite = [h for h in history if math.isfinite(h.get("test_acc", nan))]
-    best = max(finite, key=lambda h: h["test_acc"], default=None)
-    # Chosen by validation only where there was one (no validation split: NaN, not epoch 1's).
-    validated = [h for h in finite if math.isfinite(h.get("val_acc", nan))]
-    best_val = max(validated, key=lambda h: h["val_acc"], default=None)
     # The best epoch by the task's test score (retrieval: mAP; its accuracies are NaN), the first of ties.
     score = "test_map" if data.test_gallery is not None else "test_acc"
-    scored = [h for h in history if math.isfinite(h.get(score, nan))]
-    best_scored = max(scored, key=lambda h: h[score], default=None)
+    best = max((h for h in history if math.isfinite(h.get(score, nan))), key=lambda h: h[score], default=None)
+    # Chosen by validation only where there was one (no validation split: NaN, not epoch 1's).
+    validated = [h for h in history if math.isfinite(h.get("test_acc", nan)) and math.isfinite(h.get("val_acc", nan))]
+    best_val = max(validated, key=lambda h: h["val_acc"], default=None)
     return TrainResult(
         status=status,
         test_accuracy=last.get("test_acc", nan),
         val_accuracy=last.get("val_acc", nan),
-        best_test_accuracy=best["test_acc"] if best else nan,
-        best_epoch=int(best_scored["epoch"]) if best_scored else 0,
+        best_test_accuracy=best.get("test_acc", nan) if best else nan,
+        best_epoch=int(best["epoch"]) if best else 0,
         best_val_accuracy=best_val["val_acc"] if best_val else nan,
         val_selected_test_accuracy=best_val["test_acc"] if best_val else nan,
         epochs_completed=len(history),
