@@ -269,10 +269,10 @@ def test_a_file_where_the_search_writes_a_folder_is_one_line(real_stores, tmp_pa
     (ws / sub).write_text("x")
     opts = RunOptions(workspace=ws)
     with pytest.raises(UserError) as info:
-        check_workspace(ws, opts.tracking, opts.written_folders("t"), opts.ledger("t", "x").parent)
+        check_workspace(ws, opts.tracking, opts.written_folders("t"), opts.ledger_dir("t"))
     assert str(info.value) == f"--workspace {ws}: {sub}/: exists and is not a directory"
     if "/" in sub:  # study t's own folder: no business of another study's search
-        assert check_workspace(ws, opts.tracking, opts.written_folders("u"), opts.ledger("u", "x").parent) == []
+        assert check_workspace(ws, opts.tracking, opts.written_folders("u"), opts.ledger_dir("u")) == []
 
 
 def test_the_search_refuses_a_file_where_it_writes_a_folder_before_anything_runs(real_stores, tmp_path):
@@ -299,10 +299,10 @@ def test_a_moved_workspace_is_checked_where_mlflow_keeps_its_artifacts(tmp_path)
     old.write_text("x")  # and in its place now: a file
     opts = RunOptions(workspace=ws)
     with pytest.raises(UserError) as info:
-        check_workspace(ws, opts.tracking, opts.written_folders("t"), opts.ledger("t", "x").parent)
+        check_workspace(ws, opts.tracking, opts.written_folders("t"), opts.ledger_dir("t"))
     assert str(info.value) == (f"the artifact location MLflow keeps for the study {old / 'artifacts' / 't'}: "
                                f"{old} is a file, not a directory")
-    assert check_workspace(ws, opts.tracking, opts.written_folders("u"), opts.ledger("u", "x").parent) == []
+    assert check_workspace(ws, opts.tracking, opts.written_folders("u"), opts.ledger_dir("u")) == []
 
 
 @pytest.mark.parametrize("where", ["workspace", "parent"])

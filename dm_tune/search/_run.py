@@ -68,8 +68,11 @@ class RunOptions:
     def storage(self) -> str:
         return self.storage_path or str(self.workspace / "ray")
 
+    def ledger_dir(self, study: str) -> Path:
+        return self.workspace / "ledger" / study
+
     def ledger(self, study: str, setting: str) -> Path:
-        return self.workspace / "ledger" / study / f"{setting}.jsonl"
+        return self.ledger_dir(study) / f"{setting}.jsonl"
 
     def warm_start_copy(self, study: str) -> Path:
         """The guidelines file a study warm-starts from, as it was when the study began."""
@@ -81,7 +84,7 @@ class RunOptions:
         from dm_tune.search._stores import LOCKS_DIR, stored_artifact_location
 
         ws = self.workspace
-        folders = [(f, "--workspace") for f in (ws / LOCKS_DIR, ws / "ledger", self.ledger(study, "x").parent,
+        folders = [(f, "--workspace") for f in (ws / LOCKS_DIR, ws / "ledger", self.ledger_dir(study),
                                                 ws / "studies", ws / "summaries", self.warm_start_copy(study).parent)]
         if "://" not in self.storage:  # Ray's results, local (remote storage is Ray's to check)
             flag = "--storage-path" if self.storage_path else "--workspace"

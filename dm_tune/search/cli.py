@@ -240,7 +240,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     check_tracking(opts.tracking)
     check_address(args.address)
     for warning in check_workspace(workspace, opts.tracking, opts.written_folders(study.name),
-                                   opts.ledger(study.name, "x").parent):  # damaged stores, read-only workspace
+                                   opts.ledger_dir(study.name)):  # damaged stores, read-only workspace
         print(f"dm-tune: warning: {warning}", file=sys.stderr)
     if not args.address:
         check_local_gpus(study)
