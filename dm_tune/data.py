@@ -22,7 +22,7 @@ from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS, Gallery, Source, Split
 from dm_tune.errors import DataError
-from dm_tune.noise import NoiseContext, apply_noise, imbalance_index
+from dm_tune.noise import NoiseContext, apply_noise, check_noise, imbalance_index
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,7 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
     noise_rng, val_rng, imb_rng = (np.random.default_rng([seed, k]) for k in (1, 2, 3))
 
     clean = source.train.labels.numpy().astype(np.int64)
+    check_noise(config.noise, config.noise_rate, source.num_classes, source.class_groups)
     ctx = NoiseContext(
         num_classes=source.num_classes, rate=config.noise_rate, rng=noise_rng,
         class_groups=source.class_groups,

@@ -20,7 +20,7 @@ from dm_tune.config import TrainConfig
 from dm_tune.data import Data, input_shape
 from dm_tune.datasets import Source, Split
 from dm_tune.datasets._reid import gallery, one_query_per_camera, renumber
-from dm_tune.noise import NoiseContext, apply_noise
+from dm_tune.noise import NoiseContext, apply_noise, check_noise
 
 # Noise models that mean something for identities (the others need classes or files that re-ID data lacks).
 RETRIEVAL_NOISE = ("none", "symmetric", "pair")
@@ -56,6 +56,7 @@ def prepare_retrieval(config: TrainConfig, source: Source) -> Data:
 
     clean, _ = renumber(ids[keep])
     num_classes = int(clean.max()) + 1
+    check_noise(config.noise, config.noise_rate, num_classes)
     ctx = NoiseContext(num_classes=num_classes, rate=config.noise_rate, rng=noise_rng)
     noisy = apply_noise(config.noise, clean, ctx)
 

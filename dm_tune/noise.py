@@ -199,6 +199,36 @@ NOISE_MODELS: dict[str, NoiseModel] = {
 }
 
 
+def rate_limit(name: str, num_classes: int) -> float | None:
+    """The rate at which a synthetic model's labels stop telling the classes apart (exclusive).
+
+    Symmetric noise leaves the true label the most common one of its class while
+    1 - r > r / (C - 1), i.e. r < (C - 1) / C (at the limit the labels are uniform); pair and
+    superclass noise while 1 - r > r, i.e. r < 0.5 (at 0.5 a class's examples carry its label and
+    its partner's equally, above it mostly the partner's: no method can learn the true classes).
+    """
+    if name == "symmetric":
+        return (num_classes - 1) / num_classes
+    if name in ("pair", "cifar100-superclass"):
+        return 0.5
+    return None
+
+
+def check_noise(name: str, rate: float, num_classes: int, class_groups: object = None, prefix: str = "") -> None:
+    """Refuse a noise model the dataset cannot take, or a rate at which the labels no longer
+    identify the classes (``rate_limit``), as one ConfigError naming ``{prefix}noise(_rate)``."""
+    from dm_tune._validate import ConfigError
+
+    if name == "cifar100-superclass" and not class_groups:
+        raise ConfigError(f"{prefix}noise", name, "needs a dataset whose classes come in groups (cifar100's "
+                          "superclasses); choose symmetric, pair or file noise for this one")
+    limit = rate_limit(name, num_classes)
+    if limit is not None and rate >= limit:
+        raise ConfigError(f"{prefix}noise_rate", rate, f"expected below {limit:.4g} for {name} noise on "
+                          f"{num_classes} classes: from {limit:.4g} up a wrong label is at least as common as the true one, so the labels "
+                          "no longer identify the classes")
+
+
 def apply_noise(name: str, clean: np.ndarray, ctx: NoiseContext) -> NoisyLabels:
     noisy = NOISE_MODELS[name](np.asarray(clean, dtype=np.int64), ctx)
     mask = noisy != clean

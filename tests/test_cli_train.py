@@ -54,6 +54,11 @@ ERRORS = {
     "unknown dataset": (["--dataset", "imagenet"], ["dataset", "'imagenet'", "digits"]),
     "unknown method": (["--method", "focal"], ["method", "'focal'", "cce"]),
     "noise rate 1.5": (["--noise-rate", "1.5"], ["noise_rate", "1.5", "[0.0, 1.0)"]),
+    # At the limit a wrong label is as common as the true one: no method can learn the classes.
+    "pair noise at 0.5": (["--noise", "pair", "--noise-rate", "0.5"], ["noise_rate", "0.5", "below 0.5", "pair"]),
+    "symmetric noise at (C-1)/C": (["--noise-rate", "0.9"], ["noise_rate", "0.9", "below 0.9", "10 classes"]),
+    "superclass noise on digits": (["--noise", "cifar100-superclass", "--noise-rate", "0.2"],
+                                   ["noise", "'cifar100-superclass'", "groups"]),
     "negative lam": (["--lam", "-1"], ["lam", "-1", "[0.0"]),
     "lam with cce": (["--method", "cce", "--lam", "2"], ["--lam", "only applies to --method dm", "'cce'"]),
     "mode with lam": (["--mode", "0.5", "--lam", "1"], ["--mode", "--lam"]),

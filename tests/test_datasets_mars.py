@@ -166,7 +166,7 @@ def test_mars_damaged_files_and_junk_training_tracks(tmp_path):
 
 def test_mars_features_pools_frames_per_track(tmp_path):
     root = make_features(tmp_path / "feat")
-    data = prepare(cfg("mars-features", root, noise="pair", noise_rate=0.5))
+    data = prepare(cfg("mars-features", root, noise="pair", noise_rate=0.45))
     assert data.input_kind == "vector" and data.input_shape == (6,)
     assert data.num_classes == 3 and len(data.train) == 6 and len(data.val_gallery) == 2
     frames = np.load(root / "train.npz")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dm_tune.datasets.cifar import FINE_TO_COARSE
-from dm_tune.noise import (IMBALANCE_KINDS, NOISE_MODELS, NoiseContext, apply_noise, class_counts,
-                           imbalance_index)
+from dm_tune.noise import (IMBALANCE_KINDS, NOISE_MODELS, NoiseContext, apply_noise, check_noise, class_counts,
+                           imbalance_index, rate_limit)
 
 # Models that do not draw noise themselves: "none" keeps the labels, "file" reads them (tested
 # with the on-disk datasets). Every other model in NOISE_MODELS must appear in WORLDS below.
@@ -154,6 +154,34 @@ def test_superclass_needs_class_groups():
     ctx = NoiseContext(num_classes=num_classes, rate=0.3, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="class groups"):
         apply_noise("cifar100-superclass", labels, ctx)
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_the_rate_limit_is_where_a_wrong_label_becomes_as_common_as_the_true_one(name):
+    """Below ``rate_limit`` every class's true label stays its most common one; at the limit some
+    wrong label is as common (``check_noise`` refuses it: the labels no longer identify the classes)."""
+    from dm_tune._validate import ConfigError
+
+    labels, num_classes, groups = WORLDS[name]
+    limit = rate_limit(name, num_classes)
+    for rate, identifiable in ((limit - 0.05, True), (limit, False)):
+        ctx = NoiseContext(num_classes=num_classes, rate=rate, rng=np.random.default_rng(0), class_groups=groups)
+        out = apply_noise(name, labels, ctx).labels
+        counts = np.stack([np.bincount(out[labels == c], minlength=num_classes) for c in range(num_classes)])
+        own = counts[np.arange(num_classes), np.arange(num_classes)]
+        if name == "symmetric":  # wrong labels spread at random: a wrong label's share on average
+            ratio = (counts.sum() - own.sum()) / (num_classes - 1) / own.sum()
+        else:  # each corrupted class has one partner label
+            ratio = (np.where(np.eye(num_classes, dtype=bool), -1, counts).max(axis=1) / own).max()
+        assert (ratio < 1) if identifiable else (ratio >= 0.9), (rate, ratio)
+        if identifiable:
+            check_noise(name, rate, num_classes, groups)
+        else:
+            with pytest.raises(ConfigError, match=f"noise_rate: {rate!r} is not allowed; expected below"):
+                check_noise(name, rate, num_classes, groups)
+    with pytest.raises(ConfigError, match="settings.noise: 'cifar100-superclass'.*groups"):
+        check_noise("cifar100-superclass", 0.2, 10, None, prefix="settings.")
+    assert rate_limit("none", 10) is None and rate_limit("file", 10) is None
 
 
 def test_none_leaves_labels_unchanged_whatever_the_rate():

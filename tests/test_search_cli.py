@@ -148,6 +148,16 @@ def test_a_model_that_does_not_fit_a_settings_data_is_refused_before_the_search_
     assert set(load_sources(Study.from_dict(fits))) == {"digits", "mnist1d"}
 
 
+def test_a_noise_rate_past_the_labels_limit_is_refused_before_the_search_starts(tmp_path):
+    """Pair noise at 0.5: a class's examples carry its label and its partner's equally, so no arm
+    can learn the classes; every trial refused it (prepare()) after the search had started."""
+    study = _study_file(tmp_path, tiny_study("nz", settings={"noise": ["symmetric", "pair"], "noise_rate": [0.4, 0.5]}))
+    proc = _cli("search", "--config", str(study), "--workspace", str(tmp_path / "ws"), cwd=tmp_path, timeout=60)
+    _one_line_error(proc, "settings.noise_rate: 0.5 is not allowed", "below 0.5 for pair noise",
+                    "setting digits-pair0.5-default")
+    assert not (tmp_path / "ws").exists()
+
+
 @pytest.mark.parametrize("dataset, metric", [("digits", "accuracy"), ("reid-synth", "mAP")])
 def test_a_search_without_a_validation_split_is_refused_before_it_starts(tmp_path, dataset, metric):
     """val_fraction 0 leaves the objective (final validation accuracy or mAP) NaN in every trial: the

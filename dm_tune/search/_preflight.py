@@ -112,7 +112,15 @@ def load_sources(study: Study) -> dict[str, Any]:
     for setting in study.expand():
         if setting.dataset not in sources:
             sources[setting.dataset] = load_source(study.train_config(setting))
-    for src in sources.values():  # prepare() refuses it in every trial; say it once, now
+    from dm_tune.noise import check_noise
+
+    for setting in study.expand():  # prepare() refuses these in every trial; say them once, now
+        src = sources[setting.dataset]
+        try:
+            check_noise(setting.noise, setting.noise_rate, src.num_classes, src.class_groups, prefix="settings.")
+        except ConfigError as e:
+            raise ConfigError(e.field, e.value, f"{e.allowed} (setting {setting.key})") from None
+    for src in sources.values():
         check_val_noisy(bool(study.training.get("val_noisy")), src, "training.val_noisy")
     for setting in study.expand():  # the search selects by final validation accuracy (mAP): it needs one
         if sources[setting.dataset].val is None and study.train_config(setting).val_fraction == 0.0:
