@@ -53,6 +53,22 @@ def test_a_failed_params_write_is_redone_on_the_same_run(tmp_path, monkeypatch):
     assert run.data.params == {"method": "dm", "lam": "1.0", "beta": "8.0", "population_size": "1"}
 
 
+def test_a_setting_run_left_without_params_by_a_killed_driver_gets_them_on_resume(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = _tracking.experiment_id(uri, "study", tmp_path / "artifacts")
+    params = {"dataset": "digits", "noise_rate": 0.4}
+    monkeypatch.setattr(_tracking, "_log_params", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # killed between creating the run and logging its params
+        _tracking.setting_run(uri, exp, "set", params)
+    monkeypatch.undo()
+    (run,) = _tracking.find_runs(uri, exp, {"dmtune.role": "setting"})
+    assert run.data.params == {}
+    assert _tracking.setting_run(uri, exp, "set", params) == run.info.run_id
+    assert _tracking.setting_run(uri, exp, "set", params) == run.info.run_id  # nothing logged twice
+    (run,) = _tracking.find_runs(uri, exp, {"dmtune.role": "setting"})
+    assert run.data.params == {"dataset": "digits", "noise_rate": "0.4"} and run.info.status == "RUNNING"
+
+
 def test_a_run_left_without_params_by_a_killed_driver_gets_them_on_resume(tmp_path):
     tracker, ledger, uri, exp = _tracker(tmp_path)
     spec = TrialSpec("set", "search", 0, {"method": "dm"}, number=0)

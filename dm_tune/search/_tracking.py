@@ -119,12 +119,16 @@ def _log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
 
 
 def setting_run(uri: str, exp_id: str, key: str, params: Mapping[str, Any]) -> str:
-    """The parent run of a setting, created on first use (and reopened by a resume)."""
+    """The parent run of a setting, created on first use (and reopened by a resume, which logs the
+    params a driver killed between creating the run and logging them left out)."""
     runs = find_runs(uri, exp_id, {"dmtune.role": "setting", "dmtune.setting": key}, 1)
     client = _client(uri)
     if runs:
         if runs[0].info.status != "RUNNING":
             client.update_run(runs[0].info.run_id, status="RUNNING")
+        missing = {k: v for k, v in params.items() if k not in runs[0].data.params}
+        if missing:
+            _log_params(client, runs[0].info.run_id, missing)
         return runs[0].info.run_id
     run = client.create_run(exp_id, run_name=key, tags={
         "dmtune.role": "setting", "dmtune.setting": key, "dmtune.git_commit": git_commit()})
