@@ -164,8 +164,9 @@ def rule_verdict(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> st
     return "only in A" if sa else "only in B" if sb else "in neither"
 
 
-def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    """Two checked guidelines documents (``check_doc``) -> the stability summary (JSON-safe)."""
+def compare(a: Mapping[str, Any], b: Mapping[str, Any], names: tuple[str, str] = ("A", "B")) -> dict[str, Any]:
+    """Two checked guidelines documents (``check_doc``) -> the stability summary (JSON-safe);
+    ``names``: how errors name them (their files)."""
     sa = {s["setting"]: s for s in a["settings"]}
     sb = {s["setting"]: s for s in b["settings"]}
     common = [compare_setting(sa[k], sb[k]) for k in sorted(sa.keys() & sb.keys())]
@@ -187,10 +188,11 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
                       "text_b": rb[rid].get("text") if rid in rb else None})
     return {"settings": common, "different_training": budgets, "only_in_a": sorted(sa.keys() - sb.keys()),
             "only_in_b": sorted(sb.keys() - sa.keys()), "rules": rules, "summary": _summary(common, rules),
-            "surfaces": compare_surfaces(a, b)}
+            "surfaces": compare_surfaces(a, b, names)}
 
 
-def compare_surfaces(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any] | None:
+def compare_surfaces(a: Mapping[str, Any], b: Mapping[str, Any],
+                     names: tuple[str, str] = ("A", "B")) -> dict[str, Any] | None:
     """What each run's response surface recommends for every setting both measured: distance
     between the points, whether the regions within 1 point (and the plausible ones) overlap,
     whether the class weighting agrees, and both predicted gains. None without two surfaces."""
@@ -199,15 +201,20 @@ def compare_surfaces(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, An
         return None
     from dm_tune.reports._surface import recommend_from_surface
 
-    def rec(surface: Mapping[str, Any], m: Mapping[str, Any]) -> dict[str, Any]:
-        return recommend_from_surface(dict(surface), int(m["num_classes"]), str(m["noise"]), float(m["noise_rate"]),
-                                      str(m["imbalance"]), float(m["imbalance_ratio"]), str(m["dataset"]))
+    def rec(surface: Mapping[str, Any], m: Mapping[str, Any], name: str) -> dict[str, Any]:
+        try:
+            return recommend_from_surface(dict(surface), int(m["num_classes"]), str(m["noise"]),
+                                          float(m["noise_rate"]), str(m["imbalance"]), float(m["imbalance_ratio"]),
+                                          str(m["dataset"]))
+        except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as e:  # as recommend says it
+            raise UserError(f"{name}: the surface block cannot be used ({type(e).__name__}: {e}); write it again "
+                            "with 'dm-tune report'") from None
 
     ma = {m["setting"]: m for m in sa.get("settings", [])}
     mb = {m["setting"]: m for m in sb.get("settings", [])}
     rows = []
     for key in sorted(ma.keys() & mb.keys()):
-        ra, rb = rec(sa, ma[key]), rec(sb, mb[key])
+        ra, rb = rec(sa, ma[key], names[0]), rec(sb, mb[key], names[1])
         near = overlaps(ra["region"]["psi"], rb["region"]["psi"]) and overlaps(ra["region"]["rho"], rb["region"]["rho"])
         pa, pb = ra["region"]["plausible"], rb["region"]["plausible"]
         rows.append({"setting": key,
@@ -365,7 +372,7 @@ def add_stability_parser(subparsers: Any) -> argparse.ArgumentParser:
 def stability_command(args: argparse.Namespace) -> int:
     if args.out:  # checked before anything is printed; made only when there is something to write
         output_path("--out", args.out, directory=True)
-    result = compare(load_doc(args.a), load_doc(args.b))
+    result = compare(load_doc(args.a), load_doc(args.b), (str(args.a), str(args.b)))
     print(brief(result))
     if args.out:
         out = output_dir("--out", args.out)

@@ -215,3 +215,16 @@ def test_two_surfaces_are_compared_setting_by_setting():
     far = compare(a, moved)["surfaces"]
     assert far["summary"]["median_d_psi"] > 0.3 and far["summary"]["region_overlap_fraction"] == 0.0
     assert "### The response surfaces' recommendations" in to_markdown(compare(a, b))
+
+
+def test_a_damaged_surface_block_is_one_line_naming_its_file(tmp_path: Path, capsys):
+    """No class weightings left in the encoding of a surface fitted on imbalanced settings (the
+    schema cannot see it; recommend refuses it in one line): the comparison ended in a numpy traceback."""
+    shipped = Path(__file__).parents[1] / "reports" / "default_guidelines.json"
+    bad = json.loads(shipped.read_text())
+    bad["surface"]["encoding"]["class_weightings"] = []
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert main(["stability", str(tmp_path / "bad.json"), str(shipped)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert f"{tmp_path / 'bad.json'}: the surface block cannot be used" in err and "dm-tune report" in err
