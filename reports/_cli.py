@@ -100,7 +100,10 @@ def report_command(args: argparse.Namespace) -> int:
     for s in doc["settings"]:
         print(f"- {s['guideline']}")
     if doc.get("surface"):
-        print(f"response surface: {doc['surface']['n_rows']} DM arms (each its mean over seeds) of {len(doc['surface']['settings'])} settings")
+        from dm_tune.reports._surface import arms_phrase
+
+        print(f"response surface: {arms_phrase(doc['surface'])} (each its mean over seeds) of "
+              f"{len(doc['surface']['settings'])} settings")
     if doc.get("loso"):
         from dm_tune.reports._guidelines import loso_summary_text
 

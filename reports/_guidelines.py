@@ -14,7 +14,7 @@ import pandas as pd
 
 from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._loso import leave_one_setting_out
-from dm_tune.reports._surface import fit_surface
+from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface
 from dm_tune.reports._text import (ACCURACY_UNIT, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc, fmt_diff,
                                     json_safe, metric_name, setting_label)
 from dm_tune.reports._rules import factor_trends, lambda_beta_rule, noise_rate_rules
@@ -144,11 +144,12 @@ def surface_markdown(surface: dict[str, Any] | None) -> list[str]:
     """The 'Response surface' section: what was fitted, on how much, and what it learned."""
     lines = ["", "## Response surface", ""]
     if not surface:
-        return lines + ["No classification setting has both DM and CCE runs: no surface was fitted.", ""]
+        return lines + [NO_SURFACE_TEXT, ""]
     fitted = surface["fitted"]
     scales = ", ".join(f"{name} {ls:.3g}" for name, ls in fitted["length_scales"].items())
     lines += [f"A Gaussian process ({surface['model']['kernel']['form']}, normalised targets) of "
-              f"{surface['target']}, fitted on {surface['n_rows']} DM arms (each its mean over its seeds) of {len(surface['settings'])} settings.",
+              f"{surface['target']}, fitted on {arms_phrase(surface)} (each its mean over its seeds) of "
+              f"{len(surface['settings'])} settings.",
               "", f"- features: {', '.join(surface['encoding']['features'])}",
               f"- fitted length scales (short: the gain changes fast along that feature): {scales}",
               f"- signal std {fitted['signal_std']:.2f} points, noise std {fitted['noise_std']:.2f} points "

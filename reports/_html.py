@@ -13,6 +13,7 @@ from dm_tune.errors import write_output
 from dm_tune.reports import _figures as figs
 from dm_tune.reports._guidelines import (build_guidelines, dumps, fmt_acc, fmt_diff, guidelines_markdown,
                                          loso_summary_text, setting_label)
+from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase
 from dm_tune.reports._text import metric_name
 
 SECTIONS = ("Guidelines", "Comparison with the paper", "Across settings", "Response surface",
@@ -116,10 +117,11 @@ def _surface_section(surface: dict[str, Any] | None) -> list[str]:
     e = html.escape
     parts = ["<h2>Response surface</h2>"]
     if not surface:
-        return parts + ["<p>No classification setting has both DM and CCE runs: no surface was fitted.</p>"]
+        return parts + [f"<p>{e(NO_SURFACE_TEXT)}</p>"]
     fitted = surface["fitted"]
     parts.append(f"<p>A Gaussian process ({e(surface['model']['kernel']['form'])}) of {e(surface['target'])}, "
-                 f"fitted on {surface['n_rows']} DM arms (each its mean over its seeds) of {len(surface['settings'])} settings; "
+                 f"fitted on {arms_phrase(surface)} (each its mean over its seeds) of "
+                 f"{len(surface['settings'])} settings; "
                  "<code>dm-tune recommend</code> reads it.</p>")
     rows = [[name, f"{ls:.3g}"] for name, ls in fitted["length_scales"].items()]
     rows += [["signal std (points)", f"{fitted['signal_std']:.2f}"], ["noise std (points)", f"{fitted['noise_std']:.2f}"]]

@@ -114,7 +114,7 @@ def _measured_weighting(used: list[dict[str, Any]], rate: float, warnings: list[
 
 def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float, imbalance: str,
                   imbalance_ratio: float, dataset: str | None) -> Recommendation:
-    from dm_tune.reports._surface import recommend_from_surface  # numpy inside: recommend stays light
+    from dm_tune.reports._surface import arms_phrase, recommend_from_surface  # numpy inside: recommend stays light
 
     try:
         r = recommend_from_surface(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, dataset)
@@ -124,8 +124,9 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
     gain = r["predicted_gain"]
     lines = [f"{setting_label(s)}: correlation {s['correlation']:.2f}, measured best "
              f"{s['best_gain']:+.1f} points over CCE (validation)" for s in r["leans_on"]]
-    evidence = (f"response surface over {len(surface['settings'])} measured settings, {len(surface['model']['y'])} "
-                f"DM arms: predicted {gain['mean']:+.1f} validation points over CCE (95%: {gain['low']:+.1f} to "
+    evidence = (f"response surface over {len(surface['settings'])} measured settings, "
+                f"{arms_phrase({'n_rows': len(surface['model']['y']), **surface})}: predicted {gain['mean']:+.1f} "
+                f"validation points over CCE (95%: {gain['low']:+.1f} to "
                 f"{gain['high']:+.1f}); "
                 "leans on " + "; ".join(lines))
     return Recommendation(lam=r["lam"], beta=r["beta"], psi=r["psi"], rho=r["rho"], evidence=evidence,

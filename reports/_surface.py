@@ -51,6 +51,9 @@ CAUTION = 1.0
 # out: that is in the interval, but more runs would not remove it) above which the answer is flagged.
 MAX_STD = 3.0
 N_LEANS_ON = 3
+# Distinct (psi, rho, class weighting) points a surface needs: on one a Gaussian process has no
+# spread to learn from, and its 95% interval came out zero points wide.
+MIN_POINTS = 2
 # Kernel hyper-parameter bounds. Targets are normalised (normalize_y), so the signal variance and
 # noise level are relative to the spread of the gains; features are O(1) (psi, log rho, rates,
 # 0/1 indicators, log counts), so length scales from 0.05 to 1000 cover "matters a lot" to "not at all".
@@ -184,27 +187,25 @@ def training_rows(df: pd.DataFrame) -> tuple[list[dict[str, Any]], list[float]]:
 
 
 def measured_settings(rows: list[dict[str, Any]], y: list[float]) -> list[dict[str, Any]]:
-    """Each training setting's description and its best measured arm (mean validation gain over CCE,
-    confirm stage preferred, as in the per-setting analysis). The DM-family baselines (IMAE) and
-    arms that did not finish on every seed they were run on are points of the surface but not
-    candidates, as in that analysis, unless a setting has nothing else."""
+    """Each training setting's description and its best measured arm (mean validation gain over CCE),
+    chosen as the per-setting analysis chooses (``best_dm_arm``): among the confirmed arms when
+    there are any, else the searched ones, from those that finished on every seed they were run on
+    unless none did. The DM-family baselines (IMAE) are points of the surface but not candidates,
+    unless a setting has nothing else."""
     from collections import defaultdict
 
-    arms: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+    arms: dict[str, dict[tuple[str, str], tuple[float, bool]]] = defaultdict(dict)
     first: dict[str, dict[str, Any]] = {}
-    def candidate(r: dict[str, Any]) -> bool:
-        return not r.get("baseline") and r.get("complete", True)
-
-    searched = {r["setting"] for r in rows if candidate(r)}
+    searched = {r["setting"] for r in rows if not r.get("baseline")}
     for r, gain in zip(rows, y):
         first.setdefault(r["setting"], r)
-        if candidate(r) or r["setting"] not in searched:
-            arms[r["setting"]][(r["stage"], r["arm"])].append(gain)
+        if not r.get("baseline") or r["setting"] not in searched:
+            arms[r["setting"]][(r["stage"], r["arm"])] = (gain, bool(r.get("complete", True)))
     out = []
     for setting in sorted(arms):
         stage = "confirm" if any(s == "confirm" for s, _ in arms[setting]) else "search"
-        (_, arm), gains = max(((k, v) for k, v in arms[setting].items() if k[0] == stage),
-                              key=lambda kv: sum(kv[1]) / len(kv[1]))
+        pool = [(k, v) for k, v in arms[setting].items() if k[0] == stage]
+        (_, arm), (gain, _) = max([kv for kv in pool if kv[1][1]] or pool, key=lambda kv: kv[1][0])
         best = next(r for r in rows if r["setting"] == setting and r["stage"] == stage and r["arm"] == arm)
         s = first[setting]
         desc = {k: s[k].item() if hasattr(s[k], "item") else s[k] for k in SETTING_KEYS}
@@ -214,7 +215,7 @@ def measured_settings(rows: list[dict[str, Any]], y: list[float]) -> list[dict[s
                     "n_rows": sum(r["setting"] == setting for r in rows),
                     "best_arm": arm, "best_stage": stage, "best_psi": float(best["psi"]),
                     "best_rho": float(best["rho"]), "best_class_weighting": str(best["class_weighting"]),
-                    "best_gain": sum(gains) / len(gains)})
+                    "best_gain": gain})
     return out
 
 
@@ -319,9 +320,10 @@ def correlation(d: dict[str, Any], a: list[float], b: list[float]) -> float:
 
 
 def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dict[str, Any] | None:
-    """The fitted surface over every classification setting with CCE runs, serialised (None: no rows)."""
+    """The fitted surface over every classification setting with CCE runs, serialised (None: arms
+    at fewer than MIN_POINTS distinct points, too few to fit one: recommend then interpolates)."""
     rows, y = training_rows(df)
-    if not rows:
+    if len({(r["psi"], r["rho"], effective_weighting(r)) for r in rows}) < MIN_POINTS:
         return None
     enc = encoding_of(rows)
     X = features(rows, enc)
@@ -330,12 +332,23 @@ def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dic
     return {"task": "classification",
             "target": "a DM arm's final validation accuracy (mean over its seeds) minus CCE's mean on the same "
                       "seeds (points)",
-            "n_rows": len(rows), "encoding": enc, "model": model,
+            "n_rows": len(rows), "n_baseline_rows": sum(bool(r["baseline"]) for r in rows), "encoding": enc,
+            "model": model,
             "fitted": {"signal_std": math.sqrt(math.exp(theta[0])) * _std(y),
                        "noise_std": math.sqrt(math.exp(theta[-1])) * _std(y),
                        "length_scales": dict(zip(enc["features"], (math.exp(t) for t in theta[1:-1])))},
             "grid": {"psi": list(PSI_GRID), "rho": list(RHO_GRID), "rho_spacing": "log"},
             "settings": measured_settings(rows, y)}
+
+
+NO_SURFACE_TEXT = (f"No surface was fitted: it needs DM arms at {MIN_POINTS} or more distinct (psi, rho) points "
+                   "in classification settings with CCE runs (recommend then interpolates the measured settings).")
+
+
+def arms_phrase(surface: dict[str, Any]) -> str:
+    """How many arms the surface was fitted on, e.g. "381 arms (379 DM, 2 IMAE)"."""
+    n, family = int(surface["n_rows"]), int(surface.get("n_baseline_rows", 0))
+    return f"{n} arms ({n - family} DM, {family} IMAE)" if family else f"{n} DM arms"
 
 
 def _std(y: list[float]) -> float:
@@ -422,7 +435,7 @@ def leans_on(surface: dict[str, Any], x: list[float], n: int = N_LEANS_ON) -> li
                for name, xv, rv in zip(enc["features"], x, row)]
         scored.append({"setting": s["setting"], "correlation": correlation(surface["model"], list(x), row),
                        "best_gain": s["best_gain"], "best_psi": s["best_psi"], "best_rho": s["best_rho"],
-                       "best_class_weighting": s["best_class_weighting"],
+                       "best_class_weighting": s["best_class_weighting"], "model": s.get("model") or "?",
                        **{k: s[k] for k in SETTING_KEYS}})
     return sorted(scored, key=lambda d: -d["correlation"])[:n]
 

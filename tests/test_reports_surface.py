@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dm_tune.errors import UserError
 from dm_tune.reports import build_guidelines, load_guidelines, recommend
 from dm_tune.reports._guidelines import dumps, guidelines_markdown
 from dm_tune.reports._load import tidy
@@ -296,6 +297,52 @@ def test_an_unknown_dataset_gets_no_dataset_feature() -> None:
     rec = recommend_from_surface(surf, 10, "symmetric", 0.4, dataset="svhn")
     assert any("dataset 'svhn' was not measured" in w for w in rec["warnings"])
     assert recommend_from_surface(surf, 10, "symmetric", 0.4, dataset="mnist1d")["warnings"] == []
+
+
+def test_a_confirmed_arm_that_diverged_on_a_seed_is_still_preferred_to_search_arms_as_in_the_analysis() -> None:
+    """Every confirmed arm diverged on one confirm seed: the analysis chooses among them (and says
+    so); the surface's measured best had taken a search arm, so recommend named another arm."""
+    from dm_tune.reports._analysis import analyse_setting
+
+    rows = []
+    for psi, rho, val in ((0.5, 2.0, 0.80), (0.6, 3.0, 0.78)):
+        rows += [run("s", "confirm", seed, val, val - 0.01, psi, rho) for seed in range(2)]
+        rows += [run("s", "confirm", 2, math.nan, math.nan, psi, rho) | {"status": "diverged"}]
+    rows += [run("s", "confirm", seed, 0.6, 0.59, baseline="cce", method="cce") for seed in range(3)]
+    rows += [run("s", "search", 0, 0.7 + 0.01 * i, 0.7, 0.1 * i, 1.0 + i) for i in range(6)]
+    rows += [run("s", "search", 0, 0.85, 0.84, 0.3, 9.0)]  # searched once, better than both confirmed arms
+    df = tidy(rows)
+    (measured,) = fit_surface(df)["settings"]
+    assert measured["best_arm"] == analyse_setting(df)["arm"] and measured["best_stage"] == "confirm"
+    assert measured["best_psi"] == pytest.approx(0.5) and measured["best_gain"] == pytest.approx(20.0)
+
+
+def test_arms_at_one_point_fit_no_surface() -> None:
+    """Every searched arm diverged and IMAE alone finished: a surface fitted on its one point gave
+    a zero-width 95% interval (+16.3 to +16.3) for a setting the report could not resolve."""
+    rows = [run("s", "confirm", seed, 0.6, 0.59, baseline="cce", method="cce") for seed in range(3)]
+    rows += [run("s", "confirm", seed, 0.76, 0.75, 0.0, 2.0, baseline="imae") for seed in range(3)]
+    rows += [run("s", "search", 0, math.nan, math.nan, 0.1 * i, 1.0 + i) | {"status": "diverged"} for i in range(4)]
+    df = tidy(rows)
+    assert fit_surface(df) is None
+    doc = build_guidelines(df, generated="2026-01-01T00:00:00+00:00")
+    assert doc["surface"] is None and "No surface was fitted" in guidelines_markdown(doc)
+    with pytest.raises(UserError, match="no measured settings to recommend from"):  # as the report: none resolved
+        recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.4)
+    more = rows + [run("s", "search", 0, 0.72, 0.71, 0.3, 1.0)]
+    assert fit_surface(tidy(more))["n_rows"] == 2
+
+
+def test_recommend_names_the_model_and_the_arms_the_surface_leans_on() -> None:
+    rows = [run("s", "confirm", seed, 0.6, 0.59, baseline="cce", method="cce") for seed in range(3)]
+    rows += [run("s", "confirm", seed, 0.76, 0.75, 0.0, 2.0, baseline="imae") for seed in range(3)]
+    rows += [run("s", "search", 0, 0.7 + 0.01 * i, 0.7, 0.1 * i, 1.0 + i) for i in range(6)]
+    doc = build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00")
+    assert doc["surface"]["n_rows"] == 7 and doc["surface"]["n_baseline_rows"] == 1
+    assert "fitted on 7 arms (6 DM, 1 IMAE)" in guidelines_markdown(doc)
+    rec = recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits")
+    assert rec.leans_on[0]["model"] == "mlp"
+    assert "7 arms (6 DM, 1 IMAE)" in rec.evidence and "(digits, mlp)" in rec.evidence and "?" not in rec.evidence
 
 
 def test_guidelines_carry_the_surface_and_recommend_json_on_the_command_line(tmp_path: Path) -> None:
