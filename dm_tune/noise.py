@@ -90,26 +90,36 @@ def from_file(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
     if ctx.file is None:
         raise ValueError("noise 'file' needs noise_file (a .npy/.csv/.txt label list or a CIFAR-N .pt file)")
     out = read_label_file(ctx.file, ctx.key)
+    cifar_n = ctx.file.suffix.lower() in (".pt", ".pth")
+    if cifar_n and "coarse" in str(ctx.key):  # CIFAR-100N's superclasses: in range for 100 classes
+        raise DataError(ctx.file, f"its {ctx.key} is a 20-superclass label set, but the dataset trains its "
+                        f"{ctx.num_classes} fine classes; choose a fine label set such as noisy_label",
+                        "one label per training example, in the dataset's original order")
     if len(out) != len(labels):
         raise DataError(ctx.file, f"has {len(out)} labels but the training set has {len(labels)}",
                         "one label per training example, in the dataset's original order")
     if out.min() < 0 or out.max() >= ctx.num_classes:
         raise DataError(ctx.file, f"has labels outside [0, {ctx.num_classes - 1}]",
                         f"integer class ids 0..{ctx.num_classes - 1}")
-    # A CIFAR-N file holds the clean labels of its label sets too (CIFAR-100N's coarse sets: the
-    # 20 superclasses'): another dataset's file, one in another order, or a coarse set given to
-    # the 100 classes would otherwise pass as labels of the right length and range.
-    clean_key = "clean_coarse_label" if "coarse" in str(ctx.key) else "clean_label"
-    if ctx.file.suffix.lower() in (".pt", ".pth") and ctx.key != clean_key:
-        blob = _load_cifar_n(ctx.file, "a CIFAR-10N/100N .pt dict")
-        clean = np.asarray(blob.get(clean_key, labels)).reshape(-1) if isinstance(blob, dict) else labels
-        wrong = np.flatnonzero(clean != labels) if clean.shape == labels.shape else np.arange(len(labels))
-        if wrong.size:
-            raise DataError(ctx.file, f"its {clean_key} disagrees with the dataset's labels at {wrong.size} of "
-                            f"{len(labels)} training examples (the first: example {wrong[0]}): it belongs to "
-                            "another dataset, or lists its examples in another order",
-                            "one label per training example, in the dataset's original order")
+    if cifar_n:
+        _check_clean_labels(ctx.file, labels)
     return out
+
+
+def _check_clean_labels(path: Path, labels: np.ndarray) -> None:
+    """Refuse a CIFAR-N file whose own clean_label is not the dataset's labels, whichever key was
+    chosen (clean_label itself included): another dataset's file, or one in another order, would
+    otherwise pass as labels of the right length and range."""
+    blob = _load_cifar_n(path, "a CIFAR-10N/100N .pt dict")
+    if not isinstance(blob, dict) or "clean_label" not in blob:
+        return
+    clean = np.asarray(blob["clean_label"]).reshape(-1)
+    wrong = np.flatnonzero(clean != labels) if clean.shape == labels.shape else np.arange(len(labels))
+    if wrong.size:
+        raise DataError(path, f"its clean_label disagrees with the dataset's labels at {wrong.size} of "
+                        f"{len(labels)} training examples (the first: example {wrong[0]}): it belongs to "
+                        "another dataset, or lists its examples in another order",
+                        "one label per training example, in the dataset's original order")
 
 
 # The label arrays of the CIFAR-10N / CIFAR-100N releases (torch-saved dicts of numpy arrays).

@@ -259,3 +259,44 @@ def test_imbalance_index_draws_the_counts(kind):
     other = imbalance_index(labels, 10, kind, 10.0, np.random.default_rng(1))
     np.testing.assert_array_equal(idx, again)
     assert not np.array_equal(idx, other)
+
+
+# --- noise "file": a CIFAR-N .pt file checked against the dataset --------------------------
+
+
+def _from_cifar_n(tmp_path, blob: dict, key: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    import torch
+
+    from dm_tune.noise import from_file
+
+    path = tmp_path / "CIFAR-100_human.pt"
+    torch.save(blob, path)
+    ctx = NoiseContext(num_classes, 0.0, np.random.default_rng(0), file=path, key=key)
+    return from_file(labels, ctx)
+
+
+@pytest.mark.parametrize("key", ["clean_coarse_label", "noisy_coarse_label"])
+def test_a_coarse_cifar_100n_set_is_refused_for_the_fine_classes(tmp_path, key):
+    """clean_coarse_label was taken as labels (its own clean key went unchecked); noisy_coarse_label was
+    refused as "another dataset, or another order"."""
+    from dm_tune.datasets import DataError
+
+    fine = np.arange(200) % 100
+    coarse = np.asarray(FINE_TO_COARSE)[fine]
+    blob = {"clean_label": fine, "noisy_label": fine, "clean_coarse_label": coarse, "noisy_coarse_label": coarse}
+    with pytest.raises(DataError, match=f"its {key} is a 20-superclass label set, but the dataset trains its "
+                       "100 fine classes; choose a fine label set such as noisy_label"):
+        _from_cifar_n(tmp_path, blob, key, fine, 100)
+    np.testing.assert_array_equal(_from_cifar_n(tmp_path, blob, "noisy_label", fine, 100), fine)
+
+
+def test_the_clean_labels_of_a_cifar_n_file_are_checked_whatever_the_key(tmp_path):
+    """Chosen by its clean key, another dataset's file of the right length and range was taken."""
+    from dm_tune.datasets import DataError
+
+    labels = np.arange(300) % 100
+    other = np.random.default_rng(0).integers(0, 10, 300)  # a CIFAR-10N-like file of the same length
+    for key in ("aggre_label", "clean_label"):
+        with pytest.raises(DataError, match=r"its clean_label disagrees with the dataset's labels at \d+ of 300"):
+            _from_cifar_n(tmp_path, {"clean_label": other, "aggre_label": other}, key, labels, 100)
+    np.testing.assert_array_equal(_from_cifar_n(tmp_path, {"clean_label": labels}, "clean_label", labels, 100), labels)
