@@ -195,6 +195,12 @@ def test_cifar10_missing_or_damaged_batch(tmp_path):
     ("data_batch_2", {"data": "images", "labels": [str(i) for i in range(10)]}, "'labels' holds <U1 values"),
     ("data_batch_2", {"data": np.zeros((0, 3072), np.uint8), "labels": []}, "holds no images"),
     ("batches.meta", {"label_names": [f"c{i}" for i in range(5)]}, "'label_names' has 5 names, not 10"),
+    # each of these was a traceback (ragged: numpy's inhomogeneous shape; names: a TypeError), or
+    # (one label per row) "has 10 images but 10 labels"
+    ("data_batch_2", {"data": "images", "labels": [[1], [1, 2]] + list(range(2, 10))}, "'labels' is a ragged list"),
+    ("data_batch_2", {"data": "images", "labels": [[i] for i in range(10)]}, "'labels' has shape (10, 1), not (10,)"),
+    ("batches.meta", {"label_names": None}, "'label_names' is NoneType, not a list of 10 class names"),
+    ("batches.meta", {"label_names": 10}, "'label_names' is int, not a list of 10 class names"),
 ])
 def test_cifar10_labels_and_names_are_checked(tmp_path, name, blob, words):
     root = make_cifar10(tmp_path)
@@ -243,6 +249,58 @@ def test_cifar100_superclass_table_fallback(tmp_path):
     assert all(FINE_TO_COARSE[f] == g for g, group in enumerate(source.class_groups) for f in group)
 
 
+@pytest.mark.parametrize(("coarse", "words"), [
+    (["x"] * 200, "'coarse_labels' holds <U1 values, not integer class ids"),  # was numpy's ValueError
+    ([f // 5 + 0.7 for f in range(200)], "'coarse_labels' holds float64 values"),  # was truncated silently
+    (list(range(20)), "has 200 images but 20 labels in 'coarse_labels'"),
+])
+def test_cifar100_coarse_labels_are_checked(tmp_path, coarse, words):
+    root = make_cifar100(tmp_path)
+    path = root / "cifar-100-python" / "train"
+    blob = pickle.loads(path.read_bytes())
+    _dump(path, {**blob, "coarse_labels": coarse})
+    assert words in str(expect_data_error(config("cifar100", root), path))
+
+
+def test_cifar_pickle_with_a_planted_object_is_refused(tmp_path):
+    """The batches were read with pickle.load: a planted object ran code while loading."""
+    root = make_cifar10(tmp_path)
+    marker = tmp_path / "ran"
+    path = root / "cifar-10-batches-py" / "data_batch_1"
+    _dump(path, {"data": _Planted(marker), "labels": list(range(10))})
+    message = str(expect_data_error(config("cifar10", root), path))
+    assert not marker.exists()
+    assert "\n" not in message and "refused: holds Python objects other than arrays (pathlib.Path.touch)" in message
+
+
+class _Py2Array:
+    """Pickles as numpy arrays did in the Python 2 cPickles of the releases: numpy 1's
+    _reconstruct, the typecode and the raw bytes as str (latin1), pickle protocol 2."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __reduce__(self):
+        rebuild = np.ndarray.__reduce__(np.zeros(1))[0]
+        raw = self.array.tobytes().decode("latin1")
+        return rebuild, (np.ndarray, (0,), "b"), (1, self.array.shape, self.array.dtype, False, raw)
+
+
+def test_cifar_pickles_in_the_releases_format_load(tmp_path):
+    """The restricted unpickler takes what the real files name (numpy.core.multiarray._reconstruct,
+    numpy.ndarray, numpy.dtype) and the str data of a Python 2 pickle."""
+    root = make_cifar10(tmp_path)
+    base = root / "cifar-10-batches-py"
+    images = _images(10, np.random.default_rng(9))
+    blob = {"batch_label": "training batch 1 of 5", "data": _Py2Array(images), "labels": list(range(10)),
+            "filenames": [f"f{i}.png" for i in range(10)]}
+    text = pickle.dumps(blob, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\n_reconstruct" in text and b"_codecs" not in text
+    (base / "data_batch_1").write_bytes(text)
+    data = prepare(config("cifar10", root, val_fraction=0.0))
+    assert torch.equal(data.train.inputs[:10], torch.from_numpy(images.reshape(-1, 3, 32, 32)))
+
+
 def test_cifar100_missing_meta(tmp_path):
     root = make_cifar100(tmp_path)
     (root / "cifar-100-python" / "meta").unlink()
@@ -276,12 +334,18 @@ def test_file_noise_from_cifar_n_dict_npy_and_csv(cifar10_root, tmp_path):
     with pytest.raises(DataError, match=r"its clean_label disagrees with the dataset's labels at \d+ of 50"):
         prepare(config("cifar10", cifar10_root, val_fraction=0.0, noise="file", noise_file=str(shuffled),
                        noise_key="worse_label"))
-    # a coarse (superclass) label set given to the fine classes: its clean labels are the superclasses
+    # a coarse (superclass) label set given to the fine classes, noisy or clean: in range, but the superclasses
     coarse = tmp_path / "CIFAR-100_human.pt"
     torch.save({"noisy_coarse_label": clean // 2, "clean_coarse_label": clean // 2, "clean_label": clean}, coarse)
-    with pytest.raises(DataError, match=r"its clean_coarse_label disagrees with the dataset's labels"):
-        prepare(config("cifar10", cifar10_root, val_fraction=0.0, noise="file", noise_file=str(coarse),
-                       noise_key="noisy_coarse_label"))
+    for key in ("noisy_coarse_label", "clean_coarse_label"):
+        with pytest.raises(DataError, match=f"its {key} is a 20-superclass label set, but the dataset trains its "
+                           "10 fine classes; choose a fine label set such as noisy_label"):
+            prepare(config("cifar10", cifar10_root, val_fraction=0.0, noise="file", noise_file=str(coarse),
+                           noise_key=key))
+    # another dataset's file, chosen by its clean key: the clean labels are compared whatever the key
+    with pytest.raises(DataError, match=r"its clean_label disagrees with the dataset's labels at \d+ of 50"):
+        prepare(config("cifar10", cifar10_root, val_fraction=0.0, noise="file", noise_file=str(shuffled),
+                       noise_key="clean_label"))
 
 
 def test_label_file_errors(tmp_path):
@@ -389,6 +453,36 @@ def test_clothing1m_missing_and_malformed(tmp_path):
     expect_data_error(config("clothing1m", root), root / "clean_val_key_list.txt")
     with pytest.raises(ConfigError, match="dataset_options.image_size"):
         prepare(config("clothing1m", root, dataset_options={"image_size": 3}))
+
+
+def test_clothing1m_repeated_or_shared_keys_are_refused(tmp_path):
+    """The key lists were never compared: a key listed twice, or a test image also trained on, loaded silently."""
+    root = make_clothing1m(tmp_path)
+    lists = {name: (root / name).read_text().split() for name in
+             ("noisy_train_key_list.txt", "clean_val_key_list.txt", "clean_test_key_list.txt")}
+    train, val, test = lists.values()
+    (root / "noisy_train_key_list.txt").write_text("\n".join(train + train[3:5]) + "\n")
+    err = str(expect_data_error(config("clothing1m", root), root / "noisy_train_key_list.txt"))
+    assert f"repeats 2 keys (first: {train[3]!r})" in err
+    # test images trained on (with noisy labels of their own)
+    (root / "noisy_label_kv.txt").write_text((root / "noisy_label_kv.txt").read_text()
+                                            + "".join(f"{k} 0\n" for k in test))
+    (root / "noisy_train_key_list.txt").write_text("\n".join(train + test) + "\n")
+    err = str(expect_data_error(config("clothing1m", root), root / "clean_test_key_list.txt"))
+    assert f"shares 14 keys with noisy_train_key_list.txt (first: {test[0]!r})" in err
+    (root / "noisy_train_key_list.txt").write_text("\n".join(train) + "\n")
+    (root / "clean_val_key_list.txt").write_text("\n".join(val + test[5:8]) + "\n")
+    err = str(expect_data_error(config("clothing1m", root), root / "clean_test_key_list.txt"))
+    assert f"shares 3 keys with clean_val_key_list.txt (first: {test[5]!r})" in err
+
+
+def test_clothing1m_a_non_ascii_digit_label_is_one_line(tmp_path):
+    """'\u00b2'.isdigit() is True but int() refuses it: a ValueError traceback."""
+    root = make_clothing1m(tmp_path)
+    kv = root / "noisy_label_kv.txt"
+    kv.write_text(kv.read_text() + "images/0/00/extra.jpg \u00b2\n", encoding="utf-8")
+    err = str(expect_data_error(config("clothing1m", root), kv))
+    assert f"line {CLOTHING_TRAIN + 1} is not 'KEY LABEL' with LABEL in 0..13" in err
 
 
 # --- ImageFolder ------------------------------------------------------------------------------

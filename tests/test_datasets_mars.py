@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 from dm_tune.cli import main
 from dm_tune.config import TrainConfig
@@ -159,6 +159,36 @@ def test_mars_damaged_files_and_junk_training_tracks(tmp_path):
     root = make_mars(tmp_path / "junk", TRAIN_TRACKS + [(-1, 3)])
     with pytest.raises(DataError, match="training tracks include junk"):
         prepare(cfg("mars", root))
+
+
+def test_mars_name_list_out_of_track_order_is_refused(tmp_path):
+    """A reordered name list loaded silently, every track reading frames of other identities."""
+    root = make_mars(tmp_path / "MARS")
+    names_file = root / "info" / "train_name.txt"
+    names = names_file.read_text().split()
+    names_file.write_text("\n".join(names[3:] + names[:3]) + "\n")  # track 1 now holds track 2's frames
+    with pytest.raises(DataError, match=r"train_name.txt: track 1 of tracks_train_info.mat \(pid 1, camera 1\) "
+                       r"lists '0001C2T0002F001.jpg' \(name 1\), an image of another identity or camera"):
+        prepare(cfg("mars", root))
+    root = make_mars(tmp_path / "camera")  # a test track's camera in the info is not its frames'
+    info = loadmat(root / "info" / "tracks_test_info.mat")["track_test_info"]
+    info[6, 3] = 5  # the junk track ("00-1C2...")
+    savemat(root / "info" / "tracks_test_info.mat", {"track_test_info": info})
+    with pytest.raises(DataError, match=r"test_name.txt: track 7 of tracks_test_info.mat \(pid -1, camera 5\) "
+                       r"lists '00-1C2T0007F001.jpg' \(name 19\)"):
+        prepare(cfg("mars", root))
+
+
+def test_mars_a_frame_too_large_to_decode_is_one_line(tmp_path, monkeypatch):
+    """PIL's DecompressionBombError is no OSError: it escaped as a traceback."""
+    from PIL import Image
+
+    from dm_tune.datasets.mars import load_images
+
+    source = load_images(make_mars(tmp_path / "MARS"), {"seq_len": 2, "image_size": 32})
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # the 20 x 10 frames are over twice this: refused
+    with pytest.raises(DataError, match="0001C1T0001F001.jpg: could not be read as an image"):
+        source.train.inputs[0]
 
 
 # --- mars-features -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ CIFAR-100 carries its 20 superclasses as ``Source.class_groups`` (for the paper'
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,12 +62,46 @@ def _require_root(name: str, root: Path | None) -> Path:
     return root
 
 
+def _array_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR pickle may name: numpy's array, dtype and scalar reconstruction,
+    under numpy 1's module names (the releases) and numpy 2's (files pickled again since)."""
+    rebuild = np.ndarray.__reduce__(np.zeros(1))[0]
+    from_buffer = np.ndarray.__reduce_ex__(np.zeros(1), 5)[0]  # arrays in pickle protocol 5
+    scalar = np.float64(1).__reduce__()[0]
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): codecs.encode}  # bytes in protocols 2-4
+    for core in ("numpy.core", "numpy._core"):
+        allowed |= {(f"{core}.multiarray", "_reconstruct"): rebuild, (f"{core}.multiarray", "scalar"): scalar,
+                    (f"{core}.numeric", "_frombuffer"): from_buffer}
+    return allowed
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle naming a global outside ``_array_globals``."""
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, strings, numbers and numpy arrays, and nothing that
+    could run code while loading."""
+
+    allowed = _array_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise _Refused(f"{module}.{name}")
+        return found
+
+
 def _unpickle(path: Path, keys: tuple[str, ...], layout: str) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(path, "file not found", layout)
     try:
         with path.open("rb") as f:
-            blob = pickle.load(f, encoding="latin1")
+            blob = _ArraysOnly(f, encoding="latin1").load()  # the releases are Python 2 cPickles
+    except _Refused as e:
+        raise DataError(path, f"refused: holds Python objects other than arrays ({e}); loading it could run code",
+                        layout) from None
     except Exception as e:  # any unpickling failure means a damaged or foreign file
         raise DataError(path, f"could not be read as a CIFAR pickle ({type(e).__name__}: {e})", layout) from None
     if not isinstance(blob, dict) or any(k not in blob for k in keys):
@@ -75,26 +110,40 @@ def _unpickle(path: Path, keys: tuple[str, ...], layout: str) -> dict[str, Any]:
     return blob
 
 
+def _class_ids(path: Path, blob: dict[str, Any], key: str, n: int, num_classes: int, layout: str) -> np.ndarray:
+    """``blob[key]`` as one class id in 0..num_classes-1 for each of the ``n`` images."""
+    try:
+        ids = np.asarray(blob[key])
+    except ValueError:  # a ragged list: numpy's "inhomogeneous shape"
+        raise DataError(path, f"{key!r} is a ragged list, not one class id per image", layout) from None
+    if not np.issubdtype(ids.dtype, np.integer):  # floats were truncated, strings a numpy traceback
+        raise DataError(path, f"{key!r} holds {ids.dtype} values, not integer class ids", layout)
+    if ids.ndim != 1:
+        raise DataError(path, f"{key!r} has shape {ids.shape}, not ({n},): one class id per image", layout)
+    if len(ids) != n:
+        raise DataError(path, f"has {n} images but {len(ids)} labels in {key!r}", layout)
+    if n and (ids.min() < 0 or ids.max() >= num_classes):
+        raise DataError(path, f"has labels outside [0, {num_classes - 1}] in {key!r}", layout)
+    return ids.astype(np.int64)
+
+
 def _images(path: Path, blob: dict[str, Any], label_key: str, num_classes: int,
             layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     data = np.asarray(blob["data"])
-    labels = np.asarray(blob[label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(path, f"'data' is {data.dtype} {data.shape}, not uint8 (N, 3072)", layout)
     if len(data) == 0:  # (also: an empty label list reads as floats)
         raise DataError(path, "holds no images", layout)
-    if not np.issubdtype(labels.dtype, np.integer):  # floats were truncated, strings a numpy traceback
-        raise DataError(path, f"{label_key!r} holds {labels.dtype} values, not integer class ids", layout)
-    if labels.shape != (len(data),):
-        raise DataError(path, f"has {len(data)} images but {labels.size} labels in {label_key!r}", layout)
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(path, f"has labels outside [0, {num_classes - 1}] in {label_key!r}", layout)
+    labels = _class_ids(path, blob, label_key, len(data), num_classes, layout)
     x = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-    return x, torch.from_numpy(labels.astype(np.int64))
+    return x, torch.from_numpy(labels)
 
 
 def _names(path: Path, meta: dict[str, Any], key: str, num_classes: int, layout: str) -> tuple[str, ...]:
-    names = tuple(str(n) for n in meta[key])
+    given = meta[key]
+    if not isinstance(given, (list, tuple)) and not (isinstance(given, np.ndarray) and given.ndim == 1):
+        raise DataError(path, f"{key!r} is {type(given).__name__}, not a list of {num_classes} class names", layout)
+    names = tuple(str(n) for n in given)
     if len(names) != num_classes:  # a report would name classes wrongly, or not at all
         raise DataError(path, f"{key!r} has {len(names)} names, not {num_classes}", layout)
     return names
@@ -164,13 +213,9 @@ def load_cifar100(root: Path | None, options: Mapping[str, Any], download: bool 
     x_te, y_te = _images(test_path, _unpickle(test_path, ("data", "fine_labels"), CIFAR100_LAYOUT),
                          "fine_labels", 100, CIFAR100_LAYOUT)
     meta = _unpickle(base / "meta", ("fine_label_names",), CIFAR100_LAYOUT)
-    coarse = train_blob.get("coarse_labels")
     coarse_arr = None
-    if coarse is not None:
-        coarse_arr = np.asarray(coarse, dtype=np.int64)
-        if coarse_arr.shape != (len(y_tr),) or (len(coarse_arr) and (coarse_arr.min() < 0 or coarse_arr.max() >= 20)):
-            raise DataError(train_path, "'coarse_labels' is not one superclass id in 0..19 per image",
-                            CIFAR100_LAYOUT)
+    if train_blob.get("coarse_labels") is not None:
+        coarse_arr = _class_ids(train_path, train_blob, "coarse_labels", len(y_tr), 20, CIFAR100_LAYOUT)
     try:
         groups = superclass_groups(y_tr.numpy(), coarse_arr)
     except ValueError as e:

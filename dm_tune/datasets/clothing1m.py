@@ -18,6 +18,7 @@ crop to ``image_size``, ImageNet normalisation), so ``Source.normalise`` is None
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ def read_label_kv(path: Path) -> dict[str, int]:
     out: dict[str, int] = {}
     for n, line in enumerate(_read_lines(path), 1):
         parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) >= NUM_CLASSES:
+        # (ASCII digits only: str.isdigit() also takes characters such as '\u00b2' that int() refuses)
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()) or int(parts[1]) >= NUM_CLASSES:
             raise DataError(path, f"line {n} is not 'KEY LABEL' with LABEL in 0..{NUM_CLASSES - 1}: {line!r}", LAYOUT)
         if out.setdefault(parts[0], int(parts[1])) != int(parts[1]):  # the last had silently won
             raise DataError(path, f"line {n} labels {parts[0]!r} {parts[1]}, an earlier line {out[parts[0]]}", LAYOUT)
@@ -79,6 +81,26 @@ def _labelled(path: Path, labels: dict[str, int], labels_file: Path) -> tuple[li
     return keys, torch.tensor([labels[k] for k in keys], dtype=torch.int64)
 
 
+def _check_distinct(root: Path, lists: dict[str, list[str]]) -> None:
+    """Refuse a key listed twice in one key list (its image trained or scored twice), or listed in
+    two of them (e.g. test images trained on)."""
+    seen: dict[str, set[str]] = {}
+    for name, keys in lists.items():
+        unique = set(keys)
+        if len(unique) != len(keys):
+            counts = Counter(keys)
+            first = next(k for k in keys if counts[k] > 1)
+            raise DataError(root / name, f"repeats {len(keys) - len(unique)} keys (first: {first!r}); each key "
+                            "belongs on one line", LAYOUT)
+        for other, other_keys in seen.items():
+            shared = unique & other_keys
+            if shared:
+                first = next(k for k in keys if k in shared)
+                raise DataError(root / name, f"shares {len(shared)} keys with {other} (first: {first!r}); the "
+                                "train, val and test key lists must be disjoint", LAYOUT)
+        seen[name] = unique
+
+
 def load(root: Path | None, options: Mapping[str, Any], download: bool = False) -> Source:
     image_size = image_size_option("clothing1m", options)
     if root is None:
@@ -90,6 +112,8 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
     tr_keys, tr_y = _labelled(root / "noisy_train_key_list.txt", noisy_labels, noisy_kv)
     va_keys, va_y = _labelled(root / "clean_val_key_list.txt", clean_labels, clean_kv)
     te_keys, te_y = _labelled(root / "clean_test_key_list.txt", clean_labels, clean_kv)
+    _check_distinct(root, {"noisy_train_key_list.txt": tr_keys, "clean_val_key_list.txt": va_keys,
+                           "clean_test_key_list.txt": te_keys})
     # A cheap check that data_root is the image root: the first image of every split exists
     # (checking all million would take minutes on a network file system).
     for keys in (tr_keys, va_keys, te_keys):

@@ -122,6 +122,25 @@ def _tracks(path: Path, var: str, num_names: int) -> np.ndarray:
     return info
 
 
+def _check_names(path: Path, names: list[str], tracks: np.ndarray, mat: Path) -> None:
+    """Refuse a name list whose frames are not of their track's identity and camera: an image name
+    starts with its pid (4 characters, "00-1" for junk) and 'C' and the camera ("0001C1T0001F001.jpg"),
+    and a reordered or foreign list would otherwise give every track another identity's frames."""
+    pid, cam = tracks[:, 2], tracks[:, 3]
+    want_pid = np.where(pid == JUNK_ID, "00-1", np.char.zfill(pid.astype(str), 4))
+    head = np.asarray(names, dtype="U6")  # (numpy cuts each name to its first 6 characters)
+    name_pid, name_cam = head.astype("U4"), head.view("U1").reshape(len(head), 6)[:, 5]
+    lengths = tracks[:, 1] - tracks[:, 0] + 1
+    track = np.repeat(np.arange(len(tracks)), lengths)  # every frame of every track
+    frame = np.arange(len(track)) + np.repeat(tracks[:, 0] - 1 - (np.cumsum(lengths) - lengths), lengths)
+    bad = np.flatnonzero((name_pid[frame] != want_pid[track]) | (name_cam[frame] != cam[track].astype(str)))
+    if len(bad):
+        t, f = track[bad[0]], frame[bad[0]]
+        raise DataError(path, f"track {t + 1} of {mat.name} (pid {pid[t]}, camera {cam[t]}) lists {names[f]!r} "
+                        f"(name {f + 1}), an image of another identity or camera: the name list is not in the "
+                        "order of the track info", LAYOUT)
+
+
 class TrackFrames(Dataset):
     """One MARS track per item: ``seq_len`` frames spaced evenly over it, as a (T, 3, H, W) float tensor."""
 
@@ -152,7 +171,7 @@ class TrackFrames(Dataset):
             try:
                 with Image.open(path) as img:
                     img = img.convert("RGB").resize((self.width, self.height), Image.BILINEAR)
-            except OSError as e:
+            except (OSError, Image.DecompressionBombError) as e:  # the bomb error is not an OSError
                 raise DataError(path, f"could not be read as an image ({e})", LAYOUT) from None
             x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
             out.append((x - self.mean) / self.std)
@@ -166,6 +185,8 @@ def load_images(root: Path | None, options: Mapping[str, Any], download: bool = 
     tr_names, te_names = _names(info / "train_name.txt"), _names(info / "test_name.txt")
     tr = _tracks(info / "tracks_train_info.mat", "track_train_info", len(tr_names))
     te = _tracks(info / "tracks_test_info.mat", "track_test_info", len(te_names))
+    _check_names(info / "train_name.txt", tr_names, tr, info / "tracks_train_info.mat")
+    _check_names(info / "test_name.txt", te_names, te, info / "tracks_test_info.mat")
     query = _read_mat(info / "query_IDX.mat", "query_IDX").astype(np.int64).reshape(-1) - 1
     if len(query) == 0 or query.min() < 0 or query.max() >= len(te):
         raise DataError(info / "query_IDX.mat", f"query_IDX must index the {len(te)} test tracks (1-based)", LAYOUT)
