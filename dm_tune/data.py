@@ -78,7 +78,11 @@ def load_source(config: TrainConfig) -> Source:
 
 
 def input_shape(inputs: Any) -> tuple[int, ...]:
-    """The shape of one example of ``inputs`` (a tensor, or a Dataset whose items may be tuples)."""
+    """The shape of one example of ``inputs`` as the model sees it (a tensor, or a Dataset whose
+    items may be tuples; one that stores them larger, to be cropped, says so in ``example_shape``)."""
+    base = inputs.dataset if isinstance(inputs, torch.utils.data.Subset) else inputs
+    if getattr(base, "example_shape", None) is not None:
+        return tuple(base.example_shape)
     sample = inputs[0]
     if not isinstance(sample, torch.Tensor):
         sample = sample[0] if isinstance(sample, tuple) else sample

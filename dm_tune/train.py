@@ -100,6 +100,9 @@ class _Inputs:
     def __init__(self, data: Data, device: torch.device, augment: bool, gen: torch.Generator,
                  channels_last: bool = False) -> None:
         self.device, self.augment, self.gen = device, augment and data.input_kind == "image", gen
+        # Images stored larger than the model's input (on-disk training splits keep a margin) are
+        # cropped to it: at random when training with augmentation, else in the centre.
+        self.size = tuple(data.input_shape[-2:]) if data.input_kind == "image" else None
         self.channels_last = channels_last
         self.is_tokens = data.input_kind == "tokens"
         self.mean = self.std = None
@@ -116,7 +119,9 @@ class _Inputs:
             x = x.float().div_(255.0)
         if self.mean is not None:
             x = (x - self.mean) / self.std
-        if train and self.augment:
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = _crop_to(x, self.size, self.gen if train and self.augment else None)
+        elif train and self.augment:
             x = _crop_flip(x, self.gen)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -128,6 +133,27 @@ def channels_last(model: nn.Module, data: Data) -> bool:
     batches into models with 2-D convolutions, where oneDNN's and cuDNN's NHWC kernels are the fast
     ones (benchmarks/layout.py: a CIFAR ResNet-20 step on the CPU)."""
     return data.input_kind == "image" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _crop_to(x: torch.Tensor, size: tuple[int, ...], gen: torch.Generator | None) -> torch.Tensor:
+    """Crops of ``size`` from a batch of larger images: each at a uniformly random place and
+    flipped with probability 1/2 (torchvision's RandomCrop + RandomHorizontalFlip) when ``gen`` is
+    given, else the centre crop."""
+    n, _, h, w = x.shape
+    th, tw = size
+    if th > h or tw > w:
+        raise ValueError(f"images of {h} x {w} cannot be cropped to {th} x {tw}")
+    if gen is None:
+        top, left = (h - th) // 2, (w - tw) // 2
+        return x[:, :, top:top + th, left:left + tw]
+    dy = torch.randint(0, h - th + 1, (n,), generator=gen, device=gen.device).to(x.device, non_blocking=True)
+    dx = torch.randint(0, w - tw + 1, (n,), generator=gen, device=gen.device).to(x.device, non_blocking=True)
+    flip = (torch.rand(n, generator=gen, device=gen.device) < 0.5).to(x.device, non_blocking=True)
+    rows = (dy.view(n, 1) + torch.arange(th, device=x.device)).view(n, 1, th, 1).expand(n, x.shape[1], th, w)
+    out = x.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(tw, device=x.device)).view(n, 1, 1, tw).expand(n, x.shape[1], th, tw)
+    out = out.gather(3, cols)
+    return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
 
 
 def _crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

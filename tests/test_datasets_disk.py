@@ -502,6 +502,43 @@ def test_imagefolder_carved_and_official_val(tmp_path):
         prepare(config("imagefolder", tmp_path / "b", val_noisy=True))
 
 
+@pytest.mark.parametrize("image_size", [16, 224])
+def test_on_disk_training_images_are_random_crops_of_a_margin_and_evaluate_on_the_centre(tmp_path, image_size):
+    """ImageNet-style: the training split keeps the centre square of the resized image (256 for
+    224), from which training takes a random crop and flip; its centre crop is the evaluation
+    image pixel for pixel. The training images had been the evaluation crop itself, moved by
+    CIFAR's 4-pixel zero padding."""
+    from dm_tune.datasets.imagefolder import ImageFiles
+    from dm_tune.train import _Inputs
+
+    root = make_imagefolder(tmp_path)
+    data = prepare(config("imagefolder", root, dataset_options={"image_size": image_size}))
+    margin = 2 * ((round(image_size * 256 / 224) - image_size) // 2)
+    assert margin == (32 if image_size == 224 else 2)
+    assert data.input_shape == (3, image_size, image_size)
+    big = torch.stack([data.train.inputs[i] for i in range(len(data.train))])
+    assert big.shape[1:] == (3, image_size + margin, image_size + margin)
+    keys = [k.decode() for k in data.train.inputs.dataset.keys[data.train.inputs.indices]]
+    exact = torch.stack([ImageFiles(root, keys, image_size)[i] for i in range(len(keys))])  # evaluation's read
+    gen = torch.Generator().manual_seed(0)
+    prep = _Inputs(data, torch.device("cpu"), True, gen)
+    assert torch.equal(prep(big, train=False), exact)  # the centre crop, as evaluated
+    assert torch.equal(_Inputs(data, torch.device("cpu"), False, gen)(big, train=True), exact)  # no augmentation
+    seen = set()
+    for _ in range(40 if image_size == 16 else 2):  # (the search over 33 x 33 windows is slow)
+        out = prep(big, train=True)
+        assert out.shape == exact.shape
+        for i in range(len(big)):  # each a window of its own image, flipped or not
+            windows = {(dy, dx, f) for dy in range(margin + 1) for dx in range(margin + 1) for f in (0, 1)
+                       if torch.equal(out[i], (lambda w: w.flip(2) if f else w)(
+                           big[i, :, dy:dy + image_size, dx:dx + image_size]))}
+            assert windows, i
+            seen |= windows
+    if image_size == 16:  # every place and both flips drawn
+        assert {dy for dy, _, _ in seen} == set(range(margin + 1)) and {f for _, _, f in seen} == {0, 1}
+        assert {dx for _, dx, _ in seen} == set(range(margin + 1))
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` x ``height`` pixels (PIL refuses past ~179 megapixels on opening)."""
     import struct

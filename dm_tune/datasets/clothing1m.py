@@ -125,7 +125,7 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
     given_noisy = known & (clean != tr_y.numpy())
     return Source(
         name="clothing1m",
-        train=Split(ImageFiles(root, tr_keys, image_size), tr_y),
+        train=Split(ImageFiles(root, tr_keys, image_size, margin=True), tr_y),
         test=Split(ImageFiles(root, te_keys, image_size), te_y),
         val=Split(ImageFiles(root, va_keys, image_size), va_y),
         num_classes=NUM_CLASSES,

@@ -5,7 +5,10 @@ Layout: ``root/train/<class>/*.jpg`` and ``root/test/<class>/*.jpg``, optionally
 Classes are the sorted folder names of ``train/``. Each image is resized (shorter side to
 image_size * 256/224) and centre-cropped to ``image_size`` (dataset_options, default 224), and
 returned as a float tensor normalised with the ImageNet statistics, so ``Source.normalise`` is
-None. Random crop/flip is applied on the device by the training loop, as for every image input.
+None. A training split keeps a margin: the centre square of the resized image (256 for 224),
+from which the training loop takes a random ``image_size`` crop and flip on the device (the
+ImageNet-style protocol), or the centre crop (evaluation, or no augmentation), which is then the
+evaluation image exactly.
 """
 
 from __future__ import annotations
@@ -52,11 +55,15 @@ class ImageFiles(Dataset):
     million of them cost tens of MB and DataLoader workers do not copy them through refcounts.
     """
 
-    def __init__(self, root: Path, keys: list[str], image_size: int) -> None:
+    def __init__(self, root: Path, keys: list[str], image_size: int, margin: bool = False) -> None:
         self.root = root
         self.keys = np.array([k.encode() for k in keys], dtype=np.bytes_)
         self.image_size = image_size
         self.resize = round(image_size * 256 / 224)
+        # With a margin, the centre square of side crop: image_size plus an even margin, so that its
+        # centre image_size crop is the evaluation crop pixel for pixel.
+        self.crop = image_size + 2 * ((self.resize - image_size) // 2) if margin else image_size
+        self.example_shape = (3, image_size, image_size)  # what the model sees (data.input_shape)
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -69,7 +76,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         from PIL import Image
 
-        path, size = self.path(i), self.image_size
+        path, size = self.path(i), self.crop
         try:
             with Image.open(path) as img:
                 img.draft("RGB", (self.resize, self.resize))  # JPEG: decode at reduced scale, much faster
@@ -114,8 +121,8 @@ def _scan(root: Path, split: str, classes: list[str] | None) -> tuple[list[str],
     return found, keys, labels
 
 
-def _split(root: Path, keys: list[str], labels: list[int], image_size: int) -> Split:
-    return Split(ImageFiles(root, keys, image_size), torch.tensor(labels, dtype=torch.int64))
+def _split(root: Path, keys: list[str], labels: list[int], image_size: int, margin: bool = False) -> Split:
+    return Split(ImageFiles(root, keys, image_size, margin), torch.tensor(labels, dtype=torch.int64))
 
 
 def load(root: Path | None, options: Mapping[str, Any], download: bool = False) -> Source:
@@ -132,7 +139,7 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
         val = _split(root, va_keys, va_labels, image_size)
     return Source(
         name="imagefolder",
-        train=_split(root, tr_keys, tr_labels, image_size),
+        train=_split(root, tr_keys, tr_labels, image_size, margin=True),
         test=_split(root, te_keys, te_labels, image_size),
         val=val,
         num_classes=len(classes),
