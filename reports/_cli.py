@@ -158,7 +158,9 @@ def recommend_command(args: argparse.Namespace) -> int:
         print(json.dumps({**rec.to_dict(), "guidelines": str(path)}, indent=2))
         return 0
     what = "identities in the training split (retrieval)" if args.task == "retrieval" else "classes"
-    print(f"DM for {args.num_classes} {what}, {args.noise_rate * 100:g}% {args.noise_type} noise"
+    noise = ("clean labels" if args.noise_type == "none" or not args.noise_rate
+             else f"{args.noise_rate * 100:g}% {args.noise_type} noise")
+    print(f"DM for {args.num_classes} {what}, {noise}"
           + ("" if args.imbalance == "none" else f", {args.imbalance} imbalance {args.imbalance_ratio:g}:1") + ":")
     print(f"  lambda {rec.lam:.3g}, beta {rec.beta:.3g}   (mode psi {rec.psi:.3f}, log-spread rho {rec.rho:.3f})")
     print(f"  class weighting: {rec.class_weighting}")

@@ -405,6 +405,12 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
     near = mine & (mean >= best - WITHIN_POINTS - 1e-9)
     plausible = mine & (mean + Z95 * std >= best - WITHIN_POINTS - 1e-9)
     _, psi, rho = cells[i]
+    measured = [m for m in surface["settings"] if _is_query(m, base, dataset)]
+    if measured and best > max(m["best_gain"] for m in measured) + WITHIN_POINTS:
+        m = max(measured, key=lambda m: m["best_gain"])
+        warnings.append(f"this setting was measured ({m['setting']}): its best arm gained {m['best_gain']:+.1f} "
+                        f"points at psi {m['best_psi']:.2f}, rho {m['best_rho']:.2f}, below the {best:+.1f} the "
+                        "surface predicts here; prefer the measured arm, or search between the two")
     if unsure > MAX_STD:
         warnings.append(f"the surface is unsure here: its own std {unsure:.2f} points at the recommended point "
                         f"(> {MAX_STD:g}; run-to-run noise aside); treat it as a starting point for a search")
@@ -417,6 +423,14 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
             "predicted_gain": {"mean": best, "low": best - Z95 * sd, "high": best + Z95 * sd, "level": 0.95,
                                "metric": "final validation accuracy, points over CCE"},
             "predicted_std": sd, "surface_std": unsure, "leans_on": leans_on(surface, X[i]), "warnings": warnings}
+
+
+def _is_query(m: dict[str, Any], query: dict[str, Any], dataset: str | None) -> bool:
+    """Whether measured setting ``m`` is the queried data (its dataset too, when one is named)."""
+    return ((dataset is None or m["dataset"] == dataset)
+            and _noise(m["noise"], m["noise_rate"]) == _noise(query["noise"], query["noise_rate"])
+            and int(m["num_classes"]) == int(query["num_classes"]) and m["imbalance"] == query["imbalance"]
+            and abs(float(m["imbalance_ratio"]) - float(query["imbalance_ratio"])) < 1e-9)
 
 
 def _span(cells: list[tuple[str, float, float]], mask: Any, k: int) -> list[float]:

@@ -345,6 +345,24 @@ def test_recommend_names_the_model_and_the_arms_the_surface_leans_on() -> None:
     assert "7 arms (6 DM, 1 IMAE)" in rec.evidence and "(digits, mlp)" in rec.evidence and "?" not in rec.evidence
 
 
+def test_a_prediction_above_every_arm_of_the_measured_setting_asked_for_is_warned_about(surface) -> None:
+    """The shipped guidelines recommended psi 0.75 for clean digits at +5.1 predicted, where the
+    setting's own best arm had gained +0.7: said, with the measured arm, only for that setting."""
+    import copy
+
+    plain = recommend_from_surface(surface, 10, "symmetric", 0.4, dataset="digits")
+    assert not any("was measured" in w for w in plain["warnings"])
+    low = copy.deepcopy(surface)
+    (m,) = [m for m in low["settings"] if m["noise_rate"] == 0.4]
+    m["best_gain"] = plain["predicted_gain"]["mean"] - 3.0
+    r = recommend_from_surface(low, 10, "symmetric", 0.4, dataset="digits")
+    (w,) = [w for w in r["warnings"] if "was measured" in w]
+    assert w.startswith(f"this setting was measured ({m['setting']}): its best arm gained {m['best_gain']:+.1f} points")
+    assert "prefer the measured arm" in w
+    assert not any("was measured" in w for w in recommend_from_surface(low, 10, "symmetric", 0.2)["warnings"])
+    assert not any("was measured" in w for w in recommend_from_surface(low, 10, "pair", 0.4)["warnings"])
+
+
 def test_guidelines_carry_the_surface_and_recommend_json_on_the_command_line(tmp_path: Path) -> None:
     doc = build_guidelines(campaign(n_search=10), generated="2026-01-01T00:00:00+00:00")
     path = tmp_path / "guidelines.json"
