@@ -303,6 +303,10 @@ def test_a_moved_workspace_is_checked_where_mlflow_keeps_its_artifacts(tmp_path)
     assert str(info.value) == (f"the artifact location MLflow keeps for the study {old / 'artifacts' / 't'}: "
                                f"{old} is a file, not a directory")
     assert check_workspace(ws, opts.tracking, opts.written_folders("u"), opts.ledger_dir("u")) == []
+    # Said before a search of it starts: its trials' result files go to the old place.
+    assert opts.moved_artifacts("t") == old / "artifacts" / "t" and opts.moved_artifacts("u") is None
+    _tracking.experiment_id(uri, "here", ws / "artifacts", ws)
+    assert opts.moved_artifacts("here") is None
 
 
 @pytest.mark.parametrize("where", ["workspace", "parent"])

@@ -78,6 +78,16 @@ class RunOptions:
         """The guidelines file a study warm-starts from, as it was when the study began."""
         return self.workspace / "warm_starts" / f"{study}.json"
 
+    def moved_artifacts(self, study: str) -> Path | None:
+        """Where MLflow keeps the artifacts of ``study`` when that is not in this workspace (the
+        experiment keeps the location it was created with: a workspace moved since leaves it behind)."""
+        from dm_tune.search._stores import stored_artifact_location
+
+        if self.artifact_root is None:
+            return None
+        stored = stored_artifact_location(self.tracking, study)
+        return stored if stored is not None and not stored.is_relative_to(self.artifact_root) else None
+
     def written_folders(self, study: str) -> list[tuple[Path, str]]:
         """The folders a search of ``study`` writes in (each made when first needed), outer first,
         each with the option that put it there."""

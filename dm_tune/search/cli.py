@@ -242,6 +242,10 @@ def search_cmd(args: argparse.Namespace) -> int:
     for warning in check_workspace(workspace, opts.tracking, opts.written_folders(study.name),
                                    opts.ledger_dir(study.name)):  # damaged stores, read-only workspace
         print(f"dm-tune: warning: {warning}", file=sys.stderr)
+    moved = opts.moved_artifacts(study.name)
+    if moved is not None and opts.echo:
+        print(f"dm-tune: note: MLflow keeps study {study.name!r}'s artifacts at {moved}, where the workspace was "
+              "when the study began: the result files of the trials that end now go there", file=sys.stderr)
     if not args.address:
         check_local_gpus(study)
     sources = load_sources(study)
