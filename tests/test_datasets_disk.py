@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -695,10 +696,14 @@ def test_features_errors(tmp_path):
                           ({"y_train": np.array([1, 2, 1, 2]), "y_test": np.array([1, 2])}, "no examples of class 0"),
                           ({"y_train": np.array([0, 10**15, 0, 1])}, "class 2, 3, 4, 5, 6 and 999999999999993 more"),
                           ({"y_test": np.array([0, 7])}, "y_test has label 7, a class y_train never has"),
-                          ({"x_train": np.full((4, 2), 1e39)}, "beyond float32's range")):
+                          ({"x_train": np.full((4, 2), 1e39)}, "beyond float32's range"),
+                          # a -1 saved unsigned: it had wrapped back to -1 (a test label always wrong)
+                          ({"y_test": np.array([0, 2**64 - 1], dtype=np.uint64)}, "beyond the int64 range")):
         arrays = {k: v for k, v in {**good, **change}.items() if v is not None}
         np.savez(path, **arrays)
-        err = expect_data_error(config("features", path), path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the error is the one line: no numpy warning before it
+            err = expect_data_error(config("features", path), path)
         assert words in str(err)
     expect_data_error(config("features", tmp_path), tmp_path / "features.npz")
 

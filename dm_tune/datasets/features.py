@@ -44,7 +44,11 @@ def _split(path: Path, arrays: Mapping[str, np.ndarray], name: str, dim: int | N
         raise DataError(path, f"x_{name} is empty", LAYOUT)
     if y.min() < 0:
         raise DataError(path, f"y_{name} has negative labels", LAYOUT)
-    x32 = x.astype(np.float32)
+    if y.max() > np.iinfo(np.int64).max:  # unsigned: would wrap to negative (a -1 saved as uint64)
+        raise DataError(path, f"y_{name} has labels beyond the int64 range (up to {y.max()}: a -1 saved "
+                              "as unsigned?)", LAYOUT)
+    with np.errstate(over="ignore"):  # values beyond float32's range become inf: refused just below
+        x32 = x.astype(np.float32)
     if not np.isfinite(x32).all():  # after the cast: float64 values beyond float32's range become inf
         raise DataError(path, f"x_{name} holds NaN or infinite values (or values beyond float32's range, "
                               f"{np.finfo(np.float32).max:.3g})", LAYOUT)
