@@ -27,7 +27,14 @@ class ModelSpec:
     vocab_size: int = 0            # for "tokens"
 
 
+def _numeric(name: str, spec: ModelSpec) -> None:
+    if spec.input_kind == "tokens":  # integer ids: a Linear layer on them is meaningless (and fails)
+        raise ValueError(f"model '{name}' needs numeric inputs, not token ids (use model text, or imdb's "
+                         "default representation)")
+
+
 def mlp(spec: ModelSpec, depth: int = 2) -> nn.Module:
+    _numeric("mlp", spec)
     dim = math.prod(spec.input_shape)
     layers: list[nn.Module] = [nn.Flatten()]
     for _ in range(depth):
@@ -39,6 +46,7 @@ def mlp(spec: ModelSpec, depth: int = 2) -> nn.Module:
 
 def imdb_mlp(spec: ModelSpec) -> nn.Module:
     """The paper's IMDB model: one hidden layer of 8 units on document vectors."""
+    _numeric("imdb-mlp", spec)
     return mlp(ModelSpec(spec.input_shape, spec.input_kind, spec.num_classes, hidden_dim=8), depth=1)
 
 

@@ -383,6 +383,8 @@ def test_imdb_mlp_has_eight_hidden_units():
 
 @pytest.mark.parametrize("name, spec", [
     ("cnn", ModelSpec((20,), "tokens", 2, vocab_size=50)),
+    ("mlp", ModelSpec((20,), "tokens", 2, vocab_size=50)),  # a traceback (Long into Linear) once training began
+    ("imdb-mlp", ModelSpec((20,), "tokens", 2, vocab_size=50)),
     ("resnet20", ModelSpec((64,), "vector", 10)),
     ("resnet18", ModelSpec((64,), "vector", 10)),
     ("text", ModelSpec((3, 32, 32), "image", 10)),
