@@ -239,6 +239,27 @@ class Progress:
         return len(kept)
 
 
+def _plan(studies: list[Any], seeds: Sequence[int] | None, overrides: Mapping[str, Any],
+          guidelines: Mapping[str, Any]) -> tuple[list[tuple[Any, Any, list[int], str]], list[int]]:
+    """(study, setting, seeds, identity) for every setting to validate, and every seed used; a
+    setting listed twice with the same training (it would be trained once, reported and counted
+    twice) is refused."""
+    used: list[int] = []
+    plan = []
+    seen: dict[str, Any] = {}
+    for one in studies:
+        own = list(seeds) if seeds is not None else list(one.seeds)
+        used += [s for s in own if s not in used]
+        for setting in one.expand():
+            identity = Progress.identity(one, setting, own, overrides, guidelines)
+            if identity in seen:
+                raise UserError(f"setting {setting.key} is listed twice with the same training (studies "
+                                f"{seen[identity].name!r} and {one.name!r}): validate each setting once")
+            seen[identity] = one
+            plan.append((one, setting, own, identity))
+    return plan, used
+
+
 def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None, epochs: int | None = None,
              quiet: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Every setting of ``study`` (a Study, or a list of them): recommendation, per-seed accuracies
@@ -247,13 +268,10 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
     overrides = {"epochs": epochs} if epochs is not None else {}
     settings = []
     studies = list(study) if isinstance(study, (list, tuple)) else [study]
-    used: list[int] = []
-    plan = []
-    for one in studies:
-        own = list(seeds) if seeds is not None else list(one.seeds)
-        used += [s for s in own if s not in used]
-        plan += [(one, setting, own, Progress.identity(one, setting, own, overrides, guidelines) if progress else "")
-                 for setting in one.expand()]
+    plan, used = _plan(studies, seeds, overrides, guidelines)
+    keys = [setting.key for _, setting, _, _ in plan]
+    # The same setting trained two ways (e.g. two data roots): its rows named apart, by their study.
+    shared = {k for k in keys if keys.count(k) > 1}
     if progress is not None:
         progress.used = {identity for *_, identity in plan}
         ours = len(progress.used & set(progress.done))
@@ -276,6 +294,8 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
         if not quiet:
             print(f"{setting.key}:", file=sys.stderr, flush=True)
         entry = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet)
+        if setting.key in shared:
+            entry["setting"] = f"{setting.key} ({one.name})"
         if progress is not None:
             progress.add(identity, entry)
         settings.append(entry)
@@ -325,7 +345,7 @@ def to_markdown(doc: Mapping[str, Any]) -> str:
     rows = table_rows(doc)
     lines = ["## Validation of the recommendations", "",
              f"Final-epoch test accuracy in percentage points, mean ± sample std over {_seeds_text(doc)}; "
-             f"differences paired by seed. Verdict: {doc['verdict_rule']}.", "",
+             f"differences paired by seed. Verdict: {doc['verdict_rule']}. {_budget_text(doc)}", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     warnings = [f"- {s['setting']}: {w}" for s in doc["settings"] for w in s["recommendation"].get("warnings", [])]
@@ -356,6 +376,19 @@ def _other_code(entry: Mapping[str, Any]) -> str:
     version" for an entry written before settings recorded it)."""
     was = entry.get("trained_by")
     return "" if was == _code() else _code_text(was)
+
+
+def _budget_text(doc: Mapping[str, Any]) -> str:
+    """What the arms trained: model and epochs, for all settings or per setting."""
+    def budget(s: Mapping[str, Any]) -> str:
+        train = next((a.get("train_config") for a in s["arms"].values() if a.get("train_config")), None) or {}
+        model = s.get("model") or train.get("model") or "?"
+        return f"model {model}, {train['epochs']} epochs" if "epochs" in train else f"model {model}"
+
+    each = {s["setting"]: budget(s) for s in doc["settings"]}
+    if len(set(each.values())) == 1:
+        return f"Trained: {next(iter(each.values()))}."
+    return "Trained: " + "; ".join(f"{k}: {v}" for k, v in each.items()) + "."
 
 
 def _seeds_text(doc: Mapping[str, Any]) -> str:
@@ -429,6 +462,7 @@ def validate_command(args: argparse.Namespace) -> int:
             raise UserError(f"--epochs {args.epochs}: {e.allowed}") from None
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
+    _plan(studies, seeds, {"epochs": args.epochs} if args.epochs is not None else {}, guidelines)  # before --out
     out = output_dir("--out", args.out)  # checked before hours of training, not after
     taken = next((n for n in (LOCK_FILE, PROGRESS_FILE, "validation.json", "validation.md")
                   if (out / n).exists() and not (out / n).is_file()), None)

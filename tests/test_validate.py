@@ -146,6 +146,7 @@ def test_seeds_and_epochs_flags_override_the_config(tmp_path, guidelines):
     doc = json.loads((out / "validation.json").read_text())
     (setting,) = doc["settings"]
     assert doc["seeds"] == [3]
+    assert "Trained: model mlp, 1 epochs." in (out / "validation.md").read_text()  # the budget is said
     assert [r["seed"] for r in setting["arms"]["imae"]["runs"]] == [3]
     assert setting["summary"]["vs"]["cce"]["verdict"] == "undetermined"  # one seed: no spread
 
@@ -243,6 +244,28 @@ def test_an_out_whose_file_names_are_folders_is_one_line_before_training(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert f"{tmp_path / 'o' / name} is not a file" in err
+
+
+def test_a_setting_listed_twice_is_refused_and_one_trained_two_ways_is_named_apart(tmp_path, capsys, guidelines):
+    """The same --config twice trained the setting once but reported and counted it twice; the
+    same setting with other training (another budget here, another data root in practice) had two
+    rows of one name."""
+    config = write_config(tmp_path, training={"epochs": 1, "device": "cpu"}, seeds=[0])
+    assert main(["validate", "--config", str(config), "--config", str(config), "--guidelines", guidelines,
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "setting digits-symmetric0.3-default is listed twice" in err
+    assert not (tmp_path / "o").exists()
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"name": "longer", **yaml.safe_load(config.read_text()),
+                                     "training": {"epochs": 2, "device": "cpu"}}))
+    assert main(["validate", "--config", str(config), "--config", str(other), "--guidelines", guidelines,
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    doc = json.loads((tmp_path / "o" / "validation.json").read_text())
+    names = [s["setting"] for s in doc["settings"]]
+    assert len(set(names)) == 2 and names[1] == "digits-symmetric0.3-default (longer)"
+    md = (tmp_path / "o" / "validation.md").read_text()
+    assert f"Trained: {names[0]}: model mlp, 1 epochs; {names[1]}: model mlp, 2 epochs." in md
 
 
 def test_a_missing_config_file_is_named(tmp_path, capsys):
