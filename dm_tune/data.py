@@ -61,7 +61,8 @@ def load_source(config: TrainConfig) -> Source:
     if on_disk:
         if not config.data_root:
             raise ConfigError("data_root", config.data_root,
-                              f"dataset {config.dataset!r} is read from disk; give --data-root")
+                              f"dataset {config.dataset!r} is read from disk; give --data-root (data_root in a "
+                              "--config file, training.data_root in a study)")
         root = Path(config.data_root).expanduser().resolve()
         if not root.exists() and not config.download:
             raise ConfigError("data_root", config.data_root, "it does not exist (a folder, or for features a "
