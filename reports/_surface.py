@@ -145,6 +145,13 @@ def dm_rows(df: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["psi"].notna() & runs["rho"].notna() & (runs["rho"] > 0)]
 
 
+def negative_beta_arms(df: pd.DataFrame) -> int:
+    """DM arms (usable classification runs) with beta < 0, which the surface leaves out: its rho is
+    log-scaled, so it covers beta > 0 only (the paper gives two-class data small beta of either sign)."""
+    runs = _finished(df[(df["task"] == "classification") & (df["method"] == "dm")])
+    return int(runs.loc[runs["rho"] < 0, ["setting", "arm"]].drop_duplicates().shape[0])
+
+
 def arm_means(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Each (setting, arm)'s mean ``metric`` over its distinct seeds (a seed trained in both the
     search and the confirm stage counts once): columns ``mean`` and ``size`` (seeds), sorted."""
@@ -332,7 +339,8 @@ def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dic
     return {"task": "classification",
             "target": "a DM arm's final validation accuracy (mean over its seeds) minus CCE's mean on the same "
                       "seeds (points)",
-            "n_rows": len(rows), "n_baseline_rows": sum(bool(r["baseline"]) for r in rows), "encoding": enc,
+            "n_rows": len(rows), "n_baseline_rows": sum(bool(r["baseline"]) for r in rows),
+            "n_negative_beta_arms": negative_beta_arms(df), "encoding": enc,
             "model": model,
             "fitted": {"signal_std": math.sqrt(math.exp(theta[0])) * _std(y),
                        "noise_std": math.sqrt(math.exp(theta[-1])) * _std(y),
@@ -348,7 +356,10 @@ NO_SURFACE_TEXT = (f"No surface was fitted: it needs DM arms at {MIN_POINTS} or 
 def arms_phrase(surface: dict[str, Any]) -> str:
     """How many arms the surface was fitted on, e.g. "381 arms (379 DM, 2 IMAE)"."""
     n, family = int(surface["n_rows"]), int(surface.get("n_baseline_rows", 0))
-    return f"{n} arms ({n - family} DM, {family} IMAE)" if family else f"{n} DM arms"
+    negative = int(surface.get("n_negative_beta_arms", 0))
+    left = f"; {negative} DM arm(s) with beta < 0 left out, the surface covers beta > 0" if negative else ""
+    return (f"{n} arms ({n - family} DM, {family} IMAE{left})" if family
+            else f"{n} DM arms" + (f" ({left[2:]})" if left else ""))
 
 
 def _std(y: list[float]) -> float:

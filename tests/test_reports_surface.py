@@ -337,12 +337,15 @@ def test_recommend_names_the_model_and_the_arms_the_surface_leans_on() -> None:
     rows = [run("s", "confirm", seed, 0.6, 0.59, baseline="cce", method="cce") for seed in range(3)]
     rows += [run("s", "confirm", seed, 0.76, 0.75, 0.0, 2.0, baseline="imae") for seed in range(3)]
     rows += [run("s", "search", 0, 0.7 + 0.01 * i, 0.7, 0.1 * i, 1.0 + i) for i in range(6)]
+    rows += [run("s", "search", seed, 0.9, 0.89, 0.5, -2.0) for seed in (0, 1)]  # beta < 0: not on the surface
     doc = build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00")
     assert doc["surface"]["n_rows"] == 7 and doc["surface"]["n_baseline_rows"] == 1
-    assert "fitted on 7 arms (6 DM, 1 IMAE)" in guidelines_markdown(doc)
+    assert "fitted on 7 arms (6 DM, 1 IMAE; 1 DM arm(s) with beta < 0 left out, the surface covers beta > 0)" in (
+        guidelines_markdown(doc))
     rec = recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits")
     assert rec.leans_on[0]["model"] == "mlp"
-    assert "7 arms (6 DM, 1 IMAE)" in rec.evidence and "(digits, mlp)" in rec.evidence and "?" not in rec.evidence
+    assert "7 arms (6 DM, 1 IMAE; 1 DM arm(s) with beta < 0 left out" in rec.evidence
+    assert "(digits, mlp)" in rec.evidence and "?" not in rec.evidence
 
 
 def test_a_prediction_above_every_arm_of_the_measured_setting_asked_for_is_warned_about(surface) -> None:
