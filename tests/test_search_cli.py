@@ -148,6 +148,44 @@ def test_a_model_that_does_not_fit_a_settings_data_is_refused_before_the_search_
     assert set(load_sources(Study.from_dict(fits))) == {"digits", "mnist1d"}
 
 
+def test_an_address_where_no_ray_answers_is_one_line_within_the_wait(tmp_path):
+    """A port that accepts connections but is no Ray head (another service): ray.init retried it
+    without end, printing Ray's C++ warnings."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def accept() -> None:  # takes connections and says nothing, like a service of another protocol
+        held = []
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+        for conn in held:
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    given = f"127.0.0.1:{port}"
+    env = {"DMTUNE_RAY_CONNECT_TIMEOUT": "15"}
+    try:
+        t0 = time.monotonic()
+        proc = _cli("search", "--workspace", str(tmp_path / "ws"), "--address", given, cwd=tmp_path, env=env,
+                    timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    _one_line_error(proc, f"--address {given}: no Ray cluster answered within 15 s", "DMTUNE_RAY_CONNECT_TIMEOUT")
+    assert took < 60 and not (tmp_path / "ws").exists()
+
+
 def test_a_noise_rate_past_the_labels_limit_is_refused_before_the_search_starts(tmp_path):
     """Pair noise at 0.5: a class's examples carry its label and its partner's equally, so no arm
     can learn the classes; every trial refused it (prepare()) after the search had started."""

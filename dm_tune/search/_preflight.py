@@ -4,7 +4,11 @@ asked for exist)."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -37,6 +41,62 @@ def check_tracking(uri: str) -> None:
     elif parsed.scheme != "sqlite" or not uri.startswith("sqlite:////"):
         # (sqlite:///rel.db is relative to wherever the search was started: a store no later command finds)
         raise UserError(f"--tracking-uri {uri}: expected an http(s):// MLflow server or sqlite:////abs/path.db")
+
+
+# How long a search waits for a Ray cluster to answer (seconds; the environment variable sets it).
+CONNECT_TIMEOUT_ENV = "DMTUNE_RAY_CONNECT_TIMEOUT"
+CONNECT_TIMEOUT_S = 60.0
+_PROBE = """import sys
+import ray
+try:
+    ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+except Exception as e:
+    print(f"dm-tune-probe: {(str(e).strip() or type(e).__name__).splitlines()[0]}", file=sys.stderr)
+    sys.exit(3)
+ray.shutdown()
+"""
+
+
+def is_local_address(address: str | None) -> bool:
+    """Whether ``address`` names a cluster on this machine: ``auto`` or a loopback HOST:PORT. Ray
+    turns a loopback address into the machine's external one unless local-only mode is on, and a
+    head that listens on loopback alone is then never reached (it retries without end)."""
+    if address == "auto":
+        return True
+    host = (address or "").rpartition(":")[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def probe_ray(address: str) -> None:
+    """Connect to the cluster at ``address`` once, in a child process and within a time limit:
+    ``ray.init`` retries without end where no Ray answers (a port of another service, an address
+    nothing listens on), and a cluster that requires a token says so only in Ray's C++ log lines."""
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "")
+    try:
+        timeout = float(raw) if raw else CONNECT_TIMEOUT_S
+    except ValueError:
+        raise UserError(f"{CONNECT_TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise UserError(f"--address {address}: no Ray cluster answered within {timeout:g} s{_auth_hint(err)} "
+                        f"(a Ray head's GCS port, 6379 by default? {CONNECT_TIMEOUT_ENV} sets the wait)") from None
+    if proc.returncode != 0:
+        said = [ln for ln in proc.stderr.splitlines() if ln.startswith("dm-tune-probe: ")]
+        cause = said[-1].removeprefix("dm-tune-probe: ") if said else f"exit status {proc.returncode}"
+        raise UserError(f"--address {address}: could not connect to a Ray cluster ({cause}){_auth_hint(proc.stderr)}")
+
+
+def _auth_hint(log: str) -> str:
+    if "Unauthenticated" in log or "InvalidAuthToken" in log:
+        return ("; the cluster requires a token: set RAY_AUTH_MODE=token, with the cluster's token, where dm-tune "
+                "runs")
+    return ""
 
 
 def check_address(address: str | None) -> None:

@@ -209,16 +209,18 @@ def _load_study(args: argparse.Namespace, workspace: Path):
 
 
 def search_cmd(args: argparse.Namespace) -> int:
-    if not args.address:  # before anything imports ray: a local Ray listens on 127.0.0.1 only
-        from dm_tune.search._local_ray import LOCAL_ONLY_ENV
+    from dm_tune.search._preflight import is_local_address
 
-        os.environ[LOCAL_ONLY_ENV] = "0"
+    if not args.address or is_local_address(args.address):  # before anything imports ray: a local
+        from dm_tune.search._local_ray import LOCAL_ONLY_ENV  # Ray listens on 127.0.0.1 only, and a
+
+        os.environ[LOCAL_ONLY_ENV] = "0"  # cluster on this machine is reached at its own address
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the search passes JSON + CSV itself
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # The study, the flags and the stores are checked before torch, Ray, MLflow or Optuna is
     # imported: a mistyped flag is answered in a fraction of a second.
-    from dm_tune.search._preflight import check_address, check_local_gpus, check_tracking, load_sources
+    from dm_tune.search._preflight import check_address, check_local_gpus, check_tracking, load_sources, probe_ray
     from dm_tune.search._run import RunOptions
     from dm_tune.search._stores import check_workspace, study_lock
 
@@ -239,6 +241,8 @@ def search_cmd(args: argparse.Namespace) -> int:
         output_path("--storage-path", args.storage_path, directory=True)
     check_tracking(opts.tracking)
     check_address(args.address)
+    if args.address:
+        probe_ray(args.address)
     for warning in check_workspace(workspace, opts.tracking, opts.written_folders(study.name),
                                    opts.ledger_dir(study.name)):  # damaged stores, read-only workspace
         print(f"dm-tune: warning: {warning}", file=sys.stderr)
