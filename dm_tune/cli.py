@@ -84,8 +84,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", help="seed of the noise draw, validation split, initialisation and batch order "
                    "(integer; a comma-separated list: one member each)")
     p.add_argument("--population-size", type=int, help="with several members: how many train at once in one "
-                   "loop (default: the fastest size measured for the model and device, BENCHMARKS.md; 16 where "
-                   "none was); the rest run in later populations")
+                   "loop (default: chosen from the measurements for the model and device, for speed and memory, "
+                   "BENCHMARKS.md; 16 where none was); the rest run in later populations")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--amp", help="auto (default), off, bf16, fp16: mixed precision on CUDA")
     p.add_argument("--pretrained", help="local weights file for resnet18/resnet50 (and reid-resnet18/50)")
