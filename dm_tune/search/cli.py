@@ -228,6 +228,10 @@ def search_cmd(args: argparse.Namespace) -> int:
     if workspace.exists() and not workspace.is_dir():
         raise UserError(f"--workspace {args.workspace}: exists and is not a directory")
     study, resuming = _load_study(args, workspace)
+    if args.storage_path and args.storage_path.startswith("file://"):  # a local folder: checked as one
+        from urllib.parse import unquote, urlparse
+
+        args.storage_path = unquote(urlparse(args.storage_path).path) or "/"
     opts = RunOptions(workspace=workspace, address=args.address,
                       storage_path=str(Path(args.storage_path).expanduser().resolve())
                       if args.storage_path and "://" not in args.storage_path else args.storage_path,
