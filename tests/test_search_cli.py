@@ -296,6 +296,37 @@ def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path, sig)
 
 
 @pytest.mark.slow
+def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
+    """--resume without the --tracking-uri and --storage-path the study began with recorded every
+    trial again in a second store (the workspace's own), leaving the first store's runs open; with
+    other ones it is refused before anything is written."""
+    ws, elsewhere = tmp_path / "ws", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    uri = f"sqlite:///{elsewhere / 'runs.db'}"
+    study = _study_file(tmp_path, tiny_study("placed", search={"num_samples": 2, "top_k": 1}, baselines=["cce"],
+                                             training={"epochs": 2}))
+    first = _cli("search", "--config", str(study), "--workspace", str(ws), "--tracking-uri", uri,
+                 "--storage-path", "file://" + str(elsewhere / "ray"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert json.loads((ws / "studies" / "placed.places").read_text()) == {
+        "tracking_uri": uri, "storage_path": str(elsewhere / "ray")}
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("placed").experiment_id])
+    resumed = _cli("search", "--resume", "placed", "--workspace", str(ws), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"MLflow runs:   {uri}" in resumed.stdout and f"Ray results:   {elsewhere / 'ray'}/placed" in resumed.stdout
+    assert not (ws / "mlflow.db").exists() and not (ws / "ray").exists()
+    again = client.search_runs([client.get_experiment_by_name("placed").experiment_id])
+    assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)  # nothing recorded twice
+    assert {r.info.status for r in again} == {"FINISHED"}
+    before = sorted(p.name for p in ws.iterdir())
+    for flag, other in (("--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}"), ("--storage-path", str(tmp_path))):
+        refused = _cli("search", "--resume", "placed", "--workspace", str(ws), flag, other, cwd=tmp_path, timeout=60)
+        _one_line_error(refused, f"{flag} {other}: study 'placed' began with {flag} ", "another --name")
+    assert sorted(p.name for p in ws.iterdir()) == before and not (tmp_path / "other.db").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["raise", "kill-9"])
 def test_crashed_trials_are_retried_from_their_checkpoint(tmp_path, how):
     ws, markers = tmp_path / "ws", tmp_path / "faults"

@@ -159,6 +159,39 @@ def _warn_ignored(study: Any, path: Path) -> None:
         print(f"dm-tune: warning: {path}: training.{key} is ignored (set by {where})", file=sys.stderr)
 
 
+# Where a study's trials are recorded and checkpointed, kept beside the stored study
+# (studies/NAME.places): not part of the study, but a search of it elsewhere would split it.
+PLACES = ("tracking_uri", "storage_path")
+
+
+def _places_file(workspace: Path, name: str) -> Path:
+    return workspace / "studies" / f"{name}.places"  # not *.json: that is a stored study
+
+
+def _same_places(args: argparse.Namespace, workspace: Path, name: str) -> None:
+    """A study goes on in the MLflow store and Ray storage it began with: a search of it without
+    --tracking-uri / --storage-path uses those; one with others is refused (a resume recorded its
+    trials, finished ones again, in a second store, leaving the first one's runs open)."""
+    path = _places_file(workspace, name)
+    if not path.is_file():
+        return
+    try:
+        began = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(began, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot be read ({e}); it says where study {name!r} records its trials: restore "
+                        "it, or remove it and give the study's --tracking-uri and --storage-path") from None
+    for key in PLACES:
+        flag, given, first = "--" + key.replace("_", "-"), getattr(args, key), began.get(key)
+        if given is None:
+            setattr(args, key, first)
+        elif given != first:
+            where = f"{flag} {first}" if first else f"the workspace's own (no {flag})"
+            raise UserError(f"{flag} {given}: study {name!r} began with {where}; its runs and checkpoints are "
+                            "there: give that (or nothing), or search under another --name")
+
+
 def _load_study(args: argparse.Namespace, workspace: Path):
     from dm_tune.search._study import Study
 
@@ -232,9 +265,10 @@ def search_cmd(args: argparse.Namespace) -> int:
         from urllib.parse import unquote, urlparse
 
         args.storage_path = unquote(urlparse(args.storage_path).path) or "/"
-    opts = RunOptions(workspace=workspace, address=args.address,
-                      storage_path=str(Path(args.storage_path).expanduser().resolve())
-                      if args.storage_path and "://" not in args.storage_path else args.storage_path,
+    if args.storage_path and "://" not in args.storage_path:
+        args.storage_path = str(Path(args.storage_path).expanduser().resolve())
+    _same_places(args, workspace, study.name)
+    opts = RunOptions(workspace=workspace, address=args.address, storage_path=args.storage_path,
                       tracking_uri=args.tracking_uri, echo=not args.quiet)
     if isinstance(study.search.warm_start, str) and not opts.warm_start_copy(study.name).is_file():
         from dm_tune.reports._schema import load_guidelines
@@ -281,6 +315,11 @@ def _quieten_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per study load or trial
 
 
+def _on(args: argparse.Namespace) -> str:
+    """The cluster a resume should run on (the stores and storage it finds in the workspace)."""
+    return f" --address {shlex.quote(args.address)}" if args.address else ""
+
+
 def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict[str, Any],
             workspace: Path, created: bool) -> int:
     """The search proper, run while this process holds the study's lock."""
@@ -322,6 +361,9 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     if not resuming:  # stored once, whole: a resume reads it, and a kill never leaves it torn
         (workspace / "studies").mkdir(exist_ok=True)
         write_output(workspace / "studies" / f"{study.name}.json", json.dumps(study.to_dict(), indent=1) + "\n")
+    if not _places_file(workspace, study.name).is_file():  # (a study an earlier dm-tune began: from now on)
+        write_output(_places_file(workspace, study.name),
+                     json.dumps({key: getattr(args, key) for key in PLACES}, indent=1) + "\n")
     if resuming:
         print(f"resuming study {study.name!r} in {workspace}", file=sys.stderr)
     import time
@@ -331,7 +373,7 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
         summaries = run_study(study, opts, sources)
     except Interrupted as e:
         print(f"dm-tune: interrupted ({e}); finished trials are kept. Resume with:\n"
-              f"  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}",
+              f"  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}{_on(args)}",
               file=sys.stderr)
         return 130
     except Exception as e:
@@ -339,7 +381,8 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
         if full is None:
             raise
         print(f"dm-tune: error: the disk is full or read-only ({full}); finished trials are kept. Make room, "
-              f"then resume with:\n  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}",
+              f"then resume with:\n  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}"
+              f"{_on(args)}",
               file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0
