@@ -26,15 +26,14 @@ def _search(tmp_path: Path, study: dict, *extra: str) -> subprocess.CompletedPro
                           cwd=tmp_path, capture_output=True, text=True, timeout=480)
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
+def _start_server(tmp_path: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """An `mlflow server` on 127.0.0.1:``port`` (its store in tmp_path, kept across restarts), answering."""
     mlflow = str(Path(sys.executable).parent / "mlflow")
     proc = subprocess.Popen(
         [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", (tmp_path / "artifacts").as_uri()],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -48,9 +47,26 @@ def mlflow_server(tmp_path):
             proc.kill()
             pytest.fail("mlflow server did not start")
         time.sleep(0.5)
-    yield uri
-    proc.terminate()
+    return proc, uri
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    """The server and its workers (its own process group), at once."""
+    import os
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    proc, uri = _start_server(tmp_path, free_port())
+    yield uri
+    _stop_server(proc)
 
 
 def test_search_logs_to_an_mlflow_server(tmp_path, mlflow_server):
@@ -66,6 +82,50 @@ def test_search_logs_to_an_mlflow_server(tmp_path, mlflow_server):
     assert {a.path for a in client.list_artifacts(trial.info.run_id)} >= {"result.json", "weights.csv"}
     assert not (tmp_path / "ws" / "mlflow.db").exists()  # nothing went to the embedded store
     assert mlflow_server in proc.stdout
+
+
+def test_a_tracking_server_gone_mid_search_ends_it_as_interrupted_and_the_resume_records_everything(tmp_path):
+    """The server killed while trials ran: each queued write waited out MLflow's retries (minutes
+    each) and the search did not end for hours. Now the first write that fails (after MLflow's own
+    retries, shortened here) ends the setting as interrupted once its trials end; the resume, with
+    the server back, records every trial once."""
+    import os
+
+    port = free_port()
+    server, uri = _start_server(tmp_path, port)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(tiny_study("gone", search={"num_samples": 4, "top_k": 1}, baselines=["cce"],
+                                               seeds=[0], training={"epochs": 20})))
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    command = [DM_TUNE, "search", "--config", str(study), "--workspace", str(tmp_path / "ws"), "--tracking-uri", uri]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for line in proc.stderr:
+            if "(finished," in line:
+                break
+        _stop_server(server)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert f"the MLflow server at {uri} stopped answering" in err and "--resume gone" in err
+    assert "Traceback" not in err
+
+    server, _ = _start_server(tmp_path, port)
+    try:
+        resumed = subprocess.run([DM_TUNE, "search", "--resume", "gone", "--workspace", str(tmp_path / "ws")],
+                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)
+        assert resumed.returncode == 0, resumed.stderr
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("gone").experiment_id], max_results=100)
+    finally:
+        _stop_server(server)
+    trials = Counter(r.data.tags["dmtune.trial_key"] for r in runs if r.data.tags.get("dmtune.role") == "trial")
+    assert len(trials) == 4 + 2 and max(trials.values()) == 1  # every trial once
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 def test_search_across_a_two_node_ray_cluster(tmp_path):

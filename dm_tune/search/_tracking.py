@@ -42,7 +42,7 @@ from typing import Any
 
 from ray import tune
 
-from dm_tune.errors import UserError
+from dm_tune.errors import UserError, first_line
 from dm_tune.provenance import git_commit, package_versions
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._trial import TrialOutcome, TrialSpec, member_outcomes
@@ -164,6 +164,10 @@ class MLflowTracker(tune.Callback):
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self.failures = 0
+        # A tracking server that failed a write after MLflow's own retries (minutes of them) is gone:
+        # the writes queued behind it are dropped (each would wait as long), the trials go on into
+        # the ledger, and the setting ends as interrupted, for a resume to record once it answers.
+        self.gone: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
         return {**self.__dict__, "_runs": {}, "_unlogged": {}, "_steps": {}, "_closed": set(),
@@ -190,11 +194,20 @@ class MLflowTracker(tune.Callback):
         while True:
             fn, args = self._queue.get()
             try:
-                fn(*args)
+                if self.gone is None:
+                    fn(*args)
+                elif fn == self._finish and self.echo:  # the trial's line, as if it had been recorded
+                    self._echo(*args)
             except Exception as e:  # noqa: BLE001 - the search goes on; reconcile() redoes it
                 self.failures += 1
-                print(f"dm-tune: MLflow write failed ({type(e).__name__}: {e}); it is redone at the end "
-                      "of the setting", file=sys.stderr, flush=True)
+                if self.uri.startswith(("http://", "https://")):
+                    self.gone = f"{type(e).__name__}: {first_line(e)}"
+                    print(f"dm-tune: the MLflow server at {self.uri} stopped answering ({self.gone}); the trials "
+                          "go on into the ledger, and a resume records them once it answers", file=sys.stderr,
+                          flush=True)
+                else:
+                    print(f"dm-tune: MLflow write failed ({type(e).__name__}: {e}); it is redone at the end "
+                          "of the setting", file=sys.stderr, flush=True)
             finally:
                 self._queue.task_done()
 
@@ -363,6 +376,11 @@ class MLflowTracker(tune.Callback):
         """Make MLflow agree with the ledger: every ended trial has a closed run with its results
         (after a resume, or after a write that failed)."""
         self.drain()
+        if self.gone is not None:
+            from dm_tune.search._run import Interrupted
+
+            raise Interrupted(f"the MLflow server at {self.uri} stopped answering ({self.gone}); the trials "
+                              "that ended are in the ledger")
         for spec, outcome in self.ledger.ended_specs():
             if spec.key in self._closed:
                 continue
@@ -376,6 +394,8 @@ class MLflowTracker(tune.Callback):
         """End the setting: its parent run FINISHED if ``finished``; trial runs left open (their
         trials were interrupted) and, if interrupted, the parent run KILLED."""
         self.drain()
+        if self.gone is not None:  # each write would wait out MLflow's retries again: the resume closes them
+            return
         client = _client(self.uri)
         trials = {"dmtune.role": "trial", "dmtune.setting": self.setting}
         while runs := find_runs(self.uri, self.exp_id, trials, status="RUNNING"):  # 1000 at a time
