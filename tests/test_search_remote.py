@@ -138,7 +138,10 @@ def test_search_across_a_two_node_ray_cluster(tmp_path):
     cluster.add_node(num_cpus=1)
     try:
         cluster.wait_for_nodes()
-        proc = _search(tmp_path, tiny_study("cluster", search={"num_samples": 3, "top_k": 1}, seeds=[0, 1]),
+        # One configuration per Ray trial: seven trials, two at a time on one CPU per node, so that
+        # both nodes take some (two populations could both land on one node, one after the other).
+        proc = _search(tmp_path, tiny_study("cluster", search={"num_samples": 3, "top_k": 1}, seeds=[0, 1],
+                                            population_size=1),
                        "--address", cluster.address, "--storage-path", str(tmp_path / "shared"))
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "shared" / "cluster").is_dir()  # results on the shared storage path
