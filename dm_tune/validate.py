@@ -269,9 +269,13 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
     settings = []
     studies = list(study) if isinstance(study, (list, tuple)) else [study]
     plan, used = _plan(studies, seeds, overrides, guidelines)
+    # The same setting trained two ways (e.g. two data roots): its rows named apart, by their study
+    # (and the --config's place where the studies share a name).
     keys = [setting.key for _, setting, _, _ in plan]
-    # The same setting trained two ways (e.g. two data roots): its rows named apart, by their study.
-    shared = {k for k in keys if keys.count(k) > 1}
+    named = [f"{setting.key} ({one.name})" for one, setting, _, _ in plan]
+    label = {identity: key if keys.count(key) == 1 else name if named.count(name) == 1
+             else f"{setting.key} (config {1 + next(i for i, x in enumerate(studies) if x is one)}: {one.name})"
+             for (one, setting, _, identity), key, name in zip(plan, keys, named)}
     if progress is not None:
         progress.used = {identity for *_, identity in plan}
         ours = len(progress.used & set(progress.done))
@@ -294,8 +298,7 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
         if not quiet:
             print(f"{setting.key}:", file=sys.stderr, flush=True)
         entry = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet)
-        if setting.key in shared:
-            entry["setting"] = f"{setting.key} ({one.name})"
+        entry["setting"] = label[identity]
         if progress is not None:
             progress.add(identity, entry)
         settings.append(entry)

@@ -266,6 +266,18 @@ def test_a_setting_listed_twice_is_refused_and_one_trained_two_ways_is_named_apa
     assert len(set(names)) == 2 and names[1] == "digits-symmetric0.3-default (longer)"
     md = (tmp_path / "o" / "validation.md").read_text()
     assert f"Trained: {names[0]}: model mlp, 1 epochs; {names[1]}: model mlp, 2 epochs." in md
+    # Two studies of one name, other seeds: named by their --config's place (both were "... (name)",
+    # and validation.md gave one row's seeds for both)
+    seeds_1 = tmp_path / "seeds1.yaml"
+    seeds_1.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "seeds": [1]}))
+    assert main(["validate", "--config", str(config), "--config", str(seeds_1), "--guidelines", guidelines,
+                 "--out", str(tmp_path / "o2"), "--quiet"]) == 0
+    doc = json.loads((tmp_path / "o2" / "validation.json").read_text())
+    name = yaml.safe_load(config.read_text()).get("name", "default")
+    assert [s["setting"] for s in doc["settings"]] == [f"digits-symmetric0.3-default (config {i}: {name})"
+                                                      for i in (1, 2)]
+    md = (tmp_path / "o2" / "validation.md").read_text()
+    assert f"(config 1: {name}): 0; digits-symmetric0.3-default (config 2: {name}): 1" in md
 
 
 def test_a_missing_config_file_is_named(tmp_path, capsys):
