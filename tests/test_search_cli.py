@@ -69,6 +69,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--resume", "nothing"], ["--resume nothing", "no such study"]),
     (["--resume", "x", "--epochs", "3"], ["--resume", "--epochs"]),
     (["--address", "127.0.0.1:{port}"], ["--address", "cannot reach"]),
+    (["--address", "[::1]:{port}"], ["--address [::1]:", "cannot reach ::1:"]),  # was: "[::1]" not known
+    (["--address", "::1:6379"], ["--address ::1:6379", "in brackets, [ADDRESS]:PORT"]),
     (["--address", "no-port"], ["--address", "HOST:PORT"]),
     (["--tracking-uri", "http://127.0.0.1:{port}"], ["--tracking-uri", "cannot reach"]),
     (["--tracking-uri", "ftp://x"], ["--tracking-uri", "sqlite"]),
@@ -295,6 +297,41 @@ def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path, sig)
     assert all(t.user_attrs.get("status") == "interrupted" for t in trials if t.state == optuna.trial.TrialState.FAIL)
 
 
+def test_where_a_study_began_is_kept_for_new_studies_only_and_relative_to_a_moved_workspace(tmp_path):
+    """A storage path inside the workspace is kept relative to it (a moved workspace was pinned to
+    its old place); a study an earlier dm-tune began has no places file and gets none (the flags
+    of its first resume, perhaps wrong ones, had become binding)."""
+    import argparse
+
+    from dm_tune.errors import UserError
+    from dm_tune.search.cli import _places_file, _same_places, _write_places
+
+    ws = tmp_path / "ws"
+    (ws / "studies").mkdir(parents=True)
+    _write_places(argparse.Namespace(tracking_uri=None, storage_path=str(ws / "raystore")), ws, "s")
+    assert json.loads(_places_file(ws, "s").read_text()) == {"tracking_uri": None, "storage_path": "raystore"}
+    moved = tmp_path / "moved"
+    ws.rename(moved)
+    args = argparse.Namespace(tracking_uri=None, storage_path=None)
+    _same_places(args, moved, "s")
+    assert args.storage_path == str(moved / "raystore") and args.tracking_uri is None
+    with pytest.raises(UserError, match=r"began with --storage-path .*moved/raystore \(.*s\.places\)"):
+        _same_places(argparse.Namespace(tracking_uri=None, storage_path=str(tmp_path)), moved, "s")
+    older = argparse.Namespace(tracking_uri="sqlite:////x.db", storage_path=None)
+    _same_places(older, moved, "older")  # no places file: the flags stand, nothing is checked
+    assert older.tracking_uri == "sqlite:////x.db"
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-5", "soon"])
+def test_a_connect_wait_that_is_no_positive_number_is_one_line(monkeypatch, value):
+    from dm_tune.errors import UserError
+    from dm_tune.search._preflight import probe_ray
+
+    monkeypatch.setenv("DMTUNE_RAY_CONNECT_TIMEOUT", value)
+    with pytest.raises(UserError, match=f"DMTUNE_RAY_CONNECT_TIMEOUT='{value}': expected a number of seconds > 0"):
+        probe_ray("auto")
+
+
 @pytest.mark.slow
 def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
     """--resume without the --tracking-uri and --storage-path the study began with recorded every
@@ -324,6 +361,12 @@ def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
         refused = _cli("search", "--resume", "placed", "--workspace", str(ws), flag, other, cwd=tmp_path, timeout=60)
         _one_line_error(refused, f"{flag} {other}: study 'placed' began with {flag} ", "another --name")
     assert sorted(p.name for p in ws.iterdir()) == before and not (tmp_path / "other.db").exists()
+    # A study an earlier dm-tune began (no places file): resumed with its flags, it gets none written
+    (ws / "studies" / "placed.places").unlink()
+    older = _cli("search", "--resume", "placed", "--workspace", str(ws), "--tracking-uri", uri,
+                 "--storage-path", str(elsewhere / "ray"), cwd=tmp_path)
+    assert older.returncode == 0, older.stderr
+    assert not (ws / "studies" / "placed.places").exists()
 
 
 @pytest.mark.slow

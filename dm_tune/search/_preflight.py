@@ -5,6 +5,7 @@ asked for exist)."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import socket
 import subprocess
@@ -78,7 +79,9 @@ def probe_ray(address: str) -> None:
     try:
         timeout = float(raw) if raw else CONNECT_TIMEOUT_S
     except ValueError:
-        raise UserError(f"{CONNECT_TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
+        timeout = math.nan
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise UserError(f"{CONNECT_TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
     try:
         proc = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True,
                               timeout=timeout)
@@ -107,7 +110,9 @@ def check_address(address: str | None) -> None:
             raise UserError(f"--address {address}: Ray Client addresses are not supported; use HOST:PORT")
         if not host or not port.isdigit():
             raise UserError(f"--address {address}: expected 'auto' or HOST:PORT (e.g. 10.0.0.5:6379)")
-        _check_tcp(host, int(port), f"--address {address}")
+        if ":" in host and not host.startswith("["):
+            raise UserError(f"--address {address}: write an IPv6 address in brackets, [ADDRESS]:PORT")
+        _check_tcp(host.strip("[]"), int(port), f"--address {address}")
 
 
 def connect_ray(address: str | None, cpus: int | None = None) -> None:

@@ -184,12 +184,24 @@ def _same_places(args: argparse.Namespace, workspace: Path, name: str) -> None:
                         "it, or remove it and give the study's --tracking-uri and --storage-path") from None
     for key in PLACES:
         flag, given, first = "--" + key.replace("_", "-"), getattr(args, key), began.get(key)
+        if key == "storage_path" and first and "://" not in first:  # kept relative to the workspace if in it
+            first = str(workspace / first)
         if given is None:
             setattr(args, key, first)
         elif given != first:
             where = f"{flag} {first}" if first else f"the workspace's own (no {flag})"
-            raise UserError(f"{flag} {given}: study {name!r} began with {where}; its runs and checkpoints are "
-                            "there: give that (or nothing), or search under another --name")
+            raise UserError(f"{flag} {given}: study {name!r} began with {where} ({path}); its runs and checkpoints "
+                            "are there: give that (or nothing), or search under another --name")
+
+
+def _write_places(args: argparse.Namespace, workspace: Path, name: str) -> None:
+    """Keep where a new study records and checkpoints its trials (``_same_places``); a storage path
+    inside the workspace relative to it, so that a workspace moved elsewhere finds it there."""
+    places = {key: getattr(args, key) for key in PLACES}
+    storage = places["storage_path"]
+    if storage and "://" not in storage and Path(storage).is_relative_to(workspace):
+        places["storage_path"] = Path(storage).relative_to(workspace).as_posix()
+    write_output(_places_file(workspace, name), json.dumps(places, indent=1) + "\n")
 
 
 def _load_study(args: argparse.Namespace, workspace: Path):
@@ -361,9 +373,8 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     if not resuming:  # stored once, whole: a resume reads it, and a kill never leaves it torn
         (workspace / "studies").mkdir(exist_ok=True)
         write_output(workspace / "studies" / f"{study.name}.json", json.dumps(study.to_dict(), indent=1) + "\n")
-    if not _places_file(workspace, study.name).is_file():  # (a study an earlier dm-tune began: from now on)
-        write_output(_places_file(workspace, study.name),
-                     json.dumps({key: getattr(args, key) for key in PLACES}, indent=1) + "\n")
+        # (not for a study an earlier dm-tune began: where it went is unknown, the flags given now may be wrong)
+        _write_places(args, workspace, study.name)
     if resuming:
         print(f"resuming study {study.name!r} in {workspace}", file=sys.stderr)
     import time
