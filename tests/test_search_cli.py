@@ -361,8 +361,17 @@ def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
         refused = _cli("search", "--resume", "placed", "--workspace", str(ws), flag, other, cwd=tmp_path, timeout=60)
         _one_line_error(refused, f"{flag} {other}: study 'placed' began with {flag} ", "another --name")
     assert sorted(p.name for p in ws.iterdir()) == before and not (tmp_path / "other.db").exists()
-    # A study an earlier dm-tune began (no places file): resumed with its flags, it gets none written
+    # A study an earlier dm-tune began (no places file): resumed without its --tracking-uri it is
+    # refused before any trial is recorded (the workspace's own store has no run of it); with its
+    # flags it goes on, and gets no places file (where it went is the user's word, not a record).
     (ws / "studies" / "placed.places").unlink()
+    lost = _cli("search", "--resume", "placed", "--workspace", str(ws), cwd=tmp_path)
+    assert lost.returncode == 2 and "Traceback" not in lost.stderr, lost.stderr
+    last = lost.stderr.strip().splitlines()[-1]  # after the setting's header line
+    assert last.startswith(f"dm-tune: error: MLflow store sqlite:///{ws / 'mlflow.db'} has no run of setting")
+    assert "has 6 trials: give the --tracking-uri the study began with" in last
+    own = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    assert own.search_runs([own.get_experiment_by_name("placed").experiment_id]) == []
     older = _cli("search", "--resume", "placed", "--workspace", str(ws), "--tracking-uri", uri,
                  "--storage-path", str(elsewhere / "ray"), cwd=tmp_path)
     assert older.returncode == 0, older.stderr

@@ -361,6 +361,14 @@ def run_setting(ctx: SettingContext) -> Ledger:
         raise UserError(f"{ledger.path}: missing or empty, but MLflow has trial runs of setting {key} in "
                         f"experiment {study.name!r}: the ledger was lost since; restore it, or run the study "
                         "in another --workspace")
+    if ledger.started and not find_runs(ctx.opts.tracking, ctx.exp_id, {"dmtune.role": "setting",
+                                                                      "dmtune.setting": key}, 1):
+        # Its run is made before any trial is handed out: this store never had the setting (a resume
+        # given another --tracking-uri than the study began with), or lost it. Recording the ledger's
+        # trials here would split the study between two stores.
+        raise UserError(f"MLflow store {ctx.opts.tracking} has no run of setting {key} of study {study.name!r}, "
+                        f"but its ledger ({ledger.path}) has {len(ledger.started)} trials: give the --tracking-uri "
+                        "the study began with, or run the study in another --workspace")
     searcher = _searcher(ctx, ledger)
     searcher.optuna_study()  # checked against the ledger (one line if its store was lost) before any write
     parent = setting_run(ctx.opts.tracking, ctx.exp_id, key, {
