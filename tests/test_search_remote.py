@@ -136,6 +136,9 @@ def test_search_across_a_two_node_ray_cluster(tmp_path):
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
+    # A module of the standard library's name where the search is started: the connection probe
+    # (a `python -c`) imported it instead, and failed ("exit status 1").
+    (tmp_path / "inspect.py").write_text("raise ImportError('the current folder is on sys.path')\n")
     try:
         cluster.wait_for_nodes()
         # One configuration per Ray trial: seven trials, two at a time on one CPU per node, so that

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -83,7 +84,10 @@ def test_ledger_survives_a_torn_last_line_and_knows_what_is_unfinished(tmp_path)
     assert [[s.key for s in p] for p in again.unfinished_populations()] == [[b.key, c.key]]
     assert again.checkpoints[b.key] == "/ckpt/bc"
     assert again.ended[a.key].final_val_acc == 0.8
-    assert again.new_experiment() == "run-1" and Ledger(path).new_experiment() == "run-2"
+    first, second = again.new_experiment(), Ledger(path).new_experiment()
+    assert re.fullmatch(r"run-1-[0-9a-f]{6}", first) and re.fullmatch(r"run-2-[0-9a-f]{6}", second)
+    # Another search's run-1 (Ray stages runs by start second and name: equal names shared a folder)
+    assert Ledger(tmp_path / "other.jsonl").new_experiment() != first
 
 
 _FULL_DISK = """

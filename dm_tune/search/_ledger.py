@@ -11,7 +11,7 @@ flushed line per event:
      "outcome": {...}}                                       finished search trial trained already:
                                                              started and ended at once, with that
                                                              trial's outcome (``reused_from``)
-    {"event": "experiment", "key": "run-N"}                  a Tune experiment ran (or resumed) it
+    {"event": "experiment", "key": "run-N-TOKEN"}            a Tune experiment ran (or resumed) it
 
 It is the source of truth for resuming: a search that was interrupted, even by ``kill -9``,
 continues from what the ledger holds (ended trials are never re-run; a population with trials
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,11 @@ class Ledger:
         self._append({"event": "reuse", "key": spec.key, "spec": spec.to_dict(), "outcome": outcome.to_dict()})
 
     def new_experiment(self) -> str:
-        """The name of the next Tune experiment of this setting: run-1, run-2 (after a resume), ..."""
-        name = f"run-{len(self.experiments) + 1}"
+        """The name of the next Tune experiment of this setting: run-1-TOKEN, run-2-TOKEN (after a
+        resume), ... The random token keeps names apart across searches: Ray stages a run's files on
+        the cluster in a folder named by its start second and experiment name, and two searches that
+        started a run-1 in the same second copied each other's trials into their storage."""
+        name = f"run-{len(self.experiments) + 1}-{secrets.token_hex(3)}"
         self._append({"event": "experiment", "key": name})
         return name
 

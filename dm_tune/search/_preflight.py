@@ -54,6 +54,7 @@ try:
 except Exception as e:
     print(f"dm-tune-probe: {(str(e).strip() or type(e).__name__).splitlines()[0]}", file=sys.stderr)
     sys.exit(3)
+print(f"dm-tune-probe-address: {ray.get_runtime_context().gcs_address}", flush=True)
 ray.shutdown()
 """
 
@@ -71,10 +72,12 @@ def is_local_address(address: str | None) -> bool:
         return False
 
 
-def probe_ray(address: str) -> None:
-    """Connect to the cluster at ``address`` once, in a child process and within a time limit:
-    ``ray.init`` retries without end where no Ray answers (a port of another service, an address
-    nothing listens on), and a cluster that requires a token says so only in Ray's C++ log lines."""
+def probe_ray(address: str) -> str:
+    """Connect to the cluster at ``address`` once, in a child process and within a time limit, and
+    return its address as HOST:PORT: ``ray.init`` retries without end where no Ray answers (a port
+    of another service, an address nothing listens on), a cluster that requires a token says so
+    only in Ray's C++ log lines, and ``auto`` with several clusters on the machine takes any one
+    (the search then joins the one the probe found, not another)."""
     raw = os.environ.get(CONNECT_TIMEOUT_ENV, "")
     try:
         timeout = float(raw) if raw else CONNECT_TIMEOUT_S
@@ -83,8 +86,9 @@ def probe_ray(address: str) -> None:
     if not (math.isfinite(timeout) and timeout > 0):
         raise UserError(f"{CONNECT_TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
     try:
+        # PYTHONSAFEPATH: not the current folder on sys.path (its inspect.py would shadow the library's)
         proc = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, env={**os.environ, "PYTHONSAFEPATH": "1"})
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
         raise UserError(f"--address {address}: no Ray cluster answered within {timeout:g} s{_auth_hint(err)} "
@@ -93,6 +97,9 @@ def probe_ray(address: str) -> None:
         said = [ln for ln in proc.stderr.splitlines() if ln.startswith("dm-tune-probe: ")]
         cause = said[-1].removeprefix("dm-tune-probe: ") if said else f"exit status {proc.returncode}"
         raise UserError(f"--address {address}: could not connect to a Ray cluster ({cause}){_auth_hint(proc.stderr)}")
+    found = [ln.removeprefix("dm-tune-probe-address: ") for ln in proc.stdout.splitlines()
+             if ln.startswith("dm-tune-probe-address: ")]
+    return found[-1] if found and found[-1] not in ("", "None") else address
 
 
 def _auth_hint(log: str) -> str:

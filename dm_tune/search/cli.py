@@ -291,8 +291,9 @@ def search_cmd(args: argparse.Namespace) -> int:
         output_path("--storage-path", args.storage_path, directory=True)
     check_tracking(opts.tracking)
     check_address(args.address)
-    if args.address:
-        probe_ray(args.address)
+    joined = probe_ray(args.address) if args.address else None  # auto: the cluster it found
+    if args.address == "auto" and joined and opts.echo:
+        print(f"dm-tune: --address auto: the Ray cluster at {joined}", file=sys.stderr)
     for warning in check_workspace(workspace, opts.tracking, opts.written_folders(study.name),
                                    opts.ledger_dir(study.name)):  # damaged stores, read-only workspace
         print(f"dm-tune: warning: {warning}", file=sys.stderr)
@@ -309,7 +310,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     with study_lock(workspace, study.name):  # a second search of the same study is refused here
         # Again under the lock: a search of this name that ended meanwhile may have stored it.
         study, resuming = _load_study(args, workspace)
-        return _search(args, study, resuming, opts, sources, workspace, created)
+        return _search(args, study, resuming, opts, sources, workspace, created, joined)
 
 
 def _quieten_libraries() -> None:
@@ -333,7 +334,7 @@ def _on(args: argparse.Namespace) -> str:
 
 
 def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict[str, Any],
-            workspace: Path, created: bool) -> int:
+            workspace: Path, created: bool, joined: str | None = None) -> int:
     """The search proper, run while this process holds the study's lock."""
     from dm_tune.search._preflight import check_resources, connect_ray
     from dm_tune.search._run import Interrupted, run_study
@@ -357,7 +358,7 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     store = threading.Thread(target=stores, daemon=True)
     store.start()
     try:
-        connect_ray(args.address)
+        connect_ray(joined or args.address)
         check_resources(study)
     except BaseException:
         store.join()
