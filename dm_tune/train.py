@@ -146,14 +146,10 @@ def _crop_to(x: torch.Tensor, size: tuple[int, ...], gen: torch.Generator | None
     if gen is None:
         top, left = (h - th) // 2, (w - tw) // 2
         return x[:, :, top:top + th, left:left + tw]
-    dy = torch.randint(0, h - th + 1, (n,), generator=gen, device=gen.device).to(x.device, non_blocking=True)
-    dx = torch.randint(0, w - tw + 1, (n,), generator=gen, device=gen.device).to(x.device, non_blocking=True)
-    flip = (torch.rand(n, generator=gen, device=gen.device) < 0.5).to(x.device, non_blocking=True)
-    rows = (dy.view(n, 1) + torch.arange(th, device=x.device)).view(n, 1, th, 1).expand(n, x.shape[1], th, w)
-    out = x.gather(2, rows)
-    cols = (dx.view(n, 1) + torch.arange(tw, device=x.device)).view(n, 1, 1, tw).expand(n, x.shape[1], th, tw)
-    out = out.gather(3, cols)
-    return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
+    dy = torch.randint(0, h - th + 1, (n,), generator=gen, device=gen.device)
+    dx = torch.randint(0, w - tw + 1, (n,), generator=gen, device=gen.device)
+    flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
+    return _crop_flip_with(x, torch.stack([dy, dx, flip.long()]), pad=0, size=(th, tw))
 
 
 def _crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -171,15 +167,18 @@ def _crop_flip_draws(n: int, gen: torch.Generator, pad: int = 4) -> torch.Tensor
     return torch.stack([dy, dx, flip.long()]).to(torch.uint8)
 
 
-def _crop_flip_with(x: torch.Tensor, draws: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """_crop_flip with given draws. They reach the device in one copy that does not wait for it
-    (a blocking copy would stall the host until the device finished all earlier work)."""
+def _crop_flip_with(x: torch.Tensor, draws: torch.Tensor, pad: int = 4,
+                    size: tuple[int, ...] | None = None) -> torch.Tensor:
+    """_crop_flip with given draws (row offsets, column offsets, flips), crops of ``size`` (None:
+    the images' own) from the images padded by ``pad``. The draws reach the device in one copy that
+    does not wait for it (a blocking copy would stall the host until the device finished all earlier work)."""
     n, _, h, w = x.shape
+    th, tw = size or (h, w)
     dy, dx, flip = draws.to(x.device, non_blocking=True).long()
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad)) if pad else x
+    rows = (dy.view(n, 1) + torch.arange(th, device=x.device)).view(n, 1, th, 1).expand(n, x.shape[1], th, w + 2 * pad)
     out = padded.gather(2, rows)
-    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
+    cols = (dx.view(n, 1) + torch.arange(tw, device=x.device)).view(n, 1, 1, tw).expand(n, x.shape[1], th, tw)
     out = out.gather(3, cols)
     return torch.where(flip.bool().view(n, 1, 1, 1), out.flip(3), out)
 
