@@ -142,12 +142,7 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
         file=Path(config.noise_file).expanduser().resolve() if config.noise_file else None,
         key=config.noise_key,
     )
-    try:
-        noisy = apply_noise(config.noise, clean, ctx)
-    except ValueError as e:
-        if type(e) is ValueError:  # a config mismatch, e.g. superclass noise without groups
-            raise ConfigError("noise", config.noise, str(e)) from None
-        raise
+    noisy = apply_noise(config.noise, clean, ctx)  # (check_noise and TrainConfig refused what would not fit)
     is_noisy = noisy.is_noisy
     known = np.ones(len(clean), bool)
     true_clean = clean

@@ -235,8 +235,8 @@ def check_noise(name: str, rate: float, num_classes: int, class_groups: object =
     limit = rate_limit(name, num_classes)
     if limit is not None and rate >= limit:
         raise ConfigError(f"{prefix}noise_rate", rate, f"expected below {limit:.4g} for {name} noise on "
-                          f"{num_classes} classes: from {limit:.4g} up a wrong label is at least as common as the true one, so the labels "
-                          "no longer identify the classes")
+                          f"{num_classes} classes: from {limit:.4g} up a wrong label is at least as common as "
+                          "the true one, so the labels no longer identify the classes")
 
 
 def apply_noise(name: str, clean: np.ndarray, ctx: NoiseContext) -> NoisyLabels:

@@ -12,8 +12,9 @@ half of the classes) with ``imbalance_ratio: 10`` gives the paper's positive:neg
 - ``features`` (default): TF-IDF of the words, reduced by TruncatedSVD to ``dims`` (default
   300) dense features and standardised; every statistic fitted on aclImdb's ``train/`` texts,
   unsupervised (no labels), and never on the test texts: the validation split a run carves from
-  ``train/`` afterwards is among the texts they were fitted on, as it is for the vocabulary below; input_kind "vector", model "imdb-mlp" (the paper's one hidden layer of 8 units;
-  the paper used PV-DBOW document vectors, TF-IDF + SVD is the dependency-free stand-in).
+  ``train/`` afterwards is among the texts they were fitted on, as it is for the vocabulary
+  below; input_kind "vector", model "imdb-mlp" (the paper's one hidden layer of 8 units; the
+  paper used PV-DBOW document vectors, TF-IDF + SVD is the dependency-free stand-in).
 - ``tokens``: token ids over the ``vocab_size`` (default 20000, counting the two reserved ids:
   0 = padding, 1 = unknown) most frequent tokens of ``train/``, the first ``max_len`` (default 400)
   tokens of each review, padded with 0; input_kind "tokens", model "text".
