@@ -139,16 +139,21 @@ def cce_by_seed(df: pd.DataFrame, metric: str = "final_val_acc") -> dict[str, pd
     return {setting: runs.groupby("seed")[metric].mean() * POINTS for setting, runs in _cce_runs(df, metric).items()}
 
 
+def _usable_dm(df: pd.DataFrame) -> pd.DataFrame:
+    """Usable classification runs of method dm."""
+    return _finished(df[(df["task"] == "classification") & (df["method"] == "dm")])
+
+
 def dm_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Usable classification runs of method dm with finite psi and rho > 0."""
-    runs = _finished(df[(df["task"] == "classification") & (df["method"] == "dm")])
+    runs = _usable_dm(df)
     return runs[runs["psi"].notna() & runs["rho"].notna() & (runs["rho"] > 0)]
 
 
 def negative_beta_arms(df: pd.DataFrame) -> int:
     """DM arms (usable classification runs) with beta < 0, which the surface leaves out: its rho is
     log-scaled, so it covers beta > 0 only (the paper gives two-class data small beta of either sign)."""
-    runs = _finished(df[(df["task"] == "classification") & (df["method"] == "dm")])
+    runs = _usable_dm(df)
     return int(runs.loc[runs["rho"] < 0, ["setting", "arm"]].drop_duplicates().shape[0])
 
 
@@ -355,11 +360,11 @@ NO_SURFACE_TEXT = (f"No surface was fitted: it needs DM arms at {MIN_POINTS} or 
 
 def arms_phrase(surface: dict[str, Any]) -> str:
     """How many arms the surface was fitted on, e.g. "381 arms (379 DM, 2 IMAE)"."""
-    n, family = int(surface["n_rows"]), int(surface.get("n_baseline_rows", 0))
-    negative = int(surface.get("n_negative_beta_arms", 0))
-    left = f"; {negative} DM arm(s) with beta < 0 left out, the surface covers beta > 0" if negative else ""
-    return (f"{n} arms ({n - family} DM, {family} IMAE{left})" if family
-            else f"{n} DM arms" + (f" ({left[2:]})" if left else ""))
+    n = int(surface.get("n_rows", len(surface["model"]["y"])))  # (one row per arm)
+    family, negative = int(surface.get("n_baseline_rows", 0)), int(surface.get("n_negative_beta_arms", 0))
+    notes = ([f"{n - family} DM, {family} IMAE"] if family else []) + (
+        [f"{negative} DM arm(s) with beta < 0 left out, the surface covers beta > 0"] if negative else [])
+    return f"{n} {'arms' if family else 'DM arms'}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _std(y: list[float]) -> float:
@@ -416,9 +421,9 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
     near = mine & (mean >= best - WITHIN_POINTS - 1e-9)
     plausible = mine & (mean + Z95 * std >= best - WITHIN_POINTS - 1e-9)
     _, psi, rho = cells[i]
-    measured = [m for m in surface["settings"] if _is_query(m, base, dataset)]
-    if measured and best > max(m["best_gain"] for m in measured) + WITHIN_POINTS:
-        m = max(measured, key=lambda m: m["best_gain"])
+    m = max((m for m in surface["settings"] if _is_query(m, base, dataset)), key=lambda m: m["best_gain"],
+            default=None)
+    if m is not None and best > m["best_gain"] + WITHIN_POINTS:
         warnings.append(f"this setting was measured ({m['setting']}): its best arm gained {m['best_gain']:+.1f} "
                         f"points at psi {m['best_psi']:.2f}, rho {m['best_rho']:.2f}, below the {best:+.1f} the "
                         "surface predicts here; prefer the measured arm, or search between the two")
