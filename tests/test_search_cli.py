@@ -366,10 +366,8 @@ def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
     # flags it goes on, and gets no places file (where it went is the user's word, not a record).
     (ws / "studies" / "placed.places").unlink()
     lost = _cli("search", "--resume", "placed", "--workspace", str(ws), cwd=tmp_path)
-    assert lost.returncode == 2 and "Traceback" not in lost.stderr, lost.stderr
-    last = lost.stderr.strip().splitlines()[-1]  # after the setting's header line
-    assert last.startswith(f"dm-tune: error: MLflow store sqlite:///{ws / 'mlflow.db'} has no run of setting")
-    assert "has 6 trials: give the --tracking-uri the study began with" in last
+    _one_line_error(lost, f"dm-tune: error: MLflow store sqlite:///{ws / 'mlflow.db'} has no run of setting",
+                    "has 6 trials: give the --tracking-uri the study began with")
     own = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     assert own.search_runs([own.get_experiment_by_name("placed").experiment_id]) == []
     older = _cli("search", "--resume", "placed", "--workspace", str(ws), "--tracking-uri", uri,

@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from dm_tune.config import TrainConfig
@@ -344,8 +345,9 @@ def _scheduler(study: Study, budget: int):
 # --- one setting ---------------------------------------------------------------------------------
 
 
-def run_setting(ctx: SettingContext) -> Ledger:
-    """Run what is left of one setting (all of it, the first time); returns its ledger."""
+def run_setting(ctx: SettingContext, announce: Callable[[], None] | None = None) -> Ledger:
+    """Run what is left of one setting (all of it, the first time); returns its ledger. ``announce``
+    is called once the setting's stores have been checked, before anything is written."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
@@ -371,6 +373,8 @@ def run_setting(ctx: SettingContext) -> Ledger:
                         "the study began with, or run the study in another --workspace")
     searcher = _searcher(ctx, ledger)
     searcher.optuna_study()  # checked against the ledger (one line if its store was lost) before any write
+    if announce is not None:  # after the refusals above: a refused setting prints its one error line alone
+        announce()
     parent = setting_run(ctx.opts.tracking, ctx.exp_id, key, {
         **ctx.setting.train_fields(), "num_classes": ctx.source.num_classes,
         **{k: v for k, v in ctx.setting_config.to_dict().items()
@@ -490,24 +494,33 @@ def _warm_start_guidelines(study: Study, opts: RunOptions) -> dict[str, Any]:
     return doc
 
 
-def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = None) -> list[SettingSummary]:
-    """Run (or resume) every setting of ``study``; returns one summary per setting."""
+def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = None,
+              resuming: bool = False) -> list[SettingSummary]:
+    """Run (or resume) every setting of ``study``; returns one summary per setting. With
+    ``opts.echo`` each setting is announced on stderr once its stores pass their checks (a refusal
+    is then the only line printed), the first one after a "resuming" line when ``resuming``."""
     from dm_tune.search._preflight import load_sources
     from dm_tune.search._tracking import experiment_id
 
     guidelines = _warm_start_guidelines(study, opts) if isinstance(study.search.warm_start, str) else None
     sources = sources if sources is not None else load_sources(study)
     exp_id = experiment_id(opts.tracking, study.name, opts.artifact_root, opts.workspace)
-    summaries = []
+    summaries: list[SettingSummary] = []
+
+    def announce(key: str) -> None:
+        if not opts.echo:
+            return
+        if resuming and not summaries:
+            print(f"resuming study {study.name!r} in {opts.workspace}", file=sys.stderr)
+        seeds = list(study.seeds[:study.search_seed_count])
+        print(f"setting {key}: {study.search.num_samples} DM arms on seeds {seeds} ({study.search.space} space, "
+              f"{study.search.sampler}), then the top {study.search.top_k} DM arms and {len(study.baselines)} "
+              f"baselines on seeds {list(study.seeds)}", file=sys.stderr, flush=True)
+
     for setting in study.expand():
         t0 = time.perf_counter()
-        if opts.echo:
-            seeds = list(study.seeds[:study.search_seed_count])
-            print(f"setting {setting.key}: {study.search.num_samples} DM arms on seeds {seeds} "
-                  f"({study.search.space} space, {study.search.sampler}), then the top {study.search.top_k} DM arms and "
-                  f"{len(study.baselines)} baselines on seeds {list(study.seeds)}", file=sys.stderr, flush=True)
         ctx = _context(study, setting, opts, exp_id, sources[setting.dataset], guidelines)
-        summary = summarise(ctx, run_setting(ctx))
+        summary = summarise(ctx, run_setting(ctx, functools.partial(announce, setting.key)))
         summary.wall_time_s = time.perf_counter() - t0  # type: ignore[attr-defined]
         summaries.append(summary)
     return summaries

@@ -376,13 +376,11 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
         write_output(workspace / "studies" / f"{study.name}.json", json.dumps(study.to_dict(), indent=1) + "\n")
         # (not for a study an earlier dm-tune began: where it went is unknown, the flags given now may be wrong)
         _write_places(args, workspace, study.name)
-    if resuming:
-        print(f"resuming study {study.name!r} in {workspace}", file=sys.stderr)
     import time
 
     t0 = time.perf_counter()
     try:
-        summaries = run_study(study, opts, sources)
+        summaries = run_study(study, opts, sources, resuming)
     except Interrupted as e:
         print(f"dm-tune: interrupted ({e}); finished trials are kept. Resume with:\n"
               f"  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}{_on(args)}",
