@@ -68,3 +68,36 @@ def test_refuses_when_ray_was_imported_first():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("refused:") and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in proc.stdout
+
+
+CLUSTER_CHILD = r"""
+import json, os, sys, warnings
+
+sys.path.insert(0, os.environ["DMTUNE_ROOT"])
+from ray.cluster_utils import Cluster
+
+import ray
+from dm_tune.search._preflight import connect_ray
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+try:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        connect_ray(cluster.address)
+    print(json.dumps({"ray": ray.__version__, "connected": ray.is_initialized(),
+                      "warnings": [f"{w.category.__name__}: {w.message}" for w in seen]}))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_joining_a_cluster_prints_no_ray_tip():
+    """Ray 2.50's ray.init ends with a FutureWarning about GPUs it will stop hiding: a search that
+    joined a cluster printed it among its own lines."""
+    proc = subprocess.run([sys.executable, "-c", CLUSTER_CHILD], capture_output=True, text=True, env=_env(),
+                          timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["connected"]
+    assert [w for w in out["warnings"] if w.startswith("FutureWarning")] == [], out

@@ -126,7 +126,7 @@ def connect_ray(address: str | None, cpus: int | None = None) -> None:
     """Connect to the cluster at ``address``, or start a local Ray that listens on 127.0.0.1 only."""
     import ray
 
-    from dm_tune.search._local_ray import init_local_ray
+    from dm_tune.search._local_ray import init_local_ray, quiet_gpu_tip
 
     if ray.is_initialized():
         return
@@ -135,7 +135,8 @@ def connect_ray(address: str | None, cpus: int | None = None) -> None:
         return
     check_address(address)
     try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        with quiet_gpu_tip():
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"--address {address}: could not connect to a Ray cluster ({str(e).splitlines()[0]})") from None
 
