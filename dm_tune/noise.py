@@ -89,8 +89,8 @@ def from_file(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
     """Noisy labels read from a file, one per training example in the dataset's original order."""
     if ctx.file is None:
         raise ValueError("noise 'file' needs noise_file (a .npy/.csv/.txt label list or a CIFAR-N .pt file)")
-    out = read_label_file(ctx.file, ctx.key)
-    cifar_n = ctx.file.suffix.lower() in (".pt", ".pth")
+    out, blob = _read_labels(ctx.file, ctx.key)
+    cifar_n = blob is not None
     if cifar_n and "coarse" in str(ctx.key):  # CIFAR-100N's superclasses: in range for 100 classes
         raise DataError(ctx.file, f"its {ctx.key} is a 20-superclass label set, but the dataset trains its "
                         f"{ctx.num_classes} fine classes; choose a fine label set such as noisy_label",
@@ -102,16 +102,15 @@ def from_file(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
         raise DataError(ctx.file, f"has labels outside [0, {ctx.num_classes - 1}]",
                         f"integer class ids 0..{ctx.num_classes - 1}")
     if cifar_n:
-        _check_clean_labels(ctx.file, labels)
+        _check_clean_labels(ctx.file, labels, blob)
     return out
 
 
-def _check_clean_labels(path: Path, labels: np.ndarray) -> None:
-    """Refuse a CIFAR-N file whose own clean_label is not the dataset's labels, whichever key was
-    chosen (clean_label itself included): another dataset's file, or one in another order, would
-    otherwise pass as labels of the right length and range."""
-    blob = _load_cifar_n(path, "a CIFAR-10N/100N .pt dict")
-    if not isinstance(blob, dict) or "clean_label" not in blob:
+def _check_clean_labels(path: Path, labels: np.ndarray, blob: dict) -> None:
+    """Refuse a CIFAR-N file (``blob``, as loaded) whose own clean_label is not the dataset's labels,
+    whichever key was chosen (clean_label itself included): another dataset's file, or one in
+    another order, would otherwise pass as labels of the right length and range."""
+    if "clean_label" not in blob:
         return
     clean = np.asarray(blob["clean_label"]).reshape(-1)
     wrong = np.flatnonzero(clean != labels) if clean.shape == labels.shape else np.arange(len(labels))
@@ -129,6 +128,12 @@ CIFAR_N_KEYS = ("aggre_label", "worse_label", "random_label1", "random_label2", 
 
 def read_label_file(path: Path, key: str | None = None) -> np.ndarray:
     """Integer labels from .npy, .csv/.txt (one per line, or a last column), or a CIFAR-N .pt dict."""
+    return _read_labels(path, key)[0]
+
+
+def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
+    """``read_label_file``'s labels, and the whole dict a CIFAR-N .pt file held (None for the others)."""
+    blob = None
     layout = (".npy array of ints; .csv/.txt with one integer per line (or per row, last column); "
               "or a CIFAR-10N/100N .pt dict with keys such as " + ", ".join(CIFAR_N_KEYS))
     if not path.is_file():
@@ -164,7 +169,7 @@ def read_label_file(path: Path, key: str | None = None) -> np.ndarray:
             arr = arr.astype(np.int64)
         else:
             raise DataError(path, "holds no integer labels", layout)
-    return arr.astype(np.int64)
+    return arr.astype(np.int64), blob
 
 
 def _load_cifar_n(path: Path, layout: str) -> object:
