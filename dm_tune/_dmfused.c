@@ -112,7 +112,8 @@
                     mult[i] = mp;                                                              \
                     w[i] = -2.0 * pm1[i] * mp;                                                 \
                     wsum += w[i];                                                              \
-                    value += alpha * -lp + delta * omp * omp;                                  \
+                    if (alpha != 0.0) value += alpha * -lp; /* (not 0 * inf where p is 0) */   \
+                    value += delta * omp * omp;                                                \
                     if (gamma != 0.0) value += gamma * -expm1(q * lp) / q;                     \
                 }                                                                              \
             }                                                                                  \
@@ -136,7 +137,7 @@
                 for (Py_ssize_t j = 0; j < c; ++j) gi[j] = (T)((double)gi[j] * row_scale);     \
                 gi[yk[i]] = (T)(pm1[i] * scale);                                               \
                 sk[i] = (T)sh;                                                                 \
-                loss -= sh * logp[i];                                                          \
+                if (sh != 0.0) loss -= sh * logp[i];                                           \
             }                                                                                  \
             display[k] = (T)(kind == 1 ? value / (double)n : loss);                            \
         }                                                                                      \

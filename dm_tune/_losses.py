@@ -63,9 +63,10 @@ class _FusedDM(torch.autograd.Function):
 
 
 def _weighted_cce(logits: torch.Tensor, targets: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
-    """The released code's display loss: sum_i share_i * (-log p_i)."""
-    logp = F.log_softmax(logits.to(share.dtype), dim=1).gather(1, targets.long().view(-1, 1))
-    return (share * -logp.squeeze(1)).sum()
+    """The released code's display loss: sum_i share_i * (-log p_i), an example with no share
+    counting nothing (not 0 * inf where its p is 0)."""
+    logp = F.log_softmax(logits.to(share.dtype), dim=1).gather(1, targets.long().view(-1, 1)).squeeze(1)
+    return torch.where(share == 0, 0.0, share * -logp).sum()
 
 
 class _GradLoss(nn.Module):

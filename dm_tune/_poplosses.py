@@ -113,10 +113,12 @@ def population_loss_parts(
     dm_scale = share / torch.rsub(target_entry, CCE_WEIGHT_EPS, alpha=2.0)
     scale = torch.where(plain, m / batch, torch.where(is_dm, dm_scale, m / total))
     grad = probs.scatter_(2, index, target_entry.unsqueeze(2)).mul_(scale.unsqueeze(2))
-    value = (knobs["alpha"] * -logp
+    # (a term whose coefficient is 0 counts nothing, not 0 * inf where p is 0: MAE, MSE and GCE
+    # have no -log p term)
+    value = (torch.where(knobs["alpha"] == 0, 0.0, knobs["alpha"] * -logp)
              + knobs["gamma"] * -torch.expm1(knobs["q"] * logp) / knobs["q"]
              + knobs["delta"] * one_minus_p.square())
-    display = torch.where(plain.squeeze(1), value.mean(1), -(share * logp).sum(1))
+    display = torch.where(plain.squeeze(1), value.mean(1), torch.where(share == 0, 0.0, share * -logp).sum(1))
     return grad, share, display
 
 

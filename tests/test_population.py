@@ -151,6 +151,30 @@ def test_dn_members_on_a_batch_fitted_past_the_working_precision_keep_their_mass
             assert logits.grad[k].abs().sum().item() == pytest.approx(1.0, abs=1e-5), (margin, k)
 
 
+@pytest.mark.parametrize("kernel", ["torch", "native"])
+def test_a_labelled_class_at_minus_infinity_leaves_every_display_finite(kernel):
+    """p = 0 exactly (the labelled logit -inf): MAE, MSE and GCE have no -log p term, and a GCE-DN
+    example there has no share; the population computed 0 * inf = NaN for them (and froze such a
+    member as diverged) where a single run gave the loss's own value."""
+    cfgs = [TrainConfig.from_dict(k) for k in KNOBS]
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(len(cfgs), 9, 10, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, 10, (len(cfgs), 9), generator=gen)
+    logits[:, 0].scatter_(1, targets[:, :1], -math.inf)
+    display = PopulationLoss([member_loss(c) for c in cfgs], kernel=kernel)(logits, targets)
+    for k, c in enumerate(cfgs):
+        fn = build_loss(c)
+        if c.method == "dm":
+            fn.kernel = "torch"
+            fn._fused = False
+        value = fn(logits[k], targets[k])
+        # (+inf where -log 0 counts with a weight: CCE, SL, DM and the -DN forms with a share there)
+        assert not math.isnan(value.item()) and not math.isnan(display[k].item()), KNOBS[k]
+        torch.testing.assert_close(display[k], value.detach(), rtol=1e-12, atol=1e-15, msg=f"{KNOBS[k]}")
+        if c.method in ("mae", "mse", "gce", "gce-dn"):
+            assert math.isfinite(display[k].item()), KNOBS[k]
+
+
 def test_population_loss_rejects_wrong_shapes():
     pop = PopulationLoss([member_loss(TrainConfig())] * 2)
     with pytest.raises(ValueError, match="logits must have shape"):
