@@ -22,8 +22,12 @@ def _peak_exponent(lam: float) -> float:
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
     if lam == 0:
         return 1.0
-    # lam^lam / (1+lam)^(1+lam), in logs so that very large lam does not overflow.
-    return math.exp(lam * math.log(lam) - (1.0 + lam) * math.log1p(lam))
+    # lam^lam / (1+lam)^(1+lam), in logs so that very large lam does not overflow; from lam = 1 up
+    # as -lam log(1 + 1/lam) - log(1 + lam), not a difference of two large logs (which lost all
+    # precision by lam ~ 1e15).
+    if lam < 1.0:
+        return math.exp(lam * math.log(lam) - (1.0 + lam) * math.log1p(lam))
+    return math.exp(-lam * math.log1p(1.0 / lam) - math.log1p(lam))
 
 
 def mode_from_lambda(lam: float) -> float:

@@ -63,6 +63,21 @@ def test_large_lambda_does_not_overflow():
     assert beta_from_rho(rho, 1e6) == pytest.approx(1.0, rel=1e-12)
 
 
+@pytest.mark.parametrize("lam", [1e3, 1e8, 1e12, 1e15, 1e300])
+def test_the_peak_stays_accurate_for_any_lambda(lam):
+    """lam^lam / (1+lam)^(1+lam) as a difference of two large logs lost its precision (37% at
+    1e15, 1.0 instead of 3.7e-301 at 1e300), and lambda_from_mode reaches 9e15."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 700  # 1 + 1/lam exactly, up to lam = 1e300
+        big = Decimal(lam)
+        # the same quantity as exp(-lam log(1 + 1/lam)) / (1 + lam)
+        want = float((-(big * (1 + 1 / big).ln())).exp() / (1 + big))
+    assert rho_from_beta(1.0, lam) == pytest.approx(want, rel=1e-13, abs=0)
+    assert beta_from_rho(rho_from_beta(2.5, lam), lam) == pytest.approx(2.5, rel=1e-13, abs=0)
+
+
 def test_larger_lambda_needs_larger_beta_for_same_spread():
     betas = [beta_from_rho(2.0, lam) for lam in (0.0, 0.5, 1.0, 2.0, 50.0)]
     assert betas == sorted(betas) and betas[0] == 2.0
