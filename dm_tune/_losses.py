@@ -9,7 +9,6 @@ each example's share of the batch's gradient mass for the weight metrics.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,10 +102,7 @@ class DMLoss(_GradLoss):
 
     def __init__(self, lam: float = 1.0, beta: float = 8.0, kernel: str = "auto") -> None:
         super().__init__()
-        if not (math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        if not math.isfinite(beta):
-            raise ValueError(f"beta must be a finite number, got {beta!r}")
+        W.check_knobs(lam, beta)
         W.check_kernel(kernel)
         if kernel == "native" and not _native.available():
             raise ValueError("kernel='native': the fused DM kernel was not built (no C compiler)")

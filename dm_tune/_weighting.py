@@ -1,7 +1,7 @@
 """The maths of example weighting: weight functions of p and the logit gradients they imply.
 
-Every function here is pure (tensors in, tensor out) and computes in float32 whatever the
-dtype of the logits, so that fp16/bf16 training gets the same weights as fp32 training.
+Every function here is pure (tensors in, tensor out) and computes in at least float32 (fp16/bf16
+logits are promoted, so that they get the same weights as fp32 training; float64 stays float64).
 
 Notation (DM_METHOD.md section 1): ``p`` is the probability of the *labelled* class; every
 loss below pushes the logits along ``probs - onehot(y)`` and differs only in the scalar that
@@ -10,6 +10,7 @@ multiplies that direction. An example's *weight* is the L1 norm of its logit gra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -57,10 +58,21 @@ def dm_weight(p: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
     """DM's weighting function (paper Eq. 12): ``exp(beta * p**lam * (1 - p))``.
 
     ``lam >= 0`` sets the emphasis mode (the weight peaks at p = lam / (1 + lam) for beta > 0)
-    and ``beta`` the emphasis variance. Overflows only for beta beyond float32's exp range
-    (|beta| > ~88); the gradient below never forms this value and is safe for any beta.
+    and ``beta`` the emphasis variance. Overflows where beta p^lam (1 - p) passes the dtype's exp
+    range (about 88.7 in float32, 709 in float64; the exponent is at most beta / 4 at lam = 1),
+    and underflows to 0 for strongly negative beta; the gradient below never forms this value
+    and is safe for any beta.
     """
+    check_knobs(lam, beta)
     return torch.exp(_dm_log_weight(p, lam, beta))
+
+
+def check_knobs(lam: float, beta: float) -> None:
+    """DM's knobs: a finite ``lam >= 0`` and a finite ``beta`` (ValueError otherwise)."""
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    if not math.isfinite(beta):
+        raise ValueError(f"beta must be a finite number, got {beta!r}")
 
 
 def _dm_log_weight(p: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
@@ -152,6 +164,7 @@ def _dm_parts(
         raise ValueError(f"logits must have shape [batch, classes>=2], got {tuple(logits.shape)}")
     if targets.shape != logits.shape[:1]:
         raise ValueError(f"targets must have shape [{logits.shape[0]}], got {tuple(targets.shape)}")
+    check_knobs(lam, beta)
     if kernel == "torch" or (kernel == "auto" and not _native.eligible(logits, targets)):
         return _dm_parts_torch(logits, targets, lam, beta)
     check_kernel(kernel)

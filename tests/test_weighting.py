@@ -209,3 +209,14 @@ def test_relative_weights_mean_one():
 def test_dm_weight_is_differentiable_in_p(lam):
     p = torch.tensor([0.05, 0.3, 0.6, 0.95], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: dm_weight(x, lam, 3.0), (p,))
+
+
+@pytest.mark.parametrize("lam,beta", [(-1.0, 1.0), (math.nan, 1.0), (math.inf, 1.0), (1.0, math.nan), (1.0, -math.inf)])
+def test_the_public_functions_refuse_knobs_dm_does_not_define(lam, beta):
+    """DMLoss refused them; dm_weight, dm_logit_grad and dm_shares computed with them (p^-1 at
+    p = 0 is inf, and the batch's weights then NaN)."""
+    logits, targets = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    for call in (lambda: dm_weight(torch.rand(4), lam, beta), lambda: dm_logit_grad(logits, targets, lam, beta),
+                 lambda: W.dm_shares(logits, targets, lam, beta)):
+        with pytest.raises(ValueError, match="lam must be a finite number >= 0" if lam != 1.0 else "beta must be"):
+            call()
