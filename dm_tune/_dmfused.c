@@ -44,8 +44,10 @@
  * once); pass 2 scales it in place. Returns -1, or the first (member * n + row) whose target is
  * out of range.
  *
- * A population's losses, [K, n, c] logits with each member's own method, in one call: exactly
- * what dm_tune._poplosses.population_loss_parts computes (see there for the formulas), per
+ * A population's losses, [K, n, c] logits with each member's own method, in one call: what
+ * dm_tune._poplosses.population_loss_parts computes (see there for the formulas), in double
+ * whatever the logits' dtype (for float32 plain members on examples with 1 - p below ~1e-6, where
+ * torch takes float32's 1 - p, the rows then differ by up to float32's absolute rounding), per
  * member k with knobs row k = (kind, lam, beta, a, b, q, r, alpha, gamma, delta):
  *   kind DM (0):         share = softmax over the batch of beta p^lam (1-p); scale = share / (2(1-p) + eps)
  *   kind PLAIN (1):      share = w / sum(w), w = 2 (1-p) m(p); scale = m(p) / n

@@ -17,7 +17,9 @@ only ones a user has):
 
 Normalisation: the weights are scaled so that the average weight over the training examples
 is 1 (sum_c n_c w_c = N). On balanced data every scheme is then exactly ``none``, and the
-expected gradient mass of a batch (hence what a learning rate means) is unchanged. Cui et al.
+expected gradient mass of a batch (hence what a learning rate means) is unchanged wherever an
+example's mass does not depend on its class (under DM, whose shares follow p and so correlate
+with the class, only roughly: the weighted mass is sum_i share_i w_{y_i}). Cui et al.
 normalise to sum_c w_c = C instead, which on imbalanced data shrinks the average weight and so
 the effective learning rate; multiplying all weights by a constant is the only difference.
 """
