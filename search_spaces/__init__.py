@@ -12,6 +12,7 @@ _EXPORTS = {
     "SL_OFFICIAL": "dm_tune.search_spaces._baselines",
     "SAMPLERS": "dm_tune.search_spaces._samplers",
     "make_sampler": "dm_tune.search_spaces._samplers",
+    "resumed_sampler": "dm_tune.search_spaces._samplers",
     "startup_trials": "dm_tune.search_spaces._samplers",
     "EXTRA_KNOBS": "dm_tune.search_spaces._spaces",
     "SPACES": "dm_tune.search_spaces._spaces",
@@ -29,5 +30,5 @@ __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 if TYPE_CHECKING:
     from dm_tune.search_spaces._baselines import (BASELINES, DEFAULT_BASELINES, SL_OFFICIAL)
-    from dm_tune.search_spaces._samplers import (SAMPLERS, make_sampler, startup_trials)
+    from dm_tune.search_spaces._samplers import (SAMPLERS, make_sampler, resumed_sampler, startup_trials)
     from dm_tune.search_spaces._spaces import (EXTRA_KNOBS, SPACES, define_by_run, get_space, grid_size, grid_values, is_grid, suggest, to_lam_beta)

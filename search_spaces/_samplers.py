@@ -67,3 +67,14 @@ SAMPLERS: dict[str, Callable[[Mapping[str, Any], int, int], Any]] = {
 
 def make_sampler(name: str, space: Mapping[str, Any], seed: int, num_samples: int):
     return SAMPLERS[name](space, seed, num_samples)
+
+
+def resumed_sampler(name: str, space: Mapping[str, Any], seed: int, num_samples: int, trials: int):
+    """The sampler that goes on with a study already holding ``trials`` trials. Seeded with
+    ``seed`` again it would draw again the points it drew before the interruption wherever it draws
+    at random (start-up arms, the random sampler); seeded from ``seed`` and ``trials`` it draws new
+    ones, the same ones for a resume at the same point."""
+    import numpy as np
+
+    resumed = int(np.random.SeedSequence([seed, trials]).generate_state(1)[0]) if trials else seed
+    return make_sampler(name, space, resumed, num_samples)

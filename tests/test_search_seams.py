@@ -4,6 +4,7 @@ what Ray's, MLflow's and Optuna's own tools read after the default study."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -197,11 +198,11 @@ def test_top_arms_rank_finished_search_trials_only():
 
 def _searcher(tmp_path, ledger: Ledger, population_size: int = 1, **kwargs) -> StagedSearcher:
     options = {"num_samples": 3, "seeds": [0, 1], "space": get_space("decoupled"),
-               "warm_points": [{"psi": 0.5, "rho": 4.0}], **kwargs}
+               "warm_points": [{"psi": 0.5, "rho": 4.0}], "sampler": optuna.samplers.RandomSampler(seed=0), **kwargs}
     return StagedSearcher(
         setting=SETTING, ledger=ledger, study_name="t",
         optuna_storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"),
-        optuna_study="s", sampler=optuna.samplers.RandomSampler(seed=0),
+        optuna_study="s",
         baselines={"cce": BASELINES["cce"]}, top_k=1, population_size=population_size, **options)
 
 
@@ -247,6 +248,41 @@ def test_searcher_stages_and_resume_from_the_ledger(tmp_path):
     assert trials[0].user_attrs["status"] == "finished" and trials[1].value == pytest.approx(0.95)
     resumed.tell(specs[1], _outcome(0.1))  # a second tell (a reconcile) changes nothing
     assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[1].value == 0.95
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_search_draws_no_point_again_and_tells_what_the_ledger_ended(tmp_path, sampler):
+    """kill -9 after the ledger recorded an arm's end, before Optuna was told: the resumed searcher
+    asked new arms of a sampler seeded as at the start, which drew again the points it had drawn
+    (TPE still in its random start-up, as Optuna counted the arm running): one arm trained twice."""
+    from dm_tune.search_spaces import make_sampler, resumed_sampler
+
+    space = get_space("decoupled")
+
+    def searcher():
+        return _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), num_samples=7, seeds=[0], warm_points=[],
+                         sampler=make_sampler(sampler, space, 0, 7),
+                         resume_sampler=functools.partial(resumed_sampler, sampler, space, 0, 7))
+
+    first = searcher()
+    specs = [_members(first.suggest(f"t{i}"))[0] for i in range(3)]
+    first.on_trial_complete("t1", population_report([_outcome(0.8)]))
+    first.ledger.end(specs[0], _outcome(0.9))  # ... and the driver dies before telling Optuna
+    load = lambda: optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")  # noqa: E731
+    assert [t.state.name for t in load().trials] == ["RUNNING", "COMPLETE", "RUNNING"]
+
+    resumed = searcher()
+    again = [_members(resumed.suggest(f"r{i}"))[0] for i in range(5)]
+    assert again[0].key == specs[2].key  # the unfinished arm first
+    assert [t.state.name for t in load().trials][:2] == ["COMPLETE", "COMPLETE"]
+    assert load().trials[0].value == pytest.approx(0.9)
+    points = [tuple(s.knobs.values()) for s in specs + again[1:]]
+    assert len(set(points)) == len(points) == 7, points  # no arm drawn twice
+    # The same resume point draws the same new points.
+    assert resumed_sampler("random", space, 0, 7, 3).sample_independent(
+        load(), load().trials[0], "psi", optuna.distributions.FloatDistribution(0.0, 0.75)) == \
+        resumed_sampler("random", space, 0, 7, 3).sample_independent(
+        load(), load().trials[0], "psi", optuna.distributions.FloatDistribution(0.0, 0.75))
 
 
 def test_a_trial_another_driver_ends_before_it_is_tagged_is_asked_again(tmp_path, monkeypatch):

@@ -312,7 +312,7 @@ def _arms_per_population(study: Study, size: int, arms: int) -> int:
 def _searcher(ctx: SettingContext, ledger: Ledger):
     from dm_tune.search._searcher import StagedSearcher
     from dm_tune.search._stores import optuna_storage
-    from dm_tune.search_spaces import make_sampler, startup_trials
+    from dm_tune.search_spaces import make_sampler, resumed_sampler, startup_trials
 
     study = ctx.study
     space, warm = ctx.space_and_warm_points()
@@ -322,6 +322,8 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
         optuna_storage=optuna_storage(ctx.opts.optuna_url),
         optuna_study=_optuna_study_name(study, ctx.setting, space), space=space,
         sampler=make_sampler(study.search.sampler, space, study.search.sampler_seed, study.search.num_samples),
+        resume_sampler=functools.partial(resumed_sampler, study.search.sampler, space, study.search.sampler_seed,
+                                         study.search.num_samples),
         num_samples=study.search.num_samples, top_k=study.search.top_k, seeds=study.seeds,
         baselines=_baselines(study, ctx.setting),
         warm_points=warm,

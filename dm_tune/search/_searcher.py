@@ -28,7 +28,7 @@ import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.search import Searcher
@@ -96,7 +96,10 @@ class StagedSearcher(Searcher):
                  warm_points: Sequence[Mapping[str, float]] = (), study_name: str = "",
                  population_size: int = 1, search_population_size: int | None = None,
                  objective: str = OBJECTIVE, search_seeds: int = 1, slots: int = 1,
-                 startup_arms: int = 0, startup_population_size: int | None = None) -> None:
+                 startup_arms: int = 0, startup_population_size: int | None = None,
+                 resume_sampler: Callable[[int], Any] | None = None) -> None:
+        """``sampler`` searches a new Optuna study; ``resume_sampler(n)`` one that already holds
+        ``n`` trials (None: ``sampler`` for both)."""
         super().__init__(metric=objective, mode="max")
         self.objective = objective
         self.setting, self.ledger = setting, ledger
@@ -105,6 +108,7 @@ class StagedSearcher(Searcher):
         self.study_name = study_name
         self.baselines = {name: dict(o) for name, o in baselines.items()}
         self._storage, self._study_name, self._sampler = optuna_storage, optuna_study, sampler
+        self._resume_sampler = resume_sampler
         self._warm_points = [dict(p) for p in warm_points]
         self._study: Any = None
         self.population_size = population_size
@@ -138,6 +142,11 @@ class StagedSearcher(Searcher):
 
             study = optuna.create_study(study_name=self._study_name, storage=self._storage,
                                         sampler=self._sampler, direction="maximize", load_if_exists=True)
+            if study.trials and self._resume_sampler is not None:
+                # A resumed search: the sampler it began with, seeded alike, would draw again the
+                # points it drew before (every random draw: a duplicate arm, trained twice).
+                study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                          sampler=self._resume_sampler(len(study.trials)))
             asked = {s.number for s in self.ledger.started.values() if s.stage == "search"}
             missing = sorted(asked - {t.number for t in study.trials})
             if missing:  # the store was replaced or emptied since: new trials would reuse the ledger's numbers
@@ -149,6 +158,11 @@ class StagedSearcher(Searcher):
                 for point in self._warm_points:  # (once, should two searches start it at once)
                     self._study.enqueue_trial(point, skip_if_exists=True)
             self._adopt_orphans()
+            # Search trials the ledger has ended but Optuna was never told of (the driver died
+            # between the two): told before anything is asked, or the sampler would count them as
+            # running (still in its random start-up, say) while the searcher does not.
+            self._untold += [spec for spec, _ in self.ledger.ended_specs("search")]
+            self.tell_ended()
         return self._study
 
     def _adopt_orphans(self) -> None:
