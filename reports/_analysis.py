@@ -227,7 +227,9 @@ def sensitivity(trials: pd.DataFrame, max_bins: int = 4) -> dict[str, Any]:
     if n < 4:
         return out
     for knob in ("psi", "rho"):
-        bins = pd.qcut(trials[knob], q=min(max_bins, n // 2), duplicates="drop")
+        # (rounded: one value read back from (lam, beta) as two one ulp apart must share a bin,
+        # whichever side of a quantile edge each falls; pandas 2 and 3 put the edges differently)
+        bins = pd.qcut(trials[knob].round(9), q=min(max_bins, n // 2), duplicates="drop")
         means = trials.groupby(bins, observed=True)["final_val_acc"].mean() * POINTS
         out[knob] = float(means.max() - means.min()) if len(means) > 1 else 0.0
     return out
