@@ -9,7 +9,7 @@ private and, from Ray 2.60 on, turned back into the external address anyway.
 
 Ray reads that variable once, when ``ray`` is first imported: ``init_local_ray`` must run before
 anything in the process imports ``ray``, or the variable must be set when the process starts.
-Checked on Ray 2.50 and 2.60 by tests/test_local_ray.py.
+Checked on Ray 2.41 and 2.60 by tests/test_local_ray.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 # Ray's public switch for "no multi-node cluster": the node takes 127.0.0.1 as its address.
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Trials that ask for no GPU see none (CUDA_VISIBLE_DEVICES=""), so that ``device: auto`` does not
-# train them on a GPU they were not given. Ray 2.50 does this by default, later Ray (2.60) only
+# train them on a GPU they were not given. Ray up to 2.50 does this by default, later Ray (2.60) only
 # with this variable set to 1; a value already in the environment wins.
 HIDE_UNREQUESTED_GPUS_ENV = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
 
