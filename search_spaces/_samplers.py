@@ -66,7 +66,15 @@ SAMPLERS: dict[str, Callable[[Mapping[str, Any], int, int], Any]] = {
 
 
 def make_sampler(name: str, space: Mapping[str, Any], seed: int, num_samples: int):
-    return SAMPLERS[name](space, seed, num_samples)
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        # Optuna 3.6-4.x call the TPE's multivariate and constant-liar arguments and the GP sampler
+        # experimental, in four lines on every search's stderr; the samplers are used as they are.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return SAMPLERS[name](space, seed, num_samples)
 
 
 def resumed_sampler(name: str, space: Mapping[str, Any], seed: int, num_samples: int, trials: int):

@@ -56,6 +56,20 @@ def test_extra_knobs_are_off_by_default():
     assert set(get_space("decoupled", ("lr", "weight_decay"))) == {"psi", "rho", "lr", "weight_decay"}
 
 
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_a_sampler_prints_no_experimental_warning(sampler):
+    """Optuna 4.0 warned, on every search's stderr, that the TPE's multivariate and constant-liar
+    arguments were experimental (3.6: the GP sampler too)."""
+    import warnings
+
+    space = get_space("paper-grid" if sampler == "grid" else "decoupled")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler, space, 0, 12))
+    assert [str(w.message) for w in seen if issubclass(w.category, optuna.exceptions.ExperimentalWarning)] == []
+    study.optimize(lambda t: (suggest(space, t), 0.0)[1], n_trials=2)  # and it samples
+
+
 @pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - {"grid"}))
 def test_samplers_are_seeded(sampler):
     space = get_space("decoupled")
