@@ -90,7 +90,9 @@ def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool 
         bounds = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
     def check(value: Any) -> Any:
-        if not (math.isfinite(value) and (lo is None or (value > lo if lo_open else value >= lo))
+        # (an int is compared as it is: math.isfinite of one past float's range raised OverflowError)
+        if not ((isinstance(value, int) or math.isfinite(value))
+                and (lo is None or (value > lo if lo_open else value >= lo))
                 and (hi is None or (value < hi if hi_open else value <= hi))):
             raise violation(f"expected {'an integer' if isinstance(value, int) else 'a number'} {bounds}")
         return value

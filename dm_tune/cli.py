@@ -13,6 +13,7 @@ import os
 import statistics
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dm_tune._names import DATASET_ROOTS
@@ -26,6 +27,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --- train -----------------------------------------------------------------------------------
+
+MAX_THREADS = 1024  # --threads
 
 # flag -> TrainConfig field, for the flags that map one to one.
 _TRAIN_FLAGS = {
@@ -53,13 +56,14 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train one model. Flags override values from --config. Comma-separated "
                        "--method, --lam, --beta and --seed train one member per combination, K at a time "
                        "in one loop (--population-size).")
-    p.add_argument("--config", help="YAML file of TrainConfig fields")
+    p.add_argument("--config", type=path_argument, help="YAML file of TrainConfig fields")
     p.add_argument("--dataset", help="digits (default), mnist1d, cifar10, cifar100, clothing1m, imagefolder, imdb, "
                    "features; retrieval (re-ID): reid-synth, mars, mars-features")
-    p.add_argument("--data-root", help="directory of an on-disk dataset")
+    p.add_argument("--data-root", type=path_argument, help="directory of an on-disk dataset")
     p.add_argument("--noise", help="none, symmetric (default), pair, cifar100-superclass, file")
     p.add_argument("--noise-rate", type=float, help="fraction of training labels corrupted, in [0, 1)")
-    p.add_argument("--noise-file", help="label file for --noise file (.npy/.csv/.txt or CIFAR-N .pt)")
+    p.add_argument("--noise-file", type=path_argument,
+                   help="label file for --noise file (.npy/.csv/.txt or CIFAR-N .pt)")
     p.add_argument("--noise-key", help="key inside a CIFAR-N .pt file, e.g. worse_label")
     p.add_argument("--imbalance", help="none, longtail or step")
     p.add_argument("--imbalance-ratio", type=float, help="largest / smallest class size")
@@ -88,11 +92,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "BENCHMARKS.md; 16 where none was); the rest run in later populations")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--amp", help="auto (default), off, bf16, fp16: mixed precision on CUDA")
-    p.add_argument("--pretrained", help="local weights file for resnet18/resnet50 (and reid-resnet18/50)")
+    p.add_argument("--pretrained", type=path_argument,
+                   help="local weights file for resnet18/resnet50 (and reid-resnet18/50)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers for on-disk images")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for in-memory vector "
                    "and signal data, whose small models run fastest on one thread; else torch's default)")
-    p.add_argument("--out", type=path_argument, help="write the result as JSON to this file (several members: a list, one result each)")
+    p.add_argument("--out", type=path_argument,
+                   help="write the result as JSON to this file (several members: a list, one result each)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     p.set_defaults(func=_train_cmd)
 
@@ -215,6 +221,20 @@ def _progress(quiet: bool, epochs_hint: list[int]):
     return report
 
 
+def _out_path(args: argparse.Namespace, configs: list[Any]) -> Path | None:
+    """--out, checked before the work; never one of the run's own input files (the result would
+    replace the config or the labels it was read from)."""
+    if not args.out:
+        return None
+    out = output_path("--out", args.out)
+    inputs = [("--config", args.config)] + [(f"{field} in the config", getattr(c, field)) for c in configs
+                                            for field in ("noise_file", "pretrained")]
+    for name, value in inputs:
+        if value and Path(value).expanduser().resolve() == out:
+            raise UserError(f"--out {args.out}: is the run's input ({name}); write the result elsewhere")
+    return out
+
+
 def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> None:
     """Torch's threads (--threads, else 1 for small in-memory models, which run fastest on one),
     and the model built once, so that a model that does not fit the data fails before training."""
@@ -223,8 +243,8 @@ def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> No
     from dm_tune.models import ModelSpec, build_model
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError("--threads", args.threads, "expected an integer >= 1")
+        if not 1 <= args.threads <= MAX_THREADS:  # (torch fails to start 100,000 threads with a traceback)
+            raise ConfigError("--threads", args.threads, f"expected an integer in [1, {MAX_THREADS}]")
         torch.set_num_threads(args.threads)
     elif data.input_kind in ("vector", "signal") and data.train.in_memory:
         torch.set_num_threads(1)
@@ -290,8 +310,8 @@ def _train_cmd(args: argparse.Namespace) -> int:
 
     file_values = load_yaml(args.config, "--config") if args.config else {}  # read once, for every member
     members = _members(args, file_values)
-    if args.population_size is not None and args.population_size < 1:
-        raise ConfigError("--population-size", args.population_size, "expected an integer >= 1")
+    if args.population_size is not None and not 1 <= args.population_size <= 1024:  # as a study's
+        raise ConfigError("--population-size", args.population_size, "expected an integer in [1, 1024]")
     member_values = [_train_values(m, file_values) for m in members]
     configs = [TrainConfig.from_dict(v) for v in member_values]
     given = {k: v for values in member_values for k, v in values.items() if v is not None}
@@ -307,7 +327,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         select_device(config.device)
     except RuntimeError as e:
         raise UserError(str(e)) from None
-    out = output_path("--out", args.out) if args.out else None
+    out = _out_path(args, [config])
     data = prepare(config)
     resolved = config.resolve(data.defaults, data.default_model, data.input_kind)
     _threads_and_model(args, data, resolved)
@@ -360,7 +380,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
         device = select_device(configs[0].device)
     except RuntimeError as e:
         raise UserError(str(e)) from None
-    out = output_path("--out", args.out) if args.out else None
+    out = _out_path(args, configs)
     source = load_source(configs[0])  # every member reads the same dataset; prepare() per seed
     cache: dict[Any, Any] = {}
 

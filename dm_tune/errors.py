@@ -34,6 +34,19 @@ def path_argument(value: str) -> str:
     return value
 
 
+def text_argument(what: str):
+    """argparse ``type`` of a flag whose empty value would be read as "not given": refused as
+    ``expected WHAT, not ''``."""
+    def check(value: str) -> str:
+        if not value.strip():
+            import argparse
+
+            raise argparse.ArgumentTypeError(f"expected {what}, not {value!r}")
+        return value
+
+    return check
+
+
 def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
     """The output ``flag value`` (a file, or a ``directory`` made later if missing), resolved and
     checked before any work is done: a file's directory must exist, a directory's nearest existing

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import SEED_MAX
-from dm_tune.errors import UserError, load_yaml, output_dir, path_argument, write_output
+from dm_tune.errors import UserError, load_yaml, output_dir, path_argument, text_argument, write_output
 
 ARMS = ("dm-recommended", "cce", "imae")
 PROGRESS_FILE = "validation.progress.jsonl"  # in --out while a validation runs
@@ -418,11 +418,12 @@ def add_validate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "validate", help="train the guidelines' recommendations against CCE and IMAE on a study's settings",
         description="For each setting of a study YAML, recommend DM's knobs from a guidelines file, train "
                     "dm-recommended, cce and imae on every seed and compare final test accuracies paired by seed.")
-    p.add_argument("--config", required=True, action="append",
+    p.add_argument("--config", required=True, action="append", type=path_argument,
                    help="study YAML: settings:, training: and seeds: are used; repeatable (settings of each file)")
-    p.add_argument("--guidelines", metavar="FILE",
+    p.add_argument("--guidelines", metavar="FILE", type=path_argument,
                    help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
-    p.add_argument("--seeds", help="comma-separated seeds (default: the config's seeds)")
+    p.add_argument("--seeds", type=text_argument("comma-separated seeds"),
+                   help="comma-separated seeds (default: the config's seeds)")
     p.add_argument("--epochs", type=int, help="training epochs (overrides training.epochs)")
     p.add_argument("--out", type=path_argument, default="validation", help="output directory (default ./validation)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

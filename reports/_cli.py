@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, output_path, path_argument
+from dm_tune.errors import UserError, output_path, path_argument, text_argument
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -23,14 +23,17 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
         "report", help="turn search outcomes (MLflow) into an HTML report and guidelines",
         description="Read the runs of 'dm-tune search' from MLflow and write index.html, guidelines.md, "
                     "guidelines.json and figures/ (final test accuracies, chosen on validation accuracy).")
-    p.add_argument("--workspace", default=DEFAULT_WORKSPACE,
+    p.add_argument("--workspace", type=path_argument, default=DEFAULT_WORKSPACE,
                    help=f"search workspace (default {DEFAULT_WORKSPACE}); its MLflow store is WORKSPACE/mlflow.db")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --workspace's store), e.g. http://host:5000")
+    p.add_argument("--tracking-uri", type=text_argument("an MLflow tracking URI"),
+                   help="MLflow tracking URI (overrides --workspace's store), e.g. http://host:5000")
     p.add_argument("--experiment", action="append", metavar="NAME",
                    help="study (MLflow experiment) to include; repeatable (default: every one with dm-tune runs)")
     p.add_argument("--out", type=path_argument, help="output directory (default WORKSPACE/report)")
-    p.add_argument("--stability", metavar="JSON", help="stability.json of 'dm-tune stability': add its section")
-    p.add_argument("--validation", metavar="JSON", help="validation.json of 'dm-tune validate': add its section")
+    p.add_argument("--stability", metavar="JSON", type=path_argument,
+                   help="stability.json of 'dm-tune stability': add its section")
+    p.add_argument("--validation", metavar="JSON", type=path_argument,
+                   help="validation.json of 'dm-tune validate': add its section")
     p.set_defaults(func=report_command)
     return p
 
@@ -53,7 +56,7 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "identities in the training split): only settings of this task are used")
     p.add_argument("--dataset", help="the dataset, when it is one the guidelines measured (e.g. digits); "
                                      "otherwise leave it out")
-    p.add_argument("--guidelines", metavar="FILE",
+    p.add_argument("--guidelines", metavar="FILE", type=path_argument,
                    help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON")
     p.set_defaults(func=recommend_command)

@@ -362,8 +362,8 @@ def add_stability_parser(subparsers: Any) -> argparse.ArgumentParser:
         "stability", help="compare the guidelines.json of two runs of one campaign",
         description="Per setting: distance between the two best (psi, rho) points and whether the near-best "
                     "regions overlap; per rule: whether it holds in both runs with the same sign of slope.")
-    p.add_argument("a", metavar="A.json", help="guidelines.json of the first run")
-    p.add_argument("b", metavar="B.json", help="guidelines.json of the second run")
+    p.add_argument("a", metavar="A.json", type=path_argument, help="guidelines.json of the first run")
+    p.add_argument("b", metavar="B.json", type=path_argument, help="guidelines.json of the second run")
     p.add_argument("--out", type=path_argument, help="write stability.json and stability.md into this directory")
     p.set_defaults(func=stability_command)
     return p

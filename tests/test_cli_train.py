@@ -97,6 +97,20 @@ ERRORS = {
     "bad integer flag": (["--epochs", "ten"], ["--epochs", "'ten'"]),
     "non-numeric lam in config with --spread": (["--config", "lam_abc.yaml", "--spread", "4"], ["lam", "'abc'"]),
     "model that does not fit the data": (["--model", "resnet20", "--epochs", "1", "--quiet"], ["model", "resnet20", "image"]),
+    # an empty path was read as "not given": the default run trained, 60 epochs
+    "empty config path": (["--config", ""], ["--config", "expected a path, not ''"]),
+    "empty noise file path": (["--noise", "file", "--noise-file", ""], ["--noise-file", "expected a path, not ''"]),
+    # the result replaced the YAML it was configured by
+    "out is the config": (["--config", "run.yaml", "--epochs", "1", "--out", "run.yaml"],
+                          ["--out run.yaml", "the run's input (--config)"]),
+    "out is the config, several members": (["--config", "run.yaml", "--lam", "1,2", "--out", "./run.yaml"],
+                                           ["--out ./run.yaml", "the run's input (--config)"]),
+    # past float's range: an OverflowError traceback
+    "an integer of 400 digits": (["--epochs", "9" * 400], ["epochs", "expected an integer in [1, 100000]"]),
+    # torch failed to start the threads, with a traceback
+    "threads beyond any machine": (["--epochs", "1", "--threads", "100000"], ["--threads", "100000", "[1, 1024]"]),
+    "population beyond a search's": (["--lam", "1,2", "--population-size", "5000"],
+                                     ["--population-size", "5000", "[1, 1024]"]),
 }
 
 

@@ -84,6 +84,13 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--warm-start", "no/such/guidelines.json"], ["guidelines file", "no/such/guidelines.json", "does not exist"]),
     # ASHA stops trials only at rungs before the budget: this one would stop none
     (["--scheduler", "asha", "--epochs", "3"], ["scheduler.grace_period", "10", "fewer than the 3 epochs"]),
+    # an empty value was read as "not given": --config '' searched the whole default study
+    (["--config", ""], ["--config", "expected a path, not ''"]),
+    (["--tracking-uri", ""], ["--tracking-uri", "expected an MLflow tracking URI, not ''"]),
+    (["--storage-path", ""], ["--storage-path", "expected a path, not ''"]),
+    (["--seeds", ""], ["--seeds", "expected comma-separated seeds, not ''"]),
+    (["--warm-start", ""], ["--warm-start", "true, false or a guidelines.json path"]),
+    (["--epochs", "9" * 400], ["training.epochs", "expected an integer"]),  # was an OverflowError traceback
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     port = str(free_port())
@@ -320,6 +327,10 @@ def test_where_a_study_began_is_kept_for_new_studies_only_and_relative_to_a_move
     older = argparse.Namespace(tracking_uri="sqlite:////x.db", storage_path=None)
     _same_places(older, moved, "older")  # no places file: the flags stand, nothing is checked
     assert older.tracking_uri == "sqlite:////x.db"
+    # a hand-edited file of the wrong types: one line naming it (was a TypeError traceback)
+    _places_file(moved, "odd").write_text(json.dumps({"tracking_uri": 5, "storage_path": ["x"]}))
+    with pytest.raises(UserError, match=r"odd\.places: cannot be read \(its tracking_uri is 5, not a string or null\)"):
+        _same_places(argparse.Namespace(tracking_uri=None, storage_path=None), moved, "odd")
 
 
 @pytest.mark.parametrize("value", ["nan", "0", "-5", "soon"])

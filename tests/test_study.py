@@ -114,6 +114,9 @@ def test_bad_studies_name_the_field(values, field):
      "baselines: ['cce', 'gce', 'cce'] is not allowed; expected distinct baselines"),
     ({"training": {"device": "cuda"}}, "resources.gpus_per_trial: 0.0 is not allowed; expected > 0 with "
                                        "training.device cuda: a trial that asks Ray for no GPU gets none"),
+    # (cuda:0 was let through: every trial then errored, 47 s later)
+    ({"training": {"device": "cuda:0"}}, "resources.gpus_per_trial: 0.0 is not allowed; expected > 0 with "
+                                         "training.device cuda: a trial that asks Ray for no GPU gets none"),
     # each of these was silently overridden in every trial (a digits search ran for training.dataset mnist1d)
     ({"training": {"dataset": "mnist1d"}},
      "training.dataset: 'mnist1d' is not allowed; set by settings.dataset (under training: it would be ignored)"),

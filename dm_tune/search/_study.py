@@ -203,7 +203,7 @@ class Study:
                               f"({self.search.num_samples}): the confirm stage takes the best searched arms")
         if len(set(self.baselines)) != len(self.baselines):
             raise ConfigError("baselines", list(self.baselines), "expected distinct baselines")
-        if str(self.training.get("device", "")) == "cuda" and self.resources.gpus_per_trial == 0:
+        if str(self.training.get("device", "")).split(":")[0] == "cuda" and self.resources.gpus_per_trial == 0:
             raise ConfigError("resources.gpus_per_trial", 0.0, "expected > 0 with training.device cuda: "
                               "a trial that asks Ray for no GPU gets none")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import UserError, load_yaml, no_room, output_path, write_output
+from dm_tune.errors import UserError, load_yaml, no_room, output_path, path_argument, text_argument, write_output
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -23,12 +23,13 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
         "search", help="search DM's emphasis mode x variance and measure the baselines (Ray Tune + Optuna + MLflow)",
         description="With no arguments: the embedded default study (digits, 40% symmetric noise). "
                     "List flags take comma-separated values (e.g. --noise-rate 0.2,0.4).")
-    p.add_argument("--config", help="study YAML file (see studies/)")
+    p.add_argument("--config", type=path_argument, help="study YAML file (see studies/)")
     p.add_argument("--name", help="study name (default: the config's, else 'default')")
-    p.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="where everything is written (default ./dmtune-runs)")
+    p.add_argument("--workspace", type=path_argument, default=DEFAULT_WORKSPACE,
+                   help="where everything is written (default ./dmtune-runs)")
     p.add_argument("--resume", metavar="NAME", help="resume the interrupted study NAME in the workspace")
     p.add_argument("--dataset", help="datasets, e.g. digits,mnist1d")
-    p.add_argument("--data-root", help="root of an on-disk dataset")
+    p.add_argument("--data-root", type=path_argument, help="root of an on-disk dataset")
     p.add_argument("--noise", help="noise types, e.g. symmetric,pair")
     p.add_argument("--noise-rate", help="noise rates, e.g. 0,0.2,0.4")
     p.add_argument("--imbalance", help="imbalance profiles, e.g. none,step:10")
@@ -37,9 +38,10 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="training budget per trial")
     p.add_argument("--space", help="decoupled (default), paper, paper-grid")
     p.add_argument("--sampler", help="tpe (default), gp, cmaes, random, grid")
-    p.add_argument("--seeds", help="seeds for the confirm stage, e.g. 0,1,2")
+    p.add_argument("--seeds", type=text_argument("comma-separated seeds"),
+                   help="seeds for the confirm stage, e.g. 0,1,2")
     p.add_argument("--top-k", type=int, help="DM arms confirmed over all seeds")
-    p.add_argument("--warm-start", metavar="GUIDELINES",
+    p.add_argument("--warm-start", metavar="GUIDELINES", type=text_argument("true, false or a guidelines.json path"),
                    help="a guidelines.json ('dm-tune report'): search each setting inside the region it "
                         "recommends, starting at its point (default: start at the paper's suggestions)")
     p.add_argument("--sampler-seed", type=int, help="seed of the sampler (the search order; default 0)")
@@ -55,8 +57,10 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
                    ">= 1 (1: one per trial) or auto (default: chosen per model and device)")
     p.add_argument("--scheduler", help="none (default) or asha")
     p.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT")
-    p.add_argument("--storage-path", help="Ray results dir (shared storage on a multi-node cluster)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in the workspace)")
+    p.add_argument("--storage-path", type=path_argument,
+                   help="Ray results dir (shared storage on a multi-node cluster)")
+    p.add_argument("--tracking-uri", type=text_argument("an MLflow tracking URI"),
+                   help="MLflow tracking URI (default sqlite in the workspace)")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     p.set_defaults(func=search_cmd)
 
@@ -179,6 +183,9 @@ def _same_places(args: argparse.Namespace, workspace: Path, name: str) -> None:
         began = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(began, dict):
             raise ValueError("not a JSON object")
+        for key in PLACES:
+            if not isinstance(began.get(key), (str, type(None))):
+                raise ValueError(f"its {key} is {began[key]!r}, not a string or null")
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot be read ({e}); it says where study {name!r} records its trials: restore "
                         "it, or remove it and give the study's --tracking-uri and --storage-path") from None
