@@ -91,6 +91,10 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--seeds", ""], ["--seeds", "expected comma-separated seeds, not ''"]),
     (["--warm-start", ""], ["--warm-start", "true, false or a guidelines.json path"]),
     (["--epochs", "9" * 400], ["training.epochs", "expected an integer"]),  # was an OverflowError traceback
+    # remote storage that does not open: was a traceback once Ray had started, the study stored with it
+    (["--storage-path", "nosuchfs://bucket/x"], ["--storage-path nosuchfs://bucket/x: cannot be reached",
+                                                 "Unrecognized filesystem type"]),
+    (["--storage-path", "hdfs://127.0.0.1:{port}/x"], ["--storage-path hdfs://127.0.0.1:", "cannot be reached"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     port = str(free_port())

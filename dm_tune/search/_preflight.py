@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from dm_tune.errors import UserError
+from dm_tune.errors import UserError, first_line
 from dm_tune.search._study import Study
 
 
@@ -24,6 +24,36 @@ def _check_tcp(host: str, port: int, what: str) -> None:
             return
     except OSError as e:
         raise UserError(f"{what}: cannot reach {host}:{port} ({e.strerror or e})") from None
+
+
+STORAGE_TIMEOUT_S = 60.0
+
+
+def check_storage(uri: str, timeout: float = STORAGE_TIMEOUT_S) -> None:
+    """A remote --storage-path (s3://, gs://, hdfs://, ...) must open and answer, as Ray opens it
+    (pyarrow's filesystem from the URI); otherwise Ray failed with a traceback once the search had
+    started, after the study had been stored with that path."""
+    import threading
+
+    import pyarrow.fs
+
+    answer: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+            fs.get_file_info(path)
+            answer.append(None)
+        except Exception as e:  # noqa: BLE001 - whatever the filesystem raises, told in one line
+            answer.append(e)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not answer:
+        raise UserError(f"--storage-path {uri}: no answer within {timeout:g} s")
+    if answer[0] is not None:
+        raise UserError(f"--storage-path {uri}: cannot be reached ({first_line(answer[0])[:300]})")
 
 
 def check_tracking(uri: str) -> None:

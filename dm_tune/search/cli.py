@@ -272,7 +272,8 @@ def search_cmd(args: argparse.Namespace) -> int:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # The study, the flags and the stores are checked before torch, Ray, MLflow or Optuna is
     # imported: a mistyped flag is answered in a fraction of a second.
-    from dm_tune.search._preflight import check_address, check_local_gpus, check_tracking, load_sources, probe_ray
+    from dm_tune.search._preflight import (check_address, check_local_gpus, check_storage, check_tracking, load_sources,
+                                            probe_ray)
     from dm_tune.search._run import RunOptions
     from dm_tune.search._stores import check_workspace, study_lock
 
@@ -296,6 +297,8 @@ def search_cmd(args: argparse.Namespace) -> int:
     # Pre-flight: nothing is written before these pass.
     if args.storage_path and "://" not in args.storage_path:  # Ray writes trial results there
         output_path("--storage-path", args.storage_path, directory=True)
+    elif args.storage_path:
+        check_storage(args.storage_path)
     check_tracking(opts.tracking)
     check_address(args.address)
     joined = probe_ray(args.address) if args.address else None  # auto: the cluster it found
