@@ -22,7 +22,7 @@ from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS, Gallery, Source, Split
 from dm_tune.errors import DataError
-from dm_tune.noise import NoiseContext, apply_noise, check_noise, imbalance_index
+from dm_tune.noise import NoiseContext, apply_noise, check_imbalance, check_noise, imbalance_index
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,8 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
 
     imbalance: dict[str, float] = {}
     if config.imbalance != "none":
+        check_imbalance(np.bincount(clean[keep], minlength=source.num_classes), config.imbalance,
+                        config.imbalance_ratio)
         sub = imbalance_index(clean[keep], source.num_classes, config.imbalance,
                               config.imbalance_ratio, imb_rng)
         keep = keep[sub]

@@ -280,6 +280,21 @@ def class_counts(available: np.ndarray, kind: str, ratio: float) -> np.ndarray:
     return np.where(present, np.minimum(available, counts), 0).astype(np.int64)
 
 
+def check_imbalance(available: np.ndarray, kind: str, ratio: float, field: str = "imbalance_ratio") -> None:
+    """Refuse a ratio the classes cannot take: where the smallest class would keep under one
+    example, it keeps one and the kept ratio is the largest class's size, below the one asked for
+    (refused once 1.5 times below, past the counts' rounding; a ConfigError naming ``field``)."""
+    from dm_tune._validate import ConfigError
+
+    if kind == "none" or ratio == 1.0:
+        return
+    kept = class_counts(np.asarray(available), kind, ratio)
+    present = kept[kept > 0]
+    if present.size and present.max() / present.min() < ratio / 1.5:
+        raise ConfigError(field, ratio, f"expected at most about {int(present.max())} for {kind} imbalance on this "
+                          f"data: its largest class keeps {int(present.max())} examples, the smallest at least one")
+
+
 def imbalance_index(labels: np.ndarray, num_classes: int, kind: str, ratio: float,
                     rng: np.random.Generator) -> np.ndarray:
     """Indices (sorted) of a class-imbalanced subset of ``labels`` (by the clean labels)."""

@@ -109,6 +109,9 @@ ERRORS = {
     "an integer of 400 digits": (["--epochs", "9" * 400], ["epochs", "expected an integer in [1, 100000]"]),
     # torch failed to start the threads, with a traceback
     "threads beyond any machine": (["--epochs", "1", "--threads", "100000"], ["--threads", "100000", "[1, 1024]"]),
+    # the small classes kept one example each: a ratio of 99 was trained and recorded as realised
+    "imbalance beyond the data's": (["--imbalance", "longtail", "--imbalance-ratio", "5000", "--epochs", "1"],
+                                    ["imbalance_ratio", "5000", "at most about 99", "longtail"]),
     "population beyond a search's": (["--lam", "1,2", "--population-size", "5000"],
                                      ["--population-size", "5000", "[1, 1024]"]),
 }

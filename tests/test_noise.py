@@ -300,3 +300,15 @@ def test_the_clean_labels_of_a_cifar_n_file_are_checked_whatever_the_key(tmp_pat
         with pytest.raises(DataError, match=r"its clean_label disagrees with the dataset's labels at \d+ of 300"):
             _from_cifar_n(tmp_path, {"clean_label": other, "aggre_label": other}, key, labels, 100)
     np.testing.assert_array_equal(_from_cifar_n(tmp_path, {"clean_label": labels}, "clean_label", labels, 100), labels)
+
+
+def test_an_imbalance_the_classes_cannot_take_is_refused():
+    from dm_tune._validate import ConfigError
+    from dm_tune.noise import check_imbalance
+
+    available = np.full(10, 100)
+    check_imbalance(available, "longtail", 100.0)  # the smallest class keeps one: ratio 100
+    check_imbalance(available, "step", 140.0)  # rounded to one example: 100, within the counts' rounding
+    with pytest.raises(ConfigError, match="imbalance_ratio: 160.0 is not allowed; expected at most about 100"):
+        check_imbalance(available, "longtail", 160.0)
+    check_imbalance(available, "none", 1e9)

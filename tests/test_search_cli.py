@@ -91,6 +91,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--seeds", ""], ["--seeds", "expected comma-separated seeds, not ''"]),
     (["--warm-start", ""], ["--warm-start", "true, false or a guidelines.json path"]),
     (["--epochs", "9" * 400], ["training.epochs", "expected an integer"]),  # was an OverflowError traceback
+    (["--imbalance", "step:1000"], ["settings.imbalance: 'step:1000'", "at most about", "digits-symmetric0.4-step1000"]),
     # remote storage that does not open: was a traceback once Ray had started, the study stored with it
     (["--storage-path", "nosuchfs://bucket/x"], ["--storage-path nosuchfs://bucket/x: cannot be reached",
                                                  "Unrecognized filesystem type"]),

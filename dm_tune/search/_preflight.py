@@ -215,7 +215,9 @@ def load_sources(study: Study) -> dict[str, Any]:
     for setting in study.expand():
         if setting.dataset not in sources:
             sources[setting.dataset] = load_source(study.train_config(setting))
-    from dm_tune.noise import check_noise
+    import numpy as np
+
+    from dm_tune.noise import check_imbalance, check_noise
 
     for setting in study.expand():  # prepare() refuses these in every trial; say them once, now
         src = sources[setting.dataset]
@@ -223,6 +225,16 @@ def load_sources(study: Study) -> dict[str, Any]:
             check_noise(setting.noise, setting.noise_rate, src.num_classes, src.class_groups, prefix="settings.")
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} (setting {setting.key})") from None
+        if setting.imbalance != "none":  # (the training part: what is left once validation is carved)
+            config = study.train_config(setting)
+            labels = src.train.labels.numpy()
+            share = 1.0 if src.val is not None else 1.0 - config.val_fraction
+            available = np.floor(np.bincount(labels, minlength=src.num_classes) * share)
+            try:
+                check_imbalance(available, setting.imbalance, setting.imbalance_ratio, "settings.imbalance")
+            except ConfigError as e:
+                raise ConfigError(e.field, f"{setting.imbalance}:{setting.imbalance_ratio:g}",
+                                  f"{e.allowed} (setting {setting.key})") from None
     for src in sources.values():
         check_val_noisy(bool(study.training.get("val_noisy")), src, "training.val_noisy")
     for setting in study.expand():  # the search selects by final validation accuracy (mAP): it needs one
