@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The lower bounds of pyproject.toml; keep them in step.
-PINS=("torch==2.6.0" "torchvision==0.21.0" "ray[tune]==2.41.0" "optuna==4.0.0" "mlflow==3.9.0")
+PINS=("torch==2.6.0" "torchvision==0.21.0" "ray[tune]==2.41.0" "optuna==3.6.2" "mlflow==3.9.0")
 
 ENV=.venv-oldest
 MAIN_SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")
