@@ -176,6 +176,8 @@ def load_yaml(path: str, what: str) -> dict[str, Any]:
         data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as e:
         raise UserError(f"{what} {path}: key {e.key!r} is given twice (line {e.line}); give each key once") from None
+    except RecursionError:
+        raise UserError(f"{what} {path}: nested too deeply to read") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

@@ -128,6 +128,8 @@ def _sections(args: argparse.Namespace) -> list[str]:
             raise UserError(f"{flag} {path}: no such file") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{flag} {path}: cannot read it as JSON ({exc})") from None
+        except RecursionError:
+            raise UserError(f"{flag} {path}: nested too deeply to read") from None
         if flag == "--stability":
             from dm_tune.reports._stability import to_markdown
 

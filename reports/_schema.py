@@ -155,9 +155,11 @@ def load_guidelines(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read guidelines file {path}: {exc}") from None
     try:
         doc = json.loads(text)
+        problem = validate_guidelines(doc)
     except json.JSONDecodeError as exc:
         raise UserError(f"guidelines file {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    problem = validate_guidelines(doc)
+    except RecursionError:
+        raise UserError(f"guidelines file {path} is nested too deeply to read") from None
     if problem:
         raise UserError(f"guidelines file {path}: {problem}")
     return doc

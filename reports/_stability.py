@@ -102,6 +102,8 @@ def load_doc(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read guidelines file {path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"guidelines file {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise UserError(f"guidelines file {path} is nested too deeply to read") from None
     check_doc(doc, str(path))
     return doc
 

@@ -32,6 +32,7 @@ def _script() -> str:
 FILES = {
     "run.yaml": "dataset: digits\nmethod: dm\nlam: 5\nnoise_rate: 0.2\nepochs: 3\nseed: 7\nlr: 0.002\n",
     "bad.yaml": "dataset: digits\nepochs: [3\n",
+    "deep.yaml": "dataset_options: " + "[" * 3000 + "]" * 3000 + "\n",
     "unknown.yaml": "dataset: digits\nlearning_rate: 0.1\n",
     "lam_abc.yaml": "lam: abc\n",
     "dup.yaml": "dataset: digits\nepochs: 1\nepochs: 2\n",
@@ -97,6 +98,8 @@ ERRORS = {
     "bad integer flag": (["--epochs", "ten"], ["--epochs", "'ten'"]),
     "non-numeric lam in config with --spread": (["--config", "lam_abc.yaml", "--spread", "4"], ["lam", "'abc'"]),
     "model that does not fit the data": (["--model", "resnet20", "--epochs", "1", "--quiet"], ["model", "resnet20", "image"]),
+    # was a RecursionError traceback
+    "a config nested too deeply": (["--config", "deep.yaml"], ["--config deep.yaml", "nested too deeply"]),
     # an empty path was read as "not given": the default run trained, 60 epochs
     "empty config path": (["--config", ""], ["--config", "expected a path, not ''"]),
     "empty noise file path": (["--noise", "file", "--noise-file", ""], ["--noise-file", "expected a path, not ''"]),

@@ -228,3 +228,15 @@ def test_a_damaged_surface_block_is_one_line_naming_its_file(tmp_path: Path, cap
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1, err
     assert f"{tmp_path / 'bad.json'}: the surface block cannot be used" in err and "dm-tune report" in err
+
+
+def test_a_document_nested_too_deeply_is_one_line_for_every_reader(tmp_path: Path, capsys):
+    """JSON nested 100,000 deep: a RecursionError traceback from stability, recommend and report."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    shipped = Path(__file__).parents[1] / "reports" / "default_guidelines.json"
+    for argv in (["stability", str(deep), str(shipped)],
+                 ["recommend", "--num-classes", "10", "--noise-rate", "0.2", "--guidelines", str(deep)]):
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and "nested too deeply" in err, (argv, err)
