@@ -103,6 +103,14 @@ def test_bad_studies_name_the_field(values, field):
     ({"search": {"space": "paper", "warm_start": "g.json"}},
      "search.space: 'paper' is not allowed; warm-starting from guidelines searches their (psi, rho) region: "
      "expected space decoupled"),
+    # pydantic named the union's first member: "search.warm_start.bool: ... expected true or false"
+    ({"search": {"warm_start": 5}},
+     "search.warm_start: 5 is not allowed; expected true, false or a guidelines.json path"),
+    ({"search": {"warm_start": ""}},
+     "search.warm_start: '' is not allowed; expected true, false or a guidelines.json path"),
+    # was named training.imbalance_ratio, a field the study does not have
+    ({"settings": {"imbalance": ["step:20000"]}},
+     "settings.imbalance: 'step:20000' is not allowed; expected a ratio in [1.0, 10000.0]"),
     ({"training": {"class_weighting": "balanced"}},
      "training.class_weighting: 'balanced' is not allowed; expected one of: none, inverse, sqrt-inverse, "
      "effective-number"),

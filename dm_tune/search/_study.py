@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from dataclasses import field
 from typing import Annotated, Any
 
+from pydantic import BeforeValidator
 from pydantic.dataclasses import dataclass
 
 from dm_tune._names import DATASET_NAMES, MODEL_NAMES, NOISE_NAMES, task_of
-from dm_tune._validate import CONFIG, ConfigError, Float, Int, Seed, in_range, one_of, parse, rule
+from dm_tune._validate import CONFIG, ConfigError, Float, Int, Seed, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 from dm_tune.config import TrainConfig
 from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES
@@ -26,6 +27,12 @@ from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAM
 SCHEDULERS = ("none", "asha")
 _IMBALANCE = re.compile(r"^(none|(longtail|step):([0-9]+(\.[0-9]+)?))$")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _warm_start(v: Any) -> Any:
+    if isinstance(v, bool) or (isinstance(v, str) and v.strip()):
+        return v
+    raise violation("expected true, false or a guidelines.json path")
 
 
 def _imbalance_ok(v: str) -> bool:
@@ -67,7 +74,8 @@ class Search:
     sampler_seed: Seed = 0
     # true: enqueue the paper's suggestions first; a guidelines.json path ('dm-tune report'):
     # search inside the region it recommends for each setting, starting at its point.
-    warm_start: bool | Annotated[str, rule(bool, "expected true, false or a guidelines.json path")] = True
+    # (one rule for the whole union: pydantic named its members, "search.warm_start.bool: expected true or false")
+    warm_start: Annotated[bool | str, BeforeValidator(_warm_start)] = True
     # Class weighting schemes searched beside psi and rho (a categorical dimension of DM arms);
     # ("none",): no class weighting, the dimension is left out.
     class_weighting: Annotated[tuple[Annotated[str, one_of(CLASS_WEIGHTINGS)], ...], NonEmpty] = ("none",)
@@ -182,6 +190,9 @@ class Study:
                 self.train_config(setting)
             except ConfigError as e:
                 axes = {f.name for f in dataclasses.fields(Settings)}
+                if e.field == "imbalance_ratio":  # the RATIO of settings.imbalance's 'KIND:RATIO'
+                    raise ConfigError("settings.imbalance", f"{setting.imbalance}:{setting.imbalance_ratio:g}",
+                                      e.allowed.replace("expected a number", "expected a ratio", 1)) from None
                 part = "settings" if e.field.split(".")[0] in axes else "training"
                 raise ConfigError(f"{part}.{e.field}", e.value, e.allowed) from None
         if self.search.sampler == "grid":
