@@ -149,8 +149,13 @@ def _sections(args: argparse.Namespace) -> list[str]:
 
 
 def recommend_command(args: argparse.Namespace) -> int:
-    from dm_tune.reports._recommend import recommend
+    from dm_tune.reports._recommend import _check_inputs, recommend
     from dm_tune.reports._schema import default_guidelines_path, load_guidelines
+
+    # (named by their flags here; recommend() checks them again under its parameters' names)
+    _check_inputs(args.num_classes, args.noise_type, args.noise_rate, args.imbalance, args.imbalance_ratio,
+                  {k: "--" + k.replace("_", "-") for k in ("num_classes", "noise_rate", "noise_type",
+                                                           "imbalance", "imbalance_ratio")})
 
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     if not args.guidelines and not path.is_file():

@@ -135,27 +135,33 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
                           predicted_std=r["predicted_std"], surface_std=r["surface_std"], leans_on=r["leans_on"])
 
 
+# How each input is named in the messages (the command line names them by their flags).
+INPUT_NAMES = {"num_classes": "number of classes", "noise_rate": "noise rate", "noise_type": "noise type",
+               "imbalance": "imbalance", "imbalance_ratio": "imbalance ratio"}
+
+
 def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalance: str,
-                  imbalance_ratio: float) -> None:
+                  imbalance_ratio: float, names: dict[str, str] = INPUT_NAMES) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise UserError(f"number of classes must be an integer >= 2, got {num_classes!r}")
+        raise UserError(f"{names['num_classes']} must be an integer >= 2, got {num_classes!r}")
     if not (isinstance(noise_rate, (int, float)) and 0.0 <= noise_rate < 1.0):
-        raise UserError(f"noise rate must be in [0, 1), got {noise_rate!r}")
+        raise UserError(f"{names['noise_rate']} must be in [0, 1), got {noise_rate!r}")
     if noise_type not in NOISE_TYPES:
-        raise UserError(f"noise type {noise_type!r} is not known; expected one of {', '.join(NOISE_TYPES)}")
+        raise UserError(f"{names['noise_type']} {noise_type!r} is not known; expected one of {', '.join(NOISE_TYPES)}")
     if noise_type == "none" and noise_rate != 0.0:
-        raise UserError(f"noise type 'none' needs noise rate 0, got {noise_rate!r}")
+        raise UserError(f"{names['noise_type']} 'none' needs {names['noise_rate']} 0, got {noise_rate!r}")
     if not (isinstance(imbalance_ratio, (int, float)) and 1.0 <= imbalance_ratio < math.inf):
-        raise UserError(f"imbalance ratio must be a finite number >= 1 (largest / smallest class), "
+        raise UserError(f"{names['imbalance_ratio']} must be a finite number >= 1 (largest / smallest class), "
                         f"got {imbalance_ratio!r}")
     if imbalance not in IMBALANCE_KINDS:  # as dm-tune train checks them
-        raise UserError(f"imbalance {imbalance!r} is not known; expected one of {', '.join(IMBALANCE_KINDS)}")
+        raise UserError(f"{names['imbalance']} {imbalance!r} is not known; expected one of "
+                        f"{', '.join(IMBALANCE_KINDS)}")
     if imbalance == "none" and imbalance_ratio != 1.0:
-        raise UserError(f"imbalance ratio must be 1 with imbalance 'none', got {imbalance_ratio!r} "
-                        "(choose longtail or step)")
+        raise UserError(f"{names['imbalance_ratio']} must be 1 with {names['imbalance']} 'none', got "
+                        f"{imbalance_ratio!r} (choose longtail or step)")
     if imbalance != "none" and imbalance_ratio == 1.0:
-        raise UserError(f"imbalance {imbalance!r} needs an imbalance ratio > 1 (largest / smallest class), "
-                        f"got {imbalance_ratio!r}")
+        raise UserError(f"{names['imbalance']} {imbalance!r} needs an {names['imbalance_ratio']} > 1 "
+                        f"(largest / smallest class), got {imbalance_ratio!r}")
 
 
 def _is_clean(s: dict[str, Any]) -> bool:
