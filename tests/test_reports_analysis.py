@@ -321,7 +321,8 @@ def test_recommend_rejects_an_unknown_noise_type_on_the_command_line(tmp_path: P
     assert all(name in line for name in NOISE_TYPES)
     # each input named by its flag (was "noise rate must be ...", "imbalance ratio ...")
     for argv, start in ((["--noise-rate", "nan"], "--noise-rate must be in [0, 1), got nan"),
-                        (["--noise-rate", "0.2", "--imbalance", "step"], "--imbalance 'step' needs an --imbalance-ratio")):
+                        (["--noise-rate", "0.2", "--imbalance", "step"],
+                         "--imbalance 'step' needs an --imbalance-ratio")):
         proc = subprocess.run([DM_TUNE, "recommend", "--num-classes", "10", *argv, "--guidelines", str(path)],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc
