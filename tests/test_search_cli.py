@@ -514,6 +514,10 @@ def test_a_stored_study_that_cannot_be_read_is_one_line(tmp_path):
     (ws / "studies" / "x.json").symlink_to("/proc/self/mem")
     proc = _cli("search", "--workspace", str(ws), "--resume", "x", cwd=tmp_path, timeout=60)
     _one_line_error(proc, f"{ws / 'studies' / 'x.json'}: the stored study cannot be read", "readable")
+    # a folder in its place: was "no such study ... (studies there: y)", naming it
+    (ws / "studies" / "y.json").mkdir()
+    proc = _cli("search", "--workspace", str(ws), "--resume", "y", cwd=tmp_path, timeout=60)
+    _one_line_error(proc, f"--resume y: {ws / 'studies' / 'y.json'} is not a file")
 
 
 def test_a_study_stored_under_the_same_name_with_another_configuration_is_refused(tmp_path, monkeypatch, capsys):

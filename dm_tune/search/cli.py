@@ -224,7 +224,10 @@ def _load_study(args: argparse.Namespace, workspace: Path):
 
         path = stored_dir / f"{args.resume}.json"  # a study name: never a path out of the workspace
         if not STUDY_NAME.match(args.resume) or not path.is_file():
-            known = sorted(p.stem for p in stored_dir.glob("*.json")) if stored_dir.is_dir() else []
+            if STUDY_NAME.match(args.resume) and path.exists():
+                raise UserError(f"--resume {args.resume}: {path} is not a file; the stored study should be "
+                                "there, as the JSON file the search wrote")
+            known = sorted(p.stem for p in stored_dir.glob("*.json") if p.is_file()) if stored_dir.is_dir() else []
             raise UserError(f"--resume {args.resume}: no such study in {workspace} "
                             f"(studies there: {', '.join(known) or 'none'}; a search stopped before it stored "
                             "its study goes on with the command that started it)")
