@@ -235,6 +235,13 @@ def _out_path(args: argparse.Namespace, configs: list[Any]) -> Path | None:
     return out
 
 
+def _check_pretrained(resolved: Any) -> None:
+    """--pretrained with the dataset's default model (known once the data is): one that loads none."""
+    if resolved.pretrained and resolved.model not in PRETRAINABLE:
+        raise ConfigError("pretrained", resolved.pretrained, f"only applies to models {', '.join(PRETRAINABLE)}; "
+                          f"this run's model is {resolved.model} (the dataset's default), which would ignore it")
+
+
 def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> None:
     """Torch's threads (--threads, else 1 for small in-memory models, which run fastest on one),
     and the model built once, so that a model that does not fit the data fails before training."""
@@ -254,6 +261,8 @@ def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> No
 
 # Fields a run uses only in some configurations: (does it apply to this config, to what, the field
 # that decides it).
+PRETRAINABLE = ("resnet18", "resnet50", "reid-resnet18", "reid-resnet50")  # the models --pretrained loads into
+
 _APPLIES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "lam": (lambda c: c.method == "dm", "method dm", "method"),
     "beta": (lambda c: c.method == "dm", "method dm", "method"),
@@ -266,6 +275,8 @@ _APPLIES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "noise_file": (lambda c: c.noise == "file", "noise file", "noise"),
     "noise_key": (lambda c: c.noise == "file", "noise file", "noise"),
     "data_root": (lambda c: DATASET_ROOTS[c.dataset], "the datasets read from disk", "dataset"),
+    # (a dataset's default model, None here, may be one of them: left to the model's own check)
+    "pretrained": (lambda c: c.model in (None, *PRETRAINABLE), "models " + ", ".join(PRETRAINABLE), "model"),
 }
 
 
@@ -316,6 +327,9 @@ def _train_cmd(args: argparse.Namespace) -> int:
     configs = [TrainConfig.from_dict(v) for v in member_values]
     given = {k: v for values in member_values for k, v in values.items() if v is not None}
     _check_applies(args, given, configs, file_values)
+    pretrained = configs[0].pretrained  # (one value for every member: not a list flag)
+    if pretrained and not Path(pretrained).expanduser().is_file():  # as a study checks it, before any work
+        raise ConfigError("pretrained", pretrained, "expected an existing local weights file")
     if len(members) > 1:
         return _train_population_cmd(args, configs)
     args = members[0]
@@ -330,6 +344,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     out = _out_path(args, [config])
     data = prepare(config)
     resolved = config.resolve(data.defaults, data.default_model, data.input_kind)
+    _check_pretrained(resolved)
     _threads_and_model(args, data, resolved)
     if not args.quiet:
         dm = f" lam={resolved.lam:g} beta={resolved.beta:g}" if resolved.method == "dm" else ""
@@ -392,6 +407,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
 
     first = data_of(configs[0])
     resolved = configs[0].resolve(first.defaults, first.default_model, first.input_kind)
+    _check_pretrained(resolved)
     _threads_and_model(args, first, resolved)
     size = args.population_size or suggested_population_size(str(resolved.model), device.type)
     groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]

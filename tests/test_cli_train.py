@@ -33,6 +33,7 @@ FILES = {
     "run.yaml": "dataset: digits\nmethod: dm\nlam: 5\nnoise_rate: 0.2\nepochs: 3\nseed: 7\nlr: 0.002\n",
     "bad.yaml": "dataset: digits\nepochs: [3\n",
     "deep.yaml": "dataset_options: " + "[" * 3000 + "]" * 3000 + "\n",
+    "weights.pt": "",
     "unknown.yaml": "dataset: digits\nlearning_rate: 0.1\n",
     "lam_abc.yaml": "lam: abc\n",
     "dup.yaml": "dataset: digits\nepochs: 1\nepochs: 2\n",
@@ -98,6 +99,14 @@ ERRORS = {
     "bad integer flag": (["--epochs", "ten"], ["--epochs", "'ten'"]),
     "non-numeric lam in config with --spread": (["--config", "lam_abc.yaml", "--spread", "4"], ["lam", "'abc'"]),
     "model that does not fit the data": (["--model", "resnet20", "--epochs", "1", "--quiet"], ["model", "resnet20", "image"]),
+    # --pretrained was not even checked where the model loads no weights (the run trained, exit 0)
+    "pretrained file missing": (["--pretrained", "no/such.pt", "--epochs", "1"],
+                                ["pretrained", "no/such.pt", "expected an existing local weights file"]),
+    "pretrained with a model that loads none": (["--pretrained", "weights.pt", "--model", "mlp", "--epochs", "1"],
+                                                ["pretrained", "only applies to models resnet18"]),
+    "pretrained with a default model that loads none": (
+        ["--pretrained", "weights.pt", "--epochs", "1", "--quiet"],
+        ["pretrained", "this run's model is mlp (the dataset's default)"]),
     # was a RecursionError traceback
     "a config nested too deeply": (["--config", "deep.yaml"], ["--config deep.yaml", "nested too deeply"]),
     # an empty path was read as "not given": the default run trained, 60 epochs
