@@ -464,11 +464,36 @@ def test_sl_baseline_takes_the_authors_pair_for_the_dataset_unless_the_study_set
     from dm_tune.search._study import Setting
 
     cifar100 = Setting("cifar100", "symmetric", 0.4, "none", 1.0, None)
-    study = Study.from_dict({"baselines": ["cce", "sl"], "training": {"data_root": "/x"}})
+    on_disk = {"settings": {"dataset": ["cifar100"]}, "training": {"data_root": "/x"}}
+    study = Study.from_dict({**on_disk, "baselines": ["cce", "sl"]})
     assert _baselines(study, cifar100)["sl"] == {"method": "sl", "sl_mu": 6.0, "sl_nu": 0.1}
     assert _baselines(study, cifar100)["cce"] == {"method": "cce"}
-    own = Study.from_dict({"baselines": ["sl"], "training": {"data_root": "/x", "sl_mu": 1.0, "sl_nu": 1.0}})
+    own = Study.from_dict({**on_disk, "baselines": ["sl"], "training": {"data_root": "/x", "sl_mu": 1.0, "sl_nu": 1.0}})
     assert _baselines(own, cifar100)["sl"] == {"method": "sl"}  # the study's own pair applies
+    # GCE likewise: the baseline's q 0.7 overrode the study's gce_q
+    assert _baselines(Study.from_dict({**on_disk, "baselines": ["gce"]}), cifar100)["gce"] == \
+        {"method": "gce", "gce_q": 0.7}
+    assert _baselines(Study.from_dict({**on_disk, "baselines": ["gce"], "training": {"data_root": "/x", "gce_q": 0.3}}),
+                      cifar100)["gce"] == {"method": "gce"}
+
+
+@pytest.mark.parametrize("training, where", [
+    ({"gce_q": 0.3}, "the gce baseline"),
+    ({"sl_nu": 2.0}, "the sl baseline"),
+    ({"class_weighting_beta": 0.99}, "class weighting effective-number"),
+    ({"data_root": "/data"}, "the datasets read from disk"),
+    ({"num_workers": 4}, "the datasets read from disk"),
+])
+def test_a_training_field_no_trial_uses_is_refused(training, where):
+    """It was silently ignored (a digits search with --data-root, gce_q without a gce baseline)."""
+    from dm_tune._validate import ConfigError
+    from dm_tune.search import Study
+
+    with pytest.raises(ConfigError, match=f"training.{next(iter(training))}: .* only applies to {where}; no trial"):
+        Study.from_dict({"baselines": ["cce"], "training": training})
+    used = {"gce_q": ["gce"], "sl_nu": ["sl"], "class_weighting_beta": ["cce-cb"]}.get(next(iter(training)))
+    if used:  # with the baseline that uses it: accepted
+        Study.from_dict({"baselines": used, "training": training})
 
 
 def test_a_trial_asked_but_never_handed_out_is_handed_out_on_resume(tmp_path):

@@ -278,12 +278,15 @@ def _optuna_study_name(study: Study, setting: Setting, space: dict[str, Any] | N
 
 def _baselines(study: Study, setting: Setting) -> dict[str, dict[str, Any]]:
     """The study's baselines as TrainConfig overrides; SL takes the authors' pair for the dataset
-    (``SL_OFFICIAL``) unless the study's training fields set its knobs."""
+    (``SL_OFFICIAL``) unless the study's training fields set its knobs, GCE the paper's q unless
+    they set ``gce_q``."""
     from dm_tune.search_spaces import BASELINES, SL_OFFICIAL
 
     out = {b: dict(BASELINES[b]) for b in study.baselines}
     if "sl" in out and not {"sl_mu", "sl_nu"} & set(study.training):
         out["sl"].update(SL_OFFICIAL.get(setting.dataset, {}))
+    if "gce" in out and "gce_q" in study.training:  # (the baseline's q 0.7 overrode it, silently)
+        del out["gce"]["gce_q"]
     return out
 
 

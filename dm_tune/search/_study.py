@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator
 from pydantic.dataclasses import dataclass
 
-from dm_tune._names import DATASET_NAMES, MODEL_NAMES, NOISE_NAMES, task_of
+from dm_tune._names import DATASET_NAMES, DATASET_ROOTS, MODEL_NAMES, NOISE_NAMES, task_of
 from dm_tune._validate import CONFIG, ConfigError, Float, Int, Seed, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 from dm_tune.config import TrainConfig
@@ -137,6 +137,18 @@ class Study:
         study.validate_settings(refuse_ignored=not stored)
         return study
 
+    def unused_training(self) -> list[tuple[str, str]]:
+        """(field, what it applies to) for each training field that no trial of the study uses."""
+        on_disk = any(DATASET_ROOTS[d] for d in self.settings.dataset)
+        weightings = {str(self.training.get("class_weighting", "none")), *self.search.class_weighting,
+                      *(BASELINES[b].get("class_weighting", "none") for b in self.baselines)}
+        applies = {"gce_q": ("gce" in self.baselines, "the gce baseline"),
+                   **{k: ("sl" in self.baselines, "the sl baseline") for k in ("sl_mu", "sl_nu", "sl_log_clip")},
+                   "class_weighting_beta": ("effective-number" in weightings, "class weighting effective-number"),
+                   "data_root": (on_disk, "the datasets read from disk"),
+                   "num_workers": (on_disk, "the datasets read from disk")}  # (noise_file: TrainConfig's own check)
+        return [(key, where) for key, (used, where) in applies.items() if key in self.training and not used]
+
     def ignored_training(self) -> list[tuple[str, str]]:
         """(field, what sets it instead) for each training field that every trial overrides."""
         out = [(key, where) for key, where in TRAINING_SET_ELSEWHERE.items() if key in self.training]
@@ -181,6 +193,9 @@ class Study:
         for key, where in self.ignored_training() if refuse_ignored else ():  # the trials' own value would win
             raise ConfigError(f"training.{key}", self.training[key], f"set by {where} (under training: it would "
                               "be ignored)")
+        for key, where in self.unused_training() if refuse_ignored else ():
+            raise ConfigError(f"training.{key}", self.training[key], f"only applies to {where}; no trial of this "
+                              "study would use it")
         for ds in self.settings.dataset:
             if task_of(ds) != self.task:
                 raise ConfigError("settings.dataset", ds, f"a {task_of(ds)} dataset; this study's task is "
