@@ -235,6 +235,11 @@ def load_sources(study: Study) -> dict[str, Any]:
             except ConfigError as e:
                 raise ConfigError(e.field, f"{setting.imbalance}:{setting.imbalance_ratio:g}",
                                   f"{e.allowed} (setting {setting.key})") from None
+    for name, src in sources.items():  # 'default' and the model it stands for would train twice
+        models = [src.default_model if m == "default" else m for m in study.settings.model]
+        if len(set(models)) < len(models):
+            raise ConfigError("settings.model", list(study.settings.model), f"expected distinct models: 'default' "
+                              f"is {src.default_model} on {name}, so two settings would train the same")
     for src in sources.values():
         check_val_noisy(bool(study.training.get("val_noisy")), src, "training.val_noisy")
     for setting in study.expand():  # the search selects by final validation accuracy (mAP): it needs one

@@ -51,17 +51,19 @@ NoiseRate = Annotated[Float, in_range(0.0, 1.0, hi_open=True)]
 Imbalance = Annotated[str, rule(_imbalance_ok, "expected 'none', 'longtail:RATIO' or 'step:RATIO' with RATIO > 1")]
 ModelName = Annotated[str, one_of(("default", *MODEL_NAMES))]
 NonEmpty = rule(bool, "expected a non-empty list")
+# (a repeated value was dropped without a word, where a repeated seed or baseline is refused)
+Distinct = rule(lambda v: len(set(v)) == len(v), "expected distinct values")
 
 
 @dataclass(frozen=True, config=CONFIG)
 class Settings:
     """The matrix of settings: every combination is searched."""
 
-    dataset: Annotated[tuple[DatasetName, ...], NonEmpty] = ("digits",)
-    noise: Annotated[tuple[NoiseName, ...], NonEmpty] = ("symmetric",)
-    noise_rate: Annotated[tuple[NoiseRate, ...], NonEmpty] = (0.4,)
-    imbalance: Annotated[tuple[Imbalance, ...], NonEmpty] = ("none",)
-    model: Annotated[tuple[ModelName, ...], NonEmpty] = ("default",)
+    dataset: Annotated[tuple[DatasetName, ...], NonEmpty, Distinct] = ("digits",)
+    noise: Annotated[tuple[NoiseName, ...], NonEmpty, Distinct] = ("symmetric",)
+    noise_rate: Annotated[tuple[NoiseRate, ...], NonEmpty, Distinct] = (0.4,)
+    imbalance: Annotated[tuple[Imbalance, ...], NonEmpty, Distinct] = ("none",)
+    model: Annotated[tuple[ModelName, ...], NonEmpty, Distinct] = ("default",)
 
 
 @dataclass(frozen=True, config=CONFIG)
