@@ -34,7 +34,7 @@ def _error(capsys, argv: list[str]) -> str:
     (["--method", "dm,"], ["--method", "''", "method names"]),
     (["--method", "dm,focal"], ["method", "'focal'", "cce"]),
     (["--lam", "1,-2"], ["lam", "-2", "[0.0"]),
-    (["--seed", "0,1", "--population-size", "0"], ["--population-size", "0", ">= 1"]),
+    (["--seed", "0,1", "--population-size", "0"], ["--population-size", "0", "[1, 1024]"]),
     (["--seed", "0,-1"], ["seed", "-1", "[0, 4294967295]"]),
     (["--lam", "1,2", "--epochs", "40", "--out", "/proc/result.json"], ["--out", "cannot write in /proc"]),
     (["--method", "cce,gce", "--lam", "1,2"], ["--lam", "only applies to --method dm"]),

@@ -225,7 +225,7 @@ def test_report_then_recommend_on_the_command_line(store: dict[str, Any], tmp_pa
     assert "leans on:\n    digits/symmetric/0.4/none/mlp (correlation 1.00)" in out
     bad = parser().parse_args(["recommend", "--num-classes", "1", "--noise-rate", "0.4", "--guidelines",
                                str(tmp_path / "rep" / "guidelines.json")])
-    with pytest.raises(UserError, match="number of classes"):
+    with pytest.raises(UserError, match="--num-classes must be an integer >= 2"):
         bad.func(bad)
 
 
