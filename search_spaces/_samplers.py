@@ -78,11 +78,13 @@ def make_sampler(name: str, space: Mapping[str, Any], seed: int, num_samples: in
 
 
 def resumed_sampler(name: str, space: Mapping[str, Any], seed: int, num_samples: int, trials: int):
-    """The sampler that goes on with a study already holding ``trials`` trials. Seeded with
-    ``seed`` again it would draw again the points it drew before the interruption wherever it draws
-    at random (start-up arms, the random sampler); seeded from ``seed`` and ``trials`` it draws new
-    ones, the same ones for a resume at the same point."""
+    """The sampler that goes on with a study already holding ``trials`` trials (a resume, or a new
+    search joining a shared Optuna study). Seeded with ``seed`` again it would draw again the points
+    it drew before the interruption wherever it draws at random (start-up arms, the random sampler);
+    seeded from ``seed`` and ``trials`` it draws new ones, the same ones for a resume at the same
+    point. The grid sampler keeps ``seed``: its trials' stored grid ids index the grid as that seed
+    shuffled it (reshuffled, they would point at other points: some trained twice, some never)."""
     import numpy as np
 
-    resumed = int(np.random.SeedSequence([seed, trials]).generate_state(1)[0]) if trials else seed
+    resumed = int(np.random.SeedSequence([seed, trials]).generate_state(1)[0]) if trials and name != "grid" else seed
     return make_sampler(name, space, resumed, num_samples)

@@ -250,39 +250,45 @@ def test_searcher_stages_and_resume_from_the_ledger(tmp_path):
     assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[1].value == 0.95
 
 
-@pytest.mark.parametrize("sampler", ["random", "tpe"])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "grid"])
 def test_a_resumed_search_draws_no_point_again_and_tells_what_the_ledger_ended(tmp_path, sampler):
     """kill -9 after the ledger recorded an arm's end, before Optuna was told: the resumed searcher
     asked new arms of a sampler seeded as at the start, which drew again the points it had drawn
-    (TPE still in its random start-up, as Optuna counted the arm running): one arm trained twice."""
+    (TPE still in its random start-up, as Optuna counted the arm running): one arm trained twice.
+    A grid search covers its grid once (reseeded, its stored grid ids pointed at other points)."""
+    import shutil
+
     from dm_tune.search_spaces import make_sampler, resumed_sampler
 
-    space = get_space("decoupled")
+    space = get_space("paper-grid" if sampler == "grid" else "decoupled")
+    arms = 32 if sampler == "grid" else 7
 
-    def searcher():
-        return _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), num_samples=7, seeds=[0], warm_points=[],
-                         sampler=make_sampler(sampler, space, 0, 7),
-                         resume_sampler=functools.partial(resumed_sampler, sampler, space, 0, 7))
+    def searcher(where):
+        return _searcher(where, Ledger(where / "l.jsonl"), num_samples=arms, seeds=[0], warm_points=[],
+                         space=space, sampler=make_sampler(sampler, space, 0, arms),
+                         resume_sampler=functools.partial(resumed_sampler, sampler, space, 0, arms))
 
-    first = searcher()
+    first = searcher(tmp_path)
     specs = [_members(first.suggest(f"t{i}"))[0] for i in range(3)]
     first.on_trial_complete("t1", population_report([_outcome(0.8)]))
     first.ledger.end(specs[0], _outcome(0.9))  # ... and the driver dies before telling Optuna
     load = lambda: optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")  # noqa: E731
     assert [t.state.name for t in load().trials] == ["RUNNING", "COMPLETE", "RUNNING"]
+    twin = tmp_path / "twin"  # the same state, resumed a second time below
+    twin.mkdir()
+    for name in ("l.jsonl", "optuna.db"):
+        shutil.copy(tmp_path / name, twin / name)
 
-    resumed = searcher()
-    again = [_members(resumed.suggest(f"r{i}"))[0] for i in range(5)]
+    resumed = searcher(tmp_path)
+    again = [_members(resumed.suggest(f"r{i}"))[0] for i in range(arms - 2)]
     assert again[0].key == specs[2].key  # the unfinished arm first
     assert [t.state.name for t in load().trials][:2] == ["COMPLETE", "COMPLETE"]
     assert load().trials[0].value == pytest.approx(0.9)
     points = [tuple(s.knobs.values()) for s in specs + again[1:]]
-    assert len(set(points)) == len(points) == 7, points  # no arm drawn twice
-    # The same resume point draws the same new points.
-    assert resumed_sampler("random", space, 0, 7, 3).sample_independent(
-        load(), load().trials[0], "psi", optuna.distributions.FloatDistribution(0.0, 0.75)) == \
-        resumed_sampler("random", space, 0, 7, 3).sample_independent(
-        load(), load().trials[0], "psi", optuna.distributions.FloatDistribution(0.0, 0.75))
+    assert len(set(points)) == len(points) == arms, points  # no arm drawn twice (a grid: each point once)
+    # A resume from the same point asks the same arms.
+    second = searcher(twin)
+    assert [_members(second.suggest(f"r{i}"))[0].knobs for i in range(arms - 2)] == [s.knobs for s in again]
 
 
 def test_a_trial_another_driver_ends_before_it_is_tagged_is_asked_again(tmp_path, monkeypatch):
@@ -747,3 +753,20 @@ def test_the_papers_points_start_a_search_with_extra_knobs_too(tmp_path, space):
             assert spec.knobs[name] == pytest.approx(value), (name, spec.knobs)
         low, high = searched["lr"]["low"], searched["lr"]["high"]
         assert low <= spec.overrides["lr"] <= high and "weight_decay" in spec.overrides
+
+
+def test_the_last_arm_of_a_grid_is_told_without_a_complaint(tmp_path, capsys):
+    """Telling the last point of a grid made Optuna's grid sampler stop the study, which raises
+    outside study.optimize: the searcher printed "Optuna could not be told" (and told it again)."""
+    from dm_tune.search_spaces import make_sampler
+
+    space = {"lam": {"type": "categorical", "choices": [0.0, 1.0]}, "beta": {"type": "categorical", "choices": [8.0]}}
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), num_samples=2, seeds=[0], warm_points=[],
+                         space=space, sampler=make_sampler("grid", space, 0, 2))
+    for i in range(2):
+        searcher.suggest(f"t{i}")
+    for i in range(2):
+        searcher.on_trial_complete(f"t{i}", population_report([_outcome(0.8)]))
+    assert "could not be told" not in capsys.readouterr().err
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and not searcher._untold
