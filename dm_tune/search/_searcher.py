@@ -223,8 +223,6 @@ class StagedSearcher(Searcher):
     def tell(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
         """Tell Optuna how a search arm ended, once all its seeds have (``outcome`` is ``spec``'s;
         the other seeds' come from the ledger). A second tell is skipped."""
-        import optuna
-
         outcomes = [outcome if r.key == spec.key else self.ledger.ended.get(r.key) for r in self._replicas(spec)]
         if any(o is None for o in outcomes):
             return  # other seeds of this arm are still to come
@@ -241,7 +239,19 @@ class StagedSearcher(Searcher):
         if len(outcomes) > 1:
             storage.set_trial_user_attr(trial_id, "seed_values", values)
         value = sum(values) / len(values)
-        state = optuna.trial.TrialState
+        try:
+            self._tell(study, spec.number, trial_id, status, value, epochs, outcomes)
+        except RuntimeError:
+            # The grid sampler stops its study once the grid is told in full (Study.stop, which
+            # raises outside study.optimize): the trial was told all the same.
+            if not storage.get_trial(trial_id).state.is_finished():
+                raise
+
+    def _tell(self, study: Any, number: int, trial_id: int, status: str, value: float, epochs: int,
+              outcomes: list[TrialOutcome]) -> None:
+        import optuna
+
+        storage, state = self._storage, optuna.trial.TrialState
         if status == "early-stopped" and math.isfinite(value):
             # Pruned at ``epochs``: every seed's value at that epoch (a seed that went further has it
             # in its history), not the mean of values from different epochs.
@@ -249,11 +259,11 @@ class StagedSearcher(Searcher):
             if all(math.isfinite(v) for v in at):
                 value = sum(at) / len(at)
             storage.set_trial_intermediate_value(trial_id, epochs, float(value))
-            study.tell(spec.number, state=state.PRUNED, skip_if_finished=True)
+            study.tell(number, state=state.PRUNED, skip_if_finished=True)
         elif status in ("finished", "diverged") and math.isfinite(value):
-            study.tell(spec.number, float(value), skip_if_finished=True)
+            study.tell(number, float(value), skip_if_finished=True)
         else:
-            study.tell(spec.number, state=state.FAIL, skip_if_finished=True)
+            study.tell(number, state=state.FAIL, skip_if_finished=True)
 
     def _value_at(self, outcome: TrialOutcome, epoch: int) -> float:
         """The objective of ``outcome`` at ``epoch``: its final value there, else its history's."""
