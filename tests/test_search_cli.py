@@ -96,9 +96,9 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--model", "default,mlp"], ["settings.model", "'default' is mlp on digits"]),
     (["--imbalance", "step:1000"], ["settings.imbalance: 'step:1000'", "at most about", "digits-symmetric0.4-step1000"]),
     # remote storage that does not open: was a traceback once Ray had started, the study stored with it
-    (["--storage-path", "nosuchfs://bucket/x"], ["--storage-path nosuchfs://bucket/x: cannot be reached",
+    (["--storage-path", "nosuchfs://bucket/x"], ["--storage-path nosuchfs://bucket/x: cannot be opened",
                                                  "Unrecognized filesystem type"]),
-    (["--storage-path", "hdfs://127.0.0.1:{port}/x"], ["--storage-path hdfs://127.0.0.1:", "cannot be reached"]),
+    (["--storage-path", "hdfs://127.0.0.1:{port}/x"], ["--storage-path hdfs://127.0.0.1:", "cannot be opened"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     port = str(free_port())
@@ -616,3 +616,24 @@ def test_members_that_ended_before_their_population_failed_for_good_keep_their_r
         assert ledger.ended[second].status == "errored"
         assert runs[first].info.status == "FINISHED" and 0.0 < runs[first].data.metrics["final_val_map"] < 1.0
         assert runs[second].info.status == "FAILED"
+
+
+def test_a_storage_server_that_never_answers_is_given_up_on_at_the_limit(tmp_path):
+    """An S3 endpoint that accepts connections and never replies: the probe's thread was left
+    waiting, and the process, told "no answer", then hung at exit until the AWS SDK gave up (100 s)."""
+    import socket
+    import sys
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    uri = f"s3://bucket/x?endpoint_override=127.0.0.1:{server.getsockname()[1]}&scheme=http&region=us-east-1"
+    code = ("import sys\nfrom dm_tune.errors import UserError\nfrom dm_tune.search._preflight import check_storage\n"
+            f"try:\n    check_storage({uri!r}, timeout=3)\nexcept UserError as e:\n    print(e)\n")
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    finally:
+        server.close()
+    assert proc.returncode == 0 and "no answer within 3 s" in proc.stdout, proc
+    assert time.monotonic() - t0 < 30

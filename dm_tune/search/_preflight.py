@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from dm_tune.errors import UserError, first_line
+from dm_tune.errors import UserError
 from dm_tune.search._study import Study
 
 
@@ -27,33 +27,31 @@ def _check_tcp(host: str, port: int, what: str) -> None:
 
 
 STORAGE_TIMEOUT_S = 60.0
+_STORAGE_PROBE = """import sys
+import pyarrow.fs
+try:
+    fs, path = pyarrow.fs.FileSystem.from_uri(sys.argv[1])
+    fs.get_file_info(path)
+except Exception as e:
+    print(" ".join((str(e) or type(e).__name__).split())[:300], file=sys.stderr)
+    sys.exit(3)
+"""
 
 
 def check_storage(uri: str, timeout: float = STORAGE_TIMEOUT_S) -> None:
     """A remote --storage-path (s3://, gs://, hdfs://, ...) must open and answer, as Ray opens it
     (pyarrow's filesystem from the URI); otherwise Ray failed with a traceback once the search had
-    started, after the study had been stored with that path."""
-    import threading
-
-    import pyarrow.fs
-
-    answer: list[BaseException | None] = []
-
-    def probe() -> None:
-        try:
-            fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-            fs.get_file_info(path)
-            answer.append(None)
-        except Exception as e:  # noqa: BLE001 - whatever the filesystem raises, told in one line
-            answer.append(e)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not answer:
-        raise UserError(f"--storage-path {uri}: no answer within {timeout:g} s")
-    if answer[0] is not None:
-        raise UserError(f"--storage-path {uri}: cannot be reached ({first_line(answer[0])[:300]})")
+    started, after the study had been stored with that path. Asked in a child process: one that
+    does not answer is killed at ``timeout`` (a thread left waiting on S3 held the exit for minutes)."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _STORAGE_PROBE, uri], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, "PYTHONSAFEPATH": "1"})
+    except subprocess.TimeoutExpired:
+        raise UserError(f"--storage-path {uri}: no answer within {timeout:g} s") from None
+    if proc.returncode != 0:
+        said = proc.stderr.strip().splitlines()
+        cause = said[-1] if said else f"exit status {proc.returncode}"
+        raise UserError(f"--storage-path {uri}: cannot be opened ({cause})")
 
 
 def check_tracking(uri: str) -> None:
