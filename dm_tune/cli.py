@@ -342,7 +342,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         raise UserError(str(e)) from None
     out = _out_path(args, [config])
-    data = prepare(config)
+    data = prepare(config, strict_imbalance=True)
     resolved = config.resolve(data.defaults, data.default_model, data.input_kind)
     _check_pretrained(resolved)
     _threads_and_model(args, data, resolved)
@@ -402,7 +402,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
     def data_of(config: Any) -> Any:
         key = config.data_seed if config.data_seed is not None else config.seed
         if key not in cache:
-            cache[key] = prepare(config, source)
+            cache[key] = prepare(config, source, strict_imbalance=True)
         return cache[key]
 
     first = data_of(configs[0])

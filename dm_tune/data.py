@@ -112,6 +112,15 @@ def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Genera
     return keep, held_out
 
 
+def training_class_counts(source: Source, val_fraction: float) -> np.ndarray:
+    """Per class, the training examples ``prepare`` keeps before any imbalance: the dataset's
+    training set less the validation split it carves (``_stratified_split``'s rounding)."""
+    counts = np.bincount(source.train.labels.numpy().astype(np.int64), minlength=source.num_classes)
+    if source.val is not None:
+        return counts
+    return counts - np.array([int(round(val_fraction * n)) for n in counts])
+
+
 def check_val_noisy(val_noisy: bool, source: Source, field: str = "val_noisy") -> None:
     """``val_noisy`` corrupts a validation split carved from the training data; a dataset with a
     validation set of its own refuses it (it was silently ignored)."""
@@ -120,7 +129,9 @@ def check_val_noisy(val_noisy: bool, source: Source, field: str = "val_noisy") -
                                        "val_noisy applies to a validation split carved from training data")
 
 
-def prepare(config: TrainConfig, source: Source | None = None) -> Data:
+def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance: bool = False) -> Data:
+    """``strict_imbalance``: refuse an imbalance ratio the classes cannot take (``check_imbalance``;
+    otherwise it is trained as the smaller one they can, recorded as imbalance_ratio_realised)."""
     # A source given by the caller may serve several configurations (a population's members share
     # one device copy of it through their splits' origins); one loaded here serves this one alone,
     # and a record of it would keep the whole dataset in memory next to the splits taken from it.
@@ -165,8 +176,9 @@ def prepare(config: TrainConfig, source: Source | None = None) -> Data:
 
     imbalance: dict[str, float] = {}
     if config.imbalance != "none":
-        check_imbalance(np.bincount(clean[keep], minlength=source.num_classes), config.imbalance,
-                        config.imbalance_ratio)
+        if strict_imbalance:
+            check_imbalance(np.bincount(clean[keep], minlength=source.num_classes), config.imbalance,
+                            config.imbalance_ratio)
         sub = imbalance_index(clean[keep], source.num_classes, config.imbalance,
                               config.imbalance_ratio, imb_rng)
         keep = keep[sub]

@@ -179,3 +179,26 @@ def test_data_describes_itself(name):
     assert data.input_kind == s.input_kind and data.default_model == s.default_model
     assert data.input_shape == tuple(s.train.inputs.shape[1:])
     assert data.defaults == s.defaults and data.info["dataset"] == name
+
+
+def test_the_training_class_counts_are_what_prepare_keeps():
+    """The search's pre-flight check of an imbalance ratio counts the classes as prepare() keeps
+    them (it floored the validation split's complement: one fewer, and refused ratios trials took)."""
+    from dm_tune.data import load_source, training_class_counts
+
+    for fraction in (0.1, 0.2, 0.25):
+        config = TrainConfig(dataset="digits", val_fraction=fraction, noise_rate=0.0)
+        source = load_source(config)
+        kept = np.bincount(prepare(config, source).clean_train_labels.numpy(), minlength=10)
+        assert np.array_equal(training_class_counts(source, fraction), kept), fraction
+
+
+def test_an_unreachable_imbalance_is_refused_only_where_asked():
+    """A trial (and a resumed study's trials) train what the classes can take, as before; dm-tune
+    train and a new search refuse it."""
+    from dm_tune._validate import ConfigError
+
+    config = TrainConfig(dataset="digits", imbalance="longtail", imbalance_ratio=5000.0)
+    assert prepare(config).info["imbalance_ratio_realised"] < 200
+    with pytest.raises(ConfigError, match="imbalance_ratio: 5000.0 is not allowed; expected at most about"):
+        prepare(config, strict_imbalance=True)

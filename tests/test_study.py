@@ -171,3 +171,19 @@ def test_search_seeds_default_to_two_or_the_only_seed():
     assert Study.from_dict({}).search_seed_count == 2
     assert Study.from_dict({"seeds": [5]}).search_seed_count == 1
     assert Study.from_dict({"search_seeds": 3}).search_seed_count == 3
+
+
+def test_a_stored_study_resumes_with_what_a_new_one_is_refused():
+    """Checks added since a study began (repeated values in an axis, an imbalance the classes
+    cannot take, a training field no trial uses) refuse a new study, never the resume of one."""
+    from dm_tune.search._preflight import load_sources
+
+    values = {"settings": {"noise_rate": [0.2, 0.2], "imbalance": ["longtail:5000"]},
+              "baselines": ["cce"], "training": {"gce_q": 0.3}}
+    with pytest.raises(ConfigError):
+        Study.from_dict(values)
+    stored = Study.from_dict(values, stored=True)
+    assert len(stored.expand()) == 1
+    assert set(load_sources(stored, new=False)) == {"digits"}
+    with pytest.raises(ConfigError, match="settings.imbalance: 'longtail:5000' is not allowed"):
+        load_sources(Study.from_dict({"settings": {"imbalance": ["longtail:5000"]}}))

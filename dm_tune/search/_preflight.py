@@ -196,8 +196,9 @@ def check_local_gpus(study: Study) -> None:
                         "GPUs on this machine; use 0 on a CPU-only machine")
 
 
-def load_sources(study: Study) -> dict[str, Any]:
-    """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here)."""
+def load_sources(study: Study, new: bool = True) -> dict[str, Any]:
+    """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here).
+    ``new``: a study not stored yet (a stored one, resumed, is not refused what it began with)."""
     from dm_tune._names import DATASET_ROOTS
     from dm_tune._validate import ConfigError
 
@@ -213,8 +214,7 @@ def load_sources(study: Study) -> dict[str, Any]:
     for setting in study.expand():
         if setting.dataset not in sources:
             sources[setting.dataset] = load_source(study.train_config(setting))
-    import numpy as np
-
+    from dm_tune.data import training_class_counts
     from dm_tune.noise import check_imbalance, check_noise
 
     for setting in study.expand():  # prepare() refuses these in every trial; say them once, now
@@ -223,17 +223,15 @@ def load_sources(study: Study) -> dict[str, Any]:
             check_noise(setting.noise, setting.noise_rate, src.num_classes, src.class_groups, prefix="settings.")
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} (setting {setting.key})") from None
-        if setting.imbalance != "none":  # (the training part: what is left once validation is carved)
-            config = study.train_config(setting)
-            labels = src.train.labels.numpy()
-            share = 1.0 if src.val is not None else 1.0 - config.val_fraction
-            available = np.floor(np.bincount(labels, minlength=src.num_classes) * share)
+        if new and setting.imbalance != "none":  # (a stored study goes on as it began: its trials take what the
+            # classes can; a new one is told now)
+            available = training_class_counts(src, study.train_config(setting).val_fraction)
             try:
                 check_imbalance(available, setting.imbalance, setting.imbalance_ratio, "settings.imbalance")
             except ConfigError as e:
                 raise ConfigError(e.field, f"{setting.imbalance}:{setting.imbalance_ratio:g}",
                                   f"{e.allowed} (setting {setting.key})") from None
-    for name, src in sources.items():  # 'default' and the model it stands for would train twice
+    for name, src in sources.items() if new else ():  # 'default' and the model it stands for: trained twice
         models = [src.default_model if m == "default" else m for m in study.settings.model]
         if len(set(models)) < len(models):
             raise ConfigError("settings.model", list(study.settings.model), f"expected distinct models: 'default' "

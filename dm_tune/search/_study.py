@@ -51,19 +51,17 @@ NoiseRate = Annotated[Float, in_range(0.0, 1.0, hi_open=True)]
 Imbalance = Annotated[str, rule(_imbalance_ok, "expected 'none', 'longtail:RATIO' or 'step:RATIO' with RATIO > 1")]
 ModelName = Annotated[str, one_of(("default", *MODEL_NAMES))]
 NonEmpty = rule(bool, "expected a non-empty list")
-# (a repeated value was dropped without a word, where a repeated seed or baseline is refused)
-Distinct = rule(lambda v: len(set(v)) == len(v), "expected distinct values")
 
 
 @dataclass(frozen=True, config=CONFIG)
 class Settings:
     """The matrix of settings: every combination is searched."""
 
-    dataset: Annotated[tuple[DatasetName, ...], NonEmpty, Distinct] = ("digits",)
-    noise: Annotated[tuple[NoiseName, ...], NonEmpty, Distinct] = ("symmetric",)
-    noise_rate: Annotated[tuple[NoiseRate, ...], NonEmpty, Distinct] = (0.4,)
-    imbalance: Annotated[tuple[Imbalance, ...], NonEmpty, Distinct] = ("none",)
-    model: Annotated[tuple[ModelName, ...], NonEmpty, Distinct] = ("default",)
+    dataset: Annotated[tuple[DatasetName, ...], NonEmpty] = ("digits",)
+    noise: Annotated[tuple[NoiseName, ...], NonEmpty] = ("symmetric",)
+    noise_rate: Annotated[tuple[NoiseRate, ...], NonEmpty] = (0.4,)
+    imbalance: Annotated[tuple[Imbalance, ...], NonEmpty] = ("none",)
+    model: Annotated[tuple[ModelName, ...], NonEmpty] = ("default",)
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -195,6 +193,10 @@ class Study:
         for key, where in self.ignored_training() if refuse_ignored else ():  # the trials' own value would win
             raise ConfigError(f"training.{key}", self.training[key], f"set by {where} (under training: it would "
                               "be ignored)")
+        for axis in dataclasses.fields(Settings) if refuse_ignored else ():
+            values = getattr(self.settings, axis.name)  # (a repeated value was dropped without a word,
+            if len(set(values)) < len(values):         # where a repeated seed or baseline is refused)
+                raise ConfigError(f"settings.{axis.name}", list(values), "expected distinct values")
         for key, where in self.unused_training() if refuse_ignored else ():
             raise ConfigError(f"training.{key}", self.training[key], f"only applies to {where}; no trial of this "
                               "study would use it")

@@ -316,7 +316,7 @@ def search_cmd(args: argparse.Namespace) -> int:
               "when the study began: the result files of the trials that end now go there", file=sys.stderr)
     if not args.address:
         check_local_gpus(study)
-    sources = load_sources(study)
+    sources = load_sources(study, new=not resuming)
     _quieten_libraries()
     created = not workspace.exists()
     workspace.mkdir(parents=True, exist_ok=True)
