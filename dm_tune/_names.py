@@ -36,6 +36,7 @@ MODEL_NAMES = ("mlp", "imdb-mlp", "cnn", "resnet20", "resnet32", "resnet44", "re
 NOISE_NAMES = ("none", "symmetric", "pair", "cifar100-superclass", "file")
 
 IMBALANCE_KINDS = ("none", "longtail", "step")
+PRETRAINABLE = ("resnet18", "resnet50", "reid-resnet18", "reid-resnet50")  # the models `pretrained` loads into
 
 
 def task_of(dataset: str) -> str:

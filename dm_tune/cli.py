@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dm_tune._names import DATASET_ROOTS
+from dm_tune._names import DATASET_ROOTS, PRETRAINABLE
 from dm_tune._validate import ConfigError
 from dm_tune.errors import DataError, UserError, load_yaml, output_path, path_argument, write_output
 
@@ -261,8 +261,6 @@ def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> No
 
 # Fields a run uses only in some configurations: (does it apply to this config, to what, the field
 # that decides it).
-PRETRAINABLE = ("resnet18", "resnet50", "reid-resnet18", "reid-resnet50")  # the models --pretrained loads into
-
 _APPLIES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "lam": (lambda c: c.method == "dm", "method dm", "method"),
     "beta": (lambda c: c.method == "dm", "method dm", "method"),

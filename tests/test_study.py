@@ -187,3 +187,16 @@ def test_a_stored_study_resumes_with_what_a_new_one_is_refused():
     assert set(load_sources(stored, new=False)) == {"digits"}
     with pytest.raises(ConfigError, match="settings.imbalance: 'longtail:5000' is not allowed"):
         load_sources(Study.from_dict({"settings": {"imbalance": ["longtail:5000"]}}))
+
+
+def test_pretrained_weights_no_model_of_the_study_loads_are_refused(tmp_path):
+    """training.pretrained with models that load no weights: every trial ignored it."""
+    from dm_tune.search._preflight import load_sources
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")
+    study = Study.from_dict({"training": {"pretrained": str(weights)}})
+    with pytest.raises(ConfigError, match="training.pretrained: .* only applies to models resnet18, .* this study "
+                                          "trains mlp"):
+        load_sources(study)
+    assert set(load_sources(study, new=False)) == {"digits"}  # a stored study goes on as it began
