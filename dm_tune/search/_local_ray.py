@@ -14,11 +14,9 @@ Checked on Ray 2.41 and 2.60 by tests/test_local_ray.py.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import warnings
-from collections.abc import Iterator
 
 # Ray's public switch for "no multi-node cluster": the node takes 127.0.0.1 as its address.
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -49,16 +47,14 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, *,
             f"init_local_ray: ray was imported before {LOCAL_ONLY_ENV}=0 was set, so a local Ray "
             "would listen on every interface; call init_local_ray before importing anything that "
             f"imports ray, or start the process with {LOCAL_ONLY_ENV}=0")
-    with quiet_gpu_tip():
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-                 object_store_memory=object_store_memory, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging_level)
+    hide_gpu_tip()
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
+             include_dashboard=False, log_to_driver=False, logging_level=logging_level)
 
 
-@contextlib.contextmanager
-def quiet_gpu_tip() -> Iterator[None]:
-    """Around ``ray.init``: Ray 2.50 ends it with a FutureWarning that it will stop hiding GPUs
-    from tasks that asked for none (the local Ray keeps hiding them; on a cluster the head decides)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*accelerator visible devices")
-        yield
+def hide_gpu_tip() -> None:
+    """Before ``ray.init``: Ray 2.50 ends it with a FutureWarning that it will stop hiding GPUs from
+    tasks that asked for none (the local Ray keeps hiding them; on a cluster the head decides). A
+    filter for the process, not one restored afterwards (warnings.catch_warnings is not thread-safe:
+    the filters another thread added meanwhile would be lost)."""
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*accelerator visible devices")

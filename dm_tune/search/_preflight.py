@@ -154,7 +154,7 @@ def connect_ray(address: str | None, cpus: int | None = None) -> None:
     """Connect to the cluster at ``address``, or start a local Ray that listens on 127.0.0.1 only."""
     import ray
 
-    from dm_tune.search._local_ray import init_local_ray, quiet_gpu_tip
+    from dm_tune.search._local_ray import hide_gpu_tip, init_local_ray
 
     if ray.is_initialized():
         return
@@ -163,8 +163,8 @@ def connect_ray(address: str | None, cpus: int | None = None) -> None:
         return
     check_address(address)
     try:
-        with quiet_gpu_tip():
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        hide_gpu_tip()
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"--address {address}: could not connect to a Ray cluster ({str(e).splitlines()[0]})") from None
 
