@@ -227,8 +227,8 @@ def _out_path(args: argparse.Namespace, configs: list[Any]) -> Path | None:
     if not args.out:
         return None
     out = output_path("--out", args.out)
-    inputs = [("--config", args.config)] + [(f"{field} in the config", getattr(c, field)) for c in configs
-                                            for field in ("noise_file", "pretrained")]
+    inputs = [("--config", args.config)] + [(name, getattr(c, field)) for c in configs for field, name in
+                                            (("noise_file", "its noise labels"), ("pretrained", "its weights"))]
     for name, value in inputs:
         if value and Path(value).expanduser().resolve() == out:
             raise UserError(f"--out {args.out}: is the run's input ({name}); write the result elsewhere")

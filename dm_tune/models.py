@@ -201,7 +201,7 @@ def torchvision_resnet(name: str) -> Callable[[ModelSpec], nn.Module]:
             raise ValueError(f"model '{name}' needs image inputs, not {spec.input_kind}")
         model = getattr(torchvision.models, name)(weights=None)
         if spec.pretrained:
-            load_pretrained(model, Path(spec.pretrained))
+            load_pretrained(model, Path(spec.pretrained).expanduser())
         model.fc = nn.Linear(model.fc.in_features, spec.num_classes)
         return model
 
@@ -232,7 +232,7 @@ def reid_resnet(name: str) -> Callable[[ModelSpec], nn.Module]:
             raise ValueError(f"model 'reid-{name}' needs image tracks (e.g. mars), not {spec.input_kind}")
         trunk = getattr(torchvision.models, name)(weights=None)
         if spec.pretrained:
-            load_pretrained(trunk, Path(spec.pretrained))
+            load_pretrained(trunk, Path(spec.pretrained).expanduser())
         dim = trunk.fc.in_features
         trunk.fc = nn.Identity()
         return TrackEmbedder(trunk, dim, spec.num_classes)

@@ -115,6 +115,8 @@ ERRORS = {
     # the result replaced the YAML it was configured by
     "out is the config": (["--config", "run.yaml", "--epochs", "1", "--out", "run.yaml"],
                           ["--out run.yaml", "the run's input (--config)"]),
+    "out is the noise file": (["--noise", "file", "--noise-file", "labels.npy", "--out", "labels.npy"],
+                              ["--out labels.npy", "the run's input (its noise labels)"]),
     "out is the config, several members": (["--config", "run.yaml", "--lam", "1,2", "--out", "./run.yaml"],
                                            ["--out ./run.yaml", "the run's input (--config)"]),
     # past float's range: an OverflowError traceback

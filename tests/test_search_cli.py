@@ -287,8 +287,9 @@ def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path, sig)
                    if r.data.tags["dmtune.status"] == "finished"}
     assert len(done_before) >= 2
 
-    resumed = _cli("search", "--resume", "resumable", "--workspace", str(ws), cwd=tmp_path)
+    resumed = _cli("search", "--resume", "resumable", "--workspace", str(ws), "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming study 'resumable' in {ws}" in resumed.stderr  # said under --quiet too
     client, after = _trials(ws, "resumable")
     keys = Counter(r.data.tags["dmtune.trial_key"] for r in after)
     assert max(keys.values()) == 1  # no duplicated MLflow runs

@@ -352,7 +352,7 @@ def _scheduler(study: Study, budget: int):
 
 def run_setting(ctx: SettingContext, announce: Callable[[], None] | None = None) -> Ledger:
     """Run what is left of one setting (all of it, the first time); returns its ledger. ``announce``
-    is called once the setting's stores have been checked, before anything is written."""
+    is called once the setting's stores have been checked, before any trial is handed out."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
@@ -503,7 +503,7 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
               resuming: bool = False) -> list[SettingSummary]:
     """Run (or resume) every setting of ``study``; returns one summary per setting. With
     ``opts.echo`` each setting is announced on stderr once its stores pass their checks (a refusal
-    is then the only line printed), the first one after a "resuming" line when ``resuming``."""
+    is then the only line printed); when ``resuming``, a "resuming" line comes first (echo or not)."""
     from dm_tune.search._preflight import load_sources
     from dm_tune.search._tracking import experiment_id
 
@@ -513,10 +513,10 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
     summaries: list[SettingSummary] = []
 
     def announce(key: str) -> None:
+        if resuming and not summaries:  # (with --quiet too, as before)
+            print(f"resuming study {study.name!r} in {opts.workspace}", file=sys.stderr)
         if not opts.echo:
             return
-        if resuming and not summaries:
-            print(f"resuming study {study.name!r} in {opts.workspace}", file=sys.stderr)
         seeds = list(study.seeds[:study.search_seed_count])
         print(f"setting {key}: {study.search.num_samples} DM arms on seeds {seeds} ({study.search.space} space, "
               f"{study.search.sampler}), then the top {study.search.top_k} DM arms and {len(study.baselines)} "
