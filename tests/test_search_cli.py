@@ -94,7 +94,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     # a repeated value was dropped without a word; 'default' and the model it is trained the same twice
     (["--noise-rate", "0.2,0.2"], ["settings.noise_rate", "[0.2, 0.2]", "expected distinct values"]),
     (["--model", "default,mlp"], ["settings.model", "'default' is mlp on digits"]),
-    (["--imbalance", "step:1000"], ["settings.imbalance: 'step:1000'", "at most about", "digits-symmetric0.4-step1000"]),
+    (["--imbalance", "step:1000"],
+     ["settings.imbalance: 'step:1000'", "at most about", "digits-symmetric0.4-step1000"]),
     # remote storage that does not open: was a traceback once Ray had started, the study stored with it
     (["--storage-path", "nosuchfs://bucket/x"], ["--storage-path nosuchfs://bucket/x: cannot be opened",
                                                  "Unrecognized filesystem type"]),
