@@ -22,8 +22,9 @@ status=0
 # but the browser's (on pandas 2 there: MLflow 3.9 needs pandas < 3), and the tests of what torch
 # and torchvision compute (losses, training, populations, the fused kernel, models, data) (about 4
 # minutes on 2 cores, plus about 2 to build .venv-oldest the first time). Left to the newest
-# versions: the slow end-to-end searches (about 7 minutes more), the CLI's input checks (answered before any of those libraries is imported) and the search with
-# populations (dm-tune's own bookkeeping over the Ray and MLflow calls the other searches make).
+# versions: the slow end-to-end searches (about 7 minutes more), the CLI's input checks (answered
+# before any of those libraries is imported) and the search with populations (dm-tune's own
+# bookkeeping over the Ray and MLflow calls the other searches make).
 OLDEST_TESTS=(tests/test_ray_api.py tests/test_local_ray.py tests/test_search_seams.py tests/test_search_stores.py
               tests/test_search_run.py tests/test_search_spaces.py tests/test_search_retrieval.py
               tests/test_reports_load.py tests/test_reports_analysis.py tests/test_reports_surface.py
