@@ -544,9 +544,9 @@ def test_a_study_stored_under_the_same_name_with_another_configuration_is_refuse
     (ws / "studies" / "x.json").unlink()
     real = _preflight.load_sources
 
-    def stored_meanwhile(study):  # the other search stores its study during this one's pre-flight
+    def stored_meanwhile(study, new=True):  # the other search stores its study during this one's pre-flight
         (ws / "studies" / "x.json").write_text(json.dumps(other))
-        return real(study)
+        return real(study, new)
 
     monkeypatch.setattr(_preflight, "load_sources", stored_meanwhile)
     for name in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AIR_NEW_OUTPUT", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",
