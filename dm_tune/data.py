@@ -101,12 +101,17 @@ def matched_queries(g: Gallery) -> int:
     return sum(bool(seen.get(ids[q], set()) - {cams[q]}) for q in g.query.tolist())
 
 
+def _held_out(fraction: float, n: int) -> int:
+    """How many of a class's ``n`` examples the validation split takes."""
+    return int(round(fraction * n))
+
+
 def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(keep, held_out) index arrays; held_out holds ``fraction`` of every class."""
     held = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        held.append(rng.choice(idx, size=int(round(fraction * len(idx))), replace=False))
+        held.append(rng.choice(idx, size=_held_out(fraction, len(idx)), replace=False))
     held_out = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
     keep = np.setdiff1d(np.arange(len(labels)), held_out)
     return keep, held_out
@@ -114,11 +119,11 @@ def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Genera
 
 def training_class_counts(source: Source, val_fraction: float) -> np.ndarray:
     """Per class, the training examples ``prepare`` keeps before any imbalance: the dataset's
-    training set less the validation split it carves (``_stratified_split``'s rounding)."""
+    training set less the validation split it carves."""
     counts = np.bincount(source.train.labels.numpy().astype(np.int64), minlength=source.num_classes)
     if source.val is not None:
         return counts
-    return counts - np.array([int(round(val_fraction * n)) for n in counts])
+    return counts - np.array([_held_out(val_fraction, n) for n in counts])
 
 
 def check_val_noisy(val_noisy: bool, source: Source, field: str = "val_noisy") -> None:
