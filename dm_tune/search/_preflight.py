@@ -231,11 +231,11 @@ def load_sources(study: Study, new: bool = True) -> dict[str, Any]:
             except ConfigError as e:
                 raise ConfigError(e.field, f"{setting.imbalance}:{setting.imbalance_ratio:g}",
                                   f"{e.allowed} (setting {setting.key})") from None
-    models = {src.default_model if s.model is None else s.model for s in study.expand()
-              for src in [sources[s.dataset]]}
-    if new and study.training.get("pretrained") and not models & set(PRETRAINABLE):
-        raise ConfigError("training.pretrained", study.training["pretrained"], f"only applies to models "
-                          f"{', '.join(PRETRAINABLE)}; this study trains {', '.join(sorted(models))}")
+    if new and study.training.get("pretrained"):
+        trained = {s.model or sources[s.dataset].default_model for s in study.expand()}
+        if not trained & set(PRETRAINABLE):
+            raise ConfigError("training.pretrained", study.training["pretrained"], f"only applies to models "
+                              f"{', '.join(PRETRAINABLE)}; this study trains {', '.join(sorted(trained))}")
     for name, src in sources.items() if new else ():  # 'default' and the model it stands for: trained twice
         models = [src.default_model if m == "default" else m for m in study.settings.model]
         if len(set(models)) < len(models):
