@@ -142,11 +142,12 @@ class StagedSearcher(Searcher):
 
             study = optuna.create_study(study_name=self._study_name, storage=self._storage,
                                         sampler=self._sampler, direction="maximize", load_if_exists=True)
-            if study.trials and self._resume_sampler is not None:
+            held = len(study.get_trials(deepcopy=False))
+            if held and self._resume_sampler is not None:
                 # A resumed search: the sampler it began with, seeded alike, would draw again the
                 # points it drew before (every random draw: a duplicate arm, trained twice).
                 study = optuna.load_study(study_name=self._study_name, storage=self._storage,
-                                          sampler=self._resume_sampler(len(study.trials)))
+                                          sampler=self._resume_sampler(held))
             asked = {s.number for s in self.ledger.started.values() if s.stage == "search"}
             missing = sorted(asked - {t.number for t in study.trials})
             if missing:  # the store was replaced or emptied since: new trials would reuse the ledger's numbers
