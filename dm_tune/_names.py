@@ -37,6 +37,8 @@ NOISE_NAMES = ("none", "symmetric", "pair", "cifar100-superclass", "file")
 
 IMBALANCE_KINDS = ("none", "longtail", "step")
 PRETRAINABLE = ("resnet18", "resnet50", "reid-resnet18", "reid-resnet50")  # the models `pretrained` loads into
+IMAGE_DATASETS = ("cifar10", "cifar100", "clothing1m", "imagefolder")  # the ones `augment` crops and flips
+DOWNLOADABLE = ("cifar10", "cifar100")  # the ones `download` fetches
 
 
 def task_of(dataset: str) -> str:

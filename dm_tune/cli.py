@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dm_tune._names import DATASET_ROOTS, PRETRAINABLE
 from dm_tune._validate import ConfigError
 from dm_tune.errors import DataError, UserError, load_yaml, output_path, path_argument, write_output
 
@@ -235,13 +234,6 @@ def _out_path(args: argparse.Namespace, configs: list[Any]) -> Path | None:
     return out
 
 
-def _check_pretrained(resolved: Any) -> None:
-    """--pretrained with the dataset's default model (known once the data is): one that loads none."""
-    if resolved.pretrained and resolved.model not in PRETRAINABLE:
-        raise ConfigError("pretrained", resolved.pretrained, f"only applies to models {', '.join(PRETRAINABLE)}; "
-                          f"this run's model is {resolved.model} (the dataset's default), which would ignore it")
-
-
 def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> None:
     """Torch's threads (--threads, else 1 for small in-memory models, which run fastest on one),
     and the model built once, so that a model that does not fit the data fails before training."""
@@ -259,43 +251,33 @@ def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> No
                                           resolved.hidden_dim, resolved.pretrained, data.vocab_size))
 
 
-# Fields a run uses only in some configurations: (does it apply to this config, to what, the field
-# that decides it).
-_APPLIES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
-    "lam": (lambda c: c.method == "dm", "method dm", "method"),
-    "beta": (lambda c: c.method == "dm", "method dm", "method"),
-    "gce_q": (lambda c: c.method in ("gce", "gce-dn"), "methods gce and gce-dn", "method"),
-    "sl_mu": (lambda c: c.method == "sl", "method sl", "method"),
-    "sl_nu": (lambda c: c.method == "sl", "method sl", "method"),
-    "sl_log_clip": (lambda c: c.method == "sl", "method sl", "method"),
-    "class_weighting_beta": (lambda c: c.class_weighting == "effective-number",
-                             "class_weighting effective-number", "class_weighting"),
-    "noise_file": (lambda c: c.noise == "file", "noise file", "noise"),
-    "noise_key": (lambda c: c.noise == "file", "noise file", "noise"),
-    "data_root": (lambda c: DATASET_ROOTS[c.dataset], "the datasets read from disk", "dataset"),
-    # (a dataset's default model, None here, may be one of them: left to the model's own check)
-    "pretrained": (lambda c: c.model in (None, *PRETRAINABLE), "models " + ", ".join(PRETRAINABLE), "model"),
-}
 
 
 def _check_applies(args: argparse.Namespace, given: dict[str, Any], configs: list[Any],
-                   file_values: dict[str, Any]) -> None:
+                   file_values: dict[str, Any], resolved: bool = False) -> None:
     """A field given (in --config or by a flag) that no member uses is a mistake: it would be
     silently ignored (``--gce-q`` with DM, ``lam`` in a file that trains CCE). Only a warning where
     a flag changed what decides it (``--method cce`` over a --config file of DM knobs: flags
-    override the file)."""
+    override the file). ``resolved``: ``configs`` carry the dataset's defaults (checked again once
+    the data is loaded), and only the fields that a default decides are checked."""
     import dataclasses
 
-    from dm_tune.config import TrainConfig
+    from dm_tune.config import APPLIES, TrainConfig
 
+    if resolved:
+        for field, (applies, where, decider) in APPLIES.items():
+            if field in given and given[field] != "" and decider not in given and not any(map(applies, configs)):
+                raise ConfigError(field, given[field], f"only applies to {where}; this run's {decider} is "
+                                  f"{getattr(configs[0], decider)} (the dataset's default), which would ignore it")
+        return
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    as_filed = argparse.Namespace(**{d: file_values.get(d, defaults[d]) for _, _, d in _APPLIES.values()})
+    as_filed = argparse.Namespace(**{d: file_values.get(d, defaults[d]) for _, _, d in APPLIES.values()})
     if args.noise is not None and args.noise != "file":
         for key in ("noise_file", "noise_key"):
             if file_values.get(key) and getattr(args, key) is None:  # dropped by _train_values
                 print(f"dm-tune: warning: {key} from --config {args.config} is ignored: --noise {args.noise} "
                       "overrides the file's noise", file=sys.stderr)
-    for field, (applies, where, decider) in _APPLIES.items():
+    for field, (applies, where, decider) in APPLIES.items():
         if field not in given or given[field] == "" or any(applies(c) for c in configs):
             continue
         flagged = getattr(args, decider, None)
@@ -329,7 +311,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     if pretrained and not Path(pretrained).expanduser().is_file():  # as a study checks it, before any work
         raise ConfigError("pretrained", pretrained, "expected an existing local weights file")
     if len(members) > 1:
-        return _train_population_cmd(args, configs)
+        return _train_population_cmd(args, configs, given, file_values)
     args = members[0]
     config = configs[0]
     from dm_tune.data import prepare
@@ -342,7 +324,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     out = _out_path(args, [config])
     data = prepare(config, strict_imbalance=True)
     resolved = config.resolve(data.defaults, data.default_model, data.input_kind)
-    _check_pretrained(resolved)
+    _check_applies(args, given, [resolved], file_values, resolved=True)
     _threads_and_model(args, data, resolved)
     if not args.quiet:
         dm = f" lam={resolved.lam:g} beta={resolved.beta:g}" if resolved.method == "dm" else ""
@@ -383,7 +365,8 @@ def _population_progress(quiet: bool, epochs: int, labels: list[str]):
     return report
 
 
-def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
+def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: dict[str, Any],
+                          file_values: dict[str, Any]) -> int:
     """Several members: populations of --population-size, one result per member."""
     from dm_tune.data import load_source, prepare
     from dm_tune.population import suggested_population_size, train_population
@@ -405,7 +388,8 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any]) -> int:
 
     first = data_of(configs[0])
     resolved = configs[0].resolve(first.defaults, first.default_model, first.input_kind)
-    _check_pretrained(resolved)
+    _check_applies(args, given, [c.resolve(first.defaults, first.default_model, first.input_kind) for c in configs],
+                   file_values, resolved=True)
     _threads_and_model(args, first, resolved)
     size = args.population_size or suggested_population_size(str(resolved.model), device.type)
     groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]

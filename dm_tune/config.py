@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import field
 from typing import Annotated, Any
 
 from pydantic import model_validator
 from pydantic.dataclasses import dataclass
 
-from dm_tune._names import DATASET_NAMES, IMBALANCE_KINDS, METHOD_NAMES, MODEL_NAMES, NOISE_NAMES
+from dm_tune._names import (DATASET_NAMES, DATASET_ROOTS, DOWNLOADABLE, IMAGE_DATASETS, IMBALANCE_KINDS, METHOD_NAMES,
+                            MODEL_NAMES, NOISE_NAMES, PRETRAINABLE)
 from dm_tune._validate import CONFIG, Float, Int, Seed, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import DEFAULT_EFFECTIVE_BETA
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
@@ -135,3 +136,29 @@ class TrainConfig:
         if self.data_seed is None:
             changes["data_seed"] = self.seed
         return dataclasses.replace(self, **changes)
+
+
+# Fields a run uses only in some configurations: field -> (does it apply to this config, to what, the
+# field that decides it). `dm-tune train` refuses a field that no member uses, a study one that no
+# trial uses (the CLI and dm_tune.search._preflight).
+APPLIES: dict[str, tuple[Callable[[TrainConfig], bool], str, str]] = {
+    "lam": (lambda c: c.method == "dm", "method dm", "method"),
+    "beta": (lambda c: c.method == "dm", "method dm", "method"),
+    "gce_q": (lambda c: c.method in ("gce", "gce-dn"), "methods gce and gce-dn", "method"),
+    "sl_mu": (lambda c: c.method == "sl", "method sl", "method"),
+    "sl_nu": (lambda c: c.method == "sl", "method sl", "method"),
+    "sl_log_clip": (lambda c: c.method == "sl", "method sl", "method"),
+    "class_weighting_beta": (lambda c: c.class_weighting == "effective-number",
+                             "class_weighting effective-number", "class_weighting"),
+    "noise_file": (lambda c: c.noise == "file", "noise file", "noise"),
+    "noise_key": (lambda c: c.noise == "file", "noise file", "noise"),
+    "data_root": (lambda c: DATASET_ROOTS[c.dataset], "the datasets read from disk", "dataset"),
+    "download": (lambda c: c.dataset in DOWNLOADABLE, "datasets " + ", ".join(DOWNLOADABLE), "dataset"),
+    "augment": (lambda c: c.dataset in IMAGE_DATASETS, "the image datasets " + ", ".join(IMAGE_DATASETS), "dataset"),
+    # None (the dataset's default) passes until the data is loaded, then the default decides.
+    "pretrained": (lambda c: c.model in (None, *PRETRAINABLE), "models " + ", ".join(PRETRAINABLE), "model"),
+    "hidden_dim": (lambda c: c.model in (None, "mlp", "text"), "models mlp and text", "model"),
+    "momentum": (lambda c: c.optimizer in (None, "sgd"), "optimizer sgd", "optimizer"),
+    "lr_milestones": (lambda c: c.schedule in (None, "step"), "schedule step", "schedule"),
+    "lr_gamma": (lambda c: c.schedule in (None, "step"), "schedule step", "schedule"),
+}

@@ -38,6 +38,13 @@ FILES = {
     "lam_abc.yaml": "lam: abc\n",
     "dup.yaml": "dataset: digits\nepochs: 1\nepochs: 2\n",
     "cce_lam.yaml": "method: cce\nlam: 3\n",
+    "momentum.yaml": "momentum: 0.5\nepochs: 1\n",
+    "adam_momentum.yaml": "optimizer: adam\nmomentum: 0.5\n",
+    "cosine_milestones.yaml": "schedule: cosine\nlr_milestones: [0.3, 0.6]\n",
+    "cnn_hidden.yaml": "dataset: mnist1d\nhidden_dim: 32\nepochs: 1\n",
+    "digits_augment.yaml": "augment: true\n",
+    "digits_download.yaml": "download: true\n",
+    "sgd_momentum.yaml": "optimizer: sgd\nmomentum: 0.5\n",
 }
 
 RUNS = {
@@ -87,6 +94,20 @@ ERRORS = {
     "data root of an embedded dataset": (["--data-root", "/nonexistent"],
                                          ["data_root: '/nonexistent'", "only applies to the datasets read from disk"]),
     "unknown key in config": (["--config", "unknown.yaml"], ["learning_rate", "unknown field"]),
+    # fields the run's optimizer, schedule, model or dataset ignores were trained without a word
+    "momentum with the dataset's default adam": (["--config", "momentum.yaml", "--quiet"],
+                                                 ["momentum: 0.5", "only applies to optimizer sgd",
+                                                  "this run's optimizer is adam (the dataset's default)"]),
+    "momentum with adam": (["--config", "adam_momentum.yaml"], ["momentum: 0.5", "only applies to optimizer sgd",
+                                                                "this run would ignore it"]),
+    "momentum with adam, several members": (["--config", "momentum.yaml", "--seed", "0,1", "--quiet"],
+                                            ["momentum: 0.5", "(the dataset's default)"]),
+    "milestones with a cosine schedule": (["--config", "cosine_milestones.yaml"],
+                                          ["lr_milestones", "only applies to schedule step"]),
+    "hidden_dim with the 1-D CNN": (["--config", "cnn_hidden.yaml", "--quiet"],
+                                    ["hidden_dim: 32", "this run's model is cnn (the dataset's default)"]),
+    "augment on digits": (["--config", "digits_augment.yaml"], ["augment: True", "only applies to the image datasets"]),
+    "download on digits": (["--config", "digits_download.yaml"], ["download: True", "only applies to datasets cifar10"]),
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
     "out into a missing directory": (["--epochs", "1", "--out", "missing/result.json"], ["--out", "missing", "does not exist"]),
     "out is a directory": (["--epochs", "1", "--out", "."], ["--out", "is a directory"]),
@@ -312,3 +333,9 @@ def test_a_method_flag_over_a_file_of_dm_knobs_warns_that_they_are_ignored(tmp_p
                  "--quiet", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert err.count("warning: noise_file from --config") == 1 and "--noise symmetric overrides" in err
+    # --optimizer adam over a file of SGD with its momentum: said once, not again once the data is loaded
+    (tmp_path / "sgd.yaml").write_text(FILES["sgd_momentum.yaml"])
+    assert main(["train", "--config", str(tmp_path / "sgd.yaml"), "--optimizer", "adam", "--epochs", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: momentum from --config") == 1 and "--optimizer adam overrides the file" in err

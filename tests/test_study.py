@@ -197,6 +197,32 @@ def test_pretrained_weights_no_model_of_the_study_loads_are_refused(tmp_path):
     weights.write_bytes(b"")
     study = Study.from_dict({"training": {"pretrained": str(weights)}})
     with pytest.raises(ConfigError, match="training.pretrained: .* only applies to models resnet18, .* this study "
-                                          "trains mlp"):
+                                          "trains with model mlp"):
         load_sources(study)
     assert set(load_sources(study, new=False)) == {"digits"}  # a stored study goes on as it began
+
+
+@pytest.mark.parametrize(("dataset", "training", "words"), [
+    ("digits", {"momentum": 0.5}, "training.momentum: 0.5 is not allowed; only applies to optimizer sgd; this study "
+                                  "trains with optimizer adam"),
+    ("digits", {"optimizer": "adam", "momentum": 0.5}, "training.momentum: .* with optimizer adam"),
+    ("digits", {"lr_milestones": [0.3, 0.6]}, "training.lr_milestones: .* only applies to schedule step; .* with "
+                                              "schedule none"),
+    ("digits", {"hidden_dim": 32}, None),  # the default mlp uses it
+    ("mnist1d", {"hidden_dim": 32}, "training.hidden_dim: 32 .* only applies to models mlp and text; this study "
+                                    "trains with model cnn"),
+    ("digits", {"augment": True}, "training.augment: True .* only applies to the image datasets"),
+    ("digits", {"download": True}, "training.download: True .* only applies to datasets cifar10, cifar100"),
+])
+def test_training_fields_no_trial_uses_are_refused(dataset, training, words):
+    """A training field the trials' optimiser, schedule, model or dataset ignores (the datasets'
+    defaults included: digits trains with Adam, no schedule): every trial trained without it."""
+    from dm_tune.search._preflight import load_sources
+
+    study = Study.from_dict({"settings": {"dataset": [dataset]}, "training": training})
+    if words is None:
+        assert set(load_sources(study)) == {dataset}
+        return
+    with pytest.raises(ConfigError, match=words):
+        load_sources(study)
+    assert set(load_sources(study, new=False)) == {dataset}  # a stored study goes on as it began
