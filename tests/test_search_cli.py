@@ -484,13 +484,16 @@ def test_a_stored_study_with_training_fields_its_trials_ignore_still_resumes(tmp
     ws = tmp_path / "ws"
     (ws / "studies").mkdir(parents=True)
     stored = Study.from_dict(tiny_study("old")).to_dict()
-    stored["training"] = {**stored["training"], "seed": 7}
+    assert "gce" not in stored["baselines"]
+    stored["training"] = {**stored["training"], "seed": 7, "gce_q": 0.5}
     (ws / "studies" / "old.json").write_text(json.dumps(stored))
     proc = _cli("search", "--workspace", str(ws), "--resume", "old", "--address", f"127.0.0.1:{free_port()}",
                 cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == f"dm-tune: warning: {ws / 'studies' / 'old.json'}: training.seed is ignored (set by seeds)"
+    assert lines[1] == (f"dm-tune: warning: {ws / 'studies' / 'old.json'}: training.gce_q is ignored (it only "
+                        "applies to the gce baseline)")
     assert "--address" in lines[-1] and "cannot reach" in lines[-1]
     # the same command as then goes on too (as the README says); a new study with the field is refused
     config = _study_file(tmp_path, {k: v for k, v in stored.items()})

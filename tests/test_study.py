@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -214,15 +215,20 @@ def test_pretrained_weights_no_model_of_the_study_loads_are_refused(tmp_path):
     ("digits", {"augment": True}, "training.augment: True .* only applies to the image datasets"),
     ("digits", {"download": True}, "training.download: True .* only applies to datasets cifar10, cifar100"),
 ])
-def test_training_fields_no_trial_uses_are_refused(dataset, training, words):
+def test_training_fields_no_trial_uses_are_refused(dataset, training, words, capsys):
     """A training field the trials' optimiser, schedule, model or dataset ignores (the datasets'
-    defaults included: digits trains with Adam, no schedule): every trial trained without it."""
+    defaults included: digits trains with Adam, no schedule): every trial trained without it. A
+    stored study goes on as it began, saying so."""
     from dm_tune.search._preflight import load_sources
 
     study = Study.from_dict({"settings": {"dataset": [dataset]}, "training": training})
     if words is None:
-        assert set(load_sources(study)) == {dataset}
+        assert set(load_sources(study)) == {dataset} and set(load_sources(study, new=False)) == {dataset}
+        assert capsys.readouterr().err == ""
         return
     with pytest.raises(ConfigError, match=words):
         load_sources(study)
-    assert set(load_sources(study, new=False)) == {dataset}  # a stored study goes on as it began
+    assert set(load_sources(study, new=False)) == {dataset}
+    (key,) = training.keys() - {"optimizer"}
+    assert re.fullmatch(f"dm-tune: warning: training.{key} is ignored \\(it only applies to .*\\)\n",
+                        capsys.readouterr().err)

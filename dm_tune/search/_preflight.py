@@ -196,19 +196,22 @@ def check_local_gpus(study: Study) -> None:
                         "GPUs on this machine; use 0 on a CPU-only machine")
 
 
-def _check_applies(study: Study, trials: list[Any]) -> None:
+def _check_applies(study: Study, trials: list[Any], new: bool) -> None:
     """config.APPLIES for the training fields that the trials' model, optimiser, schedule or dataset
     decide (``trials``: one resolved config per setting; the method-dependent fields are
-    Study.unused_training's, by the study's baselines)."""
+    Study.unused_training's, by the study's baselines): refused in a new study, a warning in a
+    stored one (it goes on as it began)."""
     from dm_tune._validate import ConfigError
     from dm_tune.config import APPLIES
 
     for key, (applies, where, decider) in APPLIES.items():
         if decider in ("model", "optimizer", "schedule", "dataset") and study.training.get(key) is not None \
                 and not any(map(applies, trials)):
-            used = sorted({str(getattr(c, decider)) for c in trials})
-            raise ConfigError(f"training.{key}", study.training[key], f"only applies to {where}; this study "
-                              f"trains with {decider} {', '.join(used)}")
+            why = f"only applies to {where}; this study trains with {decider} " + ", ".join(
+                sorted({str(getattr(c, decider)) for c in trials}))
+            if new:
+                raise ConfigError(f"training.{key}", study.training[key], why)
+            print(f"dm-tune: warning: training.{key} is ignored (it {why})", file=sys.stderr)
 
 
 def load_sources(study: Study, new: bool = True) -> dict[str, Any]:
@@ -246,12 +249,11 @@ def load_sources(study: Study, new: bool = True) -> dict[str, Any]:
             except ConfigError as e:
                 raise ConfigError(e.field, f"{setting.imbalance}:{setting.imbalance_ratio:g}",
                                   f"{e.allowed} (setting {setting.key})") from None
-    if new:  # a training field that no trial uses, by its model, optimiser, schedule or dataset (theirs by default)
-        trials = []
-        for setting in study.expand():
-            src = sources[setting.dataset]
-            trials.append(study.train_config(setting).resolve(src.defaults, src.default_model, src.input_kind))
-        _check_applies(study, trials)
+    trials = []  # a training field that no trial uses, by its model, optimiser, schedule or dataset (by default theirs)
+    for setting in study.expand():
+        src = sources[setting.dataset]
+        trials.append(study.train_config(setting).resolve(src.defaults, src.default_model, src.input_kind))
+    _check_applies(study, trials, new)
     for name, src in sources.items() if new else ():  # 'default' and the model it stands for: trained twice
         models = [src.default_model if m == "default" else m for m in study.settings.model]
         if len(set(models)) < len(models):

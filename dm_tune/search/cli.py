@@ -161,6 +161,8 @@ def _warn_ignored(study: Any, path: Path) -> None:
     """A study stored by an earlier dm-tune with training fields its trials ignore: say so."""
     for key, where in study.ignored_training():
         print(f"dm-tune: warning: {path}: training.{key} is ignored (set by {where})", file=sys.stderr)
+    for key, where in study.unused_training():
+        print(f"dm-tune: warning: {path}: training.{key} is ignored (it only applies to {where})", file=sys.stderr)
 
 
 # Where a study's trials are recorded and checkpointed, kept beside the stored study
@@ -249,7 +251,8 @@ def _load_study(args: argparse.Namespace, workspace: Path):
         except ConfigError:
             study = None
         path = stored_dir / f"{study.name}.json" if study is not None else None
-        if study is None or not study.ignored_training() or path is None or not path.is_file() \
+        if study is None or not (study.ignored_training() or study.unused_training()) or path is None \
+                or not path.is_file() \
                 or _stored_study(path) != study.to_dict():
             raise
         _warn_ignored(study, path)
