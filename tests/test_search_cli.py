@@ -353,6 +353,28 @@ def test_a_connect_wait_that_is_no_positive_number_is_one_line(monkeypatch, valu
         probe_ray("auto")
 
 
+def test_a_cluster_of_another_ray_version_is_named_with_both_versions(tmp_path, monkeypatch):
+    """Ray's version-mismatch error spans lines: its first alone ("The cluster was started with:")
+    named no version. A cluster of another Ray cannot run here: the probe meets a stand-in ``ray``
+    module that raises Ray's message (ray/_private/utils.py, check_version_info)."""
+    from dm_tune.errors import UserError
+    from dm_tune.search._preflight import probe_ray
+
+    fake = tmp_path / "fake" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "def init(**kwargs):\n"
+        "    raise RuntimeError('Version mismatch: The cluster was started with:\\n    Ray: 2.41.0\\n    Python: "
+        "3.11.7\\nThis process on node 10.0.0.9 was started with:\\n    Ray: 2.60.0\\n    Python: 3.11.7\\n')\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake.parent))
+    with pytest.raises(UserError) as raised:
+        probe_ray("10.0.0.5:6379")
+    assert str(raised.value) == (
+        "--address 10.0.0.5:6379: could not connect to a Ray cluster (Version mismatch: The cluster was started with: "
+        "Ray: 2.41.0 Python: 3.11.7 This process on node 10.0.0.9 was started with: Ray: 2.60.0 Python: 3.11.7); run "
+        "dm-tune with the cluster's Ray and Python versions")
+
+
 @pytest.mark.slow
 def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
     """--resume without the --tracking-uri and --storage-path the study began with recorded every

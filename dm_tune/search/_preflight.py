@@ -80,7 +80,7 @@ import ray
 try:
     ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
 except Exception as e:
-    print(f"dm-tune-probe: {(str(e).strip() or type(e).__name__).splitlines()[0]}", file=sys.stderr)
+    print("dm-tune-probe: " + " ".join((str(e).strip() or type(e).__name__).split())[:600], file=sys.stderr)
     sys.exit(3)
 print(f"dm-tune-probe-address: {ray.get_runtime_context().gcs_address}", flush=True)
 ray.shutdown()
@@ -124,10 +124,17 @@ def probe_ray(address: str) -> str:
     if proc.returncode != 0:
         said = [ln for ln in proc.stderr.splitlines() if ln.startswith("dm-tune-probe: ")]
         cause = said[-1].removeprefix("dm-tune-probe: ") if said else f"exit status {proc.returncode}"
-        raise UserError(f"--address {address}: could not connect to a Ray cluster ({cause}){_auth_hint(proc.stderr)}")
+        raise UserError(f"--address {address}: could not connect to a Ray cluster ({cause}){_auth_hint(proc.stderr)}"
+                        f"{_version_hint(cause)}")
     found = [ln.removeprefix("dm-tune-probe-address: ") for ln in proc.stdout.splitlines()
              if ln.startswith("dm-tune-probe-address: ")]
     return found[-1] if found and found[-1] not in ("", "None") else address
+
+
+def _version_hint(cause: str) -> str:
+    if cause.startswith("Version mismatch"):  # Ray's own message names both versions (on several lines)
+        return "; run dm-tune with the cluster's Ray and Python versions"
+    return ""
 
 
 def _auth_hint(log: str) -> str:
@@ -166,7 +173,9 @@ def connect_ray(address: str | None, cpus: int | None = None) -> None:
         hide_gpu_tip()
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UserError(f"--address {address}: could not connect to a Ray cluster ({str(e).splitlines()[0]})") from None
+        cause = " ".join(str(e).split())[:600]
+        raise UserError(f"--address {address}: could not connect to a Ray cluster ({cause}){_version_hint(cause)}") \
+            from None
 
 
 def check_resources(study: Study) -> None:
