@@ -30,6 +30,7 @@ NOISE_TYPES = ("none", "symmetric", "pair", "cifar100-superclass", "file")
 # A setting's task (settings written before retrieval existed have none: classification).
 # Retrieval settings are never mixed with classification ones.
 TASKS = ("classification", "retrieval")
+MAX_CLASSES = 10**9  # classes (or identities) of one dataset: far beyond any real one
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,10 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
                   imbalance_ratio: float, names: dict[str, str] = INPUT_NAMES) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise UserError(f"{names['num_classes']} must be an integer >= 2, got {num_classes!r}")
+    if num_classes > MAX_CLASSES:  # (10**400 classes was blamed on the guidelines: a float overflow in the surface)
+        digits = len(str(num_classes))
+        raise UserError(f"{names['num_classes']} must be at most {MAX_CLASSES}, got "
+                        + (str(num_classes) if digits <= 24 else f"a number of {digits} digits"))
     if not (isinstance(noise_rate, (int, float)) and 0.0 <= noise_rate < 1.0):
         raise UserError(f"{names['noise_rate']} must be in [0, 1), got {noise_rate!r}")
     if noise_type not in NOISE_TYPES:

@@ -287,6 +287,8 @@ def test_recommend_warns_when_extrapolating() -> None:
     (dict(noise_rate=1.0), "noise rate must be in [0, 1), got 1.0"),
     (dict(noise_rate=-0.1), "noise rate must be in [0, 1), got -0.1"),
     (dict(num_classes=1), "number of classes must be an integer >= 2, got 1"),
+    (dict(num_classes=10**400), "number of classes must be at most 1000000000, got a number of 401 digits"),
+    (dict(num_classes=10**10), "number of classes must be at most 1000000000, got 10000000000"),
     (dict(noise_type="none", noise_rate=0.2), "noise type 'none' needs noise rate 0, got 0.2"),
     # the imbalance as dm-tune train checks it (these gave a recommendation for data that cannot be)
     (dict(imbalance="zipf", imbalance_ratio=10.0),
