@@ -35,6 +35,22 @@ MODEL_NAMES = ("mlp", "imdb-mlp", "cnn", "resnet20", "resnet32", "resnet44", "re
 
 NOISE_NAMES = ("none", "symmetric", "pair", "cifar100-superclass", "file")
 
+
+def rate_limit(name: str, num_classes: int) -> float | None:
+    """The rate at which a synthetic model's labels stop telling the classes apart (exclusive).
+
+    Symmetric noise leaves the true label the most common one of its class while
+    1 - r > r / (C - 1), i.e. r < (C - 1) / C (at the limit the labels are uniform); pair and
+    superclass noise while 1 - r > r, i.e. r < 0.5 (at 0.5 a class's examples carry its label and
+    its partner's equally, above it mostly the partner's: no method can learn the true classes).
+    """
+    if name == "symmetric":
+        return (num_classes - 1) / num_classes
+    if name in ("pair", "cifar100-superclass"):
+        return 0.5
+    return None
+
+
 IMBALANCE_KINDS = ("none", "longtail", "step")
 PRETRAINABLE = ("resnet18", "resnet50", "reid-resnet18", "reid-resnet50")  # the models `pretrained` loads into
 IMAGE_DATASETS = ("cifar10", "cifar100", "clothing1m", "imagefolder")  # the ones `augment` crops and flips

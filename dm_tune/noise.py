@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dm_tune._names import IMBALANCE_KINDS as IMBALANCE_KINDS  # re-exported: the imbalance profiles below
+from dm_tune._names import rate_limit as rate_limit  # re-exported: check_noise's limit (light, for recommend)
 from dm_tune.datasets._base import DataError
 
 
@@ -212,21 +213,6 @@ NOISE_MODELS: dict[str, NoiseModel] = {
     "cifar100-superclass": cifar100_superclass,
     "file": from_file,
 }
-
-
-def rate_limit(name: str, num_classes: int) -> float | None:
-    """The rate at which a synthetic model's labels stop telling the classes apart (exclusive).
-
-    Symmetric noise leaves the true label the most common one of its class while
-    1 - r > r / (C - 1), i.e. r < (C - 1) / C (at the limit the labels are uniform); pair and
-    superclass noise while 1 - r > r, i.e. r < 0.5 (at 0.5 a class's examples carry its label and
-    its partner's equally, above it mostly the partner's: no method can learn the true classes).
-    """
-    if name == "symmetric":
-        return (num_classes - 1) / num_classes
-    if name in ("pair", "cifar100-superclass"):
-        return 0.5
-    return None
 
 
 def check_noise(name: str, rate: float, num_classes: int, class_groups: object = None, prefix: str = "") -> None:

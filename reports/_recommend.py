@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dm_tune._names import IMBALANCE_KINDS
+from dm_tune._names import IMBALANCE_KINDS, rate_limit
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
 from dm_tune.reports._text import fmt_diff, setting_label
@@ -155,6 +155,11 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
         raise UserError(f"{names['noise_type']} {noise_type!r} is not known; expected one of {', '.join(NOISE_TYPES)}")
     if noise_type == "none" and noise_rate != 0.0:
         raise UserError(f"{names['noise_type']} 'none' needs {names['noise_rate']} 0, got {noise_rate!r}")
+    limit = rate_limit(noise_type, num_classes)  # as dm-tune train refuses it: data no method can learn
+    if limit is not None and noise_rate >= limit:
+        raise UserError(f"{names['noise_rate']} must be below {limit:.4g} for {noise_type} noise on {num_classes} "
+                        f"classes, got {noise_rate!r}: from {limit:.4g} up a wrong label is at least as common as the "
+                        "true one")
     if not (isinstance(imbalance_ratio, (int, float)) and 1.0 <= imbalance_ratio < math.inf):
         raise UserError(f"{names['imbalance_ratio']} must be a finite number >= 1 (largest / smallest class), "
                         f"got {imbalance_ratio!r}")

@@ -289,6 +289,9 @@ def test_recommend_warns_when_extrapolating() -> None:
     (dict(num_classes=1), "number of classes must be an integer >= 2, got 1"),
     (dict(num_classes=10**400), "number of classes must be at most 1000000000, got a number of 401 digits"),
     (dict(num_classes=10**10), "number of classes must be at most 1000000000, got 10000000000"),
+    # the rates dm-tune train refuses (the recommendation's own "try: dm-tune train ..." then failed)
+    (dict(noise_type="pair", noise_rate=0.6), "noise rate must be below 0.5 for pair noise on 10 classes, got 0.6"),
+    (dict(num_classes=2, noise_rate=0.5), "noise rate must be below 0.5 for symmetric noise on 2 classes, got 0.5"),
     (dict(noise_type="none", noise_rate=0.2), "noise type 'none' needs noise rate 0, got 0.2"),
     # the imbalance as dm-tune train checks it (these gave a recommendation for data that cannot be)
     (dict(imbalance="zipf", imbalance_ratio=10.0),
