@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._paper import compare_with_paper, paper_guidance
 
 SETTING_KEYS = ("dataset", "noise", "noise_rate", "imbalance", "imbalance_ratio", "model", "num_classes",
@@ -22,7 +23,8 @@ REGION_POINTS = 1.0          # configurations this close to the best (validation
 MIN_IMPORTANCE_TRIALS = 8    # fANOVA on fewer search trials is noise
 NEAR_PAPER_PSI = 0.05        # a trial "tested the paper's mode" when its psi is this close
 STATUS_KEYS = {"finished": "finished", "": "finished", "diverged": "diverged",
-               "early-stopped": "early_stopped", "errored": "errored"}
+               "early-stopped": "early_stopped", "errored": "errored",
+               **{status: "in_progress" for status in IN_PROGRESS}}
 
 
 def usable(df: pd.DataFrame) -> pd.DataFrame:
@@ -40,7 +42,8 @@ def status_counts(df: pd.DataFrame) -> dict[str, int]:
     """How the trainings of ``df`` ended; ``reused``: confirm-stage records of a search trial's run
     (same configuration and seed, not trained again), counted apart from them."""
     reused = df["reused_from"] != "" if "reused_from" in df else pd.Series(False, index=df.index)
-    counts = {"finished": 0, "diverged": 0, "early_stopped": 0, "errored": 0, "reused": int(reused.sum())}
+    counts = {"finished": 0, "diverged": 0, "early_stopped": 0, "errored": 0, "in_progress": 0,
+              "reused": int(reused.sum())}
     for status, n in df.loc[~reused, "status"].value_counts().items():
         key = STATUS_KEYS.get(str(status), "errored")
         counts[key] += int(n)
@@ -51,7 +54,8 @@ def summarize_arms(df: pd.DataFrame) -> pd.DataFrame:
     """Usable runs grouped by (setting, stage, arm): means and sample stds over seeds, in points.
 
     ``n`` counts the distinct seeds that finished, ``n_attempted`` those the arm was run on (any
-    status): an arm with ``n < n_attempted`` diverged, errored or was stopped on some seed.
+    status): an arm with ``n < n_attempted`` diverged, errored, was stopped or is still running on
+    some seed.
     """
     runs = usable(df)
     cols = ["setting", "stage", "arm", "baseline", "method", "lam", "beta", "psi", "rho", "class_weighting", "n",
@@ -102,7 +106,7 @@ def best_dm_arm(arms: pd.DataFrame, confirmed: set[str] | frozenset[str] = froze
         complete = candidates[candidates["n"] >= candidates["n_attempted"]]
         if complete.empty:
             incomplete = (f"no {stage}-stage DM arm finished on every seed: chosen among arms that "
-                          "diverged, errored or were stopped on some")
+                          "diverged, errored, were stopped or are still running on some")
             note = f"{note}; {incomplete}" if note else incomplete
         else:
             candidates = complete
@@ -254,7 +258,8 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
         return out
     chosen = usable(dm_configs(df))
     best_runs = chosen[(chosen["stage"] == best["stage"]) & (chosen["arm"] == best["arm"])]
-    baselines = df[(df["baseline"] != "") & (df["status"] != "early-stopped")]  # failures count (compare_baselines)
+    ended = df[~df["status"].isin(("early-stopped", *IN_PROGRESS))]  # failures count (compare_baselines)
+    baselines = ended[ended["baseline"] != ""]
     if (baselines["stage"] == "confirm").any():
         baselines = baselines[baselines["stage"] == "confirm"]
     search = chosen[chosen["stage"] == "search"]
@@ -268,10 +273,9 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     if out["task"] == "retrieval":  # CMC of the recommended arm, beside its mAP
         out.update({f"test_{k}_mean": _nan_to_none(best_runs[f"final_test_{k}"].mean() * POINTS)
                     for k in ("rank1", "rank5", "rank10")})
-    every = dm_configs(df)
+    every = dm_configs(ended)
     out.update(region(arms, chosen, best, confirmed=confirmed))
-    best_every = every[(every["stage"] == best["stage"]) & (every["arm"] == best["arm"])
-                       & (every["status"] != "early-stopped")]  # its failures count too
+    best_every = every[(every["stage"] == best["stage"]) & (every["arm"] == best["arm"])]  # its failures count too
     out["vs_baselines"] = compare_baselines(best_every, baselines)
     out["importance"] = param_importance(search)
     out["sensitivity"] = sensitivity(search)

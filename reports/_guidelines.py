@@ -129,11 +129,12 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
     lines += surface_markdown(doc.get("surface")) + loso_markdown(doc.get("loso"))
     lines += ["", "## Counts per setting", "", "Trainings by how they ended; *reused*: confirm-stage records of a "
               "search trial's run (same configuration and seed), not trained again.", "",
-              "| setting | finished | diverged | early-stopped | errored | reused |", "|---|---|---|---|---|---|"]
+              "| setting | finished | diverged | early-stopped | errored | in progress | reused |",
+              "|---|---|---|---|---|---|---|"]
     for s in doc["settings"] + doc["unresolved"]:
         c = s["counts"]
         lines.append(f"| {s['setting']} | {c['finished']} | {c['diverged']} | {c['early_stopped']} | {c['errored']} "
-                     f"| {c.get('reused', 0)} |")
+                     f"| {c.get('in_progress', 0)} | {c.get('reused', 0)} |")
     lines += ["", "## Provenance", "", f"- git commits: {', '.join(prov['git_commits']) or 'unknown'}",
               f"- dm-tune versions of the runs: {', '.join(prov['dm_tune_versions_of_runs']) or 'unknown'}; "
               f"report by dm-tune {prov['dm_tune_version']}", ""]

@@ -180,7 +180,9 @@ def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
                        f"{c['errored']} errored (means over finished ones; a diverged seed decides a "
                        "comparison against its arm)"
                        + (f"; and {c['reused']} confirm-stage records of search runs, not trained again"
-                          if c.get("reused") else "")]]
+                          if c.get("reused") else "")
+                       + (f"; {c['in_progress']} still running or interrupted (no results yet: an arm with one "
+                          "is not complete)" if c.get("in_progress") else "")]]
     base_rows = [[name, f"{fmt_acc(b['baseline_mean'], b['baseline_std'])} (n={b['baseline_n']})",
                   f"{fmt_diff(b['mean_diff'], b['std'])} (n={b['n']}, "
                   f"{'paired by seed' if b['paired'] else 'unpaired'})", b.get("verdict", "")]

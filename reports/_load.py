@@ -38,8 +38,8 @@ NUMERIC_COLUMNS = ("lam", "beta", "psi", "rho", "noise_rate", "imbalance_ratio",
 REQUIRED_METRICS = ("final_test_acc", "final_val_acc")
 # ...unless its status explains why: such runs are kept (with NaN accuracies) so that they are counted.
 FAILED_STATUSES = ("diverged", "errored")
-# A search still running (or interrupted, until it is resumed) has runs with these: skipped, not
-# counted as errored.
+# A search still running (or interrupted, until it is resumed) has runs with these: not results
+# (their metrics are left out), not counted as errored, but attempts of their arm on their seed.
 IN_PROGRESS = ("running", "interrupted")
 HISTORY_METRICS = ("weight_clean", "weight_noisy", "test_acc")
 COLUMNS = ("run_id", "experiment", "setting", "stage", "baseline", "status", "task") + PARAM_COLUMNS + METRIC_COLUMNS + (
@@ -50,9 +50,10 @@ _HTTP_TIMEOUT_S = 3.0
 def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd.DataFrame:
     """All dm-tune trial runs of ``experiments`` (None: every experiment that has some), one row each.
 
-    Runs that lack the final metrics (and are not marked diverged/errored) are skipped; their
-    number is in ``df.attrs["skipped"]``. Raises UserError when the store is unreachable or holds
-    no matching runs (naming the experiments that do exist).
+    Runs that lack the final metrics (and are not marked diverged/errored) are skipped, and runs
+    still in progress are kept without metrics (an arm with one is not complete on its seeds); the
+    number of both is in ``df.attrs["skipped"]``. Raises UserError when the store is unreachable or
+    holds no matching runs with results (naming the experiments that do exist).
     """
     from mlflow import MlflowClient  # heavy import, only where it is used
 
@@ -72,11 +73,10 @@ def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd
     for name, exp_id in chosen.items():
         for run in _search_trial_runs(client, exp_id):
             row = run_to_row(name, run.info.run_id, run.data.params, run.data.metrics, run.data.tags)
-            if row is None:
-                skipped += 1
-            else:
+            if row is not None:
                 rows.append(row)
-    if not rows:
+            skipped += row is None or row["status"] in IN_PROGRESS
+    if all(r["status"] in IN_PROGRESS for r in rows):
         where = ", ".join(map(repr, chosen)) if experiments else "any experiment"
         raise UserError(f"no dm-tune trial runs with final metrics in {where} at {tracking_uri} "
                         f"({skipped} incomplete runs skipped); existing experiments: {_names(known)}")
@@ -104,14 +104,14 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
     """One trial run as a flat dict, or None when it lacks its final metrics without a reason."""
     status = tags.get("dmtune.status", "")
     if status in IN_PROGRESS:  # its final metrics, if any, may be there before its status: not a result yet
-        return None
+        metrics = {}
     # The task its dataset trains (a diverged retrieval run has no final mAPs: MLflow is given no
     # NaN), else, for a dataset this dm-tune does not know, the metrics it logged.
     retrieval = task_of(params.get("dataset", "")) == "retrieval" or "final_val_map" in metrics
     task = "retrieval" if retrieval else "classification"
     if task == "retrieval":
         metrics = {**metrics, **{acc: metrics.get(m, math.nan) for acc, m in RETRIEVAL_SCORES.items()}}
-    if status not in FAILED_STATUSES and any(_missing(metrics.get(k)) for k in REQUIRED_METRICS):
+    if status not in FAILED_STATUSES + IN_PROGRESS and any(_missing(metrics.get(k)) for k in REQUIRED_METRICS):
         return None
     row: dict[str, Any] = {"run_id": run_id, "experiment": experiment,
                            "setting": tags.get("dmtune.setting", ""), "stage": tags.get("dmtune.stage", ""),

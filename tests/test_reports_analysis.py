@@ -79,7 +79,8 @@ def test_best_config_region_baselines_and_counts() -> None:
     assert res["epochs"] == 10  # the training budget of the setting's runs (stability compares it)
     assert gce["std"] == pytest.approx(math.sqrt(2.0 ** 2 + 8.0)) and gce["n"] == 2
     # Early-stopped (val 99%) and diverged runs are counted but never chosen.
-    assert res["counts"] == {"finished": 16, "diverged": 1, "early_stopped": 2, "errored": 1, "reused": 0}
+    assert res["counts"] == {"finished": 16, "diverged": 1, "early_stopped": 2, "errored": 1, "in_progress": 0,
+                             "reused": 0}
     assert res["counts_by_stage"]["search"]["early_stopped"] == 1
     assert res["paper_comparison"]["verdict"] == "agree"  # CIFAR-10 schedule at r = 0.4: psi 1/2
 
@@ -103,6 +104,30 @@ def test_an_arm_that_diverged_on_some_seeds_is_not_chosen_over_one_that_finished
                                                row(seed=1, val=None, test=None, status="errored")]))
     assert (partial["lam"], partial["n_seeds"]) == (2.0, 1)
     assert "no confirm-stage DM arm finished on every seed" in partial["stage_note"]
+
+
+def test_an_arm_still_running_on_a_seed_is_not_chosen_over_one_that_finished_on_all() -> None:
+    """A report of a killed (or running) search: B's seed 1 is still 'running' (its final metrics
+    may even be logged); B's one finished seed validates best, but A finished on both seeds. B was
+    taken as complete on one seed and recommended, and a baseline still running counted as a
+    failure against DM."""
+    from dm_tune.reports._load import run_to_row
+
+    rows = [row(seed=s, val=0.90, test=0.80) for s in range(2)]
+    rows += [row(seed=0, val=0.95, test=0.90, lam=2.0, beta=24.0)]
+    params = {k: v for k, v in row(seed=1, lam=2.0, beta=24.0).items() if k not in ("final_val_acc", "final_test_acc")}
+    tags = {"dmtune.setting": "digits/symmetric/0.4", "dmtune.stage": "confirm"}
+    running = run_to_row("study", "r-running", params, {"final_val_acc": 0.99, "final_test_acc": 0.99},
+                         {**tags, "dmtune.status": "running"})
+    rows += [running]
+    rows += [row(seed=s, test=0.60, baseline="cce", method="cce") for s in range(2)]
+    cce_running = run_to_row("study", "r-cce", {k: v for k, v in rows[-1].items() if k != "final_test_acc"}, {},
+                             {**tags, "dmtune.status": "interrupted", "dmtune.baseline": "cce"}) | {"seed": "2"}
+    res = analyse_setting(tidy(rows + [cce_running]))
+    assert (res["lam"], res["beta"], res["n_seeds"]) == (1.0, 8.0, 2) and res["stage_note"] == ""
+    assert res["counts"]["in_progress"] == 2 and res["counts"]["errored"] == 0
+    cce = res["vs_baselines"]["cce"]
+    assert (cce["n"], cce["baseline_n"], cce["verdict"]) == (2, 2, "wins")
 
 
 def test_one_setting_from_two_experiments_is_two_settings_counted_by_seed() -> None:
@@ -169,10 +194,12 @@ def test_importance_needs_enough_trials() -> None:
 
 def test_status_counts_maps_statuses() -> None:
     df = tidy([row(status=s) for s in ("finished", "diverged", "early-stopped", "errored", "errored")])
-    assert status_counts(df) == {"finished": 1, "diverged": 1, "early_stopped": 1, "errored": 2, "reused": 0}
+    assert status_counts(df) == {"finished": 1, "diverged": 1, "early_stopped": 1, "errored": 2, "in_progress": 0,
+                                 "reused": 0}
     # a confirm-stage record of a search trial's run is no training of its own: counted apart
     reused = tidy([row(stage="search"), row(reused_from="study/s/search/0"), row(seed=2)])
-    assert status_counts(reused) == {"finished": 2, "diverged": 0, "early_stopped": 0, "errored": 0, "reused": 1}
+    assert status_counts(reused) == {"finished": 2, "diverged": 0, "early_stopped": 0, "errored": 0,
+                                     "in_progress": 0, "reused": 1}
 
 
 def setting(rate: float, psi: float, rho: float = 2.0, noise: str = "symmetric", classes: int = 10,

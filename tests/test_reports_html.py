@@ -87,7 +87,7 @@ def test_report_files(report: dict[str, Path]) -> None:
     assert not [p for p in out.rglob(".*") if p.is_file()]  # written through temporary files, none left
     doc = load_guidelines(report["guidelines.json"])
     assert [s["noise_rate"] for s in doc["settings"]] == [0.0, 0.2, 0.4]
-    expected = {"finished": 20, "diverged": 1, "early_stopped": 1, "errored": 0, "reused": 0}
+    expected = {"finished": 20, "diverged": 1, "early_stopped": 1, "errored": 0, "in_progress": 0, "reused": 0}
     assert all(s["counts"] == expected for s in doc["settings"])
     assert {r["knob"] for r in doc["rules"] if r["kind"] == "noise_rate"} == {"psi", "rho"}
     assert json.loads(report["guidelines.json"].read_text())["schema_version"] == 2

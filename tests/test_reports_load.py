@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import socket
 import subprocess
 import time
@@ -257,12 +258,18 @@ def test_a_report_into_a_folder_another_report_is_writing_is_refused(store: dict
     assert args.func(args) == 0 and (out / "guidelines.json").is_file()  # once the other is done
 
 
-def test_a_run_still_running_is_skipped_even_with_its_final_metrics() -> None:
+def test_a_run_still_running_is_no_result_even_with_its_final_metrics() -> None:
     """A report taken while a search runs: a trial's final metrics can be in the store a moment
-    before its status (or until the search's reconcile); it was counted as errored."""
-    from dm_tune.reports._load import run_to_row
+    before its status (or until the search's reconcile); it was counted as errored. It is kept as an
+    attempt of its arm without metrics (so that its arm is not complete), counted as in progress."""
+    from dm_tune.reports._analysis import status_counts
+    from dm_tune.reports._load import run_to_row, tidy
 
     params = {"method": "dm", "lam": "1", "beta": "8", "seed": "0"}
-    for status in ("running", "interrupted"):
-        assert run_to_row("s", "r", params, final(0.8, 0.7), {"dmtune.status": status}) is None
+    rows = [run_to_row("s", "r", params, final(0.8, 0.7), {"dmtune.status": status})
+            for status in ("running", "interrupted")]
+    assert [r["status"] for r in rows] == ["running", "interrupted"]
+    assert all(math.isnan(r["final_val_acc"]) and math.isnan(r["final_test_acc"]) for r in rows)
     assert run_to_row("s", "r", params, final(0.8, 0.7), {"dmtune.status": "finished"})["status"] == "finished"
+    assert status_counts(tidy(rows)) == {"finished": 0, "diverged": 0, "early_stopped": 0, "errored": 0,
+                                         "in_progress": 2, "reused": 0}
