@@ -110,8 +110,12 @@ def best_dm_arm(arms: pd.DataFrame, confirmed: set[str] | frozenset[str] = froze
             note = f"{note}; {incomplete}" if note else incomplete
         else:
             candidates = complete
-        best = candidates.sort_values(["val_mean", "n"], ascending=False, kind="stable").iloc[0]
-        return best, note
+        # Ties (validation accuracy moves in steps of 1/n_val) go to more seeds, then the smaller std over
+        # seeds, then the smaller lambda, beta, class weighting: the search's summary breaks them so too.
+        keys = {"val_key": False, "n": False, "val_std": True, "lam": True, "beta": True, "class_weighting": True}
+        ranked = candidates.assign(val_key=candidates["val_mean"].round(6)).sort_values(
+            list(keys), ascending=list(keys.values()), na_position="last", kind="stable")
+        return ranked.iloc[0].drop("val_key"), note
     return None, "no finished DM runs"
 
 

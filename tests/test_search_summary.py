@@ -32,3 +32,31 @@ def test_the_best_dm_arm_finished_on_every_seed_as_the_report_chooses():
     # with no arm finished everywhere, the best of those that finished somewhere
     alone = SettingSummary("s", [lucky, cce], 2, {}, 1.0)
     assert alone.best_dm() is lucky
+
+
+def test_a_validation_tie_is_broken_as_the_report_breaks_it():
+    """Validation accuracy moves in steps (1/250 on digits): the summary took the arm that ended
+    first, the report the one whose label sorts first, and the two named different arms. Both now
+    take the smaller std over seeds, then the smaller lambda; the same runs through the report's
+    choice give the same arm, in either order."""
+    import itertools
+
+    from dm_tune.reports._analysis import best_dm_arm, summarize_arms
+    from dm_tune.reports._load import tidy
+    from tests.test_reports_analysis import row
+
+    def arm(name: str, lam: float, beta: float, val: list[float]) -> ArmResult:
+        return ArmResult(name, "", {"lam": lam, "beta": beta}, [0.9] * len(val), val, ["finished"] * len(val))
+
+    cases = [  # (arms, the one chosen)
+        ([arm("a", 2.0, 24.0, [0.936, 0.932]), arm("b", 0.7, 1.5, [0.934, 0.934])], "b"),  # steadier
+        ([arm("a", 2.0, 24.0, [0.936, 0.932]), arm("b", 0.7, 1.5, [0.932, 0.936])], "b"),  # smaller lambda
+    ]
+    for arms, chosen in cases:
+        for order in itertools.permutations(arms):
+            assert SettingSummary("s", list(order), 0, {}, 1.0).best_dm().arm == chosen
+            runs = [row(seed=seed, val=v, lam=a.params["lam"], beta=a.params["beta"])
+                    for a in order for seed, v in enumerate(a.val_acc)]
+            best, _ = best_dm_arm(summarize_arms(tidy(runs)))
+            lam = next(a.params["lam"] for a in arms if a.arm == chosen)
+            assert best["lam"] == lam

@@ -54,10 +54,18 @@ class SettingSummary:
     train_time_s: float
 
     def best_dm(self) -> ArmResult | None:
-        """The DM arm with the best mean validation accuracy among those that finished on every seed
-        (as the report chooses): among all only when none did."""
+        """The DM arm with the best mean validation accuracy among those that finished on every seed,
+        among all only when none did; ties as the report breaks them (``reports._analysis.best_dm_arm``):
+        more seeds, then the smaller std over seeds, then the smaller lambda, beta, class weighting."""
         dm = [a for a in self.arms if not a.baseline and a.val_acc]
-        return max([a for a in dm if a.complete] or dm, key=lambda a: a.mean(a.val_acc), default=None)
+
+        def rank(a: ArmResult) -> tuple[Any, ...]:
+            std = a.std(a.val_acc)
+            return (-round(100 * a.mean(a.val_acc), 6), -a.n_results, std if math.isfinite(std) else math.inf,
+                    a.params.get("lam", math.inf), a.params.get("beta", math.inf),
+                    str(a.params.get("class_weighting", "none")))
+
+        return min([a for a in dm if a.complete] or dm, key=rank, default=None)
 
 
 def _arm_label(a: ArmResult) -> str:
