@@ -20,7 +20,7 @@ SETTING_KEYS = ("dataset", "noise", "noise_rate", "imbalance", "imbalance_ratio"
                 "pretrained", "task")  # task: classification, or retrieval (scores are then mAP, see _load)
 POINTS = 100.0               # fractions -> percentage points
 REGION_POINTS = 1.0          # configurations this close to the best (validation, points) form its region
-MIN_IMPORTANCE_TRIALS = 8    # fANOVA on fewer search trials is noise
+MIN_IMPORTANCE_CONFIGS = 8   # fANOVA on fewer searched configurations is noise (seeds of one are not more)
 NEAR_PAPER_PSI = 0.05        # a trial "tested the paper's mode" when its psi is this close
 STATUS_KEYS = {"finished": "finished", "": "finished", "diverged": "diverged",
                "early-stopped": "early_stopped", "errored": "errored",
@@ -202,16 +202,23 @@ def _by_seed(runs: pd.DataFrame) -> dict[Any, float]:
     return {int(s) if float(s).is_integer() else s: v for s, v in out.items()}
 
 
+def _configurations(trials: pd.DataFrame) -> int:
+    """Distinct (psi, rho) among ``trials`` (a configuration's seeds are one point of the space;
+    rounded: one value read back from (lam, beta) as two one ulp apart is one)."""
+    return int(len(trials[["psi", "rho"]].round(9).drop_duplicates()))
+
+
 def param_importance(trials: pd.DataFrame) -> dict[str, Any]:
-    """fANOVA importance of psi vs rho for final validation accuracy over search-stage DM trials."""
+    """fANOVA importance of psi vs rho for final validation accuracy over search-stage DM trials;
+    ``n`` counts the trials, ``n_configs`` the configurations (what the minimum is about)."""
     trials = trials[trials["psi"].notna() & trials["rho"].notna()]
-    n = int(len(trials))
-    if n < MIN_IMPORTANCE_TRIALS:
-        return {"status": "insufficient", "n": n,
-                "reason": f"{n} search trials < {MIN_IMPORTANCE_TRIALS} needed"}
+    n, configs = int(len(trials)), _configurations(trials)
+    if configs < MIN_IMPORTANCE_CONFIGS:
+        return {"status": "insufficient", "n": n, "n_configs": configs,
+                "reason": f"{configs} searched configurations < {MIN_IMPORTANCE_CONFIGS} needed"}
     for col, what in (("psi", "psi"), ("rho", "rho"), ("final_val_acc", "validation accuracy")):
         if trials[col].nunique() < 2:
-            return {"status": "insufficient", "n": n, "reason": f"{what} did not vary"}
+            return {"status": "insufficient", "n": n, "n_configs": configs, "reason": f"{what} did not vary"}
     import optuna  # heavy import, only where it is used
     from optuna.distributions import FloatDistribution
     from optuna.importance import FanovaImportanceEvaluator
@@ -224,20 +231,24 @@ def param_importance(trials: pd.DataFrame) -> dict[str, Any]:
                                                   distributions=dists, value=float(val)))
     scores = optuna.importance.get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0),
                                                      params=["psi", "rho"])
-    return {"status": "ok", "n": n, "psi": float(scores.get("psi", 0.0)), "rho": float(scores.get("rho", 0.0))}
+    return {"status": "ok", "n": n, "n_configs": configs, "psi": float(scores.get("psi", 0.0)),
+            "rho": float(scores.get("rho", 0.0))}
 
 
 def sensitivity(trials: pd.DataFrame, max_bins: int = 4) -> dict[str, Any]:
-    """Per knob, the range (max - min) of mean final validation accuracy over quantile bins, in points."""
+    """Per knob, the range (max - min) of mean final validation accuracy over quantile bins, in points:
+    at least two configurations a bin (with one, both knobs' ranges were that of the configurations
+    themselves, the same number), none below four configurations."""
     trials = trials[trials["psi"].notna() & trials["rho"].notna()]
-    n = int(len(trials))
-    out: dict[str, Any] = {"n": n, "metric": "final validation accuracy", "psi": None, "rho": None}
-    if n < 4:
+    n, configs = int(len(trials)), _configurations(trials)
+    out: dict[str, Any] = {"n": n, "n_configs": configs, "metric": "final validation accuracy", "psi": None,
+                           "rho": None}
+    if configs < 4:
         return out
     for knob in ("psi", "rho"):
         # (rounded: one value read back from (lam, beta) as two one ulp apart must share a bin,
         # whichever side of a quantile edge each falls; pandas 2 and 3 put the edges differently)
-        bins = pd.qcut(trials[knob].round(9), q=min(max_bins, n // 2), duplicates="drop")
+        bins = pd.qcut(trials[knob].round(9), q=min(max_bins, configs // 2), duplicates="drop")
         means = trials.groupby(bins, observed=True)["final_val_acc"].mean() * POINTS
         out[knob] = float(means.max() - means.min()) if len(means) > 1 else 0.0
     return out

@@ -154,14 +154,20 @@ def _loso_section(loso: dict[str, Any] | None, images: dict[str, str]) -> list[s
                     "<div class='figs'>", _img(images, "loso", "leave-one-setting-out regret and gain"), "</div>"]
 
 
+def _trials(block: dict[str, Any]) -> str:
+    """How many search trials (and, where recorded, configurations) an importance or sensitivity used."""
+    configs = block.get("n_configs")  # (absent in guidelines written before it was recorded)
+    return f"n={block['n']} trials" + ("" if configs is None else f" of {configs} configurations")
+
+
 def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
     e = html.escape
     imp = s["importance"]
-    importance = (f"psi {imp['psi']:.2f}, rho {imp['rho']:.2f} (fANOVA, n={imp['n']})" if imp["status"] == "ok"
+    importance = (f"psi {imp['psi']:.2f}, rho {imp['rho']:.2f} (fANOVA, {_trials(imp)})" if imp["status"] == "ok"
                   else f"insufficient: {imp.get('reason', '')}")
     sens = s["sensitivity"]
     sensitivity = (f"psi {_num(sens['psi'], 1)}, rho {_num(sens['rho'], 1)} points "
-                   f"(range of binned mean {sens['metric']}, n={sens['n']})")
+                   f"(range of binned mean {sens['metric']}, {_trials(sens)})")
     c = s["counts"]
     m = metric_name(s)
     rows = [["recommended", f"lambda {s['lam']:.3g}, beta {s['beta']:.3g} (psi {s['psi']:.3f}, rho {s['rho']:.3f}); "

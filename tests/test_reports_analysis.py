@@ -183,13 +183,30 @@ def grid_search_rows(n_psi: int = 4, n_rho: int = 3) -> list[dict[str, Any]]:
 def test_importance_and_sensitivity_single_out_the_mode() -> None:
     res = analyse_setting(tidy(grid_search_rows()))
     imp, sens = res["importance"], res["sensitivity"]
-    assert imp["status"] == "ok" and imp["n"] == 12 and imp["psi"] > 0.9 > imp["rho"]
+    assert imp["status"] == "ok" and imp["n"] == imp["n_configs"] == 12 and imp["psi"] > 0.9 > imp["rho"]
     assert sens["psi"] == pytest.approx(0.4 * 0.6 * 100) and sens["rho"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_importance_needs_enough_trials() -> None:
     res = analyse_setting(tidy(grid_search_rows(n_psi=2, n_rho=3)))
     assert res["importance"]["status"] == "insufficient" and res["importance"]["n"] == 6
+
+
+def test_importance_and_sensitivity_count_configurations_not_their_seeds() -> None:
+    """4 configurations on 2 seeds are 8 trials: fANOVA ran on them as if on 8 points, and with one
+    configuration a bin both knobs' sensitivities were the same range of the configurations."""
+    rows = []
+    for psi, rho in ((0.1, 1.0), (0.3, 3.0), (0.5, 2.0), (0.7, 4.0)):  # accuracy 0.5 + 0.4 psi, whatever rho
+        lam = psi / (1 - psi)
+        rows += [row(stage="search", seed=seed, val=0.5 + 0.4 * psi, lam=lam, beta=rho / rho_from_beta(1.0, lam))
+                 for seed in (0, 1)]
+    res = analyse_setting(tidy(rows))
+    imp, sens = res["importance"], res["sensitivity"]
+    assert (imp["status"], imp["n"], imp["n_configs"]) == ("insufficient", 8, 4)
+    assert imp["reason"] == "4 searched configurations < 8 needed"
+    assert (sens["n"], sens["n_configs"]) == (8, 4)
+    # two bins of two configurations: psi's {0.1, 0.3} against {0.5, 0.7}; rho's mix both psi
+    assert sens["psi"] == pytest.approx(0.4 * 0.4 * 100) and sens["rho"] == pytest.approx(0.4 * 0.2 * 100)
 
 
 def test_status_counts_maps_statuses() -> None:
