@@ -54,8 +54,8 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--task", default="classification",
                    help="classification (default) or retrieval (re-ID; --num-classes is then the number of "
                         "identities in the training split): only settings of this task are used")
-    p.add_argument("--dataset", help="the dataset, when it is one the guidelines measured (e.g. digits); "
-                                     "otherwise leave it out")
+    p.add_argument("--dataset", type=text_argument("a dataset name"),
+                   help="the dataset, when it is one the guidelines measured (e.g. digits); otherwise leave it out")
     p.add_argument("--guidelines", metavar="FILE", type=path_argument,
                    help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
     p.add_argument("--json", action="store_true", help="print the recommendation as JSON")

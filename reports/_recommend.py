@@ -237,5 +237,6 @@ def _evidence_line(s: dict[str, Any]) -> str:
     line = f"{setting_label(s)}: psi {s['psi']:.2f}, rho {s['rho']:.2f}"
     base = s["vs_baselines"].get("cce")
     if isinstance(base, dict) and base.get("mean_diff") is not None:
-        line += f", {fmt_diff(base['mean_diff'], base.get('std'))} points over CCE over {base.get('n', '?')} seeds"
-    return line + f" (n={s['n_seeds']} seeds)"
+        line += (f", {fmt_diff(base['mean_diff'], base.get('std'))} points of final test accuracy over CCE over "
+                 f"{base.get('n', '?')} seeds")
+    return line + f" (the arm measured on {s['n_seeds']} seeds)"

@@ -157,7 +157,7 @@ def load_guidelines(path: str | Path) -> dict[str, Any]:
         doc = json.loads(text)
         problem = validate_guidelines(doc)
     except json.JSONDecodeError as exc:
-        raise UserError(f"guidelines file {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        raise UserError(f"guidelines file {path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
     except RecursionError:
         raise UserError(f"guidelines file {path} is nested too deeply to read") from None
     if problem:

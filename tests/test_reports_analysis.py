@@ -313,6 +313,7 @@ def test_recommend_interpolates_in_noise_rate() -> None:
     assert rec.psi == pytest.approx(0.5) and rec.rho == pytest.approx(3.0) and rec.warnings == [NO_SURFACE]
     assert rec.lam == pytest.approx(1.0) and rec.beta == pytest.approx(12.0)
     assert rec.settings == ["symmetric-10-0.2", "symmetric-10-0.6"] and "interpolated" in rec.evidence
+    assert "points of final test accuracy over CCE over 3 seeds (the arm measured on 3 seeds)" in rec.evidence
     assert set(rec.to_dict()) >= {"lam", "beta", "psi", "rho", "evidence", "warnings"}
 
 
@@ -371,15 +372,18 @@ def test_recommend_rejects_an_unknown_noise_type_on_the_command_line(tmp_path: P
     # each input named by its flag (was "noise rate must be ...", "imbalance ratio ...")
     for argv, start in ((["--noise-rate", "nan"], "--noise-rate must be in [0, 1), got nan"),
                         (["--noise-rate", "0.2", "--imbalance", "step"],
-                         "--imbalance 'step' needs an --imbalance-ratio")):
+                         "dm-tune: error: --imbalance 'step' needs an --imbalance-ratio"),
+                        # was taken as a dataset named '' ("dataset '' was not measured")
+                        (["--noise-rate", "0.2", "--dataset", ""],
+                         "dm-tune recommend: error: argument --dataset: expected a dataset name, not ''")):
         proc = subprocess.run([DM_TUNE, "recommend", "--num-classes", "10", *argv, "--guidelines", str(path)],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc
-        assert proc.stderr.startswith(f"dm-tune: error: {start}"), proc.stderr
+        assert proc.stderr.startswith(start if start.startswith("dm-tune") else f"dm-tune: error: {start}"), proc.stderr
 
 
 @pytest.mark.parametrize("content, problem", [
-    ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes at line 1"),
+    ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes (line 1)"),
     ("[1, 2]", ": the top level: [1, 2] is not allowed; expected a mapping of field: value"),
     ('{"schema_version": 1, "settings": [], "rules": [], "provenance": {}}',
      ": schema_version: 1 is not allowed; expected 2 (files of schema version 1 must be regenerated with "
