@@ -76,6 +76,21 @@ class _Model(BaseModel):
         bad = next((t for t in self.theta if not (math.isfinite(t) and abs(t) <= MAX_LOG_HYPER)), None)
         if bad is not None:  # exp() of it overflows: no kernel
             raise violation(f"expected finite log hyper-parameters within ±{MAX_LOG_HYPER:g}", "theta", bad)
+        # Within the bounds the fit had (kernel.*_bounds, where recorded): one far outside them gave
+        # intervals of 1e154 points, answered as a recommendation.
+        parts = (("constant_value_bounds", self.theta[:1]), ("length_scale_bounds", self.theta[1:-1]),
+                 ("noise_level_bounds", self.theta[-1:]))
+        for key, values in parts:
+            bounds = self.kernel.get(key)
+            if bounds is None:
+                continue
+            if not (isinstance(bounds, list) and len(bounds) == 2 and all(
+                    isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < math.inf for b in bounds)):
+                raise violation("expected [low, high], two positive numbers", f"kernel.{key}", bounds)
+            lo, hi = math.log(bounds[0]) - 1e-6, math.log(bounds[1]) + 1e-6
+            bad = next((t for t in values if not lo <= t <= hi), None)
+            if bad is not None:
+                raise violation(f"expected log values within the fit's kernel.{key} {bounds}", "theta", bad)
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise violation("expected a finite jitter >= 0", "alpha", self.alpha)
         unknown = next((f for f in self.feature_names if not (f in PLAIN_FEATURES or f.startswith(FEATURE_PREFIXES))),

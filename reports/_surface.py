@@ -392,7 +392,21 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
     the cells whose predicted mean is within WITHIN_POINTS of the point's, the plausible region
     those whose 95% upper bound reaches that. For a dataset that was not measured (or none named)
     the prediction is the average over the measured datasets, and their disagreement adds to the
-    variance (a new dataset is like one of them, which one unknown)."""
+    variance (a new dataset is like one of them, which one unknown). A surface whose numbers
+    overflow (a damaged file) raises ValueError, without numpy's warnings on the way."""
+    import numpy as np
+
+    with np.errstate(all="ignore"), _warnings.catch_warnings():
+        _warnings.simplefilter("ignore", RuntimeWarning)  # (numpy's "Mean of empty slice" is a warning of its own)
+        out = _recommend_from_surface(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio,
+                                      dataset)
+    if not all(math.isfinite(v) for v in (out["predicted_gain"]["mean"], out["predicted_std"], out["surface_std"])):
+        raise ValueError("its prediction is not a finite number")
+    return out
+
+
+def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float,
+                            imbalance: str, imbalance_ratio: float, dataset: str | None) -> dict[str, Any]:
     import numpy as np
 
     enc, model = surface["encoding"], surface["model"]

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,10 @@ def guidelines_text() -> str:
     (lambda m: m["theta"].__setitem__(0, 1e308), "surface.model.theta: 1e+308 is not allowed; expected finite log"),
     (lambda m: m.update(alpha=-1.0), "surface.model.alpha: -1.0 is not allowed; expected a finite jitter >= 0"),
     (lambda m: m.update(feature_names=["zzz", "log_rho", "noise_rate"]), "surface.model.feature_names: 'zzz'"),
+    # within exp()'s range but far outside the fit's own bounds: intervals of 1e154 points, answered
+    (lambda m: m.update(theta=[700.0] * len(m["theta"])), "surface.model.theta: 700.0 is not allowed; expected log "
+                                                          "values within the fit's kernel.constant_value_bounds"),
+    (lambda m: m["kernel"].update(length_scale_bounds=[0, 5]), "surface.model.kernel.length_scale_bounds: [0, 5]"),
 ])
 def test_a_surface_whose_shapes_disagree_is_named(guidelines_text: str, edit: Any, problem: str) -> None:
     """A truncated theta was broadcast over every feature (another surface, silently), a short row
@@ -408,11 +413,15 @@ def test_a_surface_that_passes_the_schema_but_cannot_be_used_is_one_line() -> No
     from dm_tune.reports._schema import default_guidelines_path, load_guidelines, validate_guidelines
 
     shipped = load_guidelines(default_guidelines_path())
-    doc = copy.deepcopy(shipped)
-    doc["surface"]["encoding"]["datasets"] = []
-    assert validate_guidelines(doc) is None
-    with pytest.raises(UserError, match=r"the guidelines' surface block cannot be used \(.*\); write it again"):
-        recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits")
+    no_datasets, huge_target = copy.deepcopy(shipped), copy.deepcopy(shipped)
+    no_datasets["surface"]["encoding"]["datasets"] = []
+    huge_target["surface"]["model"]["y"][0] = 1e308  # its std overflows: NaN predictions
+    for doc in (no_datasets, huge_target):
+        assert validate_guidelines(doc) is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy's RuntimeWarnings were printed, several lines, before the error
+            with pytest.raises(UserError, match=r"the guidelines' surface block cannot be used \(.*\); write it again"):
+                recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits")
     assert recommend(shipped, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits").lam > 0
 
 
