@@ -133,14 +133,22 @@ def _sections(args: argparse.Namespace) -> list[str]:
         if flag == "--stability":
             from dm_tune.reports._stability import to_markdown
 
-            what, keys = "a stability.json written by 'dm-tune stability'", {"settings", "rules", "summary"}
+            what, keys = "a stability.json written by 'dm-tune stability'", {"settings": list, "rules": list,
+                                                                               "summary": dict}
             render = lambda d: to_markdown(d, str(d.get("a", "A")), str(d.get("b", "B")))  # noqa: E731
         else:
             from dm_tune.validate import to_markdown as render
 
-            what, keys = "a validation.json written by 'dm-tune validate'", {"settings", "seeds", "verdict_rule"}
-        if not (isinstance(doc, dict) and keys <= set(doc)):
+            what, keys = "a validation.json written by 'dm-tune validate'", {"settings": list, "seeds": list,
+                                                                             "verdict_rule": str}
+        if not (isinstance(doc, dict) and keys.keys() <= set(doc)):
             raise UserError(f"{flag} {path}: not {what}")
+        # (the right keys holding other things went into the report: "Verdict: None. Trained: .")
+        wrong = next((k for k, kind in keys.items() if not isinstance(doc[k], kind)), None)
+        if wrong is None and flag == "--validation" and not all(type(x) is int for x in doc["seeds"]):
+            wrong = "seeds"
+        if wrong is not None:
+            raise UserError(f"{flag} {path}: not {what} (its {wrong} is {json.dumps(doc[wrong])[:80]})")
         try:
             sections.append(render(doc))
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:

@@ -203,3 +203,11 @@ def test_report_takes_the_stability_and_validation_sections(report: dict[str, Pa
     with pytest.raises(UserError, match=f"--stability {bad}: not a stability.json written by 'dm-tune stability' "
                                         r"\(at KeyError"):
         _sections(argparse.Namespace(stability=str(bad), validation=None))
+    # the right keys holding other things went into the report ("Verdict: None. Trained: .")
+    for doc, what in (({"settings": [], "seeds": "abc", "verdict_rule": None}, 'its seeds is "abc"'),
+                      ({"settings": [], "seeds": [0, "1"], "verdict_rule": "paired t"}, 'its seeds is [0, "1"]'),
+                      ({"settings": {}, "seeds": [0], "verdict_rule": "paired t"}, "its settings is {}")):
+        bad.write_text(json.dumps(doc))
+        with pytest.raises(UserError, match=re.escape(f"--validation {bad}: not a validation.json written by "
+                                                      f"'dm-tune validate' ({what})")):
+            _sections(argparse.Namespace(stability=None, validation=str(bad)))
