@@ -101,7 +101,7 @@ def load_doc(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read guidelines file {path}: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"guidelines file {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        raise UserError(f"guidelines file {path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
     except RecursionError:
         raise UserError(f"guidelines file {path} is nested too deeply to read") from None
     check_doc(doc, str(path))
@@ -122,7 +122,14 @@ def overlaps(a: list[float], b: list[float]) -> bool:
 
 def _gain(s: Mapping[str, Any]) -> dict[str, Any] | None:
     cce = s["vs_baselines"].get("cce") if isinstance(s["vs_baselines"], Mapping) else None
-    return {"mean_diff": cce["mean_diff"], "std": cce["std"]} if isinstance(cce, Mapping) else None
+    return {"mean_diff": cce["mean_diff"], "std": cce["std"], "n": cce.get("n")} if isinstance(cce, Mapping) else None
+
+
+def _point(s: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's recommendation for a setting, with how many seeds measured it and at which stage (a
+    search-stage arm was not confirmed: fewer seeds)."""
+    return ({k: s[k] for k in ("psi", "rho", "psi_range", "rho_range")}
+            | {"gain_vs_cce": _gain(s), "n_seeds": s.get("n_seeds"), "stage": s.get("stage")})
 
 
 def compare_setting(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,8 +137,7 @@ def compare_setting(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any
     log_rho = (abs(math.log(a["rho"]) - math.log(b["rho"])) if a["rho"] > 0 and b["rho"] > 0 else None)
     psi_ov, rho_ov = overlaps(a["psi_range"], b["psi_range"]), overlaps(a["rho_range"], b["rho_range"])
     return {"setting": a["setting"],
-            "a": {k: a[k] for k in ("psi", "rho", "psi_range", "rho_range")} | {"gain_vs_cce": _gain(a)},
-            "b": {k: b[k] for k in ("psi", "rho", "psi_range", "rho_range")} | {"gain_vs_cce": _gain(b)},
+            "a": _point(a), "b": _point(b),
             "d_psi": abs(a["psi"] - b["psi"]), "d_rho": abs(a["rho"] - b["rho"]), "d_log_rho": log_rho,
             "psi_overlap": psi_ov, "rho_overlap": rho_ov, "region_overlap": psi_ov and rho_ov}
 
@@ -264,7 +270,16 @@ def _range(r: list[float]) -> str:
 def _gain_text(g: Mapping[str, Any] | None) -> str:
     if g is None or g["mean_diff"] is None:
         return "n/a"
-    return f"{g['mean_diff']:+.2f}" + (f" ± {g['std']:.2f}" if _is_number(g["std"]) else "")
+    return (f"{g['mean_diff']:+.2f}" + (f" ± {g['std']:.2f}" if _is_number(g["std"]) else "")
+            + (f" (n={g['n']})" if _is_number(g.get("n")) else ""))
+
+
+def _psi_text(side: Mapping[str, Any]) -> str:
+    """psi and its range; an arm not confirmed (search stage) says so, with its seeds."""
+    text = f"{side['psi']:.3f} {_range(side['psi_range'])}"
+    if side.get("stage") == "search":
+        text += f" (search stage, {side.get('n_seeds', '?')} seed(s), not confirmed)"
+    return text
 
 
 def _yes(v: bool) -> str:
@@ -304,12 +319,12 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
              f"{s['n_common']} setting(s) measured in both; near-best regions (psi and rho ranges) overlap in "
              f"{_num(s['region_overlap_fraction'], '.0%')}; median |d psi| {_num(s['median_d_psi'])}, median "
              f"|d rho| {_num(s['median_d_rho'])}, median |d log rho| {_num(s['median_d_log_rho'])}. "
-             "Gains are final test accuracy points over CCE, mean ± std of paired differences.", "",
+             "Gains are final test accuracy points over CCE, mean ± std of paired differences over n seeds.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in result["settings"]:
         a, b = c["a"], c["b"]
         lines.append("| " + " | ".join([
-            c["setting"], f"{a['psi']:.3f} {_range(a['psi_range'])}", f"{b['psi']:.3f} {_range(b['psi_range'])}",
+            c["setting"], _psi_text(a), _psi_text(b),
             f"{c['d_psi']:.3f}", f"{a['rho']:.2f} {_range(a['rho_range'])}", f"{b['rho']:.2f} {_range(b['rho_range'])}",
             f"{c['d_rho']:.2f}", _num(c["d_log_rho"], ".2f"), _yes(c["psi_overlap"]), _yes(c["rho_overlap"]),
             _gain_text(a["gain_vs_cce"]), _gain_text(b["gain_vs_cce"])]) + " |")

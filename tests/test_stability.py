@@ -57,7 +57,7 @@ def test_settings_in_both_are_compared():
     assert near["d_psi"] == pytest.approx(0.05) and near["d_rho"] == pytest.approx(2.0)
     assert near["d_log_rho"] == pytest.approx(math.log(2.0))
     assert near["psi_overlap"] and near["rho_overlap"] and near["region_overlap"]
-    assert near["a"]["gain_vs_cce"] == {"mean_diff": 10.0, "std": 1.0}
+    assert near["a"]["gain_vs_cce"] == {"mean_diff": 10.0, "std": 1.0, "n": 3}
     assert near["b"]["gain_vs_cce"]["mean_diff"] == 8.0
     apart = by_name["s-apart"]
     assert not apart["psi_overlap"] and not apart["rho_overlap"] and not apart["region_overlap"]
@@ -132,6 +132,16 @@ def test_markdown_has_the_table_and_the_rule_verdicts():
     assert "| s-apart |" in md and "| no | no |" in md
     assert "Only in A: s-only-a." in md
     assert "holds in both" in md and "only in A" in md and "opposite signs" in md
+    assert "| +10.00 ± 1.00 (n=3) | +8.00 ± 1.00 (n=3) |" in md
+
+
+def test_an_arm_not_confirmed_says_so_with_its_seeds():
+    """A report of a search stopped before its confirm stage recommends a search-stage arm (fewer
+    seeds): the stability table gave it as any other, with no seed count."""
+    a, b = docs()
+    b["settings"][0].update(stage="search", n_seeds=1)
+    md = to_markdown(compare(a, b))
+    assert "| s-overlap | 0.500 [0.40, 0.60] | 0.550 [0.58, 0.70] (search stage, 1 seed(s), not confirmed) |" in md
 
 
 @pytest.mark.parametrize(("edit", "message"), [
