@@ -251,8 +251,6 @@ def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> No
                                           resolved.hidden_dim, resolved.pretrained, data.vocab_size))
 
 
-
-
 def _check_applies(args: argparse.Namespace, given: dict[str, Any], configs: list[Any],
                    file_values: dict[str, Any], resolved: bool = False) -> None:
     """A field given (in --config or by a flag) that no member uses is a mistake: it would be
