@@ -98,7 +98,7 @@ def report_command(args: argparse.Namespace) -> int:
             doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))  # before another report's
     except OSError as e:
         raise UserError(f"could not write the report into {out} ({e.strerror or e})") from None
-    print(f"{len(df)} runs from {', '.join(doc['provenance']['experiments'])} "
+    print(f"{doc['provenance']['n_runs']} runs from {', '.join(doc['provenance']['experiments'])} "
           f"({doc['provenance']['n_skipped_runs']} incomplete runs skipped)")
     for s in doc["settings"]:
         print(f"- {s['guideline']}")

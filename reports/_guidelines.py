@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from dm_tune.reports._analysis import analyse_settings
+from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._loso import leave_one_setting_out
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface
 from dm_tune.reports._text import (ACCURACY_UNIT, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc, fmt_diff,
@@ -41,7 +42,7 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str
                           "differences, its verdict by the paired 95% t interval"),
         "provenance": {
             "experiments": sorted(df["experiment"].unique().tolist()),
-            "n_runs": int(len(df)),
+            "n_runs": int((~df["status"].isin(IN_PROGRESS)).sum()),  # (those in progress are among the skipped)
             "n_skipped_runs": int(df.attrs.get("skipped", 0)),
             "git_commits": sorted(c for c in df["git_commit"].unique().tolist() if c),
             "dm_tune_versions_of_runs": sorted(v for v in df["dmtune_version"].unique().tolist() if v),

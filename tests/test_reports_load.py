@@ -70,6 +70,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     log_trial(client, exp_a, parent, key, "search", 0, "finished", lam="0.5", beta="4", final=final(0.75, 0.65))
     log_trial(client, exp_a, parent, key, "search", 0, "diverged", lam="3", beta="40")       # no finals: kept
     log_trial(client, exp_a, parent, key, "search", 0, "finished", lam="2", beta="9")        # no finals: skipped
+    # still running, its finals logged a moment before its status: skipped as a result, kept as an attempt
+    ids["running"] = log_trial(client, exp_a, parent, key, "search", 1, "running", lam="0.5", beta="4",
+                               final=final(0.99, 0.99))
     exp_b = client.create_experiment("study-b")
     parent_b = client.create_run(exp_b, tags={"dmtune.role": "setting", "dmtune.setting": key}).info.run_id
     log_trial(client, exp_b, parent_b, key, "search", 1, "finished", lam="0", beta="2", final=final(0.6, 0.5))
@@ -79,7 +82,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_load_runs_builds_the_tidy_frame(store: dict[str, Any]) -> None:
     df = load_runs(store["uri"], None)
-    assert df.attrs["skipped"] == 1 and len(df) == 9
+    assert df.attrs["skipped"] == 2 and len(df) == 10
+    running = df[df["run_id"] == store["running"]]
+    assert list(running["status"]) == ["running"] and running["final_test_acc"].isna().all()
     assert set(df["experiment"]) == {"study-a", "study-b"}
     for col in ("run_id", "experiment", "setting", "stage", "baseline", "status", "method", "lam", "beta", "psi",
                 "rho", "dataset", "noise", "noise_rate", "imbalance", "imbalance_ratio", "model", "num_classes",
@@ -203,7 +208,7 @@ def test_report_then_recommend_on_the_command_line(store: dict[str, Any], tmp_pa
                                 "--out", str(tmp_path / "rep")])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "8 runs from study-a (1 incomplete runs skipped)" in out
+    assert "8 runs from study-a (2 incomplete runs skipped)" in out  # the running one among those skipped
     assert "+11.0 +/- 1.0 points over CCE over 3 seeds" in out
     for name in ("index.html", "guidelines.md", "guidelines.json", "figures/weights_00.png"):
         assert (tmp_path / "rep" / name).is_file(), name
