@@ -10,7 +10,9 @@ For every setting of a study-style YAML (its ``settings:`` matrix, ``training:``
 The arms of one setting train together as populations (dm_tune.population), each on the same
 per-seed data (noise draw, validation split, imbalance), so differences are paired by seed.
 Each finished setting is kept in ``--out``/validation.progress.jsonl as it ends (``Progress``):
-started again with the same inputs, a stopped validation trains only what it had not finished.
+started again with the same inputs, a stopped validation trains only what it had not finished. An
+--out holds one validation (validation.json records what it validated, ``identities``): another's
+results or unfinished progress there are refused, the same one finished is not trained again.
 Each setting names the dm-tune that trained it (``trained_by``); validation.md says which trained
 each setting when they differ (a progress file resumed after an upgrade).
 
@@ -184,7 +186,6 @@ class Progress:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.done: dict[str, dict[str, Any]] = {}
-        self.used: set[str] = set()  # the identities of this validation's settings (set by validate())
         self._torn = False
         try:  # readable and writable now: a setting trained for hours must not be lost at its end
             with open(path, "a", encoding="utf-8"):
@@ -226,17 +227,10 @@ class Progress:
                   file=sys.stderr, flush=True)
         self.done[identity] = json.loads(line)["setting"]
 
-    def release(self) -> int:
-        """Forget this validation's settings (they are in validation.json now): the file is removed,
-        or, where another validation into the same --out (other inputs) had finished settings,
-        rewritten with those alone, so that it still goes on from them. Returns how many are kept."""
-        kept = [json.dumps({"identity": k, "setting": v}, allow_nan=True, default=_plain)
-                for k, v in self.done.items() if k not in self.used]
-        if kept:
-            write_output(self.path, "\n".join(kept) + "\n")
-        else:
-            self.path.unlink(missing_ok=True)
-        return len(kept)
+    def release(self) -> None:
+        """Forget this validation's settings: they are in validation.json now (an --out holds one
+        validation: ``validate_command`` refuses another's)."""
+        self.path.unlink(missing_ok=True)
 
 
 def _plan(studies: list[Any], seeds: Sequence[int] | None, overrides: Mapping[str, Any],
@@ -277,15 +271,13 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
              else f"{setting.key} (config {1 + next(i for i, x in enumerate(studies) if x is one)}: {one.name})"
              for (one, setting, _, identity), key, name in zip(plan, keys, named)}
     if progress is not None:
-        progress.used = {identity for *_, identity in plan}
-        ours = len(progress.used & set(progress.done))
-        others = len(progress.done) - ours
+        others = len(set(progress.done) - {identity for *_, identity in plan})
+        if others:  # (validate_command refuses such an --out before this)
+            raise UserError(f"{progress.path}: holds {others} finished setting(s) of another validation (other "
+                            "inputs); finish that one with its own command, or use another --out")
         if progress.done and not quiet:
-            said = [f"{ours} setting(s) of this validation finished in an earlier run (not trained again)"
-                    ] if ours else []
-            said += [f"{others} finished setting(s) of another validation into this --out (other inputs) are kept "
-                     "there"] if others else []
-            print(f"{progress.path}: " + "; ".join(said), file=sys.stderr, flush=True)
+            print(f"{progress.path}: {len(progress.done)} setting(s) of this validation finished in an earlier run "
+                  "(not trained again)", file=sys.stderr, flush=True)
     for one, setting, seeds_here, identity in plan:
         if progress is not None and identity in progress.done:
             if not quiet:
@@ -293,7 +285,7 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
                 print(f"{setting.key}: finished earlier ({progress.path.name}"
                       + (f"; trained by {other}, not by this dm-tune" if other else "") + ")",
                       file=sys.stderr, flush=True)
-            settings.append(progress.done[identity])
+            settings.append({**progress.done[identity], "setting": label[identity]})  # named as in this run
             continue
         if not quiet:
             print(f"{setting.key}:", file=sys.stderr, flush=True)
@@ -304,7 +296,8 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
         settings.append(entry)
     tally = {base: {v: sum(1 for s in settings if s["summary"]["vs"][base]["verdict"] == v)
                     for v in ("wins", "within noise", "loses", "undetermined")} for base in BASELINE_ARMS}
-    return {"accuracy_unit": "percentage points (final-epoch test accuracy)",
+    return {"identities": [identity for *_, identity in plan],  # what it validated: the same inputs give the same
+            "accuracy_unit": "percentage points (final-epoch test accuracy)",
             "verdict_rule": f"wins/loses when the paired {CONFIDENCE:.0%} t interval of the mean difference "
                             "excludes 0, else within noise; undetermined with fewer than 2 paired seeds; an arm "
                             "that did not finish (diverged) on a seed where the other did loses",
@@ -466,7 +459,8 @@ def validate_command(args: argparse.Namespace) -> int:
             raise UserError(f"--epochs {args.epochs}: {e.allowed}") from None
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
-    _plan(studies, seeds, {"epochs": args.epochs} if args.epochs is not None else {}, guidelines)  # before --out
+    plan, _ = _plan(studies, seeds, {"epochs": args.epochs} if args.epochs is not None else {}, guidelines)
+    _preflight(studies)  # every setting trainable, before any trains (or --out is made)
     out = output_dir("--out", args.out)  # checked before hours of training, not after
     taken = next((n for n in (LOCK_FILE, PROGRESS_FILE, "validation.json", "validation.md")
                   if (out / n).exists() and not (out / n).is_file()), None)
@@ -476,7 +470,44 @@ def validate_command(args: argparse.Namespace) -> int:
 
     with held(out / LOCK_FILE, f"--out {args.out}: another dm-tune validate is writing there ({{holder}}); "
                                "wait for it to end or use another --out"):
+        if (done := _finished_here(args, out, [identity for *_, identity in plan])) is not None:
+            print(_plain_table(table_rows(done)))
+            print(f"validation.json: {out / 'validation.json'} (this validation, finished earlier: nothing trained)")
+            return 0
         return _validate_into(args, studies, seeds, path, guidelines, out)
+
+
+def _preflight(studies: list[Any]) -> None:
+    """What dm-tune search checks of a new study (data roots, noise rates and imbalances the data can
+    take, fields no trial uses), for every setting at once: a setting refused at its turn came
+    after the settings before it had trained."""
+    from dm_tune.search._preflight import load_sources
+
+    for study in studies:
+        load_sources(study, data_root_hint="training.data_root in its --config")
+
+
+def _finished_here(args: argparse.Namespace, out: Path, identities: list[str]) -> dict[str, Any] | None:
+    """The finished validation.json in ``out`` when it is this validation's (the same inputs); None
+    when ``out`` holds none. Another validation's results or unfinished progress are refused: a
+    second validation into one --out replaced the first one's validation.json."""
+    doc_path, progress = out / "validation.json", out / PROGRESS_FILE
+    if doc_path.is_file():
+        try:
+            doc = json.loads(doc_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            doc = None
+        if isinstance(doc, dict) and doc.get("identities") == identities:
+            progress.unlink(missing_ok=True)  # (left by a stop between writing validation.json and removing it)
+            return doc
+        raise UserError(f"--out {args.out}: holds the results of another validation (validation.json, of other "
+                        "inputs or unreadable); use another --out, or move them away to run this one there")
+    ours = set(identities)
+    others = len(set(Progress(progress).done) - ours) if progress.is_file() else 0
+    if others:
+        raise UserError(f"--out {args.out}: holds {others} finished setting(s) of another validation that has not "
+                        f"ended ({PROGRESS_FILE}, other inputs); finish it with its own command, or use another --out")
+    return None
 
 
 def _validate_into(args: argparse.Namespace, studies: list[Any], seeds: list[int] | None, path: Path,

@@ -339,17 +339,25 @@ def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys
     assert doc["settings"][0] == first  # taken as it was, not trained again
     assert not progress.exists()  # all of it is in validation.json
 
-    # other inputs (here the epochs) are another validation: nothing is taken from its progress, and
-    # its finished settings are kept for it (they had been deleted with this validation's end)
+    # the same command again: this validation is there, finished; nothing is trained again
+    before = (out / "validation.json").read_bytes()
+    assert main(argv) == 0
+    assert "(this validation, finished earlier: nothing trained)" in capsys.readouterr().out
+    assert (out / "validation.json").read_bytes() == before
+    # other inputs (here the epochs) are another validation: refused, the first one's results kept (it
+    # replaced the first validation's validation.json)
+    assert main([*argv, "--epochs", "1", "--seeds", "0"]) == 2
+    assert "holds the results of another validation (validation.json" in capsys.readouterr().err
+    assert (out / "validation.json").read_bytes() == before and not progress.exists()
+    # nor is another validation's unfinished progress taken over (its settings shared with this one
+    # were removed at this one's end, and trained again by it)
+    (out / "validation.json").unlink()
     other = json.dumps({"identity": "x", "setting": first}) + "\n"
-    (out / PROGRESS_FILE).write_text(other)
-    assert main([*argv[:-1], "--epochs", "1", "--seeds", "0"]) == 0
-    err = capsys.readouterr().err
-    assert (f"{progress}: 1 finished setting(s) of another validation into this --out (other inputs) are kept "
-            "there\n") in err and "finished earlier" not in err
-    runs = json.loads((out / "validation.json").read_text())["settings"][0]["arms"]["cce"]["runs"]
-    assert [r["seed"] for r in runs] == [0]
-    assert progress.read_text() == other
+    progress.write_text(other)
+    assert main([*argv, "--epochs", "1", "--seeds", "0"]) == 2
+    assert ("holds 1 finished setting(s) of another validation that has not ended (validation.progress.jsonl, "
+            "other inputs)") in capsys.readouterr().err
+    assert progress.read_text() == other and not (out / "validation.json").exists()
 
 
 @pytest.mark.slow
@@ -459,3 +467,39 @@ def test_a_setting_kept_after_one_a_full_disk_cut_short_starts_its_own_line(tmp_
     proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "this setting could not be kept there (File too large)" in proc.stderr, proc.stderr
     assert sorted(Progress(path).done) == ["a", "c"]
+
+
+def test_a_setting_train_refuses_is_refused_before_any_setting_trains(tmp_path, capsys, guidelines):
+    """noise_rate [0.5, 0.95] on digits: 0.5 trained (minutes, at real budgets), then 0.95 was refused
+    at its turn; an on-disk dataset without a data root named --data-root, a flag validate has not."""
+    out = tmp_path / "out"
+    config = write_config(tmp_path, settings={"dataset": ["digits"], "noise": ["symmetric"], "noise_rate": [0.5, 0.95]})
+    assert main(["validate", "--config", str(config), "--guidelines", guidelines, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith("dm-tune: error: settings.noise_rate: 0.95 is not allowed; expected below 0.9")
+    assert not out.exists() and "training" not in captured.out
+    config = write_config(tmp_path, settings={"dataset": ["digits", "cifar10"], "noise": ["symmetric"],
+                                              "noise_rate": [0.5]})
+    assert main(["validate", "--config", str(config), "--guidelines", guidelines, "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith("dataset 'cifar10' is read from disk; give training.data_root in its --config")
+    assert not out.exists()
+
+
+def test_settings_finished_earlier_are_named_as_this_run_names_them(tmp_path, guidelines):
+    """A progress line keeps the label its run gave (e.g. "(config 1: x)" with the configs in another
+    order): two rows could then carry one label. Reused, a setting takes this run's."""
+    from dm_tune.search._study import Study
+    from dm_tune.validate import Progress, validate
+
+    study = Study.from_dict(yaml.safe_load(write_config(tmp_path).read_text()))
+    (setting,) = study.expand()
+    doc = json.loads(Path(guidelines).read_text())
+    identity = Progress.identity(study, setting, [0, 1], {}, doc)
+    vs = {base: {"verdict": "wins"} for base in ("cce", "imae")}
+    path = tmp_path / "progress.jsonl"
+    path.write_text(json.dumps({"identity": identity, "setting": {"setting": "digits-x (config 2: old)",
+                                                                  "summary": {"vs": vs}}}) + "\n")
+    result = validate(study, doc, None, quiet=True, progress=Progress(path))
+    assert [s["setting"] for s in result["settings"]] == [setting.key]

@@ -223,9 +223,10 @@ def _check_applies(study: Study, trials: list[Any], new: bool) -> None:
             print(f"dm-tune: warning: training.{key} is ignored (it {why})", file=sys.stderr)
 
 
-def load_sources(study: Study, new: bool = True) -> dict[str, Any]:
+def load_sources(study: Study, new: bool = True, data_root_hint: str = "--data-root") -> dict[str, Any]:
     """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here).
-    ``new``: a study not stored yet (a stored one, resumed, is not refused what it began with)."""
+    ``new``: a study not stored yet (a stored one, resumed, is not refused what it began with);
+    ``data_root_hint``: where the caller's user gives a data root."""
     from dm_tune._names import DATASET_ROOTS
     from dm_tune._validate import ConfigError
 
@@ -234,7 +235,7 @@ def load_sources(study: Study, new: bool = True) -> dict[str, Any]:
         raise ConfigError("training.pretrained", pretrained, "expected an existing local weights file")
     on_disk = [ds for ds in study.settings.dataset if DATASET_ROOTS[ds]]
     if on_disk and not study.training.get("data_root"):  # answered before torch is imported
-        raise ConfigError("data_root", None, f"dataset {on_disk[0]!r} is read from disk; give --data-root")
+        raise ConfigError("data_root", None, f"dataset {on_disk[0]!r} is read from disk; give {data_root_hint}")
     from dm_tune.data import check_val_noisy, load_source
 
     sources: dict[str, Any] = {}
