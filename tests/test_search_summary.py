@@ -60,3 +60,16 @@ def test_a_validation_tie_is_broken_as_the_report_breaks_it():
             best, _ = best_dm_arm(summarize_arms(tidy(runs)))
             lam = next(a.params["lam"] for a in arms if a.arm == chosen)
             assert best["lam"] == lam
+
+
+def test_a_setting_whose_every_dm_arm_was_stopped_says_so():
+    """ASHA with two search seeds can stop every arm on one of its seeds: no DM arm is confirmed, and
+    the summary showed the baselines alone under a header naming "the DM arm"."""
+    cce = ArmResult("cce", "cce", {}, [0.80, 0.82], [0.81, 0.83], ["finished", "finished"])
+    summary = SettingSummary("s", [cce], 6, {"early-stopped": 11, "finished": 1}, 1.0)
+    text = markdown([summary], Study.from_dict(tiny_study()), 1.0)
+    assert "No DM arm was confirmed: none finished on every search seed" in text
+    assert text.index("No DM arm") < text.index("| arm |")
+    steady = _dm("steady", [0.93] * 3, [0.92] * 3, ["finished"] * 3)
+    assert "No DM arm" not in markdown([SettingSummary("s", [steady, cce], 6, {}, 1.0)],
+                                       Study.from_dict(tiny_study()), 1.0)

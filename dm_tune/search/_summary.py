@@ -127,6 +127,9 @@ def markdown(summaries: list[SettingSummary], study: Study, wall_s: float) -> st
                   f"| arm | test {'acc' if study.task == 'classification' else metric} | DM − arm (points) | seeds |",
                   "|---|---|---|---|"]
         best = s.best_dm()
+        if best is None:  # (the header's "the DM arm is the best of the top k" then named no row)
+            lines[-2:-2] = ["No DM arm was confirmed: none finished on every search seed (stopped early by the "
+                            "scheduler, diverged or errored); `dm-tune report` chooses among them, and says so.", ""]
         for arm in _ordered(s, best):
             r = _row(arm, best)
             diff = "" if r["dm_minus_arm"] is None or not math.isfinite(r["dm_minus_arm"]) else \
