@@ -388,6 +388,12 @@ def test_a_member_that_ended_keeps_its_result_when_its_population_then_fails(tmp
     done = _outcome(0.9)
     searcher.on_trial_result("p0", {"epoch": 1, "members": [{"epoch": 1, "val_acc": 0.5}, None]})
     searcher.on_trial_result("p0", {"epoch": 1, "members": [done.to_report(), {"epoch": 1, "val_acc": 0.3}]})
+    # in the ledger at once (it was kept in memory until the population's end: a driver killed before
+    # that trained it again), and told to Optuna
+    assert _same(Ledger(tmp_path / "l.jsonl").ended[first.key], done)
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert [t.state.name for t in trials][:1] == ["COMPLETE"]
+    searcher.on_trial_result("p0", {"epoch": 1, "members": [done.to_report(), {"epoch": 1, "val_acc": 0.3}]})
     searcher.on_trial_result("p0", {"epoch": 2, "members": [None, {"epoch": 2, "val_acc": 0.4}]})
     searcher.on_trial_complete("p0", None, error=True)
     assert _same(searcher.ledger.ended[first.key], done)

@@ -355,10 +355,20 @@ class StagedSearcher(Searcher):
             reported = self._reported.setdefault(trial_id, [{} for _ in self._live[trial_id]])
             members = [] if result.get("final") else result.get("members") or []
             for k, (rows, member) in enumerate(zip(reported, members)):
-                if member and member.get("final"):  # a member that has ended: its result
-                    self._ended_members.setdefault(trial_id, {})[k] = dict(member)
+                if member and member.get("final"):  # a member that has ended: its result, in the ledger at once
+                    ended = self._ended_members.setdefault(trial_id, {})
+                    if k not in ended:  # (a driver killed before its population ended trained it again)
+                        ended[k] = dict(member)
+                        self._end_member(self._live[trial_id][k], member, [rows[e] for e in sorted(rows)])
                 elif member:
                     rows[int(member.get("epoch", 0) or 0)] = dict(member)
+
+    def _end_member(self, spec: TrialSpec, member: dict, history: list[dict]) -> None:
+        """A member that ended while its population goes on (diverged, or trained one at a time):
+        its end recorded now, and Optuna told, as at its population's end (which keeps it)."""
+        if self.ledger.end(spec, TrialOutcome.from_report(member, False, history)) and spec.stage == "search":
+            self._untold.append(spec)
+            self.tell_ended()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         population = self._live.pop(trial_id, None)
