@@ -82,6 +82,8 @@ def check_doc(doc: Any, name: str) -> None:
         if r.get("group") is not None and not (isinstance(r["group"], Mapping)
                                                and all(isinstance(k, str) for k in r["group"])):
             raise UserError(f"{name}: rules[{i}]: group must be an object of field: value, got {r['group']!r}")
+        if not isinstance(r["supported"], bool):  # ("no" was taken as true: a rule claimed that is not)
+            raise UserError(f"{name}: rules[{i}]: supported must be true or false, got {r['supported']!r}")
         if r["supported"] and not _is_number(r.get("b")):
             raise UserError(f"{name}: rules[{i}]: missing key 'b' (the slope of a supported rule)")
     if doc.get("surface") is not None:
@@ -388,7 +390,11 @@ def add_stability_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def stability_command(args: argparse.Namespace) -> int:
     if args.out:  # checked before anything is printed; made only when there is something to write
-        output_path("--out", args.out, directory=True)
+        where = output_path("--out", args.out, directory=True)
+        taken = next((name for name in ("stability.json", "stability.md")
+                      if (where / name).exists() and not (where / name).is_file()), None)
+        if taken is not None:  # (it printed everything and wrote stability.json, then failed)
+            raise UserError(f"--out {args.out}: {where / taken} is not a file (stability writes it); use another --out")
     result = compare(load_doc(args.a), load_doc(args.b), (str(args.a), str(args.b)))
     print(brief(result))
     if args.out:

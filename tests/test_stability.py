@@ -148,6 +148,8 @@ def test_an_arm_not_confirmed_says_so_with_its_seeds():
     (lambda d: d.pop("rules"), "missing key 'rules'"),
     (lambda d: d["settings"][1].pop("psi_range"), "settings[1]: missing key 'psi_range'"),
     (lambda d: d["settings"][0]["vs_baselines"]["cce"].pop("std"), "missing key 'vs_baselines.cce.std'"),
+    # "no" was taken as true: a rule counted as supported that is not
+    (lambda d: d["rules"][0].update(supported="no"), "rules[0]: supported must be true or false, got 'no'"),
     (lambda d: d["settings"][0].update(rho_range=[1.0]), "rho_range must be a [low, high] pair"),
     (lambda d: d["rules"][2].pop("supported"), "rules[2]: missing key 'supported'"),
     # a surface block is checked as the guidelines schema checks it (it was a KeyError: 'encoding')
@@ -194,6 +196,11 @@ def test_an_unwritable_out_is_one_line(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as e:  # an empty --out had written nothing, silently
         main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", ""])
     assert e.value.code == 2 and "argument --out: expected a path, not ''" in capsys.readouterr().err
+    (tmp_path / "o2" / "stability.md").mkdir(parents=True)  # it printed everything and wrote the JSON, then failed
+    assert main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "o2")]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().endswith("o2/stability.md is not a file (stability writes it); use another --out") and out == ""
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["stability.md"]
     (tmp_path / "a.json").write_text("{")  # a broken input: refused, and no --out folder made for nothing
     assert main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
