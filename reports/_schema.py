@@ -159,20 +159,27 @@ def default_guidelines_path() -> Path:
     return Path(__file__).resolve().parent / "default_guidelines.json"
 
 
-def load_guidelines(path: str | Path) -> dict[str, Any]:
-    """Read and validate a guidelines.json; any problem -> UserError naming the file and the field."""
-    path = Path(path)
+def read_guidelines_file(path: Path) -> Any:
+    """The JSON of a guidelines file, unchecked; a missing, unreadable, malformed or too deeply
+    nested file -> UserError naming it (``load_guidelines``, and ``dm-tune stability``'s reader)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"guidelines file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read guidelines file {path}: {exc}") from None
-    try:
-        doc = json.loads(text)
-        problem = validate_guidelines(doc)
     except json.JSONDecodeError as exc:
         raise UserError(f"guidelines file {path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    except RecursionError:
+        raise UserError(f"guidelines file {path} is nested too deeply to read") from None
+
+
+def load_guidelines(path: str | Path) -> dict[str, Any]:
+    """Read and validate a guidelines.json; any problem -> UserError naming the file and the field."""
+    path = Path(path)
+    doc = read_guidelines_file(path)
+    try:
+        problem = validate_guidelines(doc)
     except RecursionError:
         raise UserError(f"guidelines file {path} is nested too deeply to read") from None
     if problem:

@@ -95,17 +95,10 @@ def check_doc(doc: Any, name: str) -> None:
 
 
 def load_doc(path: str | Path) -> dict[str, Any]:
+    from dm_tune.reports._schema import read_guidelines_file
+
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"guidelines file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read guidelines file {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"guidelines file {path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    except RecursionError:
-        raise UserError(f"guidelines file {path} is nested too deeply to read") from None
+    doc = read_guidelines_file(path)
     check_doc(doc, str(path))
     return doc
 
