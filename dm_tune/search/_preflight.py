@@ -245,25 +245,24 @@ def load_sources(study: Study, new: bool = True, data_root_hint: str = "--data-r
     from dm_tune.data import training_class_counts
     from dm_tune.noise import check_imbalance, check_noise
 
+    trials = []  # each setting's training config, resolved: what decides the fields it uses
     for setting in study.expand():  # prepare() refuses these in every trial; say them once, now
         src = sources[setting.dataset]
+        config = study.train_config(setting)
+        trials.append(config.resolve(src.defaults, src.default_model, src.input_kind))
         try:
             check_noise(setting.noise, setting.noise_rate, src.num_classes, src.class_groups, prefix="settings.")
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} (setting {setting.key})") from None
         if new and setting.imbalance != "none":  # (a stored study goes on as it began: its trials take what the
             # classes can; a new one is told now)
-            available = training_class_counts(src, study.train_config(setting).val_fraction)
+            available = training_class_counts(src, config.val_fraction)
             try:
                 check_imbalance(available, setting.imbalance, setting.imbalance_ratio, "settings.imbalance")
             except ConfigError as e:
                 raise ConfigError(e.field, f"{setting.imbalance}:{setting.imbalance_ratio:g}",
                                   f"{e.allowed} (setting {setting.key})") from None
-    trials = []  # a training field that no trial uses, by its model, optimiser, schedule or dataset (by default theirs)
-    for setting in study.expand():
-        src = sources[setting.dataset]
-        trials.append(study.train_config(setting).resolve(src.defaults, src.default_model, src.input_kind))
-    _check_applies(study, trials, new)
+    _check_applies(study, trials, new)  # a training field no trial's model, optimiser, schedule or dataset uses
     for name, src in sources.items() if new else ():  # 'default' and the model it stands for: trained twice
         models = [src.default_model if m == "default" else m for m in study.settings.model]
         if len(set(models)) < len(models):
@@ -271,16 +270,15 @@ def load_sources(study: Study, new: bool = True, data_root_hint: str = "--data-r
                               f"is {src.default_model} on {name}, so two settings would train the same")
     for src in sources.values():
         check_val_noisy(bool(study.training.get("val_noisy")), src, "training.val_noisy")
-    for setting in study.expand():  # the search selects by final validation accuracy (mAP): it needs one
-        if sources[setting.dataset].val is None and study.train_config(setting).val_fraction == 0.0:
+    for setting, trial in zip(study.expand(), trials):  # the search selects by final validation accuracy (mAP)
+        if sources[setting.dataset].val is None and trial.val_fraction == 0.0:
             raise ConfigError("training.val_fraction", 0.0, f"expected > 0: dataset {setting.dataset!r} has no "
                               "validation split of its own, and the search selects arms by final validation "
                               f"{'mAP' if study.task == 'retrieval' else 'accuracy'}")
     check_models(study, sources)
     if study.scheduler.kind == "asha":  # the budget is known once the datasets' defaults are
-        for setting in study.expand():
-            src = sources[setting.dataset]
-            epochs = int(study.train_config(setting).resolve(src.defaults, src.default_model, src.input_kind).epochs)
+        for setting, trial in zip(study.expand(), trials):
+            epochs = int(trial.epochs)
             if study.scheduler.grace_period >= epochs:
                 raise ConfigError("scheduler.grace_period", study.scheduler.grace_period,
                                   f"expected fewer than the {epochs} epochs of setting {setting.key}: ASHA stops "
