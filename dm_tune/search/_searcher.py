@@ -142,20 +142,20 @@ class StagedSearcher(Searcher):
 
             study = optuna.create_study(study_name=self._study_name, storage=self._storage,
                                         sampler=self._sampler, direction="maximize", load_if_exists=True)
-            held = len(study.get_trials(deepcopy=False))
+            held = study.get_trials(deepcopy=False)  # (study.trials copies every trial)
             if held and self._resume_sampler is not None:
                 # A resumed search: the sampler it began with, seeded alike, would draw again the
                 # points it drew before (every random draw: a duplicate arm, trained twice).
                 study = optuna.load_study(study_name=self._study_name, storage=self._storage,
-                                          sampler=self._resume_sampler(held))
+                                          sampler=self._resume_sampler(len(held)))
             asked = {s.number for s in self.ledger.started.values() if s.stage == "search"}
-            missing = sorted(asked - {t.number for t in study.trials})
+            missing = sorted(asked - {t.number for t in held})
             if missing:  # the store was replaced or emptied since: new trials would reuse the ledger's numbers
                 raise UserError(f"Optuna study {self._study_name!r} lacks {len(missing)} search trial(s) that the "
                                 f"ledger {self.ledger.path} started (number {missing[0]} first): its store was "
                                 "replaced or emptied since; restore it, or run the study in another --workspace")
             self._study = study
-            if not self._study.trials:  # a new study starts at the paper's suggested settings
+            if not held:  # a new study starts at the paper's suggested settings
                 for point in self._warm_points:  # (once, should two searches start it at once)
                     self._study.enqueue_trial(point, skip_if_exists=True)
             self._adopt_orphans()
