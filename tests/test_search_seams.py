@@ -742,6 +742,55 @@ def test_a_rung_that_prunes_an_arm_on_one_seed_stops_its_other_seeds_there():
     assert result(good2, 1, 0.95) == TrialScheduler.CONTINUE  # so its other seed trains on
 
 
+def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
+    """A resumed ASHA search started with empty rungs: the first trials to reach each rung after the
+    resume were compared with nobody, so an arm the uninterrupted search would have stopped trained
+    its whole budget. The ended search trials' histories in the ledger are told to the new
+    scheduler first: it stops what the uninterrupted one stops, and a pruned arm stays pruned."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from dm_tune.search._run import _scheduler
+    from dm_tune.search._study import Study
+
+    def trial(name: str, arm: int):
+        return SimpleNamespace(trial_id=name, config={"specs": [{"stage": "search", "number": arm}]})
+
+    study = Study.from_dict({"scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2}})
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    uninterrupted = _scheduler(study, 8, Ledger(tmp_path / "other.jsonl"))
+    curves = {0: [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.9, 0.9], 1: [0.6, 0.7, 0.8, 0.85, 0.9, 0.9, 0.9, 0.9],
+              2: [0.2, 0.3]}  # arm 2: stopped at epoch 1 on seed 0 by the rung arms 0 and 1 set
+    for arm, curve in curves.items():
+        uninterrupted.on_trial_add(None, trial(f"a{arm}", arm))
+        for epoch, acc in enumerate(curve[:7], 1):
+            if uninterrupted.on_trial_result(None, trial(f"a{arm}", arm), {"epoch": epoch, "val_acc": acc}) \
+                    == TrialScheduler.STOP:
+                break
+        spec = _search_spec(arm)
+        stopped = epoch < len(curve)
+        ledger.start([spec])
+        ledger.end(spec, TrialOutcome(status="early-stopped" if stopped else "finished", epochs_reached=epoch,
+                                      final_val_acc=acc, history=tuple({"epoch": e, "val_acc": a, "train_loss": 1.0}
+                                                                       for e, a in enumerate(curve[:epoch], 1))))
+    assert epoch == 1 and stopped  # arm 2 was pruned at the first rung
+
+    resumed, empty = _scheduler(study, 8, Ledger(ledger.path)), _scheduler(study, 8, Ledger(tmp_path / "none.jsonl"))
+    for scheduler in (uninterrupted, resumed, empty):
+        scheduler.on_trial_add(None, trial("poor", 3))
+        scheduler.on_trial_add(None, trial("seed1", 2))
+    poor, other_seed = {"epoch": 1, "val_acc": 0.3}, {"epoch": 1, "val_acc": 0.95}
+    assert uninterrupted.on_trial_result(None, trial("poor", 3), poor) == TrialScheduler.STOP
+    assert resumed.on_trial_result(None, trial("poor", 3), poor) == TrialScheduler.STOP
+    assert empty.on_trial_result(None, trial("poor", 3), poor) == TrialScheduler.CONTINUE  # what the resume did
+    # Arm 2's other seed is stopped at the epoch a rung pruned the arm, however well it does.
+    assert resumed.on_trial_result(None, trial("seed1", 2), other_seed) == TrialScheduler.STOP
+    assert empty.on_trial_result(None, trial("seed1", 2), other_seed) == TrialScheduler.CONTINUE
+    # The rungs hold the same values as the uninterrupted scheduler's.
+    assert resumed.inner.debug_string().splitlines()[1:] == uninterrupted.inner.debug_string().splitlines()[1:]
+
+
 @pytest.mark.parametrize("space", ["decoupled", "paper"])
 def test_the_papers_points_start_a_search_with_extra_knobs_too(tmp_path, space):
     """Extra knobs (lr, weight decay) once emptied the warm start: the paper's three points come

@@ -337,14 +337,18 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
         slots=study.resources.max_concurrent)
 
 
-def _scheduler(study: Study, budget: int):
+def _scheduler(study: Study, budget: int, ledger: Ledger):
     """ASHA over the search trials, on the task's per-epoch validation metric (OBJECTIVES[task].epoch:
-    clean-validation accuracy, or validation mAP for retrieval)."""
+    clean-validation accuracy, or validation mAP for retrieval), its rungs rebuilt from the search
+    trials the ledger holds as ended (a resumed search)."""
     if study.scheduler.kind != "asha":
         return None
     from dm_tune.search._scheduler import asha
 
-    return asha(OBJECTIVES[study.task].epoch, budget, study.scheduler.grace_period, study.scheduler.reduction_factor)
+    scheduler = asha(OBJECTIVES[study.task].epoch, budget, study.scheduler.grace_period,
+                     study.scheduler.reduction_factor)
+    scheduler.replay(ledger.ended_specs("search"))
+    return scheduler
 
 
 # --- one setting ---------------------------------------------------------------------------------
@@ -393,7 +397,7 @@ def run_setting(ctx: SettingContext, announce: Callable[[], None] | None = None)
                 ctx.trainable(),
                 tune_config=tune.TuneConfig(
                     search_alg=ConcurrencyLimiter(searcher, max_concurrent=study.resources.max_concurrent),
-                    scheduler=_scheduler(study, budget), num_samples=-1,  # until the searcher is done
+                    scheduler=_scheduler(study, budget, ledger), num_samples=-1,  # until the searcher is done
                     trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=name, storage_path=f"{ctx.opts.storage}/{study.name}/{key}",

@@ -10,10 +10,20 @@ full budget, so the comparisons never mix truncated and full results.
 An arm searched on several seeds trains as one Ray trial per seed; once a rung stops it on one
 seed the arm is pruned (its Optuna trial ends PRUNED, so it is never confirmed), and its other
 seeds are stopped too when they reach that epoch, rather than trained for nothing.
+
+A resumed search rebuilds the rungs first (``replay``): the search trials that ended before the
+interruption are told to the scheduler again, epoch by epoch, from their histories in the ledger,
+and the arms a rung stopped stay pruned. Without it the first trials to reach each rung after a
+resume were compared with nobody, so arms an uninterrupted search would have stopped trained
+their whole budget and could be confirmed. A trial that was running when the search was
+interrupted resumes from its checkpoint under a new Ray trial and joins the rungs it reaches from
+there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -68,6 +78,33 @@ class SearchOnly(FIFOScheduler):
     def on_trial_remove(self, tune_controller, trial) -> None:
         if _is_search(trial):
             self.inner.on_trial_remove(tune_controller, trial)
+
+    def replay(self, ended: Iterable[tuple[Any, Any]]) -> int:
+        """Tell the scheduler what the ended search trials of this setting reported, in the order
+        they ended: ``(TrialSpec, TrialOutcome)`` pairs from the ledger. Each is told through the
+        scheduler's public hooks as a trial of its own (added, its per-epoch results, removed), as
+        Tune told it the first time; the decisions it makes now are moot (the trials ended). An arm
+        that ended early-stopped before the budget on any seed is pruned from that epoch on.
+        Returns the number of trials replayed."""
+        metric, told = self.inner.metric, 0
+        for spec, outcome in ended:
+            if spec.stage != "search":
+                continue
+            if outcome.status == "early-stopped" and (self.max_t is None or outcome.epochs_reached < self.max_t):
+                arm = int(spec.number)
+                self._pruned[arm] = min(self._pruned.get(arm, outcome.epochs_reached), outcome.epochs_reached)
+            results = [{"epoch": int(h["epoch"]), metric: h[metric]} for h in outcome.history
+                       if "epoch" in h and metric in h]
+            if not results:
+                continue
+            stand_in = SimpleNamespace(trial_id=f"ledger:{spec.key}",
+                                       config={"specs": [{"stage": "search", "number": spec.number}]})
+            self.inner.on_trial_add(None, stand_in)
+            for result in results:
+                self.inner.on_trial_result(None, stand_in, result)
+            self.inner.on_trial_remove(None, stand_in)
+            told += 1
+        return told
 
     def debug_string(self) -> str:
         return "search trials: " + self.inner.debug_string()
