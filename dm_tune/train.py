@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dm_tune._history import best_over_training
 from dm_tune._weighting import relative_weights
 from dm_tune.config import TrainConfig
 from dm_tune.data import Data
@@ -448,20 +449,16 @@ def _result(config: TrainConfig, data: Data, history: list[dict[str, float]], st
             t_train: float) -> TrainResult:
     nan = float("nan")
     last = history[-1] if history else {}
-    # The best epoch by the task's test score (retrieval: mAP; its accuracies are NaN), the first of ties.
-    score = "test_map" if data.test_gallery is not None else "test_acc"
-    best = max((h for h in history if math.isfinite(h.get(score, nan))), key=lambda h: h[score], default=None)
-    # Chosen by validation only where there was one (no validation split: NaN, not epoch 1's).
-    validated = [h for h in history if math.isfinite(h.get("test_acc", nan)) and math.isfinite(h.get("val_acc", nan))]
-    best_val = max(validated, key=lambda h: h["val_acc"], default=None)
+    retrieval = data.test_gallery is not None
+    best = best_over_training(history, retrieval)
     return TrainResult(
         status=status,
         test_accuracy=last.get("test_acc", nan),
         val_accuracy=last.get("val_acc", nan),
-        best_test_accuracy=best.get("test_acc", nan) if best else nan,
-        best_epoch=int(best["epoch"]) if best else 0,
-        best_val_accuracy=best_val["val_acc"] if best_val else nan,
-        val_selected_test_accuracy=best_val["test_acc"] if best_val else nan,
+        best_test_accuracy=best["best_test_acc"],
+        best_epoch=best["best_epoch"],
+        best_val_accuracy=best["best_val_acc"],
+        val_selected_test_accuracy=best["val_selected_test_acc"],
         epochs_completed=len(history),
         train_time_s=t_train,
         noise_rate_realised=data.noise_rate,
@@ -469,18 +466,8 @@ def _result(config: TrainConfig, data: Data, history: list[dict[str, float]], st
         config=config.to_dict(),
         data=dict(data.info),
         provenance=provenance(),
-        retrieval=_retrieval_finals(history) if data.test_gallery is not None else {},
+        retrieval=({**{k: last.get(k, nan) for k in ("test_map", "test_rank1", "test_rank5", "test_rank10",
+                                                     "val_map", "val_rank1")},
+                    "best_test_map": best["best_test_map"], "val_selected_test_map": best["val_selected_test_map"]}
+                   if retrieval else {}),
     )
-
-
-def _retrieval_finals(history: list[dict[str, float]]) -> dict[str, float]:
-    nan = float("nan")
-    last = history[-1] if history else {}
-    out = {k: last.get(k, nan) for k in ("test_map", "test_rank1", "test_rank5", "test_rank10",
-                                         "val_map", "val_rank1")}
-    validated = [h for h in history if math.isfinite(h.get("val_map", nan))]
-    best_val = max(validated, key=lambda h: h["val_map"], default=None)
-    tested = [h["test_map"] for h in history if math.isfinite(h.get("test_map", nan))]
-    out["best_test_map"] = max(tested, default=nan)  # as best_test_accuracy: whatever the validation split
-    out["val_selected_test_map"] = best_val["test_map"] if best_val else nan
-    return out

@@ -69,6 +69,25 @@ def test_outcome_without_a_final_report_is_early_stopped_or_errored():
     assert crashed_after_final.status == "finished" and crashed_after_final.usable
 
 
+def test_a_trial_cut_short_keeps_its_training_time_and_best_values():
+    """A trial ASHA stopped ends without its final report: it was recorded with a training time of
+    0 s (the summary's training time left it out) and no best-over-training or validation-selected
+    values, which its history holds. Retrieval's best mAP values too."""
+    history = [{"epoch": 1, "val_acc": 0.5, "test_acc": 0.45, "epoch_time_s": 1.5},
+               {"epoch": 2, "val_acc": 0.8, "test_acc": 0.7, "epoch_time_s": 2.0},
+               {"epoch": 3, "val_acc": 0.6, "test_acc": 0.75, "epoch_time_s": 2.5},
+               {"epoch": 4, "val_acc": 0.9, "test_acc": 0.9, "epoch_time_s": 9.0}]  # after the cut: not its
+    cut = TrialOutcome.from_report({"epoch": 3, "val_acc": 0.6, "test_acc": 0.75}, errored=False, history=history)
+    assert cut.status == "early-stopped" and cut.train_time_s == pytest.approx(6.0)
+    assert (cut.best_test_acc, cut.best_epoch, cut.best_val_acc, cut.val_selected_test_acc) == (0.75, 3, 0.8, 0.7)
+    retrieval = [{"epoch": 1, "val_map": 0.3, "test_map": 0.2, "epoch_time_s": 1.0},
+                 {"epoch": 2, "val_map": 0.2, "test_map": 0.25, "epoch_time_s": 1.0}]
+    cut = TrialOutcome.from_report({"epoch": 2, "val_map": 0.2, "test_map": 0.25}, errored=False, history=retrieval)
+    assert cut.task_metrics == {"final_val_map": 0.2, "final_test_map": 0.25, "best_test_map": 0.25,
+                                "val_selected_test_map": 0.2}
+    assert cut.best_epoch == 2 and math.isnan(cut.best_test_acc) and cut.train_time_s == 2.0
+
+
 def test_ledger_survives_a_torn_last_line_and_knows_what_is_unfinished(tmp_path):
     path = tmp_path / "l.jsonl"
     ledger = Ledger(path)

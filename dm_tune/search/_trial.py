@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from dm_tune._history import best_over_training
+
 Stage = Literal["search", "confirm"]
 STATUSES = ("finished", "diverged", "early-stopped", "errored")
 
@@ -121,11 +123,16 @@ class TrialOutcome:
         # An epoch reported with its divergence, then cut off (a scheduler's rung stopped the poor
         # run before its final report): diverged, not early-stopped.
         cut = "diverged" if report.get("diverged") else "early-stopped"
-        return cls(status="errored" if errored else cut, epochs_reached=epoch,
-                   history=tuple(dict(h) for h in history if int(h.get("epoch", 0) or 0) <= epoch),
+        kept = tuple(dict(h) for h in history if int(h.get("epoch", 0) or 0) <= epoch)
+        # What a finished run's result says from its history, said here from the epochs it reached.
+        best = best_over_training(kept, retrieval=any("test_map" in h for h in kept))
+        task_metrics = {f"final_{k}": float(report[k]) for k in TASK_EPOCH_METRICS if k in report}
+        task_metrics.update({k: best.pop(k) for k in ("best_test_map", "val_selected_test_map") if k in best})
+        return cls(status="errored" if errored else cut, epochs_reached=epoch, history=kept,
                    final_val_acc=float(report.get("val_acc", math.nan)),
                    final_test_acc=float(report.get("test_acc", math.nan)),
-                   task_metrics={f"final_{k}": float(report[k]) for k in TASK_EPOCH_METRICS if k in report})
+                   train_time_s=sum(float(h.get("epoch_time_s", 0.0)) for h in kept),
+                   task_metrics=task_metrics, **best)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
