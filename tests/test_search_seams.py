@@ -345,6 +345,7 @@ def test_a_pruned_arm_is_told_its_seeds_values_at_the_epoch_it_was_pruned(tmp_pa
     (trial,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert trial.state.name == "PRUNED" and trial.intermediate_values == {2: pytest.approx(0.5)}
     assert trial.user_attrs["seed_values"] == pytest.approx([0.9, 0.4])  # the seeds' own last values
+    assert trial.user_attrs["seed_statuses"] == ["finished", "early-stopped"]  # and how each ended
 
 
 def test_a_seed_stopped_past_the_epoch_its_arm_was_pruned_at_is_told_its_value_there(tmp_path):

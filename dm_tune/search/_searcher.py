@@ -16,9 +16,13 @@ Everything it knows is in the ledger (``_ledger``), so a searcher built over the
 interrupted search continues it: populations with trials that never ended are handed out again
 with the same members and their newest checkpoint; ended trials never are. Optuna is told each search trial's
 outcome once, when all its seeds have ended (``skip_if_finished``): COMPLETE with the mean final
-validation accuracy over its seeds, PRUNED when a
-scheduler stopped it early (with the accuracy it reached as an intermediate value), FAIL when
-it crashed or diverged without a usable accuracy. Only public Optuna and Ray APIs are used.
+validation accuracy over its seeds (a seed that diverged counts with the accuracy its model had
+when it diverged, so an arm unstable on some seeds scores low), PRUNED when a scheduler stopped
+it early on a seed (with its seeds' accuracy at that epoch as an intermediate value), FAIL when
+it crashed or diverged without a usable accuracy. The trial's user attributes say how it ended:
+``status`` (the worst of its seeds': errored, early-stopped, diverged, finished), and with
+several search seeds each seed's ``seed_statuses`` and ``seed_values``. Only public Optuna and
+Ray APIs are used.
 """
 
 from __future__ import annotations
@@ -237,8 +241,9 @@ class StagedSearcher(Searcher):
         epochs = min(int(o.epochs_reached) for o in outcomes)
         storage.set_trial_user_attr(trial_id, "epochs_reached", epochs)
         values = [o.value(self.objective) for o in outcomes]
-        if len(outcomes) > 1:
+        if len(outcomes) > 1:  # each seed's own: the arm's one status names the worst of them
             storage.set_trial_user_attr(trial_id, "seed_values", values)
+            storage.set_trial_user_attr(trial_id, "seed_statuses", statuses)
         value = sum(values) / len(values)
         try:
             self._tell(study, spec.number, trial_id, status, value, epochs, outcomes)
