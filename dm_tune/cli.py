@@ -7,7 +7,6 @@ on stderr, never a traceback. Heavy imports (torch, ray, mlflow) happen inside t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import DataError, UserError, load_yaml, output_path, path_argument, write_output
+from dm_tune.errors import DataError, UserError, json_text, load_yaml, output_path, path_argument, write_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -333,7 +332,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     result = train(config, data, _progress(args.quiet, [resolved.epochs]))
     print(_result_line(result))
     if out is not None:
-        write_output(out, json.dumps(result.to_dict(), indent=1, allow_nan=True) + "\n")
+        write_output(out, json_text(result.to_dict()))
         print(f"wrote {out}")
     return 0
 
@@ -408,7 +407,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
     for config, result in zip(configs, results):
         print(f"[{_member_label(config)}] {_result_line(result)}")
     if out is not None:
-        write_output(out, json.dumps([r.to_dict() for r in results], indent=1, allow_nan=True) + "\n")
+        write_output(out, json_text([r.to_dict() for r in results]))
         print(f"wrote {out}")
     return 0
 

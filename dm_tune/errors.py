@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -88,6 +90,26 @@ def output_dir(flag: str, value: str) -> Path:
     except OSError as e:
         raise UserError(f"{flag} {value}: could not create it ({e.strerror or e})") from None
     return path
+
+
+def json_safe(x: Any) -> Any:
+    """NaN/inf -> None, numpy and torch scalars and arrays -> Python, tuples -> lists: what
+    standard JSON can hold."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
+        return json_safe(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def json_text(doc: Any, indent: int = 1) -> str:
+    """``doc`` as standard JSON, which every reader takes (``jq``, a browser's ``JSON.parse``): a
+    number that is not one (NaN: no validation split, a std over one seed) is null."""
+    return json.dumps(json_safe(doc), indent=indent, allow_nan=False) + "\n"
 
 
 def write_output(path: Path, data: str | bytes) -> None:

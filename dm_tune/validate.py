@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import SEED_MAX
-from dm_tune.errors import UserError, load_yaml, output_dir, path_argument, text_argument, write_output
+from dm_tune.errors import (UserError, json_text, load_yaml, output_dir, path_argument, text_argument,
+                            write_output)
 
 ARMS = ("dm-recommended", "cce", "imae")
 PROGRESS_FILE = "validation.progress.jsonl"  # in --out while a validation runs
@@ -310,16 +311,18 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
 def _acc(a: Mapping[str, Any], runs: int) -> str:
     """mean ± std of the finished seeds; "(n of N finished)" when some did not finish."""
     short = f" ({a['n']} of {runs} finished)" if a["n"] < runs else ""
-    if not math.isfinite(a["mean"]):
+    mean, std = _number(a["mean"]), _number(a["std"])
+    if not math.isfinite(mean):
         return "n/a" + short
-    return (f"{a['mean']:.2f} ± {a['std']:.2f}" if math.isfinite(a["std"]) else f"{a['mean']:.2f}") + short
+    return (f"{mean:.2f} ± {std:.2f}" if math.isfinite(std) else f"{mean:.2f}") + short
 
 
 def _diff(c: Mapping[str, Any]) -> str:
-    if not math.isfinite(c["mean_diff"]):  # no seed both finished: decided by which one did not, if so
+    mean, std = _number(c["mean_diff"]), _number(c["std"])
+    if not math.isfinite(mean):  # no seed both finished: decided by which one did not, if so
         return f"n/a ({c['verdict']})" if c.get("verdict") in ("wins", "loses") else "n/a"
-    std = f" ± {c['std']:.2f}" if math.isfinite(c["std"]) else ""
-    return f"{c['mean_diff']:+.2f}{std} ({c['verdict']})"
+    spread = f" ± {std:.2f}" if math.isfinite(std) else ""
+    return f"{mean:+.2f}{spread} ({c['verdict']})"
 
 
 def _knobs(s: Mapping[str, Any]) -> str:
@@ -517,7 +520,7 @@ def _validate_into(args: argparse.Namespace, studies: list[Any], seeds: list[int
     doc = validate(studies, guidelines, seeds, args.epochs, args.quiet, progress)
     doc = {**doc, "config": [str(Path(c).resolve()) for c in args.config], "guidelines": str(path.resolve()),
            "study": [s.to_dict() for s in studies], "provenance": _provenance()}
-    write_output(out / "validation.json", json.dumps(doc, indent=1, allow_nan=True, default=_plain) + "\n")
+    write_output(out / "validation.json", json_text(doc))
     write_output(out / "validation.md", to_markdown(doc))
     progress.release()  # this validation's settings are all in validation.json now
     print(_plain_table(table_rows(doc)))
@@ -530,6 +533,11 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _number(value: Any) -> float:
+    """A number of a validation document: null (validation.json's NaN, as standard JSON) is NaN."""
+    return math.nan if value is None else float(value)
 
 
 def _provenance() -> dict[str, Any]:

@@ -12,12 +12,13 @@ from typing import Any
 
 import pandas as pd
 
+from dm_tune.errors import json_safe
 from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._loso import leave_one_setting_out
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface
 from dm_tune.reports._text import (ACCURACY_UNIT, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc, fmt_diff,
-                                    json_safe, metric_name, setting_label)
+                                    metric_name, setting_label)
 from dm_tune.reports._rules import factor_trends, lambda_beta_rule, noise_rate_rules
 
 

@@ -22,8 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, output_dir, output_path, path_argument, write_output
-from dm_tune.reports._text import json_safe
+from dm_tune.errors import UserError, json_safe, output_dir, output_path, path_argument, write_output
 
 SETTING_KEYS = ("setting", "psi", "rho", "psi_range", "rho_range", "vs_baselines")
 RULE_KEYS = ("kind", "knob", "supported")

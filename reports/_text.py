@@ -3,7 +3,6 @@ the schema constants and how settings, accuracies and differences are written.""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-setting-out check (``loso``)
@@ -41,16 +40,3 @@ def fmt_diff(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:+.1f}" + ("" if std is None else f" +/- {std:.1f}")
-
-
-def json_safe(x: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python, tuples -> lists (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x

@@ -151,6 +151,27 @@ def test_seeds_and_epochs_flags_override_the_config(tmp_path, guidelines):
     assert setting["summary"]["vs"]["cce"]["verdict"] == "undetermined"  # one seed: no spread
 
 
+def test_validation_json_is_standard_json_and_reads_back(tmp_path, capsys, guidelines):
+    """One seed leaves every std NaN, which validation.json wrote as a bare NaN token: not JSON
+    (``jq`` and a browser's JSON.parse refuse it). It is null now, and the file renders as before,
+    read back by the same validation (finished earlier) and by a report's --validation."""
+    out = tmp_path / "out"
+    argv = ["validate", "--config", str(write_config(tmp_path)), "--guidelines", guidelines, "--out", str(out),
+            "--quiet", "--seeds", "3", "--epochs", "1"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out.split("validation.json:")[0]
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    doc = json.loads((out / "validation.json").read_text(), parse_constant=refuse)
+    (setting,) = doc["settings"]
+    assert setting["summary"]["arms"]["cce"]["std"] is None and setting["summary"]["vs"]["cce"]["std"] is None
+    assert to_markdown(doc) == (out / "validation.md").read_text()  # the same table as from the run's own numbers
+    assert main(argv) == 0  # the same validation again: its table, read from the file
+    assert capsys.readouterr().out.startswith(table)
+
+
 def test_each_config_file_trains_on_its_own_seeds(tmp_path, guidelines):
     """Two --config files, seeds [0] and [5]: each setting on its file's seeds (the first file's
     were used for all); --seeds still overrides both."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import write_output
+from dm_tune.errors import json_text, write_output
 from dm_tune.search._study import Study
 from dm_tune.search._trial import OBJECTIVES
 
@@ -151,10 +150,10 @@ def write_summary(summaries: list[SettingSummary], study: Study, workspace: Path
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / f"{study.name}.md", out / f"{study.name}.json"
     write_output(md, markdown(summaries, study, wall_s) + "\n")
-    write_output(js, json.dumps({
+    write_output(js, json_text({
         "study": study.to_dict(), "wall_time_s": wall_s,
         "train_time_s": sum(s.train_time_s for s in summaries),
         "settings": [{"setting": s.setting, "search_trials": s.search_trials,
                       "search_statuses": s.search_statuses, "rows": rows(s)} for s in summaries],
-    }, indent=1, allow_nan=True) + "\n")
+    }))  # standard JSON: NaN (no spread over one seed) is null
     return {"md": md, "json": js}

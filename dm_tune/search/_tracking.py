@@ -42,7 +42,7 @@ from typing import Any
 
 from ray import tune
 
-from dm_tune.errors import UserError, first_line
+from dm_tune.errors import UserError, first_line, json_text
 from dm_tune.provenance import git_commit, package_versions
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._trial import TrialOutcome, TrialSpec, member_outcomes
@@ -350,7 +350,7 @@ class MLflowTracker(tune.Callback):
         with tempfile.TemporaryDirectory() as tmp:
             doc = {"spec": spec.to_dict(), "outcome": outcome.to_dict(), "params": self.describe(spec),
                    "git_commit": git_commit(), "package_versions": package_versions()}
-            Path(tmp, "result.json").write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
+            Path(tmp, "result.json").write_text(json_text(doc))
             rows = [",".join(keys)] + [",".join(str(h.get(k, "")) for k in keys) for h in outcome.history]
             Path(tmp, "weights.csv").write_text("\n".join(rows) + "\n")
             client.log_artifacts(run_id, tmp)
