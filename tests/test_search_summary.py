@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from dm_tune.search import Study
 from dm_tune.search._summary import ArmResult, SettingSummary, markdown, rows
 from tests.conftest import tiny_study
@@ -12,7 +14,8 @@ NAN = float("nan")
 
 
 def _dm(arm: str, val: list[float], test: list[float], statuses: list[str]) -> ArmResult:
-    return ArmResult(arm, "", {"psi": 0.5, "rho": 2.0, "lam": 1.0, "beta": 8.0}, test, val, statuses)
+    return ArmResult(arm, "", {"psi": 0.5, "rho": 2.0, "lam": 1.0, "beta": 8.0}, test, val, statuses,
+                     list(range(len(test))))
 
 
 def test_the_best_dm_arm_finished_on_every_seed_as_the_report_chooses():
@@ -20,18 +23,39 @@ def test_the_best_dm_arm_finished_on_every_seed_as_the_report_chooses():
     the report would recommend the arm that finished everywhere, and the summary heads with it."""
     lucky = _dm("lucky", [0.95, NAN, 0.95], [0.90, NAN, 0.90], ["finished", "diverged", "finished"])
     steady = _dm("steady", [0.93] * 3, [0.92] * 3, ["finished"] * 3)
-    cce = ArmResult("cce", "cce", {}, [0.80, NAN, NAN], [0.81, NAN, NAN], ["finished", "diverged", "errored"])
+    cce = ArmResult("cce", "cce", {}, [0.80, NAN, NAN], [0.81, NAN, NAN], ["finished", "diverged", "errored"],
+                    [0, 1, 2])
     summary = SettingSummary("s", [lucky, steady, cce], 2, {"finished": 2}, 1.0)
     assert summary.best_dm() is steady
     first, baseline = rows(summary)
     assert first["val_acc_mean"] == 0.93 and first["test_acc_std"] == 0.0  # three equal seeds: no spread
     assert math.isnan(baseline["test_acc_std"])  # one finished seed: no spread to tell, not 0
     text = markdown([summary], Study.from_dict(tiny_study()), 1.0)
-    assert "| cce | 80.0 | +12.0 | 1 of 3 (1 diverged, 1 errored) |" in text
+    assert "| cce | 80.0 | +12.0 (1 of 3 seeds) | 1 of 3 (1 diverged, 1 errored) |" in text
     assert "92.0 ± 0.0" in text
     # with no arm finished everywhere, the best of those that finished somewhere
     alone = SettingSummary("s", [lucky, cce], 2, {}, 1.0)
     assert alone.best_dm() is lucky
+
+
+def test_dm_against_an_arm_is_paired_by_seed_as_the_report_pairs_it():
+    """Where a baseline did not finish on a seed, DM minus it was the difference of the two means,
+    each over its own seeds (DM's seed 1, a hard one, against none of CCE's): the report and
+    validate pair the seeds both finished. The summary pairs them too, and says on how many."""
+    dm = _dm("dm", [0.9, 0.8, 0.95], [0.90, 0.80, 0.95], ["finished"] * 3)
+    cce = ArmResult("cce", "cce", {}, [0.85, NAN, 0.70], [0.85, NAN, 0.70], ["finished", "diverged", "finished"],
+                    [0, 1, 2])
+    imae = ArmResult("imae", "imae", {}, [0.70, 0.75, 0.80], [0.7, 0.75, 0.8], ["finished"] * 3, [2, 1, 0])
+    summary = SettingSummary("s", [dm, cce, imae], 3, {"finished": 3}, 1.0)
+    _, *baselines = rows(summary)
+    by_name = {r["baseline"]: r for r in baselines}
+    assert by_name["cce"]["dm_minus_arm"] == pytest.approx(((0.90 - 0.85) + (0.95 - 0.70)) / 2)  # not 0.883 - 0.775
+    assert by_name["cce"]["dm_minus_arm_n"] == 2
+    # pairs by seed, not by position: imae's seeds come in another order
+    assert by_name["imae"]["dm_minus_arm"] == pytest.approx(((0.90 - 0.80) + (0.80 - 0.75) + (0.95 - 0.70)) / 3)
+    text = markdown([summary], Study.from_dict(tiny_study()), 1.0)
+    assert "| cce | 77.5 ± 10.6 | +15.0 (2 of 3 seeds) | 2 of 3 (1 diverged) |" in text
+    assert "| imae | 75.0 ± 5.0 | +13.3 | 3 |" in text
 
 
 def test_a_validation_tie_is_broken_as_the_report_breaks_it():
@@ -65,7 +89,7 @@ def test_a_validation_tie_is_broken_as_the_report_breaks_it():
 def test_a_setting_whose_every_dm_arm_was_stopped_says_so():
     """ASHA with two search seeds can stop every arm on one of its seeds: no DM arm is confirmed, and
     the summary showed the baselines alone under a header naming "the DM arm"."""
-    cce = ArmResult("cce", "cce", {}, [0.80, 0.82], [0.81, 0.83], ["finished", "finished"])
+    cce = ArmResult("cce", "cce", {}, [0.80, 0.82], [0.81, 0.83], ["finished", "finished"], [0, 1])
     summary = SettingSummary("s", [cce], 6, {"early-stopped": 11, "finished": 1}, 1.0)
     text = markdown([summary], Study.from_dict(tiny_study()), 1.0)
     assert "No DM arm was confirmed: none finished on every search seed" in text

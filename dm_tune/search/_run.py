@@ -459,6 +459,7 @@ def summarise(ctx: SettingContext, ledger: Ledger) -> SettingSummary:
         a.test_acc.append(outcome.value(objective.test) if done else math.nan)
         a.val_acc.append(outcome.value(objective.final) if done else math.nan)
         a.statuses.append(outcome.status)
+        a.seeds.append(spec.seed)
     return SettingSummary(ctx.setting.key, list(arms.values()), sum(statuses.values()), statuses, train_time)
 
 

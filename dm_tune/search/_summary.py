@@ -20,6 +20,7 @@ class ArmResult:
     test_acc: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)   # the seed of each value above
 
     @property
     def n_results(self) -> int:
@@ -95,14 +96,24 @@ def _seeds_cell(row: dict[str, Any], arm: ArmResult) -> str:
     return f"{row['n_results']} of {row['n_seeds']} ({counts})"
 
 
+def _paired(dm: ArmResult, arm: ArmResult) -> tuple[float, int]:
+    """DM minus ``arm`` in final test accuracy, paired by seed: the mean difference over the seeds
+    both finished, and their number (as the report's and validate's comparisons; a difference of
+    the two means would set one's seed against the other's where one did not finish)."""
+    mine = {s: v for s, v in zip(dm.seeds, dm.test_acc) if math.isfinite(v)}
+    diffs = [mine[s] - v for s, v in zip(arm.seeds, arm.test_acc) if math.isfinite(v) and s in mine]
+    return (sum(diffs) / len(diffs) if diffs else float("nan")), len(diffs)
+
+
 def _row(a: ArmResult, best: ArmResult | None) -> dict[str, Any]:
+    diff, paired = _paired(best, a) if best and a is not best else (None, 0)
     return {
         "arm": _arm_label(a), "baseline": a.baseline,
         "test_acc_mean": a.mean(a.test_acc), "test_acc_std": a.std(a.test_acc),
         "val_acc_mean": a.mean(a.val_acc), "n_seeds": len(a.test_acc),
         "n_results": a.n_results,
         "statuses": sorted(set(a.statuses)),
-        "dm_minus_arm": (best.mean(best.test_acc) - a.mean(a.test_acc)) if best and a is not best else None,
+        "dm_minus_arm": diff, "dm_minus_arm_n": paired,
         **({k: a.params.get(k) for k in ("lam", "beta", "psi", "rho")} if not a.baseline else {}),
     }
 
@@ -123,7 +134,8 @@ def markdown(summaries: list[SettingSummary], study: Study, wall_s: float) -> st
     for s in summaries:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(s.search_statuses.items()))
         lines += [f"## {s.setting}", "", f"Search: {s.search_trials} DM trials ({counts}).", "",
-                  f"| arm | test {'acc' if study.task == 'classification' else metric} | DM − arm (points) | seeds |",
+                  f"| arm | test {'acc' if study.task == 'classification' else metric} | DM − arm (points, paired by seed) "
+                  "| seeds |",
                   "|---|---|---|---|"]
         best = s.best_dm()
         if best is None:  # (the header's "the DM arm is the best of the top k" then named no row)
@@ -132,7 +144,8 @@ def markdown(summaries: list[SettingSummary], study: Study, wall_s: float) -> st
         for arm in _ordered(s, best):
             r = _row(arm, best)
             diff = "" if r["dm_minus_arm"] is None or not math.isfinite(r["dm_minus_arm"]) else \
-                f"{100 * r['dm_minus_arm']:+.1f}"
+                f"{100 * r['dm_minus_arm']:+.1f}" + ("" if r["dm_minus_arm_n"] == r["n_seeds"]
+                                                     else f" ({r['dm_minus_arm_n']} of {r['n_seeds']} seeds)")
             spread = "" if not math.isfinite(r["test_acc_std"]) else f" ± {100 * r['test_acc_std']:.1f}"
             acc = f"{100 * r['test_acc_mean']:.1f}{spread}" if r["n_results"] else "—"
             lines.append(f"| {r['arm']} | {acc} | {diff} | {_seeds_cell(r, arm)} |")
