@@ -159,6 +159,7 @@ def _sections(args: argparse.Namespace) -> list[str]:
 def recommend_command(args: argparse.Namespace) -> int:
     from dm_tune.reports._recommend import _check_inputs, recommend
     from dm_tune.reports._schema import default_guidelines_path, load_guidelines
+    from dm_tune.reports._text import ratio_text
 
     # (named by their flags here; recommend() checks them again under its parameters' names)
     _check_inputs(args.num_classes, args.noise_type, args.noise_rate, args.imbalance, args.imbalance_ratio,
@@ -179,7 +180,7 @@ def recommend_command(args: argparse.Namespace) -> int:
     noise = ("clean labels" if args.noise_type == "none" or not args.noise_rate
              else f"{args.noise_rate * 100:g}% {args.noise_type} noise")
     print(f"DM for {args.num_classes} {what}, {noise}"
-          + ("" if args.imbalance == "none" else f", {args.imbalance} imbalance {args.imbalance_ratio:g}:1") + ":")
+          + ("" if args.imbalance == "none" else f", {args.imbalance} imbalance {ratio_text(args.imbalance_ratio)}") + ":")
     print(f"  lambda {rec.lam:.3g}, beta {rec.beta:.3g}   (mode psi {rec.psi:.3f}, log-spread rho {rec.rho:.3f})")
     print(f"  class weighting: {rec.class_weighting}")
     if rec.region is not None and rec.predicted_gain is not None:

@@ -24,7 +24,7 @@ def setting_label(s: dict[str, Any]) -> str:
             else f"{s['num_classes']}-class data")
     parts = [f"{data} ({s.get('dataset', '?')}, {s.get('model', '?')})", noise]
     if s.get("imbalance", "none") != "none":
-        parts.append(f"{s['imbalance']} imbalance {s.get('imbalance_ratio') or 1:g}:1")
+        parts.append(f"{s['imbalance']} imbalance {ratio_text(s.get('imbalance_ratio') or 1)}")
     if s.get("pretrained"):
         parts.append("pre-trained")
     return ", ".join(parts)
@@ -34,6 +34,13 @@ def fmt_acc(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:.1f}" + ("" if std is None else f" +/- {std:.1f}")
+
+
+def ratio_text(ratio: float) -> str:
+    """An imbalance ratio as "R:1", R short where that says it exactly (100:1, 12.5:1) and in full
+    where it would not (a ratio of 1.0000000001 is not 1:1, which reads as no imbalance)."""
+    short = f"{ratio:g}"
+    return (short if float(short) == ratio else repr(float(ratio))) + ":1"
 
 
 def fmt_diff(mean: float | None, std: float | None) -> str:

@@ -353,6 +353,21 @@ def test_recommend_rejects_bad_input(kwargs: dict[str, Any], message: str) -> No
     assert str(info.value).startswith(message)
 
 
+def test_an_imbalance_ratio_is_never_printed_as_no_imbalance(tmp_path: Path, capsys) -> None:
+    """recommend echoed a longtail ratio of 1.0000000001 as "1:1" (with ``:g``), which reads as no
+    imbalance at all beside the class weighting it recommends for it."""
+    from dm_tune.cli import main
+    from dm_tune.reports._text import ratio_text
+
+    assert [ratio_text(r) for r in (100.0, 12.5, 2, 1.0000000001)] == ["100:1", "12.5:1", "2:1", "1.0000000001:1"]
+    path = tmp_path / "guidelines.json"
+    path.write_text(dumps(guidelines([setting(0.2, 0.3)])))
+    assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--imbalance", "longtail",
+                 "--imbalance-ratio", "1.0000000001", "--guidelines", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("DM for 10 classes, 30% symmetric noise, longtail imbalance "
+                                              "1.0000000001:1:")
+
+
 def test_recommend_rejects_an_unknown_noise_type_on_the_command_line(tmp_path: Path) -> None:
     import subprocess
 
