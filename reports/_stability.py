@@ -188,7 +188,11 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any], names: tuple[str, str] =
                       "verdict": rule_verdict(ra.get(rid), rb.get(rid)),
                       "text_a": ra[rid].get("text") if rid in ra else None,
                       "text_b": rb[rid].get("text") if rid in rb else None})
-    return {"settings": common, "different_training": budgets, "only_in_a": sorted(sa.keys() - sb.keys()),
+    # Files of two schema versions were written by reports that analyse differently (version 2 fits
+    # a response surface; the ranges and rules may be computed otherwise): not the same measurement.
+    versions = [a.get("schema_version"), b.get("schema_version")]
+    return {"settings": common, "different_training": budgets, "schema_versions": versions,
+            "different_schema": versions[0] != versions[1], "only_in_a": sorted(sa.keys() - sb.keys()),
             "only_in_b": sorted(sb.keys() - sa.keys()), "rules": rules, "summary": _summary(common, rules),
             "surfaces": compare_surfaces(a, b, names)}
 
@@ -293,6 +297,8 @@ def brief(result: Mapping[str, Any]) -> str:
     if result.get("different_training"):
         lines.append("warning: trained differently, so not a test of stability: "
                      + "; ".join(result["different_training"]))
+    if result.get("different_schema"):
+        lines.append(f"warning: {_schema_text(result['schema_versions'])}")
     surfaces = result.get("surfaces")
     if surfaces:
         t = surfaces["summary"]
@@ -302,6 +308,13 @@ def brief(result: Mapping[str, Any]) -> str:
     lines.append(f"rules claimed (supported in both, same sign): {s['rules_claimed']} of {s['rules_total']}")
     lines += [f"- {r['rule']}: {r['verdict']}" for r in result["rules"] if r["verdict"] != "in neither"]
     return "\n".join(lines)
+
+
+def _schema_text(versions: list[Any]) -> str:
+    a, b = (v if v is not None else "unrecorded" for v in versions)
+    return (f"the two files are of guidelines schema versions {a} and {b}, written by reports that analyse "
+            "differently: their differences are not only the search's instability (regenerate the older one "
+            "with 'dm-tune report')")
 
 
 def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B") -> str:
@@ -328,6 +341,8 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
     if result.get("different_training"):
         lines += ["", "**Trained differently in the two runs** (their differences are not the search's instability): "
                   + "; ".join(result["different_training"]) + "."]
+    if result.get("different_schema"):
+        lines += ["", f"**{_schema_text(result['schema_versions'])}.**"]
     lines += _surfaces_markdown(result.get("surfaces"))
     lines += ["", "### Rules", "", "A rule is claimed only when it is supported in both runs with the same sign "
               f"of slope: {s['rules_claimed']} of {s['rules_total']}.", "",

@@ -13,7 +13,7 @@ import pytest
 
 from dm_tune.cli import main
 from dm_tune.errors import UserError
-from dm_tune.reports._stability import check_doc, compare, overlaps, to_markdown
+from dm_tune.reports._stability import brief, check_doc, compare, overlaps, to_markdown
 
 GROUP = {"noise": "symmetric", "num_classes": 10, "imbalance": "none", "pretrained": False}
 
@@ -80,6 +80,22 @@ def test_a_setting_trained_for_other_epochs_in_the_two_runs_is_named():
     result = compare(a, b)
     assert result["different_training"] == ["s-overlap: 60 vs 30 epochs"]
     assert "**Trained differently in the two runs**" in to_markdown(result)
+
+
+def test_files_of_two_schema_versions_are_compared_with_a_warning():
+    """A file an older report wrote (another schema version: other ranges, no response surface) was
+    compared without a word, its differences read as the search's instability."""
+    a, b = docs()
+    b["schema_version"] = a["schema_version"]
+    same = compare(a, b)
+    assert not same["different_schema"] and "schema" not in brief(same) and "schema" not in to_markdown(same)
+    b["schema_version"] = 1
+    result = compare(a, b)
+    assert result["different_schema"] and result["schema_versions"] == [99, 1]
+    assert "warning: the two files are of guidelines schema versions 99 and 1" in brief(result)
+    assert "**the two files are of guidelines schema versions 99 and 1" in to_markdown(result)
+    del b["schema_version"]
+    assert "schema versions 99 and unrecorded" in brief(compare(a, b))
 
 
 def test_a_region_overlaps_only_when_both_ranges_do():
