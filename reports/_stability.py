@@ -15,14 +15,13 @@ a UserError naming the file, the entry and the key.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, json_safe, output_dir, output_path, path_argument, write_output
+from dm_tune.errors import UserError, json_text, output_dir, output_path, path_argument, write_output
 
 SETTING_KEYS = ("setting", "psi", "rho", "psi_range", "rho_range", "vs_baselines")
 RULE_KEYS = ("kind", "knob", "supported")
@@ -407,7 +406,7 @@ def stability_command(args: argparse.Namespace) -> int:
     if args.out:
         out = output_dir("--out", args.out)
         doc = {"a": str(args.a), "b": str(args.b), **result}  # as given: the names the Markdown shows
-        write_output(out / "stability.json", json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n")
+        write_output(out / "stability.json", json_text(doc))
         write_output(out / "stability.md", to_markdown(result, args.a, args.b))
         print(f"stability.json: {out / 'stability.json'}\nstability.md: {out / 'stability.md'}")
     return 0
