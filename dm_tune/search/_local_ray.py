@@ -20,6 +20,10 @@ import warnings
 
 # Ray's public switch for "no multi-node cluster": the node takes 127.0.0.1 as its address.
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# A custom resource that marks a search's own local Ray: ``--address auto`` finds the newest Ray on
+# the machine, which may be another search's, and that one ends (taking the joined search's trials
+# with it) when that search does. ``probe_ray`` refuses to join one. Trials never ask for it.
+PRIVATE_RESOURCE = "dmtune_private_local_ray"
 # Trials that ask for no GPU see none (CUDA_VISIBLE_DEVICES=""), so that ``device: auto`` does not
 # train them on a GPU they were not given. Ray up to 2.50 does this by default, later Ray (2.60) only
 # with this variable set to 1; a value already in the environment wins.
@@ -33,7 +37,8 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, *,
     ``num_cpus``/``num_gpus``: what Ray may schedule (None: what the machine has);
     ``object_store_memory`` in bytes (None: Ray's default, 30% of RAM). No dashboard, and the
     workers' output is not copied to the driver. Never connects to an existing cluster (use
-    ``ray.init(address=...)`` for that). Raises RuntimeError when ``ray`` was imported before this
+    ``ray.init(address=...)`` for that), and marked (``PRIVATE_RESOURCE``) so that no other search
+    joins it. Raises RuntimeError when ``ray`` was imported before this
     call without ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` in the environment, since Ray would then
     listen on every interface.
     """
@@ -49,7 +54,8 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, *,
             f"imports ray, or start the process with {LOCAL_ONLY_ENV}=0")
     hide_gpu_tip()
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
-             include_dashboard=False, log_to_driver=False, logging_level=logging_level)
+             resources={PRIVATE_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
+             logging_level=logging_level)
 
 
 def hide_gpu_tip() -> None:

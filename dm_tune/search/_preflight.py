@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from dm_tune.errors import UserError
+from dm_tune.search._local_ray import PRIVATE_RESOURCE
 from dm_tune.search._study import Study
 
 
@@ -83,6 +84,7 @@ except Exception as e:
     print("dm-tune-probe: " + " ".join((str(e).strip() or type(e).__name__).split())[:600], file=sys.stderr)
     sys.exit(3)
 print(f"dm-tune-probe-address: {ray.get_runtime_context().gcs_address}", flush=True)
+print(f"dm-tune-probe-private: {int(ray.cluster_resources().get(sys.argv[2], 0) > 0)}", flush=True)
 ray.shutdown()
 """
 
@@ -115,7 +117,7 @@ def probe_ray(address: str) -> str:
         raise UserError(f"{CONNECT_TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
     try:
         # PYTHONSAFEPATH: not the current folder on sys.path (its inspect.py would shadow the library's)
-        proc = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", _PROBE, address, PRIVATE_RESOURCE], capture_output=True, text=True,
                               timeout=timeout, env={**os.environ, "PYTHONSAFEPATH": "1"})
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
@@ -126,9 +128,14 @@ def probe_ray(address: str) -> str:
         cause = said[-1].removeprefix("dm-tune-probe: ") if said else f"exit status {proc.returncode}"
         raise UserError(f"--address {address}: could not connect to a Ray cluster ({cause}){_auth_hint(proc.stderr)}"
                         f"{_version_hint(cause)}")
-    found = [ln.removeprefix("dm-tune-probe-address: ") for ln in proc.stdout.splitlines()
-             if ln.startswith("dm-tune-probe-address: ")]
-    return found[-1] if found and found[-1] not in ("", "None") else address
+    said = dict(ln.removeprefix("dm-tune-probe-").split(": ", 1) for ln in proc.stdout.splitlines()
+                if ln.startswith("dm-tune-probe-") and ": " in ln)
+    found = said["address"] if said.get("address") not in (None, "", "None") else address
+    if said.get("private") == "1":
+        raise UserError(f"--address {address}: the Ray at {found} is another dm-tune search's own local Ray, which "
+                        "ends when that search does; give the address of a cluster started with 'ray start --head', "
+                        "or leave --address out (the search then starts its own)")
+    return found
 
 
 def _version_hint(cause: str) -> str:
