@@ -20,7 +20,7 @@ from typing import Any
 from dm_tune._names import IMBALANCE_KINDS, rate_limit
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
-from dm_tune.reports._text import fmt_diff, setting_label
+from dm_tune.reports._text import fmt_diff, num_text, setting_label
 
 NO_SURFACE = ("no response surface for this task in the guidelines: (psi, rho) interpolated between the measured "
               "settings' best arms, without a predicted gain or region")
@@ -200,7 +200,8 @@ def _nearest(pool: list[dict[str, Any]], key: str, target: float, what: str,
     """Keep the settings whose ``key`` is nearest ``target`` on a log scale (class counts and ratios)."""
     best = min({float(s[key]) for s in pool}, key=lambda v: abs(math.log(v) - math.log(target)))
     if best != float(target):
-        warnings.append(f"extrapolation: {what} {target:g} was not measured; using the nearest measured, {best:g}")
+        warnings.append(f"extrapolation: {what} {num_text(target)} was not measured; using the nearest measured, "
+                        f"{best:g}")
     return [s for s in pool if float(s[key]) == best]
 
 
@@ -227,7 +228,7 @@ def _interpolate(pool: list[dict[str, Any]], rate: float,
         return (p0 + t * (p1 - p0), r0 + t * (r1 - r0), by_rate[lo] + by_rate[hi],
                 f"interpolated linearly in noise rate between {lo:g} and {hi:g}")
     nearest = lower[-1] if lower else upper[0]
-    warnings.append(f"extrapolation: noise rate {rate:g} is outside the measured range "
+    warnings.append(f"extrapolation: noise rate {num_text(rate)} is outside the measured range "
                     f"[{rates[0]:g}, {rates[-1]:g}]; using the nearest measured rate, {nearest:g}")
     psi, rho = knobs(nearest)
     return psi, rho, by_rate[nearest], f"nearest measured noise rate {nearest:g}"

@@ -32,6 +32,7 @@ import warnings as _warnings
 from typing import TYPE_CHECKING, Any
 
 from dm_tune._param import beta_from_rho, lambda_from_mode
+from dm_tune.reports._text import num_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -494,7 +495,7 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
         measured = sorted({_noise(s["noise"], s["noise_rate"])[0] for s in settings})
         out.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: {', '.join(measured)})")
     elif not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
-        out.append(f"extrapolation: noise rate {noise_rate:g} is outside the measured range "
+        out.append(f"extrapolation: noise rate {num_text(noise_rate)} is outside the measured range "
                    f"[{min(rates):g}, {max(rates):g}] for {noise} noise")
     classes = [s["num_classes"] for s in settings]
     if not min(classes) <= num_classes <= max(classes):
@@ -506,7 +507,8 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
                    f"(measured: {', '.join(sorted({s['imbalance'] for s in settings}))})")
     elif imbalance != "none" and not any(abs(s["imbalance_ratio"] - imbalance_ratio) < 1e-9 for s in same):
         ratios = sorted({s["imbalance_ratio"] for s in same})
-        out.append(f"extrapolation: imbalance ratio {imbalance_ratio:g} was not measured for {imbalance} imbalance "
+        out.append(f"extrapolation: imbalance ratio {num_text(imbalance_ratio)} was not measured for {imbalance} "
+                   "imbalance "
                    f"(measured: {', '.join(f'{r:g}' for r in ratios)})")
     known = dataset is not None and dataset in surface["encoding"]["datasets"]
     if dataset is not None and not known:

@@ -36,11 +36,17 @@ def fmt_acc(mean: float | None, std: float | None) -> str:
     return f"{mean:.1f}" + ("" if std is None else f" +/- {std:.1f}")
 
 
+def num_text(x: float) -> str:
+    """A user's number short where that says it exactly (100, 12.5, 0.4) and in full where it would
+    not: 1.0000000001 is not 1, and a warning that "ratio 1 was not measured" contradicts itself."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
 def ratio_text(ratio: float) -> str:
-    """An imbalance ratio as "R:1", R short where that says it exactly (100:1, 12.5:1) and in full
-    where it would not (a ratio of 1.0000000001 is not 1:1, which reads as no imbalance)."""
-    short = f"{ratio:g}"
-    return (short if float(short) == ratio else repr(float(ratio))) + ":1"
+    """An imbalance ratio as "R:1" (``num_text``: a ratio of 1.0000000001 is not 1:1, which reads as
+    no imbalance)."""
+    return num_text(ratio) + ":1"
 
 
 def fmt_diff(mean: float | None, std: float | None) -> str:

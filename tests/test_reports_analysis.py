@@ -361,11 +361,12 @@ def test_an_imbalance_ratio_is_never_printed_as_no_imbalance(tmp_path: Path, cap
 
     assert [ratio_text(r) for r in (100.0, 12.5, 2, 1.0000000001)] == ["100:1", "12.5:1", "2:1", "1.0000000001:1"]
     path = tmp_path / "guidelines.json"
-    path.write_text(dumps(guidelines([setting(0.2, 0.3)])))
+    path.write_text(dumps(guidelines([setting(0.2, 0.3) | {"imbalance": "longtail", "imbalance_ratio": 10.0}])))
     assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--imbalance", "longtail",
                  "--imbalance-ratio", "1.0000000001", "--guidelines", str(path)]) == 0
-    assert capsys.readouterr().out.startswith("DM for 10 classes, 30% symmetric noise, longtail imbalance "
-                                              "1.0000000001:1:")
+    out = capsys.readouterr().out
+    assert out.startswith("DM for 10 classes, 30% symmetric noise, longtail imbalance 1.0000000001:1:")
+    assert "imbalance ratio 1.0000000001 was not measured" in out  # its warning too (was "ratio 1 was not")
 
 
 def test_recommend_rejects_an_unknown_noise_type_on_the_command_line(tmp_path: Path) -> None:
