@@ -100,6 +100,14 @@ def test_asha_stopped_trials_are_marked_truncated(tmp_path, ray_local):
     for r in search:
         reached = r.data.metrics["epochs_reached"]
         assert (reached < 6) == (r.data.tags["dmtune.status"] == "early-stopped")
+        assert r.data.metrics["train_time_s"] > 0  # (0 for a trial stopped at the first rung)
+    # Every ended trial's history runs to the epoch it reached: the epoch a rung stopped it at is in it
+    # (a resumed ASHA rebuilds its rungs from these histories).
+    from dm_tune.search._ledger import Ledger
+
+    (path,) = (ws / "ledger" / "asha").glob("*.jsonl")
+    for key, outcome in Ledger(path).ended.items():
+        assert [h["epoch"] for h in outcome.history] == list(range(1, outcome.epochs_reached + 1)), key
     # Trials that ASHA let run to the end are full results: the best of them is confirmed, and
     # confirm trials are never stopped early.
     confirm = [r for r in trials if r.data.tags["dmtune.stage"] == "confirm"]
@@ -243,6 +251,38 @@ def test_a_search_never_joins_another_searchs_own_local_ray(ray_local):
         with pytest.raises(UserError, match=rf"--address {given}: the Ray at {address} is another dm-tune search's "
                                             "own local Ray, which ends when that search does"):
             probe_ray(given)
+
+
+def test_a_resumed_trial_reports_its_earlier_epochs_once(tmp_path, ray_local):
+    """In a real Tune run: the first report after a checkpoint carries each member's restored epochs
+    (RESTORED_KEY), the next ones do not, and a report not sent keeps them for the one that is."""
+    from ray import tune
+
+    from dm_tune.search._trial import RESTORED_KEY
+    from dm_tune.trainables._dm import TrialRuntime, _reporter, _restored
+
+    before = [{"epoch": 1, "val_acc": 0.4}, {"epoch": 2, "val_acc": 0.6}]
+    state = {"kind": "population", "members": [{"history": before}, {"history": before[:1]}]}
+    assert _restored(state) == {0: before, 1: before[:1]}
+    assert _restored({"kind": "one-by-one", "done": [{}], "current": {"history": before}}) == {1: before}
+    assert _restored(None) == {}
+
+    def trainable(config):
+        report = _reporter(TrialRuntime(report_every=2, checkpoint_every=100), 9, 2, {}, {0: before, 1: before[:1]})
+        for epoch in (3, 4, 5, 6):
+            report({0: {"epoch": epoch, "val_acc": 0.7}, 1: {"epoch": epoch, "val_acc": 0.5}}, lambda: {})
+
+    seen = []
+
+    class Recorder(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            seen.append(result["members"])
+
+    tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), callbacks=[Recorder()],
+                                                     verbose=0)).fit()
+    assert len(seen) == 2  # epochs 4 and 6 (every second call)
+    assert [m[RESTORED_KEY] for m in seen[0]] == [before, before[:1]] and seen[0][0]["epoch"] == 4
+    assert all(RESTORED_KEY not in m for m in seen[1])
 
 
 @pytest.mark.parametrize("lost", ["ledger", "optuna.db"])

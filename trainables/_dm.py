@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dm_tune.search._trial import TrialOutcome, TrialSpec, population_report
+from dm_tune.search._trial import RESTORED_KEY, TrialOutcome, TrialSpec, population_report
 
 STATE_FILE = "state.pt"
 
@@ -83,15 +83,31 @@ def _resume_state(resume_from: str | None) -> dict[str, Any] | None:
     return None
 
 
-def _reporter(runtime: TrialRuntime, budget: int, size: int,
-              ended: dict[int, dict[str, Any]]) -> Callable[[dict[int, dict[str, float]], Any], None]:
+def _restored(resume: Mapping[str, Any] | None) -> dict[int, list[dict[str, Any]]]:
+    """Each member's epochs in the checkpoint a trial resumes from (a population trained together,
+    or the member a population trained one at a time was training)."""
+    if not resume:
+        return {}
+    if resume.get("kind") == "population":
+        return {k: list(m.get("history") or []) for k, m in enumerate(resume.get("members") or [])}
+    if resume.get("kind") == "one-by-one" and resume.get("current"):
+        return {len(resume.get("done") or []): list(resume["current"].get("history") or [])}
+    return {}
+
+
+def _reporter(runtime: TrialRuntime, budget: int, size: int, ended: dict[int, dict[str, Any]],
+              restored: dict[int, list[dict[str, Any]]] | None = None,
+              ) -> Callable[[dict[int, dict[str, float]], Any], None]:
     """Tune's per-epoch reports; ``ended``: the final reports of members that ended since the last
     report (trained one at a time, or diverged in a population trained together), carried in the
     next one in place of their epoch (the searcher keeps them), so that a trial that then fails for
-    good loses none of them."""
+    good loses none of them. ``restored``: each member's epochs before the checkpoint the trial
+    resumed from, sent once with the member's first report after it (``RESTORED_KEY``), so that the
+    history the searcher keeps of a trial cut short (by a scheduler) is whole."""
     import torch
     from ray import tune
 
+    pending = {k: rows for k, rows in (restored or {}).items() if rows}
     last_checkpoint = [time.monotonic()]
     calls = [0]
 
@@ -108,6 +124,9 @@ def _reporter(runtime: TrialRuntime, budget: int, size: int,
             if epoch == budget:
                 return
             metrics.update(members[0] or {})
+        sent = [k for k in pending if k not in ended and members[k] is not None]
+        for k in sent:  # (its first epoch after the checkpoint; a member that ended carries its whole history)
+            members[k] = {**members[k], RESTORED_KEY: pending[k]}
         due = (calls[0] % runtime.checkpoint_every == 0
                and time.monotonic() - last_checkpoint[0] >= runtime.checkpoint_min_s)
         if due and not all(m.get("diverged") for m in epoch_metrics.values()):
@@ -119,6 +138,10 @@ def _reporter(runtime: TrialRuntime, budget: int, size: int,
         elif calls[0] % runtime.report_every == 0 or ended:
             tune.report(metrics)  # a member that ended rides in the first report after: it is sent now
             ended.clear()
+        else:
+            return  # not sent: the restored epochs wait for the next report
+        for k in sent:
+            del pending[k]
 
     return report
 
@@ -159,6 +182,6 @@ def dm_trainable(config: Mapping[str, Any], base: Mapping[str, Any], runtime: Tr
     def member_done(k: int, result: Any) -> None:
         ended[k] = _outcome(result, node).to_report()
 
-    results = train_population(configs, datas, _reporter(runtime, budget, len(specs), ended), resume=resume,
-                               member_done=member_done)
+    results = train_population(configs, datas, _reporter(runtime, budget, len(specs), ended, _restored(resume)),
+                               resume=resume, member_done=member_done)
     tune.report(population_report([_outcome(r, node) for r in results]))

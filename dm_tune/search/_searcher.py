@@ -39,7 +39,7 @@ from ray.tune.search import Searcher
 
 from dm_tune.errors import UserError, first_line
 from dm_tune.search._ledger import Ledger
-from dm_tune.search._trial import OBJECTIVES, TrialOutcome, TrialSpec, member_outcomes
+from dm_tune.search._trial import OBJECTIVES, RESTORED_KEY, TrialOutcome, TrialSpec, member_outcomes
 from dm_tune.search_spaces import suggest, to_lam_beta
 
 if TYPE_CHECKING:
@@ -366,7 +366,10 @@ class StagedSearcher(Searcher):
                         ended[k] = dict(member)
                         self._end_member(self._live[trial_id][k], member, [rows[e] for e in sorted(rows)])
                 elif member:
-                    rows[int(member.get("epoch", 0) or 0)] = dict(member)
+                    # A trial resumed from a checkpoint sends the epochs before it once, in its first report.
+                    for row in member.get(RESTORED_KEY) or ():
+                        rows.setdefault(int(row.get("epoch", 0) or 0), dict(row))
+                    rows[int(member.get("epoch", 0) or 0)] = {n: v for n, v in member.items() if n != RESTORED_KEY}
 
     def _end_member(self, spec: TrialSpec, member: dict, history: list[dict]) -> None:
         """A member that ended while its population goes on (diverged, or trained one at a time):
@@ -376,6 +379,10 @@ class StagedSearcher(Searcher):
             self.tell_ended()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and not result.get("final") and trial_id in self._live:
+            # Stopped by the scheduler: Tune hands the epoch it stopped at to on_trial_complete only,
+            # never to on_trial_result; without it that epoch was missing from the trial's history.
+            self.on_trial_result(trial_id, result)
         population = self._live.pop(trial_id, None)
         last = self._last.pop(trial_id, None)
         reported = [[rows[e] for e in sorted(rows)] for rows in self._reported.pop(trial_id, [])]

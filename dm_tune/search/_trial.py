@@ -168,6 +168,10 @@ OBJECTIVES = {
 TASK_EPOCH_METRICS = ("val_map", "test_map")
 
 
+# In the first per-epoch report of a trial resumed from a checkpoint, each member's epochs before it
+# (a list of per-epoch dicts): the searcher's history of a trial then cut short holds them too.
+RESTORED_KEY = "restored_history"
+
 # --- a population: one Ray trial that trains several trials together ------------------------------
 
 
