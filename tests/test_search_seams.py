@@ -348,6 +348,32 @@ def test_a_pruned_arm_is_told_its_seeds_values_at_the_epoch_it_was_pruned(tmp_pa
     assert trial.user_attrs["seed_statuses"] == ["finished", "early-stopped"]  # and how each ended
 
 
+def test_a_stopped_trials_history_holds_the_epoch_it_was_stopped_at_and_those_before_a_resume(tmp_path):
+    """Tune hands the result a scheduler stops a trial at to on_trial_complete alone: the trial's
+    history ended an epoch early (a trial stopped at the first rung had none: 0 s of training, no
+    best values, and a resumed ASHA left its value out of the rung). A trial resumed from a
+    checkpoint sends its earlier epochs once (RESTORED_KEY): they were missing too."""
+    from dm_tune.search._trial import RESTORED_KEY
+
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), search_seeds=2, warm_points=[])
+    first, second = _members(searcher.suggest("t0")), _members(searcher.suggest("t1"))
+
+    def row(epoch: int, val: float) -> dict:
+        return {"epoch": epoch, "val_acc": val, "test_acc": val, "epoch_time_s": 0.5}
+
+    searcher.on_trial_complete("t0", {"epoch": 1, "members": [row(1, 0.3)]})  # stopped at the first rung
+    stopped = searcher.ledger.ended[first[0].key]
+    assert stopped.status == "early-stopped" and [h["epoch"] for h in stopped.history] == [1]
+    assert stopped.train_time_s == 0.5 and stopped.best_val_acc == 0.3
+    # seed 1 resumed from its epoch-2 checkpoint: epochs 1 and 2 ride in its first report, then stopped at 4
+    searcher.on_trial_result("t1", {"epoch": 3, "members": [{**row(3, 0.6), RESTORED_KEY: [row(1, 0.4), row(2, 0.7)]}]})
+    searcher.on_trial_complete("t1", {"epoch": 4, "members": [row(4, 0.5)]})
+    resumed = searcher.ledger.ended[second[0].key]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert all(RESTORED_KEY not in h for h in resumed.history)
+    assert resumed.train_time_s == 2.0 and resumed.best_val_acc == 0.7 and resumed.epochs_reached == 4
+
+
 def test_a_seed_stopped_past_the_epoch_its_arm_was_pruned_at_is_told_its_value_there(tmp_path):
     """Seed 0 pruned at epoch 1 (val 0.3); seed 1 was ahead and is stopped at epoch 2: its epochs
     reported on the way are its history, so Optuna hears both seeds at epoch 1, (0.3 + 0.7) / 2."""
@@ -795,6 +821,12 @@ def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
                                       final_val_acc=acc, history=tuple({"epoch": e, "val_acc": a, "train_loss": 1.0}
                                                                        for e, a in enumerate(curve[:epoch], 1))))
     assert epoch == 1 and stopped  # arm 2 was pruned at the first rung
+    # arm 4 diverged in epoch 1, which the rung stopped it at: pruned live, "diverged" in the ledger
+    uninterrupted.on_trial_add(None, trial("a4", 4))
+    assert uninterrupted.on_trial_result(None, trial("a4", 4), {"epoch": 1, "val_acc": 0.1}) == TrialScheduler.STOP
+    ledger.start([_search_spec(4)])
+    ledger.end(_search_spec(4), TrialOutcome(status="diverged", epochs_reached=1, final_val_acc=0.1,
+                                             history=({"epoch": 1, "val_acc": 0.1, "diverged": 1.0},)))
 
     resumed, empty = _scheduler(study, 8, Ledger(ledger.path)), _scheduler(study, 8, Ledger(tmp_path / "none.jsonl"))
     for scheduler in (uninterrupted, resumed, empty):
@@ -807,6 +839,9 @@ def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
     # Arm 2's other seed is stopped at the epoch a rung pruned the arm, however well it does.
     assert resumed.on_trial_result(None, trial("seed1", 2), other_seed) == TrialScheduler.STOP
     assert empty.on_trial_result(None, trial("seed1", 2), other_seed) == TrialScheduler.CONTINUE
+    for scheduler in (uninterrupted, resumed):  # and arm 4's, pruned by its diverged seed
+        scheduler.on_trial_add(None, trial("a4-seed1", 4))
+        assert scheduler.on_trial_result(None, trial("a4-seed1", 4), other_seed) == TrialScheduler.STOP
     # The rungs hold the same values as the uninterrupted scheduler's.
     assert resumed.inner.debug_string().splitlines()[1:] == uninterrupted.inner.debug_string().splitlines()[1:]
 

@@ -83,27 +83,32 @@ class SearchOnly(FIFOScheduler):
         """Tell the scheduler what the ended search trials of this setting reported, in the order
         they ended: ``(TrialSpec, TrialOutcome)`` pairs from the ledger. Each is told through the
         scheduler's public hooks as a trial of its own (added, its per-epoch results, removed), as
-        Tune told it the first time; the decisions it makes now are moot (the trials ended). An arm
-        that ended early-stopped before the budget on any seed is pruned from that epoch on.
+        Tune told it the first time; the decisions it makes now are moot (the trials ended), but for
+        a seed that diverged. An arm a rung stopped on any seed before the budget is pruned from that
+        epoch on.
         Returns the number of trials replayed."""
         metric, told = self.inner.metric, 0
         for spec, outcome in ended:
             if spec.stage != "search":
                 continue
-            if outcome.status == "early-stopped" and (self.max_t is None or outcome.epochs_reached < self.max_t):
-                arm = int(spec.number)
-                self._pruned[arm] = min(self._pruned.get(arm, outcome.epochs_reached), outcome.epochs_reached)
             results = [{"epoch": int(h["epoch"]), metric: h[metric]} for h in outcome.history
                        if "epoch" in h and metric in h]
-            if not results:
-                continue
-            stand_in = SimpleNamespace(trial_id=f"ledger:{spec.key}",
-                                       config={"specs": [{"stage": "search", "number": spec.number}]})
-            self.inner.on_trial_add(None, stand_in)
-            for result in results:
-                self.inner.on_trial_result(None, stand_in, result)
-            self.inner.on_trial_remove(None, stand_in)
-            told += 1
+            decision = TrialScheduler.CONTINUE
+            if results:
+                stand_in = SimpleNamespace(trial_id=f"ledger:{spec.key}",
+                                           config={"specs": [{"stage": "search", "number": spec.number}]})
+                self.inner.on_trial_add(None, stand_in)
+                for result in results:
+                    decision = self.inner.on_trial_result(None, stand_in, result)
+                self.inner.on_trial_remove(None, stand_in)
+                told += 1
+            # Pruned: stopped by a rung (the ledger says so), or a seed that diverged in an epoch a
+            # rung stops it at (as live, where the rung's STOP pruned the arm; diverged in the ledger).
+            stopped = outcome.status == "early-stopped" or (outcome.status == "diverged"
+                                                           and decision == TrialScheduler.STOP)
+            if stopped and (self.max_t is None or outcome.epochs_reached < self.max_t):
+                arm = int(spec.number)
+                self._pruned[arm] = min(self._pruned.get(arm, outcome.epochs_reached), outcome.epochs_reached)
         return told
 
     def debug_string(self) -> str:
