@@ -846,6 +846,31 @@ def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
     assert resumed.inner.debug_string().splitlines()[1:] == uninterrupted.inner.debug_string().splitlines()[1:]
 
 
+def test_a_trial_resumed_from_a_checkpoint_joins_the_rungs_it_passed_before():
+    """Resumed under a new Ray trial, a search trial's first report is of the epoch after its
+    checkpoint: the rungs it had passed before lost its values. They ride in that report
+    (RESTORED_KEY) and are told to the rungs first, as if it had never stopped."""
+    from types import SimpleNamespace
+
+    from dm_tune.search._scheduler import asha
+    from dm_tune.search._trial import RESTORED_KEY
+
+    def trial(name: str):
+        return SimpleNamespace(trial_id=name, config={"specs": [{"stage": "search", "number": 5}]})
+
+    def member(epoch: int, acc: float, **more) -> dict:
+        return {"epoch": epoch, "val_acc": acc, "members": [{"epoch": epoch, "val_acc": acc, **more}]}
+
+    uninterrupted, resumed = (asha("val_acc", max_t=8, grace_period=1, reduction_factor=2) for _ in range(2))
+    uninterrupted.on_trial_add(None, trial("before"))
+    for epoch, acc in ((1, 0.9), (2, 0.91), (3, 0.92)):
+        uninterrupted.on_trial_result(None, trial("before"), member(epoch, acc))
+    resumed.on_trial_add(None, trial("after"))
+    resumed.on_trial_result(None, trial("after"), member(3, 0.92, **{RESTORED_KEY: [
+        {"epoch": 1, "val_acc": 0.9}, {"epoch": 2, "val_acc": 0.91}]}))
+    assert resumed.inner.debug_string().splitlines()[1:] == uninterrupted.inner.debug_string().splitlines()[1:]
+
+
 @pytest.mark.parametrize("space", ["decoupled", "paper"])
 def test_the_papers_points_start_a_search_with_extra_knobs_too(tmp_path, space):
     """Extra knobs (lr, weight decay) once emptied the warm start: the paper's three points come

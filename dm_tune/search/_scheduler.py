@@ -16,8 +16,8 @@ interruption are told to the scheduler again, epoch by epoch, from their histori
 and the arms a rung stopped stay pruned. Without it the first trials to reach each rung after a
 resume were compared with nobody, so arms an uninterrupted search would have stopped trained
 their whole budget and could be confirmed. A trial that was running when the search was
-interrupted resumes from its checkpoint under a new Ray trial and joins the rungs it reaches from
-there.
+interrupted resumes from its checkpoint under a new Ray trial; its first report carries its
+epochs before the checkpoint (``RESTORED_KEY``), told to the rungs before its new epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from dm_tune.search._trial import RESTORED_KEY
 
 
 def _is_search(trial: Any) -> bool:
@@ -66,6 +68,11 @@ class SearchOnly(FIFOScheduler):
         arm, epoch = _arm(trial), int(result.get("epoch", 0) or 0)
         if arm in self._pruned and epoch >= self._pruned[arm]:
             return TrialScheduler.STOP  # another seed of this arm was pruned at this epoch
+        member = (result.get("members") or [None])[0] or {}
+        for row in member.get(RESTORED_KEY) or ():  # resumed from a checkpoint: the rungs it passed before
+            if "epoch" in row and self.inner.metric in row:
+                self.inner.on_trial_result(tune_controller, trial, {"epoch": int(row["epoch"]),
+                                                                    self.inner.metric: row[self.inner.metric]})
         decision = self.inner.on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and (self.max_t is None or epoch < self.max_t):
             self._pruned.setdefault(arm, epoch)
