@@ -59,7 +59,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "features; retrieval (re-ID): reid-synth, mars, mars-features")
     p.add_argument("--data-root", type=path_argument, help="directory of an on-disk dataset")
     p.add_argument("--noise", help="none, symmetric (default), pair, cifar100-superclass, file")
-    p.add_argument("--noise-rate", type=float, help="fraction of training labels corrupted, in [0, 1)")
+    p.add_argument("--noise-rate", type=float, help="fraction of training labels corrupted, in [0, 1) "
+                   "(cifar100-superclass: of the paired subclasses, 2 of each superclass's 5)")
     p.add_argument("--noise-file", type=path_argument,
                    help="label file for --noise file (.npy/.csv/.txt or CIFAR-N .pt)")
     p.add_argument("--noise-key", help="key inside a CIFAR-N .pt file, e.g. worse_label")
