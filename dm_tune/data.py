@@ -64,10 +64,20 @@ def load_source(config: TrainConfig) -> Source:
                               f"dataset {config.dataset!r} is read from disk; give --data-root (data_root in a "
                               "--config file, training.data_root in a study)")
         root = Path(config.data_root).expanduser().resolve()
-        if not root.exists() and not config.download:
+        try:
+            exists, folder = root.exists(), root.is_dir()
+        except PermissionError:  # (a parent this user may not enter)
+            raise _unreadable(config, root) from None
+        if not exists and not config.download:
             raise ConfigError("data_root", config.data_root, "it does not exist (a folder, or for features a "
                               ".npz file)" if config.dataset == "features" else "the directory does not exist")
-    source = loader(root, config.dataset_options, config.download)
+        if exists and not folder and config.dataset != "features":  # (each file it reads was "not found" in it)
+            raise ConfigError("data_root", config.data_root, f"it is a file; dataset {config.dataset!r} is read "
+                              "from a folder")
+    try:
+        source = loader(root, config.dataset_options, config.download)
+    except PermissionError as e:  # a folder (or file) of the data this user may not read
+        raise _unreadable(config, Path(e.filename) if e.filename else root) from None
     if source.task == "classification" and source.num_classes < 2:
         raise DataError(root or config.dataset, f"holds a single class ({source.num_classes})",
                         "training data of at least two classes")
@@ -76,6 +86,11 @@ def load_source(config: TrainConfig) -> Source:
                         "has a match (an entry of its identity, not junk, seen by another camera)",
                         "a test gallery where each query's identity is also seen by another camera")
     return source
+
+
+def _unreadable(config: TrainConfig, path: Path) -> DataError:
+    return DataError(path, "cannot be read (permission denied)",
+                     f"the {config.dataset} data under {config.data_root}, readable by this user")
 
 
 def input_shape(inputs: Any) -> tuple[int, ...]:
@@ -209,6 +224,7 @@ def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance:
         defaults=dict(source.defaults),
         normalise=source.normalise,
         vocab_size=int(source.info.get("vocab_size", 0)),
-        info={**source.info, "dataset": source.name, "num_train": len(train), "num_val": len(val_split),
+        info={**source.info, "dataset": source.name, "num_classes": source.num_classes,
+              "class_names": list(source.class_names or []), "num_train": len(train), "num_val": len(val_split),
               "num_test": len(source.test), **imbalance},
     )

@@ -593,6 +593,18 @@ def test_imagefolder_errors(tmp_path):
     expect_data_error(config("imagefolder", root), root / "test")
 
 
+def test_imagefolder_leaves_hidden_folders_and_files_out(tmp_path):
+    """A notebook's .ipynb_checkpoints/ beside the class folders was a fourth class (silently, with
+    no val/), and macOS's ._0.png beside an image a damaged image."""
+    root = make_imagefolder(tmp_path)
+    for split in ("train", "test"):
+        _write_image(root / split / ".ipynb_checkpoints" / "0-checkpoint.png", np.random.default_rng(0))
+    (root / "train" / "ant" / "._0.png").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble, not an image
+    data = prepare(config("imagefolder", root))
+    assert data.num_classes == 3 and data.info["class_names"] == ["ant", "bee", "cat"]  # (in a run's result too)
+    assert data.info["num_train"] + data.info["num_val"] == 9
+
+
 def test_a_last_batch_of_one_image_trains(tmp_path):
     """ResNet-18 on 32-pixel images ends in 1 x 1 feature maps: a last batch of one image (n = k x
     batch + 1) made its BatchNorm raise "Expected more than 1 value per channel", a traceback. The
@@ -649,6 +661,14 @@ def test_imdb_tokens(imdb_root):
     assert (short.train.inputs[:, -1] == 0).all()  # short reviews are padded with 0
 
 
+def test_imdb_words_are_letters_of_any_script():
+    """Only a-z and 0-9 made words: "café" was "caf", a review in Cyrillic nothing but its digits."""
+    from dm_tune.datasets.imdb import tokenize
+
+    assert tokenize("Café naïve, don't<br />STOP_now 42 фильм") == ["café", "naïve", "don't", "stop", "now", "42",
+                                                                 "фильм"]
+
+
 def test_imdb_errors(imdb_root, tmp_path):
     for bad in ({"representation": "bag"}, {"max_len": 10}, {"representation": "tokens", "dims": 4},
                 {"dims": 0}, {"dims": 500}):
@@ -665,6 +685,11 @@ def test_imdb_errors(imdb_root, tmp_path):
     for f in (root / "train" / "pos").iterdir():
         f.write_text("")
     assert "its 10 reviews are all empty" in str(expect_data_error(config("imdb", root), root / "train" / "pos"))
+    # reviews of no letters or digits: "empty vocabulary" from scikit-learn, a traceback
+    root = make_imdb(tmp_path / "nowords") / "aclImdb"
+    for f in (root / "train").glob("*/*.txt"):
+        f.write_text("!!! ... ???")
+    assert "its 20 reviews hold no words" in str(expect_data_error(config("imdb", root), root / "train"))
     root = make_imdb(tmp_path / "dirs") / "aclImdb"
     (root / "train" / "neg" / "99_1.txt").mkdir()
     data = prepare(config("imdb", root, dataset_options={"dims": 4}))
@@ -706,6 +731,47 @@ def test_features_errors(tmp_path):
             err = expect_data_error(config("features", path), path)
         assert words in str(err)
     expect_data_error(config("features", tmp_path), tmp_path / "features.npz")
+    # a CSV given as the features file: numpy's advice (allow_pickle=True, which runs a file's code) was passed on
+    path.write_text("x1,x2,y\n0.1,0.2,0\n")
+    err = str(expect_data_error(config("features", path), path))
+    assert "not a .npz archive of arrays" in err and "allow_pickle" not in err
+
+
+def test_a_data_root_that_is_a_file_or_the_other_cifar_is_named(tmp_path):
+    """A file as data_root was "<file>/cifar-10-batches-py/data_batch_1: file not found"; CIFAR-100's
+    folder given as cifar10 only "data_batch_1: file not found"."""
+    (tmp_path / "f").write_text("x")
+    for dataset in ("cifar10", "imagefolder", "imdb"):
+        with pytest.raises(ConfigError, match=f"it is a file; dataset '{dataset}' is read from a folder"):
+            prepare(config(dataset, tmp_path / "f"))
+    root = make_cifar100(tmp_path / "c100")
+    err = expect_data_error(config("cifar10", root), root / "cifar-10-batches-py")
+    assert "holds cifar-100-python/: that is dataset 'cifar100' (--dataset cifar100)" in str(err)
+    root = make_cifar10(tmp_path / "c10")
+    err = expect_data_error(config("cifar100", root), root / "cifar-100-python")
+    assert "(--dataset cifar10)" in str(err)
+
+
+@pytest.mark.parametrize("what", ["root", "parent", "split"])
+def test_data_this_user_cannot_read_is_one_line(tmp_path, what):
+    """A data root (or its parent, or a folder in it) without read permission: a PermissionError
+    traceback from the loader, exit 1. Run as a user to whom permissions apply."""
+    import subprocess
+
+    from tests.conftest import DM_TUNE, permissions_preexec
+
+    preexec = permissions_preexec()
+    root = make_imagefolder(tmp_path / "parent" / "data")
+    locked = {"root": root, "parent": root.parent, "split": root / "train"}[what]
+    locked.chmod(0)
+    try:
+        proc = subprocess.run([DM_TUNE, "train", "--dataset", "imagefolder", "--data-root", str(root), "--epochs", "1"],
+                              capture_output=True, text=True, timeout=120, preexec_fn=preexec)
+    finally:
+        locked.chmod(0o755)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "cannot be read (permission denied)" in line and str(locked) in line, line
 
 
 # --- the whole pipeline, one epoch each -------------------------------------------------------

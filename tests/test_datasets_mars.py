@@ -151,6 +151,10 @@ def test_mars_damaged_files_and_junk_training_tracks(tmp_path):
     (root / "info" / "query_IDX.mat").write_bytes(b"")  # scipy: MatReadError, no OSError
     with pytest.raises(DataError, match="query_IDX.mat: could not be read as a MATLAB .mat file"):
         prepare(cfg("mars", root))
+    info = root / "info" / "tracks_train_info.mat"
+    info.write_bytes(info.read_bytes()[:100])  # cut short (a copy that stopped): scipy's IndexError
+    with pytest.raises(DataError, match="tracks_train_info.mat: could not be read as a MATLAB .mat file"):
+        prepare(cfg("mars", root))
     root = make_mars(tmp_path / "latin1")
     names = root / "info" / "test_name.txt"
     names.write_bytes(names.read_bytes().replace(b"F001", b"F\xe901", 1))

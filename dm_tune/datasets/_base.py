@@ -110,3 +110,12 @@ class Source:
     @property
     def task(self) -> str:
         return "classification" if self.gallery is None else "retrieval"
+
+
+def npz_error(e: BaseException) -> str:
+    """Why numpy could not read a file as .npz, in the user's terms: a file that is no archive (a
+    CSV, text) reads to numpy as a pickle, and its advice (allow_pickle=True, which runs the file's
+    code) is not one to follow."""
+    if "allow_pickle" in str(e):
+        return "it is not a .npz archive of arrays (a text or CSV file?); dm-tune never loads pickles"
+    return str(e)

@@ -162,12 +162,21 @@ def _download(root: Path, cifar100: bool) -> None:
                         "the python version of the dataset, extracted under <data_root>") from None
 
 
+def _other_release(root: Path, base: Path, other: str, dataset: str) -> None:
+    """The other CIFAR's folder where this one's is missing: the dataset named is the wrong one."""
+    if not base.is_dir() and (root / other).is_dir():
+        raise DataError(base, f"not found, but {root} holds {other}/: that is dataset {dataset!r} "
+                              f"(--dataset {dataset})",
+                        "the python version of the dataset, extracted under <data_root>")
+
+
 def load_cifar10(root: Path | None, options: Mapping[str, Any], download: bool = False) -> Source:
     _check_options("cifar10", options)
     root = _require_root("cifar10", root)
     base = root / "cifar-10-batches-py"
     if download and not (base / "test_batch").is_file():
         _download(root, cifar100=False)
+    _other_release(root, base, "cifar-100-python", "cifar100")
     parts = [_images(p, _unpickle(p, ("data", "labels"), CIFAR10_LAYOUT), "labels", 10, CIFAR10_LAYOUT)
              for p in (base / f"data_batch_{i}" for i in range(1, 6))]
     x_tr, y_tr = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -207,6 +216,7 @@ def load_cifar100(root: Path | None, options: Mapping[str, Any], download: bool 
     base = root / "cifar-100-python"
     if download and not (base / "test").is_file():
         _download(root, cifar100=True)
+    _other_release(root, base, "cifar-10-batches-py", "cifar10")
     train_path, test_path = base / "train", base / "test"
     train_blob = _unpickle(train_path, ("data", "fine_labels"), CIFAR100_LAYOUT)
     x_tr, y_tr = _images(train_path, train_blob, "fine_labels", 100, CIFAR100_LAYOUT)

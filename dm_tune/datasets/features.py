@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dm_tune._validate import ConfigError
-from dm_tune.datasets._base import DataError, Source, Split
+from dm_tune.datasets._base import DataError, Source, Split, npz_error
 
 FILE_NAME = "features.npz"
 LAYOUT = (f"<data_root> = a .npz file (or a directory holding {FILE_NAME}) with float arrays "
@@ -75,7 +75,7 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, DataError):
             raise
-        raise DataError(path, f"could not be read as a .npz file ({e})", LAYOUT) from None
+        raise DataError(path, f"could not be read as a .npz file ({npz_error(e)})", LAYOUT) from None
     required = ["x_train", "y_train", "x_test", "y_test"]
     if ("x_val" in arrays) != ("y_val" in arrays):
         required += ["x_val", "y_val"]

@@ -94,8 +94,15 @@ class ImageFiles(Dataset):
         return (x - self.mean) / self.std
 
 
+def _hidden(path: Path, under: Path) -> bool:
+    """A name starting with a dot below ``under``: a tool's, not the data (.ipynb_checkpoints/,
+    macOS's ._x.jpg), as the shell and file browsers hide them."""
+    return any(part.startswith(".") for part in path.relative_to(under).parts)
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p, folder) and p.is_file())
 
 
 def _scan(root: Path, split: str, classes: list[str] | None) -> tuple[list[str], list[str], list[int]]:
@@ -103,7 +110,7 @@ def _scan(root: Path, split: str, classes: list[str] | None) -> tuple[list[str],
     folder = root / split
     if not folder.is_dir():
         raise DataError(folder, "directory not found", LAYOUT)
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not _hidden(p, folder))
     if not found:
         raise DataError(folder, "has no class folders", LAYOUT)
     if classes is not None and found != classes:

@@ -51,11 +51,12 @@ SVD_SEED = 0
 DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "none",
             "batch_size": 128, "epochs": 30}
 
-_TOKEN = re.compile(r"[a-z0-9']+")
+_TOKEN = re.compile(r"(?:[^\W_]|')+")  # letters and digits of any script, and apostrophes
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased words; the reviews' HTML line breaks are dropped."""
+    """Lower-cased words (of letters, digits and apostrophes, in any script: "café" is one word, not
+    "caf"); the reviews' HTML line breaks are dropped."""
     return _TOKEN.findall(text.lower().replace("<br />", " "))
 
 
@@ -149,6 +150,8 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
     root = _find_root(root)
     texts_tr, y_tr = _read_split(root, "train")
     texts_te, y_te = _read_split(root, "test")
+    if not any(_TOKEN.search(t.lower()) for t in texts_tr):  # (TF-IDF failed on an empty vocabulary)
+        raise DataError(root / "train", f"its {len(texts_tr)} reviews hold no words (letters or digits)", LAYOUT)
     info: dict[str, Any] = {"data_dir": str(root), "representation": rep, **opts}
     if rep == "features":
         x_tr, x_te = tfidf_svd(texts_tr, texts_te, opts["dims"])

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dm_tune._validate import ConfigError
-from dm_tune.datasets._base import DataError, Source, Split
+from dm_tune.datasets._base import DataError, Source, Split, npz_error
 from dm_tune.datasets._reid import (DISTRACTOR_ID, JUNK_ID, check_disjoint, gallery, one_query_per_camera,
                                     pool_tracks, renumber)
 from dm_tune.datasets.imagefolder import IMAGENET_MEAN, IMAGENET_STD
@@ -90,7 +90,8 @@ def _read_mat(path: Path, var: str) -> np.ndarray:
         raise DataError(path, "file not found", LAYOUT)
     try:
         mat = loadmat(str(path))
-    except (ValueError, OSError, TypeError, NotImplementedError, MatReadError) as e:  # (an empty file: MatReadError)
+    except (ValueError, OSError, TypeError, IndexError, NotImplementedError, MatReadError) as e:
+        # (an empty file: MatReadError; a truncated one: IndexError, among others)
         raise DataError(path, f"could not be read as a MATLAB .mat file ({e})", LAYOUT) from None
     if var not in mat:
         raise DataError(path, f"has no variable {var!r} (present: {', '.join(k for k in mat if not k.startswith('__'))})", LAYOUT)
@@ -219,7 +220,7 @@ def _npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: np.asarray(npz[k]) for k in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError) as e:
-        raise DataError(path, f"could not be read as a .npz file ({e})", FEATURES_LAYOUT) from None
+        raise DataError(path, f"could not be read as a .npz file ({npz_error(e)})", FEATURES_LAYOUT) from None
     missing = [k for k in required if k not in arrays]
     if missing:
         raise DataError(path, f"lacks the arrays {', '.join(missing)} (present: {', '.join(sorted(arrays))})", FEATURES_LAYOUT)
