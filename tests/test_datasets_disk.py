@@ -168,6 +168,12 @@ def imdb_root(tmp_path_factory) -> Path:
 # --- CIFAR ------------------------------------------------------------------------------------
 
 
+def test_cifar_class_names_stored_as_bytes_are_text(tmp_path):
+    root = make_cifar10(tmp_path)
+    _dump(root / "cifar-10-batches-py" / "batches.meta", {"label_names": [f"c{i}".encode() for i in range(10)]})
+    assert prepare(config("cifar10", root)).info["class_names"] == [f"c{i}" for i in range(10)]  # not "b'c0'"
+
+
 def test_cifar10_loads_as_uint8_images(cifar10_root):
     data = prepare(config("cifar10", cifar10_root))
     assert data.num_classes == 10 and data.input_kind == "image" and data.default_model == "resnet20"

@@ -3,6 +3,7 @@ and per-frame features (``mars-features``); one-epoch runs; bad input ends in on
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,16 @@ def test_mars_malformed_info(tmp_path):
         prepare(cfg("mars", root))
     savemat(root / "info" / "tracks_train_info.mat", {"track_train_info": np.asarray([[1, 999, 1, 1]], float)})
     with pytest.raises(DataError, match="outside 1..24"):
+        prepare(cfg("mars", root))
+    # not whole numbers: cast to another track (1.5 -> 1) or identity (NaN -> -2**63, with a numpy warning)
+    savemat(root / "info" / "tracks_train_info.mat", {"track_train_info": np.asarray([[1, 2, np.nan, 1]], float)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match="track_train_info holds nan, not a whole number"):
+            prepare(cfg("mars", root))
+    root = make_mars(tmp_path / "half")
+    savemat(root / "info" / "query_IDX.mat", {"query_IDX": np.asarray([[1.5]], dtype=np.float64)})
+    with pytest.raises(DataError, match="query_IDX holds 1.5, not a whole number"):
         prepare(cfg("mars", root))
 
 

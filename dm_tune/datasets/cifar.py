@@ -143,7 +143,8 @@ def _names(path: Path, meta: dict[str, Any], key: str, num_classes: int, layout:
     given = meta[key]
     if not isinstance(given, (list, tuple)) and not (isinstance(given, np.ndarray) and given.ndim == 1):
         raise DataError(path, f"{key!r} is {type(given).__name__}, not a list of {num_classes} class names", layout)
-    names = tuple(str(n) for n in given)
+    # (names pickled as bytes, as Python 2 wrote str: "b'airplane'" named the class)
+    names = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in given)
     if len(names) != num_classes:  # a report would name classes wrongly, or not at all
         raise DataError(path, f"{key!r} has {len(names)} names, not {num_classes}", layout)
     return names

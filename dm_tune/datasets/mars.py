@@ -101,6 +101,16 @@ def _read_mat(path: Path, var: str) -> np.ndarray:
     return arr
 
 
+def _whole(path: Path, var: str) -> np.ndarray:
+    """``var`` of a .mat file as int64; a value that is not a whole number (NaN, 1.5) is refused, as
+    the cast would make it another track or identity (NaN: -9223372036854775808, with a warning)."""
+    arr = _read_mat(path, var)
+    bad = ~np.isfinite(arr) | (np.round(arr) != arr) if np.issubdtype(arr.dtype, np.floating) else None
+    if bad is not None and bad.any():
+        raise DataError(path, f"{var} holds {float(arr[bad].flat[0])!r}, not a whole number", LAYOUT)
+    return arr.astype(np.int64)
+
+
 def _names(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(path, "file not found", LAYOUT)
@@ -112,7 +122,7 @@ def _names(path: Path) -> list[str]:
 
 
 def _tracks(path: Path, var: str, num_names: int) -> np.ndarray:
-    info = _read_mat(path, var).astype(np.int64)
+    info = _whole(path, var)
     if info.ndim != 2 or info.shape[1] != 4 or len(info) == 0:
         raise DataError(path, f"{var} has shape {info.shape}, not (tracks, 4) rows [first, last, pid, camera]", LAYOUT)
     first, last = info[:, 0], info[:, 1]
@@ -188,7 +198,7 @@ def load_images(root: Path | None, options: Mapping[str, Any], download: bool = 
     te = _tracks(info / "tracks_test_info.mat", "track_test_info", len(te_names))
     _check_names(info / "train_name.txt", tr_names, tr, info / "tracks_train_info.mat")
     _check_names(info / "test_name.txt", te_names, te, info / "tracks_test_info.mat")
-    query = _read_mat(info / "query_IDX.mat", "query_IDX").astype(np.int64).reshape(-1) - 1
+    query = _whole(info / "query_IDX.mat", "query_IDX").reshape(-1) - 1
     if len(query) == 0 or query.min() < 0 or query.max() >= len(te):
         raise DataError(info / "query_IDX.mat", f"query_IDX must index the {len(te)} test tracks (1-based)", LAYOUT)
     check_disjoint(info / "tracks_test_info.mat", tr[:, 2], te[:, 2], LAYOUT)
