@@ -162,11 +162,14 @@ def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dic
     """DM's final test accuracy against each baseline's, in points; runs of any status (a diverged
     run is a seed that did not finish; errored and early-stopped ones are left out).
 
-    With >= 2 seeds both finished the difference is paired by seed (std: the sample std of the
-    per-seed differences) and judged as ``dm-tune validate`` judges it (``verdict``: wins / loses
-    when the paired 95% t interval of the mean difference excludes 0, else within noise; an arm that
-    did not finish on a seed where the other did loses); otherwise unpaired (std = sqrt(s_dm^2 +
-    s_base^2), the spread of one draw's difference; verdict "unpaired" unless a failure decides).
+    Over the seeds both finished the difference is paired by seed (std: the sample std of the
+    per-seed differences, none for one seed) and judged as ``dm-tune validate`` judges it
+    (``verdict``: wins / loses when the paired 95% t interval of the mean difference excludes 0,
+    else within noise; undetermined with one seed; an arm that did not finish on a seed where the
+    other did loses). With no such seed (the two arms ran on other seeds) it is unpaired (std =
+    sqrt(s_dm^2 + s_base^2), the spread of one draw's difference; verdict "unpaired" unless a
+    failure decides). With one shared seed the difference was the unpaired one, of DM's other
+    seeds against the baseline's, beside the one-seed pair's verdict.
     """
     from dm_tune.validate import paired_comparison
 
@@ -177,7 +180,7 @@ def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dic
         by_seed = _by_seed(runs)
         base = pd.Series({s: v for s, v in by_seed.items() if math.isfinite(v)}, dtype=float)
         c = paired_comparison(dm, by_seed)
-        paired = c["n"] >= 2
+        paired = c["n"] >= 1
         if paired:
             mean_diff, std, n = c["mean_diff"], c["std"], c["n"]
         else:

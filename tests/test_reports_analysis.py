@@ -85,6 +85,23 @@ def test_best_config_region_baselines_and_counts() -> None:
     assert res["paper_comparison"]["verdict"] == "agree"  # CIFAR-10 schedule at r = 0.4: psi 1/2
 
 
+def test_one_seed_both_finished_is_paired_on_it_not_set_against_the_other_seeds() -> None:
+    """DM finished on seeds 0 and 1, IMAE only on 1 (diverged on 0), CCE only on 0 (errored on 1):
+    the difference was DM's mean over both seeds against the baseline's one seed, labelled
+    "unpaired" (or with the diverged seed's "wins" beside it). It is now the seed both finished."""
+    rows = [row(seed=s, val=0.9, test=t) for s, t in ((0, 0.80), (1, 0.50))]
+    rows += [row(seed=1, test=0.45, baseline="imae", method="imae"),
+             row(seed=0, val=None, test=None, baseline="imae", method="imae", status="diverged"),
+             row(seed=0, test=0.70, baseline="cce", method="cce"),
+             row(seed=1, val=None, test=None, baseline="cce", method="cce", status="errored")]
+    vs = analyse_setting(tidy(rows))["vs_baselines"]
+    imae, cce = vs["imae"], vs["cce"]
+    assert imae["paired"] and imae["n"] == 1 and imae["mean_diff"] == pytest.approx(5.0)  # 50 - 45, not 65 - 45
+    assert imae["verdict"] == "wins" and imae["did_not_finish"] == {"dm": [], "imae": [0]}  # its diverged seed
+    assert cce["paired"] and cce["n"] == 1 and cce["mean_diff"] == pytest.approx(10.0)  # 80 - 70, not 65 - 70
+    assert cce["verdict"] == "undetermined" and math.isnan(cce["std"])  # no spread over one seed
+
+
 def test_search_stage_fallback_is_said() -> None:
     rows = [row(stage="search", val=v, lam=lam, beta=4.0) for v, lam in ((0.7, 0.5), (0.9, 2.0), (0.6, 0.0))]
     res = analyse_setting(tidy(rows))
