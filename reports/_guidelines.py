@@ -118,6 +118,9 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
              f"({prov['n_skipped_runs']} incomplete runs skipped). Accuracies in {doc['accuracy_unit']}; "
              f"{doc['accuracy_note']}.", "", "## Guidelines", ""]
     lines += [f"- {s['guideline']}" for s in doc["settings"]] or ["- (no setting has finished DM runs)"]
+    if doc["unresolved"]:  # (in the HTML they were named; here only a row of the counts said they existed)
+        lines += ["", "Settings without a recommendation:", ""]
+        lines += [f"- {u['setting']}: {u['reason']}" for u in doc["unresolved"]]
     lines += ["", "## Comparison with the paper's guidance", "",
               "| setting | measured psi | paper psi | verdict | reason |", "|---|---|---|---|---|"]
     for s in doc["settings"]:

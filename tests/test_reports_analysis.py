@@ -185,6 +185,15 @@ def test_noise_from_a_file_is_reported_at_the_rate_its_labels_have() -> None:
 def test_no_dm_runs_is_unresolved() -> None:
     res = analyse_setting(tidy([row(baseline="cce", method="cce"), row(status="diverged", val=None, test=None)]))
     assert res["status"] == "no-dm-results" and res["counts"]["diverged"] == 1
+    # guidelines.md names it beside the settings with a recommendation (the HTML did; the Markdown
+    # had only its row of counts)
+    from dm_tune.reports._guidelines import build_guidelines, guidelines_markdown
+
+    rows = known_runs() + [row(baseline="cce", method="cce", setting="digits/symmetric/0.6"),
+                           row(status="diverged", val=None, test=None, setting="digits/symmetric/0.6")]
+    md = guidelines_markdown(build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00"))
+    unresolved = md.split("Settings without a recommendation:", 1)[1].split("## ", 1)[0]
+    assert "- digits/symmetric/0.6: " in unresolved
 
 
 def grid_search_rows(n_psi: int = 4, n_rho: int = 3) -> list[dict[str, Any]]:
