@@ -34,6 +34,8 @@ def plane_figure(setting: dict[str, Any], runs: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(5.2, 3.8), dpi=DPI)
     ax = fig.add_subplot()
     dm = dm_configs(runs)
+    if "reused_from" in dm:  # a confirm record of a search run: the same training, marked once
+        dm = dm[dm["reused_from"].fillna("") == ""]
     ok = usable(dm).dropna(subset=["psi", "rho"])
     failed = dm[~dm.index.isin(ok.index)].dropna(subset=["psi", "rho"])
     x, y, acc = ok["psi"].to_numpy(), ok["rho"].to_numpy(), ok["final_val_acc"].to_numpy() * POINTS

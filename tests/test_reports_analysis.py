@@ -102,6 +102,22 @@ def test_one_seed_both_finished_is_paired_on_it_not_set_against_the_other_seeds(
     assert cce["verdict"] == "undetermined" and math.isnan(cce["std"])  # no spread over one seed
 
 
+def test_the_plane_figure_marks_a_reused_training_once() -> None:
+    """A confirm record of a search run (``reused_from``) is that run's training again: the psi x
+    rho figure counted and drew it twice ("finished trials (69)" for 63 trainings)."""
+    from dm_tune.reports._figures import plane_figure
+
+    def finished_label(rows: list[dict[str, Any]]) -> str:
+        df = tidy(rows)
+        fig = plane_figure(analyse_setting(df), df)
+        (label,) = [t for t in fig.axes[0].get_legend_handles_labels()[1] if t.startswith("finished trials")]
+        return label
+
+    rows = known_runs()
+    reused = [row(stage="confirm", seed=3, val=0.805, lam=0.25, beta=4.0, reused_from="digits/search/0")]
+    assert finished_label(rows + reused) == finished_label(rows)
+
+
 def test_search_stage_fallback_is_said() -> None:
     rows = [row(stage="search", val=v, lam=lam, beta=4.0) for v, lam in ((0.7, 0.5), (0.9, 2.0), (0.6, 0.0))]
     res = analyse_setting(tidy(rows))
