@@ -299,7 +299,7 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     out["sensitivity"] = sensitivity(search)
     if out["task"] == "retrieval":
         out["sensitivity"]["metric"] = "final validation mAP"
-    out["paper_comparison"] = compare_with_paper(out, _paper_psi_gap(out, chosen, best))
+    out["paper_comparison"] = compare_with_paper(out, *_paper_psi_gap(out, chosen, best))
     return out
 
 
@@ -310,21 +310,30 @@ def analyse_settings(df: pd.DataFrame) -> list[dict[str, Any]]:
                                           str(r["imbalance"]), r["imbalance_ratio"] or 1.0, str(r["model"])))
 
 
-def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame, best: pd.Series) -> float | None:
+def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame, best: pd.Series) -> tuple[float | None, bool]:
     """How many validation points the best arm beats the best trial near the paper's mode by (None:
-    none tried), each near arm against the best on the seeds that arm ran on (paired, as in ``region``)."""
+    none tried), each near arm against the best on the seeds that arm ran on (paired, as in
+    ``region``); and whether that gap is beyond seed noise (its paired 95% t interval excludes 0,
+    as ``dm-tune validate`` judges: not with one seed, nor unpaired)."""
+    from dm_tune.validate import verdict
+
     guide = paper_guidance(setting["noise"], setting["noise_rate"], setting["num_classes"], setting["pretrained"])
     if guide["psi"] is None or setting.get("task") == "retrieval":
-        return None
+        return None, False
     near = chosen[(chosen["psi"] - guide["psi"]).abs() <= NEAR_PAPER_PSI]
     if near.empty:
-        return None
+        return None, False
     best_by_seed = _val_by_seed(chosen, best)
     gaps = []
     for _, arm in near.groupby(["stage", "arm"]):
         by_seed = arm.groupby("seed")["final_val_acc"].mean() * POINTS
-        gaps.append(_on_seeds(best_by_seed, by_seed.index, float(setting["val_acc_mean"])) - float(by_seed.mean()))
-    return float(min(gaps))
+        if len(by_seed) and by_seed.index.isin(best_by_seed.index).all():
+            diffs = best_by_seed[by_seed.index] - by_seed
+            std = float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan
+            gaps.append((float(diffs.mean()), verdict(float(diffs.mean()), std, len(diffs)) == "wins"))
+        else:
+            gaps.append((float(setting["val_acc_mean"]) - float(by_seed.mean()), False))
+    return min(gaps, key=lambda g: g[0])
 
 
 def _var(s: pd.Series) -> float:

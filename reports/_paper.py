@@ -2,7 +2,8 @@
 
 The guidance is encoded once here as data; ``compare_with_paper`` turns one setting's measured
 optimum into a verdict: "agree", "refine" (same direction, the optimum sits elsewhere or the
-paper's mode was not tested) or "refute" (the paper's mode was tested and clearly worse), with
+paper's mode was not tested) or "refute" (the paper's mode was tested and worse by more than a
+point and beyond seed noise), with
 the reason in words; "none" for a retrieval setting, which the paper's guidance does not cover.
 """
 
@@ -46,11 +47,14 @@ def paper_guidance(noise: str, noise_rate: float, num_classes: int | None, pretr
                                               f"r = 0, 0.2, 0.4, 0.6, 0.8, interpolated at r = {rate:g}{note}")
 
 
-def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None) -> dict[str, Any]:
+def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
+                       gap_clear: bool = True) -> dict[str, Any]:
     """Verdict on the paper's guidance for one analysed setting.
 
     ``paper_psi_gap``: validation points by which the best arm beat the best trial near the
-    paper's mode (None when no trial came near it).
+    paper's mode (None when no trial came near it); ``gap_clear``: whether that gap is beyond seed
+    noise (paired over seeds, its 95% t interval excludes 0). A gap within seed noise refines,
+    never refutes.
     """
     if setting.get("task") == "retrieval":  # its classification guidance does not carry over
         return {"paper_psi": None, "paper_lam": None, "paper_beta_range": None, "source": NO_RETRIEVAL_GUIDANCE,
@@ -81,12 +85,14 @@ def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None) -> 
             why = f"the measured mode is within {AGREE_PSI:g} of the paper's"
     elif paper_psi_gap is None:
         verdict, why = "refine", "the optimum sits elsewhere, but no trial tested the paper's mode"
-    elif abs(delta) > REFUTE_PSI and paper_psi_gap > REFUTE_POINTS:
-        verdict, why = "refute", f"trials at the paper's mode were {paper_psi_gap:.1f} points worse on validation"
+    elif abs(delta) > REFUTE_PSI and paper_psi_gap > REFUTE_POINTS and gap_clear:
+        verdict, why = "refute", (f"trials at the paper's mode were {paper_psi_gap:.1f} points worse on validation, "
+                                  "beyond seed noise (paired 95% t interval)")
     else:
         direction = "higher" if delta > 0 else "lower"
+        noise = "" if gap_clear or paper_psi_gap <= 0 else ", within seed noise"
         verdict, why = "refine", (f"the best mode is {direction} than the paper's (trials at the paper's mode "
-                                  f"were {paper_psi_gap:.1f} points worse on validation)")
+                                  f"were {paper_psi_gap:.1f} points worse on validation{noise})")
     out.update(verdict=verdict, reason=f"{where}: {why}; {beta_note}")
     return out
 

@@ -1,8 +1,9 @@
 """Across settings: how the best mode (psi) and spread (rho) move, and rules where evidence supports one.
 
 Inputs are the per-setting results of ``analyse_settings`` (status "ok"); outputs are JSON-ready
-dicts. A rule is claimed ("supported": True) only with at least ``MIN_RULE_N`` distinct x values
-and R^2 >= ``MIN_RULE_R2``; otherwise the dict says why the evidence does not support one.
+dicts. A rule is claimed ("supported": True) only with at least ``MIN_RULE_N`` distinct x values,
+R^2 >= ``MIN_RULE_R2`` and a slope whose p-value is below ``MAX_RULE_P``; otherwise the dict says
+why the evidence does not support one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 MIN_RULE_N = 3
 MIN_RULE_R2 = 0.5
+MAX_RULE_P = 0.05            # the slope's two-sided p-value: a line must be more than noise
 # What a noise-rate rule holds fixed (besides the noise rate it fits against): a line through
 # settings that differ in anything else (the dataset, the model, the imbalance ratio) would
 # fit that difference as an effect of the noise rate.
@@ -29,17 +31,25 @@ FLAT_SLOPE = 0.1             # |d psi* / d noise_rate| below this: the mode does
 
 
 def fit_line(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """Least-squares y = a + b x: a, b, R^2 (1 when y is constant and fitted exactly), n points, distinct x."""
+    """Least-squares y = a + b x: a, b, R^2 (1 when y is constant and fitted exactly), n points, distinct x,
+    and ``p``: the two-sided p-value of the slope (t test, n - 2 degrees of freedom; NaN below 3 points)."""
+    from scipy.stats import t as student_t
+
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n, distinct = int(len(xs)), int(len(np.unique(xs)))
     if distinct < 2:
         return {"a": float(ys.mean()) if n else math.nan, "b": math.nan, "r2": math.nan, "n": n,
-                "distinct_x": distinct}
+                "distinct_x": distinct, "p": math.nan}
     b, a = np.polyfit(xs, ys, 1)
     resid = ys - (a + b * xs)
     ss_tot = float(((ys - ys.mean()) ** 2).sum())
     r2 = 1.0 if ss_tot <= 1e-12 else 1.0 - float((resid ** 2).sum()) / ss_tot
-    return {"a": float(a), "b": float(b), "r2": r2, "n": n, "distinct_x": distinct}
+    p = math.nan
+    if n > 2:
+        ss_res = float((resid ** 2).sum())
+        se = math.sqrt(ss_res / (n - 2) / float(((xs - xs.mean()) ** 2).sum()))
+        p = 0.0 if se <= 1e-12 else float(2 * student_t.sf(abs(b) / se, n - 2))  # (0: an exact fit, no noise)
+    return {"a": float(a), "b": float(b), "r2": r2, "n": n, "distinct_x": distinct, "p": p}
 
 
 def rate_groups(settings: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -133,20 +143,23 @@ def factor_trends(settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _rule(kind: str, knob: str, group: dict[str, Any], fit: dict[str, Any], settings: list[str],
           x_name: str = "noise_rate") -> dict[str, Any]:
     label = group_label(group)
+    p = fit.get("p", math.nan)
     if fit["distinct_x"] < MIN_RULE_N:
         supported, why = False, f"only {fit['distinct_x']} distinct {x_name} value(s) < {MIN_RULE_N}"
     elif not fit["r2"] >= MIN_RULE_R2:
         supported, why = False, f"R^2 {fit['r2']:.2f} < {MIN_RULE_R2}"
+    elif not p < MAX_RULE_P:  # (R^2 0.5 over 4 points is a slope of p 0.29: a line through noise)
+        supported, why = False, f"the slope's p {p:.3f} >= {MAX_RULE_P} (R^2 {fit['r2']:.2f}, n={fit['n']})"
     else:
         supported, why = True, ""
     if supported:
         sign = "-" if fit["b"] < -1e-9 else "+"
         text = (f"{label}: {knob}* = {fit['a']:.3f} {sign} {abs(fit['b']):.3f} x {x_name} "
-                f"(R^2 {fit['r2']:.2f}, n={fit['n']})")
+                f"(R^2 {fit['r2']:.2f}, n={fit['n']}, slope p {p:.3f})")
     else:
         text = f"{label}: the evidence does not support a rule for {knob}* against {x_name}: {why}"
     return {"kind": kind, "knob": knob, "x": x_name, "group": group, "a": fit["a"], "b": fit["b"], "r2": fit["r2"],
-            "n": fit["n"], "supported": supported, "reason": why, "settings": settings, "text": text}
+            "n": fit["n"], "p": p, "supported": supported, "reason": why, "settings": settings, "text": text}
 
 
 def group_label(group: dict[str, Any]) -> str:
