@@ -351,6 +351,21 @@ def test_lambda_beta_rule() -> None:
     assert not lambda_beta_rule(rising[:2])["supported"]
 
 
+def test_the_paper_is_refuted_only_by_a_gap_beyond_seed_noise() -> None:
+    """Trials at the paper's mode (psi 1/2 at 40% symmetric noise) more than a point worse on
+    validation refuted it, whatever their seeds said: a gap of 2, 10 and 1 points is within seed
+    noise (refine); one of 2, 2.5 and 1.5 is not (refute)."""
+    def verdict(paper_val: list[float]) -> dict[str, Any]:
+        rows = [row(seed=s, val=0.90, test=0.8, lam=0.1, beta=8.0) for s in range(3)]
+        rows += [row(seed=s, val=v, test=0.8, lam=1.0, beta=8.0) for s, v in enumerate(paper_val)]
+        return analyse_setting(tidy(rows))["paper_comparison"]
+
+    noisy = verdict([0.88, 0.80, 0.89])
+    assert noisy["verdict"] == "refine" and "within seed noise" in noisy["reason"]
+    clear = verdict([0.88, 0.875, 0.885])
+    assert clear["verdict"] == "refute" and "beyond seed noise" in clear["reason"]
+
+
 def test_paper_comparison_refutes_when_the_papers_mode_was_worse() -> None:
     s = setting(0.4, 0.1, psi_range=[0.05, 0.15])
     assert compare_with_paper(s, paper_psi_gap=3.0)["verdict"] == "refute"
