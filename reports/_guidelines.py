@@ -179,15 +179,22 @@ def loso_markdown(loso: dict[str, Any] | None) -> list[str]:
     for r in loso["rows"]:
         sf, pp = r["surface"], r["paper"]
         paper = (["-"] * 4 if pp is None else
-                 [f"{pp['psi']:.2f}, {pp['rho']:.2f}", f"{pp['test_acc']:.1f} ± {pp['test_acc_std']:.1f}",
-                  f"{pp['regret']:+.1f}",
+                 [f"{pp['psi']:.2f}, {pp['rho']:.2f}", _estimate(pp), f"{pp['regret']:+.1f}",
                   f"{pp['gain_over_cce']:+.1f}"])
         lines.append("| " + " | ".join([setting_label(r), f"{sf['psi']:.2f}, {sf['rho']:.2f}, {sf['class_weighting']}",
-                                        f"{sf['test_acc']:.1f} ± {sf['test_acc_std']:.1f}", f"{sf['regret']:+.1f}",
-                                        f"{sf['gain_over_cce']:+.1f}",
+                                        _estimate(sf), f"{sf['regret']:+.1f}", f"{sf['gain_over_cce']:+.1f}",
                                         *paper, f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})"]) + " |")
+    if any((r[who] or {}).get("capped") == "above" for r in loso["rows"] for who in ("surface", "paper")):
+        lines += ["", "\\* capped: the local GP's estimate there was above every arm the setting measured (the point "
+                      "lies beyond them), so it is given the best arm's accuracy: a regret of 0 or less that no trial "
+                      "measured, optimistic."]
     lines += ["", loso_summary_text(loso["summary"]), ""]
     return lines
+
+
+def _estimate(scored: dict[str, Any]) -> str:
+    mark = " \\*" if scored.get("capped") == "above" else ""
+    return f"{scored['test_acc']:.1f} ± {scored['test_acc_std']:.1f}{mark}"
 
 
 def loso_summary_text(summary: dict[str, Any]) -> str:
@@ -196,8 +203,10 @@ def loso_summary_text(summary: dict[str, Any]) -> str:
         s = summary[who]
         if not s["n"]:
             return f"{name}: no setting scored"
+        capped = s.get("capped_above")
         return (f"{name}: mean regret {s['mean_regret']:.2f} points, mean gain over CCE {s['mean_gain_over_cce']:+.2f}, "
-                f"beats CCE in {s['beats_cce']} of {s['n']} settings")
+                f"an estimated gain over CCE in {s['beats_cce']} of {s['n']} settings"
+                + (f" ({capped} of its estimates capped at the best measured arm: optimistic)" if capped else ""))
     return f"Over {summary['n_settings']} held-out settings, {part('surface', 'surface')}; {part('paper', 'paper')}."
 
 

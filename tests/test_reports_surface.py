@@ -20,8 +20,8 @@ from dm_tune.errors import UserError
 from dm_tune.reports import build_guidelines, load_guidelines, recommend
 from dm_tune.reports._guidelines import dumps, guidelines_markdown
 from dm_tune.reports._load import tidy
-from dm_tune.reports._loso import leave_one_setting_out
-from dm_tune.reports._surface import (fit_gp, fit_surface, gp_from_dict, gp_predict, gp_to_dict, grid,
+from dm_tune.reports._loso import _local_gp, _summary, leave_one_setting_out
+from dm_tune.reports._surface import (dm_rows, fit_gp, fit_surface, gp_from_dict, gp_predict, gp_to_dict, grid,
                                       recommend_from_surface)
 
 _IDS = itertools.count()
@@ -180,6 +180,35 @@ def test_leave_one_setting_out_scores_against_the_best_confirmed_arm() -> None:
     assert summary["surface"]["mean_regret"] == pytest.approx(np.mean([r["surface"]["regret"] for r in rows]))
     assert summary["surface"]["beats_cce"] == sum(r["surface"]["gain_over_cce"] > 0 for r in rows) >= 3
     assert summary["paper"]["mean_regret"] > summary["surface"]["mean_regret"]  # paper's psi 1/3 at rate 0.2...
+
+
+def test_an_estimate_beyond_the_measured_arms_is_marked_capped() -> None:
+    """The local GP's estimate is kept within the arms' range: one above it got the best arm's
+    accuracy, a regret of 0 that no trial measured, shown like any other. It is marked (the
+    Markdown, the summary), with the count of such estimates."""
+    from dm_tune.reports._guidelines import loso_markdown
+    from dm_tune.reports._loso import _scored
+
+    df = campaign()
+    loso = leave_one_setting_out(df, start=fit_surface(df))
+    row = loso["rows"][0]
+    local = _local_gp(dm_rows(df[df["setting"] == row["setting"]]), 0)
+    sf = row["surface"]
+    raw = _scored({**local, "range": [-1e9, 1e9]}, sf["psi"], sf["rho"], sf["class_weighting"], 80.0, 60.0)
+    assert not raw["capped"]
+    capped = _scored({**local, "range": [-1e9, raw["test_acc"] - 5.0]}, sf["psi"], sf["rho"], sf["class_weighting"],
+                     raw["test_acc"] - 5.0, 60.0)
+    assert capped["capped"] == "above" and capped["test_acc"] == pytest.approx(raw["test_acc"] - 5.0)
+    assert capped["regret"] == 0.0
+    for r in loso["rows"]:
+        r["surface"] = {**r["surface"], "capped": ""}
+        r["paper"] = r["paper"] and {**r["paper"], "capped": ""}
+    assert "capped" not in "\n".join(loso_markdown({**loso, "summary": _summary(loso["rows"])}))
+    row["surface"] = capped
+    loso["summary"] = _summary(loso["rows"])
+    assert loso["summary"]["surface"]["capped_above"] == 1
+    text = "\n".join(loso_markdown(loso))
+    assert " \\*" in text and "1 of its estimates capped at the best measured arm: optimistic" in text
 
 
 def test_a_dm_family_baseline_is_a_point_of_the_surface_but_never_a_settings_measured_best() -> None:
