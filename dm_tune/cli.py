@@ -435,9 +435,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags whose value may start with a minus: argparse takes "--beta -8,8" or "--spread -1e3" for an
+# option ("expected one argument"); such a value is joined to its flag (--beta=-8,8) before parsing.
+SIGNED_FLAGS = ("--lam", "--beta", "--mode", "--spread", "--gce-q")
+
+
+def _signed_values(argv: list[str]) -> list[str]:
+    def numbers(token: str) -> bool:
+        try:
+            [float(part) for part in token.split(",")]
+        except ValueError:
+            return False
+        return True
+
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in SIGNED_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-") and numbers(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_signed_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError, UserError) as e:

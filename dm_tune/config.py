@@ -151,7 +151,9 @@ APPLIES: dict[str, tuple[Callable[[TrainConfig], bool], str, str]] = {
     "class_weighting_beta": (lambda c: c.class_weighting == "effective-number",
                              "class_weighting effective-number", "class_weighting"),
     "noise_file": (lambda c: c.noise == "file", "noise file", "noise"),
-    "noise_key": (lambda c: c.noise == "file", "noise file", "noise"),
+    # (a .npy, .csv or .txt label file is one list: only a CIFAR-N .pt file has keys)
+    "noise_key": (lambda c: c.noise == "file" and str(c.noise_file or "").lower().endswith((".pt", ".pth")),
+                  "noise file, with a CIFAR-N .pt noise_file", "noise_file"),
     "data_root": (lambda c: DATASET_ROOTS[c.dataset], "the datasets read from disk", "dataset"),
     "download": (lambda c: c.dataset in DOWNLOADABLE, "datasets " + ", ".join(DOWNLOADABLE), "dataset"),
     "augment": (lambda c: c.dataset in IMAGE_DATASETS, "the image datasets " + ", ".join(IMAGE_DATASETS), "dataset"),

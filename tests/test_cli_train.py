@@ -315,6 +315,30 @@ def test_a_binary_config_file_is_one_line(tmp_path, capsys):
     assert err == f"dm-tune: error: --config {weights}: not a YAML file (not UTF-8 text)"
 
 
+def test_a_negative_value_or_list_follows_its_flag(capsys):
+    """argparse took "--beta -8,8" (and "--spread -1e3") for an option: "expected one argument"."""
+    from dm_tune.cli import _signed_values, main
+
+    assert _signed_values(["train", "--beta", "-8,8", "--lam", "-", "--quiet"]) == ["train", "--beta=-8,8", "--lam", "-",
+                                                                                   "--quiet"]
+    assert main(["train", "--beta", "-8,8", "--epochs", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "beta=-8 seed=0] finished" in out and "beta=8 seed=0] finished" in out
+
+
+def test_a_noise_key_with_a_label_list_is_refused(tmp_path, capsys):
+    """--noise-key reads a key of a CIFAR-N .pt file; with a .npy, .csv or .txt list it was ignored."""
+    import numpy as np
+
+    from dm_tune.cli import main
+
+    np.save(tmp_path / "labels.npy", np.zeros(1797, dtype=np.int64))
+    assert main(["train", "--noise", "file", "--noise-file", str(tmp_path / "labels.npy"), "--noise-key",
+                 "worse_label", "--epochs", "1"]) == 2
+    assert "noise_key: 'worse_label' is not allowed; only applies to noise file, with a CIFAR-N .pt noise_file" in \
+        capsys.readouterr().err
+
+
 def test_a_run_without_added_noise_says_so(capsys):
     """A dataset's own noise (Clothing1M's) with none added was announced as "symmetric noise 0
     (realised 0.179)"."""
