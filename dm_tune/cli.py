@@ -102,13 +102,25 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train_cmd)
 
 
+def _overridden(args: argparse.Namespace, file_values: dict[str, Any]) -> list[tuple[str, str]]:
+    """The --config file's fields that a flag made unused, with the flag: flags override the file,
+    so ``--noise symmetric`` drops its label file, ``--noise none`` (or ``file``) its noise rate and
+    ``--imbalance none`` its ratio (said once, by _check_applies), unless given by a flag too."""
+    dropped = []
+    if args.noise is not None and args.noise != "file":
+        dropped += [(key, f"--noise {args.noise}") for key in ("noise_file", "noise_key")]
+    if args.noise in ("none", "file"):
+        dropped.append(("noise_rate", f"--noise {args.noise}"))
+    if args.imbalance == "none":
+        dropped.append(("imbalance_ratio", "--imbalance none"))
+    return [(key, flag) for key, flag in dropped if key in file_values and getattr(args, key) is None]
+
+
 def _train_values(args: argparse.Namespace, file_values: dict[str, Any]) -> dict[str, Any]:
     """One member's fields: the --config file's (``file_values``), then its flags over them."""
     values = dict(file_values)
-    if args.noise is not None and args.noise != "file":  # flags override the file: its label file too
-        for key in ("noise_file", "noise_key"):  # (said once, by _check_applies)
-            if getattr(args, key) is None:
-                values.pop(key, None)
+    for key, _ in _overridden(args, file_values):
+        values.pop(key)
     for flag, field in _TRAIN_FLAGS.items():
         v = getattr(args, flag)
         if v is not None:
@@ -270,11 +282,11 @@ def _check_applies(args: argparse.Namespace, given: dict[str, Any], configs: lis
         return
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     as_filed = argparse.Namespace(**{d: file_values.get(d, defaults[d]) for _, _, d in APPLIES.values()})
-    if args.noise is not None and args.noise != "file":
-        for key in ("noise_file", "noise_key"):
-            if file_values.get(key) and getattr(args, key) is None:  # dropped by _train_values
-                print(f"dm-tune: warning: {key} from --config {args.config} is ignored: --noise {args.noise} "
-                      "overrides the file's noise", file=sys.stderr)
+    inert = {"noise_rate": 0, "imbalance_ratio": 1}  # (a value that changes nothing: no word about it)
+    for key, flag in _overridden(args, file_values):  # dropped by _train_values
+        if file_values[key] not in (None, "") and file_values[key] != inert.get(key):
+            print(f"dm-tune: warning: {key} from --config {args.config} is ignored: {flag} overrides the file",
+                  file=sys.stderr)
     for field, (applies, where, decider) in APPLIES.items():
         if field not in given or given[field] == "" or any(applies(c) for c in configs):
             continue

@@ -315,6 +315,23 @@ def test_a_binary_config_file_is_one_line(tmp_path, capsys):
     assert err == f"dm-tune: error: --config {weights}: not a YAML file (not UTF-8 text)"
 
 
+def test_a_flag_that_makes_a_files_noise_rate_or_ratio_unused_warns(tmp_path, capsys):
+    """--noise none over a file's noise_rate (and --imbalance none over its ratio) was an error
+    ("noise_rate: 0.4 ... must be 0 with noise 'none'") that did not say the value came from the
+    file, where --method cce over its lam is a warning: flags override the file."""
+    from dm_tune.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text("noise_rate: 0.4\nimbalance: longtail\nimbalance_ratio: 10\nepochs: 1\n")
+    assert main(["train", "--config", str(config), "--noise", "none", "--imbalance", "none", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: noise_rate from --config {config} is ignored: --noise none overrides the file" in err
+    assert f"warning: imbalance_ratio from --config {config} is ignored: --imbalance none overrides the file" in err
+    # given by a flag too, it is the user's own contradiction: refused
+    assert main(["train", "--config", str(config), "--noise", "none", "--noise-rate", "0.3"]) == 2
+    assert "noise_rate: 0.3 is not allowed; must be 0 with noise 'none'" in capsys.readouterr().err
+
+
 def test_a_negative_value_or_list_follows_its_flag(capsys):
     """argparse took "--beta -8,8" (and "--spread -1e3") for an option: "expected one argument"."""
     from dm_tune.cli import _signed_values, main
