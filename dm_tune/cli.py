@@ -306,6 +306,15 @@ def _applies_safely(applies: Callable[[Any], bool], config: Any) -> bool:
         return False
 
 
+def _noise_text(config: Any) -> str:
+    """The noise a run adds, for its first line (a dataset's own noise, Clothing1M's, with none added
+    read "symmetric noise 0 (realised 0.179)")."""
+    if config.noise == "file":
+        return "file noise"
+    return f"{config.noise} noise {config.noise_rate:g}" if config.noise != "none" and config.noise_rate \
+        else "no noise added"
+
+
 def _train_cmd(args: argparse.Namespace) -> int:
     from dm_tune.config import TrainConfig
 
@@ -338,11 +347,9 @@ def _train_cmd(args: argparse.Namespace) -> int:
     _threads_and_model(args, data, resolved)
     if not args.quiet:
         dm = f" lam={resolved.lam:g} beta={resolved.beta:g}" if resolved.method == "dm" else ""
-        # (a dataset's own noise, Clothing1M's, with none added read "symmetric noise 0 (realised 0.179)")
-        noise = ("file noise" if resolved.noise == "file" else f"{resolved.noise} noise {resolved.noise_rate:g}"
-                 if resolved.noise != "none" and resolved.noise_rate else "no noise added")
         print(f"dm-tune train: {resolved.dataset} ({len(data.train)} train / {len(data.val)} val / "
-              f"{len(data.test)} test), {noise} (realised {data.noise_rate:.3f}), model {resolved.model}, "
+              f"{len(data.test)} test), {_noise_text(resolved)} (realised {data.noise_rate:.3f}), "
+              f"model {resolved.model}, "
               f"{resolved.method}{dm}, seed {resolved.seed}", file=sys.stderr)
     result = train(config, data, _progress(args.quiet, [resolved.epochs]))
     print(_result_line(result))
@@ -407,7 +414,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
     groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]
     if not args.quiet:
         print(f"dm-tune train: {resolved.dataset} ({len(first.train)} train / {len(first.val)} val / "
-              f"{len(first.test)} test), {resolved.noise} noise {resolved.noise_rate:g}, model {resolved.model}; "
+              f"{len(first.test)} test), {_noise_text(resolved)}, model {resolved.model}; "
               f"{len(configs)} members in {len(groups)} population(s) of up to {size}", file=sys.stderr)
     results = []
     for group in groups:

@@ -166,7 +166,8 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
         raise DataError(path, f"could not be read as labels ({e})", layout) from None
     arr = np.asarray(arr).reshape(-1)
     if arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
-        if arr.size and np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+        # (inf equals its own round: cast, it printed numpy's "invalid value" warning before the error)
+        if arr.size and np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr) & (arr == np.round(arr))):
             arr = arr.astype(np.int64)
         else:
             raise DataError(path, "holds no integer labels", layout)

@@ -363,6 +363,8 @@ def test_a_run_without_added_noise_says_so(capsys):
 
     assert main(["train", "--noise-rate", "0", "--epochs", "1"]) == 0
     assert ", no noise added (realised 0.000), model mlp" in capsys.readouterr().err.splitlines()[0]
+    assert main(["train", "--noise-rate", "0", "--seed", "0,1", "--epochs", "1"]) == 0  # a population's line too
+    assert ", no noise added, model mlp; 2 members" in capsys.readouterr().err.splitlines()[0]
 
 
 def test_a_method_flag_over_a_file_of_dm_knobs_warns_that_they_are_ignored(tmp_path, capsys):

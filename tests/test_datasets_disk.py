@@ -371,6 +371,11 @@ def test_label_file_errors(tmp_path):
     np.save(tmp_path / "real.npy", np.array([0.5, 1.0]))
     with pytest.raises(DataError, match="no integer labels"):
         read_label_file(tmp_path / "real.npy")
+    np.save(tmp_path / "inf.npy", np.array([1.0, np.inf]))  # (numpy's cast warning came before the error)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match="no integer labels"):
+            read_label_file(tmp_path / "inf.npy")
 
 
 class _Planted:
