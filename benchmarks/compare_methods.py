@@ -31,7 +31,7 @@ def arm_values(arm: str) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="digits")
     p.add_argument("--noise", default="symmetric")
     p.add_argument("--noise-rate", type=float, default=0.4)

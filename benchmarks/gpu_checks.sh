@@ -5,7 +5,8 @@
 #    that never waits for the device);
 # 2. benchmarks/population.py: ResNet-20 populations (K = 1, 4, 16, 64) against one model, the
 #    population's grouped convolutions contiguous (nchw) and channels-last (nhwc), each with and
-#    without cuDNN's autotuning (--cudnn-benchmark); the first and the last also profiled at K = 64
+#    without cuDNN's autotuning (--cudnn-benchmark); the first two (nchw, nhwc_tuned) also profiled
+#    at K = 64
 #    (kernels by device time), the first also with one model's bare training step (--dense-reference);
 #    then K = 128 channels-last with autotuning, and K = 64 over one CIFAR-10-sized epoch
 #    (--resnet-images 50000, the default layout);

@@ -23,7 +23,7 @@ from dm_tune.models import cifar_resnet, ModelSpec
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--batch", type=int, default=256)
@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--blocks", type=int, default=6, help="timed blocks per arm (alternating)")
     p.add_argument("--json")
     args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():  # (a traceback further on)
+        p.error(f"--device {args.device}: CUDA is not available on this machine")
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"

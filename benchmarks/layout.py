@@ -35,7 +35,7 @@ CLASSES = 10
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, help="default: 32 on cpu, 128 on cuda")
@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--block-ms", type=float, default=400.0)
     p.add_argument("--json")
     args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():  # (a traceback further on)
+        p.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batch = args.batch or (128 if device.type == "cuda" else 32)

@@ -82,7 +82,7 @@ def sqrt_of_zeros() -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default="digits-mlp,mnist1d-cnn")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--k", type=int, default=4, help="configurations per arm and repeat")

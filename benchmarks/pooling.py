@@ -69,7 +69,7 @@ def pool(layer: nn.Module, shape: tuple[int, ...]) -> Callable[[], None]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--blocks", type=int, default=8, help="timed blocks per arm (median reported)")
     p.add_argument("--block-ms", type=float, default=300.0)

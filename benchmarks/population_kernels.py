@@ -286,7 +286,7 @@ SECTIONS = ("conv", "positions", "relu_pool", "block", "loss", "population")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--blocks", type=int, default=9, help="timed blocks per arm (median reported)")
     p.add_argument("--block-ms", type=float, default=200.0)

@@ -34,7 +34,7 @@ import _timing  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeats", type=int, default=6)

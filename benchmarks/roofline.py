@@ -82,7 +82,7 @@ def layer_macs(model: torch.nn.Module, example: torch.Tensor) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", default="digits-mlp", choices=["digits-mlp", "mnist1d-cnn"])
     p.add_argument("--k", type=int, default=16, help="population size (default 16, what auto picks for the MLP)")
     p.add_argument("--epochs", type=int, help="default: the case's (MLP 10, CNN 1, as population.py)")

@@ -34,7 +34,7 @@ DM_TUNE = str(Path(sys.executable).parent / "dm-tune")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "studies" / "default.yaml"))
     p.add_argument("--repeats", type=int, default=3, help="runs of the whole search; medians reported")
     p.add_argument("--population-size", default="1",

@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="comma-separated subset of mlp, loss, loss-cifar, loss-c100, resnet20")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():  # (a traceback further on)
+        ap.error(f"--device {args.device}: CUDA is not available on this machine")
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
