@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from dm_tune import DMLoss
 from dm_tune.models import cifar_resnet, ModelSpec
 
+import _machine
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -75,6 +77,7 @@ def main() -> None:
         "amp": str(amp).replace("torch.", "") if amp else "off", "model": f"resnet{args.depth}",
         "batch": args.batch, "images_per_s": {k: round(v, 1) for k, v in med.items()},
         "dm_over_cce_time_ratio": round(med["cce"] / med["dm"], 4), "torch": torch.__version__,
+        "steps": args.steps, "blocks": args.blocks, "machine": _machine.machine(),
     }
     print(json.dumps(out, indent=1))
     if args.json:

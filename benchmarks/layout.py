@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import statistics
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from torch import nn
 from dm_tune import DMLoss
 from dm_tune.models import ModelSpec, build_model
 
+import _machine
 from _timing import interleave
 
 CLASSES = 10
@@ -94,9 +94,8 @@ def main() -> None:
             print(f"{name:<9} {what:<19} batch {batch}: channels-last {fast:8.2f} ms   contiguous {ref:8.2f} ms"
                   f"   {ref / fast:.2f}x", flush=True)
     if args.json:
-        machine = (torch.cuda.get_device_name() if device.type == "cuda"
-                   else f"{os.cpu_count()} cores, {platform.machine()}, {args.threads} thread(s)")
-        out = {"device": device.type, "machine": machine, "torch": torch.__version__,
+        out = {"device": device.type, "machine": _machine.machine(), "threads": args.threads,
+               "torch": torch.__version__,
                "python": platform.python_version(), "blocks": args.blocks, "rows": rows}
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 

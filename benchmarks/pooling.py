@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +25,7 @@ from torch import nn
 from dm_tune import DMLoss
 from dm_tune.models import ModelSpec, PairMaxPool1d, cnn
 
+import _machine
 from _timing import interleave
 
 BATCH, LENGTH, CLASSES = 256, 40, 10
@@ -101,7 +100,7 @@ def main() -> None:
               f"   {r['speedup']:.2f}x")
     if args.json:
         out = {"threads": args.threads, "blocks": args.blocks, "torch": torch.__version__,
-               "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+               "machine": _machine.machine(),
                "rows": rows}
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 

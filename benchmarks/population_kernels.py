@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +50,7 @@ from dm_tune._popmodels import PopulationModel, im2col_conv1d, shifted_conv1d
 from dm_tune.config import TrainConfig
 from dm_tune.models import pair_max
 
+import _machine
 from _timing import interleave
 
 CONV_LAYERS = ((32, 64, 20), (64, 128, 10), (1, 32, 40))  # (in channels, out channels, length)
@@ -303,7 +302,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sizes = [int(k) for k in args.sizes.split(",")]
     out: dict = {"threads": args.threads, "blocks": args.blocks, "torch": torch.__version__,
-                 "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"}
+                 "machine": _machine.machine()}
     if "conv" in sections:
         out["conv"] = [row for k in sizes for row in conv_rows(k, args.blocks, args.block_ms)]
     if "positions" in sections:

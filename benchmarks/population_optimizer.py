@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -30,6 +28,7 @@ from dm_tune.data import prepare  # noqa: E402
 from dm_tune.population import train_population  # noqa: E402
 
 import _cases  # noqa: E402
+import _machine  # noqa: E402
 import _timing  # noqa: E402
 
 
@@ -68,7 +67,7 @@ def main() -> None:
         print(f"K {args.k} threads {threads}: stacked {row['stacked_s_per_config']:.4f} s/config, "
               f"slices {row['slices_s_per_config']:.4f} s/config, {row['speedup']:.2f}x", flush=True)
     if args.json:
-        out = {"machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        out = {"machine": _machine.machine(),
                "torch": torch.__version__, "repeats": args.repeats, "epochs": args.epochs, "rows": rows}
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 
