@@ -299,7 +299,7 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     out["sensitivity"] = sensitivity(search)
     if out["task"] == "retrieval":
         out["sensitivity"]["metric"] = "final validation mAP"
-    out["paper_comparison"] = compare_with_paper(out, *_paper_psi_gap(out, chosen, best))
+    out["paper_comparison"] = compare_with_paper(out, *_paper_psi_gap(out, chosen, best, confirmed))
     return out
 
 
@@ -310,29 +310,33 @@ def analyse_settings(df: pd.DataFrame) -> list[dict[str, Any]]:
                                           str(r["imbalance"]), r["imbalance_ratio"] or 1.0, str(r["model"])))
 
 
-def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame, best: pd.Series) -> tuple[float | None, bool]:
+def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame, best: pd.Series,
+                   confirmed: set[str] | frozenset[str] = frozenset()) -> tuple[float | None, bool | None]:
     """How many validation points the best arm beats the best trial near the paper's mode by (None:
-    none tried), each near arm against the best on the seeds that arm ran on (paired, as in
-    ``region``); and whether that gap is beyond seed noise (its paired 95% t interval excludes 0,
-    as ``dm-tune validate`` judges: not with one seed, nor unpaired)."""
-    from dm_tune.validate import verdict
+    none tried), each near arm against the best over the seeds both ran (paired, as in ``region``);
+    and whether that gap is beyond seed noise, as ``dm-tune validate`` judges one: True (its paired
+    95% t interval excludes 0), False (it does not), None (not tested: fewer than 2 seeds shared
+    with the best arm). A configuration run in the confirm stage is judged by its confirm arm, not
+    by its search trials (fewer seeds: their gap could never be beyond noise), as in ``region``."""
+    from dm_tune.validate import paired_comparison
 
     guide = paper_guidance(setting["noise"], setting["noise_rate"], setting["num_classes"], setting["pretrained"])
     if guide["psi"] is None or setting.get("task") == "retrieval":
-        return None, False
+        return None, None
     near = chosen[(chosen["psi"] - guide["psi"]).abs() <= NEAR_PAPER_PSI]
-    if near.empty:
-        return None, False
-    best_by_seed = _val_by_seed(chosen, best)
-    gaps = []
-    for _, arm in near.groupby(["stage", "arm"]):
-        by_seed = arm.groupby("seed")["final_val_acc"].mean() * POINTS
-        if len(by_seed) and by_seed.index.isin(best_by_seed.index).all():
-            diffs = best_by_seed[by_seed.index] - by_seed
-            std = float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan
-            gaps.append((float(diffs.mean()), verdict(float(diffs.mean()), std, len(diffs)) == "wins"))
-        else:
-            gaps.append((float(setting["val_acc_mean"]) - float(by_seed.mean()), False))
+    best_by_seed = _val_by_seed(chosen, best).to_dict()
+    gaps: list[tuple[float, bool | None]] = []
+    for (stage, name), arm in near.groupby(["stage", "arm"]):
+        if stage == "search" and name in confirmed and not (stage == best["stage"] and name == best["arm"]):
+            continue  # its confirm arm decides
+        by_seed = (arm.groupby("seed")["final_val_acc"].mean() * POINTS).to_dict()
+        c = paired_comparison(best_by_seed, by_seed)
+        if c["n"]:
+            gaps.append((float(c["mean_diff"]), c["verdict"] == "wins" if c["n"] >= 2 else None))
+        else:  # no seed in common: against the best arm's mean, untested
+            gaps.append((float(setting["val_acc_mean"]) - sum(by_seed.values()) / len(by_seed), None))
+    if not gaps:
+        return None, None
     return min(gaps, key=lambda g: g[0])
 
 

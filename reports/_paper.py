@@ -48,13 +48,13 @@ def paper_guidance(noise: str, noise_rate: float, num_classes: int | None, pretr
 
 
 def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
-                       gap_clear: bool = True) -> dict[str, Any]:
+                       gap_clear: bool | None = None) -> dict[str, Any]:
     """Verdict on the paper's guidance for one analysed setting.
 
     ``paper_psi_gap``: validation points by which the best arm beat the best trial near the
     paper's mode (None when no trial came near it); ``gap_clear``: whether that gap is beyond seed
-    noise (paired over seeds, its 95% t interval excludes 0). A gap within seed noise refines,
-    never refutes.
+    noise (True: paired over seeds, its 95% t interval excludes 0; False: it does not; None: not
+    tested, fewer than 2 paired seeds). Only a gap beyond seed noise refutes; the others refine.
     """
     if setting.get("task") == "retrieval":  # its classification guidance does not carry over
         return {"paper_psi": None, "paper_lam": None, "paper_beta_range": None, "source": NO_RETRIEVAL_GUIDANCE,
@@ -90,7 +90,8 @@ def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
                                   "beyond seed noise (paired 95% t interval)")
     else:
         direction = "higher" if delta > 0 else "lower"
-        noise = "" if gap_clear or paper_psi_gap <= 0 else ", within seed noise"
+        noise = ("" if gap_clear or paper_psi_gap <= 0 else ", within seed noise" if gap_clear is False
+                 else ", not tested against seed noise: fewer than 2 seeds paired with the best arm")
         verdict, why = "refine", (f"the best mode is {direction} than the paper's (trials at the paper's mode "
                                   f"were {paper_psi_gap:.1f} points worse on validation{noise})")
     out.update(verdict=verdict, reason=f"{where}: {why}; {beta_note}")

@@ -364,14 +364,23 @@ def test_the_paper_is_refuted_only_by_a_gap_beyond_seed_noise() -> None:
     assert noisy["verdict"] == "refine" and "within seed noise" in noisy["reason"]
     clear = verdict([0.88, 0.875, 0.885])
     assert clear["verdict"] == "refute" and "beyond seed noise" in clear["reason"]
+    # its search trials (the same configuration on seeds 0 and 1: two seeds, never beyond noise) do
+    # not speak for a configuration its confirm arm measured: the search arm's smaller gap hid the refutation
+    rows = [row(seed=s, val=0.90, test=0.8, lam=0.1, beta=8.0) for s in range(3)]
+    rows += [row(seed=s, val=v, test=0.8, lam=1.0, beta=8.0) for s, v in enumerate([0.885, 0.88, 0.88])]
+    rows += [row(stage="search", seed=s, val=v, test=0.8, lam=1.0, beta=8.0) for s, v in enumerate([0.885, 0.88])]
+    assert analyse_setting(tidy(rows))["paper_comparison"]["verdict"] == "refute"
 
 
 def test_paper_comparison_refutes_when_the_papers_mode_was_worse() -> None:
     s = setting(0.4, 0.1, psi_range=[0.05, 0.15])
-    assert compare_with_paper(s, paper_psi_gap=3.0)["verdict"] == "refute"
+    assert compare_with_paper(s, paper_psi_gap=3.0, gap_clear=True)["verdict"] == "refute"
     # the same gap within seed noise (two seeds that disagree): the optimum is elsewhere, not a refutation
     noisy = compare_with_paper(s, paper_psi_gap=3.0, gap_clear=False)
     assert noisy["verdict"] == "refine" and "within seed noise" in noisy["reason"]
+    # not tested (one seed paired, or none; also what a caller that does not say gets): never a refutation
+    untested = compare_with_paper(s, paper_psi_gap=3.0)
+    assert untested["verdict"] == "refine" and "not tested against seed noise" in untested["reason"]
     assert compare_with_paper(s, paper_psi_gap=None)["verdict"] == "refine"
     assert compare_with_paper(setting(0.4, 0.45), paper_psi_gap=0.0)["verdict"] == "agree"
     clean = compare_with_paper(setting(0.0, 0.0, noise="none"), paper_psi_gap=None)
