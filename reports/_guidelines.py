@@ -185,11 +185,14 @@ def loso_markdown(loso: dict[str, Any] | None) -> list[str]:
                                         _estimate(sf), f"{sf['regret']:+.1f}", f"{sf['gain_over_cce']:+.1f}",
                                         *paper, f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})"]) + " |")
     if any((r[who] or {}).get("capped") == "above" for r in loso["rows"] for who in ("surface", "paper")):
-        lines += ["", "\\* capped: the local GP's estimate there was above every arm the setting measured (the point "
-                      "lies beyond them), so it is given the best arm's accuracy: a regret of 0 or less that no trial "
-                      "measured, optimistic."]
+        lines += ["", f"\\* {CAPPED_NOTE}"]
     lines += ["", loso_summary_text(loso["summary"]), ""]
     return lines
+
+
+CAPPED_NOTE = ("capped: the local GP's estimate there was above the mean of every arm the setting measured "
+               "(the point lies beyond them), so it is given the highest of those means, which no trial measured "
+               "there: optimistic, and its regret can be below 0.")
 
 
 def _estimate(scored: dict[str, Any]) -> str:
@@ -206,7 +209,8 @@ def loso_summary_text(summary: dict[str, Any]) -> str:
         capped = s.get("capped_above")
         return (f"{name}: mean regret {s['mean_regret']:.2f} points, mean gain over CCE {s['mean_gain_over_cce']:+.2f}, "
                 f"an estimated gain over CCE in {s['beats_cce']} of {s['n']} settings"
-                + (f" ({capped} of its estimates capped at the best measured arm: optimistic)" if capped else ""))
+                + (f" ({capped} of its estimates capped at the highest arm mean measured: optimistic)"
+                   if capped else ""))
     return f"Over {summary['n_settings']} held-out settings, {part('surface', 'surface')}; {part('paper', 'paper')}."
 
 

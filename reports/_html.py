@@ -11,8 +11,8 @@ import pandas as pd
 
 from dm_tune.errors import write_output
 from dm_tune.reports import _figures as figs
-from dm_tune.reports._guidelines import (build_guidelines, dumps, fmt_acc, fmt_diff, guidelines_markdown,
-                                         loso_summary_text, setting_label)
+from dm_tune.reports._guidelines import (CAPPED_NOTE, build_guidelines, dumps, fmt_acc, fmt_diff,
+                                         guidelines_markdown, loso_summary_text, setting_label)
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase
 from dm_tune.reports._text import metric_name
 
@@ -147,8 +147,8 @@ def _loso_section(loso: dict[str, Any] | None, images: dict[str, str]) -> list[s
     return parts + [f"<p class='note'>Each setting held out in turn: the surface refitted on the others recommends for "
                     f"it, and the recommendation and the paper's guidance are scored on its {e(loso['metric'])}, "
                     f"{e(loso['note'])}. Regret: the best confirmed arm's mean final test accuracy minus the "
-                    "estimate. * capped: the local GP's estimate there was above every arm the setting measured (the "
-                    "point lies beyond them), so it is given the best arm's accuracy: optimistic.</p>",
+                    "estimate." + (f" * {e(CAPPED_NOTE)}" if any(_capped(r[who] or {}) for r in loso["rows"]
+                                                                for who in ("surface", "paper")) else "") + "</p>",
                     _table(["setting", "surface recommends", "est. test", "regret", "gain over CCE", "paper",
                             "est. test", "regret", "gain over CCE", "best confirmed arm (test)", "CCE test"], rows),
                     f"<p>{e(loso_summary_text(loso['summary']))}</p>",

@@ -208,7 +208,7 @@ def test_an_estimate_beyond_the_measured_arms_is_marked_capped() -> None:
     loso["summary"] = _summary(loso["rows"])
     assert loso["summary"]["surface"]["capped_above"] == 1
     text = "\n".join(loso_markdown(loso))
-    assert " \\*" in text and "1 of its estimates capped at the best measured arm: optimistic" in text
+    assert " \\*" in text and "1 of its estimates capped at the highest arm mean measured: optimistic" in text
 
 
 def test_a_dm_family_baseline_is_a_point_of_the_surface_but_never_a_settings_measured_best() -> None:
