@@ -168,8 +168,7 @@ def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dic
     else within noise; undetermined with one seed; an arm that did not finish on a seed where the
     other did loses). With no such seed (the two arms ran on other seeds) it is unpaired (std =
     sqrt(s_dm^2 + s_base^2), the spread of one draw's difference; verdict "unpaired" unless a
-    failure decides). With one shared seed the difference was the unpaired one, of DM's other
-    seeds against the baseline's, beside the one-seed pair's verdict.
+    failure decides).
     """
     from dm_tune.validate import paired_comparison
 

@@ -17,8 +17,8 @@ from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._loso import leave_one_setting_out
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface
-from dm_tune.reports._text import (ACCURACY_UNIT, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc, fmt_diff,
-                                    metric_name, setting_label)
+from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
+                                    fmt_diff, metric_name, setting_label)
 from dm_tune.reports._rules import factor_trends, lambda_beta_rule, noise_rate_rules
 
 
@@ -33,6 +33,7 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str
         s["guideline"] = setting_sentence(s)
     doc = {
         "schema_version": SCHEMA_VERSION,
+        "analysis_version": ANALYSIS_VERSION,
         "generated": generated or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "accuracy_unit": ACCURACY_UNIT,
         "accuracy_note": ("test_acc_* are final test accuracies of the configuration chosen by mean final "
@@ -40,7 +41,8 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str
                           "(optimistic, shown only where labelled); in retrieval settings (task: retrieval) "
                           "the same fields hold mAP (validation mAP chooses) and test_rank1/5/10_mean give CMC; "
                           "a difference from a baseline is the mean +/- the sample std of the per-seed "
-                          "differences, its verdict by the paired 95% t interval"),
+                          "differences over the seeds both finished, its verdict by the paired 95% t interval "
+                          "(undetermined over one seed; unpaired, and said so, where the two share no seed)"),
         "provenance": {
             "experiments": sorted(df["experiment"].unique().tolist()),
             "n_runs": int((~df["status"].isin(IN_PROGRESS)).sum()),  # (those in progress are among the skipped)
@@ -90,7 +92,9 @@ def setting_sentence(s: dict[str, Any]) -> str:
         name, base = next(iter(s["vs_baselines"].items()))
     if base is not None:
         failed = base.get("did_not_finish") or {}
+        unpaired = base.get("paired") is False and base["n"]
         text += (f"; {fmt_diff(base['mean_diff'], base['std'])} points over {name} over {base['n']} seeds"
+                 + (" (unpaired: the two share no seed)" if unpaired else "")
                  if base["n"] else f"; against {name}, no seed both finished")
         if any(failed.values()) and base.get("verdict") == "wins":
             text += f" (better: {name} diverged on a seed where DM finished)"
@@ -98,6 +102,8 @@ def setting_sentence(s: dict[str, Any]) -> str:
             text += f" (worse: DM diverged on a seed where {name} finished)"
         elif base.get("verdict") in ("wins", "loses", "within noise"):
             text += f" ({_VERDICT_WORDS[base['verdict']]} by the paired 95% t interval)"
+        elif base.get("verdict") == "undetermined" and base["n"] == 1:
+            text += " (undetermined: one seed)"
     text += f" (final test {metric_name(s)} {fmt_acc(s['test_acc_mean'], s['test_acc_std'])}%"
     if s.get("task") == "retrieval":
         text += f", rank-1 {fmt_acc(s.get('test_rank1_mean'), None)}%"

@@ -190,8 +190,10 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any], names: tuple[str, str] =
     # Files of two schema versions were written by reports that analyse differently (version 2 fits
     # a response surface; the ranges and rules may be computed otherwise): not the same measurement.
     versions = [a.get("schema_version"), b.get("schema_version")]
+    analyses = [a.get("analysis_version", 1), b.get("analysis_version", 1)]  # (absent: an earlier report's)
     return {"settings": common, "different_training": budgets, "schema_versions": versions,
-            "different_schema": versions[0] != versions[1], "only_in_a": sorted(sa.keys() - sb.keys()),
+            "different_schema": versions[0] != versions[1], "analysis_versions": analyses,
+            "different_analysis": analyses[0] != analyses[1], "only_in_a": sorted(sa.keys() - sb.keys()),
             "only_in_b": sorted(sb.keys() - sa.keys()), "rules": rules, "summary": _summary(common, rules),
             "surfaces": compare_surfaces(a, b, names)}
 
@@ -298,6 +300,8 @@ def brief(result: Mapping[str, Any]) -> str:
                      + "; ".join(result["different_training"]))
     if result.get("different_schema"):
         lines.append(f"warning: {_schema_text(result['schema_versions'])}")
+    elif result.get("different_analysis"):
+        lines.append(f"warning: {_analysis_text(result['analysis_versions'])}")
     surfaces = result.get("surfaces")
     if surfaces:
         t = surfaces["summary"]
@@ -314,6 +318,12 @@ def _schema_text(versions: list[Any]) -> str:
     return (f"the two files are of guidelines schema versions {a} and {b}, written by reports that analyse "
             "differently: their differences are not only the search's instability (regenerate the older one "
             "with 'dm-tune report')")
+
+
+def _analysis_text(versions: list[Any]) -> str:
+    return (f"the two files were written by reports that analyse differently (analysis versions {versions[0]} and "
+            f"{versions[1]}: rules and refutations by other criteria), so their rules' differences are not only the "
+            "search's instability (regenerate the older one with 'dm-tune report')")
 
 
 def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B") -> str:
@@ -342,6 +352,8 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
                   + "; ".join(result["different_training"]) + "."]
     if result.get("different_schema"):
         lines += ["", f"**{_schema_text(result['schema_versions'])}.**"]
+    elif result.get("different_analysis"):
+        lines += ["", f"**{_analysis_text(result['analysis_versions'])}.**"]
     lines += _surfaces_markdown(result.get("surfaces"))
     lines += ["", "### Rules", "", "A rule is claimed only when it is supported in both runs with the same sign "
               f"of slope: {s['rules_claimed']} of {s['rules_total']}.", "",

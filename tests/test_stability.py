@@ -96,6 +96,13 @@ def test_files_of_two_schema_versions_are_compared_with_a_warning():
     assert "**the two files are of guidelines schema versions 99 and 1" in to_markdown(result)
     del b["schema_version"]
     assert "schema versions 99 and unrecorded" in brief(compare(a, b))
+    # one schema, but a report that analyses otherwise (rules without a p-value): warned too
+    b["schema_version"] = a["schema_version"]
+    a["analysis_version"] = 2
+    result = compare(a, b)
+    assert not result["different_schema"] and result["analysis_versions"] == [2, 1]
+    assert "warning: the two files were written by reports that analyse differently (analysis versions 2 and 1" \
+        in brief(result) and "analysis versions 2 and 1" in to_markdown(result)
 
 
 def test_a_region_overlaps_only_when_both_ranges_do():
