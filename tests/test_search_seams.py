@@ -821,12 +821,21 @@ def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
                                       final_val_acc=acc, history=tuple({"epoch": e, "val_acc": a, "train_loss": 1.0}
                                                                        for e, a in enumerate(curve[:epoch], 1))))
     assert epoch == 1 and stopped  # arm 2 was pruned at the first rung
-    # arm 4 diverged in epoch 1, which the rung stopped it at: pruned live, "diverged" in the ledger
+    # arm 4 diverged in epoch 1, which the rung stopped it at: pruned live, "diverged" (and stopped)
+    # in the ledger; arm 5 diverged in epoch 3 and ended by itself: not pruned, live or resumed
     uninterrupted.on_trial_add(None, trial("a4", 4))
     assert uninterrupted.on_trial_result(None, trial("a4", 4), {"epoch": 1, "val_acc": 0.1}) == TrialScheduler.STOP
-    ledger.start([_search_spec(4)])
-    ledger.end(_search_spec(4), TrialOutcome(status="diverged", epochs_reached=1, final_val_acc=0.1,
-                                             history=({"epoch": 1, "val_acc": 0.1, "diverged": 1.0},)))
+    stopped = TrialOutcome.from_report({"epoch": 1, "val_acc": 0.1, "diverged": 1.0}, False,
+                                       [{"epoch": 1, "val_acc": 0.1, "diverged": 1.0}])
+    assert stopped.status == "diverged" and stopped.stopped
+    uninterrupted.on_trial_add(None, trial("a5", 5))
+    for epoch, acc in ((1, 0.95), (2, 0.96), (3, 0.1)):
+        assert uninterrupted.on_trial_result(None, trial("a5", 5), {"epoch": epoch, "val_acc": acc}) \
+            == TrialScheduler.CONTINUE
+    for number, outcome in ((4, stopped), (5, TrialOutcome(status="diverged", epochs_reached=3, history=tuple(
+            {"epoch": e, "val_acc": v} for e, v in ((1, 0.95), (2, 0.96), (3, 0.1)))))):
+        ledger.start([_search_spec(number)])
+        ledger.end(_search_spec(number), outcome)
 
     resumed, empty = _scheduler(study, 8, Ledger(ledger.path)), _scheduler(study, 8, Ledger(tmp_path / "none.jsonl"))
     for scheduler in (uninterrupted, resumed, empty):
@@ -839,9 +848,10 @@ def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
     # Arm 2's other seed is stopped at the epoch a rung pruned the arm, however well it does.
     assert resumed.on_trial_result(None, trial("seed1", 2), other_seed) == TrialScheduler.STOP
     assert empty.on_trial_result(None, trial("seed1", 2), other_seed) == TrialScheduler.CONTINUE
-    for scheduler in (uninterrupted, resumed):  # and arm 4's, pruned by its diverged seed
+    for scheduler in (uninterrupted, resumed):  # and arm 4's, pruned by its diverged seed; not arm 5's
         scheduler.on_trial_add(None, trial("a4-seed1", 4))
         assert scheduler.on_trial_result(None, trial("a4-seed1", 4), other_seed) == TrialScheduler.STOP
+        assert 5 not in scheduler._pruned
     # The rungs hold the same values as the uninterrupted scheduler's.
     assert resumed.inner.debug_string().splitlines()[1:] == uninterrupted.inner.debug_string().splitlines()[1:]
 
@@ -869,6 +879,16 @@ def test_a_trial_resumed_from_a_checkpoint_joins_the_rungs_it_passed_before():
     resumed.on_trial_result(None, trial("after"), member(3, 0.92, **{RESTORED_KEY: [
         {"epoch": 1, "val_acc": 0.9}, {"epoch": 2, "val_acc": 0.91}]}))
     assert resumed.inner.debug_string().splitlines()[1:] == uninterrupted.inner.debug_string().splitlines()[1:]
+    # resumed in its last epoch: no per-epoch report after the checkpoint (the budget's epoch reaches
+    # Tune in the final report alone), so its every epoch is told from the final report's history
+    for epoch, acc in ((4, 0.93), (5, 0.93), (6, 0.94), (7, 0.95)):
+        uninterrupted.on_trial_result(None, trial("before"), member(epoch, acc))
+    history = [{"epoch": e, "val_acc": a} for e, a in ((1, 0.9), (2, 0.91), (3, 0.92), (4, 0.93), (5, 0.93),
+                                                        (6, 0.94), (7, 0.95), (8, 0.96))]
+    late = asha("val_acc", max_t=8, grace_period=1, reduction_factor=2)
+    late.on_trial_add(None, trial("late"))
+    late.on_trial_complete(None, trial("late"), {"final": 1.0, "history": history})
+    assert late.inner.debug_string().splitlines()[1:] == uninterrupted.inner.debug_string().splitlines()[1:]
 
 
 @pytest.mark.parametrize("space", ["decoupled", "paper"])

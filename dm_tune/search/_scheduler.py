@@ -80,6 +80,14 @@ class SearchOnly(FIFOScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         if _is_search(trial):
+            # A population of one's final report holds its every epoch: those the rungs did not hear
+            # of (resumed from a checkpoint in its last epoch, its restored ones never rode in a
+            # report) are told now; a rung already holding the trial's value ignores them.
+            metric = self.inner.metric
+            for row in (result or {}).get("history") or ():
+                if "epoch" in row and metric in row and (self.max_t is None or int(row["epoch"]) < self.max_t):
+                    self.inner.on_trial_result(tune_controller, trial,
+                                               {"epoch": int(row["epoch"]), metric: row[metric]})
             self.inner.on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
@@ -90,31 +98,31 @@ class SearchOnly(FIFOScheduler):
         """Tell the scheduler what the ended search trials of this setting reported, in the order
         they ended: ``(TrialSpec, TrialOutcome)`` pairs from the ledger. Each is told through the
         scheduler's public hooks as a trial of its own (added, its per-epoch results, removed), as
-        Tune told it the first time; the decisions it makes now are moot (the trials ended), but for
-        a seed that diverged. An arm a rung stopped on any seed before the budget is pruned from that
-        epoch on.
+        Tune told it the first time; the decisions it makes now are moot (the trials ended). An arm
+        the scheduler stopped on any seed before the budget (``TrialOutcome.stopped``, or
+        early-stopped) is pruned from that epoch on.
         Returns the number of trials replayed."""
         metric, told = self.inner.metric, 0
         for spec, outcome in ended:
             if spec.stage != "search":
                 continue
+            arm = int(spec.number)
             results = [{"epoch": int(h["epoch"]), metric: h[metric]} for h in outcome.history
                        if "epoch" in h and metric in h]
-            decision = TrialScheduler.CONTINUE
             if results:
                 stand_in = SimpleNamespace(trial_id=f"ledger:{spec.key}",
                                            config={"specs": [{"stage": "search", "number": spec.number}]})
                 self.inner.on_trial_add(None, stand_in)
                 for result in results:
-                    decision = self.inner.on_trial_result(None, stand_in, result)
+                    if arm in self._pruned and result["epoch"] >= self._pruned[arm]:
+                        break  # (live, its arm's pruning stopped it there before the rungs heard of it)
+                    self.inner.on_trial_result(None, stand_in, result)
                 self.inner.on_trial_remove(None, stand_in)
                 told += 1
-            # Pruned: stopped by a rung (the ledger says so), or a seed that diverged in an epoch a
-            # rung stops it at (as live, where the rung's STOP pruned the arm; diverged in the ledger).
-            stopped = outcome.status == "early-stopped" or (outcome.status == "diverged"
-                                                           and decision == TrialScheduler.STOP)
+            # Pruned: stopped by the scheduler before the budget, as the ledger records it (a ledger
+            # of an earlier dm-tune lacks ``stopped``: its early-stopped trials were).
+            stopped = outcome.stopped or outcome.status == "early-stopped"
             if stopped and (self.max_t is None or outcome.epochs_reached < self.max_t):
-                arm = int(spec.number)
                 self._pruned[arm] = min(self._pruned.get(arm, outcome.epochs_reached), outcome.epochs_reached)
         return told
 

@@ -81,6 +81,10 @@ class TrialOutcome:
     # A confirm trial on a search seed is the search trial of the same configuration: its key
     # here, and that trial's outcome (nothing was trained again; see Ledger.reuse).
     reused_from: str = ""
+    # Cut short by a scheduler (its rung, or its arm's pruning), whatever its status: a seed that
+    # diverged in the epoch a rung stopped it at is "diverged" and stopped (a resumed ASHA keeps
+    # its arm pruned); one that diverged and ended by itself is not.
+    stopped: bool = False
 
     SCALARS = ("final_val_acc", "final_test_acc", "best_val_acc", "best_test_acc",
                "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
@@ -128,7 +132,7 @@ class TrialOutcome:
         best = best_over_training(kept, retrieval=any("test_map" in h for h in kept))
         task_metrics = {f"final_{k}": float(report[k]) for k in TASK_EPOCH_METRICS if k in report}
         task_metrics.update({k: best.pop(k) for k in ("best_test_map", "val_selected_test_map") if k in best})
-        return cls(status="errored" if errored else cut, epochs_reached=epoch, history=kept,
+        return cls(status="errored" if errored else cut, epochs_reached=epoch, history=kept, stopped=not errored,
                    final_val_acc=float(report.get("val_acc", math.nan)),
                    final_test_acc=float(report.get("test_acc", math.nan)),
                    train_time_s=sum(float(h.get("epoch_time_s", 0.0)) for h in kept),
