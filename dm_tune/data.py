@@ -76,7 +76,7 @@ def load_source(config: TrainConfig) -> Source:
                               "from a folder")
     try:
         source = loader(root, config.dataset_options, config.download)
-    except PermissionError as e:  # a folder (or file) of the data this user may not read
+    except PermissionError as e:  # a folder (or file) of the data this user may not read (or write, to download)
         raise _unreadable(config, Path(e.filename) if e.filename else root) from None
     if source.task == "classification" and source.num_classes < 2:
         raise DataError(root or config.dataset, f"holds a single class ({source.num_classes})",
@@ -89,6 +89,9 @@ def load_source(config: TrainConfig) -> Source:
 
 
 def _unreadable(config: TrainConfig, path: Path) -> DataError:
+    if config.download:
+        return DataError(path, "cannot be read or written (permission denied)",
+                         f"a data_root this user can write the downloaded {config.dataset} into")
     return DataError(path, "cannot be read (permission denied)",
                      f"the {config.dataset} data under {config.data_root}, readable by this user")
 

@@ -93,7 +93,8 @@ def setting_sentence(s: dict[str, Any]) -> str:
     if base is not None:
         failed = base.get("did_not_finish") or {}
         unpaired = base.get("paired") is False and base["n"]
-        text += (f"; {fmt_diff(base['mean_diff'], base['std'])} points over {name} over {base['n']} seeds"
+        text += (f"; {fmt_diff(base['mean_diff'], base['std'])} points over {name} over {base['n']} "
+                 f"seed{'s' if base['n'] != 1 else ''}"
                  + (" (unpaired: the two share no seed)" if unpaired else "")
                  if base["n"] else f"; against {name}, no seed both finished")
         if any(failed.values()) and base.get("verdict") == "wins":

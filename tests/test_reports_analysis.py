@@ -103,7 +103,7 @@ def test_one_seed_both_finished_is_paired_on_it_not_set_against_the_other_seeds(
     from dm_tune.reports._guidelines import build_guidelines
 
     (s,) = build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00")["settings"]
-    assert "points over CCE over 1 seeds (undetermined: one seed)" in s["guideline"]
+    assert "points over CCE over 1 seed (undetermined: one seed)" in s["guideline"]
     unpaired = rows[:2] + [row(seed=s, test=t, baseline="cce", method="cce") for s, t in ((5, 0.6), (6, 0.62))]
     (s,) = build_guidelines(tidy(unpaired), generated="2026-01-01T00:00:00+00:00")["settings"]
     assert "over 2 seeds (unpaired: the two share no seed)" in s["guideline"]

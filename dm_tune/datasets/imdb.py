@@ -52,6 +52,7 @@ DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "n
             "batch_size": 128, "epochs": 30}
 
 _TOKEN = re.compile(r"(?:[^\W_]|')+")  # letters and digits of any script, and apostrophes
+_LETTER = re.compile(r"[^\W_]")  # a word needs one (a lone apostrophe is no word)
 
 
 def tokenize(text: str) -> list[str]:
@@ -150,7 +151,7 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
     root = _find_root(root)
     texts_tr, y_tr = _read_split(root, "train")
     texts_te, y_te = _read_split(root, "test")
-    if not any(_TOKEN.search(t.lower()) for t in texts_tr):  # (TF-IDF failed on an empty vocabulary)
+    if not any(_LETTER.search(t) for t in texts_tr):  # (TF-IDF failed on an empty vocabulary)
         raise DataError(root / "train", f"its {len(texts_tr)} reviews hold no words (letters or digits)", LAYOUT)
     info: dict[str, Any] = {"data_dir": str(root), "representation": rep, **opts}
     if rep == "features":
