@@ -105,8 +105,9 @@ def report_command(args: argparse.Namespace) -> int:
     if doc.get("surface"):
         from dm_tune.reports._surface import arms_phrase
 
-        print(f"response surface: {arms_phrase(doc['surface'])} (each its mean over seeds) of "
-              f"{len(doc['surface']['settings'])} settings")
+        n = len(doc["surface"]["settings"])
+        print(f"response surface: {arms_phrase(doc['surface'])} (each its mean over seeds) of {n} "
+              f"setting{'s' if n != 1 else ''}")
     if doc.get("loso"):
         from dm_tune.reports._guidelines import loso_summary_text
 

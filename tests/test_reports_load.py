@@ -210,6 +210,7 @@ def test_report_then_recommend_on_the_command_line(store: dict[str, Any], tmp_pa
     out = capsys.readouterr().out
     assert "8 runs from study-a (2 incomplete runs skipped)" in out  # the running one among those skipped
     assert "+11.0 +/- 1.0 points over CCE over 3 seeds" in out
+    assert "(each its mean over seeds) of 1 setting\n" in out  # (was "of 1 settings")
     for name in ("index.html", "guidelines.md", "guidelines.json", "figures/weights_00.png"):
         assert (tmp_path / "rep" / name).is_file(), name
     args = parser().parse_args(["recommend", "--num-classes", "10", "--noise-type", "symmetric", "--noise-rate",
