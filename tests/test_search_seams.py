@@ -808,11 +808,18 @@ def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
     uninterrupted = _scheduler(study, 8, Ledger(tmp_path / "other.jsonl"))
     curves = {0: [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.9, 0.9], 1: [0.6, 0.7, 0.8, 0.85, 0.9, 0.9, 0.9, 0.9],
               2: [0.2, 0.3]}  # arm 2: stopped at epoch 1 on seed 0 by the rung arms 0 and 1 set
+    def live(t, results: list[dict]) -> str:
+        """As Tune tells a trial's results; a stopped one's last result again as it completes."""
+        for result in results:
+            if uninterrupted.on_trial_result(None, t, result) == TrialScheduler.STOP:
+                uninterrupted.on_trial_complete(None, t, result)
+                return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
     for arm, curve in curves.items():
         uninterrupted.on_trial_add(None, trial(f"a{arm}", arm))
         for epoch, acc in enumerate(curve[:7], 1):
-            if uninterrupted.on_trial_result(None, trial(f"a{arm}", arm), {"epoch": epoch, "val_acc": acc}) \
-                    == TrialScheduler.STOP:
+            if live(trial(f"a{arm}", arm), [{"epoch": epoch, "val_acc": acc}]) == TrialScheduler.STOP:
                 break
         spec = _search_spec(arm)
         stopped = epoch < len(curve)
@@ -824,18 +831,25 @@ def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
     # arm 4 diverged in epoch 1, which the rung stopped it at: pruned live, "diverged" (and stopped)
     # in the ledger; arm 5 diverged in epoch 3 and ended by itself: not pruned, live or resumed
     uninterrupted.on_trial_add(None, trial("a4", 4))
-    assert uninterrupted.on_trial_result(None, trial("a4", 4), {"epoch": 1, "val_acc": 0.1}) == TrialScheduler.STOP
+    assert live(trial("a4", 4), [{"epoch": 1, "val_acc": 0.1}]) == TrialScheduler.STOP
     stopped = TrialOutcome.from_report({"epoch": 1, "val_acc": 0.1, "diverged": 1.0}, False,
                                        [{"epoch": 1, "val_acc": 0.1, "diverged": 1.0}])
     assert stopped.status == "diverged" and stopped.stopped
+    assert TrialOutcome.from_dict({"status": "diverged", "epochs_reached": 1}).stopped is None  # an earlier ledger
     uninterrupted.on_trial_add(None, trial("a5", 5))
-    for epoch, acc in ((1, 0.95), (2, 0.96), (3, 0.1)):
-        assert uninterrupted.on_trial_result(None, trial("a5", 5), {"epoch": epoch, "val_acc": acc}) \
-            == TrialScheduler.CONTINUE
-    for number, outcome in ((4, stopped), (5, TrialOutcome(status="diverged", epochs_reached=3, history=tuple(
-            {"epoch": e, "val_acc": v} for e, v in ((1, 0.95), (2, 0.96), (3, 0.1)))))):
-        ledger.start([_search_spec(number)])
-        ledger.end(_search_spec(number), outcome)
+    assert live(trial("a5", 5), [{"epoch": e, "val_acc": v} for e, v in ((1, 0.95), (2, 0.96), (3, 0.1))]) \
+        == TrialScheduler.CONTINUE
+    # arm 2's seed 1, stopped at once by its arm's pruning: Tune still tells its result as it completes,
+    # and the rung records it (0.95)
+    uninterrupted.on_trial_add(None, trial("a2s1", 2))
+    assert live(trial("a2s1", 2), [{"epoch": 1, "val_acc": 0.95}]) == TrialScheduler.STOP
+    pruned = TrialOutcome.from_report({"epoch": 1, "val_acc": 0.95}, False, [{"epoch": 1, "val_acc": 0.95}])
+    for spec, outcome in ((_search_spec(4), stopped), (dataclasses.replace(_search_spec(2), seed=1, replica=1), pruned),
+                          (_search_spec(5), TrialOutcome(status="diverged", epochs_reached=3, stopped=False,
+                                                         history=tuple({"epoch": e, "val_acc": v} for e, v in
+                                                                       ((1, 0.95), (2, 0.96), (3, 0.1)))))):
+        ledger.start([spec])
+        ledger.end(spec, outcome)
 
     resumed, empty = _scheduler(study, 8, Ledger(ledger.path)), _scheduler(study, 8, Ledger(tmp_path / "none.jsonl"))
     for scheduler in (uninterrupted, resumed, empty):

@@ -109,19 +109,22 @@ class SearchOnly(FIFOScheduler):
             arm = int(spec.number)
             results = [{"epoch": int(h["epoch"]), metric: h[metric]} for h in outcome.history
                        if "epoch" in h and metric in h]
+            decision = TrialScheduler.CONTINUE
             if results:
+                # Every row, the one a stop came at included: live, Tune tells the scheduler that
+                # result again as the trial completes, and the rung records it then.
                 stand_in = SimpleNamespace(trial_id=f"ledger:{spec.key}",
                                            config={"specs": [{"stage": "search", "number": spec.number}]})
                 self.inner.on_trial_add(None, stand_in)
                 for result in results:
-                    if arm in self._pruned and result["epoch"] >= self._pruned[arm]:
-                        break  # (live, its arm's pruning stopped it there before the rungs heard of it)
-                    self.inner.on_trial_result(None, stand_in, result)
+                    decision = self.inner.on_trial_result(None, stand_in, result)
                 self.inner.on_trial_remove(None, stand_in)
                 told += 1
-            # Pruned: stopped by the scheduler before the budget, as the ledger records it (a ledger
-            # of an earlier dm-tune lacks ``stopped``: its early-stopped trials were).
-            stopped = outcome.stopped or outcome.status == "early-stopped"
+            # Pruned: stopped by the scheduler before the budget, as the ledger records it; a ledger of
+            # an earlier dm-tune lacks ``stopped`` (None): its early-stopped trials were, and a seed
+            # that diverged is judged by the rebuilt rungs.
+            stopped = outcome.stopped or outcome.status == "early-stopped" or (
+                outcome.stopped is None and outcome.status == "diverged" and decision == TrialScheduler.STOP)
             if stopped and (self.max_t is None or outcome.epochs_reached < self.max_t):
                 self._pruned[arm] = min(self._pruned.get(arm, outcome.epochs_reached), outcome.epochs_reached)
         return told

@@ -83,8 +83,9 @@ class TrialOutcome:
     reused_from: str = ""
     # Cut short by a scheduler (its rung, or its arm's pruning), whatever its status: a seed that
     # diverged in the epoch a rung stopped it at is "diverged" and stopped (a resumed ASHA keeps
-    # its arm pruned); one that diverged and ended by itself is not.
-    stopped: bool = False
+    # its arm pruned); one that diverged and ended by itself is not. None: not recorded (an
+    # outcome made elsewhere, or a ledger of an earlier dm-tune).
+    stopped: bool | None = None
 
     SCALARS = ("final_val_acc", "final_test_acc", "best_val_acc", "best_test_acc",
                "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
@@ -120,7 +121,7 @@ class TrialOutcome:
         if report.get("final"):  # it ended with its result (a member trained before its population failed)
             status = str(report.get("status", "finished"))
             kwargs = {k: report[k] for k in cls.SCALARS if k in report}
-            return cls(status=status, node_id=str(report.get("node_id", "")),
+            return cls(status=status, node_id=str(report.get("node_id", "")), stopped=False,
                        history=tuple(report.get("history", ())),
                        task_metrics=dict(report.get("task_metrics") or {}), **kwargs)
         epoch = int(report.get("epoch", 0) or 0)
