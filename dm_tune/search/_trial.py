@@ -83,9 +83,9 @@ class TrialOutcome:
     reused_from: str = ""
     # Cut short by a scheduler (its rung, or its arm's pruning), whatever its status: a seed that
     # diverged in the epoch a rung stopped it at is "diverged" and stopped (a resumed ASHA keeps
-    # its arm pruned); one that diverged and ended by itself is not. None: not recorded (an
-    # outcome made elsewhere, or a ledger of an earlier dm-tune).
-    stopped: bool | None = None
+    # its arm pruned); one that diverged and ended by itself is not. None: not recorded (read from
+    # a ledger of an earlier dm-tune).
+    stopped: bool | None = False
 
     SCALARS = ("final_val_acc", "final_test_acc", "best_val_acc", "best_test_acc",
                "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
@@ -121,7 +121,7 @@ class TrialOutcome:
         if report.get("final"):  # it ended with its result (a member trained before its population failed)
             status = str(report.get("status", "finished"))
             kwargs = {k: report[k] for k in cls.SCALARS if k in report}
-            return cls(status=status, node_id=str(report.get("node_id", "")), stopped=False,
+            return cls(status=status, node_id=str(report.get("node_id", "")),
                        history=tuple(report.get("history", ())),
                        task_metrics=dict(report.get("task_metrics") or {}), **kwargs)
         epoch = int(report.get("epoch", 0) or 0)
@@ -148,6 +148,7 @@ class TrialOutcome:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialOutcome":
         kwargs = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        kwargs.setdefault("stopped", None)  # (a ledger of an earlier dm-tune did not record it)
         kwargs["history"] = tuple(kwargs.get("history", ()))
         kwargs["task_metrics"] = dict(kwargs.get("task_metrics", {}))
         return cls(**kwargs)
