@@ -720,6 +720,15 @@ def test_features_npz(tmp_path):
     assert len(data.train) == 30 and len(data.val) == 6 and data.val.labels.max() == 2
 
 
+def test_a_result_records_its_data_root_absolute(tmp_path, monkeypatch):
+    """A relative data root ("a/features.npz", as typed) named another file from another folder."""
+    make_features(tmp_path / "a")
+    monkeypatch.chdir(tmp_path)
+    cfg = config("features", Path("a/features.npz"), epochs=1, batch_size=8)
+    result = train(cfg, prepare(cfg))
+    assert result.config["data_root"] == str(tmp_path.resolve() / "a" / "features.npz")
+
+
 def test_features_errors(tmp_path):
     path = tmp_path / "f.npz"
     good = {"x_train": np.zeros((4, 2)), "y_train": np.array([0, 1, 0, 1]),
