@@ -9,6 +9,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,21 @@ class DataError(ValueError):
     def __init__(self, path: str | Path, problem: str, layout: str) -> None:
         self.path = str(path)
         super().__init__(f"{path}: {problem}. Expected layout: {layout}")
+
+
+# The training fields that name files: a study stores them absolute, trials (which chdir) read them
+# so, and a result records them so.
+PATH_FIELDS = ("data_root", "noise_file", "pretrained")
+
+
+def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each of its ``PATH_FIELDS`` absolute (a relative path names another file
+    from another folder); a URI (``s3://...``) stays as it is."""
+    out = dict(values)
+    for key in PATH_FIELDS:
+        if isinstance(out.get(key), str) and out[key] and "://" not in out[key]:
+            out[key] = str(Path(out[key]).expanduser().resolve())
+    return out
 
 
 def path_argument(value: str) -> str:

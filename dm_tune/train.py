@@ -13,7 +13,6 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from dm_tune._history import best_over_training
 from dm_tune._weighting import relative_weights
 from dm_tune.config import TrainConfig
 from dm_tune.data import Data
-from dm_tune.errors import DataError, UserError
+from dm_tune.errors import DataError, UserError, absolute_paths
 from dm_tune.methods import build_loss
 from dm_tune.models import ModelSpec, build_model
 from dm_tune.provenance import provenance
@@ -446,16 +445,6 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
     return _result(config, data, history, status, t_train)
 
 
-def _recorded(config: TrainConfig) -> dict[str, Any]:
-    """The config a result records, its paths absolute: as typed ("data/feat.npz") they named another
-    file from another folder."""
-    d = config.to_dict()
-    for key in ("data_root", "noise_file", "pretrained"):
-        if d.get(key) and "://" not in str(d[key]):
-            d[key] = str(Path(d[key]).expanduser().resolve())
-    return d
-
-
 def _result(config: TrainConfig, data: Data, history: list[dict[str, float]], status: str,
             t_train: float) -> TrainResult:
     nan = float("nan")
@@ -474,7 +463,7 @@ def _result(config: TrainConfig, data: Data, history: list[dict[str, float]], st
         train_time_s=t_train,
         noise_rate_realised=data.noise_rate,
         history=history,
-        config=_recorded(config),
+        config=absolute_paths(config.to_dict()),  # (as typed, "a/feat.npz" named another file)
         data=dict(data.info),
         provenance=provenance(),
         retrieval=({**{k: last.get(k, nan) for k in ("test_map", "test_rank1", "test_rank5", "test_rank10",

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dm_tune.config import TrainConfig
-from dm_tune.errors import UserError, first_line
+from dm_tune.errors import UserError, absolute_paths, first_line
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._study import Setting, Study
 from dm_tune.search._summary import ArmResult, SettingSummary
@@ -467,10 +467,7 @@ def _context(study: Study, setting: Setting, opts: RunOptions, exp_id: str, sour
              guidelines: dict[str, Any] | None) -> SettingContext:
     from dm_tune.datasets import DATASETS
 
-    base = {**study.training, **setting.train_fields()}
-    for key in ("data_root", "noise_file", "pretrained"):  # trials chdir: paths must be absolute
-        if base.get(key):
-            base[key] = str(Path(base[key]).expanduser().resolve())
+    base = absolute_paths({**study.training, **setting.train_fields()})  # trials chdir: paths must be absolute
     return SettingContext(study, setting, opts, exp_id, base, source, in_memory=not DATASETS[setting.dataset][1],
                           guidelines=guidelines)
 

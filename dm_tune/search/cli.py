@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import UserError, load_yaml, no_room, output_path, path_argument, text_argument, write_output
+from dm_tune.errors import (UserError, absolute_paths, load_yaml, no_room, output_path, path_argument,
+                            text_argument, write_output)
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -126,9 +127,7 @@ def study_values(args: argparse.Namespace) -> dict[str, Any]:
     # runs); warm_start's true/false stay switches, not files named "true" or "false".
     training, search = values.get("training"), values.get("search")
     if isinstance(training, dict):
-        for key in ("data_root", "noise_file", "pretrained"):
-            if isinstance(training.get(key), str) and training[key] and "://" not in training[key]:
-                training[key] = str(Path(training[key]).expanduser().resolve())
+        values["training"] = absolute_paths(training)
     if isinstance(search, dict) and isinstance(search.get("warm_start"), str) and search["warm_start"].strip():
         text = search["warm_start"].strip()
         search["warm_start"] = {"true": True, "false": False}.get(text.lower(), str(Path(text).expanduser().resolve()))
