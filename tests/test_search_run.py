@@ -239,14 +239,16 @@ def test_resources_the_cluster_lacks_are_refused_before_any_trial(ray_local):
     check_resources(Study.from_dict({"resources": {"cpus_per_trial": 2}}))
 
 
-def test_a_search_never_joins_another_searchs_own_local_ray(ray_local):
+def test_a_search_never_joins_another_searchs_own_local_ray(ray_local, monkeypatch):
     """``--address auto`` finds the newest Ray on the machine: another search's own local Ray (here
     the module's), which ends with that search and takes the joined search's trials with it. It is
     refused, found by auto or given by its address; a cluster of 'ray start --head' is joined (the
-    two-node test)."""
+    two-node test). RAY_ADDRESS, which Ray's 'auto' reads first, makes 'auto' this module's Ray: the
+    newest on the machine may be another test worker's, or the two-node test's cluster."""
     from dm_tune.search._preflight import probe_ray
 
     address = ray_local.get_runtime_context().gcs_address
+    monkeypatch.setenv("RAY_ADDRESS", address)
     for given in ("auto", address):
         with pytest.raises(UserError, match=rf"--address {given}: the Ray at {address} is another dm-tune search's "
                                             "own local Ray, which ends when that search does"):
