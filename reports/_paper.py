@@ -2,8 +2,8 @@
 
 The guidance is encoded once here as data; ``compare_with_paper`` turns one setting's measured
 optimum into a verdict: "agree", "refine" (same direction, the optimum sits elsewhere or the
-paper's mode was not tested) or "refute" (the paper's mode was tested and worse by more than a
-point and beyond seed noise), with
+paper's mode was not tested) or "refute" (the paper's mode was tested and worse in final test
+accuracy by more than a point and beyond seed noise; both arms chosen on validation), with
 the reason in words; "none" for a retrieval setting, which the paper's guidance does not cover.
 """
 
@@ -51,8 +51,9 @@ def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
                        gap_clear: bool | None = None) -> dict[str, Any]:
     """Verdict on the paper's guidance for one analysed setting.
 
-    ``paper_psi_gap``: validation points by which the best arm beat the best trial near the
-    paper's mode (None when no trial came near it); ``gap_clear``: whether that gap is beyond seed
+    ``paper_psi_gap``: points of final test accuracy by which the best arm beat the arm near the
+    paper's mode that came closest to it on validation (None when no trial came near it; both arms
+    chosen on validation, measured on test); ``gap_clear``: whether that gap is beyond seed
     noise (True: paired over seeds, its 95% t interval excludes 0; False: it does not; None: not
     tested, fewer than 2 paired seeds). Only a gap beyond seed noise refutes; the others refine.
     """
@@ -86,14 +87,14 @@ def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
     elif paper_psi_gap is None:
         verdict, why = "refine", "the optimum sits elsewhere, but no trial tested the paper's mode"
     elif abs(delta) > REFUTE_PSI and paper_psi_gap > REFUTE_POINTS and gap_clear:
-        verdict, why = "refute", (f"trials at the paper's mode were {paper_psi_gap:.1f} points worse on validation, "
+        verdict, why = "refute", (f"trials at the paper's mode were {paper_psi_gap:.1f} points worse on test, "
                                   "beyond seed noise (paired 95% t interval)")
     else:
         direction = "higher" if delta > 0 else "lower"
         noise = ("" if gap_clear or paper_psi_gap <= 0 else ", within seed noise" if gap_clear is False
                  else ", not tested against seed noise: fewer than 2 seeds paired with the best arm")
         verdict, why = "refine", (f"the best mode is {direction} than the paper's (trials at the paper's mode "
-                                  f"were {paper_psi_gap:.1f} points worse on validation{noise})")
+                                  f"were {paper_psi_gap:.1f} points worse on test{noise})")
     out.update(verdict=verdict, reason=f"{where}: {why}; {beta_note}")
     return out
 
