@@ -38,6 +38,7 @@ _EXPORTS = {
     "paper_guidance": "dm_tune.reports._paper",
     "Recommendation": "dm_tune.reports._recommend",
     "recommend": "dm_tune.reports._recommend",
+    "correct_for_multiplicity": "dm_tune.reports._rules",
     "factor_trends": "dm_tune.reports._rules",
     "fit_line": "dm_tune.reports._rules",
     "lambda_beta_rule": "dm_tune.reports._rules",
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from dm_tune.reports._load import (arm_label, load_histories, load_runs)
     from dm_tune.reports._paper import (compare_with_paper, paper_guidance)
     from dm_tune.reports._recommend import (Recommendation, recommend)
-    from dm_tune.reports._rules import (factor_trends, fit_line, lambda_beta_rule, noise_rate_rules)
+    from dm_tune.reports._rules import (correct_for_multiplicity, factor_trends, fit_line, lambda_beta_rule, noise_rate_rules)
     from dm_tune.reports._schema import (default_guidelines_path, load_guidelines, validate_guidelines)
     from dm_tune.reports._loso import leave_one_setting_out
     from dm_tune.reports._surface import fit_surface, recommend_from_surface

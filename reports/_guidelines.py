@@ -19,7 +19,7 @@ from dm_tune.reports._loso import leave_one_setting_out
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface
 from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
                                     fmt_diff, metric_name, setting_label)
-from dm_tune.reports._rules import factor_trends, lambda_beta_rule, noise_rate_rules
+from dm_tune.reports._rules import correct_for_multiplicity, factor_trends, lambda_beta_rule, noise_rate_rules
 
 
 
@@ -77,7 +77,7 @@ def _rules_by_task(ok: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                 item.update(task=task, text=f"[{task}] {item['text']}")
         rules += found[0]
         trends += found[1]
-    return {"rules": rules, "trends": trends}
+    return {"rules": correct_for_multiplicity(rules), "trends": trends}
 
 
 def setting_sentence(s: dict[str, Any]) -> str:

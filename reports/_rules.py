@@ -3,7 +3,8 @@
 Inputs are the per-setting results of ``analyse_settings`` (status "ok"); outputs are JSON-ready
 dicts. A rule is claimed ("supported": True) only with at least ``MIN_RULE_N`` distinct x values,
 R^2 >= ``MIN_RULE_R2`` and a slope whose p-value is below ``MAX_RULE_P``; otherwise the dict says
-why the evidence does not support one.
+why the evidence does not support one. Each function judges its rules one by one; a report tests
+many slopes at once, and ``correct_for_multiplicity`` judges them again by Holm-adjusted p-values.
 """
 
 from __future__ import annotations
@@ -82,10 +83,7 @@ def noise_rate_rules(settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for knob in ("psi", "rho"):
             fit = fit_line([m["noise_rate"] for m in members], [m[knob] for m in members])
-            rule = _rule("noise_rate", knob, group, fit, [m["setting"] for m in members])
-            if knob == "psi":
-                rule["paper_comparison"] = _mode_rule_vs_paper(rule)
-            rules.append(rule)
+            rules.append(_rule("noise_rate", knob, group, fit, [m["setting"] for m in members]))
     return rules
 
 
@@ -105,14 +103,14 @@ def _mode_rule_vs_paper(rule: dict[str, Any]) -> str:
 def lambda_beta_rule(settings: list[dict[str, Any]]) -> dict[str, Any]:
     """Across all settings: does the best beta rise with the best lambda (the paper: it must)?"""
     fit = fit_line([s["lam"] for s in settings], [s["beta"] for s in settings])
-    rule = _rule("lambda_beta", "beta", {}, fit, [s["setting"] for s in settings], x_name="lambda")
-    if rule["supported"]:
-        agrees = fit["b"] > 0
-        rule["paper_comparison"] = ("agree: larger lambda goes with larger beta" if agrees else
-                                    "refute: the best beta does not rise with lambda")
-    else:
-        rule["paper_comparison"] = "not tested: " + rule["reason"]
-    return rule
+    return _rule("lambda_beta", "beta", {}, fit, [s["setting"] for s in settings], x_name="lambda")
+
+
+def _lambda_beta_vs_paper(rule: dict[str, Any]) -> str:
+    if not rule["supported"]:
+        return "not tested: " + rule["reason"]
+    return ("agree: larger lambda goes with larger beta" if rule["b"] > 0 else
+            "refute: the best beta does not rise with lambda")
 
 
 def factor_trends(settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -142,24 +140,55 @@ def factor_trends(settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _rule(kind: str, knob: str, group: dict[str, Any], fit: dict[str, Any], settings: list[str],
           x_name: str = "noise_rate") -> dict[str, Any]:
-    label = group_label(group)
-    p = fit.get("p", math.nan)
-    if fit["distinct_x"] < MIN_RULE_N:
-        supported, why = False, f"only {fit['distinct_x']} distinct {x_name} value(s) < {MIN_RULE_N}"
-    elif not fit["r2"] >= MIN_RULE_R2:
-        supported, why = False, f"R^2 {fit['r2']:.2f} < {MIN_RULE_R2}"
-    elif not p < MAX_RULE_P:  # (R^2 0.5 over 4 points is a slope of p 0.29: a line through noise)
-        supported, why = False, f"the slope's p {p:.3f} >= {MAX_RULE_P} (R^2 {fit['r2']:.2f}, n={fit['n']})"
+    rule = {"kind": kind, "knob": knob, "x": x_name, "group": group, "a": fit["a"], "b": fit["b"], "r2": fit["r2"],
+            "n": fit["n"], "distinct_x": fit["distinct_x"], "p": fit.get("p", math.nan), "settings": settings}
+    return _judge(rule)
+
+
+def _judge(rule: dict[str, Any], p_adjusted: float | None = None, tests: int = 1) -> dict[str, Any]:
+    """Set ``supported``, ``reason`` and ``text`` (and a noise-rate psi rule's or the lambda-beta
+    rule's ``paper_comparison``) from the fit and the slope's p-value, ``p_adjusted`` when the slope
+    was one of ``tests`` tested together (Holm), the raw p otherwise."""
+    p = rule["p"]
+    p_used = p if p_adjusted is None else p_adjusted
+    adjusted = f", Holm-adjusted over {tests} slopes {p_used:.3f}" if p_adjusted is not None and tests > 1 else ""
+    x_name, knob = rule["x"], rule["knob"]
+    if rule["distinct_x"] < MIN_RULE_N:
+        supported, why = False, f"only {rule['distinct_x']} distinct {x_name} value(s) < {MIN_RULE_N}"
+    elif not rule["r2"] >= MIN_RULE_R2:
+        supported, why = False, f"R^2 {rule['r2']:.2f} < {MIN_RULE_R2}"
+    elif not p_used < MAX_RULE_P:  # (R^2 0.5 over 4 points is a slope of p 0.29: a line through noise)
+        supported, why = False, (f"the slope's p {p:.3f}{adjusted} >= {MAX_RULE_P} "
+                                 f"(R^2 {rule['r2']:.2f}, n={rule['n']})")
     else:
         supported, why = True, ""
+    label = group_label(rule["group"])
     if supported:
-        sign = "-" if fit["b"] < -1e-9 else "+"
-        text = (f"{label}: {knob}* = {fit['a']:.3f} {sign} {abs(fit['b']):.3f} x {x_name} "
-                f"(R^2 {fit['r2']:.2f}, n={fit['n']}, slope p {p:.3f})")
+        sign = "-" if rule["b"] < -1e-9 else "+"
+        text = (f"{label}: {knob}* = {rule['a']:.3f} {sign} {abs(rule['b']):.3f} x {x_name} "
+                f"(R^2 {rule['r2']:.2f}, n={rule['n']}, slope p {p:.3f}{adjusted})")
     else:
         text = f"{label}: the evidence does not support a rule for {knob}* against {x_name}: {why}"
-    return {"kind": kind, "knob": knob, "x": x_name, "group": group, "a": fit["a"], "b": fit["b"], "r2": fit["r2"],
-            "n": fit["n"], "p": p, "supported": supported, "reason": why, "settings": settings, "text": text}
+    rule.update(supported=supported, reason=why, text=text)
+    if p_adjusted is not None:
+        rule.update(p_holm=p_adjusted, tests=tests)
+    if rule["kind"] == "noise_rate" and knob == "psi":
+        rule["paper_comparison"] = _mode_rule_vs_paper(rule)
+    elif rule["kind"] == "lambda_beta":
+        rule["paper_comparison"] = _lambda_beta_vs_paper(rule)
+    return rule
+
+
+def correct_for_multiplicity(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Judge ``rules`` again as one family (in place; returned): each slope by its Holm-adjusted
+    p-value over every slope tested (those with a p-value), so that a report fitting a dozen lines
+    claims one by chance with probability at most ``MAX_RULE_P``, not one in twenty each."""
+    tested = sorted((r for r in rules if math.isfinite(r["p"])), key=lambda r: r["p"])
+    m, running = len(tested), 0.0
+    for i, rule in enumerate(tested):
+        running = max(running, min(1.0, (m - i) * rule["p"]))
+        _judge(rule, running, m)
+    return rules
 
 
 def group_label(group: dict[str, Any]) -> str:

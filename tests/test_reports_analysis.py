@@ -304,6 +304,38 @@ def test_a_line_through_four_noisy_points_is_no_rule() -> None:
     assert psi_rule["supported"] and psi_rule["p"] < 0.05 and "slope p 0.0" in psi_rule["text"]
 
 
+def test_a_report_claims_rules_by_holm_adjusted_p_values() -> None:
+    """Each slope at p < 0.05 claims one rule in twenty by chance; a report fits a dozen. The report
+    judges its rules as one family (Holm): a psi line of p 0.019 holds on one dataset (3 slopes
+    tested, the largest p: adjusted by 1) and not on each of four (9 slopes, the four largest p:
+    adjusted by 4, 0.078); an exact line holds in both."""
+    from dm_tune.reports._guidelines import _rules_by_task
+    from dm_tune.reports._rules import correct_for_multiplicity
+
+    def data(name: str) -> list[dict[str, Any]]:
+        return [setting(r, 0.3 + 0.5 * r + e, dataset=name, setting=f"{name}-{r}")
+                for r, e in ((0.0, 0.01), (0.2, -0.03), (0.4, 0.03), (0.6, -0.01))]
+
+    one = _rules_by_task(data("a"))["rules"]
+    (psi,) = [r for r in one if r["knob"] == "psi" and r["kind"] == "noise_rate"]
+    assert psi["p"] == pytest.approx(0.0194, abs=1e-4) and psi["tests"] == 3
+    assert psi["supported"] and psi["p_holm"] == pytest.approx(psi["p"]) and "Holm-adjusted over 3" in psi["text"]
+    four = _rules_by_task([s for name in "abcd" for s in data(name)])["rules"]
+    psis = [r for r in four if r["knob"] == "psi" and r["kind"] == "noise_rate"]
+    assert len(psis) == 4 and all(r["p"] < 0.05 and not r["supported"] for r in psis)
+    assert all(r["p_holm"] == pytest.approx(4 * r["p"]) for r in psis)
+    assert all(r["tests"] == 9 and r["p_holm"] >= 0.05 and "Holm-adjusted over 9 slopes" in r["reason"] for r in psis)
+    assert all(r["paper_comparison"].startswith("not tested") for r in psis)
+    assert all(r["supported"] for r in four if r["knob"] == "rho")  # constant rho: exact lines
+    # one by one (each function alone), every psi line would have been claimed
+    assert all(r["supported"] for r in noise_rate_rules(data("a")) + noise_rate_rules(data("b")))
+    # adjusted p-values are monotone in the raw ones and never below them
+    family = correct_for_multiplicity(noise_rate_rules([s for name in "abcd" for s in data(name)]))
+    ordered = sorted(family, key=lambda r: r["p"])
+    assert all(r["p_holm"] >= r["p"] for r in ordered)
+    assert [r["p_holm"] for r in ordered] == sorted(r["p_holm"] for r in ordered)
+
+
 def test_noise_rate_rule_supported_and_not() -> None:
     good = [setting(r, 0.1 + 0.8 * r) for r in (0.2, 0.4, 0.6)] + [setting(0.0, 0.1, noise="none")]
     poor = [setting(r, p, noise="pair") for r, p in ((0.2, 0.5), (0.3, 0.05), (0.4, 0.6), (0.5, 0.1))]
