@@ -191,20 +191,40 @@ def loso_markdown(loso: dict[str, Any] | None) -> list[str]:
         lines.append("| " + " | ".join([setting_label(r), f"{sf['psi']:.2f}, {sf['rho']:.2f}, {sf['class_weighting']}",
                                         _estimate(sf), f"{sf['regret']:+.1f}", f"{sf['gain_over_cce']:+.1f}",
                                         *paper, f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})"]) + " |")
-    if any((r[who] or {}).get("capped") == "above" for r in loso["rows"] for who in ("surface", "paper")):
-        lines += ["", f"\\* {CAPPED_NOTE}"]
+    for mark, note in capped_notes(loso["summary"]):
+        lines += ["", f"{_md(mark)} {note}"]
     lines += ["", loso_summary_text(loso["summary"]), ""]
     return lines
 
 
-CAPPED_NOTE = ("capped: the local GP's estimate there was above the mean of every arm the setting measured "
-               "(the point lies beyond them), so it is given the highest of those means, which no trial measured "
-               "there: optimistic, and its regret can be below 0.")
+CAPPED_NOTES = {
+    "above": ("*", "capped: the local GP's estimate there was above the mean of every arm the setting measured "
+                   "(the point lies beyond them), so it is given the highest of those means, which no trial "
+                   "measured there: optimistic, and its regret can be below 0."),
+    "below": ("†", "capped: the local GP's estimate there was below the mean of every arm the setting measured, so "
+                   "it is given the lowest of those means, which no trial measured there: pessimistic."),
+}
+
+
+def capped_mark(scored: dict[str, Any]) -> str:
+    """' *' (capped above) or ' †' (below) after an estimate that was capped, else ''."""
+    side = scored.get("capped") or ""
+    return f" {CAPPED_NOTES[side][0]}" if side in CAPPED_NOTES else ""
+
+
+def capped_notes(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(mark, note) for each side some estimate was capped on, by the summary's counts (a file of
+    an earlier report counts none: its rows are unmarked too)."""
+    return [CAPPED_NOTES[side] for side in ("above", "below")
+            if any((summary.get(who) or {}).get(f"capped_{side}") for who in ("surface", "paper"))]
+
+
+def _md(mark: str) -> str:
+    return mark.replace("*", "\\*")
 
 
 def _estimate(scored: dict[str, Any]) -> str:
-    mark = " \\*" if scored.get("capped") == "above" else ""
-    return f"{scored['test_acc']:.1f} ± {scored['test_acc_std']:.1f}{mark}"
+    return f"{scored['test_acc']:.1f} ± {scored['test_acc_std']:.1f}{_md(capped_mark(scored))}"
 
 
 def loso_summary_text(summary: dict[str, Any]) -> str:
@@ -213,11 +233,12 @@ def loso_summary_text(summary: dict[str, Any]) -> str:
         s = summary[who]
         if not s["n"]:
             return f"{name}: no setting scored"
-        capped = s.get("capped_above")
+        capped = [f"{s[f'capped_{side}']} at the {extreme} arm mean measured: {tone}"
+                  for side, extreme, tone in (("above", "highest", "optimistic"), ("below", "lowest", "pessimistic"))
+                  if s.get(f"capped_{side}")]
         return (f"{name}: mean regret {s['mean_regret']:.2f} points, mean gain over CCE {s['mean_gain_over_cce']:+.2f}, "
                 f"an estimated gain over CCE in {s['beats_cce']} of {s['n']} settings"
-                + (f" ({capped} of its estimates capped at the highest arm mean measured: optimistic)"
-                   if capped else ""))
+                + (f" (of its estimates, capped: {'; '.join(capped)})" if capped else ""))
     return f"Over {summary['n_settings']} held-out settings, {part('surface', 'surface')}; {part('paper', 'paper')}."
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from dm_tune.errors import write_output
 from dm_tune.reports import _figures as figs
-from dm_tune.reports._guidelines import (CAPPED_NOTE, build_guidelines, dumps, fmt_acc, fmt_diff,
+from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_notes, dumps, fmt_acc, fmt_diff,
                                          guidelines_markdown, loso_summary_text, setting_label)
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase
 from dm_tune.reports._text import metric_name
@@ -138,25 +138,20 @@ def _loso_section(loso: dict[str, Any] | None, images: dict[str, str]) -> list[s
     for r in loso["rows"]:
         sf, pp = r["surface"], r["paper"]
         paper = (["-"] * 4 if pp is None else [f"psi {pp['psi']:.2f}, rho {pp['rho']:.2f}",
-                                               f"{pp['test_acc']:.1f} +/- {pp['test_acc_std']:.1f}{_capped(pp)}",
+                                               f"{pp['test_acc']:.1f} +/- {pp['test_acc_std']:.1f}{capped_mark(pp)}",
                                                f"{pp['regret']:+.1f}", f"{pp['gain_over_cce']:+.1f}"])
         rows.append([setting_label(r), f"psi {sf['psi']:.2f}, rho {sf['rho']:.2f}, cw {sf['class_weighting']}",
-                     f"{sf['test_acc']:.1f} +/- {sf['test_acc_std']:.1f}{_capped(sf)}", f"{sf['regret']:+.1f}",
+                     f"{sf['test_acc']:.1f} +/- {sf['test_acc_std']:.1f}{capped_mark(sf)}", f"{sf['regret']:+.1f}",
                      f"{sf['gain_over_cce']:+.1f}", *paper, f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})",
                      f"{r['cce_test_acc']:.1f}"])
     return parts + [f"<p class='note'>Each setting held out in turn: the surface refitted on the others recommends for "
                     f"it, and the recommendation and the paper's guidance are scored on its {e(loso['metric'])}, "
                     f"{e(loso['note'])}. Regret: the best confirmed arm's mean final test accuracy minus the "
-                    "estimate." + (f" * {e(CAPPED_NOTE)}" if any(_capped(r[who] or {}) for r in loso["rows"]
-                                                                for who in ("surface", "paper")) else "") + "</p>",
+                    "estimate." + "".join(f" {mark} {e(note)}" for mark, note in capped_notes(loso["summary"])) + "</p>",
                     _table(["setting", "surface recommends", "est. test", "regret", "gain over CCE", "paper",
                             "est. test", "regret", "gain over CCE", "best confirmed arm (test)", "CCE test"], rows),
                     f"<p>{e(loso_summary_text(loso['summary']))}</p>",
                     "<div class='figs'>", _img(images, "loso", "leave-one-setting-out regret and gain"), "</div>"]
-
-
-def _capped(scored: dict[str, Any]) -> str:
-    return " *" if scored.get("capped") == "above" else ""
 
 
 def _trials(block: dict[str, Any]) -> str:

@@ -126,7 +126,8 @@ def _scored(local: dict[str, Any], psi: float, rho: float, cw: str, best_test: f
     lo, hi = local["range"]
     est = min(max(float(mean[0]), lo), hi)
     # Above every arm measured: the GP ran past its data (the point lies beyond the measured arms) and
-    # the estimate is the best arm's, a regret of 0 or less that no trial measured: marked as such.
+    # the estimate is the best arm's, a regret of 0 or less that no trial measured; below every arm,
+    # the worst arm's (pessimistic): both marked as such.
     capped = "above" if float(mean[0]) > hi else "below" if float(mean[0]) < lo else ""
     return {"psi": psi, "rho": rho, "class_weighting": cw, "test_acc": est, "test_acc_std": float(std[0]),
             "capped": capped, "regret": best_test - est, "gain_over_cce": est - cce}
@@ -139,6 +140,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[who] = ({"n": len(scored), "mean_regret": sum(s["regret"] for s in scored) / len(scored),
                      "mean_gain_over_cce": sum(s["gain_over_cce"] for s in scored) / len(scored),
                      "beats_cce": sum(s["gain_over_cce"] > 0 for s in scored),
-                     "capped_above": sum(s.get("capped") == "above" for s in scored)} if scored
-                    else {"n": 0, "mean_regret": None, "mean_gain_over_cce": None, "beats_cce": 0, "capped_above": 0})
+                     "capped_above": sum(s.get("capped") == "above" for s in scored),
+                     "capped_below": sum(s.get("capped") == "below" for s in scored)} if scored
+                    else {"n": 0, "mean_regret": None, "mean_gain_over_cce": None, "beats_cce": 0, "capped_above": 0,
+                          "capped_below": 0})
     return out
