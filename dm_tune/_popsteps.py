@@ -185,5 +185,5 @@ def epoch_metrics(epoch: int, a: list[float], val_acc: float, test_acc: float, l
         "lr": lr,
         "epoch_time_s": wall / members,
         "population_epoch_time_s": wall,
-        "population_size": float(members),
+        "population_size": members,
     }

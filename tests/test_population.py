@@ -537,6 +537,8 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on():
     assert [r.status for r in results] == ["finished", "diverged", "finished"]
     assert results[1].epochs_completed == 1 and results[1].history[-1]["diverged"] == 1.0
     assert [sorted(r) for r in reports] == [[0, 1, 2], [0, 2], [0, 2]]
+    # how many members trained in each epoch: a count (it read 3.0)
+    assert [repr(h["population_size"]) for h in results[0].history] == ["3", "2", "2"]
     assert [(n, k) for n, k, _ in done] == [(0, 1)] and done[0][2] == results[1]
     # Resumed (a new process, say): the member that diverged before the snapshot is said again, at once.
     again: list = []
