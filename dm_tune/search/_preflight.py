@@ -39,14 +39,21 @@ except Exception as e:
 """
 
 
+def _run_probe(script: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a child Python within ``timeout`` (subprocess.TimeoutExpired past it): a
+    connection that never answers is killed with the child, not left holding this process."""
+    # PYTHONSAFEPATH: not the current folder on sys.path (its inspect.py would shadow the library's)
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONSAFEPATH": "1"})
+
+
 def check_storage(uri: str, timeout: float = STORAGE_TIMEOUT_S) -> None:
     """A remote --storage-path (s3://, gs://, hdfs://, ...) must open and answer, as Ray opens it
     (pyarrow's filesystem from the URI); otherwise Ray failed with a traceback once the search had
     started, after the study had been stored with that path. Asked in a child process: one that
     does not answer is killed at ``timeout`` (a thread left waiting on S3 held the exit for minutes)."""
     try:
-        proc = subprocess.run([sys.executable, "-c", _STORAGE_PROBE, uri], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, "PYTHONSAFEPATH": "1"})
+        proc = _run_probe(_STORAGE_PROBE, [uri], timeout)
     except subprocess.TimeoutExpired:
         raise UserError(f"--storage-path {uri}: no answer within {timeout:g} s") from None
     if proc.returncode != 0:
@@ -116,9 +123,7 @@ def probe_ray(address: str) -> str:
     if not (math.isfinite(timeout) and timeout > 0):
         raise UserError(f"{CONNECT_TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
     try:
-        # PYTHONSAFEPATH: not the current folder on sys.path (its inspect.py would shadow the library's)
-        proc = subprocess.run([sys.executable, "-c", _PROBE, address, PRIVATE_RESOURCE], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, "PYTHONSAFEPATH": "1"})
+        proc = _run_probe(_PROBE, [address, PRIVATE_RESOURCE], timeout)
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
         raise UserError(f"--address {address}: no Ray cluster answered within {timeout:g} s{_auth_hint(err)} "
