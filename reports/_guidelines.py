@@ -72,9 +72,11 @@ def _rules_by_task(ok: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for task in tasks:
         group = [s for s in ok if s.get("task", "classification") == task]
         found = noise_rate_rules(group) + [lambda_beta_rule(group)], factor_trends(group)
-        for item in found[0] + found[1]:
-            if task != "classification":
-                item.update(task=task, text=f"[{task}] {item['text']}")
+        if task != "classification":
+            for rule in found[0]:
+                rule["task"] = task  # (its text then names the task, however often it is judged)
+            for trend in found[1]:
+                trend.update(task=task, text=f"[{task}] {trend['text']}")
         rules += found[0]
         trends += found[1]
     return {"rules": correct_for_multiplicity(rules), "trends": trends}
@@ -191,7 +193,7 @@ def loso_markdown(loso: dict[str, Any] | None) -> list[str]:
         lines.append("| " + " | ".join([setting_label(r), f"{sf['psi']:.2f}, {sf['rho']:.2f}, {sf['class_weighting']}",
                                         _estimate(sf), f"{sf['regret']:+.1f}", f"{sf['gain_over_cce']:+.1f}",
                                         *paper, f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})"]) + " |")
-    for mark, note in capped_notes(loso["summary"]):
+    for mark, note in capped_notes(loso):
         lines += ["", f"{_md(mark)} {note}"]
     lines += ["", loso_summary_text(loso["summary"]), ""]
     return lines
@@ -202,7 +204,8 @@ CAPPED_NOTES = {
                    "(the point lies beyond them), so it is given the highest of those means, which no trial "
                    "measured there: optimistic, and its regret can be below 0."),
     "below": ("†", "capped: the local GP's estimate there was below the mean of every arm the setting measured, so "
-                   "it is given the lowest of those means, which no trial measured there: pessimistic."),
+                   "it is given the lowest of those means, which no trial measured there (the GP's own estimate "
+                   "was lower still)."),
 }
 
 
@@ -212,11 +215,15 @@ def capped_mark(scored: dict[str, Any]) -> str:
     return f" {CAPPED_NOTES[side][0]}" if side in CAPPED_NOTES else ""
 
 
-def capped_notes(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """(mark, note) for each side some estimate was capped on, by the summary's counts (a file of
-    an earlier report counts none: its rows are unmarked too)."""
-    return [CAPPED_NOTES[side] for side in ("above", "below")
-            if any((summary.get(who) or {}).get(f"capped_{side}") for who in ("surface", "paper"))]
+def capped_notes(loso: dict[str, Any]) -> list[tuple[str, str]]:
+    """(mark, note) for each side some estimate was capped on, by the summary's counts; a file of an
+    earlier report that marked its rows but counted only one side is read from its rows."""
+    def capped(side: str) -> bool:
+        counts = [(loso["summary"].get(who) or {}).get(f"capped_{side}") for who in ("surface", "paper")]
+        if any(c is None for c in counts):
+            return any((r[who] or {}).get("capped") == side for r in loso["rows"] for who in ("surface", "paper"))
+        return any(counts)
+    return [CAPPED_NOTES[side] for side in ("above", "below") if capped(side)]
 
 
 def _md(mark: str) -> str:
@@ -233,8 +240,8 @@ def loso_summary_text(summary: dict[str, Any]) -> str:
         s = summary[who]
         if not s["n"]:
             return f"{name}: no setting scored"
-        capped = [f"{s[f'capped_{side}']} at the {extreme} arm mean measured: {tone}"
-                  for side, extreme, tone in (("above", "highest", "optimistic"), ("below", "lowest", "pessimistic"))
+        capped = [f"{s[f'capped_{side}']} at the {extreme} arm mean measured{tone}"
+                  for side, extreme, tone in (("above", "highest", ": optimistic"), ("below", "lowest", ""))
                   if s.get(f"capped_{side}")]
         return (f"{name}: mean regret {s['mean_regret']:.2f} points, mean gain over CCE {s['mean_gain_over_cce']:+.2f}, "
                 f"an estimated gain over CCE in {s['beats_cce']} of {s['n']} settings"

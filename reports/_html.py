@@ -147,7 +147,7 @@ def _loso_section(loso: dict[str, Any] | None, images: dict[str, str]) -> list[s
     return parts + [f"<p class='note'>Each setting held out in turn: the surface refitted on the others recommends for "
                     f"it, and the recommendation and the paper's guidance are scored on its {e(loso['metric'])}, "
                     f"{e(loso['note'])}. Regret: the best confirmed arm's mean final test accuracy minus the "
-                    "estimate." + "".join(f" {mark} {e(note)}" for mark, note in capped_notes(loso["summary"])) + "</p>",
+                    "estimate." + "".join(f" {mark} {e(note)}" for mark, note in capped_notes(loso)) + "</p>",
                     _table(["setting", "surface recommends", "est. test", "regret", "gain over CCE", "paper",
                             "est. test", "regret", "gain over CCE", "best confirmed arm (test)", "CCE test"], rows),
                     f"<p>{e(loso_summary_text(loso['summary']))}</p>",

@@ -127,7 +127,7 @@ def _scored(local: dict[str, Any], psi: float, rho: float, cw: str, best_test: f
     est = min(max(float(mean[0]), lo), hi)
     # Above every arm measured: the GP ran past its data (the point lies beyond the measured arms) and
     # the estimate is the best arm's, a regret of 0 or less that no trial measured; below every arm,
-    # the worst arm's (pessimistic): both marked as such.
+    # the worst arm's (the GP predicted lower still): both marked as such.
     capped = "above" if float(mean[0]) > hi else "below" if float(mean[0]) < lo else ""
     return {"psi": psi, "rho": rho, "class_weighting": cw, "test_acc": est, "test_acc_std": float(std[0]),
             "capped": capped, "regret": best_test - est, "gain_over_cce": est - cce}

@@ -93,8 +93,10 @@ def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
         direction = "higher" if delta > 0 else "lower"
         noise = ("" if gap_clear or paper_psi_gap <= 0 else ", within seed noise" if gap_clear is False
                  else ", not tested against seed noise: fewer than 2 seeds paired with the best arm")
+        worse = (f"{paper_psi_gap:.1f} points worse" if paper_psi_gap >= 0.05 else
+                 f"{-paper_psi_gap:.1f} points better" if paper_psi_gap <= -0.05 else "as good")
         verdict, why = "refine", (f"the best mode is {direction} than the paper's (trials at the paper's mode "
-                                  f"were {paper_psi_gap:.1f} points worse on test{noise})")
+                                  f"were {worse} on test{noise})")
     out.update(verdict=verdict, reason=f"{where}: {why}; {beta_note}")
     return out
 

@@ -162,7 +162,7 @@ def _judge(rule: dict[str, Any], p_adjusted: float | None = None, tests: int = 1
                                  f"(R^2 {rule['r2']:.2f}, n={rule['n']})")
     else:
         supported, why = True, ""
-    label = group_label(rule["group"])
+    label = (f"[{rule['task']}] " if rule.get("task") else "") + group_label(rule["group"])
     if supported:
         sign = "-" if rule["b"] < -1e-9 else "+"
         text = (f"{label}: {knob}* = {rule['a']:.3f} {sign} {abs(rule['b']):.3f} x {x_name} "

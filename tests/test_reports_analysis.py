@@ -327,6 +327,12 @@ def test_a_report_claims_rules_by_holm_adjusted_p_values() -> None:
     assert all(r["tests"] == 9 and r["p_holm"] >= 0.05 and "Holm-adjusted over 9 slopes" in r["reason"] for r in psis)
     assert all(r["paper_comparison"].startswith("not tested") for r in psis)
     assert all(r["supported"] for r in four if r["knob"] == "rho")  # constant rho: exact lines
+    # rules of another task are judged in the same family and keep the task in their text
+    retrieval = [{**x, "task": "retrieval", "setting": f"r-{x['setting']}"} for x in data("r")]
+    mixed = _rules_by_task(data("a") + retrieval)["rules"]
+    assert all(r["tests"] == 6 for r in mixed if r["kind"] == "noise_rate")
+    assert {r["text"].startswith("[retrieval] ") for r in mixed if r.get("task") == "retrieval"} == {True}
+    assert not any(r["text"].startswith("[") for r in mixed if "task" not in r)
     # one by one (each function alone), every psi line would have been claimed
     assert all(r["supported"] for r in noise_rate_rules(data("a")) + noise_rate_rules(data("b")))
     # adjusted p-values are monotone in the raw ones and never below them
@@ -409,6 +415,9 @@ def test_the_paper_is_refuted_only_by_a_gap_beyond_seed_noise() -> None:
     # the same validation gap, none on test: the validation lead was the selection's, not the arm's
     lucky = verdict([0.88, 0.875, 0.885], paper_test=[0.90, 0.90, 0.90])
     assert lucky["verdict"] == "refine" and lucky["paper_psi_gap_points"] == pytest.approx(0.0)
+    assert "were as good on test" in lucky["reason"]
+    better = verdict([0.88, 0.875, 0.885], paper_test=[0.92, 0.925, 0.915])  # (it read "-2.0 points worse")
+    assert better["verdict"] == "refine" and "were 2.0 points better on test" in better["reason"]
     # its search trials (the same configuration on seeds 0 and 1: two seeds, never beyond noise) do
     # not speak for a configuration its confirm arm measured: the search arm's smaller gap hid the refutation
     rows = [row(seed=s, val=0.90, test=0.90, lam=0.1, beta=8.0) for s in range(3)]
