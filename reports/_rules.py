@@ -181,9 +181,11 @@ def _judge(rule: dict[str, Any], p_adjusted: float | None = None, tests: int = 1
 
 def correct_for_multiplicity(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Judge ``rules`` again as one family (in place; returned): each slope by its Holm-adjusted
-    p-value over every slope tested (those with a p-value), so that a report fitting a dozen lines
-    claims one by chance with probability at most ``MAX_RULE_P``, not one in twenty each."""
-    tested = sorted((r for r in rules if math.isfinite(r["p"])), key=lambda r: r["p"])
+    p-value over every slope tested (those with a p-value and enough distinct x values to be
+    claimed at all), so that a report fitting a dozen lines claims one by chance with probability
+    at most ``MAX_RULE_P``, not one in twenty each."""
+    tested = sorted((r for r in rules if math.isfinite(r["p"]) and r["distinct_x"] >= MIN_RULE_N),
+                    key=lambda r: r["p"])
     m, running = len(tested), 0.0
     for i, rule in enumerate(tested):
         running = max(running, min(1.0, (m - i) * rule["p"]))

@@ -333,6 +333,12 @@ def test_a_report_claims_rules_by_holm_adjusted_p_values() -> None:
     assert all(r["tests"] == 6 for r in mixed if r["kind"] == "noise_rate")
     assert {r["text"].startswith("[retrieval] ") for r in mixed if r.get("task") == "retrieval"} == {True}
     assert not any(r["text"].startswith("[") for r in mixed if "task" not in r)
+    # a line through two noise rates (three settings) has a p-value but can never be claimed: not one of the family
+    two_rates = [setting(r, 0.3 + r + e, dataset="t", setting=f"t-{r}-{e}") for r, e in ((0.2, 0.0), (0.2, 0.01), (0.4, 0.0))]
+    judged = _rules_by_task(data("a") + two_rates)["rules"]
+    assert [r["distinct_x"] for r in judged if r["group"].get("dataset") == "t"] == [2, 2]
+    assert all("tests" not in r and not r["supported"] for r in judged if r["group"].get("dataset") == "t")
+    assert {r["tests"] for r in judged if "tests" in r} == {3}
     # one by one (each function alone), every psi line would have been claimed
     assert all(r["supported"] for r in noise_rate_rules(data("a")) + noise_rate_rules(data("b")))
     # adjusted p-values are monotone in the raw ones and never below them
