@@ -176,7 +176,11 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
 
 def _load_cifar_n(path: Path, layout: str) -> object:
     """A CIFAR-N .pt file, unpickled with torch's weights-only loader: tensors, containers and the
-    numpy arrays those files hold, nothing that could run code while loading."""
+    numpy arrays those files hold, nothing that could run code while loading. A file that is not
+    in torch.save's format but a plain pickle of label arrays is read by the CIFAR batches' own
+    restricted unpickler (numpy arrays, dicts and lists only)."""
+    import warnings
+
     import torch
 
     rebuild = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's array-unpickling function
@@ -184,19 +188,46 @@ def _load_cifar_n(path: Path, layout: str) -> object:
                *(type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
                                             "uint32", "uint64", "float16", "float32", "float64"))]
     try:
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            # (torch's warning on a pickle protocol above 2; a protocol it cannot read fails below)
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except (pickle.UnpicklingError, RuntimeError) as e:
+        failure = e
+    plain = _plain_pickle(path, layout)
+    if plain is not None:
+        return plain
+    if isinstance(failure, pickle.UnpicklingError):
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # noqa: BLE001 - only used to name the culprit
             found = []
         names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in allowed}
         extra = sorted(g for g in found if g not in names)
-        if not extra:
-            raise DataError(path, "could not be read as a torch-saved file of label arrays", layout) from None
-        raise DataError(path, f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "
-                        "loading it could run code", layout) from None
+        if extra:
+            raise DataError(path, f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "
+                            "loading it could run code", layout) from None
+    raise DataError(path, "could not be read as a torch-saved file (or a plain pickle) of label arrays",
+                    layout) from None
+
+
+def _plain_pickle(path: Path, layout: str) -> object | None:
+    """``path`` read as a plain pickle of label arrays (what ``pickle.dump`` of a dict of numpy
+    arrays writes), refusing any other object; None when it is no pickle at all."""
+    import zipfile
+
+    from dm_tune.datasets.cifar import _ArraysOnly, _Refused
+
+    if zipfile.is_zipfile(path):  # torch.save's own format: torch's loader has spoken
+        return None
+    try:
+        with path.open("rb") as f:
+            return _ArraysOnly(f, encoding="latin1").load()
+    except _Refused as e:
+        raise DataError(path, f"refused: holds Python objects other than label arrays ({e}); loading it could run "
+                        "code", layout) from None
+    except Exception:  # noqa: BLE001 - not a plain pickle either: the caller says so
+        return None
 
 
 def _is_int(s: str) -> bool:

@@ -355,6 +355,27 @@ def test_file_noise_from_cifar_n_dict_npy_and_csv(cifar10_root, tmp_path):
                        noise_key="clean_label"))
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_label_file_pickled_without_torch_is_read_and_checked(tmp_path, protocol):
+    """A .pt dict of label arrays written with pickle.dump, not torch.save: torch's loader refuses it
+    (after a warning on protocols above 2), so it was an error; it is read by the restricted
+    unpickler of the CIFAR batches, with no warning, and a planted object is still refused."""
+    labels = np.arange(12) % 10
+    path = tmp_path / "labels.pt"
+    with path.open("wb") as f:
+        pickle.dump({"worse_label": labels, "clean_label": list(labels)}, f, protocol=protocol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(read_label_file(path, "worse_label"), labels)
+        assert np.array_equal(read_label_file(path, "clean_label"), labels)
+    marker = tmp_path / "ran"
+    with path.open("wb") as f:
+        pickle.dump({"worse_label": _Planted(marker)}, f, protocol=protocol)
+    with pytest.raises(DataError, match=r"refused: holds Python objects other than label arrays \((pathlib|__builtin__)"):
+        read_label_file(path, "worse_label")
+    assert not marker.exists()
+
+
 def test_label_file_errors(tmp_path):
     pt = tmp_path / "labels.pt"
     torch.save({"worse_label": np.zeros(3, np.int64)}, pt)
