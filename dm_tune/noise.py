@@ -139,6 +139,8 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
               "or a CIFAR-10N/100N .pt dict with keys such as " + ", ".join(CIFAR_N_KEYS))
     if not path.is_file():
         raise DataError(path, "label file not found", layout)
+    if path.stat().st_size == 0:
+        raise DataError(path, "is empty", layout)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -207,8 +209,9 @@ def _load_cifar_n(path: Path, layout: str) -> object:
         if extra:
             raise DataError(path, f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "
                             "loading it could run code", layout) from None
-    raise DataError(path, "could not be read as a torch-saved file (or a plain pickle) of label arrays",
-                    layout) from None
+    said = " ".join(str(failure).split())[:200] if isinstance(failure, RuntimeError) else ""
+    raise DataError(path, "could not be read as a torch-saved file (or a plain pickle) of label arrays"
+                    + (f" ({said})" if said else ""), layout) from None
 
 
 def _plain_pickle(path: Path, layout: str) -> object | None:

@@ -387,6 +387,15 @@ def test_label_file_errors(tmp_path):
     bad.write_bytes(b"not a torch file")
     with pytest.raises(DataError, match="Expected layout"):
         read_label_file(bad, "worse_label")
+    # a torch.save file cut short says what torch found; an empty file says so (it read "labels ()")
+    bad.write_bytes(pt.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"could not be read as a torch-saved file \(or a plain pickle\) of label "
+                                        r"arrays \(.*zip archive"):
+        read_label_file(bad, "worse_label")
+    for suffix in (".pt", ".npy", ".csv"):
+        (tmp_path / f"empty{suffix}").write_bytes(b"")
+        with pytest.raises(DataError, match=rf"empty\{suffix}: is empty\. Expected layout"):
+            read_label_file(tmp_path / f"empty{suffix}", "worse_label")
     with pytest.raises(DataError, match="not found"):
         read_label_file(tmp_path / "absent.npy")
     np.save(tmp_path / "real.npy", np.array([0.5, 1.0]))
