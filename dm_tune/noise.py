@@ -113,7 +113,11 @@ def _check_clean_labels(path: Path, labels: np.ndarray, blob: dict) -> None:
     another order, would otherwise pass as labels of the right length and range."""
     if "clean_label" not in blob:
         return
-    clean = np.asarray(blob["clean_label"]).reshape(-1)
+    try:
+        clean = np.asarray(blob["clean_label"]).reshape(-1)
+    except (ValueError, TypeError) as e:  # a ragged list, a tensor numpy cannot take
+        raise DataError(path, f"its clean_label is not an array of labels ({' '.join(str(e).split())[:120]})",
+                        "one label per training example, in the dataset's original order") from None
     wrong = np.flatnonzero(clean != labels) if clean.shape == labels.shape else np.arange(len(labels))
     if wrong.size:
         raise DataError(path, f"its clean_label disagrees with the dataset's labels at {wrong.size} of "
@@ -162,10 +166,11 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
             arr = np.asarray(blob[key])
         else:
             raise DataError(path, f"unsupported label file type {suffix!r}", layout)
-    except (ValueError, OSError, IndexError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+    except (ValueError, TypeError, OSError, IndexError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
         if isinstance(e, DataError):
             raise
-        raise DataError(path, f"could not be read as labels ({e})", layout) from None
+        said = " ".join(str(e).split())[:200] or type(e).__name__
+        raise DataError(path, f"could not be read as labels ({said})", layout) from None
     arr = np.asarray(arr).reshape(-1)
     if arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
         # (inf equals its own round: cast, it printed numpy's "invalid value" warning before the error)
@@ -178,9 +183,7 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
 
 def _load_cifar_n(path: Path, layout: str) -> object:
     """A CIFAR-N .pt file, unpickled with torch's weights-only loader: tensors, containers and the
-    numpy arrays those files hold, nothing that could run code while loading. A file that is not
-    in torch.save's format but a plain pickle of label arrays is read by the CIFAR batches' own
-    restricted unpickler (numpy arrays, dicts and lists only)."""
+    numpy arrays those files hold, nothing that could run code while loading."""
     import warnings
 
     import torch
@@ -191,46 +194,24 @@ def _load_cifar_n(path: Path, layout: str) -> object:
                                             "uint32", "uint64", "float16", "float32", "float64"))]
     try:
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
-            # (torch's warning on a pickle protocol above 2; a protocol it cannot read fails below)
+            # (torch's warning on a pickle protocol above 2, before it refuses a plain pickle)
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as e:
-        failure = e
-    plain = _plain_pickle(path, layout)
-    if plain is not None:
-        return plain
-    if isinstance(failure, pickle.UnpicklingError):
+    except pickle.UnpicklingError:
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # noqa: BLE001 - only used to name the culprit
             found = []
         names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in allowed}
         extra = sorted(g for g in found if g not in names)
-        if extra:
-            raise DataError(path, f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "
-                            "loading it could run code", layout) from None
-    said = " ".join(str(failure).split())[:200] if isinstance(failure, RuntimeError) else ""
-    raise DataError(path, "could not be read as a torch-saved file (or a plain pickle) of label arrays"
-                    + (f" ({said})" if said else ""), layout) from None
-
-
-def _plain_pickle(path: Path, layout: str) -> object | None:
-    """``path`` read as a plain pickle of label arrays (what ``pickle.dump`` of a dict of numpy
-    arrays writes), refusing any other object; None when it is no pickle at all."""
-    import zipfile
-
-    from dm_tune.datasets.cifar import _ArraysOnly, _Refused
-
-    if zipfile.is_zipfile(path):  # torch.save's own format: torch's loader has spoken
-        return None
-    try:
-        with path.open("rb") as f:
-            return _ArraysOnly(f, encoding="latin1").load()
-    except _Refused as e:
-        raise DataError(path, f"refused: holds Python objects other than label arrays ({e}); loading it could run "
-                        "code", layout) from None
-    except Exception:  # noqa: BLE001 - not a plain pickle either: the caller says so
-        return None
+        if not extra:
+            raise DataError(path, "could not be read as a torch-saved file of label arrays (torch.save's format; "
+                            "a plain pickle is not read)", layout) from None
+        raise DataError(path, f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "
+                        "loading it could run code", layout) from None
+    except Exception as e:  # noqa: BLE001 - torch's reader on a damaged file (RuntimeError, struct.error, ...)
+        said = " ".join(str(e).split())[:200] or type(e).__name__
+        raise DataError(path, f"could not be read as a torch-saved file of label arrays ({said})", layout) from None
 
 
 def _is_int(s: str) -> bool:

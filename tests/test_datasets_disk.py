@@ -355,25 +355,107 @@ def test_file_noise_from_cifar_n_dict_npy_and_csv(cifar10_root, tmp_path):
                        noise_key="clean_label"))
 
 
-@pytest.mark.parametrize("protocol", [2, 4, 5])
-def test_a_label_file_pickled_without_torch_is_read_and_checked(tmp_path, protocol):
-    """A .pt dict of label arrays written with pickle.dump, not torch.save: torch's loader refuses it
-    (after a warning on protocols above 2), so it was an error; it is read by the restricted
-    unpickler of the CIFAR batches, with no warning, and a planted object is still refused."""
-    labels = np.arange(12) % 10
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_label_file_pickled_without_torch_is_one_line(tmp_path, protocol):
+    """A .pt dict written with pickle.dump, not torch.save: torch's loader cannot read it; one line
+    that says so, without torch's warning on the pickle protocol, and nothing planted runs."""
     path = tmp_path / "labels.pt"
-    with path.open("wb") as f:
-        pickle.dump({"worse_label": labels, "clean_label": list(labels)}, f, protocol=protocol)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert np.array_equal(read_label_file(path, "worse_label"), labels)
-        assert np.array_equal(read_label_file(path, "clean_label"), labels)
     marker = tmp_path / "ran"
-    with path.open("wb") as f:
-        pickle.dump({"worse_label": _Planted(marker)}, f, protocol=protocol)
-    with pytest.raises(DataError, match=r"refused: holds Python objects other than label arrays \((pathlib|__builtin__)"):
-        read_label_file(path, "worse_label")
+    for blob in ({"worse_label": np.arange(12) % 10}, {"worse_label": _Planted(marker)}):
+        with path.open("wb") as f:
+            pickle.dump(blob, f, protocol=protocol)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(DataError, match=r"could not be read as a torch-saved file of label arrays|refused"):
+                read_label_file(path, "worse_label")
     assert not marker.exists()
+
+
+# Pickles that reach numpy's own dtype: an object dtype whose flags its pickled state clears turns
+# 8 bytes into a pointer (numpy's scalar(), or an array's data), and an int dtype takes object
+# fields from its state. Each crashed the process or ran code through the CIFAR batches' unpickler.
+_CRAFTED = """
+import pickle, struct, sys
+import numpy as np
+rebuild = np.ndarray.__reduce__(np.zeros(1))[0]
+scalar = np.float64(1).__reduce__()[0]
+kind = sys.argv[2]
+class DT:
+    def __init__(self, spec, state): self.spec, self.state = spec, state
+    def __reduce__(self): return (np.dtype, (self.spec, False, True), self.state)
+pointer = struct.pack("<Q", 0x4141414141414141)
+cleared = DT("O8", (3, "|", None, None, None, -1, -1, 0))
+fields = DT("i8", (3, "<", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 63))
+class Made:
+    def __reduce__(self):
+        if kind == "scalar":
+            return (scalar, (cleared, pointer))
+        dtype = cleared if kind == "array" else fields
+        return (rebuild, (np.ndarray, (0,), b"b"), (1, (1,), dtype, False, pointer))
+with open(sys.argv[1], "wb") as f:
+    pickle.dump({"data": Made(), "labels": [0]}, f, protocol=2)
+"""
+
+
+@pytest.mark.parametrize("kind", ["scalar", "array", "fields"])
+def test_a_crafted_numpy_dtype_in_a_cifar_pickle_is_refused_not_run(tmp_path, kind):
+    """Read in a child process: a crash must fail the test, not end the test run."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "data_batch_1"
+    subprocess.run([sys.executable, "-c", _CRAFTED, str(path), kind], check=True)
+    reader = ("import sys; from pathlib import Path; from dm_tune.datasets.cifar import _unpickle; "
+              "_unpickle(Path(sys.argv[1]), ('data', 'labels'), 'batch')")
+    proc = subprocess.run([sys.executable, "-c", reader, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-500:])  # an exception, not a signal
+    assert "DataError" in proc.stderr and "refused: holds Python objects other than arrays (numpy.dtype" in proc.stderr
+
+
+def test_a_cifar_pickle_of_plain_arrays_loads_in_every_protocol(tmp_path):
+    """The checked stand-ins for numpy's dtype, array and scalar rebuild what numpy pickles as
+    numpy's own unpickling does: arrays of every plain kind, in both byte orders (numpy makes them
+    native), Fortran order, and numpy scalars."""
+    from dm_tune.datasets.cifar import _unpickle
+
+    arrays = {"u8": np.arange(6, dtype=np.uint8).reshape(2, 3), "i8be": np.arange(4, dtype=">i8"),
+              "f4": np.linspace(0, 1, 5, dtype=np.float32), "b": np.array([True, False]),
+              "s": np.array(["ab", "c"]), "fortran": np.asfortranarray(np.arange(6).reshape(2, 3)),
+              "scalars": [np.int64(3), np.float32(0.5)]}
+    for protocol in (2, 3, 4, 5):
+        path = tmp_path / f"p{protocol}"
+        with path.open("wb") as f:
+            pickle.dump(arrays, f, protocol=protocol)
+        blob = _unpickle(path, tuple(arrays), "batch")
+        reference = pickle.loads(path.read_bytes())
+        for key, value in arrays.items():
+            assert np.array_equal(np.asarray(blob[key]), np.asarray(value)), (protocol, key)
+            assert np.asarray(blob[key]).dtype == np.asarray(reference[key]).dtype, (protocol, key)
+    object_array = tmp_path / "objects"
+    with object_array.open("wb") as f:
+        pickle.dump({"data": np.array([1, "x"], dtype=object)}, f, protocol=2)
+    with pytest.raises(DataError, match=r"refused: holds Python objects other than arrays \(numpy.dtype\('O8'\)\)"):
+        _unpickle(object_array, ("data",), "batch")
+
+
+def test_a_damaged_label_file_is_one_line(tmp_path):
+    """torch's reader on a legacy file cut short raised struct.error or an empty EOFError (a
+    traceback, or 'labels ()'); a ragged clean_label and a bfloat16 label tensor were tracebacks."""
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"worse_label": torch.arange(50)}, legacy, _use_new_zipfile_serialization=False)
+    whole = legacy.read_bytes()
+    for cut in (4, 19, 28, len(whole) // 2):
+        legacy.write_bytes(whole[:cut])
+        with pytest.raises(DataError, match=r"could not be read as a torch-saved file of label arrays \(.+\)"):
+            read_label_file(legacy, "worse_label")
+    bf16 = tmp_path / "bf16.pt"
+    torch.save({"worse_label": torch.zeros(3, dtype=torch.bfloat16)}, bf16)
+    with pytest.raises(DataError, match=r"could not be read as labels \(.*BFloat16"):
+        read_label_file(bf16, "worse_label")
+    from dm_tune.noise import _check_clean_labels
+
+    with pytest.raises(DataError, match=r"its clean_label is not an array of labels"):
+        _check_clean_labels(bf16, np.zeros(2, np.int64), {"clean_label": [[1, 2], [3]]})
 
 
 def test_label_file_errors(tmp_path):
@@ -389,8 +471,8 @@ def test_label_file_errors(tmp_path):
         read_label_file(bad, "worse_label")
     # a torch.save file cut short says what torch found; an empty file says so (it read "labels ()")
     bad.write_bytes(pt.read_bytes()[:200])
-    with pytest.raises(DataError, match=r"could not be read as a torch-saved file \(or a plain pickle\) of label "
-                                        r"arrays \(.*zip archive"):
+    with pytest.raises(DataError, match=r"could not be read as a torch-saved file of label arrays "
+                                        r"\(.*zip archive"):
         read_label_file(bad, "worse_label")
     for suffix in (".pt", ".npy", ".csv"):
         (tmp_path / f"empty{suffix}").write_bytes(b"")

@@ -62,27 +62,93 @@ def _require_root(name: str, root: Path | None) -> Path:
     return root
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle naming a global outside ``_ArraysOnly.allowed``, or an array of a kind it refuses."""
+
+
+# Array kinds a pickle may build: booleans, numbers and fixed-size strings, whose bytes are values.
+# An object dtype's bytes are pointers: numpy builds objects from them, so a crafted pickle that
+# reached numpy's own dtype (flags set by its state, fields added) could crash or run code.
+_PLAIN_KINDS = "biufcSU"
+
+
+class _Dtype:
+    """What a pickle's ``numpy.dtype(...)`` builds: a plain dtype, and from its pickled state only
+    the byte order (never fields, names, a sub-array or flags)."""
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = False) -> None:
+        if not isinstance(spec, (str, bytes)):
+            raise _Refused(f"numpy.dtype({type(spec).__name__})")
+        dtype = np.dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec)
+        if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+            raise _Refused(f"numpy.dtype({spec!r})")
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) < 2 or any(x is not None for x in state[2:5]):
+            raise _Refused("numpy.dtype with fields or a sub-array")
+        if state[1] in ("<", ">") and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _plain(dtype: Any) -> np.dtype:
+    if not isinstance(dtype, _Dtype):
+        raise _Refused(f"an array of {type(dtype).__name__}")
+    return dtype.dtype
+
+
+def _raw(data: Any) -> bytes:
+    if isinstance(data, str):
+        return data.encode("latin1")  # (Python 2 pickles: str)
+    if isinstance(data, (bytes, bytearray, pickle.PickleBuffer)):
+        return bytes(data)
+    raise _Refused(f"array data of {type(data).__name__}")
+
+
+class _Array(np.ndarray):
+    """What a pickle's ``_reconstruct`` builds: an array whose pickled state must be a plain dtype
+    and raw bytes (an object array pickles its items: refused)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise _Refused("array state")
+        version, shape, dtype, fortran, data = state
+        super().__setstate__((version, shape, _plain(dtype), bool(fortran), _raw(data)))
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _Array:
+    if subtype is not _NDARRAY:
+        raise _Refused("an array of another type")
+    return _Array((0,), np.uint8)
+
+
+def _scalar(dtype: Any, data: Any = b"") -> Any:
+    plain = _plain(dtype)
+    return np.frombuffer(_raw(data), dtype=plain, count=1)[0]
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    return np.frombuffer(_raw(buffer), dtype=_plain(dtype)).reshape(shape, order="F" if order == "F" else "C")
+
+
+_NDARRAY = object()  # the pickles' numpy.ndarray: only _reconstruct's first argument, never called
+
+
 def _array_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a CIFAR pickle may name: numpy's array, dtype and scalar reconstruction,
-    under numpy 1's module names (the releases) and numpy 2's (files pickled again since)."""
-    rebuild = np.ndarray.__reduce__(np.zeros(1))[0]
-    from_buffer = np.ndarray.__reduce_ex__(np.zeros(1), 5)[0]  # arrays in pickle protocol 5
-    scalar = np.float64(1).__reduce__()[0]
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                                           ("_codecs", "encode"): codecs.encode}  # bytes in protocols 2-4
+    """The only globals a CIFAR pickle may name, each a checked stand-in for numpy's own: the
+    array, dtype and scalar reconstruction under numpy 1's module names (the releases) and numpy
+    2's (files pickled again since), and ``_codecs.encode`` (bytes in pickle protocols 2-4)."""
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _Dtype,
+                                           ("_codecs", "encode"): codecs.encode}
     for core in ("numpy.core", "numpy._core"):
-        allowed |= {(f"{core}.multiarray", "_reconstruct"): rebuild, (f"{core}.multiarray", "scalar"): scalar,
-                    (f"{core}.numeric", "_frombuffer"): from_buffer}
+        allowed |= {(f"{core}.multiarray", "_reconstruct"): _reconstruct, (f"{core}.multiarray", "scalar"): _scalar,
+                    (f"{core}.numeric", "_frombuffer"): _frombuffer}
     return allowed
 
 
-class _Refused(pickle.UnpicklingError):
-    """A pickle naming a global outside ``_array_globals``."""
-
-
 class _ArraysOnly(pickle.Unpickler):
-    """An unpickler that builds dicts, lists, strings, numbers and numpy arrays, and nothing that
-    could run code while loading."""
+    """An unpickler that builds dicts, lists, strings, numbers and numpy arrays of plain values,
+    and nothing that could run code while loading."""
 
     allowed = _array_globals()
 
