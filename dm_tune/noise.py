@@ -196,7 +196,7 @@ def _load_cifar_n(path: Path, layout: str) -> object:
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
             # (torch's warning on a pickle protocol above 2, before it refuses a plain pickle)
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -205,13 +205,23 @@ def _load_cifar_n(path: Path, layout: str) -> object:
         names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in allowed}
         extra = sorted(g for g in found if g not in names)
         if not extra:
-            raise DataError(path, "could not be read as a torch-saved file of label arrays (torch.save's format; "
-                            "a plain pickle is not read)", layout) from None
+            import zipfile
+
+            why = ("torch's weights-only loader refused its contents" if zipfile.is_zipfile(path) else
+                   "not in torch.save's format; a plain pickle is not read")
+            raise DataError(path, f"could not be read as a torch-saved file of label arrays ({why})", layout) from None
         raise DataError(path, f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "
                         "loading it could run code", layout) from None
     except Exception as e:  # noqa: BLE001 - torch's reader on a damaged file (RuntimeError, struct.error, ...)
         said = " ".join(str(e).split())[:200] or type(e).__name__
         raise DataError(path, f"could not be read as a torch-saved file of label arrays ({said})", layout) from None
+    # A numpy dtype's pickled state can give it fields of objects, whose bytes numpy reads as
+    # pointers: no label array has fields or objects, so none is touched.
+    for value in blob.values() if isinstance(blob, dict) else ():
+        if isinstance(value, np.ndarray) and (value.dtype.fields is not None or value.dtype.hasobject):
+            raise DataError(path, "refused: holds an array of structured or object values, not labels; reading it "
+                            "could crash", layout)
+    return blob
 
 
 def _is_int(s: str) -> bool:

@@ -208,6 +208,10 @@ def test_cifar10_missing_or_damaged_batch(tmp_path):
     ("data_batch_2", {"data": "images", "labels": [[i] for i in range(10)]}, "'labels' has shape (10, 1), not (10,)"),
     ("batches.meta", {"label_names": None}, "'label_names' is NoneType, not a list of 10 class names"),
     ("batches.meta", {"label_names": 10}, "'label_names' is int, not a list of 10 class names"),
+    # rows or ids as lists of one pickled list repeated by reference: any size from a small file
+    ("data_batch_2", {"data": [bytes(3072)] * 10, "labels": list(range(10))}, "'data' is list, not a uint8 array"),
+    ("data_batch_2", {"data": "images", "labels": [list(range(100))] * 10},
+     "'labels' holds 1000 values in nested lists, not one class id per image"),
 ])
 def test_cifar10_labels_and_names_are_checked(tmp_path, name, blob, words):
     root = make_cifar10(tmp_path)
@@ -397,6 +401,30 @@ with open(sys.argv[1], "wb") as f:
 """
 
 
+def test_an_array_whose_pickled_state_is_set_twice_is_refused(tmp_path):
+    """numpy frees an array's buffer when its state is set again, under any view a pickle took of
+    it (read through an allowed function, that was a read of freed memory: a crash). A pickle that
+    BUILDs one array twice is refused; so is a dtype whose items have no size (any count of them
+    from no bytes: a names list that filled the memory)."""
+    from dm_tune.datasets.cifar import _Dtype, _Refused, _unpickle
+
+    def array(state: bytes) -> bytes:  # (protocol 2 opcodes by hand: pickle.dumps never builds twice)
+        dtype = b"cnumpy\ndtype\nU\x02u1\x89\x88\x87R"
+        return b"(K\x01K\x01\x85" + dtype + b"\x89U\x01" + state + b"tb"
+    stream = (b"\x80\x02}U\x04data" + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+              + b"q\x00" + array(b"x") + b"h\x00" + array(b"y") + b"0s.")
+    once = tmp_path / "once"
+    once.write_bytes(stream.replace(b"h\x00" + array(b"y") + b"0", b""))
+    assert np.asarray(_unpickle(once, ("data",), "batch")["data"]).tolist() == [ord("x")]
+    twice = tmp_path / "twice"
+    twice.write_bytes(stream)
+    with pytest.raises(DataError, match=r"refused: .*\(an array whose state is set twice\)"):
+        _unpickle(twice, ("data",), "batch")
+    for spec in ("S", "S0", "U", "V8", "O", "(2,)i8", "i8,i8"):
+        with pytest.raises(_Refused):
+            _Dtype(spec)
+
+
 @pytest.mark.parametrize("kind", ["scalar", "array", "fields"])
 def test_a_crafted_numpy_dtype_in_a_cifar_pickle_is_refused_not_run(tmp_path, kind):
     """Read in a child process: a crash must fail the test, not end the test run."""
@@ -436,6 +464,44 @@ def test_a_cifar_pickle_of_plain_arrays_loads_in_every_protocol(tmp_path):
         pickle.dump({"data": np.array([1, "x"], dtype=object)}, f, protocol=2)
     with pytest.raises(DataError, match=r"refused: holds Python objects other than arrays \(numpy.dtype\('O8'\)\)"):
         _unpickle(object_array, ("data",), "batch")
+
+
+_FIELDS = """
+import struct, sys
+import numpy as np, torch
+rebuild = np.ndarray.__reduce__(np.zeros(1))[0]
+class Objects:
+    def __reduce__(self): return (np.dtype, ("O8", False, True))
+class Fielded:  # an int dtype given a field of objects by its pickled state
+    def __reduce__(self): return (np.dtype, ("i8", False, True), (3, "<", None, ("a",), {"a": (Objects(), 0)}, 8, 1, 0))
+class Labels:
+    def __reduce__(self):
+        return (rebuild, (np.ndarray, (0,), b"b"), (1, (4,), Fielded(), False, struct.pack("<Q", 0x41414141) * 4))
+torch.save({"worse_label": Labels(), "clean_label": np.arange(4) % 3}, sys.argv[1])
+"""
+
+
+def test_a_label_file_array_with_fields_is_refused(tmp_path):
+    """torch's loader takes numpy's dtype, whose pickled state may give it fields of objects, whose
+    bytes numpy reads as pointers; no label array has fields, so such a file is refused whole
+    (read in a child process: a crash must fail the test, not end the run)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "labels.pt"
+    subprocess.run([sys.executable, "-c", _FIELDS, str(path)], check=True)
+    reader = ("import sys; from pathlib import Path; from dm_tune.noise import read_label_file; "
+              "read_label_file(Path(sys.argv[1]), sys.argv[2])")
+    for key in ("worse_label", "clean_label"):
+        proc = subprocess.run([sys.executable, "-c", reader, str(path), key], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 1 and "refused: holds an array of structured or object values" in proc.stderr, \
+            (proc.returncode, proc.stderr[-300:])
+    plain = tmp_path / "plain.pt"
+    torch.save({"worse_label": np.zeros(3, dtype=[("a", "<i8")])}, plain)  # (refused by torch's loader itself)
+    with pytest.raises(DataError, match=r"could not be read as a torch-saved file of label arrays \(torch's "
+                                        r"weights-only loader refused its contents\)"):
+        read_label_file(plain, "worse_label")
 
 
 def test_a_damaged_label_file_is_one_line(tmp_path):

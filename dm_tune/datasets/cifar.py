@@ -80,7 +80,8 @@ class _Dtype:
         if not isinstance(spec, (str, bytes)):
             raise _Refused(f"numpy.dtype({type(spec).__name__})")
         dtype = np.dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec)
-        if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        if (dtype.kind not in _PLAIN_KINDS or dtype.fields is not None or dtype.subdtype is not None
+                or dtype.itemsize == 0):  # (items of no size: any number of them from no bytes)
             raise _Refused(f"numpy.dtype({spec!r})")
         self.dtype = dtype
 
@@ -107,9 +108,13 @@ def _raw(data: Any) -> bytes:
 
 class _Array(np.ndarray):
     """What a pickle's ``_reconstruct`` builds: an array whose pickled state must be a plain dtype
-    and raw bytes (an object array pickles its items: refused)."""
+    and raw bytes (an object array pickles its items: refused), set once (numpy frees the buffer
+    it replaces, under any view a pickle took of it)."""
 
     def __setstate__(self, state: Any) -> None:
+        if self.__dict__.get("_built"):
+            raise _Refused("an array whose state is set twice")
+        self.__dict__["_built"] = True
         if not isinstance(state, tuple) or len(state) != 5:
             raise _Refused("array state")
         version, shape, dtype, fortran, data = state
@@ -178,8 +183,15 @@ def _unpickle(path: Path, keys: tuple[str, ...], layout: str) -> dict[str, Any]:
 
 def _class_ids(path: Path, blob: dict[str, Any], key: str, n: int, num_classes: int, layout: str) -> np.ndarray:
     """``blob[key]`` as one class id in 0..num_classes-1 for each of the ``n`` images."""
+    given = blob[key]
+    if isinstance(given, (list, tuple)):
+        # (counted before numpy reads it: one pickled list repeated by reference is rows of any size)
+        values = sum(len(i) if isinstance(i, (list, tuple, np.ndarray)) else 1 for i in given)
+        if values > 4 * max(n, len(given)):  # (a ragged list, a column of ids: their own messages below)
+            raise DataError(path, f"{key!r} holds {values} values in nested lists, not one class id per image",
+                            layout)
     try:
-        ids = np.asarray(blob[key])
+        ids = np.asarray(given)
     except ValueError:  # a ragged list: numpy's "inhomogeneous shape"
         raise DataError(path, f"{key!r} is a ragged list, not one class id per image", layout) from None
     if not np.issubdtype(ids.dtype, np.integer):  # floats were truncated, strings a numpy traceback
@@ -195,7 +207,9 @@ def _class_ids(path: Path, blob: dict[str, Any], key: str, n: int, num_classes: 
 
 def _images(path: Path, blob: dict[str, Any], label_key: str, num_classes: int,
             layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-    data = np.asarray(blob["data"])
+    data = blob["data"]
+    if not isinstance(data, np.ndarray):  # (the releases' is; a pickled list of rows repeated by reference is any size)
+        raise DataError(path, f"'data' is {type(data).__name__}, not a uint8 array (N, 3072)", layout)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(path, f"'data' is {data.dtype} {data.shape}, not uint8 (N, 3072)", layout)
     if len(data) == 0:  # (also: an empty label list reads as floats)
@@ -209,11 +223,12 @@ def _names(path: Path, meta: dict[str, Any], key: str, num_classes: int, layout:
     given = meta[key]
     if not isinstance(given, (list, tuple)) and not (isinstance(given, np.ndarray) and given.ndim == 1):
         raise DataError(path, f"{key!r} is {type(given).__name__}, not a list of {num_classes} class names", layout)
-    # (names pickled as bytes, as Python 2 wrote str: "b'airplane'" named the class)
-    names = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in given)
-    if len(names) != num_classes:  # a report would name classes wrongly, or not at all
-        raise DataError(path, f"{key!r} has {len(names)} names, not {num_classes}", layout)
-    return names
+    if len(given) != num_classes:  # a report would name classes wrongly, or not at all
+        raise DataError(path, f"{key!r} has {len(given)} names, not {num_classes}", layout)
+    try:  # (names pickled as bytes, as Python 2 wrote str: "b'airplane'" named the class)
+        return tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in given)
+    except (ValueError, SystemError) as e:  # (numpy's text of code points past U+10FFFF)
+        raise DataError(path, f"{key!r} holds names that are no text ({type(e).__name__})", layout) from None
 
 
 def _download(root: Path, cifar100: bool) -> None:
