@@ -107,6 +107,18 @@ def from_file(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
     return out
 
 
+LABELS_LAYOUT = "one label per training example, in the dataset's original order"
+
+
+def _flat_enough(path: Path, given: object, key: str, layout: str) -> object:
+    """``given`` unless it is a list nested past one label per example (see ``nested_values``)."""
+    from dm_tune.datasets._base import nested_values
+
+    if isinstance(given, (list, tuple)) and nested_values(given, 4 * max(len(given), 1)) is None:
+        raise DataError(path, f"its {key} holds lists nested past one label per example", layout)
+    return given
+
+
 def _check_clean_labels(path: Path, labels: np.ndarray, blob: dict) -> None:
     """Refuse a CIFAR-N file (``blob``, as loaded) whose own clean_label is not the dataset's labels,
     whichever key was chosen (clean_label itself included): another dataset's file, or one in
@@ -114,10 +126,10 @@ def _check_clean_labels(path: Path, labels: np.ndarray, blob: dict) -> None:
     if "clean_label" not in blob:
         return
     try:
-        clean = np.asarray(blob["clean_label"]).reshape(-1)
+        clean = np.asarray(_flat_enough(path, blob["clean_label"], "clean_label", LABELS_LAYOUT)).reshape(-1)
     except (ValueError, TypeError) as e:  # a ragged list, a tensor numpy cannot take
         raise DataError(path, f"its clean_label is not an array of labels ({' '.join(str(e).split())[:120]})",
-                        "one label per training example, in the dataset's original order") from None
+                        LABELS_LAYOUT) from None
     wrong = np.flatnonzero(clean != labels) if clean.shape == labels.shape else np.arange(len(labels))
     if wrong.size:
         raise DataError(path, f"its clean_label disagrees with the dataset's labels at {wrong.size} of "
@@ -163,7 +175,7 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
                                 f"(present: {', '.join(sorted(map(str, blob)))})", layout)
             if key not in blob:
                 raise DataError(path, f"has no key {key!r} (present: {', '.join(sorted(map(str, blob)))})", layout)
-            arr = np.asarray(blob[key])
+            arr = np.asarray(_flat_enough(path, blob[key], key, layout))
         else:
             raise DataError(path, f"unsupported label file type {suffix!r}", layout)
     except (ValueError, TypeError, OSError, IndexError, EOFError, RuntimeError, pickle.UnpicklingError) as e:

@@ -196,6 +196,15 @@ def test_cifar10_missing_or_damaged_batch(tmp_path):
         prepare(config("cifar10", root, dataset_options={"size": 1}))
 
 
+def _shared_tree(depth: int) -> list:
+    """A list of 2**depth leaves that pickles in a few bytes a level: each level is one list
+    repeated by reference."""
+    tree: list = [0]
+    for _ in range(depth):
+        tree = [tree, tree]
+    return tree
+
+
 @pytest.mark.parametrize(("name", "blob", "words"), [
     # float labels were truncated to classes; string labels a numpy traceback; an empty batch was taken
     ("data_batch_2", {"data": "images", "labels": [i + 0.5 for i in range(10)]}, "'labels' holds float64 values"),
@@ -211,7 +220,10 @@ def test_cifar10_missing_or_damaged_batch(tmp_path):
     # rows or ids as lists of one pickled list repeated by reference: any size from a small file
     ("data_batch_2", {"data": [bytes(3072)] * 10, "labels": list(range(10))}, "'data' is list, not a uint8 array"),
     ("data_batch_2", {"data": "images", "labels": [list(range(100))] * 10},
-     "'labels' holds 1000 values in nested lists, not one class id per image"),
+     "'labels' holds lists nested past one class id per image"),
+    ("data_batch_2", {"data": "images", "labels": [_shared_tree(20)] * 10},
+     "'labels' holds lists nested past one class id per image"),
+    ("batches.meta", {"label_names": [_shared_tree(20)] * 10}, "'label_names' holds list where class names should be"),
 ])
 def test_cifar10_labels_and_names_are_checked(tmp_path, name, blob, words):
     root = make_cifar10(tmp_path)
@@ -502,6 +514,36 @@ def test_a_label_file_array_with_fields_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"could not be read as a torch-saved file of label arrays \(torch's "
                                         r"weights-only loader refused its contents\)"):
         read_label_file(plain, "worse_label")
+
+
+def test_labels_pickled_as_numpy_scalars_or_zero_d_arrays_load(tmp_path):
+    root = make_cifar10(tmp_path)
+    path = root / "cifar-10-batches-py" / "data_batch_2"
+    rng = np.random.default_rng(1)
+    for labels in ([np.array(i) for i in range(10)], [np.int64(i) for i in range(10)]):
+        _dump(path, {"data": _images(10, rng), "labels": labels})
+        assert len(prepare(config("cifar10", root)).train) > 0
+
+
+def test_a_pickle_calling_codecs_for_anything_but_latin1_bytes_is_refused(tmp_path):
+    """Protocol 2 pickles bytes as _codecs.encode(text, 'latin1'); with any codec allowed, 'hex'
+    chained doubled a string at each call (a small file filled the memory)."""
+    from dm_tune.datasets.cifar import _unpickle
+
+    path = tmp_path / "batch"
+    path.write_bytes(b"\x80\x02}U\x04datac_codecs\nencode\nU\x01aU\x03hex\x86Rs.")
+    with pytest.raises(DataError, match=r"refused: .*\(_codecs.encode\(str, 'hex'\)\)"):
+        _unpickle(path, ("data",), "batch")
+    path.write_bytes(b"\x80\x02}U\x04datac_codecs\nencode\nU\x01aU\x06latin1\x86Rs.")
+    assert _unpickle(path, ("data",), "batch")["data"] == b"a"
+
+
+def test_a_label_file_of_lists_nested_by_reference_is_refused(tmp_path):
+    path = tmp_path / "labels.pt"
+    torch.save({"worse_label": [_shared_tree(20)] * 10, "clean_label": [[i] for i in range(10)]}, path)
+    with pytest.raises(DataError, match="its worse_label holds lists nested past one label per example"):
+        read_label_file(path, "worse_label")
+    assert read_label_file(path, "clean_label").tolist() == list(range(10))  # a column of labels is labels
 
 
 def test_a_damaged_label_file_is_one_line(tmp_path):

@@ -119,3 +119,29 @@ def npz_error(e: BaseException) -> str:
     if "allow_pickle" in str(e):
         return "it is not a .npz archive of arrays (a text or CSV file?); dm-tune never loads pickles"
     return str(e)
+
+
+def nested_values(given: Any, limit: int) -> int | None:
+    """How many values a list (or tuple) of labels holds, its items scalars or flat lists or arrays
+    of them; None when an item nests deeper or the count passes ``limit``. Counted before numpy
+    reads it: a pickle repeats one list by reference at no cost, so a small file can describe
+    lists of any size; the count stops at ``limit`` and never looks inside a nested item whose
+    length alone passes it."""
+    import numpy as np
+
+    total = 0
+    for item in given:
+        if isinstance(item, (list, tuple)):
+            if total + len(item) > limit or any(isinstance(x, (list, tuple, dict, set, np.ndarray)) for x in item):
+                return None
+            total += len(item)
+        elif isinstance(item, np.ndarray):
+            total += int(item.size)
+        elif isinstance(item, (dict, set)):
+            return None
+        else:
+            total += 1
+        if total > limit:
+            return None
+    return total
+

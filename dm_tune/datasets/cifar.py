@@ -10,7 +10,6 @@ CIFAR-100 carries its 20 superclasses as ``Source.class_groups`` (for the paper'
 
 from __future__ import annotations
 
-import codecs
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from dm_tune._validate import ConfigError
-from dm_tune.datasets._base import DataError, Source, Split
+from dm_tune.datasets._base import DataError, Source, Split, nested_values
 
 # Per-channel statistics of the training images, on the [0, 1] scale.
 CIFAR10_NORMALISE = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -139,12 +138,20 @@ def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
 _NDARRAY = object()  # the pickles' numpy.ndarray: only _reconstruct's first argument, never called
 
 
+def _latin1(text: Any, encoding: Any = "latin1", errors: Any = "strict") -> bytes:
+    """What protocol 2-4 pickles call ``_codecs.encode`` for: bytes, as latin1 text. Any other codec
+    is refused (chained, 'hex' doubled a string at each call: a small file filled the memory)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
 def _array_globals() -> dict[tuple[str, str], Any]:
     """The only globals a CIFAR pickle may name, each a checked stand-in for numpy's own: the
     array, dtype and scalar reconstruction under numpy 1's module names (the releases) and numpy
     2's (files pickled again since), and ``_codecs.encode`` (bytes in pickle protocols 2-4)."""
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _Dtype,
-                                           ("_codecs", "encode"): codecs.encode}
+                                           ("_codecs", "encode"): _latin1}
     for core in ("numpy.core", "numpy._core"):
         allowed |= {(f"{core}.multiarray", "_reconstruct"): _reconstruct, (f"{core}.multiarray", "scalar"): _scalar,
                     (f"{core}.numeric", "_frombuffer"): _frombuffer}
@@ -184,12 +191,10 @@ def _unpickle(path: Path, keys: tuple[str, ...], layout: str) -> dict[str, Any]:
 def _class_ids(path: Path, blob: dict[str, Any], key: str, n: int, num_classes: int, layout: str) -> np.ndarray:
     """``blob[key]`` as one class id in 0..num_classes-1 for each of the ``n`` images."""
     given = blob[key]
-    if isinstance(given, (list, tuple)):
-        # (counted before numpy reads it: one pickled list repeated by reference is rows of any size)
-        values = sum(len(i) if isinstance(i, (list, tuple, np.ndarray)) else 1 for i in given)
-        if values > 4 * max(n, len(given)):  # (a ragged list, a column of ids: their own messages below)
-            raise DataError(path, f"{key!r} holds {values} values in nested lists, not one class id per image",
-                            layout)
+    # (a ragged list or a column of ids gets its own message below; lists nested deeper, or holding
+    # far more values than images, are refused before numpy reads them: see nested_values)
+    if isinstance(given, (list, tuple)) and nested_values(given, 4 * max(n, len(given))) is None:
+        raise DataError(path, f"{key!r} holds lists nested past one class id per image", layout)
     try:
         ids = np.asarray(given)
     except ValueError:  # a ragged list: numpy's "inhomogeneous shape"
@@ -225,6 +230,9 @@ def _names(path: Path, meta: dict[str, Any], key: str, num_classes: int, layout:
         raise DataError(path, f"{key!r} is {type(given).__name__}, not a list of {num_classes} class names", layout)
     if len(given) != num_classes:  # a report would name classes wrongly, or not at all
         raise DataError(path, f"{key!r} has {len(given)} names, not {num_classes}", layout)
+    odd = sorted({type(n).__name__ for n in given if not isinstance(n, (str, bytes, np.str_, np.bytes_))})
+    if odd:  # (str() of a list repeated by reference within itself is text of any size)
+        raise DataError(path, f"{key!r} holds {', '.join(odd)} where class names should be", layout)
     try:  # (names pickled as bytes, as Python 2 wrote str: "b'airplane'" named the class)
         return tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in given)
     except (ValueError, SystemError) as e:  # (numpy's text of code points past U+10FFFF)
