@@ -536,6 +536,20 @@ def test_a_pickle_calling_codecs_for_anything_but_latin1_bytes_is_refused(tmp_pa
         _unpickle(path, ("data",), "batch")
     path.write_bytes(b"\x80\x02}U\x04datac_codecs\nencode\nU\x01aU\x06latin1\x86Rs.")
     assert _unpickle(path, ("data",), "batch")["data"] == b"a"
+    # BUILD on a stand-in function set its attributes for the rest of the process: refused
+    path.write_bytes(b"\x80\x02}U\x04datac_codecs\nencode\n}U\x01xK\x01sbs.")
+    with pytest.raises(DataError, match=r"refused: .*\(state for a function\)"):
+        _unpickle(path, ("data",), "batch")
+
+
+def test_class_names_numpy_cannot_make_text_are_one_line(tmp_path):
+    import struct
+
+    from dm_tune.datasets.cifar import _names
+
+    names = np.frombuffer(struct.pack("<10I", *[0x110000] * 10), dtype="<U1")
+    with pytest.raises(DataError, match=r"'label_names' holds names that are no text \(SystemError\)"):
+        _names(tmp_path / "batches.meta", {"label_names": names}, "label_names", 10, "batch")
 
 
 def test_a_label_file_of_lists_nested_by_reference_is_refused(tmp_path):

@@ -138,6 +138,22 @@ def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
 _NDARRAY = object()  # the pickles' numpy.ndarray: only _reconstruct's first argument, never called
 
 
+class _Fixed:
+    """A stand-in function as a pickle sees it: callable, and refusing the state a BUILD would set
+    on it (on a plain function, its attributes, for the rest of the process)."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __call__(self, *args: Any) -> Any:
+        return self._call(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        raise _Refused("state for a function")
+
+
 def _latin1(text: Any, encoding: Any = "latin1", errors: Any = "strict") -> bytes:
     """What protocol 2-4 pickles call ``_codecs.encode`` for: bytes, as latin1 text. Any other codec
     is refused (chained, 'hex' doubled a string at each call: a small file filled the memory)."""
@@ -151,10 +167,11 @@ def _array_globals() -> dict[tuple[str, str], Any]:
     array, dtype and scalar reconstruction under numpy 1's module names (the releases) and numpy
     2's (files pickled again since), and ``_codecs.encode`` (bytes in pickle protocols 2-4)."""
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _Dtype,
-                                           ("_codecs", "encode"): _latin1}
+                                           ("_codecs", "encode"): _Fixed(_latin1)}
     for core in ("numpy.core", "numpy._core"):
-        allowed |= {(f"{core}.multiarray", "_reconstruct"): _reconstruct, (f"{core}.multiarray", "scalar"): _scalar,
-                    (f"{core}.numeric", "_frombuffer"): _frombuffer}
+        allowed |= {(f"{core}.multiarray", "_reconstruct"): _Fixed(_reconstruct),
+                    (f"{core}.multiarray", "scalar"): _Fixed(_scalar),
+                    (f"{core}.numeric", "_frombuffer"): _Fixed(_frombuffer)}
     return allowed
 
 
@@ -181,7 +198,8 @@ def _unpickle(path: Path, keys: tuple[str, ...], layout: str) -> dict[str, Any]:
         raise DataError(path, f"refused: holds Python objects other than arrays ({e}); loading it could run code",
                         layout) from None
     except Exception as e:  # any unpickling failure means a damaged or foreign file
-        raise DataError(path, f"could not be read as a CIFAR pickle ({type(e).__name__}: {e})", layout) from None
+        said = " ".join(str(e).split())[:300]
+        raise DataError(path, f"could not be read as a CIFAR pickle ({type(e).__name__}: {said})", layout) from None
     if not isinstance(blob, dict) or any(k not in blob for k in keys):
         present = ", ".join(sorted(map(str, blob))) if isinstance(blob, dict) else type(blob).__name__
         raise DataError(path, f"lacks the keys {', '.join(keys)} (present: {present})", layout)
@@ -230,13 +248,15 @@ def _names(path: Path, meta: dict[str, Any], key: str, num_classes: int, layout:
         raise DataError(path, f"{key!r} is {type(given).__name__}, not a list of {num_classes} class names", layout)
     if len(given) != num_classes:  # a report would name classes wrongly, or not at all
         raise DataError(path, f"{key!r} has {len(given)} names, not {num_classes}", layout)
-    odd = sorted({type(n).__name__ for n in given if not isinstance(n, (str, bytes, np.str_, np.bytes_))})
+    try:  # (numpy's text of code points past U+10FFFF: a SystemError, as its items are read)
+        odd = sorted({type(n).__name__ for n in given if not isinstance(n, (str, bytes, np.str_, np.bytes_))})
+        # (names pickled as bytes, as Python 2 wrote str: "b'airplane'" named the class)
+        names = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in given) if not odd else ()
+    except (ValueError, SystemError) as e:
+        raise DataError(path, f"{key!r} holds names that are no text ({type(e).__name__})", layout) from None
     if odd:  # (str() of a list repeated by reference within itself is text of any size)
         raise DataError(path, f"{key!r} holds {', '.join(odd)} where class names should be", layout)
-    try:  # (names pickled as bytes, as Python 2 wrote str: "b'airplane'" named the class)
-        return tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in given)
-    except (ValueError, SystemError) as e:  # (numpy's text of code points past U+10FFFF)
-        raise DataError(path, f"{key!r} holds names that are no text ({type(e).__name__})", layout) from None
+    return names
 
 
 def _download(root: Path, cifar100: bool) -> None:
