@@ -24,6 +24,7 @@ import numpy as np
 from dm_tune._names import IMBALANCE_KINDS as IMBALANCE_KINDS  # re-exported: the imbalance profiles below
 from dm_tune._names import rate_limit as rate_limit  # re-exported: check_noise's limit (light, for recommend)
 from dm_tune.datasets._base import DataError
+from dm_tune.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _check_clean_labels(path: Path, labels: np.ndarray, blob: dict) -> None:
     try:
         clean = np.asarray(_flat_enough(path, blob["clean_label"], "clean_label", LABELS_LAYOUT)).reshape(-1)
     except (ValueError, TypeError) as e:  # a ragged list, a tensor numpy cannot take
-        raise DataError(path, f"its clean_label is not an array of labels ({' '.join(str(e).split())[:120]})",
+        raise DataError(path, f"its clean_label is not an array of labels ({first_line(e)})",
                         LABELS_LAYOUT) from None
     wrong = np.flatnonzero(clean != labels) if clean.shape == labels.shape else np.arange(len(labels))
     if wrong.size:
@@ -181,8 +182,7 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
     except (ValueError, TypeError, OSError, IndexError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
         if isinstance(e, DataError):
             raise
-        said = " ".join(str(e).split())[:200] or type(e).__name__
-        raise DataError(path, f"could not be read as labels ({said})", layout) from None
+        raise DataError(path, f"could not be read as labels ({first_line(e)})", layout) from None
     arr = np.asarray(arr).reshape(-1)
     if arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
         # (inf equals its own round: cast, it printed numpy's "invalid value" warning before the error)
@@ -225,8 +225,8 @@ def _load_cifar_n(path: Path, layout: str) -> object:
         raise DataError(path, f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "
                         "loading it could run code", layout) from None
     except Exception as e:  # noqa: BLE001 - torch's reader on a damaged file (RuntimeError, struct.error, ...)
-        said = " ".join(str(e).split())[:200] or type(e).__name__
-        raise DataError(path, f"could not be read as a torch-saved file of label arrays ({said})", layout) from None
+        raise DataError(path, f"could not be read as a torch-saved file of label arrays ({first_line(e)})",
+                        layout) from None
     # A numpy dtype's pickled state can give it fields of objects, whose bytes numpy reads as
     # pointers: no label array has fields or objects, so none is touched.
     for value in blob.values() if isinstance(blob, dict) else ():

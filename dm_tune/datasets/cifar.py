@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dm_tune._validate import ConfigError
+from dm_tune.errors import first_line
 from dm_tune.datasets._base import DataError, Source, Split, nested_values
 
 # Per-channel statistics of the training images, on the [0, 1] scale.
@@ -198,8 +199,8 @@ def _unpickle(path: Path, keys: tuple[str, ...], layout: str) -> dict[str, Any]:
         raise DataError(path, f"refused: holds Python objects other than arrays ({e}); loading it could run code",
                         layout) from None
     except Exception as e:  # any unpickling failure means a damaged or foreign file
-        said = " ".join(str(e).split())[:300]
-        raise DataError(path, f"could not be read as a CIFAR pickle ({type(e).__name__}: {said})", layout) from None
+        raise DataError(path, f"could not be read as a CIFAR pickle ({type(e).__name__}: {first_line(e)})",
+                        layout) from None
     if not isinstance(blob, dict) or any(k not in blob for k in keys):
         present = ", ".join(sorted(map(str, blob))) if isinstance(blob, dict) else type(blob).__name__
         raise DataError(path, f"lacks the keys {', '.join(keys)} (present: {present})", layout)
