@@ -332,6 +332,8 @@ def test_a_report_claims_rules_by_holm_adjusted_p_values() -> None:
     mixed = _rules_by_task(data("a") + retrieval)["rules"]
     assert all(r["tests"] == 6 for r in mixed if r["kind"] == "noise_rate")
     assert {r["text"].startswith("[retrieval] ") for r in mixed if r.get("task") == "retrieval"} == {True}
+    two = _rules_by_task([x for x in retrieval if x["noise_rate"] in (0.0, 0.2)])["rules"]  # (no p: never Holm's)
+    assert two and all(r["text"].startswith("[retrieval] ") and "tests" not in r for r in two)
     assert not any(r["text"].startswith("[") for r in mixed if "task" not in r)
     # a line through two noise rates (three settings) has a p-value but can never be claimed: not one of the family
     two_rates = [setting(r, 0.3 + r + e, dataset="t", setting=f"t-{r}-{e}") for r, e in ((0.2, 0.0), (0.2, 0.01), (0.4, 0.0))]
