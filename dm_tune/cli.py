@@ -90,7 +90,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "loop (default: chosen from the measurements for the model and device, for speed and memory, "
                    "BENCHMARKS.md; 16 where none was); the rest run in later populations")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
-    p.add_argument("--amp", help="auto (default), off, bf16, fp16: mixed precision on CUDA")
+    p.add_argument("--amp", help="auto (default), off, bf16, fp16: mixed precision on CUDA; bf16 also on the CPU "
+                   "(fast where the cores have native bf16, e.g. AMX; auto and fp16 leave the CPU in float32)")
     p.add_argument("--pretrained", type=path_argument,
                    help="local weights file for resnet18/resnet50 (and reid-resnet18/50)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers for on-disk images")

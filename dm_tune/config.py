@@ -88,7 +88,7 @@ class TrainConfig:
     seed: Seed = 0                         # model init, batch order, augmentation
     data_seed: Seed | None = None          # noise draw, validation carve, imbalance (None: seed)
     device: Device = "auto"
-    amp: Annotated[str, one_of(AMP_MODES)] = "auto"  # mixed precision on CUDA
+    amp: Annotated[str, one_of(AMP_MODES)] = "auto"  # mixed precision: CUDA; bf16 also on the CPU
     num_workers: Annotated[Int, in_range(0, 256)] = 2  # DataLoader workers for on-disk images
 
     @classmethod

@@ -86,8 +86,13 @@ def select_device(name: str) -> torch.device:
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or config.amp == "off":
+    """The autocast dtype, or None for float32. On CUDA ``auto`` is bf16 where the GPU has it, else
+    fp16. On the CPU only an explicit ``bf16`` turns autocast on: its products are fast on cores with
+    native bf16 (AMX, AVX512-BF16) and emulated, so slower, elsewhere; fp16 there stays off."""
+    if config.amp == "off" or device.type not in ("cuda", "cpu"):
         return None
+    if device.type == "cpu":
+        return torch.bfloat16 if config.amp == "bf16" else None
     if config.amp == "fp16":
         return torch.float16
     if config.amp == "bf16" or torch.cuda.is_bf16_supported():

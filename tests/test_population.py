@@ -463,6 +463,37 @@ def test_a_members_ten_steps_match_its_own_run(shared, kernel, monkeypatch):
         assert results[k].config == single.config
 
 
+def test_a_bf16_population_on_the_cpu_follows_its_members_bf16_runs(monkeypatch):
+    """--amp bf16 on the CPU: the population's products run in bf16 (its logits come out in bf16)
+    and each member's 10 steps follow its own bf16 run, far closer than they follow the float32 run
+    (bf16 rounds a product's output to 8 bits of mantissa: the two precisions part at once)."""
+    from dm_tune import _popmodels
+
+    dtypes: set[torch.dtype] = set()
+    forward = _popmodels.PopulationModel.forward
+
+    def recording(self, x):
+        out = forward(self, x)
+        dtypes.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(_popmodels.PopulationModel, "forward", recording)
+    cfgs = configs({"method": "dm", "lam": 1.0, "beta": 8.0, "seed": 0}, {"method": "cce", "seed": 1},
+                   {"method": "gce", "seed": 2}, **TRAJECTORY, **ADAM, amp="bf16")
+    ds = datas(cfgs)
+    results, snaps = _snapshots_of_population(cfgs, ds)
+    assert [r.status for r in results] == ["finished"] * 3 and dtypes == {torch.bfloat16}
+    for k, (c, d) in enumerate(zip(cfgs, ds)):
+        ours = snaps[-1]["members"][k]["model"]
+        runs = {}
+        for amp in ("bf16", "off"):
+            single_snaps: list = []
+            train(c.replace(amp=amp), d, lambda metrics, snap: single_snaps.append(snap()))
+            runs[amp] = single_snaps[-1]["model"]
+        gap = {amp: max(float((ours[key] - ref[key]).abs().max()) for key in ref) for amp, ref in runs.items()}
+        assert gap["bf16"] < 1e-4 and gap["bf16"] < gap["off"] / 10, (k, gap)
+
+
 # With the fused BatchNorm-pooling-ReLU blocks (the default on a CPU), a step's gradients are as
 # close to float64 as torch's (about 1e-6 relative, both; the blocks themselves are compared with
 # float64 above), but rounded differently from the single run's torch operators: pairs that the

@@ -228,6 +228,45 @@ def test_a_noisy_run_that_learns_is_not_diverged():
     assert result.status == "finished" and result.epochs_completed == 30
 
 
+# --- mixed precision on the CPU ------------------------------------------------------------------
+
+
+def _linear_output_dtypes(monkeypatch) -> set[torch.dtype]:
+    """The dtypes every nn.Linear of the models train() builds from now on computes in."""
+    import dm_tune.train as train_module
+
+    seen: set[torch.dtype] = set()
+
+    def build(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.register_forward_hook(lambda mod, inputs, out: seen.add(out.dtype))
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    return seen
+
+
+@pytest.mark.parametrize("amp,expected", [("bf16", torch.bfloat16), ("auto", torch.float32),
+                                          ("fp16", torch.float32), ("off", torch.float32)])
+def test_only_an_explicit_bf16_runs_the_cpu_products_in_bf16(monkeypatch, amp, expected):
+    """--amp bf16 autocasts a CPU run (its products, training and evaluation); auto and fp16 leave
+    the CPU in float32 (fp16 would need a loss scaler, and few CPUs multiply in it natively)."""
+    seen = _linear_output_dtypes(monkeypatch)
+    result = run(epochs=1, seed=0, amp=amp)
+    assert result.status == "finished" and result.config["amp"] == amp
+    assert seen == {expected}
+
+
+def test_a_bf16_cpu_run_learns_like_the_float32_one():
+    """bf16 products (float32 weights, optimiser and loss) change the trajectory, not what is learnt."""
+    fp32, bf16 = run(epochs=5, seed=0, amp="off"), run(epochs=5, seed=0, amp="bf16")
+    assert bf16.status == "finished" and bf16.history[-1]["train_loss"] != fp32.history[-1]["train_loss"]
+    assert bf16.test_accuracy == pytest.approx(fp32.test_accuracy, abs=0.03), (bf16.test_accuracy, fp32.test_accuracy)
+    assert bf16.test_accuracy > 0.8
+
+
 # --- DM against CCE under 40% symmetric noise, 3 seeds, digits' default schedule ------------
 # Measured (final test accuracy, digits defaults: 60 epochs adam 1e-3): DM lam=2 beta=24
 # 94.8 / 94.3 / 93.3 %, CCE 74.6 / 79.3 / 78.7 % (seeds 0-2): a gap of ~16.6 points.
