@@ -542,6 +542,46 @@ def test_a_pickle_calling_codecs_for_anything_but_latin1_bytes_is_refused(tmp_pa
         _unpickle(path, ("data",), "batch")
 
 
+def _doubled_tuple(depth: int) -> bytes:
+    """Opcodes of t = (), then t = (t, t) ``depth`` times through the memo: a few bytes a level,
+    and a tuple whose hash (not cached) and repr take 2^depth steps."""
+    return b")q\x010" + b"h\x01h\x01\x86q\x010" * depth + b"h\x01"  # (each level's tuple popped, then got)
+
+
+# Each: a protocol 2 CIFAR-like dict that hashes or prints such a tuple while it loads.
+_DOUBLED = {
+    "dict key": b"\x80\x02}" + _doubled_tuple(64) + b"K\x01s.",
+    "dict built at once": b"\x80\x02(U\x04dataK\x01" + _doubled_tuple(64) + b"K\x02d.",
+    "set item": b"\x80\x04\x8f(" + _doubled_tuple(64) + b"\x90.",
+    "frozenset item": b"\x80\x04}U\x04data(" + _doubled_tuple(64) + b"\x91s.",
+    "codec name": b"\x80\x02}U\x04datac_codecs\nencode\nU\x01a" + _doubled_tuple(64) + b"\x86Rs.",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_DOUBLED))
+def test_a_cifar_pickle_hashing_a_tuple_nested_by_reference_is_refused_at_once(tmp_path, case):
+    """The unpickler hashes every dict key and set item it builds; a tuple nesting itself by
+    reference 64 times would take 2^64 steps (the process hung), and so would the repr of a codec
+    name in the refusal. Refused before anything is built: run in a child process, so that a hang
+    fails the test instead of stopping the suite."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "batch"
+    path.write_bytes(_DOUBLED[case])
+    code = ("import sys\nfrom pathlib import Path\nfrom dm_tune.datasets import DataError\n"
+            "from dm_tune.datasets.cifar import _unpickle\n"
+            "try:\n    _unpickle(Path(sys.argv[1]), ('data',), 'batch')\n"
+            "except DataError as e:\n    print(e)\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{case}: still loading after 60 s")
+    assert out.returncode == 0, out.stderr
+    expected = "(_codecs.encode(str, tuple))" if case == "codec name" else "(a dict key or set item of kind tuple)"
+    assert "refused: holds Python objects other than arrays " + expected in out.stdout, out.stdout
+
+
 def test_class_names_numpy_cannot_make_text_are_one_line(tmp_path):
     import struct
 
