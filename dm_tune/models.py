@@ -244,6 +244,10 @@ def load_pretrained(model: nn.Module, path: Path) -> None:
     """Load a local state dict (e.g. torchvision's ImageNet weights file); the classifier is replaced after."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained weights file not found (a torch state dict, e.g. resnet50-*.pth)")
+    from dm_tune.datasets._base import costly_key_refusal, torch_file_costly_key
+
+    if (kind := torch_file_costly_key(path)) is not None:  # (torch's loader hashes every key it builds)
+        raise ValueError(f"{path}: {costly_key_refusal(kind, 'state dict')}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

@@ -558,28 +558,63 @@ _DOUBLED = {
 }
 
 
+def _refusal_in_child(call: str, path: Path) -> str:
+    """What ``call`` (a statement on ``path``, in a child process) printed of the DataError or
+    ValueError it raised: a hang fails the test after 60 s instead of stopping the suite."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pathlib import Path\nfrom dm_tune.datasets import DataError\n"
+            "from dm_tune.datasets.cifar import _unpickle\nfrom dm_tune.noise import read_label_file\n"
+            "from dm_tune.models import load_pretrained\npath = Path(sys.argv[1])\n"
+            f"try:\n    {call}\nexcept (DataError, ValueError) as e:\n    print(e)\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{call}: still loading {path.name} after 60 s")
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 @pytest.mark.parametrize("case", sorted(_DOUBLED))
 def test_a_cifar_pickle_hashing_a_tuple_nested_by_reference_is_refused_at_once(tmp_path, case):
     """The unpickler hashes every dict key and set item it builds; a tuple nesting itself by
     reference 64 times would take 2^64 steps (the process hung), and so would the repr of a codec
-    name in the refusal. Refused before anything is built: run in a child process, so that a hang
-    fails the test instead of stopping the suite."""
-    import subprocess
-    import sys
-
+    name in the refusal. Refused before anything is built."""
     path = tmp_path / "batch"
     path.write_bytes(_DOUBLED[case])
-    code = ("import sys\nfrom pathlib import Path\nfrom dm_tune.datasets import DataError\n"
-            "from dm_tune.datasets.cifar import _unpickle\n"
-            "try:\n    _unpickle(Path(sys.argv[1]), ('data',), 'batch')\n"
-            "except DataError as e:\n    print(e)\n")
-    try:
-        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{case}: still loading after 60 s")
-    assert out.returncode == 0, out.stderr
-    expected = "(_codecs.encode(str, tuple))" if case == "codec name" else "(a dict key or set item of kind tuple)"
-    assert "refused: holds Python objects other than arrays " + expected in out.stdout, out.stdout
+    out = _refusal_in_child("_unpickle(path, ('data',), 'batch')", path)
+    expected = ("refused: holds Python objects other than arrays (_codecs.encode(str, tuple))" if case == "codec name"
+                else "refused: a dict key or set item of kind tuple, which no CIFAR pickle has (hashing one nested")
+    assert expected in out, out
+
+
+# torch's weights-only loader has no POP: the levels go into a list, the dict's first value.
+_DOUBLED_FOR_TORCH = b"\x80\x02}U\x04junk])q\x01a" + b"h\x01h\x01\x86q\x01a" * 64 + b"sh\x01K\x01s."
+
+
+@pytest.mark.parametrize("form", ["torch.save zip", "plain pickle"])
+@pytest.mark.parametrize("reader", ["label file", "pretrained weights"])
+def test_a_torch_file_hashing_a_tuple_nested_by_reference_is_refused_at_once(tmp_path, form, reader):
+    """torch's weights-only loader hashes dict keys as it builds them too (a CIFAR-N label file or
+    a pretrained state dict from the internet hung the run), and reads a plain pickle whole before
+    it checks torch's magic number."""
+    import zipfile
+
+    path = tmp_path / "labels.pt"
+    if form == "plain pickle":
+        path.write_bytes(_DOUBLED_FOR_TORCH)
+    else:  # a real torch.save archive with its data.pkl replaced
+        saved = tmp_path / "saved.pt"
+        torch.save({"worse_label": torch.zeros(3, dtype=torch.long)}, saved)
+        with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+            for name in src.namelist():
+                dst.writestr(name, _DOUBLED_FOR_TORCH if name.endswith("/data.pkl") else src.read(name))
+    call = ("read_label_file(path, 'worse_label')" if reader == "label file"
+            else "import torch.nn as nn; load_pretrained(nn.Linear(2, 2), path)")
+    what = "label file" if reader == "label file" else "state dict"
+    out = _refusal_in_child(call, path)
+    assert f"refused: a dict key or set item of kind tuple, which no {what} has" in out, out
 
 
 def test_class_names_numpy_cannot_make_text_are_one_line(tmp_path):

@@ -121,6 +121,83 @@ def npz_error(e: BaseException) -> str:
     return str(e)
 
 
+# What a dict key or a set item may be in a pickle of labels or arrays (pickletools' names for the
+# kinds of stack values): values whose hash costs their length. A tuple's hash is its items'
+# hashes, not cached: a pickle nesting one tuple in itself by reference n times, (t, t), then
+# ((t, t), (t, t)), ..., takes n small steps of a file, and its hash 2^n (a loader hung on it).
+_CHEAP_KEYS = frozenset({"int", "bool", "int_or_bool", "float", "bytes", "str", "bytes_or_str", "None", "any"})
+
+
+def costly_key(f: Any) -> str | None:
+    """The kind of the first dict key or set item of the pickle in file ``f`` that is a tuple or
+    another container (its hash may cost exponential time), or None. Reads the opcodes (pickletools,
+    nothing built), keeping the kind of each value on the stack and in the memo; stops at the
+    pickle's end, so ``f`` is left there. (``any``: what a global or a reconstruction returns; the
+    loaders only allow globals that build arrays.)"""
+    import pickletools
+
+    stack: list[str] = []
+    marks: list[int] = []  # where each open MARK is on the stack (as the unpickler keeps them)
+    memo: dict[int, str] = {}
+    for op, arg, _ in pickletools.genops(f):
+        name = op.name
+        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1] if stack else "any"
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo.get(arg, "any"))
+        elif name == "DUP":
+            stack.append(stack[-1] if stack else "any")
+        elif name == "MARK":
+            marks.append(len(stack))
+        else:
+            before = [s.name for s in op.stack_before]
+            sliced: list[str] = []
+            if "mark" in before:
+                at = marks.pop() if marks else 0
+                sliced = stack[at:]
+                del stack[at:]
+                before = before[:before.index("mark")]
+            popped = stack[len(stack) - min(len(before), len(stack)):]
+            del stack[len(stack) - len(popped):]
+            keys = (popped[1:2] if name == "SETITEM" else sliced[0::2] if name in ("SETITEMS", "DICT")
+                    else sliced if name in ("ADDITEMS", "FROZENSET") else [])
+            for key in keys:
+                if key not in _CHEAP_KEYS:
+                    return key
+            stack.extend(s.name for s in op.stack_after)
+    return None
+
+
+def costly_key_refusal(kind: str, what: str) -> str:
+    return (f"refused: a dict key or set item of kind {kind}, which no {what} has (hashing one nested in itself "
+            "by reference takes exponential time)")
+
+
+def torch_file_costly_key(path: Any) -> str | None:
+    """``costly_key`` over the pickles of a torch.save file before torch's own loader reads it:
+    each data.pkl of its zip archive, or the pickles at the start of the legacy format (magic
+    number, protocol, system, the object, its storages' keys); None for a file that is neither
+    (torch's reader then says why)."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for name in archive.namelist():
+                    if name.rsplit("/", 1)[-1] == "data.pkl":
+                        with archive.open(name) as f:
+                            if (kind := costly_key(f)) is not None:
+                                return kind
+            return None
+        with open(path, "rb") as f:
+            for _ in range(5):
+                if (kind := costly_key(f)) is not None:
+                    return kind
+    except Exception:  # noqa: BLE001 - a damaged or foreign file: torch's reader says how
+        return None
+    return None
+
+
 def nested_values(given: Any, limit: int) -> int | None:
     """How many values a list (or tuple) of labels holds, its items scalars or flat lists or arrays
     of them; None when an item nests deeper or the count passes ``limit``. Counted before numpy

@@ -11,7 +11,6 @@ CIFAR-100 carries its 20 superclasses as ``Source.class_groups`` (for the paper'
 from __future__ import annotations
 
 import pickle
-import pickletools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 
 from dm_tune._validate import ConfigError
 from dm_tune.errors import first_line
-from dm_tune.datasets._base import DataError, Source, Split, nested_values
+from dm_tune.datasets._base import DataError, Source, Split, costly_key, costly_key_refusal, nested_values
 
 # Per-channel statistics of the training images, on the [0, 1] scale.
 CIFAR10_NORMALISE = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -159,7 +158,7 @@ class _Fixed:
 def _latin1(text: Any, encoding: Any = "latin1", errors: Any = "strict") -> bytes:
     """What protocol 2-4 pickles call ``_codecs.encode`` for: bytes, as latin1 text. Any other codec
     is refused (chained, 'hex' doubled a string at each call: a small file filled the memory)."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):  # (the repr of a str only: see _check_keys)
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):  # (the repr of a str only: see costly_key)
         shown = repr(encoding[:40]) if isinstance(encoding, str) else type(encoding).__name__
         raise _Refused(f"_codecs.encode({type(text).__name__}, {shown})")
     return text.encode("latin1")
@@ -176,48 +175,6 @@ def _array_globals() -> dict[tuple[str, str], Any]:
                     (f"{core}.multiarray", "scalar"): _Fixed(_scalar),
                     (f"{core}.numeric", "_frombuffer"): _Fixed(_frombuffer)}
     return allowed
-
-
-# What a dict key or a set item may be in a CIFAR pickle: values whose hash costs their length. A
-# tuple's hash is its items' hashes, not cached: a pickle nesting one tuple in itself by reference
-# n times, (t, t), then ((t, t), (t, t)), ..., is n small steps of a file, and its hash 2^n.
-_CHEAP_KEYS = frozenset({"int", "bool", "int_or_bool", "float", "bytes", "str", "bytes_or_str", "None", "any"})
-
-
-def _check_keys(f: Any) -> None:
-    """Read the pickle's opcodes (pickletools, nothing built) with the kind of each value on its
-    stack and in its memo, and refuse a dict key or set item built as a tuple or a frozenset,
-    before the unpickler hashes it. (``any``: what a stand-in returns, or a global: none of those
-    is a container.)"""
-    stack: list[str] = []
-    marks: list[int] = []  # where each open MARK is on the stack (as the unpickler keeps them)
-    memo: dict[int, str] = {}
-    for op, arg, _ in pickletools.genops(f):
-        name = op.name
-        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1] if stack else "any"
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.append(memo.get(arg, "any"))
-        elif name == "DUP":
-            stack.append(stack[-1] if stack else "any")
-        elif name == "MARK":
-            marks.append(len(stack))
-        else:
-            before = [s.name for s in op.stack_before]
-            sliced: list[str] = []
-            if "mark" in before:
-                at = marks.pop() if marks else 0
-                sliced = stack[at:]
-                del stack[at:]
-                before = before[:before.index("mark")]
-            popped = stack[len(stack) - min(len(before), len(stack)):]
-            del stack[len(stack) - len(popped):]
-            keys = (popped[1:2] if name == "SETITEM" else sliced[0::2] if name in ("SETITEMS", "DICT")
-                    else sliced if name in ("ADDITEMS", "FROZENSET") else [])
-            for key in keys:
-                if key not in _CHEAP_KEYS:
-                    raise _Refused(f"a dict key or set item of kind {key}")
-            stack.extend(s.name for s in op.stack_after)
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -238,15 +195,17 @@ def _unpickle(path: Path, keys: tuple[str, ...], layout: str) -> dict[str, Any]:
         raise DataError(path, "file not found", layout)
     try:
         with path.open("rb") as f:
-            _check_keys(f)
+            kind = costly_key(f)  # (before anything is built: see there)
             f.seek(0)
-            blob = _ArraysOnly(f, encoding="latin1").load()  # the releases are Python 2 cPickles
+            blob = None if kind else _ArraysOnly(f, encoding="latin1").load()  # the releases are Python 2 cPickles
     except _Refused as e:
         raise DataError(path, f"refused: holds Python objects other than arrays ({e}); loading it could run code",
                         layout) from None
     except Exception as e:  # any unpickling failure means a damaged or foreign file
         raise DataError(path, f"could not be read as a CIFAR pickle ({type(e).__name__}: {first_line(e)})",
                         layout) from None
+    if kind is not None:
+        raise DataError(path, costly_key_refusal(kind, "CIFAR pickle"), layout)
     if not isinstance(blob, dict) or any(k not in blob for k in keys):
         present = ", ".join(sorted(map(str, blob))) if isinstance(blob, dict) else type(blob).__name__
         raise DataError(path, f"lacks the keys {', '.join(keys)} (present: {present})", layout)
