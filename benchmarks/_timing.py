@@ -28,22 +28,28 @@ def timed(fn: Arm, device: torch.device) -> tuple[float, float]:
 
 
 def population_and_separate(cfgs: list, datas: list, repeats: int, device: torch.device,
-                            separate_runs: int | None = None) -> dict[str, list[tuple[float, float]]]:
+                            separate_runs: int | None = None,
+                            variants: dict[str, list] | None = None) -> dict[str, list[tuple[float, float]]]:
     """The same configurations trained as one population (``"pop"``) and as separate ``train()``
     runs, the first ``separate_runs`` of them (``"sep"``), after an untimed warm-up; the two arms
-    alternate their order between repeats. Each arm's (wall, CPU) seconds per repeat."""
+    alternate their order between repeats. With ``variants`` (name -> the same configurations
+    changed, e.g. in another precision), each variant's two arms instead, ``"pop_NAME"`` and
+    ``"sep_NAME"``, all alternating in one block. Each arm's (wall, CPU) seconds per repeat."""
     from dm_tune.population import train_population
     from dm_tune.train import train
 
     separate_runs = len(cfgs) if separate_runs is None else separate_runs
-    # Warm-up: first calls of every kernel; on CUDA also the context, cuDNN, the allocator.
-    train(cfgs[0], datas[0])
-    if len(cfgs) > 1:
-        warm = len(cfgs) if device.type == "cuda" else 2
-        train_population(cfgs[:warm], datas[:warm])
-    return alternating({"pop": lambda: train_population(cfgs, datas),
-                        "sep": lambda: [train(c, d) for c, d in zip(cfgs[:separate_runs], datas[:separate_runs])]},
-                       repeats, device)
+    arms: dict[str, Arm] = {}
+    for name, variant in (variants or {"": cfgs}).items():
+        # Warm-up: first calls of every kernel; on CUDA also the context, cuDNN, the allocator.
+        train(variant[0], datas[0])
+        if len(variant) > 1:
+            warm = len(variant) if device.type == "cuda" else 2
+            train_population(variant[:warm], datas[:warm])
+        suffix = f"_{name}" if name else ""
+        arms["pop" + suffix] = lambda v=variant: train_population(v, datas)
+        arms["sep" + suffix] = lambda v=variant: [train(c, d) for c, d in zip(v[:separate_runs], datas[:separate_runs])]
+    return alternating(arms, repeats, device)
 
 
 def alternating(arms: dict[str, Arm], repeats: int, device: torch.device) -> dict[str, list[tuple[float, float]]]:

@@ -1,6 +1,7 @@
 """DM against the baselines on one setting over several seeds: final (and best) test accuracy.
 
     python benchmarks/compare_methods.py --dataset digits --noise-rate 0.4 --seeds 5
+    python benchmarks/compare_methods.py --arms cce dm:2:24 --amp bf16   # the same in bf16 mixed precision
 
 Arms: a baseline name (cce, gce, mae, ...) or dm:LAM:BETA. Prints a Markdown table of the mean
 and standard deviation over seeds of the final-epoch test accuracy (the number we claim) and,
@@ -39,12 +40,14 @@ def main() -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS)
+    p.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
+                   help="mixed precision (auto: bf16 on CUDA, float32 on the CPU; bf16 on the CPU too)")
     args = p.parse_args()
     if args.seeds < 2:  # a spread needs two
         p.error(f"--seeds {args.seeds}: expected at least 2 (the table gives the std over seeds)")
     torch.set_num_threads(args.threads)
 
-    base = {"dataset": args.dataset, "noise": args.noise, "noise_rate": args.noise_rate}
+    base = {"dataset": args.dataset, "noise": args.noise, "noise_rate": args.noise_rate, "amp": args.amp}
     if args.epochs:
         base["epochs"] = args.epochs
     source = load_source(TrainConfig.from_dict(base))
@@ -65,7 +68,7 @@ def main() -> None:
 
     cce = next((statistics.mean(f) for a, f, _, _ in rows if a == "cce"), None)
     print(f"{args.dataset}, {args.noise} noise {args.noise_rate:g}, {args.seeds} seeds (0..{args.seeds - 1}), "
-          f"torch {torch.__version__}, {args.threads} thread(s)\n")
+          f"torch {torch.__version__}, {args.threads} thread(s), amp {args.amp}\n")
     print("| method | final test acc % (mean ± std) | vs CCE (points) | best-over-training test acc % | s/run |")
     print("|---|---|---|---|---|")
     for arm, finals, bests, sec in rows:

@@ -28,8 +28,14 @@ device, no data pipeline or evaluation) at batch 128 and at K x 128 for the larg
 model does with a population's images per step. ``--cudnn-benchmark`` turns on cuDNN's
 autotuning (``torch.backends.cudnn.benchmark``) for both arms.
 
-``--profile`` then profiles one more population run of each case at its largest K (torch's
-profiler, after the timed runs) and lists its operators by self CPU time (on CUDA, its kernels
+``--amp off,bf16`` times every arm in each precision listed, all alternating in one block, and
+adds the fastest population against the fastest separate runs, whichever precision each was
+fastest in (on a CPU with native bf16, e.g. AMX, a population's batched products are several
+times faster in bf16 while a single small model's run is not; the configurations' own ``amp``,
+``auto``, is float32 on the CPU and bf16 on CUDA).
+
+``--profile`` then profiles one more population run of each case at its largest K (in the last
+``--amp`` precision listed; torch's profiler, after the timed runs) and lists its operators by self CPU time (on CUDA, its kernels
 by device time), the top 25 with their share of the profiled total: where the
 population's time goes, next to the ratio it reached.
 
@@ -64,7 +70,10 @@ import _timing  # noqa: E402
 
 
 def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device: str,
-             images: int | None = None) -> dict[str, Any]:
+             images: int | None = None, amps: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per precision in ``amps`` (one row, the configurations' own ``amp``, without it),
+    their arms all timed alternating in one block; with several, the last row also gives the
+    fastest population against the fastest separate runs, whichever precisions those were."""
     torch.set_num_threads(threads)
     source, shared = _cases.case(name, quick, device, images)
     cfgs = _cases.configs(shared, k, device)
@@ -72,9 +81,34 @@ def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device:
     separate_runs = k if device != "cuda" else min(k, 4)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = _timing.population_and_separate(cfgs, datas, repeats, torch.device(device), separate_runs)
-    pop_s, sep_s = [w for w, _ in times["pop"]], [w for w, _ in times["sep"]]
-    pop_cpu, sep_cpu = [c for _, c in times["pop"]], [c for _, c in times["sep"]]
+    variants = {amp: [c.replace(amp=amp) for c in cfgs] for amp in amps} if amps else None
+    times = _timing.population_and_separate(cfgs, datas, repeats, torch.device(device), separate_runs, variants)
+    rows = []
+    for amp in amps or [None]:
+        suffix = f"_{amp}" if amp else ""
+        row = _row(name, device, threads, k, repeats, separate_runs, times["pop" + suffix], times["sep" + suffix])
+        row["amp"] = amp or cfgs[0].amp
+        if name == "resnet20":
+            n, batch = len(datas[0].train), cfgs[0].batch_size or 128
+            images = n * int(cfgs[0].epochs or 1)
+            row.update(batch=batch, train_images_per_config=images,
+                       population_images_per_s=k * images / row["population_s"],
+                       one_model_images_per_s=separate_runs * images / row["separate_s"])
+        rows.append(row)
+    if len(rows) > 1:
+        pop = max(rows, key=lambda r: r["population_configs_per_s"])
+        sep = max(rows, key=lambda r: r["separate_configs_per_s"])
+        rows[-1].update(fastest_population_amp=pop["amp"], fastest_separate_amp=sep["amp"],
+                        fastest_ratio=pop["population_configs_per_s"] / sep["separate_configs_per_s"])
+    if device == "cuda":  # the population's, the larger of the two arms
+        rows[-1]["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return rows
+
+
+def _row(name: str, device: str, threads: int, k: int, repeats: int, separate_runs: int,
+         pop_times: list[tuple[float, float]], sep_times: list[tuple[float, float]]) -> dict[str, Any]:
+    pop_s, sep_s = [w for w, _ in pop_times], [w for w, _ in sep_times]
+    pop_cpu, sep_cpu = [c for _, c in pop_times], [c for _, c in sep_times]
     pop, sep = statistics.median(pop_s), statistics.median(sep_s)
     row: dict[str, Any] = {
         "case": name, "device": device, "threads": threads, "k": k, "repeats": repeats,
@@ -86,27 +120,21 @@ def run_case(name: str, k: int, threads: int, repeats: int, quick: bool, device:
     }
     row["ratio"] = row["population_configs_per_s"] / row["separate_configs_per_s"]
     row["cpu_ratio"] = (statistics.median(sep_cpu) / separate_runs) / (statistics.median(pop_cpu) / k)
-    if name == "resnet20":
-        n, batch = len(datas[0].train), cfgs[0].batch_size or 128
-        images = n * int(cfgs[0].epochs or 1)
-        row.update(batch=batch, train_images_per_config=images,
-                   population_images_per_s=k * images / pop, one_model_images_per_s=separate_runs * images / sep)
-    if device == "cuda":  # the population's, the larger of the two arms
-        row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return row
 
 
 def profile_case(name: str, k: int, threads: int, quick: bool, device: str, top: int = 25,
-                 images: int | None = None) -> dict[str, Any]:
-    """One population run of ``name`` at K = ``k`` under torch's profiler (after a warm-up run):
-    on the CPU its operators by self CPU time; on CUDA its kernels by device time."""
+                 images: int | None = None, amp: str | None = None) -> dict[str, Any]:
+    """One population run of ``name`` at K = ``k`` (in precision ``amp``, if given) under torch's
+    profiler (after a warm-up run): on the CPU its operators by self CPU time; on CUDA its kernels
+    by device time."""
     from torch.profiler import ProfilerActivity, profile
 
     from dm_tune.population import train_population
 
     torch.set_num_threads(threads)
     source, shared = _cases.case(name, quick, device, images)
-    cfgs = _cases.configs(shared, k, device)
+    cfgs = [c.replace(amp=amp) if amp else c for c in _cases.configs(shared, k, device)]
     datas = [prepare(c, source) for c in cfgs]
     cuda = device == "cuda"
     train_population(cfgs, datas)  # warm-up: allocator, kernels, lazy imports
@@ -130,7 +158,7 @@ def profile_case(name: str, k: int, threads: int, quick: bool, device: str, top:
     total = sum(self_us(e) for e in events)
     rows = [{"name": e.key, "calls": e.count, "self_ms": round(self_us(e) / 1e3, 3),
              "share": round(self_us(e) / total, 4)} for e in sorted(events, key=self_us, reverse=True)[:top]]
-    return {"case": name, "device": device, "threads": threads, "k": k, "wall_s": round(wall, 3),
+    return {"case": name, "device": device, "threads": threads, "k": k, "amp": cfgs[0].amp, "wall_s": round(wall, 3),
             "clock": "device" if cuda else "cpu", "total_self_ms": round(total / 1e3, 3), "top": rows}
 
 
@@ -252,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resnet-images", type=int, metavar="N",
                    help="the ResNet-20 case trains one epoch of N random images (before its 20%% validation "
                         "carve; CIFAR-10 has 50000) instead of its few steps")
+    p.add_argument("--amp", help="comma-separated precisions (auto, off, bf16) to time both arms in, all "
+                   "alternating in one block (default: the configurations' own, auto); with several, also the "
+                   "fastest population against the fastest separate runs")
     p.add_argument("--json", help="write the results here (default benchmarks/results/population_<device>.json; "
                    "with --quick, none)")
     args = p.parse_args(argv)
@@ -267,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--resnet-images {args.resnet_images}: sizes the resnet20 case, which --cases {args.cases} "
                 "leaves out")
     threads = [int(t) for t in args.threads.split(",")]
+    amps = args.amp.split(",") if args.amp else None
+    if amps and not set(amps) <= {"auto", "off", "bf16"}:
+        p.error(f"--amp {args.amp}: each value must be auto, off or bf16 (fp16 trains populations one member "
+                "at a time)")
     if device == "cuda":
         threads = threads[:1]
     # A smoke run (--quick) writes only where it is told: its figures are not results.
@@ -279,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {"machine": _machine.machine(), "device": device, "quick": args.quick,
                            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                            "resnet_layout": "nhwc" if _popmodels.CHANNELS_LAST.get(device) else "nchw",
-                           "cudnn_benchmark": args.cudnn_benchmark, "resnet_images": args.resnet_images,
+                           "cudnn_benchmark": args.cudnn_benchmark, "resnet_images": args.resnet_images, "amp": amps,
                            "load_average_start": _machine.load_average(), "results": [], "layouts": [], "profiles": [],
                            "dense_reference": []}
     t_start = time.perf_counter()
@@ -288,15 +323,21 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in (args.sizes or default_sizes).split(",")]
         for t in threads:
             for k in sizes:
-                row = run_case(case, k, t, args.repeats, args.quick, device, args.resnet_images)
-                doc["results"].append(row)
-                extra = (f"  images/s pop {row['population_images_per_s']:.0f} vs one model "
-                         f"{row['one_model_images_per_s']:.0f}" if "population_images_per_s" in row else "")
-                print(f"{case:12s} {device} threads {t} K {k:3d}: population {row['population_configs_per_s']:8.3f} "
-                      f"configs/s, separate {row['separate_configs_per_s']:8.3f} configs/s, "
-                      f"ratio {row['ratio']:5.2f} (CPU time: {row['cpu_ratio']:5.2f}){extra}", flush=True)
+                for row in run_case(case, k, t, args.repeats, args.quick, device, args.resnet_images, amps):
+                    doc["results"].append(row)
+                    extra = (f"  images/s pop {row['population_images_per_s']:.0f} vs one model "
+                             f"{row['one_model_images_per_s']:.0f}" if "population_images_per_s" in row else "")
+                    print(f"{case:12s} {device} threads {t} K {k:3d} amp {row['amp']:4s}: population "
+                          f"{row['population_configs_per_s']:8.3f} configs/s, separate "
+                          f"{row['separate_configs_per_s']:8.3f} configs/s, ratio {row['ratio']:5.2f} "
+                          f"(CPU time: {row['cpu_ratio']:5.2f}){extra}", flush=True)
+                    if "fastest_ratio" in row:
+                        print(f"{'':12s} fastest population (amp {row['fastest_population_amp']}) against the "
+                              f"fastest separate runs (amp {row['fastest_separate_amp']}): "
+                              f"ratio {row['fastest_ratio']:5.2f}", flush=True)
         if args.profile:
-            prof = profile_case(case, max(sizes), threads[0], args.quick, device, images=args.resnet_images)
+            prof = profile_case(case, max(sizes), threads[0], args.quick, device, images=args.resnet_images,
+                                amp=amps[-1] if amps else None)
             doc["profiles"].append(prof)
             print(f"profile {case} {device} threads {prof['threads']} K {prof['k']}: {prof['wall_s']:.2f} s, "
                   f"{prof['total_self_ms']:.0f} ms of {prof['clock']} self time", flush=True)

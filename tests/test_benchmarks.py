@@ -77,6 +77,20 @@ def test_population_benchmark_smoke(tmp_path):
     assert {"aten::bmm", "aten::baddbmm"} & set(mlp)  # the MLP population's time is in its products
 
 
+def test_population_benchmark_times_both_precisions_side_by_side(tmp_path):
+    out = tmp_path / "amp.json"
+    _run("population.py", "--quick", "--cases", "digits-mlp", "--threads", "1", "--sizes", "2",
+         "--amp", "off,bf16", "--json", str(out))
+    doc = json.loads(out.read_text())
+    off, bf16 = doc["results"]
+    assert doc["amp"] == ["off", "bf16"] and (off["amp"], bf16["amp"]) == ("off", "bf16")
+    assert "fastest_ratio" not in off
+    pop = max(off["population_configs_per_s"], bf16["population_configs_per_s"])
+    sep = max(off["separate_configs_per_s"], bf16["separate_configs_per_s"])
+    assert bf16["fastest_ratio"] == pytest.approx(pop / sep)
+    assert {bf16["fastest_population_amp"], bf16["fastest_separate_amp"]} <= {"off", "bf16"}
+
+
 def test_roofline_counts_the_mlps_work_and_bounds_the_ratio(tmp_path):
     out = tmp_path / "roofline.json"
     _run("roofline.py", "--k", "2", "--epochs", "1", "--repeats", "1", "--json", str(out))
@@ -187,8 +201,9 @@ def test_exit_time_runs_both_entry_points(tmp_path):
     (["--resnet-images", "1"], "--resnet-images 1: need at least 2 images (one for validation)"),
     (["--cases", "digits-mlp", "--resnet-images", "64"],
      "--resnet-images 64: sizes the resnet20 case, which --cases digits-mlp leaves out"),
+    (["--amp", "off,fp16"], "--amp off,fp16: each value must be auto, off or bf16"),
 ])
-def test_population_benchmark_refuses_a_resnet_size_it_would_not_use(tmp_path, capsys, args, needle):
+def test_population_benchmark_refuses_options_it_cannot_honour(tmp_path, capsys, args, needle):
     _run("population.py", *args, "--json", str(tmp_path / "pop.json"), exit_code=2)
     err = capsys.readouterr().err
     assert needle in err, err
