@@ -35,9 +35,9 @@ times faster in bf16 while a single small model's run is not; the configurations
 ``auto``, is float32 on the CPU and bf16 on CUDA).
 
 ``--profile`` then profiles one more population run of each case at its largest K (in the last
-``--amp`` precision listed; torch's profiler, after the timed runs) and lists its operators by self CPU time (on CUDA, its kernels
-by device time), the top 25 with their share of the profiled total: where the
-population's time goes, next to the ratio it reached.
+``--amp`` precision listed; torch's profiler, after the timed runs) and lists its operators by
+self CPU time (on CUDA, its kernels by device time), the top 25 with their share of the profiled
+total: where the population's time goes, next to the ratio it reached.
 
 ``--resnet-images 50000`` trains the ResNet-20 case over one epoch of a CIFAR-10-sized set
 instead of its few steps (on CUDA at K = 64, its members' copies are over the stacking limit:
