@@ -584,37 +584,71 @@ def test_a_cifar_pickle_hashing_a_tuple_nested_by_reference_is_refused_at_once(t
     path = tmp_path / "batch"
     path.write_bytes(_DOUBLED[case])
     out = _refusal_in_child("_unpickle(path, ('data',), 'batch')", path)
-    expected = ("refused: holds Python objects other than arrays (_codecs.encode(str, tuple))" if case == "codec name"
-                else "refused: a dict key or set item of kind tuple, which no CIFAR pickle has (hashing one nested")
-    assert expected in out, out
+    found = {"set item": "a set item", "frozenset item": "a set item", "codec name": "a call's argument"}
+    assert (f"refused: {found.get(case, 'a dict key')} of kind tuple whose hash takes over a million steps "
+            "(parts nested in it by reference), which no CIFAR pickle has") in out, out
 
 
-# torch's weights-only loader has no POP: the levels go into a list, the dict's first value.
-_DOUBLED_FOR_TORCH = b"\x80\x02}U\x04junk])q\x01a" + b"h\x01h\x01\x86q\x01a" * 64 + b"sh\x01K\x01s."
+def test_a_refused_codec_name_is_named_by_its_type_not_printed():
+    """The refusal of a codec other than latin1 showed the name's repr: of a tuple nested in itself
+    by reference, text of 2^64 parts (run in a child process: a hang fails the test)."""
+    import subprocess
+    import sys
+
+    code = ("from dm_tune.datasets.cifar import _latin1, _Refused\nt = ()\nfor _ in range(64):\n    t = (t, t)\n"
+            "try:\n    _latin1('a', t)\nexcept _Refused as e:\n    print(e)\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("still printing the codec name after 60 s")
+    assert out.stdout.strip() == "_codecs.encode(str, tuple)", (out.stdout, out.stderr)
 
 
+def test_small_tuple_keys_and_values_shared_by_reference_pass_the_scan():
+    """The scan refuses only what would take long to hash: tuples as keys, one string or tuple
+    repeated by reference in a long list, 50 000 labels, in every pickle protocol."""
+    import io
+
+    from dm_tune.datasets._base import costly_key
+
+    pair, name = (1, 2), "airplane"
+    for blob in ({(1, 2): 3, "pairs": [pair] * 1000, "names": [name] * 1000, "set": {pair}},
+                 {"labels": list(range(50_000)), "index": {(i, i + 1): i for i in range(1000)}}):
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            assert costly_key(io.BytesIO(pickle.dumps(blob, protocol=protocol))) is None, protocol
+
+
+# torch's weights-only loader has no POP: the levels go into a list, the dict's first value; then
+# the tuple as a dict key, or given to set(), a global that loader allows (and which hashes it).
+_LEVELS_FOR_TORCH = b"\x80\x02}U\x04junk])q\x01a" + b"h\x01h\x01\x86q\x01a" * 64 + b"s"
+_DOUBLED_FOR_TORCH = {"dict key": _LEVELS_FOR_TORCH + b"h\x01K\x01s.",
+                      "set()": _LEVELS_FOR_TORCH + b"U\x0bworse_labelcbuiltins\nset\n]h\x01a\x85Rs."}
+
+
+@pytest.mark.parametrize("case", sorted(_DOUBLED_FOR_TORCH))
 @pytest.mark.parametrize("form", ["torch.save zip", "plain pickle"])
 @pytest.mark.parametrize("reader", ["label file", "pretrained weights"])
-def test_a_torch_file_hashing_a_tuple_nested_by_reference_is_refused_at_once(tmp_path, form, reader):
-    """torch's weights-only loader hashes dict keys as it builds them too (a CIFAR-N label file or
-    a pretrained state dict from the internet hung the run), and reads a plain pickle whole before
-    it checks torch's magic number."""
+def test_a_torch_file_hashing_a_tuple_nested_by_reference_is_refused_at_once(tmp_path, case, form, reader):
+    """torch's weights-only loader hashes dict keys as it builds them too, and what it gives
+    set() (a CIFAR-N label file or a pretrained state dict from the internet hung the run), and
+    reads a plain pickle whole before it checks torch's magic number."""
     import zipfile
 
-    path = tmp_path / "labels.pt"
+    path, pkl = tmp_path / "labels.pt", _DOUBLED_FOR_TORCH[case]
     if form == "plain pickle":
-        path.write_bytes(_DOUBLED_FOR_TORCH)
+        path.write_bytes(pkl)
     else:  # a real torch.save archive with its data.pkl replaced
         saved = tmp_path / "saved.pt"
         torch.save({"worse_label": torch.zeros(3, dtype=torch.long)}, saved)
         with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
             for name in src.namelist():
-                dst.writestr(name, _DOUBLED_FOR_TORCH if name.endswith("/data.pkl") else src.read(name))
+                dst.writestr(name, pkl if name.endswith("/data.pkl") else src.read(name))
     call = ("read_label_file(path, 'worse_label')" if reader == "label file"
             else "import torch.nn as nn; load_pretrained(nn.Linear(2, 2), path)")
     what = "label file" if reader == "label file" else "state dict"
+    found = "a dict key" if case == "dict key" else "a call's argument"
     out = _refusal_in_child(call, path)
-    assert f"refused: a dict key or set item of kind tuple, which no {what} has" in out, out
+    assert f"refused: {found} of kind tuple whose hash takes over a million steps" in out and f"no {what} has" in out, out
 
 
 def test_class_names_numpy_cannot_make_text_are_one_line(tmp_path):

@@ -121,56 +121,116 @@ def npz_error(e: BaseException) -> str:
     return str(e)
 
 
-# What a dict key or a set item may be in a pickle of labels or arrays (pickletools' names for the
-# kinds of stack values): values whose hash costs their length. A tuple's hash is its items'
-# hashes, not cached: a pickle nesting one tuple in itself by reference n times, (t, t), then
-# ((t, t), (t, t)), ..., takes n small steps of a file, and its hash 2^n (a loader hung on it).
-_CHEAP_KEYS = frozenset({"int", "bool", "int_or_bool", "float", "bytes", "str", "bytes_or_str", "None", "any"})
+# Hashing a tuple hashes its items, every time (a tuple's hash is not cached): a pickle nesting
+# one tuple in itself by reference n times, (t, t), then ((t, t), (t, t)), ..., takes n small
+# steps of a file, and its hash 2^n (a loader hung on one). An unpickler hashes dict keys and set
+# items as it builds them, and the globals torch's weights-only loader allows include set(),
+# Counter() and OrderedDict(), which hash what they are given.
+_CAP = 2**62
+
+
+class _Value:
+    """A value on the scanned pickle's stack: its kind (pickletools' name), how many steps hashing
+    it takes (``cost``; 1 for what cannot be hashed, which fails at once), for a tuple its items,
+    and for a list, dict or set the largest cost among what iterating it hashes (``inner``: its
+    items, a dict's keys). Shared by reference as the pickle's values are: a list appended to
+    after it was memoised changes where it is used."""
+
+    __slots__ = ("kind", "cost", "items", "inner")
+
+    def __init__(self, kind: str, cost: int = 1, items: list[_Value] | None = None) -> None:
+        self.kind, self.cost, self.items, self.inner = kind, cost, items or [], 0
+
+    def hashes(self) -> int:
+        """The steps of hashing what a call given this value as an argument could hash: the value,
+        or what iterating it does (for a tuple, also what iterating each of its first 16 items
+        does: no global a loader allows takes more arguments, and a pickle can repeat a long tuple
+        by reference at no cost)."""
+        if self.kind != "tuple":
+            return max(self.cost, self.inner)
+        return max([self.cost] + [v.inner for v in self.items[:16]])
+
+
+def _tuple(items: list[_Value]) -> _Value:
+    return _Value("tuple", min(_CAP, 1 + sum(v.cost for v in items)), items)
 
 
 def costly_key(f: Any) -> str | None:
-    """The kind of the first dict key or set item of the pickle in file ``f`` that is a tuple or
-    another container (its hash may cost exponential time), or None. Reads the opcodes (pickletools,
-    nothing built), keeping the kind of each value on the stack and in the memo; stops at the
-    pickle's end, so ``f`` is left there. (``any``: what a global or a reconstruction returns; the
-    loaders only allow globals that build arrays.)"""
+    """What in the pickle in file ``f`` would take over a million steps (and over four per opcode
+    read) to hash: ``"a dict key"``, ``"a set item"`` or ``"a call's argument"`` with its kind,
+    or None. Reads the opcodes (pickletools; nothing is built), keeping each value's kind and
+    hashing cost on the stack and in the memo; stops at the pickle's end, so ``f`` is left there."""
     import pickletools
 
-    stack: list[str] = []
+    stack: list[_Value] = []
     marks: list[int] = []  # where each open MARK is on the stack (as the unpickler keeps them)
-    memo: dict[int, str] = {}
+    memo: dict[int, _Value] = {}
+    ops = 0
+
+    def costly(values: list[_Value], what: str, measure: Any = lambda v: v.cost) -> str | None:
+        for v in values:
+            if measure(v) > 1_000_000 + 4 * ops:
+                return f"{what} of kind {v.kind}"
+        return None
+
     for op, arg, _ in pickletools.genops(f):
+        ops += 1
         name = op.name
         if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1] if stack else "any"
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.append(memo.get(arg, "any"))
-        elif name == "DUP":
-            stack.append(stack[-1] if stack else "any")
-        elif name == "MARK":
+            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1] if stack else _Value("any")
+            continue
+        if name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo.get(arg, _Value("any")))
+            continue
+        if name == "DUP":
+            stack.append(stack[-1] if stack else _Value("any"))
+            continue
+        if name == "MARK":
             marks.append(len(stack))
+            continue
+        before = [s.name for s in op.stack_before]
+        sliced: list[_Value] = []
+        if "mark" in before:
+            at = marks.pop() if marks else 0
+            sliced = stack[at:]
+            del stack[at:]
+            before = before[:before.index("mark")]
+        popped = stack[len(stack) - min(len(before), len(stack)):]
+        del stack[len(stack) - len(popped):]
+        found = None
+        if name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"):
+            stack.append(_tuple(sliced or popped))
+            continue
+        if name in ("SETITEM", "SETITEMS", "DICT"):
+            keys = popped[1:2] if name == "SETITEM" else sliced[0::2]
+            found = costly(keys, "a dict key")
+            target = popped[0] if name != "DICT" and popped else _Value("dict")
+        elif name in ("APPEND", "APPENDS", "LIST", "ADDITEMS", "FROZENSET"):
+            keys = popped[1:2] if name == "APPEND" else sliced
+            if name in ("ADDITEMS", "FROZENSET"):
+                found = costly(keys, "a set item")
+            target = (popped[0] if name in ("APPEND", "APPENDS", "ADDITEMS") and popped
+                      else _Value("frozenset", 1 + len(keys)) if name == "FROZENSET" else _Value("list"))
+        elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST"):
+            args = sliced[1:] if name == "OBJ" else sliced if name == "INST" else popped[1:]
+            found = costly(args, "a call's argument", _Value.hashes)
+            stack.append(_Value("any"))
+        elif name == "BUILD":
+            stack.append(popped[0] if popped else _Value("any"))
         else:
-            before = [s.name for s in op.stack_before]
-            sliced: list[str] = []
-            if "mark" in before:
-                at = marks.pop() if marks else 0
-                sliced = stack[at:]
-                del stack[at:]
-                before = before[:before.index("mark")]
-            popped = stack[len(stack) - min(len(before), len(stack)):]
-            del stack[len(stack) - len(popped):]
-            keys = (popped[1:2] if name == "SETITEM" else sliced[0::2] if name in ("SETITEMS", "DICT")
-                    else sliced if name in ("ADDITEMS", "FROZENSET") else [])
-            for key in keys:
-                if key not in _CHEAP_KEYS:
-                    return key
-            stack.extend(s.name for s in op.stack_after)
+            stack.extend(_Value(s.name) for s in op.stack_after)
+        if found is not None:
+            return found
+        if name in ("SETITEM", "SETITEMS", "DICT", "APPEND", "APPENDS", "LIST", "ADDITEMS", "FROZENSET"):
+            if target.kind != "frozenset":
+                target.inner = min(_CAP, max([target.inner] + [k.cost for k in keys]))
+            stack.append(target)
     return None
 
 
-def costly_key_refusal(kind: str, what: str) -> str:
-    return (f"refused: a dict key or set item of kind {kind}, which no {what} has (hashing one nested in itself "
-            "by reference takes exponential time)")
+def costly_key_refusal(found: str, what: str) -> str:
+    return (f"refused: {found} whose hash takes over a million steps (parts nested in it by reference), "
+            f"which no {what} has")
 
 
 def torch_file_costly_key(path: Any) -> str | None:
