@@ -135,17 +135,17 @@ def region(arms: pd.DataFrame, runs: pd.DataFrame, best: pd.Series, within: floa
     is_best = (dm["stage"] == best["stage"]) & (dm["arm"] == best["arm"])
     judged_elsewhere = (dm["stage"] == "search") & dm["arm"].isin(list(confirmed))
     dm = dm[((dm["n"] >= dm["n_attempted"]) & ~judged_elsewhere) | is_best]  # its confirm arm decides
-    best_by_seed = _val_by_seed(runs, best)
+    best_by_seed = _arm_by_seed(runs, best)
     near = [i for i, a in dm.iterrows()
-            if a["val_mean"] >= _on_seeds(best_by_seed, _val_by_seed(runs, a).index, best["val_mean"]) - within - 1e-9]
+            if a["val_mean"] >= _on_seeds(best_by_seed, _arm_by_seed(runs, a).index, best["val_mean"]) - within - 1e-9]
     near_arms = dm.loc[near]
     return {"psi_range": [float(near_arms["psi"].min()), float(near_arms["psi"].max())],
             "rho_range": [float(near_arms["rho"].min()), float(near_arms["rho"].max())],
             "n_configs": int(len(near_arms))}
 
 
-def _val_by_seed(runs: pd.DataFrame, arm: pd.Series, column: str = "final_val_acc") -> pd.Series:
-    """An arm's final validation accuracy (or ``column``) per seed, in points (usable runs of its stage)."""
+def _arm_by_seed(runs: pd.DataFrame, arm: pd.Series, column: str = "final_val_acc") -> pd.Series:
+    """An arm's ``column`` (final validation accuracy by default) per seed, in points (usable runs of its stage)."""
     own = runs[(runs["stage"] == arm["stage"]) & (runs["arm"] == arm["arm"])]
     return own.groupby("seed")[column].mean() * POINTS
 
@@ -327,8 +327,8 @@ def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame, best: pd.Serie
     if guide["psi"] is None or setting.get("task") == "retrieval":
         return None, None
     near = chosen[(chosen["psi"] - guide["psi"]).abs() <= NEAR_PAPER_PSI]
-    best_val = _val_by_seed(chosen, best).to_dict()
-    best_test = _val_by_seed(chosen, best, "final_test_acc").to_dict()
+    best_val = _arm_by_seed(chosen, best).to_dict()
+    best_test = _arm_by_seed(chosen, best, "final_test_acc").to_dict()
     gaps: list[tuple[float, float, bool | None]] = []  # (validation gap: chooses; test gap, beyond noise: report)
     for (stage, name), arm in near.groupby(["stage", "arm"]):
         if stage == "search" and name in confirmed and not (stage == best["stage"] and name == best["arm"]):
