@@ -23,7 +23,7 @@ import numpy as np
 
 from dm_tune._names import IMBALANCE_KINDS as IMBALANCE_KINDS  # re-exported: the imbalance profiles below
 from dm_tune._names import rate_limit as rate_limit  # re-exported: check_noise's limit (light, for recommend)
-from dm_tune.datasets._base import DataError, costly_key_refusal, torch_file_costly_key
+from dm_tune.datasets._base import DataError
 from dm_tune.errors import first_line
 
 
@@ -204,8 +204,15 @@ def _load_cifar_n(path: Path, layout: str) -> object:
     allowed = [np.ndarray, np.dtype, rebuild, (rebuild, "numpy.core.multiarray._reconstruct"),  # numpy 1 name
                *(type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
                                             "uint32", "uint64", "float16", "float32", "float64"))]
-    if (kind := torch_file_costly_key(path)) is not None:  # (torch's loader hashes every key it builds)
-        raise DataError(path, costly_key_refusal(kind, "label file"), layout)
+    from dm_tune.datasets._pickles import unsafe_pickle_refusal, unsafe_torch_file
+
+    try:
+        unsafe = unsafe_torch_file(path)  # (torch's loader would build the values: see there)
+    except Exception as e:  # noqa: BLE001 - zipfile's or pickletools' errors on a damaged file
+        raise DataError(path, f"could not be read as a torch-saved file of label arrays ({first_line(e)})",
+                        layout) from None
+    if unsafe is not None:
+        raise DataError(path, unsafe_pickle_refusal(unsafe, "label file"), layout)
     try:
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
             # (torch's warning on a pickle protocol above 2, before it refuses a plain pickle)

@@ -20,7 +20,8 @@ import torch
 
 from dm_tune._validate import ConfigError
 from dm_tune.errors import first_line
-from dm_tune.datasets._base import DataError, Source, Split, costly_key, costly_key_refusal, nested_values
+from dm_tune.datasets._base import DataError, Source, Split, nested_values
+from dm_tune.datasets._pickles import unsafe_pickle, unsafe_pickle_refusal
 
 # Per-channel statistics of the training images, on the [0, 1] scale.
 CIFAR10_NORMALISE = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -158,7 +159,7 @@ class _Fixed:
 def _latin1(text: Any, encoding: Any = "latin1", errors: Any = "strict") -> bytes:
     """What protocol 2-4 pickles call ``_codecs.encode`` for: bytes, as latin1 text. Any other codec
     is refused (chained, 'hex' doubled a string at each call: a small file filled the memory)."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):  # (the repr of a str only: see costly_key)
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):  # (the repr of a str only)
         shown = repr(encoding[:40]) if isinstance(encoding, str) else type(encoding).__name__
         raise _Refused(f"_codecs.encode({type(text).__name__}, {shown})")
     return text.encode("latin1")
@@ -195,17 +196,17 @@ def _unpickle(path: Path, keys: tuple[str, ...], layout: str) -> dict[str, Any]:
         raise DataError(path, "file not found", layout)
     try:
         with path.open("rb") as f:
-            kind = costly_key(f)  # (before anything is built: see there)
+            unsafe = unsafe_pickle(f)  # (before anything is built: see there)
             f.seek(0)
-            blob = None if kind else _ArraysOnly(f, encoding="latin1").load()  # the releases are Python 2 cPickles
+            blob = None if unsafe else _ArraysOnly(f, encoding="latin1").load()  # the releases are Python 2 cPickles
     except _Refused as e:
         raise DataError(path, f"refused: holds Python objects other than arrays ({e}); loading it could run code",
                         layout) from None
     except Exception as e:  # any unpickling failure means a damaged or foreign file
         raise DataError(path, f"could not be read as a CIFAR pickle ({type(e).__name__}: {first_line(e)})",
                         layout) from None
-    if kind is not None:
-        raise DataError(path, costly_key_refusal(kind, "CIFAR pickle"), layout)
+    if unsafe is not None:
+        raise DataError(path, unsafe_pickle_refusal(unsafe, "CIFAR pickle"), layout)
     if not isinstance(blob, dict) or any(k not in blob for k in keys):
         present = ", ".join(sorted(map(str, blob))) if isinstance(blob, dict) else type(blob).__name__
         raise DataError(path, f"lacks the keys {', '.join(keys)} (present: {present})", layout)
