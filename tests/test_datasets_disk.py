@@ -702,6 +702,18 @@ def test_the_scan_refuses_what_would_take_a_loader_exponential_time(case):
     assert (unsafe_pickle(io.BytesIO(pkl)) or "").startswith(why), unsafe_pickle(io.BytesIO(pkl))
 
 
+def test_the_scan_stops_at_more_opcodes_than_any_file_it_guards_has(monkeypatch):
+    """Its time is linear in the opcodes, not small: a file of millions of one-byte opcodes is
+    refused at MAX_OPCODES (2 million, about 4 s of reading)."""
+    import io
+
+    from dm_tune.datasets import _pickles
+
+    monkeypatch.setattr(_pickles, "MAX_OPCODES", 1000)
+    assert _pickles.unsafe_pickle(io.BytesIO(b"\x80\x02" + b"N" * 997 + b"].")) is None
+    assert _pickles.unsafe_pickle(io.BytesIO(b"\x80\x02" + b"N" * 998 + b"].")) == "over 1,000 opcodes"
+
+
 def test_a_torch_file_is_scanned_in_the_format_torch_reads_it_in(tmp_path):
     """torch reads a zip archive only where the file starts with its local header, and finds
     data.pkl whatever its case; a zip entry that cannot be read is not passed over unscanned."""
