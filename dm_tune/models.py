@@ -244,16 +244,10 @@ def load_pretrained(model: nn.Module, path: Path) -> None:
     """Load a local state dict (e.g. torchvision's ImageNet weights file); the classifier is replaced after."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained weights file not found (a torch state dict, e.g. resnet50-*.pth)")
-    from dm_tune.datasets._pickles import unsafe_pickle_refusal, unsafe_torch_file
+    from dm_tune.datasets._pickles import torch_file_refusal
 
-    try:
-        unsafe = unsafe_torch_file(path)  # (torch's loader would build the values: see there)
-    except Exception as e:  # noqa: BLE001 - zipfile's or pickletools' errors on a damaged file
-        from dm_tune.errors import first_line
-
-        raise ValueError(f"{path}: could not be read as a torch-saved state dict ({first_line(e)})") from None
-    if unsafe is not None:
-        raise ValueError(f"{path}: {unsafe_pickle_refusal(unsafe, 'state dict')}")
+    if (why := torch_file_refusal(path, "state dict", "state dict")) is not None:  # (before torch builds it)
+        raise ValueError(f"{path}: {why}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

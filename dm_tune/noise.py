@@ -204,15 +204,10 @@ def _load_cifar_n(path: Path, layout: str) -> object:
     allowed = [np.ndarray, np.dtype, rebuild, (rebuild, "numpy.core.multiarray._reconstruct"),  # numpy 1 name
                *(type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
                                             "uint32", "uint64", "float16", "float32", "float64"))]
-    from dm_tune.datasets._pickles import unsafe_pickle_refusal, unsafe_torch_file
+    from dm_tune.datasets._pickles import torch_file_refusal
 
-    try:
-        unsafe = unsafe_torch_file(path)  # (torch's loader would build the values: see there)
-    except Exception as e:  # noqa: BLE001 - zipfile's or pickletools' errors on a damaged file
-        raise DataError(path, f"could not be read as a torch-saved file of label arrays ({first_line(e)})",
-                        layout) from None
-    if unsafe is not None:
-        raise DataError(path, unsafe_pickle_refusal(unsafe, "label file"), layout)
+    if (why := torch_file_refusal(path, "file of label arrays", "label file")) is not None:  # (before torch builds it)
+        raise DataError(path, why, layout)
     try:
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
             # (torch's warning on a pickle protocol above 2, before it refuses a plain pickle)

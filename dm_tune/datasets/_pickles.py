@@ -172,6 +172,18 @@ def unsafe_pickle_refusal(why: str, what: str) -> str:
     return f"refused: {why}, which no {what} has (loading it could take far longer than its size)"
 
 
+def torch_file_refusal(path: Any, read_as: str, what: str) -> str | None:
+    """Why torch's loader should not be given ``path`` (one line), or None: it cannot be read as a
+    torch-saved ``read_as``, or ``unsafe_torch_file`` finds what no ``what`` has."""
+    from dm_tune.errors import first_line
+
+    try:
+        why = unsafe_torch_file(path)
+    except Exception as e:  # noqa: BLE001 - zipfile's or pickletools' errors on a damaged file
+        return f"could not be read as a torch-saved {read_as} ({first_line(e)})"
+    return None if why is None else unsafe_pickle_refusal(why, what)
+
+
 def unsafe_torch_file(path: Any) -> str | None:
     """``unsafe_pickle`` over the pickles of a torch.save file, before torch's loader reads it:
     as torch decides, a file starting ``PK\\x03\\x04`` is its zip archive (every member named
