@@ -93,10 +93,10 @@ def unsafe_pickle(f: Any) -> str | None:
             index = len(memo) if name == "MEMOIZE" else arg
             if not isinstance(index, int) or index > ops:
                 return f"a memo index ({index}) past the {ops} opcodes read"
-            memo[index] = stack[-1] if stack else _Value("object")
+            memo[index] = stack[-1] if stack else _bare("object")
             continue
         if name in ("GET", "BINGET", "LONG_BINGET", "DUP"):
-            value = (stack[-1] if stack else _Value("object")) if name == "DUP" else memo.get(arg, _Value("object"))
+            value = (stack[-1] if stack else _bare("object")) if name == "DUP" else memo.get(arg, _bare("object"))
             if not value.shareable():
                 return f"a {value.kind} used twice by reference"
             stack.append(value)

@@ -1,8 +1,9 @@
 """CIFAR-10 and CIFAR-100 from torchvision's on-disk format (the "python version" pickles).
 
 The pickles are read directly (a second or two, their opcodes scanned first; torchvision is only
-imported to download, and only when ``download`` is asked for). Images stay in memory as uint8 (N, 3, 32, 32); the device
-normalises them with ``Source.normalise`` and applies the crop/flip augmentation.
+imported to download, and only when ``download`` is asked for). Images stay in memory as uint8
+(N, 3, 32, 32); the device normalises them with ``Source.normalise`` and applies the crop/flip
+augmentation.
 
 CIFAR-100 carries its 20 superclasses as ``Source.class_groups`` (for the paper's asymmetric
 ``cifar100-superclass`` noise), derived from the ``coarse_labels`` stored in the train pickle.
