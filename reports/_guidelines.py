@@ -19,7 +19,7 @@ from dm_tune.reports._loso import leave_one_setting_out
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface
 from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
                                     fmt_diff, metric_name, setting_label)
-from dm_tune.reports._rules import _judge, correct_for_multiplicity, factor_trends, lambda_beta_rule, noise_rate_rules
+from dm_tune.reports._rules import correct_for_multiplicity, factor_trends, judge, lambda_beta_rule, noise_rate_rules
 
 
 
@@ -75,7 +75,7 @@ def _rules_by_task(ok: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         if task != "classification":
             for rule in found[0]:
                 rule["task"] = task
-                _judge(rule)  # (its text names the task, however often it is judged; Holm judges some again)
+                judge(rule)  # (its text names the task, however often it is judged; Holm judges some again)
             for trend in found[1]:
                 trend.update(task=task, text=f"[{task}] {trend['text']}")
         rules += found[0]

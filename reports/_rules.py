@@ -142,10 +142,10 @@ def _rule(kind: str, knob: str, group: dict[str, Any], fit: dict[str, Any], sett
           x_name: str = "noise_rate") -> dict[str, Any]:
     rule = {"kind": kind, "knob": knob, "x": x_name, "group": group, "a": fit["a"], "b": fit["b"], "r2": fit["r2"],
             "n": fit["n"], "distinct_x": fit["distinct_x"], "p": fit.get("p", math.nan), "settings": settings}
-    return _judge(rule)
+    return judge(rule)
 
 
-def _judge(rule: dict[str, Any], p_adjusted: float | None = None, tests: int = 1) -> dict[str, Any]:
+def judge(rule: dict[str, Any], p_adjusted: float | None = None, tests: int = 1) -> dict[str, Any]:
     """Set ``supported``, ``reason`` and ``text`` (and a noise-rate psi rule's or the lambda-beta
     rule's ``paper_comparison``) from the fit and the slope's p-value, ``p_adjusted`` when the slope
     was one of ``tests`` tested together (Holm), the raw p otherwise."""
@@ -189,7 +189,7 @@ def correct_for_multiplicity(rules: list[dict[str, Any]]) -> list[dict[str, Any]
     m, running = len(tested), 0.0
     for i, rule in enumerate(tested):
         running = max(running, min(1.0, (m - i) * rule["p"]))
-        _judge(rule, running, m)
+        judge(rule, running, m)
     return rules
 
 
