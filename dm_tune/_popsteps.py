@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from dm_tune.data import Data
-from dm_tune.train import _autocast, _crop_flip_draws, _crop_flip_with
+from dm_tune.train import _autocast, _crop_flip_draws, _crop_flip_with, predicted
 
 if TYPE_CHECKING:
     from dm_tune._popmodels import PopulationModel
@@ -137,7 +137,7 @@ def evaluate(model: PopulationModel, inputs: MemberRows | torch.Tensor, labels: 
                 y = labels[start:start + chunk].unsqueeze(0)
             else:
                 x, y = inputs.slice(start, start + chunk), labels[:, start:start + chunk]
-            correct += (model(prep(x, train=False)).argmax(2) == y).sum(1)
+            correct += (predicted(model(prep(x, train=False))) == y).sum(1)
     return (correct.double() / n).tolist()
 
 
@@ -147,7 +147,7 @@ def step_metrics(logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor, sh
     the batch's labels ``y``, noise flags ``noisy``, whether its noise is known (``kn``) and clean
     labels, each [K, B]."""
     b = y.shape[1]
-    pred = logits.argmax(2)
+    pred = predicted(logits)
     rel = _relative_weights_rows(shares.to(torch.float64))
     clean_k, noisy_k = kn & ~noisy, kn & noisy
     hit = pred == y

@@ -252,6 +252,13 @@ def _batches(split_inputs, n: int, batch_size: int, order: torch.Tensor | None, 
 
 
 @torch.no_grad()
+def predicted(logits: torch.Tensor) -> torch.Tensor:
+    """The class each row of ``logits`` (last dimension) predicts, or -1, which no label is, for a
+    row with a non-finite logit: a diverged model predicts nothing (argmax would read NaN as the
+    largest value and give such a model the accuracy of always answering class 0)."""
+    return logits.argmax(-1).masked_fill_(~torch.isfinite(logits).all(-1), -1)
+
+
 def evaluate(model: nn.Module, split, prep: _Inputs, amp: torch.dtype | None, num_workers: int,
              batch: int = EVAL_BATCH) -> float:
     if len(split) == 0:
@@ -261,7 +268,7 @@ def evaluate(model: nn.Module, split, prep: _Inputs, amp: torch.dtype | None, nu
     labels = split.labels.to(prep.device)
     with _autocast(prep.device, amp):
         for x, idx in _batches(split.inputs, len(split), batch, None, num_workers, prep.device):
-            pred = model(prep(x, train=False)).argmax(1)
+            pred = predicted(model(prep(x, train=False)))
             correct += int((pred == labels[idx.to(prep.device)]).sum())
     return correct / len(split)
 
@@ -407,7 +414,7 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
             scaler.step(opt)
             scaler.update()
             with torch.no_grad():
-                pred = logits.argmax(1)
+                pred = predicted(logits)
                 noisy, kn = is_noisy[idx], known[idx]
                 rel = relative_weights(loss_fn.last_shares.to(torch.float64))
                 clean_k, noisy_k = kn & ~noisy, kn & noisy

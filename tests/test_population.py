@@ -567,6 +567,8 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on():
     results = train_population(cfgs, datas(cfgs), report, member_done=lambda k, r: done.append((len(reports), k, r)))
     assert [r.status for r in results] == ["finished", "diverged", "finished"]
     assert results[1].epochs_completed == 1 and results[1].history[-1]["diverged"] == 1.0
+    last = results[1].history[-1]  # NaN weights predict no class, as in train()
+    assert math.isnan(last["train_loss"]) and last["val_acc"] == last["test_acc"] == 0.0
     assert [sorted(r) for r in reports] == [[0, 1, 2], [0, 2], [0, 2]]
     # how many members trained in each epoch: a count (it read 3.0)
     assert [repr(h["population_size"]) for h in results[0].history] == ["3", "2", "2"]

@@ -198,6 +198,17 @@ def test_a_diverging_run_stops_and_says_so():
     assert result.epochs_completed == len(result.history) < 10
     assert result.history[-1].get("diverged") == 1.0
     assert not math.isfinite(result.history[-1]["train_loss"])
+    # Its NaN logits predict nothing: no accuracy (argmax reads NaN as largest: class 0's share, 0.1).
+    assert result.history[-1]["val_acc"] == result.history[-1]["test_acc"] == 0.0
+
+
+def test_a_row_with_a_non_finite_logit_predicts_no_class():
+    from dm_tune.train import predicted
+
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[0.0, 2.0, 1.0], [nan, 0.0, 1.0], [0.0, inf, 1.0], [-inf, -inf, -inf], [1.0, 1.0, 0.0]])
+    assert predicted(logits).tolist() == [1, -1, -1, -1, 0]
+    assert predicted(logits.expand(2, 5, 3)).tolist() == [[1, -1, -1, -1, 0]] * 2  # a population's [K, B, C]
 
 
 def test_a_run_resumed_from_the_epoch_it_diverged_in_stays_diverged():

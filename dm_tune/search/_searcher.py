@@ -17,12 +17,12 @@ interrupted search continues it: populations with trials that never ended are ha
 with the same members and their newest checkpoint; ended trials never are. Optuna is told each search trial's
 outcome once, when all its seeds have ended (``skip_if_finished``): COMPLETE with the mean final
 validation accuracy over its seeds (a seed that diverged counts with the accuracy its model had
-when it diverged, so an arm unstable on some seeds scores low), PRUNED when a scheduler stopped
-it early on a seed (with its seeds' accuracy at that epoch as an intermediate value), FAIL when
-it crashed or diverged without a usable accuracy. The trial's user attributes say how it ended:
-``status`` (the worst of its seeds': errored, early-stopped, diverged, finished), and with
-several search seeds each seed's ``seed_statuses`` and ``seed_values``. Only public Optuna and
-Ray APIs are used.
+when it diverged, 0 if its weights became NaN, so an arm unstable on some seeds scores low),
+PRUNED when a scheduler stopped it early on a seed (with its seeds' accuracy at that epoch as an
+intermediate value), FAIL when it crashed or diverged without a usable accuracy. The trial's
+user attributes say how it ended: ``status`` (the worst of its seeds': errored, early-stopped,
+diverged, finished), and with several search seeds each seed's ``seed_statuses`` and
+``seed_values``. Only public Optuna and Ray APIs are used.
 """
 
 from __future__ import annotations
