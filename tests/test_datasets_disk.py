@@ -686,6 +686,9 @@ _ESCAPES = {
                               "a bytearray built of something other than bytes"),
     "a memo index far past the file": (b"\x80\x02}r\xff\xff\xff\x0f.",
                                        "a memo index (268435455) past the 3 opcodes read"),
+    "items set on an array, by index arrays that broadcast": (
+        b"\x80\x02" + _glob("numpy.core.multiarray", "_reconstruct") + _glob("numpy", "ndarray")
+        + b"K\x00\x85C\x01b\x87R" + b"NK\x00s.", "items set on an array or tensor"),
     "a 60 KB integer as a key, many times": (
         b"\x80\x02}\x8b" + (60_000).to_bytes(4, "little") + b"\x01" * 60_000 + b"q\x00(" + b"h\x00N" * 2000 + b"u.",
         "more hashing than its size allows"),

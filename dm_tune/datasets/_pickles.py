@@ -15,6 +15,8 @@ built) and refuses:
   hashing, printing or comparing it takes time linear in the file, bar the shared plain values;
 - more hashing in all (dict keys, set items, what calls are given) than a million steps plus 64
   per opcode (a long integer counts its length: its hash is not cached);
+- items set on an array or tensor (numpy indexes it with the key: index arrays of a few
+  elements each broadcast to 2 to the power of their number);
 - ``_codecs.encode`` with any codec but latin1, ``numpy.dtype`` of anything but a string,
   ``bytearray`` of a number (a size to allocate), a memo index past the number of opcodes read
   (the unpickler grows its memo to it), more than ``MAX_OPCODES`` opcodes.
@@ -121,6 +123,8 @@ def unsafe_pickle(f: Any) -> str | None:
             items = sliced or popped
             pushed = [_Value("tuple", 1 + sum(v.cost for v in items), items)]
         elif name in ("SETITEM", "SETITEMS", "DICT"):
+            if name != "DICT" and popped and popped[0].kind == "leaf":  # (numpy indexes: keys that broadcast)
+                return "items set on an array or tensor"
             hashed = popped[1:2] if name == "SETITEM" else sliced[0::2]
             pushed = popped[:1] if name != "DICT" else [_Value("dict")]
         elif name in ("ADDITEMS", "FROZENSET"):
@@ -172,27 +176,30 @@ def unsafe_pickle_refusal(why: str, what: str) -> str:
     return f"refused: {why}, which no {what} has (loading it could take far longer than its size)"
 
 
-def torch_file_refusal(path: Any, read_as: str, what: str) -> str | None:
-    """Why torch's loader should not be given ``path`` (one line), or None: it cannot be read as a
-    torch-saved ``read_as``, or ``unsafe_torch_file`` finds what no ``what`` has."""
+def torch_file_refusal(source: Any, read_as: str, what: str) -> str | None:
+    """Why torch's loader should not be given ``source`` (a path or a binary file object; one line),
+    or None: it cannot be read as a torch-saved ``read_as``, or ``unsafe_torch_file`` finds what no
+    ``what`` has."""
     from dm_tune.errors import first_line
 
     try:
-        why = unsafe_torch_file(path)
+        why = unsafe_torch_file(source)
     except Exception as e:  # noqa: BLE001 - zipfile's or pickletools' errors on a damaged file
         return f"could not be read as a torch-saved {read_as} ({first_line(e)})"
     return None if why is None else unsafe_pickle_refusal(why, what)
 
 
-def unsafe_torch_file(path: Any) -> str | None:
-    """``unsafe_pickle`` over the pickles of a torch.save file, before torch's loader reads it:
-    as torch decides, a file starting ``PK\\x03\\x04`` is its zip archive (every member named
-    data.pkl, in any case, is read), any other its legacy format (its first five pickles: magic
-    number, protocol, system, the object, its storages' keys) or a plain pickle. Raises (zipfile's
-    or pickletools' errors) where the file cannot be read that way."""
+def unsafe_torch_file(source: Any) -> str | None:
+    """``unsafe_pickle`` over the pickles of a torch.save file (a path or a binary file object),
+    before torch's loader reads it: as torch decides, a file starting ``PK\\x03\\x04`` is its zip
+    archive (every member named data.pkl, in any case, is read), any other its legacy format (its
+    first five pickles: magic number, protocol, system, the object, its storages' keys) or a plain
+    pickle. Raises (zipfile's or pickletools' errors) where the file cannot be read that way."""
+    import contextlib
     import zipfile
 
-    with open(path, "rb") as f:
+    with (contextlib.nullcontext(source) if hasattr(source, "read") else open(source, "rb")) as f:
+        f.seek(0)
         if f.read(4) == b"PK\x03\x04":
             with zipfile.ZipFile(f) as archive:
                 for info in archive.infolist():
