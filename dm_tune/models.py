@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dm_tune._validate import ConfigError
+from dm_tune.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -241,19 +242,52 @@ def reid_resnet(name: str) -> Callable[[ModelSpec], nn.Module]:
 
 
 def load_pretrained(model: nn.Module, path: Path) -> None:
-    """Load a local state dict (e.g. torchvision's ImageNet weights file); the classifier is replaced after."""
+    """Load a local state dict (e.g. torchvision's ImageNet weights file); the classifier is replaced
+    after. The file is read by ``read_state_dict`` once a child process has read the same bytes so
+    in bounded time and memory (``_bounded``)."""
+    import io
+
+    from dm_tune.datasets._bounded import Unreadable, check_load
+
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained weights file not found (a torch state dict, e.g. resnet50-*.pth)")
-    from dm_tune.datasets._pickles import torch_file_refusal
-
-    if (why := torch_file_refusal(path, "state dict", "state dict")) is not None:  # (before torch builds it)
-        raise ValueError(f"{path}: {why}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    data = path.read_bytes()
+    try:
+        check_load(data, "state-dict")  # (before torch builds it here)
+        state = read_state_dict(io.BytesIO(data))
+    except Unreadable as e:
+        raise ValueError(f"{path}: {e}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if [k for k in missing if not k.startswith("fc.")] or unexpected:
         raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def read_state_dict(f) -> dict:
+    """A torch-saved state dict (or a checkpoint holding one under ``state_dict``; a binary file
+    object), once the pickle scan has passed it, read with torch's weights-only loader. Raises
+    ``Unreadable`` where it cannot be read as one."""
+    from dm_tune.datasets._bounded import Unreadable
+    from dm_tune.datasets._pickles import torch_file_refusal
+
+    if (why := torch_file_refusal(f, "state dict", "state dict")) is not None:
+        raise Unreadable(why)
+    f.seek(0)
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch's refusal (UnpicklingError) or its reader on a damaged file
+        raise Unreadable(f"could not be read as a torch-saved state dict ({first_line(e)})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise Unreadable(f"is not a state dict (a dict of names to tensors): holds a {type(state).__name__}")
+    odd = next((k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+    if odd is not None:
+        shown = repr(odd)[:60] if isinstance(odd, str) else f"a {type(odd).__name__} key"
+        raise Unreadable(f"is not a state dict (a dict of names to tensors): {shown} holds a "
+                         f"{type(state[odd]).__name__}")
+    return state
 
 
 class TextClassifier(nn.Module):

@@ -194,28 +194,50 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
 
 
 def _load_cifar_n(path: Path, layout: str) -> object:
-    """A CIFAR-N .pt file, unpickled with torch's weights-only loader: tensors, containers and the
-    numpy arrays those files hold, nothing that could run code while loading."""
+    """A CIFAR-N .pt file, read by ``read_label_arrays`` once a child process has read the same
+    bytes so in bounded time and memory (``_bounded``)."""
+    import io
+
+    from dm_tune.datasets._bounded import Unreadable, check_load
+
+    data = path.read_bytes()
+    try:
+        check_load(data, "label-arrays")  # (before torch builds it here)
+        return read_label_arrays(io.BytesIO(data))
+    except Unreadable as e:
+        raise DataError(path, str(e), layout) from None
+
+
+def read_label_arrays(f) -> object:
+    """A torch-saved file of label arrays (a binary file object), once the pickle scan has passed
+    it, unpickled with torch's weights-only loader: tensors, containers and the numpy arrays those
+    files hold, nothing that could run code while loading. Its tensors and arrays are copied whole
+    (a view can be any size over a small storage: the copy is what a bounded load measures).
+    Raises ``Unreadable`` where it cannot be read so."""
     import warnings
 
     import torch
+
+    from dm_tune.datasets._bounded import Unreadable
+    from dm_tune.datasets._pickles import torch_file_refusal
+
+    if (why := torch_file_refusal(f, "file of label arrays", "label file")) is not None:
+        raise Unreadable(why)
+    f.seek(0)
 
     rebuild = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's array-unpickling function
     allowed = [np.ndarray, np.dtype, rebuild, (rebuild, "numpy.core.multiarray._reconstruct"),  # numpy 1 name
                *(type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
                                             "uint32", "uint64", "float16", "float32", "float64"))]
-    from dm_tune.datasets._pickles import torch_file_refusal
-
-    if (why := torch_file_refusal(path, "file of label arrays", "label file")) is not None:  # (before torch builds it)
-        raise DataError(path, why, layout)
     try:
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
             # (torch's warning on a pickle protocol above 2, before it refuses a plain pickle)
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         try:
-            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            f.seek(0)
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(f)
         except Exception:  # noqa: BLE001 - only used to name the culprit
             found = []
         names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in allowed}
@@ -223,21 +245,41 @@ def _load_cifar_n(path: Path, layout: str) -> object:
         if not extra:
             import zipfile
 
-            why = ("torch's weights-only loader refused its contents" if zipfile.is_zipfile(path) else
+            f.seek(0)
+            why = ("torch's weights-only loader refused its contents" if zipfile.is_zipfile(f) else
                    "not in torch.save's format; a plain pickle is not read")
-            raise DataError(path, f"could not be read as a torch-saved file of label arrays ({why})", layout) from None
-        raise DataError(path, f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "
-                        "loading it could run code", layout) from None
+            raise Unreadable(f"could not be read as a torch-saved file of label arrays ({why})") from None
+        raise Unreadable(f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "
+                         "loading it could run code") from None
+    except MemoryError:
+        raise
     except Exception as e:  # noqa: BLE001 - torch's reader on a damaged file (RuntimeError, struct.error, ...)
-        raise DataError(path, f"could not be read as a torch-saved file of label arrays ({first_line(e)})",
-                        layout) from None
+        raise Unreadable(f"could not be read as a torch-saved file of label arrays ({first_line(e)})") from None
     # A numpy dtype's pickled state can give it fields of objects, whose bytes numpy reads as
     # pointers: no label array has fields or objects, so none is touched.
     for value in blob.values() if isinstance(blob, dict) else ():
         if isinstance(value, np.ndarray) and (value.dtype.fields is not None or value.dtype.hasobject):
-            raise DataError(path, "refused: holds an array of structured or object values, not labels; reading it "
-                            "could crash", layout)
-    return blob
+            raise Unreadable("refused: holds an array of structured or object values, not labels; reading it "
+                             "could crash")
+    try:
+        return _whole(blob)
+    except RecursionError:
+        raise Unreadable("refused: holds containers nested thousands deep, which no label file has") from None
+
+
+def _whole(value: object) -> object:
+    """``value`` with every tensor and array in it (through dicts, lists and tuples) copied whole."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.clone(memory_format=torch.contiguous_format)
+    if isinstance(value, np.ndarray):
+        return np.array(value, order="C")
+    if isinstance(value, dict) or type(value) in (list, tuple):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        whole = [(k, _whole(v)) for k, v in items]
+        return dict(whole) if isinstance(value, dict) else type(value)(v for _, v in whole)
+    return value
 
 
 def _is_int(s: str) -> bool:

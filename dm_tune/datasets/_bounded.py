@@ -1,0 +1,138 @@
+"""A torch-saved file is first loaded in a child process with a time and a memory limit.
+
+The pickle scan (``_pickles``) refuses the ways a small pickle is known to take exponential time.
+What torch's weights-only loader still allows can cost time or memory in proportion to a number
+the file states rather than to its size: a tensor class called with a size, a view past its
+storage's data, a string copied at each call. So the caller reads the file's bytes once and
+``check_load`` has a child process load them, with its address space limited to a few times the
+file's size and its time to ``LOAD_SECONDS``; only when the load finished there does the caller
+load the same bytes itself (the load is deterministic: it costs the same again). A load that
+failed in the child fails with its message; one that ran out of time or memory, or whose process
+died, is refused, and the caller's process never builds it.
+
+The child runs ``python -m dm_tune.datasets._bounded MODULE:FUNCTION EXTRA_BYTES`` with the bytes
+on its standard input (the reader imports torch before its memory is limited), and answers one
+JSON line on its standard output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import IO, Any
+
+# Time for a child to start (it imports torch: 2-3 s on an idle 2-core VM, more under load) and
+# load; a file gets one more second per 10 MB.
+LOAD_SECONDS = 120.0
+SECONDS_PER_BYTE = 1e-7
+# The child's address space may grow past what it held before the load by this many times the
+# file's size, plus MEMORY_SLACK: a file's tensors are its data (the bytes read in, the storages
+# built from them, torch's copies), and allocators reserve more than they touch.
+MEMORY_FACTOR = 4
+MEMORY_SLACK = 1 << 30
+
+# What a child may be asked to load with: "module:function", a function taking a binary file
+# object that raises ``Unreadable`` for a file it cannot read as what it reads.
+READERS = {"state-dict": "dm_tune.models:read_state_dict",
+           "label-arrays": "dm_tune.noise:read_label_arrays"}
+
+_PASSED: set[tuple[str, str]] = set()  # (reader, sha256 of the bytes) whose load finished in a child
+
+
+class Unreadable(Exception):
+    """A file a reader cannot read as what it reads; the one-line message says why."""
+
+
+def check_load(data: bytes, reader: str) -> None:
+    """Raise ``Unreadable`` unless ``READERS[reader]`` loads ``data`` in a child process within
+    ``LOAD_SECONDS`` (and one second per 10 MB) and ``MEMORY_FACTOR`` times its size (and
+    ``MEMORY_SLACK``) of memory. Bytes that passed once in this process pass at once."""
+    key = (reader, hashlib.sha256(data).hexdigest())
+    if key in _PASSED:
+        return
+    seconds = LOAD_SECONDS + SECONDS_PER_BYTE * len(data)
+    memory = MEMORY_FACTOR * len(data) + MEMORY_SLACK
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),  # this process's dm_tune
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "dm_tune.datasets._bounded", READERS[reader], str(memory)],
+                              input=data, capture_output=True, timeout=seconds, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise Unreadable(f"refused: loading it took longer than {seconds:.0f} s, far longer than a file of "
+                         f"{_size(len(data))} needs") from None
+    except OSError as e:  # (no process could be started: fork or file limits)
+        raise Unreadable(f"could not be loaded: no process to load it first could start ({e})") from None
+    answer = _answer(done.stdout)
+    if answer is None:
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        ended = f"was killed by signal {-done.returncode}" if done.returncode < 0 else f"exited {done.returncode}"
+        raise Unreadable(f"refused: the process that loads it first {ended}"
+                         f"{f' ({said[-1][:200]})' if said else ''}")
+    if "unreadable" in answer:
+        raise Unreadable(str(answer["unreadable"]))
+    _PASSED.add(key)
+
+
+def _answer(stdout: bytes) -> dict[str, Any] | None:
+    lines = stdout.decode("utf-8", "replace").strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) and ("loaded" in answer or "unreadable" in answer) else None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n} bytes"
+
+
+def _reader(spec: str) -> Callable[[IO[bytes]], Any]:
+    import importlib
+
+    module, function = spec.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _limit_memory(extra: int) -> str | None:
+    """Limit this process's address space to what it holds now plus ``extra`` bytes (Linux; where
+    there is no /proc, only the time limit holds). Returns the limit as text, or None."""
+    import resource
+
+    try:
+        with open("/proc/self/statm") as f:
+            held = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+    limit = held + extra
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return _size(limit)
+
+
+def _child(spec: str, extra: int) -> dict[str, Any]:
+    import io
+
+    reader = _reader(spec)  # (imports torch and numpy before the limit)
+    import torch
+
+    torch.set_num_threads(1)
+    data = sys.stdin.buffer.read()
+    limit = _limit_memory(extra)
+    try:
+        reader(io.BytesIO(data))
+    except Unreadable as e:
+        return {"unreadable": str(e)}
+    except MemoryError:
+        return {"unreadable": f"refused: loading it needs more than {limit} of memory, far more than a file of "
+                              f"{_size(len(data))} needs"}
+    return {"loaded": True}
+
+
+if __name__ == "__main__":
+    # (through the package's module, not this __main__ copy: the readers raise its Unreadable)
+    from dm_tune.datasets._bounded import _child as child
+
+    print(json.dumps(child(sys.argv[1], int(sys.argv[2]))), flush=True)

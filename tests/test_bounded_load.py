@@ -1,0 +1,187 @@
+"""Torch-saved files (pretrained weights, CIFAR-N label files) are loaded first in a child process
+with a time and memory limit (dm_tune/datasets/_bounded.py): real child processes, real files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import dm_tune.datasets._bounded as bounded
+from dm_tune.datasets import DataError
+from dm_tune.models import load_pretrained
+from dm_tune.noise import read_label_file
+
+
+@pytest.fixture(autouse=True)
+def _fresh_verdicts(monkeypatch):
+    monkeypatch.setattr(bounded, "_PASSED", set())
+
+
+def _children(monkeypatch) -> list[list[str]]:
+    """The command lines of the child processes check_load starts from now on."""
+    started: list[list[str]] = []
+    run = subprocess.run
+
+    def counted(cmd, *args, **kwargs):
+        started.append(list(cmd))
+        return run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(bounded.subprocess, "run", counted)
+    return started
+
+
+def _torch_loads_here(monkeypatch) -> list[int]:
+    """How often this process calls torch.load from now on (the children are other processes)."""
+    calls: list[int] = []
+    load = torch.load
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    return calls
+
+
+def _with_data_pkl(tmp_path: Path, pkl: bytes) -> Path:
+    """A torch.save zip archive whose data.pkl is ``pkl`` (and no tensor data)."""
+    saved, path = tmp_path / "saved.pt", tmp_path / "crafted.pt"
+    torch.save({"w": torch.zeros(2)}, saved)
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for name in src.namelist():
+            if "/data/" not in name:
+                dst.writestr(name, pkl if name.endswith("/data.pkl") else src.read(name))
+    return path
+
+
+# {"worse_label": torch.LongTensor(2**31)}: 52 bytes of pickle, 16 GiB of tensor (a size the file
+# states, not data it holds; the opcode scan cannot tell it from a small tensor).
+_SIZED = (b"\x80\x02}X\x0b\x00\x00\x00worse_label" + b"ctorch\nLongTensor\n" + b"\x8a\x05\x00\x00\x00\x80\x00\x85R"
+          + b"s.")
+
+
+def test_pretrained_weights_load_into_the_model_and_are_checked_once(tmp_path, monkeypatch):
+    source = torchvision.models.resnet18()
+    plain, wrapped = tmp_path / "r18.pth", tmp_path / "checkpoint.pth"
+    torch.save(source.state_dict(), plain)
+    torch.save({"state_dict": source.state_dict(), "epoch": 90}, wrapped)
+    started = _children(monkeypatch)
+    for path in (plain, wrapped, plain):
+        model = torchvision.models.resnet18()
+        load_pretrained(model, path)
+        for (name, got), want in zip(model.state_dict().items(), source.state_dict().values()):
+            assert torch.equal(got, want), name
+    # one child per distinct file (the same bytes again: no second child)
+    assert [cmd[-2] for cmd in started] == ["dm_tune.models:read_state_dict"] * 2
+
+
+def test_a_checkpoint_that_holds_no_state_dict_is_one_line(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 3}, path)
+    with pytest.raises(ValueError, match=r"is not a state dict .*'model' holds a dict"):
+        load_pretrained(torchvision.models.resnet18(), path)
+
+
+@pytest.mark.parametrize("reader", ["label file", "pretrained weights"])
+def test_a_file_stating_a_tensor_far_larger_than_itself_is_refused_in_the_child(tmp_path, monkeypatch, reader):
+    """Its load fails against the child's memory limit; this process never loads it."""
+    path = _with_data_pkl(tmp_path, _SIZED)
+    loads = _torch_loads_here(monkeypatch)
+    started = _children(monkeypatch)
+    with pytest.raises(ValueError, match="can't allocate memory") as caught:
+        if reader == "label file":
+            read_label_file(path, "worse_label")
+        else:
+            load_pretrained(torch.nn.Linear(2, 2), path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    assert isinstance(caught.value, DataError) == (reader == "label file")
+    assert len(started) == 1 and loads == []
+
+
+def _my_children() -> list[str]:
+    return [pid for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
+
+
+def test_a_load_that_outlasts_its_time_is_refused_and_its_process_killed(tmp_path, monkeypatch):
+    path = tmp_path / "labels.pt"
+    torch.save({"worse_label": np.zeros(10, dtype=np.int64)}, path)
+    monkeypatch.setattr(bounded, "LOAD_SECONDS", 0.2)  # (a child takes 1-3 s to import torch)
+    loads = _torch_loads_here(monkeypatch)
+    before = _my_children()
+    with pytest.raises(DataError, match=r"refused: loading it took longer than 0 s"):
+        read_label_file(path, "worse_label")
+    assert loads == [] and _my_children() == before  # (killed and reaped)
+    monkeypatch.setattr(bounded, "LOAD_SECONDS", 120.0)  # the same file, in time
+    assert read_label_file(path, "worse_label").tolist() == [0] * 10
+
+
+def test_a_child_killed_by_a_signal_is_a_refusal_not_a_load(tmp_path, monkeypatch):
+    """kill -9 of the child (as the kernel's OOM killer would): the file is refused, never loaded
+    here, and not remembered as passed."""
+    (tmp_path / "dying_reader.py").write_text("import os, signal\n\n\ndef read(f):\n"
+                                              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # (the child gets this process's sys.path)
+    monkeypatch.setitem(bounded.READERS, "state-dict", "dying_reader:read")
+    path = tmp_path / "w.pth"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    loads = _torch_loads_here(monkeypatch)
+    with pytest.raises(ValueError, match="refused: the process that loads it first was killed by signal 9"):
+        load_pretrained(torch.nn.Linear(2, 2), path)
+    assert loads == [] and bounded._PASSED == set()
+
+
+def test_a_child_that_answers_nothing_readable_is_a_refusal(tmp_path, monkeypatch):
+    (tmp_path / "raising_reader.py").write_text("def read(f):\n    raise KeyError('no such thing')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(bounded.READERS, "label-arrays", "raising_reader:read")
+    path = tmp_path / "labels.pt"
+    torch.save({"worse_label": torch.zeros(3, dtype=torch.long)}, path)
+    with pytest.raises(DataError, match=r"the process that loads it first exited 1 \(KeyError: 'no such thing'\)"):
+        read_label_file(path, "worse_label")
+
+
+def test_the_child_imports_this_process_dm_tune(tmp_path, monkeypatch):
+    """From another working directory and with PYTHONPATH unset, the child still finds the package
+    this process runs (a Ray worker's may come from its runtime environment's working_dir)."""
+    path = tmp_path / "labels.pt"
+    torch.save({"worse_label": torch.arange(4)}, path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    started = _children(monkeypatch)
+    assert read_label_file(path, "worse_label").tolist() == [0, 1, 2, 3]
+    assert len(started) == 1 and os.getcwd() == str(tmp_path)
+
+
+def test_a_label_file_nested_thousands_deep_is_refused_in_one_line(tmp_path):
+    """Its arrays are copied whole through its containers (views of any size are measured in the
+    child): a list nested 5000 deep ends that copy, and the file is refused."""
+    pkl = b"\x80\x02}X\x0b\x00\x00\x00worse_label" + b"]" * 5000 + b"a" * 4999 + b"s."
+    with pytest.raises(DataError, match="refused: holds containers nested thousands deep"):
+        read_label_file(_with_data_pkl(tmp_path, pkl), "worse_label")
+
+
+def test_a_view_far_larger_than_its_storage_is_measured_in_the_child(tmp_path, monkeypatch):
+    """A stride-0 view of 2^31 elements over a 1-element storage costs nothing to load, and 16 GiB
+    to read as labels: the child copies it whole and fails; this process never loads it."""
+    saved = tmp_path / "one.pt"
+    torch.save({"worse_label": torch.zeros(1, dtype=torch.long)}, saved)
+    with zipfile.ZipFile(saved) as src:
+        pkl = src.read(next(n for n in src.namelist() if n.endswith("/data.pkl")))
+    # torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...): size (1,) -> (2^31,), stride (1,) -> (0,)
+    grown = pkl.replace(b"K\x01\x85q", b"\x8a\x05\x00\x00\x00\x80\x00\x85q", 1).replace(b"K\x01\x85q", b"K\x00\x85q", 1)
+    assert grown != pkl
+    path = tmp_path / "view.pt"
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, grown if name.endswith("/data.pkl") else src.read(name))
+    loads = _torch_loads_here(monkeypatch)
+    with pytest.raises(DataError, match="can't allocate memory"):
+        read_label_file(path, "worse_label")
+    assert loads == []
