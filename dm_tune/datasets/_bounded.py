@@ -99,13 +99,14 @@ def _reader(spec: str) -> Callable[[IO[bytes]], Any]:
 
 def _limit_memory(extra: int) -> str | None:
     """Limit this process's address space to what it holds now plus ``extra`` bytes (Linux; where
-    there is no /proc, only the time limit holds). Returns the limit as text, or None."""
-    import resource
-
+    there is no /proc or no ``resource`` module, only the time limit holds). Returns the limit as
+    text, or None."""
     try:
+        import resource
+
         with open("/proc/self/statm") as f:
             held = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
+    except (ImportError, OSError, ValueError):
         return None
     limit = held + extra
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
