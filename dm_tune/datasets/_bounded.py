@@ -127,7 +127,8 @@ def _child(spec: str, extra: int) -> dict[str, Any]:
     except Unreadable as e:
         return {"unreadable": str(e)}
     except MemoryError:
-        return {"unreadable": f"refused: loading it needs more than {limit} of memory, far more than a file of "
+        allowed = f" (this process may hold {limit})" if limit else ""
+        return {"unreadable": f"refused: loading it ran out of memory{allowed}, far more than a file of "
                               f"{_size(len(data))} needs"}
     return {"loaded": True}
 
