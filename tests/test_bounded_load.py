@@ -185,3 +185,14 @@ def test_a_view_far_larger_than_its_storage_is_measured_in_the_child(tmp_path, m
     with pytest.raises(DataError, match="can't allocate memory"):
         read_label_file(path, "worse_label")
     assert loads == []
+
+
+def test_a_numpy_array_of_a_stated_shape_runs_the_child_out_of_memory(tmp_path, monkeypatch):
+    """numpy's own unpickling function, which the label reader must allow, allocates the shape it
+    is given (8 GiB here) before any data: the child runs out of memory, this process loads nothing."""
+    pkl = (b"\x80\x02}X\x0b\x00\x00\x00worse_label" + b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n"
+           + b"\x8a\x05\x00\x00\x00\x00\x02\x85" + b"X\x01\x00\x00\x00b\x87R" + b"s.")  # (2^33,), 'b'
+    loads = _torch_loads_here(monkeypatch)
+    with pytest.raises(DataError, match=r"refused: loading it ran out of memory \(this process may hold \d"):
+        read_label_file(_with_data_pkl(tmp_path, pkl), "worse_label")
+    assert loads == []
