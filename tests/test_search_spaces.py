@@ -48,7 +48,7 @@ def test_decoupled_knobs_map_to_the_paper_parametrisation():
 def test_paper_space_allows_negative_beta_and_grid_is_a_grid():
     assert SPACES["paper"]["beta"]["low"] < 0
     assert is_grid(SPACES["paper-grid"]) and not is_grid(SPACES["decoupled"])
-    assert grid_size(SPACES["paper-grid"]) == 4 * 8
+    assert grid_size(SPACES["paper-grid"]) == 4 * 9
 
 
 def test_extra_knobs_are_off_by_default():
