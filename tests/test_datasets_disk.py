@@ -218,7 +218,10 @@ def _shared_tree(depth: int) -> list:
     ("batches.meta", {"label_names": None}, "'label_names' is NoneType, not a list of 10 class names"),
     ("batches.meta", {"label_names": 10}, "'label_names' is int, not a list of 10 class names"),
     # rows or ids as lists of one pickled list repeated by reference: any size from a small file
-    ("data_batch_2", {"data": [bytes(3072)] * 10, "labels": list(range(10))}, "'data' is list, not a uint8 array"),
+    ("data_batch_2", {"data": [bytes(3072)] * 10, "labels": list(range(10))},
+     "refused: a long text used twice by reference, which no CIFAR pickle has"),
+    ("data_batch_2", {"data": [bytes(3072) + bytes([i]) for i in range(10)], "labels": list(range(10))},
+     "'data' is list, not a uint8 array"),
     ("data_batch_2", {"data": "images", "labels": [list(range(100)) for _ in range(10)]},
      "'labels' holds lists nested past one class id per image"),
     ("data_batch_2", {"data": "images", "labels": [_shared_tree(20)] * 10},
@@ -689,6 +692,9 @@ _ESCAPES = {
     "items set on an array, by index arrays that broadcast": (
         b"\x80\x02" + _glob("numpy.core.multiarray", "_reconstruct") + _glob("numpy", "ndarray")
         + b"K\x00\x85C\x01b\x87R" + b"NK\x00s.", "items set on an array or tensor"),
+    "a long string copied by each call given it": (
+        b"\x80\x02]" + _glob("_codecs", "encode") + b"q\x00" + _text("a" * 257) + b"q\x01" + _text("latin1")
+        + b"q\x02(" + (b"h\x00h\x01h\x02\x86R") * 2 + b"e.", "a long text used twice by reference"),
     "a 60 KB integer as a key, many times": (
         b"\x80\x02}\x8b" + (60_000).to_bytes(4, "little") + b"\x01" * 60_000 + b"q\x00(" + b"h\x00N" * 2000 + b"u.",
         "more hashing than its size allows"),

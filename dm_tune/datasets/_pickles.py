@@ -10,9 +10,10 @@ that doubles a string at each call. ``unsafe_pickle`` reads the opcodes (picklet
 built) and refuses:
 
 - a container (list, dict, set, a tuple of more than a few plain values, or what a call other
-  than an array, tensor or dtype reconstruction returned) used a second time by reference (the
-  memo's GET, or DUP): every value a pickle builds is then a tree its own opcodes spell out, and
-  hashing, printing or comparing it takes time linear in the file, bar the shared plain values;
+  than an array, tensor or dtype reconstruction returned) or a string or bytes of more than 256
+  used a second time by reference (the memo's GET, or DUP): every value a pickle builds is then a
+  tree its own opcodes spell out, and hashing, printing, comparing or copying it takes time
+  linear in the file, bar the shared short plain values;
 - more hashing in all (dict keys, set items, what calls are given) than a million steps plus 64
   per opcode (a long integer counts its length: its hash is not cached);
 - items set on an array or tensor (numpy indexes it with the key: index arrays of a few
@@ -33,6 +34,9 @@ _PLAIN = frozenset({"int", "bool", "int_or_bool", "float", "bytes", "str", "byte
 # A tuple of plain values up to this hashing cost may be shared (numpy's (0,) shapes, torch's
 # sizes and storage keys are).
 SHARED_TUPLE_COST = 64
+# A string or bytes longer than this may not be used twice by reference: each call given it
+# (``_codecs.encode``) copies it, so a 1 MB string given to 8000 calls filled 8 GB.
+SHARED_TEXT_LENGTH = 256
 # Ten times the opcodes of the largest file the loaders read (CIFAR-100's training batch: about
 # 200 000); the scan reads one in about 2 microseconds.
 MAX_OPCODES = 2_000_000
@@ -70,10 +74,13 @@ def _bare(kind: str) -> _Value:
 
 
 def _plain(kind: str, arg: Any) -> _Value:
-    """A plain value pushed by an opcode with argument ``arg``: a long integer costs its length."""
+    """A plain value pushed by an opcode with argument ``arg``: a long integer costs its length; a
+    string or bytes longer than ``SHARED_TEXT_LENGTH`` is not plain (it may not be shared)."""
     if isinstance(arg, int) and not isinstance(arg, bool) and arg.bit_length() >= 120:
         return _Value(kind, arg.bit_length() // 60)
-    if isinstance(arg, str) and len(arg) <= 256:
+    if isinstance(arg, (str, bytes)) and len(arg) > SHARED_TEXT_LENGTH:
+        return _bare("long text")
+    if isinstance(arg, str):
         return _Value(kind, text=arg)
     return _bare(kind)
 
