@@ -284,9 +284,9 @@ def read_state_dict(f) -> dict:
         raise Unreadable(f"is not a state dict (a dict of names to tensors): holds a {type(state).__name__}")
     odd = next((k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
     if odd is not None:
-        shown = repr(odd)[:60] if isinstance(odd, str) else f"a {type(odd).__name__} key"
-        raise Unreadable(f"is not a state dict (a dict of names to tensors): {shown} holds a "
-                         f"{type(state[odd]).__name__}")
+        what = (f"{odd[:60]!r} holds a {type(state[odd]).__name__}" if isinstance(odd, str) else
+                f"it has a {type(odd).__name__} key")
+        raise Unreadable(f"is not a state dict (a dict of names to tensors): {what}")
     return state
 
 

@@ -268,18 +268,28 @@ def read_label_arrays(f) -> object:
 
 
 def _whole(value: object) -> object:
-    """``value`` with every tensor and array in it (through dicts, lists and tuples) copied whole."""
+    """``value`` with every tensor and array in it (through dicts, lists and tuples) copied whole;
+    raises ``Unreadable`` for anything else than those, numbers, strings and None (a storage,
+    which numpy would read item by item), and for a dict key that is not a string (a key's text
+    is printed)."""
     import torch
+
+    from dm_tune.datasets._bounded import Unreadable
 
     if isinstance(value, torch.Tensor):
         return value.clone(memory_format=torch.contiguous_format)
     if isinstance(value, np.ndarray):
         return np.array(value, order="C")
-    if isinstance(value, dict) or type(value) in (list, tuple):
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        whole = [(k, _whole(v)) for k, v in items]
-        return dict(whole) if isinstance(value, dict) else type(value)(v for _, v in whole)
-    return value
+    if isinstance(value, dict):
+        odd = next((k for k in value if not isinstance(k, str)), None)
+        if odd is not None:
+            raise Unreadable(f"refused: holds a {type(odd).__name__} key, where label sets are named by strings")
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_whole(v) for v in value] if isinstance(value, list) else tuple(_whole(v) for v in value)
+    if value is None or isinstance(value, (int, float, str, bytes, np.generic)):
+        return value
+    raise Unreadable(f"refused: holds a {type(value).__name__}, where a label file holds arrays, lists and numbers")
 
 
 def _is_int(s: str) -> bool:

@@ -196,3 +196,21 @@ def test_a_numpy_array_of_a_stated_shape_runs_the_child_out_of_memory(tmp_path, 
     with pytest.raises(DataError, match=r"refused: loading it ran out of memory \(this process may hold \d"):
         read_label_file(_with_data_pkl(tmp_path, pkl), "worse_label")
     assert loads == []
+
+
+@pytest.mark.parametrize(("pkl", "words"), [
+    # torch.storage.UntypedStorage(2^24): numpy read it item by item (34 s) after a cheap load
+    (b"\x80\x02}X\x0b\x00\x00\x00worse_label" + b"ctorch.storage\nUntypedStorage\n" + b"J\x00\x00\x00\x01\x85R" + b"s.",
+     "refused: holds a UntypedStorage, where a label file holds arrays, lists and numbers"),
+    # a tuple as a label set's name: printed in full by "has no key ... (present: ...)"
+    (b"\x80\x02}K\x01K\x02\x86N" + b"s.", "refused: holds a tuple key, where label sets are named by strings"),
+])
+def test_a_label_file_holding_what_no_label_file_holds_is_refused(tmp_path, pkl, words):
+    with pytest.raises(DataError, match=words):
+        read_label_file(_with_data_pkl(tmp_path, pkl), "worse_label")
+
+
+def test_a_state_dict_keyed_by_anything_but_names_is_one_line(tmp_path):
+    path = _with_data_pkl(tmp_path, b"\x80\x02}K\x01K\x02\x86N" + b"s.")
+    with pytest.raises(ValueError, match=r"is not a state dict \(a dict of names to tensors\): it has a tuple key$"):
+        load_pretrained(torch.nn.Linear(2, 2), path)
