@@ -267,7 +267,7 @@ def read_state_dict(f) -> dict:
     object), once the pickle scan has passed it, read with torch's weights-only loader. Raises
     ``Unreadable`` where it cannot be read as one."""
     from dm_tune.datasets._bounded import Unreadable
-    from dm_tune.datasets._pickles import torch_file_refusal
+    from dm_tune.datasets._pickles import torch_file_refusal, weights_only_refusal
 
     if (why := torch_file_refusal(f, "state dict", "state dict")) is not None:
         raise Unreadable(why)
@@ -277,7 +277,10 @@ def read_state_dict(f) -> dict:
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - torch's refusal (UnpicklingError) or its reader on a damaged file
-        raise Unreadable(f"could not be read as a torch-saved state dict ({first_line(e)})") from None
+        import pickle
+
+        why = weights_only_refusal(e) if isinstance(e, pickle.UnpicklingError) else first_line(e)
+        raise Unreadable(f"could not be read as a torch-saved state dict ({why})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -219,7 +219,7 @@ def read_label_arrays(f) -> object:
     import torch
 
     from dm_tune.datasets._bounded import Unreadable
-    from dm_tune.datasets._pickles import torch_file_refusal
+    from dm_tune.datasets._pickles import torch_file_refusal, weights_only_refusal
 
     if (why := torch_file_refusal(f, "file of label arrays", "label file")) is not None:
         raise Unreadable(why)
@@ -234,7 +234,7 @@ def read_label_arrays(f) -> object:
             # (torch's warning on a pickle protocol above 2, before it refuses a plain pickle)
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             blob = torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as refused:
         try:
             f.seek(0)
             found = torch.serialization.get_unsafe_globals_in_checkpoint(f)
@@ -246,7 +246,7 @@ def read_label_arrays(f) -> object:
             import zipfile
 
             f.seek(0)
-            why = ("torch's weights-only loader refused its contents" if zipfile.is_zipfile(f) else
+            why = (weights_only_refusal(refused) if zipfile.is_zipfile(f) else
                    "not in torch.save's format; a plain pickle is not read")
             raise Unreadable(f"could not be read as a torch-saved file of label arrays ({why})") from None
         raise Unreadable(f"refused: holds Python objects other than label arrays ({', '.join(extra[:3])}); "

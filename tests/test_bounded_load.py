@@ -214,3 +214,17 @@ def test_a_state_dict_keyed_by_anything_but_names_is_one_line(tmp_path):
     path = _with_data_pkl(tmp_path, b"\x80\x02}K\x01K\x02\x86N" + b"s.")
     with pytest.raises(ValueError, match=r"is not a state dict \(a dict of names to tensors\): it has a tuple key$"):
         load_pretrained(torch.nn.Linear(2, 2), path)
+
+
+@pytest.mark.parametrize("reader", ["label file", "pretrained weights"])
+def test_a_file_torch_saved_with_a_newer_pickle_protocol_says_why_it_is_refused(tmp_path, reader):
+    """torch's weights-only loader reads none of protocol 3's opcodes on (its message read
+    "Weights only load failed. In PyTorch 2.6, we changed the default value of ...")."""
+    path = tmp_path / "p4.pt"
+    torch.save({"worse_label": torch.zeros(3, dtype=torch.long)}, path, pickle_protocol=4)
+    with pytest.raises(ValueError, match=r"\(torch's weights-only loader refused it: Unsupported operand 149 \(pickle "
+                                         r"protocol 3 or above; torch.save writes 2 unless told otherwise\)\)"):
+        if reader == "label file":
+            read_label_file(path, "worse_label")
+        else:
+            load_pretrained(torch.nn.Linear(2, 2), path)

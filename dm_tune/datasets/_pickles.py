@@ -224,3 +224,19 @@ def unsafe_torch_file(source: Any) -> str | None:
                 return None
             f.seek(here)
     return None
+
+
+def weights_only_refusal(e: BaseException) -> str:
+    """What torch's weights-only loader said refusing a file, in one line: its unpickler's own
+    reason where its message gives one (a protocol above torch.save's default 2 is named so)."""
+    import re
+
+    from dm_tune.errors import first_line
+
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+    if found is None:
+        return first_line(e)
+    reason = found.group(1).split(". Please use", 1)[0].rstrip(".")
+    if reason.startswith("Unsupported operand"):
+        reason += " (pickle protocol 3 or above; torch.save writes 2 unless told otherwise)"
+    return f"torch's weights-only loader refused it: {reason}"
