@@ -219,3 +219,11 @@ def test_compare_methods_prints_its_table_and_refuses_one_seed(capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[2].startswith("| method | final test acc % (mean ± std) |")
     assert table[4].startswith("| cce | ") and table[5].startswith("| DM (lam=1, beta=8) | ")
+
+
+def test_bounded_load_benchmark_times_every_arm(tmp_path):
+    out = tmp_path / "bounded.json"
+    _run("bounded_load.py", "--model", "resnet18", "--repeats", "1", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert len(result["median_s"]) == 6 and all(t > 0 for t in result["median_s"].values())
+    assert result["file_bytes"]["weights"] > 40 * 2**20  # (resnet18's 11.7 M parameters)

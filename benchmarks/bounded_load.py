@@ -1,0 +1,101 @@
+"""What the bounded first load of a torch-saved file costs (dm_tune/datasets/_bounded.py): reading
+pretrained weights and a CIFAR-N label file with it (a child process loads the bytes first; a
+file's second read in a process only hashes it) against torch's weights-only loader alone, side
+by side in one run.
+
+    python benchmarks/bounded_load.py [--model resnet50] [--repeats 3] [--json out.json]
+
+Timed, median over repeats, the arms alternating: ``load_pretrained`` of a torchvision model's
+randomly initialised state dict (no download: the file's size and layout are ImageNet weights'),
+first read (its verdict forgotten) and read again; a CIFAR-N-shaped file (six sets of 50 000
+labels) through ``read_label_file``; and, for the floor, the same readers in this process alone
+(``read_state_dict`` + ``load_state_dict``, ``read_label_arrays``: the scan and torch's
+weights-only loader, no child).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import dm_tune.datasets._bounded as bounded  # noqa: E402
+from dm_tune.models import load_pretrained, read_state_dict  # noqa: E402
+from dm_tune.noise import read_label_arrays, read_label_file  # noqa: E402
+
+import _machine  # noqa: E402
+
+
+def _seconds(call) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet50", help="a torchvision model name (default resnet50)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    build = getattr(torchvision.models, args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, labels = Path(tmp) / "weights.pth", Path(tmp) / "labels.pt"
+        torch.save(build().state_dict(), weights)
+        rng = np.random.default_rng(0)
+        torch.save({k: rng.integers(0, 10, 50_000) for k in ("clean_label", "worse_label", "aggre_label",
+                                                              "random_label1", "random_label2", "random_label3")},
+                   labels)
+        model = build()
+
+        def plain_weights() -> None:
+            with weights.open("rb") as f:
+                model.load_state_dict(read_state_dict(f), strict=False)
+
+        def plain_labels() -> None:
+            with labels.open("rb") as f:
+                np.asarray(read_label_arrays(f)["worse_label"])
+
+        def first(call) -> float:
+            bounded._PASSED.clear()
+            return _seconds(call)
+
+        arms = {
+            "weights: the reader alone + load_state_dict": lambda: _seconds(plain_weights),
+            "weights: load_pretrained, first read": lambda: first(lambda: load_pretrained(model, weights)),
+            "weights: load_pretrained, read again": lambda: _seconds(lambda: load_pretrained(model, weights)),
+            "labels: the reader alone": lambda: _seconds(plain_labels),
+            "labels: read_label_file, first read": lambda: first(lambda: read_label_file(labels, "worse_label")),
+            "labels: read_label_file, read again": lambda: _seconds(lambda: read_label_file(labels, "worse_label")),
+        }
+        times: dict[str, list[float]] = {name: [] for name in arms}
+        for r in range(args.repeats):
+            for name in (list(arms) if r % 2 == 0 else list(reversed(arms))):
+                if name.endswith("read again"):  # (after its first read, whatever the order)
+                    arms[name.replace("read again", "first read")]()
+                times[name].append(arms[name]())
+        sizes = {"weights": weights.stat().st_size, "labels": labels.stat().st_size}
+    result = {"machine": _machine.machine(), "model": args.model, "repeats": args.repeats, "file_bytes": sizes,
+              "median_s": {name: statistics.median(t) for name, t in times.items()}, "times_s": times}
+    for name, t in result["median_s"].items():
+        print(f"{name:45s} {t:7.3f} s")
+    print(f"(files: weights {sizes['weights'] / 2**20:.1f} MB, labels {sizes['labels'] / 2**20:.1f} MB)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
