@@ -116,7 +116,8 @@ def _flat_enough(path: Path, given: object, key: str, layout: str) -> object:
     from dm_tune.datasets._base import nested_values
 
     if isinstance(given, (list, tuple)) and nested_values(given, 4 * max(len(given), 1)) is None:
-        raise DataError(path, f"its {key} holds lists nested past one label per example", layout)
+        raise DataError(path, f"its {key} holds more than one label per example (lists nested deeper, or long "
+                        "text)", layout)
     return given
 
 
@@ -161,7 +162,9 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            # (mapped, not read: numpy allocated the shape a header states before reading, 16 GiB
+            # for a 136-byte file; a map longer than the file is a ValueError)
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
         elif suffix in (".csv", ".txt"):
             rows = [ln.replace(",", " ").split() for ln in path.read_text().splitlines() if ln.strip()]
             if rows and not _is_int(rows[0][-1]):

@@ -222,8 +222,12 @@ def _shared_tree(depth: int) -> list:
      "refused: a long text used twice by reference, which no CIFAR pickle has"),
     ("data_batch_2", {"data": [bytes(3072) + bytes([i]) for i in range(10)], "labels": list(range(10))},
      "'data' is list, not a uint8 array"),
+    ("data_batch_2", {"data": "images", "labels": list(range(9)) + ["a" * 1000]},  # (widened: 10 x 1000 values)
+     "'labels' holds more than one class id per image (lists nested deeper, or long text)"),
+    ("data_batch_2", {"data": "images", "labels": [np.asarray("a" * 1000)] * 10},  # (one 0-d array, shared)
+     "'labels' holds more than one class id per image (lists nested deeper, or long text)"),
     ("data_batch_2", {"data": "images", "labels": [list(range(100)) for _ in range(10)]},
-     "'labels' holds lists nested past one class id per image"),
+     "'labels' holds more than one class id per image (lists nested deeper"),
     ("data_batch_2", {"data": "images", "labels": [_shared_tree(20)] * 10},
      "refused: a list used twice by reference, which no CIFAR pickle has"),
     ("batches.meta", {"label_names": [_shared_tree(20)] * 10},
@@ -794,7 +798,7 @@ def test_a_label_file_of_lists_nested_by_reference_is_refused(tmp_path):
         read_label_file(path, "worse_label")
     nested = tmp_path / "nested.pt"  # nested past one label per example, nothing shared
     torch.save({"worse_label": [[[i, i]] for i in range(10)], "clean_label": [[i] for i in range(10)]}, nested)
-    with pytest.raises(DataError, match="its worse_label holds lists nested past one label per example"):
+    with pytest.raises(DataError, match=r"its worse_label holds more than one label per example \(lists nested"):
         read_label_file(nested, "worse_label")
     assert read_label_file(nested, "clean_label").tolist() == list(range(10))  # a column of labels is labels
 
@@ -849,6 +853,22 @@ def test_label_file_errors(tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(DataError, match="no integer labels"):
             read_label_file(tmp_path / "inf.npy")
+    # a header stating 2^31 labels over no data: numpy allocated 16 GiB before reading (a MemoryError
+    # out of read_label_file where the memory was not there)
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.zeros(1, np.int64))
+    huge.write_bytes(huge.read_bytes().replace(b"(1,)", b"(2147483648,)").replace(b" " * 9 + b"\n", b"\n", 1))
+    with pytest.raises(DataError, match=r"huge.npy: could not be read as labels \(mmap length is greater than "):
+        read_label_file(huge)
+
+
+def test_labels_with_one_long_text_are_refused_before_numpy_widens_every_label_to_it(tmp_path):
+    """20 000 ints and one string of 50 000 characters: np.asarray gave every value that width (4 GB)."""
+    path = tmp_path / "labels.pt"
+    torch.save({"worse_label": [1] * 20_000 + ["a" * 50_000]}, path)
+    with pytest.raises(DataError, match=r"its worse_label holds more than one label per example \(lists nested "
+                                        r"deeper, or long text\)"):
+        read_label_file(path, "worse_label")
 
 
 class _Planted:

@@ -126,22 +126,34 @@ def nested_values(given: Any, limit: int) -> int | None:
     of them; None when an item nests deeper or the count passes ``limit``. Counted before numpy
     reads it: a pickle repeats one list by reference at no cost, so a small file can describe
     lists of any size; the count stops at ``limit`` and never looks inside a nested item whose
-    length alone passes it."""
+    length alone passes it. Where the values hold text, numpy gives every one the widest text's
+    width, so the count is of values times that width (twenty thousand ints and one string of
+    fifty thousand characters made a 4 GB array)."""
     import numpy as np
 
-    total = 0
+    def width(x: Any) -> int:
+        if isinstance(x, (str, bytes)):
+            return max(len(x), 1)
+        if isinstance(x, np.ndarray) and x.dtype.kind in "SU":
+            return max(x.dtype.itemsize // (4 if x.dtype.kind == "U" else 1), 1)
+        return 1
+
+    total, widest = 0, 1
     for item in given:
         if isinstance(item, (list, tuple)):
             if total + len(item) > limit or any(isinstance(x, (list, tuple, dict, set, np.ndarray)) for x in item):
                 return None
             total += len(item)
+            widest = max([widest, *map(width, item)])
         elif isinstance(item, np.ndarray):
             total += int(item.size)
+            widest = max(widest, width(item))
         elif isinstance(item, (dict, set)):
             return None
         else:
             total += 1
-        if total > limit:
+            widest = max(widest, width(item))
+        if total * widest > limit:
             return None
     return total
 

@@ -218,9 +218,11 @@ def _class_ids(path: Path, blob: dict[str, Any], key: str, n: int, num_classes: 
     """``blob[key]`` as one class id in 0..num_classes-1 for each of the ``n`` images."""
     given = blob[key]
     # (a ragged list or a column of ids gets its own message below; lists nested deeper, or holding
-    # far more values than images, are refused before numpy reads them: see nested_values)
+    # far more values than images, or text numpy would widen, are refused before numpy reads them:
+    # see nested_values)
     if isinstance(given, (list, tuple)) and nested_values(given, 4 * max(n, len(given))) is None:
-        raise DataError(path, f"{key!r} holds lists nested past one class id per image", layout)
+        raise DataError(path, f"{key!r} holds more than one class id per image (lists nested deeper, or long "
+                        "text)", layout)
     try:
         ids = np.asarray(given)
     except ValueError:  # a ragged list: numpy's "inhomogeneous shape"
