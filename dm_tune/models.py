@@ -257,7 +257,12 @@ def load_pretrained(model: nn.Module, path: Path) -> None:
         state = read_state_dict(io.BytesIO(data))
     except Unreadable as e:
         raise ValueError(f"{path}: {e}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, AttributeError, TypeError, ValueError, KeyError) as e:  # a shape, or odd _metadata
+        said = str(e).splitlines()
+        why = next((line.strip() for line in said if "size mismatch" in line), first_line(e))
+        raise ValueError(f"{path}: weights do not fit the model ({why})") from None
     if [k for k in missing if not k.startswith("fc.")] or unexpected:
         raise ValueError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 

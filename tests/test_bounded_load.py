@@ -228,3 +228,21 @@ def test_a_file_torch_saved_with_a_newer_pickle_protocol_says_why_it_is_refused(
             read_label_file(path, "worse_label")
         else:
             load_pretrained(torch.nn.Linear(2, 2), path)
+
+
+def test_weights_that_do_not_fit_the_model_are_one_line(tmp_path):
+    """A shape that differs (torch's multi-line RuntimeError) or a state dict whose ``_metadata``
+    is no dict (an AttributeError from inside torch): one ValueError naming the file."""
+    wrong = torchvision.models.resnet18().state_dict()
+    wrong["conv1.weight"] = torch.zeros(3, 3)
+    shaped = tmp_path / "shaped.pth"
+    torch.save(wrong, shaped)
+    with pytest.raises(ValueError, match=r"shaped.pth: weights do not fit the model \(size mismatch for conv1.weight: "
+                                         r"copying a param with shape torch.Size\(\[3, 3\]\) from checkpoint.*\)$"):
+        load_pretrained(torchvision.models.resnet18(), shaped)
+    odd = torch.nn.Linear(2, 2).state_dict()
+    odd._metadata = ["not", "a", "dict"]  # (torch.save keeps it: an OrderedDict's attribute)
+    meta = tmp_path / "meta.pth"
+    torch.save(odd, meta)
+    with pytest.raises(ValueError, match=r"meta.pth: weights do not fit the model \('list' object has no attribute"):
+        load_pretrained(torch.nn.Linear(2, 2), meta)
