@@ -125,7 +125,9 @@ def test_a_load_that_outlasts_its_time_is_refused_and_its_process_killed(tmp_pat
 def test_a_child_killed_by_a_signal_is_a_refusal_not_a_load(tmp_path, monkeypatch):
     """kill -9 of the child (as the kernel's OOM killer would): the file is refused, never loaded
     here, and not remembered as passed."""
+    # (after printing what an answer looks like, as a file's loader could: it carries no token)
     (tmp_path / "dying_reader.py").write_text("import os, signal\n\n\ndef read(f):\n"
+                                              "    print(' {\"loaded\": true}', flush=True)\n"
                                               "    os.kill(os.getpid(), signal.SIGKILL)\n")
     monkeypatch.syspath_prepend(str(tmp_path))  # (the child gets this process's sys.path)
     monkeypatch.setitem(bounded.READERS, "state-dict", "dying_reader:read")
@@ -149,9 +151,12 @@ def test_a_child_that_answers_nothing_readable_is_a_refusal(tmp_path, monkeypatc
 
 def test_the_child_imports_this_process_dm_tune(tmp_path, monkeypatch):
     """From another working directory and with PYTHONPATH unset, the child still finds the package
-    this process runs (a Ray worker's may come from its runtime environment's working_dir)."""
+    this process runs (a Ray worker's may come from its runtime environment's working_dir), and not
+    a dm_tune folder in the working directory."""
     path = tmp_path / "labels.pt"
     torch.save({"worse_label": torch.arange(4)}, path)
+    (tmp_path / "dm_tune").mkdir()
+    (tmp_path / "dm_tune" / "__init__.py").write_text("raise ImportError('the working directory\\'s dm_tune')\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PYTHONPATH", raising=False)
     started = _children(monkeypatch)

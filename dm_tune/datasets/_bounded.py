@@ -10,9 +10,9 @@ load the same bytes itself (the load is deterministic: it costs the same again).
 failed in the child fails with its message; one that ran out of time or memory, or whose process
 died, is refused, and the caller's process never builds it.
 
-The child runs ``python -m dm_tune.datasets._bounded MODULE:FUNCTION EXTRA_BYTES`` with the bytes
-on its standard input (the reader imports torch before its memory is limited), and answers one
-JSON line on its standard output.
+The child runs ``python -P -m dm_tune.datasets._bounded MODULE:FUNCTION EXTRA_BYTES`` with the
+bytes on its standard input (the reader imports torch before its memory is limited), and answers
+one JSON line on its standard output, after a token only its parent knows.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable
@@ -40,6 +41,7 @@ MEMORY_SLACK = 1 << 30
 READERS = {"state-dict": "dm_tune.models:read_state_dict",
            "label-arrays": "dm_tune.noise:read_label_arrays"}
 
+_TOKEN = "DMTUNE_BOUNDED_LOAD_TOKEN"
 _PASSED: set[tuple[str, str]] = set()  # (reader, sha256 of the bytes) whose load finished in a child
 
 
@@ -56,17 +58,19 @@ def check_load(data: bytes, reader: str) -> None:
         return
     seconds = LOAD_SECONDS + SECONDS_PER_BYTE * len(data)
     memory = MEMORY_FACTOR * len(data) + MEMORY_SLACK
+    token = secrets.token_hex(16)  # (what the child answers starts with it: a file cannot print an answer)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),  # this process's dm_tune
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", _TOKEN: token}
     try:
-        done = subprocess.run([sys.executable, "-m", "dm_tune.datasets._bounded", READERS[reader], str(memory)],
+        # (-P: not the working directory's dm_tune, if it holds one, but this process's)
+        done = subprocess.run([sys.executable, "-P", "-m", "dm_tune.datasets._bounded", READERS[reader], str(memory)],
                               input=data, capture_output=True, timeout=seconds, env=env, check=False)
     except subprocess.TimeoutExpired:
         raise Unreadable(f"refused: loading it took longer than {seconds:.0f} s, far longer than a file of "
                          f"{_size(len(data))} needs") from None
     except OSError as e:  # (no process could be started: fork or file limits)
         raise Unreadable(f"could not be loaded: no process to load it first could start ({e})") from None
-    answer = _answer(done.stdout)
+    answer = _answer(done.stdout, token)
     if answer is None:
         said = done.stderr.decode("utf-8", "replace").strip().splitlines()
         ended = f"was killed by signal {-done.returncode}" if done.returncode < 0 else f"exited {done.returncode}"
@@ -77,10 +81,12 @@ def check_load(data: bytes, reader: str) -> None:
     _PASSED.add(key)
 
 
-def _answer(stdout: bytes) -> dict[str, Any] | None:
+def _answer(stdout: bytes, token: str) -> dict[str, Any] | None:
     lines = stdout.decode("utf-8", "replace").strip().splitlines()
+    if not lines or not lines[-1].startswith(token + " "):
+        return None
     try:
-        answer = json.loads(lines[-1]) if lines else None
+        answer = json.loads(lines[-1][len(token) + 1:])
     except ValueError:
         return None
     return answer if isinstance(answer, dict) and ("loaded" in answer or "unreadable" in answer) else None
@@ -137,4 +143,5 @@ if __name__ == "__main__":
     # (through the package's module, not this __main__ copy: the readers raise its Unreadable)
     from dm_tune.datasets._bounded import _child as child
 
-    print(json.dumps(child(sys.argv[1], int(sys.argv[2]))), flush=True)
+    answer = json.dumps(child(sys.argv[1], int(sys.argv[2])))
+    print(f"{os.environ.get(_TOKEN, '')} {answer}", flush=True)
