@@ -1304,3 +1304,27 @@ def test_train_one_epoch_imdb_features(imdb_root):
 
 def test_train_one_epoch_imdb_tokens(imdb_root):
     run_one_epoch("imdb", imdb_root, dataset_options={"representation": "tokens", "max_len": 16})
+
+
+def test_a_long_numpy_scalar_shared_by_reference_is_refused(tmp_path):
+    """One 300 KB np.bytes_ scalar in 2000 keys (S, i), each copy of it printed into the "lacks the
+    keys" message (55 000 such keys in 945 KB filled 9 GB): a numpy scalar or an encoding of long
+    text is long text, not to be shared."""
+    import io
+
+    from dm_tune.datasets._pickles import unsafe_pickle
+
+    scalar = np.bytes_(b"a" * 300_000)
+    for blob in ({(scalar, i): i for i in range(2000)}, [scalar] * 2000, [np.str_("b" * 300)] * 2):
+        assert unsafe_pickle(io.BytesIO(pickle.dumps(blob, protocol=2))) == "a long text used twice by reference"
+    short = [np.bytes_(b"a" * 10)] * 2000
+    assert unsafe_pickle(io.BytesIO(pickle.dumps(short, protocol=2))) is None
+
+
+def test_a_cifar_pickle_lacking_its_keys_names_some_of_those_it_has(tmp_path):
+    root = make_cifar10(tmp_path)
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    _dump(batch, {**{f"key{i:02d}" + "x" * 100: i for i in range(30)}, "labels": list(range(10))})
+    error = expect_data_error(config("cifar10", tmp_path), batch)
+    assert f"lacks the keys data, labels (present: key00{'x' * 35}, " in str(error)
+    assert "and 11 more)" in str(error) and "x" * 36 not in str(error)

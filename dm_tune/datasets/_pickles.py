@@ -11,9 +11,10 @@ built) and refuses:
 
 - a container (list, dict, set, a tuple of more than a few plain values, or what a call other
   than an array, tensor or dtype reconstruction returned) or a string or bytes of more than 256
-  used a second time by reference (the memo's GET, or DUP): every value a pickle builds is then a
-  tree its own opcodes spell out, and hashing, printing, comparing or copying it takes time
-  linear in the file, bar the shared short plain values;
+  (or a numpy scalar or an encoding made of one) used a second time by reference (the memo's
+  GET, or DUP): every value a pickle builds is then a tree its own opcodes spell out, and
+  hashing, printing, comparing or copying it takes time linear in the file, bar the shared
+  short plain values;
 - more hashing in all (dict keys, set items, what calls are given) than a million steps plus 64
   per opcode (a long integer counts its length: its hash is not cached);
 - items set on an array or tensor (numpy indexes it with the key: index arrays of a few
@@ -47,6 +48,10 @@ _LEAF_CALLS = ("numpy.core.multiarray _reconstruct", "numpy._core.multiarray _re
                "numpy.core.numeric _frombuffer", "numpy._core.numeric _frombuffer", "numpy dtype",
                "_codecs encode", "torch Size", "torch device", "builtins complex", "builtins bytearray",
                "torch._tensor _rebuild_from_type_v2", "torch.serialization _get_layout")
+
+# Leaf calls whose result holds a copy of the text they were given: long text in, long text out.
+_COPYING_CALLS = frozenset({"numpy.core.multiarray scalar", "numpy._core.multiarray scalar", "_codecs encode",
+                            "builtins bytearray"})
 
 
 class _Value:
@@ -150,7 +155,10 @@ def unsafe_pickle(f: Any) -> str | None:
                 return why
             hashed = args
             leaf = target is not None and (target.text in _LEAF_CALLS or target.text.startswith("torch._utils _rebuild"))
-            pushed = [_bare("leaf" if leaf else "object")]
+            if leaf and target.text in _COPYING_CALLS and any(a.kind == "long text" for a in args):
+                pushed = [_bare("long text")]  # (what it returns holds a copy of that text)
+            else:
+                pushed = [_bare("leaf" if leaf else "object")]
         elif name in ("GLOBAL", "STACK_GLOBAL"):
             text = arg if name == "GLOBAL" else (
                 f"{popped[0].text} {popped[1].text}" if len(popped) == 2 and None not in (popped[0].text, popped[1].text)

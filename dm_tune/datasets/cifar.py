@@ -11,7 +11,9 @@ CIFAR-100 carries its 20 superclasses as ``Source.class_groups`` (for the paper'
 
 from __future__ import annotations
 
+import itertools
 import pickle
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -209,9 +211,17 @@ def _unpickle(path: Path, keys: tuple[str, ...], layout: str) -> dict[str, Any]:
     if unsafe is not None:
         raise DataError(path, unsafe_pickle_refusal(unsafe, "CIFAR pickle"), layout)
     if not isinstance(blob, dict) or any(k not in blob for k in keys):
-        present = ", ".join(sorted(map(str, blob))) if isinstance(blob, dict) else type(blob).__name__
+        present = _some_keys(blob) if isinstance(blob, dict) else type(blob).__name__
         raise DataError(path, f"lacks the keys {', '.join(keys)} (present: {present})", layout)
     return blob
+
+
+def _some_keys(blob: dict[Any, Any], shown: int = 20) -> str:
+    """The first ``shown`` of a dict's keys, each cut at 40 characters (a key's text can be any
+    size), and how many more."""
+    texts = [reprlib.repr(k) if not isinstance(k, str) else k[:40] for k in itertools.islice(blob, shown)]
+    more = len(blob) - len(texts)
+    return ", ".join(sorted(texts)) + (f" and {more} more" if more > 0 else "")
 
 
 def _class_ids(path: Path, blob: dict[str, Any], key: str, n: int, num_classes: int, layout: str) -> np.ndarray:
