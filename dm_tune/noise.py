@@ -264,32 +264,43 @@ def read_label_arrays(f) -> object:
         if isinstance(value, np.ndarray) and (value.dtype.fields is not None or value.dtype.hasobject):
             raise Unreadable("refused: holds an array of structured or object values, not labels; reading it "
                              "could crash")
+    size = f.seek(0, 2)
     try:
-        return _whole(blob)
+        return _whole(blob, [size + _WHOLE_SLACK])
     except RecursionError:
         raise Unreadable("refused: holds containers nested thousands deep, which no label file has") from None
 
 
-def _whole(value: object) -> object:
-    """``value`` with every tensor and array in it (through dicts, lists and tuples) copied whole;
-    raises ``Unreadable`` for anything else than those, numbers, strings and None (a storage,
-    which numpy would read item by item), and for a dict key that is not a string (a key's text
-    is printed)."""
+# What a label file's arrays may hold beyond its own size, in bytes (headers, alignment).
+_WHOLE_SLACK = 1 << 16
+
+
+def _whole(value: object, left: list[int]) -> object:
+    """``value`` with every tensor and array in it (through dicts, lists and tuples) copied whole,
+    their bytes counted against ``left[0]`` (a file's own size: an array's data is in the file, so
+    a view wider than its storage, or one array listed many times, which the caller would turn
+    into as many labels, runs out); raises ``Unreadable`` for anything else than those, numbers,
+    strings and None (a storage, which numpy would read item by item), and for a dict key that is
+    not a string (a key's text is printed)."""
     import torch
 
     from dm_tune.datasets._bounded import Unreadable
 
-    if isinstance(value, torch.Tensor):
-        return value.clone(memory_format=torch.contiguous_format)
-    if isinstance(value, np.ndarray):
-        return np.array(value, order="C")
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        nbytes = value.numel() * value.element_size() if isinstance(value, torch.Tensor) else value.nbytes
+        left[0] -= nbytes
+        if left[0] < 0:
+            raise Unreadable("refused: its arrays hold more data than the file does (an array viewed wider than "
+                             "its data, or listed many times)")
+        return (value.clone(memory_format=torch.contiguous_format) if isinstance(value, torch.Tensor) else
+                np.array(value, order="C"))
     if isinstance(value, dict):
         odd = next((k for k in value if not isinstance(k, str)), None)
         if odd is not None:
             raise Unreadable(f"refused: holds a {type(odd).__name__} key, where label sets are named by strings")
-        return {k: _whole(v) for k, v in value.items()}
+        return {k: _whole(v, left) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_whole(v) for v in value] if isinstance(value, list) else tuple(_whole(v) for v in value)
+        return [_whole(v, left) for v in value] if isinstance(value, list) else tuple(_whole(v, left) for v in value)
     if value is None or isinstance(value, (int, float, str, bytes, np.generic)):
         return value
     raise Unreadable(f"refused: holds a {type(value).__name__}, where a label file holds arrays, lists and numbers")

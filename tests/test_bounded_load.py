@@ -172,9 +172,10 @@ def test_a_label_file_nested_thousands_deep_is_refused_in_one_line(tmp_path):
         read_label_file(_with_data_pkl(tmp_path, pkl), "worse_label")
 
 
-def test_a_view_far_larger_than_its_storage_is_measured_in_the_child(tmp_path, monkeypatch):
+def test_a_view_far_larger_than_its_storage_is_refused_in_the_child(tmp_path, monkeypatch):
     """A stride-0 view of 2^31 elements over a 1-element storage costs nothing to load, and 16 GiB
-    to read as labels: the child copies it whole and fails; this process never loads it."""
+    to read as labels (900 million uint8 elements fitted the child's memory and filled 8 GB here as
+    int64): the child counts its bytes against the file's; this process never loads it."""
     saved = tmp_path / "one.pt"
     torch.save({"worse_label": torch.zeros(1, dtype=torch.long)}, saved)
     with zipfile.ZipFile(saved) as src:
@@ -187,9 +188,25 @@ def test_a_view_far_larger_than_its_storage_is_measured_in_the_child(tmp_path, m
         for name in src.namelist():
             dst.writestr(name, grown if name.endswith("/data.pkl") else src.read(name))
     loads = _torch_loads_here(monkeypatch)
-    with pytest.raises(DataError, match="can't allocate memory"):
+    with pytest.raises(DataError, match=r"refused: its arrays hold more data than the file does \(an array viewed "):
         read_label_file(path, "worse_label")
     assert loads == []
+
+
+def test_one_array_listed_many_times_is_refused_in_the_child(tmp_path, monkeypatch):
+    """1600 references to one 5000-label tensor: 8 MB of labels from a 7 KB file (500 000 labels
+    listed 1600 times filled 8 GB here, after the child had only copied the one tensor)."""
+    labels = torch.zeros(5000, dtype=torch.uint8)
+    path = tmp_path / "listed.pt"
+    torch.save({"worse_label": [labels] * 1600}, path)
+    assert path.stat().st_size < 20_000
+    loads = _torch_loads_here(monkeypatch)
+    with pytest.raises(DataError, match=r"refused: its arrays hold more data than the file does .*listed many times"):
+        read_label_file(path, "worse_label")
+    assert loads == []
+    sets = ("worse_label", "aggre_label", "random_label1", "random_label2", "random_label3", "clean_label")
+    torch.save({key: torch.zeros(50_000, dtype=torch.uint8) for key in sets}, path)  # (each its own data)
+    assert read_label_file(path, "worse_label").shape == (50_000,)
 
 
 def test_a_numpy_array_of_a_stated_shape_runs_the_child_out_of_memory(tmp_path, monkeypatch):

@@ -148,6 +148,8 @@ def nested_values(given: Any, limit: int) -> int | None:
         elif isinstance(item, np.ndarray):
             total += int(item.size)
             widest = max(widest, width(item))
+        elif callable(getattr(item, "numel", None)):  # a tensor
+            total += int(item.numel())
         elif isinstance(item, (dict, set)):
             return None
         else:
