@@ -268,3 +268,28 @@ def test_weights_that_do_not_fit_the_model_are_one_line(tmp_path):
     torch.save(odd, meta)
     with pytest.raises(ValueError, match=r"meta.pth: weights do not fit the model \('list' object has no attribute"):
         load_pretrained(torch.nn.Linear(2, 2), meta)
+
+
+def test_a_cifar_release_is_read_first_in_a_child_once_per_version_of_its_files(tmp_path, monkeypatch):
+    """A CIFAR folder is read in a child before this process reads it (out of time there: refused,
+    not read here); its verdict holds until a file changes."""
+    from test_datasets_disk import make_cifar10
+
+    import dm_tune.datasets.cifar as cifar
+
+    root = make_cifar10(tmp_path)
+    unpickled: list[Path] = []
+    unpickle = cifar._unpickle
+    monkeypatch.setattr(cifar, "_unpickle", lambda path, *a: unpickled.append(path) or unpickle(path, *a))
+    monkeypatch.setattr(bounded, "LOAD_SECONDS", 0.2)
+    with pytest.raises(DataError, match=r"cifar-10-batches-py: refused: loading it took longer than 0 s"):
+        cifar.load_cifar10(root, {}, False)
+    assert unpickled == []
+    monkeypatch.setattr(bounded, "LOAD_SECONDS", 120.0)
+    started = _children(monkeypatch)
+    for _ in range(2):
+        assert len(cifar.load_cifar10(root, {}, False).train) == 50
+    meta = root / "cifar-10-batches-py" / "batches.meta"
+    os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 10**9))
+    cifar.load_cifar10(root, {}, False)
+    assert [cmd[-3:-1] for cmd in started] == [["folder", "dm_tune.datasets.cifar:_cifar10_source"]] * 2

@@ -24,7 +24,8 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 # Time for a child to start (it imports torch: 2-3 s on an idle 2-core VM, more under load) and
 # load; a file gets one more second per 10 MB.
@@ -56,18 +57,38 @@ def check_load(data: bytes, reader: str) -> None:
     key = (reader, hashlib.sha256(data).hexdigest())
     if key in _PASSED:
         return
-    seconds = LOAD_SECONDS + SECONDS_PER_BYTE * len(data)
-    memory = MEMORY_FACTOR * len(data) + MEMORY_SLACK
+    _run_child(["bytes", READERS[reader]], data, len(data))
+    _PASSED.add(key)
+
+
+def check_folder_load(spec: str, folder: Path) -> None:
+    """Raise ``Unreadable`` unless ``spec`` ("module:function", given the folder's path) returns,
+    or raises the ``DataError`` it raises for a malformed file, in a child process within the
+    limits ``check_load`` sets for the folder's files' total size: a dataset read in place (the
+    CIFAR batches), which the caller then reads itself. A folder whose files (names, sizes and
+    modification times) passed once in this process passes at once."""
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (spec, f"{folder.resolve()} {stats}")
+    if key in _PASSED:
+        return
+    _run_child(["folder", spec], str(folder).encode(), sum(size for _, size, _ in stats))
+    _PASSED.add(key)
+
+
+def _run_child(args: list[str], stdin: bytes, size: int) -> None:
+    seconds = LOAD_SECONDS + SECONDS_PER_BYTE * size
+    memory = MEMORY_FACTOR * size + MEMORY_SLACK
     token = secrets.token_hex(16)  # (what the child answers starts with it: a file cannot print an answer)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),  # this process's dm_tune
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", _TOKEN: token}
     try:
         # (-P: not the working directory's dm_tune, if it holds one, but this process's)
-        done = subprocess.run([sys.executable, "-P", "-m", "dm_tune.datasets._bounded", READERS[reader], str(memory)],
-                              input=data, capture_output=True, timeout=seconds, env=env, check=False)
+        done = subprocess.run([sys.executable, "-P", "-m", "dm_tune.datasets._bounded", *args, str(memory)],
+                              input=stdin, capture_output=True, timeout=seconds, env=env, check=False)
     except subprocess.TimeoutExpired:
-        raise Unreadable(f"refused: loading it took longer than {seconds:.0f} s, far longer than a file of "
-                         f"{_size(len(data))} needs") from None
+        raise Unreadable(f"refused: loading it took longer than {seconds:.0f} s, far longer than "
+                         f"{_size(size)} of files needs") from None
     except OSError as e:  # (no process could be started: fork or file limits)
         raise Unreadable(f"could not be loaded: no process to load it first could start ({e})") from None
     answer = _answer(done.stdout, token)
@@ -78,7 +99,6 @@ def check_load(data: bytes, reader: str) -> None:
                          f"{f' ({said[-1][:200]})' if said else ''}")
     if "unreadable" in answer:
         raise Unreadable(str(answer["unreadable"]))
-    _PASSED.add(key)
 
 
 def _answer(stdout: bytes, token: str) -> dict[str, Any] | None:
@@ -96,7 +116,7 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n} bytes"
 
 
-def _reader(spec: str) -> Callable[[IO[bytes]], Any]:
+def _reader(spec: str) -> Callable[[Any], Any]:
     import importlib
 
     module, function = spec.split(":")
@@ -119,29 +139,49 @@ def _limit_memory(extra: int) -> str | None:
     return _size(limit)
 
 
-def _child(spec: str, extra: int) -> dict[str, Any]:
+def _child(mode: str, spec: str, extra: int) -> dict[str, Any]:
+    """Run ``spec`` on what the parent sent (``bytes``: a file's bytes, read as a binary file;
+    ``folder``: a folder's path) under the memory limit, and say how it ended."""
     import io
 
-    reader = _reader(spec)  # (imports torch and numpy before the limit)
+    from dm_tune.datasets._base import DataError
+
+    function = _reader(spec)  # (imports torch and numpy before the limit)
     import torch
 
     torch.set_num_threads(1)
-    data = sys.stdin.buffer.read()
+    sent = sys.stdin.buffer.read()
     limit = _limit_memory(extra)
     try:
-        reader(io.BytesIO(data))
+        function(io.BytesIO(sent) if mode == "bytes" else Path(sent.decode()))
     except Unreadable as e:
-        return {"unreadable": str(e)}
+        if not _out_of_memory(e):
+            return {"unreadable": str(e)}
+    except DataError as e:  # (the caller's own run raises it again, as it is)
+        if not _out_of_memory(e):
+            return {"loaded": True}
     except MemoryError:
-        allowed = f" (this process may hold {limit})" if limit else ""
-        return {"unreadable": f"refused: loading it ran out of memory{allowed}, far more than a file of "
-                              f"{_size(len(data))} needs"}
-    return {"loaded": True}
+        pass
+    else:
+        return {"loaded": True}
+    allowed = f" (this process may hold {limit})" if limit else ""
+    return {"unreadable": f"refused: loading it ran out of memory{allowed}, far more than "
+                          f"{_size(len(sent) if mode == 'bytes' else extra)} of files needs"}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` or an exception it was raised while handling is a MemoryError."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, MemoryError):
+            return True
+        seen = seen.__context__
+    return False
 
 
 if __name__ == "__main__":
     # (through the package's module, not this __main__ copy: the readers raise its Unreadable)
     from dm_tune.datasets._bounded import _child as child
 
-    answer = json.dumps(child(sys.argv[1], int(sys.argv[2])))
+    answer = json.dumps(child(sys.argv[1], sys.argv[2], int(sys.argv[3])))
     print(f"{os.environ.get(_TOKEN, '')} {answer}", flush=True)

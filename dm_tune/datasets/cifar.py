@@ -205,6 +205,8 @@ def _unpickle(path: Path, keys: tuple[str, ...], layout: str) -> dict[str, Any]:
     except _Refused as e:
         raise DataError(path, f"refused: holds Python objects other than arrays ({e}); loading it could run code",
                         layout) from None
+    except MemoryError:  # (not a damaged file: in a bounded load, the bound)
+        raise
     except Exception as e:  # any unpickling failure means a damaged or foreign file
         raise DataError(path, f"could not be read as a CIFAR pickle ({type(e).__name__}: {first_line(e)})",
                         layout) from None
@@ -307,6 +309,11 @@ def load_cifar10(root: Path | None, options: Mapping[str, Any], download: bool =
     if download and not (base / "test_batch").is_file():
         _download(root, cifar100=False)
     _other_release(root, base, "cifar-100-python", "cifar100")
+    _bounded(base, "dm_tune.datasets.cifar:_cifar10_source", CIFAR10_LAYOUT)
+    return _cifar10_source(base)
+
+
+def _cifar10_source(base: Path) -> Source:
     parts = [_images(p, _unpickle(p, ("data", "labels"), CIFAR10_LAYOUT), "labels", 10, CIFAR10_LAYOUT)
              for p in (base / f"data_batch_{i}" for i in range(1, 6))]
     x_tr, y_tr = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -328,6 +335,18 @@ def load_cifar10(root: Path | None, options: Mapping[str, Any], download: bool =
     )
 
 
+def _bounded(base: Path, spec: str, layout: str) -> None:
+    """Read the release in a child process first, bounded in time and memory (``_bounded``): the
+    scan and the checked unpickler stop what is known to make a small pickle take minutes or
+    gigabytes; the child stops what is not yet known, before this process reads it."""
+    from dm_tune.datasets._bounded import Unreadable, check_folder_load
+
+    try:
+        check_folder_load(spec, base)
+    except Unreadable as e:
+        raise DataError(base, str(e), layout) from None
+
+
 def superclass_groups(fine: np.ndarray, coarse: np.ndarray | None) -> tuple[tuple[int, ...], ...]:
     """The 20 groups of fine classes, from per-example (fine, coarse) labels where given."""
     table = list(FINE_TO_COARSE)
@@ -347,6 +366,11 @@ def load_cifar100(root: Path | None, options: Mapping[str, Any], download: bool 
     if download and not (base / "test").is_file():
         _download(root, cifar100=True)
     _other_release(root, base, "cifar-10-batches-py", "cifar10")
+    _bounded(base, "dm_tune.datasets.cifar:_cifar100_source", CIFAR100_LAYOUT)
+    return _cifar100_source(base)
+
+
+def _cifar100_source(base: Path) -> Source:
     train_path, test_path = base / "train", base / "test"
     train_blob = _unpickle(train_path, ("data", "fine_labels"), CIFAR100_LAYOUT)
     x_tr, y_tr = _images(train_path, train_blob, "fine_labels", 100, CIFAR100_LAYOUT)
