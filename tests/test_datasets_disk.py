@@ -1248,6 +1248,19 @@ def test_features_errors(tmp_path):
     path.write_text("x1,x2,y\n0.1,0.2,0\n")
     err = str(expect_data_error(config("features", path), path))
     assert "not a .npz archive of arrays" in err and "allow_pickle" not in err
+    # an array header stating 2^33 labels in a 1 KB archive: numpy allocated 64 GiB first (a MemoryError
+    # traceback), or 16 GiB of address space for 2^31
+    import zipfile
+
+    np.savez(path, **good)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["y_train.npy"] = members["y_train.npy"].replace(b"(4,)", b"(8589934592,)").replace(b" " * 9 + b"\n", b"\n")
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    err = str(expect_data_error(config("features", path), path))
+    assert "its array 'y_train' states shape (8589934592,) of int64, 68,719,476,736 bytes, more than the 160" in err
 
 
 def test_a_data_root_that_is_a_file_or_the_other_cifar_is_named(tmp_path):

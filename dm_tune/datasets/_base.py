@@ -14,6 +14,7 @@ Labels are always a separate int64 tensor, so noise only ever replaces a label t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -159,3 +160,49 @@ def nested_values(given: Any, limit: int) -> int | None:
             return None
     return total
 
+
+
+def read_npz(path: Path, layout: str) -> dict[str, Any]:
+    """The named arrays of a .npz archive, never a pickle; each array's header is checked against
+    the bytes its member holds before numpy reads it (numpy allocates the shape a header states
+    first: a 1 KB archive stating 2^33 labels was a MemoryError, 64 GiB, out of the loader)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise DataError(path, "is a single array, not a .npz archive of named arrays", layout)
+        with npz:
+            for name in npz.files:
+                _stated_size_fits(path, npz.zip, name, layout)
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError, MemoryError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(path, f"could not be read as a .npz file ({npz_error(e)})", layout) from None
+
+
+def _stated_size_fits(path: Path, archive: Any, name: str, layout: str) -> None:
+    """Refuse member ``name`` of a .npz archive whose .npy header states more bytes than the
+    member holds (headers in format 1.0 or 2.0, which numpy writes; others are left to numpy)."""
+    import math
+
+    from numpy.lib import format as npy
+
+    member = name + ".npy" if name + ".npy" in archive.namelist() else name
+    info = archive.getinfo(member)
+    with archive.open(info) as f:
+        try:
+            version = npy.read_magic(f)
+        except ValueError:  # (not an array: numpy gives its bytes)
+            return
+        read_header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+        if read_header is None:
+            return
+        shape, _, dtype = read_header(f)
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > info.file_size:
+        raise DataError(path, f"its array {name!r} states shape {shape} of {dtype}, {needed:,} bytes, more than the "
+                              f"{info.file_size:,} its member holds", layout)

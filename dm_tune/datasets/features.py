@@ -10,7 +10,6 @@ label + 1. Every class has training examples, and test and validation labels are
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from dm_tune._validate import ConfigError
-from dm_tune.datasets._base import DataError, Source, Split, npz_error
+from dm_tune.datasets._base import DataError, Source, Split, read_npz
 
 FILE_NAME = "features.npz"
 LAYOUT = (f"<data_root> = a .npz file (or a directory holding {FILE_NAME}) with float arrays "
@@ -66,16 +65,7 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
     path = root / FILE_NAME if root.is_dir() else root
     if not path.is_file():
         raise DataError(path, "file not found", LAYOUT)
-    try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise DataError(path, "is a single array, not a .npz archive of named arrays", LAYOUT)
-        with npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(path, f"could not be read as a .npz file ({npz_error(e)})", LAYOUT) from None
+    arrays = read_npz(path, LAYOUT)
     required = ["x_train", "y_train", "x_test", "y_test"]
     if ("x_val" in arrays) != ("y_val" in arrays):
         required += ["x_val", "y_val"]

@@ -29,7 +29,6 @@ test identities must be disjoint.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dm_tune._validate import ConfigError
-from dm_tune.datasets._base import DataError, Source, Split, npz_error
+from dm_tune.datasets._base import DataError, Source, Split, read_npz
 from dm_tune.datasets._reid import (DISTRACTOR_ID, JUNK_ID, check_disjoint, gallery, one_query_per_camera,
                                     pool_tracks, renumber)
 from dm_tune.datasets.imagefolder import IMAGENET_MEAN, IMAGENET_STD
@@ -226,11 +225,7 @@ def load_images(root: Path | None, options: Mapping[str, Any], download: bool = 
 def _npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(path, "file not found", FEATURES_LAYOUT)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: np.asarray(npz[k]) for k in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError) as e:
-        raise DataError(path, f"could not be read as a .npz file ({npz_error(e)})", FEATURES_LAYOUT) from None
+    arrays = {k: np.asarray(v) for k, v in read_npz(path, FEATURES_LAYOUT).items()}
     missing = [k for k in required if k not in arrays]
     if missing:
         raise DataError(path, f"lacks the arrays {', '.join(missing)} (present: {', '.join(sorted(arrays))})", FEATURES_LAYOUT)
