@@ -215,8 +215,8 @@ def read_label_arrays(f) -> object:
     """A torch-saved file of label arrays (a binary file object), once the pickle scan has passed
     it, unpickled with torch's weights-only loader: tensors, containers and the numpy arrays those
     files hold, nothing that could run code while loading. Its tensors and arrays are copied whole
-    (a view can be any size over a small storage: the copy is what a bounded load measures).
-    Raises ``Unreadable`` where it cannot be read so."""
+    and may hold no more data than the file (``_whole``: a view can be any size over a small
+    storage). Raises ``Unreadable`` where it cannot be read so."""
     import warnings
 
     import torch
