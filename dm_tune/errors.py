@@ -24,7 +24,15 @@ class DataError(ValueError):
 
     def __init__(self, path: str | Path, problem: str, layout: str) -> None:
         self.path = str(path)
-        super().__init__(f"{path}: {problem}. Expected layout: {layout}")
+        super().__init__(one_line(f"{path}: {problem}. Expected layout: {layout}"))
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters (a line break in a key a file names, say) escaped,
+    so that it prints as the one line it is, not as lines a file wrote."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 # The training fields that name files: a study stores them absolute, trials (which chdir) read them
