@@ -1250,6 +1250,7 @@ def test_features_errors(tmp_path):
     assert "not a .npz archive of arrays" in err and "allow_pickle" not in err
     # an array header stating 2^33 labels in a 1 KB archive: numpy allocated 64 GiB first (a MemoryError
     # traceback), or 16 GiB of address space for 2^31
+    import io
     import zipfile
 
     np.savez(path, **good)
@@ -1261,6 +1262,18 @@ def test_features_errors(tmp_path):
             archive.writestr(name, data)
     err = str(expect_data_error(config("features", path), path))
     assert "its array 'y_train' states shape (8589934592,) of int64, 68,719,476,736 bytes, more than the 160" in err
+    # bzip2 members, which numpy reads and never writes: 2.4 GB of zeros from 2.6 KB took 42 s and 5 GB
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_BZIP2) as archive:
+        for name, array in good.items():
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            archive.writestr(name + ".npy", buffer.getvalue())
+    err = str(expect_data_error(config("features", path), path))
+    assert "its member 'x_train.npy' is packed with method 12; numpy writes stored or deflated members only" in err
+    # class names past the training examples (every class needs one): 50 million made 4 GB of str first
+    np.savez_compressed(path, **good, class_names=np.array(["ab"] * 100_000))
+    err = str(expect_data_error(config("features", path), path))
+    assert "class_names has 100000 names, more than the 4 training examples (every class needs one)" in err
 
 
 def test_a_data_root_that_is_a_file_or_the_other_cifar_is_named(tmp_path):

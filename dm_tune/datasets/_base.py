@@ -175,6 +175,8 @@ def read_npz(path: Path, layout: str) -> dict[str, Any]:
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise DataError(path, "is a single array, not a .npz archive of named arrays", layout)
         with npz:
+            for info in npz.zip.infolist():
+                _member_fits(path, info, layout)
             for name in npz.files:
                 _stated_size_fits(path, npz.zip, name, layout)
             return {k: npz[k] for k in npz.files}
@@ -182,6 +184,23 @@ def read_npz(path: Path, layout: str) -> dict[str, Any]:
         if isinstance(e, DataError):
             raise
         raise DataError(path, f"could not be read as a .npz file ({npz_error(e)})", layout) from None
+
+
+# Deflate's largest ratio of unpacked to packed bytes (a member stating more is no deflate stream).
+DEFLATE_RATIO = 1032
+
+
+def _member_fits(path: Path, info: Any, layout: str) -> None:
+    """Refuse a .npz member packed otherwise than numpy packs (stored, or deflate: bzip2 and LZMA
+    made 2.4 GB of 2.6 KB), or stating more unpacked bytes than its packed ones can hold."""
+    import zipfile
+
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise DataError(path, f"its member {info.filename!r} is packed with method {info.compress_type}; numpy "
+                              "writes stored or deflated members only", layout)
+    if info.file_size > DEFLATE_RATIO * info.compress_size + 1024:
+        raise DataError(path, f"its member {info.filename!r} states {info.file_size:,} bytes unpacked from "
+                              f"{info.compress_size:,}, more than deflate can", layout)
 
 
 def _stated_size_fits(path: Path, archive: Any, name: str, layout: str) -> None:

@@ -79,7 +79,11 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
     top = max(int(s.labels.max()) for s in (train, test, val) if s is not None)
     names = None
     if "class_names" in arrays:
-        names = tuple(str(n) for n in np.asarray(arrays["class_names"]).reshape(-1))
+        given = np.asarray(arrays["class_names"])
+        if given.size > len(train):  # (each class needs an example; 50 million names filled 4 GB as str)
+            raise DataError(path, f"class_names has {given.size} names, more than the {len(train)} training "
+                                  "examples (every class needs one)", LAYOUT)
+        names = tuple(str(n) for n in given.reshape(-1))
         if len(names) <= top:
             raise DataError(path, f"class_names has {len(names)} names but labels go up to {top}", LAYOUT)
     num_classes = len(names) if names is not None else int(train.labels.max()) + 1
