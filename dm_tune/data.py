@@ -22,7 +22,7 @@ from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS, Gallery, Source, Split
 from dm_tune.errors import DataError
-from dm_tune.noise import NoiseContext, apply_noise, check_imbalance, check_noise, imbalance_index
+from dm_tune.noise import NoiseContext, apply_noise, check_imbalance, check_noise, imbalance_index, indices_by_class
 
 
 @dataclass(frozen=True)
@@ -126,10 +126,8 @@ def _held_out(fraction: float, n: int) -> int:
 
 def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(keep, held_out) index arrays; held_out holds ``fraction`` of every class."""
-    held = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        held.append(rng.choice(idx, size=_held_out(fraction, len(idx)), replace=False))
+    held = [rng.choice(idx, size=_held_out(fraction, len(idx)), replace=False)
+            for idx in indices_by_class(labels, np.unique(labels))]
     held_out = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
     keep = np.setdiff1d(np.arange(len(labels)), held_out)
     return keep, held_out

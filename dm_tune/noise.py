@@ -15,7 +15,7 @@ imbalance 50 keeps 277 of its examples).
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +62,21 @@ def symmetric(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
     return out
 
 
+def indices_by_class(labels: np.ndarray, classes: Iterable[int]) -> list[np.ndarray]:
+    """``np.flatnonzero(labels == c)`` for each of ``classes``, from one stable sort of the labels
+    rather than one pass over them per class (with a class per example, a million examples took
+    hours)."""
+    order = np.argsort(labels, kind="stable")  # (ties in index order: each class's indices ascending)
+    ordered = labels[order]
+    wanted = np.fromiter(classes, dtype=np.int64)
+    starts, ends = np.searchsorted(ordered, wanted, "left"), np.searchsorted(ordered, wanted, "right")
+    return [order[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+
+
 def pair(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
     """In every class c, a fraction ``rate`` relabelled as class (c + 1) mod C."""
     out = labels.copy()
-    for c in range(ctx.num_classes):
-        idx = np.flatnonzero(labels == c)
+    for c, idx in enumerate(indices_by_class(labels, range(ctx.num_classes))):
         flip = ctx.rng.choice(idx, size=int(round(ctx.rate * len(idx))), replace=False)
         out[flip] = (c + 1) % ctx.num_classes
     return out
@@ -78,10 +88,11 @@ def cifar100_superclass(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
     if not ctx.class_groups:
         raise ValueError("noise 'cifar100-superclass' needs a dataset with class groups (cifar100)")
     out = labels.copy()
+    by_class = indices_by_class(labels, range(ctx.num_classes))
     for group in ctx.class_groups:
         a, b = ctx.rng.choice(np.asarray(group), size=2, replace=False)
         for src, dst in ((a, b), (b, a)):
-            idx = np.flatnonzero(labels == src)
+            idx = by_class[src]
             flip = ctx.rng.choice(idx, size=int(round(ctx.rate * len(idx))), replace=False)
             out[flip] = dst
     return out
@@ -129,7 +140,7 @@ def _check_clean_labels(path: Path, labels: np.ndarray, blob: dict) -> None:
         return
     try:
         clean = np.asarray(_flat_enough(path, blob["clean_label"], "clean_label", LABELS_LAYOUT)).reshape(-1)
-    except (ValueError, TypeError) as e:  # a ragged list, a tensor numpy cannot take
+    except (ValueError, TypeError, RuntimeError) as e:  # a ragged list, a tensor numpy cannot take
         raise DataError(path, f"its clean_label is not an array of labels ({first_line(e)})",
                         LABELS_LAYOUT) from None
     wrong = np.flatnonzero(clean != labels) if clean.shape == labels.shape else np.arange(len(labels))
@@ -292,8 +303,8 @@ def _whole(value: object, left: list[int]) -> object:
         if left[0] < 0:
             raise Unreadable("refused: its arrays hold more data than the file does (an array viewed wider than "
                              "its data, or listed many times)")
-        return (value.clone(memory_format=torch.contiguous_format) if isinstance(value, torch.Tensor) else
-                np.array(value, order="C"))
+        return (value.detach().clone(memory_format=torch.contiguous_format) if isinstance(value, torch.Tensor) else
+                np.array(value, order="C"))  # (detached: a tensor saved with requires_grad has no numpy())
     if isinstance(value, dict):
         odd = next((k for k in value if not isinstance(k, str)), None)
         if odd is not None:
@@ -394,7 +405,7 @@ def imbalance_index(labels: np.ndarray, num_classes: int, kind: str, ratio: floa
     """Indices (sorted) of a class-imbalanced subset of ``labels`` (by the clean labels)."""
     available = np.bincount(labels, minlength=num_classes)
     keep = class_counts(available, kind, ratio)
-    chosen = [rng.choice(np.flatnonzero(labels == c), size=int(keep[c]), replace=False)
-              for c in range(num_classes)]
+    chosen = [rng.choice(idx, size=int(keep[c]), replace=False)
+              for c, idx in enumerate(indices_by_class(labels, range(num_classes)))]
     return np.sort(np.concatenate(chosen))
 

@@ -293,3 +293,23 @@ def test_a_cifar_release_is_read_first_in_a_child_once_per_version_of_its_files(
     os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 10**9))
     cifar.load_cifar10(root, {}, False)
     assert [cmd[-3:-1] for cmd in started] == [["folder", "dm_tune.datasets.cifar:_cifar10_source"]] * 2
+
+
+def test_a_key_a_file_names_with_a_line_break_prints_as_one_line(tmp_path):
+    """The CLI prints a DataError as one line: a key's line break read as a line of dm-tune's own."""
+    path = tmp_path / "labels.pt"
+    torch.save({"x\ndm-tune: training finished": torch.zeros(3, dtype=torch.long)}, path)
+    with pytest.raises(DataError) as caught:
+        read_label_file(path, "worse_label")
+    assert "\n" not in str(caught.value) and "(present: x\\ndm-tune: training finished)" in str(caught.value)
+
+
+def test_a_clean_label_saved_with_requires_grad_is_compared_not_a_traceback(tmp_path):
+    from dm_tune.noise import _check_clean_labels, _read_labels
+
+    path = tmp_path / "labels.pt"
+    torch.save({"worse_label": torch.ones(3, dtype=torch.long),
+                "clean_label": torch.zeros(3, requires_grad=True)}, path)
+    labels, blob = _read_labels(path, "worse_label")
+    with pytest.raises(DataError, match="its clean_label disagrees with the dataset's labels at 3 of"):
+        _check_clean_labels(path, labels, blob)  # (was: RuntimeError, Can't call numpy() on Tensor that requires grad)

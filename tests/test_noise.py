@@ -312,3 +312,16 @@ def test_an_imbalance_the_classes_cannot_take_is_refused():
     with pytest.raises(ConfigError, match="imbalance_ratio: 160.0 is not allowed; expected at most about 100"):
         check_imbalance(available, "longtail", 160.0)
     check_imbalance(available, "none", 1e9)
+
+
+def test_indices_by_class_are_each_class_positions_in_order():
+    """One stable sort gives what one pass per class gave (the noise draws depend on their order)."""
+    from dm_tune.noise import indices_by_class
+
+    rng = np.random.default_rng(0)
+    for labels in (rng.integers(0, 7, 500), rng.integers(0, 3, 40).astype(np.int32), np.zeros(0, np.int64)):
+        classes = range(9)  # (7 and 8 absent: empty)
+        got = indices_by_class(labels, classes)
+        assert len(got) == 9
+        for c, idx in zip(classes, got):
+            assert idx.tolist() == np.flatnonzero(labels == c).tolist()
