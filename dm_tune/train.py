@@ -251,7 +251,6 @@ def _batches(split_inputs, n: int, batch_size: int, order: torch.Tensor | None, 
         yield x, idx
 
 
-@torch.no_grad()
 def predicted(logits: torch.Tensor) -> torch.Tensor:
     """The class each row of ``logits`` (last dimension) predicts, or -1, which no label is, for a
     row with a non-finite logit: a diverged model predicts nothing (argmax would read NaN as the
@@ -259,6 +258,7 @@ def predicted(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1).masked_fill_(~torch.isfinite(logits).all(-1), -1)
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, split, prep: _Inputs, amp: torch.dtype | None, num_workers: int,
              batch: int = EVAL_BATCH) -> float:
     if len(split) == 0:

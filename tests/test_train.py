@@ -202,6 +202,23 @@ def test_a_diverging_run_stops_and_says_so():
     assert result.history[-1]["val_acc"] == result.history[-1]["test_acc"] == 0.0
 
 
+def test_evaluation_builds_no_autograd_graph(monkeypatch):
+    """Every forward pass in evaluation mode (validation and test accuracy) runs without autograd;
+    training's forward passes with it."""
+    import dm_tune.train as train_module
+
+    seen: set[tuple[bool, bool]] = set()  # (model in training mode, autograd on)
+
+    def build(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.register_forward_hook(lambda mod, inputs, out: seen.add((mod.training, torch.is_grad_enabled())))
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    assert run(epochs=1, seed=0).status == "finished"
+    assert seen == {(True, True), (False, False)}
+
+
 def test_a_row_with_a_non_finite_logit_predicts_no_class():
     from dm_tune.train import predicted
 
