@@ -245,16 +245,12 @@ def load_pretrained(model: nn.Module, path: Path) -> None:
     """Load a local state dict (e.g. torchvision's ImageNet weights file); the classifier is replaced
     after. The file is read by ``read_state_dict`` once a child process has read the same bytes so
     in bounded time and memory (``_bounded``)."""
-    import io
-
-    from dm_tune.datasets._bounded import Unreadable, check_load
+    from dm_tune.datasets._bounded import Unreadable, read_checked
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained weights file not found (a torch state dict, e.g. resnet50-*.pth)")
-    data = path.read_bytes()
     try:
-        check_load(data, "state-dict")  # (before torch builds it here)
-        state = read_state_dict(io.BytesIO(data))
+        state = read_checked(path.read_bytes(), "state-dict")
     except Unreadable as e:
         raise ValueError(f"{path}: {e}") from None
     try:

@@ -210,14 +210,10 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
 def _load_cifar_n(path: Path, layout: str) -> object:
     """A CIFAR-N .pt file, read by ``read_label_arrays`` once a child process has read the same
     bytes so in bounded time and memory (``_bounded``)."""
-    import io
+    from dm_tune.datasets._bounded import Unreadable, read_checked
 
-    from dm_tune.datasets._bounded import Unreadable, check_load
-
-    data = path.read_bytes()
     try:
-        check_load(data, "label-arrays")  # (before torch builds it here)
-        return read_label_arrays(io.BytesIO(data))
+        return read_checked(path.read_bytes(), "label-arrays")
     except Unreadable as e:
         raise DataError(path, str(e), layout) from None
 
@@ -269,12 +265,6 @@ def read_label_arrays(f) -> object:
         raise
     except Exception as e:  # noqa: BLE001 - torch's reader on a damaged file (RuntimeError, struct.error, ...)
         raise Unreadable(f"could not be read as a torch-saved file of label arrays ({first_line(e)})") from None
-    # A numpy dtype's pickled state can give it fields of objects, whose bytes numpy reads as
-    # pointers: no label array has fields or objects, so none is touched.
-    for value in blob.values() if isinstance(blob, dict) else ():
-        if isinstance(value, np.ndarray) and (value.dtype.fields is not None or value.dtype.hasobject):
-            raise Unreadable("refused: holds an array of structured or object values, not labels; reading it "
-                             "could crash")
     size = f.seek(0, 2)
     try:
         return _whole(blob, [size + _WHOLE_SLACK])
@@ -287,16 +277,21 @@ _WHOLE_SLACK = 1 << 16
 
 
 def _whole(value: object, left: list[int]) -> object:
-    """``value`` with every tensor and array in it (through dicts, lists and tuples) copied whole,
-    their bytes counted against ``left[0]`` (a file's own size: an array's data is in the file, so
-    a view wider than its storage, or one array listed many times, which the caller would turn
-    into as many labels, runs out); raises ``Unreadable`` for anything else than those, numbers,
-    strings and None (a storage, which numpy would read item by item), and for a dict key that is
-    not a string (a key's text is printed)."""
+    """``value`` with every tensor and array in it (through dicts, lists and tuples) checked and
+    copied whole, their bytes counted against ``left[0]`` (a file's own size: an array's data is in
+    the file, so a view wider than its storage, or one array listed many times, which the caller
+    would turn into as many labels, runs out); raises ``Unreadable`` for anything else than those,
+    numbers, strings and None (a storage, which numpy would read item by item), and for a dict key
+    that is not a string (a key's text is printed)."""
     import torch
 
     from dm_tune.datasets._bounded import Unreadable
 
+    if isinstance(value, np.ndarray) and (value.dtype.fields is not None or value.dtype.hasobject):
+        # A numpy dtype's pickled state can give it fields of objects, whose bytes numpy reads as
+        # pointers: no label array has fields or objects, so none is touched (not even copied).
+        raise Unreadable("refused: holds an array of structured or object values, not labels; reading it "
+                         "could crash")
     if isinstance(value, (torch.Tensor, np.ndarray)):
         nbytes = value.numel() * value.element_size() if isinstance(value, torch.Tensor) else value.nbytes
         left[0] -= nbytes

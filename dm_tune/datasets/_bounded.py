@@ -61,6 +61,14 @@ def check_load(data: bytes, reader: str) -> None:
     _PASSED.add(key)
 
 
+def read_checked(data: bytes, reader: str) -> Any:
+    """``READERS[reader]`` on ``data``, once ``check_load`` has passed it (raises ``Unreadable``)."""
+    import io
+
+    check_load(data, reader)  # (before anything is built here)
+    return _reader(READERS[reader])(io.BytesIO(data))
+
+
 def check_folder_load(spec: str, folder: Path) -> None:
     """Raise ``Unreadable`` unless ``spec`` ("module:function", given the folder's path) returns,
     or raises the ``DataError`` it raises for a malformed file, in a child process within the
@@ -69,8 +77,8 @@ def check_folder_load(spec: str, folder: Path) -> None:
     modification times) passed once in this process passes at once; an empty or missing one at
     once too (the caller says what is missing). Unlike ``check_load``'s bytes, the files are read
     twice: one replaced in between by another process is read unchecked."""
-    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-    stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    files = sorted((p.name, p.stat()) for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    stats = tuple((name, st.st_size, st.st_mtime_ns) for name, st in files)
     key = (spec, f"{folder.resolve()} {stats}")
     if key in _PASSED or not stats:
         return
