@@ -161,7 +161,6 @@ def nested_values(given: Any, limit: int) -> int | None:
     return total
 
 
-
 def read_npz(path: Path, layout: str) -> dict[str, Any]:
     """The named arrays of a .npz archive, never a pickle; each array's header is checked against
     the bytes its member holds before numpy reads it (numpy allocates the shape a header states
@@ -176,9 +175,7 @@ def read_npz(path: Path, layout: str) -> dict[str, Any]:
             raise DataError(path, "is a single array, not a .npz archive of named arrays", layout)
         with npz:
             for info in npz.zip.infolist():
-                _member_fits(path, info, layout)
-            for name in npz.files:
-                _stated_size_fits(path, npz.zip, name, layout)
+                _member_fits(path, npz.zip, info, layout)
             return {k: npz[k] for k in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError, MemoryError) as e:
         if isinstance(e, DataError):
@@ -190,10 +187,15 @@ def read_npz(path: Path, layout: str) -> dict[str, Any]:
 DEFLATE_RATIO = 1032
 
 
-def _member_fits(path: Path, info: Any, layout: str) -> None:
+def _member_fits(path: Path, archive: Any, info: Any, layout: str) -> None:
     """Refuse a .npz member packed otherwise than numpy packs (stored, or deflate: bzip2 and LZMA
-    made 2.4 GB of 2.6 KB), or stating more unpacked bytes than its packed ones can hold."""
+    made 2.4 GB of 2.6 KB), stating more unpacked bytes than its packed ones can hold, or whose
+    .npy header states more bytes than the member holds (headers in format 1.0 or 2.0, which
+    numpy writes; others, and members that are no array, are left to numpy)."""
+    import math
     import zipfile
+
+    from numpy.lib import format as npy
 
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise DataError(path, f"its member {info.filename!r} is packed with method {info.compress_type}; numpy "
@@ -201,17 +203,6 @@ def _member_fits(path: Path, info: Any, layout: str) -> None:
     if info.file_size > DEFLATE_RATIO * info.compress_size + 1024:
         raise DataError(path, f"its member {info.filename!r} states {info.file_size:,} bytes unpacked from "
                               f"{info.compress_size:,}, more than deflate can", layout)
-
-
-def _stated_size_fits(path: Path, archive: Any, name: str, layout: str) -> None:
-    """Refuse member ``name`` of a .npz archive whose .npy header states more bytes than the
-    member holds (headers in format 1.0 or 2.0, which numpy writes; others are left to numpy)."""
-    import math
-
-    from numpy.lib import format as npy
-
-    member = name + ".npy" if name + ".npy" in archive.namelist() else name
-    info = archive.getinfo(member)
     with archive.open(info) as f:
         try:
             version = npy.read_magic(f)
@@ -223,5 +214,6 @@ def _stated_size_fits(path: Path, archive: Any, name: str, layout: str) -> None:
         shape, _, dtype = read_header(f)
     needed = math.prod(shape) * dtype.itemsize
     if needed > info.file_size:
+        name = info.filename.removesuffix(".npy")
         raise DataError(path, f"its array {name!r} states shape {shape} of {dtype}, {needed:,} bytes, more than the "
                               f"{info.file_size:,} its member holds", layout)
