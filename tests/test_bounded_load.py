@@ -17,6 +17,7 @@ import dm_tune.datasets._bounded as bounded
 from dm_tune.datasets import DataError
 from dm_tune.models import load_pretrained
 from dm_tune.noise import read_label_file
+from test_datasets_disk import _torch_zip, make_cifar10  # (_torch_zip: a torch.save archive with a given data.pkl)
 
 
 @pytest.fixture(autouse=True)
@@ -50,17 +51,6 @@ def _torch_loads_here(monkeypatch) -> list[int]:
     return calls
 
 
-def _with_data_pkl(tmp_path: Path, pkl: bytes) -> Path:
-    """A torch.save zip archive whose data.pkl is ``pkl`` (and no tensor data)."""
-    saved, path = tmp_path / "saved.pt", tmp_path / "crafted.pt"
-    torch.save({"w": torch.zeros(2)}, saved)
-    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
-        for name in src.namelist():
-            if "/data/" not in name:
-                dst.writestr(name, pkl if name.endswith("/data.pkl") else src.read(name))
-    return path
-
-
 # {"worse_label": torch.LongTensor(2**31)}: 52 bytes of pickle, 16 GiB of tensor (a size the file
 # states, not data it holds; the opcode scan cannot tell it from a small tensor).
 _SIZED = (b"\x80\x02}X\x0b\x00\x00\x00worse_label" + b"ctorch\nLongTensor\n" + b"\x8a\x05\x00\x00\x00\x80\x00\x85R"
@@ -92,7 +82,7 @@ def test_a_checkpoint_that_holds_no_state_dict_is_one_line(tmp_path):
 @pytest.mark.parametrize("reader", ["label file", "pretrained weights"])
 def test_a_file_stating_a_tensor_far_larger_than_itself_is_refused_in_the_child(tmp_path, monkeypatch, reader):
     """Its load fails against the child's memory limit; this process never loads it."""
-    path = _with_data_pkl(tmp_path, _SIZED)
+    path = _torch_zip(tmp_path, _SIZED)
     loads = _torch_loads_here(monkeypatch)
     started = _children(monkeypatch)
     with pytest.raises(ValueError, match="can't allocate memory") as caught:
@@ -169,7 +159,7 @@ def test_a_label_file_nested_thousands_deep_is_refused_in_one_line(tmp_path):
     child): a list nested 5000 deep ends that copy, and the file is refused."""
     pkl = b"\x80\x02}X\x0b\x00\x00\x00worse_label" + b"]" * 5000 + b"a" * 4999 + b"s."
     with pytest.raises(DataError, match="refused: holds containers nested thousands deep"):
-        read_label_file(_with_data_pkl(tmp_path, pkl), "worse_label")
+        read_label_file(_torch_zip(tmp_path, pkl), "worse_label")
 
 
 def test_a_view_far_larger_than_its_storage_is_refused_in_the_child(tmp_path, monkeypatch):
@@ -216,7 +206,7 @@ def test_a_numpy_array_of_a_stated_shape_runs_the_child_out_of_memory(tmp_path, 
            + b"\x8a\x05\x00\x00\x00\x00\x02\x85" + b"X\x01\x00\x00\x00b\x87R" + b"s.")  # (2^33,), 'b'
     loads = _torch_loads_here(monkeypatch)
     with pytest.raises(DataError, match=r"refused: loading it ran out of memory \(this process may hold \d"):
-        read_label_file(_with_data_pkl(tmp_path, pkl), "worse_label")
+        read_label_file(_torch_zip(tmp_path, pkl), "worse_label")
     assert loads == []
 
 
@@ -229,11 +219,11 @@ def test_a_numpy_array_of_a_stated_shape_runs_the_child_out_of_memory(tmp_path, 
 ])
 def test_a_label_file_holding_what_no_label_file_holds_is_refused(tmp_path, pkl, words):
     with pytest.raises(DataError, match=words):
-        read_label_file(_with_data_pkl(tmp_path, pkl), "worse_label")
+        read_label_file(_torch_zip(tmp_path, pkl), "worse_label")
 
 
 def test_a_state_dict_keyed_by_anything_but_names_is_one_line(tmp_path):
-    path = _with_data_pkl(tmp_path, b"\x80\x02}K\x01K\x02\x86N" + b"s.")
+    path = _torch_zip(tmp_path, b"\x80\x02}K\x01K\x02\x86N" + b"s.")
     with pytest.raises(ValueError, match=r"is not a state dict \(a dict of names to tensors\): it has a tuple key$"):
         load_pretrained(torch.nn.Linear(2, 2), path)
 
@@ -273,8 +263,6 @@ def test_weights_that_do_not_fit_the_model_are_one_line(tmp_path):
 def test_a_cifar_release_is_read_first_in_a_child_once_per_version_of_its_files(tmp_path, monkeypatch):
     """A CIFAR folder is read in a child before this process reads it (out of time there: refused,
     not read here); its verdict holds until a file changes."""
-    from test_datasets_disk import make_cifar10
-
     import dm_tune.datasets.cifar as cifar
 
     root = make_cifar10(tmp_path)
