@@ -1276,6 +1276,24 @@ def test_features_errors(tmp_path):
     assert "class_names has 100000 names, more than the 4 training examples (every class needs one)" in err
 
 
+def test_a_features_archive_that_unpacks_past_the_machines_memory_is_refused(tmp_path, monkeypatch):
+    """Deflate packs zeros 1032 to 1: a 25 MB .npz unpacks to 24 GB, which the OOM killer, not an
+    error, ended. The machine's memory is what cannot exist here (24 GB of zeros to pack): 1 MiB."""
+    import zipfile
+
+    from dm_tune.datasets import _base
+
+    path = tmp_path / "f.npz"
+    np.savez_compressed(path, x_train=np.zeros((4096, 64), dtype=np.float32), y_train=np.arange(4096) % 2,
+                        x_test=np.zeros((2, 64), dtype=np.float32), y_test=np.array([0, 1]))
+    assert path.stat().st_size < 2**16
+    assert len(prepare(config("features", path)).train) > 0  # (it loads on this machine)
+    monkeypatch.setattr(_base, "physical_memory", lambda: 2**20)
+    err = str(expect_data_error(config("features", path), path))
+    unpacked = sum(info.file_size for info in zipfile.ZipFile(path).infolist())
+    assert f"unpacks to {unpacked:,} bytes, more than this machine's memory (1,048,576 bytes)" in err
+
+
 def test_a_data_root_that_is_a_file_or_the_other_cifar_is_named(tmp_path):
     """A file as data_root was "<file>/cifar-10-batches-py/data_batch_1: file not found"; CIFAR-100's
     folder given as cifar10 only "data_batch_1: file not found"."""

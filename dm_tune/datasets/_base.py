@@ -164,7 +164,10 @@ def nested_values(given: Any, limit: int) -> int | None:
 def read_npz(path: Path, layout: str) -> dict[str, Any]:
     """The named arrays of a .npz archive, never a pickle; each array's header is checked against
     the bytes its member holds before numpy reads it (numpy allocates the shape a header states
-    first: a 1 KB archive stating 2^33 labels was a MemoryError, 64 GiB, out of the loader)."""
+    first: a 1 KB archive stating 2^33 labels was a MemoryError, 64 GiB, out of the loader), and
+    the members' unpacked bytes together against the machine's memory (deflate packs zeros 1032 to
+    1: a 25 MB archive can unpack to 24 GB, and the kernel's OOM killer, not an error, would end
+    the process that tried)."""
     import zipfile
 
     import numpy as np
@@ -174,8 +177,13 @@ def read_npz(path: Path, layout: str) -> dict[str, Any]:
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise DataError(path, "is a single array, not a .npz archive of named arrays", layout)
         with npz:
-            for info in npz.zip.infolist():
+            members = npz.zip.infolist()
+            for info in members:
                 _member_fits(path, npz.zip, info, layout)
+            unpacked, memory = sum(info.file_size for info in members), physical_memory()
+            if memory is not None and unpacked > memory:
+                raise DataError(path, f"unpacks to {unpacked:,} bytes, more than this machine's memory "
+                                      f"({memory:,} bytes)", layout)
             return {k: npz[k] for k in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError, MemoryError) as e:
         if isinstance(e, DataError):
@@ -185,6 +193,17 @@ def read_npz(path: Path, layout: str) -> dict[str, Any]:
 
 # Deflate's largest ratio of unpacked to packed bytes (a member stating more is no deflate stream).
 DEFLATE_RATIO = 1032
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * page if pages > 0 and page > 0 else None
 
 
 def _member_fits(path: Path, archive: Any, info: Any, layout: str) -> None:
