@@ -283,6 +283,36 @@ def test_a_cifar_release_is_read_first_in_a_child_once_per_version_of_its_files(
     assert [cmd[-3:-1] for cmd in started] == [["folder", "dm_tune.datasets.cifar:_cifar10_source"]] * 2
 
 
+@pytest.mark.parametrize("how", ["replaced", "written", "written, its time set back"])
+def test_a_cifar_file_changed_between_its_check_and_its_read_is_refused(tmp_path, monkeypatch, how):
+    """The child reads the release, then this process reads it again: a file another process
+    replaced (or rewrote) in between was read here unchecked."""
+    import dm_tune.datasets.cifar as cifar
+
+    root = make_cifar10(tmp_path)
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    read = cifar._cifar10_source
+
+    def changed_then_read(base: Path):
+        data, before = batch.read_bytes(), batch.stat()
+        if how == "replaced":  # (another file of the same size and times, renamed over it)
+            (batch.parent / "new").write_bytes(data)
+            os.utime(batch.parent / "new", ns=(before.st_atime_ns, before.st_mtime_ns))
+            os.replace(batch.parent / "new", batch)
+        else:
+            batch.write_bytes(data)
+            if how.endswith("set back"):
+                os.utime(batch, ns=(before.st_atime_ns, before.st_mtime_ns))
+        return read(base)
+
+    monkeypatch.setattr(cifar, "_cifar10_source", changed_then_read)
+    with pytest.raises(DataError, match=r"cifar-10-batches-py: changed while it was being read \(data_batch_3\): "
+                                        "read it again once nothing writes to it"):
+        cifar.load_cifar10(root, {}, False)
+    monkeypatch.setattr(cifar, "_cifar10_source", read)
+    assert len(cifar.load_cifar10(root, {}, False).train) == 50  # (unchanged since: read)
+
+
 def test_a_key_a_file_names_with_a_line_break_prints_as_one_line(tmp_path):
     """The CLI prints a DataError as one line: a key's line break read as a line of dm-tune's own."""
     path = tmp_path / "labels.pt"

@@ -69,21 +69,43 @@ def read_checked(data: bytes, reader: str) -> Any:
     return _reader(READERS[reader])(io.BytesIO(data))
 
 
-def check_folder_load(spec: str, folder: Path) -> None:
+def check_folder_load(spec: str, folder: Path) -> tuple[tuple[Any, ...], ...]:
     """Raise ``Unreadable`` unless ``spec`` ("module:function", given the folder's path) returns,
     or raises the ``DataError`` it raises for a malformed file, in a child process within the
     limits ``check_load`` sets for the folder's files' total size: a dataset read in place (the
-    CIFAR batches), which the caller then reads itself. A folder whose files (names, sizes and
-    modification times) passed once in this process passes at once; an empty or missing one at
-    once too (the caller says what is missing). Unlike ``check_load``'s bytes, the files are read
-    twice: one replaced in between by another process is read unchecked."""
-    files = sorted((p.name, p.stat()) for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-    stats = tuple((name, st.st_size, st.st_mtime_ns) for name, st in files)
+    CIFAR batches), which the caller then reads itself. A folder whose files passed once in this
+    process (``folder_files``: the same files, unchanged) passes at once; an empty or missing one
+    at once too (the caller says what is missing).
+
+    Unlike ``check_load``'s bytes, the files are read twice; returns what ``folder_files`` said
+    before the child read them, for ``check_unchanged`` once the caller has read them: a file
+    replaced or written to in between is then refused, not used unchecked."""
+    stats = folder_files(folder)
     key = (spec, f"{folder.resolve()} {stats}")
     if key in _PASSED or not stats:
-        return
-    _run_child(["folder", spec], str(folder).encode(), sum(size for _, size, _ in stats))
+        return stats
+    _run_child(["folder", spec], str(folder).encode(), sum(size for _, size, *_ in stats))
     _PASSED.add(key)
+    return stats
+
+
+def folder_files(folder: Path) -> tuple[tuple[Any, ...], ...]:
+    """Each file of ``folder`` as (name, size, modification and status-change times, inode and
+    device): a file written to, or replaced by another (a rename), is another tuple, even with its
+    modification time set back (the status-change time cannot be)."""
+    if not folder.is_dir():
+        return ()
+    files = sorted((p.name, p.stat()) for p in folder.iterdir() if p.is_file())
+    return tuple((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev) for name, st in files)
+
+
+def check_unchanged(folder: Path, checked: tuple[tuple[Any, ...], ...]) -> None:
+    """Raise ``Unreadable`` if ``folder``'s files are not those ``check_folder_load`` checked."""
+    now = folder_files(folder)
+    if now != checked:
+        changed = sorted({f[0] for f in set(now) ^ set(checked)})
+        raise Unreadable(f"changed while it was being read ({', '.join(changed)}): read it again once nothing "
+                         "writes to it")
 
 
 def _run_child(args: list[str], stdin: bytes, size: int) -> None:
