@@ -32,25 +32,63 @@ FLAT_SLOPE = 0.1             # |d psi* / d noise_rate| below this: the mode does
 
 
 def fit_line(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """Least-squares y = a + b x: a, b, R^2 (1 when y is constant and fitted exactly), n points, distinct x,
-    and ``p``: the two-sided p-value of the slope (t test, n - 2 degrees of freedom; NaN below 3 points)."""
+    """Least-squares y = a + b x: a, b, R^2, n points, distinct x, and ``p``: the two-sided p-value
+    of the slope (t test, n - 2 degrees of freedom; NaN below 3 points).
+
+    Two fits have no t statistic. A constant y (the best value the same at every x, as a grid
+    search often finds) has no slope to test: R^2 and ``p`` are NaN, as scipy's ``linregress``
+    gives them, and ``constant`` is True. A line through every point (no residual: t is infinite)
+    happens with continuous values only by chance but often with a grid's few values: its ``p`` is
+    the exact permutation test's of the slope (the share of the points' orderings whose slope is at
+    least as steep), 1/3 through three points, 1/12 through four, 1/60 through five."""
     from scipy.stats import t as student_t
 
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n, distinct = int(len(xs)), int(len(np.unique(xs)))
     if distinct < 2:
         return {"a": float(ys.mean()) if n else math.nan, "b": math.nan, "r2": math.nan, "n": n,
-                "distinct_x": distinct, "p": math.nan}
+                "distinct_x": distinct, "p": math.nan, "constant": False}
     b, a = np.polyfit(xs, ys, 1)
     resid = ys - (a + b * xs)
-    ss_tot = float(((ys - ys.mean()) ** 2).sum())
-    r2 = 1.0 if ss_tot <= 1e-12 else 1.0 - float((resid ** 2).sum()) / ss_tot
-    p = math.nan
-    if n > 2:
-        ss_res = float((resid ** 2).sum())
+    ss_tot, ss_res = float(((ys - ys.mean()) ** 2).sum()), float((resid ** 2).sum())
+    constant = ss_tot <= 1e-12 * max(1.0, float((ys ** 2).sum()))
+    if constant:
+        return {"a": float(ys.mean()), "b": 0.0, "r2": math.nan, "n": n, "distinct_x": distinct, "p": math.nan,
+                "constant": True}
+    r2, p = 1.0 - ss_res / ss_tot, math.nan
+    if n > 2 and ss_res <= 1e-12 * ss_tot:
+        p = _permutation_p(xs, ys)
+    elif n > 2:
         se = math.sqrt(ss_res / (n - 2) / float(((xs - xs.mean()) ** 2).sum()))
-        p = 0.0 if se <= 1e-12 else float(2 * student_t.sf(abs(b) / se, n - 2))  # (0: an exact fit, no noise)
-    return {"a": float(a), "b": float(b), "r2": r2, "n": n, "distinct_x": distinct, "p": p}
+        p = float(2 * student_t.sf(abs(b) / se, n - 2))
+    return {"a": float(a), "b": float(b), "r2": r2, "n": n, "distinct_x": distinct, "p": p, "constant": False}
+
+
+# Up to this many points the permutation test takes every ordering (9! = 362,880); past it, this
+# many random ones, from a fixed seed (a report is the same every time it is built).
+EXACT_PERMUTATION_N = 9
+PERMUTATION_RESAMPLES = 99_999
+
+
+def _permutation_p(xs: np.ndarray, ys: np.ndarray) -> float:
+    """Two-sided p-value of the least-squares slope of ys on xs, by permuting ys."""
+    import inspect
+
+    from scipy.stats import permutation_test
+
+    centred = xs - xs.mean()
+
+    def slope(y: np.ndarray, axis: int = -1) -> np.ndarray:
+        return (centred * (y - y.mean(axis=axis, keepdims=True))).sum(axis=axis)
+
+    exact = len(ys) <= EXACT_PERMUTATION_N
+    seed: dict[str, Any] = {}
+    if not exact:  # (scipy 1.15 renamed random_state rng)
+        named = "rng" if "rng" in inspect.signature(permutation_test).parameters else "random_state"
+        seed = {named: np.random.default_rng(0)}
+    result = permutation_test((ys,), slope, permutation_type="pairings", vectorized=True,
+                              n_resamples=np.inf if exact else PERMUTATION_RESAMPLES, **seed)
+    return float(result.pvalue)
 
 
 def rate_groups(settings: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -88,15 +126,23 @@ def noise_rate_rules(settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _mode_rule_vs_paper(rule: dict[str, Any]) -> str:
-    """The paper: rising noise -> raise the mode (much less so with 100 classes)."""
+    """The paper: rising noise -> raise the mode; with 100 classes the best values move much less
+    with noise (lambda 0.5 at every symmetric rate)."""
+    from dm_tune.reports._paper import MANY_CLASSES
+
     if not rule["supported"]:
         return "not tested: " + rule["reason"]
     b = rule["b"]
+    classes = rule["group"].get("num_classes")
+    many = classes is not None and classes >= MANY_CLASSES
     if b >= FLAT_SLOPE:
-        return f"agree: the best mode rises with the noise rate (slope {b:.2f} psi per unit noise rate)"
+        rises = f"the best mode rises with the noise rate (slope {b:.2f} psi per unit noise rate)"
+        return (f"refine: {rises}; the paper found it moved much less with {classes} classes" if many
+                else f"agree: {rises}")
     if b > -FLAT_SLOPE:
-        return (f"refine: the best mode hardly moves with the noise rate (slope {b:.2f}); the paper expects "
-                "this only with many (100) classes")
+        flat = f"the best mode hardly moves with the noise rate (slope {b:.2f})"
+        return (f"agree: {flat}, as the paper found with 100 classes" if many
+                else f"refine: {flat}; the paper expects this only with many (100) classes")
     return f"refute: the best mode falls as the noise rate rises (slope {b:.2f})"
 
 
@@ -141,7 +187,8 @@ def factor_trends(settings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _rule(kind: str, knob: str, group: dict[str, Any], fit: dict[str, Any], settings: list[str],
           x_name: str = "noise_rate") -> dict[str, Any]:
     rule = {"kind": kind, "knob": knob, "x": x_name, "group": group, "a": fit["a"], "b": fit["b"], "r2": fit["r2"],
-            "n": fit["n"], "distinct_x": fit["distinct_x"], "p": fit.get("p", math.nan), "settings": settings}
+            "n": fit["n"], "distinct_x": fit["distinct_x"], "p": fit.get("p", math.nan),
+            "constant": fit.get("constant", False), "settings": settings}
     return judge(rule)
 
 
@@ -155,6 +202,8 @@ def judge(rule: dict[str, Any], p_adjusted: float | None = None, tests: int = 1)
     x_name, knob = rule["x"], rule["knob"]
     if rule["distinct_x"] < MIN_RULE_N:
         supported, why = False, f"only {rule['distinct_x']} distinct {x_name} value(s) < {MIN_RULE_N}"
+    elif rule.get("constant"):
+        supported, why = False, f"{knob}* is {rule['a']:.3f} at every {x_name}: no slope to test"
     elif not rule["r2"] >= MIN_RULE_R2:
         supported, why = False, f"R^2 {rule['r2']:.2f} < {MIN_RULE_R2}"
     elif not p_used < MAX_RULE_P:  # (R^2 0.5 over 4 points is a slope of p 0.29: a line through noise)
