@@ -238,20 +238,24 @@ def param_importance(trials: pd.DataFrame) -> dict[str, Any]:
 
 
 def sensitivity(trials: pd.DataFrame, max_bins: int = 4) -> dict[str, Any]:
-    """Per knob, the range (max - min) of mean final validation accuracy over quantile bins, in points:
-    at least two configurations a bin (with one, both knobs' ranges were that of the configurations
-    themselves, the same number), none below four configurations."""
+    """Per knob, the range (max - min) over quantile bins of the configurations' mean final
+    validation accuracy, in points: each configuration (its seeds averaged) one point, at least two
+    a bin (with one, both knobs' ranges were that of the configurations themselves, the same
+    number), none below four configurations. (Binned by trials, a configuration run on more seeds
+    moved the edges and weighed more: it could fill a bin alone.)"""
     trials = trials[trials["psi"].notna() & trials["rho"].notna()]
     n, configs = int(len(trials)), _configurations(trials)
     out: dict[str, Any] = {"n": n, "n_configs": configs, "metric": "final validation accuracy", "psi": None,
                            "rho": None}
     if configs < 4:
         return out
+    # (rounded: one value read back from (lam, beta) as two one ulp apart is one configuration and
+    # shares a bin, whichever side of a quantile edge each falls; pandas 2 and 3 put the edges differently)
+    points = (trials.assign(psi=trials["psi"].round(9), rho=trials["rho"].round(9))
+              .groupby(["psi", "rho"], as_index=False)["final_val_acc"].mean())
     for knob in ("psi", "rho"):
-        # (rounded: one value read back from (lam, beta) as two one ulp apart must share a bin,
-        # whichever side of a quantile edge each falls; pandas 2 and 3 put the edges differently)
-        bins = pd.qcut(trials[knob].round(9), q=min(max_bins, configs // 2), duplicates="drop")
-        means = trials.groupby(bins, observed=True)["final_val_acc"].mean() * POINTS
+        bins = pd.qcut(points[knob], q=min(max_bins, configs // 2), duplicates="drop")
+        means = points.groupby(bins, observed=True)["final_val_acc"].mean() * POINTS
         out[knob] = float(means.max() - means.min()) if len(means) > 1 else 0.0
     return out
 

@@ -256,6 +256,18 @@ def test_importance_and_sensitivity_count_configurations_not_their_seeds() -> No
     assert (sens["n"], sens["n_configs"]) == (8, 4)
     # two bins of two configurations: psi's {0.1, 0.3} against {0.5, 0.7}; rho's mix both psi
     assert sens["psi"] == pytest.approx(0.4 * 0.4 * 100) and sens["rho"] == pytest.approx(0.4 * 0.2 * 100)
+    # one configuration on three seeds (search_seeds 3, or an arm's seeds ASHA stopped unevenly): binned
+    # by trials it filled a bin alone, and both knobs read the same 16.7 points
+    accuracy = {0.1: 0.60, 0.3: 0.90, 0.5: 0.70, 0.7: 0.70}
+    rows = []
+    for psi, rho, seeds in ((0.1, 1.0, (0, 1, 2)), (0.3, 3.0, (0,)), (0.5, 2.0, (0,)), (0.7, 4.0, (0,))):
+        lam = psi / (1 - psi)
+        rows += [row(stage="search", seed=seed, val=accuracy[psi], lam=lam, beta=rho / rho_from_beta(1.0, lam))
+                 for seed in seeds]
+    sens = analyse_setting(tidy(rows))["sensitivity"]
+    assert (sens["n"], sens["n_configs"]) == (6, 4)
+    assert sens["psi"] == pytest.approx(100 * abs((0.70 + 0.70) / 2 - (0.60 + 0.90) / 2))  # {0.1, 0.3} | {0.5, 0.7}
+    assert sens["rho"] == pytest.approx(100 * abs((0.90 + 0.70) / 2 - (0.60 + 0.70) / 2))  # {1, 2} | {3, 4}
 
 
 def test_status_counts_maps_statuses() -> None:
