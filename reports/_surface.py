@@ -351,7 +351,8 @@ def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dic
             "fitted": {"signal_std": math.sqrt(math.exp(theta[0])) * _std(y),
                        "noise_std": math.sqrt(math.exp(theta[-1])) * _std(y),
                        "length_scales": dict(zip(enc["features"], (math.exp(t) for t in theta[1:-1])))},
-            "grid": {"psi": list(PSI_GRID), "rho": list(RHO_GRID), "rho_spacing": "log"},
+            "grid": {"psi": list(PSI_GRID), "rho": list(RHO_GRID), "rho_spacing": "log",
+                     "searched": "recommend's grid is narrowed to the (psi, rho) span the arms were measured at"},
             "settings": measured_settings(rows, y)}
 
 
@@ -375,12 +376,35 @@ def _std(y: list[float]) -> float:
 
 # --- recommending from the surface ----------------------------------------------------------
 
-def grid() -> tuple[list[float], list[float]]:
-    """recommend's psi and rho grid values (rho log-spaced)."""
+def grid(surface: dict[str, Any] | None = None) -> tuple[list[float], list[float]]:
+    """recommend's psi and rho grid values (rho log-spaced): ``PSI_GRID`` x ``RHO_GRID``, narrowed
+    to the span of (psi, rho) the surface's arms were measured at (``searched_span``)."""
     (p0, p1, n_psi), (r0, r1, n_rho) = PSI_GRID, RHO_GRID
-    psis = [p0 + (p1 - p0) * i / (n_psi - 1) for i in range(n_psi)]
-    rhos = [math.exp(math.log(r0) + (math.log(r1) - math.log(r0)) * i / (n_rho - 1)) for i in range(n_rho)]
+    if surface is not None:
+        (p0, p1), (r0, r1) = searched_span(surface)
+    psis = sorted({p0 + (p1 - p0) * i / (n_psi - 1) for i in range(n_psi)})
+    rhos = sorted({math.exp(math.log(r0) + (math.log(r1) - math.log(r0)) * i / (n_rho - 1)) for i in range(n_rho)})
     return psis, rhos
+
+
+def searched_span(surface: dict[str, Any]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The (psi, rho) ranges of the arms the surface was fitted on, within ``PSI_GRID`` x ``RHO_GRID``
+    (or theirs alone, where they lie outside it). A GP whose length scales are long predicts far
+    past its points with a narrow interval (it extends their trend): a surface whose gain rose with
+    rho up to 2.9 recommended rho 12 (beta 114), never run, +16.7 points [15.9, 17.5] and no
+    warning; a poor beta for a lambda can collapse training (the paper)."""
+    names, X = surface["model"]["feature_names"], surface["model"]["X"]
+    psi = [row[names.index("psi")] for row in X]
+    log_rho = [row[names.index("log_rho")] for row in X]
+    (p0, p1, _), (r0, r1, _) = PSI_GRID, RHO_GRID
+
+    def within(lo: float, hi: float, bounds: tuple[float, float]) -> tuple[float, float]:
+        inside = (max(lo, bounds[0]), min(hi, bounds[1]))
+        return inside if inside[0] <= inside[1] else (lo, hi)
+
+    psi_span = within(min(psi), max(psi), (p0, p1))
+    rho_span = within(math.exp(min(log_rho)), math.exp(max(log_rho)), (r0, r1))
+    return psi_span, rho_span
 
 
 def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float,
@@ -415,7 +439,7 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
                                        dataset)
     base = {"dataset": dataset if dataset in enc["datasets"] else "", "noise": noise_type, "noise_rate": noise_rate,
             "num_classes": num_classes, "imbalance": imbalance, "imbalance_ratio": imbalance_ratio}
-    psis, rhos = grid()
+    psis, rhos = grid(surface)
     schemes = enc["class_weightings"] if imbalance != "none" else ["none"]  # balanced: every scheme is none
     cells = [(cw, p, r) for cw in schemes for p in psis for r in rhos]
     X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in cells], enc)
@@ -442,6 +466,10 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
         warnings.append(f"this setting was measured ({m['setting']}): its best arm gained {m['best_gain']:+.1f} "
                         f"points at psi {m['best_psi']:.2f}, rho {m['best_rho']:.2f}, below the {best:+.1f} the "
                         "surface predicts here; prefer the measured arm, or search between the two")
+    edges = _at_searched_edge(surface, psi, rho)
+    if edges:
+        warnings.append(f"the recommended point is at the edge of what was searched ({'; '.join(edges)}): the "
+                        "surface predicts no further; the best may lie past it, so search beyond that edge")
     if unsure > MAX_STD:
         warnings.append(f"the surface is unsure here: its own std {unsure:.2f} points at the recommended point "
                         f"(> {MAX_STD:g}; run-to-run noise aside); treat it as a starting point for a search")
@@ -454,6 +482,18 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
             "predicted_gain": {"mean": best, "low": best - Z95 * sd, "high": best + Z95 * sd, "level": 0.95,
                                "metric": "final validation accuracy, points over CCE"},
             "predicted_std": sd, "surface_std": unsure, "leans_on": leans_on(surface, X[i]), "warnings": warnings}
+
+
+def _at_searched_edge(surface: dict[str, Any], psi: float, rho: float) -> list[str]:
+    """Where (psi, rho) lies on a bound of ``searched_span`` that is not one of the fixed grid's."""
+    (p0, p1), (r0, r1) = searched_span(surface)
+    (g0, g1, _), (h0, h1, _) = PSI_GRID, RHO_GRID
+    out = []
+    for name, value, lo, hi, fixed_lo, fixed_hi in (("psi", psi, p0, p1, g0, g1), ("rho", rho, r0, r1, h0, h1)):
+        for bound, fixed, side in ((lo, fixed_lo, "lowest"), (hi, fixed_hi, "highest")):
+            if math.isclose(value, bound, rel_tol=1e-9, abs_tol=1e-12) and not math.isclose(bound, fixed, rel_tol=1e-9):
+                out.append(f"{name} {value:.3g}, the {side} searched")
+    return out
 
 
 def _is_query(m: dict[str, Any], query: dict[str, Any], dataset: str | None) -> bool:

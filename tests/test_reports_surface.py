@@ -99,7 +99,7 @@ def test_the_region_holds_the_optimum_and_only_cells_within_one_point(surface: d
     assert region["within_points"] == 1.0
     assert region["psi"][0] <= BEST_PSI <= region["psi"][1]
     assert region["rho"][0] <= math.exp(BEST_LOG_RHO) <= region["rho"][1]
-    psis, rhos = grid()
+    psis, rhos = grid(surface)
     cells = [(p, r) for p in psis for r in rhos]
     X = [[p, math.log(r), 0.4] for p, r in cells]
     mean, std = gp_predict(surface["model"], X)
@@ -489,3 +489,32 @@ def test_a_surface_target_is_paired_with_cce_on_the_arms_own_seeds() -> None:
     by_psi = {round(float(r["psi"]), 2): v for r, v in zip(described, y)}
     assert by_psi[0.3] == pytest.approx(92.0 - 92.2)
     assert by_psi[0.6] == pytest.approx(90.0 - (93.2 + 91.2 + 87.5) / 3)
+
+
+def test_recommend_stays_within_the_knobs_that_were_searched_and_says_when_it_is_at_their_edge() -> None:
+    """Arms searched at psi up to 0.4 and rho up to 3, the gain rising with both: the GP, its length
+    scales long, extended the trend to the grid's corner, psi 0.75 and rho 12 (beta 114, never run),
+    +16.7 points [15.9, 17.5], and warned of nothing."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for rate in (0.2, 0.4, 0.6):
+        key, cce = f"digits/{rate}", 0.9 - 0.4 * rate
+        for _ in range(20):
+            psi, rho = float(rng.uniform(0, 0.4)), float(math.exp(rng.uniform(math.log(0.5), math.log(3))))
+            g = 10 * rate + 15 * psi + math.log(rho) + float(rng.normal(0, 0.2))
+            rows.append(run(key, "search", 0, cce + g / 100, cce + g / 100, psi, rho, noise_rate=rate))
+        rows += [run(key, "confirm", seed, cce, cce, baseline="cce", method="cce", noise_rate=rate)
+                 for seed in range(3)]
+    df = tidy(rows)
+    surface = fit_surface(df)
+    for rate in (0.4, 0.3):
+        rec = recommend_from_surface(surface, 10, "symmetric", rate, dataset="digits")
+        assert df["psi"].min() - 1e-9 <= rec["psi"] <= df["psi"].max() + 1e-9
+        assert df["rho"].min() - 1e-9 <= rec["rho"] <= df["rho"].max() + 1e-9
+        for spans in (rec["region"], rec["region"]["plausible"]):
+            assert spans["psi"][1] <= df["psi"].max() + 1e-9 and spans["rho"][1] <= df["rho"].max() + 1e-9
+        (edge,) = [w for w in rec["warnings"] if "at the edge of what was searched" in w]
+        assert f"psi {rec['psi']:.3g}, the highest searched" in edge and f"rho {rec['rho']:.3g}, the highest" in edge
+    # a surface whose optimum lies inside what was searched: no such warning
+    inside = recommend_from_surface(fit_surface(campaign()), 10, "symmetric", 0.4)
+    assert not any("edge of what was searched" in w for w in inside["warnings"])
