@@ -187,7 +187,12 @@ class SchemeLoss(_GradLoss):
             grad = W._scaled_direction((m / total).unsqueeze(1), probs, q.unsqueeze(1), index)
             return grad, share, _weighted_cce(logits, targets, share)
         m = self.scheme.multiplier(p)
-        weight = 2.0 * (1.0 - p) * m
+        # The shares (what the weight metrics report) with 1 - p as the other classes' probabilities
+        # sum to: taken from p it is 0 wherever p rounds to 1, and a batch fitted that far had shares
+        # of 0, where every example has a weight. The gradient keeps autograd's p - 1.
+        others = probs.scatter(1, targets.long().view(-1, 1), 0.0).sum(1)
+        pq = self.scheme.multiplier_pq  # (MSE's multiplier holds 1 - p too)
+        weight = 2.0 * others * (m if pq is None else pq(p, others))
         share = weight / weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
         grad = (m / p.shape[0]).unsqueeze(1) * W._direction(probs, targets)
         logp = F.log_softmax(logits.to(p.dtype), dim=1).gather(1, targets.long().view(-1, 1))

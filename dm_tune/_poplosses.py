@@ -82,7 +82,8 @@ def population_loss_parts(
 
     ``knobs`` holds one [K, 1] tensor per MemberLoss field, in the dtype the logits are computed
     in: at least float32, like the single-run losses (see PopulationLoss.knobs). ``exact_q``:
-    whether any member is DM or a "-DN" form (False spares computing what only they use).
+    whether any member is DM or a "-DN" form (False: every member is plain, and every labelled
+    entry of the direction is p - 1).
     """
     logits = logits.to(_compute_dtype(logits))
     batch = logits.shape[1]
@@ -98,15 +99,19 @@ def population_loss_parts(
     # probabilities, right to rounding where p is close to 1 (see _minus_others) and
     # exact where p rounds to 1 (see SchemeLoss): "-DN" rows' L1 norms are then 2 q exactly and a
     # batch fitted past the working precision gets no gradient. Their multipliers' 1 - p is that too.
-    target_entry = p_minus_1
-    if exact_q:
-        target_entry = torch.where(plain, p_minus_1, _minus_others(probs, index).squeeze(2))
+    # Plain members' weights (their shares: the weight metrics) take it so too: from p it is 0
+    # wherever p rounds to 1, and a batch fitted that far had shares of 0 (as SchemeLoss).
+    minus_others = _minus_others(probs, index).squeeze(2)
+    target_entry = torch.where(plain, p_minus_1, minus_others) if exact_q else p_minus_1
     multiplier_1mp = -target_entry
     # DM members: a softmax over the batch of the log-weights (cannot overflow for any beta).
     share_dm = torch.softmax(torch.pow(p, knobs["lam"]).mul_(-knobs["beta"]).mul_(target_entry), dim=1)
     # The other members: their multiplier m(p) and weight 2 (1-p) m(p).
-    m = (knobs["b"] * torch.pow(p, knobs["q"])).mul_(torch.pow(multiplier_1mp, knobs["r"])).add_(knobs["a"])
-    weight = -2.0 * target_entry * m
+    p_to_q = knobs["b"] * torch.pow(p, knobs["q"])
+    m = torch.pow(multiplier_1mp, knobs["r"]).mul_(p_to_q).add_(knobs["a"])
+    # Their weights with that 1 - p in the multiplier too (MSE's holds 1 - p; for DM and "-DN"
+    # members it is m itself).
+    weight = torch.pow(-minus_others, knobs["r"]).mul_(p_to_q).add_(knobs["a"]).mul_(-2.0 * minus_others)
     total = weight.sum(1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
     share = torch.where(is_dm, share_dm, weight / total)
     # DM: its share over CCE's divided-out weight; "-DN": m over the batch's gradient mass; plain: m / B.

@@ -151,6 +151,33 @@ def test_dn_members_on_a_batch_fitted_past_the_working_precision_keep_their_mass
             assert logits.grad[k].abs().sum().item() == pytest.approx(1.0, abs=1e-5), (margin, k)
 
 
+def test_plain_members_shares_on_a_batch_fitted_past_float32_are_the_float64_ones_on_every_path():
+    """Every example fitted until p rounds to 1 in float32 (1 - p from 2e-8 down to 3e-10): a single
+    run and the population's torch path took 1 - p from p, so every weight was 0 and so every share
+    (weight_clean 0.08 where the labels were clean, "1 = the batch mean"), while the C kernel, in
+    double, gave the float64 shares: a member's weight metrics depended on which kernel its
+    population's size picked."""
+    methods = ("cce", "mae", "mse", "gce", "sl")
+    cfgs = [TrainConfig.from_dict({"method": m}) for m in methods]
+    targets = torch.arange(32) % 10
+    margin = torch.linspace(20.0, 24.0, 32, dtype=torch.float64).unsqueeze(1)
+    logits = torch.zeros(32, 10, dtype=torch.float64).scatter_(1, targets[:, None], margin).float()
+    assert (torch.softmax(logits, 1).gather(1, targets[:, None]) == 1.0).all()  # (p rounds to 1)
+    for c in cfgs:
+        reference = build_loss(c)  # the float64 shares: the right ones
+        reference(logits.double().requires_grad_(), targets)
+        want = reference.last_shares
+        assert want.sum().item() == pytest.approx(1.0) and (want > 0).all()
+        single = build_loss(c)
+        single(logits.clone().requires_grad_(), targets)
+        torch.testing.assert_close(single.last_shares.double(), want, rtol=1e-4, atol=0, msg=f"{c.method} single run")
+        for kernel in ("torch", "native"):
+            pop = PopulationLoss([member_loss(c)] * 2, kernel=kernel)
+            pop(logits.expand(2, 32, 10).clone().requires_grad_(), targets.expand(2, 32))
+            torch.testing.assert_close(pop.last_shares[1].double(), want, rtol=1e-4, atol=0,
+                                       msg=f"{c.method} population, {kernel}")
+
+
 @pytest.mark.parametrize("kernel", ["torch", "native"])
 def test_a_labelled_class_at_minus_infinity_leaves_every_display_finite(kernel):
     """p = 0 exactly (the labelled logit -inf): MAE, MSE and GCE have no -log p term, and a GCE-DN
