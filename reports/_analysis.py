@@ -210,14 +210,24 @@ def _configurations(trials: pd.DataFrame) -> int:
     return int(len(trials[["psi", "rho"]].round(9).drop_duplicates()))
 
 
+def _configuration_means(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (psi, rho, rounded as in ``_configurations``) with the mean final
+    validation accuracy of its seeds: a configuration is one point of the space, however many seeds
+    it ran on."""
+    return (trials.assign(psi=trials["psi"].round(9), rho=trials["rho"].round(9))
+            .groupby(["psi", "rho"], as_index=False)["final_val_acc"].mean())
+
+
 def param_importance(trials: pd.DataFrame) -> dict[str, Any]:
-    """fANOVA importance of psi vs rho for final validation accuracy over search-stage DM trials;
-    ``n`` counts the trials, ``n_configs`` the configurations (what the minimum is about)."""
+    """fANOVA importance of psi vs rho for final validation accuracy over search-stage DM trials,
+    each configuration one point (its seeds' mean); ``n`` counts the trials, ``n_configs`` the
+    configurations (what the minimum is about)."""
     trials = trials[trials["psi"].notna() & trials["rho"].notna()]
     n, configs = int(len(trials)), _configurations(trials)
     if configs < MIN_IMPORTANCE_CONFIGS:
         return {"status": "insufficient", "n": n, "n_configs": configs,
                 "reason": f"{configs} searched configurations < {MIN_IMPORTANCE_CONFIGS} needed"}
+    trials = _configuration_means(trials)
     for col, what in (("psi", "psi"), ("rho", "rho"), ("final_val_acc", "validation accuracy")):
         if trials[col].nunique() < 2:
             return {"status": "insufficient", "n": n, "n_configs": configs, "reason": f"{what} did not vary"}
@@ -251,8 +261,7 @@ def sensitivity(trials: pd.DataFrame, max_bins: int = 4) -> dict[str, Any]:
         return out
     # (rounded: one value read back from (lam, beta) as two one ulp apart is one configuration and
     # shares a bin, whichever side of a quantile edge each falls; pandas 2 and 3 put the edges differently)
-    points = (trials.assign(psi=trials["psi"].round(9), rho=trials["rho"].round(9))
-              .groupby(["psi", "rho"], as_index=False)["final_val_acc"].mean())
+    points = _configuration_means(trials)
     for knob in ("psi", "rho"):
         bins = pd.qcut(points[knob], q=min(max_bins, configs // 2), duplicates="drop")
         means = points.groupby(bins, observed=True)["final_val_acc"].mean() * POINTS

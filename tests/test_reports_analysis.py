@@ -270,6 +270,30 @@ def test_importance_and_sensitivity_count_configurations_not_their_seeds() -> No
     assert sens["rho"] == pytest.approx(100 * abs((0.90 + 0.70) / 2 - (0.60 + 0.70) / 2))  # {1, 2} | {3, 4}
 
 
+def test_importance_weighs_each_configuration_once_however_many_seeds_it_ran() -> None:
+    """fANOVA fitted every trial as a point: a configuration on three seeds weighed three times one
+    on a single seed. Each configuration is now its seeds' mean, so a configuration's extra seeds
+    (here all at its mean) leave the importances as they are."""
+    from dm_tune.reports._analysis import param_importance
+
+    rng = np.random.default_rng(0)
+    configs = [(float(psi), float(rho)) for psi, rho in zip(rng.uniform(0, 0.7, 12), rng.uniform(0.5, 8, 12))]
+
+    def trials(seeds: dict[int, int]) -> pd.DataFrame:
+        rows = []
+        for i, (psi, rho) in enumerate(configs):
+            lam = psi / (1 - psi)
+            acc = 0.5 + 0.4 * psi + 0.01 * math.log(rho)
+            rows += [row(stage="search", seed=seed, val=acc, lam=lam, beta=rho / rho_from_beta(1.0, lam))
+                     for seed in range(seeds.get(i, 1))]
+        return tidy(rows)
+
+    once, thrice = param_importance(trials({})), param_importance(trials({0: 3, 5: 3, 7: 3}))
+    assert once["status"] == thrice["status"] == "ok" and (once["n"], thrice["n"]) == (12, 18)
+    assert once["n_configs"] == thrice["n_configs"] == 12
+    assert (thrice["psi"], thrice["rho"]) == pytest.approx((once["psi"], once["rho"]), abs=1e-12)
+
+
 def test_status_counts_maps_statuses() -> None:
     df = tidy([row(status=s) for s in ("finished", "diverged", "early-stopped", "errored", "errored")])
     assert status_counts(df) == {"finished": 1, "diverged": 1, "early_stopped": 1, "errored": 2, "in_progress": 0,
