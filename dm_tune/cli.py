@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import DataError, UserError, json_text, load_yaml, output_path, path_argument, write_output
+from dm_tune.errors import (DataError, UserError, is_stdout, json_text, load_yaml, output_path, path_argument,
+                             write_output)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -353,10 +354,11 @@ def _train_cmd(args: argparse.Namespace) -> int:
               f"model {resolved.model}, "
               f"{resolved.method}{dm}, seed {resolved.seed}", file=sys.stderr)
     result = train(config, data, _progress(args.quiet, [resolved.epochs]))
-    print(_result_line(result))
+    said = sys.stderr if is_stdout(out) else sys.stdout
+    print(_result_line(result), file=said)
     if out is not None:
         write_output(out, json_text(result.to_dict()))
-        print(f"wrote {out}")
+        print(f"wrote {out}", file=said)
     return 0
 
 
@@ -427,11 +429,12 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
         datas = [data_of(c) for c in members]
         results += train_population(members, datas, _population_progress(
             args.quiet, int(resolved.epochs or 0), [_member_label(c) for c in members]))
+    said = sys.stderr if is_stdout(out) else sys.stdout
     for config, result in zip(configs, results):
-        print(f"[{_member_label(config)}] {_result_line(result)}")
+        print(f"[{_member_label(config)}] {_result_line(result)}", file=said)
     if out is not None:
         write_output(out, json_text([r.to_dict() for r in results]))
-        print(f"wrote {out}")
+        print(f"wrote {out}", file=said)
     return 0
 
 

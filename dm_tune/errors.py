@@ -8,6 +8,8 @@ import functools
 import json
 import math
 import os
+import stat
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,7 +81,12 @@ def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
     ancestor must be a directory, and that directory must take a new file (tried: a temporary file
     created and removed at once). A read-only, missing or odd place is reported now, not after the
     work whose results were to be written there."""
-    path = Path(value).expanduser().resolve()
+    given = Path("/dev/stdout" if value == "-" and not directory else value).expanduser()  # ("-": the usual stdout)
+    if not directory and _special(given):  # a device, a pipe (/dev/null, /dev/stdout, a FIFO): written into
+        if not os.access(given, os.W_OK):
+            raise UserError(f"{flag} {value}: exists and is not writable")
+        return given
+    path = given.resolve()
     if directory:
         if path.exists() and not path.is_dir():
             raise UserError(f"{flag} {value}: exists and is not a directory")
@@ -136,11 +143,42 @@ def json_text(doc: Any, indent: int = 1) -> str:
     return json.dumps(json_safe(doc), indent=indent, allow_nan=False) + "\n"
 
 
+def _special(path: Path) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a directory (a device, a FIFO, a
+    socket; followed through links, so /dev/stdout is what it points at)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def is_stdout(path: Path | None) -> bool:
+    """Whether ``path`` is this process's standard output (``--out /dev/stdout``): the command's
+    own lines then go to standard error, so that what is piped on is the file alone."""
+    if path is None:
+        return False
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):  # (no stdout, or one without a file descriptor)
+        return False
+
+
 def write_output(path: Path, data: str | bytes) -> None:
     """``data`` (text, or bytes) into ``path`` whole or not at all (a temporary file beside it, then
     renamed over it), readable as any new file of this user (the umask), or as the file it replaces;
-    a failure (disk full, the place gone read-only since the check) is a UserError naming it."""
+    a failure (disk full, the place gone read-only since the check) is a UserError naming it. A
+    device or a pipe (/dev/null, /dev/stdout, a FIFO) is written into: renamed over, it was replaced
+    by a regular file (as root, /dev/null itself)."""
     tmp = None
+    if _special(path):
+        try:
+            with open(path, "wb" if isinstance(data, bytes) else "w",
+                      **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
+                f.write(data)
+        except OSError as e:
+            raise UserError(f"could not write {path} ({e.strerror or e})") from None
+        return
     try:
         try:
             mode = os.stat(path).st_mode & 0o7777

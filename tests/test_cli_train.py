@@ -305,6 +305,33 @@ def test_outputs_are_readable_as_the_umask_says_and_keep_a_replaced_files_mode(t
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o640 and (tmp_path / "r.json").read_text() == "[]\n"
 
 
+def test_an_out_that_is_a_pipe_or_a_device_is_written_into_not_replaced(tmp_path):
+    """--out was renamed over: a FIFO (or, as root, /dev/null) became a regular file holding the
+    JSON, and "--out /dev/stdout | jq" was "cannot write in /proc/N/fd". A pipe or device is written
+    into; to standard output (also "--out -") the command's own lines go to stderr, so the pipe
+    carries the JSON alone."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "result.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    done = subprocess.run([_script(), "train", "--epochs", "1", "--quiet", "--out", str(fifo)], capture_output=True,
+                          text=True, timeout=300)
+    reader.join(timeout=30)  # (a reader still waiting when the FIFO was replaced waits forever: a daemon)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and json.loads(got[0])["status"] == "finished"
+    for out in ("/dev/stdout", "-"):
+        done = subprocess.run([_script(), "train", "--epochs", "1", "--quiet", "--seed", "0,1", "--out", out],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert [r["config"]["seed"] for r in json.loads(done.stdout)] == [0, 1]
+        assert "finished: final test accuracy" in done.stderr and "wrote /dev/stdout" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.fifo"]
+
+
 def test_a_binary_config_file_is_one_line(tmp_path, capsys):
     from dm_tune.cli import main
 
