@@ -125,6 +125,9 @@ def test_missing_store_is_a_user_error(tmp_path: Path) -> None:
     ("garbage", "not an SQLite database"),
     ("empty", "is empty (0 bytes)"),
     ("optuna", "not an MLflow store (no 'experiments' table)"),
+    # MLflow, opening it, created the table again (empty) in the user's store; the report then said
+    # that no setting has finished DM runs
+    ("no params table", "damaged MLflow store (its 'params' table is missing)"),
 ])
 def test_a_damaged_store_is_one_line_not_a_traceback(store: dict[str, Any], tmp_path: Path,
                                                      damage: str, problem: str) -> None:
@@ -138,6 +141,14 @@ def test_a_damaged_store_is_one_line_not_a_traceback(store: dict[str, Any], tmp_
         path.write_bytes(b"not a database at all")
     elif damage == "empty":
         path.write_bytes(b"")
+    elif damage == "no params table":
+        import sqlite3
+
+        path.write_bytes(real)
+        con = sqlite3.connect(path)
+        con.execute("DROP TABLE params")
+        con.commit()
+        con.close()
     else:
         optuna.create_study(storage=f"sqlite:///{path.as_posix()}")
     before = path.read_bytes()

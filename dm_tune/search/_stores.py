@@ -37,6 +37,11 @@ _STORES_LOCK = ".stores.lock"   # study names start with a letter or digit: no c
 _SQLITE_HEADER = b"SQLite format 3\x00"
 # A table each kind of store has, to tell a store from some other SQLite file.
 _STORE_TABLES = {"MLflow": "experiments", "Optuna": "studies"}
+# The tables every store of the kind has had since its earliest supported version: one without any
+# of them is damaged. (MLflow, opening it, would create the missing table, empty, in the user's
+# store, and a report would then read a store whose runs had lost their params as one without runs.)
+_CORE_TABLES = {"MLflow": ("experiments", "runs", "params", "metrics", "latest_metrics", "tags"),
+                "Optuna": ("studies", "trials", "trial_params", "trial_values")}
 _MOVE_AWAY = "move it away or use another --workspace"
 
 
@@ -172,6 +177,10 @@ def check_store(path: Path, kind: str, workspace: Path, *, read_only: bool = Fal
     if tables and _STORE_TABLES[kind] not in tables:
         raise UserError(f"{path}: an SQLite database but not an {kind} store (no {_STORE_TABLES[kind]!r} "
                         f"table); {move_away}")
+    missing = [t for t in _CORE_TABLES[kind] if tables and t not in tables]
+    if missing:
+        raise UserError(f"{path}: damaged {kind} store (its {', '.join(map(repr, missing))} table"
+                        f"{'s are' if len(missing) > 1 else ' is'} missing); {move_away}")
     return None
 
 
