@@ -72,6 +72,7 @@ def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd
     skipped = 0
     for name, exp_id in chosen.items():
         for run in _search_trial_runs(client, exp_id):
+            check_run_values(name, run.info.run_id, run.data.params, run.data.metrics)
             row = run_to_row(name, run.info.run_id, run.data.params, run.data.metrics, run.data.tags)
             if row is not None:
                 rows.append(row)
@@ -123,6 +124,41 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
     row["git_commit"] = tags.get("dmtune.git_commit", "")
     row["dmtune_version"] = _dm_tune_version(tags.get("dmtune.versions", ""))
     return row
+
+
+# What each number a trial run logs may be (a run whose value is not is from a damaged store, and
+# the report's fits and figures would fail on it with a traceback): (integer, lowest, highest, what).
+_INF = math.inf
+_PARAM_RANGES = {"lam": (False, 0.0, _INF, "a number >= 0"), "beta": (False, -_INF, _INF, "a finite number"),
+                 "psi": (False, 0.0, 1.0, "a number in [0, 1]"), "rho": (False, -_INF, _INF, "a finite number"),
+                 "noise_rate": (False, 0.0, 1.0, "a number in [0, 1]"),
+                 "imbalance_ratio": (False, 1.0, _INF, "a number >= 1"),
+                 "num_classes": (True, 2, _INF, "an integer >= 2"), "seed": (True, 0, _INF, "an integer >= 0"),
+                 "epochs": (True, 1, _INF, "an integer >= 1")}
+_SCORE = (False, 0.0, 1.0, "a number in [0, 1]")
+_METRIC_RANGES = {**{k: _SCORE for k in ("final_test_acc", "final_val_acc", "best_test_acc", "val_selected_test_acc",
+                                          "noise_rate_realised", *RETRIEVAL_SCORES.values(), *RETRIEVAL_COLUMNS)},
+                  "epochs_reached": (False, 0.0, _INF, "a number >= 0"),
+                  "train_time_s": (False, 0.0, _INF, "a number >= 0")}
+
+
+def check_run_values(experiment: str, run_id: str, params: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Raise UserError naming the run, the value and what it may be, for a param or metric no
+    dm-tune run logs (text for a number, a NaN accuracy, lam -5, 0 classes): the store is damaged."""
+    checks = [("param", params, _PARAM_RANGES), ("metric", metrics, _METRIC_RANGES)]
+    for kind, values, ranges in checks:
+        for key, (integer, low, high, allowed) in ranges.items():
+            value = values.get(key)
+            if value is None or (kind == "param" and value == ""):  # (not logged: a baseline has no lam)
+                continue
+            try:
+                number = float(value) if not isinstance(value, bool) else math.nan
+            except (TypeError, ValueError):
+                number = math.nan
+            if not (math.isfinite(number) and low <= number <= high and (not integer or number.is_integer())):
+                raise UserError(f"run {run_id} of experiment {experiment!r}: {kind} {key} = {str(value)[:40]!r} "
+                                f"is not {allowed}: the store is damaged (restore it, or delete the run: "
+                                f"mlflow runs delete --run-id {run_id})")
 
 
 def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:

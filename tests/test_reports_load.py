@@ -47,7 +47,7 @@ def log_trial(client: Any, exp_id: str, parent: str, setting: str, stage: str, s
 
 
 def final(val: float, test: float) -> dict[str, float]:
-    return {"final_val_acc": val, "final_test_acc": test, "best_test_acc": test + 0.02,
+    return {"final_val_acc": val, "final_test_acc": test, "best_test_acc": min(1.0, test + 0.02),
             "val_selected_test_acc": test, "epochs_reached": 3, "train_time_s": 1.5, "best_epoch": 3}
 
 
@@ -156,6 +156,41 @@ def test_a_damaged_store_is_one_line_not_a_traceback(store: dict[str, Any], tmp_
         load_runs(f"sqlite:///{path.as_posix()}", None)
     assert str(info.value).startswith(f"{path}: ") and problem in str(info.value) and "\n" not in str(info.value)
     assert path.read_bytes() == before  # read, never repaired or written
+
+
+@pytest.mark.parametrize("sql, problem", [
+    ("UPDATE params SET value = '-5' WHERE key = 'lam'", "param lam = '-5' is not a number >= 0"),
+    ("UPDATE params SET value = 'x' WHERE key = 'seed'", "param seed = 'x' is not an integer >= 0"),
+    ("UPDATE params SET value = '0' WHERE key = 'num_classes'", "param num_classes = '0' is not an integer >= 2"),
+    ("UPDATE params SET value = 'abc' WHERE key = 'noise_rate'", "param noise_rate = 'abc' is not a number in [0, 1]"),
+    ("UPDATE latest_metrics SET value = 1e308 WHERE key = 'final_val_acc'",
+     "metric final_val_acc = '1e+308' is not a number in [0, 1]"),
+    ("UPDATE latest_metrics SET value = 'NaN' WHERE key = 'final_test_acc'",
+     "metric final_test_acc = 'NaN' is not a number in [0, 1]"),
+])
+def test_a_store_whose_runs_hold_values_no_run_logs_is_one_line(store: dict[str, Any], tmp_path: Path, sql: str,
+                                                                problem: str) -> None:
+    """A damaged value (text for a number, lam -5, 0 classes, an accuracy of 1e308) was a traceback
+    from wherever the report first used it (scikit-learn's GP, a figure, a log); a new --out was
+    left half written."""
+    import sqlite3
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    path = workspace / "mlflow.db"
+    path.write_bytes((store["workspace"] / "mlflow.db").read_bytes())
+    con = sqlite3.connect(path)
+    con.execute(sql)
+    con.commit()
+    con.close()
+    with pytest.raises(UserError) as info:
+        load_runs(f"sqlite:///{path.as_posix()}", None)
+    said = str(info.value)
+    assert said.startswith("run ") and problem in said and "the store is damaged" in said and "\n" not in said
+    done = subprocess.run([DM_TUNE, "report", "--workspace", str(workspace), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and problem in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_read_only_workspace_is_reported_elsewhere(store: dict[str, Any], tmp_path: Path) -> None:
