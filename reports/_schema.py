@@ -134,6 +134,10 @@ class _Surface(BaseModel):
     encoding: _Encoding
     model: _Model
     settings: Annotated[list[_SurfaceSetting], rule(bool, "expected at least one measured setting")]
+    # counts its text states (absent from older files: the model's rows are counted instead)
+    n_rows: Annotated[int, in_range(1)] | None = None
+    n_baseline_rows: Annotated[int, in_range(0)] | None = None
+    n_negative_beta_arms: Annotated[int, in_range(0)] | None = None
 
     @model_validator(mode="after")
     def _same_features(self) -> "_Surface":

@@ -362,8 +362,11 @@ NO_SURFACE_TEXT = (f"No surface was fitted: it needs DM arms at {MIN_POINTS} or 
 
 def arms_phrase(surface: dict[str, Any]) -> str:
     """How many arms the surface was fitted on, e.g. "381 arms (379 DM, 2 IMAE)"."""
-    n = int(surface.get("n_rows", len(surface["model"]["y"])))  # (one row per arm)
-    family, negative = int(surface.get("n_baseline_rows", 0)), int(surface.get("n_negative_beta_arms", 0))
+    def count(key: str, otherwise: int) -> int:  # (absent, or null: not stated)
+        return int(surface[key]) if surface.get(key) is not None else otherwise
+
+    n = count("n_rows", len(surface["model"]["y"]))  # (one row per arm)
+    family, negative = count("n_baseline_rows", 0), count("n_negative_beta_arms", 0)
     notes = ([f"{n - family} DM, {family} IMAE"] if family else []) + (
         [f"{negative} DM arm(s) with beta < 0 left out, the surface covers beta > 0"] if negative else [])
     return f"{n} {'arms' if family else 'DM arms'}" + (f" ({'; '.join(notes)})" if notes else "")

@@ -476,6 +476,39 @@ def test_a_surface_that_passes_the_schema_but_cannot_be_used_is_one_line() -> No
     assert recommend(shipped, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits").lam > 0
 
 
+@pytest.mark.parametrize("key", ["n_rows", "n_baseline_rows", "n_negative_beta_arms"])
+def test_a_surface_whose_arm_counts_are_no_counts_is_refused_or_read_as_unstated(key: str, tmp_path: Path,
+                                                                                   capsys: Any) -> None:
+    """The counts the text states ("381 arms (379 DM, 2 IMAE)"): text, NaN or null there was an
+    int() traceback from recommend and validate (which left its progress file behind)."""
+    import copy
+
+    from dm_tune.reports._recommend import recommend
+    from dm_tune.reports._schema import default_guidelines_path, load_guidelines, validate_guidelines
+    from dm_tune.reports._surface import arms_phrase
+
+    shipped = load_guidelines(default_guidelines_path())
+    for bad, words in (("garbage", "'garbage' is not allowed; expected an integer"), (-3, "-3 is not allowed"),
+                       (2.5, "2.5 is not allowed; expected an integer")):
+        doc = copy.deepcopy(shipped)
+        doc["surface"][key] = bad
+        assert f"surface.{key}: {words}" in str(validate_guidelines(doc))
+    unstated = copy.deepcopy(shipped)
+    unstated["surface"][key] = None
+    assert validate_guidelines(unstated) is None
+    assert arms_phrase(unstated["surface"]).split()[0].isdigit()
+    assert recommend(unstated, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits").lam > 0
+    from dm_tune.cli import main
+
+    doc = copy.deepcopy(shipped)
+    doc["surface"][key] = "garbage"
+    (tmp_path / "g.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    argv = ["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--guidelines", str(tmp_path / "g.json")]
+    assert main(argv) == 2
+    assert f"surface.{key}: 'garbage' is not allowed; expected an integer" in capsys.readouterr().err
+
+
 def test_a_surface_target_is_paired_with_cce_on_the_arms_own_seeds() -> None:
     """An arm searched on seeds 0 and 1 is compared with CCE on seeds 0 and 1 (93.2 and 91.2), not with
     CCE's mean over its three confirm seeds: its gain is -0.2 points, not +0.27."""
