@@ -39,8 +39,24 @@ def test_matrix_expansion_and_keys():
     assert "mnist1d-pair0.3-step10-default" in keys
     # noise from a file: its labels set the rate, so the rates of the matrix make one setting of it
     study = Study.from_dict({"settings": {"dataset": ["digits", "mnist1d"], "noise": ["file"],
-                                          "noise_rate": [0.2, 0.4]}, "training": {"noise_file": "labels.npy"}})
+                                          "noise_rate": [0.0]}, "training": {"noise_file": "labels.npy"}})
     assert [s.key for s in study.expand()] == ["digits-file0-default", "mnist1d-file0-default"]
+
+
+@pytest.mark.parametrize("noise, rates, words", [
+    (["none", "symmetric"], [0.2], "settings.noise: 'none' is not allowed; pairs only with noise_rate 0, which "
+                                   "settings.noise_rate [0.2] lacks: add 0, or leave 'none' out"),
+    (["file"], [0.2, 0.4], "settings.noise_rate: 0.2 is not allowed; a rate no noise type of settings.noise "
+                           "['file'] uses"),
+    (["none"], [0.0, 0.3], "settings.noise_rate: 0.3 is not allowed"),
+])
+def test_a_matrix_value_that_makes_no_setting_is_refused(noise, rates, words):
+    """'none' beside a rate list without 0 was dropped without a word (the study searched the other
+    noise types only), and the rates of a matrix of label files were ignored."""
+    training = {"noise_file": "l.npy"} if noise == ["file"] else {}
+    with pytest.raises(ConfigError) as info:
+        Study.from_dict({"settings": {"noise": noise, "noise_rate": rates}, "training": training}).expand()
+    assert words in str(info.value)
 
 
 @pytest.mark.parametrize("values, field", [

@@ -169,12 +169,15 @@ class Study:
     def expand(self) -> list[Setting]:
         s = self.settings
         out = []
+        used_noise, used_rates = set(), set()
         for ds, noise, rate, imb, model in itertools.product(s.dataset, s.noise, s.noise_rate,
                                                             s.imbalance, s.model):
             if noise == "none" and rate != 0.0:
                 continue  # 'none' only pairs with rate 0
+            used_noise.add(noise)
             if noise == "file":
                 rate = 0.0  # the file's labels set the rate (each result records it as noise_rate_realised)
+            used_rates.add(rate)
             kind, _, ratio = imb.partition(":")
             setting = Setting(ds, noise, rate, kind, float(ratio or 1.0), None if model == "default" else model)
             if setting not in out:
@@ -182,6 +185,16 @@ class Study:
         if not out:
             raise ConfigError("settings", s.noise_rate, "the matrix has no valid combination "
                               "(noise 'none' pairs only with noise_rate 0)")
+        # (a value that makes no setting was dropped without a word)
+        for noise in s.noise:
+            if noise not in used_noise:
+                raise ConfigError("settings.noise", noise, f"pairs only with noise_rate 0, which settings.noise_rate "
+                                  f"{list(s.noise_rate)} lacks: add 0, or leave {noise!r} out")
+        for rate in s.noise_rate:
+            if rate not in used_rates:
+                raise ConfigError("settings.noise_rate", rate, "a rate no noise type of settings.noise "
+                                  f"{list(s.noise)} uses ('none' takes only 0, 'file' the rate its labels have): "
+                                  "leave it out")
         return out
 
     def validate_settings(self, refuse_ignored: bool = True) -> None:
