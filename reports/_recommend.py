@@ -155,6 +155,9 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
         raise UserError(f"{names['noise_type']} {noise_type!r} is not known; expected one of {', '.join(NOISE_TYPES)}")
     if noise_type == "none" and noise_rate != 0.0:
         raise UserError(f"{names['noise_type']} 'none' needs {names['noise_rate']} 0, got {noise_rate!r}")
+    if noise_type == "cifar100-superclass" and num_classes != 100:  # (as dm-tune train refuses it)
+        raise UserError(f"{names['noise_type']} 'cifar100-superclass' needs {names['num_classes']} 100 (CIFAR-100's "
+                        f"classes, in their 20 superclasses), got {num_classes}; choose symmetric or pair")
     limit = rate_limit(noise_type, num_classes)  # as dm-tune train refuses it: data no method can learn
     if limit is not None and noise_rate >= limit:
         raise UserError(f"{names['noise_rate']} must be below {limit:.4g} for {noise_type} noise on {num_classes} "

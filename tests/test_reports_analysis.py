@@ -577,6 +577,8 @@ def test_recommend_warns_when_extrapolating() -> None:
     (dict(noise_type="pair", noise_rate=0.6), "noise rate must be below 0.5 for pair noise on 10 classes, got 0.6"),
     (dict(num_classes=2, noise_rate=0.5), "noise rate must be below 0.5 for symmetric noise on 2 classes, got 0.5"),
     (dict(noise_type="none", noise_rate=0.2), "noise type 'none' needs noise rate 0, got 0.2"),
+    (dict(noise_type="cifar100-superclass"), "noise type 'cifar100-superclass' needs number of classes 100 "
+                                             "(CIFAR-100's classes, in their 20 superclasses), got 10"),
     # the imbalance as dm-tune train checks it (these gave a recommendation for data that cannot be)
     (dict(imbalance="zipf", imbalance_ratio=10.0),
      "imbalance 'zipf' is not known; expected one of none, longtail, step"),
