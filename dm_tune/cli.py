@@ -265,6 +265,14 @@ def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> No
                                           resolved.hidden_dim, resolved.pretrained, data.vocab_size))
 
 
+def _check_workers(given: dict[str, Any], data: Any, dataset: str) -> None:
+    """``num_workers`` only reads a dataset from disk: in memory, batches are slices of a tensor."""
+    workers = given.get("num_workers")
+    if workers not in (None, "", 0) and all(split.in_memory for split in (data.train, data.val, data.test)):
+        raise ConfigError("num_workers", workers, f"only applies to datasets read from disk (images, text); "
+                          f"{dataset} is held in memory, where batches are slices of a tensor: leave it out")
+
+
 def _check_applies(args: argparse.Namespace, given: dict[str, Any], configs: list[Any],
                    file_values: dict[str, Any], resolved: bool = False) -> None:
     """A field given (in --config or by a flag) that no member uses is a mistake: it would be
@@ -333,6 +341,9 @@ def _train_cmd(args: argparse.Namespace) -> int:
         raise ConfigError("pretrained", pretrained, "expected an existing local weights file")
     if len(members) > 1:
         return _train_population_cmd(args, configs, given, file_values)
+    if args.population_size not in (None, 1):
+        raise ConfigError("--population-size", args.population_size, "only applies to several members (lists "
+                          "in --lam, --beta, --method or --seed); this run trains one")
     args = members[0]
     config = configs[0]
     from dm_tune.data import prepare
@@ -346,6 +357,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     data = prepare(config, strict_imbalance=True)
     resolved = config.resolve(data.defaults, data.default_model, data.input_kind)
     _check_applies(args, given, [resolved], file_values, resolved=True)
+    _check_workers(given, data, str(resolved.dataset))
     _threads_and_model(args, data, resolved)
     if not args.quiet:
         dm = f" lam={resolved.lam:g} beta={resolved.beta:g}" if resolved.method == "dm" else ""
@@ -412,6 +424,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
     resolved = configs[0].resolve(first.defaults, first.default_model, first.input_kind)
     _check_applies(args, given, [c.resolve(first.defaults, first.default_model, first.input_kind) for c in configs],
                    file_values, resolved=True)
+    _check_workers(given, first, str(resolved.dataset))
     _threads_and_model(args, first, resolved)
     size = args.population_size or suggested_population_size(str(resolved.model), device.type)
     groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]

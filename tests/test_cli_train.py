@@ -109,6 +109,13 @@ ERRORS = {
     "augment on digits": (["--config", "digits_augment.yaml"], ["augment: True", "only applies to the image datasets"]),
     "download on digits": (["--config", "digits_download.yaml"], ["download: True", "only applies to datasets cifar10"]),
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
+    # were ignored without a word: one member, and a dataset held in memory
+    "population size for one member": (["--population-size", "4", "--epochs", "1"],
+                                       ["--population-size: 4", "only applies to several members"]),
+    "workers for data in memory": (["--num-workers", "5", "--epochs", "1"],
+                                   ["num_workers: 5", "only applies to datasets read from disk", "digits is held"]),
+    "workers for members in memory": (["--num-workers", "2", "--seed", "0,1", "--epochs", "1"],
+                                      ["num_workers: 2", "only applies to datasets read from disk"]),
     "out into a missing directory": (["--epochs", "1", "--out", "missing/result.json"], ["--out", "missing", "does not exist"]),
     "out is a directory": (["--epochs", "1", "--out", "."], ["--out", "is a directory"]),
     # was "directory run.yaml does not exist": it exists, as a file
