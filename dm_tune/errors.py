@@ -239,6 +239,9 @@ def _umask() -> int:
     return mask
 
 
+YAML_PIPE_LIMIT = 1 << 24  # bytes read from a --config that is a pipe or device (/dev/zero never ends)
+
+
 def load_yaml(path: str, what: str) -> dict[str, Any]:
     """The mapping in the YAML file ``path`` (``what``: the flag that named it, for messages). A key
     given twice in one mapping is refused (YAML keeps the last silently: a setting given twice
@@ -248,10 +251,18 @@ def load_yaml(path: str, what: str) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{what} {path}: is a directory; expected a YAML file")
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"{what} {path}: file not found")
     try:
-        text = p.read_text(encoding="utf-8")
+        if p.is_file():
+            text = p.read_text(encoding="utf-8")
+        else:  # a pipe (--config <(...)) or a device: read up to a config's size, not forever
+            with p.open("rb") as f:
+                raw = f.read(YAML_PIPE_LIMIT + 1)
+            if len(raw) > YAML_PIPE_LIMIT:
+                raise UserError(f"{what} {path}: not a regular file, and more than {YAML_PIPE_LIMIT:,} bytes "
+                                "came from it; expected a YAML file")
+            text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{what} {path}: not a YAML file (not UTF-8 text)") from None
     except OSError as e:

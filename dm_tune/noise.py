@@ -166,6 +166,8 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
     blob = None
     layout = (".npy array of ints; .csv/.txt with one integer per line (or per row, last column); "
               "or a CIFAR-10N/100N .pt dict with keys such as " + ", ".join(CIFAR_N_KEYS))
+    if path.is_dir():
+        raise DataError(path, "is a directory; expected a label file", layout)
     if not path.is_file():
         raise DataError(path, "label file not found", layout)
     if path.stat().st_size == 0:
@@ -186,7 +188,7 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
             if not isinstance(blob, dict):
                 raise DataError(path, "is not a dict of label arrays", layout)
             if key is None:
-                raise DataError(path, "holds several label sets; choose one with noise_key "
+                raise DataError(path, "a .pt file's label set is never guessed; name it with noise_key "
                                 f"(present: {', '.join(sorted(map(str, blob)))})", layout)
             if key not in blob:
                 raise DataError(path, f"has no key {key!r} (present: {', '.join(sorted(map(str, blob)))})", layout)

@@ -252,7 +252,7 @@ def _check_reachable(uri: str) -> None:
             raise UserError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
     elif scheme == "sqlite":
         path = uri[len("sqlite:///"):]
-        if path and path != ":memory:" and not Path(path).is_file():
+        if path and path != ":memory:" and not Path(path).exists():
             raise UserError(f"no MLflow store at {path} (tracking URI {uri}); run 'dm-tune search' first "
                             "or pass --workspace/--tracking-uri")
         if path and path != ":memory:":  # a damaged or foreign file: one line, not SQLAlchemy's traceback

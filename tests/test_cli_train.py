@@ -339,6 +339,36 @@ def test_an_out_that_is_a_pipe_or_a_device_is_written_into_not_replaced(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.fifo"]
 
 
+def test_a_config_from_a_pipe_is_read_and_a_folder_as_label_file_is_named(tmp_path, capsys):
+    """--config <(printf ...) was "file not found" (a pipe is no regular file, but it is there); a
+    device that never ends is refused once a config's size has come from it. A folder given as the
+    label file was "label file not found"; a .pt file without --noise-key said it "holds several
+    label sets" when it held one."""
+    import threading
+
+    from dm_tune.cli import main
+
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("epochs: 1\nseed: 3\n"), daemon=True)
+    writer.start()
+    assert main(["train", "--config", str(fifo), "--quiet", "--out", str(tmp_path / "r.json")]) == 0
+    writer.join(timeout=30)
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["seed"] == 3
+    capsys.readouterr()
+    assert main(["train", "--config", "/dev/zero"]) == 2
+    assert capsys.readouterr().err.strip() == ("dm-tune: error: --config /dev/zero: not a regular file, and more "
+                                               "than 16,777,216 bytes came from it; expected a YAML file")
+    (tmp_path / "labels").mkdir()
+    assert main(["train", "--noise", "file", "--noise-file", str(tmp_path / "labels"), "--epochs", "1"]) == 2
+    assert f"{tmp_path / 'labels'}: is a directory; expected a label file" in capsys.readouterr().err
+    import torch
+
+    torch.save({"a": torch.zeros(3, dtype=torch.long)}, tmp_path / "one.pt")
+    assert main(["train", "--noise", "file", "--noise-file", str(tmp_path / "one.pt"), "--epochs", "1"]) == 2
+    assert "a .pt file's label set is never guessed; name it with noise_key (present: a)" in capsys.readouterr().err
+
+
 def test_a_binary_config_file_is_one_line(tmp_path, capsys):
     from dm_tune.cli import main
 

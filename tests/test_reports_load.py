@@ -118,6 +118,9 @@ def test_no_runs_lists_the_existing_experiments(store: dict[str, Any], names: li
 def test_missing_store_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no MLflow store"):
         load_runs(f"sqlite:///{tmp_path.as_posix()}/nothing/mlflow.db", None)
+    (tmp_path / "mlflow.db").mkdir()  # (was "no MLflow store at": there is something, a folder)
+    with pytest.raises(UserError, match=r"mlflow.db: is not a file; pass the store of a finished search"):
+        load_runs(f"sqlite:///{tmp_path.as_posix()}/mlflow.db", None)
 
 
 @pytest.mark.parametrize("damage, problem", [

@@ -81,7 +81,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--resume", ""], ["--resume", "no such study"]),
     (["--resume", "../../etc/passwd"], ["--resume", "no such study"]),
     # answered before Ray starts and the study is stored (a stored study then refused the fixed command)
-    (["--warm-start", "no/such/guidelines.json"], ["guidelines file", "no/such/guidelines.json", "does not exist"]),
+    (["--warm-start", "no/such/guidelines.json"], ["search.warm_start (--warm-start): guidelines file",
+                                                   "no/such/guidelines.json", "does not exist"]),
     # ASHA stops trials only at rungs before the budget: this one would stop none
     (["--scheduler", "asha", "--epochs", "3"], ["scheduler.grace_period", "10", "fewer than the 3 epochs"]),
     # an empty value was read as "not given": --config '' searched the whole default study

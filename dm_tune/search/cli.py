@@ -298,7 +298,10 @@ def search_cmd(args: argparse.Namespace) -> int:
     if isinstance(study.search.warm_start, str) and not opts.warm_start_copy(study.name).is_file():
         from dm_tune.reports._schema import load_guidelines
 
-        load_guidelines(Path(study.search.warm_start))  # a bad file is answered before anything is written
+        try:  # a bad file is answered before anything is written
+            load_guidelines(Path(study.search.warm_start))
+        except UserError as e:
+            raise UserError(f"search.warm_start (--warm-start): {e}") from None
     # Pre-flight: nothing is written before these pass.
     if args.storage_path and "://" not in args.storage_path:  # Ray writes trial results there
         output_path("--storage-path", args.storage_path, directory=True)
