@@ -668,3 +668,27 @@ def test_a_storage_server_that_never_answers_is_given_up_on_at_the_limit(tmp_pat
         server.close()
     assert proc.returncode == 0 and "no answer within 3 s" in proc.stdout, proc
     assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.slow
+def test_a_search_under_an_address_space_limit_sizes_rays_object_store_to_fit(tmp_path):
+    """Under ``ulimit -v 8000000`` (as some clusters set) Ray's default object store (30% of this
+    machine's 23 GB: 7 GB) could not be mapped by its workers, and the search waited for them with
+    no output until killed. Its store is now sized to what the limit leaves."""
+    import resource
+
+    from dm_tune.search._local_ray import object_store_within_limit
+
+    limit = 8_000_000 * 1024
+    study = _study_file(tmp_path, tiny_study("limited", search={"num_samples": 2, "top_k": 1}, seeds=[0],
+                                             training={"epochs": 1}, baselines=["cce"]))
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run([DM_TUNE, "search", "--config", str(study), "--workspace", str(tmp_path / "ws"), "--quiet"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=400, preexec_fn=limited)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, runs = _trials(tmp_path / "ws", "limited")
+    assert {r.data.tags["dmtune.status"] for r in runs} == {"finished"} and len(runs) == 4  # 2 arms, its best, cce
+    assert object_store_within_limit() is None  # (no limit here: Ray's default)

@@ -53,6 +53,8 @@ def init_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, *,
             "would listen on every interface; call init_local_ray before importing anything that "
             f"imports ray, or start the process with {LOCAL_ONLY_ENV}=0")
     hide_gpu_tip()
+    if object_store_memory is None:
+        object_store_memory = object_store_within_limit()
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
              resources={PRIVATE_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
              logging_level=logging_level)
@@ -64,3 +66,29 @@ def hide_gpu_tip() -> None:
     filter for the process, not one restored afterwards (warnings.catch_warnings is not thread-safe:
     the filters another thread added meanwhile would be lost)."""
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*accelerator visible devices")
+
+
+# Under an address-space limit (``ulimit -v``, as some clusters set), the object store may take this
+# share of what the limit leaves this process: every Ray process maps the whole store, and each
+# (this one, a worker that imports torch) holds gigabytes of address space besides.
+STORE_SHARE_OF_LIMIT = 0.25
+RAY_MIN_OBJECT_STORE = 75 * 2**20  # Ray refuses a smaller store
+
+
+def object_store_within_limit() -> int | None:
+    """An object store size that fits this process's address-space limit, or None (Ray's default,
+    30% of the machine's memory) where there is no limit or the default fits. With the default
+    over the limit, Ray's workers failed to map the store and the search waited for them forever."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/statm") as f:
+            held = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, AttributeError, ValueError, OSError):
+        return None
+    if limit == resource.RLIM_INFINITY:
+        return None
+    room = STORE_SHARE_OF_LIMIT * max(0, limit - held)
+    return None if 0.3 * memory <= room else max(RAY_MIN_OBJECT_STORE, int(room))
