@@ -169,7 +169,7 @@ def _split_list(flag: str, text: str) -> list[Any]:
     values = []
     for item in text.split(","):
         try:
-            if not item.strip():
+            if not item.strip() or "_" in item:  # (Python reads 1_0 as 10)
                 raise ValueError(item)
             values.append(parse(item.strip()))
         except ValueError:

@@ -110,6 +110,7 @@ ERRORS = {
     "download on digits": (["--config", "digits_download.yaml"], ["download: True", "only applies to datasets cifar10"]),
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
     # were ignored without a word: one member, and a dataset held in memory
+    "a digit separator in a list": (["--lam", "1_0", "--epochs", "1"], ["--lam: '1_0'", "comma-separated list"]),
     "population size for one member": (["--population-size", "4", "--epochs", "1"],
                                        ["--population-size: 4", "only applies to several members"]),
     "workers for data in memory": (["--num-workers", "5", "--epochs", "1"],
