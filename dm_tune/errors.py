@@ -82,7 +82,9 @@ def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
     created and removed at once). A read-only, missing or odd place is reported now, not after the
     work whose results were to be written there."""
     given = Path("/dev/stdout" if value == "-" and not directory else value).expanduser()  # ("-": the usual stdout)
-    if not directory and _special(given):  # a device, a pipe (/dev/null, /dev/stdout, a FIFO): written into
+    if not directory and is_stdout(given):  # (also when stdout is a file: `> r.json`, `>> log`)
+        return given
+    if not directory and _special(given):  # a device, a pipe (/dev/null, a FIFO): written into
         if not os.access(given, os.W_OK):
             raise UserError(f"{flag} {value}: exists and is not writable")
         return given
@@ -171,6 +173,17 @@ def write_output(path: Path, data: str | bytes) -> None:
     device or a pipe (/dev/null, /dev/stdout, a FIFO) is written into: renamed over, it was replaced
     by a regular file (as root, /dev/null itself)."""
     tmp = None
+    if is_stdout(path):  # written to this process's stdout as it is (renamed over a `>> log` file, its
+        try:             # earlier lines were lost)
+            if isinstance(data, bytes):
+                sys.stdout.flush()
+                sys.stdout.buffer.write(data)
+            else:
+                sys.stdout.write(data)
+            sys.stdout.flush()
+        except OSError as e:
+            raise UserError(f"could not write {path} ({e.strerror or e})") from None
+        return
     if _special(path):
         try:
             with open(path, "wb" if isinstance(data, bytes) else "w",

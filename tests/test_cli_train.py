@@ -316,8 +316,8 @@ def test_outputs_are_readable_as_the_umask_says_and_keep_a_replaced_files_mode(t
 def test_an_out_that_is_a_pipe_or_a_device_is_written_into_not_replaced(tmp_path):
     """--out was renamed over: a FIFO (or, as root, /dev/null) became a regular file holding the
     JSON, and "--out /dev/stdout | jq" was "cannot write in /proc/N/fd". A pipe or device is written
-    into; to standard output (also "--out -") the command's own lines go to stderr, so the pipe
-    carries the JSON alone."""
+    into; to standard output (also "--out -", and when it is a file) the command's own lines go to
+    stderr, so the pipe carries the JSON alone."""
     import stat
     import threading
 
@@ -337,7 +337,15 @@ def test_an_out_that_is_a_pipe_or_a_device_is_written_into_not_replaced(tmp_path
         assert done.returncode == 0, done.stderr
         assert [r["config"]["seed"] for r in json.loads(done.stdout)] == [0, 1]
         assert "finished: final test accuracy" in done.stderr and "wrote /dev/stdout" in done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.fifo"]
+    log = tmp_path / "log.txt"  # standard output appended to a file (`>> log.txt`): added to, not replaced
+    log.write_text("an earlier line\n")
+    with log.open("a") as stdout:
+        done = subprocess.run([_script(), "train", "--epochs", "1", "--quiet", "--out", "-"], stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    first, rest = log.read_text().split("\n", 1)
+    assert first == "an earlier line" and json.loads(rest)["status"] == "finished"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "result.fifo"]
 
 
 def test_a_config_from_a_pipe_is_read_and_a_folder_as_label_file_is_named(tmp_path, capsys):
