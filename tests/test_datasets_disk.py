@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -1107,6 +1108,38 @@ def test_imagefolder_leaves_hidden_folders_and_files_out(tmp_path):
     data = prepare(config("imagefolder", root))
     assert data.num_classes == 3 and data.info["class_names"] == ["ant", "bee", "cat"]  # (in a run's result too)
     assert data.info["num_train"] + data.info["num_val"] == 9
+
+
+def test_imagefolder_reads_names_that_are_not_utf8_and_refuses_wide_pixels(tmp_path):
+    """A file or class folder named in Latin-1 (caf\xe9.png) was a UnicodeEncodeError traceback; a
+    16-bit grayscale PNG reached the model clipped to 0..255 (mostly white) and a floating-point
+    TIFF as one black image, without a word."""
+    import os
+
+    from PIL import Image
+
+    root = make_imagefolder(tmp_path / "names")
+    for split in ("train", "test"):
+        classes = os.fsencode(root / split)
+        os.rename(os.path.join(classes, b"cat"), os.path.join(classes, b"ch\xe8vre"))
+        os.rename(os.path.join(classes, b"ch\xe8vre", b"0.png"), os.path.join(classes, b"ch\xe8vre", b"caf\xe9.png"))
+    cfg = config("imagefolder", root, dataset_options={"image_size": 16}, epochs=1, batch_size=4)
+    data = prepare(cfg)
+    assert data.num_classes == 3
+    result = train(cfg, data)
+    assert result.status == "finished" and np.isfinite(result.history[0]["train_loss"])
+    from dm_tune.errors import UserError
+
+    for mode, pixels, suffix, words in (("I;16", np.full((20, 24), 3000, dtype=np.uint16), "png",
+                                         "I;16 pixels (16-bit)"),
+                                        ("F", np.full((20, 24), 0.5, dtype=np.float32), "tif",
+                                         "F pixels (32-bit floating point)")):
+        wide = make_imagefolder(tmp_path / mode.replace(";", ""))
+        image = wide / "train" / "bee" / f"wide.{suffix}"
+        Image.fromarray(pixels).save(image)  # (Pillow picks the mode from the dtype)
+        cfg = config("imagefolder", wide, dataset_options={"image_size": 16}, epochs=1, batch_size=4, val_fraction=0.0)
+        with pytest.raises(UserError, match=f"wide.{suffix}: has {re.escape(words)}, which dm-tune does not rescale"):
+            train(cfg, prepare(cfg))
 
 
 def test_a_last_batch_of_one_image_trains(tmp_path):

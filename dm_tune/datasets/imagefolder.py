@@ -13,6 +13,7 @@ evaluation image exactly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,11 @@ def image_size_option(name: str, options: Mapping[str, Any]) -> int:
     return int(options.get("image_size", 224))
 
 
+# Pillow's modes of more than 8 bits per channel.
+WIDE_MODES = {"I": "32-bit integer", "I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": "16-bit",
+              "F": "32-bit floating point"}
+
+
 class ImageFiles(Dataset):
     """Images at ``root/<key>``, each read, resized, centre-cropped and normalised on access.
 
@@ -57,7 +63,8 @@ class ImageFiles(Dataset):
 
     def __init__(self, root: Path, keys: list[str], image_size: int, margin: bool = False) -> None:
         self.root = root
-        self.keys = np.array([k.encode() for k in keys], dtype=np.bytes_)
+        # (as the file system's bytes: a name that is not UTF-8 comes back as it was)
+        self.keys = np.array([os.fsencode(k) for k in keys], dtype=np.bytes_)
         self.image_size = image_size
         self.resize = round(image_size * 256 / 224)
         # With a margin, the centre square of side crop: image_size plus an even margin, so that its
@@ -71,7 +78,7 @@ class ImageFiles(Dataset):
         return len(self.keys)
 
     def path(self, i: int) -> Path:
-        return self.root / self.keys[i].decode()
+        return self.root / os.fsdecode(self.keys[i])
 
     def __getitem__(self, i: int) -> torch.Tensor:
         from PIL import Image
@@ -79,6 +86,9 @@ class ImageFiles(Dataset):
         path, size = self.path(i), self.crop
         try:
             with Image.open(path) as img:
+                if img.mode in WIDE_MODES:  # (convert("RGB") clips them to 0..255: a white or black image)
+                    raise DataError(path, f"has {img.mode} pixels ({WIDE_MODES[img.mode]}), which dm-tune does not "
+                                    "rescale; convert the images to 8-bit", "an 8-bit image file at <data_root>/<key>")
                 img.draft("RGB", (self.resize, self.resize))  # JPEG: decode at reduced scale, much faster
                 img = img.convert("RGB")
         except (OSError, Image.DecompressionBombError) as e:  # the bomb error is not an OSError
