@@ -120,8 +120,10 @@ def matched_queries(g: Gallery) -> int:
 
 
 def _held_out(fraction: float, n: int) -> int:
-    """How many of a class's ``n`` examples the validation split takes."""
-    return int(round(fraction * n))
+    """How many of a class's ``n`` examples the validation split takes: ``fraction`` of them, but
+    never the last one (a class of one example at val_fraction 0.7 had none left to train on, and
+    noise moved labels into it)."""
+    return max(0, min(int(round(fraction * n)), n - 1))
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -64,6 +64,19 @@ def test_validation_holds_a_fraction_of_every_class_disjoint_from_train(name, fr
     assert data.info["num_train"] == len(train_ids) and data.info["num_val"] == len(val_ids)
 
 
+def test_the_validation_split_never_takes_a_class_last_training_example():
+    """A class of one training example at val_fraction 0.7 (round(0.7) = 1) went wholly to
+    validation: a class with nothing to train on, which noise then moved labels into. It keeps
+    its last example; every other class holds its fraction."""
+    from dm_tune.data import _stratified_split
+
+    labels = np.array([0] * 15 + [1] * 14 + [2] + [3] * 2)
+    keep, held = _stratified_split(labels, 0.7, np.random.default_rng(0))
+    assert np.array_equal(np.bincount(labels[keep], minlength=4), [5, 4, 1, 1])
+    assert np.array_equal(np.bincount(labels[held], minlength=4), [10, 10, 0, 1])
+    assert sorted(np.concatenate([keep, held]).tolist()) == list(range(len(labels)))
+
+
 def test_real_inputs_follow_their_labels(name):
     """Without tagging: every train/val row is a row of the source with the same clean label."""
     s = source(name)
