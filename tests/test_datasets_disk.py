@@ -982,6 +982,21 @@ def test_clothing1m_repeated_or_shared_keys_are_refused(tmp_path):
     assert f"shares 3 keys with clean_val_key_list.txt (first: {test[5]!r})" in err
 
 
+def test_clothing1m_lists_with_a_byte_order_mark_read_and_a_class_without_training_images_is_refused(tmp_path):
+    """A list saved with a byte-order mark (Windows editors) made its first key "have no label"; a
+    training list whose noisy labels use 3 of the 14 classes trained 11 classes on nothing, into
+    which symmetric noise moved labels."""
+    root = make_clothing1m(tmp_path)
+    for name in ("noisy_train_key_list.txt", "noisy_label_kv.txt"):
+        (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    assert len(prepare(config("clothing1m", root)).train) == CLOTHING_TRAIN
+    kv = root / "noisy_label_kv.txt"
+    lines = kv.read_text("utf-8-sig").splitlines()
+    kv.write_text("".join(f"{line.split()[0]} {i % 3}\n" for i, line in enumerate(lines)))
+    err = str(expect_data_error(config("clothing1m", root), root / "noisy_train_key_list.txt"))
+    assert "has no training image of class 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13 of 0..13 (by noisy_label_kv.txt)" in err
+
+
 def test_clothing1m_a_non_ascii_digit_label_is_one_line(tmp_path):
     """'\u00b2'.isdigit() is True but int() refuses it: a ValueError traceback."""
     root = make_clothing1m(tmp_path)

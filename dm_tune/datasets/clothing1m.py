@@ -51,7 +51,7 @@ def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(path, "file not found", LAYOUT)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark, as Windows editors write, is no key)
     except UnicodeDecodeError as e:
         raise DataError(path, f"is not UTF-8 text (byte {e.start}: {e.reason})", LAYOUT) from None
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -120,6 +120,11 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
         if not (root / keys[0]).is_file():
             raise DataError(root / keys[0], "image file not found", LAYOUT)
 
+    absent = [c for c, n in enumerate(np.bincount(tr_y.numpy(), minlength=NUM_CLASSES)) if n == 0]
+    if absent:  # (a class nothing trains on, which noise would move labels into)
+        raise DataError(root / "noisy_train_key_list.txt", f"has no training image of class "
+                        f"{', '.join(map(str, absent))} of 0..{NUM_CLASSES - 1} (by {noisy_kv.name}); every class "
+                        "needs one", LAYOUT)
     clean = np.array([clean_labels.get(k, -1) for k in tr_keys], dtype=np.int64)
     known = clean >= 0
     given_noisy = known & (clean != tr_y.numpy())
