@@ -1283,6 +1283,7 @@ def test_features_errors(tmp_path):
                           ({"y_train": np.array([0, 10**15, 0, 1])}, "class 2, 3, 4, 5, 6 and 999999999999993 more"),
                           ({"y_test": np.array([0, 7])}, "y_test has label 7, a class y_train never has"),
                           ({"x_train": np.full((4, 2), 1e39)}, "beyond float32's range"),
+                          ({"x_train": np.zeros((4, 0)), "x_test": np.zeros((2, 0))}, "x_train has no features"),
                           # a -1 saved unsigned: it had wrapped back to -1 (a test label always wrong)
                           ({"y_test": np.array([0, 2**64 - 1], dtype=np.uint64)}, "beyond the int64 range")):
         arrays = {k: v for k, v in {**good, **change}.items() if v is not None}

@@ -33,6 +33,8 @@ def _split(path: Path, arrays: Mapping[str, np.ndarray], name: str, dim: int | N
     x, y = np.asarray(arrays[f"x_{name}"]), np.asarray(arrays[f"y_{name}"])
     if x.ndim != 2 or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise DataError(path, f"x_{name} is {x.dtype} {x.shape}, not a 2-D numeric array", LAYOUT)
+    if x.shape[1] == 0:  # (trained at chance, with torch's "zero-element tensors" warning)
+        raise DataError(path, f"x_{name} has no features (shape {x.shape})", LAYOUT)
     if dim is not None and x.shape[1] != dim:
         raise DataError(path, f"x_{name} has {x.shape[1]} features but x_train has {dim}", LAYOUT)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
