@@ -1246,6 +1246,13 @@ def test_imdb_errors(imdb_root, tmp_path):
     (root / "train" / "neg" / "99_1.txt").mkdir()
     data = prepare(config("imdb", root, dataset_options={"dims": 4}))
     assert data.info["num_train"] + data.info["num_val"] == 20  # the 20 reviews, not the folder
+    # reviews named .TXT were left out without a word; one in Latin-1 was tokenised 'caf', 'tr', 's'
+    (root / "train" / "neg" / "98_1.TXT").write_text("awful, dull and slow")
+    data = prepare(config("imdb", root, dataset_options={"dims": 4}))
+    assert data.info["num_train"] + data.info["num_val"] == 21
+    (root / "train" / "pos" / "97_9.txt").write_bytes("caf\u00e9 tr\u00e8s g\u00e9nial".encode("latin-1"))
+    err = str(expect_data_error(config("imdb", root), root / "train" / "pos" / "97_9.txt"))
+    assert "is not UTF-8 text (byte 3: invalid continuation byte)" in err
 
 
 # --- features (.npz) --------------------------------------------------------------------------

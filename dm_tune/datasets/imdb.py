@@ -94,13 +94,17 @@ def _read_split(root: Path, split: str) -> tuple[list[str], np.ndarray]:
         folder = root / split / name
         if not folder.is_dir():
             raise DataError(folder, "directory not found", LAYOUT)
-        files = sorted(f for f in folder.glob("*.txt") if f.is_file())  # (not a folder named x.txt)
+        # (.txt in any case, as ImageFolder reads .PNG; not a folder named x.txt)
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() == ".txt" and f.is_file())
         if not files:
             raise DataError(folder, "has no .txt reviews", LAYOUT)
-        try:
-            texts += [f.read_text(encoding="utf-8", errors="replace") for f in files]
-        except OSError as e:
-            raise DataError(Path(e.filename or folder), f"could not be read ({e.strerror or e})", LAYOUT) from None
+        for f in files:  # (decoded strictly: Latin-1's "café très" was tokenised as 'caf', 'tr', 's')
+            try:
+                texts.append(f.read_bytes().decode("utf-8"))
+            except OSError as e:
+                raise DataError(f, f"could not be read ({e.strerror or e})", LAYOUT) from None
+            except UnicodeDecodeError as e:
+                raise DataError(f, f"is not UTF-8 text (byte {e.start}: {e.reason})", LAYOUT) from None
         if not any(t.strip() for t in texts[len(labels):]):  # (as after an extraction that failed)
             raise DataError(folder, f"its {len(files)} reviews are all empty", LAYOUT)
         labels += [label] * len(files)
