@@ -1157,6 +1157,22 @@ def test_imagefolder_reads_names_that_are_not_utf8_and_refuses_wide_pixels(tmp_p
             train(cfg, prepare(cfg))
 
 
+def test_imagefolder_walks_linked_folders_once_and_refuses_a_link_to_no_image(tmp_path):
+    """A linked sub-folder's images were left out (Path.rglob does not follow links; torchvision's
+    ImageFolder does), and a link to an image that is gone was dropped without a word."""
+    import os
+
+    root = make_imagefolder(tmp_path / "a")
+    extra = make_imagefolder(tmp_path / "b")
+    os.symlink(extra / "train" / "bee", root / "train" / "bee" / "more")  # 3 more bees
+    os.symlink(root / "train" / "cat", root / "train" / "cat" / "loop")  # a link back up: walked once
+    data = prepare(config("imagefolder", root, val_fraction=0.0))
+    assert data.info["num_train"] == 12
+    os.symlink(tmp_path / "nowhere.png", root / "train" / "ant" / "gone.png")
+    with pytest.raises(DataError, match="ant/gone.png: is a link to an image that is not there"):
+        prepare(config("imagefolder", root))
+
+
 def test_a_last_batch_of_one_image_trains(tmp_path):
     """ResNet-18 on 32-pixel images ends in 1 x 1 feature maps: a last batch of one image (n = k x
     batch + 1) made its BatchNorm raise "Expected more than 1 value per channel", a traceback. The

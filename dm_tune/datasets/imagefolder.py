@@ -111,8 +111,24 @@ def _hidden(path: Path, under: Path) -> bool:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p, folder) and p.is_file())
+    """The image files under ``folder``, through linked sub-folders too (as torchvision's
+    ImageFolder walks them: Path.rglob did not, and their images were left out without a word),
+    each real folder once. A link to an image that is not there is refused."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # (a link back up the tree)
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in files:
+            p = Path(top) / name
+            if p.suffix.lower() not in IMAGE_EXTENSIONS or _hidden(p, folder):
+                continue
+            if not p.is_file():
+                raise DataError(p, "is a link to an image that is not there", LAYOUT)
+            found.append(p)
+    return sorted(found)
 
 
 def _scan(root: Path, split: str, classes: list[str] | None) -> tuple[list[str], list[str], list[int]]:
