@@ -692,3 +692,21 @@ def test_a_search_under_an_address_space_limit_sizes_rays_object_store_to_fit(tm
     _, runs = _trials(tmp_path / "ws", "limited")
     assert {r.data.tags["dmtune.status"] for r in runs} == {"finished"} and len(runs) == 4  # 2 arms, its best, cce
     assert object_store_within_limit() is None  # (no limit here: Ray's default)
+
+
+@pytest.mark.slow
+def test_a_local_ray_that_does_not_start_is_one_line(tmp_path):
+    """Under a file-size limit (ulimit -f 2500) Ray's processes cannot write their files and the
+    node times out starting: a 25-line traceback. One line naming Ray's logs; no workspace left."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2500 * 1024, 2500 * 1024))
+
+    done = subprocess.run([DM_TUNE, "search", "--workspace", str(tmp_path / "ws"), "--num-samples", "1", "--epochs",
+                           "1", "--seeds", "0", "--search-seeds", "1", "--top-k", "1", "--baselines", "cce"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("dm-tune: error:")]
+    assert line.startswith("dm-tune: error: the local Ray instance did not start (") and "its logs are in" in line
+    assert not (tmp_path / "ws").exists()

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -178,7 +179,14 @@ def connect_ray(address: str | None, cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        init_local_ray(num_cpus=cpus)
+        try:
+            init_local_ray(num_cpus=cpus)
+        except (KeyboardInterrupt, UserError):
+            raise
+        except Exception as e:  # (Ray's own start-up failures are bare Exceptions: "timed out during startup")
+            cause = " ".join(str(e).split()).split(". ")[0][:300]
+            logs = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "session_latest" / "logs"
+            raise UserError(f"the local Ray instance did not start ({cause}); its logs are in {logs}") from None
         return
     check_address(address)
     try:
