@@ -437,6 +437,9 @@ def test_crashed_trials_are_retried_from_their_checkpoint(tmp_path, how):
     if how == "raise":
         assert proc.stderr.count("failed (RuntimeError: injected failure at epoch 2 (DMTUNE_FAULT)); retrying") \
             == len(list(markers.glob("*.failed")))
+        # a population's failure names every member it trains (it had named the first alone)
+        assert "population digits-symmetric0.4-default/search/0 (2 members: search/0, search/1) failed (" \
+            in proc.stderr
     client, trials = _trials(ws, "retry")
     assert len(trials) == 2 + 2
     assert {r.data.tags["dmtune.status"] for r in trials} == {"finished"}

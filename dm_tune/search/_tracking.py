@@ -240,7 +240,7 @@ class MLflowTracker(tune.Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         if self.echo:
-            print(f"  [{self.setting}] trial {trial.config['group']} failed ({_error_line(trial)}); "
+            print(f"  [{self.setting}] {_trial_name(trial)} failed ({_error_line(trial)}); "
                   "retrying from its newest checkpoint", file=sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -248,7 +248,7 @@ class MLflowTracker(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         if self.echo:
-            print(f"  [{self.setting}] trial {trial.config['group']} failed for good ({_error_line(trial)})",
+            print(f"  [{self.setting}] {_trial_name(trial)} failed for good ({_error_line(trial)})",
                   file=sys.stderr, flush=True)
         self._end(trial, errored=True)
 
@@ -424,4 +424,15 @@ def _error_line(trial) -> str:
         except OSError:
             text = ""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else "no error text; see error.txt in the trial's folder"
+    if not lines:
+        return "no error text; see error.txt in the trial's folder"
+    return lines[-1] if len(lines[-1]) <= 200 else lines[-1][:199] + "…"  # (cut: said so)
+
+
+def _trial_name(trial) -> str:
+    """"trial GROUP", or for a population every member it trains (a worker's crash fails them all)."""
+    members = members_of(trial)
+    if len(members) <= 1:
+        return f"trial {trial.config['group']}"
+    shown = ", ".join(m.key.split("/", 1)[-1] for m in members[:6]) + (", ..." if len(members) > 6 else "")
+    return f"population {trial.config['group']} ({len(members)} members: {shown})"
