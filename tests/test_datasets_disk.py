@@ -1307,6 +1307,11 @@ def test_features_errors(tmp_path):
                           ({"y_test": np.array([0, 7])}, "y_test has label 7, a class y_train never has"),
                           ({"x_train": np.full((4, 2), 1e39)}, "beyond float32's range"),
                           ({"x_train": np.zeros((4, 0)), "x_test": np.zeros((2, 0))}, "x_train has no features"),
+                          # a misspelt validation set was left out, and one carved from x_train instead
+                          ({"x_valid": np.zeros((2, 2)), "y_valid": np.array([0, 1])},
+                           "holds arrays dm-tune does not read: x_valid, y_valid (it reads x_train, y_train, x_val"),
+                          ({"class_names": np.array(["cat", "cat"])}, "class_names repeats 'cat'; each class needs"),
+                          ({"class_names": np.array(["cat", " "])}, "class_names has an empty name"),
                           # a -1 saved unsigned: it had wrapped back to -1 (a test label always wrong)
                           ({"y_test": np.array([0, 2**64 - 1], dtype=np.uint64)}, "beyond the int64 range")):
         arrays = {k: v for k, v in {**good, **change}.items() if v is not None}

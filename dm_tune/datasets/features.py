@@ -10,6 +10,7 @@ label + 1. Every class has training examples, and test and validation labels are
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ LAYOUT = (f"<data_root> = a .npz file (or a directory holding {FILE_NAME}) with 
 
 DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "none",
             "batch_size": 128, "epochs": 60}
+
+
+# The arrays a features file may hold.
+ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "class_names")
 
 
 def _split(path: Path, arrays: Mapping[str, np.ndarray], name: str, dim: int | None) -> Split:
@@ -74,6 +79,10 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
     missing = [k for k in required if k not in arrays]
     if missing:
         raise DataError(path, f"lacks the arrays {', '.join(missing)} (present: {', '.join(sorted(arrays))})", LAYOUT)
+    unread = sorted(k for k in arrays if k not in ARRAYS)  # (an x_valid was left out: a split was carved instead)
+    if unread:
+        raise DataError(path, f"holds arrays dm-tune does not read: {', '.join(unread[:5])}"
+                              f"{' and more' if len(unread) > 5 else ''} (it reads {', '.join(ARRAYS)})", LAYOUT)
     train = _split(path, arrays, "train", None)
     dim = int(train.inputs.shape[1])  # type: ignore[union-attr]
     test = _split(path, arrays, "test", dim)
@@ -86,6 +95,10 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
             raise DataError(path, f"class_names has {given.size} names, more than the {len(train)} training "
                                   "examples (every class needs one)", LAYOUT)
         names = tuple(str(n) for n in given.reshape(-1))
+        repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+        if repeated or not all(n.strip() for n in names):  # (two classes printed as one, or as nothing)
+            what = f"repeats {', '.join(map(repr, repeated[:5]))}" if repeated else "has an empty name"
+            raise DataError(path, f"class_names {what}; each class needs a name of its own", LAYOUT)
         if len(names) <= top:
             raise DataError(path, f"class_names has {len(names)} names but labels go up to {top}", LAYOUT)
     num_classes = len(names) if names is not None else int(train.labels.max()) + 1
