@@ -38,9 +38,10 @@ def test_matrix_expansion_and_keys():
     assert len(keys) == 12 and len(set(keys)) == 12
     assert "mnist1d-pair0.3-step10-default" in keys
     # noise from a file: its labels set the rate, so the rates of the matrix make one setting of it
-    study = Study.from_dict({"settings": {"dataset": ["digits", "mnist1d"], "noise": ["file"],
-                                          "noise_rate": [0.0]}, "training": {"noise_file": "labels.npy"}})
-    assert [s.key for s in study.expand()] == ["digits-file0-default", "mnist1d-file0-default"]
+    for rates in ([0.0], [0.3], None):  # (one rate, the default 0.4 too: the matrix's placeholder)
+        settings = {"dataset": ["digits", "mnist1d"], "noise": ["file"]} | ({"noise_rate": rates} if rates else {})
+        study = Study.from_dict({"settings": settings, "training": {"noise_file": "labels.npy"}})
+        assert [s.key for s in study.expand()] == ["digits-file0-default", "mnist1d-file0-default"]
 
 
 @pytest.mark.parametrize("noise, rates, words", [
@@ -49,11 +50,12 @@ def test_matrix_expansion_and_keys():
     (["file"], [0.2, 0.4], "settings.noise_rate: 0.2 is not allowed; a rate no noise type of settings.noise "
                            "['file'] uses"),
     (["none"], [0.0, 0.3], "settings.noise_rate: 0.3 is not allowed"),
+    (["file", "none"], [0.0, 0.3], "settings.noise_rate: 0.3 is not allowed"),
 ])
 def test_a_matrix_value_that_makes_no_setting_is_refused(noise, rates, words):
     """'none' beside a rate list without 0 was dropped without a word (the study searched the other
     noise types only), and the rates of a matrix of label files were ignored."""
-    training = {"noise_file": "l.npy"} if noise == ["file"] else {}
+    training = {"noise_file": "l.npy"} if "file" in noise else {}
     with pytest.raises(ConfigError) as info:
         Study.from_dict({"settings": {"noise": noise, "noise_rate": rates}, "training": training}).expand()
     assert words in str(info.value)

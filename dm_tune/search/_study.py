@@ -177,7 +177,8 @@ class Study:
             used_noise.add(noise)
             if noise == "file":
                 rate = 0.0  # the file's labels set the rate (each result records it as noise_rate_realised)
-            used_rates.add(rate)
+            else:
+                used_rates.add(rate)
             kind, _, ratio = imb.partition(":")
             setting = Setting(ds, noise, rate, kind, float(ratio or 1.0), None if model == "default" else model)
             if setting not in out:
@@ -190,8 +191,8 @@ class Study:
             if noise not in used_noise:
                 raise ConfigError("settings.noise", noise, f"pairs only with noise_rate 0, which settings.noise_rate "
                                   f"{list(s.noise_rate)} lacks: add 0, or leave {noise!r} out")
-        for rate in s.noise_rate:
-            if rate not in used_rates:
+        for rate in s.noise_rate if len(s.noise_rate) > 1 else ():  # (a lone rate, the default 0.4 too, is
+            if rate not in used_rates:                               # a label-file matrix's placeholder)
                 raise ConfigError("settings.noise_rate", rate, "a rate no noise type of settings.noise "
                                   f"{list(s.noise)} uses ('none' takes only 0, 'file' the rate its labels have): "
                                   "leave it out")
