@@ -173,29 +173,25 @@ class SchemeLoss(_GradLoss):
 
     def _grad_share_display(self, logits, targets):
         probs, p = W._labelled(logits, targets)
+        # 1 - p as the other classes' probabilities sum to: exact where p rounds to 1 (their
+        # probabilities do not vanish with it). The shares (what the weight metrics report) take it,
+        # in the multiplier too (MSE's holds 1 - p): taken from p it is 0 wherever p rounds to 1,
+        # and a plain loss's batch fitted that far had shares of 0, where every example has a weight.
+        index = targets.long().view(-1, 1)
+        q = probs.scatter(1, index, 0.0).sum(1)
+        pq = self.scheme.multiplier_pq
+        m_q = self.scheme.multiplier(p) if pq is None else pq(p, q)
+        weight = 2.0 * q * m_q
+        total = weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
+        share = weight / total
         if self.normalised:
-            # 1 - p as the other classes' probabilities sum to: exact where p rounds to 1 (their
-            # probabilities do not vanish with it), so each row's L1 norm is 2 q exactly, the batch's
-            # mass is 1, and a batch fitted past the working precision gets no gradient, not m / tiny.
-            index = targets.long().view(-1, 1)
-            q = probs.scatter(1, index, 0.0).sum(1)
-            pq = self.scheme.multiplier_pq
-            m = self.scheme.multiplier(p) if pq is None else pq(p, q)
-            weight = 2.0 * q * m
-            total = weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
-            share = weight / total
-            grad = W._scaled_direction((m / total).unsqueeze(1), probs, q.unsqueeze(1), index)
+            # -DN: each row's L1 norm is 2 q exactly, the batch's mass is 1, and a batch fitted past
+            # the working precision gets no gradient, not m / tiny.
+            grad = W._scaled_direction((m_q / total).unsqueeze(1), probs, q.unsqueeze(1), index)
             return grad, share, _weighted_cce(logits, targets, share)
-        m = self.scheme.multiplier(p)
-        # The shares (what the weight metrics report) with 1 - p as the other classes' probabilities
-        # sum to: taken from p it is 0 wherever p rounds to 1, and a batch fitted that far had shares
-        # of 0, where every example has a weight. The gradient keeps autograd's p - 1.
-        others = probs.scatter(1, targets.long().view(-1, 1), 0.0).sum(1)
-        pq = self.scheme.multiplier_pq  # (MSE's multiplier holds 1 - p too)
-        weight = 2.0 * others * (m if pq is None else pq(p, others))
-        share = weight / weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
+        m = m_q if pq is None else self.scheme.multiplier(p)  # (the gradient keeps autograd's p - 1)
         grad = (m / p.shape[0]).unsqueeze(1) * W._direction(probs, targets)
-        logp = F.log_softmax(logits.to(p.dtype), dim=1).gather(1, targets.long().view(-1, 1))
+        logp = F.log_softmax(logits.to(p.dtype), dim=1).gather(1, index)
         return grad, share, self.scheme.value(logp.squeeze(1)).mean()
 
 
