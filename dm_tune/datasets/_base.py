@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from dm_tune._memory import physical_memory
 from dm_tune.errors import DataError  # noqa: F401 - defined with the other user errors; datasets raise it
 
 
@@ -193,17 +194,6 @@ def read_npz(path: Path, layout: str) -> dict[str, Any]:
 
 # Deflate's largest ratio of unpacked to packed bytes (a member stating more is no deflate stream).
 DEFLATE_RATIO = 1032
-
-
-def physical_memory() -> int | None:
-    """This machine's physical memory in bytes (None where the OS does not say)."""
-    import os
-
-    try:
-        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-    return pages * page if pages > 0 and page > 0 else None
 
 
 def _member_fits(path: Path, archive: Any, info: Any, layout: str) -> None:

@@ -159,12 +159,14 @@ def _limit_memory(extra: int) -> str | None:
     """Limit this process's address space to what it holds now plus ``extra`` bytes (Linux; where
     there is no /proc or no ``resource`` module, only the time limit holds). Returns the limit as
     text, or None."""
+    from dm_tune._memory import address_space_held
+
     try:
         import resource
-
-        with open("/proc/self/statm") as f:
-            held = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (ImportError, OSError, ValueError):
+    except ImportError:
+        return None
+    held = address_space_held()
+    if held is None:
         return None
     limit = held + extra
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

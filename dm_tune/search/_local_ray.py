@@ -79,16 +79,16 @@ def object_store_within_limit() -> int | None:
     """An object store size that fits this process's address-space limit, or None (Ray's default,
     30% of the machine's memory) where there is no limit or the default fits. With the default
     over the limit, Ray's workers failed to map the store and the search waited for them forever."""
+    from dm_tune._memory import address_space_held, physical_memory
+
     try:
         import resource
 
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        with open("/proc/self/statm") as f:
-            held = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (ImportError, AttributeError, ValueError, OSError):
+    except (ImportError, ValueError, OSError):
         return None
-    if limit == resource.RLIM_INFINITY:
+    memory, held = physical_memory(), address_space_held()
+    if limit == resource.RLIM_INFINITY or memory is None or held is None:
         return None
     room = STORE_SHARE_OF_LIMIT * max(0, limit - held)
     return None if 0.3 * memory <= room else max(RAY_MIN_OBJECT_STORE, int(room))
