@@ -55,6 +55,9 @@ IMBALANCE_KINDS = ("none", "longtail", "step")
 PRETRAINABLE = ("resnet18", "resnet50", "reid-resnet18", "reid-resnet50")  # the models `pretrained` loads into
 IMAGE_DATASETS = ("cifar10", "cifar100", "clothing1m", "imagefolder")  # the ones `augment` crops and flips
 DOWNLOADABLE = ("cifar10", "cifar100")  # the ones `download` fetches
+# The ones read from disk a batch at a time, through a DataLoader (what `num_workers` sets); the
+# others are held in memory once loaded, where a batch is a slice of a tensor.
+STREAMED = ("clothing1m", "imagefolder", "mars")
 
 
 def task_of(dataset: str) -> str:

@@ -95,7 +95,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "(fast where the cores have native bf16, e.g. AMX; auto and fp16 leave the CPU in float32)")
     p.add_argument("--pretrained", type=path_argument,
                    help="local weights file for resnet18/resnet50 (and reid-resnet18/50)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers for on-disk images")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers for the datasets read a batch at a time "
+                   "(clothing1m, imagefolder, mars)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for in-memory vector "
                    "and signal data, whose small models run fastest on one thread; else torch's default)")
     p.add_argument("--out", type=path_argument,
@@ -265,14 +266,6 @@ def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> No
                                           resolved.hidden_dim, resolved.pretrained, data.vocab_size))
 
 
-def _check_workers(given: dict[str, Any], data: Any, dataset: str) -> None:
-    """``num_workers`` only reads a dataset from disk: in memory, batches are slices of a tensor."""
-    workers = given.get("num_workers")
-    if workers not in (None, "", 0) and all(split.in_memory for split in (data.train, data.val, data.test)):
-        raise ConfigError("num_workers", workers, f"only applies to datasets read from disk (images, text); "
-                          f"{dataset} is held in memory, where batches are slices of a tensor: leave it out")
-
-
 def _check_applies(args: argparse.Namespace, given: dict[str, Any], configs: list[Any],
                    file_values: dict[str, Any], resolved: bool = False) -> None:
     """A field given (in --config or by a flag) that no member uses is a mistake: it would be
@@ -357,7 +350,6 @@ def _train_cmd(args: argparse.Namespace) -> int:
     data = prepare(config, strict_imbalance=True)
     resolved = config.resolve(data.defaults, data.default_model, data.input_kind)
     _check_applies(args, given, [resolved], file_values, resolved=True)
-    _check_workers(given, data, str(resolved.dataset))
     _threads_and_model(args, data, resolved)
     if not args.quiet:
         dm = f" lam={resolved.lam:g} beta={resolved.beta:g}" if resolved.method == "dm" else ""
@@ -424,7 +416,6 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
     resolved = configs[0].resolve(first.defaults, first.default_model, first.input_kind)
     _check_applies(args, given, [c.resolve(first.defaults, first.default_model, first.input_kind) for c in configs],
                    file_values, resolved=True)
-    _check_workers(given, first, str(resolved.dataset))
     _threads_and_model(args, first, resolved)
     size = args.population_size or suggested_population_size(str(resolved.model), device.type)
     groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]

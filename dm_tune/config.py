@@ -17,7 +17,7 @@ from pydantic import model_validator
 from pydantic.dataclasses import dataclass
 
 from dm_tune._names import (DATASET_NAMES, DATASET_ROOTS, DOWNLOADABLE, IMAGE_DATASETS, IMBALANCE_KINDS, METHOD_NAMES,
-                            MODEL_NAMES, NOISE_NAMES, PRETRAINABLE)
+                            MODEL_NAMES, NOISE_NAMES, PRETRAINABLE, STREAMED)
 from dm_tune._validate import CONFIG, Float, Int, Seed, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import DEFAULT_EFFECTIVE_BETA
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
@@ -89,7 +89,7 @@ class TrainConfig:
     data_seed: Seed | None = None          # noise draw, validation carve, imbalance (None: seed)
     device: Device = "auto"
     amp: Annotated[str, one_of(AMP_MODES)] = "auto"  # mixed precision: CUDA; bf16 also on the CPU
-    num_workers: Annotated[Int, in_range(0, 256)] = 2  # DataLoader workers for on-disk images
+    num_workers: Annotated[Int, in_range(0, 256)] = 2  # DataLoader workers for _names.STREAMED
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "") -> TrainConfig:
@@ -138,6 +138,9 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+STREAMED_WHERE = ("the datasets read from disk a batch at a time (" + ", ".join(STREAMED)
+                  + "; the others are held in memory)")
+
 # Fields a run uses only in some configurations: field -> (does it apply to this config, to what, the
 # field that decides it). `dm-tune train` refuses a field that no member uses, a study one that no
 # trial uses (the CLI and dm_tune.search._preflight).
@@ -156,6 +159,7 @@ APPLIES: dict[str, tuple[Callable[[TrainConfig], bool], str, str]] = {
                   "noise file, with a CIFAR-N .pt noise_file", "noise_file"),
     "data_root": (lambda c: DATASET_ROOTS[c.dataset], "the datasets read from disk", "dataset"),
     "download": (lambda c: c.dataset in DOWNLOADABLE, "datasets " + ", ".join(DOWNLOADABLE), "dataset"),
+    "num_workers": (lambda c: c.dataset in STREAMED, STREAMED_WHERE, "dataset"),
     "augment": (lambda c: c.dataset in IMAGE_DATASETS, "the image datasets " + ", ".join(IMAGE_DATASETS), "dataset"),
     # None (the dataset's default) passes until the data is loaded, then the default decides.
     "pretrained": (lambda c: c.model in (None, *PRETRAINABLE), "models " + ", ".join(PRETRAINABLE), "model"),

@@ -114,9 +114,10 @@ ERRORS = {
     "population size for one member": (["--population-size", "4", "--epochs", "1"],
                                        ["--population-size: 4", "only applies to several members"]),
     "workers for data in memory": (["--num-workers", "5", "--epochs", "1"],
-                                   ["num_workers: 5", "only applies to datasets read from disk", "digits is held"]),
+                                   ["num_workers: 5", "only applies to the datasets read from disk a batch at a time",
+                                    "the others are held in memory"]),
     "workers for members in memory": (["--num-workers", "2", "--seed", "0,1", "--epochs", "1"],
-                                      ["num_workers: 2", "only applies to datasets read from disk"]),
+                                      ["num_workers: 2", "only applies to the datasets read from disk a batch"]),
     "out into a missing directory": (["--epochs", "1", "--out", "missing/result.json"], ["--out", "missing", "does not exist"]),
     "out is a directory": (["--epochs", "1", "--out", "."], ["--out", "is a directory"]),
     # was "directory run.yaml does not exist": it exists, as a file

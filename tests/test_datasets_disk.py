@@ -166,6 +166,21 @@ def imdb_root(tmp_path_factory) -> Path:
     return make_imdb(tmp_path_factory.mktemp("imdb"))
 
 
+@pytest.mark.parametrize(("name", "make"), [("cifar10", make_cifar10), ("cifar100", make_cifar100),
+                                            ("clothing1m", make_clothing1m), ("imagefolder", make_imagefolder),
+                                            ("imdb", make_imdb), ("features", make_features)])
+def test_the_datasets_that_num_workers_applies_to_are_the_ones_read_a_batch_at_a_time(tmp_path, name, make):
+    """``num_workers`` is refused before loading for the datasets outside _names.STREAMED (it was
+    accepted for CIFAR, IMDB and features files, held in memory, where it changes nothing)."""
+    from dm_tune._names import STREAMED
+
+    (tmp_path / name).mkdir()
+    options = {"dims": 4} if name == "imdb" else {}  # (20 texts)
+    data = prepare(config(name, make(tmp_path / name), dataset_options=options))
+    streamed = [not split.in_memory for split in (data.train, data.val, data.test)]
+    assert streamed == [name in STREAMED] * 3
+
+
 # --- CIFAR ------------------------------------------------------------------------------------
 
 

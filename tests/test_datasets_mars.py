@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.io import loadmat, savemat
 
+from dm_tune._names import STREAMED
 from dm_tune.cli import main
 from dm_tune.config import TrainConfig
 from dm_tune.data import prepare
@@ -87,6 +88,7 @@ def test_mars_tracks_gallery_and_protocol(tmp_path):
     root = make_mars(tmp_path / "MARS")
     data = prepare(cfg("mars", root, noise="symmetric", noise_rate=0.5, dataset_options={"seq_len": 2, "image_size": 32}))
     assert data.task == "retrieval" and data.input_kind == "video"
+    assert not data.train.in_memory and "mars" in STREAMED  # (num_workers applies: config.APPLIES)
     assert data.input_shape == (2, 3, 32, 16)  # seq_len frames of image_size x image_size/2
     # 4 training identities, one held out for validation (a gallery of its 2 tracks)
     assert data.num_classes == 3 and len(data.train) == 6 and len(data.val_gallery) == 2

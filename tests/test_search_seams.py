@@ -540,7 +540,8 @@ def test_sl_baseline_takes_the_authors_pair_for_the_dataset_unless_the_study_set
     ({"sl_nu": 2.0}, "the sl baseline"),
     ({"class_weighting_beta": 0.99}, "class weighting effective-number"),
     ({"data_root": "/data"}, "the datasets read from disk"),
-    ({"num_workers": 4}, "the datasets read from disk"),
+    ({"num_workers": 4}, r"the datasets read from disk a batch at a time \(clothing1m, imagefolder, mars; the others"
+                         r" are held in memory\)"),
 ])
 def test_a_training_field_no_trial_uses_is_refused(training, where):
     """It was silently ignored (a digits search with --data-root, gce_q without a gce baseline)."""
@@ -552,6 +553,19 @@ def test_a_training_field_no_trial_uses_is_refused(training, where):
     used = {"gce_q": ["gce"], "sl_nu": ["sl"], "class_weighting_beta": ["cce-cb"]}.get(next(iter(training)))
     if used:  # with the baseline that uses it: accepted
         Study.from_dict({"baselines": used, "training": training})
+
+
+def test_num_workers_is_refused_for_data_held_in_memory_after_loading():
+    """CIFAR, IMDB and features files are read from disk but held in memory: num_workers was accepted
+    for them, and changed nothing."""
+    from dm_tune._validate import ConfigError
+    from dm_tune.search import Study
+
+    training = {"num_workers": 4, "data_root": "/data"}
+    for held in ("cifar10", "imdb", "features"):
+        with pytest.raises(ConfigError, match="training.num_workers: 4 .* only applies to the datasets read"):
+            Study.from_dict({"baselines": ["cce"], "settings": {"dataset": [held]}, "training": training})
+    Study.from_dict({"baselines": ["cce"], "settings": {"dataset": ["cifar10", "imagefolder"]}, "training": training})
 
 
 def test_a_trial_asked_but_never_handed_out_is_handed_out_on_resume(tmp_path):

@@ -18,10 +18,10 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator
 from pydantic.dataclasses import dataclass
 
-from dm_tune._names import DATASET_NAMES, DATASET_ROOTS, MODEL_NAMES, NOISE_NAMES, task_of
+from dm_tune._names import DATASET_NAMES, DATASET_ROOTS, MODEL_NAMES, NOISE_NAMES, STREAMED, task_of
 from dm_tune._validate import CONFIG, ConfigError, Float, Int, Seed, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
-from dm_tune.config import TrainConfig
+from dm_tune.config import STREAMED_WHERE, TrainConfig
 from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES
 
 SCHEDULERS = ("none", "asha")
@@ -146,7 +146,8 @@ class Study:
                    **{k: ("sl" in self.baselines, "the sl baseline") for k in ("sl_mu", "sl_nu", "sl_log_clip")},
                    "class_weighting_beta": ("effective-number" in weightings, "class weighting effective-number"),
                    "data_root": (on_disk, "the datasets read from disk"),
-                   "num_workers": (on_disk, "the datasets read from disk")}  # (noise_file: TrainConfig's own check)
+                   "num_workers": (any(d in STREAMED for d in self.settings.dataset), STREAMED_WHERE)}
+        # (noise_file: TrainConfig's own check)
         return [(key, where) for key, (used, where) in applies.items() if key in self.training and not used]
 
     def ignored_training(self) -> list[tuple[str, str]]:
