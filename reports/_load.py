@@ -128,6 +128,8 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
 
 # What each number a trial run logs may be (a run whose value is not is from a damaged store, and
 # the report's fits and figures would fail on it with a traceback): (integer, lowest, highest, what).
+# Wider than TrainConfig's ranges on purpose: a store that an earlier dm-tune wrote under ranges of
+# its own (seeds past 2**32 - 1 before Seed) still reads; only what no dm-tune logs is refused.
 _INF = math.inf
 _PARAM_RANGES = {"lam": (False, 0.0, _INF, "a number >= 0"), "beta": (False, -_INF, _INF, "a finite number"),
                  "psi": (False, 0.0, 1.0, "a number in [0, 1]"), "rho": (False, -_INF, _INF, "a finite number"),
