@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import (DataError, UserError, is_stdout, json_text, load_yaml, output_path, path_argument,
-                             write_output)
+from dm_tune.errors import (DataError, UserError, float_argument, int_argument, is_stdout, json_text, load_yaml,
+                             output_path, path_argument, read_number, write_output)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,34 +60,34 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "features; retrieval (re-ID): reid-synth, mars, mars-features")
     p.add_argument("--data-root", type=path_argument, help="directory of an on-disk dataset")
     p.add_argument("--noise", help="none, symmetric (default), pair, cifar100-superclass, file")
-    p.add_argument("--noise-rate", type=float, help="fraction of training labels corrupted, in [0, 1) "
+    p.add_argument("--noise-rate", type=float_argument, help="fraction of training labels corrupted, in [0, 1) "
                    "(cifar100-superclass: of the paired subclasses, 2 of each superclass's 5)")
     p.add_argument("--noise-file", type=path_argument,
                    help="label file for --noise file (.npy/.csv/.txt or CIFAR-N .pt)")
     p.add_argument("--noise-key", help="key inside a CIFAR-N .pt file, e.g. worse_label")
     p.add_argument("--imbalance", help="none, longtail or step")
-    p.add_argument("--imbalance-ratio", type=float, help="largest / smallest class size")
+    p.add_argument("--imbalance-ratio", type=float_argument, help="largest / smallest class size")
     p.add_argument("--model", help="mlp, imdb-mlp, cnn, resnet20/32/44/56, resnet18/50, text; "
                    "reid-resnet18/50 (tracks of frames, mars)")
     p.add_argument("--method", help="dm (default), cce, cce-dn, gce, gce-dn, mae, mae-dn, mse, mse-dn, sl "
                    "(a comma-separated list: one member each)")
     p.add_argument("--lam", help="DM lambda (emphasis mode psi = lam/(1+lam)); a comma-separated list: one member each")
     p.add_argument("--beta", help="DM beta (emphasis variance); a comma-separated list: one member each")
-    p.add_argument("--mode", type=float, help="DM emphasis mode psi in [0, 1) (instead of --lam)")
-    p.add_argument("--spread", type=float, help="DM log-spread rho (instead of --beta)")
-    p.add_argument("--gce-q", type=float, help="GCE's q (default 0.7)")
+    p.add_argument("--mode", type=float_argument, help="DM emphasis mode psi in [0, 1) (instead of --lam)")
+    p.add_argument("--spread", type=float_argument, help="DM log-spread rho (instead of --beta)")
+    p.add_argument("--gce-q", type=float_argument, help="GCE's q (default 0.7)")
     p.add_argument("--class-weighting", help="none (default), inverse, sqrt-inverse, effective-number: weight "
                                              "each class's examples (any method; multiplies DM's weights)")
-    p.add_argument("--class-weighting-beta", type=float,
+    p.add_argument("--class-weighting-beta", type=float_argument,
                    help="effective-number's beta in [0, 1) (Cui et al. 2019; default 0.999)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int_argument)
+    p.add_argument("--batch-size", type=int_argument)
+    p.add_argument("--lr", type=float_argument)
     p.add_argument("--optimizer", help="sgd or adam")
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--weight-decay", type=float_argument)
     p.add_argument("--seed", help="seed of the noise draw, validation split, initialisation and batch order "
                    "(integer; a comma-separated list: one member each)")
-    p.add_argument("--population-size", type=int, help="with several members: how many train at once in one "
+    p.add_argument("--population-size", type=int_argument, help="with several members: how many train at once in one "
                    "loop (default: chosen from the measurements for the model and device, for speed and memory, "
                    "BENCHMARKS.md; 16 where none was); the rest run in later populations")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
@@ -95,9 +95,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "(fast where the cores have native bf16, e.g. AMX; auto and fp16 leave the CPU in float32)")
     p.add_argument("--pretrained", type=path_argument,
                    help="local weights file for resnet18/resnet50 (and reid-resnet18/50)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers for the datasets read a batch at a time "
-                   "(clothing1m, imagefolder, mars)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for in-memory vector "
+    p.add_argument("--num-workers", type=int_argument, help="DataLoader workers for the datasets read a batch "
+                   "at a time (clothing1m, imagefolder, mars)")
+    p.add_argument("--threads", type=int_argument, help="CPU threads for torch (default: 1 for in-memory vector "
                    "and signal data, whose small models run fastest on one thread; else torch's default)")
     p.add_argument("--out", type=path_argument,
                    help="write the result as JSON to this file (several members: a list, one result each)")
@@ -170,9 +170,9 @@ def _split_list(flag: str, text: str) -> list[Any]:
     values = []
     for item in text.split(","):
         try:
-            if not item.strip() or "_" in item:  # (Python reads 1_0 as 10)
+            if not item.strip():
                 raise ValueError(item)
-            values.append(parse(item.strip()))
+            values.append(parse(item.strip()) if parse is str else read_number(item.strip(), parse))
         except ValueError:
             raise ConfigError(f"--{flag.replace('_', '-')}", item, allowed) from None
     if len(set(values)) != len(values):  # as search and validate: one member per value

@@ -30,7 +30,7 @@ BETA_MAX = 1e3
 
 
 def _device_ok(v: str) -> bool:
-    return v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit())
+    return v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isascii() and v[5:].isdigit())
 
 
 def _milestones_ok(v: tuple[float, ...]) -> bool:

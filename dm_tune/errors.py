@@ -75,6 +75,32 @@ def text_argument(what: str):
     return check
 
 
+def read_number(text: str, kind: type = float) -> Any:
+    """``kind(text)`` (float or int), but ValueError for the forms Python also reads that a user
+    would not write as a number: ``1_0`` (10) and digits of other scripts (Arabic-Indic three: 3)."""
+    if "_" in text or not text.isascii():
+        raise ValueError(text)
+    return kind(text)
+
+
+def _number_argument(kind: type, what: str):
+    def check(value: str) -> Any:
+        try:
+            return read_number(value, kind)
+        except ValueError:
+            import argparse
+
+            raise argparse.ArgumentTypeError(f"expected {what}, not {value!r}") from None
+
+    check.__name__ = kind.__name__
+    return check
+
+
+# argparse ``type`` of a number flag.
+float_argument = _number_argument(float, "a number")
+int_argument = _number_argument(int, "an integer")
+
+
 def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
     """The output ``flag value`` (a file, or a ``directory`` made later if missing), resolved and
     checked before any work is done: a file's directory must exist, a directory's nearest existing

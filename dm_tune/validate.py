@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import SEED_MAX
-from dm_tune.errors import (UserError, json_text, load_yaml, output_dir, path_argument, text_argument,
-                            write_output)
+from dm_tune.errors import (UserError, int_argument, json_text, load_yaml, output_dir, path_argument,
+                            read_number, text_argument, write_output)
 
 ARMS = ("dm-recommended", "cce", "imae")
 PROGRESS_FILE = "validation.progress.jsonl"  # in --out while a validation runs
@@ -420,7 +420,7 @@ def add_validate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="guidelines.json written by 'dm-tune report' (default: the file shipped with dm-tune)")
     p.add_argument("--seeds", type=text_argument("comma-separated seeds"),
                    help="comma-separated seeds (default: the config's seeds)")
-    p.add_argument("--epochs", type=int, help="training epochs (overrides training.epochs)")
+    p.add_argument("--epochs", type=int_argument, help="training epochs (overrides training.epochs)")
     p.add_argument("--out", type=path_argument, default="validation", help="output directory (default ./validation)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=validate_command)
@@ -429,7 +429,7 @@ def add_validate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _seeds(text: str) -> list[int]:
     try:
-        seeds = [int(x) for x in text.split(",")]
+        seeds = [read_number(x.strip(), int) for x in text.split(",")]
     except ValueError:
         raise UserError(f"--seeds {text!r}: expected a comma-separated list of integers, e.g. 0,1,2") from None
     if len(set(seeds)) != len(seeds):

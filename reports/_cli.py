@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, output_path, path_argument, text_argument
+from dm_tune.errors import UserError, float_argument, int_argument, output_path, path_argument, text_argument
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -45,12 +45,14 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Predict DM's best mode, spread and class weighting for your data from the response surface "
                     "a guidelines file holds (fitted across its measured settings), with the region within 1 point "
                     "and the predicted gain over CCE; retrieval interpolates between measured settings.")
-    p.add_argument("--num-classes", type=int, required=True, help="number of classes (>= 2)")
+    p.add_argument("--num-classes", type=int_argument, required=True, help="number of classes (>= 2)")
     p.add_argument("--noise-type", default="symmetric",
                    help="none, symmetric (default), pair, cifar100-superclass, file (real noise)")
-    p.add_argument("--noise-rate", type=float, required=True, help="estimated fraction of wrong labels, in [0, 1)")
+    p.add_argument("--noise-rate", type=float_argument, required=True,
+                   help="estimated fraction of wrong labels, in [0, 1)")
     p.add_argument("--imbalance", default="none", help="none (default), longtail or step")
-    p.add_argument("--imbalance-ratio", type=float, default=1.0, help="largest / smallest class size (default 1)")
+    p.add_argument("--imbalance-ratio", type=float_argument, default=1.0,
+                   help="largest / smallest class size (default 1)")
     p.add_argument("--task", default="classification",
                    help="classification (default) or retrieval (re-ID; --num-classes is then the number of "
                         "identities in the training split): only settings of this task are used")

@@ -111,6 +111,9 @@ ERRORS = {
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
     # were ignored without a word: one member, and a dataset held in memory
     "a digit separator in a list": (["--lam", "1_0", "--epochs", "1"], ["--lam: '1_0'", "comma-separated list"]),
+    # were read as 10 and 3 (Python's int and float take digit separators and other scripts' digits)
+    "a digit separator in a number": (["--lr", "0_1", "--epochs", "1"], ["--lr: expected a number, not '0_1'"]),
+    "digits of another script": (["--epochs", "\u0663"], ["--epochs: expected an integer, not '\u0663'"]),
     "population size for one member": (["--population-size", "4", "--epochs", "1"],
                                        ["--population-size: 4", "only applies to several members"]),
     "workers for data in memory": (["--num-workers", "5", "--epochs", "1"],

@@ -632,7 +632,10 @@ def test_recommend_rejects_an_unknown_noise_type_on_the_command_line(tmp_path: P
                          "dm-tune: error: --imbalance 'step' needs an --imbalance-ratio"),
                         # was taken as a dataset named '' ("dataset '' was not measured")
                         (["--noise-rate", "0.2", "--dataset", ""],
-                         "dm-tune recommend: error: argument --dataset: expected a dataset name, not ''")):
+                         "dm-tune recommend: error: argument --dataset: expected a dataset name, not ''"),
+                        # was 10 classes (Python reads 1_0 as 10)
+                        (["--noise-rate", "0.2", "--num-classes", "1_0"],
+                         "dm-tune recommend: error: argument --num-classes: expected an integer, not '1_0'")):
         proc = subprocess.run([DM_TUNE, "recommend", "--num-classes", "10", *argv, "--guidelines", str(path)],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc

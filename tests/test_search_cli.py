@@ -57,6 +57,10 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--baselines", "cce,focal"], ["baselines", "focal"]),
     (["--noise-rate", "1.2"], ["settings.noise_rate", "1.2"]),
     (["--noise-rate", "abc"], ["--noise-rate", "abc"]),
+    # were read as 2.0 (then refused as a rate of 2) and seed 10: Python reads 0_2 as 2
+    (["--noise-rate", "0_2"], ["--noise-rate: '0_2' is not allowed; expected numbers"]),
+    (["--seeds", "0,1_0"], ["--seeds: '1_0' is not allowed; expected integers"]),
+    (["--max-concurrent", "1_0"], ["argument --max-concurrent: expected an integer, not '1_0'"]),
     (["--sampler", "grid"], ["search.sampler", "paper-grid"]),
     (["--epochs", "0"], ["training.epochs", "0"]),
     (["--seeds=-1,0"], ["seeds[0]", "-1", "[0, 4294967295]"]),  # was: every trial errored

@@ -241,6 +241,7 @@ def test_the_recommended_class_weighting_is_trained(tmp_path, guidelines, monkey
     ({"training": {"epochs": 0}}, [], "training.epochs"),
     ({"seedz": [0]}, [], "seedz"),
     ({}, ["--seeds", "0,x"], "--seeds"),
+    ({}, ["--seeds", "0,1_0"], "--seeds '0,1_0': expected a comma-separated list of integers"),  # (was seed 10)
     ({}, ["--guidelines", "nowhere.json"], "nowhere.json"),
     ({}, ["--seeds=0,-1"], "seed -1 is not allowed"),
     ({}, ["--out", "/proc/validation"], "--out /proc/validation: cannot write in /proc"),  # before training

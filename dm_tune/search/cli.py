@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import (UserError, absolute_paths, load_yaml, no_room, output_path, path_argument,
-                            text_argument, write_output)
+from dm_tune.errors import (UserError, absolute_paths, float_argument, int_argument, load_yaml, no_room,
+                            output_path, path_argument, read_number, text_argument, write_output)
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -35,25 +35,25 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-rate", help="noise rates, e.g. 0,0.2,0.4")
     p.add_argument("--imbalance", help="imbalance profiles, e.g. none,step:10")
     p.add_argument("--model", help="models (default: each dataset's)")
-    p.add_argument("--num-samples", type=int, help="DM trials per setting")
-    p.add_argument("--epochs", type=int, help="training budget per trial")
+    p.add_argument("--num-samples", type=int_argument, help="DM trials per setting")
+    p.add_argument("--epochs", type=int_argument, help="training budget per trial")
     p.add_argument("--space", help="decoupled (default), paper, paper-grid")
     p.add_argument("--sampler", help="tpe (default), gp, cmaes, random, grid")
     p.add_argument("--seeds", type=text_argument("comma-separated seeds"),
                    help="seeds for the confirm stage, e.g. 0,1,2")
-    p.add_argument("--top-k", type=int, help="DM arms confirmed over all seeds")
+    p.add_argument("--top-k", type=int_argument, help="DM arms confirmed over all seeds")
     p.add_argument("--warm-start", metavar="GUIDELINES", type=text_argument("true, false or a guidelines.json path"),
                    help="a guidelines.json ('dm-tune report'): search each setting inside the region it "
                         "recommends, starting at its point (default: start at the paper's suggestions)")
-    p.add_argument("--sampler-seed", type=int, help="seed of the sampler (the search order; default 0)")
-    p.add_argument("--search-seeds", type=int, help="seeds each search arm trains on (the first of --seeds; "
+    p.add_argument("--sampler-seed", type=int_argument, help="seed of the sampler (the search order; default 0)")
+    p.add_argument("--search-seeds", type=int_argument, help="seeds each search arm trains on (the first of --seeds; "
                    "default 2): the search maximises the arm's mean final validation accuracy over them")
     p.add_argument("--class-weighting", help="class weighting schemes searched with DM's knobs, e.g. "
                    "none,inverse,sqrt-inverse,effective-number (default none: not searched)")
     p.add_argument("--baselines", help="baselines, e.g. cce,gce,imae ('none' for no baselines)")
-    p.add_argument("--max-concurrent", type=int, help="trials at once")
-    p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")
+    p.add_argument("--max-concurrent", type=int_argument, help="trials at once")
+    p.add_argument("--cpus-per-trial", type=float_argument)
+    p.add_argument("--gpus-per-trial", type=float_argument, help="GPUs per trial; fractions share a GPU")
     p.add_argument("--population-size", help="DM configurations trained together in one trial: an integer "
                    ">= 1 (1: one per trial) or auto (default: chosen per model and device)")
     p.add_argument("--scheduler", help="none (default) or asha")
@@ -118,8 +118,8 @@ def study_values(args: argparse.Namespace) -> dict[str, Any]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(".".join(path[:-1]), node, "expected a mapping")
-        if flag == "population_size" and str(v).strip().isdigit():
-            v = int(v)
+        if flag == "population_size" and str(v).strip().isascii() and str(v).strip().isdigit():  # (else the study
+            v = int(v)                                                                            # says what it takes)
         node[path[-1]] = v
     if args.name is not None:
         values["name"] = args.name
@@ -136,7 +136,7 @@ def study_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def _number(flag: str, text: str, kind=float):
     try:
-        return kind(text)
+        return read_number(text, kind)
     except ValueError:
         raise ConfigError(f"--{flag.replace('_', '-')}", text, f"expected {'integers' if kind is int else 'numbers'}") from None
 
