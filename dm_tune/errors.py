@@ -236,26 +236,24 @@ def write_output(path: Path, data: str | bytes) -> None:
 
 
 # A disk that cannot take more: full, over quota, read-only, or a file-size limit.
-_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
 _NO_ROOM_TEXT = ("No space left on device", "Disk quota exceeded", "Read-only file system", "File too large",
-                 "database or disk is full")
+                 "database or disk is full", "attempt to write a readonly database", "Permission denied")
 
 
 def no_room(error: BaseException) -> str | None:
-    """What a full (or read-only) disk said, anywhere in ``error``'s chain (Ray wraps a searcher's
-    or a callback's error, sometimes as text), as one line; None for any other error."""
-    seen: set[int] = set()
+    """What a full or read-only disk, or a store made read-only, said, anywhere in ``error``'s chain
+    (Ray wraps a searcher's or a callback's error, sometimes as text), as one line; None for any
+    other error."""
+    chain: list[BaseException] = []
     current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _NO_ROOM:
-            return f"{current.filename}: {current.strerror}" if current.filename else str(current.strerror)
-        text = str(current)
-        said = next((t for t in _NO_ROOM_TEXT if t in text), None)
-        if said is not None:
-            return said
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
         current = current.__cause__ or current.__context__
-    return None
+    for e in chain:  # the OSError itself first: it names the file
+        if isinstance(e, OSError) and e.errno in _NO_ROOM:
+            return f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror)
+    return next((said for e in chain for said in _NO_ROOM_TEXT if said in str(e)), None)
 
 
 def first_line(error: BaseException) -> str:

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from dm_tune.search._ledger import Ledger
 from tests._sockets import descendants, is_loopback, listeners
-from tests.conftest import DM_TUNE, free_port, tiny_study
+from tests.conftest import DM_TUNE, free_port, permissions_preexec, tiny_study
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -317,6 +317,60 @@ def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path, sig)
     ran = {int(key.split("/search/")[1].split("/")[0]) for key in keys if "/search/" in key}
     assert ran == {t.number for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert all(t.user_attrs.get("status") == "interrupted" for t in trials if t.state == optuna.trial.TrialState.FAIL)
+
+
+def _set_writable(root: Path, writable: bool) -> None:
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            mode = path.stat().st_mode
+            path.chmod(mode | 0o200 if writable else mode & ~0o222)
+
+
+@pytest.mark.slow
+def test_a_workspace_made_read_only_mid_search_ends_in_one_line_and_resumes_without_loss(tmp_path):
+    """Every store of the workspace (MLflow, Optuna, the ledger, Ray's checkpoints) made read-only
+    while trials run: the search was ended by a PermissionError traceback, after hundreds of lines
+    of MLflow's and Ray's own tracebacks. Now dm-tune's lines only, the resume command last; once
+    writable again, the resume finishes every trial, the ones finished before kept, none twice."""
+    preexec = permissions_preexec()
+    ws = tmp_path / "ws"
+    study = _study_file(tmp_path, tiny_study("ro", search={"num_samples": 6, "top_k": 1}, training={"epochs": 15},
+                                             baselines=["cce"], checkpoint_every=3))
+    proc = subprocess.Popen([DM_TUNE, "search", "--config", str(study), "--workspace", str(ws)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+    lines, finished = [], 0
+    deadline = time.monotonic() + 240
+    for line in proc.stderr:
+        lines.append(line)
+        finished += "(finished," in line
+        if finished >= 2 or time.monotonic() > deadline:
+            break
+    assert finished >= 2, "".join(lines)
+    _set_writable(ws, False)
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:
+        _set_writable(ws, True)
+    assert proc.returncode == 1, err
+    said = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("  [")]  # (per-trial lines)
+    assert said[-2].startswith("dm-tune: error: the workspace cannot be written: its disk is full or it is "
+                               "read-only ("), err
+    assert said[-1] == f"  dm-tune search --resume ro --workspace {ws}", err
+    assert all(ln.startswith("dm-tune: ") for ln in said[:-1]), err  # no traceback, no Ray or MLflow log
+    _, before = _trials(ws, "ro")
+    done_before = {r.data.tags["dmtune.trial_key"]: r.info.run_id for r in before
+                   if r.data.tags["dmtune.status"] == "finished"}
+    assert len(done_before) >= 2
+
+    resumed = _cli("search", "--resume", "ro", "--workspace", str(ws), "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    client, after = _trials(ws, "ro")
+    assert max(Counter(r.data.tags["dmtune.trial_key"] for r in after).values()) == 1
+    assert Counter(r.data.tags["dmtune.stage"] for r in after) == {"search": 6, "confirm": (1 + 1) * 2}
+    assert {r.data.tags["dmtune.status"] for r in after} == {"finished"}
+    assert {r.info.run_id for r in after if r.data.tags["dmtune.trial_key"] in done_before} == set(done_before.values())
+    exp = client.get_experiment_by_name("ro")
+    assert {r.info.status for r in client.search_runs([exp.experiment_id])} == {"FINISHED"}
 
 
 def test_where_a_study_began_is_kept_for_new_studies_only_and_relative_to_a_moved_workspace(tmp_path):

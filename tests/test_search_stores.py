@@ -595,5 +595,16 @@ def test_a_full_disk_is_found_in_whatever_wraps_it(tmp_path):
     con.close()
     wrapped = RuntimeError(f"(sqlite3.OperationalError) {info.value}\n[SQL: INSERT ...]")  # as SQLAlchemy words it
     assert no_room(info.value) == no_room(wrapped) == "database or disk is full"
+    # a store made read-only: by its permissions (the OSError's file named, however deep it is), or SQLite's
+    denied = PermissionError(13, "Permission denied", str(tmp_path / "ledger.jsonl"))
+    try:
+        try:
+            raise denied
+        except OSError as e:
+            raise RuntimeError("Searcher.on_trial_complete failed: Permission denied") from e
+    except RuntimeError as e:
+        assert no_room(e) == f"{tmp_path / 'ledger.jsonl'}: Permission denied"
+    assert no_room(RuntimeError("(sqlite3.OperationalError) attempt to write a readonly database\n[SQL: ...]")) == \
+        "attempt to write a readonly database"
     assert no_room(RuntimeError("injected failure at epoch 2")) is None
     assert no_room(OSError(2, "No such file or directory", "x")) is None

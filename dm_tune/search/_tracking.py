@@ -42,7 +42,7 @@ from typing import Any
 
 from ray import tune
 
-from dm_tune.errors import UserError, first_line, json_text
+from dm_tune.errors import UserError, first_line, json_text, no_room
 from dm_tune.provenance import git_commit, package_versions
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._trial import TrialOutcome, TrialSpec, member_outcomes
@@ -206,8 +206,8 @@ class MLflowTracker(tune.Callback):
                           "go on into the ledger, and a resume records them once it answers", file=sys.stderr,
                           flush=True)
                 else:
-                    print(f"dm-tune: MLflow write failed ({type(e).__name__}: {e}); it is redone at the end "
-                          "of the setting", file=sys.stderr, flush=True)
+                    print(f"dm-tune: MLflow write failed ({type(e).__name__}: {no_room(e) or first_line(e)}); it "
+                          "is redone at the end of the setting", file=sys.stderr, flush=True)
             finally:
                 self._queue.task_done()
 

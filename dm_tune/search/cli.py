@@ -275,6 +275,9 @@ def search_cmd(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the search passes JSON + CSV itself
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # A trial's error that Tune stopped before reading (a search ended by a full or read-only disk)
+    # is told by the tracker in one line and kept in the trial's folder: Ray would print it whole.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     # The study, the flags and the stores are checked before torch, Ray, MLflow or Optuna is
     # imported: a mistyped flag is answered in a fraction of a second.
     from dm_tune.search._preflight import (check_address, check_local_gpus, check_storage, check_tracking, load_sources,
@@ -337,6 +340,9 @@ def _quieten_libraries() -> None:
     import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # Its failed writes are told in one line by the tracker (and redone); MLflow would log each with
+    # the whole chain of exceptions behind it, hundreds of lines on a full or read-only disk.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # A failed trial is reported in one line by the tracker (its traceback stays in the trial
     # folder); Tune would print the whole traceback to the terminal.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -408,9 +414,9 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
         full = no_room(e)
         if full is None:
             raise
-        print(f"dm-tune: error: the disk is full or read-only ({full}); finished trials are kept. Make room, "
-              f"then resume with:\n  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}"
-              f"{_on(args)}",
+        print(f"dm-tune: error: the workspace cannot be written: its disk is full or it is read-only ({full}); "
+              "finished trials are kept. Make room or make it writable, then resume with:\n"
+              f"  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}{_on(args)}",
               file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0
