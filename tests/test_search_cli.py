@@ -353,8 +353,8 @@ def test_a_workspace_made_read_only_mid_search_ends_in_one_line_and_resumes_with
         _set_writable(ws, True)
     assert proc.returncode == 1, err
     said = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("  [")]  # (per-trial lines)
-    assert said[-2].startswith("dm-tune: error: the workspace cannot be written: its disk is full or it is "
-                               "read-only ("), err
+    assert said[-2].startswith("dm-tune: error: the search's stores cannot be written: their disk is full or "
+                               "they are read-only ("), err
     assert said[-1] == f"  dm-tune search --resume ro --workspace {ws}", err
     assert all(ln.startswith("dm-tune: ") for ln in said[:-1]), err  # no traceback, no Ray or MLflow log
     _, before = _trials(ws, "ro")

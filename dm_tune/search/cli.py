@@ -414,8 +414,8 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
         full = no_room(e)
         if full is None:
             raise
-        print(f"dm-tune: error: the workspace cannot be written: its disk is full or it is read-only ({full}); "
-              "finished trials are kept. Make room or make it writable, then resume with:\n"
+        print(f"dm-tune: error: the search's stores cannot be written: their disk is full or they are read-only "
+              f"({full}); finished trials are kept. Make room or make them writable, then resume with:\n"
               f"  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}{_on(args)}",
               file=sys.stderr)
         return 1
