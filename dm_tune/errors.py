@@ -276,7 +276,21 @@ def _umask() -> int:
     return mask
 
 
-YAML_PIPE_LIMIT = 1 << 24  # bytes read from a --config that is a pipe or device (/dev/zero never ends)
+PIPE_LIMIT = 1 << 24  # bytes read from an input file that is a pipe or device (/dev/zero never ends)
+
+
+def read_input(path: Path, what: str, expected: str) -> str:
+    """The UTF-8 text of the input file ``path``; a pipe (``--config <(...)``) or a device is read up
+    to PIPE_LIMIT bytes, not forever (UserError past it, naming ``what``, the flag or field, and
+    the ``expected`` kind of file). OSError and UnicodeDecodeError are the caller's to word."""
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    with path.open("rb") as f:
+        raw = f.read(PIPE_LIMIT + 1)
+    if len(raw) > PIPE_LIMIT:
+        raise UserError(f"{what} {path}: not a regular file, and more than {PIPE_LIMIT:,} bytes came from it; "
+                        f"expected {expected}")
+    return raw.decode("utf-8")
 
 
 def load_yaml(path: str, what: str) -> dict[str, Any]:
@@ -291,15 +305,7 @@ def load_yaml(path: str, what: str) -> dict[str, Any]:
     if not p.exists():
         raise UserError(f"{what} {path}: file not found")
     try:
-        if p.is_file():
-            text = p.read_text(encoding="utf-8")
-        else:  # a pipe (--config <(...)) or a device: read up to a config's size, not forever
-            with p.open("rb") as f:
-                raw = f.read(YAML_PIPE_LIMIT + 1)
-            if len(raw) > YAML_PIPE_LIMIT:
-                raise UserError(f"{what} {path}: not a regular file, and more than {YAML_PIPE_LIMIT:,} bytes "
-                                "came from it; expected a YAML file")
-            text = raw.decode("utf-8")
+        text = read_input(p, what, "a YAML file")
     except UnicodeDecodeError:
         raise UserError(f"{what} {path}: not a YAML file (not UTF-8 text)") from None
     except OSError as e:

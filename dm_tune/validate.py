@@ -230,8 +230,17 @@ class Progress:
 
     def release(self) -> None:
         """Forget this validation's settings: they are in validation.json now (an --out holds one
-        validation: ``validate_command`` refuses another's)."""
-        self.path.unlink(missing_ok=True)
+        validation: ``validate_command`` refuses another's). A file that cannot be removed (its
+        folder made read-only since) is only a warning: a rerun finds validation.json and removes it."""
+        _remove_progress(self.path)
+
+
+def _remove_progress(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        print(f"dm-tune: warning: {path}: could not be removed ({e.strerror or e}); the results are in "
+              "validation.json, and a rerun removes it", file=sys.stderr, flush=True)
 
 
 def _plan(studies: list[Any], seeds: Sequence[int] | None, overrides: Mapping[str, Any],
@@ -475,7 +484,8 @@ def validate_command(args: argparse.Namespace) -> int:
                                "wait for it to end or use another --out"):
         if (done := _finished_here(args, out, [identity for *_, identity in plan])) is not None:
             print(_plain_table(table_rows(done)))
-            print(f"validation.json: {out / 'validation.json'} (this validation, finished earlier: nothing trained)")
+            print(f"validation.json: {out / 'validation.json'} (this validation, finished earlier: nothing trained)\n"
+                  f"validation.md: {out / 'validation.md'}")
             return 0
         return _validate_into(args, studies, seeds, path, guidelines, out)
 
@@ -501,7 +511,11 @@ def _finished_here(args: argparse.Namespace, out: Path, identities: list[str]) -
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             doc = None
         if isinstance(doc, dict) and doc.get("identities") == identities:
-            progress.unlink(missing_ok=True)  # (left by a stop between writing validation.json and removing it)
+            # A stop between writing validation.json and the end left validation.md unwritten, or
+            # the progress file in place.
+            if not (out / "validation.md").exists():
+                write_output(out / "validation.md", to_markdown(doc))
+            _remove_progress(progress)
             return doc
         raise UserError(f"--out {args.out}: holds the results of another validation (validation.json, of other "
                         "inputs or unreadable); use another --out, or move them away to run this one there")

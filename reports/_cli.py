@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, float_argument, int_argument, output_path, path_argument, text_argument
+from dm_tune.errors import (UserError, float_argument, int_argument, output_path, path_argument, read_input,
+                            text_argument)
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -126,7 +127,7 @@ def _sections(args: argparse.Namespace) -> list[str]:
         if not path:
             continue
         try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+            doc = json.loads(read_input(Path(path), flag, "a JSON file"))
         except FileNotFoundError:
             raise UserError(f"{flag} {path}: no such file") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from dm_tune._validate import config_error, in_range, rule, violation
-from dm_tune.errors import UserError
+from dm_tune.errors import UserError, read_input
 from dm_tune.reports._text import SCHEMA_VERSION
 
 # The file is JSON that recommend() computes with as it is: no coercion ("0.3" is not a number),
@@ -167,7 +167,7 @@ def read_guidelines_file(path: Path) -> Any:
     """The JSON of a guidelines file, unchecked; a missing, unreadable, malformed or too deeply
     nested file -> UserError naming it (``load_guidelines``, and ``dm-tune stability``'s reader)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_input(path, "guidelines file", "a guidelines JSON file"))
     except FileNotFoundError:
         raise UserError(f"guidelines file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -236,6 +237,27 @@ def test_the_recommended_class_weighting_is_trained(tmp_path, guidelines, monkey
     assert "sqrt-inverse" in (out / "validation.md").read_text()
 
 
+def test_guidelines_that_never_end_are_one_line(tmp_path):
+    """--guidelines /dev/zero (a device or pipe without end) was read until memory ran out: a
+    MemoryError traceback under a memory limit, all of the machine's memory without one. Run under
+    an address-space limit, so that a regression fails here instead of taking the machine."""
+    import resource
+    import subprocess
+
+    from tests.conftest import DM_TUNE
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    proc = subprocess.run([DM_TUNE, "validate", "--config", str(write_config(tmp_path)), "--guidelines", "/dev/zero",
+                           "--out", str(tmp_path / "o"), "--quiet"], capture_output=True, text=True, timeout=120,
+                          preexec_fn=limit)
+    assert proc.returncode == 2 and proc.stderr == (
+        "dm-tune: error: guidelines file /dev/zero: not a regular file, and more than 16,777,216 bytes came from it; "
+        "expected a guidelines JSON file\n"), proc.stderr[-2000:]
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(("overrides", "args", "field"), [
     ({"settings": {"dataset": ["digits"], "noise_rate": [1.5]}}, [], "settings.noise_rate"),
     ({"training": {"epochs": 0}}, [], "training.epochs"),
@@ -366,6 +388,25 @@ def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys
     assert main(argv) == 0
     assert "(this validation, finished earlier: nothing trained)" in capsys.readouterr().out
     assert (out / "validation.json").read_bytes() == before
+    # stopped after writing validation.json, before validation.md and the progress file's removal:
+    # validation.md had never been written, by any rerun
+    md_before = (out / "validation.md").read_bytes()
+    (out / "validation.md").unlink()
+    progress.write_text(json.dumps({**line, "setting": first}) + "\n")
+    assert main(argv) == 0
+    assert f"validation.md: {out / 'validation.md'}" in capsys.readouterr().out
+    assert (out / "validation.md").read_bytes() == md_before and not progress.exists()
+    # a progress file that cannot be removed at the end (its folder made read-only since; here a folder
+    # in its place, which root cannot unlink either): a warning, not a traceback after the results
+    from dm_tune.validate import Progress
+
+    ended = Progress(progress)
+    progress.unlink()
+    (progress / "x").mkdir(parents=True)
+    ended.release()
+    assert capsys.readouterr().err == (f"dm-tune: warning: {progress}: could not be removed (Is a directory); the "
+                                       "results are in validation.json, and a rerun removes it\n")
+    shutil.rmtree(progress)
     # other inputs (here the epochs) are another validation: refused, the first one's results kept (it
     # replaced the first validation's validation.json)
     assert main([*argv, "--epochs", "1", "--seeds", "0"]) == 2
