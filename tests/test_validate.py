@@ -392,10 +392,13 @@ def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys
     # validation.md had never been written, by any rerun
     md_before = (out / "validation.md").read_bytes()
     (out / "validation.md").unlink()
+    (out / ".validation.md.k3j_x9q2").write_text("")  # and its write's temporary file, cut off by the kill
+    (out / ".validation.mdx").write_text("kept")  # (not one: left as it is)
     progress.write_text(json.dumps({**line, "setting": first}) + "\n")
     assert main(argv) == 0
     assert f"validation.md: {out / 'validation.md'}" in capsys.readouterr().out
     assert (out / "validation.md").read_bytes() == md_before and not progress.exists()
+    assert [p.name for p in out.glob(".validation*")] == [".validation.mdx"]
     # a progress file that cannot be removed at the end (its folder made read-only since; here a folder
     # in its place, which root cannot unlink either): a warning, not a traceback after the results
     from dm_tune.validate import Progress
