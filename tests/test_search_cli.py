@@ -357,6 +357,7 @@ def test_a_workspace_made_read_only_mid_search_ends_in_one_line_and_resumes_with
                                "they are read-only ("), err
     assert said[-1] == f"  dm-tune search --resume ro --workspace {ws}", err
     assert all(ln.startswith("dm-tune: ") for ln in said[:-1]), err  # no traceback, no Ray or MLflow log
+    assert len(set(said)) == len(said), err  # each failed write's reason once (was once per write)
     _, before = _trials(ws, "ro")
     done_before = {r.data.tags["dmtune.trial_key"]: r.info.run_id for r in before
                    if r.data.tags["dmtune.status"] == "finished"}

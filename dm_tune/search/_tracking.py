@@ -164,6 +164,7 @@ class MLflowTracker(tune.Callback):
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self.failures = 0
+        self._said: set[str] = set()  # the reasons of failed writes told so far
         # A tracking server that failed a write after MLflow's own retries (minutes of them) is gone:
         # the writes queued behind it are dropped (each would wait as long), the trials go on into
         # the ledger, and the setting ends as interrupted, for a resume to record once it answers.
@@ -171,7 +172,7 @@ class MLflowTracker(tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
         return {**self.__dict__, "_runs": {}, "_unlogged": {}, "_steps": {}, "_closed": set(),
-                "_may_have_finals": set(), "_queue": None, "_thread": None}
+                "_may_have_finals": set(), "_queue": None, "_thread": None, "_said": set()}
 
     # --- the writer thread ------------------------------------------------------------------
 
@@ -205,9 +206,10 @@ class MLflowTracker(tune.Callback):
                     print(f"dm-tune: the MLflow server at {self.uri} stopped answering ({self.gone}); the trials "
                           "go on into the ledger, and a resume records them once it answers", file=sys.stderr,
                           flush=True)
-                else:
-                    print(f"dm-tune: MLflow write failed ({type(e).__name__}: {no_room(e) or first_line(e)}); it "
-                          "is redone at the end of the setting", file=sys.stderr, flush=True)
+                elif (said := f"{type(e).__name__}: {no_room(e) or first_line(e)}") not in self._said:
+                    self._said.add(said)  # (each reason once: a full disk failed every write after it)
+                    print(f"dm-tune: MLflow write failed ({said}); it is redone at the end of the setting, and so "
+                          "is any other write that fails so", file=sys.stderr, flush=True)
             finally:
                 self._queue.task_done()
 
