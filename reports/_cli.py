@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,11 @@ def report_command(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         with held(out / ".report.lock", f"{out}: another dm-tune report is writing there ({{holder}}); "
                                         "wait for it to end or use another --out"):
+            for folder in (out, out / "figures"):  # the temporary files of writes cut off by a kill
+                for tmp in folder.glob(".*.????????"):  # (write_output's, renamed over the files)
+                    if re.fullmatch(r"\.(guidelines\.json|guidelines\.md|index\.html|[a-z_0-9]+\.png)\.\w{8}",
+                                    tmp.name) and tmp.is_file() and not tmp.is_symlink():
+                        tmp.unlink()
             paths = write_report(df, out, histories, sections)  # one report's files, not a mix of two
             doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))  # before another report's
     except OSError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}
 """
 
 
+_FIGURE_NAME = re.compile(r"(best_mode_vs_noise|weight_curves|loso|(plane|baselines|weights)_\d{2,})\.png")
+
+
 def write_report(df: pd.DataFrame, out_dir: str | Path,
                  histories: pd.DataFrame | None = None, sections: list[str] | None = None) -> dict[str, Path]:
     """Analyse ``df`` (from ``load_runs``) and write the report; returns {relative name: path}.
@@ -38,16 +42,14 @@ def write_report(df: pd.DataFrame, out_dir: str | Path,
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     doc = build_guidelines(df)
-    paths: dict[str, Path] = {}
+    files: dict[str, str | bytes] = {}  # relative name -> content: all made before any is written
     images: dict[str, str] = {}
 
     def add_figure(name: str, fig: Any) -> None:
         if fig is None:
             return
         data = figs.png_bytes(fig)
-        rel = f"figures/{name}.png"
-        write_output(out / rel, data)
-        paths[rel] = out / rel
+        files[f"figures/{name}.png"] = data
         images[name] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
     settings = doc["settings"]
@@ -63,13 +65,18 @@ def write_report(df: pd.DataFrame, out_dir: str | Path,
         add_figure(f"weights_{i:02d}", figs.weight_history_figure(s, histories))
     extra = [section.rstrip() + "\n" for section in sections or []]
     page = render_html(doc, images, [markdown_html(section) for section in extra])
-    # Each file whole or not at all; guidelines.json (what recommend, validate and a warm start
-    # read) last, so a report cut short leaves the previous guidelines, not a mix.
-    for name, text in (("guidelines.md", "\n".join([guidelines_markdown(doc), *extra])), ("index.html", page),
-                       ("guidelines.json", dumps(doc))):
-        write_output(out / name, text)
-        paths[name] = out / name
-    return paths
+    files.update({"guidelines.md": "\n".join([guidelines_markdown(doc), *extra]), "index.html": page,
+                  "guidelines.json": dumps(doc)})
+    # Everything is made first (the figures take seconds), then written in a moment, each file
+    # whole or not at all, guidelines.json (what recommend, validate and a warm start read) last:
+    # a report cut short leaves the previous report's guidelines; its pages and guidelines carry
+    # the time they were made (provenance.generated), so a mix cut in that moment shows.
+    for name, content in files.items():
+        write_output(out / name, content)
+    for old in (out / "figures").glob("*.png"):  # an earlier report's figures that this one has not
+        if _FIGURE_NAME.fullmatch(old.name) and f"figures/{old.name}" not in files and old.is_file():
+            old.unlink()
+    return {name: out / name for name in files}
 
 
 def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | None = None) -> str:

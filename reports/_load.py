@@ -57,9 +57,19 @@ def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd
     """
     from mlflow import MlflowClient  # heavy import, only where it is used
 
+    from mlflow.exceptions import MlflowException
+
     _check_reachable(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    known = {e.name: e.experiment_id for e in _all_experiments(client)}
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        known = {e.name: e.experiment_id for e in _all_experiments(client)}
+    except MlflowException as e:
+        if "database schema" not in str(e):
+            raise
+        said = str(e).split(". ")[0]  # (found version X, but expected Y); then MLflow's advice, at length
+        raise UserError(f"the MLflow store at {tracking_uri} has a schema this MLflow does not read: {said}; "
+                        f"report with the MLflow that wrote it, or back it up and run: mlflow db upgrade "
+                        f"{tracking_uri}") from None
     if experiments:
         missing = [name for name in experiments if name not in known]
         if missing:
@@ -94,9 +104,16 @@ def load_histories(tracking_uri: str, run_ids: Iterable[str],
 
     _check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
-    records = [(run_id, m.key, int(m.step), float(m.value))
-               for run_id in dict.fromkeys(run_ids) for key in metrics
-               for m in client.get_metric_history(run_id, key)]
+    records = []
+    for run_id in dict.fromkeys(run_ids):
+        for key in metrics:
+            for m in client.get_metric_history(run_id, key):
+                try:
+                    records.append((run_id, m.key, int(m.step), float(m.value)))
+                except (TypeError, ValueError):  # (MLflow hands back what SQLite holds: text, in a damaged store)
+                    raise UserError(f"run {run_id}: metric {m.key} at step {str(m.step)[:40]!r} = "
+                                    f"{str(m.value)[:40]!r} is not a number: the store is damaged (restore it, "
+                                    f"or delete the run: mlflow runs delete --run-id {run_id})") from None
     return pd.DataFrame(records, columns=["run_id", "metric", "step", "value"])
 
 

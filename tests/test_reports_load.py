@@ -313,6 +313,62 @@ def test_a_report_into_a_folder_another_report_is_writing_is_refused(store: dict
     assert args.func(args) == 0 and (out / "guidelines.json").is_file()  # once the other is done
 
 
+def test_a_report_over_an_earlier_one_leaves_none_of_its_figures_or_temporary_files(
+        store: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An earlier report's figure of a setting this report does not have (weights_07.png) stayed in
+    figures/ beside the new ones; the temporary files of writes a kill cut off stayed for ever."""
+    out = tmp_path / "rep"
+    (out / "figures").mkdir(parents=True)
+    for name in ("figures/weights_07.png", "figures/loso.png", "figures/mine.png", "figures/.plane_00.png.k3j_x9q2",
+                 ".index.html.89oj_3gf", ".guidelines.json.wlcdp7ud", "notes.txt", ".notes.txt.abcdefgh"):
+        (out / name).write_text("earlier")
+    args = parser().parse_args(["report", "--workspace", str(store["workspace"]), "--experiment", "study-a",
+                                "--out", str(out)])
+    assert args.func(args) == 0
+    capsys.readouterr()
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert "figures/weights_00.png" in left and "figures/plane_00.png" in left
+    assert not {"figures/weights_07.png", "figures/loso.png", "figures/.plane_00.png.k3j_x9q2", ".index.html.89oj_3gf",
+                ".guidelines.json.wlcdp7ud"} & set(left)  # (this store has one setting: no LOSO figure)
+    assert {"figures/mine.png", "notes.txt", ".notes.txt.abcdefgh"} <= set(left)  # not dm-tune's: kept
+
+
+def test_a_metric_history_value_that_is_not_a_number_is_one_line(store: dict[str, Any], tmp_path: Path) -> None:
+    """Text where a weight history's value should be (a damaged store): a ValueError traceback."""
+    import sqlite3
+
+    path = tmp_path / "mlflow.db"
+    path.write_bytes((store["workspace"] / "mlflow.db").read_bytes())
+    con = sqlite3.connect(path)
+    con.execute("UPDATE metrics SET value = 'zzz' WHERE key = 'weight_clean' AND step = 1 AND run_uuid = ?",
+                (store["dm"][0],))
+    con.commit()
+    con.close()
+    with pytest.raises(UserError) as info:
+        load_histories(f"sqlite:///{path.as_posix()}", store["dm"][:1])
+    assert str(info.value) == (f"run {store['dm'][0]}: metric weight_clean at step '1' = 'zzz' is not a number: the "
+                               f"store is damaged (restore it, or delete the run: mlflow runs delete --run-id "
+                               f"{store['dm'][0]})")
+
+
+def test_a_store_of_another_mlflow_schema_is_one_line(store: dict[str, Any], tmp_path: Path) -> None:
+    """A store an older or newer MLflow wrote: MLflow's 40-line traceback, its advice at the end."""
+    import sqlite3
+
+    path = tmp_path / "mlflow.db"
+    path.write_bytes((store["workspace"] / "mlflow.db").read_bytes())
+    con = sqlite3.connect(path)
+    con.execute("UPDATE alembic_version SET version_num = 'deadbeef'")
+    con.commit()
+    con.close()
+    uri = f"sqlite:///{path.as_posix()}"
+    with pytest.raises(UserError) as info:
+        load_runs(uri, None)
+    said = str(info.value)
+    assert said.startswith(f"the MLflow store at {uri} has a schema this MLflow does not read: ") and \
+        "found version deadbeef" in said and said.endswith(f"run: mlflow db upgrade {uri}") and "\n" not in said
+
+
 def test_a_run_still_running_is_no_result_even_with_its_final_metrics() -> None:
     """A report taken while a search runs: a trial's final metrics can be in the store a moment
     before its status (or until the search's reconcile); it was counted as errored. It is kept as an
