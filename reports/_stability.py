@@ -416,9 +416,16 @@ def stability_command(args: argparse.Namespace) -> int:
     result = compare(load_doc(args.a), load_doc(args.b), (str(args.a), str(args.b)))
     print(brief(result))
     if args.out:
+        from dm_tune._locks import held
+
         out = output_dir("--out", args.out)
         doc = {"a": str(args.a), "b": str(args.b), **result}  # as given: the names the Markdown shows
-        write_output(out / "stability.json", json_text(doc))
-        write_output(out / "stability.md", to_markdown(result, args.a, args.b))
+        try:
+            with held(out / ".stability.lock", f"--out {args.out}: another dm-tune stability is writing there "
+                                               "({holder}); wait for it to end or use another --out", wait_s=30.0):
+                write_output(out / "stability.json", json_text(doc))  # (the pair one comparison's, not two's)
+                write_output(out / "stability.md", to_markdown(result, args.a, args.b))
+        except OSError as e:  # the lock file (a folder in its place, say)
+            raise UserError(f"--out {args.out}: cannot write there ({e.strerror or e})") from None
         print(f"stability.json: {out / 'stability.json'}\nstability.md: {out / 'stability.md'}")
     return 0

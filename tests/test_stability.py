@@ -208,6 +208,31 @@ def test_the_command_writes_json_and_markdown(tmp_path: Path, capsys):
     assert (out / "stability.md").read_text().startswith("## Stability between two runs")
 
 
+def test_a_second_comparison_into_one_out_waits_for_the_first(tmp_path: Path, capsys):
+    """stability.json and stability.md are written one after the other: two comparisons into one
+    --out could leave one's json beside the other's md. The second waits for the first's lock."""
+    import subprocess
+    import time
+
+    from dm_tune._locks import held
+    from tests.conftest import DM_TUNE
+
+    a, b = docs()
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    out = tmp_path / "out"
+    out.mkdir()
+    with held(out / ".stability.lock", "{holder}"):  # as another dm-tune stability holds it while it writes
+        proc = subprocess.Popen([DM_TUNE, "stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out",
+                                 str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline()  # it has compared (and printed) and goes on to write
+        time.sleep(1)
+        assert proc.poll() is None and not (out / "stability.json").exists()  # waiting, nothing written
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads((out / "stability.json").read_text())["a"] == str(tmp_path / "a.json")
+
+
 def test_an_unwritable_out_is_one_line(tmp_path: Path, capsys):
     a, b = docs()
     (tmp_path / "a.json").write_text(json.dumps(a))
