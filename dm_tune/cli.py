@@ -464,7 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flags whose value may start with a minus: argparse takes "--beta -8,8" or "--spread -1e3" for an
 # option ("expected one argument"); such a value is joined to its flag (--beta=-8,8) before parsing.
-SIGNED_FLAGS = ("--lam", "--beta", "--mode", "--spread", "--gce-q")
+# The number flags whose negative values are mistakes too: so that they are told what is allowed
+# (argparse reads -5 as a value, but not -1e-3 or -inf).
+SIGNED_FLAGS = ("--lam", "--beta", "--mode", "--spread", "--gce-q", "--noise-rate", "--imbalance-ratio", "--lr",
+                "--weight-decay", "--class-weighting-beta", "--num-classes", "--epochs", "--batch-size", "--seed",
+                "--seeds", "--cpus-per-trial", "--gpus-per-trial", "--num-samples", "--top-k")
 
 
 def _signed_values(argv: list[str]) -> list[str]:

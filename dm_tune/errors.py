@@ -230,8 +230,11 @@ def write_output(path: Path, data: str | bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
     except OSError as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:  # (the folder gone read-only since: what failed the write fails this too)
+                pass
         raise UserError(f"could not write {path} ({e.strerror or e})") from None
 
 

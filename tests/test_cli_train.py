@@ -111,6 +111,8 @@ ERRORS = {
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
     # were ignored without a word: one member, and a dataset held in memory
     "a digit separator in a list": (["--lam", "1_0", "--epochs", "1"], ["--lam: '1_0'", "comma-separated list"]),
+    # was "expected one argument": argparse takes -1e-3 for an option
+    "a negative exponent": (["--lr", "-1e-3", "--epochs", "1"], ["lr: -0.001 is not allowed"]),
     # were read as 10 and 3 (Python's int and float take digit separators and other scripts' digits)
     "a digit separator in a number": (["--lr", "0_1", "--epochs", "1"], ["--lr: expected a number, not '0_1'"]),
     "digits of another script": (["--epochs", "\u0663"], ["--epochs: expected an integer, not '\u0663'"]),
@@ -299,6 +301,42 @@ def test_output_places_are_checked_without_leaving_anything(tmp_path):
     with pytest.raises(UserError, match=r"could not write .*gone/r.json \(No such file or directory\)"):
         write_output(tmp_path / "gone" / "r.json", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no temporary file left behind
+
+
+def test_a_folder_made_read_only_during_a_write_is_one_line(tmp_path):
+    """The folder turned read-only between the temporary file and its rename: removing the
+    temporary file failed as the rename had, and that second PermissionError escaped as a traceback.
+    (A child that gives up root's permission override, and makes the folder read-only just before
+    write_output renames.)"""
+    import subprocess
+    import sys
+
+    from tests.conftest import permissions_preexec
+
+    preexec = permissions_preexec()
+    script = """
+import os, sys
+from pathlib import Path
+from dm_tune import errors
+folder = Path(sys.argv[1])
+real = os.replace
+def replace(src, dst):
+    folder.chmod(0o555)
+    return real(src, dst)
+errors.os.replace = replace
+try:
+    errors.write_output(folder / "r.json", "{}")
+except errors.UserError as e:
+    print(e)
+"""
+    (tmp_path / "out").mkdir()
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], capture_output=True, text=True,
+                              timeout=120, preexec_fn=preexec)
+    finally:
+        (tmp_path / "out").chmod(0o755)
+    assert proc.stdout == f"could not write {tmp_path / 'out' / 'r.json'} (Permission denied)\n", proc.stderr[-2000:]
+    assert proc.stderr == "" and not (tmp_path / "out" / "r.json").exists()
 
 
 def test_outputs_are_readable_as_the_umask_says_and_keep_a_replaced_files_mode(tmp_path):

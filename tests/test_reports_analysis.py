@@ -633,6 +633,8 @@ def test_recommend_rejects_an_unknown_noise_type_on_the_command_line(tmp_path: P
                         # was taken as a dataset named '' ("dataset '' was not measured")
                         (["--noise-rate", "0.2", "--dataset", ""],
                          "dm-tune recommend: error: argument --dataset: expected a dataset name, not ''"),
+                        # was "expected one argument" (argparse takes -1e-3 for an option, -5 for a number)
+                        (["--noise-rate", "-1e-3"], "--noise-rate must be in [0, 1), got -0.001"),
                         # was 10 classes (Python reads 1_0 as 10)
                         (["--noise-rate", "0.2", "--num-classes", "1_0"],
                          "dm-tune recommend: error: argument --num-classes: expected an integer, not '1_0'")):
