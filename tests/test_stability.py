@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +225,8 @@ def test_a_second_comparison_into_one_out_waits_for_the_first(tmp_path: Path, ca
     out.mkdir()
     with held(out / ".stability.lock", "{holder}"):  # as another dm-tune stability holds it while it writes
         proc = subprocess.Popen([DM_TUNE, "stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out",
-                                 str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # (its lines as printed)
         assert proc.stdout.readline()  # it has compared (and printed) and goes on to write
         time.sleep(1)
         assert proc.poll() is None and not (out / "stability.json").exists()  # waiting, nothing written
