@@ -187,6 +187,16 @@ def test_a_damaged_ledger_line_is_one_line_naming_it(tmp_path, line, what):
     assert str(info.value).startswith(f"{path}: line 4 holds {what}") and "\n" not in str(info.value)
 
 
+def test_a_ledger_that_cannot_be_read_is_one_line(tmp_path):
+    """A folder in the ledger's place: an IsADirectoryError traceback from the resume, after Ray had started."""
+    path = tmp_path / "l.jsonl"
+    path.mkdir()
+    with pytest.raises(UserError) as info:
+        Ledger(path)
+    assert str(info.value) == (f"{path}: cannot be read (Is a directory); the ledger is damaged: restore it, or run "
+                               "the study in another --workspace")
+
+
 def test_ledger_records_a_reused_trial_in_one_line(tmp_path):
     path = tmp_path / "l.jsonl"
     ledger = Ledger(path)

@@ -48,7 +48,11 @@ class Ledger:
             self._load()
 
     def _load(self) -> None:
-        data = self.path.read_bytes()
+        try:
+            data = self.path.read_bytes()
+        except OSError as e:  # (a folder in its place, a file this user cannot read)
+            raise UserError(f"{self.path}: cannot be read ({e.strerror or e}); the ledger is damaged: restore it, or "
+                            "run the study in another --workspace") from None
         self._torn = bool(data) and not data.endswith(b"\n")
         for number, raw in enumerate(data.splitlines(), 1):
             try:
