@@ -564,6 +564,22 @@ def test_a_damaged_stored_study_is_one_line_and_left_as_it_was(tmp_path, content
     assert (ws / "studies" / "x.json").read_bytes() == content
 
 
+def test_a_damaged_ledger_is_told_before_ray_starts(tmp_path):
+    """It was told by the setting's run, after the local Ray had started (tens of seconds)."""
+    from dm_tune.search._study import Study
+
+    ws = tmp_path / "ws"
+    (ws / "studies").mkdir(parents=True)
+    study = Study.from_dict(tiny_study("old"))
+    (ws / "studies" / "old.json").write_text(json.dumps(study.to_dict()))
+    ledger = ws / "ledger" / "old" / f"{study.expand()[0].key}.jsonl"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_bytes(b'{"event": "experiment", "key": "run-1"}\n\x9c\xff\n')
+    proc = _cli("search", "--workspace", str(ws), "--resume", "old", cwd=tmp_path, timeout=120)
+    _one_line_error(proc, f"{ledger}: line 2 holds bytes that are not text; the ledger is damaged")
+    assert not (ws / "mlflow.db").exists() and not (ws / "optuna.db").exists()  # (made as Ray starts)
+
+
 def test_a_stored_study_with_training_fields_its_trials_ignore_still_resumes(tmp_path):
     """Stored by an earlier dm-tune, which accepted training.seed (and ignored it in every trial): the
     resume goes on (here to the unreachable --address, the next check), saying it is ignored."""

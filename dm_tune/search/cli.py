@@ -331,6 +331,12 @@ def search_cmd(args: argparse.Namespace) -> int:
     with study_lock(workspace, study.name):  # a second search of the same study is refused here
         # Again under the lock: a search of this name that ended meanwhile may have stored it.
         study, resuming = _load_study(args, workspace)
+        if resuming:  # a damaged ledger is told now, not after Ray has started (tens of seconds)
+            from dm_tune.search._ledger import Ledger
+
+            for setting in study.expand():
+                if opts.ledger(study.name, setting.key).exists():
+                    Ledger(opts.ledger(study.name, setting.key), workspace)
         return _search(args, study, resuming, opts, sources, workspace, created, joined)
 
 
