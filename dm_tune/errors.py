@@ -11,7 +11,7 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,17 @@ def write_output(path: Path, data: str | bytes) -> None:
             except OSError:  # (the folder gone read-only since: what failed the write fails this too)
                 pass
         raise UserError(f"could not write {path} ({e.strerror or e})") from None
+
+
+def remove_write_leftovers(folder: Path, names: Iterable[str]) -> None:
+    """Remove the temporary files that ``write_output`` calls into ``folder`` for files of these
+    ``names`` (globs) left behind, cut off by a kill before their rename (``.NAME.`` and mkstemp's
+    8 characters). Only for a caller that holds the folder (its lock): another writer's
+    temporary file would be taken from under it."""
+    for name in names:
+        for tmp in folder.glob(f".{name}.????????"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
 
 
 # A disk that cannot take more: full, over quota, read-only, or a file-size limit.

@@ -41,7 +41,7 @@ from typing import Any
 
 from dm_tune._validate import SEED_MAX
 from dm_tune.errors import (UserError, int_argument, json_text, load_yaml, output_dir, path_argument,
-                            read_number, text_argument, write_output)
+                            read_number, remove_write_leftovers, text_argument, write_output)
 
 ARMS = ("dm-recommended", "cce", "imae")
 PROGRESS_FILE = "validation.progress.jsonl"  # in --out while a validation runs
@@ -482,10 +482,7 @@ def validate_command(args: argparse.Namespace) -> int:
 
     with held(out / LOCK_FILE, f"--out {args.out}: another dm-tune validate is writing there ({{holder}}); "
                                "wait for it to end or use another --out"):
-        for name in ("validation.json", "validation.md"):  # the temporary files of a write cut off by a
-            for tmp in out.glob(f".{name}.????????"):      # kill (write_output's, renamed over the file)
-                if tmp.is_file() and not tmp.is_symlink():
-                    tmp.unlink(missing_ok=True)
+        remove_write_leftovers(out, ("validation.json", "validation.md"))
         if (done := _finished_here(args, out, [identity for *_, identity in plan])) is not None:
             print(_plain_table(table_rows(done)))
             print(f"validation.json: {out / 'validation.json'} (this validation, finished earlier: nothing trained)\n"

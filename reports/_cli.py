@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from dm_tune.errors import (UserError, float_argument, int_argument, output_path, path_argument, read_input,
-                            text_argument)
+                            remove_write_leftovers, text_argument)
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -98,11 +97,8 @@ def report_command(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         with held(out / ".report.lock", f"{out}: another dm-tune report is writing there ({{holder}}); "
                                         "wait for it to end or use another --out"):
-            for folder in (out, out / "figures"):  # the temporary files of writes cut off by a kill
-                for tmp in folder.glob(".*.????????"):  # (write_output's, renamed over the files)
-                    if re.fullmatch(r"\.(guidelines\.json|guidelines\.md|index\.html|[a-z_0-9]+\.png)\.\w{8}",
-                                    tmp.name) and tmp.is_file() and not tmp.is_symlink():
-                        tmp.unlink()
+            remove_write_leftovers(out, ("guidelines.json", "guidelines.md", "index.html"))
+            remove_write_leftovers(out / "figures", ("*.png",))
             paths = write_report(df, out, histories, sections)  # one report's files, not a mix of two
             doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))  # before another report's
     except OSError as e:

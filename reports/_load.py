@@ -56,7 +56,6 @@ def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd
     holds no matching runs with results (naming the experiments that do exist).
     """
     from mlflow import MlflowClient  # heavy import, only where it is used
-
     from mlflow.exceptions import MlflowException
 
     _check_reachable(tracking_uri)

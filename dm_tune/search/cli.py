@@ -335,8 +335,8 @@ def search_cmd(args: argparse.Namespace) -> int:
             from dm_tune.search._ledger import Ledger
 
             for setting in study.expand():
-                if opts.ledger(study.name, setting.key).exists():
-                    Ledger(opts.ledger(study.name, setting.key), workspace)
+                if (path := opts.ledger(study.name, setting.key)).exists():
+                    Ledger(path, workspace)
         return _search(args, study, resuming, opts, sources, workspace, created, joined)
 
 
