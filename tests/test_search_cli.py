@@ -262,21 +262,48 @@ def test_gpu_request_on_a_cpu_machine_fails_fast(tmp_path):
     assert not (tmp_path / "ws").exists()
 
 
+def _search_until(tmp_path: Path, ws: Path, name: str, finished: int, preexec_fn=None) -> subprocess.Popen:
+    """A search of 6 DM trials and a confirm stage of (1 arm + 1 baseline) x 2 seeds, 15 epochs
+    each, started as a command and returned running once ``finished`` trials have finished."""
+    study = _study_file(tmp_path, tiny_study(name, search={"num_samples": 6, "top_k": 1}, training={"epochs": 15},
+                                             baselines=["cce"], checkpoint_every=3))
+    proc = subprocess.Popen([DM_TUNE, "search", "--config", str(study), "--workspace", str(ws)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+    lines, done = [], 0
+    deadline = time.monotonic() + 240
+    for line in proc.stderr:  # per-trial lines go to stderr
+        lines.append(line)
+        done += "(finished," in line
+        if done >= finished or time.monotonic() > deadline:
+            break
+    assert done >= finished, "".join(lines)
+    return proc
+
+
+def _resume_keeps_what_finished(tmp_path: Path, ws: Path, name: str):
+    """Resume ``_search_until``'s stopped search: every trial ends finished, once, the ones that had
+    finished before kept as they were (their runs); returns the client, the trial runs and the resume."""
+    _, before = _trials(ws, name)
+    done_before = {r.data.tags["dmtune.trial_key"]: r.info.run_id for r in before
+                   if r.data.tags["dmtune.status"] == "finished"}
+    assert len(done_before) >= 2
+    resumed = _cli("search", "--resume", name, "--workspace", str(ws), "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    client, after = _trials(ws, name)
+    assert max(Counter(r.data.tags["dmtune.trial_key"] for r in after).values()) == 1  # no duplicated MLflow runs
+    assert Counter(r.data.tags["dmtune.stage"] for r in after) == {"search": 6, "confirm": (1 + 1) * 2}
+    assert {r.data.tags["dmtune.status"] for r in after} == {"finished"}
+    assert {r.info.run_id for r in after if r.data.tags["dmtune.trial_key"] in done_before} == set(done_before.values())
+    exp = client.get_experiment_by_name(name)
+    assert {r.info.status for r in client.search_runs([exp.experiment_id])} == {"FINISHED"}  # parent too
+    return client, after, resumed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path, sig):
     ws = tmp_path / "ws"
-    study = _study_file(tmp_path, tiny_study("resumable", search={"num_samples": 6, "top_k": 1},
-                                             training={"epochs": 15}, baselines=["cce"], checkpoint_every=3))
-    proc = subprocess.Popen([DM_TUNE, "search", "--config", str(study), "--workspace", str(ws)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    finished = 0
-    deadline = time.monotonic() + 240
-    for line in proc.stderr:  # per-trial lines go to stderr
-        finished += "(finished," in line
-        if finished >= 3 or time.monotonic() > deadline:
-            break
-    assert finished >= 3
+    proc = _search_until(tmp_path, ws, "resumable", finished=3)
     ray_listeners = listeners(descendants(proc.pid))  # a local search is reachable from here only
     assert {"gcs_server", "raylet"} <= {name for *_, name in ray_listeners}
     assert [entry for entry in ray_listeners if not is_loopback(entry[1])] == []
@@ -288,22 +315,9 @@ def test_interrupted_search_resumes_without_losing_or_duplicating(tmp_path, sig)
     else:
         assert proc.returncode == -signal.SIGKILL
 
-    _, before = _trials(ws, "resumable")
-    done_before = {r.data.tags["dmtune.trial_key"]: r.info.run_id for r in before
-                   if r.data.tags["dmtune.status"] == "finished"}
-    assert len(done_before) >= 2
-
-    resumed = _cli("search", "--resume", "resumable", "--workspace", str(ws), "--quiet", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    client, after, resumed = _resume_keeps_what_finished(tmp_path, ws, "resumable")
     assert f"resuming study 'resumable' in {ws}" in resumed.stderr  # said under --quiet too
-    client, after = _trials(ws, "resumable")
-    keys = Counter(r.data.tags["dmtune.trial_key"] for r in after)
-    assert max(keys.values()) == 1  # no duplicated MLflow runs
-    assert Counter(r.data.tags["dmtune.stage"] for r in after) == {"search": 6, "confirm": (1 + 1) * 2}
-    assert {r.data.tags["dmtune.status"] for r in after} == {"finished"}
-    assert {r.info.run_id for r in after if r.data.tags["dmtune.trial_key"] in done_before} == set(done_before.values())
-    exp = client.get_experiment_by_name("resumable")
-    assert {r.info.status for r in client.search_runs([exp.experiment_id])} == {"FINISHED"}  # parent too
+    keys = {r.data.tags["dmtune.trial_key"] for r in after}
     for r in after:  # every epoch of every run, each once (a finished trial is never re-run)
         steps = [h.step for h in client.get_metric_history(r.info.run_id, "val_acc")]
         assert sorted(steps) == list(range(1, 16)), r.data.tags["dmtune.trial_key"]
@@ -332,20 +346,8 @@ def test_a_workspace_made_read_only_mid_search_ends_in_one_line_and_resumes_with
     while trials run: the search was ended by a PermissionError traceback, after hundreds of lines
     of MLflow's and Ray's own tracebacks. Now dm-tune's lines only, the resume command last; once
     writable again, the resume finishes every trial, the ones finished before kept, none twice."""
-    preexec = permissions_preexec()
     ws = tmp_path / "ws"
-    study = _study_file(tmp_path, tiny_study("ro", search={"num_samples": 6, "top_k": 1}, training={"epochs": 15},
-                                             baselines=["cce"], checkpoint_every=3))
-    proc = subprocess.Popen([DM_TUNE, "search", "--config", str(study), "--workspace", str(ws)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
-    lines, finished = [], 0
-    deadline = time.monotonic() + 240
-    for line in proc.stderr:
-        lines.append(line)
-        finished += "(finished," in line
-        if finished >= 2 or time.monotonic() > deadline:
-            break
-    assert finished >= 2, "".join(lines)
+    proc = _search_until(tmp_path, ws, "ro", finished=2, preexec_fn=permissions_preexec())
     _set_writable(ws, False)
     try:
         _, err = proc.communicate(timeout=240)
@@ -358,20 +360,7 @@ def test_a_workspace_made_read_only_mid_search_ends_in_one_line_and_resumes_with
     assert said[-1] == f"  dm-tune search --resume ro --workspace {ws}", err
     assert all(ln.startswith("dm-tune: ") for ln in said[:-1]), err  # no traceback, no Ray or MLflow log
     assert len(set(said)) == len(said), err  # each failed write's reason once (was once per write)
-    _, before = _trials(ws, "ro")
-    done_before = {r.data.tags["dmtune.trial_key"]: r.info.run_id for r in before
-                   if r.data.tags["dmtune.status"] == "finished"}
-    assert len(done_before) >= 2
-
-    resumed = _cli("search", "--resume", "ro", "--workspace", str(ws), "--quiet", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    client, after = _trials(ws, "ro")
-    assert max(Counter(r.data.tags["dmtune.trial_key"] for r in after).values()) == 1
-    assert Counter(r.data.tags["dmtune.stage"] for r in after) == {"search": 6, "confirm": (1 + 1) * 2}
-    assert {r.data.tags["dmtune.status"] for r in after} == {"finished"}
-    assert {r.info.run_id for r in after if r.data.tags["dmtune.trial_key"] in done_before} == set(done_before.values())
-    exp = client.get_experiment_by_name("ro")
-    assert {r.info.status for r in client.search_runs([exp.experiment_id])} == {"FINISHED"}
+    _resume_keeps_what_finished(tmp_path, ws, "ro")
 
 
 def test_where_a_study_began_is_kept_for_new_studies_only_and_relative_to_a_moved_workspace(tmp_path):
