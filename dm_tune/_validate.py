@@ -102,14 +102,16 @@ def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool 
 
 def _not_bool(error_type: str) -> BeforeValidator:
     def check(value: Any) -> Any:
-        if isinstance(value, bool):
+        # Text is read as a number as the CLI reads one (errors.read_number): pydantic, like
+        # Python, would take "1_0" for 10.
+        if isinstance(value, bool) or (isinstance(value, str) and ("_" in value or not value.isascii())):
             raise PydanticKnownError(error_type)  # type: ignore[arg-type]
         return value
 
     return BeforeValidator(check)
 
 
-# To pydantic, as to Python, True is 1: a YAML `epochs: yes` must be an error, not one epoch.
+# To pydantic, as to Python, True is 1: a YAML `epochs: true` must be an error, not one epoch.
 Int = Annotated[int, _not_bool("int_type")]
 Float = Annotated[float, _not_bool("float_type")]
 # A random seed: what numpy's legacy seeding and Optuna's samplers accept (torch's take more).

@@ -347,13 +347,41 @@ class _DuplicateKey(Exception):
         self.key, self.line = key, line
 
 
+# YAML 1.2's core schema for the plain scalars that are not strings. PyYAML reads YAML 1.1, where
+# `017` is 15 (octal), `1:20` is 80 (base 60), `1_0` is 10, and `on`, `no`, `y` are booleans: in a
+# config, `epochs: 017` would train 15 epochs without a word. Under these rules such values stay
+# text, and the config's fields refuse them by name; `1e-3` (text in YAML 1.1) is a number.
+_CORE_SCALARS = (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+.0123456789"),
+)
+
+
 @functools.cache
 def _unique_key_loader() -> type:
-    """yaml.SafeLoader refusing a key written twice in one mapping (``_DuplicateKey``); a key that
-    overrides one merged in with ``<<`` is YAML's own override, not a repeat."""
+    """yaml.SafeLoader reading numbers and booleans by YAML 1.2's core schema (``_CORE_SCALARS``)
+    and refusing a key written twice in one mapping (``_DuplicateKey``); a key that overrides one
+    merged in with ``<<`` is YAML's own override, not a repeat."""
+    import re
+
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {
+            first: [(tag, regexp) for tag, regexp in resolvers if tag not in {t for t, _, _ in _CORE_SCALARS}]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+        def construct_yaml_int(self, node: Any) -> int:
+            text = self.construct_scalar(node)
+            base = {"0o": 8, "0x": 16}.get(text[:2], 10)
+            return int(text[2:] if base != 10 else text, base)
+
+        def construct_yaml_float(self, node: Any) -> float:
+            text = self.construct_scalar(node).lower()
+            return float(text.replace(".inf", "inf").replace(".nan", "nan"))
+
         def flatten_mapping(self, node: Any) -> None:
             # Checked once per mapping, before YAML folds merged keys into it (in place: a mapping
             # merged into another may be folded before it is built itself).
@@ -370,4 +398,8 @@ def _unique_key_loader() -> type:
                     seen.add(key)
             super().flatten_mapping(node)
 
+    for tag, regexp, first in _CORE_SCALARS:
+        UniqueKeyLoader.add_implicit_resolver(tag, re.compile(regexp), list(first))
+    UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", UniqueKeyLoader.construct_yaml_int)
+    UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", UniqueKeyLoader.construct_yaml_float)
     return UniqueKeyLoader

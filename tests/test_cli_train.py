@@ -45,6 +45,8 @@ FILES = {
     "digits_augment.yaml": "augment: true\n",
     "digits_download.yaml": "download: true\n",
     "sgd_momentum.yaml": "optimizer: sgd\nmomentum: 0.5\n",
+    "epochs_underscore.yaml": "dataset: digits\nepochs: 1_0\n",
+    "epochs_base60.yaml": "dataset: digits\nepochs: 1:2\n",
 }
 
 RUNS = {
@@ -81,6 +83,9 @@ ERRORS = {
     "malformed yaml": (["--config", "bad.yaml"], ["bad.yaml", "not valid YAML"]),
     # YAML keeps the last of a repeated key: one of the two settings was silently ignored
     "a key given twice in a config": (["--config", "dup.yaml"], ["dup.yaml", "'epochs' is given twice (line 3)"]),
+    # were 10 and 62 epochs (YAML 1.1 reads digit separators and base 60)
+    "a digit separator in a config": (["--config", "epochs_underscore.yaml"], ["epochs: '1_0'", "expected an integer"]),
+    "a base-60 number in a config": (["--config", "epochs_base60.yaml"], ["epochs: '1:2'", "expected an integer"]),
     "config is a directory": (["--config", "."], ["--config .", "is a directory"]),
     # a file that cannot be read (root reads a chmod 000 file; this one fails for everyone): was a traceback
     "config that cannot be read": (["--config", "/proc/self/mem"], ["--config /proc/self/mem", "cannot be read"]),

@@ -287,3 +287,25 @@ def test_yaml_merge_keys_override_and_are_no_repeat(tmp_path):
     nested.write_text("training:\n  epochs: 1\n  lr: 0.1\n  epochs: 2\n")
     with pytest.raises(UserError, match=r"key 'epochs' is given twice \(line 4\)"):
         load_yaml(str(nested), "--config")
+
+
+def test_yaml_numbers_and_booleans_are_read_by_yaml_1_2(tmp_path):
+    """YAML 1.1 (PyYAML's) reads `017` as 15, `1:20` as 80, `1_0` as 10, `on` as true and `1e-3` as
+    text: a config is read by YAML 1.2's core schema, as the CLI reads a number; YAML 1.1's other
+    forms stay text, which the config's fields refuse by name."""
+    from dm_tune.config import TrainConfig
+    from dm_tune._validate import ConfigError
+    from dm_tune.errors import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("a: 017\nb: 1:20\nc: 1_0\nd: 1e-3\ne: 0x1f\nf: 0o17\ng: -.inf\nh: yes\ni: True\n"
+                    "j: 0b11\nk: .5\non: 1\n")
+    data = load_yaml(str(path), "--config")
+    assert data == {"a": 17, "b": "1:20", "c": "1_0", "d": 0.001, "e": 31, "f": 15, "g": float("-inf"),
+                    "h": "yes", "i": True, "j": "0b11", "k": 0.5, "on": 1}
+    assert [type(data[k]) for k in "ade"] == [int, float, int]
+    assert TrainConfig.from_dict({"epochs": data["a"], "lr": data["d"]}).epochs == 17
+    for field, value, allowed in (("epochs", "1_0", "an integer"), ("epochs", "1:20", "an integer"),
+                                  ("epochs", "yes", "an integer"), ("lr", "1_0e-3", "a number")):
+        with pytest.raises(ConfigError, match=f"{field}: '{value}' is not allowed; expected {allowed}"):
+            TrainConfig.from_dict({field: value})
