@@ -21,7 +21,7 @@ import torch
 from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS, Gallery, Source, Split
-from dm_tune.errors import DataError
+from dm_tune.errors import DataError, resolved
 from dm_tune.noise import NoiseContext, apply_noise, check_imbalance, check_noise, imbalance_index, indices_by_class
 
 
@@ -63,7 +63,11 @@ def load_source(config: TrainConfig) -> Source:
             raise ConfigError("data_root", config.data_root,
                               f"dataset {config.dataset!r} is read from disk; give --data-root (data_root in a "
                               "--config file, training.data_root in a study)")
-        root = Path(config.data_root).expanduser().resolve()
+        try:
+            root = Path(config.data_root).expanduser().resolve()
+        except (OSError, RuntimeError):  # a link round a loop (RuntimeError before Python 3.13)
+            raise ConfigError("data_root", config.data_root, "it is a symbolic link in a loop; expected a folder (or "
+                              "for features a .npz file)") from None
         try:
             exists, folder = root.exists(), root.is_dir()
         except PermissionError:  # (a parent this user may not enter)
@@ -173,7 +177,7 @@ def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance:
     ctx = NoiseContext(
         num_classes=source.num_classes, rate=config.noise_rate, rng=noise_rng,
         class_groups=source.class_groups,
-        file=Path(config.noise_file).expanduser().resolve() if config.noise_file else None,
+        file=resolved(config.noise_file, "noise_file:") if config.noise_file else None,
         key=config.noise_key,
     )
     noisy = apply_noise(config.noise, clean, ctx)  # (check_noise and TrainConfig refused what would not fit)

@@ -42,13 +42,26 @@ def one_line(text: str) -> str:
 PATH_FIELDS = ("data_root", "noise_file", "pretrained")
 
 
+def resolved(value: str | Path, what: str) -> Path:
+    """``value``, user's home expanded, absolute, its links followed; a link round a loop (which
+    Path.resolve raises as RuntimeError before Python 3.13) is the user's mistake ``what value``."""
+    try:
+        return Path(value).expanduser().resolve()
+    except (OSError, RuntimeError):
+        raise UserError(f"{what} {value}: is a symbolic link in a loop (it leads back to itself)") from None
+
+
 def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` with each of its ``PATH_FIELDS`` absolute (a relative path names another file
     from another folder); a URI (``s3://...``) stays as it is."""
     out = dict(values)
     for key in PATH_FIELDS:
         if isinstance(out.get(key), str) and out[key] and "://" not in out[key]:
-            out[key] = str(Path(out[key]).expanduser().resolve())
+            path = Path(out[key]).expanduser()
+            try:
+                out[key] = str(path.resolve())
+            except (OSError, RuntimeError):  # a link round a loop: told by the field's own check
+                out[key] = str(path.absolute())
     return out
 
 
@@ -114,7 +127,7 @@ def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
         if not os.access(given, os.W_OK):
             raise UserError(f"{flag} {value}: exists and is not writable")
         return given
-    path = given.resolve()
+    path = resolved(given, flag)
     if directory:
         if path.exists() and not path.is_dir():
             raise UserError(f"{flag} {value}: exists and is not a directory")

@@ -287,6 +287,26 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)  # nothing written
 
 
+def test_a_path_that_is_a_link_round_a_loop_is_one_line(tmp_path, monkeypatch, capsys):
+    """Path.resolve raises RuntimeError on a link round a loop (before Python 3.13): each command
+    that resolved a path it was given ended in that traceback."""
+    from dm_tune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Path("loop").symlink_to("loop")
+    cases = [(["train", "--epochs", "1", "--out", "loop"], "--out loop"),
+             (["train", "--epochs", "1", "--out", "loop/r.json"], "--out loop/r.json"),
+             (["train", "--epochs", "1", "--noise", "file", "--noise-file", "loop"], "noise_file: loop"),
+             (["search", "--workspace", "loop"], "--workspace loop"),
+             (["search", "--workspace", "ws", "--storage-path", "loop"], "--storage-path loop"),
+             (["report", "--workspace", "loop"], "--workspace loop")]
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert err.splitlines() == [f"dm-tune: error: {words}: is a symbolic link in a loop (it leads back to itself)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop"]
+
+
 # --- where outputs go: checked before the work, written whole -----------------------------------
 
 

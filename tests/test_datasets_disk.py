@@ -206,6 +206,10 @@ def test_cifar10_missing_or_damaged_batch(tmp_path):
     batch = root / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(b"not a pickle")
     expect_data_error(config("cifar10", root), batch)
+    # text whose "h" reads as a reference to a stored object: was refused as "a object used twice by
+    # reference", as if the file were crafted
+    batch.write_bytes(b"hello world\n")
+    assert "could not be read as a CIFAR pickle" in str(expect_data_error(config("cifar10", root), batch))
     batch.unlink()
     expect_data_error(config("cifar10", root), batch)
     with pytest.raises(ConfigError, match="dataset_options.size"):
@@ -1188,6 +1192,34 @@ def test_imagefolder_walks_linked_folders_once_and_refuses_a_link_to_no_image(tm
         prepare(config("imagefolder", root))
 
 
+def test_imagefolder_refuses_one_image_in_two_splits_or_two_classes(tmp_path):
+    """A link to a folder above a class folder was walked: the other classes' and test/'s images
+    trained as that class, without a word; a link from test/ into train/ (or a hard link) scored
+    training images as test ones. A repeat within one class is the user's own oversampling: kept."""
+    import os
+
+    root = make_imagefolder(tmp_path / "a", with_val=True)
+    os.symlink(root / "train" / "ant" / "0.png", root / "train" / "ant" / "again.png")
+    assert prepare(config("imagefolder", root)).info["num_train"] == 10
+    cases = {
+        "up": (root / "train" / "ant" / "up", root,
+               re.escape(f"ant/up: is a link to {root}, a folder that holds it (a loop)")),
+        "bee": (root / "train" / "ant" / "bees", root / "train" / "bee",
+                "is the same file as .*/ant/bees/0.png \\(through a link\\): an image under two classes"),
+        "test": (root / "test" / "cat" / "seen", root / "train" / "cat",
+                 "test/cat/seen/0.png: is the same file as .*train/cat/0.png \\(through a link\\): an image in two "
+                 "splits"),
+    }
+    for name, (link, target, words) in cases.items():
+        os.symlink(target, link)
+        with pytest.raises(DataError, match=words):
+            prepare(config("imagefolder", root))
+        link.unlink()
+    os.link(root / "train" / "bee" / "1.jpg", root / "val" / "bee" / "hard.jpg")
+    with pytest.raises(DataError, match="val/bee/hard.jpg: is the same file as .*train/bee/1.jpg .*two splits"):
+        prepare(config("imagefolder", root))
+
+
 def test_a_last_batch_of_one_image_trains(tmp_path):
     """ResNet-18 on 32-pixel images ends in 1 x 1 feature maps: a last batch of one image (n = k x
     batch + 1) made its BatchNorm raise "Expected more than 1 value per channel", a traceback. The
@@ -1262,6 +1294,11 @@ def test_imdb_errors(imdb_root, tmp_path):
         f.unlink()
     (root / "test" / "neg").rmdir()
     expect_data_error(config("imdb", root), root / "test" / "neg")
+    # a link to a review that is gone was left out without a word
+    root = make_imdb(tmp_path / "gone") / "aclImdb"
+    (root / "train" / "pos" / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    with pytest.raises(DataError, match="train/pos/gone.txt: is a link to a review that is not there"):
+        prepare(config("imdb", root))
     # reviews extracted empty (scikit-learn: "empty vocabulary", a traceback); a folder named x.txt
     # (IsADirectoryError) is no review
     root = make_imdb(tmp_path / "empty") / "aclImdb"
@@ -1297,6 +1334,11 @@ def test_features_npz(tmp_path):
     root = make_features(tmp_path / "b", with_val=True)
     data = prepare(config("features", root / "features.npz"))
     assert len(data.train) == 30 and len(data.val) == 6 and data.val.labels.max() == 2
+    # names as bytes (numpy's dtype S) were "b'r'"
+    with np.load(root / "features.npz") as f:
+        arrays = dict(f)
+    np.savez(root / "features.npz", **arrays | {"class_names": np.array([b"r", b"g", b"\xff"])})
+    assert prepare(config("features", root)).info["class_names"] == ["r", "g", "\\xff"]
 
 
 def test_a_result_records_its_data_root_absolute(tmp_path, monkeypatch):
@@ -1393,6 +1435,10 @@ def test_a_data_root_that_is_a_file_or_the_other_cifar_is_named(tmp_path):
     for dataset in ("cifar10", "imagefolder", "imdb"):
         with pytest.raises(ConfigError, match=f"it is a file; dataset '{dataset}' is read from a folder"):
             prepare(config(dataset, tmp_path / "f"))
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # was a RuntimeError from Path.resolve, a traceback
+    for dataset in ("cifar10", "features"):
+        with pytest.raises(ConfigError, match="data_root: .*loop' is not allowed; it is a symbolic link in a loop"):
+            prepare(config(dataset, tmp_path / "loop"))
     root = make_cifar100(tmp_path / "c100")
     err = expect_data_error(config("cifar10", root), root / "cifar-10-batches-py")
     assert "holds cifar-100-python/: that is dataset 'cifar100' (--dataset cifar100)" in str(err)
@@ -1401,17 +1447,21 @@ def test_a_data_root_that_is_a_file_or_the_other_cifar_is_named(tmp_path):
     assert "(--dataset cifar10)" in str(err)
 
 
-@pytest.mark.parametrize("what", ["root", "parent", "split"])
+@pytest.mark.parametrize("what", ["root", "parent", "split", "class", "sub-folder"])
 def test_data_this_user_cannot_read_is_one_line(tmp_path, what):
     """A data root (or its parent, or a folder in it) without read permission: a PermissionError
-    traceback from the loader, exit 1. Run as a user to whom permissions apply."""
+    traceback from the loader, exit 1. A class folder was "has no image files", and a folder in a
+    class was left out without a word. Run as a user to whom permissions apply."""
     import subprocess
 
     from tests.conftest import DM_TUNE, permissions_preexec
 
     preexec = permissions_preexec()
     root = make_imagefolder(tmp_path / "parent" / "data")
-    locked = {"root": root, "parent": root.parent, "split": root / "train"}[what]
+    (root / "train" / "bee" / "sub").mkdir()
+    (root / "train" / "bee" / "0.png").rename(root / "train" / "bee" / "sub" / "0.png")
+    locked = {"root": root, "parent": root.parent, "split": root / "train", "class": root / "train" / "bee",
+              "sub-folder": root / "train" / "bee" / "sub"}[what]
     locked.chmod(0)
     try:
         proc = subprocess.run([DM_TUNE, "train", "--dataset", "imagefolder", "--data-root", str(root), "--epochs", "1"],

@@ -110,7 +110,9 @@ def unsafe_pickle(f: Any) -> str | None:
             memo[index] = stack[-1] if stack else _bare("object")
             continue
         if name in ("GET", "BINGET", "LONG_BINGET", "DUP"):
-            value = (stack[-1] if stack else _bare("object")) if name == "DUP" else memo.get(arg, _bare("object"))
+            if name != "DUP" and arg not in memo:  # (what the unpickler fails on: text read as opcodes, "h...")
+                raise ValueError(f"opcode {name} refers to memo entry {arg!r}, which the pickle never stored")
+            value = (stack[-1] if stack else _bare("object")) if name == "DUP" else memo[arg]
             if not value.shareable():
                 return f"a {value.kind} used twice by reference"
             stack.append(value)

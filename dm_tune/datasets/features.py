@@ -94,7 +94,9 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
         if given.size > len(train):  # (each class needs an example; 50 million names filled 4 GB as str)
             raise DataError(path, f"class_names has {given.size} names, more than the {len(train)} training "
                                   "examples (every class needs one)", LAYOUT)
-        names = tuple(str(n) for n in given.reshape(-1))
+        # (bytes, as numpy keeps Python 2's strings and np.array([b"cat"]): "b'cat'" as str)
+        names = tuple(n.decode("utf-8", "backslashreplace") if isinstance(n, bytes) else str(n)
+                      for n in given.reshape(-1).tolist())
         repeated = sorted(n for n, count in Counter(names).items() if count > 1)
         if repeated or not all(n.strip() for n in names):  # (two classes printed as one, or as nothing)
             what = f"repeats {', '.join(map(repr, repeated[:5]))}" if repeated else "has an empty name"

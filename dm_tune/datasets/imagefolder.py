@@ -14,6 +14,7 @@ evaluation image exactly.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,26 @@ def _hidden(path: Path, under: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(under).parts)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    """The image files under ``folder``, through linked sub-folders too (as torchvision's
-    ImageFolder walks them: Path.rglob did not, and their images were left out without a word),
-    each real folder once. A link to an image that is not there is refused."""
+def _images_in(folder: Path) -> list[tuple[Path, int, int]]:
+    """The image files under ``folder``, each with its device and inode, through linked
+    sub-folders too (as torchvision's ImageFolder walks them: Path.rglob did not, and their images
+    were left out without a word), each real folder once. Refused: a link to an image that is not
+    there, a sub-folder that cannot be read (os.walk would skip it silently), and a link to a
+    folder above the class folder (walked, it would bring other classes' and splits' images into
+    this class; a link to the class folder itself adds nothing and is passed over)."""
+    own = os.path.realpath(folder)
+
+    def unreadable(e: OSError) -> None:
+        if isinstance(e, PermissionError):
+            raise e  # told with the data's other unreadable files (data.load_source)
+        raise DataError(Path(e.filename or folder), f"cannot be read ({e.strerror or e})", LAYOUT)
+
     found, seen = [], set()
-    for top, dirs, files in os.walk(folder, followlinks=True):
+    for top, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
         real = os.path.realpath(top)
-        if real in seen:  # (a link back up the tree)
+        if real != own and os.path.commonpath([real, own]) == real:
+            raise DataError(Path(top), f"is a link to {real}, a folder that holds it (a loop)", LAYOUT)
+        if real in seen:  # (one folder through two links)
             dirs[:] = []
             continue
         seen.add(real)
@@ -125,14 +138,23 @@ def _images_in(folder: Path) -> list[Path]:
             p = Path(top) / name
             if p.suffix.lower() not in IMAGE_EXTENSIONS or _hidden(p, folder):
                 continue
-            if not p.is_file():
-                raise DataError(p, "is a link to an image that is not there", LAYOUT)
-            found.append(p)
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                raise DataError(p, "is a link to an image that is not there", LAYOUT) from None
+            except PermissionError:
+                raise
+            except OSError as e:
+                raise DataError(p, f"cannot be read ({e.strerror or e})", LAYOUT) from None
+            if not stat.S_ISREG(st.st_mode):
+                raise DataError(p, "is not a file", LAYOUT)
+            found.append((p, st.st_dev, st.st_ino))
     return sorted(found)
 
 
-def _scan(root: Path, split: str, classes: list[str] | None) -> tuple[list[str], list[str], list[int]]:
-    """(classes, keys relative to root, labels) of ``root/split``; checks its class folders."""
+def _scan(root: Path, split: str, classes: list[str] | None) -> tuple[list[str], list[str], list[int], np.ndarray]:
+    """(classes, keys relative to root, labels, each file's (device, inode)) of ``root/split``;
+    checks its class folders."""
     folder = root / split
     if not folder.is_dir():
         raise DataError(folder, "directory not found", LAYOUT)
@@ -142,16 +164,36 @@ def _scan(root: Path, split: str, classes: list[str] | None) -> tuple[list[str],
     if classes is not None and found != classes:
         missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
         raise DataError(folder, f"class folders differ from train/ (missing: {missing}, extra: {extra})", LAYOUT)
-    keys, labels = [], []
+    keys, labels, files = [], [], []
     for label, name in enumerate(found):
-        files = _images_in(folder / name)
-        if not files:  # in test/ or val/ too: a class its evaluation would silently lack
+        images = _images_in(folder / name)
+        if not images:  # in test/ or val/ too: a class its evaluation would silently lack
             raise DataError(folder / name, "has no image files", LAYOUT)
-        keys += [p.relative_to(root).as_posix() for p in files]
-        labels += [label] * len(files)
+        keys += [p.relative_to(root).as_posix() for p, _, _ in images]
+        labels += [label] * len(images)
+        files += [(dev, ino) for _, dev, ino in images]
     if not keys:
         raise DataError(folder, "has no image files", LAYOUT)
-    return found, keys, labels
+    return found, keys, labels, np.array(files, dtype=np.uint64).reshape(-1, 2)
+
+
+def _each_image_once(root: Path, splits: list[tuple[str, list[str], list[int], np.ndarray]]) -> None:
+    """Refuse one image file (through links, or hard links) in two splits, or under two classes:
+    test images trained on, or an image taught with two labels. In one class of one split, a
+    repeat is kept (as torchvision keeps it): the user's own oversampling."""
+    files = np.concatenate([f for *_, f in splits])
+    group = np.concatenate([np.full(len(f), i) * 1_000_000 + np.asarray(labels) for i, (_, _, labels, f) in
+                            enumerate(splits)])
+    order = np.lexsort((group, files[:, 1], files[:, 0]))
+    same = (files[order[1:]] == files[order[:-1]]).all(axis=1) & (group[order[1:]] != group[order[:-1]])
+    if not same.any():
+        return
+    keys = [k for _, split_keys, _, _ in splits for k in split_keys]
+    a, b = sorted((int(order[np.argmax(same)]), int(order[np.argmax(same) + 1])))
+    split_of = np.repeat(np.arange(len(splits)), [len(f) for *_, f in splits])
+    what = ("an image in two splits (the evaluation would score images the model trained on)"
+            if split_of[a] != split_of[b] else "an image under two classes")
+    raise DataError(root / keys[b], f"is the same file as {root / keys[a]} (through a link): {what}", LAYOUT)
 
 
 def _split(root: Path, keys: list[str], labels: list[int], image_size: int, margin: bool = False) -> Split:
@@ -164,12 +206,15 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
         raise ConfigError("data_root", None, "imagefolder is read from disk; give --data-root")
     if download:
         raise ConfigError("download", download, "imagefolder cannot be downloaded; put the tree under data_root")
-    classes, tr_keys, tr_labels = _scan(root, "train", None)
-    _, te_keys, te_labels = _scan(root, "test", classes)
+    classes, tr_keys, tr_labels, tr_files = _scan(root, "train", None)
+    _, te_keys, te_labels, te_files = _scan(root, "test", classes)
+    splits = [("train", tr_keys, tr_labels, tr_files), ("test", te_keys, te_labels, te_files)]
     val = None
     if (root / "val").is_dir():
-        _, va_keys, va_labels = _scan(root, "val", classes)
+        _, va_keys, va_labels, va_files = _scan(root, "val", classes)
+        splits.append(("val", va_keys, va_labels, va_files))
         val = _split(root, va_keys, va_labels, image_size)
+    _each_image_once(root, splits)
     return Source(
         name="imagefolder",
         train=_split(root, tr_keys, tr_labels, image_size, margin=True),

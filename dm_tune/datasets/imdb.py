@@ -95,7 +95,11 @@ def _read_split(root: Path, split: str) -> tuple[list[str], np.ndarray]:
         if not folder.is_dir():
             raise DataError(folder, "directory not found", LAYOUT)
         # (.txt in any case, as ImageFolder reads .PNG; not a folder named x.txt)
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() == ".txt" and f.is_file())
+        named = sorted(f for f in folder.iterdir() if f.suffix.lower() == ".txt")
+        for f in named:
+            if f.is_symlink() and not f.exists():  # (was left out without a word; ImageFolder refuses it)
+                raise DataError(f, "is a link to a review that is not there", LAYOUT)
+        files = [f for f in named if f.is_file()]
         if not files:
             raise DataError(folder, "has no .txt reviews", LAYOUT)
         for f in files:  # (decoded strictly: Latin-1's "café très" was tokenised as 'caf', 'tr', 's')
