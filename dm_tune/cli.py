@@ -87,9 +87,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float_argument)
     p.add_argument("--seed", help="seed of the noise draw, validation split, initialisation and batch order "
                    "(integer; a comma-separated list: one member each)")
-    p.add_argument("--population-size", type=int_argument, help="with several members: how many train at once in one "
-                   "loop (default: chosen from the measurements for the model and device, for speed and memory, "
-                   "BENCHMARKS.md; 16 where none was); the rest run in later populations")
+    p.add_argument("--population-size", help="with several members: how many train at once in one loop, an integer "
+                   "in [1, 1024] or auto (default: chosen from the measurements for the model and device, for speed "
+                   "and memory, BENCHMARKS.md; 16 where none was); the rest run in later populations")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--amp", help="auto (default), off, bf16, fp16: mixed precision on CUDA; bf16 also on the CPU "
                    "(fast where the cores have native bf16, e.g. AMX; auto and fp16 leave the CPU in float32)")
@@ -159,7 +159,7 @@ def _train_values(args: argparse.Namespace, file_values: dict[str, Any]) -> dict
         limit = rho_from_beta(BETA_MAX, lam)  # the spread of the largest beta a run takes, at this lambda
         if not (math.isfinite(args.spread) and abs(args.spread) <= limit):
             raise ConfigError("--spread", args.spread, f"the log-spread rho must be in [-{limit:.6g}, {limit:.6g}] "
-                                                       f"at this mode (beta up to {BETA_MAX:g})")
+                                                       f"at this mode (lam {lam:g}; beta up to {BETA_MAX:g})")
         beta = beta_from_rho(args.spread, lam)  # at the limit: BETA_MAX, not a rounding beyond
         values["beta"] = max(-BETA_MAX, min(beta, BETA_MAX))
     return values
@@ -323,8 +323,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
 
     file_values = load_yaml(args.config, "--config") if args.config else {}  # read once, for every member
     members = _members(args, file_values)
-    if args.population_size is not None and not 1 <= args.population_size <= 1024:  # as a study's
-        raise ConfigError("--population-size", args.population_size, "expected an integer in [1, 1024]")
+    args.population_size = _population_size(args.population_size)
     member_values = [_train_values(m, file_values) for m in members]
     configs = [TrainConfig.from_dict(v) for v in member_values]
     given = {k: v for values in member_values for k, v in values.items() if v is not None}
@@ -352,7 +351,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     _check_applies(args, given, [resolved], file_values, resolved=True)
     _threads_and_model(args, data, resolved)
     if not args.quiet:
-        dm = f" lam={resolved.lam:g} beta={resolved.beta:g}" if resolved.method == "dm" else ""
+        dm = f" lam={_shortest(resolved.lam)} beta={_shortest(resolved.beta)}" if resolved.method == "dm" else ""
         print(f"dm-tune train: {resolved.dataset} ({len(data.train)} train / {len(data.val)} val / "
               f"{len(data.test)} test), {_noise_text(resolved)} (realised {data.noise_rate:.3f}), "
               f"model {resolved.model}, "
@@ -366,8 +365,27 @@ def _train_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _population_size(text: str | None) -> int | None:
+    """--population-size: an integer in [1, 1024] as a study's, or auto (None: the default)."""
+    if text is None or text.strip() == "auto":
+        return None
+    try:
+        size = read_number(text.strip(), int)
+    except ValueError:
+        size = None
+    if size is None or not 1 <= size <= 1024:
+        raise ConfigError("--population-size", text, "expected 'auto' or an integer in [1, 1024]")
+    return size
+
+
+def _shortest(x: float) -> str:
+    """``x`` in :g form, or in full where :g (6 digits) would round it: two members' labels differ."""
+    text = f"{x:g}"
+    return text if float(text) == x else repr(float(x))
+
+
 def _member_label(config: Any) -> str:
-    knobs = f" lam={config.lam:g} beta={config.beta:g}" if config.method == "dm" else ""
+    knobs = f" lam={_shortest(config.lam)} beta={_shortest(config.beta)}" if config.method == "dm" else ""
     return f"{config.method}{knobs} seed={config.seed}"
 
 

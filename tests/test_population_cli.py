@@ -34,7 +34,11 @@ def _error(capsys, argv: list[str]) -> str:
     (["--method", "dm,"], ["--method", "''", "method names"]),
     (["--method", "dm,focal"], ["method", "'focal'", "cce"]),
     (["--lam", "1,-2"], ["lam", "-2", "[0.0"]),
-    (["--seed", "0,1", "--population-size", "0"], ["--population-size", "0", "[1, 1024]"]),
+    (["--seed", "0,1", "--population-size", "0"], ["--population-size", "'0'", "'auto' or an integer in [1, 1024]"]),
+    # argparse's own "expected an integer" line, where search's takes auto
+    (["--seed", "0,1", "--population-size", "2.5"], ["--population-size", "'2.5'", "'auto' or an integer"]),
+    # "at this mode": which of the members' lam?
+    (["--spread", "1", "--lam", "1000,1"], ["--spread", "1.0", "at this mode (lam 1000;"]),
     (["--seed", "0,-1"], ["seed", "-1", "[0, 4294967295]"]),
     (["--lam", "1,2", "--epochs", "40", "--out", "/proc/result.json"], ["--out", "cannot write in /proc"]),
     (["--method", "cce,gce", "--lam", "1,2"], ["--lam", "only applies to --method dm"]),
@@ -107,6 +111,16 @@ def test_members_trained_one_at_a_time_print_their_own_epochs(capsys):
         for epoch in (1, 2):
             assert f"[dm lam={lam} beta=8 seed=0] epoch   {epoch}/2  loss " in captured.err, captured.err
     assert captured.out.count("finished: final test accuracy") == 2
+
+
+def test_population_size_auto_and_members_labelled_apart(capsys):
+    """--population-size auto is the default, as in a search; two members whose lam differ past :g's
+    6 digits were both labelled lam=1."""
+    assert main(["train", "--lam", "1,1.000001", "--population-size", "auto", "--epochs", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "2 members in 1 population(s) of up to 16" in captured.err
+    assert "[dm lam=1 beta=8 seed=0] finished" in captured.out
+    assert "[dm lam=1.000001 beta=8 seed=0] finished" in captured.out
 
 
 def test_a_retrieval_dataset_trains_its_members_one_at_a_time(tmp_path, capsys):
