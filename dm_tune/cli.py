@@ -399,11 +399,13 @@ def _population_progress(quiet: bool, epochs: int, labels: list[str]):
                 print(f"[{labels[k]}] {_epoch_line(m, epochs)}", file=sys.stderr, flush=True)
             return
         size = len(labels)
-        test = sorted(100 * m["test_acc"] for m in rows)
-        diverged = sum(1 for m in rows if m.get("diverged"))
-        print(f"epoch {int(rows[0]['epoch']):>3}/{epochs}  {len(rows)}/{size} members  test "
-              f"{test[0]:5.1f}-{test[-1]:5.1f}% (median {statistics.median(test):5.1f}%)"
-              f"{f'  {diverged} diverged' if diverged else ''}  {rows[0]['population_epoch_time_s']:.2f}s",
+        # (a member that diverged this epoch leaves the range: its accuracy is the frozen model's)
+        test = sorted(100 * m["test_acc"] for m in rows if not m.get("diverged"))
+        diverged = ", ".join(labels[k] for k, m in metrics.items() if m.get("diverged"))
+        scores = (f"test {test[0]:5.1f}-{test[-1]:5.1f}% (median {statistics.median(test):5.1f}%)" if test else
+                  "none still training")
+        print(f"epoch {int(rows[0]['epoch']):>3}/{epochs}  {len(rows)}/{size} members  {scores}"
+              f"{f'  diverged: {diverged}' if diverged else ''}  {rows[0]['population_epoch_time_s']:.2f}s",
               file=sys.stderr, flush=True)
 
     return report

@@ -123,6 +123,17 @@ def test_population_size_auto_and_members_labelled_apart(capsys):
     assert "[dm lam=1.000001 beta=8 seed=0] finished" in captured.out
 
 
+def test_the_epoch_line_names_the_members_that_diverged_and_ranges_the_others(capsys):
+    """The line said "2 diverged" (which?) and ranged their frozen models' accuracy with the rest."""
+    assert main(["train", "--lr", "10", "--method", "mae,dm,cce", "--epochs", "2"]) == 0
+    captured = capsys.readouterr()
+    first = next(line for line in captured.err.splitlines() if line.startswith("epoch   1/2"))
+    assert "diverged: dm lam=1 beta=8 seed=0, cce seed=0" in first, first
+    (mae,) = [line for line in captured.out.splitlines() if line.startswith("[mae seed=0] finished")]
+    accuracy = float(mae.split("final test accuracy ")[1].split("%")[0])
+    assert f"test {accuracy:5.1f}-{accuracy:5.1f}%" in first, (first, mae)  # the finite member alone
+
+
 def test_a_retrieval_dataset_trains_its_members_one_at_a_time(tmp_path, capsys):
     out = tmp_path / "members.json"
     assert main(["train", "--dataset", "reid-synth", "--lam", "1,2", "--epochs", "1", "--out", str(out)]) == 0
