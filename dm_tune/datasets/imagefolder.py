@@ -134,6 +134,7 @@ def _images_in(folder: Path) -> list[tuple[Path, int, int]]:
             dirs[:] = []
             continue
         seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # (their images are left out: not walked)
         for name in files:
             p = Path(top) / name
             if p.suffix.lower() not in IMAGE_EXTENSIONS or _hidden(p, folder):
