@@ -17,7 +17,7 @@ from typing import Any
 
 from dm_tune._validate import ConfigError
 from dm_tune.errors import (DataError, UserError, float_argument, int_argument, is_stdout, json_text, load_yaml,
-                             output_path, path_argument, read_number, resolved, write_output)
+                             output_path, path_argument, read_number, resolve_path, write_output)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -244,7 +244,7 @@ def _out_path(args: argparse.Namespace, configs: list[Any]) -> Path | None:
     inputs = [("--config", args.config)] + [(name, getattr(c, field)) for c in configs for field, name in
                                             (("noise_file", "its noise labels"), ("pretrained", "its weights"))]
     for name, value in inputs:
-        if value and resolved(value, name if name == "--config" else f"{name} ({value})") == out:
+        if value and resolve_path(value, name if name == "--config" else f"{name} ({value})") == out:
             raise UserError(f"--out {args.out}: is the run's input ({name}); write the result elsewhere")
     return out
 

@@ -21,7 +21,7 @@ import torch
 from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS, Gallery, Source, Split
-from dm_tune.errors import DataError, resolved
+from dm_tune.errors import DataError, resolve_path
 from dm_tune.noise import NoiseContext, apply_noise, check_imbalance, check_noise, imbalance_index, indices_by_class
 
 
@@ -177,7 +177,7 @@ def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance:
     ctx = NoiseContext(
         num_classes=source.num_classes, rate=config.noise_rate, rng=noise_rng,
         class_groups=source.class_groups,
-        file=resolved(config.noise_file, "noise_file:") if config.noise_file else None,
+        file=resolve_path(config.noise_file, "noise_file:") if config.noise_file else None,
         key=config.noise_key,
     )
     noisy = apply_noise(config.noise, clean, ctx)  # (check_noise and TrainConfig refused what would not fit)

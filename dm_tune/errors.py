@@ -42,7 +42,7 @@ def one_line(text: str) -> str:
 PATH_FIELDS = ("data_root", "noise_file", "pretrained")
 
 
-def resolved(value: str | Path, what: str) -> Path:
+def resolve_path(value: str | Path, what: str) -> Path:
     """``value``, user's home expanded, absolute, its links followed; a link round a loop (which
     Path.resolve raises as RuntimeError before Python 3.13) is the user's mistake ``what value``."""
     try:
@@ -127,7 +127,7 @@ def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
         if not os.access(given, os.W_OK):
             raise UserError(f"{flag} {value}: exists and is not writable")
         return given
-    path = resolved(given, flag)
+    path = resolve_path(given, flag)
     if directory:
         if path.exists() and not path.is_dir():
             raise UserError(f"{flag} {value}: exists and is not a directory")

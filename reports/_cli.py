@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune.errors import (UserError, float_argument, int_argument, output_path, path_argument, read_input,
-                            remove_write_leftovers, resolved, text_argument)
+                            remove_write_leftovers, resolve_path, text_argument)
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -69,7 +69,7 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
 def tracking_uri_for(args: argparse.Namespace) -> str:
     if args.tracking_uri:
         return str(args.tracking_uri)
-    return f"sqlite:///{(resolved(args.workspace, '--workspace') / 'mlflow.db').as_posix()}"
+    return f"sqlite:///{(resolve_path(args.workspace, '--workspace') / 'mlflow.db').as_posix()}"
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -80,7 +80,7 @@ def report_command(args: argparse.Namespace) -> int:
     from dm_tune.reports._load import load_histories, load_runs
 
     sections = _sections(args)  # bad --stability/--validation files stop the report before it reads anything
-    out = resolved(args.workspace, "--workspace") / "report"
+    out = resolve_path(args.workspace, "--workspace") / "report"
     if args.out or out.parent.is_dir():  # (a missing workspace is load_runs' error: no store there)
         out = output_path("--out" if args.out else "--workspace", args.out or str(out), directory=True)
     uri = tracking_uri_for(args)

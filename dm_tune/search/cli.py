@@ -14,7 +14,7 @@ from typing import Any
 
 from dm_tune._validate import ConfigError
 from dm_tune.errors import (UserError, absolute_paths, float_argument, int_argument, load_yaml, no_room,
-                            output_path, path_argument, read_number, resolved, text_argument, write_output)
+                            output_path, path_argument, read_number, resolve_path, text_argument, write_output)
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -131,7 +131,7 @@ def study_values(args: argparse.Namespace) -> dict[str, Any]:
     if isinstance(search, dict) and isinstance(search.get("warm_start"), str) and search["warm_start"].strip():
         text = search["warm_start"].strip()
         search["warm_start"] = ({"true": True, "false": False}[text.lower()] if text.lower() in ("true", "false")
-                                else str(resolved(text, "search.warm_start")))
+                                else str(resolve_path(text, "search.warm_start")))
     return values
 
 
@@ -286,7 +286,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     from dm_tune.search._run import RunOptions
     from dm_tune.search._stores import check_workspace, study_lock
 
-    workspace = resolved(args.workspace, "--workspace")
+    workspace = resolve_path(args.workspace, "--workspace")
     if workspace.exists() and not workspace.is_dir():
         raise UserError(f"--workspace {args.workspace}: exists and is not a directory")
     study, resuming = _load_study(args, workspace)
@@ -295,7 +295,7 @@ def search_cmd(args: argparse.Namespace) -> int:
 
         args.storage_path = unquote(urlparse(args.storage_path).path) or "/"
     if args.storage_path and "://" not in args.storage_path:
-        args.storage_path = str(resolved(args.storage_path, "--storage-path"))
+        args.storage_path = str(resolve_path(args.storage_path, "--storage-path"))
     _same_places(args, workspace, study.name)
     opts = RunOptions(workspace=workspace, address=args.address, storage_path=args.storage_path,
                       tracking_uri=args.tracking_uri, echo=not args.quiet)
