@@ -45,7 +45,8 @@ def prepare_retrieval(config: TrainConfig, source: Source) -> Data:
     ids = source.train.labels.numpy().astype(np.int64)
     cams = source.train_cams.numpy().astype(np.int64)
     multi_cam = [i for i in np.unique(ids) if len(np.unique(cams[ids == i])) >= 2]
-    n_val = int(round(config.val_fraction * len(np.unique(ids))))
+    # (at least one where any is asked for: 0.2 of 2 identities rounded to none, a run without validation)
+    n_val = max(int(round(config.val_fraction * len(np.unique(ids)))), 1 if config.val_fraction > 0 else 0)
     if n_val > len(multi_cam) or len(np.unique(ids)) - n_val < 2:
         raise ConfigError("val_fraction", config.val_fraction,
                           f"cannot hold out {n_val} of {len(np.unique(ids))} training identities "

@@ -179,7 +179,10 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
             # for a 136-byte file; a map longer than the file is a ValueError)
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         elif suffix in (".csv", ".txt"):
-            rows = [ln.replace(",", " ").split() for ln in path.read_text().splitlines() if ln.strip()]
+            # (utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte order mark, which made the
+            # first label a header)
+            text = path.read_text(encoding="utf-8-sig")
+            rows = [ln.replace(",", " ").split() for ln in text.splitlines() if ln.strip()]
             if rows and not _is_int(rows[0][-1]):
                 rows = rows[1:]  # a header line
             arr = np.asarray([int(r[-1]) for r in rows])

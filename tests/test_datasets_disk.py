@@ -372,9 +372,11 @@ def test_file_noise_from_cifar_n_dict_npy_and_csv(cifar10_root, tmp_path):
     np.save(tmp_path / "worse.npy", worse)
     (tmp_path / "worse.csv").write_text("index,label\n" + "".join(f"{i},{y}\n" for i, y in enumerate(worse)))
     (tmp_path / "worse.txt").write_text("".join(f"{y}\n" for y in worse))
+    # a spreadsheet's "CSV UTF-8", no header: its byte order mark made the first label a header
+    (tmp_path / "bom.csv").write_text("".join(f"{y}\n" for y in worse), encoding="utf-8-sig")
 
     for path, key in ((pt, "worse_label"), (tmp_path / "worse.npy", None), (tmp_path / "worse.csv", None),
-                      (tmp_path / "worse.txt", None)):
+                      (tmp_path / "worse.txt", None), (tmp_path / "bom.csv", None)):
         assert np.array_equal(read_label_file(path, key), worse)
         data = prepare(config("cifar10", cifar10_root, val_fraction=0.0, noise="file",
                               noise_file=str(path), noise_key=key))

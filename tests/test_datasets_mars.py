@@ -12,6 +12,7 @@ import torch
 from scipy.io import loadmat, savemat
 
 from dm_tune._names import STREAMED
+from dm_tune._validate import ConfigError
 from dm_tune.cli import main
 from dm_tune.config import TrainConfig
 from dm_tune.data import prepare
@@ -158,6 +159,26 @@ def test_mars_malformed_info(tmp_path):
         prepare(cfg("mars", root))
 
 
+def test_mars_distractor_queries_are_not_scored_and_odd_numbers_are_refused(tmp_path):
+    """A distractor (identity 0) query was scored with the other distractors as its true matches;
+    1e20 in a track table was cast to -2**63 with numpy's warning, complex numbers to their real part."""
+    root = make_mars(tmp_path / "MARS")
+    savemat(root / "info" / "query_IDX.mat", {"query_IDX": np.asarray([QUERY + [6, 7]], dtype=np.float64)})
+    data = prepare(cfg("mars", root, dataset_options={"seq_len": 2, "image_size": 32}))
+    assert data.test_gallery.query.tolist() == [q - 1 for q in QUERY] and data.info["queries_unscored"] == 2
+    info = root / "info" / "tracks_train_info.mat"
+    table = loadmat(info)["track_train_info"]
+    for value, words in ((1e20, r"holds 1e\+20, not a whole number of a track or an identity"),
+                         (1 + 1j, "track_train_info holds complex numbers")):
+        bad = table.astype(type(value))
+        bad[0, 2] = value
+        savemat(info, {"track_train_info": bad})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(DataError, match=words):
+                prepare(cfg("mars", root))
+
+
 def test_mars_damaged_files_and_junk_training_tracks(tmp_path):
     """Each was a traceback, or (junk training tracks) a class made of junk, where mars-features refuses it."""
     root = make_mars(tmp_path / "MARS")
@@ -230,6 +251,17 @@ def test_mars_features_pools_frames_per_track(tmp_path):
     assert torch.equal(data.train.labels[flipped], (data.clean_train_labels[flipped] + 1) % 3)
 
 
+def test_a_validation_fraction_that_rounds_to_no_identity_holds_one_out(tmp_path):
+    """0.2 of 3 training identities rounded to none: a run without validation, said nowhere."""
+    root = make_features(tmp_path / "three", TRAIN_TRACKS[:6])
+    data = prepare(cfg("mars-features", root, val_fraction=0.1))
+    assert data.num_classes == 2 and data.info["val_identities"] == 1
+    root = make_features(tmp_path / "two", TRAIN_TRACKS[:4])
+    with pytest.raises(ConfigError, match="cannot hold out 1 of 2 training identities"):
+        prepare(cfg("mars-features", root, val_fraction=0.2))
+    assert len(prepare(cfg("mars-features", root, val_fraction=0.0)).val_gallery) == 0
+
+
 def test_mars_features_default_queries_and_one_epoch(tmp_path):
     root = make_features(tmp_path / "feat", with_query=False)
     c = cfg("mars-features", root, epochs=1, batch_size=4)
@@ -247,12 +279,24 @@ def test_mars_features_bad_input(tmp_path, capsys):
     root = make_features(tmp_path / "overlap", TRAIN_TRACKS + [(4, 3)])
     _one_line_exit_2(capsys, ["train", "--dataset", "mars-features", "--data-root", str(root), "--quiet"],
                      "identities are in both the training and the test set (first: 4)")
-    # queries that nothing can match (a distractor, a junk track): every test metric was NaN, exit 0
+    # queries that nothing can match (a distractor, a junk track): every test metric was NaN, exit 0;
+    # with other distractors in the gallery, a distractor query scored them as its matches (mAP 100)
     root = make_features(tmp_path / "unmatched")
     test = dict(np.load(root / "test.npz"))
-    np.savez(root / "test.npz", **{**test, "query": np.asarray([105, 106])})
+    np.savez(root / "test.npz", **{**test, "query": np.asarray([100, 105, 106])})
     _one_line_exit_2(capsys, ["train", "--dataset", "mars-features", "--data-root", str(root), "--quiet"],
-                     "none of the test gallery's 2 queries has a match")
+                     "query names 2 tracks of identity -1 (junk) or 0 (distractor), first track 105")
+    # a misspelt array was ignored (queries drawn instead of those given); values beyond float32 went
+    # NaN in training, a "diverged" run; complex features lost their imaginary part with a warning
+    for name, arrays, words in (
+            ("queries", {**test, "queries": test.pop("query")}, "holds arrays dm-tune does not read: queries"),
+            ("huge", {**test, "features": np.full(test["features"].shape, 1e300)}, "beyond float32's range"),
+            ("complex", {**test, "features": test["features"] * (1 + 1j)}, "array of real numbers")):
+        np.savez(root / "test.npz", **arrays)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(DataError, match=words):
+                prepare(cfg("mars-features", root))
     bad = _frames(TRAIN_TRACKS, np.random.default_rng(0))
     bad["camera"][1] = 9  # a track seen by two cameras
     np.savez(root / "train.npz", **bad)

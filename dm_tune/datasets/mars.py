@@ -23,8 +23,9 @@ the mean of its frames' features.
 
 Both follow MARS' evaluation protocol: the gallery is every test track (queries included),
 identity -1 is junk (ignored in every ranking), identity 0 are distractors (non-matches), and
-a gallery track of the query's identity seen by the query's camera is ignored. Training and
-test identities must be disjoint.
+a gallery track of the query's identity seen by the query's camera is ignored. A query of
+identity -1 or 0 has no true match: in query_IDX it is not scored (``queries_unscored`` counts
+it), in a ``query`` array it is refused. Training and test identities must be disjoint.
 """
 
 from __future__ import annotations
@@ -95,8 +96,9 @@ def _read_mat(path: Path, var: str) -> np.ndarray:
     if var not in mat:
         raise DataError(path, f"has no variable {var!r} (present: {', '.join(k for k in mat if not k.startswith('__'))})", LAYOUT)
     arr = np.asarray(mat[var])
-    if not np.issubdtype(arr.dtype, np.number):
-        raise DataError(path, f"{var} is not numeric", LAYOUT)
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataError(path, f"{var} is not numeric" if not np.issubdtype(arr.dtype, np.number) else
+                        f"{var} holds complex numbers", LAYOUT)
     return arr
 
 
@@ -104,9 +106,11 @@ def _whole(path: Path, var: str) -> np.ndarray:
     """``var`` of a .mat file as int64; a value that is not a whole number (NaN, 1.5) is refused, as
     the cast would make it another track or identity (NaN: -9223372036854775808, with a warning)."""
     arr = _read_mat(path, var)
-    bad = ~np.isfinite(arr) | (np.round(arr) != arr) if np.issubdtype(arr.dtype, np.floating) else None
-    if bad is not None and bad.any():
-        raise DataError(path, f"{var} holds {float(arr[bad].flat[0])!r}, not a whole number", LAYOUT)
+    if np.issubdtype(arr.dtype, np.floating):  # (beyond 2**62: no track or identity, and a wrapped cast)
+        bad = ~np.isfinite(arr) | (np.round(arr) != arr) | (np.abs(arr) > 2.0**62)
+        if bad.any():
+            raise DataError(path, f"{var} holds {float(arr[bad].flat[0])!r}, not a whole number of a track or "
+                            "an identity", LAYOUT)
     return arr.astype(np.int64)
 
 
@@ -210,30 +214,45 @@ def load_images(root: Path | None, options: Mapping[str, Any], download: bool = 
         raise DataError(info / "tracks_train_info.mat", "training tracks include junk (identity -1); training "
                         "tracks need identities", LAYOUT)
     labels, classes = renumber(tr[:, 2])
-    test = gallery(test_set, te[:, 2], te[:, 3], np.unique(query), te[:, 2] == JUNK_ID)
+    query = np.unique(query)
+    # A junk or distractor query has no true match (the others of its kind are none): not scored.
+    unscored = int(np.isin(te[query, 2], (JUNK_ID, DISTRACTOR_ID)).sum())
+    query = query[~np.isin(te[query, 2], (JUNK_ID, DISTRACTOR_ID))]
+    test = gallery(test_set, te[:, 2], te[:, 3], query, te[:, 2] == JUNK_ID)
     return Source(
         name="mars", train=Split(train_set, torch.from_numpy(labels)), test=Split(test_set, test.ids),
         num_classes=len(classes), input_kind="video", default_model="reid-resnet50",
         defaults=dict(DEFAULTS), gallery=test, train_cams=torch.from_numpy(tr[:, 3].copy()),
-        info={"data_dir": str(root), **opts, "train_tracks": len(tr), "test_tracks": len(te), "queries": len(test.query)},
+        info={"data_dir": str(root), **opts, "train_tracks": len(tr), "test_tracks": len(te),
+              "queries": len(test.query), "queries_unscored": unscored},
     )
 
 
 # --- mars-features: per-frame features ---------------------------------------------------------
 
 
-def _npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _npz(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(path, "file not found", FEATURES_LAYOUT)
     arrays = {k: np.asarray(v) for k, v in read_npz(path, FEATURES_LAYOUT).items()}
     missing = [k for k in required if k not in arrays]
     if missing:
         raise DataError(path, f"lacks the arrays {', '.join(missing)} (present: {', '.join(sorted(arrays))})", FEATURES_LAYOUT)
+    unread = sorted(set(arrays) - set(required) - set(optional))
+    if unread:  # (a misspelt "queries" was ignored, and queries drawn instead of those given)
+        raise DataError(path, f"holds arrays dm-tune does not read: {', '.join(unread)} (it reads "
+                        f"{', '.join(required + optional)})", FEATURES_LAYOUT)
     x = arrays["features"]
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or len(x) == 0:
-        raise DataError(path, f"features is {x.dtype} {x.shape}, not a non-empty (frames, D) numeric array", FEATURES_LAYOUT)
+    if (x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating)
+            or len(x) == 0):
+        raise DataError(path, f"features is {x.dtype} {x.shape}, not a non-empty (frames, D) array of real numbers",
+                        FEATURES_LAYOUT)
     if not np.isfinite(x).all():
         raise DataError(path, "features hold NaN or infinite values", FEATURES_LAYOUT)
+    top = float(np.finfo(np.float32).max)
+    if np.issubdtype(x.dtype, np.floating) and (float(x.max()) > top or float(x.min()) < -top):
+        raise DataError(path, f"features hold values beyond float32's range ({top:.3g}), which training computes in",
+                        FEATURES_LAYOUT)
     for k in ("identity", "camera", "track"):
         a = arrays[k]
         if a.shape != (len(x),) or not np.issubdtype(a.dtype, np.integer):
@@ -261,7 +280,7 @@ def load_features(root: Path | None, options: Mapping[str, Any], download: bool 
     base = ("features", "identity", "camera", "track")
     tr_path, te_path = root / "train.npz", root / "test.npz"
     x_tr, id_tr, cam_tr, _ = _pooled(tr_path, _npz(tr_path, base))
-    te_arrays = _npz(te_path, base)
+    te_arrays = _npz(te_path, base, ("query",))
     x_te, id_te, cam_te, tracks_te = _pooled(te_path, te_arrays)
     if x_te.shape[1] != x_tr.shape[1]:
         raise DataError(te_path, f"features have {x_te.shape[1]} dimensions but train.npz has {x_tr.shape[1]}", FEATURES_LAYOUT)
@@ -275,6 +294,11 @@ def load_features(root: Path | None, options: Mapping[str, Any], download: bool 
             raise DataError(te_path, f"query names {len(unknown)} track ids that are not in track (first: "
                             f"{unknown[0] if len(unknown) else 'none given'})", FEATURES_LAYOUT)
         query = np.flatnonzero(np.isin(tracks_te, wanted))
+        special = query[np.isin(id_te[query], (JUNK_ID, DISTRACTOR_ID))]
+        if len(special):  # (scored with the other distractors as its true matches: mAP 100)
+            raise DataError(te_path, f"query names {len(special)} tracks of identity {JUNK_ID} (junk) or "
+                            f"{DISTRACTOR_ID} (distractor), first track {int(tracks_te[special[0]])}; a query "
+                            "needs an identity its matches share", FEATURES_LAYOUT)
     else:
         query = one_query_per_camera(id_te, cam_te, np.random.default_rng(QUERY_SEED),
                                      never=(id_te == JUNK_ID) | (id_te == DISTRACTOR_ID))
