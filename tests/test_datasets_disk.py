@@ -1391,6 +1391,10 @@ def test_features_errors(tmp_path):
     path.write_text("x1,x2,y\n0.1,0.2,0\n")
     err = str(expect_data_error(config("features", path), path))
     assert "not a .npz archive of arrays" in err and "allow_pickle" not in err
+    # an archive whose array holds objects was "not a .npz archive (a text or CSV file?)"
+    np.savez(path, **{**good, "class_names": np.array(["a", None, 3], dtype=object)})
+    err = str(expect_data_error(config("features", path), path))
+    assert "its array 'class_names' holds Python objects (dtype object), which dm-tune never loads" in err, err
     # an array header stating 2^33 labels in a 1 KB archive: numpy allocated 64 GiB first (a MemoryError
     # traceback), or 16 GiB of address space for 2^31
     import io

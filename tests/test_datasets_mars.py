@@ -276,6 +276,13 @@ def test_mars_features_bad_input(tmp_path, capsys):
     (root / "test.npz").unlink()
     _one_line_exit_2(capsys, ["train", "--dataset", "mars-features", "--data-root", str(root), "--quiet"],
                      "test.npz: file not found")
+    (root / "test.npz").mkdir()  # (was "file not found", as a link round a loop was)
+    _one_line_exit_2(capsys, ["train", "--dataset", "mars-features", "--data-root", str(root), "--quiet"],
+                     "test.npz: is a directory, not a file")
+    (root / "test.npz").rmdir()
+    (root / "test.npz").symlink_to(root / "test.npz")
+    _one_line_exit_2(capsys, ["train", "--dataset", "mars-features", "--data-root", str(root), "--quiet"],
+                     "test.npz: is a link to a file that is not there (or a loop)")
     root = make_features(tmp_path / "overlap", TRAIN_TRACKS + [(4, 3)])
     _one_line_exit_2(capsys, ["train", "--dataset", "mars-features", "--data-root", str(root), "--quiet"],
                      "identities are in both the training and the test set (first: 4)")

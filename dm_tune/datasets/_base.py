@@ -185,7 +185,17 @@ def read_npz(path: Path, layout: str) -> dict[str, Any]:
             if memory is not None and unpacked > memory:
                 raise DataError(path, f"unpacks to {unpacked:,} bytes, more than this machine's memory "
                                       f"({memory:,} bytes)", layout)
-            return {k: npz[k] for k in npz.files}
+            arrays = {}
+            for k in npz.files:
+                try:
+                    arrays[k] = npz[k]
+                except ValueError as e:  # (the archive is one: not "a text or CSV file?")
+                    if "allow_pickle" not in str(e):
+                        raise
+                    raise DataError(path, f"its array {k!r} holds Python objects (dtype object), which dm-tune "
+                                          "never loads (unpickling them could run code); save numbers or text",
+                                    layout) from None
+            return arrays
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError, MemoryError) as e:
         if isinstance(e, DataError):
             raise

@@ -233,7 +233,9 @@ def load_images(root: Path | None, options: Mapping[str, Any], download: bool = 
 
 def _npz(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     if not path.is_file():
-        raise DataError(path, "file not found", FEATURES_LAYOUT)
+        raise DataError(path, "is a directory, not a file" if path.is_dir() else
+                        "is a link to a file that is not there (or a loop)" if path.is_symlink() else "file not found",
+                        FEATURES_LAYOUT)
     arrays = {k: np.asarray(v) for k, v in read_npz(path, FEATURES_LAYOUT).items()}
     missing = [k for k in required if k not in arrays]
     if missing:
