@@ -190,10 +190,10 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
             # (utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte order mark, which made the
             # first label a header)
             text = path.read_text(encoding="utf-8-sig")
-            rows = [ln.replace(",", " ").split() for ln in text.splitlines() if ln.strip()]
-            if rows and not _is_int(rows[0][-1]):
+            rows = [(n, ln.replace(",", " ").split()[-1]) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+            if rows and not _is_int(rows[0][1]):
                 rows = rows[1:]  # a header line
-            arr = np.asarray([int(r[-1]) for r in rows])
+            arr = np.asarray([_csv_label(path, n, value, layout) for n, value in rows], dtype=np.int64)
         elif suffix in (".pt", ".pth"):
             blob = _load_cifar_n(path, layout)
             if not isinstance(blob, dict):
@@ -326,11 +326,21 @@ def _whole(value: object, left: list[int]) -> object:
 
 
 def _is_int(s: str) -> bool:
+    from dm_tune.errors import read_number
+
     try:
-        int(s)
+        read_number(s, int)
         return True
     except ValueError:
         return False
+
+
+def _csv_label(path: Path, line: int, text: str, layout: str) -> int:
+    """The label ``text`` on line ``line`` of a .csv/.txt label file (one line named: "8.0", "1_0" or
+    a number past any class id was "could not be read as labels" or "holds no integer labels")."""
+    if not _is_int(text) or abs(int(text)) > 2**62:
+        raise DataError(path, f"line {line}: {text[:40]!r} is not an integer class id", layout)
+    return int(text)
 
 
 NOISE_MODELS: dict[str, NoiseModel] = {

@@ -882,6 +882,12 @@ def test_label_file_errors(tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(DataError, match="no integer labels"):
             read_label_file(tmp_path / "inf.npy")
+    # a bad value in a text list is named by its line (they were "could not be read as labels (invalid
+    # literal ...)" and, past int64, "holds no integer labels"); 1_0 was read as 10
+    for bad in ("8.0", "99999999999999999999999", "1_0"):
+        (tmp_path / "bad.csv").write_text(f"label\n1\n\n{bad}\n")
+        with pytest.raises(DataError, match=rf"bad.csv: line 4: '{bad}' is not an integer class id"):
+            read_label_file(tmp_path / "bad.csv")
     # a header stating 2^31 labels over no data: numpy allocated 16 GiB before reading (a MemoryError
     # out of read_label_file where the memory was not there)
     huge = tmp_path / "huge.npy"
