@@ -347,6 +347,9 @@ def load_yaml(path: str, what: str) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise UserError(f"{what} {path}: not valid YAML{where}") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as e:  # a tag its value does not fit: `!!int abc`
+        detail = f": {first_line(e)}" if isinstance(e, ValueError) else ""
+        raise UserError(f"{what} {path}: not valid YAML (a value its explicit tag does not fit{detail})") from None
     if data is None:
         raise UserError(f"{what} {path}: the file is empty")
     if not isinstance(data, dict):

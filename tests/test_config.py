@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -295,7 +296,7 @@ def test_yaml_numbers_and_booleans_are_read_by_yaml_1_2(tmp_path):
     forms stay text, which the config's fields refuse by name."""
     from dm_tune.config import TrainConfig
     from dm_tune._validate import ConfigError
-    from dm_tune.errors import load_yaml
+    from dm_tune.errors import UserError, load_yaml
 
     path = tmp_path / "c.yaml"
     path.write_text("a: 017\nb: 1:20\nc: 1_0\nd: 1e-3\ne: 0x1f\nf: 0o17\ng: -.inf\nh: yes\ni: True\n"
@@ -305,6 +306,12 @@ def test_yaml_numbers_and_booleans_are_read_by_yaml_1_2(tmp_path):
                     "h": "yes", "i": True, "j": "0b11", "k": 0.5, "on": 1}
     assert [type(data[k]) for k in "ade"] == [int, float, int]
     assert TrainConfig.from_dict({"epochs": data["a"], "lr": data["d"]}).epochs == 17
+    # a value its explicit tag does not fit was a traceback (ValueError, or AttributeError for a date)
+    for tagged, words in (("!!int abc", "tag does not fit: invalid literal for int()"),
+                          ("!!timestamp abc", "tag does not fit)")):
+        path.write_text(f"epochs: {tagged}\n")
+        with pytest.raises(UserError, match=re.escape(f"c.yaml: not valid YAML (a value its explicit {words}")):
+            load_yaml(str(path), "--config")
     for field, value, allowed in (("epochs", "1_0", "an integer"), ("epochs", "1:20", "an integer"),
                                   ("epochs", "yes", "an integer"), ("lr", "1_0e-3", "a number")):
         with pytest.raises(ConfigError, match=f"{field}: '{value}' is not allowed; expected {allowed}"):
