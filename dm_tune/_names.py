@@ -37,14 +37,16 @@ NOISE_NAMES = ("none", "symmetric", "pair", "cifar100-superclass", "file")
 
 
 def rate_limit(name: str, num_classes: int) -> float | None:
-    """The rate at which a synthetic model's labels stop telling the classes apart (exclusive).
+    """The rate at which a noise model's labels stop telling the classes apart (exclusive).
 
     Symmetric noise leaves the true label the most common one of its class while
     1 - r > r / (C - 1), i.e. r < (C - 1) / C (at the limit the labels are uniform); pair and
     superclass noise while 1 - r > r, i.e. r < 0.5 (at 0.5 a class's examples carry its label and
     its partner's equally, above it mostly the partner's: no method can learn the true classes).
+    A label file (real noise, any structure) is held to random labels' rate, (C - 1) / C, whatever
+    its structure: ``noise.from_file`` refuses a file that differs from the data that often.
     """
-    if name == "symmetric":
+    if name in ("symmetric", "file"):
         return (num_classes - 1) / num_classes
     if name in ("pair", "cifar100-superclass"):
         return 0.5
@@ -52,6 +54,7 @@ def rate_limit(name: str, num_classes: int) -> float | None:
 
 
 IMBALANCE_KINDS = ("none", "longtail", "step")
+IMBALANCE_RATIO_MAX = 1e4  # largest / smallest class size a run takes
 PRETRAINABLE = ("resnet18", "resnet50", "reid-resnet18", "reid-resnet50")  # the models `pretrained` loads into
 IMAGE_DATASETS = ("cifar10", "cifar100", "clothing1m", "imagefolder")  # the ones `augment` crops and flips
 DOWNLOADABLE = ("cifar10", "cifar100")  # the ones `download` fetches

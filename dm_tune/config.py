@@ -16,8 +16,8 @@ from typing import Annotated, Any
 from pydantic import model_validator
 from pydantic.dataclasses import dataclass
 
-from dm_tune._names import (DATASET_NAMES, DATASET_ROOTS, DOWNLOADABLE, IMAGE_DATASETS, IMBALANCE_KINDS, METHOD_NAMES,
-                            MODEL_NAMES, NOISE_NAMES, PRETRAINABLE, STREAMED)
+from dm_tune._names import (DATASET_NAMES, DATASET_ROOTS, DOWNLOADABLE, IMAGE_DATASETS, IMBALANCE_KINDS,
+                            IMBALANCE_RATIO_MAX, METHOD_NAMES, MODEL_NAMES, NOISE_NAMES, PRETRAINABLE, STREAMED)
 from dm_tune._validate import CONFIG, Float, Int, Seed, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import DEFAULT_EFFECTIVE_BETA
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
@@ -54,7 +54,7 @@ class TrainConfig:
     noise_file: str | None = None          # for noise "file"
     noise_key: str | None = None           # key inside a CIFAR-N .pt file, e.g. "worse_label"
     imbalance: Annotated[str, one_of(IMBALANCE_KINDS)] = "none"
-    imbalance_ratio: Annotated[Float, in_range(1.0, 1e4)] = 1.0  # largest / smallest class size
+    imbalance_ratio: Annotated[Float, in_range(1.0, IMBALANCE_RATIO_MAX)] = 1.0  # largest / smallest class size
     val_fraction: Annotated[Float, in_range(0.0, 0.9)] = 0.2    # carved from training data (fixed seed)
     val_noisy: bool = False                # validation labels noisy too (the paper keeps them clean)
     # --- model ----------------------------------------------------------------------------

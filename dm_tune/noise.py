@@ -119,7 +119,7 @@ def from_file(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
     # As a synthetic rate is refused there: labels that differ from the dataset's as often as random
     # ones no longer identify the classes (a file of another dataset, or in another order, of the
     # right length and range, trained on at a realised rate of 0.9-1.0 without a word).
-    differ, limit = float((out != labels).mean()), (ctx.num_classes - 1) / ctx.num_classes
+    differ, limit = float((out != labels).mean()), rate_limit("file", ctx.num_classes)
     if len(out) and differ >= limit:
         raise DataError(ctx.file, f"its labels differ from the dataset's at {differ:.1%} of the training examples, "
                         f"as often as random labels would ({limit:.1%}): labels of another dataset, or in another "

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dm_tune._names import IMBALANCE_KINDS, rate_limit
+from dm_tune._names import IMBALANCE_KINDS, IMBALANCE_RATIO_MAX, rate_limit
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
 from dm_tune.reports._text import fmt_diff, num_text, setting_label
@@ -45,6 +45,8 @@ class Recommendation:
     settings: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     class_weighting: str = "none"
+    # From the surface: each class weighting's best cautious gain minus none's, in points.
+    class_weighting_gain: dict[str, float] | None = None
     # From the surface (None when interpolated): {"psi": [lo, hi], "rho": [lo, hi], "plausible":
     # {"psi": .., "rho": ..}, "within_points": 1.0}; {"mean", "low", "high", "level", "metric"} in points
     # of final validation accuracy over CCE (as leans_on's best_gain: the surface is fitted on validation).
@@ -132,7 +134,8 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
                 "leans on " + "; ".join(lines))
     return Recommendation(lam=r["lam"], beta=r["beta"], psi=r["psi"], rho=r["rho"], evidence=evidence,
                           settings=[s["setting"] for s in r["leans_on"]], warnings=r["warnings"],
-                          class_weighting=r["class_weighting"], region=r["region"], predicted_gain=gain,
+                          class_weighting=r["class_weighting"], class_weighting_gain=r["class_weighting_gain"],
+                          region=r["region"], predicted_gain=gain,
                           predicted_std=r["predicted_std"], surface_std=r["surface_std"], leans_on=r["leans_on"])
 
 
@@ -163,9 +166,9 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
         raise UserError(f"{names['noise_rate']} must be below {limit:.4g} for {noise_type} noise on {num_classes} "
                         f"classes, got {noise_rate!r}: from {limit:.4g} up a wrong label is at least as common as the "
                         "true one")
-    if not (isinstance(imbalance_ratio, (int, float)) and 1.0 <= imbalance_ratio < math.inf):
-        raise UserError(f"{names['imbalance_ratio']} must be a finite number >= 1 (largest / smallest class), "
-                        f"got {imbalance_ratio!r}")
+    if not (isinstance(imbalance_ratio, (int, float)) and 1.0 <= imbalance_ratio <= IMBALANCE_RATIO_MAX):
+        raise UserError(f"{names['imbalance_ratio']} must be in [1, {IMBALANCE_RATIO_MAX:g}] (largest / smallest "
+                        f"class, as dm-tune train takes it), got {imbalance_ratio!r}")
     if imbalance not in IMBALANCE_KINDS:  # as dm-tune train checks them
         raise UserError(f"{names['imbalance']} {imbalance!r} is not known; expected one of "
                         f"{', '.join(IMBALANCE_KINDS)}")

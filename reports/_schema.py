@@ -149,8 +149,9 @@ class _Surface(BaseModel):
 class _Guidelines(BaseModel):
     model_config = _JSON
     schema_version: Annotated[int, rule(lambda v: v == SCHEMA_VERSION,
-                                        f"expected {SCHEMA_VERSION} (files of schema version 1 must be "
-                                        "regenerated with 'dm-tune report')")]
+                                        f"expected {SCHEMA_VERSION} (a file of schema version 1 must be "
+                                        "regenerated with 'dm-tune report'; a later version was written by a "
+                                        "newer dm-tune)")]
     settings: list[_Setting]
     rules: list[Any]
     provenance: dict[str, Any]

@@ -537,6 +537,10 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
     if not rates:
         measured = sorted({_noise(s["noise"], s["noise_rate"])[0] for s in settings})
         out.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: {', '.join(measured)})")
+        rates = [_noise(s["noise"], s["noise_rate"])[1] for s in settings]  # (its rate: against every type's)
+        if not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
+            out.append(f"extrapolation: noise rate {num_text(noise_rate)} is outside the measured range "
+                       f"[{min(rates):g}, {max(rates):g}] of any noise type")
     elif not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
         out.append(f"extrapolation: noise rate {num_text(noise_rate)} is outside the measured range "
                    f"[{min(rates):g}, {max(rates):g}] for {noise} noise")

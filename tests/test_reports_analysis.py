@@ -585,7 +585,11 @@ def test_recommend_warns_when_extrapolating() -> None:
     (dict(imbalance_ratio=50.0), "imbalance ratio must be 1 with imbalance 'none', got 50.0"),
     (dict(imbalance="longtail"), "imbalance 'longtail' needs an imbalance ratio > 1"),
     (dict(imbalance="longtail", imbalance_ratio=math.inf),  # was a traceback from the surface's log(ratio)
-     "imbalance ratio must be a finite number >= 1 (largest / smallest class), got inf"),
+     "imbalance ratio must be in [1, 10000] (largest / smallest class, as dm-tune train takes it), got inf"),
+    # past what dm-tune train takes: was a recommendation at the grid's corner
+    (dict(imbalance="longtail", imbalance_ratio=1e5), "imbalance ratio must be in [1, 10000]"),
+    # a label file as different from the data as random labels is refused by train, as symmetric noise is
+    (dict(noise_type="file", noise_rate=0.9), "noise rate must be below 0.9 for file noise on 10 classes, got 0.9"),
 ])
 def test_recommend_rejects_bad_input(kwargs: dict[str, Any], message: str) -> None:
     args = dict(num_classes=10, noise_type="symmetric", noise_rate=0.2) | kwargs
@@ -648,8 +652,11 @@ def test_recommend_rejects_an_unknown_noise_type_on_the_command_line(tmp_path: P
     ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes (line 1)"),
     ("[1, 2]", ": the top level: [1, 2] is not allowed; expected a mapping of field: value"),
     ('{"schema_version": 1, "settings": [], "rules": [], "provenance": {}}',
-     ": schema_version: 1 is not allowed; expected 2 (files of schema version 1 must be regenerated with "
-     "'dm-tune report')"),
+     ": schema_version: 1 is not allowed; expected 2 (a file of schema version 1 must be regenerated with "
+     "'dm-tune report'; a later version was written by a newer dm-tune)"),
+    ('{"schema_version": 3, "settings": [], "rules": [], "provenance": {}}',  # (was told to regenerate it)
+     ": schema_version: 3 is not allowed; expected 2 (a file of schema version 1 must be regenerated with "
+     "'dm-tune report'; a later version was written by a newer dm-tune)"),
     ('{"schema_version": 2, "settings": {}, "rules": [], "provenance": {}}',
      ": settings: {} is not allowed; expected a list"),
     ('{"schema_version": 2, "settings": [], "rules": []}', ": provenance: missing; this field is required"),

@@ -308,6 +308,10 @@ def test_extrapolation_is_warned_about(surface: dict[str, Any]) -> None:
     assert warned() == []
     assert any("noise rate 0.8 is outside the measured range [0, 0.6]" in w for w in warned(noise_rate=0.8))
     assert any("noise type 'pair' was not measured" in w for w in warned(noise_type="pair"))
+    # an unmeasured type's rate was not compared with any measured rate
+    assert any("noise rate 0.8 is outside the measured range [0, 0.6] of any noise type" in w
+               for w in warned(noise_type="pair", noise_rate=0.45, num_classes=10) + warned(noise_type="file",
+                                                                                          noise_rate=0.8))
     assert any("number of classes 100 is outside the measured range [10, 10]" in w for w in warned(num_classes=100))
     assert any("imbalance 'longtail' was not measured" in w for w in warned(imbalance="longtail", imbalance_ratio=10))
     assert any("dataset 'cifar10' was not measured" in w for w in warned(dataset="cifar10"))
@@ -446,8 +450,11 @@ def test_guidelines_carry_the_surface_and_recommend_json_on_the_command_line(tmp
     out = json.loads(proc.stdout)
     assert out["rc"] == 0 and out["heavy"] == []  # recommend stays light: numpy only
     rec_json = out["rec"]
+    # (class_weighting_gain, which the README says --json holds, was left out)
     assert set(rec_json) == {"lam", "beta", "psi", "rho", "evidence", "settings", "warnings", "class_weighting",
-                             "region", "predicted_gain", "predicted_std", "surface_std", "leans_on", "guidelines"}
+                             "class_weighting_gain", "region", "predicted_gain", "predicted_std", "surface_std",
+                             "leans_on", "guidelines"}
+    assert rec_json["class_weighting_gain"]["none"] == 0.0
     assert set(rec_json["region"]) == {"psi", "rho", "plausible", "within_points"}
     assert set(rec_json["predicted_gain"]) == {"mean", "low", "high", "level", "metric"}
     assert rec_json["predicted_gain"]["metric"] == "final validation accuracy, points over CCE"
