@@ -66,7 +66,7 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
     """DM (lam, beta), (psi, rho) and class weighting for the given data: from the response surface
     for classification, else interpolated from measured settings of the same task (for retrieval,
     ``num_classes`` counts the identities of the training split). ``dataset``: the name of a
-    measured dataset, when the data is one (surface only)."""
+    measured dataset, when the data is one (interpolation then draws on its settings alone)."""
     _check_inputs(num_classes, noise_type, noise_rate, imbalance, imbalance_ratio)
     if task not in TASKS:
         raise UserError(f"task {task!r} is not known; expected one of {', '.join(TASKS)}")
@@ -81,6 +81,13 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
         raise UserError(f"the guidelines contain no {task} settings; run a {task} study, then "
                         "'dm-tune report', and pass its guidelines.json with --guidelines")
     warnings: list[str] = [NO_SURFACE]
+    if dataset is not None:  # (was ignored here: the surface's alone)
+        mine = [s for s in settings if s.get("dataset") == dataset]
+        if not mine:
+            measured = sorted({str(s.get("dataset")) for s in settings})
+            warnings.append(f"dataset {dataset!r} was not measured (measured: {', '.join(measured)}); recommending "
+                            "from the others")
+        settings = mine or settings
     pool = _by_noise_type(settings, noise_type, noise_rate, warnings)
     pool = _nearest(pool, "num_classes", num_classes, "number of classes", warnings)
     same = [s for s in pool if s["imbalance"] == imbalance]
@@ -244,6 +251,7 @@ def _evidence_line(s: dict[str, Any]) -> str:
     line = f"{setting_label(s)}: psi {s['psi']:.2f}, rho {s['rho']:.2f}"
     base = s["vs_baselines"].get("cce")
     if isinstance(base, dict) and base.get("mean_diff") is not None:
-        line += (f", {fmt_diff(base['mean_diff'], base.get('std'))} points of final test accuracy over CCE over "
+        metric = "mAP" if s.get("task") == "retrieval" else "accuracy"  # (retrieval's said "accuracy")
+        line += (f", {fmt_diff(base['mean_diff'], base.get('std'))} points of final test {metric} over CCE over "
                  f"{base.get('n', '?')} seeds")
     return line + f" (the arm measured on {s['n_seeds']} seeds)"

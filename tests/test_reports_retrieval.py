@@ -80,6 +80,12 @@ def test_retrieval_guidelines_say_map_and_recommend_keeps_tasks_apart():
     assert "accuracy 34.0" not in guidelines_markdown(doc)
     rec = recommend(doc, num_classes=120, noise_type="symmetric", noise_rate=0.3, task="retrieval")
     assert rec.lam == pytest.approx(s["lam"]) and rec.beta == pytest.approx(s["beta"])
+    assert "points of final test mAP over CCE" in rec.evidence and "accuracy" not in rec.evidence  # (said accuracy)
+    # a dataset named was ignored without a word here
+    named = recommend(doc, num_classes=120, noise_type="symmetric", noise_rate=0.3, task="retrieval", dataset="mars")
+    assert any(w.startswith(f"dataset 'mars' was not measured (measured: {s['dataset']})") for w in named.warnings)
+    assert not any("dataset" in w for w in recommend(doc, num_classes=120, noise_type="symmetric", noise_rate=0.3,
+                                                      task="retrieval", dataset=s["dataset"]).warnings)
     with pytest.raises(UserError, match="no classification settings"):
         recommend(doc, num_classes=120, noise_type="symmetric", noise_rate=0.3)
     # the shipped (classification) guidelines have no retrieval settings
