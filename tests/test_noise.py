@@ -181,7 +181,8 @@ def test_the_rate_limit_is_where_a_wrong_label_becomes_as_common_as_the_true_one
                 check_noise(name, rate, num_classes, groups)
     with pytest.raises(ConfigError, match="settings.noise: 'cifar100-superclass'.*groups"):
         check_noise("cifar100-superclass", 0.2, 10, None, prefix="settings.")
-    assert rate_limit("none", 10) is None and rate_limit("file", 10) is None
+    # a label file is held to random labels' rate (noise.from_file refuses one that differs that often)
+    assert rate_limit("none", 10) is None and rate_limit("file", 10) == pytest.approx(0.9)
 
 
 def test_none_leaves_labels_unchanged_whatever_the_rate():
