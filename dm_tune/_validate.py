@@ -20,6 +20,8 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError, PydanticKnownError
 
+from dm_tune.errors import unusual_number
+
 T = TypeVar("T")
 
 # Unknown keys are mistakes. Values are coerced as the command line and YAML need ("0.4" -> 0.4,
@@ -104,7 +106,7 @@ def _not_bool(error_type: str) -> BeforeValidator:
     def check(value: Any) -> Any:
         # Text is read as a number as the CLI reads one (errors.read_number): pydantic, like
         # Python, would take "1_0" for 10.
-        if isinstance(value, bool) or (isinstance(value, str) and ("_" in value or not value.isascii())):
+        if isinstance(value, bool) or (isinstance(value, str) and unusual_number(value)):
             raise PydanticKnownError(error_type)  # type: ignore[arg-type]
         return value
 

@@ -88,10 +88,15 @@ def text_argument(what: str):
     return check
 
 
+def unusual_number(text: str) -> bool:
+    """Text that Python (and pydantic) read as a number but a user would not write as one: ``1_0``
+    (10) and digits of other scripts (Arabic-Indic three: 3)."""
+    return "_" in text or not text.isascii()
+
+
 def read_number(text: str, kind: type = float) -> Any:
-    """``kind(text)`` (float or int), but ValueError for the forms Python also reads that a user
-    would not write as a number: ``1_0`` (10) and digits of other scripts (Arabic-Indic three: 3)."""
-    if "_" in text or not text.isascii():
+    """``kind(text)`` (float or int), but ValueError for an ``unusual_number``."""
+    if unusual_number(text):
         raise ValueError(text)
     return kind(text)
 

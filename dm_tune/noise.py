@@ -338,9 +338,15 @@ def _is_int(s: str) -> bool:
 def _csv_label(path: Path, line: int, text: str, layout: str) -> int:
     """The label ``text`` on line ``line`` of a .csv/.txt label file (one line named: "8.0", "1_0" or
     a number past any class id was "could not be read as labels" or "holds no integer labels")."""
-    if not _is_int(text) or abs(int(text)) > 2**62:
+    from dm_tune.errors import read_number
+
+    try:
+        label = read_number(text, int)
+    except ValueError:
+        label = None
+    if label is None or abs(label) > 2**62:
         raise DataError(path, f"line {line}: {text[:40]!r} is not an integer class id", layout)
-    return int(text)
+    return label
 
 
 NOISE_MODELS: dict[str, NoiseModel] = {

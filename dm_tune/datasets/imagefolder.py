@@ -183,15 +183,15 @@ def _each_image_once(root: Path, splits: list[tuple[str, list[str], list[int], n
     test images trained on, or an image taught with two labels. In one class of one split, a
     repeat is kept (as torchvision keeps it): the user's own oversampling."""
     files = np.concatenate([f for *_, f in splits])
-    group = np.concatenate([np.full(len(f), i) * 1_000_000 + np.asarray(labels) for i, (_, _, labels, f) in
-                            enumerate(splits)])
-    order = np.lexsort((group, files[:, 1], files[:, 0]))
-    same = (files[order[1:]] == files[order[:-1]]).all(axis=1) & (group[order[1:]] != group[order[:-1]])
+    split_of = np.repeat(np.arange(len(splits)), [len(f) for *_, f in splits])
+    label = np.concatenate([np.asarray(labels, dtype=np.int64) for _, _, labels, _ in splits])
+    order = np.lexsort((label, split_of, files[:, 1], files[:, 0]))
+    a_, b_ = order[:-1], order[1:]
+    same = (files[b_] == files[a_]).all(axis=1) & ((split_of[b_] != split_of[a_]) | (label[b_] != label[a_]))
     if not same.any():
         return
     keys = [k for _, split_keys, _, _ in splits for k in split_keys]
-    a, b = sorted((int(order[np.argmax(same)]), int(order[np.argmax(same) + 1])))
-    split_of = np.repeat(np.arange(len(splits)), [len(f) for *_, f in splits])
+    a, b = sorted((int(a_[np.argmax(same)]), int(b_[np.argmax(same)])))
     what = ("an image in two splits (the evaluation would score images the model trained on)"
             if split_of[a] != split_of[b] else "an image under two classes")
     raise DataError(root / keys[b], f"is the same file as {root / keys[a]} (through a link): {what}", LAYOUT)

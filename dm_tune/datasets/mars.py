@@ -96,9 +96,10 @@ def _read_mat(path: Path, var: str) -> np.ndarray:
     if var not in mat:
         raise DataError(path, f"has no variable {var!r} (present: {', '.join(k for k in mat if not k.startswith('__'))})", LAYOUT)
     arr = np.asarray(mat[var])
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise DataError(path, f"{var} is not numeric" if not np.issubdtype(arr.dtype, np.number) else
-                        f"{var} holds complex numbers", LAYOUT)
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(path, f"{var} is not numeric", LAYOUT)
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataError(path, f"{var} holds complex numbers", LAYOUT)
     return arr
 
 
@@ -216,15 +217,14 @@ def load_images(root: Path | None, options: Mapping[str, Any], download: bool = 
     labels, classes = renumber(tr[:, 2])
     query = np.unique(query)
     # A junk or distractor query has no true match (the others of its kind are none): not scored.
-    unscored = int(np.isin(te[query, 2], (JUNK_ID, DISTRACTOR_ID)).sum())
-    query = query[~np.isin(te[query, 2], (JUNK_ID, DISTRACTOR_ID))]
-    test = gallery(test_set, te[:, 2], te[:, 3], query, te[:, 2] == JUNK_ID)
+    unscored = np.isin(te[query, 2], (JUNK_ID, DISTRACTOR_ID))
+    test = gallery(test_set, te[:, 2], te[:, 3], query[~unscored], te[:, 2] == JUNK_ID)
     return Source(
         name="mars", train=Split(train_set, torch.from_numpy(labels)), test=Split(test_set, test.ids),
         num_classes=len(classes), input_kind="video", default_model="reid-resnet50",
         defaults=dict(DEFAULTS), gallery=test, train_cams=torch.from_numpy(tr[:, 3].copy()),
         info={"data_dir": str(root), **opts, "train_tracks": len(tr), "test_tracks": len(te),
-              "queries": len(test.query), "queries_unscored": unscored},
+              "queries": len(test.query), "queries_unscored": int(unscored.sum())},
     )
 
 
