@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -1055,6 +1056,20 @@ def test_imagefolder_carved_and_official_val(tmp_path):
     # its own validation set keeps its own labels: val_noisy is refused, not silently ignored
     with pytest.raises(ConfigError, match="val_noisy: True is not allowed; imagefolder has its own validation"):
         prepare(config("imagefolder", tmp_path / "b", val_noisy=True))
+
+
+@pytest.mark.parametrize("name", ["valid", "validation"])
+def test_imagefolder_reads_a_validation_folder_by_its_other_names_and_refuses_two(tmp_path, name):
+    """A tree shipped with valid/ or validation/ (Kaggle's, Roboflow's) had its validation images
+    left out without a word, and a validation set carved from train instead."""
+    root = make_imagefolder(tmp_path / "a", with_val=True)
+    (root / "val").rename(root / name)
+    data = prepare(config("imagefolder", root, dataset_options={"image_size": 16}))
+    assert len(data.train) == 9 and len(data.val) == 3
+    assert data.info["official_val"] and data.info["val_folder"] == name
+    shutil.copytree(root / name, root / "val")
+    err = expect_data_error(config("imagefolder", root), root)
+    assert f"has val/ and {name}/: one validation folder, not several" in str(err)
 
 
 @pytest.mark.parametrize("image_size", [16, 224])

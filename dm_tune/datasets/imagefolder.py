@@ -1,7 +1,8 @@
 """Any torchvision ImageFolder tree, read lazily from disk (also the image reader Clothing1M uses).
 
 Layout: ``root/train/<class>/*.jpg`` and ``root/test/<class>/*.jpg``, optionally
-``root/val/<class>/*.jpg`` (then it is the validation set; otherwise one is carved from train).
+``root/val/<class>/*.jpg`` (or ``valid/``, ``validation/``: then it is the validation set;
+otherwise one is carved from train).
 Classes are the sorted folder names of ``train/``. Each image is resized (shorter side to
 image_size * 256/224) and centre-cropped to ``image_size`` (dataset_options, default 224), and
 returned as a float tensor normalised with the ImageNet statistics, so ``Source.normalise`` is
@@ -30,9 +31,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 OPTIONS = ("image_size",)
+# The validation split's folder, by the names image sets ship it under (torchvision's and Keras'
+# trees use val/, Kaggle's and Roboflow's valid/ or validation/).
+VAL_FOLDERS = ("val", "valid", "validation")
 
 LAYOUT = ("<data_root>/train/<class>/<image> and <data_root>/test/<class>/<image> with the same "
-          "class folders (optionally <data_root>/val/<class>/<image>); images "
+          "class folders (optionally <data_root>/val/<class>/<image>, or valid/ or validation/); images "
           + ", ".join(IMAGE_EXTENSIONS))
 
 # A generic from-scratch protocol for a ResNet-18 on a small image set.
@@ -197,6 +201,16 @@ def _each_image_once(root: Path, splits: list[tuple[str, list[str], list[int], n
     raise DataError(root / keys[b], f"is the same file as {root / keys[a]} (through a link): {what}", LAYOUT)
 
 
+def _val_folder(root: Path) -> str | None:
+    """The validation split's folder name under root (one of VAL_FOLDERS), or None; two of them
+    refused (which one holds the validation images is the user's to say)."""
+    found = [name for name in VAL_FOLDERS if (root / name).is_dir()]
+    if len(found) > 1:
+        raise DataError(root, f"has {' and '.join(name + '/' for name in found)}: one validation folder, "
+                        "not several (rename or move the others)", LAYOUT)
+    return found[0] if found else None
+
+
 def _split(root: Path, keys: list[str], labels: list[int], image_size: int, margin: bool = False) -> Split:
     return Split(ImageFiles(root, keys, image_size, margin), torch.tensor(labels, dtype=torch.int64))
 
@@ -210,9 +224,9 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
     classes, tr_keys, tr_labels, tr_files = _scan(root, "train", None)
     _, te_keys, te_labels, te_files = _scan(root, "test", classes)
     splits = [("train", tr_keys, tr_labels, tr_files), ("test", te_keys, te_labels, te_files)]
-    val = None
-    if (root / "val").is_dir():
-        _, va_keys, va_labels, va_files = _scan(root, "val", classes)
+    val, val_folder = None, _val_folder(root)
+    if val_folder is not None:
+        _, va_keys, va_labels, va_files = _scan(root, val_folder, classes)
         splits.append(("val", va_keys, va_labels, va_files))
         val = _split(root, va_keys, va_labels, image_size)
     _each_image_once(root, splits)
@@ -226,5 +240,6 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
         default_model="resnet18",
         class_names=tuple(classes),
         defaults=dict(DEFAULTS),
-        info={"data_dir": str(root), "image_size": image_size, "official_val": val is not None},
+        info={"data_dir": str(root), "image_size": image_size, "official_val": val is not None,
+              "val_folder": val_folder},
     )
