@@ -182,6 +182,25 @@ def test_leave_one_setting_out_scores_against_the_best_confirmed_arm() -> None:
     assert summary["paper"]["mean_regret"] > summary["surface"]["mean_regret"]  # paper's psi 1/3 at rate 0.2...
 
 
+def test_the_local_gp_estimates_a_measured_arm_near_its_measured_mean() -> None:
+    """Five arms of a measured setting (digits, 40% symmetric noise, 5 epochs; final test
+    accuracies): the local GP's optimiser, with two restarts, ended in its flat "all noise"
+    optimum, and scored the measured best arm (89.7) at the arms' mean, 71.0: a regret of 18.7
+    points for the setting's own best arm in the leave-one-setting-out table."""
+    from dm_tune.reports._loso import LOCAL_RESTARTS, _scored
+
+    arms = {(0.41161, 3.984243): (73.1481, 74.6296, 73.7037), (1 / 3, 3.079201): (87.7778, 90.9259, 90.3704),
+            (2 / 3, 3.555556): (62.0370, 47.9630), (0.5, 4.0): (48.8889, 48.8889), (0.5, 2.0): (87.0370, 86.4815, 89.0741)}
+    runs = pd.DataFrame([{"setting": "s", "arm": f"dm({psi:.3f},{rho:.3f})", "seed": seed, "psi": psi, "rho": rho,
+                          "class_weighting": "none", "final_test_acc": acc / 100}
+                         for (psi, rho), accs in arms.items() for seed, acc in enumerate(accs)])
+    local = _local_gp(runs, LOCAL_RESTARTS)
+    best = float(np.mean(arms[(1 / 3, 3.079201)]))
+    for (psi, rho), accs in arms.items():  # every arm, within 3 points of its own mean
+        est = _scored(local, psi, rho, "none", best, 89.26)["test_acc"]
+        assert abs(est - float(np.mean(accs))) < 3.0, (psi, rho, est)
+
+
 def test_an_estimate_beyond_the_measured_arms_is_marked_capped() -> None:
     """The local GP's estimate is kept within the arms' range: one above it got the best arm's
     accuracy, a regret of 0 that no trial measured, shown like any other. It is marked (the
