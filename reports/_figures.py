@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dm_tune.reports._analysis import POINTS, dm_configs, usable
+from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._paper import CIFAR10_SCHEDULE
 from dm_tune.reports._rules import RULE_GROUP, group_label, rate_groups
 from dm_tune.reports._text import metric_name
@@ -37,7 +38,10 @@ def plane_figure(setting: dict[str, Any], runs: pd.DataFrame) -> Figure:
     if "reused_from" in dm:  # a confirm record of a search run: the same training, marked once
         dm = dm[dm["reused_from"].fillna("") == ""]
     ok = usable(dm).dropna(subset=["psi", "rho"])
-    failed = dm[~dm.index.isin(ok.index)].dropna(subset=["psi", "rho"])
+    not_ok = dm[~dm.index.isin(ok.index)].dropna(subset=["psi", "rho"])
+    # still running, or interrupted (a killed search): no outcome yet, not a failure (the table counts them apart)
+    pending = not_ok[not_ok["status"].isin(IN_PROGRESS)]
+    failed = not_ok[~not_ok["status"].isin(IN_PROGRESS)]
     x, y, acc = ok["psi"].to_numpy(), ok["rho"].to_numpy(), ok["final_val_acc"].to_numpy() * POINTS
     mappable: Any = None
     if len(ok) >= 4 and np.ptp(x) > 0 and np.ptp(y) > 0:
@@ -52,6 +56,9 @@ def plane_figure(setting: dict[str, Any], runs: pd.DataFrame) -> Figure:
     if len(failed):
         ax.scatter(failed["psi"], failed["rho"], marker="x", color="red", s=30, zorder=3,
                    label=f"diverged / early-stopped / errored ({len(failed)})")
+    if len(pending):
+        ax.scatter(pending["psi"], pending["rho"], marker="o", facecolors="none", edgecolors="grey", s=30,
+                   zorder=3, label=f"still running or interrupted ({len(pending)})")
     (p0, p1), (r0, r1) = setting["psi_range"], setting["rho_range"]
     ax.add_patch(_rect(p0, r0, p1, r1))
     ax.scatter([setting["psi"]], [setting["rho"]], marker="*", s=220, color="orange", edgecolors="black",

@@ -125,6 +125,18 @@ def test_the_plane_figure_marks_a_reused_training_once() -> None:
     assert finished_label(rows + reused) == finished_label(rows)
 
 
+def test_the_plane_figure_marks_runs_in_progress_apart_from_failed_ones() -> None:
+    """A killed search's runs (running, interrupted) have no outcome yet: the figure drew them as
+    "diverged / early-stopped / errored" beside a table that counted 0 of those."""
+    from dm_tune.reports._figures import plane_figure
+
+    rows = known_runs()  # (two early-stopped, one diverged and one errored DM run among them)
+    pending = [row(seed=5, val=None, test=None, lam=3.0, beta=9.0, status=s) for s in ("running", "interrupted")]
+    df = tidy(rows + pending)
+    labels = plane_figure(analyse_setting(df), df).axes[0].get_legend_handles_labels()[1]
+    assert "diverged / early-stopped / errored (4)" in labels and "still running or interrupted (2)" in labels
+
+
 def test_search_stage_fallback_is_said() -> None:
     rows = [row(stage="search", val=v, lam=lam, beta=4.0) for v, lam in ((0.7, 0.5), (0.9, 2.0), (0.6, 0.0))]
     res = analyse_setting(tidy(rows))
