@@ -51,6 +51,22 @@ def resolve_path(value: str | Path, what: str) -> Path:
         raise UserError(f"{what} {value}: is a symbolic link in a loop (it leads back to itself)") from None
 
 
+def parse_url(flag: str, uri: str) -> Any:
+    """``uri`` parsed (urllib's SplitResult); an http(s) URL must name a host and a port that can
+    be (urllib raises ValueError for [::1, [zz] or :99999, only once they are asked for)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parsed = urlsplit(uri)
+        if parsed.scheme in ("http", "https"):
+            if not parsed.hostname:
+                raise ValueError("no host: expected http(s)://HOST[:PORT]")
+            parsed.port  # noqa: B018  (read for its check)
+    except ValueError as exc:
+        raise UserError(f"{flag} {uri}: not a valid URL ({exc})") from None
+    return parsed
+
+
 def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` with each of its ``PATH_FIELDS`` absolute (a relative path names another file
     from another folder); a URI (``s3://...``) stays as it is."""

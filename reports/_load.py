@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import pandas as pd
 
 from dm_tune._names import task_of
 from dm_tune._param import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
-from dm_tune.errors import UserError
+from dm_tune.errors import UserError, parse_url
 
 PARAM_COLUMNS = ("method", "lam", "beta", "psi", "rho", "dataset", "noise", "noise_rate", "imbalance",
                  "imbalance_ratio", "model", "num_classes", "pretrained", "seed", "epochs", "class_weighting")
@@ -64,7 +63,7 @@ def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd
         known = {e.name: e.experiment_id for e in _all_experiments(client)}
     except MlflowException as e:
         if "database schema" not in str(e):
-            raise
+            raise _store_error(tracking_uri, e) from None
         said = str(e).split(". ")[0]  # (found version X, but expected Y); then MLflow's advice, at length
         raise UserError(f"the MLflow store at {tracking_uri} has a schema this MLflow does not read: {said}; "
                         f"report with the MLflow that wrote it, or back it up and run: mlflow db upgrade "
@@ -80,7 +79,11 @@ def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd
     rows: list[dict[str, Any]] = []
     skipped = 0
     for name, exp_id in chosen.items():
-        for run in _search_trial_runs(client, exp_id):
+        try:
+            runs = _search_trial_runs(client, exp_id)
+        except MlflowException as e:
+            raise _store_error(tracking_uri, e) from None
+        for run in runs:
             check_run_values(name, run.info.run_id, run.data.params, run.data.metrics)
             row = run_to_row(name, run.info.run_id, run.data.params, run.data.metrics, run.data.tags)
             if row is not None:
@@ -100,13 +103,18 @@ def load_histories(tracking_uri: str, run_ids: Iterable[str],
                    metrics: Sequence[str] = HISTORY_METRICS) -> pd.DataFrame:
     """Per-epoch metric histories, long format: columns run_id, metric, step, value."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     _check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     records = []
     for run_id in dict.fromkeys(run_ids):
         for key in metrics:
-            for m in client.get_metric_history(run_id, key):
+            try:
+                history = client.get_metric_history(run_id, key)
+            except MlflowException as e:
+                raise _store_error(tracking_uri, e) from None
+            for m in history:
                 try:
                     records.append((run_id, m.key, int(m.step), float(m.value)))
                 except (TypeError, ValueError):  # (MLflow hands back what SQLite holds: text, in a damaged store)
@@ -257,9 +265,17 @@ def _dm_tune_version(versions_json: str) -> str:
     return str(versions.get("dm-tune", "")) if isinstance(versions, dict) else ""
 
 
+def _store_error(uri: str, exc: Exception) -> UserError:
+    """MLflow's refusal of a request as one line: a web server that is not MLflow's answers its
+    API with an HTTP error (MLflow's message then carries the page); a store that fails mid-read."""
+    said = " ".join(str(exc).split(" Response body:")[0].split())  # (not the page that came with it)
+    return UserError(f"the MLflow tracking store {uri} refused a request: "
+                     f"{said[:300] + ('...' if len(said) > 300 else '')} (is it an MLflow tracking server or store?)")
+
+
 def _check_reachable(uri: str) -> None:
     """Fail fast: MLflow's own client retries an unreachable server for minutes."""
-    scheme = urllib.parse.urlparse(uri).scheme
+    scheme = parse_url("--tracking-uri", uri).scheme
     if scheme in ("http", "https"):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=_HTTP_TIMEOUT_S).close()

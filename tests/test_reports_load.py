@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import socket
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -234,6 +235,44 @@ def test_unreachable_server_fails_fast() -> None:
     with pytest.raises(UserError, match="unreachable"):
         load_runs(f"http://127.0.0.1:{port}", None)
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(("uri", "said"), [("http://[::1", "Invalid IPv6 URL"), ("https://[zz]:80", "'zz'"),
+                                           ("http://127.0.0.1:99999", "Port out of range"),
+                                           ("http://127.0.0.1:abc", "'abc'"), ("http://", "no host")])
+def test_a_tracking_uri_that_is_no_url_is_one_line(uri: str, said: str) -> None:
+    """urllib raises ValueError for these once their host or port is read: tracebacks."""
+    with pytest.raises(UserError, match=re.escape(f"--tracking-uri {uri}: not a valid URL (") + ".*" + re.escape(said)):
+        load_runs(uri, None)
+
+
+def test_a_web_server_that_is_not_mlflow_is_one_line(tmp_path: Path) -> None:
+    """Its /health answered 404 (the server is there), then MLflow's API request failed with 501:
+    a 50-line traceback ending in the server's error page."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(UserError) as info:
+            load_runs(uri, None)
+        with pytest.raises(UserError) as history:
+            load_histories(uri, ["abc"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    for err in (info.value, history.value):
+        text = str(err)
+        assert text.startswith(f"the MLflow tracking store {uri} refused a request: API request to endpoint")
+        assert "failed with error code" in text and "is it an MLflow tracking server" in text
+        assert "\n" not in text and "DOCTYPE" not in text
 
 
 def test_load_histories(store: dict[str, Any]) -> None:

@@ -78,6 +78,12 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--address", "no-port"], ["--address", "HOST:PORT"]),
     (["--tracking-uri", "http://127.0.0.1:{port}"], ["--tracking-uri", "cannot reach"]),
     (["--tracking-uri", "ftp://x"], ["--tracking-uri", "sqlite"]),
+    # urllib's ValueErrors, read from the URL's host or port: were tracebacks
+    (["--tracking-uri", "http://[::1"], ["--tracking-uri http://[::1: not a valid URL (Invalid IPv6 URL)"]),
+    (["--tracking-uri", "http://127.0.0.1:99999"], ["--tracking-uri http://127.0.0.1:99999: not a valid URL",
+                                                    "Port out of range"]),
+    (["--tracking-uri", "http://"], ["--tracking-uri http://: not a valid URL (no host"]),  # was: localhost:80
+    (["--storage-path", "file://[::1/x"], ["--storage-path file://[::1/x: not a valid URL"]),
     # relative to wherever the search started: no mlflow.db in the workspace, none a report finds
     (["--tracking-uri", "sqlite:///rel.db"], ["--tracking-uri sqlite:///rel.db", "sqlite:////abs/path.db"]),
     (["--name", ""], ["name: ''", "letters, digits"]),

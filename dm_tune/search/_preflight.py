@@ -13,9 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from dm_tune.errors import UserError
+from dm_tune.errors import UserError, parse_url
 from dm_tune.search._local_ray import PRIVATE_RESOURCE
 from dm_tune.search._study import Study
 
@@ -64,7 +63,7 @@ def check_storage(uri: str, timeout: float = STORAGE_TIMEOUT_S) -> None:
 
 
 def check_tracking(uri: str) -> None:
-    parsed = urlparse(uri)
+    parsed = parse_url("--tracking-uri", uri)
     if parsed.scheme in ("http", "https"):
         import urllib.request
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from dm_tune._validate import ConfigError
 from dm_tune.errors import (UserError, absolute_paths, float_argument, int_argument, load_yaml, no_room,
-                            output_path, path_argument, read_number, resolve_path, text_argument, write_output)
+                            output_path, parse_url, path_argument, read_number, resolve_path, text_argument,
+                            write_output)
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -291,9 +292,9 @@ def search_cmd(args: argparse.Namespace) -> int:
         raise UserError(f"--workspace {args.workspace}: exists and is not a directory")
     study, resuming = _load_study(args, workspace)
     if args.storage_path and args.storage_path.startswith("file://"):  # a local folder: checked as one
-        from urllib.parse import unquote, urlparse
+        from urllib.parse import unquote
 
-        args.storage_path = unquote(urlparse(args.storage_path).path) or "/"
+        args.storage_path = unquote(parse_url("--storage-path", args.storage_path).path) or "/"
     if args.storage_path and "://" not in args.storage_path:
         args.storage_path = str(resolve_path(args.storage_path, "--storage-path"))
     _same_places(args, workspace, study.name)
