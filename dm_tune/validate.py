@@ -20,7 +20,10 @@ Verdict rule (``verdict``): with d_i = recommended - baseline final test accurac
 (percentage points), n seeds, mean d and sample std s: the paired two-sided 95% t interval
 mean d +- t(0.975, n - 1) * s / sqrt(n) (scipy). "wins" when it lies above 0, "loses" when it
 lies below 0, otherwise "within noise"; with fewer than two paired seeds there is no spread to
-judge by: "undetermined". (With 3 seeds t is 4.3: only clear differences count.) A run that
+judge by: "undetermined". (With 3 seeds t is 4.3: only clear differences count.) An accuracy
+moves in steps of one test example, so s is taken as at least one step (100 / test examples,
+points): the same difference on every seed (two models a step apart on each, e.g. both at chance)
+is a spread below what the test set can measure, not a certain one. A run that
 did not finish (diverged) has no final accuracy, and its failure decides: an arm that did not
 finish on a seed where the other did loses the comparison ("undetermined" if each failed where
 the other finished).
@@ -61,13 +64,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def verdict(mean_diff: float, std: float, n: int) -> str:
-    """"wins" / "loses" / "within noise" / "undetermined" by the module docstring's rule."""
+def verdict(mean_diff: float, std: float, n: int, step: float = 0.0) -> str:
+    """"wins" / "loses" / "within noise" / "undetermined" by the module docstring's rule (``step``:
+    one test example's worth of accuracy, points; the least spread taken)."""
     if n < 2 or not (math.isfinite(mean_diff) and math.isfinite(std)):
         return "undetermined"
     from scipy.stats import t
 
-    bound = float(t.ppf(1 - (1 - CONFIDENCE) / 2, n - 1)) * std / math.sqrt(n)
+    bound = float(t.ppf(1 - (1 - CONFIDENCE) / 2, n - 1)) * max(std, step) / math.sqrt(n)
     if mean_diff > bound:
         return "wins"
     if mean_diff < -bound:
@@ -82,10 +86,10 @@ def final_accuracies(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[in
             for arm, a in runs.items()}
 
 
-def summarise(accuracies: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
+def summarise(accuracies: Mapping[str, Mapping[int, float]], step: float = 0.0) -> dict[str, Any]:
     """Per arm: mean +- sample std of final test accuracy (points) over its finite seeds (NaN: a
     run that did not finish); per baseline: the paired difference dm-recommended - baseline over
-    the seeds both have."""
+    the seeds both have (``step``: one test example's worth of accuracy, points; see ``verdict``)."""
     arms = {}
     for arm, by_seed in accuracies.items():
         finite = [v for v in by_seed.values() if math.isfinite(v)]
@@ -94,13 +98,13 @@ def summarise(accuracies: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
     rec = accuracies.get("dm-recommended", {})
     comparisons = {}
     for base in BASELINE_ARMS:
-        c = paired_comparison(rec, accuracies.get(base, {}))
+        c = paired_comparison(rec, accuracies.get(base, {}), step)
         c["did_not_finish"] = {"dm-recommended": c.pop("a_failed"), base: c.pop("b_failed")}
         comparisons[base] = c
     return {"arms": arms, "vs": comparisons}
 
 
-def paired_comparison(a: Mapping[Any, float], b: Mapping[Any, float]) -> dict[str, Any]:
+def paired_comparison(a: Mapping[Any, float], b: Mapping[Any, float], step: float = 0.0) -> dict[str, Any]:
     """Arm a against arm b, per seed (NaN: the run did not finish): the mean +- sample std of a - b
     over the seeds both finished, and the verdict of the module docstring's rule (a seed where one
     finished and the other did not decides against the one that did not)."""
@@ -113,7 +117,7 @@ def paired_comparison(a: Mapping[Any, float], b: Mapping[Any, float]) -> dict[st
     if a_failed or b_failed:
         decided = "undetermined" if a_failed and b_failed else "loses" if a_failed else "wins"
     else:
-        decided = verdict(mean, std, len(diffs))
+        decided = verdict(mean, std, len(diffs), step)
     return {"mean_diff": mean, "std": std, "n": len(diffs), "seeds": seeds, "a_failed": a_failed,
             "b_failed": b_failed, "verdict": decided}
 
@@ -131,12 +135,42 @@ def arm_overrides(rec: Any) -> dict[str, dict[str, Any]]:
             "imae": {**IMAE_KNOBS, "class_weighting": "none"}}
 
 
+def _recommendation(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],
+                    guidelines: dict[str, Any], named: str, first: Any = None) -> Any:
+    """The guidelines' recommendation for one setting, and every arm's TrainConfig built from it
+    (refused here, not at training time); ``named``: how the guidelines are named in an error
+    (their flag and file). ``first``: the setting's data on its first seed, if prepared already."""
+    from dm_tune._validate import ConfigError
+    from dm_tune.data import prepare
+    from dm_tune.reports._recommend import recommend
+
+    if first is None:
+        first = prepare(study.train_config(setting, **{**overrides, "seed": seeds[0]}))
+    try:
+        rec = recommend(guidelines, num_classes=int(first.num_classes), noise_type=setting.noise,  # a file: its rate
+                        noise_rate=float(first.noise_rate if setting.noise == "file" else setting.noise_rate),
+                        imbalance=setting.imbalance,
+                        imbalance_ratio=float(setting.imbalance_ratio), dataset=setting.dataset)
+        for knobs in arm_overrides(rec).values():
+            study.train_config(setting, **{**overrides, **knobs, "seed": seeds[0]})
+    except (UserError, ConfigError) as e:
+        raise UserError(f"{named}: setting {setting.key}: {e}") from None
+    return rec
+
+
+def _recommend_all(plan: list[tuple[Any, Any, list[int], str]], overrides: dict[str, Any],
+                   guidelines: dict[str, Any], named: str, done: set[str]) -> None:
+    """Every planned setting's recommendation (``_recommendation``) but those ``done``."""
+    for one, setting, seeds, identity in plan:
+        if identity not in done:
+            _recommendation(one, setting, seeds, overrides, guidelines, named)
+
+
 def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],
-                   guidelines: dict[str, Any], quiet: bool) -> dict[str, Any]:
+                   guidelines: dict[str, Any], quiet: bool, named: str = "the guidelines") -> dict[str, Any]:
     """Recommend, then train every arm on every seed of one setting; the setting's JSON entry."""
     from dm_tune.data import load_source, prepare
     from dm_tune.population import plan_populations, suggested_population_size, train_population
-    from dm_tune.reports._recommend import recommend
     from dm_tune.train import select_device
 
     base = study.train_config(setting, **overrides)
@@ -147,10 +181,7 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     source = load_source(base)
     datas = {s: prepare(base.replace(seed=s), source) for s in seeds}  # shared by the arms: paired
     first = datas[seeds[0]]
-    rec = recommend(guidelines, num_classes=int(first.num_classes), noise_type=setting.noise,  # a file: its rate
-                    noise_rate=float(first.noise_rate if setting.noise == "file" else setting.noise_rate),
-                    imbalance=setting.imbalance,
-                    imbalance_ratio=float(setting.imbalance_ratio), dataset=setting.dataset)
+    rec = _recommendation(study, setting, seeds, overrides, guidelines, named, first)
     arms = arm_overrides(rec)
     members = [(arm, s, study.train_config(setting, **{**overrides, **knobs, "seed": s}))
                for arm, knobs in arms.items() for s in seeds]
@@ -174,7 +205,7 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     return {"setting": setting.key, "seeds": list(seeds), "fields": setting.train_fields(),
             "trained_by": _code(), "num_classes": int(first.num_classes),
             "model": str(resolved.model), "recommendation": rec.to_dict(), "arms": runs,
-            "summary": summarise(final_accuracies(runs))}
+            "test_examples": len(first.test), "summary": summarise(final_accuracies(runs), 100.0 / len(first.test))}
 
 
 class Progress:
@@ -265,10 +296,14 @@ def _plan(studies: list[Any], seeds: Sequence[int] | None, overrides: Mapping[st
 
 
 def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None, epochs: int | None = None,
-             quiet: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+             quiet: bool = False, progress: Progress | None = None,
+             guidelines_name: str = "the guidelines", recommended: bool = False) -> dict[str, Any]:
     """Every setting of ``study`` (a Study, or a list of them): recommendation, per-seed accuracies
     of each arm, summary; on ``seeds``, or (None) each study's own. With ``progress``, settings it
-    holds are not trained again and each newly finished one is added to it."""
+    holds are not trained again and each newly finished one is added to it. Every setting's
+    recommendation is asked for before any trains: guidelines that cannot answer one (a damaged or
+    hand-edited file) are refused before hours of training, naming ``guidelines_name`` and the setting
+    (``recommended``: the caller has asked already, ``_recommend_all``)."""
     overrides = {"epochs": epochs} if epochs is not None else {}
     settings = []
     studies = list(study) if isinstance(study, (list, tuple)) else [study]
@@ -288,6 +323,9 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
         if progress.done and not quiet:
             print(f"{progress.path}: {len(progress.done)} setting(s) of this validation finished in an earlier run "
                   "(not trained again)", file=sys.stderr, flush=True)
+    if not recommended:
+        _recommend_all(plan, overrides, guidelines, guidelines_name,
+                       set(progress.done) if progress is not None else set())
     for one, setting, seeds_here, identity in plan:
         if progress is not None and identity in progress.done:
             if not quiet:
@@ -299,7 +337,7 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
             continue
         if not quiet:
             print(f"{setting.key}:", file=sys.stderr, flush=True)
-        entry = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet)
+        entry = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet, guidelines_name)
         entry["setting"] = label[identity]
         if progress is not None:
             progress.add(identity, entry)
@@ -309,8 +347,9 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
     return {"identities": [identity for *_, identity in plan],  # what it validated: the same inputs give the same
             "accuracy_unit": "percentage points (final-epoch test accuracy)",
             "verdict_rule": f"wins/loses when the paired {CONFIDENCE:.0%} t interval of the mean difference "
-                            "excludes 0, else within noise; undetermined with fewer than 2 paired seeds; an arm "
-                            "that did not finish (diverged) on a seed where the other did loses",
+                            "excludes 0 (its std taken as at least one test example's worth), else within noise; "
+                            "undetermined with fewer than 2 paired seeds; an arm that did not finish (diverged) "
+                            "on a seed where the other did loses",
             "arms": list(ARMS), "seeds": used, "settings": settings, "summary": tally}
 
 
@@ -327,11 +366,17 @@ def _acc(a: Mapping[str, Any], runs: int) -> str:
 
 
 def _diff(c: Mapping[str, Any]) -> str:
+    """mean ± std (verdict); a verdict that runs which did not finish decided says so (its mean,
+    over the seeds both finished, may point the other way)."""
     mean, std = _number(c["mean_diff"]), _number(c["std"])
-    if not math.isfinite(mean):  # no seed both finished: decided by which one did not, if so
-        return f"n/a ({c['verdict']})" if c.get("verdict") in ("wins", "loses") else "n/a"
+    failed = {arm: seeds for arm, seeds in (c.get("did_not_finish") or {}).items() if seeds}
+    why = "; ".join(f"{arm} did not finish on seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                    for arm, seeds in failed.items())
+    said = f"{c.get('verdict')}: {why}" if why else str(c.get("verdict"))
+    if not math.isfinite(mean):  # no seed both finished
+        return f"n/a ({said})"
     spread = f" ± {std:.2f}" if math.isfinite(std) else ""
-    return f"{mean:+.2f}{spread} ({c['verdict']})"
+    return f"{mean:+.2f}{spread} ({said})"
 
 
 def _knobs(s: Mapping[str, Any]) -> str:
@@ -471,8 +516,10 @@ def validate_command(args: argparse.Namespace) -> int:
             raise UserError(f"--epochs {args.epochs}: {e.allowed}") from None
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
-    plan, _ = _plan(studies, seeds, {"epochs": args.epochs} if args.epochs is not None else {}, guidelines)
+    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+    plan, _ = _plan(studies, seeds, overrides, guidelines)
     _preflight(studies)  # every setting trainable, before any trains (or --out is made)
+    _recommend_all(plan, overrides, guidelines, f"--guidelines {path}", set())  # each answered, before any trains
     out = output_dir("--out", args.out)  # checked before hours of training, not after
     taken = next((n for n in (LOCK_FILE, PROGRESS_FILE, "validation.json", "validation.md")
                   if (out / n).exists() and not (out / n).is_file()), None)
@@ -532,7 +579,8 @@ def _validate_into(args: argparse.Namespace, studies: list[Any], seeds: list[int
                    guidelines: dict[str, Any], out: Path) -> int:
     """The validation proper, run while this process holds ``out``."""
     progress = Progress(out / PROGRESS_FILE)
-    doc = validate(studies, guidelines, seeds, args.epochs, args.quiet, progress)
+    doc = validate(studies, guidelines, seeds, args.epochs, args.quiet, progress, f"--guidelines {path}",
+                   recommended=True)
     doc = {**doc, "config": [str(Path(c).resolve()) for c in args.config], "guidelines": str(path.resolve()),
            "study": [s.to_dict() for s in studies], "provenance": _provenance()}
     write_output(out / "validation.json", json_text(doc))

@@ -14,8 +14,10 @@ import yaml
 
 from dm_tune.cli import main
 from dm_tune.reports._schema import default_guidelines_path
+from dm_tune.errors import UserError
 from dm_tune.reports._text import SCHEMA_VERSION
-from dm_tune.validate import arm_overrides, summarise, to_markdown, verdict
+from dm_tune.search._study import Study
+from dm_tune.validate import arm_overrides, final_accuracies, summarise, to_markdown, validate, verdict
 
 
 # --- the statistics ----------------------------------------------------------------------------
@@ -71,6 +73,26 @@ def test_summarise_pairs_only_seeds_both_arms_have():
 ])
 def test_verdict_rule(mean, std, n, expected):
     assert verdict(mean, std, n) == expected
+
+
+def test_a_difference_the_same_on_every_seed_is_judged_at_the_test_sets_resolution():
+    """Two models one test example apart on both seeds (both at chance, 540 test examples): a
+    spread of 0, an interval 0 wide and a certain "loses" for -0.19 points. Accuracies move in
+    steps of one example: the spread is taken as at least one."""
+    step = 100 / 540
+    rec, cce = {2: 100 * 52 / 540, 5: 100 * 54 / 540}, {2: 100 * 53 / 540, 5: 100 * 55 / 540}
+    out = summarise(final_accuracies({"dm-recommended": _runs(rec), "cce": _runs(cce), "imae": _runs(cce)}), step)
+    c = out["vs"]["cce"]
+    assert c["mean_diff"] == pytest.approx(-step) and c["std"] == pytest.approx(0.0, abs=1e-12)
+    assert c["verdict"] == "within noise"  # bound 12.7 * 0.185 / sqrt(2) = 1.66 points
+    assert verdict(-step, 0.0, 2) == "loses"  # (the bare interval's answer)
+    far = {s: v + 10.0 for s, v in cce.items()}  # 10 points on every seed: still beyond it
+    assert summarise(final_accuracies({"dm-recommended": _runs(far), "cce": _runs(cce), "imae": _runs(cce)}),
+                     step)["vs"]["cce"]["verdict"] == "wins"
+
+
+def _runs(acc_by_seed):
+    return {"runs": [{"seed": s, "test_acc": a, "status": "finished", "val_acc": a} for s, a in acc_by_seed.items()]}
 
 
 def test_each_arm_trains_with_its_own_class_weighting_whatever_the_config_says():
@@ -212,8 +234,9 @@ def test_noise_from_a_file_is_recommended_for_at_the_rate_its_labels_have(tmp_pa
                           training={"epochs": 1, "device": "cpu", "noise_file": str(tmp_path / "labels.npy")})
     assert main(["validate", "--config", str(config), "--guidelines", guidelines, "--out", str(tmp_path / "out"),
                  "--quiet", "--seeds", "0"]) == 0
-    (k,) = asked
-    assert k["noise_type"] == "file" and k["noise_rate"] == pytest.approx(0.3, abs=0.05)
+    assert len(asked) == 2  # before any setting trains, then as it trains
+    for k in asked:
+        assert k["noise_type"] == "file" and k["noise_rate"] == pytest.approx(0.3, abs=0.05)
 
 
 def test_the_recommended_class_weighting_is_trained(tmp_path, guidelines, monkeypatch):
@@ -457,7 +480,7 @@ def test_a_second_validation_into_the_same_out_is_refused_while_the_first_runs(t
 def test_a_run_that_did_not_finish_is_no_final_accuracy():
     """A diverged run's accuracy is that of the epoch it diverged in: it was averaged in and paired
     as a final accuracy; now the arm's cell says how many of its seeds finished."""
-    from dm_tune.validate import final_accuracies, table_rows
+    from dm_tune.validate import table_rows
 
     def run(seed, acc, status="finished"):
         return {"seed": seed, "test_acc": acc, "status": status, "val_acc": acc}
@@ -481,7 +504,9 @@ def test_a_run_that_did_not_finish_is_no_final_accuracy():
                          "arms": runs, "summary": summary}]}
     row = table_rows(doc)[1]
     assert row[2] == "81.00 ± 1.41 (2 of 3 finished)" and row[3] == "71.00 ± 1.00" and row[4] == "n/a (0 of 3 finished)"
-    assert row[5] == "+10.00 ± 0.00 (loses)" and row[6] == "n/a (wins)"
+    # a verdict that a run which did not finish decided says so: here beside a mean of +10 that "loses"
+    assert row[5] == "+10.00 ± 0.00 (loses: dm-recommended did not finish on seed 1)"
+    assert row[6] == "n/a (wins: imae did not finish on seeds 0, 2)"
 
 
 def test_a_progress_file_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
@@ -551,6 +576,30 @@ def test_a_setting_train_refuses_is_refused_before_any_setting_trains(tmp_path, 
     (line,) = capsys.readouterr().err.splitlines()
     assert line.endswith("dataset 'cifar10' is read from disk; give training.data_root in its --config")
     assert not out.exists()
+
+
+def test_guidelines_that_cannot_answer_a_setting_are_refused_before_any_setting_trains(tmp_path, capsys):
+    """A hand-edited guidelines file whose recommendation for the second setting is refused (its
+    class weighting): the first setting trained, then the error, naming neither the flag nor the
+    file; a rerun with good guidelines into the same --out was then refused as another
+    validation's unfinished progress."""
+    doc = json.loads(default_guidelines_path().read_text())
+    doc.pop("surface"), doc.pop("loso", None)  # (from the measured settings, which carry the class weighting)
+    for s in doc["settings"]:
+        s["class_weighting"] = "bogus"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    config = write_config(tmp_path, settings={"dataset": ["digits"], "noise": ["symmetric"], "noise_rate": [0.2],
+                                              "imbalance": ["none", "longtail:20"]}, seeds=[0], training={"epochs": 1})
+    assert main(["validate", "--config", str(config), "--guidelines", str(bad), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"dm-tune: error: --guidelines {bad}: setting digits-symmetric0.2-longtail20-default: "
+                           "class_weighting: 'bogus' is not allowed")
+    assert not out.exists() and "training" not in captured.out
+    with pytest.raises(UserError, match="^the guidelines: setting digits-symmetric0.2-longtail20-default: "):
+        validate(Study.from_dict(yaml.safe_load(config.read_text())), doc, None)
 
 
 def test_settings_finished_earlier_are_named_as_this_run_names_them(tmp_path, guidelines):
