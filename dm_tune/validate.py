@@ -396,8 +396,11 @@ def table_rows(doc: Mapping[str, Any]) -> list[list[str]]:
 
 def to_markdown(doc: Mapping[str, Any]) -> str:
     rows = table_rows(doc)
+    said = doc.get("guidelines")
+    whose = (f"The recommendations of the guidelines file `{said}` (this section says nothing of other guidelines'). "
+             if isinstance(said, str) and said else "")
     lines = ["## Validation of the recommendations", "",
-             f"Final-epoch test accuracy in percentage points, mean ± sample std over {_seeds_text(doc)}; "
+             f"{whose}Final-epoch test accuracy in percentage points, mean ± sample std over {_seeds_text(doc)}; "
              f"differences paired by seed. Verdict: {doc['verdict_rule']}. {_budget_text(doc)}", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]

@@ -157,7 +157,7 @@ def _sections(args: argparse.Namespace) -> list[str]:
             raise UserError(f"{flag} {path}: not {what} (its {wrong} is {json.dumps(doc[wrong])[:80]})")
         try:
             sections.append(render(doc))
-        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise UserError(f"{flag} {path}: not {what} (at {type(exc).__name__}: {exc})") from None
     return sections
 

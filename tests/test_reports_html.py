@@ -211,3 +211,14 @@ def test_report_takes_the_stability_and_validation_sections(report: dict[str, Pa
         with pytest.raises(UserError, match=re.escape(f"--validation {bad}: not a validation.json written by "
                                                       f"'dm-tune validate' ({what})")):
             _sections(argparse.Namespace(stability=None, validation=str(bad)))
+    # a number no float holds (a hand-edited file): an OverflowError traceback
+    arm = {"mean": 80.0, "std": 1.0, "n": 2}
+    vs = {"mean_diff": 1.0, "std": 1.0, "n": 2, "verdict": "within noise"}
+    entry = {"setting": "s", "recommendation": {"lam": 1.0, "beta": 8.0}, "arms": {a: {"runs": [{}, {}]} for a in
+                                                                                   ("dm-recommended", "cce", "imae")},
+             "summary": {"arms": {"dm-recommended": arm, "cce": {**arm, "mean": 10 ** 400}, "imae": arm},
+                         "vs": {"cce": vs, "imae": vs}}}
+    bad.write_text(json.dumps({"settings": [entry], "seeds": [0, 1], "verdict_rule": "paired t"}))
+    with pytest.raises(UserError, match=re.escape(f"--validation {bad}: not a validation.json written by "
+                                                  "'dm-tune validate' (at OverflowError")):
+        _sections(argparse.Namespace(stability=None, validation=str(bad)))
