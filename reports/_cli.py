@@ -107,6 +107,8 @@ def report_command(args: argparse.Namespace) -> int:
           f"({doc['provenance']['n_skipped_runs']} incomplete runs skipped)")
     for s in doc["settings"]:
         print(f"- {s['guideline']}")
+    for u in doc.get("unresolved", []):  # (only the files said why a setting got no guideline)
+        print(f"- {u['setting']}: no recommendation ({u['reason'] or 'no usable DM runs'})")
     if doc.get("surface"):
         from dm_tune.reports._surface import arms_phrase
 
