@@ -158,12 +158,36 @@ def _recommendation(study: Any, setting: Any, seeds: Sequence[int], overrides: d
     return rec
 
 
+def validate_study(values: Any) -> Any:
+    """A study YAML's values as validate trains them: its settings, training and seeds, with the
+    baselines cce and imae (not the search's), and any class weighting the guidelines may
+    recommend; so that a training field is checked against what validate trains (a gce_q was
+    taken, though no gce arm trains; an effective-number beta refused, though the recommendation
+    may weight by it: ``_recommend_all`` checks that one against the recommendations)."""
+    from dm_tune.class_weighting import SCHEMES
+
+    if not isinstance(values, Mapping):
+        return values  # (Study.from_dict says what it expected)
+    search = values.get("search") if isinstance(values.get("search"), Mapping) else {}
+    return {**values, "baselines": list(BASELINE_ARMS), "search": {**search, "class_weighting": list(SCHEMES)}}
+
+
 def _recommend_all(plan: list[tuple[Any, Any, list[int], str]], overrides: dict[str, Any],
                    guidelines: dict[str, Any], named: str, done: set[str]) -> None:
-    """Every planned setting's recommendation (``_recommendation``) but those ``done``."""
+    """Every planned setting's recommendation (``_recommendation``) but those ``done``; a study's
+    training.class_weighting_beta that no recommendation of its settings uses is refused."""
+    from dm_tune._validate import ConfigError
+
+    weighted: dict[int, bool] = {}
     for one, setting, seeds, identity in plan:
         if identity not in done:
-            _recommendation(one, setting, seeds, overrides, guidelines, named)
+            rec = _recommendation(one, setting, seeds, overrides, guidelines, named)
+            weighted[id(one)] = weighted.get(id(one), False) or rec.class_weighting == "effective-number"
+    for one, *_ in plan:
+        if "class_weighting_beta" in one.training and weighted.get(id(one)) is False:
+            raise ConfigError("training.class_weighting_beta", one.training["class_weighting_beta"],
+                              "only applies to class weighting effective-number, which the guidelines recommend "
+                              f"for none of study {one.name!r}'s settings")
 
 
 def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],
@@ -503,7 +527,7 @@ def validate_command(args: argparse.Namespace) -> int:
 
     studies = []
     for config in args.config:
-        study = Study.from_dict(load_yaml(config, "--config"))
+        study = Study.from_dict(validate_study(load_yaml(config, "--config")))
         if study.task != "classification":
             raise UserError(f"--config {config}: validate compares classification accuracy; "
                             f"this study's task is {study.task!r}")
@@ -521,7 +545,7 @@ def validate_command(args: argparse.Namespace) -> int:
     guidelines = load_guidelines(path)
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     plan, _ = _plan(studies, seeds, overrides, guidelines)
-    _preflight(studies)  # every setting trainable, before any trains (or --out is made)
+    _preflight(studies, plan, overrides)  # every setting trainable, and once, before any trains (or --out is made)
     _recommend_all(plan, overrides, guidelines, f"--guidelines {path}", set())  # each answered, before any trains
     out = output_dir("--out", args.out)  # checked before hours of training, not after
     taken = next((n for n in (LOCK_FILE, PROGRESS_FILE, "validation.json", "validation.md")
@@ -541,14 +565,30 @@ def validate_command(args: argparse.Namespace) -> int:
         return _validate_into(args, studies, seeds, path, guidelines, out)
 
 
-def _preflight(studies: list[Any]) -> None:
+def _preflight(studies: list[Any], plan: list[tuple[Any, Any, list[int], str]], overrides: dict[str, Any]) -> None:
     """What dm-tune search checks of a new study (data roots, noise rates and imbalances the data can
     take, fields no trial uses), for every setting at once: a setting refused at its turn came
-    after the settings before it had trained."""
+    after the settings before it had trained. Then: no two planned settings train the same thing."""
     from dm_tune.search._preflight import load_sources
 
-    for study in studies:
-        load_sources(study, data_root_hint="training.data_root in its --config")
+    sources = {id(study): load_sources(study, data_root_hint="training.data_root in its --config")
+               for study in studies}
+    seen: dict[str, Any] = {}
+    for one, setting, seeds, _ in plan:
+        src = sources[id(one)][setting.dataset]
+        config = one.train_config(setting, **overrides).resolve(src.defaults, src.default_model, src.input_kind)
+        what = config.to_dict()
+        what.pop("seed", None)
+        if what.get("noise") not in ("none", "file") and not what.get("noise_rate"):  # (no label flipped)
+            what["noise"] = "none"
+        text = json.dumps({"config": what, "seeds": list(seeds)}, sort_keys=True, default=str)
+        if text in seen:
+            first, other = seen[text]
+            where = f"studies {other.name!r} and {one.name!r}" if other is not one else f"study {one.name!r}"
+            raise UserError(f"settings {first.key} and {setting.key} ({where}) train the same configuration on the "
+                            "same seeds (the defaults they leave out, or no label flipped, are the same): they would "
+                            "be trained twice and counted twice; validate each once")
+        seen[text] = (setting, one)
 
 
 def _finished_here(args: argparse.Namespace, out: Path, identities: list[str]) -> dict[str, Any] | None:

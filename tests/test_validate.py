@@ -349,6 +349,50 @@ def test_a_setting_listed_twice_is_refused_and_one_trained_two_ways_is_named_apa
     assert f"(config 1: {name}): 0; digits-symmetric0.3-default (config 2: {name}): 1" in md
 
 
+def test_settings_that_train_the_same_configuration_are_refused(tmp_path, capsys, guidelines):
+    """A second --config that spells out a default (digits' batch size), or pair noise at rate 0
+    beside clean data, trained the same configuration twice and counted it twice in the tally."""
+    config = write_config(tmp_path, training={"epochs": 1, "device": "cpu"}, seeds=[0])
+    spelled = tmp_path / "spelled.yaml"
+    spelled.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "name": "spelled",
+                                       "training": {"epochs": 1, "device": "cpu", "batch_size": 64}}))  # digits default
+    assert main(["validate", "--config", str(config), "--config", str(spelled), "--guidelines", guidelines,
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "settings digits-symmetric0.3-default and digits-symmetric0.3-default (studies 'default' and " \
+           "'spelled') train the same configuration on the same seeds" in line
+    clean = write_config(tmp_path, settings={"dataset": ["digits"], "noise": ["none", "pair"], "noise_rate": [0]},
+                         training={"epochs": 1, "device": "cpu"}, seeds=[0])
+    assert main(["validate", "--config", str(clean), "--guidelines", guidelines, "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "train the same configuration on the same seeds" in line and "study 'default'" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_training_fields_are_checked_against_the_arms_validate_trains(tmp_path, capsys, guidelines):
+    """The search's arms decided: an effective-number beta was refused though the recommendation
+    weights by it, and a gce_q taken though validate trains no gce arm."""
+    out = tmp_path / "o"
+    imbalanced = {"dataset": ["digits"], "noise": ["symmetric"], "noise_rate": [0.2], "imbalance": ["longtail:20"]}
+    config = write_config(tmp_path, settings=imbalanced, seeds=[0],
+                          training={"epochs": 1, "device": "cpu", "class_weighting_beta": 0.99})
+    assert main(["validate", "--config", str(config), "--guidelines", guidelines, "--out", str(out), "--quiet"]) == 0
+    (setting,) = json.loads((out / "validation.json").read_text())["settings"]
+    assert setting["recommendation"]["class_weighting"] == "effective-number"
+    assert setting["arms"]["dm-recommended"]["train_config"]["class_weighting_beta"] == 0.99
+    capsys.readouterr()
+    for training, said in (({"gce_q": 0.5}, "training.gce_q: 0.5 is not allowed; only applies to the gce baseline"),
+                           ({"class_weighting_beta": 0.99}, "training.class_weighting_beta: 0.99 is not allowed; only "
+                            "applies to class weighting effective-number, which the guidelines recommend for none")):
+        config = write_config(tmp_path, seeds=[0], training={"epochs": 1, "device": "cpu", **training})  # balanced
+        assert main(["validate", "--config", str(config), "--guidelines", guidelines, "--out", str(tmp_path / "o2"),
+                     "--quiet"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert said in line
+        assert not (tmp_path / "o2").exists()
+
+
 def test_a_missing_config_file_is_named(tmp_path, capsys):
     assert main(["validate", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml: file not found" in capsys.readouterr().err
