@@ -525,16 +525,22 @@ def validate_command(args: argparse.Namespace) -> int:
     from dm_tune.reports._schema import default_guidelines_path, load_guidelines
     from dm_tune.search._study import Study
 
+    from dm_tune._validate import ConfigError
+
     studies = []
     for config in args.config:
-        study = Study.from_dict(validate_study(load_yaml(config, "--config")))
+        try:
+            study = Study.from_dict(validate_study(load_yaml(config, "--config")))
+        except ConfigError as e:  # which of several files (YAML syntax errors name theirs already)
+            if len(args.config) == 1:
+                raise
+            raise UserError(f"--config {config}: {e}") from None
         if study.task != "classification":
             raise UserError(f"--config {config}: validate compares classification accuracy; "
                             f"this study's task is {study.task!r}")
         studies.append(study)
     seeds = _seeds(args.seeds) if args.seeds else None  # None: each --config file's own seeds
     if args.epochs is not None:  # the training budget's own range, checked before anything is made
-        from dm_tune._validate import ConfigError
         from dm_tune.config import TrainConfig
 
         try:

@@ -393,6 +393,17 @@ def test_training_fields_are_checked_against_the_arms_validate_trains(tmp_path, 
         assert not (tmp_path / "o2").exists()
 
 
+def test_a_study_error_names_its_file_among_several(tmp_path, capsys, guidelines):
+    """With two --config files, "foo: 1 is not allowed; unknown field" named neither."""
+    good = write_config(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**yaml.safe_load(good.read_text()), "foo": 1}))
+    assert main(["validate", "--config", str(good), "--config", str(bad), "--guidelines", guidelines,
+                 "--out", str(tmp_path / "o")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"dm-tune: error: --config {bad}: foo: 1 is not allowed")
+
+
 def test_a_missing_config_file_is_named(tmp_path, capsys):
     assert main(["validate", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml: file not found" in capsys.readouterr().err
