@@ -191,7 +191,7 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any], names: tuple[str, str] =
     # a response surface; the ranges and rules may be computed otherwise): not the same measurement.
     versions = [a.get("schema_version"), b.get("schema_version")]
     analyses = [a.get("analysis_version", 1), b.get("analysis_version", 1)]  # (absent: an earlier report's)
-    return {"settings": common, "different_training": budgets, "schema_versions": versions,
+    return {"settings": common, "identical": a == b, "different_training": budgets, "schema_versions": versions,
             "different_schema": versions[0] != versions[1], "analysis_versions": analyses,
             "different_analysis": analyses[0] != analyses[1], "only_in_a": sorted(sa.keys() - sb.keys()),
             "only_in_b": sorted(sb.keys() - sa.keys()), "rules": rules, "summary": _summary(common, rules),
@@ -295,6 +295,12 @@ def brief(result: Mapping[str, Any]) -> str:
     for key, run in (("only_in_a", "A"), ("only_in_b", "B")):
         if result[key]:
             lines.append(f"only in {run}: {', '.join(result[key])}")
+    if result.get("identical"):  # (the same file twice: 100% overlap that says nothing)
+        lines.append("warning: A and B are the same guidelines, one run compared with itself: not a test of "
+                     "stability (give the guidelines.json of two runs of one campaign)")
+    elif not s["n_common"]:
+        lines.append("warning: the two runs share no setting: no setting compared (two runs of one campaign "
+                     "measure the same settings)")
     if result.get("different_training"):
         lines.append("warning: trained differently, so not a test of stability: "
                      + "; ".join(result["different_training"]))

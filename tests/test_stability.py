@@ -70,6 +70,19 @@ def test_settings_in_both_are_compared():
     assert summary["median_d_log_rho"] == pytest.approx(math.log(2.0))
 
 
+def test_one_run_compared_with_itself_or_runs_sharing_no_setting_are_warned_about():
+    """The same file twice read "overlap in 100%", and two files of no common setting all "n/a",
+    each without a word."""
+    a, b = docs()
+    assert "same guidelines" not in brief(compare(a, b)) and "share no setting" not in brief(compare(a, b))
+    itself = brief(compare(a, copy.deepcopy(a)))
+    assert "warning: A and B are the same guidelines, one run compared with itself" in itself
+    apart = {**b, "settings": [s for s in b["settings"] if s["setting"] == "s-only-b"]}
+    result = compare(a, apart)
+    assert result["summary"]["n_common"] == 0 and not result["identical"]
+    assert "warning: the two runs share no setting: no setting compared" in brief(result)
+
+
 def test_a_setting_trained_for_other_epochs_in_the_two_runs_is_named():
     """Two runs of one campaign differ only in their search order: a setting trained for 60 epochs in
     one and 30 in the other differs for another reason. Settings from before guidelines recorded
