@@ -124,23 +124,24 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
     """The guidelines as Markdown: sentences, paper comparison, rules, trends, provenance."""
     prov = doc["provenance"]
     lines = ["# DM hyper-parameter guidelines", "",
-             f"Generated {doc['generated']} from {prov['n_runs']} runs of {', '.join(prov['experiments'])} "
+             f"Generated {doc['generated']} from {prov['n_runs']} runs of {_text(', '.join(prov['experiments']))} "
              f"({prov['n_skipped_runs']} incomplete runs skipped). Accuracies in {doc['accuracy_unit']}; "
              f"{doc['accuracy_note']}.", "", "## Guidelines", ""]
-    lines += [f"- {s['guideline']}" for s in doc["settings"]] or ["- (no setting has finished DM runs)"]
+    lines += [f"- {_text(s['guideline'])}" for s in doc["settings"]] or ["- (no setting has finished DM runs)"]
     if doc["unresolved"]:  # (in the HTML they were named; here only a row of the counts said they existed)
         lines += ["", "Settings without a recommendation:", ""]
-        lines += [f"- {u['setting']}: {u['reason']}" for u in doc["unresolved"]]
+        lines += [f"- {_text(u['setting'])}: {_text(u['reason'])}" for u in doc["unresolved"]]
     lines += ["", "## Comparison with the paper's guidance", "",
               "| setting | measured psi | paper psi | verdict | reason |", "|---|---|---|---|---|"]
     for s in doc["settings"]:
         pc = s["paper_comparison"]
         paper = "-" if pc["paper_psi"] is None else f"{pc['paper_psi']:.2f}"
-        lines.append(f"| {setting_label(s)} | {s['psi']:.2f} | {paper} | {pc['verdict']} | {pc['reason']} |")
+        lines.append(f"| {_cell(setting_label(s))} | {s['psi']:.2f} | {paper} | {pc['verdict']} "
+                     f"| {_cell(pc['reason'])} |")
     lines += ["", "## Rules across settings", ""]
-    lines += [f"- {r['text']}" + (f" [paper: {r['paper_comparison']}]" if r.get("paper_comparison") else "")
+    lines += [f"- {_text(r['text'])}" + (f" [paper: {r['paper_comparison']}]" if r.get("paper_comparison") else "")
               for r in doc["rules"]]
-    lines += ["", "## Trends across settings (descriptive)", ""] + [f"- {t['text']}" for t in doc["trends"]]
+    lines += ["", "## Trends across settings (descriptive)", ""] + [f"- {_text(t['text'])}" for t in doc["trends"]]
     lines += surface_markdown(doc.get("surface")) + loso_markdown(doc.get("loso"))
     lines += ["", "## Counts per setting", "", "Trainings by how they ended; *reused*: confirm-stage records of a "
               "search trial's run (same configuration and seed), not trained again.", "",
@@ -148,8 +149,8 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|"]
     for s in doc["settings"] + doc["unresolved"]:
         c = s["counts"]
-        lines.append(f"| {s['setting']} | {c['finished']} | {c['diverged']} | {c['early_stopped']} | {c['errored']} "
-                     f"| {c.get('in_progress', 0)} | {c.get('reused', 0)} |")
+        lines.append(f"| {_cell(s['setting'])} | {c['finished']} | {c['diverged']} | {c['early_stopped']} "
+                     f"| {c['errored']} | {c.get('in_progress', 0)} | {c.get('reused', 0)} |")
     lines += ["", "## Provenance", "", f"- git commits: {', '.join(prov['git_commits']) or 'unknown'}",
               f"- dm-tune versions of the runs: {', '.join(prov['dm_tune_versions_of_runs']) or 'unknown'}; "
               f"report by dm-tune {prov['dm_tune_version']}", ""]
@@ -191,9 +192,11 @@ def loso_markdown(loso: dict[str, Any] | None) -> list[str]:
         paper = (["-"] * 4 if pp is None else
                  [f"{pp['psi']:.2f}, {pp['rho']:.2f}", _estimate(pp), f"{pp['regret']:+.1f}",
                   f"{pp['gain_over_cce']:+.1f}"])
-        lines.append("| " + " | ".join([setting_label(r), f"{sf['psi']:.2f}, {sf['rho']:.2f}, {sf['class_weighting']}",
+        lines.append("| " + " | ".join([_cell(setting_label(r)),
+                                        f"{sf['psi']:.2f}, {sf['rho']:.2f}, {sf['class_weighting']}",
                                         _estimate(sf), f"{sf['regret']:+.1f}", f"{sf['gain_over_cce']:+.1f}",
-                                        *paper, f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})"]) + " |")
+                                        *paper, f"{_cell(r['best_arm']['arm'])} ({r['best_arm']['test_acc']:.1f})"])
+                     + " |")
     for mark, note in capped_notes(loso):
         lines += ["", f"{_md(mark)} {note}"]
     lines += ["", loso_summary_text(loso["summary"]), ""]
@@ -229,6 +232,17 @@ def capped_notes(loso: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _md(mark: str) -> str:
     return mark.replace("*", "\\*")
+
+
+def _text(text: Any) -> str:
+    """Text from the store (experiment, dataset and setting names) as one Markdown line: its angle
+    brackets as entities (a name holding <script> or <img> was raw HTML in guidelines.md)."""
+    return " ".join(str(text).split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cell(text: Any) -> str:
+    """``_text`` for a table cell: its pipes escaped (a name holding | split the row)."""
+    return _text(text).replace("|", "\\|")
 
 
 def _estimate(scored: dict[str, Any]) -> str:

@@ -231,6 +231,23 @@ def test_no_dm_runs_is_unresolved() -> None:
     assert "- digits/symmetric/0.6: " in unresolved
 
 
+def test_names_from_the_store_cannot_break_the_markdown() -> None:
+    """A store not written by dm-tune search may name a setting or dataset anything: a | split
+    a table row, a newline ended it, and <script> or <img> went into guidelines.md raw."""
+    from dm_tune.reports._guidelines import build_guidelines, guidelines_markdown
+
+    odd = "dig|its <script>x</script>\nnext"
+    rows = [{**r, "setting": odd, "dataset": odd} for r in known_runs()]
+    md = guidelines_markdown(build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00"))
+    assert "<script>" not in md and "&lt;script&gt;" in md
+    for block in md.split("\n\n"):
+        table = [line for line in block.splitlines() if line.startswith("|")]
+        if table:  # every row of a table has its header's cells (a "\|" is not a separator)
+            widths = {len(line.replace("\\|", "").split("|")) for line in table}
+            assert len(widths) == 1, table
+    assert "dig\\|its" in md
+
+
 def grid_search_rows(n_psi: int = 4, n_rho: int = 3) -> list[dict[str, Any]]:
     """Search trials on a psi x rho grid whose validation accuracy depends on psi only."""
     rows = []
