@@ -522,10 +522,9 @@ def _seeds(text: str) -> list[int]:
 
 
 def validate_command(args: argparse.Namespace) -> int:
+    from dm_tune._validate import ConfigError
     from dm_tune.reports._schema import default_guidelines_path, load_guidelines
     from dm_tune.search._study import Study
-
-    from dm_tune._validate import ConfigError
 
     studies = []
     for config in args.config:
