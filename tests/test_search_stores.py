@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import re
 import signal
 import sqlite3
 import subprocess
@@ -337,6 +338,35 @@ def test_an_empty_store_warns_only_when_the_workspace_has_a_history(tmp_path):
     (warning,) = check_workspace(ws, uri)
     assert f"{ws / 'optuna.db'} is empty (0 bytes)" in warning and "studies/" in warning
     assert "lost" in warning and "\n" not in warning
+
+
+@pytest.mark.parametrize(("store", "stage", "refused"), [("optuna.db", "search", True), ("optuna.db", "confirm", False),
+                                                      ("mlflow.db", "confirm", True)])
+def test_an_emptied_store_whose_trials_the_ledger_records_is_refused_before_anything_is_written(
+        tmp_path, store, stage, refused):
+    """A store emptied to 0 bytes under a study that had trained: a warning that a new store is
+    made in its place, then, once the search ran, a refusal, after the new store had been made."""
+    from dm_tune.search._ledger import Ledger
+    from dm_tune.search._trial import TrialSpec
+
+    ws = tmp_path / "ws"
+    ledgers = ws / "ledger" / "study"
+    ledgers.mkdir(parents=True)
+    (ws / "studies").mkdir()
+    (ws / "studies" / "study.json").write_text("{}")
+    Ledger(ledgers / "s.jsonl", ws).start([TrialSpec("s", stage, 0, {"method": "dm", "lam": 1.0, "beta": 8.0},
+                                                     number=0)])
+    (ws / store).write_bytes(b"")
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    if not refused:  # (a confirm-stage trial was never an Optuna trial: a new Optuna store loses nothing of it)
+        (warning,) = check_workspace(ws, uri, ledgers=ledgers)
+        assert "is empty (0 bytes)" in warning
+        return
+    what = "trial run" if store == "mlflow.db" else "search trial"
+    with pytest.raises(UserError, match=re.escape(f"{ws / store}: is empty (0 bytes), but the ledger "
+                                                  f"{ledgers / 's.jsonl'} records 1 {what}(s) this")):
+        check_workspace(ws, uri, ledgers=ledgers)
+    assert (ws / store).stat().st_size == 0
 
 
 # --- one search per study ----------------------------------------------------------------------

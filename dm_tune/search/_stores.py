@@ -90,7 +90,29 @@ def check_workspace(workspace: Path, tracking_uri: str, folders: Sequence[tuple[
         warning = check_store(path, kind, workspace)
         if warning:
             warnings.append(warning)
+    _refuse_emptied(stores, workspace, ledgers)
     return warnings
+
+
+def _refuse_emptied(stores: dict[str, Path], workspace: Path, ledgers: Path | None) -> None:
+    """An empty (0-byte) store that this study's ledgers say held its trials (MLflow: every trial;
+    Optuna: the search stage's) is refused now. It was refused once the search ran, after a warning
+    that a new store replaces it, and after the new store had been made in its place."""
+    empty = [(kind, path) for kind, path in stores.items() if path.is_file() and path.stat().st_size == 0]
+    if not empty or ledgers is None or not ledgers.is_dir():
+        return
+    from dm_tune.search._ledger import Ledger
+
+    for ledger_path in sorted(ledgers.glob("*.jsonl")):
+        started = Ledger(ledger_path, workspace).started.values()
+        for kind, path in empty:
+            # (an MLflow run per trial; an Optuna trial per search arm, which trains on several seeds)
+            held = (len(started) if kind == "MLflow" else
+                    len({spec.number for spec in started if spec.stage == "search"}))
+            if held:
+                raise UserError(f"{path}: is empty (0 bytes), but the ledger {ledger_path} records {held} "
+                                f"{'trial run' if kind == 'MLflow' else 'search trial'}(s) this {kind} store held: "
+                                "it was emptied since; restore it, or run the study in another --workspace")
 
 
 def stored_artifact_location(tracking_uri: str, experiment: str) -> Path | None:
