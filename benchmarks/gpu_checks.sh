@@ -22,6 +22,10 @@ mkdir -p "$out"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 nvidia-smi -L | tee "$out/gpu.txt"
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_checks.sh: torch sees no CUDA device here: nothing to check (run it on a CUDA machine)" >&2
+    exit 2
+fi
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py tests/test_population.py -k "cuda" -rs 2>&1 \
     | tee "$out/cuda_tests.log"

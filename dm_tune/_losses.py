@@ -94,7 +94,7 @@ class _GradLoss(nn.Module):
 
 
 class DMLoss(_GradLoss):
-    """Derivative Manipulation with w(p) = exp(beta p^lam (1-p)) (DM_METHOD.md section 3).
+    """Derivative Manipulation with w(p) = exp(beta p^lam (1-p)) (README, "The method in one screen").
 
     ``kernel``: "auto" (the fused C kernel for small CPU batches where it was built, torch
     operations otherwise), "native" or "torch" to force one; they agree to rounding.

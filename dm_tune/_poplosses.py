@@ -2,7 +2,7 @@
 
 Member k's gradient is what its own loss module (dm_tune.methods) would inject for logits[k]:
 all methods push the logits along ``probs - onehot(y)`` and differ only in the per-example
-scalar in front of it (DM_METHOD.md section 2), so one set of tensor operations with per-member
+scalar in front of it (README, "The method in one screen"), so one set of tensor operations with per-member
 knobs ([K, 1] tensors) covers them all:
 
 - ``dm``: share = softmax over the batch of beta p^lam (1-p); scale = share / (2(1-p) + eps);

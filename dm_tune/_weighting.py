@@ -3,7 +3,7 @@
 Every function here is pure (tensors in, tensor out) and computes in at least float32 (fp16/bf16
 logits are promoted, so that they get the same weights as fp32 training; float64 stays float64).
 
-Notation (DM_METHOD.md section 1): ``p`` is the probability of the *labelled* class; every
+Notation (README, "The method in one screen"): ``p`` is the probability of the *labelled* class; every
 loss below pushes the logits along ``probs - onehot(y)`` and differs only in the scalar that
 multiplies that direction. An example's *weight* is the L1 norm of its logit gradient.
 """
@@ -216,7 +216,7 @@ def dm_shares(
     return _dm_parts(logits.detach(), targets, lam, beta, kernel)[1]
 
 
-# --- The paper's other schemes, as multipliers of the shared direction (DM_METHOD.md s. 2) ---
+# --- The paper's other schemes, as multipliers of the shared direction ---
 # A multiplier m(p) gives the gradient m(p) * (probs - onehot); its weight is 2 (1 - p) m(p).
 
 

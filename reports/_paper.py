@@ -1,4 +1,4 @@
-"""The DM paper's own hyper-parameter guidance (DM_METHOD.md section 5), and how a measurement compares.
+"""The DM paper's own hyper-parameter guidance (arXiv:1905.11233, its experiments), and how a measurement compares.
 
 The guidance is encoded once here as data; ``compare_with_paper`` turns one setting's measured
 optimum into a verdict: "agree", "refine" (same direction, the optimum sits elsewhere or the

@@ -24,7 +24,7 @@ SPACES: dict[str, Space] = {
         "psi": {"type": "float", "low": 0.0, "high": 0.75},
         "rho": {"type": "float", "low": 0.25, "high": 12.0, "log": True},
     },
-    # The paper's own parametrisation over the ranges its grids span (DM_METHOD.md s. 5);
+    # The paper's own parametrisation over the ranges its grids span (the paper's experiments);
     # beta may be negative (flipped emphasis, used on binary IMDB).
     "paper": {
         "lam": {"type": "float", "low": 0.0, "high": 2.5},

@@ -187,6 +187,24 @@ def test_the_gpu_checks_script_parses_and_passes_known_flags():
         assert not unknown, (flags, unknown)
 
 
+def test_the_gpu_checks_script_fails_where_there_is_no_gpu(tmp_path):
+    """Without CUDA it printed a traceback, every step's refusal, and exited 0."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine: the script would run its checks")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_checks.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 2 and "torch sees no CUDA device here" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not list((tmp_path / "out").glob("*.log"))
+
+
 def test_exit_time_runs_both_entry_points(tmp_path):
     out = tmp_path / "exit.json"
     _run("exit_time.py", "--command", "train", "--repeats", "1", "--json", str(out))

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _reference(logits: torch.Tensor, y: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
-    """DM's derivative written out in float64 on the CPU (DM_METHOD.md, Eq. 7, Caffe form)."""
+    """DM's derivative written out in float64 on the CPU (README, "The method in one screen": the
+    authors' Caffe form)."""
     z = logits.double().cpu()
     p_vec = torch.softmax(z, 1)
     p = p_vec.gather(1, y.cpu().view(-1, 1)).squeeze(1)

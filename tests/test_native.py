@@ -21,7 +21,7 @@ def _batch(n: int, c: int, scale: float = 3.0, seed: int = 0, dtype=torch.float3
 
 
 def _reference(logits: torch.Tensor, targets: torch.Tensor, lam: float, beta: float):
-    """DM_METHOD.md section 3 term by term in float64: gradient, shares, display loss."""
+    """DM's gradient (README, "The method in one screen") term by term in float64: gradient, shares, display loss."""
     z = logits.double()
     logprobs = z - torch.logsumexp(z, dim=1, keepdim=True)
     probs = logprobs.exp()

@@ -1,4 +1,4 @@
-"""The weighting maths (DM_METHOD.md sections 2-3) against independent re-implementations."""
+"""The weighting maths (README, "The method in one screen") against independent re-implementations."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _ref_probs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
 
 
 def _ref_dm_grad(logits, targets, lam, beta):
-    """DM_METHOD.md section 3, term by term, in float64."""
+    """DM's gradient (README, "The method in one screen"), term by term, in float64."""
     probs, p = _ref_probs(logits, targets)
     w = torch.exp(beta * p**lam * (1 - p))
     onehot = torch.zeros_like(probs)
