@@ -104,8 +104,11 @@ def population_loss_parts(
     minus_others = _minus_others(probs, index).squeeze(2)
     target_entry = torch.where(plain, p_minus_1, minus_others) if exact_q else p_minus_1
     multiplier_1mp = -target_entry
-    # DM members: a softmax over the batch of the log-weights (cannot overflow for any beta).
-    share_dm = torch.softmax(torch.pow(p, knobs["lam"]).mul_(-knobs["beta"]).mul_(target_entry), dim=1)
+    # DM members: a softmax over the batch of the log-weights (cannot overflow for any beta), p^lam
+    # as exp(lam log p): p underflows to 0 in float32 below log p of about -103, where p^lam of a
+    # small lam does not (see _dm_log_weight_of); lam 0 gives 1, as p^0 does.
+    p_to_lam = torch.exp(torch.where(knobs["lam"] == 0, 0.0, knobs["lam"] * logp))
+    share_dm = torch.softmax(p_to_lam.mul_(-knobs["beta"]).mul_(target_entry), dim=1)
     # The other members: their multiplier m(p) and weight 2 (1-p) m(p).
     p_to_q = knobs["b"] * torch.pow(p, knobs["q"])
     m = torch.pow(multiplier_1mp, knobs["r"]).mul_(p_to_q).add_(knobs["a"])

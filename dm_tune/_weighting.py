@@ -80,14 +80,21 @@ def _dm_log_weight(p: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
     return _dm_log_weight_of(p, p - 1.0, lam, beta)
 
 
-def _dm_log_weight_of(p: torch.Tensor, p_minus_1: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
+def _dm_log_weight_of(p: torch.Tensor, p_minus_1: torch.Tensor, lam: float, beta: float,
+                      logp: torch.Tensor | None = None) -> torch.Tensor:
     """The exponent beta p^lam (1-p), for p in [0, 1] and p_minus_1 = p - 1 computed by the caller.
 
-    Written as (-beta p^lam)(p - 1): the same products (negation is exact), reusing p - 1.
+    Written as (-beta p^lam)(p - 1): the same products (negation is exact), reusing p - 1. With
+    ``logp`` (log p, from a log-softmax) p^lam is exp(lam log p): p itself underflows to 0 in
+    float32 below log p of about -103, where p^lam of a small lam is far from 0 (0.33 at log p
+    -110, lam 0.01): an example the labels contradict that strongly got weight exp(0) = 1.
     """
     if lam == 0.0:  # p^0 == 1, also at p == 0: the weight becomes exp(beta (1-p))
         return p_minus_1 * -beta
-    return (p * -beta if lam == 1.0 else torch.pow(p, lam) * -beta).mul_(p_minus_1)
+    if lam == 1.0:  # (p^1: where p underflows, so does the exponent's true value)
+        return (p * -beta).mul_(p_minus_1)
+    powered = torch.pow(p, lam) if logp is None else torch.exp(logp * lam)
+    return (powered * -beta).mul_(p_minus_1)
 
 
 def manipulated_logit_grad(
@@ -189,7 +196,7 @@ def _dm_parts_torch(
     probs = logprobs.exp_()  # in place: the log-probabilities are not needed any more
     p = probs.gather(1, index)  # exp(log_softmax) is in [0, 1], so no clamp is needed
     p_minus_1 = _minus_others(probs, index)  # p - 1, right to rounding near p = 1
-    share = torch.softmax(_dm_log_weight_of(p, p_minus_1, lam, beta), dim=0)  # [N, 1]
+    share = torch.softmax(_dm_log_weight_of(p, p_minus_1, lam, beta, logp), dim=0)  # [N, 1]
     scale = share / torch.rsub(p_minus_1, CCE_WEIGHT_EPS, alpha=2.0)  # share / (2 (1-p) + eps)
     # probs - onehot is probs with the labelled entry replaced by p - 1; then times scale.
     grad = probs.scatter_(1, index, p_minus_1).mul_(scale)

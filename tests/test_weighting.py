@@ -105,6 +105,31 @@ def test_dm_logit_grad_float32_matches_reference(kernel):
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("path", ["native", "torch", "population-torch", "population-native"])
+@pytest.mark.parametrize("lam", [0.01, 0.3, 2.5])
+def test_a_probability_below_float32s_range_keeps_its_weight(path, lam):
+    """p underflows to 0 in float32 below log p of about -103, where p^lam of a small lam does not
+    (0.33 at log p -110, lam 0.01): the torch paths gave such an example weight exp(0) = 1, its
+    share 0.25 where it is 0.95, while the C kernel (in double) followed the formula."""
+    from dm_tune._poplosses import DM, MemberLoss, PopulationLoss
+
+    logits = torch.tensor([[0.0, 110.0, 0.0], [3.0, 0.0, 0.0], [0.0, 1.0, 0.5], [-20.0, 80.0, 0.0]])
+    targets = torch.tensor([0, 0, 2, 0])
+    beta = 12.0
+    logp = torch.log_softmax(logits.double(), dim=1)[torch.arange(4), targets]
+    want = torch.softmax(beta * torch.exp(lam * logp) * -torch.expm1(logp), dim=0)
+    if path.startswith("population"):
+        loss = PopulationLoss([MemberLoss(DM, lam=lam, beta=beta)], kernel=path.split("-")[1])
+        stacked = logits.unsqueeze(0).requires_grad_(True)
+        loss(stacked, targets.unsqueeze(0)).sum().backward()
+        got_grad, got = stacked.grad[0], loss.last_shares[0]
+    else:
+        got_grad, got = W._dm_parts(logits, targets, lam, beta, path)[:2]
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)
+    want_grad, _, _ = _ref_dm_grad(logits, targets, lam, beta)
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("lam,beta", [(0.0, 2.0), (1.0, 8.0), (2.0, 24.0)])
 def test_dm_row_norms_are_normalised_weights(lam, beta):
     logits, targets = _batch(n=40, c=6, seed=3)
