@@ -190,7 +190,8 @@ def test_the_local_gp_estimates_a_measured_arm_near_its_measured_mean() -> None:
     from dm_tune.reports._loso import LOCAL_RESTARTS, _scored
 
     arms = {(0.41161, 3.984243): (73.1481, 74.6296, 73.7037), (1 / 3, 3.079201): (87.7778, 90.9259, 90.3704),
-            (2 / 3, 3.555556): (62.0370, 47.9630), (0.5, 4.0): (48.8889, 48.8889), (0.5, 2.0): (87.0370, 86.4815, 89.0741)}
+            (2 / 3, 3.555556): (62.0370, 47.9630), (0.5, 4.0): (48.8889, 48.8889),
+            (0.5, 2.0): (87.0370, 86.4815, 89.0741)}
     runs = pd.DataFrame([{"setting": "s", "arm": f"dm({psi:.3f},{rho:.3f})", "seed": seed, "psi": psi, "rho": rho,
                           "class_weighting": "none", "final_test_acc": acc / 100}
                          for (psi, rho), accs in arms.items() for seed, acc in enumerate(accs)])
