@@ -136,16 +136,17 @@ def arm_overrides(rec: Any) -> dict[str, dict[str, Any]]:
 
 
 def _recommendation(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],
-                    guidelines: dict[str, Any], named: str, first: Any = None) -> Any:
+                    guidelines: dict[str, Any], named: str, first: Any = None, source: Any = None) -> Any:
     """The guidelines' recommendation for one setting, and every arm's TrainConfig built from it
     (refused here, not at training time); ``named``: how the guidelines are named in an error
-    (their flag and file). ``first``: the setting's data on its first seed, if prepared already."""
+    (their flag and file). ``first``: the setting's data on its first seed, if prepared already;
+    else prepared from ``source``, the setting's dataset loaded already (None: loaded here)."""
     from dm_tune._validate import ConfigError
     from dm_tune.data import prepare
     from dm_tune.reports._recommend import recommend
 
     if first is None:
-        first = prepare(study.train_config(setting, **{**overrides, "seed": seeds[0]}))
+        first = prepare(study.train_config(setting, **{**overrides, "seed": seeds[0]}), source)
     try:
         rec = recommend(guidelines, num_classes=int(first.num_classes), noise_type=setting.noise,  # a file: its rate
                         noise_rate=float(first.noise_rate if setting.noise == "file" else setting.noise_rate),
@@ -173,15 +174,19 @@ def validate_study(values: Any) -> Any:
 
 
 def _recommend_all(plan: list[tuple[Any, Any, list[int], str]], overrides: dict[str, Any],
-                   guidelines: dict[str, Any], named: str, done: set[str]) -> None:
+                   guidelines: dict[str, Any], named: str, done: set[str],
+                   sources: dict[int, dict[str, Any]] | None = None) -> None:
     """Every planned setting's recommendation (``_recommendation``) but those ``done``; a study's
-    training.class_weighting_beta that no recommendation of its settings uses is refused."""
+    training.class_weighting_beta that no recommendation of its settings uses is refused.
+    ``sources``: each study's datasets as ``_preflight`` loaded them (by ``id`` of the study, then
+    dataset); None: each setting's is loaded as it is prepared."""
     from dm_tune._validate import ConfigError
 
     weighted: dict[int, bool] = {}
     for one, setting, seeds, identity in plan:
         if identity not in done:
-            rec = _recommendation(one, setting, seeds, overrides, guidelines, named)
+            source = sources[id(one)][setting.dataset] if sources is not None else None
+            rec = _recommendation(one, setting, seeds, overrides, guidelines, named, source=source)
             weighted[id(one)] = weighted.get(id(one), False) or rec.class_weighting == "effective-number"
     for one, *_ in plan:
         if "class_weighting_beta" in one.training and weighted.get(id(one)) is False:
@@ -550,8 +555,8 @@ def validate_command(args: argparse.Namespace) -> int:
     guidelines = load_guidelines(path)
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     plan, _ = _plan(studies, seeds, overrides, guidelines)
-    _preflight(studies, plan, overrides)  # every setting trainable, and once, before any trains (or --out is made)
-    _recommend_all(plan, overrides, guidelines, f"--guidelines {path}", set())  # each answered, before any trains
+    sources = _preflight(studies, plan, overrides)  # every setting trainable, and once, before any trains
+    _recommend_all(plan, overrides, guidelines, f"--guidelines {path}", set(), sources)  # each answered
     out = output_dir("--out", args.out)  # checked before hours of training, not after
     taken = next((n for n in (LOCK_FILE, PROGRESS_FILE, "validation.json", "validation.md")
                   if (out / n).exists() and not (out / n).is_file()), None)
@@ -570,10 +575,12 @@ def validate_command(args: argparse.Namespace) -> int:
         return _validate_into(args, studies, seeds, path, guidelines, out)
 
 
-def _preflight(studies: list[Any], plan: list[tuple[Any, Any, list[int], str]], overrides: dict[str, Any]) -> None:
+def _preflight(studies: list[Any], plan: list[tuple[Any, Any, list[int], str]],
+               overrides: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """What dm-tune search checks of a new study (data roots, noise rates and imbalances the data can
     take, fields no trial uses), for every setting at once: a setting refused at its turn came
-    after the settings before it had trained. Then: no two planned settings train the same thing."""
+    after the settings before it had trained (before --out is made). Then: no two planned settings
+    train the same thing. Returns the datasets it loaded, by ``id`` of each study, then dataset."""
     from dm_tune.search._preflight import load_sources
 
     sources = {id(study): load_sources(study, data_root_hint="training.data_root in its --config")
@@ -594,6 +601,7 @@ def _preflight(studies: list[Any], plan: list[tuple[Any, Any, list[int], str]], 
                             "same seeds (the defaults they leave out, or no label flipped, are the same): they would "
                             "be trained twice and counted twice; validate each once")
         seen[text] = (setting, one)
+    return sources
 
 
 def _finished_here(args: argparse.Namespace, out: Path, identities: list[str]) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ leave-one-setting-out validation (``loso``)."""
 from __future__ import annotations
 
 import datetime as _dt
+import html
 import json
 from typing import Any
 
@@ -237,7 +238,7 @@ def _md(mark: str) -> str:
 def _text(text: Any) -> str:
     """Text from the store (experiment, dataset and setting names) as one Markdown line: its angle
     brackets as entities (a name holding <script> or <img> was raw HTML in guidelines.md)."""
-    return " ".join(str(text).split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return html.escape(" ".join(str(text).split()), quote=False)
 
 
 def _cell(text: Any) -> str:
