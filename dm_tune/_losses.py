@@ -155,6 +155,9 @@ class Scheme:
     # The multiplier from p and 1 - p given apart, for a multiplier that uses 1 - p: the -DN form
     # passes the other classes' probabilities' sum, exact where 1 - p rounds to 0.
     multiplier_pq: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # The multiplier from p and log p, for one that p's underflow would zero: p is 0 in float32
+    # below log p of about -103, where GCE's p^q of a small q is not (0.33 at log p -110, q 0.01).
+    multiplier_logp: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 class SchemeLoss(_GradLoss):
@@ -179,8 +182,12 @@ class SchemeLoss(_GradLoss):
         # and a plain loss's batch fitted that far had shares of 0, where every example has a weight.
         index = targets.long().view(-1, 1)
         q = probs.scatter(1, index, 0.0).sum(1)
-        pq = self.scheme.multiplier_pq
-        m_q = self.scheme.multiplier(p) if pq is None else pq(p, q)
+        logp = F.log_softmax(logits.to(p.dtype), dim=1).gather(1, index).squeeze(1)
+        pq, from_logp = self.scheme.multiplier_pq, self.scheme.multiplier_logp
+        if pq is not None:
+            m_q = pq(p, q)
+        else:
+            m_q = self.scheme.multiplier(p) if from_logp is None else from_logp(p, logp)
         weight = 2.0 * q * m_q
         total = weight.sum().clamp_min(torch.finfo(p.dtype).tiny)
         share = weight / total
@@ -191,8 +198,7 @@ class SchemeLoss(_GradLoss):
             return grad, share, _weighted_cce(logits, targets, share)
         m = m_q if pq is None else self.scheme.multiplier(p)  # (the gradient keeps autograd's p - 1)
         grad = (m / p.shape[0]).unsqueeze(1) * W._direction(probs, targets)
-        logp = F.log_softmax(logits.to(p.dtype), dim=1).gather(1, index)
-        return grad, share, self.scheme.value(logp.squeeze(1)).mean()
+        return grad, share, self.scheme.value(logp).mean()
 
 
 def cce_scheme() -> Scheme:
@@ -210,7 +216,8 @@ def mse_scheme() -> Scheme:
 def gce_scheme(q: float) -> Scheme:
     if not (0.0 < q <= 1.0):
         raise ValueError(f"GCE's q must be in (0, 1], got {q!r}")
-    return Scheme(W.gce_multiplier(q), lambda logp: (1.0 - torch.exp(q * logp)) / q)
+    return Scheme(W.gce_multiplier(q), lambda logp: (1.0 - torch.exp(q * logp)) / q,
+                  multiplier_logp=lambda p, logp: W.power_of_p(p, logp, q))
 
 
 def sl_scheme(mu: float, nu: float, log_clip: float) -> Scheme:

@@ -26,7 +26,8 @@ from torch import nn
 
 from dm_tune import _native
 from dm_tune._losses import _InjectGrad
-from dm_tune._weighting import CCE_WEIGHT_EPS, _compute_dtype, _minus_others, check_kernel, class_weighted
+from dm_tune._weighting import (CCE_WEIGHT_EPS, _compute_dtype, _minus_others, check_kernel, class_weighted,
+                                power_of_p)
 
 DM, PLAIN, NORMALISED = 0, 1, 2
 
@@ -110,7 +111,8 @@ def population_loss_parts(
     p_to_lam = torch.exp(torch.where(knobs["lam"] == 0, 0.0, knobs["lam"] * logp))
     share_dm = torch.softmax(p_to_lam.mul_(-knobs["beta"]).mul_(target_entry), dim=1)
     # The other members: their multiplier m(p) and weight 2 (1-p) m(p).
-    p_to_q = knobs["b"] * torch.pow(p, knobs["q"])
+    # p^q from log p where p underflows (GCE's with a small q: see power_of_p)
+    p_to_q = knobs["b"] * power_of_p(p, logp, knobs["q"])
     m = torch.pow(multiplier_1mp, knobs["r"]).mul_(p_to_q).add_(knobs["a"])
     # Their weights with that 1 - p in the multiplier too (MSE's holds 1 - p; for DM and "-DN"
     # members it is m itself).

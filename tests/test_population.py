@@ -202,6 +202,35 @@ def test_a_labelled_class_at_minus_infinity_leaves_every_display_finite(kernel):
             assert math.isfinite(display[k].item()), KNOBS[k]
 
 
+@pytest.mark.parametrize("method", ["gce", "gce-dn"])
+def test_gces_small_q_weighs_a_probability_below_float32s_range(method):
+    """p underflows to 0 in float32 below log p of about -103, where GCE's p^q of a small q does not
+    (0.33 at log p -110, q 0.01): the torch paths took p^q from p and gave such an example no
+    gradient and no share, while the C kernel (in double) and the same loss in float64 follow the
+    formula."""
+    c = TrainConfig.from_dict({"method": method, "gce_q": 0.01})
+    logits = torch.tensor([[0.0, 110.0, 0.0], [3.0, 0.0, 0.0], [0.0, 1.0, 0.5], [-20.0, 80.0, 0.0]])
+    targets = torch.tensor([0, 0, 2, 0])
+
+    def single(x):
+        fn = build_loss(c)
+        x = x.clone().requires_grad_(True)
+        fn(x, targets).backward()
+        return x.grad, fn.last_shares
+
+    want_grad, want_shares = single(logits.double())
+    assert want_shares[0].item() > 0.2 and want_grad[0].abs().sum().item() > 1e-3
+    got = {"single run": single(logits)}
+    for kernel in ("torch", "native"):
+        pop = PopulationLoss([member_loss(c)], kernel=kernel)
+        stacked = logits.unsqueeze(0).requires_grad_(True)
+        pop(stacked, targets.unsqueeze(0)).sum().backward()
+        got[f"population, {kernel}"] = stacked.grad[0], pop.last_shares[0]
+    for path, (grad, shares) in got.items():
+        torch.testing.assert_close(shares.double(), want_shares, rtol=1e-5, atol=1e-7, msg=path)
+        torch.testing.assert_close(grad.double(), want_grad, rtol=1e-4, atol=1e-7, msg=path)
+
+
 def test_population_loss_rejects_wrong_shapes():
     pop = PopulationLoss([member_loss(TrainConfig())] * 2)
     with pytest.raises(ValueError, match="logits must have shape"):
