@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import pandas as pd
 
 from dm_tune._names import task_of
 from dm_tune._param import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
+from dm_tune._tracking_server import check_server
 from dm_tune.errors import UserError, parse_url
 
 PARAM_COLUMNS = ("method", "lam", "beta", "psi", "rho", "dataset", "noise", "noise_rate", "imbalance",
@@ -43,7 +42,6 @@ IN_PROGRESS = ("running", "interrupted")
 HISTORY_METRICS = ("weight_clean", "weight_noisy", "test_acc")
 COLUMNS = ("run_id", "experiment", "setting", "stage", "baseline", "status", "task") + PARAM_COLUMNS + METRIC_COLUMNS + (
     RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version", "reused_from"))
-_HTTP_TIMEOUT_S = 3.0
 
 
 def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd.DataFrame:
@@ -272,13 +270,7 @@ def _check_reachable(uri: str) -> None:
     """Fail fast: MLflow's own client retries an unreachable server for minutes."""
     scheme = parse_url("--tracking-uri", uri).scheme
     if scheme in ("http", "https"):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=_HTTP_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            return  # something answered: the server is there
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise UserError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+        check_server(uri)
     elif scheme == "sqlite":
         path = uri[len("sqlite:///"):]
         if path and path != ":memory:" and not Path(path).exists():

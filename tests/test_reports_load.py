@@ -232,7 +232,8 @@ def test_unreachable_server_fails_fast() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     start = time.monotonic()
-    with pytest.raises(UserError, match="unreachable"):
+    said = f"--tracking-uri http://127.0.0.1:{port}: cannot reach 127.0.0.1:{port}"
+    with pytest.raises(UserError, match=re.escape(said)):
         load_runs(f"http://127.0.0.1:{port}", None)
     assert time.monotonic() - start < 5
 
@@ -248,7 +249,9 @@ def test_a_tracking_uri_that_is_no_url_is_one_line(uri: str, said: str) -> None:
 
 def test_a_web_server_that_is_not_mlflow_is_one_line(tmp_path: Path) -> None:
     """Its /health answered 404 (the server is there), then MLflow's API request failed with 501:
-    a 50-line traceback ending in the server's error page."""
+    a 50-line traceback ending in the server's error page. The search asks the same question."""
+    from dm_tune.search._preflight import check_tracking
+
     import functools
     import http.server
     import threading
@@ -261,14 +264,18 @@ def test_a_web_server_that_is_not_mlflow_is_one_line(tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        with pytest.raises(UserError) as info:
-            load_runs(uri, None)
+        said = []
+        for ask in (load_runs, check_tracking):
+            with pytest.raises(UserError) as info:
+                ask(uri)
+            said.append(str(info.value))
     finally:
         server.shutdown()
         server.server_close()
-    text = str(info.value)
-    assert text.startswith(f"the MLflow tracking store {uri} refused a request: API request to endpoint")
-    assert "failed with error code 501" in text and "is it an MLflow tracking server" in text
+    text = said[0]
+    assert said[1] == text
+    assert text.startswith(f"--tracking-uri {uri}: not an MLflow tracking server that answers (API request to endpoint")
+    assert "failed with error code 501" in text and "credentials" not in text
     assert "\n" not in text and "DOCTYPE" not in text
 
 

@@ -161,3 +161,71 @@ def test_search_across_a_two_node_ray_cluster(tmp_path):
     assert {r.data.tags["dmtune.status"] for r in trials} == {"finished"}
     nodes = {r.data.tags["dmtune.node_id"] for r in trials}
     assert len(nodes) == 2, nodes  # trials ran on both nodes
+
+
+def _auth_proxy(target: str, user: str, password: str):
+    """A reverse proxy on 127.0.0.1 that asks every request, /health too, for HTTP basic auth and
+    forwards the ones that carry it to ``target`` (as nginx in front of a team's MLflow server)."""
+    import base64
+    import http.server
+    import threading
+    import urllib.error
+
+    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _forward(self) -> None:
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            request = urllib.request.Request(target + self.path, data=body, method=self.command,
+                                             headers={"Content-Type": self.headers.get("Content-Type", "")})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as r:
+                    status, payload, kind = r.status, r.read(), r.headers.get("Content-Type", "")
+            except urllib.error.HTTPError as e:
+                status, payload, kind = e.code, e.read(), e.headers.get("Content-Type", "")
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _forward
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_an_mlflow_server_behind_a_password_is_asked_with_mlflows_credentials(tmp_path, mlflow_server, monkeypatch):
+    """The search asked /health without the credentials MLflow's client sends, and refused an MLflow
+    server behind an authenticating proxy as "not an MLflow server (HTTP Error 401)" although every
+    request the search makes would carry them. Without them it is refused, saying which variables
+    MLflow reads them from; the reports ask the same question."""
+    from dm_tune.errors import UserError
+    from dm_tune.search._preflight import check_tracking
+    from reports._load import load_runs
+
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    proxy, uri = _auth_proxy(mlflow_server, "team", "s3cret")
+    try:
+        for ask in (check_tracking, load_runs):
+            with pytest.raises(UserError, match="code 401.*MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"):
+                ask(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "team")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+        check_tracking(uri)
+        with pytest.raises(UserError, match="no dm-tune trial runs .* existing experiments: Default"):
+            load_runs(uri)  # (it read the store: there is no study in it yet)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

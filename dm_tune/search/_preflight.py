@@ -65,16 +65,9 @@ def check_storage(uri: str, timeout: float = STORAGE_TIMEOUT_S) -> None:
 def check_tracking(uri: str) -> None:
     parsed = parse_url("--tracking-uri", uri)
     if parsed.scheme in ("http", "https"):
-        import urllib.request
+        from dm_tune._tracking_server import check_server
 
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        _check_tcp(parsed.hostname or "localhost", port, f"--tracking-uri {uri}")
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
-                if r.status != 200:
-                    raise UserError(f"--tracking-uri {uri}: /health answered {r.status}, not an MLflow server")
-        except OSError as e:
-            raise UserError(f"--tracking-uri {uri}: not an MLflow server ({e})") from None
+        check_server(uri)
     elif parsed.scheme != "sqlite" or not uri.startswith("sqlite:////"):
         # (sqlite:///rel.db is relative to wherever the search was started: a store no later command finds)
         raise UserError(f"--tracking-uri {uri}: expected an http(s):// MLflow server or sqlite:////abs/path.db")
