@@ -35,6 +35,28 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError("val_noisy", config.val_noisy, "retrieval validation holds out identities, whose labels are clean")
 
 
+def _held_out(ids: np.ndarray, cams: np.ndarray, val_fraction: float) -> tuple[list[int], int]:
+    """The identities seen by two cameras (validation's candidates) and how many validation holds out."""
+    multi_cam = [i for i in np.unique(ids) if len(np.unique(cams[ids == i])) >= 2]
+    # (at least one where any is asked for: 0.2 of 2 identities rounded to none, a run without validation)
+    n_val = max(int(round(val_fraction * len(np.unique(ids)))), 1 if val_fraction > 0 else 0)
+    if n_val > len(multi_cam) or len(np.unique(ids)) - n_val < 2:
+        raise ConfigError("val_fraction", val_fraction,
+                          f"cannot hold out {n_val} of {len(np.unique(ids))} training identities "
+                          f"({len(multi_cam)} are seen by two cameras, and at least 2 must remain for training)")
+    return multi_cam, n_val
+
+
+def training_identities(source: Source, val_fraction: float) -> int:
+    """How many identities a run on ``source`` trains its classifier on (its classes: what the noise
+    models draw from) once validation holds out its share; ConfigError where it cannot."""
+    if source.train_cams is None:
+        raise ValueError(f"dataset {source.name!r}: a retrieval source needs train_cams")
+    ids = source.train.labels.numpy().astype(np.int64)
+    _, n_val = _held_out(ids, source.train_cams.numpy().astype(np.int64), val_fraction)
+    return len(np.unique(ids)) - n_val
+
+
 def prepare_retrieval(config: TrainConfig, source: Source) -> Data:
     _check(config)
     if source.gallery is None or source.train_cams is None:
@@ -44,13 +66,7 @@ def prepare_retrieval(config: TrainConfig, source: Source) -> Data:
 
     ids = source.train.labels.numpy().astype(np.int64)
     cams = source.train_cams.numpy().astype(np.int64)
-    multi_cam = [i for i in np.unique(ids) if len(np.unique(cams[ids == i])) >= 2]
-    # (at least one where any is asked for: 0.2 of 2 identities rounded to none, a run without validation)
-    n_val = max(int(round(config.val_fraction * len(np.unique(ids)))), 1 if config.val_fraction > 0 else 0)
-    if n_val > len(multi_cam) or len(np.unique(ids)) - n_val < 2:
-        raise ConfigError("val_fraction", config.val_fraction,
-                          f"cannot hold out {n_val} of {len(np.unique(ids))} training identities "
-                          f"({len(multi_cam)} are seen by two cameras, and at least 2 must remain for training)")
+    multi_cam, n_val = _held_out(ids, cams, config.val_fraction)
     val_ids = np.sort(val_rng.choice(np.asarray(multi_cam, np.int64), size=n_val, replace=False))
     is_val = np.isin(ids, val_ids)
     val_idx, keep = np.flatnonzero(is_val), np.flatnonzero(~is_val)

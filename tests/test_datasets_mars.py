@@ -262,6 +262,29 @@ def test_a_validation_fraction_that_rounds_to_no_identity_holds_one_out(tmp_path
     assert len(prepare(cfg("mars-features", root, val_fraction=0.0)).val_gallery) == 0
 
 
+def test_a_search_asks_its_retrieval_settings_of_the_identities_the_trials_train_on(tmp_path):
+    """The search's pre-flight checked the noise rate against every training identity (3 here) and
+    not the hold-out at all, while each trial trains on those validation leaves (2) and refuses
+    past them: every trial failed three times, and the search ended with none finished."""
+    from dm_tune.search._preflight import load_sources
+    from dm_tune.search._study import Study
+
+    def study(root: Path, rate: float, val_fraction: float) -> Study:
+        return Study.from_dict({"settings": {"dataset": ["mars-features"], "noise": ["symmetric"],
+                                             "noise_rate": [rate]},
+                                "training": {"data_root": str(root), "val_fraction": val_fraction}})
+
+    three = make_features(tmp_path / "three", TRAIN_TRACKS[:6])
+    assert set(load_sources(study(three, 0.45, 0.1))) == {"mars-features"}
+    with pytest.raises(ConfigError, match=r"settings.noise_rate: 0.6 .* on 2 classes"):
+        load_sources(study(three, 0.6, 0.1))
+    with pytest.raises(ConfigError, match=r"symmetric noise on 2 classes"):
+        prepare(cfg("mars-features", three, noise="symmetric", noise_rate=0.6, val_fraction=0.1))  # as a trial
+    two = make_features(tmp_path / "two", TRAIN_TRACKS[:4])
+    with pytest.raises(ConfigError, match=r"training.val_fraction: 0.2 .*cannot hold out 1 of 2 training "
+                                          r"identities.*\(dataset 'mars-features'\)"):
+        load_sources(study(two, 0.2, 0.2))
+
 def test_mars_features_default_queries_and_one_epoch(tmp_path):
     root = make_features(tmp_path / "feat", with_query=False)
     c = cfg("mars-features", root, epochs=1, batch_size=4)

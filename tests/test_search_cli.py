@@ -70,6 +70,9 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--population-size", "0"], ["population_size", "0", "auto"]),
     (["--population-size", "lots"], ["population_size", "lots", "auto"]),
     (["--dataset", "cifar10"], ["data_root", "--data-root"]),
+    # past the limit of the 120 identities a reid-synth trial trains on, not its 150 (every trial failed)
+    (["--dataset", "reid-synth", "--noise", "symmetric", "--noise-rate", "0.992"],
+     ["settings.noise_rate: 0.992", "on 120 classes"]),
     (["--resume", "nothing"], ["--resume nothing", "no such study"]),
     (["--resume", "x", "--epochs", "3"], ["--resume", "--epochs"]),
     (["--address", "127.0.0.1:{port}"], ["--address", "cannot reach"]),

@@ -235,6 +235,20 @@ def _check_applies(study: Study, trials: list[Any], new: bool) -> None:
             print(f"dm-tune: warning: training.{key} is ignored (it {why})", file=sys.stderr)
 
 
+def _classes(src: Any, val_fraction: float) -> int:
+    """The classes a trial's noise draws from: a retrieval run's are the training identities left
+    once validation holds out its share (refused, as the trials would, where it cannot)."""
+    if src.gallery is None:
+        return src.num_classes
+    from dm_tune._validate import ConfigError
+    from dm_tune.data_reid import training_identities
+
+    try:
+        return training_identities(src, val_fraction)
+    except ConfigError as e:
+        raise ConfigError("training.val_fraction", e.value, f"{e.allowed} (dataset {src.name!r})") from None
+
+
 def load_sources(study: Study, new: bool = True, data_root_hint: str = "--data-root") -> dict[str, Any]:
     """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here).
     ``new``: a study not stored yet (a stored one, resumed, is not refused what it began with);
@@ -263,7 +277,8 @@ def load_sources(study: Study, new: bool = True, data_root_hint: str = "--data-r
         config = study.train_config(setting)
         trials.append(config.resolve(src.defaults, src.default_model, src.input_kind))
         try:
-            check_noise(setting.noise, setting.noise_rate, src.num_classes, src.class_groups, prefix="settings.")
+            check_noise(setting.noise, setting.noise_rate, _classes(src, trials[-1].val_fraction), src.class_groups,
+                        prefix="settings.")
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} (setting {setting.key})") from None
         if new and setting.imbalance != "none":  # (a stored study goes on as it began: its trials take what the
