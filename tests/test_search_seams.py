@@ -342,6 +342,23 @@ def test_a_trial_another_driver_ends_before_it_is_tagged_is_asked_again(tmp_path
     assert [t.state.name for t in trials] == ["FAIL", "RUNNING"] and trials[1].user_attrs["dmtune.study"] == "t"
 
 
+def test_a_retrieval_seed_whose_weights_became_nan_counts_0(tmp_path):
+    """A retrieval run's NaN embeddings rank nothing: its mAP is NaN, and the arm's mean over seeds
+    was NaN, told to Optuna as FAIL (the sampler learnt nothing from the unstable arm), where the
+    same divergence on a classifier counts accuracy 0 and the arm scores low."""
+    from dm_tune.search._trial import OBJECTIVES
+
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), search_seeds=2, warm_points=[],
+                         objective=OBJECTIVES["retrieval"].final)
+    searcher.suggest("t0"), searcher.suggest("t1")
+    finished = TrialOutcome(status="finished", epochs_reached=3, task_metrics={"final_val_map": 0.4})
+    diverged = TrialOutcome(status="diverged", epochs_reached=1, task_metrics={"final_val_map": math.nan})
+    searcher.on_trial_complete("t0", population_report([finished]))
+    searcher.on_trial_complete("t1", population_report([diverged]))
+    (trial,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(0.2)
+    assert trial.user_attrs["seed_values"] == [0.4, 0.0] and trial.user_attrs["status"] == "diverged"
+
 def test_a_pruned_arm_is_told_its_seeds_values_at_the_epoch_it_was_pruned(tmp_path):
     """Seed 1 stopped by ASHA at epoch 2 (val 0.4); seed 0 finished 3 epochs (0.5, 0.6, 0.9):
     Optuna hears 0.5 at step 2, the two seeds at epoch 2, not (0.9 + 0.4) / 2 across epochs."""

@@ -240,7 +240,10 @@ class StagedSearcher(Searcher):
         storage.set_trial_user_attr(trial_id, "status", status)
         epochs = min(int(o.epochs_reached) for o in outcomes)
         storage.set_trial_user_attr(trial_id, "epochs_reached", epochs)
-        values = [o.value(self.objective) for o in outcomes]
+        # A seed whose weights became NaN counts 0: a classifier's NaN logits predict nothing (accuracy
+        # 0), a retrieval model's NaN embeddings rank nothing (its mAP is NaN: unscored, not a number).
+        values = [0.0 if o.status == "diverged" and math.isnan(v) else v
+                  for o, v in ((o, o.value(self.objective)) for o in outcomes)]
         if len(outcomes) > 1:  # each seed's own: the arm's one status names the worst of them
             storage.set_trial_user_attr(trial_id, "seed_values", values)
             storage.set_trial_user_attr(trial_id, "seed_statuses", statuses)
