@@ -25,8 +25,11 @@ def test_retrieval_outcome_round_trips_through_the_report():
     assert back.task_metrics == outcome.task_metrics and back.value("final_val_map") == 0.4
     assert TrialOutcome.from_dict(outcome.to_dict()) == outcome
     assert back.usable_for("final_val_map") and not back.usable  # no accuracy: not usable for classification
-    cut = TrialOutcome.from_report({"epoch": 3, "val_map": 0.2, "test_map": 0.1}, errored=False)
+    ranks = {"val_rank1": 0.3, "test_rank1": 0.15, "test_rank5": 0.4, "test_rank10": 0.5}
+    cut = TrialOutcome.from_report({"epoch": 3, "val_map": 0.2, "test_map": 0.1, **ranks}, errored=False)
     assert cut.status == "early-stopped" and cut.value("final_val_map") == 0.2
+    # (a trial ASHA stopped kept its mAPs and lost its CMC: "rank-1 nan", no final_test_rank* in MLflow)
+    assert {k: cut.value(f"final_{k}") for k in ranks} == ranks
 
 
 def test_top_arms_rank_by_the_task_objective():

@@ -171,7 +171,7 @@ OBJECTIVES = {
     "retrieval": Objective("final_val_map", "val_map", "final_test_map", "mAP"),
 }
 # Per-epoch task metrics that a trial cut short by a scheduler reports as its final_* values.
-TASK_EPOCH_METRICS = ("val_map", "test_map")
+TASK_EPOCH_METRICS = ("val_map", "val_rank1", "test_map", "test_rank1", "test_rank5", "test_rank10")
 
 
 # In the first per-epoch report of a trial resumed from a checkpoint, each member's epochs before it
