@@ -148,6 +148,8 @@ def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
         if not os.access(given, os.W_OK):
             raise UserError(f"{flag} {value}: exists and is not writable")
         return given
+    if not directory and value.endswith(("/", os.sep)):  # (Path drops the slash: "results/" wrote a file "results")
+        raise UserError(f"{flag} {value}: names a directory; expected a file name")
     path = resolve_path(given, flag)
     if directory:
         if path.exists() and not path.is_dir():

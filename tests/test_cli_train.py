@@ -130,6 +130,9 @@ ERRORS = {
                                       ["num_workers: 2", "only applies to the datasets read from disk a batch"]),
     "out into a missing directory": (["--epochs", "1", "--out", "missing/result.json"], ["--out", "missing", "does not exist"]),
     "out is a directory": (["--epochs", "1", "--out", "."], ["--out", "is a directory"]),
+    # Path drops the trailing slash: a file "results" was written
+    "out names a missing directory": (["--epochs", "1", "--out", "results/"], ["--out results/", "names a directory"]),
+    "out names a file as a directory": (["--epochs", "1", "--out", "run.yaml/"], ["--out run.yaml/", "names a directory"]),
     # was "directory run.yaml does not exist": it exists, as a file
     "out inside a file": (["--epochs", "1", "--out", "run.yaml/result.json"], ["--out", "run.yaml is a file, not a"]),
     # checked before training (was: a traceback after it, the result lost)
@@ -286,6 +289,25 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, monkeypatch, capsys):
     _check_error_line(case, rc, out, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)  # nothing written
 
+
+def test_out_never_replaces_the_data_the_run_reads(tmp_path, monkeypatch, capsys):
+    """--out the features file the run trained on (or a file of its data folder) wrote the result
+    over it: the dataset was gone, exit 0."""
+    from dm_tune.cli import main
+    from tests.test_datasets_disk import make_features
+
+    monkeypatch.chdir(tmp_path)
+    root = make_features(tmp_path / "feat")
+    before = (root / "features.npz").read_bytes()
+    for data_root, out in (("feat/features.npz", "feat/features.npz"), ("feat", "feat/features.npz")):
+        rc = main(["train", "--dataset", "features", "--data-root", data_root, "--epochs", "1", "--out", out])
+        _, err = capsys.readouterr()
+        assert rc == 2 and err.count("\n") == 1, err
+        assert f"--out {out}: is the run's input (its data, data_root {data_root})" in err
+        assert (root / "features.npz").read_bytes() == before
+    assert main(["train", "--dataset", "features", "--data-root", "feat", "--epochs", "1", "--quiet",
+                 "--out", "feat/result.json"]) == 0  # (a new file beside the data is no input)
+    assert json.loads((root / "result.json").read_text())["status"] == "finished"
 
 def test_a_path_that_is_a_link_round_a_loop_is_one_line(tmp_path, monkeypatch, capsys):
     """Path.resolve raises RuntimeError on a link round a loop (before Python 3.13): each command
