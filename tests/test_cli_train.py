@@ -132,7 +132,8 @@ ERRORS = {
     "out is a directory": (["--epochs", "1", "--out", "."], ["--out", "is a directory"]),
     # Path drops the trailing slash: a file "results" was written
     "out names a missing directory": (["--epochs", "1", "--out", "results/"], ["--out results/", "names a directory"]),
-    "out names a file as a directory": (["--epochs", "1", "--out", "run.yaml/"], ["--out run.yaml/", "names a directory"]),
+    "out names a file as a directory": (["--epochs", "1", "--out", "run.yaml/"],
+                                        ["--out run.yaml/", "names a directory"]),
     # was "directory run.yaml does not exist": it exists, as a file
     "out inside a file": (["--epochs", "1", "--out", "run.yaml/result.json"], ["--out", "run.yaml is a file, not a"]),
     # checked before training (was: a traceback after it, the result lost)
