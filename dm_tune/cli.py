@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import (DataError, UserError, float_argument, int_argument, is_stdout, json_text, load_yaml,
-                             output_path, path_argument, read_number, resolve_path, write_output)
+from dm_tune.errors import (DataError, UserError, float_argument, int_argument, is_stdout, is_stream, json_text,
+                             load_yaml, output_path, path_argument, read_number, resolve_path, unexaminable,
+                             write_output)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -334,8 +335,10 @@ def _train_cmd(args: argparse.Namespace) -> int:
     given = {k: v for values in member_values for k, v in values.items() if v is not None}
     _check_applies(args, given, configs, file_values)
     pretrained = configs[0].pretrained  # (one value for every member: not a list flag)
-    if pretrained and not Path(pretrained).expanduser().is_file():  # as a study checks it, before any work
-        raise ConfigError("pretrained", pretrained, "expected an existing local weights file")
+    why = unexaminable(pretrained) if pretrained else None
+    if pretrained and (why or not Path(pretrained).expanduser().is_file()):  # as a study checks it, before any work
+        raise ConfigError("pretrained", pretrained, "expected an existing local weights file"
+                          + (f" (it cannot be examined: {why})" if why else ""))
     if len(members) > 1:
         return _train_population_cmd(args, configs, given, file_values)
     if args.population_size not in (None, 1):
@@ -448,7 +451,11 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
         print(f"dm-tune train: {resolved.dataset} ({len(first.train)} train / {len(first.val)} val / "
               f"{len(first.test)} test), {_noise_text(resolved)}, model {resolved.model}; "
               f"{len(configs)} members in {len(groups)} population(s) of up to {size}", file=sys.stderr)
-    results = []
+    results: list[Any] = []
+    said = sys.stderr if is_stdout(out) else sys.stdout
+    # A file --out holds every member that has ended, rewritten whole as each population ends: an
+    # interrupted or failed run keeps those (a stream, stdout or a pipe, gets the one list at the end).
+    as_they_end = out is not None and not is_stream(out)
     for group in groups:
         cache.clear()
         members = [configs[i] for i in group]
@@ -456,11 +463,13 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
             print(f"population {len(results) // size + 1}/{len(groups)}: "
                   + ", ".join(_member_label(c) for c in members), file=sys.stderr)
         datas = [data_of(c) for c in members]
-        results += train_population(members, datas, _population_progress(
+        ended = train_population(members, datas, _population_progress(
             args.quiet, int(resolved.epochs or 0), [_member_label(c) for c in members]))
-    said = sys.stderr if is_stdout(out) else sys.stdout
-    for config, result in zip(configs, results):
-        print(f"[{_member_label(config)}] {_result_line(result)}", file=said)
+        results += ended
+        if as_they_end and len(results) < len(configs):
+            write_output(out, json_text([r.to_dict() for r in results]))
+        for config, result in zip(members, ended):
+            print(f"[{_member_label(config)}] {_result_line(result)}", file=said, flush=True)
     if out is not None:
         write_output(out, json_text([r.to_dict() for r in results]))
         print(f"wrote {out}", file=said)

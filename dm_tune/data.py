@@ -72,6 +72,9 @@ def load_source(config: TrainConfig) -> Source:
             exists, folder = root.exists(), root.is_dir()
         except PermissionError:  # (a parent this user may not enter)
             raise _unreadable(config, root) from None
+        except OSError as e:  # (a name longer than the system takes)
+            raise DataError(root, f"cannot be examined ({e.strerror or e})",
+                            "a folder (or for features a .npz file)") from None
         if not exists and not config.download:
             raise ConfigError("data_root", config.data_root, "it does not exist (a folder, or for features a "
                               ".npz file)" if config.dataset == "features" else "the directory does not exist")

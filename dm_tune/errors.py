@@ -51,6 +51,27 @@ def resolve_path(value: str | Path, what: str) -> Path:
         raise UserError(f"{what} {value}: is a symbolic link in a loop (it leads back to itself)") from None
 
 
+def unexaminable(path: str | Path) -> str | None:
+    """Why ``path`` cannot be examined, or None: a folder above it this user may not enter, or a
+    name longer than the system takes. (Path.exists and is_dir answer False for a missing path, but
+    raise these.)"""
+    try:
+        os.stat(Path(path).expanduser())
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG):
+            return e.strerror or str(e)
+    except ValueError as e:  # (an embedded NUL byte)
+        return str(e)
+    return None
+
+
+def check_examinable(path: str | Path, what: str) -> None:
+    """UserError ``what path: cannot be examined (why)`` where ``unexaminable`` says why."""
+    why = unexaminable(path)
+    if why:
+        raise UserError(f"{what} {path}: cannot be examined ({why})")
+
+
 def parse_url(flag: str, uri: str) -> Any:
     """``uri`` parsed (urllib's SplitResult); an http(s) URL must name a host and a port that can
     be (urllib raises ValueError for [::1, [zz] or :99999, only once they are asked for)."""
@@ -150,6 +171,7 @@ def output_path(flag: str, value: str, *, directory: bool = False) -> Path:
         return given
     if not directory and value.endswith(("/", os.sep)):  # (Path drops the slash: "results/" wrote a file "results")
         raise UserError(f"{flag} {value}: names a directory; expected a file name")
+    check_examinable(given, flag)
     path = resolve_path(given, flag)
     if directory:
         if path.exists() and not path.is_dir():
@@ -215,6 +237,11 @@ def _special(path: Path) -> bool:
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def is_stream(path: Path) -> bool:
+    """Whether ``path`` is written as a stream (stdout, a device, a pipe), not replaced as a file."""
+    return is_stdout(path) or _special(path)
 
 
 def is_stdout(path: Path | None) -> bool:
@@ -350,6 +377,7 @@ def load_yaml(path: str, what: str) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
+    check_examinable(p, what)
     if p.is_dir():
         raise UserError(f"{what} {path}: is a directory; expected a YAML file")
     if not p.exists():

@@ -24,7 +24,7 @@ import numpy as np
 from dm_tune._names import IMBALANCE_KINDS as IMBALANCE_KINDS  # re-exported: the imbalance profiles below
 from dm_tune._names import rate_limit as rate_limit  # re-exported: check_noise's limit (light, for recommend)
 from dm_tune.datasets._base import DataError
-from dm_tune.errors import first_line
+from dm_tune.errors import first_line, unexaminable
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,9 @@ def _read_labels(path: Path, key: str | None) -> tuple[np.ndarray, dict | None]:
     blob = None
     layout = (".npy array of ints; .csv/.txt with one integer per line (or per row, last column); "
               "or a CIFAR-10N/100N .pt dict with keys such as " + ", ".join(CIFAR_N_KEYS))
+    why = unexaminable(path)
+    if why:
+        raise DataError(path, f"cannot be examined ({why})", layout)
     if path.is_dir():
         raise DataError(path, "is a directory; expected a label file", layout)
     if not path.is_file():

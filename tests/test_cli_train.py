@@ -555,3 +555,61 @@ def test_a_method_flag_over_a_file_of_dm_knobs_warns_that_they_are_ignored(tmp_p
                  "--quiet", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert err.count("warning: momentum from --config") == 1 and "--optimizer adam overrides the file" in err
+
+
+def test_members_that_ended_are_in_out_when_the_run_is_killed(tmp_path):
+    """Members train a population at a time, and --out was written once all had: a run killed (or
+    failed, or interrupted) while the last population trained lost the results of those that had
+    ended. The file now holds them, rewritten whole as each population ends."""
+    import signal
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([_script(), "train", "--seed", "0,1", "--population-size", "1", "--epochs", "300",
+                             "--quiet", "--out", "r.json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # the first member's result line: said once it is in the file
+        assert first.startswith("[dm lam=1 beta=8 seed=0] finished: final test"), (first, proc.stderr.read())
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    (result,) = json.loads((tmp_path / "r.json").read_text())
+    assert result["status"] == "finished" and result["config"]["seed"] == 0 and len(result["history"]) == 300
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # (no temporary file left beside it)
+
+
+PATH_FLAGS = {"--out": ["--out", "{p}.json"], "--config": ["--config", "{p}.yaml"],
+              "--noise-file": ["--noise", "file", "--noise-file", "{p}.npy"],
+              "--pretrained": ["--pretrained", "{p}.pt"],
+              "--data-root": ["--dataset", "features", "--data-root", "{p}.npz"]}
+PATH_SAID = {"--out": "--out {p}.json: cannot be examined ({why})",
+             "--config": "--config {p}.yaml: cannot be examined ({why})",
+             "--noise-file": "{p}.npy: cannot be examined ({why})",
+             "--pretrained": "expected an existing local weights file (it cannot be examined: {why})",
+             "--data-root": "{p}.npz: cannot be {examined}"}
+
+
+@pytest.mark.parametrize("flag", sorted(PATH_FLAGS))
+@pytest.mark.parametrize("where", ["a name too long", "a folder this user may not enter"])
+def test_a_path_that_cannot_be_examined_is_one_line(tmp_path, flag, where):
+    """Path.is_dir and is_file answer False for a missing path but raise PermissionError under a
+    folder this user may not enter and OSError for a name longer than the system takes: each of
+    these flags ended in that traceback, exit 1."""
+    from tests.conftest import permissions_preexec
+
+    if where == "a name too long":
+        p, why, examined, preexec = "x" * 300, "File name too long", "examined (File name too long)", None
+    else:
+        (tmp_path / "locked").mkdir(mode=0o700)
+        (tmp_path / "locked").chmod(0o000)
+        p, why, examined, preexec = "locked/x", "Permission denied", "read (permission denied)", permissions_preexec()
+    args = [a.format(p=p) for a in PATH_FLAGS[flag]]
+    try:
+        proc = subprocess.run([_script(), "train", "--epochs", "1", "--quiet", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, preexec_fn=preexec)
+    finally:
+        if (tmp_path / "locked").exists():
+            (tmp_path / "locked").chmod(0o700)
+    said = PATH_SAID[flag].format(p=p, why=why, examined=examined)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and said in proc.stderr, proc.stderr
