@@ -61,8 +61,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "features; retrieval (re-ID): reid-synth, mars, mars-features")
     p.add_argument("--data-root", type=path_argument, help="directory of an on-disk dataset")
     p.add_argument("--noise", help="none, symmetric (default), pair, cifar100-superclass, file")
-    p.add_argument("--noise-rate", type=float_argument, help="fraction of training labels corrupted, in [0, 1) "
-                   "(cifar100-superclass: of the paired subclasses, 2 of each superclass's 5)")
+    p.add_argument("--noise-rate", type=float_argument, help="fraction of training labels corrupted, from 0 "
+                   "to below the noise type's limit, where a wrong label would be as common as the true one "
+                   "((C-1)/C for symmetric on C classes, 0.5 for pair) (cifar100-superclass: of the paired "
+                   "subclasses, 2 of each superclass's 5)")
     p.add_argument("--noise-file", type=path_argument,
                    help="label file for --noise file (.npy/.csv/.txt or CIFAR-N .pt)")
     p.add_argument("--noise-key", help="key inside a CIFAR-N .pt file, e.g. worse_label")
@@ -74,7 +76,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    "(a comma-separated list: one member each)")
     p.add_argument("--lam", help="DM lambda (emphasis mode psi = lam/(1+lam)); a comma-separated list: one member each")
     p.add_argument("--beta", help="DM beta (emphasis variance); a comma-separated list: one member each")
-    p.add_argument("--mode", type=float_argument, help="DM emphasis mode psi in [0, 1) (instead of --lam)")
+    p.add_argument("--mode", type=float_argument, help="DM emphasis mode psi in [0, 1000/1001] (instead of --lam; "
+                   "lambda up to 1000)")
     p.add_argument("--spread", type=float_argument, help="DM log-spread rho (instead of --beta)")
     p.add_argument("--gce-q", type=float_argument, help="GCE's q (default 0.7)")
     p.add_argument("--class-weighting", help="none (default), inverse, sqrt-inverse, effective-number: weight "
@@ -211,7 +214,8 @@ def _epoch_line(m: dict[str, float], epochs: int) -> str:
          if math.isfinite(m["weight_noisy"]) else "")
     evals = (f"val mAP {100 * m['val_map']:5.1f}  test mAP {100 * m['test_map']:5.1f} "
              f"rank-1 {100 * m['test_rank1']:5.1f}" if "val_map" in m else
-             f"val {100 * m['val_acc']:5.1f}%  test {100 * m['test_acc']:5.1f}%")
+             (f"val {100 * m['val_acc']:5.1f}%  " if math.isfinite(m["val_acc"]) else "")
+             + f"test {100 * m['test_acc']:5.1f}%")
     return (f"epoch {int(m['epoch']):>3}/{epochs}  loss {m['train_loss']:.4f}  "
             f"train {100 * m['train_acc']:5.1f}%  {evals}{w}  {m['epoch_time_s']:.2f}s")
 
@@ -223,8 +227,9 @@ def _result_line(result: Any) -> str:
         return (f"{result.status}: final test mAP {100 * r['test_map']:.2f}, rank-1/5/10 {100 * r['test_rank1']:.2f}/"
                 f"{100 * r['test_rank5']:.2f}/{100 * r['test_rank10']:.2f}% (val mAP {100 * r['val_map']:.2f}); "
                 f"best test mAP over training {100 * r['best_test_map']:.2f}; {result.train_time_s:.1f}s")
+    val = f"val {100 * result.val_accuracy:.2f}%" if math.isfinite(result.val_accuracy) else "no validation split"
     return (f"{result.status}: final test accuracy {100 * result.test_accuracy:.2f}% "
-            f"(val {100 * result.val_accuracy:.2f}%); best over training {100 * result.best_test_accuracy:.2f}% "
+            f"({val}); best over training {100 * result.best_test_accuracy:.2f}% "
             f"at epoch {result.best_epoch}; {result.train_time_s:.1f}s")
 
 

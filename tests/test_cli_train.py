@@ -613,3 +613,16 @@ def test_a_path_that_cannot_be_examined_is_one_line(tmp_path, flag, where):
             (tmp_path / "locked").chmod(0o700)
     said = PATH_SAID[flag].format(p=p, why=why, examined=examined)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and said in proc.stderr, proc.stderr
+
+
+def test_a_run_without_validation_says_so_not_nan(tmp_path, monkeypatch, capsys):
+    """val_fraction 0 on digits: the lines read "(val nan%)" and "val nan%"."""
+    from dm_tune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Path("v0.yaml").write_text("val_fraction: 0\n")
+    assert main(["train", "--config", "v0.yaml", "--epochs", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "(no validation split)" in out and "nan" not in out + err
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all("  test " in line and " val " not in line for line in epochs)
