@@ -166,6 +166,11 @@ def test_mars_distractor_queries_are_not_scored_and_odd_numbers_are_refused(tmp_
     savemat(root / "info" / "query_IDX.mat", {"query_IDX": np.asarray([QUERY + [6, 7]], dtype=np.float64)})
     data = prepare(cfg("mars", root, dataset_options={"seq_len": 2, "image_size": 32}))
     assert data.test_gallery.query.tolist() == [q - 1 for q in QUERY] and data.info["queries_unscored"] == 2
+    savemat(root / "info" / "query_IDX.mat", {"query_IDX": np.asarray([[6, 7]], dtype=np.float64)})
+    with pytest.raises(DataError, match=r"query_IDX.mat: query_IDX names 2 tracks, all of identity -1 \(junk\) or "
+                                        r"0 \(distractor\)"):  # (was: "none of the test gallery's 0 queries")
+        prepare(cfg("mars", root, dataset_options={"seq_len": 2, "image_size": 32}))
+    savemat(root / "info" / "query_IDX.mat", {"query_IDX": np.asarray([QUERY], dtype=np.float64)})
     info = root / "info" / "tracks_train_info.mat"
     table = loadmat(info)["track_train_info"]
     for value, words in ((1e20, r"holds 1e\+20, not a whole number of a track or an identity"),

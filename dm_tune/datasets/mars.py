@@ -218,6 +218,9 @@ def load_images(root: Path | None, options: Mapping[str, Any], download: bool = 
     query = np.unique(query)
     # A junk or distractor query has no true match (the others of its kind are none): not scored.
     unscored = np.isin(te[query, 2], (JUNK_ID, DISTRACTOR_ID))
+    if unscored.all():  # (was "none of the test gallery's 0 queries has a match")
+        raise DataError(info / "query_IDX.mat", f"query_IDX names {len(query)} tracks, all of identity -1 (junk) "
+                        "or 0 (distractor), which have no true match: none can be scored", LAYOUT)
     test = gallery(test_set, te[:, 2], te[:, 3], query[~unscored], te[:, 2] == JUNK_ID)
     return Source(
         name="mars", train=Split(train_set, torch.from_numpy(labels)), test=Split(test_set, test.ids),
