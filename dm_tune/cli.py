@@ -252,8 +252,8 @@ def _out_path(args: argparse.Namespace, configs: list[Any]) -> Path | None:
     for name, value in inputs:
         if value and resolve_path(value, name if name == "--config" else f"{name} ({value})") == out:
             raise UserError(f"--out {args.out}: is the run's input ({name}); write the result elsewhere")
-    for root in {c.data_root for c in configs if c.data_root}:  # (a features file, or a file of a data folder)
-        where = resolve_path(root, f"data_root ({root})")
+    for root in {c.data_root for c in configs if c.data_root and not unexaminable(c.data_root)}:
+        where = resolve_path(root, f"data_root ({root})")  # (a features file, or a file of a data folder)
         if where == out or (where.is_dir() and out.is_file() and where in out.parents):
             raise UserError(f"--out {args.out}: is the run's input (its data, data_root {root}); "
                             "write the result elsewhere")
