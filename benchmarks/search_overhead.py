@@ -12,14 +12,13 @@ sum(train) / C; the overhead is how much longer the search took than that:
 
 reported for the whole command (Python start-up, data loading, Ray start, MLflow store
 creation included) and for the search itself (the "Wall time" the command prints, from the
-first trial submitted to the last result).
+first trial submitted to the last result; read from the summary JSON, which keeps it unrounded).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,11 @@ def main() -> None:
 
     import yaml
 
-    study = yaml.safe_load(Path(args.config).read_text())
+    config = Path(args.config).resolve()  # (the search runs in a temporary folder: a relative path named nothing there)
+    if not config.is_file():
+        sys.exit(f"--config {args.config}: no such file")
+    args.config = str(config)
+    study = yaml.safe_load(config.read_text())
     load_start = _machine.load_average()
     runs = [measure(args.config, study, args.population_size) for _ in range(args.repeats)]
     figures = {k: (statistics.median(r[k] for r in runs) if isinstance(runs[0][k], float) else runs[0][k])
@@ -71,7 +74,9 @@ def measure(config: str, study: dict, population_size: str) -> dict:
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             sys.exit(proc.stderr)
-        search_wall = float(re.search(r"Wall time (\d+) s", proc.stdout).group(1))
+        # (the summary's own figure: the printed "Wall time N s" is rounded to the second)
+        summary = json.loads((ws / "summaries" / f"{study.get('name', 'default')}.json").read_text())
+        search_wall = float(summary["wall_time_s"])
         client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
         exp = client.get_experiment_by_name(study.get("name", "default"))
         runs = [r for r in client.search_runs([exp.experiment_id], max_results=10000)
@@ -86,7 +91,7 @@ def measure(config: str, study: dict, population_size: str) -> dict:
         "study": study.get("name", "default"), "trials": len(runs), "trained": len(trained), "max_concurrent": c,
         "population_size": population_size,
         "sum_train_s": round(train, 1), "ideal_wall_s": round(ideal, 1),
-        "command_wall_s": round(wall, 1), "search_wall_s": float(search_wall),
+        "command_wall_s": round(wall, 1), "search_wall_s": round(search_wall, 2),
         "overhead_command": round(wall / ideal - 1, 3), "overhead_search": round(search_wall / ideal - 1, 3),
     }
 
