@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--device cuda: CUDA is not available on this machine")
     cases = args.cases.split(",") if args.cases else (["resnet20"] if device == "cuda" else
                                                        ["digits-mlp", "mnist1d-cnn", "resnet20"])
+    unknown = [c for c in cases if c not in _cases.CASES]
+    if unknown:  # (said before any case runs: a typo late in the list threw the finished cases away)
+        p.error(f"--cases {args.cases}: unknown case {unknown[0]!r}; expected some of {', '.join(_cases.CASES)}")
     if args.resnet_images is not None and "resnet20" not in cases:
         p.error(f"--resnet-images {args.resnet_images}: sizes the resnet20 case, which --cases {args.cases} "
                 "leaves out")

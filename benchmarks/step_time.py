@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():  # (a traceback further on)
         ap.error(f"--device {args.device}: CUDA is not available on this machine")
 
+    known = ("mlp", "resnet20", "loss", "loss-cifar", "loss-c100")
+    unknown = [c for c in args.cases.split(",") if c not in known]
+    if unknown:  # (said before any case runs: a typo late in the list threw the finished cases away)
+        ap.error(f"--cases {args.cases}: unknown case {unknown[0]!r}; expected some of {', '.join(known)}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     load_start = os.getloadavg()
