@@ -9,7 +9,8 @@ from typing import Any
 
 
 def machine() -> dict[str, Any]:
-    """Python, CPU model and count, platform; torch's version and the GPU where torch is loaded."""
+    """Python, CPU model and count, platform, the versions of torch, Ray, Optuna, MLflow and dm-tune;
+    the GPU where torch is loaded."""
     info: dict[str, Any] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                             "platform": platform.platform()}
     try:
@@ -17,6 +18,14 @@ def machine() -> dict[str, Any]:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
+    # The installed versions the figures were measured with (from the package metadata: no import)
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("torch", "ray", "optuna", "mlflow", "dm-tune"):
+        try:
+            info[package] = version(package)
+        except PackageNotFoundError:
+            pass
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch"] = torch.__version__
