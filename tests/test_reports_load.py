@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import socket
 import re
 import subprocess
@@ -237,6 +238,27 @@ def test_unreachable_server_fails_fast() -> None:
         load_runs(f"http://127.0.0.1:{port}", None)
     assert time.monotonic() - start < 5
 
+
+def test_a_server_that_takes_the_connection_and_never_answers_fails_fast(monkeypatch) -> None:
+    """A port that accepts connections and never answers (a hung server, a firewall's tarpit): the
+    check asks MLflow's client without its retries, within REQUEST_TIMEOUT_S (MLflow's own default
+    retries for minutes); the search asks the same question."""
+    from dm_tune import _tracking_server
+    from dm_tune.search._preflight import check_tracking
+
+    monkeypatch.setattr(_tracking_server, "REQUEST_TIMEOUT_S", 1)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    with socket.socket() as sock:  # listening: the kernel completes the handshakes, nothing reads
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        for ask in (load_runs, check_tracking):
+            start = time.monotonic()
+            with pytest.raises(UserError, match=re.escape(f"--tracking-uri {uri}: not an MLflow tracking server "
+                                                          "that answers (")):
+                ask(uri)
+            assert time.monotonic() - start < 8
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"  # (the user's own setting, as it was)
 
 @pytest.mark.parametrize(("uri", "said"), [("http://[::1", "Invalid IPv6 URL"), ("https://[zz]:80", "'zz'"),
                                            ("http://127.0.0.1:99999", "Port out of range"),
