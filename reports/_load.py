@@ -295,16 +295,24 @@ def _all_experiments(client: Any) -> list[Any]:
             return found
 
 
+PAGE_SIZE = 1000  # runs per MLflow request
+
+
 def _search_trial_runs(client: Any, experiment_id: str) -> list[Any]:
-    found: list[Any] = []
+    """Every trial run of the experiment, once each, while a search may be adding runs: the pages
+    go oldest first (newest first, a run created between two pages pushed the end of one into the
+    next, read twice), and a run met again is skipped."""
+    found: dict[str, Any] = {}
     token = None
     while True:
         page = client.search_runs([experiment_id], filter_string="tags.`dmtune.role` = 'trial'",
-                                  max_results=1000, page_token=token)
-        found.extend(page)
+                                  max_results=PAGE_SIZE, page_token=token,
+                                  order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
+        for run in page:
+            found.setdefault(run.info.run_id, run)
         token = page.token
         if not token:
-            return found
+            return list(found.values())
 
 
 def _names(known: dict[str, str]) -> str:

@@ -301,6 +301,37 @@ def test_a_web_server_that_is_not_mlflow_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in text and "DOCTYPE" not in text
 
 
+def test_runs_a_search_adds_between_two_pages_are_read_once(store: dict[str, Any], tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """A report run while a search writes: the runs came newest first, 1000 a page, and a trial run
+    created between two pages pushed the end of the first into the second, read twice (a report of
+    over 1000 runs counted some twice)."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from dm_tune.reports import _load
+
+    shutil.copy(store["workspace"] / "mlflow.db", tmp_path / "mlflow.db")  # (the module's store stays as it is)
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    before = load_runs(uri, ["study-a"])
+    monkeypatch.setattr(_load, "PAGE_SIZE", 3)  # (the third newest, the diverged run, ends the first page)
+    real, pages = MlflowClient.search_runs, []
+
+    def a_search_writes_between_pages(self, *args, **kwargs):
+        page = real(self, *args, **kwargs)
+        pages.append(len(page))
+        if len(pages) == 1:  # a new trial run of the same experiment, as a search creates one
+            exp = self.get_experiment_by_name("study-a").experiment_id
+            run = self.create_run(exp, tags={"dmtune.role": "trial", "dmtune.status": "running"})
+            self.set_terminated(run.info.run_id, "KILLED")
+        return page
+
+    monkeypatch.setattr(MlflowClient, "search_runs", a_search_writes_between_pages)
+    during = load_runs(uri, ["study-a"])
+    assert len(pages) > 2 and during["run_id"].is_unique
+    assert set(before["run_id"]) <= set(during["run_id"]) and len(during) <= len(before) + 1  # (+ the new run)
+
 def test_load_histories(store: dict[str, Any]) -> None:
     h = load_histories(store["uri"], store["dm"][:2])
     assert set(h.columns) == {"run_id", "metric", "step", "value"} and len(h) == 2 * 3 * 3
