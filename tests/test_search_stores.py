@@ -406,6 +406,9 @@ def test_a_second_search_of_the_same_study_is_refused_until_the_first_dies(tmp_p
         assert f"pid {holder.pid} on " in lines[1] and "--name" in lines[1]
         with study_lock(ws, "other"):  # another study of the same workspace is not blocked
             pass
+        with pytest.raises(UserError, match=f"pid {holder.pid}.*; wait for it to end$"):  # (--name is refused
+            with study_lock(ws, "mine", resuming=True):                                 # beside --resume)
+                pass
         with pytest.raises(UserError, match=f"pid {holder.pid}"):
             with study_lock(ws, "mine"):
                 pass

@@ -217,7 +217,7 @@ def workspace_history(workspace: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def study_lock(workspace: Path, name: str) -> Iterator[None]:
+def study_lock(workspace: Path, name: str, resuming: bool = False) -> Iterator[None]:
     """Hold the study ``name`` of ``workspace`` for this process, or fail with one line if
     another process (a search of the same study) holds it. It is taken under the workspace-wide
     lock, so a failed start removing its new workspace (``remove_if_only_ours``) either sees this
@@ -226,7 +226,8 @@ def study_lock(workspace: Path, name: str) -> Iterator[None]:
         with stores_lock(workspace):
             stack.enter_context(held(workspace / LOCKS_DIR / f"{name}.lock",
                                      f"study {name!r} is already being searched in {workspace} ({{holder}}); "
-                                     "wait for it to end or use another --name"))
+                                     # (--name is refused beside --resume)
+                                     "wait for it to end" + ("" if resuming else " or use another --name")))
         yield
 
 

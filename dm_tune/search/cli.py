@@ -330,7 +330,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     _quieten_libraries()
     created = not workspace.exists()
     workspace.mkdir(parents=True, exist_ok=True)
-    with study_lock(workspace, study.name):  # a second search of the same study is refused here
+    with study_lock(workspace, study.name, resuming=bool(args.resume)):  # a second search of the study is refused
         # Again under the lock: a search of this name that ended meanwhile may have stored it.
         study, resuming = _load_study(args, workspace)
         if resuming:  # a damaged ledger is told now, not after Ray has started (tens of seconds)
