@@ -304,3 +304,34 @@ def test_a_lost_ledger_or_optuna_store_is_refused_not_searched_again(tmp_path, r
     assert ("the ledger was lost since" if lost == "ledger" else "its store was replaced or emptied") in str(info.value)
     _, _, after = _trial_runs(ws, "lost")
     assert sorted((r.info.run_id, r.info.status) for r in after) == sorted((r.info.run_id, r.info.status) for r in runs)
+
+
+def test_a_grid_search_has_its_own_optuna_study(tmp_path):
+    """Studies on one setting share its Optuna study (a later one warm-starts from it), but Optuna's
+    GridSampler takes the points another study ran there as done: two grid searches of a setting
+    split the grid between them and then trained points again. A grid search's study is its own;
+    one that began in the shared study (its trials there carry its name) goes on in it."""
+    import optuna
+
+    from dm_tune.search._run import _own_grid
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert _own_grid(storage, "digits-symmetric0.4-default/paper-grid/abc", "g1") == \
+        "digits-symmetric0.4-default/paper-grid/abc/g1"
+    shared = optuna.create_study(study_name="s", storage=storage)
+    trial = shared.ask()
+    trial.set_user_attr("dmtune.study", "g0")
+    assert _own_grid(storage, "s", "g0") == "s" and _own_grid(storage, "s", "g1") == "s/g1"
+    grid = {"psi": [0.1, 0.5], "rho": [1.0, 2.0]}
+    for name in ("g1", "g2"):  # each its own grid: all four points, none twice
+        own = optuna.create_study(study_name=_own_grid(storage, "s", name), storage=storage,
+                                  sampler=optuna.samplers.GridSampler(grid, seed=0))
+        points = []
+        for _ in range(4):
+            t = own.ask()
+            points.append((t.suggest_float("psi", 0.1, 0.5), t.suggest_float("rho", 1.0, 2.0)))
+            try:
+                own.tell(t, 0.0)
+            except RuntimeError:  # (the grid, told in full, stops its study: Study.stop outside optimize)
+                pass
+        assert len(set(points)) == 4, (name, points)

@@ -276,6 +276,22 @@ def _optuna_study_name(study: Study, setting: Setting, space: dict[str, Any] | N
     return f"{setting.key}/{study.search.space}/{hashlib.sha1(fingerprint.encode()).hexdigest()[:8]}"
 
 
+def _own_grid(storage: Any, shared: str, study_name: str) -> str:
+    """A grid search's Optuna study is its own (``shared``/``study_name``): Optuna's GridSampler
+    takes the points another study ran in a shared one as done, and two grid searches of one
+    setting split the grid between them, then trained points again. A grid search that began in
+    the shared study (its trials there carry its name) goes on in it."""
+    import optuna
+
+    try:
+        trials = optuna.load_study(study_name=shared, storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # (no such study yet)
+        trials = []
+    if any(t.user_attrs.get("dmtune.study") == study_name for t in trials):
+        return shared
+    return f"{shared}/{study_name}"
+
+
 def _baselines(study: Study, setting: Setting) -> dict[str, dict[str, Any]]:
     """The study's baselines as TrainConfig overrides; SL takes the authors' pair for the dataset
     (``SL_OFFICIAL``) unless the study's training fields set its knobs, GCE the paper's q unless
@@ -320,10 +336,14 @@ def _searcher(ctx: SettingContext, ledger: Ledger):
     study = ctx.study
     space, warm = ctx.space_and_warm_points()
     startup = startup_trials(study.search.sampler, study.search.num_samples)
+    storage = optuna_storage(ctx.opts.optuna_url)
+    optuna_study = _optuna_study_name(study, ctx.setting, space)
+    if study.search.sampler == "grid":
+        optuna_study = _own_grid(storage, optuna_study, study.name)
     return StagedSearcher(
         setting=ctx.setting.key, ledger=ledger, study_name=study.name,
-        optuna_storage=optuna_storage(ctx.opts.optuna_url),
-        optuna_study=_optuna_study_name(study, ctx.setting, space), space=space,
+        optuna_storage=storage,
+        optuna_study=optuna_study, space=space,
         sampler=make_sampler(study.search.sampler, space, study.search.sampler_seed, study.search.num_samples),
         resume_sampler=functools.partial(resumed_sampler, study.search.sampler, space, study.search.sampler_seed,
                                          study.search.num_samples),
