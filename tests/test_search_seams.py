@@ -980,3 +980,15 @@ def test_the_last_arm_of_a_grid_is_told_without_a_complaint(tmp_path, capsys):
     assert "could not be told" not in capsys.readouterr().err
     trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and not searcher._untold
+
+
+def test_a_search_of_fewer_arms_than_warm_points_leaves_no_trial_waiting(tmp_path):
+    """The paper's three suggested points were all enqueued in Optuna for a search of one arm: the
+    two it never asked stayed WAITING in optuna.db for ever."""
+    points = [{"psi": 0.5, "rho": 4.0}, {"psi": 0.3, "rho": 2.0}, {"psi": 0.7, "rho": 6.0}]
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), num_samples=1, warm_points=points)
+    (spec,) = _members(searcher.suggest("t0"))
+    assert spec.knobs == points[0]
+    searcher.on_trial_complete("t0", population_report([_outcome(0.8)]))
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"]

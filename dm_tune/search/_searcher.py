@@ -159,8 +159,9 @@ class StagedSearcher(Searcher):
                                 f"ledger {self.ledger.path} started (number {missing[0]} first): its store was "
                                 "replaced or emptied since; restore it, or run the study in another --workspace")
             self._study = study
-            if not held:  # a new study starts at the paper's suggested settings
-                for point in self._warm_points:  # (once, should two searches start it at once)
+            if not held:  # a new study starts at the paper's suggested settings, as many as it asks for
+                # (more stayed WAITING in Optuna's store for ever)
+                for point in self._warm_points[:self.num_samples]:  # (once, should two searches start it at once)
                     self._study.enqueue_trial(point, skip_if_exists=True)
             self._adopt_orphans()
             # Search trials the ledger has ended but Optuna was never told of (the driver died
