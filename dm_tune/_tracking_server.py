@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator
 
-from dm_tune.errors import UserError, parse_url
+from dm_tune.errors import UserError, check_reachable, parse_url
 
 CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 10
@@ -41,11 +40,7 @@ def check_server(uri: str, flag: str = "--tracking-uri") -> None:
     parsed = parse_url(flag, uri)
     host = parsed.hostname or "localhost"
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as e:
-        raise UserError(f"{flag} {uri}: cannot reach {host}:{port} ({e.strerror or e})") from None
+    check_reachable(host, port, f"{flag} {uri}", CONNECT_TIMEOUT_S)
     from mlflow.tracking import MlflowClient
 
     try:

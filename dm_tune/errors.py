@@ -72,6 +72,17 @@ def check_examinable(path: str | Path, what: str) -> None:
         raise UserError(f"{what} {path}: cannot be examined ({why})")
 
 
+def check_reachable(host: str, port: int, what: str, timeout: float = 3.0) -> None:
+    """UserError ``what: cannot reach HOST:PORT (why)`` unless a TCP connection opens in ``timeout``."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as e:
+        raise UserError(f"{what}: cannot reach {host}:{port} ({e.strerror or e})") from None
+
+
 def parse_url(flag: str, uri: str) -> Any:
     """``uri`` parsed (urllib's SplitResult); an http(s) URL must name a host and a port that can
     be (urllib raises ValueError for [::1, [zz] or :99999, only once they are asked for)."""

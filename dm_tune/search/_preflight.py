@@ -7,24 +7,15 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, parse_url
+from dm_tune.errors import UserError, check_reachable, parse_url
 from dm_tune.search._local_ray import PRIVATE_RESOURCE
 from dm_tune.search._study import Study
-
-
-def _check_tcp(host: str, port: int, what: str) -> None:
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            return
-    except OSError as e:
-        raise UserError(f"{what}: cannot reach {host}:{port} ({e.strerror or e})") from None
 
 
 STORAGE_TIMEOUT_S = 60.0
@@ -159,7 +150,7 @@ def check_address(address: str | None) -> None:
             raise UserError(f"--address {address}: expected 'auto' or HOST:PORT (e.g. 10.0.0.5:6379)")
         if ":" in host and not host.startswith("["):
             raise UserError(f"--address {address}: write an IPv6 address in brackets, [ADDRESS]:PORT")
-        _check_tcp(host.strip("[]"), int(port), f"--address {address}")
+        check_reachable(host.strip("[]"), int(port), f"--address {address}")
 
 
 def connect_ray(address: str | None, cpus: int | None = None) -> None:
