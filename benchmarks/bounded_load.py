@@ -38,6 +38,7 @@ import dm_tune.datasets.cifar as cifar  # noqa: E402
 from dm_tune.models import load_pretrained, read_state_dict  # noqa: E402
 from dm_tune.noise import read_label_arrays, read_label_file  # noqa: E402
 
+import _args  # noqa: E402
 import _machine  # noqa: E402
 
 
@@ -50,8 +51,9 @@ def _seconds(call) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet50", help="a torchvision model name (default resnet50)")
-    p.add_argument("--cifar-images", type=int, default=60_000, help="images in the CIFAR-10 release (60 000)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cifar-images", type=_args.positive_int, default=60_000,
+                   help="images in the CIFAR-10 release (60 000)")
+    p.add_argument("--repeats", type=_args.positive_int, default=3)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -17,28 +17,36 @@ import time
 
 import torch
 
+import _args
+
 from dm_tune import TrainConfig, prepare
 from dm_tune.train import train
 from dm_tune.data import load_source
+from dm_tune.errors import UserError
 
 DEFAULT_ARMS = ["cce", "gce", "mae", "sl", "dm:0:0", "dm:1:8", "dm:2:24"]
 
 
 def arm_values(arm: str) -> dict:
+    """``cce`` -> the method; ``dm:LAM:BETA`` -> DM with those knobs."""
     if arm.startswith("dm:"):
-        _, lam, beta = arm.split(":")
-        return {"method": "dm", "lam": float(lam), "beta": float(beta)}
+        try:
+            _, lam, beta = arm.split(":")
+            return {"method": "dm", "lam": float(lam), "beta": float(beta)}
+        except ValueError:
+            raise ValueError(f"--arms {arm}: expected a method name or dm:LAM:BETA, e.g. dm:1:8") from None
     return {"method": arm}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-root", help="the dataset's folder (on-disk datasets)")
     p.add_argument("--noise", default="symmetric")
     p.add_argument("--noise-rate", type=float, default=0.4)
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seeds", type=_args.positive_int, default=5)
+    p.add_argument("--epochs", type=_args.positive_int)
+    p.add_argument("--threads", type=_args.positive_int, default=1)
     p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS)
     p.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
                    help="mixed precision (auto: bf16 on CUDA, float32 on the CPU; bf16 on the CPU too)")
@@ -50,14 +58,20 @@ def main() -> None:
     base = {"dataset": args.dataset, "noise": args.noise, "noise_rate": args.noise_rate, "amp": args.amp}
     if args.epochs:
         base["epochs"] = args.epochs
-    source = load_source(TrainConfig.from_dict(base))
+    if args.data_root:
+        base["data_root"] = args.data_root
+    try:  # every arm's configuration checked before any trains: a bad one is refused in a line
+        arms = {arm: [TrainConfig.from_dict({**base, **arm_values(arm), "seed": seed})
+                      for seed in range(args.seeds)] for arm in args.arms}
+        source = load_source(TrainConfig.from_dict(base))
+    except (ValueError, UserError) as e:  # ConfigError, DataError and a malformed arm are ValueErrors
+        p.error(str(e))
     warm = TrainConfig.from_dict({**base, "epochs": 1})  # once, untimed: imports and first-call costs
     train(warm, prepare(warm, source))
     rows = []
-    for arm in args.arms:
+    for arm, cfgs in arms.items():
         finals, bests, secs = [], [], []
-        for seed in range(args.seeds):
-            cfg = TrainConfig.from_dict({**base, **arm_values(arm), "seed": seed})
+        for cfg in cfgs:
             t0 = time.perf_counter()
             r = train(cfg, prepare(cfg, source))
             secs.append(time.perf_counter() - t0)

@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _args
 import _machine
 
 ARMS = ("main", "console_main")
@@ -72,7 +73,7 @@ def measure(arm: str, command: str) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--command", choices=("search", "train"), default="search")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each arm; medians reported")
+    p.add_argument("--repeats", type=_args.positive_int, default=3, help="runs of each arm; medians reported")
     p.add_argument("--json", help="write the figures as JSON here")
     args = p.parse_args()
 

@@ -21,16 +21,17 @@ import torch.nn.functional as F
 from dm_tune import DMLoss
 from dm_tune.models import cifar_resnet, ModelSpec
 
+import _args
 import _machine
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--depth", type=int, default=20)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--steps", type=int, default=50, help="steps per timed block")
-    p.add_argument("--blocks", type=int, default=6, help="timed blocks per arm (alternating)")
+    p.add_argument("--depth", type=_args.positive_int, default=20)
+    p.add_argument("--batch", type=_args.positive_int, default=256)
+    p.add_argument("--steps", type=_args.positive_int, default=50, help="steps per timed block")
+    p.add_argument("--blocks", type=_args.positive_int, default=6, help="timed blocks per arm (alternating)")
     p.add_argument("--json")
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():  # (a traceback further on)

@@ -28,6 +28,7 @@ from torch import nn
 from dm_tune import DMLoss
 from dm_tune.models import ModelSpec, build_model
 
+import _args
 import _machine
 from _timing import interleave
 
@@ -37,11 +38,11 @@ CLASSES = 10
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--batch", type=int, help="default: 32 on cpu, 128 on cuda")
+    p.add_argument("--threads", type=_args.positive_int, default=1)
+    p.add_argument("--batch", type=_args.positive_int, help="default: 32 on cpu, 128 on cuda")
     p.add_argument("--models", default="resnet20,cnn")
-    p.add_argument("--blocks", type=int, default=6, help="timed blocks per arm (median reported)")
-    p.add_argument("--block-ms", type=float, default=400.0)
+    p.add_argument("--blocks", type=_args.positive_int, default=6, help="timed blocks per arm (median reported)")
+    p.add_argument("--block-ms", type=_args.positive_float, default=400.0)
     p.add_argument("--json")
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():  # (a traceback further on)

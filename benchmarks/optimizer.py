@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from dm_tune.data import prepare  # noqa: E402
 
+import _args  # noqa: E402
 import _cases  # noqa: E402
 import _timing  # noqa: E402
 import _machine  # noqa: E402
@@ -84,14 +85,14 @@ def sqrt_of_zeros() -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default="digits-mlp,mnist1d-cnn")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--k", type=int, default=4, help="configurations per arm and repeat")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=_args.positive_ints, default="1,2")
+    p.add_argument("--k", type=_args.positive_int, default=4, help="configurations per arm and repeat")
+    p.add_argument("--repeats", type=_args.positive_int, default=5)
     p.add_argument("--quick", action="store_true", help="short runs (a smoke test of the script)")
     p.add_argument("--json")
     args = p.parse_args()
     rows = []
-    for threads in [int(t) for t in args.threads.split(",")]:
+    for threads in args.threads:
         torch.set_num_threads(threads)
         sq = sqrt_of_zeros()
         print(f"threads {threads}: sqrt of 256x256 zeros {sq['sqrt_zeros_us']:.1f} us, of ordinary numbers "

@@ -25,6 +25,7 @@ from torch import nn
 from dm_tune import DMLoss
 from dm_tune.models import ModelSpec, PairMaxPool1d, cnn
 
+import _args
 import _machine
 from _timing import interleave
 
@@ -69,9 +70,9 @@ def pool(layer: nn.Module, shape: tuple[int, ...]) -> Callable[[], None]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--blocks", type=int, default=8, help="timed blocks per arm (median reported)")
-    p.add_argument("--block-ms", type=float, default=300.0)
+    p.add_argument("--threads", type=_args.positive_int, default=1)
+    p.add_argument("--blocks", type=_args.positive_int, default=8, help="timed blocks per arm (median reported)")
+    p.add_argument("--block-ms", type=_args.positive_float, default=300.0)
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 from dm_tune import _popmodels  # noqa: E402
 from dm_tune.data import prepare  # noqa: E402
 
+import _args  # noqa: E402
 import _cases  # noqa: E402
 import _machine  # noqa: E402
 import _timing  # noqa: E402
@@ -261,9 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--cases", help="comma-separated: digits-mlp, mnist1d-cnn, resnet20 "
                    "(default: all three on cpu, resnet20 on cuda)")
-    p.add_argument("--sizes", help="population sizes K (default 1,4,16,64; resnet20 on cpu 1,4)")
-    p.add_argument("--threads", default="1,2", help="CPU thread counts (default 1,2; cuda: 1 value used)")
-    p.add_argument("--repeats", type=int, default=1, help="repeats per arm, order alternating (median shown)")
+    p.add_argument("--sizes", type=_args.positive_ints,
+                   help="population sizes K (default 1,4,16,64; resnet20 on cpu 1,4)")
+    p.add_argument("--threads", type=_args.positive_ints, default="1,2",
+                   help="CPU thread counts (default 1,2; cuda: 1 value used)")
+    p.add_argument("--repeats", type=_args.positive_int, default=1,
+                   help="repeats per arm, order alternating (median shown)")
     p.add_argument("--layouts", action="store_true", help="also time the candidate stacked layouts")
     p.add_argument("--quick", action="store_true", help="a smoke test: tiny sizes and budgets")
     p.add_argument("--profile", action="store_true",
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense-reference", action="store_true",
                    help="on cuda, also time one ResNet-20's training step at batch 128 and at K x 128 (no data "
                         "pipeline, no evaluation): what one model of the same work per step reaches")
-    p.add_argument("--resnet-images", type=int, metavar="N",
+    p.add_argument("--resnet-images", type=_args.positive_int, metavar="N",
                    help="the ResNet-20 case trains one epoch of N random images (before its 20%% validation "
                         "carve; CIFAR-10 has 50000) instead of its few steps")
     p.add_argument("--amp", help="comma-separated precisions (auto, off, bf16) to time both arms in, all "
@@ -300,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resnet_images is not None and "resnet20" not in cases:
         p.error(f"--resnet-images {args.resnet_images}: sizes the resnet20 case, which --cases {args.cases} "
                 "leaves out")
-    threads = [int(t) for t in args.threads.split(",")]
+    threads = args.threads
     amps = args.amp.split(",") if args.amp else None
     if amps and not set(amps) <= {"auto", "off", "bf16"}:
         p.error(f"--amp {args.amp}: each value must be auto, off or bf16 (fp16 trains populations one member "
@@ -323,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     for case in cases:
         default_sizes = "1,2" if args.quick else ("1,4" if case == "resnet20" and device == "cpu" else "1,4,16,64")
-        sizes = [int(s) for s in (args.sizes or default_sizes).split(",")]
+        sizes = args.sizes or [int(s) for s in default_sizes.split(",")]
         for t in threads:
             for k in sizes:
                 for row in run_case(case, k, t, args.repeats, args.quick, device, args.resnet_images, amps):

@@ -50,6 +50,7 @@ from dm_tune._popmodels import PopulationModel, im2col_conv1d, shifted_conv1d
 from dm_tune.config import TrainConfig
 from dm_tune.models import pair_max
 
+import _args
 import _machine
 from _timing import interleave
 
@@ -286,12 +287,13 @@ SECTIONS = ("conv", "positions", "relu_pool", "block", "loss", "population")
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--blocks", type=int, default=9, help="timed blocks per arm (median reported)")
-    p.add_argument("--block-ms", type=float, default=200.0)
-    p.add_argument("--sizes", default="4,16", help="population sizes K of the convolution rows")
-    p.add_argument("--population-k", type=int, default=6, help="members of the whole-population rows (0: none)")
-    p.add_argument("--cnn-k", type=int, default=4, help="members of the whole CNN population rows (0: none)")
+    p.add_argument("--threads", type=_args.positive_int, default=1)
+    p.add_argument("--blocks", type=_args.positive_int, default=9, help="timed blocks per arm (median reported)")
+    p.add_argument("--block-ms", type=_args.positive_float, default=200.0)
+    p.add_argument("--sizes", type=_args.positive_ints, default="4,16",
+                   help="population sizes K of the convolution rows")
+    p.add_argument("--population-k", type=_args.count, default=6, help="members of the whole-population rows (0: none)")
+    p.add_argument("--cnn-k", type=_args.count, default=4, help="members of the whole CNN population rows (0: none)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     p.add_argument("--quick", action="store_true", help="a smoke test: 2-epoch populations")
     p.add_argument("--json")
@@ -300,7 +302,7 @@ def main() -> None:
     if unknown := set(sections) - set(SECTIONS):
         p.error(f"--sections: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     torch.set_num_threads(args.threads)
-    sizes = [int(k) for k in args.sizes.split(",")]
+    sizes = args.sizes
     out: dict = {"threads": args.threads, "blocks": args.blocks, "torch": torch.__version__,
                  "machine": _machine.machine()}
     if "conv" in sections:

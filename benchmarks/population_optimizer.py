@@ -27,6 +27,7 @@ from dm_tune import _popoptim  # noqa: E402
 from dm_tune.data import prepare  # noqa: E402
 from dm_tune.population import train_population  # noqa: E402
 
+import _args  # noqa: E402
 import _cases  # noqa: E402
 import _machine  # noqa: E402
 import _timing  # noqa: E402
@@ -34,10 +35,10 @@ import _timing  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--repeats", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--k", type=_args.positive_int, default=16)
+    p.add_argument("--threads", type=_args.positive_ints, default="1,2")
+    p.add_argument("--repeats", type=_args.positive_int, default=6)
+    p.add_argument("--epochs", type=_args.positive_int, default=10)
     p.add_argument("--json")
     args = p.parse_args()
     source, shared = _cases.case("digits-mlp")
@@ -53,7 +54,7 @@ def main() -> None:
 
     arms = {"stacked": with_step(stacked), "slices": with_step(lambda self, *a: False)}
     rows = []
-    for threads in [int(t) for t in args.threads.split(",")]:
+    for threads in args.threads:
         torch.set_num_threads(threads)
         train_population(configs[:2], datas[:2])  # warm-up
         try:

@@ -42,6 +42,7 @@ from dm_tune.data import prepare  # noqa: E402
 from dm_tune.models import ModelSpec, build_model  # noqa: E402
 from dm_tune.population import train_population  # noqa: E402
 
+import _args  # noqa: E402
 import _cases  # noqa: E402
 import _machine  # noqa: E402
 import _timing  # noqa: E402
@@ -84,10 +85,12 @@ def layer_macs(model: torch.nn.Module, example: torch.Tensor) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", default="digits-mlp", choices=["digits-mlp", "mnist1d-cnn"])
-    p.add_argument("--k", type=int, default=16, help="population size (default 16, what auto picks for the MLP)")
-    p.add_argument("--epochs", type=int, help="default: the case's (MLP 10, CNN 1, as population.py)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs of each arm, alternating (median used)")
+    p.add_argument("--k", type=_args.positive_int, default=16,
+                   help="population size (default 16, what auto picks for the MLP)")
+    p.add_argument("--epochs", type=_args.positive_int, help="default: the case's (MLP 10, CNN 1, as population.py)")
+    p.add_argument("--threads", type=_args.positive_int, default=1)
+    p.add_argument("--repeats", type=_args.positive_int, default=3,
+                   help="timed runs of each arm, alternating (median used)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _args
 import _machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ DM_TUNE = str(Path(sys.executable).parent / "dm-tune")
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "studies" / "default.yaml"))
-    p.add_argument("--repeats", type=int, default=3, help="runs of the whole search; medians reported")
+    p.add_argument("--repeats", type=_args.positive_int, default=3, help="runs of the whole search; medians reported")
     p.add_argument("--population-size", default="1",
                    help="DM configurations per Ray trial (default 1: the orchestration of one trial each)")
     p.add_argument("--json", help="write the figures as JSON here")

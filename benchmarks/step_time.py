@@ -40,6 +40,7 @@ from torch import nn
 from dm_tune import DMLoss, _native
 from dm_tune.models import ModelSpec, cifar_resnet, mlp
 
+import _args
 from _timing import interleave
 
 LAM, BETA = 1.0, 8.0  # DM arm: IMAE's mode (psi = 1/2) with a typical spread
@@ -160,11 +161,11 @@ def machine(device: torch.device) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--repeats", type=int, default=31, help="blocks per arm (mlp and loss cases)")
-    ap.add_argument("--resnet-repeats", type=int, default=15,
+    ap.add_argument("--repeats", type=_args.positive_int, default=31, help="blocks per arm (mlp and loss cases)")
+    ap.add_argument("--resnet-repeats", type=_args.positive_int, default=15,
                     help="blocks per arm for resnet20 (each step is ~1000x an MLP step on a CPU)")
-    ap.add_argument("--block-ms", type=float, default=100.0, help="target duration of one block")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads")
+    ap.add_argument("--block-ms", type=_args.positive_float, default=100.0, help="target duration of one block")
+    ap.add_argument("--threads", type=_args.positive_int, default=os.cpu_count() or 1, help="torch.set_num_threads")
     ap.add_argument("--cases", default="mlp,loss,loss-cifar,loss-c100,resnet20",
                     help="comma-separated subset of mlp, loss, loss-cifar, loss-c100, resnet20")
     ap.add_argument("--json", default=None, help="write the results here")

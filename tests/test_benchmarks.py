@@ -228,6 +228,34 @@ def test_population_benchmark_refuses_options_it_cannot_honour(tmp_path, capsys,
     assert not (tmp_path / "pop.json").exists()
 
 
+@pytest.mark.parametrize("script, args, needle", [
+    ("population.py", ["--threads", "0"], "argument --threads: '0': expected comma-separated whole numbers >= 1"),
+    ("population.py", ["--sizes", "1,0"], "argument --sizes: '1,0': expected comma-separated whole numbers >= 1"),
+    ("population.py", ["--repeats", "0"], "argument --repeats: '0': expected a whole number >= 1"),
+    ("roofline.py", ["--k", "0"], "argument --k: '0': expected a whole number >= 1"),
+    ("step_time.py", ["--block-ms", "0"], "argument --block-ms: '0': expected a number > 0"),
+    ("pooling.py", ["--blocks", "-1"], "argument --blocks: '-1': expected a whole number >= 1"),
+    ("layout.py", ["--threads", "0"], "argument --threads: '0': expected a whole number >= 1"),
+    ("optimizer.py", ["--threads", "1,x"], "argument --threads: '1,x': expected comma-separated whole numbers"),
+    ("population_optimizer.py", ["--epochs", "0"], "argument --epochs: '0': expected a whole number >= 1"),
+    ("population_kernels.py", ["--cnn-k", "-1"], "argument --cnn-k: '-1': expected a whole number >= 0"),
+    ("gpu_throughput.py", ["--steps", "0"], "argument --steps: '0': expected a whole number >= 1"),
+    ("exit_time.py", ["--repeats", "0"], "argument --repeats: '0': expected a whole number >= 1"),
+    ("search_overhead.py", ["--repeats", "0"], "argument --repeats: '0': expected a whole number >= 1"),
+    ("bounded_load.py", ["--cifar-images", "0"], "argument --cifar-images: '0': expected a whole number >= 1"),
+    ("compare_methods.py", ["--noise-rate", "2"], "noise_rate: 2.0 is not allowed; expected a number in [0.0, 1.0)"),
+    ("compare_methods.py", ["--arms", "cce", "dm:1"], "--arms dm:1: expected a method name or dm:LAM:BETA"),
+])
+def test_benchmark_scripts_refuse_bad_counts_in_a_line(tmp_path, capsys, script, args, needle):
+    """A zero or negative count, a malformed list or configuration: argparse's one line and exit 2
+    when parsed, not a traceback (or a division by zero) after the timing."""
+    _run(script, *args, "--json" if script != "compare_methods.py" else "--epochs",
+         str(tmp_path / "out.json") if script != "compare_methods.py" else "1", exit_code=2)
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_compare_methods_prints_its_table_and_refuses_one_seed(capsys):
     """Its smallest run: two seeds, one epoch (one seed has no spread: refused when parsed, not after
     training every arm)."""
