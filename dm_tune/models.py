@@ -309,7 +309,7 @@ class TextClassifier(nn.Module):
 def text(spec: ModelSpec) -> nn.Module:
     if spec.input_kind != "tokens" or spec.vocab_size < 2:
         raise ValueError("model 'text' needs token-id inputs (e.g. imdb with dataset_options.representation: tokens)")
-    return TextClassifier(spec.vocab_size, spec.num_classes, hidden=min(spec.hidden_dim, 256))
+    return TextClassifier(spec.vocab_size, spec.num_classes, hidden=spec.hidden_dim)
 
 
 MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import shutil
@@ -1303,15 +1304,37 @@ def test_imdb_tokens(imdb_root):
     assert int(data.train.inputs.max()) < 10 and int(data.train.inputs.min()) >= 0
     assert (data.test.inputs == 1).any()  # words outside the 8-word vocabulary are "unknown"
     short = prepare(config("imdb", imdb_root, dataset_options={"representation": "tokens", "max_len": 40}))
-    assert (short.train.inputs[:, -1] == 0).all()  # short reviews are padded with 0
+    assert short.input_shape == (7,)  # the longest review ("loved it, brilliant and moving review 9")
+    assert (short.train.inputs[:, -1] == 0).any()  # shorter reviews are padded with 0
+    # a max_len far above every review ("do not truncate") asked numpy for N x max_len ids: 8.67 PiB
+    huge = prepare(config("imdb", imdb_root, dataset_options={"representation": "tokens", "max_len": 10**13}))
+    assert huge.input_shape == (7,) and torch.equal(huge.test.inputs, short.test.inputs)
+    assert huge.info["max_len"] == 10**13
+
+
+def test_the_text_model_is_as_wide_as_hidden_dim():
+    """hidden_dim 1024 was accepted and recorded, and the model trained 256 units (a silent cap)."""
+    from dm_tune.models import MODELS, ModelSpec
+
+    model = MODELS["text"](ModelSpec((6,), "tokens", 2, hidden_dim=1024, vocab_size=10))
+    assert [m.out_features for m in model.head if hasattr(m, "out_features")] == [1024, 2]
 
 
 def test_imdb_words_are_letters_of_any_script():
-    """Only a-z and 0-9 made words: "café" was "caf", a review in Cyrillic nothing but its digits."""
+    """Only a-z and 0-9 made words: "café" was "caf", a review in Cyrillic nothing but its digits;
+    combining marks split words ("nai", "ve" of a decomposed "naïve"; Hindi fell into consonants),
+    and a quote's apostrophes made words of their own ("'great'", "''")."""
+    import unicodedata
+
     from dm_tune.datasets.imdb import tokenize
 
     assert tokenize("Café naïve, don't<br />STOP_now 42 фильм") == ["café", "naïve", "don't", "stop", "now", "42",
                                                                  "фильм"]
+    assert tokenize(unicodedata.normalize("NFD", "Café naïve")) == ["café", "naïve"]
+    assert tokenize("हिन्दी फ़िल्म") == ["हिन्दी", "फ़िल्म"]
+    assert tokenize("He said 'great' and '' then ' ok, rock'n'roll") == ["he", "said", "great", "and", "then", "ok",
+                                                                      "rock'n'roll"]
+    assert tokenize("don\u2019t<br/>stop<BR>now") == ["don't", "stop", "now"]
 
 
 def test_imdb_errors(imdb_root, tmp_path):
@@ -1340,6 +1363,9 @@ def test_imdb_errors(imdb_root, tmp_path):
     for f in (root / "train").glob("*/*.txt"):
         f.write_text("!!! ... ' ???")  # (a lone apostrophe is no word either)
     assert "its 20 reviews hold no words" in str(expect_data_error(config("imdb", root), root / "train"))
+    for f in (root / "train").glob("*/*.txt"):  # (the b and r of <br /> passed for a word's letters)
+        f.write_text("<br /><br />")
+    assert "its 20 reviews hold no words" in str(expect_data_error(config("imdb", root), root / "train"))
     root = make_imdb(tmp_path / "dirs") / "aclImdb"
     (root / "train" / "neg" / "99_1.txt").mkdir()
     data = prepare(config("imdb", root, dataset_options={"dims": 4}))
@@ -1351,6 +1377,26 @@ def test_imdb_errors(imdb_root, tmp_path):
     (root / "train" / "pos" / "97_9.txt").write_bytes("caf\u00e9 tr\u00e8s g\u00e9nial".encode("latin-1"))
     err = str(expect_data_error(config("imdb", root), root / "train" / "pos" / "97_9.txt"))
     assert "is not UTF-8 text (byte 3: invalid continuation byte)" in err
+
+
+def test_imdb_refuses_one_review_in_two_splits_or_classes(tmp_path):
+    """A link from train/ to a test review (or to a review of the other class) was read as another
+    review: the model trained on a test review, or learnt one review with both labels. A pipe named
+    x.txt was left out without a word."""
+    root = make_imdb(tmp_path / "split") / "aclImdb"
+    (root / "train" / "pos" / "50_9.txt").symlink_to(root / "test" / "pos" / "0_7.txt")
+    err = str(expect_data_error(config("imdb", root), root / "test" / "pos" / "0_7.txt"))
+    assert f"is the same file as {root / 'train' / 'pos' / '50_9.txt'} (through a link): a review in two splits" in err
+    root = make_imdb(tmp_path / "class") / "aclImdb"
+    os.link(root / "train" / "pos" / "1_7.txt", root / "train" / "neg" / "50_1.txt")  # a hard link too
+    err = str(expect_data_error(config("imdb", root), root / "train" / "neg" / "50_1.txt"))
+    assert "(through a link): a review under two classes" in err
+    root = make_imdb(tmp_path / "repeat") / "aclImdb"  # a repeat in one class is the user's oversampling
+    (root / "train" / "pos" / "50_9.txt").symlink_to(root / "train" / "pos" / "1_7.txt")
+    data = prepare(config("imdb", root, dataset_options={"dims": 4}))
+    assert data.info["num_train"] + data.info["num_val"] == 21
+    os.mkfifo(root / "train" / "neg" / "51_1.txt")
+    expect_data_error(config("imdb", root), root / "train" / "neg" / "51_1.txt")
 
 
 # --- features (.npz) --------------------------------------------------------------------------

@@ -17,12 +17,20 @@ half of the classes) with ``imbalance_ratio: 10`` gives the paper's positive:neg
   paper used PV-DBOW document vectors, TF-IDF + SVD is the dependency-free stand-in).
 - ``tokens``: token ids over the ``vocab_size`` (default 20000, counting the two reserved ids:
   0 = padding, 1 = unknown) most frequent tokens of ``train/``, the first ``max_len`` (default 400)
-  tokens of each review, padded with 0; input_kind "tokens", model "text".
+  tokens of each review, padded with 0 to the longest review's length (at most ``max_len``);
+  input_kind "tokens", model "text".
+
+A word (both representations) is a run of letters and digits of any script with their combining
+marks, apostrophes only inside it (``tokenize``); a review of ``train/`` and one of ``test/``, or of
+two classes, may not be the same file through a link.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,14 +59,33 @@ SVD_SEED = 0
 DEFAULTS = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "none",
             "batch_size": 128, "epochs": 30}
 
-_TOKEN = re.compile(r"(?:[^\W_]|')+")  # letters and digits of any script, and apostrophes
-_LETTER = re.compile(r"[^\W_]")  # a word needs one (a lone apostrophe is no word)
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)  # the reviews' HTML line breaks: <br />, <br/>, <br>
+
+
+@functools.cache
+def _token_pattern() -> re.Pattern[str]:
+    """A word: letters and digits of any script with their combining marks (Devanagari's vowel
+    signs, a decomposed accent), apostrophes only inside it ("don't", not the quotes of 'great')."""
+    marks, start = [], None
+    for c in range(sys.maxunicode + 2):
+        is_mark = c <= sys.maxunicode and unicodedata.category(chr(c)).startswith("M")
+        if is_mark and start is None:
+            start = c
+        elif not is_mark and start is not None:
+            marks.append(f"\\U{start:08x}-\\U{c - 1:08x}")
+            start = None
+    letter = r"[^\W_]"
+    body = rf"(?:[^\W_]|[{''.join(marks)}])*"
+    return re.compile(rf"{letter}{body}(?:'{letter}{body})*")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased words (of letters, digits and apostrophes, in any script: "café" is one word, not
-    "caf"); the reviews' HTML line breaks are dropped."""
-    return _TOKEN.findall(text.lower().replace("<br />", " "))
+    """Lower-cased words (letters and digits in any script, with their combining marks, and
+    apostrophes inside a word: "café" and "don't" are one word each, whether their accents are
+    composed or not); the reviews' HTML line breaks are dropped, a typographic apostrophe (’)
+    reads as ', and a quote's apostrophes are not part of its words."""
+    text = unicodedata.normalize("NFC", text).lower().replace("\u2019", "'")
+    return _token_pattern().findall(_BREAK.sub(" ", text))
 
 
 def _options(options: Mapping[str, Any]) -> tuple[str, dict[str, int]]:
@@ -87,7 +114,11 @@ def _find_root(root: Path) -> Path:
     return root
 
 
-def _read_split(root: Path, split: str) -> tuple[list[str], np.ndarray]:
+def _read_split(root: Path, split: str, seen: dict[tuple[int, int], tuple[Path, str, int]]
+                ) -> tuple[list[str], np.ndarray]:
+    """The split's texts and labels; ``seen`` (file identity -> path, split, class) refuses one file
+    in two splits or under two classes (test reviews trained on, a review taught with two labels),
+    as ImageFolder does; in one class of one split a repeat is kept (the user's oversampling)."""
     texts: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(CLASSES):
@@ -99,11 +130,19 @@ def _read_split(root: Path, split: str) -> tuple[list[str], np.ndarray]:
         for f in named:
             if f.is_symlink() and not f.exists():  # (was left out without a word; ImageFolder refuses it)
                 raise DataError(f, "is a link to a review that is not there", LAYOUT)
+            if not f.is_file() and not f.is_dir():  # (a pipe or a device: was left out without a word)
+                raise DataError(f, "is not a regular file", LAYOUT)
         files = [f for f in named if f.is_file()]
         if not files:
             raise DataError(folder, "has no .txt reviews", LAYOUT)
         for f in files:  # (decoded strictly: Latin-1's "café très" was tokenised as 'caf', 'tr', 's')
             try:
+                st = f.stat()
+                first = seen.setdefault((st.st_dev, st.st_ino), (f, split, label))
+                if first[1:] != (split, label):
+                    what = ("a review in two splits (the evaluation would score reviews the model trained on)"
+                            if first[1] != split else "a review under two classes")
+                    raise DataError(f, f"is the same file as {first[0]} (through a link): {what}", LAYOUT)
                 texts.append(f.read_bytes().decode("utf-8"))
             except OSError as e:
                 raise DataError(f, f"could not be read ({e.strerror or e})", LAYOUT) from None
@@ -135,19 +174,25 @@ def tfidf_svd(train: list[str], test: list[str], dims: int) -> tuple[np.ndarray,
 
 
 def token_ids(train: list[str], test: list[str], vocab_size: int, max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(train ids, test ids, ids in use): padded (N, max_len) int64 over the training vocabulary."""
+    """(train ids, test ids, ids in use): int64 over the training vocabulary, each review's first
+    ``max_len`` tokens padded with 0 to the longest review's length (at most ``max_len``)."""
     tokens_tr = [tokenize(t) for t in train]
     counts = Counter(tok for doc in tokens_tr for tok in doc)
     vocab = {tok: i + 2 for i, (tok, _) in enumerate(counts.most_common(vocab_size - 2))}
 
+    tokens_te = [tokenize(t) for t in test]
+    # as wide as the longest review needs, at most max_len: a max_len far above every review (one
+    # meant as "do not truncate") costs no memory beyond it
+    width = max(1, min(max_len, max(len(doc) for doc in tokens_tr + tokens_te)))
+
     def encode(docs: list[list[str]]) -> np.ndarray:
-        out = np.zeros((len(docs), max_len), dtype=np.int64)  # 0 = padding
+        out = np.zeros((len(docs), width), dtype=np.int64)  # 0 = padding
         for row, doc in zip(out, docs):
-            ids = [vocab.get(tok, 1) for tok in doc[:max_len]]  # 1 = unknown
+            ids = [vocab.get(tok, 1) for tok in doc[:width]]  # 1 = unknown
             row[:len(ids)] = ids
         return out
 
-    return encode(tokens_tr), encode([tokenize(t) for t in test]), len(vocab) + 2
+    return encode(tokens_tr), encode(tokens_te), len(vocab) + 2
 
 
 def load(root: Path | None, options: Mapping[str, Any], download: bool = False) -> Source:
@@ -157,9 +202,10 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
     if download:
         raise ConfigError("download", download, "imdb cannot be downloaded; unpack aclImdb under data_root")
     root = _find_root(root)
-    texts_tr, y_tr = _read_split(root, "train")
-    texts_te, y_te = _read_split(root, "test")
-    if not any(_LETTER.search(t) for t in texts_tr):  # (TF-IDF failed on an empty vocabulary)
+    seen: dict[tuple[int, int], tuple[Path, str, int]] = {}
+    texts_tr, y_tr = _read_split(root, "train", seen)
+    texts_te, y_te = _read_split(root, "test", seen)
+    if not any(tokenize(t) for t in texts_tr):  # (TF-IDF failed on an empty vocabulary)
         raise DataError(root / "train", f"its {len(texts_tr)} reviews hold no words (letters or digits)", LAYOUT)
     info: dict[str, Any] = {"data_dir": str(root), "representation": rep, **opts}
     if rep == "features":
