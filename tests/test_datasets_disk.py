@@ -1379,6 +1379,15 @@ def test_imdb_errors(imdb_root, tmp_path):
     assert "is not UTF-8 text (byte 3: invalid continuation byte)" in err
 
 
+def test_imdb_features_of_too_few_words_say_so():
+    """Two distinct words give no 2-dimensional SVD: the message read "expected at most 0"."""
+    from dm_tune.datasets.imdb import tfidf_svd
+
+    with pytest.raises(ConfigError, match=r"dataset_options.dims: 300 .*this data \(3 texts, 2 words\) gives no "
+                                          r"TF-IDF \+ SVD features of 2 dimensions or more"):
+        tfidf_svd(["good good", "bad bad", "good bad"], ["good"], 300)
+
+
 def test_imdb_refuses_one_review_in_two_splits_or_classes(tmp_path):
     """A link from train/ to a test review (or to a review of the other class) was read as another
     review: the model trained on a test review, or learnt one review with both labels. A pipe named

@@ -163,6 +163,10 @@ def tfidf_svd(train: list[str], test: list[str], dims: int) -> tuple[np.ndarray,
                           sublinear_tf=True, max_features=TFIDF_MAX_WORDS)
     a_tr = vec.fit_transform(train)
     limit = min(a_tr.shape) - 1
+    if limit < OPTIONS["dims"][1]:  # (it read "expected at most 0", below the smallest dims there is)
+        raise ConfigError("dataset_options.dims", dims,
+                          f"this data ({a_tr.shape[0]} texts, {a_tr.shape[1]} words) gives no TF-IDF + SVD features "
+                          f"of {OPTIONS['dims'][1]} dimensions or more; representation tokens takes it")
     if dims > limit:
         raise ConfigError("dataset_options.dims", dims,
                           f"expected at most {limit} for this data ({a_tr.shape[0]} texts, {a_tr.shape[1]} words)")
