@@ -18,7 +18,7 @@ from dm_tune.reports._analysis import POINTS, dm_configs, usable
 from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._paper import CIFAR10_SCHEDULE
 from dm_tune.reports._rules import RULE_GROUP, group_label, rate_groups
-from dm_tune.reports._text import metric_name
+from dm_tune.reports._text import metric_name, study_of
 
 DPI = 90
 MAX_CURVES = 12
@@ -193,4 +193,5 @@ def _short(s: dict[str, Any]) -> str:
     rate = s.get("noise_rate") or 0.0
     noise = "clean" if rate == 0 else f"{s['noise']} {rate:g}"
     extra = "" if s.get("imbalance", "none") == "none" else f", {s['imbalance']} {s.get('imbalance_ratio', 1):g}"
-    return f"{s.get('dataset', '?')} {noise}{extra}"
+    study = f" ({study_of(s)})" if study_of(s) else ""
+    return f"{s.get('dataset', '?')} {noise}{extra}{study}"

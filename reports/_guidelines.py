@@ -87,8 +87,10 @@ def _rules_by_task(ok: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def setting_sentence(s: dict[str, Any]) -> str:
     """One plain-language guideline with its numbers."""
     lo, hi = s["rho_range"]
+    weighting = s.get("class_weighting") or "none"  # (the winner's: training without it is another arm)
     text = (f"{setting_label(s)}: mode psi about {s['psi']:.2f} (lambda about {s['lam']:.2g}, beta about "
-            f"{s['beta']:.3g}), log-spread rho {s['rho']:.2f} (within 1 point: rho in [{lo:.2f}, {hi:.2f}], "
+            f"{s['beta']:.3g}{'' if weighting == 'none' else f', class weighting {weighting}'}), log-spread rho "
+            f"{s['rho']:.2f} (within 1 point: rho in [{lo:.2f}, {hi:.2f}], "
             f"psi in [{s['psi_range'][0]:.2f}, {s['psi_range'][1]:.2f}])")
     base = s["vs_baselines"].get(REFERENCE_BASELINE)
     name = REFERENCE_BASELINE.upper()

@@ -32,7 +32,15 @@ def setting_label(s: dict[str, Any]) -> str:
         parts.append(f"{s['imbalance']} imbalance {ratio_text(s.get('imbalance_ratio') or 1)}")
     if s.get("pretrained"):
         parts.append("pre-trained")
+    if study := study_of(s):
+        parts.append(f"study {study}")
     return ", ".join(parts)
+
+
+def study_of(s: dict[str, Any]) -> str:
+    """The study of a setting that two studies measured (its key ``KEY@STUDY``: each is a setting
+    of its own, and the label must tell them apart); "" for the others."""
+    return str(s.get("setting", "")).partition("@")[2]
 
 
 def fmt_acc(mean: float | None, std: float | None) -> str:

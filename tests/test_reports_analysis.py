@@ -860,6 +860,27 @@ def test_a_baseline_that_never_finished_and_an_errored_seed() -> None:
     assert compare_baselines(tidy(rows[:3]), tidy(rows[3:6]))["mae"]["verdict"] == "wins"
 
 
+def test_a_guideline_names_its_class_weighting_and_the_study_of_a_twin_setting() -> None:
+    """The winner's class weighting was in the arm's label only: the guideline sentence, which a
+    user follows, read as if it trained without. A setting two studies measured (KEY@A, KEY@B) gave
+    two sentences, table rows and figure titles no one could tell apart."""
+    from dm_tune.reports._figures import _short
+    from dm_tune.reports._guidelines import setting_sentence
+
+    rows = [row(seed=s, test=0.7 + s / 100, class_weighting="inverse") for s in range(3)]
+    res = analyse_setting(tidy(rows))
+    assert res["class_weighting"] == "inverse"
+    assert "(lambda about 1, beta about 8, class weighting inverse)" in setting_sentence(res)
+    twins = tidy(rows + [{**row(seed=s, test=0.6), "experiment": "twin"} for s in range(3)])
+    labels = {key: (setting_sentence(analyse_setting(twins[twins["setting"] == key])),
+                    _short(analyse_setting(twins[twins["setting"] == key]))) for key in twins["setting"].unique()}
+    assert set(labels) == {"digits/symmetric/0.4@study", "digits/symmetric/0.4@twin"}
+    (study, study_title), (twin, twin_title) = labels["digits/symmetric/0.4@study"], labels["digits/symmetric/0.4@twin"]
+    assert "40% symmetric noise, study study: " in study and "40% symmetric noise, study twin: " in twin
+    assert study_title.endswith("(study)") and twin_title.endswith("(twin)")
+    assert "class weighting" not in twin  # (none: nothing said)
+
+
 def test_a_configuration_that_diverged_on_every_confirm_seed_is_out_of_the_region() -> None:
     """It has no confirm arm at all (no finished run): its finished search arm had stood for it."""
     rows = [row(seed=s, val=0.80) for s in range(3)]
