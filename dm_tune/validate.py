@@ -424,22 +424,26 @@ def table_rows(doc: Mapping[str, Any]) -> list[list[str]]:
 
 
 def to_markdown(doc: Mapping[str, Any]) -> str:
+    from dm_tune.reports._text import md_cell, md_text
+
     rows = table_rows(doc)
     said = doc.get("guidelines")
-    whose = (f"The recommendations of the guidelines file `{said}` (this section says nothing of other guidelines'). "
-             if isinstance(said, str) and said else "")
+    whose = (f"The recommendations of the guidelines file {md_text(said)} (this section says nothing of other "
+             "guidelines'). " if isinstance(said, str) and said else "")
     lines = ["## Validation of the recommendations", "",
              f"{whose}Final-epoch test accuracy in percentage points, mean ± sample std over {_seeds_text(doc)}; "
-             f"differences paired by seed. Verdict: {doc['verdict_rule']}. {_budget_text(doc)}", "",
+             f"differences paired by seed. Verdict: {doc['verdict_rule']}. {md_text(_budget_text(doc))}", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    warnings = [f"- {s['setting']}: {w}" for s in doc["settings"] for w in s["recommendation"].get("warnings", [])]
+    lines += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows[1:]]
+    warnings = [f"- {md_text(s['setting'])}: {md_text(w)}" for s in doc["settings"]
+                for w in s["recommendation"].get("warnings", [])]
     if warnings:
         lines += ["", "Warnings of the recommendations:", "", *warnings]
     if len({json.dumps(s.get("trained_by"), sort_keys=True) for s in doc["settings"]}) > 1:
         lines += ["", "The settings were trained by more than one dm-tune (an earlier run's progress, resumed "
                       "after dm-tune changed):", "",
-                  *(f"- {s['setting']}: {_code_text(s.get('trained_by'))}" for s in doc["settings"])]
+                  *(f"- {md_text(s['setting'])}: {md_text(_code_text(s.get('trained_by')))}"
+                    for s in doc["settings"])]
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._loso import leave_one_setting_out
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface
+from dm_tune.reports._text import md_cell as _cell, md_text as _text
 from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
                                     fmt_diff, metric_name, setting_label)
 from dm_tune.reports._rules import correct_for_multiplicity, factor_trends, judge, lambda_beta_rule, noise_rate_rules
@@ -142,8 +143,8 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {_cell(setting_label(s))} | {s['psi']:.2f} | {paper} | {pc['verdict']} "
                      f"| {_cell(pc['reason'])} |")
     lines += ["", "## Rules across settings", ""]
-    lines += [f"- {_text(r['text'])}" + (f" [paper: {r['paper_comparison']}]" if r.get("paper_comparison") else "")
-              for r in doc["rules"]]
+    lines += [f"- {_text(r['text'])}" + (f" [paper: {_text(r['paper_comparison'])}]" if r.get("paper_comparison")
+                                          else "") for r in doc["rules"]]
     lines += ["", "## Trends across settings (descriptive)", ""] + [f"- {_text(t['text'])}" for t in doc["trends"]]
     lines += surface_markdown(doc.get("surface")) + loso_markdown(doc.get("loso"))
     lines += ["", "## Counts per setting", "", "Trainings by how they ended; *reused*: confirm-stage records of a "
@@ -235,17 +236,6 @@ def capped_notes(loso: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _md(mark: str) -> str:
     return mark.replace("*", "\\*")
-
-
-def _text(text: Any) -> str:
-    """Text from the store (experiment, dataset and setting names) as one Markdown line: its angle
-    brackets as entities (a name holding <script> or <img> was raw HTML in guidelines.md)."""
-    return html.escape(" ".join(str(text).split()), quote=False)
-
-
-def _cell(text: Any) -> str:
-    """``_text`` for a table cell: its pipes escaped (a name holding | split the row)."""
-    return _text(text).replace("|", "\\|")
 
 
 def _estimate(scored: dict[str, Any]) -> str:

@@ -221,8 +221,11 @@ def _table(header: list[str], rows: list[list[str]], escape: bool = True) -> str
 
 def markdown_html(text: str) -> str:
     """HTML for the Markdown that dm-tune's own commands write (headings, paragraphs, bullet lists,
-    pipe tables); every text is escaped."""
-    e = html.escape
+    pipe tables, in which ``\\|`` is a pipe within a cell); its entities (``&lt;``, what a name's
+    ``<`` is written as) read as the characters, and every text is escaped."""
+    def e(markdown: str) -> str:
+        return html.escape(html.unescape(markdown))
+
     out: list[str] = []
     table: list[list[str]] = []
     items: list[str] = []
@@ -242,7 +245,8 @@ def markdown_html(text: str) -> str:
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("|"):
-            cells = [c.strip() for c in stripped.strip("|").split("|")]
+            inner = stripped[1:-1] if stripped.endswith("|") and not stripped.endswith("\\|") else stripped[1:]
+            cells = [html.unescape(c.strip().replace("\\|", "|")) for c in re.split(r"(?<!\\)\|", inner)]
             if not all(set(c) <= {"-", ":"} for c in cells):  # not the |---| rule
                 table.append(cells)
             continue

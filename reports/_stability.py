@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune.errors import UserError, json_text, output_dir, output_path, path_argument, write_output
+from dm_tune.reports._text import md_cell, md_text
 
 SETTING_KEYS = ("setting", "psi", "rho", "psi_range", "rho_range", "vs_baselines")
 RULE_KEYS = ("kind", "knob", "supported")
@@ -336,7 +337,7 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
     s = result["summary"]
     head = ["setting", "psi A", "psi B", "Δ psi", "rho A", "rho B", "Δ rho", "Δ log rho",
             "psi ranges overlap", "rho ranges overlap", "gain vs CCE A", "gain vs CCE B"]
-    lines = ["## Stability between two runs", "", f"A: {name_a}  ", f"B: {name_b}", "",
+    lines = ["## Stability between two runs", "", f"A: {md_text(name_a)}  ", f"B: {md_text(name_b)}", "",
              "Δ: absolute differences between the two runs.", "",
              f"{s['n_common']} setting(s) measured in both; near-best regions (psi and rho ranges) overlap in "
              f"{_num(s['region_overlap_fraction'], '.0%')}; median |d psi| {_num(s['median_d_psi'])}, median "
@@ -346,16 +347,16 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
     for c in result["settings"]:
         a, b = c["a"], c["b"]
         lines.append("| " + " | ".join([
-            c["setting"], _psi_text(a), _psi_text(b),
+            md_cell(c["setting"]), _psi_text(a), _psi_text(b),
             f"{c['d_psi']:.3f}", f"{a['rho']:.2f} {_range(a['rho_range'])}", f"{b['rho']:.2f} {_range(b['rho_range'])}",
             f"{c['d_rho']:.2f}", _num(c["d_log_rho"], ".2f"), _yes(c["psi_overlap"]), _yes(c["rho_overlap"]),
             _gain_text(a["gain_vs_cce"]), _gain_text(b["gain_vs_cce"])]) + " |")
     for key, run in (("only_in_a", "A"), ("only_in_b", "B")):
         if result[key]:
-            lines += ["", f"Only in {run}: {', '.join(result[key])}."]
+            lines += ["", f"Only in {run}: {md_text(', '.join(result[key]))}."]
     if result.get("different_training"):
         lines += ["", "**Trained differently in the two runs** (their differences are not the search's instability): "
-                  + "; ".join(result["different_training"]) + "."]
+                  + md_text("; ".join(result["different_training"])) + "."]
     if result.get("different_schema"):
         lines += ["", f"**{_schema_text(result['schema_versions'])}.**"]
     elif result.get("different_analysis"):
@@ -364,7 +365,8 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
     lines += ["", "### Rules", "", "A rule is claimed only when it is supported in both runs with the same sign "
               f"of slope: {s['rules_claimed']} of {s['rules_total']}.", "",
               "| rule | A | B | verdict |", "|---|---|---|---|"]
-    lines += [f"| {r['rule']} | {r['a']} | {r['b']} | {r['verdict']} |" for r in result["rules"]]
+    lines += [f"| {md_cell(r['rule'])} | {md_cell(r['a'])} | {md_cell(r['b'])} | {r['verdict']} |"
+              for r in result["rules"]]
     return "\n".join(lines) + "\n"
 
 
@@ -390,7 +392,7 @@ def _surfaces_markdown(surfaces: Mapping[str, Any] | None) -> list[str]:
             g = x["predicted_gain"]
             return f"{g['mean']:+.1f} [{g['low']:+.1f}, {g['high']:+.1f}]"
 
-        lines.append(f"| {r['setting']} | {a['psi']:.2f}, {a['rho']:.2f} | {b['psi']:.2f}, {b['rho']:.2f} | "
+        lines.append(f"| {md_cell(r['setting'])} | {a['psi']:.2f}, {a['rho']:.2f} | {b['psi']:.2f}, {b['rho']:.2f} | "
                      f"{region(a)} | {region(b)} | {_yes(r['region_overlap'])} | {a['class_weighting']} / "
                      f"{b['class_weighting']} | {gain(a)} | {gain(b)} |")
     return lines

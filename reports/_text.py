@@ -3,6 +3,7 @@ the schema constants and how settings, accuracies and differences are written.""
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-setting-out check (``loso``)
@@ -66,3 +67,15 @@ def fmt_diff(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:+.1f}" + ("" if std is None else f" +/- {std:.1f}")
+
+
+def md_text(text: Any) -> str:
+    """Text from the store (experiment, dataset and setting names) as one Markdown line: its angle
+    brackets and ampersands as entities (a name holding <script> or <img> was raw HTML in
+    guidelines.md)."""
+    return html.escape(" ".join(str(text).split()), quote=False)
+
+
+def md_cell(text: Any) -> str:
+    """``md_text`` for a table cell: its pipes escaped (a name holding | split the row)."""
+    return md_text(text).replace("|", "\\|")

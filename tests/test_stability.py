@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import os
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,26 @@ def test_markdown_has_the_table_and_the_rule_verdicts():
     assert "Only in A: s-only-a." in md
     assert "holds in both" in md and "only in A" in md and "opposite signs" in md
     assert "| +10.00 ± 1.00 (n=3) | +8.00 ± 1.00 (n=3) |" in md
+
+
+def test_names_are_escaped_in_the_markdown_and_its_html():
+    """A setting (or study) named with <script>, & and | went into guidelines.md raw, and its | split
+    the table row into one cell more than the header (in index.html too)."""
+    from dm_tune.reports._html import markdown_html
+
+    nasty = "tw<i>n&amp; | <script>alert(1)</script>"
+    a, b = docs()
+    a["settings"][0]["setting"] = b["settings"][0]["setting"] = nasty
+    a["settings"][2]["setting"] = nasty + " only"
+    md = to_markdown(compare(a, b), "<a>.json", "b.json")
+    assert "<script>" not in md and "<i>" not in md and "<a>" not in md
+    row = next(line for line in md.splitlines() if "alert(1)" in line and line.startswith("| "))
+    header = next(line for line in md.splitlines() if line.startswith("| setting | psi A"))
+    assert len(re.split(r"(?<!\\)\|", row)) == len(header.split("|"))
+    assert "Only in A: tw&lt;i&gt;n&amp;amp; | &lt;script&gt;alert(1)&lt;/script&gt; only." in md
+    page = markdown_html(md)
+    assert "<td>tw&lt;i&gt;n&amp;amp; | &lt;script&gt;alert(1)&lt;/script&gt;</td><td>0.50" in page
+    assert "<script>" not in page and "A: &lt;a&gt;.json" in page
 
 
 def test_an_arm_not_confirmed_says_so_with_its_seeds():
