@@ -167,8 +167,15 @@ def validate_study(values: Any) -> Any:
     may weight by it: ``_recommend_all`` checks that one against the recommendations)."""
     from dm_tune.class_weighting import SCHEMES
 
+    from dm_tune._validate import ConfigError
+
     if not isinstance(values, Mapping):
         return values  # (Study.from_dict says what it expected)
+    training = values.get("training")
+    if isinstance(training, Mapping) and "class_weighting" in training:  # (trained by no arm, without a word)
+        raise ConfigError("training.class_weighting", training["class_weighting"],
+                          "validate trains each arm with its own class weighting (dm-recommended the recommended "
+                          "one, cce and imae none); leave it out")
     search = values.get("search") if isinstance(values.get("search"), Mapping) else {}
     return {**values, "baselines": list(BASELINE_ARMS), "search": {**search, "class_weighting": list(SCHEMES)}}
 

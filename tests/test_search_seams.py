@@ -551,15 +551,21 @@ def test_sl_baseline_takes_the_authors_pair_for_the_dataset_unless_the_study_set
     cifar100 = Setting("cifar100", "symmetric", 0.4, "none", 1.0, None)
     on_disk = {"settings": {"dataset": ["cifar100"]}, "training": {"data_root": "/x"}}
     study = Study.from_dict({**on_disk, "baselines": ["cce", "sl"]})
-    assert _baselines(study, cifar100)["sl"] == {"method": "sl", "sl_mu": 6.0, "sl_nu": 0.1}
-    assert _baselines(study, cifar100)["cce"] == {"method": "cce"}
+    assert _baselines(study, cifar100)["sl"] == {"method": "sl", "sl_mu": 6.0, "sl_nu": 0.1, "class_weighting": "none"}
+    assert _baselines(study, cifar100)["cce"] == {"method": "cce", "class_weighting": "none"}
     own = Study.from_dict({**on_disk, "baselines": ["sl"], "training": {"data_root": "/x", "sl_mu": 1.0, "sl_nu": 1.0}})
-    assert _baselines(own, cifar100)["sl"] == {"method": "sl"}  # the study's own pair applies
+    assert _baselines(own, cifar100)["sl"] == {"method": "sl", "class_weighting": "none"}  # the study's own pair applies
     # GCE likewise: the baseline's q 0.7 overrode the study's gce_q
     assert _baselines(Study.from_dict({**on_disk, "baselines": ["gce"]}), cifar100)["gce"] == \
-        {"method": "gce", "gce_q": 0.7}
+        {"method": "gce", "gce_q": 0.7, "class_weighting": "none"}
     assert _baselines(Study.from_dict({**on_disk, "baselines": ["gce"], "training": {"data_root": "/x", "gce_q": 0.3}}),
-                      cifar100)["gce"] == {"method": "gce"}
+                      cifar100)["gce"] == {"method": "gce", "class_weighting": "none"}
+    # the study's class weighting is its DM arms': the baselines keep their own (plain CCE stayed
+    # "cce" in every report while it trained with inverse weights)
+    weighted = Study.from_dict({**on_disk, "baselines": ["cce", "cce-cb"],
+                                "training": {"data_root": "/x", "class_weighting": "inverse"}})
+    assert {b: o["class_weighting"] for b, o in _baselines(weighted, cifar100).items()} == \
+        {"cce": "none", "cce-cb": "effective-number"}
 
 
 @pytest.mark.parametrize("training, where", [

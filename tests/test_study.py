@@ -162,13 +162,24 @@ def test_bad_studies_exact_messages(values, message):
 def test_training_fields_the_trials_override_are_kept_in_a_stored_study():
     """A study an earlier dm-tune stored with training.seed (ignored by its trials then as now) still
     resumes: refusing it would leave its search with no way to go on. training.model applies where
-    settings.model is default, and training.class_weighting to the baselines: neither is refused."""
+    settings.model is default: not refused."""
     old = {"name": "old", "training": {"seed": 7, "lam": 2.0}}
     study = Study.from_dict(old, stored=True)
     assert study.ignored_training() == [("seed", "seeds"), ("lam", "the search's arms and baselines")]
     Study.from_dict({"settings": {"model": ["default", "mlp"]}, "training": {"model": "mlp"}})
-    Study.from_dict({"search": {"class_weighting": ["none", "inverse"]},
-                     "training": {"class_weighting": "sqrt-inverse"}})
+
+
+def test_training_class_weighting_is_the_dm_arms_and_refused_beside_a_searched_one():
+    """training.class_weighting beside search.class_weighting: the DM arms trained the searched
+    weightings, and only the baselines took it, still reported as plain "cce". It is now the DM
+    arms' weighting where none is searched, and refused where one is; stored, it resumes."""
+    both = {"search": {"class_weighting": ["none", "inverse"]}, "training": {"class_weighting": "sqrt-inverse"}}
+    with pytest.raises(ConfigError, match=r"training.class_weighting: 'sqrt-inverse' is not allowed; set by "
+                                          r"search.class_weighting for the DM arms .*cce-cb effective-number"):
+        Study.from_dict(both)
+    Study.from_dict(both, stored=True)
+    assert Study.from_dict({"training": {"class_weighting": "inverse"}}).train_config(
+        Study.from_dict({}).expand()[0]).class_weighting == "inverse"
 
 
 def test_study_is_immutable():

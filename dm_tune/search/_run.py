@@ -295,10 +295,12 @@ def _own_grid(storage: Any, shared: str, study_name: str) -> str:
 def _baselines(study: Study, setting: Setting) -> dict[str, dict[str, Any]]:
     """The study's baselines as TrainConfig overrides; SL takes the authors' pair for the dataset
     (``SL_OFFICIAL``) unless the study's training fields set its knobs, GCE the paper's q unless
-    they set ``gce_q``."""
+    they set ``gce_q``. Each trains with its own class weighting (cce-cb effective-number, the
+    others none), whatever training.class_weighting gives the DM arms: a report's CCE is plain CCE
+    (a study's inverse weighting made it weighted CCE, reported as "cce")."""
     from dm_tune.search_spaces import BASELINES, SL_OFFICIAL
 
-    out = {b: dict(BASELINES[b]) for b in study.baselines}
+    out = {b: {"class_weighting": "none", **BASELINES[b]} for b in study.baselines}
     if "sl" in out and not {"sl_mu", "sl_nu"} & set(study.training):
         out["sl"].update(SL_OFFICIAL.get(setting.dataset, {}))
     if "gce" in out and "gce_q" in study.training:  # (the baseline's q 0.7 overrode it, silently)
