@@ -554,7 +554,7 @@ def test_sl_baseline_takes_the_authors_pair_for_the_dataset_unless_the_study_set
     assert _baselines(study, cifar100)["sl"] == {"method": "sl", "sl_mu": 6.0, "sl_nu": 0.1, "class_weighting": "none"}
     assert _baselines(study, cifar100)["cce"] == {"method": "cce", "class_weighting": "none"}
     own = Study.from_dict({**on_disk, "baselines": ["sl"], "training": {"data_root": "/x", "sl_mu": 1.0, "sl_nu": 1.0}})
-    assert _baselines(own, cifar100)["sl"] == {"method": "sl", "class_weighting": "none"}  # the study's own pair applies
+    assert _baselines(own, cifar100)["sl"] == {"method": "sl", "class_weighting": "none"}  # (the study's pair)
     # GCE likewise: the baseline's q 0.7 overrode the study's gce_q
     assert _baselines(Study.from_dict({**on_disk, "baselines": ["gce"]}), cifar100)["gce"] == \
         {"method": "gce", "gce_q": 0.7, "class_weighting": "none"}
