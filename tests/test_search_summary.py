@@ -97,3 +97,16 @@ def test_a_setting_whose_every_dm_arm_was_stopped_says_so():
     steady = _dm("steady", [0.93] * 3, [0.92] * 3, ["finished"] * 3)
     assert "No DM arm" not in markdown([SettingSummary("s", [steady, cce], 6, {}, 1.0)],
                                        Study.from_dict(tiny_study()), 1.0)
+
+
+def test_a_row_carries_its_class_weighting():
+    """A weighted arm's weighting was only in the free-text arm label of the summary JSON."""
+    weighted = ArmResult("dm-cw", "", {"psi": 0.5, "rho": 2.0, "lam": 1.0, "beta": 8.0, "class_weighting": "inverse"},
+                         [0.9], [0.9], ["finished"], [0])
+    cb = ArmResult("cce-cb", "cce-cb", {"class_weighting": "effective-number"}, [0.8], [0.8], ["finished"], [0])
+    cce = ArmResult("cce", "cce", {"class_weighting": "none"}, [0.7], [0.7], ["finished"], [0])
+    by_arm = {r["arm"] if not r["baseline"] else r["baseline"]: r["class_weighting"]
+              for r in rows(SettingSummary("s", [weighted, cb, cce], 1, {"finished": 1}, 1.0))}
+    assert sorted(by_arm.values()) == ["effective-number", "inverse", "none"]
+    assert by_arm["cce-cb"] == "effective-number" and by_arm["cce"] == "none"
+

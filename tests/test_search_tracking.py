@@ -221,3 +221,14 @@ def test_final_metrics_logged_before_a_kill_or_a_failed_close_are_not_logged_twi
     assert run.info.status == "FINISHED" and run.data.tags["dmtune.status"] == "finished"
     for key in ("final_val_acc", "final_test_acc", "epochs_reached", "val_acc"):
         assert len(client.get_metric_history(run_id, key)) == 1, key
+
+
+def test_a_trial_line_names_its_class_weighting(tmp_path, capsys):
+    """Two arms that differ only in class weighting printed the same line."""
+    tracker, *_ = _tracker(tmp_path)
+    spec = TrialSpec("set", "search", 0, {"method": "dm"}, number=0)
+    for weighting, said in (("inverse", " cw=inverse seed 0: val 50.0% test 40.0%"), ("none", " seed 0: val 50.0%")):
+        tracker.describe = lambda spec, w=weighting: {**PARAMS, "psi": 0.5, "rho": 2.0, "class_weighting": w}
+        tracker._echo(spec, _outcome())
+        line = capsys.readouterr().err
+        assert "dm psi=0.5 rho=2 lam=1 beta=8" + said in line and (weighting != "none" or "cw=" not in line), line

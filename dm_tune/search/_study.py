@@ -214,7 +214,9 @@ class Study:
                               "be ignored)")
         for axis in dataclasses.fields(Settings) if refuse_ignored else ():
             values = getattr(self.settings, axis.name)  # (a repeated value was dropped without a word,
-            if len(set(values)) < len(values):         # where a repeated seed or baseline is refused)
+            same = ([(kind, float(ratio or 1)) for kind, _, ratio in (v.partition(":") for v in values)]
+                    if axis.name == "imbalance" else values)  # (longtail:10 and longtail:10.0 are one)
+            if len(set(same)) < len(same):             # where a repeated seed or baseline is refused)
                 raise ConfigError(f"settings.{axis.name}", list(values), "expected distinct values")
         for key, where in self.unused_training() if refuse_ignored else ():
             raise ConfigError(f"training.{key}", self.training[key], f"only applies to {where}; no trial of this "

@@ -114,6 +114,7 @@ def _row(a: ArmResult, best: ArmResult | None) -> dict[str, Any]:
         "n_results": a.n_results,
         "statuses": sorted(set(a.statuses)),
         "dm_minus_arm": diff, "dm_minus_arm_n": paired,
+        "class_weighting": a.params.get("class_weighting") or "none",
         **({k: a.params.get(k) for k in ("lam", "beta", "psi", "rho")} if not a.baseline else {}),
     }
 

@@ -363,6 +363,8 @@ class MLflowTracker(tune.Callback):
         else:
             knobs = self.describe(spec)
             arm = "dm " + " ".join(f"{k}={float(knobs[k]):.3g}" for k in ("psi", "rho", "lam", "beta") if k in knobs)
+            if knobs.get("class_weighting", "none") != "none":  # (two arms that differ only in it read alike)
+                arm += f" cw={knobs['class_weighting']}"
         acc = (f"val {100 * outcome.final_val_acc:.1f}% test {100 * outcome.final_test_acc:.1f}%"
                if math.isfinite(outcome.final_test_acc) else "no result")
         if math.isfinite(outcome.value("final_test_map")):  # retrieval
