@@ -90,7 +90,8 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
              f"<p class='note'>Generated {e(doc['generated'])} from {prov['n_runs']} runs "
              f"({prov['n_skipped_runs']} incomplete runs skipped). Accuracies in {e(doc['accuracy_unit'])}: "
              f"{e(doc['accuracy_note'])}.</p>", "<h2>Guidelines</h2><ul>"]
-    parts += [f"<li>{e(s['guideline'])}</li>" for s in doc["settings"]] or ["<li>No setting has finished DM runs.</li>"]
+    parts += [f"<li>{e(s['guideline'])} <a href='#setting-{i}'>(results)</a></li>" for i, s in enumerate(doc["settings"])
+              ] or ["<li>No setting has finished DM runs.</li>"]
     parts.append("</ul>")
     parts += ["<h2>Comparison with the paper</h2>",
               _table(["setting", "measured psi", "paper psi", "verdict", "reason"],
@@ -117,7 +118,24 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
                                          ["report written by dm-tune", prov["dm_tune_version"]],
                                          ["tracking URI", prov["tracking_uri"]]]),
               "</body></html>"]
-    return "\n".join(parts)
+    return _with_contents("\n".join(parts))
+
+
+_H2 = re.compile(r"<h2>(.*?)</h2>")
+
+
+def _with_contents(page: str) -> str:
+    """``page`` with an id on each section heading and, before the first, a list of links to them."""
+    titles: list[str] = []
+
+    def anchor(m: re.Match[str]) -> str:
+        titles.append(m.group(1))
+        return f"<h2 id='section-{len(titles)}'>{m.group(1)}</h2>"
+
+    page = _H2.sub(anchor, page)
+    nav = ("<nav><ul>" + "".join(f"<li><a href='#section-{i}'>{t}</a></li>" for i, t in enumerate(titles, 1))
+           + "</ul></nav>")
+    return page.replace("<h2 id='section-1'>", nav + "<h2 id='section-1'>", 1) if titles else page
 
 
 def _surface_section(surface: dict[str, Any] | None) -> list[str]:
@@ -164,7 +182,11 @@ def _loso_section(loso: dict[str, Any] | None, images: dict[str, str]) -> list[s
 def _trials(block: dict[str, Any]) -> str:
     """How many search trials (and, where recorded, configurations) an importance or sensitivity used."""
     configs = block.get("n_configs")  # (absent in guidelines written before it was recorded)
-    return f"n={block['n']} trials" + ("" if configs is None else f" of {configs} configurations")
+    return f"n={block['n']} trials" + ("" if configs is None else f" of {_count(configs, 'configuration')}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
@@ -187,7 +209,7 @@ def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
             [f"best test {m} over training (optimistic)", f"{_num(s['best_test_acc_mean'], 1)}%"],
             ["within 1 point of the best", f"psi {s['psi_range'][0]:.2f}-{s['psi_range'][1]:.2f}, rho "
                                            f"{s['rho_range'][0]:.2f}-{s['rho_range'][1]:.2f} "
-                                           f"({s['n_configs']} configurations)"],
+                                           f"({_count(s['n_configs'], 'configuration')})"],
             ["importance (mode vs spread)", importance], ["sensitivity", sensitivity],
             ["trials", f"{c['finished']} finished, {c['diverged']} diverged, {c['early_stopped']} early-stopped, "
                        f"{c['errored']} errored (means over finished ones; a diverged seed decides a "

@@ -106,6 +106,11 @@ def test_html_is_self_contained(report: dict[str, Path]) -> None:
     assert len(srcs) == 12 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in page and "http://" not in page and "https://" not in page and "<link" not in page
     assert "best test accuracy over training (optimistic)" in page
+    # a list of the sections, each guideline linked to its setting's results (nothing linked to them)
+    links, ids = re.findall(r"<a href='#([^']*)'>", page), set(re.findall(r" id='([^']*)'", page))
+    assert links and set(links) <= ids, set(links) - ids
+    assert [t for t in re.findall(r"<li><a href='#section-\d+'>([^<]*)</a></li>", page)] == list(SECTIONS)
+    assert sum(link.startswith("setting-") for link in links) == 3
 
 
 def test_html_renders_in_headless_chromium(report: dict[str, Path], tmp_path: Path) -> None:
@@ -190,7 +195,7 @@ def test_report_takes_the_stability_and_validation_sections(report: dict[str, Pa
     md, page = out["guidelines.md"].read_text(), out["index.html"].read_text()
     for text in (md, page):
         assert "Stability between two runs" in text and "Validation of the recommendations" in text
-    assert "A: runA.json" in md and "<h2>Stability between two runs</h2>" in page
+    assert "A: runA.json" in md and "Stability between two runs</h2>" in page
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"settings": []}))
