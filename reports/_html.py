@@ -90,8 +90,8 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
              f"<p class='note'>Generated {e(doc['generated'])} from {prov['n_runs']} runs "
              f"({prov['n_skipped_runs']} incomplete runs skipped). Accuracies in {e(doc['accuracy_unit'])}: "
              f"{e(doc['accuracy_note'])}.</p>", "<h2>Guidelines</h2><ul>"]
-    parts += [f"<li>{e(s['guideline'])} <a href='#setting-{i}'>(results)</a></li>" for i, s in enumerate(doc["settings"])
-              ] or ["<li>No setting has finished DM runs.</li>"]
+    parts += [f"<li>{e(s['guideline'])} <a href='#setting-{i}'>(results)</a></li>"
+              for i, s in enumerate(doc["settings"])] or ["<li>No setting has finished DM runs.</li>"]
     parts.append("</ul>")
     parts += ["<h2>Comparison with the paper</h2>",
               _table(["setting", "measured psi", "paper psi", "verdict", "reason"],
