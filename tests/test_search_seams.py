@@ -998,3 +998,20 @@ def test_a_search_of_fewer_arms_than_warm_points_leaves_no_trial_waiting(tmp_pat
     searcher.on_trial_complete("t0", population_report([_outcome(0.8)]))
     trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert [t.state.name for t in trials] == ["COMPLETE"]
+
+
+def test_an_imbalanced_trial_records_its_realised_ratio():
+    """A search run recorded the noise rate it realised, not the imbalance ratio (9.9 for 10 on
+    digits), which only `dm-tune train --out` had."""
+    from dm_tune import TrainConfig, prepare
+    from dm_tune.train import train
+    from trainables._dm import _outcome
+
+    cfg = TrainConfig.from_dict({"dataset": "digits", "imbalance": "step", "imbalance_ratio": 10, "epochs": 1})
+    out = _outcome(train(cfg, prepare(cfg)), "node")
+    assert 9 < out.imbalance_ratio_realised <= 10
+    assert out.to_report()["imbalance_ratio_realised"] == out.imbalance_ratio_realised  # a final metric in MLflow
+    assert TrialOutcome.from_dict(json.loads(json.dumps(out.to_dict()))).imbalance_ratio_realised == \
+        out.imbalance_ratio_realised  # the ledger's
+    balanced = TrainConfig.from_dict({"dataset": "digits", "epochs": 1})
+    assert math.isnan(_outcome(train(balanced, prepare(balanced)), "node").imbalance_ratio_realised)

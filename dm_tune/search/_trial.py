@@ -73,6 +73,7 @@ class TrialOutcome:
     best_epoch: int = 0
     train_time_s: float = 0.0
     noise_rate_realised: float = math.nan
+    imbalance_ratio_realised: float = math.nan  # the training labels' largest over smallest class (imbalance)
     node_id: str = ""
     history: tuple[Mapping[str, float], ...] = ()   # one dict of metrics per epoch
     # Final metrics of tasks other than classification (retrieval: final_val_map, final_test_map,
@@ -89,7 +90,7 @@ class TrialOutcome:
 
     SCALARS = ("final_val_acc", "final_test_acc", "best_val_acc", "best_test_acc",
                "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
-               "noise_rate_realised")
+               "noise_rate_realised", "imbalance_ratio_realised")
 
     @property
     def usable(self) -> bool:
