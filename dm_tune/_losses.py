@@ -182,8 +182,11 @@ class SchemeLoss(_GradLoss):
         # and a plain loss's batch fitted that far had shares of 0, where every example has a weight.
         index = targets.long().view(-1, 1)
         q = probs.scatter(1, index, 0.0).sum(1)
-        logp = F.log_softmax(logits.to(p.dtype), dim=1).gather(1, index).squeeze(1)
         pq, from_logp = self.scheme.multiplier_pq, self.scheme.multiplier_logp
+        # log p: for the loss value (plain form) and a multiplier taken from it (GCE's p^q); a -DN
+        # form of another loss needs neither
+        logp = (F.log_softmax(logits.to(p.dtype), dim=1).gather(1, index).squeeze(1)
+                if from_logp is not None or not self.normalised else None)
         if pq is not None:
             m_q = pq(p, q)
         else:
