@@ -963,6 +963,8 @@ def test_the_stacked_optimiser_step_is_the_per_member_step(kind):
     # member as the per-member slices do, and Adam must fall back to slices once step counts differ.
     from dm_tune._popoptim import PopulationOptimizer
 
+    took: list[bool] = []  # what the stacked step returned, call by call (it ran, or it declined)
+
     def run(stacked: bool, uneven: bool) -> list[torch.Tensor]:
         gen = torch.Generator().manual_seed(0)
         params = [(n, torch.nn.Parameter(torch.randn(3, *shape, generator=gen, dtype=torch.float64)))
@@ -970,6 +972,9 @@ def test_the_stacked_optimiser_step_is_the_per_member_step(kind):
         opt = PopulationOptimizer(params, kind, [1e-3] * 3, [0.9] * 3)
         if not stacked:
             opt._step_stacked = lambda *a: False  # type: ignore[method-assign]
+        else:  # (the two runs matched trivially had the stacked step never run)
+            real = opt._step_stacked
+            opt._step_stacked = lambda *a: took.append(real(*a)) or took[-1]  # type: ignore[method-assign]
         if uneven:  # member 1 resumed with a different Adam step count
             state = opt.member_state(1)
             state["steps"] += 5
@@ -982,8 +987,10 @@ def test_the_stacked_optimiser_step_is_the_per_member_step(kind):
         return [p.detach().clone() for _, p in params] + [opt.steps.clone()]
 
     for uneven in ([False, True] if kind == "adam" else [False]):
+        took.clear()
         for a, b in zip(run(True, uneven), run(False, uneven)):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+        assert took == [not uneven] * 4  # one stacked call a step; uneven Adam steps per member
     if kind == "adam":  # the uneven counts were kept apart, not merged into member 0's
         assert run(True, True)[-1][1].tolist() == [9.0, 9.0]
         assert run(True, True)[-1][0].tolist() == [4.0, 4.0]

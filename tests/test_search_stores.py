@@ -512,6 +512,7 @@ import sys, time
 from pathlib import Path
 from dm_tune.search._stores import prepare_stores
 ws, go = Path(sys.argv[1]), Path(sys.argv[2])
+print("waiting", flush=True)
 while not go.exists():
     time.sleep(0.01)
 prepare_stores(ws, f"sqlite:///{ws / 'mlflow.db'}", f"sqlite:///{ws / 'optuna.db'}")
@@ -582,9 +583,43 @@ def test_a_store_built_aside_never_replaces_one_another_process_put_there_meanwh
     assert sorted(p.name for p in path.parent.iterdir()) == ["shared.db"]  # nothing of ours left beside it
 
 
+def test_stores_are_created_and_upgraded_under_the_workspace_lock(tmp_path, monkeypatch):
+    """Building a new store aside keeps two creators apart; an existing store's upgrade is done in
+    place, where only the workspace lock keeps two processes' migrations apart: every store is
+    opened while this process holds it."""
+    import contextlib
+
+    from dm_tune.search import _stores
+
+    held, opened = [], []
+    real_lock, real_whole = _stores.stores_lock, _stores._whole
+
+    @contextlib.contextmanager
+    def lock(workspace: Path, *args, **kwargs):
+        with real_lock(workspace, *args, **kwargs):
+            held.append(True)
+            try:
+                yield
+            finally:
+                held.pop()
+
+    def whole(path: Path, open_store) -> None:
+        opened.append((path.name, bool(held)))
+        real_whole(path, open_store)
+
+    monkeypatch.setattr(_stores, "stores_lock", lock)
+    monkeypatch.setattr(_stores, "_whole", whole)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for _ in range(2):  # created, then opened again (as a resume or an upgrade opens it)
+        _stores.prepare_stores(ws, f"sqlite:///{ws / 'mlflow.db'}", f"sqlite:///{ws / 'optuna.db'}")
+    assert opened == [("mlflow.db", True), ("optuna.db", True)] * 2
+
+
 def test_two_processes_create_new_stores_at_once(tmp_path):
-    """Without the workspace lock, two processes creating a new MLflow store race its schema
-    migrations (duplicate column name / alembic_version errors), nearly every time."""
+    """Two processes creating a new MLflow store at once raced its schema migrations (duplicate
+    column name / alembic_version errors), nearly every time: each store is built aside and put in
+    place whole (and under the workspace lock, the test above)."""
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -592,7 +627,7 @@ def test_two_processes_create_new_stores_at_once(tmp_path):
     ws.mkdir()
     procs = [subprocess.Popen([sys.executable, "-c", _PREPARE, str(ws), str(go)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    time.sleep(3)  # both imported and waiting
+    assert [proc.stdout.readline().strip() for proc in procs] == ["waiting"] * 2  # both imported
     go.touch()
     for proc in procs:
         out, err = proc.communicate(timeout=240)

@@ -148,6 +148,7 @@ from pathlib import Path
 from dm_tune.errors import UserError
 from dm_tune.search._tracking import experiment_id
 uri, ws, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+print("waiting", flush=True)
 while not go.exists():
     time.sleep(0.01)
 try:
@@ -193,12 +194,44 @@ def test_a_study_name_in_a_shared_tracking_store_belongs_to_one_workspace(tmp_pa
     go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", _CLAIM, uri, str(ws), str(go)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for ws in (a, b)]
-    time.sleep(3)  # both imported and waiting
-    go.touch()
+    assert [proc.stdout.readline().strip() for proc in procs] == ["waiting"] * 2  # both imported (a sleep of
+    go.touch()                                                                    # 3 s did not always wait)
     outs = [proc.communicate(timeout=120) for proc in procs]
     assert all(proc.returncode == 0 for proc in procs), outs
     assert sorted(out.split()[0] for out, _ in outs) == ["id", "refused"], outs
     assert "another workspace" in next(out for out, _ in outs if out.startswith("refused"))
+
+
+def test_an_experiment_another_workspace_created_between_the_lookup_and_the_create(tmp_path, monkeypatch):
+    """The race above, made to happen: the name was free when looked up and taken when created
+    (MLflow refuses the second create); the experiment is then the other workspace's, refused."""
+    from dm_tune.errors import UserError
+
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    real = _tracking._client
+    looked: list[str] = []
+
+    def client_that_looked_too_early(u: str):
+        client = real(u)
+        lookup = client.get_experiment_by_name
+
+        def get_experiment_by_name(name: str):
+            looked.append(name)
+            if len(looked) == 1:  # free when b looked; a creates it just after
+                _tracking.experiment_id(uri, name, None, a)
+                return None
+            return lookup(name)
+
+        client.get_experiment_by_name = get_experiment_by_name
+        return client
+
+    monkeypatch.setattr(_tracking, "_client", client_that_looked_too_early)
+    with pytest.raises(UserError, match=rf"experiment 'study' at .* of another workspace \({a}, id "):
+        _tracking.experiment_id(uri, "study", None, b)
+    assert looked[0] == looked[-1] == "study" and len(looked) >= 3  # b's two lookups, around a's
 
 
 @pytest.mark.parametrize("where", ["a new driver", "the same driver"])
