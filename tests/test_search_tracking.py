@@ -165,7 +165,6 @@ def test_a_study_name_in_a_shared_tracking_store_belongs_to_one_workspace(tmp_pa
     create it at the same moment."""
     import subprocess
     import sys
-    import time
 
     from mlflow.tracking import MlflowClient
 
