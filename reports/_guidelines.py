@@ -7,7 +7,6 @@ leave-one-setting-out validation (``loso``)."""
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import json
 from typing import Any
 
