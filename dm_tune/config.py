@@ -55,7 +55,7 @@ class TrainConfig:
     noise_key: str | None = None           # key inside a CIFAR-N .pt file, e.g. "worse_label"
     imbalance: Annotated[str, one_of(IMBALANCE_KINDS)] = "none"
     imbalance_ratio: Annotated[Float, in_range(1.0, IMBALANCE_RATIO_MAX)] = 1.0  # largest / smallest class size
-    val_fraction: Annotated[Float, in_range(0.0, 0.9)] = 0.2    # carved from training data (fixed seed)
+    val_fraction: Annotated[Float, in_range(0.0, 0.9)] = 0.2    # carved from training data (seeded by data_seed)
     val_noisy: bool = False                # validation labels noisy too (the paper keeps them clean)
     # --- model ----------------------------------------------------------------------------
     model: Annotated[str, one_of(MODEL_NAMES)] | None = None  # None: the dataset's default

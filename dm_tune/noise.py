@@ -3,12 +3,13 @@
 A noise model is a function ``(clean_labels, ctx) -> noisy_labels`` (numpy int64 arrays of the
 same length); ``apply_noise`` wraps it to return the noisy labels, the is-noisy mask and the
 realised noise rate. The known models sit in ``NOISE_MODELS``. Synthetic models corrupt an
-exact number of examples (round(rate * n), per class where the protocol is per class), so the
-realised rate over the labels they are given is the requested one up to rounding. ``data.prepare``
+exact number of examples (round(rate * n), per class where the protocol is per class; fewer than
+half of a class for the pairwise models), so the realised rate over the labels they are given is
+the requested one up to rounding. ``data.prepare``
 gives them the whole training set, before the validation split is carved out and imbalance
 subsamples it (the same draw whatever the imbalance; CIFAR-N files line up with the whole set),
 so the examples a run trains on carry the requested rate only on average: their rate is measured
-and recorded (``noise_rate_realised``; e.g. 0.29-0.31 on digits at 0.3, 0.25-0.34 once longtail
+and recorded (``noise_rate_realised``; e.g. 0.29-0.32 on digits at 0.3, 0.25-0.34 once longtail
 imbalance 50 keeps 277 of its examples).
 """
 
@@ -73,11 +74,18 @@ def indices_by_class(labels: np.ndarray, classes: Iterable[int]) -> list[np.ndar
     return [order[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
 
 
+def _fewer_than_half(rate: float, n: int) -> int:
+    """How many of a class's ``n`` examples a pairwise model relabels: round(rate * n), but fewer
+    than half (rates of 0.5 and up are refused: a class's label and its partner's then name its
+    examples equally often). Rounding alone reached half: 0.42 of a class of 6 is 3 of 6."""
+    return min(int(round(rate * n)), (n - 1) // 2)
+
+
 def pair(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
     """In every class c, a fraction ``rate`` relabelled as class (c + 1) mod C."""
     out = labels.copy()
     for c, idx in enumerate(indices_by_class(labels, range(ctx.num_classes))):
-        flip = ctx.rng.choice(idx, size=int(round(ctx.rate * len(idx))), replace=False)
+        flip = ctx.rng.choice(idx, size=_fewer_than_half(ctx.rate, len(idx)), replace=False)
         out[flip] = (c + 1) % ctx.num_classes
     return out
 
@@ -93,7 +101,7 @@ def cifar100_superclass(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:
         a, b = ctx.rng.choice(np.asarray(group), size=2, replace=False)
         for src, dst in ((a, b), (b, a)):
             idx = by_class[src]
-            flip = ctx.rng.choice(idx, size=int(round(ctx.rate * len(idx))), replace=False)
+            flip = ctx.rng.choice(idx, size=_fewer_than_half(ctx.rate, len(idx)), replace=False)
             out[flip] = dst
     return out
 

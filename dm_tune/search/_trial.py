@@ -73,7 +73,7 @@ class TrialOutcome:
     best_epoch: int = 0
     train_time_s: float = 0.0
     noise_rate_realised: float = math.nan
-    imbalance_ratio_realised: float = math.nan  # the training labels' largest over smallest class (imbalance)
+    imbalance_ratio_realised: float = math.nan  # largest over smallest class kept for training (clean labels)
     node_id: str = ""
     history: tuple[Mapping[str, float], ...] = ()   # one dict of metrics per epoch
     # Final metrics of tasks other than classification (retrieval: final_val_map, final_test_map,
