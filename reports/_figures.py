@@ -87,8 +87,8 @@ def best_mode_figure(settings: list[dict[str, Any]], rules: list[dict[str, Any]]
         if rule is not None:
             xs = np.linspace(0, max(r.max(), 0.1), 20)
             ax.plot(xs, rule["a"] + rule["b"] * xs, ":", color=line[0].get_color())
-    ax.set(xlabel="noise rate", ylabel="best mode psi", ylim=(-0.05, 1.0),
-           title="Best mode vs noise rate (bars: configurations within 1 point)")
+    ax.set(xlabel="noise rate", ylabel="best mode psi", ylim=(-0.05, 1.0))
+    ax.set_title("Best mode vs noise rate (bars: configurations within 1 point)", fontsize=10)  # (12 was cut off)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
