@@ -329,17 +329,18 @@ def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame, best: pd.Serie
     one: True (its paired 95% t interval excludes 0), False (it does not), None (not tested: fewer
     than 2 seeds shared with the best arm).
 
-    Both sides are chosen on validation (the best arm, and among the arms near the paper's mode the
-    one closest to it, paired over the seeds both ran, as in ``region``) and measured on test: the
-    best of many arms on validation leads any other there by more than it truly does (the winner's
-    curse), and the test set chose nothing. A configuration run in the confirm stage is judged by
+    Both sides are chosen on validation (the best arm, and among the arms near the paper's mode
+    with the best arm's class weighting the one closest to it, paired over the seeds both ran, as
+    in ``region``) and measured on test: the best of many arms on validation leads any other there
+    by more than it truly does (the winner's curse), and the test set chose nothing. A configuration run in the confirm stage is judged by
     its confirm arm, not by its search trials (fewer seeds: their gap could never be beyond noise)."""
     from dm_tune.validate import paired_comparison
 
     guide = paper_guidance(setting["noise"], setting["noise_rate"], setting["num_classes"], setting["pretrained"])
     if guide["psi"] is None or setting.get("task") == "retrieval":
         return None, None
-    near = chosen[(chosen["psi"] - guide["psi"]).abs() <= NEAR_PAPER_PSI]
+    near = chosen[((chosen["psi"] - guide["psi"]).abs() <= NEAR_PAPER_PSI)
+                  & (chosen["class_weighting"] == best["class_weighting"])]  # (else the gap is the weighting's)
     best_val = _arm_by_seed(chosen, best).to_dict()
     best_test = _arm_by_seed(chosen, best, "final_test_acc").to_dict()
     gaps: list[tuple[float, float, bool | None]] = []  # (validation gap: chooses; test gap, beyond noise: report)

@@ -77,6 +77,8 @@ def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
         return out
     paper = guide["psi"]
     lo, hi = setting["psi_range"]
+    cw = setting.get("class_weighting") or "none"  # (the gap is measured among arms of the best one's)
+    weighted = "" if cw == "none" else f" with class weighting {cw}"
     delta = psi - paper
     where = (f"measured best psi {psi:.2f} (configurations within {1:g} point: psi {lo:.2f}-{hi:.2f}) vs the "
              f"paper's {paper:.2f}")
@@ -85,18 +87,18 @@ def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
         if abs(delta) <= AGREE_PSI and not lo - 1e-9 <= paper <= hi + 1e-9:
             why = f"the measured mode is within {AGREE_PSI:g} of the paper's"
     elif paper_psi_gap is None:
-        verdict, why = "refine", "the optimum sits elsewhere, but no trial tested the paper's mode"
+        verdict, why = "refine", f"the optimum sits elsewhere, but no trial tested the paper's mode{weighted}"
     elif abs(delta) > REFUTE_PSI and paper_psi_gap > REFUTE_POINTS and gap_clear:
-        verdict, why = "refute", (f"trials at the paper's mode were {paper_psi_gap:.1f} points worse on test, "
-                                  "beyond seed noise (paired 95% t interval)")
+        verdict, why = "refute", (f"trials at the paper's mode{weighted} were {paper_psi_gap:.1f} points worse on "
+                                  "test, beyond seed noise (paired 95% t interval)")
     else:
         direction = "higher" if delta > 0 else "lower"
         noise = ("" if gap_clear or paper_psi_gap <= 0 else ", within seed noise" if gap_clear is False
                  else ", not tested against seed noise: fewer than 2 seeds paired with the best arm")
         worse = (f"{paper_psi_gap:.1f} points worse" if paper_psi_gap >= 0.05 else
                  f"{-paper_psi_gap:.1f} points better" if paper_psi_gap <= -0.05 else "as good")
-        verdict, why = "refine", (f"the best mode is {direction} than the paper's (trials at the paper's mode "
-                                  f"were {worse} on test{noise})")
+        verdict, why = "refine", (f"the best mode is {direction} than the paper's (trials at the paper's "
+                                  f"mode{weighted} were {worse} on test{noise})")
     out.update(verdict=verdict, reason=f"{where}: {why}; {beta_note}")
     return out
 

@@ -553,6 +553,23 @@ def test_the_paper_is_refuted_only_by_a_gap_beyond_seed_noise() -> None:
     assert chosen["verdict"] == "refute" and chosen["paper_psi_gap_points"] == pytest.approx(2.0)
 
 
+def test_the_papers_mode_is_judged_among_arms_of_the_best_arms_class_weighting() -> None:
+    """A weighted best arm against unweighted trials at the paper's mode (the paper's suggested
+    points are unweighted): their gap was the class weighting's, reported as the mode's, and refuted
+    the paper. Only arms of the best arm's weighting speak for the paper's mode."""
+    best = [row(seed=s, val=0.90, test=0.90, lam=0.1, beta=8.0, class_weighting="inverse") for s in range(3)]
+    unweighted = [row(seed=s, val=v, test=v, lam=1.0, beta=8.0, class_weighting="none")
+                  for s, v in enumerate([0.70, 0.71, 0.69])]
+    untested = analyse_setting(tidy(best + unweighted))["paper_comparison"]
+    assert untested["verdict"] == "refine" and untested["paper_psi_gap_points"] is None
+    assert "no trial tested the paper's mode with class weighting inverse" in untested["reason"]
+    weighted = [row(seed=s, val=v, test=v, lam=1.0, beta=8.0, class_weighting="inverse")
+                for s, v in enumerate([0.88, 0.875, 0.885])]
+    judged = analyse_setting(tidy(best + unweighted + weighted))["paper_comparison"]
+    assert judged["verdict"] == "refute" and judged["paper_psi_gap_points"] == pytest.approx(2.0)
+    assert "trials at the paper's mode with class weighting inverse were 2.0 points worse" in judged["reason"]
+
+
 def test_paper_comparison_refutes_when_the_papers_mode_was_worse() -> None:
     s = setting(0.4, 0.1, psi_range=[0.05, 0.15])
     assert compare_with_paper(s, paper_psi_gap=3.0, gap_clear=True)["verdict"] == "refute"
