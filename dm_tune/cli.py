@@ -17,11 +17,17 @@ from typing import Any
 
 from dm_tune._validate import ConfigError
 from dm_tune.errors import (DataError, UserError, float_argument, int_argument, is_stdout, is_stream, json_text,
-                             load_yaml, output_path, path_argument, read_number, resolve_path, unexaminable,
-                             write_output)
+                             load_yaml, output_path, path_argument, read_number, resolve_path, text_argument,
+                             unexaminable, write_output)
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations: "--mode 0.5" (train's psi) was read by search as its --model, "--bet -8"
+        # missed the joining of negative values (SIGNED_FLAGS), and a flag added later would change
+        # what an abbreviation in a saved command means.
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -60,22 +66,25 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="digits (default), mnist1d, cifar10, cifar100, clothing1m, imagefolder, imdb, "
                    "features; retrieval (re-ID): reid-synth, mars, mars-features")
     p.add_argument("--data-root", type=path_argument, help="directory of an on-disk dataset")
-    p.add_argument("--noise", help="none, symmetric (default), pair, cifar100-superclass, file")
+    p.add_argument("--noise", help="none, symmetric (default; with the default --noise-rate 0 no label is "
+                   "changed), pair, cifar100-superclass, file")
     p.add_argument("--noise-rate", type=float_argument, help="fraction of training labels corrupted, from 0 "
                    "to below the noise type's limit, where a wrong label would be as common as the true one "
                    "((C-1)/C for symmetric on C classes, 0.5 for pair) (cifar100-superclass: of the paired "
-                   "subclasses, 2 of each superclass's 5)")
+                   "subclasses, 2 of each superclass's 5); default 0")
     p.add_argument("--noise-file", type=path_argument,
                    help="label file for --noise file (.npy/.csv/.txt or CIFAR-N .pt)")
-    p.add_argument("--noise-key", help="key inside a CIFAR-N .pt file, e.g. worse_label")
-    p.add_argument("--imbalance", help="none, longtail or step")
-    p.add_argument("--imbalance-ratio", type=float_argument, help="largest / smallest class size")
+    p.add_argument("--noise-key", type=text_argument("a key of the .pt file, e.g. worse_label"),
+                   help="key inside a CIFAR-N .pt file, e.g. worse_label")
+    p.add_argument("--imbalance", help="none (default), longtail or step")
+    p.add_argument("--imbalance-ratio", type=float_argument, help="largest / smallest class size (default 1)")
     p.add_argument("--model", help="mlp, imdb-mlp, cnn, resnet20/32/44/56, resnet18/50, text; "
-                   "reid-resnet18/50 (tracks of frames, mars)")
+                   "reid-resnet18/50 (tracks of frames, mars); default: the dataset's")
     p.add_argument("--method", help="dm (default), cce, cce-dn, gce, gce-dn, mae, mae-dn, mse, mse-dn, sl "
                    "(a comma-separated list: one member each)")
-    p.add_argument("--lam", help="DM lambda (emphasis mode psi = lam/(1+lam)); a comma-separated list: one member each")
-    p.add_argument("--beta", help="DM beta (emphasis variance); a comma-separated list: one member each")
+    p.add_argument("--lam", help="DM lambda (emphasis mode psi = lam/(1+lam); default 1); a comma-separated list: one "
+                   "member each")
+    p.add_argument("--beta", help="DM beta (emphasis variance; default 8); a comma-separated list: one member each")
     p.add_argument("--mode", type=float_argument, help="DM emphasis mode psi in [0, 1000/1001] (instead of --lam; "
                    "lambda up to 1000)")
     p.add_argument("--spread", type=float_argument, help="DM log-spread rho (instead of --beta)")
@@ -84,13 +93,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                                              "each class's examples (any method; multiplies DM's weights)")
     p.add_argument("--class-weighting-beta", type=float_argument,
                    help="effective-number's beta in [0, 1) (Cui et al. 2019; default 0.999)")
-    p.add_argument("--epochs", type=int_argument)
-    p.add_argument("--batch-size", type=int_argument)
-    p.add_argument("--lr", type=float_argument)
-    p.add_argument("--optimizer", help="sgd or adam")
-    p.add_argument("--weight-decay", type=float_argument)
+    p.add_argument("--epochs", type=int_argument, help="training epochs (default: the dataset's)")
+    p.add_argument("--batch-size", type=int_argument, help="examples per step (default: the dataset's)")
+    p.add_argument("--lr", type=float_argument, help="learning rate (default: the dataset's)")
+    p.add_argument("--optimizer", help="sgd or adam (default: the dataset's)")
+    p.add_argument("--weight-decay", type=float_argument, help="L2 weight decay (default: the dataset's)")
     p.add_argument("--seed", help="seed of the noise draw, validation split, initialisation and batch order "
-                   "(integer; a comma-separated list: one member each)")
+                   "(integer, default 0; a comma-separated list: one member each)")
     p.add_argument("--population-size", help="with several members: how many train at once in one loop, an integer "
                    "in [1, 1024] or auto (default: chosen from the measurements for the model and device, for speed "
                    "and memory, BENCHMARKS.md; 16 where none was); the rest run in later populations")
@@ -100,11 +109,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", type=path_argument,
                    help="local weights file for resnet18/resnet50 (and reid-resnet18/50)")
     p.add_argument("--num-workers", type=int_argument, help="DataLoader workers for the datasets read a batch "
-                   "at a time (clothing1m, imagefolder, mars)")
+                   "at a time (clothing1m, imagefolder, mars; default 2)")
     p.add_argument("--threads", type=int_argument, help="CPU threads for torch (default: 1 for in-memory vector "
                    "and signal data, whose small models run fastest on one thread; else torch's default)")
     p.add_argument("--out", type=path_argument,
-                   help="write the result as JSON to this file (several members: a list, one result each)")
+                   help="write the result as JSON to this file, - for stdout (several members: a list, one "
+                        "result each)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     p.set_defaults(func=_train_cmd)
 
@@ -530,17 +540,42 @@ def _signed_values(argv: list[str]) -> list[str]:
     return out
 
 
+_terminated = False
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler's or a service manager's stop) as Ctrl-C: the same graceful end (a
+    search's trials stopped, its resume command told; a training's finished members kept), then
+    exit status 143. It died silently (train), or by Ray's handler with a stack dump (search)."""
+    global _terminated
+    _terminated = True
+    import signal
+
+    signal.raise_signal(signal.SIGINT)
+
+
+def on_sigterm_interrupt() -> None:
+    """Take SIGTERM as above (again after ``ray.init``, whose handler replaces Python's)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_signed_values(sys.argv[1:] if argv is None else list(argv)))
+    on_sigterm_interrupt()
     try:
-        return int(args.func(args) or 0)
+        parser = build_parser()
+        args = parser.parse_args(_signed_values(sys.argv[1:] if argv is None else list(argv)))
+        rc = int(args.func(args) or 0)
+        return 143 if _terminated and rc == 130 else rc
     except (ConfigError, DataError, UserError) as e:
         print(f"dm-tune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dm-tune: interrupted", file=sys.stderr)
-        return 130
+        print("dm-tune: terminated" if _terminated else "dm-tune: interrupted", file=sys.stderr)
+        return 143 if _terminated else 130
     except BrokenPipeError:  # the output went to a pipe that closed (`dm-tune recommend ... | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

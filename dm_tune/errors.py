@@ -281,6 +281,8 @@ def write_output(path: Path, data: str | bytes) -> None:
             else:
                 sys.stdout.write(data)
             sys.stdout.flush()
+        except BrokenPipeError:
+            raise  # (the reader went away, `| head`: not the user's mistake; exit 141 as for other output)
         except OSError as e:
             raise UserError(f"could not write {path} ({e.strerror or e})") from None
         return

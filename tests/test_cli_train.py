@@ -626,3 +626,38 @@ def test_a_run_without_validation_says_so_not_nan(tmp_path, monkeypatch, capsys)
     assert "(no validation split)" in out and "nan" not in out + err
     epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 2 and all("  test " in line and " val " not in line for line in epochs)
+
+
+def test_a_terminated_or_unread_train_ends_in_a_line_or_quietly(tmp_path):
+    """SIGTERM (a scheduler's stop) ended a run silently with -15; now as Ctrl-C does: one line, the
+    members that ended kept, exit 143. `--out -` into a pipe its reader closed was a user error
+    (exit 2, "could not write /dev/stdout (Broken pipe)"); it is quiet, 141, as other output is."""
+    import signal
+
+    proc = subprocess.Popen([_script(), "train", "--epochs", "3000"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not proc.stderr.readline().lstrip().startswith("epoch"):  # training (not still importing)
+        assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "dm-tune: terminated", err
+    assert "Traceback" not in err
+
+    read, write = os.pipe()
+    os.close(read)  # nobody reads the result
+    done = subprocess.run([_script(), "train", "--epochs", "1", "--quiet", "--out", "-"], cwd=tmp_path,
+                          stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert done.returncode == 141 and "error" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("argv", [["train", "--epo", "1"], ["search", "--mode", "0.5"], ["train", "--bet", "-8"]])
+def test_a_flag_is_never_an_abbreviation_of_another(argv, capsys):
+    """argparse took --epo for --epochs, search's --model for train's --mode (the error then named
+    settings.model), and --bet -8 failed where --beta -8 worked."""
+    from dm_tune.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert f"unrecognized arguments: {' '.join(argv[1:])}" in capsys.readouterr().err

@@ -29,20 +29,21 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="study name (default: the config's, else 'default')")
     p.add_argument("--workspace", type=path_argument, default=DEFAULT_WORKSPACE,
                    help="where everything is written (default ./dmtune-runs)")
-    p.add_argument("--resume", metavar="NAME", help="resume the interrupted study NAME in the workspace")
-    p.add_argument("--dataset", help="datasets, e.g. digits,mnist1d")
+    p.add_argument("--resume", metavar="NAME", type=text_argument("a study name"),
+                   help="resume the interrupted study NAME in the workspace")
+    p.add_argument("--dataset", help="datasets, e.g. digits,mnist1d (default digits)")
     p.add_argument("--data-root", type=path_argument, help="root of an on-disk dataset")
-    p.add_argument("--noise", help="noise types, e.g. symmetric,pair")
-    p.add_argument("--noise-rate", help="noise rates, e.g. 0,0.2,0.4")
-    p.add_argument("--imbalance", help="imbalance profiles, e.g. none,step:10")
+    p.add_argument("--noise", help="noise types, e.g. symmetric,pair (default symmetric)")
+    p.add_argument("--noise-rate", help="noise rates, e.g. 0,0.2,0.4 (default 0.4)")
+    p.add_argument("--imbalance", help="imbalance profiles, e.g. none,step:10 (default none)")
     p.add_argument("--model", help="models (default: each dataset's)")
-    p.add_argument("--num-samples", type=int_argument, help="DM trials per setting")
-    p.add_argument("--epochs", type=int_argument, help="training budget per trial")
+    p.add_argument("--num-samples", type=int_argument, help="DM trials per setting (default 30)")
+    p.add_argument("--epochs", type=int_argument, help="training budget per trial (default: the dataset's)")
     p.add_argument("--space", help="decoupled (default), paper, paper-grid")
     p.add_argument("--sampler", help="tpe (default), gp, cmaes, random, grid")
     p.add_argument("--seeds", type=text_argument("comma-separated seeds"),
-                   help="seeds for the confirm stage, e.g. 0,1,2")
-    p.add_argument("--top-k", type=int_argument, help="DM arms confirmed over all seeds")
+                   help="seeds for the confirm stage (default 0,1,2)")
+    p.add_argument("--top-k", type=int_argument, help="DM arms confirmed over all seeds (default 3)")
     p.add_argument("--warm-start", metavar="GUIDELINES", type=text_argument("true, false or a guidelines.json path"),
                    help="a guidelines.json ('dm-tune report'): search each setting inside the region it "
                         "recommends, starting at its point (default: start at the paper's suggestions)")
@@ -51,12 +52,13 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
                    "default 2): the search maximises the arm's mean final validation accuracy over them")
     p.add_argument("--class-weighting", help="class weighting schemes searched with DM's knobs, e.g. "
                    "none,inverse,sqrt-inverse,effective-number (default none: not searched)")
-    p.add_argument("--baselines", help="baselines, e.g. cce,gce,imae ('none' for no baselines)")
-    p.add_argument("--max-concurrent", type=int_argument, help="trials at once")
-    p.add_argument("--cpus-per-trial", type=float_argument)
-    p.add_argument("--gpus-per-trial", type=float_argument, help="GPUs per trial; fractions share a GPU")
+    p.add_argument("--baselines", help="baselines, e.g. cce,gce,imae ('none' for no baselines; default "
+                   "cce,cce-dn,gce,mae,mse,sl,dm-beta0,imae)")
+    p.add_argument("--max-concurrent", type=int_argument, help="trials at once (default 2)")
+    p.add_argument("--cpus-per-trial", type=float_argument, help="CPU cores Ray gives each trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float_argument, help="GPUs per trial; fractions share a GPU (default 0)")
     p.add_argument("--population-size", help="DM configurations trained together in one trial: an integer "
-                   ">= 1 (1: one per trial) or auto (default: chosen per model and device)")
+                   "in [1, 1024] (1: one per trial) or auto (default: chosen per model and device)")
     p.add_argument("--scheduler", help="none (default) or asha")
     p.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT")
     p.add_argument("--storage-path", type=path_argument,
@@ -391,6 +393,9 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     store.start()
     try:
         connect_ray(joined or args.address)
+        from dm_tune.cli import on_sigterm_interrupt
+
+        on_sigterm_interrupt()  # (ray.init put its own in place: a stack dump and SIGABRT)
         check_resources(study)
     except BaseException:
         store.join()
