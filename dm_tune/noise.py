@@ -5,12 +5,11 @@ same length); ``apply_noise`` wraps it to return the noisy labels, the is-noisy 
 realised noise rate. The known models sit in ``NOISE_MODELS``. Synthetic models corrupt an
 exact number of examples (round(rate * n), per class where the protocol is per class; fewer than
 half of a class for the pairwise models), so the realised rate over the labels they are given is
-the requested one up to rounding. ``data.prepare``
-gives them the whole training set, before the validation split is carved out and imbalance
-subsamples it (the same draw whatever the imbalance; CIFAR-N files line up with the whole set),
-so the examples a run trains on carry the requested rate only on average: their rate is measured
-and recorded (``noise_rate_realised``; e.g. 0.29-0.32 on digits at 0.3, 0.25-0.34 once longtail
-imbalance 50 keeps 277 of its examples).
+the requested one up to rounding. ``data.prepare`` gives them the whole training set, before the
+validation split is carved out and imbalance subsamples it (the same draw whatever the imbalance;
+CIFAR-N files line up with the whole set), so the examples a run trains on carry the requested
+rate only on average: their rate is measured and recorded (``noise_rate_realised``; e.g. 0.29-0.32
+on digits at 0.3, 0.25-0.34 once longtail imbalance 50 keeps 277 of its examples).
 """
 
 from __future__ import annotations
@@ -78,7 +77,7 @@ def _fewer_than_half(rate: float, n: int) -> int:
     """How many of a class's ``n`` examples a pairwise model relabels: round(rate * n), but fewer
     than half (rates of 0.5 and up are refused: a class's label and its partner's then name its
     examples equally often). Rounding alone reached half: 0.42 of a class of 6 is 3 of 6."""
-    return min(int(round(rate * n)), (n - 1) // 2)
+    return max(0, min(int(round(rate * n)), (n - 1) // 2))  # (a class with no example: none)
 
 
 def pair(labels: np.ndarray, ctx: NoiseContext) -> np.ndarray:

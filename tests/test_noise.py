@@ -163,6 +163,11 @@ def test_a_pairwise_model_relabels_fewer_than_half_of_any_class(name, rate, per_
     out = apply_noise(name, labels, ctx)
     flipped = np.bincount(labels[out.is_noisy], minlength=num_classes)
     assert flipped.max() < per_class / 2 and flipped.max() == min(round(rate * per_class), (per_class - 1) // 2)
+    # a class with no example (the last ten here: asked for -1 examples, an error) relabels none
+    kept = labels[labels < 90]
+    sparse = apply_noise(name, kept, NoiseContext(num_classes=num_classes, rate=rate, rng=np.random.default_rng(0),
+                                                  class_groups=CIFAR100_GROUPS))
+    assert np.bincount(kept[sparse.is_noisy], minlength=num_classes).max() == flipped.max()
 
 
 def test_superclass_needs_class_groups():
