@@ -165,9 +165,8 @@ def validate_study(values: Any) -> Any:
     recommend; so that a training field is checked against what validate trains (a gce_q was
     taken, though no gce arm trains; an effective-number beta refused, though the recommendation
     may weight by it: ``_recommend_all`` checks that one against the recommendations)."""
-    from dm_tune.class_weighting import SCHEMES
-
     from dm_tune._validate import ConfigError
+    from dm_tune.class_weighting import SCHEMES
 
     if not isinstance(values, Mapping):
         return values  # (Study.from_dict says what it expected)

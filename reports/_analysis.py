@@ -332,8 +332,9 @@ def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame, best: pd.Serie
     Both sides are chosen on validation (the best arm, and among the arms near the paper's mode
     with the best arm's class weighting the one closest to it, paired over the seeds both ran, as
     in ``region``) and measured on test: the best of many arms on validation leads any other there
-    by more than it truly does (the winner's curse), and the test set chose nothing. A configuration run in the confirm stage is judged by
-    its confirm arm, not by its search trials (fewer seeds: their gap could never be beyond noise)."""
+    by more than it truly does (the winner's curse), and the test set chose nothing. A configuration
+    run in the confirm stage is judged by its confirm arm, not by its search trials (fewer seeds:
+    their gap could never be beyond noise)."""
     from dm_tune.validate import paired_comparison
 
     guide = paper_guidance(setting["noise"], setting["noise_rate"], setting["num_classes"], setting["pretrained"])
