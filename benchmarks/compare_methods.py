@@ -51,6 +51,8 @@ def main() -> None:
     p.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
                    help="mixed precision (auto: bf16 on CUDA, float32 on the CPU; bf16 on the CPU too)")
     args = p.parse_args()
+    if len(set(args.arms)) < len(args.arms):
+        p.error(f"--arms {' '.join(args.arms)}: expected distinct arms")
     if args.seeds < 2:  # a spread needs two
         p.error(f"--seeds {args.seeds}: expected at least 2 (the table gives the std over seeds)")
     torch.set_num_threads(args.threads)

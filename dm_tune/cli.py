@@ -551,7 +551,11 @@ def _terminate(signum: int, frame: Any) -> None:
     _terminated = True
     import signal
 
-    signal.raise_signal(signal.SIGINT)
+    handler = signal.getsignal(signal.SIGINT)  # (not raise_signal: a process started with SIGINT ignored,
+    if callable(handler):                      # as `cmd &` in a script is, would then ignore SIGTERM too)
+        handler(signal.SIGINT, frame)  # Tune's graceful stop in a search, Python's KeyboardInterrupt elsewhere
+    else:
+        raise KeyboardInterrupt
 
 
 def on_sigterm_interrupt() -> None:
@@ -564,6 +568,12 @@ def on_sigterm_interrupt() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    global _terminated
+    _terminated = False
+    before = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     on_sigterm_interrupt()
     try:
         parser = build_parser()
@@ -579,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the output went to a pipe that closed (`dm-tune recommend ... | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        if before is not None:  # (as it was: main is also called in-process)
+            signal.signal(signal.SIGTERM, before)
 
 
 def console_main() -> int:

@@ -165,17 +165,18 @@ def validate_study(values: Any) -> Any:
     recommend; so that a training field is checked against what validate trains (a gce_q was
     taken, though no gce arm trains; an effective-number beta refused, though the recommendation
     may weight by it: ``_recommend_all`` checks that one against the recommendations)."""
-    from dm_tune._validate import ConfigError
     from dm_tune.class_weighting import SCHEMES
 
     if not isinstance(values, Mapping):
         return values  # (Study.from_dict says what it expected)
-    training = values.get("training")
-    if isinstance(training, Mapping) and "class_weighting" in training:  # (trained by no arm, without a word)
-        raise ConfigError("training.class_weighting", training["class_weighting"],
-                          "validate trains each arm with its own class weighting (dm-recommended the recommended "
-                          "one, cce and imae none); leave it out")
     search = values.get("search") if isinstance(values.get("search"), Mapping) else {}
+    training = values.get("training")
+    if isinstance(training, Mapping) and "class_weighting" in training:  # (ignored without a word)
+        print(f"dm-tune: warning: training.class_weighting {training['class_weighting']!r} is ignored: validate "
+              "trains each arm with its own class weighting (dm-recommended the recommended one, cce and imae "
+              "none)", file=sys.stderr)
+        # (kept, so that a validation begun with it resumes: its settings' identities hold the training fields)
+        return {**values, "baselines": list(BASELINE_ARMS), "search": {**search, "class_weighting": ["none"]}}
     return {**values, "baselines": list(BASELINE_ARMS), "search": {**search, "class_weighting": list(SCHEMES)}}
 
 

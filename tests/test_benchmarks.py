@@ -245,6 +245,7 @@ def test_population_benchmark_refuses_options_it_cannot_honour(tmp_path, capsys,
     ("bounded_load.py", ["--cifar-images", "0"], "argument --cifar-images: '0': expected a whole number >= 1"),
     ("compare_methods.py", ["--noise-rate", "2"], "noise_rate: 2.0 is not allowed; expected a number in [0.0, 1.0)"),
     ("compare_methods.py", ["--arms", "cce", "dm:1"], "--arms dm:1: expected a method name or dm:LAM:BETA"),
+    ("compare_methods.py", ["--arms", "cce", "cce"], "--arms cce cce: expected distinct arms"),
 ])
 def test_benchmark_scripts_refuse_bad_counts_in_a_line(tmp_path, capsys, script, args, needle):
     """A zero or negative count, a malformed list or configuration: argparse's one line and exit 2

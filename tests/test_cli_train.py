@@ -634,12 +634,17 @@ def test_a_terminated_or_unread_train_ends_in_a_line_or_quietly(tmp_path):
     (exit 2, "could not write /dev/stdout (Broken pipe)"); it is quiet, 141, as other output is."""
     import signal
 
+    # started with SIGINT ignored, as `dm-tune train &` in a script is: SIGTERM was then ignored too
     proc = subprocess.Popen([_script(), "train", "--epochs", "3000"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not proc.stderr.readline().lstrip().startswith("epoch"):  # training (not still importing)
-        assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        while not proc.stderr.readline().lstrip().startswith("epoch"):  # training (not still importing)
+            assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "dm-tune: terminated", err
     assert "Traceback" not in err
 

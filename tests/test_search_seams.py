@@ -227,12 +227,12 @@ def test_top_arms_rank_finished_search_trials_only():
 
 def _searcher(tmp_path, ledger: Ledger, population_size: int = 1, **kwargs) -> StagedSearcher:
     options = {"num_samples": 3, "seeds": [0, 1], "space": get_space("decoupled"),
-               "warm_points": [{"psi": 0.5, "rho": 4.0}], "sampler": optuna.samplers.RandomSampler(seed=0), **kwargs}
+               "warm_points": [{"psi": 0.5, "rho": 4.0}], "sampler": optuna.samplers.RandomSampler(seed=0),
+               "baselines": {"cce": BASELINES["cce"]}, **kwargs}
     return StagedSearcher(
         setting=SETTING, ledger=ledger, study_name="t",
         optuna_storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"),
-        optuna_study="s",
-        baselines={"cce": BASELINES["cce"]}, top_k=1, population_size=population_size, **options)
+        optuna_study="s", top_k=1, population_size=population_size, **options)
 
 
 def _members(config) -> list[TrialSpec]:
@@ -1015,3 +1015,17 @@ def test_an_imbalanced_trial_records_its_realised_ratio():
         out.imbalance_ratio_realised  # the ledger's
     balanced = TrainConfig.from_dict({"dataset": "digits", "epochs": 1})
     assert math.isnan(_outcome(train(balanced, prepare(balanced)), "node").imbalance_ratio_realised)
+
+
+def test_a_resumed_arm_trains_its_remaining_seeds_as_its_first_seed_trained(tmp_path):
+    """A study begun before baselines kept their own class weighting trained "cce" with the study's
+    weighting; resumed, its remaining seeds got the new overrides, and one "cce" row pooled
+    weighted and plain seeds. An arm's seeds take the overrides its first started seed had."""
+    ledger = Ledger(tmp_path / "l.jsonl")
+    old = {"method": "cce", "class_weighting": "inverse"}
+    ledger.start([TrialSpec(SETTING, "confirm", 0, old, arm="cce", baseline="cce")])
+    searcher = _searcher(tmp_path, Ledger(tmp_path / "l.jsonl"), num_samples=1, warm_points=[],
+                         baselines={"cce": {"method": "cce", "class_weighting": "none"}})
+    specs = [spec for i in range(3) for spec in _members(searcher.suggest(f"t{i}"))]
+    assert sorted((s.arm, s.seed, s.overrides == old) for s in specs if s.stage == "confirm") == \
+        [("cce", 0, True), ("cce", 1, True)]  # (seed 0 goes on as it began; seed 1 as seed 0 did)

@@ -175,9 +175,10 @@ def test_training_class_weighting_is_the_dm_arms_and_refused_beside_a_searched_o
     arms' weighting where none is searched, and refused where one is; stored, it resumes."""
     both = {"search": {"class_weighting": ["none", "inverse"]}, "training": {"class_weighting": "sqrt-inverse"}}
     with pytest.raises(ConfigError, match=r"training.class_weighting: 'sqrt-inverse' is not allowed; set by "
-                                          r"search.class_weighting for the DM arms .*cce-cb effective-number"):
+                                          r"search.class_weighting for the DM arms; .*cce-cb effective-number"):
         Study.from_dict(both)
-    Study.from_dict(both, stored=True)
+    stored = Study.from_dict(both, stored=True)  # resumes, with a warning (as the same command does)
+    assert [key for key, _ in stored.ignored_training()] == ["class_weighting"]
     assert Study.from_dict({"training": {"class_weighting": "inverse"}}).train_config(
         Study.from_dict({}).expand()[0]).class_weighting == "inverse"
 

@@ -17,7 +17,6 @@ from dm_tune.reports._schema import default_guidelines_path
 from dm_tune.errors import UserError
 from dm_tune.reports._text import SCHEMA_VERSION
 from dm_tune.search._study import Study
-from dm_tune._validate import ConfigError
 from dm_tune.validate import arm_overrides, final_accuracies, summarise, to_markdown, validate, validate_study, verdict
 
 
@@ -111,9 +110,15 @@ def test_each_arm_trains_with_its_own_class_weighting_whatever_the_config_says()
     training = {"dataset": "digits", "class_weighting": "inverse"}  # the config's
     trained = {arm: TrainConfig.from_dict({**training, **o}).class_weighting for arm, o in plain.items()}
     assert trained == {"dm-recommended": "none", "cce": "none", "imae": "none"}
-    with pytest.raises(ConfigError, match=r"training.class_weighting: 'inverse' is not allowed; validate trains each "
-                                          r"arm with its own class weighting"):  # (ignored without a word)
-        validate_study({"training": training})
+
+
+def test_a_config_class_weighting_is_said_to_be_ignored_and_kept_for_resuming(capsys):
+    """No arm trains with a config's training.class_weighting: said, not silent; the field stays in
+    the study (a validation begun with it resumes: its settings' identities hold it)."""
+    study = Study.from_dict(validate_study({"training": {"class_weighting": "inverse"}}))
+    assert study.training["class_weighting"] == "inverse"
+    assert "training.class_weighting 'inverse' is ignored: validate trains each arm with its own" in \
+        capsys.readouterr().err
 
 
 # --- the command -------------------------------------------------------------------------------

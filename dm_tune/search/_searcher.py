@@ -295,12 +295,20 @@ class StagedSearcher(Searcher):
         A stage (less its reused trials) is split into at least as many populations as Ray trials
         run at once (and populations of at most ``population_size``), of equal sizes, so that one
         large last population does not train alone while the other slots idle."""
-        todo = [TrialSpec(self.setting, "confirm", seed, dict(overrides), arm=name, baseline=baseline)
+        todo = [TrialSpec(self.setting, "confirm", seed, self._as_started(name, overrides), arm=name, baseline=baseline)
                 for name, overrides, baseline in arms for seed in self.seeds]
         todo = [s for s in todo if s.key not in self.ledger.ended or not self.ledger.ended[s.key].reused_from]
         count = max(-(-len(todo) // self.population_size), min(self.slots, len(todo)))
         size = -(-len(todo) // count) if todo else 1
         return [s for s in todo if s.key not in self.ledger.started][:size]
+
+    def _as_started(self, arm: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """An arm's overrides as its first started seed had them: an arm is one configuration over
+        its seeds, also where a resume's dm-tune would give it other ones (a baseline that trained
+        with the study's class weighting, before baselines kept their own)."""
+        first = next((spec for spec in self.ledger.started.values()
+                      if spec.stage == "confirm" and spec.arm == arm), None)
+        return dict(first.overrides if first is not None else overrides)
 
     def _confirmed(self) -> list[tuple[str, Mapping[str, Any], str]]:
         return [(name, o, "") for name, o in top_arms(self.ledger.ended_specs("search"), self.top_k, self.objective)]

@@ -155,6 +155,9 @@ class Study:
         out = [(key, where) for key, where in TRAINING_SET_ELSEWHERE.items() if key in self.training]
         if "model" in self.training and "default" not in self.settings.model:
             out.append(("model", "settings.model"))
+        if "class_weighting" in self.training and self.search.class_weighting != ("none",):
+            out.append(("class_weighting", "search.class_weighting for the DM arms; the baselines train with "
+                                           "their own, cce-cb effective-number and the others none"))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,10 +208,6 @@ class Study:
             raise ConfigError("search_seeds", self.search_seeds,
                               f"expected at most the number of seeds ({len(self.seeds)}): the search trains "
                               "each arm on the first search_seeds of seeds")
-        if refuse_ignored and "class_weighting" in self.training and self.search.class_weighting != ("none",):
-            raise ConfigError("training.class_weighting", self.training["class_weighting"],
-                              "set by search.class_weighting for the DM arms (under training: ignored by them); "
-                              "the baselines train with their own (cce-cb effective-number, the others none)")
         for key, where in self.ignored_training() if refuse_ignored else ():  # the trials' own value would win
             raise ConfigError(f"training.{key}", self.training[key], f"set by {where} (under training: it would "
                               "be ignored)")
