@@ -66,12 +66,12 @@ def make_cifar10(root: Path) -> Path:
     return root
 
 
-def make_cifar100(root: Path, coarse: bool = True) -> Path:
+def make_cifar100(root: Path, coarse: bool = True, per_class: int = 2) -> Path:
     base = root / "cifar-100-python"
     base.mkdir(parents=True)
     rng = np.random.default_rng(1)
-    fine = [i % 100 for i in range(200)]  # two images per fine class
-    train = {"data": _images(200, rng), "fine_labels": fine}
+    fine = [i % 100 for i in range(100 * per_class)]  # per_class images per fine class
+    train = {"data": _images(100 * per_class, rng), "fine_labels": fine}
     if coarse:  # a deliberately non-standard grouping, to see it is read from the pickle
         train["coarse_labels"] = [f // 5 for f in fine]
     _dump(base / "train", train)
@@ -287,10 +287,14 @@ def test_cifar100_groups_from_coarse_labels_and_superclass_noise(tmp_path):
     assert data.num_classes == 100 and data.default_model == "resnet44"
     assert len(data.train) == 200 and len(data.test) == 100 and len(data.val) == 0
 
+    # (fewer than half of a class is relabelled: none of these two images a class, at any rate)
+    assert not prepare(config("cifar100", root, val_fraction=0.0, noise="cifar100-superclass",
+                              noise_rate=0.45)).is_noisy.any()
+    root = make_cifar100(tmp_path / "three", per_class=3)
     noisy = prepare(config("cifar100", root, val_fraction=0.0, noise="cifar100-superclass", noise_rate=0.45))
     clean, labels = noisy.clean_train_labels, noisy.train.labels
     flipped = labels != clean
-    assert int(flipped.sum()) == 40  # 20 superclasses x 2 paired classes x round(0.45 * 2)
+    assert int(flipped.sum()) == 40  # 20 superclasses x 2 paired classes x round(0.45 * 3)
     assert torch.equal(labels[flipped] // 5, clean[flipped] // 5)  # only within the pickle's groups
     assert torch.equal(noisy.is_noisy, flipped)
 

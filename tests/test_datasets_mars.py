@@ -250,10 +250,15 @@ def test_mars_features_pools_frames_per_track(tmp_path):
     assert torch.allclose(data.train.inputs, torch.from_numpy(expected), atol=1e-6)
     g = data.test_gallery
     assert g.query.tolist() == [0, 3] and g.junk.tolist() == [p == -1 for p, _ in TEST_TRACKS]
-    # pair noise per track: identity k -> k+1 for one of each identity's two tracks
-    flipped = data.is_noisy
-    assert int(flipped.sum()) == 3
-    assert torch.equal(data.train.labels[flipped], (data.clean_train_labels[flipped] + 1) % 3)
+    # pair noise per track relabels fewer than half of an identity's tracks (half is the refused
+    # rate 0.5): none of two, one of three, as identity k -> k+1
+    assert int(data.is_noisy.sum()) == 0
+    three = prepare(cfg("mars-features", make_features(tmp_path / "three", [(p, c) for p in (1, 2, 3, 7)
+                                                                          for c in (1, 2, 3)]),
+                        noise="pair", noise_rate=0.45))
+    flipped = three.is_noisy
+    assert three.num_classes == 3 and int(flipped.sum()) == 3
+    assert torch.equal(three.train.labels[flipped], (three.clean_train_labels[flipped] + 1) % 3)
 
 
 def test_a_validation_fraction_that_rounds_to_no_identity_holds_one_out(tmp_path):
