@@ -558,23 +558,23 @@ def _terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
 
-def on_sigterm_interrupt() -> None:
-    """Take SIGTERM as above (again after ``ray.init``, whose handler replaces Python's)."""
+def on_sigterm_interrupt() -> Any:
+    """Take SIGTERM as above (again after ``ray.init``, whose handler replaces Python's); the
+    handler it replaced, None where it cannot (not the main thread) or none was Python's."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
 
 
 def main(argv: list[str] | None = None) -> int:
     import signal
-    import threading
 
     global _terminated
     _terminated = False
-    before = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-    on_sigterm_interrupt()
+    before = on_sigterm_interrupt()
     try:
         parser = build_parser()
         args = parser.parse_args(_signed_values(sys.argv[1:] if argv is None else list(argv)))

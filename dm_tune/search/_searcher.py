@@ -295,7 +295,8 @@ class StagedSearcher(Searcher):
         A stage (less its reused trials) is split into at least as many populations as Ray trials
         run at once (and populations of at most ``population_size``), of equal sizes, so that one
         large last population does not train alone while the other slots idle."""
-        todo = [TrialSpec(self.setting, "confirm", seed, self._as_started(name, overrides), arm=name, baseline=baseline)
+        arms = [(name, self._as_started(name, overrides), baseline) for name, overrides, baseline in arms]
+        todo = [TrialSpec(self.setting, "confirm", seed, dict(overrides), arm=name, baseline=baseline)
                 for name, overrides, baseline in arms for seed in self.seeds]
         todo = [s for s in todo if s.key not in self.ledger.ended or not self.ledger.ended[s.key].reused_from]
         count = max(-(-len(todo) // self.population_size), min(self.slots, len(todo)))

@@ -35,6 +35,12 @@ def _warm_start(v: Any) -> Any:
     raise violation("expected true, false or a guidelines.json path")
 
 
+def imbalance_parts(v: str) -> tuple[str, float]:
+    """A settings.imbalance value (``none``, ``KIND:RATIO``) as (kind, ratio)."""
+    kind, _, ratio = v.partition(":")
+    return kind, float(ratio or 1.0)
+
+
 def _imbalance_ok(v: str) -> bool:
     m = _IMBALANCE.match(v)
     return bool(m) and (m.group(1) == "none" or float(m.group(3)) > 1.0)
@@ -183,8 +189,7 @@ class Study:
                 rate = 0.0  # the file's labels set the rate (each result records it as noise_rate_realised)
             else:
                 used_rates.add(rate)
-            kind, _, ratio = imb.partition(":")
-            setting = Setting(ds, noise, rate, kind, float(ratio or 1.0), None if model == "default" else model)
+            setting = Setting(ds, noise, rate, *imbalance_parts(imb), None if model == "default" else model)
             if setting not in out:
                 out.append(setting)
         if not out:
@@ -213,8 +218,8 @@ class Study:
                               "be ignored)")
         for axis in dataclasses.fields(Settings) if refuse_ignored else ():
             values = getattr(self.settings, axis.name)  # (a repeated value was dropped without a word,
-            same = ([(kind, float(ratio or 1)) for kind, _, ratio in (v.partition(":") for v in values)]
-                    if axis.name == "imbalance" else values)  # (longtail:10 and longtail:10.0 are one)
+            same = ([imbalance_parts(v) for v in values]  # (longtail:10 and longtail:10.0 are one)
+                    if axis.name == "imbalance" else values)
             if len(set(same)) < len(same):             # where a repeated seed or baseline is refused)
                 raise ConfigError(f"settings.{axis.name}", list(values), "expected distinct values")
         for key, where in self.unused_training() if refuse_ignored else ():
