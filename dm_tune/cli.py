@@ -495,7 +495,10 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dm_tune import __version__
+
     parser = _Parser(prog="dm-tune", description="Tune and understand Derivative Manipulation (DM).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_parser(sub)
     from dm_tune.search.cli import add_search_parser

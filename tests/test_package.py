@@ -92,6 +92,7 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("argv", [
     ["--help"],
+    ["--version"],
     ["recommend", "--num-classes", "10", "--noise-type", "symmetric", "--noise-rate", "0.3"],
     ["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--json"],
 ])
@@ -106,3 +107,13 @@ def test_light_commands_import_no_heavy_library(argv):
             f"print(rc, [m for m in {HEAVY!r} if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split()[0] == "0" and out.stdout.strip().endswith("[]"), out.stdout + out.stderr
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    import dm_tune
+
+    out = subprocess.run([sys.executable, "-m", "dm_tune.cli", "--version"], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == f"dm-tune {version('dm-tune')}" == f"dm-tune {dm_tune.__version__}"
