@@ -115,6 +115,9 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--storage-path", "nosuchfs://bucket/x"], ["--storage-path nosuchfs://bucket/x: cannot be opened",
                                                  "Unrecognized filesystem type"]),
     (["--storage-path", "hdfs://127.0.0.1:{port}/x"], ["--storage-path hdfs://127.0.0.1:", "cannot be opened"]),
+    # a slash missing: was a local folder 's3:' in the current directory
+    (["--storage-path", "s3:/bucket/x"], ["--storage-path s3:/bucket/x: a URI has '://' after its scheme"]),
+    (["--storage-path", "gs:bucket"], ["--storage-path gs:bucket: a URI has '://'", "with ./ before it"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     port = str(free_port())

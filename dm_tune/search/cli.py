@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import threading
@@ -172,6 +173,10 @@ def _warn_ignored(study: Any, path: Path) -> None:
 # (studies/NAME.places): not part of the study, but a search of it elsewhere would split it.
 PLACES = ("tracking_uri", "storage_path")
 
+# 's3:/bucket/x', 's3:bucket/x', 'gs:/x': a remote storage's URI with a slash missing (a scheme then a
+# single slash, or a storage scheme Ray's filesystems know then no slash), not a local folder 's3:'.
+_MISSPELT_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)|(?:s3|gs|gcs|hdfs|file|abfs|abfss|az|adl|memory):")
+
 
 def _places_file(workspace: Path, name: str) -> Path:
     return workspace / "studies" / f"{name}.places"  # not *.json: that is a stored study
@@ -298,6 +303,10 @@ def search_cmd(args: argparse.Namespace) -> int:
 
         args.storage_path = unquote(parse_url("--storage-path", args.storage_path).path) or "/"
     if args.storage_path and "://" not in args.storage_path:
+        if _MISSPELT_URI.match(args.storage_path):  # (else a local folder named 's3:' in the current one)
+            raise UserError(f"--storage-path {args.storage_path}: a URI has '://' after its scheme "
+                            "(s3://bucket/path, gs://bucket/path, file:///abs/path); a local folder whose "
+                            "name has a colon is written with ./ before it")
         args.storage_path = str(resolve_path(args.storage_path, "--storage-path"))
     _same_places(args, workspace, study.name)
     opts = RunOptions(workspace=workspace, address=args.address, storage_path=args.storage_path,
