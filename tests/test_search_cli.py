@@ -127,6 +127,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     assert not (tmp_path / "ws").exists()
 
 
+def test_noise_types_at_rate_0_are_said_to_train_once(tmp_path):
+    proc = _cli("search", "--workspace", str(tmp_path / "ws"), "--noise", "symmetric,pair", "--noise-rate", "0,0.2",
+                "--tracking-uri", "ftp://x", cwd=tmp_path, timeout=60)  # (refused after the note: nothing runs)
+    note, error = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert note == ("dm-tune: note: settings.noise pair at noise_rate 0 flips no label: the clean setting is "
+                    "trained once, as 'symmetric'")
+    assert error.startswith("dm-tune: error: --tracking-uri") and proc.returncode == 2
+
+
 def test_paths_are_stored_absolute_and_warm_start_switches_stay_switches(tmp_path, monkeypatch):
     """A relative --data-root (or training.noise_file) was stored as given, so --resume from another
     directory read another place; --warm-start false was a file named 'false'."""

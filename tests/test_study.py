@@ -34,14 +34,33 @@ def test_matrix_expansion_and_keys():
     study = Study.from_dict({"settings": {"dataset": ["digits", "mnist1d"], "noise": ["none", "pair"],
                                           "noise_rate": [0.0, 0.3], "imbalance": ["none", "step:10"]}})
     keys = [s.key for s in study.expand()]
-    # noise 'none' pairs only with rate 0: 2 datasets x (1 + 2) noise/rate x 2 imbalance
-    assert len(keys) == 12 and len(set(keys)) == 12
-    assert "mnist1d-pair0.3-step10-default" in keys
+    # noise 'none' pairs only with rate 0, and pair at rate 0 is that clean setting: 2 datasets x
+    # (none 0, pair 0.3) x 2 imbalance
+    assert len(keys) == 8 and len(set(keys)) == 8
+    assert "mnist1d-pair0.3-step10-default" in keys and "digits-none0-step10-default" in keys
+    assert study.clean_twins() == (["pair"], "none")
     # noise from a file: its labels set the rate, so the rates of the matrix make one setting of it
     for rates in ([0.0], [0.3], None):  # (one rate, the default 0.4 too: the matrix's placeholder)
         settings = {"dataset": ["digits", "mnist1d"], "noise": ["file"]} | ({"noise_rate": rates} if rates else {})
         study = Study.from_dict({"settings": settings, "training": {"noise_file": "labels.npy"}})
         assert [s.key for s in study.expand()] == ["digits-file0-default", "mnist1d-file0-default"]
+
+
+@pytest.mark.parametrize("noise, kept", [
+    (["symmetric", "pair"], "symmetric"), (["pair", "symmetric"], "pair"), (["pair", "symmetric", "none"], "none"),
+])
+def test_noise_types_at_rate_0_are_one_clean_setting(noise, kept):
+    """A flipped label at rate 0 is none: each noise type's rate-0 setting trained the same clean
+    data again (and a report counted it as several settings)."""
+    study = Study.from_dict({"settings": {"dataset": ["digits", "mnist1d"], "noise": noise,
+                                          "noise_rate": [0.0, 0.2], "imbalance": ["none", "step:10"]}})
+    settings = study.expand()
+    clean = [(s.dataset, s.noise, s.imbalance) for s in settings if s.noise_rate == 0.0]
+    assert sorted(clean) == sorted((d, kept, i) for d in ("digits", "mnist1d") for i in ("none", "step"))
+    assert len(settings) == 2 * 2 * (1 + len([n for n in noise if n != "none"]))
+    assert study.clean_twins() == ([n for n in noise if n != kept], kept)
+    one = Study.from_dict({"settings": {"noise": [noise[0]], "noise_rate": [0.0, 0.2]}})
+    assert one.clean_twins() == ([], "") and one.expand()[0].noise == noise[0]
 
 
 @pytest.mark.parametrize("noise, rates, words", [

@@ -373,12 +373,15 @@ def test_settings_that_train_the_same_configuration_are_refused(tmp_path, capsys
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "settings digits-symmetric0.3-default and digits-symmetric0.3-default (studies 'default' and " \
            "'spelled') train the same configuration on the same seeds" in line
-    clean = write_config(tmp_path, settings={"dataset": ["digits"], "noise": ["none", "pair"], "noise_rate": [0]},
+    clean = write_config(tmp_path, settings={"dataset": ["digits"], "noise": ["none"], "noise_rate": [0]},
                          training={"epochs": 1, "device": "cpu"}, seeds=[0])
-    assert main(["validate", "--config", str(clean), "--guidelines", guidelines, "--out", str(tmp_path / "o"),
-                 "--quiet"]) == 2
+    pair0 = tmp_path / "pair0.yaml"  # (one study's noise types at rate 0 are one setting: Study.expand)
+    pair0.write_text(yaml.safe_dump({**yaml.safe_load(clean.read_text()), "name": "pair0",
+                                     "settings": {"dataset": ["digits"], "noise": ["pair"], "noise_rate": [0]}}))
+    assert main(["validate", "--config", str(clean), "--config", str(pair0), "--guidelines", guidelines,
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "train the same configuration on the same seeds" in line and "study 'default'" in line
+    assert "train the same configuration on the same seeds" in line and "studies 'default' and 'pair0'" in line
     assert not (tmp_path / "o").exists()
 
 

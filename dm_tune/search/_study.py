@@ -180,6 +180,7 @@ class Study:
         s = self.settings
         out = []
         used_noise, used_rates = set(), set()
+        clean: set[tuple[str, str, str]] = set()  # (dataset, imbalance, model) whose clean setting is in
         for ds, noise, rate, imb, model in itertools.product(s.dataset, s.noise, s.noise_rate,
                                                             s.imbalance, s.model):
             if noise == "none" and rate != 0.0:
@@ -189,6 +190,10 @@ class Study:
                 rate = 0.0  # the file's labels set the rate (each result records it as noise_rate_realised)
             else:
                 used_rates.add(rate)
+                if rate == 0.0:  # no label flipped: the clean setting, trained once ('none' where it is listed,
+                    if (ds, imb, model) in clean or (noise != "none" and "none" in s.noise):  # else the first)
+                        continue
+                    clean.add((ds, imb, model))
             setting = Setting(ds, noise, rate, *imbalance_parts(imb), None if model == "default" else model)
             if setting not in out:
                 out.append(setting)
@@ -206,6 +211,16 @@ class Study:
                                   f"{list(s.noise)} uses ('none' takes only 0, 'file' the rate its labels have): "
                                   "leave it out")
         return out
+
+    def clean_twins(self) -> tuple[list[str], str]:
+        """The noise types of ``settings.noise`` whose rate-0 setting ``expand`` leaves out (none
+        flips a label at rate 0), and the one whose name the clean setting keeps."""
+        s = self.settings
+        flipping = [n for n in s.noise if n != "file"]
+        if 0.0 not in s.noise_rate or len(flipping) < 2:
+            return [], ""
+        kept = "none" if "none" in flipping else flipping[0]
+        return [n for n in flipping if n != kept], kept
 
     def validate_settings(self, refuse_ignored: bool = True) -> None:
         """Every setting must make a valid TrainConfig (caught here, before anything runs)."""

@@ -318,6 +318,11 @@ def search_cmd(args: argparse.Namespace) -> int:
             load_guidelines(Path(study.search.warm_start))
         except UserError as e:
             raise UserError(f"search.warm_start (--warm-start): {e}") from None
+    twins, kept = study.clean_twins()
+    if twins and not resuming and opts.echo:
+        print(f"dm-tune: note: settings.noise {' and '.join(twins)} at noise_rate 0 "
+              f"{'flips' if len(twins) == 1 else 'flip'} no label: the clean setting is trained once, as {kept!r}",
+              file=sys.stderr)
     # Pre-flight: nothing is written before these pass.
     if args.storage_path and "://" not in args.storage_path:  # Ray writes trial results there
         output_path("--storage-path", args.storage_path, directory=True)
