@@ -1029,3 +1029,32 @@ def test_a_resumed_arm_trains_its_remaining_seeds_as_its_first_seed_trained(tmp_
     specs = [spec for i in range(3) for spec in _members(searcher.suggest(f"t{i}"))]
     assert sorted((s.arm, s.seed, s.overrides == old) for s in specs if s.stage == "confirm") == \
         [("cce", 0, True), ("cce", 1, True)]  # (seed 0 goes on as it began; seed 1 as seed 0 did)
+
+
+@pytest.mark.parametrize("search, training, told", [
+    ({}, {}, True),  # the recommendation weights effective-number; the DM arms train with none
+    ({}, {"class_weighting": "effective-number"}, False),
+    ({"class_weighting": ["none", "effective-number"]}, {}, False),  # searched: the warm point carries it
+])
+def test_a_warm_start_measured_with_another_class_weighting_is_told(tmp_path, search, training, told):
+    """A guidelines file's region measured with class weighting searched arms trained without
+    it, without a word."""
+    from pathlib import Path
+
+    from dm_tune.data import load_source
+    from dm_tune.reports._schema import load_guidelines
+    from dm_tune.search import Study
+    from dm_tune.search._run import RunOptions, _context
+
+    shipped = Path(__file__).resolve().parents[1] / "reports" / "default_guidelines.json"
+    study = Study.from_dict({"settings": {"noise_rate": [0.3], "imbalance": ["longtail:10"]}, "training": training,
+                             "search": {"warm_start": str(shipped), **search}})
+    (setting,) = study.expand()
+    ctx = _context(study, setting, RunOptions(workspace=tmp_path), "0", load_source(study.train_config(setting)),
+                   load_guidelines(shipped))
+    assert ctx.recommendation.class_weighting == "effective-number"
+    note = ctx.warm_start_note()
+    assert (note == "setting digits-symmetric0.3-longtail10-default: the guidelines recommend class weighting "
+                    "effective-number with the region searched; the DM arms train with none (search.class_weighting: "
+                    "[none, effective-number] searches both, training.class_weighting sets the arms')") if told \
+        else note is None

@@ -155,8 +155,17 @@ class SettingContext:
         none, or, warm-starting from a guidelines file, its recommended region and point."""
         study = self.study
         space = search_space(study)
-        if not isinstance(study.search.warm_start, str):
+        if self.recommendation is None:
             return space, _warm_points(space) if study.search.warm_start else []
+        return guided_space(space, self.recommendation)
+
+    @functools.cached_property
+    def recommendation(self) -> Any:
+        """What the guidelines file of ``search.warm_start`` recommends for the setting; None
+        without one."""
+        study = self.study
+        if not isinstance(study.search.warm_start, str):
+            return None
         from dm_tune.reports._recommend import recommend
 
         if self.guidelines is None:
@@ -167,10 +176,22 @@ class SettingContext:
             from dm_tune.data import prepare
 
             rate = float(prepare(self.setting_config, self.source).noise_rate)
-        rec = recommend(self.guidelines,
-                        num_classes=int(self.source.num_classes), noise_type=s.noise, noise_rate=rate,
-                        imbalance=s.imbalance, imbalance_ratio=s.imbalance_ratio, task=study.task, dataset=s.dataset)
-        return guided_space(space, rec)
+        return recommend(self.guidelines,
+                         num_classes=int(self.source.num_classes), noise_type=s.noise, noise_rate=rate,
+                         imbalance=s.imbalance, imbalance_ratio=s.imbalance_ratio, task=study.task, dataset=s.dataset)
+
+    def warm_start_note(self) -> str | None:
+        """A warm start whose region was measured with another class weighting than the DM arms
+        train with (none is searched): said, since the region may not carry over."""
+        rec = self.recommendation
+        if rec is None or "class_weighting" in search_space(self.study):
+            return None
+        arms = self.setting_config.class_weighting
+        if rec.class_weighting == arms:
+            return None
+        return (f"setting {self.setting.key}: the guidelines recommend class weighting {rec.class_weighting} with "
+                f"the region searched; the DM arms train with {arms} (search.class_weighting: [{arms}, "
+                f"{rec.class_weighting}] searches both, training.class_weighting sets the arms')")
 
     def population_size(self) -> int:
         """DM configurations per Ray trial; "auto": chosen from the measurements for the model and device."""
@@ -406,6 +427,8 @@ def run_setting(ctx: SettingContext, announce: Callable[[], None] | None = None)
     searcher.optuna_study()  # checked against the ledger (one line if its store was lost) before any write
     if announce is not None:  # after the refusals above: a refused setting prints its one error line alone
         announce()
+        if ctx.opts.echo and (note := ctx.warm_start_note()):
+            print(f"dm-tune: note: {note}", file=sys.stderr)
     parent = setting_run(ctx.opts.tracking, ctx.exp_id, key, {
         **ctx.setting.train_fields(), "num_classes": ctx.source.num_classes,
         **{k: v for k, v in ctx.setting_config.to_dict().items()
