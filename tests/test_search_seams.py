@@ -1058,3 +1058,50 @@ def test_a_warm_start_measured_with_another_class_weighting_is_told(tmp_path, se
                     "effective-number with the region searched; the DM arms train with none (search.class_weighting: "
                     "[none, effective-number] searches both, training.class_weighting sets the arms')") if told \
         else note is None
+
+
+def _own_trainable():
+    """A user's trainable over dm_trainable (built here, so that Ray ships it by value)."""
+
+    def trainable(config, base, runtime):
+        from dm_tune.search_spaces import to_lam_beta
+        from dm_tune.trainables import dm_trainable
+
+        knobs = to_lam_beta(config)
+        spec = {"setting": "mine", "stage": "search", "seed": 0,
+                "overrides": {"method": "dm", "lam": knobs["lam"], "beta": knobs["beta"]}}
+        dm_trainable({"specs": [spec]}, base, runtime)
+
+    return trainable
+
+
+@pytest.mark.timeout(300)
+def test_dm_trainable_in_a_users_tuner_with_optuna_search_and_asha(tmp_path, ray_local):
+    """A Tune metric crashed the fit: the last epoch reached Tune only in the final report, which
+    had final_val_acc but no val_acc (Ray's strict metric check, then OptunaSearch's KeyError)."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from dm_tune.search_spaces import define_by_run, get_space, make_sampler
+    from dm_tune.trainables import TrialRuntime
+
+    space = get_space("decoupled")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = OptunaSearch(space=define_by_run(space), sampler=make_sampler("tpe", space, seed=0, num_samples=3),
+                            storage=storage, study_name="mine", metric="val_acc", mode="max")
+    base = {"dataset": "digits", "noise": "symmetric", "noise_rate": 0.4, "epochs": 3, "device": "cpu"}
+    results = tune.Tuner(
+        tune.with_parameters(_own_trainable(), base=base, runtime=TrialRuntime()),
+        tune_config=tune.TuneConfig(num_samples=3, search_alg=searcher, scheduler=ASHAScheduler(
+            time_attr="epoch", metric="val_acc", mode="max", max_t=3, grace_period=1)),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="mine", verbose=0)).fit()
+    assert results.num_errors == 0
+    for r in results:  # the final report: the last epoch's metrics beside the outcome's
+        if r.metrics.get("final"):
+            assert r.metrics["val_acc"] == r.metrics["final_val_acc"] and r.metrics["epoch"] == 3
+    trials = optuna.load_study(study_name="mine", storage=storage).trials
+    assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    best = results.get_best_result(metric="val_acc", mode="max")
+    assert best.metrics["val_acc"] == max(t.value for t in trials if t.value is not None)

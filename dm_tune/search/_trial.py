@@ -1,8 +1,8 @@
 """The trial contract: what a trial is (``TrialSpec``) and what it returns (``TrialOutcome``).
 
 These two frozen dataclasses are the only things that cross between the searcher, the Ray
-trainable, the tracking and the summary. A spec travels in a Tune trial config as
-``{"spec": spec.to_dict()}``; an outcome travels back as the trial's final ``tune.report``
+trainable, the tracking and the summary. A population of specs travels in a Tune trial config as
+``{"specs": [spec.to_dict(), ...]}``; an outcome travels back as the trial's final ``tune.report``
 (``outcome.to_report()``: flat scalars, which Ray's own loggers and ``ExperimentAnalysis`` show,
 plus the per-epoch ``history`` as a list).
 
@@ -184,10 +184,14 @@ RESTORED_KEY = "restored_history"
 
 def population_report(outcomes: list[TrialOutcome]) -> dict[str, Any]:
     """The final ``tune.report`` of a population: each member's outcome in ``members``; a
-    population of one also reports its outcome's scalars at the top level."""
+    population of one also reports at the top level its outcome's scalars and its last epoch's
+    metrics (the epoch's own report is this one), so that a Tune searcher or scheduler given a
+    per-epoch metric (``val_acc``, with ``epoch`` as time) finds it in every result."""
     report: dict[str, Any] = {"final": 1.0, "population_size": len(outcomes),
                               "members": [o.to_report() for o in outcomes]}
     if len(outcomes) == 1:
+        last = outcomes[0].history[-1] if outcomes[0].history else {}
+        report.update({k: v for k, v in last.items() if k != RESTORED_KEY})
         report.update(outcomes[0].to_report())
     return report
 
