@@ -1105,3 +1105,25 @@ def test_dm_trainable_in_a_users_tuner_with_optuna_search_and_asha(tmp_path, ray
     assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     best = results.get_best_result(metric="val_acc", mode="max")
     assert best.metrics["val_acc"] == max(t.value for t in trials if t.value is not None)
+
+
+@pytest.mark.parametrize("space", ["decoupled", "paper"])
+def test_a_search_of_the_papers_setting_starts_at_the_papers_own_choice(space):
+    """Clothing1M's study never trained the paper's DM (lam 1, beta 2) unless the sampler happened
+    on it: the warm start was the three general suggestions on every dataset."""
+    from dm_tune.search._run import _warm_points
+    from dm_tune.search._study import Setting
+    from dm_tune.search_spaces import to_lam_beta
+
+    general = _warm_points(get_space(space))
+    for dataset, noise, rate, best in [("clothing1m", "none", 0.0, (1.0, 2.0)),
+                                       ("cifar100", "symmetric", 0.0, (0.0, 2.0)),
+                                       ("cifar10", "symmetric", 0.6, (2.0, 12.0))]:
+        points = _warm_points(get_space(space), Setting(dataset, noise, rate, "none", 1.0, None))
+        assert points[1:] == general
+        lam_beta = to_lam_beta(points[0])
+        assert (lam_beta["lam"], lam_beta["beta"]) == pytest.approx(best)
+    # where the paper's best is one of its general suggestions (cifar100 at 40%: lam 0.5, beta 8), or none is named
+    for dataset in ("cifar100", "digits"):
+        setting = Setting(dataset, "symmetric", 0.4, "none", 1.0, None)
+        assert _warm_points(get_space(space), setting) == general
