@@ -151,12 +151,19 @@ def training_class_counts(source: Source, val_fraction: float) -> np.ndarray:
     return counts - np.array([_held_out(val_fraction, n) for n in counts])
 
 
-def check_val_noisy(val_noisy: bool, source: Source, field: str = "val_noisy") -> None:
-    """``val_noisy`` corrupts a validation split carved from the training data; a dataset with a
-    validation set of its own refuses it (it was silently ignored)."""
+def check_val_noisy(val_noisy: bool, source: Source, field: str = "val_noisy",
+                    val_fraction: float | None = None) -> None:
+    """``val_noisy`` and ``val_fraction`` shape a validation split carved from the training data;
+    a dataset with a validation set of its own refuses them (they were silently ignored), all but
+    the default fraction, which every config has."""
     if val_noisy and source.val is not None:
         raise ConfigError(field, True, f"{source.name} has its own validation set, with its own labels; "
                                        "val_noisy applies to a validation split carved from training data")
+    default = TrainConfig.__dataclass_fields__["val_fraction"].default
+    if val_fraction is not None and val_fraction != default and source.val is not None:
+        raise ConfigError(field.replace("val_noisy", "val_fraction"), val_fraction,
+                          f"{source.name} has its own validation set; val_fraction applies to a validation split "
+                          "carved from training data (leave it out)")
 
 
 def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance: bool = False) -> Data:
@@ -195,7 +202,7 @@ def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance:
             true_clean = source.clean_labels.numpy().astype(np.int64)
 
     if source.val is not None:
-        check_val_noisy(config.val_noisy, source)
+        check_val_noisy(config.val_noisy, source, val_fraction=config.val_fraction)
         keep, val = np.arange(len(clean)), None
         val_split = source.val
     else:

@@ -1061,6 +1061,10 @@ def test_imagefolder_carved_and_official_val(tmp_path):
     # its own validation set keeps its own labels: val_noisy is refused, not silently ignored
     with pytest.raises(ConfigError, match="val_noisy: True is not allowed; imagefolder has its own validation"):
         prepare(config("imagefolder", tmp_path / "b", val_noisy=True))
+    # and so is a val_fraction other than the default every config has: none of it is carved
+    with pytest.raises(ConfigError, match="val_fraction: 0.5 is not allowed; imagefolder has its own validation set"):
+        prepare(config("imagefolder", tmp_path / "b", val_fraction=0.5))
+    assert len(prepare(config("imagefolder", tmp_path / "b", val_fraction=0.2)).val) == 3
 
 
 @pytest.mark.parametrize("name", ["valid", "validation"])
