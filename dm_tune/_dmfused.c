@@ -30,6 +30,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -98,7 +99,11 @@
                  * close to 1, exact where it rounds to 1), as the torch paths take it */      \
                 if (kind != 1) pm1[i] = -(others / s);                                         \
                 if (kind == 0) {                                                               \
-                    const double plam = lam == 0.0 ? 1.0 : (lam == 1.0 ? p : pow(p, lam));     \
+                    /* p^lam as exp(lam log p) where p is below double's normal range (log p  \
+                     * under about -708): p^lam of a small lam is not 0 there (0.45 at -800,     \
+                     * lam 0.001), as the torch path (power_of_p) takes it */                  \
+                    const double plam = lam == 0.0 ? 1.0 : (lam == 1.0 ? p                     \
+                                        : (p >= DBL_MIN ? pow(p, lam) : exp(lam * lp)));       \
                     w[i] = plam * -beta * pm1[i];                                              \
                     if (w[i] > wmax) wmax = w[i];                                              \
                 } else {                                                                       \
@@ -108,7 +113,7 @@
                     const double om = -pm1[i];                                                 \
                     double mp = a;                                                             \
                     if (b != 0.0) {                                                            \
-                        const double pq = q == 1.0 ? p : pow(p, q);                            \
+                        const double pq = q == 1.0 ? p : (p >= DBL_MIN ? pow(p, q) : exp(q * lp)); \
                         mp += b * pq * (r == 0.0 ? 1.0 : (r == 1.0 ? om : pow(om, r)));        \
                     }                                                                          \
                     mult[i] = mp;                                                              \

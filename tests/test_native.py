@@ -113,6 +113,31 @@ def test_native_extreme_logits_match_torch():
         assert native[0][0].abs().max() == 0
 
 
+@pytest.mark.parametrize("lam", [1e-3, 0.05, 0.5])
+def test_native_small_powers_of_a_vanishing_p_match_torch(lam):
+    """log p below about -708 made p 0 in double and pow(p, lam) 0 in the kernel, while p^lam =
+    exp(lam log p) is 0.45 at log p -800, lam 0.001: a strongly contradicted example's DM weight
+    (and GCE's p^q) differed from the torch path's, by up to 4x in the gradient."""
+    from dm_tune._poplosses import PopulationLoss, member_loss
+    from dm_tune.config import TrainConfig
+
+    z = torch.tensor([[0.0, 800.0, 0.0], [0.0, 0.0, 0.0], [3.0, -1.0, 0.0], [0.0, 0.0, 1500.0]], dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.long)
+    native = W._dm_parts(z, y, lam, 4.0, kernel="native")
+    torch_ = W._dm_parts(z, y, lam, 4.0, kernel="torch")
+    for a, b in zip(native, torch_):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15)
+    assert native[1][0] > 0.2 or lam > 1e-3  # its share: exp(beta p^lam (1-p)) with p^lam far from 0
+    knobs = [{"method": "dm", "lam": lam, "beta": 4.0}, {"method": "gce", "gce_q": lam},
+             {"method": "gce-dn", "gce_q": lam}]
+    members = [member_loss(TrainConfig.from_dict(k)) for k in knobs]
+    zk, yk = z.expand(3, -1, -1).contiguous(), y.expand(3, -1).contiguous()
+    got = PopulationLoss(members, None, kernel="native")._grad_share_display(zk, yk)
+    want = PopulationLoss(members, None, kernel="torch")._grad_share_display(zk, yk)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15)
+
+
 def test_native_half_precision_is_computed_in_float32():
     logits, targets = _batch(32, 10, seed=3, dtype=torch.bfloat16)
     got = W._dm_parts(logits, targets, 1.0, 8.0, kernel="native")
