@@ -388,3 +388,28 @@ def test_dn_on_a_batch_fitted_past_the_working_precision_keeps_its_mass(name, dt
         assert torch.isfinite(grad).all()
         assert grad.abs().sum().item() == pytest.approx(mass, abs=1e-5), (margin, grad.abs().sum().item())
         assert torch.allclose(grad.sum(1), torch.zeros(64, dtype=dtype), atol=1e-6)  # a direction: rows sum to 0
+
+
+@pytest.mark.parametrize("kernel", ["torch", "auto"])
+def test_a_compiled_training_step_with_dm_loss_keeps_dms_gradient(kernel):
+    """torch.compile of a step with the loss in it failed on the torch path (GPUs, large batches):
+    dynamo could not trace the gradient built in the loss's forward."""
+    from torch import nn
+
+    from dm_tune import DMLoss, dm_logit_grad
+
+    torch.manual_seed(0)
+    model, loss_fn = nn.Linear(20, 10), DMLoss(1.0, 8.0, kernel=kernel)
+
+    @torch.compile(backend="aot_eager")
+    def step(x, y):
+        z = model(x)
+        return loss_fn(z, y), z
+
+    x, y = torch.randn(1024, 20), torch.randint(0, 10, (1024,))
+    loss, z = step(x, y)
+    loss.backward()
+    compiled = model.weight.grad.clone()
+    model.zero_grad()
+    (model(x) * dm_logit_grad(z.detach(), y, 1.0, 8.0)).sum().backward()
+    torch.testing.assert_close(compiled, model.weight.grad)
