@@ -46,6 +46,13 @@ def test_matrix_expansion_and_keys():
         assert [s.key for s in study.expand()] == ["digits-file0-default", "mnist1d-file0-default"]
 
 
+def test_clean_noise_types_alone_take_rate_0_not_the_default_rate():
+    """`dm-tune search --noise none` (or a study of noise [none]) was refused: the default rate,
+    0.4, which the user never gave, makes no setting with noise 'none'."""
+    (setting,) = Study.from_dict({"settings": {"noise": ["none"]}}).expand()
+    assert (setting.noise, setting.noise_rate) == ("none", 0.0)
+
+
 @pytest.mark.parametrize("noise, kept", [
     (["symmetric", "pair"], "symmetric"), (["pair", "symmetric"], "pair"), (["pair", "symmetric", "none"], "none"),
 ])
@@ -70,6 +77,8 @@ def test_noise_types_at_rate_0_are_one_clean_setting(noise, kept):
                            "['file'] uses"),
     (["none"], [0.0, 0.3], "settings.noise_rate: 0.3 is not allowed"),
     (["file", "none"], [0.0, 0.3], "settings.noise_rate: 0.3 is not allowed"),
+    (["none"], [0.4], "settings.noise_rate: [0.4] is not allowed; the matrix has no valid combination: noise 'none' "
+                      "pairs only with noise_rate 0"),  # (was field 'settings' and a Python tuple)
 ])
 def test_a_matrix_value_that_makes_no_setting_is_refused(noise, rates, words):
     """'none' beside a rate list without 0 was dropped without a word (the study searched the other

@@ -139,6 +139,11 @@ class Study:
         datasets = (values.get("settings") or {}).get("dataset") if isinstance(values.get("settings"), Mapping) else None
         if "task" not in values and isinstance(datasets, (list, tuple)) and datasets and isinstance(datasets[0], str):
             values = {**values, "task": task_of(datasets[0])}  # unless given: the first dataset's task
+        settings = values.get("settings")
+        noise = settings.get("noise") if isinstance(settings, Mapping) else None
+        if (isinstance(noise, (list, tuple)) and noise and all(n in ("none", "file") for n in noise)
+                and "noise_rate" not in settings):  # the default rate, 0.4, is refused beside them
+            values = {**values, "settings": {**settings, "noise_rate": [0.0]}}
         study = parse(cls, values)
         study.validate_settings(refuse_ignored=not stored)
         return study
@@ -198,8 +203,8 @@ class Study:
             if setting not in out:
                 out.append(setting)
         if not out:
-            raise ConfigError("settings", s.noise_rate, "the matrix has no valid combination "
-                              "(noise 'none' pairs only with noise_rate 0)")
+            raise ConfigError("settings.noise_rate", list(s.noise_rate), "the matrix has no valid combination: "
+                              "noise 'none' pairs only with noise_rate 0")
         # (a value that makes no setting was dropped without a word)
         for noise in s.noise:
             if noise not in used_noise:
