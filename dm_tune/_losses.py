@@ -82,8 +82,7 @@ class _GradLoss(nn.Module):
     # input or output"); the model around the loss still compiles.
     @torch.compiler.disable
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if logits.dim() != 2 or logits.shape[1] < 2:
-            raise ValueError(f"logits must have shape [batch, classes>=2], got {tuple(logits.shape)}")
+        W.check_batch(logits, targets)
         if logits.requires_grad and torch.is_grad_enabled():
             return _InjectGrad.apply(logits, targets, self)
         with torch.no_grad():
@@ -107,11 +106,40 @@ class DMLoss(_GradLoss):
     def __init__(self, lam: float = 1.0, beta: float = 8.0, kernel: str = "auto") -> None:
         super().__init__()
         W.check_knobs(lam, beta)
-        W.check_kernel(kernel)
-        if kernel == "native" and not _native.available():
+        self._lam, self._beta = float(lam), float(beta)
+        self.kernel = kernel
+
+    # Checked when set after construction too (the fused path checks nothing per call: lam -1 gave
+    # a loss, and a kernel set later was ignored).
+    @property
+    def lam(self) -> float:
+        return self._lam
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        W.check_knobs(value, self._beta)
+        self._lam = float(value)
+
+    @property
+    def beta(self) -> float:
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        W.check_knobs(self._lam, value)
+        self._beta = float(value)
+
+    @property
+    def kernel(self) -> str:
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, value: str) -> None:
+        W.check_kernel(value)
+        if value == "native" and not _native.available():
             raise ValueError("kernel='native': the fused DM kernel was not built (no C compiler)")
-        self.lam, self.beta, self.kernel = float(lam), float(beta), kernel
-        self._fused = kernel != "torch" and _native.available()
+        self._kernel = value
+        self._fused = value != "torch" and _native.available()
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # A CPU training batch goes straight to the fused kernel: in a step of a small model each

@@ -57,6 +57,8 @@ def _kernel_inputs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     if not logits.is_contiguous():
         logits = logits.contiguous()
     if targets.dtype != torch.long:
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(f"targets must be class indices of an integer dtype, got {targets.dtype}")
         targets = targets.long()
     if not targets.is_contiguous():
         targets = targets.contiguous()

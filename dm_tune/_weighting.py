@@ -25,11 +25,24 @@ CCE_WEIGHT_EPS = 1e-6
 WeightFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+def check_batch(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    """Logits [N >= 1, C >= 2] and targets [N] of class indices (ValueError or TypeError
+    otherwise: float or bool targets were truncated to indices without a word)."""
+    if logits.dim() != 2 or logits.shape[1] < 2 or logits.shape[0] < 1:
+        raise ValueError(f"logits must have shape [batch>=1, classes>=2], got {tuple(logits.shape)}")
+    if targets.shape != logits.shape[:1]:
+        raise ValueError(f"targets must have shape [{logits.shape[0]}], got {tuple(targets.shape)}")
+    if targets.dtype != torch.long and (targets.is_floating_point() or targets.is_complex()
+                                        or targets.dtype == torch.bool):
+        raise TypeError(f"targets must be class indices of an integer dtype, got {targets.dtype}")
+
+
 def _labelled(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities and the probability of each example's labelled class.
 
     Computed in at least float32 (fp16/bf16 logits are promoted; float64 stays float64).
     """
+    check_batch(logits, targets)
     probs = torch.softmax(logits.to(_compute_dtype(logits)), dim=1)
     p = probs.gather(1, targets.long().view(-1, 1)).squeeze(1)
     return probs, p
@@ -167,10 +180,7 @@ def _dm_parts(
     device), "native" (the fused CPU kernel of _native.py, the same function in one C call) or
     "auto" (native for CPU batches it is faster on, when it was built; torch otherwise).
     """
-    if logits.dim() != 2 or logits.shape[1] < 2:
-        raise ValueError(f"logits must have shape [batch, classes>=2], got {tuple(logits.shape)}")
-    if targets.shape != logits.shape[:1]:
-        raise ValueError(f"targets must have shape [{logits.shape[0]}], got {tuple(targets.shape)}")
+    check_batch(logits, targets)
     check_knobs(lam, beta)
     if kernel == "torch" or (kernel == "auto" and not _native.eligible(logits, targets)):
         return _dm_parts_torch(logits, targets, lam, beta)

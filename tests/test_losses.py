@@ -413,3 +413,42 @@ def test_a_compiled_training_step_with_dm_loss_keeps_dms_gradient(kernel):
     model.zero_grad()
     (model(x) * dm_logit_grad(z.detach(), y, 1.0, 8.0)).sum().backward()
     torch.testing.assert_close(compiled, model.weight.grad)
+
+
+@pytest.mark.parametrize("kernel", ["torch", "auto"])
+def test_float_or_bool_targets_and_empty_batches_are_refused_by_both_kernels(kernel):
+    """Float targets (1.7) were truncated to class 1 without a word; an empty batch raised the C
+    kernel's message on one path and gave a loss of -0 on the other."""
+    from dm_tune import DMLoss, dm_logit_grad, multiplier_logit_grad
+    from dm_tune._weighting import cce_multiplier
+
+    z = torch.randn(4, 3, requires_grad=True)
+    for bad in (torch.tensor([0.0, 1.7, 2.0, 0.0]), torch.tensor([True, False, True, False])):
+        with pytest.raises(TypeError, match=f"targets must be class indices of an integer dtype, got {bad.dtype}"):
+            DMLoss(kernel=kernel)(z, bad)
+        with pytest.raises(TypeError, match="class indices"):
+            dm_logit_grad(z, bad, 1.0, 8.0, kernel=kernel)
+        with pytest.raises(TypeError, match="class indices"):
+            multiplier_logit_grad(z, bad, cce_multiplier)
+    for targets in (torch.tensor([0, 1, 2, 0], dtype=torch.int32), torch.tensor([0, 1, 2, 0], dtype=torch.uint8)):
+        torch.testing.assert_close(dm_logit_grad(z, targets, 1.0, 8.0, kernel=kernel),
+                                   dm_logit_grad(z, targets.long(), 1.0, 8.0, kernel=kernel))
+    with pytest.raises(ValueError):
+        DMLoss(kernel=kernel)(torch.zeros(0, 3, requires_grad=True), torch.zeros(0, dtype=torch.long))
+
+
+def test_dm_loss_knobs_set_after_construction_are_checked_and_take_effect():
+    """lam = -1 set on a built loss gave a loss (the fused path checks nothing per call), and a
+    kernel set later was ignored (the choice was made once, in __init__)."""
+    from dm_tune import DMLoss
+
+    loss = DMLoss(1.0, 8.0)
+    for name, bad in (("lam", -1.0), ("lam", float("nan")), ("beta", float("inf")), ("kernel", "cuda")):
+        with pytest.raises(ValueError):
+            setattr(loss, name, bad)
+    assert (loss.lam, loss.beta, loss.kernel) == (1.0, 8.0, "auto")
+    loss.lam, loss.beta, loss.kernel = 0.5, 4.0, "torch"
+    z, y = torch.randn(6, 3, requires_grad=True), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss(z, y).backward()
+    assert z.grad.dtype == torch.float32 and not loss._fused and "kernel='torch'" in repr(loss)
+    torch.testing.assert_close(z.grad, DMLoss(0.5, 4.0, kernel="torch")._grad_share_display(z.detach(), y)[0])
