@@ -132,6 +132,22 @@ def parse(cls: type[T], values: Any, where: str = "") -> T:
         raise config_error(exc, cls, values, where) from None
 
 
+def config_errors(cls: type[T]) -> type[T]:
+    """Class decorator (above pydantic's ``dataclass``): ``cls(**values)``, and so
+    ``dataclasses.replace``, raise ConfigError as ``parse`` does, not pydantic's ValidationError."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise config_error(exc, cls, kwargs) from None
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
 @functools.cache
 def _adapter(cls: type[T]) -> TypeAdapter[T]:
     return TypeAdapter(cls)

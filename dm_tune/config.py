@@ -18,7 +18,7 @@ from pydantic.dataclasses import dataclass
 
 from dm_tune._names import (DATASET_NAMES, DATASET_ROOTS, DOWNLOADABLE, IMAGE_DATASETS, IMBALANCE_KINDS,
                             IMBALANCE_RATIO_MAX, METHOD_NAMES, MODEL_NAMES, NOISE_NAMES, PRETRAINABLE, STREAMED)
-from dm_tune._validate import CONFIG, Float, Int, Seed, in_range, one_of, parse, rule, violation
+from dm_tune._validate import CONFIG, Float, Int, Seed, config_errors, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import DEFAULT_EFFECTIVE_BETA
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 
@@ -42,6 +42,7 @@ Milestones = Annotated[tuple[Float, ...],
                        rule(_milestones_ok, "expected increasing fractions of the training budget in (0, 1)")]
 
 
+@config_errors
 @dataclass(frozen=True, config=CONFIG)
 class TrainConfig:
     # --- data ---------------------------------------------------------------------------

@@ -316,3 +316,17 @@ def test_yaml_numbers_and_booleans_are_read_by_yaml_1_2(tmp_path):
                                   ("epochs", "yes", "an integer"), ("lr", "1_0e-3", "a number")):
         with pytest.raises(ConfigError, match=f"{field}: '{value}' is not allowed; expected {allowed}"):
             TrainConfig.from_dict({field: value})
+
+
+def test_constructing_the_dataclass_raises_config_errors_too():
+    """TrainConfig(**values) and dataclasses.replace raised pydantic's ValidationError, which an
+    `except ConfigError` (what from_dict raises) missed, and a rule between fields lost its name."""
+    import dataclasses
+
+    with pytest.raises(ConfigError, match=r"^noise_rate: 0.4 is not allowed; must be 0 with noise 'none'$"):
+        TrainConfig(noise="none", noise_rate=0.4)
+    with pytest.raises(ConfigError, match=r"^nosie: 1 is not allowed; unknown field"):
+        TrainConfig(nosie=1)
+    with pytest.raises(ConfigError, match=r"^lam: -1 is not allowed"):
+        dataclasses.replace(TrainConfig(), lam=-1)
+    assert TrainConfig(noise_rate=0.3) == TrainConfig.from_dict({"noise_rate": 0.3})
