@@ -5,7 +5,16 @@ For every setting of a study-style YAML (its ``settings:`` matrix, ``training:``
 
 * ``dm-recommended``: DM with the recommended (lambda, beta) and class weighting;
 * ``cce``: plain cross-entropy;
-* ``imae``: DM with lambda 1, beta 8 (the paper's IMAE-like default).
+* ``imae``: DM with lambda 1, beta 8 (the paper's IMAE-like default);
+
+and, where the recommendation weights classes (class weighting not none), two more (``WEIGHTED_ARMS``):
+
+* ``cce-weighted`` and ``imae-weighted``: cce and imae with the recommended class weighting (and the
+  training's class_weighting_beta): rec - cce is what DM and the weighting add together, rec -
+  cce-weighted what DM adds beyond the weighting (which alone is worth many points on imbalanced data).
+
+A setting finished before validate trained the weighted arms (a progress line or validation.json of an
+older dm-tune) keeps its arms; the weighted ones it lacks are trained on resuming, on its seeds and data.
 
 The arms of one setting train together as populations (dm_tune.population), each on the same
 per-seed data (noise draw, validation split, imbalance), so differences are paired by seed.
@@ -50,6 +59,8 @@ ARMS = ("dm-recommended", "cce", "imae")
 PROGRESS_FILE = "validation.progress.jsonl"  # in --out while a validation runs
 LOCK_FILE = ".validate.lock"  # in --out: one validation writes there at a time
 BASELINE_ARMS = ("cce", "imae")
+# Trained where the recommendation weights classes: each baseline with the recommended class weighting.
+WEIGHTED_ARMS = {"cce-weighted": "cce", "imae-weighted": "imae"}
 IMAE_KNOBS = {"method": "dm", "lam": 1.0, "beta": 8.0}
 CONFIDENCE = 0.95  # of the paired t interval that decides "wins" / "loses" / "within noise"
 
@@ -97,7 +108,7 @@ def summarise(accuracies: Mapping[str, Mapping[int, float]], step: float = 0.0) 
         arms[arm] = {"mean": mean, "std": std, "n": len(finite)}
     rec = accuracies.get("dm-recommended", {})
     comparisons = {}
-    for base in BASELINE_ARMS:
+    for base in (*BASELINE_ARMS, *(w for w in WEIGHTED_ARMS if w in accuracies)):  # (weighted: where trained)
         c = paired_comparison(rec, accuracies.get(base, {}), step)
         c["did_not_finish"] = {"dm-recommended": c.pop("a_failed"), base: c.pop("b_failed")}
         comparisons[base] = c
@@ -128,11 +139,31 @@ def paired_comparison(a: Mapping[Any, float], b: Mapping[Any, float], step: floa
 def arm_overrides(rec: Any) -> dict[str, dict[str, Any]]:
     """TrainConfig fields of each arm for one recommendation."""
     # The recommended class weighting, "none" included, over whatever the config's training holds;
-    # the baselines unweighted, as the guidelines measured them.
+    # the baselines unweighted, as the guidelines measured them, and weighted as recommended.
+    weighting = str(getattr(rec, "class_weighting", "none"))
     recommended: dict[str, Any] = {"method": "dm", "lam": float(rec.lam), "beta": float(rec.beta),
-                                   "class_weighting": str(getattr(rec, "class_weighting", "none"))}
+                                   "class_weighting": weighting}
     return {"dm-recommended": recommended, "cce": {"method": "cce", "class_weighting": "none"},
-            "imae": {**IMAE_KNOBS, "class_weighting": "none"}}
+            "imae": {**IMAE_KNOBS, "class_weighting": "none"}, **weighted_overrides(weighting)}
+
+
+def weighted_overrides(weighting: str) -> dict[str, dict[str, Any]]:
+    """TrainConfig fields of the weighted baselines for a recommended class weighting (none: no arm)."""
+    if weighting in ("none", "None"):
+        return {}
+    return {"cce-weighted": {"method": "cce", "class_weighting": weighting},
+            "imae-weighted": {**IMAE_KNOBS, "class_weighting": weighting}}
+
+
+def missing_arms(entry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The weighted baselines a finished setting lacks (kept before validate trained them), by the
+    class weighting its dm-recommended arm trained with."""
+    arms = entry.get("arms")
+    knobs = arms.get("dm-recommended", {}).get("config") if isinstance(arms, Mapping) else None
+    if not isinstance(knobs, Mapping):
+        return {}
+    return {arm: o for arm, o in weighted_overrides(str(knobs.get("class_weighting", "none"))).items()
+            if arm not in arms}
 
 
 def _recommendation(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],
@@ -173,8 +204,8 @@ def validate_study(values: Any) -> Any:
     training = values.get("training")
     if isinstance(training, Mapping) and "class_weighting" in training:  # (ignored without a word)
         print(f"dm-tune: warning: training.class_weighting {training['class_weighting']!r} is ignored: validate "
-              "trains each arm with its own class weighting (dm-recommended the recommended one, cce and imae "
-              "none)", file=sys.stderr)
+              "trains each arm with its own class weighting (dm-recommended, cce-weighted and imae-weighted the "
+              "recommended one, cce and imae none)", file=sys.stderr)
         # (kept, so that a validation begun with it resumes: its settings' identities hold the training fields)
         return {**values, "baselines": list(BASELINE_ARMS), "search": {**search, "class_weighting": ["none"]}}
     return {**values, "baselines": list(BASELINE_ARMS), "search": {**search, "class_weighting": list(SCHEMES)}}
@@ -203,8 +234,11 @@ def _recommend_all(plan: list[tuple[Any, Any, list[int], str]], overrides: dict[
 
 
 def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],
-                   guidelines: dict[str, Any], quiet: bool, named: str = "the guidelines") -> dict[str, Any]:
-    """Recommend, then train every arm on every seed of one setting; the setting's JSON entry."""
+                   guidelines: dict[str, Any], quiet: bool, named: str = "the guidelines",
+                   earlier: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Recommend, then train every arm on every seed of one setting; the setting's JSON entry.
+    ``earlier``: the setting's entry, finished without some weighted arms (``missing_arms``): only
+    those train, on the same seeds and data, each recording the dm-tune that trained it."""
     from dm_tune.data import load_source, prepare
     from dm_tune.population import plan_populations, suggested_population_size, train_population
     from dm_tune.train import select_device
@@ -217,8 +251,8 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     source = load_source(base)
     datas = {s: prepare(base.replace(seed=s), source) for s in seeds}  # shared by the arms: paired
     first = datas[seeds[0]]
-    rec = _recommendation(study, setting, seeds, overrides, guidelines, named, first)
-    arms = arm_overrides(rec)
+    rec = None if earlier is not None else _recommendation(study, setting, seeds, overrides, guidelines, named, first)
+    arms = arm_overrides(rec) if earlier is None else missing_arms(earlier)
     members = [(arm, s, study.train_config(setting, **{**overrides, **knobs, "seed": s}))
                for arm, knobs in arms.items() for s in seeds]
     configs = [c for _, _, c in members]
@@ -238,6 +272,10 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
             runs[arm]["train_config"] = {k: v for k, v in r.config.items() if k not in ("seed", "data_seed")}
         runs[arm]["runs"].append({"seed": s, "test_acc": 100.0 * r.test_accuracy, "status": r.status,
                                   "val_acc": 100.0 * r.val_accuracy})
+    if earlier is not None:  # its arms kept as they were, the new ones beside them
+        runs = {**earlier["arms"], **{arm: {**a, "trained_by": _code()} for arm, a in runs.items()}}
+        examples = earlier.get("test_examples") or len(first.test)
+        return {**earlier, "arms": runs, "summary": summarise(final_accuracies(runs), 100.0 / examples)}
     return {"setting": setting.key, "seeds": list(seeds), "fields": setting.train_fields(),
             "trained_by": _code(), "num_classes": int(first.num_classes),
             "model": str(resolved.model), "recommendation": rec.to_dict(), "arms": runs,
@@ -364,12 +402,19 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
                        set(progress.done) if progress is not None else set())
     for one, setting, seeds_here, identity in plan:
         if progress is not None and identity in progress.done:
+            earlier = progress.done[identity]
+            missing = missing_arms(earlier)
             if not quiet:
-                other = _other_code(progress.done[identity])
+                other = _other_code(earlier)
                 print(f"{setting.key}: finished earlier ({progress.path.name}"
-                      + (f"; trained by {other}, not by this dm-tune" if other else "") + ")",
+                      + (f"; trained by {other}, not by this dm-tune" if other else "") + ")"
+                      + (f"; training the arms it lacks: {', '.join(missing)}" if missing else ""),
                       file=sys.stderr, flush=True)
-            settings.append({**progress.done[identity], "setting": label[identity]})  # named as in this run
+            if missing:  # kept before validate trained the weighted baselines
+                earlier = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet, guidelines_name,
+                                         earlier)
+                progress.add(identity, earlier)
+            settings.append({**earlier, "setting": label[identity]})  # named as in this run
             continue
         if not quiet:
             print(f"{setting.key}:", file=sys.stderr, flush=True)
@@ -380,13 +425,18 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
         settings.append(entry)
     tally = {base: {v: sum(1 for s in settings if s["summary"]["vs"][base]["verdict"] == v)
                     for v in ("wins", "within noise", "loses", "undetermined")} for base in BASELINE_ARMS}
+    weighted = [w for w in WEIGHTED_ARMS if any(w in s["summary"]["vs"] for s in settings)]
+    for base in weighted:  # over the settings whose recommendation weights classes
+        tally[base] = {v: sum(1 for s in settings if s["summary"]["vs"].get(base, {}).get("verdict") == v)
+                       for v in ("wins", "within noise", "loses", "undetermined")}
+        tally[base]["not compared"] = sum(1 for s in settings if base not in s["summary"]["vs"])
     return {"identities": [identity for *_, identity in plan],  # what it validated: the same inputs give the same
             "accuracy_unit": "percentage points (final-epoch test accuracy)",
             "verdict_rule": f"wins/loses when the paired {CONFIDENCE:.0%} t interval of the mean difference "
                             "excludes 0 (its std taken as at least one test example's worth), else within noise; "
                             "undetermined with fewer than 2 paired seeds; an arm that did not finish (diverged) "
                             "on a seed where the other did loses",
-            "arms": list(ARMS), "seeds": used, "settings": settings, "summary": tally}
+            "arms": [*ARMS, *weighted], "seeds": used, "settings": settings, "summary": tally}
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -421,13 +471,44 @@ def _knobs(s: Mapping[str, Any]) -> str:
     return f"λ {rec['lam']:.3g}, β {rec['beta']:.3g}" + ("" if weighting in (None, "none") else f", {weighting}")
 
 
+def _weights(s: Mapping[str, Any]) -> bool:
+    """Whether a setting's recommendation weights classes (its weighted baselines are due)."""
+    return s["recommendation"].get("class_weighting", "none") not in (None, "none") or any(
+        w in s["arms"] for w in WEIGHTED_ARMS)
+
+
 def table_rows(doc: Mapping[str, Any]) -> list[list[str]]:
-    rows = [["setting", "recommended", *ARMS, "rec − cce", "rec − imae"]]
+    """The table's rows; the weighted baselines' columns where a setting's recommendation weights
+    classes ("—" in a setting whose does not; "not trained" in one kept before validate trained them)."""
+    weighted = list(WEIGHTED_ARMS) if any(_weights(s) for s in doc["settings"]) else []
+    rows = [["setting", "recommended", *ARMS, *weighted, *(f"rec − {b}" for b in (*BASELINE_ARMS, *weighted))]]
     for s in doc["settings"]:
         summ = s["summary"]
+        absent = "not trained" if _weights(s) else "—"
         rows.append([s["setting"], _knobs(s), *(_acc(summ["arms"][a], len(s["arms"][a]["runs"])) for a in ARMS),
-                     _diff(summ["vs"]["cce"]), _diff(summ["vs"]["imae"])])
+                     *(_acc(summ["arms"][a], len(s["arms"][a]["runs"])) if a in s["arms"] else absent
+                       for a in weighted),
+                     *(_diff(summ["vs"][b]) if b in summ["vs"] else absent for b in (*BASELINE_ARMS, *weighted))])
     return rows
+
+
+def tally_text(doc: Mapping[str, Any]) -> str:
+    """How many settings the recommendation wins, is within noise of, loses to, per comparison; ""
+    where no setting has the weighted baselines (the table says all)."""
+    settings = doc["settings"]
+    weighted = [w for w in WEIGHTED_ARMS if any(w in s["summary"]["vs"] for s in settings)]
+    if not weighted:
+        return ""
+
+    def count(base: str) -> str:
+        verdicts = [s["summary"]["vs"][base].get("verdict") for s in settings if base in s["summary"]["vs"]]
+        said = ", ".join(f"{v} {verdicts.count(v)}" for v in ("wins", "within noise", "loses", "undetermined")
+                         if verdicts.count(v) or v != "undetermined")
+        what = (f"{base} (the recommended class weighting; the {len(verdicts)} setting(s) that weight classes)"
+                if base in WEIGHTED_ARMS else f"{base} (unweighted; all {len(verdicts)} setting(s))")
+        return f"rec − {what}: {said}"
+
+    return "Settings per comparison: " + "; ".join(count(b) for b in (*BASELINE_ARMS, *weighted)) + "."
 
 
 def to_markdown(doc: Mapping[str, Any]) -> str:
@@ -442,16 +523,32 @@ def to_markdown(doc: Mapping[str, Any]) -> str:
              f"differences paired by seed. Verdict: {doc['verdict_rule']}. {md_text(_budget_text(doc))}", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows[1:]]
+    if any(_weights(s) for s in doc["settings"]):
+        lines += ["", "cce-weighted and imae-weighted: cce and imae trained with the recommendation's class "
+                      "weighting, where it weights classes (— where it does not). rec − cce is what the "
+                      "recommendation (DM and its class weighting) adds over plain CCE; rec − cce-weighted and "
+                      "rec − imae-weighted what DM adds beyond the class weighting."]
+        if tally := tally_text(doc):
+            lines += ["", md_text(tally)]
     warnings = [f"- {md_text(s['setting'])}: {md_text(w)}" for s in doc["settings"]
                 for w in s["recommendation"].get("warnings", [])]
     if warnings:
         lines += ["", "Warnings of the recommendations:", "", *warnings]
-    if len({json.dumps(s.get("trained_by"), sort_keys=True) for s in doc["settings"]}) > 1:
+    if len({json.dumps(code, sort_keys=True) for s in doc["settings"] for code in _codes(s).values()}) > 1:
         lines += ["", "The settings were trained by more than one dm-tune (an earlier run's progress, resumed "
                       "after dm-tune changed):", "",
                   *(f"- {md_text(s['setting'])}: {md_text(_code_text(s.get('trained_by')))}"
+                    + "".join(f"; its {arm} by {md_text(_code_text(code))}" for arm, code in _codes(s).items() if arm)
                     for s in doc["settings"])]
     return "\n".join(lines) + "\n"
+
+
+def _codes(s: Mapping[str, Any]) -> dict[str, Any]:
+    """Which dm-tune trained a setting (key ""), and each arm trained later by another (resumed)."""
+    arms = s.get("arms") if isinstance(s.get("arms"), Mapping) else {}
+    return {"": s.get("trained_by"), **{arm: a["trained_by"] for arm, a in arms.items()
+                                        if isinstance(a, Mapping) and "trained_by" in a
+                                        and a["trained_by"] != s.get("trained_by")}}
 
 
 def _code_text(was: Any) -> str:
@@ -497,6 +594,12 @@ def _seeds_text(doc: Mapping[str, Any]) -> str:
     return "seeds " + ", ".join(map(str, next(iter(per.values()), doc["seeds"])))
 
 
+def _terminal_table(doc: Mapping[str, Any]) -> str:
+    """The table, and the tally per comparison where there are weighted baselines."""
+    tally = tally_text(doc)
+    return _plain_table(table_rows(doc)) + (f"\n{tally}" if tally else "")
+
+
 def _plain_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -510,7 +613,9 @@ def add_validate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "validate", help="train the guidelines' recommendations against CCE and IMAE on a study's settings",
         description="For each setting of a study YAML, recommend DM's knobs from a guidelines file, train "
-                    "dm-recommended, cce and imae on every seed and compare final test accuracies paired by seed.")
+                    "dm-recommended, cce and imae on every seed (and, where the recommendation weights classes, "
+                    "cce-weighted and imae-weighted: cce and imae with that weighting) and compare final test "
+                    "accuracies paired by seed.")
     p.add_argument("--config", required=True, action="append", type=path_argument,
                    help="study YAML: settings:, training: and seeds: are used; repeatable (settings of each file)")
     p.add_argument("--guidelines", metavar="FILE", type=path_argument,
@@ -579,7 +684,7 @@ def validate_command(args: argparse.Namespace) -> int:
                                "wait for it to end or use another --out"):
         remove_write_leftovers(out, ("validation.json", "validation.md"))
         if (done := _finished_here(args, out, [identity for *_, identity in plan])) is not None:
-            print(_plain_table(table_rows(done)))
+            print(_terminal_table(done))
             print(f"validation.json: {out / 'validation.json'} (this validation, finished earlier: nothing trained)\n"
                   f"validation.md: {out / 'validation.md'}")
             return 0
@@ -625,6 +730,18 @@ def _finished_here(args: argparse.Namespace, out: Path, identities: list[str]) -
             doc = json.loads(doc_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             doc = None
+        if isinstance(doc, dict) and doc.get("identities") == identities and _lacking(doc):
+            # Finished before validate trained the weighted baselines: its settings are kept as
+            # progress (those not there already), and the arms they lack train.
+            kept = Progress(progress)
+            for identity, entry in zip(identities, doc.get("settings") or []):
+                if identity not in kept.done and isinstance(entry, dict):
+                    kept.add(identity, entry)
+            if not args.quiet:
+                print(f"{doc_path}: this validation, finished before validate trained cce and imae with the "
+                      f"recommended class weighting: {_lacking(doc)} setting(s) lack them; they train now, the rest "
+                      "is kept", file=sys.stderr, flush=True)
+            return None
         if isinstance(doc, dict) and doc.get("identities") == identities:
             # A stop between writing validation.json and the end left validation.md unwritten, or
             # the progress file in place.
@@ -642,6 +759,12 @@ def _finished_here(args: argparse.Namespace, out: Path, identities: list[str]) -
     return None
 
 
+def _lacking(doc: Mapping[str, Any]) -> int:
+    """How many settings of a validation document lack weighted baselines they are due."""
+    settings = doc.get("settings")
+    return sum(1 for s in settings if isinstance(s, Mapping) and missing_arms(s)) if isinstance(settings, list) else 0
+
+
 def _validate_into(args: argparse.Namespace, studies: list[Any], seeds: list[int] | None, path: Path,
                    guidelines: dict[str, Any], out: Path) -> int:
     """The validation proper, run while this process holds ``out``."""
@@ -653,7 +776,7 @@ def _validate_into(args: argparse.Namespace, studies: list[Any], seeds: list[int
     write_output(out / "validation.json", json_text(doc))
     write_output(out / "validation.md", to_markdown(doc))
     progress.release()  # this validation's settings are all in validation.json now
-    print(_plain_table(table_rows(doc)))
+    print(_terminal_table(doc))
     print(f"validation.json: {out / 'validation.json'}\nvalidation.md: {out / 'validation.md'}")
     return 0
 

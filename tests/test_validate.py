@@ -91,6 +91,26 @@ def test_a_difference_the_same_on_every_seed_is_judged_at_the_test_sets_resoluti
                      step)["vs"]["cce"]["verdict"] == "wins"
 
 
+def test_a_weighting_recommendation_is_compared_with_the_baselines_weighted_alike_too():
+    """Inverse weighting alone was worth 55 points on a 40:1 long tail: DM "won" by the weighting,
+    which cce and imae never had. Where the recommendation weights classes, cce and imae train with
+    its weighting too (cce-weighted, imae-weighted), and DM is compared with them as well."""
+    plain = arm_overrides(SimpleNamespace(lam=1.5, beta=12.0, class_weighting="none"))
+    assert list(plain) == ["dm-recommended", "cce", "imae"]  # nothing weighted: no more arms
+    arms = arm_overrides(SimpleNamespace(lam=1, beta=2, class_weighting="effective-number"))
+    assert arms["cce-weighted"] == {"method": "cce", "class_weighting": "effective-number"}
+    assert arms["imae-weighted"] == {"method": "dm", "lam": 1.0, "beta": 8.0, "class_weighting": "effective-number"}
+    rec, cce = {0: 77.67, 1: 76.67}, {0: 22.0, 1: 21.67}
+    out = summarise({"dm-recommended": rec, "cce": cce, "imae": cce, "cce-weighted": {0: 77.67, 1: 76.33},
+                     "imae-weighted": {0: 70.0, 1: 71.0}}, 100 / 300)
+    assert out["vs"]["cce"]["verdict"] == "wins"  # the weighting's gain, and DM's
+    assert out["vs"]["cce-weighted"]["mean_diff"] == pytest.approx(0.17)
+    assert out["vs"]["cce-weighted"]["verdict"] == "within noise"  # DM's own: nothing
+    assert out["vs"]["cce-weighted"]["did_not_finish"] == {"dm-recommended": [], "cce-weighted": []}
+    assert out["vs"]["imae-weighted"]["mean_diff"] == pytest.approx(6.67)
+    assert "cce-weighted" not in summarise({"dm-recommended": rec, "cce": cce, "imae": cce})["vs"]
+
+
 def _runs(acc_by_seed):
     return {"runs": [{"seed": s, "test_acc": a, "status": "finished", "val_acc": a} for s, a in acc_by_seed.items()]}
 
@@ -107,6 +127,7 @@ def test_each_arm_trains_with_its_own_class_weighting_whatever_the_config_says()
                      "imae": {"method": "dm", "lam": 1.0, "beta": 8.0, "class_weighting": "none"}}
     weighted = arm_overrides(SimpleNamespace(lam=1, beta=2, class_weighting="sqrt-inverse"))
     assert weighted["dm-recommended"]["class_weighting"] == "sqrt-inverse"
+    assert weighted["cce"]["class_weighting"] == weighted["imae"]["class_weighting"] == "none"
     training = {"dataset": "digits", "class_weighting": "inverse"}  # the config's
     trained = {arm: TrainConfig.from_dict({**training, **o}).class_weighting for arm, o in plain.items()}
     assert trained == {"dm-recommended": "none", "cce": "none", "imae": "none"}
@@ -151,6 +172,9 @@ def test_validate_trains_every_arm_on_every_seed(tmp_path, capsys, guidelines):
     doc = json.loads((out / "validation.json").read_text())
     assert doc["arms"] == ["dm-recommended", "cce", "imae"] and doc["seeds"] == [0, 1]
     (setting,) = doc["settings"]
+    assert setting["recommendation"]["class_weighting"] == "none"
+    assert list(setting["arms"]) == doc["arms"] and list(setting["summary"]["vs"]) == ["cce", "imae"]
+    assert list(doc["summary"]) == ["cce", "imae"] and "weighted" not in printed
     assert setting["setting"] == "digits-symmetric0.3-default" and setting["num_classes"] == 10
     rec = setting["recommendation"]
     assert {"lam", "beta", "psi", "rho", "evidence"} <= rec.keys()
@@ -272,6 +296,123 @@ def test_the_recommended_class_weighting_is_trained(tmp_path, guidelines, monkey
     assert arms["cce"]["train_config"]["class_weighting"] == "none"
     assert arms["imae"]["train_config"]["class_weighting"] == "none"
     assert "sqrt-inverse" in (out / "validation.md").read_text()
+
+
+def _weighting_recommended(monkeypatch, weighting="sqrt-inverse"):
+    import dm_tune.reports._recommend as recommend_module
+
+    real = recommend_module.recommend
+
+    def weighted(*args, **kwargs):
+        rec = real(*args, **kwargs)
+        fields = {**rec.to_dict(), "class_weighting": weighting}
+        return SimpleNamespace(**fields, to_dict=lambda: fields)
+
+    monkeypatch.setattr(recommend_module, "recommend", weighted)
+
+
+def test_a_recommended_class_weighting_trains_the_baselines_with_it_too(tmp_path, capsys, guidelines, monkeypatch):
+    """DM with a class weighting against unweighted baselines measures the weighting as much as DM:
+    cce-weighted and imae-weighted train with the recommended one, paired, and DM is compared with them."""
+    _weighting_recommended(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["validate", "--config", str(write_config(tmp_path)), "--guidelines", guidelines,
+                 "--out", str(out), "--quiet", "--epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "validation.json").read_text())
+    assert doc["arms"] == ["dm-recommended", "cce", "imae", "cce-weighted", "imae-weighted"]
+    (setting,) = doc["settings"]
+    arms = setting["arms"]
+    assert arms["cce-weighted"]["config"] == {"method": "cce", "class_weighting": "sqrt-inverse"}
+    assert arms["imae-weighted"]["config"] == {"method": "dm", "lam": 1.0, "beta": 8.0,
+                                               "class_weighting": "sqrt-inverse"}
+    for arm, (method, weighting) in {"cce": ("cce", "none"), "imae": ("dm", "none"),
+                                     "cce-weighted": ("cce", "sqrt-inverse"),
+                                     "imae-weighted": ("dm", "sqrt-inverse")}.items():
+        trained = arms[arm]["train_config"]
+        assert (trained["method"], trained["class_weighting"]) == (method, weighting)
+        assert trained == {**arms[arm.split("-")[0]]["train_config"], "class_weighting": weighting}  # only that
+        assert [r["seed"] for r in arms[arm]["runs"]] == [0, 1]
+    acc = {arm: {r["seed"]: r["test_acc"] for r in a["runs"]} for arm, a in arms.items()}
+    for base in ("cce", "imae", "cce-weighted", "imae-weighted"):  # paired by seed, each against its own arm
+        diffs = [acc["dm-recommended"][s] - acc[base][s] for s in (0, 1)]
+        assert setting["summary"]["vs"][base]["mean_diff"] == pytest.approx(sum(diffs) / 2)
+    assert doc["summary"]["cce-weighted"]["not compared"] == 0 and sum(doc["summary"]["cce-weighted"].values()) == 1
+    md = (out / "validation.md").read_text()
+    assert ("| setting | recommended | dm-recommended | cce | imae | cce-weighted | imae-weighted | rec − cce | "
+            "rec − imae | rec − cce-weighted | rec − imae-weighted |") in md
+    assert "what DM adds beyond the class weighting" in md
+    assert "rec − cce-weighted (the recommended class weighting; the 1 setting(s) that weight classes): " in md
+    assert "rec − cce (unweighted; all 1 setting(s)): " in md
+    assert "rec − cce-weighted" in printed and "rec − imae-weighted (the recommended class weighting" in printed
+    # an unweighted setting beside it: its weighted cells say there is nothing to compare
+    plain = {**setting, "setting": "plain", "recommendation": {**setting["recommendation"], "class_weighting": "none"},
+             "arms": {a: arms[a] for a in ("dm-recommended", "cce", "imae")},
+             "summary": {**setting["summary"], "vs": {b: setting["summary"]["vs"][b] for b in ("cce", "imae")}}}
+    row = next(line for line in to_markdown({**doc, "settings": [setting, plain]}).splitlines()
+               if line.startswith("| plain |"))
+    cells = row.strip("|").split(" | ")
+    assert cells[5:7] == ["—", "—"] and cells[-2:] == ["—", "— "] and "(within noise)" in cells[7] + cells[-3]
+    assert "the 1 setting(s) that weight classes" in to_markdown({**doc, "settings": [setting, plain]})
+
+
+def test_a_validation_finished_before_the_weighted_baselines_resumes_with_them(tmp_path, capsys, guidelines,
+                                                                              monkeypatch):
+    """A validation.json or progress line of an older dm-tune, whose weighted setting has no
+    cce-weighted and imae-weighted: read and rendered as it is, and on resuming only those arms train
+    (its own arms kept as they were), paired on its seeds."""
+    from dm_tune.validate import PROGRESS_FILE
+
+    _weighting_recommended(monkeypatch, "inverse")
+    out = tmp_path / "out"
+    argv = ["validate", "--config", str(write_config(tmp_path)), "--guidelines", guidelines, "--out", str(out),
+            "--epochs", "1", "--seeds", "0,1"]
+    assert main([*argv, "--quiet"]) == 0
+    new = json.loads((out / "validation.json").read_text())
+    (setting,) = new["settings"]
+    old_arms = {a: setting["arms"][a] for a in ("dm-recommended", "cce", "imae")}
+    old_arms["dm-recommended"]["runs"][0]["test_acc"] = 12.5  # marked: kept, not trained again
+    old = {**setting, "arms": old_arms, "trained_by": {"dm_tune": "0.0.9", "git_commit": "abc123"},
+           "summary": {**setting["summary"], "vs": {b: setting["summary"]["vs"][b] for b in ("cce", "imae")}}}
+    old_doc = {**new, "arms": ["dm-recommended", "cce", "imae"], "settings": [old],
+               "summary": {b: new["summary"][b] for b in ("cce", "imae")}}
+    md = to_markdown(old_doc)  # rendered as it is (a report's --validation): the arms it lacks said so
+    assert "| not trained | not trained |" in md and "rec − cce-weighted" in md
+    capsys.readouterr()
+    for kept in ("validation.json", PROGRESS_FILE):
+        (out / "validation.md").unlink()
+        if kept == "validation.json":
+            (out / "validation.json").write_text(json.dumps(old_doc))
+        else:
+            (out / "validation.json").unlink()
+            (out / PROGRESS_FILE).write_text(json.dumps({"identity": new["identities"][0], "setting": old}) + "\n")
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        assert ("digits-symmetric0.3-default: finished earlier (validation.progress.jsonl; trained by dm-tune 0.0.9 "
+                "at commit abc123, not by this dm-tune); training the arms it lacks: cce-weighted, imae-weighted\n"
+                in err), kept
+        assert ("finished before validate trained cce and imae with the recommended class weighting: 1 setting(s) "
+                "lack them" in err) == (kept == "validation.json")
+        doc = json.loads((out / "validation.json").read_text())
+        (s,) = doc["settings"]
+        assert doc["arms"] == new["arms"] and not (out / PROGRESS_FILE).exists()
+        assert {a: s["arms"][a] for a in old_arms} == old_arms  # kept as they were
+        assert s["arms"]["cce-weighted"]["train_config"]["class_weighting"] == "inverse"
+        assert s["arms"]["imae-weighted"]["train_config"]["class_weighting"] == "inverse"
+        assert [r["seed"] for r in s["arms"]["imae-weighted"]["runs"]] == [0, 1]
+        rec0 = 12.5 - s["arms"]["cce-weighted"]["runs"][0]["test_acc"]
+        rec1 = old_arms["dm-recommended"]["runs"][1]["test_acc"] - s["arms"]["cce-weighted"]["runs"][1]["test_acc"]
+        assert s["summary"]["vs"]["cce-weighted"]["mean_diff"] == pytest.approx((rec0 + rec1) / 2)
+        assert s["summary"]["vs"]["cce"]["mean_diff"] == pytest.approx(
+            (12.5 + old_arms["dm-recommended"]["runs"][1]["test_acc"]
+             - sum(r["test_acc"] for r in old_arms["cce"]["runs"])) / 2)
+        # trained by the same data as before: the arms the first run trained come out the same
+        assert s["arms"]["cce-weighted"]["runs"] == setting["arms"]["cce-weighted"]["runs"]
+        md = (out / "validation.md").read_text()
+        assert "| not trained |" not in md and "- digits-symmetric0.3-default: dm-tune 0.0.9 at commit abc123; its " \
+            "cce-weighted by dm-tune " in md  # which dm-tune trained which arms
+    assert main(argv) == 0  # finished, with them: nothing trained
+    assert "(this validation, finished earlier: nothing trained)" in capsys.readouterr().out
 
 
 def test_guidelines_that_never_end_are_one_line(tmp_path):
