@@ -31,9 +31,12 @@ def _peak_exponent(lam: float) -> float:
 
 
 def mode_from_lambda(lam: float) -> float:
-    """Emphasis mode psi = lam / (1 + lam)."""
+    """Emphasis mode psi = lam / (1 + lam), in [0, 1) (a lam so large that psi rounds to 1 is refused)."""
     _peak_exponent(lam)  # validates lam
-    return lam / (1.0 + lam)
+    psi = lam / (1.0 + lam)
+    if psi >= 1.0:
+        raise ValueError(f"lam {lam!r} is too large: its mode lam / (1 + lam) rounds to 1")
+    return psi
 
 
 def lambda_from_mode(psi: float) -> float:
@@ -43,11 +46,20 @@ def lambda_from_mode(psi: float) -> float:
     return psi / (1.0 - psi)
 
 
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
 def rho_from_beta(beta: float, lam: float) -> float:
     """Log-spread rho = beta * lam^lam / (1 + lam)^(1 + lam)."""
-    return beta * _peak_exponent(lam)
+    return _finite("beta", beta) * _peak_exponent(lam)  # (at most beta: the exponent is at most 1)
 
 
 def beta_from_rho(rho: float, lam: float) -> float:
-    """beta = rho * (1 + lam)^(1 + lam) / lam^lam."""
-    return rho / _peak_exponent(lam)
+    """beta = rho * (1 + lam)^(1 + lam) / lam^lam (a rho and lam whose beta overflows are refused)."""
+    beta = _finite("rho", rho) / _peak_exponent(lam)
+    if not math.isfinite(beta):
+        raise ValueError(f"beta = rho (1 + lam)^(1 + lam) / lam^lam overflows for rho {rho!r}, lam {lam!r}")
+    return beta

@@ -70,6 +70,8 @@ def make_sampler(name: str, space: Mapping[str, Any], seed: int, num_samples: in
 
     import optuna
 
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
     with warnings.catch_warnings():
         # Optuna 3.6-4.x call the TPE's multivariate and constant-liar arguments and the GP sampler
         # experimental, in four lines on every search's stderr; the samplers are used as they are.

@@ -9,7 +9,7 @@ A space is a plain JSON-serialisable dict ``{param: spec}`` with spec one of
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dm_tune._param import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
@@ -45,10 +45,14 @@ EXTRA_KNOBS: dict[str, dict[str, Any]] = {
 }
 
 
-def get_space(name: str, extra_knobs: tuple[str, ...] = ()) -> Space:
-    """A copy of space ``name`` with the given extra knobs added."""
+def get_space(name: str, extra_knobs: str | Sequence[str] = ()) -> Space:
+    """A copy of space ``name`` with the given extra knobs added (a name or a sequence of names)."""
+    if name not in SPACES:
+        raise ValueError(f"space {name!r}: expected one of {', '.join(SPACES)}")
     space = copy.deepcopy(SPACES[name])
-    for knob in extra_knobs:
+    for knob in (extra_knobs,) if isinstance(extra_knobs, str) else extra_knobs:  # ("lr" was 'l', 'r')
+        if knob not in EXTRA_KNOBS:
+            raise ValueError(f"extra knob {knob!r}: expected one of {', '.join(EXTRA_KNOBS)}")
         space[knob] = dict(EXTRA_KNOBS[knob])
     return space
 
@@ -93,7 +97,12 @@ class define_by_run:  # noqa: N801 - used like a function; a class so that it pi
 
 def to_lam_beta(params: Mapping[str, Any]) -> dict[str, float]:
     """DM's (lam, beta) and (psi, rho) from a sampled point of any space."""
-    if "psi" in params:
+    pair = ("psi", "rho") if "psi" in params or "rho" in params else ("lam", "beta")
+    missing = [k for k in pair if k not in params]
+    if missing:
+        raise ValueError(f"a DM point has {' and '.join(pair)} (or the other pair); {', '.join(missing)} missing "
+                         f"in {dict(params)!r}")
+    if pair[0] == "psi":
         lam = lambda_from_mode(float(params["psi"]))
         beta = beta_from_rho(float(params["rho"]), lam)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -98,3 +99,18 @@ def test_invalid_lambda(lam):
 def test_invalid_mode(psi):
     with pytest.raises(ValueError):
         lambda_from_mode(psi)
+
+
+def test_the_conversions_refuse_what_is_not_a_finite_point():
+    """rho or beta nan/inf passed through, beta_from_rho(4, 1e308) returned inf, and
+    mode_from_lambda(1e300) returned 1.0, a mode lambda_from_mode then refused."""
+    from dm_tune import beta_from_rho, mode_from_lambda, rho_from_beta
+
+    for f, args, words in [(beta_from_rho, (float("nan"), 1.0), "rho must be a finite number, got nan"),
+                           (beta_from_rho, (float("inf"), 1.0), "rho must be a finite number, got inf"),
+                           (rho_from_beta, (float("nan"), 1.0), "beta must be a finite number, got nan"),
+                           (beta_from_rho, (4.0, 1e308), "overflows for rho 4.0, lam 1e+308"),
+                           (mode_from_lambda, (1e300,), "lam 1e+300 is too large")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            f(*args)
+    assert beta_from_rho(4.0, 1.0) == 16.0 and rho_from_beta(16.0, 1.0) == 4.0 and rho_from_beta(0.0, 2.0) == 0.0

@@ -1127,3 +1127,12 @@ def test_a_search_of_the_papers_setting_starts_at_the_papers_own_choice(space):
     for dataset in ("cifar100", "digits"):
         setting = Setting(dataset, "symmetric", 0.4, "none", 1.0, None)
         assert _warm_points(get_space(space), setting) == general
+
+
+def test_dm_trainable_given_a_plain_search_space_says_what_it_takes():
+    """A user's {lam, beta} param_space failed in the trial with a bare KeyError: 'specs'."""
+    from dm_tune.trainables import TrialRuntime, dm_trainable
+
+    with pytest.raises(ValueError, match=r"dm_trainable's config is \{'specs': \[TrialSpec.to_dict\(\), \.\.\.\]\}.*"
+                                         r"not \['beta', 'lam'\]"):
+        dm_trainable({"lam": 1.0, "beta": 8.0}, {}, TrialRuntime())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import optuna
 import pytest
@@ -163,3 +164,19 @@ def test_shipped_studies_run_sl_with_the_authors_values_for_their_dataset():
             checked.append(setting.dataset)
     assert {"cifar10", "cifar100"} <= set(checked)
     assert SL_OFFICIAL["cifar10"] == {"sl_mu": TrainConfig().sl_mu, "sl_nu": TrainConfig().sl_nu}
+
+
+def test_the_public_helpers_refuse_unknown_names_in_one_clear_line():
+    """get_space('decoupled', extra_knobs='lr') iterated over 'l' and 'r' (KeyError: 'l'); unknown
+    names and a half point were bare KeyErrors."""
+    from dm_tune.search_spaces import make_sampler, to_lam_beta
+
+    assert set(get_space("decoupled", "lr")) == {"psi", "rho", "lr"}
+    for call, words in [(lambda: get_space("spherical"), "space 'spherical': expected one of decoupled"),
+                        (lambda: get_space("decoupled", ("momentum",)), "extra knob 'momentum': expected one of lr"),
+                        (lambda: make_sampler("annealing", get_space("decoupled"), 0, 4),
+                         "sampler 'annealing': expected one of tpe"),
+                        (lambda: to_lam_beta({"psi": 0.5}), "a DM point has psi and rho (or the other pair); rho "
+                                                            "missing")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            call()

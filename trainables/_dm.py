@@ -172,6 +172,10 @@ def dm_trainable(config: Mapping[str, Any], base: Mapping[str, Any], runtime: Tr
     from dm_tune.population import train_population
 
     torch.set_num_threads(runtime.cpus)
+    if not isinstance(config.get("specs"), (list, tuple)) or not config["specs"]:
+        raise ValueError("dm_trainable's config is {'specs': [TrialSpec.to_dict(), ...]} (one per member, e.g. "
+                         "{'setting': 'mine', 'stage': 'search', 'seed': 0, 'overrides': {'method': 'dm', 'lam': 1.0, "
+                         f"'beta': 8.0}}}}), not {sorted(config)}: wrap a trainable of your own around it")
     specs = [TrialSpec.from_dict(d) for d in config["specs"]]
     configs = [TrainConfig.from_dict(spec.train_values(base)) for spec in specs]
     datas = [prepare(c, source) for c in configs]  # each seed its own noise draw and validation split
