@@ -416,8 +416,19 @@ def recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_type
     """The surface's best (psi, rho, class weighting) for a setting, its near-best and plausible
     regions, the predicted gain over CCE with a 95% interval, the settings it leans on, warnings.
 
-    The point maximises mean - CAUTION x std over the grid (a cautious optimum); the region holds
-    the cells whose predicted mean is within WITHIN_POINTS of the point's, the plausible region
+    The predicted mean is capped at the highest measured best gain (``best_gain``: the arm the
+    per-setting analysis chose, confirmed where one was) of the settings it leans on: a GP whose
+    noise is small against its signal extends a steep slope into a cell nobody ran (every arm of
+    two settings lost to CCE, by 8.3 and 14.6 points, and the surface promised +3.8 [-6.8, +14.3]
+    there). Their measured best, not a search arm's mean (the best of many on a seed or two: the
+    winner's curse), is what the evidence says the setting reaches; the interval moves down with
+    the mean (its width, the surface's uncertainty at the point, stays), and a warning says so.
+
+    The point maximises mean - CAUTION x std over the grid (a cautious optimum), each cell's mean
+    first capped at the highest the surface predicts, for this setting, at a (psi, rho) its arms of
+    that class weighting ran: no cell wins on a slope extended past the arms (the setting features
+    still carry a trend across noise rates, which leave-one-setting-out checks). The region holds
+    the cells whose capped mean is within WITHIN_POINTS of the point's, the plausible region
     those whose 95% upper bound reaches that. For a dataset that was not measured (or none named)
     the prediction is the average over the measured datasets, and their disagreement adds to the
     variance (a new dataset is like one of them, which one unknown). A surface whose numbers
@@ -445,24 +456,40 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     psis, rhos = grid(surface)
     schemes = enc["class_weightings"] if imbalance != "none" else ["none"]  # balanced: every scheme is none
     cells = [(cw, p, r) for cw in schemes for p in psis for r in rhos]
-    X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in cells], enc)
+    ran = [(cw, p, r) for cw, p, r in _ran(model) if cw in schemes]
+    every = cells + ran  # the grid, then the configurations the arms ran (predicted here, never candidates)
+    X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in every], enc)
     mixture = not base["dataset"] and any(f.startswith("dataset=") for f in enc["features"])
-    rows = ([features([{**base, "dataset": name, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in cells],
+    rows = ([features([{**base, "dataset": name, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in every],
                       enc) for name in enc["datasets"]] if mixture else [X])
     parts = [gp_posterior(model, x) for x in rows]
     means = np.array([m for m, _, _ in parts])
-    mean = means.mean(axis=0)  # a dataset not measured: like one of them, which one unknown
+    raw = means.mean(axis=0)  # a dataset not measured: like one of them, which one unknown
     std, own = (np.sqrt(np.mean([p[k] ** 2 for p in parts], axis=0) + means.var(axis=0)) for k in (1, 2))
+    n = len(cells)
+    ceiling = {cw: max((float(v) for (c, _, _), v in zip(ran, raw[n:]) if c == cw), default=math.inf)
+               for cw in schemes}
+    X, raw, std, own = X[:n], raw[:n], std[:n], own[:n]
+    # No cell is chosen for a gain above the best its class weighting's arms are predicted here.
+    mean = np.minimum(raw, [ceiling[c] for c, _, _ in cells])
     score = mean - CAUTION * std
     best_of = {cw: max(float(v) for (c, _, _), v in zip(cells, score) if c == cw) for cw in schemes}
     top = max(best_of, key=lambda cw: best_of[cw])
     chosen = top if top == "none" or "none" not in best_of or best_of[top] - best_of["none"] >= CW_MIN_GAIN else "none"
     mine = np.array([c == chosen for c, _, _ in cells])
     i = int(np.argmax(np.where(mine, score, -np.inf)))
-    best, sd, unsure = float(mean[i]), float(std[i]), float(own[i])
-    near = mine & (mean >= best - WITHIN_POINTS - 1e-9)
-    plausible = mine & (mean + Z95 * std >= best - WITHIN_POINTS - 1e-9)
+    # (leans_on compares setting features alone, x's knobs copied: the same settings at every cell)
+    leaned = leans_on(surface, X[i])
+    top_measured = max(leaned, key=lambda s: s["best_gain"])
+    cap = float(top_measured["best_gain"])
+    best, sd, unsure = min(float(mean[i]), cap), float(std[i]), float(own[i])
+    near = mine & (mean >= float(mean[i]) - WITHIN_POINTS - 1e-9)
+    plausible = mine & (mean + Z95 * std >= float(mean[i]) - WITHIN_POINTS - 1e-9)
     _, psi, rho = cells[i]
+    if float(mean[i]) > cap + 0.05:  # (a difference the printed tenths show)
+        warnings.append(f"the surface predicted {float(mean[i]):+.1f} points here, above every measured best of the "
+                        f"settings it leans on: capped at the highest, {cap:+.1f} ({top_measured['setting']}), its "
+                        "interval moved down with it")
     m = max((m for m in surface["settings"] if _is_query(m, base, dataset)), key=lambda m: m["best_gain"],
             default=None)
     if m is not None and best > m["best_gain"] + WITHIN_POINTS:
@@ -484,7 +511,16 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
                        "within_points": WITHIN_POINTS},
             "predicted_gain": {"mean": best, "low": best - Z95 * sd, "high": best + Z95 * sd, "level": 0.95,
                                "metric": "final validation accuracy, points over CCE"},
-            "predicted_std": sd, "surface_std": unsure, "leans_on": leans_on(surface, X[i]), "warnings": warnings}
+            "predicted_std": sd, "surface_std": unsure, "leans_on": leaned, "warnings": warnings}
+
+
+def _ran(model: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """The distinct (class weighting, psi, rho) the surface's arms ran, from its training features."""
+    names = model["feature_names"]
+    cws = [(j, name[3:]) for j, name in enumerate(names) if name.startswith("cw=")]
+    out = {(next((cw for j, cw in cws if x[j] == 1.0), "none"), float(x[names.index("psi")]),
+            math.exp(float(x[names.index("log_rho")]))) for x in model["X"]}
+    return sorted(out)
 
 
 def _at_searched_edge(surface: dict[str, Any], psi: float, rho: float) -> list[str]:
