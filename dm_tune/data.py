@@ -44,6 +44,8 @@ class Data:
     # Retrieval (re-identification, see dm_tune.data_reid): validation and test galleries.
     val_gallery: Gallery | None = None
     test_gallery: Gallery | None = None
+    # The config fields it was prepared for (``data_identity``); a run checks its own against them.
+    prepared_for: dict[str, Any] | None = None
 
     @property
     def task(self) -> str:
@@ -53,6 +55,29 @@ class Data:
     def noise_rate(self) -> float:
         known = self.noise_known
         return float(self.is_noisy[known].float().mean()) if known.any() else float("nan")
+
+
+# The TrainConfig fields that decide what ``prepare`` makes, beside the data's seed (data_seed, else seed).
+DATA_FIELDS = ("dataset", "data_root", "download", "dataset_options", "noise", "noise_rate", "noise_file",
+               "noise_key", "val_fraction", "val_noisy", "imbalance", "imbalance_ratio")
+
+
+def data_identity(config: TrainConfig) -> dict[str, Any]:
+    """What of ``config`` decides its data: two configs with the same identity train on the same data."""
+    return {**{k: getattr(config, k) for k in DATA_FIELDS},
+            "data_seed": config.data_seed if config.data_seed is not None else config.seed}
+
+
+def check_prepared_for(config: TrainConfig, data: Data) -> None:
+    """Refuse to train ``config`` on data ``prepare`` made for another config (other noise, another
+    seed's draw: the result would record the config's setting, not the one it trained on)."""
+    if data.prepared_for is None:  # (a Data built by hand)
+        return
+    want = data_identity(config)
+    field = next((k for k in want if want[k] != data.prepared_for.get(k)), None)
+    if field is not None:
+        raise ConfigError(field, want[field], f"the data was prepared with {field} {data.prepared_for.get(field)!r}; "
+                          "train a config on the data prepare(config) made for it")
 
 
 def load_source(config: TrainConfig) -> Source:
@@ -244,4 +269,5 @@ def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance:
         info={**source.info, "dataset": source.name, "num_classes": source.num_classes,
               "class_names": list(source.class_names or []), "num_train": len(train), "num_val": len(val_split),
               "num_test": len(source.test), **imbalance},
+        prepared_for=data_identity(config),
     )

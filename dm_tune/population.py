@@ -48,7 +48,7 @@ from dm_tune._popoptim import PopulationOptimizer
 from dm_tune._popsteps import MemberRows, PopulationInputs, epoch_metrics, evaluate, step_metrics
 from dm_tune.class_weighting import member_class_weights
 from dm_tune.config import TrainConfig
-from dm_tune.data import Data
+from dm_tune.data import Data, check_prepared_for
 from dm_tune.errors import UserError
 from dm_tune.methods import build_loss
 from dm_tune.models import ModelSpec, build_model
@@ -141,6 +141,8 @@ def train_population(configs: Sequence[TrainConfig], datas: Sequence[Data],
     caller keeps it, so that a population that then fails for good does not lose how it ended."""
     if len(configs) != len(datas) or not configs:
         raise ValueError(f"need one data per config and at least one member, got {len(configs)} and {len(datas)}")
+    for c, d in zip(configs, datas):
+        check_prepared_for(c, d)
     reasons = [solo_reason(c, d) for c, d in zip(configs, datas)]
     if len(configs) == 1 or any(reasons):
         reason = next((r for r in reasons if r), None)

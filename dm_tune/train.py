@@ -22,7 +22,7 @@ from torch import nn
 from dm_tune._history import best_over_training
 from dm_tune._weighting import relative_weights
 from dm_tune.config import TrainConfig
-from dm_tune.data import Data
+from dm_tune.data import Data, check_prepared_for
 from dm_tune.errors import DataError, UserError, absolute_paths
 from dm_tune.methods import build_loss
 from dm_tune.models import ModelSpec, build_model
@@ -344,6 +344,7 @@ def train(config: TrainConfig, data: Data, report: Report | None = None,
     ``report(metrics, snapshot)``: ``snapshot()`` is the state to resume from (``resume=``); its
     tensors are the run's own until ``report`` returns, so serialise it there (``torch.save``, as
     the search does) or copy them to keep it past that."""
+    check_prepared_for(config, data)
     config = config.resolve(data.defaults, data.default_model, data.input_kind)
     device = select_device(config.device)
     amp = _amp_dtype(config, device)

@@ -468,3 +468,19 @@ def test_missing_pretrained_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="none.pth") as info:
         build_model("resnet18", spec)
     assert info.value.field == "pretrained"
+
+
+def test_a_run_refuses_data_prepared_for_another_setting():
+    """train(config, data) trained on whatever data it was given and recorded the config's setting:
+    40% noise drawn from seed 0, recorded as clean labels and data seed 3."""
+    from dm_tune.population import train_population
+
+    config = TrainConfig.from_dict({"noise_rate": 0.4, "epochs": 1, "device": "cpu"})
+    data = prepare(config)
+    for other, field in ((config.replace(noise_rate=0.0), "noise_rate"), (config.replace(seed=3), "data_seed")):
+        with pytest.raises(ConfigError, match=rf"^{field}: .* is not allowed; the data was prepared with {field} "):
+            train(other, data)
+        with pytest.raises(ConfigError, match=rf"^{field}: "):
+            train_population([config, other], [data, data])
+    same_data = config.replace(seed=3, data_seed=0, method="cce")  # another init on the same draw: fine
+    assert train(same_data, data).epochs_completed == 1
