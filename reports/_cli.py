@@ -164,6 +164,30 @@ def _sections(args: argparse.Namespace) -> list[str]:
     return sections
 
 
+def train_command(args: argparse.Namespace, rec: Any) -> str:
+    """The `dm-tune train` line for a recommendation: the query's setting (noise, imbalance, the
+    dataset where it is one dm-tune reads) and DM's knobs; placeholders in capitals for what the
+    query cannot say (the data's folder, a label file). It trained the embedded digits, clean and
+    balanced, where the knobs alone were printed."""
+    from dm_tune._names import DATASET_NAMES, DATASET_ROOTS
+
+    parts = ["dm-tune train"]
+    if args.dataset in DATASET_NAMES:
+        parts += ["--dataset", args.dataset] + (["--data-root", "DIR"] if DATASET_ROOTS[args.dataset] else [])
+    else:
+        parts += ["--dataset", "DATASET", "--data-root", "DIR"]
+    if args.noise_type == "file":
+        parts += ["--noise", "file", "--noise-file", "LABELS"]
+    elif args.noise_type != "none" and args.noise_rate:
+        parts += ["--noise", args.noise_type, "--noise-rate", f"{args.noise_rate:g}"]
+    if args.imbalance != "none":
+        parts += ["--imbalance", args.imbalance, "--imbalance-ratio", f"{args.imbalance_ratio:g}"]
+    parts += ["--method", "dm", "--lam", f"{rec.lam:.4g}", "--beta", f"{rec.beta:.4g}"]
+    if rec.class_weighting != "none":
+        parts += ["--class-weighting", rec.class_weighting]
+    return " ".join(parts)
+
+
 def recommend_command(args: argparse.Namespace) -> int:
     from dm_tune.reports._recommend import _check_inputs, recommend
     from dm_tune.reports._schema import default_guidelines_path, load_guidelines
@@ -206,7 +230,6 @@ def recommend_command(args: argparse.Namespace) -> int:
         print(f"  evidence: {rec.evidence}")
     for w in rec.warnings:
         print(f"  warning: {w}")
-    cw = "" if rec.class_weighting == "none" else f" --class-weighting {rec.class_weighting}"
-    print(f"  try: dm-tune train --method dm --lam {rec.lam:.4g} --beta {rec.beta:.4g}{cw}")
+    print(f"  try: {train_command(args, rec)}")
     print(f"  (guidelines: {path})")
     return 0

@@ -917,3 +917,28 @@ def test_a_configuration_that_finished_no_confirm_seed_is_not_recommended_for_it
     assert (res["stage"], res["lam"], res["beta"]) == ("search", 1.0, 8.0)
     assert res["stage_note"].startswith("the confirmed arms finished no seed: chosen from search trials not confirmed")
     assert res["psi_range"] == pytest.approx([0.5, 0.5])
+
+
+def test_the_printed_train_command_trains_the_setting_asked_about(tmp_path: Path, capsys) -> None:
+    """recommend's 'try:' line carried DM's knobs alone: run as printed it trained the embedded
+    digits, clean and balanced, whatever noise and imbalance the recommendation was for."""
+    import json
+    import shlex
+
+    from dm_tune.cli import main
+
+    path = tmp_path / "guidelines.json"
+    path.write_text(dumps(guidelines([setting(0.2, 0.3)])))
+    assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--imbalance", "longtail",
+                 "--imbalance-ratio", "20", "--dataset", "digits", "--guidelines", str(path)]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("try: ")]
+    argv = shlex.split(line.split("try: ", 1)[1])
+    assert argv[:2] == ["dm-tune", "train"]
+    out = tmp_path / "result.json"
+    assert main(argv[1:] + ["--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    config = json.loads(out.read_text())["config"]
+    assert (config["dataset"], config["noise"], config["noise_rate"], config["imbalance"], config["imbalance_ratio"],
+            config["method"]) == ("digits", "symmetric", 0.3, "longtail", 20.0, "dm")
+    assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--guidelines", str(path)]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("try: ")]
+    assert "--dataset DATASET --data-root DIR --noise symmetric --noise-rate 0.3 --method dm" in line
