@@ -20,7 +20,7 @@ from typing import Any
 from dm_tune._names import IMBALANCE_KINDS, IMBALANCE_RATIO_MAX, rate_limit
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
-from dm_tune.reports._text import fmt_diff, num_text, setting_label
+from dm_tune.reports._text import FILE_RATE_TOLERANCE, fmt_diff, num_text, setting_label
 
 NO_SURFACE = ("no response surface for this task in the guidelines: (psi, rho) interpolated between the measured "
               "settings' best arms, without a predicted gain or region")
@@ -229,6 +229,9 @@ def _interpolate(pool: list[dict[str, Any]], rate: float,
         group = by_rate[r]  # several settings at one rate (e.g. two models): average them
         return (sum(s["psi"] for s in group) / len(group), sum(s["rho"] for s in group) / len(group))
 
+    near = [r for r in rates if abs(r - rate) <= FILE_RATE_TOLERANCE and all(s["noise"] == "file" for s in by_rate[r])]
+    if rate not in by_rate and near:  # a label file's overall rate beside the rate a setting of it measured
+        rate = min(near, key=lambda r: abs(r - rate))
     if rate in by_rate:
         psi, rho = knobs(rate)
         return psi, rho, by_rate[rate], f"measured at noise rate {rate:g}"

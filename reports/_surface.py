@@ -32,7 +32,7 @@ import warnings as _warnings
 from typing import TYPE_CHECKING, Any
 
 from dm_tune._param import beta_from_rho, lambda_from_mode
-from dm_tune.reports._text import num_text
+from dm_tune.reports._text import FILE_RATE_TOLERANCE, num_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -535,10 +535,17 @@ def _at_searched_edge(surface: dict[str, Any], psi: float, rho: float) -> list[s
     return out
 
 
+def same_noise(a: tuple[str, float], b: tuple[str, float]) -> bool:
+    """Whether two (noise type, rate) are the same noise (clean is symmetric at 0; a label file's
+    rates within FILE_RATE_TOLERANCE)."""
+    (na, ra), (nb, rb) = _noise(*a), _noise(*b)
+    return na == nb and (abs(ra - rb) <= FILE_RATE_TOLERANCE if na == "file" else ra == rb)
+
+
 def _is_query(m: dict[str, Any], query: dict[str, Any], dataset: str | None) -> bool:
     """Whether measured setting ``m`` is the queried data (its dataset too, when one is named)."""
     return ((dataset is None or m["dataset"] == dataset)
-            and _noise(m["noise"], m["noise_rate"]) == _noise(query["noise"], query["noise_rate"])
+            and same_noise((m["noise"], m["noise_rate"]), (query["noise"], query["noise_rate"]))
             and int(m["num_classes"]) == int(query["num_classes"]) and m["imbalance"] == query["imbalance"]
             and abs(float(m["imbalance_ratio"]) - float(query["imbalance_ratio"])) < 1e-9)
 
@@ -569,6 +576,7 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
     settings = surface["settings"]
     out: list[str] = []
     noise, rate = _noise(noise_type, noise_rate)
+    slack = FILE_RATE_TOLERANCE if noise == "file" else 1e-9  # (a label file's overall rate, its setting's measured)
     rates = [_noise(s["noise"], s["noise_rate"])[1] for s in settings if _noise(s["noise"], s["noise_rate"])[0] == noise]
     if not rates:
         measured = sorted({_noise(s["noise"], s["noise_rate"])[0] for s in settings})
@@ -577,7 +585,7 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
         if not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
             out.append(f"extrapolation: noise rate {num_text(noise_rate)} is outside the measured range "
                        f"[{min(rates):g}, {max(rates):g}] of any noise type")
-    elif not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
+    elif not min(rates) - slack <= rate <= max(rates) + slack:
         out.append(f"extrapolation: noise rate {num_text(noise_rate)} is outside the measured range "
                    f"[{min(rates):g}, {max(rates):g}] for {noise} noise")
     classes = [s["num_classes"] for s in settings]
@@ -590,9 +598,10 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
                    f"(measured: {', '.join(sorted({s['imbalance'] for s in settings}))})")
     elif imbalance != "none" and not any(abs(s["imbalance_ratio"] - imbalance_ratio) < 1e-9 for s in same):
         ratios = sorted({s["imbalance_ratio"] for s in same})
-        out.append(f"extrapolation: imbalance ratio {num_text(imbalance_ratio)} was not measured for {imbalance} "
-                   "imbalance "
-                   f"(measured: {', '.join(f'{r:g}' for r in ratios)})")
+        where = ("was not measured" if ratios[0] < imbalance_ratio < ratios[-1]
+                 else "is outside the measured range")  # (200 read as 40 does, between 10 and 50)
+        out.append(f"extrapolation: imbalance ratio {num_text(imbalance_ratio)} {where} for {imbalance} "
+                   f"imbalance (measured: {', '.join(f'{r:g}' for r in ratios)})")
     known = dataset is not None and dataset in surface["encoding"]["datasets"]
     if dataset is not None and not known:
         out.append(f"dataset {dataset!r} was not measured (measured: {', '.join(surface['encoding']['datasets'])}); "
@@ -615,7 +624,8 @@ def _combination_warnings(settings: list[dict[str, Any]], noise: str, rate: floa
         return [f"extrapolation: {what} was not measured together (each part was, in other settings); "
                 "the surface combines their separate effects"]
     rates = [_noise(s["noise"], s["noise_rate"])[1] for s in together]
-    if not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
+    slack = FILE_RATE_TOLERANCE if noise == "file" else 1e-9
+    if not min(rates) - slack <= rate <= max(rates) + slack:
         return [f"extrapolation: noise rate {rate:g} is outside [{min(rates):g}, {max(rates):g}], the rates "
                 f"measured for {what}"]
     return []

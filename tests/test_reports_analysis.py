@@ -942,3 +942,24 @@ def test_the_printed_train_command_trains_the_setting_asked_about(tmp_path: Path
     assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--guidelines", str(path)]) == 0
     (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("try: ")]
     assert "--dataset DATASET --data-root DIR --noise symmetric --noise-rate 0.3 --method dm" in line
+
+
+def test_a_label_files_overall_rate_finds_the_setting_that_measured_it() -> None:
+    """A setting of a label file records the rate its training part had (0.329); the file's own rate
+    (0.318) was 'outside the measured range [0.329, 0.329]' and not the measured setting."""
+    from dm_tune.reports._surface import _extrapolation_warnings, same_noise
+
+    g = guidelines([setting(0.329, 0.4, noise="file"), setting(0.0, 0.1, noise="none")])
+    rec = recommend(g, num_classes=10, noise_type="file", noise_rate=0.318)
+    assert rec.evidence.startswith("measured at noise rate 0.329") and rec.warnings == [NO_SURFACE]
+    assert rec.psi == pytest.approx(0.4)
+    far = recommend(g, num_classes=10, noise_type="file", noise_rate=0.36)
+    assert any("outside the measured range" in w for w in far.warnings)
+    assert same_noise(("file", 0.318), ("file", 0.329)) and not same_noise(("symmetric", 0.318), ("symmetric", 0.329))
+    assert not same_noise(("file", 0.30), ("file", 0.329)) and same_noise(("none", 0.0), ("symmetric", 0.0))
+    surface = {"settings": [{**setting(0.329, 0.4, noise="file"), "imbalance": "longtail", "imbalance_ratio": r}
+                            for r in (10.0, 50.0)], "encoding": {"datasets": ["d"]}}
+    for ratio, words in ((40.0, "imbalance ratio 40 was not measured for longtail"),
+                         (200.0, "imbalance ratio 200 is outside the measured range for longtail")):
+        said = _extrapolation_warnings(surface, 10, "file", 0.318, "longtail", ratio, "d")
+        assert not any("noise rate" in w for w in said) and any(words in w for w in said), said
