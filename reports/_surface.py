@@ -456,7 +456,7 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     psis, rhos = grid(surface)
     schemes = enc["class_weightings"] if imbalance != "none" else ["none"]  # balanced: every scheme is none
     cells = [(cw, p, r) for cw in schemes for p in psis for r in rhos]
-    ran = [(cw, p, r) for cw, p, r in _ran(model) if cw in schemes]
+    ran = _ran(model)
     every = cells + ran  # the grid, then the configurations the arms ran (predicted here, never candidates)
     X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in every], enc)
     mixture = not base["dataset"] and any(f.startswith("dataset=") for f in enc["features"])
@@ -467,7 +467,10 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     raw = means.mean(axis=0)  # a dataset not measured: like one of them, which one unknown
     std, own = (np.sqrt(np.mean([p[k] ** 2 for p in parts], axis=0) + means.var(axis=0)) for k in (1, 2))
     n = len(cells)
-    ceiling = {cw: max((float(v) for (c, _, _), v in zip(ran, raw[n:]) if c == cw), default=math.inf)
+    # (a scheme no arm ran takes the best of every arm: where one scheme alone was run, its feature is
+    # dropped and _ran names it none; the others' cells would go uncapped)
+    anyone = max((float(v) for v in raw[n:]), default=math.inf)
+    ceiling = {cw: max((float(v) for (c, _, _), v in zip(ran, raw[n:]) if c == cw), default=anyone)
                for cw in schemes}
     X, raw, std, own = X[:n], raw[:n], std[:n], own[:n]
     # No cell is chosen for a gain above the best its class weighting's arms are predicted here.

@@ -586,14 +586,16 @@ LOSING_ARMS = ((0.3333, 3.079, -8.333, -14.583), (0.4116, 3.984, -43.75, -57.917
                (0.6667, 3.556, -48.75, -72.5), (0.5, 2.0, -19.583, -26.667))
 
 
-def losing_campaign() -> pd.DataFrame:
+def losing_campaign(**imbalanced: Any) -> pd.DataFrame:
+    """``imbalanced``: the DM arms' class weighting (``cw``) and the settings' imbalance, if any."""
+    cw = {"cw": imbalanced.pop("cw")} if "cw" in imbalanced else {}
     rows = []
     for k, rate in enumerate((0.2, 0.5)):
         key, cce = f"features/{rate}", 0.8 - 0.4 * rate
-        desc = dict(dataset="features", noise_rate=rate)
+        desc = dict(dataset="features", noise_rate=rate, **imbalanced)
         for seed in range(3):
-            rows += [run(key, "confirm", seed, cce + arm[2 + k] / 100, cce + arm[2 + k] / 100, arm[0], arm[1], **desc)
-                     for arm in LOSING_ARMS]
+            rows += [run(key, "confirm", seed, cce + arm[2 + k] / 100, cce + arm[2 + k] / 100, arm[0], arm[1],
+                         **cw, **desc) for arm in LOSING_ARMS]
             rows.append(run(key, "confirm", seed, cce, cce, baseline="cce", method="cce", **desc))
     return tidy(rows)
 
@@ -625,6 +627,17 @@ def test_a_search_where_every_arm_lost_to_cce_is_promised_no_gain() -> None:
         "above every measured best of the settings it leans on: capped at the highest, -8.3 "
         "(features/0.2), its interval moved down with it")
     assert r["predicted_gain"]["mean"] == pytest.approx(-8.333, abs=1e-3)
+
+
+def test_the_cap_holds_where_every_arm_ran_one_class_weighting() -> None:
+    """Arms all of one weighting drop its feature, and the configurations they ran read as 'none':
+    the cells of the weighting asked about went uncapped (psi 0.33, rho 2.59, predicted +5.0)."""
+    doc = build_guidelines(losing_campaign(cw="effective-number", imbalance="step", imbalance_ratio=10),
+                           generated="2026-01-01T00:00:00+00:00")
+    rec = recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.1, imbalance="step",
+                    imbalance_ratio=10, dataset="features")
+    assert rec.psi == pytest.approx(0.3333) and rec.rho == pytest.approx(3.079, rel=0.05)  # the measured best arm
+    assert not any("predicted +" in w for w in rec.warnings)
 
 
 def test_the_cap_leaves_a_prediction_within_the_measured_gains_alone(surface: dict[str, Any]) -> None:
