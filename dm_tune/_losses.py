@@ -109,6 +109,12 @@ class DMLoss(_GradLoss):
         self._lam, self._beta = float(lam), float(beta)
         self.kernel = kernel
 
+    def __setstate__(self, state: dict) -> None:  # a loss pickled before lam, beta and kernel were checked
+        for name in ("lam", "beta", "kernel"):
+            if name in state:
+                state[f"_{name}"] = state.pop(name)
+        super().__setstate__(state)
+
     # Checked when set after construction too (the fused path checks nothing per call: lam -1 gave
     # a loss, and a kernel set later was ignored).
     @property
@@ -145,7 +151,9 @@ class DMLoss(_GradLoss):
         # A CPU training batch goes straight to the fused kernel: in a step of a small model each
         # Python call on the way costs microseconds (BENCHMARKS.md). Everything else (half
         # precision, GPUs, large batches, no grad, bad shapes) takes the general path.
+        # (under torch.compile the general path, which runs eagerly: dynamo cannot trace the C call)
         if (self._fused and logits.requires_grad and logits.dtype in _native.FLOATS
+                and not torch.compiler.is_compiling()
                 and logits.dim() == 2 and logits.shape[1] > 1 and targets.shape == logits.shape[:1]
                 and _native.eligible(logits, targets) and torch.is_grad_enabled()):
             return _FusedDM.apply(logits, targets, self)

@@ -137,8 +137,12 @@ def config_errors(cls: type[T]) -> type[T]:
     ``dataclasses.replace``, raise ConfigError as ``parse`` does, not pydantic's ValidationError."""
     init = cls.__init__
 
+    names = [f.name for f in dataclasses.fields(cls)]
+
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if args and len(args) <= len(names) and not set(names[:len(args)]) & set(kwargs):
+            args, kwargs = (), {**dict(zip(names, args)), **kwargs}  # by name: an error names its field, not [0]
         try:
             init(self, *args, **kwargs)
         except ValidationError as exc:

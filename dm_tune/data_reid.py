@@ -17,7 +17,7 @@ import torch
 
 from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
-from dm_tune.data import Data, input_shape
+from dm_tune.data import Data, data_identity, input_shape
 from dm_tune.datasets import Source, Split
 from dm_tune.datasets._reid import gallery, one_query_per_camera, renumber
 from dm_tune.noise import NoiseContext, apply_noise, check_noise
@@ -100,4 +100,5 @@ def prepare_retrieval(config: TrainConfig, source: Source) -> Data:
               "val_queries": len(val_query), "num_test": len(test), "test_queries": len(test.query)},
         val_gallery=val_gallery,
         test_gallery=test,
+        prepared_for=data_identity(config),
     )

@@ -330,3 +330,6 @@ def test_constructing_the_dataclass_raises_config_errors_too():
     with pytest.raises(ConfigError, match=r"^lam: -1 is not allowed"):
         dataclasses.replace(TrainConfig(), lam=-1)
     assert TrainConfig(noise_rate=0.3) == TrainConfig.from_dict({"noise_rate": 0.3})
+    with pytest.raises(ConfigError, match=r"^dataset: 'nope' is not allowed; expected one of"):  # was "[0]: ..."
+        TrainConfig("nope")
+    assert TrainConfig("mnist1d", None, False, noise_rate=0.2).dataset == "mnist1d"

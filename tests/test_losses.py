@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -390,8 +391,8 @@ def test_dn_on_a_batch_fitted_past_the_working_precision_keeps_its_mass(name, dt
         assert torch.allclose(grad.sum(1), torch.zeros(64, dtype=dtype), atol=1e-6)  # a direction: rows sum to 0
 
 
-@pytest.mark.parametrize("kernel", ["torch", "auto"])
-def test_a_compiled_training_step_with_dm_loss_keeps_dms_gradient(kernel):
+@pytest.mark.parametrize("kernel, batch", [("torch", 1024), ("auto", 1024), ("auto", 64)])  # 64: the C kernel's
+def test_a_compiled_training_step_with_dm_loss_keeps_dms_gradient(kernel, batch):
     """torch.compile of a step with the loss in it failed on the torch path (GPUs, large batches):
     dynamo could not trace the gradient built in the loss's forward."""
     from torch import nn
@@ -406,8 +407,11 @@ def test_a_compiled_training_step_with_dm_loss_keeps_dms_gradient(kernel):
         z = model(x)
         return loss_fn(z, y), z
 
-    x, y = torch.randn(1024, 20), torch.randint(0, 10, (1024,))
-    loss, z = step(x, y)
+    x, y = torch.randn(batch, 20), torch.randint(0, 10, (batch,))
+    with warnings.catch_warnings(record=True) as said:  # (the C call: "Dynamo does not know how to trace")
+        warnings.simplefilter("always")
+        loss, z = step(x, y)
+    assert not [w for w in said if "Dynamo" in str(w.message)]
     loss.backward()
     compiled = model.weight.grad.clone()
     model.zero_grad()
@@ -452,3 +456,21 @@ def test_dm_loss_knobs_set_after_construction_are_checked_and_take_effect():
     loss(z, y).backward()
     assert z.grad.dtype == torch.float32 and not loss._fused and "kernel='torch'" in repr(loss)
     torch.testing.assert_close(z.grad, DMLoss(0.5, 4.0, kernel="torch")._grad_share_display(z.detach(), y)[0])
+
+
+def test_a_dm_loss_pickled_before_its_knobs_were_checked_loads():
+    """lam, beta and kernel became checked properties (stored as _lam, ...): a loss pickled before
+    had them in its __dict__, and reading lam raised AttributeError."""
+    import pickle
+
+    from dm_tune import DMLoss
+
+    loss = DMLoss(0.5, 4.0, kernel="torch")
+    old = loss.__dict__.copy()
+    for name in ("lam", "beta", "kernel"):
+        old[name] = old.pop(f"_{name}")
+    was = object.__new__(DMLoss)
+    was.__setstate__(old)
+    assert (was.lam, was.beta, was.kernel) == (0.5, 4.0, "torch") and not was._fused
+    again = pickle.loads(pickle.dumps(loss))
+    assert (again.lam, again.beta, again.kernel) == (0.5, 4.0, "torch")

@@ -1123,6 +1123,9 @@ def test_a_search_of_the_papers_setting_starts_at_the_papers_own_choice(space):
         assert points[1:] == general
         lam_beta = to_lam_beta(points[0])
         assert (lam_beta["lam"], lam_beta["beta"]) == pytest.approx(best)
+    for noise in ("none", "pair"):  # the clean setting, whichever noise type names it (Study.expand)
+        points = _warm_points(get_space(space), Setting("cifar100", noise, 0.0, "none", 1.0, None))
+        assert to_lam_beta(points[0])["lam"] == 0.0 and to_lam_beta(points[0])["beta"] == pytest.approx(2.0)
     # where the paper's best is one of its general suggestions (cifar100 at 40%: lam 0.5, beta 8), or none is named
     for dataset in ("cifar100", "digits"):
         setting = Setting(dataset, "symmetric", 0.4, "none", 1.0, None)

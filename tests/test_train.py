@@ -484,3 +484,6 @@ def test_a_run_refuses_data_prepared_for_another_setting():
             train_population([config, other], [data, data])
     same_data = config.replace(seed=3, data_seed=0, method="cce")  # another init on the same draw: fine
     assert train(same_data, data).epochs_completed == 1
+    reid = TrainConfig.from_dict({"dataset": "reid-synth", "noise_rate": 0.3, "epochs": 1, "device": "cpu"})
+    with pytest.raises(ConfigError, match=r"^noise_rate: 0.0 is not allowed; the data was prepared with noise_rate"):
+        train(reid.replace(noise_rate=0.0), prepare(reid))  # (retrieval data too)

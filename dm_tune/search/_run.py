@@ -229,10 +229,11 @@ PAPER_SUGGESTED = ((0.5, 8.0), (1.0, 16.0), (2.0, 24.0))  # (lam, beta) the pape
 
 # (lam, beta) the paper reports as its best on a dataset at a noise rate, where it names one
 # (DM_METHOD.md sections 4-5): searched first, so that a study of the paper's setting measures the
-# paper's own choice. Clothing1M's labels are its real noise (noise 'none' to dm-tune).
+# paper's own choice. "clean": any noise type at rate 0 (the setting is named after one of them);
+# Clothing1M's labels are its real noise (noise 'none' to dm-tune).
 PAPER_BEST: dict[tuple[str, str, float], tuple[float, float]] = {
-    ("clothing1m", "none", 0.0): (1.0, 2.0),
-    ("cifar100", "symmetric", 0.0): (0.0, 2.0), ("cifar100", "symmetric", 0.2): (0.5, 6.0),
+    ("clothing1m", "clean", 0.0): (1.0, 2.0),
+    ("cifar100", "clean", 0.0): (0.0, 2.0), ("cifar100", "symmetric", 0.2): (0.5, 6.0),
     ("cifar10", "symmetric", 0.4): (0.5, 12.0), ("cifar10", "symmetric", 0.6): (2.0, 12.0),
 }
 
@@ -244,7 +245,8 @@ def _warm_points(space: dict[str, Any], setting: Setting | None = None) -> list[
     them)."""
     from dm_tune.search_spaces import EXTRA_KNOBS, to_lam_beta
 
-    best = PAPER_BEST.get((setting.dataset, setting.noise, setting.noise_rate)) if setting else None
+    best = PAPER_BEST.get((setting.dataset, setting.noise if setting.noise_rate else "clean",
+                           setting.noise_rate)) if setting else None
     points = []
     for lam, beta in ((best,) if best and best not in PAPER_SUGGESTED else ()) + PAPER_SUGGESTED:
         p = to_lam_beta({"lam": lam, "beta": beta})

@@ -298,7 +298,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     if workspace.exists() and not workspace.is_dir():
         raise UserError(f"--workspace {args.workspace}: exists and is not a directory")
     study, resuming = _load_study(args, workspace)
-    if args.storage_path and args.storage_path.startswith("file://"):  # a local folder: checked as one
+    if args.storage_path and args.storage_path.startswith("file:/"):  # a local folder (file:///x, file:/x): checked as one
         from urllib.parse import unquote
 
         args.storage_path = unquote(parse_url("--storage-path", args.storage_path).path) or "/"
@@ -319,10 +319,11 @@ def search_cmd(args: argparse.Namespace) -> int:
         except UserError as e:
             raise UserError(f"search.warm_start (--warm-start): {e}") from None
     twins, kept = study.clean_twins()
-    if twins and not resuming and opts.echo:
+    if twins and opts.echo:
         print(f"dm-tune: note: settings.noise {' and '.join(twins)} at noise_rate 0 "
-              f"{'flips' if len(twins) == 1 else 'flip'} no label: the clean setting is trained once, as {kept!r}",
-              file=sys.stderr)
+              f"{'flips' if len(twins) == 1 else 'flip'} no label: the clean setting is trained once, as {kept!r}"
+              + (" (a study an earlier dm-tune began keeps the runs it trained of those at rate 0, and this search "
+                 "does not go on with them)" if resuming else ""), file=sys.stderr)
     # Pre-flight: nothing is written before these pass.
     if args.storage_path and "://" not in args.storage_path:  # Ray writes trial results there
         output_path("--storage-path", args.storage_path, directory=True)
