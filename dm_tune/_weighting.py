@@ -40,9 +40,9 @@ def check_batch(logits: torch.Tensor, targets: torch.Tensor) -> None:
 def _labelled(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities and the probability of each example's labelled class.
 
-    Computed in at least float32 (fp16/bf16 logits are promoted; float64 stays float64).
+    Computed in at least float32 (fp16/bf16 logits are promoted; float64 stays float64); the
+    batch checked by the caller (``check_batch``).
     """
-    check_batch(logits, targets)
     probs = torch.softmax(logits.to(_compute_dtype(logits)), dim=1)
     p = probs.gather(1, targets.long().view(-1, 1)).squeeze(1)
     return probs, p
@@ -120,6 +120,7 @@ def manipulated_logit_grad(
     ``||grad_i||_1 == weight_i / sum_j weight_j`` and the batch's gradient mass is 1.
     The weights are treated as constants (no gradient flows through them).
     """
+    check_batch(logits, targets)
     probs, p = _labelled(logits, targets)
     w = weight.detach().to(p.dtype)
     share = w / w.sum().clamp_min(torch.finfo(p.dtype).tiny)
@@ -297,6 +298,7 @@ def multiplier_logit_grad(
 
     For CCE/MAE/MSE/GCE/SL this equals autograd's gradient of the loss formula's batch mean.
     """
+    check_batch(logits, targets)
     probs, p = _labelled(logits.detach(), targets)
     m = multiplier(p)
     return (m / p.shape[0]).unsqueeze(1) * _direction(probs, targets)
