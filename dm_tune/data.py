@@ -180,15 +180,15 @@ def check_val_noisy(val_noisy: bool, source: Source, field: str = "val_noisy",
                     val_fraction: float | None = None) -> None:
     """``val_noisy`` and ``val_fraction`` shape a validation split carved from the training data;
     a dataset with a validation set of its own refuses them (they were silently ignored), all but
-    the default fraction, which every config has."""
+    the default fraction, which every config has, and 0 (none carved)."""
     if val_noisy and source.val is not None:
         raise ConfigError(field, True, f"{source.name} has its own validation set, with its own labels; "
                                        "val_noisy applies to a validation split carved from training data")
     default = TrainConfig.__dataclass_fields__["val_fraction"].default
-    if val_fraction is not None and val_fraction != default and source.val is not None:
+    if val_fraction is not None and val_fraction not in (0.0, default) and source.val is not None:
         raise ConfigError(field.replace("val_noisy", "val_fraction"), val_fraction,
                           f"{source.name} has its own validation set; val_fraction applies to a validation split "
-                          "carved from training data (leave it out)")
+                          "carved from training data (leave it out, or 0: none carved)")
 
 
 def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance: bool = False) -> Data:
