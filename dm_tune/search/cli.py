@@ -298,7 +298,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     if workspace.exists() and not workspace.is_dir():
         raise UserError(f"--workspace {args.workspace}: exists and is not a directory")
     study, resuming = _load_study(args, workspace)
-    if args.storage_path and args.storage_path.startswith("file:/"):  # a local folder (file:///x, file:/x): checked as one
+    if args.storage_path and args.storage_path.startswith("file:/"):  # a local folder (file:///x, file:/x)
         from urllib.parse import unquote
 
         args.storage_path = unquote(parse_url("--storage-path", args.storage_path).path) or "/"
