@@ -47,6 +47,14 @@ def _fits(logits: torch.Tensor, targets: torch.Tensor, limit: int) -> bool:
     )
 
 
+def check_class_indices(targets: torch.Tensor) -> None:
+    """Targets of an integer dtype (float or bool ones were truncated to indices without a word);
+    here, below _weighting.check_batch, for the fused path that does not pass through it."""
+    if targets.dtype != torch.long and (targets.is_floating_point() or targets.is_complex()
+                                        or targets.dtype == torch.bool):
+        raise TypeError(f"targets must be class indices of an integer dtype, got {targets.dtype}")
+
+
 def _kernel_inputs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits as float32 or float64 and the targets as int64, both contiguous, as the C loop
     reads them (half precision is promoted to float32, as in the torch versions)."""
@@ -57,8 +65,7 @@ def _kernel_inputs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     if not logits.is_contiguous():
         logits = logits.contiguous()
     if targets.dtype != torch.long:
-        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-            raise TypeError(f"targets must be class indices of an integer dtype, got {targets.dtype}")
+        check_class_indices(targets)
         targets = targets.long()
     if not targets.is_contiguous():
         targets = targets.contiguous()

@@ -32,9 +32,7 @@ def check_batch(logits: torch.Tensor, targets: torch.Tensor) -> None:
         raise ValueError(f"logits must have shape [batch>=1, classes>=2], got {tuple(logits.shape)}")
     if targets.shape != logits.shape[:1]:
         raise ValueError(f"targets must have shape [{logits.shape[0]}], got {tuple(targets.shape)}")
-    if targets.dtype != torch.long and (targets.is_floating_point() or targets.is_complex()
-                                        or targets.dtype == torch.bool):
-        raise TypeError(f"targets must be class indices of an integer dtype, got {targets.dtype}")
+    _native.check_class_indices(targets)
 
 
 def _labelled(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -176,17 +176,21 @@ def training_class_counts(source: Source, val_fraction: float) -> np.ndarray:
     return counts - np.array([_held_out(val_fraction, n) for n in counts])
 
 
-def check_val_noisy(val_noisy: bool, source: Source, field: str = "val_noisy",
-                    val_fraction: float | None = None) -> None:
+def check_own_validation(source: Source, val_noisy: bool, val_fraction: float | None = None,
+                         prefix: str = "") -> None:
     """``val_noisy`` and ``val_fraction`` shape a validation split carved from the training data;
     a dataset with a validation set of its own refuses them (they were silently ignored), all but
-    the default fraction, which every config has, and 0 (none carved)."""
-    if val_noisy and source.val is not None:
-        raise ConfigError(field, True, f"{source.name} has its own validation set, with its own labels; "
-                                       "val_noisy applies to a validation split carved from training data")
+    the default fraction, which every config has, and 0 (none carved). ``prefix``: where the
+    fields are ("training." in a study)."""
+    if source.val is None:
+        return
+    if val_noisy:
+        raise ConfigError(f"{prefix}val_noisy", True, f"{source.name} has its own validation set, with its own "
+                                                      "labels; val_noisy applies to a validation split carved from "
+                                                      "training data")
     default = TrainConfig.__dataclass_fields__["val_fraction"].default
-    if val_fraction is not None and val_fraction not in (0.0, default) and source.val is not None:
-        raise ConfigError(field.replace("val_noisy", "val_fraction"), val_fraction,
+    if val_fraction is not None and val_fraction not in (0.0, default):
+        raise ConfigError(f"{prefix}val_fraction", val_fraction,
                           f"{source.name} has its own validation set; val_fraction applies to a validation split "
                           "carved from training data (leave it out, or 0: none carved)")
 
@@ -227,7 +231,7 @@ def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance:
             true_clean = source.clean_labels.numpy().astype(np.int64)
 
     if source.val is not None:
-        check_val_noisy(config.val_noisy, source, val_fraction=config.val_fraction)
+        check_own_validation(source, config.val_noisy, config.val_fraction)
         keep, val = np.arange(len(clean)), None
         val_split = source.val
     else:

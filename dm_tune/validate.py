@@ -425,7 +425,7 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
         settings.append(entry)
     tally = {base: {v: sum(1 for s in settings if s["summary"]["vs"][base]["verdict"] == v)
                     for v in ("wins", "within noise", "loses", "undetermined")} for base in BASELINE_ARMS}
-    weighted = [w for w in WEIGHTED_ARMS if any(w in s["summary"]["vs"] for s in settings)]
+    weighted = _compared_weighted(settings)
     for base in weighted:  # over the settings whose recommendation weights classes
         tally[base] = {v: sum(1 for s in settings if s["summary"]["vs"].get(base, {}).get("verdict") == v)
                        for v in ("wins", "within noise", "loses", "undetermined")}
@@ -471,6 +471,11 @@ def _knobs(s: Mapping[str, Any]) -> str:
     return f"λ {rec['lam']:.3g}, β {rec['beta']:.3g}" + ("" if weighting in (None, "none") else f", {weighting}")
 
 
+def _compared_weighted(settings: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The weighted baselines some setting's recommendation was compared with."""
+    return [w for w in WEIGHTED_ARMS if any(w in s["summary"]["vs"] for s in settings)]
+
+
 def _weights(s: Mapping[str, Any]) -> bool:
     """Whether a setting's recommendation weights classes (its weighted baselines are due)."""
     return s["recommendation"].get("class_weighting", "none") not in (None, "none") or any(
@@ -496,7 +501,7 @@ def tally_text(doc: Mapping[str, Any]) -> str:
     """How many settings the recommendation wins, is within noise of, loses to, per comparison; ""
     where no setting has the weighted baselines (the table says all)."""
     settings = doc["settings"]
-    weighted = [w for w in WEIGHTED_ARMS if any(w in s["summary"]["vs"] for s in settings)]
+    weighted = _compared_weighted(settings)
     if not weighted:
         return ""
 

@@ -32,7 +32,7 @@ import warnings as _warnings
 from typing import TYPE_CHECKING, Any
 
 from dm_tune._param import beta_from_rho, lambda_from_mode
-from dm_tune.reports._text import FILE_RATE_TOLERANCE, num_text
+from dm_tune.reports._text import FILE_RATE_TOLERANCE, num_text, rate_slack
 
 if TYPE_CHECKING:
     import numpy as np
@@ -484,13 +484,13 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     # (leans_on compares setting features alone, x's knobs copied: the same settings at every cell)
     leaned = leans_on(surface, X[i])
     top_measured = max(leaned, key=lambda s: s["best_gain"])
-    cap = float(top_measured["best_gain"])
-    best, sd, unsure = min(float(mean[i]), cap), float(std[i]), float(own[i])
-    near = mine & (mean >= float(mean[i]) - WITHIN_POINTS - 1e-9)
-    plausible = mine & (mean + Z95 * std >= float(mean[i]) - WITHIN_POINTS - 1e-9)
+    cap, predicted = float(top_measured["best_gain"]), float(mean[i])
+    best, sd, unsure = min(predicted, cap), float(std[i]), float(own[i])
+    near = mine & (mean >= predicted - WITHIN_POINTS - 1e-9)
+    plausible = mine & (mean + Z95 * std >= predicted - WITHIN_POINTS - 1e-9)
     _, psi, rho = cells[i]
-    if float(mean[i]) > cap + 0.05:  # (a difference the printed tenths show)
-        warnings.append(f"the surface predicted {float(mean[i]):+.1f} points here, above every measured best of the "
+    if predicted > cap + 0.05:  # (a difference the printed tenths show)
+        warnings.append(f"the surface predicted {predicted:+.1f} points here, above every measured best of the "
                         f"settings it leans on: capped at the highest, {cap:+.1f} ({top_measured['setting']}), its "
                         "interval moved down with it")
     m = max((m for m in surface["settings"] if _is_query(m, base, dataset)), key=lambda m: m["best_gain"],
@@ -579,7 +579,7 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
     settings = surface["settings"]
     out: list[str] = []
     noise, rate = _noise(noise_type, noise_rate)
-    slack = FILE_RATE_TOLERANCE if noise == "file" else 1e-9  # (a label file's overall rate, its setting's measured)
+    slack = rate_slack(noise)  # (a label file's overall rate beside the rate its setting measured)
     rates = [_noise(s["noise"], s["noise_rate"])[1] for s in settings if _noise(s["noise"], s["noise_rate"])[0] == noise]
     if not rates:
         measured = sorted({_noise(s["noise"], s["noise_rate"])[0] for s in settings})
@@ -627,7 +627,7 @@ def _combination_warnings(settings: list[dict[str, Any]], noise: str, rate: floa
         return [f"extrapolation: {what} was not measured together (each part was, in other settings); "
                 "the surface combines their separate effects"]
     rates = [_noise(s["noise"], s["noise_rate"])[1] for s in together]
-    slack = FILE_RATE_TOLERANCE if noise == "file" else 1e-9
+    slack = rate_slack(noise)
     if not min(rates) - slack <= rate <= max(rates) + slack:
         return [f"extrapolation: noise rate {rate:g} is outside [{min(rates):g}, {max(rates):g}], the rates "
                 f"measured for {what}"]

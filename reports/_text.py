@@ -20,6 +20,12 @@ ACCURACY_UNIT = "percentage points"
 # A label file's rate as a setting measured it (on the training part, over its seeds) and as the
 # file has it overall differ by a point or so: within this, recommend takes them as the same file's.
 FILE_RATE_TOLERANCE = 0.02
+
+
+def rate_slack(noise: str) -> float:
+    """How far outside a measured range of rates of ``noise`` a rate may lie and count as inside it:
+    a label file's FILE_RATE_TOLERANCE, else rounding."""
+    return FILE_RATE_TOLERANCE if noise == "file" else 1e-9
 REFERENCE_BASELINE = "cce"   # the headline comparison in each sentence
 
 

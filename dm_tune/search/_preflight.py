@@ -253,7 +253,7 @@ def load_sources(study: Study, new: bool = True, data_root_hint: str = "--data-r
     on_disk = [ds for ds in study.settings.dataset if DATASET_ROOTS[ds]]
     if on_disk and not study.training.get("data_root"):  # answered before torch is imported
         raise ConfigError("data_root", None, f"dataset {on_disk[0]!r} is read from disk; give {data_root_hint}")
-    from dm_tune.data import check_val_noisy, load_source
+    from dm_tune.data import check_own_validation, load_source
 
     sources: dict[str, Any] = {}
     for setting in study.expand():
@@ -287,8 +287,8 @@ def load_sources(study: Study, new: bool = True, data_root_hint: str = "--data-r
             raise ConfigError("settings.model", list(study.settings.model), f"expected distinct models: 'default' "
                               f"is {src.default_model} on {name}, so two settings would train the same")
     for src in sources.values():
-        check_val_noisy(bool(study.training.get("val_noisy")), src, "training.val_noisy",
-                        study.training.get("val_fraction"))
+        check_own_validation(src, bool(study.training.get("val_noisy")), study.training.get("val_fraction"),
+                             "training.")
     for setting, trial in zip(study.expand(), trials):  # the search selects by final validation accuracy (mAP)
         if sources[setting.dataset].val is None and trial.val_fraction == 0.0:
             raise ConfigError("training.val_fraction", 0.0, f"expected > 0: dataset {setting.dataset!r} has no "

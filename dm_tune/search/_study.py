@@ -185,7 +185,7 @@ class Study:
         s = self.settings
         out = []
         used_noise, used_rates = set(), set()
-        clean: set[tuple[str, str, str]] = set()  # (dataset, imbalance, model) whose clean setting is in
+        _, kept = self.clean_twins()  # the noise type whose rate-0 setting is the clean one ("": no twins)
         for ds, noise, rate, imb, model in itertools.product(s.dataset, s.noise, s.noise_rate,
                                                             s.imbalance, s.model):
             if noise == "none" and rate != 0.0:
@@ -195,10 +195,8 @@ class Study:
                 rate = 0.0  # the file's labels set the rate (each result records it as noise_rate_realised)
             else:
                 used_rates.add(rate)
-                if rate == 0.0:  # no label flipped: the clean setting, trained once ('none' where it is listed,
-                    if (ds, imb, model) in clean or (noise != "none" and "none" in s.noise):  # else the first)
-                        continue
-                    clean.add((ds, imb, model))
+                if rate == 0.0 and kept and noise != kept:  # no label flipped: the clean setting, trained once
+                    continue
             setting = Setting(ds, noise, rate, *imbalance_parts(imb), None if model == "default" else model)
             if setting not in out:
                 out.append(setting)
