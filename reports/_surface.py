@@ -454,9 +454,16 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     base = {"dataset": dataset if dataset in enc["datasets"] else "", "noise": noise_type, "noise_rate": noise_rate,
             "num_classes": num_classes, "imbalance": imbalance, "imbalance_ratio": imbalance_ratio}
     psis, rhos = grid(surface)
-    schemes = enc["class_weightings"] if imbalance != "none" else ["none"]  # balanced: every scheme is none
+    ran = _ran(model, enc)
+    schemes = ["none"]  # balanced: every scheme is none
+    if imbalance != "none":  # those the arms ran on imbalanced data (all, where none was measured)
+        measured = _imbalanced_weightings(model, enc)
+        schemes = [cw for cw in enc["class_weightings"] if cw in measured] or list(enc["class_weightings"])
+        if "none" not in schemes:
+            warnings.append(f"every arm on imbalanced data trained with class weighting {schemes[0]!r}"
+                            + (f" or {', '.join(repr(c) for c in schemes[1:])}" if len(schemes) > 1 else "")
+                            + ": the weighting is kept, its gain over no weighting was not measured")
     cells = [(cw, p, r) for cw in schemes for p in psis for r in rhos]
-    ran = _ran(model)
     every = cells + ran  # the grid, then the configurations the arms ran (predicted here, never candidates)
     X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in every], enc)
     mixture = not base["dataset"] and any(f.startswith("dataset=") for f in enc["features"])
@@ -467,8 +474,7 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     raw = means.mean(axis=0)  # a dataset not measured: like one of them, which one unknown
     std, own = (np.sqrt(np.mean([p[k] ** 2 for p in parts], axis=0) + means.var(axis=0)) for k in (1, 2))
     n = len(cells)
-    # (a scheme no arm ran takes the best of every arm: where one scheme alone was run, its feature is
-    # dropped and _ran names it none; the others' cells would go uncapped)
+    # (a scheme no arm ran takes the best of every arm: its cells would go uncapped)
     anyone = max((float(v) for v in raw[n:]), default=math.inf)
     ceiling = {cw: max((float(v) for (c, _, _), v in zip(ran, raw[n:]) if c == cw), default=anyone)
                for cw in schemes}
@@ -508,7 +514,8 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
                         f"(> {MAX_STD:g}; run-to-run noise aside); treat it as a starting point for a search")
     lam = lambda_from_mode(psi)
     return {"psi": psi, "rho": rho, "lam": lam, "beta": beta_from_rho(rho, lam), "class_weighting": chosen,
-            "class_weighting_gain": {cw: best_of[cw] - best_of.get("none", best_of[cw]) for cw in best_of},
+            "class_weighting_gain": ({cw: best_of[cw] - best_of["none"] for cw in best_of} if "none" in best_of
+                                     else None),  # (no weighting not measured: no gain over it)
             "region": {"psi": _span(cells, near, 1), "rho": _span(cells, near, 2),
                        "plausible": {"psi": _span(cells, plausible, 1), "rho": _span(cells, plausible, 2)},
                        "within_points": WITHIN_POINTS},
@@ -517,12 +524,30 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
             "predicted_std": sd, "surface_std": unsure, "leans_on": leaned, "warnings": warnings}
 
 
-def _ran(model: dict[str, Any]) -> list[tuple[str, float, float]]:
-    """The distinct (class weighting, psi, rho) the surface's arms ran, from its training features."""
+def _row_weightings(model: dict[str, Any], enc: dict[str, Any]) -> list[str]:
+    """The class weighting of each of the surface's training rows, from its features. A scheme that
+    every arm ran has no feature (it never varies): each row ran that one, not none."""
     names = model["feature_names"]
     cws = [(j, name[3:]) for j, name in enumerate(names) if name.startswith("cw=")]
-    out = {(next((cw for j, cw in cws if x[j] == 1.0), "none"), float(x[names.index("psi")]),
-            math.exp(float(x[names.index("log_rho")]))) for x in model["X"]}
+    dropped = [cw for cw in enc["class_weightings"] if cw != "none" and f"cw={cw}" not in names]
+    return [next((cw for j, cw in cws if x[j] == 1.0), dropped[0] if dropped else "none") for x in model["X"]]
+
+
+def _imbalanced_weightings(model: dict[str, Any], enc: dict[str, Any]) -> set[str]:
+    """The class weightings the surface's arms ran on imbalanced data. Without an imbalance feature
+    every row has the same imbalance: imbalanced where any ran a weighting (balanced data has none)."""
+    names = model["feature_names"]
+    imbalance = [j for j, name in enumerate(names) if name.startswith("imbalance=") or name == "log_imbalance_ratio"]
+    rows = zip(model["X"], _row_weightings(model, enc))
+    return {cw for x, cw in rows if any(x[j] != 0.0 for j in imbalance)
+            or (not imbalance and len(enc["class_weightings"]) > 1)}
+
+
+def _ran(model: dict[str, Any], enc: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """The distinct (class weighting, psi, rho) the surface's arms ran, from its training features."""
+    names = model["feature_names"]
+    out = {(cw, float(x[names.index("psi")]), math.exp(float(x[names.index("log_rho")])))
+           for x, cw in zip(model["X"], _row_weightings(model, enc))}
     return sorted(out)
 
 

@@ -638,6 +638,28 @@ def test_the_cap_holds_where_every_arm_ran_one_class_weighting() -> None:
                     imbalance_ratio=10, dataset="features")
     assert rec.psi == pytest.approx(0.3333) and rec.rho == pytest.approx(3.079, rel=0.05)  # the measured best arm
     assert not any("predicted +" in w for w in rec.warnings)
+    # the weighting every arm trained with, not none (no arm measured that); no gain over none claimed
+    assert rec.class_weighting == "effective-number" and rec.class_weighting_gain is None
+    assert ("every arm on imbalanced data trained with class weighting 'effective-number': the weighting is "
+            "kept, its gain over no weighting was not measured") in rec.warnings
+
+
+def test_no_weighting_is_not_recommended_for_imbalanced_data_where_no_arm_measured_it() -> None:
+    """Balanced settings (no weighting) beside imbalanced ones whose arms all weighted by inverse
+    frequency: 'none' on imbalanced data is a cell no arm ran; the recommendation keeps 'inverse'."""
+    balanced = losing_campaign()
+    imbalanced = losing_campaign(cw="inverse", imbalance="step", imbalance_ratio=10)
+    imbalanced["setting"] = imbalanced["setting"] + "/step"
+    doc = build_guidelines(pd.concat([balanced, imbalanced], ignore_index=True), generated="2026-01-01T00:00:00+00:00")
+    assert "cw=inverse" in doc["surface"]["encoding"]["features"]
+    rec = recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.2, imbalance="step",
+                    imbalance_ratio=10, dataset="features")
+    assert rec.class_weighting == "inverse" and rec.class_weighting_gain is None
+    assert any(w.startswith("every arm on imbalanced data trained with class weighting 'inverse'")
+               for w in rec.warnings)
+    balanced_rec = recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.2, dataset="features")
+    assert balanced_rec.class_weighting == "none" and balanced_rec.class_weighting_gain == {"none": 0.0}
+    assert not any("every arm on imbalanced" in w for w in balanced_rec.warnings)
 
 
 def test_the_cap_leaves_a_prediction_within_the_measured_gains_alone(surface: dict[str, Any]) -> None:
