@@ -166,6 +166,15 @@ def missing_arms(entry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             if arm not in arms}
 
 
+def asked(setting: Any, first: Any) -> dict[str, Any]:
+    """What the guidelines are asked for one setting: its data as prepared on its first seed
+    (``first``) gives the number of classes and, for a label file, the noise rate it measured."""
+    return {"num_classes": int(first.num_classes), "noise_type": setting.noise,
+            "noise_rate": float(first.noise_rate if setting.noise == "file" else setting.noise_rate),
+            "imbalance": setting.imbalance, "imbalance_ratio": float(setting.imbalance_ratio),
+            "dataset": setting.dataset}
+
+
 def _recommendation(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],
                     guidelines: dict[str, Any], named: str, first: Any = None, source: Any = None) -> Any:
     """The guidelines' recommendation for one setting, and every arm's TrainConfig built from it
@@ -179,10 +188,7 @@ def _recommendation(study: Any, setting: Any, seeds: Sequence[int], overrides: d
     if first is None:
         first = prepare(study.train_config(setting, **{**overrides, "seed": seeds[0]}), source)
     try:
-        rec = recommend(guidelines, num_classes=int(first.num_classes), noise_type=setting.noise,  # a file: its rate
-                        noise_rate=float(first.noise_rate if setting.noise == "file" else setting.noise_rate),
-                        imbalance=setting.imbalance,
-                        imbalance_ratio=float(setting.imbalance_ratio), dataset=setting.dataset)
+        rec = recommend(guidelines, **asked(setting, first))
         for knobs in arm_overrides(rec).values():
             study.train_config(setting, **{**overrides, **knobs, "seed": seeds[0]})
     except (UserError, ConfigError) as e:
@@ -278,7 +284,7 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
         return {**earlier, "arms": runs, "summary": summarise(final_accuracies(runs), 100.0 / examples)}
     return {"setting": setting.key, "seeds": list(seeds), "fields": setting.train_fields(),
             "trained_by": _code(), "num_classes": int(first.num_classes),
-            "model": str(resolved.model), "recommendation": rec.to_dict(), "arms": runs,
+            "model": str(resolved.model), "asked": asked(setting, first), "recommendation": rec.to_dict(), "arms": runs,
             "test_examples": len(first.test), "summary": summarise(final_accuracies(runs), 100.0 / len(first.test))}
 
 
@@ -468,7 +474,11 @@ def _diff(c: Mapping[str, Any]) -> str:
 def _knobs(s: Mapping[str, Any]) -> str:
     rec = s["recommendation"]
     weighting = rec.get("class_weighting", "none")
-    return f"λ {rec['lam']:.3g}, β {rec['beta']:.3g}" + ("" if weighting in (None, "none") else f", {weighting}")
+    query = s.get("asked") if isinstance(s.get("asked"), Mapping) else {}  # (not in a validation before it)
+    rate = (f" (for the label file's measured noise rate {_number(query['noise_rate']):.3g})"
+            if query.get("noise_type") == "file" and "noise_rate" in query else "")
+    return (f"λ {rec['lam']:.3g}, β {rec['beta']:.3g}" + ("" if weighting in (None, "none") else f", {weighting}")
+            + rate)
 
 
 def _compared_weighted(settings: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -275,6 +275,12 @@ def test_noise_from_a_file_is_recommended_for_at_the_rate_its_labels_have(tmp_pa
     assert len(asked) == 2  # before any setting trains, then as it trains
     for k in asked:
         assert k["noise_type"] == "file" and k["noise_rate"] == pytest.approx(0.3, abs=0.05)
+    # validation.json records what the guidelines were asked (the label file's rate is in no config); the table says it
+    doc = json.loads((tmp_path / "out" / "validation.json").read_text())
+    (entry,) = doc["settings"]
+    assert entry["asked"] == {**asked[-1], "dataset": "digits"} and entry["asked"]["noise_rate"] > 0.25
+    md = (tmp_path / "out" / "validation.md").read_text()
+    assert f"(for the label file's measured noise rate {entry['asked']['noise_rate']:.3g})" in md
 
 
 def test_the_recommended_class_weighting_is_trained(tmp_path, guidelines, monkeypatch):
