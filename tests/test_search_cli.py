@@ -70,6 +70,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--population-size", "0"], ["population_size", "0", "auto"]),
     (["--population-size", "lots"], ["population_size", "lots", "auto"]),
     (["--dataset", "cifar10"], ["data_root", "--data-root"]),
+    (["--pretrained", "missing.pth"], ["training.pretrained", "expected an existing local weights file"]),
+    (["--pretrained", "w.pth"], ["training.pretrained", "models resnet18, resnet50"]),  # digits' model is mlp
     # past the limit of the 120 identities a reid-synth trial trains on, not its 150 (every trial failed)
     (["--dataset", "reid-synth", "--noise", "symmetric", "--noise-rate", "0.992"],
      ["settings.noise_rate: 0.992", "on 120 classes"]),
@@ -122,6 +124,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     port = str(free_port())
     args = [a.replace("{port}", port) for a in args]
+    (tmp_path / "w.pth").write_bytes(b"")
     proc = _cli("search", "--workspace", str(tmp_path / "ws"), *args, cwd=tmp_path, timeout=60)
     _one_line_error(proc, *needles)
     assert not (tmp_path / "ws").exists()
@@ -145,9 +148,10 @@ def test_paths_are_stored_absolute_and_warm_start_switches_stay_switches(tmp_pat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "study.yaml").write_text(yaml.safe_dump({"training": {"noise_file": "labels.npy"}}))
     args = build_parser().parse_args(["search", "--config", "study.yaml", "--data-root", "data",
-                                      "--warm-start", "false"])
+                                      "--warm-start", "false", "--pretrained", "w.pth"])
     values = study_values(args)
-    assert values["training"] == {"noise_file": str(tmp_path / "labels.npy"), "data_root": str(tmp_path / "data")}
+    assert values["training"] == {"noise_file": str(tmp_path / "labels.npy"), "data_root": str(tmp_path / "data"),
+                                  "pretrained": str(tmp_path / "w.pth")}
     assert values["search"]["warm_start"] is False
     args = build_parser().parse_args(["search", "--warm-start", "g.json"])
     assert study_values(args)["search"]["warm_start"] == str(tmp_path / "g.json")

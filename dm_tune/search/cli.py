@@ -34,6 +34,8 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
                    help="resume the interrupted study NAME in the workspace")
     p.add_argument("--dataset", help="datasets, e.g. digits,mnist1d (default digits)")
     p.add_argument("--data-root", type=path_argument, help="root of an on-disk dataset")
+    p.add_argument("--pretrained", type=path_argument,
+                   help="local ImageNet weights (a torchvision state dict) for resnet18/resnet50")
     p.add_argument("--noise", help="noise types, e.g. symmetric,pair (default symmetric)")
     p.add_argument("--noise-rate", help="noise rates, e.g. 0,0.2,0.4 (default 0.4)")
     p.add_argument("--imbalance", help="imbalance profiles, e.g. none,step:10 (default none)")
@@ -102,6 +104,7 @@ _STUDY_FLAGS: dict[str, tuple[tuple[str, ...], bool]] = {
     "epochs": (("training", "epochs"), False),
     "population_size": (("population_size",), False),
     "data_root": (("training", "data_root"), False),
+    "pretrained": (("training", "pretrained"), False),
 }
 
 
