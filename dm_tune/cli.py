@@ -17,8 +17,8 @@ from typing import Any
 
 from dm_tune._validate import ConfigError
 from dm_tune.errors import (DataError, UserError, float_argument, int_argument, is_stdout, is_stream, json_text,
-                             load_yaml, output_path, path_argument, read_number, resolve_path, text_argument,
-                             unexaminable, write_output)
+                             load_yaml, output_path, path_argument, read_number, resolve_path, split_imbalance,
+                             text_argument, unexaminable, write_output)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +76,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="label file for --noise file (.npy/.csv/.txt or CIFAR-N .pt)")
     p.add_argument("--noise-key", type=text_argument("a key of the .pt file, e.g. worse_label"),
                    help="key inside a CIFAR-N .pt file, e.g. worse_label")
-    p.add_argument("--imbalance", help="none (default), longtail or step")
+    p.add_argument("--imbalance", help="none (default), longtail or step; or KIND:RATIO, as dm-tune search takes it "
+                   "(step:10)")
     p.add_argument("--imbalance-ratio", type=float_argument, help="largest / smallest class size (default 1)")
     p.add_argument("--model", help="mlp, imdb-mlp, cnn, resnet20/32/44/56, resnet18/50, text; "
                    "reid-resnet18/50 (tracks of frames, mars); default: the dataset's")
@@ -98,7 +99,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float_argument, help="learning rate (default: the dataset's)")
     p.add_argument("--optimizer", help="sgd or adam (default: the dataset's)")
     p.add_argument("--weight-decay", type=float_argument, help="L2 weight decay (default: the dataset's)")
-    p.add_argument("--seed", help="seed of the noise draw, validation split, initialisation and batch order "
+    p.add_argument("--seed", "--seeds", dest="seed",
+                   help="seed of the noise draw, validation split, initialisation and batch order "
                    "(integer, default 0; a comma-separated list: one member each)")
     p.add_argument("--population-size", help="with several members: how many train at once in one loop, an integer "
                    "in [1, 1024] or auto (default: chosen from the measurements for the model and device, for speed "
@@ -342,6 +344,7 @@ def _noise_text(config: Any) -> str:
 def _train_cmd(args: argparse.Namespace) -> int:
     from dm_tune.config import TrainConfig
 
+    split_imbalance(args)
     file_values = load_yaml(args.config, "--config") if args.config else {}  # read once, for every member
     members = _members(args, file_values)
     args.population_size = _population_size(args.population_size)

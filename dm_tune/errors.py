@@ -149,6 +149,24 @@ def read_number(text: str, kind: type = float) -> Any:
     return kind(text)
 
 
+def split_imbalance(args: Any) -> None:
+    """``--imbalance KIND:RATIO`` (a study's and ``dm-tune search``'s form) as ``--imbalance KIND
+    --imbalance-ratio RATIO``, in ``args``; a ratio given both ways must be the same."""
+    text = args.imbalance
+    if not isinstance(text, str) or ":" not in text:
+        return
+    kind, _, ratio_text = (t.strip() for t in text.partition(":"))
+    try:
+        ratio = read_number(ratio_text, float)
+    except ValueError:
+        raise UserError(f"--imbalance: {text!r} is not allowed; expected KIND or KIND:RATIO with a number as "
+                        "RATIO, e.g. step or step:10") from None
+    if args.imbalance_ratio is not None and args.imbalance_ratio != ratio:
+        raise UserError(f"--imbalance {text} and --imbalance-ratio {args.imbalance_ratio:g} give two ratios; "
+                        "give it once")
+    args.imbalance, args.imbalance_ratio = kind, ratio
+
+
 def _number_argument(kind: type, what: str):
     def check(value: str) -> Any:
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune.errors import (UserError, float_argument, int_argument, output_path, path_argument, read_input,
-                            remove_write_leftovers, resolve_path, text_argument)
+                            remove_write_leftovers, resolve_path, split_imbalance, text_argument)
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
 
@@ -47,12 +47,13 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "a guidelines file holds (fitted across its measured settings), with the region within 1 point "
                     "and the predicted gain over CCE; retrieval interpolates between measured settings.")
     p.add_argument("--num-classes", type=int_argument, required=True, help="number of classes (>= 2)")
-    p.add_argument("--noise-type", default="symmetric",
+    p.add_argument("--noise-type", "--noise", dest="noise_type", default="symmetric",
                    help="none, symmetric (default), pair, cifar100-superclass, file (real noise)")
     p.add_argument("--noise-rate", type=float_argument, required=True,
                    help="estimated fraction of wrong labels, in [0, 1)")
-    p.add_argument("--imbalance", default="none", help="none (default), longtail or step")
-    p.add_argument("--imbalance-ratio", type=float_argument, default=1.0,
+    p.add_argument("--imbalance", default="none",
+                   help="none (default), longtail or step; or KIND:RATIO, as dm-tune search takes it (step:10)")
+    p.add_argument("--imbalance-ratio", type=float_argument,
                    help="largest / smallest class size (default 1)")
     p.add_argument("--task", default="classification",
                    help="classification (default) or retrieval (re-ID; --num-classes is then the number of "
@@ -193,6 +194,9 @@ def recommend_command(args: argparse.Namespace) -> int:
     from dm_tune.reports._schema import default_guidelines_path, load_guidelines
     from dm_tune.reports._text import ratio_text
 
+    split_imbalance(args)
+    if args.imbalance_ratio is None:
+        args.imbalance_ratio = 1.0
     # (named by their flags here; recommend() checks them again under its parameters' names)
     _check_inputs(args.num_classes, args.noise_type, args.noise_rate, args.imbalance, args.imbalance_ratio,
                   {k: "--" + k.replace("_", "-") for k in ("num_classes", "noise_rate", "noise_type",

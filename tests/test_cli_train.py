@@ -64,6 +64,10 @@ SCRIPT_ERRORS = ("bad integer flag", "unknown dataset")
 ERRORS = {
     "unknown dataset": (["--dataset", "imagenet"], ["dataset", "'imagenet'", "digits"]),
     "unknown method": (["--method", "focal"], ["method", "'focal'", "cce"]),
+    # search's KIND:RATIO form is taken; a ratio given twice must be one
+    "imbalance ratio not a number": (["--imbalance", "step:x"], ["--imbalance", "'step:x'", "KIND:RATIO"]),
+    "imbalance ratio given twice": (["--imbalance", "step:10", "--imbalance-ratio", "5"],
+                                    ["--imbalance step:10", "--imbalance-ratio 5", "give it once"]),
     "noise rate 1.5": (["--noise-rate", "1.5"], ["noise_rate", "1.5", "[0.0, 1.0)"]),
     # At the limit a wrong label is as common as the true one: no method can learn the classes.
     "pair noise at 0.5": (["--noise", "pair", "--noise-rate", "0.5"], ["noise_rate", "0.5", "below 0.5", "pair"]),
@@ -666,3 +670,19 @@ def test_a_flag_is_never_an_abbreviation_of_another(argv, capsys):
         main(argv)
     assert info.value.code == 2
     assert f"unrecognized arguments: {' '.join(argv[1:])}" in capsys.readouterr().err
+
+
+def test_imbalance_in_the_search_form_and_seeds_are_the_train_flags_too(tmp_path, capsys):
+    """dm-tune search takes --imbalance step:10 and --seeds; train took only --imbalance step
+    --imbalance-ratio 10 and --seed (a command copied from one to the other was refused)."""
+    from dm_tune.cli import main
+
+    outs = []
+    for i, argv in enumerate((["--imbalance", "step:10", "--seeds", "3"],
+                              ["--imbalance", "step", "--imbalance-ratio", "10", "--seed", "3"])):
+        out = tmp_path / f"r{i}.json"
+        assert main(["train", *argv, "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+        outs.append(json.loads(out.read_text()))
+    for r in outs:
+        assert r["config"]["imbalance"] == "step" and r["config"]["imbalance_ratio"] == 10 and r["config"]["seed"] == 3
+    assert outs[0]["test_accuracy"] == outs[1]["test_accuracy"]

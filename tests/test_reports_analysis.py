@@ -680,6 +680,10 @@ def test_recommend_rejects_an_unknown_noise_type_on_the_command_line(tmp_path: P
     for argv, start in ((["--noise-rate", "nan"], "--noise-rate must be in [0, 1), got nan"),
                         (["--noise-rate", "0.2", "--imbalance", "step"],
                          "dm-tune: error: --imbalance 'step' needs an --imbalance-ratio"),
+                        (["--noise-rate", "0.2", "--imbalance", "step:ten"],
+                         "--imbalance: 'step:ten' is not allowed; expected KIND or KIND:RATIO"),
+                        (["--noise-rate", "0.2", "--imbalance", "step:10", "--imbalance-ratio", "4"],
+                         "--imbalance step:10 and --imbalance-ratio 4 give two ratios"),
                         # was taken as a dataset named '' ("dataset '' was not measured")
                         (["--noise-rate", "0.2", "--dataset", ""],
                          "dm-tune recommend: error: argument --dataset: expected a dataset name, not ''"),
