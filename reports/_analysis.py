@@ -204,23 +204,36 @@ def _by_seed(runs: pd.DataFrame) -> dict[Any, float]:
     return {int(s) if float(s).is_integer() else s: v for s, v in out.items()}
 
 
+def trained_weightings(trials: pd.DataFrame) -> pd.Series:
+    """Each run's class weighting as it trained: on balanced data every scheme weighs each class 1,
+    so "none" whatever the arm was labelled (as the surface reads it)."""
+    imbalance = trials["imbalance"] if "imbalance" in trials else pd.Series("none", index=trials.index)
+    return trials["class_weighting"].where(imbalance != "none", "none")
+
+
+def _points(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` with psi and rho rounded (one value read back from (lam, beta) as two one ulp apart
+    is one) and ``cw``, the class weighting each trained with."""
+    return trials.assign(psi=trials["psi"].round(9), rho=trials["rho"].round(9), cw=trained_weightings(trials))
+
+
 def _configurations(trials: pd.DataFrame) -> int:
-    """Distinct (psi, rho) among ``trials`` (a configuration's seeds are one point of the space;
-    rounded: one value read back from (lam, beta) as two one ulp apart is one)."""
-    return int(len(trials[["psi", "rho"]].round(9).drop_duplicates()))
+    """Distinct (psi, rho, class weighting) among ``trials`` (a configuration's seeds are one point
+    of the space)."""
+    return int(len(_points(trials)[["psi", "rho", "cw"]].drop_duplicates()))
 
 
 def _configuration_means(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (psi, rho, rounded as in ``_configurations``) with the mean final
+    """One row per configuration (psi, rho, cw, as in ``_configurations``) with the mean final
     validation accuracy of its seeds: a configuration is one point of the space, however many seeds
     it ran on."""
-    return (trials.assign(psi=trials["psi"].round(9), rho=trials["rho"].round(9))
-            .groupby(["psi", "rho"], as_index=False)["final_val_acc"].mean())
+    return _points(trials).groupby(["psi", "rho", "cw"], as_index=False)["final_val_acc"].mean()
 
 
 def param_importance(trials: pd.DataFrame) -> dict[str, Any]:
-    """fANOVA importance of psi vs rho for final validation accuracy over search-stage DM trials,
-    each configuration one point (its seeds' mean); ``n`` counts the trials, ``n_configs`` the
+    """fANOVA importance of psi vs rho (and the class weighting, where the search varied it: else
+    ``class_weighting`` is None) for final validation accuracy over search-stage DM trials, each
+    configuration one point (its seeds' mean); ``n`` counts the trials, ``n_configs`` the
     configurations (what the minimum is about)."""
     trials = trials[trials["psi"].notna() & trials["rho"].notna()]
     n, configs = int(len(trials)), _configurations(trials)
@@ -232,38 +245,55 @@ def param_importance(trials: pd.DataFrame) -> dict[str, Any]:
         if trials[col].nunique() < 2:
             return {"status": "insufficient", "n": n, "n_configs": configs, "reason": f"{what} did not vary"}
     import optuna  # heavy import, only where it is used
-    from optuna.distributions import FloatDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.importance import FanovaImportanceEvaluator
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dists = {k: FloatDistribution(float(trials[k].min()), float(trials[k].max())) for k in ("psi", "rho")}
+    dists: dict[str, Any] = {k: FloatDistribution(float(trials[k].min()), float(trials[k].max())) for k in ("psi", "rho")}
+    schemes = sorted(trials["cw"].unique())
+    if len(schemes) > 1:
+        dists["class_weighting"] = CategoricalDistribution(schemes)
     study = optuna.create_study(direction="maximize")
-    for psi, rho, val in zip(trials["psi"], trials["rho"], trials["final_val_acc"]):
-        study.add_trial(optuna.trial.create_trial(params={"psi": float(psi), "rho": float(rho)},
-                                                  distributions=dists, value=float(val)))
+    for psi, rho, cw, val in zip(trials["psi"], trials["rho"], trials["cw"], trials["final_val_acc"]):
+        params = {"psi": float(psi), "rho": float(rho), "class_weighting": str(cw)}
+        study.add_trial(optuna.trial.create_trial(params={k: params[k] for k in dists}, distributions=dists,
+                                                  value=float(val)))
     scores = optuna.importance.get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0),
-                                                     params=["psi", "rho"])
+                                                     params=list(dists))
     return {"status": "ok", "n": n, "n_configs": configs, "psi": float(scores.get("psi", 0.0)),
-            "rho": float(scores.get("rho", 0.0))}
+            "rho": float(scores.get("rho", 0.0)),
+            "class_weighting": float(scores.get("class_weighting", 0.0)) if len(schemes) > 1 else None}
 
 
-def sensitivity(trials: pd.DataFrame, max_bins: int = 4) -> dict[str, Any]:
+def sensitivity(trials: pd.DataFrame, max_bins: int = 4, weighting: str | None = None) -> dict[str, Any]:
     """Per knob, the range (max - min) over quantile bins of the configurations' mean final
     validation accuracy, in points: each configuration (its seeds averaged) one point, at least two
     a bin (with one, both knobs' ranges were that of the configurations themselves, the same
     number), none below four configurations. (Binned by trials, a configuration run on more seeds
-    moved the edges and weighed more: it could fill a bin alone.)"""
+    moved the edges and weighed more: it could fill a bin alone.) Where the search varied the class
+    weighting, psi's and rho's ranges are over the configurations of ``weighting`` alone (the best
+    arm's: else a weighting's gain read as the knobs'), and ``class_weighting`` is the range of the
+    weightings' mean over their configurations (None where one weighting was searched)."""
     trials = trials[trials["psi"].notna() & trials["rho"].notna()]
     n, configs = int(len(trials)), _configurations(trials)
     out: dict[str, Any] = {"n": n, "n_configs": configs, "metric": "final validation accuracy", "psi": None,
-                           "rho": None}
+                           "rho": None, "class_weighting": None, "within_class_weighting": None}
     if configs < 4:
         return out
     # (rounded: one value read back from (lam, beta) as two one ulp apart is one configuration and
     # shares a bin, whichever side of a quantile edge each falls; pandas 2 and 3 put the edges differently)
     points = _configuration_means(trials)
+    if points["cw"].nunique() > 1:
+        means = points.groupby("cw")["final_val_acc"].mean() * POINTS
+        out["class_weighting"] = float(means.max() - means.min())
+        if weighting is None or weighting not in set(points["cw"]):
+            return out
+        points = points[points["cw"] == weighting]
+        out["within_class_weighting"] = weighting
+        if len(points) < 4:
+            return out
     for knob in ("psi", "rho"):
-        bins = pd.qcut(points[knob], q=min(max_bins, configs // 2), duplicates="drop")
+        bins = pd.qcut(points[knob], q=min(max_bins, len(points) // 2), duplicates="drop")
         means = points.groupby(bins, observed=True)["final_val_acc"].mean() * POINTS
         out[knob] = float(means.max() - means.min()) if len(means) > 1 else 0.0
     return out
@@ -308,7 +338,8 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     best_every = every[(every["stage"] == best["stage"]) & (every["arm"] == best["arm"])]  # its failures count too
     out["vs_baselines"] = compare_baselines(best_every, baselines)
     out["importance"] = param_importance(search)
-    out["sensitivity"] = sensitivity(search)
+    weighting = str(trained_weightings(best_runs.head(1)).iloc[0]) if len(best_runs) else None
+    out["sensitivity"] = sensitivity(search, weighting=weighting)
     if out["task"] == "retrieval":
         out["sensitivity"]["metric"] = "final validation mAP"
     out["paper_comparison"] = compare_with_paper(out, *_paper_psi_gap(out, chosen, best, confirmed))

@@ -192,11 +192,17 @@ def _count(n: int, noun: str) -> str:
 def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
     e = html.escape
     imp = s["importance"]
-    importance = (f"psi {imp['psi']:.2f}, rho {imp['rho']:.2f} (fANOVA, {_trials(imp)})" if imp["status"] == "ok"
-                  else f"insufficient: {imp.get('reason', '')}")
+    cw_importance = (f", class weighting {imp['class_weighting']:.2f}" if imp["status"] == "ok"
+                     and imp.get("class_weighting") is not None else "")  # (None, or absent before it was)
+    importance = (f"psi {imp['psi']:.2f}, rho {imp['rho']:.2f}{cw_importance} (fANOVA, {_trials(imp)})"
+                  if imp["status"] == "ok" else f"insufficient: {imp.get('reason', '')}")
     sens = s["sensitivity"]
-    sensitivity = (f"psi {_num(sens['psi'], 1)}, rho {_num(sens['rho'], 1)} points "
-                   f"(range of binned mean {sens['metric']}, {_trials(sens)})")
+    within = sens.get("within_class_weighting")
+    sensitivity = (f"psi {_num(sens['psi'], 1)}, rho {_num(sens['rho'], 1)} points"
+                   + (f" (over the configurations of class weighting {within}, the recommended arm's)" if within else "")
+                   + (f"; between class weightings {_num(sens['class_weighting'], 1)} points"
+                      if sens.get("class_weighting") is not None else "")
+                   + f" (range of binned mean {sens['metric']}, {_trials(sens)})")
     c = s["counts"]
     m = metric_name(s)
     rows = [["recommended", f"lambda {s['lam']:.3g}, beta {s['beta']:.3g} (psi {s['psi']:.3f}, rho {s['rho']:.3f}); "
@@ -210,7 +216,7 @@ def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
             ["within 1 point of the best", f"psi {s['psi_range'][0]:.2f}-{s['psi_range'][1]:.2f}, rho "
                                            f"{s['rho_range'][0]:.2f}-{s['rho_range'][1]:.2f} "
                                            f"({_count(s['n_configs'], 'configuration')})"],
-            ["importance (mode vs spread)", importance], ["sensitivity", sensitivity],
+            ["importance (mode vs spread" + (" vs class weighting" if cw_importance else "") + ")", importance], ["sensitivity", sensitivity],
             ["trials", f"{c['finished']} finished, {c['diverged']} diverged, {c['early_stopped']} early-stopped, "
                        f"{c['errored']} errored (means over finished ones; a diverged seed decides a "
                        "comparison against its arm)"

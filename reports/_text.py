@@ -14,8 +14,11 @@ SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-s
 # (an unweighted arm at the paper's mode against a weighted best measured the weighting); 5
 # recommends (leave-one-setting-out too) no cell for a gain above the best its class weighting's
 # arms are predicted, and caps the predicted gain at the measured best of the settings it leans
-# on; a file without the field was written by an earlier report (1).
-ANALYSIS_VERSION = 5
+# on; 6 counts a searched class weighting in a setting's importance (a parameter of fANOVA) and
+# sensitivity (psi's and rho's ranges over the recommended arm's weighting, the weightings' apart),
+# and recommends for imbalanced data only weightings its arms ran there (leave-one-setting-out
+# too); a file without the field was written by an earlier report (1).
+ANALYSIS_VERSION = 6
 ACCURACY_UNIT = "percentage points"
 # A label file's rate as a setting measured it (on the training part, over its seeds) and as the
 # file has it overall differ by a point or so: within this, recommend takes them as the same file's.

@@ -323,6 +323,49 @@ def test_importance_weighs_each_configuration_once_however_many_seeds_it_ran() -
     assert (thrice["psi"], thrice["rho"]) == pytest.approx((once["psi"], once["rho"]), abs=1e-12)
 
 
+def weighted_search_rows(imbalance: str = "step") -> list[dict[str, Any]]:
+    """Search trials with class weighting searched too, on a psi x rho grid for each weighting:
+    accuracy 0.5 + 0.2 psi, whatever rho; inverse 20 points above none; the confirmed arm inverse's."""
+    params = {"imbalance": imbalance, "imbalance_ratio": "10" if imbalance != "none" else "1"}
+    rows = []
+    for cw, extra in (("none", 0.0), ("inverse", 0.2)):
+        for psi in np.linspace(0.1, 0.7, 4):
+            lam = psi / (1 - psi)
+            for rho in np.linspace(1.0, 5.0, 3):
+                rows.append(row(stage="search", val=0.5 + 0.2 * psi + extra, lam=lam, class_weighting=cw,
+                                beta=rho / rho_from_beta(1.0, lam), **params))
+    rows += [row(seed=s, val=0.84, class_weighting="inverse", **params) for s in range(3)]
+    return rows
+
+
+def test_importance_and_sensitivity_tell_the_class_weighting_from_the_knobs() -> None:
+    """Class weighting searched beside psi and rho: fANOVA saw psi and rho alone (the weighting's
+    20 points read as noise or as the knobs'), and the sensitivity binned both weightings' trials
+    together. Now the weighting is a parameter of the importance; psi's and rho's ranges are over the
+    recommended arm's weighting, and the weightings' own range is given apart."""
+    res = analyse_setting(tidy(weighted_search_rows()))
+    imp, sens = res["importance"], res["sensitivity"]
+    assert imp["status"] == "ok" and imp["n_configs"] == 24
+    assert imp["class_weighting"] > imp["psi"] > imp["rho"] and imp["rho"] < 0.05
+    assert sens["within_class_weighting"] == "inverse" and sens["n_configs"] == 24
+    assert sens["psi"] == pytest.approx(0.2 * 0.6 * 100) and sens["rho"] == pytest.approx(0.0, abs=1e-9)
+    assert sens["class_weighting"] == pytest.approx(20.0)
+    # on balanced data every scheme weighs each class 1: one weighting, the knobs' ranges over all
+    balanced = analyse_setting(tidy([r for r in weighted_search_rows("none") if r["class_weighting"] == "none"]
+                                    + [{**r, "class_weighting": "inverse"} for r in weighted_search_rows("none")
+                                       if r["class_weighting"] == "none" and r["stage"] == "search"][:1]))
+    assert balanced["importance"]["class_weighting"] is None and balanced["sensitivity"]["class_weighting"] is None
+    assert balanced["sensitivity"]["within_class_weighting"] is None
+    from dm_tune.reports._html import _setting_section
+
+    page = _setting_section(0, res, {})
+    assert "importance (mode vs spread vs class weighting)" in page
+    assert f"class weighting {imp['class_weighting']:.2f} (fANOVA" in page
+    assert "(over the configurations of class weighting inverse, the recommended arm" in page
+    assert "; between class weightings 20.0 points (range of binned mean" in page
+    assert "vs class weighting" not in _setting_section(0, balanced, {})
+
+
 def test_status_counts_maps_statuses() -> None:
     df = tidy([row(status=s) for s in ("finished", "diverged", "early-stopped", "errored", "errored")])
     assert status_counts(df) == {"finished": 1, "diverged": 1, "early_stopped": 1, "errored": 2, "in_progress": 0,
