@@ -249,7 +249,8 @@ def param_importance(trials: pd.DataFrame) -> dict[str, Any]:
     from optuna.importance import FanovaImportanceEvaluator
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dists: dict[str, Any] = {k: FloatDistribution(float(trials[k].min()), float(trials[k].max())) for k in ("psi", "rho")}
+    dists: dict[str, Any] = {k: FloatDistribution(float(trials[k].min()), float(trials[k].max()))
+                             for k in ("psi", "rho")}
     schemes = sorted(trials["cw"].unique())
     if len(schemes) > 1:
         dists["class_weighting"] = CategoricalDistribution(schemes)

@@ -199,7 +199,8 @@ def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
     sens = s["sensitivity"]
     within = sens.get("within_class_weighting")
     sensitivity = (f"psi {_num(sens['psi'], 1)}, rho {_num(sens['rho'], 1)} points"
-                   + (f" (over the configurations of class weighting {within}, the recommended arm's)" if within else "")
+                   + (f" (over the configurations of class weighting {within}, the recommended arm's)"
+                      if within else "")
                    + (f"; between class weightings {_num(sens['class_weighting'], 1)} points"
                       if sens.get("class_weighting") is not None else "")
                    + f" (range of binned mean {sens['metric']}, {_trials(sens)})")
@@ -216,7 +217,8 @@ def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
             ["within 1 point of the best", f"psi {s['psi_range'][0]:.2f}-{s['psi_range'][1]:.2f}, rho "
                                            f"{s['rho_range'][0]:.2f}-{s['rho_range'][1]:.2f} "
                                            f"({_count(s['n_configs'], 'configuration')})"],
-            ["importance (mode vs spread" + (" vs class weighting" if cw_importance else "") + ")", importance], ["sensitivity", sensitivity],
+            ["importance (mode vs spread" + (" vs class weighting" if cw_importance else "") + ")", importance],
+            ["sensitivity", sensitivity],
             ["trials", f"{c['finished']} finished, {c['diverged']} diverged, {c['early_stopped']} early-stopped, "
                        f"{c['errored']} errored (means over finished ones; a diverged seed decides a "
                        "comparison against its arm)"
