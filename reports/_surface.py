@@ -554,11 +554,15 @@ def _ran(model: dict[str, Any], enc: dict[str, Any]) -> list[tuple[str, float, f
 def _at_searched_edge(surface: dict[str, Any], psi: float, rho: float) -> list[str]:
     """Where (psi, rho) lies on a bound of ``searched_span`` that is not one of the fixed grid's."""
     (p0, p1), (r0, r1) = searched_span(surface)
-    (g0, g1, _), (h0, h1, _) = PSI_GRID, RHO_GRID
+    (g0, g1, n_psi), (h0, h1, n_rho) = PSI_GRID, RHO_GRID
+    # A searched bound within half a cell of the grid's is the grid's: a search space's own bound
+    # (the decoupled space's psi 0.75, rho 12), which TPE samples up to but never exactly.
+    half_psi, half_log_rho = (g1 - g0) / (n_psi - 1) / 2, (math.log(h1) - math.log(h0)) / (n_rho - 1) / 2
     out = []
-    for name, value, lo, hi, fixed_lo, fixed_hi in (("psi", psi, p0, p1, g0, g1), ("rho", rho, r0, r1, h0, h1)):
+    for name, value, lo, hi, fixed_lo, fixed_hi, scale, half in (
+            ("psi", psi, p0, p1, g0, g1, float, half_psi), ("rho", rho, r0, r1, h0, h1, math.log, half_log_rho)):
         for bound, fixed, side in ((lo, fixed_lo, "lowest"), (hi, fixed_hi, "highest")):
-            if math.isclose(value, bound, rel_tol=1e-9, abs_tol=1e-12) and not math.isclose(bound, fixed, rel_tol=1e-9):
+            if math.isclose(value, bound, rel_tol=1e-9, abs_tol=1e-12) and abs(scale(bound) - scale(fixed)) >= half:
                 out.append(f"{name} {value:.3g}, the {side} searched")
     return out
 
@@ -634,7 +638,9 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
     if dataset is not None and not known:
         out.append(f"dataset {dataset!r} was not measured (measured: {', '.join(surface['encoding']['datasets'])}); "
                    "predicted as the average over the measured datasets, their spread in the interval")
-    if not out:  # every factor was measured somewhere: were they measured together?
+    # Noise type and imbalance each measured somewhere (and the rate within the type's): were they
+    # measured together? (whatever else is extrapolated: the number of classes, a ratio, the dataset)
+    if same and not any(w.startswith(("extrapolation: noise type", "extrapolation: noise rate")) for w in out):
         out += _combination_warnings(settings, noise, rate, imbalance, dataset if known else None)
     return out
 

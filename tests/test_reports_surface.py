@@ -369,6 +369,12 @@ def test_factors_measured_apart_but_never_together_are_warned_about() -> None:
     (rate,) = warned(noise_type="symmetric", noise_rate=0.6, imbalance="longtail", imbalance_ratio=10.0)
     assert rate == ("extrapolation: noise rate 0.6 is outside [0, 0.2], the rates measured for symmetric noise "
                     "with longtail imbalance")
+    # told beside another extrapolation (a class count, an unmeasured dataset), not in its place
+    more = warned(imbalance="longtail", imbalance_ratio=10.0, num_classes=20)
+    assert len(more) == 2 and more[0].startswith("extrapolation: number of classes 20")
+    assert more[1] == together
+    unknown = warned(imbalance="longtail", imbalance_ratio=10.0, dataset="cifar10")
+    assert together in unknown
 
 
 def test_an_unknown_dataset_gets_no_dataset_feature() -> None:
@@ -579,6 +585,25 @@ def test_recommend_stays_within_the_knobs_that_were_searched_and_says_when_it_is
     # a surface whose optimum lies inside what was searched: no such warning
     inside = recommend_from_surface(fit_surface(campaign()), 10, "symmetric", 0.4)
     assert not any("edge of what was searched" in w for w in inside["warnings"])
+
+
+def test_the_search_spaces_own_bounds_are_no_searched_edge() -> None:
+    """Arms sampled up to psi 0.7499 and rho 11.83, within 0.75 and 12, the decoupled space's bounds
+    (a sampler never draws them exactly): a recommendation there was told to search beyond them."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for rate in (0.2, 0.4):
+        key, cce = f"digits/{rate}", 0.9 - 0.4 * rate
+        arms = [(float(rng.uniform(0.0004, 0.7499)), float(math.exp(rng.uniform(math.log(0.258), math.log(11.83)))))
+                for _ in range(20)] + [(0.7499, 11.83), (0.0004, 0.258)]
+        for psi, rho in arms:
+            g = 10 * rate + 15 * psi + math.log(rho) + float(rng.normal(0, 0.2))  # best at the corner
+            rows.append(run(key, "search", 0, cce + g / 100, cce + g / 100, psi, rho, noise_rate=rate))
+        rows += [run(key, "confirm", seed, cce, cce, baseline="cce", method="cce", noise_rate=rate)
+                 for seed in range(3)]
+    rec = recommend_from_surface(fit_surface(tidy(rows)), 10, "symmetric", 0.3, dataset="digits")
+    assert rec["psi"] == pytest.approx(0.7499) and rec["rho"] == pytest.approx(11.83)
+    assert not any("edge of what was searched" in w for w in rec["warnings"])
 
 
 # The audit's tiny search: five arms in each of two settings, every one behind CCE (validation points).
