@@ -7,6 +7,7 @@ on stderr, never a traceback. Heavy imports (torch, ray, mlflow) happen inside t
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import statistics
@@ -595,6 +596,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the output went to a pipe that closed (`dm-tune recommend ... | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:  # the output went to a full disk (`> /dev/full`) or a device that failed
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (what is left to flush, dropped)
+        print(f"dm-tune: error: {e.filename or 'the output'}: {e.strerror or e}", file=sys.stderr)
+        return 1
     finally:
         if before is not None:  # (as it was: main is also called in-process)
             signal.signal(signal.SIGTERM, before)

@@ -660,6 +660,17 @@ def test_a_terminated_or_unread_train_ends_in_a_line_or_quietly(tmp_path):
     assert done.returncode == 141 and "error" not in done.stderr, done.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (a device that is always full)")
+@pytest.mark.parametrize("argv", [["recommend", "--num-classes", "10", "--noise-rate", "0.3"],
+                                  ["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--json"]])
+def test_output_to_a_full_disk_is_one_line(argv, tmp_path):
+    """`dm-tune recommend > /dev/full` ended in a traceback (OSError: No space left on device)."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([_script(), *argv], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    assert done.returncode == 1 and done.stderr == "dm-tune: error: the output: No space left on device\n", done.stderr
+
+
 @pytest.mark.parametrize("argv", [["train", "--epo", "1"], ["search", "--mode", "0.5"], ["train", "--bet", "-8"]])
 def test_a_flag_is_never_an_abbreviation_of_another(argv, capsys):
     """argparse took --epo for --epochs, search's --model for train's --mode (the error then named
