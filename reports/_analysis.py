@@ -158,7 +158,20 @@ def _on_seeds(by_seed: pd.Series, seeds: pd.Index, otherwise: float) -> float:
     return otherwise
 
 
-def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def example_step(runs: pd.DataFrame) -> float:
+    """One test example's worth of accuracy, in points, for ``runs`` of one setting (the least spread
+    a verdict takes, as ``dm-tune validate`` takes it: identical per-seed differences of one example
+    are no certainty); 0 for retrieval (mAP moves in no such steps) or runs that did not record the
+    test set's size (``test_examples``: runs of an earlier dm-tune)."""
+    if "test_examples" not in runs or (runs["task"] == "retrieval").any():
+        return 0.0
+    sizes = runs["test_examples"].dropna()
+    sizes = sizes[sizes >= 1]
+    return POINTS / float(sizes.min()) if len(sizes) else 0.0
+
+
+def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame,
+                      step: float = 0.0) -> dict[str, dict[str, Any]]:
     """DM's final test accuracy against each baseline's, in points; runs of any status (a diverged
     run is a seed that did not finish; errored and early-stopped ones are left out).
 
@@ -166,7 +179,8 @@ def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dic
     per-seed differences, none for one seed) and judged as ``dm-tune validate`` judges it
     (``verdict``: wins / loses when the paired 95% t interval of the mean difference excludes 0,
     else within noise; undetermined with one seed; an arm that did not finish on a seed where the
-    other did loses). With no such seed (the two arms ran on other seeds) it is unpaired (std =
+    other did loses; the spread taken at least ``step``, one test example's worth: ``example_step``).
+    With no such seed (the two arms ran on other seeds) it is unpaired (std =
     sqrt(s_dm^2 + s_base^2), the spread of one draw's difference; verdict "unpaired" unless a
     failure decides).
     """
@@ -178,7 +192,7 @@ def compare_baselines(dm_runs: pd.DataFrame, baseline_runs: pd.DataFrame) -> dic
     for name, runs in baseline_runs.groupby("baseline", sort=True):
         by_seed = _by_seed(runs)
         base = pd.Series({s: v for s, v in by_seed.items() if math.isfinite(v)}, dtype=float)
-        c = paired_comparison(dm, by_seed)
+        c = paired_comparison(dm, by_seed, step)
         paired = c["n"] >= 1
         if paired:
             mean_diff, std, n = c["mean_diff"], c["std"], c["n"]
@@ -337,13 +351,16 @@ def analyse_setting(df: pd.DataFrame) -> dict[str, Any]:
     every = dm_configs(ended)
     out.update(region(arms, chosen, best, confirmed=confirmed))
     best_every = every[(every["stage"] == best["stage"]) & (every["arm"] == best["arm"])]  # its failures count too
-    out["vs_baselines"] = compare_baselines(best_every, baselines)
+    step = example_step(df)
+    out["vs_baselines"] = compare_baselines(best_every, baselines, step)
     out["importance"] = param_importance(search)
     weighting = str(trained_weightings(best_runs.head(1)).iloc[0]) if len(best_runs) else None
     out["sensitivity"] = sensitivity(search, weighting=weighting)
     if out["task"] == "retrieval":
         out["sensitivity"]["metric"] = "final validation mAP"
-    out["paper_comparison"] = compare_with_paper(out, *_paper_psi_gap(out, chosen, best, confirmed))
+    gap, clear = _paper_psi_gap(out, chosen, best, confirmed, step)
+    out["paper_comparison"] = compare_with_paper(out, gap, clear, None if gap is not None else
+                                                 _near_paper_unfinished(out, dm_configs(df), best))
     return out
 
 
@@ -354,8 +371,20 @@ def analyse_settings(df: pd.DataFrame) -> list[dict[str, Any]]:
                                           str(r["imbalance"]), r["imbalance_ratio"] or 1.0, str(r["model"])))
 
 
+def _near_paper_unfinished(setting: dict[str, Any], runs: pd.DataFrame, best: pd.Series) -> dict[str, int]:
+    """The runs near the paper's mode (with the best arm's class weighting, as ``_paper_psi_gap``
+    pairs them) that did not finish, counted by status: early-stopped by ASHA, diverged, ..."""
+    guide = paper_guidance(setting["noise"], setting["noise_rate"], setting["num_classes"], setting["pretrained"])
+    if guide["psi"] is None or setting.get("task") == "retrieval":
+        return {}
+    near = runs[runs["psi"].notna() & ((runs["psi"] - guide["psi"]).abs() <= NEAR_PAPER_PSI)
+                & (runs["class_weighting"] == best["class_weighting"]) & ~runs["status"].isin(["finished", ""])]
+    return {str(k): int(v) for k, v in near["status"].value_counts().items()}
+
+
 def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame, best: pd.Series,
-                   confirmed: set[str] | frozenset[str] = frozenset()) -> tuple[float | None, bool | None]:
+                   confirmed: set[str] | frozenset[str] = frozenset(), step: float = 0.0
+                   ) -> tuple[float | None, bool | None]:
     """How many points of final *test* accuracy the best arm beats the trials near the paper's mode
     by (None: none tried), and whether that gap is beyond seed noise, as ``dm-tune validate`` judges
     one: True (its paired 95% t interval excludes 0), False (it does not), None (not tested: fewer
@@ -382,7 +411,7 @@ def _paper_psi_gap(setting: dict[str, Any], chosen: pd.DataFrame, best: pd.Serie
             continue  # its confirm arm decides
         val = (arm.groupby("seed")["final_val_acc"].mean() * POINTS).to_dict()
         test = (arm.groupby("seed")["final_test_acc"].mean() * POINTS).to_dict()
-        on_val, on_test = paired_comparison(best_val, val), paired_comparison(best_test, test)
+        on_val, on_test = paired_comparison(best_val, val), paired_comparison(best_test, test, step)
         if on_test["n"]:
             clear = on_test["verdict"] == "wins" if on_test["n"] >= 2 else None
             gaps.append((float(on_val["mean_diff"]), float(on_test["mean_diff"]), clear))

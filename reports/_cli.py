@@ -199,8 +199,9 @@ def recommend_command(args: argparse.Namespace) -> int:
         args.imbalance_ratio = 1.0
     # (named by their flags here; recommend() checks them again under its parameters' names)
     _check_inputs(args.num_classes, args.noise_type, args.noise_rate, args.imbalance, args.imbalance_ratio,
-                  {k: "--" + k.replace("_", "-") for k in ("num_classes", "noise_rate", "noise_type",
-                                                           "imbalance", "imbalance_ratio")})
+                  {k: "--" + k.replace("_", "-") for k in ("num_classes", "noise_rate", "noise_type", "imbalance",
+                                                           "imbalance_ratio", "task", "dataset")},
+                  task=args.task, dataset=args.dataset)
 
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     if not args.guidelines and not path.is_file():

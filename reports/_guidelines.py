@@ -115,7 +115,9 @@ def setting_sentence(s: dict[str, Any]) -> str:
     if s.get("task") == "retrieval":
         text += f", rank-1 {fmt_acc(s.get('test_rank1_mean'), None)}%"
     text += f", n={s['n_seeds']})"
-    if s.get("stage") != "confirm":
+    if s.get("stage_note"):  # search trials, not confirmed; or no arm finished on every seed (said, not only in JSON)
+        text += f" [{s['stage_note']}]"
+    elif s.get("stage") != "confirm":
         text += " [from search trials, not confirmed]"
     return text + "."
 

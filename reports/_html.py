@@ -189,6 +189,14 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def _pairing(b: dict[str, Any]) -> str:
+    """How a comparison with a baseline was made: over shared seeds, or not (two arms that share
+    seeds but finished none of them together are not "unpaired": a failure decided)."""
+    if b["paired"]:
+        return "paired by seed"
+    return "no seed both finished" if any((b.get("did_not_finish") or {}).values()) else "unpaired"
+
+
 def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
     e = html.escape
     imp = s["importance"]
@@ -228,7 +236,7 @@ def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
                           "is not complete)" if c.get("in_progress") else "")]]
     base_rows = [[name, f"{fmt_acc(b['baseline_mean'], b['baseline_std'])} (n={b['baseline_n']})",
                   f"{fmt_diff(b['mean_diff'], b['std'])} (n={b['n']}, "
-                  f"{'paired by seed' if b['paired'] else 'unpaired'})", b.get("verdict", "")]
+                  f"{_pairing(b)})", b.get("verdict", "")]
                  for name, b in s["vs_baselines"].items()]
     return "\n".join([f"<h3 id='setting-{i}'>{e(setting_label(s))}</h3>",
                       f"<p class='note'>setting key {e(s['setting'])}</p>",

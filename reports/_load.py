@@ -22,7 +22,7 @@ from dm_tune.errors import UserError, parse_url
 PARAM_COLUMNS = ("method", "lam", "beta", "psi", "rho", "dataset", "noise", "noise_rate", "imbalance",
                  "imbalance_ratio", "model", "num_classes", "pretrained", "seed", "epochs", "class_weighting")
 METRIC_COLUMNS = ("epochs_reached", "final_test_acc", "final_val_acc", "best_test_acc",
-                  "val_selected_test_acc", "train_time_s", "noise_rate_realised")
+                  "val_selected_test_acc", "train_time_s", "noise_rate_realised", "test_examples")
 # Retrieval runs (re-ID; they log final_val_map): their mAPs fill the score columns above in place
 # of accuracy (final_test_acc holds final test mAP, final_val_acc final validation mAP,
 # best_test_acc the best test mAP over training, ...), with task = "retrieval" so that every
@@ -158,7 +158,8 @@ _SCORE = (False, 0.0, 1.0, "a number in [0, 1]")
 _METRIC_RANGES = {**{k: _SCORE for k in ("final_test_acc", "final_val_acc", "best_test_acc", "val_selected_test_acc",
                                           "noise_rate_realised", *RETRIEVAL_SCORES.values(), *RETRIEVAL_COLUMNS)},
                   "epochs_reached": (False, 0.0, _INF, "a number >= 0"),
-                  "train_time_s": (False, 0.0, _INF, "a number >= 0")}
+                  "train_time_s": (False, 0.0, _INF, "a number >= 0"),
+                  "test_examples": (True, 1, _INF, "an integer >= 1")}
 
 
 def check_run_values(experiment: str, run_id: str, params: dict[str, Any], metrics: dict[str, Any]) -> None:

@@ -48,7 +48,7 @@ def paper_guidance(noise: str, noise_rate: float, num_classes: int | None, pretr
 
 
 def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
-                       gap_clear: bool | None = None) -> dict[str, Any]:
+                       gap_clear: bool | None = None, unfinished: dict[str, int] | None = None) -> dict[str, Any]:
     """Verdict on the paper's guidance for one analysed setting.
 
     ``paper_psi_gap``: points of final test accuracy by which the best arm beat the arm near the
@@ -56,6 +56,8 @@ def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
     chosen on validation, measured on test); ``gap_clear``: whether that gap is beyond seed
     noise (True: paired over seeds, its 95% t interval excludes 0; False: it does not; None: not
     tested, fewer than 2 paired seeds). Only a gap beyond seed noise refutes; the others refine.
+    ``unfinished``: where no gap was measured, the runs near the paper's mode that did not finish,
+    by how they ended (early-stopped, diverged, ...): tried, not untested.
     """
     if setting.get("task") == "retrieval":  # its classification guidance does not carry over
         return {"paper_psi": None, "paper_lam": None, "paper_beta_range": None, "source": NO_RETRIEVAL_GUIDANCE,
@@ -86,6 +88,10 @@ def compare_with_paper(setting: dict[str, Any], paper_psi_gap: float | None,
         verdict, why = "agree", "the paper's mode is within the measured near-best region"
         if abs(delta) <= AGREE_PSI and not lo - 1e-9 <= paper <= hi + 1e-9:
             why = f"the measured mode is within {AGREE_PSI:g} of the paper's"
+    elif paper_psi_gap is None and unfinished:
+        ended = ", ".join(f"{n} {status}" for status, n in sorted(unfinished.items()))
+        verdict, why = "refine", (f"the optimum sits elsewhere; trials near the paper's mode{weighted} ran but none "
+                                  f"finished ({ended}), so the gap there is not measured")
     elif paper_psi_gap is None:
         verdict, why = "refine", f"the optimum sits elsewhere, but no trial tested the paper's mode{weighted}"
     elif abs(delta) > REFUTE_PSI and paper_psi_gap > REFUTE_POINTS and gap_clear:

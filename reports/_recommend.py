@@ -13,11 +13,13 @@ as the rate-0 end of every noise type.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dm_tune._names import IMBALANCE_KINDS, IMBALANCE_RATIO_MAX, rate_limit
+from dm_tune._names import DATASET_NAMES, FIXED_CLASSES, IMBALANCE_KINDS, IMBALANCE_RATIO_MAX, rate_limit, task_of
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
 from dm_tune.reports._text import FILE_RATE_TOLERANCE, fmt_diff, num_text, setting_label
@@ -67,9 +69,16 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
     for classification, else interpolated from measured settings of the same task (for retrieval,
     ``num_classes`` counts the identities of the training split). ``dataset``: the name of a
     measured dataset, when the data is one (interpolation then draws on its settings alone)."""
-    _check_inputs(num_classes, noise_type, noise_rate, imbalance, imbalance_ratio)
-    if task not in TASKS:
-        raise UserError(f"task {task!r} is not known; expected one of {', '.join(TASKS)}")
+    _check_inputs(num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, task=task, dataset=dataset)
+    num_classes, noise_rate, imbalance_ratio = int(num_classes), float(noise_rate), float(imbalance_ratio)  # (numpy's)
+    if not isinstance(guidelines, Mapping):
+        raise UserError(f"guidelines must be a guidelines document (a mapping, as load_guidelines reads one), "
+                        f"got {type(guidelines).__name__}")
+    from dm_tune.reports._schema import validate_guidelines
+
+    problem = validate_guidelines(guidelines)
+    if problem:
+        raise UserError(f"the guidelines: {problem}")
     surface = guidelines.get("surface")
     if surface and surface.get("task") == task:
         return _from_surface(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, dataset)
@@ -95,6 +104,11 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
         measured = sorted({s["imbalance"] for s in pool})
         warnings.append(f"imbalance {imbalance!r} was not measured here (measured: {', '.join(measured)}); "
                         "ignoring imbalance")
+    elif noise_rate and all(_is_clean(s) for s in same) and not all(_is_clean(s) for s in pool):
+        # (else noisy data got the clean arm, the noisy settings measured dropped, "outside [0, 0]")
+        warnings.append(f"imbalance {imbalance!r} was measured here on clean labels only; ignoring imbalance, "
+                        "so that the noise rate is read from the noisy settings measured")
+        same = []
     pool = same or pool
     if same:
         pool = _nearest(pool, "imbalance_ratio", imbalance_ratio, "imbalance ratio", warnings)
@@ -148,18 +162,25 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
 
 # How each input is named in the messages (the command line names them by their flags).
 INPUT_NAMES = {"num_classes": "number of classes", "noise_rate": "noise rate", "noise_type": "noise type",
-               "imbalance": "imbalance", "imbalance_ratio": "imbalance ratio"}
+               "imbalance": "imbalance", "imbalance_ratio": "imbalance ratio", "task": "task", "dataset": "dataset"}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)  # (numpy's numbers too; True is no rate)
 
 
 def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalance: str,
-                  imbalance_ratio: float, names: dict[str, str] = INPUT_NAMES) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+                  imbalance_ratio: float, names: dict[str, str] = INPUT_NAMES, task: str = "classification",
+                  dataset: str | None = None) -> None:
+    if task not in TASKS:
+        raise UserError(f"{names['task']} {task!r} is not known; expected one of {', '.join(TASKS)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise UserError(f"{names['num_classes']} must be an integer >= 2, got {num_classes!r}")
     if num_classes > MAX_CLASSES:  # (10**400 classes was blamed on the guidelines: a float overflow in the surface)
         digits = len(str(num_classes))
         raise UserError(f"{names['num_classes']} must be at most {MAX_CLASSES}, got "
                         + (str(num_classes) if digits <= 24 else f"a number of {digits} digits"))
-    if not (isinstance(noise_rate, (int, float)) and 0.0 <= noise_rate < 1.0):
+    if not (_number(noise_rate) and 0.0 <= noise_rate < 1.0):
         raise UserError(f"{names['noise_rate']} must be in [0, 1), got {noise_rate!r}")
     if noise_type not in NOISE_TYPES:
         raise UserError(f"{names['noise_type']} {noise_type!r} is not known; expected one of {', '.join(NOISE_TYPES)}")
@@ -173,7 +194,7 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
         raise UserError(f"{names['noise_rate']} must be below {limit:.4g} for {noise_type} noise on {num_classes} "
                         f"classes, got {noise_rate!r}: from {limit:.4g} up a wrong label is at least as common as the "
                         "true one")
-    if not (isinstance(imbalance_ratio, (int, float)) and 1.0 <= imbalance_ratio <= IMBALANCE_RATIO_MAX):
+    if not (_number(imbalance_ratio) and 1.0 <= imbalance_ratio <= IMBALANCE_RATIO_MAX):
         raise UserError(f"{names['imbalance_ratio']} must be in [1, {IMBALANCE_RATIO_MAX:g}] (largest / smallest "
                         f"class, as dm-tune train takes it), got {imbalance_ratio!r}")
     if imbalance not in IMBALANCE_KINDS:  # as dm-tune train checks them
@@ -185,6 +206,14 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
     if imbalance != "none" and imbalance_ratio == 1.0:
         raise UserError(f"{names['imbalance']} {imbalance!r} needs an {names['imbalance_ratio']} > 1 "
                         f"(largest / smallest class), got {imbalance_ratio!r}")
+    if dataset in DATASET_NAMES:  # one dm-tune reads: what the query says must fit it (a guidelines' own name: any)
+        if task_of(dataset) != task:
+            raise UserError(f"{names['dataset']} {dataset!r} is a {task_of(dataset)} dataset, not {task} (set "
+                            f"{names['task']} {task_of(dataset)}, or leave {names['dataset']} out)")
+        fixed = FIXED_CLASSES.get(dataset)
+        if fixed is not None and num_classes != fixed:
+            raise UserError(f"{names['num_classes']} {num_classes} does not fit {names['dataset']} {dataset!r}, which "
+                            f"has {fixed} classes (leave {names['dataset']} out for data that is not {dataset})")
 
 
 def _is_clean(s: dict[str, Any]) -> bool:

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from dm_tune._validate import config_error, in_range, rule, violation
+from dm_tune._names import CLASS_WEIGHTING_NAMES, IMBALANCE_KINDS, NOISE_NAMES
+from dm_tune._validate import config_error, in_range, one_of, rule, violation
 from dm_tune.errors import UserError, read_input
 from dm_tune.reports._text import SCHEMA_VERSION
 
@@ -17,7 +18,6 @@ from dm_tune.reports._text import SCHEMA_VERSION
 # no NaN; keys beyond these are the report's and pass through.
 _JSON = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
 
-Label = Annotated[str, rule(bool, "expected a non-empty string")]
 Range = Annotated[list[float], rule(lambda v: len(v) == 2 and v[0] <= v[1],
                                     "expected a [low, high] pair of numbers")]
 
@@ -26,8 +26,8 @@ class _Setting(BaseModel):
     """What recommend() relies on in each setting."""
 
     model_config = _JSON
-    noise: Label
-    imbalance: Label
+    noise: Annotated[str, one_of(NOISE_NAMES)]
+    imbalance: Annotated[str, one_of(IMBALANCE_KINDS)]
     num_classes: Annotated[int, in_range(2)]
     noise_rate: Annotated[float, in_range(0, 1, hi_open=True)]
     imbalance_ratio: Annotated[float, in_range(1)]
@@ -105,9 +105,9 @@ class _Model(BaseModel):
 class _Encoding(BaseModel):
     model_config = _JSON
     features: list[str]
-    class_weightings: list[str]
-    noise_types: list[str]
-    imbalances: list[str]
+    class_weightings: list[Annotated[str, one_of(CLASS_WEIGHTING_NAMES)]]  # (else recommended, and trained)
+    noise_types: list[Annotated[str, one_of(NOISE_NAMES)]]
+    imbalances: list[Annotated[str, one_of(IMBALANCE_KINDS)]]
     datasets: list[str]
 
 
@@ -115,10 +115,10 @@ class _SurfaceSetting(BaseModel):
     model_config = _JSON
     setting: str
     dataset: str
-    noise: Label
+    noise: Annotated[str, one_of(NOISE_NAMES)]
     noise_rate: Annotated[float, in_range(0, 1, hi_open=True)]
     num_classes: Annotated[int, in_range(2)]
-    imbalance: Label
+    imbalance: Annotated[str, one_of(IMBALANCE_KINDS)]
     imbalance_ratio: Annotated[float, in_range(1)]
     best_gain: float
     best_psi: float

@@ -16,8 +16,9 @@ SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-s
 # arms are predicted, and caps the predicted gain at the measured best of the settings it leans
 # on; 6 counts a searched class weighting in a setting's importance (a parameter of fANOVA) and
 # sensitivity (psi's and rho's ranges over the recommended arm's weighting, the weightings' apart),
-# and recommends for imbalanced data only weightings its arms ran there (leave-one-setting-out
-# too); a file without the field was written by an earlier report (1).
+# recommends for imbalanced data only weightings its arms ran there (leave-one-setting-out too),
+# and takes the spread of a verdict against a baseline as at least one test example's worth, as
+# dm-tune validate does; a file without the field was written by an earlier report (1).
 ANALYSIS_VERSION = 6
 ACCURACY_UNIT = "percentage points"
 # A label file's rate as a setting measured it (on the training part, over its seeds) and as the

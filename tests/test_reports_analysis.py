@@ -156,6 +156,11 @@ def test_an_arm_that_diverged_on_some_seeds_is_not_chosen_over_one_that_finished
                                                row(seed=1, val=None, test=None, status="errored")]))
     assert (partial["lam"], partial["n_seeds"]) == (2.0, 1)
     assert "no confirm-stage DM arm finished on every seed" in partial["stage_note"]
+    # and the guideline's sentence says so (only the JSON and the HTML table did)
+    from dm_tune.reports._guidelines import setting_sentence
+
+    assert setting_sentence(partial).endswith(f"n=1) [{partial['stage_note']}].")
+    assert setting_sentence(res).endswith("n=3).")
 
 
 def test_an_arm_still_running_on_a_seed_is_not_chosen_over_one_that_finished_on_all() -> None:
@@ -613,6 +618,38 @@ def test_the_papers_mode_is_judged_among_arms_of_the_best_arms_class_weighting()
     assert "trials at the paper's mode with class weighting inverse were 2.0 points worse" in judged["reason"]
 
 
+def test_a_difference_of_one_test_example_on_every_seed_is_within_noise_as_validate_judges_it() -> None:
+    """Both arms near chance, DM one of 540 test examples ahead on each of three seeds: the report
+    said "wins" (identical differences: std 0), where validate, taking the spread as at least one
+    example's worth, says within noise. Runs that recorded no test set size keep the bare rule."""
+    def rows(examples: str) -> list[dict[str, Any]]:
+        extra = {"test_examples": examples} if examples else {}
+        out = [row(seed=s, val=0.1, test=(54 + s) / 540, **extra) for s in range(3)]
+        return out + [row(seed=s, val=0.1, test=(53 + s) / 540, baseline="gce", method="gce", **extra)
+                      for s in range(3)]
+
+    judged = analyse_setting(tidy(rows("540")))["vs_baselines"]["gce"]
+    assert judged["mean_diff"] == pytest.approx(100 / 540) and judged["verdict"] == "within noise"
+    assert analyse_setting(tidy(rows("")))["vs_baselines"]["gce"]["verdict"] == "wins"  # (no size recorded)
+    # a real gap stays a win: 20 examples on every seed
+    wide = [{**r, "final_test_acc": r["final_test_acc"] + 19 / 540} if r["method"] == "dm" else r for r in rows("540")]
+    assert analyse_setting(tidy(wide))["vs_baselines"]["gce"]["verdict"] == "wins"
+
+
+def test_trials_at_the_papers_mode_that_did_not_finish_are_said_to_have_run() -> None:
+    """ASHA stopped every trial near the paper's mode (psi 1/2 at 40% symmetric noise): the report
+    said no trial tested it."""
+    best = [row(seed=s, val=0.90, test=0.90, lam=0.1, beta=8.0) for s in range(3)]
+    stopped = [row(stage="search", seed=s, val=None, test=None, lam=1.0, beta=16.0, status="early-stopped")
+               for s in range(2)] + [row(stage="search", seed=0, val=None, test=None, lam=1.1, beta=8.0,
+                                         status="diverged")]
+    said = analyse_setting(tidy(best + stopped))["paper_comparison"]
+    assert said["verdict"] == "refine" and said["paper_psi_gap_points"] is None
+    assert ("the optimum sits elsewhere; trials near the paper's mode ran but none finished (1 diverged, "
+            "2 early-stopped), so the gap there is not measured") in said["reason"]
+    assert "no trial tested the paper's mode" in analyse_setting(tidy(best))["paper_comparison"]["reason"]
+
+
 def test_paper_comparison_refutes_when_the_papers_mode_was_worse() -> None:
     s = setting(0.4, 0.1, psi_range=[0.05, 0.15])
     assert compare_with_paper(s, paper_psi_gap=3.0, gap_clear=True)["verdict"] == "refute"
@@ -679,12 +716,52 @@ def test_recommend_warns_when_extrapolating() -> None:
     (dict(imbalance="longtail", imbalance_ratio=1e5), "imbalance ratio must be in [1, 10000]"),
     # a label file as different from the data as random labels is refused by train, as symmetric noise is
     (dict(noise_type="file", noise_rate=0.9), "noise rate must be below 0.9 for file noise on 10 classes, got 0.9"),
+    # True is no rate (it was rate 1 of a ratio, rate 0 as False); a task, then a dataset the query contradicts
+    (dict(noise_rate=False), "noise rate must be in [0, 1), got False"),
+    (dict(imbalance="step", imbalance_ratio=True), "imbalance ratio must be in [1, 10000]"),
+    (dict(task="ranking"), "task 'ranking' is not known; expected one of classification, retrieval"),
+    (dict(num_classes=100, dataset="digits"),
+     "number of classes 100 does not fit dataset 'digits', which has 10 classes (leave dataset out"),
+    (dict(num_classes=150, dataset="reid-synth"),
+     "dataset 'reid-synth' is a retrieval dataset, not classification (set task retrieval"),
 ])
 def test_recommend_rejects_bad_input(kwargs: dict[str, Any], message: str) -> None:
     args = dict(num_classes=10, noise_type="symmetric", noise_rate=0.2) | kwargs
     with pytest.raises(UserError) as info:
         recommend(guidelines([setting(0.2, 0.3)]), **args)
     assert str(info.value).startswith(message)
+
+
+def test_recommend_takes_numpy_numbers_and_refuses_what_is_no_guidelines_document() -> None:
+    """np.int64(10) classes and an np.float32 rate were refused as no integer / no number; None or
+    a list as the guidelines raised AttributeError, a setting without its rate KeyError."""
+    g = guidelines([setting(0.2, 0.3, rho=2.0), setting(0.6, 0.7, rho=4.0)])
+    plain = recommend(g, num_classes=10, noise_type="symmetric", noise_rate=0.4)
+    numpy_args = recommend(g, num_classes=np.int64(10), noise_type="symmetric", noise_rate=np.float32(0.4))
+    assert numpy_args.psi == pytest.approx(plain.psi, abs=1e-6) and numpy_args.rho == pytest.approx(plain.rho, rel=1e-6)
+    dumps(numpy_args.to_dict())  # plain numbers in what it returns
+    for doc, message in ((None, "guidelines must be a guidelines document (a mapping"),
+                         ([], "guidelines must be a guidelines document (a mapping"),
+                         ({**g, "settings": [{"noise": "symmetric"}]}, "the guidelines: settings[0].imbalance")):
+        with pytest.raises(UserError) as info:
+            recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.4)
+        assert str(info.value).startswith(message), info.value
+
+
+def test_noisy_imbalanced_data_reads_its_rate_from_the_noisy_settings_without_a_surface() -> None:
+    """Imbalance measured on clean labels only, noise on balanced data: a noisy imbalanced query got
+    the clean imbalanced arm, every noisy setting dropped ("noise rate 0.3 is outside [0, 0]")."""
+    lt = {"imbalance": "longtail", "imbalance_ratio": 10.0}
+    g = guidelines([setting(0.2, 0.3, rho=2.0), setting(0.4, 0.5, rho=4.0),
+                    setting(0.0, 0.05, rho=1.0, noise="none", setting="clean-longtail", **lt)])
+    rec = recommend(g, num_classes=10, noise_type="symmetric", noise_rate=0.3, imbalance="longtail",
+                    imbalance_ratio=10.0)
+    assert rec.psi == pytest.approx(0.4) and rec.settings == ["symmetric-10-0.2", "symmetric-10-0.4"]
+    assert not any("outside the measured range" in w for w in rec.warnings)
+    assert ("imbalance 'longtail' was measured here on clean labels only; ignoring imbalance, so that the noise "
+            "rate is read from the noisy settings measured") in rec.warnings
+    clean = recommend(g, num_classes=10, noise_type="none", noise_rate=0.0, imbalance="longtail", imbalance_ratio=10.0)
+    assert clean.settings == ["clean-longtail"] and clean.psi == pytest.approx(0.05)
 
 
 def test_an_imbalance_ratio_is_never_printed_as_no_imbalance(tmp_path: Path, capsys) -> None:
@@ -775,7 +852,9 @@ def test_malformed_guidelines_give_one_clear_line(tmp_path: Path, content: str, 
     (dict(lam=True), "settings[0].lam: True is not allowed; expected a number"),
     (dict(num_classes=1), "settings[0].num_classes: 1 is not allowed; expected an integer >= 2"),
     (dict(num_classes=10.5), "settings[0].num_classes: 10.5 is not allowed; expected an integer"),
-    (dict(noise=""), "settings[0].noise: '' is not allowed; expected a non-empty string"),
+    (dict(noise=""), "settings[0].noise: '' is not allowed; expected one of: none, symmetric, pair, "
+                     "cifar100-superclass, file"),
+    (dict(imbalance="zipf"), "settings[0].imbalance: 'zipf' is not allowed; expected one of: none, longtail, step"),
     (dict(psi_range=[0.5, 0.1]), "settings[0].psi_range: [0.5, 0.1] is not allowed; "
                                  "expected a [low, high] pair of numbers"),
     (dict(rho_range=[0.5, "x"]), "settings[0].rho_range[1]: 'x' is not allowed; expected a number"),
@@ -922,6 +1001,11 @@ def test_a_baseline_that_never_finished_and_an_errored_seed() -> None:
     assert "points over CCE over 2 seeds (worse: DM diverged on a seed where CCE finished)" in setting_sentence(
         {**res, "vs_baselines": {"cce": dm_failed}})
     assert compare_baselines(tidy(rows[:3]), tidy(rows[3:6]))["mae"]["verdict"] == "wins"
+    # the report's table: the seeds were shared, none finished by both (it read "n=0, unpaired")
+    from dm_tune.reports._html import _setting_section
+
+    page = _setting_section(0, res, {})
+    assert "(n=0, no seed both finished)" in page and "(n=2, paired by seed)" in page and "unpaired" not in page
 
 
 def test_a_guideline_names_its_class_weighting_and_the_study_of_a_twin_setting() -> None:

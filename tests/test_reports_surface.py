@@ -507,6 +507,18 @@ def test_a_surface_that_passes_the_schema_but_cannot_be_used_is_one_line() -> No
             with pytest.raises(UserError, match=r"the guidelines' surface block cannot be used \(.*\); write it again"):
                 recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits")
     assert recommend(shipped, num_classes=10, noise_type="symmetric", noise_rate=0.4, dataset="digits").lam > 0
+    # names the surface's vocabularies hold are dm-tune's: a class weighting 'bogus' was recommended (and
+    # printed in the try: line), a setting's noise 'weird' taken
+    bogus, weird = copy.deepcopy(shipped), copy.deepcopy(shipped)
+    bogus["surface"]["encoding"]["class_weightings"] = ["none", "bogus"]
+    weird["surface"]["settings"][0]["noise"] = "weird"
+    assert validate_guidelines(bogus).startswith("surface.encoding.class_weightings[1]: 'bogus' is not allowed; "
+                                                 "expected one of: none, inverse, sqrt-inverse, effective-number")
+    assert validate_guidelines(weird).startswith("surface.settings[0].noise: 'weird' is not allowed")
+    from dm_tune.class_weighting import SCHEMES
+    from dm_tune._names import CLASS_WEIGHTING_NAMES
+
+    assert CLASS_WEIGHTING_NAMES == SCHEMES  # the light copy follows the schemes
 
 
 @pytest.mark.parametrize("key", ["n_rows", "n_baseline_rows", "n_negative_beta_arms"])

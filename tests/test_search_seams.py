@@ -1015,6 +1015,9 @@ def test_an_imbalanced_trial_records_its_realised_ratio():
         out.imbalance_ratio_realised  # the ledger's
     balanced = TrainConfig.from_dict({"dataset": "digits", "epochs": 1})
     assert math.isnan(_outcome(train(balanced, prepare(balanced)), "node").imbalance_ratio_realised)
+    # and the test set's size (one example's worth of accuracy: the report's least spread)
+    assert out.test_examples == 540 and out.to_report()["test_examples"] == 540
+    assert TrialOutcome.from_dict(json.loads(json.dumps(out.to_dict()))).test_examples == 540
 
 
 def test_a_resumed_arm_trains_its_remaining_seeds_as_its_first_seed_trained(tmp_path):

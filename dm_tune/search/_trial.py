@@ -74,6 +74,7 @@ class TrialOutcome:
     train_time_s: float = 0.0
     noise_rate_realised: float = math.nan
     imbalance_ratio_realised: float = math.nan  # largest over smallest class kept for training (clean labels)
+    test_examples: float = math.nan      # the test set's size: one example's worth of accuracy (the report's floor)
     node_id: str = ""
     history: tuple[Mapping[str, float], ...] = ()   # one dict of metrics per epoch
     # Final metrics of tasks other than classification (retrieval: final_val_map, final_test_map,
@@ -90,7 +91,7 @@ class TrialOutcome:
 
     SCALARS = ("final_val_acc", "final_test_acc", "best_val_acc", "best_test_acc",
                "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
-               "noise_rate_realised", "imbalance_ratio_realised")
+               "noise_rate_realised", "imbalance_ratio_realised", "test_examples")
 
     @property
     def usable(self) -> bool:
