@@ -835,6 +835,36 @@ def test_a_rung_that_prunes_an_arm_on_one_seed_stops_its_other_seeds_there():
     assert result(good2, 1, 0.95) == TrialScheduler.CONTINUE  # so its other seed trains on
 
 
+def test_an_arms_seeds_meet_other_arms_seeds_at_a_rung_not_each_other():
+    """One set of rungs for every seed: the first arm to reach a rung on both its seeds was stopped
+    by its own better seed (0.904 against 0.916), and a search could prune every arm. Each search
+    seed (replica) now has its own rungs; a poor arm is still stopped by the others' same seed."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from dm_tune.search._scheduler import asha
+
+    def trial(name: str, arm: int, replica: int):
+        return SimpleNamespace(trial_id=name, config={"specs": [{"stage": "search", "number": arm,
+                                                                 "replica": replica}]})
+
+    scheduler = asha("val_acc", max_t=8, grace_period=1, reduction_factor=2)
+    seeds = [trial(f"a0s{r}", 0, r) for r in (0, 1)] + [trial(f"a1s{r}", 1, r) for r in (0, 1)]
+    for t in seeds:
+        scheduler.on_trial_add(None, t)
+
+    def result(t, epoch: int, acc: float) -> str:
+        return scheduler.on_trial_result(None, t, {"epoch": epoch, "val_acc": acc})
+
+    assert result(seeds[1], 1, 0.916) == TrialScheduler.CONTINUE
+    assert result(seeds[0], 1, 0.904) == TrialScheduler.CONTINUE  # was STOP: below its own other seed
+    assert result(seeds[2], 1, 0.5) == TrialScheduler.STOP  # arm 1's first seed, below arm 0's first
+    assert result(seeds[3], 1, 0.99) == TrialScheduler.STOP  # its arm is pruned
+    assert 1 in scheduler._pruned and 0 not in scheduler._pruned
+    assert "seed 1:" in scheduler.debug_string() and "seed 2:" in scheduler.debug_string()
+
+
 def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
     """A resumed ASHA search started with empty rungs: the first trials to reach each rung after the
     resume were compared with nobody, so an arm the uninterrupted search would have stopped trained
@@ -847,8 +877,9 @@ def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
     from dm_tune.search._run import _scheduler
     from dm_tune.search._study import Study
 
-    def trial(name: str, arm: int):
-        return SimpleNamespace(trial_id=name, config={"specs": [{"stage": "search", "number": arm}]})
+    def trial(name: str, arm: int, replica: int = 0):
+        return SimpleNamespace(trial_id=name, config={"specs": [{"stage": "search", "number": arm,
+                                                                 "replica": replica}]})
 
     study = Study.from_dict({"scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2}})
     ledger = Ledger(tmp_path / "ledger.jsonl")
@@ -888,8 +919,8 @@ def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
         == TrialScheduler.CONTINUE
     # arm 2's seed 1, stopped at once by its arm's pruning: Tune still tells its result as it completes,
     # and the rung records it (0.95)
-    uninterrupted.on_trial_add(None, trial("a2s1", 2))
-    assert live(trial("a2s1", 2), [{"epoch": 1, "val_acc": 0.95}]) == TrialScheduler.STOP
+    uninterrupted.on_trial_add(None, trial("a2s1", 2, 1))
+    assert live(trial("a2s1", 2, 1), [{"epoch": 1, "val_acc": 0.95}]) == TrialScheduler.STOP
     pruned = TrialOutcome.from_report({"epoch": 1, "val_acc": 0.95}, False, [{"epoch": 1, "val_acc": 0.95}])
     for spec, outcome in ((_search_spec(4), stopped), (dataclasses.replace(_search_spec(2), seed=1, replica=1), pruned),
                           (_search_spec(5), TrialOutcome(status="diverged", epochs_reached=3, stopped=False,
@@ -901,20 +932,23 @@ def test_a_resumed_search_rebuilds_ashas_rungs_from_the_ledger(tmp_path):
     resumed, empty = _scheduler(study, 8, Ledger(ledger.path)), _scheduler(study, 8, Ledger(tmp_path / "none.jsonl"))
     for scheduler in (uninterrupted, resumed, empty):
         scheduler.on_trial_add(None, trial("poor", 3))
-        scheduler.on_trial_add(None, trial("seed1", 2))
+        scheduler.on_trial_add(None, trial("seed1", 2, 1))
     poor, other_seed = {"epoch": 1, "val_acc": 0.3}, {"epoch": 1, "val_acc": 0.95}
     assert uninterrupted.on_trial_result(None, trial("poor", 3), poor) == TrialScheduler.STOP
     assert resumed.on_trial_result(None, trial("poor", 3), poor) == TrialScheduler.STOP
     assert empty.on_trial_result(None, trial("poor", 3), poor) == TrialScheduler.CONTINUE  # what the resume did
     # Arm 2's other seed is stopped at the epoch a rung pruned the arm, however well it does.
-    assert resumed.on_trial_result(None, trial("seed1", 2), other_seed) == TrialScheduler.STOP
-    assert empty.on_trial_result(None, trial("seed1", 2), other_seed) == TrialScheduler.CONTINUE
+    assert resumed.on_trial_result(None, trial("seed1", 2, 1), other_seed) == TrialScheduler.STOP
+    assert empty.on_trial_result(None, trial("seed1", 2, 1), other_seed) == TrialScheduler.CONTINUE
     for scheduler in (uninterrupted, resumed):  # and arm 4's, pruned by its diverged seed; not arm 5's
-        scheduler.on_trial_add(None, trial("a4-seed1", 4))
-        assert scheduler.on_trial_result(None, trial("a4-seed1", 4), other_seed) == TrialScheduler.STOP
+        scheduler.on_trial_add(None, trial("a4-seed1", 4, 1))
+        assert scheduler.on_trial_result(None, trial("a4-seed1", 4, 1), other_seed) == TrialScheduler.STOP
         assert 5 not in scheduler._pruned
-    # The rungs hold the same values as the uninterrupted scheduler's.
-    assert resumed.inner.debug_string().splitlines()[1:] == uninterrupted.inner.debug_string().splitlines()[1:]
+    # The rungs, each search seed's, hold the same values as the uninterrupted scheduler's.
+    def rungs(scheduler) -> dict:
+        return {r: inner.debug_string().splitlines()[1:] for r, inner in scheduler._inners.items()}
+
+    assert rungs(resumed) == rungs(uninterrupted) and set(rungs(resumed)) == {0, 1}
 
 
 def test_a_trial_resumed_from_a_checkpoint_joins_the_rungs_it_passed_before():
