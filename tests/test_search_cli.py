@@ -804,3 +804,20 @@ def test_a_local_ray_that_does_not_start_is_one_line(tmp_path):
     (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("dm-tune: error:")]
     assert line.startswith("dm-tune: error: the local Ray instance did not start (") and "its logs are in" in line
     assert not (tmp_path / "ws").exists()
+
+
+def test_a_second_ctrl_c_during_the_first_ones_stop_still_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C twice, the second while the search stopped its trials: it ended with 'dm-tune:
+    interrupted' alone, without the resume command a single Ctrl-C prints."""
+    import dm_tune.search._run as run_module
+    from dm_tune.cli import main
+
+    def interrupted_twice(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run_study", interrupted_twice)
+    rc = main(["search", "--workspace", str(tmp_path / "ws"), "--name", "twice", "--num-samples", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 130 and err.splitlines()[-2:] == [
+        "dm-tune: interrupted; finished trials are kept. Resume with:",
+        f"  dm-tune search --resume twice --workspace {tmp_path / 'ws'}"], err

@@ -434,12 +434,14 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     import time
 
     t0 = time.perf_counter()
+    resume = f"dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}{_on(args)}"
     try:
         summaries = run_study(study, opts, sources, resuming)
     except Interrupted as e:
-        print(f"dm-tune: interrupted ({e}); finished trials are kept. Resume with:\n"
-              f"  dm-tune search --resume {study.name} --workspace {shlex.quote(args.workspace)}{_on(args)}",
-              file=sys.stderr)
+        print(f"dm-tune: interrupted ({e}); finished trials are kept. Resume with:\n  {resume}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's stop ran: said, with the way back
+        print(f"dm-tune: interrupted; finished trials are kept. Resume with:\n  {resume}", file=sys.stderr)
         return 130
     except Exception as e:
         full = no_room(e)
