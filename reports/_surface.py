@@ -491,20 +491,25 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     leaned = leans_on(surface, X[i])
     top_measured = max(leaned, key=lambda s: s["best_gain"])
     cap, predicted = float(top_measured["best_gain"]), float(mean[i])
-    best, sd, unsure = min(predicted, cap), float(std[i]), float(own[i])
+    # The data asked for was measured: no more than its own best arm gained (its evidence is direct;
+    # the settings leaned on only resemble it).
+    m = max((m for m in surface["settings"] if _is_query(m, base, dataset)), key=lambda m: m["best_gain"],
+            default=None)
+    measured = float(m["best_gain"]) if m is not None else math.inf
+    best, sd, unsure = min(predicted, cap, measured), float(std[i]), float(own[i])
     near = mine & (mean >= predicted - WITHIN_POINTS - 1e-9)
     plausible = mine & (mean + Z95 * std >= predicted - WITHIN_POINTS - 1e-9)
     _, psi, rho = cells[i]
-    if predicted > cap + 0.05:  # (a difference the printed tenths show)
+    if m is not None and predicted > measured + 0.05 and measured <= cap:  # (a difference the printed tenths show)
+        warnings.append(f"this setting was measured ({m['setting']}): its best arm gained {measured:+.1f} points "
+                        f"at psi {m['best_psi']:.2f}, rho {m['best_rho']:.2f}; the surface predicted {predicted:+.1f} "
+                        "here: capped at the measured gain, its interval moved down with it"
+                        + ("; prefer the measured arm, or search between the two"
+                           if predicted > measured + WITHIN_POINTS else ""))
+    elif predicted > cap + 0.05:
         warnings.append(f"the surface predicted {predicted:+.1f} points here, above every measured best of the "
                         f"settings it leans on: capped at the highest, {cap:+.1f} ({top_measured['setting']}), its "
                         "interval moved down with it")
-    m = max((m for m in surface["settings"] if _is_query(m, base, dataset)), key=lambda m: m["best_gain"],
-            default=None)
-    if m is not None and best > m["best_gain"] + WITHIN_POINTS:
-        warnings.append(f"this setting was measured ({m['setting']}): its best arm gained {m['best_gain']:+.1f} "
-                        f"points at psi {m['best_psi']:.2f}, rho {m['best_rho']:.2f}, below the {best:+.1f} the "
-                        "surface predicts here; prefer the measured arm, or search between the two")
     edges = _at_searched_edge(surface, psi, rho)
     if edges:
         warnings.append(f"the recommended point is at the edge of what was searched ({'; '.join(edges)}): the "

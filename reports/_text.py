@@ -17,6 +17,7 @@ SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-s
 # on; 6 counts a searched class weighting in a setting's importance (a parameter of fANOVA) and
 # sensitivity (psi's and rho's ranges over the recommended arm's weighting, the weightings' apart),
 # recommends for imbalanced data only weightings its arms ran there (leave-one-setting-out too),
+# caps the gain predicted for a measured setting at its own measured best,
 # and takes the spread of a verdict against a baseline as at least one test example's worth, as
 # dm-tune validate does; a file without the field was written by an earlier report (1).
 ANALYSIS_VERSION = 6

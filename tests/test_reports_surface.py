@@ -448,6 +448,12 @@ def test_a_prediction_above_every_arm_of_the_measured_setting_asked_for_is_warne
     (w,) = [w for w in r["warnings"] if "was measured" in w]
     assert w.startswith(f"this setting was measured ({m['setting']}): its best arm gained {m['best_gain']:+.1f} points")
     assert "prefer the measured arm" in w
+    # and the gain predicted for it is no more than its own best arm's (it was +3 points above)
+    assert r["predicted_gain"]["mean"] == pytest.approx(m["best_gain"])
+    assert r["predicted_gain"]["high"] - r["predicted_gain"]["low"] == pytest.approx(
+        plain["predicted_gain"]["high"] - plain["predicted_gain"]["low"], rel=0.2)
+    assert "capped at the measured gain, its interval moved down with it" in w
+    assert not any(x.startswith("the surface predicted") for x in r["warnings"])  # one cap, said once
     assert not any("was measured" in w for w in recommend_from_surface(low, 10, "symmetric", 0.2)["warnings"])
     assert not any("was measured" in w for w in recommend_from_surface(low, 10, "pair", 0.4)["warnings"])
 
