@@ -80,6 +80,10 @@ def report_command(args: argparse.Namespace) -> int:
     from dm_tune.reports._html import write_report
     from dm_tune.reports._load import load_histories, load_runs
 
+    import logging
+
+    import mlflow  # noqa: F401 - configures its loggers on import: quietened after, as the search does
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # (MLflow 3.9 set it to INFO: 9 lines a report)
     sections = _sections(args)  # bad --stability/--validation files stop the report before it reads anything
     out = resolve_path(args.workspace, "--workspace") / "report"
     if args.out or out.parent.is_dir():  # (a missing workspace is load_runs' error: no store there)

@@ -17,7 +17,7 @@ import pandas as pd
 from dm_tune._names import task_of
 from dm_tune._param import beta_from_rho, lambda_from_mode, mode_from_lambda, rho_from_beta
 from dm_tune._tracking_server import check_server
-from dm_tune.errors import UserError, parse_url
+from dm_tune.errors import UserError, parse_url, read_number
 
 PARAM_COLUMNS = ("method", "lam", "beta", "psi", "rho", "dataset", "noise", "noise_rate", "imbalance",
                  "imbalance_ratio", "model", "num_classes", "pretrained", "seed", "epochs", "class_weighting")
@@ -181,14 +181,24 @@ def check_run_values(experiment: str, run_id: str, params: dict[str, Any], metri
                                 f"mlflow runs delete --run-id {run_id})")
 
 
+def _number(value: Any) -> float:
+    """A param's text (or a metric) as the float it spells, exactly; NaN for "" (not logged) or text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(read_number(str(value)))
+    except ValueError:
+        return math.nan
+
+
 def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows -> typed DataFrame: numbers numeric, pretrained bool, DM's (lam, beta) <-> (psi, rho) filled in, arm."""
     df = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in df:
             df[col] = ""
-    for col in NUMERIC_COLUMNS:
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)  # "" (not logged) -> NaN
+    for col in NUMERIC_COLUMNS:  # (pandas 2's to_numeric read "0.49999999999999994" one ulp off)
+        df[col] = df[col].map(_number).astype(float)  # "" (not logged) -> NaN
     df["pretrained"] = df["pretrained"].astype(str).str.lower().isin(["true", "1", "yes"])
     for col in ("experiment", "setting", "stage", "baseline", "status", "method", "dataset", "noise",
                 "imbalance", "model", "task", "class_weighting", "reused_from"):

@@ -216,6 +216,7 @@ def test_a_read_only_workspace_is_reported_elsewhere(store: dict[str, Any], tmp_
         archive.chmod(0o755)
         (archive / "mlflow.db").chmod(0o644)
     assert ok.returncode == 0, ok.stderr
+    assert "alembic" not in ok.stderr, ok.stderr  # (MLflow 3.9 logged 9 lines of its migrations' set-up)
     assert (tmp_path / "rep" / "guidelines.json").is_file()
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"dm-tune: error: --workspace {archive / 'report'}: cannot write in {archive} (Permission denied)"]
@@ -504,3 +505,19 @@ def test_a_run_still_running_is_no_result_even_with_its_final_metrics() -> None:
     assert run_to_row("s", "r", params, final(0.8, 0.7), {"dmtune.status": "finished"})["status"] == "finished"
     assert status_counts(tidy(rows)) == {"finished": 0, "diverged": 0, "early_stopped": 0, "errored": 0,
                                          "in_progress": 2, "reused": 0}
+
+
+def test_params_are_read_as_the_exact_floats_they_spell() -> None:
+    """MLflow keeps params as text: pandas 2's to_numeric read "0.49999999999999994" as
+    0.4999999999999999 and "3.5555555555555554" as 3.555555555555556 (one ulp off; pandas 3 and
+    float() read them exactly), so a report of the same runs differed in its last digits."""
+    from dm_tune.reports._load import tidy
+
+    texts = ["0.01658536236693762", "0.49999999999999994", "3.5555555555555554", "1e-3", "7"]
+    rows = [{"run_id": f"r{i}", "experiment": "e", "setting": "s", "stage": "search", "baseline": "", "status":
+             "finished", "method": "dm", "lam": t, "beta": "8", "final_test_acc": 0.5, "final_val_acc": 0.5}
+            for i, t in enumerate(texts)]
+    rows.append({**rows[0], "run_id": "blank", "lam": ""})
+    df = tidy(rows)
+    assert [v.hex() for v in df["lam"][:5]] == [float(t).hex() for t in texts]
+    assert math.isnan(df["lam"].iloc[5])
