@@ -108,8 +108,9 @@ def report_command(args: argparse.Namespace) -> int:
             doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))  # before another report's
     except OSError as e:
         raise UserError(f"could not write the report into {out} ({e.strerror or e})") from None
-    print(f"{doc['provenance']['n_runs']} runs from {', '.join(doc['provenance']['experiments'])} "
-          f"({doc['provenance']['n_skipped_runs']} incomplete runs skipped)")
+    from dm_tune.reports._text import runs_phrase
+
+    print(runs_phrase(doc["provenance"], f" from {', '.join(doc['provenance']['experiments'])}"))
     for s in doc["settings"]:
         print(f"- {s['guideline']}")
     for u in doc.get("unresolved", []):  # (only the files said why a setting got no guideline)

@@ -19,7 +19,7 @@ from dm_tune.reports._loso import leave_one_setting_out
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface
 from dm_tune.reports._text import md_cell as _cell, md_text as _text
 from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
-                                    fmt_diff, metric_name, setting_label)
+                                    fmt_diff, metric_name, runs_phrase, setting_label)
 from dm_tune.reports._rules import correct_for_multiplicity, factor_trends, judge, lambda_beta_rule, noise_rate_rules
 
 
@@ -43,11 +43,14 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str
                           "the same fields hold mAP (validation mAP chooses) and test_rank1/5/10_mean give CMC; "
                           "a difference from a baseline is the mean +/- the sample std of the per-seed "
                           "differences over the seeds both finished, its verdict by the paired 95% t interval "
-                          "(undetermined over one seed; unpaired, and said so, where the two share no seed)"),
+                          "(the spread at least one test example's worth where the runs recorded the test set's "
+                          "size; undetermined over one seed; unpaired, and said so, where the two share no seed)"),
         "provenance": {
             "experiments": sorted(df["experiment"].unique().tolist()),
             "n_runs": int((~df["status"].isin(IN_PROGRESS)).sum()),  # (those in progress are among the skipped)
             "n_skipped_runs": int(df.attrs.get("skipped", 0)),
+            # of n_runs, the confirm-stage records of search runs (same configuration and seed, not trained again)
+            "n_reused_runs": int(((df["reused_from"] != "") & ~df["status"].isin(IN_PROGRESS)).sum()),
             "git_commits": sorted(c for c in df["git_commit"].unique().tolist() if c),
             "dm_tune_versions_of_runs": sorted(v for v in df["dmtune_version"].unique().tolist() if v),
             "dm_tune_version": dm_tune.__version__,
@@ -129,8 +132,8 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
     """The guidelines as Markdown: sentences, paper comparison, rules, trends, provenance."""
     prov = doc["provenance"]
     lines = ["# DM hyper-parameter guidelines", "",
-             f"Generated {doc['generated']} from {prov['n_runs']} runs of {_text(', '.join(prov['experiments']))} "
-             f"({prov['n_skipped_runs']} incomplete runs skipped). Accuracies in {doc['accuracy_unit']}; "
+             f"Generated {doc['generated']} from {runs_phrase(prov, ' of ' + _text(', '.join(prov['experiments'])))}. "
+             f"Accuracies in {doc['accuracy_unit']}; "
              f"{doc['accuracy_note']}.", "", "## Guidelines", ""]
     lines += [f"- {_text(s['guideline'])}" for s in doc["settings"]] or ["- (no setting has finished DM runs)"]
     if doc["unresolved"]:  # (in the HTML they were named; here only a row of the counts said they existed)

@@ -15,7 +15,7 @@ from dm_tune.reports import _figures as figs
 from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_notes, dumps, fmt_acc, fmt_diff,
                                          guidelines_markdown, loso_summary_text, setting_label)
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase
-from dm_tune.reports._text import metric_name
+from dm_tune.reports._text import metric_name, runs_phrase
 
 SECTIONS = ("Guidelines", "Comparison with the paper", "Across settings", "Response surface",
             "Leave-one-setting-out validation", "Per-setting results", "Provenance")
@@ -87,8 +87,8 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              "<title>DM tuning report</title>", f"<style>{_CSS}</style></head><body>",
              "<h1>DM tuning report</h1>",
-             f"<p class='note'>Generated {e(doc['generated'])} from {prov['n_runs']} runs "
-             f"({prov['n_skipped_runs']} incomplete runs skipped). Accuracies in {e(doc['accuracy_unit'])}: "
+             f"<p class='note'>Generated {e(doc['generated'])} from {e(runs_phrase(prov))}. "
+             f"Accuracies in {e(doc['accuracy_unit'])}: "
              f"{e(doc['accuracy_note'])}.</p>", "<h2>Guidelines</h2><ul>"]
     parts += [f"<li>{e(s['guideline'])} <a href='#setting-{i}'>(results)</a></li>"
               for i, s in enumerate(doc["settings"])] or ["<li>No setting has finished DM runs.</li>"]

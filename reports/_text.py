@@ -97,3 +97,11 @@ def md_text(text: Any) -> str:
 def md_cell(text: Any) -> str:
     """``md_text`` for a table cell: its pipes escaped (a name holding | split the row)."""
     return md_text(text).replace("|", "\\|")
+
+
+def runs_phrase(prov: dict[str, Any], where: str = "") -> str:
+    """How many runs a report read: "93 runs{where} (24 of them confirm-stage records of search runs,
+    not trained again; 0 incomplete runs skipped)" (the records' count absent in an earlier report's)."""
+    reused = prov.get("n_reused_runs")
+    said = (f"{reused} of them confirm-stage records of search runs, not trained again; " if reused else "")
+    return f"{prov['n_runs']} runs{where} ({said}{prov['n_skipped_runs']} incomplete runs skipped)"

@@ -40,6 +40,11 @@ def test_report_and_recommend_from_a_real_search(tmp_path, ray_local, capsys):
         assert s["psi"] == pytest.approx(s["lam"] / (1 + s["lam"]))
         # the confirmed arm's seed 0 is its search trial's run, recorded again, not trained again
         assert s["counts"]["reused"] == 1 and s["counts_by_stage"]["confirm"]["reused"] == 1
+    # the header counts them apart (it said "N runs", records that trained nothing among them)
+    prov = doc["provenance"]
+    assert prov["n_reused_runs"] == 2
+    said = f"{prov['n_runs']} runs of e2e2, e2e4 (2 of them confirm-stage records of search runs, not trained again; "
+    assert said in (out / "guidelines.md").read_text()
 
     html = (out / "index.html").read_text()
     assert "<img" in html and "data:image/png;base64," in html and "http://" not in html.split("<body", 1)[1]
