@@ -354,6 +354,12 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
     for key, run in (("only_in_a", "A"), ("only_in_b", "B")):
         if result[key]:
             lines += ["", f"Only in {run}: {md_text(', '.join(result[key]))}."]
+    if result.get("identical"):  # (said on the terminal only: the files read as a perfect stability)
+        lines += ["", "**A and B are the same guidelines, one run compared with itself: not a test of stability** "
+                      "(give the guidelines.json of two runs of one campaign)."]
+    elif not s["n_common"]:
+        lines += ["", "**The two runs share no setting: no setting compared** (two runs of one campaign measure "
+                      "the same settings)."]
     if result.get("different_training"):
         lines += ["", "**Trained differently in the two runs** (their differences are not the search's instability): "
                   + md_text("; ".join(result["different_training"])) + "."]
@@ -365,7 +371,7 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
     lines += ["", "### Rules", "", "A rule is claimed only when it is supported in both runs with the same sign "
               f"of slope: {s['rules_claimed']} of {s['rules_total']}.", "",
               "| rule | A | B | verdict |", "|---|---|---|---|"]
-    lines += [f"| {md_cell(r['rule'])} | {md_cell(r['a'])} | {md_cell(r['b'])} | {r['verdict']} |"
+    lines += [f"| {md_cell(r['rule'])} | {md_cell(r['a'])} | {md_cell(r['b'])} | {md_cell(r['verdict'])} |"
               for r in result["rules"]]
     return "\n".join(lines) + "\n"
 

@@ -82,6 +82,11 @@ def test_one_run_compared_with_itself_or_runs_sharing_no_setting_are_warned_abou
     result = compare(a, apart)
     assert result["summary"]["n_common"] == 0 and not result["identical"]
     assert "warning: the two runs share no setting: no setting compared" in brief(result)
+    # and the written files say so too (stability.md, the report's section): only the terminal did
+    assert "**A and B are the same guidelines, one run compared with itself: not a test of stability**" in \
+        to_markdown(compare(a, copy.deepcopy(a)))
+    assert "**The two runs share no setting: no setting compared**" in to_markdown(result)
+    assert "same guidelines" not in to_markdown(compare(a, b)) and "share no setting" not in to_markdown(compare(a, b))
 
 
 def test_a_setting_trained_for_other_epochs_in_the_two_runs_is_named():
