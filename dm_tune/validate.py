@@ -311,8 +311,9 @@ class Progress:
             for line in text.splitlines():
                 try:
                     entry = json.loads(line)
-                    self.done[entry["identity"]] = entry["setting"]
-                except (json.JSONDecodeError, KeyError, TypeError):
+                    if well_formed(entry["setting"]):  # (else damaged, as a torn line: trained again)
+                        self.done[entry["identity"]] = entry["setting"]
+                except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
                     continue
 
     @staticmethod
@@ -745,6 +746,10 @@ def _finished_here(args: argparse.Namespace, out: Path, identities: list[str]) -
             doc = json.loads(doc_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             doc = None
+        damage = _damage(doc, identities) if isinstance(doc, dict) and doc.get("identities") == identities else None
+        if damage:  # (a traceback on every rerun, or settings dropped without a word)
+            raise UserError(f"--out {args.out}: validation.json is this validation's but damaged ({damage}); move "
+                            "it away to train it again there, or restore it")
         if isinstance(doc, dict) and doc.get("identities") == identities and _lacking(doc):
             # Finished before validate trained the weighted baselines: its settings are kept as
             # progress (those not there already), and the arms they lack train.
@@ -772,6 +777,28 @@ def _finished_here(args: argparse.Namespace, out: Path, identities: list[str]) -
         raise UserError(f"--out {args.out}: holds {others} finished setting(s) of another validation that has not "
                         f"ended ({PROGRESS_FILE}, other inputs); finish it with its own command, or use another --out")
     return None
+
+
+def well_formed(entry: Any) -> bool:
+    """Whether a setting's entry (a progress line's, validation.json's) has what validate reads of
+    it: a name, its recommendation, each arm's runs and the summary."""
+    arms = entry.get("arms") if isinstance(entry, Mapping) else None
+    summary = entry.get("summary") if isinstance(entry, Mapping) else None
+    return (isinstance(entry, Mapping) and isinstance(entry.get("setting"), str)
+            and isinstance(entry.get("recommendation"), Mapping) and isinstance(arms, Mapping)
+            and all(isinstance(a, Mapping) and isinstance(a.get("runs"), list) for a in arms.values())
+            and isinstance(summary, Mapping) and isinstance(summary.get("arms"), Mapping)
+            and isinstance(summary.get("vs"), Mapping))
+
+
+def _damage(doc: Mapping[str, Any], identities: list[str]) -> str | None:
+    """What is wrong with a validation.json whose identities are this validation's, or None."""
+    settings = doc.get("settings")
+    if not isinstance(settings, list) or len(settings) != len(identities):
+        return (f"it names {len(identities)} settings but holds "
+                + (f"{len(settings)}" if isinstance(settings, list) else "no list of them"))
+    bad = next((i for i, entry in enumerate(settings) if not well_formed(entry)), None)
+    return None if bad is None else f"settings[{bad}] lacks what validate writes (its arms, runs or summary)"
 
 
 def _lacking(doc: Mapping[str, Any]) -> int:

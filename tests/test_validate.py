@@ -756,12 +756,14 @@ from dm_tune.validate import Progress
 
 path = Path(sys.argv[1])
 progress = Progress(path)
-progress.add("a", {"setting": "a"})
+def entry(name):  # what validate writes of a setting, at its least
+    return {"setting": name, "recommendation": {}, "arms": {}, "summary": {"arms": {}, "vs": {}}}
+progress.add("a", entry("a"))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 20, resource.RLIM_INFINITY))
-progress.add("b", {"setting": "b"})  # cut short: warned, kept in memory
+progress.add("b", entry("b"))  # cut short: warned, kept in memory
 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space freed
-progress.add("c", {"setting": "c"})
+progress.add("c", entry("c"))
 """
 
 
@@ -837,3 +839,35 @@ def test_settings_finished_earlier_are_named_as_this_run_names_them(tmp_path, gu
                                                                   "summary": {"vs": vs}}}) + "\n")
     result = validate(study, doc, None, quiet=True, progress=Progress(path))
     assert [s["setting"] for s in result["settings"]] == [setting.key]
+
+
+def test_a_damaged_entry_of_this_validation_is_trained_again_or_refused_not_a_traceback(tmp_path, capsys, guidelines):
+    """A progress line of the right identity whose setting was 5 (or {}) raised AttributeError (or
+    KeyError after training the rest) on every rerun; a validation.json of this validation with a
+    setting's summary gone raised KeyError, and one with a setting gone was taken, the setting
+    dropped without a word."""
+    from dm_tune.validate import PROGRESS_FILE, Progress
+
+    config = write_config(tmp_path, settings={"dataset": ["digits"], "noise": ["symmetric"], "noise_rate": [0.2]},
+                          training={"epochs": 1, "device": "cpu"})
+    out = tmp_path / "out"
+    argv = ["validate", "--config", str(config), "--guidelines", guidelines, "--out", str(out), "--quiet",
+            "--seeds", "0"]
+    assert main(argv) == 0
+    good = json.loads((out / "validation.json").read_text())
+    (identity,) = good["identities"]
+    for damaged in (5, {}, {**good["settings"][0], "summary": None}):
+        (out / PROGRESS_FILE).write_text(json.dumps({"identity": identity, "setting": damaged}) + "\n")
+        assert Progress(out / PROGRESS_FILE).done == {}  # as a torn line: trained again
+    (out / PROGRESS_FILE).unlink()
+    capsys.readouterr()
+    for settings, said in (([{k: v for k, v in good["settings"][0].items() if k != "summary"}],
+                            "settings[0] lacks what validate writes (its arms, runs or summary)"),
+                           ([], "it names 1 settings but holds 0")):
+        (out / "validation.json").write_text(json.dumps({**good, "settings": settings}))
+        assert main(argv) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == (f"dm-tune: error: --out {out}: validation.json is this validation's but damaged ({said}); "
+                        "move it away to train it again there, or restore it")
+    (out / "validation.json").unlink()
+    assert main(argv) == 0  # moved away: trained again
