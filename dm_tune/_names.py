@@ -57,7 +57,7 @@ def rate_limit(name: str, num_classes: int) -> float | None:
 # come in groups (cifar100-superclass noise).
 FIXED_CLASSES: dict[str, int] = {"digits": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100, "clothing1m": 14,
                                  "imdb": 2}
-CLASS_WEIGHTING_NAMES = ("none", "inverse", "sqrt-inverse", "effective-number")  # dm_tune.class_weighting's
+CLASS_WEIGHTING_NAMES = ("none", "inverse", "sqrt-inverse", "effective-number")  # dm_tune.class_weighting's SCHEMES
 
 IMBALANCE_KINDS = ("none", "longtail", "step")
 IMBALANCE_RATIO_MAX = 1e4  # largest / smallest class size a run takes

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dm_tune._names import CLASS_WEIGHTING_NAMES
+
 if TYPE_CHECKING:  # torch is imported where weights are computed: config validation stays light
     import torch
 
-SCHEMES = ("none", "inverse", "sqrt-inverse", "effective-number")
+SCHEMES = CLASS_WEIGHTING_NAMES
 DEFAULT_EFFECTIVE_BETA = 0.999
 
 

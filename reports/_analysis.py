@@ -219,10 +219,12 @@ def _by_seed(runs: pd.DataFrame) -> dict[Any, float]:
 
 
 def trained_weightings(trials: pd.DataFrame) -> pd.Series:
-    """Each run's class weighting as it trained: on balanced data every scheme weighs each class 1,
-    so "none" whatever the arm was labelled (as the surface reads it)."""
-    imbalance = trials["imbalance"] if "imbalance" in trials else pd.Series("none", index=trials.index)
-    return trials["class_weighting"].where(imbalance != "none", "none")
+    """Each run's class weighting as it trained (``effective_weighting``: on balanced data every
+    scheme weighs each class 1, so "none" whatever the arm was labelled)."""
+    from dm_tune.reports._surface import effective_weighting
+
+    rows = trials[[c for c in ("imbalance", "class_weighting") if c in trials]].to_dict("records")
+    return pd.Series([effective_weighting(r) for r in rows], index=trials.index, dtype=object)
 
 
 def _points(trials: pd.DataFrame) -> pd.DataFrame:

@@ -165,7 +165,7 @@ INPUT_NAMES = {"num_classes": "number of classes", "noise_rate": "noise rate", "
                "imbalance": "imbalance", "imbalance_ratio": "imbalance ratio", "task": "task", "dataset": "dataset"}
 
 
-def _number(v: Any) -> bool:
+def _is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)  # (numpy's numbers too; True is no rate)
 
 
@@ -180,7 +180,7 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
         digits = len(str(num_classes))
         raise UserError(f"{names['num_classes']} must be at most {MAX_CLASSES}, got "
                         + (str(num_classes) if digits <= 24 else f"a number of {digits} digits"))
-    if not (_number(noise_rate) and 0.0 <= noise_rate < 1.0):
+    if not (_is_number(noise_rate) and 0.0 <= noise_rate < 1.0):
         raise UserError(f"{names['noise_rate']} must be in [0, 1), got {noise_rate!r}")
     if noise_type not in NOISE_TYPES:
         raise UserError(f"{names['noise_type']} {noise_type!r} is not known; expected one of {', '.join(NOISE_TYPES)}")
@@ -194,7 +194,7 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
         raise UserError(f"{names['noise_rate']} must be below {limit:.4g} for {noise_type} noise on {num_classes} "
                         f"classes, got {noise_rate!r}: from {limit:.4g} up a wrong label is at least as common as the "
                         "true one")
-    if not (_number(imbalance_ratio) and 1.0 <= imbalance_ratio <= IMBALANCE_RATIO_MAX):
+    if not (_is_number(imbalance_ratio) and 1.0 <= imbalance_ratio <= IMBALANCE_RATIO_MAX):
         raise UserError(f"{names['imbalance_ratio']} must be in [1, {IMBALANCE_RATIO_MAX:g}] (largest / smallest "
                         f"class, as dm-tune train takes it), got {imbalance_ratio!r}")
     if imbalance not in IMBALANCE_KINDS:  # as dm-tune train checks them

@@ -64,7 +64,6 @@ NOISE_BOUNDS = (1e-5, 1e1)
 N_RESTARTS = 2
 GP_ALPHA = 1e-10                    # scikit-learn's default jitter on the kernel diagonal
 KERNEL_FORM = "ConstantKernel * RBF(anisotropic) + WhiteKernel"
-CLASS_WEIGHTINGS = ("none", "inverse", "sqrt-inverse", "effective-number")
 SETTING_KEYS = ("dataset", "noise", "noise_rate", "num_classes", "imbalance", "imbalance_ratio")
 
 

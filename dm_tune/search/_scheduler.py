@@ -52,12 +52,16 @@ class SearchOnly(FIFOScheduler):
     def __init__(self, inner: TrialScheduler, max_t: int | None = None,
                  make: Callable[[], TrialScheduler] | None = None) -> None:
         super().__init__()
-        self.inner = inner                  # the first search seed's rungs
-        self._make = make                   # another seed's (None: every seed shares ``inner``'s)
-        self._inners: dict[int, TrialScheduler] = {0: inner}
+        self._make = make                   # another seed's rungs (None: every seed shares ``inner``'s)
+        self._inners: dict[int, TrialScheduler] = {0: inner}  # search seed (replica) -> its rungs
         self._properties: tuple[Any, ...] | None = None
         self.max_t = max_t                  # the full budget: a STOP there is the end, not a prune
         self._pruned: dict[int, int] = {}   # arm -> the epoch a rung stopped it at, on one seed
+
+    @property
+    def inner(self) -> TrialScheduler:
+        """The first search seed's rungs."""
+        return self._inners[0]
 
     @property
     def metric(self):
