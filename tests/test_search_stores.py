@@ -676,3 +676,35 @@ def test_a_full_disk_is_found_in_whatever_wraps_it(tmp_path):
         "attempt to write a readonly database"
     assert no_room(RuntimeError("injected failure at epoch 2")) is None
     assert no_room(OSError(2, "No such file or directory", "x")) is None
+
+
+_COMMIT_IN_A_FOLDER_MADE_READ_ONLY = """
+import os, sqlite3, sys
+folder = sys.argv[1]
+con = sqlite3.connect(os.path.join(folder, "store.db"))
+con.execute("CREATE TABLE t (x)")
+con.commit()
+con.execute("INSERT INTO t VALUES (1)")  # the rollback journal is made now
+os.chmod(folder, 0o555)
+try:
+    con.commit()
+    print("committed")
+except sqlite3.OperationalError as e:
+    print(e)
+finally:
+    os.chmod(folder, 0o755)
+"""
+
+
+def test_a_store_whose_folder_turns_read_only_between_write_and_commit_is_no_room(tmp_path):
+    """A folder made read-only while a store's transaction is open: SQLite's commit cannot delete
+    its journal and says "disk I/O error" (not "readonly database"). A search ended so printed a
+    traceback of Optuna's and SQLAlchemy's frames instead of its one line and resume command."""
+    from dm_tune.errors import no_room
+
+    said = subprocess.run([sys.executable, "-c", _COMMIT_IN_A_FOLDER_MADE_READ_ONLY, str(tmp_path)],
+                          preexec_fn=permissions_preexec(), capture_output=True, text=True, check=True).stdout.strip()
+    assert said == "disk I/O error"
+    wrapped = RuntimeError(f"(sqlite3.OperationalError) {said}\n(Background on this error at: ...)")
+    assert no_room(wrapped) == "disk I/O error"
+    assert no_room(OSError(5, "Input/output error", "x")) == "x: Input/output error"
