@@ -183,6 +183,27 @@ def test_the_datasets_that_num_workers_applies_to_are_the_ones_read_a_batch_at_a
     assert streamed == [name in STREAMED] * 3
 
 
+def test_the_class_counts_recommend_holds_are_the_loaders(tmp_path):
+    """``_names.FIXED_CLASSES`` (recommend refuses a query whose class count contradicts its
+    dataset) is a light copy of the loaders' class counts: each is what its loader gives, and
+    every classification dataset not in it takes its classes from its files (two trees of the
+    same layout with other class counts load with those counts)."""
+    from dm_tune._names import DATASET_NAMES, FIXED_CLASSES, task_of
+    from dm_tune.data import load_source
+
+    makers = {"cifar10": make_cifar10, "cifar100": make_cifar100, "clothing1m": make_clothing1m, "imdb": make_imdb}
+    for name, classes in FIXED_CLASSES.items():
+        root = makers[name](tmp_path / name) if name in makers else None
+        options = {"dataset_options": {"dims": 4}} if name == "imdb" else {}  # (20 texts)
+        source = load_source(config(name, root, **options) if root else TrainConfig.from_dict({"dataset": name}))
+        assert source.num_classes == classes, name
+    from_files = {"imagefolder": make_imagefolder, "features": make_features}
+    assert sorted(set(FIXED_CLASSES) | set(from_files)) == sorted(d for d in DATASET_NAMES
+                                                                  if task_of(d) == "classification")
+    for name, make in from_files.items():
+        assert load_source(config(name, make(tmp_path / name))).num_classes == 3, name
+
+
 # --- CIFAR ------------------------------------------------------------------------------------
 
 
