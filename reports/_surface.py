@@ -21,14 +21,16 @@ A setting feature that does not vary over the training rows says nothing and is 
 request that differs from its one measured value gets a warning instead). Model:
 GaussianProcessRegressor(ConstantKernel * RBF (one length scale per feature) + WhiteKernel,
 normalize_y=True). ``gp_to_dict`` / ``gp_from_dict`` serialise it; ``gp_predict`` predicts
-from the serialised form with numpy alone, so that ``dm-tune recommend`` needs neither
-scikit-learn nor pandas (scikit-learn imports pandas). Heavy imports happen inside functions.
+from the serialised form with numpy alone (scipy.linalg's triangular solves on a large surface), so
+that ``dm-tune recommend`` needs neither scikit-learn nor pandas (scikit-learn imports pandas). Heavy imports happen inside functions.
 """
 
 from __future__ import annotations
 
 import math
 import warnings as _warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from dm_tune._param import beta_from_rho, lambda_from_mode
@@ -64,6 +66,11 @@ NOISE_BOUNDS = (1e-5, 1e1)
 N_RESTARTS = 2
 GP_ALPHA = 1e-10                    # scikit-learn's default jitter on the kernel diagonal
 KERNEL_FORM = "ConstantKernel * RBF(anisotropic) + WhiteKernel"
+# A GP of fewer rows than this is fitted and asked with one BLAS thread. On matrices this small
+# OpenBLAS's threads cost more than they bring, and on a busy machine (a report beside a search)
+# they wait for cores: a 9-arm local GP (20 restarts) took 22.6 s beside a search with the default
+# threads and 2.9 s with one; a 224-row refit 14.9 s and 0.74 s (BENCHMARKS.md, "Reports").
+ONE_THREAD_ROWS = 1024
 SETTING_KEYS = ("dataset", "noise", "noise_rate", "num_classes", "imbalance", "imbalance_ratio")
 
 
@@ -263,9 +270,22 @@ def fit_gp(X: Any, y: Any, n_restarts_optimizer: int = N_RESTARTS,
         kernel = kernel.clone_with_theta(np.asarray(theta0, dtype=float))
     gp = GaussianProcessRegressor(kernel, alpha=GP_ALPHA, normalize_y=True,
                                   n_restarts_optimizer=n_restarts_optimizer, random_state=0)
-    with _warnings.catch_warnings():  # a length scale at its upper bound means "irrelevant": expected
+    with _warnings.catch_warnings(), blas_threads(len(X)):  # a length scale at its upper bound: "irrelevant"
         _warnings.simplefilter("ignore", ConvergenceWarning)
         return gp.fit(X, y)
+
+
+@contextmanager
+def blas_threads(n_rows: int) -> Iterator[None]:
+    """One BLAS thread for the GP work of a GP of ``n_rows`` rows below ONE_THREAD_ROWS (scikit-learn's
+    threadpoolctl); larger ones keep the threads they have."""
+    if n_rows >= ONE_THREAD_ROWS:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def gp_to_dict(gp: GaussianProcessRegressor, feature_names: list[str], y: Any) -> dict[str, Any]:
@@ -290,7 +310,7 @@ def gp_from_dict(d: dict[str, Any]) -> GaussianProcessRegressor:
 
 def gp_predict(d: dict[str, Any], X: Any) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and std (points; the std includes the fitted noise, as scikit-learn's does)
-    at feature rows ``X``, from the serialised GP with numpy alone."""
+    at feature rows ``X``, from the serialised GP with numpy (``_solve_lower``)."""
     mean, std, _ = gp_posterior(d, X)
     return mean, std
 
@@ -307,14 +327,29 @@ def gp_posterior(d: dict[str, Any], X: Any) -> tuple[np.ndarray, np.ndarray, np.
     c, ls, white = theta[0], theta[1:-1], theta[-1]
     y_mean, y_std = (float(y.mean()), float(y.std())) if d["normalize_y"] else (0.0, 1.0)
     y_std = y_std or 1.0
-    K = c * _rbf(Xt, Xt, ls) + (white + d["alpha"]) * np.eye(len(Xt))
-    L = np.linalg.cholesky(K)
-    alpha = np.linalg.solve(L.T, np.linalg.solve(L, (y - y_mean) / y_std))
-    Ks = c * _rbf(Xq, Xt, ls)
-    V = np.linalg.solve(L, Ks.T)
-    explained = np.einsum("ij,ij->j", V, V)
+    with blas_threads(len(Xt)):
+        K = c * _rbf(Xt, Xt, ls) + (white + d["alpha"]) * np.eye(len(Xt))
+        L = np.linalg.cholesky(K)
+        alpha = _solve_lower(L.T, _solve_lower(L, (y - y_mean) / y_std, lower=True), lower=False)
+        Ks = c * _rbf(Xq, Xt, ls)
+        V = _solve_lower(L, Ks.T, lower=True)
+        explained = np.einsum("ij,ij->j", V, V)
     noisy, own = (np.sqrt(np.clip(c + w - explained, 0.0, None)) * y_std for w in (white, 0.0))
     return Ks @ alpha * y_std + y_mean, noisy, own
+
+
+def _solve_lower(T: Any, B: Any, lower: bool) -> Any:
+    """T^-1 B for a triangular T (``lower``: below the diagonal, else above): numpy's general solve
+    below ONE_THREAD_ROWS rows (milliseconds there, and recommend imports no scipy), scipy's
+    triangular one above (O(rows^2) a column where the general one is O(rows^3): recommend on a
+    4,032-row surface took 11 s of CPU and 880 MB)."""
+    import numpy as np
+
+    if len(T) < ONE_THREAD_ROWS:
+        return np.linalg.solve(T, B)
+    from scipy.linalg import solve_triangular
+
+    return solve_triangular(T, B, lower=lower, check_finite=False)
 
 
 def _rbf(A: Any, B: Any, ls: Any) -> Any:

@@ -142,7 +142,11 @@ def test_a_surface_whose_shapes_disagree_is_named(guidelines_text: str, edit: An
     assert (validate_guidelines(doc) or "").startswith(problem)
 
 
-def test_the_fitted_gp_round_trips_through_json() -> None:
+@pytest.mark.parametrize("one_thread_rows", [1024, 0])  # (0: the large surface's path, scipy's triangular solves)
+def test_the_fitted_gp_round_trips_through_json(monkeypatch, one_thread_rows) -> None:
+    from dm_tune.reports import _surface
+
+    monkeypatch.setattr(_surface, "ONE_THREAD_ROWS", one_thread_rows)
     rng = np.random.default_rng(1)
     X = rng.uniform(0, 1, size=(40, 3))
     y = 10 * np.sin(3 * X[:, 0]) + X[:, 1] + rng.normal(0, 0.1, 40)
@@ -153,9 +157,30 @@ def test_the_fitted_gp_round_trips_through_json() -> None:
     Xq = rng.uniform(-0.2, 1.2, size=(25, 3))
     mean, std = gp.predict(Xq, return_std=True)
     mean2, std2 = rebuilt.predict(Xq, return_std=True)
-    mean3, std3 = gp_predict(d, Xq)  # numpy alone, as recommend does
+    mean3, std3 = gp_predict(d, Xq)  # numpy, as recommend does
     assert np.allclose(mean, mean2, atol=1e-6, rtol=0) and np.allclose(std, std2, atol=1e-6, rtol=0)
     assert np.allclose(mean, mean3, atol=1e-6, rtol=0) and np.allclose(std, std3, atol=1e-6, rtol=0)
+
+
+def test_a_small_gp_is_fitted_and_asked_on_one_blas_thread_and_a_large_one_keeps_its_threads() -> None:
+    """OpenBLAS's threads on a small GP's matrices waited for cores on a busy machine: a 9-arm
+    local GP took 22.6 s beside a search, 2.9 s on one thread. Fits and posteriors of fewer than
+    ONE_THREAD_ROWS rows take one thread, and give the threads back after; larger ones keep them."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from dm_tune.reports._surface import ONE_THREAD_ROWS, blas_threads
+
+    def threads() -> set[int]:
+        return {int(pool["num_threads"]) for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    np.linalg.cholesky(np.eye(2))  # (numpy's BLAS loaded)
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert threads() == {2}
+        with blas_threads(ONE_THREAD_ROWS - 1):
+            assert threads() == {1}
+        assert threads() == {2}
+        with blas_threads(ONE_THREAD_ROWS):
+            assert threads() == {2}
 
 
 def test_leave_one_setting_out_scores_against_the_best_confirmed_arm() -> None:
