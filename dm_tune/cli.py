@@ -273,19 +273,20 @@ def _out_path(args: argparse.Namespace, configs: list[Any]) -> Path | None:
     return out
 
 
+def check_threads(threads: int | None) -> None:
+    """--threads within [1, MAX_THREADS] (torch fails to start 100,000 threads with a traceback)."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ConfigError("--threads", threads, f"expected an integer in [1, {MAX_THREADS}]")
+
+
 def _threads_and_model(args: argparse.Namespace, data: Any, resolved: Any) -> None:
     """Torch's threads (--threads, else 1 for small in-memory models, which run fastest on one),
     and the model built once, so that a model that does not fit the data fails before training."""
-    import torch
-
     from dm_tune.models import ModelSpec, build_model
+    from dm_tune.train import torch_threads
 
-    if args.threads is not None:
-        if not 1 <= args.threads <= MAX_THREADS:  # (torch fails to start 100,000 threads with a traceback)
-            raise ConfigError("--threads", args.threads, f"expected an integer in [1, {MAX_THREADS}]")
-        torch.set_num_threads(args.threads)
-    elif data.input_kind in ("vector", "signal") and data.train.in_memory:
-        torch.set_num_threads(1)
+    check_threads(args.threads)
+    torch_threads(args.threads, data)
     build_model(resolved.model, ModelSpec(data.input_shape, data.input_kind, data.num_classes,
                                           resolved.hidden_dim, resolved.pretrained, data.vocab_size))
 

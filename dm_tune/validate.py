@@ -241,13 +241,14 @@ def _recommend_all(plan: list[tuple[Any, Any, list[int], str]], overrides: dict[
 
 def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],
                    guidelines: dict[str, Any], quiet: bool, named: str = "the guidelines",
-                   earlier: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   earlier: Mapping[str, Any] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Recommend, then train every arm on every seed of one setting; the setting's JSON entry.
     ``earlier``: the setting's entry, finished without some weighted arms (``missing_arms``): only
-    those train, on the same seeds and data, each recording the dm-tune that trained it."""
+    those train, on the same seeds and data, each recording the dm-tune that trained it.
+    ``threads``: torch's CPU threads (None: as ``dm-tune train`` chooses them for the data)."""
     from dm_tune.data import load_source, prepare
     from dm_tune.population import plan_populations, suggested_population_size, train_population
-    from dm_tune.train import select_device
+    from dm_tune.train import select_device, torch_threads
 
     base = study.train_config(setting, **overrides)
     try:
@@ -257,6 +258,7 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     source = load_source(base)
     datas = {s: prepare(base.replace(seed=s), source) for s in seeds}  # shared by the arms: paired
     first = datas[seeds[0]]
+    torch_threads(threads, first)
     rec = None if earlier is not None else _recommendation(study, setting, seeds, overrides, guidelines, named, first)
     arms = arm_overrides(rec) if earlier is None else missing_arms(earlier)
     members = [(arm, s, study.train_config(setting, **{**overrides, **knobs, "seed": s}))
@@ -378,13 +380,15 @@ def _plan(studies: list[Any], seeds: Sequence[int] | None, overrides: Mapping[st
 
 def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None, epochs: int | None = None,
              quiet: bool = False, progress: Progress | None = None,
-             guidelines_name: str = "the guidelines", recommended: bool = False) -> dict[str, Any]:
+             guidelines_name: str = "the guidelines", recommended: bool = False,
+             threads: int | None = None) -> dict[str, Any]:
     """Every setting of ``study`` (a Study, or a list of them): recommendation, per-seed accuracies
     of each arm, summary; on ``seeds``, or (None) each study's own. With ``progress``, settings it
     holds are not trained again and each newly finished one is added to it. Every setting's
     recommendation is asked for before any trains: guidelines that cannot answer one (a damaged or
     hand-edited file) are refused before hours of training, naming ``guidelines_name`` and the setting
-    (``recommended``: the caller has asked already, ``_recommend_all``)."""
+    (``recommended``: the caller has asked already, ``_recommend_all``); ``threads``: torch's CPU
+    threads (None: as ``dm-tune train`` chooses them for each setting's data)."""
     overrides = {"epochs": epochs} if epochs is not None else {}
     settings = []
     studies = list(study) if isinstance(study, (list, tuple)) else [study]
@@ -419,13 +423,14 @@ def validate(study: Any, guidelines: dict[str, Any], seeds: Sequence[int] | None
                       file=sys.stderr, flush=True)
             if missing:  # kept before validate trained the weighted baselines
                 earlier = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet, guidelines_name,
-                                         earlier)
+                                         earlier, threads)
                 progress.add(identity, earlier)
             settings.append({**earlier, "setting": label[identity]})  # named as in this run
             continue
         if not quiet:
             print(f"{setting.key}:", file=sys.stderr, flush=True)
-        entry = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet, guidelines_name)
+        entry = _train_setting(one, setting, seeds_here, overrides, guidelines, quiet, guidelines_name,
+                               threads=threads)
         entry["setting"] = label[identity]
         if progress is not None:
             progress.add(identity, entry)
@@ -640,6 +645,8 @@ def add_validate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="comma-separated seeds (default: the config's seeds)")
     p.add_argument("--epochs", type=int_argument, help="training epochs (overrides training.epochs)")
     p.add_argument("--out", type=path_argument, default="validation", help="output directory (default ./validation)")
+    p.add_argument("--threads", type=int_argument, help="CPU threads for torch (default: as dm-tune train, 1 for "
+                   "in-memory vector and signal data, else torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=validate_command)
     return p
@@ -675,6 +682,9 @@ def validate_command(args: argparse.Namespace) -> int:
             raise UserError(f"--config {config}: validate compares classification accuracy; "
                             f"this study's task is {study.task!r}")
         studies.append(study)
+    from dm_tune.cli import check_threads
+
+    check_threads(args.threads)
     seeds = _seeds(args.seeds) if args.seeds else None  # None: each --config file's own seeds
     if args.epochs is not None:  # the training budget's own range, checked before anything is made
         from dm_tune.config import TrainConfig
@@ -812,7 +822,7 @@ def _validate_into(args: argparse.Namespace, studies: list[Any], seeds: list[int
     """The validation proper, run while this process holds ``out``."""
     progress = Progress(out / PROGRESS_FILE)
     doc = validate(studies, guidelines, seeds, args.epochs, args.quiet, progress, f"--guidelines {path}",
-                   recommended=True)
+                   recommended=True, threads=args.threads)
     doc = {**doc, "config": [str(Path(c).resolve()) for c in args.config], "guidelines": str(path.resolve()),
            "study": [s.to_dict() for s in studies], "provenance": _provenance()}
     write_output(out / "validation.json", json_text(doc))

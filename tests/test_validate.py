@@ -207,6 +207,25 @@ def test_seeds_and_epochs_flags_override_the_config(tmp_path, guidelines):
     assert setting["summary"]["vs"]["cce"]["verdict"] == "undetermined"  # one seed: no spread
 
 
+def test_validate_trains_small_in_memory_models_on_one_thread_as_train_does_unless_told(tmp_path, guidelines):
+    """validate trained with torch's default threads where train takes one for in-memory vector
+    and signal data: beside other work, its second thread waited for a core (the README's
+    validate was cut off after 9 minutes on a busy machine; what it had left took 2 on one thread).
+    --threads as train's."""
+    import torch
+
+    kept = torch.get_num_threads()
+    try:
+        for args, expected in (([], 1), (["--threads", "2"], 2)):
+            torch.set_num_threads(3)
+            assert main(["validate", "--config", str(write_config(tmp_path)), "--guidelines", guidelines,
+                         "--out", str(tmp_path / f"out{expected}"), "--quiet", "--seeds", "3", "--epochs", "1",
+                         *args]) == 0
+            assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(kept)
+
+
 def test_validation_json_is_standard_json_and_reads_back(tmp_path, capsys, guidelines):
     """One seed leaves every std NaN, which validation.json wrote as a bare NaN token: not JSON
     (``jq`` and a browser's JSON.parse refuse it). It is null now, and the file renders as before,
@@ -451,6 +470,7 @@ def test_guidelines_that_never_end_are_one_line(tmp_path):
     ({}, ["--guidelines", "nowhere.json"], "nowhere.json"),
     ({}, ["--seeds=0,-1"], "seed -1 is not allowed"),
     ({}, ["--out", "/proc/validation"], "--out /proc/validation: cannot write in /proc"),  # before training
+    ({}, ["--threads", "0"], "--threads: 0 is not allowed; expected an integer in [1, 1024]"),
     # beyond the budget's range: refused as "epochs" after --out was made
     ({}, ["--epochs", "1000000"], "--epochs 1000000: expected an integer in [1, 100000]"),
 ])
