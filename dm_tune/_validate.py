@@ -116,6 +116,20 @@ def _not_bool(error_type: str) -> BeforeValidator:
 # To pydantic, as to Python, True is 1: a YAML `epochs: true` must be an error, not one epoch.
 Int = Annotated[int, _not_bool("int_type")]
 Float = Annotated[float, _not_bool("float_type")]
+
+
+def _true_or_false(value: Any) -> Any:
+    # pydantic takes "on", "no", "y", 1 and 0 for booleans, as YAML 1.1 did: the config reader keeps
+    # such values text, so that they are refused here. "true" and "false" (any case) are the text
+    # of a boolean, as a flag's value or YAML 1.2 writes it.
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise PydanticKnownError("bool_type")
+    return value
+
+
+Bool = Annotated[bool, BeforeValidator(_true_or_false)]
 # A random seed: what numpy's legacy seeding and Optuna's samplers accept (torch's take more).
 SEED_MAX = 2**32 - 1
 Seed = Annotated[Int, in_range(0, SEED_MAX)]

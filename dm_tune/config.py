@@ -18,7 +18,7 @@ from pydantic.dataclasses import dataclass
 
 from dm_tune._names import (DATASET_NAMES, DATASET_ROOTS, DOWNLOADABLE, IMAGE_DATASETS, IMBALANCE_KINDS,
                             IMBALANCE_RATIO_MAX, METHOD_NAMES, MODEL_NAMES, NOISE_NAMES, PRETRAINABLE, STREAMED)
-from dm_tune._validate import CONFIG, Float, Int, Seed, config_errors, in_range, one_of, parse, rule, violation
+from dm_tune._validate import CONFIG, Bool, Float, Int, Seed, config_errors, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import DEFAULT_EFFECTIVE_BETA
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 
@@ -48,7 +48,7 @@ class TrainConfig:
     # --- data ---------------------------------------------------------------------------
     dataset: Annotated[str, one_of(DATASET_NAMES)] = "digits"
     data_root: str | None = None           # absolute or relative path; required by on-disk datasets
-    download: bool = False                 # CIFAR only: fetch into data_root (needs the internet)
+    download: Bool = False                 # CIFAR only: fetch into data_root (needs the internet)
     dataset_options: dict[str, Any] = field(default_factory=dict)  # checked by the dataset module
     noise: Annotated[str, one_of(NOISE_NAMES)] = "symmetric"
     noise_rate: Annotated[Float, in_range(0.0, 1.0, hi_open=True)] = 0.0  # fraction of training labels corrupted
@@ -57,7 +57,7 @@ class TrainConfig:
     imbalance: Annotated[str, one_of(IMBALANCE_KINDS)] = "none"
     imbalance_ratio: Annotated[Float, in_range(1.0, IMBALANCE_RATIO_MAX)] = 1.0  # largest / smallest class size
     val_fraction: Annotated[Float, in_range(0.0, 0.9)] = 0.2    # carved from training data (seeded by data_seed)
-    val_noisy: bool = False                # validation labels noisy too (the paper keeps them clean)
+    val_noisy: Bool = False                # validation labels noisy too (the paper keeps them clean)
     # --- model ----------------------------------------------------------------------------
     model: Annotated[str, one_of(MODEL_NAMES)] | None = None  # None: the dataset's default
     hidden_dim: Annotated[Int, in_range(1, 1_000_000)] = 256  # MLP width
@@ -84,7 +84,7 @@ class TrainConfig:
     lr_gamma: Annotated[Float, in_range(0.0, 1.0, lo_open=True)] = 0.1
     epochs: Annotated[Int, in_range(1, 100_000)] | None = None
     batch_size: Annotated[Int, in_range(1, 1_000_000)] | None = None
-    augment: bool | None = None            # random crop + flip for images (None: on for images)
+    augment: Bool | None = None            # random crop + flip for images (None: on for images)
     # --- run ------------------------------------------------------------------------------
     seed: Seed = 0                         # model init, batch order, augmentation
     data_seed: Seed | None = None          # noise draw, validation carve, imbalance (None: seed)
