@@ -443,7 +443,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
                           file_values: dict[str, Any]) -> int:
     """Several members: populations of --population-size, one result per member."""
     from dm_tune.data import load_source, prepare
-    from dm_tune.population import suggested_population_size, train_population
+    from dm_tune.population import solo_reason, suggested_population_size, train_population
     from dm_tune.train import select_device
 
     try:
@@ -466,11 +466,18 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
                    file_values, resolved=True)
     _threads_and_model(args, first, resolved)
     size = args.population_size or suggested_population_size(str(resolved.model), device.type)
+    # Members that must train alone, every one of them (data read from disk, a retrieval task): said
+    # once here, where the header said "1 population(s) of up to 16" and the population then trained
+    # one member at a time (the data's reasons hold for every member: first's data stands for theirs).
+    alone = [solo_reason(c, first) for c in configs]
+    if all(alone):
+        size = 1
     groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]
     if not args.quiet:
         print(f"dm-tune train: {resolved.dataset} ({len(first.train)} train / {len(first.val)} val / "
               f"{len(first.test)} test), {_noise_text(resolved)}, model {resolved.model}; "
-              f"{len(configs)} members in {len(groups)} population(s) of up to {size}", file=sys.stderr)
+              + (f"{len(configs)} members, one at a time: {alone[0]}" if all(alone) and args.population_size != 1
+                 else f"{len(configs)} members in {len(groups)} population(s) of up to {size}"), file=sys.stderr)
     results: list[Any] = []
     said = sys.stderr if is_stdout(out) else sys.stdout
     # A file --out holds every member that has ended, rewritten whole as each population ends: an

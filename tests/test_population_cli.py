@@ -138,7 +138,7 @@ def test_a_retrieval_dataset_trains_its_members_one_at_a_time(tmp_path, capsys):
     out = tmp_path / "members.json"
     assert main(["train", "--dataset", "reid-synth", "--lam", "1,2", "--epochs", "1", "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "population of 2 runs one member at a time (K = 1): dataset 'reid-synth' is a retrieval task" in captured.err
+    assert "2 members, one at a time: dataset 'reid-synth' is a retrieval task" in captured.err
     assert captured.err.count("test mAP") == 2 and captured.out.count("finished: final test mAP") == 2
     results = json.loads(out.read_text())
     assert [r["config"]["lam"] for r in results] == [1.0, 2.0] and all(r["test_map"] > 0 for r in results)
@@ -158,3 +158,20 @@ def test_a_population_out_of_gpu_memory_is_one_line_naming_a_size_that_halves_it
     assert "population of 6 members ran out of GPU memory" in err
     assert "Tried to allocate 2.00 GiB" in err and "1.20 GiB is free" in err and "Including" not in err
     assert "--population-size 3" in err and "population_size in the study" in err
+
+
+def test_members_that_all_train_alone_are_said_so_once_not_as_a_population(tmp_path, capsys):
+    """Data read from disk trains one member at a time: the header said "2 members in 1
+    population(s) of up to 16" and the population then said it would not be one. Now the header
+    says how they train, once, and each member's result is kept as it ends (populations of one)."""
+    from tests.test_datasets_disk import make_imagefolder
+
+    out = tmp_path / "r.json"
+    assert main(["train", "--dataset", "imagefolder", "--data-root", str(make_imagefolder(tmp_path / "img")),
+                 "--seed", "0,1", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert ("2 members, one at a time: dataset 'imagefolder' is read from disk (populations need in-memory "
+            "data)") in err, err
+    assert "population(s)" not in err and "runs one member at a time" not in err
+    assert [r["config"]["seed"] for r in json.loads(out.read_text())] == [0, 1]
