@@ -91,6 +91,21 @@ def tiny_study(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
     return study
 
 
+@pytest.fixture(autouse=True)
+def no_ray_left_running(request):
+    """A test that starts Ray in the pytest process without ``ray_local`` must shut it down: one left
+    running made the next test of its worker that starts Ray fail ("Maybe you called ray.init twice
+    by accident?"), which test depending on how pytest-xdist shared the tests out."""
+    ray = sys.modules.get("ray")
+    running = ray is not None and ray.is_initialized()
+    yield
+    ray = sys.modules.get("ray")
+    if "ray_local" in request.fixturenames or running or ray is None or not ray.is_initialized():
+        return
+    ray.shutdown()
+    pytest.fail("this test left Ray running in the pytest process (shut down now)")
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """A real local Ray instance for the module (started once: about 5 s), on 127.0.0.1 only."""

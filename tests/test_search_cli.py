@@ -811,11 +811,16 @@ def test_a_second_ctrl_c_during_the_first_ones_stop_still_says_how_to_resume(tmp
     interrupted' alone, without the resume command a single Ctrl-C prints."""
     import dm_tune.search._run as run_module
     from dm_tune.cli import main
+    from dm_tune.search import _preflight
 
     def interrupted_twice(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_module, "run_study", interrupted_twice)
+    # No Ray: one started in this process outlives the test, and the next test of this pytest worker
+    # that starts its own failed ("Maybe you called ray.init twice by accident?").
+    monkeypatch.setattr(_preflight, "connect_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_preflight, "check_resources", lambda study: None)
     rc = main(["search", "--workspace", str(tmp_path / "ws"), "--name", "twice", "--num-samples", "3", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 130 and err.splitlines()[-2:] == [

@@ -611,7 +611,7 @@ def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys
     progress = out / PROGRESS_FILE
     argv = ["validate", "--config", str(config), "--guidelines", guidelines, "--out", str(out), "--quiet"]
     proc = subprocess.Popen([DM_TUNE, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # (a guard against a hang: 30 CPU-seconds of work)
     while not (progress.is_file() and progress.read_text().endswith("\n")) and proc.poll() is None:
         assert time.monotonic() < deadline, "the first setting never finished"
         time.sleep(0.05)
@@ -690,13 +690,15 @@ def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys
 
 @pytest.mark.slow
 def test_a_second_validation_into_the_same_out_is_refused_while_the_first_runs(tmp_path, guidelines):
+    import os
+    import signal
     import subprocess
     import time
 
     from dm_tune.validate import PROGRESS_FILE
     from tests.conftest import DM_TUNE
 
-    config = write_config(tmp_path, training={"epochs": 60, "device": "cpu"},
+    config = write_config(tmp_path, training={"epochs": 3, "device": "cpu"},
                           settings={"dataset": ["digits"], "noise": ["symmetric"], "noise_rate": [0.2, 0.4]})
     out = tmp_path / "out"
     argv = [DM_TUNE, "validate", "--config", str(config), "--guidelines", guidelines, "--out", str(out), "--quiet"]
@@ -705,7 +707,13 @@ def test_a_second_validation_into_the_same_out_is_refused_while_the_first_runs(t
     while not (out / ".validate.lock").is_file() or not (out / ".validate.lock").read_text():
         assert time.monotonic() < deadline and first.poll() is None, first.communicate()
         time.sleep(0.05)
-    second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    # The first one paused while it holds the lock: still writing there however slow or busy the
+    # machine (it was given 60 epochs to outlast the second, which took over 300 s on a busy one).
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert second.returncode == 2 and "Traceback" not in second.stderr
     (line,) = second.stderr.strip().splitlines()
     assert line.startswith(f"dm-tune: error: --out {out}: another dm-tune validate is writing there "
