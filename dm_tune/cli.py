@@ -417,14 +417,16 @@ def _member_label(config: Any) -> str:
     return f"{config.method}{knobs} seed={config.seed}"
 
 
-def _population_progress(quiet: bool, epochs: int, labels: list[str]):
+def population_progress(quiet: bool, epochs: int, labels: list[str], indent: str = ""):
+    """A population's report (``train_population``): each epoch as one line on stderr (a member
+    trained alone: its own line), ``indent`` before each."""
     def report(metrics: dict[int, dict[str, float]], _snapshot: Any) -> None:
         if quiet or not metrics:
             return
         rows = list(metrics.values())
         if "population_epoch_time_s" not in rows[0]:  # trained one member at a time: its own epoch
             for k, m in metrics.items():
-                print(f"[{labels[k]}] {_epoch_line(m, epochs)}", file=sys.stderr, flush=True)
+                print(f"{indent}[{labels[k]}] {_epoch_line(m, epochs)}", file=sys.stderr, flush=True)
             return
         size = len(labels)
         # (a member that diverged this epoch leaves the range: its accuracy is the frozen model's)
@@ -432,7 +434,7 @@ def _population_progress(quiet: bool, epochs: int, labels: list[str]):
         diverged = ", ".join(labels[k] for k, m in metrics.items() if m.get("diverged"))
         scores = (f"test {test[0]:5.1f}-{test[-1]:5.1f}% (median {statistics.median(test):5.1f}%)" if test else
                   "none still training")
-        print(f"epoch {int(rows[0]['epoch']):>3}/{epochs}  {len(rows)}/{size} members  {scores}"
+        print(f"{indent}epoch {int(rows[0]['epoch']):>3}/{epochs}  {len(rows)}/{size} members  {scores}"
               f"{f'  diverged: {diverged}' if diverged else ''}  {rows[0]['population_epoch_time_s']:.2f}s",
               file=sys.stderr, flush=True)
 
@@ -490,7 +492,7 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
             print(f"population {len(results) // size + 1}/{len(groups)}: "
                   + ", ".join(_member_label(c) for c in members), file=sys.stderr)
         datas = [data_of(c) for c in members]
-        ended = train_population(members, datas, _population_progress(
+        ended = train_population(members, datas, population_progress(
             args.quiet, int(resolved.epochs or 0), [_member_label(c) for c in members]))
         results += ended
         if as_they_end and len(results) < len(configs):

@@ -239,6 +239,27 @@ def _recommend_all(plan: list[tuple[Any, Any, list[int], str]], overrides: dict[
                               f"for none of study {one.name!r}'s settings")
 
 
+PROGRESS_EVERY_S = 15.0  # validate's epoch lines: the first, the last, and one at most this often between
+
+
+def _now_and_then(report: Any, epochs: int, every_s: float = PROGRESS_EVERY_S) -> Any:
+    """``report`` (a population's, per epoch of ``epochs``) called for a population's first epoch, its
+    last, and otherwise at most once every ``every_s`` seconds: validate trains many settings, and
+    said nothing for minutes between a group's start and its end."""
+    import time
+
+    last = [-math.inf]
+
+    def now_and_then(metrics: dict[int, dict[str, float]], snapshot: Any) -> None:
+        now = time.monotonic()
+        ended = bool(metrics) and all(m.get("diverged") or int(m["epoch"]) >= epochs for m in metrics.values())
+        if ended or now - last[0] >= every_s:
+            last[0] = now
+            report(metrics, snapshot)
+
+    return now_and_then
+
+
 def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: dict[str, Any],
                    guidelines: dict[str, Any], quiet: bool, named: str = "the guidelines",
                    earlier: Mapping[str, Any] | None = None, threads: int | None = None) -> dict[str, Any]:
@@ -248,6 +269,7 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     ``threads``: torch's CPU threads (None: as ``dm-tune train`` chooses them for the data)."""
     from dm_tune.data import load_source, prepare
     from dm_tune.population import plan_populations, suggested_population_size, train_population
+    from dm_tune.cli import population_progress
     from dm_tune.train import select_device, torch_threads
 
     base = study.train_config(setting, **overrides)
@@ -269,10 +291,13 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     size = suggested_population_size(str(resolved.model), device.type)
     results: list[Any] = [None] * len(members)
     for group in plan_populations(configs, member_datas, size):
+        labels = [f"{members[i][0]} seed {members[i][1]}" for i in group]
         if not quiet:
-            print(f"  training {len(group)} member(s): "
-                  + ", ".join(f"{members[i][0]} seed {members[i][1]}" for i in group), file=sys.stderr, flush=True)
-        for i, r in zip(group, train_population([configs[i] for i in group], [member_datas[i] for i in group])):
+            print(f"  training {len(group)} member(s): " + ", ".join(labels), file=sys.stderr, flush=True)
+        epochs = int(resolved.epochs)
+        report = None if quiet else _now_and_then(population_progress(False, epochs, labels, "    "), epochs)
+        for i, r in zip(group, train_population([configs[i] for i in group], [member_datas[i] for i in group],
+                                                report)):
             results[i] = r
     runs: dict[str, dict[str, Any]] = {arm: {"config": knobs, "runs": []} for arm, knobs in arms.items()}
     for (arm, s, _), r in zip(members, results):

@@ -226,6 +226,17 @@ def test_validate_trains_small_in_memory_models_on_one_thread_as_train_does_unle
         torch.set_num_threads(kept)
 
 
+def test_validate_says_how_training_goes_now_and_then(tmp_path, capsys, guidelines):
+    """validate printed nothing between a group's "training 6 member(s)" and its end (minutes, on a
+    setting of 60 epochs): now the group's first epoch, its last, and one line at most every
+    PROGRESS_EVERY_S seconds between (digits' epochs take well under a second: none here)."""
+    assert main(["validate", "--config", str(write_config(tmp_path)), "--guidelines", guidelines,
+                 "--out", str(tmp_path / "out"), "--seeds", "0,1", "--epochs", "4"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("    epoch")]
+    assert [ln.split()[1] for ln in lines] == ["1/4", "4/4"], lines
+    assert all(" 6/6 members  test " in ln for ln in lines)
+
+
 def test_validation_json_is_standard_json_and_reads_back(tmp_path, capsys, guidelines):
     """One seed leaves every std NaN, which validation.json wrote as a bare NaN token: not JSON
     (``jq`` and a browser's JSON.parse refuse it). It is null now, and the file renders as before,
