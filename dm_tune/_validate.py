@@ -25,7 +25,7 @@ from dm_tune.errors import unusual_number
 T = TypeVar("T")
 
 # Unknown keys are mistakes. Values are coerced as the command line and YAML need ("0.4" -> 0.4,
-# "yes" -> True, 5.0 -> 5), never lossily (2.5 is not an integer).
+# "true" -> True, 5.0 -> 5), never lossily (2.5 is not an integer; "yes" is no boolean: ``Bool``).
 CONFIG = ConfigDict(extra="forbid")
 
 

@@ -170,6 +170,26 @@ def test_val_noisy_on_a_dataset_with_its_own_validation_set_is_refused_before_th
     assert not (tmp_path / "ws").exists()
 
 
+def test_val_noisy_given_as_the_text_false_is_false_to_the_search_as_to_its_trials(tmp_path):
+    """The search's check read `val_noisy: "false"` (text, which the trials take for False) as true,
+    and refused a dataset with its own validation set."""
+    from dm_tune._validate import ConfigError
+    from dm_tune.search._preflight import load_sources
+    from dm_tune.search._study import Study
+    from tests.test_datasets_disk import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "images", with_val=True)
+    for text, refused in (("false", False), ("True", True)):
+        study = Study.from_dict(tiny_study("vn", settings={"dataset": ["imagefolder"], "noise": ["none"],
+                                                          "noise_rate": [0.0]},
+                                           training={"epochs": 1, "val_noisy": text, "data_root": str(root)}))
+        if refused:
+            with pytest.raises(ConfigError, match="training.val_noisy"):
+                load_sources(study)
+        else:
+            assert set(load_sources(study)) == {"imagefolder"}
+
+
 @pytest.mark.parametrize("where", ["file", "proc", "file-uri", "file-uri-one-slash"])
 def test_a_storage_path_that_cannot_be_written_is_refused_before_the_search_starts(tmp_path, where):
     """Ray's results folder was first made when Ray started: a traceback, after the workspace's

@@ -197,6 +197,20 @@ def test_training_fields_the_trials_override_are_kept_in_a_stored_study():
     Study.from_dict({"settings": {"model": ["default", "mlp"]}, "training": {"model": "mlp"}})
 
 
+def test_a_stored_study_whose_booleans_an_earlier_dm_tune_took_as_yaml_1_1_ones_resumes_as_it_trained():
+    """`val_noisy: on` is refused now (YAML 1.1's boolean); an earlier dm-tune took it for true, and a
+    search it stored with it could not be resumed ("not valid here ... restore it")."""
+    for spelled, meant in (("on", True), ("No", False), (1, True), ("t", True), (0, False)):
+        values = {"name": "old", "training": {"val_noisy": spelled}}
+        with pytest.raises(ConfigError, match="training.val_noisy"):
+            Study.from_dict(values)
+        study = Study.from_dict(values, stored=True)
+        assert study.training["val_noisy"] is meant
+        assert study.train_config(study.expand()[0]).val_noisy is meant
+    with pytest.raises(ConfigError, match="training.val_noisy: 'maybe' is not allowed"):
+        Study.from_dict({"name": "old", "training": {"val_noisy": "maybe"}}, stored=True)
+
+
 def test_training_class_weighting_is_the_dm_arms_and_refused_beside_a_searched_one():
     """training.class_weighting beside search.class_weighting: the DM arms trained the searched
     weightings, and only the baselines took it, still reported as plain "cce". It is now the DM

@@ -287,8 +287,8 @@ def load_sources(study: Study, new: bool = True, data_root_hint: str = "--data-r
             raise ConfigError("settings.model", list(study.settings.model), f"expected distinct models: 'default' "
                               f"is {src.default_model} on {name}, so two settings would train the same")
     for src in sources.values():
-        check_own_validation(src, bool(study.training.get("val_noisy")), study.training.get("val_fraction"),
-                             "training.")
+        check_own_validation(src, any(t.val_noisy for t in trials), study.training.get("val_fraction"),
+                             "training.")  # (as the trials read it: the text "false" is False)
     for setting, trial in zip(study.expand(), trials):  # the search selects by final validation accuracy (mAP)
         if sources[setting.dataset].val is None and trial.val_fraction == 0.0:
             raise ConfigError("training.val_fraction", 0.0, f"expected > 0: dataset {setting.dataset!r} has no "

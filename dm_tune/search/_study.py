@@ -144,6 +144,10 @@ class Study:
         if (isinstance(noise, (list, tuple)) and noise and all(n in ("none", "file") for n in noise)
                 and "noise_rate" not in settings):  # the default rate, 0.4, is refused beside them
             values = {**values, "settings": {**settings, "noise_rate": [0.0]}}
+        training = values.get("training")
+        if stored and isinstance(training, Mapping):  # as the dm-tune that stored it took them
+            values = {**values, "training": {k: _EARLIER_BOOLEANS.get(_key(v), v) if k in BOOLEAN_FIELDS else v
+                                             for k, v in training.items()}}
         study = parse(cls, values)
         study.validate_settings(refuse_ignored=not stored)
         return study
@@ -283,6 +287,20 @@ class Study:
     def train_config(self, setting: Setting, **overrides: Any) -> TrainConfig:
         values = {**self.training, **setting.train_fields(), "seed": self.seeds[0], **overrides}
         return TrainConfig.from_dict(values)
+
+
+# A boolean training field, and the other spellings an earlier dm-tune took for one (pydantic's,
+# refused now): a search stored with `val_noisy: on` trained with True, and resumes so.
+BOOLEAN_FIELDS = ("download", "val_noisy", "augment")
+_EARLIER_BOOLEANS = {**dict.fromkeys(("on", "yes", "y", "t", "1", 1), True),
+                     **dict.fromkeys(("off", "no", "n", "f", "0", 0), False)}
+
+
+def _key(value: Any) -> Any:
+    """``value`` as _EARLIER_BOOLEANS looks it up: text in lower case, a number as it is, else None."""
+    if isinstance(value, str):
+        return value.lower()
+    return value if type(value) in (int, float) else None
 
 
 # Training fields a study sets elsewhere, for every trial: a value under training: would be ignored.
