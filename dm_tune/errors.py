@@ -344,9 +344,9 @@ def remove_write_leftovers(folder: Path, names: Iterable[str]) -> None:
 
 
 # A disk that cannot take more: full, over quota, read-only, or a file-size limit. SQLite's "disk I/O
-# error" is what a commit says when its folder turned read-only after the journal was made (the journal
-# cannot be deleted: SQLITE_IOERR_DELETE), as well as a failing disk's.
-_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EIO}
+# error" is what a store's commit says when its folder turned read-only after the journal was made (the
+# journal cannot be deleted: SQLITE_IOERR_DELETE); an EIO of another read or write is not taken for it.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
 _NO_ROOM_TEXT = ("No space left on device", "Disk quota exceeded", "Read-only file system", "File too large",
                  "database or disk is full", "attempt to write a readonly database", "Permission denied",
                  "disk I/O error")
