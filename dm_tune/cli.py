@@ -471,14 +471,16 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
     # Members that must train alone, every one of them (data read from disk, a retrieval task): said
     # once here, where the header said "1 population(s) of up to 16" and the population then trained
     # one member at a time (the data's reasons hold for every member: first's data stands for theirs).
-    alone = [solo_reason(c, first) for c in configs]
-    if all(alone):
+    alone = solo_reason(configs[0], first)
+    if alone is not None and all(solo_reason(c, first) for c in configs[1:]):
         size = 1
+    else:
+        alone = None
     groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]
     if not args.quiet:
         print(f"dm-tune train: {resolved.dataset} ({len(first.train)} train / {len(first.val)} val / "
               f"{len(first.test)} test), {_noise_text(resolved)}, model {resolved.model}; "
-              + (f"{len(configs)} members, one at a time: {alone[0]}" if all(alone) and args.population_size != 1
+              + (f"{len(configs)} members, one at a time: {alone}" if alone and args.population_size != 1
                  else f"{len(configs)} members in {len(groups)} population(s) of up to {size}"), file=sys.stderr)
     results: list[Any] = []
     said = sys.stderr if is_stdout(out) else sys.stdout

@@ -72,17 +72,15 @@ class TrainResult:
         return d
 
 
-_DEFAULT_THREADS = torch.get_num_threads()  # torch's own, before any command set it
-
-
 def torch_threads(threads: int | None, data: Data) -> None:
     """Torch's CPU threads for training on ``data``: ``threads`` when given (--threads), else 1 for
     in-memory vector and signal data, whose small models run fastest on one thread (on a busy
     machine a second thread waits for a core: 4 MNIST-1D members took 56 s with two threads beside
-    other work and 14 s with one), else torch's default."""
-    if threads is None:
-        threads = 1 if data.input_kind in ("vector", "signal") and data.train.in_memory else _DEFAULT_THREADS
-    torch.set_num_threads(threads)
+    other work and 14 s with one), else left as they are (torch's default, in a command)."""
+    if threads is None and data.input_kind in ("vector", "signal") and data.train.in_memory:
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def select_device(name: str) -> torch.device:

@@ -269,6 +269,8 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     ``threads``: torch's CPU threads (None: as ``dm-tune train`` chooses them for the data)."""
     from dm_tune.data import load_source, prepare
     from dm_tune.population import plan_populations, suggested_population_size, train_population
+    import torch
+
     from dm_tune.cli import population_progress
     from dm_tune.train import select_device, torch_threads
 
@@ -280,7 +282,6 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     source = load_source(base)
     datas = {s: prepare(base.replace(seed=s), source) for s in seeds}  # shared by the arms: paired
     first = datas[seeds[0]]
-    torch_threads(threads, first)
     rec = None if earlier is not None else _recommendation(study, setting, seeds, overrides, guidelines, named, first)
     arms = arm_overrides(rec) if earlier is None else missing_arms(earlier)
     members = [(arm, s, study.train_config(setting, **{**overrides, **knobs, "seed": s}))
@@ -290,15 +291,20 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     resolved = base.resolve(first.defaults, first.default_model, first.input_kind)
     size = suggested_population_size(str(resolved.model), device.type)
     results: list[Any] = [None] * len(members)
-    for group in plan_populations(configs, member_datas, size):
-        labels = [f"{members[i][0]} seed {members[i][1]}" for i in group]
-        if not quiet:
-            print(f"  training {len(group)} member(s): " + ", ".join(labels), file=sys.stderr, flush=True)
-        epochs = int(resolved.epochs)
-        report = None if quiet else _now_and_then(population_progress(False, epochs, labels, "    "), epochs)
-        for i, r in zip(group, train_population([configs[i] for i in group], [member_datas[i] for i in group],
-                                                report)):
-            results[i] = r
+    kept = torch.get_num_threads()  # (put back after: validate() may be called from a program of its own)
+    torch_threads(threads, first)
+    try:
+        for group in plan_populations(configs, member_datas, size):
+            labels = [f"{members[i][0]} seed {members[i][1]}" for i in group]
+            if not quiet:
+                print(f"  training {len(group)} member(s): " + ", ".join(labels), file=sys.stderr, flush=True)
+            epochs = int(resolved.epochs)
+            report = None if quiet else _now_and_then(population_progress(False, epochs, labels, "    "), epochs)
+            for i, r in zip(group, train_population([configs[i] for i in group],
+                                                    [member_datas[i] for i in group], report)):
+                results[i] = r
+    finally:
+        torch.set_num_threads(kept)
     runs: dict[str, dict[str, Any]] = {arm: {"config": knobs, "runs": []} for arm, knobs in arms.items()}
     for (arm, s, _), r in zip(members, results):
         if not runs[arm]["runs"]:  # what the arm trained with (its first seed's resolved config)

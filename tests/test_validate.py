@@ -207,21 +207,33 @@ def test_seeds_and_epochs_flags_override_the_config(tmp_path, guidelines):
     assert setting["summary"]["vs"]["cce"]["verdict"] == "undetermined"  # one seed: no spread
 
 
-def test_validate_trains_small_in_memory_models_on_one_thread_as_train_does_unless_told(tmp_path, guidelines):
+def test_validate_trains_small_in_memory_models_on_one_thread_as_train_does_unless_told(tmp_path, guidelines,
+                                                                                      monkeypatch):
     """validate trained with torch's default threads where train takes one for in-memory vector
     and signal data: beside other work, its second thread waited for a core (the README's
     validate was cut off after 9 minutes on a busy machine; what it had left took 2 on one thread).
     --threads as train's."""
     import torch
 
-    kept = torch.get_num_threads()
+    from dm_tune import population
+
+    trained_with = []
+
+    def train_population(*args, **kwargs):
+        trained_with.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    real, kept = population.train_population, torch.get_num_threads()
+    monkeypatch.setattr(population, "train_population", train_population)
     try:
         for args, expected in (([], 1), (["--threads", "2"], 2)):
             torch.set_num_threads(3)
+            trained_with.clear()
             assert main(["validate", "--config", str(write_config(tmp_path)), "--guidelines", guidelines,
                          "--out", str(tmp_path / f"out{expected}"), "--quiet", "--seeds", "3", "--epochs", "1",
                          *args]) == 0
-            assert torch.get_num_threads() == expected
+            assert trained_with and set(trained_with) == {expected}
+            assert torch.get_num_threads() == 3  # the caller's, put back
     finally:
         torch.set_num_threads(kept)
 
