@@ -74,8 +74,8 @@ def main() -> None:
     result = {"machine": _machine.machine(), "load_average_start": load, "load_average_end": _machine.load_average(),
               "runs": len(df), "settings": int(df["setting"].nunique()), "surface_rows": len(rows),
               "loso_settings": len(a["regrets"]), "answers_agree": agree, "repeats": args.repeats,
-              "median": {name: {"wall_s": statistics.median(w for w, _ in t), "cpu_s": statistics.median(c for _, c in t)}
-                         for name, t in times.items()}}
+              "median": {name: {"wall_s": statistics.median(w for w, _ in t),
+                                "cpu_s": statistics.median(c for _, c in t)} for name, t in times.items()}}
     m = result["median"]
     result["ratio_wall"] = m["default threads"]["wall_s"] / m["one thread below ONE_THREAD_ROWS"]["wall_s"]
     print(f"{result['runs']} runs, {result['settings']} settings, {result['surface_rows']} surface rows, "

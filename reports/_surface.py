@@ -22,7 +22,8 @@ request that differs from its one measured value gets a warning instead). Model:
 GaussianProcessRegressor(ConstantKernel * RBF (one length scale per feature) + WhiteKernel,
 normalize_y=True). ``gp_to_dict`` / ``gp_from_dict`` serialise it; ``gp_predict`` predicts
 from the serialised form with numpy alone (scipy.linalg's triangular solves on a large surface), so
-that ``dm-tune recommend`` needs neither scikit-learn nor pandas (scikit-learn imports pandas). Heavy imports happen inside functions.
+that ``dm-tune recommend`` needs neither scikit-learn nor pandas (scikit-learn imports pandas).
+Heavy imports happen inside functions.
 """
 
 from __future__ import annotations
