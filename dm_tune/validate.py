@@ -267,11 +267,11 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     ``earlier``: the setting's entry, finished without some weighted arms (``missing_arms``): only
     those train, on the same seeds and data, each recording the dm-tune that trained it.
     ``threads``: torch's CPU threads (None: as ``dm-tune train`` chooses them for the data)."""
-    from dm_tune.data import load_source, prepare
-    from dm_tune.population import plan_populations, suggested_population_size, train_population
     import torch
 
     from dm_tune.cli import population_progress
+    from dm_tune.data import load_source, prepare
+    from dm_tune.population import plan_populations, suggested_population_size, train_population
     from dm_tune.train import select_device, torch_threads
 
     base = study.train_config(setting, **overrides)
@@ -291,6 +291,7 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
     resolved = base.resolve(first.defaults, first.default_model, first.input_kind)
     size = suggested_population_size(str(resolved.model), device.type)
     results: list[Any] = [None] * len(members)
+    epochs = int(resolved.epochs)
     kept = torch.get_num_threads()  # (put back after: validate() may be called from a program of its own)
     torch_threads(threads, first)
     try:
@@ -298,7 +299,6 @@ def _train_setting(study: Any, setting: Any, seeds: Sequence[int], overrides: di
             labels = [f"{members[i][0]} seed {members[i][1]}" for i in group]
             if not quiet:
                 print(f"  training {len(group)} member(s): " + ", ".join(labels), file=sys.stderr, flush=True)
-            epochs = int(resolved.epochs)
             report = None if quiet else _now_and_then(population_progress(False, epochs, labels, "    "), epochs)
             for i, r in zip(group, train_population([configs[i] for i in group],
                                                     [member_datas[i] for i in group], report)):
