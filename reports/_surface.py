@@ -70,7 +70,8 @@ KERNEL_FORM = "ConstantKernel * RBF(anisotropic) + WhiteKernel"
 # A GP of fewer rows than this is fitted and asked with one BLAS thread. On matrices this small
 # OpenBLAS's threads cost more than they bring, and on a busy machine (a report beside a search)
 # they wait for cores: a 9-arm local GP (20 restarts) took 22.6 s beside a search with the default
-# threads and 2.9 s with one; a 224-row refit 14.9 s and 0.74 s (BENCHMARKS.md, "Reports").
+# threads and 2.9 s with one; a 224-row fit 14.9 s and 0.74 s (BENCHMARKS.md, "The report's Gaussian
+# processes").
 ONE_THREAD_ROWS = 1024
 SETTING_KEYS = ("dataset", "noise", "noise_rate", "num_classes", "imbalance", "imbalance_ratio")
 
