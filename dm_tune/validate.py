@@ -787,31 +787,32 @@ def _finished_here(args: argparse.Namespace, out: Path, identities: list[str]) -
             doc = json.loads(doc_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             doc = None
-        damage = _damage(doc, identities) if isinstance(doc, dict) and doc.get("identities") == identities else None
+        if not (isinstance(doc, dict) and doc.get("identities") == identities):
+            raise UserError(f"--out {args.out}: holds the results of another validation (validation.json, of other "
+                            "inputs or unreadable); use another --out, or move them away to run this one there")
+        damage = _damage(doc, identities)
         if damage:  # (a traceback on every rerun, or settings dropped without a word)
             raise UserError(f"--out {args.out}: validation.json is this validation's but damaged ({damage}); move "
                             "it away to train it again there, or restore it")
-        if isinstance(doc, dict) and doc.get("identities") == identities and _lacking(doc):
-            # Finished before validate trained the weighted baselines: its settings are kept as
-            # progress (those not there already), and the arms they lack train.
+        lacking = _lacking(doc)
+        if lacking:
+            # Finished before validate trained the weighted baselines: its settings (well formed, as
+            # _damage found them) are kept as progress (those not there already), and the arms they lack train.
             kept = Progress(progress)
-            for identity, entry in zip(identities, doc.get("settings") or []):
-                if identity not in kept.done and isinstance(entry, dict):
+            for identity, entry in zip(identities, doc["settings"]):
+                if identity not in kept.done:
                     kept.add(identity, entry)
             if not args.quiet:
                 print(f"{doc_path}: this validation, finished before validate trained cce and imae with the "
-                      f"recommended class weighting: {_lacking(doc)} setting(s) lack them; they train now, the rest "
+                      f"recommended class weighting: {lacking} setting(s) lack them; they train now, the rest "
                       "is kept", file=sys.stderr, flush=True)
             return None
-        if isinstance(doc, dict) and doc.get("identities") == identities:
-            # A stop between writing validation.json and the end left validation.md unwritten, or
-            # the progress file in place.
-            if not (out / "validation.md").exists():
-                write_output(out / "validation.md", to_markdown(doc))
-            _remove_progress(progress)
-            return doc
-        raise UserError(f"--out {args.out}: holds the results of another validation (validation.json, of other "
-                        "inputs or unreadable); use another --out, or move them away to run this one there")
+        # A stop between writing validation.json and the end left validation.md unwritten, or the
+        # progress file in place.
+        if not (out / "validation.md").exists():
+            write_output(out / "validation.md", to_markdown(doc))
+        _remove_progress(progress)
+        return doc
     ours = set(identities)
     others = len(set(Progress(progress).done) - ours) if progress.is_file() else 0
     if others:
