@@ -17,6 +17,16 @@ CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 10
 
 
+def quieten_store_migrations() -> None:
+    """MLflow configures its loggers when imported: alembic's INFO lines (9 each time MLflow 3.9 opens
+    its sqlite store) quietened after, for the search and the report alike."""
+    import logging
+
+    import mlflow  # noqa: F401 - configures its loggers on import
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 @contextlib.contextmanager
 def _one_quick_request() -> Iterator[None]:
     """MLflow's requests without retries and within REQUEST_TIMEOUT_S while the probe asks (its

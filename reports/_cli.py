@@ -76,14 +76,12 @@ def tracking_uri_for(args: argparse.Namespace) -> str:
 def report_command(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
+    from dm_tune._tracking_server import quieten_store_migrations
     from dm_tune.reports._analysis import recommended_run_ids
     from dm_tune.reports._html import write_report
     from dm_tune.reports._load import load_histories, load_runs
 
-    import logging
-
-    import mlflow  # noqa: F401 - configures its loggers on import: quietened after, as the search does
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # (MLflow 3.9 set it to INFO: 9 lines a report)
+    quieten_store_migrations()
     sections = _sections(args)  # bad --stability/--validation files stop the report before it reads anything
     out = resolve_path(args.workspace, "--workspace") / "report"
     if args.out or out.parent.is_dir():  # (a missing workspace is load_runs' error: no store there)

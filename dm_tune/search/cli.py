@@ -365,8 +365,9 @@ def search_cmd(args: argparse.Namespace) -> int:
 def _quieten_libraries() -> None:
     import logging
 
-    import mlflow  # noqa: F401 - configures its loggers on import; quieten them after
+    from dm_tune._tracking_server import quieten_store_migrations
 
+    quieten_store_migrations()  # (imports MLflow, which configures its loggers: they are quietened after)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # Its failed writes are told in one line by the tracker (and redone); MLflow would log each with
     # the whole chain of exceptions behind it, hundreds of lines on a full or read-only disk.
@@ -374,7 +375,6 @@ def _quieten_libraries() -> None:
     # A failed trial is reported in one line by the tracker (its traceback stays in the trial
     # folder); Tune would print the whole traceback to the terminal.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per study load or trial
