@@ -209,6 +209,13 @@ def test_a_stored_study_whose_booleans_an_earlier_dm_tune_took_as_yaml_1_1_ones_
         assert study.train_config(study.expand()[0]).val_noisy is meant
     with pytest.raises(ConfigError, match="training.val_noisy: 'maybe' is not allowed"):
         Study.from_dict({"name": "old", "training": {"val_noisy": "maybe"}}, stored=True)
+    # (the fields so read are TrainConfig's booleans, every one of them)
+    import dataclasses
+
+    from dm_tune.config import TrainConfig
+    from dm_tune.search._study import BOOLEAN_FIELDS
+
+    assert sorted(BOOLEAN_FIELDS) == sorted(f.name for f in dataclasses.fields(TrainConfig) if "Bool" in str(f.type))
 
 
 def test_training_class_weighting_is_the_dm_arms_and_refused_beside_a_searched_one():
