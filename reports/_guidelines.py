@@ -15,7 +15,7 @@ import pandas as pd
 from dm_tune.errors import json_safe
 from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._load import IN_PROGRESS
-from dm_tune.reports._loso import leave_one_setting_out
+from dm_tune.reports._loso import leave_one_setting_out, refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface
 from dm_tune.reports._text import md_cell as _cell, md_text as _text
 from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
@@ -24,8 +24,9 @@ from dm_tune.reports._rules import correct_for_multiplicity, factor_trends, judg
 
 
 
-def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str, Any]:
-    """Analyse every setting and the trends across them into one JSON-ready document."""
+def build_guidelines(df: pd.DataFrame, generated: str | None = None, loso: str = "auto") -> dict[str, Any]:
+    """Analyse every setting and the trends across them into one JSON-ready document (``loso``: how
+    leave-one-setting-out's refits get their hyper-parameters: auto, refit or kept)."""
     import dm_tune
 
     analysed = analyse_settings(df)
@@ -62,7 +63,7 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None) -> dict[str
         **_rules_by_task(ok),
     }
     doc["surface"] = fit_surface(df)
-    doc["loso"] = leave_one_setting_out(df, start=doc["surface"])
+    doc["loso"] = leave_one_setting_out(df, start=doc["surface"], hyperparameters=loso)
     return json_safe(doc)
 
 
@@ -190,7 +191,8 @@ def loso_markdown(loso: dict[str, Any] | None) -> list[str]:
     if not loso:
         return lines + ["No setting could be held out (each needs CCE runs, confirm-stage DM arms and another "
                         "setting to fit on).", ""]
-    lines += [f"Each setting is held out, the surface refitted on the others and asked for it; the answer and "
+    lines += [f"Each setting is held out, the surface refitted on the others ({refit_phrase(loso)}) and asked for "
+              f"it; the answer and "
               f"the paper's guidance are scored on the held-out setting's {loso['metric']}, {loso['note']}. "
               "Regret: the setting's best confirmed arm minus the estimate; ± the local GP's predictive std.", "",
               "| setting | surface (psi, rho, cw) | est. test | regret | gain over CCE | paper (psi, rho) | "

@@ -14,6 +14,7 @@ from dm_tune.errors import write_output
 from dm_tune.reports import _figures as figs
 from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_notes, dumps, fmt_acc, fmt_diff,
                                          guidelines_markdown, loso_summary_text, setting_label)
+from dm_tune.reports._loso import refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase
 from dm_tune.reports._text import metric_name, runs_phrase
 
@@ -34,14 +35,16 @@ _FIGURE_NAME = re.compile(r"(best_mode_vs_noise|weight_curves|loso|(plane|baseli
 
 
 def write_report(df: pd.DataFrame, out_dir: str | Path,
-                 histories: pd.DataFrame | None = None, sections: list[str] | None = None) -> dict[str, Path]:
+                 histories: pd.DataFrame | None = None, sections: list[str] | None = None,
+                 loso: str = "auto") -> dict[str, Path]:
     """Analyse ``df`` (from ``load_runs``) and write the report; returns {relative name: path}.
 
     ``sections``: further Markdown sections (``dm-tune stability``'s and ``dm-tune validate``'s)
-    appended to guidelines.md and, as HTML, to index.html."""
+    appended to guidelines.md and, as HTML, to index.html. ``loso``: how leave-one-setting-out's
+    refits get their hyper-parameters (``_loso.leave_one_setting_out``'s ``hyperparameters``)."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    doc = build_guidelines(df)
+    doc = build_guidelines(df, loso=loso)
     files: dict[str, str | bytes] = {}  # relative name -> content: all made before any is written
     images: dict[str, str] = {}
 
@@ -169,8 +172,9 @@ def _loso_section(loso: dict[str, Any] | None, images: dict[str, str]) -> list[s
                      f"{sf['test_acc']:.1f} +/- {sf['test_acc_std']:.1f}{capped_mark(sf)}", f"{sf['regret']:+.1f}",
                      f"{sf['gain_over_cce']:+.1f}", *paper, f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})",
                      f"{r['cce_test_acc']:.1f}"])
-    return parts + [f"<p class='note'>Each setting held out in turn: the surface refitted on the others recommends for "
-                    f"it, and the recommendation and the paper's guidance are scored on its {e(loso['metric'])}, "
+    return parts + [f"<p class='note'>Each setting held out in turn: the surface refitted on the others "
+                    f"({e(refit_phrase(loso))}) recommends for it, and the recommendation and the paper's "
+                    f"guidance are scored on its {e(loso['metric'])}, "
                     f"{e(loso['note'])}. Regret: the best confirmed arm's mean final test accuracy minus the "
                     "estimate." + "".join(f" {mark} {e(note)}" for mark, note in capped_notes(loso)) + "</p>",
                     _table(["setting", "surface recommends", "est. test", "regret", "gain over CCE", "paper",

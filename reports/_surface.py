@@ -259,9 +259,10 @@ def kernel_spec(n_features: int) -> dict[str, Any]:
 
 
 def fit_gp(X: Any, y: Any, n_restarts_optimizer: int = N_RESTARTS,
-           theta0: list[float] | None = None) -> GaussianProcessRegressor:
+           theta0: list[float] | None = None, optimize: bool = True) -> GaussianProcessRegressor:
     """Fit ConstantKernel * RBF(ARD) + WhiteKernel with normalised targets (seeded: random_state=0);
-    ``theta0``: log hyper-parameters to start the optimiser from (default: all length scales 1)."""
+    ``theta0``: log hyper-parameters to start the optimiser from (default: all length scales 1);
+    ``optimize`` False keeps ``theta0`` as they are (the posterior on ``X`` alone: one factorisation)."""
     import numpy as np
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
@@ -270,8 +271,10 @@ def fit_gp(X: Any, y: Any, n_restarts_optimizer: int = N_RESTARTS,
     kernel = _kernel(X.shape[1])
     if theta0 is not None:
         kernel = kernel.clone_with_theta(np.asarray(theta0, dtype=float))
-    gp = GaussianProcessRegressor(kernel, alpha=GP_ALPHA, normalize_y=True,
-                                  n_restarts_optimizer=n_restarts_optimizer, random_state=0)
+    if not optimize and theta0 is None:
+        raise ValueError("fit_gp: optimize=False keeps theta0, and none was given")
+    gp = GaussianProcessRegressor(kernel, alpha=GP_ALPHA, normalize_y=True, optimizer="fmin_l_bfgs_b" if optimize
+                                  else None, n_restarts_optimizer=n_restarts_optimizer, random_state=0)
     with _warnings.catch_warnings(), blas_threads(len(X)):  # a length scale at its upper bound: "irrelevant"
         _warnings.simplefilter("ignore", ConvergenceWarning)
         return gp.fit(X, y)

@@ -100,6 +100,29 @@ def test_report_files(report: dict[str, Path]) -> None:
     assert "estimated from the setting's own trials" in md
 
 
+def test_the_report_keeps_the_full_fits_hyper_parameters_in_leave_one_setting_out_when_told(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dm-tune report --loso kept`: each held-out refit keeps the full fit's kernel hyper-parameters,
+    and guidelines.json, guidelines.md and index.html say so; a bad value is one line naming the flag."""
+    from dm_tune.cli import build_parser, main
+    from dm_tune.reports._text import ANALYSIS_VERSION
+
+    paths = write_report(campaign(), tmp_path / "rep", loso="kept")
+    doc = json.loads(paths["guidelines.json"].read_text())
+    assert doc["loso"]["hyperparameters"] == "kept" and doc["loso"]["n_surface_rows"] == doc["surface"]["n_rows"]
+    assert doc["analysis_version"] == ANALYSIS_VERSION >= 7
+    for name in ("guidelines.md", "index.html"):
+        assert "hyper-parameters kept from the fit on every setting (27 rows" in paths[name].read_text(), name
+    assert build_parser().parse_args(["report", "--loso", "refit"]).loso == "refit"
+    assert build_parser().parse_args(["report"]).loso == "auto"
+    with pytest.raises(SystemExit) as stop:
+        main(["report", "--loso", "fixed"])
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()  # (Python 3.12.8 and later write the choices unquoted)
+    assert line.replace("'", "") == ("dm-tune report: error: argument --loso: invalid choice: fixed "
+                                     "(choose from auto, refit, kept)")
+
+
 def test_html_is_self_contained(report: dict[str, Path]) -> None:
     page = report["index.html"].read_text()
     srcs = re.findall(r"<img src='([^']*)'", page)

@@ -207,6 +207,60 @@ def test_leave_one_setting_out_scores_against_the_best_confirmed_arm() -> None:
     assert summary["paper"]["mean_regret"] > summary["surface"]["mean_regret"]  # paper's psi 1/3 at rate 0.2...
 
 
+def _refit_thetas(monkeypatch, df: pd.DataFrame, start: dict[str, Any] | None, **kwargs: Any):
+    """leave_one_setting_out's answer and, per held-out refit, (theta it started from, theta it ended with)."""
+    from dm_tune.reports import _loso
+
+    seen = []
+
+    def spy(X, y, n_restarts_optimizer=0, theta0=None, optimize=True):
+        gp = fit_gp(X, y, n_restarts_optimizer, theta0, optimize=optimize)
+        if n_restarts_optimizer != _loso.LOCAL_RESTARTS:  # (not a held-out setting's local GP)
+            seen.append((theta0, gp.kernel_.theta.tolist()))
+        return gp
+
+    monkeypatch.setattr(_loso, "fit_gp", spy)
+    return leave_one_setting_out(df, start=start, **kwargs), seen
+
+
+def test_leave_one_setting_out_keeps_the_full_fits_hyper_parameters_when_told_or_from_kept_rows_up(monkeypatch) -> None:
+    """A refit that re-optimises its kernel costs tens of O(rows^3) likelihood evaluations; at
+    thousands of arms leave-one-setting-out keeps the full fit's hyper-parameters (one factorisation
+    each) and says so in the document. Both ways recommend alike on a campaign with a known optimum."""
+    from dm_tune.reports import _loso
+    from dm_tune.reports._guidelines import loso_markdown
+    from dm_tune.reports._html import _loso_section
+
+    df = campaign()
+    start = fit_surface(df)
+    refitted, moved = _refit_thetas(monkeypatch, df, start, hyperparameters="refit")
+    kept, stayed = _refit_thetas(monkeypatch, df, start, hyperparameters="kept")
+    assert len(moved) == len(stayed) == len(RATES)
+    assert all(after == pytest.approx(before, abs=1e-12) for before, after in stayed)
+    assert not all(after == pytest.approx(before, abs=1e-3) for before, after in moved)  # (the optimiser ran)
+    assert (refitted["hyperparameters"], kept["hyperparameters"]) == ("refitted", "kept")
+    assert kept["n_surface_rows"] == start["n_rows"]
+    for r, k in zip(refitted["rows"], kept["rows"]):
+        assert k["setting"] == r["setting"] and k["surface"]["psi"] == pytest.approx(r["surface"]["psi"], abs=0.1)
+        assert k["surface"]["regret"] < 1.0
+    assert "kept from the fit on every setting" in "\n".join(loso_markdown(kept))
+    assert "kept from the fit on every setting" in "".join(_loso_section(kept, {}))
+    assert "re-optimised without the held-out setting" in "\n".join(loso_markdown(refitted))
+    legacy = {k: v for k, v in kept.items() if k not in ("hyperparameters", "n_surface_rows")}
+    assert "re-optimised without the held-out setting" in "\n".join(loso_markdown(legacy))
+
+    # auto: re-optimised below KEPT_ROWS surface rows, kept from there up; without a full fit, re-optimised
+    assert _refit_thetas(monkeypatch, df, start)[0]["hyperparameters"] == "refitted"
+    monkeypatch.setattr(_loso, "KEPT_ROWS", start["n_rows"])
+    assert _refit_thetas(monkeypatch, df, start)[0]["hyperparameters"] == "kept"
+    no_start, seen = _refit_thetas(monkeypatch, df, None, hyperparameters="kept")
+    assert no_start["hyperparameters"] == "refitted" and all(before is None for before, _ in seen)
+    with pytest.raises(ValueError, match="hyperparameters must be one of auto, refit, kept, not 'fixed'"):
+        leave_one_setting_out(df, start=start, hyperparameters="fixed")
+    with pytest.raises(ValueError, match="optimize=False keeps theta0"):
+        fit_gp([[0.0], [1.0]], [0.0, 1.0], optimize=False)
+
+
 def test_the_local_gp_estimates_a_measured_arm_near_its_measured_mean() -> None:
     """Five arms of a measured setting (digits, 40% symmetric noise, 5 epochs; final test
     accuracies): the local GP's optimiser, with two restarts, ended in its flat "all noise"
