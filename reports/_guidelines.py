@@ -16,7 +16,7 @@ from dm_tune.errors import json_safe
 from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._loso import leave_one_setting_out, refit_phrase
-from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface
+from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface, hyperparameters_phrase
 from dm_tune.reports._text import md_cell as _cell, md_text as _text
 from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
                                     fmt_diff, metric_name, runs_phrase, setting_label)
@@ -175,7 +175,7 @@ def surface_markdown(surface: dict[str, Any] | None) -> list[str]:
     scales = ", ".join(f"{name} {ls:.3g}" for name, ls in fitted["length_scales"].items())
     lines += [f"A Gaussian process ({surface['model']['kernel']['form']}, normalised targets) of "
               f"{surface['target']}, fitted on {arms_phrase(surface)} (each its mean over its seeds) of "
-              f"{len(surface['settings'])} settings.",
+              f"{len(surface['settings'])} settings{hyperparameters_phrase(surface)}.",
               "", f"- features: {', '.join(surface['encoding']['features'])}",
               f"- fitted length scales (short: the gain changes fast along that feature): {scales}",
               f"- signal std {fitted['signal_std']:.2f} points, noise std {fitted['noise_std']:.2f} points "

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from dm_tune._param import rho_from_beta
 from dm_tune.reports._surface import (POINTS, SETTING_KEYS, arm_means, cce_means, dm_rows, encoding_of,
-                                      features, fit_gp, gp_predict, gp_to_dict, measured_settings,
-                                      recommend_from_surface, training_rows)
+                                      features, fit_gp, fit_surface_gp, gp_predict, gp_to_dict,
+                                      measured_settings, recommend_from_surface, training_rows)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,8 +73,8 @@ def leave_one_setting_out(df: pd.DataFrame, start: dict[str, Any] | None = None,
         rest_rows, rest_y = [r for r, _ in others], [v for _, v in others]
         enc = encoding_of(rest_rows)
         surface = {"encoding": enc, "settings": measured_settings(rest_rows, rest_y),
-                   "model": gp_to_dict(fit_gp(features(rest_rows, enc), rest_y, n_restarts_optimizer,
-                                              _theta_for(start, enc["features"]), optimize=not kept),
+                   "model": gp_to_dict(fit_surface_gp(features(rest_rows, enc), rest_y, n_restarts_optimizer,
+                                                      _theta_for(start, enc["features"]), optimize=not kept),
                                        enc["features"], rest_y)}
         s = next(r for r in rows if r["setting"] == setting)
         rec = recommend_from_surface(surface, int(s["num_classes"]), s["noise"], float(s["noise_rate"]),

@@ -73,6 +73,11 @@ KERNEL_FORM = "ConstantKernel * RBF(anisotropic) + WhiteKernel"
 # threads and 2.9 s with one; a 224-row fit 14.9 s and 0.74 s (BENCHMARKS.md, "The report's Gaussian
 # processes").
 ONE_THREAD_ROWS = 1024
+# The surface's kernel hyper-parameters are optimised on at most this many of its rows (a seeded
+# random subset); its posterior is then computed on every row with them (one factorisation). Each
+# optimiser step costs O(rows^3) and holds rows^2 x features floats for the gradient: on 3,438 rows
+# the fit took 422 s and 3.1 GB (BENCHMARKS.md, "The report's Gaussian processes").
+HYPERPARAMETER_ROWS = 1024
 SETTING_KEYS = ("dataset", "noise", "noise_rate", "num_classes", "imbalance", "imbalance_ratio")
 
 
@@ -280,6 +285,20 @@ def fit_gp(X: Any, y: Any, n_restarts_optimizer: int = N_RESTARTS,
         return gp.fit(X, y)
 
 
+def fit_surface_gp(X: Any, y: Any, n_restarts_optimizer: int = N_RESTARTS, theta0: list[float] | None = None,
+                   optimize: bool = True) -> GaussianProcessRegressor:
+    """``fit_gp`` for the response surface: above HYPERPARAMETER_ROWS rows the hyper-parameters are
+    optimised on a seeded random subset of that many rows, and the posterior is every row's."""
+    import numpy as np
+
+    X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    if not optimize or len(X) <= HYPERPARAMETER_ROWS:
+        return fit_gp(X, y, n_restarts_optimizer, theta0, optimize)
+    pick = np.sort(np.random.default_rng(0).choice(len(X), HYPERPARAMETER_ROWS, replace=False))
+    subset = fit_gp(X[pick], y[pick], n_restarts_optimizer, theta0)
+    return fit_gp(X, y, theta0=subset.kernel_.theta.tolist(), optimize=False)
+
+
 @contextmanager
 def blas_threads(n_rows: int) -> Iterator[None]:
     """One BLAS thread for the GP work of a GP of ``n_rows`` rows below ONE_THREAD_ROWS (scikit-learn's
@@ -379,7 +398,7 @@ def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dic
         return None
     enc = encoding_of(rows)
     X = features(rows, enc)
-    model = gp_to_dict(fit_gp(X, y, n_restarts_optimizer), enc["features"], y)
+    model = gp_to_dict(fit_surface_gp(X, y, n_restarts_optimizer), enc["features"], y)
     theta = model["theta"]
     return {"task": "classification",
             "target": "a DM arm's final validation accuracy (mean over its seeds) minus CCE's mean on the same "
@@ -387,7 +406,8 @@ def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dic
             "n_rows": len(rows), "n_baseline_rows": sum(bool(r["baseline"]) for r in rows),
             "n_negative_beta_arms": negative_beta_arms(df), "encoding": enc,
             "model": model,
-            "fitted": {"signal_std": math.sqrt(math.exp(theta[0])) * _std(y),
+            "fitted": {"hyperparameter_rows": min(len(rows), HYPERPARAMETER_ROWS),
+                       "signal_std": math.sqrt(math.exp(theta[0])) * _std(y),
                        "noise_std": math.sqrt(math.exp(theta[-1])) * _std(y),
                        "length_scales": dict(zip(enc["features"], (math.exp(t) for t in theta[1:-1])))},
             "grid": {"psi": list(PSI_GRID), "rho": list(RHO_GRID), "rho_spacing": "log",
@@ -397,6 +417,17 @@ def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dic
 
 NO_SURFACE_TEXT = (f"No surface was fitted: it needs DM arms at {MIN_POINTS} or more distinct (psi, rho) points "
                    "in classification settings with CCE runs (recommend then interpolates the measured settings).")
+
+
+def hyperparameters_phrase(surface: dict[str, Any]) -> str:
+    """'' where the kernel's hyper-parameters were optimised on every row (and in files written before
+    this was recorded), else a clause saying on how many."""
+    fitted, n = surface.get("fitted") or {}, surface.get("n_rows")
+    rows = fitted.get("hyperparameter_rows")
+    if rows is None or n is None or rows >= n:
+        return ""
+    return (f"; its kernel's hyper-parameters optimised on {rows} of the {n} rows (seeded at random), "
+            "its posterior on all of them")
 
 
 def arms_phrase(surface: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ on synthetic campaigns whose best (psi, rho) and gains over CCE are known."""
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import math
@@ -21,8 +22,8 @@ from dm_tune.reports import build_guidelines, load_guidelines, recommend
 from dm_tune.reports._guidelines import dumps, guidelines_markdown
 from dm_tune.reports._load import tidy
 from dm_tune.reports._loso import _local_gp, _summary, leave_one_setting_out
-from dm_tune.reports._surface import (dm_rows, fit_gp, fit_surface, gp_from_dict, gp_predict, gp_to_dict, grid,
-                                      recommend_from_surface)
+from dm_tune.reports._surface import (dm_rows, fit_gp, fit_surface, fit_surface_gp, gp_from_dict, gp_predict,
+                                      gp_to_dict, grid, recommend_from_surface)
 
 _IDS = itertools.count()
 BEST_PSI, BEST_LOG_RHO = 0.5, 1.5
@@ -207,6 +208,37 @@ def test_leave_one_setting_out_scores_against_the_best_confirmed_arm() -> None:
     assert summary["paper"]["mean_regret"] > summary["surface"]["mean_regret"]  # paper's psi 1/3 at rate 0.2...
 
 
+def test_above_hyperparameter_rows_the_surface_learns_its_kernel_on_a_subset_and_its_posterior_on_every_row(
+        monkeypatch) -> None:
+    """An optimiser step is O(rows^3) and holds rows^2 x features floats: at thousands of arms the
+    hyper-parameters come from a seeded subset of HYPERPARAMETER_ROWS rows, the posterior from all of
+    them, and the report says so. The answer stays at the campaign's known optimum."""
+    from dm_tune.reports import _surface
+    from dm_tune.reports._guidelines import surface_markdown
+    from dm_tune.reports._html import _surface_section
+    from dm_tune.reports._surface import features, training_rows
+
+    df = campaign()
+    whole = fit_surface(df)
+    n = whole["n_rows"]
+    assert whole["fitted"]["hyperparameter_rows"] == n and "optimised on" not in "\n".join(surface_markdown(whole))
+    monkeypatch.setattr(_surface, "HYPERPARAMETER_ROWS", 40)
+    part = fit_surface(df)
+    assert part["fitted"]["hyperparameter_rows"] == 40 and len(part["model"]["X"]) == n == part["n_rows"]
+    rows, y = training_rows(df)
+    X = np.asarray(features(rows, part["encoding"]))
+    pick = np.sort(np.random.default_rng(0).choice(n, 40, replace=False))
+    assert part["model"]["theta"] == pytest.approx(fit_gp(X[pick], np.asarray(y)[pick]).kernel_.theta.tolist())
+    assert part["model"]["theta"] != pytest.approx(whole["model"]["theta"], abs=1e-3)
+    for rate in RATES:
+        rec = recommend_from_surface(part, 10, "symmetric", rate, "none", 1.0)
+        assert rec["psi"] == pytest.approx(BEST_PSI, abs=0.1), rate
+    phrase = f"its kernel's hyper-parameters optimised on 40 of the {n} rows (seeded at random), its posterior on all"
+    assert phrase in "\n".join(surface_markdown(part)) and html.escape(phrase) in "".join(_surface_section(part))
+    assert fit_surface_gp(X, y, theta0=part["model"]["theta"], optimize=False).kernel_.theta.tolist() == pytest.approx(
+        part["model"]["theta"])
+
+
 def _refit_thetas(monkeypatch, df: pd.DataFrame, start: dict[str, Any] | None, **kwargs: Any):
     """leave_one_setting_out's answer and, per held-out refit, (theta it started from, theta it ended with)."""
     from dm_tune.reports import _loso
@@ -214,12 +246,11 @@ def _refit_thetas(monkeypatch, df: pd.DataFrame, start: dict[str, Any] | None, *
     seen = []
 
     def spy(X, y, n_restarts_optimizer=0, theta0=None, optimize=True):
-        gp = fit_gp(X, y, n_restarts_optimizer, theta0, optimize=optimize)
-        if n_restarts_optimizer != _loso.LOCAL_RESTARTS:  # (not a held-out setting's local GP)
-            seen.append((theta0, gp.kernel_.theta.tolist()))
+        gp = fit_surface_gp(X, y, n_restarts_optimizer, theta0, optimize=optimize)
+        seen.append((theta0, gp.kernel_.theta.tolist()))
         return gp
 
-    monkeypatch.setattr(_loso, "fit_gp", spy)
+    monkeypatch.setattr(_loso, "fit_surface_gp", spy)
     return leave_one_setting_out(df, start=start, **kwargs), seen
 
 
