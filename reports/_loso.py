@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dm_tune._param import rho_from_beta
 from dm_tune.reports._surface import (POINTS, SETTING_KEYS, arm_means, cce_means, dm_rows, encoding_of,
-                                      features, fit_gp, fit_surface_gp, gp_predict, gp_to_dict,
+                                      features, fit_gp, fit_surface_model, gp_predict, gp_to_dict,
                                       measured_settings, recommend_from_surface, training_rows)
 
 if TYPE_CHECKING:
@@ -27,11 +27,11 @@ if TYPE_CHECKING:
 LOCAL_RESTARTS = 20
 
 # From this many surface rows up, each held-out refit keeps the kernel hyper-parameters of the fit on
-# every setting (``hyperparameters`` "auto"): its posterior is one factorisation of the other settings'
-# rows, where re-optimising the hyper-parameters takes tens of likelihood evaluations, each O(rows^3).
-# At 1,008 rows a refit took 1.5-6.8 s against 0.03 s, and leave-one-setting-out over 112 settings
-# about 5 minutes; on stores of 252 and 1,008 rows the two recommended alike (BENCHMARKS.md, "The
-# report's Gaussian processes"). Those hyper-parameters saw the held-out setting: the document says so.
+# every setting (``hyperparameters`` "auto") instead of re-optimising them: tens of likelihood
+# evaluations, each a factorisation of the other settings' rows. At 1,008 rows leave-one-setting-out
+# over 112 settings took 46 s against 351 s, with the same recommendation for every setting
+# (BENCHMARKS.md, "Thousands of arms"). Those hyper-parameters saw the held-out setting: the document
+# says so.
 KEPT_ROWS = 512
 HYPERPARAMETERS = ("auto", "refit", "kept")
 
@@ -54,7 +54,8 @@ def leave_one_setting_out(df: pd.DataFrame, start: dict[str, Any] | None = None,
 
     ``hyperparameters``: "refit" re-optimises each refit's from ``start``'s; "kept" keeps ``start``'s
     (they saw the held-out setting, but its runs are not in the refit's posterior); "auto" keeps them
-    from KEPT_ROWS rows up. Without ``start`` every refit is re-optimised."""
+    from KEPT_ROWS rows up. Without ``start`` every refit is re-optimised. The document records which
+    ("refit" or "kept")."""
     from dm_tune.reports._analysis import best_dm_arm, confirmed_arms, summarize_arms
 
     if hyperparameters not in HYPERPARAMETERS:
@@ -73,9 +74,8 @@ def leave_one_setting_out(df: pd.DataFrame, start: dict[str, Any] | None = None,
         rest_rows, rest_y = [r for r, _ in others], [v for _, v in others]
         enc = encoding_of(rest_rows)
         surface = {"encoding": enc, "settings": measured_settings(rest_rows, rest_y),
-                   "model": gp_to_dict(fit_surface_gp(features(rest_rows, enc), rest_y, n_restarts_optimizer,
-                                                      _theta_for(start, enc["features"]), optimize=not kept),
-                                       enc["features"], rest_y)}
+                   "model": fit_surface_model(features(rest_rows, enc), rest_y, enc["features"], n_restarts_optimizer,
+                                              _theta_for(start, enc["features"]), optimize=not kept)}
         s = next(r for r in rows if r["setting"] == setting)
         rec = recommend_from_surface(surface, int(s["num_classes"]), s["noise"], float(s["noise_rate"]),
                                      s["imbalance"], float(s["imbalance_ratio"]), s["dataset"])
@@ -99,7 +99,7 @@ def leave_one_setting_out(df: pd.DataFrame, start: dict[str, Any] | None = None,
     if not out:
         return None
     return {"note": LOCAL_NOTE, "metric": "final test accuracy (points)", "rows": out, "summary": _summary(out),
-            "hyperparameters": "kept" if kept else "refitted", "n_surface_rows": len(rows)}
+            "hyperparameters": "kept" if kept else "refit", "n_surface_rows": len(rows)}
 
 
 def refit_phrase(loso: dict[str, Any]) -> str:
@@ -109,7 +109,7 @@ def refit_phrase(loso: dict[str, Any]) -> str:
         return "its kernel's hyper-parameters re-optimised without the held-out setting"
     n = loso.get("n_surface_rows")
     return ("its kernel's hyper-parameters kept from the fit on every setting"
-            + (f" ({n} rows: one factorisation per setting, where re-optimising costs tens)" if n else "")
+            + (f" ({n:,} rows: not re-optimised for each setting, tens of factorisations each)" if n else "")
             + ", so the held-out setting shaped them, but its runs are not in the refit")
 
 

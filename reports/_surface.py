@@ -76,7 +76,8 @@ ONE_THREAD_ROWS = 1024
 # The surface's kernel hyper-parameters are optimised on at most this many of its rows (a seeded
 # random subset); its posterior is then computed on every row with them (one factorisation). Each
 # optimiser step costs O(rows^3) and holds rows^2 x features floats for the gradient: on 3,438 rows
-# the fit took 422 s and 3.1 GB (BENCHMARKS.md, "The report's Gaussian processes").
+# the fit took 370 s and 3.1 GB against 31 s and 0.7 GB on 1,024 of them (BENCHMARKS.md, "Thousands
+# of arms").
 HYPERPARAMETER_ROWS = 1024
 SETTING_KEYS = ("dataset", "noise", "noise_rate", "num_classes", "imbalance", "imbalance_ratio")
 
@@ -264,10 +265,9 @@ def kernel_spec(n_features: int) -> dict[str, Any]:
 
 
 def fit_gp(X: Any, y: Any, n_restarts_optimizer: int = N_RESTARTS,
-           theta0: list[float] | None = None, optimize: bool = True) -> GaussianProcessRegressor:
+           theta0: list[float] | None = None) -> GaussianProcessRegressor:
     """Fit ConstantKernel * RBF(ARD) + WhiteKernel with normalised targets (seeded: random_state=0);
-    ``theta0``: log hyper-parameters to start the optimiser from (default: all length scales 1);
-    ``optimize`` False keeps ``theta0`` as they are (the posterior on ``X`` alone: one factorisation)."""
+    ``theta0``: log hyper-parameters to start the optimiser from (default: all length scales 1)."""
     import numpy as np
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
@@ -276,27 +276,53 @@ def fit_gp(X: Any, y: Any, n_restarts_optimizer: int = N_RESTARTS,
     kernel = _kernel(X.shape[1])
     if theta0 is not None:
         kernel = kernel.clone_with_theta(np.asarray(theta0, dtype=float))
-    if not optimize and theta0 is None:
-        raise ValueError("fit_gp: optimize=False keeps theta0, and none was given")
-    gp = GaussianProcessRegressor(kernel, alpha=GP_ALPHA, normalize_y=True, optimizer="fmin_l_bfgs_b" if optimize
-                                  else None, n_restarts_optimizer=n_restarts_optimizer, random_state=0)
+    gp = GaussianProcessRegressor(kernel, alpha=GP_ALPHA, normalize_y=True,
+                                  n_restarts_optimizer=n_restarts_optimizer, random_state=0)
     with _warnings.catch_warnings(), blas_threads(len(X)):  # a length scale at its upper bound: "irrelevant"
         _warnings.simplefilter("ignore", ConvergenceWarning)
         return gp.fit(X, y)
 
 
-def fit_surface_gp(X: Any, y: Any, n_restarts_optimizer: int = N_RESTARTS, theta0: list[float] | None = None,
-                   optimize: bool = True) -> GaussianProcessRegressor:
-    """``fit_gp`` for the response surface: above HYPERPARAMETER_ROWS rows the hyper-parameters are
-    optimised on a seeded random subset of that many rows, and the posterior is every row's."""
+def fit_surface_model(X: Any, y: Any, feature_names: list[str], n_restarts_optimizer: int = N_RESTARTS,
+                      theta0: list[float] | None = None, optimize: bool = True) -> dict[str, Any]:
+    """The response surface's GP, serialised (``gp_to_dict``). ``optimize`` False keeps ``theta0``:
+    the model is then the rows and those hyper-parameters, nothing fitted (``gp_posterior`` factorises
+    once when asked). Above HYPERPARAMETER_ROWS rows the hyper-parameters are optimised on
+    ``hyperparameter_subset`` of the rows, the posterior is every row's; the model records on how
+    many (``hyperparameter_rows``)."""
     import numpy as np
 
     X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
-    if not optimize or len(X) <= HYPERPARAMETER_ROWS:
-        return fit_gp(X, y, n_restarts_optimizer, theta0, optimize)
-    pick = np.sort(np.random.default_rng(0).choice(len(X), HYPERPARAMETER_ROWS, replace=False))
-    subset = fit_gp(X[pick], y[pick], n_restarts_optimizer, theta0)
-    return fit_gp(X, y, theta0=subset.kernel_.theta.tolist(), optimize=False)
+    if not optimize:
+        if theta0 is None:
+            raise ValueError("fit_surface_model: optimize=False keeps theta0, and none was given")
+        return {**model_dict(X, y, theta0, feature_names), "hyperparameter_rows": 0}
+    if len(X) <= HYPERPARAMETER_ROWS:
+        return {**gp_to_dict(fit_gp(X, y, n_restarts_optimizer, theta0), feature_names, y),
+                "hyperparameter_rows": len(X)}
+    pick = hyperparameter_subset(X)
+    theta = fit_gp(X[pick], y[pick], n_restarts_optimizer, theta0).kernel_.theta
+    return {**model_dict(X, y, theta, feature_names), "hyperparameter_rows": len(pick)}
+
+
+def hyperparameter_subset(X: Any) -> Any:
+    """The rows (sorted indices) the hyper-parameters of a surface of more than HYPERPARAMETER_ROWS rows
+    are optimised on: that many at random (seeded), and, for each feature that varies across ``X``
+    but not among them (a rare setting or class weighting), the first further row, in a seeded
+    order, that makes it vary: a constant feature's length scale would stay where the optimiser
+    started it."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pick = list(rng.choice(len(X), HYPERPARAMETER_ROWS, replace=False))
+    rest = rng.permutation(np.setdiff1d(np.arange(len(X)), pick))
+    for j in range(X.shape[1]):
+        seen = X[pick, j]
+        if np.all(seen == seen[0]):
+            other = next((int(i) for i in rest if X[i, j] != seen[0]), None)
+            if other is not None:
+                pick.append(other)
+    return np.sort(np.asarray(pick))
 
 
 @contextmanager
@@ -315,10 +341,17 @@ def blas_threads(n_rows: int) -> Iterator[None]:
 def gp_to_dict(gp: GaussianProcessRegressor, feature_names: list[str], y: Any) -> dict[str, Any]:
     """Everything needed to rebuild the fitted posterior, JSON-safe (``y``: the targets ``gp`` was
     fitted on, as given; scikit-learn keeps only their normalised form)."""
+    return model_dict(gp.X_train_, y, gp.kernel_.theta, feature_names)
+
+
+def model_dict(X: Any, y: Any, theta: Any, feature_names: list[str]) -> dict[str, Any]:
+    """A GP of this module's kernel (normalised targets) on rows ``X``, targets ``y`` and log
+    hyper-parameters ``theta``, serialised: what ``gp_posterior`` and ``gp_from_dict`` read."""
+    import numpy as np
     import sklearn
 
-    return {"feature_names": list(feature_names), "X": gp.X_train_.tolist(), "y": [float(v) for v in y],
-            "theta": [float(t) for t in gp.kernel_.theta], "kernel": kernel_spec(len(feature_names)),
+    return {"feature_names": list(feature_names), "X": np.asarray(X, dtype=float).tolist(),
+            "y": [float(v) for v in y], "theta": [float(t) for t in theta], "kernel": kernel_spec(len(feature_names)),
             "normalize_y": True, "alpha": GP_ALPHA, "sklearn_version": sklearn.__version__}
 
 
@@ -398,7 +431,8 @@ def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dic
         return None
     enc = encoding_of(rows)
     X = features(rows, enc)
-    model = gp_to_dict(fit_surface_gp(X, y, n_restarts_optimizer), enc["features"], y)
+    model = fit_surface_model(X, y, enc["features"], n_restarts_optimizer)
+    used = model.pop("hyperparameter_rows")
     theta = model["theta"]
     return {"task": "classification",
             "target": "a DM arm's final validation accuracy (mean over its seeds) minus CCE's mean on the same "
@@ -406,7 +440,7 @@ def fit_surface(df: pd.DataFrame, n_restarts_optimizer: int = N_RESTARTS) -> dic
             "n_rows": len(rows), "n_baseline_rows": sum(bool(r["baseline"]) for r in rows),
             "n_negative_beta_arms": negative_beta_arms(df), "encoding": enc,
             "model": model,
-            "fitted": {"hyperparameter_rows": min(len(rows), HYPERPARAMETER_ROWS),
+            "fitted": {"hyperparameter_rows": used,
                        "signal_std": math.sqrt(math.exp(theta[0])) * _std(y),
                        "noise_std": math.sqrt(math.exp(theta[-1])) * _std(y),
                        "length_scales": dict(zip(enc["features"], (math.exp(t) for t in theta[1:-1])))},
@@ -426,7 +460,7 @@ def hyperparameters_phrase(surface: dict[str, Any]) -> str:
     rows = fitted.get("hyperparameter_rows")
     if rows is None or n is None or rows >= n:
         return ""
-    return (f"; its kernel's hyper-parameters optimised on {rows} of the {n} rows (seeded at random), "
+    return (f"; its kernel's hyper-parameters optimised on {rows:,} of the {n:,} rows (seeded at random), "
             "its posterior on all of them")
 
 

@@ -19,9 +19,10 @@ SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-s
 # recommends for imbalanced data only weightings its arms ran there (leave-one-setting-out too),
 # caps the gain predicted for a measured setting at its own measured best,
 # and takes the spread of a verdict against a baseline as at least one test example's worth, as
-# dm-tune validate does; 7 keeps, from _loso.KEPT_ROWS surface rows up, the full fit's kernel
-# hyper-parameters in leave-one-setting-out's refits (``loso.hyperparameters`` says which); a file
-# without the field was written by an earlier report (1).
+# dm-tune validate does; 7 optimises the surface's kernel hyper-parameters on a subset of its rows
+# above _surface.HYPERPARAMETER_ROWS (``surface.fitted.hyperparameter_rows`` says on how many) and
+# keeps, from _loso.KEPT_ROWS surface rows up, the full fit's in leave-one-setting-out's refits
+# (``loso.hyperparameters`` says which); a file without the field was written by an earlier report (1).
 ANALYSIS_VERSION = 7
 ACCURACY_UNIT = "percentage points"
 # A label file's rate as a setting measured it (on the training part, over its seeds) and as the

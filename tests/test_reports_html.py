@@ -115,6 +115,12 @@ def test_the_report_keeps_the_full_fits_hyper_parameters_in_leave_one_setting_ou
         assert "hyper-parameters kept from the fit on every setting (27 rows" in paths[name].read_text(), name
     assert build_parser().parse_args(["report", "--loso", "refit"]).loso == "refit"
     assert build_parser().parse_args(["report"]).loso == "auto"
+    from dm_tune.reports._loso import KEPT_ROWS
+
+    with pytest.raises(SystemExit) as stop:
+        main(["report", "--help"])
+    assert stop.value.code == 0 and f"auto (default): kept from {KEPT_ROWS} surface rows up" in " ".join(
+        capsys.readouterr().out.split())
     with pytest.raises(SystemExit) as stop:
         main(["report", "--loso", "fixed"])
     assert stop.value.code == 2

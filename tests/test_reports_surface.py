@@ -22,7 +22,7 @@ from dm_tune.reports import build_guidelines, load_guidelines, recommend
 from dm_tune.reports._guidelines import dumps, guidelines_markdown
 from dm_tune.reports._load import tidy
 from dm_tune.reports._loso import _local_gp, _summary, leave_one_setting_out
-from dm_tune.reports._surface import (dm_rows, fit_gp, fit_surface, fit_surface_gp, gp_from_dict, gp_predict,
+from dm_tune.reports._surface import (dm_rows, fit_gp, fit_surface, fit_surface_model, gp_from_dict, gp_predict,
                                       gp_to_dict, grid, recommend_from_surface)
 
 _IDS = itertools.count()
@@ -216,7 +216,7 @@ def test_above_hyperparameter_rows_the_surface_learns_its_kernel_on_a_subset_and
     from dm_tune.reports import _surface
     from dm_tune.reports._guidelines import surface_markdown
     from dm_tune.reports._html import _surface_section
-    from dm_tune.reports._surface import features, training_rows
+    from dm_tune.reports._surface import features, hyperparameter_subset, training_rows
 
     df = campaign()
     whole = fit_surface(df)
@@ -224,10 +224,10 @@ def test_above_hyperparameter_rows_the_surface_learns_its_kernel_on_a_subset_and
     assert whole["fitted"]["hyperparameter_rows"] == n and "optimised on" not in "\n".join(surface_markdown(whole))
     monkeypatch.setattr(_surface, "HYPERPARAMETER_ROWS", 40)
     part = fit_surface(df)
-    assert part["fitted"]["hyperparameter_rows"] == 40 and len(part["model"]["X"]) == n == part["n_rows"]
     rows, y = training_rows(df)
     X = np.asarray(features(rows, part["encoding"]))
-    pick = np.sort(np.random.default_rng(0).choice(n, 40, replace=False))
+    pick = hyperparameter_subset(X)
+    assert part["fitted"]["hyperparameter_rows"] == len(pick) == 40 and len(part["model"]["X"]) == n == part["n_rows"]
     assert part["model"]["theta"] == pytest.approx(fit_gp(X[pick], np.asarray(y)[pick]).kernel_.theta.tolist())
     assert part["model"]["theta"] != pytest.approx(whole["model"]["theta"], abs=1e-3)
     for rate in RATES:
@@ -235,8 +235,32 @@ def test_above_hyperparameter_rows_the_surface_learns_its_kernel_on_a_subset_and
         assert rec["psi"] == pytest.approx(BEST_PSI, abs=0.1), rate
     phrase = f"its kernel's hyper-parameters optimised on 40 of the {n} rows (seeded at random), its posterior on all"
     assert phrase in "\n".join(surface_markdown(part)) and html.escape(phrase) in "".join(_surface_section(part))
-    assert fit_surface_gp(X, y, theta0=part["model"]["theta"], optimize=False).kernel_.theta.tolist() == pytest.approx(
-        part["model"]["theta"])
+    # a kept model is the rows and the hyper-parameters, and predicts as scikit-learn's GP of them does
+    kept = fit_surface_model(X, y, part["encoding"]["features"], theta0=part["model"]["theta"], optimize=False)
+    assert kept["theta"] == pytest.approx(part["model"]["theta"]) and kept["X"] == X.tolist()
+    mean, std = gp_predict(kept, X[:5])
+    ref_mean, ref_std = gp_from_dict(kept).predict(X[:5], return_std=True)
+    assert mean == pytest.approx(ref_mean, abs=1e-6) and std == pytest.approx(ref_std, abs=1e-6)
+
+
+def test_the_hyper_parameters_subset_makes_every_varying_feature_vary(monkeypatch) -> None:
+    """A class weighting two arms of 3,000 ran is constant in most random subsets of 100: its
+    length scale would stay where the optimiser started it. The subset takes a further row for each
+    feature that varies across the rows but not within it."""
+    from dm_tune.reports import _surface
+    from dm_tune.reports._surface import hyperparameter_subset
+
+    monkeypatch.setattr(_surface, "HYPERPARAMETER_ROWS", 100)
+    rng = np.random.default_rng(1)
+    X = np.column_stack([rng.uniform(0, 0.75, 3000), rng.normal(0, 1, 3000), np.zeros(3000), np.full(3000, 0.4)])
+    X[[17, 2500], 2] = 1.0  # cw=inverse on two arms; the last feature never varies
+    plain = np.sort(np.random.default_rng(0).choice(3000, 100, replace=False))
+    assert not X[plain, 2].any()  # (the draw the subset starts from misses both)
+    pick = hyperparameter_subset(X)
+    assert len(pick) == 101 and set(plain) < set(pick) and X[pick, 2].sum() == 1.0
+    assert list(pick) == sorted(pick) and len(set(pick)) == len(pick)
+    X[:, 2] = 0.0
+    assert list(hyperparameter_subset(X)) == list(plain)  # nothing missing: the seeded draw alone
 
 
 def _refit_thetas(monkeypatch, df: pd.DataFrame, start: dict[str, Any] | None, **kwargs: Any):
@@ -245,12 +269,12 @@ def _refit_thetas(monkeypatch, df: pd.DataFrame, start: dict[str, Any] | None, *
 
     seen = []
 
-    def spy(X, y, n_restarts_optimizer=0, theta0=None, optimize=True):
-        gp = fit_surface_gp(X, y, n_restarts_optimizer, theta0, optimize=optimize)
-        seen.append((theta0, gp.kernel_.theta.tolist()))
-        return gp
+    def spy(X, y, names, n_restarts_optimizer=0, theta0=None, optimize=True):
+        model = fit_surface_model(X, y, names, n_restarts_optimizer, theta0, optimize=optimize)
+        seen.append((theta0, model["theta"]))
+        return model
 
-    monkeypatch.setattr(_loso, "fit_surface_gp", spy)
+    monkeypatch.setattr(_loso, "fit_surface_model", spy)
     return leave_one_setting_out(df, start=start, **kwargs), seen
 
 
@@ -269,7 +293,7 @@ def test_leave_one_setting_out_keeps_the_full_fits_hyper_parameters_when_told_or
     assert len(moved) == len(stayed) == len(RATES)
     assert all(after == pytest.approx(before, abs=1e-12) for before, after in stayed)
     assert not all(after == pytest.approx(before, abs=1e-3) for before, after in moved)  # (the optimiser ran)
-    assert (refitted["hyperparameters"], kept["hyperparameters"]) == ("refitted", "kept")
+    assert (refitted["hyperparameters"], kept["hyperparameters"]) == ("refit", "kept")
     assert kept["n_surface_rows"] == start["n_rows"]
     for r, k in zip(refitted["rows"], kept["rows"]):
         assert k["setting"] == r["setting"] and k["surface"]["psi"] == pytest.approx(r["surface"]["psi"], abs=0.1)
@@ -281,15 +305,15 @@ def test_leave_one_setting_out_keeps_the_full_fits_hyper_parameters_when_told_or
     assert "re-optimised without the held-out setting" in "\n".join(loso_markdown(legacy))
 
     # auto: re-optimised below KEPT_ROWS surface rows, kept from there up; without a full fit, re-optimised
-    assert _refit_thetas(monkeypatch, df, start)[0]["hyperparameters"] == "refitted"
+    assert _refit_thetas(monkeypatch, df, start)[0]["hyperparameters"] == "refit"
     monkeypatch.setattr(_loso, "KEPT_ROWS", start["n_rows"])
     assert _refit_thetas(monkeypatch, df, start)[0]["hyperparameters"] == "kept"
     no_start, seen = _refit_thetas(monkeypatch, df, None, hyperparameters="kept")
-    assert no_start["hyperparameters"] == "refitted" and all(before is None for before, _ in seen)
+    assert no_start["hyperparameters"] == "refit" and all(before is None for before, _ in seen)
     with pytest.raises(ValueError, match="hyperparameters must be one of auto, refit, kept, not 'fixed'"):
         leave_one_setting_out(df, start=start, hyperparameters="fixed")
     with pytest.raises(ValueError, match="optimize=False keeps theta0"):
-        fit_gp([[0.0], [1.0]], [0.0, 1.0], optimize=False)
+        fit_surface_model([[0.0], [1.0]], [0.0, 1.0], ["psi"], optimize=False)
 
 
 def test_the_local_gp_estimates_a_measured_arm_near_its_measured_mean() -> None:
