@@ -120,8 +120,10 @@ def main() -> None:
             p.error("the store's arms fit no surface: nothing to hold out")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result["surface"][name] = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak,
+                                   "rows_optimised_on": fitted[name]["fitted"]["hyperparameter_rows"],
                                    "theta": fitted[name]["model"]["theta"]}
-        print(f"  surface, hyper-parameters on {name} rows: wall {wall:.1f} s, CPU {cpu:.1f} s, "
+        print(f"  surface, hyper-parameters on {name} rows ({result['surface'][name]['rows_optimised_on']}): "
+              f"wall {wall:.1f} s, CPU {cpu:.1f} s, "
               f"peak memory {peak:.0f} MB", flush=True)
     if len(fitted) == 2:
         ag = result["surface_agreement"] = _surfaces_agree(_recommendations(fitted["subset"]),
@@ -130,7 +132,8 @@ def main() -> None:
               f"measured settings, each within the other's region for {ag['within_the_others_region']}, "
               f"the same weighting for {ag['same_class_weighting']}; psi apart by "
               f"{ag['psi_abs_diff_median']:.3f} (median) / {ag['psi_abs_diff_max']:.3f}, predicted gains by "
-              f"{ag['predicted_gain_abs_diff_median']:.2f} / {ag['predicted_gain_abs_diff_max']:.2f} points", flush=True)
+              f"{ag['predicted_gain_abs_diff_median']:.2f} / {ag['predicted_gain_abs_diff_max']:.2f} points",
+              flush=True)
     surface = fitted.get("subset") or fitted["all"]  # the report's own
     answers = {}
     for way in ways:
