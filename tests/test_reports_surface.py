@@ -316,6 +316,21 @@ def test_leave_one_setting_out_keeps_the_full_fits_hyper_parameters_when_told_or
         fit_surface_model([[0.0], [1.0]], [0.0, 1.0], ["psi"], optimize=False)
 
 
+def test_a_kept_refit_without_a_feature_keeps_the_others_hyper_parameters_by_name(monkeypatch) -> None:
+    """Holding out the one setting of a second dataset drops the surface's dataset feature from the
+    refit: the refit keeps the full fit's constant, noise and every other length scale, by name."""
+    both = campaign(datasets=("digits", "mnist1d"))
+    df = tidy(both[(both["dataset"] == "digits") | (both["setting"] == "mnist1d/0.4")].to_dict("records"))
+    start = fit_surface(df)
+    names = start["encoding"]["features"]
+    assert names == ["psi", "log_rho", "noise_rate", "dataset=digits", "dataset=mnist1d"]
+    kept, seen = _refit_thetas(monkeypatch, df, start, hyperparameters="kept")
+    assert [r["setting"] for r in kept["rows"]][-1] == "mnist1d/0.4" and len(seen) == 5
+    theta = start["model"]["theta"]  # constant, 5 length scales, noise
+    assert seen[-1][1] == pytest.approx(theta[:4] + theta[-1:])  # (no dataset feature: one dataset left)
+    assert all(after == pytest.approx(theta) for _, after in seen[:-1])
+
+
 def test_the_local_gp_estimates_a_measured_arm_near_its_measured_mean() -> None:
     """Five arms of a measured setting (digits, 40% symmetric noise, 5 epochs; final test
     accuracies): the local GP's optimiser, with two restarts, ended in its flat "all noise"
