@@ -109,7 +109,7 @@ def refit_phrase(loso: dict[str, Any]) -> str:
         return "its kernel's hyper-parameters re-optimised without the held-out setting"
     n = loso.get("n_surface_rows")
     return ("its kernel's hyper-parameters kept from the fit on every setting"
-            + (f" ({n:,} rows: not re-optimised for each setting, tens of factorisations each)" if n else "")
+            + (f" ({n:,} rows; re-optimising them costs tens of factorisations per setting)" if n else "")
             + ", so the held-out setting shaped them, but its runs are not in the refit")
 
 
