@@ -37,7 +37,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="validation.json of 'dm-tune validate': add its section")
     p.add_argument("--loso", default="auto", choices=("auto", "refit", "kept"),
                    help="leave-one-setting-out's refits of the surface: re-optimise their kernel hyper-parameters "
-                        "(refit), keep the full fit's (kept: one factorisation each, for thousands of arms), or "
+                        "(refit), keep the full fit's (kept: nothing optimised, for thousands of arms), or "
                         "auto (default): kept from 512 surface rows up")
     p.set_defaults(func=report_command)
     return p
@@ -106,7 +106,8 @@ def report_command(args: argparse.Namespace) -> int:
                                         "wait for it to end or use another --out"):
             remove_write_leftovers(out, ("guidelines.json", "guidelines.md", "index.html"))
             remove_write_leftovers(out / "figures", ("*.png",))
-            paths = write_report(df, out, histories, sections, loso=args.loso)  # one report's files, not a mix of two
+            # one report's files, not a mix of two
+            paths = write_report(df, out, histories, sections, loso=args.loso)
             doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))  # before another report's
     except OSError as e:
         raise UserError(f"could not write the report into {out} ({e.strerror or e})") from None

@@ -192,8 +192,8 @@ def loso_markdown(loso: dict[str, Any] | None) -> list[str]:
         return lines + ["No setting could be held out (each needs CCE runs, confirm-stage DM arms and another "
                         "setting to fit on).", ""]
     lines += [f"Each setting is held out, the surface refitted on the others ({refit_phrase(loso)}) and asked for "
-              f"it; the answer and "
-              f"the paper's guidance are scored on the held-out setting's {loso['metric']}, {loso['note']}. "
+              f"it; the answer and the paper's guidance are scored on the held-out setting's {loso['metric']}, "
+              f"{loso['note']}. "
               "Regret: the setting's best confirmed arm minus the estimate; ± the local GP's predictive std.", "",
               "| setting | surface (psi, rho, cw) | est. test | regret | gain over CCE | paper (psi, rho) | "
               "est. test | regret | gain over CCE | best arm (test) |", "|---|---|---|---|---|---|---|---|---|---|"]
