@@ -16,7 +16,7 @@ from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_n
                                          guidelines_markdown, loso_summary_text, setting_label)
 from dm_tune.reports._loso import refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, hyperparameters_phrase
-from dm_tune.reports._text import metric_name, runs_phrase
+from dm_tune.reports._text import md_unescape, metric_name, runs_phrase
 
 SECTIONS = ("Guidelines", "Comparison with the paper", "Across settings", "Response surface",
             "Leave-one-setting-out validation", "Per-setting results", "Provenance")
@@ -266,7 +266,7 @@ def markdown_html(text: str) -> str:
     pipe tables, in which ``\\|`` is a pipe within a cell); its entities (``&lt;``, what a name's
     ``<`` is written as) read as the characters, and every text is escaped."""
     def e(markdown: str) -> str:
-        return html.escape(html.unescape(markdown))
+        return html.escape(md_unescape(markdown))
 
     out: list[str] = []
     table: list[list[str]] = []
@@ -288,7 +288,7 @@ def markdown_html(text: str) -> str:
         stripped = line.strip()
         if stripped.startswith("|"):
             inner = stripped[1:-1] if stripped.endswith("|") and not stripped.endswith("\\|") else stripped[1:]
-            cells = [html.unescape(c.strip().replace("\\|", "|")) for c in re.split(r"(?<!\\)\|", inner)]
+            cells = [md_unescape(c.strip().replace("\\|", "|")) for c in re.split(r"(?<!\\)\|", inner)]
             if not all(set(c) <= {"-", ":"} for c in cells):  # not the |---| rule
                 table.append(cells)
             continue

@@ -4,6 +4,7 @@ the schema constants and how settings, accuracies and differences are written.""
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-setting-out check (``loso``)
@@ -90,11 +91,25 @@ def fmt_diff(mean: float | None, std: float | None) -> str:
     return f"{mean:+.1f}" + ("" if std is None else f" +/- {std:.1f}")
 
 
+# What Markdown (CommonMark) reads as HTML or as a character reference: a "<" that opens a tag,
+# a comment, a declaration or an autolink, and an "&" that starts an entity such as &lt; or &#60;.
+_OPENS_HTML = re.compile(r"<(?=[A-Za-z/!?])")
+_ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]*);"
+_STARTS_ENTITY = re.compile(r"&(?=" + _ENTITY[1:] + ")")
+
+
 def md_text(text: Any) -> str:
-    """Text from the store (experiment, dataset and setting names) as one Markdown line: its angle
-    brackets and ampersands as entities (a name holding <script> or <img> was raw HTML in
-    guidelines.md)."""
-    return html.escape(" ".join(str(text).split()), quote=False)
+    """Text (a name from the store, a sentence of the report's) as one Markdown line. Only what
+    Markdown would read as HTML or as an entity is written as one: "<script>" as "&lt;script>" (a name
+    holding <script> or <img> was raw HTML in guidelines.md), "&amp;" as "&amp;amp;". A comparison
+    stays as written, "R^2 0.10 < 0.5" and ">= 0.05" (they read as "&lt;" and "&gt;=" in a terminal)."""
+    return _OPENS_HTML.sub("&lt;", _STARTS_ENTITY.sub("&amp;", " ".join(str(text).split())))
+
+
+def md_unescape(markdown: str) -> str:
+    """The text that ``md_text`` wrote: its entities as characters, and nothing else ("&copy" without
+    its ";" is no entity in Markdown, though Python's ``html.unescape`` reads it as one)."""
+    return re.sub(_ENTITY, lambda m: html.unescape(m.group(0)), markdown)
 
 
 def md_cell(text: Any) -> str:

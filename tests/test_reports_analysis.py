@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -244,13 +245,16 @@ def test_names_from_the_store_cannot_break_the_markdown() -> None:
     odd = "dig|its <script>x</script>\nnext"
     rows = [{**r, "setting": odd, "dataset": odd} for r in known_runs()]
     md = guidelines_markdown(build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00"))
-    assert "<script>" not in md and "&lt;script&gt;" in md
+    assert "<script>" not in md and "&lt;script>x&lt;/script>" in md
     for block in md.split("\n\n"):
         table = [line for line in block.splitlines() if line.startswith("|")]
         if table:  # every row of a table has its header's cells (a "\|" is not a separator)
             widths = {len(line.replace("\\|", "").split("|")) for line in table}
             assert len(widths) == 1, table
     assert "dig\\|its" in md
+    # the report's own comparisons read as written (in a terminal "&lt; 3" is not "< 3")
+    plain = guidelines_markdown(build_guidelines(tidy(known_runs()), generated="2026-01-01T00:00:00+00:00"))
+    assert "value(s) < 3" in plain and not re.search("&(lt|gt|amp);", plain)
 
 
 def grid_search_rows(n_psi: int = 4, n_rho: int = 3) -> list[dict[str, Any]]:

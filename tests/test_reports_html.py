@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import itertools
 import json
 import os
@@ -203,6 +205,18 @@ def test_markdown_sections_become_escaped_html() -> None:
     assert page == ("<h2>Stability between two runs</h2><p>A: &lt;a.json&gt; B: b.json</p>"
                     "<table><tr><th>setting</th><th>Δ psi</th></tr><tr><td>digits &amp; co</td><td>0.1</td></tr>"
                     "</table><h3>Rules</h3><ul><li>one &lt;rule&gt;</li><li>two</li></ul>")
+
+
+def test_markdown_entities_are_read_as_markdown_reads_them() -> None:
+    """Only an entity that Markdown reads as one (with its ";") is a character in index.html:
+    Python's html.unescape also reads "&copy" and "&lt" without one."""
+    from dm_tune.reports._html import markdown_html
+    from dm_tune.reports._text import md_cell, md_text
+
+    for name in ("a &copy b", "R^2 0.10 &lt 0.5", "x &amp; y", "&#60;b>", "p < 0.05 & q >= 3", "<i>x</i> &lt;"):
+        assert markdown_html(f"- {md_text(name)}\n") == f"<ul><li>{html.escape(name)}</li></ul>"
+        cell = markdown_html(f"| h |\n|---|\n| {md_cell(name + ' | z')} |\n")
+        assert cell == f"<table><tr><th>h</th></tr><tr><td>{html.escape(name + ' | z')}</td></tr></table>"
 
 
 def test_report_takes_the_stability_and_validation_sections(report: dict[str, Path], tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def test_names_are_escaped_in_the_markdown_and_its_html():
     row = next(line for line in md.splitlines() if "alert(1)" in line and line.startswith("| "))
     header = next(line for line in md.splitlines() if line.startswith("| setting | psi A"))
     assert len(re.split(r"(?<!\\)\|", row)) == len(header.split("|"))
-    assert "Only in A: tw&lt;i&gt;n&amp;amp; | &lt;script&gt;alert(1)&lt;/script&gt; only." in md
+    assert "Only in A: tw&lt;i>n&amp;amp; | &lt;script>alert(1)&lt;/script> only." in md
     page = markdown_html(md)
     assert "<td>tw&lt;i&gt;n&amp;amp; | &lt;script&gt;alert(1)&lt;/script&gt;</td><td>0.50" in page
     assert "<script>" not in page and "A: &lt;a&gt;.json" in page

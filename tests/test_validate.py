@@ -268,9 +268,9 @@ def test_validation_json_is_standard_json_and_reads_back(tmp_path, capsys, guide
     assert to_markdown(doc) == (out / "validation.md").read_text()  # the same table as from the run's own numbers
     # which guidelines it validated (a report's --validation section could be another file's)
     assert f"The recommendations of the guidelines file {Path(guidelines).resolve()} (" in to_markdown(doc)
-    # a name's <, & and | are Markdown's entities and \| (raw HTML in guidelines.md; a row split in two)
-    odd = {**doc, "settings": [{**setting, "setting": "a<b> & c|d"}]}
-    assert "| a&lt;b&gt; &amp; c\\|d | " in to_markdown(odd)
+    # a name's tag and | are an entity and \| (raw HTML in guidelines.md; a row split in two)
+    odd = {**doc, "settings": [{**setting, "setting": "a<b> & c|d &amp; e < f"}]}
+    assert "| a&lt;b> & c\\|d &amp;amp; e < f | " in to_markdown(odd)
     assert main(argv) == 0  # the same validation again: its table, read from the file
     assert capsys.readouterr().out.startswith(table)
 
