@@ -39,6 +39,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="leave-one-setting-out's refits of the surface: re-optimise their kernel hyper-parameters "
                         "(refit), keep the full fit's (kept: nothing optimised, for thousands of arms), or "
                         "auto (default): kept from 512 surface rows up")
+    p.add_argument("--figures", default="auto", choices=("auto", "embed", "link"),
+                   help="the figures in index.html: embedded in it (embed), linked from figures/ beside it (link), "
+                        "or auto (default): embedded up to 8 MB of figures in all (about 90 settings)")
     p.set_defaults(func=report_command)
     return p
 
@@ -107,7 +110,7 @@ def report_command(args: argparse.Namespace) -> int:
             remove_write_leftovers(out, ("guidelines.json", "guidelines.md", "index.html"))
             remove_write_leftovers(out / "figures", ("*.png",))
             # one report's files, not a mix of two
-            paths = write_report(df, out, histories, sections, loso=args.loso)
+            paths = write_report(df, out, histories, sections, loso=args.loso, figures=args.figures)
             doc = json.loads(paths["guidelines.json"].read_text(encoding="utf-8"))  # before another report's
     except OSError as e:
         raise UserError(f"could not write the report into {out} ({e.strerror or e})") from None

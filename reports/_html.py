@@ -1,4 +1,5 @@
-"""write_report(): index.html (self-contained), guidelines.md, guidelines.json and figures/*.png."""
+"""write_report(): index.html (self-contained up to EMBED_BYTES of figures), guidelines.md, guidelines.json
+and figures/*.png."""
 
 from __future__ import annotations
 
@@ -31,29 +32,34 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}
 """
 
 
+# The figures' PNG bytes up to which index.html embeds them (figures="auto"): about 270 figures, 90
+# settings. Above, the page links them from figures/ beside it: a report of 383 settings embedded its
+# 1,152 figures in an index.html of 39.6 MB (BENCHMARKS.md, "Thousands of arms").
+EMBED_BYTES = 8 * 2**20
+FIGURES = ("auto", "embed", "link")
 _FIGURE_NAME = re.compile(r"(best_mode_vs_noise|weight_curves|loso|(plane|baselines|weights)_\d{2,})\.png")
 
 
 def write_report(df: pd.DataFrame, out_dir: str | Path,
                  histories: pd.DataFrame | None = None, sections: list[str] | None = None,
-                 loso: str = "auto") -> dict[str, Path]:
+                 loso: str = "auto", figures: str = "auto") -> dict[str, Path]:
     """Analyse ``df`` (from ``load_runs``) and write the report; returns {relative name: path}.
 
     ``sections``: further Markdown sections (``dm-tune stability``'s and ``dm-tune validate``'s)
     appended to guidelines.md and, as HTML, to index.html. ``loso``: how leave-one-setting-out's
-    refits get their hyper-parameters (``_loso.leave_one_setting_out``'s ``hyperparameters``)."""
+    refits get their hyper-parameters (``_loso.leave_one_setting_out``'s ``hyperparameters``).
+    ``figures``: "embed" the figures in index.html, "link" them from figures/, or "auto": embed them
+    up to EMBED_BYTES in all, else link them (the page says so)."""
+    if figures not in FIGURES:
+        raise ValueError(f"figures must be one of {', '.join(FIGURES)}, not {figures!r}")
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     doc = build_guidelines(df, loso=loso)
     files: dict[str, str | bytes] = {}  # relative name -> content: all made before any is written
-    images: dict[str, str] = {}
 
     def add_figure(name: str, fig: Any) -> None:
-        if fig is None:
-            return
-        data = figs.png_bytes(fig)
-        files[f"figures/{name}.png"] = data
-        images[name] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        if fig is not None:
+            files[f"figures/{name}.png"] = figs.png_bytes(fig)
 
     settings = doc["settings"]
     if settings:
@@ -66,8 +72,16 @@ def write_report(df: pd.DataFrame, out_dir: str | Path,
         if s["vs_baselines"]:
             add_figure(f"baselines_{i:02d}", figs.baselines_figure(s))
         add_figure(f"weights_{i:02d}", figs.weight_history_figure(s, histories))
+    total = sum(len(data) for data in files.values())
+    embed = figures == "embed" or (figures == "auto" and total <= EMBED_BYTES)
+    images = {name[len("figures/"):-len(".png")]: ("data:image/png;base64," + base64.b64encode(data).decode("ascii")
+                                                   if embed else name) for name, data in files.items()}
+    linked = None if embed or not files else (
+        f"The {len(files)} figures ({total / 2**20:.1f} MB) are linked from figures/ beside this page, not embedded "
+        + (f"(more than {EMBED_BYTES / 2**20:g} MB; dm-tune report --figures embed embeds them)" if figures == "auto"
+           else "(dm-tune report --figures link)") + ": keep the folder with the page.")
     extra = [section.rstrip() + "\n" for section in sections or []]
-    page = render_html(doc, images, [markdown_html(section) for section in extra])
+    page = render_html(doc, images, [markdown_html(section) for section in extra], linked)
     files.update({"guidelines.md": "\n".join([guidelines_markdown(doc), *extra]), "index.html": page,
                   "guidelines.json": dumps(doc)})
     # Everything is made first (the figures take seconds), then written in a moment, each file
@@ -82,9 +96,11 @@ def write_report(df: pd.DataFrame, out_dir: str | Path,
     return {name: out / name for name in files}
 
 
-def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | None = None) -> str:
-    """The report page; ``images`` maps figure names to data URIs (nothing is linked from outside);
-    ``extra``: HTML sections placed before the per-setting results."""
+def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | None = None,
+                linked: str | None = None) -> str:
+    """The report page; ``images`` maps figure names to data URIs, or to their paths beside the page
+    (nothing is linked from outside); ``extra``: HTML sections placed before the per-setting results;
+    ``linked``: the note that says the figures are linked, not embedded."""
     e = html.escape
     prov = doc["provenance"]
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -92,7 +108,8 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
              "<h1>DM tuning report</h1>",
              f"<p class='note'>Generated {e(doc['generated'])} from {e(runs_phrase(prov))}. "
              f"Accuracies in {e(doc['accuracy_unit'])}: "
-             f"{e(doc['accuracy_note'])}.</p>", "<h2>Guidelines</h2><ul>"]
+             f"{e(doc['accuracy_note'])}.</p>", *([f"<p class='note'>{e(linked)}</p>"] if linked else []),
+             "<h2>Guidelines</h2><ul>"]
     parts += [f"<li>{e(s['guideline'])} <a href='#setting-{i}'>(results)</a></li>"
               for i, s in enumerate(doc["settings"])] or ["<li>No setting has finished DM runs.</li>"]
     parts.append("</ul>")
@@ -308,7 +325,10 @@ def markdown_html(text: str) -> str:
 
 
 def _img(images: dict[str, str], name: str, alt: str) -> str:
-    return f"<img src='{images[name]}' alt='{html.escape(alt)}'>" if name in images else ""
+    if name not in images:
+        return ""
+    lazy = "" if images[name].startswith("data:") else " loading='lazy'"  # (a linked figure is read when seen)
+    return f"<img src='{images[name]}' alt='{html.escape(alt)}'{lazy}>"
 
 
 def _rule_text(rule: dict[str, Any]) -> str:

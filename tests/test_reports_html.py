@@ -131,6 +131,48 @@ def test_the_report_keeps_the_full_fits_hyper_parameters_in_leave_one_setting_ou
                                      "(choose from auto, refit, kept)")
 
 
+def test_the_report_links_its_figures_above_the_embedding_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hundreds of settings embedded their figures in an index.html of 40 MB: above EMBED_BYTES (or
+    with --figures link) the page links each from figures/, lazily, and says so; --figures embed
+    embeds them at any size."""
+    from dm_tune.cli import build_parser, main
+    from dm_tune.reports import _html
+
+    df = campaign()
+    embedded = write_report(df, tmp_path / "embed", figures="auto")["index.html"]
+    monkeypatch.setattr(_html, "EMBED_BYTES", 10_000)
+    for how in ("auto", "link", "embed"):
+        paths = write_report(df, tmp_path / how, figures=how)
+        page = paths["index.html"].read_text()
+        srcs = re.findall(r"<img src='([^']*)' alt='[^']*'" + ("" if how == "embed" else " loading='lazy'") + ">", page)
+        assert len(srcs) == len(re.findall("<img ", page)) == len(list((tmp_path / how / "figures").glob("*.png")))
+        if how == "embed":
+            assert "linked from" not in page  # (at any size)
+            assert all(src.startswith("data:image/png;base64,") for src in srcs)
+            continue
+        assert sorted(srcs) == sorted(f"figures/{p.name}" for p in (tmp_path / how / "figures").glob("*.png"))
+        total = sum((tmp_path / how / src).stat().st_size for src in srcs)
+        assert f"The {len(srcs)} figures ({total / 2**20:.1f} MB) are linked from figures/ beside this page" in page
+        assert ("dm-tune report --figures embed embeds them" in page) == (how == "auto")
+        assert len(page) < embedded.stat().st_size - total  # (base64 is 4/3 of the bytes)
+    assert "linked from" not in embedded.read_text() and "data:image/png;base64," in embedded.read_text()
+    with pytest.raises(ValueError, match="figures must be one of auto, embed, link, not 'some'"):
+        write_report(df, tmp_path / "bad", figures="some")
+    assert build_parser().parse_args(["report", "--figures", "link"]).figures == "link"
+    with pytest.raises(SystemExit) as stop:
+        main(["report", "--help"])
+    monkeypatch.undo()
+    assert stop.value.code == 0 and f"embedded up to {_html.EMBED_BYTES // 2**20} MB of figures" in " ".join(
+        capsys.readouterr().out.split())
+    with pytest.raises(SystemExit) as stop:
+        main(["report", "--figures", "some"])
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.replace("'", "") == ("dm-tune report: error: argument --figures: invalid choice: some "
+                                     "(choose from auto, embed, link)")
+
+
 def test_html_is_self_contained(report: dict[str, Path]) -> None:
     page = report["index.html"].read_text()
     srcs = re.findall(r"<img src='([^']*)'", page)
@@ -150,6 +192,7 @@ def test_html_renders_in_headless_chromium(report: dict[str, Path], tmp_path: Pa
         pytest.skip(f"cannot run: {' and '.join(missing)} not installed (both are needed; "
                     "bash scripts/setup.sh as root installs Debian's chromium and chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.support.wait import WebDriverWait
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -170,6 +213,15 @@ def test_html_renders_in_headless_chromium(report: dict[str, Path], tmp_path: Pa
         assert all(w and w > 0 for w in widths), widths
         severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert severe == []
+        # the figures linked from figures/ (--figures link), each read when scrolled to
+        driver.get(write_report(campaign(), tmp_path / "linked", figures="link")["index.html"].resolve().as_uri())
+        images = driver.find_elements("tag name", "img")
+        assert len(images) == len(list((tmp_path / "linked" / "figures").glob("*.png"))) > 3
+        for img in images:
+            driver.execute_script("arguments[0].scrollIntoView()", img)
+            WebDriverWait(driver, 10).until(lambda d: d.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth > 0", img), img.get_attribute("src"))
+        assert [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"] == []
     finally:
         driver.quit()
 
