@@ -41,7 +41,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "auto (default): kept from 512 surface rows up")
     p.add_argument("--figures", default="auto", choices=("auto", "embed", "link"),
                    help="the figures in index.html: embedded in it (embed), linked from figures/ beside it (link), "
-                        "or auto (default): embedded up to 8 MB of figures in all (about 90 settings)")
+                        "or auto (default): embedded up to 8 MB of figures in all (about 100 settings)")
     p.set_defaults(func=report_command)
     return p
 

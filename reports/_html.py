@@ -32,10 +32,10 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}
 """
 
 
-# The figures' PNG bytes up to which index.html embeds them (figures="auto"): about 270 figures, 90
-# settings. Above, the page links them from figures/ beside it: a report of 383 settings embedded its
+# The figures' PNG bytes up to which index.html embeds them (figures="auto"): 250 to 320 figures
+# (25 to 31 kB each, measured), about 100 settings. Above, the page links them from figures/ beside it: a report of 383 settings embedded its
 # 1,152 figures in an index.html of 39.6 MB (BENCHMARKS.md, "Thousands of arms").
-EMBED_BYTES = 8 * 2**20
+EMBED_BYTES = 8_000_000
 FIGURES = ("auto", "embed", "link")
 _FIGURE_NAME = re.compile(r"(best_mode_vs_noise|weight_curves|loso|(plane|baselines|weights)_\d{2,})\.png")
 
@@ -77,8 +77,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path,
     images = {name[len("figures/"):-len(".png")]: ("data:image/png;base64," + base64.b64encode(data).decode("ascii")
                                                    if embed else name) for name, data in files.items()}
     linked = None if embed or not files else (
-        f"The {len(files)} figures ({total / 2**20:.1f} MB) are linked from figures/ beside this page, not embedded "
-        + (f"(more than {EMBED_BYTES / 2**20:g} MB; dm-tune report --figures embed embeds them)" if figures == "auto"
+        f"The {len(files)} figures ({total / 1e6:.1f} MB) are linked from figures/ beside this page, not embedded "
+        + (f"(more than {EMBED_BYTES / 1e6:g} MB; dm-tune report --figures embed embeds them)" if figures == "auto"
            else "(dm-tune report --figures link)") + ": keep the folder with the page.")
     extra = [section.rstrip() + "\n" for section in sections or []]
     page = render_html(doc, images, [markdown_html(section) for section in extra], linked)

@@ -153,7 +153,7 @@ def test_the_report_links_its_figures_above_the_embedding_budget(
             continue
         assert sorted(srcs) == sorted(f"figures/{p.name}" for p in (tmp_path / how / "figures").glob("*.png"))
         total = sum((tmp_path / how / src).stat().st_size for src in srcs)
-        assert f"The {len(srcs)} figures ({total / 2**20:.1f} MB) are linked from figures/ beside this page" in page
+        assert f"The {len(srcs)} figures ({total / 1e6:.1f} MB) are linked from figures/ beside this page" in page
         assert ("dm-tune report --figures embed embeds them" in page) == (how == "auto")
         assert len(page) < embedded.stat().st_size - total  # (base64 is 4/3 of the bytes)
     assert "linked from" not in embedded.read_text() and "data:image/png;base64," in embedded.read_text()
@@ -163,7 +163,7 @@ def test_the_report_links_its_figures_above_the_embedding_budget(
     with pytest.raises(SystemExit) as stop:
         main(["report", "--help"])
     monkeypatch.undo()
-    assert stop.value.code == 0 and f"embedded up to {_html.EMBED_BYTES // 2**20} MB of figures" in " ".join(
+    assert stop.value.code == 0 and f"embedded up to {_html.EMBED_BYTES // 10**6} MB of figures" in " ".join(
         capsys.readouterr().out.split())
     with pytest.raises(SystemExit) as stop:
         main(["report", "--figures", "some"])
