@@ -33,8 +33,9 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}
 
 
 # The figures' PNG bytes up to which index.html embeds them (figures="auto"): 250 to 320 figures
-# (25 to 31 kB each, measured), about 100 settings. Above, the page links them from figures/ beside it: a report of 383 settings embedded its
-# 1,152 figures in an index.html of 39.6 MB (BENCHMARKS.md, "Thousands of arms").
+# (25 to 31 kB each, measured), about 100 settings. Above, the page links them from figures/ beside
+# it: a report of 383 settings embedded its 1,152 figures in an index.html of 39.6 MB (BENCHMARKS.md,
+# "Thousands of arms").
 EMBED_BYTES = 8_000_000
 FIGURES = ("auto", "embed", "link")
 _FIGURE_NAME = re.compile(r"(best_mode_vs_noise|weight_curves|loso|(plane|baselines|weights)_\d{2,})\.png")
