@@ -26,7 +26,8 @@ class DataError(ValueError):
 
     def __init__(self, path: str | Path, problem: str, layout: str) -> None:
         self.path = str(path)
-        super().__init__(one_line(f"{path}: {problem}. Expected layout: {layout}"))
+        stop = "" if problem.endswith((".", "?", "!")) else "."  # ("in another order?. Expected")
+        super().__init__(one_line(f"{path}: {problem}{stop} Expected layout: {layout}"))
 
 
 def one_line(text: str) -> str:

@@ -414,7 +414,8 @@ def test_file_noise_from_cifar_n_dict_npy_and_csv(cifar10_root, tmp_path):
     # rate of 1.0 without a word, where a synthetic rate of 0.9 is refused
     np.save(tmp_path / "shifted.npy", (clean + 1) % 10)
     with pytest.raises(DataError, match=r"its labels differ from the dataset's at 100.0% of the training examples, "
-                                        r"as often as random labels would \(90.0%\)"):
+                                        r"as often as random labels would \(90.0%\): labels of another dataset, "
+                                        r"or in another order\? Expected layout: one label"):
         prepare(config("cifar10", cifar10_root, val_fraction=0.0, noise="file",
                        noise_file=str(tmp_path / "shifted.npy")))
     # a file whose own clean labels are not the dataset's (another dataset's, or shuffled): refused

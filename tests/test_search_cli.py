@@ -484,6 +484,7 @@ def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
     first = _cli("search", "--config", str(study), "--workspace", str(ws), "--tracking-uri", uri,
                  "--storage-path", "file://" + str(elsewhere / "ray"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
+    assert ": 2 DM arms on seeds " in first.stderr and "then the top 1 DM arm and 1 baseline on seeds " in first.stderr
     assert json.loads((ws / "studies" / "placed.places").read_text()) == {
         "tracking_uri": uri, "storage_path": str(elsewhere / "ray")}
     client = MlflowClient(uri)

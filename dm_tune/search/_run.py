@@ -581,9 +581,10 @@ def run_study(study: Study, opts: RunOptions, sources: dict[str, Any] | None = N
         if not opts.echo:
             return
         seeds = list(study.seeds[:study.search_seed_count])
-        print(f"setting {key}: {study.search.num_samples} DM arms on seeds {seeds} ({study.search.space} space, "
-              f"{study.search.sampler}), then the top {study.search.top_k} DM arms and {len(study.baselines)} "
-              f"baselines on seeds {list(study.seeds)}", file=sys.stderr, flush=True)
+        n, k, b = study.search.num_samples, study.search.top_k, len(study.baselines)
+        print(f"setting {key}: {n} DM arm{'s' * (n != 1)} on seeds {seeds} ({study.search.space} space, "
+              f"{study.search.sampler}), then the top {k} DM arm{'s' * (k != 1)} and {b} "
+              f"baseline{'s' * (b != 1)} on seeds {list(study.seeds)}", file=sys.stderr, flush=True)
 
     for setting in study.expand():
         t0 = time.perf_counter()
