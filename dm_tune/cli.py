@@ -343,6 +343,18 @@ def _noise_text(config: Any) -> str:
         else "no noise added"
 
 
+def _imbalance_text(config: Any, data: Any = None) -> str:
+    """The imbalance a run trains on and its class weighting, for its first line ("" when balanced
+    and unweighted): ", longtail imbalance 20 (realised 19.8), class weighting sqrt-inverse" (no
+    realised ratio without ``data``: a population's members draw theirs by seed, as their noise)."""
+    text = ""
+    if config.imbalance != "none":
+        realised = None if data is None else data.info.get("imbalance_ratio_realised")
+        text = f", {config.imbalance} imbalance {config.imbalance_ratio:g}" + (
+            f" (realised {realised:.1f})" if realised is not None else "")
+    return text + (f", class weighting {config.class_weighting}" if config.class_weighting != "none" else "")
+
+
 def _train_cmd(args: argparse.Namespace) -> int:
     from dm_tune.config import TrainConfig
 
@@ -381,8 +393,8 @@ def _train_cmd(args: argparse.Namespace) -> int:
     if not args.quiet:
         dm = f" lam={_shortest(resolved.lam)} beta={_shortest(resolved.beta)}" if resolved.method == "dm" else ""
         print(f"dm-tune train: {resolved.dataset} ({len(data.train)} train / {len(data.val)} val / "
-              f"{len(data.test)} test), {_noise_text(resolved)} (realised {data.noise_rate:.3f}), "
-              f"model {resolved.model}, "
+              f"{len(data.test)} test), {_noise_text(resolved)} (realised {data.noise_rate:.3f})"
+              f"{_imbalance_text(resolved, data)}, model {resolved.model}, "
               f"{resolved.method}{dm}, seed {resolved.seed}", file=sys.stderr)
     result = train(config, data, _progress(args.quiet, [resolved.epochs]))
     said = sys.stderr if is_stdout(out) else sys.stdout
@@ -479,7 +491,8 @@ def _train_population_cmd(args: argparse.Namespace, configs: list[Any], given: d
     groups = [list(range(i, min(i + size, len(configs)))) for i in range(0, len(configs), size)]
     if not args.quiet:
         print(f"dm-tune train: {resolved.dataset} ({len(first.train)} train / {len(first.val)} val / "
-              f"{len(first.test)} test), {_noise_text(resolved)}, model {resolved.model}; "
+              f"{len(first.test)} test), {_noise_text(resolved)}{_imbalance_text(resolved)}, "
+              f"model {resolved.model}; "
               + (f"{len(configs)} members, one at a time: {alone}" if alone and args.population_size != 1
                  else f"{len(configs)} members in {len(groups)} population(s) of up to {size}"), file=sys.stderr)
     results: list[Any] = []

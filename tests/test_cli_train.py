@@ -534,6 +534,21 @@ def test_a_run_without_added_noise_says_so(capsys):
     assert ", no noise added, model mlp; 2 members" in capsys.readouterr().err.splitlines()[0]
 
 
+def test_a_run_on_imbalanced_data_or_with_class_weighting_says_so(capsys):
+    """The first line named the noise, not the imbalance or the class weighting a run trained with."""
+    from dm_tune.cli import main
+
+    flags = ["train", "--noise-rate", "0", "--imbalance", "longtail", "--imbalance-ratio", "20", "--epochs", "1"]
+    assert main([*flags, "--class-weighting", "sqrt-inverse"]) == 0
+    assert (", no noise added (realised 0.000), longtail imbalance 20 (realised 19.8), class weighting "
+            "sqrt-inverse, model mlp, dm") in capsys.readouterr().err.splitlines()[0]
+    assert main([*flags, "--seed", "0,1"]) == 0  # (the members' realised ratios are their seeds')
+    assert ", no noise added, longtail imbalance 20, model mlp; 2 members" in capsys.readouterr().err.splitlines()[0]
+    assert main(["train", "--noise-rate", "0", "--class-weighting", "inverse", "--epochs", "1"]) == 0
+    assert ", no noise added (realised 0.000), class weighting inverse, model mlp" in (
+        capsys.readouterr().err.splitlines()[0])
+
+
 def test_a_method_flag_over_a_file_of_dm_knobs_warns_that_they_are_ignored(tmp_path, capsys):
     """Flags override the file: --method cce over a file that sets DM's lam trains CCE, and says the
     file's lam is ignored (a file that itself trains CCE with a lam is refused: see ERRORS)."""
