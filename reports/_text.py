@@ -91,19 +91,23 @@ def fmt_diff(mean: float | None, std: float | None) -> str:
     return f"{mean:+.1f}" + ("" if std is None else f" +/- {std:.1f}")
 
 
-# What Markdown (CommonMark) reads as HTML or as a character reference: a "<" that opens a tag,
-# a comment, a declaration or an autolink, and an "&" that starts an entity such as &lt; or &#60;.
-_OPENS_HTML = re.compile(r"<(?=[A-Za-z/!?])")
+# What Markdown (CommonMark) reads as HTML, a link or a character reference: a "<" before anything
+# but a space (a tag, a comment, a declaration, an autolink such as <1@a.b>), an "&" that starts an
+# entity such as &lt; or &#60; (or would, with the ";" a template writes after the text), and a ">"
+# that starts the text (a block quote, where the text starts a line or a list item).
 _ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]*);"
-_STARTS_ENTITY = re.compile(r"&(?=" + _ENTITY[1:] + ")")
+_STARTS_ENTITY = re.compile(r"&(?=(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]*)(?:;|$))")
+_OPENS_HTML = re.compile(r"<(?=\S)|^>")
 
 
 def md_text(text: Any) -> str:
     """Text (a name from the store, a sentence of the report's) as one Markdown line. Only what
-    Markdown would read as HTML or as an entity is written as one: "<script>" as "&lt;script>" (a name
-    holding <script> or <img> was raw HTML in guidelines.md), "&amp;" as "&amp;amp;". A comparison
-    stays as written, "R^2 0.10 < 0.5" and ">= 0.05" (they read as "&lt;" and "&gt;=" in a terminal)."""
-    return _OPENS_HTML.sub("&lt;", _STARTS_ENTITY.sub("&amp;", " ".join(str(text).split())))
+    Markdown would read as HTML, a link, an entity or a quote is written as an entity: "<script>" as
+    "&lt;script>" (a name holding <script> or <img> was raw HTML in guidelines.md), "&amp;" as
+    "&amp;amp;". A comparison stays as written, "R^2 0.10 < 0.5" and ">= 0.05" (they read as "&lt;"
+    and "&gt;=" in a terminal)."""
+    return _OPENS_HTML.sub(lambda m: "&lt;" if m.group(0) == "<" else "&gt;",
+                           _STARTS_ENTITY.sub("&amp;", " ".join(str(text).split())))
 
 
 def md_unescape(markdown: str) -> str:

@@ -265,10 +265,16 @@ def test_markdown_entities_are_read_as_markdown_reads_them() -> None:
     from dm_tune.reports._html import markdown_html
     from dm_tune.reports._text import md_cell, md_text
 
-    for name in ("a &copy b", "R^2 0.10 &lt 0.5", "x &amp; y", "&#60;b>", "p < 0.05 & q >= 3", "<i>x</i> &lt;"):
+    for name in ("a &copy b", "R^2 0.10 &lt 0.5", "x &amp; y", "&#60;b>", "p < 0.05 & q >= 3", "<i>x</i> &lt;",
+                 "<1@a.b>", "> x", "x &amp"):
         assert markdown_html(f"- {md_text(name)}\n") == f"<ul><li>{html.escape(name)}</li></ul>"
+        assert markdown_html(f"- {md_text(name)}; its\n") == f"<ul><li>{html.escape(name + '; its')}</li></ul>"
         cell = markdown_html(f"| h |\n|---|\n| {md_cell(name + ' | z')} |\n")
         assert cell == f"<table><tr><th>h</th></tr><tr><td>{html.escape(name + ' | z')}</td></tr></table>"
+    # what CommonMark reads as markup (an email autolink, a block quote, an entity once a template's ";"
+    # follows) is an entity; a comparison is not
+    assert [md_text(t) for t in ("<1@a.b>", "<=x@y.z>", "> x", "x &amp", "a >= b, c < d", "x > y")] == [
+        "&lt;1@a.b>", "&lt;=x@y.z>", "&gt; x", "x &amp;amp", "a >= b, c < d", "x > y"]
 
 
 def test_report_takes_the_stability_and_validation_sections(report: dict[str, Path], tmp_path: Path) -> None:
