@@ -160,8 +160,9 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
         c = s["counts"]
         lines.append(f"| {_cell(s['setting'])} | {c['finished']} | {c['diverged']} | {c['early_stopped']} "
                      f"| {c['errored']} | {c.get('in_progress', 0)} | {c.get('reused', 0)} |")
-    lines += ["", "## Provenance", "", f"- git commits: {', '.join(prov['git_commits']) or 'unknown'}",
-              f"- dm-tune versions of the runs: {', '.join(prov['dm_tune_versions_of_runs']) or 'unknown'}; "
+    # (the runs' tags: a store not written by dm-tune may hold anything there)
+    lines += ["", "## Provenance", "", f"- git commits: {_text(', '.join(prov['git_commits']) or 'unknown')}",
+              f"- dm-tune versions of the runs: {_text(', '.join(prov['dm_tune_versions_of_runs']) or 'unknown')}; "
               f"report by dm-tune {prov['dm_tune_version']}", ""]
     return "\n".join(lines)
 

@@ -243,9 +243,12 @@ def test_names_from_the_store_cannot_break_the_markdown() -> None:
     from dm_tune.reports._guidelines import build_guidelines, guidelines_markdown
 
     odd = "dig|its <script>x</script>\nnext"
-    rows = [{**r, "setting": odd, "dataset": odd} for r in known_runs()]
+    rows = [{**r, "setting": odd, "dataset": odd, "git_commit": "<img src=x onerror=alert(1)>",
+             "dmtune_version": "<1@a.b>"} for r in known_runs()]
     md = guidelines_markdown(build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00"))
     assert "<script>" not in md and "&lt;script>x&lt;/script>" in md
+    # the runs' own tags too (a store not written by dm-tune may hold anything there)
+    assert "- git commits: &lt;img src=x onerror=alert(1)>" in md and "runs: &lt;1@a.b>;" in md
     for block in md.split("\n\n"):
         table = [line for line in block.splitlines() if line.startswith("|")]
         if table:  # every row of a table has its header's cells (a "\|" is not a separator)
