@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -48,6 +49,11 @@ def test_report_and_recommend_from_a_real_search(tmp_path, ray_local, capsys):
 
     html = (out / "index.html").read_text()
     assert "<img" in html and "data:image/png;base64," in html and "http://" not in html.split("<body", 1)[1]
+    # --figures link: the same figures, linked from figures/ beside the page
+    assert main(["report", "--workspace", str(ws), "--out", str(tmp_path / "linked"), "--figures", "link"]) == 0
+    linked = (tmp_path / "linked" / "index.html").read_text()
+    assert "data:image" not in linked and sorted(re.findall(r"<img src='figures/([^']*)'", linked)) == sorted(
+        p.name for p in (tmp_path / "linked" / "figures").glob("*.png")) and len(figures) == linked.count("<img ")
 
     capsys.readouterr()
     assert main(["recommend", "--num-classes", "10", "--noise-type", "symmetric", "--noise-rate", "0.3",
