@@ -345,13 +345,15 @@ def _noise_text(config: Any) -> str:
 
 def _imbalance_text(config: Any, data: Any = None) -> str:
     """The imbalance a run trains on and its class weighting, for its first line ("" when balanced
-    and unweighted): ", longtail imbalance 20 (realised 19.8), class weighting sqrt-inverse" (no
+    and unweighted): ", longtail imbalance 20:1 (realised 19.8:1), class weighting sqrt-inverse" (no
     realised ratio without ``data``: a population's members draw theirs by seed, as their noise)."""
     text = ""
     if config.imbalance != "none":
+        from dm_tune.reports._text import ratio_text
+
         realised = None if data is None else data.info.get("imbalance_ratio_realised")
-        text = f", {config.imbalance} imbalance {config.imbalance_ratio:g}" + (
-            f" (realised {realised:.1f})" if realised is not None else "")
+        text = f", {config.imbalance} imbalance {ratio_text(config.imbalance_ratio)}" + (
+            f" (realised {realised:.1f}:1)" if realised is not None else "")
     return text + (f", class weighting {config.class_weighting}" if config.class_weighting != "none" else "")
 
 

@@ -540,10 +540,10 @@ def test_a_run_on_imbalanced_data_or_with_class_weighting_says_so(capsys):
 
     flags = ["train", "--noise-rate", "0", "--imbalance", "longtail", "--imbalance-ratio", "20", "--epochs", "1"]
     assert main([*flags, "--class-weighting", "sqrt-inverse"]) == 0
-    assert (", no noise added (realised 0.000), longtail imbalance 20 (realised 19.8), class weighting "
+    assert (", no noise added (realised 0.000), longtail imbalance 20:1 (realised 19.8:1), class weighting "
             "sqrt-inverse, model mlp, dm") in capsys.readouterr().err.splitlines()[0]
     assert main([*flags, "--seed", "0,1"]) == 0  # (the members' realised ratios are their seeds')
-    assert ", no noise added, longtail imbalance 20, model mlp; 2 members" in capsys.readouterr().err.splitlines()[0]
+    assert ", no noise added, longtail imbalance 20:1, model mlp; 2 members" in capsys.readouterr().err.splitlines()[0]
     assert main(["train", "--noise-rate", "0", "--class-weighting", "inverse", "--epochs", "1"]) == 0
     assert ", no noise added (realised 0.000), class weighting inverse, model mlp" in (
         capsys.readouterr().err.splitlines()[0])
