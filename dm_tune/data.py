@@ -81,6 +81,21 @@ def check_prepared_for(config: TrainConfig, data: Data) -> None:
 
 
 def load_source(config: TrainConfig) -> Source:
+    """The dataset ``config`` names, loaded; an error in the data on disk names the data_root it is in
+    ("data_root /data: cifar-100-python/train: file not found. Expected layout: ...")."""
+    try:
+        return _load_source(config)
+    except DataError as e:
+        if not (DATASETS[config.dataset][1] and config.data_root):
+            raise
+        try:
+            root = Path(config.data_root).expanduser().resolve()
+        except (OSError, RuntimeError):
+            raise e from None
+        raise e.under("data_root", root) from None
+
+
+def _load_source(config: TrainConfig) -> Source:
     loader, on_disk = DATASETS[config.dataset]
     root = None
     if on_disk:
@@ -219,7 +234,10 @@ def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance:
         file=resolve_path(config.noise_file, "noise_file:") if config.noise_file else None,
         key=config.noise_key,
     )
-    noisy = apply_noise(config.noise, clean, ctx)  # (check_noise and TrainConfig refused what would not fit)
+    try:
+        noisy = apply_noise(config.noise, clean, ctx)  # (check_noise and TrainConfig refused what would not fit)
+    except DataError as e:
+        raise (e.under("noise_file", ctx.file) if ctx.file is not None else e) from None
     is_noisy = noisy.is_noisy
     known = np.ones(len(clean), bool)
     true_clean = clean

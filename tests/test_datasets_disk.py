@@ -39,9 +39,14 @@ def run_one_epoch(dataset: str, root: Path, **kw) -> None:
 def expect_data_error(cfg: TrainConfig, path: Path) -> DataError:
     with pytest.raises(DataError) as info:
         prepare(cfg)
-    msg = str(info.value)
-    assert str(path.resolve()) in msg and "Expected layout" in msg
-    return info.value
+    msg, err = str(info.value), info.value
+    assert err.path == str(path.resolve()) and "Expected layout" in msg
+    # the field the path came from, and the path within it ("data_root /data: train.txt: ...")
+    name, base = err.field
+    inside = path.resolve().relative_to(base).as_posix()
+    assert str(base) == str(Path(getattr(cfg, name)).resolve()) and msg.startswith(
+        f"{name} {base}" + ("" if inside == "." else f": {inside}") + ": "), msg
+    return err
 
 
 # --- fake trees ------------------------------------------------------------------------------
@@ -880,6 +885,28 @@ def test_a_damaged_label_file_is_one_line(tmp_path):
         _check_clean_labels(bf16, np.zeros(2, np.int64), {"clean_label": [[1, 2], [3]]})
 
 
+def test_a_data_error_names_the_field_its_path_came_from(tmp_path, capsys):
+    """An error in the data named its path alone ("/data/cifar-100-python/train: file not found"),
+    not the field (--data-root, --noise-file) the path came from. Named, it still crosses processes."""
+    from dm_tune.cli import main
+
+    err = DataError("/d/cifar/x", "file not found", "L").under("data_root", Path("/d"))
+    assert str(err) == "data_root /d: cifar/x: file not found. Expected layout: L" and err.path == "/d/cifar/x"
+    assert err.under("noise_file", "/n") is err and str(DataError("/d", "is empty", "L").under("data_root", "/d")) == (
+        "data_root /d: is empty. Expected layout: L")
+    assert str(DataError("/e/x", "gone", "L").under("data_root", "/d")) == "data_root /d: /e/x: gone. Expected layout: L"
+    for e in (err, DataError("/d/x", "gone", "L")):
+        again = pickle.loads(pickle.dumps(e))
+        assert type(again) is DataError and str(again) == str(e) and again.path == e.path
+    missing = tmp_path / "no-labels.npy"
+    assert main(["train", "--noise", "file", "--noise-file", str(missing), "--epochs", "1", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"dm-tune: error: noise_file {missing}: label file not found. ")
+    (tmp_path / "data").mkdir()
+    assert main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.startswith(f"dm-tune: error: data_root {tmp_path / 'data'}: "
+                                              "cifar-10-batches-py/data_batch_1: file not found. ")
+
+
 def test_label_file_errors(tmp_path):
     pt = tmp_path / "labels.pt"
     torch.save({"worse_label": np.zeros(3, np.int64)}, pt)
@@ -1589,7 +1616,10 @@ def test_data_this_user_cannot_read_is_one_line(tmp_path, what):
         locked.chmod(0o755)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert "cannot be read (permission denied)" in line and str(locked) in line, line
+    # the data_root named, and the folder in it that cannot be read (the root, its first folder read)
+    assert line.startswith(f"dm-tune: error: data_root {root}") and "cannot be read (permission denied)" in line, line
+    if what in ("split", "class", "sub-folder"):
+        assert f"data_root {root}: {locked.relative_to(root).as_posix()}: cannot be read" in line, line
 
 
 # --- the whole pipeline, one epoch each -------------------------------------------------------
