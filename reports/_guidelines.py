@@ -129,8 +129,85 @@ def setting_sentence(s: dict[str, Any]) -> str:
 _VERDICT_WORDS = {"wins": "better", "loses": "worse", "within noise": "within noise"}
 
 
+def _trials(block: dict[str, Any]) -> str:
+    """How many search trials (and, where recorded, configurations) an importance or sensitivity used."""
+    configs = block.get("n_configs")  # (absent in guidelines written before it was recorded)
+    return f"n={block['n']} trials" + ("" if configs is None else f" of {_count(configs, 'configuration')}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _pairing(b: dict[str, Any]) -> str:
+    """How a comparison with a baseline was made: over shared seeds, or not (two arms that share
+    seeds but finished none of them together are not "unpaired": a failure decided)."""
+    if b["paired"]:
+        return "paired by seed"
+    return "no seed both finished" if any((b.get("did_not_finish") or {}).values()) else "unpaired"
+
+
+def decimal_text(x: float | None, digits: int = 2) -> str:
+    """A number to ``digits`` decimals, "-" for none."""
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def setting_tables(s: dict[str, Any]) -> tuple[list[list[str]], list[str], list[list[str]]]:
+    """One setting's results as text, for index.html and guidelines.md alike: its (item, value)
+    rows, the header of its baselines' table and that table's rows."""
+    imp = s["importance"]
+    cw_importance = (f", class weighting {imp['class_weighting']:.2f}" if imp["status"] == "ok"
+                     and imp.get("class_weighting") is not None else "")  # (None, or absent before it was)
+    importance = (f"psi {imp['psi']:.2f}, rho {imp['rho']:.2f}{cw_importance} (fANOVA, {_trials(imp)})"
+                  if imp["status"] == "ok" else f"insufficient: {imp.get('reason', '')}")
+    sens = s["sensitivity"]
+    within = sens.get("within_class_weighting")
+    sensitivity = (f"psi {decimal_text(sens['psi'], 1)}, rho {decimal_text(sens['rho'], 1)} points"
+                   + (f" (over the configurations of class weighting {within}, the recommended arm's)"
+                      if within else "")
+                   + (f"; between class weightings {decimal_text(sens['class_weighting'], 1)} points"
+                      if sens.get("class_weighting") is not None else "")
+                   + f" (range of binned mean {sens['metric']}, {_trials(sens)})")
+    c = s["counts"]
+    m = metric_name(s)
+    rows = [["recommended", f"lambda {s['lam']:.3g}, beta {s['beta']:.3g} (psi {s['psi']:.3f}, rho {s['rho']:.3f}); "
+                            f"arm {s['arm']}"],
+            ["chosen from", f"{s['stage']} stage by mean final validation {m} ({s['val_acc_mean']:.1f}%)"
+                            + (f"; {s['stage_note']}" if s["stage_note"] else "")],
+            [f"final test {m}", f"{fmt_acc(s['test_acc_mean'], s['test_acc_std'])}% (n={s['n_seeds']} seeds)"],
+            *([["final test CMC rank-1 / 5 / 10", " / ".join(f"{decimal_text(s.get(f'test_rank{k}_mean'), 1)}%"
+                                                           for k in (1, 5, 10))]] if m == "mAP" else []),
+            [f"best test {m} over training (optimistic)", f"{decimal_text(s['best_test_acc_mean'], 1)}%"],
+            ["within 1 point of the best", f"psi {s['psi_range'][0]:.2f}-{s['psi_range'][1]:.2f}, rho "
+                                           f"{s['rho_range'][0]:.2f}-{s['rho_range'][1]:.2f} "
+                                           f"({_count(s['n_configs'], 'configuration')})"],
+            ["importance (mode vs spread" + (" vs class weighting" if cw_importance else "") + ")", importance],
+            ["sensitivity", sensitivity],
+            ["trials", f"{c['finished']} finished, {c['diverged']} diverged, {c['early_stopped']} early-stopped, "
+                       f"{c['errored']} errored (means over finished ones; a diverged seed decides a "
+                       "comparison against its arm)"
+                       + (f"; and {c['reused']} confirm-stage records of search runs, not trained again"
+                          if c.get("reused") else "")
+                       + (f"; {c['in_progress']} still running or interrupted (no results yet: an arm with one "
+                          "is not complete)" if c.get("in_progress") else "")]]
+    base_rows = [[name, f"{fmt_acc(b['baseline_mean'], b['baseline_std'])} (n={b['baseline_n']})",
+                  f"{fmt_diff(b['mean_diff'], b['std'])} (n={b['n']}, "
+                  f"{_pairing(b)})", b.get("verdict", "")]
+                 for name, b in s["vs_baselines"].items()]
+    header = ["baseline", f"final test {m} (%)",
+              "DM minus baseline (points: mean +/- sample std of the per-seed differences)",
+              "verdict (paired 95% t interval)"]
+    return rows, header, base_rows
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
 def guidelines_markdown(doc: dict[str, Any]) -> str:
-    """The guidelines as Markdown: sentences, paper comparison, rules, trends, provenance."""
+    """The guidelines as Markdown: the sentences, the paper comparison, rules, trends, the surface
+    and its leave-one-setting-out check, each setting's results (index.html's, without figures),
+    counts and provenance."""
     prov = doc["provenance"]
     lines = ["# DM hyper-parameter guidelines", "",
              f"Generated {doc['generated']} from {runs_phrase(prov, ' of ' + _text(', '.join(prov['experiments'])))}. "
@@ -152,7 +229,14 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
                                           else "") for r in doc["rules"]]
     lines += ["", "## Trends across settings (descriptive)", ""] + [f"- {_text(t['text'])}" for t in doc["trends"]]
     lines += surface_markdown(doc.get("surface")) + loso_markdown(doc.get("loso"))
-    lines += ["", "## Counts per setting", "", "Trainings by how they ended; *reused*: confirm-stage records of a "
+    lines += ["", "## Per-setting results", ""] + (["(no setting has finished DM runs)", ""] if not doc["settings"] else [])
+    for s in doc["settings"]:  # (index.html's tables, its figures left out)
+        rows, header, base_rows = setting_tables(s)
+        lines += [f"### {_text(setting_label(s))}", "", f"Setting key {_text(s['setting'])}.", "", "| | |", "|---|---|",
+                  *(_row(r) for r in rows), ""]
+        lines += [_row(header), "|" + "---|" * len(header), *(_row(r) for r in base_rows), ""] if base_rows else [
+            "No baseline runs.", ""]
+    lines += ["## Counts per setting", "", "Trainings by how they ended; *reused*: confirm-stage records of a "
               "search trial's run (same configuration and seed), not trained again.", "",
               "| setting | finished | diverged | early-stopped | errored | in progress | reused |",
               "|---|---|---|---|---|---|---|"]

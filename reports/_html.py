@@ -13,8 +13,9 @@ import pandas as pd
 
 from dm_tune.errors import write_output
 from dm_tune.reports import _figures as figs
-from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_notes, dumps, fmt_acc, fmt_diff,
-                                         guidelines_markdown, loso_summary_text, setting_label)
+from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_notes, dumps,
+                                         guidelines_markdown, loso_summary_text, setting_label, setting_tables)
+from dm_tune.reports._guidelines import decimal_text as _num
 from dm_tune.reports._loso import refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, hyperparameters_phrase
 from dm_tune.reports._text import md_unescape, metric_name, runs_phrase
@@ -201,72 +202,14 @@ def _loso_section(loso: dict[str, Any] | None, images: dict[str, str]) -> list[s
                     "<div class='figs'>", _img(images, "loso", "leave-one-setting-out regret and gain"), "</div>"]
 
 
-def _trials(block: dict[str, Any]) -> str:
-    """How many search trials (and, where recorded, configurations) an importance or sensitivity used."""
-    configs = block.get("n_configs")  # (absent in guidelines written before it was recorded)
-    return f"n={block['n']} trials" + ("" if configs is None else f" of {_count(configs, 'configuration')}")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _pairing(b: dict[str, Any]) -> str:
-    """How a comparison with a baseline was made: over shared seeds, or not (two arms that share
-    seeds but finished none of them together are not "unpaired": a failure decided)."""
-    if b["paired"]:
-        return "paired by seed"
-    return "no seed both finished" if any((b.get("did_not_finish") or {}).values()) else "unpaired"
-
-
 def _setting_section(i: int, s: dict[str, Any], images: dict[str, str]) -> str:
     e = html.escape
-    imp = s["importance"]
-    cw_importance = (f", class weighting {imp['class_weighting']:.2f}" if imp["status"] == "ok"
-                     and imp.get("class_weighting") is not None else "")  # (None, or absent before it was)
-    importance = (f"psi {imp['psi']:.2f}, rho {imp['rho']:.2f}{cw_importance} (fANOVA, {_trials(imp)})"
-                  if imp["status"] == "ok" else f"insufficient: {imp.get('reason', '')}")
-    sens = s["sensitivity"]
-    within = sens.get("within_class_weighting")
-    sensitivity = (f"psi {_num(sens['psi'], 1)}, rho {_num(sens['rho'], 1)} points"
-                   + (f" (over the configurations of class weighting {within}, the recommended arm's)"
-                      if within else "")
-                   + (f"; between class weightings {_num(sens['class_weighting'], 1)} points"
-                      if sens.get("class_weighting") is not None else "")
-                   + f" (range of binned mean {sens['metric']}, {_trials(sens)})")
-    c = s["counts"]
+    rows, header, base_rows = setting_tables(s)
     m = metric_name(s)
-    rows = [["recommended", f"lambda {s['lam']:.3g}, beta {s['beta']:.3g} (psi {s['psi']:.3f}, rho {s['rho']:.3f}); "
-                            f"arm {s['arm']}"],
-            ["chosen from", f"{s['stage']} stage by mean final validation {m} ({s['val_acc_mean']:.1f}%)"
-                            + (f"; {s['stage_note']}" if s["stage_note"] else "")],
-            [f"final test {m}", f"{fmt_acc(s['test_acc_mean'], s['test_acc_std'])}% (n={s['n_seeds']} seeds)"],
-            *([["final test CMC rank-1 / 5 / 10", " / ".join(f"{_num(s.get(f'test_rank{k}_mean'), 1)}%"
-                                                           for k in (1, 5, 10))]] if m == "mAP" else []),
-            [f"best test {m} over training (optimistic)", f"{_num(s['best_test_acc_mean'], 1)}%"],
-            ["within 1 point of the best", f"psi {s['psi_range'][0]:.2f}-{s['psi_range'][1]:.2f}, rho "
-                                           f"{s['rho_range'][0]:.2f}-{s['rho_range'][1]:.2f} "
-                                           f"({_count(s['n_configs'], 'configuration')})"],
-            ["importance (mode vs spread" + (" vs class weighting" if cw_importance else "") + ")", importance],
-            ["sensitivity", sensitivity],
-            ["trials", f"{c['finished']} finished, {c['diverged']} diverged, {c['early_stopped']} early-stopped, "
-                       f"{c['errored']} errored (means over finished ones; a diverged seed decides a "
-                       "comparison against its arm)"
-                       + (f"; and {c['reused']} confirm-stage records of search runs, not trained again"
-                          if c.get("reused") else "")
-                       + (f"; {c['in_progress']} still running or interrupted (no results yet: an arm with one "
-                          "is not complete)" if c.get("in_progress") else "")]]
-    base_rows = [[name, f"{fmt_acc(b['baseline_mean'], b['baseline_std'])} (n={b['baseline_n']})",
-                  f"{fmt_diff(b['mean_diff'], b['std'])} (n={b['n']}, "
-                  f"{_pairing(b)})", b.get("verdict", "")]
-                 for name, b in s["vs_baselines"].items()]
     return "\n".join([f"<h3 id='setting-{i}'>{e(setting_label(s))}</h3>",
                       f"<p class='note'>setting key {e(s['setting'])}</p>",
                       _table(["", ""], rows),
-                      _table(["baseline", f"final test {m} (%)",
-                              "DM minus baseline (points: mean +/- sample std of the per-seed differences)",
-                              "verdict (paired 95% t interval)"], base_rows)
-                      if base_rows else "<p>No baseline runs.</p>",
+                      _table(header, base_rows) if base_rows else "<p>No baseline runs.</p>",
                       "<div class='figs'>", _img(images, f"plane_{i:02d}", f"{m} over the psi x rho plane"),
                       _img(images, f"baselines_{i:02d}", "DM vs baselines"),
                       _img(images, f"weights_{i:02d}", "clean vs noisy weights over training"), "</div>"])
@@ -339,7 +282,3 @@ def _rule_text(rule: dict[str, Any]) -> str:
 
 def _verdict(v: str) -> str:
     return f"<span class='{html.escape(v)}'>{html.escape(v)}</span>"
-
-
-def _num(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"

@@ -21,6 +21,7 @@ from dm_tune.errors import UserError
 from dm_tune import beta_from_rho
 from dm_tune.reports import load_guidelines, write_report
 from dm_tune.reports._html import SECTIONS
+from dm_tune.reports._text import setting_label
 from dm_tune.reports._load import tidy
 from tests.conftest import DM_TUNE
 
@@ -100,6 +101,16 @@ def test_report_files(report: dict[str, Path]) -> None:
     assert [r["noise_rate"] for r in doc["loso"]["rows"]] == [0.0, 0.2, 0.4]
     assert "## Response surface" in md and "## Leave-one-setting-out validation" in md
     assert "estimated from the setting's own trials" in md
+    # each setting's results, as index.html shows them (guidelines.md had only the one-line guideline)
+    part = md.split("## Per-setting results\n", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^### (.*)$", part, re.M) == [setting_label(s) for s in doc["settings"]]
+    page = report["index.html"].read_text()
+    for s, block in zip(doc["settings"], part.split("\n### ")[1:]):
+        assert f"| recommended | lambda {s['lam']:.3g}, beta {s['beta']:.3g} (psi {s['psi']:.3f}" in block
+        assert f"| final test accuracy | {s['test_acc_mean']:.1f} +/- {s['test_acc_std']:.1f}% (n=3 seeds) |" in block
+        verdicts = re.findall(r"^\| ([\w-]+) \| [^|]* \| [^|]* \| ([\w ]+) \|$", block, re.M)
+        assert verdicts == [(name, b["verdict"]) for name, b in s["vs_baselines"].items()] != []
+        assert all(f"<td>{name}</td>" in page for name, _ in verdicts)
 
 
 def test_the_report_keeps_the_full_fits_hyper_parameters_in_leave_one_setting_out_when_told(
