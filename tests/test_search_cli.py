@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -127,6 +128,18 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     (tmp_path / "w.pth").write_bytes(b"")
     proc = _cli("search", "--workspace", str(tmp_path / "ws"), *args, cwd=tmp_path, timeout=60)
     _one_line_error(proc, *needles)
+    assert not (tmp_path / "ws").exists()
+
+
+def test_a_label_file_that_does_not_fit_the_data_is_refused_before_the_search(tmp_path):
+    """A noise_file of the wrong length passed the checks before the search: every trial then
+    failed on it (exit 1, the reason in each trial's folder) where `dm-tune train` refused it."""
+    np.save(tmp_path / "short.npy", np.zeros(5, dtype=np.int64))
+    study = tmp_path / "nf.yaml"
+    study.write_text(yaml.safe_dump({"name": "nf", "settings": {"dataset": ["digits"], "noise": ["file"]},
+                                     "training": {"noise_file": str(tmp_path / "short.npy"), "epochs": 1}}))
+    proc = _cli("search", "--config", str(study), "--workspace", str(tmp_path / "ws"), cwd=tmp_path, timeout=60)
+    _one_line_error(proc, f"noise_file {tmp_path / 'short.npy'}: has 5 labels but the training set has ")
     assert not (tmp_path / "ws").exists()
 
 

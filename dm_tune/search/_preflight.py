@@ -272,6 +272,10 @@ def load_sources(study: Study, new: bool = True, data_root_hint: str = "--data-r
                         prefix="settings.")
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} (setting {setting.key})") from None
+        if setting.noise == "file":  # a label file that does not fit the data: every trial failed on it
+            from dm_tune.data import prepare
+
+            prepare(config, src)
         if new and setting.imbalance != "none":  # (a stored study goes on as it began: its trials take what the
             # classes can; a new one is told now)
             available = training_class_counts(src, config.val_fraction)
