@@ -92,7 +92,7 @@ def load_source(config: TrainConfig) -> Source:
             root = Path(config.data_root).expanduser().resolve()
         except (OSError, RuntimeError):
             raise e from None
-        raise e.under("data_root", root) from None
+        raise e.under("data_root", config.data_root, root) from None
 
 
 def _load_source(config: TrainConfig) -> Source:
@@ -237,7 +237,7 @@ def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance:
     try:
         noisy = apply_noise(config.noise, clean, ctx)  # (check_noise and TrainConfig refused what would not fit)
     except DataError as e:
-        raise (e.under("noise_file", ctx.file) if ctx.file is not None else e) from None
+        raise (e.under("noise_file", config.noise_file, ctx.file) if ctx.file is not None else e) from None
     is_noisy = noisy.is_noisy
     known = np.ones(len(clean), bool)
     true_clean = clean

@@ -23,30 +23,33 @@ class UserError(Exception):
 
 class DataError(ValueError):
     """Missing or malformed data on disk: names the path and the expected layout, and with ``field``
-    (a field's name and value, a path) the field the path came from: "data_root /data:
-    cifar-100-python/train: file not found. Expected layout: ..." (``under``)."""
+    (a field's name, its value as given and the path that value resolves to) the field the path
+    came from: "data_root /data: cifar-100-python/train: file not found. Expected layout: ..."
+    (``under``)."""
 
     def __init__(self, path: str | Path, problem: str, layout: str,
-                 field: tuple[str, str | Path] | None = None) -> None:
+                 field: tuple[str, str, str | Path] | None = None) -> None:
         self.path, self.problem, self.layout, self.field = str(path), problem, layout, field
         where = str(path)
         if field is not None:
-            name, base = field
+            name, value, base = field
             try:
                 inside = Path(path).relative_to(base).as_posix()
             except ValueError:
                 inside = str(path)
-            where = f"{name} {base}" + ("" if inside == "." else f": {inside}")
+            where = f"{name} {value}" + ("" if inside == "." else f": {inside}")
         stop = "" if problem.endswith((".", "?", "!")) else "."  # ("in another order?. Expected")
         super().__init__(one_line(f"{where}: {problem}{stop} Expected layout: {layout}"))
 
     def __reduce__(self) -> tuple[Any, ...]:  # (to another process as it is: its args are its message)
         return DataError, (self.path, self.problem, self.layout, self.field)
 
-    def under(self, name: str, base: str | Path) -> DataError:
-        """This error with the field its path came from in front (``name`` and its value, ``base``),
-        unless it says so already."""
-        return self if self.field is not None else DataError(self.path, self.problem, self.layout, (name, base))
+    def under(self, name: str, value: str | Path, base: str | Path | None = None) -> DataError:
+        """This error with the field its path came from in front (``name`` and its ``value`` as the
+        user gave it; ``base``: the path that value resolves to, if another), unless it says so already."""
+        if self.field is not None:
+            return self
+        return DataError(self.path, self.problem, self.layout, (name, str(value), base if base is not None else value))
 
 
 def one_line(text: str) -> str:

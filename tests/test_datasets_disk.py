@@ -42,10 +42,10 @@ def expect_data_error(cfg: TrainConfig, path: Path) -> DataError:
     msg, err = str(info.value), info.value
     assert err.path == str(path.resolve()) and "Expected layout" in msg
     # the field the path came from, and the path within it ("data_root /data: train.txt: ...")
-    name, base = err.field
+    name, value, base = err.field
     inside = path.resolve().relative_to(base).as_posix()
-    assert str(base) == str(Path(getattr(cfg, name)).resolve()) and msg.startswith(
-        f"{name} {base}" + ("" if inside == "." else f": {inside}") + ": "), msg
+    assert value == str(getattr(cfg, name)) and str(base) == str(Path(value).expanduser().resolve())
+    assert msg.startswith(f"{name} {value}" + ("" if inside == "." else f": {inside}") + ": "), msg
     return err
 
 
@@ -895,6 +895,9 @@ def test_a_data_error_names_the_field_its_path_came_from(tmp_path, capsys):
     assert err.under("noise_file", "/n") is err and str(DataError("/d", "is empty", "L").under("data_root", "/d")) == (
         "data_root /d: is empty. Expected layout: L")
     assert str(DataError("/e/x", "gone", "L").under("data_root", "/d")) == "data_root /d: /e/x: gone. Expected layout: L"
+    # the value as the user gave it, the path within what it resolves to
+    assert str(DataError("/home/u/d/x", "gone", "L").under("data_root", "~/d", "/home/u/d")) == (
+        "data_root ~/d: x: gone. Expected layout: L")
     for e in (err, DataError("/d/x", "gone", "L")):
         again = pickle.loads(pickle.dumps(e))
         assert type(again) is DataError and str(again) == str(e) and again.path == e.path
@@ -902,8 +905,9 @@ def test_a_data_error_names_the_field_its_path_came_from(tmp_path, capsys):
     assert main(["train", "--noise", "file", "--noise-file", str(missing), "--epochs", "1", "--quiet"]) == 2
     assert capsys.readouterr().err.startswith(f"dm-tune: error: noise_file {missing}: label file not found. ")
     (tmp_path / "data").mkdir()
-    assert main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--epochs", "1"]) == 2
-    assert capsys.readouterr().err.startswith(f"dm-tune: error: data_root {tmp_path / 'data'}: "
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    assert main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "link"), "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.startswith(f"dm-tune: error: data_root {tmp_path / 'link'}: "
                                               "cifar-10-batches-py/data_batch_1: file not found. ")
 
 
