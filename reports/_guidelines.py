@@ -247,7 +247,8 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
     # (the runs' tags: a store not written by dm-tune may hold anything there)
     lines += ["", "## Provenance", "", f"- git commits: {_text(', '.join(prov['git_commits']) or 'unknown')}",
               f"- dm-tune versions of the runs: {_text(', '.join(prov['dm_tune_versions_of_runs']) or 'unknown')}; "
-              f"report by dm-tune {prov['dm_tune_version']}", ""]
+              f"report by dm-tune {prov['dm_tune_version']}",
+              f"- tracking URI: {_text(prov.get('tracking_uri') or 'unknown')}", ""]
     return "\n".join(lines)
 
 

@@ -102,10 +102,11 @@ _OPENS_HTML = re.compile(r"<(?=\S)|^>")
 
 def md_text(text: Any) -> str:
     """Text (a name from the store, a sentence of the report's) as one Markdown line. Only what
-    Markdown would read as HTML, a link, an entity or a quote is written as an entity: "<script>" as
-    "&lt;script>" (a name holding <script> or <img> was raw HTML in guidelines.md), "&amp;" as
-    "&amp;amp;". A comparison stays as written, "R^2 0.10 < 0.5" and ">= 0.05" (they read as "&lt;"
-    and "&gt;=" in a terminal)."""
+    Markdown would read as HTML, an autolink, an entity or a block quote is written as an entity:
+    "<script>" as "&lt;script>" (a name holding <script> or <img> was raw HTML in guidelines.md),
+    "&amp;" as "&amp;amp;". A comparison stays as written, "R^2 0.10 < 0.5" and ">= 0.05" (they read as
+    "&lt;" and "&gt;=" in a terminal). Markdown's own marks are left as they are: a name holding
+    [text](url) or *stars* reads as a link or emphasis where the file is rendered."""
     return _OPENS_HTML.sub(lambda m: "&lt;" if m.group(0) == "<" else "&gt;",
                            _STARTS_ENTITY.sub("&amp;", " ".join(str(text).split())))
 

@@ -46,6 +46,7 @@ def test_report_and_recommend_from_a_real_search(tmp_path, ray_local, capsys):
     assert prov["n_reused_runs"] == 2
     said = f"{prov['n_runs']} runs of e2e2, e2e4 (2 of them confirm-stage records of search runs, not trained again; "
     assert said in (out / "guidelines.md").read_text()
+    assert f"- tracking URI: sqlite:///{(ws / 'mlflow.db').resolve()}\n" in (out / "guidelines.md").read_text()
 
     html = (out / "index.html").read_text()
     assert "<img" in html and "data:image/png;base64," in html and "http://" not in html.split("<body", 1)[1]
