@@ -229,7 +229,8 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
                                           else "") for r in doc["rules"]]
     lines += ["", "## Trends across settings (descriptive)", ""] + [f"- {_text(t['text'])}" for t in doc["trends"]]
     lines += surface_markdown(doc.get("surface")) + loso_markdown(doc.get("loso"))
-    lines += ["", "## Per-setting results", ""] + (["(no setting has finished DM runs)", ""] if not doc["settings"] else [])
+    lines += ["", "## Per-setting results", ""]
+    lines += [] if doc["settings"] else ["(no setting has finished DM runs)", ""]
     for s in doc["settings"]:  # (index.html's tables, its figures left out)
         rows, header, base_rows = setting_tables(s)
         lines += [f"### {_text(setting_label(s))}", "", f"Setting key {_text(s['setting'])}.", "", "| | |", "|---|---|",
