@@ -94,7 +94,8 @@ def fmt_diff(mean: float | None, std: float | None) -> str:
 # What Markdown (CommonMark) reads as HTML, a link or a character reference: a "<" before anything
 # but a space (a tag, a comment, a declaration, an autolink such as <1@a.b>), an "&" that starts an
 # entity such as &lt; or &#60; (or would, with the ";" a template writes after the text), and a ">"
-# that starts the text (a block quote, where the text starts a line or a list item).
+# that starts the text (a block quote, where the text starts a line or a list item); and "](", the
+# middle of an inline link or image.
 _ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]*);"
 _STARTS_ENTITY = re.compile(r"&(?=(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]*)(?:;|$))")
 _OPENS_HTML = re.compile(r"<(?=\S)|^>")
@@ -105,10 +106,12 @@ def md_text(text: Any) -> str:
     Markdown would read as HTML, an autolink, an entity or a block quote is written as an entity:
     "<script>" as "&lt;script>" (a name holding <script> or <img> was raw HTML in guidelines.md),
     "&amp;" as "&amp;amp;". A comparison stays as written, "R^2 0.10 < 0.5" and ">= 0.05" (they read as
-    "&lt;" and "&gt;=" in a terminal). Markdown's own marks are left as they are: a name holding
-    [text](url) or *stars* reads as a link or emphasis where the file is rendered."""
+    "&lt;" and "&gt;=" in a terminal). An inline link or image, [text](url) or ![alt](url), is
+    written "[text]&#40;url)": a name from the store links nowhere and loads no image where the file
+    is rendered ("[1.10, 3.98]" stays as written). Other marks are left as they are: *stars* read as
+    emphasis, and a renderer may still link a bare URL."""
     return _OPENS_HTML.sub(lambda m: "&lt;" if m.group(0) == "<" else "&gt;",
-                           _STARTS_ENTITY.sub("&amp;", " ".join(str(text).split())))
+                           _STARTS_ENTITY.sub("&amp;", " ".join(str(text).split()))).replace("](", "]&#40;")
 
 
 def md_unescape(markdown: str) -> str:

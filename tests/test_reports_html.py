@@ -277,7 +277,7 @@ def test_markdown_entities_are_read_as_markdown_reads_them() -> None:
     from dm_tune.reports._text import md_cell, md_text
 
     for name in ("a &copy b", "R^2 0.10 &lt 0.5", "x &amp; y", "&#60;b>", "p < 0.05 & q >= 3", "<i>x</i> &lt;",
-                 "<1@a.b>", "> x", "x &amp"):
+                 "<1@a.b>", "> x", "x &amp", "[x](http://e) ![i](http://e/p.png) [1, 2]"):
         assert markdown_html(f"- {md_text(name)}\n") == f"<ul><li>{html.escape(name)}</li></ul>"
         assert markdown_html(f"- {md_text(name)}; its\n") == f"<ul><li>{html.escape(name + '; its')}</li></ul>"
         cell = markdown_html(f"| h |\n|---|\n| {md_cell(name + ' | z')} |\n")
@@ -286,6 +286,9 @@ def test_markdown_entities_are_read_as_markdown_reads_them() -> None:
     # follows) is an entity; a comparison is not
     assert [md_text(t) for t in ("<1@a.b>", "<=x@y.z>", "> x", "x &amp", "a >= b, c < d", "x > y")] == [
         "&lt;1@a.b>", "&lt;=x@y.z>", "&gt; x", "x &amp;amp", "a >= b, c < d", "x > y"]
+    # a link or an image from a store's name links nowhere and loads nothing; a range reads as written
+    assert md_text("![i](http://e/p.png) [x](y) in [1.10, 3.98]") == (
+        "![i]&#40;http://e/p.png) [x]&#40;y) in [1.10, 3.98]")
 
 
 def test_report_takes_the_stability_and_validation_sections(report: dict[str, Path], tmp_path: Path) -> None:
