@@ -564,7 +564,7 @@ def tally_text(doc: Mapping[str, Any]) -> str:
 
 
 def to_markdown(doc: Mapping[str, Any]) -> str:
-    from dm_tune.reports._text import md_cell, md_text
+    from dm_tune.reports._text import md_table, md_text
 
     rows = table_rows(doc)
     said = doc.get("guidelines")
@@ -573,8 +573,7 @@ def to_markdown(doc: Mapping[str, Any]) -> str:
     lines = ["## Validation of the recommendations", "",
              f"{whose}Final-epoch test accuracy in percentage points, mean ± sample std over {_seeds_text(doc)}; "
              f"differences paired by seed. Verdict: {doc['verdict_rule']}. {md_text(_budget_text(doc))}", "",
-             "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows[1:]]
+             *md_table(rows[0], rows[1:])]
     if any(_weights(s) for s in doc["settings"]):
         lines += ["", "cce-weighted and imae-weighted: cce and imae trained with the recommendation's class "
                       "weighting, where it weights classes (— where it does not). rec − cce is what the "

@@ -17,7 +17,7 @@ from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._loso import leave_one_setting_out, refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface, hyperparameters_phrase
-from dm_tune.reports._text import md_cell as _cell, md_text as _text
+from dm_tune.reports._text import md_cell as _cell, md_table, md_text as _text
 from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
                                     fmt_diff, metric_name, runs_phrase, setting_label)
 from dm_tune.reports._rules import correct_for_multiplicity, factor_trends, judge, lambda_beta_rule, noise_rate_rules
@@ -200,10 +200,6 @@ def setting_tables(s: dict[str, Any]) -> tuple[list[list[str]], list[str], list[
     return rows, header, base_rows
 
 
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
-
-
 def guidelines_markdown(doc: dict[str, Any]) -> str:
     """The guidelines as Markdown: the sentences, the paper comparison, rules, trends, the surface
     and its leave-one-setting-out check, each setting's results (index.html's, without figures),
@@ -233,10 +229,9 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
     lines += [] if doc["settings"] else ["(no setting has finished DM runs)", ""]
     for s in doc["settings"]:  # (index.html's tables, its figures left out)
         rows, header, base_rows = setting_tables(s)
-        lines += [f"### {_text(setting_label(s))}", "", f"Setting key {_text(s['setting'])}.", "", "| | |", "|---|---|",
-                  *(_row(r) for r in rows), ""]
-        lines += [_row(header), "|" + "---|" * len(header), *(_row(r) for r in base_rows), ""] if base_rows else [
-            "No baseline runs.", ""]
+        lines += [f"### {_text(setting_label(s))}", "", f"Setting key {_text(s['setting'])}.", "",
+                  *md_table(["", ""], rows), ""]
+        lines += [*md_table(header, base_rows), ""] if base_rows else ["No baseline runs.", ""]
     lines += ["## Counts per setting", "", "Trainings by how they ended; *reused*: confirm-stage records of a "
               "search trial's run (same configuration and seed), not trained again.", "",
               "| setting | finished | diverged | early-stopped | errored | in progress | reused |",

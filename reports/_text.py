@@ -96,8 +96,9 @@ def fmt_diff(mean: float | None, std: float | None) -> str:
 # entity such as &lt; or &#60; (or would, with the ";" a template writes after the text), and a ">"
 # that starts the text (a block quote, where the text starts a line or a list item); and "](", the
 # middle of an inline link or image.
-_ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]*);"
-_STARTS_ENTITY = re.compile(r"&(?=(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]*)(?:;|$))")
+_ENTITY_NAME = r"(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]*)"
+_ENTITY = re.compile("&" + _ENTITY_NAME + ";")
+_STARTS_ENTITY = re.compile("&(?=" + _ENTITY_NAME + "(?:;|$))")
 _OPENS_HTML = re.compile(r"<(?=\S)|^>")
 
 
@@ -117,12 +118,20 @@ def md_text(text: Any) -> str:
 def md_unescape(markdown: str) -> str:
     """The text that ``md_text`` wrote: its entities as characters, and nothing else ("&copy" without
     its ";" is no entity in Markdown, though Python's ``html.unescape`` reads it as one)."""
-    return re.sub(_ENTITY, lambda m: html.unescape(m.group(0)), markdown)
+    return _ENTITY.sub(lambda m: html.unescape(m.group(0)), markdown)
 
 
 def md_cell(text: Any) -> str:
     """``md_text`` for a table cell: its pipes escaped (a name holding | split the row)."""
     return md_text(text).replace("|", "\\|")
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule and a line per row, every cell ``md_cell``."""
+    def line(cells: list[Any]) -> str:
+        return "| " + " | ".join(md_cell(c) for c in cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *(line(r) for r in rows)]
 
 
 def runs_phrase(prov: dict[str, Any], where: str = "") -> str:
