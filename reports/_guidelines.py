@@ -17,7 +17,7 @@ from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._loso import leave_one_setting_out, refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface, hyperparameters_phrase
-from dm_tune.reports._text import md_cell as _cell, md_table, md_text as _text
+from dm_tune.reports._text import md_table, md_text as _text
 from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
                                     fmt_diff, metric_name, runs_phrase, setting_label)
 from dm_tune.reports._rules import correct_for_multiplicity, factor_trends, judge, lambda_beta_rule, noise_rate_rules
@@ -213,13 +213,10 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
     if doc["unresolved"]:  # (in the HTML they were named; here only a row of the counts said they existed)
         lines += ["", "Settings without a recommendation:", ""]
         lines += [f"- {_text(u['setting'])}: {_text(u['reason'])}" for u in doc["unresolved"]]
+    compared = [[setting_label(s), f"{s['psi']:.2f}", decimal_text(s["paper_comparison"]["paper_psi"]),
+                 s["paper_comparison"]["verdict"], s["paper_comparison"]["reason"]] for s in doc["settings"]]
     lines += ["", "## Comparison with the paper's guidance", "",
-              "| setting | measured psi | paper psi | verdict | reason |", "|---|---|---|---|---|"]
-    for s in doc["settings"]:
-        pc = s["paper_comparison"]
-        paper = "-" if pc["paper_psi"] is None else f"{pc['paper_psi']:.2f}"
-        lines.append(f"| {_cell(setting_label(s))} | {s['psi']:.2f} | {paper} | {pc['verdict']} "
-                     f"| {_cell(pc['reason'])} |")
+              *md_table(["setting", "measured psi", "paper psi", "verdict", "reason"], compared)]
     lines += ["", "## Rules across settings", ""]
     lines += [f"- {_text(r['text'])}" + (f" [paper: {_text(r['paper_comparison'])}]" if r.get("paper_comparison")
                                           else "") for r in doc["rules"]]
@@ -234,12 +231,10 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
         lines += [*md_table(header, base_rows), ""] if base_rows else ["No baseline runs.", ""]
     lines += ["## Counts per setting", "", "Trainings by how they ended; *reused*: confirm-stage records of a "
               "search trial's run (same configuration and seed), not trained again.", "",
-              "| setting | finished | diverged | early-stopped | errored | in progress | reused |",
-              "|---|---|---|---|---|---|---|"]
-    for s in doc["settings"] + doc["unresolved"]:
-        c = s["counts"]
-        lines.append(f"| {_cell(s['setting'])} | {c['finished']} | {c['diverged']} | {c['early_stopped']} "
-                     f"| {c['errored']} | {c.get('in_progress', 0)} | {c.get('reused', 0)} |")
+              *md_table(["setting", "finished", "diverged", "early-stopped", "errored", "in progress", "reused"],
+                        [[s["setting"], *(s["counts"][k] for k in ("finished", "diverged", "early_stopped", "errored")),
+                          s["counts"].get("in_progress", 0), s["counts"].get("reused", 0)]
+                         for s in doc["settings"] + doc["unresolved"]])]
     # (the runs' tags: a store not written by dm-tune may hold anything there)
     lines += ["", "## Provenance", "", f"- git commits: {_text(', '.join(prov['git_commits']) or 'unknown')}",
               f"- dm-tune versions of the runs: {_text(', '.join(prov['dm_tune_versions_of_runs']) or 'unknown')}; "
@@ -276,19 +271,18 @@ def loso_markdown(loso: dict[str, Any] | None) -> list[str]:
     lines += [f"Each setting is held out, the surface refitted on the others ({refit_phrase(loso)}) and asked for "
               f"it; the answer and the paper's guidance are scored on the held-out setting's {loso['metric']}, "
               f"{loso['note']}. "
-              "Regret: the setting's best confirmed arm minus the estimate; ± the local GP's predictive std.", "",
-              "| setting | surface (psi, rho, cw) | est. test | regret | gain over CCE | paper (psi, rho) | "
-              "est. test | regret | gain over CCE | best arm (test) |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "Regret: the setting's best confirmed arm minus the estimate; ± the local GP's predictive std.", ""]
+    rows = []
     for r in loso["rows"]:
         sf, pp = r["surface"], r["paper"]
         paper = (["-"] * 4 if pp is None else
                  [f"{pp['psi']:.2f}, {pp['rho']:.2f}", _estimate(pp), f"{pp['regret']:+.1f}",
                   f"{pp['gain_over_cce']:+.1f}"])
-        lines.append("| " + " | ".join([_cell(setting_label(r)),
-                                        f"{sf['psi']:.2f}, {sf['rho']:.2f}, {sf['class_weighting']}",
-                                        _estimate(sf), f"{sf['regret']:+.1f}", f"{sf['gain_over_cce']:+.1f}",
-                                        *paper, f"{_cell(r['best_arm']['arm'])} ({r['best_arm']['test_acc']:.1f})"])
-                     + " |")
+        rows.append([setting_label(r), f"{sf['psi']:.2f}, {sf['rho']:.2f}, {sf['class_weighting']}", _estimate(sf),
+                     f"{sf['regret']:+.1f}", f"{sf['gain_over_cce']:+.1f}", *paper,
+                     f"{r['best_arm']['arm']} ({r['best_arm']['test_acc']:.1f})"])
+    lines += md_table(["setting", "surface (psi, rho, cw)", "est. test", "regret", "gain over CCE", "paper (psi, rho)",
+                       "est. test", "regret", "gain over CCE", "best arm (test)"], rows)
     for mark, note in capped_notes(loso):
         lines += ["", f"{_md(mark)} {note}"]
     lines += ["", loso_summary_text(loso["summary"]), ""]

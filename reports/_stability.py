@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune.errors import UserError, json_text, output_dir, output_path, path_argument, write_output
-from dm_tune.reports._text import md_cell, md_text
+from dm_tune.reports._text import md_table, md_text
 
 SETTING_KEYS = ("setting", "psi", "rho", "psi_range", "rho_range", "vs_baselines")
 RULE_KEYS = ("kind", "knob", "supported")
@@ -343,14 +343,12 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
              f"{_num(s['region_overlap_fraction'], '.0%')}; median |d psi| {_num(s['median_d_psi'])}, median "
              f"|d rho| {_num(s['median_d_rho'])}, median |d log rho| {_num(s['median_d_log_rho'])}. "
              "Gains are final test accuracy points over CCE, mean ± std of paired differences over n seeds.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in result["settings"]:
-        a, b = c["a"], c["b"]
-        lines.append("| " + " | ".join([
-            md_cell(c["setting"]), _psi_text(a), _psi_text(b),
-            f"{c['d_psi']:.3f}", f"{a['rho']:.2f} {_range(a['rho_range'])}", f"{b['rho']:.2f} {_range(b['rho_range'])}",
-            f"{c['d_rho']:.2f}", _num(c["d_log_rho"], ".2f"), _yes(c["psi_overlap"]), _yes(c["rho_overlap"]),
-            _gain_text(a["gain_vs_cce"]), _gain_text(b["gain_vs_cce"])]) + " |")
+             *md_table(head, [[c["setting"], _psi_text(c["a"]), _psi_text(c["b"]), f"{c['d_psi']:.3f}",
+                               f"{c['a']['rho']:.2f} {_range(c['a']['rho_range'])}",
+                               f"{c['b']['rho']:.2f} {_range(c['b']['rho_range'])}", f"{c['d_rho']:.2f}",
+                               _num(c["d_log_rho"], ".2f"), _yes(c["psi_overlap"]), _yes(c["rho_overlap"]),
+                               _gain_text(c["a"]["gain_vs_cce"]), _gain_text(c["b"]["gain_vs_cce"])]
+                              for c in result["settings"]])]
     for key, run in (("only_in_a", "A"), ("only_in_b", "B")):
         if result[key]:
             lines += ["", f"Only in {run}: {md_text(', '.join(result[key]))}."]
@@ -370,9 +368,8 @@ def to_markdown(result: Mapping[str, Any], name_a: str = "A", name_b: str = "B")
     lines += _surfaces_markdown(result.get("surfaces"))
     lines += ["", "### Rules", "", "A rule is claimed only when it is supported in both runs with the same sign "
               f"of slope: {s['rules_claimed']} of {s['rules_total']}.", "",
-              "| rule | A | B | verdict |", "|---|---|---|---|"]
-    lines += [f"| {md_cell(r['rule'])} | {md_cell(r['a'])} | {md_cell(r['b'])} | {md_cell(r['verdict'])} |"
-              for r in result["rules"]]
+              *md_table(["rule", "A", "B", "verdict"],
+                        [[r["rule"], r["a"], r["b"], r["verdict"]] for r in result["rules"]])]
     return "\n".join(lines) + "\n"
 
 
@@ -385,23 +382,21 @@ def _surfaces_markdown(surfaces: Mapping[str, Any] | None) -> list[str]:
              f"1 point overlap in {_num(s['region_overlap_fraction'], '.0%')}, the plausible regions in "
              f"{_num(s['plausible_overlap_fraction'], '.0%')}, the class weighting agrees in "
              f"{_num(s['same_class_weighting_fraction'], '.0%')}; median |d psi| {_num(s['median_d_psi'])}, median "
-             f"|d log rho| {_num(s['median_d_log_rho'], '.2f')}. Predicted gains are validation points over CCE.", "",
-             "| setting | psi, rho A | psi, rho B | region A | region B | overlap | class weighting A / B "
-             "| predicted gain A | predicted gain B |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in surfaces["settings"]:
-        a, b = r["a"], r["b"]
+             f"|d log rho| {_num(s['median_d_log_rho'], '.2f')}. Predicted gains are validation points over CCE.", ""]
 
-        def region(x: Mapping[str, Any]) -> str:
-            return f"psi {_range(x['region']['psi'])}, rho {_range(x['region']['rho'])}"
+    def region(x: Mapping[str, Any]) -> str:
+        return f"psi {_range(x['region']['psi'])}, rho {_range(x['region']['rho'])}"
 
-        def gain(x: Mapping[str, Any]) -> str:
-            g = x["predicted_gain"]
-            return f"{g['mean']:+.1f} [{g['low']:+.1f}, {g['high']:+.1f}]"
+    def gain(x: Mapping[str, Any]) -> str:
+        g = x["predicted_gain"]
+        return f"{g['mean']:+.1f} [{g['low']:+.1f}, {g['high']:+.1f}]"
 
-        lines.append(f"| {md_cell(r['setting'])} | {a['psi']:.2f}, {a['rho']:.2f} | {b['psi']:.2f}, {b['rho']:.2f} | "
-                     f"{region(a)} | {region(b)} | {_yes(r['region_overlap'])} | {a['class_weighting']} / "
-                     f"{b['class_weighting']} | {gain(a)} | {gain(b)} |")
-    return lines
+    rows = [[r["setting"], f"{r['a']['psi']:.2f}, {r['a']['rho']:.2f}", f"{r['b']['psi']:.2f}, {r['b']['rho']:.2f}",
+             region(r["a"]), region(r["b"]), _yes(r["region_overlap"]),
+             f"{r['a']['class_weighting']} / {r['b']['class_weighting']}", gain(r["a"]), gain(r["b"])]
+            for r in surfaces["settings"]]
+    return lines + md_table(["setting", "psi, rho A", "psi, rho B", "region A", "region B", "overlap",
+                             "class weighting A / B", "predicted gain A", "predicted gain B"], rows)
 
 
 # --- command line ------------------------------------------------------------------------------
