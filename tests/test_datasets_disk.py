@@ -1441,6 +1441,19 @@ def test_imdb_errors(imdb_root, tmp_path):
     assert "is not UTF-8 text (byte 3: invalid continuation byte)" in err
 
 
+def test_imdb_passes_over_hidden_files(tmp_path):
+    """macOS writes ._<name> beside each file on a foreign disk: one was read as a review (its binary
+    header scored as a negative review), or, not UTF-8, refused the whole data set."""
+    root = make_imdb(tmp_path) / "aclImdb"
+    before = prepare(config("imdb", root, dataset_options={"dims": 4}))
+    (root / "test" / "neg" / "._0_7.txt").write_bytes(b"\x00\x05\x16\x07\x00\x02Mac OS X  ")
+    after = prepare(config("imdb", root, dataset_options={"dims": 4}))
+    (root / "train" / "pos" / "._1_7.txt").write_bytes(b"\x00\x05\x16\x07\xb0\x02")
+    prepare(config("imdb", root, dataset_options={"dims": 4}))
+    assert len(after.test) == len(before.test) and len(after.train) == len(before.train)
+    assert torch.equal(after.test.inputs, before.test.inputs)
+
+
 def test_imdb_features_of_too_few_words_say_so():
     """Two distinct words give no 2-dimensional SVD: the message read "expected at most 0"."""
     from dm_tune.datasets.imdb import tfidf_svd

@@ -199,6 +199,14 @@ def test_mars_damaged_files_and_junk_training_tracks(tmp_path):
     names.write_bytes(names.read_bytes().replace(b"F001", b"F\xe901", 1))
     with pytest.raises(DataError, match="test_name.txt: is not a list of image names"):
         prepare(cfg("mars", root))
+    # a byte-order mark (a list saved by a Windows editor) read as "byte 0 is not ASCII"
+    root = make_mars(tmp_path / "bom")
+    data = prepare(cfg("mars", root))
+    for split in ("train", "test"):
+        names = root / "info" / f"{split}_name.txt"
+        names.write_bytes(b"\xef\xbb\xbf" + names.read_bytes().replace(b"\n", b"\r\n"))
+    again = prepare(cfg("mars", root))
+    assert torch.equal(again.train.labels, data.train.labels) and again.info == data.info
     root = make_mars(tmp_path / "junk", TRAIN_TRACKS + [(-1, 3)])
     with pytest.raises(DataError, match="training tracks include junk"):
         prepare(cfg("mars", root))

@@ -125,8 +125,9 @@ def _read_split(root: Path, split: str, seen: dict[tuple[int, int], tuple[Path, 
         folder = root / split / name
         if not folder.is_dir():
             raise DataError(folder, "directory not found", LAYOUT)
-        # (.txt in any case, as ImageFolder reads .PNG; not a folder named x.txt)
-        named = sorted(f for f in folder.iterdir() if f.suffix.lower() == ".txt")
+        # (.txt in any case, as ImageFolder reads .PNG; not a folder named x.txt; not a hidden file, such
+        # as the ._0_7.txt macOS writes beside each review on a foreign disk: ImageFolder passes them over)
+        named = sorted(f for f in folder.iterdir() if f.suffix.lower() == ".txt" and not f.name.startswith("."))
         for f in named:
             if f.is_symlink() and not f.exists():  # (was left out without a word; ImageFolder refuses it)
                 raise DataError(f, "is a link to a review that is not there", LAYOUT)

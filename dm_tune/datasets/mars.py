@@ -119,7 +119,8 @@ def _names(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(path, "file not found", LAYOUT)
     try:
-        text = path.read_text(encoding="ascii")  # MARS's image names are ASCII
+        # MARS's image names are ASCII (after a byte-order mark, as Windows editors write)
+        text = path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("ascii")
     except UnicodeDecodeError as e:
         raise DataError(path, f"is not a list of image names (byte {e.start} is not ASCII)", LAYOUT) from None
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
