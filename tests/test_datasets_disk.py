@@ -1121,10 +1121,11 @@ def test_imagefolder_carved_and_official_val(tmp_path):
     assert len(prepare(config("imagefolder", tmp_path / "b", val_fraction=0.2)).val) == 3
 
 
-@pytest.mark.parametrize("name", ["valid", "validation"])
+@pytest.mark.parametrize("name", ["valid", "validation", "Val", "VALID"])
 def test_imagefolder_reads_a_validation_folder_by_its_other_names_and_refuses_two(tmp_path, name):
-    """A tree shipped with valid/ or validation/ (Kaggle's, Roboflow's) had its validation images
-    left out without a word, and a validation set carved from train instead."""
+    """A tree shipped with valid/ or validation/ (Kaggle's, Roboflow's), or with Val/ (read as val/ on
+    a case-insensitive disk), had its validation images left out without a word, and a validation
+    set carved from train instead."""
     root = make_imagefolder(tmp_path / "a", with_val=True)
     (root / "val").rename(root / name)
     data = prepare(config("imagefolder", root, dataset_options={"image_size": 16}))
@@ -1132,7 +1133,21 @@ def test_imagefolder_reads_a_validation_folder_by_its_other_names_and_refuses_tw
     assert data.info["official_val"] and data.info["val_folder"] == name
     shutil.copytree(root / name, root / "val")
     err = expect_data_error(config("imagefolder", root), root)
-    assert f"has val/ and {name}/: one validation folder, not several" in str(err)
+    assert f"has {' and '.join(sorted(['val/', name + '/']))}: one validation folder, not several" in str(err)
+
+
+def test_imagefolder_reads_train_and_test_folders_in_any_case(tmp_path):
+    """Train/ and TEST/ (a tree from a case-insensitive disk) were "directory not found"."""
+    root = make_imagefolder(tmp_path)
+    data = prepare(config("imagefolder", root, dataset_options={"image_size": 16}))
+    (root / "train").rename(root / "Train")
+    (root / "test").rename(root / "TEST")
+    again = prepare(config("imagefolder", root, dataset_options={"image_size": 16}))
+    assert torch.equal(again.test.labels, data.test.labels) and len(again.train) == len(data.train)
+    assert again.test.inputs.path(0) == root / "TEST" / data.test.inputs.path(0).relative_to(root / "test")
+    shutil.copytree(root / "TEST", root / "test")
+    err = expect_data_error(config("imagefolder", root), root)
+    assert "has TEST/ and test/: one test folder, not several" in str(err)
 
 
 @pytest.mark.parametrize("image_size", [16, 224])
