@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import reprlib
 import typing
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, TypeVar
@@ -50,8 +51,17 @@ def _config_error(field: str, value: Any, allowed: str, missing: bool) -> Config
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:
-    text = repr(value)
+    # A container is written by reprlib, which stops after a few items and levels: repr() wrote all
+    # of it first, and a YAML file of a few hundred bytes whose anchors nest ten aliases per level
+    # (a "billion laughs") is a container of 10**9 strings (minutes and gigabytes, then killed).
+    text = _CONTAINER_REPR.repr(value) if isinstance(value, (dict, list, tuple, set, frozenset)) else repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_CONTAINER_REPR = reprlib.Repr()
+_CONTAINER_REPR.maxlevel = 3
+_CONTAINER_REPR.maxdict = _CONTAINER_REPR.maxlist = _CONTAINER_REPR.maxtuple = _CONTAINER_REPR.maxset = 40
+_CONTAINER_REPR.maxstring = _CONTAINER_REPR.maxother = _CONTAINER_REPR.maxlong = 80
 
 
 # --- field rules: Annotated metadata --------------------------------------------------------

@@ -290,6 +290,25 @@ def test_yaml_merge_keys_override_and_are_no_repeat(tmp_path):
         load_yaml(str(nested), "--config")
 
 
+@pytest.mark.timeout(60)
+def test_a_yaml_bomb_is_refused_at_once(tmp_path):
+    """Anchors that nest ten aliases per level (a "billion laughs", 500 bytes) load as shared lists,
+    but the error wrote the whole value before cutting it to 80 characters: 10**9 strings, minutes
+    and gigabytes, then killed with no message."""
+    from dm_tune.config import TrainConfig
+    from dm_tune._validate import ConfigError
+    from dm_tune.errors import load_yaml
+
+    levels = ["  a0: &a0 [" + ", ".join(["lol"] * 10) + "]"]
+    levels += [f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("lam:\n" + "\n".join(levels) + "\n")
+    with pytest.raises(ConfigError) as e:
+        TrainConfig.from_dict(load_yaml(str(bomb), "--config"))
+    assert str(e.value) == ("lam: {'a0': ['lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol', 'lol']... "
+                            "is not allowed; expected a number")
+
+
 def test_yaml_numbers_and_booleans_are_read_by_yaml_1_2(tmp_path):
     """YAML 1.1 (PyYAML's) reads `017` as 15, `1:20` as 80, `1_0` as 10, `on` as true and `1e-3` as
     text: a config is read by YAML 1.2's core schema, as the CLI reads a number; YAML 1.1's other
