@@ -6,6 +6,7 @@ No device placement or global state here: the training driver moves the model.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,8 +329,41 @@ MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
 }
 
 
+# The models whose size hidden_dim sets: counted on the meta device before they are built (below).
+SIZED_BY_HIDDEN_DIM = ("mlp", "text")
+# Bytes per parameter a training run holds at least: the float32 weight, its gradient and Adam's two
+# moments (SGD with momentum holds one fewer; a model past this bound does not train here either way).
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(name: str, spec: ModelSpec) -> None:
+    """Refuse a hidden_dim whose model cannot be trained in this machine's memory: hidden_dim
+    1000000 (within its range) made a 10**12-parameter MLP, and torch's allocator failed with a
+    traceback, or Ray's trials each failed with it. Counted on the meta device (no memory)."""
+    memory = physical_memory()
+    if name not in SIZED_BY_HIDDEN_DIM or memory is None:
+        return
+    with torch.device("meta"):
+        count = sum(p.numel() for p in MODELS[name](spec).parameters())
+    if count * TRAINING_BYTES_PER_PARAMETER > memory:
+        raise ConfigError("hidden_dim", spec.hidden_dim,
+                          f"model {name} of that width has {count:.3g} parameters, "
+                          f"{count * TRAINING_BYTES_PER_PARAMETER / 2**30:,.0f} GiB with their gradients and "
+                          f"optimiser state, more than this machine's "
+                          f"{memory / 2**30:.0f} GiB of memory")
+
+
 def build_model(name: str, spec: ModelSpec) -> nn.Module:
     try:
+        check_fits(name, spec)
         return MODELS[name](spec)
     except ValueError as e:  # the model does not fit the data (e.g. resnet20 on vectors): user input
         if type(e) is ValueError:

@@ -42,6 +42,7 @@ FILES = {
     "adam_momentum.yaml": "optimizer: adam\nmomentum: 0.5\n",
     "cosine_milestones.yaml": "schedule: cosine\nlr_milestones: [0.3, 0.6]\n",
     "cnn_hidden.yaml": "dataset: mnist1d\nhidden_dim: 32\nepochs: 1\n",
+    "too_wide.yaml": "hidden_dim: 1000000\nepochs: 1\n",
     "digits_augment.yaml": "augment: true\n",
     "digits_download.yaml": "download: true\n",
     "sgd_momentum.yaml": "optimizer: sgd\nmomentum: 0.5\n",
@@ -115,6 +116,10 @@ ERRORS = {
                                           ["lr_milestones", "only applies to schedule step"]),
     "hidden_dim with the 1-D CNN": (["--config", "cnn_hidden.yaml", "--quiet"],
                                     ["hidden_dim: 32", "this run's model is cnn (the dataset's default)"]),
+    # a 10**12-parameter MLP (within hidden_dim's range): a traceback from torch's allocator
+    "an MLP too wide for memory": (["--config", "too_wide.yaml", "--quiet"],
+                                   ["hidden_dim: 1000000 is not allowed", "1e+12 parameters",
+                                    "more than this machine's"]),
     "augment on digits": (["--config", "digits_augment.yaml"], ["augment: True", "only applies to the image datasets"]),
     "download on digits": (["--config", "digits_download.yaml"], ["download: True", "only applies to datasets cifar10"]),
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),

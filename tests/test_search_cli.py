@@ -131,6 +131,17 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     assert not (tmp_path / "ws").exists()
 
 
+def test_a_model_too_wide_for_memory_is_refused_before_the_search(tmp_path):
+    """hidden_dim 1000000 (within its range) is a 10**12-parameter MLP: the preflight built it on the
+    meta device, which allocates nothing, so it passed, and every trial failed in torch's allocator."""
+    study = tmp_path / "wide.yaml"
+    study.write_text("training:\n  hidden_dim: 1000000\n  epochs: 1\n")
+    proc = _cli("search", "--workspace", str(tmp_path / "ws"), "--config", str(study), cwd=tmp_path, timeout=60)
+    _one_line_error(proc, "hidden_dim: 1000000 is not allowed; model mlp of that width has 1e+12 parameters",
+                    "(setting digits-symmetric0.4-default)")
+    assert not (tmp_path / "ws").exists()
+
+
 def test_a_label_file_that_does_not_fit_the_data_is_refused_before_the_search(tmp_path):
     """A noise_file of the wrong length passed the checks before the search: every trial then
     failed on it (exit 1, the reason in each trial's folder) where `dm-tune train` refused it."""

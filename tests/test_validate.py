@@ -496,6 +496,8 @@ def test_guidelines_that_never_end_are_one_line(tmp_path):
     ({}, ["--threads", "0"], "--threads: 0 is not allowed; expected an integer in [1, 1024]"),
     # beyond the budget's range: refused as "epochs" after --out was made
     ({}, ["--epochs", "1000000"], "--epochs 1000000: expected an integer in [1, 100000]"),
+    # a 10**12-parameter MLP: a traceback from torch's allocator, after --out and its lock were made
+    ({"training": {"hidden_dim": 1000000}}, [], "hidden_dim: 1000000 is not allowed; model mlp of that width"),
 ])
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys, guidelines, overrides, args, field):
     code = main(["validate", "--config", str(write_config(tmp_path, **overrides)), "--guidelines", guidelines,

@@ -332,4 +332,4 @@ def check_models(study: Study, sources: dict[str, Any]) -> None:
             with torch.device("meta"):
                 build_model(model, spec)
         except ConfigError as e:
-            raise ConfigError("model", model, f"{e.allowed} (setting {setting.key})") from None
+            raise ConfigError(e.field, e.value, f"{e.allowed} (setting {setting.key})") from None  # (model, hidden_dim)
