@@ -215,3 +215,14 @@ def test_an_unreachable_imbalance_is_refused_only_where_asked():
     assert prepare(config).info["imbalance_ratio_realised"] < 200
     with pytest.raises(ConfigError, match="imbalance_ratio: 5000.0 is not allowed; expected at most about"):
         prepare(config, strict_imbalance=True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("count", [99, 10**12, True])
+def test_mnist1d_sample_counts_are_bounded(count):
+    """num_samples had no upper bound: 10**12 generated on (about 7,000 a second) without a word."""
+    from dm_tune._validate import ConfigError
+
+    with pytest.raises(ConfigError, match=r"dataset_options.num_samples: .* is not allowed; expected an integer in "
+                                          r"\[100, 1000000\]"):
+        prepare(TrainConfig(dataset="mnist1d", dataset_options={"num_samples": count}))
