@@ -63,6 +63,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--seeds", "0,1_0"], ["--seeds: '1_0' is not allowed; expected integers"]),
     (["--max-concurrent", "1_0"], ["argument --max-concurrent: expected an integer, not '1_0'"]),
     (["--sampler", "grid"], ["search.sampler", "paper-grid"]),
+    # its DM knobs were drawn at random, with Optuna's warning on every trial
+    (["--sampler", "cmaes", "--space", "paper-grid"], ["search.sampler: 'cmaes'", "all categorical", "tpe, gp"]),
     (["--epochs", "0"], ["training.epochs", "0"]),
     (["--seeds=-1,0"], ["seeds[0]", "-1", "[0, 4294967295]"]),  # was: every trial errored
     (["--seeds", "0,,1"], ["--seeds", "'0,,1'", "none of them empty"]),  # was: seeds 0 and 1, the blank dropped

@@ -1176,3 +1176,27 @@ def test_dm_trainable_given_a_plain_search_space_says_what_it_takes():
     with pytest.raises(ValueError, match=r"dm_trainable's config is \{'specs': \[TrialSpec.to_dict\(\), \.\.\.\]\}.*"
                                          r"not \['beta', 'lam'\]"):
         dm_trainable({"lam": 1.0, "beta": 8.0}, {}, TrialRuntime())
+
+
+def test_cma_es_draws_a_categorical_knob_at_random_without_a_warning_each_trial():
+    """A searched class_weighting beside (psi, rho) under cmaes: Optuna warned on every trial that it
+    samples it independently (the README says so once)."""
+    import logging
+
+    import optuna
+
+    from dm_tune.search_spaces import make_sampler
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("optuna")
+    logger.addHandler(handler)
+    try:
+        study = optuna.create_study(sampler=make_sampler("cmaes", {}, 0, 12), direction="maximize")
+        study.optimize(lambda t: t.suggest_float("psi", 0.0, 0.75) + len(t.suggest_categorical("cw", ["a", "bb"])),
+                       n_trials=8)
+    finally:
+        logger.removeHandler(handler)
+    assert len(study.trials) == 8
+    assert not [r for r in records if "independent" in r.getMessage()], [r.getMessage() for r in records]

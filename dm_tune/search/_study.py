@@ -261,6 +261,12 @@ class Study:
                                       e.allowed.replace("expected a number", "expected a ratio", 1)) from None
                 part = "settings" if e.field.split(".")[0] in axes else "training"
                 raise ConfigError(f"{part}.{e.field}", e.value, e.allowed) from None
+        if self.search.sampler == "cmaes":
+            from dm_tune.search_spaces import is_grid
+
+            if is_grid(SPACES[self.search.space]):  # (its DM knobs were drawn at random, warning on every trial)
+                raise ConfigError("search.sampler", "cmaes", f"CMA-ES models continuous knobs only, and space "
+                                  f"{self.search.space} is all categorical: expected tpe, gp, random or grid with it")
         if self.search.sampler == "grid":
             from dm_tune.search_spaces import is_grid
 
