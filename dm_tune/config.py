@@ -107,6 +107,9 @@ class TrainConfig:
                             "it as noise_rate_realised)", "noise_rate", self.noise_rate)
         if self.noise_file and self.noise != "file":
             raise violation("must be 'file' when noise_file is given", "noise", self.noise)
+        if self.schedule == "step" and not self.lr_milestones:  # (a constant rate, lr_gamma ignored)
+            raise violation("a step schedule needs at least one milestone (increasing fractions of the training "
+                            "budget in (0, 1))", "lr_milestones", [])
         if self.imbalance == "none" and self.imbalance_ratio != 1.0:
             raise violation("must be 1 with imbalance 'none' (choose longtail or step)",
                             "imbalance_ratio", self.imbalance_ratio)

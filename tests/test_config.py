@@ -146,6 +146,9 @@ def test_valid_devices(device):
     ({"noise": "file", "noise_file": "labels.npy", "noise_rate": 0.4}, "noise_rate",
      "must be 0 with noise 'file': the file's labels set the rate"),
     ({"imbalance": "none", "imbalance_ratio": 10}, "imbalance_ratio", "must be 1 with imbalance 'none'"),
+    # trained at a constant rate, lr_gamma ignored without a word
+    ({"schedule": "step", "lr_milestones": [], "lr_gamma": 0.5}, "lr_milestones",
+     "a step schedule needs at least one milestone"),
 ])
 def test_contradictions(values, field, allowed):
     rejects(values, field, allowed)
