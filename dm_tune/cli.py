@@ -551,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
 # (argparse reads -5 as a value, but not -1e-3 or -inf).
 SIGNED_FLAGS = ("--lam", "--beta", "--mode", "--spread", "--gce-q", "--noise-rate", "--imbalance-ratio", "--lr",
                 "--weight-decay", "--class-weighting-beta", "--num-classes", "--epochs", "--batch-size", "--seed",
-                "--seeds", "--cpus-per-trial", "--gpus-per-trial", "--num-samples", "--top-k")
+                "--seeds", "--cpus-per-trial", "--gpus-per-trial", "--num-samples", "--top-k", "--max-concurrent",
+                "--sampler-seed", "--search-seeds", "--threads", "--num-workers", "--population-size")
 
 
 def _signed_values(argv: list[str]) -> list[str]:

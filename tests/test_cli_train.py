@@ -127,6 +127,7 @@ ERRORS = {
     "a digit separator in a list": (["--lam", "1_0", "--epochs", "1"], ["--lam: '1_0'", "comma-separated list"]),
     # was "expected one argument": argparse takes -1e-3 for an option
     "a negative exponent": (["--lr", "-1e-3", "--epochs", "1"], ["lr: -0.001 is not allowed"]),
+    "a negative exponent to --threads": (["--threads", "-1e3"], ["--threads: expected an integer, not '-1e3'"]),
     # were read as 10 and 3 (Python's int and float take digit separators and other scripts' digits)
     "a digit separator in a number": (["--lr", "0_1", "--epochs", "1"], ["--lr: expected a number, not '0_1'"]),
     "digits of another script": (["--epochs", "\u0663"], ["--epochs: expected an integer, not '\u0663'"]),

@@ -62,6 +62,9 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     (["--noise-rate", "0_2"], ["--noise-rate: '0_2' is not allowed; expected numbers"]),
     (["--seeds", "0,1_0"], ["--seeds: '1_0' is not allowed; expected integers"]),
     (["--max-concurrent", "1_0"], ["argument --max-concurrent: expected an integer, not '1_0'"]),
+    # were "expected one argument" (argparse takes -1e3 for an option)
+    (["--max-concurrent", "-1e3"], ["argument --max-concurrent: expected an integer, not '-1e3'"]),
+    (["--population-size", "-1e3"], ["population_size: '-1e3' is not allowed", "auto"]),
     (["--sampler", "grid"], ["search.sampler", "paper-grid"]),
     # its DM knobs were drawn at random, with Optuna's warning on every trial
     (["--sampler", "cmaes", "--space", "paper-grid"], ["search.sampler: 'cmaes'", "all categorical", "tpe, gp"]),
