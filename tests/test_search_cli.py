@@ -116,6 +116,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     # a repeated value was dropped without a word; 'default' and the model it is trained the same twice
     (["--noise-rate", "0.2,0.2"], ["settings.noise_rate", "[0.2, 0.2]", "expected distinct values"]),
     (["--imbalance", "longtail:10,longtail:10.0"], ["settings.imbalance", "expected distinct values"]),
+    # a ratio as dm-tune train and recommend read it (1e1 was refused here alone); 10 and 1e1 are one
+    (["--imbalance", "longtail:10,longtail:1e1"], ["settings.imbalance", "expected distinct values"]),
     (["--model", "default,mlp"], ["settings.model", "'default' is mlp on digits"]),
     (["--imbalance", "step:1000"],
      ["settings.imbalance: 'step:1000'", "at most about", "digits-symmetric0.4-step1000"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import field
@@ -22,10 +23,10 @@ from dm_tune._names import DATASET_NAMES, DATASET_ROOTS, MODEL_NAMES, NOISE_NAME
 from dm_tune._validate import CONFIG, ConfigError, Float, Int, Seed, in_range, one_of, parse, rule, violation
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 from dm_tune.config import STREAMED_WHERE, TrainConfig
+from dm_tune.errors import read_number
 from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES
 
 SCHEDULERS = ("none", "asha")
-_IMBALANCE = re.compile(r"^(none|(longtail|step):([0-9]+(\.[0-9]+)?))$")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -42,8 +43,15 @@ def imbalance_parts(v: str) -> tuple[str, float]:
 
 
 def _imbalance_ok(v: str) -> bool:
-    m = _IMBALANCE.match(v)
-    return bool(m) and (m.group(1) == "none" or float(m.group(3)) > 1.0)
+    """'none' or KIND:RATIO, the RATIO a number as a flag takes it (1e1 as dm-tune train and recommend
+    take it: this was digits, then an optional fraction, only)."""
+    kind, colon, ratio = v.partition(":")
+    if v == "none" or kind not in ("longtail", "step") or not colon or ratio != ratio.strip():
+        return v == "none"
+    try:
+        return 1.0 < read_number(ratio, float) < math.inf
+    except ValueError:
+        return False
 
 
 def _population_size_ok(v: Any) -> bool:
