@@ -214,7 +214,7 @@ def config_error(exc: ValidationError, cls: type, values: Any, where: str = "", 
         allowed = "unknown field; known fields: " + ", ".join(_field_names(cls, loc[:-1]))
         if kind == "invalid_key":  # a non-string key (YAML `1: 2`): pydantic gives the key, not its value
             value = _lookup(values, loc)
-        loc[-1] = str(loc[-1])
+        loc[-1] = str(loc[-1]) or "''"  # (an empty key was named as the whole config: "TrainConfig: 1")
     elif kind in ("missing", "missing_argument"):
         allowed, value = _ALLOWED[kind], dataclasses.MISSING
     else:

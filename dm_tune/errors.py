@@ -180,6 +180,8 @@ def split_imbalance(args: Any) -> None:
         return
     kind, _, ratio_text = (t.strip() for t in text.partition(":"))
     try:
+        if not kind:  # (was "imbalance: '' is not allowed", the value as the user never wrote it)
+            raise ValueError(text)
         ratio = read_number(ratio_text, float)
     except ValueError:
         raise UserError(f"--imbalance: {text!r} is not allowed; expected KIND or KIND:RATIO with a number as "

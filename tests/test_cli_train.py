@@ -67,6 +67,8 @@ ERRORS = {
     "unknown method": (["--method", "focal"], ["method", "'focal'", "cce"]),
     # search's KIND:RATIO form is taken; a ratio given twice must be one
     "imbalance ratio not a number": (["--imbalance", "step:x"], ["--imbalance", "'step:x'", "KIND:RATIO"]),
+    # was "imbalance: '' is not allowed"
+    "imbalance ratio without its kind": (["--imbalance", ":10"], ["--imbalance: ':10' is not allowed", "KIND:RATIO"]),
     "imbalance ratio given twice": (["--imbalance", "step:10", "--imbalance-ratio", "5"],
                                     ["--imbalance step:10", "--imbalance-ratio 5", "give it once"]),
     "noise rate 1.5": (["--noise-rate", "1.5"], ["noise_rate", "1.5", "[0.0, 1.0)"]),

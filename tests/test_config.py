@@ -48,6 +48,12 @@ def test_unknown_keys_of_mixed_types():  # YAML `1: 2` gives an int key
     rejects({1: 2, "foo": 3}, "1", "unknown field", "noise_rate")
 
 
+def test_an_empty_key_is_named():
+    """It was named as the whole config: "TrainConfig: 1 is not allowed; unknown field"."""
+    rejects({"": 1}, "''", "unknown field", "noise_rate")
+    rejects({"": 1}, "trial.''", "unknown field", where="trial")
+
+
 def test_not_a_mapping():
     rejects(["dataset", "digits"], "TrainConfig", "expected a mapping of field: value")  # type: ignore[arg-type]
 
