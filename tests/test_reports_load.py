@@ -133,6 +133,8 @@ def test_missing_store_is_a_user_error(tmp_path: Path) -> None:
     # MLflow, opening it, created the table again (empty) in the user's store; the report then said
     # that no setting has finished DM runs
     ("no params table", "damaged MLflow store (its 'params' table is missing)"),
+    # SQLite's message quoted the schema's byte that is not UTF-8: sqlite3 raised UnicodeDecodeError
+    ("non-UTF-8 schema", "damaged SQLite database (malformed database schema (params)"),
 ])
 def test_a_damaged_store_is_one_line_not_a_traceback(store: dict[str, Any], tmp_path: Path,
                                                      damage: str, problem: str) -> None:
@@ -152,6 +154,15 @@ def test_a_damaged_store_is_one_line_not_a_traceback(store: dict[str, Any], tmp_
         path.write_bytes(real)
         con = sqlite3.connect(path)
         con.execute("DROP TABLE params")
+        con.commit()
+        con.close()
+    elif damage == "non-UTF-8 schema":
+        import sqlite3
+
+        path.write_bytes(real)
+        con = sqlite3.connect(path)
+        con.execute("PRAGMA writable_schema=ON")
+        con.execute("UPDATE sqlite_master SET sql = sql || x'ca' WHERE name = 'params'")
         con.commit()
         con.close()
     else:

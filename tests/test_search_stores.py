@@ -87,7 +87,20 @@ def _damage(real: Path, ws: Path, how: str) -> Path:
     if how == "directory as optuna.db":
         (ws / "optuna.db").mkdir()
         return ws / "optuna.db"
+    if how == "non-UTF-8 schema of mlflow.db":  # SQLite's message quotes it: sqlite3 raised UnicodeDecodeError
+        shutil.copy(real / "mlflow.db", ws / "mlflow.db")
+        _garble_schema(ws / "mlflow.db")
+        return ws / "mlflow.db"
     raise AssertionError(how)
+
+
+def _garble_schema(path: Path) -> None:
+    """A table's schema ends in a byte that is not UTF-8, as a damaged sqlite_master page may leave it."""
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA writable_schema=ON")
+    con.execute("UPDATE sqlite_master SET sql = sql || x'ca' WHERE name = 'params'")
+    con.commit()
+    con.close()
 
 
 DAMAGE = [
@@ -97,6 +110,7 @@ DAMAGE = [
     ("foreign sqlite as mlflow.db", "an SQLite database but not an MLflow store"),
     ("directory as optuna.db", "is not a file"),
     ("scrambled page of mlflow.db", "damaged SQLite database"),
+    ("non-UTF-8 schema of mlflow.db", "damaged SQLite database (malformed database schema (params)"),
 ]
 
 
@@ -128,6 +142,18 @@ def test_check_workspace_names_the_damaged_store(real_stores, tmp_path, how, pro
     assert _snapshot(ws) == before
     shutil.rmtree(ws) if path.is_dir() else path.unlink()
     assert check_workspace(ws, f"sqlite:///{ws / 'mlflow.db'}") == []  # absent: created later
+
+
+def test_a_store_whose_schema_is_not_utf8_is_damaged_where_its_artifact_location_is_read(real_stores, tmp_path):
+    """A resumed search reads where MLflow keeps the study's artifacts before the stores are
+    checked: that read passes the store on to the check (it was a UnicodeDecodeError traceback)."""
+    from dm_tune.search._run import RunOptions
+
+    ws, path = _damaged_workspace(real_stores, tmp_path, "non-UTF-8 schema of mlflow.db")
+    opts = RunOptions(workspace=ws)
+    assert opts.moved_artifacts("t") is None
+    with pytest.raises(UserError, match=re.escape(f"{path}: damaged SQLite database")):
+        check_workspace(ws, opts.tracking, opts.written_folders("t"), opts.ledger_dir("t"))
 
 
 def test_an_optuna_store_of_another_optuna_version_is_one_line_and_left_as_it_was(real_stores, tmp_path):

@@ -127,7 +127,7 @@ def stored_artifact_location(tracking_uri: str, experiment: str) -> Path | None:
             row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)).fetchone()
         finally:
             con.close()
-    except sqlite3.Error:  # damaged, busy or another store: check_store says so
+    except (sqlite3.Error, UnicodeDecodeError):  # damaged, busy or another store: check_store says so
         return None
     location = urlparse(row[0]) if row and isinstance(row[0], str) else None
     if location is None or location.scheme != "file":
@@ -185,6 +185,11 @@ def check_store(path: Path, kind: str, workspace: Path, *, read_only: bool = Fal
             tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
+    except UnicodeDecodeError as e:
+        # sqlite3 raises this in place of its DatabaseError when SQLite's message holds bytes that are
+        # not UTF-8: a damaged schema quoted in the message (it is SQLite's message, in e.object).
+        why = e.object.decode("utf-8", "replace") if isinstance(e.object, bytes) else str(e)
+        raise UserError(f"{path}: damaged SQLite database ({' '.join(why.split())[:200]}); {move_away}") from None
     except sqlite3.DatabaseError as e:
         code = getattr(e, "sqlite_errorname", "")
         if code == "SQLITE_READONLY_ROLLBACK":
