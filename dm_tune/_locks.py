@@ -47,6 +47,8 @@ def acquire(path: Path, busy: str, attempts: int = 5, wait_s: float = 0.0):
             f = open(path, "a+")  # noqa: SIM115 - closed by the caller, which releases the lock
         except FileNotFoundError:  # the folder went between the mkdir and the open
             continue
+        except OSError as e:
+            raise UserError(_unopenable(path, e)) from None
         while True:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -67,3 +69,17 @@ def acquire(path: Path, busy: str, attempts: int = 5, wait_s: float = 0.0):
             return f
         f.close()
     raise UserError(f"{path}: removed again each time it was locked; is another process cleaning up its folder?")
+
+
+def _unopenable(path: Path, error: OSError) -> str:
+    """The one line for a lock file that cannot be opened for writing. It is refused, not locked
+    through a read-only descriptor (``flock`` would work on one): the lock file names its holder for
+    whoever is refused, which a process that cannot write it cannot do, and one this user cannot
+    write is another user's, beside whose files this process would write."""
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        return (f"{path}: is not a file, and dm-tune locks that file to run one process at a time there; "
+                "remove it (the lock file is made again)")
+    if isinstance(error, PermissionError):
+        return (f"{path}: the lock file cannot be written by this user (permissions); make it writable "
+                "for this user, or run as the user who owns it")
+    return f"{path}: the lock file cannot be opened ({error.strerror or error}); make it a file this user can write"

@@ -510,6 +510,45 @@ def test_the_workspace_lock_waits_then_names_its_holder(tmp_path):
         pass
 
 
+def test_a_directory_in_place_of_the_study_lock_is_one_line(tmp_path):
+    """The lock file could not be opened (a folder at its path): a traceback from open() in search
+    and validate; now one line naming it and what to do."""
+    ws = tmp_path / "ws"
+    (ws / "locks" / "mine.lock").mkdir(parents=True)
+    proc = _cli("--workspace", str(ws), "--name", "mine", "--quiet", cwd=tmp_path)
+    _one_line_error(proc, f"{ws / 'locks' / 'mine.lock'}: is not a file", "remove it")
+
+
+_LOCK_READ_ONLY = """
+import sys
+from pathlib import Path
+from dm_tune.errors import UserError
+from dm_tune.search._stores import study_lock
+try:
+    with study_lock(Path(sys.argv[1]), "mine"):
+        print("held")
+except UserError as e:
+    print(e)
+"""
+
+
+def test_a_study_lock_file_this_user_cannot_write_is_one_line(tmp_path):
+    ws = tmp_path / "ws"
+    lock = ws / "locks" / "mine.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    preexec = permissions_preexec()
+    lock.chmod(0o444)  # (another user's, made with its umask)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _LOCK_READ_ONLY, str(ws)], capture_output=True, text=True,
+                              timeout=120, preexec_fn=preexec)
+    finally:
+        lock.chmod(0o644)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (f"{lock}: the lock file cannot be written by this user (permissions); make it "
+                                   "writable for this user, or run as the user who owns it")
+
+
 def test_a_lock_taken_on_a_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):
     """Opened, then its folder removed by the search that created it, then locked: that lock would
     be on a file no one else can see; the study lock is taken on the file at the path instead."""
