@@ -3,6 +3,7 @@ whatever write fails after it, and a run a killed driver left without its params
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,48 @@ def test_every_open_run_of_an_interrupted_setting_is_closed_past_a_page_of_resul
     runs = real(uri, exp, {"dmtune.role": "trial"})
     assert len(runs) == 5 and {(r.info.status, r.data.tags["dmtune.status"]) for r in runs} == {("KILLED",
                                                                                                 "interrupted")}
+
+
+def test_a_ledger_that_lost_lines_is_refused_and_one_with_a_torn_last_line_is_not(tmp_path, monkeypatch):
+    """A ledger cut short (or restored from an older copy) lacks trials MLflow has runs of: a resume
+    trained them again, each with a second run of its key. Refused in one line, as a ledger lost
+    whole is; a torn last line (the process died writing it, before its trial had a run) is not."""
+    import re
+
+    from dm_tune.errors import UserError
+    from dm_tune.search._run import check_ledger
+
+    tracker, ledger, uri, exp = _tracker(tmp_path)
+    specs = [TrialSpec("set", "search", 0, {"method": "dm"}, number=i) for i in range(4)]
+    for spec in specs[:3]:
+        ledger.start([spec])
+        tracker._open(spec, spec.key, 1)
+        ledger.end(spec, _outcome())
+    lines = ledger.path.read_text().splitlines(keepends=True)
+    monkeypatch.setattr(_tracking, "_PAGE", 2)  # the runs are read past a page of results
+
+    def resumed(text: str) -> Ledger:
+        path = tmp_path / "resumed.jsonl"
+        path.write_text(text)
+        return Ledger(path)
+
+    check_ledger(resumed("".join(lines)), uri, exp, "set", "study")
+    # died writing the next trial's start line (no run yet), or an end line
+    start = json.dumps({"event": "start", "key": specs[3].key, "spec": specs[3].to_dict(), "group": specs[3].key})
+    check_ledger(resumed("".join(lines) + start[:25]), uri, exp, "set", "study")
+    check_ledger(resumed("".join(lines[:-1]) + lines[-1][:20]), uri, exp, "set", "study")
+    for kept, lost in ((4, 1), (2, 2), (0, 3)):  # the trials' start and end lines, two a trial
+        with pytest.raises(UserError) as info:
+            check_ledger(resumed("".join(lines[:kept])), uri, exp, "set", "study")
+        path = tmp_path / "resumed.jsonl"
+        if kept:
+            assert str(info.value) == (
+                f"{path}: lacks {lost} trial(s) that MLflow has runs of in experiment 'study' (first "
+                f"{sorted(s.key for s in specs[kept // 2:3])[0]}): the ledger lost lines since (cut short, or "
+                "restored from an older copy); restore the whole ledger, or run the study in another --workspace")
+        else:
+            assert re.match(rf"{re.escape(str(path))}: missing or empty, but MLflow has trial runs of setting set",
+                            str(info.value))
 
 
 def test_a_member_ended_before_its_population_trained_again_keeps_the_ledgers_result(tmp_path):

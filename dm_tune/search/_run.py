@@ -413,6 +413,26 @@ def _scheduler(study: Study, budget: int, ledger: Ledger):
 # --- one setting ---------------------------------------------------------------------------------
 
 
+def check_ledger(ledger: Ledger, tracking: str, exp_id: str, key: str, study_name: str) -> None:
+    """Refuse a ledger that lacks trials MLflow has runs of: the ledger is what a resume goes on
+    from, and a trial it lacks would train (and be recorded, a second run of its key) again. Every
+    trial's start line is written, flushed, before its run is made, so a run the ledger does not
+    know means lines were lost (the file cut short, or restored from an older copy); a torn last
+    line was being written when the process died, before its trial's run could be made."""
+    from dm_tune.search._tracking import trial_keys
+
+    unknown = sorted(trial_keys(tracking, exp_id, key) - set(ledger.started))
+    if unknown and not ledger.started:
+        raise UserError(f"{ledger.path}: missing or empty, but MLflow has trial runs of setting {key} in "
+                        f"experiment {study_name!r}: the ledger was lost since; restore it, or run the study "
+                        "in another --workspace")
+    if unknown:
+        raise UserError(f"{ledger.path}: lacks {len(unknown)} trial(s) that MLflow has runs of in experiment "
+                        f"{study_name!r} (first {unknown[0]}): the ledger lost lines since (cut short, or restored "
+                        "from an older copy); restore the whole ledger, or run the study in another --workspace")
+
+
+
 def run_setting(ctx: SettingContext, announce: Callable[[], None] | None = None) -> Ledger:
     """Run what is left of one setting (all of it, the first time); returns its ledger. ``announce``
     is called once the setting's stores have been checked, before any trial is handed out."""
@@ -424,13 +444,7 @@ def run_setting(ctx: SettingContext, announce: Callable[[], None] | None = None)
 
     study, key = ctx.study, ctx.setting.key
     ledger = Ledger(ctx.opts.ledger(study.name, key), ctx.opts.workspace)
-    if not ledger.started and find_runs(ctx.opts.tracking, ctx.exp_id,
-                                        {"dmtune.role": "trial", "dmtune.setting": key}, 1):
-        # The ledger is what a resume goes on from: without it every trial would train (and be
-        # recorded) a second time.
-        raise UserError(f"{ledger.path}: missing or empty, but MLflow has trial runs of setting {key} in "
-                        f"experiment {study.name!r}: the ledger was lost since; restore it, or run the study "
-                        "in another --workspace")
+    check_ledger(ledger, ctx.opts.tracking, ctx.exp_id, key, study.name)
     if ledger.started and not find_runs(ctx.opts.tracking, ctx.exp_id, {"dmtune.role": "setting",
                                                                       "dmtune.setting": key}, 1):
         # Its run is made before any trial is handed out: this store never had the setting (a resume

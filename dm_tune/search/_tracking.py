@@ -106,6 +106,23 @@ def find_runs(uri: str, exp_id: str, tags: Mapping[str, str], max_results: int =
     return _client(uri).search_runs([exp_id], filter_string=query, max_results=max_results)
 
 
+_PAGE = 1000  # runs per MLflow request
+
+
+def trial_keys(uri: str, exp_id: str, setting: str) -> set[str]:
+    """The trial keys (``dmtune.trial_key``) of every trial run of ``setting``, page by page."""
+    keys: set[str] = set()
+    token = None
+    while True:
+        page = _client(uri).search_runs([exp_id], filter_string=f"tags.`dmtune.role` = 'trial' and "
+                                        f"tags.`dmtune.setting` = '{setting}'", max_results=_PAGE, page_token=token)
+        keys.update(run.data.tags.get("dmtune.trial_key", "") for run in page)
+        token = page.token
+        if not token:
+            keys.discard("")
+            return keys
+
+
 def _param(v: Any) -> str:
     return "" if v is None else str(v)
 
