@@ -353,6 +353,34 @@ def test_a_read_only_workspace_is_one_line(real_stores, tmp_path, where):
     assert not (ro / "new-ws").exists() and not (ro / "locks").exists()
 
 
+_CHECK_WORKSPACE = """
+import sys
+from pathlib import Path
+from dm_tune.errors import UserError
+from dm_tune.search._stores import check_workspace
+try:
+    check_workspace(Path(sys.argv[1]), sys.argv[2])
+except UserError as e:
+    print(e)
+"""
+
+
+def test_a_tracking_store_in_a_read_only_folder_names_the_tracking_uri(tmp_path):
+    """Its folder read-only: the advice was 'use another --workspace', which changes nothing there."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    uri = f"sqlite:///{ro / 'x.db'}"
+    preexec = permissions_preexec()
+    ro.chmod(0o555)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CHECK_WORKSPACE, str(tmp_path / "ws"), uri], capture_output=True,
+                              text=True, timeout=120, preexec_fn=preexec)
+    finally:
+        ro.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"--tracking-uri {uri}: {ro} is read-only for this user; use another --tracking-uri"
+
+
 def test_an_empty_store_warns_only_when_the_workspace_has_a_history(tmp_path):
     ws = tmp_path / "ws"
     ws.mkdir()

@@ -84,7 +84,7 @@ def check_workspace(workspace: Path, tracking_uri: str, folders: Sequence[tuple[
     if tracking is not None:
         stores["MLflow"] = tracking
         if tracking.parent != workspace:
-            _check_writable_dir(tracking.parent, f"--tracking-uri {tracking_uri}")
+            _check_writable_dir(tracking.parent, f"--tracking-uri {tracking_uri}", "--tracking-uri")
     warnings: list[str] = []
     for kind, path in stores.items():
         warning = check_store(path, kind, workspace)
