@@ -340,6 +340,17 @@ def test_gpu_request_on_a_cpu_machine_fails_fast(tmp_path):
     assert not (tmp_path / "ws").exists()
 
 
+def test_more_cpus_per_trial_than_this_process_may_use_fails_before_ray_or_any_store(tmp_path):
+    """Refused by Ray's cluster resources once a local Ray had started (seconds), with the MLflow
+    experiment and the stores made, and left in a new workspace; now before any of it."""
+    more = len(os.sched_getaffinity(0)) + 1
+    proc = _cli("search", "--workspace", str(tmp_path / "ws"), "--cpus-per-trial", str(more), cwd=tmp_path,
+                timeout=120)
+    _one_line_error(proc, f"resources.cpus_per_trial: {more} CPUs per trial requested but this process may use "
+                    f"{more - 1} CPUs on this machine")
+    assert not (tmp_path / "ws").exists()
+
+
 def _search_until(tmp_path: Path, ws: Path, name: str, finished: int, preexec_fn=None) -> subprocess.Popen:
     """A search of 6 DM trials and a confirm stage of (1 arm + 1 baseline) x 2 seeds, 15 epochs
     each, started as a command and returned running once ``finished`` trials have finished."""

@@ -292,8 +292,8 @@ def search_cmd(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     # The study, the flags and the stores are checked before torch, Ray, MLflow or Optuna is
     # imported: a mistyped flag is answered in a fraction of a second.
-    from dm_tune.search._preflight import (check_address, check_local_gpus, check_storage, check_tracking, load_sources,
-                                            probe_ray)
+    from dm_tune.search._preflight import (check_address, check_local_cpus, check_local_gpus, check_storage,
+                                            check_tracking, load_sources, probe_ray)
     from dm_tune.search._run import RunOptions
     from dm_tune.search._stores import check_workspace, study_lock
 
@@ -344,8 +344,9 @@ def search_cmd(args: argparse.Namespace) -> int:
     if moved is not None and opts.echo:
         print(f"dm-tune: note: MLflow keeps study {study.name!r}'s artifacts at {moved}, where the workspace was "
               "when the study began: the result files of the trials that end now go there", file=sys.stderr)
-    if not args.address:
+    if not args.address:  # a local Ray's resources, known before it starts (a cluster's are checked once joined)
         check_local_gpus(study)
+        check_local_cpus(study)
     sources = load_sources(study, new=not resuming)
     _quieten_libraries()
     created = not workspace.exists()
