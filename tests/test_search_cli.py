@@ -128,6 +128,9 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     # a slash missing: was a local folder 's3:' in the current directory
     (["--storage-path", "s3:/bucket/x"], ["--storage-path s3:/bucket/x: a URI has '://' after its scheme"]),
     (["--storage-path", "gs:bucket"], ["--storage-path gs:bucket: a URI has '://'", "with ./ before it"]),
+    # no bucket: was told only after a wait of 60 s for an answer that never came
+    (["--storage-path", "gs://"], ["--storage-path gs://: names no bucket; expected gs://BUCKET/PATH"]),
+    (["--storage-path", "s3:///x"], ["--storage-path s3:///x: names no bucket; expected s3://BUCKET/PATH"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needles):
     port = str(free_port())
@@ -804,6 +807,18 @@ def test_members_that_ended_before_their_population_failed_for_good_keep_their_r
         assert ledger.ended[second].status == "errored"
         assert runs[first].info.status == "FINISHED" and 0.0 < runs[first].data.metrics["final_val_map"] < 1.0
         assert runs[second].info.status == "FAILED"
+
+
+@pytest.mark.parametrize("uri", ["gs://", "gcs:///x", "s3://"])
+def test_a_storage_uri_with_no_bucket_is_refused_at_once(uri):
+    """pyarrow, given no bucket, waited for the service (until the 60-s limit, on gs://)."""
+    from dm_tune.errors import UserError
+    from dm_tune.search._preflight import check_storage
+
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=f"^--storage-path {uri}: names no bucket; expected "):
+        check_storage(uri, timeout=5)
+    assert time.monotonic() - t0 < 1
 
 
 def test_a_storage_server_that_never_answers_is_given_up_on_at_the_limit(tmp_path):

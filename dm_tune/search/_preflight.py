@@ -38,11 +38,19 @@ def _run_probe(script: str, args: list[str], timeout: float) -> subprocess.Compl
                           env={**os.environ, "PYTHONSAFEPATH": "1"})
 
 
+# Remote storage whose URI names its bucket where a URL names its host (hdfs:///path is the
+# cluster's default file system, so it is not among them).
+_BUCKETED = ("s3", "gs", "gcs")
+
+
 def check_storage(uri: str, timeout: float = STORAGE_TIMEOUT_S) -> None:
     """A remote --storage-path (s3://, gs://, hdfs://, ...) must open and answer, as Ray opens it
     (pyarrow's filesystem from the URI); otherwise Ray failed with a traceback once the search had
     started, after the study had been stored with that path. Asked in a child process: one that
     does not answer is killed at ``timeout`` (a thread left waiting on S3 held the exit for minutes)."""
+    parsed = parse_url("--storage-path", uri)
+    if parsed.scheme in _BUCKETED and not parsed.netloc:  # (the probe waited for an answer that never came)
+        raise UserError(f"--storage-path {uri}: names no bucket; expected {parsed.scheme}://BUCKET/PATH")
     try:
         proc = _run_probe(_STORAGE_PROBE, [uri], timeout)
     except subprocess.TimeoutExpired:
