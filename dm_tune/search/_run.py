@@ -432,7 +432,6 @@ def check_ledger(ledger: Ledger, tracking: str, exp_id: str, key: str, study_nam
                         "from an older copy); restore the whole ledger, or run the study in another --workspace")
 
 
-
 def run_setting(ctx: SettingContext, announce: Callable[[], None] | None = None) -> Ledger:
     """Run what is left of one setting (all of it, the first time); returns its ledger. ``announce``
     is called once the setting's stores have been checked, before any trial is handed out."""
