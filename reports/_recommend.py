@@ -230,7 +230,9 @@ def _by_noise_type(settings: list[dict[str, Any]], noise_type: str, noise_rate: 
         return settings
     same = [s for s in settings if s["noise"] == noise_type]
     if same:
-        return same + clean
+        # (a setting of this type at rate 0 is clean too: listed once, or it was counted twice in its
+        # rate's average and named twice in the evidence)
+        return same + [s for s in clean if not any(s is t for t in same)]
     measured = sorted({s["noise"] for s in settings if not _is_clean(s)})
     warnings.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: "
                     f"{', '.join(measured) or 'none'}); using all noise types")

@@ -901,6 +901,17 @@ def test_no_default_guidelines_are_shipped_by_hand() -> None:
     assert default_guidelines_path().parent.name == "reports"
 
 
+def test_recommend_without_a_surface_counts_a_clean_setting_of_the_noise_type_once() -> None:
+    """A symmetric setting at rate 0 is both of the noise type and clean: it was pooled twice,
+    named twice in the evidence and weighted twice in its rate's average (0.1 here, not 0.133)."""
+    g = guidelines([setting(0.0, 0.0, setting="symmetric-10-0"), setting(0.0, 0.3, noise="none"),
+                    setting(0.4, 0.5)])
+    rec = recommend(g, num_classes=10, noise_type="symmetric", noise_rate=0.2)
+    assert len(rec.settings) == len(set(rec.settings)) == 3
+    assert rec.evidence.count("psi 0.00, rho 2.00") == 1
+    assert rec.psi == pytest.approx((0.15 + 0.5) / 2)
+
+
 def test_recommend_without_a_surface_keeps_the_measured_class_weighting() -> None:
     """Guidelines without a surface block (the schema allows it): the recommendation had always
     said class weighting "none", whatever the measured best arms used."""
