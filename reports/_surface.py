@@ -17,8 +17,11 @@ Features (names in ``FEATURES`` order, stored with the model):
 * ``log_num_classes``, ``log_imbalance_ratio`` and ``imbalance=TYPE`` (longtail, step) indicators;
 * ``dataset=NAME``: one-hot over the datasets seen (an unknown dataset: all zeros, with a warning).
 
-A setting feature that does not vary over the training rows says nothing and is left out (a
-request that differs from its one measured value gets a warning instead). Model:
+A setting feature that does not vary over the training rows says nothing and is left out: a
+request that differs from its one measured value (or names a noise type where one was measured)
+gets the GP's prior interval around the measured value's prediction, and a "no calibrated gain"
+warning (``unmeasured_dimensions``); an unmeasured noise type where several were measured is a
+mixture over them, as an unmeasured dataset is over the datasets. Model:
 GaussianProcessRegressor(ConstantKernel * RBF (one length scale per feature) + WhiteKernel,
 normalize_y=True). ``gp_to_dict`` / ``gp_from_dict`` serialise it; ``gp_predict`` predicts
 from the serialised form with numpy alone (scipy.linalg's triangular solves on a large surface), so
@@ -570,12 +573,17 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     cells = [(cw, p, r) for cw in schemes for p in psis for r in rhos]
     every = cells + ran  # the grid, then the configurations the arms ran (predicted here, never candidates)
     X = features([{**base, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in every], enc)
-    mixture = not base["dataset"] and any(f.startswith("dataset=") for f in enc["features"])
-    rows = ([features([{**base, "dataset": name, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in every],
-                      enc) for name in enc["datasets"]] if mixture else [X])
+    # A dataset or noise type not measured: like one of those measured, which one unknown (the
+    # encoding would otherwise read an unseen noise type as symmetric, an unseen dataset as none).
+    datasets = enc["datasets"] if not base["dataset"] and any(f.startswith("dataset=") for f in enc["features"]) \
+        else [base["dataset"]]
+    noises = _noise_mixture(surface, noise_type, noise_rate) or [noise_type]
+    variants = [{**base, "dataset": d, "noise": n} for d in datasets for n in noises]
+    rows = ([features([{**v, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in every], enc)
+             for v in variants] if variants != [base] else [X])  # (none: a damaged encoding, NaN, refused)
     parts = [gp_posterior(model, x) for x in rows]
     means = np.array([m for m, _, _ in parts])
-    raw = means.mean(axis=0)  # a dataset not measured: like one of them, which one unknown
+    raw = means.mean(axis=0)
     std, own = (np.sqrt(np.mean([p[k] ** 2 for p in parts], axis=0) + means.var(axis=0)) for k in (1, 2))
     n = len(cells)
     # (a scheme no arm ran takes the best of every arm: its cells would go uncapped)
@@ -604,6 +612,20 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     near = mine & (mean >= predicted - WITHIN_POINTS - 1e-9)
     plausible = mine & (mean + Z95 * std >= predicted - WITHIN_POINTS - 1e-9)
     _, psi, rho = cells[i]
+    unmeasured = unmeasured_dimensions(surface, base, dataset)
+    if unmeasured:
+        # Along a dimension every measured setting shares one value of, the surface has no length
+        # scale to learn: the gain may change with it slowly or at once. Far along a dimension of
+        # unknown length scale a GP's posterior is its prior, so the interval is no narrower than the
+        # prior's (the spread of the measured arms' gains, noise included), centred on the gain
+        # predicted at the measured value; the point, region and weighting stay those of the measured
+        # settings (the surface's best there), a starting point, not a calibrated answer.
+        prior, prior_own = gp_prior_std(model)
+        sd, unsure = max(sd, prior), max(unsure, prior_own)
+        warnings.append(f"no calibrated gain: {'; '.join(unmeasured)}, outside the measured settings; the surface "
+                        "cannot tell how the gain changes with it, so the 95% interval is its prior's (the spread "
+                        f"of the measured arms' gains, std {prior:.1f} points), and psi, rho and class weighting "
+                        "are the surface's best for the measured value")
     if m is not None and predicted > measured + 0.05 and measured <= cap:  # (a difference the printed tenths show)
         warnings.append(f"this setting was measured ({m['setting']}): its best arm gained {measured:+.1f} points "
                         f"at psi {m['best_psi']:.2f}, rho {m['best_rho']:.2f}; the surface predicted {predicted:+.1f} "
@@ -631,6 +653,62 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
             "predicted_gain": {"mean": best, "low": best - Z95 * sd, "high": best + Z95 * sd, "level": 0.95,
                                "metric": "final validation accuracy, points over CCE"},
             "predicted_std": sd, "surface_std": unsure, "leans_on": leaned, "warnings": warnings}
+
+
+def gp_prior_std(d: dict[str, Any]) -> tuple[float, float]:
+    """The serialised GP's prior std (points) at any point, with the fitted noise and without it:
+    what ``gp_posterior`` gives infinitely far from every training row."""
+    import numpy as np
+
+    theta, y = np.exp(np.asarray(d["theta"], dtype=float)), np.asarray(d["y"], dtype=float)
+    y_std = (float(y.std()) or 1.0) if d["normalize_y"] else 1.0
+    return float(math.sqrt(theta[0] + theta[-1]) * y_std), float(math.sqrt(theta[0]) * y_std)
+
+
+def _noisy_types(surface: dict[str, Any]) -> list[str]:
+    """The noise types the surface's settings measured at a rate above 0."""
+    return sorted({_noise(s["noise"], s["noise_rate"])[0] for s in surface["settings"]
+                   if _noise(s["noise"], s["noise_rate"])[1]})
+
+
+def _noise_mixture(surface: dict[str, Any], noise_type: str, noise_rate: float) -> list[str]:
+    """The measured noise types to average over for a noisy query of a type not measured, where
+    two or more were (their disagreement then widens the interval, as datasets' does); else []."""
+    noise, rate = _noise(noise_type, noise_rate)
+    measured = {_noise(s["noise"], s["noise_rate"])[0] for s in surface["settings"]}
+    types = _noisy_types(surface)
+    return types if rate and noise not in measured and len(types) > 1 else []
+
+
+def unmeasured_dimensions(surface: dict[str, Any], query: dict[str, Any], dataset: str | None) -> list[str]:
+    """Where the query (setting keys; ``dataset`` as asked) differs from the one value every measured
+    setting shares: a dimension the surface dropped as constant, or a category without a feature
+    (one measured noise type, or one dataset, and the query another). Each as a phrase naming it."""
+    settings = surface["settings"]
+    noise, rate = _noise(query["noise"], query["noise_rate"])
+    out = []
+
+    def one(values: set[Any]) -> Any:
+        return next(iter(values)) if len(values) == 1 else None
+
+    rates = {_noise(s["noise"], s["noise_rate"])[1] for s in settings}
+    if len(rates) == 1 and abs(rate - one(rates)) > rate_slack(noise):
+        out.append(f"noise rate {num_text(rate)} (every measured setting: {one(rates):g})")
+    types = _noisy_types(surface)
+    if rate and noise not in types and len(types) <= 1:  # (two or more: _noise_mixture's)
+        out.append(f"noise type {noise!r} (measured: {', '.join(types) or 'clean labels only'})")
+    for key, what in (("num_classes", "number of classes"), ("imbalance_ratio", "imbalance ratio")):
+        values = {float(s[key]) for s in settings}
+        if len(values) == 1 and abs(float(query[key]) - one(values)) > 1e-9:
+            out.append(f"{what} {num_text(query[key])} (every measured setting: {one(values):g})")
+    kinds = {s["imbalance"] for s in settings}
+    if query["imbalance"] not in kinds:  # (an unseen kind has no indicator: it was read as none)
+        out.append(f"imbalance {query['imbalance']!r} (measured: {', '.join(sorted(kinds))})")
+    names = {s["dataset"] for s in settings}
+    # (a dataset left out is read as the measured one where there is one: only a named other is flagged)
+    if len(names) == 1 and dataset is not None and dataset != one(names):
+        out.append(f"dataset {dataset!r} (every measured setting: {one(names)})")
+    return out
 
 
 def _row_weightings(model: dict[str, Any], enc: dict[str, Any]) -> list[str]:
@@ -721,7 +799,9 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
     rates = [_noise(s["noise"], s["noise_rate"])[1] for s in settings if _noise(s["noise"], s["noise_rate"])[0] == noise]
     if not rates:
         measured = sorted({_noise(s["noise"], s["noise_rate"])[0] for s in settings})
-        out.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: {', '.join(measured)})")
+        out.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: {', '.join(measured)})"
+                   + ("; predicted as the average over the measured noise types, their spread in the interval"
+                      if _noise_mixture(surface, noise_type, noise_rate) else ""))
         rates = [_noise(s["noise"], s["noise_rate"])[1] for s in settings]  # (its rate: against every type's)
         if not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
             out.append(f"extrapolation: noise rate {num_text(noise_rate)} is outside the measured range "

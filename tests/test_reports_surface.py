@@ -867,3 +867,40 @@ def test_the_cap_leaves_a_prediction_within_the_measured_gains_alone(surface: di
         assert rec["predicted_gain"]["mean"] == pytest.approx(mean[i], abs=0.05)
         assert mean[i] <= max(s["best_gain"] for s in rec["leans_on"])
         assert not any("capped" in w for w in rec["warnings"])
+
+
+def test_a_query_outside_a_dimension_every_setting_shared_gets_the_priors_interval(surface) -> None:
+    """Every shipped setting has 10 classes: 21,843 classes (or 2, or 100) got the 10-class gain and
+    its interval, +15.6 (+8.5 to +22.6), with a warning only; an unmeasured noise type was read as
+    symmetric. Now: outside a dimension the surface dropped, the interval is no narrower than the
+    GP's prior (its length scale there unknown); the point stays the measured settings' best."""
+    from dm_tune.reports._schema import default_guidelines_path, load_guidelines
+    from dm_tune.reports._surface import gp_prior_std
+
+    shipped = load_guidelines(default_guidelines_path())["surface"]
+    prior, _ = gp_prior_std(shipped["model"])
+    ten = recommend_from_surface(shipped, 10, "symmetric", 0.3)
+    assert not any(w.startswith("no calibrated gain") for w in ten["warnings"])
+    for classes in (2, 100, 21843):
+        far = recommend_from_surface(shipped, classes, "symmetric", 0.3)
+        g = far["predicted_gain"]
+        assert (far["psi"], far["rho"], far["class_weighting"]) == (ten["psi"], ten["rho"], ten["class_weighting"])
+        assert g["high"] - g["low"] >= 2 * 1.96 * prior - 1e-9 > ten["predicted_gain"]["high"] - ten["predicted_gain"]["low"]
+        assert any(w.startswith(f"no calibrated gain: number of classes {classes} (every measured setting: 10)")
+                   for w in far["warnings"])
+    # A noise type not measured, where two were (symmetric, pair): a mixture over them, their
+    # disagreement in the interval (it was read as symmetric, with symmetric's interval)
+    sym = ten["predicted_gain"]
+    for noise in ("file", "cifar100-superclass"):
+        mixed = recommend_from_surface(shipped, 10, noise, 0.3)
+        assert mixed["predicted_gain"]["high"] - mixed["predicted_gain"]["low"] > sym["high"] - sym["low"] + 1.0
+        assert any("average over the measured noise types" in w for w in mixed["warnings"])
+    # Where one noise type was measured (the fixture's symmetric), another has no feature: the prior
+    fixture_prior, _ = gp_prior_std(surface["model"])
+    for noise in ("pair", "file"):
+        r = recommend_from_surface(surface, 10, noise, 0.4)
+        assert r["predicted_std"] >= fixture_prior - 1e-9
+        assert any(w.startswith(f"no calibrated gain: noise type {noise!r} (measured: symmetric)") for w in r["warnings"])
+    step = recommend_from_surface(surface, 10, "symmetric", 0.4, "step", 10.0)
+    assert any(w.startswith("no calibrated gain: imbalance ratio 10") and "imbalance 'step'" in w
+               for w in step["warnings"])
