@@ -238,10 +238,13 @@ def recommend_command(args: argparse.Namespace) -> int:
         print(f"  within {reg['within_points']:g} point of the best: psi {reg['psi'][0]:.2f}-{reg['psi'][1]:.2f}, "
               f"rho {reg['rho'][0]:.2f}-{reg['rho'][1]:.2f}; plausible: psi {wide['psi'][0]:.2f}-{wide['psi'][1]:.2f}, "
               f"rho {wide['rho'][0]:.2f}-{wide['rho'][1]:.2f}")
+        from dm_tune.reports._surface import best_weighting
+
         print("  leans on:")
         for s in rec.leans_on:
             print(f"    {s['setting']} (correlation {s['correlation']:.2f}): measured best {s['best_gain']:+.1f} "
-                  f"validation points over CCE at psi {s['best_psi']:.2f}, rho {s['best_rho']:.2f}")
+                  f"validation points over CCE at psi {s['best_psi']:.2f}, rho {s['best_rho']:.2f}, "
+                  f"class weighting {best_weighting(s)}")
     else:
         print(f"  evidence: {rec.evidence}")
     for w in rec.warnings:

@@ -138,7 +138,8 @@ def _measured_weighting(used: list[dict[str, Any]], rate: float, warnings: list[
 
 def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, noise_rate: float, imbalance: str,
                   imbalance_ratio: float, dataset: str | None) -> Recommendation:
-    from dm_tune.reports._surface import arms_phrase, recommend_from_surface  # numpy inside: recommend stays light
+    from dm_tune.reports._surface import (arms_phrase, best_weighting,  # numpy inside: recommend stays light
+                                          recommend_from_surface)
 
     try:
         r = recommend_from_surface(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, dataset)
@@ -147,7 +148,8 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
                         "with 'dm-tune report'") from None
     gain = r["predicted_gain"]
     lines = [f"{setting_label(s)}: correlation {s['correlation']:.2f}, measured best "
-             f"{s['best_gain']:+.1f} points over CCE (validation)" for s in r["leans_on"]]
+             f"{s['best_gain']:+.1f} points over CCE (validation), class weighting {best_weighting(s)}"
+             for s in r["leans_on"]]
     evidence = (f"response surface over {len(surface['settings'])} measured settings, "
                 f"{arms_phrase(surface)}: predicted {gain['mean']:+.1f} "
                 f"validation points over CCE (95%: {gain['low']:+.1f} to "

@@ -628,7 +628,8 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
                         "are the surface's best for the measured value")
     if m is not None and predicted > measured + 0.05 and measured <= cap:  # (a difference the printed tenths show)
         warnings.append(f"this setting was measured ({m['setting']}): its best arm gained {measured:+.1f} points "
-                        f"at psi {m['best_psi']:.2f}, rho {m['best_rho']:.2f}; the surface predicted {predicted:+.1f} "
+                        f"at psi {m['best_psi']:.2f}, rho {m['best_rho']:.2f}, class weighting {best_weighting(m)}; "
+                        f"the surface predicted {predicted:+.1f} "
                         "here: capped at the measured gain, its interval moved down with it"
                         + ("; prefer the measured arm, or search between the two"
                            if predicted > measured + WITHIN_POINTS else ""))
@@ -709,6 +710,12 @@ def unmeasured_dimensions(surface: dict[str, Any], query: dict[str, Any], datase
     if len(names) == 1 and dataset is not None and dataset != one(names):
         out.append(f"dataset {dataset!r} (every measured setting: {one(names)})")
     return out
+
+
+def best_weighting(s: dict[str, Any]) -> str:
+    """The class weighting a measured setting's best arm trained with (``best_class_weighting``; on
+    balanced data every scheme is none): the weighting its measured gain was reached with."""
+    return effective_weighting({"imbalance": s["imbalance"], "class_weighting": s.get("best_class_weighting")})
 
 
 def _row_weightings(model: dict[str, Any], enc: dict[str, Any]) -> list[str]:

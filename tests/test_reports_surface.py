@@ -904,3 +904,21 @@ def test_a_query_outside_a_dimension_every_setting_shared_gets_the_priors_interv
     step = recommend_from_surface(surface, 10, "symmetric", 0.4, "step", 10.0)
     assert any(w.startswith("no calibrated gain: imbalance ratio 10") and "imbalance 'step'" in w
                for w in step["warnings"])
+
+
+def test_the_measured_arm_to_prefer_and_the_settings_leaned_on_name_their_class_weighting(capsys) -> None:
+    """'prefer the measured arm' gave its psi and rho but not its class weighting (inverse here,
+    where the recommendation says none), nor did the leans-on lines: that arm could not be trained."""
+    from dm_tune.cli import main
+    from dm_tune.reports._schema import default_guidelines_path, load_guidelines
+
+    query = dict(num_classes=10, noise_type="symmetric", noise_rate=0.3, imbalance="longtail", imbalance_ratio=10.0)
+    r = recommend_from_surface(load_guidelines(default_guidelines_path())["surface"], **query)
+    (w,) = [w for w in r["warnings"] if "prefer the measured arm" in w]
+    assert "at psi 0.50, rho 1.49, class weighting inverse;" in w
+    assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--imbalance", "longtail:10"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "measured best" in x]
+    assert len(lines) == 3 and all(", class weighting " in x for x in lines)
+    assert lines[0].endswith("at psi 0.50, rho 1.49, class weighting inverse")
+    rec = recommend(load_guidelines(default_guidelines_path()), **query)
+    assert "(validation), class weighting inverse" in rec.evidence
