@@ -80,6 +80,8 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
     if problem:
         raise UserError(f"the guidelines: {problem}")
     surface = guidelines.get("surface")
+    _check_dataset_case(dataset, {s.get("dataset") for s in guidelines.get("settings") or []}
+                        | set((surface or {}).get("encoding", {}).get("datasets") or []))
     if surface and surface.get("task") == task:
         return _from_surface(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, dataset)
     settings = guidelines.get("settings") or []
@@ -208,6 +210,7 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
     if imbalance != "none" and imbalance_ratio == 1.0:
         raise UserError(f"{names['imbalance']} {imbalance!r} needs an {names['imbalance_ratio']} > 1 "
                         f"(largest / smallest class), got {imbalance_ratio!r}")
+    _check_dataset_case(dataset, DATASET_NAMES, names)
     if dataset in DATASET_NAMES:  # one dm-tune reads: what the query says must fit it (a guidelines' own name: any)
         if task_of(dataset) != task:
             raise UserError(f"{names['dataset']} {dataset!r} is a {task_of(dataset)} dataset, not {task} (set "
@@ -216,6 +219,17 @@ def _check_inputs(num_classes: int, noise_type: str, noise_rate: float, imbalanc
         if fixed is not None and num_classes != fixed:
             raise UserError(f"{names['num_classes']} {num_classes} does not fit {names['dataset']} {dataset!r}, which "
                             f"has {fixed} classes (leave {names['dataset']} out for data that is not {dataset})")
+
+
+def _check_dataset_case(dataset: str | None, known: Any, names: dict[str, str] = INPUT_NAMES) -> None:
+    """Refuse a dataset name that is a known one (dm-tune's, or one the guidelines measured) in
+    another case: 'Digits' was taken as a dataset never measured and answered differently."""
+    if dataset is None or dataset in known:
+        return
+    same = sorted({str(k) for k in known if str(k).lower() == dataset.lower()})
+    if same:
+        raise UserError(f"{names['dataset']} {dataset!r} is not known; did you mean {' or '.join(map(repr, same))}? "
+                        "(dataset names are case-sensitive)")
 
 
 def _is_clean(s: dict[str, Any]) -> bool:

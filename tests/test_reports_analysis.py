@@ -731,6 +731,9 @@ def test_recommend_warns_when_extrapolating() -> None:
      "number of classes 100 does not fit dataset 'digits', which has 10 classes (leave dataset out"),
     (dict(num_classes=150, dataset="reid-synth"),
      "dataset 'reid-synth' is a retrieval dataset, not classification (set task retrieval"),
+    # a known name in another case was taken for a dataset never measured, and answered differently
+    (dict(dataset="Digits"), "dataset 'Digits' is not known; did you mean 'digits'? (dataset names are case-sensitive)"),
+    (dict(dataset="D"), "dataset 'D' is not known; did you mean 'd'?"),  # the guidelines' own dataset
 ])
 def test_recommend_rejects_bad_input(kwargs: dict[str, Any], message: str) -> None:
     args = dict(num_classes=10, noise_type="symmetric", noise_rate=0.2) | kwargs
