@@ -248,7 +248,7 @@ def recommend_command(args: argparse.Namespace) -> int:
     else:
         print(f"  evidence: {rec.evidence}")
     for w in rec.warnings:
-        print(f"  warning: {w}")
+        print(f"  {w}" if w.startswith("note: ") else f"  warning: {w}")  # (an older analysis: a note)
     print(f"  try: {train_command(args, rec)}")
     print(f"  (guidelines: {path})")
     return 0

@@ -22,7 +22,7 @@ from typing import Any
 from dm_tune._names import DATASET_NAMES, FIXED_CLASSES, IMBALANCE_KINDS, IMBALANCE_RATIO_MAX, rate_limit, task_of
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
-from dm_tune.reports._text import FILE_RATE_TOLERANCE, fmt_diff, num_text, setting_label
+from dm_tune.reports._text import FILE_RATE_TOLERANCE, analysis_note, fmt_diff, num_text, setting_label
 
 NO_SURFACE = ("no response surface for this task in the guidelines: (psi, rho) interpolated between the measured "
               "settings' best arms, without a predicted gain or region")
@@ -79,6 +79,15 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
     problem = validate_guidelines(guidelines)
     if problem:
         raise UserError(f"the guidelines: {problem}")
+    rec = _recommend(guidelines, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, task, dataset)
+    note = analysis_note(guidelines.get("analysis_version", 1))
+    if note:
+        rec.warnings.insert(0, note)
+    return rec
+
+
+def _recommend(guidelines: Mapping[str, Any], num_classes: int, noise_type: str, noise_rate: float, imbalance: str,
+               imbalance_ratio: float, task: str, dataset: str | None) -> Recommendation:
     surface = guidelines.get("surface")
     _check_dataset_case(dataset, {s.get("dataset") for s in guidelines.get("settings") or []}
                         | set((surface or {}).get("encoding", {}).get("datasets") or []))

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from dm_tune._names import CLASS_WEIGHTING_NAMES, IMBALANCE_KINDS, NOISE_NAMES
 from dm_tune._validate import config_error, in_range, one_of, rule, violation
 from dm_tune.errors import UserError, read_input
-from dm_tune.reports._text import SCHEMA_VERSION
+from dm_tune.reports._text import ANALYSIS_VERSION, SCHEMA_VERSION
 
 # The file is JSON that recommend() computes with as it is: no coercion ("0.3" is not a number),
 # no NaN; keys beyond these are the report's and pass through.
@@ -152,6 +152,10 @@ class _Guidelines(BaseModel):
                                         f"expected {SCHEMA_VERSION} (a file of schema version 1 must be "
                                         "regenerated with 'dm-tune report'; a later version was written by a "
                                         "newer dm-tune)")]
+    # (absent: written before it was recorded, 1; a later one than this dm-tune's ran silently)
+    analysis_version: Annotated[int, rule(lambda v: 1 <= v <= ANALYSIS_VERSION,
+                                          f"expected 1 to {ANALYSIS_VERSION} (a later version was written by a "
+                                          "newer dm-tune)")] = 1
     settings: list[_Setting]
     rules: list[Any]
     provenance: dict[str, Any]

@@ -25,6 +25,30 @@ SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-s
 # keeps, from _loso.KEPT_ROWS surface rows up, the full fit's in leave-one-setting-out's refits
 # (``loso.hyperparameters`` says which); a file without the field was written by an earlier report (1).
 ANALYSIS_VERSION = 7
+# What each analysis version changed, as recommend's note on an older file says it.
+ANALYSIS_CHANGES = {
+    2: "rules ask a slope for p < 0.05, a refutation of the paper a gap beyond seed noise",
+    3: "rules' p-values are Holm-adjusted and the gap at the paper's mode is measured on test",
+    4: "that gap is measured among arms of the best arm's class weighting",
+    5: "recommendations (leave-one-setting-out's too) are capped at the measured best",
+    6: "a searched class weighting counts in importance and sensitivity, imbalanced data is recommended only "
+       "weightings measured there, and a verdict's spread is at least one test example's worth",
+    7: "the surface's kernel hyper-parameters are optimised on 1,024 of its rows above that many, and "
+       "leave-one-setting-out keeps the full fit's from 512 surface rows up",
+}
+
+
+def analysis_note(version: int) -> str | None:
+    """One line on a guidelines file of an older analysis version (None for the current one):
+    what the versions since changed."""
+    if version >= ANALYSIS_VERSION:
+        return None
+    since = "; ".join(f"{v}: {ANALYSIS_CHANGES[v]}" for v in range(version + 1, ANALYSIS_VERSION + 1)
+                      if v in ANALYSIS_CHANGES)
+    return (f"note: these guidelines were written by a report of analysis version {version}, this dm-tune's is "
+            f"{ANALYSIS_VERSION}: the recommendation is computed from their surface or settings by this version, "
+            f"but what the report recorded was analysed without what came since ({since}); 'dm-tune report' "
+            "writes them again")
 ACCURACY_UNIT = "percentage points"
 # A label file's rate as a setting measured it (on the training part, over its seeds) and as the
 # file has it overall differ by a point or so: within this, recommend takes them as the same file's.

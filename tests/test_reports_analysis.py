@@ -19,7 +19,7 @@ from dm_tune.reports import (analyse_setting, analyse_settings, build_guidelines
                      validate_guidelines)
 from dm_tune.reports._guidelines import dumps
 from dm_tune.reports._recommend import NO_SURFACE
-from dm_tune.reports._text import SCHEMA_VERSION
+from dm_tune.reports._text import ANALYSIS_VERSION, SCHEMA_VERSION
 from dm_tune.reports._load import tidy
 
 SETTING = dict(dataset="digits", noise="symmetric", noise_rate="0.4", imbalance="none", imbalance_ratio="1.0",
@@ -676,7 +676,8 @@ def test_paper_comparison_refutes_when_the_papers_mode_was_worse() -> None:
 
 
 def guidelines(settings: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, "generated": "now", "provenance": {}, "settings": settings, "rules": []}
+    return {"schema_version": SCHEMA_VERSION, "analysis_version": ANALYSIS_VERSION, "generated": "now",
+            "provenance": {}, "settings": settings, "rules": []}
 
 
 def test_recommend_interpolates_in_noise_rate() -> None:
@@ -913,6 +914,33 @@ def test_recommend_without_a_surface_counts_a_clean_setting_of_the_noise_type_on
     assert len(rec.settings) == len(set(rec.settings)) == 3
     assert rec.evidence.count("psi 0.00, rho 2.00") == 1
     assert rec.psi == pytest.approx((0.15 + 0.5) / 2)
+
+
+def test_recommend_refuses_a_later_analysis_version_and_notes_an_earlier_one(tmp_path: Path, capsys) -> None:
+    """analysis_version was never read: a v99 file (a newer dm-tune's) ran silently, and a v5 file
+    (the shipped one) gave no sign that its report analysed by older rules."""
+    from dm_tune.cli import main
+
+    g = guidelines([setting(0.2, 0.3), setting(0.6, 0.7)])
+    assert not any(w.startswith("note:") for w in recommend(g, 10, "symmetric", 0.4).warnings)
+    for bad in (99, 0, "7", 7.0):
+        with pytest.raises(UserError, match=r"^the guidelines: analysis_version: "):
+            recommend({**g, "analysis_version": bad}, 10, "symmetric", 0.4)
+    path = tmp_path / "guidelines.json"
+    path.write_text(dumps({**g, "analysis_version": 99}))
+    with pytest.raises(UserError, match=rf"{path}: analysis_version: 99 is not allowed; expected 1 to "
+                                        rf"{ANALYSIS_VERSION} \(a later version was written by a newer dm-tune\)"):
+        load_guidelines(path)
+    old = recommend({**g, "analysis_version": 5}, 10, "symmetric", 0.4).warnings
+    assert old[0].startswith(f"note: these guidelines were written by a report of analysis version 5, this "
+                             f"dm-tune's is {ANALYSIS_VERSION}") and "(6: a searched class weighting" in old[0]
+    assert sum(w.startswith("note:") for w in old) == 1
+    absent = {k: v for k, v in g.items() if k != "analysis_version"}  # written before it was recorded: 1
+    assert "analysis version 1," in recommend(absent, 10, "symmetric", 0.4).warnings[0]
+    path.write_text(dumps({**g, "analysis_version": 5}))
+    assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.4", "--guidelines", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("  note: these guidelines were written") == 1 and "warning: note" not in out
 
 
 def test_recommend_without_a_surface_keeps_the_measured_class_weighting() -> None:
