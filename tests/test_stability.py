@@ -346,3 +346,30 @@ def test_a_document_nested_too_deeply_is_one_line_for_every_reader(tmp_path: Pat
         assert main(argv) == 2, argv
         out, err = capsys.readouterr()
         assert out == "" and len(err.strip().splitlines()) == 1 and "nested too deeply" in err, (argv, err)
+
+
+def test_recommend_refuses_the_damaged_guidelines_stability_refuses(tmp_path: Path) -> None:
+    """A setting without its 'setting' name, or one listed twice: stability refused them, recommend
+    recommended from them. One check now, the same line from both."""
+    from dm_tune.reports._recommend import recommend
+    from dm_tune.reports._schema import default_guidelines_path, load_guidelines
+    from dm_tune.reports._stability import load_doc
+
+    shipped = json.loads(default_guidelines_path().read_text(encoding="utf-8"))
+    nameless, twice = copy.deepcopy(shipped), copy.deepcopy(shipped)
+    del nameless["settings"][0]["setting"]
+    twice["settings"].append(copy.deepcopy(twice["settings"][0]))
+    for doc, problem in ((nameless, "settings[0]: missing key 'setting'"),
+                         (twice, f"settings[{len(shipped['settings'])}]: setting "
+                                 f"{shipped['settings'][0]['setting']!r} appears twice")):
+        path = tmp_path / "g.json"
+        path.write_text(json.dumps(doc))
+        with pytest.raises(UserError) as from_stability:
+            load_doc(path)
+        with pytest.raises(UserError) as from_load:
+            load_guidelines(path)
+        with pytest.raises(UserError) as from_recommend:
+            recommend(doc, num_classes=10, noise_type="symmetric", noise_rate=0.3)
+        assert str(from_stability.value) == f"{path}: {problem}"
+        assert str(from_load.value) == f"guidelines file {path}: {problem}"
+        assert str(from_recommend.value) == f"the guidelines: {problem}"
