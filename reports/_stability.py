@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dm_tune.errors import UserError, json_text, output_dir, output_path, path_argument, write_output
+from dm_tune.errors import (UserError, json_text, output_dir, output_path, path_argument, resolve_path,
+                            write_output)
 from dm_tune.reports._text import md_table, md_text
 
 SETTING_KEYS = ("setting", "psi", "rho", "psi_range", "rho_range", "vs_baselines")
@@ -422,6 +423,14 @@ def stability_command(args: argparse.Namespace) -> int:
                       if (where / name).exists() and not (where / name).is_file()), None)
         if taken is not None:  # (it printed everything and wrote stability.json, then failed)
             raise UserError(f"--out {args.out}: {where / taken} is not a file (stability writes it); use another --out")
+        # Never one of its own inputs (links followed): stability.json (or .md) as A or B was replaced
+        # by the comparison, the guidelines it was read from lost, as train refuses its --out.
+        for flag, value in (("A.json", args.a), ("B.json", args.b)):
+            src = resolve_path(value, flag)
+            hit = next((name for name in ("stability.json", "stability.md")
+                        if resolve_path(where / name, "--out") == src), None)
+            if hit is not None:
+                raise UserError(f"--out {args.out}: its {hit} is the input {value} ({flag}); write the result elsewhere")
     result = compare(load_doc(args.a), load_doc(args.b), (str(args.a), str(args.b)))
     print(brief(result))
     if args.out:

@@ -373,3 +373,29 @@ def test_recommend_refuses_the_damaged_guidelines_stability_refuses(tmp_path: Pa
         assert str(from_stability.value) == f"{path}: {problem}"
         assert str(from_load.value) == f"guidelines file {path}: {problem}"
         assert str(from_recommend.value) == f"the guidelines: {problem}"
+
+
+def test_an_out_whose_stability_file_is_an_input_is_refused(tmp_path: Path, capsys):
+    """--out DIR with DIR/stability.json as A (or .md as B, or a link to one) replaced that input
+    with the comparison: the guidelines it was read from were lost."""
+    a, b = docs()
+    (tmp_path / "stability.json").write_text(json.dumps(a))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "stability.md").write_text(json.dumps(b))
+    (tmp_path / "link").mkdir()
+    os.symlink(tmp_path / "stability.json", tmp_path / "link" / "stability.json")
+    before = {p: p.read_text() for p in (tmp_path / "stability.json", tmp_path / "other" / "stability.md")}
+    for args, hit, value, flag in (
+            ([str(tmp_path / "stability.json"), str(tmp_path / "other" / "stability.md"), "--out", str(tmp_path)],
+             "stability.json", str(tmp_path / "stability.json"), "A.json"),
+            ([str(tmp_path / "stability.json"), str(tmp_path / "other" / "stability.md"), "--out",
+              str(tmp_path / "other" / ".")], "stability.md", str(tmp_path / "other" / "stability.md"), "B.json"),
+            ([str(tmp_path / "stability.json"), str(tmp_path / "other" / "stability.md"), "--out",
+              str(tmp_path / "link")], "stability.json", str(tmp_path / "stability.json"), "A.json")):
+        assert main(["stability", *args]) == 2
+        out, err = capsys.readouterr()
+        assert err.strip() == (f"dm-tune: error: --out {args[-1]}: its {hit} is the input {value} ({flag}); "
+                               "write the result elsewhere") and out == ""
+    assert {p: p.read_text() for p in before} == before
+    assert main(["stability", str(tmp_path / "stability.json"), str(tmp_path / "other" / "stability.md"),
+                 "--out", str(tmp_path / "elsewhere")]) == 0
