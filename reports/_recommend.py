@@ -97,10 +97,13 @@ def _recommend(guidelines: Mapping[str, Any], num_classes: int, noise_type: str,
     settings = guidelines.get("settings") or []
     if not settings:
         raise UserError("the guidelines contain no measured settings to recommend from")
+    others = sorted({str(s.get("task", "classification")) for s in settings} - {task})
     settings = [s for s in settings if s.get("task", "classification") == task]
     if not settings:
         raise UserError(f"the guidelines contain no {task} settings; run a {task} study, then "
-                        "'dm-tune report', and pass its guidelines.json with --guidelines")
+                        "'dm-tune report', and pass its guidelines.json with --guidelines"
+                        + (f" (they hold {' and '.join(others)} settings only: for {others[0]} data, ask with "
+                           f"--task {others[0]})" if others else ""))
     warnings: list[str] = [NO_SURFACE]
     if dataset is not None:  # (was ignored here: the surface's alone)
         mine = [s for s in settings if s.get("dataset") == dataset]

@@ -211,8 +211,19 @@ def surface_problem(surface: Any) -> str | None:
     return _first_problem(_Surface, surface, where="surface")
 
 
+# The other JSON files dm-tune writes, by keys they have and guidelines lack: passed as guidelines
+# they were told "schema_version: missing; this field is required".
+OTHER_OUTPUTS = ((("summary", "schema_versions"), "a stability.json written by 'dm-tune stability'"),
+                 (("seeds", "verdict_rule"), "a validation.json written by 'dm-tune validate'"))
+
+
 def validate_guidelines(doc: Any) -> str | None:
     """The first schema problem in ``doc`` as one line naming the field, or None when it is valid."""
+    if isinstance(doc, dict) and "schema_version" not in doc:
+        what = next((what for keys, what in OTHER_OUTPUTS if all(k in doc for k in keys)), None)
+        if what is not None:
+            return (f"this is {what}, not guidelines; pass the guidelines.json that 'dm-tune report' writes "
+                    "(WORKSPACE/report)")
     return _first_problem(_Guidelines, doc, root="the top level")
 
 

@@ -107,3 +107,8 @@ def test_recommend_task_flag(tmp_path, capsys):
                  "--guidelines", str(classification)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no retrieval settings" in err
+    # a classification query on retrieval-only guidelines: told to ask with --task retrieval
+    assert main(["recommend", "--num-classes", "120", "--noise-rate", "0.3", "--guidelines", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.strip().endswith(
+        "(they hold retrieval settings only: for retrieval data, ask with --task retrieval)")

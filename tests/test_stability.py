@@ -399,3 +399,21 @@ def test_an_out_whose_stability_file_is_an_input_is_refused(tmp_path: Path, caps
     assert {p: p.read_text() for p in before} == before
     assert main(["stability", str(tmp_path / "stability.json"), str(tmp_path / "other" / "stability.md"),
                  "--out", str(tmp_path / "elsewhere")]) == 0
+
+
+def test_a_stability_or_validation_file_given_as_guidelines_is_named(tmp_path: Path, capsys):
+    """recommend --guidelines stability.json said "schema_version: missing; this field is required"."""
+    a, b = docs()
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main(["stability", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "s")]) == 0
+    validation = tmp_path / "validation.json"
+    validation.write_text(json.dumps({"verdict_rule": "wins/loses when ...", "arms": [], "seeds": [0],
+                                      "settings": [], "summary": {}}))
+    capsys.readouterr()
+    for path, what in ((tmp_path / "s" / "stability.json", "a stability.json written by 'dm-tune stability'"),
+                       (validation, "a validation.json written by 'dm-tune validate'")):
+        assert main(["recommend", "--num-classes", "10", "--noise-rate", "0.3", "--guidelines", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"dm-tune: error: guidelines file {path}: this is {what}, not guidelines; pass the guidelines.json "
+            "that 'dm-tune report' writes (WORKSPACE/report)")
