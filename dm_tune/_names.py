@@ -53,6 +53,17 @@ def rate_limit(name: str, num_classes: int) -> float | None:
     return None
 
 
+# cifar100-superclass's rate is that of each paired subclass, as dm-tune train takes it: 2 of each
+# superclass's 5 subclasses are paired (dm_tune.noise.cifar100_superclass), so a rate r makes about
+# r x 2/5 of all labels wrong (0.4: 16%). The other synthetic types' rate is that fraction itself.
+SUPERCLASS_PAIRED_SHARE = 2 / 5
+
+
+def wrong_label_fraction(noise: str, rate: float) -> float:
+    """About what fraction of all labels noise ``noise`` at (dm-tune train's) ``rate`` makes wrong."""
+    return rate * SUPERCLASS_PAIRED_SHARE if noise == "cifar100-superclass" else rate
+
+
 # Datasets whose number of classes is fixed (the others': their files'); cifar100's classes alone
 # come in groups (cifar100-superclass noise).
 FIXED_CLASSES: dict[str, int] = {"digits": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100, "clothing1m": 14,

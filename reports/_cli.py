@@ -57,7 +57,9 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--noise-type", "--noise", dest="noise_type", default="symmetric",
                    help="none, symmetric (default), pair, cifar100-superclass, file (real noise)")
     p.add_argument("--noise-rate", type=float_argument, required=True,
-                   help="estimated fraction of wrong labels, in [0, 1)")
+                   help="the noise's rate as 'dm-tune train --noise-rate' takes it, in [0, 1): the estimated "
+                        "fraction of wrong labels for symmetric, pair and file; for cifar100-superclass the rate "
+                        "of each paired subclass (0.4 makes about 16%% of all labels wrong)")
     p.add_argument("--imbalance", default="none",
                    help="none (default), longtail or step; or KIND:RATIO, as dm-tune search takes it (step:10)")
     p.add_argument("--imbalance-ratio", type=float_argument,
@@ -225,8 +227,12 @@ def recommend_command(args: argparse.Namespace) -> int:
         print(json.dumps({**rec.to_dict(), "guidelines": str(path)}, indent=2))
         return 0
     what = "identities in the training split (retrieval)" if args.task == "retrieval" else "classes"
+    from dm_tune._names import wrong_label_fraction
+
+    fraction = wrong_label_fraction(args.noise_type, args.noise_rate)
     noise = ("clean labels" if args.noise_type == "none" or not args.noise_rate
-             else f"{args.noise_rate * 100:g}% {args.noise_type} noise")
+             else f"{args.noise_type} noise at rate {args.noise_rate:g} (about {fraction:.0%} of labels wrong)"
+             if fraction != args.noise_rate else f"{args.noise_rate * 100:g}% {args.noise_type} noise")
     print(f"DM for {args.num_classes} {what}, {noise}"
           + ("" if args.imbalance == "none" else f", {args.imbalance} imbalance {ratio_text(args.imbalance_ratio)}") + ":")
     print(f"  lambda {rec.lam:.3g}, beta {rec.beta:.3g}   (mode psi {rec.psi:.3f}, log-spread rho {rec.rho:.3f})")

@@ -922,3 +922,31 @@ def test_the_measured_arm_to_prefer_and_the_settings_leaned_on_name_their_class_
     assert lines[0].endswith("at psi 0.50, rho 1.49, class weighting inverse")
     rec = recommend(load_guidelines(default_guidelines_path()), **query)
     assert "(validation), class weighting inverse" in rec.evidence
+
+
+def test_a_superclass_rate_is_dm_tune_trains_and_is_read_as_its_fraction_of_wrong_labels(capsys) -> None:
+    """cifar100-superclass at rate 0.4 (dm-tune train's per-pair rate) makes about 16% of labels wrong,
+    but recommend read it as 40% wrong when comparing it with the measured types (its help said the
+    rate is the fraction of wrong labels). Now it is train's rate, read at 16% against the others,
+    and the try: line trains rate 0.4."""
+    from dm_tune.cli import main
+    from dm_tune.reports._schema import default_guidelines_path, load_guidelines
+
+    shipped = load_guidelines(default_guidelines_path())["surface"]
+    superclass = recommend_from_surface(shipped, 100, "cifar100-superclass", 0.4)
+    as_file = recommend_from_surface(shipped, 100, "file", 0.16)  # 16% wrong labels of an unmeasured type
+    assert (superclass["psi"], superclass["rho"]) == (as_file["psi"], as_file["rho"])
+    assert superclass["predicted_gain"]["mean"] == pytest.approx(as_file["predicted_gain"]["mean"])
+    assert any(w.startswith("noise rate 0.4 of cifar100-superclass noise makes about 16% of the labels wrong")
+               for w in superclass["warnings"])
+    assert main(["recommend", "--num-classes", "100", "--noise", "cifar100-superclass", "--noise-rate", "0.4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("DM for 100 classes, cifar100-superclass noise at rate 0.4 (about 16% of labels wrong):")
+    assert "--noise cifar100-superclass --noise-rate 0.4 --method dm" in out
+    # without a surface: interpolated at 16% between the measured symmetric settings (0.1 and 0.3)
+    doc = {**load_guidelines(default_guidelines_path()), "surface": None}
+    base = next(s for s in doc["settings"] if s["noise"] == "symmetric" and s["imbalance"] == "none")
+    doc["settings"] = [{**base, "setting": f"s{r}", "num_classes": 100, "noise_rate": r, "psi": r, "dataset": "d"}
+                       for r in (0.1, 0.3)]
+    rec = recommend(doc, num_classes=100, noise_type="cifar100-superclass", noise_rate=0.4)
+    assert rec.psi == pytest.approx(0.16)
