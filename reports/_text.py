@@ -24,7 +24,7 @@ SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-s
 # above _surface.HYPERPARAMETER_ROWS (``surface.fitted.hyperparameter_rows`` says on how many) and
 # keeps, from _loso.KEPT_ROWS surface rows up, the full fit's in leave-one-setting-out's refits
 # (``loso.hyperparameters`` says which); a file without the field was written by an earlier report (1).
-ANALYSIS_VERSION = 7
+ANALYSIS_VERSION = 8
 # What each analysis version changed, as recommend's note on an older file says it.
 ANALYSIS_CHANGES = {
     2: "rules ask a slope for p < 0.05, a refutation of the paper a gap beyond seed noise",
@@ -35,6 +35,8 @@ ANALYSIS_CHANGES = {
        "weightings measured there, and a verdict's spread is at least one test example's worth",
     7: "the surface's kernel hyper-parameters are optimised on 1,024 of its rows above that many, and "
        "leave-one-setting-out keeps the full fit's from 512 surface rows up",
+    8: "a noise type the surface did not measure is predicted as the average over those it did, at its "
+       "fraction of wrong labels, and leave-one-setting-out asks for a held-out setting of such a type so",
 }
 
 
@@ -49,6 +51,8 @@ def analysis_note(version: int) -> str | None:
             f"{ANALYSIS_VERSION}: the recommendation is computed from their surface or settings by this version, "
             f"but what the report recorded was analysed without what came since ({since}); 'dm-tune report' "
             "writes them again")
+
+
 ACCURACY_UNIT = "percentage points"
 # A label file's rate as a setting measured it (on the training part, over its seeds) and as the
 # file has it overall differ by a point or so: within this, recommend takes them as the same file's.
