@@ -75,12 +75,12 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
     if not isinstance(guidelines, Mapping):
         raise UserError(f"guidelines must be a guidelines document (a mapping, as load_guidelines reads one), "
                         f"got {type(guidelines).__name__}")
-    from dm_tune.reports._schema import _check_entries, validate_guidelines
+    from dm_tune.reports._schema import check_entries, validate_guidelines
 
     problem = validate_guidelines(guidelines)
     if problem:
         raise UserError(f"the guidelines: {problem}")
-    _check_entries(guidelines, "the guidelines")
+    check_entries(guidelines, "the guidelines")
     rec = _recommend(guidelines, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, task, dataset)
     note = analysis_note(guidelines.get("analysis_version", 1))
     if note:

@@ -193,11 +193,11 @@ def load_guidelines(path: str | Path) -> dict[str, Any]:
         raise UserError(f"guidelines file {path} is nested too deeply to read") from None
     if problem:
         raise UserError(f"guidelines file {path}: {problem}")
-    _check_entries(doc, f"guidelines file {path}")
+    check_entries(doc, f"guidelines file {path}")
     return doc
 
 
-def _check_entries(doc: Any, name: str) -> None:
+def check_entries(doc: Any, name: str) -> None:
     """``dm-tune stability``'s check of the entries it and recommend both rely on (each setting's
     name, once; the rules' keys): one check, so that recommend refuses what stability refuses
     (a setting without its name, or one listed twice, was recommended from)."""
