@@ -23,34 +23,19 @@ SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-s
 # dm-tune validate does; 7 optimises the surface's kernel hyper-parameters on a subset of its rows
 # above _surface.HYPERPARAMETER_ROWS (``surface.fitted.hyperparameter_rows`` says on how many) and
 # keeps, from _loso.KEPT_ROWS surface rows up, the full fit's in leave-one-setting-out's refits
-# (``loso.hyperparameters`` says which); a file without the field was written by an earlier report (1).
+# (``loso.hyperparameters`` says which); 8 predicts a noise type the surface did not measure as the
+# average over those it did, at its fraction of wrong labels (leave-one-setting-out's held-out
+# settings of such a type too); a file without the field was written by an earlier report (1).
 ANALYSIS_VERSION = 8
-# What each analysis version changed, as recommend's note on an older file says it.
-ANALYSIS_CHANGES = {
-    2: "rules ask a slope for p < 0.05, a refutation of the paper a gap beyond seed noise",
-    3: "rules' p-values are Holm-adjusted and the gap at the paper's mode is measured on test",
-    4: "that gap is measured among arms of the best arm's class weighting",
-    5: "recommendations (leave-one-setting-out's too) are capped at the measured best",
-    6: "a searched class weighting counts in importance and sensitivity, imbalanced data is recommended only "
-       "weightings measured there, and a verdict's spread is at least one test example's worth",
-    7: "the surface's kernel hyper-parameters are optimised on 1,024 of its rows above that many, and "
-       "leave-one-setting-out keeps the full fit's from 512 surface rows up",
-    8: "a noise type the surface did not measure is predicted as the average over those it did, at its "
-       "fraction of wrong labels, and leave-one-setting-out asks for a held-out setting of such a type so",
-}
 
 
 def analysis_note(version: int) -> str | None:
-    """One line on a guidelines file of an older analysis version (None for the current one):
-    what the versions since changed."""
+    """One line on a guidelines file of an older analysis version (None for the current one)."""
     if version >= ANALYSIS_VERSION:
         return None
-    since = "; ".join(f"{v}: {ANALYSIS_CHANGES[v]}" for v in range(version + 1, ANALYSIS_VERSION + 1)
-                      if v in ANALYSIS_CHANGES)
     return (f"note: these guidelines were written by a report of analysis version {version}, this dm-tune's is "
-            f"{ANALYSIS_VERSION}: the recommendation is computed from their surface or settings by this version, "
-            f"but what the report recorded was analysed without what came since ({since}); 'dm-tune report' "
-            "writes them again")
+            f"{ANALYSIS_VERSION} (what changed since: the README, under analysis_version): the recommendation is "
+            "computed from them by this version; 'dm-tune report' writes them again")
 
 
 ACCURACY_UNIT = "percentage points"
