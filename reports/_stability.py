@@ -430,7 +430,8 @@ def stability_command(args: argparse.Namespace) -> int:
             hit = next((name for name in ("stability.json", "stability.md")
                         if resolve_path(where / name, "--out") == src), None)
             if hit is not None:
-                raise UserError(f"--out {args.out}: its {hit} is the input {value} ({flag}); write the result elsewhere")
+                raise UserError(f"--out {args.out}: its {hit} is the input {value} ({flag}); write the result "
+                                "elsewhere")
     result = compare(load_doc(args.a), load_doc(args.b), (str(args.a), str(args.b)))
     print(brief(result))
     if args.out:

@@ -733,7 +733,8 @@ def test_recommend_warns_when_extrapolating() -> None:
     (dict(num_classes=150, dataset="reid-synth"),
      "dataset 'reid-synth' is a retrieval dataset, not classification (set task retrieval"),
     # a known name in another case was taken for a dataset never measured, and answered differently
-    (dict(dataset="Digits"), "dataset 'Digits' is not known; did you mean 'digits'? (dataset names are case-sensitive)"),
+    (dict(dataset="Digits"),
+     "dataset 'Digits' is not known; did you mean 'digits'? (dataset names are case-sensitive)"),
     (dict(dataset="D"), "dataset 'D' is not known; did you mean 'd'?"),  # the guidelines' own dataset
 ])
 def test_recommend_rejects_bad_input(kwargs: dict[str, Any], message: str) -> None:
@@ -933,7 +934,8 @@ def test_recommend_refuses_a_later_analysis_version_and_notes_an_earlier_one(tmp
         load_guidelines(path)
     old = recommend({**g, "analysis_version": 5}, 10, "symmetric", 0.4).warnings
     assert old[0].startswith(f"note: these guidelines were written by a report of analysis version 5, this "
-                             f"dm-tune's is {ANALYSIS_VERSION} (what changed since: the README, under analysis_version)")
+                             f"dm-tune's is {ANALYSIS_VERSION} (what changed since: the README, under "
+                             "analysis_version)")
     assert sum(w.startswith("note:") for w in old) == 1
     absent = {k: v for k, v in g.items() if k != "analysis_version"}  # written before it was recorded: 1
     assert "analysis version 1," in recommend(absent, 10, "symmetric", 0.4).warnings[0]

@@ -885,7 +885,8 @@ def test_a_query_outside_a_dimension_every_setting_shared_gets_the_priors_interv
         far = recommend_from_surface(shipped, classes, "symmetric", 0.3)
         g = far["predicted_gain"]
         assert (far["psi"], far["rho"], far["class_weighting"]) == (ten["psi"], ten["rho"], ten["class_weighting"])
-        assert g["high"] - g["low"] >= 2 * 1.96 * prior - 1e-9 > ten["predicted_gain"]["high"] - ten["predicted_gain"]["low"]
+        width = ten["predicted_gain"]["high"] - ten["predicted_gain"]["low"]
+        assert g["high"] - g["low"] >= 2 * 1.96 * prior - 1e-9 > width
         assert any(w.startswith(f"no calibrated gain: number of classes {classes} (every measured setting: 10)")
                    for w in far["warnings"])
     # A noise type not measured, where two were (symmetric, pair): a mixture over them, their
@@ -900,7 +901,8 @@ def test_a_query_outside_a_dimension_every_setting_shared_gets_the_priors_interv
     for noise in ("pair", "file"):
         r = recommend_from_surface(surface, 10, noise, 0.4)
         assert r["predicted_std"] >= fixture_prior - 1e-9
-        assert any(w.startswith(f"no calibrated gain: noise type {noise!r} (measured: symmetric)") for w in r["warnings"])
+        assert any(w.startswith(f"no calibrated gain: noise type {noise!r} (measured: symmetric)")
+                   for w in r["warnings"])
     step = recommend_from_surface(surface, 10, "symmetric", 0.4, "step", 10.0)
     assert any(w.startswith("no calibrated gain: imbalance ratio 10") and "imbalance 'step'" in w
                for w in step["warnings"])
