@@ -343,15 +343,29 @@ def test_gpu_request_on_a_cpu_machine_fails_fast(tmp_path):
     assert not (tmp_path / "ws").exists()
 
 
-def test_more_cpus_per_trial_than_this_process_may_use_fails_before_ray_or_any_store(tmp_path):
+def test_more_cpus_per_trial_than_the_machine_has_fails_before_ray_or_any_store(tmp_path):
     """Refused by Ray's cluster resources once a local Ray had started (seconds), with the MLflow
-    experiment and the stores made, and left in a new workspace; now before any of it."""
-    more = len(os.sched_getaffinity(0)) + 1
+    experiment and the stores made, and left in a new workspace; now before any of it. A search
+    pinned to fewer CPUs (taskset) still runs as a local Ray counts them: the machine's."""
+    import sys
+
+    from dm_tune.errors import UserError
+    from dm_tune.search._preflight import check_local_cpus
+    from dm_tune.search._study import Study
+
+    more = (os.cpu_count() or 1) + 1
     proc = _cli("search", "--workspace", str(tmp_path / "ws"), "--cpus-per-trial", str(more), cwd=tmp_path,
                 timeout=120)
-    _one_line_error(proc, f"resources.cpus_per_trial: {more} CPUs per trial requested but this process may use "
-                    f"{more - 1} CPUs on this machine")
+    _one_line_error(proc, f"resources.cpus_per_trial: {more} CPUs per trial requested but this machine has "
+                    f"{more - 1} CPUs; ask for {more - 1} or fewer")
     assert not (tmp_path / "ws").exists()
+    with pytest.raises(UserError, match=f"this machine has {more - 1} CPUs; resume it on a machine with {more} CPUs"):
+        check_local_cpus(Study.from_dict({"resources": {"cpus_per_trial": more}}), resuming=True)
+    code = ("import os; from dm_tune.search._preflight import check_local_cpus; from dm_tune.search._study import "
+            "Study; check_local_cpus(Study.from_dict({'resources': {'cpus_per_trial': os.cpu_count()}}))")
+    pinned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert pinned.returncode == 0, pinned.stderr
 
 
 def _search_until(tmp_path: Path, ws: Path, name: str, finished: int, preexec_fn=None) -> subprocess.Popen:

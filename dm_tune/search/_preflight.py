@@ -216,18 +216,19 @@ def check_local_gpus(study: Study) -> None:
                         "GPUs on this machine; use 0 on a CPU-only machine")
 
 
-def check_local_cpus(study: Study) -> None:
-    """A search on a local Ray: the CPUs a trial asks for are ones this process may use (answered
-    before Ray starts and before any store is made; Ray refused it only once started, the stores and
-    the experiment already made). What may be used (``os.sched_getaffinity``: a ``taskset`` or a
-    container's cpuset) is what Ray's workers, started from here, may run on; a cluster's CPUs are
-    checked by ``check_resources`` once connected."""
-    need = study.resources.cpus_per_trial
-    have = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def check_local_cpus(study: Study, resuming: bool = False) -> None:
+    """A search on a local Ray: no trial asks for more CPUs than the machine has (answered before
+    Ray starts and before any store is made; Ray refused it only once started, the stores and the
+    experiment already made). The machine's count (``os.cpu_count``) is the most a local Ray counts:
+    it leaves a ``taskset`` aside (a pinned search still runs, as before) and takes a container's
+    CPU limit below it, which its own check refuses once started (``check_resources``), as it does a
+    cluster's once joined."""
+    need, have = study.resources.cpus_per_trial, os.cpu_count() or 1
     if need > have:
-        raise UserError(f"resources.cpus_per_trial: {need:g} CPUs per trial requested but this process may use "
-                        f"{have} CPUs on this machine; ask for {have} or fewer, or give --address of a Ray cluster "
-                        "that has them")
+        what = (f"resume it on a machine with {need:g} CPUs, or with --address of a Ray cluster that has them"
+                if resuming else f"ask for {have} or fewer, or give --address of a Ray cluster that has them")
+        raise UserError(f"resources.cpus_per_trial: {need:g} CPUs per trial requested but this machine has {have} "
+                        f"CPUs; {what}")
 
 
 def _check_applies(study: Study, trials: list[Any], new: bool) -> None:

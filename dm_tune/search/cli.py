@@ -346,7 +346,7 @@ def search_cmd(args: argparse.Namespace) -> int:
               "when the study began: the result files of the trials that end now go there", file=sys.stderr)
     if not args.address:  # a local Ray's resources, known before it starts (a cluster's are checked once joined)
         check_local_gpus(study)
-        check_local_cpus(study)
+        check_local_cpus(study, resuming)
     sources = load_sources(study, new=not resuming)
     _quieten_libraries()
     created = not workspace.exists()
