@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -108,6 +109,24 @@ def test_ledger_survives_a_torn_last_line_and_knows_what_is_unfinished(tmp_path)
     assert re.fullmatch(r"run-1-[0-9a-f]{6}", first) and re.fullmatch(r"run-2-[0-9a-f]{6}", second)
     # Another search's run-1 (Ray stages runs by start second and name: equal names shared a folder)
     assert Ledger(tmp_path / "other.jsonl").new_experiment() != first
+
+
+def test_ledger_starts_and_outcomes_are_on_disk_when_written(tmp_path, monkeypatch):
+    """A start line was flushed but not fsync'd: after the machine went down it could be lost while
+    its trial's MLflow run, committed by SQLite, survived, and the resume refuses a ledger that lacks
+    a trial MLflow has (the loss cannot be staged here: fsync is what is checked)."""
+    import dm_tune.search._ledger as ledger_module
+
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(ledger_module.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                               real(fd)))
+    ledger = Ledger(tmp_path / "l.jsonl")
+    a, b = _search_spec(0), _search_spec(1)
+    ledger.start([a, b])
+    ledger.checkpoint(a.key, "/ckpt/a")
+    ledger.end(a, _outcome(0.8))
+    assert synced == [str(tmp_path / "l.jsonl")] * 3  # the two starts and the end; not the checkpoint
 
 
 _FULL_DISK = """

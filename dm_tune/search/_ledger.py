@@ -1,7 +1,8 @@
 """The ledger of a setting: the durable record of which trials started, checkpointed and ended.
 
 One append-only JSON-lines file per setting in the workspace, written by the driver alone, one
-flushed line per event:
+flushed line per event (a start, end or reuse also fsync'd: on disk before the trial's MLflow run
+is made or its outcome told):
 
     {"event": "start", "key": ..., "spec": {...}, "group": G} a trial was handed to Ray, to train in
                                                              population G (its first member's key)
@@ -93,8 +94,11 @@ class Ledger:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(line)
                 f.flush()  # in the OS once written: a killed process loses nothing
-                if event["event"] in ("end", "reuse"):
-                    os.fsync(f.fileno())  # an outcome survives the machine going down too
+                if event["event"] in ("start", "end", "reuse"):
+                    # on disk, to survive the machine going down too: an outcome, and a start, whose
+                    # trial's MLflow run (committed by SQLite) a resume would otherwise find unknown
+                    # to the ledger and refuse
+                    os.fsync(f.fileno())
         except OSError:  # a disk full, say: part of the line may be in the file, so the next starts anew
             self._torn = True
             raise

@@ -416,7 +416,7 @@ def _scheduler(study: Study, budget: int, ledger: Ledger):
 def check_ledger(ledger: Ledger, tracking: str, exp_id: str, key: str, study_name: str) -> None:
     """Refuse a ledger that lacks trials MLflow has runs of: the ledger is what a resume goes on
     from, and a trial it lacks would train (and be recorded, a second run of its key) again. Every
-    trial's start line is written, flushed, before its run is made, so a run the ledger does not
+    trial's start line is written, fsync'd, before its run is made, so a run the ledger does not
     know means lines were lost (the file cut short, or restored from an older copy); a torn last
     line was being written when the process died, before its trial's run could be made."""
     from dm_tune.search._tracking import trial_keys
