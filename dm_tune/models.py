@@ -331,9 +331,10 @@ MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
 
 # The models whose size hidden_dim sets: counted on the meta device before they are built (below).
 SIZED_BY_HIDDEN_DIM = ("mlp", "text")
-# Bytes per parameter a training run holds at least: the float32 weight, its gradient and Adam's two
-# moments (SGD with momentum holds one fewer; a model past this bound does not train here either way).
-TRAINING_BYTES_PER_PARAMETER = 16
+# A model is built in this machine's memory, in float32, before it moves to its device: one whose
+# weights alone exceed the memory cannot be built here (its gradients and optimiser state, 2-3 times
+# as much again, may live on a GPU, so they are not counted).
+BYTES_PER_PARAMETER = 4
 
 
 def physical_memory() -> int | None:
@@ -345,7 +346,7 @@ def physical_memory() -> int | None:
 
 
 def check_fits(name: str, spec: ModelSpec) -> None:
-    """Refuse a hidden_dim whose model cannot be trained in this machine's memory: hidden_dim
+    """Refuse a hidden_dim whose model's weights alone exceed this machine's memory: hidden_dim
     1000000 (within its range) made a 10**12-parameter MLP, and torch's allocator failed with a
     traceback, or Ray's trials each failed with it. Counted on the meta device (no memory)."""
     memory = physical_memory()
@@ -353,11 +354,10 @@ def check_fits(name: str, spec: ModelSpec) -> None:
         return
     with torch.device("meta"):
         count = sum(p.numel() for p in MODELS[name](spec).parameters())
-    if count * TRAINING_BYTES_PER_PARAMETER > memory:
+    if count * BYTES_PER_PARAMETER > memory:
         raise ConfigError("hidden_dim", spec.hidden_dim,
-                          f"model {name} of that width has {count:.3g} parameters, "
-                          f"{count * TRAINING_BYTES_PER_PARAMETER / 2**30:,.0f} GiB with their gradients and "
-                          f"optimiser state, more than this machine's "
+                          f"model {name} of that width has {count:.3g} parameters, whose float32 weights alone "
+                          f"({count * BYTES_PER_PARAMETER / 2**30:,.0f} GiB) exceed this machine's "
                           f"{memory / 2**30:.0f} GiB of memory")
 
 

@@ -121,7 +121,7 @@ ERRORS = {
     # a 10**12-parameter MLP (within hidden_dim's range): a traceback from torch's allocator
     "an MLP too wide for memory": (["--config", "too_wide.yaml", "--quiet"],
                                    ["hidden_dim: 1000000 is not allowed", "1e+12 parameters",
-                                    "more than this machine's"]),
+                                    "exceed this machine's"]),
     "augment on digits": (["--config", "digits_augment.yaml"], ["augment: True", "only applies to the image datasets"]),
     "download on digits": (["--config", "digits_download.yaml"], ["download: True", "only applies to datasets cifar10"]),
     "cuda on a CPU-only machine": (["--device", "cuda", "--epochs", "1"], ["cuda", "CUDA is not available"]),
