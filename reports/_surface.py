@@ -629,9 +629,9 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
         prior, prior_own = gp_prior_std(model)
         sd, unsure = max(sd, prior), max(unsure, prior_own)
         warnings.append(f"no calibrated gain: {'; '.join(unmeasured)}, outside the measured settings; the surface "
-                        "cannot tell how the gain changes with it, so the 95% interval is its prior's (the spread "
-                        f"of the measured arms' gains, std {prior:.1f} points), and psi, rho and class weighting "
-                        "are the surface's best for the measured value")
+                        "cannot tell how the gain changes with it, so the 95% interval is at least its prior's (the "
+                        f"spread of the measured arms' gains, std {prior:.1f} points), and psi, rho and class "
+                        "weighting are the surface's best for the measured value")
     if m is not None and predicted > measured + 0.05 and measured <= cap:  # (a difference the printed tenths show)
         warnings.append(f"this setting was measured ({m['setting']}): its best arm gained {measured:+.1f} points "
                         f"at psi {m['best_psi']:.2f}, rho {m['best_rho']:.2f}, class weighting {best_weighting(m)}; "
@@ -647,7 +647,7 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     if edges:
         warnings.append(f"the recommended point is at the edge of what was searched ({'; '.join(edges)}): the "
                         "surface predicts no further; the best may lie past it, so search beyond that edge")
-    if unsure > MAX_STD:
+    if unsure > MAX_STD and not unmeasured:  # (with the prior's std, said once above)
         warnings.append(f"the surface is unsure here: its own std {unsure:.2f} points at the recommended point "
                         f"(> {MAX_STD:g}; run-to-run noise aside); treat it as a starting point for a search")
     lam = lambda_from_mode(psi)

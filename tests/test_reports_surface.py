@@ -889,6 +889,8 @@ def test_a_query_outside_a_dimension_every_setting_shared_gets_the_priors_interv
         assert g["high"] - g["low"] >= 2 * 1.96 * prior - 1e-9 > width
         assert any(w.startswith(f"no calibrated gain: number of classes {classes} (every measured setting: 10)")
                    for w in far["warnings"])
+        # (the prior's std, said there: not again as the surface's own at the point)
+        assert not any(w.startswith("the surface is unsure here") for w in far["warnings"])
     # A noise type not measured, where two were (symmetric, pair): a mixture over them, their
     # disagreement in the interval (it was read as symmetric, with symmetric's interval)
     sym = ten["predicted_gain"]
