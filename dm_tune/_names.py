@@ -64,6 +64,12 @@ def wrong_label_fraction(noise: str, rate: float) -> float:
     return rate * SUPERCLASS_PAIRED_SHARE if noise == "cifar100-superclass" else rate
 
 
+def rate_of_fraction(noise: str, fraction: float) -> float:
+    """The rate of noise ``noise`` (as dm-tune train takes it) that makes ``fraction`` of the labels
+    wrong: ``wrong_label_fraction``'s inverse."""
+    return fraction / SUPERCLASS_PAIRED_SHARE if noise == "cifar100-superclass" else fraction
+
+
 # Datasets whose number of classes is fixed (the others': their files'); cifar100's classes alone
 # come in groups (cifar100-superclass noise).
 FIXED_CLASSES: dict[str, int] = {"digits": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100, "clothing1m": 14,

@@ -272,9 +272,13 @@ def _by_noise_type(settings: list[dict[str, Any]], noise_type: str, noise_rate: 
         # rate's average and named twice in the evidence)
         return same + [s for s in clean if not any(s is t for t in same)]
     measured = sorted({s["noise"] for s in settings if not _is_clean(s)})
+    # (at their fractions of wrong labels, as the query's rate is read: cifar100-superclass's rate is
+    # per paired subclass)
+    fractions = [{**s, "noise_rate": wrong_label_fraction(s["noise"], s["noise_rate"])} for s in settings]
     warnings.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: "
-                    f"{', '.join(measured) or 'none'}); using all noise types")
-    return settings
+                    f"{', '.join(measured) or 'none'}); using all noise types"
+                    + (", each at its fraction of wrong labels" if fractions != settings else ""))
+    return fractions
 
 
 def _nearest(pool: list[dict[str, Any]], key: str, target: float, what: str,

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dm_tune._names import wrong_label_fraction
+from dm_tune._names import rate_limit, rate_of_fraction, wrong_label_fraction
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.reports._text import FILE_RATE_TOLERANCE, num_text, rate_slack
 
@@ -583,8 +583,9 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     # encoding would otherwise read an unseen noise type as symmetric, an unseen dataset as none).
     datasets = enc["datasets"] if not base["dataset"] and any(f.startswith("dataset=") for f in enc["features"]) \
         else [base["dataset"]]
-    noises = _noise_mixture(surface, noise_type, noise_rate) or [noise_type]
-    variants = [{**base, "dataset": d, "noise": n} for d in datasets for n in noises]
+    mixed = _noise_mixture(surface, noise_type, noise_rate)
+    noises = _noise_variants(mixed, noise_rate, num_classes) or [(noise_type, noise_rate)]
+    variants = [{**base, "dataset": d, "noise": n, "noise_rate": r} for d in datasets for n, r in noises]
     rows = ([features([{**v, "psi": p, "rho": r, "class_weighting": cw} for cw, p, r in every], enc)
              for v in variants] if variants != [base] else [X])  # (none: a damaged encoding, NaN, refused)
     parts = [gp_posterior(model, x) for x in rows]
@@ -619,6 +620,9 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     plausible = mine & (mean + Z95 * std >= predicted - WITHIN_POINTS - 1e-9)
     _, psi, rho = cells[i]
     unmeasured = unmeasured_dimensions(surface, base, dataset)
+    if mixed and len(noises) < 2:  # (one measured type reaches the query's fraction: no mixture to tell)
+        unmeasured.append(f"noise type {noise!r} (measured: {', '.join(mixed)}; of them only {noises[0][0]} at "
+                          f"{noise_rate:.0%} of labels wrong)")
     if unmeasured:
         # Along a dimension every measured setting shares one value of, the surface has no length
         # scale to learn: the gain may change with it slowly or at once. Far along a dimension of
@@ -685,6 +689,14 @@ def _noise_mixture(surface: dict[str, Any], noise_type: str, noise_rate: float) 
     measured = {_noise(s["noise"], s["noise_rate"])[0] for s in surface["settings"]}
     types = _noisy_types(surface)
     return types if rate and noise not in measured and len(types) > 1 else []
+
+
+def _noise_variants(types: list[str], fraction: float, num_classes: int) -> list[tuple[str, float]]:
+    """Each of the measured noise ``types`` at its own rate (as dm-tune train takes it) for a query's
+    ``fraction`` of wrong labels, where it has one: cifar100-superclass makes 0.4 x its rate wrong,
+    and none past its limit, 0.5."""
+    return [(n, rate_of_fraction(n, fraction)) for n in types
+            if rate_of_fraction(n, fraction) < (rate_limit(n, num_classes) or 1.0)]
 
 
 def unmeasured_dimensions(surface: dict[str, Any], query: dict[str, Any], dataset: str | None) -> list[str]:
@@ -812,17 +824,20 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
     rates = [_noise(s["noise"], s["noise_rate"])[1] for s in settings if _noise(s["noise"], s["noise_rate"])[0] == noise]
     if not rates:
         measured = sorted({_noise(s["noise"], s["noise_rate"])[0] for s in settings})
+        mixed = _noise_variants(_noise_mixture(surface, noise_type, noise_rate), wrong_label_fraction(noise, rate),
+                                num_classes)
         out.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: {', '.join(measured)})"
                    + ("; predicted as the average over the measured noise types, their spread in the interval"
-                      if _noise_mixture(surface, noise_type, noise_rate) else ""))
-        rates = [_noise(s["noise"], s["noise_rate"])[1] for s in settings]  # (its rate: against every type's)
-        fraction = wrong_label_fraction(noise, rate)  # (the fraction of wrong labels: what the types share)
+                      if len(mixed) > 1 else ""))
+        # (its fraction of wrong labels against every type's: what the types share)
+        rates = [wrong_label_fraction(*_noise(s["noise"], s["noise_rate"])) for s in settings]
+        fraction = wrong_label_fraction(noise, rate)
         if fraction != rate:
             out.append(f"noise rate {num_text(noise_rate)} of {noise} noise makes about {fraction:.0%} of the labels "
                        "wrong: read against the measured types at that rate")
         if not min(rates) - 1e-9 <= fraction <= max(rates) + 1e-9:
             out.append(f"extrapolation: noise rate {num_text(fraction)} is outside the measured range "
-                       f"[{min(rates):g}, {max(rates):g}] of any noise type")
+                       f"[{min(rates):g}, {max(rates):g}] of any noise type (as fractions of wrong labels)")
     elif not min(rates) - slack <= rate <= max(rates) + slack:
         out.append(f"extrapolation: noise rate {num_text(noise_rate)} is outside the measured range "
                    f"[{min(rates):g}, {max(rates):g}] for {noise} noise")

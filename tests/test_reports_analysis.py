@@ -1145,3 +1145,13 @@ def test_a_label_files_overall_rate_finds_the_setting_that_measured_it() -> None
                          (200.0, "imbalance ratio 200 is outside the measured range for longtail")):
         said = _extrapolation_warnings(surface, 10, "file", 0.318, "longtail", ratio, "d")
         assert not any("noise rate" in w for w in said) and any(words in w for w in said), said
+
+
+def test_recommend_without_a_surface_reads_a_measured_superclass_rate_as_its_fraction_of_wrong_labels() -> None:
+    """Pair noise (not measured) at 0.2 is read against every type at 20% wrong labels: superclass
+    at rate 0.5 makes 20% wrong; its 0.5 was read as 50% wrong, and 0.2 was interpolated between
+    symmetric 0.1 and 0.4 instead of taken where superclass measured it."""
+    g = guidelines([setting(0.1, 0.1, classes=100), setting(0.5, 0.5, noise="cifar100-superclass", classes=100),
+                    setting(0.4, 0.7, classes=100)])
+    rec = recommend(g, num_classes=100, noise_type="pair", noise_rate=0.2)
+    assert rec.psi == pytest.approx(0.5) and rec.settings == ["cifar100-superclass-100-0.5"]

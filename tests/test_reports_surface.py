@@ -954,3 +954,37 @@ def test_a_superclass_rate_is_dm_tune_trains_and_is_read_as_its_fraction_of_wron
                        for r in (0.1, 0.3)]
     rec = recommend(doc, num_classes=100, noise_type="cifar100-superclass", noise_rate=0.4)
     assert rec.psi == pytest.approx(0.16)
+
+
+def test_an_unmeasured_noise_type_is_compared_with_each_measured_type_at_its_own_rate() -> None:
+    """Measured: symmetric and cifar100-superclass (the paper's CIFAR-100 pair), the gain 50 x the
+    fraction of wrong labels. Pair noise at 0.4 was averaged with superclass at rate 0.4 (16% wrong),
+    +15.1 ± 5.9 where symmetric at 40% wrong gives +21; superclass reaches 40% wrong at no rate (its
+    limit is 0.5, 20% wrong), so it is symmetric's answer, with the prior's interval. At 16% wrong the
+    two measured types agree, each at its own rate (symmetric 0.16, superclass 0.4)."""
+    from dm_tune.reports._surface import encoding_of, features, gp_prior_std, measured_settings
+
+    rows, y = [], []
+    rng = np.random.default_rng(0)
+    for noise, share in (("symmetric", 1.0), ("cifar100-superclass", 0.4)):
+        for rate in (0.1, 0.2, 0.3, 0.4):
+            for psi in (0.1, 0.3, 0.5):
+                for rho in (1.0, 3.0):
+                    rows.append(dict(setting=f"{noise}{rate}", arm=f"{psi}-{rho}", stage="confirm", baseline="",
+                                     complete=True, dataset="cifar100", noise=noise, noise_rate=rate,
+                                     num_classes=100, imbalance="none", imbalance_ratio=1.0, model="m", psi=psi,
+                                     rho=rho, class_weighting="none"))
+                    y.append(50 * rate * share + 2 * psi + rng.normal(0, 0.2))
+    enc = encoding_of(rows)
+    surface = {"encoding": enc, "settings": measured_settings(rows, y),
+               "model": fit_surface_model(features(rows, enc), y, enc["features"])}
+    symmetric = recommend_from_surface(surface, 100, "symmetric", 0.4)["predicted_gain"]
+    pair = recommend_from_surface(surface, 100, "pair", 0.4)
+    assert pair["predicted_gain"]["mean"] == pytest.approx(symmetric["mean"], abs=0.5)
+    assert pair["predicted_std"] >= gp_prior_std(surface["model"])[0] - 1e-9
+    assert any(w.startswith("no calibrated gain: noise type 'pair' (measured: cifar100-superclass, symmetric; of "
+                            "them only symmetric at 40% of labels wrong)") for w in pair["warnings"])
+    low = recommend_from_surface(surface, 100, "pair", 0.16)
+    assert low["predicted_gain"]["mean"] == pytest.approx(
+        recommend_from_surface(surface, 100, "symmetric", 0.16)["predicted_gain"]["mean"], abs=0.5)
+    assert low["predicted_std"] < 1.0 and any("average over the measured noise types" in w for w in low["warnings"])
