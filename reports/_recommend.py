@@ -23,7 +23,8 @@ from dm_tune._names import (DATASET_NAMES, FIXED_CLASSES, IMBALANCE_KINDS, IMBAL
                             wrong_label_fraction)
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
-from dm_tune.reports._text import FILE_RATE_TOLERANCE, analysis_note, fmt_diff, num_text, setting_label
+from dm_tune.reports._text import (FILE_RATE_TOLERANCE, analysis_note, fmt_diff, fraction_warning, num_text,
+                                   setting_label)
 
 NO_SURFACE = ("no response surface for this task in the guidelines: (psi, rho) interpolated between the measured "
               "settings' best arms, without a predicted gain or region")
@@ -75,12 +76,13 @@ def recommend(guidelines: dict[str, Any], num_classes: int, noise_type: str, noi
     if not isinstance(guidelines, Mapping):
         raise UserError(f"guidelines must be a guidelines document (a mapping, as load_guidelines reads one), "
                         f"got {type(guidelines).__name__}")
-    from dm_tune.reports._schema import check_entries, validate_guidelines
+    from dm_tune.reports._schema import validate_guidelines
+    from dm_tune.reports._stability import check_doc
 
     problem = validate_guidelines(guidelines)
     if problem:
         raise UserError(f"the guidelines: {problem}")
-    check_entries(guidelines, "the guidelines")
+    check_doc(guidelines, "the guidelines")  # (as stability and load_guidelines check it)
     rec = _recommend(guidelines, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio, task, dataset)
     note = analysis_note(guidelines.get("analysis_version", 1))
     if note:
@@ -116,11 +118,10 @@ def _recommend(guidelines: Mapping[str, Any], num_classes: int, noise_type: str,
     if noise_rate and not any(s["noise"] == noise_type for s in settings):
         # a type not measured: read against the others at its fraction of wrong labels (cifar100-superclass
         # at dm-tune train's rate 0.4 makes 16% wrong); the try: line keeps the rate as asked
-        fraction = wrong_label_fraction(noise_type, noise_rate)
-        if fraction != noise_rate:
-            warnings.append(f"noise rate {num_text(noise_rate)} of {noise_type} noise makes about {fraction:.0%} of "
-                            "the labels wrong: read against the measured types at that rate")
-        noise_rate = fraction
+        said = fraction_warning(noise_type, noise_rate)
+        if said:
+            warnings.append(said)
+        noise_rate = wrong_label_fraction(noise_type, noise_rate)
     pool = _by_noise_type(settings, noise_type, noise_rate, warnings)
     pool = _nearest(pool, "num_classes", num_classes, "number of classes", warnings)
     same = [s for s in pool if s["imbalance"] == imbalance]

@@ -13,6 +13,7 @@ from dm_tune._names import CLASS_WEIGHTING_NAMES, IMBALANCE_KINDS, NOISE_NAMES
 from dm_tune._validate import config_error, in_range, one_of, rule, violation
 from dm_tune.errors import UserError, read_input
 from dm_tune.reports._text import ANALYSIS_VERSION, SCHEMA_VERSION
+from dm_tune.reports._stability import check_doc
 
 # The file is JSON that recommend() computes with as it is: no coercion ("0.3" is not a number),
 # no NaN; keys beyond these are the report's and pass through.
@@ -193,17 +194,11 @@ def load_guidelines(path: str | Path) -> dict[str, Any]:
         raise UserError(f"guidelines file {path} is nested too deeply to read") from None
     if problem:
         raise UserError(f"guidelines file {path}: {problem}")
-    check_entries(doc, f"guidelines file {path}")
+    # (stability's check of the entries both rely on, each setting's name once and the rules' keys:
+    # recommend refuses what stability refuses; a setting without its name, or listed twice, was
+    # recommended from)
+    check_doc(doc, f"guidelines file {path}")
     return doc
-
-
-def check_entries(doc: Any, name: str) -> None:
-    """``dm-tune stability``'s check of the entries it and recommend both rely on (each setting's
-    name, once; the rules' keys): one check, so that recommend refuses what stability refuses
-    (a setting without its name, or one listed twice, was recommended from)."""
-    from dm_tune.reports._stability import check_doc
-
-    check_doc(doc, name)
 
 
 def surface_problem(surface: Any) -> str | None:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from dm_tune._names import rate_limit, rate_of_fraction, wrong_label_fraction
 from dm_tune._param import beta_from_rho, lambda_from_mode
-from dm_tune.reports._text import FILE_RATE_TOLERANCE, num_text, rate_slack
+from dm_tune.reports._text import FILE_RATE_TOLERANCE, fraction_warning, num_text, rate_slack
 
 if TYPE_CHECKING:
     import numpy as np
@@ -384,10 +384,7 @@ def gp_posterior(d: dict[str, Any], X: Any) -> tuple[np.ndarray, np.ndarray, np.
 
     Xt, y = np.asarray(d["X"], dtype=float), np.asarray(d["y"], dtype=float)
     Xq = np.atleast_2d(np.asarray(X, dtype=float))
-    theta = np.exp(np.asarray(d["theta"], dtype=float))
-    c, ls, white = theta[0], theta[1:-1], theta[-1]
-    y_mean, y_std = (float(y.mean()), float(y.std())) if d["normalize_y"] else (0.0, 1.0)
-    y_std = y_std or 1.0
+    c, ls, white, y_mean, y_std = _gp_scale(d)
     with blas_threads(len(Xt)):
         K = c * _rbf(Xt, Xt, ls) + (white + d["alpha"]) * np.eye(len(Xt))
         L = np.linalg.cholesky(K)
@@ -397,6 +394,16 @@ def gp_posterior(d: dict[str, Any], X: Any) -> tuple[np.ndarray, np.ndarray, np.
         explained = np.einsum("ij,ij->j", V, V)
     noisy, own = (np.sqrt(np.clip(c + w - explained, 0.0, None)) * y_std for w in (white, 0.0))
     return Ks @ alpha * y_std + y_mean, noisy, own
+
+
+def _gp_scale(d: dict[str, Any]) -> tuple[float, Any, float, float, float]:
+    """A serialised GP's signal variance, length scales and noise variance (normalised units), and
+    the mean and std that normalised its targets (0 and 1 without normalize_y)."""
+    import numpy as np
+
+    theta, y = np.exp(np.asarray(d["theta"], dtype=float)), np.asarray(d["y"], dtype=float)
+    y_mean, y_std = (float(y.mean()), float(y.std())) if d["normalize_y"] else (0.0, 1.0)
+    return float(theta[0]), theta[1:-1], float(theta[-1]), y_mean, y_std or 1.0
 
 
 def _solve_lower(T: Any, B: Any, lower: bool) -> Any:
@@ -560,7 +567,7 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
     warnings = _extrapolation_warnings(surface, num_classes, noise_type, noise_rate, imbalance, imbalance_ratio,
                                        dataset)
     noise, rate = _noise(noise_type, noise_rate)
-    if rate and noise not in {_noise(s["noise"], s["noise_rate"])[0] for s in surface["settings"]}:
+    if rate and noise not in _measured_types(surface):
         # A type not measured is read against the others at its fraction of wrong labels, what they
         # share (cifar100-superclass at dm-tune train's rate 0.4 is 16% wrong, as symmetric 0.16 is)
         noise_rate = wrong_label_fraction(noise_type, noise_rate)
@@ -669,11 +676,13 @@ def _recommend_from_surface(surface: dict[str, Any], num_classes: int, noise_typ
 def gp_prior_std(d: dict[str, Any]) -> tuple[float, float]:
     """The serialised GP's prior std (points) at any point, with the fitted noise and without it:
     what ``gp_posterior`` gives infinitely far from every training row."""
-    import numpy as np
+    c, _, white, _, y_std = _gp_scale(d)
+    return math.sqrt(c + white) * y_std, math.sqrt(c) * y_std
 
-    theta, y = np.exp(np.asarray(d["theta"], dtype=float)), np.asarray(d["y"], dtype=float)
-    y_std = (float(y.std()) or 1.0) if d["normalize_y"] else 1.0
-    return float(math.sqrt(theta[0] + theta[-1]) * y_std), float(math.sqrt(theta[0]) * y_std)
+
+def _measured_types(surface: dict[str, Any]) -> set[str]:
+    """The noise types the surface's settings measured (clean data as symmetric at rate 0)."""
+    return {_noise(s["noise"], s["noise_rate"])[0] for s in surface["settings"]}
 
 
 def _noisy_types(surface: dict[str, Any]) -> list[str]:
@@ -686,9 +695,8 @@ def _noise_mixture(surface: dict[str, Any], noise_type: str, noise_rate: float) 
     """The measured noise types to average over for a noisy query of a type not measured, where
     two or more were (their disagreement then widens the interval, as datasets' does); else []."""
     noise, rate = _noise(noise_type, noise_rate)
-    measured = {_noise(s["noise"], s["noise_rate"])[0] for s in surface["settings"]}
     types = _noisy_types(surface)
-    return types if rate and noise not in measured and len(types) > 1 else []
+    return types if rate and noise not in _measured_types(surface) and len(types) > 1 else []
 
 
 def _noise_variants(types: list[str], fraction: float, num_classes: int) -> list[tuple[str, float]]:
@@ -823,18 +831,17 @@ def _extrapolation_warnings(surface: dict[str, Any], num_classes: int, noise_typ
     slack = rate_slack(noise)  # (a label file's overall rate beside the rate its setting measured)
     rates = [_noise(s["noise"], s["noise_rate"])[1] for s in settings if _noise(s["noise"], s["noise_rate"])[0] == noise]
     if not rates:
-        measured = sorted({_noise(s["noise"], s["noise_rate"])[0] for s in settings})
-        mixed = _noise_variants(_noise_mixture(surface, noise_type, noise_rate), wrong_label_fraction(noise, rate),
-                                num_classes)
-        out.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: {', '.join(measured)})"
+        fraction = wrong_label_fraction(noise, rate)
+        mixed = _noise_variants(_noise_mixture(surface, noise_type, noise_rate), fraction, num_classes)
+        out.append(f"extrapolation: noise type {noise_type!r} was not measured (measured: "
+                   f"{', '.join(sorted(_measured_types(surface)))})"
                    + ("; predicted as the average over the measured noise types, their spread in the interval"
                       if len(mixed) > 1 else ""))
         # (its fraction of wrong labels against every type's: what the types share)
         rates = [wrong_label_fraction(*_noise(s["noise"], s["noise_rate"])) for s in settings]
-        fraction = wrong_label_fraction(noise, rate)
-        if fraction != rate:
-            out.append(f"noise rate {num_text(noise_rate)} of {noise} noise makes about {fraction:.0%} of the labels "
-                       "wrong: read against the measured types at that rate")
+        said = fraction_warning(noise, rate)
+        if said:
+            out.append(said)
         if not min(rates) - 1e-9 <= fraction <= max(rates) + 1e-9:
             out.append(f"extrapolation: noise rate {num_text(fraction)} is outside the measured range "
                        f"[{min(rates):g}, {max(rates):g}] of any noise type (as fractions of wrong labels)")

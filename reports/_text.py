@@ -44,6 +44,16 @@ ACCURACY_UNIT = "percentage points"
 FILE_RATE_TOLERANCE = 0.02
 
 
+def fraction_warning(noise: str, rate: float) -> str | None:
+    """recommend's line on a noise type not measured whose rate is not its fraction of wrong labels
+    (cifar100-superclass's, per paired subclass), which the measured types are compared at; else None."""
+    from dm_tune._names import wrong_label_fraction
+
+    fraction = wrong_label_fraction(noise, rate)
+    return None if fraction == rate else (f"noise rate {num_text(rate)} of {noise} noise makes about {fraction:.0%} "
+                                          "of the labels wrong: read against the measured types at that rate")
+
+
 def rate_slack(noise: str) -> float:
     """How far outside a measured range of rates of ``noise`` a rate may lie and count as inside it:
     a label file's FILE_RATE_TOLERANCE, else rounding."""
