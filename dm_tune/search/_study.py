@@ -24,7 +24,7 @@ from dm_tune._validate import CONFIG, ConfigError, Float, Int, Seed, in_range, o
 from dm_tune.class_weighting import SCHEMES as CLASS_WEIGHTINGS
 from dm_tune.config import STREAMED_WHERE, TrainConfig
 from dm_tune.errors import read_number
-from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES
+from dm_tune.search_spaces import BASELINES, DEFAULT_BASELINES, EXTRA_KNOBS, SAMPLERS, SPACES, is_grid
 
 SCHEDULERS = ("none", "asha")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -269,15 +269,11 @@ class Study:
                                       e.allowed.replace("expected a number", "expected a ratio", 1)) from None
                 part = "settings" if e.field.split(".")[0] in axes else "training"
                 raise ConfigError(f"{part}.{e.field}", e.value, e.allowed) from None
-        if self.search.sampler == "cmaes":
-            from dm_tune.search_spaces import is_grid
-
-            if is_grid(SPACES[self.search.space]):  # (its DM knobs were drawn at random, warning on every trial)
-                raise ConfigError("search.sampler", "cmaes", f"CMA-ES models continuous knobs only, and space "
-                                  f"{self.search.space} is all categorical: expected tpe, gp, random or grid with it")
+        if self.search.sampler == "cmaes" and is_grid(SPACES[self.search.space]):  # (its DM knobs were drawn at
+            # random, with Optuna's warning on every trial)
+            raise ConfigError("search.sampler", "cmaes", f"CMA-ES models continuous knobs only, and space "
+                              f"{self.search.space} is all categorical: expected tpe, gp, random or grid with it")
         if self.search.sampler == "grid":
-            from dm_tune.search_spaces import is_grid
-
             if not is_grid(SPACES[self.search.space]):
                 raise ConfigError("search.sampler", "grid", "needs an all-categorical space (paper-grid)")
             if self.search.extra_knobs:

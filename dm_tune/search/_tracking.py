@@ -100,10 +100,13 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None = None, worksp
     return exp.experiment_id
 
 
+def _runs_filter(tags: Mapping[str, str], status: str | None = None) -> str:
+    return " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+                        + ([f"attributes.status = '{status}'"] if status else []))
+
+
 def find_runs(uri: str, exp_id: str, tags: Mapping[str, str], max_results: int = 1000, status: str | None = None):
-    query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()]
-                         + ([f"attributes.status = '{status}'"] if status else []))
-    return _client(uri).search_runs([exp_id], filter_string=query, max_results=max_results)
+    return _client(uri).search_runs([exp_id], filter_string=_runs_filter(tags, status), max_results=max_results)
 
 
 _PAGE = 1000  # runs per MLflow request
@@ -114,8 +117,9 @@ def trial_keys(uri: str, exp_id: str, setting: str) -> set[str]:
     keys: set[str] = set()
     token = None
     while True:
-        page = _client(uri).search_runs([exp_id], filter_string=f"tags.`dmtune.role` = 'trial' and "
-                                        f"tags.`dmtune.setting` = '{setting}'", max_results=_PAGE, page_token=token)
+        page = _client(uri).search_runs([exp_id], filter_string=_runs_filter({"dmtune.role": "trial",
+                                                                             "dmtune.setting": setting}),
+                                        max_results=_PAGE, page_token=token)
         keys.update(run.data.tags.get("dmtune.trial_key", "") for run in page)
         token = page.token
         if not token:
