@@ -201,31 +201,17 @@ def _each_image_once(root: Path, splits: list[tuple[str, list[str], list[int], n
     raise DataError(root / keys[b], f"is the same file as {root / keys[a]} (through a link): {what}", LAYOUT)
 
 
-def _folders(root: Path, names: tuple[str, ...]) -> list[str]:
-    """The folders under root named one of ``names`` in any case (Val/, TRAIN/: a tree from a
+def _folder(root: Path, names: tuple[str, ...], what: str) -> str | None:
+    """The one folder under root named one of ``names`` in any case (Val/, TRAIN/: a tree from a
     case-insensitive disk, where val/ finds Val/, was read without its validation images here), as
-    the file system spells them; ``names`` itself where root cannot be listed (its error comes later)."""
+    the file system spells it, or None; two of them refused (which one holds the split is the
+    user's to say). ``names`` themselves where root cannot be listed (its error comes later)."""
     try:
-        return sorted(p.name for p in root.iterdir() if p.name.lower() in names and p.is_dir())
+        found = sorted(p.name for p in root.iterdir() if p.name.lower() in names and p.is_dir())
     except OSError:
-        return [name for name in names if (root / name).is_dir()]
-
-
-def _split_folder(root: Path, split: str) -> str:
-    """train/ or test/ under root, in any case; two spellings of it refused."""
-    found = _folders(root, (split,))
+        found = [name for name in names if (root / name).is_dir()]
     if len(found) > 1:
-        raise DataError(root, f"has {' and '.join(name + '/' for name in found)}: one {split} folder, "
-                        "not several (rename or move the others)", LAYOUT)
-    return found[0] if found else split
-
-
-def _val_folder(root: Path) -> str | None:
-    """The validation split's folder name under root (one of VAL_FOLDERS, in any case), or None;
-    two of them refused (which one holds the validation images is the user's to say)."""
-    found = _folders(root, VAL_FOLDERS)
-    if len(found) > 1:
-        raise DataError(root, f"has {' and '.join(name + '/' for name in found)}: one validation folder, "
+        raise DataError(root, f"has {' and '.join(name + '/' for name in found)}: one {what} folder, "
                         "not several (rename or move the others)", LAYOUT)
     return found[0] if found else None
 
@@ -240,10 +226,10 @@ def load(root: Path | None, options: Mapping[str, Any], download: bool = False) 
         raise ConfigError("data_root", None, "imagefolder is read from disk; give --data-root")
     if download:
         raise ConfigError("download", download, "imagefolder cannot be downloaded; put the tree under data_root")
-    classes, tr_keys, tr_labels, tr_files = _scan(root, _split_folder(root, "train"), None)
-    _, te_keys, te_labels, te_files = _scan(root, _split_folder(root, "test"), classes)
+    classes, tr_keys, tr_labels, tr_files = _scan(root, _folder(root, ("train",), "train") or "train", None)
+    _, te_keys, te_labels, te_files = _scan(root, _folder(root, ("test",), "test") or "test", classes)
     splits = [("train", tr_keys, tr_labels, tr_files), ("test", te_keys, te_labels, te_files)]
-    val, val_folder = None, _val_folder(root)
+    val, val_folder = None, _folder(root, VAL_FOLDERS, "validation")
     if val_folder is not None:
         _, va_keys, va_labels, va_files = _scan(root, val_folder, classes)
         splits.append(("val", va_keys, va_labels, va_files))
