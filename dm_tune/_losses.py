@@ -77,11 +77,18 @@ class _GradLoss(nn.Module):
         super().__init__()
         self.last_shares = None
 
-    # Run eagerly under torch.compile (0.4 us a call otherwise): dynamo cannot trace the gradient
-    # built in _InjectGrad's forward and saved for backward ("an intermediate tensor ... aliases an
-    # input or output"); the model around the loss still compiles.
-    @torch.compiler.disable
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # Under torch.compile the loss runs eagerly: dynamo cannot trace the gradient built in
+        # _InjectGrad's forward and saved for backward ("an intermediate tensor ... aliases an input
+        # or output"); the model around the loss still compiles. Disabled here, while compiling, not
+        # by a decorator: that imported torch._dynamo (and sympy) with the module, about 1 s in every
+        # process that imports it, a search's driver among them (one that builds an optimiser imports
+        # torch._dynamo anyway, with torch.optim).
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(self._forward)(logits, targets)
+        return self._forward(logits, targets)
+
+    def _forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         W.check_batch(logits, targets)
         if logits.requires_grad and torch.is_grad_enabled():
             return _InjectGrad.apply(logits, targets, self)

@@ -419,6 +419,18 @@ def test_a_compiled_training_step_with_dm_loss_keeps_dms_gradient(kernel, batch)
     torch.testing.assert_close(compiled, model.weight.grad)
 
 
+def test_importing_the_training_code_does_not_import_torchs_compiler():
+    """The losses' torch.compile guard was a decorator that imported torch._dynamo (and sympy) with
+    dm_tune._losses: about 1 s in every process that imports it, a search's driver among them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dm_tune.train, dm_tune.population, dm_tune.search._trial; "
+            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("kernel", ["torch", "auto"])
 def test_float_or_bool_targets_and_empty_batches_are_refused_by_both_kernels(kernel):
     """Float targets (1.7) were truncated to class 1 without a word; an empty batch raised the C
