@@ -101,6 +101,19 @@ def test_same_seed_same_history_other_seed_other_history(baby):
     assert without_times(other.history) != without_times(baby.history)
 
 
+def test_result_records_what_decides_its_rounding(baby):
+    """The same config and seed repeat bit for bit only on the same kind of CPU with the same number
+    of torch threads (two threads sum in another order): the result names both."""
+    assert baby.provenance["torch_threads"] == 1  # (one_thread)
+    assert isinstance(baby.provenance["cpu"], str) and baby.provenance["cpu"]
+    torch.set_num_threads(2)
+    try:
+        two = run(epochs=1, seed=0)
+    finally:
+        torch.set_num_threads(1)
+    assert two.provenance["torch_threads"] == 2 and two.to_dict()["provenance"]["torch_threads"] == 2
+
+
 def test_report_is_called_every_epoch_with_a_snapshot():
     seen = []
     result = run(epochs=2, report=lambda m, snap: seen.append((m, snap)))
