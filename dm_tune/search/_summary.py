@@ -164,8 +164,12 @@ def write_summary(summaries: list[SettingSummary], study: Study, workspace: Path
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / f"{study.name}.md", out / f"{study.name}.json"
     write_output(md, markdown(summaries, study, wall_s) + "\n")
+    from dm_tune.provenance import provenance
+
     write_output(js, json_text({
-        "study": study.to_dict(), "wall_time_s": wall_s,
+        # provenance: the code and machine of the driver that wrote the summary (each trial's own is
+        # in its MLflow run: a resumed search may have trained trials with other code)
+        "study": study.to_dict(), "provenance": provenance(), "wall_time_s": wall_s,
         "train_time_s": sum(s.train_time_s for s in summaries),
         "settings": [{"setting": s.setting, "search_trials": s.search_trials,
                       "search_statuses": s.search_statuses, "rows": rows(s)} for s in summaries],
