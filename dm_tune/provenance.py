@@ -9,10 +9,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
-from dm_tune import _native
-
 PACKAGES = ("dm-tune", "torch", "torchvision", "numpy", "scikit-learn", "ray", "optuna", "mlflow", "pandas")
 
 
@@ -52,6 +48,10 @@ def cpu_model() -> str:
 
 
 def provenance() -> dict[str, object]:
+    import torch  # (here: git_commit and package_versions serve the reports, which train nothing)
+
+    from dm_tune import _native
+
     # dm_native: whether the fused CPU kernel for DM was built (it changes rounding, not maths).
     # cpu and torch_threads: a run repeats bit for bit only on the same kind of CPU with the same
     # number of torch threads (--threads 2 against 1 moved a digits run's final validation accuracy

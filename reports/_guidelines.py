@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from dm_tune.errors import json_safe
+from dm_tune.provenance import git_commit
 from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._loso import leave_one_setting_out, refit_phrase
@@ -55,6 +56,8 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None, loso: str =
             "git_commits": sorted(c for c in df["git_commit"].unique().tolist() if c),
             "dm_tune_versions_of_runs": sorted(v for v in df["dmtune_version"].unique().tolist() if v),
             "dm_tune_version": dm_tune.__version__,
+            # the report's own code (its analysis changes between commits of one dm-tune version)
+            "report_git_commit": git_commit(),
             "tracking_uri": str(df.attrs.get("tracking_uri", "")),
         },
         "settings": ok,
@@ -238,9 +241,15 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
     # (the runs' tags: a store not written by dm-tune may hold anything there)
     lines += ["", "## Provenance", "", f"- git commits: {_text(', '.join(prov['git_commits']) or 'unknown')}",
               f"- dm-tune versions of the runs: {_text(', '.join(prov['dm_tune_versions_of_runs']) or 'unknown')}; "
-              f"report by dm-tune {prov['dm_tune_version']}",
+              f"report by dm-tune {prov['dm_tune_version']}{report_commit_text(prov)}",
               f"- tracking URI: {_text(prov.get('tracking_uri') or 'unknown')}", ""]
     return "\n".join(lines)
+
+
+def report_commit_text(prov: dict[str, Any]) -> str:
+    """" at commit X" for the code that wrote a report ("" in one written before it was recorded)."""
+    commit = prov.get("report_git_commit")
+    return f" at commit {_text(commit)}" if commit else ""
 
 
 def surface_markdown(surface: dict[str, Any] | None) -> list[str]:

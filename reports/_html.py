@@ -137,7 +137,9 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
                                          ["git commits of the runs", ", ".join(prov["git_commits"]) or "unknown"],
                                          ["dm-tune versions of the runs",
                                           ", ".join(prov["dm_tune_versions_of_runs"]) or "unknown"],
-                                         ["report written by dm-tune", prov["dm_tune_version"]],
+                                         ["report written by dm-tune", prov["dm_tune_version"]
+                                          + (f" at commit {prov['report_git_commit']}"
+                                             if prov.get("report_git_commit") else "")],
                                          ["tracking URI", prov["tracking_uri"]]]),
               "</body></html>"]
     return _with_contents("\n".join(parts))

@@ -1155,3 +1155,18 @@ def test_recommend_without_a_surface_reads_a_measured_superclass_rate_as_its_fra
                     setting(0.4, 0.7, classes=100)])
     rec = recommend(g, num_classes=100, noise_type="pair", noise_rate=0.2)
     assert rec.psi == pytest.approx(0.5) and rec.settings == ["cifar100-superclass-100-0.5"]
+
+
+def test_the_report_names_the_commit_of_its_own_code() -> None:
+    """A report's numbers come from its analysis code, which changes between commits of one dm-tune
+    version: the JSON, guidelines.md and index.html name that commit beside the runs' ones (they
+    named only the version, 0.1.0, of every commit)."""
+    from dm_tune.provenance import git_commit
+    from dm_tune.reports._guidelines import guidelines_markdown
+    from dm_tune.reports._html import render_html
+
+    doc = build_guidelines(tidy(known_runs()), generated="2026-01-01T00:00:00+00:00")
+    assert doc["provenance"]["report_git_commit"] == git_commit() != ""
+    assert f"report by dm-tune {doc['provenance']['dm_tune_version']} at commit {git_commit()}" in \
+        guidelines_markdown(doc)
+    assert f"<td>{doc['provenance']['dm_tune_version']} at commit {git_commit()}</td>" in render_html(doc, {})
