@@ -9,7 +9,10 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("dm-tune", "torch", "torchvision", "numpy", "scikit-learn", "ray", "optuna", "mlflow", "pandas")
+# Every package whose version can change a number dm-tune writes: mnist1d generates the MNIST-1D data,
+# scipy optimises the report's Gaussian processes (through scikit-learn), cmaes is the cmaes sampler.
+PACKAGES = ("dm-tune", "torch", "torchvision", "numpy", "scikit-learn", "scipy", "mnist1d", "ray", "optuna",
+            "cmaes", "mlflow", "pandas")
 
 
 @functools.cache

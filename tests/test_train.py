@@ -74,6 +74,9 @@ def test_baby_run_result_fields(baby):
     assert {"git_commit", "versions"} <= set(baby.provenance)
     d = baby.to_dict()
     assert {"git_commit", "package_versions"} <= set(d["config"]) and d["config"]["package_versions"]["torch"]
+    # the packages that make data or fit numbers too: mnist1d generates MNIST-1D (its version was not
+    # recorded), scipy fits the report's GPs, cmaes samples
+    assert {"mnist1d", "scipy", "cmaes", "scikit-learn", "numpy"} <= set(d["config"]["package_versions"])
 
 
 def test_best_and_final_accuracies_are_consistent(baby):
