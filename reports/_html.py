@@ -140,6 +140,8 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
                                          ["report written by dm-tune", prov["dm_tune_version"]
                                           + (f" at commit {prov['report_git_commit']}"
                                              if prov.get("report_git_commit") else "")],
+                                         *(["package versions of the runs", v]
+                                           for v in prov.get("package_versions_of_runs", [])),
                                          ["tracking URI", prov["tracking_uri"]]]),
               "</body></html>"]
     return _with_contents("\n".join(parts))

@@ -41,7 +41,7 @@ FAILED_STATUSES = ("diverged", "errored")
 IN_PROGRESS = ("running", "interrupted")
 HISTORY_METRICS = ("weight_clean", "weight_noisy", "test_acc")
 COLUMNS = ("run_id", "experiment", "setting", "stage", "baseline", "status", "task") + PARAM_COLUMNS + METRIC_COLUMNS + (
-    RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version", "reused_from"))
+    RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version", "versions", "reused_from"))
 
 
 def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd.DataFrame:
@@ -140,6 +140,7 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
     row["reused_from"] = tags.get("dmtune.reused_from", "")
     row["git_commit"] = tags.get("dmtune.git_commit", "")
     row["dmtune_version"] = _dm_tune_version(tags.get("dmtune.versions", ""))
+    row["versions"] = versions_text(tags.get("dmtune.versions", ""))
     return row
 
 
@@ -267,6 +268,16 @@ def _dm_tune_version(versions_json: str) -> str:
     except json.JSONDecodeError:
         return ""
     return str(versions.get("dm-tune", "")) if isinstance(versions, dict) else ""
+
+
+def versions_text(versions_json: str) -> str:
+    """The package versions a run recorded (tag dmtune.versions) as one line, "python 3.11.7, torch
+    2.14.1, ..." in the recorded order; "" where it recorded none (or not as dm-tune writes them)."""
+    try:
+        versions = json.loads(versions_json) if versions_json else {}
+    except json.JSONDecodeError:
+        return ""
+    return ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else ""
 
 
 def _store_error(uri: str, exc: Exception) -> UserError:

@@ -1170,3 +1170,25 @@ def test_the_report_names_the_commit_of_its_own_code() -> None:
     assert f"report by dm-tune {doc['provenance']['dm_tune_version']} at commit {git_commit()}" in \
         guidelines_markdown(doc)
     assert f"<td>{doc['provenance']['dm_tune_version']} at commit {git_commit()}</td>" in render_html(doc, {})
+
+
+def test_the_report_names_the_package_versions_of_its_runs() -> None:
+    """The runs record every package's version (tag dmtune.versions); the report named only
+    dm-tune's, so runs of two torch versions pooled in one report looked alike."""
+    import json
+
+    from dm_tune.reports._guidelines import guidelines_markdown
+    from dm_tune.reports._html import render_html
+    from dm_tune.reports._load import run_to_row
+
+    tag = {"dmtune.versions": json.dumps({"python": "3.11.7", "dm-tune": "0.1.0", "torch": "2.14.1"})}
+    row = run_to_row("e", "r1", {"method": "cce"}, {"final_test_acc": 0.9, "final_val_acc": 0.9}, tag)
+    assert row is not None and row["versions"] == "python 3.11.7, dm-tune 0.1.0, torch 2.14.1"
+    runs = known_runs()
+    rows = [{**r, "versions": "torch 2.14.1" if i else "torch 2.6.0"} for i, r in enumerate(runs)]
+    doc = build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00")
+    assert doc["provenance"]["package_versions_of_runs"] == ["torch 2.14.1", "torch 2.6.0"]
+    md, page = guidelines_markdown(doc), render_html(doc, {})
+    for v in ("torch 2.14.1", "torch 2.6.0"):
+        assert f"- package versions of the runs: {v}\n" in md
+        assert f"<td>package versions of the runs</td><td>{v}</td>" in page
