@@ -1,5 +1,5 @@
 """What every result carries: the code's git commit, the versions of the packages that ran it, and
-what of the machine decides its rounding (CPU model, torch's threads)."""
+what of the machine decides its rounding (the CPU model; a training result adds torch's threads)."""
 
 from __future__ import annotations
 
@@ -51,13 +51,10 @@ def cpu_model() -> str:
 
 
 def provenance() -> dict[str, object]:
-    import torch  # (here: git_commit and package_versions serve the reports, which train nothing)
-
-    from dm_tune import _native
+    from dm_tune import _native  # (imports torch: here, as git_commit and package_versions serve the reports)
 
     # dm_native: whether the fused CPU kernel for DM was built (it changes rounding, not maths).
-    # cpu and torch_threads: a run repeats bit for bit only on the same kind of CPU with the same
-    # number of torch threads (--threads 2 against 1 moved a digits run's final validation accuracy
-    # by 2 points); the thread count is read when the run ends, as it trained.
+    # cpu: a run repeats bit for bit only on the same kind of CPU (and with the same torch threads,
+    # which a training result adds: read as it trains, they are not the caller's here).
     return {"git_commit": git_commit(), "versions": package_versions(), "platform": platform.platform(),
-            "cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "dm_native": _native.available()}
+            "cpu": cpu_model(), "dm_native": _native.available()}
