@@ -18,7 +18,7 @@ from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._loso import leave_one_setting_out, refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface, hyperparameters_phrase
-from dm_tune.reports._text import md_table, md_text as _text
+from dm_tune.reports._text import md_table, md_text as _text, settings_text
 from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
                                     fmt_diff, metric_name, runs_phrase, setting_label)
 from dm_tune.reports._rules import correct_for_multiplicity, factor_trends, judge, lambda_beta_rule, noise_rate_rules
@@ -264,7 +264,7 @@ def surface_markdown(surface: dict[str, Any] | None) -> list[str]:
     scales = ", ".join(f"{name} {ls:.3g}" for name, ls in fitted["length_scales"].items())
     lines += [f"A Gaussian process ({surface['model']['kernel']['form']}, normalised targets) of "
               f"{surface['target']}, fitted on {arms_phrase(surface)} (each its mean over its seeds) of "
-              f"{len(surface['settings'])} settings{hyperparameters_phrase(surface)}.",
+              f"{settings_text(len(surface['settings']))}{hyperparameters_phrase(surface)}.",
               "", f"- features: {', '.join(surface['encoding']['features'])}",
               f"- fitted length scales (short: the gain changes fast along that feature): {scales}",
               f"- signal std {fitted['signal_std']:.2f} points, noise std {fitted['noise_std']:.2f} points "
@@ -346,9 +346,10 @@ def loso_summary_text(summary: dict[str, Any]) -> str:
                   for side, extreme, tone in (("above", "highest", ": optimistic"), ("below", "lowest", ""))
                   if s.get(f"capped_{side}")]
         return (f"{name}: mean regret {s['mean_regret']:.2f} points, mean gain over CCE {s['mean_gain_over_cce']:+.2f}, "
-                f"an estimated gain over CCE in {s['beats_cce']} of {s['n']} settings"
+                f"an estimated gain over CCE in {s['beats_cce']} of {settings_text(s['n'])}"
                 + (f" (of its estimates, capped: {'; '.join(capped)})" if capped else ""))
-    return f"Over {summary['n_settings']} held-out settings, {part('surface', 'surface')}; {part('paper', 'paper')}."
+    return (f"Over {summary['n_settings']} held-out setting{'s' * (summary['n_settings'] != 1)}, "
+            f"{part('surface', 'surface')}; {part('paper', 'paper')}.")
 
 
 def dumps(doc: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_n
 from dm_tune.reports._guidelines import decimal_text as _num
 from dm_tune.reports._loso import refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, hyperparameters_phrase
-from dm_tune.reports._text import md_unescape, metric_name, runs_phrase
+from dm_tune.reports._text import md_unescape, metric_name, runs_phrase, settings_text
 
 SECTIONS = ("Guidelines", "Comparison with the paper", "Across settings", "Response surface",
             "Leave-one-setting-out validation", "Per-setting results", "Provenance")
@@ -172,7 +172,7 @@ def _surface_section(surface: dict[str, Any] | None) -> list[str]:
     fitted = surface["fitted"]
     parts.append(f"<p>A Gaussian process ({e(surface['model']['kernel']['form'])}) of {e(surface['target'])}, "
                  f"fitted on {arms_phrase(surface)} (each its mean over its seeds) of "
-                 f"{len(surface['settings'])} settings{e(hyperparameters_phrase(surface))}; "
+                 f"{settings_text(len(surface['settings']))}{e(hyperparameters_phrase(surface))}; "
                  "<code>dm-tune recommend</code> reads it.</p>")
     rows = [[name, f"{ls:.3g}"] for name, ls in fitted["length_scales"].items()]
     rows += [["signal std (points)", f"{fitted['signal_std']:.2f}"], ["noise std (points)", f"{fitted['noise_std']:.2f}"]]

@@ -175,7 +175,8 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
     lines = [f"{setting_label(s)}: correlation {s['correlation']:.2f}, measured best "
              f"{s['best_gain']:+.1f} points over CCE (validation), class weighting {best_weighting(s)}"
              for s in r["leans_on"]]
-    evidence = (f"response surface over {len(surface['settings'])} measured settings, "
+    n = len(surface["settings"])
+    evidence = (f"response surface over {n} measured setting{'s' * (n != 1)}, "
                 f"{arms_phrase(surface)}: predicted {gain['mean']:+.1f} "
                 f"validation points over CCE (95%: {gain['low']:+.1f} to "
                 f"{gain['high']:+.1f}); "

@@ -61,6 +61,11 @@ def rate_slack(noise: str) -> float:
 REFERENCE_BASELINE = "cce"   # the headline comparison in each sentence
 
 
+def settings_text(n: int) -> str:
+    """'1 setting', '3 settings'."""
+    return f"{n} setting{'s' * (n != 1)}"
+
+
 def metric_name(s: dict[str, Any]) -> str:
     """What a setting's scores are: accuracy, or mAP for a retrieval setting."""
     return "mAP" if s.get("task") == "retrieval" else "accuracy"

@@ -394,6 +394,8 @@ def test_report_then_recommend_on_the_command_line(store: dict[str, Any], tmp_pa
     assert "(each its mean over seeds) of 1 setting\n" in out  # (was "of 1 settings")
     for name in ("index.html", "guidelines.md", "guidelines.json", "figures/weights_00.png"):
         assert (tmp_path / "rep" / name).is_file(), name
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "(each its mean over its seeds) of 1 setting;" in page and "1 settings" not in page  # (the page too)
     args = parser().parse_args(["recommend", "--num-classes", "10", "--noise-type", "symmetric", "--noise-rate",
                                 "0.5", "--guidelines", str(tmp_path / "rep" / "guidelines.json"), "--json"])
     assert args.func(args) == 0
