@@ -774,6 +774,8 @@ def test_search_populations_hold_whole_arms_on_their_search_seeds():
     assert _search_population_size(default, 16) == 6
     assert _search_population_size(Study.from_dict({"seeds": [0]}), 16) == 3
     assert _search_population_size(default, 4) == 4  # never above the population size
+    assert _search_population_size(default, 5) == 4  # whole arms: 5 would split the third arm's seeds
+    assert _search_population_size(default, 1) == 1  # (below one arm's seeds: one trial a population)
     assert _search_population_size(Study.from_dict({"search": {"num_samples": 4}}), 16) == 2  # one arm
     assert _search_population_size(Study.from_dict({"scheduler": {"kind": "asha"}}), 16) == 1
 
@@ -819,6 +821,7 @@ def test_start_up_populations_split_the_samplers_start_up_over_the_slots():
     default = Study.from_dict({})  # TPE's 10 start-up arms, 2 at a time, 2 search seeds: 5 arms a population
     assert _startup_population_size(default, 16, 10) == 10
     assert _startup_population_size(default, 4, 10) == 4  # never above the population size
+    assert _startup_population_size(default, 3, 10) == 2  # whole arms
     assert _startup_population_size(Study.from_dict({"scheduler": {"kind": "asha"}}), 16, 10) == 1
 
 

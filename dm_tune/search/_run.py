@@ -360,11 +360,14 @@ def _startup_population_size(study: Study, size: int, startup: int) -> int:
 
 
 def _arms_per_population(study: Study, size: int, arms: int) -> int:
-    """Trials in a population of ``arms`` search arms, each on every search seed, at most ``size``;
-    one with a scheduler, which stops whole Ray trials (ASHA then acts per DM configuration)."""
+    """Trials in a population of ``arms`` search arms, each on every search seed, at most ``size``
+    (whole arms: a size that is no multiple of the search seeds is rounded down to one, unless it
+    is below one arm's seeds); one with a scheduler, which stops whole Ray trials (ASHA then acts
+    per DM configuration)."""
     if study.scheduler.kind != "none":
         return 1
-    return max(1, min(size, arms * study.search_seed_count))
+    seeds = study.search_seed_count
+    return max(1, min(size if size < seeds else size - size % seeds, arms * seeds))
 
 
 def _searcher(ctx: SettingContext, ledger: Ledger):
