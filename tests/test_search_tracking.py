@@ -307,3 +307,46 @@ def test_a_trial_line_names_its_class_weighting(tmp_path, capsys):
         tracker._echo(spec, _outcome())
         line = capsys.readouterr().err
         assert "dm psi=0.5 rho=2 lam=1 beta=8" + said in line and (weighting != "none" or "cw=" not in line), line
+
+
+@pytest.mark.parametrize("where", ["a new driver", "the same driver"])
+def test_a_long_history_cut_between_two_batches_is_logged_once(tmp_path, monkeypatch, where):
+    """A trial's history past MLflow's 1000 metrics a batch is logged in several batches; the
+    driver killed (or the store busy) between two of them: the reconcile logs the epochs that were
+    missing once, and no epoch the first batch held again (a batch that ended inside an epoch left
+    that epoch without epoch_time_s, by which a resume tells what was logged; the same driver
+    counted none of the first batch's epochs as logged: their metrics twice)."""
+    tracker, ledger, uri, exp = _tracker(tmp_path)
+    spec = TrialSpec("set", "search", 0, {"method": "dm"}, number=0)
+    ledger.start([spec])
+    keys = ("train_loss", "train_acc", "val_acc", "test_acc", "weight_var", "lr", "epoch_time_s")  # (train()'s order)
+    history = tuple({"epoch": e, **{k: 0.5 + e / 1000 for k in keys}} for e in range(1, 201))
+    outcome = TrialOutcome("finished", 200, final_val_acc=0.5, final_test_acc=0.4, history=history)
+    ledger.end(spec, outcome)
+    client_of, batches = _tracking._client, []
+
+    def killed_after_one_batch(u):
+        client = client_of(u)
+        log_batch = client.log_batch
+
+        def once(run_id, metrics=(), **kw):
+            if metrics and batches:
+                raise KeyboardInterrupt if where == "a new driver" else RuntimeError("database is locked")
+            if metrics:
+                batches.append(len(metrics))
+            return log_batch(run_id, metrics=metrics, **kw)
+
+        client.log_batch = once
+        return client
+
+    monkeypatch.setattr(_tracking, "_client", killed_after_one_batch)
+    with pytest.raises((KeyboardInterrupt, RuntimeError)):
+        tracker._finish(spec, outcome)
+    monkeypatch.undo()
+    assert batches and batches[0] < 7 * 200
+    (_tracker(tmp_path)[0] if where == "a new driver" else tracker).reconcile()
+    (run,) = _tracking.find_runs(uri, exp, {"dmtune.trial_key": spec.key})
+    client = _tracking._client(uri)
+    for key in keys:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert sorted(steps) == list(range(1, 201)), key

@@ -331,11 +331,25 @@ class MLflowTracker(tune.Callback):
         done = self._steps[run_id]
         now = int(time.time() * 1000)
         new = [e for e in epochs if int(e.get("epoch", 0)) > 0 and int(e["epoch"]) not in done]
-        metrics = [Metric(k, v, now, int(e["epoch"])) for e in new for k, v in _finite(e, NOT_EPOCH_METRICS).items()]
         client = _client(self.uri)
-        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
-            client.log_batch(run_id, metrics=metrics[i:i + 1000])
-        done.update(int(e["epoch"]) for e in new)
+        # At most MLflow's 1000 metrics a batch, each epoch whole in one and counted as logged
+        # once its batch is: a driver killed (or a write failed) between two batches leaves no
+        # epoch with some of its metrics logged (a resume tells the epochs logged by their
+        # epoch_time_s), nor one logged but not counted, to be logged a second time.
+        batch: list[Any] = []
+
+        def flush() -> None:
+            client.log_batch(run_id, metrics=batch)
+            done.update(m.step for m in batch)
+            batch.clear()
+
+        for e in new:
+            rows = [Metric(k, v, now, int(e["epoch"])) for k, v in _finite(e, NOT_EPOCH_METRICS).items()]
+            if batch and len(batch) + len(rows) > 1000:
+                flush()
+            batch += rows
+        if batch:
+            flush()
 
     def _finish(self, spec: TrialSpec, outcome: TrialOutcome) -> None:
         from mlflow.entities import Metric, RunTag
