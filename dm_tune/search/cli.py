@@ -290,6 +290,9 @@ def search_cmd(args: argparse.Namespace) -> int:
     # A trial's error that Tune stopped before reading (a search ended by a full or read-only disk)
     # is told by the tracker in one line and kept in the trial's folder: Ray would print it whole.
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    # MLflow prints two "View run/experiment at: URL" lines for every run it ends on a server: two
+    # lines a trial on the search's own output, --quiet or not (the summary gives the server's URL).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # The study, the flags and the stores are checked before torch, Ray, MLflow or Optuna is
     # imported: a mistyped flag is answered in a fraction of a second.
     from dm_tune.search._preflight import (check_address, check_local_cpus, check_local_gpus, check_storage,
