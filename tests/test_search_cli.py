@@ -498,6 +498,18 @@ def test_where_a_study_began_is_kept_for_new_studies_only_and_relative_to_a_move
         _same_places(argparse.Namespace(tracking_uri=None, storage_path=None), moved, "odd")
 
 
+@pytest.mark.parametrize("uri, hint", [
+    ("sqlite:////w s/mlflow.db", "mlflow ui --backend-store-uri 'sqlite:////w s/mlflow.db'"),
+    ("http://127.0.0.1:5000", "open http://127.0.0.1:5000 in a browser"),
+    ("HTTPS://mlflow.example:443", "open HTTPS://mlflow.example:443 in a browser"),
+])
+def test_the_summary_says_how_to_look_at_the_runs_of_a_store_and_of_a_server(uri, hint):
+    """`mlflow ui --backend-store-uri http://...` ends in a traceback: a server is opened in a browser."""
+    from dm_tune.search.cli import browse_runs
+
+    assert browse_runs(uri) == hint
+
+
 @pytest.mark.parametrize("value", ["nan", "0", "-5", "soon"])
 def test_a_connect_wait_that_is_no_positive_number_is_one_line(monkeypatch, value):
     from dm_tune.errors import UserError

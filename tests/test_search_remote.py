@@ -83,6 +83,7 @@ def test_search_logs_to_an_mlflow_server(tmp_path, mlflow_server):
     assert not (tmp_path / "ws" / "mlflow.db").exists()  # nothing went to the embedded store
     assert mlflow_server in proc.stdout
     assert "View run" not in proc.stdout and "View experiment" not in proc.stdout  # (MLflow's, 2 a trial)
+    assert f"open {mlflow_server} in a browser" in proc.stdout  # not `mlflow ui`, which cannot open a server
 
 
 def test_a_tracking_server_gone_mid_search_ends_it_as_interrupted_and_the_resume_records_everything(tmp_path):

@@ -384,6 +384,14 @@ def _quieten_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per study load or trial
 
 
+def browse_runs(tracking_uri: str) -> str:
+    """How to look at a study's runs: ``mlflow ui`` over a store; a server is its own UI (``mlflow ui
+    --backend-store-uri http://...`` ends in a traceback: a server is not a store it can open)."""
+    if parse_url("--tracking-uri", tracking_uri).scheme in ("http", "https"):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+
+
 def _on(args: argparse.Namespace) -> str:
     """The cluster a resume should run on (the stores and storage it finds in the workspace)."""
     return f" --address {shlex.quote(args.address)}" if args.address else ""
@@ -459,8 +467,7 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     wall = time.perf_counter() - t0
     print_summary(summaries, study, wall)
     paths = write_summary(summaries, study, workspace, wall)
-    print(f"\nMLflow runs:   {opts.tracking}  (experiment {study.name!r}; "
-          f"mlflow ui --backend-store-uri {shlex.quote(opts.tracking)})")
+    print(f"\nMLflow runs:   {opts.tracking}  (experiment {study.name!r}; {browse_runs(opts.tracking)})")
     print(f"Optuna studies: {opts.optuna_url}  (optuna-dashboard {shlex.quote(opts.optuna_url)})")
     print(f"Ray results:   {opts.storage}/{study.name}")
     print(f"Summary:       {paths['md']}")
