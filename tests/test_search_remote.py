@@ -86,6 +86,32 @@ def test_search_logs_to_an_mlflow_server(tmp_path, mlflow_server):
     assert f"open {mlflow_server} in a browser" in proc.stdout  # not `mlflow ui`, which cannot open a server
 
 
+def test_a_study_name_another_workspace_holds_on_the_server_is_refused_before_anything_is_written(
+        tmp_path, mlflow_server):
+    """The refusal came once the search had stored the study (and where it records): the workspace
+    then held a study that never began, which --resume and a search elsewhere took as begun there.
+    Now it comes before: a workspace the search created is removed, one that was there keeps only
+    what it had."""
+    from dm_tune.search._tracking import experiment_id
+
+    first = tmp_path / "first"
+    first.mkdir()
+    experiment_id(mlflow_server, "served", None, first)  # the name is the first workspace's
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(tiny_study("served", search={"num_samples": 2, "top_k": 1}, seeds=[0])))
+    kept, new = tmp_path / "kept", tmp_path / "new"
+    kept.mkdir()
+    for ws in (kept, new):
+        proc = subprocess.run([DM_TUNE, "search", "--config", str(study), "--workspace", str(ws),
+                               "--tracking-uri", mlflow_server], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("dm-tune: error: MLflow experiment 'served'") and "another workspace" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not new.exists()
+    assert not (kept / "studies").exists(), sorted(p.name for p in kept.rglob("*"))
+
+
 def test_a_tracking_server_gone_mid_search_ends_it_as_interrupted_and_the_resume_records_everything(tmp_path):
     """The server killed while trials ran: each queued write waited out MLflow's retries (minutes
     each) and the search did not end for hours. Now the first write that fails (after MLflow's own

@@ -59,8 +59,10 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def experiment_id(uri: str, name: str, artifact_root: Path | None = None, workspace: Path | None = None) -> str:
-    """The study's experiment, created on first use. With a local store its artifacts go under
+def experiment_id(uri: str, name: str, artifact_root: Path | None = None, workspace: Path | None = None,
+                  create: bool = True) -> str | None:
+    """The study's experiment, created on first use (``create`` False: only checked, nothing
+    created, tagged or restored; None where there is none yet). With a local store its artifacts go under
     ``artifact_root`` (MLflow's default is ./mlruns in whatever directory the search ran from).
 
     A tracking store (a server) may be shared by several workspaces, whose studies would then
@@ -75,6 +77,8 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None = None, worksp
     owner = {"dmtune.workspace_id": workspace_id(workspace), "dmtune.workspace": str(workspace)} if workspace else {}
     exp = client.get_experiment_by_name(name)
     if exp is None:
+        if not create:
+            return None
         location = (artifact_root / name).as_uri() if artifact_root is not None else None
         try:
             return client.create_experiment(name, artifact_location=location, tags={"dmtune.study": name, **owner})
@@ -84,10 +88,10 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None = None, worksp
                 raise
     if owner:
         theirs = exp.tags.get("dmtune.workspace_id")
-        if theirs is None:  # an older dm-tune's experiment: this workspace's from now on
+        if theirs is None and create:  # an older dm-tune's experiment: this workspace's from now on
             for key, value in owner.items():
                 client.set_experiment_tag(exp.experiment_id, key, value)
-        elif theirs != owner["dmtune.workspace_id"]:
+        elif theirs is not None and theirs != owner["dmtune.workspace_id"]:
             where = exp.tags.get("dmtune.workspace", theirs)
             if exp.lifecycle_stage == "deleted":  # e.g. a workspace removed, its experiment deleted in MLflow
                 raise UserError(f"MLflow experiment {name!r} at {uri} was deleted but is still in the store, with "
@@ -95,7 +99,7 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None = None, worksp
                                 f"{uri} --experiment-ids {exp.experiment_id}) or search under another --name")
             raise UserError(f"MLflow experiment {name!r} at {uri} holds study {name!r} of another workspace "
                             f"({where}, id {theirs}); search under another --name, or in that workspace")
-    if exp.lifecycle_stage == "deleted":
+    if exp.lifecycle_stage == "deleted" and create:
         client.restore_experiment(exp.experiment_id)
     return exp.experiment_id
 

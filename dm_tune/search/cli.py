@@ -407,15 +407,15 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
     from dm_tune.search._tracking import experiment_id
 
     # New sqlite stores take seconds to create (schema migrations): they are created while Ray
-    # starts, one process at a time, and removed again if Ray or the resources are unusable.
-    local = opts.artifact_root is not None  # a server's experiments are created after pre-flight
+    # starts, one process at a time, and removed again if Ray, the resources or the stores are
+    # unusable (a study name another workspace holds in the tracking store, say).
+    local = opts.artifact_root is not None  # a server's experiments are created after pre-flight, checked now
     failed: list[BaseException] = []
 
     def stores() -> None:
         try:
             prepare_stores(workspace, opts.tracking, opts.optuna_url)
-            if local:
-                experiment_id(opts.tracking, study.name, opts.artifact_root, workspace)
+            experiment_id(opts.tracking, study.name, opts.artifact_root, workspace, create=local)
         except BaseException as e:  # noqa: BLE001 - raised again in the main thread
             failed.append(e)
 
@@ -427,6 +427,9 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
 
         on_sigterm_interrupt()  # (ray.init put its own in place: a stack dump and SIGABRT)
         check_resources(study)
+        store.join()
+        if failed:
+            raise failed[0]
     except BaseException:
         store.join()
         if created:
@@ -435,9 +438,6 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
             except UserError:  # the stores lock held past its wait: the workspace stays, the first error is told
                 pass
         raise
-    store.join()
-    if failed:
-        raise failed[0]
     if not resuming:  # stored once, whole: a resume reads it, and a kill never leaves it torn
         (workspace / "studies").mkdir(exist_ok=True)
         write_output(workspace / "studies" / f"{study.name}.json", json.dumps(study.to_dict(), indent=1) + "\n")
