@@ -334,6 +334,13 @@ def test_a_moved_workspace_is_checked_where_mlflow_keeps_its_artifacts(tmp_path)
     assert opts.moved_artifacts("t") == old / "artifacts" / "t" and opts.moved_artifacts("u") is None
     _tracking.experiment_id(uri, "here", ws / "artifacts", ws)
     assert opts.moved_artifacts("here") is None
+    # Another workspace's experiment in a store both track into: its search from here is refused, and
+    # where that one keeps its artifacts is neither noted nor checked as this workspace's old place.
+    other = tmp_path / "other"
+    other.mkdir()
+    _tracking.experiment_id(uri, "theirs", other / "artifacts", other)
+    assert opts.moved_artifacts("theirs") is None
+    assert other / "artifacts" / "theirs" not in [folder for folder, _ in opts.written_folders("theirs")]
 
 
 @pytest.mark.parametrize("where", ["workspace", "parent"])

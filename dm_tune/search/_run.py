@@ -86,7 +86,7 @@ class RunOptions:
 
         if self.artifact_root is None:
             return None
-        stored = stored_artifact_location(self.tracking, study)
+        stored = stored_artifact_location(self.tracking, study, self.workspace)
         return stored if stored is not None and not stored.is_relative_to(self.artifact_root) else None
 
     def written_folders(self, study: str) -> list[tuple[Path, str]]:
@@ -102,7 +102,7 @@ class RunOptions:
             folders += [(Path(self.storage), flag), (Path(self.storage) / study, flag)]
         if self.artifact_root is not None:  # MLflow's artifacts (a server keeps its own)
             # An experiment keeps the location it was created with (the workspace where it was then)
-            stored = stored_artifact_location(self.tracking, study)
+            stored = stored_artifact_location(self.tracking, study, self.workspace)
             folders += [(self.artifact_root, "--workspace"),
                         (stored, "the artifact location MLflow keeps for the study") if stored is not None
                         else (self.artifact_root / study, "--workspace")]

@@ -115,20 +115,31 @@ def _refuse_emptied(stores: dict[str, Path], workspace: Path, ledgers: Path | No
                                 "it was emptied since; restore it, or run the study in another --workspace")
 
 
-def stored_artifact_location(tracking_uri: str, experiment: str) -> Path | None:
+def stored_artifact_location(tracking_uri: str, experiment: str, workspace: Path | None = None) -> Path | None:
     """Where a local MLflow store keeps experiment ``experiment``'s artifacts (a ``file:`` location
-    it was created with), read with SQLite alone; None when there is none to read."""
+    it was created with), read with SQLite alone; None when there is none to read, or when the
+    experiment is another workspace's than ``workspace`` (a store shared by several: its search of
+    that name is refused, and what that workspace keeps is not this one's to note or check)."""
     path = sqlite_path(tracking_uri)
     if path is None or not path.is_file():
         return None
     try:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)).fetchone()
+            row = con.execute("SELECT e.artifact_location, t.value FROM experiments e LEFT JOIN experiment_tags t "
+                              "ON t.experiment_id = e.experiment_id AND t.key = 'dmtune.workspace_id' "
+                              "WHERE e.name = ?", (experiment,)).fetchone()
         finally:
             con.close()
     except (sqlite3.Error, UnicodeDecodeError):  # damaged, busy or another store: check_store says so
         return None
+    if workspace is not None and row and row[1] is not None:
+        try:
+            own = (workspace / WORKSPACE_ID).read_text(encoding="ascii", errors="replace").strip()
+        except OSError:  # (no id yet: the workspace owns no experiment)
+            own = None
+        if row[1] != own:
+            return None
     location = urlparse(row[0]) if row and isinstance(row[0], str) else None
     if location is None or location.scheme != "file":
         return None
