@@ -244,6 +244,15 @@ def test_a_study_name_in_a_shared_tracking_store_belongs_to_one_workspace(tmp_pa
     assert "another workspace" in next(out for out, _ in outs if out.startswith("refused"))
 
 
+def test_the_purge_of_a_deleted_experiment_on_a_server_is_told_with_the_servers_own_store():
+    """`mlflow gc --backend-store-uri http://...` (and `--tracking-uri http://...`) ends in MLflow's
+    traceback: gc purges an experiment from the store the server was started with."""
+    assert _tracking.purge_command("sqlite:////w/mlflow.db", "7") == \
+        "mlflow gc --backend-store-uri sqlite:////w/mlflow.db --experiment-ids 7"
+    said = _tracking.purge_command("http://mlflow-host:5000", "7")
+    assert "--backend-store-uri http" not in said and "STORE the server's --backend-store-uri" in said
+
+
 def test_an_experiment_another_workspace_created_between_the_lookup_and_the_create(tmp_path, monkeypatch):
     """The race above, made to happen: the name was free when looked up and taken when created
     (MLflow refuses the second create); the experiment is then the other workspace's, refused."""

@@ -59,6 +59,15 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def purge_command(uri: str, experiment: str) -> str:
+    """The command that purges a deleted experiment: ``mlflow gc`` opens the store itself, which for a
+    server is the one it was started with (given an http:// URI, either way, gc ends in a traceback)."""
+    if uri.lower().startswith(("http://", "https://")):
+        return (f"mlflow gc --backend-store-uri STORE --experiment-ids {experiment}, STORE the server's "
+                f"--backend-store-uri, where it runs")
+    return f"mlflow gc --backend-store-uri {uri} --experiment-ids {experiment}"
+
+
 def experiment_id(uri: str, name: str, artifact_root: Path | None = None, workspace: Path | None = None,
                   create: bool = True) -> str | None:
     """The study's experiment, created on first use (``create`` False: only checked, nothing
@@ -95,8 +104,8 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None = None, worksp
             where = exp.tags.get("dmtune.workspace", theirs)
             if exp.lifecycle_stage == "deleted":  # e.g. a workspace removed, its experiment deleted in MLflow
                 raise UserError(f"MLflow experiment {name!r} at {uri} was deleted but is still in the store, with "
-                                f"the runs of workspace {where} (id {theirs}); purge it (mlflow gc --backend-store-uri "
-                                f"{uri} --experiment-ids {exp.experiment_id}) or search under another --name")
+                                f"the runs of workspace {where} (id {theirs}); purge it "
+                                f"({purge_command(uri, exp.experiment_id)}) or search under another --name")
             raise UserError(f"MLflow experiment {name!r} at {uri} holds study {name!r} of another workspace "
                             f"({where}, id {theirs}); search under another --name, or in that workspace")
     if exp.lifecycle_stage == "deleted" and create:
