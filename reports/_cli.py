@@ -79,7 +79,27 @@ def add_recommend_parser(subparsers: Any) -> argparse.ArgumentParser:
 def tracking_uri_for(args: argparse.Namespace) -> str:
     if args.tracking_uri:
         return str(args.tracking_uri)
-    return f"sqlite:///{(resolve_path(args.workspace, '--workspace') / 'mlflow.db').as_posix()}"
+    workspace = resolve_path(args.workspace, "--workspace")
+    store = workspace / "mlflow.db"
+    elsewhere = [] if store.exists() else _tracked_elsewhere(workspace)
+    if elsewhere:  # (load_runs would say "run 'dm-tune search' first", and it has run)
+        raise UserError(f"no MLflow store at {store.as_posix()}: the searches of {workspace} record their runs at "
+                        f"{' and '.join(elsewhere)}; pass --tracking-uri {elsewhere[0]}")
+    return f"sqlite:///{store.as_posix()}"
+
+
+def _tracked_elsewhere(workspace: Path) -> list[str]:
+    """The tracking URIs other than the workspace's own store that its studies began with (each
+    search keeps its study's in ``studies/NAME.places``)."""
+    uris = set()
+    for path in (workspace / "studies").glob("*.places"):
+        try:
+            uri = json.loads(path.read_text(encoding="utf-8")).get("tracking_uri")
+        except (OSError, ValueError, AttributeError):  # a damaged one: the search that reads it says so
+            continue
+        if isinstance(uri, str):
+            uris.add(uri)
+    return sorted(uris)
 
 
 def report_command(args: argparse.Namespace) -> int:

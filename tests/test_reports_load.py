@@ -425,6 +425,21 @@ def test_report_default_tracking_uri_is_the_workspace_store(tmp_path: Path) -> N
         args.func(args)
 
 
+def test_a_report_of_a_workspace_whose_searches_track_on_a_server_names_the_server(tmp_path: Path) -> None:
+    """No store in the workspace because its studies record on a server (studies/NAME.places): the
+    report said "run 'dm-tune search' first" to a workspace that had searched."""
+    studies = tmp_path / "ws" / "studies"
+    studies.mkdir(parents=True)
+    (studies / "srv.places").write_text(json.dumps({"tracking_uri": "http://127.0.0.1:9", "storage_path": None}))
+    (studies / "here.places").write_text(json.dumps({"tracking_uri": None, "storage_path": None}))
+    args = parser().parse_args(["report", "--workspace", str(tmp_path / "ws")])
+    with pytest.raises(UserError) as info:
+        args.func(args)
+    assert str(info.value) == (f"no MLflow store at {(tmp_path / 'ws' / 'mlflow.db').as_posix()}: the searches of "
+                               f"{tmp_path / 'ws'} record their runs at http://127.0.0.1:9; pass --tracking-uri "
+                               "http://127.0.0.1:9")
+
+
 def test_an_unwritable_report_directory_is_refused_before_anything_is_read(tmp_path: Path) -> None:
     args = parser().parse_args(["report", "--workspace", str(tmp_path / "no-store"), "--out", "/proc/report"])
     with pytest.raises(UserError) as info:  # not "no MLflow store": --out is checked first
