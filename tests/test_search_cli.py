@@ -489,6 +489,12 @@ def test_where_a_study_began_is_kept_for_new_studies_only_and_relative_to_a_move
     assert args.storage_path == str(moved / "raystore") and args.tracking_uri is None
     with pytest.raises(UserError, match=r"began with --storage-path .*moved/raystore \(.*s\.places\)"):
         _same_places(argparse.Namespace(tracking_uri=None, storage_path=str(tmp_path)), moved, "s")
+    # a trailing slash is the same place (a server's resume given http://host:P was refused after http://host:P/)
+    _write_places(argparse.Namespace(tracking_uri="http://127.0.0.1:5000/", storage_path=None), moved, "served")
+    _same_places(argparse.Namespace(tracking_uri="http://127.0.0.1:5000", storage_path=None), moved, "served")
+    _same_places(argparse.Namespace(tracking_uri=None, storage_path=str(moved / "raystore") + "/"), moved, "s")
+    with pytest.raises(UserError, match=r"--tracking-uri http://127.0.0.1:5001: study 'served' began with"):
+        _same_places(argparse.Namespace(tracking_uri="http://127.0.0.1:5001", storage_path=None), moved, "served")
     older = argparse.Namespace(tracking_uri="sqlite:////x.db", storage_path=None)
     _same_places(older, moved, "older")  # no places file: the flags stand, nothing is checked
     assert older.tracking_uri == "sqlite:////x.db"

@@ -208,7 +208,7 @@ def _same_places(args: argparse.Namespace, workspace: Path, name: str) -> None:
             first = str(workspace / first)
         if given is None:
             setattr(args, key, first)
-        elif given != first:
+        elif given.rstrip("/") != (first or "").rstrip("/"):  # (http://host:5000/ is http://host:5000)
             where = f"{flag} {first}" if first else f"the workspace's own (no {flag})"
             raise UserError(f"{flag} {given}: study {name!r} began with {where} ({path}); its runs and checkpoints "
                             "are there: give that (or nothing), or search under another --name")
