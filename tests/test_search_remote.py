@@ -106,7 +106,8 @@ def test_a_study_name_another_workspace_holds_on_the_server_is_refused_before_an
                                "--tracking-uri", mlflow_server], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.startswith("dm-tune: error: MLflow experiment 'served'") and "another workspace" in proc.stderr
+        assert proc.stderr.startswith("dm-tune: error: MLflow experiment 'served'")
+        assert "another workspace" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert not new.exists()
     assert not (kept / "studies").exists(), sorted(p.name for p in kept.rglob("*"))
