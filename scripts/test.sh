@@ -12,8 +12,9 @@ fi
 
 # Two pytest-xdist workers. In one process the suite keeps one core busy about three quarters of
 # its time and waits the rest (Ray start-ups, searches run as commands); two workers fill both
-# cores (15 minutes -> 10 on a 2-core VM). The slow end-to-end tests are handed out first
-# (tests/conftest.py).
+# cores (15 minutes -> 10 on a 2-core VM); a third worker adds nothing (tests/test_search_cli.py and
+# tests/test_datasets_disk.py: 302 s against 310 s, 2026-12-07): the two are busy. The slow
+# end-to-end tests are handed out first (tests/conftest.py).
 XDIST=(-n 2 --dist load)
 status=0
 .venv/bin/python -m pytest -q "${XDIST[@]}" || status=$?
