@@ -516,6 +516,24 @@ def test_the_summary_says_how_to_look_at_the_runs_of_a_store_and_of_a_server(uri
     assert browse_runs(uri) == hint
 
 
+def test_a_quiet_search_still_says_which_cluster_address_auto_joined(tmp_path, monkeypatch, capsys):
+    """--quiet leaves out the trials' lines; the cluster `--address auto` found was left out too, so
+    a quiet search never said where its trials ran."""
+    import dm_tune.search._run as run_module
+    from dm_tune.cli import main
+    from dm_tune.search import _preflight
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run_study", interrupted)
+    monkeypatch.setattr(_preflight, "probe_ray", lambda address: "10.1.2.3:6379")  # (no cluster here)
+    monkeypatch.setattr(_preflight, "connect_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_preflight, "check_resources", lambda study: None)
+    rc = main(["search", "--workspace", str(tmp_path / "ws"), "--name", "far", "--address", "auto", "--quiet"])
+    assert rc == 130 and "dm-tune: --address auto: the Ray cluster at 10.1.2.3:6379" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["nan", "0", "-5", "soon"])
 def test_a_connect_wait_that_is_no_positive_number_is_one_line(monkeypatch, value):
     from dm_tune.errors import UserError

@@ -338,7 +338,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     check_tracking(opts.tracking)
     check_address(args.address)
     joined = probe_ray(args.address) if args.address else None  # auto: the cluster it found
-    if args.address == "auto" and joined and opts.echo:
+    if args.address == "auto" and joined:  # (with --quiet too: not a trial's line)
         print(f"dm-tune: --address auto: the Ray cluster at {joined}", file=sys.stderr)
     for warning in check_workspace(workspace, opts.tracking, opts.written_folders(study.name),
                                    opts.ledger_dir(study.name)):  # damaged stores, read-only workspace
