@@ -139,8 +139,9 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
     # A confirm-stage record of a search trial's run (same seed and configuration): not a training of its own.
     row["reused_from"] = tags.get("dmtune.reused_from", "")
     row["git_commit"] = tags.get("dmtune.git_commit", "")
-    row["dmtune_version"] = _dm_tune_version(tags.get("dmtune.versions", ""))
-    row["versions"] = versions_text(tags.get("dmtune.versions", ""))
+    versions = _recorded_versions(tags.get("dmtune.versions", ""))
+    row["dmtune_version"] = str(versions.get("dm-tune", ""))
+    row["versions"] = ", ".join(f"{k} {v}" for k, v in versions.items())  # ("python 3.11.7, torch 2.14.1, ...")
     return row
 
 
@@ -262,22 +263,14 @@ def _missing(value: float | None) -> bool:
     return value is None or math.isnan(value)
 
 
-def _dm_tune_version(versions_json: str) -> str:
+def _recorded_versions(versions_json: str) -> dict[str, Any]:
+    """The package versions a run recorded (tag dmtune.versions), in the recorded order; {} where it
+    recorded none (or not as dm-tune writes them)."""
     try:
         versions = json.loads(versions_json) if versions_json else {}
     except json.JSONDecodeError:
-        return ""
-    return str(versions.get("dm-tune", "")) if isinstance(versions, dict) else ""
-
-
-def versions_text(versions_json: str) -> str:
-    """The package versions a run recorded (tag dmtune.versions) as one line, "python 3.11.7, torch
-    2.14.1, ..." in the recorded order; "" where it recorded none (or not as dm-tune writes them)."""
-    try:
-        versions = json.loads(versions_json) if versions_json else {}
-    except json.JSONDecodeError:
-        return ""
-    return ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else ""
+        return {}
+    return versions if isinstance(versions, dict) else {}
 
 
 def _store_error(uri: str, exc: Exception) -> UserError:
