@@ -348,8 +348,8 @@ def loso_summary_text(summary: dict[str, Any]) -> str:
         return (f"{name}: mean regret {s['mean_regret']:.2f} points, mean gain over CCE {s['mean_gain_over_cce']:+.2f}, "
                 f"an estimated gain over CCE in {s['beats_cce']} of {settings_text(s['n'])}"
                 + (f" (of its estimates, capped: {'; '.join(capped)})" if capped else ""))
-    return (f"Over {summary['n_settings']} held-out setting{'s' * (summary['n_settings'] != 1)}, "
-            f"{part('surface', 'surface')}; {part('paper', 'paper')}.")
+    return (f"Over {settings_text(summary['n_settings'], 'held-out')}, {part('surface', 'surface')}; "
+            f"{part('paper', 'paper')}.")
 
 
 def dumps(doc: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from dm_tune._names import (DATASET_NAMES, FIXED_CLASSES, IMBALANCE_KINDS, IMBAL
 from dm_tune._param import beta_from_rho, lambda_from_mode
 from dm_tune.errors import UserError
 from dm_tune.reports._text import (FILE_RATE_TOLERANCE, analysis_note, fmt_diff, fraction_warning, num_text,
-                                   setting_label)
+                                   setting_label, settings_text)
 
 NO_SURFACE = ("no response surface for this task in the guidelines: (psi, rho) interpolated between the measured "
               "settings' best arms, without a predicted gain or region")
@@ -175,8 +175,7 @@ def _from_surface(surface: dict[str, Any], num_classes: int, noise_type: str, no
     lines = [f"{setting_label(s)}: correlation {s['correlation']:.2f}, measured best "
              f"{s['best_gain']:+.1f} points over CCE (validation), class weighting {best_weighting(s)}"
              for s in r["leans_on"]]
-    n = len(surface["settings"])
-    evidence = (f"response surface over {n} measured setting{'s' * (n != 1)}, "
+    evidence = (f"response surface over {settings_text(len(surface['settings']), 'measured')}, "
                 f"{arms_phrase(surface)}: predicted {gain['mean']:+.1f} "
                 f"validation points over CCE (95%: {gain['low']:+.1f} to "
                 f"{gain['high']:+.1f}); "

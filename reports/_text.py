@@ -61,9 +61,9 @@ def rate_slack(noise: str) -> float:
 REFERENCE_BASELINE = "cce"   # the headline comparison in each sentence
 
 
-def settings_text(n: int) -> str:
-    """'1 setting', '3 settings'."""
-    return f"{n} setting{'s' * (n != 1)}"
+def settings_text(n: int, kind: str = "") -> str:
+    """'1 setting', '3 settings'; with a ``kind``, '3 held-out settings'."""
+    return f"{n} {kind + ' ' if kind else ''}setting{'s' * (n != 1)}"
 
 
 def metric_name(s: dict[str, Any]) -> str:
