@@ -122,6 +122,14 @@ def parse_url(flag: str, uri: str) -> Any:
     return parsed
 
 
+def is_server(tracking_uri: str) -> bool:
+    """Whether a tracking URI is an MLflow server's (http or https, in any case), not a store that
+    MLflow opens itself."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(tracking_uri).scheme in ("http", "https")
+
+
 def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` with each of its ``PATH_FIELDS`` absolute (a relative path names another file
     from another folder); a URI (``s3://...``) stays as it is."""

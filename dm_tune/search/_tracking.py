@@ -42,7 +42,7 @@ from typing import Any
 
 from ray import tune
 
-from dm_tune.errors import UserError, first_line, json_text, no_room
+from dm_tune.errors import UserError, first_line, is_server, json_text, no_room
 from dm_tune.provenance import git_commit, package_versions
 from dm_tune.search._ledger import Ledger
 from dm_tune.search._trial import TrialOutcome, TrialSpec, member_outcomes
@@ -62,7 +62,7 @@ def _client(uri: str):
 def purge_command(uri: str, experiment: str) -> str:
     """The command that purges a deleted experiment: ``mlflow gc`` opens the store itself, which for a
     server is the one it was started with (given an http:// URI, either way, gc ends in a traceback)."""
-    if uri.lower().startswith(("http://", "https://")):
+    if is_server(uri):
         return (f"mlflow gc --backend-store-uri STORE --experiment-ids {experiment}, STORE the server's "
                 f"--backend-store-uri, where it runs")
     return f"mlflow gc --backend-store-uri {uri} --experiment-ids {experiment}"

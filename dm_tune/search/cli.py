@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dm_tune._validate import ConfigError
-from dm_tune.errors import (UserError, absolute_paths, float_argument, int_argument, load_yaml, no_room,
-                            output_path, parse_url, path_argument, read_number, resolve_path, text_argument,
+from dm_tune.errors import (UserError, absolute_paths, float_argument, int_argument, is_server, load_yaml,
+                            no_room, output_path, parse_url, path_argument, read_number, resolve_path, text_argument,
                             write_output)
 
 DEFAULT_WORKSPACE = "./dmtune-runs"
@@ -387,7 +387,7 @@ def _quieten_libraries() -> None:
 def browse_runs(tracking_uri: str) -> str:
     """How to look at a study's runs: ``mlflow ui`` over a store; a server is its own UI (``mlflow ui
     --backend-store-uri http://...`` ends in a traceback: a server is not a store it can open)."""
-    if parse_url("--tracking-uri", tracking_uri).scheme in ("http", "https"):
+    if is_server(tracking_uri):
         return f"open {tracking_uri} in a browser"
     return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
 
