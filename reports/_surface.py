@@ -703,8 +703,8 @@ def _noise_variants(types: list[str], fraction: float, num_classes: int) -> list
     """Each of the measured noise ``types`` at its own rate (as dm-tune train takes it) for a query's
     ``fraction`` of wrong labels, where it has one: cifar100-superclass makes 0.4 x its rate wrong,
     and none past its limit, 0.5."""
-    return [(n, rate_of_fraction(n, fraction)) for n in types
-            if rate_of_fraction(n, fraction) < (rate_limit(n, num_classes) or 1.0)]
+    rates = [(n, rate_of_fraction(n, fraction)) for n in types]
+    return [(n, r) for n, r in rates if r < (rate_limit(n, num_classes) or 1.0)]
 
 
 def unmeasured_dimensions(surface: dict[str, Any], query: dict[str, Any], dataset: str | None) -> list[str]:
