@@ -7,6 +7,8 @@ import html
 import re
 from typing import Any
 
+from dm_tune._names import wrong_label_fraction
+
 SCHEMA_VERSION = 2   # 2: the response surface (``surface``) and its leave-one-setting-out check (``loso``)
 # How the report analyses (the file's format is the schema's): 2 asks a rule's slope for p < 0.05, a
 # refutation of the paper for a gap beyond seed noise, and marks capped leave-one-setting-out
@@ -47,8 +49,6 @@ FILE_RATE_TOLERANCE = 0.02
 def fraction_warning(noise: str, rate: float) -> str | None:
     """recommend's line on a noise type not measured whose rate is not its fraction of wrong labels
     (cifar100-superclass's, per paired subclass), which the measured types are compared at; else None."""
-    from dm_tune._names import wrong_label_fraction
-
     fraction = wrong_label_fraction(noise, rate)
     return None if fraction == rate else (f"noise rate {num_text(rate)} of {noise} noise makes about {fraction:.0%} "
                                           "of the labels wrong: read against the measured types at that rate")
