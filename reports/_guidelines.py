@@ -188,13 +188,8 @@ def setting_tables(s: dict[str, Any]) -> tuple[list[list[str]], list[str], list[
                                            f"({_count(s['n_configs'], 'configuration')})"],
             ["importance (mode vs spread" + (" vs class weighting" if cw_importance else "") + ")", importance],
             ["sensitivity", sensitivity],
-            ["trials", f"{c['finished']} finished, {c['diverged']} diverged, {c['early_stopped']} early-stopped, "
-                       f"{c['errored']} errored (means over finished ones; a diverged seed decides a "
-                       "comparison against its arm)"
-                       + (f"; and {c['reused']} confirm-stage records of search runs, not trained again"
-                          if c.get("reused") else "")
-                       + (f"; {c['in_progress']} still running or interrupted (no results yet: an arm with one "
-                          "is not complete)" if c.get("in_progress") else "")]]
+            ["trials", trials_text(c, "(means over finished ones; a diverged seed decides a comparison against "
+                                      "its arm)")]]
     base_rows = [[name, f"{fmt_acc(b['baseline_mean'], b['baseline_std'])} (n={b['baseline_n']})",
                   f"{fmt_diff(b['mean_diff'], b['std'])} (n={b['n']}, "
                   f"{_pairing(b)})", b.get("verdict", "")]
@@ -247,6 +242,17 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
               *(f"- package versions of the runs: {_text(v)}" for v in prov.get("package_versions_of_runs", [])),
               f"- tracking URI: {_text(prov.get('tracking_uri') or 'unknown')}", ""]
     return "\n".join(lines)
+
+
+def trials_text(counts: dict[str, int], means_note: str = "") -> str:
+    """A setting's trainings by how they ended, e.g. "3 finished, 1 diverged, 0 early-stopped, 0 errored"
+    (``means_note`` after the four), with the reused and unfinished ones where there are any."""
+    c = counts
+    return (f"{c['finished']} finished, {c['diverged']} diverged, {c['early_stopped']} early-stopped, "
+            f"{c['errored']} errored" + (f" {means_note}" if means_note else "")
+            + (f"; and {c['reused']} confirm-stage records of search runs, not trained again" if c.get("reused") else "")
+            + (f"; {c['in_progress']} still running or interrupted (no results yet: an arm with one is not complete)"
+               if c.get("in_progress") else ""))
 
 
 def report_commit_text(prov: dict[str, Any]) -> str:

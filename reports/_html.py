@@ -14,7 +14,8 @@ import pandas as pd
 from dm_tune.errors import write_output
 from dm_tune.reports import _figures as figs
 from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_notes, dumps,
-                                         guidelines_markdown, loso_summary_text, setting_label, setting_tables)
+                                         guidelines_markdown, loso_summary_text, setting_label, setting_tables,
+                                         trials_text)
 from dm_tune.reports._guidelines import decimal_text as _num
 from dm_tune.reports._loso import refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, hyperparameters_phrase
@@ -131,7 +132,8 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
         parts.append(_setting_section(i, s, images))
     if doc["unresolved"]:
         parts.append("<h3>Settings without a recommendation</h3>")
-        parts.append(_table(["setting", "reason"], [[u["setting"], u["reason"]] for u in doc["unresolved"]]))
+        parts.append(_table(["setting", "reason", "trials"],
+                            [[u["setting"], u["reason"], trials_text(u["counts"])] for u in doc["unresolved"]]))
     parts += ["<h2>Provenance</h2>",
               _table(["item", "value"], [["experiments", ", ".join(prov["experiments"])],
                                          ["git commits of the runs", ", ".join(prov["git_commits"]) or "unknown"],

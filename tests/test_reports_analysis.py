@@ -235,6 +235,13 @@ def test_no_dm_runs_is_unresolved() -> None:
     md = guidelines_markdown(build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00"))
     unresolved = md.split("Settings without a recommendation:", 1)[1].split("## ", 1)[0]
     assert "- digits/symmetric/0.6: " in unresolved
+    # and index.html says how its trainings ended, as guidelines.md's counts table does
+    from dm_tune.reports._html import render_html
+
+    page = render_html(build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00"), {})
+    unresolved = page.split("<h3>Settings without a recommendation</h3>", 1)[1].split("<h2", 1)[0]
+    assert "<td>digits/symmetric/0.6</td>" in unresolved
+    assert "<td>1 finished, 1 diverged, 0 early-stopped, 0 errored</td>" in unresolved  # (its CCE run, its DM run)
 
 
 def test_names_from_the_store_cannot_break_the_markdown() -> None:
