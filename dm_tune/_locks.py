@@ -18,11 +18,12 @@ from dm_tune.errors import UserError
 
 
 @contextlib.contextmanager
-def held(path: Path, busy: str, wait_s: float = 0.0) -> Iterator[None]:
+def held(path: Path, busy: str, wait_s: float = 0.5) -> Iterator[None]:
     """Hold the lock file ``path`` for this process (it names the holder: pid, host, since when),
     waiting up to ``wait_s`` for another holder, or fail with one line: ``busy`` with ``{holder}``
     filled in. The lock goes with the process, however it ends (``kill -9`` included): the kernel
-    releases it."""
+    releases it. (The default wait outlasts another process's ``holder_now``, which holds the
+    lock, shared, for microseconds.)"""
     f = acquire(path, busy, wait_s=wait_s)
     try:
         f.seek(0)
@@ -33,6 +34,24 @@ def held(path: Path, busy: str, wait_s: float = 0.0) -> Iterator[None]:
         yield
     finally:
         f.close()
+
+
+def holder_now(path: Path) -> str | None:
+    """Who holds the lock file ``path`` at this moment (what it names, or "another process"), or
+    None: not held, not there or not readable. Only a first answer, for refusing at once what
+    ``held`` would refuse later: the file is neither created nor locked, and ``held`` decides."""
+    try:
+        f = open(path)  # noqa: SIM115 - closed below
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+        except OSError:
+            return None
+        return None  # (the shared lock goes with the file's close)
 
 
 def acquire(path: Path, busy: str, attempts: int = 5, wait_s: float = 0.0):

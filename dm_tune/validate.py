@@ -723,6 +723,12 @@ def validate_command(args: argparse.Namespace) -> int:
             TrainConfig.from_dict({"epochs": args.epochs})
         except ConfigError as e:
             raise UserError(f"--epochs {args.epochs}: {e.allowed}") from None
+    from dm_tune._locks import held, holder_now
+
+    busy = (f"--out {args.out}: another dm-tune validate is writing there ({{holder}}); "
+            "wait for it to end or use another --out")
+    if (holder := holder_now(Path(args.out).expanduser() / LOCK_FILE)) is not None:  # (before the checks'
+        raise UserError(busy.format(holder=holder))                                  # seconds; held decides)
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
@@ -734,10 +740,7 @@ def validate_command(args: argparse.Namespace) -> int:
                   if (out / n).exists() and not (out / n).is_file()), None)
     if taken is not None:
         raise UserError(f"--out {args.out}: {out / taken} is not a file (validate writes it); use another --out")
-    from dm_tune._locks import held
-
-    with held(out / LOCK_FILE, f"--out {args.out}: another dm-tune validate is writing there ({{holder}}); "
-                               "wait for it to end or use another --out"):
+    with held(out / LOCK_FILE, busy):
         remove_write_leftovers(out, ("validation.json", "validation.md"))
         if (done := _finished_here(args, out, [identity for *_, identity in plan])) is not None:
             print(_terminal_table(done))

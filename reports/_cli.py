@@ -115,6 +115,11 @@ def report_command(args: argparse.Namespace) -> int:
     out = resolve_path(args.workspace, "--workspace") / "report"
     if args.out or out.parent.is_dir():  # (a missing workspace is load_runs' error: no store there)
         out = output_path("--out" if args.out else "--workspace", args.out or str(out), directory=True)
+    from dm_tune._locks import held, holder_now
+
+    busy = f"{out}: another dm-tune report is writing there ({{holder}}); wait for it to end or use another --out"
+    if (holder := holder_now(out / ".report.lock")) is not None:  # (before reading the runs; held decides)
+        raise UserError(busy.format(holder=holder))
     uri = tracking_uri_for(args)
     df = load_runs(uri, args.experiment)
     histories = None
@@ -123,12 +128,9 @@ def report_command(args: argparse.Namespace) -> int:
     except (MlflowException, OSError) as exc:  # the weight curves are optional: report without them
         print(f"dm-tune: warning: no metric histories ({exc}); skipping the weight-over-training figures",
               file=sys.stderr)
-    from dm_tune._locks import held
-
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with held(out / ".report.lock", f"{out}: another dm-tune report is writing there ({{holder}}); "
-                                        "wait for it to end or use another --out"):
+        with held(out / ".report.lock", busy):
             remove_write_leftovers(out, ("guidelines.json", "guidelines.md", "index.html"))
             remove_write_leftovers(out / "figures", ("*.png",))
             # one report's files, not a mix of two

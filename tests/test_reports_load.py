@@ -454,10 +454,14 @@ def test_a_report_into_a_folder_another_report_is_writing_is_refused(store: dict
     out.mkdir()
     args = parser().parse_args(["report", "--workspace", str(store["workspace"]), "--experiment", "study-a",
                                 "--out", str(out)])
+    elsewhere = parser().parse_args(["report", "--workspace", str(tmp_path / "no-store"), "--out", str(out)])
     with held(out / ".report.lock", "{holder}"):  # as another dm-tune report holds it while it writes
         with pytest.raises(UserError) as info:
             args.func(args)
+        with pytest.raises(UserError) as first:  # refused before the runs are read (they may take seconds)
+            elsewhere.func(elsewhere)
     assert str(info.value).startswith(f"{out}: another dm-tune report is writing there (pid ")
+    assert str(first.value) == str(info.value)
     assert sorted(p.name for p in out.iterdir()) == [".report.lock"]  # nothing of this one written
     assert args.func(args) == 0 and (out / "guidelines.json").is_file()  # once the other is done
 

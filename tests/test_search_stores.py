@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dm_tune._locks import holder_now
 from dm_tune.errors import UserError
 from dm_tune.search._stores import check_workspace, prepare_stores, remove_if_only_ours, study_lock
 from tests.conftest import DM_TUNE, permissions_preexec
@@ -461,10 +462,14 @@ def test_a_second_search_of_the_same_study_is_refused_until_the_first_dies(tmp_p
         assert time.monotonic() - t0 < 60
         assert proc.returncode == 2, proc.stderr
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        # the empty store's warning, then the refusal: no traceback
-        assert len(lines) == 2 and lines[0].startswith("dm-tune: warning: ") and "Traceback" not in proc.stderr
-        assert lines[1].startswith("dm-tune: error: study 'mine' is already being searched in")
-        assert f"pid {holder.pid} on " in lines[1] and "--name" in lines[1]
+        # the refusal alone, before the checks and the data loading (no warning about the empty
+        # store, which they give): no traceback
+        assert len(lines) == 1 and "Traceback" not in proc.stderr
+        assert lines[0].startswith("dm-tune: error: study 'mine' is already being searched in")
+        assert f"pid {holder.pid} on " in lines[0] and "--name" in lines[0]
+        lock = ws / "locks" / "mine.lock"
+        assert holder_now(lock) == lock.read_text().strip() and holder_now(lock).startswith(f"pid {holder.pid} on ")
+        assert holder_now(ws / "locks" / "other.lock") is None and not (ws / "locks" / "other.lock").exists()
         with study_lock(ws, "other"):  # another study of the same workspace is not blocked
             pass
         with pytest.raises(UserError, match=f"pid {holder.pid}.*; wait for it to end$"):  # (--name is refused

@@ -749,6 +749,27 @@ def test_a_second_validation_into_the_same_out_is_refused_while_the_first_runs(t
     assert len(doc["settings"]) == 2 and not (out / PROGRESS_FILE).exists()  # the first one's, whole
 
 
+def test_a_validation_into_an_out_another_is_writing_is_refused_before_its_checks(tmp_path):
+    """Refused at once, with the line the lock gives: not after loading its guidelines and checking
+    its settings' data (seconds; here a missing guidelines file would be told instead)."""
+    import os
+    import subprocess
+
+    from dm_tune._locks import held
+    from tests.conftest import DM_TUNE
+
+    config = write_config(tmp_path, training={"epochs": 3, "device": "cpu"})
+    out = tmp_path / "out"
+    with held(out / ".validate.lock", "{holder}"):  # as another dm-tune validate holds it while it writes
+        proc = subprocess.run([DM_TUNE, "validate", "--config", str(config), "--guidelines",
+                               str(tmp_path / "missing.json"), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"dm-tune: error: --out {out}: another dm-tune validate is writing there "
+                           f"(pid {os.getpid()} on ")
+    assert sorted(p.name for p in out.iterdir()) == [".validate.lock"]
+
+
 def test_a_run_that_did_not_finish_is_no_final_accuracy():
     """A diverged run's accuracy is that of the epoch it diverged in: it was averaged in and paired
     as a final accuracy; now the arm's cell says how many of its seeds finished."""

@@ -298,7 +298,7 @@ def search_cmd(args: argparse.Namespace) -> int:
     from dm_tune.search._preflight import (check_address, check_local_cpus, check_local_gpus, check_storage,
                                             check_tracking, load_sources, probe_ray)
     from dm_tune.search._run import RunOptions
-    from dm_tune.search._stores import check_workspace, study_lock
+    from dm_tune.search._stores import check_workspace, refuse_if_searched, study_lock
 
     workspace = resolve_path(args.workspace, "--workspace")
     if workspace.exists() and not workspace.is_dir():
@@ -314,6 +314,7 @@ def search_cmd(args: argparse.Namespace) -> int:
                             "(s3://bucket/path, gs://bucket/path, file:///abs/path); a local folder whose "
                             "name has a colon is written with ./ before it")
         args.storage_path = str(resolve_path(args.storage_path, "--storage-path"))
+    refuse_if_searched(workspace, study.name, resuming=bool(args.resume))
     _same_places(args, workspace, study.name)
     opts = RunOptions(workspace=workspace, address=args.address, storage_path=args.storage_path,
                       tracking_uri=args.tracking_uri, echo=not args.quiet)
