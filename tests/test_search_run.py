@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dm_tune.errors import UserError
+from dm_tune.provenance import cpu_model
 from dm_tune.search import Study
 from dm_tune.search._run import RunOptions, run_study
 from tests.conftest import tiny_study
@@ -66,6 +67,8 @@ def test_search_then_confirm_tracks_every_trial_once(tmp_path, ray_local, monkey
         assert history[-1].value == pytest.approx(m["final_val_acc"])
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"result.json", "weights.csv"} <= artifacts
+        # what its worker trained it with (the driver does not tag these)
+        assert r.data.tags["dmtune.cpu"] == cpu_model() and int(r.data.tags["dmtune.torch_threads"]) >= 1
 
     # The Optuna study lives in the workspace and knows how far each trial got.
     storage = optuna.storages.RDBStorage(f"sqlite:///{ws / 'optuna.db'}")

@@ -359,3 +359,36 @@ def test_a_long_history_cut_between_two_batches_is_logged_once(tmp_path, monkeyp
     for key in keys:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert sorted(steps) == list(range(1, 201)), key
+
+
+def test_a_trial_run_names_what_its_worker_trained_it_with(tmp_path):
+    """On a cluster a trial trains on another node, with its own code, packages, CPU and torch
+    threads: its run was tagged with the driver's. A trial that ended with its result carries its
+    worker's (in the ledger too); one without (cut short) keeps the driver's."""
+    from dm_tune.provenance import git_commit, package_versions
+
+    tracker, ledger, uri, exp = _tracker(tmp_path)
+    worker = {"git_commit": "0123abc", "versions": {"torch": "2.9.0", "dm-tune": "0.1.0"}, "platform": "Linux-x",
+              "cpu": "Some CPU", "dm_native": False, "torch_threads": 3}
+    ended = TrialSpec("set", "search", 0, {"method": "dm"}, number=0)
+    cut = TrialSpec("set", "search", 1, {"method": "dm"}, number=1)
+    ledger.start([ended, cut])
+    outcome = TrialOutcome("finished", 1, final_val_acc=0.5, final_test_acc=0.4, provenance=worker,
+                           history=({"epoch": 1, "val_acc": 0.5, "epoch_time_s": 0.1},))
+    ledger.end(ended, outcome)
+    ledger.end(cut, _outcome())
+    assert Ledger(tmp_path / "ledger.jsonl").ended[ended.key].provenance == worker  # (read back by a resume)
+    assert TrialOutcome.from_report(outcome.to_report(), errored=False).provenance == worker
+    tracker._finish(ended, outcome)
+    tracker._finish(cut, _outcome())
+    client = _tracking._client(uri)
+    tags = client.get_run(tracker._runs[ended.key]).data.tags
+    assert tags["dmtune.git_commit"] == "0123abc" and json.loads(tags["dmtune.versions"]) == worker["versions"]
+    assert (tags["dmtune.cpu"], tags["dmtune.torch_threads"], tags["dmtune.platform"], tags["dmtune.dm_native"]) == \
+        ("Some CPU", "3", "Linux-x", "False")
+    result = Path(client.download_artifacts(tracker._runs[ended.key], "result.json", str(tmp_path)))
+    result = json.loads(result.read_text())
+    assert result["git_commit"] == "0123abc" and result["package_versions"] == worker["versions"]
+    tags = client.get_run(tracker._runs[cut.key]).data.tags
+    assert tags["dmtune.git_commit"] == git_commit() and json.loads(tags["dmtune.versions"]) == package_versions()
+    assert "dmtune.cpu" not in tags

@@ -156,7 +156,7 @@ def _outcome(result: Any, node_id: str) -> TrialOutcome:
         train_time_s=result.train_time_s, noise_rate_realised=result.noise_rate_realised,
         imbalance_ratio_realised=float(result.data.get("imbalance_ratio_realised", math.nan)),
         test_examples=float(result.data.get("num_test", math.nan)),
-        node_id=node_id, history=tuple(result.history),
+        node_id=node_id, history=tuple(result.history), provenance=dict(result.provenance),
         # retrieval: test_map -> final_test_map, ...; best_test_map and val_selected_test_map as named
         task_metrics={k if k.startswith(("best_", "val_selected_")) else f"final_{k}": v
                       for k, v in result.retrieval.items()})

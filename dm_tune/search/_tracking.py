@@ -20,7 +20,9 @@ Schema (what ``reports`` reads):
           dmtune.population (the population it trained in: its first member's trial key),
           dmtune.reused_from (a confirm trial on a search seed: the search trial whose run it
           repeats, trained once, under that trial's population),
-          dmtune.git_commit, dmtune.versions, dmtune.node_id; params: the resolved training
+          dmtune.git_commit, dmtune.versions (the driver's when the run starts, the worker's once
+          its trial ends with its result, with dmtune.cpu, dmtune.torch_threads, dmtune.platform
+          and dmtune.dm_native), dmtune.node_id; params: the resolved training
           config (the method's own knobs only), psi/rho for DM, num_classes, population_size;
           metrics per epoch
           (step = epoch) and final_* metrics; artifacts result.json, weights.csv.
@@ -142,6 +144,20 @@ def trial_keys(uri: str, exp_id: str, setting: str) -> set[str]:
 
 def _param(v: Any) -> str:
     return "" if v is None else str(v)
+
+
+def worker_tags(prov: Mapping[str, Any]) -> dict[str, str]:
+    """The run tags of what trained a trial, from its worker's provenance (``TrialOutcome.provenance``;
+    none where it is empty): on a cluster another node's code, packages and CPU than the driver's."""
+    tags = {}
+    if prov.get("git_commit"):
+        tags["dmtune.git_commit"] = str(prov["git_commit"])
+    if prov.get("versions"):
+        tags["dmtune.versions"] = json.dumps(prov["versions"])
+    for key in ("cpu", "torch_threads", "platform", "dm_native"):
+        if prov.get(key) is not None:
+            tags[f"dmtune.{key}"] = str(prov[key])
+    return tags
 
 
 def _log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
@@ -386,6 +402,7 @@ class MLflowTracker(tune.Callback):
             tags.append(RunTag("dmtune.reused_from", outcome.reused_from))
         if outcome.node_id:
             tags.append(RunTag("dmtune.node_id", outcome.node_id))
+        tags += [RunTag(k, v) for k, v in worker_tags(outcome.provenance).items()]
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()], tags=tags)
         self._may_have_finals.add(run_id)
         if outcome.history:
@@ -398,8 +415,10 @@ class MLflowTracker(tune.Callback):
     def _log_artifacts(self, client, run_id: str, spec: TrialSpec, outcome: TrialOutcome) -> None:
         keys = ("epoch", "weight_clean", "weight_noisy", "noisy_fit", "weight_var")
         with tempfile.TemporaryDirectory() as tmp:
+            prov = outcome.provenance  # the worker's, as it trained (else the driver's)
             doc = {"spec": spec.to_dict(), "outcome": outcome.to_dict(), "params": self.describe(spec),
-                   "git_commit": git_commit(), "package_versions": package_versions()}
+                   "git_commit": prov.get("git_commit") or git_commit(),
+                   "package_versions": prov.get("versions") or package_versions()}
             Path(tmp, "result.json").write_text(json_text(doc))
             rows = [",".join(keys)] + [",".join(str(h.get(k, "")) for k in keys) for h in outcome.history]
             Path(tmp, "weights.csv").write_text("\n".join(rows) + "\n")

@@ -88,6 +88,10 @@ class TrialOutcome:
     # its arm pruned); one that diverged and ended by itself is not. None: not recorded (read from
     # a ledger of an earlier dm-tune).
     stopped: bool | None = False
+    # What trained it, as the worker recorded it: git commit, package versions, platform, CPU, torch's
+    # threads, the fused kernel (TrainResult.provenance). Empty when the trial did not end with its
+    # result (cut short, errored) or the ledger is an earlier dm-tune's: the driver's then stands.
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
     SCALARS = ("final_val_acc", "final_test_acc", "best_val_acc", "best_test_acc",
                "val_selected_test_acc", "best_epoch", "epochs_reached", "train_time_s",
@@ -110,7 +114,8 @@ class TrialOutcome:
         out: dict[str, Any] = {k: getattr(self, k) for k in self.SCALARS}
         out.update(self.task_metrics)
         out.update(final=1.0, status=self.status, node_id=self.node_id,
-                   history=[dict(h) for h in self.history], task_metrics=dict(self.task_metrics))
+                   history=[dict(h) for h in self.history], task_metrics=dict(self.task_metrics),
+                   provenance=dict(self.provenance))
         return out
 
     @classmethod
@@ -125,7 +130,8 @@ class TrialOutcome:
             kwargs = {k: report[k] for k in cls.SCALARS if k in report}
             return cls(status=status, node_id=str(report.get("node_id", "")),
                        history=tuple(report.get("history", ())),
-                       task_metrics=dict(report.get("task_metrics") or {}), **kwargs)
+                       task_metrics=dict(report.get("task_metrics") or {}),
+                       provenance=dict(report.get("provenance") or {}), **kwargs)
         epoch = int(report.get("epoch", 0) or 0)
         # An epoch reported with its divergence, then cut off (a scheduler's rung stopped the poor
         # run before its final report): diverged, not early-stopped.
@@ -145,6 +151,7 @@ class TrialOutcome:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["history"] = [dict(h) for h in self.history]
         d["task_metrics"] = dict(self.task_metrics)
+        d["provenance"] = dict(self.provenance)
         return d
 
     @classmethod
@@ -153,6 +160,7 @@ class TrialOutcome:
         kwargs.setdefault("stopped", None)  # (a ledger of an earlier dm-tune did not record it)
         kwargs["history"] = tuple(kwargs.get("history", ()))
         kwargs["task_metrics"] = dict(kwargs.get("task_metrics", {}))
+        kwargs["provenance"] = dict(kwargs.get("provenance", {}))
         return cls(**kwargs)
 
 
