@@ -4,7 +4,6 @@ with a time and memory limit (dm_tune/datasets/_bounded.py): real child processe
 from __future__ import annotations
 
 import os
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -26,15 +25,15 @@ def _fresh_verdicts(monkeypatch):
 
 
 def _children(monkeypatch) -> list[list[str]]:
-    """The command lines of the child processes check_load starts from now on."""
+    """The loads check_load has children do from now on, each as [mode, reader]."""
     started: list[list[str]] = []
-    run = subprocess.run
+    run = bounded._run_child
 
-    def counted(cmd, *args, **kwargs):
-        started.append(list(cmd))
-        return run(cmd, *args, **kwargs)
+    def counted(args, *rest, **kwargs):
+        started.append(list(args))
+        return run(args, *rest, **kwargs)
 
-    monkeypatch.setattr(bounded.subprocess, "run", counted)
+    monkeypatch.setattr(bounded, "_run_child", counted)
     return started
 
 
@@ -69,7 +68,7 @@ def test_pretrained_weights_load_into_the_model_and_are_checked_once(tmp_path, m
         for (name, got), want in zip(model.state_dict().items(), source.state_dict().values()):
             assert torch.equal(got, want), name
     # one child per distinct file (the same bytes again: no second child)
-    assert [cmd[-2] for cmd in started] == ["dm_tune.models:read_state_dict"] * 2
+    assert started == [["bytes", "dm_tune.models:read_state_dict"]] * 2
 
 
 def test_a_checkpoint_that_holds_no_state_dict_is_one_line(tmp_path):
@@ -95,20 +94,31 @@ def test_a_file_stating_a_tensor_far_larger_than_itself_is_refused_in_the_child(
     assert len(started) == 1 and loads == []
 
 
-def _my_children() -> list[str]:
-    return [pid for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
+def _helpers_children() -> list[str]:
+    """The processes this process's helper has forked and not yet reaped."""
+    helper = Path(f"/proc/{bounded._HELPERS[os.getpid()].proc.pid}/task")
+    return [pid for task in helper.iterdir() for pid in (task / "children").read_text().split()]
+
+
+def _slow_reader(tmp_path, monkeypatch, kind: str) -> None:
+    """The reader ``kind`` of READERS (or FOLDER_READERS) sleeps a minute before it reads."""
+    (tmp_path / "slow_reader.py").write_text("import time\n\n\ndef read(f):\n    time.sleep(60)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # (each load's child gets this process's sys.path)
+    monkeypatch.setitem(bounded.READERS if kind in bounded.READERS else bounded.FOLDER_READERS, kind,
+                        "slow_reader:read")
 
 
 def test_a_load_that_outlasts_its_time_is_refused_and_its_process_killed(tmp_path, monkeypatch):
     path = tmp_path / "labels.pt"
     torch.save({"worse_label": np.zeros(10, dtype=np.int64)}, path)
-    monkeypatch.setattr(bounded, "LOAD_SECONDS", 0.2)  # (a child takes 1-3 s to import torch)
+    real = bounded.READERS["label-arrays"]
+    _slow_reader(tmp_path, monkeypatch, "label-arrays")
+    monkeypatch.setattr(bounded, "LOAD_SECONDS", 0.2)
     loads = _torch_loads_here(monkeypatch)
-    before = _my_children()
     with pytest.raises(DataError, match=r"refused: loading it took longer than 0 s"):
         read_label_file(path, "worse_label")
-    assert loads == [] and _my_children() == before  # (killed and reaped)
-    monkeypatch.setattr(bounded, "LOAD_SECONDS", 120.0)  # the same file, in time
+    assert loads == [] and _helpers_children() == []  # (killed and reaped)
+    monkeypatch.setitem(bounded.READERS, "label-arrays", real)  # the same file, in time
     assert read_label_file(path, "worse_label").tolist() == [0] * 10
 
 
@@ -149,6 +159,7 @@ def test_the_child_imports_this_process_dm_tune(tmp_path, monkeypatch):
     (tmp_path / "dm_tune" / "__init__.py").write_text("raise ImportError('the working directory\\'s dm_tune')\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PYTHONPATH", raising=False)
+    bounded.stop_helper()  # (its helper starts here)
     started = _children(monkeypatch)
     assert read_label_file(path, "worse_label").tolist() == [0, 1, 2, 3]
     assert len(started) == 1 and os.getcwd() == str(tmp_path)
@@ -269,18 +280,20 @@ def test_a_cifar_release_is_read_first_in_a_child_once_per_version_of_its_files(
     unpickled: list[Path] = []
     unpickle = cifar._unpickle
     monkeypatch.setattr(cifar, "_unpickle", lambda path, *a: unpickled.append(path) or unpickle(path, *a))
+    _slow_reader(tmp_path, monkeypatch, "cifar10")
     monkeypatch.setattr(bounded, "LOAD_SECONDS", 0.2)
     with pytest.raises(DataError, match=r"cifar-10-batches-py: refused: loading it took longer than 0 s"):
         cifar.load_cifar10(root, {}, False)
     assert unpickled == []
     monkeypatch.setattr(bounded, "LOAD_SECONDS", 120.0)
+    monkeypatch.setitem(bounded.FOLDER_READERS, "cifar10", "dm_tune.datasets.cifar:_cifar10_source")
     started = _children(monkeypatch)
     for _ in range(2):
         assert len(cifar.load_cifar10(root, {}, False).train) == 50
     meta = root / "cifar-10-batches-py" / "batches.meta"
     os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 10**9))
     cifar.load_cifar10(root, {}, False)
-    assert [cmd[-3:-1] for cmd in started] == [["folder", "dm_tune.datasets.cifar:_cifar10_source"]] * 2
+    assert started == [["folder", "dm_tune.datasets.cifar:_cifar10_source"]] * 2
 
 
 @pytest.mark.parametrize("how", ["replaced", "written", "written, its time set back"])
@@ -331,3 +344,80 @@ def test_a_clean_label_saved_with_requires_grad_is_compared_not_a_traceback(tmp_
     labels, blob = _read_labels(path, "worse_label")
     with pytest.raises(DataError, match="its clean_label disagrees with the dataset's labels at 3 of"):
         _check_clean_labels(path, labels, blob)  # (was: RuntimeError, Can't call numpy() on Tensor that requires grad)
+
+
+def _labels(tmp_path, name: str, n: int) -> Path:
+    path = tmp_path / name
+    torch.save({"worse_label": torch.arange(n)}, path)
+    return path
+
+
+def test_a_helper_killed_between_or_during_loads_is_started_again(tmp_path, monkeypatch):
+    """kill -9 of the helper that forks the loading children: between loads, the next load starts
+    another; during one, that load is refused in one line (not loaded here), its child does not
+    outlive the helper, and the next load starts another."""
+    import signal
+    import threading
+    import time
+
+    first, second, third = (_labels(tmp_path, f"l{n}.pt", n) for n in (3, 4, 5))
+    assert read_label_file(first, "worse_label").tolist() == [0, 1, 2]
+    helper = bounded._HELPERS[os.getpid()].proc
+    os.kill(helper.pid, signal.SIGKILL)
+    helper.wait()
+    assert read_label_file(second, "worse_label").tolist() == [0, 1, 2, 3]
+    assert bounded._HELPERS[os.getpid()].proc.pid != helper.pid
+
+    real = bounded.READERS["label-arrays"]
+    _slow_reader(tmp_path, monkeypatch, "label-arrays")
+    helper, orphans = bounded._HELPERS[os.getpid()].proc, []
+
+    def kill_it_mid_load() -> None:
+        deadline = time.monotonic() + 60
+        while not (children := _helpers_children()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        orphans.extend(children)
+        os.kill(helper.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_it_mid_load)
+    killer.start()
+    loads = _torch_loads_here(monkeypatch)
+    with pytest.raises(DataError, match=r"l5.pt: refused: the process that loads it first was killed by signal 9 "
+                                        r"\(the process that forks it ended\)\. Expected layout"):
+        read_label_file(third, "worse_label")
+    killer.join()
+    assert loads == [] and len(orphans) == 1
+    deadline = time.monotonic() + 30  # its child was killed with it (not left to sleep its minute)
+    while Path(f"/proc/{orphans[0]}").exists() and time.monotonic() < deadline:
+        stat = Path(f"/proc/{orphans[0]}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] in "ZX":  # (dead, left to a parent that does not reap)
+            break
+        time.sleep(0.05)
+    else:
+        assert not Path(f"/proc/{orphans[0]}").exists()
+    monkeypatch.setitem(bounded.READERS, "label-arrays", real)
+    assert read_label_file(third, "worse_label").tolist() == [0, 1, 2, 3, 4]
+
+
+def test_loads_from_threads_and_a_forked_process_each_get_their_own_answer(tmp_path):
+    """Two threads ask at once (one helper, one load at a time); a process forked after a load
+    starts a helper of its own rather than writing into its parent's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [_labels(tmp_path, f"l{n}.pt", n) for n in range(2, 8)]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda p: read_label_file(p, "worse_label").tolist(), paths))
+    assert got == [list(range(n)) for n in range(2, 8)]
+    mine = bounded._HELPERS[os.getpid()].proc.pid
+    pid = os.fork()
+    if pid == 0:  # (the forked test process: only os._exit, whatever happens)
+        code = 3
+        try:
+            ok = read_label_file(_labels(tmp_path, "forked.pt", 9), "worse_label").tolist() == list(range(9))
+            code = 0 if ok and bounded._HELPERS[os.getpid()].proc.pid != mine else 1
+        finally:
+            bounded.stop_helper()
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert read_label_file(_labels(tmp_path, "after.pt", 4), "worse_label").tolist() == [0, 1, 2, 3]
+    assert bounded._HELPERS[os.getpid()].proc.pid == mine

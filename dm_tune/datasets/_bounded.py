@@ -10,9 +10,13 @@ load the same bytes itself (the load is deterministic: it costs the same again).
 failed in the child fails with its message; one that ran out of time or memory, or whose process
 died, is refused, and the caller's process never builds it.
 
-The child runs ``python -P -m dm_tune.datasets._bounded MODULE:FUNCTION EXTRA_BYTES`` with the
-bytes on its standard input (the reader imports torch before its memory is limited), and answers
-one JSON line on its standard output, after a token only its parent knows.
+The children are forked, one per load, by a helper process each process starts at its first load
+and that ends with it (``python -P -m dm_tune.datasets._bounded serve``: it imports torch and the
+readers once, so a load costs a fork, not an interpreter and torch's import, 2 s of CPU each). The
+helper reads one request at a time on its standard input (a JSON line, then the file's bytes),
+forks a child that loads them under the limits, its output sent to /dev/null and its errors to a
+file, with its answer written to a file of its own, waits for it (killing it past its time),
+and answers one JSON line on its standard output: what a file's loader prints cannot reach it.
 """
 
 from __future__ import annotations
@@ -20,15 +24,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Time for a child to start (it imports torch: 2-3 s on an idle 2-core VM, more under load) and
-# load; a file gets one more second per 10 MB.
+# Time for a load in a child, from its fork; a file gets one more second per 10 MB.
 LOAD_SECONDS = 120.0
 SECONDS_PER_BYTE = 1e-7
 # The child's address space may grow past what it held before the load by this many times the
@@ -42,7 +46,14 @@ MEMORY_SLACK = 1 << 30
 READERS = {"state-dict": "dm_tune.models:read_state_dict",
            "label-arrays": "dm_tune.noise:read_label_arrays"}
 
-_TOKEN = "DMTUNE_BOUNDED_LOAD_TOKEN"
+# What a child may be asked to read a folder with: "module:function", a function taking the
+# folder's path (``check_folder_load``).
+FOLDER_READERS = {"cifar10": "dm_tune.datasets.cifar:_cifar10_source",
+                  "cifar100": "dm_tune.datasets.cifar:_cifar100_source"}
+# Time for the helper to start (it imports torch and the readers: 1-3 s on an idle 2-core VM, more
+# under load) before its first answer.
+START_SECONDS = 120.0
+
 _PASSED: set[tuple[str, str]] = set()  # (reader, sha256 of the bytes) whose load finished in a child
 
 
@@ -109,39 +120,214 @@ def check_unchanged(folder: Path, checked: tuple[tuple[Any, ...], ...]) -> None:
 
 
 def _run_child(args: list[str], stdin: bytes, size: int) -> None:
+    """Have a child load ``stdin`` as ``args`` (``[mode, spec]``) under the limits for ``size`` bytes
+    of files; raise ``Unreadable`` unless it loaded them."""
     seconds = LOAD_SECONDS + SECONDS_PER_BYTE * size
     memory = MEMORY_FACTOR * size + MEMORY_SLACK
-    token = secrets.token_hex(16)  # (what the child answers starts with it: a file cannot print an answer)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),  # this process's dm_tune
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", _TOKEN: token}
-    try:
-        # (-P: not the working directory's dm_tune, if it holds one, but this process's)
-        done = subprocess.run([sys.executable, "-P", "-m", "dm_tune.datasets._bounded", *args, str(memory)],
-                              input=stdin, capture_output=True, timeout=seconds, env=env, check=False)
-    except subprocess.TimeoutExpired:
+    mode, spec = args
+    request = {"mode": mode, "spec": spec, "extra": memory, "seconds": seconds, "size": len(stdin),
+               "path": [p for p in sys.path if p]}  # (this process's dm_tune and readers, now)
+    with _HELPER_LOCK:
+        answer = _helper().ask(request, stdin)
+    if "error" in answer:  # (no process could be started: fork or file limits)
+        raise Unreadable(f"could not be loaded: no process to load it first could start ({answer['error']})")
+    if answer.get("timeout"):
         raise Unreadable(f"refused: loading it took longer than {seconds:.0f} s, far longer than "
-                         f"{_size(size)} of files needs") from None
-    except OSError as e:  # (no process could be started: fork or file limits)
-        raise Unreadable(f"could not be loaded: no process to load it first could start ({e})") from None
-    answer = _answer(done.stdout, token)
-    if answer is None:
-        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        ended = f"was killed by signal {-done.returncode}" if done.returncode < 0 else f"exited {done.returncode}"
-        raise Unreadable(f"refused: the process that loads it first {ended}"
-                         f"{f' ({said[-1][:200]})' if said else ''}")
-    if "unreadable" in answer:
-        raise Unreadable(str(answer["unreadable"]))
+                         f"{_size(size)} of files needs")
+    loaded = answer.get("answer")
+    if not isinstance(loaded, dict) or not ("loaded" in loaded or "unreadable" in loaded):
+        code = int(answer.get("returncode", 1))
+        said = str(answer.get("said", ""))
+        ended = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
+        raise Unreadable(f"refused: the process that loads it first {ended}{f' ({said[:200]})' if said else ''}")
+    if "unreadable" in loaded:
+        raise Unreadable(str(loaded["unreadable"]))
 
 
-def _answer(stdout: bytes, token: str) -> dict[str, Any] | None:
-    lines = stdout.decode("utf-8", "replace").strip().splitlines()
-    if not lines or not lines[-1].startswith(token + " "):
-        return None
+class _Helper:
+    """This process's helper: started at the first load, asked one load at a time, and started
+    again after it ended (a process forked from this one starts its own)."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),  # this process's dm_tune
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",  # (one thread to
+               "MALLOC_ARENA_MAX": "2"}                                                      # fork from)
+        import tempfile
+
+        self.owner = os.getpid()
+        self.errors = tempfile.TemporaryFile()  # (what it says if it ends: a failed start)
+        # (-P: not the working directory's dm_tune, if it holds one, but this process's)
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "dm_tune.datasets._bounded", "serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors, env=env)
+        os.set_blocking(self.proc.stdin.fileno(), False)  # (a write never waits on a helper that stopped reading)
+        self.pending = b""
+
+    def ask(self, request: dict[str, Any], data: bytes) -> dict[str, Any]:
+        """Send a request and its bytes, and read the helper's answer; one that ends, or is out of
+        time (its start and the load's own time), is ended here."""
+        import select
+
+        deadline = time.monotonic() + request["seconds"] + START_SECONDS
+        out = memoryview(json.dumps(request).encode() + b"\n" + data)
+        send, receive = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        while b"\n" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                return {"timeout": True}
+            readable, writable, _ = select.select([receive], [send] if out else [], [], left)
+            try:
+                if writable:
+                    out = out[os.write(send, out[:1 << 20]):]
+                if readable:
+                    chunk = os.read(receive, 65536)
+                    if not chunk:
+                        raise BrokenPipeError
+                    self.pending += chunk
+            except BlockingIOError:
+                continue
+            except OSError:  # it ended (the next load starts another)
+                self.close()
+                self.errors.seek(0)
+                said = self.errors.read().decode("utf-8", "replace").strip().splitlines()
+                return {"returncode": self.proc.returncode,
+                        "said": f"the process that forks it ended{': ' + said[-1] if said else ''}"}
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def close(self) -> None:
+        if _HELPERS.get(self.owner) is self:
+            del _HELPERS[self.owner]
+        self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()
+
+
+_HELPERS: dict[int, _Helper] = {}  # by the pid of the process that started it
+_HELPER_LOCK = threading.Lock()
+
+
+def stop_helper() -> None:
+    """End this process's helper, if it has one (the next load starts another)."""
+    with _HELPER_LOCK:
+        helper = _HELPERS.get(os.getpid())
+        if helper is not None:
+            helper.close()
+
+
+def _helper() -> _Helper:
+    helper = _HELPERS.get(os.getpid())
+    if helper is not None and helper.proc.poll() is not None:  # it ended (killed) since the last load
+        helper.close()
+        helper = None
+    if helper is None:
+        helper = _HELPERS[os.getpid()] = _Helper()
+    return helper
+
+
+def _serve() -> None:
+    """The helper's loop: a load per request, each in a child of its own, until its input ends."""
+    import importlib
+    import signal
+    import tempfile
+
+    import torch  # noqa: F401 - (imported once, here, before any fork; and the readers' modules)
+
+    # Ctrl-C goes to the whole foreground group: the process that asks is interrupted, and this
+    # helper ends with it (its input ends), not mid-answer (a child takes Ctrl-C as usual).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    for module in sorted({spec.split(":")[0] for spec in (*READERS.values(), *FOLDER_READERS.values())}):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # (a child that needs it says why)
+            pass
+    requests = sys.stdin.buffer
+    while line := requests.readline():
+        request = json.loads(line)
+        data = requests.read(request["size"])
+        if len(data) != request["size"]:
+            return
+        with tempfile.TemporaryFile() as errors, tempfile.TemporaryFile() as answer:
+            try:
+                pid = os.fork()
+            except OSError as e:
+                _say({"error": str(e)})
+                continue
+            if pid == 0:
+                _forked(request, data, errors.fileno(), answer.fileno())
+            _say(_ended(pid, time.monotonic() + request["seconds"], errors, answer))
+
+
+def _forked(request: dict[str, Any], data: bytes, errors: int, answer: int) -> None:
+    """In the forked child: load, write the answer, exit (never returns)."""
+    import signal
+
+    code = 1
     try:
-        answer = json.loads(lines[-1][len(token) + 1:])
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _die_with_parent()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)  # (a loader's prints go nowhere: only the answer file answers)
+        os.dup2(errors, 2)
+        sys.path[:] = request["path"]
+        result = _child(request["mode"], request["spec"], int(request["extra"]), data)
+        os.write(answer, json.dumps(result).encode())
+        code = 0
+    except BaseException:  # noqa: BLE001 - said on its errors, as an interpreter would, and exit 1
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this child if the helper ends before it (Linux; elsewhere the
+    helper's own end leaves it to finish its load, bounded in memory only)."""
+    helper = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != helper:  # (it ended before the prctl)
+        os._exit(1)
+
+
+def _ended(pid: int, deadline: float, errors: Any, answer: Any) -> dict[str, Any]:
+    """How the child ``pid`` ended: its answer, out of time (killed), or its exit and last error line."""
+    pause = 0.001
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() >= deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            return {"timeout": True}
+        time.sleep(pause)
+        pause = min(2 * pause, 0.02)
+    code = os.waitstatus_to_exitcode(status)
+    answer.seek(0)
+    try:
+        said = json.loads(answer.read().decode()) if code == 0 else None
     except ValueError:
-        return None
-    return answer if isinstance(answer, dict) and ("loaded" in answer or "unreadable" in answer) else None
+        said = None
+    if isinstance(said, dict):
+        return {"answer": said}
+    errors.seek(0)
+    lines = errors.read().decode("utf-8", "replace").strip().splitlines()
+    return {"returncode": code, "said": lines[-1] if lines else ""}
+
+
+def _say(answer: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
 
 
 def _size(n: int) -> str:
@@ -173,18 +359,17 @@ def _limit_memory(extra: int) -> str | None:
     return _size(limit)
 
 
-def _child(mode: str, spec: str, extra: int) -> dict[str, Any]:
+def _child(mode: str, spec: str, extra: int, sent: bytes) -> dict[str, Any]:
     """Run ``spec`` on what the parent sent (``bytes``: a file's bytes, read as a binary file;
     ``folder``: a folder's path) under the memory limit, and say how it ended."""
     import io
 
     from dm_tune.datasets._base import DataError
 
-    function = _reader(spec)  # (imports torch and numpy before the limit)
+    function = _reader(spec)  # (imports its module, if the helper had not, before the limit)
     import torch
 
     torch.set_num_threads(1)
-    sent = sys.stdin.buffer.read()
     limit = _limit_memory(extra)
     try:
         function(io.BytesIO(sent) if mode == "bytes" else Path(sent.decode()))
@@ -215,7 +400,6 @@ def _out_of_memory(e: BaseException) -> bool:
 
 if __name__ == "__main__":
     # (through the package's module, not this __main__ copy: the readers raise its Unreadable)
-    from dm_tune.datasets._bounded import _child as child
+    from dm_tune.datasets._bounded import _serve as serve
 
-    answer = json.dumps(child(sys.argv[1], sys.argv[2], int(sys.argv[3])))
-    print(f"{os.environ.get(_TOKEN, '')} {answer}", flush=True)
+    serve()

@@ -309,7 +309,7 @@ def load_cifar10(root: Path | None, options: Mapping[str, Any], download: bool =
     if download and not (base / "test_batch").is_file():
         _download(root, cifar100=False)
     _other_release(root, base, "cifar-100-python", "cifar100")
-    checked = _bounded(base, "dm_tune.datasets.cifar:_cifar10_source", CIFAR10_LAYOUT)
+    checked = _bounded(base, "cifar10", CIFAR10_LAYOUT)
     source = _cifar10_source(base)
     _unchanged(base, checked, CIFAR10_LAYOUT)
     return source
@@ -337,15 +337,15 @@ def _cifar10_source(base: Path) -> Source:
     )
 
 
-def _bounded(base: Path, spec: str, layout: str) -> tuple[tuple[Any, ...], ...]:
+def _bounded(base: Path, release: str, layout: str) -> tuple[tuple[Any, ...], ...]:
     """Read the release in a child process first, bounded in time and memory (``_bounded``): the
     scan and the checked unpickler stop what is known to make a small pickle take minutes or
     gigabytes; the child stops what is not yet known, before this process reads it. Returns the
     files as checked (for ``_unchanged``)."""
-    from dm_tune.datasets._bounded import Unreadable, check_folder_load
+    from dm_tune.datasets._bounded import FOLDER_READERS, Unreadable, check_folder_load
 
     try:
-        return check_folder_load(spec, base)
+        return check_folder_load(FOLDER_READERS[release], base)
     except Unreadable as e:
         raise DataError(base, str(e), layout) from None
 
@@ -379,7 +379,7 @@ def load_cifar100(root: Path | None, options: Mapping[str, Any], download: bool 
     if download and not (base / "test").is_file():
         _download(root, cifar100=True)
     _other_release(root, base, "cifar-10-batches-py", "cifar10")
-    checked = _bounded(base, "dm_tune.datasets.cifar:_cifar100_source", CIFAR100_LAYOUT)
+    checked = _bounded(base, "cifar100", CIFAR100_LAYOUT)
     source = _cifar100_source(base)
     _unchanged(base, checked, CIFAR100_LAYOUT)
     return source
