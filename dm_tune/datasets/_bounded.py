@@ -165,35 +165,43 @@ class _Helper:
     def ask(self, request: dict[str, Any], data: bytes) -> dict[str, Any]:
         """Send a request and its bytes, and read the helper's answer; one that ends, or is out of
         time (its start and the load's own time), is ended here."""
-        import select
+        import selectors
 
         deadline = time.monotonic() + request["seconds"] + START_SECONDS
         out = memoryview(json.dumps(request).encode() + b"\n" + data)
         send, receive = self.proc.stdin.fileno(), self.proc.stdout.fileno()
-        while b"\n" not in self.pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.close()
-                return {"timeout": True}
-            readable, writable, _ = select.select([receive], [send] if out else [], [], left)
-            try:
-                if writable:
-                    out = out[os.write(send, out[:1 << 20]):]
-                if readable:
-                    chunk = os.read(receive, 65536)
-                    if not chunk:
-                        raise BrokenPipeError
-                    self.pending += chunk
-            except BlockingIOError:
-                continue
-            except OSError:  # it ended (the next load starts another)
-                self.close()
-                self.errors.seek(0)
-                said = self.errors.read().decode("utf-8", "replace").strip().splitlines()
-                return {"returncode": self.proc.returncode,
-                        "said": f"the process that forks it ended{': ' + said[-1] if said else ''}"}
+        with selectors.DefaultSelector() as waiting:  # (not select(): a process may hold fds past 1024)
+            waiting.register(receive, selectors.EVENT_READ)
+            waiting.register(send, selectors.EVENT_WRITE)
+            while b"\n" not in self.pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.close()
+                    return {"timeout": True}
+                try:
+                    for key, _ in waiting.select(left):
+                        if key.fd == send:
+                            out = out[os.write(send, out[:1 << 20]):]
+                            if not out:
+                                waiting.unregister(send)
+                        else:
+                            chunk = os.read(receive, 65536)
+                            if not chunk:
+                                raise BrokenPipeError
+                            self.pending += chunk
+                except BlockingIOError:
+                    continue
+                except OSError:  # it ended (the next load starts another)
+                    return self._ended()
         line, self.pending = self.pending.split(b"\n", 1)
         return json.loads(line)
+
+    def _ended(self) -> dict[str, Any]:
+        self.close()
+        self.errors.seek(0)
+        said = self.errors.read().decode("utf-8", "replace").strip().splitlines()
+        return {"returncode": self.proc.returncode,
+                "said": f"the process that forks it ended{': ' + said[-1] if said else ''}"}
 
     def close(self) -> None:
         if _HELPERS.get(self.owner) is self:
