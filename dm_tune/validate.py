@@ -397,7 +397,8 @@ def _plan(studies: list[Any], seeds: Sequence[int] | None, overrides: Mapping[st
     plan = []
     seen: dict[str, Any] = {}
     for one in studies:
-        own = list(seeds) if seeds is not None else list(one.seeds)
+        # (in order: seeds 1,0 are the validation of seeds 0,1, trained, reported and resumed alike)
+        own = sorted(seeds if seeds is not None else one.seeds)
         used += [s for s in own if s not in used]
         for setting in one.expand():
             identity = Progress.identity(one, setting, own, overrides, guidelines)

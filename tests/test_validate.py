@@ -675,6 +675,9 @@ def test_a_killed_validation_goes_on_from_its_finished_settings(tmp_path, capsys
     assert main(argv) == 0
     assert "(this validation, finished earlier: nothing trained)" in capsys.readouterr().out
     assert (out / "validation.json").read_bytes() == before
+    assert main([*argv, "--seeds", "1,0"]) == 0  # its seeds in another order: the same validation
+    assert "(this validation, finished earlier: nothing trained)" in capsys.readouterr().out
+    assert (out / "validation.json").read_bytes() == before
     # stopped after writing validation.json, before validation.md and the progress file's removal:
     # validation.md had never been written, by any rerun
     md_before = (out / "validation.md").read_bytes()
