@@ -178,6 +178,25 @@ def test_search_across_a_two_node_ray_cluster(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "shared" / "cluster").is_dir()  # results on the shared storage path
 
+        # A folder one node cannot see (here, where the two nodes share a disk, a probe that says
+        # so on the other node) is refused before any trial, with the nodes that cannot see it.
+        from dm_tune.errors import UserError
+        from dm_tune.search._preflight import check_shared_storage
+
+        ray.init(address=cluster.address)
+        head = ray.get_runtime_context().get_node_id()
+
+        def only_the_head_sees(path: str) -> bool:
+            import os
+
+            import ray
+            return os.path.isfile(path) and ray.get_runtime_context().get_node_id() == head
+
+        check_shared_storage(tmp_path / "shared", "--storage-path")
+        with pytest.raises(UserError, match=r"^--storage-path .*/local/ray: not visible from 1 of the Ray cluster's 2 "
+                                            r"nodes \(127\.0\.0\.1\): Ray writes each trial's results"):
+            check_shared_storage(tmp_path / "local" / "ray", "--storage-path", only_the_head_sees)
+        assert not (tmp_path / "local").exists()  # made for the marker, removed again
     finally:
         ray.shutdown()
         cluster.shutdown()

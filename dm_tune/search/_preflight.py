@@ -202,6 +202,44 @@ def check_resources(study: Study) -> None:
                         f"requested but the Ray cluster has {res.get('CPU', 0):g}")
 
 
+def check_shared_storage(storage: Path, flag: str, probe: Any = os.path.isfile) -> None:
+    """On a Ray cluster of several nodes, that every node sees the local folder ``storage`` (Ray's
+    trial results and checkpoints): Ray writes there from the node a trial runs on and fails a
+    trial on a node that cannot see it, once it starts. Each node is asked (``probe``, run there)
+    for a marker file written here, before any trial."""
+    import secrets
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    made = [p for p in (storage, *storage.parents) if not p.exists()]  # (removed again: Ray makes them)
+    storage.mkdir(parents=True, exist_ok=True)
+    marker = storage / f".dmtune-visible-{secrets.token_hex(8)}"
+    marker.write_bytes(b"")
+    try:
+        sees = ray.remote(num_cpus=0)(probe)
+        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(marker)) for n in nodes], timeout=120)
+    except ray.exceptions.GetTimeoutError:  # (a node that starts no worker fails its trials its own way)
+        return
+    finally:
+        marker.unlink(missing_ok=True)
+        for p in made:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+    blind = [str(n.get("NodeManagerAddress")) for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise UserError(f"{flag} {storage}: not visible from {len(blind)} of the Ray cluster's {len(nodes)} nodes "
+                        f"({', '.join(blind)}): Ray writes each trial's results and checkpoints there from the node "
+                        "it runs on, and fails a trial where it cannot; give --storage-path a folder every node "
+                        "mounts at the same path (NFS) or a URI (s3://bucket/path, gs://bucket/path)")
+
+
 def check_local_gpus(study: Study) -> None:
     """A search on a local Ray: the GPUs asked for exist on this machine (answered before Ray
     starts; a cluster's GPUs are checked by ``check_resources`` once connected)."""

@@ -401,7 +401,7 @@ def _on(args: argparse.Namespace) -> str:
 def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict[str, Any],
             workspace: Path, created: bool, joined: str | None = None) -> int:
     """The search proper, run while this process holds the study's lock."""
-    from dm_tune.search._preflight import check_resources, connect_ray
+    from dm_tune.search._preflight import check_resources, check_shared_storage, connect_ray
     from dm_tune.search._run import Interrupted, run_study
     from dm_tune.search._stores import prepare_stores, remove_if_only_ours
     from dm_tune.search._summary import print_summary, write_summary
@@ -428,6 +428,9 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
 
         on_sigterm_interrupt()  # (ray.init put its own in place: a stack dump and SIGABRT)
         check_resources(study)
+        if args.address and "://" not in opts.storage:  # (a URI is Ray's to reach from every node)
+            check_shared_storage(Path(opts.storage), "--storage-path" if args.storage_path
+                                 else f"--workspace {args.workspace}: its Ray results folder")
         store.join()
         if failed:
             raise failed[0]
