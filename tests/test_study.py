@@ -311,3 +311,27 @@ def test_training_fields_no_trial_uses_are_refused(dataset, training, words, cap
     (key,) = training.keys() - {"optimizer"}
     assert re.fullmatch(f"dm-tune: warning: training.{key} is ignored \\(it only applies to .*\\)\n",
                         capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("field", ["grace_period", "reduction_factor"])
+def test_an_asha_field_without_asha_is_refused(field):
+    """scheduler.grace_period or reduction_factor set with no scheduler (kind none, the default):
+    nothing stopped any trial early, and nothing said so. A stored study goes on as it began."""
+    value = {"grace_period": 5, "reduction_factor": 2.0}[field]
+    with pytest.raises(ConfigError, match=rf"^scheduler.{field}: {value} is not allowed; only applies to "
+                                          r"scheduler.kind asha; this study's kind is none"):
+        Study.from_dict({"scheduler": {field: value}})
+    assert Study.from_dict({"scheduler": {"kind": "asha", field: value}}).scheduler.kind == "asha"
+    assert Study.from_dict({"scheduler": {field: value}}, stored=True).scheduler.kind == "none"
+
+
+def test_scheduler_none_turns_off_a_files_asha_with_its_fields(tmp_path):
+    """--scheduler none on a study file with ASHA (the bundled CIFAR studies) is a study without
+    it, not a refusal of the file's grace_period."""
+    from dm_tune.cli import build_parser
+    from dm_tune.search.cli import study_values
+
+    config = tmp_path / "s.yaml"
+    config.write_text("scheduler:\n  kind: asha\n  grace_period: 5\n  reduction_factor: 2\n")
+    args = build_parser().parse_args(["search", "--config", str(config), "--scheduler", "none"])
+    assert Study.from_dict(study_values(args)).scheduler == Study.from_dict({}).scheduler

@@ -255,6 +255,10 @@ class Study:
         for key, where in self.unused_training() if refuse_ignored else ():
             raise ConfigError(f"training.{key}", self.training[key], f"only applies to {where}; no trial of this "
                               "study would use it")
+        for key in ("grace_period", "reduction_factor") if refuse_ignored and self.scheduler.kind == "none" else ():
+            if getattr(self.scheduler, key) != getattr(Scheduler(), key):  # (set, and no scheduler to use it)
+                raise ConfigError(f"scheduler.{key}", getattr(self.scheduler, key), "only applies to scheduler.kind "
+                                  "asha; this study's kind is none (set kind: asha, or leave it out)")
         for ds in self.settings.dataset:
             if task_of(ds) != self.task:
                 raise ConfigError("settings.dataset", ds, f"a {task_of(ds)} dataset; this study's task is "

@@ -128,6 +128,9 @@ def study_values(args: argparse.Namespace) -> dict[str, Any]:
         if flag == "population_size" and str(v).strip().isascii() and str(v).strip().isdigit():  # (else the study
             v = int(v)                                                                            # says what it takes)
         node[path[-1]] = v
+        if flag == "scheduler" and str(v).strip() == "none":  # ASHA's fields, in a file whose ASHA the flag turns off
+            for key in ("grace_period", "reduction_factor"):
+                node.pop(key, None)
     if args.name is not None:
         values["name"] = args.name
     # Paths are stored absolute (the study is stored, and read again by --resume from wherever that
