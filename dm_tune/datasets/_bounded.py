@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -149,11 +150,11 @@ class _Helper:
     again after it ended (a process forked from this one starts its own)."""
 
     def __init__(self) -> None:
+        import tempfile
+
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),  # this process's dm_tune
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",  # (one thread to
                "MALLOC_ARENA_MAX": "2"}                                                      # fork from)
-        import tempfile
-
         self.owner = os.getpid()
         self.errors = tempfile.TemporaryFile()  # (what it says if it ends: a failed start)
         # (-P: not the working directory's dm_tune, if it holds one, but this process's)
@@ -237,7 +238,6 @@ def _helper() -> _Helper:
 def _serve() -> None:
     """The helper's loop: a load per request, each in a child of its own, until its input ends."""
     import importlib
-    import signal
     import tempfile
 
     import torch  # noqa: F401 - (imported once, here, before any fork; and the readers' modules)
@@ -265,13 +265,11 @@ def _serve() -> None:
                 continue
             if pid == 0:
                 _forked(request, data, errors.fileno(), answer.fileno())
-            _say(_ended(pid, time.monotonic() + request["seconds"], errors, answer))
+            _say(_how_it_ended(pid, time.monotonic() + request["seconds"], errors, answer))
 
 
 def _forked(request: dict[str, Any], data: bytes, errors: int, answer: int) -> None:
     """In the forked child: load, write the answer, exit (never returns)."""
-    import signal
-
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -282,7 +280,8 @@ def _forked(request: dict[str, Any], data: bytes, errors: int, answer: int) -> N
         os.dup2(errors, 2)
         sys.path[:] = request["path"]
         result = _child(request["mode"], request["spec"], int(request["extra"]), data)
-        os.write(answer, json.dumps(result).encode())
+        with os.fdopen(answer, "wb", closefd=False) as f:
+            f.write(json.dumps(result).encode())
         code = 0
     except BaseException:  # noqa: BLE001 - said on its errors, as an interpreter would, and exit 1
         import traceback
@@ -300,14 +299,14 @@ def _die_with_parent() -> None:
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # (1: PR_SET_PDEATHSIG)
     except (OSError, AttributeError):
         return
     if os.getppid() != helper:  # (it ended before the prctl)
         os._exit(1)
 
 
-def _ended(pid: int, deadline: float, errors: Any, answer: Any) -> dict[str, Any]:
+def _how_it_ended(pid: int, deadline: float, errors: Any, answer: Any) -> dict[str, Any]:
     """How the child ``pid`` ended: its answer, out of time (killed), or its exit and last error line."""
     pause = 0.001
     while True:
@@ -315,7 +314,7 @@ def _ended(pid: int, deadline: float, errors: Any, answer: Any) -> dict[str, Any
         if done:
             break
         if time.monotonic() >= deadline:
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return {"timeout": True}
         time.sleep(pause)
