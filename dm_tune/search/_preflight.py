@@ -202,6 +202,9 @@ def check_resources(study: Study) -> None:
                         f"requested but the Ray cluster has {res.get('CPU', 0):g}")
 
 
+STORAGE_PROBE_SECONDS = 60.0  # each node's answer to check_shared_storage (a worker to start there)
+
+
 def check_shared_storage(storage: Path, flag: str, probe: Any = os.path.isfile) -> None:
     """On a Ray cluster of several nodes, that every node sees the local folder ``storage`` (Ray's
     trial results and checkpoints): Ray writes there from the node a trial runs on and fails a
@@ -221,10 +224,10 @@ def check_shared_storage(storage: Path, flag: str, probe: Any = os.path.isfile) 
     marker.write_bytes(b"")
     try:
         sees = ray.remote(num_cpus=0)(probe)
-        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                        .remote(str(marker)) for n in nodes], timeout=120)
-    except ray.exceptions.GetTimeoutError:  # (a node that starts no worker fails its trials its own way)
-        return
+        asked = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                 .remote(str(marker)) for n in nodes]
+        answered = set(ray.wait(asked, num_returns=len(asked), timeout=STORAGE_PROBE_SECONDS)[0])
+        seen = [bool(ray.get(ref)) if ref in answered else None for ref in asked]
     finally:
         marker.unlink(missing_ok=True)
         for p in made:
@@ -232,7 +235,11 @@ def check_shared_storage(storage: Path, flag: str, probe: Any = os.path.isfile) 
                 p.rmdir()
             except OSError:
                 break
-    blind = [str(n.get("NodeManagerAddress")) for n, ok in zip(nodes, seen) if not ok]
+    silent = [str(n.get("NodeManagerAddress")) for n, ok in zip(nodes, seen) if ok is None]
+    if silent:  # (a node that starts no worker fails its trials its own way)
+        print(f"dm-tune: warning: {', '.join(silent)}: did not say within {STORAGE_PROBE_SECONDS:g} s whether "
+              f"{'it sees' if len(silent) == 1 else 'they see'} {storage} ({flag})", file=sys.stderr)
+    blind = [str(n.get("NodeManagerAddress")) for n, ok in zip(nodes, seen) if ok is False]
     if blind:
         raise UserError(f"{flag} {storage}: not visible from {len(blind)} of the Ray cluster's {len(nodes)} nodes "
                         f"({', '.join(blind)}): Ray writes each trial's results and checkpoints there from the node "
