@@ -150,13 +150,11 @@ class _Helper:
     again after it ended (a process forked from this one starts its own)."""
 
     def __init__(self) -> None:
-        import tempfile
-
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),  # this process's dm_tune
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",  # (one thread to
                "MALLOC_ARENA_MAX": "2"}                                                      # fork from)
         self.owner = os.getpid()
-        self.errors = tempfile.TemporaryFile()  # (what it says if it ends: a failed start)
+        self.errors = _scratch_file()  # (what it says if it ends: a failed start)
         # (-P: not the working directory's dm_tune, if it holds one, but this process's)
         self.proc = subprocess.Popen([sys.executable, "-P", "-m", "dm_tune.datasets._bounded", "serve"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors, env=env)
@@ -238,7 +236,6 @@ def _helper() -> _Helper:
 def _serve() -> None:
     """The helper's loop: a load per request, each in a child of its own, until its input ends."""
     import importlib
-    import tempfile
 
     import torch  # noqa: F401 - (imported once, here, before any fork; and the readers' modules)
 
@@ -257,7 +254,7 @@ def _serve() -> None:
         data = requests.read(request["size"])
         if len(data) != request["size"]:
             return
-        with tempfile.TemporaryFile() as errors, tempfile.TemporaryFile() as answer:
+        with _scratch_file() as errors, _scratch_file() as answer:
             try:
                 pid = os.fork()
             except OSError as e:
@@ -330,6 +327,17 @@ def _how_it_ended(pid: int, deadline: float, errors: Any, answer: Any) -> dict[s
     errors.seek(0)
     lines = errors.read().decode("utf-8", "replace").strip().splitlines()
     return {"returncode": code, "said": lines[-1] if lines else ""}
+
+
+def _scratch_file() -> Any:
+    """An unnamed file in memory (Linux's memfd: no temporary folder needed, a read-only or full
+    one included), else an unnamed temporary file."""
+    try:
+        return os.fdopen(os.memfd_create("dm-tune-bounded-load"), "w+b")
+    except (AttributeError, OSError):
+        import tempfile
+
+        return tempfile.TemporaryFile()
 
 
 def _say(answer: dict[str, Any]) -> None:
