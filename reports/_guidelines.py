@@ -57,6 +57,8 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None, loso: str =
             "dm_tune_versions_of_runs": sorted(v for v in df["dmtune_version"].unique().tolist() if v),
             # every package's (torch, numpy, ...): each distinct set the runs recorded, one line each
             "package_versions_of_runs": sorted(v for v in df["versions"].unique().tolist() if v),
+            # the CPUs and torch threads the runs trained with (each distinct pair; runs that recorded them)
+            "machines_of_runs": sorted(m for m in df["machine"].unique().tolist() if m),
             "dm_tune_version": dm_tune.__version__,
             # the report's own code (its analysis changes between commits of one dm-tune version)
             "report_git_commit": git_commit(),
@@ -240,6 +242,7 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
               f"- dm-tune versions of the runs: {_text(', '.join(prov['dm_tune_versions_of_runs']) or 'unknown')}; "
               f"report by dm-tune {prov['dm_tune_version']}{report_commit_text(prov)}",
               *(f"- package versions of the runs: {_text(v)}" for v in prov.get("package_versions_of_runs", [])),
+              *(f"- machines of the runs: {_text(m)}" for m in prov.get("machines_of_runs", [])),
               f"- tracking URI: {_text(prov.get('tracking_uri') or 'unknown')}", ""]
     return "\n".join(lines)
 

@@ -144,6 +144,7 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
                                              if prov.get("report_git_commit") else "")],
                                          *(["package versions of the runs", v]
                                            for v in prov.get("package_versions_of_runs", [])),
+                                         *(["machines of the runs", m] for m in prov.get("machines_of_runs", [])),
                                          ["tracking URI", prov["tracking_uri"]]]),
               "</body></html>"]
     return _with_contents("\n".join(parts))

@@ -41,7 +41,7 @@ FAILED_STATUSES = ("diverged", "errored")
 IN_PROGRESS = ("running", "interrupted")
 HISTORY_METRICS = ("weight_clean", "weight_noisy", "test_acc")
 COLUMNS = ("run_id", "experiment", "setting", "stage", "baseline", "status", "task") + PARAM_COLUMNS + METRIC_COLUMNS + (
-    RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version", "versions", "reused_from"))
+    RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version", "versions", "machine", "reused_from"))
 
 
 def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd.DataFrame:
@@ -142,6 +142,10 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
     versions = _recorded_versions(tags.get("dmtune.versions", ""))
     row["dmtune_version"] = str(versions.get("dm-tune", ""))
     row["versions"] = ", ".join(f"{k} {v}" for k, v in versions.items())  # ("python 3.11.7, torch 2.14.1, ...")
+    # What decides its rounding besides them (a run repeats bit for bit only on the same): the CPU
+    # and torch's threads its worker trained with ("" in a run recorded without them).
+    cpu, threads = tags.get("dmtune.cpu", ""), tags.get("dmtune.torch_threads", "")
+    row["machine"] = f"{cpu}, {threads} torch thread{'' if threads == '1' else 's'}" if cpu and threads else cpu
     return row
 
 

@@ -1199,3 +1199,24 @@ def test_the_report_names_the_package_versions_of_its_runs() -> None:
     for v in ("torch 2.14.1", "torch 2.6.0"):
         assert f"- package versions of the runs: {v}\n" in md
         assert f"<td>package versions of the runs</td><td>{v}</td>" in page
+
+
+def test_the_report_names_the_machines_of_its_runs() -> None:
+    """A run repeats bit for bit only on the same kind of CPU with the same torch threads, which a
+    trial's run records (tags dmtune.cpu, dmtune.torch_threads, from its worker): the report lists
+    each pair its runs trained with; a run recorded without them adds none."""
+    from dm_tune.reports._guidelines import guidelines_markdown
+    from dm_tune.reports._html import render_html
+    from dm_tune.reports._load import run_to_row
+
+    tags = {"dmtune.cpu": "AMD EPYC", "dmtune.torch_threads": "1"}
+    row = run_to_row("e", "r1", {"method": "cce"}, {"final_test_acc": 0.9, "final_val_acc": 0.9}, tags)
+    assert row is not None and row["machine"] == "AMD EPYC, 1 torch thread"
+    assert run_to_row("e", "r2", {"method": "cce"}, {"final_test_acc": 0.9, "final_val_acc": 0.9}, {})["machine"] == ""
+    machines = ["AMD EPYC, 1 torch thread", "Intel(R) Xeon(R) Processor, 2 torch threads", ""]
+    rows = [{**r, "machine": machines[i % 3]} for i, r in enumerate(known_runs())]
+    doc = build_guidelines(tidy(rows), generated="2026-01-01T00:00:00+00:00")
+    assert doc["provenance"]["machines_of_runs"] == machines[:2]
+    md, page = guidelines_markdown(doc), render_html(doc, {})
+    for m in machines[:2]:
+        assert f"- machines of the runs: {m}\n" in md and f"<td>machines of the runs</td><td>{m}</td>" in page

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from dm_tune.cli import main
+from dm_tune.provenance import cpu_model
 from dm_tune.search import Study
 from dm_tune.search._run import RunOptions, run_study
 from tests.conftest import tiny_study
@@ -44,6 +45,7 @@ def test_report_and_recommend_from_a_real_search(tmp_path, ray_local, capsys):
     # the header counts them apart (it said "N runs", records that trained nothing among them)
     prov = doc["provenance"]
     assert prov["n_reused_runs"] == 2
+    assert prov["machines_of_runs"] == [f"{cpu_model()}, 1 torch thread"]  # as the trials' workers recorded it
     said = f"{prov['n_runs']} runs of e2e2, e2e4 (2 of them confirm-stage records of search runs, not trained again; "
     assert said in (out / "guidelines.md").read_text()
     assert f"- tracking URI: sqlite:///{(ws / 'mlflow.db').resolve()}\n" in (out / "guidelines.md").read_text()
