@@ -530,6 +530,7 @@ def test_a_quiet_search_still_says_which_cluster_address_auto_joined(tmp_path, m
     monkeypatch.setattr(_preflight, "probe_ray", lambda address: "10.1.2.3:6379")  # (no cluster here)
     monkeypatch.setattr(_preflight, "connect_ray", lambda *args, **kwargs: None)
     monkeypatch.setattr(_preflight, "check_resources", lambda study: None)
+    monkeypatch.setattr(_preflight, "check_shared_storage", lambda *args, **kwargs: None)
     rc = main(["search", "--workspace", str(tmp_path / "ws"), "--name", "far", "--address", "auto", "--quiet"])
     assert rc == 130 and "dm-tune: --address auto: the Ray cluster at 10.1.2.3:6379" in capsys.readouterr().err
 
