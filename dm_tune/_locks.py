@@ -54,6 +54,14 @@ def holder_now(path: Path) -> str | None:
         return None  # (the shared lock goes with the file's close)
 
 
+def refuse_if_held(path: Path, busy: str) -> None:
+    """Fail at once with ``held``'s line (``busy``, ``{holder}`` filled in) if another process holds
+    ``path`` now: for refusing before seconds of work what ``held`` would refuse after it."""
+    holder = holder_now(path)
+    if holder is not None:
+        raise UserError(busy.format(holder=holder))
+
+
 def acquire(path: Path, busy: str, attempts: int = 5, wait_s: float = 0.0):
     """The lock file ``path``, open and locked, waiting up to ``wait_s`` for its holder to let go
     (then ``busy``, with ``{holder}`` filled in). A lock taken on a file that was removed meanwhile

@@ -724,12 +724,11 @@ def validate_command(args: argparse.Namespace) -> int:
             TrainConfig.from_dict({"epochs": args.epochs})
         except ConfigError as e:
             raise UserError(f"--epochs {args.epochs}: {e.allowed}") from None
-    from dm_tune._locks import held, holder_now
+    from dm_tune._locks import held, refuse_if_held
 
     busy = (f"--out {args.out}: another dm-tune validate is writing there ({{holder}}); "
             "wait for it to end or use another --out")
-    if (holder := holder_now(Path(args.out).expanduser() / LOCK_FILE)) is not None:  # (before the checks'
-        raise UserError(busy.format(holder=holder))                                  # seconds; held decides)
+    refuse_if_held(Path(args.out).expanduser() / LOCK_FILE, busy)  # (before the checks' seconds; held decides)
     path = Path(args.guidelines) if args.guidelines else default_guidelines_path()
     guidelines = load_guidelines(path)
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}

@@ -115,11 +115,10 @@ def report_command(args: argparse.Namespace) -> int:
     out = resolve_path(args.workspace, "--workspace") / "report"
     if args.out or out.parent.is_dir():  # (a missing workspace is load_runs' error: no store there)
         out = output_path("--out" if args.out else "--workspace", args.out or str(out), directory=True)
-    from dm_tune._locks import held, holder_now
+    from dm_tune._locks import held, refuse_if_held
 
     busy = f"{out}: another dm-tune report is writing there ({{holder}}); wait for it to end or use another --out"
-    if (holder := holder_now(out / ".report.lock")) is not None:  # (before reading the runs; held decides)
-        raise UserError(busy.format(holder=holder))
+    refuse_if_held(out / ".report.lock", busy)  # (before reading the runs; held decides)
     uri = tracking_uri_for(args)
     df = load_runs(uri, args.experiment)
     histories = None

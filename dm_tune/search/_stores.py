@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from dm_tune._locks import held, holder_now
+from dm_tune._locks import held, refuse_if_held
 from dm_tune.errors import UserError, first_line
 
 LOCKS_DIR = "locks"
@@ -247,9 +247,7 @@ def study_lock(workspace: Path, name: str, resuming: bool = False) -> Iterator[N
 def refuse_if_searched(workspace: Path, name: str, resuming: bool = False) -> None:
     """Fail at once, with ``study_lock``'s line, if another process searches the study now: the
     checks and the data loading before the lock take seconds (``study_lock`` still decides)."""
-    holder = holder_now(workspace / LOCKS_DIR / f"{name}.lock")
-    if holder is not None:
-        raise UserError(_searched_text(workspace, name, resuming).format(holder=holder))
+    refuse_if_held(workspace / LOCKS_DIR / f"{name}.lock", _searched_text(workspace, name, resuming))
 
 
 def _searched_text(workspace: Path, name: str, resuming: bool) -> str:
