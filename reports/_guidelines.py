@@ -18,7 +18,7 @@ from dm_tune.reports._analysis import analyse_settings
 from dm_tune.reports._load import IN_PROGRESS
 from dm_tune.reports._loso import leave_one_setting_out, refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, fit_surface, hyperparameters_phrase
-from dm_tune.reports._text import md_table, md_text as _text, settings_text
+from dm_tune.reports._text import count_text, md_table, md_text as _text, settings_text
 from dm_tune.reports._text import (ACCURACY_UNIT, ANALYSIS_VERSION, REFERENCE_BASELINE, SCHEMA_VERSION, fmt_acc,
                                     fmt_diff, metric_name, runs_phrase, setting_label)
 from dm_tune.reports._rules import correct_for_multiplicity, factor_trends, judge, lambda_beta_rule, noise_rate_rules
@@ -139,11 +139,7 @@ _VERDICT_WORDS = {"wins": "better", "loses": "worse", "within noise": "within no
 def _trials(block: dict[str, Any]) -> str:
     """How many search trials (and, where recorded, configurations) an importance or sensitivity used."""
     configs = block.get("n_configs")  # (absent in guidelines written before it was recorded)
-    return f"n={block['n']} trials" + ("" if configs is None else f" of {_count(configs, 'configuration')}")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+    return f"n={block['n']} trials" + ("" if configs is None else f" of {count_text(configs, 'configuration')}")
 
 
 def _pairing(b: dict[str, Any]) -> str:
@@ -187,7 +183,7 @@ def setting_tables(s: dict[str, Any]) -> tuple[list[list[str]], list[str], list[
             [f"best test {m} over training (optimistic)", f"{decimal_text(s['best_test_acc_mean'], 1)}%"],
             ["within 1 point of the best", f"psi {s['psi_range'][0]:.2f}-{s['psi_range'][1]:.2f}, rho "
                                            f"{s['rho_range'][0]:.2f}-{s['rho_range'][1]:.2f} "
-                                           f"({_count(s['n_configs'], 'configuration')})"],
+                                           f"({count_text(s['n_configs'], 'configuration')})"],
             ["importance (mode vs spread" + (" vs class weighting" if cw_importance else "") + ")", importance],
             ["sensitivity", sensitivity],
             ["trials", trials_text(c, "(means over finished ones; a diverged seed decides a comparison against "
@@ -240,7 +236,7 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
     # (the runs' tags: a store not written by dm-tune may hold anything there)
     lines += ["", "## Provenance", "", f"- git commits: {_text(', '.join(prov['git_commits']) or 'unknown')}",
               f"- dm-tune versions of the runs: {_text(', '.join(prov['dm_tune_versions_of_runs']) or 'unknown')}; "
-              f"report by dm-tune {prov['dm_tune_version']}{report_commit_text(prov)}",
+              + _text(f"report by dm-tune {prov['dm_tune_version']}{report_commit_text(prov)}"),
               *(f"- package versions of the runs: {_text(v)}" for v in prov.get("package_versions_of_runs", [])),
               *(f"- machines of the runs: {_text(m)}" for m in prov.get("machines_of_runs", [])),
               f"- tracking URI: {_text(prov.get('tracking_uri') or 'unknown')}", ""]
@@ -259,9 +255,10 @@ def trials_text(counts: dict[str, int], means_note: str = "") -> str:
 
 
 def report_commit_text(prov: dict[str, Any]) -> str:
-    """" at commit X" for the code that wrote a report ("" in one written before it was recorded)."""
+    """" at commit X" for the code that wrote a report ("" in one written before it was recorded), as
+    plain text."""
     commit = prov.get("report_git_commit")
-    return f" at commit {_text(commit)}" if commit else ""
+    return f" at commit {commit}" if commit else ""
 
 
 def surface_markdown(surface: dict[str, Any] | None) -> list[str]:

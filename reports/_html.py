@@ -14,8 +14,8 @@ import pandas as pd
 from dm_tune.errors import write_output
 from dm_tune.reports import _figures as figs
 from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_notes, dumps,
-                                         guidelines_markdown, loso_summary_text, setting_label, setting_tables,
-                                         trials_text)
+                                         guidelines_markdown, loso_summary_text, report_commit_text, setting_label,
+                                         setting_tables, trials_text)
 from dm_tune.reports._guidelines import decimal_text as _num
 from dm_tune.reports._loso import refit_phrase
 from dm_tune.reports._surface import NO_SURFACE_TEXT, arms_phrase, hyperparameters_phrase
@@ -139,9 +139,8 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
                                          ["git commits of the runs", ", ".join(prov["git_commits"]) or "unknown"],
                                          ["dm-tune versions of the runs",
                                           ", ".join(prov["dm_tune_versions_of_runs"]) or "unknown"],
-                                         ["report written by dm-tune", prov["dm_tune_version"]
-                                          + (f" at commit {prov['report_git_commit']}"
-                                             if prov.get("report_git_commit") else "")],
+                                         ["report written by dm-tune",
+                                          prov["dm_tune_version"] + report_commit_text(prov)],
                                          *(["package versions of the runs", v]
                                            for v in prov.get("package_versions_of_runs", [])),
                                          *(["machines of the runs", m] for m in prov.get("machines_of_runs", [])),

@@ -61,9 +61,14 @@ def rate_slack(noise: str) -> float:
 REFERENCE_BASELINE = "cce"   # the headline comparison in each sentence
 
 
+def count_text(n: int, noun: str) -> str:
+    """'1 configuration', '3 configurations'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def settings_text(n: int, kind: str = "") -> str:
     """'1 setting', '3 settings'; with a ``kind``, '3 held-out settings'."""
-    return f"{n} {kind + ' ' if kind else ''}setting{'s' * (n != 1)}"
+    return count_text(n, f"{kind} setting" if kind else "setting")
 
 
 def metric_name(s: dict[str, Any]) -> str:
