@@ -197,10 +197,9 @@ class _Helper:
 
     def _ended(self) -> dict[str, Any]:
         self.close()
-        self.errors.seek(0)
-        said = self.errors.read().decode("utf-8", "replace").strip().splitlines()
+        said = _last_line(self.errors)
         return {"returncode": self.proc.returncode,
-                "said": f"the process that forks it ended{': ' + said[-1] if said else ''}"}
+                "said": f"the process that forks it ended{': ' + said if said else ''}"}
 
     def close(self) -> None:
         if _HELPERS.get(self.owner) is self:
@@ -324,9 +323,14 @@ def _how_it_ended(pid: int, deadline: float, errors: Any, answer: Any) -> dict[s
         said = None
     if isinstance(said, dict):
         return {"answer": said}
-    errors.seek(0)
-    lines = errors.read().decode("utf-8", "replace").strip().splitlines()
-    return {"returncode": code, "said": lines[-1] if lines else ""}
+    return {"returncode": code, "said": _last_line(errors)}
+
+
+def _last_line(f: Any) -> str:
+    """The last line written to the file ``f`` (a process's errors), "" if none."""
+    f.seek(0)
+    lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _scratch_file() -> Any:
