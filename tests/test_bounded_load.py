@@ -4,6 +4,7 @@ with a time and memory limit (dm_tune/datasets/_bounded.py): real child processe
 from __future__ import annotations
 
 import os
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -100,12 +101,17 @@ def _helpers_children() -> list[str]:
     return [pid for task in helper.iterdir() for pid in (task / "children").read_text().split()]
 
 
-def _slow_reader(tmp_path, monkeypatch, kind: str) -> None:
-    """The reader ``kind`` of READERS (or FOLDER_READERS) sleeps a minute before it reads."""
-    (tmp_path / "slow_reader.py").write_text("import time\n\n\ndef read(f):\n    time.sleep(60)\n")
+def _reader(tmp_path, monkeypatch, kind: str, name: str, body: str) -> None:
+    """The reader ``kind`` of READERS (or FOLDER_READERS) is ``read`` of a module ``name`` whose
+    ``read(f)`` runs ``body``."""
+    (tmp_path / f"{name}.py").write_text(f"def read(f):\n{textwrap.indent(body, '    ')}\n")
     monkeypatch.syspath_prepend(str(tmp_path))  # (each load's child gets this process's sys.path)
-    monkeypatch.setitem(bounded.READERS if kind in bounded.READERS else bounded.FOLDER_READERS, kind,
-                        "slow_reader:read")
+    monkeypatch.setitem(bounded.READERS if kind in bounded.READERS else bounded.FOLDER_READERS, kind, f"{name}:read")
+
+
+def _slow_reader(tmp_path, monkeypatch, kind: str) -> None:
+    """The reader ``kind`` sleeps a minute before it reads."""
+    _reader(tmp_path, monkeypatch, kind, "slow_reader", "import time\ntime.sleep(60)")
 
 
 def test_a_load_that_outlasts_its_time_is_refused_and_its_process_killed(tmp_path, monkeypatch):
@@ -125,12 +131,10 @@ def test_a_load_that_outlasts_its_time_is_refused_and_its_process_killed(tmp_pat
 def test_a_child_killed_by_a_signal_is_a_refusal_not_a_load(tmp_path, monkeypatch):
     """kill -9 of the child (as the kernel's OOM killer would): the file is refused, never loaded
     here, and not remembered as passed."""
-    # (after printing what an answer looks like, as a file's loader could: it carries no token)
-    (tmp_path / "dying_reader.py").write_text("import os, signal\n\n\ndef read(f):\n"
-                                              "    print(' {\"loaded\": true}', flush=True)\n"
-                                              "    os.kill(os.getpid(), signal.SIGKILL)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))  # (the child gets this process's sys.path)
-    monkeypatch.setitem(bounded.READERS, "state-dict", "dying_reader:read")
+    # (after printing what an answer looks like, as a file's loader could: its output goes nowhere)
+    _reader(tmp_path, monkeypatch, "state-dict", "dying_reader",
+            "import os, signal\nprint('{\"answer\": {\"loaded\": true}}', flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)")
     path = tmp_path / "w.pth"
     torch.save(torch.nn.Linear(2, 2).state_dict(), path)
     loads = _torch_loads_here(monkeypatch)
@@ -140,9 +144,7 @@ def test_a_child_killed_by_a_signal_is_a_refusal_not_a_load(tmp_path, monkeypatc
 
 
 def test_a_child_that_answers_nothing_readable_is_a_refusal(tmp_path, monkeypatch):
-    (tmp_path / "raising_reader.py").write_text("def read(f):\n    raise KeyError('no such thing')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(bounded.READERS, "label-arrays", "raising_reader:read")
+    _reader(tmp_path, monkeypatch, "label-arrays", "raising_reader", "raise KeyError('no such thing')")
     path = tmp_path / "labels.pt"
     torch.save({"worse_label": torch.zeros(3, dtype=torch.long)}, path)
     with pytest.raises(DataError, match=r"the process that loads it first exited 1 \(KeyError: 'no such thing'\)"):
