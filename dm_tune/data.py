@@ -21,6 +21,7 @@ import torch
 from dm_tune._validate import ConfigError
 from dm_tune.config import TrainConfig
 from dm_tune.datasets import DATASETS, Gallery, Source, Split
+from dm_tune.datasets._fingerprint import file_fingerprint, source_fingerprint
 from dm_tune.errors import DataError, resolve_path
 from dm_tune.noise import NoiseContext, apply_noise, check_imbalance, check_noise, imbalance_index, indices_by_class
 
@@ -132,7 +133,13 @@ def _load_source(config: TrainConfig) -> Source:
         raise DataError(root or config.dataset, f"none of the test gallery's {len(source.gallery.query)} queries "
                         "has a match (an entry of its identity, not junk, seen by another camera)",
                         "a test gallery where each query's identity is also seen by another camera")
-    return source
+    return with_fingerprint(source)
+
+
+def with_fingerprint(source: Source) -> Source:
+    """``source`` with the fingerprint of what it holds in its info (once: every run prepared from
+    it records it, and a population prepares one per member)."""
+    return replace(source, info={**source.info, "fingerprint": source_fingerprint(source)})
 
 
 def _unreadable(config: TrainConfig, path: Path) -> DataError:
@@ -218,6 +225,8 @@ def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance:
     # and a record of it would keep the whole dataset in memory next to the splits taken from it.
     shared_source = source is not None
     source = source if source is not None else load_source(config)
+    if "fingerprint" not in source.info:  # (a source built by hand)
+        source = with_fingerprint(source)
     if source.task == "retrieval":
         from dm_tune.data_reid import prepare_retrieval
 
@@ -290,6 +299,7 @@ def prepare(config: TrainConfig, source: Source | None = None, strict_imbalance:
         vocab_size=int(source.info.get("vocab_size", 0)),
         info={**source.info, "dataset": source.name, "num_classes": source.num_classes,
               "class_names": list(source.class_names or []), "num_train": len(train), "num_val": len(val_split),
-              "num_test": len(source.test), **imbalance},
+              "num_test": len(source.test), **imbalance,
+              **({"noise_file_fingerprint": file_fingerprint(ctx.file)} if ctx.file is not None else {})},
         prepared_for=data_identity(config),
     )

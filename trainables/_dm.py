@@ -148,6 +148,9 @@ def _reporter(runtime: TrialRuntime, budget: int, size: int, ended: dict[int, di
 
 
 def _outcome(result: Any, node_id: str) -> TrialOutcome:
+    # what trained it (provenance), and the fingerprints of what it trained on: its dataset, its label file
+    fingerprints = {"data_fingerprint": result.data.get("fingerprint"),
+                    "noise_file_fingerprint": result.data.get("noise_file_fingerprint")}
     return TrialOutcome(
         status=result.status, epochs_reached=result.epochs_completed,
         final_val_acc=result.val_accuracy, final_test_acc=result.test_accuracy,
@@ -156,7 +159,8 @@ def _outcome(result: Any, node_id: str) -> TrialOutcome:
         train_time_s=result.train_time_s, noise_rate_realised=result.noise_rate_realised,
         imbalance_ratio_realised=float(result.data.get("imbalance_ratio_realised", math.nan)),
         test_examples=float(result.data.get("num_test", math.nan)),
-        node_id=node_id, history=tuple(result.history), provenance=dict(result.provenance),
+        node_id=node_id, history=tuple(result.history),
+        provenance={**result.provenance, **{k: v for k, v in fingerprints.items() if v}},
         # retrieval: test_map -> final_test_map, ...; best_test_map and val_selected_test_map as named
         task_metrics={k if k.startswith(("best_", "val_selected_")) else f"final_{k}": v
                       for k, v in result.retrieval.items()})

@@ -82,6 +82,10 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def content(self) -> tuple[np.ndarray, ...]:
+        """What the data's fingerprint takes of it: the files' names (``_fingerprint``)."""
+        return (self.keys,)
+
     def path(self, i: int) -> Path:
         return self.root / os.fsdecode(self.keys[i])
 

@@ -170,6 +170,10 @@ class TrackFrames(Dataset):
     def __len__(self) -> int:
         return len(self.spans)
 
+    def content(self) -> tuple[np.ndarray, ...]:
+        """What the data's fingerprint takes of it: the frames' names and each track's span (``_fingerprint``)."""
+        return self.names, self.spans
+
     def path(self, frame: int) -> Path:
         name = self.names[frame].decode()
         return self.folder / name[:4] / name

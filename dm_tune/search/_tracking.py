@@ -148,13 +148,14 @@ def _param(v: Any) -> str:
 
 def worker_tags(prov: Mapping[str, Any]) -> dict[str, str]:
     """The run tags of what trained a trial, from its worker's provenance (``TrialOutcome.provenance``;
-    none where it is empty): on a cluster another node's code, packages and CPU than the driver's."""
+    none where it is empty): on a cluster another node's code, packages and CPU than the driver's;
+    and the fingerprints of the data it trained on (``dm_tune.datasets._fingerprint``)."""
     tags = {}
     if prov.get("git_commit"):
         tags["dmtune.git_commit"] = str(prov["git_commit"])
     if prov.get("versions"):
         tags["dmtune.versions"] = json.dumps(prov["versions"])
-    for key in ("cpu", "torch_threads", "platform", "dm_native"):
+    for key in ("cpu", "torch_threads", "platform", "dm_native", "data_fingerprint", "noise_file_fingerprint"):
         if prov.get(key) is not None:
             tags[f"dmtune.{key}"] = str(prov[key])
     return tags
