@@ -572,6 +572,9 @@ def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
     """--resume without the --tracking-uri and --storage-path the study began with recorded every
     trial again in a second store (the workspace's own), leaving the first store's runs open; with
     other ones it is refused before anything is written."""
+    from dm_tune.config import TrainConfig
+    from dm_tune.data import load_source
+
     ws, elsewhere = tmp_path / "ws", tmp_path / "elsewhere"
     elsewhere.mkdir()
     uri = f"sqlite:///{elsewhere / 'runs.db'}"
@@ -585,6 +588,12 @@ def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
         "tracking_uri": uri, "storage_path": str(elsewhere / "ray")}
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("placed").experiment_id])
+    # ... and on the data it began with: their fingerprints, as each trial's run recorded it
+    digits = load_source(TrainConfig(dataset="digits")).info["fingerprint"]
+    (key,) = json.loads((ws / "studies" / "placed.data").read_text())
+    assert json.loads((ws / "studies" / "placed.data").read_text()) == {key: {"dataset": digits}}
+    assert {r.data.tags.get("dmtune.data_fingerprint") for r in runs if r.data.tags["dmtune.role"] == "trial"} == {
+        digits}
     resumed = _cli("search", "--resume", "placed", "--workspace", str(ws), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"MLflow runs:   {uri}" in resumed.stdout and f"Ray results:   {elsewhere / 'ray'}/placed" in resumed.stdout
@@ -601,6 +610,7 @@ def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
     # refused before any trial is recorded (the workspace's own store has no run of it); with its
     # flags it goes on, and gets no places file (where it went is the user's word, not a record).
     (ws / "studies" / "placed.places").unlink()
+    (ws / "studies" / "placed.data").unlink()
     lost = _cli("search", "--resume", "placed", "--workspace", str(ws), cwd=tmp_path)
     _one_line_error(lost, f"dm-tune: error: MLflow store sqlite:///{ws / 'mlflow.db'} has no run of setting",
                     "has 6 trials: give the --tracking-uri the study began with")
@@ -610,6 +620,75 @@ def test_a_study_goes_on_in_the_stores_it_began_with(tmp_path):
                  "--storage-path", str(elsewhere / "ray"), cwd=tmp_path)
     assert older.returncode == 0, older.stderr
     assert not (ws / "studies" / "placed.places").exists()
+    assert json.loads((ws / "studies" / "placed.data").read_text()) == {key: {"dataset": digits}}  # from now on
+
+
+def test_a_study_resumed_on_changed_data_is_refused_before_anything_is_written(tmp_path):
+    """A resume read the data as it was then: a features file relabelled since (or a CIFAR copy, an
+    image folder) joined runs trained on other data to the study's, unsaid. Now the study keeps the
+    fingerprints of the data it began with (written by a search: test_a_study_goes_on_in_the_stores_it_began_with),
+    and a resume on other data is refused before Ray starts or any store is made."""
+    from test_datasets_disk import make_features
+
+    from dm_tune.search._preflight import load_sources
+    from dm_tune.search._study import Study
+    from dm_tune.search.cli import _write_data, data_fingerprints
+
+    data = make_features(tmp_path / "data") / "features.npz"
+    ws = tmp_path / "ws"
+    (ws / "studies").mkdir(parents=True)
+    study = Study.from_dict(tiny_study("fp", settings={"dataset": ["features"], "noise": ["symmetric"],
+                                                       "noise_rate": [0.2]}, training={"data_root": str(data)}))
+    (ws / "studies" / "fp.json").write_text(json.dumps(study.to_dict()))
+    began = data_fingerprints(study, load_sources(study))
+    _write_data(ws, "fp", began)
+    (key,) = began
+    arrays = dict(np.load(data))
+    arrays["y_train"][3] = (arrays["y_train"][3] + 1) % 3
+    np.savez(data, **arrays)
+    now = data_fingerprints(study, load_sources(study))[key]["dataset"]
+    refused = _cli("search", "--resume", "fp", "--workspace", str(ws), cwd=tmp_path, timeout=60)
+    _one_line_error(refused, f"study 'fp', setting {key}: the dataset features under {data} is not the data the "
+                             f"study began with (its fingerprint is {now}, was {began[key]['dataset']}; "
+                             f"{ws / 'studies' / 'fp.data'})", "restore it, or search this data under another --name")
+    assert sorted(p.name for p in ws.iterdir()) == ["locks", "studies"]  # (no store, nor Ray's folder)
+    assert json.loads((ws / "studies" / "fp.data").read_text()) == began
+
+
+def test_a_label_file_changed_since_the_study_began_or_a_damaged_record_of_its_data_is_one_line(tmp_path):
+    """The fingerprints of a setting's label file are kept beside its dataset's; a record of them that
+    cannot be read names its file and how to go on (the stored study, the flags and the stores pass)."""
+    from dm_tune.config import TrainConfig
+    from dm_tune.data import load_source
+    from dm_tune.errors import UserError
+    from dm_tune.search._preflight import load_sources
+    from dm_tune.search._study import Study
+    from dm_tune.search.cli import _data_file, _same_data, _write_data, data_fingerprints
+
+    labels = tmp_path / "labels.npy"
+    study = Study.from_dict(tiny_study("nf", settings={"dataset": ["digits"], "noise": ["file"], "noise_rate": [0.0]},
+                                       training={"noise_file": str(labels), "epochs": 1}))
+    given = load_source(TrainConfig(dataset="digits")).train.labels.numpy().copy()
+    np.save(labels, given)
+    sources = load_sources(study)
+    began = data_fingerprints(study, sources)
+    (key,) = began
+    assert set(began[key]) == {"dataset", "noise_file"}
+    (tmp_path / "studies").mkdir()
+    _write_data(tmp_path, "nf", began)
+    _same_data(tmp_path, study, data_fingerprints(study, sources))  # the same: goes on
+    given[5] = (given[5] + 1) % 10
+    np.save(labels, given)
+    now = data_fingerprints(study, sources)
+    assert now[key]["dataset"] == began[key]["dataset"] and now[key]["noise_file"] != began[key]["noise_file"]
+    with pytest.raises(UserError, match=rf"setting {key}: the label file {labels} is not the data the study began "
+                                        rf"with \(its fingerprint is {now[key]['noise_file']}, was "):
+        _same_data(tmp_path, study, now)
+    for damaged, why in (("[1, 2]", "not a JSON object of objects"), ("{", "Expecting property name")):
+        _data_file(tmp_path, "nf").write_text(damaged)
+        with pytest.raises(UserError, match=rf"nf\.data: cannot be read \({why}.*\); it holds the fingerprints "
+                                            r"of the data study 'nf' began with: restore it, or remove it"):
+            _same_data(tmp_path, study, now)
 
 
 @pytest.mark.slow

@@ -227,6 +227,55 @@ def _write_places(args: argparse.Namespace, workspace: Path, name: str) -> None:
     write_output(_places_file(workspace, name), json.dumps(places, indent=1) + "\n")
 
 
+def _data_file(workspace: Path, name: str) -> Path:
+    return workspace / "studies" / f"{name}.data"  # not *.json: that is a stored study
+
+
+def data_fingerprints(study, sources: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Per setting of ``study``: the fingerprint of its dataset as ``sources`` hold it and, where its
+    noise is read from a label file, of that file (``dm_tune.datasets._fingerprint``)."""
+    from dm_tune.datasets._fingerprint import file_fingerprint, source_fingerprint
+
+    prints: dict[str, dict[str, str]] = {}
+    for setting in study.expand():
+        prints[setting.key] = {"dataset": source_fingerprint(sources[setting.dataset])}
+        noise_file = study.train_config(setting).noise_file
+        if setting.noise == "file" and noise_file:
+            prints[setting.key]["noise_file"] = file_fingerprint(resolve_path(noise_file, "training.noise_file:"))
+    return prints
+
+
+def _same_data(workspace: Path, study, prints: dict[str, dict[str, str]]) -> None:
+    """A study goes on with the data it began with: a resume whose dataset or label file changed since
+    (another copy of CIFAR-10, a relabelled folder, an edited label file) is refused, as its trials would
+    join results trained on other data. A study an earlier dm-tune stored without them is not checked."""
+    path = _data_file(workspace, study.name)
+    if not path.is_file():
+        return
+    try:
+        began = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(began, dict) or not all(isinstance(v, dict) for v in began.values()):
+            raise ValueError("not a JSON object of objects")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot be read ({e}); it holds the fingerprints of the data study {study.name!r} "
+                        "began with: restore it, or remove it to go on with the data as it is now") from None
+    for setting in study.expand():
+        for part, now in prints[setting.key].items():
+            was = began.get(setting.key, {}).get(part)
+            if was is None or was == now:
+                continue
+            training = study.train_config(setting)
+            what = (f"label file {training.noise_file}" if part == "noise_file" else f"dataset {setting.dataset}"
+                    + (f" under {training.data_root}" if training.data_root else ""))
+            raise UserError(f"study {study.name!r}, setting {setting.key}: the {what} is not the data the study "
+                            f"began with (its fingerprint is {now}, was {was}; {path}); the study's finished "
+                            "trials trained on that data: restore it, or search this data under another --name")
+
+
+def _write_data(workspace: Path, name: str, prints: dict[str, dict[str, str]]) -> None:
+    write_output(_data_file(workspace, name), json.dumps(prints, indent=1, sort_keys=True) + "\n")
+
+
 def _load_study(args: argparse.Namespace, workspace: Path):
     from dm_tune.search._study import Study
 
@@ -361,13 +410,16 @@ def search_cmd(args: argparse.Namespace) -> int:
     with study_lock(workspace, study.name, resuming=bool(args.resume)):  # a second search of the study is refused
         # Again under the lock: a search of this name that ended meanwhile may have stored it.
         study, resuming = _load_study(args, workspace)
-        if resuming:  # a damaged ledger is told now, not after Ray has started (tens of seconds)
+        prints = data_fingerprints(study, sources)
+        if resuming:  # a damaged ledger, or changed data, is told now, not after Ray has started (tens of seconds)
             from dm_tune.search._ledger import Ledger
+
+            _same_data(workspace, study, prints)
 
             for setting in study.expand():
                 if (path := opts.ledger(study.name, setting.key)).exists():
                     Ledger(path, workspace)
-        return _search(args, study, resuming, opts, sources, workspace, created, joined)
+        return _search(args, study, resuming, opts, sources, workspace, created, joined, prints)
 
 
 def _quieten_libraries() -> None:
@@ -402,7 +454,7 @@ def _on(args: argparse.Namespace) -> str:
 
 
 def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict[str, Any],
-            workspace: Path, created: bool, joined: str | None = None) -> int:
+            workspace: Path, created: bool, joined: str | None, prints: dict[str, dict[str, str]]) -> int:
     """The search proper, run while this process holds the study's lock."""
     from dm_tune.search._preflight import check_resources, check_shared_storage, connect_ray
     from dm_tune.search._run import Interrupted, run_study
@@ -450,6 +502,8 @@ def _search(args: argparse.Namespace, study, resuming: bool, opts, sources: dict
         write_output(workspace / "studies" / f"{study.name}.json", json.dumps(study.to_dict(), indent=1) + "\n")
         # (not for a study an earlier dm-tune began: where it went is unknown, the flags given now may be wrong)
         _write_places(args, workspace, study.name)
+    if not _data_file(workspace, study.name).is_file():  # (one an earlier dm-tune began: from now on)
+        _write_data(workspace, study.name, prints)
     import time
 
     t0 = time.perf_counter()
