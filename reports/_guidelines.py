@@ -59,6 +59,10 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None, loso: str =
             "package_versions_of_runs": sorted(v for v in df["versions"].unique().tolist() if v),
             # the CPUs and torch threads the runs trained with (each distinct pair; runs that recorded them)
             "machines_of_runs": sorted(m for m in df["machine"].unique().tolist() if m),
+            # the data they trained on: each dataset's fingerprint (and label file's) that runs recorded
+            "data_of_runs": sorted(f"{d}: {f}" for d, f in set(zip(df["dataset"], df["data"])) if f),
+            # settings whose runs did not all train on the same data (it changed during their search)
+            "settings_on_changed_data": changed_data(df),
             "dm_tune_version": dm_tune.__version__,
             # the report's own code (its analysis changes between commits of one dm-tune version)
             "report_git_commit": git_commit(),
@@ -72,6 +76,19 @@ def build_guidelines(df: pd.DataFrame, generated: str | None = None, loso: str =
     doc["surface"] = fit_surface(df)
     doc["loso"] = leave_one_setting_out(df, start=doc["surface"], hyperparameters=loso)
     return json_safe(doc)
+
+
+def changed_data(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Per setting whose runs recorded more than one fingerprint of their data: those fingerprints."""
+    recorded = df[df["data"] != ""].groupby("setting")["data"].unique()
+    return {setting: sorted(prints) for setting, prints in recorded.items() if len(prints) > 1}
+
+
+def changed_data_lines(prov: dict[str, Any]) -> list[str]:
+    """A warning per setting whose runs trained on different data."""
+    return [f"warning: the runs of setting {setting} did not all train on the same data (fingerprints: "
+            f"{'; '.join(prints)}): its data changed while it was searched, and its results mix the two"
+            for setting, prints in prov.get("settings_on_changed_data", {}).items()]
 
 
 def _rules_by_task(ok: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -208,6 +225,7 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
              f"Accuracies in {doc['accuracy_unit']}; "
              f"{doc['accuracy_note']}.", "", "## Guidelines", ""]
     lines += [f"- {_text(s['guideline'])}" for s in doc["settings"]] or ["- (no setting has finished DM runs)"]
+    lines += [f"- {_text(w)}" for w in changed_data_lines(prov)]
     if doc["unresolved"]:  # (in the HTML they were named; here only a row of the counts said they existed)
         lines += ["", "Settings without a recommendation:", ""]
         lines += [f"- {_text(u['setting'])}: {_text(u['reason'])}" for u in doc["unresolved"]]
@@ -239,6 +257,7 @@ def guidelines_markdown(doc: dict[str, Any]) -> str:
               + _text(f"report by dm-tune {prov['dm_tune_version']}{report_commit_text(prov)}"),
               *(f"- package versions of the runs: {_text(v)}" for v in prov.get("package_versions_of_runs", [])),
               *(f"- machines of the runs: {_text(m)}" for m in prov.get("machines_of_runs", [])),
+              *(f"- data of the runs: {_text(d)}" for d in prov.get("data_of_runs", [])),
               f"- tracking URI: {_text(prov.get('tracking_uri') or 'unknown')}", ""]
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from dm_tune.errors import write_output
 from dm_tune.reports import _figures as figs
-from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_notes, dumps,
+from dm_tune.reports._guidelines import (build_guidelines, capped_mark, capped_notes, changed_data_lines, dumps,
                                          guidelines_markdown, loso_summary_text, report_commit_text, setting_label,
                                          setting_tables, trials_text)
 from dm_tune.reports._guidelines import decimal_text as _num
@@ -115,6 +115,7 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
              "<h2>Guidelines</h2><ul>"]
     parts += [f"<li>{e(s['guideline'])} <a href='#setting-{i}'>(results)</a></li>"
               for i, s in enumerate(doc["settings"])] or ["<li>No setting has finished DM runs.</li>"]
+    parts += [f"<li>{e(w)}</li>" for w in changed_data_lines(prov)]
     parts.append("</ul>")
     parts += ["<h2>Comparison with the paper</h2>",
               _table(["setting", "measured psi", "paper psi", "verdict", "reason"],
@@ -144,6 +145,7 @@ def render_html(doc: dict[str, Any], images: dict[str, str], extra: list[str] | 
                                          *(["package versions of the runs", v]
                                            for v in prov.get("package_versions_of_runs", [])),
                                          *(["machines of the runs", m] for m in prov.get("machines_of_runs", [])),
+                                         *(["data of the runs", d] for d in prov.get("data_of_runs", [])),
                                          ["tracking URI", prov["tracking_uri"]]]),
               "</body></html>"]
     return _with_contents("\n".join(parts))

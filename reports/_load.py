@@ -41,7 +41,7 @@ FAILED_STATUSES = ("diverged", "errored")
 IN_PROGRESS = ("running", "interrupted")
 HISTORY_METRICS = ("weight_clean", "weight_noisy", "test_acc")
 COLUMNS = ("run_id", "experiment", "setting", "stage", "baseline", "status", "task") + PARAM_COLUMNS + METRIC_COLUMNS + (
-    RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version", "versions", "machine", "reused_from"))
+    RETRIEVAL_COLUMNS + ("arm", "git_commit", "dmtune_version", "versions", "machine", "data", "reused_from"))
 
 
 def load_runs(tracking_uri: str, experiments: Sequence[str] | None = None) -> pd.DataFrame:
@@ -146,6 +146,9 @@ def run_to_row(experiment: str, run_id: str, params: dict[str, str], metrics: di
     # and torch's threads its worker trained with ("" in a run recorded without them).
     cpu, threads = tags.get("dmtune.cpu", ""), tags.get("dmtune.torch_threads", "")
     row["machine"] = f"{cpu}, {threads} torch thread{'' if threads == '1' else 's'}" if cpu and threads else cpu
+    # What it trained on: its dataset's fingerprint, and its label file's ("" in a run recorded without them).
+    data, labels = tags.get("dmtune.data_fingerprint", ""), tags.get("dmtune.noise_file_fingerprint", "")
+    row["data"] = f"{data}, label file {labels}" if data and labels else data
     return row
 
 

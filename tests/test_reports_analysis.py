@@ -1201,6 +1201,39 @@ def test_the_report_names_the_package_versions_of_its_runs() -> None:
         assert f"<td>package versions of the runs</td><td>{v}</td>" in page
 
 
+def test_the_report_names_the_data_of_its_runs_and_warns_of_a_setting_whose_data_changed() -> None:
+    """A trial's run records the fingerprint of its dataset (and of its label file: tags
+    dmtune.data_fingerprint, dmtune.noise_file_fingerprint): the report lists each one per dataset,
+    and warns of a setting whose runs did not all train on the same data."""
+    from dm_tune.reports._guidelines import guidelines_markdown
+    from dm_tune.reports._html import render_html
+    from dm_tune.reports._load import run_to_row
+
+    metrics = {"final_test_acc": 0.9, "final_val_acc": 0.9}
+    tags = {"dmtune.data_fingerprint": "0123456789abcdef", "dmtune.noise_file_fingerprint": "fedcba9876543210"}
+    recorded = run_to_row("e", "r1", {"method": "cce"}, metrics, tags)["data"]
+    assert recorded == "0123456789abcdef, label file fedcba9876543210"
+    assert run_to_row("e", "r2", {"method": "cce"}, metrics, {"dmtune.data_fingerprint": "0123"})["data"] == "0123"
+    assert run_to_row("e", "r3", {"method": "cce"}, metrics, {})["data"] == ""
+    runs = known_runs() + [{**r, "setting": "digits/symmetric/0.2", "noise_rate": "0.2"} for r in known_runs()]
+    settings = sorted({r["setting"] for r in runs})
+    same = [{**r, "data": "" if i % 5 == 0 else "aaaa"} for i, r in enumerate(runs)]  # (some recorded none)
+    doc = build_guidelines(tidy(same), generated="2026-01-01T00:00:00+00:00")
+    datasets = sorted({r["dataset"] for r in runs})
+    assert doc["provenance"]["data_of_runs"] == [f"{d}: aaaa" for d in datasets]
+    assert doc["provenance"]["settings_on_changed_data"] == {}
+    assert "did not all train on the same data" not in guidelines_markdown(doc)
+    changed = [{**r, "data": "bbbb" if r["setting"] == settings[1] and r["seed"] == "1" else r["data"]} for r in same]
+    doc = build_guidelines(tidy(changed), generated="2026-01-01T00:00:00+00:00")
+    assert doc["provenance"]["settings_on_changed_data"] == {settings[1]: ["aaaa", "bbbb"]}
+    warning = (f"warning: the runs of setting {settings[1]} did not all train on the same data (fingerprints: "
+               "aaaa; bbbb): its data changed while it was searched, and its results mix the two")
+    md, page = guidelines_markdown(doc), render_html(doc, {})
+    assert f"- {warning}\n" in md and f"<li>{warning}</li>" in page
+    for d in datasets:
+        assert f"- data of the runs: {d}: aaaa\n" in md and f"<td>data of the runs</td><td>{d}: aaaa</td>" in page
+
+
 def test_the_report_names_the_machines_of_its_runs() -> None:
     """A run repeats bit for bit only on the same kind of CPU with the same torch threads, which a
     trial's run records (tags dmtune.cpu, dmtune.torch_threads, from its worker): the report lists

@@ -8,6 +8,8 @@ import re
 import pytest
 
 from dm_tune.cli import main
+from dm_tune.config import TrainConfig
+from dm_tune.data import load_source
 from dm_tune.provenance import cpu_model
 from dm_tune.search import Study
 from dm_tune.search._run import RunOptions, run_study
@@ -46,6 +48,8 @@ def test_report_and_recommend_from_a_real_search(tmp_path, ray_local, capsys):
     prov = doc["provenance"]
     assert prov["n_reused_runs"] == 2
     assert prov["machines_of_runs"] == [f"{cpu_model()}, 1 torch thread"]  # as the trials' workers recorded it
+    digits = load_source(TrainConfig(dataset="digits")).info["fingerprint"]
+    assert prov["data_of_runs"] == [f"digits: {digits}"] and prov["settings_on_changed_data"] == {}
     said = f"{prov['n_runs']} runs of e2e2, e2e4 (2 of them confirm-stage records of search runs, not trained again; "
     assert said in (out / "guidelines.md").read_text()
     assert f"- tracking URI: sqlite:///{(ws / 'mlflow.db').resolve()}\n" in (out / "guidelines.md").read_text()
