@@ -32,7 +32,7 @@ OLDEST_TESTS=(tests/test_ray_api.py tests/test_local_ray.py tests/test_search_se
               tests/test_reports_retrieval.py tests/test_stability.py
               tests/test_losses.py tests/test_weighting.py tests/test_class_weighting.py tests/test_native.py
               tests/test_train.py tests/test_population.py tests/test_cuda.py tests/test_retrieval.py
-              tests/test_datasets_disk.py tests/test_bounded_load.py
+              tests/test_datasets_disk.py tests/test_bounded_load.py tests/test_fingerprint.py
               --deselect tests/test_search_run.py::test_population_trials_leave_the_same_records_as_single_trials)
 echo "== again on the oldest supported torch, torchvision, Ray, Optuna and MLflow (.venv-oldest)"
 bash scripts/oldest.sh
