@@ -392,3 +392,36 @@ def test_a_trial_run_names_what_its_worker_trained_it_with(tmp_path):
     tags = client.get_run(tracker._runs[cut.key]).data.tags
     assert tags["dmtune.git_commit"] == git_commit() and json.loads(tags["dmtune.versions"]) == package_versions()
     assert "dmtune.cpu" not in tags
+
+
+def test_a_trial_that_trained_on_other_data_than_the_search_read_is_told_once(tmp_path, capsys):
+    """On-disk data is read again by each trial: a dataset or label file changed while the search ran
+    gave trials of one setting other data, unsaid (their runs recorded it; the report then warns). The
+    driver now says so at the first such trial, with --quiet too, and records every trial as before."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = _tracking.experiment_id(uri, "study", tmp_path / "artifacts")
+    parent = _tracking.setting_run(uri, exp, "set", {"dataset": "features"})
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    tracker = _tracking.MLflowTracker(uri, exp, parent, "set", ledger, lambda spec: PARAMS, echo=False,
+                                      data={"dataset": "aaaa", "noise_file": "cccc"})
+    specs = [TrialSpec("set", "search", 0, {"method": "dm"}, number=n) for n in range(4)]
+    ledger.start(specs)
+    prints = [{"data_fingerprint": "aaaa", "noise_file_fingerprint": "cccc"},
+              {"data_fingerprint": "bbbb", "noise_file_fingerprint": "cccc"},
+              {"data_fingerprint": "bbbb", "noise_file_fingerprint": "dddd"}, {}]
+    for spec, prov in zip(specs, prints):
+        outcome = TrialOutcome("finished", 1, final_val_acc=0.5, final_test_acc=0.4, provenance=prov,
+                               history=({"epoch": 1, "val_acc": 0.5, "epoch_time_s": 0.1},))
+        ledger.end(spec, outcome)
+        tracker._finish(spec, outcome)
+        if spec.number == 0:
+            assert "dm-tune:" not in capsys.readouterr().err  # the data the search read
+    tracker.close_open(True)
+    told = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dm-tune:")]
+    assert told == [
+        f"dm-tune: warning: setting set: trial {specs[1].key} trained on other data than the search read (dataset "
+        "bbbb, not aaaa): its data changed while it was searched, and the setting's results mix the two (the report "
+        "names it)"]
+    runs = _tracking.find_runs(uri, exp, {"dmtune.role": "trial"})
+    assert sorted(r.data.tags.get("dmtune.data_fingerprint", "") for r in runs) == ["", "aaaa", "bbbb", "bbbb"]
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -308,6 +308,19 @@ def _classes(src: Any, val_fraction: float) -> int:
         raise ConfigError("training.val_fraction", e.value, f"{e.allowed} (dataset {src.name!r})") from None
 
 
+def setting_data(study: Study, setting: Any, source: Any) -> dict[str, str]:
+    """The fingerprint of ``setting``'s dataset as ``source`` holds it and, where its noise is read from
+    a label file, of that file (``dm_tune.datasets._fingerprint``): {"dataset": ..., "noise_file": ...}."""
+    from dm_tune.datasets._fingerprint import file_fingerprint, source_fingerprint
+    from dm_tune.errors import resolve_path
+
+    prints = {"dataset": source_fingerprint(source)}
+    noise_file = study.train_config(setting).noise_file
+    if setting.noise == "file" and noise_file:
+        prints["noise_file"] = file_fingerprint(resolve_path(noise_file, "training.noise_file:"))
+    return prints
+
+
 def load_sources(study: Study, new: bool = True, data_root_hint: str = "--data-root") -> dict[str, Any]:
     """Every dataset of the study, loaded once in the driver (pre-flight: bad data fails here).
     ``new``: a study not stored yet (a stored one, resumed, is not refused what it began with);

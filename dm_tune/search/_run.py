@@ -442,6 +442,7 @@ def run_setting(ctx: SettingContext, announce: Callable[[], None] | None = None)
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
 
+    from dm_tune.search._preflight import setting_data
     from dm_tune.search._tracking import MLflowTracker, find_runs, setting_run
 
     study, key = ctx.study, ctx.setting.key
@@ -465,7 +466,8 @@ def run_setting(ctx: SettingContext, announce: Callable[[], None] | None = None)
         **ctx.setting.train_fields(), "num_classes": ctx.source.num_classes,
         **{k: v for k, v in ctx.setting_config.to_dict().items()
            if k in ("model", "epochs", "batch_size", "optimizer", "lr")}})
-    tracker = MLflowTracker(ctx.opts.tracking, ctx.exp_id, parent, key, ledger, ctx.params, echo=ctx.opts.echo)
+    tracker = MLflowTracker(ctx.opts.tracking, ctx.exp_id, parent, key, ledger, ctx.params, echo=ctx.opts.echo,
+                            data=setting_data(study, ctx.setting, ctx.source))
     try:
         if not searcher.done():
             name = ledger.new_experiment()

@@ -146,6 +146,11 @@ def _param(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+# The parts of a setting's data (``_preflight.setting_data``), the trials' provenance keys of their
+# fingerprints, and what they are called.
+DATA_PROVENANCE = (("dataset", "data_fingerprint", "dataset"), ("noise_file", "noise_file_fingerprint", "label file"))
+
+
 def worker_tags(prov: Mapping[str, Any]) -> dict[str, str]:
     """The run tags of what trained a trial, from its worker's provenance (``TrialOutcome.provenance``;
     none where it is empty): on a cluster another node's code, packages and CPU than the driver's;
@@ -202,9 +207,13 @@ class MLflowTracker(tune.Callback):
     population's newest checkpoint in the ledger (for resuming after an interruption)."""
 
     def __init__(self, uri: str, exp_id: str, parent_id: str, setting: str, ledger: Ledger,
-                 describe: Callable[[TrialSpec], dict[str, Any]], echo: bool = True) -> None:
+                 describe: Callable[[TrialSpec], dict[str, Any]], echo: bool = True,
+                 data: Mapping[str, str] | None = None) -> None:
         self.uri, self.exp_id, self.parent_id, self.setting = uri, exp_id, parent_id, setting
         self.ledger, self.describe, self.echo = ledger, describe, echo
+        # The fingerprints of the setting's data as the search read it (``_preflight.setting_data``): a
+        # trial that trained on other data (changed on disk while the search ran) is told, once.
+        self.data, self.other_data = dict(data or {}), False
         self._runs: dict[str, str] = {}            # trial key -> run id
         self._unlogged: dict[str, dict[str, Any]] = {}  # run id -> params not logged yet
         self._steps: dict[str, set[int]] = {}      # run id -> epochs logged
@@ -404,6 +413,7 @@ class MLflowTracker(tune.Callback):
         if outcome.node_id:
             tags.append(RunTag("dmtune.node_id", outcome.node_id))
         tags += [RunTag(k, v) for k, v in worker_tags(outcome.provenance).items()]
+        self._tell_other_data(spec, outcome.provenance)
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()], tags=tags)
         self._may_have_finals.add(run_id)
         if outcome.history:
@@ -412,6 +422,15 @@ class MLflowTracker(tune.Callback):
         self._closed.add(spec.key)
         if self.echo:
             self._echo(spec, outcome)
+
+    def _tell_other_data(self, spec: TrialSpec, prov: Mapping[str, Any]) -> None:
+        other = [f"{what} {prov[key]}, not {self.data[part]}" for part, key, what in DATA_PROVENANCE
+                 if part in self.data and prov.get(key) and prov[key] != self.data[part]]
+        if other and not self.other_data:  # (with --quiet too: the setting's results mix two data)
+            self.other_data = True
+            print(f"dm-tune: warning: setting {self.setting}: trial {spec.key} trained on other data than the "
+                  f"search read ({'; '.join(other)}): its data changed while it was searched, and the setting's "
+                  "results mix the two (the report names it)", file=sys.stderr, flush=True)
 
     def _log_artifacts(self, client, run_id: str, spec: TrialSpec, outcome: TrialOutcome) -> None:
         keys = ("epoch", "weight_clean", "weight_noisy", "noisy_fit", "weight_var")

@@ -232,17 +232,10 @@ def _data_file(workspace: Path, name: str) -> Path:
 
 
 def data_fingerprints(study, sources: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Per setting of ``study``: the fingerprint of its dataset as ``sources`` hold it and, where its
-    noise is read from a label file, of that file (``dm_tune.datasets._fingerprint``)."""
-    from dm_tune.datasets._fingerprint import file_fingerprint, source_fingerprint
+    """Per setting of ``study``: the fingerprints of its data as ``sources`` hold it (``setting_data``)."""
+    from dm_tune.search._preflight import setting_data
 
-    prints: dict[str, dict[str, str]] = {}
-    for setting in study.expand():
-        prints[setting.key] = {"dataset": source_fingerprint(sources[setting.dataset])}
-        noise_file = study.train_config(setting).noise_file
-        if setting.noise == "file" and noise_file:
-            prints[setting.key]["noise_file"] = file_fingerprint(resolve_path(noise_file, "training.noise_file:"))
-    return prints
+    return {setting.key: setting_data(study, setting, sources[setting.dataset]) for setting in study.expand()}
 
 
 def _same_data(workspace: Path, study, prints: dict[str, dict[str, str]]) -> None:
