@@ -425,3 +425,25 @@ def test_a_trial_that_trained_on_other_data_than_the_search_read_is_told_once(tm
     runs = _tracking.find_runs(uri, exp, {"dmtune.role": "trial"})
     assert sorted(r.data.tags.get("dmtune.data_fingerprint", "") for r in runs) == ["", "aaaa", "bbbb", "bbbb"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_a_server_given_in_capitals_that_stops_answering_is_gone_as_any_other(tmp_path, monkeypatch, capsys):
+    """MLflow reads a tracking URI's scheme in any case (HTTP://host is its server); the tracker took
+    only http:// and https:// for one, so a failed write to HTTP://host was said as a store's, again at
+    each write, and the search waited minutes for each instead of ending as interrupted."""
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"HTTP://127.0.0.1:{free_port()}"  # (no server there)
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    tracker = _tracking.MLflowTracker(uri, "1", "parent", "set", ledger, lambda spec: PARAMS, echo=False)
+    spec = TrialSpec("set", "search", 0, {"method": "dm"}, number=0)
+    ledger.start([spec])
+    ledger.end(spec, _outcome())
+    tracker._submit(tracker._finish, spec, _outcome())
+    tracker.drain()
+    assert tracker.failures == 1 and "runs/create failed" in (tracker.gone or ""), tracker.gone  # (refused)
+    told = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dm-tune:")]
+    assert told == [f"dm-tune: the MLflow server at {uri} stopped answering ({tracker.gone}); the trials go on into "
+                    "the ledger, and a resume records them once it answers"]

@@ -261,7 +261,7 @@ class MLflowTracker(tune.Callback):
                     self._echo(*args)
             except Exception as e:  # noqa: BLE001 - the search goes on; reconcile() redoes it
                 self.failures += 1
-                if self.uri.startswith(("http://", "https://")):
+                if is_server(self.uri):  # (HTTP:// too: MLflow reads schemes in any case)
                     self.gone = f"{type(e).__name__}: {first_line(e)}"
                     print(f"dm-tune: the MLflow server at {self.uri} stopped answering ({self.gone}); the trials "
                           "go on into the ledger, and a resume records them once it answers", file=sys.stderr,
