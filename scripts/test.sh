@@ -14,8 +14,9 @@ fi
 # its time and waits the rest (Ray start-ups, searches run as commands); two workers fill both
 # cores (15 minutes -> 10 on a 2-core VM); a third worker adds nothing (tests/test_search_cli.py and
 # tests/test_datasets_disk.py: 302 s against 310 s, 2026-12-07): the two are busy. The slow
-# end-to-end tests are handed out first (tests/conftest.py).
-XDIST=(-n 2 --dist load)
+# end-to-end tests are handed out first (tests/conftest.py), one test at a time: in chunks, the
+# first worker took a quarter of its share at once, every slow test among them.
+XDIST=(-n 2 --dist load --maxschedchunk 1)
 status=0
 .venv/bin/python -m pytest -q "${XDIST[@]}" || status=$?
 

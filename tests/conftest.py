@@ -20,8 +20,11 @@ DM_TUNE = str(Path(sys.executable).parent / "dm-tune")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With pytest-xdist (``-n``), the slow end-to-end tests are handed out first: the workers
-    then end on short tests together, not one of them alone on a minute-long search."""
-    if getattr(config.option, "numprocesses", None):
+    then end on short tests together, not one of them alone on a minute-long search. The order is
+    each worker's collection, which the scheduler hands out (a worker's option says no -n: xdist's
+    ``workerinput`` marks one); scripts/test.sh hands the tests out one at a time (--maxschedchunk 1),
+    or the first worker would take the first quarter of its share, every slow test, at once."""
+    if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
