@@ -650,7 +650,8 @@ def test_a_study_resumed_on_changed_data_is_refused_before_anything_is_written(t
     refused = _cli("search", "--resume", "fp", "--workspace", str(ws), cwd=tmp_path, timeout=60)
     _one_line_error(refused, f"study 'fp', setting {key}: the dataset features under {data} is not the data the "
                              f"study began with (its fingerprint is {now}, was {began[key]['dataset']}; "
-                             f"{ws / 'studies' / 'fp.data'})", "restore it, or search this data under another --name")
+                             f"{ws / 'studies' / 'fp.data'})",
+                    "restore it, or search this data under another --name (to go on mixing the two, remove the file)")
     assert sorted(p.name for p in ws.iterdir()) == ["locks", "studies"]  # (no store, nor Ray's folder)
     assert json.loads((ws / "studies" / "fp.data").read_text()) == began
 

@@ -262,7 +262,8 @@ def _same_data(workspace: Path, study, prints: dict[str, dict[str, str]]) -> Non
                     + (f" under {training.data_root}" if training.data_root else ""))
             raise UserError(f"study {study.name!r}, setting {setting.key}: the {what} is not the data the study "
                             f"began with (its fingerprint is {now}, was {was}; {path}); the study's finished "
-                            "trials trained on that data: restore it, or search this data under another --name")
+                            "trials trained on that data: restore it, or search this data under another --name "
+                            "(to go on mixing the two, remove the file)")
 
 
 def _write_data(workspace: Path, name: str, prints: dict[str, dict[str, str]]) -> None:
@@ -408,7 +409,6 @@ def search_cmd(args: argparse.Namespace) -> int:
             from dm_tune.search._ledger import Ledger
 
             _same_data(workspace, study, prints)
-
             for setting in study.expand():
                 if (path := opts.ledger(study.name, setting.key)).exists():
                     Ledger(path, workspace)
