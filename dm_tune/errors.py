@@ -380,9 +380,11 @@ def remove_write_leftovers(folder: Path, names: Iterable[str]) -> None:
 # error" is what a store's commit says when its folder turned read-only after the journal was made (the
 # journal cannot be deleted: SQLITE_IOERR_DELETE); an EIO of another read or write is not taken for it.
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+# SQLite's "unable to open database file": a store checked when the search began that it cannot open
+# now, nor its journal (a folder made read-only while a transaction was open, seen through Optuna).
 _NO_ROOM_TEXT = ("No space left on device", "Disk quota exceeded", "Read-only file system", "File too large",
                  "database or disk is full", "attempt to write a readonly database", "Permission denied",
-                 "disk I/O error")
+                 "disk I/O error", "unable to open database file")
 
 
 def no_room(error: BaseException) -> str | None:

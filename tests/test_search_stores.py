@@ -745,6 +745,8 @@ def test_two_processes_create_new_stores_at_once(tmp_path):
 def test_a_full_disk_is_found_in_whatever_wraps_it(tmp_path):
     """What the search says in one line (with the resume command) when a store's disk is full: a
     real ENOSPC (/dev/full), and SQLite's own "full", each wrapped as Ray and MLflow wrap them."""
+    import optuna
+
     from dm_tune.errors import no_room
 
     try:
@@ -781,6 +783,17 @@ def test_a_full_disk_is_found_in_whatever_wraps_it(tmp_path):
         "attempt to write a readonly database"
     assert no_room(RuntimeError("injected failure at epoch 2")) is None
     assert no_room(OSError(2, "No such file or directory", "x")) is None
+    # a store it cannot open now, nor its journal, as Optuna wraps it (a search that a folder made
+    # read-only ended so, mid-ask, printed a traceback of Optuna's and SQLAlchemy's frames)
+    with pytest.raises(sqlite3.OperationalError) as info:
+        sqlite3.connect(tmp_path / "gone" / "optuna.db")
+    try:
+        try:
+            raise info.value
+        except sqlite3.OperationalError as e:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from e
+    except optuna.exceptions.StorageInternalError as e:
+        assert no_room(e) == "unable to open database file"
 
 
 _COMMIT_IN_A_FOLDER_MADE_READ_ONLY = """
